@@ -1,0 +1,1 @@
+"""jax-cifar: transfer learning on CIFAR-100 in JAX/Flax."""
