@@ -1,0 +1,32 @@
+"""Model registry: `create_model(name, ...)` is the one entry point the trainer and tools use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_cifar.models.resnet import DEPTHS, STEMS, ResNet, resnet
+from jax_cifar.models.simple_cnn import SimpleCNN
+
+MODEL_NAMES = ('simple_cnn',) + tuple(DEPTHS)
+
+
+def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
+
+  `stem` and `width` apply to ResNets (width = channels of stage 1; 64 is torchvision's).
+  SimpleCNN keeps its fixed 32/64 channels and ignores both.
+  """
+  if name not in MODEL_NAMES:
+    raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
+  if stem not in STEMS:
+    raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
+  if name == 'simple_cnn':
+    return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
+  return resnet(name, num_classes, stem=stem, width=width, dtype=dtype, rngs=rngs)
+
+
+__all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model']

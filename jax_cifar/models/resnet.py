@@ -1,0 +1,202 @@
+"""torchvision-identical ResNets in Flax NNX, so converted ImageNet weights give torch's logits.
+
+Attribute names mirror torchvision's `state_dict` keys (`conv1`, `bn1`, `layer1`..`layer4`, blocks
+with `conv1..3`, `bn1..3`, `downsample`, and the head `fc`), which makes conversion a renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+
+# torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
+conv_kernel_init = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torch.nn.Linear / nn.Conv2d default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+torch_default_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_default_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+  """U(+-1/sqrt(fan_in)) as torch draws biases; flax's bias_init never sees fan_in."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_linear(in_features: int, out_features: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  """A Dense layer initialised like torch.nn.Linear (also used for a re-initialised head)."""
+  return nnx.Linear(
+      in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(in_features),
+      rngs=rngs)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm with torch's semantics.
+
+  Differences from flax: statistics and normalisation always run in float32 (output cast back to
+  the compute dtype), the variance is two-pass (not E[x^2]-E[x]^2), and the running variance is
+  updated with the *unbiased* batch variance, as torch.nn.BatchNorm2d does. The mode is given at
+  call time (`use_running_average`), never stored, so a split/merged pure train step works.
+  """
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None) -> jax.Array:
+    if mask is not None:
+      raise NotImplementedError('masked batch norm is not supported')
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if use_running_average is None:
+      raise ValueError('BatchNorm needs use_running_average (pass train=... to the model)')
+    out_dtype = self.dtype or x.dtype
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    if use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      mean = jnp.mean(x32, axes)
+      var = jnp.mean(jnp.square(x32 - mean), axes)
+      n = math.prod(x.shape[a] for a in axes)
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1.0 - m) * mean)
+      self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1.0 - m) * unbiased)
+    mul = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+    y = (x32 - mean) * mul + self.bias[...]
+    return y.astype(out_dtype)
+
+
+def _bn(features: int, dtype: Dtype, rngs: nnx.Rngs) -> BatchNorm:
+  # Flax momentum 0.9 == torch momentum 0.1; dtype only sets the output dtype.
+  return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                   use_running_average=None, rngs=rngs)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int, padding: int, dtype: Dtype,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  # Explicit symmetric padding as torch; 'SAME' pads (0, 1) on stride-2 convs.
+  return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
+                  padding=((padding, padding), (padding, padding)), use_bias=False,
+                  dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init, rngs=rngs)
+
+
+def _downsample(cin: int, cout: int, stride: int, dtype: Dtype, rngs: nnx.Rngs):
+  """torchvision's `downsample` Sequential (1x1 conv stride s, BN) as list items 0 and 1."""
+  if stride == 1 and cin == cout:
+    return None
+  return nnx.List([_conv(cin, cout, 1, stride, 0, dtype, rngs), _bn(cout, dtype, rngs)])
+
+
+def _apply_downsample(downsample, x: jax.Array, train: bool) -> jax.Array:
+  if downsample is None:
+    return x
+  return downsample[1](downsample[0](x), use_running_average=not train)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convs (ResNet-18/34)."""
+  expansion = 1
+
+  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    self.conv1 = _conv(cin, planes, 3, stride, 1, dtype, rngs)
+    self.bn1 = _bn(planes, dtype, rngs)
+    self.conv2 = _conv(planes, planes, 3, 1, 1, dtype, rngs)
+    self.bn2 = _bn(planes, dtype, rngs)
+    self.downsample = _downsample(cin, planes, stride, dtype, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    return nnx.relu(y + _apply_downsample(self.downsample, x, train))
+
+
+class Bottleneck(nnx.Module):
+  """1x1 -> 3x3 (stride here: torchvision's v1.5) -> 1x1 x4 (ResNet-50/101/152)."""
+  expansion = 4
+
+  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    out = planes * self.expansion
+    self.conv1 = _conv(cin, planes, 1, 1, 0, dtype, rngs)
+    self.bn1 = _bn(planes, dtype, rngs)
+    self.conv2 = _conv(planes, planes, 3, stride, 1, dtype, rngs)
+    self.bn2 = _bn(planes, dtype, rngs)
+    self.conv3 = _conv(planes, out, 1, 1, 0, dtype, rngs)
+    self.bn3 = _bn(out, dtype, rngs)
+    self.downsample = _downsample(cin, out, stride, dtype, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+    y = self.bn3(self.conv3(y), use_running_average=ura)
+    return nnx.relu(y + _apply_downsample(self.downsample, x, train))
+
+
+STEMS = ('imagenet', 'cifar')
+
+
+class ResNet(nnx.Module):
+  """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv."""
+
+  def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
+               num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
+               dtype: Dtype = jnp.float32, arch: str = 'resnet', rngs: nnx.Rngs):
+    if stem not in STEMS:
+      raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
+    self.arch = arch
+    self.stem = stem
+    self.dtype = dtype
+    if stem == 'imagenet':
+      self.conv1 = _conv(3, width, 7, 2, 3, dtype, rngs)
+    else:
+      self.conv1 = _conv(3, width, 3, 1, 1, dtype, rngs)
+    self.bn1 = _bn(width, dtype, rngs)
+    cin = width
+    for i, depth in enumerate(layers):
+      planes = width * 2**i
+      blocks = []
+      for j in range(depth):
+        stride = 2 if (i > 0 and j == 0) else 1
+        blocks.append(block(cin, planes, stride, dtype=dtype, rngs=rngs))
+        cin = planes * block.expansion
+      setattr(self, f'layer{i + 1}', nnx.List(blocks))
+    self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+    if self.stem == 'imagenet':
+      # Pads with -inf like torch's MaxPool2d(3, 2, padding=1).
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+      for blk in layer:
+        x = blk(x, train)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return self.fc(x.astype(self.dtype)).astype(jnp.float32)
+
+
+DEPTHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...]]] = {
+    'resnet18': (BasicBlock, (2, 2, 2, 2)),
+    'resnet34': (BasicBlock, (3, 4, 6, 3)),
+    'resnet50': (Bottleneck, (3, 4, 6, 3)),
+    'resnet101': (Bottleneck, (3, 4, 23, 3)),
+    'resnet152': (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
+           dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> ResNet:
+  """Builds one of `DEPTHS` by its torchvision name."""
+  if arch not in DEPTHS:
+    raise ValueError(f'unknown resnet {arch!r}; allowed: {", ".join(DEPTHS)}')
+  block, layers = DEPTHS[arch]
+  return ResNet(block, layers, num_classes, stem=stem, width=width, dtype=dtype, arch=arch,
+                rngs=rngs)
