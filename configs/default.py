@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50  # Training metrics to metrics.jsonl / wandb every N steps.
   c.train.eval_every_epochs = 1.0  # Validation every N epochs (and always at the end).
   c.train.resume = True  # Resume from the latest checkpoint in the workdir if there is one.
+  c.train.on_nonfinite = 'stop'  # Non-finite loss: 'stop' (error naming the step) or 'skip' (drop the update, count it).
   c.train.max_steps = 0  # Stop after this many steps even if epochs remain; 0 = no limit (for tests and smoke runs).
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -1,0 +1,92 @@
+"""Checks a config against configs/default.py before anything compiles: one line naming the key."""
+
+import importlib.util
+import pathlib
+
+CHOICES = {
+    'data.source': ('local', 'tfds', 'synthetic'),
+    'model.name': ('simple_cnn', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'),
+    'model.stem': ('imagenet', 'cifar'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.normalize': ('cifar', 'imagenet', 'none'),
+    'augment.crop_mode': ('constant', 'reflect'),
+    'augment.policy': ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment'),
+    'optim.name': ('adamw', 'sgd'),
+    'optim.schedule': ('cosine', 'constant'),
+    'train.on_nonfinite': ('stop', 'skip'),
+    'wandb.mode': ('online', 'offline', 'disabled'),
+}
+# key: (low, high, low_inclusive); high is inclusive, None = unbounded.
+RANGES = {
+    'data.val_fraction': (0.0, 0.9, True),
+    'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
+    'data.synthetic_size': (1, None, True), 'data.worker_count': (0, None, True),
+    'data.prefetch': (0, None, True),
+    'model.num_classes': (1, None, True), 'model.width': (1, None, True),
+    'model.image_size': (16, 1024, True),
+    'augment.crop_padding': (0, 16, True), 'augment.randaugment_num_ops': (0, 14, True),
+    'augment.randaugment_magnitude': (0, 30, True), 'augment.erasing_prob': (0.0, 1.0, True),
+    'augment.mixup_alpha': (0.0, None, True), 'augment.cutmix_alpha': (0.0, None, True),
+    'augment.switch_prob': (0.0, 1.0, True),
+    'optim.lr': (0.0, 10.0, False), 'optim.momentum': (0.0, 1.0, True),
+    'optim.b1': (0.0, 1.0, True), 'optim.b2': (0.0, 1.0, True),
+    'optim.weight_decay': (0.0, None, True), 'optim.warmup_epochs': (0.0, None, True),
+    'optim.end_lr_factor': (0.0, 1.0, True), 'optim.grad_clip_norm': (0.0, None, True),
+    'optim.label_smoothing': (0.0, 1.0, True), 'optim.backbone_lr_mult': (0.0, None, True),
+    'optim.freeze_backbone_steps': (0, None, True),
+    'train.batch_size': (1, None, True), 'train.num_epochs': (0.0, None, False),
+    'train.eval_batch_size': (1, None, True), 'train.log_every_steps': (1, None, True),
+    'train.eval_every_epochs': (0.0, None, False), 'train.max_steps': (0, None, True),
+    'checkpoint.every_steps': (1, None, True), 'checkpoint.keep': (1, None, True),
+}
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _default_config():
+  path = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py'
+  if not path.exists():
+    raise ConfigError(f'{path} not found: install jax-cifar from its repository with pip install -e .')
+  spec = importlib.util.spec_from_file_location('jax_cifar_default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def validate(config) -> None:
+  """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range."""
+  given = _flatten(config.to_dict())
+  defaults = _flatten(_default_config().to_dict())
+  for key in given:
+    if key not in defaults:
+      raise ConfigError(f'unknown config key {key!r} (see configs/default.py for every key)')
+  for key, value in given.items():
+    default = defaults[key]
+    if isinstance(default, bool) != isinstance(value, bool) or (
+        isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+            isinstance(default, str) and not isinstance(value, str)):
+      raise ConfigError(f'config key {key!r} must be of type {type(default).__name__}, '
+                        f'got {value!r}')
+  for key, allowed in CHOICES.items():
+    if given[key] not in allowed:
+      raise ConfigError(f'config key {key!r} must be one of {allowed}, got {given[key]!r}')
+  for key, (low, high, low_inclusive) in RANGES.items():
+    value = given[key]
+    if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
+      bounds = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}]"
+      raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')
+  if given['data.val_fraction'] >= 1.0:
+    raise ConfigError("config key 'data.val_fraction' must be below 1")

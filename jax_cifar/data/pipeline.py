@@ -1,0 +1,75 @@
+"""grain pipelines: uint8 batches for this process, reshuffled every epoch, resumable by step.
+
+The training stream is a random-access `grain.MapDataset` whose element `s` is the batch of step
+`s`: one global shuffle per epoch (seeded), global batches with the remainder of each epoch
+dropped, then this process's contiguous slice of every global batch. Resuming at step `s` is
+`dataset[s:]`, so a restarted run sees exactly the batches the uninterrupted one would.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from jax_cifar.data.cifar100 import Split
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gather:
+  """Turns a batch of indices into a batch of images and labels (a cheap uint8 gather)."""
+  split: Split
+
+  def __call__(self, indices: np.ndarray) -> dict:
+    indices = np.asarray(indices)
+    return {'image': self.split.images[indices], 'label': self.split.labels[indices].astype(np.int32)}
+
+
+def _process_slice(global_batch: int):
+  per_process = global_batch // jax.process_count()
+  start = jax.process_index() * per_process
+  return lambda indices: np.asarray(indices)[start:start + per_process]
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  steps = num_examples // global_batch
+  if steps == 0:
+    raise ValueError(f'train.batch_size={global_batch} is larger than the training set '
+                     f'({num_examples} images)')
+  return steps
+
+
+def train_dataset(split: Split, global_batch: int, seed: int, num_epochs: int) -> grain.MapDataset:
+  """Element s = this process's share of the global batch of step s."""
+  ds = grain.MapDataset.range(len(split)).shuffle(seed=seed)
+  ds = ds.batch(global_batch, drop_remainder=True).repeat(num_epochs)
+  return ds.map(_process_slice(global_batch)).map(_Gather(split))
+
+
+def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, start_step: int,
+                  worker_count: int = 0) -> Iterator[dict]:
+  ds = train_dataset(split, global_batch, seed, num_epochs)[start_step:]
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if worker_count > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(it)
+
+
+def _pad(batch: dict, size: int) -> dict:
+  n = len(batch['label'])
+  out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+  out['mask'] = (np.arange(size) < n).astype(np.int32)
+  return out
+
+
+def eval_batches(split: Split, global_batch: int) -> Iterator[dict]:
+  """Every image exactly once: the last batch is padded and masked; each process takes its slice."""
+  ds = grain.MapDataset.range(len(split)).batch(global_batch, drop_remainder=False)
+  ds = ds.map(_Gather(split)).map(lambda b: _pad(b, global_batch)).map(
+      lambda b: {k: v[_process_slice(global_batch)(np.arange(global_batch))] for k, v in b.items()})
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
+
+
+def num_eval_batches(num_examples: int, global_batch: int) -> int:
+  return -(-num_examples // global_batch)

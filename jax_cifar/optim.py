@@ -1,0 +1,75 @@
+"""The optax chain: global-norm clipping -> AdamW (or SGD) with warmup + cosine, per-group rates."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+HEAD_KEY = 'fc'  # Every model names its classifier `fc` (torchvision's name), so the head is found by path.
+
+
+def _top_key(path) -> str:
+  first = path[0]
+  return str(getattr(first, 'key', getattr(first, 'name', first)))
+
+
+def decay_mask(params):
+  """Weight decay on kernels only: BatchNorm scales/biases and dense biases (ndim <= 1) are exempt."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def param_groups(params):
+  """Labels every parameter 'head' or 'backbone' by its top-level module name."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'head' if _top_key(path) == HEAD_KEY else 'backbone', params)
+
+
+def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int,
+                  delay_steps: int = 0) -> optax.Schedule:
+  """Linear warmup then cosine (or constant); `delay_steps` of zero learning rate come first."""
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  decay_steps = max(total_steps - delay_steps, 1)
+  warmup = min(warmup, decay_steps - 1) if decay_steps > 1 else 0
+  if config.schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak_lr, peak_value=peak_lr, warmup_steps=warmup,
+        decay_steps=decay_steps, end_value=peak_lr * config.end_lr_factor)
+  elif config.schedule == 'constant':
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak_lr, warmup), optax.constant_schedule(peak_lr)], [warmup])
+  else:
+    raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+  if delay_steps:
+    schedule = optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
+  return schedule
+
+
+def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  if config.name == 'adamw':
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                       mask=decay_mask)
+  if config.name == 'sgd':  # torch-style coupled decay: added to the gradient before momentum.
+    return optax.chain(optax.masked(optax.add_decayed_weights(config.weight_decay), decay_mask),
+                       optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+  raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {config.name!r}")
+
+
+def make_optimizer(config, total_steps: int, steps_per_epoch: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (transformation, head learning-rate schedule for logging)."""
+  head_schedule = make_schedule(config.lr, config, total_steps, steps_per_epoch)
+  split = config.backbone_lr_mult != 1.0 or config.freeze_backbone_steps > 0
+  if split:
+    backbone_schedule = make_schedule(config.lr * config.backbone_lr_mult, config, total_steps,
+                                      steps_per_epoch, delay_steps=config.freeze_backbone_steps)
+    tx = optax.multi_transform(
+        {'head': _base_optimizer(config, head_schedule),
+         'backbone': _base_optimizer(config, backbone_schedule)}, param_groups)
+  else:
+    tx = _base_optimizer(config, head_schedule)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx, head_schedule
+
+
+def global_norm(tree) -> jax.Array:
+  return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))

@@ -1,0 +1,72 @@
+"""Device mesh, shardings and global batches: data parallelism with jax.jit, on one or many hosts."""
+
+import collections
+import os
+from typing import Iterable, Iterator
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def maybe_initialize_distributed() -> None:
+  """Starts JAX's distributed runtime when launched as one of several processes.
+
+  TPU pods and SLURM are detected by `jax.distributed.initialize()` itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  in_slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  if not explicit and not in_slurm and not os.environ.get('TPU_WORKER_HOSTNAMES'):
+    return
+  if explicit:
+    jax.distributed.initialize(coordinator_address=explicit,
+                               num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                               process_id=int(os.environ['JAX_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
+  logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh() -> Mesh:
+  """One 'data' axis over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, name: str) -> int:
+  """Per-process batch size; the global batch must split evenly over devices."""
+  if global_batch % jax.device_count():
+    raise ValueError(f'{name}={global_batch} must be divisible by the number of devices '
+                     f'({jax.device_count()})')
+  return global_batch // jax.process_count()
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """Assembles this process's slice of a batch into one global, sharded jax.Array per key."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterable[dict], sharding: NamedSharding,
+                       size: int = 2) -> Iterator[dict]:
+  """Keeps `size` batches in flight to the devices so transfers overlap the running step."""
+  queue = collections.deque()
+  iterator = iter(batches)
+  for batch in iterator:
+    queue.append(to_global(batch, sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

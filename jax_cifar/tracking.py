@@ -1,0 +1,107 @@
+"""Where numbers go: metrics.jsonl (always), wandb (when enabled; never fatal), a tqdm bar."""
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import tqdm
+from absl import logging
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """All complete lines of WORKDIR/metrics.jsonl (a torn last line from a crash is ignored)."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
+def _clean(value: Any) -> Any:
+  value = float(value) if hasattr(value, 'dtype') or isinstance(value, (int, float)) else value
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsWriter:
+  """Appends one JSON object per line; on resume, forgets rows after the restored step.
+
+  Rows logged after the last checkpoint are re-logged by the resumed run, so truncating to the
+  restored step keeps every step exactly once.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, config, resume_step: int):
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / METRICS_FILE
+    self.is_chief = jax.process_index() == 0
+    self.wandb_run = None
+    if not self.is_chief:
+      return
+    kept = [r for r in read_metrics(self.workdir) if r.get('step', 0) <= resume_step]
+    tmp = self.path.with_suffix('.tmp')
+    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+    tmp.replace(self.path)
+    self._file = self.path.open('a')
+    self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.is_chief:
+      return
+    row = {'step': int(step), **{k: _clean(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(row) + '\n')
+    self._file.flush()
+    if self.wandb_run is not None:
+      try:
+        self.wandb_run.log({k: v for k, v in row.items() if k != 'step'}, step=int(step))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('wandb.log failed (%s); continuing with metrics.jsonl only.', e)
+        self.wandb_run = None
+
+  def close(self) -> None:
+    if not self.is_chief:
+      return
+    self._file.close()
+    if self.wandb_run is not None:
+      try:
+        self.wandb_run.finish()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('wandb.finish failed: %s', e)
+
+
+def _start_wandb(config, workdir: pathlib.Path, resume: bool):
+  """Starts a wandb run, or returns None (with a warning) if disabled or wandb cannot start."""
+  if config.wandb.mode == 'disabled':
+    return None
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+    return wandb.init(
+        project=config.wandb.project, entity=config.wandb.entity or None,
+        name=config.wandb.name or workdir.name, tags=list(config.wandb.tags),
+        mode=config.wandb.mode, dir=str(workdir), config=config.to_dict(),
+        id=_wandb_id(workdir), resume='allow' if resume else None)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('wandb could not start (%s: %s); training continues, metrics go to %s only.',
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else '', METRICS_FILE)
+    return None
+
+
+def _wandb_id(workdir: pathlib.Path) -> str:
+  """A run id kept in the workdir, so a resumed run continues the same wandb run."""
+  path = workdir / 'wandb_run_id'
+  if not path.exists():
+    import wandb  # pylint: disable=g-import-not-at-top
+    path.write_text(wandb.util.generate_id())
+  return path.read_text().strip()
+
+
+def progress_bar(total: int, initial: int, desc: str = 'train') -> tqdm.tqdm:
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit='step', dynamic_ncols=True,
+                   disable=jax.process_index() != 0, mininterval=1.0)

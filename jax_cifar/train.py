@@ -1,0 +1,35 @@
+"""Entry point: python -m jax_cifar.train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE]."""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jax_cifar import checkpoints, config_validation, parallel, trainer
+from jax_cifar.data import cifar100
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Bad input ends with one line naming the problem and a non-zero status, not a traceback.
+EXPECTED_ERRORS = (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
+                   trainer.NonFiniteLossError, OSError, ValueError)
+
+
+def main(argv):
+  del argv
+  parallel.maybe_initialize_distributed()
+  try:
+    result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except trainer.Preempted:
+    sys.exit(trainer.PREEMPTED_EXIT_CODE)
+  except EXPECTED_ERRORS as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+  logging.info('Done: %s', result)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,105 @@
+"""Pure, jittable train and eval steps: augmentation, mixup, label-smoothed loss, optimizer update.
+
+The model travels as `nnx.split` pieces (graphdef is static; params and batch statistics are
+pytrees in `TrainState`), so the step is a plain function that `jax.jit` compiles once.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jax_cifar import augment, mixing, optim
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates done so far.
+  params: Any  # nnx.State of nnx.Param.
+  batch_stats: Any  # nnx.State of everything else (BatchNorm running statistics).
+  opt_state: Any
+  rng: jax.Array  # uint32[2] base key; each step folds in its step number.
+  nonfinite_steps: jax.Array  # int32 scalar: updates skipped because the loss was not finite.
+  first_nonfinite_step: jax.Array  # int32 scalar: step of the first such update, -1 if none.
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example cross-entropy against soft targets, computed in float32."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def model_input(images, config, dtype):
+  return augment.to_model_input(images, image_size=config.model.image_size,
+                                normalize=config.model.normalize, dtype=dtype)
+
+
+def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, config) -> tuple[TrainState, dict]:
+  """One update on a global batch {'image': uint8 [B,32,32,3], 'label': int32 [B]}."""
+  dtype = jnp.dtype(config.model.dtype)
+  key = jax.random.fold_in(state.rng, state.step)
+  k_aug, k_mix = jax.random.split(key)
+  images = augment.augment_batch(k_aug, batch['image'], config.augment)
+  images = model_input(images, config, dtype)
+  targets = mixing.smooth_one_hot(batch['label'], config.model.num_classes,
+                                  config.optim.label_smoothing)
+  images, targets, _ = mixing.mix_batch(
+      k_mix, images, targets, mixup_alpha=config.augment.mixup_alpha,
+      cutmix_alpha=config.augment.cutmix_alpha, switch_prob=config.augment.switch_prob)
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.batch_stats)
+    logits = model(images, train=True)
+    loss = cross_entropy(logits, targets).mean()
+    return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+
+  # A non-finite loss must never reach the parameters: keep the old state and count the step.
+  finite = jnp.isfinite(loss)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      batch_stats=keep(new_stats, state.batch_stats),
+      opt_state=keep(new_opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
+      first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
+                                     state.first_nonfinite_step, state.step))
+  metrics = {
+      'train_loss': loss,
+      'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'grad_norm': optim.global_norm(grads),
+      'param_norm': optim.global_norm(new_state.params),
+      'learning_rate': schedule(state.step),
+  }
+  return new_state, metrics
+
+
+def eval_step(params, batch_stats, batch: dict, *, graphdef, config) -> dict:
+  """Sums over the real (mask == 1) examples of a padded batch: loss, correct top-1 and top-5."""
+  model = nnx.merge(graphdef, params, batch_stats)
+  images = model_input(batch['image'], config, jnp.dtype(config.model.dtype))
+  logits = model(images, train=False).astype(jnp.float32)
+  labels = batch['label']
+  mask = batch['mask'].astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {
+      'loss_sum': jnp.sum(loss * mask),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+def predict_step(params, batch_stats, images: jax.Array, *, graphdef, config) -> jax.Array:
+  """Float32 logits of uint8 images in eval mode (used by evaluation and OOD prediction)."""
+  model = nnx.merge(graphdef, params, batch_stats)
+  x = model_input(images, config, jnp.dtype(config.model.dtype))
+  return model(x, train=False).astype(jnp.float32)

@@ -1,0 +1,205 @@
+"""The training loop: build state, restore, iterate, log, evaluate, checkpoint."""
+
+import functools
+import json
+import math
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from jax_cifar import checkpoints, config_validation, models, optim, parallel, tracking
+from jax_cifar.data import cifar100, pipeline
+from jax_cifar.train_step import TrainState, eval_step, train_step
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class Preempted(Exception):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and state
+# ---------------------------------------------------------------------------------------------
+def build_model(config) -> nnx.Module:
+  model = models.create_model(
+      config.model.name, config.model.num_classes, stem=config.model.stem,
+      width=config.model.width, dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
+  if config.model.pretrained:
+    from jax_cifar import convert  # pylint: disable=g-import-not-at-top
+    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
+                            rngs_seed=config.seed)
+  return model
+
+
+def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
+  graphdef, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed),
+      nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=-jnp.ones((), jnp.int32))
+  return jax.device_put(state, parallel.replicated(mesh)), graphdef
+
+
+def compile_steps(config, graphdef, tx, schedule, mesh):
+  """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
+  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  p_train = jax.jit(
+      functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
+      in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+  p_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, config=config),
+                   in_shardings=(repl, repl, data), out_shardings=repl)
+  return p_train, p_eval
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def evaluate_split(p_eval, params, batch_stats, split: cifar100.Split, batch_size: int,
+                   mesh) -> dict:
+  """Loss, top-1 and top-5 over every image of `split` (padded last batch masked out)."""
+  totals = None
+  for batch in parallel.prefetch_to_device(pipeline.eval_batches(split, batch_size),
+                                           parallel.batch_sharded(mesh)):
+    out = p_eval(params, batch_stats, batch)
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
+          'top5_accuracy': float(totals['correct_top5']) / count, 'count': int(count)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _install_signal_handlers() -> dict:
+  flag = {'signal': None}
+
+  def handler(signum, _):
+    flag['signal'] = signal.Signals(signum).name
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, handler)
+  return flag
+
+
+def _write_config(config, workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    tmp = workdir / 'config.json.tmp'
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str) + '\n')
+    tmp.replace(workdir / 'config.json')
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
+  config_validation.validate(config)
+  workdir = pathlib.Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir)
+  except OSError as e:
+    raise OSError(f'workdir {workdir} is not writable: {e.strerror}') from e
+  mesh = parallel.make_mesh()
+  batch_size = config.train.batch_size
+  parallel.check_batch_size(batch_size, 'train.batch_size')
+  parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+
+  # --- data -----------------------------------------------------------------------------------
+  splits = cifar100.get_splits(config.data)
+  train_split, val_split = splits['train'], splits['val']
+  if val_split is None:
+    logging.warning('data.val_fraction=0: validating (and picking the best checkpoint) on TEST.')
+    val_split = splits['test']
+  steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
+  total_steps = max(1, int(config.train.num_epochs * steps_per_epoch))
+  last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
+  eval_every = max(1, int(round(config.train.eval_every_epochs * steps_per_epoch)))
+
+  # --- model, optimizer, state ------------------------------------------------------------------
+  tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+  state, graphdef = init_state(config, tx, mesh)
+  ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
+  if config.train.resume:
+    restored = ckpts.restore('latest', state)
+    if restored is not None:
+      state = restored[0]
+      logging.info('Resumed from step %d.', restored[1])
+  start_step = int(state.step)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('%s: %.2fM params, %d steps/epoch, %d steps, %d devices.', config.model.name,
+               n_params / 1e6, steps_per_epoch, total_steps, jax.device_count())
+  p_train, p_eval = compile_steps(config, graphdef, tx, schedule, mesh)
+
+  writer = tracking.MetricsWriter(workdir, config, resume_step=start_step)
+  batches = parallel.prefetch_to_device(
+      pipeline.train_batches(train_split, batch_size, config.seed, math.ceil(config.train.num_epochs),
+                             start_step, config.data.worker_count),
+      parallel.batch_sharded(mesh), size=config.data.prefetch)
+  stop = _install_signal_handlers()
+  bar = tracking.progress_bar(last_step, start_step)
+  pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
+  try:
+    for step in range(start_step + 1, last_step + 1):
+      state, metrics = p_train(state, next(batches))
+      pending.append(metrics)
+      if step % config.train.log_every_steps == 0 or step == last_step:
+        summary = {k: float(np.mean(v)) for k, v in jax.device_get(
+            jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
+        _check_finite(state, config)
+        now = time.perf_counter()
+        summary['images_per_sec'] = len(pending) * batch_size / (now - t_last)
+        summary['epoch'] = step / steps_per_epoch
+        writer.write(step, summary)
+        bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
+                        img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
+        pending, t_last = [], now
+      bar.update(1)
+      if step % eval_every == 0 or step == last_step:
+        last_val = _validate(p_eval, state, val_split, config, mesh, ckpts, writer, step)
+        t_last = time.perf_counter()
+      if step % config.checkpoint.every_steps == 0 or step == last_step:
+        ckpts.save_latest(state, step)
+      if stop['signal']:
+        raise Preempted(stop['signal'])
+  except Preempted as e:
+    ckpts.save_latest(state, step)
+    ckpts.wait()
+    logging.warning('Received %s: saved step %d to %s; relaunch to resume.', e, step, workdir)
+    raise
+  finally:
+    bar.close()
+    ckpts.wait()
+    writer.close()
+  ckpts.close()
+  return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
+
+
+def _check_finite(state: TrainState, config) -> None:
+  bad = int(state.nonfinite_steps)
+  if bad and config.train.on_nonfinite == 'stop':
+    raise NonFiniteLossError(
+        f'non-finite loss at step {int(state.first_nonfinite_step) + 1}: the update was not applied; '
+        f'the last saved checkpoint is kept (set train.on_nonfinite=skip to skip such steps)')
+  if bad:
+    logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
+
+
+def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int) -> dict:
+  result = evaluate_split(p_eval, state.params, state.batch_stats, split,
+                          config.train.eval_batch_size, mesh)
+  row = {'val_loss': result['loss'], 'val_accuracy': result['accuracy'],
+         'val_top5_accuracy': result['top5_accuracy']}
+  writer.write(step, row)
+  ckpts.maybe_save_best(state, step, result['accuracy'])
+  logging.info('step %d: val_accuracy %.4f, val_loss %.4f', step, result['accuracy'], result['loss'])
+  return row

@@ -1,0 +1,30 @@
+"""Shared fixtures: locating the real data, and requiring it under CI."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # So config files can `from configs import default`.
+  sys.path.insert(0, str(ROOT))
+
+
+def require_env_path(var: str, *parts: str) -> pathlib.Path:
+  """The file/folder under $VAR; skipped with a reason outside CI, a failure under CI."""
+  base = os.environ.get(var)
+  path = pathlib.Path(base, *parts) if base else None
+  if path is None or not path.exists():
+    reason = f'{var} is unset' if base is None else f'{path} does not exist'
+    if os.environ.get('CI'):
+      pytest.fail(f'CI requires real data: {reason}')
+    pytest.skip(reason)
+  return path
+
+
+@pytest.fixture(scope='session')
+def cifar_dir() -> pathlib.Path:
+  """Folder holding the real cifar-100-python/ (from $JAX_CIFAR_DATA_DIR)."""
+  require_env_path('JAX_CIFAR_DATA_DIR', 'cifar-100-python')
+  return pathlib.Path(os.environ['JAX_CIFAR_DATA_DIR'])

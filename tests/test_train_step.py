@@ -1,0 +1,114 @@
+"""Loss, mixup/CutMix targets and the optimizer chain against NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import default
+from jax_cifar import mixing, optim, train_step
+
+
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_mixup_with_label_smoothing_targets_sum_to_one_and_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 100, size=16)
+  images = jnp.asarray(rng.normal(size=(16, 8, 8, 3)), jnp.float32)
+  targets = mixing.smooth_one_hot(jnp.asarray(labels), 100, 0.1)
+  mixed, mixed_targets, lam = mixing.mix_batch(jax.random.PRNGKey(3), images, targets,
+                                               mixup_alpha=0.4, cutmix_alpha=0.0)
+  lam = float(lam)
+  assert 0.0 < lam < 1.0
+  np.testing.assert_allclose(np.asarray(mixed_targets).sum(-1), 1.0, rtol=1e-6)
+  # NumPy reference: smoothed one-hot, mixed with the mirrored batch.
+  one_hot = np.eye(100)[labels] * 0.9 + 0.1 / 100
+  ref_targets = lam * one_hot + (1 - lam) * one_hot[::-1]
+  np.testing.assert_allclose(mixed_targets, ref_targets, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(mixed, lam * np.asarray(images) + (1 - lam) * np.asarray(images)[::-1],
+                             rtol=1e-5, atol=1e-6)
+  logits = rng.normal(size=(16, 100)).astype(np.float32) * 3
+  loss = train_step.cross_entropy(jnp.asarray(logits), mixed_targets)
+  ref_loss = -(ref_targets * _np_log_softmax(logits.astype(np.float64))).sum(-1)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+
+
+def test_cutmix_lambda_equals_the_pasted_area():
+  images = jnp.stack([jnp.full((32, 32, 3), float(i)) for i in range(4)])
+  targets = mixing.smooth_one_hot(jnp.arange(4), 10, 0.0)
+  for seed in range(20):
+    mixed, mixed_targets, lam = mixing.mix_batch(jax.random.PRNGKey(seed), images, targets,
+                                                 mixup_alpha=0.0, cutmix_alpha=1.0)
+    pasted = float(np.mean(np.asarray(mixed[0, :, :, 0]) != 0.0))  # Partner of image 0 is image 3.
+    assert float(lam) == pytest.approx(1.0 - pasted, abs=1e-6)
+    np.testing.assert_allclose(mixed_targets[0, 0], lam, atol=1e-6)
+    np.testing.assert_allclose(mixed_targets[0, 3], 1 - lam, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mixed_targets).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_mix_batch_is_identity_when_disabled():
+  images = jnp.ones((4, 8, 8, 3))
+  targets = mixing.smooth_one_hot(jnp.arange(4), 10, 0.1)
+  out_images, out_targets, lam = mixing.mix_batch(jax.random.PRNGKey(0), images, targets,
+                                                  mixup_alpha=0.0, cutmix_alpha=0.0)
+  assert out_images is images and out_targets is targets and float(lam) == 1.0
+
+
+def _tiny_params():
+  from jax_cifar import models
+  model = models.create_model('resnet18', 10, stem='cifar', width=4, rngs=nnx.Rngs(0))
+  return nnx.split(model, nnx.Param, ...)[1]
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+  params = _tiny_params()
+  mask = optim.decay_mask(params)
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+  assert any('bn1' in k for k in flat) and any("'fc'" in k for k in flat)
+  for key, decayed in flat.items():
+    is_kernel = 'kernel' in key
+    assert decayed == is_kernel, key
+
+
+def test_backbone_freeze_keeps_backbone_and_trains_head():
+  c = default.get_config().optim
+  c.freeze_backbone_steps = 3
+  c.backbone_lr_mult = 0.1
+  c.warmup_epochs = 0.0
+  params = _tiny_params()
+  tx, _ = optim.make_optimizer(c, total_steps=10, steps_per_epoch=10)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = tx.update(grads, state, params)
+  groups = optim.param_groups(params)
+  for update, group in zip(jax.tree.leaves(updates), jax.tree.leaves(groups)):
+    if group == 'backbone':
+      assert float(jnp.abs(update).max()) == 0.0
+    else:
+      assert float(jnp.abs(update).max()) > 0.0
+
+
+def test_schedule_warms_up_then_decays_to_end_value():
+  c = default.get_config().optim
+  c.lr, c.warmup_epochs, c.end_lr_factor = 1.0, 2.0, 0.0
+  sched = optim.make_schedule(c.lr, c, total_steps=100, steps_per_epoch=10)
+  assert float(sched(0)) == 0.0
+  assert float(sched(20)) == pytest.approx(1.0)
+  assert float(sched(10)) == pytest.approx(0.5)
+  assert float(sched(100)) == pytest.approx(0.0, abs=1e-7)
+  assert float(sched(60)) < float(sched(30))
+
+
+def test_clipping_bounds_the_global_norm():
+  c = default.get_config().optim
+  c.name, c.grad_clip_norm, c.weight_decay, c.momentum = 'sgd', 0.5, 0.0, 0.0
+  c.schedule, c.warmup_epochs, c.lr = 'constant', 0.0, 1.0
+  params = {'w': jnp.zeros((3, 3))}
+  tx, _ = optim.make_optimizer(c, total_steps=10, steps_per_epoch=10)
+  updates, _ = tx.update({'w': jnp.full((3, 3), 10.0)}, tx.init(params), params)
+  assert float(optax.tree.norm(updates)) == pytest.approx(0.5, rel=1e-5)
