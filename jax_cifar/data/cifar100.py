@@ -1,0 +1,369 @@
+"""CIFAR-100 sources (official pickles, tfds, synthetic) and deterministic splits.
+
+Everything here returns uint8 NHWC arrays on the host; augmentation and arithmetic on pixels
+happen later, on the accelerator.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
+CIFAR100_MD5 = 'eb9058c3a382ffc7106e4002c42a8d85'
+FOLDER = 'cifar-100-python'
+ARCHIVES = (FOLDER + '.tar.gz', FOLDER + '.tar.xz', FOLDER + '.tar')
+NUM_CLASSES = 100
+NUM_COARSE_CLASSES = 20
+SPLITS = ('train', 'test')
+
+
+class DataError(Exception):
+  """Bad or missing input data; the message is one line naming the file and the problem."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # uint8 [N, 32, 32, 3] NHWC
+  labels: np.ndarray  # int32 [N] fine labels
+  coarse_labels: np.ndarray | None  # int32 [N]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def subset(self, indices: np.ndarray) -> Split:
+    coarse = None if self.coarse_labels is None else self.coarse_labels[indices]
+    return Split(self.images[indices], self.labels[indices], coarse)
+
+
+# ------------------------------------------------------------------ restricted unpickling
+
+try:  # numpy >= 2
+  from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+  from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+
+
+def _latin1_encode(text: str, encoding: str = 'latin1') -> bytes:
+  """What Python 3 protocol-2 pickles use to store bytes; only the latin1 codec is allowed."""
+  if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
+    raise pickle.UnpicklingError(f'disallowed _codecs.encode(..., {encoding!r})')
+  return codecs.encode(text, 'latin1')
+
+
+# Exactly the constructors that numpy arrays in the official (py2) and re-saved (py3) files need.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,
+    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('_codecs', 'encode'): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Refuses every global outside the allow-list, so a crafted file cannot run code."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    try:
+      return _ALLOWED_GLOBALS[(module, name)]
+    except KeyError:
+      raise pickle.UnpicklingError(f'disallowed global {module}.{name}') from None
+
+  def persistent_load(self, pid: Any) -> Any:
+    raise pickle.UnpicklingError('persistent ids are not allowed')
+
+
+def _to_str(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode('latin1')
+  if isinstance(value, list):
+    return [_to_str(v) for v in value]
+  return value
+
+
+def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, Any]:
+  """Reads a CIFAR pickle safely; keys (and lists of names) come back as str for either encoding."""
+  path = pathlib.Path(path)
+  try:
+    with open(path, 'rb') as f:
+      obj = _RestrictedUnpickler(f, encoding=encoding).load()
+  except FileNotFoundError:
+    raise DataError(f'{path}: file not found') from None
+  except pickle.UnpicklingError as e:
+    raise DataError(f'{path}: unsafe or corrupt pickle ({e})') from None
+  except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
+    raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
+  if not isinstance(obj, dict):
+    raise DataError(f'{path}: expected a dict, got {type(obj).__name__}')
+  return {_to_str(k): _to_str(v) for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------ locating, downloading, extracting
+
+
+def resolve_data_dir(configured: str = '') -> pathlib.Path:
+  """The configured folder, else $JAX_CIFAR_DATA_DIR, else a cache folder (created)."""
+  if configured:
+    return pathlib.Path(configured).expanduser()
+  env = os.environ.get('JAX_CIFAR_DATA_DIR', '')
+  if env:
+    return pathlib.Path(env).expanduser()
+  cache = pathlib.Path('~/.cache/jax_cifar').expanduser()
+  cache.mkdir(parents=True, exist_ok=True)
+  return cache
+
+
+def _is_cifar_folder(path: pathlib.Path) -> bool:
+  return all((path / name).is_file() for name in ('train', 'test', 'meta'))
+
+
+def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
+  """Streams `url` into a temp file next to `dest`, checks its md5, then renames it into place."""
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix='.' + dest.name + '.', suffix='.part')
+  tmp = pathlib.Path(tmp_name)
+  digest = hashlib.md5()
+  try:
+    import tqdm  # pylint: disable=g-import-not-at-top
+
+    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=60) as response:
+      total = int(response.headers.get('Content-Length') or 0) or None
+      with tqdm.tqdm(total=total, unit='B', unit_scale=True, desc=f'Downloading {dest.name}') as bar:
+        while chunk := response.read(1 << 20):
+          out.write(chunk)
+          digest.update(chunk)
+          bar.update(len(chunk))
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    tmp.unlink(missing_ok=True)
+    reason = getattr(e, 'reason', e)
+    raise DataError(
+        f'{dest}: cannot download {url} ({reason}); put {FOLDER}/ or {ARCHIVES[0]} into '
+        f'{dest.parent} (or set data.dir / JAX_CIFAR_DATA_DIR to a folder that holds it)'
+    ) from None
+  if digest.hexdigest() != md5:
+    tmp.unlink(missing_ok=True)
+    raise DataError(f'{dest}: md5 of the download from {url} is {digest.hexdigest()}, expected {md5}; removed it')
+  os.replace(tmp, dest)
+  return dest
+
+
+def extract_archive(archive: pathlib.Path) -> pathlib.Path:
+  """Extracts into a temp folder next to the archive, then renames, so a crash leaves no half folder."""
+  target = archive.parent / FOLDER
+  try:
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=archive.parent, prefix='.extract-'))
+  except OSError as e:
+    raise DataError(
+        f'{archive}: cannot extract next to it ({e.strerror}); extract it elsewhere '
+        f'(tar -xf {archive} -C DIR) and point data.dir to DIR'
+    ) from None
+  try:
+    with tarfile.open(archive) as tar:
+      tar.extractall(tmp, filter='data')
+    if not _is_cifar_folder(tmp / FOLDER):
+      raise DataError(f'{archive}: archive has no {FOLDER}/ folder with train, test and meta')
+    try:
+      os.rename(tmp / FOLDER, target)
+    except OSError:
+      if not _is_cifar_folder(target):  # a concurrent process may have won the race
+        raise
+  except DataError:
+    raise
+  except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
+    raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({type(e).__name__}: {e})') from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
+def find_or_fetch(
+    data_dir: str | os.PathLike, *, download: bool = True, url: str | None = None, md5: str | None = None
+) -> pathlib.Path:
+  """Returns the `cifar-100-python` folder, extracting or downloading it when needed."""
+  data_dir = pathlib.Path(data_dir).expanduser()
+  if _is_cifar_folder(data_dir / FOLDER):
+    return data_dir / FOLDER
+  if _is_cifar_folder(data_dir):  # the user pointed at the folder itself
+    return data_dir
+  for name in ARCHIVES:
+    if (data_dir / name).is_file():
+      return extract_archive(data_dir / name)
+  if not download:
+    raise DataError(f'{data_dir}: no {FOLDER}/ or {"/".join(ARCHIVES)} here and download is off')
+  archive = download_archive(url or CIFAR100_URL, data_dir / ARCHIVES[0], md5 or CIFAR100_MD5)
+  return extract_archive(archive)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _labels(path: pathlib.Path, raw: dict[str, Any], key: str, n: int, num: int) -> np.ndarray:
+  labels = np.asarray(raw[key])
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f'{path}: {key} has shape {labels.shape} / dtype {labels.dtype}, expected {n} ints')
+  if n and (labels.min() < 0 or labels.max() >= num):
+    raise DataError(f'{path}: {key} outside [0, {num})')
+  return labels.astype(np.int32)
+
+
+def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
+  raw = read_pickle(path, encoding)
+  for key in ('data', 'fine_labels'):
+    if key not in raw:
+      raise DataError(f'{path}: missing key {key!r} (has {sorted(raw)})')
+  data = raw['data']
+  if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    desc = f'{data.dtype} {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
+    raise DataError(f'{path}: data is {desc}, expected uint8 [N, 3072]')
+  n = data.shape[0]
+  labels = _labels(path, raw, 'fine_labels', n, NUM_CLASSES)
+  coarse = _labels(path, raw, 'coarse_labels', n, NUM_COARSE_CLASSES) if 'coarse_labels' in raw else None
+  # Rows are 1024 R, 1024 G, 1024 B planes (row-major 32x32): CHW -> HWC.
+  images = np.ascontiguousarray(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
+  return Split(images, labels, coarse)
+
+
+def load_split(
+    data_dir: str | os.PathLike,
+    split: str,
+    *,
+    download: bool = True,
+    url: str | None = None,
+    md5: str | None = None,
+    encoding: str = 'latin1',
+) -> Split:
+  """Loads 'train' or 'test' from the official python layout (folder, archive or download)."""
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+  folder = find_or_fetch(data_dir, download=download, url=url, md5=md5)
+  return _split_from_pickle(folder / split, encoding)
+
+
+def class_names(data_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
+  """(fine, coarse) class names from `meta`, indexed by label."""
+  folder = find_or_fetch(data_dir, download=False)
+  raw = read_pickle(folder / 'meta')
+  try:
+    return list(raw['fine_label_names']), list(raw['coarse_label_names'])
+  except KeyError as e:
+    raise DataError(f'{folder / "meta"}: missing key {e}') from None
+
+
+def load_tfds(split: str, data_dir: str = '') -> Split:
+  """Reads an already prepared (array_record) tfds `cifar100`; never downloads."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+
+  where = data_dir or '~/tensorflow_datasets'
+  hint = (
+      f'tfds cifar100 is not prepared as array_record in {where}: run `tfds build cifar100 '
+      f'--file_format=array_record --data_dir={where}` where there is internet'
+  )
+  try:
+    builder = tfds.builder('cifar100', data_dir=data_dir or None)
+    if not builder.is_prepared():
+      raise DataError(hint)
+    source = tfds.data_source('cifar100', split=split, data_dir=data_dir or None, download=False)
+    records = source.__getitems__(range(len(source)))
+  except DataError:
+    raise
+  except Exception as e:
+    raise DataError(f'{hint} ({type(e).__name__}: {e})') from None
+  images = np.stack([np.asarray(r['image'], np.uint8) for r in records]) if records else np.zeros((0, 32, 32, 3), np.uint8)
+  labels = np.asarray([r['label'] for r in records], np.int32)
+  coarse = np.asarray([r['coarse_label'] for r in records], np.int32)
+  return Split(images, labels, coarse)
+
+
+def synthetic_split(n: int, seed: int, num_classes: int = NUM_CLASSES) -> Split:
+  """Random pixels with balanced labels: shape-correct data for benchmarks and smoke tests."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+  coarse = (labels * NUM_COARSE_CLASSES // num_classes).astype(np.int32)
+  return Split(images, labels, coarse)
+
+
+# ------------------------------------------------------------------ splits and subsets
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train_idx, val_idx), both sorted; each class gives round(val_fraction * its count) to val."""
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}')
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f'labels must be 1-D, got shape {labels.shape}')
+  rng = np.random.default_rng(seed)
+  val_parts = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    n_val = int(round(val_fraction * len(members)))
+    val_parts.append(rng.permutation(members)[:n_val])
+  val_idx = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, np.int64)
+  in_val = np.zeros(len(labels), bool)
+  in_val[val_idx] = True
+  return np.flatnonzero(~in_val), val_idx
+
+
+def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
+  """Sorted indices of n images taken round-robin over classes in file order; n=0 keeps all."""
+  labels = np.asarray(labels)
+  if n < 0:
+    raise ValueError(f'n must be >= 0, got {n}')
+  if n == 0 or n >= len(labels):
+    return np.arange(len(labels))
+  order = np.argsort(labels, kind='stable')
+  sorted_labels = labels[order]
+  rank = np.empty(len(labels), np.int64)  # position of each image within its class
+  rank[order] = np.arange(len(labels)) - np.searchsorted(sorted_labels, sorted_labels, side='left')
+  picked = np.lexsort((labels, rank))[:n]  # all first images, then all second images, ...
+  return np.sort(picked)
+
+
+def get_splits(data_cfg: Any) -> dict[str, Split | None]:
+  """'train', 'val' (None when val_fraction is 0) and 'test' for the `data` section of a config."""
+  source = data_cfg.source
+  if source == 'local':
+    data_dir = resolve_data_dir(data_cfg.dir)
+    full_train = load_split(data_dir, 'train', download=data_cfg.download)
+    test = load_split(data_dir, 'test', download=False)
+  elif source == 'tfds':
+    full_train = load_tfds('train', data_cfg.tfds_data_dir)
+    test = load_tfds('test', data_cfg.tfds_data_dir)
+  elif source == 'synthetic':
+    full_train = synthetic_split(data_cfg.synthetic_size, seed=data_cfg.split_seed)
+    test = synthetic_split(data_cfg.synthetic_size, seed=data_cfg.split_seed + 1)
+  else:
+    raise ValueError(f"data.source must be 'local', 'tfds' or 'synthetic', got {source!r}")
+
+  val = None
+  train = full_train
+  if data_cfg.val_fraction > 0:
+    train_idx, val_idx = stratified_split(full_train.labels, data_cfg.val_fraction, data_cfg.split_seed)
+    train, val = full_train.subset(train_idx), full_train.subset(val_idx)
+  if data_cfg.train_limit:
+    train = train.subset(balanced_subset(train.labels, data_cfg.train_limit))
+  if data_cfg.eval_limit:
+    test = test.subset(balanced_subset(test.labels, data_cfg.eval_limit))
+    if val is not None:
+      val = val.subset(balanced_subset(val.labels, data_cfg.eval_limit))
+  return {'train': train, 'val': val, 'test': test}
