@@ -60,10 +60,14 @@ except ImportError:  # pragma: no cover - numpy 1.x
   from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 
+class _DisallowedGlobal(pickle.UnpicklingError):
+  """A global or argument outside the allow-list: refused before anything runs."""
+
+
 def _latin1_encode(text: str, encoding: str = 'latin1') -> bytes:
   """What Python 3 protocol-2 pickles use to store bytes; only the latin1 codec is allowed."""
   if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
-    raise pickle.UnpicklingError(f'disallowed _codecs.encode(..., {encoding!r})')
+    raise _DisallowedGlobal(f'disallowed _codecs.encode(..., {encoding!r})')
   return codecs.encode(text, 'latin1')
 
 
@@ -86,10 +90,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(f'disallowed global {module}.{name}') from None
+      raise _DisallowedGlobal(f'disallowed global {module}.{name}') from None
 
   def persistent_load(self, pid: Any) -> Any:
-    raise pickle.UnpicklingError('persistent ids are not allowed')
+    raise _DisallowedGlobal('disallowed persistent id')
 
 
 def _to_str(value: Any) -> Any:
@@ -108,8 +112,8 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
       obj = _RestrictedUnpickler(f, encoding=encoding).load()
   except FileNotFoundError:
     raise DataError(f'{path}: file not found') from None
-  except pickle.UnpicklingError as e:
-    raise DataError(f'{path}: unsafe or corrupt pickle ({e})') from None
+  except _DisallowedGlobal as e:
+    raise DataError(f'{path}: refused unsafe pickle ({e})') from None
   except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
     raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
@@ -161,7 +165,9 @@ def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
     ) from None
   if digest.hexdigest() != md5:
     tmp.unlink(missing_ok=True)
-    raise DataError(f'{dest}: md5 of the download from {url} is {digest.hexdigest()}, expected {md5}; removed it')
+    raise DataError(
+        f'{dest}: md5 of the download from {url} is {digest.hexdigest()}, expected {md5}; removed it'
+    )
   os.replace(tmp, dest)
   return dest
 
@@ -183,13 +189,17 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
       raise DataError(f'{archive}: archive has no {FOLDER}/ folder with train, test and meta')
     try:
       os.rename(tmp / FOLDER, target)
-    except OSError:
-      if not _is_cifar_folder(target):  # a concurrent process may have won the race
-        raise
+    except OSError as e:
+      if not _is_cifar_folder(target):  # else a concurrent process won the race: fine
+        raise DataError(
+            f'{target}: cannot put the extracted {archive.name} here ({e.strerror}); '
+            'remove the incomplete folder and retry'
+        ) from None
   except DataError:
     raise
   except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
-    raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({type(e).__name__}: {e})') from None
+    problem = f'{type(e).__name__}: {e}'
+    raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({problem})') from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return target
@@ -231,7 +241,7 @@ def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
     if key not in raw:
       raise DataError(f'{path}: missing key {key!r} (has {sorted(raw)})')
   data = raw['data']
-  if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+  if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
     desc = f'{data.dtype} {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
     raise DataError(f'{path}: data is {desc}, expected uint8 [N, 3072]')
   n = data.shape[0]
@@ -287,7 +297,9 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     raise
   except Exception as e:
     raise DataError(f'{hint} ({type(e).__name__}: {e})') from None
-  images = np.stack([np.asarray(r['image'], np.uint8) for r in records]) if records else np.zeros((0, 32, 32, 3), np.uint8)
+  images = np.zeros((len(records), 32, 32, 3), np.uint8)
+  for i, record in enumerate(records):
+    images[i] = record['image']
   labels = np.asarray([r['label'] for r in records], np.int32)
   coarse = np.asarray([r['coarse_label'] for r in records], np.int32)
   return Split(images, labels, coarse)
@@ -305,7 +317,9 @@ def synthetic_split(n: int, seed: int, num_classes: int = NUM_CLASSES) -> Split:
 # ------------------------------------------------------------------ splits and subsets
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(train_idx, val_idx), both sorted; each class gives round(val_fraction * its count) to val."""
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}')
