@@ -15,18 +15,44 @@ from flax import nnx
 
 Dtype = Any
 
-# torchvision: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu') (untruncated).
-conv_kernel_init = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# torch.nn.Linear / nn.Conv2d default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
-torch_default_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+def _draw(key: jax.Array, shape: Sequence[int], dtype: Dtype, normal: bool) -> jax.Array:
+  """N(0, 1) or U(-1, 1) drawn on a power-of-two flat shape, then cut and reshaped.
+
+  XLA:CPU spends ~2 s compiling threefry for every distinct shape, which made building one
+  ResNet take a minute; with a few bucket shapes the compiles are shared by all layers and models.
+  """
+  n = math.prod(shape)
+  size = max(1024, 1 << (n - 1).bit_length())
+  if normal:
+    flat = jax.random.normal(key, (size,), dtype)
+  else:
+    flat = jax.random.uniform(key, (size,), dtype, -1.0, 1.0)
+  return flat[:n].reshape(shape)
+
+
+def _fans(shape: Sequence[int]) -> tuple[int, int]:
+  """(fan_in, fan_out) of an HWIO conv or (in, out) dense kernel, as torch counts them."""
+  receptive = math.prod(shape[:-2])
+  return shape[-2] * receptive, shape[-1] * receptive
+
+
+def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+  """torchvision's nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu'), untruncated."""
+  return _draw(key, shape, dtype, normal=True) * math.sqrt(2.0 / _fans(shape)[1])
+
+
+def torch_default_kernel_init(key: jax.Array, shape: Sequence[int],
+                              dtype: Dtype = jnp.float32) -> jax.Array:
+  """torch.nn.Linear/Conv2d default, kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))."""
+  return _draw(key, shape, dtype, normal=False) / math.sqrt(_fans(shape)[0])
 
 
 def torch_default_bias_init(fan_in: int) -> Callable[..., jax.Array]:
   """U(+-1/sqrt(fan_in)) as torch draws biases; flax's bias_init never sees fan_in."""
-  bound = 1.0 / math.sqrt(fan_in)
 
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return _draw(key, shape, dtype, normal=False) / math.sqrt(fan_in)
 
   return init
 
@@ -48,6 +74,14 @@ class BatchNorm(nnx.BatchNorm):
   call time (`use_running_average`), never stored, so a split/merged pure train step works.
   """
 
+  def __init__(self, num_features: int, **kwargs):
+    # Scale 1 and bias 0 need no randomness; flax would draw a key for each, and every draw
+    # costs time that grows with the trace length under nnx.eval_shape (quadratic for ResNet-152).
+    super().__init__(num_features, use_scale=False, use_bias=False, **kwargs)
+    self.scale = nnx.Param(jnp.ones((num_features,), self.param_dtype))
+    self.bias = nnx.Param(jnp.zeros((num_features,), self.param_dtype))
+    self.use_scale = self.use_bias = True
+
   def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None) -> jax.Array:
     if mask is not None:
       raise NotImplementedError('masked batch norm is not supported')
@@ -66,8 +100,10 @@ class BatchNorm(nnx.BatchNorm):
       n = math.prod(x.shape[a] for a in axes)
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
-      self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1.0 - m) * mean)
-      self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1.0 - m) * unbiased)
+      # set_value, not `[...] =`: flax's indexed assignment builds an error message for tracers
+      # that costs time linear in the trace length (quadratic over a ResNet-152 train step).
+      self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1.0 - m) * mean))
+      self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1.0 - m) * unbiased))
     mul = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
     y = (x32 - mean) * mul + self.bias[...]
     return y.astype(out_dtype)

@@ -1,0 +1,155 @@
+"""Model registry, shapes, parameter counts and BatchNorm modes (no torch needed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_cifar.models import MODEL_NAMES, create_model
+
+# sum(p.numel() for p in torchvision.models.<arch>().parameters()), 1000 classes.
+TORCHVISION_PARAM_COUNTS = {
+    'resnet18': 11_689_512,
+    'resnet34': 21_797_672,
+    'resnet50': 25_557_032,
+    'resnet101': 44_549_160,
+    'resnet152': 60_192_808,
+}
+RESNETS = tuple(TORCHVISION_PARAM_COUNTS)
+
+
+def _abstract(name, num_classes=100, **kw):
+  return nnx.eval_shape(lambda: create_model(name, num_classes, rngs=nnx.Rngs(0), **kw))
+
+
+def _logits_shape(model, x_shape, train=False):
+  graphdef, state = nnx.split(model)
+
+  def fwd(state, x):
+    return nnx.merge(graphdef, state)(x, train=train)
+
+  return jax.eval_shape(fwd, state, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+
+
+@pytest.mark.parametrize('stem', ['imagenet', 'cifar'])
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_every_model_gives_batch_by_classes_float32_logits(name, stem):
+  model = _abstract(name, 100, stem=stem)
+  sizes = {'simple_cnn': (32, 64), 'resnet18': (32, 40, 224), 'resnet50': (32, 40, 224)}
+  for size in sizes.get(name, (32,)):
+    out = _logits_shape(model, (2, size, size, 3), train=True)
+    assert out.shape == (2, 100) and out.dtype == jnp.float32, (size, out)
+
+
+@pytest.mark.parametrize('name', RESNETS)
+def test_param_count_equals_torchvision(name):
+  params = nnx.state(_abstract(name, 1000, stem='imagenet', width=64), nnx.Param)
+  assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == TORCHVISION_PARAM_COUNTS[name]
+
+
+def test_param_counts_table_matches_installed_torchvision():
+  torch = pytest.importorskip('torch')
+  models = pytest.importorskip('torchvision.models')
+  with torch.device('meta'):  # shapes only, no initialisation
+    for name, count in TORCHVISION_PARAM_COUNTS.items():
+      assert sum(p.numel() for p in getattr(models, name)().parameters()) == count, name
+
+
+def test_state_mirrors_torchvision_names_and_head_is_fc():
+  state = nnx.to_pure_dict(nnx.state(_abstract('resnet50', 10)))
+  assert set(state) == {'conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4', 'fc'}
+  block = state['layer2'][0]
+  assert set(block) == {'conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3', 'downsample'}
+  assert state['layer2'][0]['conv2']['kernel'].shape == (3, 3, 128, 128)  # stride on the 3x3 (v1.5)
+  assert set(block['downsample'][1]) == {'scale', 'bias', 'mean', 'var'}
+  assert state['fc']['kernel'].shape == (2048, 10)
+  assert 'fc' in nnx.to_pure_dict(nnx.state(_abstract('simple_cnn', 10)))
+
+
+def test_width_scales_stages_and_cifar_stem_uses_3x3_conv():
+  state = nnx.to_pure_dict(nnx.state(_abstract('resnet18', 10, stem='cifar', width=16)))
+  assert state['conv1']['kernel'].shape == (3, 3, 3, 16)
+  assert state['layer4'][0]['conv1']['kernel'].shape == (3, 3, 64, 128)
+  state = nnx.to_pure_dict(nnx.state(_abstract('resnet18', 10)))
+  assert state['conv1']['kernel'].shape == (7, 7, 3, 64)
+
+
+def test_unknown_name_or_stem_raises_listing_allowed_values():
+  with pytest.raises(ValueError, match='resnet152'):
+    create_model('resnet99', rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='cifar'):
+    create_model('resnet18', stem='tiny', rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope='module')
+def small_resnet():
+  return create_model('resnet18', 10, stem='cifar', width=8, rngs=nnx.Rngs(0))
+
+
+def _jitted_forward(model, train):
+  """The trainer's pattern: split, jit a pure function, merge; BN mode comes only from `train`."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def forward(params, rest, x):
+    m = nnx.merge(graphdef, params, rest)
+    return m(x, train=train), nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
+
+  return lambda x: forward(params, rest, x)
+
+
+def test_train_true_updates_every_batch_stat_and_train_false_none(small_resnet):
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  before = jax.tree.leaves(nnx.to_pure_dict(nnx.state(small_resnet, nnx.BatchStat)))
+  logits, after_eval = _jitted_forward(small_resnet, train=False)(x)
+  assert logits.shape == (4, 10) and np.isfinite(logits).all()
+  for a, b in zip(before, jax.tree.leaves(after_eval), strict=True):
+    np.testing.assert_array_equal(a, b)
+  logits, after_train = _jitted_forward(small_resnet, train=True)(x)
+  assert np.isfinite(logits).all()
+  changed = [not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(after_train))]
+  assert all(changed), 'every BatchNorm running statistic should move in train mode'
+
+
+def test_eager_train_call_updates_stats_in_place(small_resnet):
+  model = nnx.clone(small_resnet)
+  before = np.asarray(model.layer4[1].bn2.var[...])
+  model(jnp.ones((2, 32, 32, 3)), train=True)
+  assert not np.array_equal(before, np.asarray(model.layer4[1].bn2.var[...]))
+
+
+def test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float32():
+  model = create_model('resnet18', 10, stem='cifar', width=8, dtype=jnp.bfloat16,
+                       rngs=nnx.Rngs(0))
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model))} == {jnp.dtype(jnp.float32)}
+  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+  logits, stats = _jitted_forward(model, train=True)(x)
+  assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+  assert {s.dtype for s in jax.tree.leaves(stats)} == {jnp.dtype(jnp.float32)}
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(state, x))
+  conv_lines = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l]
+  assert conv_lines and all('bf16' in l for l in conv_lines)
+
+
+def test_simple_cnn_accepts_train_and_larger_inputs():
+  model = create_model('simple_cnn', 7, rngs=nnx.Rngs(0))
+  for size in (32, 64):
+    x = jnp.ones((2, size, size, 3))
+    logits = model(x, train=True)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(model(x, train=False), logits)
+
+
+def test_init_follows_torchvision():
+  model = create_model('resnet18', 100, width=16, rngs=nnx.Rngs(0))
+  k = np.asarray(model.layer3[0].conv2.kernel[...])  # 3x3, 64 -> 64, fan_out = 9 * 64
+  np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
+  assert np.abs(k).max() > 2.5 * np.sqrt(2.0 / (9 * 64))  # an untruncated normal
+  np.testing.assert_array_equal(np.asarray(model.bn1.scale[...]), 1.0)
+  np.testing.assert_array_equal(np.asarray(model.bn1.bias[...]), 0.0)
+  bound = 1 / np.sqrt(128)
+  for p in (model.fc.kernel, model.fc.bias):
+    v = np.asarray(p[...])
+    assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
