@@ -63,6 +63,7 @@ def evaluate(config, workdir: str, which: str = 'best') -> dict:
 def main(argv):
   del argv
   parallel.maybe_initialize_distributed()
+  parallel.enable_compilation_cache()
   try:
     result = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
   except (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,

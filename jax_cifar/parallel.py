@@ -32,6 +32,14 @@ def maybe_initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def enable_compilation_cache() -> None:
+  """Reuses compiled steps across runs (resumes, evaluation) unless JAX_COMPILATION_CACHE_DIR is set."""
+  if not jax.config.jax_compilation_cache_dir:
+    cache = os.path.join(os.path.expanduser('~'), '.cache', 'jax_cifar', 'xla')
+    jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def make_mesh() -> Mesh:
   """One 'data' axis over every device of every process."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))

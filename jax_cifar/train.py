@@ -21,6 +21,7 @@ EXPECTED_ERRORS = (config_validation.ConfigError, cifar100.DataError, checkpoint
 def main(argv):
   del argv
   parallel.maybe_initialize_distributed()
+  parallel.enable_compilation_cache()
   try:
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:

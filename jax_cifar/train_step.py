@@ -50,13 +50,14 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       k_mix, images, targets, mixup_alpha=config.augment.mixup_alpha,
       cutmix_alpha=config.augment.cutmix_alpha, switch_prob=config.augment.switch_prob)
 
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params, state.batch_stats)
+  def loss_fn(params, batch_stats):  # batch_stats passed in so BatchNorm may update them here.
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)  # Fresh Variables in this trace.
     logits = model(images, train=True)
     loss = cross_entropy(logits, targets).mean()
     return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 

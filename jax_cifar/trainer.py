@@ -32,23 +32,32 @@ class Preempted(Exception):
 # Model and state
 # ---------------------------------------------------------------------------------------------
 def build_model(config) -> nnx.Module:
-  model = models.create_model(
+  return models.create_model(
       config.model.name, config.model.num_classes, stem=config.model.stem,
       width=config.model.width, dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
-  if config.model.pretrained:
-    from jax_cifar import convert  # pylint: disable=g-import-not-at-top
-    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
-                            rngs_seed=config.seed)
-  return model
 
 
 def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
-  graphdef, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed),
-      nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=-jnp.ones((), jnp.int32))
-  return jax.device_put(state, parallel.replicated(mesh)), graphdef
+  """A replicated TrainState, initialised by one compiled program (eager init compiles per op)."""
+  repl = parallel.replicated(mesh)
+
+  def make():
+    _, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
+    return params, batch_stats
+
+  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)[0]
+  params, batch_stats = jax.jit(make, out_shardings=repl)()
+  if config.model.pretrained:
+    from jax_cifar import convert  # pylint: disable=g-import-not-at-top
+    model = nnx.merge(graphdef, params, batch_stats)
+    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
+                            rngs_seed=config.seed)
+    _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+  state = jax.jit(lambda p, s: TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, batch_stats=s, opt_state=tx.init(p),
+      rng=jax.random.PRNGKey(config.seed), nonfinite_steps=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=-jnp.ones((), jnp.int32)), out_shardings=repl)(params, batch_stats)
+  return state, graphdef
 
 
 def compile_steps(config, graphdef, tx, schedule, mesh):
@@ -152,7 +161,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start_step + 1, last_step + 1):
       state, metrics = p_train(state, next(batches))
       pending.append(metrics)
-      if step % config.train.log_every_steps == 0 or step == last_step:
+      # max_steps stops a run like a preemption (checkpoint, no extra log or evaluation), so a
+      # resumed run's metrics.jsonl equals the uninterrupted run's.
+      if step % config.train.log_every_steps == 0 or step == total_steps:
         summary = {k: float(np.mean(v)) for k, v in jax.device_get(
             jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
         _check_finite(state, config)
@@ -164,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
         pending, t_last = [], now
       bar.update(1)
-      if step % eval_every == 0 or step == last_step:
+      if step % eval_every == 0 or step == total_steps:
         last_val = _validate(p_eval, state, val_split, config, mesh, ckpts, writer, step)
         t_last = time.perf_counter()
       if step % config.checkpoint.every_steps == 0 or step == last_step:

@@ -11,6 +11,11 @@ if str(ROOT) not in sys.path:  # So config files can `from configs import defaul
   sys.path.insert(0, str(ROOT))
 
 
+# Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path.home() / '.cache' / 'jax_cifar' / 'xla'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+
 def require_env_path(var: str, *parts: str) -> pathlib.Path:
   """The file/folder under $VAR; skipped with a reason outside CI, a failure under CI."""
   base = os.environ.get(var)

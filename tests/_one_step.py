@@ -1,0 +1,41 @@
+"""Runs one train step of a tiny model on a fixed batch and saves the result (used by test_trainer).
+
+Run in a subprocess so XLA_FLAGS can give it 1 or 8 fake CPU devices.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, sys.argv[2])
+from configs import default  # pylint: disable=g-import-not-at-top
+from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top
+
+
+def main(out_path: str) -> None:
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 8, 10
+  c.augment.mixup_alpha = 0.4
+  c.optim.label_smoothing = 0.1
+  c.optim.warmup_epochs = 0.0
+  # SGD: parameter differences then show gradient differences directly (Adam's first step
+  # divides by |g| and would blow up rounding in near-zero gradients).
+  c.optim.name, c.optim.lr, c.optim.weight_decay = 'sgd', 0.1, 1e-4
+  mesh = parallel.make_mesh()
+  tx, schedule = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
+  state, graphdef = trainer.init_state(c, tx, mesh)
+  p_train, _ = trainer.compile_steps(c, graphdef, tx, schedule, mesh)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  state, metrics = p_train(state, parallel.to_global(batch, parallel.batch_sharded(mesh)))
+  leaves = jax.tree_util.tree_leaves_with_path((state.params, state.batch_stats))
+  arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+  arrays['__loss'] = np.asarray(metrics['train_loss'])
+  arrays['__devices'] = np.asarray(jax.device_count())
+  np.savez(out_path, **arrays)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
