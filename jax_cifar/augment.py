@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_cifar import autoaugment
 
@@ -24,10 +25,8 @@ NORMALIZATION = {
 }
 
 
-def random_crop(key: jax.Array, image: jax.Array, padding: int, mode: str = 'constant') -> jax.Array:
-  """torchvision RandomCrop(size=H, padding) on one HWC image: pad every side, crop H x W back."""
-  offsets = jax.random.randint(key, (2,), 0, 2 * padding + 1)
-  return crop_at(image, offsets[0], offsets[1], padding, mode)
+ERASING_ATTEMPTS = 10
+_ERASING_DRAWS = 3 + 2 * ERASING_ATTEMPTS
 
 
 def crop_at(image: jax.Array, top: jax.Array, left: jax.Array, padding: int, mode: str) -> jax.Array:
@@ -39,50 +38,70 @@ def crop_at(image: jax.Array, top: jax.Array, left: jax.Array, padding: int, mod
   return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
 
+def _crop_draws(u: jax.Array, image: jax.Array, padding: int, mode: str) -> jax.Array:
+  offsets = jnp.minimum(jnp.floor(u * (2 * padding + 1)).astype(jnp.int32), 2 * padding)
+  return crop_at(image, offsets[0], offsets[1], padding, mode)
+
+
+def random_crop(key: jax.Array, image: jax.Array, padding: int, mode: str = 'constant') -> jax.Array:
+  """torchvision RandomCrop(size=H, padding) on one HWC image: pad every side, crop H x W back."""
+  return _crop_draws(jax.random.uniform(key, (2,)), image, padding, mode)
+
+
 def random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
   """Horizontal flip of one HWC image with probability 0.5."""
-  return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
+  return jnp.where(jax.random.uniform(key) < 0.5, image[:, ::-1], image)
 
 
-def random_erasing(key: jax.Array, image: jax.Array, prob: float,
-                   scale: tuple[float, float] = (0.02, 0.33),
-                   ratio: tuple[float, float] = (0.3, 3.3), attempts: int = 10) -> jax.Array:
-  """torchvision RandomErasing(p, scale, ratio, value=0) on one uint8 HWC image.
-
-  Like torchvision, tries up to `attempts` rectangles and erases the first that fits (none: no-op).
-  """
+def _erase_draws(u: jax.Array, image: jax.Array, prob: float,
+                 scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3)) -> jax.Array:
   h, w, _ = image.shape
-  k_apply, k_area, k_ratio, k_top, k_left = jax.random.split(key, 5)
-  area = h * w * jax.random.uniform(k_area, (attempts,), minval=scale[0], maxval=scale[1])
-  log_r = jnp.log(jnp.asarray(ratio, jnp.float32))
-  aspect = jnp.exp(jax.random.uniform(k_ratio, (attempts,), minval=log_r[0], maxval=log_r[1]))
+  n = ERASING_ATTEMPTS
+  area = h * w * (scale[0] + (scale[1] - scale[0]) * u[3:3 + n])
+  log_r = np.log(ratio)
+  aspect = jnp.exp(log_r[0] + (log_r[1] - log_r[0]) * u[3 + n:3 + 2 * n])
   eh = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
   ew = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
   fits = (eh < h) & (ew < w)
   first = jnp.argmax(fits)
   eh, ew = eh[first], ew[first]
-  top = jnp.floor(jax.random.uniform(k_top) * (h - eh + 1)).astype(jnp.int32)
-  left = jnp.floor(jax.random.uniform(k_left) * (w - ew + 1)).astype(jnp.int32)
+  top = jnp.floor(u[1] * (h - eh + 1)).astype(jnp.int32)
+  left = jnp.floor(u[2] * (w - ew + 1)).astype(jnp.int32)
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
   inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-  erase = inside & fits[first] & jax.random.bernoulli(k_apply, prob)
+  erase = inside & fits[first] & (u[0] < prob)
   return jnp.where(erase[..., None], jnp.zeros_like(image), image)
 
 
+def random_erasing(key: jax.Array, image: jax.Array, prob: float,
+                   scale: tuple[float, float] = (0.02, 0.33),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> jax.Array:
+  """torchvision RandomErasing(p, scale, ratio, value=0) on one uint8 HWC image.
+
+  Like torchvision, tries up to 10 rectangles and erases the first that fits (none fits: no-op).
+  """
+  return _erase_draws(jax.random.uniform(key, (_ERASING_DRAWS,)), image, prob, scale, ratio)
+
+
 def augment_example(key: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
-  """All augmentations of one uint8 HWC image, driven by its own key."""
-  k_crop, k_flip, k_policy, k_erase = jax.random.split(key, 4)
+  """All augmentations of one uint8 HWC image, driven by its own key.
+
+  One uniform vector per image feeds every draw (each jax.random call is a threefry program that
+  XLA compiles separately: fewer calls, faster compiles).
+  """
+  num_ops = int(cfg.get('randaugment_num_ops', 2))
+  n_policy = autoaugment.num_draws(cfg.policy, num_ops)
+  u = jax.random.uniform(key, (3 + n_policy + _ERASING_DRAWS,))
   if cfg.crop_padding:
-    image = random_crop(k_crop, image, int(cfg.crop_padding), cfg.crop_mode)
+    image = _crop_draws(u[0:2], image, int(cfg.crop_padding), cfg.crop_mode)
   if cfg.flip:
-    image = random_flip(k_flip, image)
-  if cfg.policy != 'none':
-    image = autoaugment.apply_policy(k_policy, image, cfg.policy,
-                                     num_ops=int(cfg.get('randaugment_num_ops', 2)),
-                                     magnitude=int(cfg.get('randaugment_magnitude', 9)))
+    image = jnp.where(u[2] < 0.5, image[:, ::-1], image)
+  image = autoaugment.apply_policy_draws(u[3:3 + n_policy], image, cfg.policy, num_ops=num_ops,
+                                         magnitude=int(cfg.get('randaugment_magnitude', 9)))
   if cfg.get('erasing_prob', 0.0) > 0:
-    image = random_erasing(k_erase, image, float(cfg.erasing_prob))
+    image = _erase_draws(u[3 + n_policy:], image, float(cfg.erasing_prob))
   return image
 
 

@@ -8,6 +8,8 @@ ones). torch fuses `a + alpha * b` into one FMA on CPU; `_fma` reproduces that r
 error-free transformations so the result does not depend on what XLA contracts.
 """
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -51,13 +53,14 @@ CIFAR10_POLICY = (
 # ----------------------------------------------------------------------------- magnitude bins
 
 def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
-  """float32 torch.linspace: forward from `start` for the first half, backward from `end` after."""
+  """float32 torch.linspace on CPU: start + step * i for the first half, end - step * (n-1-i)
+  after, each a fused multiply-add (emulated exactly in float64)."""
   start32, end32 = np.float32(start), np.float32(end)
-  step = (end32 - start32) / np.float32(steps - 1)
+  step = np.float64((end32 - start32) / np.float32(steps - 1))
   i = np.arange(steps)
-  fwd = start32 + step * i.astype(np.float32)
-  bwd = end32 - step * (steps - 1 - i).astype(np.float32)
-  return np.where(i < steps // 2, fwd, bwd).astype(np.float32)
+  fwd = (np.float64(start32) + step * i).astype(np.float32)
+  bwd = (np.float64(end32) - step * (steps - 1 - i)).astype(np.float32)
+  return np.where(i < steps // 2, fwd, bwd)
 
 
 def augmentation_space(policy: str, num_bins: int, image_size: tuple[int, int]
@@ -99,31 +102,50 @@ def _split(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   return hi, a - hi
 
 
+def _mul(x: jax.Array, b: jax.Array) -> jax.Array:
+  """float32 x * b, rounded once, for x with at most 12 significant bits (integers < 4096).
+
+  Written as a sum of two exact products, so it rounds the same whether or not the compiler
+  contracts it, or the ops it feeds, into FMAs (LLVM does on CPU and GPU).
+  """
+  bh, bl = _split(b)
+  return x * bh + x * bl
+
+
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Knuth: a + b == s + e exactly."""
+  s = a + b
+  bb = s - a
+  return s, (a - (s - bb)) + (b - bb)
+
+
 def _fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
-  """float32 a * b + c with one rounding, like torch's fused `add_(b, alpha=a)` on CPU."""
-  p = a * b
+  """float32 a * b + c rounded once, like torch's fused `add_(b, alpha=a)` on CPU.
+
+  The product is split into four exact partial products, summed with c in twice the working
+  precision (Ogita-Rump-Oishi Sum2) and rounded at the end.
+  """
   ah, al = _split(a)
   bh, bl = _split(b)
-  p_err = ((ah * bh - p) + ah * bl + al * bh) + al * bl  # Dekker: a * b == p + p_err exactly.
-  s = p + c
-  bb = s - p
-  s_err = (p - (s - bb)) + (c - bb)  # Knuth: p + c == s + s_err exactly.
-  return s + (s_err + p_err)
+  s, err = c, 0.0
+  for t in (ah * bh, ah * bl, al * bh, al * bl):
+    s, e = _two_sum(s, t)
+    err = err + e
+  return s + err
 
 
 def _div(a: jax.Array, b: jax.Array) -> jax.Array:
   """Correctly rounded float32 a / b (b > 0).
 
   XLA rewrites `x / broadcast(y)` into `x * (1 / y)`, which can be an ulp off; pick the neighbour
-  of that quotient with the smallest exact residual a - q * b.
+  of that quotient with the smallest residual a - q * b (accumulated from exact products).
   """
   q0 = a / b
   bh, bl = _split(b)
 
   def residual(q):
-    p = q * b
     qh, ql = _split(q)
-    return jnp.abs((a - p) - (((qh * bh - p) + qh * bl + ql * bh) + ql * bl))
+    return jnp.abs((((a - qh * bh) - qh * bl) - ql * bh) - ql * bl)
 
   best, best_r = q0, residual(q0)
   for q in (jnp.nextafter(q0, -jnp.inf), jnp.nextafter(q0, jnp.inf)):
@@ -139,16 +161,8 @@ def _to_uint8(x: jax.Array) -> jax.Array:
 
 def _grayscale(x: jax.Array) -> jax.Array:
   """Floored float32 luma [H,W] of a float32 [H,W,3] image, as torchvision on uint8 input."""
-  gray = _fma(x[..., 1], jnp.float32(0.587), x[..., 0] * jnp.float32(0.2989))
+  gray = _fma(x[..., 1], jnp.float32(0.587), _mul(x[..., 0], jnp.float32(0.2989)))
   return jnp.floor(_fma(x[..., 2], jnp.float32(0.114), gray))
-
-
-def _blend(x: jax.Array, other: jax.Array, m: jax.Array) -> jax.Array:
-  """torchvision `_blend` with ratio 1 + m: x * ratio + other * (1 - ratio), fused, truncated.
-
-  torch computes 1 - ratio in float64 from the exact 1 + m, which is exactly -m.
-  """
-  return _to_uint8(_fma(other, -m, x * (jnp.float32(1.0) + m)))
 
 
 # ----------------------------------------------------------------------------- geometric ops
@@ -160,171 +174,145 @@ def affine_nearest(image: jax.Array, theta: jax.Array) -> jax.Array:
   the image centre, mapped by theta, normalised by half the size, unnormalised, rounded half-even.
   """
   h, w, _ = image.shape
-  t = theta.astype(jnp.float32) / jnp.float32(0.5 * w)
-  t = t.at[3:].set(theta[3:].astype(jnp.float32) / jnp.float32(0.5 * h))
+  t = _div(theta.astype(jnp.float32), jnp.asarray([w, w, w, h, h, h], jnp.float32) / 2)
   x = (jnp.arange(w, dtype=jnp.float32) - jnp.float32((w - 1) / 2))[None, :]
   y = (jnp.arange(h, dtype=jnp.float32) - jnp.float32((h - 1) / 2))[:, None]
-  gx = (x * t[0] + y * t[1]) + t[2]
-  gy = (x * t[3] + y * t[4]) + t[5]
-  ix = jnp.round(((gx + 1.0) * w - 1.0) / 2.0)
-  iy = jnp.round(((gy + 1.0) * h - 1.0) / 2.0)
+  # Pixel centres have few bits, so _mul keeps torch's unfused rounding of the grid.
+  ix = jnp.round((((_mul(x, t[0]) + _mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0)
+  iy = jnp.round((((_mul(x, t[3]) + _mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0)
   valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
   ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
   iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
   return jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype))
 
 
-def _shear_x_theta(m: jax.Array, h: int, w: int) -> jax.Array:
-  # F.affine(shear=[degrees(atan(m)), 0], center=[0, 0]): x_src = x + m * y around the top-left.
-  z, one = jnp.zeros_like(m), jnp.ones_like(m)
-  return jnp.stack([one, m, m * (0.5 * h), z, one, z])
+def _thetas(m: jax.Array, h: int, w: int) -> jax.Array:
+  """[5, 6] inverse matrices of ShearX, ShearY, TranslateX, TranslateY and Rotate by m.
 
-
-def _shear_y_theta(m: jax.Array, h: int, w: int) -> jax.Array:
-  z, one = jnp.zeros_like(m), jnp.ones_like(m)
-  return jnp.stack([one, z, z, m, one, m * (0.5 * w)])
-
-
-def _translate_theta(tx: jax.Array, ty: jax.Array) -> jax.Array:
-  z, one = jnp.zeros_like(tx), jnp.ones_like(tx)
-  return jnp.stack([one, z, -jnp.trunc(tx), z, one, -jnp.trunc(ty)])
-
-
-def _rotate_theta(angle: jax.Array) -> jax.Array:
-  # F.rotate(angle) == affine with -angle about the centre; inverse matrix [cos, sin; -sin, cos].
-  r = jnp.deg2rad(-angle)
-  c, s, z = jnp.cos(r), jnp.sin(r), jnp.zeros_like(r)
-  return jnp.stack([c, s, z, -s, c, z])
-
-
-def shear_x(image: jax.Array, m: jax.Array) -> jax.Array:
-  return affine_nearest(image, _shear_x_theta(jnp.float32(m), *image.shape[:2]))
-
-
-def shear_y(image: jax.Array, m: jax.Array) -> jax.Array:
-  return affine_nearest(image, _shear_y_theta(jnp.float32(m), *image.shape[:2]))
-
-
-def translate_x(image: jax.Array, m: jax.Array) -> jax.Array:
-  m = jnp.float32(m)
-  return affine_nearest(image, _translate_theta(m, jnp.zeros_like(m)))
-
-
-def translate_y(image: jax.Array, m: jax.Array) -> jax.Array:
-  m = jnp.float32(m)
-  return affine_nearest(image, _translate_theta(jnp.zeros_like(m), m))
-
-
-def rotate(image: jax.Array, angle: jax.Array) -> jax.Array:
-  return affine_nearest(image, _rotate_theta(jnp.float32(angle)))
+  Shears use center=[0, 0] (the top-left corner) and tan(atan(m)) == m; translations truncate m
+  to whole pixels; F.rotate(m) is an affine by -m about the centre.
+  """
+  z, one, t = jnp.zeros_like(m), jnp.ones_like(m), jnp.trunc(m)
+  r = jnp.deg2rad(-m)
+  cos, sin = jnp.cos(r), jnp.sin(r)
+  return jnp.stack([jnp.stack(row) for row in (
+      (one, m, m * (0.5 * h), z, one, z), (one, z, z, m, one, m * (0.5 * w)),
+      (one, z, -t, z, one, z), (one, z, z, z, one, -t), (cos, sin, z, -sin, cos, z))])
 
 
 # ----------------------------------------------------------------------------- colour ops
+# The pointwise ops are 256-entry lookup tables per channel, built with torchvision's arithmetic.
 
-def brightness(image: jax.Array, m: jax.Array) -> jax.Array:
-  """F.adjust_brightness(1 + m)."""
-  return _to_uint8(image.astype(jnp.float32) * (jnp.float32(1.0) + jnp.float32(m)))
-
-
-def color(image: jax.Array, m: jax.Array) -> jax.Array:
-  """F.adjust_saturation(1 + m): blend with the floored grayscale image."""
-  x = image.astype(jnp.float32)
-  return _blend(x, _grayscale(x)[..., None], jnp.float32(m))
+_LEVELS = np.arange(256, dtype=np.float32)
 
 
-def contrast(image: jax.Array, m: jax.Array) -> jax.Array:
-  """F.adjust_contrast(1 + m): blend with the mean of the floored grayscale image."""
-  x = image.astype(jnp.float32)
-  return _blend(x, jnp.mean(_grayscale(x)), jnp.float32(m))
+def _apply_lut(image: jax.Array, lut: jax.Array) -> jax.Array:
+  """image[..., c] -> lut[c, image[..., c]] for a [3, 256] (or [1, 256]) uint8 table."""
+  lut = jnp.broadcast_to(lut, (image.shape[-1], 256))
+  return jnp.take_along_axis(lut.T, image.reshape(-1, image.shape[-1]).astype(jnp.int32),
+                             axis=0).reshape(image.shape)
 
 
-def sharpness(image: jax.Array, m: jax.Array) -> jax.Array:
-  """F.adjust_sharpness(1 + m): blend the interior with a rounded 3x3 smoothing; borders kept."""
-  x = image.astype(jnp.float32)
+def _histograms(image: jax.Array) -> jax.Array:
+  """[3, 256] int32 pixel counts per channel."""
+  flat = image.reshape(-1, image.shape[-1]).T.astype(jnp.int32)
+  return jax.vmap(lambda c: jnp.zeros(256, jnp.int32).at[c].add(1))(flat)
+
+
+def _brightness_lut(m: jax.Array) -> jax.Array:
+  return _to_uint8(_LEVELS * (jnp.float32(1.0) + m))[None]
+
+
+def _contrast_lut(m: jax.Array, gray: jax.Array) -> jax.Array:
+  """Blend with the mean of the floored grayscale image (exact: a sum of < 2**24 integers)."""
+  return _to_uint8(_fma(jnp.mean(gray), -m, _mul(_LEVELS, jnp.float32(1.0) + m)))[None]
+
+
+def _posterize_lut(bits: jax.Array) -> jax.Array:
+  mask = jnp.left_shift(jnp.int32(0xFF), 8 - bits.astype(jnp.int32)) & 0xFF
+  return (jnp.arange(256, dtype=jnp.int32) & mask).astype(jnp.uint8)[None]
+
+
+def _solarize_lut(threshold: jax.Array) -> jax.Array:
+  return jnp.where(_LEVELS >= threshold, 255.0 - _LEVELS, _LEVELS).astype(jnp.uint8)[None]
+
+
+def _autocontrast_lut(hist: jax.Array) -> jax.Array:
+  """(v - min) / ((max - min) / 255) per channel; identity for flat channels."""
+  present = hist > 0
+  lo = jnp.argmax(present, axis=1).astype(jnp.float32)[:, None]
+  hi = (255 - jnp.argmax(present[:, ::-1], axis=1)).astype(jnp.float32)[:, None]
+  flat = hi == lo
+  inv_scale = jnp.where(flat, 1.0, _mul(hi - lo, jnp.float32(1.0 / 255.0)))
+  diff = _LEVELS - jnp.where(flat, 0.0, lo)
+  return _to_uint8(_div(diff, jnp.broadcast_to(inv_scale, diff.shape)))
+
+
+def _equalize_lut(hist: jax.Array) -> jax.Array:
+  """PIL's equalisation table, as torchvision's uint8 kernel (identity when step == 0)."""
+  cum = jnp.cumsum(hist, axis=1)
+  last = jnp.take_along_axis(hist, jnp.argmax(cum, axis=1)[:, None], axis=1)
+  step = (cum[:, -1:] - last) // 255  # pixels outside the last non-empty bin, over 255
+  lut = jnp.clip((cum[:, :-1] + step // 2) // jnp.maximum(step, 1), 0, 255)
+  lut = jnp.concatenate([jnp.zeros_like(step), lut], axis=1)
+  return jnp.where(step != 0, lut, jnp.arange(256)[None]).astype(jnp.uint8)
+
+
+def _invert_lut() -> jax.Array:
+  return (255 - jnp.arange(256, dtype=jnp.int32)).astype(jnp.uint8)[None]
+
+
+def _sharpness_blur(x: jax.Array) -> jax.Array:
+  """Rounded 3x3 smoothing (1s around a 5, over 13) of a float image, zero on the border."""
   h, w, _ = x.shape
   a, b = jnp.float32(1.0 / 13.0), jnp.float32(5.0 / 13.0)
-  blurred = jnp.zeros((h - 2, w - 2, x.shape[2]), jnp.float32)
+  blurred = 0.0
   for dy in range(3):
     for dx in range(3):
       blurred = blurred + x[dy:dy + h - 2, dx:dx + w - 2] * (b if dy == dx == 1 else a)
-  inner = x[1:-1, 1:-1]
-  inner = _fma(-jnp.float32(m), jnp.round(blurred) - inner, inner)  # alpha = 1 - (1 + m) = -m
-  return _to_uint8(x.at[1:-1, 1:-1].set(inner))
+  return jnp.pad(jnp.round(blurred), ((1, 1), (1, 1), (0, 0)))
 
 
-def posterize(image: jax.Array, bits: jax.Array) -> jax.Array:
-  """F.posterize(int(bits)): keep the top `bits` bits."""
-  shift = 8 - jnp.asarray(bits).astype(jnp.int32)
-  mask = jnp.left_shift(jnp.int32(0xFF), shift) & 0xFF
-  return image & mask.astype(jnp.uint8)
+def _border(h: int, w: int) -> jax.Array:
+  rows, cols = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
+  return (rows == 0) | (rows == h - 1) | (cols == 0) | (cols == w - 1)
 
 
-def solarize(image: jax.Array, threshold: jax.Array) -> jax.Array:
-  """F.solarize(threshold): invert pixels >= threshold."""
-  return jnp.where(image.astype(jnp.float32) >= jnp.float32(threshold), 255 - image, image)
-
-
-def autocontrast(image: jax.Array, m: jax.Array | None = None) -> jax.Array:
-  """F.autocontrast: stretch each channel to [0, 255] (unchanged where flat)."""
-  del m
-  x = image.astype(jnp.float32)
-  lo = jnp.min(x, axis=(0, 1))
-  hi = jnp.max(x, axis=(0, 1))
-  flat = hi == lo
-  inv_scale = jnp.where(flat, 1.0, (hi - lo) * jnp.float32(1.0 / 255.0))
-  lo = jnp.where(flat, 0.0, lo)
-  return _to_uint8(_div(x - lo, jnp.broadcast_to(inv_scale, x.shape)))
-
-
-def _equalize_channel(c: jax.Array) -> jax.Array:
-  hist = jnp.zeros(256, jnp.int32).at[c].add(1)
-  cum = jnp.cumsum(hist)
-  n = c.size
-  step = (n - hist[jnp.argmax(cum)]) // 255  # pixels not in the last non-empty bin, over 255
-  lut = jnp.clip((cum[:-1] + step // 2) // jnp.maximum(step, 1), 0, 255)
-  lut = jnp.concatenate([jnp.zeros(1, jnp.int32), lut]).astype(jnp.uint8)
-  return jnp.where(step != 0, lut[c], c)
-
-
-def equalize(image: jax.Array, m: jax.Array | None = None) -> jax.Array:
-  """F.equalize: PIL-style histogram equalisation per channel."""
-  del m
-  return jnp.moveaxis(jax.vmap(_equalize_channel, in_axes=2)(image), 0, 2)
-
-
-def invert(image: jax.Array, m: jax.Array | None = None) -> jax.Array:
-  del m
-  return 255 - image
-
-
-def identity(image: jax.Array, m: jax.Array | None = None) -> jax.Array:
-  del m
-  return image
-
-
-OPS = {
-    'Identity': identity, 'ShearX': shear_x, 'ShearY': shear_y, 'TranslateX': translate_x,
-    'TranslateY': translate_y, 'Rotate': rotate, 'Brightness': brightness, 'Color': color,
-    'Contrast': contrast, 'Sharpness': sharpness, 'Posterize': posterize, 'Solarize': solarize,
-    'AutoContrast': autocontrast, 'Equalize': equalize, 'Invert': invert,
-}
+_LUT_OPS = ('Brightness', 'Contrast', 'Posterize', 'Solarize', 'AutoContrast', 'Equalize', 'Invert')
 
 
 def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array) -> jax.Array:
   """Applies OP_NAMES[op] (a traced int) with a signed float32 magnitude to one image.
 
-  The five geometric ops share one warp: their inverse matrices are selected, not their images.
+  Under vmap every branch runs for every image, so branches share work: one warp for the five
+  geometric ops, one table lookup for the seven pointwise ops, one fused blend for Color and
+  Sharpness, and a single histogram and grayscale image.
   """
   h, w, _ = image.shape
   m = jnp.asarray(magnitude, jnp.float32)
-  thetas = jnp.stack([_shear_x_theta(m, h, w), _shear_y_theta(m, h, w),
-                      _translate_theta(m, jnp.zeros_like(m)), _translate_theta(jnp.zeros_like(m), m),
-                      _rotate_theta(m)])
-  geo = jnp.clip(op - OP_NAMES.index('ShearX'), 0, len(_GEOMETRIC) - 1)
-  warped = affine_nearest(image, thetas[geo])
-  branches = [identity] + [lambda x, _: warped] + [OPS[n] for n in OP_NAMES[6:]]
-  index = jnp.where(op == 0, 0, jnp.where(op <= len(_GEOMETRIC), 1, op - len(_GEOMETRIC) + 1))
-  return jax.lax.switch(index, branches, image, m)
+  x = image.astype(jnp.float32)
+  name = lambda n: OP_NAMES.index(n)
+  warped = affine_nearest(image, _thetas(m, h, w)[jnp.clip(op - name('ShearX'), 0, 4)])
+  gray, hist = _grayscale(x), _histograms(image)
+  luts = jnp.stack([jnp.broadcast_to(lut, (3, 256)) for lut in (
+      _brightness_lut(m), _contrast_lut(m, gray), _posterize_lut(m), _solarize_lut(m),
+      _autocontrast_lut(hist), _equalize_lut(hist), _invert_lut())])
+  lut_index = sum(jnp.where(op == name(n), i, 0) for i, n in enumerate(_LUT_OPS))
+  looked_up = _apply_lut(image, luts[lut_index])
+  is_color = op == name('Color')  # Color: fma(gray, -m, x (1 + m)); Sharpness: fma(-m, blur - x, x).
+  blended = _to_uint8(_fma(jnp.where(is_color, gray[..., None], -m),
+                           jnp.where(is_color, -m, _sharpness_blur(x) - x),
+                           jnp.where(is_color, _mul(x, jnp.float32(1.0) + m), x)))
+  blended = jnp.where(_border(h, w) & ~is_color, image, blended)
+  kind = jnp.where(op == 0, 0, jnp.where(op <= len(_GEOMETRIC), 1, 2))
+  kind = jnp.where((op == name('Color')) | (op == name('Sharpness')), 3, kind)
+  return jax.lax.select_n(kind, image, warped, looked_up, blended)
+
+
+@functools.partial(jax.jit, static_argnames='name')
+def apply_named(image: jax.Array, name: str, magnitude: float | jax.Array = 0.0) -> jax.Array:
+  """One op by torchvision name, as `_apply_op(img, name, magnitude)` with nearest and fill 0."""
+  return apply_op(image, jnp.int32(OP_NAMES.index(name)), magnitude)
 
 
 # ----------------------------------------------------------------------------- policies
@@ -341,59 +329,74 @@ def _space_tables(policy: str, num_bins: int, image_size: tuple[int, int]
   return names, mags, np.array([signed for _, signed in space.values()])
 
 
-def _signed(key: jax.Array, magnitude: jax.Array, signed: jax.Array) -> jax.Array:
+def apply_ops(image: jax.Array, ops: jax.Array, magnitudes: jax.Array) -> jax.Array:
+  """Applies ops[i] with magnitudes[i] in turn; a loop, so `apply_op` is compiled once."""
+  return jax.lax.fori_loop(0, ops.shape[0], lambda i, x: apply_op(x, ops[i], magnitudes[i]), image)
+
+
+def _randint(u: jax.Array, n: int) -> jax.Array:
+  """A uniform integer in [0, n) from a uniform draw in [0, 1)."""
+  return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+
+def _signed(u: jax.Array, magnitude: jax.Array, signed: jax.Array) -> jax.Array:
   """Negates a signed op's magnitude with probability 1/2."""
-  return jnp.where(signed & jax.random.bernoulli(key), -magnitude, magnitude)
+  return jnp.where(signed & (u < 0.5), -magnitude, magnitude)
 
 
-def autoaugment_cifar10(key: jax.Array, image: jax.Array) -> jax.Array:
+def num_draws(policy: str, num_ops: int = 2) -> int:
+  """How many uniform draws `apply_policy_draws` consumes per image."""
+  return {'none': 0, 'autoaugment_cifar10': 5, 'randaugment': 2 * num_ops,
+          'trivialaugment': 3}[policy]
+
+
+def autoaugment_cifar10(u: jax.Array, image: jax.Array) -> jax.Array:
   """AutoAugment(AutoAugmentPolicy.CIFAR10): one of 25 sub-policies, each op with its probability."""
   names, mags, signed = _space_tables('autoaugment_cifar10', 10, image.shape[:2])
-  ops = np.array([[OP_NAMES.index(n) for n, _, _ in sub] for sub in CIFAR10_POLICY], np.int32)
-  probs = np.array([[p for _, p, _ in sub] for sub in CIFAR10_POLICY], np.float32)
-  sub_mags = np.array([[mags[names.index(n), b or 0] for n, _, b in sub] for sub in CIFAR10_POLICY])
-  sub_signed = np.array([[signed[names.index(n)] for n, _, _ in sub] for sub in CIFAR10_POLICY])
-  k_sub, k_apply, k_sign = jax.random.split(key, 3)
-  sub = jax.random.randint(k_sub, (), 0, len(CIFAR10_POLICY))
-  apply = jax.random.uniform(k_apply, (2,)) <= jnp.asarray(probs)[sub]
-  for i, k in enumerate(jax.random.split(k_sign, 2)):
-    op = jnp.where(apply[i], jnp.asarray(ops)[sub, i], 0)
-    m = _signed(k, jnp.asarray(sub_mags)[sub, i], jnp.asarray(sub_signed)[sub, i])
-    image = apply_op(image, op, m)
-  return image
+  table = lambda f: jnp.asarray(np.array([[f(*op) for op in sub] for sub in CIFAR10_POLICY]))
+  sub = _randint(u[0], len(CIFAR10_POLICY))
+  ops = jnp.where(u[1:3] <= table(lambda n, p, b: np.float32(p))[sub],
+                  table(lambda n, p, b: OP_NAMES.index(n))[sub], 0)
+  magnitudes = _signed(u[3:5], table(lambda n, p, b: mags[names.index(n), b or 0])[sub],
+                       table(lambda n, p, b: signed[names.index(n)])[sub])
+  return apply_ops(image, ops, magnitudes)
 
 
-def randaugment(key: jax.Array, image: jax.Array, num_ops: int = 2, magnitude: int = 9,
+def randaugment(u: jax.Array, image: jax.Array, num_ops: int = 2, magnitude: int = 9,
                 num_bins: int = 31) -> jax.Array:
   """RandAugment: `num_ops` uniformly drawn ops (Identity included), all at bin `magnitude`."""
   names, mags, signed = _space_tables('randaugment', num_bins, image.shape[:2])
   global_ops = jnp.asarray([OP_NAMES.index(n) for n in names], jnp.int32)
-  for k in jax.random.split(key, num_ops):
-    k_op, k_sign = jax.random.split(k)
-    i = jax.random.randint(k_op, (), 0, len(names))
-    m = _signed(k_sign, jnp.asarray(mags[:, magnitude])[i], jnp.asarray(signed)[i])
-    image = apply_op(image, global_ops[i], m)
-  return image
+  i = _randint(u[0::2], len(names))
+  m = _signed(u[1::2], jnp.asarray(mags[:, magnitude])[i], jnp.asarray(signed)[i])
+  return apply_ops(image, global_ops[i], m)
 
 
-def trivialaugment(key: jax.Array, image: jax.Array, num_bins: int = 31) -> jax.Array:
+def trivialaugment(u: jax.Array, image: jax.Array, num_bins: int = 31) -> jax.Array:
   """TrivialAugmentWide: one uniformly drawn op at a uniformly drawn bin."""
   names, mags, signed = _space_tables('trivialaugment', num_bins, image.shape[:2])
   global_ops = jnp.asarray([OP_NAMES.index(n) for n in names], jnp.int32)
-  k_op, k_bin, k_sign = jax.random.split(key, 3)
-  i = jax.random.randint(k_op, (), 0, len(names))
-  b = jax.random.randint(k_bin, (), 0, num_bins)
-  m = _signed(k_sign, jnp.asarray(mags)[i, b], jnp.asarray(signed)[i])
+  i, b = _randint(u[0], len(names)), _randint(u[1], num_bins)
+  m = _signed(u[2], jnp.asarray(mags)[i, b], jnp.asarray(signed)[i])
   return apply_op(image, global_ops[i], m)
+
+
+def apply_policy_draws(u: jax.Array, image: jax.Array, policy: str, *, num_ops: int = 2,
+                       magnitude: int = 9) -> jax.Array:
+  """Applies the named policy to one uint8 HWC image, driven by `num_draws` uniforms `u`."""
+  if policy == 'none':
+    return image
+  if policy == 'autoaugment_cifar10':
+    return autoaugment_cifar10(u, image)
+  if policy == 'randaugment':
+    return randaugment(u, image, num_ops, magnitude)
+  if policy == 'trivialaugment':
+    return trivialaugment(u, image)
+  raise ValueError(f'unknown augmentation policy {policy!r}')
 
 
 def apply_policy(key: jax.Array, image: jax.Array, policy: str, *, num_ops: int = 2,
                  magnitude: int = 9) -> jax.Array:
   """Applies the named policy to one uint8 HWC image."""
-  if policy == 'autoaugment_cifar10':
-    return autoaugment_cifar10(key, image)
-  if policy == 'randaugment':
-    return randaugment(key, image, num_ops, magnitude)
-  if policy == 'trivialaugment':
-    return trivialaugment(key, image)
-  raise ValueError(f'unknown augmentation policy {policy!r}')
+  u = jax.random.uniform(key, (num_draws(policy, num_ops),))
+  return apply_policy_draws(u, image, policy, num_ops=num_ops, magnitude=magnitude)

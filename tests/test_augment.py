@@ -1,0 +1,359 @@
+"""Augmentation tests: torchvision parity on real CIFAR-100 images, policies, determinism, sharding.
+
+Real images come from $JAX_CIFAR_DATA_DIR (conftest: skipped without it, a failure under CI).
+torchvision (the `dev` extra) is the reference; without it the parity tests skip, except under CI.
+"""
+
+import itertools
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jax_cifar import augment
+from jax_cifar import autoaugment as aa
+
+NUM_IMAGES = 64
+
+
+def _import_torchvision():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    if os.environ.get('CI'):
+      pytest.fail(f'CI requires torchvision for parity tests: {e}')
+    pytest.skip(f'torchvision is not installed: {e}')
+  return torch, torchvision
+
+
+@pytest.fixture(scope='module')
+def images(cifar_dir) -> np.ndarray:
+  """The first NUM_IMAGES CIFAR-100 test images, uint8 NHWC."""
+  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
+    data = pickle.load(f, encoding='latin1')['data'][:NUM_IMAGES]
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _cfg(**overrides):
+  cfg = default.get_config().augment
+  cfg.update(overrides)
+  return cfg
+
+
+def _augment(key, images, **overrides):
+  """augment_batch under jit (eager op-by-op dispatch of the vmapped policy is slow)."""
+  cfg = _cfg(**overrides)
+  return np.asarray(jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))(key, jnp.asarray(images)))
+
+
+# ----------------------------------------------------------------------------- crop and flip
+
+@pytest.mark.parametrize('mode', ['constant', 'reflect'])
+@pytest.mark.parametrize('top,left', [(0, 0), (8, 8), (3, 5), (8, 0), (0, 7)])
+def test_crop_at_offset_matches_numpy_pad_and_slice(images, mode, top, left):
+  image = images[0]
+  expected = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode=mode)[top:top + 32, left:left + 32]
+  np.testing.assert_array_equal(augment.crop_at(jnp.asarray(image), top, left, 4, mode), expected)
+
+
+def test_random_crop_draws_every_offset_in_range(images):
+  image = images[1]
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  candidates = {(t, l): padded[t:t + 32, l:l + 32] for t in range(9) for l in range(9)}
+  keys = jax.random.split(jax.random.key(0), 1500)
+  crops = np.asarray(jax.jit(jax.vmap(lambda k: augment.random_crop(k, image, 4)))(keys))
+  seen = set()
+  for crop in crops:
+    matches = [o for o, c in candidates.items() if np.array_equal(c, crop)]
+    assert matches, 'a crop that is no padded window'
+    seen.update(matches)
+  assert seen == set(candidates)
+
+
+def test_flip_mirrors_about_half_the_images(images):
+  keys = jax.random.split(jax.random.key(1), NUM_IMAGES)
+  out = np.asarray(jax.vmap(augment.random_flip)(keys, jnp.asarray(images)))
+  flipped = np.array([np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images)])
+  kept = np.array([np.array_equal(o, x) for o, x in zip(out, images)])
+  assert np.all(flipped | kept)
+  assert 16 <= flipped.sum() <= 48
+
+
+def test_augment_batch_crops_then_flips(images):
+  """With policy 'none' every output is a padded window of its image, maybe mirrored."""
+  out = _augment(jax.random.key(2), images[:16], crop_mode='reflect')
+  for o, x in zip(out, images):
+    padded = np.pad(x, ((4, 4), (4, 4), (0, 0)), mode='reflect')
+    windows = [padded[t:t + 32, l:l + 32] for t in range(9) for l in range(9)]
+    assert any(np.array_equal(o, w) or np.array_equal(o, w[:, ::-1]) for w in windows)
+
+
+def test_everything_off_is_identity(images):
+  out = _augment(jax.random.key(3), images, crop_padding=0, flip=False, policy='none',
+                 erasing_prob=0.0)
+  np.testing.assert_array_equal(out, images)
+
+
+def test_random_erasing_zeroes_one_rectangle(images):
+  x = np.maximum(images, 1)  # no zeros before erasing
+  out = _augment(jax.random.key(4), x, crop_padding=0, flip=False, erasing_prob=1.0)
+  for o, before in zip(out, x):
+    zero = np.all(o == 0, axis=-1)
+    rows, cols = np.nonzero(zero)
+    assert rows.size, 'nothing erased'
+    box = zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert box.all() and 0.01 <= box.size / 1024 <= 0.4
+    np.testing.assert_array_equal(o[~zero], before[~zero])
+
+
+# ----------------------------------------------------------------------------- op parity
+
+def _torchvision_op(torch_images, name: str, m: float):
+  """torchvision's `_apply_op(img, name, m)` (nearest, fill None) with the v2 tensor kernels."""
+  import torchvision.transforms.v2.functional as F  # pylint: disable=import-outside-toplevel
+  affine = dict(angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, 0.0])
+  if name == 'ShearX':
+    return F.affine(torch_images, **{**affine, 'shear': [math.degrees(math.atan(m)), 0.0]},
+                    center=[0, 0])
+  if name == 'ShearY':
+    return F.affine(torch_images, **{**affine, 'shear': [0.0, math.degrees(math.atan(m))]},
+                    center=[0, 0])
+  if name == 'TranslateX':
+    return F.affine(torch_images, **{**affine, 'translate': [int(m), 0]})
+  if name == 'TranslateY':
+    return F.affine(torch_images, **{**affine, 'translate': [0, int(m)]})
+  return {
+      'Identity': lambda x: x,
+      'Rotate': lambda x: F.rotate(x, m),
+      'Brightness': lambda x: F.adjust_brightness(x, 1.0 + m),
+      'Color': lambda x: F.adjust_saturation(x, 1.0 + m),
+      'Contrast': lambda x: F.adjust_contrast(x, 1.0 + m),
+      'Sharpness': lambda x: F.adjust_sharpness(x, 1.0 + m),
+      'Posterize': lambda x: F.posterize(x, int(m)),
+      'Solarize': lambda x: F.solarize(x, m),
+      'AutoContrast': F.autocontrast,
+      'Equalize': F.equalize,
+      'Invert': F.invert,
+  }[name](torch_images)
+
+
+def _reference(images_nhwc: np.ndarray, name: str, m: float) -> np.ndarray:
+  torch, _ = _import_torchvision()
+  out = _torchvision_op(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()), name, m)
+  return out.numpy().transpose(0, 2, 3, 1)
+
+
+def _magnitudes(name: str) -> list[float]:
+  """Every AutoAugment bin (alternating signs) and four TrivialAugmentWide bins (the widest)."""
+  out = []
+  for policy, num_bins, picks in (('autoaugment_cifar10', 10, range(10)),
+                                  ('trivialaugment', 31, (3, 12, 20, 30))):
+    mags, signed = aa.augmentation_space(policy, num_bins, (32, 32)).get(name, (None, False))
+    if mags is not None:
+      out += [float(mags[i]) * (-1.0 if signed and i % 2 else 1.0) for i in picks]
+  return out or [0.0]
+
+
+# One compile for every op and magnitude: the op index is traced. [M] mags -> [M, B, H, W, 3].
+_apply_many = jax.jit(jax.vmap(jax.vmap(aa.apply_op, (0, None, None)), (None, None, 0)))
+GEOMETRIC = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
+
+
+@pytest.mark.parametrize('name', aa.OP_NAMES)
+def test_op_matches_torchvision(images, name):
+  """Pointwise ops: bit-exact. Interpolating ops: >= 99% of pixels within one level."""
+  mags = _magnitudes(name)
+  ours = np.asarray(_apply_many(jnp.asarray(images), jnp.int32(aa.OP_NAMES.index(name)),
+                                jnp.asarray(mags, jnp.float32))).astype(int)
+  for m, out in zip(mags, ours):
+    ref = _reference(images, name, m).astype(int)
+    diff = np.abs(out - ref)
+    if name in GEOMETRIC:
+      assert (diff <= 1).mean() >= 0.99, (name, m, (diff <= 1).mean())
+    else:
+      assert diff.max() == 0, (name, m, (diff > 0).mean(), diff.max())
+
+
+def test_apply_named_matches_torchvision(images):
+  np.testing.assert_array_equal(aa.apply_named(jnp.asarray(images[0]), 'Solarize', 100.0),
+                                _reference(images[:1], 'Solarize', 100.0)[0])
+
+
+# ----------------------------------------------------------------------------- policy tables
+
+def _torch_space(transform, *args):
+  return {k: (None if v.ndim == 0 else v.numpy(), s)
+          for k, (v, s) in transform._augmentation_space(*args).items()}  # pylint: disable=protected-access
+
+
+def test_cifar10_policy_table_matches_torchvision():
+  _, torchvision = _import_torchvision()
+  from torchvision.transforms import AutoAugment, AutoAugmentPolicy  # pylint: disable=import-outside-toplevel
+  t = AutoAugment(AutoAugmentPolicy.CIFAR10)
+  assert [tuple(s) for s in t._get_policies(AutoAugmentPolicy.CIFAR10)] == list(aa.CIFAR10_POLICY)  # pylint: disable=protected-access
+  v2 = torchvision.transforms.v2.AutoAugment(AutoAugmentPolicy.CIFAR10)
+  assert [tuple(s) for s in v2._policies] == list(aa.CIFAR10_POLICY)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('policy', ['autoaugment_cifar10', 'randaugment', 'trivialaugment'])
+def test_magnitude_bins_match_torchvision(policy):
+  _, torchvision = _import_torchvision()
+  from torchvision import transforms  # pylint: disable=import-outside-toplevel
+  if policy == 'autoaugment_cifar10':
+    theirs = _torch_space(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10), 10, (32, 32))
+    ours = aa.augmentation_space(policy, 10, (32, 32))
+  elif policy == 'randaugment':
+    theirs = _torch_space(transforms.RandAugment(), 31, (32, 32))
+    ours = aa.augmentation_space(policy, 31, (32, 32))
+  else:
+    theirs = _torch_space(transforms.TrivialAugmentWide(), 31)
+    ours = aa.augmentation_space(policy, 31, (32, 32))
+  assert list(ours) == list(theirs)  # same ops in the same order (RandAugment draws by index)
+  for name, (mags, signed) in theirs.items():
+    assert ours[name][1] == signed, name
+    if mags is None:
+      assert ours[name][0] is None, name
+      continue
+    # Exact: int(m) of a translation or a Solarize threshold near a level hangs on the last ulp.
+    np.testing.assert_array_equal(ours[name][0], mags.astype(np.float32), err_msg=name)
+
+
+# ----------------------------------------------------------------------------- policy sampling
+
+def _outcomes(image: np.ndarray, policy: str) -> dict[bytes, float]:
+  """Every output torchvision's policy can give for `image`, with its probability."""
+  space = aa.augmentation_space(policy, 10 if policy == 'autoaugment_cifar10' else 31, (32, 32))
+
+  def signed_mags(name, b):
+    mags, signed = space[name]
+    if mags is None:
+      return [(0.0, 1.0)]
+    return [(float(mags[b]), 0.5), (-float(mags[b]), 0.5)] if signed else [(float(mags[b]), 1.0)]
+
+  def chains(steps):  # steps: [[(name, magnitude, prob)]] -> {output: prob}
+    out = {}
+    for chain in itertools.product(*steps):
+      x, p = image[None], 1.0
+      for name, m, q in chain:
+        x, p = _reference(x, name, m), p * q
+      out[x[0].tobytes()] = out.get(x[0].tobytes(), 0.0) + p
+    return out
+
+  if policy == 'autoaugment_cifar10':
+    out = {}
+    for sub in aa.CIFAR10_POLICY:
+      steps = [[(name, m, q * p) for m, q in signed_mags(name, b or 0)] + [('Identity', 0.0, 1 - p)]
+               for name, p, b in sub]
+      for k, v in chains(steps).items():
+        out[k] = out.get(k, 0.0) + v / len(aa.CIFAR10_POLICY)
+    return out
+  if policy == 'randaugment':
+    step = [(n, m, q / len(space)) for n in space for m, q in signed_mags(n, 9)]
+    return chains([step, step])
+  return chains([[(n, m, q / len(space) / 31) for n in space for b in range(31)
+                  for m, q in signed_mags(n, b)]])
+
+
+@pytest.mark.parametrize('policy', ['autoaugment_cifar10', 'randaugment', 'trivialaugment'])
+def test_policy_outputs_and_frequencies_match_torchvision(images, policy):
+  """Every output is one torchvision can give, and each turns up as often as it should."""
+  image = images[5]
+  expected = _outcomes(image, policy)
+  assert math.isclose(sum(expected.values()), 1.0, rel_tol=1e-9)
+  n = 2048
+  keys = jax.random.split(jax.random.key(5), n)
+  outs = np.asarray(jax.jit(jax.vmap(lambda k: aa.apply_policy(k, jnp.asarray(image), policy)))(keys))
+  counts = {}
+  for o in outs:
+    assert o.tobytes() in expected, 'an output torchvision cannot produce'
+    counts[o.tobytes()] = counts.get(o.tobytes(), 0) + 1
+  for k, p in expected.items():
+    c = counts.get(k, 0)
+    assert abs(c - n * p) <= 5 * math.sqrt(n * p * (1 - p)) + 3, (c, n * p)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+FULL = dict(crop_mode='reflect', policy='autoaugment_cifar10', erasing_prob=0.5)
+
+
+def test_same_key_same_batch_and_new_key_new_batch(images):
+  f = jax.jit(lambda k, x: augment.augment_batch(k, x, _cfg(**FULL)))
+  x = jnp.asarray(images)
+  a, b, c = f(jax.random.key(7), x), f(jax.random.key(7), x), f(jax.random.key(8), x)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_halves_with_their_keys_equal_the_full_batch(images):
+  cfg = _cfg(**FULL)
+  key, x = jax.random.key(9), jnp.asarray(images)
+  full = _augment(key, images, **FULL)
+  keys = jax.random.split(key, NUM_IMAGES)
+  h = NUM_IMAGES // 2
+  f = jax.jit(lambda k, x: augment.augment_examples(k, x, cfg))
+  halves = [f(keys[s], x[s]) for s in (slice(0, h), slice(h, None))]
+  np.testing.assert_array_equal(np.concatenate(halves), full)
+
+
+_SHARDED = textwrap.dedent('''
+    import sys, numpy as np, jax, jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    sys.path.insert(0, sys.argv[1])
+    from configs import default
+    from jax_cifar import augment
+    cfg = default.get_config().augment
+    cfg.update(crop_mode='reflect', policy='autoaugment_cifar10', erasing_prob=0.5)
+    x = np.load(sys.argv[2])
+    assert jax.device_count() == 8, jax.devices()
+    f = jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))
+    one = f(jax.random.key(11), jax.device_put(x, jax.devices()[0]))
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+    many = f(jax.random.key(11), xs)
+    assert len(many.sharding.device_set) == 8, many.sharding
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(many))
+    print('OK')
+''')
+
+
+def test_sharded_over_8_devices_equals_one_device(images, tmp_path):
+  np.save(tmp_path / 'x.npy', images)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  run = subprocess.run([sys.executable, '-c', _SHARDED, root, str(tmp_path / 'x.npy')], env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0 and 'OK' in run.stdout, run.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- model input
+
+@pytest.mark.parametrize('normalize', ['cifar', 'imagenet', 'none'])
+def test_to_model_input_scales_and_normalises(images, normalize):
+  out = augment.to_model_input(jnp.asarray(images), image_size=32, normalize=normalize,
+                               dtype=jnp.float32)
+  expected = images / np.float32(255.0)
+  if normalize != 'none':
+    mean, std = augment.NORMALIZATION[normalize]
+    expected = (expected - np.array(mean, np.float32)) / np.array(std, np.float32)
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_to_model_input_resizes_like_torch_bilinear(images):
+  torch, _ = _import_torchvision()
+  out = augment.to_model_input(jnp.asarray(images[:8]), image_size=72, normalize='none',
+                               dtype=jnp.bfloat16)
+  assert out.shape == (8, 72, 72, 3) and out.dtype == jnp.bfloat16
+  x = torch.from_numpy(images[:8].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+  ref = torch.nn.functional.interpolate(x, size=(72, 72), mode='bilinear', align_corners=False)
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref.numpy().transpose(0, 2, 3, 1),
+                             atol=1e-2)  # bf16 output
