@@ -45,7 +45,8 @@ def test_every_model_gives_batch_by_classes_float32_logits(name, stem):
 @pytest.mark.parametrize('name', RESNETS)
 def test_param_count_equals_torchvision(name):
   params = nnx.state(_abstract(name, 1000, stem='imagenet', width=64), nnx.Param)
-  assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == TORCHVISION_PARAM_COUNTS[name]
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  assert count == TORCHVISION_PARAM_COUNTS[name]
 
 
 def test_param_counts_table_matches_installed_torchvision():

@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import DEPTHS, STEMS, ResNet, resnet
+from jax_cifar.models.resnet import DEPTHS, STEMS, ResNet, build_resnet
 from jax_cifar.models.simple_cnn import SimpleCNN
 
 MODEL_NAMES = ('simple_cnn',) + tuple(DEPTHS)
@@ -26,7 +26,7 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
   if name == 'simple_cnn':
     return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
-  return resnet(name, num_classes, stem=stem, width=width, dtype=dtype, rngs=rngs)
+  return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, rngs=rngs)
 
 
 __all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model']

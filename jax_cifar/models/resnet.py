@@ -57,7 +57,8 @@ def torch_default_bias_init(fan_in: int) -> Callable[..., jax.Array]:
   return init
 
 
-def torch_linear(in_features: int, out_features: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
+def torch_linear(in_features: int, out_features: int, *, dtype: Dtype,
+                 rngs: nnx.Rngs) -> nnx.Linear:
   """A Dense layer initialised like torch.nn.Linear (also used for a re-initialised head)."""
   return nnx.Linear(
       in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
@@ -82,7 +83,8 @@ class BatchNorm(nnx.BatchNorm):
     self.bias = nnx.Param(jnp.zeros((num_features,), self.param_dtype))
     self.use_scale = self.use_bias = True
 
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask=None) -> jax.Array:
     if mask is not None:
       raise NotImplementedError('masked batch norm is not supported')
     if use_running_average is None:
@@ -228,7 +230,7 @@ DEPTHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...]]] =
 }
 
 
-def resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
+def build_resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
            dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> ResNet:
   """Builds one of `DEPTHS` by its torchvision name."""
   if arch not in DEPTHS:

@@ -1,0 +1,218 @@
+"""torchvision ResNet `state_dict` -> Flax NNX variables, and the converted checkpoint on disk.
+
+Our modules mirror torchvision's attribute names, so conversion is a renaming plus layout changes
+(conv OIHW -> HWIO, Linear (out, in) -> (in, out)). The expected structure always comes from the
+model itself (`nnx.eval_shape`), so a key this module gets wrong fails loudly, never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jax_cifar.models import create_model
+from jax_cifar.models.resnet import DEPTHS, torch_linear
+
+ARCHS = tuple(DEPTHS)
+_LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
+                  'var': 'running_var'}
+_IGNORED_SUFFIXES = ('num_batches_tracked',)
+_METADATA_FILE = 'metadata.json'
+_STATE_DIR = 'state'
+
+
+def _flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _flatten(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def _unflatten(items: Mapping[tuple, Any]) -> dict:
+  out: dict = {}
+  for path, v in items.items():
+    d = out
+    for k in path[:-1]:
+      d = d.setdefault(k, {})
+    d[path[-1]] = v
+  return out
+
+
+def _dotted(path: tuple) -> str:
+  return '.'.join(str(k) for k in path)
+
+
+def torch_key(path: tuple) -> str:
+  """Flax variable path -> torchvision state_dict key, e.g. layer1.0.bn1.mean -> .running_mean."""
+  return _dotted(path[:-1] + (_LEAF_TO_TORCH[path[-1]],))
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, 'detach'):  # torch.Tensor, without importing torch here
+    value = value.detach().cpu().float().numpy()
+  return np.asarray(value, dtype=np.float32)
+
+
+def _report(missing, unexpected, misshaped, what: str) -> None:
+  def head(keys):
+    keys = list(keys)
+    return ', '.join(keys[:12]) + (f' ... (+{len(keys) - 12} more)' if len(keys) > 12 else '')
+
+  parts = []
+  if missing:
+    parts.append(f'missing keys: {head(missing)}')
+  if unexpected:
+    parts.append(f'unexpected keys: {head(unexpected)}')
+  if misshaped:
+    parts.append(f'mis-shaped keys: {head(misshaped)}')
+  if parts:
+    raise ValueError(f'{what}: ' + '; '.join(parts))
+
+
+def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.State]:
+  """(params, batch stats) of `create_model(arch, num_classes)` as ShapeDtypeStructs; no compute."""
+  model = nnx.eval_shape(lambda: create_model(arch, num_classes, stem='imagenet', rngs=nnx.Rngs(0)))
+  return nnx.state(model, nnx.Param, nnx.BatchStat)
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
+  """Converts a torchvision ResNet state_dict to `nnx.to_pure_dict(nnx.state(model))`'s form.
+
+  Contains params and BatchNorm running statistics; all float32 numpy. Raises ValueError naming
+  every missing, unexpected or mis-shaped key (nothing partial is returned).
+  """
+  if arch not in ARCHS:
+    raise ValueError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
+  sd: dict[str, Any] = {}
+  for key, value in state_dict.items():
+    name = key[len('module.'):] if key.startswith('module.') else key
+    if name.endswith(_IGNORED_SUFFIXES):
+      continue
+    if name in sd:
+      raise ValueError(f'duplicate key after stripping "module.": {name}')
+    sd[name] = value
+  if 'fc.weight' not in sd:
+    raise ValueError('missing keys: fc.weight (needed to know the number of classes)')
+  num_classes = int(sd['fc.weight'].shape[0])
+
+  params, stats = abstract_variables(arch, num_classes)
+  expected = dict(_flatten(nnx.to_pure_dict(params)))
+  expected.update(_flatten(nnx.to_pure_dict(stats)))
+  out, missing, misshaped = {}, [], []
+  for path, spec in expected.items():
+    key = torch_key(path)
+    if key not in sd:
+      missing.append(key)
+      continue
+    value = _to_numpy(sd[key])
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif value.ndim == 2:
+      value = value.T  # Linear (out, in) -> (in, out)
+    if value.shape != tuple(spec.shape):
+      misshaped.append(f'{key} {tuple(sd[key].shape)} '
+                       f'(expected {tuple(spec.shape)} in flax layout)')
+      continue
+    out[path] = np.ascontiguousarray(value)
+  used = {torch_key(p) for p in expected}
+  unexpected = sorted(k for k in sd if k not in used)
+  _report(missing, unexpected, misshaped, f'state_dict does not match {arch}')
+  return _unflatten(out)
+
+
+def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = '',
+                   overwrite: bool = False) -> None:
+  """Writes an orbax checkpoint plus metadata.json; built in a temp dir and renamed into place."""
+  if arch not in ARCHS:
+    raise ValueError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} exists (pass overwrite=True to replace it)')
+  # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
+  tree = _unflatten({tuple(str(k) for k in p): np.asarray(v, np.float32)
+                     for p, v in _flatten(pure_dict)})
+  fc_kernel = tree.get('fc', {}).get('kernel')
+  meta = {'format': 'jax_cifar.convert/1', 'arch': arch, 'source': source,
+          'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}')
+  try:
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
+    with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
+      json.dump(meta, f, indent=2)
+    if os.path.exists(path):
+      old = f'{tmp}.old'
+      os.rename(path, old)
+      os.rename(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_converted(path: str) -> tuple[dict, dict]:
+  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint."""
+  meta_file = os.path.join(path, _METADATA_FILE)
+  if not os.path.isfile(meta_file):
+    raise ValueError(f'{path} is not a converted checkpoint (no {_METADATA_FILE})')
+  with open(meta_file) as f:
+    meta = json.load(f)
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
+  return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
+
+
+def _put_like(value: np.ndarray, like: Any) -> Any:
+  """Places `value` with the sharding of the variable it replaces (multi-host safe)."""
+  if isinstance(like, jax.Array):
+    value = value.astype(like.dtype)
+    return jax.make_array_from_callback(value.shape, like.sharding, lambda idx: value[idx])
+  return value
+
+
+def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed: int = 0) -> None:
+  """Loads a converted backbone into `model` in place.
+
+  If the checkpoint's head has another number of classes than `num_classes`, `fc` is
+  re-initialised as torch.nn.Linear would be (seeded by `rngs_seed`); otherwise it is loaded too.
+  """
+  meta, ckpt = read_converted(path)
+  model_arch = getattr(model, 'arch', None)
+  if model_arch is not None and meta.get('arch') != model_arch:
+    raise ValueError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {model_arch!r}')
+  fc = getattr(model, 'fc', None)
+  if fc is None or fc.kernel.shape[-1] != num_classes:
+    raise ValueError(f'model head fc does not have num_classes={num_classes} outputs')
+
+  state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+  current = {_dotted(p): (p, v) for p, v in _flatten(nnx.to_pure_dict(state))}
+  keep_head = ckpt.get('fc.kernel') is not None and ckpt['fc.kernel'].shape == fc.kernel.shape
+  is_head = lambda k: k.startswith('fc.')
+  missing = [k for k in current if k not in ckpt and not is_head(k)]
+  unexpected = [k for k in ckpt if k not in current and not is_head(k)]
+  misshaped = [f'{k} {ckpt[k].shape} (model {tuple(current[k][1].shape)})' for k in ckpt
+               if k in current and not is_head(k) and ckpt[k].shape != tuple(current[k][1].shape)]
+  _report(missing, unexpected, misshaped, f'checkpoint {path} does not match the model')
+
+  if keep_head:
+    head = {k: ckpt[k] for k in current if is_head(k)}
+  else:
+    in_features = fc.kernel.shape[0]
+    fresh = torch_linear(in_features, num_classes, dtype=fc.dtype, rngs=nnx.Rngs(rngs_seed))
+    head = {f'fc.{k}': np.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(fresh)).items()}
+  new = {p: _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}
+  nnx.replace_by_pure_dict(state, _unflatten(new))
+  nnx.update(model, state)

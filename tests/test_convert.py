@@ -1,0 +1,296 @@
+"""torchvision -> Flax conversion: logits and BN updates match real torch; errors name keys."""
+
+import copy
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
+from jax_cifar.models import create_model
+from jax_cifar.models.resnet import torch_linear
+
+ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _require(module: str):
+  """Skips without torch locally, but under CI a missing torch must fail, not skip."""
+  if os.environ.get('CI'):
+    return importlib.import_module(module)
+  return pytest.importorskip(module)
+
+
+torch = _require('torch')
+torchvision = _require('torchvision')
+
+
+def _random_torch_resnet(arch: str, seed: int = 0):
+  """torchvision model with random weights and randomised BN affine params and running stats."""
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, arch)()
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.0)
+        m.bias.uniform_(-0.2, 0.2)
+        m.running_mean.uniform_(-0.2, 0.2)
+        m.running_var.uniform_(0.5, 2.0)
+  return model
+
+
+def _flax_model(arch: str, pure: dict, num_classes: int = 1000) -> nnx.Module:
+  """A model holding `pure` exactly (no random init, so no init cost)."""
+  abstract = nnx.eval_shape(lambda: create_model(arch, num_classes, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  return nnx.merge(graphdef, state)
+
+
+def _nchw(x: np.ndarray):
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _rel_diff(ours, ref) -> tuple[float, float]:
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  err = float(np.abs(ours - ref).max())
+  return err, err / max(float(np.abs(ref).max()), 1e-12)
+
+
+@pytest.fixture(scope='module', params=ARCHS)
+def converted(request):
+  arch = request.param
+  model = _random_torch_resnet(arch).eval()
+  return arch, model, torch_to_flax(model.state_dict(), arch)
+
+
+def test_eval_logits_match_torch_at_224_and_32(converted):
+  arch, tmodel, pure = converted
+  model = _flax_model(arch, pure)
+  rng = np.random.default_rng(0)
+  for size, batch in ((224, 1), (32, 2)):
+    x = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    with torch.no_grad():
+      ref = tmodel.eval()(_nchw(x)).numpy()
+    with jax.default_matmul_precision('float32'):
+      ours = model(jnp.asarray(x), train=False)
+    err, rel = _rel_diff(ours, ref)
+    print(f'\n[eval] {arch} {size}x{size}: max|diff|={err:.3g} max|logit|={np.abs(ref).max():.3g} '
+          f'rel={rel:.2g}')
+    assert rel < 1e-4, (arch, size, err, rel)
+    assert (np.argmax(ours, -1) == np.argmax(ref, -1)).all()
+
+
+def _leaf_errors(ours: dict, ref: dict) -> float:
+  """Worst max-abs difference over matching leaves, each relative to its leaf's scale."""
+  worst = 0.0
+  for path, value in jax.tree_util.tree_flatten_with_path(ours)[0]:
+    ref_v = ref
+    for p in path:
+      ref_v = ref_v[p.key]
+    worst = max(worst, _rel_diff(value, ref_v)[1])
+  return worst
+
+
+def test_train_forward_matches_torch_outputs_and_running_stats(converted):
+  """Batch statistics amplify rounding in deep nets, so torch float64 is the reference and
+  torch's own float32 error against it sets the bar (biased running variance would miss it)."""
+  arch, tmodel, pure = converted
+  model = _flax_model(arch, pure)
+  t32, t64 = copy.deepcopy(tmodel).train(), copy.deepcopy(tmodel).double().train()
+  x = np.random.default_rng(1).standard_normal((2, 64, 64, 3), dtype=np.float32)
+  with torch.no_grad():
+    ref32, ref64 = t32(_nchw(x)).numpy(), t64(_nchw(x).double()).numpy()
+  with jax.default_matmul_precision('float32'):
+    ours = model(jnp.asarray(x), train=True)
+  err, rel = _rel_diff(ours, ref64)
+  err32, rel32 = _rel_diff(ref32, ref64)
+  print(f'\n[train] {arch} 64x64 logits vs torch fp64: ours rel={rel:.2g} (abs {err:.3g}), '
+        f'torch fp32 rel={rel32:.2g}; ours vs torch fp32 rel={_rel_diff(ours, ref32)[1]:.2g}')
+  assert rel <= 2 * rel32 + 1e-5, (arch, rel, rel32)
+
+  # Running stats in the model's own layout, via the converter.
+  stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  stats32, stats64 = (torch_to_flax(t.state_dict(), arch) for t in (t32, t64))
+  rel, rel32 = _leaf_errors(stats, stats64), _leaf_errors(stats32, stats64)
+  moved = _leaf_errors(stats64, pure)  # how far the update moved the stats
+  print(f'[train] {arch} running stats vs torch fp64: ours worst rel={rel:.2g}, torch fp32 '
+        f'{rel32:.2g}; ours vs torch fp32 {_leaf_errors(stats, stats32):.2g} '
+        f'(update size {moved:.2g})')
+  assert moved > 1e-3 and rel <= 2 * rel32 + 1e-6, (arch, rel, rel32, moved)
+
+
+def _small_state_dict():
+  torch.manual_seed(0)
+  return {k: v.clone() for k, v in torchvision.models.resnet18().state_dict().items()}
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named():
+  sd = _small_state_dict()
+  broken = dict(sd)
+  del broken['layer2.1.bn2.running_var']
+  with pytest.raises(ValueError, match=r'missing keys: layer2\.1\.bn2\.running_var'):
+    torch_to_flax(broken, 'resnet18')
+  broken = dict(sd, **{'layer5.0.conv1.weight': torch.zeros(3)})
+  with pytest.raises(ValueError, match=r'unexpected keys: layer5\.0\.conv1\.weight'):
+    torch_to_flax(broken, 'resnet18')
+  broken = dict(sd, **{'layer3.0.conv2.weight': torch.zeros(256, 256, 1, 1)})
+  with pytest.raises(ValueError, match=r'mis-shaped keys: layer3\.0\.conv2\.weight'):
+    torch_to_flax(broken, 'resnet18')
+  with pytest.raises(ValueError, match=r'layer1\.2\.conv1\.weight'):
+    torch_to_flax(sd, 'resnet34')  # a ResNet-18 has no third block in layer1
+  with pytest.raises(ValueError, match='resnet152'):
+    torch_to_flax(sd, 'resnet19')
+
+
+def test_module_prefix_fp16_and_num_batches_tracked_are_accepted():
+  sd = _small_state_dict()
+  assert any(k.endswith('num_batches_tracked') for k in sd)
+  half = {f'module.{k}': (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+  ours = torch_to_flax(half, 'resnet18')
+  ref = torch_to_flax({k: v.half().float() if v.is_floating_point() else v
+                       for k, v in sd.items()}, 'resnet18')
+  jax.tree.map(np.testing.assert_array_equal, ours, ref)
+  assert all(v.dtype == np.float32 for v in jax.tree.leaves(ours))
+  numpy_sd = {k: v.numpy() for k, v in sd.items()}
+  jax.tree.map(np.testing.assert_array_equal, torch_to_flax(numpy_sd, 'resnet18'),
+               torch_to_flax(sd, 'resnet18'))
+
+
+def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_head(tmp_path):
+  pure = torch_to_flax(_small_state_dict(), 'resnet18')
+  path = str(tmp_path / 'r18')
+  save_converted(pure, 'resnet18', path, source='test')
+  assert sorted(os.listdir(tmp_path)) == ['r18']  # no temp dirs left behind
+  with pytest.raises(FileExistsError):
+    save_converted(pure, 'resnet18', path)
+
+  model = create_model('resnet18', 100, rngs=nnx.Rngs(1))
+  load_pretrained(model, path, num_classes=100, rngs_seed=7)
+  loaded = nnx.to_pure_dict(nnx.state(model))
+  head = loaded.pop('fc')
+  expected = dict(pure)
+  expected.pop('fc')
+  jax.tree.map(np.testing.assert_array_equal, loaded, expected)
+  fresh = nnx.to_pure_dict(nnx.state(torch_linear(512, 100, dtype=jnp.float32,
+                                                  rngs=nnx.Rngs(7))))
+  jax.tree.map(np.testing.assert_array_equal, head, fresh)
+  assert np.abs(head['kernel']).max() <= 1 / np.sqrt(512)
+
+  same_head = _flax_model('resnet18', jax.tree.map(np.zeros_like, pure))
+  load_pretrained(same_head, path, num_classes=1000)
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(same_head)), pure)
+
+
+def test_loading_into_another_arch_or_stem_names_the_problem(tmp_path):
+  path = str(tmp_path / 'r18')
+  save_converted(torch_to_flax(_small_state_dict(), 'resnet18'), 'resnet18', path)
+  other = nnx.eval_shape(lambda: create_model('resnet34', 100, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match='resnet34'):
+    load_pretrained(other, path, num_classes=100)
+  cifar = nnx.eval_shape(lambda: create_model('resnet18', 100, stem='cifar', rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r'mis-shaped keys: conv1\.kernel'):
+    load_pretrained(cifar, path, num_classes=100)
+  with pytest.raises(ValueError, match='num_classes=10 '):
+    load_pretrained(cifar, path, num_classes=10)
+
+
+def test_convert_script_writes_a_loadable_checkpoint(tmp_path):
+  sd_file = tmp_path / 'r18.pth'
+  torch.save(_small_state_dict(), sd_file)
+  script = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
+  out = tmp_path / 'converted'
+  run = subprocess.run([sys.executable, script, '--arch', 'resnet18', '--state_dict', str(sd_file),
+                        '--output', str(out)], capture_output=True, text=True, cwd=REPO)
+  assert run.returncode == 0, run.stderr
+  model = _flax_model('resnet18', jax.tree.map(np.zeros_like,
+                                               torch_to_flax(_small_state_dict(), 'resnet18')))
+  load_pretrained(model, str(out), num_classes=1000)
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model)),
+               torch_to_flax(_small_state_dict(), 'resnet18'))
+  assert 'converted to resnet18' in run.stderr  # logs each stage
+
+
+class _RunsCode:
+  """A pickle payload: unpickling it would create `marker`."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_convert_script_rejects_bad_input_with_one_line_and_no_output(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location(
+      'convert_script', os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  good = tmp_path / 'r18.pth'
+  torch.save(_small_state_dict(), good)
+  evil = tmp_path / 'evil.pth'
+  torch.save({'conv1.weight': _RunsCode(tmp_path / 'pwned')}, evil)
+  out = tmp_path / 'out'
+  cases = [(['--arch', 'resnet18', '--state_dict', str(tmp_path / 'nope.pth')], 'nope.pth'),
+           (['--arch', 'resnet34', '--state_dict', str(good)], 'layer1.2.conv1.weight'),
+           (['--arch', 'resnet18', '--state_dict', str(evil)], 'weights_only')]
+  for argv, needle in cases:
+    capsys.readouterr()
+    assert script.main(argv + ['--output', str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('error: ') and needle in err[-1], err
+    assert not out.exists()
+  assert not (tmp_path / 'pwned').exists(), 'torch.load must not execute pickled code'
+
+
+# ------------------------------------------------------------------ real ImageNet weights
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _imagenet_input(image: np.ndarray) -> np.ndarray:
+  """Shorter side 256, center crop 224, ImageNet normalisation (torchvision's eval transform)."""
+  from skimage.transform import resize
+  h, w = image.shape[:2]
+  scale = 256 / min(h, w)
+  image = resize(image, (round(h * scale), round(w * scale)), order=1, anti_aliasing=True)
+  h, w = image.shape[:2]
+  top, left = (h - 224) // 2, (w - 224) // 2
+  image = image[top:top + 224, left:left + 224].astype(np.float32)
+  return (image - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def test_real_resnet50_weights_give_torchs_top1_on_photos():
+  weights_dir = os.environ.get('JAX_CIFAR_WEIGHTS_DIR')
+  if not weights_dir:
+    if os.environ.get('CI'):
+      pytest.fail('JAX_CIFAR_WEIGHTS_DIR is unset under CI')
+    pytest.skip('set JAX_CIFAR_WEIGHTS_DIR to the folder with resnet50-keras-imagenet-*.pth')
+  from skimage import data
+  sd = torch.load(os.path.join(weights_dir, 'resnet50-keras-imagenet-tvlayout-fp16.pth'),
+                  weights_only=True)
+  tmodel = torchvision.models.resnet50()
+  tmodel.load_state_dict(sd)
+  tmodel.eval()
+  model = _flax_model('resnet50', torch_to_flax(sd, 'resnet50'))
+  x = np.stack([_imagenet_input(data.chelsea()), _imagenet_input(data.coffee())])
+  with torch.no_grad():
+    ref = tmodel(_nchw(x)).numpy()
+  with jax.default_matmul_precision('float32'):
+    ours = np.asarray(model(jnp.asarray(x), train=False))
+  err, rel = _rel_diff(ours, ref)
+  probs = jax.nn.softmax(ours, -1)
+  top1 = ours.argmax(-1)
+  print(f'\n[real] top-1 {top1.tolist()} probs {[round(float(p), 3) for p in probs.max(-1)]} '
+        f'torch top-1 {ref.argmax(-1).tolist()} max|diff|={err:.3g} rel={rel:.2g}')
+  np.testing.assert_array_equal(top1, ref.argmax(-1))
+  assert top1[0] in range(281, 286), top1  # chelsea: a cat
+  assert top1[1] in (967, 968), top1  # coffee: espresso / cup
+  assert rel < 1e-4, (err, rel)
