@@ -1,0 +1,157 @@
+"""Out-of-distribution image sets on disk: the DS542 distortion files and the CIFAR-100-C layout.
+
+Both hold uint8 [N, 32, 32, 3] `.npy` arrays whose rows are five equal severity blocks (severity s is
+rows (s-1)*N/5 .. s*N/5). Every file is checked from its header and size before any inference
+starts, then read memory-mapped, so a 150 MB file never has to fit in memory twice.
+
+DS542 `distortionXX.npy` <-> corruption name (the order `jax_cifar.corrupt` writes them in):
+  00 gaussian_noise   01 shot_noise      02 impulse_noise   03 speckle_noise   04 defocus_blur
+  05 glass_blur       06 motion_blur     07 zoom_blur       08 gaussian_blur   09 snow
+  10 frost            11 fog             12 spatter         13 brightness      14 contrast
+  15 saturate         16 elastic_transform 17 pixelate      18 jpeg_compression
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from jax_cifar.data.cifar100 import NUM_CLASSES, DataError
+
+CORRUPTIONS = (
+    'gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'defocus_blur',
+    'glass_blur', 'motion_blur', 'zoom_blur', 'gaussian_blur', 'snow', 'frost', 'fog', 'spatter',
+    'brightness', 'contrast', 'saturate', 'elastic_transform', 'pixelate', 'jpeg_compression')
+# The 15 corruptions of Hendrycks & Dietterich's benchmark (the other 4 are its held-out extras).
+STANDARD_CORRUPTIONS = (
+    'gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur',
+    'zoom_blur', 'snow', 'frost', 'fog', 'brightness', 'contrast', 'elastic_transform', 'pixelate',
+    'jpeg_compression')
+NUM_DISTORTIONS = len(CORRUPTIONS)
+SEVERITIES = 5
+IMAGE_SHAPE = (32, 32, 3)
+LABELS_FILE = 'labels.npy'
+
+
+def distortion_file(index: int) -> str:
+  return f'distortion{index:02d}.npy'
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+  """A checked image `.npy`: N rows of uint8 32x32x3, N a multiple of 5, size matching its header."""
+  path: pathlib.Path
+  num_images: int
+
+  @property
+  def per_severity(self) -> int:
+    return self.num_images // SEVERITIES
+
+  def open(self) -> np.memmap:
+    """Read-only memory map; drop the reference when done so its pages leave this process."""
+    return np.load(self.path, mmap_mode='r')
+
+
+def read_npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+  """(shape, dtype, fortran_order, data offset) of a .npy file, without reading its data."""
+  try:
+    with open(path, 'rb') as f:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+      elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+      else:
+        raise ValueError(f'unsupported .npy version {version}')
+      return shape, dtype, fortran, f.tell()
+  except FileNotFoundError:
+    raise DataError(f'{path}: file not found') from None
+  except IsADirectoryError:
+    raise DataError(f'{path}: is a directory, expected a .npy file') from None
+  except (ValueError, EOFError, SyntaxError) as e:
+    raise DataError(f'{path}: not a readable .npy file ({e})') from None
+
+
+def check_image_file(path: str | os.PathLike) -> ImageFile:
+  """Validates one image file from its header and size; raises DataError naming the file."""
+  path = pathlib.Path(path)
+  shape, dtype, fortran, offset = read_npy_header(path)
+  if dtype != np.uint8:
+    raise DataError(f'{path}: dtype {dtype}, expected uint8')
+  if len(shape) != 4 or tuple(shape[1:]) != IMAGE_SHAPE:
+    raise DataError(f'{path}: shape {tuple(shape)}, expected (N, 32, 32, 3)')
+  if fortran:
+    raise DataError(f'{path}: Fortran-ordered array, expected C order')
+  n = shape[0]
+  if n == 0 or n % SEVERITIES:
+    raise DataError(f'{path}: {n} images, expected a positive multiple of {SEVERITIES} '
+                    f'(five equal severity blocks)')
+  expected = offset + n * int(np.prod(IMAGE_SHAPE))
+  size = path.stat().st_size
+  if size < expected:
+    raise DataError(f'{path}: truncated: {size} bytes, its header needs {expected}')
+  if size > expected:
+    raise DataError(f'{path}: {size - expected} unexpected trailing bytes after the array')
+  return ImageFile(path, n)
+
+
+def _check_dir(directory: str | os.PathLike) -> pathlib.Path:
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise DataError(f'{directory}: directory not found')
+  return directory
+
+
+def _same_size(files: list[ImageFile]) -> None:
+  for f in files[1:]:
+    if f.num_images != files[0].num_images:
+      raise DataError(f'{f.path}: {f.num_images} images, but {files[0].path.name} has '
+                      f'{files[0].num_images}; every file must have the same N')
+
+
+def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
+  """The 19 checked files distortion00.npy .. distortion18.npy, all with the same N."""
+  directory = _check_dir(directory)
+  files = [check_image_file(directory / distortion_file(i)) for i in range(NUM_DISTORTIONS)]
+  _same_size(files)
+  return files
+
+
+def check_cifar100c_dir(directory: str | os.PathLike) -> dict[str, ImageFile]:
+  """{corruption name: checked file} for every `<name>.npy` but labels.npy; known names first."""
+  directory = _check_dir(directory)
+  names = sorted(p.stem for p in directory.glob('*.npy') if p.name != LABELS_FILE)
+  names = [n for n in CORRUPTIONS if n in names] + [n for n in names if n not in CORRUPTIONS]
+  if not names:
+    raise DataError(f'{directory}: no <corruption>.npy files (expected e.g. gaussian_noise.npy)')
+  files = {name: check_image_file(directory / f'{name}.npy') for name in names}
+  _same_size(list(files.values()))
+  return files
+
+
+def load_labels(path: str | os.PathLike, num_images: int) -> np.ndarray:
+  """int32 [num_images] labels: a file of N labels, or of N/5 (one per image, tiled per severity)."""
+  path = pathlib.Path(path)
+  shape, dtype, _, offset = read_npy_header(path)
+  if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+    raise DataError(f'{path}: shape {tuple(shape)} / dtype {dtype}, expected 1-D integer labels')
+  if path.stat().st_size < offset + shape[0] * dtype.itemsize:
+    raise DataError(f'{path}: truncated')
+  labels = np.load(path).astype(np.int64)
+  if len(labels) == num_images // SEVERITIES:
+    labels = np.tile(labels, SEVERITIES)
+  if len(labels) != num_images:
+    raise DataError(f'{path}: {len(labels)} labels, expected {num_images} '
+                    f'(or {num_images // SEVERITIES}, one per image)')
+  if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raise DataError(f'{path}: labels outside [0, {NUM_CLASSES})')
+  return labels.astype(np.int32)
+
+
+def severity_accuracy(predictions: np.ndarray, labels: np.ndarray) -> list[float]:
+  """Accuracy of each of the five severity blocks, in order."""
+  correct = (np.asarray(predictions) == np.asarray(labels)).reshape(SEVERITIES, -1)
+  return [float(x) for x in correct.mean(axis=1)]
