@@ -186,8 +186,9 @@ def _put_like(value: np.ndarray, like: Any) -> Any:
 def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed: int = 0) -> None:
   """Loads a converted backbone into `model` in place.
 
-  If the checkpoint's head has another number of classes than `num_classes`, `fc` is
-  re-initialised as torch.nn.Linear would be (seeded by `rngs_seed`); otherwise it is loaded too.
+  If the checkpoint's head has another number of classes than `num_classes`, the model keeps its
+  own freshly initialised `fc` (torch.nn.Linear's init); `rngs_seed` draws one only for a model
+  whose head holds no values (built with nnx.eval_shape). A matching head is loaded too.
   """
   meta, ckpt = read_converted(path)
   model_arch = getattr(model, 'arch', None)
@@ -209,10 +210,12 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
 
   if keep_head:
     head = {k: ckpt[k] for k in current if is_head(k)}
+  elif all(isinstance(v, jax.Array) for k, (_, v) in current.items() if is_head(k)):
+    head = {}  # keep the model's own fresh head
   else:
-    in_features = fc.kernel.shape[0]
-    fresh = torch_linear(in_features, num_classes, dtype=fc.dtype, rngs=nnx.Rngs(rngs_seed))
+    fresh = torch_linear(fc.kernel.shape[0], num_classes, dtype=fc.dtype, rngs=nnx.Rngs(rngs_seed))
     head = {f'fc.{k}': np.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(fresh)).items()}
-  new = {p: _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}
+  new = {p: v if is_head(k) and k not in head else
+         _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}
   nnx.replace_by_pure_dict(state, _unflatten(new))
   nnx.update(model, state)

@@ -173,16 +173,20 @@ def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_he
     save_converted(pure, 'resnet18', path)
 
   model = create_model('resnet18', 100, rngs=nnx.Rngs(1))
+  fresh_head = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.fc)))
   load_pretrained(model, path, num_classes=100, rngs_seed=7)
   loaded = nnx.to_pure_dict(nnx.state(model))
   head = loaded.pop('fc')
   expected = dict(pure)
   expected.pop('fc')
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
-  fresh = nnx.to_pure_dict(nnx.state(torch_linear(512, 100, dtype=jnp.float32,
-                                                  rngs=nnx.Rngs(7))))
-  jax.tree.map(np.testing.assert_array_equal, head, fresh)
+  jax.tree.map(np.testing.assert_array_equal, head, fresh_head)  # the model's own new head
   assert np.abs(head['kernel']).max() <= 1 / np.sqrt(512)
+
+  abstract = nnx.eval_shape(lambda: create_model('resnet18', 100, rngs=nnx.Rngs(1)))
+  load_pretrained(abstract, path, num_classes=100, rngs_seed=7)  # no values: drawn from the seed
+  drawn = nnx.to_pure_dict(nnx.state(torch_linear(512, 100, dtype=jnp.float32, rngs=nnx.Rngs(7))))
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(abstract.fc)), drawn)
 
   same_head = _flax_model('resnet18', jax.tree.map(np.zeros_like, pure))
   load_pretrained(same_head, path, num_classes=1000)
