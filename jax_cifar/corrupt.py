@@ -1,0 +1,484 @@
+"""Labelled OOD data: the 19 CIFAR-C corruptions x 5 severities of the CIFAR-100 test split.
+
+  python -m jax_cifar.corrupt --out D [--format ds542|cifar100c] [--limit N] [--data_dir DIR]
+
+Severity parameters are the 32x32 (CIFAR-10-C / CIFAR-100-C) ones of Hendrycks & Dietterich,
+"Benchmarking Neural Network Robustness to Common Corruptions and Perturbations" (ICLR 2019), from
+`ImageNet-C/create_c/make_cifar_c.py` in github.com/hendrycks/robustness (not ImageNet-C's values).
+That script uses OpenCV and ImageMagick; here the same operations are written with numpy, scipy,
+scikit-image and PIL, so pixels differ slightly while the distortion strengths match:
+  - motion blur (and the snow streaks) re-implement ImageMagick's MotionBlurImage: a one-sided
+    Gaussian-weighted line kernel of 2*radius+1 taps, edge pixels replicated;
+  - spatter's Canny uses scikit-image (L2 gradient norm; OpenCV's default is L1);
+  - frost blends real photographs in the original. Those are not available offline, so unless
+    `--frost_dir` holds frost1.png .. frost5.jpg (the files the `imagecorruptions` package ships),
+    a frost-like texture (branching ice needles over fractal haze) is synthesised deterministically.
+Randomness comes from numpy Generators keyed by (seed, corruption, severity, chunk): the output is
+the same on every run and does not depend on --limit for the images both runs share.
+
+Formats: `ds542` writes distortionXX.npy (XX = index in CORRUPTIONS, see jax_cifar/data/ood.py) and
+`cifar100c` writes <name>.npy; both hold [5 * N, 32, 32, 3] uint8 (severity blocks of N) plus
+labels.npy ([5 * N] uint8, as CIFAR-100-C's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import os
+import pathlib
+import sys
+
+import numpy as np
+import skimage.color
+import skimage.feature
+import tqdm
+from PIL import Image
+from scipy import ndimage
+
+from jax_cifar.data import cifar100
+from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE, distortion_file
+
+# Per corruption, the parameters of severities 1..5 (make_cifar_c.py).
+PARAMS = {
+    'gaussian_noise': [0.04, 0.06, .08, .09, .10],
+    'shot_noise': [500, 250, 100, 75, 50],
+    'impulse_noise': [.01, .02, .03, .05, .07],
+    'speckle_noise': [.06, .1, .12, .16, .2],
+    'defocus_blur': [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+    'glass_blur': [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+    'motion_blur': [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+    'zoom_blur': [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
+                  np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)],
+    'gaussian_blur': [.4, .6, 0.7, .8, 1],
+    'snow': [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+             (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+    'frost': [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
+    'fog': [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)],
+    'spatter': [(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+                (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+                (0.65, 0.1, 0.5, 0.68, 0.6, 1)],
+    'brightness': [.05, .1, .15, .2, .3],
+    'contrast': [.75, .5, .4, .3, 0.15],
+    'saturate': [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
+    'elastic_transform': [tuple(32 * v for v in c) for c in [
+        (0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)]],
+    'pixelate': [0.95, 0.9, 0.85, 0.75, 0.65],
+    'jpeg_compression': [80, 65, 58, 50, 40],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (batched: x is float [B, 32, 32, 3] in [0, 1] unless noted)
+# ---------------------------------------------------------------------------------------------
+def _blur(x: np.ndarray, sigma: float, mode: str = 'nearest', truncate: float = 4.0) -> np.ndarray:
+  """skimage.filters.gaussian over the two image axes of [B, H, W(, C)]."""
+  sigmas = (0, sigma, sigma) + (0,) * (x.ndim - 3)
+  return ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
+
+
+def _linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] weights of scipy.ndimage.zoom(order=1) along one axis (corners aligned)."""
+  pos = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
+  lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+  hi, frac = np.minimum(lo + 1, n_in - 1), pos - lo
+  w = np.zeros((n_out, n_in))
+  np.add.at(w, (np.arange(n_out), lo), 1 - frac)
+  np.add.at(w, (np.arange(n_out), hi), frac)
+  return w
+
+
+def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
+  """Zooms the centre of [B, H, W, C] by `factor` (bilinear) and crops back to H x W.
+
+  Equals scipy.ndimage.zoom(order=1) as make_cifar_c.py calls it, as two small matrix products.
+  """
+  h = x.shape[1]
+  ch = int(np.ceil(h / factor))
+  top = (h - ch) // 2
+  n_out = int(round(ch * factor))
+  trim = (n_out - h) // 2
+  w = _linear_zoom_matrix(ch, n_out)[trim:trim + h].astype(x.dtype)
+  return np.einsum('oi,bijc,pj->bopc', w, x[:, top:top + ch, top:top + ch], w, optimize=True)
+
+
+def _motion_blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
+  """ImageMagick's MotionBlurImage on one [H, W(, C)] image: pixel p averages p + i*(cos, sin)."""
+  width = 2 * int(np.ceil(radius)) + 1
+  kernel = np.exp(-np.arange(width) ** 2 / (2.0 * sigma ** 2))
+  kernel /= kernel.sum()
+  h, w = img.shape[:2]
+  pad = width
+  padded = np.pad(img.astype(np.float64), ((pad, pad), (pad, pad)) + ((0, 0),) * (img.ndim - 2),
+                  mode='edge')
+  out = np.zeros(img.shape, np.float64)
+  a = np.deg2rad(angle)
+  for i, k in enumerate(kernel):
+    dx, dy = int(np.ceil(i * np.cos(a) - 0.5)), int(np.ceil(i * np.sin(a) - 0.5))
+    out += k * padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+  return np.round(out)  # ImageMagick hands back 8-bit pixels.
+
+
+def _disk(radius: float, alias_blur: float) -> np.ndarray:
+  """Anti-aliased disk kernel (17x17 for radius <= 8), as make_cifar_c.py builds it."""
+  r = np.arange(-8, 9) if radius <= 8 else np.arange(-int(radius), int(radius) + 1)
+  ksize = 3 if radius <= 8 else 5
+  xx, yy = np.meshgrid(r, r)
+  disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
+  disk /= disk.sum()
+  g = np.exp(-(np.arange(ksize) - ksize // 2) ** 2 / (2 * alias_blur ** 2))  # cv2.GaussianBlur
+  g /= g.sum()
+  disk = ndimage.correlate1d(disk, g, axis=0, mode='mirror')
+  disk = ndimage.correlate1d(disk, g, axis=1, mode='mirror')
+  trim = int(np.flatnonzero(disk.sum(axis=0) > 0)[0])  # Zero margins change nothing; drop them.
+  return disk[trim:len(disk) - trim, trim:len(disk) - trim]
+
+
+def _plasma(rng: np.random.Generator, batch: int, decay: float, size: int = 32) -> np.ndarray:
+  """Diamond-square fractal heightmaps in [0, 1], [batch, size, size] (make_cifar_c's fog)."""
+  m = np.zeros((batch, size, size))
+  step, wibble = size, 100.0
+  while step >= 2:
+    half = step // 2
+    noisy = lambda a, w=wibble: a / 4 + w * rng.uniform(-w, w, a.shape)
+    corner = m[:, 0::step, 0::step]
+    square = corner + np.roll(corner, -1, axis=1)
+    m[:, half::step, half::step] = noisy(square + np.roll(square, -1, axis=2))
+    dr, ul = m[:, half::step, half::step], m[:, 0::step, 0::step]
+    m[:, 0::step, half::step] = noisy(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2))
+    m[:, half::step, 0::step] = noisy(dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1))
+    step, wibble = half, wibble / decay
+  m -= m.min(axis=(1, 2), keepdims=True)
+  return m / m.max(axis=(1, 2), keepdims=True)
+
+
+def _hsv_map(x: np.ndarray, channel: int, fn) -> np.ndarray:
+  hsv = skimage.color.rgb2hsv(x)
+  hsv[..., channel] = np.clip(fn(hsv[..., channel]), 0, 1)
+  return skimage.color.hsv2rgb(hsv)
+
+
+def _equalize_hist(img: np.ndarray) -> np.ndarray:
+  """cv2.equalizeHist on uint8."""
+  hist = np.bincount(img.ravel(), minlength=256)
+  first = int(np.flatnonzero(hist)[0])
+  if hist[first] == img.size:
+    return np.full_like(img, first)
+  lut = np.rint((np.cumsum(hist) - hist[first]) * 255.0 / (img.size - hist[first]))
+  return np.clip(lut, 0, 255).astype(np.uint8)[img]
+
+
+def _box3(x: np.ndarray) -> np.ndarray:
+  return ndimage.uniform_filter(x.astype(np.float64), size=3, mode='mirror')  # cv2.blur 3x3
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic_frost(seed: int = 0, count: int = 5, size: int = 96) -> np.ndarray:
+  """uint8 [count, size, size, 3] frost-like textures, deterministic in `seed`.
+
+  Stand-in for the photographs make_cifar_c.py blends in: bluish-white branching ice needles
+  (a main needle with side branches at +-60 degrees) over low-frequency fractal haze, tileable.
+  """
+  rng = np.random.default_rng([seed, 0xF057])
+  out = np.zeros((count, size, size, 3), np.uint8)
+  for t in range(count):
+    haze = sum(ndimage.zoom(rng.random((o, o)), size / o, order=3, mode='grid-wrap', grid_mode=True)
+               / np.sqrt(o) for o in (4, 8, 16, 32))
+    haze = (haze - haze.min()) / (haze.max() - haze.min())
+    pts = []
+    for _ in range(40):
+      y0, x0, theta, length = *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), rng.uniform(6, 24)
+      segments = [(y0, x0, theta, length)]
+      for s in np.arange(3, length, rng.uniform(2.5, 4.5)):
+        for side in (-1, 1):
+          segments.append((y0 + s * np.sin(theta), x0 + s * np.cos(theta),
+                           theta + side * np.pi / 3, (length - s) * rng.uniform(0.2, 0.5)))
+      for y, x, a, n in segments:
+        d = np.arange(0, n, 0.5)
+        pts.append(np.stack([y + d * np.sin(a), x + d * np.cos(a)], 1))
+    pts = np.rint(np.concatenate(pts)).astype(np.int64) % size
+    needles = np.zeros((size, size))
+    np.add.at(needles, (pts[:, 0], pts[:, 1]), 1.0)
+    needles = np.clip(ndimage.gaussian_filter(needles, 0.5, mode='wrap'), 0, 1)
+    tex = np.clip(0.6 * haze ** 1.2 + 0.8 * needles, 0, 1)
+    out[t] = np.clip(tex[..., None] * np.array([0.86, 0.93, 1.0]) * 255, 0, 255).astype(np.uint8)
+  return out
+
+
+def load_frost_dir(frost_dir: str | os.PathLike) -> list[np.ndarray]:
+  """The first five official frost photographs, shrunk by 0.2 (bilinear) as make_cifar_c.py does."""
+  names = ['frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg', 'frost5.jpg']
+  out = []
+  for name in names:
+    path = pathlib.Path(frost_dir) / name
+    if not path.exists():
+      raise cifar100.DataError(f'{path}: file not found (need {", ".join(names)})')
+    img = np.asarray(Image.open(path).convert('RGB'), np.float64)
+    h, w = round(img.shape[0] * 0.2), round(img.shape[1] * 0.2)
+    ys = np.clip((np.arange(h) + 0.5) / 0.2 - 0.5, 0, img.shape[0] - 1)
+    xs = np.clip((np.arange(w) + 0.5) / 0.2 - 0.5, 0, img.shape[1] - 1)
+    yy, xx = np.meshgrid(ys, xs, indexing='ij')
+    out.append(np.stack([ndimage.map_coordinates(img[..., c], [yy, xx], order=1)
+                         for c in range(3)], -1).astype(np.uint8))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The corruptions: f(x uint8 [B, 32, 32, 3], c, rng, frost) -> float [B, 32, 32, 3] in [0, 255]
+# ---------------------------------------------------------------------------------------------
+def _f(u8: np.ndarray) -> np.ndarray:
+  return u8.astype(np.float64) / 255.0
+
+
+def gaussian_noise(u8, c, rng, _):
+  x = _f(u8)
+  return np.clip(x + rng.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def shot_noise(u8, c, rng, _):
+  return np.clip(rng.poisson(_f(u8) * c) / c, 0, 1) * 255
+
+
+def impulse_noise(u8, c, rng, _):  # skimage random_noise(mode='s&p', amount=c): per value.
+  x = _f(u8)
+  flipped, salt = rng.random(x.shape) < c, rng.random(x.shape) < 0.5
+  return np.where(flipped, salt.astype(np.float64), x) * 255
+
+
+def speckle_noise(u8, c, rng, _):
+  x = _f(u8)
+  return np.clip(x + x * rng.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def gaussian_blur(u8, c, rng, _):
+  return np.clip(_blur(_f(u8), c), 0, 1) * 255
+
+
+def glass_blur(u8, c, rng, _):
+  sigma, delta, iterations = c
+  x = (_blur(_f(u8), sigma) * 255).astype(np.uint8)
+  b = np.arange(len(x))
+  for _ in range(iterations):  # Locally shuffle pixels: sequential swaps, batched over images.
+    shifts = rng.integers(-delta, delta, size=((32 - 2 * delta) ** 2, len(x), 2))
+    k = 0
+    for h in range(32 - delta, delta, -1):
+      for w in range(32 - delta, delta, -1):
+        hp, wp = h + shifts[k, :, 1], w + shifts[k, :, 0]
+        a, other = x[b, h, w].copy(), x[b, hp, wp].copy()
+        x[b, h, w], x[b, hp, wp] = other, a
+        k += 1
+  return np.clip(_blur(x / 255.0, sigma), 0, 1) * 255
+
+
+def defocus_blur(u8, c, rng, _):
+  kernel = _disk(*c)[None, :, :, None]
+  return np.clip(ndimage.correlate(_f(u8), kernel, mode='mirror'), 0, 1) * 255
+
+
+def motion_blur(u8, c, rng, _):
+  angles = rng.uniform(-45, 45, len(u8))
+  return np.clip(np.stack([_motion_blur(img, c[0], c[1], a) for img, a in zip(u8, angles)]), 0, 255)
+
+
+def zoom_blur(u8, c, rng, _):
+  x = _f(u8).astype(np.float32)
+  out = np.zeros_like(x)
+  for factor in c:
+    out += _clipped_zoom(x, factor)
+  return np.clip((x + out) / (len(c) + 1), 0, 1) * 255
+
+
+def snow(u8, c, rng, _):
+  x = _f(u8).astype(np.float32)
+  layer = rng.normal(size=x.shape[:3], loc=c[0], scale=c[1])
+  layer = _clipped_zoom(layer[..., None], c[2])[..., 0]
+  layer[layer < c[3]] = 0
+  layer = (np.clip(layer, 0, 1) * 255).astype(np.uint8)
+  angles = rng.uniform(-135, -45, len(x))
+  layer = np.stack([_motion_blur(l, c[4], c[5], a) for l, a in zip(layer, angles)])[..., None] / 255
+  gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  x = c[6] * x + (1 - c[6]) * np.maximum(x, gray * 1.5 + 0.5)
+  return np.clip(x + layer + np.rot90(layer, k=2, axes=(1, 2)), 0, 1) * 255
+
+
+def frost(u8, c, rng, textures):
+  idx = rng.integers(0, len(textures), len(u8))
+  crops = []
+  for i in idx:
+    t = textures[i]
+    y, x = rng.integers(0, t.shape[0] - 32), rng.integers(0, t.shape[1] - 32)
+    crops.append(t[y:y + 32, x:x + 32])
+  return np.clip(c[0] * u8.astype(np.float64) + c[1] * np.stack(crops), 0, 255)
+
+
+def fog(u8, c, rng, _):
+  x = _f(u8)
+  peak = x.max(axis=(1, 2, 3), keepdims=True)
+  x = x + c[0] * _plasma(rng, len(x), c[1])[..., None]
+  return np.clip(x * peak / (peak + c[0]), 0, 1) * 255
+
+
+def _water(liquid: np.ndarray, scale: float) -> np.ndarray:
+  """Per image: the water-drop mask of make_cifar_c's spatter (Canny, distance, equalisation)."""
+  liquid = np.clip(liquid * 255, 0, 255).astype(np.uint8)
+  edges = skimage.feature.canny(liquid.astype(np.float64), sigma=0, low_threshold=50,
+                                high_threshold=150)
+  dist = ndimage.distance_transform_edt(~edges) if edges.any() else np.full(liquid.shape, 20.0)
+  dist = _box3(np.minimum(dist, 20)).astype(np.uint8)
+  dist = _equalize_hist(dist)
+  ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float64)
+  dist = np.clip(np.rint(ndimage.correlate(dist.astype(np.float64), ker, mode='mirror')), 0, 255)
+  dist = np.rint(_box3(dist))
+  m = liquid * dist
+  return m / m.max() * scale if m.max() > 0 else m
+
+
+def spatter(u8, c, rng, _):
+  x = _f(u8).astype(np.float32)
+  liquid = _blur(rng.normal(size=x.shape[:3], loc=c[0], scale=c[1]), c[2])
+  liquid[liquid < c[3]] = 0
+  if c[5] == 0:  # Water: pale turquoise drops.
+    m = np.stack([_water(l, c[4]) for l in liquid])[..., None]
+    return np.clip(x + m * (np.array([175, 238, 238]) / 255.0), 0, 1) * 255
+  m = _blur((liquid > c[3]).astype(np.float32), c[4])  # Mud: brown blots.
+  m[m < 0.8] = 0
+  mud = np.array([63, 42, 20]) / 255.0 * m[..., None]
+  return np.clip(x * (1 - m[..., None]) + mud, 0, 1) * 255
+
+
+def brightness(u8, c, rng, _):
+  return np.clip(_hsv_map(_f(u8), 2, lambda v: v + c), 0, 1) * 255
+
+
+def contrast(u8, c, rng, _):
+  x = _f(u8)
+  means = x.mean(axis=(1, 2), keepdims=True)
+  return np.clip((x - means) * c + means, 0, 1) * 255
+
+
+def saturate(u8, c, rng, _):
+  return np.clip(_hsv_map(_f(u8), 1, lambda s: s * c[0] + c[1]), 0, 1) * 255
+
+
+def _elastic_one(img: np.ndarray, c, rng) -> np.ndarray:
+  pts1 = np.float32([[26, 26], [26, 6], [6, 6]])  # centre 16 +- 32 // 3, as (x, y).
+  pts2 = pts1 + rng.uniform(-c[2], c[2], size=pts1.shape).astype(np.float32)
+  m = np.linalg.solve(np.c_[pts1, np.ones(3)], pts2).T  # cv2.getAffineTransform: src -> dst.
+  inv = np.linalg.inv(np.r_[m, [[0, 0, 1]]])  # warpAffine samples src at inv @ dst.
+  matrix = np.array([[inv[1, 1], inv[1, 0], 0], [inv[0, 1], inv[0, 0], 0], [0, 0, 1]])
+  img = ndimage.affine_transform(img, matrix, offset=(inv[1, 2], inv[0, 2], 0), order=1,
+                                 mode='mirror')
+  dx, dy = (_blur(rng.uniform(-1, 1, size=(1, 32, 32)), c[1], mode='reflect', truncate=3)[0] * c[0]
+            for _ in range(2))
+  y, x, z = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing='ij')
+  coords = [y + dy[..., None], x + dx[..., None], z]
+  return ndimage.map_coordinates(img, coords, order=1, mode='reflect')
+
+
+def elastic_transform(u8, c, rng, _):
+  return np.clip(np.stack([_elastic_one(img, c, rng) for img in _f(u8)]), 0, 1) * 255
+
+
+def _pil_roundtrip(u8, fn):
+  return np.stack([np.asarray(fn(Image.fromarray(img))) for img in u8]).astype(np.float64)
+
+
+def pixelate(u8, c, rng, _):
+  small = (int(32 * c), int(32 * c))
+  return _pil_roundtrip(u8, lambda im: im.resize(small, Image.BOX).resize((32, 32), Image.BOX))
+
+
+def jpeg_compression(u8, c, rng, _):
+  def roundtrip(im):
+    buf = io.BytesIO()
+    im.save(buf, 'JPEG', quality=c)
+    return Image.open(buf).convert('RGB')
+  return _pil_roundtrip(u8, roundtrip)
+
+
+FUNCTIONS = {name: globals()[name] for name in CORRUPTIONS}
+
+
+def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generator,
+            frost_textures: list[np.ndarray] | np.ndarray | None = None) -> np.ndarray:
+  """uint8 [B, 32, 32, 3] images -> the same images corrupted by `name` at `severity` (1..5)."""
+  if name not in FUNCTIONS:
+    raise ValueError(f'unknown corruption {name!r}; known: {", ".join(CORRUPTIONS)}')
+  if not 1 <= severity <= SEVERITIES:
+    raise ValueError(f'severity must be in 1..{SEVERITIES}, got {severity}')
+  textures = synthetic_frost() if frost_textures is None else frost_textures
+  out = FUNCTIONS[name](np.asarray(images, np.uint8), PARAMS[name][severity - 1], rng, textures)
+  return np.clip(out, 0, 255).astype(np.uint8)  # Truncation, as np.uint8 in make_cifar_c.py.
+
+
+def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: str = 'ds542',
+          seed: int = 0, names: tuple[str, ...] = CORRUPTIONS, chunk: int = 500,
+          frost_textures=None) -> list[pathlib.Path]:
+  """Writes one [5 * N, 32, 32, 3] file per corruption (severity blocks of N) and labels.npy."""
+  if fmt not in ('ds542', 'cifar100c'):
+    raise ValueError(f"format must be 'ds542' or 'cifar100c', got {fmt!r}")
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  n, written = len(images), []
+  with tqdm.tqdm(total=len(names) * SEVERITIES * n, desc='corrupting', unit='img',
+                 mininterval=1.0) as bar:
+    for name in names:
+      index = CORRUPTIONS.index(name)
+      path = out / (distortion_file(index) if fmt == 'ds542' else f'{name}.npy')
+      tmp = path.with_name(f'.{path.name}.part')
+      array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(SEVERITIES * n, 32, 32, 3))
+      for severity in range(1, SEVERITIES + 1):
+        bar.set_postfix_str(f'{name} s{severity}', refresh=False)
+        for start in range(0, n, chunk):
+          rng = np.random.default_rng([seed, index, severity, start // chunk])
+          block = corrupt(images[start:start + chunk], name, severity, rng, frost_textures)
+          array[(severity - 1) * n + start:(severity - 1) * n + start + len(block)] = block
+          bar.update(len(block))
+      array.flush()
+      del array
+      os.replace(tmp, path)
+      written.append(path)
+  tmp = out / f'.{LABELS_FILE}.part'
+  with open(tmp, 'wb') as f:
+    np.save(f, np.tile(np.asarray(labels), SEVERITIES).astype(np.uint8))
+  os.replace(tmp, out / LABELS_FILE)
+  return written + [out / LABELS_FILE]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jax_cifar.corrupt', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
+  parser.add_argument('--limit', type=int, default=0, help='use the first N test images (0 = all)')
+  parser.add_argument('--data_dir', default='', help='folder holding cifar-100-python/ '
+                      '(default $JAX_CIFAR_DATA_DIR, then the cache)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--corruptions', default=','.join(CORRUPTIONS),
+                      help='comma-separated subset of the 19 names')
+  parser.add_argument('--frost_dir', default='', help='folder with the official frost1.png .. '
+                      'frost5.jpg; default: synthetic frost textures')
+  args = parser.parse_args(argv)
+  try:
+    names = tuple(n.strip() for n in args.corruptions.split(',') if n.strip())
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+      raise ValueError(f'unknown corruptions {unknown}; known: {", ".join(CORRUPTIONS)}')
+    if args.limit < 0:
+      raise ValueError(f'--limit must be >= 0, got {args.limit}')
+    test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
+    n = args.limit or len(test)
+    frost_textures = load_frost_dir(args.frost_dir) if args.frost_dir else None
+    paths = build(args.out, test.images[:n], test.labels[:n], args.format, args.seed, names,
+                  frost_textures=frost_textures)
+  except (cifar100.DataError, ValueError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {len(paths)} files to {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
