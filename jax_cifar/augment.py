@@ -3,8 +3,8 @@
 `augment_batch` runs inside the jitted train step on uint8 NHWC batches, in torchvision's usual
 order: random crop (with padding) -> horizontal flip -> policy (AutoAugment / RandAugment /
 TrivialAugmentWide, see `autoaugment.py`) -> random erasing. Every random draw of an example comes
-from its own key, `jax.random.split(key, B)[i]`, so a batch gives the same pixels however it is
-sharded over devices or split into pieces.
+from its own key, `jax.random.split(key, B)[i]` (one vector of uniforms per example), so a batch
+gives the same pixels however it is sharded over devices or split into pieces.
 
 Random erasing differs from torchvision's recipe in one deliberate way: torchvision erases after
 normalisation with value 0 (i.e. the mean colour); here it runs on uint8 with value 0 (black),
