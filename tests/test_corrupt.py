@@ -1,0 +1,93 @@
+"""CIFAR-C corruptions: shapes, determinism, severity ordering and the on-disk layouts."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jax_cifar import corrupt
+from jax_cifar.data import cifar100, ood
+
+# Mean |corrupted - clean| must grow strictly with severity for these. The others follow
+# make_cifar_c.py's parameters, which are not monotone in this measure (saturate desaturates at
+# 1-2 and oversaturates at 3-5; spatter switches from water to mud; glass blur trades sigma for
+# iterations; motion blur 3 and 4 differ only in kernel taps of weight < 1e-9; elastic shrinks
+# its affine part as its elastic part grows; frost blends random textures).
+MONOTONE = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'defocus_blur',
+            'zoom_blur', 'gaussian_blur', 'snow', 'fog', 'brightness', 'contrast', 'pixelate',
+            'jpeg_compression')
+NOT_STRONGER_AT_5 = ('elastic_transform',)  # Severity 1's 2.6-pixel affine moves the most pixels.
+
+
+@pytest.fixture(scope='module')
+def images(cifar_dir):
+  return cifar100.load_split(cifar_dir, 'test', download=False).images[:16]
+
+
+def _distortions(images, name):
+  return [np.abs(corrupt.corrupt(images, name, s, np.random.default_rng([7, s])).astype(float)
+                 - images).mean() for s in range(1, 6)]
+
+
+@pytest.mark.parametrize('name', ood.CORRUPTIONS)
+def test_corruption_is_uint8_same_shape_deterministic_and_visible(images, name):
+  a = corrupt.corrupt(images, name, 3, np.random.default_rng(0))
+  b = corrupt.corrupt(images, name, 3, np.random.default_rng(0))
+  assert a.shape == images.shape and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - images).mean() > 0.5  # It changed the images.
+  # Each image is corrupted on its own: a batch of one gives the same image for deterministic ops.
+  if name in ('defocus_blur', 'gaussian_blur', 'contrast', 'brightness', 'saturate', 'pixelate',
+              'jpeg_compression', 'zoom_blur'):
+    np.testing.assert_array_equal(corrupt.corrupt(images[3:4], name, 3, np.random.default_rng(1)),
+                                  a[3:4])
+
+
+def test_severity_increases_distortion(images):
+  table = {name: _distortions(images, name) for name in ood.CORRUPTIONS}
+  for name, d in table.items():
+    if name in MONOTONE:
+      assert all(np.diff(d) > 0), (name, d)
+    if name not in NOT_STRONGER_AT_5:
+      assert d[4] > d[0], (name, d)
+  assert sum(all(np.diff(d) > 0) for d in table.values()) >= 13  # "Most" corruptions.
+
+
+def test_clipped_zoom_equals_scipy_zoom_per_image():
+  x = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+  for factor in np.arange(1, 1.26, 0.01):
+    ch = int(np.ceil(32 / factor))
+    top = (32 - ch) // 2
+    ref = ndimage.zoom(x[0, top:top + ch, top:top + ch], (factor, factor, 1), order=1)
+    trim = (ref.shape[0] - 32) // 2
+    np.testing.assert_allclose(corrupt._clipped_zoom(x, factor)[0],  # pylint: disable=protected-access
+                               ref[trim:trim + 32, trim:trim + 32], atol=1e-5)
+
+
+def test_synthetic_frost_is_deterministic_and_frost_like():
+  a = corrupt.synthetic_frost.__wrapped__(seed=0)
+  b = corrupt.synthetic_frost.__wrapped__(seed=0)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (5, 96, 96, 3) and a.dtype == np.uint8
+  assert (a[..., 2] >= a[..., 0]).all()  # Bluish white.
+  assert 0.25 < a.mean() / 255 < 0.6 and a.std() / 255 > 0.1
+
+
+@pytest.mark.parametrize('fmt', ['ds542', 'cifar100c'])
+def test_build_writes_checked_files_and_tiled_labels(tmp_path, images, fmt):
+  labels = np.arange(len(images[:5])) * 11
+  names = ('gaussian_noise', 'frost', 'jpeg_compression')
+  paths = corrupt.build(tmp_path / 'a', images[:5], labels, fmt, seed=3, names=names, chunk=2)
+  corrupt.build(tmp_path / 'b', images[:5], labels, fmt, seed=3, names=names, chunk=2)
+  expected = ([ood.distortion_file(ood.CORRUPTIONS.index(n)) for n in names] if fmt == 'ds542'
+              else [f'{n}.npy' for n in names])
+  assert [p.name for p in paths] == expected + ['labels.npy']
+  for name in expected:
+    info = ood.check_image_file(tmp_path / 'a' / name)
+    assert info.num_images == 25
+    np.testing.assert_array_equal(np.load(tmp_path / 'a' / name), np.load(tmp_path / 'b' / name))
+  saved = np.load(tmp_path / 'a' / 'labels.npy')
+  assert saved.dtype == np.uint8 and list(saved) == list(labels) * 5
+  # Severity s is rows (s-1)*N .. s*N: row 0 is image 0 at severity 1, row 5 image 0 at severity 2.
+  noisy = np.load(tmp_path / 'a' / expected[0]).astype(int)
+  assert np.abs(noisy[0] - images[0]).mean() < np.abs(noisy[20] - images[0]).mean()
+  assert not list((tmp_path / 'a').glob('.*'))

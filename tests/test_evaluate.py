@@ -1,0 +1,236 @@
+"""Evaluation: metrics against NumPy references, flip TTA, the OOD CSV and CIFAR-100-C end to end."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from jax_cifar import evaluate, metrics_lib, submission, trainer
+from jax_cifar.data import cifar100, ood
+from jax_cifar.train_step import predict_step
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+N_OOD = 10  # Images per distortion file (two per severity).
+
+CONFIG_FILE = '''
+from configs import default
+
+def get_config():
+  c = default.get_config()
+  c.data.source = 'synthetic'
+  c.data.synthetic_size = 256
+  c.data.val_fraction = 0.25
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 64
+  c.train.num_epochs = 1
+  c.train.max_steps = 2
+  return c
+'''
+
+
+def _config():
+  namespace = {}
+  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A 2-step synthetic run, its config file, and 19 small distortion files."""
+  base = tmp_path_factory.mktemp('eval')
+  (base / 'tiny_config.py').write_text(CONFIG_FILE)
+  trainer.train_and_evaluate(_config(), str(base / 'run'))
+  rng = np.random.default_rng(0)
+  ood_dir = base / 'ood'
+  ood_dir.mkdir()
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(ood_dir / ood.distortion_file(i), rng.integers(0, 256, (N_OOD, 32, 32, 3), np.uint8))
+  c_dir = base / 'c'
+  c_dir.mkdir()
+  for name in ('gaussian_noise', 'fog'):
+    np.save(c_dir / f'{name}.npy', rng.integers(0, 256, (N_OOD, 32, 32, 3), np.uint8))
+  np.save(c_dir / 'labels.npy', rng.integers(0, 100, N_OOD).astype(np.uint8))
+  return base
+
+
+def _reference_logits(workdir, images):
+  """Logits by a plain (unsharded, unjitted-wrapper) call of the restored model."""
+  config = _config()
+  state, graphdef, _ = evaluate.restore_state(config, str(workdir), 'latest',
+                                              evaluate.parallel.make_mesh())
+  return np.asarray(jax.jit(lambda s, x: predict_step(s.params, s.batch_stats, x,
+                                                      graphdef=graphdef, config=config))(state, images))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics against straightforward NumPy loops
+# ---------------------------------------------------------------------------------------------
+def _ece_reference(probs, labels, bins=15):
+  ece, n = 0.0, len(labels)
+  for b in range(bins):
+    lo, hi = b / bins, (b + 1) / bins
+    idx = [i for i in range(n) if (lo < probs[i].max() <= hi) or (b == 0 and probs[i].max() == 0)]
+    if idx:
+      acc = np.mean([probs[i].argmax() == labels[i] for i in idx])
+      conf = np.mean([probs[i].max() for i in idx])
+      ece += len(idx) / n * abs(acc - conf)
+  return ece
+
+
+def test_ece_top5_and_per_class_match_numpy_reference():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(500, 7)) * 3
+  labels = rng.integers(0, 7, 500)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  m = metrics_lib.classification_metrics(log_p, labels)
+  probs = np.exp(log_p)
+  assert m['ece'] == pytest.approx(_ece_reference(probs, labels), abs=1e-12)
+  assert m['ece'] > 0.01  # A miscalibrated random model: the check is not vacuous.
+  assert m['accuracy'] == pytest.approx(np.mean(probs.argmax(1) == labels))
+  top5 = [labels[i] in np.argsort(-probs[i])[:5] for i in range(500)]
+  assert m['top5_accuracy'] == pytest.approx(np.mean(top5))
+  assert m['loss'] == pytest.approx(-np.mean([log_p[i, labels[i]] for i in range(500)]))
+  pred = probs.argmax(1)
+  per_class = metrics_lib.group_accuracy(pred, labels, labels, 8)
+  for c in range(7):
+    assert per_class[c] == pytest.approx(np.mean(pred[labels == c] == c))
+  assert np.isnan(per_class[7])  # No examples of class 7.
+  cm = metrics_lib.confusion_matrix(pred, labels, 7)
+  assert cm.sum() == 500 and np.trace(cm) == np.sum(pred == labels)
+  assert cm[labels[0], pred[0]] == np.sum((labels == labels[0]) & (pred == pred[0]))
+
+
+def test_perfectly_confident_correct_predictions_have_zero_ece():
+  labels = np.arange(10) % 3
+  probs = np.eye(3)[labels]
+  assert metrics_lib.expected_calibration_error(probs, labels) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100-C table (with a stand-in predictor: the arithmetic, not the model)
+# ---------------------------------------------------------------------------------------------
+class _PixelPredictor:
+  """Predicts the first pixel's red value mod 100."""
+
+  def run(self, images, desc, labels_only=False):
+    assert labels_only
+    return np.asarray(images)[:, 0, 0, 0].astype(np.int64) % 100
+
+
+def test_cifar100c_table_means_and_heatmap(tmp_path):
+  rng = np.random.default_rng(2)
+  n = 20
+  labels = rng.integers(0, 100, n // 5)
+  expected = {}
+  for name in ood.CORRUPTIONS:
+    images = rng.integers(0, 256, (n, 32, 32, 3), np.uint8)
+    hits = rng.random(n) < rng.random()  # Make a random subset predictable -> correct.
+    images[:, 0, 0, 0] = np.where(hits, np.tile(labels, 5), (np.tile(labels, 5) + 1) % 100)
+    np.save(tmp_path / f'{name}.npy', images)
+    expected[name] = hits.reshape(5, -1).mean(1)
+  np.save(tmp_path / 'labels.npy', labels.astype(np.uint8))  # One per image: tiled per severity.
+  files = ood.check_cifar100c_dir(tmp_path)
+  assert list(files) == list(ood.CORRUPTIONS)
+  result = evaluate.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
+  for name in ood.CORRUPTIONS:
+    np.testing.assert_allclose(result['cifar100c'][name], expected[name])
+  standard = np.mean([expected[k].mean() for k in ood.STANDARD_CORRUPTIONS])
+  assert result['cifar100c_mean_accuracy'] == pytest.approx(standard)
+  assert result['cifar100c_mean_accuracy_all'] == pytest.approx(
+      np.mean([v.mean() for v in expected.values()]))
+  assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model: flip TTA and the command line end to end
+# ---------------------------------------------------------------------------------------------
+def test_flip_tta_is_the_mean_softmax_of_image_and_mirror(run):
+  config = _config()
+  predictor, _ = evaluate.load_predictor(config, str(run / 'run'), 'latest', tta_flip=True)
+  images = np.random.default_rng(3).integers(0, 256, (70, 32, 32, 3), np.uint8)  # 2 batches.
+  got = predictor.run(images, desc='tta')
+  logits = _reference_logits(run / 'run', np.concatenate([images, images[:, :, ::-1]]))
+  p = jax.nn.softmax(logits[:70]) + jax.nn.softmax(logits[70:])
+  np.testing.assert_allclose(np.exp(got), np.asarray(p) / 2, rtol=1e-4, atol=1e-6)
+  plain = np.asarray(jax.nn.softmax(logits[:70]))
+  assert np.abs(np.exp(got) - plain).max() > 1e-4  # TTA really changed something.
+
+
+def test_evaluate_command_prints_json_and_writes_exact_submission(run):
+  workdir, out_csv = run / 'run', run / 'out' / 'sub.csv'
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(run / 'tiny_config.py'),
+       '--workdir', str(workdir), '--checkpoint', 'latest', '--ood_dir', str(run / 'ood'),
+       '--submission', str(out_csv), '--cifar100c_dir', str(run / 'c')],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert 0.0 <= result['test_accuracy'] <= 1.0 and result['test_count'] == 256
+  assert {'test_top5_accuracy', 'test_ece', 'val_accuracy', 'cifar100c_mean_accuracy_all'} <= set(result)
+
+  detail = json.loads((workdir / 'eval_latest.json').read_text())
+  assert len(detail['test_per_class_accuracy']) == 100
+  assert len(detail['test_per_superclass_accuracy']) == 20
+  for png in ('confusion_latest.png', 'cifar100c_latest.png'):
+    assert (workdir / png).read_bytes()[:4] == b'\x89PNG'
+
+  # The CSV: header, ids in distortion/severity/index order, labels = argmax of the model.
+  with open(out_csv, newline='') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['id', 'label'] and len(rows) == 1 + ood.NUM_DISTORTIONS * N_OOD
+  images = np.concatenate([np.load(run / 'ood' / ood.distortion_file(d))
+                           for d in range(ood.NUM_DISTORTIONS)])
+  logits = _reference_logits(workdir, images)
+  k = 1
+  for d in range(ood.NUM_DISTORTIONS):
+    for s in range(1, 6):
+      for i in range(N_OOD // 5):
+        assert rows[k][0] == f'distortion{d:02d}_{s}_{i}'
+        assert int(rows[k][1]) == int(np.argmax(logits[k - 1])), rows[k]
+        k += 1
+  assert submission.check_submission(out_csv, run / 'ood').startswith('OK')
+
+  # CIFAR-100-C: the table is the model's accuracy per severity block.
+  c_images = np.load(run / 'c' / 'fog.npy')
+  c_labels = np.load(run / 'c' / 'labels.npy').astype(int)
+  c_pred = _reference_logits(workdir, c_images).argmax(1)
+  np.testing.assert_allclose(detail['cifar100c']['fog'],
+                             (c_pred == c_labels).reshape(5, -1).mean(1))
+
+
+@pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated'])
+def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_path, problem):
+  rng = np.random.default_rng(4)
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(tmp_path / ood.distortion_file(i), rng.integers(0, 256, (10, 32, 32, 3), np.uint8))
+  bad = tmp_path / ood.distortion_file(7)
+  if problem == 'missing':
+    bad.unlink()
+  elif problem == 'dtype':
+    np.save(bad, rng.random((10, 32, 32, 3)).astype(np.float32))
+  elif problem == 'shape':
+    np.save(bad, rng.integers(0, 256, (10, 32, 32), np.uint8))
+  elif problem == 'not_multiple_of_5':
+    np.save(bad, rng.integers(0, 256, (12, 32, 32, 3), np.uint8))
+  else:
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-100])  # np.load(mmap_mode='r') may or may not notice this.
+  existing = tmp_path / 'sub.csv'
+  existing.write_text('id,label\nprevious,1\n')
+  with pytest.raises(cifar100.DataError) as e:
+    evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(tmp_path),
+                      submission_csv=str(existing))
+  message = str(e.value)
+  assert '\n' not in message and 'distortion07.npy' in message, message
+  assert existing.read_text() == 'id,label\nprevious,1\n'
+  assert not list(tmp_path.glob('.sub.csv.*'))

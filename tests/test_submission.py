@@ -1,0 +1,157 @@
+"""The submission CSV: exact format, atomic writes, and a validator that catches every kind of damage."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jax_cifar import submission
+from jax_cifar.data import ood
+from jax_cifar.data.cifar100 import DataError
+
+N = 20  # Images per distortion file: four per severity.
+
+
+def _labels(d: int) -> np.ndarray:
+  return (np.arange(N) * 7 + d) % 100
+
+
+def _write(path, n=N):
+  with submission.SubmissionWriter(path, n) as w:
+    for d in range(ood.NUM_DISTORTIONS):
+      w.add(d, (np.arange(n) * 7 + d) % 100)
+
+
+def _expected_lines():
+  lines = ['id,label']
+  for d in range(19):
+    for s in range(1, 6):
+      for i in range(N // 5):
+        lines.append(f'distortion{d:02d}_{s}_{i},{_labels(d)[(s - 1) * (N // 5) + i]}')
+  return lines
+
+
+def test_writer_produces_exact_rows_in_distortion_severity_index_order(tmp_path):
+  path = tmp_path / 'sub.csv'
+  _write(path)
+  assert path.read_text() == '\n'.join(_expected_lines()) + '\n'
+  assert len(path.read_text().splitlines()) == 1 + 19 * N
+  assert not list(tmp_path.glob('.*'))  # No temp file left behind.
+
+
+def test_real_size_ids_count_950000():
+  ids = [i for d in range(19) for i in submission.row_ids(d, 50_000)]
+  assert len(ids) == 950_000 and len(set(ids)) == 950_000
+  assert ids[0] == 'distortion00_1_0' and ids[9_999] == 'distortion00_1_9999'
+  assert ids[10_000] == 'distortion00_2_0' and ids[-1] == 'distortion18_5_9999'
+
+
+def test_failure_midway_keeps_the_existing_csv_and_leaves_no_partial_file(tmp_path):
+  path = tmp_path / 'sub.csv'
+  path.write_text('id,label\nold,3\n')
+  with pytest.raises(RuntimeError):
+    with submission.SubmissionWriter(path, N) as w:
+      w.add(0, _labels(0))
+      raise RuntimeError('inference crashed')
+  with pytest.raises(ValueError, match='only 1 of 19'):
+    with submission.SubmissionWriter(path, N) as w:
+      w.add(0, _labels(0))
+  with pytest.raises(ValueError, match='outside'):
+    with submission.SubmissionWriter(path, N) as w:
+      w.add(0, np.full(N, 100))
+  assert path.read_text() == 'id,label\nold,3\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
+
+
+def _run_check(path, *extra):
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.submission', 'check', str(path), *extra],
+                        capture_output=True, text=True)
+  return proc.returncode, proc.stdout
+
+
+def test_validator_accepts_a_good_file_from_the_command_line(tmp_path):
+  path = tmp_path / 'sub.csv'
+  _write(path)
+  code, out = _run_check(path)
+  assert code == 0 and out.startswith('OK') and out.count('\n') == 1, out
+
+
+def _damage(lines, kind):
+  lines = list(lines)
+  if kind == 'swapped_rows':
+    lines[5], lines[6] = lines[6], lines[5]
+  elif kind == 'truncated':
+    lines = lines[:-1]
+  elif kind == 'truncated_block':  # Still 19 x N' rows for no N': caught by ids, not by count.
+    lines = lines[:-19 * 5]
+  elif kind == 'label_100':
+    lines[10] = lines[10].split(',')[0] + ',100'
+  elif kind == 'label_negative':
+    lines[10] = lines[10].split(',')[0] + ',-1'
+  elif kind == 'label_float':
+    lines[10] = lines[10].split(',')[0] + ',3.0'
+  elif kind == 'header':
+    lines[0] = 'ID,Label'
+  elif kind == 'extra_column':
+    lines[3] += ',1'
+  elif kind == 'reversed_block':
+    lines[1:1 + N] = lines[1:1 + N][::-1]
+  return lines
+
+
+@pytest.mark.parametrize('kind', ['swapped_rows', 'truncated', 'truncated_block', 'label_100',
+                                  'label_negative', 'label_float', 'header', 'extra_column',
+                                  'reversed_block'])
+def test_validator_rejects_damaged_files(tmp_path, kind):
+  path = tmp_path / 'sub.csv'
+  path.write_text('\n'.join(_damage(_expected_lines(), kind)) + '\n')
+  with pytest.raises(submission.SubmissionError) as e:
+    submission.check_submission(path)
+  assert '\n' not in str(e.value) and str(path) in str(e.value)
+  assert submission.main(['check', str(path)]) == 1
+
+
+def test_validator_takes_n_from_the_ood_dir(tmp_path):
+  path = tmp_path / 'sub.csv'
+  _write(path)
+  ood_dir = tmp_path / 'ood'
+  ood_dir.mkdir()
+  for i in range(19):
+    np.save(ood_dir / ood.distortion_file(i), np.zeros((N, 32, 32, 3), np.uint8))
+  assert submission.check_submission(path, ood_dir).startswith('OK')
+  for i in range(19):
+    np.save(ood_dir / ood.distortion_file(i), np.zeros((2 * N, 32, 32, 3), np.uint8))
+  with pytest.raises(submission.SubmissionError, match='expected 19 x 40'):
+    submission.check_submission(path, ood_dir)
+  code, out = _run_check(path, '--ood_dir', str(ood_dir))
+  assert code == 1 and out.startswith('FAIL') and out.count('\n') == 1
+
+
+@pytest.mark.parametrize('problem,match', [
+    ('missing', 'file not found'), ('dtype', 'dtype float32'), ('shape', 'shape'),
+    ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),
+    ('not_npy', 'not a readable .npy'), ('different_n', 'same N')])
+def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, match):
+  for i in range(19):
+    np.save(tmp_path / ood.distortion_file(i), np.zeros((10, 32, 32, 3), np.uint8))
+  bad = tmp_path / 'distortion11.npy'
+  if problem == 'missing':
+    bad.unlink()
+  elif problem == 'dtype':
+    np.save(bad, np.zeros((10, 32, 32, 3), np.float32))
+  elif problem == 'shape':
+    np.save(bad, np.zeros((10, 3, 32, 32), np.uint8))
+  elif problem == 'not_multiple_of_5':
+    np.save(bad, np.zeros((11, 32, 32, 3), np.uint8))
+  elif problem == 'truncated':
+    bad.write_bytes(bad.read_bytes()[:-1])
+  elif problem == 'trailing':
+    bad.write_bytes(bad.read_bytes() + b'\0')
+  elif problem == 'not_npy':
+    bad.write_bytes(b'id,label\n')
+  else:
+    np.save(bad, np.zeros((15, 32, 32, 3), np.uint8))
+  with pytest.raises(DataError, match=match) as e:
+    ood.check_distortion_dir(tmp_path)
+  assert '\n' not in str(e.value) and 'distortion11.npy' in str(e.value)
