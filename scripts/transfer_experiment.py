@@ -1,0 +1,101 @@
+"""Pretrained vs randomly initialised ResNet-50 on a CIFAR-100 subset, same budget, real trainer.
+
+  python scripts/transfer_experiment.py --weights weights/resnet50 --out runs/transfer
+  python scripts/transfer_experiment.py --state_dict r50.pth --out runs/transfer  # converts first
+
+Runs `python -m jax_cifar.train --config configs/resnet50_transfer.py` twice, identical except for
+`--config.model.pretrained`, then prints (and writes OUT/results.json) validation accuracy, steps,
+image size and wall time of both. Defaults are sized for a small CPU (see docs/transfer.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = ROOT / 'configs' / 'resnet50_transfer.py'
+# XLA CPU flags from DESIGN.md: 2-5x faster ImageNet-stem ResNets on CPU, results equal to rounding.
+CPU_XLA_FLAGS = '--xla_disable_hlo_passes=algsimp --xla_cpu_experimental_ynn_fusion_type='
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument('--weights', help='converted checkpoint (scripts/convert_torchvision_weights.py)')
+  src.add_argument('--state_dict', help='torchvision resnet50 .pth; converted into OUT/weights')
+  p.add_argument('--out', required=True, help='folder for both runs and results.json')
+  p.add_argument('--image_size', type=int, default=64)
+  p.add_argument('--train_limit', type=int, default=2000, help='class-balanced training images')
+  p.add_argument('--eval_limit', type=int, default=1000, help='class-balanced validation images')
+  p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--num_epochs', type=float, default=1.5)
+  p.add_argument('--only', choices=('pretrained', 'random'), help='run just one arm')
+  p.add_argument('--no_cpu_flags', action='store_true', help=f'do not set XLA_FLAGS={CPU_XLA_FLAGS}')
+  p.add_argument('overrides', nargs='*', help='extra --config.KEY=VALUE flags for both runs')
+  return p.parse_args(argv)
+
+
+def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
+  target = out / 'weights' / 'resnet50'
+  if not target.exists():
+    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'convert_torchvision_weights.py'),
+                    '--arch', 'resnet50', '--state_dict', state_dict, '--output', str(target)],
+                   check=True, cwd=ROOT)
+  return target
+
+
+def run_arm(name: str, pretrained: str, args: argparse.Namespace, env: dict) -> dict:
+  """One training run; returns its final validation metrics, steps and wall time."""
+  workdir = pathlib.Path(args.out) / name
+  flags = [f'--config.model.pretrained={pretrained}', f'--config.model.image_size={args.image_size}',
+           f'--config.data.train_limit={args.train_limit}',
+           f'--config.data.eval_limit={args.eval_limit}',
+           f'--config.train.batch_size={args.batch_size}',
+           f'--config.train.num_epochs={args.num_epochs}',
+           '--config.train.eval_every_epochs=1000',  # Evaluate once, at the end.
+           '--config.train.eval_batch_size=100', '--config.train.log_every_steps=10',
+           '--config.train.resume=false', *args.overrides]
+  cmd = [sys.executable, '-m', 'jax_cifar.train', f'--config={CONFIG}', f'--workdir={workdir}', *flags]
+  print(f'[{name}]', ' '.join(cmd), flush=True)
+  t = time.time()
+  with open(pathlib.Path(args.out) / f'{name}.log', 'w') as log:
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  wall = time.time() - t
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  val = [r for r in rows if 'val_accuracy' in r][-1]
+  train = [r for r in rows if 'train_loss' in r]
+  return {'arm': name, 'pretrained': pretrained, 'steps': val['step'],
+          'image_size': args.image_size, 'batch_size': args.batch_size,
+          'train_images': args.train_limit, 'val_images': args.eval_limit,
+          'val_accuracy': val['val_accuracy'], 'val_top5_accuracy': val.get('val_top5_accuracy'),
+          'val_loss': val['val_loss'], 'final_train_loss': train[-1]['train_loss'] if train else None,
+          'wall_s': round(wall, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  weights = str(convert(args.state_dict, out) if args.state_dict else pathlib.Path(args.weights))
+  env = dict(os.environ)
+  if not args.no_cpu_flags:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + CPU_XLA_FLAGS).strip()
+  arms = [('pretrained', os.path.abspath(weights)), ('random', '')]
+  results = [run_arm(n, w, args, env) for n, w in arms if args.only in (None, n)]
+  (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+  print('| arm | val acc | val top-5 | steps | image size | wall (s) |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  for r in results:
+    print(f"| {r['arm']} | {r['val_accuracy']:.3f} | {r['val_top5_accuracy']:.3f} | {r['steps']} | "
+          f"{r['image_size']} | {r['wall_s']} |")
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
