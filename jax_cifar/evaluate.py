@@ -218,6 +218,19 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   return result
 
 
+def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -> dict:
+  """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
+  splits, result = cifar100.get_splits(config.data), {}
+  for name in ('val', 'test'):
+    if splits[name] is not None and len(splits[name]):
+      figure = confusion_png if name == 'test' else None
+      scalars, details = evaluate_split(predictor, splits[name], name, config, figure)
+      result.update({f'{name}_{k}': v for k, v in scalars.items()})
+      if name == 'test':
+        result.update({f'{name}_{k}': v for k, v in details.items()})
+  return result
+
+
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
              ood_dir: str | None = None, submission_csv: str | None = None,
              cifar100c_dir: str | None = None) -> dict:
@@ -231,15 +244,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   workdir_path = pathlib.Path(workdir)
   tag = (which if which in ('best', 'latest') else 'path') + ('_tta' if tta_flip else '')
   predictor, step = load_predictor(config, workdir, which, tta_flip)
-  splits = cifar100.get_splits(config.data)
   result = {'checkpoint': which, 'step': step, 'tta_flip': tta_flip}
-  for name in ('val', 'test'):
-    if splits[name] is not None and len(splits[name]):
-      figure = workdir_path / f'confusion_{tag}.png' if name == 'test' else None
-      scalars, details = evaluate_split(predictor, splits[name], name, config, figure)
-      result.update({f'{name}_{k}': v for k, v in scalars.items()})
-      if name == 'test':
-        result.update({f'{name}_{k}': v for k, v in details.items()})
+  result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
   if ood_files:
     csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))

@@ -10,10 +10,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import default
-from jax_cifar import evaluate, metrics_lib, submission, trainer
+from jax_cifar import evaluate, metrics_lib, parallel, submission, trainer
 from jax_cifar.data import cifar100, ood
 from jax_cifar.train_step import predict_step
 
@@ -63,10 +62,9 @@ def run(tmp_path_factory):
 
 
 def _reference_logits(workdir, images):
-  """Logits by a plain (unsharded, unjitted-wrapper) call of the restored model."""
+  """Logits from a plain jit of predict_step: no shardings, no batching, no padding."""
   config = _config()
-  state, graphdef, _ = evaluate.restore_state(config, str(workdir), 'latest',
-                                              evaluate.parallel.make_mesh())
+  state, graphdef, _ = evaluate.restore_state(config, str(workdir), 'latest', parallel.make_mesh())
   return np.asarray(jax.jit(lambda s, x: predict_step(s.params, s.batch_stats, x,
                                                       graphdef=graphdef, config=config))(state, images))
 
