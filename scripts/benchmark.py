@@ -84,7 +84,17 @@ def _memory_analysis(compiled) -> int | None:
     return None
 
 
-def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None) -> dict:
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost['flops'])
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
+              compiler_options: dict | None = None) -> dict:
   """img/s (median of per-step times), compile seconds and memory of the trainer's train step."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -104,10 +114,11 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None) -> 
           'label': rng.integers(0, config.model.num_classes, batch).astype(np.int32)}
   data = parallel.to_global(host, parallel.batch_sharded(mesh))
   t0 = time.perf_counter()
-  compiled = p_train.lower(state, data).compile()
+  compiled = p_train.lower(state, data).compile(compiler_options or None)
   compile_s = time.perf_counter() - t0
   program_bytes = _memory_analysis(compiled)
-  out = {'compile_s': compile_s, 'init_s': init_s, 'program_bytes': program_bytes}
+  out = {'compile_s': compile_s, 'init_s': init_s, 'program_bytes': program_bytes,
+         'step_flops': _flops(compiled)}
   if mem_cap and program_bytes and program_bytes > mem_cap:
     raise MemoryError(f'RESOURCE_EXHAUSTED: program needs {program_bytes / 2**30:.2f} GiB > cap')
   times = []
@@ -121,6 +132,8 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None) -> 
   stats = jax.devices()[0].memory_stats() or {}
   out.update(step_ms=1e3 * statistics.median(times), img_s=batch / statistics.median(times),
              loss=loss, peak_bytes=stats.get('peak_bytes_in_use'))
+  if out['step_flops']:  # XLA's count of the whole step (augmentation, model, optimizer)
+    out['tflop_s'] = out['step_flops'] / statistics.median(times) / 1e12
   del state, compiled, p_train, data
   return out
 
@@ -208,7 +221,7 @@ def bench_torch(config, steps: int, warmup: int, compile_mode: str) -> dict:
     if i >= warmup:
       times.append(time.perf_counter() - t0)
   out.update(step_ms=1e3 * statistics.median(times), img_s=batch / statistics.median(times),
-             loss=float(loss), peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+             loss=float(loss.detach()), peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
   del model, opt, fwd, x, y
   if cuda:
     torch.cuda.empty_cache()
@@ -236,7 +249,8 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
       if fw == 'torch':
         row['torch'] = bench_torch(config, args.steps, args.warmup, args.torch_compile)
       else:
-        row['jax'] = bench_jax(config, args.steps, args.warmup)
+        row['jax'] = bench_jax(config, args.steps, args.warmup,
+                               compiler_options=json.loads(args.compiler_options or '{}'))
     except Exception as e:  # pylint: disable=broad-except
       row[fw] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:300]}' if str(e)
                  else type(e).__name__, 'oom': _is_oom(e)}
@@ -313,7 +327,7 @@ def _fmt(v, spec='.1f'):
 
 def table(rows: list[dict]) -> str:
   head = (f'{"model":<20} {"dtype":<8} {"px":>4} {"batch":>5} {"jax img/s":>10} {"torch img/s":>11} '
-          f'{"jax/torch":>9} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
+          f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
   lines = [head, '-' * len(head)]
   for r in rows:
     jx, pt = r.get('jax', {}), r.get('torch', {})
@@ -322,13 +336,22 @@ def table(rows: list[dict]) -> str:
         f'{r["model"]:<20} {r["dtype"]:<8} {r["image_size"]:>4} {r["batch"]:>5} '
         f'{_fmt(jx.get("img_s")) if "error" not in jx else "error":>10} '
         f'{_fmt(pt.get("img_s")) if "error" not in pt else "error":>11} '
-        f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("compile_s")):>13} '
+        f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("tflop_s"), ".3f"):>11} '
+        f'{_fmt(jx.get("compile_s")):>13} '
         f'{_fmt(mem and mem / 2**30, ".2f"):>11} '
         f'{_fmt(pt.get("peak_bytes") and pt["peak_bytes"] / 2**30, ".2f"):>13}')
     for fw, res in (('jax', jx), ('torch', pt)):
       if 'error' in res:
         lines.append(f'    {fw} error: {res["error"]}')
   return '\n'.join(lines)
+
+
+def _write(path: str, result: dict) -> None:
+  if path:
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(path + '.tmp')
+    tmp.write_text(json.dumps(result, indent=1, default=str) + '\n')
+    tmp.replace(path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -349,6 +372,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--batch_quantum', type=int, default=16, help='bisection granularity')
   p.add_argument('--mem_cap_gb', type=float, default=0.0,
                  help='treat programs needing more than this (XLA memory analysis) as not fitting')
+  p.add_argument('--compiler_options', default='',
+                 help='JSON dict of XLA options for the JAX train step only, e.g. '
+                      '\'{"xla_cpu_experimental_ynn_fusion_type": ""}\' (docs/benchmarks.md)')
   p.add_argument('--out', default='', help='write the results as JSON here')
   return p.parse_args(argv)
 
@@ -370,16 +396,16 @@ def main(argv=None) -> int:
           print(f'{spec} {dtype} {size}px: largest batch {r["largest_batch"]}'
                 f'{" (search limit)" if r["hit_limit"] else ""}, fastest batch {r["best_batch"]} '
                 f'({_fmt(r["best_img_s"])} img/s)', flush=True)
+          _write(args.out, result)
           continue
         for batch in _csv(args.batch, int):
           row = run_one(spec, batch, dtype, size, args)
           result['rows'].append(row)
           print('\n'.join(table([row]).splitlines()[2:]), flush=True)
+          _write(args.out, result)  # after every row: a run cut short keeps what it measured
   if result['rows']:
     print('\n' + table(result['rows']))
-  if args.out:
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=1, default=str) + '\n')
+  _write(args.out, result)
   errors = [r for r in result['rows'] if any('error' in r.get(f, {}) for f in ('jax', 'torch'))]
   return 1 if errors and len(errors) == len(result['rows']) else 0
 

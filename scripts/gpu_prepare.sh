@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu_check.sh needs on a GPU machine with no network, in two ignored folders
+# that travel with the working tree (64 MiB in all, repository included):
+#   .whl/      Python 3.12 manylinux wheels the GPU image lacks: grain (the trainer's data
+#              pipeline), its array-record and portpicker, and ml-collections (the configs).
+#   .devdata/  cifar_small.npz (class-balanced real CIFAR-100: train_x/train_y/test_x/test_y,
+#              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision layout).
+# Usage: bash scripts/gpu_prepare.sh   [CIFAR=/work/cache/cifar WEIGHTS=path/to.pth N_TEST=1000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+CIFAR=${CIFAR:-${JAX_CIFAR_DATA_DIR:-/work/cache/cifar}}
+WEIGHTS=${WEIGHTS:-../shared/data/weights/resnet50-keras-imagenet-tvlayout-fp16.pth}
+N_TEST=${N_TEST:-1000}
+LIMIT=$((64 * 1024 * 1024))
+MARGIN=$((1024 * 1024))
+
+# --- wheels -----------------------------------------------------------------------------------
+rm -rf .whl && mkdir -p .whl
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+  -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0
+for w in .whl/*.whl; do
+  echo "$(basename "$w"): $(unzip -p "$w" '*/METADATA' | grep ^Requires-Dist | grep -v 'extra ==' \
+    | sed 's/Requires-Dist: //' | tr '\n' ' ')"
+done
+
+# --- data and weights -----------------------------------------------------------------------
+mkdir -p .devdata
+cp -f "$WEIGHTS" .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
+rm -f .devdata/cifar_small.npz
+# Everything that travels except the npz: tracked + untracked-not-ignored files, .whl, weights.
+travel=$( (git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) )
+other=$((travel + $(du -cb .whl .devdata | tail -1 | cut -f1)))
+budget=$((LIMIT - MARGIN - other))
+CIFAR="$CIFAR" N_TEST="$N_TEST" BUDGET="$budget" "$PY" - <<'EOF'
+import os, sys
+import numpy as np
+sys.path.insert(0, '.')
+from jax_cifar.data import cifar100
+
+n_test, budget = int(os.environ['N_TEST']), int(os.environ['BUDGET'])
+per_image = 32 * 32 * 3 + 8
+n_train = min(4000, (budget // per_image - n_test - 10) // 100 * 100)
+if n_train < 1000:
+  sys.exit(f'only {budget} bytes left for data: not enough for 1000 training images')
+out = {}
+for split, n in (('train', n_train), ('test', n_test)):
+  s = cifar100.load_split(os.environ['CIFAR'], split, download=False)
+  idx = cifar100.balanced_subset(s.labels, n)
+  out[f'{split}_x'] = np.ascontiguousarray(s.images[idx], dtype=np.uint8)
+  out[f'{split}_y'] = np.asarray(s.labels[idx], dtype=np.int64)
+  counts = np.bincount(out[f'{split}_y'], minlength=100)
+  print(f'{split}: {len(idx)} images, {counts.min()}..{counts.max()} per class')
+np.savez('.devdata/cifar_small.npz', **out)
+EOF
+du -b .whl/* .devdata/* | awk '{printf "%10.2f MiB  %s\n", $1/1048576, $2}'
+total=$((travel + $(du -cb .whl .devdata | tail -1 | cut -f1)))
+echo "travels: $(awk -v t=$total 'BEGIN{printf "%.2f", t/1048576}') MiB of 64 MiB (repo files + .whl + .devdata)"
+[ "$total" -lt "$LIMIT" ] || { echo "error: over the 64 MiB limit" >&2; exit 1; }
