@@ -61,8 +61,9 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 
-  # A non-finite loss must never reach the parameters: keep the old state and count the step.
-  finite = jnp.isfinite(loss)
+  # A non-finite loss or update must never reach the parameters: keep the old state, count it.
+  grad_norm, update_norm = optim.global_norm(grads), optim.global_norm(updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1,
@@ -75,7 +76,8 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
   metrics = {
       'train_loss': loss,
       'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-      'grad_norm': optim.global_norm(grads),
+      'grad_norm': grad_norm,
+      'update_norm': update_norm,
       'param_norm': optim.global_norm(new_state.params),
       'learning_rate': schedule(state.step),
   }

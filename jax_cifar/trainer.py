@@ -199,7 +199,7 @@ def _check_finite(state: TrainState, config) -> None:
   bad = int(state.nonfinite_steps)
   if bad and config.train.on_nonfinite == 'stop':
     raise NonFiniteLossError(
-        f'non-finite loss at step {int(state.first_nonfinite_step) + 1}: the update was not applied; '
+        f'non-finite loss or update at step {int(state.first_nonfinite_step) + 1}: it was not applied; '
         f'the last saved checkpoint is kept (set train.on_nonfinite=skip to skip such steps)')
   if bad:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)

@@ -1,0 +1,202 @@
+"""Never lose a run: SIGKILL at random points, SIGTERM preemption, non-finite losses, bad configs."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jax_cifar import config_validation, evaluate, optim, parallel, tracking, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OVERRIDES = {
+    'data.source': 'synthetic', 'data.synthetic_size': 640, 'data.val_fraction': 0.2,
+    'model.name': 'resnet18', 'model.stem': 'cifar', 'model.width': 4,
+    'augment.mixup_alpha': 0.2, 'train.batch_size': 32, 'train.eval_batch_size': 64,
+    'train.num_epochs': 2, 'train.log_every_steps': 2, 'train.eval_every_epochs': 0.5,
+    'checkpoint.every_steps': 3,
+}
+
+
+def _config():
+  c = default.get_config()
+  for key, value in OVERRIDES.items():
+    section, name = key.split('.')
+    setattr(c[section], name, value)
+  return c
+
+
+def _launch(workdir) -> subprocess.Popen:
+  """Starts a training process; its stderr goes to WORKDIR.log (a pipe would fill and block it)."""
+  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  log = open(f'{workdir}.log', 'a')  # pylint: disable=consider-using-with
+  return subprocess.Popen(
+      [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/default.py',
+       '--workdir', str(workdir), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _log(workdir) -> str:
+  return pathlib.Path(f'{workdir}.log').read_text()
+
+
+def _last_logged_step(workdir) -> int:
+  rows = tracking.read_metrics(workdir)
+  return max((r['step'] for r in rows), default=0)
+
+
+def _wait_for_progress(proc, workdir, after: int, timeout: float = 300) -> bool:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      return False
+    if _last_logged_step(workdir) > after:
+      return True
+    time.sleep(0.05)
+  raise TimeoutError('training made no progress')
+
+
+def _final(workdir):
+  state, _, step = evaluate.restore_state(_config(), str(workdir), 'latest', parallel.make_mesh())
+  return step, jax.device_get((state.params, state.batch_stats, state.opt_state))
+
+
+def _assert_same_run(a, b):
+  step_a, tree_a = _final(a)
+  step_b, tree_b = _final(b)
+  assert step_a == step_b == 32  # 512 train images / 32 per batch * 2 epochs.
+  for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
+    np.testing.assert_array_equal(x, y)  # Bitwise on CPU.
+  rows_a, rows_b = tracking.read_metrics(a), tracking.read_metrics(b)
+  evals = lambda rows: [r for r in rows if 'val_accuracy' in r]
+  assert evals(rows_a) == evals(rows_b) and len(evals(rows_a)) == 4
+  steps = lambda rows: [r['step'] for r in rows if 'train_loss' in r]
+  assert steps(rows_a) == steps(rows_b) == list(range(2, 33, 2))  # No duplicates, no gaps.
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('straight')
+  trainer.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_resume_after_sigkill_at_random_points_matches_uninterrupted_run(tmp_path, uninterrupted):
+  workdir = tmp_path / 'killed'
+  rng = random.Random(1234)
+  kills = 0
+  while kills < 3:
+    proc = _launch(workdir)
+    if not _wait_for_progress(proc, workdir, after=_last_logged_step(workdir)):
+      break  # Finished before we could kill it: fine, but we want 3 kills, so keep the count.
+    time.sleep(rng.uniform(0.0, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+  assert kills == 3
+  proc = _launch(workdir)
+  assert proc.wait() == 0, _log(workdir)[-2000:]
+  _assert_same_run(uninterrupted, workdir)
+
+
+def test_sigterm_saves_exits_75_and_the_next_launch_resumes(tmp_path, uninterrupted):
+  workdir = tmp_path / 'preempted'
+  proc = _launch(workdir)
+  assert _wait_for_progress(proc, workdir, after=4)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait() == trainer.PREEMPTED_EXIT_CODE
+  assert 'relaunch to resume' in _log(workdir)
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
+                 if p.name.isdigit())
+  assert saved and saved[-1] >= 5
+  proc = _launch(workdir)
+  assert proc.wait() == 0, _log(workdir)[-2000:]
+  _assert_same_run(uninterrupted, workdir)
+
+
+def _diverge_from_step_5(monkeypatch):
+  """An infinite learning rate from the 5th update on: its update (and all later losses) blow up."""
+  real = optim.make_schedule
+  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
+      lambda step: jnp.where(step >= 4, jnp.inf, real(*a, **k)(step))))
+
+
+def test_nonfinite_update_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+  _diverge_from_step_5(monkeypatch)
+  c = _config()
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
+                 if p.name.isdigit())
+  assert saved == [3]  # The checkpoint before the failure is kept; nothing after it is written.
+  assert not list((tmp_path / 'checkpoints' / 'best').iterdir())
+  state, _, step = evaluate.restore_state(c, str(tmp_path), 'latest', parallel.make_mesh())
+  assert step == 3
+  for leaf in jax.tree.leaves(jax.device_get(state.params)):
+    assert np.all(np.isfinite(leaf))
+
+
+def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):
+  _diverge_from_step_5(monkeypatch)
+  c = _config()
+  c.train.on_nonfinite = 'skip'
+  c.train.max_steps = 8
+  trainer.train_and_evaluate(c, str(tmp_path))
+  state, _, _ = evaluate.restore_state(c, str(tmp_path), 'latest', parallel.make_mesh())
+  assert int(state.nonfinite_steps) == 4 and int(state.first_nonfinite_step) == 4
+  for leaf in jax.tree.leaves(jax.device_get(state.params)):
+    assert np.all(np.isfinite(leaf))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('optim.lr', -1.0, "'optim.lr' must be in"),
+    ('model.name', 'resnet9', "'model.name' must be one of"),
+    ('augment.policy', 'autoaugment_imagenet', "'augment.policy' must be one of"),
+    ('data.val_fraction', 1.5, "'data.val_fraction' must be in"),
+    ('checkpoint.every_steps', 0, "'checkpoint.every_steps' must be in"),
+    ('wandb.mode', 'on', "'wandb.mode' must be one of"),
+])
+def test_bad_config_values_name_the_key(key, value, message):
+  c = _config()
+  section, name = key.split('.')
+  with c.unlocked():
+    c[section][name] = value
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(c)
+
+
+def test_unknown_config_key_is_named():
+  c = _config()
+  with c.unlocked():
+    c.optim.learning_rate = 1e-3
+  with pytest.raises(config_validation.ConfigError, match="unknown config key 'optim.learning_rate'"):
+    config_validation.validate(c)
+
+
+def test_cli_bad_value_exits_nonzero_with_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/smoke.py', '--workdir',
+       str(tmp_path), '--config.optim.lr=-3'], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'optim.lr' in last
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_unwritable_workdir_is_a_one_line_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  out = subprocess.run(
+      [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/smoke.py', '--workdir',
+       str(blocker / 'run')], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0
+  assert 'workdir' in out.stderr.strip().splitlines()[-1]
