@@ -38,9 +38,10 @@ def test_tiny_run_writes_json_with_both_frameworks_and_ratio(tmp_path):
 
 
 def test_model_specs_name_configs_or_resnets_with_stem_and_width():
+  from configs import smoke as smoke_config  # pylint: disable=import-outside-toplevel
   smoke = benchmark.make_config('smoke', 64, 'bfloat16', 32)
   assert (smoke.model.name, smoke.model.width, smoke.model.dtype, smoke.train.batch_size) == (
-      'resnet18', 16, 'bfloat16', 64)
+      smoke_config.get_config().model.name, smoke_config.get_config().model.width, 'bfloat16', 64)
   r50 = benchmark.make_config('resnet50', 32, 'float32', 160)
   assert (r50.model.stem, r50.model.width, r50.model.normalize) == ('imagenet', 64, 'imagenet')
   assert (r50.optim.name, r50.optim.grad_clip_norm, r50.optim.label_smoothing) == ('adamw', 1.0, 0.1)
