@@ -16,6 +16,11 @@ class CheckpointError(Exception):
   """A checkpoint exists but cannot be restored into this run's model/optimizer."""
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  text = str(e).splitlines()[0] if str(e) else type(e).__name__
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
@@ -27,9 +32,18 @@ class Checkpoints:
         root / 'best', options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
 
+  def _save(self, manager, step: int, state: Any, **kwargs) -> None:
+    """Saves (asynchronously); a failed write raises CheckpointError, earlier checkpoints stay."""
+    try:
+      manager.wait_until_finished()  # Surfaces a failure of the previous asynchronous save.
+      manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'saving checkpoint step {step} in {manager.directory} failed '
+                            f'(disk full?); earlier checkpoints are kept: {_one_line(e)}') from e
+
   def save_latest(self, state: Any, step: int) -> None:
     if self.latest.latest_step() != step:
-      self.latest.save(step, args=ocp.args.StandardSave(state))
+      self._save(self.latest, step, state)
 
   def best_accuracy(self) -> float | None:
     step = self.best.best_step()
@@ -45,8 +59,7 @@ class Checkpoints:
     best = self.best_accuracy()
     if best is not None and val_accuracy <= best:
       return False
-    self.best.save(step, args=ocp.args.StandardSave(state), metrics={'val_accuracy': val_accuracy},
-                   force=True)
+    self._save(self.best, step, state, metrics={'val_accuracy': val_accuracy}, force=True)
     return True
 
   def restore(self, which: str, target: Any) -> tuple[Any, int] | None:
@@ -65,8 +78,12 @@ class Checkpoints:
     return restored, step
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for manager in (self.latest, self.best):
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f'saving checkpoint in {manager.directory} failed (disk full?); '
+                              f'earlier checkpoints are kept: {_one_line(e)}') from e
 
   def close(self) -> None:
     self.latest.close()

@@ -189,8 +189,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise
   finally:
     bar.close()
-    ckpts.wait()
     writer.close()
+    ckpts.wait()
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 

@@ -200,3 +200,50 @@ def test_unwritable_workdir_is_a_one_line_error(tmp_path):
        str(blocker / 'run')], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0
   assert 'workdir' in out.stderr.strip().splitlines()[-1]
+
+
+def _run_cli(workdir, *extra, prefix=()):
+  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  cmd = [sys.executable, *prefix] if prefix else [sys.executable, '-m', 'jax_cifar.train']
+  return subprocess.run([*cmd, '--config', 'configs/default.py', '--workdir', str(workdir), *args,
+                         *extra], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path):
+  first = _run_cli(tmp_path, '--config.train.max_steps=3')
+  assert first.returncode == 0, first.stderr[-2000:]
+  # Resume with files capped at 64 KiB: the next checkpoint's arrays cannot be written.
+  out = _run_cli(tmp_path, '--config.train.max_steps=6',
+                 prefix=(str(ROOT / 'tests' / '_train_with_fsize_limit.py'), str(64 * 1024)))
+  assert out.returncode != 0
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and 'saving checkpoint' in errors[0] and 'File too large' in errors[0]
+  state, _, step = evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())
+  assert step == 3  # The earlier checkpoint is intact and is still the latest.
+  again = _run_cli(tmp_path, '--config.train.max_steps=6')  # With room again, the run continues.
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 6
+
+
+def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
+  assert _run_cli(tmp_path, '--config.train.max_steps=3').returncode == 0
+  out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6')
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'does not match' in last
+  assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 3
+
+
+def test_wandb_failing_to_start_degrades_to_metrics_jsonl(tmp_path, monkeypatch, caplog):
+  wandb = pytest.importorskip('wandb')
+
+  def broken_init(*args, **kwargs):
+    raise RuntimeError('wandb backend unreachable')
+
+  monkeypatch.setattr(wandb, 'init', broken_init)  # Fault injection: the tracker cannot start.
+  c = _config()
+  c.wandb.mode = 'online'
+  c.train.max_steps = 2
+  trainer.train_and_evaluate(c, str(tmp_path))
+  assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [2]
+  assert any('wandb could not start' in r.message for r in caplog.records)
