@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session's checks, in about 6 minutes on an H100 (each part has its own time limit):
+# One GPU session's checks, in about 6 minutes on an H100 (each part has its own time limit; at
+# most 585 s in all with the default limits T_TESTS, T_R18, T_R50, T_R152, T_FT):
 #   a) versions and nvidia-smi
 #   b) torch parity tests (tests/test_models.py, tests/test_convert.py) on the GPU
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
@@ -9,7 +10,9 @@
 # Run from the repository root, after installing the carried wheels:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
-# SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic).
+# SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
+# PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
+# bench_r152 finetune).
 # Writes $OUT/{gpu_check.log,bench.json,finetune.json,summary.txt} ($OUT defaults to /tmp/gpu_check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +36,7 @@ T_START=$(date +%s)
 # going whatever happens, so one failure never costs the other parts.
 part() {
   local name=$1 limit=$2; shift 2
+  if [ -n "${PARTS:-}" ] && [[ " $PARTS " != *" $name "* ]]; then return; fi
   local t0=$(date +%s)
   echo "=== $name (limit ${limit}s, $(($(date +%s) - T_START))s elapsed)" | tee -a "$LOG"
   timeout --kill-after=15 "$limit" bash -c '"$@"' _ "$@" > "$WORK/$name.log" 2>&1
@@ -64,13 +68,13 @@ print('torch cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if 
 EOF
 }
 export -f versions
-TAIL=20 part versions 60 versions
+TAIL=20 part versions 45 versions
 
 # --- b) parity tests -------------------------------------------------------------------------
 [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ] && export JAX_CIFAR_WEIGHTS_DIR="$ROOT/.devdata"
 PYTEST_FILES="tests/test_models.py tests/test_convert.py"
 [ "$SMALL" = 1 ] && PYTEST_FILES="tests/test_models.py::test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float32"
-TAIL=6 part parity_tests "${T_TESTS:-150}" "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
+TAIL=6 part parity_tests "${T_TESTS:-120}" "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
 
 # --- c) benchmarks ---------------------------------------------------------------------------
 BENCH="$PY scripts/benchmark.py --steps ${BENCH_STEPS:-20} --warmup 3"
@@ -80,12 +84,12 @@ if [ "$SMALL" = 1 ]; then
   part bench_r50 300 $BENCH --steps 2 --warmup 0 --models resnet50:imagenet:8 --image_size 64 \
     --batch 8 --dtypes bfloat16 --out "$WORK/bench_r50.json"
 else
-  part bench_r18 "${T_R18:-130}" $BENCH --models resnet18:cifar --image_size 32 --batch 128,256 \
+  part bench_r18 "${T_R18:-150}" $BENCH --models resnet18:cifar --image_size 32 --batch 128,256 \
     --dtypes bfloat16,float32 --out "$WORK/bench_r18.json"
-  part bench_r50 "${T_R50:-75}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
+  part bench_r50 "${T_R50:-70}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
     --dtypes bfloat16 --out "$WORK/bench_r50.json"
   # torch.compile of ResNet-152 takes minutes: eager (channels_last + autocast) fits the budget.
-  part bench_r152 "${T_R152:-90}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
+  part bench_r152 "${T_R152:-80}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
     --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-off}" --out "$WORK/bench_r152.json"
 fi
 
@@ -152,7 +156,7 @@ EOF
 }
 export -f finetune
 if [ -f .devdata/cifar_small.npz ] && [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ]; then
-  TAIL=6 part finetune "${T_FT:-$([ "$SMALL" = 1 ] && echo 400 || echo 150)}" finetune
+  TAIL=6 part finetune "${T_FT:-$([ "$SMALL" = 1 ] && echo 400 || echo 120)}" finetune
 else
   SUMMARY+=("finetune       skipped: no .devdata/ (run scripts/gpu_prepare.sh)")
 fi
