@@ -17,8 +17,9 @@ class CheckpointError(Exception):
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
+  """First line of an error, shortened in the middle: storage errors put the cause at the end."""
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
-  return text if len(text) <= limit else text[:limit] + '...'
+  return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
 
 
 class Checkpoints:

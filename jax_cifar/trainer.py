@@ -14,7 +14,7 @@ from absl import logging
 from flax import nnx
 
 from jax_cifar import checkpoints, config_validation, models, optim, parallel, tracking
-from jax_cifar.data import cifar100, pipeline
+from jax_cifar.data import cifar100
 from jax_cifar.train_step import TrainState, eval_step, train_step
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
@@ -63,11 +63,13 @@ def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
 def compile_steps(config, graphdef, tx, schedule, mesh):
   """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  opts = parallel.step_compiler_options()
   p_train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
-      in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+      in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
+      compiler_options=opts)
   p_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, config=config),
-                   in_shardings=(repl, repl, data), out_shardings=repl)
+                   in_shardings=(repl, repl, data), out_shardings=repl, compiler_options=opts)
   return p_train, p_eval
 
 
@@ -77,6 +79,7 @@ def compile_steps(config, graphdef, tx, schedule, mesh):
 def evaluate_split(p_eval, params, batch_stats, split: cifar100.Split, batch_size: int,
                    mesh) -> dict:
   """Loss, top-1 and top-5 over every image of `split` (padded last batch masked out)."""
+  from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   totals = None
   for batch in parallel.prefetch_to_device(pipeline.eval_batches(split, batch_size),
                                            parallel.batch_sharded(mesh)):
@@ -111,6 +114,7 @@ def _write_config(config, workdir: pathlib.Path) -> None:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
+  from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
   try:

@@ -16,24 +16,30 @@ from jax_cifar import tracking, trainer
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _one_step(tmp_path, devices: int):
+def _one_step(tmp_path, devices: int, xla_defaults: bool):
   out = tmp_path / f'step_{devices}.npz'
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
+  env.pop('JAX_CIFAR_XLA_DEFAULTS', None)
+  if xla_defaults:
+    env['JAX_CIFAR_XLA_DEFAULTS'] = '1'  # Without the CPU compiler options of parallel.py.
   subprocess.run([sys.executable, str(ROOT / 'tests' / '_one_step.py'), str(out), str(ROOT)],
                  check=True, env=env, cwd=ROOT)
   return dict(np.load(out))
 
 
-def test_train_step_on_8_devices_equals_1_device(tmp_path):
-  one, eight = _one_step(tmp_path, 1), _one_step(tmp_path, 8)
+# Tolerances on parameters and BN statistics after one SGD step (lr 0.1): with XLA's default CPU
+# pipeline 1e-4 relative / 1e-5 absolute; with the CPU compiler options the trainer uses
+# (algsimp off), reductions are ordered differently and differences reach 2e-5 absolute.
+@pytest.mark.parametrize('xla_defaults, atol', [(True, 1e-5), (False, 5e-5)])
+def test_train_step_on_8_devices_equals_1_device(tmp_path, xla_defaults, atol):
+  one, eight = _one_step(tmp_path, 1, xla_defaults), _one_step(tmp_path, 8, xla_defaults)
   assert int(one['__devices']) == 1 and int(eight['__devices']) == 8
   assert one.keys() == eight.keys()
   # Same global batch, same keys: only the order of floating-point reductions differs.
   np.testing.assert_allclose(one['__loss'], eight['__loss'], rtol=1e-5)
   for key in set(one) - {'__devices'}:
-    # Tolerance: 1e-4 relative / 1e-5 absolute on parameters and BN statistics after one SGD step.
-    np.testing.assert_allclose(one[key], eight[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(one[key], eight[key], rtol=1e-4, atol=atol, err_msg=key)
 
 
 def _synthetic_config(max_steps: int):
@@ -90,7 +96,7 @@ def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(tmp_path, cifa
   rows = tracking.read_metrics(workdir)
   val = [r['val_accuracy'] for r in rows if 'val_accuracy' in r]
   assert len(val) == smoke.get_config().train.num_epochs
-  # Measured: see SMOKE_VAL_ACCURACY; chance is 0.01.
+  # Measured 0.121 best validation accuracy (2026-11-27, this CPU); chance is 0.01.
   assert max(val) > SMOKE_MIN_VAL_ACCURACY, val
   out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--config', 'configs/smoke.py',
                         '--workdir', str(workdir), '--checkpoint', 'best'],
@@ -101,4 +107,4 @@ def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(tmp_path, cifa
   assert result['test_count'] == smoke.get_config().data.eval_limit
 
 
-SMOKE_MIN_VAL_ACCURACY = 0.10  # Placeholder until measured; replaced by the measured value minus margin.
+SMOKE_MIN_VAL_ACCURACY = 0.08  # Measured 0.121 (val) / test 0.12 region; margin for seeds and XLA options.
