@@ -63,7 +63,7 @@ def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
 def compile_steps(config, graphdef, tx, schedule, mesh):
   """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  opts = parallel.step_compiler_options()
+  opts = parallel.step_compiler_options(config.model.dtype)
   p_train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,

@@ -1,9 +1,12 @@
 """Measures on-device augmentation throughput (images/s) of `augment_batch` for each policy.
 
   python scripts/benchmark_augment.py [--batch_size 128] [--runs 20] [--policies none,autoaugment_cifar10]
+      [--train_models smoke,resnet18]
 
 Jitted, on random uint8 32x32 images, after a warm-up call; prints the median over `--runs` calls
-(each with a new key) and the compile time, one line per policy, then a JSON summary line.
+(each with a new key) and the compile time, one line per policy, then the whole train step's img/s
+of `--train_models` (scripts/benchmark.py's timing of the trainer's step, at the same batch) so
+the two can be read side by side, then a JSON summary line.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from configs import default  # pylint: disable=wrong-import-position
 from jax_cifar import augment  # pylint: disable=wrong-import-position
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--runs', type=int, default=20)
   parser.add_argument('--policies', default=','.join(POLICIES))
+  parser.add_argument('--train_models', default='smoke,resnet18',
+                      help="model specs of scripts/benchmark.py to time the full train step for ('' = none)")
   args = parser.parse_args(argv)
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind} x{jax.device_count()}, '
@@ -55,8 +61,18 @@ def main(argv: list[str] | None = None) -> None:
   for policy in args.policies.split(','):
     r = results[policy] = benchmark(policy, args.batch_size, args.runs)
     print(f'{policy:22s} {r["images_per_sec"]:12,.0f} img/s   (compile {r["compile_s"]:.1f} s)')
+  train = {}
+  if args.train_models:
+    import benchmark  # pylint: disable=g-import-not-at-top  (scripts/benchmark.py)
+    for spec in args.train_models.split(','):
+      config = benchmark.make_config(spec, args.batch_size, 'float32', 32)
+      r = benchmark.bench_jax(config, steps=3, warmup=1)
+      train[spec] = r.get('img_s')
+      print(f'train step {spec:11s} {train[spec] or 0:12,.0f} img/s   (whole step: augmentation, '
+            f'forward, backward, update)')
   print(json.dumps({'device': device.device_kind, 'batch_size': args.batch_size,
-                    **{p: round(r['images_per_sec'], 1) for p, r in results.items()}}))
+                    **{p: round(r['images_per_sec'], 1) for p, r in results.items()},
+                    **{f'train_step_{m}': v and round(v, 1) for m, v in train.items()}}))
 
 
 if __name__ == '__main__':

@@ -229,8 +229,8 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
   assert _run_cli(tmp_path, '--config.train.max_steps=3').returncode == 0
   out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6')
   assert out.returncode != 0
-  last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ') and 'does not match' in last
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and 'does not match' in errors[0]
   assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 3
 
 
