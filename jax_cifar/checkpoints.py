@@ -5,6 +5,7 @@ killed mid-save leaves the previous checkpoints intact and the next start ignore
 """
 
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -19,6 +20,9 @@ class CheckpointError(Exception):
 def _one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
+  cause = re.search(r"([^:\"]*?)\s*\[os_error_code='?(\d+)'?\]", text)  # tensorstore's OS error.
+  if cause:
+    return f'{text[:100]} ... {cause.group(1).strip()} (errno {cause.group(2)})'
   return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
 
 
