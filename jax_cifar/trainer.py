@@ -130,8 +130,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- data -----------------------------------------------------------------------------------
   splits = cifar100.get_splits(config.data)
   train_split, val_split = splits['train'], splits['val']
-  if val_split is None:
-    logging.warning('data.val_fraction=0: validating (and picking the best checkpoint) on TEST.')
+  if val_split is None or len(val_split) == 0:  # A tiny val_fraction can round to 0 per class.
+    logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
     val_split = splits['test']
   steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
   total_steps = max(1, int(config.train.num_epochs * steps_per_epoch))

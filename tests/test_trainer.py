@@ -108,3 +108,12 @@ def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(tmp_path, cifa
 
 
 SMOKE_MIN_VAL_ACCURACY = 0.08  # Measured 0.121 (val) / test 0.12 region; margin for seeds and XLA options.
+
+
+def test_validation_split_that_rounds_to_zero_images_falls_back_to_test(tmp_path):
+  c = _synthetic_config(2)
+  c.data.synthetic_size = 128  # About one image per class: 25% of it rounds to 0 per class.
+  c.train.num_epochs = 1
+  c.train.eval_every_epochs = 0.5
+  result = trainer.train_and_evaluate(c, str(tmp_path))
+  assert result['step'] == 2
