@@ -259,9 +259,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
 
 def main(argv):
   del argv
-  parallel.maybe_initialize_distributed()
-  parallel.enable_compilation_cache()
   try:
+    parallel.maybe_initialize_distributed()
+    parallel.enable_compilation_cache()
     result = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       ood_dir=FLAGS.ood_dir, submission_csv=FLAGS.submission,
                       cifar100c_dir=FLAGS.cifar100c_dir)

@@ -15,21 +15,33 @@ DATA_AXIS = 'data'
 def maybe_initialize_distributed() -> None:
   """Starts JAX's distributed runtime when launched as one of several processes.
 
-  TPU pods and SLURM are detected by `jax.distributed.initialize()` itself; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  TPU pods and SLURM (one process per GPU) are detected by `jax.distributed.initialize()` itself;
+  elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (as
+  scripts/launch_local.py does). JAX_LOCAL_DEVICE_IDS=0,1,.. gives one process several GPUs.
+  CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise.
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
   in_slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
   if not explicit and not in_slurm and not os.environ.get('TPU_WORKER_HOSTNAMES'):
     return
+  if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.
+  local = os.environ.get('JAX_LOCAL_DEVICE_IDS')  # e.g. "0,1,2,3": this process's accelerators.
+  kwargs = {'local_device_ids': [int(i) for i in local.split(',')]} if local else {}
   if explicit:
-    jax.distributed.initialize(coordinator_address=explicit,
-                               num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-                               process_id=int(os.environ['JAX_PROCESS_ID']))
-  else:
-    jax.distributed.initialize()
+    kwargs.update(coordinator_address=explicit, num_processes=_env_int('JAX_NUM_PROCESSES'),
+                  process_id=_env_int('JAX_PROCESS_ID'))
+  jax.distributed.initialize(**kwargs)
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _env_int(name: str) -> int:
+  value = os.environ.get(name)
+  if value is None or not value.strip().isdigit():
+    raise ValueError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be a non-negative integer, '
+                     f'got {value!r}')
+  return int(value)
 
 
 def enable_compilation_cache() -> None:
@@ -78,6 +90,14 @@ def check_batch_size(global_batch: int, name: str) -> int:
     raise ValueError(f'{name}={global_batch} must be divisible by the number of devices '
                      f'({jax.device_count()})')
   return global_batch // jax.process_count()
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any; a collective that all processes must call."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
 def to_global(batch: dict, sharding: NamedSharding) -> dict:

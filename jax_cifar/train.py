@@ -20,9 +20,9 @@ EXPECTED_ERRORS = (config_validation.ConfigError, cifar100.DataError, checkpoint
 
 def main(argv):
   del argv
-  parallel.maybe_initialize_distributed()
-  parallel.enable_compilation_cache()
   try:
+    parallel.maybe_initialize_distributed()
+    parallel.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)

@@ -87,6 +87,8 @@ def evaluate_split(p_eval, params, batch_stats, split: cifar100.Split, batch_siz
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   count = float(totals['count'])
+  if int(count) != len(split):  # Padding rows are masked; each image counts exactly once.
+    raise RuntimeError(f'evaluation counted {int(count)} images, the split has {len(split)}')
   return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
           'top5_accuracy': float(totals['correct_top5']) / count, 'count': int(count)}
 
@@ -103,6 +105,14 @@ def _install_signal_handlers() -> dict:
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, handler)
   return flag
+
+
+def _stop_requested(stop: dict, step: int, log_every: int) -> bool:
+  """Whether to stop after `step`. Saving is collective, so with several processes they agree
+  (at log steps, one tiny all-gather) and all stop after the same step."""
+  if jax.process_count() == 1:
+    return stop['signal'] is not None
+  return step % log_every == 0 and parallel.any_process(stop['signal'] is not None)
 
 
 def _write_config(config, workdir: pathlib.Path) -> None:
@@ -184,8 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         t_last = time.perf_counter()
       if step % config.checkpoint.every_steps == 0 or step == last_step:
         ckpts.save_latest(state, step)
-      if stop['signal']:
-        raise Preempted(stop['signal'])
+      if _stop_requested(stop, step, config.train.log_every_steps):
+        raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
     ckpts.save_latest(state, step)
     ckpts.wait()

@@ -1,0 +1,97 @@
+"""Runs N copies of a JAX command on this machine as one multi-process JAX job (coordinator on 127.0.0.1).
+
+  python scripts/launch_local.py --num_processes 2 --cpu_devices 2 -- \
+      python -m jax_cifar.train --config configs/smoke.py --workdir runs/mp
+
+Each copy gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which
+`jax_cifar.parallel.maybe_initialize_distributed()` hands to `jax.distributed.initialize()`; with
+--cpu_devices it also runs on the CPU with that many devices per process (gloo collectives). It is
+the same code path as a SLURM or TPU-pod job, so it tests multi-host behaviour on one machine.
+Output lines are prefixed with [pI]. SIGTERM/SIGINT are forwarded to every copy; if one copy fails,
+the others are stopped. The exit status is the first non-zero one (or 0).
+"""
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int) -> dict:
+  env = dict(base, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(num),
+             JAX_PROCESS_ID=str(index))
+  if cpu_devices:
+    env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(cpu_devices),
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+    env.pop('XLA_FLAGS', None)  # --xla_force_host_platform_device_count would override the count.
+  return env
+
+
+def _pump(proc: subprocess.Popen, prefix: str) -> None:
+  for line in proc.stdout:
+    sys.stdout.write(f'{prefix} {line}')
+    sys.stdout.flush()
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--num_processes', type=int, default=2)
+  parser.add_argument('--cpu_devices', type=int, default=0,
+                      help='Run on the CPU with this many devices per process (0: default backend).')
+  parser.add_argument('--port', type=int, default=0, help='Coordinator port (0: a free one).')
+  parser.add_argument('command', nargs=argparse.REMAINDER, help='-- then the command to run.')
+  args = parser.parse_args()
+  command = args.command[1:] if args.command[:1] == ['--'] else args.command
+  if not command:
+    parser.error('give the command after --')
+  if args.num_processes < 1:
+    parser.error('--num_processes must be at least 1')
+  port = args.port or free_port()
+  procs = [subprocess.Popen(command, env=process_env(os.environ, i, args.num_processes, port,
+                                                     args.cpu_devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(args.num_processes)]
+  pumps = [threading.Thread(target=_pump, args=(p, f'[p{i}]'), daemon=True)
+           for i, p in enumerate(procs)]
+  for t in pumps:
+    t.start()
+
+  def forward(signum, _):
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  signal.signal(signal.SIGTERM, forward)
+  signal.signal(signal.SIGINT, forward)
+  status = 0
+  while [p.poll() for p in procs].count(None):  # Poll every process (any() would stop early).
+    failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+    if failed and not status:
+      status = failed[0]
+      print(f'[launch] a process exited with status {status}; stopping the others', flush=True)
+      forward(signal.SIGTERM, None)
+      deadline = time.time() + 30
+      while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    time.sleep(0.2)
+  for t in pumps:
+    t.join()
+  code = status or next((p.returncode for p in procs if p.returncode), 0)
+  return 128 - code if code < 0 else code  # Killed by signal N: 128 + N, as a shell reports it.
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Multi-node training on a SLURM GPU cluster: one JAX process per GPU (default) or per node.
+#
+#   sbatch --nodes=2 --gpus-per-node=4 scripts/launch_slurm.sh configs/resnet152.py /shared/runs/r152
+#   PER_NODE=1 sbatch --nodes=2 --gpus-per-node=4 scripts/launch_slurm.sh configs/resnet152.py DIR
+#   (extra arguments go to jax_cifar.train, e.g. --config.train.batch_size=512)
+#
+# jax.distributed.initialize() reads the coordinator, process count and id from SLURM's variables
+# (jax_cifar.parallel.maybe_initialize_distributed calls it when SLURM_NTASKS > 1). WORKDIR and the
+# data (config.data.dir, or a tfds data_dir) must be on storage every node sees: all processes
+# write their shards of each orbax checkpoint there, and process 0 writes metrics.jsonl and wandb.
+# SLURM sends SIGTERM to every task before the time limit (--signal below gives 120 s of warning);
+# the processes agree on a step, save it and exit 75; `sbatch --requeue` or a resubmit resumes.
+#SBATCH --job-name=jax-cifar
+#SBATCH --ntasks-per-node=4
+#SBATCH --cpus-per-task=8
+#SBATCH --signal=TERM@120
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: sbatch [sbatch options] $0 CONFIG WORKDIR [--config.KEY=VALUE ...]" >&2
+  exit 2
+fi
+config=$1 workdir=$2
+shift 2
+gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-4}}
+gpus_per_node=${gpus_per_node##*:}  # "h100:4" -> 4
+
+if [ "${PER_NODE:-0}" = 1 ]; then
+  # One process per node that drives all of its GPUs (JAX's SLURM detection would give it only
+  # GPU SLURM_LOCALID=0, so name them all).
+  tasks=(--ntasks-per-node=1)
+  export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus_per_node - 1)))
+else
+  # One process per GPU: every task sees the node's GPUs and JAX takes GPU number SLURM_LOCALID
+  # (so do not bind tasks to GPUs with --gpus-per-task here).
+  tasks=(--ntasks-per-node="$gpus_per_node")
+fi
+mkdir -p "$workdir"
+srun --kill-on-bad-exit=1 "${tasks[@]}" \
+  python -m jax_cifar.train --config "$config" --workdir "$workdir" "$@"

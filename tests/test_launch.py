@@ -1,0 +1,51 @@
+"""scripts/launch_local.py and the distributed start-up settings, without starting JAX's runtime."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LAUNCH = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py')]
+
+
+def _launch(args: list[str], code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+  return subprocess.run([*LAUNCH, *args, '--', sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_each_process_gets_its_id_the_shared_coordinator_and_cpu_devices():
+  code = ('import os; print(*(os.environ.get(k) for k in ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", '
+          '"JAX_COORDINATOR_ADDRESS", "JAX_NUM_CPU_DEVICES", "JAX_PLATFORMS")))')
+  proc = _launch(['--num_processes', '3', '--cpu_devices', '2', '--port', '23456'], code)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = sorted(proc.stdout.splitlines())
+  assert lines == [f'[p{i}] {i} 3 127.0.0.1:23456 2 cpu' for i in range(3)]
+
+
+def test_a_failing_process_stops_the_others_and_sets_the_exit_status():
+  code = ('import os, sys, time\n'
+          'if os.environ["JAX_PROCESS_ID"] == "1": sys.exit(3)\n'
+          'time.sleep(120)')
+  start = time.time()
+  proc = _launch(['--num_processes', '2'], code)
+  assert proc.returncode == 3, proc.stdout + proc.stderr
+  assert 'a process exited with status 3' in proc.stdout
+  assert time.time() - start < 60  # The sleeping process was stopped, not waited for.
+
+
+def test_launch_without_a_command_is_a_usage_error():
+  proc = subprocess.run(LAUNCH + ['--num_processes', '2'], capture_output=True, text=True)
+  assert proc.returncode == 2 and 'give the command after --' in proc.stderr
+
+
+def test_bad_process_count_in_the_environment_is_a_one_line_error(tmp_path):
+  env = dict(os.environ, JAX_COORDINATOR_ADDRESS='127.0.0.1:1', JAX_NUM_PROCESSES='two',
+             JAX_PROCESS_ID='0', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--config',
+                         str(ROOT / 'configs' / 'smoke.py'), '--workdir', str(tmp_path / 'run')],
+                        env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode == 1
+  assert "error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES must be a non-negative " \
+         "integer, got 'two'" in proc.stderr

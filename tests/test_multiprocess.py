@@ -1,0 +1,159 @@
+"""Multi-process JAX on one machine: 2 processes x 2 CPU devices against 1 process x 4 CPU devices.
+
+Both runs use the same global mesh size (4 devices), global batch, data order and PRNG keys, so the
+only difference is the order in which cross-device sums are added (gloo between processes vs.
+in-process), i.e. float32 rounding. Gradients of convolutions followed by BatchNorm are sums with
+heavy cancellation, and early training amplifies their rounding step by step: between 1 and 4
+devices in ONE process the parameters differ by 0.8% of their movement after 6 steps and 6% after
+10 (measured). So the comparison is short (4 steps, then 2 more after a restore), uses SGD with
+momentum (AdamW's first steps turn rounding in near-zero gradients into full-size steps), and
+states its tolerances relative to what the steps move:
+  train losses and validation numbers: rtol 1e-5            (measured: <= 2.1e-6);
+  parameters: |a - b| <= 5% of |b - init| (L2, all leaves)  (measured after 6 steps: 1.6%);
+  BatchNorm statistics: the same bound                       (measured: 0.002%);
+  momentum: |a - b| <= 10% of |b|                             (measured: 3.0%).
+Training on the wrong shard, or restoring without the momentum, differs by far more than that.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from jax_cifar import evaluate, optim, parallel, submission, tracking, trainer
+from jax_cifar.data import cifar100, ood
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RTOL, UPDATE_RTOL, MOMENTUM_RTOL = 1e-5, 0.05, 0.1
+TIMEOUT = 900
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(data_dir) -> dict:
+  return {'data.dir': str(data_dir), 'data.train_limit': 512, 'data.eval_limit': 300,
+          'train.batch_size': 32, 'train.eval_batch_size': 64, 'train.log_every_steps': 2,
+          'train.eval_every_epochs': 0.125, 'checkpoint.every_steps': 2,
+          'optim.name': 'sgd', 'optim.lr': 0.005}
+
+
+def _run(module: str, args: list[str], overrides: dict, processes: int) -> str:
+  """Runs `python -m module` as `processes` processes of 4 // processes CPU devices each."""
+  cmd = [sys.executable, '-m', module, '--config', str(ROOT / 'configs' / 'smoke.py'), *args]
+  cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
+  env = dict(os.environ)
+  for var in ('XLA_FLAGS', 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    env.pop(var, None)
+  if processes > 1:
+    cmd = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py'), '--num_processes',
+           str(processes), '--cpu_devices', str(4 // processes), '--', *cmd]
+  else:
+    env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _train(workdir, data_dir, processes: int, max_steps: int) -> None:
+  _run('jax_cifar.train', ['--workdir', str(workdir)],
+       {**_overrides(data_dir), 'train.max_steps': max_steps}, processes)
+
+
+def _config(data_dir):
+  config = smoke.get_config()
+  for key, value in _overrides(data_dir).items():
+    section, name = key.split('.')
+    config[section][name] = value
+  return config
+
+
+def _leaves(state) -> dict:
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
+      (state.params, state.batch_stats, state.opt_state)))
+  return {jax.tree_util.keystr(p): np.asarray(v, np.float64) for p, v in leaves}
+
+
+def _restore(workdir, data_dir) -> tuple[int, dict]:
+  state, _, step = evaluate.restore_state(_config(data_dir), str(workdir), 'latest',
+                                          parallel.make_mesh())
+  return step, _leaves(state)
+
+
+def _l2(arrays) -> float:
+  return float(np.sqrt(sum(np.sum(x ** 2) for x in arrays)))
+
+
+def _assert_same_run(dir_a, dir_b, data_dir, step: int) -> None:
+  config = _config(data_dir)
+  init = _leaves(trainer.init_state(config, optim.make_optimizer(config.optim, 1, 1)[0],
+                                    parallel.make_mesh())[0])
+  step_a, a = _restore(dir_a, data_dir)
+  step_b, b = _restore(dir_b, data_dir)
+  assert step_a == step_b == step
+  assert a.keys() == b.keys() == init.keys()
+  for prefix in ('[0]', '[1]'):  # params, batch_stats
+    keys = [k for k in a if k.startswith(prefix)]
+    diff, moved = _l2(a[k] - b[k] for k in keys), _l2(b[k] - init[k] for k in keys)
+    assert moved > 0 and diff <= UPDATE_RTOL * moved, (prefix, diff, moved)
+  momentum = [k for k in a if k.startswith('[2]') and a[k].ndim]
+  diff, norm = _l2(a[k] - b[k] for k in momentum), _l2(b[k] for k in momentum)
+  assert momentum and diff <= MOMENTUM_RTOL * norm, (diff, norm)
+
+
+def _rows(workdir) -> dict:
+  return {(r['step'], k): v for r in tracking.read_metrics(workdir) for k, v in r.items()
+          if k in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_top5_accuracy')}
+
+
+def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_dir):
+  two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
+  _train(two, cifar_dir, processes=2, max_steps=4)
+  _train(one, cifar_dir, processes=1, max_steps=4)
+  rows_two, rows_one = _rows(two), _rows(one)
+  assert rows_two.keys() == rows_one.keys()
+  assert {k for _, k in rows_two} >= {'train_loss', 'val_accuracy'}  # Validation at steps 2, 4.
+  for key in rows_one:
+    np.testing.assert_allclose(rows_two[key], rows_one[key], rtol=RTOL, err_msg=str(key))
+  # Only process 0 writes the metrics: one row per logged step.
+  steps = [r['step'] for r in tracking.read_metrics(two) if 'train_loss' in r]
+  assert steps == [2, 4]
+  _assert_same_run(two, one, cifar_dir, step=4)
+
+  # The two-process checkpoint restores in a single process and training goes on identically.
+  _train(two, cifar_dir, processes=1, max_steps=6)
+  _train(one, cifar_dir, processes=1, max_steps=6)
+  _assert_same_run(two, one, cifar_dir, step=6)
+  rows_two, rows_one = _rows(two), _rows(one)
+  for key in rows_one:
+    np.testing.assert_allclose(rows_two[key], rows_one[key], rtol=RTOL, err_msg=str(key))
+
+  # Evaluation and OOD prediction in two processes: every image predicted exactly once, same
+  # numbers and the same submission file as one process. Each OOD file holds 35 different real
+  # test images (5 severities x 7), which neither the eval batch (64) nor its per-process half divides.
+  ood_dir = tmp_path / 'ood'
+  ood_dir.mkdir()
+  test_images = cifar100.load_split(cifar_dir, 'test').images
+  for d in range(ood.NUM_DISTORTIONS):
+    np.save(ood_dir / ood.distortion_file(d), test_images[35 * d:35 * (d + 1)])
+  results = {}
+  for processes in (2, 1):
+    csv = tmp_path / f'submission_{processes}.csv'
+    out = _run('jax_cifar.evaluate', ['--workdir', str(two), '--checkpoint', 'latest',
+                                      '--ood_dir', str(ood_dir), '--submission', str(csv)],
+               _overrides(cifar_dir), processes)
+    lines = [l.split('] ', 1)[-1] for l in out.splitlines()]  # launch_local prefixes [pI].
+    results[processes] = json.loads([l for l in lines if l.startswith('{')][-1])
+    assert submission.check_submission(csv, ood_dir)
+  for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy', 'val_accuracy', 'val_loss'):
+    np.testing.assert_allclose(results[2][key], results[1][key], rtol=RTOL, err_msg=key)
+  assert results[2]['test_count'] == results[1]['test_count'] == 300
+  # Predictions vary between images, so a shifted, dropped or repeated row would change the file.
+  labels = [line.rsplit(',', 1)[1] for line in (tmp_path / 'submission_1.csv').read_text().split()[1:]]
+  assert len(labels) == 19 * 35 and len(set(labels)) >= 5
+  assert (tmp_path / 'submission_2.csv').read_bytes() == (tmp_path / 'submission_1.csv').read_bytes()
