@@ -1,0 +1,105 @@
+"""Does the input path keep up with the train step? Times one epoch three ways and prints the share
+of time the step waits for data.
+
+  python scripts/profile_input.py --config configs/smoke.py [--steps 0] [--config.KEY=VALUE ...]
+
+  input only : grain pipeline -> host-to-device transfer (prefetch_to_device), no step
+  step only  : the compiled train step on one batch already on the device (on-device augmentation
+               included: it is part of the step)
+  together   : the trainer's loop, pipeline feeding the step
+The waiting share is 1 - (step only / together): the extra time the real pipeline adds to the
+pure compute. --steps 0 means one epoch of the config's training set. Prints one JSON line last.
+"""
+
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).')
+flags.mark_flags_as_required(['config'])
+
+
+def _batches(config, split, steps: int, mesh):
+  stream = pipeline.train_batches(split, config.train.batch_size, config.seed,
+                                  math.ceil(steps / pipeline.steps_per_epoch(
+                                      len(split), config.train.batch_size)) + 1,
+                                  0, config.data.worker_count)
+  return parallel.prefetch_to_device(stream, parallel.batch_sharded(mesh), size=config.data.prefetch)
+
+
+def profile(config, steps: int) -> dict:
+  mesh = parallel.make_mesh()
+  split = cifar100.get_splits(config.data)['train']
+  steps = steps or pipeline.steps_per_epoch(len(split), config.train.batch_size)
+  tx, schedule = optim.make_optimizer(config.optim, steps, steps)
+  state, graphdef = trainer.init_state(config, tx, mesh)
+  p_train, _ = trainer.compile_steps(config, graphdef, tx, schedule, mesh)
+  # Compile and warm up outside the timings.
+  first = next(_batches(config, split, 1, mesh))
+  state, metrics = p_train(state, first)
+  jax.block_until_ready(metrics)
+
+  batches = _batches(config, split, steps, mesh)
+  t = time.perf_counter()
+  for _ in range(steps):
+    jax.block_until_ready(next(batches))
+  t_input = time.perf_counter() - t
+
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = p_train(state, first)
+  jax.block_until_ready((state, metrics))
+  t_step = time.perf_counter() - t
+
+  batches, t_next = _batches(config, split, steps, mesh), 0.0
+  t = time.perf_counter()  # Includes the pipeline's start-up, as a training run's first epoch does.
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    batch = next(batches)
+    t_next += time.perf_counter() - t0
+    state, metrics = p_train(state, batch)
+  jax.block_until_ready((state, metrics))
+  t_both = time.perf_counter() - t
+
+  images = steps * config.train.batch_size
+  return {
+      'steps': steps, 'batch_size': config.train.batch_size, 'devices': jax.device_count(),
+      'backend': jax.default_backend(),
+      'input_only_img_s': images / t_input, 'step_only_img_s': images / t_step,
+      'together_img_s': images / t_both,
+      'host_time_in_next_fraction': t_next / t_both,
+      'wait_fraction': max(0.0, 1.0 - t_step / t_both),
+  }
+
+
+def main(argv):
+  del argv
+  parallel.enable_compilation_cache()
+  result = profile(FLAGS.config, FLAGS.steps)
+  print(f"{'path':<12}{'img/s':>10}\n"
+        f"{'input only':<12}{result['input_only_img_s']:>10.0f}\n"
+        f"{'step only':<12}{result['step_only_img_s']:>10.0f}\n"
+        f"{'together':<12}{result['together_img_s']:>10.0f}\n"
+        f"the step waits for data {100 * result['wait_fraction']:.1f}% of the time "
+        f"({result['steps']} steps of {result['batch_size']}, {result['devices']} "
+        f"{result['backend']} device(s))")
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,79 @@
+"""The grain input pipeline: epochs, reshuffling, resume by step, per-process slices, eval padding."""
+
+import jax
+import numpy as np
+import pytest
+
+from jax_cifar.data import cifar100, pipeline
+
+
+def _split(n: int) -> cifar100.Split:
+  """Image i is filled with i % 256 and carries label i: each batch names its examples."""
+  images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None, None],
+                           (n, 32, 32, 3)).copy()
+  return cifar100.Split(images, np.arange(n, dtype=np.int64), None)
+
+
+def test_each_epoch_is_a_fresh_permutation_without_repeats_and_drops_the_remainder():
+  split, batch = _split(1000), 96  # 10 steps per epoch, 40 images dropped per epoch.
+  ds = pipeline.train_dataset(split, batch, seed=3, num_epochs=3)
+  assert len(ds) == 30
+  epochs = [np.concatenate([ds[e * 10 + s]['label'] for s in range(10)]) for e in range(3)]
+  for labels in epochs:
+    assert len(labels) == 960 and len(np.unique(labels)) == 960
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+  # The images travel with their labels.
+  b = ds[7]
+  np.testing.assert_array_equal(b['image'][:, 0, 0, 0], (b['label'] % 256).astype(np.uint8))
+  assert b['image'].dtype == np.uint8 and b['label'].dtype == np.int32
+
+
+def test_the_order_depends_on_the_seed_only():
+  split = _split(500)
+  a = pipeline.train_dataset(split, 50, seed=0, num_epochs=2)
+  b = pipeline.train_dataset(split, 50, seed=0, num_epochs=2)
+  c = pipeline.train_dataset(split, 50, seed=1, num_epochs=2)
+  for s in (0, 13):
+    np.testing.assert_array_equal(a[s]['label'], b[s]['label'])
+  assert not np.array_equal(a[0]['label'], c[0]['label'])
+
+
+def test_resuming_at_a_step_yields_the_same_batches_as_the_uninterrupted_stream():
+  split = _split(640)
+  straight = pipeline.train_batches(split, 64, seed=5, num_epochs=3, start_step=0)
+  batches = [next(straight)['label'] for _ in range(25)]
+  resumed = pipeline.train_batches(split, 64, seed=5, num_epochs=3, start_step=17)
+  for s in range(17, 25):
+    np.testing.assert_array_equal(next(resumed)['label'], batches[s])
+
+
+def test_processes_take_disjoint_slices_that_make_up_the_global_batch(monkeypatch):
+  split = _split(800)
+  whole = pipeline.train_dataset(split, 80, seed=0, num_epochs=2)
+  parts = []
+  for index in range(4):
+    monkeypatch.setattr(jax, 'process_count', lambda: 4)
+    monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
+    parts.append(pipeline.train_dataset(split, 80, seed=0, num_epochs=2))
+  for s in (0, 9, 10, 19):
+    np.testing.assert_array_equal(np.concatenate([p[s]['label'] for p in parts]), whole[s]['label'])
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_eval_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypatch, processes):
+  split, batch = _split(250), 64  # 4 batches, the last one 58 pads.
+  seen = []
+  for index in range(processes):
+    monkeypatch.setattr(jax, 'process_count', lambda: processes)
+    monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
+    for b in pipeline.eval_batches(split, batch):
+      assert len(b['label']) == batch // processes
+      seen.append(b['label'][b['mask'] == 1])
+      assert np.all(b['image'][b['mask'] == 0] == 0)
+  assert pipeline.num_eval_batches(250, batch) == 4
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(250))
+
+
+def test_a_batch_larger_than_the_training_set_is_a_clear_error():
+  with pytest.raises(ValueError, match='batch_size=128 is larger than the training set'):
+    pipeline.train_dataset(_split(100), 128, seed=0, num_epochs=1)
