@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's checks, in about 6 minutes on an H100 (each part has its own time limit; at
-# most 585 s in all with the default limits T_TESTS, T_R18, T_R50, T_R152, T_FT):
+# most 675 s in all with the default limits T_TESTS, T_R18, T_R50, T_R152, T_INPUT, T_FT):
 #   a) versions and nvidia-smi
 #   b) torch parity tests (tests/test_models.py, tests/test_convert.py) on the GPU
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
 #      resnet50 160 px and resnet152 224 px (ImageNet stem, bf16)
+#   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   d) with .devdata/ (scripts/gpu_prepare.sh): ResNet-50 at 160 px fine-tuned from the converted
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
 # Run from the repository root, after installing the carried wheels:
@@ -12,7 +13,8 @@
 #     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
 # SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
-# bench_r152 finetune).
+# bench_r152 input_path finetune); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
+#   PARTS="bench_r50 bench_r152" T_R50=300 T_R152=300 bash scripts/gpu_check.sh
 # Writes $OUT/{gpu_check.log,bench.json,finetune.json,summary.txt} ($OUT defaults to /tmp/gpu_check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +93,17 @@ else
   # torch.compile of ResNet-152 takes minutes: eager (channels_last + autocast) fits the budget.
   part bench_r152 "${T_R152:-80}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
     --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-off}" --out "$WORK/bench_r152.json"
+fi
+
+# --- c2) input path: does grain + host-to-device transfer keep a fast step fed? ----------------
+INPUT="$PY scripts/profile_input.py --config configs/smoke.py --config.data.source=synthetic \
+  --config.data.train_limit=0"
+if [ "$SMALL" = 1 ]; then
+  part input_path 120 $INPUT --config.data.synthetic_size=1024 --config.model.width=4 \
+    --config.train.batch_size=64 --steps 8
+else  # Full-width ResNet-18 in bf16: the fastest step here, so the one most likely to starve.
+  part input_path "${T_INPUT:-90}" $INPUT --config.data.synthetic_size=40000 \
+    --config.model.width=64 --config.model.dtype=bfloat16 --steps 200
 fi
 
 # --- d) fine-tune: pretrained vs random ------------------------------------------------------
