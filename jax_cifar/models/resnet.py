@@ -92,23 +92,26 @@ class BatchNorm(nnx.BatchNorm):
     if use_running_average is None:
       raise ValueError('BatchNorm needs use_running_average (pass train=... to the model)')
     out_dtype = self.dtype or x.dtype
-    x32 = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - 1))
+    # Statistics over one axis of a [N*H*W, C] view: XLA:CPU runs these reductions and their
+    # gradients 1.5-2.4x faster than over (N, H, W) (docs/benchmarks.md); free on GPU/TPU.
+    x32 = x.astype(jnp.float32).reshape(-1, x.shape[-1])
     if use_running_average:
       mean, var = self.mean[...], self.var[...]
     else:
-      mean = jnp.mean(x32, axes)
-      var = jnp.mean(jnp.square(x32 - mean), axes)
-      n = math.prod(x.shape[a] for a in axes)
+      mean = jnp.mean(x32, 0)
+      var = jnp.mean(jnp.square(x32 - mean), 0)
+      n = x32.shape[0]
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
       # set_value, not `[...] =`: flax's indexed assignment builds an error message for tracers
       # that costs time linear in the trace length (quadratic over a ResNet-152 train step).
       self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1.0 - m) * mean))
       self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1.0 - m) * unbiased))
-    mul = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
-    y = (x32 - mean) * mul + self.bias[...]
-    return y.astype(out_dtype)
+    # (x - mean) * alpha, not x * alpha + (bias - mean * alpha): the latter's gradient for alpha
+    # subtracts two large sums, and bf16 training learnt worse with it (tests/test_bf16.py).
+    alpha = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+    y = (x32 - mean) * alpha + self.bias[...]
+    return y.reshape(x.shape).astype(out_dtype)
 
 
 def _bn(features: int, dtype: Dtype, rngs: nnx.Rngs) -> BatchNorm:
