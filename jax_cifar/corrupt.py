@@ -18,26 +18,25 @@ the same on every run and does not depend on --limit for the images both runs sh
 
 Formats: `ds542` writes distortionXX.npy (XX = index in CORRUPTIONS, see jax_cifar/data/ood.py) and
 `cifar100c` writes <name>.npy; both hold [5 * N, 32, 32, 3] uint8 (severity blocks of N) plus
-labels.npy ([5 * N] uint8, as CIFAR-100-C's).
+labels.npy ([5 * N] uint8, as CIFAR-100-C's). The image helpers live in jax_cifar/corrupt_ops.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import os
 import pathlib
 import sys
 
 import numpy as np
-import skimage.color
 import skimage.feature
 import tqdm
 from PIL import Image
 from scipy import ndimage
 
 from jax_cifar.data import cifar100
+from jax_cifar import corrupt_ops as ops
 from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE, distortion_file
 
 # Per corruption, the parameters of severities 1..5 (make_cifar_c.py).
@@ -71,161 +70,6 @@ PARAMS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers (batched: x is float [B, 32, 32, 3] in [0, 1] unless noted)
-# ---------------------------------------------------------------------------------------------
-def _blur(x: np.ndarray, sigma: float, mode: str = 'nearest', truncate: float = 4.0) -> np.ndarray:
-  """skimage.filters.gaussian over the two image axes of [B, H, W(, C)]."""
-  sigmas = (0, sigma, sigma) + (0,) * (x.ndim - 3)
-  return ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
-
-
-def _linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in] weights of scipy.ndimage.zoom(order=1) along one axis (corners aligned)."""
-  pos = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
-  lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-  hi, frac = np.minimum(lo + 1, n_in - 1), pos - lo
-  w = np.zeros((n_out, n_in))
-  np.add.at(w, (np.arange(n_out), lo), 1 - frac)
-  np.add.at(w, (np.arange(n_out), hi), frac)
-  return w
-
-
-def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
-  """Zooms the centre of [B, H, W, C] by `factor` (bilinear) and crops back to H x W.
-
-  Equals scipy.ndimage.zoom(order=1) as make_cifar_c.py calls it, as two small matrix products.
-  """
-  h = x.shape[1]
-  ch = int(np.ceil(h / factor))
-  top = (h - ch) // 2
-  n_out = int(round(ch * factor))
-  trim = (n_out - h) // 2
-  w = _linear_zoom_matrix(ch, n_out)[trim:trim + h].astype(x.dtype)
-  return np.einsum('oi,bijc,pj->bopc', w, x[:, top:top + ch, top:top + ch], w, optimize=True)
-
-
-def _motion_blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
-  """ImageMagick's MotionBlurImage on one [H, W(, C)] image: pixel p averages p + i*(cos, sin)."""
-  width = 2 * int(np.ceil(radius)) + 1
-  kernel = np.exp(-np.arange(width) ** 2 / (2.0 * sigma ** 2))
-  kernel /= kernel.sum()
-  h, w = img.shape[:2]
-  pad = width
-  padded = np.pad(img.astype(np.float64), ((pad, pad), (pad, pad)) + ((0, 0),) * (img.ndim - 2),
-                  mode='edge')
-  out = np.zeros(img.shape, np.float64)
-  a = np.deg2rad(angle)
-  for i, k in enumerate(kernel):
-    dx, dy = int(np.ceil(i * np.cos(a) - 0.5)), int(np.ceil(i * np.sin(a) - 0.5))
-    out += k * padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-  return np.round(out)  # ImageMagick hands back 8-bit pixels.
-
-
-def _disk(radius: float, alias_blur: float) -> np.ndarray:
-  """Anti-aliased disk kernel (17x17 for radius <= 8), as make_cifar_c.py builds it."""
-  r = np.arange(-8, 9) if radius <= 8 else np.arange(-int(radius), int(radius) + 1)
-  ksize = 3 if radius <= 8 else 5
-  xx, yy = np.meshgrid(r, r)
-  disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
-  disk /= disk.sum()
-  g = np.exp(-(np.arange(ksize) - ksize // 2) ** 2 / (2 * alias_blur ** 2))  # cv2.GaussianBlur
-  g /= g.sum()
-  disk = ndimage.correlate1d(disk, g, axis=0, mode='mirror')
-  disk = ndimage.correlate1d(disk, g, axis=1, mode='mirror')
-  trim = int(np.flatnonzero(disk.sum(axis=0) > 0)[0])  # Zero margins change nothing; drop them.
-  return disk[trim:len(disk) - trim, trim:len(disk) - trim]
-
-
-def _plasma(rng: np.random.Generator, batch: int, decay: float, size: int = 32) -> np.ndarray:
-  """Diamond-square fractal heightmaps in [0, 1], [batch, size, size] (make_cifar_c's fog)."""
-  m = np.zeros((batch, size, size))
-  step, wibble = size, 100.0
-  while step >= 2:
-    half = step // 2
-    noisy = lambda a, w=wibble: a / 4 + w * rng.uniform(-w, w, a.shape)
-    corner = m[:, 0::step, 0::step]
-    square = corner + np.roll(corner, -1, axis=1)
-    m[:, half::step, half::step] = noisy(square + np.roll(square, -1, axis=2))
-    dr, ul = m[:, half::step, half::step], m[:, 0::step, 0::step]
-    m[:, 0::step, half::step] = noisy(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2))
-    m[:, half::step, 0::step] = noisy(dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1))
-    step, wibble = half, wibble / decay
-  m -= m.min(axis=(1, 2), keepdims=True)
-  return m / m.max(axis=(1, 2), keepdims=True)
-
-
-def _hsv_map(x: np.ndarray, channel: int, fn) -> np.ndarray:
-  hsv = skimage.color.rgb2hsv(x)
-  hsv[..., channel] = np.clip(fn(hsv[..., channel]), 0, 1)
-  return skimage.color.hsv2rgb(hsv)
-
-
-def _equalize_hist(img: np.ndarray) -> np.ndarray:
-  """cv2.equalizeHist on uint8."""
-  hist = np.bincount(img.ravel(), minlength=256)
-  first = int(np.flatnonzero(hist)[0])
-  if hist[first] == img.size:
-    return np.full_like(img, first)
-  lut = np.rint((np.cumsum(hist) - hist[first]) * 255.0 / (img.size - hist[first]))
-  return np.clip(lut, 0, 255).astype(np.uint8)[img]
-
-
-def _box3(x: np.ndarray) -> np.ndarray:
-  return ndimage.uniform_filter(x.astype(np.float64), size=3, mode='mirror')  # cv2.blur 3x3
-
-
-@functools.lru_cache(maxsize=4)
-def synthetic_frost(seed: int = 0, count: int = 5, size: int = 96) -> np.ndarray:
-  """uint8 [count, size, size, 3] frost-like textures, deterministic in `seed`.
-
-  Stand-in for the photographs make_cifar_c.py blends in: bluish-white branching ice needles
-  (a main needle with side branches at +-60 degrees) over low-frequency fractal haze, tileable.
-  """
-  rng = np.random.default_rng([seed, 0xF057])
-  out = np.zeros((count, size, size, 3), np.uint8)
-  for t in range(count):
-    haze = sum(ndimage.zoom(rng.random((o, o)), size / o, order=3, mode='grid-wrap', grid_mode=True)
-               / np.sqrt(o) for o in (4, 8, 16, 32))
-    haze = (haze - haze.min()) / (haze.max() - haze.min())
-    pts = []
-    for _ in range(40):
-      y0, x0, theta, length = *rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), rng.uniform(6, 24)
-      segments = [(y0, x0, theta, length)]
-      for s in np.arange(3, length, rng.uniform(2.5, 4.5)):
-        for side in (-1, 1):
-          segments.append((y0 + s * np.sin(theta), x0 + s * np.cos(theta),
-                           theta + side * np.pi / 3, (length - s) * rng.uniform(0.2, 0.5)))
-      for y, x, a, n in segments:
-        d = np.arange(0, n, 0.5)
-        pts.append(np.stack([y + d * np.sin(a), x + d * np.cos(a)], 1))
-    pts = np.rint(np.concatenate(pts)).astype(np.int64) % size
-    needles = np.zeros((size, size))
-    np.add.at(needles, (pts[:, 0], pts[:, 1]), 1.0)
-    needles = np.clip(ndimage.gaussian_filter(needles, 0.5, mode='wrap'), 0, 1)
-    tex = np.clip(0.6 * haze ** 1.2 + 0.8 * needles, 0, 1)
-    out[t] = np.clip(tex[..., None] * np.array([0.86, 0.93, 1.0]) * 255, 0, 255).astype(np.uint8)
-  return out
-
-
-def load_frost_dir(frost_dir: str | os.PathLike) -> list[np.ndarray]:
-  """The first five official frost photographs, shrunk by 0.2 (bilinear) as make_cifar_c.py does."""
-  names = ['frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg', 'frost5.jpg']
-  out = []
-  for name in names:
-    path = pathlib.Path(frost_dir) / name
-    if not path.exists():
-      raise cifar100.DataError(f'{path}: file not found (need {", ".join(names)})')
-    img = np.asarray(Image.open(path).convert('RGB'), np.float64)
-    h, w = round(img.shape[0] * 0.2), round(img.shape[1] * 0.2)
-    ys = np.clip((np.arange(h) + 0.5) / 0.2 - 0.5, 0, img.shape[0] - 1)
-    xs = np.clip((np.arange(w) + 0.5) / 0.2 - 0.5, 0, img.shape[1] - 1)
-    yy, xx = np.meshgrid(ys, xs, indexing='ij')
-    out.append(np.stack([ndimage.map_coordinates(img[..., c], [yy, xx], order=1)
-                         for c in range(3)], -1).astype(np.uint8))
-  return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The corruptions: f(x uint8 [B, 32, 32, 3], c, rng, frost) -> float [B, 32, 32, 3] in [0, 255]
 # ---------------------------------------------------------------------------------------------
 def _f(u8: np.ndarray) -> np.ndarray:
@@ -253,12 +97,12 @@ def speckle_noise(u8, c, rng, _):
 
 
 def gaussian_blur(u8, c, rng, _):
-  return np.clip(_blur(_f(u8), c), 0, 1) * 255
+  return np.clip(ops.blur(_f(u8), c), 0, 1) * 255
 
 
 def glass_blur(u8, c, rng, _):
   sigma, delta, iterations = c
-  x = (_blur(_f(u8), sigma) * 255).astype(np.uint8)
+  x = (ops.blur(_f(u8), sigma) * 255).astype(np.uint8)
   b = np.arange(len(x))
   for _ in range(iterations):  # Locally shuffle pixels: sequential swaps, batched over images.
     shifts = rng.integers(-delta, delta, size=((32 - 2 * delta) ** 2, len(x), 2))
@@ -269,35 +113,35 @@ def glass_blur(u8, c, rng, _):
         a, other = x[b, h, w].copy(), x[b, hp, wp].copy()
         x[b, h, w], x[b, hp, wp] = other, a
         k += 1
-  return np.clip(_blur(x / 255.0, sigma), 0, 1) * 255
+  return np.clip(ops.blur(x / 255.0, sigma), 0, 1) * 255
 
 
 def defocus_blur(u8, c, rng, _):
-  kernel = _disk(*c)[None, :, :, None]
+  kernel = ops.disk(*c)[None, :, :, None]
   return np.clip(ndimage.correlate(_f(u8), kernel, mode='mirror'), 0, 1) * 255
 
 
 def motion_blur(u8, c, rng, _):
   angles = rng.uniform(-45, 45, len(u8))
-  return np.clip(np.stack([_motion_blur(img, c[0], c[1], a) for img, a in zip(u8, angles)]), 0, 255)
+  return np.clip(np.stack([ops.motion_blur(img, c[0], c[1], a) for img, a in zip(u8, angles)]), 0, 255)
 
 
 def zoom_blur(u8, c, rng, _):
   x = _f(u8).astype(np.float32)
   out = np.zeros_like(x)
   for factor in c:
-    out += _clipped_zoom(x, factor)
+    out += ops.clipped_zoom(x, factor)
   return np.clip((x + out) / (len(c) + 1), 0, 1) * 255
 
 
 def snow(u8, c, rng, _):
   x = _f(u8).astype(np.float32)
   layer = rng.normal(size=x.shape[:3], loc=c[0], scale=c[1])
-  layer = _clipped_zoom(layer[..., None], c[2])[..., 0]
+  layer = ops.clipped_zoom(layer[..., None], c[2])[..., 0]
   layer[layer < c[3]] = 0
   layer = (np.clip(layer, 0, 1) * 255).astype(np.uint8)
   angles = rng.uniform(-135, -45, len(x))
-  layer = np.stack([_motion_blur(l, c[4], c[5], a) for l, a in zip(layer, angles)])[..., None] / 255
+  layer = np.stack([ops.motion_blur(l, c[4], c[5], a) for l, a in zip(layer, angles)])[..., None] / 255
   gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
   x = c[6] * x + (1 - c[6]) * np.maximum(x, gray * 1.5 + 0.5)
   return np.clip(x + layer + np.rot90(layer, k=2, axes=(1, 2)), 0, 1) * 255
@@ -316,7 +160,7 @@ def frost(u8, c, rng, textures):
 def fog(u8, c, rng, _):
   x = _f(u8)
   peak = x.max(axis=(1, 2, 3), keepdims=True)
-  x = x + c[0] * _plasma(rng, len(x), c[1])[..., None]
+  x = x + c[0] * ops.plasma(rng, len(x), c[1])[..., None]
   return np.clip(x * peak / (peak + c[0]), 0, 1) * 255
 
 
@@ -326,30 +170,30 @@ def _water(liquid: np.ndarray, scale: float) -> np.ndarray:
   edges = skimage.feature.canny(liquid.astype(np.float64), sigma=0, low_threshold=50,
                                 high_threshold=150)
   dist = ndimage.distance_transform_edt(~edges) if edges.any() else np.full(liquid.shape, 20.0)
-  dist = _box3(np.minimum(dist, 20)).astype(np.uint8)
-  dist = _equalize_hist(dist)
+  dist = ops.box3(np.minimum(dist, 20)).astype(np.uint8)
+  dist = ops.equalize_hist(dist)
   ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float64)
   dist = np.clip(np.rint(ndimage.correlate(dist.astype(np.float64), ker, mode='mirror')), 0, 255)
-  dist = np.rint(_box3(dist))
+  dist = np.rint(ops.box3(dist))
   m = liquid * dist
   return m / m.max() * scale if m.max() > 0 else m
 
 
 def spatter(u8, c, rng, _):
   x = _f(u8).astype(np.float32)
-  liquid = _blur(rng.normal(size=x.shape[:3], loc=c[0], scale=c[1]), c[2])
+  liquid = ops.blur(rng.normal(size=x.shape[:3], loc=c[0], scale=c[1]), c[2])
   liquid[liquid < c[3]] = 0
   if c[5] == 0:  # Water: pale turquoise drops.
     m = np.stack([_water(l, c[4]) for l in liquid])[..., None]
     return np.clip(x + m * (np.array([175, 238, 238]) / 255.0), 0, 1) * 255
-  m = _blur((liquid > c[3]).astype(np.float32), c[4])  # Mud: brown blots.
+  m = ops.blur((liquid > c[3]).astype(np.float32), c[4])  # Mud: brown blots.
   m[m < 0.8] = 0
   mud = np.array([63, 42, 20]) / 255.0 * m[..., None]
   return np.clip(x * (1 - m[..., None]) + mud, 0, 1) * 255
 
 
 def brightness(u8, c, rng, _):
-  return np.clip(_hsv_map(_f(u8), 2, lambda v: v + c), 0, 1) * 255
+  return np.clip(ops.hsv_map(_f(u8), 2, lambda v: v + c), 0, 1) * 255
 
 
 def contrast(u8, c, rng, _):
@@ -359,7 +203,7 @@ def contrast(u8, c, rng, _):
 
 
 def saturate(u8, c, rng, _):
-  return np.clip(_hsv_map(_f(u8), 1, lambda s: s * c[0] + c[1]), 0, 1) * 255
+  return np.clip(ops.hsv_map(_f(u8), 1, lambda s: s * c[0] + c[1]), 0, 1) * 255
 
 
 def _elastic_one(img: np.ndarray, c, rng) -> np.ndarray:
@@ -370,7 +214,7 @@ def _elastic_one(img: np.ndarray, c, rng) -> np.ndarray:
   matrix = np.array([[inv[1, 1], inv[1, 0], 0], [inv[0, 1], inv[0, 0], 0], [0, 0, 1]])
   img = ndimage.affine_transform(img, matrix, offset=(inv[1, 2], inv[0, 2], 0), order=1,
                                  mode='mirror')
-  dx, dy = (_blur(rng.uniform(-1, 1, size=(1, 32, 32)), c[1], mode='reflect', truncate=3)[0] * c[0]
+  dx, dy = (ops.blur(rng.uniform(-1, 1, size=(1, 32, 32)), c[1], mode='reflect', truncate=3)[0] * c[0]
             for _ in range(2))
   y, x, z = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing='ij')
   coords = [y + dy[..., None], x + dx[..., None], z]
@@ -408,7 +252,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
     raise ValueError(f'unknown corruption {name!r}; known: {", ".join(CORRUPTIONS)}')
   if not 1 <= severity <= SEVERITIES:
     raise ValueError(f'severity must be in 1..{SEVERITIES}, got {severity}')
-  textures = synthetic_frost() if frost_textures is None else frost_textures
+  textures = ops.synthetic_frost() if frost_textures is None else frost_textures
   out = FUNCTIONS[name](np.asarray(images, np.uint8), PARAMS[name][severity - 1], rng, textures)
   return np.clip(out, 0, 255).astype(np.uint8)  # Truncation, as np.uint8 in make_cifar_c.py.
 
@@ -470,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
       raise ValueError(f'--limit must be >= 0, got {args.limit}')
     test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
     n = args.limit or len(test)
-    frost_textures = load_frost_dir(args.frost_dir) if args.frost_dir else None
+    frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
     paths = build(args.out, test.images[:n], test.labels[:n], args.format, args.seed, names,
                   frost_textures=frost_textures)
   except (cifar100.DataError, ValueError, OSError) as e:

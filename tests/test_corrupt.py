@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jax_cifar import corrupt
+from jax_cifar import corrupt, corrupt_ops
 from jax_cifar.data import cifar100, ood
 
 # Mean |corrupted - clean| must grow strictly with severity for these. The others follow
@@ -59,13 +59,13 @@ def test_clipped_zoom_equals_scipy_zoom_per_image():
     top = (32 - ch) // 2
     ref = ndimage.zoom(x[0, top:top + ch, top:top + ch], (factor, factor, 1), order=1)
     trim = (ref.shape[0] - 32) // 2
-    np.testing.assert_allclose(corrupt._clipped_zoom(x, factor)[0],  # pylint: disable=protected-access
+    np.testing.assert_allclose(corrupt_ops.clipped_zoom(x, factor)[0],  # pylint: disable=protected-access
                                ref[trim:trim + 32, trim:trim + 32], atol=1e-5)
 
 
 def test_synthetic_frost_is_deterministic_and_frost_like():
-  a = corrupt.synthetic_frost.__wrapped__(seed=0)
-  b = corrupt.synthetic_frost.__wrapped__(seed=0)
+  a = corrupt_ops.synthetic_frost.__wrapped__(seed=0)
+  b = corrupt_ops.synthetic_frost.__wrapped__(seed=0)
   np.testing.assert_array_equal(a, b)
   assert a.shape == (5, 96, 96, 3) and a.dtype == np.uint8
   assert (a[..., 2] >= a[..., 0]).all()  # Bluish white.

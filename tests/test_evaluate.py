@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from jax_cifar import evaluate, metrics_lib, parallel, submission, trainer
 from jax_cifar.data import cifar100, ood
 from jax_cifar.train_step import predict_step

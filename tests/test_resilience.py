@@ -1,7 +1,5 @@
 """Never lose a run: SIGKILL at random points, SIGTERM preemption, non-finite losses, bad configs."""
 
-import json
-import os
 import pathlib
 import random
 import signal

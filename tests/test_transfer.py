@@ -2,7 +2,6 @@
 
 import math
 import os
-import pathlib
 from typing import Any, Mapping
 
 import jax

@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
-import io
 import os
 import pathlib
 import pickle
