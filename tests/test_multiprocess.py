@@ -13,13 +13,19 @@ states its tolerances relative to what the steps move:
   BatchNorm statistics: the same bound                       (measured: 0.002%);
   momentum: |a - b| <= 10% of |b|                             (measured: 3.0%).
 Training on the wrong shard, or restoring without the momentum, differs by far more than that.
+
+A second test signals ONE of two processes and checks that both stop after the same step, save
+it, and exit 75 (with per-process stopping, the collective save deadlocks: checked by hand).
 """
 
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -43,8 +49,8 @@ def _overrides(data_dir) -> dict:
           'optim.name': 'sgd', 'optim.lr': 0.005}
 
 
-def _run(module: str, args: list[str], overrides: dict, processes: int) -> str:
-  """Runs `python -m module` as `processes` processes of 4 // processes CPU devices each."""
+def _command(module: str, args: list[str], overrides: dict, processes: int):
+  """(argv, env) running `python -m module` as `processes` processes of 4 // processes CPU devices."""
   cmd = [sys.executable, '-m', module, '--config', str(ROOT / 'configs' / 'smoke.py'), *args]
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
   env = dict(os.environ)
@@ -55,6 +61,11 @@ def _run(module: str, args: list[str], overrides: dict, processes: int) -> str:
            str(processes), '--cpu_devices', str(4 // processes), '--', *cmd]
   else:
     env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  return cmd, env
+
+
+def _run(module: str, args: list[str], overrides: dict, processes: int) -> str:
+  cmd, env = _command(module, args, overrides, processes)
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout
@@ -157,3 +168,43 @@ def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_
   labels = [line.rsplit(',', 1)[1] for line in (tmp_path / 'submission_1.csv').read_text().split()[1:]]
   assert len(labels) == 19 * 35 and len(set(labels)) >= 5
   assert (tmp_path / 'submission_2.csv').read_bytes() == (tmp_path / 'submission_1.csv').read_bytes()
+
+
+def _child_with_process_id(launcher_pid: int, process_id: int) -> int:
+  """PID of the launcher's child that runs JAX process `process_id` (read from its environment)."""
+  children = pathlib.Path(f'/proc/{launcher_pid}/task/{launcher_pid}/children').read_text().split()
+  for pid in map(int, children):
+    environ = pathlib.Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+    if f'JAX_PROCESS_ID={process_id}'.encode() in environ:
+      return pid
+  raise AssertionError(f'no child of {launcher_pid} runs process {process_id}')
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar_dir):
+  """Saving is collective: a signal to process 1 alone must stop process 0 after the same step."""
+  workdir = tmp_path / 'run'
+  overrides = {**_overrides(cifar_dir), 'train.num_epochs': 100, 'checkpoint.every_steps': 1000}
+  cmd, env = _command('jax_cifar.train', ['--workdir', str(workdir)], overrides, processes=2)
+  proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + TIMEOUT
+    while not any('train_loss' in r for r in tracking.read_metrics(workdir)):  # Training runs.
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+      time.sleep(0.5)
+    os.kill(_child_with_process_id(proc.pid, 1), signal.SIGTERM)
+    out = proc.communicate(timeout=TIMEOUT)[0]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 75, out[-3000:]  # Both saved and exited with the preemption status.
+  saved = {int(m.group(1)): (m.group(2), int(m.group(3))) for m in re.finditer(
+      r'\[p(\d)\].*Received (SIGTERM|a signal on another process): saved step (\d+)', out)}
+  assert saved.keys() == {0, 1}, out[-3000:]
+  assert saved[0][0] == 'a signal on another process'  # Process 0 was never signalled itself.
+  assert saved[0][1] == saved[1][1], saved
+  step = saved[0][1]
+  on_disk = sorted(int(d.name) for d in (workdir / 'checkpoints' / 'latest').iterdir()
+                   if d.name.isdigit())
+  assert on_disk[-1] == step and step % 2 == 0  # The agreed step is a log step.
+  assert [r['step'] for r in tracking.read_metrics(workdir) if 'train_loss' in r][-1] == step
