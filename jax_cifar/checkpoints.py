@@ -26,6 +26,11 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
 
 
+def _save_failed(what: str, e: BaseException) -> CheckpointError:
+  return CheckpointError(f'saving {what} failed (disk full?); earlier checkpoints are kept: '
+                         f'{_one_line(e)}')
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
@@ -43,8 +48,7 @@ class Checkpoints:
       manager.wait_until_finished()  # Surfaces a failure of the previous asynchronous save.
       manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'saving checkpoint step {step} in {manager.directory} failed '
-                            f'(disk full?); earlier checkpoints are kept: {_one_line(e)}') from e
+      raise _save_failed(f'checkpoint step {step} in {manager.directory}', e) from e
 
   def save_latest(self, state: Any, step: int) -> None:
     if self.latest.latest_step() != step:
@@ -87,8 +91,7 @@ class Checkpoints:
       try:
         manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
-        raise CheckpointError(f'saving checkpoint in {manager.directory} failed (disk full?); '
-                              f'earlier checkpoints are kept: {_one_line(e)}') from e
+        raise _save_failed(f'checkpoint in {manager.directory}', e) from e
 
   def close(self) -> None:
     self.latest.close()

@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default, smoke
 from jax_cifar import tracking, trainer
+from jax_cifar.data import cifar100
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -117,3 +119,16 @@ def test_validation_split_that_rounds_to_zero_images_falls_back_to_test(tmp_path
   c.train.eval_every_epochs = 0.5
   result = trainer.train_and_evaluate(c, str(tmp_path))
   assert result['step'] == 2
+
+
+def test_evaluation_that_counts_padding_rows_is_an_error():
+  """The masked count must equal the split size, so no image is dropped or counted twice."""
+  split = cifar100.synthetic_split(100, seed=0)
+
+  def p_eval_ignoring_the_mask(params, batch_stats, batch):  # A masking bug: counts padding too.
+    n = jnp.asarray(batch['label'].shape[0], jnp.float32)
+    return {'count': n, 'loss_sum': n, 'correct': n, 'correct_top5': n}
+
+  with pytest.raises(RuntimeError, match='counted 128 images, the split has 100'):
+    trainer.evaluate_split(p_eval_ignoring_the_mask, None, None, split, 64,
+                           trainer.parallel.make_mesh())
