@@ -71,14 +71,14 @@ def disk(radius: float, alias_blur: float) -> np.ndarray:
   r = np.arange(-8, 9) if radius <= 8 else np.arange(-int(radius), int(radius) + 1)
   ksize = 3 if radius <= 8 else 5
   xx, yy = np.meshgrid(r, r)
-  disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
-  disk /= disk.sum()
+  k = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
+  k /= k.sum()
   g = np.exp(-(np.arange(ksize) - ksize // 2) ** 2 / (2 * alias_blur ** 2))  # cv2.GaussianBlur
   g /= g.sum()
-  disk = ndimage.correlate1d(disk, g, axis=0, mode='mirror')
-  disk = ndimage.correlate1d(disk, g, axis=1, mode='mirror')
-  trim = int(np.flatnonzero(disk.sum(axis=0) > 0)[0])  # Zero margins change nothing; drop them.
-  return disk[trim:len(disk) - trim, trim:len(disk) - trim]
+  k = ndimage.correlate1d(k, g, axis=0, mode='mirror')
+  k = ndimage.correlate1d(k, g, axis=1, mode='mirror')
+  trim = int(np.flatnonzero(k.sum(axis=0) > 0)[0])  # Zero margins change nothing; drop them.
+  return k[trim:len(k) - trim, trim:len(k) - trim]
 
 
 def plasma(rng: np.random.Generator, batch: int, decay: float, size: int = 32) -> np.ndarray:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import require_env_path
+
 from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import torch_linear
@@ -272,14 +274,9 @@ def _imagenet_input(image: np.ndarray) -> np.ndarray:
 
 
 def test_real_resnet50_weights_give_torchs_top1_on_photos():
-  weights_dir = os.environ.get('JAX_CIFAR_WEIGHTS_DIR')
-  if not weights_dir:
-    if os.environ.get('CI'):
-      pytest.fail('JAX_CIFAR_WEIGHTS_DIR is unset under CI')
-    pytest.skip('set JAX_CIFAR_WEIGHTS_DIR to the folder with resnet50-keras-imagenet-*.pth')
+  pth = require_env_path('JAX_CIFAR_WEIGHTS_DIR', 'resnet50-keras-imagenet-tvlayout-fp16.pth')
   from skimage import data
-  sd = torch.load(os.path.join(weights_dir, 'resnet50-keras-imagenet-tvlayout-fp16.pth'),
-                  weights_only=True)
+  sd = torch.load(pth, weights_only=True)
   tmodel = torchvision.models.resnet50()
   tmodel.load_state_dict(sd)
   tmodel.eval()
