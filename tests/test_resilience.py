@@ -229,7 +229,7 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
   out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6')
   assert out.returncode != 0
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
-  assert len(errors) == 1 and 'does not match' in errors[0]
+  assert len(errors) == 1 and 'does not match' in errors[0], (out.returncode, out.stderr[-4000:])
   assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 3
 
 
