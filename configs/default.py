@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2  # Batches prefetched to the devices ahead of the train step.
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'resnet18'  # 'simple_cnn' or 'resnet18' / 'resnet34' / 'resnet50' / 'resnet101' / 'resnet152'.
+  c.model.name = 'resnet18'  # 'simple_cnn', 'resnet18'..'resnet152', 'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2'.
   c.model.num_classes = 100  # Output classes of the (new) head.
   c.model.stem = 'cifar'  # 'imagenet' (7x7/2 conv + max-pool, as torchvision) or 'cifar' (3x3/1 conv, no pool).
   c.model.width = 64  # Channels of the first stage (64 = torchvision); smaller values give fast CPU models.
@@ -41,6 +41,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.mixup_alpha = 0.0  # Mixup Beta(alpha, alpha) parameter; 0 disables mixup.
   c.augment.cutmix_alpha = 0.0  # CutMix Beta(alpha, alpha) parameter; 0 disables CutMix.
   c.augment.switch_prob = 0.5  # When both mixup and CutMix are on: probability of CutMix for a batch.
+  # Robustness augmentations (generic; never jax_cifar.corrupt's held-out corruptions). Order per
+  # image: crop/flip -> random-resized-crop -> policy -> AugMix -> colour jitter -> blur -> JPEG ->
+  # noise -> erasing. Each *_prob is the per-image probability; 0 disables.
+  c.augment.augmix = False  # AugMix (torchvision transforms.AugMix semantics) on every training image.
+  c.augment.augmix_severity = 3  # AugMix: severity of the base ops (1-10).
+  c.augment.augmix_width = 3  # AugMix: number of augmentation chains mixed.
+  c.augment.augmix_depth = -1  # AugMix: ops per chain; -1 = random in [1, 3].
+  c.augment.augmix_alpha = 1.0  # AugMix: Dirichlet/Beta concentration of the mixing weights.
+  c.augment.augmix_jsd_weight = 0.0  # Jensen-Shannon consistency loss weight (clean + 2 AugMix views per image; 12 in the paper); 0 disables.
+  c.augment.rrc_prob = 0.0  # RandomResizedCrop (torchvision semantics, back to the input size) probability.
+  c.augment.rrc_scale = (0.35, 1.0)  # RandomResizedCrop: range of the crop's area fraction.
+  c.augment.rrc_ratio = (0.75, 1.3333333)  # RandomResizedCrop: range of the crop's aspect ratio.
+  c.augment.color_jitter_prob = 0.0  # ColorJitter probability (torchvision semantics, random op order).
+  c.augment.color_jitter = (0.4, 0.4, 0.4, 0.1)  # ColorJitter strengths: brightness, contrast, saturation, hue.
+  c.augment.blur_prob = 0.0  # GaussianBlur probability (torchvision semantics).
+  c.augment.blur_kernel = 3  # GaussianBlur kernel size (odd).
+  c.augment.blur_sigma = (0.1, 2.0)  # GaussianBlur: range of sigma.
+  c.augment.jpeg_prob = 0.0  # JPEG-like compression (8x8 DCT quantisation of YCbCr) probability.
+  c.augment.jpeg_quality = (20, 95)  # JPEG-like compression: range of the quality factor.
+  c.augment.noise_prob = 0.0  # Additive Gaussian noise probability.
+  c.augment.noise_std = (0.0, 0.1)  # Additive Gaussian noise: range of its std (pixels scaled to [0, 1]).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'  # 'adamw' or 'sgd' (momentum, nesterov).

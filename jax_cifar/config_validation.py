@@ -3,9 +3,11 @@
 import importlib.util
 import pathlib
 
+from jax_cifar import models
+
 CHOICES = {
     'data.source': ('local', 'tfds', 'synthetic'),
-    'model.name': ('simple_cnn', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'),
+    'model.name': models.MODEL_NAMES,
     'model.stem': ('imagenet', 'cifar'),
     'model.dtype': ('float32', 'bfloat16'),
     'model.normalize': ('cifar', 'imagenet', 'none'),
@@ -28,6 +30,12 @@ RANGES = {
     'augment.randaugment_magnitude': (0, 30, True), 'augment.erasing_prob': (0.0, 1.0, True),
     'augment.mixup_alpha': (0.0, None, True), 'augment.cutmix_alpha': (0.0, None, True),
     'augment.switch_prob': (0.0, 1.0, True),
+    'augment.augmix_severity': (1, 10, True), 'augment.augmix_width': (1, 10, True),
+    'augment.augmix_depth': (-1, 10, True), 'augment.augmix_alpha': (0.0, None, False),
+    'augment.augmix_jsd_weight': (0.0, None, True), 'augment.rrc_prob': (0.0, 1.0, True),
+    'augment.color_jitter_prob': (0.0, 1.0, True), 'augment.blur_prob': (0.0, 1.0, True),
+    'augment.blur_kernel': (1, 31, True), 'augment.jpeg_prob': (0.0, 1.0, True),
+    'augment.noise_prob': (0.0, 1.0, True),
     'optim.lr': (0.0, 10.0, False), 'optim.momentum': (0.0, 1.0, True),
     'optim.b1': (0.0, 1.0, True), 'optim.b2': (0.0, 1.0, True),
     'optim.weight_decay': (0.0, None, True), 'optim.warmup_epochs': (0.0, None, True),
@@ -90,3 +98,15 @@ def validate(config) -> None:
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')
   if given['data.val_fraction'] >= 1.0:
     raise ConfigError("config key 'data.val_fraction' must be below 1")
+  if given['augment.augmix_depth'] == 0:
+    raise ConfigError("config key 'augment.augmix_depth' must be -1 (random 1-3) or 1..10, got 0")
+  if given['augment.blur_kernel'] % 2 == 0:
+    raise ConfigError(f"config key 'augment.blur_kernel' must be odd, got {given['augment.blur_kernel']}")
+  if given['augment.augmix_jsd_weight'] > 0 and not given['augment.augmix']:
+    raise ConfigError("config key 'augment.augmix_jsd_weight' > 0 needs augment.augmix=True")
+  for key in ('augment.rrc_scale', 'augment.rrc_ratio', 'augment.blur_sigma',
+              'augment.jpeg_quality', 'augment.noise_std'):
+    low, high = given[key]
+    if not 0 <= low <= high:
+      raise ConfigError(f'config key {key!r} must be a range (low, high) with 0 <= low <= high, '
+                        f'got {given[key]!r}')
