@@ -1,6 +1,7 @@
 """Labelled OOD data: the 19 CIFAR-C corruptions x 5 severities of the CIFAR-100 test split.
 
   python -m jax_cifar.corrupt --out D [--format ds542|cifar100c] [--limit N] [--data_dir DIR]
+                               [--corruptions a,b] [--seed S] [--frost_dir DIR] [--overwrite]
 
 Severity parameters are the 32x32 (CIFAR-10-C / CIFAR-100-C) ones of Hendrycks & Dietterich,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations" (ICLR 2019), from
@@ -13,8 +14,14 @@ scikit-image and PIL, so pixels differ slightly while the distortion strengths m
   - frost blends real photographs in the original. Those are not available offline, so unless
     `--frost_dir` holds frost1.png .. frost5.jpg (the files the `imagecorruptions` package ships),
     a frost-like texture (branching ice needles over fractal haze) is synthesised deterministically.
-Randomness comes from numpy Generators keyed by (seed, corruption, severity, chunk): the output is
-the same on every run and does not depend on --limit for the images both runs share.
+Randomness comes from numpy Generators keyed by (seed, corruption, severity, chunk of 500 images):
+each file is the same on every run, whichever other corruptions are made and in whatever order.
+--limit changes the pixels of some corruptions (noise drawn per chunk), so it is part of a set.
+
+The output folder is safe to interrupt and re-run (jax_cifar/corrupt_store.py): files appear only
+complete (written beside, then renamed), corrupt_manifest.json records the options and each file's
+completion; re-running the same command keeps complete files and writes the rest, other options
+are refused unless --overwrite. SIGTERM/SIGINT stop between image blocks (exit 128 + signal).
 
 Formats: `ds542` writes distortionXX.npy (XX = index in CORRUPTIONS, see jax_cifar/data/ood.py) and
 `cifar100c` writes <name>.npy; both hold [5 * N, 32, 32, 3] uint8 (severity blocks of N) plus
@@ -24,10 +31,12 @@ labels.npy ([5 * N] uint8, as CIFAR-100-C's). The image helpers live in jax_cifa
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import os
 import pathlib
 import sys
+from typing import Iterator
 
 import numpy as np
 import skimage.feature
@@ -37,7 +46,11 @@ from scipy import ndimage
 
 from jax_cifar.data import cifar100
 from jax_cifar import corrupt_ops as ops
-from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE, distortion_file
+from jax_cifar import corrupt_store as store
+from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE
+
+# Bump when a change alters the pixels written, so older sets are not resumed with new files.
+GENERATOR_VERSION = 1
 
 # Per corruption, the parameters of severities 1..5 (make_cifar_c.py).
 PARAMS = {
@@ -257,43 +270,84 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
   return np.clip(out, 0, 255).astype(np.uint8)  # Truncation, as np.uint8 in make_cifar_c.py.
 
 
+def _blocks(images: np.ndarray, name: str, seed: int, chunk: int, frost_textures,
+            bar: tqdm.tqdm) -> Iterator[np.ndarray]:
+  """The rows of one file in order: severity blocks of N, each in chunks with their own RNG."""
+  index, n = CORRUPTIONS.index(name), len(images)
+  for severity in range(1, SEVERITIES + 1):
+    bar.set_postfix_str(f'{name} s{severity}', refresh=False)
+    for start in range(0, n, chunk):
+      store.check_stop()
+      rng = np.random.default_rng([seed, index, severity, start // chunk])
+      block = corrupt(images[start:start + chunk], name, severity, rng, frost_textures)
+      bar.update(len(block))
+      yield block
+
+
 def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: str = 'ds542',
           seed: int = 0, names: tuple[str, ...] = CORRUPTIONS, chunk: int = 500,
-          frost_textures=None) -> list[pathlib.Path]:
-  """Writes one [5 * N, 32, 32, 3] file per corruption (severity blocks of N) and labels.npy."""
+          frost_textures=None, overwrite: bool = False, limit: int = 0) -> list[pathlib.Path]:
+  """Writes one [5 * N, 32, 32, 3] file per corruption (severity blocks of N) and labels.npy.
+
+  Resumes a folder made with the same options (keeps its complete files); refuses other options
+  with store.OutputError unless `overwrite`. Returns the paths of `names`' files, then labels.npy.
+  """
   if fmt not in ('ds542', 'cifar100c'):
     raise ValueError(f"format must be 'ds542' or 'cifar100c', got {fmt!r}")
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  n, written = len(images), []
-  with tqdm.tqdm(total=len(names) * SEVERITIES * n, desc='corrupting', unit='img',
-                 mininterval=1.0) as bar:
-    for name in names:
-      index = CORRUPTIONS.index(name)
-      path = out / (distortion_file(index) if fmt == 'ds542' else f'{name}.npy')
-      tmp = path.with_name(f'.{path.name}.part')
-      array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(SEVERITIES * n, 32, 32, 3))
-      for severity in range(1, SEVERITIES + 1):
-        bar.set_postfix_str(f'{name} s{severity}', refresh=False)
-        for start in range(0, n, chunk):
-          rng = np.random.default_rng([seed, index, severity, start // chunk])
-          block = corrupt(images[start:start + chunk], name, severity, rng, frost_textures)
-          array[(severity - 1) * n + start:(severity - 1) * n + start + len(block)] = block
-          bar.update(len(block))
-      array.flush()
-      del array
-      os.replace(tmp, path)
-      written.append(path)
-  tmp = out / f'.{LABELS_FILE}.part'
-  with open(tmp, 'wb') as f:
-    np.save(f, np.tile(np.asarray(labels), SEVERITIES).astype(np.uint8))
-  os.replace(tmp, out / LABELS_FILE)
-  return written + [out / LABELS_FILE]
+  names = tuple(dict.fromkeys(names))
+  for name in names:
+    if name not in CORRUPTIONS:
+      raise ValueError(f'unknown corruption {name!r}; known: {", ".join(CORRUPTIONS)}')
+  images, n = np.asarray(images, np.uint8), len(images)
+  if n == 0 or len(labels) != n:
+    raise ValueError(f'need at least one image and one label per image, got {n} and {len(labels)}')
+  frost = 'synthetic' if frost_textures is None else 'sha256:' + store.fingerprint(*frost_textures)
+  options = {'format': fmt, 'seed': int(seed), 'limit': int(limit), 'num_images': n,
+             'severities': SEVERITIES, 'chunk': int(chunk), 'frost': frost,
+             'source_sha256': store.fingerprint(images, np.asarray(labels, np.int64)),
+             'generator_version': GENERATOR_VERSION}
+  paths = []
+  with store.deferred_stop(), store.OutputDir(out, options, overwrite) as folder:
+    folder.request(names)
+    if not folder.complete(LABELS_FILE):  # First, so every complete image file has its labels.
+      tiled = np.tile(np.asarray(labels), SEVERITIES).astype(np.uint8)
+      folder.write(LABELS_FILE, tiled.shape, np.uint8, [tiled])
+    with tqdm.tqdm(total=len(names) * SEVERITIES * n, desc='corrupting', unit='img',
+                   mininterval=1.0, disable=None) as bar:
+      for name in names:
+        file = store.file_name(fmt, name)
+        if folder.complete(file):
+          bar.update(SEVERITIES * n)
+          print(f'{file}: already complete, kept', flush=True)
+        else:
+          store.check_stop()
+          folder.write(file, (SEVERITIES * n, 32, 32, 3), np.uint8,
+                       _blocks(images, name, seed, chunk, frost_textures, bar), corruption=name)
+          print(f'{file}: written ({"%d of %d" % folder.progress()} files complete)', flush=True)
+        paths.append(folder.path / file)
+  return paths + [folder.path / LABELS_FILE]
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # One `error:` line (and exit status 2), like every other error.
+    self.exit(2, f'error: {message} (see --help)\n')
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+  names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
+  if not names:
+    raise ValueError('--corruptions is empty; give a comma-separated subset of: ' + ', '.join(CORRUPTIONS))
+  for name in names:
+    if name not in CORRUPTIONS:
+      close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
+      hint = f"did you mean '{close[0]}'? " if close else ''
+      raise ValueError(f'unknown corruption {name!r} in --corruptions; {hint}known: {", ".join(CORRUPTIONS)}')
+  return names
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jax_cifar.corrupt', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog='python -m jax_cifar.corrupt', description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output folder')
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
   parser.add_argument('--limit', type=int, default=0, help='use the first N test images (0 = all)')
@@ -304,24 +358,43 @@ def main(argv: list[str] | None = None) -> int:
                       help='comma-separated subset of the 19 names')
   parser.add_argument('--frost_dir', default='', help='folder with the official frost1.png .. '
                       'frost5.jpg; default: synthetic frost textures')
+  parser.add_argument('--overwrite', action='store_true', help='replace a set in --out that was '
+                      'made with other options (default: refuse; the same options resume it)')
   args = parser.parse_args(argv)
-  try:
-    names = tuple(n.strip() for n in args.corruptions.split(',') if n.strip())
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown:
-      raise ValueError(f'unknown corruptions {unknown}; known: {", ".join(CORRUPTIONS)}')
-    if args.limit < 0:
-      raise ValueError(f'--limit must be >= 0, got {args.limit}')
-    test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
-    n = args.limit or len(test)
-    frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
-    paths = build(args.out, test.images[:n], test.labels[:n], args.format, args.seed, names,
-                  frost_textures=frost_textures)
-  except (cifar100.DataError, ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'wrote {len(paths)} files to {args.out}')
+  folder = None
+  with store.stop_on_signals():
+    try:
+      names = _parse_names(args.corruptions)
+      if args.limit < 0:
+        raise ValueError(f'--limit must be >= 0, got {args.limit}')
+      if args.seed < 0:
+        raise ValueError(f'--seed must be >= 0, got {args.seed}')
+      test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
+      if args.limit > len(test):
+        raise ValueError(f'--limit {args.limit} exceeds the {len(test)} test images')
+      n = args.limit or len(test)
+      frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
+      store.check_stop()
+      folder = args.out
+      paths = build(args.out, test.images[:n], test.labels[:n], args.format, args.seed, names,
+                    frost_textures=frost_textures, overwrite=args.overwrite, limit=args.limit)
+    except store.Interrupted as e:
+      where = (f'; complete files are kept in {folder} (nothing partial): run the same command '
+               'again to finish') if folder else ''
+      print(f'error: {e}{where}', file=sys.stderr, flush=True)
+      return 128 + e.signum
+    except (cifar100.DataError, ValueError, OSError) as e:
+      print(f'error: {_describe(e)}', file=sys.stderr, flush=True)
+      return 1
+  print(f'done: {len(paths)} files in {args.out}', flush=True)
   return 0
+
+
+def _describe(e: Exception) -> str:
+  """An OSError as 'path: reason', other errors as their message."""
+  if isinstance(e, OSError) and e.strerror:
+    return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
+  return str(e)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,304 @@
+"""The output folder of `jax_cifar.corrupt`: a manifest of its options, atomic files, resume, stop.
+
+What a reader can rely on, whatever happens to the writer (SIGKILL, SIGTERM, a full disk):
+  - every `.npy` is complete: it is written to a hidden `.<name>.part` sibling, flushed to disk and
+    only then renamed into place;
+  - every output file in the folder belongs to one set of options: `corrupt_manifest.json`
+    (replaced atomically) records them (format, seed, limit and image count, a hash of the source
+    images and labels, the frost textures, chunk size, generator version) and each file's
+    completion and sha256. A run with other options is refused unless `overwrite` is set, an
+    output file the manifest does not record as complete is removed, and a run with the same
+    options keeps the complete files and writes the rest (other corruptions add to the set).
+One writer at a time: the folder is locked (flock on the folder itself) while a run uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from jax_cifar.data.ood import CORRUPTIONS, LABELS_FILE, distortion_file
+
+MANIFEST = 'corrupt_manifest.json'
+# Options that decide the pixels: files made with different values must never share a folder.
+SET_OPTIONS = {'format': '--format', 'seed': '--seed', 'num_images': '--limit (image count)',
+               'source_sha256': '--data_dir (the source images and labels)',
+               'frost': '--frost_dir (the frost textures)', 'severities': 'severities',
+               'chunk': 'chunk size', 'generator_version': 'generator version'}
+# Test hook, 'EVENT:K:ACTION': at the K-th EVENT (block, part, renamed, recorded), ACTION is KILL,
+# TERM or INT (that signal to this process) or PAUSE (print a line, wait up to 60 s for a signal).
+HOOK_ENV = 'JAX_CIFAR_CORRUPT_TEST_HOOK'
+
+
+class OutputError(ValueError):
+  """The output folder cannot be used as asked: conflicting set, locked or unwritable."""
+
+
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT arrived. Not an Exception, so `except Exception` never swallows it."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(f'stopped by {signal.Signals(signum).name}')
+
+
+def all_output_names() -> set[str]:
+  """Every file name this tool writes, in either format."""
+  names = {distortion_file(i) for i in range(len(CORRUPTIONS))}
+  return names | {f'{n}.npy' for n in CORRUPTIONS} | {LABELS_FILE, MANIFEST}
+
+
+def file_name(fmt: str, corruption: str) -> str:
+  return distortion_file(CORRUPTIONS.index(corruption)) if fmt == 'ds542' else f'{corruption}.npy'
+
+
+# ------------------------------------------------------------------ signals and the test hook
+_state: dict[str, Any] = {'signum': None, 'defer': False, 'events': {}}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+  """While active, SIGTERM/SIGINT raise Interrupted: at once, or inside `deferred_stop` at the
+  next `check_stop` (between image blocks, so no file is left half-written)."""
+  def handler(signum, _):
+    first = _state['signum'] is None
+    _state['signum'] = signum
+    if first and not _state['defer']:  # A second signal while stopping changes nothing.
+      raise Interrupted(signum)
+
+  _state['signum'] = None
+  old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for sig, h in old.items():
+      signal.signal(sig, h)
+    _state['signum'] = None
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+  _state['defer'] = True
+  try:
+    yield
+  finally:
+    _state['defer'] = False
+
+
+def check_stop() -> None:
+  if _state['signum'] is not None:
+    raise Interrupted(_state['signum'])
+
+
+def _hook(event: str) -> None:
+  spec = os.environ.get(HOOK_ENV, '')
+  if not spec:
+    return
+  at, k, action = spec.split(':')
+  count = _state['events'][event] = _state['events'].get(event, 0) + 1
+  if at != event or count != int(k):
+    return
+  if action == 'PAUSE':
+    print(f'test hook: paused at {event} {k}', flush=True)
+    deadline = time.monotonic() + 60
+    while _state['signum'] is None and time.monotonic() < deadline:
+      time.sleep(0.01)  # Polls for the signal the test sends; the wait is not the trigger.
+  else:
+    os.kill(os.getpid(), getattr(signal, f'SIG{action}'))
+
+
+# ------------------------------------------------------------------ the folder
+def fingerprint(*arrays: np.ndarray) -> str:
+  """sha256 over the dtypes, shapes and bytes of `arrays`: identifies source images and textures."""
+  digest = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    digest.update(f'{a.dtype.str}{a.shape}'.encode())
+    digest.update(a.data)
+  return digest.hexdigest()
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+  buf = io.BytesIO()  # Byte-identical to np.save's header.
+  np.lib.format.write_array_header_1_0(
+      buf, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False, 'shape': shape})
+  return buf.getvalue()
+
+
+class OutputDir:
+  """An output folder opened for one run: locked, checked against `options`, cleaned of leftovers."""
+
+  def __init__(self, out: str | os.PathLike, options: dict[str, Any], overwrite: bool = False):
+    self.path = pathlib.Path(out)
+    self.options = {k: options[k] for k in SET_OPTIONS}
+    self.info = {k: v for k, v in options.items() if k not in SET_OPTIONS}
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+      raise OutputError(f'{self.path}: cannot use as output folder ({e.strerror})') from None
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      self._open(overwrite)
+    except BlockingIOError:
+      os.close(self._fd)
+      raise OutputError(f'{self.path}: another jax_cifar.corrupt run is writing here; wait for it '
+                        'to finish or use another --out folder') from None
+    except BaseException:
+      os.close(self._fd)
+      raise
+
+  def close(self) -> None:
+    os.close(self._fd)  # Releases the lock.
+
+  def __enter__(self) -> OutputDir:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _open(self, overwrite: bool) -> None:
+    for name in all_output_names():  # Left by a killed run; never read by anyone.
+      (self.path / f'.{name}.part').unlink(missing_ok=True)
+    present = sorted(p.name for p in self.path.iterdir() if p.name in all_output_names())
+    manifest = None if overwrite else self._read_manifest(present)
+    if manifest is None and present and not overwrite:
+      raise OutputError(
+          f'{self.path} already holds {", ".join(present[:3])}{" ..." if len(present) > 3 else ""} '
+          f'but no {MANIFEST}, so the options they were made with are unknown; use --overwrite to '
+          'replace them, or a fresh --out folder')
+    if manifest is not None:
+      self._check_same_set(manifest)
+    self.files: dict[str, dict[str, Any]] = dict(manifest['files']) if manifest else {}
+    self.corruptions: list[str] = list(manifest['corruptions']) if manifest else []
+    for name, entry in self.files.items():  # Deleted or resized since: no longer complete.
+      path = self.path / name
+      if entry.get('complete') and not (path.is_file() and path.stat().st_size == entry['bytes']):
+        self._mark_incomplete(name)
+    self._save_manifest()  # From here on the folder belongs to these options.
+    for name in present:  # Old files (overwrite) or renamed by a run killed before recording them.
+      if name != MANIFEST and not self.files.get(name, {}).get('complete'):
+        (self.path / name).unlink()
+
+  def _read_manifest(self, present: list[str]) -> dict[str, Any] | None:
+    if MANIFEST not in present:
+      return None
+    try:
+      manifest = json.loads((self.path / MANIFEST).read_text())
+      if not all(k in manifest for k in (*SET_OPTIONS, 'corruptions', 'files')):
+        raise ValueError('keys missing')
+      return manifest
+    except (OSError, ValueError) as e:
+      raise OutputError(f'{self.path / MANIFEST}: unreadable ({e}); use --overwrite to replace '
+                        'the set, or a fresh --out folder') from None
+
+  def _check_same_set(self, manifest: dict[str, Any]) -> None:
+    diffs = [k for k in SET_OPTIONS if manifest[k] != self.options[k]]
+    if 'num_images' in diffs:  # Then the source hash differs too; that says nothing more.
+      diffs.remove('source_sha256')
+    if diffs:
+      said = '; '.join(f'{SET_OPTIONS[k]}: ' + ('differ' if k in ('source_sha256', 'frost')
+                                              else f'{manifest[k]!r} there, {self.options[k]!r} asked')
+                       for k in diffs)
+      raise OutputError(f'{self.path} holds a set built with other options ({said}); '
+                        'use --overwrite to replace it, or a fresh --out folder')
+
+  def _save_manifest(self) -> None:
+    manifest = {**self.info, **self.options, 'corruptions': self.corruptions,
+                'files': dict(sorted(self.files.items()))}
+    tmp = self.path / f'.{MANIFEST}.part'
+    with open(tmp, 'w') as f:
+      json.dump(manifest, f, indent=2)
+      f.write('\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path / MANIFEST)
+    os.fsync(self._fd)
+
+  def request(self, corruptions: Iterable[str]) -> None:
+    """Adds `corruptions` to the set (files not yet complete) and records the options now."""
+    corruptions = set(corruptions)
+    for c in corruptions:
+      self.files.setdefault(file_name(self.options['format'], c), {'corruption': c, 'complete': False})
+    self.corruptions = [c for c in CORRUPTIONS if c in set(self.corruptions) | corruptions]
+    self._save_manifest()
+
+  def complete(self, name: str) -> bool:
+    """Whether `name` is recorded complete and still matches its recorded size and sha256."""
+    entry, path = self.files.get(name, {}), self.path / name
+    if not entry.get('complete'):
+      return False
+    if path.is_file() and path.stat().st_size == entry['bytes'] and _sha256(path) == entry['sha256']:
+      return True
+    print(f'note: {path} does not match {MANIFEST}; writing it again', file=sys.stderr, flush=True)
+    path.unlink(missing_ok=True)
+    self._mark_incomplete(name)
+    self._save_manifest()
+    return False
+
+  def _mark_incomplete(self, name: str) -> None:
+    entry = self.files[name]
+    self.files[name] = {**{k: v for k, v in entry.items() if k not in ('sha256', 'bytes')},
+                        'complete': False}
+
+  def write(self, name: str, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[np.ndarray],
+            corruption: str | None = None) -> pathlib.Path:
+    """Streams `blocks` (rows in order) into `name` via a temporary sibling; records it complete."""
+    path, tmp = self.path / name, self.path / f'.{name}.part'
+    header, digest, rows = _npy_header(shape, np.dtype(dtype)), hashlib.sha256(), 0
+    try:
+      with open(tmp, 'wb') as f:
+        f.write(header)
+        digest.update(header)
+        for block in blocks:
+          block = np.ascontiguousarray(block)
+          if block.dtype != dtype or block.shape[1:] != shape[1:]:
+            raise ValueError(f'{name}: block {block.dtype} {block.shape}, expected {dtype} {shape}')
+          f.write(block.data)
+          digest.update(block.data)
+          rows += len(block)
+          _hook('block')
+        if rows != shape[0]:
+          raise ValueError(f'{name}: {rows} rows written, expected {shape[0]}')
+        f.flush()
+        os.fsync(f.fileno())
+      _hook('part')
+      os.replace(tmp, path)
+    except BaseException as e:
+      tmp.unlink(missing_ok=True)
+      if isinstance(e, OSError):
+        done, total = self.progress()
+        raise OutputError(f'{path}: cannot write ({e.strerror or e}); nothing partial kept, '
+                          f'{done} of {total} files complete: run again to finish') from None
+      raise
+    os.fsync(self._fd)
+    _hook('renamed')
+    self.files[name] = {**({'corruption': corruption} if corruption else {}), 'complete': True,
+                        'bytes': path.stat().st_size, 'sha256': digest.hexdigest()}
+    self._save_manifest()
+    _hook('recorded')
+    return path
+
+  def progress(self) -> tuple[int, int]:
+    """(complete, requested) counts of the set's image files."""
+    images = [e for e in self.files.values() if 'corruption' in e]
+    return sum(bool(e['complete']) for e in images), len(images)
