@@ -1,4 +1,4 @@
-"""torchvision ResNet `state_dict` -> Flax NNX variables, and the converted checkpoint on disk.
+"""torchvision ResNet/ResNeXt/Wide ResNet `state_dict` -> Flax NNX variables, and the converted checkpoint on disk.
 
 Our modules mirror torchvision's attribute names, so conversion is a renaming plus layout changes
 (conv OIHW -> HWIO, Linear (out, in) -> (in, out)). The expected structure always comes from the
@@ -19,9 +19,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jax_cifar.models import create_model
-from jax_cifar.models.resnet import DEPTHS, torch_linear
+from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
+from jax_cifar.models.resnet import torch_linear
 
-ARCHS = tuple(DEPTHS)
+ARCHS = tuple(_RESNET_ARCHS)
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
                   'var': 'running_var'}
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
@@ -85,7 +86,7 @@ def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.Stat
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
-  """Converts a torchvision ResNet state_dict to `nnx.to_pure_dict(nnx.state(model))`'s form.
+  """Converts a torchvision ResNet-family state_dict to `nnx.to_pure_dict(nnx.state(model))`'s form.
 
   Contains params and BatchNorm running statistics; all float32 numpy. Raises ValueError naming
   every missing, unexpected or mis-shaped key (nothing partial is returned).

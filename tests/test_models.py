@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cifar.models import MODEL_NAMES, create_model
+from jax_cifar.models import MODEL_NAMES, create_model, smallest_width
 
 # sum(p.numel() for p in torchvision.models.<arch>().parameters()), 1000 classes.
 TORCHVISION_PARAM_COUNTS = {
@@ -15,6 +15,11 @@ TORCHVISION_PARAM_COUNTS = {
     'resnet50': 25_557_032,
     'resnet101': 44_549_160,
     'resnet152': 60_192_808,
+    'resnext50_32x4d': 25_028_904,
+    'resnext101_32x8d': 88_791_336,
+    'resnext101_64x4d': 83_455_272,
+    'wide_resnet50_2': 68_883_240,
+    'wide_resnet101_2': 126_886_696,
 }
 RESNETS = tuple(TORCHVISION_PARAM_COUNTS)
 
@@ -76,8 +81,39 @@ def test_width_scales_stages_and_cifar_stem_uses_3x3_conv():
   assert state['conv1']['kernel'].shape == (7, 7, 3, 64)
 
 
+@pytest.mark.parametrize('name, groups, inner', [('resnext50_32x4d', 32, 128),
+                                                 ('resnext101_32x8d', 32, 256),
+                                                 ('resnext101_64x4d', 64, 256),
+                                                 ('wide_resnet50_2', 1, 128),
+                                                 ('wide_resnet101_2', 1, 128)])
+def test_resnext_and_wide_bottlenecks_have_torchvisions_widths(name, groups, inner):
+  """Stage 1's 3x3 has int(64 * wpg / 64) * groups channels, each group seeing inner/groups."""
+  state = nnx.to_pure_dict(nnx.state(_abstract(name, 10)))
+  block = state['layer1'][0]
+  assert block['conv1']['kernel'].shape == (1, 1, 64, inner)
+  assert block['conv2']['kernel'].shape == (3, 3, inner // groups, inner)
+  assert block['conv3']['kernel'].shape == (1, 1, inner, 256)
+  assert state['layer4'][0]['conv2']['kernel'].shape == (3, 3, 8 * inner // groups, 8 * inner)
+  assert state['fc']['kernel'].shape == (2048, 10)
+
+
+def test_width_scales_resnext_and_wide_bottlenecks_and_too_narrow_is_refused():
+  state = nnx.to_pure_dict(nnx.state(_abstract('resnext50_32x4d', 10, stem='cifar', width=16)))
+  assert state['conv1']['kernel'].shape == (3, 3, 3, 16)
+  assert state['layer1'][0]['conv2']['kernel'].shape == (3, 3, 1, 32)  # int(16 * 4/64) * 32
+  assert state['layer4'][0]['conv2']['kernel'].shape == (3, 3, 8, 256)
+  assert state['fc']['kernel'].shape == (512, 10)
+  state = nnx.to_pure_dict(nnx.state(_abstract('wide_resnet50_2', 10, width=8)))
+  assert state['layer1'][0]['conv2']['kernel'].shape == (3, 3, 16, 16)
+  assert [smallest_width(n) for n in ('resnext50_32x4d', 'resnext101_32x8d', 'wide_resnet50_2',
+                                      'resnet18', 'simple_cnn')] == [16, 8, 1, 1, 1]
+  with pytest.raises(ValueError, match='resnext50_32x4d needs width >= 16'):
+    create_model('resnext50_32x4d', 10, width=8, rngs=nnx.Rngs(0))
+  _abstract('resnext101_32x8d', 10, width=8)  # 8 * 8/64 = 1 channel per group is enough
+
+
 def test_unknown_name_or_stem_raises_listing_allowed_values():
-  with pytest.raises(ValueError, match='resnet152'):
+  with pytest.raises(ValueError, match='resnet152.*wide_resnet101_2'):
     create_model('resnet99', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='cifar'):
     create_model('resnet18', stem='tiny', rngs=nnx.Rngs(0))
@@ -134,6 +170,16 @@ def test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float
   assert conv_lines and all('bf16' in l for l in conv_lines)
 
 
+def test_bfloat16_resnext_runs_its_grouped_convs_in_bf16():
+  model = _abstract('resnext50_32x4d', 10, stem='cifar', width=16, dtype=jnp.bfloat16)
+  graphdef, state = nnx.split(model)
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=True))(state, x)
+  conv_lines = [l for l in str(jaxpr).splitlines() if 'conv_general_dilated' in l]
+  assert len(conv_lines) == 53 and all('bf16' in l for l in conv_lines)
+  assert str(jaxpr).count('feature_group_count=32') == 16  # each block's 3x3
+
+
 def test_simple_cnn_accepts_train_and_larger_inputs():
   model = create_model('simple_cnn', 7, rngs=nnx.Rngs(0))
   for size in (32, 64):
@@ -148,6 +194,10 @@ def test_init_follows_torchvision():
   k = np.asarray(model.layer3[0].conv2.kernel[...])  # 3x3, 64 -> 64, fan_out = 9 * 64
   np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
   assert np.abs(k).max() > 2.5 * np.sqrt(2.0 / (9 * 64))  # an untruncated normal
+  grouped = create_model('resnext50_32x4d', 100, stem='cifar', width=16, rngs=nnx.Rngs(0))
+  k = np.asarray(grouped.layer3[0].conv2.kernel[...])  # (3, 3, 4, 128): torch's fan_out 9 * 128
+  assert k.shape == (3, 3, 4, 128)
+  np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (9 * 128)), rtol=0.05)
   np.testing.assert_array_equal(np.asarray(model.bn1.scale[...]), 1.0)
   np.testing.assert_array_equal(np.asarray(model.bn1.bias[...]), 0.0)
   bound = 1 / np.sqrt(128)

@@ -7,18 +7,25 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import DEPTHS, STEMS, ResNet, build_resnet
+from jax_cifar.models.resnet import ARCHS, STEMS, ResNet, build_resnet, min_width
 from jax_cifar.models.simple_cnn import SimpleCNN
 
-MODEL_NAMES = ('simple_cnn',) + tuple(DEPTHS)
+MODEL_NAMES = ('simple_cnn',) + tuple(ARCHS)
+
+
+def smallest_width(name: str) -> int:
+  """Smallest `width` that `create_model(name, width=...)` accepts (ResNeXt needs >= 8 or 16)."""
+  if name not in ARCHS:
+    return 1
+  return min_width(ARCHS[name].width_per_group)
 
 
 def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
                  dtype: Any = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
 
-  `stem` and `width` apply to ResNets (width = channels of stage 1; 64 is torchvision's).
-  SimpleCNN keeps its fixed 32/64 channels and ignores both.
+  `stem` and `width` apply to ResNets (width = stage 1's planes; 64 is torchvision's, and
+  ResNeXt/Wide ResNet bottlenecks scale with it). SimpleCNN keeps its 32/64 channels.
   """
   if name not in MODEL_NAMES:
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
@@ -29,4 +36,4 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, rngs=rngs)
 
 
-__all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model']
+__all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model', 'smallest_width']

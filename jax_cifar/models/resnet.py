@@ -1,4 +1,5 @@
-"""torchvision-identical ResNets in Flax NNX, so converted ImageNet weights give torch's logits.
+"""torchvision-identical ResNets (also ResNeXt and Wide ResNet) in Flax NNX, so converted
+ImageNet weights give torch's logits.
 
 Attribute names mirror torchvision's `state_dict` keys (`conv1`, `bn1`, `layer1`..`layer4`, blocks
 with `conv1..3`, `bn1..3`, `downsample`, and the head `fc`), which makes conversion a renaming.
@@ -7,7 +8,7 @@ with `conv1..3`, `bn1..3`, `downsample`, and the head `fc`), which makes convers
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,11 +122,13 @@ def _bn(features: int, dtype: Dtype, rngs: nnx.Rngs) -> BatchNorm:
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, padding: int, dtype: Dtype,
-          rngs: nnx.Rngs) -> nnx.Conv:
-  # Explicit symmetric padding as torch; 'SAME' pads (0, 1) on stride-2 convs.
+          rngs: nnx.Rngs, groups: int = 1) -> nnx.Conv:
+  # Explicit symmetric padding as torch; 'SAME' pads (0, 1) on stride-2 convs. A grouped kernel
+  # is (k, k, cin / groups, cout): torch's (cout, cin / groups, k, k) transposed.
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
-                  padding=((padding, padding), (padding, padding)), use_bias=False,
-                  dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init, rngs=rngs)
+                  padding=((padding, padding), (padding, padding)), feature_group_count=groups,
+                  use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=conv_kernel_init, rngs=rngs)
 
 
 def _downsample(cin: int, cout: int, stride: int, dtype: Dtype, rngs: nnx.Rngs):
@@ -145,7 +148,10 @@ class BasicBlock(nnx.Module):
   """Two 3x3 convs (ResNet-18/34)."""
   expansion = 1
 
-  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, *, groups: int = 1,
+               width_per_group: int = 64, dtype: Dtype, rngs: nnx.Rngs):
+    if groups != 1 or width_per_group != 64:  # as torchvision: only Bottleneck has them
+      raise ValueError('BasicBlock supports only groups=1 and width_per_group=64')
     self.conv1 = _conv(cin, planes, 3, stride, 1, dtype, rngs)
     self.bn1 = _bn(planes, dtype, rngs)
     self.conv2 = _conv(planes, planes, 3, 1, 1, dtype, rngs)
@@ -159,17 +165,36 @@ class BasicBlock(nnx.Module):
     return nnx.relu(y + _apply_downsample(self.downsample, x, train))
 
 
+def bottleneck_width(planes: int, groups: int, width_per_group: int) -> int:
+  """Channels of a Bottleneck's 3x3 conv, torchvision's int(planes * wpg / 64) * groups."""
+  return int(planes * (width_per_group / 64.0)) * groups
+
+
+def min_width(width_per_group: int) -> int:
+  """Smallest ResNet `width` whose stage-1 Bottleneck keeps at least one channel per group."""
+  return -(-64 // width_per_group)
+
+
 class Bottleneck(nnx.Module):
-  """1x1 -> 3x3 (stride here: torchvision's v1.5) -> 1x1 x4 (ResNet-50/101/152)."""
+  """1x1 -> 3x3 (stride here: torchvision's v1.5) -> 1x1 x4 (ResNet-50/101/152).
+
+  `groups` > 1 makes the 3x3 a grouped conv (ResNeXt); `width_per_group` > 64 widens it
+  (Wide ResNet), as torchvision's Bottleneck.
+  """
   expansion = 4
 
-  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, *, groups: int = 1,
+               width_per_group: int = 64, dtype: Dtype, rngs: nnx.Rngs):
     out = planes * self.expansion
-    self.conv1 = _conv(cin, planes, 1, 1, 0, dtype, rngs)
-    self.bn1 = _bn(planes, dtype, rngs)
-    self.conv2 = _conv(planes, planes, 3, stride, 1, dtype, rngs)
-    self.bn2 = _bn(planes, dtype, rngs)
-    self.conv3 = _conv(planes, out, 1, 1, 0, dtype, rngs)
+    inner = bottleneck_width(planes, groups, width_per_group)
+    if inner < 1:
+      raise ValueError(f'Bottleneck with {planes} planes, groups={groups}, width_per_group='
+                       f'{width_per_group} has no channels (int(planes * wpg / 64) == 0)')
+    self.conv1 = _conv(cin, inner, 1, 1, 0, dtype, rngs)
+    self.bn1 = _bn(inner, dtype, rngs)
+    self.conv2 = _conv(inner, inner, 3, stride, 1, dtype, rngs, groups=groups)
+    self.bn2 = _bn(inner, dtype, rngs)
+    self.conv3 = _conv(inner, out, 1, 1, 0, dtype, rngs)
     self.bn3 = _bn(out, dtype, rngs)
     self.downsample = _downsample(cin, out, stride, dtype, rngs)
 
@@ -185,13 +210,22 @@ STEMS = ('imagenet', 'cifar')
 
 
 class ResNet(nnx.Module):
-  """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv."""
+  """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv.
+
+  `width` is stage 1's `planes` (torchvision: 64); later stages double it, and a Bottleneck's
+  inner width follows from it, `groups` and `width_per_group` as in torchvision.
+  """
 
   def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-               dtype: Dtype = jnp.float32, arch: str = 'resnet', rngs: nnx.Rngs):
+               groups: int = 1, width_per_group: int = 64, dtype: Dtype = jnp.float32,
+               arch: str = 'resnet', rngs: nnx.Rngs):
     if stem not in STEMS:
       raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
+    if block is Bottleneck and bottleneck_width(width, groups, width_per_group) < 1:
+      need = min_width(width_per_group)
+      raise ValueError(f'{arch} needs width >= {need} (got {width}): its bottleneck has '
+                       f'int(width * {width_per_group} / 64) * {groups} channels')
     self.arch = arch
     self.stem = stem
     self.dtype = dtype
@@ -206,7 +240,8 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(depth):
         stride = 2 if (i > 0 and j == 0) else 1
-        blocks.append(block(cin, planes, stride, dtype=dtype, rngs=rngs))
+        blocks.append(block(cin, planes, stride, groups=groups, width_per_group=width_per_group,
+                            dtype=dtype, rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f'layer{i + 1}', nnx.List(blocks))
     self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs)
@@ -224,20 +259,33 @@ class ResNet(nnx.Module):
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 
 
-DEPTHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...]]] = {
-    'resnet18': (BasicBlock, (2, 2, 2, 2)),
-    'resnet34': (BasicBlock, (3, 4, 6, 3)),
-    'resnet50': (Bottleneck, (3, 4, 6, 3)),
-    'resnet101': (Bottleneck, (3, 4, 23, 3)),
-    'resnet152': (Bottleneck, (3, 8, 36, 3)),
+class Arch(NamedTuple):
+  """One torchvision ResNet-family architecture: block type, blocks per stage, 3x3 grouping."""
+  block: type[BasicBlock] | type[Bottleneck]
+  layers: tuple[int, ...]
+  groups: int = 1
+  width_per_group: int = 64
+
+
+ARCHS: dict[str, Arch] = {
+    'resnet18': Arch(BasicBlock, (2, 2, 2, 2)),
+    'resnet34': Arch(BasicBlock, (3, 4, 6, 3)),
+    'resnet50': Arch(Bottleneck, (3, 4, 6, 3)),
+    'resnet101': Arch(Bottleneck, (3, 4, 23, 3)),
+    'resnet152': Arch(Bottleneck, (3, 8, 36, 3)),
+    'resnext50_32x4d': Arch(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4),
+    'resnext101_32x8d': Arch(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=8),
+    'resnext101_64x4d': Arch(Bottleneck, (3, 4, 23, 3), groups=64, width_per_group=4),
+    'wide_resnet50_2': Arch(Bottleneck, (3, 4, 6, 3), width_per_group=128),
+    'wide_resnet101_2': Arch(Bottleneck, (3, 4, 23, 3), width_per_group=128),
 }
 
 
 def build_resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-           dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> ResNet:
-  """Builds one of `DEPTHS` by its torchvision name."""
-  if arch not in DEPTHS:
-    raise ValueError(f'unknown resnet {arch!r}; allowed: {", ".join(DEPTHS)}')
-  block, layers = DEPTHS[arch]
-  return ResNet(block, layers, num_classes, stem=stem, width=width, dtype=dtype, arch=arch,
-                rngs=rngs)
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> ResNet:
+  """Builds one of `ARCHS` by its torchvision name."""
+  if arch not in ARCHS:
+    raise ValueError(f'unknown resnet {arch!r}; allowed: {", ".join(ARCHS)}')
+  spec = ARCHS[arch]
+  return ResNet(spec.block, spec.layers, num_classes, stem=stem, width=width, groups=spec.groups,
+                width_per_group=spec.width_per_group, dtype=dtype, arch=arch, rngs=rngs)
