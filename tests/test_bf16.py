@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import default
@@ -66,29 +67,46 @@ def test_bf16_train_step_keeps_params_stats_opt_state_and_loss_float32_and_runs_
   assert logits.dtype == F32
 
 
-def _train_and_eval(dtype: str, steps: int) -> float:
+def _train_and_eval(dtype: str, seeds: range, steps: int) -> list[float]:
+  """Test accuracy after `steps` cosine-decayed steps, one run per seed (init, data and order)."""
   config = _config(dtype)
-  mesh, tx, schedule, state, graphdef = _setup(config, steps)
-  p_train, p_eval = trainer.compile_steps(config, graphdef, tx, schedule, mesh)
-  x, y = _learnable_data(steps * config.train.batch_size, seed=0)
+  config.optim.schedule = 'cosine'  # Decays to 0: the end point is far less chaotic than at a constant lr.
+  mesh, tx, schedule, _, graphdef = _setup(config, steps)
+  p_train, p_eval = trainer.compile_steps(config, graphdef, tx, schedule, mesh)  # Seed-independent.
   sharding = parallel.batch_sharded(mesh)
   b = config.train.batch_size
-  for i in range(steps):
-    state, _ = p_train(state, parallel.to_global(
-        {'image': x[i * b:(i + 1) * b], 'label': y[i * b:(i + 1) * b]}, sharding))
-  tx_, ty_ = _learnable_data(1000, seed=1)
-  out = p_eval(state.params, state.batch_stats, parallel.to_global(
-      {'image': tx_, 'label': ty_, 'mask': np.ones(len(ty_), np.int32)}, sharding))
-  return float(out['correct']) / 1000
+  accuracies = []
+  for seed in seeds:
+    config_seed = _config(dtype)
+    config_seed.seed = seed
+    state, _ = trainer.init_state(config_seed, tx, mesh)
+    x, y = _learnable_data(steps * b, seed=seed)
+    for i in range(steps):
+      state, _ = p_train(state, parallel.to_global(
+          {'image': x[i * b:(i + 1) * b], 'label': y[i * b:(i + 1) * b]}, sharding))
+    tx_, ty_ = _learnable_data(1000, seed=1000 + seed)
+    out = p_eval(state.params, state.batch_stats, parallel.to_global(
+        {'image': tx_, 'label': ty_, 'mask': np.ones(len(ty_), np.int32)}, sharding))
+    accuracies.append(float(out['correct']) / 1000)
+  return accuracies
 
 
+@pytest.mark.slow
 def test_bf16_training_reaches_float32_accuracy_on_a_learnable_task(monkeypatch):
+  """Mean over seeds, not one run: a single 60-step run is chaotic (its bf16 - float32 gap ranged
+  -0.14..+0.11 over 8 seeds, and one seed failed a 0.05 bound on AVX-512 machines every time).
+
+  XLA:CPU runs bf16 convolutions and dots in float32 with bf16 outputs (no native AVX-512-BF16
+  path), so both instruction sets compute the same thing up to float32 summation order. Measured
+  (8 seeds, 100 cosine steps): paired gap bf16 - float32 = -0.013 mean, 0.034 standard deviation;
+  the bound below is the 4-seed mean's standard error (0.017) times 3.5 beyond that mean.
+  """
   # Both precisions through the same XLA pipeline (the trainer's CPU options apply to float32
   # only), so the comparison isolates the precision.
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '1')
-  steps = 60
-  acc32 = _train_and_eval('float32', steps)
-  acc16 = _train_and_eval('bfloat16', steps)
-  print(f'\naccuracy after {steps} steps: float32 {acc32:.3f}, bfloat16 {acc16:.3f}')
-  assert acc32 > 0.3, acc32  # learnt something (chance is 0.1) ...
-  assert abs(acc16 - acc32) < 0.05, (acc32, acc16)  # ... and bf16 as much
+  seeds, steps = range(4), 100
+  acc32 = _train_and_eval('float32', seeds, steps)
+  acc16 = _train_and_eval('bfloat16', seeds, steps)
+  print(f'\naccuracy after {steps} steps, seeds {list(seeds)}: float32 {acc32}, bfloat16 {acc16}')
+  assert np.mean(acc32) > 0.5, acc32  # Learnt (chance is 0.1) ...
+  assert np.mean(acc16) > np.mean(acc32) - 0.075, (acc32, acc16)  # ... and bf16 about as much.
