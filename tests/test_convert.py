@@ -20,6 +20,9 @@ from jax_cifar.models import create_model
 from jax_cifar.models.resnet import torch_linear
 
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+# Grouped (ResNeXt) and wide bottlenecks: parity at one small size keeps the 101s affordable.
+WIDE_ARCHS = ('resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2',
+              'wide_resnet101_2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -102,9 +105,12 @@ def _leaf_errors(ours: dict, ref: dict) -> float:
 
 
 def test_train_forward_matches_torch_outputs_and_running_stats(converted):
+  _assert_train_forward_matches_torch(*converted)
+
+
+def _assert_train_forward_matches_torch(arch: str, tmodel, pure: dict) -> None:
   """Batch statistics amplify rounding in deep nets, so torch float64 is the reference and
   torch's own float32 error against it sets the bar (biased running variance would miss it)."""
-  arch, tmodel, pure = converted
   model = _flax_model(arch, pure)
   t32, t64 = copy.deepcopy(tmodel).train(), copy.deepcopy(tmodel).double().train()
   x = np.random.default_rng(1).standard_normal((2, 64, 64, 3), dtype=np.float32)
@@ -127,6 +133,35 @@ def test_train_forward_matches_torch_outputs_and_running_stats(converted):
         f'{rel32:.2g}; ours vs torch fp32 {_leaf_errors(stats, stats32):.2g} '
         f'(update size {moved:.2g})')
   assert moved > 1e-3 and rel <= 2 * rel32 + 1e-6, (arch, rel, rel32, moved)
+
+
+@pytest.fixture(scope='module', params=WIDE_ARCHS)
+def converted_wide(request):
+  arch = request.param
+  model = _random_torch_resnet(arch).eval()
+  return arch, model, torch_to_flax(model.state_dict(), arch)
+
+
+def test_resnext_and_wide_resnet_eval_logits_match_torch(converted_wide):
+  """36 px (odd sizes after each stride 2) exercises torch's symmetric padding at every stage."""
+  arch, tmodel, pure = converted_wide
+  model = _flax_model(arch, pure)
+  x = np.random.default_rng(0).standard_normal((2, 36, 36, 3), dtype=np.float32)
+  with torch.no_grad():
+    ref = tmodel.eval()(_nchw(x)).numpy()
+  with jax.default_matmul_precision('float32'):
+    ours = model(jnp.asarray(x), train=False)
+  err, rel = _rel_diff(ours, ref)
+  print(f'\n[eval] {arch} 36x36: max|diff|={err:.3g} max|logit|={np.abs(ref).max():.3g} '
+        f'rel={rel:.2g}')
+  assert rel < 1e-4, (arch, err, rel)
+  assert (np.argmax(ours, -1) == np.argmax(ref, -1)).all()
+
+
+@pytest.mark.parametrize('converted_wide', ['resnext50_32x4d'], indirect=True)
+def test_resnext_train_forward_matches_torch_outputs_and_running_stats(converted_wide):
+  """One grouped net in train mode keeps the time down; its BN sees grouped convs' channels."""
+  _assert_train_forward_matches_torch(*converted_wide)
 
 
 def _small_state_dict():
