@@ -6,7 +6,7 @@ Pretrained weights: convert torchvision's ResNet152_Weights.IMAGENET1K_V2 with
 then pass --config.model.pretrained=weights/resnet152. Without it this config trains from scratch.
 """
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

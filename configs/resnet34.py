@@ -1,6 +1,6 @@
 """The report's Model 2: ResNet-34, batch 64, lr 0.003, 30 epochs, random crop + flip (~20% OOD)."""
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

@@ -14,7 +14,7 @@ The backbone trains at `backbone_lr_mult` x the head's rate, and stays fixed for
 inputs suit a GPU; on a CPU pass e.g. --config.model.image_size=64 (see docs/transfer.md).
 """
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

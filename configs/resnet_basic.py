@@ -3,7 +3,7 @@
 Kept as the report ran it (it scored about 1% on the OOD leaderboard); not a recipe to copy.
 """
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

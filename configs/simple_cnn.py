@@ -1,6 +1,6 @@
 """The course's Part 1: a small CNN trained from scratch (the report's first, ~1% leaderboard model)."""
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

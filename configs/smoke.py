@@ -3,7 +3,7 @@
 All 100 classes; the point is a quick end-to-end check that clearly beats chance (1%).
 """
 
-from configs import default
+from jax_cifar.configs import default
 
 
 def get_config():

@@ -1,9 +1,7 @@
-"""Checks a config against configs/default.py before anything compiles: one line naming the key."""
-
-import importlib.util
-import pathlib
+"""Checks a config against jax_cifar/configs/default.py before anything compiles: one line naming the key."""
 
 from jax_cifar import models
+from jax_cifar.configs import default as default_config
 
 CHOICES = {
     'data.source': ('local', 'tfds', 'synthetic'),
@@ -53,16 +51,6 @@ class ConfigError(ValueError):
   pass
 
 
-def _default_config():
-  path = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py'
-  if not path.exists():
-    raise ConfigError(f'{path} not found: install jax-cifar from its repository with pip install -e .')
-  spec = importlib.util.spec_from_file_location('jax_cifar_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _flatten(d, prefix=''):
   out = {}
   for k, v in d.items():
@@ -77,10 +65,10 @@ def _flatten(d, prefix=''):
 def validate(config) -> None:
   """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range."""
   given = _flatten(config.to_dict())
-  defaults = _flatten(_default_config().to_dict())
+  defaults = _flatten(default_config.get_config().to_dict())
   for key in given:
     if key not in defaults:
-      raise ConfigError(f'unknown config key {key!r} (see configs/default.py for every key)')
+      raise ConfigError(f'unknown config key {key!r} (see jax_cifar/configs/default.py for every key)')
   for key, value in given.items():
     default = defaults[key]
     if isinstance(default, bool) != isinstance(value, bool) or (
