@@ -4,6 +4,8 @@ Orbax writes each checkpoint to a temporary folder and renames it when complete,
 killed mid-save leaves the previous checkpoints intact and the next start ignores the debris.
 """
 
+import errno
+import os
 import pathlib
 import re
 from typing import Any
@@ -26,15 +28,44 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
 
 
+def _errno(e: BaseException) -> int | None:
+  """The OS error number behind `e` (an OSError in its chain, or tensorstore's os_error_code)."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    found = re.search(r"os_error_code='?(\d+)", str(e))
+    if found:
+      return int(found.group(1))
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _save_failed(what: str, e: BaseException) -> CheckpointError:
-  return CheckpointError(f'saving {what} failed (disk full?); earlier checkpoints are kept: '
-                         f'{_one_line(e)}')
+  code = _errno(e)
+  if code is None:
+    return CheckpointError(f'saving {what} failed: {_one_line(e)}; earlier checkpoints are kept')
+  hint = ' (disk full)' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
+  return CheckpointError(f'saving {what} failed: {os.strerror(code)}{hint}; earlier checkpoints '
+                         'are kept')
+
+
+def check_writable(directory: pathlib.Path) -> None:
+  """Fails at once, naming the OS cause, if checkpoints cannot be written (before any training)."""
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f'.write_probe_{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(f'cannot write checkpoints in {directory}: {e.strerror}') from e
 
 
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
     root = pathlib.Path(workdir).absolute() / 'checkpoints'
+    if create and jax.process_index() == 0:
+      check_writable(root)
     opts = dict(create=create, enable_async_checkpointing=True)
     self.latest = ocp.CheckpointManager(
         root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))

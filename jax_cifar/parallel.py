@@ -100,6 +100,13 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
+def sync(name: str) -> None:
+  """A barrier across processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
   """Assembles this process's slice of a batch into one global, sharded jax.Array per key."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))

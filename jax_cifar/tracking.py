@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -77,29 +78,31 @@ class MetricsWriter:
 
 
 def _start_wandb(config, workdir: pathlib.Path, resume: bool):
-  """Starts a wandb run, or returns None (with a warning) if disabled or wandb cannot start."""
+  """Starts a wandb run, or returns None (with a warning) if disabled or wandb cannot start.
+
+  The run id is wandb's own (`run.id`), kept in WORKDIR/wandb_run_id, so a resumed training run
+  continues the same wandb run.
+  """
   if config.wandb.mode == 'disabled':
     return None
+  if os.environ.get('WANDB_MODE') == '':  # wandb rejects an empty value; treat it as unset.
+    del os.environ['WANDB_MODE']
+  id_file = workdir / 'wandb_run_id'
+  run_id = id_file.read_text().strip() if resume and id_file.exists() else None
   try:
     import wandb  # pylint: disable=g-import-not-at-top
-    return wandb.init(
+    run = wandb.init(
         project=config.wandb.project, entity=config.wandb.entity or None,
         name=config.wandb.name or workdir.name, tags=list(config.wandb.tags),
         mode=config.wandb.mode, dir=str(workdir), config=config.to_dict(),
-        id=_wandb_id(workdir), resume='allow' if resume else None)
+        id=run_id, resume='allow' if run_id else None)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('wandb could not start (%s: %s); training continues, metrics go to %s only.',
                     type(e).__name__, str(e).splitlines()[0] if str(e) else '', METRICS_FILE)
     return None
-
-
-def _wandb_id(workdir: pathlib.Path) -> str:
-  """A run id kept in the workdir, so a resumed run continues the same wandb run."""
-  path = workdir / 'wandb_run_id'
-  if not path.exists():
-    import wandb  # pylint: disable=g-import-not-at-top
-    path.write_text(wandb.util.generate_id())
-  return path.read_text().strip()
+  if run is not None and getattr(run, 'id', None):
+    id_file.write_text(run.id + '\n')
+  return run
 
 
 def progress_bar(total: int, initial: int, desc: str = 'train') -> tqdm.tqdm:

@@ -2,10 +2,10 @@
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, config_validation, parallel, trainer
+from jax_cifar import checkpoints, cli, config_validation, errors, parallel, trainer
 from jax_cifar.data import cifar100
 
 FLAGS = flags.FLAGS
@@ -14,7 +14,7 @@ flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl a
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Bad input ends with one line naming the problem and a non-zero status, not a traceback.
-EXPECTED_ERRORS = (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
+EXPECTED_ERRORS = (errors.UserError, config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
                    trainer.NonFiniteLossError, OSError, ValueError)
 
 
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

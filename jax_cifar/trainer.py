@@ -14,6 +14,7 @@ from absl import logging
 from flax import nnx
 
 from jax_cifar import checkpoints, config_validation, models, optim, parallel, tracking
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
 from jax_cifar.train_step import TrainState, eval_step, train_step
 
@@ -115,23 +116,71 @@ def _stop_requested(stop: dict, step: int, log_every: int) -> bool:
   return step % log_every == 0 and parallel.any_process(stop['signal'] is not None)
 
 
-def _write_config(config, workdir: pathlib.Path) -> None:
+def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
+  """Creates and locks the workdir (process 0; all processes agree on failure); refuses to start
+  over in a workdir that already holds a run."""
+  error, lock = None, None
   if jax.process_index() == 0:
-    tmp = workdir / 'config.json.tmp'
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str) + '\n')
-    tmp.replace(workdir / 'config.json')
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      lock = workdir_lib.Lock(workdir)
+      lock.acquire()
+    except OSError as e:
+      error = OSError(f'workdir {workdir} is not writable: {e.strerror}')
+    except workdir_lib.WorkdirError as e:
+      error = e
+  if parallel.any_process(error is not None):
+    raise error or workdir_lib.WorkdirError(f'workdir {workdir}: process 0 could not claim it')
+  existing = workdir_lib.existing_run(workdir)
+  if existing and not config.train.resume:
+    if lock:
+      lock.release()
+    raise workdir_lib.WorkdirError(
+        f'workdir {workdir} already holds a run ({existing}) and train.resume=false never '
+        'overwrites one: choose a fresh --workdir, or resume it with train.resume=true')
+  return lock
+
+
+def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_per_epoch: int,
+                         total_steps: int) -> dict:
+  """The changes from the run's previous launch; trajectory-altering ones refused (see workdir)."""
+  new = json.loads(json.dumps(config.to_dict(), default=str))
+  old = workdir_lib.previous_config(workdir) if start_step > 0 else None
+  if old is None:
+    return {}
+  changes = workdir_lib.config_changes(old, new)
+  notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
+                                     epoch=start_step / steps_per_epoch)
+  for key in notable:
+    logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
+                    *changes[key])
+  if 'train.num_epochs' in notable:
+    old_optim = config.optim.copy_and_resolve_references()
+    for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
+      old_optim[key.split('.', 1)[1]] = before
+    old_total = max(1, int(changes['train.num_epochs'][0] * steps_per_epoch))
+    _, old_schedule = optim.make_optimizer(old_optim, old_total, steps_per_epoch)
+    _, new_schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+    logging.warning('The schedule now ends at step %d (was %d): the learning rate at step %d is '
+                    '%.3g (was %.3g).', total_steps, old_total, start_step,
+                    float(new_schedule(start_step)), float(old_schedule(start_step)))
+  return changes
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
-  from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
+  lock = _claim_workdir(config, workdir)
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_config(config, workdir)
-  except OSError as e:
-    raise OSError(f'workdir {workdir} is not writable: {e.strerror}') from e
+    return _train(config, workdir)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train(config, workdir: pathlib.Path) -> dict:
+  from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
   parallel.check_batch_size(batch_size, 'train.batch_size')
@@ -152,12 +201,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   state, graphdef = init_state(config, tx, mesh)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  if config.train.resume:
-    restored = ckpts.restore('latest', state)
-    if restored is not None:
-      state = restored[0]
-      logging.info('Resumed from step %d.', restored[1])
+  resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
+  changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps)
+  if resume_step:
+    state, step = ckpts.restore('latest', state)
+    logging.info('Resumed from step %d.', step)
   start_step = int(state.step)
+  parallel.sync('config checked')  # No process writes before every process has read.
+  if jax.process_index() == 0:
+    workdir_lib.record_launch(workdir, json.loads(json.dumps(config.to_dict(), default=str)),
+                              start_step, changes)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s: %.2fM params, %d steps/epoch, %d steps, %d devices.', config.model.name,
                n_params / 1e6, steps_per_epoch, total_steps, jax.device_count())

@@ -85,12 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 500  # Global batch size of evaluation.
   c.train.log_every_steps = 50  # Training metrics to metrics.jsonl / wandb every N steps.
   c.train.eval_every_epochs = 1.0  # Validation every N epochs (and always at the end).
-  c.train.resume = True  # Resume from the latest checkpoint in the workdir if there is one.
+  c.train.resume = True  # Resume from the latest checkpoint in the workdir; False refuses a workdir that holds a run.
+  c.train.allow_config_change = False  # Resume even if keys that alter the run's trajectory changed (logged in launches.jsonl).
   c.train.on_nonfinite = 'stop'  # Non-finite loss: 'stop' (error naming the step) or 'skip' (drop the update, count it).
   c.train.max_steps = 0  # Stop after this many steps even if epochs remain; 0 = no limit (for tests and smoke runs).
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 1000  # Save the 'latest' checkpoint every N steps (and at each evaluation and at the end).
+  c.checkpoint.every_steps = 1000  # Save the 'latest' checkpoint every N steps and at the end ('best' is saved when validation improves).
   c.checkpoint.keep = 2  # How many 'latest' checkpoints to keep (the best one is kept separately).
 
   c.wandb = ml_collections.ConfigDict()

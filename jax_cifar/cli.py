@@ -1,0 +1,74 @@
+"""What every command-line tool shares: flag parsing whose mistakes are one `error:` line.
+
+absl prints a traceback for a config file that does not load (syntax error, no `get_config`) or an
+override naming a key that does not exist; users get one line naming the problem instead.
+`--config jax_cifar:NAME` names a config shipped with the package (`jax_cifar/configs/NAME.py`), so
+an installed wheel needs no source tree.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+BUILTIN_PREFIX = 'jax_cifar:'
+USAGE_EXIT_CODE = 2
+
+
+def builtin_config_path(name: str) -> str:
+  """Path of the packaged config `name` (e.g. 'smoke'); a ValueError lists the ones that exist."""
+  folder = pathlib.Path(__file__).resolve().parent / 'configs'
+  path = folder / f'{name}.py'
+  if not path.is_file() or name.startswith('_'):
+    names = sorted(p.stem for p in folder.glob('*.py') if not p.stem.startswith('_'))
+    raise ValueError(f'no built-in config {name!r}; built-in configs: {", ".join(names)}')
+  return str(path)
+
+
+def _resolve_builtin(argv: Sequence[str]) -> list[str]:
+  """--config jax_cifar:NAME[:ARG] -> --config /path/to/jax_cifar/configs/NAME.py[:ARG]."""
+  out, expect_value = [], False
+  for arg in argv:
+    if expect_value and arg.startswith(BUILTIN_PREFIX):
+      name, _, rest = arg[len(BUILTIN_PREFIX):].partition(':')
+      arg = builtin_config_path(name) + (f':{rest}' if rest else '')
+    elif arg.startswith(f'--config={BUILTIN_PREFIX}'):
+      name, _, rest = arg[len(f'--config={BUILTIN_PREFIX}'):].partition(':')
+      arg = '--config=' + builtin_config_path(name) + (f':{rest}' if rest else '')
+    expect_value = arg == '--config'
+    out.append(arg)
+  return out
+
+
+def _first_line(e: BaseException) -> str:
+  """One readable line of an error raised while loading a config (ml_collections nests quotes)."""
+  text = ' '.join(str(e).replace("\\'", "'").replace('\\n', ' ').split())
+  if len(text) > 1 and text[0] == text[-1] == "'":  # A KeyError's repr inside an AttributeError.
+    text = text[1:-1]
+  if '[Errno' in text:  # config_flags wraps a missing file in two paragraphs of search paths.
+    text = text[text.rindex('[Errno'):]
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
+  try:
+    return flags.FLAGS(_resolve_builtin(argv))
+  except flags.Error as e:
+    _usage_error(f'{e} (--helpshort lists the flags)')
+  except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
+          OSError) as e:  # Raised while loading --config or applying an override.
+    _usage_error(f'bad --config or --config.KEY override: {_first_line(e)}')
+
+
+def _usage_error(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  raise SystemExit(USAGE_EXIT_CODE)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` with the parsing above."""
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,138 @@
+"""One run per workdir: a lock, the rules for resuming with a changed config, and its launch log.
+
+A workdir holds exactly one run. `train.resume=false` never touches a workdir that already has one;
+a second launch into a workdir whose run is still going fails at once (an `flock` that dies with its
+process, so a killed run never leaves it stuck); and a resumed run may change only what does not
+alter its trajectory, unless `train.allow_config_change` says so. Every launch's full config is
+appended to `launches.jsonl`; `config.json` is the config of the latest launch, written only once
+the run is known to be valid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import pathlib
+from typing import Any
+
+from jax_cifar import errors
+
+CONFIG_FILE = 'config.json'
+LAUNCHES_FILE = 'launches.jsonl'
+LOCK_FILE = '.lock'
+
+# Keys a resumed run may change freely: where data lives, logging, evaluation cadence, stopping.
+SAFE_TO_CHANGE = (
+    'data.dir', 'data.download', 'data.tfds_data_dir', 'data.worker_count', 'data.prefetch',
+    'train.resume', 'train.max_steps', 'train.log_every_steps', 'train.eval_batch_size',
+    'train.eval_every_epochs', 'train.on_nonfinite', 'train.allow_config_change',
+    'checkpoint.every_steps', 'checkpoint.keep', 'wandb.')
+# May change, and is logged with what it does to the schedule: training longer.
+EXTENDABLE = ('train.num_epochs',)
+
+
+class WorkdirError(errors.UserError):
+  pass
+
+
+def flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+class Lock:
+  """An exclusive, non-blocking `flock` on WORKDIR/.lock, released when the process ends."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = workdir / LOCK_FILE
+    self._fd = None
+
+  def acquire(self) -> None:
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+      os.close(fd)
+      raise WorkdirError(f'workdir {self.path.parent} is in use by another run ({holder}); '
+                         'wait for it to end or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
+              f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # Closing the descriptor drops the flock; the file stays, harmlessly.
+      self._fd = None
+
+
+def existing_run(workdir: pathlib.Path) -> str | None:
+  """A short description of the run already in `workdir`, or None if it holds none."""
+  found = [name for name in (CONFIG_FILE, 'metrics.jsonl', LAUNCHES_FILE)
+           if (workdir / name).exists()]
+  ckpt = workdir / 'checkpoints'
+  if ckpt.is_dir() and any(p.name.isdigit() for sub in ckpt.iterdir() if sub.is_dir()
+                           for p in sub.iterdir()):
+    found.append('checkpoints/')
+  return ', '.join(found) or None
+
+
+def previous_config(workdir: pathlib.Path) -> dict | None:
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, '
+                       'so the run cannot be resumed safely') from e
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """{key: (old, new)} for every key whose value differs (keys absent on one side included)."""
+  a, b = flatten(old), flatten(new)
+  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float) -> list[str]:
+  """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
+  the keys that may change but deserve a log line."""
+  safe = lambda k: any(k == s or (s.endswith('.') and k.startswith(s)) for s in SAFE_TO_CHANGE)
+  notable, refused = [], []
+  for key, (before, after) in changes.items():
+    if safe(key):
+      continue
+    if key in EXTENDABLE and isinstance(before, (int, float)) and isinstance(after, (int, float)):
+      if after < epoch:
+        raise WorkdirError(f'{key} {before} -> {after}: the run is already at epoch {epoch:.2f}')
+      notable.append(key)
+    elif allow:
+      notable.append(key)
+    else:
+      refused.append(f'{key} {before!r} -> {after!r}')
+  if refused:
+    raise WorkdirError(
+        f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
+        'Start a new run in a fresh --workdir, or pass --config.train.allow_config_change=true '
+        'to apply the change from this step on (launches.jsonl records it)')
+  return notable
+
+
+def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
+                  changes: dict[str, tuple[Any, Any]]) -> None:
+  """Appends this launch to launches.jsonl and makes its config the run's config.json."""
+  row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
+         'changed': {k: list(v) for k, v in changes.items()}, 'config': config}
+  with (workdir / LAUNCHES_FILE).open('a') as f:
+    f.write(json.dumps(row, default=str) + '\n')
+  tmp = workdir / (CONFIG_FILE + '.tmp')
+  tmp.write_text(json.dumps(config, indent=2, default=str) + '\n')
+  tmp.replace(workdir / CONFIG_FILE)
