@@ -7,9 +7,13 @@ model itself (`nnx.eval_shape`), so a key this module gets wrong fails loudly, n
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import signal
 import uuid
 from typing import Any, Iterator, Mapping
 
@@ -28,6 +32,11 @@ _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean':
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 _METADATA_FILE = 'metadata.json'
 _STATE_DIR = 'state'
+_FORMAT = 'jax_cifar.convert/1'
+# Test hook: the converter SIGKILLs itself at this named point ('before_rename': the temp folder
+# is complete, the output untouched; 'after_rename': the new output is in place, the old one not
+# yet deleted), so tests can show that no kill leaves a partial output.
+KILL_ENV = 'JAX_CIFAR_CONVERT_KILL_AT'
 
 
 def _flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -130,36 +139,115 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   return _unflatten(out)
 
 
+def _is_converted(path: str) -> bool:
+  """True if `path` holds exactly what `save_converted` writes (state/ and our metadata.json)."""
+  if sorted(os.listdir(path)) != sorted((_METADATA_FILE, _STATE_DIR)):
+    return False
+  try:
+    with open(os.path.join(path, _METADATA_FILE)) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return (isinstance(meta, dict) and meta.get('format') == _FORMAT
+          and os.path.isdir(os.path.join(path, _STATE_DIR)))
+
+
+def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True') -> None:
+  """Raises FileExistsError unless `path` is free, or `overwrite` and it holds only a previous
+  converter output (or nothing): replacing must never delete files the converter did not write."""
+  if not os.path.lexists(path):
+    return
+  if not overwrite:
+    raise FileExistsError(f'{path} exists ({hint} to replace a previous converter output)')
+  if os.path.islink(path) or not os.path.isdir(path):
+    raise FileExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
+  entries = sorted(os.listdir(path))
+  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
+  if foreign:
+    shown = ', '.join(foreign[:5]) + (f' (+{len(foreign) - 5} more)' if len(foreign) > 5 else '')
+    raise FileExistsError(f'{path} holds files the converter did not write ({shown}); refusing '
+                          'to replace it: move them away or choose another output')
+  if entries and not _is_converted(path):
+    raise FileExistsError(f'{path} is not a converted checkpoint (its {_METADATA_FILE} is not '
+                          f'{_FORMAT!r}); refusing to replace it')
+
+
+def _kill_point(name: str) -> None:
+  if os.environ.get(KILL_ENV) == name:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False if the OS or
+  file system cannot, so the caller falls back to two renames."""
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (AttributeError, OSError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                        ctypes.c_uint]
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def _remove_stale_temps(path: str) -> None:
+  """Deletes temp folders that killed converters left next to `path` (their pid is gone)."""
+  parent, base = os.path.split(path)
+  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}(\.old)?$')
+  for name in os.listdir(parent):
+    m = pattern.match(name)
+    if not m or int(m.group(1)) == os.getpid():
+      continue
+    try:
+      os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    except PermissionError:
+      pass  # alive, another user's
+
+
 def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = '',
                    overwrite: bool = False) -> None:
-  """Writes an orbax checkpoint plus metadata.json; built in a temp dir and renamed into place."""
+  """Writes an orbax checkpoint plus metadata.json into a temp sibling, then renames it into place.
+
+  A kill at any point leaves no output or a previous complete one. `overwrite` replaces only a
+  previous output of this function (see `check_output`), swapped atomically on Linux.
+  """
   if arch not in ARCHS:
     raise ValueError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
   path = os.path.abspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f'{path} exists (pass overwrite=True to replace it)')
+  check_output(path, overwrite)
   # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
   tree = _unflatten({tuple(str(k) for k in p): np.asarray(v, np.float32)
                      for p, v in _flatten(pure_dict)})
   fc_kernel = tree.get('fc', {}).get('kernel')
-  meta = {'format': 'jax_cifar.convert/1', 'arch': arch, 'source': source,
+  meta = {'format': _FORMAT, 'arch': arch, 'source': source,
           'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}')
+  _remove_stale_temps(path)
+  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
   try:
     os.makedirs(tmp)
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
     with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
-    if os.path.exists(path):
-      old = f'{tmp}.old'
-      os.rename(path, old)
+    _kill_point('before_rename')
+    if not os.path.lexists(path):
       os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
     else:
-      os.rename(tmp, path)
+      check_output(path, overwrite)  # again: it may have changed while we wrote
+      if not _exchange(tmp, path):  # the old output now lies at `tmp`
+        os.rename(path, f'{tmp}.old')  # no atomic swap here: a kill in between leaves no output
+        os.rename(tmp, path)
+        os.rename(f'{tmp}.old', tmp)
+    _kill_point('after_rename')
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

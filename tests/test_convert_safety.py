@@ -1,0 +1,289 @@
+"""Converter safety: a file that is not a state_dict is named so, never with advice to unpickle it
+unsafely; --overwrite replaces only a previous converter output; a killed run leaves no partial
+output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
+
+import importlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from jax_cifar import convert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
+KILL_ENV = 'JAX_CIFAR_CONVERT_KILL_AT'  # test hook: the converter SIGKILLs itself at this point
+
+
+def _require(module: str):
+  """Skips without torch locally, but under CI a missing torch must fail, not skip."""
+  if os.environ.get('CI'):
+    return importlib.import_module(module)
+  return pytest.importorskip(module)
+
+
+torch = _require('torch')
+torchvision = _require('torchvision')
+
+
+@pytest.fixture(scope='module')
+def script():
+  spec = importlib.util.spec_from_file_location('convert_script', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run_main(script, capsys, argv: list[str]) -> tuple[int, str]:
+  capsys.readouterr()
+  rc = script.main(argv)
+  return rc, capsys.readouterr().err
+
+
+def _resnet18_state_dict(seed: int) -> dict:
+  torch.manual_seed(seed)
+  return torchvision.models.resnet18().state_dict()
+
+
+class _RunsCode:
+  """A pickle payload: unpickling it would create `marker`."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def _bad_files(tmp) -> dict[str, tuple[str, str]]:
+  """name -> (file, what the error must say about it)."""
+  rng = np.random.default_rng(0)
+  files = {}
+
+  def put(name, needle, save=None, raw=None):
+    path = str(tmp / name)
+    if save is not None:
+      torch.save(save, path)
+    else:
+      with open(path, 'wb') as f:
+        f.write(raw)
+    files[name] = (path, needle)
+
+  put('module.pth', 'torch.nn.modules.container.Sequential',
+      save=torch.nn.Sequential(torch.nn.Linear(2, 2)))
+  put('code.pth', 'system', save={'conv1.weight': _RunsCode(tmp / 'pwned')})
+  put('tensor.pth', 'a Tensor', save=torch.zeros(3))
+  put('list.pth', 'a list', save=[torch.zeros(2)])
+  put('numbers.pth', "'epochs' holds an int", save={'epochs': 3, 'fc.weight': torch.zeros(2)})
+  put('optimizer.pth', "'state' holds a dict",
+      save=torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).state_dict())
+  put('nothing.pth', 'no tensors', save={})
+  put('random.bin', 'not a file written by torch.save', raw=b'\x00' + rng.bytes(999))
+  put('bad_pickle.pth', 'not a file written by torch.save', raw=b'\x80\x02' + rng.bytes(998))
+  put('text.txt', 'not a file written by torch.save', raw=b'hello world\n')
+  put('empty.pth', 'empty', raw=b'')
+  zip_path = str(tmp / 'other.zip')
+  with zipfile.ZipFile(zip_path, 'w') as z:
+    z.writestr('a.txt', 'hi')
+  files['other.zip'] = (zip_path, 'not a file written by torch.save')
+  whole = str(tmp / 'whole.pth')
+  torch.save({'fc.weight': torch.zeros(100, 100)}, whole)
+  with open(whole, 'rb') as f:
+    put('truncated.pth', 'not a complete file written by torch.save', raw=f.read()[:20000])
+  return files
+
+
+def test_files_that_are_not_state_dicts_are_named_so_without_unsafe_advice(script, tmp_path,
+                                                                          capsys):
+  out = tmp_path / 'out'
+  for name, (path, needle) in _bad_files(tmp_path).items():
+    rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', path,
+                                         '--output', str(out)])
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith('error: '), (name, err)
+    expected = f'{path} is not a PyTorch state_dict (a mapping of parameter names to tensors): '
+    assert expected in lines[0] and needle in lines[0], (name, lines[0])
+    for unsafe in ('weights_only', 'safe_globals', 'can still be loaded'):
+      assert unsafe not in err, (name, err)
+    assert not out.exists()
+  assert not (tmp_path / 'pwned').exists(), 'torch.load must not execute pickled code'
+
+
+def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
+  sd = _resnet18_state_dict(0)
+  for i, wrapped in enumerate(({'state_dict': sd, 'epoch': 3}, {'model': sd})):
+    path = tmp_path / f'w{i}.pth'
+    torch.save(wrapped, path)
+    out = tmp_path / f'out{i}'
+    rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                         '--output', str(out)])
+    assert rc == 0, err
+    np.testing.assert_array_equal(convert.read_converted(str(out))[1]['fc.kernel'],
+                                  sd['fc.weight'].numpy().T)
+
+
+# ------------------------------------------------------------------ --weights (torch hub cache)
+def _hub_file(tmp_path, arch: str, name: str) -> str:
+  weights = torchvision.models.get_model_weights(arch)[name]
+  folder = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+  folder.mkdir(parents=True, exist_ok=True)
+  return str(folder / os.path.basename(weights.url))
+
+
+def test_weights_name_converts_a_cached_download_offline(script, tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+  torch.manual_seed(0)
+  sd = torchvision.models.resnext50_32x4d().state_dict()
+  torch.save(sd, _hub_file(tmp_path, 'resnext50_32x4d', 'IMAGENET1K_V2'))
+  out = str(tmp_path / 'out')
+  rc, err = _run_main(script, capsys, ['--arch', 'resnext50_32x4d', '--weights', 'IMAGENET1K_V2',
+                                       '--output', out])
+  assert rc == 0, err
+  meta, ckpt = convert.read_converted(out)
+  assert meta['arch'] == 'resnext50_32x4d' and meta['source'].endswith('.pth')
+  np.testing.assert_array_equal(ckpt['layer1.0.conv2.kernel'],
+                                sd['layer1.0.conv2.weight'].numpy().transpose(2, 3, 1, 0))
+  rc, err = _run_main(script, capsys, ['--arch', 'resnext101_64x4d', '--weights', 'IMAGENET1K_V2',
+                                       '--output', str(tmp_path / 'out2')])
+  assert rc == 1 and 'resnext101_64x4d has IMAGENET1K_V1, DEFAULT' in err, err
+
+
+def test_cached_download_holding_code_is_refused_not_run(script, tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+  cached = _hub_file(tmp_path, 'resnet18', 'IMAGENET1K_V1')
+  torch.save({'conv1.weight': _RunsCode(tmp_path / 'pwned')}, cached)
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--weights', 'IMAGENET1K_V1',
+                                       '--output', str(tmp_path / 'out')])
+  assert rc == 1 and f'{cached} is not a PyTorch state_dict' in err and 'weights_only' not in err
+  assert not (tmp_path / 'pwned').exists(), 'a cached download must not execute pickled code'
+
+
+def test_script_and_library_know_the_same_architectures(script):
+  assert script.ARCHS == convert.ARCHS
+
+
+# ------------------------------------------------------------------ --overwrite
+def _tiny(value: float) -> dict:
+  return {'fc': {'kernel': np.full((2, 3), value, np.float32), 'bias': np.zeros(3, np.float32)}}
+
+
+def _snapshot(root) -> dict:
+  """Every path under `root` (and `root` itself) with its bytes, to show nothing changed."""
+  if os.path.isfile(root):
+    with open(root, 'rb') as f:
+      return {'.': f.read()}
+  snap = {}
+  for folder, dirs, names in os.walk(root):
+    for d in dirs:
+      snap[os.path.relpath(os.path.join(folder, d), root)] = 'dir'
+    for n in names:
+      with open(os.path.join(folder, n), 'rb') as f:
+        snap[os.path.relpath(os.path.join(folder, n), root)] = f.read()
+  return snap
+
+
+def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
+  out = str(tmp_path / 'out')
+  convert.save_converted(_tiny(1.0), 'resnet18', out)
+  with pytest.raises(FileExistsError, match='exists'):
+    convert.save_converted(_tiny(2.0), 'resnet18', out)
+  convert.save_converted(_tiny(2.0), 'resnet18', out, overwrite=True)
+  assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 2.0
+  assert os.listdir(tmp_path) == ['out']  # neither the temp folder nor the old output is left
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  convert.save_converted(_tiny(3.0), 'resnet18', str(empty), overwrite=True)
+  assert convert.read_converted(str(empty))[1]['fc.kernel'][0, 0] == 3.0
+
+
+def _foreign_outputs(tmp_path) -> dict[str, str]:
+  """name -> an --output path holding something the converter did not write."""
+  paths = {}
+  notes = tmp_path / 'notes'
+  notes.mkdir()
+  (notes / 'notes.txt').write_text('my thesis')
+  paths['notes.txt'] = str(notes)
+  mixed = tmp_path / 'mixed'
+  convert.save_converted(_tiny(1.0), 'resnet18', str(mixed))
+  (mixed / 'notes.txt').write_text('my thesis')
+  paths['mixed'] = str(mixed)
+  other = tmp_path / 'other'
+  (other / 'state').mkdir(parents=True)
+  (other / 'state' / 'data').write_text('x')
+  (other / 'metadata.json').write_text('{"format": "something else"}')
+  paths['other'] = str(other)
+  afile = tmp_path / 'afile'
+  afile.write_text('my thesis')
+  paths['afile'] = str(afile)
+  return paths
+
+
+@pytest.mark.parametrize('name, needle', [('notes.txt', 'notes.txt'), ('mixed', 'notes.txt'),
+                                          ('other', 'not a converted checkpoint'),
+                                          ('afile', 'not a folder')])
+def test_overwrite_refuses_an_output_with_files_the_converter_did_not_write(tmp_path, name,
+                                                                           needle):
+  path = _foreign_outputs(tmp_path)[name]
+  before = _snapshot(path)
+  with pytest.raises(FileExistsError, match=needle):
+    convert.save_converted(_tiny(2.0), 'resnet18', path, overwrite=True)
+  assert _snapshot(path) == before
+  assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]  # no temp folder left
+
+
+def test_script_overwrite_refuses_a_folder_of_other_files_before_loading(script, tmp_path,
+                                                                         capsys):
+  path = _foreign_outputs(tmp_path)['notes.txt']
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict',
+                                       str(tmp_path / 'absent.pth'), '--output', path,
+                                       '--overwrite'])
+  assert rc == 1 and 'notes.txt' in err and len(err.strip().splitlines()) == 1, err
+  assert (tmp_path / 'notes' / 'notes.txt').read_text() == 'my thesis'
+
+
+# ------------------------------------------------------------------ killed mid-write
+def _convert_in_subprocess(sd_file, out, kill_at: str | None) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  env.pop(KILL_ENV, None)
+  if kill_at:
+    env[KILL_ENV] = kill_at
+  return subprocess.run([sys.executable, SCRIPT, '--arch', 'resnet18', '--state_dict',
+                         str(sd_file), '--output', str(out), '--overwrite'],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_killed_converter_leaves_no_output_or_the_previous_complete_one(tmp_path):
+  inputs, work = tmp_path / 'in', tmp_path / 'work'
+  inputs.mkdir()
+  work.mkdir()
+  old_sd, new_sd = _resnet18_state_dict(0), _resnet18_state_dict(1)
+  new_file = inputs / 'new.pth'
+  torch.save(new_sd, new_file)
+  out = work / 'out'
+  kernel = lambda: convert.read_converted(str(out))[1]['conv1.kernel']
+  expect_old = old_sd['conv1.weight'].numpy().transpose(2, 3, 1, 0)
+  expect_new = new_sd['conv1.weight'].numpy().transpose(2, 3, 1, 0)
+
+  run = _convert_in_subprocess(new_file, out, 'before_rename')  # nothing there before
+  assert run.returncode == -signal.SIGKILL, run.stderr
+  assert not out.exists()
+
+  convert.save_converted(convert.torch_to_flax(old_sd, 'resnet18'), 'resnet18', str(out))
+  run = _convert_in_subprocess(new_file, out, 'before_rename')
+  assert run.returncode == -signal.SIGKILL, run.stderr
+  np.testing.assert_array_equal(kernel(), expect_old)  # the previous output, whole
+
+  run = _convert_in_subprocess(new_file, out, 'after_rename')
+  assert run.returncode == -signal.SIGKILL, run.stderr
+  np.testing.assert_array_equal(kernel(), expect_new)  # the new output, whole
+
+  run = _convert_in_subprocess(new_file, out, None)
+  assert run.returncode == 0, run.stderr
+  np.testing.assert_array_equal(kernel(), expect_new)
+  assert os.listdir(work) == ['out'], os.listdir(work)  # killed runs' temp folders cleaned up
