@@ -1,4 +1,5 @@
-"""torchvision ResNet/ResNeXt/Wide ResNet `state_dict` -> Flax NNX variables, and the converted checkpoint on disk.
+"""torchvision ResNet/ResNeXt/Wide ResNet `state_dict` -> Flax NNX variables, and the converted
+checkpoint on disk.
 
 Our modules mirror torchvision's attribute names, so conversion is a renaming plus layout changes
 (conv OIHW -> HWIO, Linear (out, in) -> (in, out)). The expected structure always comes from the
@@ -195,6 +196,18 @@ def _exchange(a: str, b: str) -> bool:
   raise OSError(err, os.strerror(err), b)
 
 
+def _fsync_tree(root: str, recursive: bool = True) -> None:
+  """fsyncs every file and folder under `root` (or only `root` itself)."""
+  walk = os.walk(root) if recursive else [(root, [], [])]
+  for folder, _, names in walk:
+    for p in [os.path.join(folder, n) for n in names] + [folder]:
+      fd = os.open(p, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+
+
 def _remove_stale_temps(path: str) -> None:
   """Deletes temp folders that killed converters left next to `path` (their pid is gone)."""
   parent, base = os.path.split(path)
@@ -238,15 +251,18 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
       ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
     with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
+    _fsync_tree(tmp)  # on disk before the rename publishes it (a power cut, not only a kill)
     _kill_point('before_rename')
     if not os.path.lexists(path):
       os.rename(tmp, path)
     else:
       check_output(path, overwrite)  # again: it may have changed while we wrote
-      if not _exchange(tmp, path):  # the old output now lies at `tmp`
+      # Afterwards the old output lies at `tmp` and is deleted below.
+      if not _exchange(tmp, path):
         os.rename(path, f'{tmp}.old')  # no atomic swap here: a kill in between leaves no output
         os.rename(tmp, path)
         os.rename(f'{tmp}.old', tmp)
+    _fsync_tree(parent, recursive=False)
     _kill_point('after_rename')
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

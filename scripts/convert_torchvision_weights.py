@@ -1,4 +1,4 @@
-"""Converts torchvision ResNet/ResNeXt/Wide ResNet weights into the checkpoint `model.pretrained` loads.
+"""Converts torchvision ResNet/ResNeXt/Wide ResNet weights into `model.pretrained`'s checkpoint.
 
   python scripts/convert_torchvision_weights.py --arch resnet50 --weights IMAGENET1K_V2 \
       --output weights/resnet50_v2
@@ -52,7 +52,9 @@ def _a(thing: Any) -> str:
   return f'{"an" if name[:1].lower() in "aeiou" else "a"} {name}'
 
 
-_ADVICE = ('weights_only', 'weights only', 'safe_globals', 'trust', 'documentation', 'file an issue')
+# Lines of torch.load's error text that advise loading unsafely (or are noise): never repeated.
+_ADVICE = ('weights_only', 'weights only', 'safe_globals', 'trust', 'documentation',
+           'file an issue')
 
 
 def _why_unreadable(error: Exception) -> str:

@@ -201,6 +201,28 @@ def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
   assert convert.read_converted(str(empty))[1]['fc.kernel'][0, 0] == 3.0
 
 
+def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, monkeypatch):
+  out = str(tmp_path / 'out')
+  convert.save_converted(_tiny(1.0), 'resnet18', out)
+  monkeypatch.setattr(convert, '_exchange', lambda a, b: False)  # as on macOS or odd file systems
+  convert.save_converted(_tiny(2.0), 'resnet18', out, overwrite=True)
+  assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 2.0
+  assert os.listdir(tmp_path) == ['out']
+
+
+def test_temp_folders_of_dead_converters_are_removed_and_live_ones_kept(tmp_path):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  pid = dead.stdout.strip()
+  stale = [f'.out.tmp-{pid}-0123abcd', f'.out.tmp-{pid}-0123abcd.old']
+  live = f'.out.tmp-{os.getppid()}-0123abcd'  # pytest's parent is alive: its write goes on
+  other = f'.other.tmp-{pid}-0123abcd'  # another output's
+  for name in stale + [live, other]:
+    (tmp_path / name).mkdir()
+  convert.save_converted(_tiny(1.0), 'resnet18', str(tmp_path / 'out'))
+  assert sorted(os.listdir(tmp_path)) == sorted([live, other, 'out'])
+
+
 def _foreign_outputs(tmp_path) -> dict[str, str]:
   """name -> an --output path holding something the converter did not write."""
   paths = {}
