@@ -15,6 +15,7 @@ CHOICES = {
     'optim.schedule': ('cosine', 'constant'),
     'train.on_nonfinite': ('stop', 'skip'),
     'wandb.mode': ('online', 'offline', 'disabled'),
+    'checkpoint.best_weights': ('raw', 'ema'),
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
@@ -44,6 +45,7 @@ RANGES = {
     'train.eval_batch_size': (1, None, True), 'train.log_every_steps': (1, None, True),
     'train.eval_every_epochs': (0.0, None, False), 'train.max_steps': (0, None, True),
     'checkpoint.every_steps': (1, None, True), 'checkpoint.keep': (1, None, True),
+    'ema.decay': (0.0, 1.0, True), 'ema.warmup_power': (0.0, None, True),
 }
 
 
@@ -86,6 +88,10 @@ def validate(config) -> None:
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')
   if given['data.val_fraction'] >= 1.0:
     raise ConfigError("config key 'data.val_fraction' must be below 1")
+  if given['ema.decay'] >= 1.0:
+    raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
+  if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:
+    raise ConfigError("checkpoint.best_weights='ema' needs an EMA: set ema.decay (e.g. 0.999)")
   if given['augment.augmix_depth'] == 0:
     raise ConfigError("config key 'augment.augmix_depth' must be -1 (random 1-3) or 1..10, got 0")
   if given['augment.blur_kernel'] % 2 == 0:

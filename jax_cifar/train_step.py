@@ -24,6 +24,27 @@ class TrainState:
   rng: jax.Array  # uint32[2] base key; each step folds in its step number.
   nonfinite_steps: jax.Array  # int32 scalar: updates skipped because the loss was not finite.
   first_nonfinite_step: jax.Array  # int32 scalar: step of the first such update, -1 if none.
+  ema_params: Any = None  # EMA of params (config.ema.decay > 0), else None.
+  ema_batch_stats: Any = None  # EMA of the BatchNorm running statistics, else None.
+
+
+def ema_decay(step: jax.Array, decay: float, warmup_power: float) -> jax.Array:
+  """The EMA decay at `step` (updates done before this one): timm's ModelEmaV3 warm-up,
+  1 - (1 + step) ** -power, capped at `decay`; without warm-up, `decay` itself."""
+  if not warmup_power:
+    return jnp.asarray(decay, jnp.float32)
+  warm = 1.0 - (1.0 + step.astype(jnp.float32)) ** -warmup_power
+  return jnp.minimum(jnp.float32(decay), warm)
+
+
+def update_ema(state: TrainState, config) -> TrainState:
+  """Moves the EMA towards the (already updated) params and BatchNorm statistics of `state`."""
+  if state.ema_params is None:
+    return state
+  d = ema_decay(state.step - 1, config.ema.decay, config.ema.warmup_power)
+  towards = lambda new, ema: optax.incremental_update(new, ema, 1.0 - d)
+  return state.replace(ema_params=towards(state.params, state.ema_params),
+                       ema_batch_stats=towards(state.batch_stats, state.ema_batch_stats))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -73,6 +94,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
       first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
                                      state.first_nonfinite_step, state.step))
+  new_state = update_ema(new_state, config)
   metrics = {
       'train_loss': loss,
       'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),

@@ -54,10 +54,14 @@ def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
     convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
                             rngs_seed=config.seed)
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+  ema = config.get('ema', {}).get('decay', 0.0) > 0
   state = jax.jit(lambda p, s: TrainState(
       step=jnp.zeros((), jnp.int32), params=p, batch_stats=s, opt_state=tx.init(p),
       rng=jax.random.PRNGKey(config.seed), nonfinite_steps=jnp.zeros((), jnp.int32),
-      first_nonfinite_step=-jnp.ones((), jnp.int32)), out_shardings=repl)(params, batch_stats)
+      first_nonfinite_step=-jnp.ones((), jnp.int32),
+      ema_params=jax.tree.map(jnp.copy, p) if ema else None,
+      ema_batch_stats=jax.tree.map(jnp.copy, s) if ema else None),
+                  out_shardings=repl)(params, batch_stats)
   return state, graphdef
 
 
@@ -273,11 +277,18 @@ def _check_finite(state: TrainState, config) -> None:
 
 
 def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int) -> dict:
-  result = evaluate_split(p_eval, state.params, state.batch_stats, split,
-                          config.train.eval_batch_size, mesh)
-  row = {'val_loss': result['loss'], 'val_accuracy': result['accuracy'],
-         'val_top5_accuracy': result['top5_accuracy']}
+  """Validates the raw weights (and the EMA's, as val_*_ema); 'best' follows checkpoint.best_weights."""
+  weights = {'': (state.params, state.batch_stats)}
+  if state.ema_params is not None:
+    weights['_ema'] = (state.ema_params, state.ema_batch_stats)
+  row = {}
+  for suffix, (params, stats) in weights.items():
+    result = evaluate_split(p_eval, params, stats, split, config.train.eval_batch_size, mesh)
+    row.update({f'val_loss{suffix}': result['loss'], f'val_accuracy{suffix}': result['accuracy'],
+                f'val_top5_accuracy{suffix}': result['top5_accuracy']})
   writer.write(step, row)
-  ckpts.maybe_save_best(state, step, result['accuracy'])
-  logging.info('step %d: val_accuracy %.4f, val_loss %.4f', step, result['accuracy'], result['loss'])
+  pick = '_ema' if config.checkpoint.best_weights == 'ema' else ''
+  ckpts.maybe_save_best(state, step, row[f'val_accuracy{pick}'])
+  logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in row.items()
+                                              if 'top5' not in k))
   return row

@@ -28,7 +28,7 @@ SAFE_TO_CHANGE = (
     'data.dir', 'data.download', 'data.tfds_data_dir', 'data.worker_count', 'data.prefetch',
     'train.resume', 'train.max_steps', 'train.log_every_steps', 'train.eval_batch_size',
     'train.eval_every_epochs', 'train.on_nonfinite', 'train.allow_config_change',
-    'checkpoint.every_steps', 'checkpoint.keep', 'wandb.')
+    'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.best_weights', 'wandb.')
 # May change, and is logged with what it does to the schedule: training longer.
 EXTENDABLE = ('train.num_epochs',)
 

@@ -90,9 +90,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.on_nonfinite = 'stop'  # Non-finite loss: 'stop' (error naming the step) or 'skip' (drop the update, count it).
   c.train.max_steps = 0  # Stop after this many steps even if epochs remain; 0 = no limit (for tests and smoke runs).
 
+  c.ema = ml_collections.ConfigDict()
+  # Exponential moving average of the weights AND the BatchNorm running statistics (as timm's
+  # ModelEmaV3 with buffers), kept in the train state, checkpointed and validated next to the raw
+  # weights (val_accuracy_ema).
+  c.ema.decay = 0.0  # EMA decay per step, e.g. 0.999; 0 disables the EMA.
+  c.ema.warmup_power = 0.0  # Warm-up: decay_t = min(decay, 1 - (1 + t) ** -power) (timm: 2/3 or 3/4); 0 = none.
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000  # Save the 'latest' checkpoint every N steps and at the end ('best' is saved when validation improves).
   c.checkpoint.keep = 2  # How many 'latest' checkpoints to keep (the best one is kept separately).
+  c.checkpoint.best_weights = 'raw'  # Which weights' val accuracy picks 'best': 'raw' or 'ema' (needs ema.decay > 0).
 
   c.wandb = ml_collections.ConfigDict()
   c.wandb.mode = 'disabled'  # 'online', 'offline' (no network needed; `wandb sync` later) or 'disabled'.
