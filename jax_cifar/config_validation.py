@@ -88,6 +88,9 @@ def validate(config) -> None:
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')
   if given['data.val_fraction'] >= 1.0:
     raise ConfigError("config key 'data.val_fraction' must be below 1")
+  if given['model.width'] < models.smallest_width(given['model.name']):
+    raise ConfigError(f"config key 'model.width' must be >= {models.smallest_width(given['model.name'])} "
+                      f"for {given['model.name']}, got {given['model.width']}")
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:

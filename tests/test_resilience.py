@@ -121,6 +121,29 @@ def test_sigterm_saves_exits_75_and_the_next_launch_resumes(tmp_path, uninterrup
   _assert_same_run(uninterrupted, workdir)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('kind, step', [('latest', 6), ('best', 8)])
+def test_kill_inside_a_checkpoint_save_resumes_from_the_last_committed_step(
+    tmp_path, uninterrupted, kind, step):
+  """SIGKILL after orbax wrote the step's temporary folder, before its commit (rename)."""
+  workdir = tmp_path / 'killed'
+  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  out = subprocess.run(
+      [sys.executable, 'tests/_train_killed_in_save.py', kind, str(step), '--config',
+       'configs/default.py', '--workdir', str(workdir), *args],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+  folder = workdir / 'checkpoints' / kind
+  assert any(p.name.startswith(f'{step}.orbax-checkpoint-tmp') for p in folder.iterdir())
+  assert not (folder / str(step)).exists()  # Never committed.
+  committed = [int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
+               if p.name.isdigit()]
+  assert committed and max(committed) < step + (3 if kind == 'best' else 0)
+  proc = _launch(workdir)
+  assert proc.wait() == 0, _log(workdir)[-2000:]
+  _assert_same_run(uninterrupted, workdir)
+
+
 def _diverge_from_step_5(monkeypatch):
   """An infinite learning rate from the 5th update on: its update (and all later losses) blow up."""
   real = optim.make_schedule
@@ -226,7 +249,14 @@ def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path)
 
 def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
   assert _run_cli(tmp_path, '--config.train.max_steps=3').returncode == 0
+  # The run's config.json names the change before anything is restored ...
   out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6')
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert out.returncode != 0 and len(errors) == 1 and 'model.width 4 -> 8' in errors[0], (
+      out.returncode, out.stderr[-4000:])
+  # ... and a change accepted on purpose still cannot load weights of another shape.
+  out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6',
+                 '--config.train.allow_config_change=true')
   assert out.returncode != 0
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(errors) == 1 and 'does not match' in errors[0], (out.returncode, out.stderr[-4000:])
