@@ -1,21 +1,44 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
 python -m jax_cifar.evaluate --config configs/NAME.py --workdir DIR [--checkpoint best|latest|PATH]
-    [--tta_flip] [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
+    [--tta none|flip|shifts] [--bn_adapt] [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
-confusion_<tag>.png, where <tag> is best, latest or path (+ _tta with --tta_flip); with
---cifar100c_dir also cifar100c_<tag>.png. The last line printed is one JSON object with the scalar
-results, at least `test_accuracy` (a fraction).
+confusion_<tag>.png, where <tag> is best, latest or path, then _tta-flip / _tta-shifts with --tta
+(--tta_flip is an alias of --tta flip) and _bn-adapt with --bn_adapt; with --cifar100c_dir also
+cifar100c_<tag>.png. The last line printed is one JSON object with the scalar results, at least
+`test_accuracy` (a fraction).
+
+--tta: see jax_cifar/tta.py (the softmax averaged over mirrored/translated views).
+--bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is
+predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
+split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
+see jax_cifar/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
+SIGTERM/SIGINT stop the run with one line and status 128 + signal; a stopped or killed run never
+leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/submission.py).
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+
+
+def _stopped_while_starting(signum, _frame):
+  print(f'error: stopped by {signal.Signals(signum).name} while starting', file=sys.stderr)
+  raise SystemExit(128 + signum)
+
+
+if __name__ == '__main__':  # A signal while the libraries load: one line, no traceback.
+  signal.signal(signal.SIGINT, _stopped_while_starting)
+  signal.signal(signal.SIGTERM, _stopped_while_starting)
+
+# pylint: disable=wrong-import-position
 import contextlib
 import dataclasses
 import functools
 import json
 import pathlib
-import sys
+import time
 from typing import Any
 
 import jax
@@ -26,8 +49,8 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, config_validation, metrics_lib, optim, parallel, report
-from jax_cifar import submission, trainer
+from jax_cifar import bn_adapt, checkpoints, config_validation, interrupt, metrics_lib, optim
+from jax_cifar import parallel, report, submission, trainer, tta
 from jax_cifar.data import cifar100, ood, pipeline
 from jax_cifar.train_step import predict_step
 
@@ -35,7 +58,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
 flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', or a path to a checkpoint step folder.")
-flags.DEFINE_bool('tta_flip', False, 'Average the softmax of each image and its horizontal flip.')
+flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
+                  'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The softmax '
+                  'is averaged over the views.')
+flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
+flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES THE '
+                  'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '
+                  '(distortion x severity, CIFAR-100-C corruption x severity, whole clean split) '
+                  'before predicting it; restored for the next chunk.')
 flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
 flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                     '(default WORKDIR/submission_<tag>.csv).')
@@ -65,68 +95,101 @@ def restore_state(config, workdir: str, which: str, mesh):
 # ---------------------------------------------------------------------------------------------
 # Batched, sharded inference over any uint8 [N, 32, 32, 3] array (memory maps included)
 # ---------------------------------------------------------------------------------------------
-def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_flip: bool,
+def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: str,
                labels_only: bool) -> jax.Array:
-  images = batch['image']
-  log_p = jax.nn.log_softmax(predict_step(params, batch_stats, images, graphdef=graphdef,
-                                          config=config))
-  if tta_flip:  # Mean of the two softmaxes, kept in log space: log((p + q) / 2).
-    flipped = predict_step(params, batch_stats, images[:, :, ::-1], graphdef=graphdef, config=config)
-    log_p = jnp.logaddexp(log_p, jax.nn.log_softmax(flipped)) - jnp.log(2.0)
+  def one_view(images):
+    return jax.nn.log_softmax(predict_step(params, batch_stats, images, graphdef=graphdef,
+                                           config=config))
+
+  log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode)
   return jnp.argmax(log_p, -1).astype(jnp.int32) if labels_only else log_p
 
 
-def make_predict(config, graphdef, mesh, *, tta_flip: bool = False, labels_only: bool = False):
+def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
+                 labels_only: bool = False):
   """Jitted (params, batch_stats, batch) -> log-probabilities [B, C] (or argmax labels [B]).
 
   The batch is sharded over the 'data' axis; the output is replicated, so every process can read
-  all of it (process 0 writes the files).
+  all of it (process 0 writes the files). `tta_flip=True` is the old spelling of tta_mode='flip'.
   """
+  tta_mode = resolve_tta(tta_mode, tta_flip)
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_flip=tta_flip,
+  fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_mode=tta_mode,
                          labels_only=labels_only)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=repl)
 
 
+def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
+  if tta_mode not in tta.MODES:
+    raise ValueError(f'--tta must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
+  if tta_flip and tta_mode not in ('none', 'flip'):
+    raise ValueError(f'--tta_flip (= --tta flip) contradicts --tta {tta_mode}; give only --tta')
+  return 'flip' if tta_flip else tta_mode
+
+
 @dataclasses.dataclass
 class Predictor:
-  """A restored model and its compiled prediction functions."""
+  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter."""
   state: Any
   mesh: Any
   batch_size: int
   log_probs_fn: Any
   labels_fn: Any
+  adapter: bn_adapt.BNAdapter | None = None
 
-  def run(self, images: np.ndarray, desc: str, labels_only: bool = False) -> np.ndarray:
-    """Predictions for every row of `images`; the padded rows of the last batch are dropped."""
+  def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
+          chunk: int | None = None) -> np.ndarray:
+    """Predictions for every row of `images`, one progress bar. With BN adaptation, each block of
+    `chunk` rows (default: all) is predicted with statistics re-estimated on that block alone."""
+    chunk = chunk or len(images)
+    passes = 2 if self.adapter else 1
+    outs = []
+    with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
+                   mininterval=1.0, disable=jax.process_index() != 0) as bar:
+      for start in range(0, len(images), chunk):
+        interrupt.FLAG.check(collective=True)
+        part = images[start:start + chunk]
+        stats = self.state.batch_stats  # Every chunk starts from the checkpoint's statistics.
+        if self.adapter:
+          stats = self.adapter.adapt(self.state.params, stats, part, progress=bar.update,
+                                     check=interrupt.FLAG.check)
+        outs.append(self._predict(part, stats, labels_only, bar))
+    return np.concatenate(outs)
+
+  def _predict(self, images: np.ndarray, batch_stats, labels_only: bool, bar) -> np.ndarray:
+    """The padded rows of the last batch are dropped."""
     fn = self.labels_fn if labels_only else self.log_probs_fn
     split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
     batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
                                           parallel.batch_sharded(self.mesh))
     outs, pending = [], None
-    with tqdm.tqdm(total=len(images), desc=desc, unit='img', leave=False, mininterval=1.0,
-                   disable=jax.process_index() != 0) as bar:
-      for batch in batches:
-        out = fn(self.state.params, self.state.batch_stats, batch)  # Dispatch, then fetch the last.
-        if pending is not None:
-          outs.append(np.asarray(jax.device_get(pending)))
-          bar.update(len(outs[-1]))
-        pending = out
+
+    def fetch(out) -> None:
+      outs.append(np.asarray(jax.device_get(out)))
+      bar.update(min(len(outs[-1]), len(images) - (len(outs) - 1) * self.batch_size))
+
+    for batch in batches:
+      interrupt.FLAG.check()
+      out = fn(self.state.params, batch_stats, batch)  # Dispatch, then fetch the previous one.
       if pending is not None:
-        outs.append(np.asarray(jax.device_get(pending)))
-        bar.update(len(outs[-1]))
+        fetch(pending)
+      pending = out
+    if pending is not None:
+      fetch(pending)
     return np.concatenate(outs)[:len(images)]
 
 
-def load_predictor(config, workdir: str, which: str, tta_flip: bool = False):
+def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
+                   tta_mode: str = 'none', adapt_bn: bool = False):
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = restore_state(config, workdir, which, mesh)
-  make = functools.partial(make_predict, config, graphdef, mesh, tta_flip=tta_flip)
-  return Predictor(state, mesh, config.train.eval_batch_size, make(),
-                   make(labels_only=True)), step
-
-
+  make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
+                           tta_flip=tta_flip)
+  adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
+                                state.params, state.batch_stats) if adapt_bn else None)
+  return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
+                   adapter), step
 # ---------------------------------------------------------------------------------------------
 # Clean splits, the OOD submission, CIFAR-100-C
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +206,7 @@ def _class_names(config) -> tuple[list[str], list[str]]:
 def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, config,
                    figure: pathlib.Path | None = None) -> tuple[dict, dict]:
   """(scalars, per-class details) of one split; draws the confusion matrix when `figure` is set."""
-  log_p = predictor.run(split.images, desc=name)
+  log_p = predictor.run(split.images, desc=name)  # With --bn_adapt: the whole split is one chunk.
   scalars = metrics_lib.classification_metrics(log_p, split.labels)
   pred, labels, num_classes = log_p.argmax(-1), split.labels, config.model.num_classes
   fine_names, coarse_names = _class_names(config)
@@ -168,24 +231,30 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
                        files: list[ood.ImageFile]) -> dict:
   """Streams the 19 distortion files (one memory map at a time) into the submission CSV.
 
-  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file.
+  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file. With
+  --bn_adapt each severity block of a file is one chunk.
   """
   labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
   truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
   scores = {}
   writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
             if jax.process_index() == 0 else contextlib.nullcontext())
+  start = time.perf_counter()
   with writer:
     for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
                                     disable=jax.process_index() != 0)):
       images = f.open()
-      pred = predictor.run(images, desc=f.path.stem, labels_only=True)
+      pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
       del images  # Unmap before the next file, so at most one file's pages stay resident.
       if jax.process_index() == 0:
         writer.add(d, pred)
       if truth is not None:
         scores[f.path.stem] = ood.severity_accuracy(pred, truth)
-  result = {'submission': str(csv_path)}
+      interrupt.at_event('ood_file', d)
+    interrupt.FLAG.check(collective=True)  # A signal during the last file: no CSV either.
+  seconds = time.perf_counter() - start
+  result = {'submission': str(csv_path), 'ood_seconds': seconds,
+            'ood_images_per_sec': len(files) * files[0].num_images / seconds}
   if scores:
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
@@ -201,7 +270,8 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   for name, f in tqdm.tqdm(files.items(), desc='CIFAR-100-C', unit='file',
                            disable=jax.process_index() != 0):
     images = f.open()
-    table[name] = ood.severity_accuracy(predictor.run(images, desc=name, labels_only=True), labels)
+    pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
+    table[name] = ood.severity_accuracy(pred, labels)
     del images
   standard = [np.mean(table[k]) for k in ood.STANDARD_CORRUPTIONS if k in table]
   result = {
@@ -231,23 +301,44 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -
   return result
 
 
+def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False) -> str:
+  """best / latest / path, then _tta-<mode> and _bn-adapt: every setting writes its own files."""
+  tag = which if which in ('best', 'latest') else 'path'
+  return tag + (f'_tta-{tta_mode}' if tta_mode != 'none' else '') + ('_bn-adapt' if adapt_bn else '')
+
+
+def _check_submission_path(csv_path: pathlib.Path) -> None:
+  """Process 0 checks where the CSV goes; every process raises if it is unusable (before inference)."""
+  problem = None
+  if jax.process_index() == 0:
+    try:
+      submission.check_output_path(csv_path)
+    except submission.SubmissionError as e:
+      problem = e
+  if parallel.any_process(problem is not None):
+    raise problem or submission.SubmissionError(f'{csv_path}: unusable (see process 0)')
+
+
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
-             ood_dir: str | None = None, submission_csv: str | None = None,
-             cifar100c_dir: str | None = None) -> dict:
+             tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
+             submission_csv: str | None = None, cifar100c_dir: str | None = None) -> dict:
   """Evaluates a checkpoint; writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
+  tta_mode = resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
   c_files = ood.check_cifar100c_dir(cifar100c_dir) if cifar100c_dir else None
   if submission_csv and not ood_dir:
     raise ValueError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
-  tag = (which if which in ('best', 'latest') else 'path') + ('_tta' if tta_flip else '')
-  predictor, step = load_predictor(config, workdir, which, tta_flip)
-  result = {'checkpoint': which, 'step': step, 'tta_flip': tta_flip}
+  tag = output_tag(which, tta_mode, adapt_bn)
+  csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
+  if ood_files:
+    _check_submission_path(csv_path)
+  predictor, step = load_predictor(config, workdir, which, tta_mode=tta_mode, adapt_bn=adapt_bn)
+  result = {'checkpoint': which, 'step': step, 'tta': tta_mode, 'bn_adapt': adapt_bn}
   result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
   if ood_files:
-    csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
     result.update(evaluate_cifar100c(predictor, cifar100c_dir, c_files,
@@ -259,12 +350,20 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
 
 def main(argv):
   del argv
+  interrupt.FLAG.install()
   try:
     parallel.maybe_initialize_distributed()
     parallel.enable_compilation_cache()
     result = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
-                      ood_dir=FLAGS.ood_dir, submission_csv=FLAGS.submission,
-                      cifar100c_dir=FLAGS.cifar100c_dir)
+                      tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
+                      submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir)
+  except interrupt.Interrupted as e:
+    print(f'error: stopped by {e.name}; nothing partial was written (an existing CSV is kept)',
+          file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
+    print('error: stopped by SIGINT', file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)
   except (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
           OSError, ValueError) as e:
     logging.error('%s', e)

@@ -10,6 +10,8 @@ prints one line (OK or FAIL with the first problem) and exits non-zero on failur
 from __future__ import annotations
 
 import argparse
+import fcntl
+import glob
 import os
 import pathlib
 import re
@@ -18,6 +20,8 @@ import tempfile
 from typing import Iterator
 
 import numpy as np
+
+from absl import logging
 
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import NUM_CLASSES, DataError
@@ -37,9 +41,59 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
           for s in range(1, ood.SEVERITIES + 1) for i in range(per)]
 
 
+def check_output_path(path: str | os.PathLike) -> pathlib.Path:
+  """Fails with one line unless a CSV can be written at `path`: not a folder, in an existing
+  folder where this process can create files (tried by creating and deleting a probe file)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
+                          f'{path / "submission.csv"}')
+  parent = path.parent
+  if not parent.is_dir():
+    what = 'is not a folder' if parent.exists() else 'does not exist'
+    raise SubmissionError(f'--submission {path}: the folder {parent} {what}')
+  try:
+    fd, probe = tempfile.mkstemp(dir=parent, prefix=f'.{path.name}.', suffix='.probe')
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise SubmissionError(f'--submission {path}: cannot create files in {parent} '
+                          f'({e.strerror})') from None
+  return path
+
+
+def remove_stale_parts(path: str | os.PathLike) -> list[pathlib.Path]:
+  """Deletes the temp files `.NAME.*.part` that killed writers of `path` left; returns them.
+
+  A live writer holds an exclusive flock on its temp file, so only abandoned ones are removed.
+  """
+  path = pathlib.Path(path)
+  removed = []
+  for part in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.part')):
+    try:
+      fd = os.open(part, os.O_RDWR)
+    except OSError:
+      continue
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # Locked: another writer is using it.
+      os.close(fd)
+      continue
+    try:
+      part.unlink(missing_ok=True)
+      removed.append(part)
+    finally:
+      os.close(fd)
+  if removed:
+    logging.warning('Removed %d temporary file(s) of an interrupted run: %s', len(removed),
+                    ', '.join(p.name for p in removed))
+  return removed
+
+
 class SubmissionWriter:
   """Writes the CSV into a temp file next to `path` and renames it on success, so a failure never
-  leaves a partial CSV (nor damages an existing one). Use as a context manager."""
+  leaves a partial CSV (nor damages an existing one). Use as a context manager. The temp file is
+  flock()ed while in use; temp files of killed writers (SIGKILL, power loss) are deleted on entry."""
 
   def __init__(self, path: str | os.PathLike, num_images: int):
     self.path = pathlib.Path(path)
@@ -49,9 +103,13 @@ class SubmissionWriter:
     self._tmp = None
 
   def __enter__(self) -> SubmissionWriter:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f'.{self.path.name}.', suffix='.part')
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Marks it in use for remove_stale_parts.
+    except OSError:  # A file system without locks: stale files are then kept, never ours removed.
+      pass
     self._tmp = pathlib.Path(tmp)
+    remove_stale_parts(self.path)
     self._file = os.fdopen(fd, 'w', newline='\n', buffering=1 << 20)
     self._file.write(HEADER + '\n')
     return self

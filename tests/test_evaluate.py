@@ -117,8 +117,8 @@ def test_perfectly_confident_correct_predictions_have_zero_ece():
 class _PixelPredictor:
   """Predicts the first pixel's red value mod 100."""
 
-  def run(self, images, desc, labels_only=False):
-    assert labels_only
+  def run(self, images, desc, labels_only=False, chunk=None):
+    assert labels_only and chunk == len(images) // 5  # BN adaptation chunks = severity blocks.
     return np.asarray(images)[:, 0, 0, 0].astype(np.int64) % 100
 
 
@@ -164,6 +164,7 @@ def test_flip_tta_is_the_mean_softmax_of_image_and_mirror(run):
 
 def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   workdir, out_csv = run / 'run', run / 'out' / 'sub.csv'
+  out_csv.parent.mkdir(exist_ok=True)
   proc = subprocess.run(
       [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(run / 'tiny_config.py'),
        '--workdir', str(workdir), '--checkpoint', 'latest', '--ood_dir', str(run / 'ood'),

@@ -18,6 +18,7 @@ import os
 import pathlib
 
 import numpy as np
+from absl import logging
 
 from jax_cifar.data.cifar100 import NUM_CLASSES, DataError
 
@@ -51,8 +52,19 @@ class ImageFile:
     return self.num_images // SEVERITIES
 
   def open(self) -> np.memmap:
-    """Read-only memory map; drop the reference when done so its pages leave this process."""
-    return np.load(self.path, mmap_mode='r')
+    """Read-only memory map; drop the reference when done so its pages leave this process.
+
+    Re-checked here: a file truncated or replaced since the check is named, not a bare mmap error.
+    """
+    try:
+      array = np.load(self.path, mmap_mode='r')
+    except (OSError, ValueError, EOFError) as e:
+      raise DataError(f'{self.path}: changed since it was checked and is no longer readable '
+                      f'({e})') from None
+    if array.shape != (self.num_images,) + IMAGE_SHAPE or array.dtype != np.uint8:
+      raise DataError(f'{self.path}: changed since it was checked: now {array.dtype} '
+                      f'{array.shape}, was uint8 ({self.num_images}, 32, 32, 3)')
+    return array
 
 
 def read_npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
@@ -117,6 +129,11 @@ def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
   directory = _check_dir(directory)
   files = [check_image_file(directory / distortion_file(i)) for i in range(NUM_DISTORTIONS)]
   _same_size(files)
+  expected = {f.path.name for f in files}
+  stray = sorted(p.name for p in directory.glob('distortion*.npy') if p.name not in expected)
+  if stray:
+    logging.warning('%s: ignoring %s: only %s .. %s are predicted', directory, ', '.join(stray),
+                    distortion_file(0), distortion_file(NUM_DISTORTIONS - 1))
   return files
 
 

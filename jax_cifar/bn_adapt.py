@@ -1,0 +1,175 @@
+"""Test-time BatchNorm adaptation (evaluate --bn_adapt): USES THE UNLABELLED TEST IMAGES.
+
+Before a homogeneous chunk of images is predicted (one distortion x severity block, one CIFAR-100-C
+corruption x severity, or a whole clean split), every BatchNorm layer's mean and variance are
+re-estimated from that chunk's images alone (no labels, no gradients), the chunk is predicted with
+them, and the next chunk starts again from the checkpoint's statistics: the adapted statistics are
+a new pytree handed to the prediction step, the restored state is never modified.
+
+Statistics (Schneider et al. 2020, "Improving robustness against common corruptions by covariate
+shift adaptation"; as PyTorch's BN adaptation with momentum=None, but pooled exactly): one
+train-mode forward pass over the chunk in evaluation batches, in which each BatchNorm layer
+normalises with its batch's statistics and records the batch's count, mean and variance of its
+input over all (image, row, column) positions of the real (unpadded) images. The batches are merged
+with Chan's parallel formulas, so each layer's result is the exact mean and (population) variance
+of its inputs over the whole chunk in that pass, not an average of per-batch variances, and for the
+first BatchNorm layer the exact statistics of the chunk. A per-layer fixpoint (layer k's input
+normalised by chunk statistics of layers < k) would need one pass per layer (20 for ResNet-18) or
+the whole chunk's activations in memory; the batch-normalised pass is the standard approximation.
+The pass runs sharded over the 'data' mesh axis, in any number of processes, and counts every
+image of the chunk exactly once (padding rows are masked out of the sums).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_cifar import parallel
+from jax_cifar.data import cifar100, pipeline
+from jax_cifar.train_step import model_input
+
+
+def batchnorm_paths(model: nnx.Module) -> list[tuple]:
+  """Paths of the model's BatchNorm layers, in a fixed (graph) order."""
+  return [path for path, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+
+
+def _set_child(model: nnx.Module, path: tuple, value: Any) -> None:
+  parent = model
+  for key in path[:-1]:
+    parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+  if isinstance(path[-1], int):
+    parent[path[-1]] = value
+  else:
+    setattr(parent, path[-1], value)
+
+
+class _Recorder:
+  """Stands in for one BatchNorm: normalises with the masked batch statistics and records them."""
+
+  def __init__(self, bn: nnx.BatchNorm, mask: jax.Array, sink: dict, index: int):
+    axis = bn.axis if isinstance(bn.axis, int) else tuple(bn.axis)
+    if axis not in (-1, (-1,)):
+      raise NotImplementedError(f'--bn_adapt supports channels-last BatchNorm only (axis={axis})')
+    self.bn, self.mask, self.sink, self.index = bn, mask, sink, index
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, **_) -> jax.Array:
+    del use_running_average  # Always batch statistics here.
+    bn = self.bn
+    x32 = x.astype(jnp.float32).reshape(x.shape[0], -1, x.shape[-1])  # [B, positions, C]
+    w = self.mask.astype(jnp.float32)[:, None, None]
+    count = jnp.sum(self.mask.astype(jnp.float32))
+    n = jnp.maximum(count * x32.shape[1], 1.0)
+    mean = jnp.sum(x32 * w, (0, 1)) / n
+    var = jnp.sum(jnp.square(x32 - mean) * w, (0, 1)) / n  # Two-pass, as the model's BatchNorm.
+    self.sink[self.index] = (mean, var)
+    scale = bn.scale[...] if bn.use_scale else 1.0
+    bias = bn.bias[...] if bn.use_bias else 0.0
+    y = (x32 - mean) * (jax.lax.rsqrt(var + bn.epsilon) * scale) + bias
+    return y.reshape(x.shape).astype(bn.dtype or x.dtype)
+
+
+def batch_statistics(model: nnx.Module, x: jax.Array, mask: jax.Array) -> tuple[list, list]:
+  """(means, variances) of every BatchNorm input over the masked rows of one train-mode forward.
+
+  `model` is consumed (its BatchNorm layers are swapped for recorders); `x` is the model input.
+  """
+  paths, sink = batchnorm_paths(model), {}
+  for i, path in enumerate(paths):
+    bn = model
+    for key in path:
+      bn = bn[key] if isinstance(key, int) else getattr(bn, key)
+    _set_child(model, path, _Recorder(bn, mask, sink, i))
+  model(x, train=True)
+  if sorted(sink) != list(range(len(paths))):
+    raise RuntimeError(f'{len(paths) - len(sink)} BatchNorm layers were not called by the model')
+  return [sink[i][0] for i in range(len(paths))], [sink[i][1] for i in range(len(paths))]
+
+
+def merge(acc: dict, count: jax.Array, means: list, variances: list) -> dict:
+  """Chan et al.'s pooled count/mean/variance of `acc` and one batch of `count` images."""
+  total = acc['count'] + count
+  w = count / jnp.maximum(total, 1.0)  # The batch's share; 1 for the first batch.
+  out = {'count': total, 'mean': [], 'var': []}
+  for ma, va, mb, vb in zip(acc['mean'], acc['var'], means, variances):
+    delta = mb - ma
+    out['mean'].append(ma + delta * w)
+    out['var'].append(va * (1 - w) + vb * w + jnp.square(delta) * (w * (1 - w)))
+  return out
+
+
+def _accumulate(params, batch_stats, acc: dict, batch: dict, *, graphdef, config) -> dict:
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  x = model_input(batch['image'], config, jnp.dtype(config.model.dtype))
+  means, variances = batch_statistics(model, x, batch['mask'])
+  return merge(acc, jnp.sum(batch['mask'].astype(jnp.float32)), means, variances)
+
+
+def _adapted(params, batch_stats, acc: dict, *, graphdef):
+  """`batch_stats` with every BatchNorm's mean/var replaced by the accumulated chunk statistics."""
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  for path, mean, var in zip(batchnorm_paths(model), acc['mean'], acc['var']):
+    bn = model
+    for key in path:
+      bn = bn[key] if isinstance(key, int) else getattr(bn, key)
+    bn.mean.set_value(mean.astype(bn.mean[...].dtype))
+    bn.var.set_value(var.astype(bn.var[...].dtype))
+  return nnx.state(model, nnx.Not(nnx.Param))
+
+
+class BNAdapter:
+  """Compiled statistics pass: `adapt(params, batch_stats, images)` -> adapted batch_stats."""
+
+  def __init__(self, config, graphdef, mesh, batch_size: int, params, batch_stats):
+    model = nnx.merge(graphdef, params, batch_stats)
+    self.num_layers = len(batchnorm_paths(model))
+    if not self.num_layers:
+      raise ValueError(f'--bn_adapt needs a model with BatchNorm layers; {config.model.name} has '
+                       'none')
+    self.channels = [m.num_features for _, m in nnx.iter_modules(model)
+                     if isinstance(m, nnx.BatchNorm)]
+    self.mesh, self.batch_size = mesh, batch_size
+    repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    opts = parallel.step_compiler_options(config.model.dtype)
+    self._accumulate = jax.jit(
+        functools.partial(_accumulate, graphdef=graphdef, config=config),
+        in_shardings=(repl, repl, repl, data), out_shardings=repl, compiler_options=opts)
+    self._adapted = jax.jit(functools.partial(_adapted, graphdef=graphdef),
+                            in_shardings=(repl, repl, repl), out_shardings=repl)
+    self._zeros = jax.jit(lambda: {'count': jnp.zeros((), jnp.float32),
+                                   'mean': [jnp.zeros((c,), jnp.float32) for c in self.channels],
+                                   'var': [jnp.zeros((c,), jnp.float32) for c in self.channels]},
+                          out_shardings=repl)
+
+  def statistics(self, params, batch_stats, images: np.ndarray,
+                 progress: Callable[[int], Any] | None = None,
+                 check: Callable[[], None] | None = None) -> dict:
+    """{'count', 'mean': [...], 'var': [...]} of every BatchNorm input over all of `images`."""
+    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
+    batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
+                                          parallel.batch_sharded(self.mesh))
+    acc, done = self._zeros(), 0
+    for batch in batches:
+      if check is not None:
+        check()
+      previous, acc = acc, self._accumulate(params, batch_stats, acc, batch)
+      jax.block_until_ready(previous)  # At most two batches in flight: bounded host memory.
+      step = min(self.batch_size, len(images) - done)
+      done += step
+      if progress is not None:
+        progress(step)
+    count = int(jax.device_get(acc['count']))
+    if count != len(images):  # Padding is masked: each image counts exactly once.
+      raise RuntimeError(f'BN adaptation counted {count} images, the chunk has {len(images)}')
+    return acc
+
+  def adapt(self, params, batch_stats, images: np.ndarray, **kwargs):
+    """batch_stats re-estimated on `images` (the input pytree is left as it was)."""
+    acc = self.statistics(params, batch_stats, images, **kwargs)
+    return self._adapted(params, batch_stats, acc)

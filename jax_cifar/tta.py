@@ -1,0 +1,67 @@
+"""Test-time augmentation (--tta): predict several views of each image and average the probabilities.
+
+Modes:
+  none    the image itself (1 view);
+  flip    the image and its horizontal mirror (2 views; what --tta_flip always did);
+  shifts  {image, mirror} x translations by (dy, dx) in {-2, 0, 2}^2 pixels (18 views).
+The result is log(mean over views of softmax), so `flip` equals the old --tta_flip numbers.
+
+Translated views fill the uncovered border the way the training random crop pads
+(`config.augment.crop_mode`: zeros by default, 'reflect' if the run trained with it): a shift of
+2 <= crop_padding (4) px is then exactly one of the crops the model saw in training, so the views
+stay in its training distribution; edge replication would show it border streaks it never saw.
+Views are built on device, inside the jitted prediction, one per step of a `lax.scan`, so the model
+is traced once whatever the number of views and memory holds one view's activations at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODES = ('none', 'flip', 'shifts')
+SHIFTS = (-2, 0, 2)
+PAD_MODES = {'constant': 'constant', 'reflect': 'reflect'}  # augment.crop_mode -> jnp.pad mode.
+
+
+def view_table(mode: str) -> np.ndarray:
+  """int32 [V, 3] rows (flip, dy, dx): view = mirror (if flip), then content moved down dy, right dx."""
+  if mode not in MODES:
+    raise ValueError(f'tta must be one of {", ".join(MODES)}, got {mode!r}')
+  if mode == 'none':
+    return np.zeros((1, 3), np.int32)
+  if mode == 'flip':
+    return np.array([[0, 0, 0], [1, 0, 0]], np.int32)
+  return np.array([(f, dy, dx) for f in (0, 1) for dy, dx in itertools.product(SHIFTS, SHIFTS)],
+                  np.int32)
+
+
+def make_view(images: jax.Array, flip: jax.Array, dy: jax.Array, dx: jax.Array,
+              pad_mode: str = 'constant') -> jax.Array:
+  """One view of a uint8 [B, H, W, C] batch: out[:, i, j] = mirrored(images)[:, i - dy, j - dx]."""
+  if pad_mode not in PAD_MODES:
+    raise ValueError(f'pad_mode must be one of {", ".join(PAD_MODES)}, got {pad_mode!r}')
+  x = jnp.where(flip > 0, images[:, :, ::-1], images)
+  p = max(abs(s) for s in SHIFTS)
+  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=PAD_MODES[pad_mode])
+  return jax.lax.dynamic_slice(padded, (0, p - dy, p - dx, 0), x.shape)
+
+
+def mean_log_probs(log_probs_fn: Callable[[jax.Array], jax.Array], images: jax.Array, mode: str,
+                   pad_mode: str = 'constant') -> jax.Array:
+  """log(mean_v softmax) over the views of `mode`; `log_probs_fn` maps uint8 images -> [B, C]."""
+  table = view_table(mode)
+  if len(table) == 1:
+    return log_probs_fn(images)
+
+  def one_view(total, row):
+    view = make_view(images, row[0], row[1], row[2], pad_mode)
+    return jnp.logaddexp(total, log_probs_fn(view)), None
+
+  first = log_probs_fn(make_view(images, *table[0], pad_mode))
+  total, _ = jax.lax.scan(one_view, first, jnp.asarray(table[1:]))
+  return total - jnp.log(float(len(table)))

@@ -1,0 +1,122 @@
+"""Test-time augmentation: each view is the claimed flip/translation, and predictions average them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jax_cifar import evaluate, optim, parallel, trainer, tta
+from jax_cifar.train_step import predict_step
+
+
+def _numpy_view(x: np.ndarray, flip: int, dy: int, dx: int, pad_mode: str) -> np.ndarray:
+  """out[:, i, j] = mirrored(x)[:, i - dy, j - dx]; outside the image: 0, or the mirror image
+  across the border pixel (numpy's 'reflect': ... x[2], x[1] | x[0], x[1], ...)."""
+  if flip:
+    x = x[:, :, ::-1]
+  h, w = x.shape[1:3]
+
+  def source(index, size):
+    if pad_mode == 'reflect':
+      index = np.abs(index)
+      return np.where(index >= size, 2 * (size - 1) - index, index), np.ones(size, bool)
+    return np.clip(index, 0, size - 1), (index >= 0) & (index < size)
+
+  rows, row_ok = source(np.arange(h) - dy, h)
+  cols, col_ok = source(np.arange(w) - dx, w)
+  out = x[:, rows][:, :, cols]
+  return out * (row_ok[:, None] & col_ok[None, :])[None, :, :, None].astype(x.dtype)
+
+
+def test_view_tables_list_the_documented_views():
+  assert tta.view_table('none').tolist() == [[0, 0, 0]]
+  assert tta.view_table('flip').tolist() == [[0, 0, 0], [1, 0, 0]]
+  shifts = tta.view_table('shifts')
+  assert len(shifts) == 18 and len({tuple(r) for r in shifts}) == 18
+  assert {tuple(r) for r in shifts} == {(f, dy, dx) for f in (0, 1) for dy in (-2, 0, 2)
+                                        for dx in (-2, 0, 2)}
+  with pytest.raises(ValueError, match='none, flip, shifts'):
+    tta.view_table('rotate')
+
+
+@pytest.mark.parametrize('pad_mode', ['constant', 'reflect'])
+def test_every_view_is_the_numpy_flip_and_shift_of_the_input(pad_mode):
+  images = np.random.default_rng(0).integers(1, 256, (3, 32, 32, 3), np.uint8)  # No zeros.
+  make = jax.jit(lambda x, f, dy, dx: tta.make_view(x, f, dy, dx, pad_mode))
+  for flip, dy, dx in tta.view_table('shifts'):
+    got = np.asarray(make(images, flip, dy, dx))
+    np.testing.assert_array_equal(got, _numpy_view(images, flip, dy, dx, pad_mode),
+                                  err_msg=str((flip, dy, dx)))
+  # Direction: (dy, dx) = (2, -2) moves the content down 2 and left 2, zeros enter at the top.
+  got = np.asarray(make(images, 0, 2, -2))
+  np.testing.assert_array_equal(got[:, 2:, :30], images[:, :30, 2:])
+  if pad_mode == 'constant':
+    assert not got[:, :2].any() and not got[:, :, 30:].any()
+
+
+def _random_model(config):
+  """A randomly initialised model, no checkpoint: the averaging arithmetic, not the training."""
+  mesh = parallel.make_mesh()
+  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
+  state, graphdef = trainer.init_state(config, tx, mesh)
+  return state, graphdef, mesh
+
+
+@pytest.fixture(scope='module')
+def small():
+  config = default.get_config()
+  config.model.name, config.model.stem, config.model.width = 'resnet18', 'cifar', 4
+  config.train.eval_batch_size = 32
+  return (config,) + _random_model(config)
+
+
+def test_shifts_prediction_is_the_mean_softmax_of_the_18_numpy_views(small):
+  config, state, graphdef, mesh = small
+  images = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), np.uint8)  # 2 batches.
+  with jax.default_matmul_precision('highest'):
+    predictor = evaluate.Predictor(state, mesh, 32, evaluate.make_predict(
+        config, graphdef, mesh, tta_mode='shifts'), None)
+    got = predictor.run(images, desc='shifts')
+    views = np.concatenate([_numpy_view(images, *row, 'constant')
+                            for row in tta.view_table('shifts')])
+    logits = np.asarray(jax.jit(lambda s, x: predict_step(
+        s.params, s.batch_stats, x, graphdef=graphdef, config=config))(state, views))
+  probs = np.asarray(jax.nn.softmax(logits)).reshape(18, len(images), -1)
+  np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-4, atol=1e-7)
+  assert np.abs(np.exp(got) - probs[0]).max() > 1e-4  # The views differ: averaging did something.
+
+
+def test_flip_equals_the_old_tta_flip_formula_and_the_alias(small):
+  config, state, graphdef, mesh = small
+  images = np.random.default_rng(2).integers(0, 256, (32, 32, 32, 3), np.uint8)
+  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  def old_tta_flip(params, batch_stats, batch):  # evaluate._log_probs before --tta existed.
+    log_p = jax.nn.log_softmax(predict_step(params, batch_stats, batch['image'],
+                                            graphdef=graphdef, config=config))
+    flipped = predict_step(params, batch_stats, batch['image'][:, :, ::-1], graphdef=graphdef,
+                           config=config)
+    return jnp.logaddexp(log_p, jax.nn.log_softmax(flipped)) - jnp.log(2.0)
+
+  batch = parallel.to_global({'image': images}, data)
+  old = np.asarray(jax.jit(old_tta_flip, in_shardings=(repl, repl, data))(
+      state.params, state.batch_stats, batch))
+  new = np.asarray(evaluate.make_predict(config, graphdef, mesh, tta_mode='flip')(
+      state.params, state.batch_stats, batch))
+  alias = np.asarray(evaluate.make_predict(config, graphdef, mesh, tta_flip=True)(
+      state.params, state.batch_stats, batch))
+  # Same float32 operations in a different XLA program (a scan over views): equal up to float32
+  # rounding of log-probs of magnitude ~log(100) (measured on XLA:CPU: bitwise equal).
+  np.testing.assert_allclose(new, old, rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(alias, new)
+  with pytest.raises(ValueError, match='contradicts'):
+    evaluate.resolve_tta('shifts', True)
+
+
+def test_output_tags_name_every_mode():
+  tags = {evaluate.output_tag('best', m, a) for m in tta.MODES for a in (False, True)}
+  assert len(tags) == 6
+  assert evaluate.output_tag('best', 'shifts') == 'best_tta-shifts'
+  assert evaluate.output_tag('/x/ckpt/12', 'flip', True) == 'path_tta-flip_bn-adapt'
+  assert evaluate.output_tag('latest') == 'latest'
