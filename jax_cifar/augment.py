@@ -1,10 +1,16 @@
 """On-device, per-example data augmentation and model-input preparation.
 
-`augment_batch` runs inside the jitted train step on uint8 NHWC batches, in torchvision's usual
-order: random crop (with padding) -> horizontal flip -> policy (AutoAugment / RandAugment /
-TrivialAugmentWide, see `autoaugment.py`) -> random erasing. Every random draw of an example comes
-from its own key, `jax.random.split(key, B)[i]` (one vector of uniforms per example), so a batch
-gives the same pixels however it is sharded over devices or split into pieces.
+`augment_batch` runs inside the jitted train step on uint8 NHWC batches, in this order per image:
+random crop (with padding) -> horizontal flip -> RandomResizedCrop -> policy (AutoAugment /
+RandAugment / TrivialAugmentWide, see `autoaugment.py`) -> AugMix (`augmix.py`) -> ColorJitter ->
+GaussianBlur (`photometric.py`) -> JPEG-like compression (`jpeg.py`) -> Gaussian noise -> random
+erasing. Every random draw of an example comes from its own key, `jax.random.split(key, B)[i]`,
+so a batch gives the same pixels however it is sharded over devices or split into pieces. Images
+stay uint8 between steps; each op rounds back as torchvision does for uint8 tensors.
+
+The crop/flip/policy/erasing draws are one uniform vector per example, laid out as before the
+robustness augmentations existed; those draw from keys folded off the example's key, and only
+when enabled, so a config with them off gives bit-identical pixels to older versions.
 
 Random erasing differs from torchvision's recipe in one deliberate way: torchvision erases after
 normalisation with value 0 (i.e. the mean colour); here it runs on uint8 with value 0 (black),
@@ -17,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar import autoaugment
+from jax_cifar import augmix, autoaugment, jpeg, photometric, resized_crop
 
 NORMALIZATION = {
     'cifar': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -85,24 +91,89 @@ def random_erasing(key: jax.Array, image: jax.Array, prob: float,
   return _erase_draws(jax.random.uniform(key, (_ERASING_DRAWS,)), image, prob, scale, ratio)
 
 
-def augment_example(key: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
-  """All augmentations of one uint8 HWC image, driven by its own key.
+# Keys folded off an example's key for the robustness augmentations, drawn only when enabled.
+_ROBUST_STREAM, _AUGMIX_STREAM, _NOISE_STREAM, _SECOND_VIEW_STREAM = 1, 2, 3, 4
+# Their uniform vector: (name, draws) in a fixed layout; the first draw of each is its gate.
+_ROBUST = (('rrc', 1 + resized_crop.DRAWS), ('color_jitter', 1 + photometric.JITTER_DRAWS),
+           ('blur', 2), ('jpeg', 2), ('noise', 2))
+_ROBUST_OFFSETS = dict(zip([n for n, _ in _ROBUST], np.cumsum([0] + [d for _, d in _ROBUST])))
+_ROBUST_DRAWS = sum(d for _, d in _ROBUST)
 
-  One uniform vector per image feeds every draw (each jax.random call is a threefry program that
-  XLA compiles separately: fewer calls, faster compiles).
-  """
-  num_ops = int(cfg.get('randaugment_num_ops', 2))
-  n_policy = autoaugment.num_draws(cfg.policy, num_ops)
-  u = jax.random.uniform(key, (3 + n_policy + _ERASING_DRAWS,))
+
+def _base_draws(key: jax.Array, cfg: Any) -> jax.Array:
+  """The example's uniforms for crop, flip, policy and erasing (the layout of older versions)."""
+  n_policy = autoaugment.num_draws(cfg.policy, int(cfg.get('randaugment_num_ops', 2)))
+  return jax.random.uniform(key, (3 + n_policy + _ERASING_DRAWS,))
+
+
+def _crop_flip(u: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
   if cfg.crop_padding:
     image = _crop_draws(u[0:2], image, int(cfg.crop_padding), cfg.crop_mode)
   if cfg.flip:
     image = jnp.where(u[2] < 0.5, image[:, ::-1], image)
+  return image
+
+
+def _range(cfg: Any, key: str, default: tuple[float, float], low: float, high: float,
+           low_open: bool = False) -> tuple[float, float]:
+  """A static (low, high) range of the config, checked against its valid interval."""
+  a, b = (float(v) for v in cfg.get(key, default))
+  if not (low < a if low_open else low <= a) or not a <= b <= high:
+    raise ValueError(f'augment.{key} must be a range within {"(" if low_open else "["}{low}, '
+                     f'{high}], got {(a, b)}')
+  return a, b
+
+
+def _jpeg_quality(u: jax.Array, cfg: Any) -> jax.Array:
+  """A uniformly drawn integer quality in the configured inclusive range."""
+  q0, q1 = (int(q) for q in _range(cfg, 'jpeg_quality', (20, 95), 1, 100))
+  return jnp.minimum(q0 + jnp.floor(u * (q1 - q0 + 1)).astype(jnp.int32), q1)
+
+
+def _after_crop_flip(key: jax.Array, u: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
+  """Everything after crop/flip, in the documented order; `u` from `_base_draws(key, cfg)`."""
+  num_ops = int(cfg.get('randaugment_num_ops', 2))
+  n_policy = autoaugment.num_draws(cfg.policy, num_ops)
+  probs = {name: float(cfg.get(f'{name}_prob', 0.0)) for name, _ in _ROBUST}
+  if any(p > 0 for p in probs.values()):
+    v = jax.random.uniform(jax.random.fold_in(key, _ROBUST_STREAM), (_ROBUST_DRAWS,))
+
+  def maybe(name, image, op):  # op(draws after the gate) with the configured probability
+    if probs[name] <= 0:
+      return image
+    d = v[_ROBUST_OFFSETS[name]:_ROBUST_OFFSETS[name] + dict(_ROBUST)[name]]
+    return jnp.where(d[0] < probs[name], op(d[1:]), image)
+
+  image = maybe('rrc', image, lambda d: resized_crop.random_resized_crop_draws(
+      d, image, _range(cfg, 'rrc_scale', (0.35, 1.0), 0.0, 1.0, low_open=True),
+      _range(cfg, 'rrc_ratio', (0.75, 1.3333333), 0.0, float('inf'), low_open=True)))
   image = autoaugment.apply_policy_draws(u[3:3 + n_policy], image, cfg.policy, num_ops=num_ops,
                                          magnitude=int(cfg.get('randaugment_magnitude', 9)))
+  if cfg.get('augmix', False):
+    image = augmix.augmix_from_config(jax.random.fold_in(key, _AUGMIX_STREAM), image, cfg)
+  image = maybe('color_jitter', image, lambda d: photometric.color_jitter_draws(
+      d, image, tuple(cfg.get('color_jitter', (0.4, 0.4, 0.4, 0.1)))))
+  image = maybe('blur', image, lambda d: photometric.gaussian_blur(
+      image, photometric.uniform_in(d[0], _range(cfg, 'blur_sigma', (0.1, 2.0), 0.0, 100.0, True)),
+      int(cfg.get('blur_kernel', 3))))
+  image = maybe('jpeg', image, lambda d: jpeg.jpeg(image, _jpeg_quality(d[0], cfg)))
+  image = maybe('noise', image, lambda d: photometric.gaussian_noise(
+      image, photometric.uniform_in(d[0], _range(cfg, 'noise_std', (0.0, 0.1), 0.0, 1.0)),
+      jax.random.normal(jax.random.fold_in(key, _NOISE_STREAM), image.shape)))
   if cfg.get('erasing_prob', 0.0) > 0:
     image = _erase_draws(u[3 + n_policy:], image, float(cfg.erasing_prob))
   return image
+
+
+def augment_example(key: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
+  """All augmentations of one uint8 HWC image, driven by its own key.
+
+  One uniform vector per image feeds crop, flip, policy and erasing, and one more (only if any
+  is on) the robustness augmentations: each jax.random call is a threefry program that XLA
+  compiles separately, so fewer calls compile faster.
+  """
+  u = _base_draws(key, cfg)
+  return _after_crop_flip(key, u, _crop_flip(u, image, cfg), cfg)
 
 
 def augment_examples(keys: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
@@ -110,14 +181,38 @@ def augment_examples(keys: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
   return jax.vmap(lambda k, x: augment_example(k, x, cfg))(keys, images)
 
 
+def _check_batch(images: jax.Array) -> None:
+  if images.dtype != jnp.uint8:
+    raise TypeError(f'augmentation expects uint8 images, got {images.dtype}')
+
+
 def augment_batch(key: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
   """Augments a uint8 [B,H,W,3] batch; example i uses `jax.random.split(key, B)[i]`.
 
   `cfg` is the `augment` config section, read as static Python values (jit-safe).
   """
-  if images.dtype != jnp.uint8:
-    raise TypeError(f'augment_batch expects uint8 images, got {images.dtype}')
+  _check_batch(images)
   return augment_examples(jax.random.split(key, images.shape[0]), images, cfg)
+
+
+def jsd_views(key: jax.Array, images: jax.Array, cfg: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(clean, view_1, view_2) uint8 [B,H,W,3] batches for AugMix's Jensen-Shannon loss.
+
+  clean: crop/flip only; view_1 == augment_batch(key, images, cfg); view_2: the same crop/flip,
+  then an independent draw of everything after it (AugMix and the rest of the pipeline).
+  """
+  _check_batch(images)
+
+  def views(k, x):
+    u = _base_draws(k, cfg)
+    clean = _crop_flip(u, x, cfg)
+    keys = jnp.stack([k, jax.random.fold_in(k, _SECOND_VIEW_STREAM)])
+    # One vmap over the two views: the pipeline is traced and compiled once.
+    augmented = jax.vmap(lambda kv: _after_crop_flip(
+        kv, _base_draws(kv, cfg), clean, cfg))(keys)
+    return clean, augmented[0], augmented[1]
+
+  return jax.vmap(views)(jax.random.split(key, images.shape[0]), images)
 
 
 def to_model_input(images: jax.Array, *, image_size: int, normalize: str, dtype: Any) -> jax.Array:

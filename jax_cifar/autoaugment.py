@@ -134,6 +134,15 @@ def _fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
   return s + err
 
 
+def _fma_small(k: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+  """`_fma` for k with at most 12 significant bits (pixel values, their differences): only b is
+  split, so three terms are summed instead of five (about half the work)."""
+  bh, bl = _split(b)
+  s, e1 = _two_sum(c, k * bh)
+  s, e2 = _two_sum(s, k * bl)
+  return s + (e1 + e2)
+
+
 def _div(a: jax.Array, b: jax.Array) -> jax.Array:
   """Correctly rounded float32 a / b (b > 0).
 
@@ -167,23 +176,57 @@ def _grayscale(x: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- geometric ops
 
-def affine_nearest(image: jax.Array, theta: jax.Array) -> jax.Array:
-  """Nearest-neighbour warp with torchvision's inverse matrix `theta` (6,), fill 0.
+def _source_coords(theta: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array]:
+  """Input coordinates (x [H,W], y [H,W]) each output pixel samples, as torchvision's grid.
 
   Mirrors `_affine_grid` + `grid_sample(align_corners=False)`: output pixel centres relative to
-  the image centre, mapped by theta, normalised by half the size, unnormalised, rounded half-even.
+  the image centre, mapped by the inverse matrix theta (6,), normalised by half the size and
+  unnormalised again.
   """
-  h, w, _ = image.shape
   t = _div(theta.astype(jnp.float32), jnp.asarray([w, w, w, h, h, h], jnp.float32) / 2)
   x = (jnp.arange(w, dtype=jnp.float32) - jnp.float32((w - 1) / 2))[None, :]
   y = (jnp.arange(h, dtype=jnp.float32) - jnp.float32((h - 1) / 2))[:, None]
   # Pixel centres have few bits, so _mul keeps torch's unfused rounding of the grid.
-  ix = jnp.round((((_mul(x, t[0]) + _mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0)
-  iy = jnp.round((((_mul(x, t[3]) + _mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0)
+  ix = (((_mul(x, t[0]) + _mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0
+  iy = (((_mul(x, t[3]) + _mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0
+  return ix, iy
+
+
+def _taps(image: jax.Array, iy: jax.Array, ix: jax.Array) -> jax.Array:
+  """image[iy, ix] as float32 for integral float coordinates, 0 outside the image (fill 0)."""
+  h, w, _ = image.shape
+  valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
+  ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
+  iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
+  return jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype)).astype(jnp.float32)
+
+
+def affine_nearest(image: jax.Array, theta: jax.Array) -> jax.Array:
+  """Nearest-neighbour warp with torchvision's inverse matrix `theta` (6,), fill 0 (rounds half-even)."""
+  h, w, _ = image.shape
+  ix, iy = _source_coords(theta, h, w)
+  ix, iy = jnp.round(ix), jnp.round(iy)
   valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
   ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
   iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
   return jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype))
+
+
+def affine_bilinear(image: jax.Array, theta: jax.Array) -> jax.Array:
+  """Bilinear warp of a uint8 image, fill 0 (zeros padding), rounded half-even back to uint8.
+
+  As torch's CPU grid_sample kernel: corner weights (1 - dy)(1 - dx) ..., the NW product rounded,
+  then NE, SW and SE each added with one fused multiply-add (as torch's compiled kernel does).
+  """
+  h, w, _ = image.shape
+  ix, iy = _source_coords(theta, h, w)
+  x0, y0 = jnp.floor(ix), jnp.floor(iy)
+  dx, dy = ix - x0, iy - y0
+  ex, sy = 1.0 - dx, 1.0 - dy
+  out = _mul(_taps(image, y0, x0), (sy * ex)[..., None])
+  for yy, xx, weight in ((y0, x0 + 1, sy * dx), (y0 + 1, x0, dy * ex), (y0 + 1, x0 + 1, dy * dx)):
+    out = _fma_small(_taps(image, yy, xx), weight[..., None], out)
+  return jnp.clip(jnp.round(out), 0.0, 255.0).astype(jnp.uint8)
 
 
 def _thetas(m: jax.Array, h: int, w: int) -> jax.Array:
@@ -287,8 +330,12 @@ def _border(h: int, w: int) -> jax.Array:
 _LUT_OPS = ('Brightness', 'Contrast', 'Posterize', 'Solarize', 'AutoContrast', 'Equalize', 'Invert')
 
 
-def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array) -> jax.Array:
+def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array, bilinear: bool = False
+             ) -> jax.Array:
   """Applies OP_NAMES[op] (a traced int) with a signed float32 magnitude to one image.
+
+  Geometric ops interpolate nearest (the policies' default) or, with `bilinear`, bilinearly
+  (AugMix's default).
 
   Under vmap every branch runs for every image, so branches share work: one warp for the five
   geometric ops, one table lookup for the seven pointwise ops, one fused blend for Color and
@@ -298,7 +345,8 @@ def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array) -> jax.Array
   m = jnp.asarray(magnitude, jnp.float32)
   x = image.astype(jnp.float32)
   name = lambda n: OP_NAMES.index(n)
-  warped = affine_nearest(image, _thetas(m, h, w)[jnp.clip(op - name('ShearX'), 0, 4)])
+  warp = affine_bilinear if bilinear else affine_nearest
+  warped = warp(image, _thetas(m, h, w)[jnp.clip(op - name('ShearX'), 0, 4)])
   gray, hist = _grayscale(x), _histograms(image)
   luts = jnp.stack([jnp.broadcast_to(lut, (3, 256)) for lut in (
       _brightness_lut(m), _contrast_lut(m, gray), _posterize_lut(m), _solarize_lut(m),
@@ -306,19 +354,19 @@ def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array) -> jax.Array
   lut_index = sum(jnp.where(op == name(n), i, 0) for i, n in enumerate(_LUT_OPS))
   looked_up = _apply_lut(image, luts[lut_index])
   is_color = op == name('Color')  # Color: fma(gray, -m, x (1 + m)); Sharpness: fma(-m, blur - x, x).
-  blended = _to_uint8(_fma(jnp.where(is_color, gray[..., None], -m),
-                           jnp.where(is_color, -m, _sharpness_blur(x) - x),
-                           jnp.where(is_color, _mul(x, jnp.float32(1.0) + m), x)))
+  blended = _to_uint8(_fma_small(jnp.where(is_color, gray[..., None], _sharpness_blur(x) - x), -m,
+                                 jnp.where(is_color, _mul(x, jnp.float32(1.0) + m), x)))
   blended = jnp.where(_border(h, w) & ~is_color, image, blended)
   kind = jnp.where(op == 0, 0, jnp.where(op <= len(_GEOMETRIC), 1, 2))
   kind = jnp.where((op == name('Color')) | (op == name('Sharpness')), 3, kind)
   return jax.lax.select_n(kind, image, warped, looked_up, blended)
 
 
-@functools.partial(jax.jit, static_argnames='name')
-def apply_named(image: jax.Array, name: str, magnitude: float | jax.Array = 0.0) -> jax.Array:
-  """One op by torchvision name, as `_apply_op(img, name, magnitude)` with nearest and fill 0."""
-  return apply_op(image, jnp.int32(OP_NAMES.index(name)), magnitude)
+@functools.partial(jax.jit, static_argnames=('name', 'bilinear'))
+def apply_named(image: jax.Array, name: str, magnitude: float | jax.Array = 0.0,
+                bilinear: bool = False) -> jax.Array:
+  """One op by torchvision name, as `_apply_op(img, name, magnitude)` with fill 0."""
+  return apply_op(image, jnp.int32(OP_NAMES.index(name)), magnitude, bilinear)
 
 
 # ----------------------------------------------------------------------------- policies
@@ -335,9 +383,11 @@ def _space_tables(policy: str, num_bins: int, image_size: tuple[int, int]
   return names, mags, np.array([signed for _, signed in space.values()])
 
 
-def apply_ops(image: jax.Array, ops: jax.Array, magnitudes: jax.Array) -> jax.Array:
+def apply_ops(image: jax.Array, ops: jax.Array, magnitudes: jax.Array, bilinear: bool = False
+              ) -> jax.Array:
   """Applies ops[i] with magnitudes[i] in turn; a loop, so `apply_op` is compiled once."""
-  return jax.lax.fori_loop(0, ops.shape[0], lambda i, x: apply_op(x, ops[i], magnitudes[i]), image)
+  return jax.lax.fori_loop(0, ops.shape[0],
+                           lambda i, x: apply_op(x, ops[i], magnitudes[i], bilinear), image)
 
 
 def _randint(u: jax.Array, n: int) -> jax.Array:
@@ -406,3 +456,10 @@ def apply_policy(key: jax.Array, image: jax.Array, policy: str, *, num_ops: int 
   """Applies the named policy to one uint8 HWC image."""
   u = jax.random.uniform(key, (num_draws(policy, num_ops),))
   return apply_policy_draws(u, image, policy, num_ops=num_ops, magnitude=magnitude)
+
+
+# Public names of the exact float32 helpers, for the other torchvision-exact kernels
+# (augmix.py, photometric.py).
+exact_mul, exact_fma, exact_fma_small, exact_div = _mul, _fma, _fma_small, _div
+to_uint8 = _to_uint8
+grayscale, randint = _grayscale, _randint

@@ -1,0 +1,82 @@
+"""JPEG-like compression of uint8 HWC images on device: what a JPEG round trip does to pixels.
+
+Per image: RGB -> YCbCr and back with libjpeg's fixed-point tables (JFIF), 8x8 orthonormal DCT of
+each plane, quantisation by the standard (Annex K) luminance/chrominance tables scaled by the
+quality as libjpeg's `jpeg_set_quality` (baseline: entries clamped to [1, 255]), rounding half
+away from zero, then the inverse. Unlike a real encoder there is no chroma subsampling (4:4:4)
+and the DCT runs in float32 rather than libjpeg's integer DCT, so pixels differ from PIL's by
+about a level (tests/test_photometric.py measures it); sizes that are not multiples of 8 are
+edge-padded as libjpeg does.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LUMINANCE = np.array([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], np.int32)
+CHROMINANCE = np.full((8, 8), 99, np.int32)
+CHROMINANCE[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
+
+_SCALEBITS = 16
+_HALF = 1 << (_SCALEBITS - 1)
+
+
+def _fix(x: float) -> int:
+  return int(x * (1 << _SCALEBITS) + 0.5)
+
+
+def _dct_matrix() -> np.ndarray:
+  """[8, 8] orthonormal DCT-II: C[k, n] = a_k cos((2n + 1) k pi / 16) (JPEG's 8x8 DCT)."""
+  k, n = np.arange(8)[:, None], np.arange(8)[None, :]
+  c = np.cos((2 * n + 1) * k * np.pi / 16) * np.sqrt(2 / 8)
+  c[0] /= np.sqrt(2)
+  return c.astype(np.float32)
+
+
+def quant_tables(quality: jax.Array) -> jax.Array:
+  """[2, 8, 8] int32 luminance and chrominance tables of a quality in [1, 100] (libjpeg)."""
+  q = jnp.clip(jnp.asarray(quality, jnp.int32), 1, 100)
+  scale = jnp.where(q < 50, 5000 // q, 200 - 2 * q)
+  base = jnp.asarray(np.stack([LUMINANCE, CHROMINANCE]))
+  return jnp.clip((base * scale + 50) // 100, 1, 255)
+
+
+def rgb_to_ycbcr(image: jax.Array) -> jax.Array:
+  """uint8 RGB -> int32 YCbCr in [0, 255], libjpeg's rgb_ycc_convert (rounding included)."""
+  r, g, b = (image[..., i].astype(jnp.int32) for i in range(3))
+  offset = (128 << _SCALEBITS) + _HALF - 1
+  y = (_fix(0.299) * r + _fix(0.587) * g + _fix(0.114) * b + _HALF) >> _SCALEBITS
+  cb = (-_fix(0.16874) * r - _fix(0.33126) * g + _fix(0.5) * b + offset) >> _SCALEBITS
+  cr = (_fix(0.5) * r - _fix(0.41869) * g - _fix(0.08131) * b + offset) >> _SCALEBITS
+  return jnp.stack([y, cb, cr], axis=-1)
+
+
+def ycbcr_to_rgb(ycc: jax.Array) -> jax.Array:
+  """int32 YCbCr in [0, 255] -> uint8 RGB, libjpeg's ycc_rgb_convert (range-limited)."""
+  y, cb, cr = ycc[..., 0], ycc[..., 1] - 128, ycc[..., 2] - 128
+  r = y + ((_fix(1.402) * cr + _HALF) >> _SCALEBITS)
+  g = y + ((-_fix(0.34414) * cb + _HALF - _fix(0.71414) * cr) >> _SCALEBITS)
+  b = y + ((_fix(1.772) * cb + _HALF) >> _SCALEBITS)
+  return jnp.clip(jnp.stack([r, g, b], axis=-1), 0, 255).astype(jnp.uint8)
+
+
+def jpeg(image: jax.Array, quality: jax.Array) -> jax.Array:
+  """One uint8 HWC RGB image through JPEG-like compression at `quality` (traced int, 1-100)."""
+  h, w, _ = image.shape
+  ph, pw = -h % 8, -w % 8
+  x = rgb_to_ycbcr(jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode='edge')).astype(jnp.float32)
+  bh, bw = (h + ph) // 8, (w + pw) // 8
+  blocks = (x - 128.0).reshape(bh, 8, bw, 8, 3)
+  c = jnp.asarray(_dct_matrix())
+  hi = jax.lax.Precision.HIGHEST
+  coef = jnp.einsum('uy,aybxc,vx->aubvc', c, blocks, c, precision=hi)
+  tables = quant_tables(quality).astype(jnp.float32)
+  q = tables[jnp.asarray([0, 1, 1])].transpose(1, 2, 0)[None, :, None, :, :]  # [1, 8, 1, 8, 3]
+  levels = jnp.sign(coef) * jnp.floor(jnp.abs(coef) / q + 0.5)
+  rec = jnp.einsum('uy,aubvc,vx->aybxc', c, levels * q, c, precision=hi)
+  ycc = jnp.clip(jnp.round(rec + 128.0), 0, 255).astype(jnp.int32).reshape(h + ph, w + pw, 3)
+  return ycbcr_to_rgb(ycc[:h, :w])

@@ -1,0 +1,199 @@
+"""The robustness augmentations inside `augment.augment_batch`: off means the pipeline of before
+(same pixels, same program), each is gated by its probability, everything on gives the same
+pixels on 8 devices as on 1, and no training augmentation shares code with the held-out
+corruptions of jax_cifar.corrupt."""
+
+import ast
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jax_cifar import augment
+from jax_cifar import autoaugment as aa
+
+NUM_IMAGES = 64
+PACKAGE = pathlib.Path(augment.__file__).resolve().parent
+ROBUST_KEYS = ('augmix', 'augmix_severity', 'augmix_width', 'augmix_depth', 'augmix_alpha',
+               'augmix_jsd_weight', 'rrc_prob', 'rrc_scale', 'rrc_ratio', 'color_jitter_prob',
+               'color_jitter', 'blur_prob', 'blur_kernel', 'blur_sigma', 'jpeg_prob',
+               'jpeg_quality', 'noise_prob', 'noise_std')
+EVERYTHING_ON = dict(crop_mode='reflect', policy='autoaugment_cifar10', erasing_prob=0.25,
+                     augmix=True, augmix_width=2, rrc_prob=0.5, color_jitter_prob=0.8,
+                     blur_prob=0.5, jpeg_prob=0.5, noise_prob=0.5)
+
+
+@pytest.fixture(scope='module')
+def images(cifar_dir) -> np.ndarray:
+  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
+    data = pickle.load(f, encoding='latin1')['data'][400:400 + NUM_IMAGES]
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _cfg(**overrides):
+  cfg = default.get_config().augment
+  cfg.update(overrides)
+  return cfg
+
+
+def _run(cfg, key, images):
+  return np.asarray(jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))(key, jnp.asarray(images)))
+
+
+def _as_before(key, images, cfg):
+  """The pipeline before the robustness augmentations: one uniform vector per example for crop,
+  flip, policy and erasing, in that layout (what exact resume of older runs relies on)."""
+  def one(k, x):
+    n_policy = aa.num_draws(cfg.policy, cfg.randaugment_num_ops)
+    u = jax.random.uniform(k, (3 + n_policy + augment._ERASING_DRAWS,))  # pylint: disable=protected-access
+    if cfg.crop_padding:
+      x = augment._crop_draws(u[0:2], x, cfg.crop_padding, cfg.crop_mode)  # pylint: disable=protected-access
+    if cfg.flip:
+      x = jnp.where(u[2] < 0.5, x[:, ::-1], x)
+    x = aa.apply_policy_draws(u[3:3 + n_policy], x, cfg.policy, num_ops=cfg.randaugment_num_ops,
+                              magnitude=cfg.randaugment_magnitude)
+    if cfg.erasing_prob > 0:
+      x = augment._erase_draws(u[3 + n_policy:], x, cfg.erasing_prob)  # pylint: disable=protected-access
+    return x
+  return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
+
+
+def test_robustness_augmentations_off_leave_pixels_and_program_as_before(images):
+  cfg = _cfg(crop_mode='reflect', policy='randaugment', erasing_prob=0.5)
+  key, x = jax.random.key(0), jnp.asarray(images)
+  new = jax.make_jaxpr(lambda k, x: augment.augment_batch(k, x, cfg))(key, x)
+  old = jax.make_jaxpr(lambda k, x: _as_before(k, x, cfg))(key, x)
+  assert str(new) == str(old)  # disabled augmentations compile to nothing
+  np.testing.assert_array_equal(_run(cfg, key, images), jax.jit(
+      lambda k, x: _as_before(k, x, cfg))(key, x))
+  older = _cfg(crop_mode='reflect', policy='randaugment', erasing_prob=0.5)
+  for k in ROBUST_KEYS:  # a config written before these keys existed
+    del older[k]
+  assert str(jax.make_jaxpr(lambda k, x: augment.augment_batch(k, x, older))(key, x)) == str(new)
+
+
+@pytest.mark.parametrize('name,on', [
+    ('blur', dict(blur_prob=0.5)), ('rrc', dict(rrc_prob=0.5)), ('jpeg', dict(jpeg_prob=0.5)),
+    ('noise', dict(noise_prob=0.5)), ('color_jitter', dict(color_jitter_prob=0.5))])
+def test_each_augmentation_applies_to_about_its_probability_of_images(images, name, on):
+  """Crop/flip draws are untouched by turning one on, so an image is either the crop/flip output
+  or changed; about half change. For blur: the changed ones are exactly those of probability 1."""
+  key = jax.random.key(1)
+  base, half = _run(_cfg(), key, images), _run(_cfg(**on), key, images)
+  changed = np.array([not np.array_equal(a, b) for a, b in zip(base, half)])
+  assert 12 <= changed.sum() <= 52, changed.sum()
+  if name == 'blur':
+    full = _run(_cfg(blur_prob=1.0), key, images)
+    np.testing.assert_array_equal(half[changed], full[changed])
+    assert np.mean([not np.array_equal(a, b) for a, b in zip(base, full)]) > 0.9
+
+
+def test_bad_static_ranges_name_the_key(images):
+  for overrides, key in ((dict(jpeg_prob=1.0, jpeg_quality=(0, 50)), 'jpeg_quality'),
+                         (dict(blur_prob=1.0, blur_sigma=(0.0, 1.0)), 'blur_sigma'),
+                         (dict(rrc_prob=1.0, rrc_scale=(0.5, 1.5)), 'rrc_scale')):
+    with pytest.raises(ValueError, match=key):
+      augment.augment_batch(jax.random.key(0), jnp.asarray(images[:2]), _cfg(**overrides))
+
+
+# ----------------------------------------------------------------------------- code separation
+
+AUGMENT_SIDE = ('augment', 'autoaugment', 'augmix', 'photometric', 'jpeg', 'resized_crop', 'mixing')
+CORRUPT_SIDE = tuple(sorted(p.stem for p in PACKAGE.glob('corrupt*.py')))  # corrupt, corrupt_ops, ...
+
+
+def _internal_imports(module: str) -> set[str]:
+  """jax_cifar modules (dotted, below jax_cifar) that `module`'s source imports, in any form."""
+  path = PACKAGE / (module.replace('.', '/') + '.py')
+  if not path.exists():
+    path = PACKAGE / module.replace('.', '/') / '__init__.py'
+  found = set()
+  package = module.rsplit('.', 1)[0] if '.' in module else ''
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ''
+      if node.level:  # relative: from . import x / from .x import y
+        base = '.'.join(filter(None, ['jax_cifar', package, base]))
+      names = [base] + [f'{base}.{a.name}' for a in node.names]
+    else:
+      continue
+    for name in names:
+      if name.startswith('jax_cifar.'):
+        sub = name[len('jax_cifar.'):]
+        while sub and not ((PACKAGE / (sub.replace('.', '/') + '.py')).exists()
+                           or (PACKAGE / sub.replace('.', '/') / '__init__.py').exists()):
+          sub = sub.rpartition('.')[0]  # `from jax_cifar.m import name`: the module is m
+        if sub:
+          found.add(sub)
+  return found
+
+
+def _closure(modules) -> set[str]:
+  seen, todo = set(), list(modules)
+  while todo:
+    m = todo.pop()
+    if m not in seen:
+      seen.add(m)
+      todo.extend(_internal_imports(m))
+  return seen
+
+
+def test_training_augmentations_and_held_out_corruptions_share_no_code():
+  """Neither side imports the other, directly or through another jax_cifar module."""
+  assert {'corrupt', 'corrupt_ops'} <= set(CORRUPT_SIDE)
+  for m in AUGMENT_SIDE:
+    assert (PACKAGE / f'{m}.py').exists(), m
+  assert _internal_imports('corrupt') >= {'corrupt_ops'}  # the parser sees real imports
+  assert _internal_imports('augment') >= {'augmix', 'photometric', 'jpeg', 'resized_crop'}
+  assert not _closure(AUGMENT_SIDE) & set(CORRUPT_SIDE), _closure(AUGMENT_SIDE)
+  assert not _closure(CORRUPT_SIDE) & set(AUGMENT_SIDE), _closure(CORRUPT_SIDE)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+_SHARDED = textwrap.dedent('''
+    import json, sys, numpy as np, jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    sys.path.insert(0, sys.argv[1])
+    from configs import default
+    from jax_cifar import augment
+    cfg = default.get_config().augment
+    cfg.update(json.loads(sys.argv[3]))
+    x = np.load(sys.argv[2])
+    assert jax.device_count() == 8, jax.devices()
+    f = jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))
+    views = jax.jit(lambda k, x: augment.jsd_views(k, x, cfg))
+    one = f(jax.random.key(11), jax.device_put(x, jax.devices()[0]))
+    one_views = views(jax.random.key(11), jax.device_put(x, jax.devices()[0]))
+    xs = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P('data')))
+    many = f(jax.random.key(11), xs)
+    assert len(many.sharding.device_set) == 8, many.sharding
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(many))
+    for a, b in zip(one_views, views(jax.random.key(11), xs)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(one_views[1]))
+    print('OK', float((np.asarray(one) != x).mean()))
+''')
+
+
+@pytest.mark.slow
+def test_everything_on_gives_the_same_pixels_on_8_devices_as_on_1(images, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  np.save(tmp_path / 'x.npy', images[:32])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  run = subprocess.run([sys.executable, '-c', _SHARDED, root, str(tmp_path / 'x.npy'),
+                        json.dumps(EVERYTHING_ON)], env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert run.returncode == 0 and 'OK' in run.stdout, run.stderr[-3000:]
+  assert float(run.stdout.split()[-1]) > 0.5  # the images did change
