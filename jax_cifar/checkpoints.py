@@ -13,9 +13,16 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from jax_cifar import errors
 
 
-class CheckpointError(Exception):
+# Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
+_REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
+
+
+class CheckpointError(errors.UserError):
   """A checkpoint exists but cannot be restored into this run's model/optimizer."""
 
 
@@ -38,6 +45,13 @@ def _errno(e: BaseException) -> int | None:
       return int(found.group(1))
     e = e.__cause__ or e.__context__
   return None
+
+
+def _root_cause(e: BaseException) -> str:
+  """The innermost message of an exception chain (tensorstore wraps the file's error twice)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  return _one_line(e, 240)
 
 
 def _save_failed(what: str, e: BaseException) -> CheckpointError:
@@ -102,20 +116,44 @@ class Checkpoints:
     self._save(self.best, step, state, metrics={'val_accuracy': val_accuracy}, force=True)
     return True
 
-  def restore(self, which: str, target: Any) -> tuple[Any, int] | None:
-    """Restores 'latest' or 'best' into the structure/shardings of `target`; None if absent."""
+  def restore(self, which: str, target: Any, *, fallback: bool = False) -> tuple[Any, int] | None:
+    """Restores 'latest' or 'best' into the structure/shardings of `target`; None if absent.
+
+    A damaged step (a missing metadata file, a truncated or empty array file) is named in a
+    CheckpointError, or with `fallback` skipped with a warning for the newest intact older step.
+    Nothing is deleted.
+    """
     manager = {'latest': self.latest, 'best': self.best}[which]
-    step = manager.latest_step() if which == 'latest' else manager.best_step()
-    if step is None:
+    newest = manager.latest_step() if which == 'latest' else manager.best_step()
+    if newest is None:
       return None
+    steps = [newest] + (sorted((s for s in manager.all_steps() if s < newest), reverse=True)
+                        if fallback else [])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f'checkpoint {manager.directory}/{step} does not match this config\'s model or optimizer '
-          f'(a different model.name/width/num_classes?): {str(e).splitlines()[0]}') from e
-    return restored, step
+    damaged = []
+    for step in steps:
+      missing = [f for f in _REQUIRED_FILES if not (manager.directory / str(step) / f).exists()]
+      if missing:
+        damaged.append(f'step {step} (missing {", ".join(missing)})')
+        continue
+      try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure.
+        raise CheckpointError(
+            f'checkpoint {manager.directory}/{step} does not match this config\'s model or '
+            f'optimizer (a different model.name/width/num_classes?): {str(e).splitlines()[0]}'
+        ) from e
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
+        damaged.append(f'step {step} ({_root_cause(e)})')
+        continue
+      if damaged:
+        logging.warning('Damaged checkpoint %s in %s, kept as it is; restored step %d instead.',
+                        '; '.join(damaged), manager.directory, step)
+      return restored, step
+    raise CheckpointError(
+        f'damaged checkpoint in {manager.directory}: {"; ".join(damaged)}; '
+        + ('no intact step is left' if fallback else 'restore an intact step by path') +
+        ' (nothing was deleted)')
 
   def wait(self) -> None:
     for manager in (self.latest, self.best):

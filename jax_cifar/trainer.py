@@ -208,7 +208,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps)
   if resume_step:
-    state, step = ckpts.restore('latest', state)
+    state, step = ckpts.restore('latest', state, fallback=True)
     logging.info('Resumed from step %d.', step)
   start_step = int(state.step)
   parallel.sync('config checked')  # No process writes before every process has read.

@@ -1,0 +1,89 @@
+"""Damaged checkpoints: named, skipped for the newest intact step on resume, never deleted."""
+
+import logging
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from jax_cifar import checkpoints, optim, parallel, tracking, trainer
+from jax_cifar.configs import default
+
+
+def _config(max_steps: int):
+  c = default.get_config()
+  c.data.source, c.data.synthetic_size, c.data.val_fraction = 'synthetic', 320, 0.2
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 2
+  c.train.log_every_steps, c.train.max_steps, c.checkpoint.every_steps = 3, max_steps, 3
+  return c
+
+
+@pytest.fixture(scope='module')
+def run9(tmp_path_factory) -> pathlib.Path:
+  workdir = tmp_path_factory.mktemp('run9')
+  trainer.train_and_evaluate(_config(9), str(workdir))
+  assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == ['6', '9']
+  return workdir
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+  arrays = [p for p in (step_dir / 'default').rglob('*') if p.is_file() and '/d/' in str(p)]
+  biggest = max(arrays, key=lambda p: p.stat().st_size)
+  if how == 'empty':
+    biggest.write_bytes(b'')
+  elif how == 'truncated':
+    biggest.write_bytes(biggest.read_bytes()[:100])
+  elif how == 'no_metadata':
+    (step_dir / 'default' / '_METADATA').unlink()
+
+
+def _listing(workdir: pathlib.Path) -> dict:
+  return {str(p.relative_to(workdir)): p.stat().st_size
+          for p in (workdir / 'checkpoints').rglob('*') if p.is_file()}
+
+
+def _target():
+  c = _config(0)
+  tx, _ = optim.make_optimizer(c.optim, 1, 1)
+  return trainer.init_state(c, tx, parallel.make_mesh())[0]
+
+
+@pytest.mark.parametrize('how', ['empty', 'truncated', 'no_metadata'])
+def test_damaged_latest_step_is_named_and_kept(run9, tmp_path, how):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', how)
+  before = _listing(workdir)
+  with pytest.raises(checkpoints.CheckpointError, match=r'damaged checkpoint .*step 9 '):
+    checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  state, step = checkpoints.Checkpoints(workdir, create=False).restore(
+      'latest', _target(), fallback=True)
+  assert step == 6 and int(state.step) == 6
+  assert _listing(workdir) == before  # Nothing deleted or rewritten.
+
+
+def test_resume_skips_a_damaged_step_with_a_warning_and_trains_on(run9, tmp_path, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', 'empty')
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(_config(12), str(workdir))
+  assert any('Damaged checkpoint step 9' in r.getMessage() and 'restored step 6' in r.getMessage()
+             for r in caplog.records)
+  rows = tracking.read_metrics(workdir)
+  assert [r['step'] for r in rows if 'train_loss' in r] == [3, 6, 9, 12]  # 7-9 retrained once.
+  assert (workdir / 'checkpoints' / 'latest' / '12').is_dir()
+  assert np.isfinite([r['train_loss'] for r in rows if 'train_loss' in r]).all()
+
+
+def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  for step in ('6', '9'):
+    _damage(workdir / 'checkpoints' / 'latest' / step, 'truncated')
+  before = _listing(workdir)
+  with pytest.raises(checkpoints.CheckpointError, match='no intact step is left'):
+    trainer.train_and_evaluate(_config(12), str(workdir))
+  assert _listing(workdir) == before
