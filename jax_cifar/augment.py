@@ -195,7 +195,8 @@ def augment_batch(key: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
   return augment_examples(jax.random.split(key, images.shape[0]), images, cfg)
 
 
-def jsd_views(key: jax.Array, images: jax.Array, cfg: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def jsd_views(key: jax.Array, images: jax.Array, cfg: Any
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(clean, view_1, view_2) uint8 [B,H,W,3] batches for AugMix's Jensen-Shannon loss.
 
   clean: crop/flip only; view_1 == augment_batch(key, images, cfg); view_2: the same crop/flip,

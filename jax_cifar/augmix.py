@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cifar import autoaugment as aa
+from jax_cifar import exact
 
 PARTIAL_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Posterize', 'Solarize',
                'AutoContrast', 'Equalize')
@@ -34,7 +35,7 @@ def augmentation_space(image_size: tuple[int, int], all_ops: bool = True
   lin = lambda end: aa.torch_linspace(0.0, end, NUM_BINS)
   # v2 computes Posterize as round(4 - i / 2.25) and Solarize's threshold as 255 * m in double,
   # compared in float32 with the uint8 pixels.
-  posterize = np.round(4 - np.arange(NUM_BINS, dtype=np.float32) / np.float32(2.25)).astype(np.float32)
+  posterize = np.round(4 - np.arange(NUM_BINS, dtype=np.float32) / np.float32(2.25))
   solarize = (255.0 * aa.torch_linspace(1.0, 0.0, NUM_BINS).astype(np.float64)).astype(np.float32)
   space = {
       'ShearX': (lin(0.3), True), 'ShearY': (lin(0.3), True),
@@ -113,10 +114,10 @@ def augmix_draws(u: jax.Array, m: jax.Array, w: jax.Array, image: jax.Array, *, 
 
   # torch: mix = m0 * x; mix += (w_i * m1) * chain_i, each product rounded once; .to(uint8).
   weights = w * m[1]
-  mix = aa.exact_mul(image.astype(jnp.float32), m[0])
+  mix = exact.mul(image.astype(jnp.float32), m[0])
   for i in range(width):
-    mix = mix + aa.exact_mul(chains[i].astype(jnp.float32), weights[i])
-  return aa.to_uint8(mix)
+    mix = mix + exact.mul(chains[i].astype(jnp.float32), weights[i])
+  return exact.to_uint8(mix)
 
 
 def augmix(key: jax.Array, image: jax.Array, *, severity: int = 3, width: int = 3, depth: int = -1,

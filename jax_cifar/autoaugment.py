@@ -5,7 +5,7 @@ magnitude bins, random signs, nearest interpolation, fill 0) over its uint8 tens
 (`transforms.v2.functional`), float32 arithmetic included, so every op gives torchvision's pixels
 bit for bit (tests/test_augment.py; also checked on an H100). torch fuses `a + alpha * b` into one
 FMA on CPU and LLVM contracts products into sums unpredictably, so products that feed sums are
-written as error-free transformations (`_mul`, `_fma`, `_div`) whose rounding cannot change.
+written as error-free transformations (`exact.py`) whose rounding cannot change.
 Magnitudes follow the v1 classes (Solarize thresholds linspace(255, 0), not v2's 255 * linspace).
 """
 import functools
@@ -13,6 +13,8 @@ import functools
 import numpy as np
 import jax
 import jax.numpy as jnp
+
+from jax_cifar import exact
 
 # Op order of torchvision's augmentation spaces (Identity first, as RandAugment/TrivialAugment).
 OP_NAMES = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
@@ -93,85 +95,12 @@ def augmentation_space(policy: str, num_bins: int, image_size: tuple[int, int]
   return space
 
 
-# ----------------------------------------------------------------------------- float helpers
-
-def _split(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """a == hi + lo exactly, each with at most 12 significant bits (so their products are exact)."""
-  hi = jax.lax.bitcast_convert_type(
-      jax.lax.bitcast_convert_type(a, jnp.uint32) & jnp.uint32(0xFFFFF000), jnp.float32)
-  return hi, a - hi
-
-
-def _mul(x: jax.Array, b: jax.Array) -> jax.Array:
-  """float32 x * b, rounded once, for x with at most 12 significant bits (integers < 4096).
-
-  Written as a sum of two exact products, so it rounds the same whether or not the compiler
-  contracts it, or the ops it feeds, into FMAs (LLVM does on CPU and GPU).
-  """
-  bh, bl = _split(b)
-  return x * bh + x * bl
-
-
-def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Knuth: a + b == s + e exactly."""
-  s = a + b
-  bb = s - a
-  return s, (a - (s - bb)) + (b - bb)
-
-
-def _fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
-  """float32 a * b + c rounded once, like torch's fused `add_(b, alpha=a)` on CPU.
-
-  The product is split into four exact partial products, summed with c in twice the working
-  precision (Ogita-Rump-Oishi Sum2) and rounded at the end.
-  """
-  ah, al = _split(a)
-  bh, bl = _split(b)
-  s, err = c, 0.0
-  for t in (ah * bh, ah * bl, al * bh, al * bl):
-    s, e = _two_sum(s, t)
-    err = err + e
-  return s + err
-
-
-def _fma_small(k: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
-  """`_fma` for k with at most 12 significant bits (pixel values, their differences): only b is
-  split, so three terms are summed instead of five (about half the work)."""
-  bh, bl = _split(b)
-  s, e1 = _two_sum(c, k * bh)
-  s, e2 = _two_sum(s, k * bl)
-  return s + (e1 + e2)
-
-
-def _div(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Correctly rounded float32 a / b (b > 0).
-
-  XLA rewrites `x / broadcast(y)` into `x * (1 / y)`, which can be an ulp off; pick the neighbour
-  of that quotient with the smallest residual a - q * b (accumulated from exact products).
-  """
-  q0 = a / b
-  bh, bl = _split(b)
-
-  def residual(q):
-    qh, ql = _split(q)
-    return jnp.abs((((a - qh * bh) - qh * bl) - ql * bh) - ql * bl)
-
-  best, best_r = q0, residual(q0)
-  for q in (jnp.nextafter(q0, -jnp.inf), jnp.nextafter(q0, jnp.inf)):
-    r = residual(q)
-    best, best_r = jnp.where(r < best_r, q, best), jnp.minimum(r, best_r)
-  return best
-
-
-def _to_uint8(x: jax.Array) -> jax.Array:
-  """torch's `.clamp_(0, 255).to(torch.uint8)`: clamp, then truncate."""
-  return jnp.clip(x, 0.0, 255.0).astype(jnp.uint8)
-
+# ----------------------------------------------------------------------------- grayscale
 
 def _grayscale(x: jax.Array) -> jax.Array:
   """Floored float32 luma [H,W] of a float32 [H,W,3] image, as torchvision on uint8 input."""
-  gray = _fma(x[..., 1], jnp.float32(0.587), _mul(x[..., 0], jnp.float32(0.2989)))
-  return jnp.floor(_fma(x[..., 2], jnp.float32(0.114), gray))
+  gray = exact.fma(x[..., 1], jnp.float32(0.587), exact.mul(x[..., 0], jnp.float32(0.2989)))
+  return jnp.floor(exact.fma(x[..., 2], jnp.float32(0.114), gray))
 
 
 # ----------------------------------------------------------------------------- geometric ops
@@ -183,12 +112,12 @@ def _source_coords(theta: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Arr
   the image centre, mapped by the inverse matrix theta (6,), normalised by half the size and
   unnormalised again.
   """
-  t = _div(theta.astype(jnp.float32), jnp.asarray([w, w, w, h, h, h], jnp.float32) / 2)
+  t = exact.div(theta.astype(jnp.float32), jnp.asarray([w, w, w, h, h, h], jnp.float32) / 2)
   x = (jnp.arange(w, dtype=jnp.float32) - jnp.float32((w - 1) / 2))[None, :]
   y = (jnp.arange(h, dtype=jnp.float32) - jnp.float32((h - 1) / 2))[:, None]
-  # Pixel centres have few bits, so _mul keeps torch's unfused rounding of the grid.
-  ix = (((_mul(x, t[0]) + _mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0
-  iy = (((_mul(x, t[3]) + _mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0
+  # Pixel centres have few bits, so exact.mul keeps torch's unfused rounding of the grid.
+  ix = (((exact.mul(x, t[0]) + exact.mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0
+  iy = (((exact.mul(x, t[3]) + exact.mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0
   return ix, iy
 
 
@@ -198,11 +127,12 @@ def _taps(image: jax.Array, iy: jax.Array, ix: jax.Array) -> jax.Array:
   valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
   ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
   iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
-  return jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype)).astype(jnp.float32)
+  taps = jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype))
+  return taps.astype(jnp.float32)
 
 
 def affine_nearest(image: jax.Array, theta: jax.Array) -> jax.Array:
-  """Nearest-neighbour warp with torchvision's inverse matrix `theta` (6,), fill 0 (rounds half-even)."""
+  """Nearest-neighbour warp with torchvision's inverse matrix `theta` (6,), fill 0 (half-even)."""
   h, w, _ = image.shape
   ix, iy = _source_coords(theta, h, w)
   ix, iy = jnp.round(ix), jnp.round(iy)
@@ -223,9 +153,9 @@ def affine_bilinear(image: jax.Array, theta: jax.Array) -> jax.Array:
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   dx, dy = ix - x0, iy - y0
   ex, sy = 1.0 - dx, 1.0 - dy
-  out = _mul(_taps(image, y0, x0), (sy * ex)[..., None])
+  out = exact.mul(_taps(image, y0, x0), (sy * ex)[..., None])
   for yy, xx, weight in ((y0, x0 + 1, sy * dx), (y0 + 1, x0, dy * ex), (y0 + 1, x0 + 1, dy * dx)):
-    out = _fma_small(_taps(image, yy, xx), weight[..., None], out)
+    out = exact.fma_small(_taps(image, yy, xx), weight[..., None], out)
   return jnp.clip(jnp.round(out), 0.0, 255.0).astype(jnp.uint8)
 
 
@@ -263,7 +193,7 @@ def _histograms(image: jax.Array) -> jax.Array:
 
 
 def _brightness_lut(m: jax.Array) -> jax.Array:
-  return _to_uint8(_LEVELS * (jnp.float32(1.0) + m))[None]
+  return exact.to_uint8(_LEVELS * (jnp.float32(1.0) + m))[None]
 
 
 def _contrast_lut(m: jax.Array, gray: jax.Array) -> jax.Array:
@@ -274,7 +204,8 @@ def _contrast_lut(m: jax.Array, gray: jax.Array) -> jax.Array:
   """
   total = jnp.dot(gray.reshape(-1), jnp.ones(gray.size, jnp.float32),
                   precision=jax.lax.Precision.HIGHEST)
-  return _to_uint8(_fma(total / gray.size, -m, _mul(_LEVELS, jnp.float32(1.0) + m)))[None]
+  scaled = exact.mul(_LEVELS, jnp.float32(1.0) + m)
+  return exact.to_uint8(exact.fma(total / gray.size, -m, scaled))[None]
 
 
 def _posterize_lut(bits: jax.Array) -> jax.Array:
@@ -292,9 +223,9 @@ def _autocontrast_lut(hist: jax.Array) -> jax.Array:
   lo = jnp.argmax(present, axis=1).astype(jnp.float32)[:, None]
   hi = (255 - jnp.argmax(present[:, ::-1], axis=1)).astype(jnp.float32)[:, None]
   flat = hi == lo
-  inv_scale = jnp.where(flat, 1.0, _mul(hi - lo, jnp.float32(1.0 / 255.0)))
+  inv_scale = jnp.where(flat, 1.0, exact.mul(hi - lo, jnp.float32(1.0 / 255.0)))
   diff = _LEVELS - jnp.where(flat, 0.0, lo)
-  return _to_uint8(_div(diff, jnp.broadcast_to(inv_scale, diff.shape)))
+  return exact.to_uint8(exact.div(diff, jnp.broadcast_to(inv_scale, diff.shape)))
 
 
 def _equalize_lut(hist: jax.Array) -> jax.Array:
@@ -354,8 +285,9 @@ def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array, bilinear: bo
   lut_index = sum(jnp.where(op == name(n), i, 0) for i, n in enumerate(_LUT_OPS))
   looked_up = _apply_lut(image, luts[lut_index])
   is_color = op == name('Color')  # Color: fma(gray, -m, x (1 + m)); Sharpness: fma(-m, blur - x, x).
-  blended = _to_uint8(_fma_small(jnp.where(is_color, gray[..., None], _sharpness_blur(x) - x), -m,
-                                 jnp.where(is_color, _mul(x, jnp.float32(1.0) + m), x)))
+  blended = exact.to_uint8(exact.fma_small(
+      jnp.where(is_color, gray[..., None], _sharpness_blur(x) - x), -m,
+      jnp.where(is_color, exact.mul(x, jnp.float32(1.0) + m), x)))
   blended = jnp.where(_border(h, w) & ~is_color, image, blended)
   kind = jnp.where(op == 0, 0, jnp.where(op <= len(_GEOMETRIC), 1, 2))
   kind = jnp.where((op == name('Color')) | (op == name('Sharpness')), 3, kind)
@@ -458,8 +390,5 @@ def apply_policy(key: jax.Array, image: jax.Array, policy: str, *, num_ops: int 
   return apply_policy_draws(u, image, policy, num_ops=num_ops, magnitude=magnitude)
 
 
-# Public names of the exact float32 helpers, for the other torchvision-exact kernels
-# (augmix.py, photometric.py).
-exact_mul, exact_fma, exact_fma_small, exact_div = _mul, _fma, _fma_small, _div
-to_uint8 = _to_uint8
-grayscale, randint = _grayscale, _randint
+
+grayscale, randint = _grayscale, _randint  # for augmix.py and photometric.py

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cifar import autoaugment as aa
+from jax_cifar import exact
 
 JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
 JITTER_DRAWS = 2 * len(JITTER_OPS)  # the op order (argsort of 4 uniforms), then one factor each
@@ -23,7 +24,7 @@ JITTER_DRAWS = 2 * len(JITTER_OPS)  # the op order (argsort of 4 uniforms), then
 def _product(a: jax.Array, b: jax.Array) -> jax.Array:
   """float32 a * b rounded once, as a sum of exact partial products: a sum that uses it cannot
   absorb it into a fused multiply-add (XLA CPU fuses through optimization barriers too)."""
-  return aa.exact_fma(a, b, jnp.zeros((), jnp.float32))
+  return exact.fma(a, b, jnp.zeros((), jnp.float32))
 
 
 # ----------------------------------------------------------------------------- colour jitter
@@ -39,7 +40,7 @@ def jitter_ranges(strengths: Sequence[float]) -> list[tuple[float, float] | None
 
 def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
   """F.adjust_brightness on uint8: x * f, clamped, truncated."""
-  return aa.to_uint8(image.astype(jnp.float32) * factor)
+  return exact.to_uint8(image.astype(jnp.float32) * factor)
 
 
 def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
@@ -50,9 +51,9 @@ def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
   # CPU than a reduction with the grayscale arithmetic fused into it.
   total = jnp.dot(gray.reshape(-1), jnp.ones(gray.size, jnp.float32),
                   precision=jax.lax.Precision.HIGHEST)
-  mean = aa.exact_div(total, jnp.float32(gray.size))
+  mean = exact.div(total, jnp.float32(gray.size))
   levels = jnp.arange(256, dtype=jnp.float32)
-  lut = aa.to_uint8(aa.exact_fma(mean, 1.0 - factor, aa.exact_mul(levels, factor)))
+  lut = exact.to_uint8(exact.fma(mean, 1.0 - factor, exact.mul(levels, factor)))
   return lut[image]
 
 
@@ -60,7 +61,7 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
   """F.adjust_saturation on uint8: x.mul(f).add_(gray, alpha=1 - f) with the floored grayscale."""
   x = image.astype(jnp.float32)
   gray = aa.grayscale(x)[..., None]
-  return aa.to_uint8(aa.exact_fma_small(gray, 1.0 - factor, aa.exact_mul(x, factor)))
+  return exact.to_uint8(exact.fma_small(gray, 1.0 - factor, exact.mul(x, factor)))
 
 
 def _rgb_to_hsv(x: jax.Array) -> jax.Array:
@@ -69,9 +70,9 @@ def _rgb_to_hsv(x: jax.Array) -> jax.Array:
   maxc, minc = jnp.max(x, axis=-1), jnp.min(x, axis=-1)
   eqc = maxc == minc
   channels_range = maxc - minc
-  s = aa.exact_div(channels_range, jnp.where(eqc, 1.0, maxc))
+  s = exact.div(channels_range, jnp.where(eqc, 1.0, maxc))
   divisor = jnp.where(eqc, 1.0, channels_range)
-  rc, gc, bc = (aa.exact_div(maxc - c, divisor) for c in (r, g, b))
+  rc, gc, bc = (exact.div(maxc - c, divisor) for c in (r, g, b))
   neq_r, eq_g = maxc != r, maxc == g
   hg = ((rc + 2.0) - bc) * (eq_g & neq_r)
   hr = (bc - gc) * ~neq_r
@@ -87,7 +88,7 @@ _HSV_SELECT = np.array([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 
 def _hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   """torchvision's _hsv_to_rgb, products rounded before the sums that use them."""
   h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-  h6 = aa.exact_mul(jnp.float32(6.0), h)
+  h6 = exact.mul(jnp.float32(6.0), h)
   i = jnp.floor(h6)
   f = h6 - i
   sxf = _product(s, f)
@@ -102,7 +103,7 @@ def _hsv_to_rgb(hsv: jax.Array) -> jax.Array:
 
 def adjust_hue(image: jax.Array, factor: jax.Array) -> jax.Array:
   """F.adjust_hue on uint8: to float (x * (1/255)), HSV, h = (h + f) mod 1, back (x * 255.999)."""
-  hsv = _rgb_to_hsv(aa.exact_mul(image.astype(jnp.float32), jnp.float32(1.0 / 255.0)))
+  hsv = _rgb_to_hsv(exact.mul(image.astype(jnp.float32), jnp.float32(1.0 / 255.0)))
   hsv = hsv.at[..., 0].set(jnp.remainder(hsv[..., 0] + factor, 1.0))
   rgb = _hsv_to_rgb(hsv)
   return (rgb * jnp.float32(255.0 + 1.0 - 1e-3)).astype(jnp.uint8)
@@ -145,12 +146,12 @@ def gaussian_kernel1d(kernel_size: int, sigma: jax.Array) -> jax.Array:
   """torchvision's _get_gaussian_kernel1d: softmax(-(linspace(-lim, lim) / sigma)^2), float32."""
   lim = (kernel_size - 1) / (2.0 * np.sqrt(2.0))
   x = jnp.asarray(aa.torch_linspace(-lim, lim, kernel_size))
-  z = aa.exact_div(x, jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape))
+  z = exact.div(x, jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape))
   return jax.nn.softmax(-(z * z))
 
 
 def _reflect_taps(size: int, kernel_size: int) -> np.ndarray:
-  """[k, size, size] 0/1: tap t of output i reads input reflect(i + t - k//2) ('reflect' padding)."""
+  """[k, size, size] 0/1: tap t of output i reads input reflect(i + t - k // 2), as torch pads."""
   if kernel_size // 2 >= size:
     raise ValueError(f'blur kernel {kernel_size} too large for images of size {size}')
   idx = np.arange(size)[None, :] + np.arange(kernel_size)[:, None] - kernel_size // 2
@@ -177,7 +178,7 @@ def gaussian_blur(image: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.A
 
 
 def gaussian_noise(image: jax.Array, std: jax.Array, normal: jax.Array) -> jax.Array:
-  """x / 255 + std * normal, clipped to [0, 1], rounded back to uint8 (std in [0, 1] pixel scale)."""
+  """x / 255 + std * normal, clipped to [0, 1], rounded back to uint8 (std in [0, 1] units)."""
   x = image.astype(jnp.float32) / 255.0 + std * normal
   return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 

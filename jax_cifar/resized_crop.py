@@ -33,9 +33,11 @@ def crop_box(u: jax.Array, size: tuple[int, int], scale: Sequence[float], ratio:
              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(top, left, height, width) int32 from DRAWS uniforms, as RandomResizedCrop.make_params."""
   if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
-    raise ValueError(f'RandomResizedCrop needs 0 < scale and 0 < ratio ranges, got {scale}, {ratio}')
+    raise ValueError(f'RandomResizedCrop needs ranges 0 < low <= high of scale and ratio, got '
+                     f'{scale}, {ratio}')
   h, w = size
-  area = jnp.float32(h * w) * (jnp.float32(scale[0]) + jnp.float32(scale[1] - scale[0]) * u[:ATTEMPTS])
+  fraction = jnp.float32(scale[0]) + jnp.float32(scale[1] - scale[0]) * u[:ATTEMPTS]
+  area = jnp.float32(h * w) * fraction
   log_ratio = np.log(np.asarray(ratio, np.float32).astype(np.float64)).astype(np.float32)
   aspect = jnp.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[ATTEMPTS:2 * ATTEMPTS])
   cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)

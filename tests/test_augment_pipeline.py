@@ -45,7 +45,8 @@ def _cfg(**overrides):
 
 
 def _run(cfg, key, images):
-  return np.asarray(jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))(key, jnp.asarray(images)))
+  f = jax.jit(lambda k, x: augment.augment_batch(k, x, cfg))
+  return np.asarray(f(key, jnp.asarray(images)))
 
 
 def _as_before(key, images, cfg):
@@ -106,8 +107,9 @@ def test_bad_static_ranges_name_the_key(images):
 
 # ----------------------------------------------------------------------------- code separation
 
-AUGMENT_SIDE = ('augment', 'autoaugment', 'augmix', 'photometric', 'jpeg', 'resized_crop', 'mixing')
-CORRUPT_SIDE = tuple(sorted(p.stem for p in PACKAGE.glob('corrupt*.py')))  # corrupt, corrupt_ops, ...
+AUGMENT_SIDE = ('augment', 'autoaugment', 'augmix', 'exact', 'photometric', 'jpeg', 'resized_crop',
+                'mixing')
+CORRUPT_SIDE = tuple(sorted(p.stem for p in PACKAGE.glob('corrupt*.py')))  # corrupt, corrupt_ops..
 
 
 def _internal_imports(module: str) -> set[str]:

@@ -85,7 +85,8 @@ def _torchvision_augmix(torch, image, severity, width, depth, choices, m, w):
   return out.numpy().transpose(1, 2, 0)
 
 
-@pytest.mark.parametrize('severity,width,depth', [(3, 3, -1), pytest.param(10, 2, 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('severity,width,depth', [
+    (3, 3, -1), pytest.param(10, 2, 2, marks=pytest.mark.slow)])
 def test_augmix_matches_torchvision_given_the_same_draws(images, severity, width, depth):
   """Bit-exact on this machine (every pixel of every image); the bound leaves room for torch's
   grid_sample being compiled without FMA elsewhere (a level on <0.1% of a warp's pixels, which a
@@ -135,8 +136,8 @@ def test_bilinear_geometric_ops_match_torchvision(images):
   bil = dict(interpolation=InterpolationMode.BILINEAR)
   cases = [('ShearX', 0.2, lambda: F.affine(x, 0.0, [0, 0], 1.0, [np.degrees(np.arctan(0.2)), 0.0],
                                             center=[0, 0], **bil)),
-           ('ShearY', -0.3, lambda: F.affine(x, 0.0, [0, 0], 1.0, [0.0, np.degrees(np.arctan(-0.3))],
-                                             center=[0, 0], **bil)),
+           ('ShearY', -0.3, lambda: F.affine(
+               x, 0.0, [0, 0], 1.0, [0.0, np.degrees(np.arctan(-0.3))], center=[0, 0], **bil)),
            ('TranslateY', -7.5, lambda: F.affine(x, 0.0, [0, -7], 1.0, [0.0, 0.0], **bil)),
            ('Rotate', 13.3, lambda: F.rotate(x, 13.3, **bil))]
   warp = jax.jit(jax.vmap(lambda im, op, m: aa.apply_op(im, op, m, bilinear=True), (0, None, None)))

@@ -45,7 +45,8 @@ def _torchvision_box(torch, transform, size, area_fractions, log_ratios, u_top, 
 
   real = torch.empty, torch.randint
   torch.empty = lambda *args, **kwargs: _Draw()
-  torch.randint = lambda low, high, size: torch.tensor([low + math.floor(positions.pop(0) * (high - low))])
+  torch.randint = lambda low, high, size: torch.tensor(
+      [low + math.floor(positions.pop(0) * (high - low))])
   try:
     p = transform.make_params([torch.zeros((3,) + size, dtype=torch.uint8)])
   finally:
