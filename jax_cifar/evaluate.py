@@ -366,8 +366,7 @@ def main(argv):
     sys.exit(128 + signal.SIGINT)
   except (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
           OSError, ValueError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {e}')  # One line on stderr (no log-formatted copy of it).
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}),
         flush=True)
 

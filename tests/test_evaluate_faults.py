@@ -1,0 +1,195 @@
+"""Long-job faults of `evaluate --ood_dir`: kills, signals, leftovers, stray and damaged inputs, bad
+--submission paths. Faults are placed at exact points with the JAX_CIFAR_TEST_SIGNAL hook
+(jax_cifar/interrupt.py), never after a sleep."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jax_cifar import evaluate, interrupt, submission, trainer
+from jax_cifar.data import cifar100, ood
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+N_OOD = 10
+
+CONFIG_FILE = '''
+from configs import default
+
+def get_config():
+  c = default.get_config()
+  c.data.source = 'synthetic'
+  c.data.synthetic_size = 64
+  c.data.val_fraction = 0.0
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 32
+  c.train.num_epochs = 1
+  c.train.max_steps = 1
+  return c
+'''
+
+
+def _config():
+  namespace = {}
+  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+def _write_ood(folder: pathlib.Path, n: int = N_OOD, seed: int = 0) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(folder / ood.distortion_file(i), rng.integers(0, 256, (n, 32, 32, 3), np.uint8))
+  return folder
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A 1-step synthetic run, its config file, and 19 small distortion files."""
+  base = tmp_path_factory.mktemp('faults')
+  (base / 'config.py').write_text(CONFIG_FILE)
+  trainer.train_and_evaluate(_config(), str(base / 'run'))
+  _write_ood(base / 'ood')
+  return base
+
+
+def _evaluate(run, csv: pathlib.Path, hook: str | None = None, *extra):
+  env = dict(os.environ)
+  env.pop(interrupt.TEST_HOOK_VAR, None)
+  if hook:
+    env[interrupt.TEST_HOOK_VAR] = hook
+  cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(run / 'config.py'),
+         '--workdir', str(run / 'run'), '--checkpoint', 'latest', '--ood_dir', str(run / 'ood'),
+         '--submission', str(csv), *extra]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last_line(text: str) -> str:
+  lines = [l.split('\r')[-1].strip() for l in text.splitlines()]  # Progress bars use \r.
+  return [l for l in lines if l][-1]
+
+
+def _parts(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(folder.glob('.*.part'))
+
+
+def test_sigkill_keeps_the_previous_csv_and_a_relaunch_writes_the_same_bytes(run):
+  reference = run / 'reference' / 'sub.csv'
+  reference.parent.mkdir()
+  proc = _evaluate(run, reference)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = run / 'out' / 'sub.csv'
+  out.parent.mkdir()
+  previous = ''.join(line.rsplit(',', 1)[0] + ',0\n' if i else line + '\n'
+                     for i, line in enumerate(reference.read_text().splitlines()))
+  out.write_text(previous)  # A complete CSV of an earlier run (different labels).
+
+  proc = _evaluate(run, out, 'ood_file:4:SIGKILL')
+  assert proc.returncode == -9, (proc.returncode, proc.stderr[-3000:])
+  assert out.read_text() == previous  # Never a partial file in its place.
+  assert len(_parts(out.parent)) == 1  # The killed writer's temp file (it had no chance to clean).
+
+  proc = _evaluate(run, out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert out.read_bytes() == reference.read_bytes()
+  assert not _parts(out.parent), _parts(out.parent)  # The leftover was removed.
+  assert submission.check_submission(out, run / 'ood').startswith('OK')
+
+
+@pytest.mark.parametrize('sig,status', [('SIGTERM', 143), ('SIGINT', 130)])
+def test_sigterm_and_sigint_stop_with_one_line_and_no_csv(run, sig, status):
+  out = run / f'stopped_{sig}' / 'sub.csv'
+  out.parent.mkdir()
+  json_files = lambda: {p: p.stat().st_mtime_ns for p in (run / 'run').glob('eval_*.json')}
+  before = json_files()
+  proc = _evaluate(run, out, f'ood_file:2:{sig}')
+  assert proc.returncode == status, (proc.returncode, proc.stderr[-3000:])
+  assert 'Traceback' not in proc.stderr and 'KeyboardInterrupt' not in proc.stderr, proc.stderr
+  assert _last_line(proc.stderr) == (f'error: stopped by {sig}; nothing partial was written '
+                                     '(an existing CSV is kept)'), proc.stderr[-2000:]
+  assert not out.exists() and not _parts(out.parent)
+  assert json_files() == before  # No JSON of an unfinished evaluation.
+  assert not proc.stdout.strip()
+
+
+def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path):
+  folder = tmp_path / 'a_folder'
+  folder.mkdir()
+  proc = _evaluate(run, folder)
+  assert proc.returncode == 1 and not proc.stdout.strip()
+  assert _last_line(proc.stderr) == (f'error: --submission {folder} is a folder; give a file path '
+                                     f'such as {folder / "submission.csv"}'), proc.stderr[-2000:]
+  assert sum('error' in l.lower() for l in proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+  assert 'img/s' not in proc.stderr and 'Restor' not in proc.stderr  # Nothing was predicted.
+
+
+@pytest.mark.parametrize('problem', ['folder', 'no_parent', 'parent_is_file', 'read_only'])
+def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp_path, problem):
+  target = {'folder': tmp_path, 'no_parent': tmp_path / 'missing' / 'sub.csv',
+            'parent_is_file': tmp_path / 'file' / 'sub.csv', 'read_only': tmp_path / 'ro' / 's.csv'}
+  (tmp_path / 'file').write_text('x')
+  if problem == 'read_only':
+    (tmp_path / 'ro').mkdir(mode=0o555)
+    if os.access(tmp_path / 'ro', os.W_OK):  # Root ignores permissions; nobody creates in /proc.
+      target['read_only'] = pathlib.Path('/proc/s.csv')
+  match = {'folder': 'is a folder', 'no_parent': 'does not exist', 'parent_is_file':
+           'is not a folder', 'read_only': 'cannot create files'}[problem]
+  # 'no_run' has no checkpoint: reaching the restore would raise CheckpointError instead.
+  with pytest.raises(submission.SubmissionError, match=match) as e:
+    evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(run / 'ood'),
+                      submission_csv=str(target[problem]))
+  assert '\n' not in str(e.value) and str(target[problem]) in str(e.value)
+
+
+def test_stale_part_files_are_removed_but_a_live_writers_file_is_kept(tmp_path):
+  path = tmp_path / 'sub.csv'
+  stale = tmp_path / '.sub.csv.abc123.part'
+  stale.write_text('id,label\ndistortion00_1_0,3\n')
+  other = tmp_path / '.other.csv.abc123.part'  # Another CSV's temp file: not ours to delete.
+  other.write_text('x')
+  with submission.SubmissionWriter(path, 10) as live:
+    assert not stale.exists() and other.exists()
+    assert submission.remove_stale_parts(path) == []  # The live writer's file is locked.
+    assert _parts(tmp_path) == sorted([live._tmp, other])  # pylint: disable=protected-access
+    for d in range(ood.NUM_DISTORTIONS):
+      live.add(d, np.zeros(10, np.int64))
+  assert _parts(tmp_path) == [other] and path.exists()
+
+
+def test_stray_distortion_files_are_named_in_a_warning(tmp_path, caplog):
+  folder = _write_ood(tmp_path / 'ood', n=5)
+  np.save(folder / 'distortion19.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  np.save(folder / 'distortion_extra.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  np.save(folder / 'labels.npy', np.zeros(5, np.uint8))  # Expected: not warned about.
+  with caplog.at_level(logging.WARNING):
+    files = ood.check_distortion_dir(folder)
+  assert len(files) == 19
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1, warnings
+  assert 'distortion19.npy' in warnings[0] and 'distortion_extra.npy' in warnings[0]
+  assert 'labels.npy' not in warnings[0]
+  caplog.clear()
+  (folder / 'distortion19.npy').unlink()
+  (folder / 'distortion_extra.npy').unlink()
+  with caplog.at_level(logging.WARNING):
+    ood.check_distortion_dir(folder)
+  assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'replaced'])
+def test_a_file_damaged_after_the_check_is_named_when_opened(tmp_path, damage):
+  files = ood.check_distortion_dir(_write_ood(tmp_path / 'ood', n=5))
+  bad = files[7].path
+  if damage == 'truncated':  # e.g. a copy still running, or a full disk.
+    bad.write_bytes(bad.read_bytes()[:-100])
+  else:
+    np.save(bad, np.zeros((10, 32, 32, 3), np.uint8))
+  with pytest.raises(cifar100.DataError) as e:
+    files[7].open()
+  assert '\n' not in str(e.value) and 'distortion07.npy' in str(e.value), str(e.value)
+  assert files[6].open().shape == (5, 32, 32, 3)
