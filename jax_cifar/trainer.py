@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from jax_cifar import checkpoints, config_validation, models, optim, parallel, tracking
+from jax_cifar import checkpoints, config_validation, interrupt, models, optim, parallel, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
 from jax_cifar.train_step import TrainState, eval_step, train_step
@@ -251,6 +251,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
         t_last = time.perf_counter()
       if step % config.checkpoint.every_steps == 0 or step == last_step:
         ckpts.save_latest(state, step)
+      interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
       if _stop_requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:

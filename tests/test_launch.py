@@ -4,7 +4,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py')]
@@ -24,15 +23,22 @@ def test_each_process_gets_its_id_the_shared_coordinator_and_cpu_devices():
   assert lines == [f'[p{i}] {i} 3 127.0.0.1:23456 2 cpu' for i in range(3)]
 
 
-def test_a_failing_process_stops_the_others_and_sets_the_exit_status():
-  code = ('import os, sys, time\n'
-          'if os.environ["JAX_PROCESS_ID"] == "1": sys.exit(3)\n'
-          'time.sleep(120)')
-  start = time.time()
-  proc = _launch(['--num_processes', '2'], code)
+def test_a_failing_process_stops_the_others_and_sets_the_exit_status(tmp_path):
+  ready = tmp_path / 'p0_ready'
+  code = ('import os, pathlib, signal, sys, time\n'
+          f'ready = pathlib.Path({str(ready)!r})\n'
+          'if os.environ["JAX_PROCESS_ID"] == "1":\n'
+          '  while not ready.exists(): time.sleep(0.01)  # Fail only once p0 listens for SIGTERM.\n'
+          '  sys.exit(3)\n'
+          'def stopped(*_):\n'
+          '  print("stopped by SIGTERM", flush=True); sys.exit(0)\n'
+          'signal.signal(signal.SIGTERM, stopped)\n'
+          'ready.touch()\n'
+          'signal.pause()  # Never ends by itself: the launcher must stop it.\n')
+  proc = _launch(['--num_processes', '2'], code, timeout=300)
   assert proc.returncode == 3, proc.stdout + proc.stderr
   assert 'a process exited with status 3' in proc.stdout
-  assert time.time() - start < 60  # The sleeping process was stopped, not waited for.
+  assert '[p0] stopped by SIGTERM' in proc.stdout  # Stopped, not waited for.
 
 
 def test_launch_without_a_command_is_a_usage_error():

@@ -1,11 +1,11 @@
 """Never lose a run: SIGKILL at random points, SIGTERM preemption, non-finite losses, bad configs."""
 
+import os
 import pathlib
 import random
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from jax_cifar import config_validation, evaluate, optim, parallel, tracking, trainer
+from jax_cifar import config_validation, evaluate, interrupt, optim, parallel, tracking, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = {
@@ -33,14 +33,18 @@ def _config():
   return c
 
 
-def _launch(workdir) -> subprocess.Popen:
-  """Starts a training process; its stderr goes to WORKDIR.log (a pipe would fill and block it)."""
+def _launch(workdir, signal_at: str = '') -> subprocess.Popen:
+  """Starts a training process; its stderr goes to WORKDIR.log (a pipe would fill and block it).
+
+  `signal_at='STEP:SIGNAL'` makes it send itself SIGNAL right after that step (interrupt.at_event).
+  """
   args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   workdir.parent.mkdir(parents=True, exist_ok=True)
   log = open(f'{workdir}.log', 'a')  # pylint: disable=consider-using-with
+  env = dict(os.environ, **({interrupt.TEST_HOOK_VAR: f'train_step:{signal_at}'} if signal_at else {}))
   return subprocess.Popen(
       [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/default.py',
-       '--workdir', str(workdir), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+       '--workdir', str(workdir), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
 
 def _log(workdir) -> str:
@@ -50,17 +54,6 @@ def _log(workdir) -> str:
 def _last_logged_step(workdir) -> int:
   rows = tracking.read_metrics(workdir)
   return max((r['step'] for r in rows), default=0)
-
-
-def _wait_for_progress(proc, workdir, after: int, timeout: float = 300) -> bool:
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      return False
-    if _last_logged_step(workdir) > after:
-      return True
-    time.sleep(0.05)
-  raise TimeoutError('training made no progress')
 
 
 def _final(workdir):
@@ -90,17 +83,11 @@ def uninterrupted(tmp_path_factory):
 
 def test_resume_after_sigkill_at_random_points_matches_uninterrupted_run(tmp_path, uninterrupted):
   workdir = tmp_path / 'killed'
-  rng = random.Random(1234)
-  kills = 0
-  while kills < 3:
-    proc = _launch(workdir)
-    if not _wait_for_progress(proc, workdir, after=_last_logged_step(workdir)):
-      break  # Finished before we could kill it: fine, but we want 3 kills, so keep the count.
-    time.sleep(rng.uniform(0.0, 1.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kills += 1
-  assert kills == 3
+  kill_steps = sorted(random.Random(1234).sample(range(2, 32), 3))  # Between and on checkpoints.
+  for step in kill_steps:
+    proc = _launch(workdir, signal_at=f'{step}:SIGKILL')
+    assert proc.wait() == -signal.SIGKILL, _log(workdir)[-2000:]  # Killed at that step, not before.
+    assert _last_logged_step(workdir) <= step
   proc = _launch(workdir)
   assert proc.wait() == 0, _log(workdir)[-2000:]
   _assert_same_run(uninterrupted, workdir)
@@ -108,14 +95,12 @@ def test_resume_after_sigkill_at_random_points_matches_uninterrupted_run(tmp_pat
 
 def test_sigterm_saves_exits_75_and_the_next_launch_resumes(tmp_path, uninterrupted):
   workdir = tmp_path / 'preempted'
-  proc = _launch(workdir)
-  assert _wait_for_progress(proc, workdir, after=4)
-  proc.send_signal(signal.SIGTERM)
+  proc = _launch(workdir, signal_at='5:SIGTERM')
   assert proc.wait() == trainer.PREEMPTED_EXIT_CODE
   assert 'relaunch to resume' in _log(workdir)
   saved = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
                  if p.name.isdigit())
-  assert saved and saved[-1] >= 5
+  assert saved[-1] == 5  # Saved the step it was stopped at (checkpoints are every 3 steps).
   proc = _launch(workdir)
   assert proc.wait() == 0, _log(workdir)[-2000:]
   _assert_same_run(uninterrupted, workdir)
