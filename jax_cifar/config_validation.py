@@ -101,6 +101,10 @@ def validate(config) -> None:
     raise ConfigError(f"config key 'augment.blur_kernel' must be odd, got {given['augment.blur_kernel']}")
   if given['augment.augmix_jsd_weight'] > 0 and not given['augment.augmix']:
     raise ConfigError("config key 'augment.augmix_jsd_weight' > 0 needs augment.augmix=True")
+  if given['augment.augmix_jsd_weight'] > 0 and (given['augment.mixup_alpha'] > 0 or
+                                                 given['augment.cutmix_alpha'] > 0):
+    raise ConfigError('augment.augmix_jsd_weight > 0 (the Jensen-Shannon loss compares views of '
+                      'the same image) cannot be combined with mixup_alpha or cutmix_alpha')
   for key in ('augment.rrc_scale', 'augment.rrc_ratio', 'augment.blur_sigma',
               'augment.jpeg_quality', 'augment.noise_std'):
     low, high = given[key]

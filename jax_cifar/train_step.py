@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_cifar import augment, mixing, optim
+from jax_cifar import augment, augmix, mixing, optim
 
 
 @flax.struct.dataclass
@@ -63,18 +63,28 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
   dtype = jnp.dtype(config.model.dtype)
   key = jax.random.fold_in(state.rng, state.step)
   k_aug, k_mix = jax.random.split(key)
-  images = augment.augment_batch(k_aug, batch['image'], config.augment)
-  images = model_input(images, config, dtype)
+  jsd_weight = float(config.augment.get('augmix_jsd_weight', 0.0))
   targets = mixing.smooth_one_hot(batch['label'], config.model.num_classes,
                                   config.optim.label_smoothing)
-  images, targets, _ = mixing.mix_batch(
-      k_mix, images, targets, mixup_alpha=config.augment.mixup_alpha,
-      cutmix_alpha=config.augment.cutmix_alpha, switch_prob=config.augment.switch_prob)
+  if jsd_weight:  # AugMix's consistency loss: clean + two AugMix views, one BatchNorm batch.
+    images = jnp.concatenate(augment.jsd_views(k_aug, batch['image'], config.augment))
+    images = model_input(images, config, dtype)
+  else:
+    images = model_input(augment.augment_batch(k_aug, batch['image'], config.augment), config,
+                         dtype)
+    images, targets, _ = mixing.mix_batch(
+        k_mix, images, targets, mixup_alpha=config.augment.mixup_alpha,
+        cutmix_alpha=config.augment.cutmix_alpha, switch_prob=config.augment.switch_prob)
 
   def loss_fn(params, batch_stats):  # batch_stats passed in so BatchNorm may update them here.
     model = nnx.merge(graphdef, params, batch_stats, copy=True)  # Fresh Variables in this trace.
     logits = model(images, train=True)
-    loss = cross_entropy(logits, targets).mean()
+    if jsd_weight:
+      logits, logits_1, logits_2 = jnp.split(logits, 3)
+      loss = (cross_entropy(logits, targets).mean()
+              + jsd_weight * augmix.jsd_loss(logits, logits_1, logits_2))
+    else:
+      loss = cross_entropy(logits, targets).mean()
     return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

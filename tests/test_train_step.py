@@ -112,3 +112,34 @@ def test_clipping_bounds_the_global_norm():
   tx, _ = optim.make_optimizer(c, total_steps=10, steps_per_epoch=10)
   updates, _ = tx.update({'w': jnp.full((3, 3), 10.0)}, tx.init(params), params)
   assert float(optax.tree.norm(updates)) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_bn_batch():
+  """The step's loss with augment.augmix_jsd_weight: CE on the clean view + w * JSD of the three
+  views' logits, all three views through BatchNorm as one batch (as the AugMix paper)."""
+  from jax_cifar import augment, augmix, parallel, trainer  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
+  c.augment.augmix, c.augment.augmix_jsd_weight = True, 12.0
+  c.optim.label_smoothing = 0.1
+  c.train.batch_size = 8
+  mesh = parallel.make_mesh()
+  tx, schedule = optim.make_optimizer(c.optim, 10, 10)
+  state, graphdef = trainer.init_state(c, tx, mesh)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  _, metrics = jax.jit(lambda s, b: train_step.train_step(
+      s, b, graphdef=graphdef, tx=tx, schedule=schedule, config=c))(state, batch)
+  # Reference: the same views and model, assembled by hand.
+  key = jax.random.split(jax.random.fold_in(state.rng, state.step))[0]
+  views = augment.jsd_views(key, jnp.asarray(batch['image']), c.augment)
+  assert not np.array_equal(views[1], views[2])  # Two different AugMix draws.
+  model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
+  logits = model(train_step.model_input(jnp.concatenate(views), c, jnp.float32), train=True)
+  clean, one, two = jnp.split(logits, 3)
+  targets = mixing.smooth_one_hot(jnp.asarray(batch['label']), 10, 0.1)
+  want = train_step.cross_entropy(clean, targets).mean() + 12.0 * augmix.jsd_loss(clean, one, two)
+  np.testing.assert_allclose(metrics['train_loss'], want, rtol=1e-5)
+  jsd_part = float(want - train_step.cross_entropy(clean, targets).mean())
+  assert jsd_part > 1e-4  # The views disagree, so the consistency term is really there.
