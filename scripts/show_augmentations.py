@@ -3,8 +3,8 @@
   python scripts/show_augmentations.py --data_dir D --out docs/augmentations.png
 
 One row per op (AutoAugment's magnitude bins 1..9 with random signs, left to right) and per
-recipe (crop/flip, erasing, the three policies, the full recipe): the original in the first
-column, then independent draws of the same image.
+recipe (crop/flip, erasing, the three policies, the full recipe, each robustness augmentation
+and AugMix): the original in the first column, then independent draws of the same image.
 """
 
 import argparse
@@ -34,6 +34,14 @@ RECIPES = {  # row label -> overrides of the default `augment` config
     'RandAugment (2, 9)': dict(crop_padding=0, flip=False, policy='randaugment'),
     'TrivialAugmentWide': dict(crop_padding=0, flip=False, policy='trivialaugment'),
     'crop + flip + AA + erase .25': dict(policy='autoaugment_cifar10', erasing_prob=0.25),
+    'RandomResizedCrop .35-1': dict(crop_padding=0, flip=False, rrc_prob=1.0),
+    'ColorJitter .4 .4 .4 .1': dict(crop_padding=0, flip=False, color_jitter_prob=1.0),
+    'GaussianBlur 3, s .1-2': dict(crop_padding=0, flip=False, blur_prob=1.0),
+    'JPEG-like q 20-95': dict(crop_padding=0, flip=False, jpeg_prob=1.0, jpeg_quality=(20, 95)),
+    'noise std 0-.1': dict(crop_padding=0, flip=False, noise_prob=1.0),
+    'AugMix (3, 3, -1, 1)': dict(crop_padding=0, flip=False, augmix=True),
+    'all robustness, p=.5': dict(augmix=True, rrc_prob=0.5, color_jitter_prob=0.5, blur_prob=0.5,
+                                 jpeg_prob=0.5, noise_prob=0.5),
 }
 
 
