@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -103,6 +104,13 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
   if run is not None and getattr(run, 'id', None):
     id_file.write_text(run.id + '\n')
   return run
+
+
+def say(message: str) -> None:
+  """One line for the user on stderr (process 0), printed above the progress bar, never hidden by
+  --verbosity (library INFO logs are; see train.py)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stderr)
 
 
 def progress_bar(total: int, initial: int, desc: str = 'train') -> tqdm.tqdm:

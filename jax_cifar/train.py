@@ -5,7 +5,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, cli, config_validation, errors, parallel, trainer
+from jax_cifar import checkpoints, cli, config_validation, errors, parallel, tracking, trainer
 from jax_cifar.data import cifar100
 
 FLAGS = flags.FLAGS
@@ -20,6 +20,8 @@ EXPECTED_ERRORS = (errors.UserError, config_validation.ConfigError, cifar100.Dat
 
 def main(argv):
   del argv
+  if not FLAGS['verbosity'].present:  # Library INFO logs (orbax, jax) only with --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
   try:
     parallel.maybe_initialize_distributed()
     parallel.enable_compilation_cache()
@@ -27,9 +29,11 @@ def main(argv):
   except trainer.Preempted:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except EXPECTED_ERRORS as e:
-    logging.error('%s', e)
     sys.exit(f'error: {e}')
-  logging.info('Done: %s', result)
+  best = result.get('best_val_accuracy')
+  tracking.say(f'Done at step {result["step"]}: best val_accuracy '
+               f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '
+               f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl')
 
 
 if __name__ == '__main__':

@@ -209,15 +209,16 @@ def _train(config, workdir: pathlib.Path) -> dict:
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps)
   if resume_step:
     state, step = ckpts.restore('latest', state, fallback=True)
-    logging.info('Resumed from step %d.', step)
+    tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
     workdir_lib.record_launch(workdir, json.loads(json.dumps(config.to_dict(), default=str)),
                               start_step, changes)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('%s: %.2fM params, %d steps/epoch, %d steps, %d devices.', config.model.name,
-               n_params / 1e6, steps_per_epoch, total_steps, jax.device_count())
+  tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
+               f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
+               f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   p_train, p_eval = compile_steps(config, graphdef, tx, schedule, mesh)
 
   writer = tracking.MetricsWriter(workdir, config, resume_step=start_step)
@@ -247,7 +248,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
         pending, t_last = [], now
       bar.update(1)
       if step % eval_every == 0 or step == total_steps:
-        last_val = _validate(p_eval, state, val_split, config, mesh, ckpts, writer, step)
+        last_val = _validate(p_eval, state, val_split, config, mesh, ckpts, writer, step,
+                             step / steps_per_epoch)
         t_last = time.perf_counter()
       if step % config.checkpoint.every_steps == 0 or step == last_step:
         ckpts.save_latest(state, step)
@@ -277,7 +279,8 @@ def _check_finite(state: TrainState, config) -> None:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
 
 
-def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int) -> dict:
+def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int,
+              epoch: float) -> dict:
   """Validates the raw weights (and the EMA's, as val_*_ema); 'best' follows checkpoint.best_weights."""
   weights = {'': (state.params, state.batch_stats)}
   if state.ema_params is not None:
@@ -289,7 +292,9 @@ def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int) -> d
                 f'val_top5_accuracy{suffix}': result['top5_accuracy']})
   writer.write(step, row)
   pick = '_ema' if config.checkpoint.best_weights == 'ema' else ''
+  previous_best = ckpts.best_accuracy()
   ckpts.maybe_save_best(state, step, row[f'val_accuracy{pick}'])
-  logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in row.items()
-                                              if 'top5' not in k))
+  best = max(row[f'val_accuracy{pick}'], -1.0 if previous_best is None else previous_best)
+  shown = ', '.join(f'{k} {v:.4f}' for k, v in row.items() if 'top5' not in k)
+  tracking.say(f'epoch {epoch:.2f} step {step}: {shown} (best {best:.4f})')
   return row

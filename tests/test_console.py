@@ -1,0 +1,37 @@
+"""What a user sees in the terminal: the run's own lines, not library INFO logs."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ARGS = ['--config.data.source=synthetic', '--config.data.synthetic_size=256',
+        '--config.data.val_fraction=0.25', '--config.model.width=4', '--config.train.batch_size=32',
+        '--config.train.num_epochs=2', '--config.train.log_every_steps=2',
+        '--config.checkpoint.every_steps=3']
+
+
+def _train(workdir, *extra):
+  return subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--config', 'jax_cifar:default',
+                         '--workdir', str(workdir), *ARGS, *extra],
+                        cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_training_console_shows_start_evaluations_and_summary_but_no_library_info(tmp_path):
+  out = _train(tmp_path / 'run')
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stderr.replace('\r', '\n').splitlines()
+  assert not [l for l in lines if re.match(r'I\d{4} ', l)], [l for l in lines if l.startswith('I')][:5]
+  assert not [l for l in lines if 'orbax' in l or 'checkpoint_manager' in l]
+  assert any(l.startswith('resnet18: ') and 'steps/epoch' in l and str(tmp_path / 'run') in l
+             for l in lines)
+  evals = [l for l in lines if re.match(r'epoch \d+\.\d+ step \d+: val_loss', l)]
+  assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
+  assert any(l.startswith('Done at step 12: best val_accuracy ') for l in lines)
+  # --verbosity=0 brings the library logs back for debugging.
+  out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=3')
+  assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
