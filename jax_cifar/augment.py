@@ -96,7 +96,8 @@ _ROBUST_STREAM, _AUGMIX_STREAM, _NOISE_STREAM, _SECOND_VIEW_STREAM = 1, 2, 3, 4
 # Their uniform vector: (name, draws) in a fixed layout; the first draw of each is its gate.
 _ROBUST = (('rrc', 1 + resized_crop.DRAWS), ('color_jitter', 1 + photometric.JITTER_DRAWS),
            ('blur', 2), ('jpeg', 2), ('noise', 2))
-_ROBUST_OFFSETS = dict(zip([n for n, _ in _ROBUST], np.cumsum([0] + [d for _, d in _ROBUST])))
+_ROBUST_OFFSETS = {name: int(offset) for (name, _), offset in zip(
+    _ROBUST, np.cumsum([0] + [d for _, d in _ROBUST]))}
 _ROBUST_DRAWS = sum(d for _, d in _ROBUST)
 
 
@@ -135,6 +136,7 @@ def _after_crop_flip(key: jax.Array, u: jax.Array, image: jax.Array, cfg: Any) -
   num_ops = int(cfg.get('randaugment_num_ops', 2))
   n_policy = autoaugment.num_draws(cfg.policy, num_ops)
   probs = {name: float(cfg.get(f'{name}_prob', 0.0)) for name, _ in _ROBUST}
+  v = None
   if any(p > 0 for p in probs.values()):
     v = jax.random.uniform(jax.random.fold_in(key, _ROBUST_STREAM), (_ROBUST_DRAWS,))
 
