@@ -81,6 +81,7 @@ class Checkpoints:
     if create and jax.process_index() == 0:
       check_writable(root)
     opts = dict(create=create, enable_async_checkpointing=True)
+    self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self.latest = ocp.CheckpointManager(
         root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self.best = ocp.CheckpointManager(
@@ -89,11 +90,20 @@ class Checkpoints:
 
   def _save(self, manager, step: int, state: Any, **kwargs) -> None:
     """Saves (asynchronously); a failed write raises CheckpointError, earlier checkpoints stay."""
+    self._finish(manager)  # Surfaces a failure of the previous asynchronous save, naming its step.
     try:
-      manager.wait_until_finished()  # Surfaces a failure of the previous asynchronous save.
       manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     except Exception as e:  # pylint: disable=broad-except
       raise _save_failed(f'checkpoint step {step} in {manager.directory}', e) from e
+    self._in_flight[id(manager)] = step
+
+  def _finish(self, manager) -> None:
+    step = self._in_flight.pop(id(manager), None)
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
+      raise _save_failed(f'{what} in {manager.directory}', e) from e
 
   def save_latest(self, state: Any, step: int) -> None:
     if self.latest.latest_step() != step:
@@ -157,10 +167,7 @@ class Checkpoints:
 
   def wait(self) -> None:
     for manager in (self.latest, self.best):
-      try:
-        manager.wait_until_finished()
-      except Exception as e:  # pylint: disable=broad-except
-        raise _save_failed(f'checkpoint in {manager.directory}', e) from e
+      self._finish(manager)
 
   def close(self) -> None:
     self.latest.close()

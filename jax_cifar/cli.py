@@ -8,11 +8,13 @@ an installed wheel needs no source tree.
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 BUILTIN_PREFIX = 'jax_cifar:'
 USAGE_EXIT_CODE = 2
@@ -69,6 +71,40 @@ def _usage_error(message: str) -> None:
   raise SystemExit(USAGE_EXIT_CODE)
 
 
+def fail(message: str, code: int = 1) -> NoReturn:
+  """Exits with `error: message` on a line of its own, written in one system call: storage threads
+  that are still failing (orbax/tensorstore after a full disk) cannot split it."""
+  sys.stderr.flush()
+  os.write(2, f'\nerror: {message}\n'.encode(errors='replace'))
+  raise SystemExit(code)
+
+
+def _drop_closed_loop_noise() -> None:
+  """tensorstore callbacks that land on orbax's already-closed event loop after a failed save each
+  print a traceback (hundreds); they say nothing the error line does not."""
+  previous = sys.unraisablehook  # How tensorstore reports an exception in its own threads.
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def quiet_libraries() -> None:
+  """Unless --verbosity was given: INFO logs hidden, and orbax's own error logs too (a failed save
+  reaches the user as one `error:` line naming its cause; --verbosity=0 shows everything)."""
+  if flags.FLAGS['verbosity'].present:
+    return
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(
+      lambda record: '/orbax/' not in record.pathname or record.levelno >= std_logging.CRITICAL)
+  # orbax's failed write tasks, reported again by asyncio when they are garbage collected.
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with the parsing above."""
+  _drop_closed_loop_noise()
   app.run(main, flags_parser=parse_flags)

@@ -20,8 +20,7 @@ EXPECTED_ERRORS = (errors.UserError, config_validation.ConfigError, cifar100.Dat
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:  # Library INFO logs (orbax, jax) only with --verbosity=0.
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
     parallel.maybe_initialize_distributed()
     parallel.enable_compilation_cache()
@@ -29,7 +28,7 @@ def main(argv):
   except trainer.Preempted:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except EXPECTED_ERRORS as e:
-    sys.exit(f'error: {e}')
+    cli.fail(str(e))
   best = result.get('best_val_accuracy')
   tracking.say(f'Done at step {result["step"]}: best val_accuracy '
                f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '
