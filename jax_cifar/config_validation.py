@@ -105,9 +105,22 @@ def validate(config) -> None:
                                                  given['augment.cutmix_alpha'] > 0):
     raise ConfigError('augment.augmix_jsd_weight > 0 (the Jensen-Shannon loss compares views of '
                       'the same image) cannot be combined with mixup_alpha or cutmix_alpha')
-  for key in ('augment.rrc_scale', 'augment.rrc_ratio', 'augment.blur_sigma',
-              'augment.jpeg_quality', 'augment.noise_std'):
-    low, high = given[key]
-    if not 0 <= low <= high:
-      raise ConfigError(f'config key {key!r} must be a range (low, high) with 0 <= low <= high, '
-                        f'got {given[key]!r}')
+  ranges = {'augment.rrc_scale': (0, 1, False), 'augment.rrc_ratio': (0, None, False),
+            'augment.blur_sigma': (0, None, False), 'augment.jpeg_quality': (1, 100, True),
+            'augment.noise_std': (0, 1, True)}
+  for key, (lowest, highest, low_inclusive) in ranges.items():
+    value = given[key]
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+      raise ConfigError(f'config key {key!r} must be a pair (low, high), got {value!r}')
+    low, high = value
+    if (low < lowest or (low == lowest and not low_inclusive) or low > high
+        or (highest is not None and high > highest)):
+      bounds = f"{'[' if low_inclusive else '('}{lowest}, {highest if highest is not None else 'inf'}]"
+      raise ConfigError(f'config key {key!r} must be (low, high) with low <= high, both in '
+                        f'{bounds}; got {value!r}')
+  jitter = given['augment.color_jitter']
+  if not (isinstance(jitter, (list, tuple)) and len(jitter) == 4 and min(jitter) >= 0
+          and jitter[3] <= 0.5):
+    raise ConfigError("config key 'augment.color_jitter' must be 4 strengths (brightness, contrast, "
+                      f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}")

@@ -67,7 +67,9 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
   targets = mixing.smooth_one_hot(batch['label'], config.model.num_classes,
                                   config.optim.label_smoothing)
   if jsd_weight:  # AugMix's consistency loss: clean + two AugMix views, one BatchNorm batch.
-    images = jnp.concatenate(augment.jsd_views(k_aug, batch['image'], config.augment))
+    views = augment.jsd_views(k_aug, batch['image'], config.augment)
+    # Interleaved [b0 clean, b0 view1, b0 view2, b1 ...]: each device keeps its own examples' views.
+    images = jnp.stack(views, axis=1).reshape((-1,) + views[0].shape[1:])
     images = model_input(images, config, dtype)
   else:
     images = model_input(augment.augment_batch(k_aug, batch['image'], config.augment), config,
@@ -80,7 +82,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
     model = nnx.merge(graphdef, params, batch_stats, copy=True)  # Fresh Variables in this trace.
     logits = model(images, train=True)
     if jsd_weight:
-      logits, logits_1, logits_2 = jnp.split(logits, 3)
+      logits, logits_1, logits_2 = (logits.reshape(-1, 3, logits.shape[-1])[:, i] for i in range(3))
       loss = (cross_entropy(logits, targets).mean()
               + jsd_weight * augmix.jsd_loss(logits, logits_1, logits_2))
     else:
