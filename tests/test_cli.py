@@ -1,0 +1,90 @@
+"""Command-line mistakes end with one `error:` line and status 2 (never a traceback); built-in
+configs by name (`--config jax_cifar:NAME`); an unwritable checkpoints folder fails before
+training."""
+
+import errno
+import os
+import pathlib
+
+import pytest
+
+from _train_cli import ROOT, the_error, train
+from jax_cifar import cli
+from jax_cifar.configs import default
+
+BUILTIN = sorted(p.stem for p in (ROOT / 'jax_cifar' / 'configs').glob('*.py')
+                 if not p.stem.startswith('_'))
+
+
+def _usage_error(out) -> str:
+  return the_error(out, status=2)
+
+
+def test_misspelled_override_key_is_named(tmp_path):
+  line = _usage_error(train(tmp_path / 'run', '--config.model.nmae=resnet18'))
+  assert 'nmae' in line and 'name' in line, line  # Names the typo and suggests the key.
+  assert not (tmp_path / 'run').exists()
+
+
+def test_override_value_of_the_wrong_type_is_named(tmp_path):
+  line = _usage_error(train(tmp_path / 'run', '--config.train.max_steps=abc'))
+  assert 'train.max_steps' in line and 'abc' in line, line
+
+
+@pytest.mark.parametrize('source, expected', [
+    ('def get_config(:\n  pass\n', 'SyntaxError'),
+    ('import ml_collections\n\ndef make_config():\n  return ml_collections.ConfigDict()\n',
+     'get_config'),
+])
+def test_config_file_that_does_not_load_is_named(tmp_path, source, expected):
+  path = tmp_path / 'my_config.py'
+  path.write_text(source)
+  line = _usage_error(train(tmp_path / 'run', config=str(path), overrides={}))
+  assert expected in line, line
+
+
+def test_missing_config_file_with_overrides_is_named(tmp_path):
+  missing = tmp_path / 'no_such_config.py'
+  line = _usage_error(train(tmp_path / 'run', config=str(missing)))  # With TINY's overrides.
+  assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
+
+
+def test_missing_workdir_flag_is_named():
+  assert '--workdir' in _usage_error(train(None, config='configs/smoke.py', overrides={}))
+
+
+def test_builtin_config_path_is_the_packaged_file():
+  path = pathlib.Path(cli.builtin_config_path('default'))
+  assert path == ROOT / 'jax_cifar' / 'configs' / 'default.py' and 'default' in BUILTIN
+  with pytest.raises(ValueError, match='built-in configs: ' + ', '.join(BUILTIN)):
+    cli.builtin_config_path('nope')
+  with pytest.raises(ValueError, match="no built-in config '__init__'"):
+    cli.builtin_config_path('__init__')  # Package internals are not configs.
+
+
+@pytest.mark.parametrize('flag', [('--config', 'jax_cifar:default'),
+                                  ('--config=jax_cifar:default',)])
+def test_builtin_config_loads_from_any_directory(tmp_path, flag):
+  # A bad lr fails validation, after the config loaded and took the override: no training needed.
+  out = train(tmp_path / 'run', *flag, '--config.optim.lr=-3', config=None, overrides={},
+              cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+  line = the_error(out)
+  assert "'optim.lr' must be in" in line and 'got -3' in line, line
+  assert default.get_config().optim.lr > 0  # So the -3 came from the override.
+
+
+def test_unknown_builtin_config_lists_the_builtin_ones(tmp_path):
+  line = _usage_error(train(tmp_path / 'run', config='jax_cifar:nope', overrides={}))
+  assert "no built-in config 'nope'" in line and 'built-in configs: ' + ', '.join(BUILTIN) in line
+
+
+def test_unwritable_checkpoints_folder_fails_before_training_naming_the_os_cause(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'checkpoints').write_text('a file where the checkpoints folder belongs\n')
+  out = train(workdir, '--config.train.max_steps=3')
+  line = the_error(out)
+  assert f'{workdir / "checkpoints"}' in line and os.strerror(errno.EEXIST) in line, line
+  assert 'disk full' not in line
+  assert not (workdir / 'metrics.jsonl').exists()  # No step was trained.
+  assert not (workdir / 'config.json').exists()

@@ -1,0 +1,132 @@
+"""wandb really runs (offline, no mock): its run file holds the metrics of metrics.jsonl, an empty
+WANDB_MODE does not stop it, and a resumed training run continues the same wandb run."""
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+import zlib
+
+import pytest
+
+from _train_cli import train
+from jax_cifar import tracking
+
+wandb_pb2 = pytest.importorskip('wandb.proto.wandb_internal_pb2')
+
+FIRST_STEPS, RESUMED_STEPS = 3, 5
+_BLOCK, _HEADER = 32 * 1024, 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def wandb_records(path: pathlib.Path) -> list:
+  """The Record protobufs of a run-ID.wandb file (LevelDB log framing, crc32 of type + payload)."""
+  data = path.read_bytes()
+  assert data[:4] == b':W&B' and struct.unpack('<H', data[4:6])[0] == 0xBEE1, data[:7]
+  records, pos, parts = [], _HEADER, []
+  while pos + _HEADER <= len(data):
+    if _BLOCK - pos % _BLOCK < _HEADER:  # A block's tail too short for a header is padding.
+      pos += _BLOCK - pos % _BLOCK
+      continue
+    crc, length, kind = struct.unpack('<IHB', data[pos:pos + _HEADER])
+    payload = data[pos + _HEADER:pos + _HEADER + length]
+    if length == 0 and kind == 0:  # Zero padding at the end of a block being written.
+      break
+    assert len(payload) == length and zlib.crc32(bytes([kind]) + payload) == crc, (path, pos)
+    pos += _HEADER + length
+    parts.append(payload)
+    assert (kind in (_FULL, _FIRST)) == (len(parts) == 1), (path, pos, kind)
+    if kind in (_FULL, _LAST):
+      record = wandb_pb2.Record()
+      record.ParseFromString(b''.join(parts))
+      records.append(record)
+      parts = []
+  assert not parts, f'{path} ends inside a record'
+  return records
+
+
+def wandb_history(path: pathlib.Path) -> dict[int, dict]:
+  """{step: {key: value}} of the history (wandb.log) records in a run file."""
+  out = {}
+  for record in wandb_records(path):
+    if record.WhichOneof('record_type') == 'history':
+      items = {item.key or '/'.join(item.nested_key): json.loads(item.value_json)
+               for item in record.history.item}
+      out.setdefault(record.history.step.num, {}).update(items)
+  return out
+
+
+def wandb_run_ids(path: pathlib.Path) -> set[str]:
+  return {r.run.run_id for r in wandb_records(path) if r.WhichOneof('record_type') == 'run'}
+
+
+def _env(tmp_path: pathlib.Path, wandb_mode: str | None) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != 'WANDB_MODE'}
+  if wandb_mode is not None:
+    env['WANDB_MODE'] = wandb_mode
+  for var in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):  # Keep $HOME clean.
+    env[var] = str(tmp_path / 'wandb_home')
+  return env
+
+
+@pytest.fixture(scope='module')
+def offline_run(tmp_path_factory):
+  """offline_run(WANDB_MODE or None for unset): (workdir, finished process) of a 3-step run."""
+  runs = {}
+
+  def get(wandb_mode):
+    if wandb_mode not in runs:
+      base = tmp_path_factory.mktemp('wandb')
+      workdir = base / 'run'
+      out = train(workdir, '--config.wandb.mode=offline', f'--config.train.max_steps={FIRST_STEPS}',
+                  env=_env(base, wandb_mode))
+      runs[wandb_mode] = workdir, out
+    return runs[wandb_mode]
+  return get
+
+
+def _train_losses(workdir: pathlib.Path) -> dict[int, float]:
+  return {r['step']: r['train_loss'] for r in tracking.read_metrics(workdir) if 'train_loss' in r}
+
+
+def _assert_logged(history: dict[int, dict], losses: dict[int, float]) -> None:
+  logged = {step: row['train_loss'] for step, row in history.items() if 'train_loss' in row}
+  assert logged == pytest.approx(losses, rel=1e-6)
+
+
+@pytest.mark.parametrize('wandb_mode', ['', None], ids=['WANDB_MODE=', 'WANDB_MODE-unset'])
+def test_offline_wandb_run_holds_the_metrics_of_metrics_jsonl(offline_run, wandb_mode):
+  workdir, out = offline_run(wandb_mode)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'wandb could not start' not in out.stderr and 'wandb.log failed' not in out.stderr
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  folders = sorted((workdir / 'wandb').glob('offline-run-*'))
+  assert [f.name.rsplit('-', 1)[1] for f in folders] == [run_id], folders
+  run_file = folders[0] / f'run-{run_id}.wandb'
+  assert wandb_run_ids(run_file) == {run_id}
+  losses = _train_losses(workdir)
+  assert sorted(losses) == list(range(1, FIRST_STEPS + 1))
+  _assert_logged(wandb_history(run_file), losses)
+
+
+def test_resumed_training_run_continues_the_same_wandb_run(offline_run, tmp_path):
+  first, _ = offline_run(None)
+  workdir = tmp_path / 'run'
+  shutil.copytree(first, workdir, symlinks=True)
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  out = train(workdir, '--config.wandb.mode=offline', f'--config.train.max_steps={RESUMED_STEPS}',
+              env=_env(tmp_path, None))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'wandb could not start' not in out.stderr
+  assert (workdir / 'wandb_run_id').read_text().strip() == run_id
+  folders = sorted((workdir / 'wandb').glob('offline-run-*'))
+  assert len(folders) == 2 and all(f.name.endswith(f'-{run_id}') for f in folders), folders
+  files = [f / f'run-{run_id}.wandb' for f in folders]
+  assert all(wandb_run_ids(f) == {run_id} for f in files)
+  histories = sorted((wandb_history(f) for f in files), key=min)  # The launches, in step order.
+  assert [sorted(h) for h in histories] == [list(range(1, FIRST_STEPS + 1)),
+                                            list(range(FIRST_STEPS + 1, RESUMED_STEPS + 1))]
+  losses = _train_losses(workdir)
+  assert sorted(losses) == list(range(1, RESUMED_STEPS + 1))
+  _assert_logged({**histories[0], **histories[1]}, losses)

@@ -1,0 +1,205 @@
+"""One run per workdir: resume=false never overwrites a run, a live run's lock, and resuming with a
+changed config (refused if it alters the trajectory, unless allowed; recorded in launches.jsonl)."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from _train_cli import ROOT, STEPS_PER_EPOCH, TINY, snapshot, the_error, train
+from jax_cifar import optim, tracking
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+
+
+# A run that stopped at step 2 of 12 (checkpoints at steps 2): what every test resumes or guards.
+FIRST_STEPS = 2
+
+
+@pytest.fixture(scope='module')
+def base_run(tmp_path_factory) -> pathlib.Path:
+  workdir = tmp_path_factory.mktemp('base') / 'run'
+  out = train(workdir, f'--config.train.max_steps={FIRST_STEPS}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture
+def run(base_run, tmp_path) -> pathlib.Path:
+  """A private copy of the base run, so each test may resume or damage it."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(base_run, workdir, symlinks=True)
+  return workdir
+
+
+def _launches(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / 'launches.jsonl').read_text().splitlines()]
+
+
+def _schedule(lr: float, epochs: float):
+  c = default.get_config().optim
+  c.lr, c.warmup_epochs = lr, TINY['optim.warmup_epochs']
+  total = int(epochs * STEPS_PER_EPOCH)
+  return optim.make_optimizer(c, total, STEPS_PER_EPOCH)[1]
+
+
+def _logged(workdir: pathlib.Path, key: str) -> dict[int, float]:
+  return {r['step']: r[key] for r in tracking.read_metrics(workdir) if key in r}
+
+
+def test_base_run_records_its_launch(base_run):
+  rows = _launches(base_run)
+  assert len(rows) == 1 and rows[0]['start_step'] == 0 and rows[0]['changed'] == {}
+  assert rows[0]['config'] == json.loads((base_run / 'config.json').read_text())
+  assert sorted(_logged(base_run, 'train_loss')) == [1, 2]
+
+
+def test_resume_false_refuses_a_workdir_with_a_run_and_touches_nothing(run):
+  before = snapshot(run, skip=('.lock',))
+  out = train(run, '--config.train.resume=false', '--config.train.max_steps=3')
+  line = the_error(out)
+  assert 'already holds a run' in line and 'train.resume=false' in line, line
+  assert snapshot(run, skip=('.lock',)) == before
+
+
+def test_second_launch_fails_fast_while_the_lock_is_held_and_succeeds_once_holder_is_killed(run):
+  env_path = {'PYTHONPATH': str(ROOT)}  # The holder imports this checkout's jax_cifar.
+  holder = subprocess.Popen([sys.executable, str(ROOT / 'tests' / '_hold_lock.py'), str(run)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **env_path})
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    before = snapshot(run)  # .lock included: the refused launch must not even rewrite it.
+    out = train(run, '--config.train.max_steps=3')
+    line = the_error(out)
+    assert 'in use' in line and str(run) in line and f'pid {holder.pid}' in line, line
+    assert snapshot(run) == before
+  finally:
+    holder.send_signal(signal.SIGKILL)  # Dies without releasing anything itself.
+    holder.wait()
+  out = train(run, '--config.train.max_steps=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]
+  assert [r['start_step'] for r in _launches(run)] == [0, FIRST_STEPS]
+
+
+@pytest.mark.parametrize('key, value, before', [
+    ('optim.lr', 0.002, 0.001),
+    ('train.batch_size', 64, 32),
+    ('model.width', 8, 4),
+])
+def test_resume_with_a_trajectory_change_is_refused_naming_the_key(run, key, value, before):
+  kept = snapshot(run, skip=('.lock',))
+  out = train(run, f'--config.{key}={value}', '--config.train.max_steps=3')
+  line = the_error(out)
+  assert f'{key} {before!r} -> {value!r}' in line and 'allow_config_change' in line, line
+  assert snapshot(run, skip=('.lock',)) == kept  # config.json, launches.jsonl, checkpoints.
+
+
+def test_failed_resume_with_another_config_file_keeps_config_json(run):
+  kept = snapshot(run, skip=('.lock',))
+  not_model = {k: v for k, v in TINY.items() if not k.startswith('model.')}
+  refused = train(run, '--config.train.max_steps=3', config='configs/smoke.py',
+                  overrides=not_model)
+  assert "model.name 'simple_cnn' -> 'resnet18'" in the_error(refused)
+  assert snapshot(run, skip=('.lock',)) == kept
+  # Allowed to change, it still cannot restore a CNN checkpoint into a ResNet: config.json stays
+  # the run's (the one its checkpoints belong to), and no launch is recorded.
+  mismatch = train(run, '--config.train.max_steps=3', '--config.train.allow_config_change=true',
+                   '--config.model.width=4', config='configs/smoke.py', overrides=not_model)
+  assert 'does not match' in the_error(mismatch)
+  assert json.loads((run / 'config.json').read_text())['model']['name'] == 'simple_cnn'
+  assert len(_launches(run)) == 1
+  assert sorted(_logged(run, 'train_loss')) == [1, 2]
+
+
+def test_allowed_config_change_resumes_and_launches_jsonl_records_it(run):
+  first = json.loads((run / 'config.json').read_text())
+  out = train(run, '--config.optim.lr=0.002', '--config.train.allow_config_change=true',
+              '--config.train.max_steps=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'optim.lr changed: 0.001 -> 0.002' in out.stderr
+  rows = _launches(run)
+  assert len(rows) == 2 and rows[0]['config'] == first
+  assert rows[1]['start_step'] == FIRST_STEPS
+  assert rows[1]['changed']['optim.lr'] == [0.001, 0.002]
+  assert rows[1]['changed']['train.allow_config_change'] == [False, True]
+  assert json.loads((run / 'config.json').read_text()) == rows[1]['config']
+  assert rows[1]['config']['optim']['lr'] == 0.002
+  # Step 3 (the first after the resume) used the new peak rate: schedule(2) of a 12-step cosine.
+  assert _logged(run, 'learning_rate')[3] == pytest.approx(float(_schedule(0.002, 2)(2)), rel=1e-5)
+
+
+def test_extending_num_epochs_resumes_with_a_warning_naming_the_new_schedule(run):
+  out = train(run, '--config.train.num_epochs=3', '--config.train.max_steps=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'train.num_epochs changed: 2.0 -> 3.0' in out.stderr
+  new, old = _schedule(0.001, 3), _schedule(0.001, 2)
+  assert float(new(2)) != pytest.approx(float(old(2)))
+  assert (f'The schedule now ends at step {3 * STEPS_PER_EPOCH} (was {2 * STEPS_PER_EPOCH}): the '
+          f'learning rate at step {FIRST_STEPS} is {float(new(2)):.3g} (was {float(old(2)):.3g})'
+          in out.stderr), out.stderr[-3000:]
+  assert _logged(run, 'learning_rate')[3] == pytest.approx(float(new(2)), rel=1e-5)
+  assert _launches(run)[1]['changed']['train.num_epochs'] == [2, 3]
+
+
+def test_changing_a_safe_key_resumes_silently(run):
+  out = train(run, '--config.train.log_every_steps=3', '--config.train.max_steps=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Resuming at step' not in out.stderr and 'changed' not in out.stderr
+  assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]
+  assert _launches(run)[1]['changed'] == {'train.log_every_steps': [1, 3],
+                                          'train.max_steps': [2, 3]}
+
+
+# ------------------------------------------------------------ the pure rules, without training
+
+
+def test_config_changes_lists_differences_with_both_values():
+  old = {'optim': {'lr': 0.1, 'name': 'sgd'}, 'augment': {'rrc_scale': [0.35, 1.0]}, 'x': 1}
+  new = {'optim': {'lr': 0.2, 'name': 'sgd'}, 'augment': {'rrc_scale': (0.35, 1.0)}, 'y': 2}
+  assert workdir_lib.config_changes(old, new) == {
+      'optim.lr': (0.1, 0.2), 'x': (1, None), 'y': (None, 2)}  # A tuple equals its JSON list.
+  assert workdir_lib.config_changes(new, new) == {}
+
+
+def test_check_resume_lets_safe_keys_pass_silently():
+  changes = {'train.max_steps': (2, 3), 'train.log_every_steps': (1, 5), 'wandb.mode': (
+      'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b')}
+  assert workdir_lib.check_resume(changes, allow=False, epoch=1.0) == []
+
+
+@pytest.mark.parametrize('key, before, after', [
+    ('optim.lr', 0.001, 0.002), ('train.batch_size', 32, 64), ('model.width', 4, 8),
+    ('seed', 0, 1), ('data.train_limit', 0, 500), ('augment.mixup_alpha', 0.0, 0.2),
+    ('data.dirty', 0, 1),  # Not 'data.dir': safe keys match whole names only.
+])
+def test_check_resume_refuses_trajectory_changes_unless_allowed(key, before, after):
+  changes = {key: (before, after), 'train.max_steps': (2, 3)}
+  with pytest.raises(workdir_lib.WorkdirError, match=rf'{key} {before!r} -> {after!r}'):
+    workdir_lib.check_resume(changes, allow=False, epoch=1.0)
+  assert workdir_lib.check_resume(changes, allow=True, epoch=1.0) == [key]
+
+
+def test_check_resume_names_every_refused_key():
+  changes = {'optim.lr': (0.1, 0.2), 'model.name': ('resnet18', 'resnet34')}
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    workdir_lib.check_resume(changes, allow=False, epoch=0.5)
+  assert 'optim.lr 0.1 -> 0.2' in str(e.value)
+  assert "model.name 'resnet18' -> 'resnet34'" in str(e.value)
+
+
+def test_check_resume_num_epochs_may_grow_but_not_end_before_the_current_epoch():
+  assert workdir_lib.check_resume({'train.num_epochs': (2, 3)}, allow=False, epoch=1.5) == [
+      'train.num_epochs']
+  assert workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=1.5) == [
+      'train.num_epochs']  # Shorter, but still ahead of the run: a notable change.
+  with pytest.raises(workdir_lib.WorkdirError, match='already at epoch 2.50'):
+    workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=2.5)
+  with pytest.raises(workdir_lib.WorkdirError, match='already at epoch'):
+    workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=True, epoch=2.5)
