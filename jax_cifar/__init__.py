@@ -1,1 +1,23 @@
-"""jax-cifar: transfer learning on CIFAR-100 in JAX/Flax."""
+"""jax-cifar: transfer learning on CIFAR-100 in JAX/Flax.
+
+    import jax_cifar
+    model, config = jax_cifar.load_model('runs/smoke')   # a trained run, as a Flax model
+    probs = jax_cifar.predict(model, config, images)      # uint8 [N, 32, 32, 3] -> [N, 100]
+    net = jax_cifar.create_model('resnext50_32x4d', 100, rngs=flax.nnx.Rngs(0))
+    jax_cifar.train_and_evaluate(config, 'runs/new')      # what `python -m jax_cifar.train` runs
+
+The names are imported on first use, so command-line tools start without loading all of JAX.
+"""
+
+_EXPORTS = {
+    'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
+    'create_model': 'jax_cifar.models', 'train_and_evaluate': 'jax_cifar.trainer',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f'module jax_cifar has no attribute {name!r}')
+  import importlib  # pylint: disable=g-import-not-at-top
+  return getattr(importlib.import_module(_EXPORTS[name]), name)

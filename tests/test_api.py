@@ -1,0 +1,57 @@
+"""The notebook API: a trained run comes back as a model whose predictions are the run's own."""
+
+import numpy as np
+import pytest
+
+import jax_cifar
+from jax_cifar import tracking
+from jax_cifar.configs import default
+from jax_cifar.data import cifar100
+
+
+def _config():
+  c = default.get_config()
+  c.data.source, c.data.synthetic_size, c.data.val_fraction = 'synthetic', 320, 0.25
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 2
+  c.train.log_every_steps, c.checkpoint.every_steps = 3, 3
+  c.ema.decay = 0.5
+  return c
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('api_run')
+  jax_cifar.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_load_model_and_predict_reproduce_the_runs_validation_accuracy(run):
+  model, config = jax_cifar.load_model(run, 'best')
+  assert config.model.width == 4 and config.augment.rrc_scale == (0.35, 1.0)  # Tuples restored.
+  val = cifar100.get_splits(config.data)['val']
+  probs = jax_cifar.predict(model, config, val.images, batch_size=64)  # 80 images: 2 batches.
+  assert probs.shape == (len(val), 100) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  accuracy = float(np.mean(probs.argmax(-1) == val.labels))
+  best = max(r['val_accuracy'] for r in tracking.read_metrics(run) if 'val_accuracy' in r)
+  assert accuracy == pytest.approx(best, abs=1e-9)  # Same images, same weights, same numbers.
+
+
+def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
+  raw, config = jax_cifar.load_model(run, 'latest')
+  ema, _ = jax_cifar.load_model(run, 'latest', weights='ema')
+  images = cifar100.get_splits(config.data)['val'].images[:16]
+  assert not np.allclose(jax_cifar.predict(raw, config, images), jax_cifar.predict(ema, config, images))
+  with pytest.raises(ValueError, match='uint8 images'):
+    jax_cifar.predict(raw, config, images.astype(np.float32))
+  with pytest.raises(ValueError, match="'best' or 'latest'"):
+    jax_cifar.load_model(run, 'newest')
+  with pytest.raises(jax_cifar.api.checkpoints.CheckpointError, match='not found'):
+    jax_cifar.load_model(run / 'nope')
+
+
+def test_package_exports_resolve_lazily():
+  assert callable(jax_cifar.create_model) and callable(jax_cifar.train_and_evaluate)
+  with pytest.raises(AttributeError):
+    jax_cifar.no_such_thing  # pylint: disable=pointless-statement
