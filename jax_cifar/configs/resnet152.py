@@ -1,0 +1,33 @@
+"""The report's Model 3 (best, ~48% OOD): ResNet-152, AdamW 7e-4, cosine, batch 128, label smoothing 0.1,
+global-norm clipping, mixup, AutoAugment (CIFAR10 policy) + random crop + flip.
+
+Pretrained weights: convert torchvision's ResNet152_Weights.IMAGENET1K_V2 with
+  python scripts/convert_torchvision_weights.py --arch resnet152 --weights IMAGENET1K_V2 --output weights/resnet152
+then pass --config.model.pretrained=weights/resnet152. Without it this config trains from scratch.
+"""
+
+from jax_cifar.configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.model.name = 'resnet152'
+  c.model.stem = 'imagenet'
+  c.model.image_size = 224  # ImageNet-pretrained nets want ImageNet-sized inputs; resized on device.
+  c.model.normalize = 'imagenet'
+  c.model.dtype = 'bfloat16'
+  c.augment.crop_padding = 4
+  c.augment.flip = True
+  c.augment.policy = 'autoaugment_cifar10'
+  c.augment.mixup_alpha = 0.2
+  c.optim.name = 'adamw'
+  c.optim.lr = 7e-4
+  c.optim.weight_decay = 0.05
+  c.optim.schedule = 'cosine'
+  c.optim.warmup_epochs = 1.0
+  c.optim.grad_clip_norm = 1.0
+  c.optim.label_smoothing = 0.1
+  c.train.batch_size = 128
+  c.train.num_epochs = 20
+  c.train.log_every_steps = 50
+  return c

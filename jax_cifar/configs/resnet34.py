@@ -1,0 +1,20 @@
+"""The report's Model 2: ResNet-34, batch 64, lr 0.003, 30 epochs, random crop + flip (~20% OOD)."""
+
+from jax_cifar.configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.model.name = 'resnet34'
+  c.model.stem = 'imagenet'
+  c.augment.crop_padding = 4
+  c.augment.flip = True
+  c.optim.name = 'adamw'
+  c.optim.lr = 3e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = 'cosine'
+  c.optim.warmup_epochs = 1.0
+  c.train.batch_size = 64
+  c.train.num_epochs = 30
+  c.train.log_every_steps = 100
+  return c
