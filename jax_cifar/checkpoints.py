@@ -79,7 +79,8 @@ class Checkpoints:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
     root = pathlib.Path(workdir).absolute() / 'checkpoints'
     if create and jax.process_index() == 0:
-      check_writable(root)
+      for sub in ('latest', 'best'):
+        check_writable(root / sub)
     opts = dict(create=create, enable_async_checkpointing=True)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self.latest = ocp.CheckpointManager(

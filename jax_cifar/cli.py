@@ -74,9 +74,12 @@ def _usage_error(message: str) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
   """Exits with `error: message` on a line of its own, written in one system call: storage threads
   that are still failing (orbax/tensorstore after a full disk) cannot split it."""
+  sys.stdout.flush()
   sys.stderr.flush()
   os.write(2, f'\nerror: {message}\n'.encode(errors='replace'))
-  raise SystemExit(code)
+  # No interpreter teardown: after a failed save, orbax's exit handlers wait minutes for barriers
+  # that will never complete. Everything the run keeps was written (and closed) before this.
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def _drop_closed_loop_noise() -> None:
