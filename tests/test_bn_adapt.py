@@ -4,6 +4,9 @@ PyTorch parity for every layer, and a real gain on corrupted CIFAR-100 images.""
 import copy
 import importlib
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,8 @@ from flax import nnx
 from configs import default
 from jax_cifar import augment, bn_adapt, evaluate, optim, parallel, trainer
 from jax_cifar.data import cifar100
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _config(name='resnet18', stem='cifar', width=4, num_classes=100):
@@ -97,6 +102,28 @@ def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
   np.testing.assert_allclose(acc['mean'][first], mean, rtol=0, atol=1e-4 * np.sqrt(var).max())
   np.testing.assert_allclose(acc['var'][first], var, rtol=1e-4)
   assert np.abs(var - np.asarray(state.batch_stats['bn1']['var'][...])).max() > 1e-2
+
+
+def _statistics_with_devices(tmp_path, devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  out = tmp_path / f'stats_{devices}.npz'
+  proc = subprocess.run([sys.executable, str(ROOT / 'tests' / '_bn_stats.py'), str(out)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return dict(np.load(out))
+
+
+def test_statistics_do_not_depend_on_the_number_of_devices(tmp_path):
+  """50 images, batches of 32 over 8 devices: the last batch leaves 3 devices only padding."""
+  one, eight = _statistics_with_devices(tmp_path, 1), _statistics_with_devices(tmp_path, 8)
+  assert one['devices'] == 1 and eight['devices'] == 8
+  assert one['count'] == eight['count'] == 50
+  assert one.keys() == eight.keys() and len(one) == 2 + 2 * 20
+  for key in sorted(set(one) - {'devices'}):  # Only the order of float32 sums differs: relative 1e-6 per layer, 20 layers.
+    scale = np.abs(one[key]).max() + 1e-6
+    np.testing.assert_allclose(eight[key], one[key], rtol=0, atol=1e-4 * scale, err_msg=key)
 
 
 def test_merging_batches_gives_the_pooled_mean_and_variance():

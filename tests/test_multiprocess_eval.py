@@ -1,0 +1,77 @@
+"""`evaluate --tta shifts --bn_adapt` in 2 processes x 2 CPU devices gives the CSV of 1 process x 4.
+
+Both runs see the same global batches (8 images: 4 per process, 2 per device), so the BatchNorm
+statistics of each chunk differ only in the order cross-device sums are added (float32 rounding).
+Each OOD file's severity blocks hold 3 different real test images, so every chunk is one batch
+whose process-1 half is all padding: that process must still take part in every collective and
+contribute nothing to the statistics. Exactness against NumPy/PyTorch and independence of the
+device count are tested in tests/test_bn_adapt.py.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from jax_cifar import submission, trainer
+from jax_cifar.data import cifar100, ood
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PER_FILE = 15  # 5 severities x 3 images.
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(data_dir) -> dict:
+  return {'data.dir': str(data_dir), 'data.train_limit': 512, 'data.eval_limit': 100,
+          'train.batch_size': 32, 'train.eval_batch_size': 8, 'train.max_steps': 30,
+          'train.eval_every_epochs': 100.0}
+
+
+def _evaluate(workdir, ood_dir, csv, data_dir, processes: int) -> dict:
+  cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(ROOT / 'configs' / 'smoke.py'),
+         '--workdir', str(workdir), '--checkpoint', 'latest', '--ood_dir', str(ood_dir),
+         '--submission', str(csv), '--tta', 'shifts', '--bn_adapt']
+  cmd += [f'--config.{k}={v}' for k, v in _overrides(data_dir).items()]
+  env = {k: v for k, v in os.environ.items() if k not in (
+      'XLA_FLAGS', 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+      'JAX_CIFAR_TEST_SIGNAL')}
+  if processes > 1:
+    cmd = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py'), '--num_processes',
+           str(processes), '--cpu_devices', str(4 // processes), '--', *cmd]
+  else:
+    env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  lines = [l.split('] ', 1)[-1] for l in proc.stdout.splitlines()]  # launch_local prefixes [pI].
+  return json.loads([l for l in lines if l.startswith('{')][-1])
+
+
+def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir):
+  config = smoke.get_config()
+  for key, value in _overrides(cifar_dir).items():
+    section, name = key.split('.')
+    config[section][name] = value
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(config, str(workdir))
+  ood_dir = tmp_path / 'ood'
+  ood_dir.mkdir()
+  test_images = cifar100.load_split(cifar_dir, 'test').images
+  for d in range(ood.NUM_DISTORTIONS):
+    np.save(ood_dir / ood.distortion_file(d), test_images[PER_FILE * d:PER_FILE * (d + 1)])
+
+  results = {p: _evaluate(workdir, ood_dir, tmp_path / f'sub_{p}.csv', cifar_dir, p) for p in (2, 1)}
+  for p in (1, 2):
+    assert results[p]['tta'] == 'shifts' and results[p]['bn_adapt'] is True
+    assert submission.check_submission(tmp_path / f'sub_{p}.csv', ood_dir).startswith('OK')
+  for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy'):
+    np.testing.assert_allclose(results[2][key], results[1][key], rtol=1e-5, err_msg=key)
+  assert results[2]['test_count'] == results[1]['test_count'] == 100
+  labels = [l.rsplit(',', 1)[1] for l in (tmp_path / 'sub_1.csv').read_text().split()[1:]]
+  assert len(labels) == 19 * PER_FILE and len(set(labels)) >= 5  # Predictions vary by image.
+  assert (tmp_path / 'sub_2.csv').read_bytes() == (tmp_path / 'sub_1.csv').read_bytes()
