@@ -79,8 +79,8 @@ class Checkpoints:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
     root = pathlib.Path(workdir).absolute() / 'checkpoints'
     if create and jax.process_index() == 0:
-      for sub in ('latest', 'best'):
-        check_writable(root / sub)
+      for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
+        check_writable(folder)
     opts = dict(create=create, enable_async_checkpointing=True)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self.latest = ocp.CheckpointManager(

@@ -100,8 +100,9 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """{key: (old, new)} for every key whose value differs. A key the old run's config.json lacks
   (added to jax-cifar since) had its default value then."""
   from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
-  defaults = json.loads(json.dumps(default.get_config().to_dict(), default=str))
-  a, b = {**flatten(defaults), **flatten(old)}, flatten(new)
+  defaults = flatten(json.loads(json.dumps(default.get_config().to_dict(), default=str)))
+  a, b = flatten(old), flatten(new)
+  a.update({k: defaults[k] for k in b if k not in a and k in defaults})
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

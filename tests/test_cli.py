@@ -88,3 +88,14 @@ def test_unwritable_checkpoints_folder_fails_before_training_naming_the_os_cause
   assert 'disk full' not in line
   assert not (workdir / 'metrics.jsonl').exists()  # No step was trained.
   assert not (workdir / 'config.json').exists()
+
+
+def test_unwritable_latest_checkpoint_folder_fails_before_training(tmp_path):
+  """checkpoints/latest itself unusable: named at start, not after training (then a 5-min hang)."""
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  (workdir / 'checkpoints' / 'latest').write_text('not a folder\n')
+  out = train(workdir, '--config.train.max_steps=3', '--config.checkpoint.every_steps=2')
+  line = the_error(out)
+  assert f'{workdir / "checkpoints" / "latest"}' in line and 'disk full' not in line, line
+  assert not (workdir / 'metrics.jsonl').exists()

@@ -203,3 +203,12 @@ def test_check_resume_num_epochs_may_grow_but_not_end_before_the_current_epoch()
     workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=2.5)
   with pytest.raises(workdir_lib.WorkdirError, match='already at epoch'):
     workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=True, epoch=2.5)
+
+
+def test_keys_added_since_an_older_run_count_as_their_defaults():
+  """A run saved before a key existed (e.g. `ema`) resumes: the key had its default value then."""
+  new = json.loads(json.dumps(default.get_config().to_dict(), default=str))
+  old = {k: v for k, v in new.items() if k != 'ema'}
+  assert workdir_lib.config_changes(old, new) == {}
+  new['ema']['decay'] = 0.999  # ... but a real change to a new key is still one.
+  assert workdir_lib.config_changes(old, new) == {'ema.decay': (0.0, 0.999)}
