@@ -231,3 +231,15 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
   assert '\n' not in message and 'distortion07.npy' in message, message
   assert existing.read_text() == 'id,label\nprevious,1\n'
   assert not list(tmp_path.glob('.sub.csv.*'))
+
+
+def test_tta_and_bn_adapt_runs_write_files_under_their_own_tag(run):
+  workdir = run / 'run'
+  result = evaluate.evaluate(_config(), str(workdir), 'latest', tta_mode='flip', adapt_bn=True)
+  assert result['tta'] == 'flip' and result['bn_adapt'] is True and result['test_count'] == 256
+  detail = json.loads((workdir / 'eval_latest_tta-flip_bn-adapt.json').read_text())
+  assert detail['test_accuracy'] == result['test_accuracy']
+  assert (workdir / 'confusion_latest_tta-flip_bn-adapt.png').read_bytes()[:4] == b'\x89PNG'
+  plain = evaluate.evaluate(_config(), str(workdir), 'latest', tta_flip=True)  # The old flag.
+  assert (workdir / 'eval_latest_tta-flip.json').exists() and plain['bn_adapt'] is False
+  assert plain['test_loss'] != result['test_loss']  # Adapted statistics changed the predictions.
