@@ -40,10 +40,14 @@ def batchnorm_paths(model: nnx.Module) -> list[tuple]:
   return [path for path, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
 
 
+def _child(model: nnx.Module, path: tuple) -> Any:
+  for key in path:
+    model = model[key] if isinstance(key, int) else getattr(model, key)
+  return model
+
+
 def _set_child(model: nnx.Module, path: tuple, value: Any) -> None:
-  parent = model
-  for key in path[:-1]:
-    parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+  parent = _child(model, path[:-1])
   if isinstance(path[-1], int):
     parent[path[-1]] = value
   else:
@@ -82,10 +86,7 @@ def batch_statistics(model: nnx.Module, x: jax.Array, mask: jax.Array) -> tuple[
   """
   paths, sink = batchnorm_paths(model), {}
   for i, path in enumerate(paths):
-    bn = model
-    for key in path:
-      bn = bn[key] if isinstance(key, int) else getattr(bn, key)
-    _set_child(model, path, _Recorder(bn, mask, sink, i))
+    _set_child(model, path, _Recorder(_child(model, path), mask, sink, i))
   model(x, train=True)
   if sorted(sink) != list(range(len(paths))):
     raise RuntimeError(f'{len(paths) - len(sink)} BatchNorm layers were not called by the model')
@@ -115,9 +116,7 @@ def _adapted(params, batch_stats, acc: dict, *, graphdef):
   """`batch_stats` with every BatchNorm's mean/var replaced by the accumulated chunk statistics."""
   model = nnx.merge(graphdef, params, batch_stats, copy=True)
   for path, mean, var in zip(batchnorm_paths(model), acc['mean'], acc['var']):
-    bn = model
-    for key in path:
-      bn = bn[key] if isinstance(key, int) else getattr(bn, key)
+    bn = _child(model, path)
     bn.mean.set_value(mean.astype(bn.mean[...].dtype))
     bn.var.set_value(var.astype(bn.var[...].dtype))
   return nnx.state(model, nnx.Not(nnx.Param))
@@ -128,12 +127,10 @@ class BNAdapter:
 
   def __init__(self, config, graphdef, mesh, batch_size: int, params, batch_stats):
     model = nnx.merge(graphdef, params, batch_stats)
-    self.num_layers = len(batchnorm_paths(model))
-    if not self.num_layers:
+    if not batchnorm_paths(model):
       raise ValueError(f'--bn_adapt needs a model with BatchNorm layers; {config.model.name} has '
                        'none')
-    self.channels = [m.num_features for _, m in nnx.iter_modules(model)
-                     if isinstance(m, nnx.BatchNorm)]
+    self.channels = [_child(model, path).num_features for path in batchnorm_paths(model)]
     self.mesh, self.batch_size = mesh, batch_size
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     opts = parallel.step_compiler_options(config.model.dtype)

@@ -120,6 +120,7 @@ def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bo
 
 
 def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
+  """The TTA mode from --tta and its old alias --tta_flip (which may only agree with it)."""
   if tta_mode not in tta.MODES:
     raise ValueError(f'--tta must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
   if tta_flip and tta_mode not in ('none', 'flip'):
@@ -180,7 +181,8 @@ class Predictor:
 
 
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
-                   tta_mode: str = 'none', adapt_bn: bool = False):
+                   tta_mode: str = 'none', adapt_bn: bool = False) -> tuple[Predictor, int]:
+  """(predictor, step) of a checkpoint; `adapt_bn` adds the per-chunk BatchNorm adapter."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = restore_state(config, workdir, which, mesh)
@@ -190,6 +192,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                                 state.params, state.batch_stats) if adapt_bn else None)
   return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
                    adapter), step
+
+
 # ---------------------------------------------------------------------------------------------
 # Clean splits, the OOD submission, CIFAR-100-C
 # ---------------------------------------------------------------------------------------------
