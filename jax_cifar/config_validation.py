@@ -41,7 +41,7 @@ RANGES = {
     'optim.end_lr_factor': (0.0, 1.0, True), 'optim.grad_clip_norm': (0.0, None, True),
     'optim.label_smoothing': (0.0, 1.0, True), 'optim.backbone_lr_mult': (0.0, None, True),
     'optim.freeze_backbone_steps': (0, None, True),
-    'train.batch_size': (1, None, True), 'train.num_epochs': (0.0, None, False),
+    'train.batch_size': (1, None, True), 'train.grad_accum_steps': (1, None, True), 'train.num_epochs': (0.0, None, False),
     'train.eval_batch_size': (1, None, True), 'train.log_every_steps': (1, None, True),
     'train.eval_every_epochs': (0.0, None, False), 'train.max_steps': (0, None, True),
     'checkpoint.every_steps': (1, None, True), 'checkpoint.keep': (1, None, True),
@@ -91,6 +91,9 @@ def validate(config) -> None:
   if given['model.width'] < models.smallest_width(given['model.name']):
     raise ConfigError(f"config key 'model.width' must be >= {models.smallest_width(given['model.name'])} "
                       f"for {given['model.name']}, got {given['model.width']}")
+  if given['train.batch_size'] % given['train.grad_accum_steps']:
+    raise ConfigError(f"train.batch_size ({given['train.batch_size']}) must be divisible by "
+                      f"train.grad_accum_steps ({given['train.grad_accum_steps']})")
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:

@@ -78,7 +78,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
         k_mix, images, targets, mixup_alpha=config.augment.mixup_alpha,
         cutmix_alpha=config.augment.cutmix_alpha, switch_prob=config.augment.switch_prob)
 
-  def loss_fn(params, batch_stats):  # batch_stats passed in so BatchNorm may update them here.
+  def loss_fn(params, batch_stats, images, targets):  # batch_stats in: BatchNorm updates them.
     model = nnx.merge(graphdef, params, batch_stats, copy=True)  # Fresh Variables in this trace.
     logits = model(images, train=True)
     if jsd_weight:
@@ -89,8 +89,12 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       loss = cross_entropy(logits, targets).mean()
     return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  accum = int(config.train.get('grad_accum_steps', 1))
+  if accum == 1:
+    (loss, (logits, new_stats)), grads = grad_fn(state.params, state.batch_stats, images, targets)
+  else:
+    loss, logits, new_stats, grads = _accumulate(grad_fn, state, images, targets, accum)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 
@@ -116,6 +120,35 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       'learning_rate': schedule(state.step),
   }
   return new_state, metrics
+
+
+def _micro_batches(x: jax.Array, accum: int, b: int) -> jax.Array:
+  """[b*v, ...] -> [accum, (b/accum)*v, ...]: micro-batch i holds examples i, i+accum, ... (with
+  each example's v views), so every device keeps its share of every micro-batch."""
+  x = x.reshape((b // accum, accum, -1) + x.shape[1:]).swapaxes(0, 1)
+  return x.reshape((accum, -1) + x.shape[3:])
+
+
+def _accumulate(grad_fn, state: TrainState, images, targets, accum: int):
+  """Mean loss and gradients over `accum` micro-batches (a scan: one micro-batch in memory at a
+  time). BatchNorm normalises each micro-batch with its own statistics and updates the running
+  ones once per micro-batch, as PyTorch does when it accumulates gradients."""
+  b = targets.shape[0]
+  if b % accum:
+    raise ValueError(f'train.batch_size per step ({b}) must be divisible by '
+                     f'train.grad_accum_steps ({accum})')
+
+  def body(carry, micro):
+    grads_sum, stats = carry
+    (loss, (logits, stats)), grads = grad_fn(state.params, stats, *micro)
+    return (jax.tree.map(jnp.add, grads_sum, grads), stats), (loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, new_stats), (losses, logits) = jax.lax.scan(
+      body, (zeros, state.batch_stats),
+      (_micro_batches(images, accum, b), _micro_batches(targets, accum, b)))
+  logits = logits.reshape((accum, b // accum, -1)).swapaxes(0, 1).reshape((b, -1))  # Batch order.
+  return losses.mean(), logits, new_stats, jax.tree.map(lambda g: g / accum, grads)
 
 
 def eval_step(params, batch_stats, batch: dict, *, graphdef, config) -> dict:
