@@ -1,0 +1,367 @@
+"""Measures what each robustness tool buys: training recipes (rows) x seeds, then test-time tools.
+
+  python scripts/robustness_table.py --data_dir $JAX_CIFAR_DATA_DIR --out runs/robustness \
+      [--config configs/smoke.py] [--epochs 4] [--train_limit 10000] [--model resnet18 --width 8] \
+      [--ood_limit 200] [--seeds 0] [--headline_seeds 0,1] [--rows report,augmix,...] \
+      [--tta_modes none,flip,shifts,bn_adapt,shifts+bn_adapt] [--set KEY=VALUE ...] [--skip_existing]
+
+Every row trains with the same data, steps and seed list; `best` is the row with the highest mean
+validation accuracy (never the test or OOD numbers), and gets --headline_seeds together with the
+report recipe, then every --tta_modes setting. The OOD set is jax_cifar.corrupt's 19 x 5 labelled
+distortions of the first --ood_limit TEST images: held out, never used for a choice. Writes
+OUT/results.json, OUT/table.md and OUT/severity.png; --skip_existing keeps finished runs/evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
+          'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
+          'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0, 'augment.color_jitter_prob': 0.0,
+          'augment.blur_prob': 0.0, 'augment.noise_prob': 0.0, 'ema.decay': 0.0,
+          'ema.warmup_power': 0.0, 'checkpoint.best_weights': 'raw'}
+AUGMIX = {**REPORT, 'augment.augmix': True}
+PHOTO = {'augment.color_jitter_prob': 0.4, 'augment.blur_prob': 0.3, 'augment.noise_prob': 0.3}
+EMA = {'ema.decay': 0.99, 'ema.warmup_power': 0.75, 'checkpoint.best_weights': 'ema'}
+RUNS = {  # Training runs: every robustness key set explicitly, so any base --config works.
+    'report': REPORT,
+    'augmix': AUGMIX,
+    'augmix_jsd': {**AUGMIX, 'augment.mixup_alpha': 0.0, 'augment.augmix_jsd_weight': 12.0},
+    'photo_ema': {**AUGMIX, **PHOTO, **EMA},  # The EMA never feeds back into the raw weights.
+}
+ROWS = {  # row -> (training run, weights evaluated, description)
+    'report': ('report', 'raw', 'report recipe: AutoAugment CIFAR10 + mixup 0.2 + label smoothing '
+               '0.1 + crop/flip'),
+    'augmix': ('augmix', 'raw', '+ AugMix (severity 3, width 3)'),
+    'augmix_jsd': ('augmix_jsd', 'raw', 'AugMix + JSD loss (weight 12), mixup OFF (JSD refuses '
+                   'mixup); 3x compute per step'),
+    'photo': ('photo_ema', 'raw', '+ AugMix + colour jitter 0.4 / blur 0.3 / noise 0.3'),
+    'photo_ema': ('photo_ema', 'ema', 'row photo + EMA of the weights (decay 0.99, warm-up 0.75)'),
+}
+TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
+
+
+def log(msg: str) -> None:
+  print(f'[{datetime.datetime.now():%H:%M:%S}] {msg}', flush=True)
+
+
+def machine() -> dict:
+  """CPU model, the instruction-set flags that change XLA:CPU's numerics and speed, date, load."""
+  info = {'date': datetime.date.today().isoformat(), 'cores': os.cpu_count(),
+          'platform': platform.platform(), 'python': platform.python_version()}
+  try:
+    text = pathlib.Path('/proc/cpuinfo').read_text()
+    info['cpu'] = next(l.split(':', 1)[1].strip() for l in text.splitlines()
+                       if l.startswith('model name'))
+    flags = set(next(l for l in text.splitlines() if l.startswith('flags')).split())
+    info['isa'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
+    info['load_average'] = os.getloadavg()
+  except (OSError, StopIteration):
+    pass
+  return info
+
+
+def overrides(args, run: str, seed: int) -> list[str]:
+  """--config.KEY=VALUE flags of one training run (also passed to evaluate, so it rebuilds it)."""
+  values = dict(RUNS[run])
+  values['seed'] = seed
+  for key, flag in (('train.num_epochs', args.epochs), ('data.train_limit', args.train_limit),
+                    ('model.name', args.model), ('model.width', args.width),
+                    ('train.batch_size', args.batch_size)):
+    if flag is not None:
+      values[key] = flag
+  values['data.dir'] = args.data_dir
+  for item in args.set:
+    key, _, value = item.partition('=')
+    values[key] = value
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def run_logged(cmd: list[str], log_path: pathlib.Path) -> float:
+  """Runs `cmd`, output to `log_path`; raises naming the log when it fails; returns seconds."""
+  log_path.parent.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  with log_path.open('w') as f:
+    code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+  if code:
+    tail = log_path.read_text().strip().splitlines()[-1:] or ['']
+    raise SystemExit(f'error: {" ".join(cmd[:4])} ... exited {code}; see {log_path}: {tail[0]}')
+  return time.perf_counter() - start
+
+
+def val_numbers(workdir: pathlib.Path) -> dict:
+  """Best validation accuracy of the raw weights and of the EMA, and the last step, from metrics.jsonl."""
+  best, best_ema, step = None, None, 0
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    rec = json.loads(line)
+    step = max(step, rec.get('step', 0))
+    if 'val_accuracy' in rec:
+      best = max(best or 0.0, rec['val_accuracy'])
+    if 'val_accuracy_ema' in rec:
+      best_ema = max(best_ema or 0.0, rec['val_accuracy_ema'])
+  return {'val_accuracy': best, 'val_accuracy_ema': best_ema, 'last_step': step}
+
+
+def train(args, run: str, seed: int) -> dict:
+  out = pathlib.Path(args.out)
+  record_path = out / 'results' / f'train_{run}_s{seed}.json'
+  if args.skip_existing and record_path.exists():
+    return json.loads(record_path.read_text())
+  workdir = out / 'train' / f'{run}_s{seed}'
+  log(f'training {run} seed {seed} -> {workdir}')
+  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', args.config, '--workdir', str(workdir),
+         *overrides(args, run, seed)]
+  seconds = run_logged(cmd, out / 'logs' / f'train_{run}_s{seed}.log')
+  record = {'run': run, 'seed': seed, 'train_seconds': seconds, **val_numbers(workdir)}
+  record_path.parent.mkdir(parents=True, exist_ok=True)
+  record_path.write_text(json.dumps(record, indent=2) + '\n')
+  log(f'  {run} seed {seed}: {seconds:.0f} s, val {record["val_accuracy"]}'
+      + (f' (EMA {record["val_accuracy_ema"]})' if record['val_accuracy_ema'] else ''))
+  return record
+
+
+def has_weights_flag() -> bool:
+  """Whether jax_cifar.evaluate has --weights ema|raw (else the EMA is swapped in by _ema_eval)."""
+  text = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--helpfull'], cwd=ROOT,
+                        capture_output=True, text=True).stdout
+  return '--weights' in text
+
+
+def _ema_eval(argv: list[str]) -> None:
+  """`evaluate` with the checkpoint's EMA weights and statistics put in place of the raw ones."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from jax_cifar import checkpoints, evaluate  # pylint: disable=g-import-not-at-top
+  restore = evaluate.restore_state
+
+  def restore_ema(config, workdir, which, mesh):
+    state, graphdef, step = restore(config, workdir, which, mesh)
+    if state.ema_params is None:
+      raise checkpoints.CheckpointError(f'{workdir}: no EMA weights (trained with ema.decay=0)')
+    return state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats), graphdef, step
+
+  evaluate.restore_state = restore_ema
+  app.run(evaluate.main, argv=['evaluate', *argv])
+
+
+def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dict:
+  out = pathlib.Path(args.out)
+  run, weights, _ = ROWS[row]
+  record_path = out / 'results' / f'eval_{row}_s{seed}_{mode}.json'
+  if args.skip_existing and record_path.exists():
+    return json.loads(record_path.read_text())
+  workdir = out / 'train' / f'{run}_s{seed}'
+  tta = mode.replace('+bn_adapt', '').replace('bn_adapt', 'none') or 'none'
+  flags = ['--config', args.config, '--workdir', str(workdir), '--checkpoint', 'best',
+           '--tta', tta, '--ood_dir', str(ood_dir), '--submission', str(workdir / 'rt_sub.csv'),
+           *overrides(args, run, seed), '--config.data.val_fraction=0',  # Test + OOD only.
+           f'--config.data.eval_limit={args.eval_limit}',
+           f'--config.train.eval_batch_size={args.eval_batch_size}']
+  if 'bn_adapt' in mode:
+    flags.append('--bn_adapt')
+  if weights == 'ema' and args.weights_flag:
+    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags, '--weights', 'ema']
+  elif weights == 'ema':
+    cmd = [sys.executable, __file__, '_ema_eval', *flags]
+  else:
+    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags]
+  log(f'evaluating {row} seed {seed} ({weights} weights), test-time {mode}')
+  seconds = run_logged(cmd, out / 'logs' / f'eval_{row}_s{seed}_{mode}.log')
+  tag = 'best' + (f'_tta-{tta}' if tta != 'none' else '') + ('_bn-adapt' if 'bn_adapt' in mode else '')
+  result = json.loads((workdir / f'eval_{tag}.json').read_text())
+  per = np.array(list(result['ood_per_distortion'].values()))  # [19 distortions, 5 severities]
+  train_rec = json.loads((out / 'results' / f'train_{run}_s{seed}.json').read_text())
+  record = {'row': row, 'seed': seed, 'mode': mode, 'weights': weights, 'step': result['step'],
+            'val_accuracy': train_rec['val_accuracy_ema' if weights == 'ema' else 'val_accuracy'],
+            'test_accuracy': result['test_accuracy'], 'test_count': result['test_count'],
+            'ood_accuracy': result['ood_accuracy'], 'ood_per_severity': per.mean(0).tolist(),
+            'ood_per_distortion': result['ood_per_distortion'], 'eval_seconds': seconds}
+  record_path.write_text(json.dumps(record, indent=2) + '\n')
+  log(f'  test {record["test_accuracy"]:.4f}, OOD {record["ood_accuracy"]:.4f} ({seconds:.0f} s)')
+  return record
+
+
+def pick_best(rows: list[str], trains: dict) -> str:
+  """The row with the highest mean validation accuracy over its seeds (validation only)."""
+  def val(row):
+    run, weights, _ = ROWS[row]
+    key = 'val_accuracy_ema' if weights == 'ema' else 'val_accuracy'
+    return np.mean([rec[key] for (r, _), rec in trains.items() if r == run])
+  return max(rows, key=val)
+
+
+def summarise(evals: list[dict]) -> dict:
+  """(row, mode) -> mean and per-seed values of val, test, OOD and OOD per severity."""
+  groups = {}
+  for e in evals:
+    groups.setdefault((e['row'], e['mode']), []).append(e)
+  table = {}
+  for (row, mode), recs in groups.items():
+    recs.sort(key=lambda e: e['seed'])
+    table[f'{row}|{mode}'] = {
+        'row': row, 'mode': mode, 'seeds': [e['seed'] for e in recs],
+        **{k: [e[k] for e in recs] for k in ('val_accuracy', 'test_accuracy', 'ood_accuracy')},
+        'ood_per_severity': np.mean([e['ood_per_severity'] for e in recs], 0).tolist()}
+  return table
+
+
+def _cell(values: list[float]) -> str:
+  pct = [100 * v for v in values]
+  if len(pct) == 1:
+    return f'{pct[0]:.1f}'
+  return f'{np.mean(pct):.1f} ({" / ".join(f"{p:.1f}" for p in pct)})'
+
+
+def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best: str,
+             modes: list[str], seed: int) -> str:
+  head = ('| row | what | seeds | val | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
+          '| train s |\n|' + ' --- |' * 12 + '\n')
+  lines = ['Training-time rows (test-time: none). Accuracy in %; with several seeds: mean (each seed).',
+           '', head.rstrip('\n')]
+  for row in rows:
+    t = table.get(f'{row}|none')
+    if t is None:
+      continue
+    secs = [trains[(ROWS[row][0], s)]['train_seconds'] for s in t['seeds']]
+    sev = ' | '.join(f'{100 * v:.1f}' for v in t['ood_per_severity'])
+    lines.append(f'| {row}{" (best)" if row == best else ""} | {ROWS[row][2]} | {len(t["seeds"])} '
+                 f'| {_cell(t["val_accuracy"])} | {_cell(t["test_accuracy"])} '
+                 f'| {_cell(t["ood_accuracy"])} | {sev} | {np.mean(secs):.0f} |')
+  lines += ['', f'Test-time tools on seed {seed} (bn_adapt uses the unlabelled test images).', '',
+            '| row | test-time | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 |',
+            '|' + ' --- |' * 9]
+  for row in dict.fromkeys([best, 'report']):
+    for mode in modes:
+      for e in evals:
+        if (e['row'], e['mode'], e['seed']) == (row, mode, seed):
+          sev = ' | '.join(f'{100 * v:.1f}' for v in e['ood_per_severity'])
+          lines.append(f'| {row} | {mode} | {100 * e["test_accuracy"]:.1f} '
+                       f'| {100 * e["ood_accuracy"]:.1f} | {sev} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(table: dict, rows: list[str], best: str, path: pathlib.Path, title: str) -> None:
+  """Accuracy against severity (0 = clean test), one line per row, best row's test-time tools dashed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for row in rows:
+    t = table.get(f'{row}|none')
+    if t is not None:
+      ys = [100 * np.mean(t['test_accuracy'])] + [100 * v for v in t['ood_per_severity']]
+      ax.plot(range(6), ys, marker='o', label=f'{row} (n={len(t["seeds"])})')
+  for mode in ('shifts', 'bn_adapt', 'shifts+bn_adapt'):
+    t = table.get(f'{best}|{mode}')
+    if t is not None:
+      ys = [100 * t['test_accuracy'][0]] + [100 * v for v in t['ood_per_severity']]
+      ax.plot(range(6), ys, linestyle='--', marker='x', label=f'{best} + test-time {mode}')
+  ax.set_xticks(range(6), ['clean\n(test)', '1', '2', '3', '4', '5'])
+  ax.set_xlabel('corruption severity (mean over the 19 distortions)')
+  ax.set_ylabel('top-1 accuracy (%)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--data_dir', default=os.environ.get('JAX_CIFAR_DATA_DIR', ''))
+  p.add_argument('--out', default='runs/robustness')
+  p.add_argument('--config', default='configs/smoke.py', help='base config of every row')
+  p.add_argument('--rows', default=','.join(ROWS), help=f'subset of {",".join(ROWS)}')
+  p.add_argument('--seeds', default='0', help='seeds of every row')
+  p.add_argument('--headline_seeds', default='0,1', help='seeds of the report and best rows')
+  p.add_argument('--best_row', default='', help='skip the validation choice and use this row')
+  p.add_argument('--tta_modes', default=','.join(TTA_MODES), help='test-time settings measured')
+  p.add_argument('--tta_rows', default='best,report', help="rows that get them ('best' = chosen)")
+  p.add_argument('--ood_limit', type=int, default=200, help='OOD set from the first N test images')
+  p.add_argument('--eval_limit', type=int, default=2000, help='clean test images (class-balanced)')
+  p.add_argument('--eval_batch_size', type=int, default=0,
+                 help='0: the OOD chunk size (--ood_limit) up to 500, so no batch is padded')
+  p.add_argument('--epochs', type=float, default=None)
+  p.add_argument('--train_limit', type=int, default=None)
+  p.add_argument('--batch_size', type=int, default=None)
+  p.add_argument('--model', default=None, help='model.name')
+  p.add_argument('--width', type=int, default=None, help='model.width')
+  p.add_argument('--set', action='append', default=[], help='extra KEY=VALUE config override')
+  p.add_argument('--skip_existing', action='store_true', help='keep finished runs/evaluations')
+  args = p.parse_args(argv)
+  args.eval_batch_size = args.eval_batch_size or min(args.ood_limit, 500)
+  bad = [r for r in args.rows.split(',') if r not in ROWS]
+  bad += [m for m in args.tta_modes.split(',') if m not in TTA_MODES]
+  if bad or (args.best_row and args.best_row not in ROWS):
+    p.error(f'unknown row or test-time mode: {bad or args.best_row}')
+  return args
+
+
+def main(argv: list[str]) -> None:
+  args = parse_args(argv)
+  out = pathlib.Path(args.out)
+  (out / 'results').mkdir(parents=True, exist_ok=True)
+  rows, seeds = args.rows.split(','), [int(s) for s in args.seeds.split(',')]
+  headline = [int(s) for s in args.headline_seeds.split(',')]
+  modes = args.tta_modes.split(',')
+  args.weights_flag = has_weights_flag()
+  log(f'evaluate --weights: {"yes" if args.weights_flag else "absent (EMA swapped in by _ema_eval)"}')
+  ood_dir = out / f'ood{args.ood_limit}'
+  log(f'OOD set {ood_dir} (first {args.ood_limit} test images)')
+  run_logged([sys.executable, '-m', 'jax_cifar.corrupt', '--out', str(ood_dir), '--format', 'ds542',
+              '--limit', str(args.ood_limit), '--data_dir', args.data_dir],
+             out / 'logs' / 'corrupt.log')
+  start, trains, evals = time.perf_counter(), {}, []
+
+  def do(row: str, seed: int, mode: str = 'none') -> None:
+    run = ROWS[row][0]
+    if (run, seed) not in trains:
+      trains[(run, seed)] = train(args, run, seed)
+    evals.append(evaluate(args, row, seed, mode, ood_dir))
+
+  for seed in seeds:
+    for row in rows:
+      do(row, seed)
+  best = args.best_row or pick_best(rows, trains)
+  log(f'best row on validation: {best}')
+  tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]
+  for row in dict.fromkeys([best, 'report']):
+    for seed in headline:
+      if seed not in seeds:
+        do(row, seed)
+  for row in dict.fromkeys(tta_rows):
+    for mode in modes:
+      if mode != 'none':
+        do(row, headline[0], mode)
+  table = summarise(evals)
+  meta = {'machine': machine(), 'settings': {k: v for k, v in vars(args).items()},
+          'best_row': best, 'rows': {r: ROWS[r][2] for r in rows},
+          'wall_seconds_this_invocation': time.perf_counter() - start}
+  (out / 'results.json').write_text(json.dumps(
+      {'meta': meta, 'summary': table, 'train': [dict(v) for v in trains.values()],
+       'evals': evals}, indent=2) + '\n')
+  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, modes, headline[0]))
+  plot(table, rows, best, out / 'severity.png',
+       f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)')
+  log(f'wrote {out}/results.json, table.md, severity.png')
+  print((out / 'table.md').read_text())
+
+
+if __name__ == '__main__':
+  if sys.argv[1:2] == ['_ema_eval']:
+    sys.path.insert(0, str(ROOT))
+    _ema_eval(sys.argv[2:])
+  else:
+    main(sys.argv[1:])
