@@ -35,7 +35,8 @@ class Preempted(Exception):
 def build_model(config) -> nnx.Module:
   return models.create_model(
       config.model.name, config.model.num_classes, stem=config.model.stem,
-      width=config.model.width, dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
+      width=config.model.width, dtype=jnp.dtype(config.model.dtype),
+      remat=bool(config.model.get('remat', False)), rngs=nnx.Rngs(config.seed))
 
 
 def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.stem = 'cifar'  # 'imagenet' (7x7/2 conv + max-pool, as torchvision) or 'cifar' (3x3/1 conv, no pool).
   c.model.width = 64  # Channels of the first stage (64 = torchvision); smaller values give fast CPU models.
   c.model.dtype = 'float32'  # Compute dtype of convolutions: 'float32' or 'bfloat16' (params/BN stats stay float32).
+  c.model.remat = False  # Recompute each residual block in the backward pass (nnx.remat): less memory, ~30% more compute.
   c.model.image_size = 32  # Images are resized on device to this size before the model (e.g. 224 for ImageNet nets).
   c.model.pretrained = ''  # Path of a converted torchvision checkpoint (scripts/convert_torchvision_weights.py); '' = random init.
   c.model.normalize = 'cifar'  # Input normalisation statistics: 'cifar' or 'imagenet' (use with pretrained weights).

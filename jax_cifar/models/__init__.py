@@ -21,11 +21,12 @@ def smallest_width(name: str) -> int:
 
 
 def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
 
   `stem` and `width` apply to ResNets (width = stage 1's planes; 64 is torchvision's, and
-  ResNeXt/Wide ResNet bottlenecks scale with it). SimpleCNN keeps its 32/64 channels.
+  ResNeXt/Wide ResNet bottlenecks scale with it). SimpleCNN keeps its 32/64 channels. `remat`
+  recomputes each residual block's activations in the backward pass (ResNets).
   """
   if name not in MODEL_NAMES:
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
@@ -33,7 +34,8 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
   if name == 'simple_cnn':
     return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
-  return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, rngs=rngs)
+  return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
+                      rngs=rngs)
 
 
 __all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model', 'smallest_width']

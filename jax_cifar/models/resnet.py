@@ -219,7 +219,7 @@ class ResNet(nnx.Module):
   def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
                groups: int = 1, width_per_group: int = 64, dtype: Dtype = jnp.float32,
-               arch: str = 'resnet', rngs: nnx.Rngs):
+               arch: str = 'resnet', remat: bool = False, rngs: nnx.Rngs):
     if stem not in STEMS:
       raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
     if block is Bottleneck and bottleneck_width(width, groups, width_per_group) < 1:
@@ -227,6 +227,7 @@ class ResNet(nnx.Module):
       raise ValueError(f'{arch} needs width >= {need} (got {width}): its bottleneck has '
                        f'int(width * {width_per_group} / 64) * {groups} channels')
     self.arch = arch
+    self.remat = remat  # Recompute each residual block in the backward pass: less memory.
     self.stem = stem
     self.dtype = dtype
     if stem == 'imagenet':
@@ -252,9 +253,10 @@ class ResNet(nnx.Module):
     if self.stem == 'imagenet':
       # Pads with -inf like torch's MaxPool2d(3, 2, padding=1).
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    run = nnx.remat(lambda blk, x: blk(x, train)) if self.remat else (lambda blk, x: blk(x, train))
     for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
       for blk in layer:
-        x = blk(x, train)
+        x = run(blk, x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 
@@ -282,10 +284,11 @@ ARCHS: dict[str, Arch] = {
 
 
 def build_resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> ResNet:
+                 dtype: Dtype = jnp.float32, remat: bool = False, rngs: nnx.Rngs) -> ResNet:
   """Builds one of `ARCHS` by its torchvision name."""
   if arch not in ARCHS:
     raise ValueError(f'unknown resnet {arch!r}; allowed: {", ".join(ARCHS)}')
   spec = ARCHS[arch]
   return ResNet(spec.block, spec.layers, num_classes, stem=stem, width=width, groups=spec.groups,
-                width_per_group=spec.width_per_group, dtype=dtype, arch=arch, rngs=rngs)
+                width_per_group=spec.width_per_group, dtype=dtype, arch=arch, remat=remat,
+                rngs=rngs)
