@@ -62,6 +62,8 @@ flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip 
                   'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The softmax '
                   'is averaged over the views.')
 flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
+flags.DEFINE_enum('weights', 'raw', ('raw', 'ema'), "The checkpoint's raw weights or their EMA "
+                  '(runs trained with ema.decay > 0).')
 flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES THE '
                   'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '
                   '(distortion x severity, CIFAR-100-C corruption x severity, whole clean split) '
@@ -181,11 +183,18 @@ class Predictor:
 
 
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
-                   tta_mode: str = 'none', adapt_bn: bool = False) -> tuple[Predictor, int]:
-  """(predictor, step) of a checkpoint; `adapt_bn` adds the per-chunk BatchNorm adapter."""
+                   tta_mode: str = 'none', adapt_bn: bool = False,
+                   weights: str = 'raw') -> tuple[Predictor, int]:
+  """(predictor, step) of a checkpoint's raw or EMA weights; `adapt_bn` adds the per-chunk
+  BatchNorm adapter."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = restore_state(config, workdir, which, mesh)
+  if weights == 'ema':
+    if state.ema_params is None:
+      raise checkpoints.CheckpointError(
+          f'--weights ema: the run in {workdir} was trained without an EMA (ema.decay = 0)')
+    state = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
@@ -305,9 +314,10 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -
   return result
 
 
-def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False) -> str:
+def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
+               weights: str = 'raw') -> str:
   """best / latest / path, then _tta-<mode> and _bn-adapt: every setting writes its own files."""
-  tag = which if which in ('best', 'latest') else 'path'
+  tag = (which if which in ('best', 'latest') else 'path') + ('_ema' if weights == 'ema' else '')
   return tag + (f'_tta-{tta_mode}' if tta_mode != 'none' else '') + ('_bn-adapt' if adapt_bn else '')
 
 
@@ -325,8 +335,9 @@ def _check_submission_path(csv_path: pathlib.Path) -> None:
 
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
              tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
-             submission_csv: str | None = None, cifar100c_dir: str | None = None) -> dict:
-  """Evaluates a checkpoint; writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
+             submission_csv: str | None = None, cifar100c_dir: str | None = None,
+             weights: str = 'raw') -> dict:
+  """Evaluates a checkpoint ('raw' weights or their 'ema'); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
   tta_mode = resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
@@ -335,12 +346,14 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if submission_csv and not ood_dir:
     raise ValueError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
-  tag = output_tag(which, tta_mode, adapt_bn)
+  tag = output_tag(which, tta_mode, adapt_bn, weights)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
     _check_submission_path(csv_path)
-  predictor, step = load_predictor(config, workdir, which, tta_mode=tta_mode, adapt_bn=adapt_bn)
-  result = {'checkpoint': which, 'step': step, 'tta': tta_mode, 'bn_adapt': adapt_bn}
+  predictor, step = load_predictor(config, workdir, which, tta_mode=tta_mode, adapt_bn=adapt_bn,
+                                   weights=weights)
+  result = {'checkpoint': which, 'weights': weights, 'step': step, 'tta': tta_mode,
+            'bn_adapt': adapt_bn}
   result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
   if ood_files:
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
@@ -360,7 +373,8 @@ def main(argv):
     parallel.enable_compilation_cache()
     result = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
-                      submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir)
+                      submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
+                      weights=FLAGS.weights)
   except interrupt.Interrupted as e:
     print(f'error: stopped by {e.name}; nothing partial was written (an existing CSV is kept)',
           file=sys.stderr, flush=True)

@@ -97,3 +97,11 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path):
   assert rows and all('val_accuracy_ema' in r and 'val_loss_ema' in r for r in rows)
   assert any(r['val_loss_ema'] != r['val_loss'] for r in rows)  # Two different sets of weights.
   assert result['best_val_accuracy'] == pytest.approx(max(r['val_accuracy_ema'] for r in rows))
+  # evaluate --weights ema|raw reproduces both validation numbers of the best step.
+  from jax_cifar import evaluate  # pylint: disable=g-import-not-at-top
+  best = max(rows, key=lambda r: r['val_accuracy_ema'])
+  for weights, key in (('ema', 'val_accuracy_ema'), ('raw', 'val_accuracy')):
+    out = evaluate.evaluate(c, str(tmp_path), 'best', weights=weights)
+    assert out['step'] == best['step'] and out['weights'] == weights
+    assert out['val_accuracy'] == pytest.approx(best[key], abs=1e-9), weights
+  assert (tmp_path / 'eval_best_ema.json').exists() and (tmp_path / 'eval_best.json').exists()
