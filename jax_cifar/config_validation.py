@@ -1,6 +1,6 @@
 """Checks a config against jax_cifar/configs/default.py before anything compiles: one line naming the key."""
 
-from jax_cifar import models
+from jax_cifar import errors, models
 from jax_cifar.configs import default as default_config
 
 CHOICES = {
@@ -49,7 +49,7 @@ RANGES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   pass
 
 

@@ -292,6 +292,8 @@ def test_offline_download_says_where_to_put_the_data(tmp_path):
 
 
 def test_resolve_data_dir_prefers_config_then_env_then_cache(tmp_path, monkeypatch):
+  (tmp_path / 'env').mkdir()
+  (tmp_path / 'cfg').mkdir()
   monkeypatch.setenv('JAX_CIFAR_DATA_DIR', str(tmp_path / 'env'))
   assert cifar100.resolve_data_dir(str(tmp_path / 'cfg')) == tmp_path / 'cfg'
   assert cifar100.resolve_data_dir() == tmp_path / 'env'
@@ -299,6 +301,15 @@ def test_resolve_data_dir_prefers_config_then_env_then_cache(tmp_path, monkeypat
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   cache = cifar100.resolve_data_dir()
   assert cache == tmp_path / 'home' / '.cache' / 'jax_cifar' and cache.is_dir()
+
+
+def test_mistyped_data_dir_is_an_error_and_creates_nothing(tmp_path, monkeypatch):
+  for configured, env in ((str(tmp_path / 'typo' / 'cifar'), ''), ('', str(tmp_path / 'typo'))):
+    monkeypatch.setenv('JAX_CIFAR_DATA_DIR', env)
+    with pytest.raises(DataError) as error:
+      cifar100.resolve_data_dir(configured)
+    assert_one_line(error, 'is not an existing folder', str(tmp_path / 'typo'))
+    assert not (tmp_path / 'typo').exists()
 
 
 def test_unprepared_tfds_gives_one_line_error_how_to_prepare(tmp_path):

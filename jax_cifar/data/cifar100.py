@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jax_cifar import errors
+
 CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
 CIFAR100_MD5 = 'eb9058c3a382ffc7106e4002c42a8d85'
 FOLDER = 'cifar-100-python'
@@ -30,7 +32,7 @@ NUM_COARSE_CLASSES = 20
 SPLITS = ('train', 'test')
 
 
-class DataError(Exception):
+class DataError(errors.UserError):
   """Bad or missing input data; the message is one line naming the file and the problem."""
 
   def __init__(self, message: str):
@@ -124,12 +126,18 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
 
 
 def resolve_data_dir(configured: str = '') -> pathlib.Path:
-  """The configured folder, else $JAX_CIFAR_DATA_DIR, else a cache folder (created)."""
-  if configured:
-    return pathlib.Path(configured).expanduser()
-  env = os.environ.get('JAX_CIFAR_DATA_DIR', '')
-  if env:
-    return pathlib.Path(env).expanduser()
+  """The configured folder, else $JAX_CIFAR_DATA_DIR, else a cache folder (created).
+
+  A folder the user names must exist: a typo is an error, never a new folder to download into.
+  """
+  for path, name in ((configured, 'data.dir'), (os.environ.get('JAX_CIFAR_DATA_DIR', ''),
+                                                 '$JAX_CIFAR_DATA_DIR')):
+    if path:
+      folder = pathlib.Path(path).expanduser()
+      if not folder.is_dir():
+        raise DataError(f'{name} {folder} is not an existing folder (create it to download the '
+                        'data there, or point it at the folder holding cifar-100-python/)')
+      return folder
   cache = pathlib.Path('~/.cache/jax_cifar').expanduser()
   cache.mkdir(parents=True, exist_ok=True)
   return cache
