@@ -273,6 +273,7 @@ def test_get_splits_downloads_from_the_module_constants(tmp_path, small_tree, ht
   monkeypatch.setattr(cifar100, 'CIFAR100_URL', f'{url}/cifar-100-python.tar.gz')
   monkeypatch.setattr(cifar100, 'CIFAR100_MD5', hashlib.md5(archive.read_bytes()).hexdigest())
   cfg = default.get_config().data
+  (tmp_path / 'cache').mkdir()  # A folder the user names must exist; the download fills it.
   cfg.dir, cfg.val_fraction = str(tmp_path / 'cache'), 0.0
   splits = cifar100.get_splits(cfg)
   assert (len(splits['train']), splits['val'], len(splits['test'])) == (40, None, 20)
