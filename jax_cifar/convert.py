@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import sys
 import re
 import shutil
 import signal
@@ -324,3 +325,8 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
          _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}
   nnx.replace_by_pure_dict(state, _unflatten(new))
   nnx.update(model, state)
+
+
+if __name__ == '__main__':  # python -m jax_cifar.convert ...
+  from jax_cifar import convert_cli  # pylint: disable=g-import-not-at-top
+  sys.exit(convert_cli.main())

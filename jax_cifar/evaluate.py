@@ -46,10 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import bn_adapt, checkpoints, config_validation, interrupt, metrics_lib, optim
+from jax_cifar import bn_adapt, checkpoints, cli, config_validation, errors, interrupt
+from jax_cifar import metrics_lib, optim
 from jax_cifar import parallel, report, submission, trainer, tta
 from jax_cifar.data import cifar100, ood, pipeline
 from jax_cifar.train_step import predict_step
@@ -367,6 +368,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
 
 def main(argv):
   del argv
+  cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   interrupt.FLAG.install()
   try:
     parallel.maybe_initialize_distributed()
@@ -382,12 +384,11 @@ def main(argv):
   except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
-  except (config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
-          OSError, ValueError) as e:
-    sys.exit(f'error: {e}')  # One line on stderr (no log-formatted copy of it).
+  except (errors.UserError, OSError, ValueError) as e:
+    cli.fail(str(e))  # One line on stderr, in one write.
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}),
         flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # Flag and config mistakes are one error: line; --config jax_cifar:NAME works.

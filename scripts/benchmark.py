@@ -28,8 +28,6 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 
@@ -43,10 +41,10 @@ def _csv(text: str, kind=str) -> list:
 
 def make_config(spec: str, batch: int, dtype: str, image_size: int):
   """The run's config: a config file's, or the default with the spec's model, plus benchmark fixes."""
-  from configs import default  # pylint: disable=import-outside-toplevel
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
   name, *rest = spec.split(':')
-  if name not in RESNETS + ('simple_cnn',) and (ROOT / 'configs' / f'{name}.py').exists():
-    config = importlib.import_module(f'configs.{name}').get_config()
+  if name not in RESNETS + ('simple_cnn',) and (ROOT / 'jax_cifar' / 'configs' / f'{name}.py').exists():
+    config = importlib.import_module(f'jax_cifar.configs.{name}').get_config()
     if rest:
       raise ValueError(f'{spec}: a config name takes no stem/width')
   else:

@@ -20,9 +20,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from configs import default  # pylint: disable=wrong-import-position
+from jax_cifar.configs import default  # pylint: disable=wrong-import-position
 from jax_cifar import augment  # pylint: disable=wrong-import-position
 
 POLICIES = ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment')

@@ -8,12 +8,15 @@
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   d) with .devdata/ (scripts/gpu_prepare.sh): ResNet-50 at 160 px fine-tuned from the converted
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
+#   e) ood_best: configs/ood_best.py end to end, a labelled 19 x 5 set from jax_cifar.corrupt, the
+#      submission, clean/OOD accuracy with none/flip/shifts/bn_adapt/shifts+bn_adapt
+#      (OOD_DATA=folder holding the full cifar-100-python/, OOD_LIMIT test images per chunk, T_OOD)
 # Run from the repository root, after installing the carried wheels:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
 # SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
-# bench_r152 input_path finetune); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
+# bench_r152 input_path finetune ood_best); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
 #   PARTS="bench_r50 bench_r152" T_R50=300 T_R152=300 bash scripts/gpu_check.sh
 # Writes $OUT/{gpu_check.log,bench.json,finetune.json,summary.txt} ($OUT defaults to /tmp/gpu_check).
 set -uo pipefail
@@ -133,7 +136,7 @@ subprocess.run([sys.executable, 'scripts/convert_torchvision_weights.py', '--arc
                 '--output', str(weights), '--overwrite'], check=True)
 print(f'converted weights in {time.time() - t:.1f}s', flush=True)
 
-from configs import default  # pylint: disable=wrong-import-position
+from jax_cifar.configs import default  # pylint: disable=wrong-import-position
 from jax_cifar import parallel, trainer  # pylint: disable=wrong-import-position
 parallel.enable_compilation_cache()  # the second run reuses the first one's compiled steps
 
@@ -174,6 +177,85 @@ else
   SUMMARY+=("finetune       skipped: no .devdata/ (run scripts/gpu_prepare.sh)")
 fi
 
+# --- e) robust OOD: configs/ood_best.py end to end, then each test-time tool -------------------
+# Trains the recipe from the converted ImageNet ResNet-50 on $OOD_DATA (a folder holding
+# cifar-100-python/, e.g. the full training set carried in parts to $HOME) or, without it, on
+# .devdata/cifar_small.npz; builds a labelled 19 x 5 set from the test split with
+# jax_cifar.corrupt (needs the 'corrupt' extra: scipy, scikit-image); writes the submission and
+# prints clean and OOD accuracy with and without each test-time tool.
+ood_best() {
+  "$PY" - "$WORK/ood" "$SMALL" "$OUT/ood_best.json" <<'EOF'
+import json, os, pathlib, pickle, subprocess, sys, time
+import numpy as np
+
+work, small, out_json = pathlib.Path(sys.argv[1]), sys.argv[2] == '1', sys.argv[3]
+data_dir = pathlib.Path(os.environ.get('OOD_DATA', work / 'data'))
+if not (data_dir / 'cifar-100-python').exists():  # Build the official layout from the npz.
+  data = np.load('.devdata/cifar_small.npz')
+  folder = data_dir / 'cifar-100-python'
+  folder.mkdir(parents=True, exist_ok=True)
+  for split in ('train', 'test'):
+    x, y = data[f'{split}_x'], data[f'{split}_y']
+    with open(folder / split, 'wb') as f:
+      pickle.dump({'data': x.transpose(0, 3, 1, 2).reshape(len(x), 3072),
+                   'fine_labels': [int(v) for v in y]}, f, protocol=2)
+  with open(folder / 'meta', 'wb') as f:
+    pickle.dump({'fine_label_names': [f'c{i}' for i in range(100)],
+                 'coarse_label_names': [f'k{i}' for i in range(20)]}, f, protocol=2)
+
+
+def run(*args):
+  out = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+  if out.returncode:
+    sys.exit(f'{" ".join(args[:3])} failed ({out.returncode}):\n{out.stderr[-3000:]}')
+  return out
+
+
+t0 = time.time()
+weights = work / 'r50'
+run('scripts/convert_torchvision_weights.py', '--arch', 'resnet50', '--state_dict',
+    '.devdata/resnet50-keras-imagenet-tvlayout-fp16.pth', '--output', str(weights), '--overwrite')
+overrides = [f'--config.model.pretrained={weights}', f'--config.data.dir={data_dir}',
+             '--config.data.download=false']
+if small:
+  overrides += ['--config.model.image_size=32', '--config.data.train_limit=200',
+                '--config.data.eval_limit=100', '--config.train.num_epochs=1',
+                '--config.train.batch_size=32', '--config.train.eval_batch_size=100',
+                '--config.model.dtype=float32']
+t = time.time()
+run('-m', 'jax_cifar.train', '--config', 'configs/ood_best.py', '--workdir', str(work / 'run'),
+    *overrides)
+train_s = time.time() - t
+print(f'trained in {train_s:.0f}s', flush=True)
+limit = '10' if small else os.environ.get('OOD_LIMIT', '2000')
+t = time.time()
+run('-m', 'jax_cifar.corrupt', '--out', str(work / 'set'), '--format', 'ds542', '--limit', limit,
+    '--data_dir', str(data_dir))
+print(f'OOD set of {limit} test images x 19 x 5 in {time.time() - t:.0f}s', flush=True)
+results = {'train_s': train_s, 'ood_limit': int(limit)}
+for tools in ([], ['--tta', 'flip'], ['--tta', 'shifts'], ['--bn_adapt'],
+              ['--tta', 'shifts', '--bn_adapt']):
+  name = ' '.join(tools) or 'none'
+  t = time.time()
+  out = run('-m', 'jax_cifar.evaluate', '--config', 'configs/ood_best.py', '--workdir',
+            str(work / 'run'), *overrides, '--ood_dir', str(work / 'set'), '--submission',
+            str(work / 'submission_ood.csv'), *tools)
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  results[name] = {k: row.get(k) for k in ('test_accuracy', 'ood_accuracy', 'ood_images_per_sec')}
+  results[name]['seconds'] = time.time() - t
+  print(f'OOD {name:22s} test {row.get("test_accuracy")} ood {row.get("ood_accuracy")} '
+        f'({results[name]["seconds"]:.0f}s)', flush=True)
+results['total_s'] = time.time() - t0
+json.dump(results, open(out_json, 'w'), indent=1)
+EOF
+}
+export -f ood_best
+if [ -f configs/ood_best.py ] && [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ]; then
+  TAIL=8 part ood_best "${T_OOD:-$([ "$SMALL" = 1 ] && echo 900 || echo 480)}" ood_best
+else
+  SUMMARY+=("ood_best       skipped: needs configs/ood_best.py and .devdata/ (scripts/gpu_prepare.sh)")
+fi
+
 # --- summary ---------------------------------------------------------------------------------
 "$PY" - "$WORK" "$OUT" > "$OUT/summary.txt" 2>&1 <<'EOF'
 import glob, json, os, sys
@@ -200,6 +282,15 @@ if os.path.exists(ft):
     if name in ft:
       print(f"  {name:10s} val_accuracy {ft[name]['val_accuracy']}  steps {ft[name]['steps']}"
             f"  {ft[name]['wall_s']:.0f}s  {ft[name]['images_per_sec']} img/s (last log)")
+ood = os.path.join(out, 'ood_best.json')
+if os.path.exists(ood):
+  ood = json.load(open(ood))
+  print(f"\nconfigs/ood_best.py: trained in {ood['train_s']:.0f}s; OOD = {ood['ood_limit']} test "
+        "images x 19 x 5 (jax_cifar.corrupt)")
+  for name, r in ood.items():
+    if isinstance(r, dict):
+      print(f"  {name:22s} test {r['test_accuracy']}  OOD {r['ood_accuracy']}  "
+            f"{r['ood_images_per_sec']} img/s  ({r['seconds']:.0f}s)")
 EOF
 printf '%s\n' "" "parts:" "${SUMMARY[@]}" "total $(($(date +%s) - T_START))s" >> "$OUT/summary.txt"
 echo

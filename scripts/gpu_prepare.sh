@@ -2,7 +2,8 @@
 # Builds what scripts/gpu_check.sh needs on a GPU machine with no network, in two ignored folders
 # that travel with the working tree (64 MiB in all, repository included):
 #   .whl/      Python 3.12 manylinux wheels the GPU image lacks: grain (the trainer's data
-#              pipeline), its array-record and portpicker, and ml-collections (the configs).
+#              pipeline), its array-record and portpicker, ml-collections (the configs);
+#              CORRUPT_WHEELS=1: scikit-image and its deps instead (jax_cifar.corrupt), alone.
 #   .devdata/  cifar_small.npz (class-balanced real CIFAR-100: train_x/train_y/test_x/test_y,
 #              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision layout).
 # Usage: bash scripts/gpu_prepare.sh   [CIFAR=/work/cache/cifar WEIGHTS=path/to.pth N_TEST=1000]
@@ -22,6 +23,16 @@ rm -rf .whl && mkdir -p .whl
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0
+if [ "${CORRUPT_WHEELS:-0}" = 1 ]; then
+  # The 'corrupt' extra for the ood_best part (scipy and pillow are in the image). With the
+  # weights it exceeds one call's 64 MiB: carry this .whl/ in a call of its own that installs it
+  # into $HOME/site, then run gpu_prepare.sh again without CORRUPT_WHEELS for the data call.
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl scikit-image==0.26.0 lazy-loader imageio tifffile networkx
+  du -b .whl/* | awk '{printf "%10.2f MiB  %s\n", $1/1048576, $2}'
+  exit 0
+fi
 for w in .whl/*.whl; do
   echo "$(basename "$w"): $(unzip -p "$w" '*/METADATA' | grep ^Requires-Dist | grep -v 'extra ==' \
     | sed 's/Requires-Dist: //' | tr '\n' ' ')"

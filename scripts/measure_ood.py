@@ -21,12 +21,11 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def speed(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from jax_cifar.configs import smoke  # pylint: disable=g-import-not-at-top
   from jax_cifar import evaluate, optim, parallel, trainer  # pylint: disable=g-import-not-at-top
 
   parallel.enable_compilation_cache()

@@ -22,8 +22,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
 
 from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -132,29 +132,6 @@ def train(args, run: str, seed: int) -> dict:
   return record
 
 
-def has_weights_flag() -> bool:
-  """Whether jax_cifar.evaluate has --weights ema|raw (else the EMA is swapped in by _ema_eval)."""
-  text = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--helpfull'], cwd=ROOT,
-                        capture_output=True, text=True).stdout
-  return '--weights' in text
-
-
-def _ema_eval(argv: list[str]) -> None:
-  """`evaluate` with the checkpoint's EMA weights and statistics put in place of the raw ones."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from jax_cifar import checkpoints, evaluate  # pylint: disable=g-import-not-at-top
-  restore = evaluate.restore_state
-
-  def restore_ema(config, workdir, which, mesh):
-    state, graphdef, step = restore(config, workdir, which, mesh)
-    if state.ema_params is None:
-      raise checkpoints.CheckpointError(f'{workdir}: no EMA weights (trained with ema.decay=0)')
-    return state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats), graphdef, step
-
-  evaluate.restore_state = restore_ema
-  app.run(evaluate.main, argv=['evaluate', *argv])
-
-
 def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dict:
   out = pathlib.Path(args.out)
   run, weights, _ = ROWS[row]
@@ -170,15 +147,11 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
            f'--config.train.eval_batch_size={args.eval_batch_size}']
   if 'bn_adapt' in mode:
     flags.append('--bn_adapt')
-  if weights == 'ema' and args.weights_flag:
-    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags, '--weights', 'ema']
-  elif weights == 'ema':
-    cmd = [sys.executable, __file__, '_ema_eval', *flags]
-  else:
-    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags]
+  cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags, '--weights', weights]
   log(f'evaluating {row} seed {seed} ({weights} weights), test-time {mode}')
   seconds = run_logged(cmd, out / 'logs' / f'eval_{row}_s{seed}_{mode}.log')
-  tag = 'best' + (f'_tta-{tta}' if tta != 'none' else '') + ('_bn-adapt' if 'bn_adapt' in mode else '')
+  tag = ('best' + ('_ema' if weights == 'ema' else '') + (f'_tta-{tta}' if tta != 'none' else '')
+         + ('_bn-adapt' if 'bn_adapt' in mode else ''))  # evaluate.output_tag's file name.
   result = json.loads((workdir / f'eval_{tag}.json').read_text())
   per = np.array(list(result['ood_per_distortion'].values()))  # [19 distortions, 5 severities]
   train_rec = json.loads((out / 'results' / f'train_{run}_s{seed}.json').read_text())
@@ -224,7 +197,7 @@ def _cell(values: list[float]) -> str:
 
 
 def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best: str,
-             modes: list[str], seed: int) -> str:
+             seed: int) -> str:
   head = ('| row | what | seeds | val | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
           '| train s |\n|' + ' --- |' * 12 + '\n')
   lines = ['Training-time rows (test-time: none). Accuracy in %; with several seeds: mean (each seed).',
@@ -242,7 +215,7 @@ def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best
             '| row | test-time | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 |',
             '|' + ' --- |' * 9]
   for row in dict.fromkeys([best, 'report']):
-    for mode in modes:
+    for mode in TTA_MODES:
       for e in evals:
         if (e['row'], e['mode'], e['seed']) == (row, mode, seed):
           sev = ' | '.join(f'{100 * v:.1f}' for v in e['ood_per_severity'])
@@ -316,8 +289,6 @@ def main(argv: list[str]) -> None:
   rows, seeds = args.rows.split(','), [int(s) for s in args.seeds.split(',')]
   headline = [int(s) for s in args.headline_seeds.split(',')]
   modes = args.tta_modes.split(',')
-  args.weights_flag = has_weights_flag()
-  log(f'evaluate --weights: {"yes" if args.weights_flag else "absent (EMA swapped in by _ema_eval)"}')
   ood_dir = out / f'ood{args.ood_limit}'
   log(f'OOD set {ood_dir} (first {args.ood_limit} test images)')
   run_logged([sys.executable, '-m', 'jax_cifar.corrupt', '--out', str(ood_dir), '--format', 'ds542',
@@ -345,6 +316,12 @@ def main(argv: list[str]) -> None:
     for mode in modes:
       if mode != 'none':
         do(row, headline[0], mode)
+  # Every record under OUT/results (earlier invocations included), for the rows asked for.
+  evals = [json.loads(p.read_text()) for p in sorted((out / 'results').glob('eval_*.json'))]
+  evals = [e for e in evals if e['row'] in rows]
+  for p in sorted((out / 'results').glob('train_*.json')):
+    rec = json.loads(p.read_text())
+    trains[(rec['run'], rec['seed'])] = rec
   table = summarise(evals)
   meta = {'machine': machine(), 'settings': {k: v for k, v in vars(args).items()},
           'best_row': best, 'rows': {r: ROWS[r][2] for r in rows},
@@ -352,7 +329,7 @@ def main(argv: list[str]) -> None:
   (out / 'results.json').write_text(json.dumps(
       {'meta': meta, 'summary': table, 'train': [dict(v) for v in trains.values()],
        'evals': evals}, indent=2) + '\n')
-  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, modes, headline[0]))
+  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, headline[0]))
   plot(table, rows, best, out / 'severity.png',
        f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)')
   log(f'wrote {out}/results.json, table.md, severity.png')
@@ -360,8 +337,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  if sys.argv[1:2] == ['_ema_eval']:
-    sys.path.insert(0, str(ROOT))
-    _ema_eval(sys.argv[2:])
-  else:
-    main(sys.argv[1:])
+  main(sys.argv[1:])

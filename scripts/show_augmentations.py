@@ -19,8 +19,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=wrong-import-position
+from jax_cifar.configs import default  # pylint: disable=wrong-import-position
 from jax_cifar import augment  # pylint: disable=wrong-import-position
 from jax_cifar import autoaugment as aa  # pylint: disable=wrong-import-position
 from jax_cifar.data import cifar100  # pylint: disable=wrong-import-position

@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import bn_adapt, optim, parallel, trainer
 
 

@@ -8,8 +8,7 @@ import sys
 import jax
 import numpy as np
 
-sys.path.insert(0, sys.argv[2])
-from configs import default  # pylint: disable=g-import-not-at-top
+from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
 from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top
 
 

@@ -5,7 +5,6 @@ import runpy
 import signal
 import sys
 
-sys.path.insert(0, ".")  # Run from the repository root, like `python -m`.
 limit = int(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes past the limit fail with EFBIG instead.
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

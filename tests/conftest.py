@@ -2,14 +2,8 @@
 
 import os
 import pathlib
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # So config files can `from configs import default`.
-  sys.path.insert(0, str(ROOT))
-
 
 # Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path.home() / '.cache' / 'jax_cifar' / 'xla'))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import augment
 from jax_cifar import autoaugment as aa
 
@@ -314,8 +314,7 @@ def test_halves_with_their_keys_equal_the_full_batch(images):
 _SHARDED = textwrap.dedent('''
     import sys, numpy as np, jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    sys.path.insert(0, sys.argv[1])
-    from configs import default
+    from jax_cifar.configs import default
     from jax_cifar import augment
     cfg = default.get_config().augment
     cfg.update(crop_mode='reflect', policy='autoaugment_cifar10', erasing_prob=0.5)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import augment
 from jax_cifar import autoaugment as aa
 
@@ -166,8 +166,7 @@ def test_training_augmentations_and_held_out_corruptions_share_no_code():
 _SHARDED = textwrap.dedent('''
     import json, sys, numpy as np, jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    sys.path.insert(0, sys.argv[1])
-    from configs import default
+    from jax_cifar.configs import default
     from jax_cifar import augment
     cfg = default.get_config().augment
     cfg.update(json.loads(sys.argv[3]))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import augment, augmix
 from jax_cifar import autoaugment as aa
 

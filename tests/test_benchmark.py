@@ -38,7 +38,7 @@ def test_tiny_run_writes_json_with_both_frameworks_and_ratio(tmp_path):
 
 
 def test_model_specs_name_configs_or_resnets_with_stem_and_width():
-  from configs import smoke as smoke_config  # pylint: disable=import-outside-toplevel
+  from jax_cifar.configs import smoke as smoke_config  # pylint: disable=import-outside-toplevel
   smoke = benchmark.make_config('smoke', 64, 'bfloat16', 32)
   assert (smoke.model.name, smoke.model.width, smoke.model.dtype, smoke.train.batch_size) == (
       smoke_config.get_config().model.name, smoke_config.get_config().model.width, 'bfloat16', 64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import optim, parallel, trainer
 from jax_cifar.train_step import train_step
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import augment, bn_adapt, evaluate, optim, parallel, trainer
 from jax_cifar.data import cifar100
 

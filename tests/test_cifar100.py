@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar.data import cifar100
 from jax_cifar.data.cifar100 import DataError
 

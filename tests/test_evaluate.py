@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 N_OOD = 10  # Images per distortion file (two per severity).
 
 CONFIG_FILE = '''
-from configs import default
+from jax_cifar.configs import default
 
 def get_config():
   c = default.get_config()

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from jax_cifar.configs import smoke
 from jax_cifar import evaluate, optim, parallel, submission, tracking, trainer
 from jax_cifar.data import cifar100, ood
 

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import smoke
+from jax_cifar.configs import smoke
 from jax_cifar import submission, trainer
 from jax_cifar.data import cifar100, ood
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import config_validation, evaluate, interrupt, optim, parallel, tracking, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

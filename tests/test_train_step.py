@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import mixing, optim, train_step
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default, smoke
+from jax_cifar.configs import default, smoke
 from jax_cifar import tracking, trainer
 from jax_cifar.data import cifar100
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import resnet50_transfer
+from jax_cifar.configs import resnet50_transfer
 from jax_cifar import config_validation, convert, evaluate, optim, parallel, trainer
 from conftest import require_env_path
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jax_cifar.configs import default
 from jax_cifar import evaluate, optim, parallel, trainer, tta
 from jax_cifar.train_step import predict_step
 

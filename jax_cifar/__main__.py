@@ -1,0 +1,38 @@
+"""`jax-cifar COMMAND ...` (or `python -m jax_cifar COMMAND ...`): one entry point for every tool.
+
+Each command runs the module's own command line, so `jax-cifar train --config jax_cifar:smoke
+--workdir runs/smoke` is `python -m jax_cifar.train --config jax_cifar:smoke --workdir runs/smoke`.
+"""
+
+import runpy
+import sys
+
+COMMANDS = {
+    'train': ('jax_cifar.train', 'train a config into a workdir (resumes)'),
+    'evaluate': ('jax_cifar.evaluate', 'test accuracy, OOD submission, CIFAR-100-C, test-time tools'),
+    'convert': ('jax_cifar.convert_cli', 'torchvision weights -> a model.pretrained checkpoint'),
+    'corrupt': ('jax_cifar.corrupt', 'a labelled 19 x 5 corrupted set from the test split'),
+    'submission': ('jax_cifar.submission', 'check a submission CSV'),
+    'report': ('jax_cifar.report', 'curves and a summary of several runs'),
+}
+
+
+def main() -> None:
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    lines = [f'  {name:11s} {help_}' for name, (_, help_) in COMMANDS.items()]
+    print('usage: jax-cifar COMMAND [ARGS...]  (COMMAND --help for its flags)\n\ncommands:\n'
+          + '\n'.join(lines), file=sys.stderr)
+    bad = len(sys.argv) >= 2 and sys.argv[1] not in ('-h', '--help')
+    if bad:
+      print(f'\nerror: unknown command {sys.argv[1]!r}', file=sys.stderr)
+    sys.exit(2 if bad or len(sys.argv) < 2 else 0)
+  module = COMMANDS[sys.argv[1]][0]
+  sys.argv = [f'jax-cifar {sys.argv[1]}'] + sys.argv[2:]
+  if module == 'jax_cifar.convert_cli':  # A library module: call its main.
+    from jax_cifar import convert_cli  # pylint: disable=g-import-not-at-top
+    sys.exit(convert_cli.main(sys.argv[1:]))
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+
+
+if __name__ == '__main__':
+  main()

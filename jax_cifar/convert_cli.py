@@ -1,0 +1,163 @@
+"""Converts torchvision ResNet/ResNeXt/Wide ResNet weights into `model.pretrained`'s checkpoint.
+
+  python -m jax_cifar.convert --arch resnet50 --weights IMAGENET1K_V2 --output weights/resnet50_v2
+  python -m jax_cifar.convert --arch resnet50 --state_dict r50.pth --output out
+(`jax-cifar convert ...` and scripts/convert_torchvision_weights.py run the same.)
+
+`.pth` files (also torch hub's cached downloads) are read with torch.load(weights_only=True): a
+pickle is code, and a downloaded one must not run. Exits non-zero with a one-line reason on bad
+input; never leaves partial output, and --overwrite replaces only a previous converter output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import zipfile
+from typing import Any, Mapping
+
+# As jax_cifar.convert.ARCHS (a test keeps them equal); listed here so --help needs no jax.
+ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
+         'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2')
+log = logging.getLogger('convert')
+_ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, or legacy pickle
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--arch', required=True, choices=ARCHS)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--state_dict', help='a torchvision state_dict saved with torch.save')
+  source.add_argument('--weights', help='torchvision weights name, e.g. IMAGENET1K_V1 (online)')
+  parser.add_argument('--output', required=True, help='checkpoint directory to create')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace an existing --output written by this converter')
+  return parser.parse_args(argv)
+
+
+class NotAStateDict(ValueError):
+  """The file is not a PyTorch state_dict; the message says what it is instead."""
+
+  def __init__(self, path: str, why: str):
+    super().__init__(f'{path} is not a PyTorch state_dict (a mapping of parameter names to '
+                     f'tensors): {why}')
+
+
+def _a(thing: Any) -> str:
+  name = type(thing).__name__
+  return f'{"an" if name[:1].lower() in "aeiou" else "a"} {name}'
+
+
+# Lines of torch.load's error text that advise loading unsafely (or are noise): never repeated.
+_ADVICE = ('weights_only', 'weights only', 'safe_globals', 'trust', 'documentation',
+           'file an issue')
+
+
+def _why_unreadable(error: Exception) -> str:
+  """Why torch.load failed, in our words: torch's text advises unpickling unsafely, never echoed."""
+  text = str(error)
+  found = re.search(r'GLOBAL ([\w.]+)', text)
+  if found:
+    return (f'it pickles the Python object {found.group(1)}, which would run code on loading '
+            '(and is not run); save only model.state_dict() with torch.save')
+  if isinstance(error, EOFError):
+    return 'it is not a complete file written by torch.save (truncated?)'
+  lines = [l.strip() for l in re.sub(r'WeightsUnpickler error:', '\n', text).splitlines()]
+  detail = [l for l in lines if l and not any(a in l.lower() for a in _ADVICE)]
+  return (f'it is not a file written by torch.save of tensors '
+          f'({detail[0][:160] if detail else type(error).__name__})')
+
+
+def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
+  """Accepts a bare state_dict or the common {'state_dict': ...} / {'model': ...} wrappers."""
+  for key in ('state_dict', 'model'):
+    if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+      obj = obj[key]
+  if not isinstance(obj, Mapping):
+    raise NotAStateDict(path, f'it holds {_a(obj)}')
+  if not obj:
+    raise NotAStateDict(path, 'it holds no tensors (an empty mapping)')
+  for key, value in obj.items():
+    if not isinstance(key, str):
+      raise NotAStateDict(path, f'its key {key!r} is not a name')
+    if not hasattr(value, 'shape'):  # torch.Tensor or numpy array
+      raise NotAStateDict(path, f'{key!r} holds {_a(value)}, not a tensor')
+  return obj
+
+
+def read_state_dict_file(path: str) -> Mapping[str, Any]:
+  """Loads a state_dict saved with torch.save, running no pickled code; errors say what it is."""
+  import torch  # pylint: disable=import-outside-toplevel
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  if not head:
+    raise NotAStateDict(path, 'the file is empty')
+  if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+    raise NotAStateDict(path, f'it is not a file written by torch.save (it starts with {head!r}, '
+                        'neither a zip archive nor a pickle)')
+  if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+    raise NotAStateDict(path, 'it is not a complete file written by torch.save (a truncated zip '
+                        'archive)')
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # any unreadable or unsafe content
+    raise NotAStateDict(path, _why_unreadable(e)) from None  # torch's advice is not repeated
+  return _unwrap(obj, path)
+
+
+def _download(arch: str, name: str) -> str:
+  """Path of torchvision's `name` weights for `arch` in torch hub's cache, downloaded if absent."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+  enum = torchvision.models.get_model_weights(arch)
+  if name not in enum.__members__:
+    raise ValueError(f'--weights {name}: {arch} has {", ".join(enum.__members__)}')
+  url = enum[name].url
+  cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+  if not os.path.isfile(cached):
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    digest = torch.hub.HASH_REGEX.search(os.path.basename(url))
+    try:  # into a temp file, renamed once the hash prefix in the name is verified
+      torch.hub.download_url_to_file(url, cached, digest.group(1) if digest else None,
+                                     progress=True)
+    except OSError as e:  # URLError, socket errors: no internet
+      raise ValueError(f'cannot download {url} ({e}); offline, download it elsewhere and pass '
+                       '--state_dict FILE.pth') from e
+    except RuntimeError as e:  # the hash check
+      raise ValueError(f'download of {url} is corrupt: {e}') from e
+  return cached
+
+
+def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
+  """(state_dict, where it came from) for --state_dict FILE or --weights NAME."""
+  if args.state_dict and not os.path.isfile(args.state_dict):
+    raise ValueError(f'--state_dict {args.state_dict}: no such file')
+  path = args.state_dict or _download(args.arch, args.weights)
+  return read_state_dict_file(path), os.path.abspath(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s',
+                      stream=sys.stderr)
+  from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
+  try:
+    convert.check_output(os.path.abspath(args.output), args.overwrite, hint='pass --overwrite')
+    t = time.time()
+    state_dict, source = load_state_dict(args)
+    log.info('loaded %d tensors from %s (%.1fs)', len(state_dict), source, time.time() - t)
+    t = time.time()
+    variables = convert.torch_to_flax(state_dict, args.arch)
+    log.info('converted to %s layout (%.1fs)', args.arch, time.time() - t)
+    t = time.time()
+    convert.save_converted(variables, args.arch, args.output, source=source,
+                           overwrite=args.overwrite)
+    log.info('wrote %s (%.1fs)', args.output, time.time() - t)
+  except (ValueError, OSError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+    return 1
+  return 0
