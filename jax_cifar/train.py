@@ -2,7 +2,7 @@
 
 import sys
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from jax_cifar import checkpoints, cli, config_validation, errors, parallel, tracking, trainer

@@ -116,17 +116,9 @@ import json, os, pathlib, pickle, subprocess, sys, time
 import numpy as np
 
 work, small, out_json = pathlib.Path(sys.argv[1]), sys.argv[2] == '1', sys.argv[3]
-data = np.load('.devdata/cifar_small.npz')
-folder = work / 'data' / 'cifar-100-python'  # the official layout, which the trainer reads
-folder.mkdir(parents=True, exist_ok=True)
-for split in ('train', 'test'):
-  x, y = data[f'{split}_x'], data[f'{split}_y']
-  with open(folder / split, 'wb') as f:
-    pickle.dump({'data': x.transpose(0, 3, 1, 2).reshape(len(x), 3072),
-                 'fine_labels': [int(v) for v in y]}, f, protocol=2)
-with open(folder / 'meta', 'wb') as f:
-  pickle.dump({'fine_label_names': [f'c{i}' for i in range(100)],
-               'coarse_label_names': [f'k{i}' for i in range(20)]}, f, protocol=2)
+sys.path.insert(0, 'scripts')
+from devdata import write_cifar_folder  # pylint: disable=wrong-import-position
+data = write_cifar_folder(work / 'data')  # the official layout, which the trainer reads
 print(f'data: {len(data["train_y"])} train / {len(data["test_y"])} test images', flush=True)
 
 t = time.time()
@@ -191,17 +183,9 @@ import numpy as np
 work, small, out_json = pathlib.Path(sys.argv[1]), sys.argv[2] == '1', sys.argv[3]
 data_dir = pathlib.Path(os.environ.get('OOD_DATA', work / 'data'))
 if not (data_dir / 'cifar-100-python').exists():  # Build the official layout from the npz.
-  data = np.load('.devdata/cifar_small.npz')
-  folder = data_dir / 'cifar-100-python'
-  folder.mkdir(parents=True, exist_ok=True)
-  for split in ('train', 'test'):
-    x, y = data[f'{split}_x'], data[f'{split}_y']
-    with open(folder / split, 'wb') as f:
-      pickle.dump({'data': x.transpose(0, 3, 1, 2).reshape(len(x), 3072),
-                   'fine_labels': [int(v) for v in y]}, f, protocol=2)
-  with open(folder / 'meta', 'wb') as f:
-    pickle.dump({'fine_label_names': [f'c{i}' for i in range(100)],
-                 'coarse_label_names': [f'k{i}' for i in range(20)]}, f, protocol=2)
+  sys.path.insert(0, 'scripts')
+  from devdata import write_cifar_folder  # pylint: disable=wrong-import-position
+  write_cifar_folder(data_dir)
 
 
 def run(*args):

@@ -27,3 +27,24 @@ def cifar_dir() -> pathlib.Path:
   """Folder holding the real cifar-100-python/ (from $JAX_CIFAR_DATA_DIR)."""
   require_env_path('JAX_CIFAR_DATA_DIR', 'cifar-100-python')
   return pathlib.Path(os.environ['JAX_CIFAR_DATA_DIR'])
+
+
+def require_torch():
+  """torch (with torchvision) for parity tests: skipped where absent, a failure under CI."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    if os.environ.get('CI'):
+      pytest.fail(f'CI requires torchvision for parity tests: {e}')
+    pytest.skip(f'torchvision is not installed: {e}')
+  torch.set_num_threads(1)
+  return torch
+
+
+def real_test_images(cifar_dir: pathlib.Path, start: int, count: int):
+  """`count` real uint8 NHWC images of the CIFAR-100 test pickle, from index `start`."""
+  import pickle  # pylint: disable=import-outside-toplevel
+  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
+    data = pickle.load(f, encoding='latin1')['data'][start:start + count]
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()

@@ -6,14 +6,12 @@ torchvision's own AugMix.forward runs with its random calls scripted from our dr
 for the call), so its op table, chain loop, op kernels and float32 mixing are the reference.
 """
 
-import os
-import pickle
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import real_test_images, require_torch
 from jax_cifar.configs import default
 from jax_cifar import augment, augmix
 from jax_cifar import autoaugment as aa
@@ -21,23 +19,9 @@ from jax_cifar import autoaugment as aa
 NUM_IMAGES = 24
 
 
-def _torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError as e:
-    if os.environ.get('CI'):
-      pytest.fail(f'CI requires torchvision for parity tests: {e}')
-    pytest.skip(f'torchvision is not installed: {e}')
-  torch.set_num_threads(1)
-  return torch
-
-
 @pytest.fixture(scope='module')
 def images(cifar_dir) -> np.ndarray:
-  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
-    data = pickle.load(f, encoding='latin1')['data'][100:100 + NUM_IMAGES]
-  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+  return real_test_images(cifar_dir, 100, NUM_IMAGES)
 
 
 def _torchvision_augmix(torch, image, severity, width, depth, choices, m, w):
@@ -91,7 +75,7 @@ def test_augmix_matches_torchvision_given_the_same_draws(images, severity, width
   """Bit-exact on this machine (every pixel of every image); the bound leaves room for torch's
   grid_sample being compiled without FMA elsewhere (a level on <0.1% of a warp's pixels, which a
   later Posterize or Solarize can widen)."""
-  torch = _torch()
+  torch = require_torch()
   keys = jax.random.split(jax.random.key(severity), NUM_IMAGES)
   u = jax.vmap(lambda k: jax.random.uniform(k, (augmix.num_draws(width, depth),)))(keys)
   m, w = jax.vmap(lambda k: augmix.mixing_weights(jax.random.fold_in(k, 1), width, 1.0))(keys)
@@ -109,7 +93,7 @@ def test_augmix_matches_torchvision_given_the_same_draws(images, severity, width
 
 
 def test_augmentation_space_matches_torchvision():
-  _torch()
+  require_torch()
   from torchvision.transforms import v2  # pylint: disable=import-outside-toplevel
   theirs = v2.AugMix._AUGMENTATION_SPACE  # pylint: disable=protected-access
   ours = augmix.augmentation_space((32, 32))
@@ -129,7 +113,7 @@ def test_augmentation_space_matches_torchvision():
 
 def test_bilinear_geometric_ops_match_torchvision(images):
   """AugMix warps bilinearly: the bilinear kernel alone, bit-exact here (bound as above)."""
-  torch = _torch()
+  torch = require_torch()
   import torchvision.transforms.v2.functional as F  # pylint: disable=import-outside-toplevel
   from torchvision.transforms import InterpolationMode  # pylint: disable=import-outside-toplevel
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
@@ -196,7 +180,7 @@ def test_jsd_loss_matches_numpy_and_the_reference_code():
   logits = [rng.normal(0, 3, (16, 100)).astype(np.float32) for _ in range(3)]
   ours = float(augmix.jsd_loss(*map(jnp.asarray, logits)))
   np.testing.assert_allclose(ours, _jsd_numpy(*logits), rtol=1e-5)
-  torch = _torch()
+  torch = require_torch()
   F = torch.nn.functional
   p_c, p_1, p_2 = (F.softmax(torch.from_numpy(l), dim=1) for l in logits)
   p_m = torch.clamp((p_c + p_1 + p_2) / 3., 1e-7, 1).log()

@@ -3,36 +3,22 @@ torchvision parity given the same factors / order / sigma, and JPEG against PIL.
 
 import io
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import real_test_images, require_torch
 from jax_cifar import jpeg
 from jax_cifar import photometric as ph
 
 NUM_IMAGES = 64
 
 
-def _torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError as e:
-    if os.environ.get('CI'):
-      pytest.fail(f'CI requires torchvision for parity tests: {e}')
-    pytest.skip(f'torchvision is not installed: {e}')
-  torch.set_num_threads(1)
-  return torch
-
-
 @pytest.fixture(scope='module')
 def images(cifar_dir) -> np.ndarray:
-  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
-    data = pickle.load(f, encoding='latin1')['data'][200:200 + NUM_IMAGES]
-  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+  return real_test_images(cifar_dir, 200, NUM_IMAGES)
 
 
 def _nchw(torch, x):
@@ -58,7 +44,7 @@ _MANY = {name: jax.jit(jax.vmap(jax.vmap(fn, (0, None)), (None, 0)))
     ('hue', [-0.5, -0.4835, -0.2302, -0.05, 0.0, 0.0436, 0.137, 0.4128, 0.5]),
 ])
 def test_adjust_ops_match_torchvision_bit_for_bit(images, name, factors):
-  torch = _torch()
+  torch = require_torch()
   import torchvision.transforms.v2.functional as F  # pylint: disable=import-outside-toplevel
   fn = {'brightness': F.adjust_brightness, 'contrast': F.adjust_contrast,
         'saturation': F.adjust_saturation, 'hue': F.adjust_hue}[name]
@@ -71,7 +57,7 @@ def test_adjust_ops_match_torchvision_bit_for_bit(images, name, factors):
 
 def test_color_jitter_matches_torchvision_transform_given_order_and_factors(images):
   """v2.ColorJitter.transform with our permutation and factors as its params."""
-  torch = _torch()
+  torch = require_torch()
   from torchvision.transforms import v2  # pylint: disable=import-outside-toplevel
   strengths = (0.4, 0.5, 0.6, 0.1)
   u = jax.random.uniform(jax.random.key(0), (NUM_IMAGES, ph.JITTER_DRAWS))
@@ -88,7 +74,7 @@ def test_color_jitter_matches_torchvision_transform_given_order_and_factors(imag
 
 
 def test_jitter_draws_ranges_and_orders_match_torchvision():
-  _torch()
+  require_torch()
   from torchvision.transforms import v2  # pylint: disable=import-outside-toplevel
   strengths = (0.4, 1.5, 0.0, 0.1)
   t = v2.ColorJitter(*strengths)
@@ -118,7 +104,7 @@ def test_disabled_jitter_ops_are_skipped(images):
 # ----------------------------------------------------------------------------- blur
 
 def test_gaussian_kernel_matches_torchvision():
-  torch = _torch()
+  torch = require_torch()
   from torchvision.transforms.v2.functional import _misc  # pylint: disable=import-outside-toplevel
   for k, sigma in ((3, 0.1), (3, 1.3), (5, 0.7), (31, 2.0)):
     ref = _misc._get_gaussian_kernel1d(  # pylint: disable=protected-access
@@ -131,7 +117,7 @@ def test_gaussian_kernel_matches_torchvision():
 def test_gaussian_blur_matches_torchvision_within_a_level(images, kernel_size):
   """Taps summed in another order than torch's convolution: a level on a few pixels at most
   (measured: 99.995% exact)."""
-  torch = _torch()
+  torch = require_torch()
   import torchvision.transforms.v2.functional as F  # pylint: disable=import-outside-toplevel
   sigmas = np.asarray([0.1, 0.5, 1.0, 2.0], np.float32)
   blur = jax.jit(jax.vmap(jax.vmap(ph.gaussian_blur, (0, None, None)), (None, 0, None)),

@@ -2,36 +2,21 @@
 fallback run with its random calls answered from our draws), and the bilinear resize back."""
 
 import math
-import os
-import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import real_test_images, require_torch
 from jax_cifar import resized_crop as rc
 
 NUM_IMAGES = 64
 
 
-def _torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError as e:
-    if os.environ.get('CI'):
-      pytest.fail(f'CI requires torchvision for parity tests: {e}')
-    pytest.skip(f'torchvision is not installed: {e}')
-  torch.set_num_threads(1)
-  return torch
-
-
 @pytest.fixture(scope='module')
 def images(cifar_dir) -> np.ndarray:
-  with open(cifar_dir / 'cifar-100-python' / 'test', 'rb') as f:
-    data = pickle.load(f, encoding='latin1')['data'][300:300 + NUM_IMAGES]
-  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+  return real_test_images(cifar_dir, 300, NUM_IMAGES)
 
 
 def _torchvision_box(torch, transform, size, area_fractions, log_ratios, u_top, u_left):
@@ -61,7 +46,7 @@ def _torchvision_box(torch, transform, size, area_fractions, log_ratios, u_top, 
     ((24, 40), (0.9, 1.0), (1.0, 1.2)),  # wider than the ratio range: clamped fallback
 ])
 def test_crop_box_matches_torchvision_given_the_same_uniforms(size, scale, ratio):
-  torch = _torch()
+  torch = require_torch()
   from torchvision.transforms import v2  # pylint: disable=import-outside-toplevel
   n = 1500
   u = jax.random.uniform(jax.random.key(0), (n, rc.DRAWS))
@@ -88,7 +73,7 @@ def test_crop_box_matches_torchvision_given_the_same_uniforms(size, scale, ratio
 def test_resize_matches_torchvision_float_exactly_and_uint8_within_a_level(images):
   """torchvision's float bilinear resize: the same pixels (measured exact); its uint8 CPU
   kernel (RandomResizedCrop on uint8 tensors) is fixed-point: a level on ~15% of the pixels."""
-  torch = _torch()
+  torch = require_torch()
   import torchvision.transforms.v2.functional as F  # pylint: disable=import-outside-toplevel
   u = jax.random.uniform(jax.random.key(1), (NUM_IMAGES, rc.DRAWS))
   boxes = jax.vmap(lambda u: rc.crop_box(u, (32, 32), (0.08, 1.0), (3 / 4, 4 / 3)))(u)
