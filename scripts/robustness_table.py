@@ -3,13 +3,15 @@
   python scripts/robustness_table.py --data_dir $JAX_CIFAR_DATA_DIR --out runs/robustness \
       [--config configs/smoke.py] [--epochs 4] [--train_limit 10000] [--model resnet18 --width 8] \
       [--ood_limit 200] [--seeds 0] [--headline_seeds 0,1] [--rows report,augmix,...] \
-      [--tta_modes none,flip,shifts,bn_adapt,shifts+bn_adapt] [--set KEY=VALUE ...] [--skip_existing]
+      [--tta_modes none,flip,shifts,bn_adapt,shifts+bn_adapt] [--set KEY=VALUE ...]
+      [--skip_existing]
 
 Every row trains with the same data, steps and seed list; `best` is the row with the highest mean
 validation accuracy (never the test or OOD numbers), and gets --headline_seeds together with the
 report recipe, then every --tta_modes setting. The OOD set is jax_cifar.corrupt's 19 x 5 labelled
 distortions of the first --ood_limit TEST images: held out, never used for a choice. Writes
-OUT/results.json, OUT/table.md and OUT/severity.png; --skip_existing keeps finished runs/evaluations.
+OUT/results.json, OUT/table.md and OUT/severity.png; --skip_existing keeps finished runs and
+evaluations.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
-          'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0, 'augment.color_jitter_prob': 0.0,
+          'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
+          'augment.color_jitter_prob': 0.0,
           'augment.blur_prob': 0.0, 'augment.noise_prob': 0.0, 'ema.decay': 0.0,
           'ema.warmup_power': 0.0, 'checkpoint.best_weights': 'raw'}
 AUGMIX = {**REPORT, 'augment.augmix': True}
@@ -102,7 +105,7 @@ def run_logged(cmd: list[str], log_path: pathlib.Path) -> float:
 
 
 def val_numbers(workdir: pathlib.Path) -> dict:
-  """Best validation accuracy of the raw weights and of the EMA, and the last step, from metrics.jsonl."""
+  """Best validation accuracy of the raw weights and of the EMA, and the last step (metrics.jsonl)."""
   best, best_ema, step = None, None, 0
   for line in (workdir / 'metrics.jsonl').read_text().splitlines():
     rec = json.loads(line)
@@ -121,7 +124,8 @@ def train(args, run: str, seed: int) -> dict:
     return json.loads(record_path.read_text())
   workdir = out / 'train' / f'{run}_s{seed}'
   log(f'training {run} seed {seed} -> {workdir}')
-  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', args.config, '--workdir', str(workdir),
+  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', args.config,
+         '--workdir', str(workdir),
          *overrides(args, run, seed)]
   seconds = run_logged(cmd, out / 'logs' / f'train_{run}_s{seed}.log')
   record = {'run': run, 'seed': seed, 'train_seconds': seconds, **val_numbers(workdir)}
@@ -198,9 +202,11 @@ def _cell(values: list[float]) -> str:
 
 def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best: str,
              seed: int) -> str:
-  head = ('| row | what | seeds | val | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
+  head = ('| row | what | seeds | val | clean test | OOD mean '
+          '| sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
           '| train s |\n|' + ' --- |' * 12 + '\n')
-  lines = ['Training-time rows (test-time: none). Accuracy in %; with several seeds: mean (each seed).',
+  lines = ['Training-time rows (test-time: none). Accuracy in %; '
+           'with several seeds: mean (each seed).',
            '', head.rstrip('\n')]
   for row in rows:
     t = table.get(f'{row}|none')
@@ -224,30 +230,42 @@ def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best
   return '\n'.join(lines) + '\n'
 
 
-def plot(table: dict, rows: list[str], best: str, path: pathlib.Path, title: str) -> None:
-  """Accuracy against severity (0 = clean test), one line per row, best row's test-time tools dashed."""
+def plot(table: dict, evals: list[dict], rows: list[str], best: str, seed: int,
+         path: pathlib.Path, title: str) -> None:
+  """Accuracy against severity (0 = clean test). Left: the training rows (mean over seeds, bars =
+  the seeds' range). Right: the test-time tools on one seed of the best and report rows."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+  xs = np.arange(6)
   for row in rows:
-    t = table.get(f'{row}|none')
-    if t is not None:
-      ys = [100 * np.mean(t['test_accuracy'])] + [100 * v for v in t['ood_per_severity']]
-      ax.plot(range(6), ys, marker='o', label=f'{row} (n={len(t["seeds"])})')
-  for mode in ('shifts', 'bn_adapt', 'shifts+bn_adapt'):
-    t = table.get(f'{best}|{mode}')
-    if t is not None:
-      ys = [100 * t['test_accuracy'][0]] + [100 * v for v in t['ood_per_severity']]
-      ax.plot(range(6), ys, linestyle='--', marker='x', label=f'{best} + test-time {mode}')
-  ax.set_xticks(range(6), ['clean\n(test)', '1', '2', '3', '4', '5'])
-  ax.set_xlabel('corruption severity (mean over the 19 distortions)')
-  ax.set_ylabel('top-1 accuracy (%)')
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+    runs = sorted((e for e in evals if (e['row'], e['mode']) == (row, 'none')),
+                  key=lambda e: e['seed'])
+    if runs:
+      ys = 100 * np.array([[e['test_accuracy'], *e['ood_per_severity']] for e in runs])
+      mean = ys.mean(0)
+      err = None if len(runs) == 1 else [mean - ys.min(0), ys.max(0) - mean]
+      left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
+                    label=f'{row}{" (best on val)" if row == best else ""}, {len(runs)} seed(s)')
+  styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
+  for row, color in zip(dict.fromkeys([best, 'report']), ('tab:green', 'tab:blue')):
+    for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
+                    key=lambda e: TTA_MODES.index(e['mode'])):
+      ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])
+      right.plot(xs, ys, color=color, linestyle=styles[e['mode']], marker='o', markersize=3,
+                 label=f'{row}: {e["mode"]}')
+  for ax, sub in ((left, 'training-time recipes (test-time: none)'),
+                  (right, f'test-time tools (seed {seed}; bn_adapt uses the test images)')):
+    ax.set_xticks(xs, ['clean\n(test)', '1', '2', '3', '4', '5'])
+    ax.set_xlabel('corruption severity (mean over the 19 distortions)')
+    ax.set_title(sub, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  left.set_ylabel('top-1 accuracy (%)')
+  fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -330,7 +348,7 @@ def main(argv: list[str]) -> None:
       {'meta': meta, 'summary': table, 'train': [dict(v) for v in trains.values()],
        'evals': evals}, indent=2) + '\n')
   (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, headline[0]))
-  plot(table, rows, best, out / 'severity.png',
+  plot(table, evals, rows, best, headline[0], out / 'severity.png',
        f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)')
   log(f'wrote {out}/results.json, table.md, severity.png')
   print((out / 'table.md').read_text())
