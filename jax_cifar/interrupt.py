@@ -6,8 +6,9 @@ stop at the same point and none waits forever in a collective). The `Interrupted
 unwinds through the submission writer, which deletes its temporary file, so a stopped run leaves
 no CSV or the previous complete one. A second signal stops at once.
 
-`JAX_CIFAR_TEST_SIGNAL=EVENT:INDEX:SIGNAL` (e.g. `ood_file:3:SIGKILL`) makes the process send itself
-SIGNAL when `at_event(EVENT, INDEX)` is reached: tests place faults at exact points, not after sleeps.
+`JAX_CIFAR_TEST_SIGNAL=EVENT:INDEX:SIGNAL[:PROCESS]` (e.g. `ood_file:3:SIGKILL`, `train_step:3:SIGTERM:1`)
+makes the process (only JAX process PROCESS, if given) send itself SIGNAL when `at_event(EVENT, INDEX)`
+is reached: tests place faults at exact points, not after sleeps.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ FLAG = StopFlag()
 
 
 def at_event(event: str, index: int) -> None:
-  """Test hook: signals this process if $JAX_CIFAR_TEST_SIGNAL names this event and index."""
+  """Test hook: signals this process if $JAX_CIFAR_TEST_SIGNAL names this event and index (and,
+  with a fourth field `EVENT:INDEX:SIGNAL:PROCESS`, this JAX process index)."""
   spec = os.environ.get(TEST_HOOK_VAR)
   if not spec:
     return
-  want_event, want_index, name = spec.split(':')
+  want_event, want_index, name, *process = spec.split(':')
+  if process and int(process[0]) != jax.process_index():
+    return
   if want_event == event and int(want_index) == index:
     os.kill(os.getpid(), signal.Signals[name])

@@ -22,17 +22,15 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from jax_cifar.configs import smoke
-from jax_cifar import evaluate, optim, parallel, submission, tracking, trainer
+from jax_cifar import evaluate, interrupt, optim, parallel, submission, tracking, trainer
 from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -170,33 +168,15 @@ def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_
   assert (tmp_path / 'submission_2.csv').read_bytes() == (tmp_path / 'submission_1.csv').read_bytes()
 
 
-def _child_with_process_id(launcher_pid: int, process_id: int) -> int:
-  """PID of the launcher's child that runs JAX process `process_id` (read from its environment)."""
-  children = pathlib.Path(f'/proc/{launcher_pid}/task/{launcher_pid}/children').read_text().split()
-  for pid in map(int, children):
-    environ = pathlib.Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
-    if f'JAX_PROCESS_ID={process_id}'.encode() in environ:
-      return pid
-  raise AssertionError(f'no child of {launcher_pid} runs process {process_id}')
-
-
 def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar_dir):
   """Saving is collective: a signal to process 1 alone must stop process 0 after the same step."""
   workdir = tmp_path / 'run'
   overrides = {**_overrides(cifar_dir), 'train.num_epochs': 100, 'checkpoint.every_steps': 1000}
   cmd, env = _command('jax_cifar.train', ['--workdir', str(workdir)], overrides, processes=2)
-  proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  try:
-    deadline = time.time() + TIMEOUT
-    while not any('train_loss' in r for r in tracking.read_metrics(workdir)):  # Training runs.
-      assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-      time.sleep(0.5)
-    os.kill(_child_with_process_id(proc.pid, 1), signal.SIGTERM)
-    out = proc.communicate(timeout=TIMEOUT)[0]
-  finally:
-    if proc.poll() is None:
-      proc.kill()
+  env[interrupt.TEST_HOOK_VAR] = 'train_step:3:SIGTERM:1'  # Process 1 only, right after step 3.
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True, timeout=TIMEOUT, check=False)
+  out = proc.stdout
   assert proc.returncode == 75, out[-3000:]  # Both saved and exited with the preemption status.
   saved = {int(m.group(1)): (m.group(2), int(m.group(3))) for m in re.finditer(
       r'\[p(\d)\].*Received (SIGTERM|a signal on another process): saved step (\d+)', out)}
@@ -206,5 +186,5 @@ def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar
   step = saved[0][1]
   on_disk = sorted(int(d.name) for d in (workdir / 'checkpoints' / 'latest').iterdir()
                    if d.name.isdigit())
-  assert on_disk[-1] == step and step % 2 == 0  # The agreed step is a log step.
+  assert on_disk[-1] == step == 4  # Signalled after step 3; agreed at the next log step.
   assert [r['step'] for r in tracking.read_metrics(workdir) if 'train_loss' in r][-1] == step

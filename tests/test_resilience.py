@@ -81,6 +81,7 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_at_random_points_matches_uninterrupted_run(tmp_path, uninterrupted):
   workdir = tmp_path / 'killed'
   kill_steps = sorted(random.Random(1234).sample(range(2, 32), 3))  # Between and on checkpoints.
