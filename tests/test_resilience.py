@@ -124,7 +124,9 @@ def test_kill_inside_a_checkpoint_save_resumes_from_the_last_committed_step(
   assert not (folder / str(step)).exists()  # Never committed.
   committed = [int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
                if p.name.isdigit()]
-  assert committed and max(committed) < step + (3 if kind == 'best' else 0)
+  assert committed
+  if kind == 'latest':  # A 'latest' save waits for the previous one, so none came after it. A
+    assert max(committed) < step  # 'best' commit runs on its own thread: later 'latest' saves may.
   proc = _launch(workdir)
   assert proc.wait() == 0, _log(workdir)[-2000:]
   _assert_same_run(uninterrupted, workdir)
