@@ -29,6 +29,14 @@ def cifar_dir() -> pathlib.Path:
   return pathlib.Path(os.environ['JAX_CIFAR_DATA_DIR'])
 
 
+def require_module(name: str):
+  """Imports `name` (e.g. torch): skipped where absent, but under CI a missing module fails."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  if os.environ.get('CI'):
+    return importlib.import_module(name)
+  return pytest.importorskip(name)
+
+
 def require_torch():
   """torch (with torchvision) for parity tests: skipped where absent, a failure under CI."""
   try:

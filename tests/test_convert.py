@@ -1,7 +1,6 @@
 """torchvision -> Flax conversion: logits and BN updates match real torch; errors name keys."""
 
 import copy
-import importlib
 import importlib.util
 import os
 import subprocess
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import require_env_path
+from conftest import require_env_path, require_module
 
 from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
 from jax_cifar.models import create_model
@@ -26,15 +25,8 @@ WIDE_ARCHS = ('resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_r
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _require(module: str):
-  """Skips without torch locally, but under CI a missing torch must fail, not skip."""
-  if os.environ.get('CI'):
-    return importlib.import_module(module)
-  return pytest.importorskip(module)
-
-
-torch = _require('torch')
-torchvision = _require('torchvision')
+torch = require_module('torch')
+torchvision = require_module('torchvision')
 
 
 def _random_torch_resnet(arch: str, seed: int = 0):

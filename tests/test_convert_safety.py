@@ -2,7 +2,6 @@
 unsafely; --overwrite replaces only a previous converter output; a killed run leaves no partial
 output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
 
-import importlib
 import importlib.util
 import os
 import signal
@@ -13,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import require_module
 from jax_cifar import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,15 +20,8 @@ SCRIPT = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
 KILL_ENV = 'JAX_CIFAR_CONVERT_KILL_AT'  # test hook: the converter SIGKILLs itself at this point
 
 
-def _require(module: str):
-  """Skips without torch locally, but under CI a missing torch must fail, not skip."""
-  if os.environ.get('CI'):
-    return importlib.import_module(module)
-  return pytest.importorskip(module)
-
-
-torch = _require('torch')
-torchvision = _require('torchvision')
+torch = require_module('torch')
+torchvision = require_module('torchvision')
 
 
 @pytest.fixture(scope='module')
