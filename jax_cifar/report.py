@@ -218,6 +218,13 @@ def config_differences(runs: list[dict]) -> dict[str, list[str | None]]:
   return {k: v for k, v in values.items() if len(set(v)) > 1}
 
 
+def _config_cell(value: str | None) -> str:
+  """'-' for an absent key, a non-empty string without its JSON quotes, anything else as JSON."""
+  if value is None:
+    return '-'
+  return _cell(json.loads(value) if value.startswith('"') and value != '""' else value)
+
+
 def hyperparameter_table(runs: list[dict]) -> str:
   """Markdown: one row per differing hyper-parameter, one column per run ('-' = key absent)."""
   diffs = config_differences(runs)
@@ -228,8 +235,7 @@ def hyperparameter_table(runs: list[dict]) -> str:
   lines = ['| hyper-parameter | ' + ' | '.join(_cell(r['label']) for r in runs) + ' |',
            '| --- |' + ' --- |' * len(runs)]
   for key, vals in diffs.items():
-    lines.append(f'| {_cell(key)} | ' + ' | '.join('-' if v is None else _cell(v) for v in vals)
-                 + ' |')
+    lines.append(f'| {_cell(key)} | ' + ' | '.join(_config_cell(v) for v in vals) + ' |')
   return '\n'.join(lines) + '\n'
 
 

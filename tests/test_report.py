@@ -1,41 +1,80 @@
-"""Run reports: learning-curve figures and the markdown summary from run directories."""
+"""Run reports: figures, the markdown summary, stale-evaluation warnings and the CIFAR-100-C views,
+from small fake run directories (no training)."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
+import pytest
 
 from jax_cifar import report
+from jax_cifar.data import ood
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+BASE_CONFIG = {'model': {'name': 'resnet18', 'width': 16}, 'train': {'batch_size': 128},
+               'optim': {'lr': 0.1, 'schedule': 'cosine'}, 'seed': 0}
 
 
-def _fake_run(path, name_scale: float, test_accuracy=None):
-  path.mkdir()
+def _fake_run(path, name_scale: float, test_accuracy=None, config=None, lr=0.1):
+  """metrics.jsonl (100 steps, 50 per epoch, a torn last line), config.json, eval_best.json."""
+  path.mkdir(parents=True)
   rows = []
   for step in range(10, 110, 10):
     rows.append({'step': step, 'train_loss': 4.6 - name_scale * step / 50,
                  'train_accuracy': name_scale * step / 400, 'images_per_sec': 200.0,
-                 'epoch': step / 50})
+                 'epoch': step / 50, 'learning_rate': lr * (1 - step / 100)})
     if step % 50 == 0:
       rows.append({'step': step, 'val_loss': 4.5 - name_scale * step / 60,
                    'val_accuracy': name_scale * step / 500})
   (path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"torn')
-  (path / 'config.json').write_text(json.dumps(
-      {'model': {'name': 'resnet18', 'width': 16}, 'train': {'batch_size': 128}}))
+  (path / 'config.json').write_text(json.dumps(BASE_CONFIG if config is None else config))
   if test_accuracy is not None:
     (path / 'eval_best.json').write_text(json.dumps({'test_accuracy': test_accuracy,
                                                      'ood_accuracy': 0.1234}))
+  return path
 
 
-def test_report_draws_both_figures_and_a_summary_table(tmp_path):
-  _fake_run(tmp_path / 'small', 1.0, test_accuracy=0.1875)
-  _fake_run(tmp_path / 'large', 2.0)
+def _is_png(path) -> bool:
+  return pathlib.Path(path).read_bytes()[:8] == PNG_SIGNATURE and \
+      matplotlib.image.imread(path).ndim == 3
+
+
+def _section(md: str, heading: str) -> str:
+  return md.split(f'## {heading}\n', 1)[1].split('\n## ', 1)[0].split('![', 1)[0]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+  """Every matplotlib Figure the report saves, in order (still saved to disk)."""
+  saved, save = [], report._save  # pylint: disable=protected-access
+  monkeypatch.setattr(report, '_save', lambda fig, path: (saved.append(fig), save(fig, path)))
+  return saved
+
+
+def test_report_draws_three_figures_and_a_summary_table(tmp_path, figures):
+  _fake_run(tmp_path / 'small', 1.0, test_accuracy=0.1875, lr=0.1)
+  _fake_run(tmp_path / 'large', 2.0, lr=0.4)
   out = tmp_path / 'report'
   assert report.main([str(tmp_path / 'small'), str(tmp_path / 'large'), '--out', str(out)]) == 0
-  for png in ('figure1_loss.png', 'figure2_accuracy.png'):
+  for png in ('figure1_loss.png', 'figure2_accuracy.png', 'figure3_learning_rate.png'):
+    assert _is_png(out / png)
     img = matplotlib.image.imread(out / png)
     assert img.shape[0] > 300 and img.shape[1] > 500
     assert np.std(img[..., :3]) > 0.05  # Something was drawn.
+  # Figure 3: one line per run, x in epochs (50 steps each), y the logged learning rate.
+  lr_ax = figures[2].axes[0]
+  assert lr_ax.get_xlabel() == 'epoch'
+  lines = {l.get_label(): l for l in lr_ax.get_lines()}
+  assert sorted(lines) == ['large', 'small']
+  np.testing.assert_allclose(lines['small'].get_xdata(), np.arange(10, 110, 10) / 50)
+  np.testing.assert_allclose(lines['large'].get_ydata(), 0.4 * (1 - np.arange(10, 110, 10) / 100))
+  assert lines['small'].get_color() != lines['large'].get_color()
   md = (out / 'summary.md').read_text()
+  assert '![Figure 3](figure3_learning_rate.png)' in md
   lines = [l for l in md.splitlines() if l.startswith('| small') or l.startswith('| large')]
   assert len(lines) == 2
   small, large = lines
@@ -44,19 +83,166 @@ def test_report_draws_both_figures_and_a_summary_table(tmp_path):
   assert '40.00%' in large and large.count('| - |') >= 2  # No eval JSON: test and OOD unknown.
   # 100 steps x 128 images at 200 images/s = 64 s of training.
   assert '1.1 min' in small
+  assert 'Every run has the same config.json.' in md
 
 
-def test_report_on_a_folder_without_metrics_fails_cleanly(tmp_path, capsys):
-  assert report.main([str(tmp_path), '--out', str(tmp_path / 'out')]) == 1
-  assert 'metrics.jsonl' in capsys.readouterr().err
+def test_no_learning_rate_logged_means_no_figure3(tmp_path):
+  run = _fake_run(tmp_path / 'run', 1.0)
+  rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  (run / 'metrics.jsonl').write_text(
+      ''.join(json.dumps({k: v for k, v in r.items() if k != 'learning_rate'}) + '\n' for r in rows))
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'figure3_learning_rate.png').write_bytes(b'old')  # From an earlier report.
+  assert report.main([str(run), '--out', str(out)]) == 0
+  assert not (out / 'figure3_learning_rate.png').exists()
+  assert 'no Figure 3' in (out / 'summary.md').read_text()
 
 
-def test_confusion_and_corruption_figures(tmp_path):
+def test_hyperparameter_table_lists_only_what_differs(tmp_path):
+  a = {**BASE_CONFIG, 'optim': {'lr': 0.1, 'schedule': 'cosine', 'name': 'sgd'},
+       'augment': {'mixup_alpha': 0.2}}
+  b = {**BASE_CONFIG, 'optim': {'lr': 0.003, 'schedule': 'cosine', 'name': 'adam|w'}, 'seed': 1}
+  _fake_run(tmp_path / 'a', 1.0, config=a)
+  _fake_run(tmp_path / 'b', 1.0, config=b)
+  out = tmp_path / 'out'
+  assert report.main([str(tmp_path / 'a'), str(tmp_path / 'b'), '--out', str(out)]) == 0
+  table = _section((out / 'summary.md').read_text(), 'Hyper-parameters that differ')
+  rows = {l.split(' | ')[0].strip('| '): l for l in table.splitlines() if l.startswith('| ')}
+  assert table.strip().splitlines()[0] == '| hyper-parameter | a | b |'
+  assert set(rows) == {'hyper-parameter', '---', 'augment.mixup_alpha', 'optim.lr', 'optim.name',
+                       'seed'}
+  assert rows['optim.name'] == '| optim.name | sgd | adam\\|w |'  # A '|' would split the cell.
+  assert rows['optim.lr'] == '| optim.lr | 0.1 | 0.003 |'
+  assert rows['augment.mixup_alpha'] == '| augment.mixup_alpha | 0.2 | - |'  # Absent in b.
+  assert rows['seed'] == '| seed | 0 | 1 |'
+  for same in ('optim.schedule', 'model.name', 'model.width', 'train.batch_size'):
+    assert same not in table
+
+
+def test_runs_in_same_named_folders_get_distinct_labels(tmp_path, figures):
+  dirs = [_fake_run(tmp_path / 'a' / 'run', 1.0), _fake_run(tmp_path / 'b' / 'run', 2.0),
+          _fake_run(tmp_path / 'c', 1.5)]
+  out = tmp_path / 'out'
+  assert report.main([str(d) for d in dirs] + ['--out', str(out)]) == 0
+  md = (out / 'summary.md').read_text()
+  assert '| a/run |' in md and '| b/run |' in md and '| c |' in md
+  legend = [l.get_label() for l in figures[0].axes[0].get_lines()]
+  assert legend == ['a/run train', 'a/run val', 'b/run train', 'b/run val', 'c train', 'c val']
+  assert report.unique_labels([tmp_path / 'a/x/run', tmp_path / 'b/x/run']) == ['a/x/run', 'b/x/run']
+
+
+def test_every_run_gets_its_own_colour():
+  for n in (1, 10, 11, 20, 25):
+    colors = report.run_colors(n)
+    assert len(colors) == n and len(set(colors)) == n
+
+
+def _best_checkpoint(run, step: int, mtime: float):
+  folder = run / 'checkpoints' / 'best' / str(step)
+  folder.mkdir(parents=True)
+  (folder / 'commit_success.txt').write_text('done')
+  os.utime(folder / 'commit_success.txt', (mtime, mtime))
+  os.utime(folder, (mtime, mtime))
+
+
+@pytest.mark.parametrize('eval_after_checkpoint', [False, True])
+def test_an_evaluation_older_than_the_best_checkpoint_is_flagged(tmp_path, capsys,
+                                                               eval_after_checkpoint):
+  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  (run / 'checkpoints' / 'best' / '100.orbax-checkpoint-tmp-1').mkdir(parents=True)  # Ignored.
+  _best_checkpoint(run, 50, 1_000_000)
+  _best_checkpoint(run, 100, 2_000_000)  # The newest best checkpoint.
+  eval_time = 2_000_100 if eval_after_checkpoint else 1_999_900
+  os.utime(run / 'eval_best.json', (eval_time, eval_time))
+  out = tmp_path / 'out'
+  assert report.main([str(run), '--out', str(out)]) == 0
+  err = capsys.readouterr().err
+  md = (out / 'summary.md').read_text()
+  warnings = [l for l in err.splitlines() if l.startswith('warning:')]
+  if eval_after_checkpoint:
+    assert not warnings and '## Warnings' not in md
+  else:
+    assert len(warnings) == 1
+    assert 'eval_best.json' in warnings[0] and 'checkpoints/best/100' in warnings[0]
+    assert warnings[0][len('warning: '):] in _section(md, 'Warnings')
+
+
+@pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
+def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
+  if make == 'twice':
+    run = _fake_run(tmp_path / 'run', 1.0)
+    (tmp_path / 'x').mkdir()
+    argv, expected = [str(run), str(tmp_path / 'x' / '..' / 'run')], 'same run'
+  else:
+    argv = [str(tmp_path / ('nowhere' if make == 'missing' else ''))]
+    expected = 'no such folder' if make == 'missing' else 'metrics.jsonl'
+  assert report.main(argv + ['--out', str(tmp_path / 'out')]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0]
+  assert not (tmp_path / 'out').exists()
+
+
+def _corruption_table(names, seed=0):
+  rng = np.random.default_rng(seed)
+  return {n: [float(x) for x in rng.uniform(0.05, 0.95, ood.SEVERITIES)] for n in names}
+
+
+def test_corruption_heatmap_and_text_name_both_means(tmp_path, figures):
+  table = _corruption_table(ood.CORRUPTIONS)  # The 15 standard ones and the 4 extras.
+  standard = np.mean([table[n] for n in ood.STANDARD_CORRUPTIONS])
+  everything = np.mean(list(table.values()))
+  assert abs(standard - everything) > 1e-3  # The two means are told apart below.
+  means = report.plot_corruption_heatmap(table, tmp_path / 'c.png', run_name='runs/r50')
+  assert _is_png(tmp_path / 'c.png')
+  np.testing.assert_allclose([means['standard'], means['all']], [standard, everything], rtol=1e-12)
+  ax = figures[0].axes[0]
+  assert ax.images[0].get_clim() == (0, 100)  # Fixed scale, whatever the data's range.
+  title = ax.get_title()
+  assert 'runs/r50' in title and '(%)' in title
+  assert f'standard mean (15 corruptions): {100 * standard:.2f}%' in title
+  assert f'all-corruption mean (19 corruptions): {100 * everything:.2f}%' in title
+  assert figures[0].axes[1].get_ylabel() == 'top-1 accuracy (%)'  # The colour bar.
+  assert ax.texts[0].get_text() == f'{100 * table["gaussian_noise"][0]:.1f}'  # Cells in percent.
+
+  text = report.corruption_table_text(table, 'runs/r50')
+  assert f'standard mean (15 corruptions): {100 * standard:.2f}%' in text
+  assert f'all-corruption mean (19 corruptions): {100 * everything:.2f}%' in text
+  fog = next(l for l in text.splitlines() if l.startswith('fog '))
+  np.testing.assert_allclose([float(x) for x in fog.split()[1:]],
+                             100 * np.r_[table['fog'], np.mean(table['fog'])], atol=0.006)
+  assert any(l.startswith('spatter *') for l in text.splitlines())  # An extra is marked.
+
+
+def test_the_standard_mean_needs_all_15(tmp_path):
+  table = _corruption_table(ood.STANDARD_CORRUPTIONS[:3])
+  text = report.corruption_table_text(table)
+  assert 'standard mean (15 corruptions): n/a (only 3 of the 15' in text
+  assert f'all-corruption mean (3 corruptions): {100 * np.mean(list(table.values())):.2f}%' in text
+  assert report.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r')['standard'] is None
+
+
+def test_confusion_figure(tmp_path):
   rng = np.random.default_rng(0)
   cm = rng.integers(0, 5, (100, 100)) + np.eye(100, dtype=int) * 40
   report.plot_confusion(cm, tmp_path / 'cm.png', 'test', np.arange(100) % 20,
                         [f'super{i}' for i in range(20)])
-  report.plot_corruption_heatmap({'fog': [0.5, 0.4, 0.3, 0.2, 0.1], 'snow': [0.6] * 5},
-                                 tmp_path / 'c.png', 'CIFAR-100-C')
-  for png in ('cm.png', 'c.png'):
-    assert matplotlib.image.imread(tmp_path / png).ndim == 3
+  assert _is_png(tmp_path / 'cm.png')
+
+
+def test_importing_and_drawing_leave_the_matplotlib_backend_alone(tmp_path):
+  _fake_run(tmp_path / 'run', 1.0)
+  code = (
+      'import sys\n'
+      'import jax_cifar.report as report\n'
+      'assert "matplotlib" not in sys.modules and "matplotlib.pyplot" not in sys.modules\n'
+      f'report.write_report([{str(tmp_path / "run")!r}], {str(tmp_path / "out")!r})\n'
+      'import matplotlib\n'
+      'assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"\n'
+      'print(matplotlib.get_backend())\n')
+  env = {**os.environ, 'MPLBACKEND': 'svg', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == 'svg'  # Not switched to Agg.
+  assert _is_png(tmp_path / 'out' / 'figure1_loss.png')
