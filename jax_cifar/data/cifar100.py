@@ -285,14 +285,34 @@ def class_names(data_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
     raise DataError(f'{folder / "meta"}: missing key {e}') from None
 
 
+def _tfds_order(records: list[dict[str, Any]], where: str) -> np.ndarray:
+  """Indices sorting tfds records into the official files' order, from their ids ('train_00042')."""
+  ids = [r['id'].decode() if isinstance(r['id'], bytes) else str(r['id']) for r in records]
+  try:
+    index = np.asarray([int(i.rsplit('_', 1)[1]) for i in ids], np.int64)
+  except (IndexError, ValueError):
+    raise DataError(f'tfds cifar100 in {where}: unexpected example ids such as {ids[0]!r}') from None
+  order = np.argsort(index, kind='stable')
+  if not np.array_equal(index[order], np.arange(len(index))):
+    raise DataError(f'tfds cifar100 in {where}: example ids are not 0..{len(index) - 1} (a partial '
+                    'or foreign build); rebuild it')
+  return order
+
+
 def load_tfds(split: str, data_dir: str = '') -> Split:
-  """Reads an already prepared (array_record) tfds `cifar100`; never downloads."""
+  """Reads an already prepared (array_record) tfds `cifar100`; never downloads.
+
+  tfds stores examples in a hash-shuffled order; they come back in the official files' order (by
+  `id`), which is the pickles' order, so splits and subsets match `source='local'`.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
   where = data_dir or '~/tensorflow_datasets'
   hint = (
-      f'tfds cifar100 is not prepared as array_record in {where}: run `tfds build cifar100 '
-      f'--file_format=array_record --data_dir={where}` where there is internet'
+      f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
+      f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
+      f'--file_format=array_record` without apache-beam; needs tensorflow; online, or offline with '
+      f'--manual_dir=DIR holding cifar-100-binary.tar.gz)'
   )
   try:
     builder = tfds.builder('cifar100', data_dir=data_dir or None)
@@ -304,6 +324,7 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     raise
   except Exception as e:
     raise DataError(f'{hint} ({type(e).__name__}: {e})') from None
+  records = [records[i] for i in _tfds_order(records, where)]
   images = np.zeros((len(records), 32, 32, 3), np.uint8)
   for i, record in enumerate(records):
     images[i] = record['image']

@@ -1,0 +1,66 @@
+"""Builds tfds `cifar100` as array_record (what data.source=tfds reads), online or from a file.
+
+  python -m jax_cifar.data.prepare_tfds --data_dir ~/tensorflow_datasets [--manual_dir DIR]
+
+With --manual_dir, DIR holds the official cifar-100-binary.tar.gz (tfds checks its sha256) and
+nothing is downloaded. Building needs tensorflow (`pip install tensorflow-cpu`); reading does not.
+`tfds build` does the same, but in tensorflow-datasets 4.9.10 it also needs apache-beam to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+
+from jax_cifar.data import cifar100
+
+ARCHIVE = 'cifar-100-binary.tar.gz'
+URL = 'https://www.cs.toronto.edu/~kriz/' + ARCHIVE
+
+
+def prepare(data_dir: str, manual_dir: str = '') -> str:
+  """Builds cifar100 into `data_dir` (a folder or gs:// path); returns the dataset's folder.
+
+  Reads `manual_dir`/cifar-100-binary.tar.gz when given; an already built dataset is kept.
+  """
+  if '://' not in data_dir:  # pathlib would turn gs://b into gs:/b
+    data_dir = str(pathlib.Path(data_dir).expanduser())
+  if manual_dir:
+    manual_dir = str(pathlib.Path(manual_dir).expanduser())
+    if not (pathlib.Path(manual_dir) / ARCHIVE).is_file():  # else tfds would silently download
+      raise cifar100.DataError(f'{manual_dir}: no {ARCHIVE} here (download {URL} into it)')
+  if importlib.util.find_spec('tensorflow') is None:  # tfds extracts and encodes with it
+    raise cifar100.DataError('building tfds cifar100 needs tensorflow: pip install tensorflow-cpu '
+                             '(reading it with data.source=tfds does not)')
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download import download_manager
+  # pylint: enable=g-import-not-at-top
+
+  builder = tfds.builder('cifar100', data_dir=data_dir)
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, try_download_gcs=False)
+  try:
+    builder.download_and_prepare(file_format='array_record', download_config=config)
+  except download_manager.NonMatchingChecksumError as e:
+    found = ' '.join(str(e).split('To debug')[0].split())
+    raise cifar100.DataError(f'{manual_dir or URL}: not the official {ARCHIVE} ({found})') from None
+  return str(builder.data_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--data_dir', required=True, help='tfds data_dir (data.tfds_data_dir)')
+  parser.add_argument('--manual_dir', default='', help=f'folder holding {ARCHIVE}; no download')
+  args = parser.parse_args(argv)
+  try:
+    print(prepare(args.data_dir, args.manual_dir))
+  except cifar100.DataError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

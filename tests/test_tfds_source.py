@@ -1,0 +1,179 @@
+"""data.source=tfds end to end: a real tfds cifar100 built offline, read as the pickles read.
+
+The archive is the official binary layout (per record: coarse label byte, fine label byte, 3072 CHW
+pixel bytes) holding the first images of the real pickles; tfds builds it from its manual_dir in
+a subprocess (tests/_build_tfds_offline.py) that refuses every network call. Only its size/sha256
+differ from the official file, so that script registers those with tfds.
+"""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from _build_tfds_offline import no_network
+from conftest import require_module
+
+from jax_cifar.configs import default
+from jax_cifar.data import cifar100, prepare_tfds
+
+N_TRAIN, N_TEST = 200, 100
+
+# tensorflow hidden as if not installed (find_spec -> None): reading works, building says why not.
+_READ_WITHOUT_TF = '''
+import sys
+import numpy as np
+
+class Hide:
+  def __init__(self, finder):
+    self.finder = finder
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] == 'tensorflow':
+      return None
+    return self.finder.find_spec(name, path, target)
+  def invalidate_caches(self):
+    getattr(self.finder, 'invalidate_caches', lambda: None)()
+
+sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+from jax_cifar.data import cifar100
+split = cifar100.load_tfds('test', sys.argv[1])
+assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow'], 'tensorflow was imported'
+np.savez(sys.argv[2], images=split.images, labels=split.labels, coarse=split.coarse_labels)
+from jax_cifar.data import prepare_tfds
+try:
+  prepare_tfds.prepare(sys.argv[2] + '.tfds')
+except cifar100.DataError as e:
+  assert 'building tfds cifar100 needs tensorflow: pip install tensorflow-cpu' in str(e), e
+else:
+  raise AssertionError('prepare ran without tensorflow')
+'''
+
+
+def _records(pickle_path: pathlib.Path, n: int) -> bytes:
+  raw = cifar100.read_pickle(pickle_path)
+  coarse = np.asarray(raw['coarse_labels'][:n], np.uint8)[:, None]
+  fine = np.asarray(raw['fine_labels'][:n], np.uint8)[:, None]
+  return np.concatenate([coarse, fine, raw['data'][:n]], axis=1).tobytes()
+
+
+def write_binary_archive(pickles: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+  """cifar-100-binary.tar.gz in the official layout, from the first images of each pickle."""
+  fine, coarse = cifar100.class_names(pickles.parent)
+  members = {
+      'train.bin': _records(pickles / 'train', N_TRAIN),
+      'test.bin': _records(pickles / 'test', N_TEST),
+      'fine_label_names.txt': ('\n'.join(fine) + '\n').encode(),
+      'coarse_label_names.txt': ('\n'.join(coarse) + '\n').encode(),
+  }
+  archive = out / prepare_tfds.ARCHIVE
+  with tarfile.open(archive, 'w:gz') as tar:
+    for name, data in members.items():
+      info = tarfile.TarInfo('cifar-100-binary/' + name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  return archive
+
+
+@pytest.fixture(scope='module')
+def manual_dir(cifar_dir, tmp_path_factory) -> pathlib.Path:
+  folder = tmp_path_factory.mktemp('manual')
+  write_binary_archive(cifar_dir / 'cifar-100-python', folder)
+  return folder
+
+
+def build_offline(data_dir: pathlib.Path, manual: pathlib.Path, *flags: str) -> dict:
+  """prepare_tfds.prepare in a fresh process with the network refused: its JSON result."""
+  require_module('tensorflow')  # tfds needs it to extract and encode; reading does not
+  require_module('tensorflow_datasets')
+  script = pathlib.Path(__file__).with_name('_build_tfds_offline.py')
+  result = subprocess.run([sys.executable, str(script), str(data_dir), str(manual), *flags],
+                          env=_env(), capture_output=True, text=True, timeout=300, check=False)
+  lines = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')]
+  assert result.returncode == 0 and lines, result.stderr[-3000:]
+  return json.loads(lines[-1][len('RESULT '):])
+
+
+def _env() -> dict:
+  paths = [str(pathlib.Path(__file__).parents[1]), os.environ.get('PYTHONPATH', '')]
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(manual_dir, tmp_path_factory) -> pathlib.Path:
+  """tfds cifar100 built by prepare_tfds from manual_dir, with every network call refused."""
+  data_dir = tmp_path_factory.mktemp('tfds')
+  result = build_offline(data_dir, manual_dir, '--register_archive')
+  assert result == {'built': str(data_dir / 'cifar100' / '3.0.2'), 'error': None,
+                    'network_attempts': []}
+  built = pathlib.Path(result['built'])
+  assert sorted(p.name for p in built.glob('*.array_record*')) == [
+      'cifar100-test.array_record-00000-of-00001', 'cifar100-train.array_record-00000-of-00001']
+  return data_dir
+
+
+def test_tfds_source_gives_the_pickles_images_and_labels_in_file_order(cifar_dir, tfds_dir):
+  cfg = default.get_config().data
+  cfg.update(source='tfds', tfds_data_dir=str(tfds_dir), val_fraction=0.0)
+  splits = cifar100.get_splits(cfg)
+  assert splits['val'] is None
+  for name, n in (('train', N_TRAIN), ('test', N_TEST)):
+    local = cifar100.load_split(cifar_dir, name, download=False).subset(np.arange(n))
+    got = splits[name]
+    assert got.images.dtype == np.uint8 and got.images.shape == (n, 32, 32, 3)
+    np.testing.assert_array_equal(got.images, local.images)
+    np.testing.assert_array_equal(got.labels, local.labels)
+    np.testing.assert_array_equal(got.coarse_labels, local.coarse_labels)
+    assert got.labels.dtype == got.coarse_labels.dtype == np.int32
+
+
+def test_tfds_source_holds_out_the_same_validation_images_as_local(cifar_dir, tfds_dir):
+  cfg = default.get_config().data
+  cfg.update(source='tfds', tfds_data_dir=str(tfds_dir), val_fraction=0.5, split_seed=3)
+  splits = cifar100.get_splits(cfg)
+  local = cifar100.load_split(cifar_dir, 'train', download=False).subset(np.arange(N_TRAIN))
+  train_idx, val_idx = cifar100.stratified_split(local.labels, 0.5, seed=3)
+  assert len(val_idx) > 0
+  np.testing.assert_array_equal(splits['val'].images, local.images[val_idx])
+  np.testing.assert_array_equal(splits['train'].labels, local.labels[train_idx])
+
+
+def test_reading_the_tfds_source_needs_no_tensorflow(cifar_dir, tfds_dir, tmp_path):
+  out = tmp_path / 'read.npz'
+  result = subprocess.run([sys.executable, '-c', _READ_WITHOUT_TF, str(tfds_dir), str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  local = cifar100.load_split(cifar_dir, 'test', download=False).subset(np.arange(N_TEST))
+  with np.load(out) as read:
+    np.testing.assert_array_equal(read['images'], local.images)
+    np.testing.assert_array_equal(read['labels'], local.labels)
+    np.testing.assert_array_equal(read['coarse'], local.coarse_labels)
+
+
+def test_prepare_refuses_an_unofficial_archive_without_downloading(manual_dir, tmp_path):
+  result = build_offline(tmp_path / 'tfds', manual_dir)  # tfds's own checksum of the real file
+  assert result['built'] is None and result['network_attempts'] == []
+  assert 'not the official cifar-100-binary.tar.gz' in result['error']
+  assert '58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec' in result['error']
+  assert '\n' not in result['error']
+  assert not list((tmp_path / 'tfds').glob('cifar100/*/*.array_record*'))
+
+
+def test_prepare_with_an_empty_manual_dir_is_an_error_not_a_download(tmp_path):
+  with no_network() as attempts, pytest.raises(cifar100.DataError) as error:
+    prepare_tfds.prepare(str(tmp_path / 'tfds'), str(tmp_path))
+  assert attempts == []
+  assert f'{tmp_path}: no cifar-100-binary.tar.gz here' in str(error.value)
+  assert not (tmp_path / 'tfds').exists()
+
+
+def test_prepare_command_line_prints_one_error_line_and_fails(tmp_path, capsys):
+  with no_network() as attempts:
+    code = prepare_tfds.main(['--data_dir', str(tmp_path / 'tfds'), '--manual_dir', str(tmp_path)])
+  assert code == 1 and attempts == []
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1 and 'cifar-100-binary.tar.gz' in err
