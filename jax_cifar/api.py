@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -15,21 +14,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import augment, checkpoints, config_validation, optim, parallel, workdir
+from jax_cifar import augment, workdir
+from jax_cifar import state as state_lib
 
 
 def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run was (last) launched with, from WORKDIR/config.json, validated."""
-  path = pathlib.Path(run_dir) / workdir.CONFIG_FILE
-  if not path.exists():
-    raise checkpoints.CheckpointError(f'{path} not found: is {run_dir} a jax-cifar run directory?')
-  raw = json.loads(path.read_text())
-  for section in raw.values():  # JSON has no tuples; the defaults' tuple-valued keys want them.
-    if isinstance(section, dict):
-      section.update({k: tuple(v) for k, v in section.items() if isinstance(v, list)})
-  config = ml_collections.ConfigDict(raw)
-  config_validation.validate(config)
-  return config
+  return workdir.run_config(run_dir)
 
 
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
@@ -39,19 +30,11 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0).
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
-  from jax_cifar import trainer  # pylint: disable=g-import-not-at-top  (the loop: only its state)
   if checkpoint not in ('best', 'latest') or weights not in ('raw', 'ema'):
     raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw' or 'ema', got "
                      f'{checkpoint!r}, {weights!r}')
   config = run_config(run_dir)
-  target_config = config.copy_and_resolve_references()
-  target_config.model.pretrained = ''  # The checkpoint holds every weight already.
-  tx, _ = optim.make_optimizer(target_config.optim, total_steps=1, steps_per_epoch=1)
-  target, graphdef = trainer.init_state(target_config, tx, parallel.make_mesh())
-  restored = checkpoints.Checkpoints(run_dir, create=False).restore(checkpoint, target)
-  if restored is None:
-    raise checkpoints.CheckpointError(f'no {checkpoint!r} checkpoint in {run_dir}/checkpoints')
-  state = restored[0]
+  state, graphdef, _ = state_lib.restore(config, run_dir, checkpoint)
   if weights == 'ema':
     if state.ema_params is None:
       raise ValueError(f'{run_dir} was trained without an EMA (ema.decay = 0)')

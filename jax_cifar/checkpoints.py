@@ -143,19 +143,12 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     damaged = []
     for step in steps:
-      missing = [f for f in _REQUIRED_FILES if not (manager.directory / str(step) / f).exists()]
-      if missing:
-        damaged.append(f'step {step} (missing {", ".join(missing)})')
-        continue
       try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure.
-        raise CheckpointError(
-            f'checkpoint {manager.directory}/{step} does not match this config\'s model or '
-            f'optimizer (a different model.name/width/num_classes?): {str(e).splitlines()[0]}'
-        ) from e
-      except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
-        damaged.append(f'step {step} ({_root_cause(e)})')
+        restored = _restore_step(
+            manager.directory / str(step),
+            lambda step=step: manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+      except _Damaged as e:
+        damaged.append(f'step {step} ({e})')
         continue
       if damaged:
         logging.warning('Damaged checkpoint %s in %s, kept as it is; restored step %d instead.',
@@ -173,3 +166,39 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+class _Damaged(Exception):
+  """A step folder whose files are missing or unreadable (the message says which)."""
+
+
+def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
+  """Runs `restore_fn` for one step folder, sorting failures: _Damaged (missing or unreadable
+  files) or CheckpointError (complete files of another model/optimizer structure)."""
+  missing = [f for f in _REQUIRED_FILES if not (step_dir / f).exists()]
+  if missing:
+    raise _Damaged(f'missing {", ".join(missing)}')
+  try:
+    return restore_fn()
+  except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure.
+    raise CheckpointError(
+        f'checkpoint {step_dir} does not match this config\'s model or optimizer (a different '
+        f'model.name/width/num_classes?): {str(e).splitlines()[0]}') from e
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
+    raise _Damaged(_root_cause(e)) from e
+
+
+def restore_path(path: str | pathlib.Path, target: Any) -> Any:
+  """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
+  into the structure of `target`, with the same damage and mismatch checks as a run's steps."""
+  path = pathlib.Path(path).absolute()
+  step_dir = path.parent if path.name == 'default' else path
+  if not step_dir.is_dir():
+    raise CheckpointError(f'checkpoint path {path} does not exist (give a step folder, e.g. '
+                          'WORKDIR/checkpoints/best/12)')
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(
+        step_dir / 'default', abstract))
+  except _Damaged as e:
+    raise CheckpointError(f'damaged checkpoint {step_dir}: {e} (nothing was deleted)') from e

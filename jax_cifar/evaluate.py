@@ -34,26 +34,20 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 
 # pylint: disable=wrong-import-position
 import contextlib
-import dataclasses
-import functools
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import bn_adapt, checkpoints, cli, config_validation, errors, interrupt
-from jax_cifar import metrics_lib, optim
-from jax_cifar import parallel, report, submission, trainer, tta
-from jax_cifar.data import cifar100, ood, pipeline
-from jax_cifar.train_step import predict_step
+from jax_cifar import cli, config_validation, errors, inference, interrupt, metrics_lib
+from jax_cifar import parallel, report, submission, tta
+from jax_cifar.data import cifar100, ood
+from jax_cifar.inference import Predictor
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.', lock_config=True)
@@ -76,134 +70,6 @@ flags.DEFINE_string('cifar100c_dir', None, 'CIFAR-100-C folder: <corruption>.npy
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def restore_state(config, workdir: str, which: str, mesh):
-  """(state, graphdef, step) from the run's 'best'/'latest' checkpoint or a step folder path."""
-  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)  # Structure only.
-  target, graphdef = trainer.init_state(config, tx, mesh)
-  if which in ('best', 'latest'):
-    ckpts = checkpoints.Checkpoints(workdir, create=False)
-    restored = ckpts.restore(which, target)
-    if restored is None:
-      raise checkpoints.CheckpointError(f'no {which!r} checkpoint in {workdir}/checkpoints')
-    return restored[0], graphdef, restored[1]
-  path = pathlib.Path(which).absolute()
-  item = path / 'default' if (path / 'default').exists() else path
-  if not item.exists():
-    raise checkpoints.CheckpointError(f'checkpoint path {path} does not exist')
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  state = ocp.StandardCheckpointer().restore(item, abstract)
-  return state, graphdef, int(state.step)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batched, sharded inference over any uint8 [N, 32, 32, 3] array (memory maps included)
-# ---------------------------------------------------------------------------------------------
-def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: str,
-               labels_only: bool) -> jax.Array:
-  def one_view(images):
-    return jax.nn.log_softmax(predict_step(params, batch_stats, images, graphdef=graphdef,
-                                           config=config))
-
-  log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode)
-  return jnp.argmax(log_p, -1).astype(jnp.int32) if labels_only else log_p
-
-
-def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
-                 labels_only: bool = False):
-  """Jitted (params, batch_stats, batch) -> log-probabilities [B, C] (or argmax labels [B]).
-
-  The batch is sharded over the 'data' axis; the output is replicated, so every process can read
-  all of it (process 0 writes the files). `tta_flip=True` is the old spelling of tta_mode='flip'.
-  """
-  tta_mode = resolve_tta(tta_mode, tta_flip)
-  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_mode=tta_mode,
-                         labels_only=labels_only)
-  return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=repl)
-
-
-def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
-  """The TTA mode from --tta and its old alias --tta_flip (which may only agree with it)."""
-  if tta_mode not in tta.MODES:
-    raise ValueError(f'--tta must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
-  if tta_flip and tta_mode not in ('none', 'flip'):
-    raise ValueError(f'--tta_flip (= --tta flip) contradicts --tta {tta_mode}; give only --tta')
-  return 'flip' if tta_flip else tta_mode
-
-
-@dataclasses.dataclass
-class Predictor:
-  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter."""
-  state: Any
-  mesh: Any
-  batch_size: int
-  log_probs_fn: Any
-  labels_fn: Any
-  adapter: bn_adapt.BNAdapter | None = None
-
-  def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
-          chunk: int | None = None) -> np.ndarray:
-    """Predictions for every row of `images`, one progress bar. With BN adaptation, each block of
-    `chunk` rows (default: all) is predicted with statistics re-estimated on that block alone."""
-    chunk = chunk or len(images)
-    passes = 2 if self.adapter else 1
-    outs = []
-    with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
-                   mininterval=1.0, disable=jax.process_index() != 0) as bar:
-      for start in range(0, len(images), chunk):
-        interrupt.FLAG.check(collective=True)
-        part = images[start:start + chunk]
-        stats = self.state.batch_stats  # Every chunk starts from the checkpoint's statistics.
-        if self.adapter:
-          stats = self.adapter.adapt(self.state.params, stats, part, progress=bar.update,
-                                     check=interrupt.FLAG.check)
-        outs.append(self._predict(part, stats, labels_only, bar))
-    return np.concatenate(outs)
-
-  def _predict(self, images: np.ndarray, batch_stats, labels_only: bool, bar) -> np.ndarray:
-    """The padded rows of the last batch are dropped."""
-    fn = self.labels_fn if labels_only else self.log_probs_fn
-    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
-    batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
-                                          parallel.batch_sharded(self.mesh))
-    outs, pending = [], None
-
-    def fetch(out) -> None:
-      outs.append(np.asarray(jax.device_get(out)))
-      bar.update(min(len(outs[-1]), len(images) - (len(outs) - 1) * self.batch_size))
-
-    for batch in batches:
-      interrupt.FLAG.check()
-      out = fn(self.state.params, batch_stats, batch)  # Dispatch, then fetch the previous one.
-      if pending is not None:
-        fetch(pending)
-      pending = out
-    if pending is not None:
-      fetch(pending)
-    return np.concatenate(outs)[:len(images)]
-
-
-def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
-                   tta_mode: str = 'none', adapt_bn: bool = False,
-                   weights: str = 'raw') -> tuple[Predictor, int]:
-  """(predictor, step) of a checkpoint's raw or EMA weights; `adapt_bn` adds the per-chunk
-  BatchNorm adapter."""
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
-  state, graphdef, step = restore_state(config, workdir, which, mesh)
-  if weights == 'ema':
-    if state.ema_params is None:
-      raise checkpoints.CheckpointError(
-          f'--weights ema: the run in {workdir} was trained without an EMA (ema.decay = 0)')
-    state = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
-  make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
-                           tta_flip=tta_flip)
-  adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
-                                state.params, state.batch_stats) if adapt_bn else None)
-  return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
-                   adapter), step
-
-
 # ---------------------------------------------------------------------------------------------
 # Clean splits, the OOD submission, CIFAR-100-C
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +86,7 @@ def _class_names(config) -> tuple[list[str], list[str]]:
 def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, config,
                    figure: pathlib.Path | None = None) -> tuple[dict, dict]:
   """(scalars, per-class details) of one split; draws the confusion matrix when `figure` is set."""
-  log_p = predictor.run(split.images, desc=name)  # With --bn_adapt: the whole split is one chunk.
-  scalars = metrics_lib.classification_metrics(log_p, split.labels)
+  scalars, log_p = inference.split_metrics(predictor, split, name)  # --bn_adapt: one chunk.
   pred, labels, num_classes = log_p.argmax(-1), split.labels, config.model.num_classes
   fine_names, coarse_names = _class_names(config)
   details = {'per_class_accuracy': metrics_lib.named(
@@ -276,8 +141,9 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
 
 
 def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
-                       figure: pathlib.Path) -> dict:
-  """Accuracy per corruption x severity, and means over the 15 standard and over all present."""
+                       figure: pathlib.Path, run_name: str | None = None) -> dict:
+  """Accuracy per corruption x severity, and means over the 15 standard and over all present;
+  the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
   n = next(iter(files.values())).num_images
   labels = ood.load_labels(pathlib.Path(c_dir) / ood.LABELS_FILE, n)
   table = {}
@@ -287,18 +153,16 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
     table[name] = ood.severity_accuracy(pred, labels)
     del images
-  standard = [np.mean(table[k]) for k in ood.STANDARD_CORRUPTIONS if k in table]
-  result = {
-      'cifar100c_mean_accuracy_all': float(np.mean([np.mean(v) for v in table.values()])),
-      'cifar100c_num_corruptions': len(table),
-      'cifar100c_per_severity': [float(x) for x in np.mean(list(table.values()), axis=0)],
-      'cifar100c': table,
-  }
-  if len(standard) == len(ood.STANDARD_CORRUPTIONS):
-    result['cifar100c_mean_accuracy'] = float(np.mean(standard))  # The benchmark's number.
+  means = report.corruption_means(table)
+  result = {'cifar100c_mean_accuracy_all': means['all'],
+            'cifar100c_num_corruptions': means['num_all'],
+            'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
+  if means['standard'] is not None:
+    result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
-    report.plot_corruption_heatmap(table, figure, f'CIFAR-100-C accuracy (mean over {len(table)}: '
-                                   f'{result["cifar100c_mean_accuracy_all"]:.3f})')
+    name = run_name or figure.parent.name
+    report.plot_corruption_heatmap(table, figure, run_name=name)
+    print(report.corruption_table_text(table, name), file=sys.stderr, flush=True)
   return result
 
 
@@ -340,19 +204,19 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
              weights: str = 'raw') -> dict:
   """Evaluates a checkpoint ('raw' weights or their 'ema'); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
-  tta_mode = resolve_tta(tta_mode, tta_flip)
+  tta_mode = inference.resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
   c_files = ood.check_cifar100c_dir(cifar100c_dir) if cifar100c_dir else None
   if submission_csv and not ood_dir:
-    raise ValueError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
+    raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
   tag = output_tag(which, tta_mode, adapt_bn, weights)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
     _check_submission_path(csv_path)
-  predictor, step = load_predictor(config, workdir, which, tta_mode=tta_mode, adapt_bn=adapt_bn,
-                                   weights=weights)
+  predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
+                                             adapt_bn=adapt_bn, weights=weights)
   result = {'checkpoint': which, 'weights': weights, 'step': step, 'tta': tta_mode,
             'bn_adapt': adapt_bn}
   result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
@@ -360,7 +224,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
     result.update(evaluate_cifar100c(predictor, cifar100c_dir, c_files,
-                                     workdir_path / f'cifar100c_{tag}.png'))
+                                     workdir_path / f'cifar100c_{tag}.png',
+                                     run_name=f'{workdir_path.name} ({tag})'))
   if jax.process_index() == 0:
     (workdir_path / f'eval_{tag}.json').write_text(json.dumps(result, indent=2) + '\n')
   return result
@@ -384,8 +249,8 @@ def main(argv):
   except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
-  except (errors.UserError, OSError, ValueError) as e:
-    cli.fail(str(e))  # One line on stderr, in one write.
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail_or_raise(e)  # Bad input: one `error:` line, in one write; a bug keeps its traceback.
   print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}),
         flush=True)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_cifar import augment, augmix, mixing, optim
+from jax_cifar import augment, augmix, errors, mixing, optim
 
 
 @flax.struct.dataclass
@@ -135,7 +135,7 @@ def _accumulate(grad_fn, state: TrainState, images, targets, accum: int):
   ones once per micro-batch, as PyTorch does when it accumulates gradients."""
   b = targets.shape[0]
   if b % accum:
-    raise ValueError(f'train.batch_size per step ({b}) must be divisible by '
+    raise errors.ConfigError(f'train.batch_size per step ({b}) must be divisible by '
                      f'train.grad_accum_steps ({accum})')
 
   def body(carry, micro):
@@ -149,23 +149,6 @@ def _accumulate(grad_fn, state: TrainState, images, targets, accum: int):
       (_micro_batches(images, accum, b), _micro_batches(targets, accum, b)))
   logits = logits.reshape((accum, b // accum, -1)).swapaxes(0, 1).reshape((b, -1))  # Batch order.
   return losses.mean(), logits, new_stats, jax.tree.map(lambda g: g / accum, grads)
-
-
-def eval_step(params, batch_stats, batch: dict, *, graphdef, config) -> dict:
-  """Sums over the real (mask == 1) examples of a padded batch: loss, correct top-1 and top-5."""
-  model = nnx.merge(graphdef, params, batch_stats)
-  images = model_input(batch['image'], config, jnp.dtype(config.model.dtype))
-  logits = model(images, train=False).astype(jnp.float32)
-  labels = batch['label']
-  mask = batch['mask'].astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return {
-      'loss_sum': jnp.sum(loss * mask),
-      'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-      'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-      'count': jnp.sum(mask),
-  }
 
 
 def predict_step(params, batch_stats, images: jax.Array, *, graphdef, config) -> jax.Array:

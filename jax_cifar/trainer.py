@@ -1,5 +1,6 @@
 """The training loop: build state, restore, iterate, log, evaluate, checkpoint."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -11,18 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from jax_cifar import checkpoints, config_validation, interrupt, models, optim, parallel, tracking
+from jax_cifar import checkpoints, config_validation, errors, inference, interrupt, optim, parallel
+from jax_cifar import state as state_lib
+from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
-from jax_cifar.train_step import TrainState, eval_step, train_step
+from jax_cifar.train_step import TrainState, train_step
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+class NonFiniteLossError(errors.UserError, RuntimeError):
+  """A non-finite loss or update with train.on_nonfinite='stop' (the step is named)."""
 
 
 class Preempted(Exception):
@@ -30,73 +32,21 @@ class Preempted(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Model and state
+# The compiled step, validation
 # ---------------------------------------------------------------------------------------------
-def build_model(config) -> nnx.Module:
-  return models.create_model(
-      config.model.name, config.model.num_classes, stem=config.model.stem,
-      width=config.model.width, dtype=jnp.dtype(config.model.dtype),
-      remat=bool(config.model.get('remat', False)), rngs=nnx.Rngs(config.seed))
-
-
-def init_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
-  """A replicated TrainState, initialised by one compiled program (eager init compiles per op)."""
-  repl = parallel.replicated(mesh)
-
-  def make():
-    _, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
-    return params, batch_stats
-
-  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)[0]
-  params, batch_stats = jax.jit(make, out_shardings=repl)()
-  if config.model.pretrained:
-    from jax_cifar import convert  # pylint: disable=g-import-not-at-top
-    model = nnx.merge(graphdef, params, batch_stats)
-    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
-                            rngs_seed=config.seed)
-    _, params, batch_stats = nnx.split(model, nnx.Param, ...)
-  ema = config.get('ema', {}).get('decay', 0.0) > 0
-  state = jax.jit(lambda p, s: TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, batch_stats=s, opt_state=tx.init(p),
-      rng=jax.random.PRNGKey(config.seed), nonfinite_steps=jnp.zeros((), jnp.int32),
-      first_nonfinite_step=-jnp.ones((), jnp.int32),
-      ema_params=jax.tree.map(jnp.copy, p) if ema else None,
-      ema_batch_stats=jax.tree.map(jnp.copy, s) if ema else None),
-                  out_shardings=repl)(params, batch_stats)
-  return state, graphdef
-
-
-def compile_steps(config, graphdef, tx, schedule, mesh):
-  """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
+def compile_train_step(config, graphdef, tx, schedule, mesh):
+  """The jit-compiled train step with explicit shardings; the train state is donated."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  opts = parallel.step_compiler_options(config.model.dtype)
-  p_train = jax.jit(
+  return jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
-      compiler_options=opts)
-  p_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, config=config),
-                   in_shardings=(repl, repl, data), out_shardings=repl, compiler_options=opts)
-  return p_train, p_eval
+      compiler_options=parallel.step_compiler_options(config.model.dtype))
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-def evaluate_split(p_eval, params, batch_stats, split: cifar100.Split, batch_size: int,
-                   mesh) -> dict:
-  """Loss, top-1 and top-5 over every image of `split` (padded last batch masked out)."""
-  from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
-  totals = None
-  for batch in parallel.prefetch_to_device(pipeline.eval_batches(split, batch_size),
-                                           parallel.batch_sharded(mesh)):
-    out = p_eval(params, batch_stats, batch)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  if int(count) != len(split):  # Padding rows are masked; each image counts exactly once.
-    raise RuntimeError(f'evaluation counted {int(count)} images, the split has {len(split)}')
-  return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
-          'top5_accuracy': float(totals['correct_top5']) / count, 'count': int(count)}
+def make_validator(config, graphdef, mesh) -> inference.Predictor:
+  """Evaluate's own prediction path (no TTA), so val numbers equal `evaluate`'s exactly."""
+  fn = inference.make_predict(config, graphdef, mesh)
+  return inference.Predictor(None, mesh, config.train.eval_batch_size, fn, fn, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +81,7 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
       lock = workdir_lib.Lock(workdir)
       lock.acquire()
     except OSError as e:
-      error = OSError(f'workdir {workdir} is not writable: {e.strerror}')
+      error = workdir_lib.WorkdirError(f'workdir {workdir} is not writable: {e.strerror}')
     except workdir_lib.WorkdirError as e:
       error = e
   if parallel.any_process(error is not None):
@@ -204,9 +154,10 @@ def _train(config, workdir: pathlib.Path) -> dict:
 
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
-  state, graphdef = init_state(config, tx, mesh)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
+  # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
+  state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps)
   if resume_step:
     state, step = ckpts.restore('latest', state, fallback=True)
@@ -220,7 +171,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
-  p_train, p_eval = compile_steps(config, graphdef, tx, schedule, mesh)
+  p_train = compile_train_step(config, graphdef, tx, schedule, mesh)
+  validator = make_validator(config, graphdef, mesh)
 
   writer = tracking.MetricsWriter(workdir, config, resume_step=start_step)
   batches = parallel.prefetch_to_device(
@@ -234,8 +186,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
     for step in range(start_step + 1, last_step + 1):
       state, metrics = p_train(state, next(batches))
       pending.append(metrics)
-      # max_steps stops a run like a preemption (checkpoint, no extra log or evaluation), so a
-      # resumed run's metrics.jsonl equals the uninterrupted run's.
+      # A run stopped by max_steps logs no extra train row (a resumed run's train rows equal the
+      # uninterrupted run's) but ends with an evaluation, as at the end of training.
       if step % config.train.log_every_steps == 0 or step == total_steps:
         summary = {k: float(np.mean(v)) for k, v in jax.device_get(
             jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
@@ -248,8 +200,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
                         img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
         pending, t_last = [], now
       bar.update(1)
-      if step % eval_every == 0 or step == total_steps:
-        last_val = _validate(p_eval, state, val_split, config, mesh, ckpts, writer, step,
+      if step % eval_every == 0 or step in (total_steps, last_step):
+        last_val = _validate(validator, state, val_split, config, ckpts, writer, step,
                              step / steps_per_epoch)
         t_last = time.perf_counter()
       if step % config.checkpoint.every_steps == 0 or step == last_step:
@@ -280,15 +232,15 @@ def _check_finite(state: TrainState, config) -> None:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
 
 
-def _validate(p_eval, state, split, config, mesh, ckpts, writer, step: int,
+def _validate(validator: inference.Predictor, state, split, config, ckpts, writer, step: int,
               epoch: float) -> dict:
   """Validates the raw weights (and the EMA's, as val_*_ema); 'best' follows checkpoint.best_weights."""
-  weights = {'': (state.params, state.batch_stats)}
+  weights = {'': state}
   if state.ema_params is not None:
-    weights['_ema'] = (state.ema_params, state.ema_batch_stats)
+    weights['_ema'] = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
   row = {}
-  for suffix, (params, stats) in weights.items():
-    result = evaluate_split(p_eval, params, stats, split, config.train.eval_batch_size, mesh)
+  for suffix, which in weights.items():
+    result, _ = inference.split_metrics(dataclasses.replace(validator, state=which), split, 'val')
     row.update({f'val_loss{suffix}': result['loss'], f'val_accuracy{suffix}': result['accuracy'],
                 f'val_top5_accuracy{suffix}': result['top5_accuracy']})
   writer.write(step, row)

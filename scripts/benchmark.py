@@ -7,8 +7,8 @@
 
 A model spec is a config name (`smoke`, `resnet152`, ... from configs/) or `NAME[:STEM[:WIDTH]]`
 (`resnet18:cifar:16`); a bare ResNet name takes the cifar stem at <= 64 px and the ImageNet stem
-above. The JAX step is the trainer's own (`trainer.init_state` + `trainer.compile_steps`: on-device
-crop/flip, resize, label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping
+above. The JAX step is the trainer's own (`state.init_state` + `trainer.compile_train_step`:
+on-device crop/flip, resize, label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping
 and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
 """
@@ -97,16 +97,17 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax_cifar import optim, parallel, trainer  # pylint: disable=import-outside-toplevel
+  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
 
   batch = config.train.batch_size
   mesh = parallel.make_mesh()
   parallel.check_batch_size(batch, 'batch')
   tx, schedule = optim.make_optimizer(config.optim, total_steps=10_000, steps_per_epoch=100)
   t0 = time.perf_counter()
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  p_train, _ = trainer.compile_steps(config, graphdef, tx, schedule, mesh)
+  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
   rng = np.random.default_rng(0)
   host = {'image': rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
           'label': rng.integers(0, config.model.num_classes, batch).astype(np.int32)}

@@ -13,8 +13,6 @@ the two can be read side by side, then a JSON summary line.
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import jax

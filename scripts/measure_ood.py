@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def speed(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from jax_cifar.configs import smoke  # pylint: disable=g-import-not-at-top
-  from jax_cifar import evaluate, optim, parallel, trainer  # pylint: disable=g-import-not-at-top
+  from jax_cifar import inference, optim, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import state as state_lib  # pylint: disable=g-import-not-at-top
 
   parallel.enable_compilation_cache()
   config = smoke.get_config()
@@ -34,9 +35,9 @@ def speed(args) -> dict:
     config.model.width = 64  # torchvision width, cifar stem, 32 px.
   mesh = parallel.make_mesh()
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = trainer.init_state(config, tx, mesh)
-  fn = evaluate.make_predict(config, graphdef, mesh, tta_flip=args.tta_flip, labels_only=True)
-  predictor = evaluate.Predictor(state, mesh, config.train.eval_batch_size, fn, fn)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
+  fn = inference.make_predict(config, graphdef, mesh, tta_flip=args.tta_flip, labels_only=True)
+  predictor = inference.Predictor(state, mesh, config.train.eval_batch_size, fn, fn)
   images = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), np.uint8)
   predictor.run(images[:config.train.eval_batch_size], 'warmup', labels_only=True)  # Compile.
   start = time.perf_counter()

@@ -14,7 +14,6 @@ pure compute. --steps 0 means one epoch of the config's training set. Prints one
 import json
 import math
 import pathlib
-import sys
 import time
 
 import jax
@@ -24,6 +23,7 @@ from ml_collections import config_flags
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -45,8 +45,8 @@ def profile(config, steps: int) -> dict:
   split = cifar100.get_splits(config.data)['train']
   steps = steps or pipeline.steps_per_epoch(len(split), config.train.batch_size)
   tx, schedule = optim.make_optimizer(config.optim, steps, steps)
-  state, graphdef = trainer.init_state(config, tx, mesh)
-  p_train, _ = trainer.compile_steps(config, graphdef, tx, schedule, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
+  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
   # Compile and warm up outside the timings.
   first = next(_batches(config, split, 1, mesh))
   state, metrics = p_train(state, first)

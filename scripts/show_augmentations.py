@@ -9,7 +9,6 @@ and AugMix): the original in the first column, then independent draws of the sam
 
 import argparse
 import os
-import sys
 
 import jax
 import jax.numpy as jnp

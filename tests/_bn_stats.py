@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jax_cifar.configs import default
-from jax_cifar import bn_adapt, optim, parallel, trainer
+from jax_cifar import bn_adapt, optim, parallel
+from jax_cifar import state as state_lib
 
 
 def main(out: str) -> None:
@@ -17,7 +18,7 @@ def main(out: str) -> None:
   config.model.name, config.model.stem, config.model.width = 'resnet18', 'cifar', 4
   mesh = parallel.make_mesh()
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), np.uint8)
   adapter = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
   acc = jax.device_get(adapter.statistics(state.params, state.batch_stats, images))

@@ -10,6 +10,7 @@ import numpy as np
 
 from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
 from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top
+from jax_cifar import state as state_lib
 
 
 def main(out_path: str) -> None:
@@ -23,7 +24,7 @@ def main(out_path: str) -> None:
   c.optim.name, c.optim.lr, c.optim.weight_decay = 'sgd', 0.1, 1e-4
   mesh = parallel.make_mesh()
   tx, schedule = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
-  state, graphdef = trainer.init_state(c, tx, mesh)
+  state, graphdef = state_lib.init_state(c, tx, mesh)
   p_train, _ = trainer.compile_steps(c, graphdef, tx, schedule, mesh)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),

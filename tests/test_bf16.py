@@ -1,6 +1,7 @@
 """model.dtype='bfloat16': convs run in bf16; params, BN statistics, optimizer state and loss stay
 float32, and a tiny model learns as well as in float32."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,7 +11,9 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import optim, parallel, trainer
+from jax_cifar import inference, optim, parallel, trainer
+from jax_cifar import state as state_lib
+from jax_cifar.data import cifar100
 from jax_cifar.train_step import train_step
 
 F32 = jnp.dtype(jnp.float32)
@@ -41,7 +44,7 @@ def _learnable_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _setup(config, total_steps: int = 100):
   mesh = parallel.make_mesh()
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch=total_steps)
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   return mesh, tx, schedule, state, graphdef
 
 
@@ -72,22 +75,23 @@ def _train_and_eval(dtype: str, seeds: range, steps: int) -> list[float]:
   config = _config(dtype)
   config.optim.schedule = 'cosine'  # Decays to 0: the end point is far less chaotic than at a constant lr.
   mesh, tx, schedule, _, graphdef = _setup(config, steps)
-  p_train, p_eval = trainer.compile_steps(config, graphdef, tx, schedule, mesh)  # Seed-independent.
+  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)  # Seed-independent.
+  validator = trainer.make_validator(config, graphdef, mesh)
   sharding = parallel.batch_sharded(mesh)
   b = config.train.batch_size
   accuracies = []
   for seed in seeds:
     config_seed = _config(dtype)
     config_seed.seed = seed
-    state, _ = trainer.init_state(config_seed, tx, mesh)
+    state, _ = state_lib.init_state(config_seed, tx, mesh)
     x, y = _learnable_data(steps * b, seed=seed)
     for i in range(steps):
       state, _ = p_train(state, parallel.to_global(
           {'image': x[i * b:(i + 1) * b], 'label': y[i * b:(i + 1) * b]}, sharding))
     tx_, ty_ = _learnable_data(1000, seed=1000 + seed)
-    out = p_eval(state.params, state.batch_stats, parallel.to_global(
-        {'image': tx_, 'label': ty_, 'mask': np.ones(len(ty_), np.int32)}, sharding))
-    accuracies.append(float(out['correct']) / 1000)
+    metrics, _ = inference.split_metrics(dataclasses.replace(validator, state=state),
+                                         cifar100.Split(tx_, ty_, None), 'test')
+    accuracies.append(metrics['accuracy'])
   return accuracies
 
 

@@ -15,7 +15,9 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import augment, bn_adapt, evaluate, optim, parallel, trainer
+from jax_cifar import augment, bn_adapt, optim, parallel, trainer
+from jax_cifar import state as state_lib
+from jax_cifar import inference
 from jax_cifar.data import cifar100
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ def small():
   config = _config()
   mesh = parallel.make_mesh()
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   rng = np.random.default_rng(0)
   stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype),
                        state.batch_stats)  # Not the init's 0/1, so a reset would show.
@@ -72,8 +74,8 @@ def test_chunks_are_adapted_independently_a_b_a(small):
   """A, then B, then A again: the second A equals the first; B equals B predicted alone."""
   config, state, graphdef, mesh = small
   a, b = _images(2, 40), _images(3, 40, contrast=0.2)  # Different statistics.
-  make = lambda adapt: evaluate.Predictor(  # pylint: disable=g-long-lambda
-      state, mesh, 32, evaluate.make_predict(config, graphdef, mesh), None,
+  make = lambda adapt: inference.Predictor(  # pylint: disable=g-long-lambda
+      state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
       bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
       if adapt else None)
   adapted, plain = make(True), make(False)
@@ -142,7 +144,7 @@ def test_a_model_without_batchnorm_is_refused_by_name():
   config = _config(name='simple_cnn')
   mesh = parallel.make_mesh()
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   with pytest.raises(ValueError, match='simple_cnn has none'):
     bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
 
@@ -164,7 +166,7 @@ def test_every_layer_matches_pytorch_train_mode_batches_pooled():
   torch.manual_seed(0)
   tmodel = torchvision.models.resnet18(num_classes=10)
   config = _config(stem='imagenet', width=64, num_classes=10)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: trainer.build_model(config)))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(config)))
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, torch_to_flax(tmodel.state_dict(),
                                                                           'resnet18')))
   graphdef, params, stats = nnx.split(nnx.merge(graphdef, state), nnx.Param, ...)
@@ -227,8 +229,8 @@ def test_adaptation_improves_accuracy_on_strongly_corrupted_real_images(tmp_path
   config.augment.crop_padding = 0  # Learns faster in so few steps.
   config.optim.lr, config.optim.warmup_epochs = 4e-3, 0.1
   trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  plain, _ = evaluate.load_predictor(config, str(tmp_path / 'run'), 'latest')
-  adapted, _ = evaluate.load_predictor(config, str(tmp_path / 'run'), 'latest', adapt_bn=True)
+  plain, _ = inference.load_predictor(config, str(tmp_path / 'run'), 'latest')
+  adapted, _ = inference.load_predictor(config, str(tmp_path / 'run'), 'latest', adapt_bn=True)
   test = cifar100.get_splits(config.data)['test']
   clean = np.mean(plain.run(test.images, 'clean', labels_only=True) == test.labels)
   counts, lines = {}, []

@@ -4,10 +4,12 @@ import logging
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
 from jax_cifar import checkpoints, optim, parallel, tracking, trainer
+from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 
 
@@ -47,7 +49,7 @@ def _listing(workdir: pathlib.Path) -> dict:
 def _target():
   c = _config(0)
   tx, _ = optim.make_optimizer(c.optim, 1, 1)
-  return trainer.init_state(c, tx, parallel.make_mesh())[0]
+  return state_lib.init_state(c, tx, parallel.make_mesh())[0]
 
 
 @pytest.mark.parametrize('how', ['empty', 'truncated', 'no_metadata'])
@@ -87,3 +89,37 @@ def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='no intact step is left'):
     trainer.train_and_evaluate(_config(12), str(workdir))
   assert _listing(workdir) == before
+
+
+@pytest.mark.parametrize('which', ['best', 'latest', 'path'])
+def test_a_checkpoint_of_another_model_is_refused_whichever_way_it_is_named(run9, which):
+  """'best', 'latest' and a step folder's path get the same mismatch check (width 4 vs 8)."""
+  c = _config(0)
+  c.model.width = 8
+  name = str(run9 / 'checkpoints' / 'latest' / '9') if which == 'path' else which
+  with pytest.raises(checkpoints.CheckpointError, match='does not match this config'):
+    state_lib.restore(c, run9, name)
+
+
+@pytest.mark.parametrize('how', ['empty', 'no_metadata'])
+def test_a_damaged_step_given_by_path_is_named_and_kept(run9, tmp_path, how):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  step_dir = workdir / 'checkpoints' / 'latest' / '9'
+  _damage(step_dir, how)
+  before = _listing(workdir)
+  with pytest.raises(checkpoints.CheckpointError, match=f'damaged checkpoint {step_dir}'):
+    state_lib.restore(_config(0), workdir, str(step_dir))
+  assert _listing(workdir) == before
+
+
+def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
+  by_name = state_lib.restore(_config(0), run9, 'latest')
+  step_dir = run9 / 'checkpoints' / 'latest' / '9'
+  for path in (step_dir, step_dir / 'default'):
+    state, _, step = state_lib.restore(_config(0), run9, str(path))
+    assert step == by_name[2] == 9
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(by_name[0].params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
+    state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jax_cifar import optim, parallel, tracking, trainer
+from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 from jax_cifar.train_step import ema_decay, train_step
 
@@ -37,7 +38,7 @@ def test_ema_of_params_and_batch_stats_matches_numpy_over_several_steps():
   c = _config()
   mesh = parallel.make_mesh()
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)
-  state, graphdef = trainer.init_state(c, tx, mesh)
+  state, graphdef = state_lib.init_state(c, tx, mesh)
   step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                                    config=c))
   rng = np.random.default_rng(0)
@@ -60,14 +61,14 @@ def test_ema_of_params_and_batch_stats_matches_numpy_over_several_steps():
 def test_ema_disabled_keeps_no_copy():
   c = _config(decay=0.0)
   tx, _ = optim.make_optimizer(c.optim, 10, 10)
-  state, _ = trainer.init_state(c, tx, parallel.make_mesh())
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
   assert state.ema_params is None and state.ema_batch_stats is None
 
 
 def _restored(workdir, c):
   from jax_cifar import checkpoints  # pylint: disable=g-import-not-at-top
   tx, _ = optim.make_optimizer(c.optim, 1, 1)
-  target, _ = trainer.init_state(c, tx, parallel.make_mesh())
+  target, _ = state_lib.init_state(c, tx, parallel.make_mesh())
   return checkpoints.Checkpoints(workdir, create=False).restore('latest', target)
 
 

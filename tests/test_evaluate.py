@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from jax_cifar import evaluate, metrics_lib, parallel, submission, trainer
+from jax_cifar import state as state_lib
+from jax_cifar import inference
 from jax_cifar.data import cifar100, ood
 from jax_cifar.train_step import predict_step
 
@@ -62,7 +64,7 @@ def run(tmp_path_factory):
 def _reference_logits(workdir, images):
   """Logits from a plain jit of predict_step: no shardings, no batching, no padding."""
   config = _config()
-  state, graphdef, _ = evaluate.restore_state(config, str(workdir), 'latest', parallel.make_mesh())
+  state, graphdef, _ = state_lib.restore(config, str(workdir), 'latest', parallel.make_mesh())
   return np.asarray(jax.jit(lambda s, x: predict_step(s.params, s.batch_stats, x,
                                                       graphdef=graphdef, config=config))(state, images))
 
@@ -153,7 +155,7 @@ def test_flip_tta_is_the_mean_softmax_of_image_and_mirror(run):
   config = _config()
   images = np.random.default_rng(3).integers(0, 256, (70, 32, 32, 3), np.uint8)  # 2 batches.
   with jax.default_matmul_precision('highest'):  # GPUs default to TF32 (1e-3 relative) otherwise.
-    predictor, _ = evaluate.load_predictor(config, str(run / 'run'), 'latest', tta_flip=True)
+    predictor, _ = inference.load_predictor(config, str(run / 'run'), 'latest', tta_flip=True)
     got = predictor.run(images, desc='tta')
     logits = _reference_logits(run / 'run', np.concatenate([images, images[:, :, ::-1]]))
   p = jax.nn.softmax(logits[:70]) + jax.nn.softmax(logits[70:])

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import optim, parallel, trainer
+from jax_cifar import optim, parallel
+from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 from jax_cifar.train_step import train_step
 
@@ -25,7 +26,7 @@ def _config(name: str, accum: int):
 def _step(name: str, accum: int):
   c = _config(name, accum)
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)
-  state, graphdef = trainer.init_state(c, tx, parallel.make_mesh())
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (32, 32, 32, 3), np.uint8),
            'label': rng.integers(0, 100, 32).astype(np.int32)}
@@ -56,7 +57,7 @@ def test_with_batchnorm_each_micro_batch_is_normalised_by_its_own_statistics():
   c = _config('resnet18', 4)
   c.augment.crop_padding, c.augment.flip, c.augment.mixup_alpha = 0, False, 0.0
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)
-  state, graphdef = trainer.init_state(c, tx, parallel.make_mesh())
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (32, 32, 32, 3), np.uint8)
   labels = rng.integers(0, 100, 32).astype(np.int32)
@@ -110,7 +111,7 @@ def test_remat_gives_the_same_step_in_less_memory():
     c = _config('resnet18', 1)
     c.model.remat = remat
     tx, schedule = optim.make_optimizer(c.optim, 10, 10)
-    state, graphdef = trainer.init_state(c, tx, parallel.make_mesh())
+    state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
     rng = np.random.default_rng(0)
     batch = {'image': rng.integers(0, 256, (32, 32, 32, 3), np.uint8),
              'label': rng.integers(0, 100, 32).astype(np.int32)}

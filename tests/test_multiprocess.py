@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import smoke
-from jax_cifar import evaluate, interrupt, optim, parallel, submission, tracking, trainer
+from jax_cifar import interrupt, optim, parallel, submission, tracking
+from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def _leaves(state) -> dict:
 
 
 def _restore(workdir, data_dir) -> tuple[int, dict]:
-  state, _, step = evaluate.restore_state(_config(data_dir), str(workdir), 'latest',
+  state, _, step = state_lib.restore(_config(data_dir), str(workdir), 'latest',
                                           parallel.make_mesh())
   return step, _leaves(state)
 
@@ -100,7 +101,7 @@ def _l2(arrays) -> float:
 
 def _assert_same_run(dir_a, dir_b, data_dir, step: int) -> None:
   config = _config(data_dir)
-  init = _leaves(trainer.init_state(config, optim.make_optimizer(config.optim, 1, 1)[0],
+  init = _leaves(state_lib.init_state(config, optim.make_optimizer(config.optim, 1, 1)[0],
                                     parallel.make_mesh())[0])
   step_a, a = _restore(dir_a, data_dir)
   step_b, b = _restore(dir_b, data_dir)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import config_validation, evaluate, interrupt, optim, parallel, tracking, trainer
+from jax_cifar import config_validation, interrupt, optim, parallel, tracking, trainer
+from jax_cifar import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = {
@@ -57,7 +58,7 @@ def _last_logged_step(workdir) -> int:
 
 
 def _final(workdir):
-  state, _, step = evaluate.restore_state(_config(), str(workdir), 'latest', parallel.make_mesh())
+  state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
   return step, jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
@@ -148,7 +149,7 @@ def test_nonfinite_update_stops_naming_the_step_and_keeps_good_checkpoints(tmp_p
                  if p.name.isdigit())
   assert saved == [3]  # The checkpoint before the failure is kept; nothing after it is written.
   assert not list((tmp_path / 'checkpoints' / 'best').iterdir())
-  state, _, step = evaluate.restore_state(c, str(tmp_path), 'latest', parallel.make_mesh())
+  state, _, step = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
   assert step == 3
   for leaf in jax.tree.leaves(jax.device_get(state.params)):
     assert np.all(np.isfinite(leaf))
@@ -160,7 +161,7 @@ def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monk
   c.train.on_nonfinite = 'skip'
   c.train.max_steps = 8
   trainer.train_and_evaluate(c, str(tmp_path))
-  state, _, _ = evaluate.restore_state(c, str(tmp_path), 'latest', parallel.make_mesh())
+  state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
   assert int(state.nonfinite_steps) == 4 and int(state.first_nonfinite_step) == 4
   for leaf in jax.tree.leaves(jax.device_get(state.params)):
     assert np.all(np.isfinite(leaf))
@@ -231,11 +232,11 @@ def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path)
   assert len(errors) == 1 and 'saving checkpoint step 6 ' in errors[0] and (
       'File too large' in errors[0]), (out.returncode, out.stderr[-4000:])
   assert 'Traceback' not in out.stderr, out.stderr[-4000:]
-  state, _, step = evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())
+  state, _, step = state_lib.restore(_config(), str(tmp_path), 'latest', parallel.make_mesh())
   assert step == 3  # The earlier checkpoint is intact and is still the latest.
   again = _run_cli(tmp_path, '--config.train.max_steps=6')  # With room again, the run continues.
   assert again.returncode == 0, again.stderr[-2000:]
-  assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 6
+  assert state_lib.restore(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 6
 
 
 def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
@@ -251,7 +252,7 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
   assert out.returncode != 0
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(errors) == 1 and 'does not match' in errors[0], (out.returncode, out.stderr[-4000:])
-  assert evaluate.restore_state(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 3
+  assert state_lib.restore(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 3
 
 
 def test_wandb_failing_to_start_degrades_to_metrics_jsonl(tmp_path, monkeypatch, caplog):
@@ -265,5 +266,6 @@ def test_wandb_failing_to_start_degrades_to_metrics_jsonl(tmp_path, monkeypatch,
   c.wandb.mode = 'online'
   c.train.max_steps = 2
   trainer.train_and_evaluate(c, str(tmp_path))
-  assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [2]
+  rows = tracking.read_metrics(tmp_path)  # The train row and the final (max_steps) evaluation.
+  assert [r['step'] for r in rows] == [2, 2] and 'train_loss' in rows[0] and 'val_accuracy' in rows[1]
   assert any('wandb could not start' in r.message for r in caplog.records)

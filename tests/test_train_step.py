@@ -9,6 +9,7 @@ from flax import nnx
 
 from jax_cifar.configs import default
 from jax_cifar import mixing, optim, train_step
+from jax_cifar import state as state_lib
 
 
 def _np_log_softmax(x):
@@ -117,7 +118,7 @@ def test_clipping_bounds_the_global_norm():
 def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_bn_batch():
   """The step's loss with augment.augmix_jsd_weight: CE on the clean view + w * JSD of the three
   views' logits, all three views through BatchNorm as one batch (as the AugMix paper)."""
-  from jax_cifar import augment, augmix, parallel, trainer  # pylint: disable=g-import-not-at-top
+  from jax_cifar import augment, augmix, parallel  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
   c.augment.augmix, c.augment.augmix_jsd_weight = True, 12.0
@@ -125,7 +126,7 @@ def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_
   c.train.batch_size = 8
   mesh = parallel.make_mesh()
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)
-  state, graphdef = trainer.init_state(c, tx, mesh)
+  state, graphdef = state_lib.init_state(c, tx, mesh)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
            'label': rng.integers(0, 10, 8).astype(np.int32)}

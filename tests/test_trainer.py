@@ -1,5 +1,6 @@
 """The training loop: data parallelism, exact resume, and the real smoke run."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -7,12 +8,12 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jax_cifar.configs import default, smoke
-from jax_cifar import tracking, trainer
+from jax_cifar import inference, tracking, trainer
+from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,8 +63,7 @@ def _synthetic_config(max_steps: int):
 
 def _final_params(workdir):
   c = _synthetic_config(0)
-  from jax_cifar import evaluate  # pylint: disable=g-import-not-at-top
-  state, _, step = evaluate.restore_state(c, str(workdir), 'latest', trainer.parallel.make_mesh())
+  state, _, step = state_lib.restore(c, str(workdir), 'latest', trainer.parallel.make_mesh())
   return step, jax.tree.leaves(jax.device_get((state.params, state.batch_stats, state.opt_state)))
 
 
@@ -78,15 +78,33 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(a, b)  # Bitwise on CPU: same batches, keys and programs.
   rows_a, rows_b = tracking.read_metrics(straight), tracking.read_metrics(split)
-  # Evaluation rows are identical; every train row is there exactly once. The first train row after
-  # the restart (step 8) averages only the steps run since the restart, so its values may differ.
+  # The run stopped by max_steps=7 ended with an evaluation (an extra val row at step 7); apart
+  # from it the evaluation rows are identical, and every train row is there exactly once. The
+  # first train row after the restart (step 8) averages only the steps run since the restart.
   evals = lambda rows: [r for r in rows if 'val_accuracy' in r]
-  assert evals(rows_a) == evals(rows_b) and len(evals(rows_a)) == 2
+  assert [r['step'] for r in evals(rows_a)] == [6, 12]
+  assert [r['step'] for r in evals(rows_b)] == [6, 7, 12]
+  assert evals(rows_a) == [r for r in evals(rows_b) if r['step'] != 7]
   train_steps = lambda rows: [r['step'] for r in rows if 'train_loss' in r]
   assert train_steps(rows_a) == train_steps(rows_b) == [2, 4, 6, 8, 10, 12]
   strip = lambda rows: [{k: v for k, v in r.items() if k != 'images_per_sec'}
-                        for r in rows if r['step'] != 8]
+                        for r in rows if r['step'] not in (7, 8)]
   assert strip(rows_a) == strip(rows_b)
+
+
+def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp_path):
+  """max_steps=5 (not an evaluation step) still validates and saves 'best'; `evaluate` on the
+  'latest' checkpoint (the same weights) gives exactly the trainer's val numbers."""
+  from jax_cifar import evaluate  # pylint: disable=g-import-not-at-top
+  c = _synthetic_config(5)
+  result = trainer.train_and_evaluate(c, str(tmp_path))
+  rows = [r for r in tracking.read_metrics(tmp_path) if 'val_accuracy' in r]
+  assert [r['step'] for r in rows] == [5]
+  assert result['step'] == 5 and result['best_val_accuracy'] == rows[0]['val_accuracy']
+  out = evaluate.evaluate(c, str(tmp_path), 'latest')
+  assert out['step'] == 5
+  for key in ('val_loss', 'val_accuracy', 'val_top5_accuracy'):
+    assert out[key] == rows[0][key], key  # Exactly: one prediction path, one metrics function.
 
 
 @pytest.mark.slow
@@ -121,14 +139,21 @@ def test_validation_split_that_rounds_to_zero_images_falls_back_to_test(tmp_path
   assert result['step'] == 2
 
 
-def test_evaluation_that_counts_padding_rows_is_an_error():
-  """The masked count must equal the split size, so no image is dropped or counted twice."""
+def test_validation_counts_every_image_once_whatever_the_batch_size():
+  """100 images in batches of 64 (a padded last batch) give the same per-image predictions as
+  batches of 20 (no padding): padding rows are dropped, no image is counted twice."""
+  c = _synthetic_config(0)
+  mesh = trainer.parallel.make_mesh()
+  tx, _ = trainer.optim.make_optimizer(c.optim, 1, 1)
+  state, graphdef = state_lib.init_state(c, tx, mesh)
   split = cifar100.synthetic_split(100, seed=0)
-
-  def p_eval_ignoring_the_mask(params, batch_stats, batch):  # A masking bug: counts padding too.
-    n = jnp.asarray(batch['label'].shape[0], jnp.float32)
-    return {'count': n, 'loss_sum': n, 'correct': n, 'correct_top5': n}
-
-  with pytest.raises(RuntimeError, match='counted 128 images, the split has 100'):
-    trainer.evaluate_split(p_eval_ignoring_the_mask, None, None, split, 64,
-                           trainer.parallel.make_mesh())
+  results = {}
+  for batch in (64, 20):
+    c.train.eval_batch_size = batch
+    validator = dataclasses.replace(trainer.make_validator(c, graphdef, mesh), state=state)
+    results[batch] = inference.split_metrics(validator, split, 'val')
+  (m64, p64), (m20, p20) = results[64], results[20]
+  assert p64.shape == p20.shape == (100, c.model.num_classes)
+  assert m64['count'] == m20['count'] == 100
+  np.testing.assert_allclose(p64, p20, rtol=1e-5, atol=1e-5)  # Other shapes: other summation order.
+  np.testing.assert_allclose(m64['loss'], m20['loss'], rtol=1e-5)

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import resnet50_transfer
-from jax_cifar import config_validation, convert, evaluate, optim, parallel, trainer
+from jax_cifar import config_validation, convert, optim, parallel, trainer
+from jax_cifar import state as state_lib
 from conftest import require_env_path
 
 WEIGHTS_FILE = 'resnet50-keras-imagenet-tvlayout-fp16.pth'
@@ -81,7 +82,7 @@ def test_pretrained_state_has_converted_backbone_and_fresh_torch_style_head(conv
   path, ckpt = converted
   c = _config(path)
   tx, _ = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
-  state, _ = trainer.init_state(c, tx, parallel.make_mesh())
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
   params = _params(state)
   _assert_backbone_equals(params, ckpt)
   batch_stats = _flat(nnx.to_pure_dict(state.batch_stats))
@@ -101,9 +102,9 @@ def test_frozen_backbone_stays_fixed_while_the_head_trains(converted, tmp_path):
   path, ckpt = converted
   c = _config(path, freeze_backbone_steps=2)
   tx, _ = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
-  initial = _params(trainer.init_state(c, tx, parallel.make_mesh())[0])
+  initial = _params(state_lib.init_state(c, tx, parallel.make_mesh())[0])
   trainer.train_and_evaluate(c, str(tmp_path))
-  state, _, step = evaluate.restore_state(c, str(tmp_path), 'latest', parallel.make_mesh())
+  state, _, step = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
   assert step == 2
   params = _params(state)
   _assert_backbone_equals(params, ckpt)  # Bitwise: a zero learning rate adds exactly zero.

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import evaluate, optim, parallel, trainer, tta
+from jax_cifar import evaluate, optim, parallel, tta
+from jax_cifar import state as state_lib
+from jax_cifar import inference
 from jax_cifar.train_step import predict_step
 
 
@@ -59,7 +61,7 @@ def _random_model(config):
   """A randomly initialised model, no checkpoint: the averaging arithmetic, not the training."""
   mesh = parallel.make_mesh()
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = trainer.init_state(config, tx, mesh)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
   return state, graphdef, mesh
 
 
@@ -75,7 +77,7 @@ def test_shifts_prediction_is_the_mean_softmax_of_the_18_numpy_views(small):
   config, state, graphdef, mesh = small
   images = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), np.uint8)  # 2 batches.
   with jax.default_matmul_precision('highest'):
-    predictor = evaluate.Predictor(state, mesh, 32, evaluate.make_predict(
+    predictor = inference.Predictor(state, mesh, 32, inference.make_predict(
         config, graphdef, mesh, tta_mode='shifts'), None)
     got = predictor.run(images, desc='shifts')
     views = np.concatenate([_numpy_view(images, *row, 'constant')
@@ -102,16 +104,16 @@ def test_flip_equals_the_old_tta_flip_formula_and_the_alias(small):
   batch = parallel.to_global({'image': images}, data)
   old = np.asarray(jax.jit(old_tta_flip, in_shardings=(repl, repl, data))(
       state.params, state.batch_stats, batch))
-  new = np.asarray(evaluate.make_predict(config, graphdef, mesh, tta_mode='flip')(
+  new = np.asarray(inference.make_predict(config, graphdef, mesh, tta_mode='flip')(
       state.params, state.batch_stats, batch))
-  alias = np.asarray(evaluate.make_predict(config, graphdef, mesh, tta_flip=True)(
+  alias = np.asarray(inference.make_predict(config, graphdef, mesh, tta_flip=True)(
       state.params, state.batch_stats, batch))
   # Same float32 operations in a different XLA program (a scan over views): equal up to float32
   # rounding of log-probs of magnitude ~log(100) (measured on XLA:CPU: bitwise equal).
   np.testing.assert_allclose(new, old, rtol=0, atol=1e-5)
   np.testing.assert_array_equal(alias, new)
   with pytest.raises(ValueError, match='contradicts'):
-    evaluate.resolve_tta('shifts', True)
+    inference.resolve_tta('shifts', True)
 
 
 def test_output_tags_name_every_mode():

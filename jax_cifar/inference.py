@@ -1,0 +1,143 @@
+"""Batched, sharded inference over uint8 images, and the metrics of a labelled split.
+
+One compiled prediction function per (config, TTA mode) serves the trainer's validation and every
+evaluation (clean splits, the OOD submission, CIFAR-100-C), so the trainer's val_accuracy and
+`evaluate`'s are the same number; loss, top-1 and top-5 come from metrics_lib on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jax_cifar import bn_adapt, checkpoints, config_validation, interrupt, metrics_lib, parallel
+from jax_cifar import state as state_lib
+from jax_cifar import tta
+from jax_cifar.data import cifar100, pipeline
+from jax_cifar.train_step import predict_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched, sharded inference over any uint8 [N, 32, 32, 3] array (memory maps included)
+# ---------------------------------------------------------------------------------------------
+def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: str,
+               labels_only: bool) -> jax.Array:
+  def one_view(images):
+    return jax.nn.log_softmax(predict_step(params, batch_stats, images, graphdef=graphdef,
+                                           config=config))
+
+  log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode)
+  return jnp.argmax(log_p, -1).astype(jnp.int32) if labels_only else log_p
+
+
+def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
+                 labels_only: bool = False):
+  """Jitted (params, batch_stats, batch) -> log-probabilities [B, C] (or argmax labels [B]).
+
+  The batch is sharded over the 'data' axis; the output is replicated, so every process can read
+  all of it (process 0 writes the files). `tta_flip=True` is the old spelling of tta_mode='flip'.
+  """
+  tta_mode = resolve_tta(tta_mode, tta_flip)
+  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_mode=tta_mode,
+                         labels_only=labels_only)
+  return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=repl,
+                 compiler_options=parallel.step_compiler_options(config.model.dtype))
+
+
+def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
+  """The TTA mode from --tta and its old alias --tta_flip (which may only agree with it)."""
+  if tta_mode not in tta.MODES:
+    raise config_validation.ConfigError(
+        f'--tta must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
+  if tta_flip and tta_mode not in ('none', 'flip'):
+    raise config_validation.ConfigError(
+        f'--tta_flip (= --tta flip) contradicts --tta {tta_mode}; give only --tta')
+  return 'flip' if tta_flip else tta_mode
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter."""
+  state: Any
+  mesh: Any
+  batch_size: int
+  log_probs_fn: Any
+  labels_fn: Any
+  adapter: bn_adapt.BNAdapter | None = None
+  progress: bool = True  # A progress bar per run() (the trainer's validation shows none).
+
+  def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
+          chunk: int | None = None) -> np.ndarray:
+    """Predictions for every row of `images`, one progress bar. With BN adaptation, each block of
+    `chunk` rows (default: all) is predicted with statistics re-estimated on that block alone."""
+    chunk = chunk or len(images)
+    passes = 2 if self.adapter else 1
+    outs = []
+    with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
+                   mininterval=1.0, disable=not self.progress or jax.process_index() != 0) as bar:
+      for start in range(0, len(images), chunk):
+        interrupt.FLAG.check(collective=True)
+        part = images[start:start + chunk]
+        stats = self.state.batch_stats  # Every chunk starts from the checkpoint's statistics.
+        if self.adapter:
+          stats = self.adapter.adapt(self.state.params, stats, part, progress=bar.update,
+                                     check=interrupt.FLAG.check)
+        outs.append(self._predict(part, stats, labels_only, bar))
+    return np.concatenate(outs)
+
+  def _predict(self, images: np.ndarray, batch_stats, labels_only: bool, bar) -> np.ndarray:
+    """The padded rows of the last batch are dropped."""
+    fn = self.labels_fn if labels_only else self.log_probs_fn
+    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
+    batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
+                                          parallel.batch_sharded(self.mesh))
+    outs, pending = [], None
+
+    def fetch(out) -> None:
+      outs.append(np.asarray(jax.device_get(out)))
+      bar.update(min(len(outs[-1]), len(images) - (len(outs) - 1) * self.batch_size))
+
+    for batch in batches:
+      interrupt.FLAG.check()
+      out = fn(self.state.params, batch_stats, batch)  # Dispatch, then fetch the previous one.
+      if pending is not None:
+        fetch(pending)
+      pending = out
+    if pending is not None:
+      fetch(pending)
+    return np.concatenate(outs)[:len(images)]
+
+
+def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
+                   tta_mode: str = 'none', adapt_bn: bool = False,
+                   weights: str = 'raw') -> tuple[Predictor, int]:
+  """(predictor, step) of a checkpoint's raw or EMA weights; `adapt_bn` adds the per-chunk
+  BatchNorm adapter."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+  state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
+  if weights == 'ema':
+    if state.ema_params is None:
+      raise checkpoints.CheckpointError(
+          f'--weights ema: the run in {workdir} was trained without an EMA (ema.decay = 0)')
+    state = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
+  make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
+                           tta_flip=tta_flip)
+  adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
+                                state.params, state.batch_stats) if adapt_bn else None)
+  return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
+                   adapter), step
+
+
+def split_metrics(predictor: Predictor, split: cifar100.Split,
+                  desc: str) -> tuple[dict, np.ndarray]:
+  """(loss, top-1, top-5, ECE and count; the log-probabilities [N, C]) of a labelled split."""
+  log_p = predictor.run(split.images, desc=desc)
+  return metrics_lib.classification_metrics(log_p, split.labels), log_p

@@ -1,0 +1,116 @@
+"""A run's state: the model, the TrainState built for a config, and restoring it from a run.
+
+Training (trainer.py), evaluation (evaluate.py) and the notebook API (api.py) all build and restore
+the state here, so a checkpoint given as 'best', 'latest' or a step folder's path gets the same
+checks: damaged files are named, and a checkpoint of another model or optimizer is refused.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_cifar import checkpoints, models, optim, parallel, tracking
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.train_step import TrainState
+
+
+def build_model(config) -> nnx.Module:
+  return models.create_model(
+      config.model.name, config.model.num_classes, stem=config.model.stem,
+      width=config.model.width, dtype=jnp.dtype(config.model.dtype),
+      remat=bool(config.model.get('remat', False)), rngs=nnx.Rngs(config.seed))
+
+
+def init_state(config, tx, mesh, *, pretrained: bool = True) -> tuple[TrainState, nnx.GraphDef]:
+  """A replicated TrainState, initialised by one compiled program (eager init compiles per op).
+
+  The weights then come from `model.pretrained` (converted torchvision weights) or
+  `model.init_from` (another run); `pretrained=False` skips both (a restore target, or a run that
+  resumes, only needs the structure).
+  """
+  repl = parallel.replicated(mesh)
+
+  def make():
+    _, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
+    return params, batch_stats
+
+  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)[0]
+  params, batch_stats = jax.jit(make, out_shardings=repl)()
+  if pretrained and config.model.pretrained:
+    from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (torch-free, but large)
+    model = nnx.merge(graphdef, params, batch_stats)
+    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
+                            rngs_seed=config.seed)
+    _, params, batch_stats = nnx.split(model, nnx.Param, ...)
+  if pretrained and config.model.get('init_from'):
+    params, batch_stats = _weights_of_run(config, params, batch_stats, mesh)
+  ema = config.get('ema', {}).get('decay', 0.0) > 0
+  state = jax.jit(lambda p, s: TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, batch_stats=s, opt_state=tx.init(p),
+      rng=jax.random.PRNGKey(config.seed), nonfinite_steps=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=-jnp.ones((), jnp.int32),
+      ema_params=jax.tree.map(jnp.copy, p) if ema else None,
+      ema_batch_stats=jax.tree.map(jnp.copy, s) if ema else None),
+                  out_shardings=repl)(params, batch_stats)
+  return state, graphdef
+
+
+def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None, *,
+            fallback: bool = False) -> tuple[TrainState, nnx.GraphDef, int]:
+  """(state, graphdef, step) of a run's 'best' or 'latest' checkpoint, or of a step folder's path.
+
+  All three get the same checks: a damaged step is named (or, with `fallback`, skipped for the
+  newest intact one), a checkpoint of another model/optimizer is a CheckpointError.
+  """
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)  # Structure only.
+  target, graphdef = init_state(config, tx, mesh, pretrained=False)
+  if which in ('best', 'latest'):
+    restored = checkpoints.Checkpoints(workdir, create=False).restore(which, target,
+                                                                      fallback=fallback)
+    if restored is None:
+      raise checkpoints.CheckpointError(f'no {which!r} checkpoint in {workdir}/checkpoints')
+    state, step = restored
+  else:
+    state = checkpoints.restore_path(which, target)
+    step = int(state.step)
+  return state, graphdef, step
+
+
+def parse_init_from(spec: str) -> tuple[str, str]:
+  """'RUN_DIR[:best|latest|STEP]' -> (RUN_DIR, 'best' | 'latest' | a step folder's path)."""
+  run_dir, _, which = spec.rpartition(':')
+  if not run_dir or not (which in ('best', 'latest') or which.isdigit()):
+    run_dir, which = spec, 'best'
+  if which.isdigit():
+    which = str(pathlib.Path(run_dir) / 'checkpoints' / 'latest' / which)
+  return run_dir, which
+
+
+def _weights_of_run(config, params, batch_stats, mesh):
+  """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state,
+  step or EMA). As with `model.pretrained`, a head of another size keeps this run's fresh one."""
+  run_dir, which = parse_init_from(config.model.init_from)
+  source = workdir_lib.run_config(run_dir)
+  differ = [f'model.{k} {source.model[k]!r} vs {config.model[k]!r}'
+            for k in ('name', 'stem', 'width') if source.model[k] != config.model[k]]
+  if differ:
+    raise checkpoints.CheckpointError(
+        f'model.init_from={config.model.init_from}: that run has another model ({"; ".join(differ)})')
+  source.model.pretrained, source.model.init_from = '', ''
+  restored, _, step = restore(source, run_dir, which, mesh)
+  new, old = nnx.to_pure_dict(params), nnx.to_pure_dict(restored.params)
+  source_classes = old['fc']['kernel'].shape[-1]
+  head_kept = new['fc']['kernel'].shape != old['fc']['kernel'].shape
+  if head_kept:
+    old['fc'] = new['fc']
+  nnx.replace_by_pure_dict(params, old)
+  nnx.replace_by_pure_dict(batch_stats, nnx.to_pure_dict(restored.batch_stats))
+  tracking.say(f'Initialised from {run_dir} step {step}'
+               + (f' (its {source_classes}-class head replaced by a fresh one)'
+                  if head_kept else ''))
+  return params, batch_stats
