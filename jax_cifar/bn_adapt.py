@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_cifar import parallel
+from jax_cifar import errors, parallel
 from jax_cifar.data import cifar100, pipeline
 from jax_cifar.train_step import model_input
 
@@ -128,7 +128,7 @@ class BNAdapter:
   def __init__(self, config, graphdef, mesh, batch_size: int, params, batch_stats):
     model = nnx.merge(graphdef, params, batch_stats)
     if not batchnorm_paths(model):
-      raise ValueError(f'--bn_adapt needs a model with BatchNorm layers; {config.model.name} has '
+      raise errors.ConfigError(f'--bn_adapt needs a model with BatchNorm layers; {config.model.name} has '
                        'none')
     self.channels = [_child(model, path).num_features for path in batchnorm_paths(model)]
     self.mesh, self.batch_size = mesh, batch_size

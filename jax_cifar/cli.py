@@ -16,6 +16,8 @@ from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
 
+from jax_cifar import errors
+
 BUILTIN_PREFIX = 'jax_cifar:'
 USAGE_EXIT_CODE = 2
 
@@ -80,6 +82,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
   # No interpreter teardown: after a failed save, orbax's exit handlers wait minutes for barriers
   # that will never complete. Everything the run keeps was written (and closed) before this.
   os._exit(code)  # pylint: disable=protected-access
+
+
+def fail_or_raise(e: Exception) -> None:
+  """`fail` with the user's message if `e` is bad input (errors.user_message); re-raises a bug."""
+  message = errors.user_message(e)
+  if message is None:
+    raise e
+  fail(message)
 
 
 def _drop_closed_loop_noise() -> None:

@@ -49,8 +49,7 @@ RANGES = {
 }
 
 
-class ConfigError(errors.UserError, ValueError):
-  pass
+ConfigError = errors.ConfigError
 
 
 def _flatten(d, prefix=''):
@@ -94,6 +93,9 @@ def validate(config) -> None:
   if given['train.batch_size'] % given['train.grad_accum_steps']:
     raise ConfigError(f"train.batch_size ({given['train.batch_size']}) must be divisible by "
                       f"train.grad_accum_steps ({given['train.grad_accum_steps']})")
+  if given['model.init_from'] and given['model.pretrained']:
+    raise ConfigError('model.init_from (another run\'s weights) and model.pretrained (converted '
+                      'torchvision weights) both set: give one')
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:

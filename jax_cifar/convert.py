@@ -24,9 +24,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jax_cifar import errors
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
 from jax_cifar.models.resnet import torch_linear
+
+
+class ConversionError(errors.UserError, ValueError):
+  """Weights that do not fit the architecture, or a file that is not what it should be."""
+
+
+class OutputExistsError(errors.UserError, FileExistsError):
+  """--output holds something the converter must not replace."""
 
 ARCHS = tuple(_RESNET_ARCHS)
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
@@ -87,7 +96,7 @@ def _report(missing, unexpected, misshaped, what: str) -> None:
   if misshaped:
     parts.append(f'mis-shaped keys: {head(misshaped)}')
   if parts:
-    raise ValueError(f'{what}: ' + '; '.join(parts))
+    raise ConversionError(f'{what}: ' + '; '.join(parts))
 
 
 def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.State]:
@@ -103,17 +112,17 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   every missing, unexpected or mis-shaped key (nothing partial is returned).
   """
   if arch not in ARCHS:
-    raise ValueError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
+    raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
   sd: dict[str, Any] = {}
   for key, value in state_dict.items():
     name = key[len('module.'):] if key.startswith('module.') else key
     if name.endswith(_IGNORED_SUFFIXES):
       continue
     if name in sd:
-      raise ValueError(f'duplicate key after stripping "module.": {name}')
+      raise ConversionError(f'duplicate key after stripping "module.": {name}')
     sd[name] = value
   if 'fc.weight' not in sd:
-    raise ValueError('missing keys: fc.weight (needed to know the number of classes)')
+    raise ConversionError('missing keys: fc.weight (needed to know the number of classes)')
   num_classes = int(sd['fc.weight'].shape[0])
 
   params, stats = abstract_variables(arch, num_classes)
@@ -160,17 +169,17 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
   if not os.path.lexists(path):
     return
   if not overwrite:
-    raise FileExistsError(f'{path} exists ({hint} to replace a previous converter output)')
+    raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
   if os.path.islink(path) or not os.path.isdir(path):
-    raise FileExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
+    raise OutputExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
   entries = sorted(os.listdir(path))
   foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
   if foreign:
     shown = ', '.join(foreign[:5]) + (f' (+{len(foreign) - 5} more)' if len(foreign) > 5 else '')
-    raise FileExistsError(f'{path} holds files the converter did not write ({shown}); refusing '
+    raise OutputExistsError(f'{path} holds files the converter did not write ({shown}); refusing '
                           'to replace it: move them away or choose another output')
   if entries and not _is_converted(path):
-    raise FileExistsError(f'{path} is not a converted checkpoint (its {_METADATA_FILE} is not '
+    raise OutputExistsError(f'{path} is not a converted checkpoint (its {_METADATA_FILE} is not '
                           f'{_FORMAT!r}); refusing to replace it')
 
 
@@ -233,7 +242,7 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   previous output of this function (see `check_output`), swapped atomically on Linux.
   """
   if arch not in ARCHS:
-    raise ValueError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
+    raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
   path = os.path.abspath(path)
   check_output(path, overwrite)
   # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
@@ -273,7 +282,7 @@ def read_converted(path: str) -> tuple[dict, dict]:
   """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint."""
   meta_file = os.path.join(path, _METADATA_FILE)
   if not os.path.isfile(meta_file):
-    raise ValueError(f'{path} is not a converted checkpoint (no {_METADATA_FILE})')
+    raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE})')
   with open(meta_file) as f:
     meta = json.load(f)
   with ocp.StandardCheckpointer() as ckptr:
@@ -299,10 +308,10 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
   meta, ckpt = read_converted(path)
   model_arch = getattr(model, 'arch', None)
   if model_arch is not None and meta.get('arch') != model_arch:
-    raise ValueError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {model_arch!r}')
+    raise ConversionError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {model_arch!r}')
   fc = getattr(model, 'fc', None)
   if fc is None or fc.kernel.shape[-1] != num_classes:
-    raise ValueError(f'model head fc does not have num_classes={num_classes} outputs')
+    raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs')
 
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   current = {_dotted(p): (p, v) for p, v in _flatten(nnx.to_pure_dict(state))}

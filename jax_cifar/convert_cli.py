@@ -20,6 +20,8 @@ import time
 import zipfile
 from typing import Any, Mapping
 
+from jax_cifar import errors
+
 # As jax_cifar.convert.ARCHS (a test keeps them equal); listed here so --help needs no jax.
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
          'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2')
@@ -39,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-class NotAStateDict(ValueError):
+class NotAStateDict(errors.UserError, ValueError):
   """The file is not a PyTorch state_dict; the message says what it is instead."""
 
   def __init__(self, path: str, why: str):
@@ -115,7 +117,7 @@ def _download(arch: str, name: str) -> str:
   import torchvision  # pylint: disable=import-outside-toplevel
   enum = torchvision.models.get_model_weights(arch)
   if name not in enum.__members__:
-    raise ValueError(f'--weights {name}: {arch} has {", ".join(enum.__members__)}')
+    raise errors.ConfigError(f'--weights {name}: {arch} has {", ".join(enum.__members__)}')
   url = enum[name].url
   cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
   if not os.path.isfile(cached):
@@ -125,17 +127,17 @@ def _download(arch: str, name: str) -> str:
       torch.hub.download_url_to_file(url, cached, digest.group(1) if digest else None,
                                      progress=True)
     except OSError as e:  # URLError, socket errors: no internet
-      raise ValueError(f'cannot download {url} ({e}); offline, download it elsewhere and pass '
+      raise errors.UserError(f'cannot download {url} ({e}); offline, download it elsewhere and pass '
                        '--state_dict FILE.pth') from e
     except RuntimeError as e:  # the hash check
-      raise ValueError(f'download of {url} is corrupt: {e}') from e
+      raise errors.UserError(f'download of {url} is corrupt: {e}') from e
   return cached
 
 
 def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
   """(state_dict, where it came from) for --state_dict FILE or --weights NAME."""
   if args.state_dict and not os.path.isfile(args.state_dict):
-    raise ValueError(f'--state_dict {args.state_dict}: no such file')
+    raise errors.ConfigError(f'--state_dict {args.state_dict}: no such file')
   path = args.state_dict or _download(args.arch, args.weights)
   return read_state_dict_file(path), os.path.abspath(path)
 
@@ -157,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     convert.save_converted(variables, args.arch, args.output, source=source,
                            overwrite=args.overwrite)
     log.info('wrote %s (%.1fs)', args.output, time.time() - t)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.user_message(e)
+    if message is None:
+      raise  # A bug keeps its traceback.
+    print(f'error: {message}', file=sys.stderr)
     return 1
   return 0

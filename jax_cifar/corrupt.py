@@ -51,6 +51,7 @@ except ImportError as e:  # pragma: no cover  (the test environment has the extr
 
 from jax_cifar.data import cifar100
 from jax_cifar import corrupt_ops as ops
+from jax_cifar import errors
 from jax_cifar import corrupt_store as store
 from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE
 
@@ -341,12 +342,12 @@ class _Parser(argparse.ArgumentParser):
 def _parse_names(text: str) -> tuple[str, ...]:
   names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
   if not names:
-    raise ValueError('--corruptions is empty; give a comma-separated subset of: ' + ', '.join(CORRUPTIONS))
+    raise errors.ConfigError('--corruptions is empty; give a comma-separated subset of: ' + ', '.join(CORRUPTIONS))
   for name in names:
     if name not in CORRUPTIONS:
       close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
       hint = f"did you mean '{close[0]}'? " if close else ''
-      raise ValueError(f'unknown corruption {name!r} in --corruptions; {hint}known: {", ".join(CORRUPTIONS)}')
+      raise errors.ConfigError(f'unknown corruption {name!r} in --corruptions; {hint}known: {", ".join(CORRUPTIONS)}')
   return names
 
 
@@ -371,12 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
       names = _parse_names(args.corruptions)
       if args.limit < 0:
-        raise ValueError(f'--limit must be >= 0, got {args.limit}')
+        raise errors.ConfigError(f'--limit must be >= 0, got {args.limit}')
       if args.seed < 0:
-        raise ValueError(f'--seed must be >= 0, got {args.seed}')
+        raise errors.ConfigError(f'--seed must be >= 0, got {args.seed}')
       test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
       if args.limit > len(test):
-        raise ValueError(f'--limit {args.limit} exceeds the {len(test)} test images')
+        raise errors.ConfigError(f'--limit {args.limit} exceeds the {len(test)} test images')
       n = args.limit or len(test)
       frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
       store.check_stop()
@@ -388,18 +389,14 @@ def main(argv: list[str] | None = None) -> int:
                'again to finish') if folder else ''
       print(f'error: {e}{where}', file=sys.stderr, flush=True)
       return 128 + e.signum
-    except (cifar100.DataError, ValueError, OSError) as e:
-      print(f'error: {_describe(e)}', file=sys.stderr, flush=True)
+    except Exception as e:  # pylint: disable=broad-except
+      message = errors.user_message(e)
+      if message is None:
+        raise  # A bug keeps its traceback.
+      print(f'error: {message}', file=sys.stderr, flush=True)
       return 1
   print(f'done: {len(paths)} files in {args.out}', flush=True)
   return 0
-
-
-def _describe(e: Exception) -> str:
-  """An OSError as 'path: reason', other errors as their message."""
-  if isinstance(e, OSError) and e.strerror:
-    return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
-  return str(e)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from jax_cifar import errors
 from jax_cifar.data.ood import CORRUPTIONS, LABELS_FILE, distortion_file
 
 MANIFEST = 'corrupt_manifest.json'
@@ -41,7 +42,7 @@ SET_OPTIONS = {'format': '--format', 'seed': '--seed', 'num_images': '--limit (i
 HOOK_ENV = 'JAX_CIFAR_CORRUPT_TEST_HOOK'
 
 
-class OutputError(ValueError):
+class OutputError(errors.UserError, ValueError):
   """The output folder cannot be used as asked: conflicting set, locked or unwritable."""
 
 

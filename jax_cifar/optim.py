@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_cifar import errors
+
 HEAD_KEY = 'fc'  # Every model names its classifier `fc` (torchvision's name), so the head is found by path.
 
 
@@ -37,7 +39,7 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, peak_lr, warmup), optax.constant_schedule(peak_lr)], [warmup])
   else:
-    raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+    raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
   if delay_steps:
     schedule = optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
   return schedule
@@ -50,7 +52,7 @@ def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransform
   if config.name == 'sgd':  # torch-style coupled decay: added to the gradient before momentum.
     return optax.chain(optax.masked(optax.add_decayed_weights(config.weight_decay), decay_mask),
                        optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
-  raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {config.name!r}")
+  raise errors.ConfigError(f"optim.name must be 'adamw' or 'sgd', got {config.name!r}")
 
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int

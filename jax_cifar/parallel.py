@@ -9,6 +9,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jax_cifar import errors
+
 DATA_AXIS = 'data'
 
 
@@ -39,7 +41,7 @@ def maybe_initialize_distributed() -> None:
 def _env_int(name: str) -> int:
   value = os.environ.get(name)
   if value is None or not value.strip().isdigit():
-    raise ValueError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be a non-negative integer, '
+    raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be a non-negative integer, '
                      f'got {value!r}')
   return int(value)
 
@@ -87,7 +89,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch: int, name: str) -> int:
   """Per-process batch size; the global batch must split evenly over devices."""
   if global_batch % jax.device_count():
-    raise ValueError(f'{name}={global_batch} must be divisible by the number of devices '
+    raise errors.ConfigError(f'{name}={global_batch} must be divisible by the number of devices '
                      f'({jax.device_count()})')
   return global_batch // jax.process_count()
 

@@ -23,14 +23,15 @@ import numpy as np
 
 from absl import logging
 
+from jax_cifar import errors
 from jax_cifar.data import ood
-from jax_cifar.data.cifar100 import NUM_CLASSES, DataError
+from jax_cifar.data.cifar100 import NUM_CLASSES
 
 HEADER = 'id,label'
 _LABEL = re.compile(r'[0-9]{1,3}')
 
 
-class SubmissionError(ValueError):
+class SubmissionError(errors.UserError, ValueError):
   """The CSV does not follow the submission format; the message names the file and first problem."""
 
 
@@ -194,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     print(check_submission(args.csv, args.ood_dir))
-  except (SubmissionError, DataError) as e:
-    print(f'FAIL: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.user_message(e)
+    if message is None:
+      raise  # A bug keeps its traceback.
+    print(f'error: {message}', file=sys.stderr)  # As every other tool: one `error:` line.
     return 1
   return 0
 

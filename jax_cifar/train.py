@@ -5,17 +5,12 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, cli, config_validation, errors, parallel, tracking, trainer
-from jax_cifar.data import cifar100
+from jax_cifar import cli, parallel, tracking, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# Bad input ends with one line naming the problem and a non-zero status, not a traceback.
-EXPECTED_ERRORS = (errors.UserError, config_validation.ConfigError, cifar100.DataError, checkpoints.CheckpointError,
-                   trainer.NonFiniteLossError, OSError, ValueError)
 
 
 def main(argv):
@@ -27,8 +22,8 @@ def main(argv):
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
-  except EXPECTED_ERRORS as e:
-    cli.fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.
   best = result.get('best_val_accuracy')
   tracking.say(f'Done at step {result["step"]}: best val_accuracy '
                f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '

@@ -5,6 +5,8 @@ training."""
 import errno
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -99,3 +101,36 @@ def test_unwritable_latest_checkpoint_folder_fails_before_training(tmp_path):
   line = the_error(out)
   assert f'{workdir / "checkpoints" / "latest"}' in line and 'disk full' not in line, line
   assert not (workdir / 'metrics.jsonl').exists()
+
+
+def _fail_or_raise(tmp_path, exception: str):
+  script = tmp_path / 'raise.py'
+  script.write_text('from jax_cifar import cli, errors, checkpoints, submission\n'
+                    'try:\n'
+                    f'  raise {exception}\n'
+                    'except Exception as e:\n'
+                    '  cli.fail_or_raise(e)\n')
+  return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('exception, line', [
+    ("errors.ConfigError('train.batch_size=7 is not divisible')",
+     'error: train.batch_size=7 is not divisible'),
+    ("checkpoints.CheckpointError('no best checkpoint')", 'error: no best checkpoint'),
+    ("submission.SubmissionError('3 rows')", 'error: 3 rows'),
+    ("PermissionError(13, 'Permission denied', '/x/metrics.jsonl')",
+     'error: /x/metrics.jsonl: Permission denied'),
+])
+def test_bad_input_is_one_error_line(tmp_path, exception, line):
+  proc = _fail_or_raise(tmp_path, exception)
+  assert proc.returncode == 1 and proc.stderr.strip() == line and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('exception', ["ValueError('shapes (3,) and (4,) do not match')",
+                                       "TypeError('a bug')", "KeyError('params')"])
+def test_a_bug_keeps_its_traceback(tmp_path, exception):
+  """Only the UserError family (and OS errors about files) become one line: a shape error while
+  tracing is a bug, and its traceback is what a bug report needs."""
+  proc = _fail_or_raise(tmp_path, exception)
+  assert proc.returncode == 1 and 'Traceback' in proc.stderr, proc.stderr
+  assert 'error:' not in proc.stderr

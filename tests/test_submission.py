@@ -67,7 +67,7 @@ def test_failure_midway_keeps_the_existing_csv_and_leaves_no_partial_file(tmp_pa
 def _run_check(path, *extra):
   proc = subprocess.run([sys.executable, '-m', 'jax_cifar.submission', 'check', str(path), *extra],
                         capture_output=True, text=True)
-  return proc.returncode, proc.stdout
+  return proc.returncode, proc.stdout + proc.stderr
 
 
 def test_validator_accepts_a_good_file_from_the_command_line(tmp_path):
@@ -125,7 +125,8 @@ def test_validator_takes_n_from_the_ood_dir(tmp_path):
   with pytest.raises(submission.SubmissionError, match='expected 19 x 40'):
     submission.check_submission(path, ood_dir)
   code, out = _run_check(path, '--ood_dir', str(ood_dir))
-  assert code == 1 and out.startswith('FAIL') and out.count('\n') == 1
+  assert code == 1 and out.startswith('error: ') and 'expected 19 x 40' in out, out
+  assert out.count('\n') == 1, out
 
 
 @pytest.mark.parametrize('problem,match', [

@@ -77,7 +77,7 @@ def read_npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, bool
       elif version in ((2, 0), (3, 0)):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
       else:
-        raise ValueError(f'unsupported .npy version {version}')
+        raise DataError(f'unsupported .npy version {version}')
       return shape, dtype, fortran, f.tell()
   except FileNotFoundError:
     raise DataError(f'{path}: file not found') from None

@@ -19,6 +19,7 @@ import grain
 import jax
 import numpy as np
 
+from jax_cifar import errors
 from jax_cifar.data.cifar100 import Split
 
 
@@ -50,7 +51,7 @@ def _process_slice(global_batch: int) -> _ProcessSlice:
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   steps = num_examples // global_batch
   if steps == 0:
-    raise ValueError(f'train.batch_size={global_batch} is larger than the training set '
+    raise errors.ConfigError(f'train.batch_size={global_batch} is larger than the training set '
                      f'({num_examples} images)')
   return steps
 
