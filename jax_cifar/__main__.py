@@ -14,6 +14,7 @@ COMMANDS = {
     'corrupt': ('jax_cifar.corrupt', 'a labelled 19 x 5 corrupted set from the test split'),
     'submission': ('jax_cifar.submission', 'check a submission CSV'),
     'report': ('jax_cifar.report', 'curves and a summary of several runs'),
+    'prepare_tfds': ('jax_cifar.data.prepare_tfds', 'build tfds cifar100 for data.source=tfds'),
 }
 
 

@@ -28,7 +28,8 @@ SAFE_TO_CHANGE = (
     'data.dir', 'data.download', 'data.tfds_data_dir', 'data.worker_count', 'data.prefetch',
     'train.resume', 'train.max_steps', 'train.log_every_steps', 'train.eval_batch_size',
     'train.eval_every_epochs', 'train.on_nonfinite', 'train.allow_config_change',
-    'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.best_weights', 'wandb.')
+    'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.best_weights', 'wandb.',
+    'model.init_from')  # Read at step 0 only.
 # May change, and is logged with what it does to the schedule: training longer.
 EXTENDABLE = ('train.num_epochs',)
 
@@ -94,6 +95,27 @@ def previous_config(workdir: pathlib.Path) -> dict | None:
   except (OSError, json.JSONDecodeError) as e:
     raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, '
                        'so the run cannot be resumed safely') from e
+
+
+def run_config(run_dir: str | pathlib.Path):
+  """The config a run was (last) launched with, from RUN_DIR/config.json, validated; keys the
+  file lacks (added to jax-cifar since) take their defaults, as when that run was launched."""
+  from jax_cifar import config_validation  # pylint: disable=g-import-not-at-top  (imports models)
+  from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(run_dir) / CONFIG_FILE
+  if not path.exists():
+    raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?')
+  config = default.get_config()
+  for key, value in flatten(previous_config(pathlib.Path(run_dir))).items():
+    section, _, name = key.rpartition('.')
+    parent = config
+    for part in section.split('.') if section else ():
+      parent = parent[part]
+    if name in parent and isinstance(parent[name], tuple) and isinstance(value, list):
+      value = tuple(value)  # JSON has no tuples.
+    parent[name] = value
+  config_validation.validate(config)
+  return config
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:

@@ -5,6 +5,7 @@ import pytest
 
 import jax_cifar
 from jax_cifar import tracking
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100
 
@@ -47,7 +48,7 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
     jax_cifar.predict(raw, config, images.astype(np.float32))
   with pytest.raises(ValueError, match="'best' or 'latest'"):
     jax_cifar.load_model(run, 'newest')
-  with pytest.raises(jax_cifar.api.checkpoints.CheckpointError, match='not found'):
+  with pytest.raises(workdir_lib.WorkdirError, match="not found"):
     jax_cifar.load_model(run / 'nope')
 
 

@@ -1,0 +1,93 @@
+"""model.init_from: a new run starts from another run's weights (params + BN statistics), with a
+fresh optimizer at step 0; a head of another size is replaced, another model is refused."""
+
+import jax
+import numpy as np
+import pytest
+
+from jax_cifar import checkpoints, config_validation, optim, parallel, trainer
+from jax_cifar import state as state_lib
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+
+
+def _config(**model):
+  c = default.get_config()
+  c.data.source, c.data.synthetic_size, c.data.val_fraction = 'synthetic', 256, 0.25
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 1
+  c.train.max_steps, c.checkpoint.every_steps = 3, 2
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+  """A 3-step run (checkpoints at steps 2 and 3)."""
+  run = tmp_path_factory.mktemp('source')
+  trainer.train_and_evaluate(_config(), str(run))
+  return run
+
+
+def _init(config):
+  tx, _ = optim.make_optimizer(config.optim, 10, 10)
+  return state_lib.init_state(config, tx, parallel.make_mesh())[0]
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _assert_equal(a, b):
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('spec, which', [('', 'best'), (':best', 'best'), (':latest', 'latest'),
+                                         (':2', 'step 2')])
+def test_new_run_starts_from_the_runs_weights_with_a_fresh_optimizer(source, spec, which):
+  state = _init(_config(init_from=f'{source}{spec}'))
+  path = str(source / 'checkpoints' / 'latest' / '2') if which == 'step 2' else which
+  expected, _, step = state_lib.restore(_config(), source, path)
+  assert step == (2 if which == 'step 2' else 3)
+  _assert_equal(state.params, expected.params)
+  _assert_equal(state.batch_stats, expected.batch_stats)
+  assert int(state.step) == 0
+  _assert_equal(state.opt_state, _init(_config()).opt_state)  # Zero moments, count 0.
+  assert not np.array_equal(_leaves(state.params)[0], _leaves(_init(_config()).params)[0])
+
+
+def test_a_head_of_another_size_is_replaced_by_a_fresh_one(source):
+  state = _init(_config(init_from=str(source), num_classes=10))
+  own = _init(_config(num_classes=10))  # What this run's head is without init_from.
+  expected, _, _ = state_lib.restore(_config(), source, 'best')
+  got, want = dict(state.params), dict(expected.params)
+  _assert_equal(got['fc'], own.params['fc'])
+  assert sorted(x.shape for x in jax.tree.leaves(got['fc'])) == [(10,), (32, 10)]
+  _assert_equal({k: v for k, v in got.items() if k != 'fc'},
+                {k: v for k, v in want.items() if k != 'fc'})
+
+
+def test_another_model_or_a_missing_run_is_refused(source, tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match="model.width 4 vs 8"):
+    _init(_config(init_from=str(source), width=8))
+  with pytest.raises(workdir_lib.WorkdirError, match='not found'):
+    _init(_config(init_from=str(tmp_path / 'nope')))
+  with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
+    _init(_config(init_from=f'{source}:99'))
+  with pytest.raises(config_validation.ConfigError, match='both set'):
+    config_validation.validate(_config(init_from=str(source), pretrained='/some/weights'))
+
+
+def test_a_run_started_from_another_trains_from_step_0_and_resumes_without_reloading(source,
+                                                                                   tmp_path):
+  c = _config(init_from=str(source))
+  result = trainer.train_and_evaluate(c, str(tmp_path / 'b'))
+  assert result['step'] == 3
+  launches = (tmp_path / 'b' / workdir_lib.LAUNCHES_FILE).read_text().splitlines()
+  assert len(launches) == 1 and '"start_step": 0' in launches[0]
+  # Resuming must not need the source run any more: its weights are in the checkpoint.
+  c.train.max_steps = 4
+  c.model.init_from = str(tmp_path / 'gone')  # Would fail if read again; changing it is safe.
+  assert trainer.train_and_evaluate(c, str(tmp_path / 'b'))['step'] == 4
