@@ -171,7 +171,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
-  p_train = compile_train_step(config, graphdef, tx, schedule, mesh)
+  train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
   validator = make_validator(config, graphdef, mesh)
 
   writer = tracking.MetricsWriter(workdir, config, resume_step=start_step)
@@ -184,7 +184,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   try:
     for step in range(start_step + 1, last_step + 1):
-      state, metrics = p_train(state, next(batches))
+      state, metrics = train_step_fn(state, next(batches))
       pending.append(metrics)
       # A run stopped by max_steps logs no extra train row (a resumed run's train rows equal the
       # uninterrupted run's) but ends with an evaluation, as at the end of training.
