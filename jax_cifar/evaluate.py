@@ -1,12 +1,13 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
-python -m jax_cifar.evaluate --config configs/NAME.py --workdir DIR [--checkpoint best|latest|PATH]
+python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|PATH]
     [--tta none|flip|shifts] [--bn_adapt] [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
 confusion_<tag>.png, where <tag> is best, latest or path, then _tta-flip / _tta-shifts with --tta
 (--tta_flip is an alias of --tta flip) and _bn-adapt with --bn_adapt; with --cifar100c_dir also
 cifar100c_<tag>.png. The last line printed is one JSON object with the scalar results, at least
-`test_accuracy` (a fraction).
+`test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
+--config whose model keys differ from it is refused (its numbers would not be the run's).
 
 --tta: see jax_cifar/tta.py (the softmax averaged over mirrored/translated views).
 --bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is
@@ -47,10 +48,13 @@ from ml_collections import config_flags
 from jax_cifar import cli, config_validation, errors, inference, interrupt, metrics_lib
 from jax_cifar import parallel, report, submission, tta
 from jax_cifar.data import cifar100, ood
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.inference import Predictor
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'A configuration file (default: the run\'s own '
+                                'WORKDIR/config.json); its model keys must match the run\'s.',
+                                lock_config=True)
 flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
 flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', or a path to a checkpoint step folder.")
 flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
@@ -67,7 +71,7 @@ flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18
 flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                     '(default WORKDIR/submission_<tag>.csv).')
 flags.DEFINE_string('cifar100c_dir', None, 'CIFAR-100-C folder: <corruption>.npy and labels.npy.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +208,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
              weights: str = 'raw') -> dict:
   """Evaluates a checkpoint ('raw' weights or their 'ema'); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
+  inference.check_matches_run(config, workdir)
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
@@ -238,7 +243,8 @@ def main(argv):
   try:
     parallel.maybe_initialize_distributed()
     parallel.enable_compilation_cache()
-    result = evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
+    config = FLAGS.config or workdir_lib.run_config(FLAGS.workdir)
+    result = evaluate(config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
                       weights=FLAGS.weights)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import pathlib
 from typing import Any
 
 import jax
@@ -19,6 +21,7 @@ import tqdm
 from jax_cifar import bn_adapt, checkpoints, config_validation, interrupt, metrics_lib, parallel
 from jax_cifar import state as state_lib
 from jax_cifar import tta
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100, pipeline
 from jax_cifar.train_step import predict_step
 
@@ -134,6 +137,26 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                                 state.params, state.batch_stats) if adapt_bn else None)
   return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
                    adapter), step
+
+
+# Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).
+PREDICTION_KEYS = ('model.', 'augment.crop_mode')
+NOT_PREDICTION_KEYS = ('model.pretrained', 'model.init_from', 'model.remat')
+
+
+def check_matches_run(config, run_dir: str) -> None:
+  """Refuses a --config whose prediction keys differ from the run's own config.json, which would
+  write eval_<tag>.json numbers of a model the run never trained."""
+  run = workdir_lib.previous_config(pathlib.Path(run_dir))
+  if run is None:
+    return  # No config.json (e.g. a copied checkpoint folder): the given config is all there is.
+  changes = workdir_lib.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
+  differ = [f'{k} {old!r} (run) vs {new!r} (--config)' for k, (old, new) in changes.items()
+            if k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS)]
+  if differ:
+    raise config_validation.ConfigError(
+        f'--config differs from the run\'s {run_dir}/{workdir_lib.CONFIG_FILE} in keys that change '
+        f'its predictions: {"; ".join(differ)}. Omit --config to use the run\'s own config')
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,

@@ -207,6 +207,30 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
                              (c_pred == c_labels).reshape(5, -1).mean(1))
 
 
+def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refused(run):
+  """--config omitted: the run's config.json (same numbers as with the run's file); a --config
+  whose model differs is one error line, and eval_latest.json is left as it was."""
+  workdir = run / 'run'
+  cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(workdir),
+         '--checkpoint', 'latest']
+  own = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert own.returncode == 0, own.stderr[-3000:]
+  by_file = evaluate.evaluate(_config(), str(workdir), 'latest')
+  assert json.loads(own.stdout.strip().splitlines()[-1])['test_accuracy'] == by_file['test_accuracy']
+  before = (workdir / 'eval_latest.json').read_bytes()
+  wrong = subprocess.run(cmd + ['--config', str(run / 'tiny_config.py'),
+                                '--config.model.normalize=imagenet'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert wrong.returncode == 1, wrong.stderr[-3000:]
+  line = wrong.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: ') and "model.normalize 'cifar' (run) vs 'imagenet'" in line, line
+  assert (workdir / 'eval_latest.json').read_bytes() == before
+  # Keys that do not change predictions (where data lives, the eval batch) may differ.
+  c = _config()
+  c.train.eval_batch_size = 32
+  inference.check_matches_run(c, str(workdir))
+
+
 @pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated'])
 def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_path, problem):
   rng = np.random.default_rng(4)
