@@ -78,6 +78,7 @@ def _parts(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(folder.glob('.*.part'))
 
 
+@pytest.mark.slow  # 20-45 s (two evaluate runs and a killed one)
 def test_sigkill_keeps_the_previous_csv_and_a_relaunch_writes_the_same_bytes(run):
   reference = run / 'reference' / 'sub.csv'
   reference.parent.mkdir()

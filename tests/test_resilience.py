@@ -95,6 +95,7 @@ def test_resume_after_sigkill_at_random_points_matches_uninterrupted_run(tmp_pat
   _assert_same_run(uninterrupted, workdir)
 
 
+@pytest.mark.slow  # 20-40 s (a killed training run and its relaunch)
 def test_sigterm_saves_exits_75_and_the_next_launch_resumes(tmp_path, uninterrupted):
   workdir = tmp_path / 'preempted'
   proc = _launch(workdir, signal_at='5:SIGTERM')
