@@ -6,12 +6,12 @@ the result independent of how the batch is sharded over devices, and costs no ex
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
   """One-hot targets with `smoothing` mass spread uniformly over all classes (torch's convention)."""
-  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  return one_hot * (1.0 - smoothing) + smoothing / num_classes
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), smoothing)
 
 
 def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:

@@ -39,6 +39,21 @@ def test_mixup_with_label_smoothing_targets_sum_to_one_and_loss_matches_numpy():
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
 
 
+@pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.35])
+def test_label_smoothing_loss_equals_torch_cross_entropy_with_label_smoothing(smoothing):
+  """smooth_one_hot follows torch's convention: (1 - a) * one_hot + a / K over all K classes."""
+  torch = pytest.importorskip('torch')
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 100, size=32)
+  logits = rng.normal(size=(32, 100)).astype(np.float32) * 3
+  targets = mixing.smooth_one_hot(jnp.asarray(labels), 100, smoothing)
+  np.testing.assert_allclose(np.asarray(targets).sum(-1), 1.0, rtol=1e-6)
+  ours = train_step.cross_entropy(jnp.asarray(logits), targets)
+  ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels),
+                                          label_smoothing=smoothing, reduction='none').numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
 def test_cutmix_lambda_equals_the_pasted_area():
   images = jnp.stack([jnp.full((32, 32, 3), float(i)) for i in range(4)])
   targets = mixing.smooth_one_hot(jnp.arange(4), 10, 0.0)
