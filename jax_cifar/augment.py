@@ -29,6 +29,8 @@ NORMALIZATION = {
     'cifar': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+NORMALIZE_CHOICES = (*NORMALIZATION, 'none')  # model.normalize
+CROP_MODES = ('constant', 'reflect')  # augment.crop_mode: jnp.pad modes of the random crop.
 
 
 ERASING_ATTEMPTS = 10
@@ -37,31 +39,24 @@ _ERASING_DRAWS = 3 + 2 * ERASING_ATTEMPTS
 
 def crop_at(image: jax.Array, top: jax.Array, left: jax.Array, padding: int, mode: str) -> jax.Array:
   """Pads one HWC image by `padding` ('constant' zeros or 'reflect') and crops at (top, left)."""
-  if mode not in ('constant', 'reflect'):
-    raise ValueError(f'crop_mode must be constant or reflect, got {mode!r}')
+  if mode not in CROP_MODES:
+    raise ValueError(f'crop_mode must be one of {CROP_MODES}, got {mode!r}')
   h, w, c = image.shape
   padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
   return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
 
 def _crop_draws(u: jax.Array, image: jax.Array, padding: int, mode: str) -> jax.Array:
+  """torchvision RandomCrop(size=H, padding) on one HWC image, offsets from two uniforms `u`."""
   offsets = jnp.minimum(jnp.floor(u * (2 * padding + 1)).astype(jnp.int32), 2 * padding)
   return crop_at(image, offsets[0], offsets[1], padding, mode)
-
-
-def random_crop(key: jax.Array, image: jax.Array, padding: int, mode: str = 'constant') -> jax.Array:
-  """torchvision RandomCrop(size=H, padding) on one HWC image: pad every side, crop H x W back."""
-  return _crop_draws(jax.random.uniform(key, (2,)), image, padding, mode)
-
-
-def random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
-  """Horizontal flip of one HWC image with probability 0.5."""
-  return jnp.where(jax.random.uniform(key) < 0.5, image[:, ::-1], image)
 
 
 def _erase_draws(u: jax.Array, image: jax.Array, prob: float,
                  scale: tuple[float, float] = (0.02, 0.33),
                  ratio: tuple[float, float] = (0.3, 3.3)) -> jax.Array:
+  """torchvision RandomErasing(p, scale, ratio, value=0) on one uint8 HWC image, for
+  augment.erasing_prob: tries up to 10 rectangles and erases the first that fits (else no-op)."""
   h, w, _ = image.shape
   n = ERASING_ATTEMPTS
   area = h * w * (scale[0] + (scale[1] - scale[0]) * u[3:3 + n])
@@ -79,16 +74,6 @@ def _erase_draws(u: jax.Array, image: jax.Array, prob: float,
   inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
   erase = inside & fits[first] & (u[0] < prob)
   return jnp.where(erase[..., None], jnp.zeros_like(image), image)
-
-
-def random_erasing(key: jax.Array, image: jax.Array, prob: float,
-                   scale: tuple[float, float] = (0.02, 0.33),
-                   ratio: tuple[float, float] = (0.3, 3.3)) -> jax.Array:
-  """torchvision RandomErasing(p, scale, ratio, value=0) on one uint8 HWC image.
-
-  Like torchvision, tries up to 10 rectangles and erases the first that fits (none fits: no-op).
-  """
-  return _erase_draws(jax.random.uniform(key, (_ERASING_DRAWS,)), image, prob, scale, ratio)
 
 
 # Keys folded off an example's key for the robustness augmentations, drawn only when enabled.
@@ -226,7 +211,7 @@ def to_model_input(images: jax.Array, *, image_size: int, normalize: str, dtype:
     x = jax.image.resize(x, (b, image_size, image_size, c), method='bilinear')
   if normalize != 'none':
     if normalize not in NORMALIZATION:
-      raise ValueError(f'normalize must be one of {sorted(NORMALIZATION)} or none, got {normalize!r}')
+      raise ValueError(f'normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}')
     mean, std = NORMALIZATION[normalize]
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   return x.astype(dtype)

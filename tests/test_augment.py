@@ -69,8 +69,8 @@ def test_random_crop_draws_every_offset_in_range(images):
   image = images[1]
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   candidates = {(t, l): padded[t:t + 32, l:l + 32] for t in range(9) for l in range(9)}
-  keys = jax.random.split(jax.random.key(0), 1500)
-  crops = np.asarray(jax.jit(jax.vmap(lambda k: augment.random_crop(k, image, 4)))(keys))
+  crops = _augment(jax.random.key(0), np.repeat(image[None], 1500, axis=0), crop_padding=4,
+                   crop_mode='constant', flip=False)
   seen = set()
   for crop in crops:
     matches = [o for o, c in candidates.items() if np.array_equal(c, crop)]
@@ -80,8 +80,7 @@ def test_random_crop_draws_every_offset_in_range(images):
 
 
 def test_flip_mirrors_about_half_the_images(images):
-  keys = jax.random.split(jax.random.key(1), NUM_IMAGES)
-  out = np.asarray(jax.vmap(augment.random_flip)(keys, jnp.asarray(images)))
+  out = _augment(jax.random.key(1), images, crop_padding=0, flip=True)
   flipped = np.array([np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images)])
   kept = np.array([np.array_equal(o, x) for o, x in zip(out, images)])
   assert np.all(flipped | kept)
