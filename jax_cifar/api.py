@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax
@@ -49,13 +50,8 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}')
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def probabilities(state, x):
-    x = augment.to_model_input(x, image_size=config.model.image_size,
-                               normalize=config.model.normalize,
-                               dtype=jnp.dtype(config.model.dtype))
-    return jax.nn.softmax(nnx.merge(graphdef, state)(x, train=False).astype(jnp.float32), -1)
+  probabilities = _probabilities_fn(graphdef, config.model.image_size, config.model.normalize,
+                                    config.model.dtype)
 
   out = []
   for start in range(0, len(images), batch_size):
@@ -64,3 +60,17 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
                                              np.uint8)]) if len(chunk) < batch_size else chunk
     out.append(np.asarray(probabilities(state, padded))[:len(chunk)])  # One compiled shape.
   return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _probabilities_fn(graphdef: nnx.GraphDef, image_size: int, normalize: str, dtype: str):
+  """One jitted function per model structure and input preparation, so repeated `predict` calls
+  (a notebook loop) reuse its compilation instead of tracing a new closure each time."""
+
+  @jax.jit
+  def probabilities(state, x):
+    x = augment.to_model_input(x, image_size=image_size, normalize=normalize,
+                               dtype=jnp.dtype(dtype))
+    return jax.nn.softmax(nnx.merge(graphdef, state)(x, train=False).astype(jnp.float32), -1)
+
+  return probabilities

@@ -37,6 +37,11 @@ def test_load_model_and_predict_reproduce_the_runs_validation_accuracy(run):
   accuracy = float(np.mean(probs.argmax(-1) == val.labels))
   best = max(r['val_accuracy'] for r in tracking.read_metrics(run) if 'val_accuracy' in r)
   assert accuracy == pytest.approx(best, abs=1e-9)  # Same images, same weights, same numbers.
+  # A second call (a notebook loop) reuses the compiled function: no new trace.
+  hits = jax_cifar.api._probabilities_fn.cache_info().hits  # pylint: disable=protected-access
+  again = jax_cifar.predict(model, config, val.images[:64], batch_size=64)
+  assert jax_cifar.api._probabilities_fn.cache_info().hits == hits + 1  # pylint: disable=protected-access
+  np.testing.assert_array_equal(again, probs[:64])
 
 
 def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
