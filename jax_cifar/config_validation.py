@@ -1,15 +1,17 @@
 """Checks a config against jax_cifar/configs/default.py before anything compiles: one line naming the key."""
 
-from jax_cifar import errors, models
+from flax import traverse_util
+
+from jax_cifar import augment, errors, models
 from jax_cifar.configs import default as default_config
 
 CHOICES = {
     'data.source': ('local', 'tfds', 'synthetic'),
     'model.name': models.MODEL_NAMES,
-    'model.stem': ('imagenet', 'cifar'),
+    'model.stem': models.STEMS,
     'model.dtype': ('float32', 'bfloat16'),
-    'model.normalize': ('cifar', 'imagenet', 'none'),
-    'augment.crop_mode': ('constant', 'reflect'),
+    'model.normalize': augment.NORMALIZE_CHOICES,
+    'augment.crop_mode': augment.CROP_MODES,
     'augment.policy': ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment'),
     'optim.name': ('adamw', 'sgd'),
     'optim.schedule': ('cosine', 'constant'),
@@ -52,21 +54,10 @@ RANGES = {
 ConfigError = errors.ConfigError
 
 
-def _flatten(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + '.'))
-    else:
-      out[key] = v
-  return out
-
-
 def validate(config) -> None:
   """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range."""
-  given = _flatten(config.to_dict())
-  defaults = _flatten(default_config.get_config().to_dict())
+  given = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  defaults = traverse_util.flatten_dict(default_config.get_config().to_dict(), sep='.')
   for key in given:
     if key not in defaults:
       raise ConfigError(f'unknown config key {key!r} (see jax_cifar/configs/default.py for every key)')
@@ -85,8 +76,6 @@ def validate(config) -> None:
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
       bounds = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}]"
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')
-  if given['data.val_fraction'] >= 1.0:
-    raise ConfigError("config key 'data.val_fraction' must be below 1")
   if given['model.width'] < models.smallest_width(given['model.name']):
     raise ConfigError(f"config key 'model.width' must be >= {models.smallest_width(given['model.name'])} "
                       f"for {given['model.name']}, got {given['model.width']}")

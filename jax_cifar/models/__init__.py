@@ -38,4 +38,4 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
                       rngs=rngs)
 
 
-__all__ = ['MODEL_NAMES', 'ResNet', 'SimpleCNN', 'create_model', 'smallest_width']
+__all__ = ['MODEL_NAMES', 'STEMS', 'ResNet', 'SimpleCNN', 'create_model', 'smallest_width']

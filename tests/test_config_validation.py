@@ -1,0 +1,82 @@
+"""config_validation: its choice lists are the implementations' own, and its explicit checks (those
+that CHOICES/RANGES cannot express) each refuse what they promise, naming the key."""
+
+import importlib
+import pathlib
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from jax_cifar import augment, config_validation, models
+from jax_cifar.configs import default
+
+BUILTIN = sorted(p.stem for p in (pathlib.Path(default.__file__).parent).glob('*.py')
+                 if not p.stem.startswith('_'))
+
+
+def _config(**flat):
+  c = default.get_config()
+  c.update_from_flattened_dict(flat)
+  return c
+
+
+@pytest.mark.parametrize('name', BUILTIN)
+def test_every_builtin_config_is_valid(name):
+  config_validation.validate(importlib.import_module(f'jax_cifar.configs.{name}').get_config())
+
+
+def test_choices_are_what_the_implementations_accept():
+  """Every listed stem, normalisation and crop mode works, and one outside the list fails in both."""
+  x = jnp.zeros((1, 8, 8, 3), jnp.uint8)
+  for stem in config_validation.CHOICES['model.stem']:
+    models.create_model('resnet18', 10, stem=stem, width=4, rngs=nnx.Rngs(0))
+  for normalize in config_validation.CHOICES['model.normalize']:
+    assert augment.to_model_input(x, image_size=8, normalize=normalize, dtype=jnp.float32).shape == (
+        1, 8, 8, 3)
+  for mode in config_validation.CHOICES['augment.crop_mode']:
+    assert augment.crop_at(x[0], 0, 0, 2, mode).shape == (8, 8, 3)
+  with pytest.raises(ValueError, match='stem'):
+    models.create_model('resnet18', 10, stem='tiny', width=4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='normalize'):
+    augment.to_model_input(x, image_size=8, normalize='mnist', dtype=jnp.float32)
+  with pytest.raises(ValueError, match='crop_mode'):
+    augment.crop_at(x[0], 0, 0, 2, 'edge')
+  for key, value in [('model.stem', 'tiny'), ('model.normalize', 'mnist'),
+                     ('augment.crop_mode', 'edge')]:
+    with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be one of"):
+      config_validation.validate(_config(**{key: value}))
+
+
+@pytest.mark.parametrize('value', [0.95, 1.0, 1.5, -0.1])
+def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"'data.val_fraction' must be in \[0.0, 0.9\]"):
+    config_validation.validate(_config(**{'data.val_fraction': value}))
+
+
+@pytest.mark.parametrize('flat, message', [
+    ({'ema.decay': 1.0}, "'ema.decay' must be below 1"),  # RANGES admits 1.0.
+    ({'augment.augmix_depth': 0}, "'augment.augmix_depth' must be -1"),
+    ({'augment.blur_kernel': 4}, "'augment.blur_kernel' must be odd"),
+    ({'model.name': 'resnext50_32x4d', 'model.width': 4}, "'model.width' must be >= "),
+    ({'train.batch_size': 10, 'train.grad_accum_steps': 4}, 'divisible by train.grad_accum_steps'),
+    ({'checkpoint.best_weights': 'ema'}, 'needs an EMA'),
+    ({'augment.augmix_jsd_weight': 12.0}, 'needs augment.augmix=True'),
+    ({'augment.augmix_jsd_weight': 12.0, 'augment.augmix': True, 'augment.mixup_alpha': 0.2},
+     'cannot be combined'),
+    ({'augment.rrc_scale': (0.9, 0.5)}, "'augment.rrc_scale' must be \\(low, high\\)"),
+    ({'augment.rrc_scale': (0.5,)}, "'augment.rrc_scale' must be a pair"),
+    ({'augment.color_jitter': (0.4, 0.4, 0.4, 0.6)}, "'augment.color_jitter' must be 4"),
+])
+def test_explicit_checks_refuse_naming_the_key(flat, message):
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(_config(**flat))
+
+
+def test_values_at_the_edges_of_the_explicit_checks_pass():
+  config_validation.validate(_config(**{
+      'ema.decay': 0.9999, 'augment.augmix_depth': -1, 'augment.blur_kernel': 5,
+      'data.val_fraction': 0.9, 'train.batch_size': 12, 'train.grad_accum_steps': 4,
+      'augment.rrc_scale': (0.5, 0.5)}))
+
