@@ -43,6 +43,9 @@ RUNS = {  # Training runs: every robustness key set explicitly, so any base --co
     'augmix': AUGMIX,
     'augmix_jsd': {**AUGMIX, 'augment.mixup_alpha': 0.0, 'augment.augmix_jsd_weight': 12.0},
     'photo_ema': {**AUGMIX, **PHOTO, **EMA},  # The EMA never feeds back into the raw weights.
+    # Controls for the JSD row: its compute (3 views per image) and its lack of mixup.
+    'report_3x': {**REPORT, '_epochs_mult': 3},
+    'report_nomix': {**REPORT, 'augment.mixup_alpha': 0.0},
 }
 ROWS = {  # row -> (training run, weights evaluated, description)
     'report': ('report', 'raw', 'report recipe: AutoAugment CIFAR10 + mixup 0.2 + label smoothing '
@@ -52,6 +55,8 @@ ROWS = {  # row -> (training run, weights evaluated, description)
                    'mixup); 3x compute per step'),
     'photo': ('photo_ema', 'raw', '+ AugMix + colour jitter 0.4 / blur 0.3 / noise 0.3'),
     'photo_ema': ('photo_ema', 'ema', 'row photo + EMA of the weights (decay 0.99, warm-up 0.75)'),
+    'report_3x': ('report_3x', 'raw', 'report recipe, 3x the epochs (the JSD row\'s compute)'),
+    'report_nomix': ('report_nomix', 'raw', 'report recipe without mixup (as the JSD row)'),
 }
 TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
 
@@ -80,16 +85,26 @@ def overrides(args, run: str, seed: int) -> list[str]:
   """--config.KEY=VALUE flags of one training run (also passed to evaluate, so it rebuilds it)."""
   values = dict(RUNS[run])
   values['seed'] = seed
+  mult = values.pop('_epochs_mult', 1)
   for key, flag in (('train.num_epochs', args.epochs), ('data.train_limit', args.train_limit),
                     ('model.name', args.model), ('model.width', args.width),
                     ('train.batch_size', args.batch_size)):
     if flag is not None:
       values[key] = flag
+  if mult != 1:
+    values['train.num_epochs'] = mult * (args.epochs or base_config(args.config).train.num_epochs)
   values['data.dir'] = args.data_dir
   for item in args.set:
     key, _, value = item.partition('=')
     values[key] = value
   return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def base_config(path: str):
+  """The get_config() of the base config file (for per-row multiples of its epochs)."""
+  namespace = {}
+  exec(compile(pathlib.Path(ROOT / path).read_text(), path, 'exec'), namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
 
 
 def run_logged(cmd: list[str], log_path: pathlib.Path) -> float:
