@@ -17,6 +17,8 @@ import os
 import pathlib
 from typing import Any
 
+from flax import traverse_util
+
 from jax_cifar import errors
 
 CONFIG_FILE = 'config.json'
@@ -38,14 +40,11 @@ class WorkdirError(errors.UserError):
   pass
 
 
-def flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
-  return out
+def flatten(d: dict) -> dict:
+  """{'section.key': value} of a nested config dict; tuples become lists, as JSON gives them back,
+  so a live config and its config.json compare equal."""
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in traverse_util.flatten_dict(d, sep='.').items()}
 
 
 class Lock:
@@ -106,14 +105,10 @@ def run_config(run_dir: str | pathlib.Path):
   if not path.exists():
     raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?')
   config = default.get_config()
-  for key, value in flatten(previous_config(pathlib.Path(run_dir))).items():
-    section, _, name = key.rpartition('.')
-    parent = config
-    for part in section.split('.') if section else ():
-      parent = parent[part]
-    if name in parent and isinstance(parent[name], tuple) and isinstance(value, list):
-      value = tuple(value)  # JSON has no tuples.
-    parent[name] = value
+  try:  # ConfigDict turns JSON's lists back into the defaults' tuples, and refuses a wrong type.
+    config.update_from_flattened_dict(flatten(previous_config(pathlib.Path(run_dir))))
+  except (KeyError, TypeError) as e:
+    raise WorkdirError(f'{path} does not fit the config of this jax-cifar ({e})') from e
   config_validation.validate(config)
   return config
 

@@ -212,3 +212,34 @@ def test_keys_added_since_an_older_run_count_as_their_defaults():
   assert workdir_lib.config_changes(old, new) == {}
   new['ema']['decay'] = 0.999  # ... but a real change to a new key is still one.
   assert workdir_lib.config_changes(old, new) == {'ema.decay': (0.0, 0.999)}
+
+
+def test_flatten_dots_nested_keys_and_turns_tuples_into_json_lists():
+  assert workdir_lib.flatten({'a': {'b': (1, 2), 'c': {'d': 'x'}, 'e': {}}, 'f': [3]}) == {
+      'a.b': [1, 2], 'a.c.d': 'x', 'f': [3]}
+
+
+def test_run_config_reads_config_json_back_with_tuples_and_defaults_for_missing_keys(tmp_path):
+  config = default.get_config()
+  config.optim.lr, config.augment.rrc_scale, config.ema.decay = 0.05, (0.5, 0.9), 0.99
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['ema']  # A run from before `ema` existed.
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  loaded = workdir_lib.run_config(tmp_path)
+  assert loaded.optim.lr == 0.05 and loaded.augment.rrc_scale == (0.5, 0.9)
+  assert loaded.ema.decay == default.get_config().ema.decay
+  config.ema.decay = loaded.ema.decay
+  assert loaded == config
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda c: c['model'].update(width='wide'), 'does not fit the config'),
+    (lambda c: c.update(gone={'x': {'y': 1}}), 'does not fit the config'),
+    (lambda c: c['optim'].update(learning_rate=0.1), "unknown config key 'optim.learning_rate'"),
+])
+def test_run_config_refuses_a_config_json_that_does_not_fit_naming_it(tmp_path, edit, message):
+  saved = json.loads(json.dumps(default.get_config().to_dict()))
+  edit(saved)
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises((workdir_lib.WorkdirError, ValueError), match=message):
+    workdir_lib.run_config(tmp_path)
