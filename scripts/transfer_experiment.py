@@ -5,7 +5,9 @@
 
 Runs `python -m jax_cifar.train --config configs/resnet50_transfer.py` twice, identical except for
 `--config.model.pretrained`, then prints (and writes OUT/results.json) validation accuracy, steps,
-image size and wall time of both. Defaults are sized for a small CPU (see docs/transfer.md).
+image size and wall time of both. Defaults are sized for a small CPU (see docs/transfer.md). The
+trainer compiles its steps with the CPU XLA options itself (parallel.step_compiler_options;
+JAX_CIFAR_XLA_DEFAULTS=1 turns them off), so this script sets no process-wide XLA_FLAGS.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / 'configs' / 'resnet50_transfer.py'
-# XLA CPU flags from DESIGN.md: 2-5x faster ImageNet-stem ResNets on CPU, results equal to rounding.
-CPU_XLA_FLAGS = '--xla_disable_hlo_passes=algsimp --xla_cpu_experimental_ynn_fusion_type='
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument('--batch_size', type=int, default=32)
   p.add_argument('--num_epochs', type=float, default=1.5)
   p.add_argument('--only', choices=('pretrained', 'random'), help='run just one arm')
-  p.add_argument('--no_cpu_flags', action='store_true', help=f'do not set XLA_FLAGS={CPU_XLA_FLAGS}')
   p.add_argument('overrides', nargs='*', help='extra --config.KEY=VALUE flags for both runs')
   return p.parse_args(argv)
 
@@ -50,7 +49,7 @@ def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
   return target
 
 
-def run_arm(name: str, pretrained: str, args: argparse.Namespace, env: dict) -> dict:
+def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
   """One training run; returns its final validation metrics, steps and wall time."""
   workdir = pathlib.Path(args.out) / name
   flags = [f'--config.model.pretrained={pretrained}', f'--config.model.image_size={args.image_size}',
@@ -65,7 +64,7 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace, env: dict) -> 
   print(f'[{name}]', ' '.join(cmd), flush=True)
   t = time.time()
   with open(pathlib.Path(args.out) / f'{name}.log', 'w') as log:
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
   wall = time.time() - t
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_accuracy' in r][-1]
@@ -83,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   weights = str(convert(args.state_dict, out) if args.state_dict else pathlib.Path(args.weights))
-  env = dict(os.environ)
-  if not args.no_cpu_flags:
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + CPU_XLA_FLAGS).strip()
   arms = [('pretrained', os.path.abspath(weights)), ('random', '')]
-  results = [run_arm(n, w, args, env) for n, w in arms if args.only in (None, n)]
+  results = [run_arm(n, w, args) for n, w in arms if args.only in (None, n)]
   (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   print('| arm | val acc | val top-5 | steps | image size | wall (s) |')
   print('| --- | --- | --- | --- | --- | --- |')
