@@ -46,10 +46,10 @@ def profile(config, steps: int) -> dict:
   steps = steps or pipeline.steps_per_epoch(len(split), config.train.batch_size)
   tx, schedule = optim.make_optimizer(config.optim, steps, steps)
   state, graphdef = state_lib.init_state(config, tx, mesh)
-  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
+  train_step_fn = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
   # Compile and warm up outside the timings.
   first = next(_batches(config, split, 1, mesh))
-  state, metrics = p_train(state, first)
+  state, metrics = train_step_fn(state, first)
   jax.block_until_ready(metrics)
 
   batches = _batches(config, split, steps, mesh)
@@ -60,7 +60,7 @@ def profile(config, steps: int) -> dict:
 
   t = time.perf_counter()
   for _ in range(steps):
-    state, metrics = p_train(state, first)
+    state, metrics = train_step_fn(state, first)
   jax.block_until_ready((state, metrics))
   t_step = time.perf_counter() - t
 
@@ -70,7 +70,7 @@ def profile(config, steps: int) -> dict:
     t0 = time.perf_counter()
     batch = next(batches)
     t_next += time.perf_counter() - t0
-    state, metrics = p_train(state, batch)
+    state, metrics = train_step_fn(state, batch)
   jax.block_until_ready((state, metrics))
   t_both = time.perf_counter() - t
 

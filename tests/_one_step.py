@@ -25,11 +25,11 @@ def main(out_path: str) -> None:
   mesh = parallel.make_mesh()
   tx, schedule = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
   state, graphdef = state_lib.init_state(c, tx, mesh)
-  p_train, _ = trainer.compile_steps(c, graphdef, tx, schedule, mesh)
+  train_step_fn = trainer.compile_train_step(c, graphdef, tx, schedule, mesh)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
            'label': rng.integers(0, 10, 16).astype(np.int32)}
-  state, metrics = p_train(state, parallel.to_global(batch, parallel.batch_sharded(mesh)))
+  state, metrics = train_step_fn(state, parallel.to_global(batch, parallel.batch_sharded(mesh)))
   leaves = jax.tree_util.tree_leaves_with_path((state.params, state.batch_stats))
   arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
   arrays['__loss'] = np.asarray(metrics['train_loss'])

@@ -58,8 +58,8 @@ def test_bf16_train_step_keeps_params_stats_opt_state_and_loss_float32_and_runs_
   convs = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l]
   assert len(convs) == 3 * 20 - 1, len(convs)  # 20 forward, 20 kernel-grad, 19 input-grad
   assert all('bf16[' in l for l in convs), [l for l in convs if 'bf16[' not in l][:2]
-  p_train, _ = trainer.compile_steps(config, graphdef, tx, schedule, mesh)
-  state, metrics = p_train(state, batch)
+  train_step_fn = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
+  state, metrics = train_step_fn(state, batch)
   for name, tree in (('params', state.params), ('batch_stats', state.batch_stats),
                      ('opt_state', state.opt_state)):
     dtypes = {l.dtype for l in jax.tree.leaves(tree) if jnp.issubdtype(l.dtype, jnp.floating)}
@@ -75,7 +75,7 @@ def _train_and_eval(dtype: str, seeds: range, steps: int) -> list[float]:
   config = _config(dtype)
   config.optim.schedule = 'cosine'  # Decays to 0: the end point is far less chaotic than at a constant lr.
   mesh, tx, schedule, _, graphdef = _setup(config, steps)
-  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)  # Seed-independent.
+  train_step_fn = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)  # Seed-independent.
   validator = trainer.make_validator(config, graphdef, mesh)
   sharding = parallel.batch_sharded(mesh)
   b = config.train.batch_size
@@ -86,7 +86,7 @@ def _train_and_eval(dtype: str, seeds: range, steps: int) -> list[float]:
     state, _ = state_lib.init_state(config_seed, tx, mesh)
     x, y = _learnable_data(steps * b, seed=seed)
     for i in range(steps):
-      state, _ = p_train(state, parallel.to_global(
+      state, _ = train_step_fn(state, parallel.to_global(
           {'image': x[i * b:(i + 1) * b], 'label': y[i * b:(i + 1) * b]}, sharding))
     tx_, ty_ = _learnable_data(1000, seed=1000 + seed)
     metrics, _ = inference.split_metrics(dataclasses.replace(validator, state=state),
