@@ -4,6 +4,8 @@
       --image_size 32 --out bench.json
   python scripts/benchmark.py --models resnet50:imagenet --image_size 160 --dtypes bfloat16 \
       --find_batch_size --frameworks jax
+  python scripts/benchmark.py --models resnet152 --image_size 224 --dtypes float32,bfloat16 \
+      --find_batch_size --analysis_only --mem_cap_gb 16   # what fits a 16 GB GPU (compiles only)
 
 A model spec is a config name (`smoke`, `resnet152`, ... from configs/) or `NAME[:STEM[:WIDTH]]`
 (`resnet18:cifar:16`); a bare ResNet name takes the cifar stem at <= 64 px and the ImageNet stem
@@ -11,6 +13,8 @@ above. The JAX step is the trainer's own (`state.init_state` + `trainer.compile_
 on-device crop/flip, resize, label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping
 and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
+--analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
+numbers are the backend's own: run it on the GPU in question for that GPU's).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import batch_fit  # pylint: disable=wrong-import-position
+from jax_step import bench_jax, is_oom  # pylint: disable=wrong-import-position
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 
@@ -39,8 +46,8 @@ def _csv(text: str, kind=str) -> list:
   return [kind(t) for t in str(text).split(',') if t.strip()]
 
 
-def make_config(spec: str, batch: int, dtype: str, image_size: int):
-  """The run's config: a config file's, or the default with the spec's model, plus benchmark fixes."""
+def recipe_config(spec: str, image_size: int):
+  """A config file's config, or the default one with the spec's model; not yet changed to measure."""
   from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
   name, *rest = spec.split(':')
   if name not in RESNETS + ('simple_cnn',) and (ROOT / 'jax_cifar' / 'configs' / f'{name}.py').exists():
@@ -57,84 +64,22 @@ def make_config(spec: str, batch: int, dtype: str, image_size: int):
     config.model.normalize = 'cifar' if config.model.stem == 'cifar' else 'imagenet'
     # The recipe being replaced: AdamW + global-norm clipping + label smoothing, crop + flip.
     config.optim.name, config.optim.grad_clip_norm, config.optim.label_smoothing = 'adamw', 1.0, 0.1
+  return config
+
+
+def make_config(spec: str, batch: int, dtype: str, image_size: int, *, grad_accum_steps: int = 1,
+                remat: bool | None = None):
+  """The measured config: the recipe's, at this batch/dtype/size, synthetic data, no weights."""
+  config = recipe_config(spec, image_size)
   config.model.dtype = dtype
   config.model.image_size = image_size
   config.model.pretrained = ''
   config.train.batch_size = batch
+  config.train.grad_accum_steps = grad_accum_steps
+  if remat is not None:
+    config.model.remat = remat
   config.data.source = 'synthetic'
   return config
-
-
-# ---------------------------------------------------------------------------------------------
-# JAX
-# ---------------------------------------------------------------------------------------------
-def _is_oom(err: BaseException) -> bool:
-  text = f'{type(err).__name__}: {err}'
-  return any(s in text for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory', 'OOM'))
-
-
-def _memory_analysis(compiled) -> int | None:
-  try:
-    m = compiled.memory_analysis()
-    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-               - m.alias_size_in_bytes)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def _flops(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost['flops'])
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
-              compiler_options: dict | None = None) -> dict:
-  """img/s (median of per-step times), compile seconds and memory of the trainer's train step."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax_cifar import optim, parallel, trainer  # pylint: disable=import-outside-toplevel
-  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
-
-  batch = config.train.batch_size
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(batch, 'batch')
-  tx, schedule = optim.make_optimizer(config.optim, total_steps=10_000, steps_per_epoch=100)
-  t0 = time.perf_counter()
-  state, graphdef = state_lib.init_state(config, tx, mesh)
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t0
-  p_train = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
-  rng = np.random.default_rng(0)
-  host = {'image': rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
-          'label': rng.integers(0, config.model.num_classes, batch).astype(np.int32)}
-  data = parallel.to_global(host, parallel.batch_sharded(mesh))
-  t0 = time.perf_counter()
-  compiled = p_train.lower(state, data).compile(compiler_options or None)
-  compile_s = time.perf_counter() - t0
-  program_bytes = _memory_analysis(compiled)
-  out = {'compile_s': compile_s, 'init_s': init_s, 'program_bytes': program_bytes,
-         'step_flops': _flops(compiled)}
-  if mem_cap and program_bytes and program_bytes > mem_cap:
-    raise MemoryError(f'RESOURCE_EXHAUSTED: program needs {program_bytes / 2**30:.2f} GiB > cap')
-  times = []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, data)
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  loss = float(metrics['train_loss'])
-  stats = jax.devices()[0].memory_stats() or {}
-  out.update(step_ms=1e3 * statistics.median(times), img_s=batch / statistics.median(times),
-             loss=loss, peak_bytes=stats.get('peak_bytes_in_use'))
-  if out['step_flops']:  # XLA's count of the whole step (augmentation, model, optimizer)
-    out['tflop_s'] = out['step_flops'] / statistics.median(times) / 1e12
-  del state, compiled, p_train, data
-  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +153,7 @@ def bench_torch(config, steps: int, warmup: int, compile_mode: str) -> dict:
     step()
     sync()
   except Exception as e:  # pylint: disable=broad-except
-    if not use_compile or _is_oom(e):
+    if not use_compile or is_oom(e):
       raise
     out.update(compiled=False, compile_error=str(e).splitlines()[0][:200])
     fwd = model
@@ -252,10 +197,11 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
         row['torch'] = bench_torch(config, args.steps, args.warmup, args.torch_compile)
       else:
         row['jax'] = bench_jax(config, args.steps, args.warmup,
-                               compiler_options=json.loads(args.compiler_options or '{}'))
+                               compiler_options=json.loads(args.compiler_options or '{}'),
+                               analysis_only=args.analysis_only)
     except Exception as e:  # pylint: disable=broad-except
       row[fw] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:300]}' if str(e)
-                 else type(e).__name__, 'oom': _is_oom(e)}
+                 else type(e).__name__, 'oom': is_oom(e)}
     finally:
       _release()
   jx, pt = row.get('jax', {}), row.get('torch', {})
@@ -265,43 +211,63 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
 
 
 def find_batch_size(spec: str, dtype: str, size: int, args) -> dict:
-  """Doubles the batch until it does not fit (OOM or --mem_cap_gb), then bisects; JAX only."""
+  """Largest micro-batch under the cap (or the device's memory), then the grad_accum_steps the
+  recipe's batch needs and that step's memory; again with model.remat if that may help."""
   cap = args.mem_cap_gb * 2**30 if args.mem_cap_gb else None
-  tried: dict[int, float | None] = {}
-  quantum = args.batch_quantum
+  options = json.loads(args.compiler_options or '{}')
 
-  def fits(b: int) -> bool:
-    if b not in tried:
-      try:
-        r = bench_jax(make_config(spec, b, dtype, size), max(2, args.steps // 2), 1, cap)
-        tried[b] = r['img_s']
-      except Exception as e:  # pylint: disable=broad-except
-        if not (_is_oom(e) or isinstance(e, MemoryError)):
-          raise
-        tried[b] = None
-      finally:
-        _release()
-      print(f'  {spec} {dtype} {size}px batch {b}: '
-            f'{"does not fit" if tried[b] is None else f"{tried[b]:.1f} img/s"}', flush=True)
-    return tried[b] is not None
+  def measure(batch: int, accum: int, remat: bool) -> dict:
+    config = make_config(spec, batch, dtype, size, grad_accum_steps=accum, remat=remat)
+    try:
+      r = bench_jax(config, max(2, args.steps // 2), 1, cap, options, args.analysis_only)
+      r['fits'] = not r['over_cap']
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_oom(e):
+        raise
+      r = {'fits': False, 'program_bytes': None, 'error': str(e).splitlines()[0][:200]}
+    finally:
+      _release()
+    r['loadavg'] = _load()
+    speed = f', {r["img_s"]:.1f} img/s' if 'img_s' in r else ''
+    print(f'  {spec} {dtype} {size}px batch {batch} accum {accum} remat {remat}: '
+          f'{_fmt(r["program_bytes"] and r["program_bytes"] / 2**30, ".2f")} GiB{speed}, '
+          f'{"fits" if r["fits"] else "does not fit"} (compile {_fmt(r.get("compile_s"))} s, '
+          f'load {_fmt(r["loadavg"])})', flush=True)
+    return r
 
-  b, good, bad = args.find_start, 0, None
-  while b <= args.find_max:
-    if not fits(b):
-      bad = b
-      break
-    good, b = b, b * 2
-  if good and bad:
-    while bad - good > quantum:
-      mid = (good + bad) // 2 // quantum * quantum
-      if mid <= good:
-        break
-      good, bad = (mid, bad) if fits(mid) else (good, mid)
-  ok = {k: v for k, v in tried.items() if v is not None}
-  best = max(ok, key=ok.get) if ok else None
-  return {'model': spec, 'dtype': dtype, 'image_size': size, 'largest_batch': good or None,
-          'hit_limit': bad is None, 'best_batch': best, 'best_img_s': ok.get(best),
-          'tried': {str(k): v for k, v in sorted(tried.items())}}
+  recipe = args.recipe_batch or recipe_config(spec, size).train.batch_size
+  search = {'start': args.find_start, 'quantum': args.batch_quantum}
+  plans = [batch_fit.plan(measure, recipe, remat=False, hi=args.find_max, **search)]
+  plain = plans[0]
+  if args.remat == 'on' or (args.remat == 'auto' and plain['grad_accum_steps'] != 1):
+    # Remat needs less memory per example, so its search starts where the plain one stopped and
+    # only goes as far as the recipe's batch (no accumulation needed).
+    search['start'] = max(plain['largest_micro_batch'] or 1, 1)
+    plans.append(batch_fit.plan(measure, recipe, remat=True, hi=max(recipe, search['start']),
+                                **search))
+  speeds = {int(t['batch']): t['img_s'] for t in plain['tried']
+            if t['grad_accum_steps'] == 1 and t.get('img_s')}
+  best = max(speeds, key=speeds.get) if speeds else None
+  return {'model': spec, 'dtype': dtype, 'image_size': size, 'cap_bytes': cap,
+          'analysis_only': args.analysis_only, 'largest_batch': plain['largest_micro_batch'],
+          'hit_limit': plain['hit_limit'], 'best_batch': best, 'best_img_s': speeds.get(best),
+          'plans': plans}
+
+
+def _load() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
+def memory_note(backend: str, analysis_only: bool) -> str:
+  """What the memory numbers are, so a CPU's are never read as a GPU's."""
+  how = 'XLA memory analysis of the compiled step (temp + arguments + outputs - donated)'
+  if backend == 'cpu':
+    return (f'memory: {how} on XLA:CPU; a GPU\'s can differ (XLA:CPU upcasts bfloat16 to float32 '
+            'in places and fuses differently). Run the same command on the GPU to measure it.')
+  return f'memory: {how} on {backend}' + ('' if analysis_only else '; batches were also run')
 
 
 def environment() -> dict:
@@ -361,19 +327,32 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--models', default='smoke', help='comma list of model specs (see module doc)')
   p.add_argument('--batch', default='128', help='comma list of global batch sizes')
   p.add_argument('--dtypes', default='float32', help='comma list: float32,bfloat16')
-  p.add_argument('--image_size', default='32', help='comma list of model input sizes')
+  p.add_argument('--image_size', default='',
+                 help='comma list of model input sizes (default: the config\'s, 32 for bare ResNets)')
   p.add_argument('--frameworks', default='jax,torch', help='comma list: jax,torch')
   p.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--torch_compile', default='auto', choices=('auto', 'on', 'off'),
                  help='torch.compile the model: auto = on GPU only')
   p.add_argument('--find_batch_size', action='store_true',
-                 help='per model/dtype/size: largest batch that fits and the fastest one (JAX)')
+                 help='per model/dtype/size: largest (micro-)batch that fits, the fastest one, and '
+                      'the train.grad_accum_steps the recipe\'s batch needs (JAX)')
   p.add_argument('--find_start', type=int, default=32)
   p.add_argument('--find_max', type=int, default=4096)
   p.add_argument('--batch_quantum', type=int, default=16, help='bisection granularity')
   p.add_argument('--mem_cap_gb', type=float, default=0.0,
-                 help='treat programs needing more than this (XLA memory analysis) as not fitting')
+                 help='treat programs needing more than this (XLA memory analysis, GiB) as not fitting')
+  p.add_argument('--analysis_only', action='store_true',
+                 help='compile only and read XLA\'s memory analysis: no state, no steps (needs '
+                      '--mem_cap_gb with --find_batch_size)')
+  p.add_argument('--recipe_batch', type=int, default=0,
+                 help='batch to split into micro-batches (default: the config\'s train.batch_size)')
+  p.add_argument('--remat', default='auto', choices=('auto', 'off', 'on'),
+                 help='also search with model.remat=True: auto = when the plain step needs '
+                      'grad_accum_steps > 1')
+  p.add_argument('--cache_dir', default='',
+                 help='use JAX\'s persistent compilation cache here (as the trainer does) instead '
+                      'of compiling fresh; first_step_s then shows a relaunch\'s start-up')
   p.add_argument('--compiler_options', default='',
                  help='JSON dict of XLA options for the JAX train step only, e.g. '
                       '\'{"xla_cpu_experimental_ynn_fusion_type": ""}\' (docs/benchmarks.md)')
@@ -383,21 +362,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.find_batch_size and args.analysis_only and not args.mem_cap_gb:
+    raise SystemExit('error: --find_batch_size --analysis_only needs --mem_cap_gb (nothing runs '
+                     'out of memory when nothing runs)')
   import jax  # pylint: disable=import-outside-toplevel
-  # Compile times are part of the result: never read them from the persistent cache.
-  jax.config.update('jax_enable_compilation_cache', False)
+  if args.cache_dir:
+    from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
+    jax.config.update('jax_compilation_cache_dir', args.cache_dir)
+    parallel.enable_compilation_cache()  # The trainer's settings for the cache.
+  else:  # Compile times are part of the result: never read them from the persistent cache.
+    jax.config.update('jax_enable_compilation_cache', False)
   result: dict[str, Any] = {'environment': environment(), 'args': vars(args), 'rows': [],
                             'find_batch_size': []}
   sizes, dtypes = _csv(args.image_size, int), _csv(args.dtypes)
   for spec in _csv(args.models):
-    for size in sizes:
+    for size in sizes or [recipe_config(spec, 32).model.image_size]:
       for dtype in dtypes:
         if args.find_batch_size:
           r = find_batch_size(spec, dtype, size, args)
           result['find_batch_size'].append(r)
+          fastest = ('' if args.analysis_only else
+                     f', fastest batch {r["best_batch"]} ({_fmt(r["best_img_s"])} img/s)')
           print(f'{spec} {dtype} {size}px: largest batch {r["largest_batch"]}'
-                f'{" (search limit)" if r["hit_limit"] else ""}, fastest batch {r["best_batch"]} '
-                f'({_fmt(r["best_img_s"])} img/s)', flush=True)
+                f'{" (search limit)" if r["hit_limit"] else ""}{fastest}', flush=True)
           _write(args.out, result)
           continue
         for batch in _csv(args.batch, int):
@@ -407,6 +394,11 @@ def main(argv=None) -> int:
           _write(args.out, result)  # after every row: a run cut short keeps what it measured
   if result['rows']:
     print('\n' + table(result['rows']))
+  if result['find_batch_size']:
+    print('\n' + batch_fit.table(result['find_batch_size']))
+  if result['find_batch_size'] or args.analysis_only:
+    result['memory_note'] = memory_note(jax.default_backend(), args.analysis_only)
+    print(result['memory_note'])
   _write(args.out, result)
   errors = [r for r in result['rows'] if any('error' in r.get(f, {}) for f in ('jax', 'torch'))]
   return 1 if errors and len(errors) == len(result['rows']) else 0

@@ -1,0 +1,111 @@
+"""The trainer's own JAX train step, compiled for a config and timed, or only analysed.
+
+`state.init_state` + `trainer.compile_train_step` on a synthetic uint8 batch (on-device
+augmentation is part of the step); scripts/benchmark.py drives it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+try:  # Process start, for the time to the first step (a relaunch with a warm compilation cache).
+  import psutil  # pylint: disable=import-error
+  PROCESS_START = psutil.Process().create_time()
+except ImportError:
+  PROCESS_START = time.time()
+
+def is_oom(err: BaseException) -> bool:
+  """Whether an error is the device (or --mem_cap_gb) running out of memory."""
+  text = f'{type(err).__name__}: {err}'
+  return any(s in text for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory', 'OOM'))
+
+
+def _memory_analysis(compiled) -> dict:
+  """XLA's memory analysis of a compiled program; program_bytes = temp + arguments + outputs, less
+  the outputs that reuse donated argument buffers (the train state): what the step needs at once."""
+  try:
+    m = compiled.memory_analysis()
+    parts = {k: int(getattr(m, f'{k}_size_in_bytes')) for k in ('temp', 'argument', 'output', 'alias')}
+  except Exception:  # pylint: disable=broad-except
+    return {'program_bytes': None}
+  return {'program_bytes': parts['temp'] + parts['argument'] + parts['output'] - parts['alias'],
+          'memory_parts': parts}
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost['flops'])
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def compile_jax(config, compiler_options: dict | None = None, abstract: bool = False):
+  """(compiled trainer step, state, batch, info); abstract=True builds shapes only (no weights,
+  no data), enough for XLA's memory analysis of models too large to run here."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jax_cifar import optim, parallel, trainer  # pylint: disable=import-outside-toplevel
+  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
+
+  batch = config.train.batch_size
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(batch, 'batch')
+  tx, schedule = optim.make_optimizer(config.optim, total_steps=10_000, steps_per_epoch=100)
+  t0 = time.perf_counter()
+  if abstract:
+    state = jax.eval_shape(lambda: state_lib.init_state(config, tx, mesh, pretrained=False)[0])
+    graphdef = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(config)), nnx.Param, ...)[0]
+    data = {'image': jax.ShapeDtypeStruct((batch, 32, 32, 3), np.uint8),
+            'label': jax.ShapeDtypeStruct((batch,), np.int32)}
+  else:
+    state, graphdef = state_lib.init_state(config, tx, mesh)
+    jax.block_until_ready(state)
+    rng = np.random.default_rng(0)
+    host = {'image': rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+            'label': rng.integers(0, config.model.num_classes, batch).astype(np.int32)}
+    data = parallel.to_global(host, parallel.batch_sharded(mesh))
+  init_s = time.perf_counter() - t0
+  step = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, data).compile(compiler_options or None)
+  info = {'compile_s': time.perf_counter() - t0, 'init_s': init_s,
+          **_memory_analysis(compiled), 'step_flops': _flops(compiled)}
+  return compiled, state, data, info
+
+
+_FIRST_STEP = {'done': False}
+
+
+def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
+              compiler_options: dict | None = None, analysis_only: bool = False) -> dict:
+  """img/s (median of per-step times), compile seconds and memory of the trainer's train step;
+  with analysis_only, or a program larger than mem_cap bytes, compile seconds, FLOPs and XLA's
+  memory analysis only (nothing runs)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  batch = config.train.batch_size
+  compiled, state, data, out = compile_jax(config, compiler_options, abstract=analysis_only)
+  out['over_cap'] = bool(mem_cap and out['program_bytes'] and out['program_bytes'] > mem_cap)
+  if analysis_only or out['over_cap']:  # A program over the cap is not run.
+    return out
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, data)
+    jax.block_until_ready((state, metrics))
+    if not _FIRST_STEP['done']:  # Process start -> first step done: imports, init, compile, step.
+      _FIRST_STEP['done'] = True
+      out['first_step_s'] = time.time() - PROCESS_START
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  loss = float(metrics['train_loss'])
+  stats = jax.devices()[0].memory_stats() or {}
+  out.update(step_ms=1e3 * statistics.median(times), img_s=batch / statistics.median(times),
+             loss=loss, peak_bytes=stats.get('peak_bytes_in_use'))
+  if out['step_flops']:  # XLA's count of the whole step (augmentation, model, optimizer)
+    out['tflop_s'] = out['step_flops'] / statistics.median(times) / 1e12
+  del state, compiled, data
+  return out
