@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import augment, workdir
+from jax_cifar import augment, checkpoints, workdir
 from jax_cifar import state as state_lib
 
 
@@ -31,7 +31,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0).
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
-  if checkpoint not in ('best', 'latest') or weights not in ('raw', 'ema'):
+  if checkpoint not in ('best', 'latest') or weights not in checkpoints.WEIGHTS:
     raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw' or 'ema', got "
                      f'{checkpoint!r}, {weights!r}')
   config = run_config(run_dir)

@@ -332,10 +332,12 @@ def _signed(u: jax.Array, magnitude: jax.Array, signed: jax.Array) -> jax.Array:
   return jnp.where(signed & (u < 0.5), -magnitude, magnitude)
 
 
+POLICIES = ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment')  # augment.policy
+
+
 def num_draws(policy: str, num_ops: int = 2) -> int:
   """How many uniform draws `apply_policy_draws` consumes per image."""
-  return {'none': 0, 'autoaugment_cifar10': 5, 'randaugment': 2 * num_ops,
-          'trivialaugment': 3}[policy]
+  return dict(zip(POLICIES, (0, 5, 2 * num_ops, 3)))[policy]
 
 
 def autoaugment_cifar10(u: jax.Array, image: jax.Array) -> jax.Array:

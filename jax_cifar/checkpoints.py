@@ -18,6 +18,8 @@ from absl import logging
 from jax_cifar import errors
 
 
+WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
+
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
 _REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
 

@@ -2,22 +2,23 @@
 
 from flax import traverse_util
 
-from jax_cifar import augment, errors, models
+from jax_cifar import augment, autoaugment, checkpoints, errors, models, optim
+from jax_cifar.data import cifar100
 from jax_cifar.configs import default as default_config
 
 CHOICES = {
-    'data.source': ('local', 'tfds', 'synthetic'),
+    'data.source': cifar100.SOURCES,
     'model.name': models.MODEL_NAMES,
     'model.stem': models.STEMS,
     'model.dtype': ('float32', 'bfloat16'),
     'model.normalize': augment.NORMALIZE_CHOICES,
     'augment.crop_mode': augment.CROP_MODES,
-    'augment.policy': ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment'),
-    'optim.name': ('adamw', 'sgd'),
-    'optim.schedule': ('cosine', 'constant'),
+    'augment.policy': autoaugment.POLICIES,
+    'optim.name': optim.OPTIMIZERS,
+    'optim.schedule': optim.SCHEDULES,
     'train.on_nonfinite': ('stop', 'skip'),
     'wandb.mode': ('online', 'offline', 'disabled'),
-    'checkpoint.best_weights': ('raw', 'ema'),
+    'checkpoint.best_weights': checkpoints.WEIGHTS,
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from jax_cifar import errors
 from jax_cifar.models import create_model
@@ -50,22 +50,13 @@ _FORMAT = 'jax_cifar.convert/1'
 KILL_ENV = 'JAX_CIFAR_CONVERT_KILL_AT'
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      yield from _flatten(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
+def _flatten(tree: Mapping) -> Iterator[tuple[tuple, Any]]:
+  """(path tuple, leaf) of a nested dict (empty sub-dicts dropped)."""
+  return iter(traverse_util.flatten_dict(dict(tree)).items())
 
 
 def _unflatten(items: Mapping[tuple, Any]) -> dict:
-  out: dict = {}
-  for path, v in items.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
+  return traverse_util.unflatten_dict(dict(items))
 
 
 def _dotted(path: tuple) -> str:

@@ -45,7 +45,8 @@ import tqdm
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import cli, config_validation, errors, inference, interrupt, metrics_lib
+from jax_cifar import checkpoints, cli, config_validation, errors, inference, interrupt
+from jax_cifar import metrics_lib
 from jax_cifar import parallel, report, submission, tta
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -61,7 +62,7 @@ flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip 
                   'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The softmax '
                   'is averaged over the views.')
 flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
-flags.DEFINE_enum('weights', 'raw', ('raw', 'ema'), "The checkpoint's raw weights or their EMA "
+flags.DEFINE_enum('weights', 'raw', checkpoints.WEIGHTS, "The checkpoint's raw weights or their EMA "
                   '(runs trained with ema.decay > 0).')
 flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES THE '
                   'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '

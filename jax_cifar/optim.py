@@ -6,6 +6,9 @@ import optax
 
 from jax_cifar import errors
 
+OPTIMIZERS = ('adamw', 'sgd')  # optim.name
+SCHEDULES = ('cosine', 'constant')  # optim.schedule
+
 HEAD_KEY = 'fc'  # Every model names its classifier `fc` (torchvision's name), so the head is found by path.
 
 
@@ -39,7 +42,7 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, peak_lr, warmup), optax.constant_schedule(peak_lr)], [warmup])
   else:
-    raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+    raise errors.ConfigError(f'optim.schedule must be one of {SCHEDULES}, got {config.schedule!r}')
   if delay_steps:
     schedule = optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
   return schedule
@@ -52,7 +55,7 @@ def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransform
   if config.name == 'sgd':  # torch-style coupled decay: added to the gradient before momentum.
     return optax.chain(optax.masked(optax.add_decayed_weights(config.weight_decay), decay_mask),
                        optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
-  raise errors.ConfigError(f"optim.name must be 'adamw' or 'sgd', got {config.name!r}")
+  raise errors.ConfigError(f'optim.name must be one of {OPTIMIZERS}, got {config.name!r}')
 
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int

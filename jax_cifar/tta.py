@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cifar.augment import CROP_MODES
+
 MODES = ('none', 'flip', 'shifts')
 SHIFTS = (-2, 0, 2)
-PAD_MODES = {'constant': 'constant', 'reflect': 'reflect'}  # augment.crop_mode -> jnp.pad mode.
+PAD_MODES = {mode: mode for mode in CROP_MODES}  # augment.crop_mode -> jnp.pad mode (the same names).
 
 
 def view_table(mode: str) -> np.ndarray:

@@ -20,8 +20,7 @@ import numpy as np
 
 from jax_cifar.configs import default  # pylint: disable=wrong-import-position
 from jax_cifar import augment  # pylint: disable=wrong-import-position
-
-POLICIES = ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment')
+from jax_cifar.autoaugment import POLICIES  # pylint: disable=wrong-import-position
 ROBUST = {  # --robust name -> overrides of the `augment` config
     'augmix': dict(augmix=True), 'rrc': dict(rrc_prob=1.0),
     'color_jitter': dict(color_jitter_prob=1.0), 'blur': dict(blur_prob=1.0),

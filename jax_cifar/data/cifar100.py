@@ -29,6 +29,7 @@ FOLDER = 'cifar-100-python'
 ARCHIVES = (FOLDER + '.tar.gz', FOLDER + '.tar.xz', FOLDER + '.tar')
 NUM_CLASSES = 100
 NUM_COARSE_CLASSES = 20
+SOURCES = ('local', 'tfds', 'synthetic')  # data.source
 SPLITS = ('train', 'test')
 
 
@@ -395,7 +396,7 @@ def get_splits(data_cfg: Any) -> dict[str, Split | None]:
     full_train = synthetic_split(data_cfg.synthetic_size, seed=data_cfg.split_seed)
     test = synthetic_split(data_cfg.synthetic_size, seed=data_cfg.split_seed + 1)
   else:
-    raise ValueError(f"data.source must be 'local', 'tfds' or 'synthetic', got {source!r}")
+    raise ValueError(f'data.source must be one of {SOURCES}, got {source!r}')
 
   val = None
   train = full_train
