@@ -11,7 +11,7 @@ The names are imported on first use, so command-line tools start without loading
 
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
-    'create_model': 'jax_cifar.models', 'train_and_evaluate': 'jax_cifar.trainer',
+    'create_model': 'jax_cifar.models', 'train_and_evaluate': 'jax_cifar.training.trainer',
 }
 __all__ = sorted(_EXPORTS)
 

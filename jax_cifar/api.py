@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import augment, checkpoints, workdir
+from jax_cifar import checkpoints, workdir
+from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
 

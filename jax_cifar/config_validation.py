@@ -2,7 +2,9 @@
 
 from flax import traverse_util
 
-from jax_cifar import augment, autoaugment, checkpoints, errors, models, optim
+from jax_cifar import checkpoints, errors, models, optim
+from jax_cifar.augment import autoaugment
+from jax_cifar.augment import pipeline as augment
 from jax_cifar.data import cifar100
 from jax_cifar.configs import default as default_config
 

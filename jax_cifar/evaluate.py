@@ -9,13 +9,13 @@ cifar100c_<tag>.png. The last line printed is one JSON object with the scalar re
 `test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
 --config whose model keys differ from it is refused (its numbers would not be the run's).
 
---tta: see jax_cifar/tta.py (the softmax averaged over mirrored/translated views).
+--tta: see jax_cifar/evaluation/tta.py (the softmax averaged over mirrored/translated views).
 --bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is
 predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
 split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
-see jax_cifar/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
+see jax_cifar/evaluation/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
 SIGTERM/SIGINT stop the run with one line and status 128 + signal; a stopped or killed run never
-leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/submission.py).
+leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submission.py).
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ import tqdm
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, cli, config_validation, errors, inference, interrupt
-from jax_cifar import metrics_lib
-from jax_cifar import parallel, report, submission, tta
+from jax_cifar import checkpoints, cli, config_validation, errors, interrupt
+from jax_cifar.evaluation import inference
+from jax_cifar.evaluation import metrics as metrics_lib
+from jax_cifar import parallel
+from jax_cifar.evaluation import report, submission, tta
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
-from jax_cifar.inference import Predictor
+from jax_cifar.evaluation.inference import Predictor
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A configuration file (default: the run\'s own '

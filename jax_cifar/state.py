@@ -8,14 +8,41 @@ checks: damaged files are named, and a checkpoint of another model or optimizer 
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jax_cifar import checkpoints, models, optim, parallel, tracking
 from jax_cifar import workdir as workdir_lib
-from jax_cifar.train_step import TrainState
+from jax_cifar.augment import pipeline as augment
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates done so far.
+  params: Any  # nnx.State of nnx.Param.
+  batch_stats: Any  # nnx.State of everything else (BatchNorm running statistics).
+  opt_state: Any
+  rng: jax.Array  # uint32[2] base key; each step folds in its step number.
+  nonfinite_steps: jax.Array  # int32 scalar: updates skipped because the loss was not finite.
+  first_nonfinite_step: jax.Array  # int32 scalar: step of the first such update, -1 if none.
+  ema_params: Any = None  # EMA of params (config.ema.decay > 0), else None.
+  ema_batch_stats: Any = None  # EMA of the BatchNorm running statistics, else None.
+
+
+def model_input(images, config, dtype):
+  return augment.to_model_input(images, image_size=config.model.image_size,
+                                normalize=config.model.normalize, dtype=dtype)
+
+
+def predict_step(params, batch_stats, images: jax.Array, *, graphdef, config) -> jax.Array:
+  """Float32 logits of uint8 images in eval mode (used by evaluation and OOD prediction)."""
+  model = nnx.merge(graphdef, params, batch_stats)
+  x = model_input(images, config, jnp.dtype(config.model.dtype))
+  return model(x, train=False).astype(jnp.float32)
 
 
 def build_model(config) -> nnx.Module:

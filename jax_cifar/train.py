@@ -5,7 +5,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jax_cifar import cli, parallel, tracking, trainer
+from jax_cifar import cli, parallel, tracking
+from jax_cifar.training import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)

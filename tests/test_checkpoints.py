@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, optim, parallel, tracking, trainer
+from jax_cifar import checkpoints, optim, parallel, tracking
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 

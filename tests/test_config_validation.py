@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from jax_cifar import augment, config_validation, models
+from jax_cifar import config_validation, models
+from jax_cifar.augment import pipeline as augment
 from jax_cifar.configs import default
 
 BUILTIN = sorted(p.stem for p in (pathlib.Path(default.__file__).parent).glob('*.py')

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jax_cifar import corrupt, corrupt_ops
+from jax_cifar.corruptions import corrupt
+from jax_cifar.corruptions import ops as corrupt_ops
 from jax_cifar.data import cifar100, ood
 
 # Mean |corrupted - clean| must grow strictly with severity for these. The others follow

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from jax_cifar import corrupt, corrupt_store
+from jax_cifar.corruptions import corrupt
+from jax_cifar.corruptions import store as corrupt_store
 from jax_cifar.data import ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

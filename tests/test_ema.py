@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import optim, parallel, tracking, trainer
+from jax_cifar import optim, parallel, tracking
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
-from jax_cifar.train_step import ema_decay, train_step
+from jax_cifar.training.train_step import ema_decay, train_step
 
 
 def _config(decay=0.9, warmup_power=0.75):

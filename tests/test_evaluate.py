@@ -10,11 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate, metrics_lib, parallel, submission, trainer
+from jax_cifar import evaluate, parallel
+from jax_cifar.evaluation import submission
+from jax_cifar.evaluation import metrics as metrics_lib
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
-from jax_cifar import inference
+from jax_cifar.evaluation import inference
 from jax_cifar.data import cifar100, ood
-from jax_cifar.train_step import predict_step
+from jax_cifar.state import predict_step
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N_OOD = 10  # Images per distortion file (two per severity).

@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate, interrupt, submission, trainer
+from jax_cifar import evaluate, interrupt
+from jax_cifar.evaluation import submission
+from jax_cifar.training import trainer
 from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

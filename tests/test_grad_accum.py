@@ -9,7 +9,7 @@ import pytest
 from jax_cifar import optim, parallel
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
-from jax_cifar.train_step import train_step
+from jax_cifar.training.train_step import train_step
 
 
 def _config(name: str, accum: int):
@@ -53,7 +53,8 @@ def test_with_batchnorm_each_micro_batch_is_normalised_by_its_own_statistics():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from jax_cifar import augment, mixing  # pylint: disable=g-import-not-at-top
+  from jax_cifar.augment import mixing  # pylint: disable=g-import-not-at-top
+  from jax_cifar.augment import pipeline as augment
   c = _config('resnet18', 4)
   c.augment.crop_padding, c.augment.flip, c.augment.mixup_alpha = 0, False, 0.0
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)

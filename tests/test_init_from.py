@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, config_validation, optim, parallel, trainer
+from jax_cifar import checkpoints, config_validation, optim, parallel
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default

@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import smoke
-from jax_cifar import interrupt, optim, parallel, submission, tracking
+from jax_cifar import interrupt, optim, parallel, tracking
+from jax_cifar.evaluation import submission
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import smoke
-from jax_cifar import submission, trainer
+from jax_cifar.evaluation import submission
+from jax_cifar.training import trainer
 from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

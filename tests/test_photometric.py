@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import real_test_images, require_torch
-from jax_cifar import jpeg
-from jax_cifar import photometric as ph
+from jax_cifar.augment import jpeg
+from jax_cifar.augment import photometric as ph
 
 NUM_IMAGES = 64
 

@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jax_cifar import report
+from jax_cifar.evaluation import report
 from jax_cifar.data import ood
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -234,7 +234,7 @@ def test_importing_and_drawing_leave_the_matplotlib_backend_alone(tmp_path):
   _fake_run(tmp_path / 'run', 1.0)
   code = (
       'import sys\n'
-      'import jax_cifar.report as report\n'
+      'import jax_cifar.evaluation.report as report\n'
       'assert "matplotlib" not in sys.modules and "matplotlib.pyplot" not in sys.modules\n'
       f'report.write_report([{str(tmp_path / "run")!r}], {str(tmp_path / "out")!r})\n'
       'import matplotlib\n'

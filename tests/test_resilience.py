@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import config_validation, interrupt, optim, parallel, tracking, trainer
+from jax_cifar import config_validation, interrupt, optim, parallel, tracking
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

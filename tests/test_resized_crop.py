@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import real_test_images, require_torch
-from jax_cifar import resized_crop as rc
+from jax_cifar.augment import resized_crop as rc
 
 NUM_IMAGES = 64
 

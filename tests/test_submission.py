@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from jax_cifar import submission
+from jax_cifar.evaluation import submission
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import DataError
 

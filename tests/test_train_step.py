@@ -8,7 +8,9 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import mixing, optim, train_step
+from jax_cifar import optim
+from jax_cifar.augment import mixing
+from jax_cifar.training import train_step
 from jax_cifar import state as state_lib
 
 
@@ -133,7 +135,9 @@ def test_clipping_bounds_the_global_norm():
 def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_bn_batch():
   """The step's loss with augment.augmix_jsd_weight: CE on the clean view + w * JSD of the three
   views' logits, all three views through BatchNorm as one batch (as the AugMix paper)."""
-  from jax_cifar import augment, augmix, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar.augment import augmix
+  from jax_cifar.augment import pipeline as augment
   c = default.get_config()
   c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
   c.augment.augmix, c.augment.augmix_jsd_weight = True, 12.0
@@ -152,7 +156,7 @@ def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_
   views = augment.jsd_views(key, jnp.asarray(batch['image']), c.augment)
   assert not np.array_equal(views[1], views[2])  # Two different AugMix draws.
   model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
-  logits = model(train_step.model_input(jnp.concatenate(views), c, jnp.float32), train=True)
+  logits = model(state_lib.model_input(jnp.concatenate(views), c, jnp.float32), train=True)
   clean, one, two = jnp.split(logits, 3)
   targets = mixing.smooth_one_hot(jnp.asarray(batch['label']), 10, 0.1)
   want = train_step.cross_entropy(clean, targets).mean() + 12.0 * augmix.jsd_loss(clean, one, two)

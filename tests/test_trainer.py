@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default, smoke
-from jax_cifar import inference, tracking, trainer
+from jax_cifar import tracking
+from jax_cifar.evaluation import inference
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100
 

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import resnet50_transfer
-from jax_cifar import config_validation, convert, optim, parallel, trainer
+from jax_cifar import config_validation, convert, optim, parallel
+from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from conftest import require_env_path
 

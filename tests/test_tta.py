@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import evaluate, optim, parallel, tta
+from jax_cifar import evaluate, optim, parallel
+from jax_cifar.evaluation import tta
 from jax_cifar import state as state_lib
-from jax_cifar import inference
-from jax_cifar.train_step import predict_step
+from jax_cifar.evaluation import inference
+from jax_cifar.state import predict_step
 
 
 def _numpy_view(x: np.ndarray, flip: int, dy: int, dx: int, pad_mode: str) -> np.ndarray:

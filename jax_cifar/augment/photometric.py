@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar import autoaugment as aa
-from jax_cifar import exact
+from jax_cifar.augment import autoaugment as aa
+from jax_cifar.augment import exact
 
 JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
 JITTER_DRAWS = 2 * len(JITTER_OPS)  # the op order (argsort of 4 uniforms), then one factor each

@@ -4,28 +4,16 @@ The model travels as `nnx.split` pieces (graphdef is static; params and batch st
 pytrees in `TrainState`), so the step is a plain function that `jax.jit` compiles once.
 """
 
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_cifar import augment, augmix, errors, mixing, optim
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: optimizer updates done so far.
-  params: Any  # nnx.State of nnx.Param.
-  batch_stats: Any  # nnx.State of everything else (BatchNorm running statistics).
-  opt_state: Any
-  rng: jax.Array  # uint32[2] base key; each step folds in its step number.
-  nonfinite_steps: jax.Array  # int32 scalar: updates skipped because the loss was not finite.
-  first_nonfinite_step: jax.Array  # int32 scalar: step of the first such update, -1 if none.
-  ema_params: Any = None  # EMA of params (config.ema.decay > 0), else None.
-  ema_batch_stats: Any = None  # EMA of the BatchNorm running statistics, else None.
+from jax_cifar import errors, optim
+from jax_cifar.augment import augmix, mixing
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.state import TrainState, model_input
 
 
 def ema_decay(step: jax.Array, decay: float, warmup_power: float) -> jax.Array:
@@ -50,11 +38,6 @@ def update_ema(state: TrainState, config) -> TrainState:
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-example cross-entropy against soft targets, computed in float32."""
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def model_input(images, config, dtype):
-  return augment.to_model_input(images, image_size=config.model.image_size,
-                                normalize=config.model.normalize, dtype=dtype)
 
 
 def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTransformation,
@@ -149,10 +132,3 @@ def _accumulate(grad_fn, state: TrainState, images, targets, accum: int):
       (_micro_batches(images, accum, b), _micro_batches(targets, accum, b)))
   logits = logits.reshape((accum, b // accum, -1)).swapaxes(0, 1).reshape((b, -1))  # Batch order.
   return losses.mean(), logits, new_stats, jax.tree.map(lambda g: g / accum, grads)
-
-
-def predict_step(params, batch_stats, images: jax.Array, *, graphdef, config) -> jax.Array:
-  """Float32 logits of uint8 images in eval mode (used by evaluation and OOD prediction)."""
-  model = nnx.merge(graphdef, params, batch_stats)
-  x = model_input(images, config, jnp.dtype(config.model.dtype))
-  return model(x, train=False).astype(jnp.float32)

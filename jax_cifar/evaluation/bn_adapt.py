@@ -32,7 +32,7 @@ from flax import nnx
 
 from jax_cifar import errors, parallel
 from jax_cifar.data import cifar100, pipeline
-from jax_cifar.train_step import model_input
+from jax_cifar.state import model_input
 
 
 def batchnorm_paths(model: nnx.Module) -> list[tuple]:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar.augment import CROP_MODES
+from jax_cifar.augment.pipeline import CROP_MODES
 
 MODES = ('none', 'flip', 'shifts')
 SHIFTS = (-2, 0, 2)

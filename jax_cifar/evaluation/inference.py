@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jax_cifar import bn_adapt, checkpoints, config_validation, interrupt, metrics_lib, parallel
+from jax_cifar import checkpoints, config_validation, interrupt, parallel
+from jax_cifar.evaluation import bn_adapt
+from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
-from jax_cifar import tta
+from jax_cifar.evaluation import tta
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100, pipeline
-from jax_cifar.train_step import predict_step
+from jax_cifar.state import predict_step
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Image helpers of jax_cifar.corrupt: batched NumPy/SciPy blurs, zooms, kernels, textures.
 
 Unless noted, x is float [B, 32, 32, 3] in [0, 1]. Each helper re-implements one OpenCV or
-ImageMagick operation of make_cifar_c.py (see jax_cifar/corrupt.py).
+ImageMagick operation of make_cifar_c.py (see jax_cifar/corruptions/corrupt.py).
 """
 
 from __future__ import annotations

@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, errors, inference, interrupt, optim, parallel
+from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel
+from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
-from jax_cifar.train_step import TrainState, train_step
+from jax_cifar.state import TrainState
+from jax_cifar.training.train_step import train_step
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
 

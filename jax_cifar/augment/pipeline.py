@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar import augmix, autoaugment, jpeg, photometric, resized_crop
+from jax_cifar.augment import augmix, autoaugment, jpeg, photometric, resized_crop
 
 NORMALIZATION = {
     'cifar': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar import autoaugment as aa
-from jax_cifar import exact
+from jax_cifar.augment import autoaugment as aa
+from jax_cifar.augment import exact
 
 PARTIAL_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Posterize', 'Solarize',
                'AutoContrast', 'Equalize')

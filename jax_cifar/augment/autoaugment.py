@@ -14,7 +14,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from jax_cifar import exact
+from jax_cifar.augment import exact
 
 # Op order of torchvision's augmentation spaces (Identity first, as RandAugment/TrivialAugment).
 OP_NAMES = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',

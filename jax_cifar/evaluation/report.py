@@ -1,0 +1,424 @@
+"""Figures and tables of runs: learning curves, a markdown summary, confusion and corruption heatmaps.
+
+  python -m jax_cifar.report RUN_DIR [RUN_DIR ...] --out DIR
+writes DIR/figure1_loss.png, DIR/figure2_accuracy.png, DIR/figure3_learning_rate.png (every run on
+shared axes) and DIR/summary.md (results, the hyper-parameters that differ, warnings). Reads files
+only: no model, no accelerator. matplotlib is imported only to draw, and figures are drawn without
+pyplot, so importing this module never changes the user's matplotlib backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import sys
+from typing import Any, Callable
+
+import numpy as np
+from flax import traverse_util
+
+from jax_cifar import errors, tracking, workdir
+from jax_cifar.data import ood
+
+LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
+CHECKPOINT_KINDS = ('best', 'latest')  # WORKDIR/checkpoints/<kind>/<step>/ (checkpoints.py).
+
+
+class ReportError(errors.UserError):
+  """A folder that cannot be reported on: missing, or not a training run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
+    return {}
+
+
+def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
+  """What a run directory holds: metrics rows, config, and the evaluation JSONs if present."""
+  run_dir = pathlib.Path(run_dir)
+  if not run_dir.is_dir():
+    raise ReportError(f'{run_dir}: no such folder (give training run directories)')
+  if not (run_dir / tracking.METRICS_FILE).exists():
+    raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} (not a training run directory)')
+  config = _read_json(run_dir / workdir.CONFIG_FILE)
+  return {'name': run_dir.name, 'label': label or run_dir.name, 'dir': run_dir,
+          'rows': tracking.read_metrics(run_dir), 'config': config if isinstance(config, dict) else {},
+          'evals': {p.stem: _read_json(p) for p in sorted(run_dir.glob('eval_*.json'))}}
+
+
+def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
+  """Each run's shortest path suffix that no other run ends with (`a/run`, `b/run`, `c`)."""
+  parts = [pathlib.Path(d).resolve().parts for d in run_dirs]
+  first = {}
+  for d, p in zip(run_dirs, parts):
+    if p in first:
+      raise ReportError(f'{d}: the same run as {first[p]} (give each run once)')
+    first[p] = d
+  labels = []
+  for i, p in enumerate(parts):
+    others = [q for j, q in enumerate(parts) if j != i]
+    k = 1
+    while k < len(p) and any(q[-k:] == p[-k:] for q in others):
+      k += 1
+    labels.append(str(pathlib.PurePath(*p[-k:])))
+  return labels
+
+
+def run_colors(n: int) -> list[tuple[float, ...]]:
+  """n distinct RGBA colours: tab10 up to 10 runs, tab20 up to 20, evenly spaced turbo beyond."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if n <= 20:
+    cmap = matplotlib.colormaps['tab10' if n <= 10 else 'tab20']
+    return [cmap(i) for i in range(n)]
+  return [matplotlib.colormaps['turbo'](x) for x in np.linspace(0.0, 1.0, n)]
+
+
+def _new_figure(**kwargs):
+  """A Figure unknown to pyplot: savefig picks Agg for PNG whatever backend the user chose."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(**kwargs)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  fig.tight_layout()
+  fig.savefig(path, bbox_inches='tight')
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves
+# ---------------------------------------------------------------------------------------------
+def _epochs_per_step(rows: list[dict]) -> float | None:
+  for r in rows:
+    if r.get('epoch') and r.get('step'):
+      return r['epoch'] / r['step']
+  return None
+
+
+def _series(rows: list[dict], key: str, per_step: float | None) -> tuple[np.ndarray, np.ndarray]:
+  pts = [(r['step'], r[key]) for r in rows if r.get(key) is not None]
+  steps = np.array([p[0] for p in pts], float)
+  x = steps * per_step if per_step else steps
+  return x, np.array([p[1] for p in pts], float)
+
+
+def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
+                ylabel: str, title: str, path: pathlib.Path) -> None:
+  """Every run's (column, line style, legend label) lines on shared axes, one colour per run;
+  x in epochs when every run logs them, else in steps."""
+  fig = _new_figure(figsize=(7, 4.5), dpi=120)
+  ax = fig.add_subplot()
+  use_epochs = all(_epochs_per_step(r['rows']) for r in runs)
+  for run, color in zip(runs, run_colors(len(runs))):
+    per_step = _epochs_per_step(run['rows']) if use_epochs else None
+    for column, style, label in lines(run):
+      x, y = _series(run['rows'], column, per_step)
+      if len(x):
+        ax.plot(x, y, style, color=color, marker='o' if style == '--' else None, markersize=3,
+                label=label)
+  ax.set_xlabel('epoch' if use_epochs else 'step')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path) -> None:
+  """Training (solid) and validation (dashed, dots) `key` of every run."""
+  _plot_lines(runs, lambda run: [(f'{s}_{key}', style, f'{run["label"]} {s}')
+                                 for s, style in (('train', '-'), ('val', '--'))],
+              ylabel, title, path)
+
+
+def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool:
+  """The logged learning rate of every run; False (and no file) when no run logged one."""
+  if not any(_lr_key(r['rows']) for r in runs):
+    return False
+  _plot_lines(runs, lambda run: [(_lr_key(run['rows']) or LR_KEYS[0], '-', run['label'])],
+              'learning rate', title, path)
+  return True
+
+
+def _lr_key(rows: list[dict]) -> str | None:
+  return next((k for k in LR_KEYS if any(r.get(k) is not None for r in rows)), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def _train_time_s(run: dict) -> float | None:
+  """Seconds of training from the logged throughput (evaluation and compile time excluded)."""
+  rows = [r for r in run['rows'] if r.get('images_per_sec')]
+  batch = run['config'].get('train', {}).get('batch_size')
+  if not rows or not batch:
+    return None
+  total, last = 0.0, 0
+  for r in sorted(rows, key=lambda r: r['step']):
+    total += (r['step'] - last) * batch / r['images_per_sec']
+    last = r['step']
+  return total
+
+
+def _fmt(value, pct: bool = True) -> str:
+  if value is None:
+    return '-'
+  return f'{100 * value:.2f}%' if pct else str(value)
+
+
+def _cell(text: str) -> str:
+  return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def summary_rows(runs: list[dict]) -> list[dict]:
+  out = []
+  for run in runs:
+    rows = run['rows']
+    val = [r['val_accuracy'] for r in rows if r.get('val_accuracy') is not None]
+    ev = run['evals'].get('eval_best') or next(iter(run['evals'].values()), {})
+    epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
+    model = run['config'].get('model', {})
+    out.append({
+        'run': run['label'],
+        'model': f"{model.get('name', '?')} (width {model.get('width', '?')})" if model else '-',
+        'epochs': round(epochs, 2) if epochs is not None else None,
+        'best_val_accuracy': max(val) if val else None,
+        'test_accuracy': ev.get('test_accuracy'),
+        'ood_accuracy': ev.get('ood_accuracy'),
+        'cifar100c_mean_accuracy': ev.get('cifar100c_mean_accuracy'),
+        'train_time_s': _train_time_s(run),
+    })
+  return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = ['| run | model | epochs | best val acc | test acc | OOD acc | CIFAR-100-C mean | train time |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
+    lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(r['epochs'], False)} | "
+                 f"{_fmt(r['best_val_accuracy'])} | {_fmt(r['test_accuracy'])} | "
+                 f"{_fmt(r['ood_accuracy'])} | {_fmt(r['cifar100c_mean_accuracy'])} | {time} |")
+  return '\n'.join(lines) + '\n'
+
+
+def config_differences(runs: list[dict]) -> dict[str, list[str | None]]:
+  """Dotted config keys whose values are not the same in every run -> each run's value as JSON
+  (None where the run's config.json lacks the key)."""
+  flat = [traverse_util.flatten_dict(r['config'], sep='.') for r in runs]
+  keys = sorted(set().union(*flat)) if flat else []
+  values = {k: [json.dumps(f[k], sort_keys=True) if k in f else None for f in flat] for k in keys}
+  return {k: v for k, v in values.items() if len(set(v)) > 1}
+
+
+def _config_cell(value: str | None) -> str:
+  """'-' for an absent key, a non-empty string without its JSON quotes, anything else as JSON."""
+  if value is None:
+    return '-'
+  return _cell(json.loads(value) if value.startswith('"') and value != '""' else value)
+
+
+def hyperparameter_table(runs: list[dict]) -> str:
+  """Markdown: one row per differing hyper-parameter, one column per run ('-' = key absent)."""
+  diffs = config_differences(runs)
+  if len(runs) < 2:
+    return 'One run: nothing to compare.\n'
+  if not diffs:
+    return 'Every run has the same config.json.\n'
+  lines = ['| hyper-parameter | ' + ' | '.join(_cell(r['label']) for r in runs) + ' |',
+           '| --- |' + ' --- |' * len(runs)]
+  for key, vals in diffs.items():
+    lines.append(f'| {_cell(key)} | ' + ' | '.join(_config_cell(v) for v in vals) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale evaluations
+# ---------------------------------------------------------------------------------------------
+def _checkpoint(run_dir: pathlib.Path, kind: str) -> tuple[pathlib.Path, float] | None:
+  """The newest complete-looking step folder of checkpoints/<kind>/ and when it was last written
+  (the newest mtime of the folder and its entries: orbax finishes a step with commit_success.txt)."""
+  folder = run_dir / 'checkpoints' / kind
+  steps = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+  if not steps:
+    return None
+  step = max(steps, key=lambda p: int(p.name))
+  return step, max([step.stat().st_mtime] + [p.stat().st_mtime for p in step.iterdir()])
+
+
+def _when(mtime: float) -> str:
+  return datetime.datetime.fromtimestamp(mtime).strftime('%Y-%m-%d %H:%M:%S')
+
+
+def stale_evaluations(run: dict) -> list[str]:
+  """One message per eval_<best|latest...>.json written before its checkpoint's newest save."""
+  out = []
+  for path in sorted(run['dir'].glob('eval_*.json')):
+    kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
+    ckpt = _checkpoint(run['dir'], kind) if kind else None
+    if ckpt is not None and path.stat().st_mtime < ckpt[1]:
+      out.append(f'{run["label"]}: {path.name} (written {_when(path.stat().st_mtime)}) is older '
+                 f'than its checkpoint {ckpt[0].relative_to(run["dir"])} (written {_when(ckpt[1])}); '
+                 'its numbers may be from an earlier checkpoint: re-run evaluate')
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pathlib.Path], list[str]]:
+  """Draws the figures and writes summary.md; returns (files written, warning messages)."""
+  runs = [load_run(d, label) for d, label in zip(run_dirs, unique_labels(run_dirs))]
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  fig1, fig2, fig3 = out / 'figure1_loss.png', out / 'figure2_accuracy.png', out / 'figure3_learning_rate.png'
+  md = out / 'summary.md'
+  plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss', fig1)
+  plot_curves(runs, 'accuracy', 'top-1 accuracy', 'Figure 2: training and validation accuracy', fig2)
+  has_lr = plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
+  warnings = [w for run in runs for w in stale_evaluations(run)]
+  note = ('Training curves are running means over each logging interval (with augmentation and '
+          'mixup, if any); validation points are full passes. Train time is from the logged '
+          'images/s (compile and evaluation excluded). Numbers are from eval_best.json when '
+          'present.\n')
+  text = ['# Runs\n', markdown_table(summary_rows(runs)), note,
+          '## Hyper-parameters that differ\n', hyperparameter_table(runs)]
+  if warnings:
+    text += ['## Warnings\n', ''.join(f'- {w}\n' for w in warnings)]
+  text += ['![Figure 1](figure1_loss.png)\n', '![Figure 2](figure2_accuracy.png)\n',
+           '![Figure 3](figure3_learning_rate.png)\n' if has_lr else
+           f'No run logged a learning rate ({" or ".join(LR_KEYS)}): no Figure 3.\n']
+  if not has_lr:
+    fig3.unlink(missing_ok=True)  # Not one left over from an earlier report on other runs.
+  md.write_text('\n'.join(text))
+  return [fig1, fig2] + ([fig3] if has_lr else []) + [md], warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation figures and tables (used by jax_cifar.evaluate)
+# ---------------------------------------------------------------------------------------------
+def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
+                   class_to_group: np.ndarray | None = None,
+                   group_names: list[str] | None = None) -> None:
+  """Row-normalised confusion matrix; classes grouped by superclass when the grouping is known."""
+  order = np.arange(len(cm))
+  if class_to_group is not None:
+    order = np.lexsort((order, class_to_group))
+  rows = cm.sum(axis=1, keepdims=True)
+  norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)[np.ix_(order, order)]
+  fig = _new_figure(figsize=(9, 8), dpi=110)
+  ax = fig.add_subplot()
+  im = ax.imshow(norm, cmap='viridis', vmin=0, vmax=1, interpolation='nearest')
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  if class_to_group is not None and group_names is not None:
+    groups = class_to_group[order]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    ax.set_yticks((starts + ends - 1) / 2, [group_names[g] for g in groups[starts]], fontsize=6)
+    ax.set_xticks([])
+    for s in starts[1:]:
+      ax.axhline(s - 0.5, color='w', lw=0.3, alpha=0.5)
+      ax.axvline(s - 0.5, color='w', lw=0.3, alpha=0.5)
+    ax.set_ylabel('true class (grouped by superclass)')
+  ax.set_title(title)
+  _save(fig, path)
+
+
+def corruption_means(table: dict[str, Any]) -> dict[str, Any]:
+  """The CIFAR-100-C summary numbers (fractions): `standard`, the benchmark's mean over the 15
+  standard corruptions (None unless all 15 are present); `all`, the mean over every corruption
+  present; `per_severity`, the mean over every corruption at each severity."""
+  data = np.array([np.asarray(v, float) for v in table.values()])
+  present = [k for k in ood.STANDARD_CORRUPTIONS if k in table]
+  full = len(present) == len(ood.STANDARD_CORRUPTIONS)
+  return {'standard': float(np.mean([np.mean(table[k]) for k in present])) if full else None,
+          'num_standard': len(present), 'all': float(data.mean()), 'num_all': len(table),
+          'per_severity': [float(x) for x in data.mean(axis=0)]}
+
+
+def _mean_lines(means: dict) -> list[str]:
+  n = len(ood.STANDARD_CORRUPTIONS)
+  standard = (f'{100 * means["standard"]:.2f}%' if means['standard'] is not None else
+              f'n/a (only {means["num_standard"]} of the {n} standard corruptions present)')
+  return [f'standard mean ({n} corruptions): {standard}',
+          f'all-corruption mean ({means["num_all"]} corruptions): {100 * means["all"]:.2f}%']
+
+
+def _row_name(name: str) -> str:
+  return name if name in ood.STANDARD_CORRUPTIONS else f'{name} *'
+
+
+def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,
+                            run_name: str) -> dict[str, Any]:
+  """Top-1 accuracy (%) per corruption (rows) and severity (columns) on a fixed 0-100 scale, the
+  run and both means in the title; returns `corruption_means(table)`."""
+  means = corruption_means(table)
+  names = list(table)
+  data = 100 * np.array([np.asarray(table[n], float) for n in names])
+  fig = _new_figure(figsize=(6.5, 0.32 * len(names) + 2.0), dpi=120)
+  ax = fig.add_subplot()
+  im = ax.imshow(data, cmap='magma', vmin=0, vmax=100, aspect='auto')
+  for (i, j), v in np.ndenumerate(data):
+    ax.text(j, i, f'{v:.1f}', ha='center', va='center', fontsize=7,
+            color='white' if v < 60 else 'black')
+  ax.set_xticks(range(data.shape[1]), [str(s + 1) for s in range(data.shape[1])])
+  ax.set_yticks(range(len(names)), [_row_name(n) for n in names], fontsize=8)
+  ax.set_xlabel('severity')
+  extra = ('\n* not a standard corruption (left out of the standard mean)'
+           if any(n not in ood.STANDARD_CORRUPTIONS for n in names) else '')
+  ax.set_title(f'{run_name}: CIFAR-100-C top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means))
+               + extra, fontsize=9)
+  fig.colorbar(im, ax=ax, label='top-1 accuracy (%)')
+  _save(fig, path)
+  return means
+
+
+def corruption_table_text(table: dict[str, list[float]], run_name: str | None = None) -> str:
+  """The CIFAR-100-C table as text: corruption x severity in percent, each corruption's mean, the
+  per-severity mean, and the standard and all-corruption means named as such."""
+  means = corruption_means(table)
+  severities = len(next(iter(table.values())))
+  width = max(len('mean (all)'), *(len(_row_name(n)) for n in table))
+  head = ' '.join(f'{f"s{s + 1}":>6}' for s in range(severities)) + f' {"mean":>6}'
+  title = 'CIFAR-100-C top-1 accuracy (%)' + (f' of {run_name}' if run_name else '')
+  lines = [title, f'{"corruption":<{width}} {head}']
+  for name, accs in table.items():
+    accs = 100 * np.asarray(accs, float)
+    lines.append(f'{_row_name(name):<{width}} ' + ' '.join(f'{a:6.2f}' for a in accs)
+                 + f' {accs.mean():6.2f}')
+  lines.append(f'{"mean (all)":<{width}} ' + ' '.join(f'{100 * a:6.2f}' for a in means['per_severity'])
+               + f' {100 * means["all"]:6.2f}')
+  lines += _mean_lines(means)
+  if any(n not in ood.STANDARD_CORRUPTIONS for n in table):
+    lines.append('* not a standard corruption (left out of the standard mean)')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jax_cifar.report', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('runs', nargs='+', help='training run directories (with metrics.jsonl)')
+  parser.add_argument('--out', required=True, help='output folder for the PNGs and summary.md')
+  args = parser.parse_args(argv)
+  try:
+    paths, warnings = write_report(args.runs, args.out)
+  except (errors.UserError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  for w in warnings:
+    print(f'warning: {w}', file=sys.stderr)
+  print('\n'.join(str(p) for p in paths))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,208 @@
+"""The DS542 Kaggle submission CSV: an atomic writer and a validator.
+
+The file is `id,label`, then one row per image in distortion, severity, index order:
+`distortion{XX}_{S}_{I}` for XX in 00..18, S in 1..5 and I in 0..N/5-1, with labels in 0..99.
+
+  python -m jax_cifar.submission check FILE.csv [--ood_dir D]
+prints one line (OK or FAIL with the first problem) and exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import glob
+import os
+import pathlib
+import re
+import sys
+import tempfile
+from typing import Iterator
+
+import numpy as np
+
+from absl import logging
+
+from jax_cifar import errors
+from jax_cifar.data import ood
+from jax_cifar.data.cifar100 import NUM_CLASSES
+
+HEADER = 'id,label'
+_LABEL = re.compile(r'[0-9]{1,3}')
+
+
+class SubmissionError(errors.UserError, ValueError):
+  """The CSV does not follow the submission format; the message names the file and first problem."""
+
+
+def row_ids(distortion: int, num_images: int) -> list[str]:
+  """Ids of one distortion file's N rows, in file (severity, index) order."""
+  per = num_images // ood.SEVERITIES
+  return [f'distortion{distortion:02d}_{s}_{i}'
+          for s in range(1, ood.SEVERITIES + 1) for i in range(per)]
+
+
+def check_output_path(path: str | os.PathLike) -> pathlib.Path:
+  """Fails with one line unless a CSV can be written at `path`: not a folder, in an existing
+  folder where this process can create files (tried by creating and deleting a probe file)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
+                          f'{path / "submission.csv"}')
+  parent = path.parent
+  if not parent.is_dir():
+    what = 'is not a folder' if parent.exists() else 'does not exist'
+    raise SubmissionError(f'--submission {path}: the folder {parent} {what}')
+  try:
+    fd, probe = tempfile.mkstemp(dir=parent, prefix=f'.{path.name}.', suffix='.probe')
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise SubmissionError(f'--submission {path}: cannot create files in {parent} '
+                          f'({e.strerror})') from None
+  return path
+
+
+def remove_stale_parts(path: str | os.PathLike) -> list[pathlib.Path]:
+  """Deletes the temp files `.NAME.*.part` that killed writers of `path` left; returns them.
+
+  A live writer holds an exclusive flock on its temp file, so only abandoned ones are removed.
+  """
+  path = pathlib.Path(path)
+  removed = []
+  for part in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.part')):
+    try:
+      fd = os.open(part, os.O_RDWR)
+    except OSError:
+      continue
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # Locked: another writer is using it.
+      os.close(fd)
+      continue
+    try:
+      part.unlink(missing_ok=True)
+      removed.append(part)
+    finally:
+      os.close(fd)
+  if removed:
+    logging.warning('Removed %d temporary file(s) of an interrupted run: %s', len(removed),
+                    ', '.join(p.name for p in removed))
+  return removed
+
+
+class SubmissionWriter:
+  """Writes the CSV into a temp file next to `path` and renames it on success, so a failure never
+  leaves a partial CSV (nor damages an existing one). Use as a context manager. The temp file is
+  flock()ed while in use; temp files of killed writers (SIGKILL, power loss) are deleted on entry."""
+
+  def __init__(self, path: str | os.PathLike, num_images: int):
+    self.path = pathlib.Path(path)
+    self.num_images = num_images
+    self._next = 0
+    self._file = None
+    self._tmp = None
+
+  def __enter__(self) -> SubmissionWriter:
+    fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f'.{self.path.name}.', suffix='.part')
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Marks it in use for remove_stale_parts.
+    except OSError:  # A file system without locks: stale files are then kept, never ours removed.
+      pass
+    self._tmp = pathlib.Path(tmp)
+    remove_stale_parts(self.path)
+    self._file = os.fdopen(fd, 'w', newline='\n', buffering=1 << 20)
+    self._file.write(HEADER + '\n')
+    return self
+
+  def add(self, distortion: int, labels: np.ndarray) -> None:
+    """Appends one distortion file's predicted labels; files must come in order 00, 01, ..."""
+    labels = np.asarray(labels)
+    if distortion != self._next:
+      raise ValueError(f'distortion {distortion:02d} out of order; expected {self._next:02d}')
+    if labels.shape != (self.num_images,):
+      raise ValueError(f'distortion {distortion:02d}: {labels.shape} labels, expected '
+                       f'({self.num_images},)')
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+      raise ValueError(f'distortion {distortion:02d}: labels outside [0, {NUM_CLASSES})')
+    ids = row_ids(distortion, self.num_images)
+    self._file.write(''.join(f'{i},{int(l)}\n' for i, l in zip(ids, labels.tolist())))
+    self._next += 1
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      if exc_type is None and self._next != ood.NUM_DISTORTIONS:
+        raise ValueError(f'only {self._next} of {ood.NUM_DISTORTIONS} distortion files written')
+      self._file.flush()
+      if exc_type is None:
+        os.fsync(self._file.fileno())
+      self._file.close()
+      if exc_type is None:
+        os.chmod(self._tmp, 0o644)  # mkstemp makes it 0600.
+        os.replace(self._tmp, self.path)
+    finally:
+      self._file.close()
+      self._tmp.unlink(missing_ok=True)
+
+
+def _expected_ids(num_images: int) -> Iterator[str]:
+  for d in range(ood.NUM_DISTORTIONS):
+    yield from row_ids(d, num_images)
+
+
+def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None = None) -> str:
+  """Checks header, row count, id order and labels; returns a one-line summary or raises."""
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise SubmissionError(f'{path}: cannot read ({e})') from None
+  if not lines or lines[0].rstrip('\r') != HEADER:
+    got = lines[0][:40] if lines else '<empty file>'
+    raise SubmissionError(f'{path}: header is {got!r}, expected {HEADER!r}')
+  rows = lines[1:]
+  if ood_dir is not None:
+    num_images = ood.check_distortion_dir(ood_dir)[0].num_images
+    if len(rows) != ood.NUM_DISTORTIONS * num_images:
+      raise SubmissionError(f'{path}: {len(rows)} rows, expected {ood.NUM_DISTORTIONS} x '
+                            f'{num_images} = {ood.NUM_DISTORTIONS * num_images} (from {ood_dir})')
+  else:
+    num_images = len(rows) // ood.NUM_DISTORTIONS
+    if (not rows or len(rows) % ood.NUM_DISTORTIONS or num_images % ood.SEVERITIES):
+      raise SubmissionError(f'{path}: {len(rows)} rows is not {ood.NUM_DISTORTIONS} x N with N a '
+                            f'positive multiple of {ood.SEVERITIES}')
+  for line_no, (row, want) in enumerate(zip(rows, _expected_ids(num_images)), start=2):
+    parts = row.rstrip('\r').split(',')
+    if len(parts) != 2:
+      raise SubmissionError(f'{path}: line {line_no}: {row[:60]!r} is not "id,label"')
+    if parts[0] != want:
+      raise SubmissionError(f'{path}: line {line_no}: id {parts[0]!r}, expected {want!r}')
+    if not _LABEL.fullmatch(parts[1]) or int(parts[1]) >= NUM_CLASSES:
+      raise SubmissionError(f'{path}: line {line_no}: label {parts[1]!r} is not an integer in '
+                            f'0..{NUM_CLASSES - 1}')
+  return (f'OK: {path}: {len(rows)} rows = {ood.NUM_DISTORTIONS} distortions x '
+          f'{ood.SEVERITIES} severities x {num_images // ood.SEVERITIES} images')
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m jax_cifar.submission', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='command', required=True)
+  check = sub.add_parser('check', help='validate a submission CSV')
+  check.add_argument('csv')
+  check.add_argument('--ood_dir', default=None,
+                     help='folder of distortion00..18.npy: take N from it instead of the row count')
+  args = parser.parse_args(argv)
+  try:
+    print(check_submission(args.csv, args.ood_dir))
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.user_message(e)
+    if message is None:
+      raise  # A bug keeps its traceback.
+    print(f'error: {message}', file=sys.stderr)  # As every other tool: one `error:` line.
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
