@@ -105,7 +105,8 @@ def test_unwritable_latest_checkpoint_folder_fails_before_training(tmp_path):
 
 def _fail_or_raise(tmp_path, exception: str):
   script = tmp_path / 'raise.py'
-  script.write_text('from jax_cifar import cli, errors, checkpoints, submission\n'
+  script.write_text('from jax_cifar import cli, errors, checkpoints\n'
+                    'from jax_cifar.evaluation import submission\n'
                     'try:\n'
                     f'  raise {exception}\n'
                     'except Exception as e:\n'
