@@ -79,14 +79,14 @@ def _gib(v) -> str:
 
 def table(results: list[dict]) -> str:
   """One line per (model, dtype, size, remat): the answer to 'what fits in the cap'."""
-  head = (f'{"model":<14} {"dtype":<8} {"px":>4} {"remat":<5} {"largest micro":>13} '
+  head = (f'{"model":<20} {"dtype":<8} {"px":>4} {"remat":<5} {"largest micro":>13} '
           f'{"batch":>5} {"accum N":>7} {"micro":>5} {"step GiB":>8} {"cap GiB":>7} {"fits":<4}')
   lines = [head, '-' * len(head)]
   for r in results:
     for p in r['plans']:
       limit = '+' if p['hit_limit'] and p['largest_micro_batch'] else ''
       lines.append(
-          f'{r["model"]:<14} {r["dtype"]:<8} {r["image_size"]:>4} {"on" if p["remat"] else "off":<5} '
+          f'{r["model"]:<20} {r["dtype"]:<8} {r["image_size"]:>4} {"on" if p["remat"] else "off":<5} '
           f'{str(p["largest_micro_batch"] or "-") + limit:>13} {p["recipe_batch"]:>5} '
           f'{p["grad_accum_steps"] or "-":>7} {p["micro_batch"] or "-":>5} '
           f'{_gib(p["accum_program_bytes"]):>8} {_gib(r.get("cap_bytes")):>7} '

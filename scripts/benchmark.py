@@ -4,14 +4,15 @@
       --image_size 32 --out bench.json
   python scripts/benchmark.py --models resnet50:imagenet --image_size 160 --dtypes bfloat16 \
       --find_batch_size --frameworks jax
-  python scripts/benchmark.py --models resnet152 --image_size 224 --dtypes float32,bfloat16 \
+  python scripts/benchmark.py --models configs/resnet152.py --dtypes float32,bfloat16 \
       --find_batch_size --analysis_only --mem_cap_gb 16   # what fits a 16 GB GPU (compiles only)
 
-A model spec is a config name (`smoke`, `resnet152`, ... from configs/) or `NAME[:STEM[:WIDTH]]`
-(`resnet18:cifar:16`); a bare ResNet name takes the cifar stem at <= 64 px and the ImageNet stem
-above. The JAX step is the trainer's own (`state.init_state` + `trainer.compile_train_step`:
-on-device crop/flip, resize, label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping
-and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
+A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, `resnet34`, ...
+from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`)
+takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above. Without
+--image_size a config keeps its own size (224 for configs/resnet152.py). The JAX step is the
+trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop/flip, resize,
+label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
 numbers are the backend's own: run it on the GPU in question for that GPU's).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -49,6 +51,14 @@ def _csv(text: str, kind=str) -> list:
 def recipe_config(spec: str, image_size: int):
   """A config file's config, or the default one with the spec's model; not yet changed to measure."""
   from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  if spec.endswith('.py'):  # A config file, as train's --config takes (configs/resnet152.py).
+    path = pathlib.Path(spec)
+    if not path.is_file():
+      raise ValueError(f'model spec {spec!r}: no such config file')
+    module_spec = importlib.util.spec_from_file_location(f'_bench_config_{path.stem}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config()
   name, *rest = spec.split(':')
   if name not in RESNETS + ('simple_cnn',) and (ROOT / 'jax_cifar' / 'configs' / f'{name}.py').exists():
     config = importlib.import_module(f'jax_cifar.configs.{name}').get_config()
@@ -270,7 +280,7 @@ def memory_note(backend: str, analysis_only: bool) -> str:
   return f'memory: {how} on {backend}' + ('' if analysis_only else '; batches were also run')
 
 
-def environment() -> dict:
+def environment(with_torch: bool = True) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   env = {'jax': jax.__version__, 'backend': jax.default_backend(),
          'device': str(jax.devices()[0].device_kind), 'device_count': jax.device_count(),
@@ -281,9 +291,10 @@ def environment() -> dict:
   except OSError:
     pass
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-    env['torch'] = torch.__version__
-    env['torch_threads'] = torch.get_num_threads()
+    if with_torch:  # Not imported otherwise: it would add seconds to first_step_s.
+      import torch  # pylint: disable=import-outside-toplevel
+      env['torch'] = torch.__version__
+      env['torch_threads'] = torch.get_num_threads()
   except ImportError:
     pass
   return env
@@ -372,7 +383,8 @@ def main(argv=None) -> int:
     parallel.enable_compilation_cache()  # The trainer's settings for the cache.
   else:  # Compile times are part of the result: never read them from the persistent cache.
     jax.config.update('jax_enable_compilation_cache', False)
-  result: dict[str, Any] = {'environment': environment(), 'args': vars(args), 'rows': [],
+  with_torch = 'torch' in _csv(args.frameworks) and not args.find_batch_size
+  result: dict[str, Any] = {'environment': environment(with_torch), 'args': vars(args), 'rows': [],
                             'find_batch_size': []}
   sizes, dtypes = _csv(args.image_size, int), _csv(args.dtypes)
   for spec in _csv(args.models):

@@ -50,6 +50,11 @@ def test_model_specs_name_configs_or_resnets_with_stem_and_width():
   assert (r18.model.stem, r18.model.width) == ('cifar', 16)
   with pytest.raises(ValueError, match='unknown model spec'):
     benchmark.make_config('resnet19', 8, 'float32', 32)
+  from_file = benchmark.recipe_config(str(ROOT / 'configs' / 'resnet152.py'), 32)
+  from jax_cifar.configs import resnet152  # pylint: disable=import-outside-toplevel
+  assert from_file.to_dict() == resnet152.get_config().to_dict()  # The file's recipe, unchanged.
+  with pytest.raises(ValueError, match='no such config file'):
+    benchmark.recipe_config('configs/no_such.py', 32)
 
 
 def test_torch_twin_has_the_same_parameter_count():
