@@ -96,6 +96,10 @@ else
   # torch.compile of ResNet-152 takes minutes: eager (channels_last + autocast) fits the budget.
   part bench_r152 "${T_R152:-80}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
     --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-off}" --out "$WORK/bench_r152.json"
+  # Which micro-batch of the ResNet-152 recipe fits 16 GiB, and does remat help on a GPU (5-8 compiles).
+  part fit_r152 "${T_FIT:-300}" $PY scripts/benchmark.py --models configs/resnet152.py \
+    --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 16 --remat on \
+    --out "$WORK/fit_r152.json"
 fi
 
 # --- c2) input path: does grain + host-to-device transfer keep a fast step fed? ----------------
