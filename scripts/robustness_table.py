@@ -58,6 +58,7 @@ ROWS = {  # row -> (training run, weights evaluated, description)
     'report_3x': ('report_3x', 'raw', 'report recipe, 3x the epochs (the JSD row\'s compute)'),
     'report_nomix': ('report_nomix', 'raw', 'report recipe without mixup (as the JSD row)'),
 }
+BEST_LABEL = 'best on val'  # 'chosen' when --best_row names the row instead of validation.
 TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
 
 
@@ -229,7 +230,7 @@ def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best
       continue
     secs = [trains[(ROWS[row][0], s)]['train_seconds'] for s in t['seeds']]
     sev = ' | '.join(f'{100 * v:.1f}' for v in t['ood_per_severity'])
-    lines.append(f'| {row}{" (best)" if row == best else ""} | {ROWS[row][2]} | {len(t["seeds"])} '
+    lines.append(f'| {row}{f" ({BEST_LABEL})" if row == best else ""} | {ROWS[row][2]} | {len(t["seeds"])} '
                  f'| {_cell(t["val_accuracy"])} | {_cell(t["test_accuracy"])} '
                  f'| {_cell(t["ood_accuracy"])} | {sev} | {np.mean(secs):.0f} |')
   lines += ['', f'Test-time tools on seed {seed} (bn_adapt uses the unlabelled test images).', '',
@@ -262,7 +263,7 @@ def plot(table: dict, evals: list[dict], rows: list[str], best: str, seed: int,
       mean = ys.mean(0)
       err = None if len(runs) == 1 else [mean - ys.min(0), ys.max(0) - mean]
       left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
-                    label=f'{row}{" (best on val)" if row == best else ""}, {len(runs)} seed(s)')
+                    label=f'{row}{f" ({BEST_LABEL})" if row == best else ""}, {len(runs)} seed(s)')
   styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
   for row, color in zip(dict.fromkeys([best, 'report']), ('tab:green', 'tab:blue')):
     for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
@@ -338,6 +339,9 @@ def main(argv: list[str]) -> None:
   for seed in seeds:
     for row in rows:
       do(row, seed)
+  global BEST_LABEL  # pylint: disable=global-statement
+  if args.best_row:
+    BEST_LABEL = 'chosen with --best_row'
   best = args.best_row or pick_best(rows, trains)
   log(f'best row on validation: {best}')
   tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]
