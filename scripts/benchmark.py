@@ -34,9 +34,20 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import batch_fit  # pylint: disable=wrong-import-position
-from jax_step import bench_jax, is_oom  # pylint: disable=wrong-import-position
+
+
+def _sibling(name: str):
+  """A module of scripts/ (not a package) by path, so the benchmark also loads when imported by
+  file location (tests) without touching sys.path."""
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f'{name}.py'))
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+  return sys.modules[name]
+
+
+batch_fit = _sibling('batch_fit')
+bench_jax, is_oom = _sibling('jax_step').bench_jax, _sibling('jax_step').is_oom
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location('benchmark', ROOT / 'scripts' / 'benchmark.py')
 benchmark = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark)
-import batch_fit  # pylint: disable=wrong-import-position,wrong-import-order  (benchmark put scripts/ on sys.path)
+batch_fit = benchmark.batch_fit
 
 
 def test_tiny_run_writes_json_with_both_frameworks_and_ratio(tmp_path):
