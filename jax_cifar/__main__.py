@@ -20,7 +20,8 @@ COMMANDS = {
 
 def main() -> None:
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-    lines = [f'  {name:11s} {help_}' for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS)) + 1
+    lines = [f'  {name:{width}s} {help_}' for name, (_, help_) in COMMANDS.items()]
     print('usage: jax-cifar COMMAND [ARGS...]  (COMMAND --help for its flags)\n\ncommands:\n'
           + '\n'.join(lines), file=sys.stderr)
     bad = len(sys.argv) >= 2 and sys.argv[1] not in ('-h', '--help')
