@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import require_torch
 from jax_cifar.configs import default
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.augment import autoaugment as aa
@@ -23,16 +24,6 @@ from jax_cifar.augment import autoaugment as aa
 NUM_IMAGES = 64
 
 
-def _import_torchvision():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    import torchvision  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    if os.environ.get('CI'):
-      pytest.fail(f'CI requires torchvision for parity tests: {e}')
-    pytest.skip(f'torchvision is not installed: {e}')
-  torch.set_num_threads(1)  # tiny images: torch's thread pool costs ~70x on a busy 2-core box
-  return torch, torchvision
 
 
 @pytest.fixture(scope='module')
@@ -146,7 +137,7 @@ def _torchvision_op(torch_images, name: str, m: float):
 
 
 def _reference(images_nhwc: np.ndarray, name: str, m: float) -> np.ndarray:
-  torch, _ = _import_torchvision()
+  torch = require_torch()
   out = _torchvision_op(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()), name, m)
   return out.numpy().transpose(0, 2, 3, 1)
 
@@ -195,7 +186,7 @@ def _torch_space(transform, *args):
 
 
 def test_cifar10_policy_table_matches_torchvision():
-  _import_torchvision()
+  require_torch()
   from torchvision.transforms import AutoAugment, AutoAugmentPolicy, v2  # pylint: disable=import-outside-toplevel
   t = AutoAugment(AutoAugmentPolicy.CIFAR10)
   assert [tuple(s) for s in t._get_policies(AutoAugmentPolicy.CIFAR10)] == list(aa.CIFAR10_POLICY)  # pylint: disable=protected-access
@@ -205,7 +196,7 @@ def test_cifar10_policy_table_matches_torchvision():
 
 @pytest.mark.parametrize('policy', ['autoaugment_cifar10', 'randaugment', 'trivialaugment'])
 def test_magnitude_bins_match_torchvision(policy):
-  _import_torchvision()
+  require_torch()
   from torchvision import transforms  # pylint: disable=import-outside-toplevel
   if policy == 'autoaugment_cifar10':
     theirs = _torch_space(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10), 10, (32, 32))
@@ -353,7 +344,7 @@ def test_to_model_input_scales_and_normalises(images, normalize):
 
 
 def test_to_model_input_resizes_like_torch_bilinear(images):
-  torch, _ = _import_torchvision()
+  torch = require_torch()
   out = augment.to_model_input(jnp.asarray(images[:8]), image_size=72, normalize='none',
                                dtype=jnp.bfloat16)
   assert out.shape == (8, 72, 72, 3) and out.dtype == jnp.bfloat16

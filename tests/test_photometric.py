@@ -2,14 +2,13 @@
 torchvision parity given the same factors / order / sigma, and JPEG against PIL."""
 
 import io
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import real_test_images, require_torch
+from conftest import real_test_images, require_module, require_torch
 from jax_cifar.augment import jpeg
 from jax_cifar.augment import photometric as ph
 
@@ -151,13 +150,7 @@ def test_gaussian_noise_std_clip_and_identity():
 
 def _pil():
   """PIL.Image (the `corrupt` extra, part of `dev`): the JPEG reference."""
-  try:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    if os.environ.get('CI'):
-      pytest.fail(f'CI requires Pillow for the JPEG reference: {e}')
-    pytest.skip(f'Pillow is not installed: {e}')
-  return Image
+  return require_module('PIL.Image')
 
 
 def _pil_jpeg(image, quality, subsampling):
