@@ -49,7 +49,8 @@ def build_model(config) -> nnx.Module:
   return models.create_model(
       config.model.name, config.model.num_classes, stem=config.model.stem,
       width=config.model.width, dtype=jnp.dtype(config.model.dtype),
-      remat=bool(config.model.get('remat', False)), rngs=nnx.Rngs(config.seed))
+      remat=bool(config.model.get('remat', False)),
+      scan_blocks=bool(config.model.get('scan_blocks', False)), rngs=nnx.Rngs(config.seed))
 
 
 def init_state(config, tx, mesh, *, pretrained: bool = True) -> tuple[TrainState, nnx.GraphDef]:

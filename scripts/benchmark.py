@@ -89,7 +89,7 @@ def recipe_config(spec: str, image_size: int):
 
 
 def make_config(spec: str, batch: int, dtype: str, image_size: int, *, grad_accum_steps: int = 1,
-                remat: bool | None = None):
+                remat: bool | None = None, scan_blocks: bool | None = None):
   """The measured config: the recipe's, at this batch/dtype/size, synthetic data, no weights."""
   config = recipe_config(spec, image_size)
   config.model.dtype = dtype
@@ -99,6 +99,8 @@ def make_config(spec: str, batch: int, dtype: str, image_size: int, *, grad_accu
   config.train.grad_accum_steps = grad_accum_steps
   if remat is not None:
     config.model.remat = remat
+  if scan_blocks is not None:
+    config.model.scan_blocks = scan_blocks
   config.data.source = 'synthetic'
   return config
 
@@ -205,11 +207,15 @@ def _release() -> None:
   gc.collect()
 
 
+def _on_off(value: str) -> bool | None:
+  return {'on': True, 'off': False}.get(value)  # 'config': the config's own choice
+
+
 def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
-  config = make_config(spec, batch, dtype, size)
+  config = make_config(spec, batch, dtype, size, scan_blocks=_on_off(args.scan_blocks))
   row: dict[str, Any] = {'model': spec, 'arch': config.model.name, 'stem': config.model.stem,
                          'width': config.model.width, 'batch': batch, 'dtype': dtype,
-                         'image_size': size}
+                         'image_size': size, 'scan_blocks': bool(config.model.scan_blocks)}
   frameworks = _csv(args.frameworks)
   # PyTorch first: JAX's allocator keeps what it took, torch's cache is emptied after each run.
   for fw in sorted(frameworks, key=lambda f: f != 'torch'):
@@ -238,7 +244,8 @@ def find_batch_size(spec: str, dtype: str, size: int, args) -> dict:
   options = json.loads(args.compiler_options or '{}')
 
   def measure(batch: int, accum: int, remat: bool) -> dict:
-    config = make_config(spec, batch, dtype, size, grad_accum_steps=accum, remat=remat)
+    config = make_config(spec, batch, dtype, size, grad_accum_steps=accum, remat=remat,
+                         scan_blocks=_on_off(args.scan_blocks))
     try:
       r = bench_jax(config, max(2, args.steps // 2), 1, cap, options, args.analysis_only)
       r['fits'] = not r['over_cap']
@@ -316,14 +323,15 @@ def _fmt(v, spec='.1f'):
 
 
 def table(rows: list[dict]) -> str:
-  head = (f'{"model":<20} {"dtype":<8} {"px":>4} {"batch":>5} {"jax img/s":>10} {"torch img/s":>11} '
+  head = (f'{"model":<28} {"dtype":<8} {"px":>4} {"batch":>5} {"jax img/s":>10} {"torch img/s":>11} '
           f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
   lines = [head, '-' * len(head)]
   for r in rows:
     jx, pt = r.get('jax', {}), r.get('torch', {})
     mem = jx.get('peak_bytes') or jx.get('program_bytes')
     lines.append(
-        f'{r["model"]:<20} {r["dtype"]:<8} {r["image_size"]:>4} {r["batch"]:>5} '
+        f'{r["model"] + (" (scan)" if r.get("scan_blocks") else ""):<28} {r["dtype"]:<8} '
+        f'{r["image_size"]:>4} {r["batch"]:>5} '
         f'{_fmt(jx.get("img_s")) if "error" not in jx else "error":>10} '
         f'{_fmt(pt.get("img_s")) if "error" not in pt else "error":>11} '
         f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("tflop_s"), ".3f"):>11} '
@@ -372,6 +380,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--remat', default='auto', choices=('auto', 'off', 'on'),
                  help='also search with model.remat=True: auto = when the plain step needs '
                       'grad_accum_steps > 1')
+  p.add_argument('--scan_blocks', default='config', choices=('config', 'off', 'on'),
+                 help='model.scan_blocks for the JAX step: compile each stage\'s repeated block '
+                      'once (config = the config\'s own value)')
   p.add_argument('--cache_dir', default='',
                  help='use JAX\'s persistent compilation cache here (as the trainer does) instead '
                       'of compiling fresh; first_step_s then shows a relaunch\'s start-up')

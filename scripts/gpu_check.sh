@@ -4,7 +4,8 @@
 #   a) versions and nvidia-smi
 #   b) torch parity tests (tests/test_models.py, tests/test_convert.py) on the GPU
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
-#      resnet50 160 px and resnet152 224 px (ImageNet stem, bf16)
+#      resnet50 160 px and resnet152 224 px (ImageNet stem, bf16); resnet152 again with
+#      model.scan_blocks (compile time and step speed); the 16 GiB micro-batch search (fit_r152)
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   d) with .devdata/ (scripts/gpu_prepare.sh): ResNet-50 at 160 px fine-tuned from the converted
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
@@ -16,7 +17,7 @@
 #     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
 # SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
-# bench_r152 input_path finetune ood_best); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
+# bench_r152 scan_r152 fit_r152 input_path finetune ood_best); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
 #   PARTS="bench_r50 bench_r152" T_R50=300 T_R152=300 bash scripts/gpu_check.sh
 # Writes $OUT/{gpu_check.log,bench.json,finetune.json,summary.txt} ($OUT defaults to /tmp/gpu_check).
 set -uo pipefail
@@ -88,6 +89,9 @@ if [ "$SMALL" = 1 ]; then
     --batch 8 --dtypes bfloat16,float32 --out "$WORK/bench_r18.json"
   part bench_r50 300 $BENCH --steps 2 --warmup 0 --models resnet50:imagenet:8 --image_size 64 \
     --batch 8 --dtypes bfloat16 --out "$WORK/bench_r50.json"
+  part scan_r152 300 $BENCH --steps 1 --warmup 0 --frameworks jax --scan_blocks on \
+    --models resnet152:imagenet:4 --image_size 32 --batch 8 --dtypes bfloat16 \
+    --out "$WORK/bench_r152_scan.json"
 else
   part bench_r18 "${T_R18:-150}" $BENCH --models resnet18:cifar --image_size 32 --batch 128,256 \
     --dtypes bfloat16,float32 --out "$WORK/bench_r18.json"
@@ -96,6 +100,10 @@ else
   # torch.compile of ResNet-152 takes minutes: eager (channels_last + autocast) fits the budget.
   part bench_r152 "${T_R152:-80}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
     --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-off}" --out "$WORK/bench_r152.json"
+  # model.scan_blocks: compile time and step speed of the scanned ResNet-152 (bench_r152 = unrolled).
+  part scan_r152 "${T_SCAN:-150}" $BENCH --steps 5 --warmup 1 --frameworks jax --scan_blocks on \
+    --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16 \
+    --out "$WORK/bench_r152_scan.json"
   # Which micro-batch of the ResNet-152 recipe fits 16 GiB, and does remat help on a GPU (5-8 compiles).
   part fit_r152 "${T_FIT:-300}" $PY scripts/benchmark.py --models configs/resnet152.py \
     --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 16 --remat on \

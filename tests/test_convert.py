@@ -43,9 +43,9 @@ def _random_torch_resnet(arch: str, seed: int = 0):
   return model
 
 
-def _flax_model(arch: str, pure: dict, num_classes: int = 1000) -> nnx.Module:
+def _flax_model(arch: str, pure: dict, num_classes: int = 1000, **kw) -> nnx.Module:
   """A model holding `pure` exactly (no random init, so no init cost)."""
-  abstract = nnx.eval_shape(lambda: create_model(arch, num_classes, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: create_model(arch, num_classes, rngs=nnx.Rngs(0), **kw))
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
   return nnx.merge(graphdef, state)
@@ -100,10 +100,10 @@ def test_train_forward_matches_torch_outputs_and_running_stats(converted):
   _assert_train_forward_matches_torch(*converted)
 
 
-def _assert_train_forward_matches_torch(arch: str, tmodel, pure: dict) -> None:
+def _assert_train_forward_matches_torch(arch: str, tmodel, pure: dict, **model_kw) -> None:
   """Batch statistics amplify rounding in deep nets, so torch float64 is the reference and
   torch's own float32 error against it sets the bar (biased running variance would miss it)."""
-  model = _flax_model(arch, pure)
+  model = _flax_model(arch, pure, **model_kw)
   t32, t64 = copy.deepcopy(tmodel).train(), copy.deepcopy(tmodel).double().train()
   x = np.random.default_rng(1).standard_normal((2, 64, 64, 3), dtype=np.float32)
   with torch.no_grad():
@@ -125,6 +125,19 @@ def _assert_train_forward_matches_torch(arch: str, tmodel, pure: dict) -> None:
         f'{rel32:.2g}; ours vs torch fp32 {_leaf_errors(stats, stats32):.2g} '
         f'(update size {moved:.2g})')
   assert moved > 1e-3 and rel <= 2 * rel32 + 1e-6, (arch, rel, rel32, moved)
+
+
+@pytest.mark.parametrize('converted', ['resnet34', 'resnet152'], indirect=True)
+def test_scanned_blocks_keep_torch_parity_in_eval_and_train(converted):
+  """model.scan_blocks runs the same converted weights: torch's logits and running stats."""
+  arch, tmodel, pure = converted
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), dtype=np.float32)
+  with torch.no_grad():
+    ref = tmodel.eval()(_nchw(x)).numpy()
+  with jax.default_matmul_precision('float32'):
+    ours = _flax_model(arch, pure, scan_blocks=True)(jnp.asarray(x), train=False)
+  assert _rel_diff(ours, ref)[1] < 1e-4
+  _assert_train_forward_matches_torch(arch, tmodel, pure, scan_blocks=True)
 
 
 @pytest.fixture(scope='module', params=WIDE_ARCHS)

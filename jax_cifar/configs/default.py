@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.width = 64  # Channels of the first stage (64 = torchvision); smaller values give fast CPU models.
   c.model.dtype = 'float32'  # Compute dtype of convolutions: 'float32' or 'bfloat16' (params/BN stats stay float32).
   c.model.remat = False  # Recompute each residual block in the backward pass (nnx.remat): less memory, ~30% more compute.
+  c.model.scan_blocks = False  # Run each stage's repeated residual blocks as one jax.lax.scan (compiled once; same weights and layout). For GPU/TPU compile time: XLA:CPU runs its backward pass ~10x slower.
   c.model.image_size = 32  # Images are resized on device to this size before the model (e.g. 224 for ImageNet nets).
   c.model.pretrained = ''  # Path of a converted torchvision checkpoint (scripts/convert_torchvision_weights.py); '' = random init.
   c.model.init_from = ''  # Start from another run's weights: 'WORKDIR[:best|latest|STEP]' (params + BN statistics; fresh optimizer, step 0).

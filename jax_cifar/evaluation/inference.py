@@ -143,7 +143,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
 
 # Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).
 PREDICTION_KEYS = ('model.', 'augment.crop_mode')
-NOT_PREDICTION_KEYS = ('model.pretrained', 'model.init_from', 'model.remat')
+NOT_PREDICTION_KEYS = ('model.pretrained', 'model.init_from', 'model.remat', 'model.scan_blocks')
 
 
 def check_matches_run(config, run_dir: str) -> None:

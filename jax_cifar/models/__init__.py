@@ -21,12 +21,14 @@ def smallest_width(name: str) -> int:
 
 
 def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs) -> nnx.Module:
+                 dtype: Any = jnp.float32, remat: bool = False, scan_blocks: bool = False,
+                 rngs: nnx.Rngs) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
 
   `stem` and `width` apply to ResNets (width = stage 1's planes; 64 is torchvision's, and
   ResNeXt/Wide ResNet bottlenecks scale with it). SimpleCNN keeps its 32/64 channels. `remat`
-  recomputes each residual block's activations in the backward pass (ResNets).
+  recomputes each residual block's activations in the backward pass and `scan_blocks` compiles
+  each stage's repeated block once (ResNets; neither changes the parameters or their layout).
   """
   if name not in MODEL_NAMES:
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
@@ -35,7 +37,7 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   if name == 'simple_cnn':
     return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
   return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
-                      rngs=rngs)
+                      scan_blocks=scan_blocks, rngs=rngs)
 
 
 __all__ = ['MODEL_NAMES', 'STEMS', 'ResNet', 'SimpleCNN', 'create_model', 'smallest_width']

@@ -206,6 +206,50 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + _apply_downsample(self.downsample, x, train))
 
 
+def _block_runner(train: bool, remat: bool) -> Callable[[nnx.Module, jax.Array], jax.Array]:
+  """blk(x, train), recomputed in the backward pass when `remat` (train stays a Python bool)."""
+  call = lambda blk, x: blk(x, train)
+  return nnx.remat(call) if remat else call
+
+
+def run_blocks_scanned(blocks: Sequence[nnx.Module], x: jax.Array, train: bool,
+                       remat: bool = False) -> jax.Array:
+  """Runs blocks in order, each run of identical blocks as one `jax.lax.scan` over stacked state.
+
+  The parameters stay one module per block (torchvision's layout, so conversion and checkpoints
+  do not change); they are stacked inside the traced step, so XLA compiles a stage's repeated block
+  once instead of 35 times (ResNet-152's layer3). Updated BatchNorm statistics are written back.
+  """
+  splits = [nnx.split(blk) for blk in blocks]
+  i = 0
+  while i < len(blocks):
+    graphdef, _ = splits[i]
+    j = i + 1
+    while j < len(blocks) and splits[j][0] == graphdef:
+      j += 1
+    if j - i == 1:
+      x = _block_runner(train, remat)(blocks[i], x)
+    else:
+      x = _scan_run(graphdef, [s for _, s in splits[i:j]], blocks[i:j], x, train, remat)
+    i = j
+  return x
+
+
+def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) -> jax.Array:
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+  def body(x, state):
+    blk = nnx.merge(graphdef, state)
+    y = blk(x, train)
+    return y, nnx.state(blk, nnx.BatchStat)
+
+  x, stats = jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)
+  if train:
+    for k, blk in enumerate(blocks):
+      nnx.update(blk, jax.tree.map(lambda leaf: leaf[k], stats))
+  return x
+
+
 STEMS = ('imagenet', 'cifar')
 
 
@@ -219,7 +263,8 @@ class ResNet(nnx.Module):
   def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
                groups: int = 1, width_per_group: int = 64, dtype: Dtype = jnp.float32,
-               arch: str = 'resnet', remat: bool = False, rngs: nnx.Rngs):
+               arch: str = 'resnet', remat: bool = False, scan_blocks: bool = False,
+               rngs: nnx.Rngs):
     if stem not in STEMS:
       raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
     if block is Bottleneck and bottleneck_width(width, groups, width_per_group) < 1:
@@ -228,6 +273,7 @@ class ResNet(nnx.Module):
                        f'int(width * {width_per_group} / 64) * {groups} channels')
     self.arch = arch
     self.remat = remat  # Recompute each residual block in the backward pass: less memory.
+    self.scan_blocks = scan_blocks  # Compile each stage's identical blocks once (jax.lax.scan).
     self.stem = stem
     self.dtype = dtype
     if stem == 'imagenet':
@@ -253,10 +299,13 @@ class ResNet(nnx.Module):
     if self.stem == 'imagenet':
       # Pads with -inf like torch's MaxPool2d(3, 2, padding=1).
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    run = nnx.remat(lambda blk, x: blk(x, train)) if self.remat else (lambda blk, x: blk(x, train))
     for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-      for blk in layer:
-        x = run(blk, x)
+      if self.scan_blocks:
+        x = run_blocks_scanned(layer, x, train, self.remat)
+      else:
+        run = _block_runner(train, self.remat)
+        for blk in layer:
+          x = run(blk, x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 
@@ -284,11 +333,12 @@ ARCHS: dict[str, Arch] = {
 
 
 def build_resnet(arch: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
-                 dtype: Dtype = jnp.float32, remat: bool = False, rngs: nnx.Rngs) -> ResNet:
+                 dtype: Dtype = jnp.float32, remat: bool = False, scan_blocks: bool = False,
+                 rngs: nnx.Rngs) -> ResNet:
   """Builds one of `ARCHS` by its torchvision name."""
   if arch not in ARCHS:
     raise ValueError(f'unknown resnet {arch!r}; allowed: {", ".join(ARCHS)}')
   spec = ARCHS[arch]
   return ResNet(spec.block, spec.layers, num_classes, stem=stem, width=width, groups=spec.groups,
                 width_per_group=spec.width_per_group, dtype=dtype, arch=arch, remat=remat,
-                rngs=rngs)
+                scan_blocks=scan_blocks, rngs=rngs)

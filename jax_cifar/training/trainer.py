@@ -39,6 +39,9 @@ class Preempted(Exception):
 def compile_train_step(config, graphdef, tx, schedule, mesh):
   """The jit-compiled train step with explicit shardings; the train state is donated."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  if config.model.get('scan_blocks') and jax.default_backend() == 'cpu':
+    logging.warning('model.scan_blocks on XLA:CPU: the scanned backward pass ran ~10x slower '
+                    'than the unrolled one (docs/benchmarks.md); it is meant for GPU/TPU.')
   return jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
       in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
