@@ -75,7 +75,9 @@ def bench_torch(config, steps: int, warmup: int, compile_mode: str) -> dict:
     step()
     sync()
   except Exception as e:  # pylint: disable=broad-except
-    if not use_compile or isinstance(e, torch.OutOfMemoryError):  # else retry eager
+    chain = [c for c in (e, e.__cause__, e.__context__) if c is not None]  # inductor wraps
+    if not use_compile or any(isinstance(c, torch.OutOfMemoryError) or 'out of memory' in str(c)
+                              for c in chain):  # else retry eager
       raise
     out.update(compiled=False, compile_error=str(e).splitlines()[0][:200])
     fwd = model

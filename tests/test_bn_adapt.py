@@ -73,6 +73,24 @@ def test_adaptation_changes_only_bn_statistics_and_leaves_the_state_alone(small)
     np.testing.assert_array_equal(now, before)
 
 
+def test_a_run_trained_with_scanned_blocks_adapts_to_the_same_statistics(small):
+  """model.scan_blocks (layer1's two equal blocks in one lax.scan) must not break the
+  per-layer recorders: evaluate --bn_adapt rebuilds the model from the run's config."""
+  config, state, graphdef, mesh = small
+  scan_config = copy.deepcopy(config)
+  scan_config.model.scan_blocks = True
+  scan_graphdef = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(scan_config)),
+                            nnx.Param, ...)[0]
+  images = _images(2, 50)
+  plain = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
+  scanned = bn_adapt.BNAdapter(scan_config, scan_graphdef, mesh, 32, state.params,
+                               state.batch_stats)
+  expected = plain.adapt(state.params, state.batch_stats, images)
+  got = scanned.adapt(state.params, state.batch_stats, images)
+  for a, b in zip(_leaves(expected), _leaves(got), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_chunks_are_adapted_independently_a_b_a(small):
   """A, then B, then A again: the second A equals the first; B equals B predicted alone."""
   config, state, graphdef, mesh = small

@@ -223,9 +223,10 @@ def run_blocks_scanned(blocks: Sequence[nnx.Module], x: jax.Array, train: bool,
   splits = [nnx.split(blk) for blk in blocks]
   i = 0
   while i < len(blocks):
-    graphdef, _ = splits[i]
+    graphdef, state = splits[i]
     j = i + 1
-    while j < len(blocks) and splits[j][0] == graphdef:
+    while (j < len(blocks) and splits[j][0] == graphdef and _stackable(state)
+           and _stackable(splits[j][1])):
       j += 1
     if j - i == 1:
       x = _block_runner(train, remat)(blocks[i], x)
@@ -233,6 +234,11 @@ def run_blocks_scanned(blocks: Sequence[nnx.Module], x: jax.Array, train: bool,
       x = _scan_run(graphdef, [s for _, s in splits[i:j]], blocks[i:j], x, train, remat)
     i = j
   return x
+
+
+def _stackable(state) -> bool:
+  """Only arrays stack: a block holding Python objects (bn_adapt's recorders) runs unscanned."""
+  return all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
 
 
 def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) -> jax.Array:
@@ -243,7 +249,9 @@ def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) 
     y = blk(x, train)
     return y, nnx.state(blk, nnx.BatchStat)
 
-  x, stats = jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)
+  # prevent_cse=False: inside a scan, CSE cannot undo the recomputation (jax.checkpoint's docs).
+  body = jax.checkpoint(body, prevent_cse=False) if remat else body
+  x, stats = jax.lax.scan(body, x, stacked)
   if train:
     for k, blk in enumerate(blocks):
       nnx.update(blk, jax.tree.map(lambda leaf: leaf[k], stats))
