@@ -37,10 +37,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                      f'{checkpoint!r}, {weights!r}')
   config = run_config(run_dir)
   state, graphdef, _ = state_lib.restore(config, run_dir, checkpoint)
-  if weights == 'ema':
-    if state.ema_params is None:
-      raise ValueError(f'{run_dir} was trained without an EMA (ema.decay = 0)')
-    return nnx.merge(graphdef, state.ema_params, state.ema_batch_stats), config
+  state = state_lib.with_weights(state, weights, run_dir)
   return nnx.merge(graphdef, state.params, state.batch_stats), config
 
 

@@ -142,3 +142,16 @@ def _weights_of_run(config, params, batch_stats, mesh):
                + (f' (its {source_classes}-class head replaced by a fresh one)'
                   if head_kept else ''))
   return params, batch_stats
+
+
+def with_weights(state: TrainState, weights: str, workdir) -> TrainState:
+  """The state whose params/batch_stats are the raw weights or (weights='ema') their EMA; every
+  reader of a checkpoint (trainer validation, evaluate, api) swaps them in here."""
+  if weights not in checkpoints.WEIGHTS:
+    raise checkpoints.CheckpointError(f"weights must be one of {checkpoints.WEIGHTS}, got {weights!r}")
+  if weights == 'raw':
+    return state
+  if state.ema_params is None:
+    raise checkpoints.CheckpointError(
+        f'weights=ema: the run in {workdir} was trained without an EMA (ema.decay = 0)')
+  return state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)

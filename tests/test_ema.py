@@ -64,6 +64,26 @@ def test_ema_disabled_keeps_no_copy():
   tx, _ = optim.make_optimizer(c.optim, 10, 10)
   state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
   assert state.ema_params is None and state.ema_batch_stats is None
+  # Every reader (validation, evaluate --weights ema, api.load_model) gets the same answer.
+  from jax_cifar import checkpoints  # pylint: disable=g-import-not-at-top
+  with pytest.raises(checkpoints.CheckpointError, match='runs/x was trained without an EMA'):
+    state_lib.with_weights(state, 'ema', 'runs/x')
+  with pytest.raises(checkpoints.CheckpointError, match="weights must be one of"):
+    state_lib.with_weights(state, 'best', 'runs/x')
+  assert state_lib.with_weights(state, 'raw', 'runs/x') is state
+
+
+def test_with_weights_ema_swaps_in_the_averages_and_keeps_the_rest():
+  c = _config()
+  tx, _ = optim.make_optimizer(c.optim, 10, 10)
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
+  state = state.replace(ema_params=jax.tree.map(lambda x: x + 1.0, state.params),
+                        ema_batch_stats=jax.tree.map(lambda x: x + 2.0, state.batch_stats))
+  ema = state_lib.with_weights(state, 'ema', 'runs/x')
+  for a, b in zip(_leaves((ema.params, ema.batch_stats)),
+                  _leaves((state.ema_params, state.ema_batch_stats))):
+    np.testing.assert_array_equal(a, b)
+  assert ema.opt_state is state.opt_state and ema.step is state.step
 
 
 def _restored(workdir, c):

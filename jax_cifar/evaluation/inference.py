@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jax_cifar import checkpoints, config_validation, interrupt, parallel
+from jax_cifar import config_validation, interrupt, parallel
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -128,11 +128,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
-  if weights == 'ema':
-    if state.ema_params is None:
-      raise checkpoints.CheckpointError(
-          f'--weights ema: the run in {workdir} was trained without an EMA (ema.decay = 0)')
-    state = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
+  state = state_lib.with_weights(state, weights, workdir)
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,

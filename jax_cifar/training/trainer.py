@@ -242,7 +242,7 @@ def _validate(validator: inference.Predictor, state, split, config, ckpts, write
   """Validates the raw weights (and the EMA's, as val_*_ema); 'best' follows checkpoint.best_weights."""
   weights = {'': state}
   if state.ema_params is not None:
-    weights['_ema'] = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
+    weights['_ema'] = state_lib.with_weights(state, 'ema', '')
   row = {}
   for suffix, which in weights.items():
     result, _ = inference.split_metrics(dataclasses.replace(validator, state=which), split, 'val')
