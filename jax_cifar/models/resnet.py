@@ -206,6 +206,18 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + _apply_downsample(self.downsample, x, train))
 
 
+def materialize(x: jax.Array) -> jax.Array:
+  """x itself (a sum over a new axis of size 1), as a point XLA:CPU's fusion cannot cross.
+
+  XLA:CPU fuses each block's cheap `relu(bn3 + residual)` into its consumers and, through them,
+  the previous block's, so every block recomputes the residual stream of all blocks before it:
+  quadratic in depth (float32 ResNet-152's layer3 fwd+bwd on CPU: 9.7 s, linear 2.5 s;
+  docs/benchmarks.md). A reduction is not fused into a consumer, so this keeps it linear where the
+  trainer's CPU options switch off the algebraic simplifier; elsewhere the simplifier removes it.
+  """
+  return jnp.sum(x[..., None], axis=-1)
+
+
 def _block_runner(train: bool, remat: bool) -> Callable[[nnx.Module, jax.Array], jax.Array]:
   """blk(x, train), recomputed in the backward pass when `remat` (train stays a Python bool)."""
   call = lambda blk, x: blk(x, train)
@@ -313,7 +325,7 @@ class ResNet(nnx.Module):
       else:
         run = _block_runner(train, self.remat)
         for blk in layer:
-          x = run(blk, x)
+          x = materialize(run(blk, x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 

@@ -1,0 +1,41 @@
+"""What XLA:CPU makes of the float32 train step under the trainer's CPU options (parallel.py)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_cifar import parallel
+from jax_cifar.models import resnet
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU compilation')
+
+
+def _largest_fusion_operands(layers) -> int:
+  """Operand count of the largest fusion in the compiled fwd+bwd of a width-8 Bottleneck ResNet."""
+  model = resnet.ResNet(resnet.Bottleneck, layers, 10, stem='cifar', width=8, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params, rest, x):
+    return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(x, train=True) ** 2)
+
+  x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 3), np.float32))
+  hlo = jax.jit(jax.grad(loss)).lower(params, rest, x).compile(
+      parallel.step_compiler_options('float32')).as_text()
+  calls = [line.split(' fusion(', 1)[1].split('), kind=')[0]
+           for line in hlo.splitlines() if re.match(r'\s*%\S+ = .* fusion\(', line)]
+  return max(call.count('%') for call in calls)
+
+
+def test_fusions_do_not_grow_with_depth():
+  """XLA:CPU fuses each block's relu(bn3 + residual) into its consumers and, through them, the
+  previous block's, recomputing the whole residual stream in every block (quadratic in depth)
+  unless resnet.materialize stops it. A stage of 12 blocks must fuse no more than one of 3."""
+  if parallel.step_compiler_options('float32') is None:
+    pytest.skip('JAX_CIFAR_XLA_DEFAULTS is set: the trainer options are off')
+  shallow = _largest_fusion_operands((1, 1, 3, 1))
+  deep = _largest_fusion_operands((1, 1, 12, 1))
+  assert deep <= shallow + 4, (shallow, deep)
