@@ -144,8 +144,10 @@ def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s',
+  # Our progress at INFO; the libraries' INFO chatter (orbax's metadata-store lines) stays hidden.
+  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(name)s: %(message)s',
                       stream=sys.stderr)
+  log.setLevel(logging.INFO)
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   try:
     convert.check_output(os.path.abspath(args.output), args.overwrite, hint='pass --overwrite')

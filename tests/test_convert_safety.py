@@ -302,3 +302,16 @@ def test_killed_converter_leaves_no_output_or_the_previous_complete_one(tmp_path
   assert run.returncode == 0, run.stderr
   np.testing.assert_array_equal(kernel(), expect_new)
   assert os.listdir(work) == ['out'], os.listdir(work)  # killed runs' temp folders cleaned up
+
+
+def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path):
+  """The user sees the converter's lines; orbax's INFO chatter ('Closing _NonBlockingMetadataStore
+  ...', logged through absl) stayed on stderr after every conversion before."""
+  path = tmp_path / 'w.pth'
+  torch.save(_resnet18_state_dict(0), path)
+  proc = subprocess.run([sys.executable, SCRIPT, '--arch', 'resnet18', '--state_dict', str(path),
+                         '--output', str(tmp_path / 'out')], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert ' convert: loaded ' in proc.stderr and ' convert: wrote ' in proc.stderr, proc.stderr
+  assert ' absl: ' not in proc.stderr, proc.stderr
