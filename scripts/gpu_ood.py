@@ -1,0 +1,256 @@
+"""configs/ood_best.py end to end on one GPU, within a time budget (issue #12's GPU proof).
+
+Trains the recipe from converted ImageNet ResNet-50 weights on a full cifar-100-python folder,
+builds a labelled 19 x 5 OOD set from the test split with `jax_cifar.corrupt` (CPU processes,
+while the GPU trains), then evaluates the chosen weights (EMA or raw, picked on validation) with
+each test-time tool in one process, so each program compiles once:
+none, shifts, shifts + bn_adapt, bn_adapt, flip; then, time permitting, plain predictions over
+the full 950,000-image set (the Kaggle-sized submission and its img/s).
+
+Deadlines, in seconds from this script's start: training gets SIGTERM at --train_deadline_s (it
+saves a checkpoint and exits; the steps it reached are reported), and no evaluation starts that
+its projected time would carry past --deadline_s. Writes --work/gpu_ood.json and prints a table.
+
+  python3 scripts/gpu_ood.py --data DIR --weights DIR --work DIR [--small]
+  # DIR of --data holds cifar-100-python/; --weights is a converted checkpoint
+  # (scripts/convert_torchvision_weights.py). --small: a CPU dry run of the same logic.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from jax_cifar.data import ood  # pylint: disable=wrong-import-position
+
+T0 = time.time()
+TOOLS = {'none': ('none', False), 'shifts': ('shifts', False),
+         'shifts+bn_adapt': ('shifts', True), 'bn_adapt': ('none', True), 'flip': ('flip', False)}
+VIEWS = {'none': 1, 'flip': 2, 'shifts': 18}
+
+
+def log(msg: str) -> None:
+  print(f'[{time.time() - T0:6.0f}s] {msg}', flush=True)
+
+
+def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: int = 0) -> list:
+  """`procs` CPU processes, each writing a share of the 19 distortions into out/gK."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  jobs = []
+  for k in range(procs):
+    names = ood.CORRUPTIONS[k::procs]
+    if names:
+      cmd = [sys.executable, '-m', 'jax_cifar.corrupt', '--out', str(out / f'g{k}'), '--format',
+             'ds542', '--limit', str(limit), '--data_dir', data, '--corruptions', ','.join(names)]
+      cmd = ['nice', '-n', str(nice), *cmd] if nice else cmd
+      jobs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(out.parent / f'{out.name}_g{k}.log', 'w')))
+  return jobs
+
+
+def merge_corrupt(jobs: list, out: pathlib.Path) -> pathlib.Path | None:
+  """Waits for the jobs; links their files into out/all (distortion00..18.npy + labels.npy)."""
+  if any(j.wait() for j in jobs):
+    log(f'corrupt failed for {out} (see {out.parent}/{out.name}_g*.log)')
+    return None
+  merged = out / 'all'
+  merged.mkdir(parents=True, exist_ok=True)
+  for f in sorted(out.glob('g*/*.npy')):
+    if not (merged / f.name).exists():
+      (merged / f.name).symlink_to(f.resolve())
+  return merged
+
+
+def metrics_rows(run: pathlib.Path) -> list[dict]:
+  path = run / 'metrics.jsonl'
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
+  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/ood_best.py', '--workdir',
+         str(run), *overrides]
+  t = time.time()
+  with open(run.parent / 'train.log', 'w') as out:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    stopped, last_print = False, 0.0
+    while proc.poll() is None:
+      time.sleep(2)
+      if not stopped and time.time() - T0 > args.train_deadline_s:
+        log('training deadline reached: SIGTERM (the trainer saves and exits)')
+        proc.send_signal(signal.SIGTERM)
+        stopped = True
+      if time.time() - last_print > 30:
+        rows = [r for r in metrics_rows(run) if 'train_loss' in r]
+        if rows:
+          r = rows[-1]
+          log(f"step {r['step']} train_loss {r['train_loss']:.3f} "
+              f"{r.get('images_per_sec', 0):.0f} img/s")
+        last_print = time.time()
+    rc = proc.wait()
+  rows = metrics_rows(run)
+  vals = [r for r in rows if 'val_accuracy' in r]
+  ips = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
+  result = {'rc': rc, 'stopped_by_deadline': stopped, 'seconds': time.time() - t,
+            'step': max([r['step'] for r in rows], default=0),
+            'images_per_sec_median': sorted(ips)[len(ips) // 2] if ips else None,
+            'val': vals[-1] if vals else None}
+  log(f"training rc {rc}, step {result['step']}, {result['seconds']:.0f}s, "
+      f"median {result['images_per_sec_median']} img/s, last val {result['val']}")
+  if rc not in (0, 75):
+    print((run.parent / 'train.log').read_text()[-3000:], flush=True)
+  return result
+
+
+def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000) -> int | None:
+  """Epochs whose steps fit --train_deadline_s at the probe run's speed (None: no probe)."""
+  ips = [r['images_per_sec'] for r in metrics_rows(probe) if 'images_per_sec' in r][1:]
+  if not ips:
+    return None
+  speed = sorted(ips)[len(ips) // 2]
+  usable = 0.9 * (args.train_deadline_s - args.startup_s)  # 10 %: per-epoch validation, logging.
+  epochs = int(usable * speed // train_images)
+  log(f'probe: {speed:.0f} img/s -> {epochs} epochs fit in {usable:.0f}s of training')
+  return epochs
+
+
+def pick_weights(val: dict | None) -> str:
+  """EMA if its final validation accuracy beats the raw weights' (decided on val, never OOD)."""
+  if val and val.get('val_accuracy_ema') is not None:
+    return 'ema' if val['val_accuracy_ema'] > val['val_accuracy'] else 'raw'
+  return 'raw'
+
+
+def per_severity(scores: dict) -> list[float]:
+  return [sum(v[s] for v in scores.values()) / len(scores) for s in range(5)]
+
+
+def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weights: str,
+                   full_dir: pathlib.Path | None, results: dict, save) -> None:
+  from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  parallel.enable_compilation_cache()
+  config = workdir_lib.run_config(run)
+  n_clean = 15_000 if not args.small else 200
+  n_ood = 95 * args.ood_limit if ood_dir else 0
+  per_view_image = None
+  plan = [(name, ood_dir) for name in TOOLS] + ([('none@full', full_dir)] if full_dir else [])
+  for name, folder in plan:
+    tta, adapt = TOOLS[name.split('@')[0]]
+    n_full = 95 * (20 if args.small else 10_000)
+    images = (n_clean + (n_full if name.endswith('@full') else n_ood)) * (VIEWS[tta] + adapt)
+    if per_view_image is not None:
+      projected = images * per_view_image + 30  # + compiles
+      if time.time() - T0 + projected > args.deadline_s:
+        log(f'skip {name}: projected {projected:.0f}s would pass the deadline')
+        results[name] = {'skipped': f'projected {projected:.0f}s past the deadline'}
+        continue
+    t = time.time()
+    try:
+      r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights=weights,
+                      ood_dir=str(folder) if folder else None,
+                      submission_csv=str(run.parent / f"submission_{name.replace('+', '_')}.csv"))
+    except Exception as e:  # pylint: disable=broad-except  (one failure never costs the others)
+      log(f'{name} failed: {type(e).__name__}: {e}')
+      results[name] = {'error': f'{type(e).__name__}: {e}'}
+      save()
+      continue
+    seconds = time.time() - t
+    if per_view_image is None:  # The OOD files' rate: their compile is spread over 19 files.
+      per_view_image = 1 / r['ood_images_per_sec'] if r.get('ood_images_per_sec') else seconds / images
+    row = {k: r.get(k) for k in ('test_accuracy', 'val_accuracy', 'ood_accuracy',
+                                  'ood_images_per_sec')}
+    row['seconds'] = seconds
+    if r.get('ood_per_distortion'):
+      row['ood_per_severity'] = per_severity(r['ood_per_distortion'])
+      row['ood_per_distortion'] = {k: sum(v) / 5 for k, v in r['ood_per_distortion'].items()}
+    if name.endswith('@full') and r.get('submission'):
+      with open(r['submission']) as f:
+        row['submission_rows'] = sum(1 for _ in f) - 1
+    results[name] = row
+    save()
+    log(f"{name:16s} test {row['test_accuracy']} OOD {row['ood_accuracy']} "
+        f"({seconds:.0f}s, {row['ood_images_per_sec']} img/s)")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--data', required=True, help='folder holding cifar-100-python/')
+  p.add_argument('--weights', required=True, help='converted ResNet-50 checkpoint folder')
+  p.add_argument('--work', required=True)
+  p.add_argument('--ood_limit', type=int, default=1000, help='test images per OOD chunk')
+  p.add_argument('--full_set', action='store_true', help='also the 950,000-image set (plain)')
+  p.add_argument('--procs', type=int, default=8, help='CPU processes making the OOD sets')
+  p.add_argument('--train_deadline_s', type=float, default=330)
+  p.add_argument('--deadline_s', type=float, default=540)
+  p.add_argument('--small', action='store_true', help='CPU dry run: tiny sizes')
+  p.add_argument('--probe', default='', help='run dir of a short training run of the same step '
+                 '(synthetic data): train fewer than the config\'s epochs if they would not fit')
+  p.add_argument('--max_epochs', type=int, default=30, help="configs/ood_best.py's epochs")
+  p.add_argument('--startup_s', type=float, default=60, help='training start-up, compile included')
+  p.add_argument('--set', action='append', default=[], help='extra --config.KEY=VALUE overrides')
+  args = p.parse_args()
+  import jax  # pylint: disable=g-import-not-at-top  (no backend yet: the trainer takes the GPU)
+  log(f'jax {jax.__version__}; python {sys.version.split()[0]}')
+  if args.small:
+    args.ood_limit, args.max_epochs = min(args.ood_limit, 10), 1
+  work = pathlib.Path(args.work)
+  work.mkdir(parents=True, exist_ok=True)
+  jobs = start_corrupt(args.data, work / 'ood', args.ood_limit, args.procs)
+  full_limit = 20 if args.small else 0  # 0 = all 10,000 test images per chunk.
+  full_jobs = (start_corrupt(args.data, work / 'ood_full', full_limit, 2 * args.procs, nice=10)
+               if args.full_set else [])  # Niced: the training's input pipeline comes first.
+  overrides = [f'--config.model.pretrained={args.weights}', f'--config.data.dir={args.data}',
+               '--config.data.download=false', *[f'--config.{s}' for s in args.set]]
+  if args.small:
+    overrides += ['--config.model.image_size=32', '--config.data.train_limit=200',
+                  '--config.data.eval_limit=100', '--config.train.num_epochs=1',
+                  '--config.train.batch_size=32', '--config.train.eval_batch_size=100',
+                  '--config.model.dtype=float32']
+  fit = epochs_that_fit(args, pathlib.Path(args.probe)) if args.probe else None
+  if fit is not None and fit < args.max_epochs:
+    overrides.append(f'--config.train.num_epochs={max(fit, 1)}')
+    log(f'training {max(fit, 1)} epochs instead of {args.max_epochs}: the budget is too short')
+  result = {'args': vars(args), 'epochs': min(fit or args.max_epochs, args.max_epochs),
+            'train': train(args, work / 'run', overrides)}
+  ood_dir = merge_corrupt(jobs, work / 'ood')
+  log(f'OOD set ({args.ood_limit} test images x 19 x 5) ready: {ood_dir}')
+  full_dir = None
+  if full_jobs:
+    full_dir = merge_corrupt(full_jobs, work / 'ood_full')
+    log(f'full OOD set ready: {full_dir}')
+  result['weights'] = pick_weights(result['train']['val'])
+  result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
+  save = lambda: (work / 'gpu_ood.json').write_text(json.dumps(result, indent=1) + '\n')
+  save()
+  evaluate_tools(args, work / 'run', ood_dir, result['weights'], full_dir, result['eval'], save)
+  result['total_s'] = time.time() - T0
+  save()
+  print(table(result), flush=True)
+
+
+def table(result: dict) -> str:
+  t = result['train']
+  lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in {t['seconds']:.0f}s "
+           f"(median {t['images_per_sec_median']} img/s){' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''}; "
+           f"weights {result['weights']}; OOD = {result['args']['ood_limit']} test images x 19 x 5",
+           '| test-time tool | clean test | OOD | OOD sev 1..5 | img/s | s |', '| --- | --- | --- | --- | --- | --- |']
+  for name, r in result['eval'].items():
+    if 'skipped' in r or 'error' in r:
+      lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | |')
+      continue
+    sev = ' / '.join(f'{100 * v:.1f}' for v in r.get('ood_per_severity', []))
+    pct = lambda v: f'{100 * v:.2f}' if v is not None else '-'
+    lines.append(f"| {name} | {pct(r['test_accuracy'])} | {pct(r['ood_accuracy'])} | {sev} | "
+                 f"{r['ood_images_per_sec'] or 0:.0f} | {r['seconds']:.0f} |")
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  main()
