@@ -230,7 +230,7 @@ def _fmt(v, spec='.1f'):
 
 def table(rows: list[dict]) -> str:
   head = (f'{"model":<28} {"dtype":<8} {"px":>4} {"batch":>5} {"jax img/s":>10} {"torch img/s":>11} '
-          f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
+          f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"MFU":>5} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
   lines = [head, '-' * len(head)]
   for r in rows:
     jx, pt = r.get('jax', {}), r.get('torch', {})
@@ -241,7 +241,7 @@ def table(rows: list[dict]) -> str:
         f'{_fmt(jx.get("img_s")) if "error" not in jx else "error":>10} '
         f'{_fmt(pt.get("img_s")) if "error" not in pt else "error":>11} '
         f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("tflop_s"), ".3f"):>11} '
-        f'{_fmt(jx.get("compile_s")):>13} '
+        f'{_fmt(jx.get("mfu") and 100 * jx["mfu"], ".1f"):>5} {_fmt(jx.get("compile_s")):>13} '
         f'{_fmt(mem and mem / 2**30, ".2f"):>11} '
         f'{_fmt(pt.get("peak_bytes") and pt["peak_bytes"] / 2**30, ".2f"):>13}')
     for fw, res in (('jax', jx), ('torch', pt)):

@@ -208,3 +208,20 @@ def test_analysis_only_plan_of_a_real_model_is_consistent_with_its_measurements(
   assert mem(recipe, n) < mem(recipe, 1)
   assert all(t['memory_parts']['temp'] > 0 for t in p['tried'])
   assert 'XLA:CPU' in benchmark.memory_note('cpu', True)
+
+
+def test_step_flops_count_the_convolutions_and_mfu_needs_a_known_peak():
+  """The reported TFLOP/s comes from the lowered program, where convolutions are still counted
+  (after compilation for a GPU they are cuDNN calls that XLA's cost analysis skips). A
+  training step is about 3x the forward FLOPs: torchvision's ResNet-18 forward is 1.82 GMACs at
+  224 px, so ~2 x 1.82 x (64/224)^2 GFLOPs at 64 px."""
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import jax_step  # pylint: disable=import-outside-toplevel
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.image_size, c.train.batch_size = 'resnet18', 'imagenet', 64, 8
+  _, _, _, info = jax_step.compile_jax(c, abstract=True)
+  forward = 2 * 1.82e9 * (64 / 224) ** 2
+  assert 2 < info['step_flops'] / 8 / forward < 3.5, info['step_flops']
+  assert jax_step.peak_bf16_flops('NVIDIA H200') == 989e12
+  assert jax_step.peak_bf16_flops('cpu') is None
