@@ -189,63 +189,22 @@ fi
 # jax_cifar.corrupt (needs the 'corrupt' extra: scipy, scikit-image); writes the submission and
 # prints clean and OOD accuracy with and without each test-time tool.
 ood_best() {
-  "$PY" - "$WORK/ood" "$SMALL" "$OUT/ood_best.json" <<'EOF'
-import json, os, pathlib, pickle, subprocess, sys, time
-import numpy as np
-
-work, small, out_json = pathlib.Path(sys.argv[1]), sys.argv[2] == '1', sys.argv[3]
-data_dir = pathlib.Path(os.environ.get('OOD_DATA', work / 'data'))
-if not (data_dir / 'cifar-100-python').exists():  # Build the official layout from the npz.
-  sys.path.insert(0, 'scripts')
-  from devdata import write_cifar_folder  # pylint: disable=wrong-import-position
-  write_cifar_folder(data_dir)
-
-
-def run(*args):
-  out = subprocess.run([sys.executable, *args], capture_output=True, text=True)
-  if out.returncode:
-    sys.exit(f'{" ".join(args[:3])} failed ({out.returncode}):\n{out.stderr[-3000:]}')
-  return out
-
-
-t0 = time.time()
-weights = work / 'r50'
-run('scripts/convert_torchvision_weights.py', '--arch', 'resnet50', '--state_dict',
-    '.devdata/resnet50-keras-imagenet-tvlayout-fp16.pth', '--output', str(weights), '--overwrite')
-overrides = [f'--config.model.pretrained={weights}', f'--config.data.dir={data_dir}',
-             '--config.data.download=false']
-if small:
-  overrides += ['--config.model.image_size=32', '--config.data.train_limit=200',
-                '--config.data.eval_limit=100', '--config.train.num_epochs=1',
-                '--config.train.batch_size=32', '--config.train.eval_batch_size=100',
-                '--config.model.dtype=float32']
-t = time.time()
-run('-m', 'jax_cifar.train', '--config', 'configs/ood_best.py', '--workdir', str(work / 'run'),
-    *overrides)
-train_s = time.time() - t
-print(f'trained in {train_s:.0f}s', flush=True)
-limit = '10' if small else os.environ.get('OOD_LIMIT', '2000')
-t = time.time()
-run('-m', 'jax_cifar.corrupt', '--out', str(work / 'set'), '--format', 'ds542', '--limit', limit,
-    '--data_dir', str(data_dir))
-print(f'OOD set of {limit} test images x 19 x 5 in {time.time() - t:.0f}s', flush=True)
-results = {'train_s': train_s, 'ood_limit': int(limit)}
-tool_sets = ([], ['--tta', 'flip'], ['--tta', 'shifts'], ['--bn_adapt'],
-             ['--tta', 'shifts', '--bn_adapt'])
-for tools in (tool_sets[::4] if small else tool_sets):  # CPU dry run: none and both tools.
-  name = ' '.join(tools) or 'none'
-  t = time.time()
-  out = run('-m', 'jax_cifar.evaluate', '--config', 'configs/ood_best.py', '--workdir',
-            str(work / 'run'), *overrides, '--ood_dir', str(work / 'set'), '--submission',
-            str(work / 'submission_ood.csv'), *tools)
-  row = json.loads(out.stdout.strip().splitlines()[-1])
-  results[name] = {k: row.get(k) for k in ('test_accuracy', 'ood_accuracy', 'ood_images_per_sec')}
-  results[name]['seconds'] = time.time() - t
-  print(f'OOD {name:22s} test {row.get("test_accuracy")} ood {row.get("ood_accuracy")} '
-        f'({results[name]["seconds"]:.0f}s)', flush=True)
-results['total_s'] = time.time() - t0
-json.dump(results, open(out_json, 'w'), indent=1)
-EOF
+  local data=${OOD_DATA:-$WORK/ood_data}
+  if [ ! -d "$data/cifar-100-python" ]; then  # The official layout, from the small npz.
+    "$PY" scripts/devdata.py write .devdata/cifar_small.npz "$data" || return 1
+  fi
+  "$PY" scripts/convert_torchvision_weights.py --arch resnet50 --state_dict \
+    .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth --output "$WORK/r50" --overwrite || return 1
+  local size=(--ood_limit "${OOD_LIMIT:-500}" --full_set --deadline_s "${OOD_DEADLINE_S:-450}")
+  # CPU dry run: tiny sizes, and a deadline that skips the 18-view evaluations.
+  [ "$SMALL" = 1 ] && size=(--small --procs 2 --deadline_s 240)
+  "$PY" scripts/gpu_ood.py --data "$data" --weights "$WORK/r50" --work "$WORK/ood" "${size[@]}" \
+    --train_deadline_s "${OOD_TRAIN_S:-330}" 2> "$WORK/ood_stderr.log"
+  local rc=$?
+  cp "$WORK/ood/gpu_ood.json" "$OUT/ood_best.json" 2>/dev/null
+  cp "$WORK/ood/gpu_ood_severity.png" "$OUT/" 2>/dev/null
+  [ $rc -eq 0 ] || tail -n 30 "$WORK/ood_stderr.log"
+  return $rc
 }
 export -f ood_best
 if [ -f configs/ood_best.py ] && [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ]; then
@@ -282,13 +241,8 @@ if os.path.exists(ft):
             f"  {ft[name]['wall_s']:.0f}s  {ft[name]['images_per_sec']} img/s (last log)")
 ood = os.path.join(out, 'ood_best.json')
 if os.path.exists(ood):
-  ood = json.load(open(ood))
-  print(f"\nconfigs/ood_best.py: trained in {ood['train_s']:.0f}s; OOD = {ood['ood_limit']} test "
-        "images x 19 x 5 (jax_cifar.corrupt)")
-  for name, r in ood.items():
-    if isinstance(r, dict):
-      print(f"  {name:22s} test {r['test_accuracy']}  OOD {r['ood_accuracy']}  "
-            f"{r['ood_images_per_sec']} img/s  ({r['seconds']:.0f}s)")
+  import gpu_ood
+  print('\n' + gpu_ood.table(json.load(open(ood))))
 EOF
 printf '%s\n' "" "parts:" "${SUMMARY[@]}" "total $(($(date +%s) - T_START))s" >> "$OUT/summary.txt"
 echo

@@ -14,6 +14,7 @@ its projected time would carry past --deadline_s. Writes --work/gpu_ood.json and
   python3 scripts/gpu_ood.py --data DIR --weights DIR --work DIR [--small]
   # DIR of --data holds cifar-100-python/; --weights is a converted checkpoint
   # (scripts/convert_torchvision_weights.py). --small: a CPU dry run of the same logic.
+  python3 scripts/gpu_ood.py replot WORK/gpu_ood.json OUT.png   # the plot and table again
 """
 
 import argparse
@@ -232,7 +233,28 @@ def main():
   evaluate_tools(args, work / 'run', ood_dir, result['weights'], full_dir, result['eval'], save)
   result['total_s'] = time.time() - T0
   save()
+  plot(result, work / 'gpu_ood_severity.png')
   print(table(result), flush=True)
+
+
+def plot(result: dict, path: pathlib.Path) -> None:
+  """OOD accuracy per severity for each test-time tool (clean test accuracy at severity 0)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  for name, r in result['eval'].items():
+    if 'ood_per_severity' in r:
+      ys = [r['test_accuracy'], *r['ood_per_severity']]
+      ax.plot(range(6), [100 * y for y in ys], marker='o', label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
+  ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
+  ax.set_xlabel('severity')
+  ax.set_ylabel('top-1 accuracy (%)')
+  t = result['train']
+  ax.set_title(f"configs/ood_best.py, {result['epochs']} epochs ({t['seconds']:.0f} s of training)",
+               fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
 
 
 def table(result: dict) -> str:
@@ -253,4 +275,9 @@ def table(result: dict) -> str:
 
 
 if __name__ == '__main__':
-  main()
+  if len(sys.argv) == 4 and sys.argv[1] == 'replot':  # replot GPU_OOD.json OUT.png
+    saved = json.loads(pathlib.Path(sys.argv[2]).read_text())
+    plot(saved, pathlib.Path(sys.argv[3]))
+    print(table(saved))
+  else:
+    main()
