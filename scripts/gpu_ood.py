@@ -120,11 +120,25 @@ def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000) -> in
   return epochs
 
 
-def pick_weights(val: dict | None) -> str:
-  """EMA if its final validation accuracy beats the raw weights' (decided on val, never OOD)."""
-  if val and val.get('val_accuracy_ema') is not None:
-    return 'ema' if val['val_accuracy_ema'] > val['val_accuracy'] else 'raw'
-  return 'raw'
+def best_step(run: pathlib.Path) -> int | None:
+  """The step of the run's 'best' checkpoint (its folder name), None if there is none."""
+  folder = run / 'checkpoints' / 'best'
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+  return max(steps, default=None)
+
+
+def pick_weights(run: pathlib.Path) -> tuple[str, dict | None]:
+  """('ema' or 'raw', the validation row it was decided on): the weights with the higher
+  validation accuracy at the step of the 'best' checkpoint, which is the one evaluated (decided
+  on validation, never on OOD). The final step's row would be the wrong one: 'best' can be an
+  earlier step, where the EMA and the raw weights rank differently."""
+  step = best_step(run)
+  rows = [r for r in metrics_rows(run) if 'val_accuracy' in r and r['step'] == step]
+  if not rows:
+    return 'raw', None
+  row = rows[-1]
+  ema = row.get('val_accuracy_ema')
+  return ('ema' if ema is not None and ema > row['val_accuracy'] else 'raw'), row
 
 
 def per_severity(scores: dict) -> list[float]:
@@ -141,7 +155,7 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weight
   n_clean = 15_000 if not args.small else 200
   n_ood = 95 * args.ood_limit if ood_dir else 0
   per_view_image = None
-  plan = [(name, ood_dir) for name in TOOLS] + ([('none@full', full_dir)] if full_dir else [])
+  plan = [(name, ood_dir) for name in args.tools] + ([('none@full', full_dir)] if full_dir else [])
   for name, folder in plan:
     tta, adapt = TOOLS[name.split('@')[0]]
     n_full = 95 * (20 if args.small else 10_000)
@@ -183,7 +197,10 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weight
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--data', required=True, help='folder holding cifar-100-python/')
-  p.add_argument('--weights', required=True, help='converted ResNet-50 checkpoint folder')
+  p.add_argument('--weights', required=True,
+                 help="converted ResNet-50 checkpoint folder ('' = random init, for tests)")
+  p.add_argument('--tools', default=','.join(TOOLS),
+                 help=f'test-time tools to evaluate, in this order (of {",".join(TOOLS)})')
   p.add_argument('--work', required=True)
   p.add_argument('--ood_limit', type=int, default=1000, help='test images per OOD chunk')
   p.add_argument('--full_set', action='store_true', help='also the 950,000-image set (plain)')
@@ -197,6 +214,9 @@ def main():
   p.add_argument('--startup_s', type=float, default=60, help='training start-up, compile included')
   p.add_argument('--set', action='append', default=[], help='extra --config.KEY=VALUE overrides')
   args = p.parse_args()
+  args.tools = [t for t in args.tools.split(',') if t]
+  if unknown := set(args.tools) - set(TOOLS):
+    p.error(f'unknown --tools {sorted(unknown)}; choose from {",".join(TOOLS)}')
   import jax  # pylint: disable=g-import-not-at-top  (no backend yet: the trainer takes the GPU)
   log(f'jax {jax.__version__}; python {sys.version.split()[0]}')
   if args.small:
@@ -226,7 +246,9 @@ def main():
   if full_jobs:
     full_dir = merge_corrupt(full_jobs, work / 'ood_full')
     log(f'full OOD set ready: {full_dir}')
-  result['weights'] = pick_weights(result['train']['val'])
+  result['weights'], result['best_val'] = pick_weights(work / 'run')
+  log(f"evaluating the 'best' checkpoint's {result['weights']} weights (validation there: "
+      f"{result['best_val']})")
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
   save = lambda: (work / 'gpu_ood.json').write_text(json.dumps(result, indent=1) + '\n')
   save()
@@ -261,7 +283,8 @@ def table(result: dict) -> str:
   t = result['train']
   lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in {t['seconds']:.0f}s "
            f"(median {t['images_per_sec_median']} img/s){' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''}; "
-           f"weights {result['weights']}; OOD = {result['args']['ood_limit']} test images x 19 x 5",
+           f"'best' checkpoint (step {(result.get('best_val') or {}).get('step')}), "
+           f"{result['weights']} weights; OOD = {result['args']['ood_limit']} test images x 19 x 5",
            '| test-time tool | clean test | OOD | OOD sev 1..5 | img/s | s |', '| --- | --- | --- | --- | --- | --- |']
   for name, r in result['eval'].items():
     if 'skipped' in r or 'error' in r:

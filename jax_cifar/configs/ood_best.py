@@ -15,11 +15,13 @@ mixup + label smoothing + crop/flip) for 30 epochs, plus a weight EMA.
 
 Measured on one H200 (bf16, 45,000 training images, one seed; docs/robustness.md): 30 epochs in
 420 s; clean test 84.2 %, held-out 19 x 5 OOD set (jax_cifar.corrupt, 500 test images per chunk)
-65.2 %; --tta shifts 85.7 / 67.0 %; --bn_adapt 83.2 / 71.7 %; both 84.7 / 73.9 %. Validation
-picked the raw weights there (84.26 % raw vs 84.18 % EMA).
+65.2 %; --tta shifts 85.7 / 67.0 %; --bn_adapt 83.2 / 71.7 %; both 84.7 / 73.9 %. Those are the
+raw weights of `best` (step 7,371); its EMA weights led on validation (84.50 vs 84.06 %) and were
+not measured.
 
-Evaluate with --weights ema if metrics.jsonl's final val_accuracy_ema beats val_accuracy, else
---weights raw (decide on validation, never on the OOD set; `best` is picked by the EMA).
+`best` is picked by the EMA's validation accuracy. Evaluate it with --weights ema if, at its step
+(the folder name under WORKDIR/checkpoints/best/), metrics.jsonl's val_accuracy_ema beats
+val_accuracy, else with --weights raw (decide on validation, never on the OOD set).
 
 How this was chosen (docs/robustness.md): on the shared ResNet-50 (32 px, 10,000 training images,
 234 steps, chosen on validation), the report recipe with 3x the epochs beat AugMix + its

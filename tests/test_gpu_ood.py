@@ -1,0 +1,83 @@
+"""scripts/gpu_ood.py, the GPU proof of configs/ood_best.py, run end to end on the CPU at a tiny
+size: it trains, builds both OOD sets with jax_cifar.corrupt, evaluates the chosen test-time
+tools in order, and writes a JSON whose numbers add up, a plot and a full-size-layout submission."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+devdata, gpu_ood = _load('devdata'), _load('gpu_ood')
+
+
+def test_weights_are_picked_at_the_best_checkpoints_step_not_the_last(tmp_path):
+  """The H200 run's case: 'best' (picked by the EMA) was step 7371, where the EMA led on
+  validation; at the last step the raw weights led. The evaluated checkpoint's row decides."""
+  rows = [{'step': 7371, 'val_accuracy': 0.8406, 'val_accuracy_ema': 0.8450},
+          {'step': 7400, 'train_loss': 1.0},
+          {'step': 10530, 'val_accuracy': 0.8426, 'val_accuracy_ema': 0.8418}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  (tmp_path / 'checkpoints' / 'best' / '7371').mkdir(parents=True)
+  assert gpu_ood.pick_weights(tmp_path) == ('ema', rows[0])
+  (tmp_path / 'checkpoints' / 'best' / '7371').rename(tmp_path / 'checkpoints' / 'best' / '10530')
+  assert gpu_ood.pick_weights(tmp_path) == ('raw', rows[2])
+  assert gpu_ood.pick_weights(tmp_path / 'nothing') == ('raw', None)
+
+
+@pytest.mark.slow
+def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
+  rng = np.random.default_rng(0)
+  npz = tmp_path / 'tiny.npz'
+  np.savez(npz, train_x=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8),
+           train_y=np.arange(300) % 100, test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+           test_y=np.arange(100) % 100)
+  devdata.write_cifar_folder(tmp_path / 'data', str(npz))
+  work = tmp_path / 'work'
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'scripts' / 'gpu_ood.py'), '--data', str(tmp_path / 'data'),
+       '--weights', '', '--work', str(work), '--small', '--procs', '2', '--full_set',
+       '--tools', 'none,bn_adapt', '--set', 'model.name=resnet18'],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  result = json.loads((work / 'gpu_ood.json').read_text())
+  assert result['train']['rc'] == 0 and result['train']['step'] > 0
+  assert not result['train']['stopped_by_deadline']
+  assert result['best_val']['step'] == gpu_ood.best_step(work / 'run') > 0
+  assert list(result['eval']) == ['none', 'bn_adapt', 'none@full']  # --tools' order, then full.
+  for name, row in result['eval'].items():
+    assert 0 <= row['ood_accuracy'] <= 1 and 0 <= row['test_accuracy'] <= 1, (name, row)
+    assert len(row['ood_per_severity']) == 5 and len(row['ood_per_distortion']) == 19
+    # The mean over 19 x 5 chunks, whichever way it is grouped.
+    assert np.mean(row['ood_per_severity']) == pytest.approx(row['ood_accuracy'])
+    assert np.mean(list(row['ood_per_distortion'].values())) == pytest.approx(row['ood_accuracy'])
+  assert result['eval']['none@full']['submission_rows'] == 19 * 5 * 20  # --small: 20 per chunk
+  for folder, n in (('ood', 10), ('ood_full', 20)):
+    files = sorted((work / folder / 'all').glob('distortion*.npy'))
+    assert len(files) == 19
+    assert np.load(files[0], mmap_mode='r').shape == (5 * n, 32, 32, 3)
+    assert np.load(work / folder / 'all' / 'labels.npy').shape == (5 * n,)
+  assert (work / 'gpu_ood_severity.png').stat().st_size > 10_000
+  assert '| bn_adapt |' in proc.stdout  # The table.
+
+
+def test_unknown_tool_is_refused_before_anything_runs(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'scripts' / 'gpu_ood.py'), '--data', str(tmp_path), '--weights',
+       '', '--work', str(tmp_path / 'w'), '--tools', 'none,shift'],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2 and "unknown --tools ['shift']" in proc.stderr
+  assert not (tmp_path / 'w').exists()
