@@ -7,6 +7,8 @@
 #      resnet50 160 px and resnet152 224 px (ImageNet stem, bf16); resnet152 again with
 #      model.scan_blocks (compile time and step speed); the 16 GiB micro-batch search (fit_r152)
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
+#   c3) ood_input / ood_step: the same for configs/ood_best.py's step, and that step (AutoAugment,
+#      mixup, EMA) beside the bare ResNet-50 step at 128 px
 #   d) with .devdata/ (scripts/gpu_prepare.sh): ResNet-50 at 160 px fine-tuned from the converted
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
 #   e) ood_best: configs/ood_best.py end to end, a labelled 19 x 5 set from jax_cifar.corruptions.corrupt, the
@@ -17,7 +19,7 @@
 #     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
 # SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
-# bench_r152 scan_r152 fit_r152 input_path finetune ood_best); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
+# bench_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best); T_<PART> raise their limits, e.g. the ResNet-50/152 rows:
 #   PARTS="bench_r50 bench_r152" T_R50=300 T_R152=300 bash scripts/gpu_check.sh
 # Writes $OUT/{gpu_check.log,bench.json,finetune.json,summary.txt} ($OUT defaults to /tmp/gpu_check).
 set -uo pipefail
@@ -119,6 +121,26 @@ if [ "$SMALL" = 1 ]; then
 else  # Full-width ResNet-18 in bf16: the fastest step here, so the one most likely to starve.
   part input_path "${T_INPUT:-90}" $INPUT --config.data.synthetic_size=40000 \
     --config.model.width=64 --config.model.dtype=bfloat16 --steps 200
+fi
+
+# c3) The trainer ran configs/ood_best.py at 3,974 img/s on an H200, below the bare ResNet-50 step:
+# is it the input path or the step's own extras (AutoAugment, mixup, EMA)? The same three timings
+# for that config (synthetic data, random init), then its step beside the bare ResNet-50 step.
+OODCFG="--config configs/ood_best.py --config.data.source=synthetic --config.data.train_limit=0 \
+  --config.model.pretrained="
+if [ "$SMALL" = 1 ]; then
+  part ood_input 300 $PY scripts/profile_input.py $OODCFG --config.data.synthetic_size=256 \
+    --config.model.name=resnet18 --config.model.image_size=32 --config.model.dtype=float32 \
+    --config.train.batch_size=16 --steps 4
+  part ood_step 300 $BENCH --steps 2 --warmup 0 --frameworks jax \
+    --models configs/ood_best.py,resnet18:imagenet:8 --image_size 32 --batch 8 \
+    --dtypes float32 --out "$WORK/bench_ood_step.json"
+else
+  part ood_input "${T_OOD_INPUT:-120}" $PY scripts/profile_input.py $OODCFG \
+    --config.data.synthetic_size=40000 --steps 300
+  part ood_step "${T_OOD_STEP:-150}" $BENCH --frameworks jax \
+    --models configs/ood_best.py,resnet50:imagenet --image_size 128 --batch 128 \
+    --dtypes bfloat16 --out "$WORK/bench_ood_step.json"
 fi
 
 # --- d) fine-tune: pretrained vs random ------------------------------------------------------
