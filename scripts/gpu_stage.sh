@@ -19,22 +19,27 @@ unxz() {  # stdin -> stdout; Python's lzma where the image has no xz binary
 t0=$(date +%s)
 cp -r .gpudata/c"$K"/* "$H/parts/"
 export PYTHONPATH="$H/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Each product is made beside its place and renamed into it, so a step cut short is redone on
+# the next call instead of being taken for finished.
 if [ -d "$H/parts/whl" ] && [ ! -d "$H/site" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$H/site" "$H"/parts/whl/*.whl
-  echo "wheels installed into $H/site"
+  rm -rf "$H/site.tmp"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$H/site.tmp" "$H"/parts/whl/*.whl
+  mv "$H/site.tmp" "$H/site" && echo "wheels installed into $H/site"
 fi
 if [ -f "$H/parts/r50.pth.xz" ] && [ ! -d "$H/r50" ]; then
   (cd "$H/parts" && grep r50.pth.xz SHA256SUMS | sha256sum -c --quiet)
   unxz < "$H/parts/r50.pth.xz" > "$H/r50.pth"
   "$PY" scripts/convert_torchvision_weights.py --arch resnet50 --state_dict "$H/r50.pth" \
-    --output "$H/r50" 2>&1 | grep -v -i warn | tail -2
+    --output "$H/r50" --overwrite 2>&1 | { grep -v -i warn || true; } | tail -2
 fi
 needed=$(grep -c cifar.part "$H/parts/SHA256SUMS")
 have=$(ls "$H"/parts/cifar.part* 2>/dev/null | wc -l)
 if [ "$have" = "$needed" ] && [ ! -d "$H/data/cifar-100-python" ]; then
   (cd "$H/parts" && sha256sum -c --quiet SHA256SUMS)
-  cat $(ls "$H"/parts/cifar.part* | sort -V) | unxz > "$H/cifar_full.npz"
-  "$PY" scripts/devdata.py write "$H/cifar_full.npz" "$H/data" && rm -f "$H/cifar_full.npz"
+  ls "$H"/parts/cifar.part* | sort -V | xargs -d '\n' cat | unxz > "$H/cifar_full.npz"
+  rm -rf "$H/data.tmp"
+  "$PY" scripts/devdata.py write "$H/cifar_full.npz" "$H/data.tmp" && rm -f "$H/cifar_full.npz"
+  mkdir -p "$H/data" && mv "$H/data.tmp/cifar-100-python" "$H/data/" && rm -rf "$H/data.tmp"
   echo "data ready: $H/data/cifar-100-python"
 fi
 echo "stage $K done in $(($(date +%s) - t0))s: $have of $needed data parts; $H holds $(ls "$H" | tr "\n" " ")"

@@ -33,24 +33,35 @@ def _memory_analysis(compiled) -> dict:
           'memory_parts': parts}
 
 
-# Dense bf16 peak of the accelerators MFU is reported for (vendor datasheets, SXM parts).
-PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'T4': 65e12}
+# Dense bf16 peak of the accelerators MFU is reported for (vendor datasheets). SXM parts only:
+# PCIe / NVL variants of the same name have lower peaks and get no MFU.
+PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
 
 
 def peak_bf16_flops(device_kind: str) -> float | None:
-  return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_kind), None)
+  if any(v in device_kind for v in ('PCIe', 'NVL')):
+    return None
+  return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_kind.split()), None)
 
 
 def _flops(stage) -> float | None:
-  """XLA's FLOP count of the step. Taken from the lowered (unoptimised) program: after
-  compilation for a GPU the convolutions are cuDNN custom calls that XLA's cost analysis does not
-  count (ResNet-50 on an H200: 1/50 of the true count)."""
   try:
     cost = stage.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost['flops'])
   except Exception:  # pylint: disable=broad-except
     return None
+
+
+def step_flops(lowered, compiled) -> tuple[float | None, str | None]:
+  """(XLA's FLOP count of the step, where it came from). The lowered (unoptimised) program comes
+  first: after compilation for a GPU the convolutions are cuDNN custom calls that XLA's cost
+  analysis does not count (ResNet-50 on an H200: 1/50 of the true count)."""
+  for source, stage in (('lowered', lowered), ('compiled', compiled)):
+    flops = _flops(stage)
+    if flops:
+      return flops, source
+  return None, None
 
 
 def compile_jax(config, compiler_options: dict | None = None, abstract: bool = False):
@@ -86,7 +97,8 @@ def compile_jax(config, compiler_options: dict | None = None, abstract: bool = F
   lowered = step.lower(state, data)
   compiled = lowered.compile(compiler_options or None)
   info = {'compile_s': time.perf_counter() - t0, 'init_s': init_s,
-          **_memory_analysis(compiled), 'step_flops': _flops(lowered) or _flops(compiled)}
+          **_memory_analysis(compiled)}
+  info['step_flops'], info['flops_source'] = step_flops(lowered, compiled)
   return compiled, state, data, info
 
 

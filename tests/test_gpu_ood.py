@@ -56,7 +56,12 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   result = json.loads((work / 'gpu_ood.json').read_text())
   assert result['train']['rc'] == 0 and result['train']['step'] > 0
   assert not result['train']['stopped_by_deadline']
-  assert result['best_val']['step'] == gpu_ood.best_step(work / 'run') > 0
+  best = result['best_val']
+  assert best['step'] == gpu_ood.best_step(work / 'run') > 0
+  ema_leads = best.get('val_accuracy_ema') is not None and best['val_accuracy_ema'] > best['val_accuracy']
+  assert result['weights'] == ('ema' if ema_leads else 'raw')
+  for row in result['eval'].values():  # What was evaluated is what was chosen.
+    assert (row['step'], row['weights']) == (best['step'], result['weights'])
   assert list(result['eval']) == ['none', 'bn_adapt', 'none@full']  # --tools' order, then full.
   for name, row in result['eval'].items():
     assert 0 <= row['ood_accuracy'] <= 1 and 0 <= row['test_accuracy'] <= 1, (name, row)

@@ -14,10 +14,10 @@ mixup + label smoothing + crop/flip) for 30 epochs, plus a weight EMA.
   # report its score).
 
 Measured on one H200 (bf16, 45,000 training images, one seed; docs/robustness.md): 30 epochs in
-420 s; clean test 84.2 %, held-out 19 x 5 OOD set (jax_cifar.corrupt, 500 test images per chunk)
-65.2 %; --tta shifts 85.7 / 67.0 %; --bn_adapt 83.2 / 71.7 %; both 84.7 / 73.9 %. Those are the
-raw weights of `best` (step 7,371); its EMA weights led on validation (84.50 vs 84.06 %) and were
-not measured.
+420 s; clean test 84.2 %, held-out OOD set (jax_cifar.corrupt: the first 500 test images, each
+in all 19 x 5 versions) 65.2 %; --tta shifts 85.7 / 67.0 %; --bn_adapt 83.2 / 71.7 %; both
+84.7 / 73.9 %. Those are the raw weights of `best` (step 7,371); its EMA weights led on
+validation (84.50 vs 84.06 %) and were not measured.
 
 `best` is picked by the EMA's validation accuracy. Evaluate it with --weights ema if, at its step
 (the folder name under WORKDIR/checkpoints/best/), metrics.jsonl's val_accuracy_ema beats
