@@ -29,14 +29,16 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """(model, config) of a run's 'best' or 'latest' checkpoint, ready for `model(x, train=False)`.
 
-  `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0).
+  `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0);
+  `weights='auto'` the one of the two with the higher validation accuracy at that checkpoint.
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
-  if checkpoint not in ('best', 'latest') or weights not in checkpoints.WEIGHTS:
-    raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw' or 'ema', got "
+  if checkpoint not in ('best', 'latest') or weights not in checkpoints.READ_WEIGHTS:
+    raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw', 'ema' or 'auto', got "
                      f'{checkpoint!r}, {weights!r}')
   config = run_config(run_dir)
-  state, graphdef, _ = state_lib.restore(config, run_dir, checkpoint)
+  state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
+  weights = state_lib.resolve_weights(weights, state, run_dir, step)
   state = state_lib.with_weights(state, weights, run_dir)
   return nnx.merge(graphdef, state.params, state.batch_stats), config
 

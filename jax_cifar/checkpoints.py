@@ -19,6 +19,7 @@ from jax_cifar import errors
 
 
 WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
+READ_WEIGHTS = (*WEIGHTS, 'auto')  # evaluate --weights / load_model: 'auto' picks on validation.
 
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
 _REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')

@@ -64,8 +64,9 @@ flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip 
                   'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The softmax '
                   'is averaged over the views.')
 flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
-flags.DEFINE_enum('weights', 'raw', checkpoints.WEIGHTS, "The checkpoint's raw weights or their EMA "
-                  '(runs trained with ema.decay > 0).')
+flags.DEFINE_enum('weights', 'raw', checkpoints.READ_WEIGHTS, "The checkpoint's raw weights, their "
+                  'EMA (runs trained with ema.decay > 0), or auto: the one with the higher '
+                  "validation accuracy at the checkpoint's step (metrics.jsonl).")
 flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES THE '
                   'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '
                   '(distortion x severity, CIFAR-100-C corruption x severity, whole clean split) '
@@ -189,7 +190,8 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -
 def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
                weights: str = 'raw') -> str:
   """best / latest / path, then _tta-<mode> and _bn-adapt: every setting writes its own files."""
-  tag = (which if which in ('best', 'latest') else 'path') + ('_ema' if weights == 'ema' else '')
+  tag = which if which in ('best', 'latest') else 'path'
+  tag += {'ema': '_ema', 'auto': '_auto'}.get(weights, '')
   return tag + (f'_tta-{tta_mode}' if tta_mode != 'none' else '') + ('_bn-adapt' if adapt_bn else '')
 
 
@@ -209,7 +211,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
              tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
              submission_csv: str | None = None, cifar100c_dir: str | None = None,
              weights: str = 'raw') -> dict:
-  """Evaluates a checkpoint ('raw' weights or their 'ema'); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
+  """Evaluates a checkpoint ('raw' weights, their 'ema', or 'auto': the better on validation at
+  that step); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
   inference.check_matches_run(config, workdir)
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
@@ -225,7 +228,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     _check_submission_path(csv_path)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights)
-  result = {'checkpoint': which, 'weights': weights, 'step': step, 'tta': tta_mode,
+  result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
             'bn_adapt': adapt_bn}
   result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
   if ood_files:

@@ -144,6 +144,24 @@ def _weights_of_run(config, params, batch_stats, mesh):
   return params, batch_stats
 
 
+def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
+  """'raw' or 'ema' for `weights`; 'auto' picks, on validation, the better of the two at `step`
+  (the checkpoint being read): the EMA if that step's val_accuracy_ema in WORKDIR/metrics.jsonl
+  beats its val_accuracy, else the raw weights (also when the run has no EMA or no such row).
+  The step matters: 'best' can be an earlier step than the last, where the two rank differently."""
+  if weights != 'auto':
+    return weights
+  if state.ema_params is None:
+    return 'raw'
+  rows = [r for r in tracking.read_metrics(workdir) if r.get('step') == step and 'val_accuracy' in r]
+  ema = rows[-1].get('val_accuracy_ema') if rows else None
+  choice = 'ema' if ema is not None and ema > rows[-1]['val_accuracy'] else 'raw'
+  tracking.say(f'--weights auto: {choice} (step {step}: ' + (
+      f"val_accuracy {rows[-1]['val_accuracy']:.4f}, val_accuracy_ema {ema})" if rows
+      else 'no validation row in metrics.jsonl)'))
+  return choice
+
+
 def with_weights(state: TrainState, weights: str, workdir) -> TrainState:
   """The state whose params/batch_stats are the raw weights or (weights='ema') their EMA; every
   reader of a checkpoint (trainer validation, evaluate, api) swaps them in here."""

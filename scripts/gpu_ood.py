@@ -135,8 +135,10 @@ def best_step(run: pathlib.Path) -> int | None:
 def pick_weights(run: pathlib.Path) -> tuple[str, dict | None]:
   """('ema' or 'raw', the validation row it was decided on): the weights with the higher
   validation accuracy at the step of the 'best' checkpoint, which is the one evaluated (decided
-  on validation, never on OOD). The final step's row would be the wrong one: 'best' can be an
-  earlier step, where the EMA and the raw weights rank differently."""
+  on validation, never on OOD), as `evaluate --weights auto` decides. The final step's row would
+  be the wrong one: 'best' can be an earlier step, where the EMA and the raw weights rank
+  differently. Decided here, before loading, for the log and the JSON; each evaluation passes
+  the choice explicitly and records what it loaded."""
   step = best_step(run)
   rows = [r for r in metrics_rows(run) if 'val_accuracy' in r and r['step'] == step]
   if not rows:

@@ -2,6 +2,7 @@
 records and picks as 'best' with it."""
 
 import functools
+import json
 
 import jax
 import numpy as np
@@ -127,3 +128,27 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path):
     assert out['step'] == best['step'] and out['weights'] == weights
     assert out['val_accuracy'] == pytest.approx(best[key], abs=1e-9), weights
   assert (tmp_path / 'eval_best_ema.json').exists() and (tmp_path / 'eval_best.json').exists()
+  # --weights auto takes whichever of the two was better on validation at that (best) step.
+  out = evaluate.evaluate(c, str(tmp_path), 'best', weights='auto')
+  expected = 'ema' if best['val_accuracy_ema'] > best['val_accuracy'] else 'raw'
+  assert out['weights'] == expected and (tmp_path / 'eval_best_auto.json').exists()
+  assert out['val_accuracy'] == pytest.approx(best[f"val_accuracy{'_ema' if expected == 'ema' else ''}"])
+
+
+def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path):
+  """A run whose EMA led at the best step and trailed at the last (as in the H200 run of
+  configs/ood_best.py): 'auto' must read the row of the step being evaluated."""
+  c = _config()
+  tx, _ = optim.make_optimizer(c.optim, 10, 10)
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
+  rows = [{'step': 7371, 'val_accuracy': 0.8406, 'val_accuracy_ema': 0.8450},
+          {'step': 7400, 'train_loss': 1.0},
+          {'step': 10530, 'val_accuracy': 0.8426, 'val_accuracy_ema': 0.8418}]
+  (tmp_path / tracking.METRICS_FILE).write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  assert state_lib.resolve_weights('auto', state, tmp_path, 7371) == 'ema'
+  assert state_lib.resolve_weights('auto', state, tmp_path, 10530) == 'raw'
+  assert state_lib.resolve_weights('auto', state, tmp_path, 5) == 'raw'  # No row: the raw weights.
+  assert state_lib.resolve_weights('ema', state, tmp_path, 10530) == 'ema'  # Explicit stays.
+  no_ema = state.replace(ema_params=None, ema_batch_stats=None)
+  assert state_lib.resolve_weights('auto', no_ema, tmp_path, 7371) == 'raw'
+

@@ -7,7 +7,7 @@ mixup + label smoothing + crop/flip) for 30 epochs, plus a weight EMA.
   python -m jax_cifar.train --config configs/ood_best.py --workdir runs/ood_best \
       --config.model.pretrained=weights/resnet50
   python -m jax_cifar.evaluate --config configs/ood_best.py --workdir runs/ood_best \
-      --checkpoint best --weights ema --tta shifts --ood_dir DIR --submission submission_ood.csv
+      --checkpoint best --weights auto --tta shifts --ood_dir DIR --submission submission_ood.csv
   # --tta shifts averages 18 views (18x the inference; --tta flip: 2 views). Add --bn_adapt for
   # test-time adaptation: it re-estimates the BatchNorm statistics on each
   # distortion x severity chunk of the unlabelled test images (never a default; say so if you
@@ -19,9 +19,9 @@ in all 19 x 5 versions) 65.2 %; --tta shifts 85.7 / 67.0 %; --bn_adapt 83.2 / 71
 84.7 / 73.9 %. Those are the raw weights of `best` (step 7,371); its EMA weights led on
 validation (84.50 vs 84.06 %) and were not measured.
 
-`best` is picked by the EMA's validation accuracy. Evaluate it with --weights ema if, at its step
-(the folder name under WORKDIR/checkpoints/best/), metrics.jsonl's val_accuracy_ema beats
-val_accuracy, else with --weights raw (decide on validation, never on the OOD set).
+`best` is picked by the EMA's validation accuracy. --weights auto then evaluates the EMA or the
+raw weights, whichever had the higher validation accuracy at that checkpoint's step (decided on
+validation, never on the OOD set; the eval JSON records which).
 
 How this was chosen (docs/robustness.md): on the shared ResNet-50 (32 px, 10,000 training images,
 234 steps, chosen on validation), the report recipe with 3x the epochs beat AugMix + its

@@ -77,6 +77,7 @@ class Predictor:
   labels_fn: Any
   adapter: bn_adapt.BNAdapter | None = None
   progress: bool = True  # A progress bar per run() (the trainer's validation shows none).
+  weights: str = 'raw'  # Which weights were loaded: 'raw' or 'ema'.
 
   def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
           chunk: int | None = None) -> np.ndarray:
@@ -123,18 +124,19 @@ class Predictor:
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                    tta_mode: str = 'none', adapt_bn: bool = False,
                    weights: str = 'raw') -> tuple[Predictor, int]:
-  """(predictor, step) of a checkpoint's raw or EMA weights; `adapt_bn` adds the per-chunk
-  BatchNorm adapter."""
+  """(predictor, step) of a checkpoint's raw or EMA weights ('auto': the one better on validation
+  at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
+  weights = state_lib.resolve_weights(weights, state, workdir, step)
   state = state_lib.with_weights(state, weights, workdir)
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
                                 state.params, state.batch_stats) if adapt_bn else None)
   return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
-                   adapter), step
+                   adapter, weights=weights), step
 
 
 # Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).
