@@ -7,10 +7,7 @@
 # Usage: bash scripts/gpu_pack_full.sh   [CIFAR=folder holding cifar-100-python/ WEIGHTS=.pth]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-CIFAR=${CIFAR:-${JAX_CIFAR_DATA_DIR:-/work/cache/cifar}}
-WEIGHTS=${WEIGHTS:-../shared/data/weights/resnet50-keras-imagenet-tvlayout-fp16.pth}
+source scripts/gpu_env.sh  # PY, CIFAR, WEIGHTS
 FIRST_MIB=${FIRST_MIB:-12}  # data in c1 (with the wheels and the weights)
 PART_MIB=${PART_MIB:-58}
 [ -d .whl ] || { echo "error: no .whl/ (run scripts/gpu_prepare.sh first)" >&2; exit 1; }

@@ -9,10 +9,7 @@
 # Usage: bash scripts/gpu_prepare.sh   [CIFAR=/work/cache/cifar WEIGHTS=path/to.pth N_TEST=1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-CIFAR=${CIFAR:-${JAX_CIFAR_DATA_DIR:-/work/cache/cifar}}
-WEIGHTS=${WEIGHTS:-../shared/data/weights/resnet50-keras-imagenet-tvlayout-fp16.pth}
+source scripts/gpu_env.sh  # PY, CIFAR, WEIGHTS
 N_TEST=${N_TEST:-1000}
 LIMIT=$((64 * 1024 * 1024))
 MARGIN=$((1024 * 1024))
