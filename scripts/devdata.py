@@ -44,7 +44,8 @@ def pack_full(cifar_dir: str, npz: str) -> None:
     raw = cifar100.read_pickle(folder / split)
     out[f'{split}_x'] = np.asarray(raw['data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     out[f'{split}_y'] = np.asarray(raw['fine_labels'], np.uint8)
-    out[f'{split}_coarse'] = np.asarray(raw['coarse_labels'], np.uint8)
+    if 'coarse_labels' in raw:
+      out[f'{split}_coarse'] = np.asarray(raw['coarse_labels'], np.uint8)
   meta = cifar100.read_pickle(folder / 'meta')
   out['fine_names'] = np.asarray(meta['fine_label_names'])
   out['coarse_names'] = np.asarray(meta['coarse_label_names'])

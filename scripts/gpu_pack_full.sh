@@ -5,29 +5,35 @@
 # the official tar.xz is 138 MB). On the device machine, after each call that carries .gpudata/cK:
 #   bash scripts/gpu_stage.sh K   # copies the part to $JC_HOME; with all parts, unpacks them
 # Usage: bash scripts/gpu_pack_full.sh   [CIFAR=folder holding cifar-100-python/ WEIGHTS=.pth]
+#   GPUDATA (output, default .gpudata), WHL (wheels, default .whl), FIRST_BYTES / PART_BYTES (data
+#   in c1, beside the wheels and weights, and in each later part); WEIGHTS='' packs no weights.
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh  # PY, CIFAR, WEIGHTS
-FIRST_MIB=${FIRST_MIB:-12}  # data in c1 (with the wheels and the weights)
-PART_MIB=${PART_MIB:-58}
-[ -d .whl ] || { echo "error: no .whl/ (run scripts/gpu_prepare.sh first)" >&2; exit 1; }
+GPUDATA=${GPUDATA:-.gpudata}
+WHL=${WHL:-.whl}
+FIRST_BYTES=${FIRST_BYTES:-$((12 << 20))}
+PART_BYTES=${PART_BYTES:-$((58 << 20))}
+[ -d "$WHL" ] || { echo "error: no $WHL/ (run scripts/gpu_prepare.sh first)" >&2; exit 1; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-rm -rf .gpudata && mkdir -p .gpudata/c1/whl
+rm -rf "$GPUDATA" && mkdir -p "$GPUDATA/c1/whl"
 "$PY" scripts/devdata.py pack "$CIFAR" "$tmp/cifar_full.npz"
 xz -T2 -c --format=xz --delta=dist=3 --lzma2=preset=9e "$tmp/cifar_full.npz" > "$tmp/cifar.xz"
-xz -9e -T2 -c "$WEIGHTS" > .gpudata/c1/r50.pth.xz
-cp .whl/*.whl .gpudata/c1/whl/
-head -c $((FIRST_MIB << 20)) "$tmp/cifar.xz" > .gpudata/c1/cifar.part1
-tail -c +$(((FIRST_MIB << 20) + 1)) "$tmp/cifar.xz" | split -b $((PART_MIB << 20)) -d -a 1 \
+[ -z "$WEIGHTS" ] || xz -9e -T2 -c "$WEIGHTS" > "$GPUDATA/c1/r50.pth.xz"
+for w in "$WHL"/*.whl; do cp "$w" "$GPUDATA/c1/whl/"; done
+head -c "$FIRST_BYTES" "$tmp/cifar.xz" > "$GPUDATA/c1/cifar.part01"
+tail -c +$((FIRST_BYTES + 1)) "$tmp/cifar.xz" | split -b "$PART_BYTES" -d -a 2 \
   --numeric-suffixes=2 - "$tmp/cifar.part"
 n=1
 for f in "$tmp"/cifar.part*; do
-  n=$((n + 1)); mkdir -p .gpudata/c$n && mv "$f" .gpudata/c$n/
+  n=$((n + 1)); mkdir -p "$GPUDATA/c$n" && mv "$f" "$GPUDATA/c$n/"
 done
-(cd .gpudata && sha256sum c*/cifar.part* | sed 's#c[0-9]*/##' > SHA256SUMS \
-  && sha256sum c1/r50.pth.xz | sed 's#c1/##' >> SHA256SUMS)
-for d in .gpudata/c*; do cp .gpudata/SHA256SUMS "$d/"; done
-repo=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
-for d in .gpudata/c*; do
+(cd "$GPUDATA" && sha256sum c*/cifar.part* c1/r50.pth.xz 2>/dev/null | sed 's#c[0-9]*/##' \
+  > SHA256SUMS) || true  # r50.pth.xz is absent with WEIGHTS=''
+for d in "$GPUDATA"/c*; do cp "$GPUDATA/SHA256SUMS" "$d/"; done
+repo=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | grep total$ \
+  | awk '{s += $1} END {print s + 0}')
+for d in "$GPUDATA"/c*; do
   echo "$d: $(( ($(du -sb "$d" | cut -f1) + repo) >> 20 )) MiB with the repository (limit 64)"
 done

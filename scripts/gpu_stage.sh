@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Device side of scripts/gpu_pack_full.sh: copies .gpudata/cK (carried by this call) into
-# $JC_HOME (default ~/jc), which outlives the call while the machine stays warm. The part with the
-# wheels installs them into $JC_HOME/site and converts the weights into $JC_HOME/r50; once every
-# part is there (checked against SHA256SUMS) the images become $JC_HOME/data/cifar-100-python.
+# Device side of scripts/gpu_pack_full.sh: copies $GPUDATA/cK (default .gpudata/cK, carried by
+# this call) into $JC_HOME (default ~/jc), which outlives the call while the machine stays warm.
+# The part with the wheels installs them into $JC_HOME/site and converts the weights into
+# $JC_HOME/r50; once every part is there (checked against SHA256SUMS) the images become
+# $JC_HOME/data/cifar-100-python.
 # Usage: bash scripts/gpu_stage.sh K ; then PYTHONPATH=$JC_HOME/site python3 scripts/gpu_ood.py
 #   --data $JC_HOME/data --weights $JC_HOME/r50 --work $JC_HOME/ood
 set -euo pipefail
@@ -17,11 +18,11 @@ unxz() {  # stdin -> stdout; Python's lzma where the image has no xz binary
   fi
 }
 t0=$(date +%s)
-cp -r .gpudata/c"$K"/* "$H/parts/"
+cp -r "${GPUDATA:-.gpudata}/c$K"/* "$H/parts/"
 export PYTHONPATH="$H/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Each product is made beside its place and renamed into it, so a step cut short is redone on
 # the next call instead of being taken for finished.
-if [ -d "$H/parts/whl" ] && [ ! -d "$H/site" ]; then
+if compgen -G "$H/parts/whl/*.whl" > /dev/null && [ ! -d "$H/site" ]; then
   rm -rf "$H/site.tmp"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$H/site.tmp" "$H"/parts/whl/*.whl
   mv "$H/site.tmp" "$H/site" && echo "wheels installed into $H/site"
