@@ -28,7 +28,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from jax_cifar import tracking  # pylint: disable=wrong-import-position
 from jax_cifar.data import ood  # pylint: disable=wrong-import-position
+from jax_cifar.evaluation import report  # pylint: disable=wrong-import-position
 
 T0 = time.time()
 TOOLS = {'none': ('none', False), 'shifts': ('shifts', False),
@@ -68,11 +70,6 @@ def merge_corrupt(jobs: list, out: pathlib.Path) -> pathlib.Path | None:
   return merged
 
 
-def metrics_rows(run: pathlib.Path) -> list[dict]:
-  path = run / 'metrics.jsonl'
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
-
-
 def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
   cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/ood_best.py', '--workdir',
          str(run), *overrides]
@@ -90,14 +87,14 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
         log('the trainer did not exit within 120 s of SIGTERM: SIGKILL')
         proc.kill()
       if time.time() - last_print > 30:
-        rows = [r for r in metrics_rows(run) if 'train_loss' in r]
+        rows = [r for r in tracking.read_metrics(run) if 'train_loss' in r]
         if rows:
           r = rows[-1]
           log(f"step {r['step']} train_loss {r['train_loss']:.3f} "
               f"{r.get('images_per_sec', 0):.0f} img/s")
         last_print = time.time()
     rc = proc.wait()
-  rows = metrics_rows(run)
+  rows = tracking.read_metrics(run)
   vals = [r for r in rows if 'val_accuracy' in r]
   ips = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
   result = {'rc': rc, 'stopped_by_deadline': stopped is not None, 'seconds': time.time() - t,
@@ -113,7 +110,7 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
 
 def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000) -> int | None:
   """Epochs whose steps fit --train_deadline_s at the probe run's speed (None: no probe)."""
-  ips = [r['images_per_sec'] for r in metrics_rows(probe) if 'images_per_sec' in r][1:]
+  ips = [r['images_per_sec'] for r in tracking.read_metrics(probe) if 'images_per_sec' in r][1:]
   if not ips:
     return None
   speed = sorted(ips)[len(ips) // 2]
@@ -125,52 +122,20 @@ def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000) -> in
   return epochs
 
 
-def best_step(run: pathlib.Path) -> int | None:
-  """The step of the run's 'best' checkpoint (its folder name), None if there is none."""
-  folder = run / 'checkpoints' / 'best'
-  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-  return max(steps, default=None)
-
-
-def pick_weights(run: pathlib.Path) -> tuple[str, dict | None]:
-  """('ema' or 'raw', the validation row it was decided on): the weights with the higher
-  validation accuracy at the step of the 'best' checkpoint, which is the one evaluated (decided
-  on validation, never on OOD), as `evaluate --weights auto` decides. The final step's row would
-  be the wrong one: 'best' can be an earlier step, where the EMA and the raw weights rank
-  differently. Decided here, before loading, for the log and the JSON; each evaluation passes
-  the choice explicitly and records what it loaded."""
-  step = best_step(run)
-  rows = [r for r in metrics_rows(run) if 'val_accuracy' in r and r['step'] == step]
-  if not rows:
-    return 'raw', None
-  row = rows[-1]
-  ema = row.get('val_accuracy_ema')
-  return ('ema' if ema is not None and ema > row['val_accuracy'] else 'raw'), row
-
-
 def clean_images(data: str, config) -> int:
   """Images of the clean splits evaluate() predicts: validation (held out of train) + test."""
   from jax_cifar.data import cifar100  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(data) / 'cifar-100-python'
   n = {s: len(cifar100.read_pickle(folder / s)['fine_labels']) for s in ('train', 'test')}
   limit = config.data.eval_limit
-  return (min(n['test'], limit) if limit else n['test']) + round(config.data.val_fraction * n['train'])
+  test = min(n['test'], limit) if limit else n['test']
+  return test + round(config.data.val_fraction * n['train'])
 
 
-def ood_images(folder: pathlib.Path | None) -> int:
-  """Images in the 19 distortion files of `folder` (0 for none)."""
-  if folder is None:
-    return 0
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return sum(np.load(f, mmap_mode='r').shape[0] for f in sorted(folder.glob('distortion*.npy')))
-
-
-def per_severity(scores: dict) -> list[float]:
-  return [sum(v[s] for v in scores.values()) / len(scores) for s in range(5)]
-
-
-def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weights: str,
+def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None,
                    full_dir: pathlib.Path | None, results: dict, save) -> None:
+  """Each tool of --tools (then plain predictions on the full set) on the 'best' checkpoint with
+  `--weights auto`: the EMA or the raw weights, whichever led on validation at that step."""
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -182,7 +147,8 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weight
   for name, folder in plan:
     tta, adapt = TOOLS[name.split('@')[0]]
     views = VIEWS[tta] + adapt  # --bn_adapt adds one statistics pass over each chunk.
-    images = n_clean + ood_images(folder)
+    files = ood.check_distortion_dir(folder) if folder else []
+    images = n_clean + sum(f.num_images for f in files)
     projected = 30 + (images * views * per_view_image if per_view_image else 0)  # + compiles
     if time.time() - T0 + projected > args.deadline_s:
       log(f'skip {name}: projected {projected:.0f}s would pass the deadline')
@@ -191,7 +157,7 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weight
       continue
     t = time.time()
     try:
-      r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights=weights,
+      r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights='auto',
                       ood_dir=str(folder) if folder else None,
                       submission_csv=str(run.parent / f"submission_{name.replace('+', '_')}.csv"))
     except Exception as e:  # pylint: disable=broad-except  (one failure never costs the others)
@@ -207,7 +173,7 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None, weight
                                   'ood_accuracy', 'ood_images_per_sec')}
     row['seconds'] = seconds
     if r.get('ood_per_distortion'):
-      row['ood_per_severity'] = per_severity(r['ood_per_distortion'])
+      row['ood_per_severity'] = report.corruption_means(r['ood_per_distortion'])['per_severity']
       row['ood_per_distortion'] = {k: sum(v) / 5 for k, v in r['ood_per_distortion'].items()}
     if name.endswith('@full') and r.get('submission'):
       with open(r['submission']) as f:
@@ -280,12 +246,11 @@ def main():
   if full_jobs:
     full_dir = merge_corrupt(full_jobs, work / 'ood_full')
     log(f'full OOD set ready: {full_dir}')
-  result['weights'], result['best_val'] = pick_weights(work / 'run')
-  log(f"evaluating the 'best' checkpoint's {result['weights']} weights (validation there: "
-      f"{result['best_val']})")
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
   save()
-  evaluate_tools(args, work / 'run', ood_dir, result['weights'], full_dir, result['eval'], save)
+  evaluate_tools(args, work / 'run', ood_dir, full_dir, result['eval'], save)
+  loaded = {(r['step'], r['weights']) for r in result['eval'].values() if 'weights' in r}
+  result['step'], result['weights'] = next(iter(loaded)) if len(loaded) == 1 else (None, None)
   result['total_s'] = time.time() - T0
   save()
   print(table(result), flush=True)
@@ -303,7 +268,8 @@ def plot(result: dict, path: pathlib.Path) -> None:
   for name, r in result['eval'].items():
     if 'ood_per_severity' in r:
       ys = [r['test_accuracy'], *r['ood_per_severity']]
-      ax.plot(range(6), [100 * y for y in ys], marker='o', label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
+      ax.plot(range(6), [100 * y for y in ys], marker='o',
+              label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
   ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
   ax.set_xlabel('severity')
   ax.set_ylabel('top-1 accuracy (%)')
@@ -317,11 +283,13 @@ def plot(result: dict, path: pathlib.Path) -> None:
 
 def table(result: dict) -> str:
   t = result['train']
-  lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in {t['seconds']:.0f}s "
-           f"(median {t['images_per_sec_median']} img/s){' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''}; "
-           f"'best' checkpoint (step {(result.get('best_val') or {}).get('step')}), "
+  stopped = ' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''
+  lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in "
+           f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
+           f"'best' checkpoint (step {result.get('step')}), "
            f"{result['weights']} weights; OOD = {result['args']['ood_limit']} test images x 19 x 5",
-           '| test-time tool | clean test | OOD | OOD sev 1..5 | img/s | s |', '| --- | --- | --- | --- | --- | --- |']
+           '| test-time tool | clean test | OOD | OOD sev 1..5 | img/s | s |',
+           '| --- | --- | --- | --- | --- | --- |']
   for name, r in result['eval'].items():
     if 'skipped' in r or 'error' in r:
       lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | |')

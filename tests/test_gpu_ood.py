@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from jax_cifar import tracking
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -21,21 +23,7 @@ def _load(name):
   return module
 
 
-devdata, gpu_ood = _load('devdata'), _load('gpu_ood')
-
-
-def test_weights_are_picked_at_the_best_checkpoints_step_not_the_last(tmp_path):
-  """The H200 run's case: 'best' (picked by the EMA) was step 7371, where the EMA led on
-  validation; at the last step the raw weights led. The evaluated checkpoint's row decides."""
-  rows = [{'step': 7371, 'val_accuracy': 0.8406, 'val_accuracy_ema': 0.8450},
-          {'step': 7400, 'train_loss': 1.0},
-          {'step': 10530, 'val_accuracy': 0.8426, 'val_accuracy_ema': 0.8418}]
-  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
-  (tmp_path / 'checkpoints' / 'best' / '7371').mkdir(parents=True)
-  assert gpu_ood.pick_weights(tmp_path) == ('ema', rows[0])
-  (tmp_path / 'checkpoints' / 'best' / '7371').rename(tmp_path / 'checkpoints' / 'best' / '10530')
-  assert gpu_ood.pick_weights(tmp_path) == ('raw', rows[2])
-  assert gpu_ood.pick_weights(tmp_path / 'nothing') == ('raw', None)
+devdata = _load('devdata')
 
 
 @pytest.mark.slow
@@ -43,7 +31,8 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   rng = np.random.default_rng(0)
   npz = tmp_path / 'tiny.npz'
   np.savez(npz, train_x=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8),
-           train_y=np.arange(300) % 100, test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+           train_y=np.arange(300) % 100,
+           test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
            test_y=np.arange(100) % 100)
   devdata.write_cifar_folder(tmp_path / 'data', str(npz))
   work = tmp_path / 'work'
@@ -56,12 +45,17 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   result = json.loads((work / 'gpu_ood.json').read_text())
   assert result['train']['rc'] == 0 and result['train']['step'] > 0
   assert not result['train']['stopped_by_deadline']
-  best = result['best_val']
-  assert best['step'] == gpu_ood.best_step(work / 'run') > 0
-  ema_leads = best.get('val_accuracy_ema') is not None and best['val_accuracy_ema'] > best['val_accuracy']
-  assert result['weights'] == ('ema' if ema_leads else 'raw')
-  for row in result['eval'].values():  # What was evaluated is what was chosen.
-    assert (row['step'], row['weights']) == (best['step'], result['weights'])
+  # Every tool read the 'best' checkpoint with --weights auto (tests/test_ema.py tests the rule):
+  # the step of checkpoints/best/, and the weights that led on validation there.
+  (best_step,) = [int(p.name) for p in (work / 'run' / 'checkpoints' / 'best').iterdir()
+                  if p.name.isdigit()]
+  (best,) = [r for r in tracking.read_metrics(work / 'run')
+             if r['step'] == best_step and 'val_accuracy' in r]
+  ema = best.get('val_accuracy_ema')
+  ema_leads = ema is not None and ema > best['val_accuracy']
+  assert (result['step'], result['weights']) == (best_step, 'ema' if ema_leads else 'raw')
+  for row in result['eval'].values():
+    assert (row['step'], row['weights']) == (result['step'], result['weights'])
   assert list(result['eval']) == ['none', 'bn_adapt', 'none@full']  # --tools' order, then full.
   for name, row in result['eval'].items():
     assert 0 <= row['ood_accuracy'] <= 1 and 0 <= row['test_accuracy'] <= 1, (name, row)
