@@ -34,8 +34,8 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
   if checkpoint not in ('best', 'latest') or weights not in checkpoints.READ_WEIGHTS:
-    raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw', 'ema' or 'auto', got "
-                     f'{checkpoint!r}, {weights!r}')
+    raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw', 'ema' or "
+                     f"'auto', got {checkpoint!r}, {weights!r}")
   config = run_config(run_dir)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)

@@ -153,12 +153,15 @@ def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
     return weights
   if state.ema_params is None:
     return 'raw'
-  rows = [r for r in tracking.read_metrics(workdir) if r.get('step') == step and 'val_accuracy' in r]
-  ema = rows[-1].get('val_accuracy_ema') if rows else None
-  choice = 'ema' if ema is not None and ema > rows[-1]['val_accuracy'] else 'raw'
-  tracking.say(f'--weights auto: {choice} (step {step}: ' + (
-      f"val_accuracy {rows[-1]['val_accuracy']:.4f}, val_accuracy_ema {ema})" if rows
-      else 'no validation row in metrics.jsonl)'))
+  rows = [r for r in tracking.read_metrics(workdir)
+          if r.get('step') == step and 'val_accuracy' in r]
+  if not rows:
+    tracking.say(f'--weights auto: raw (step {step} has no validation row in metrics.jsonl)')
+    return 'raw'
+  raw, ema = rows[-1]['val_accuracy'], rows[-1].get('val_accuracy_ema')
+  choice = 'ema' if ema is not None and ema > raw else 'raw'
+  tracking.say(f'--weights auto: {choice} (step {step}: val_accuracy {raw:.4f}, '
+               f'val_accuracy_ema {ema})')
   return choice
 
 

@@ -25,7 +25,8 @@ def write_cifar_folder(parent: pathlib.Path, npz: str = '.devdata/cifar_small.np
       if f'{split}_coarse' in data:
         record['coarse_labels'] = [int(v) for v in data[f'{split}_coarse']]
       pickle.dump(record, f, protocol=2)
-  fine = [str(n) for n in data['fine_names']] if 'fine_names' in data else [f'c{i}' for i in range(100)]
+  fine = ([str(n) for n in data['fine_names']] if 'fine_names' in data
+          else [f'c{i}' for i in range(100)])
   coarse = ([str(n) for n in data['coarse_names']] if 'coarse_names' in data
             else [f'k{i}' for i in range(20)])
   with open(folder / 'meta', 'wb') as f:
@@ -42,7 +43,8 @@ def pack_full(cifar_dir: str, npz: str) -> None:
   out = {}
   for split in ('train', 'test'):
     raw = cifar100.read_pickle(folder / split)
-    out[f'{split}_x'] = np.asarray(raw['data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    images = np.asarray(raw['data'], np.uint8).reshape(-1, 3, 32, 32)
+    out[f'{split}_x'] = images.transpose(0, 2, 3, 1)
     out[f'{split}_y'] = np.asarray(raw['fine_labels'], np.uint8)
     if 'coarse_labels' in raw:
       out[f'{split}_coarse'] = np.asarray(raw['coarse_labels'], np.uint8)

@@ -212,8 +212,9 @@ def materialize(x: jax.Array) -> jax.Array:
   XLA:CPU fuses each block's cheap `relu(bn3 + residual)` into its consumers and, through them,
   the previous block's, so every block recomputes the residual stream of all blocks before it:
   quadratic in depth (float32 ResNet-152 fwd+bwd at 224 px, batch 8, on CPU: 10.0 s with the
-  recomputation, 4.2 s with this; docs/benchmarks.md). A reduction is not fused into a consumer, so this keeps it linear where the
-  trainer's CPU options switch off the algebraic simplifier; elsewhere the simplifier removes it.
+  recomputation, 4.2 s with this; docs/benchmarks.md). A reduction is not fused into a consumer,
+  so this keeps it linear where the trainer's CPU options switch off the algebraic simplifier;
+  elsewhere the simplifier removes it.
   """
   return jnp.sum(x[..., None], axis=-1)
 
