@@ -1,10 +1,12 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
 python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|PATH]
-    [--tta none|flip|shifts] [--bn_adapt] [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
+    [--tta none|flip|shifts] [--bn_adapt] [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
+    [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
 confusion_<tag>.png, where <tag> is best, latest or path, then _tta-flip / _tta-shifts with --tta
-(--tta_flip is an alias of --tta flip) and _bn-adapt with --bn_adapt; with --cifar100c_dir also
+(--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
+non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png. The last line printed is one JSON object with the scalar results, at least
 `test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
 --config whose model keys differ from it is refused (its numbers would not be the run's).
@@ -14,6 +16,10 @@ cifar100c_<tag>.png. The last line printed is one JSON object with the scalar re
 predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
 split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
 see jax_cifar/evaluation/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
+--tent (never the default; implies --bn_adapt): USES THE UNLABELLED TEST IMAGES. Before each chunk
+is predicted, the BatchNorm scales and biases minimise the entropy of the predictions on it (Adam
+steps, one pass by default), then its statistics are re-estimated; restored for the next chunk.
+See jax_cifar/evaluation/tent.py.
 SIGTERM/SIGINT stop the run with one line and status 128 + signal; a stopped or killed run never
 leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submission.py).
 """
@@ -35,6 +41,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 
 # pylint: disable=wrong-import-position
 import contextlib
+import dataclasses
 import json
 import pathlib
 import time
@@ -50,6 +57,7 @@ from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel
 from jax_cifar.evaluation import report, submission, tta
+from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.evaluation.inference import Predictor
@@ -71,6 +79,13 @@ flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the 
                   'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '
                   '(distortion x severity, CIFAR-100-C corruption x severity, whole clean split) '
                   'before predicting it; restored for the next chunk.')
+flags.DEFINE_bool('tent', False, 'Test-time entropy minimisation (Tent), never the default; '
+                  'implies --bn_adapt and USES THE UNLABELLED TEST IMAGES: each chunk\'s BatchNorm '
+                  'scales and biases take Adam steps that lower the entropy of its predictions.')
+flags.DEFINE_float('tent_lr', tent_lib.TentOptions.lr, '--tent: Adam learning rate.')
+flags.DEFINE_integer('tent_epochs', tent_lib.TentOptions.epochs, '--tent: passes over each chunk.')
+flags.DEFINE_integer('tent_batch_size', tent_lib.TentOptions.batch_size,
+                     '--tent: images per Adam step (global, divisible by the device count).')
 flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
 flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                     '(default WORKDIR/submission_<tag>.csv).')
@@ -188,11 +203,13 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -
 
 
 def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
-               weights: str = 'raw') -> str:
-  """best / latest / path, then _tta-<mode> and _bn-adapt: every setting writes its own files."""
+               weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> str:
+  """best / latest / path, then _tta-<mode>, _bn-adapt and _tent[-settings]: every setting writes
+  its own files."""
   tag = which if which in ('best', 'latest') else 'path'
   tag += {'ema': '_ema', 'auto': '_auto'}.get(weights, '')
-  return tag + (f'_tta-{tta_mode}' if tta_mode != 'none' else '') + ('_bn-adapt' if adapt_bn else '')
+  tag += (f'_tta-{tta_mode}' if tta_mode != 'none' else '')
+  return tag + ('_bn-adapt' if adapt_bn or tent else '') + (tent.tag() if tent else '')
 
 
 def _check_submission_path(csv_path: pathlib.Path) -> None:
@@ -210,9 +227,10 @@ def _check_submission_path(csv_path: pathlib.Path) -> None:
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
              tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
              submission_csv: str | None = None, cifar100c_dir: str | None = None,
-             weights: str = 'raw') -> dict:
+             weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> dict:
   """Evaluates a checkpoint ('raw' weights, their 'ema', or 'auto': the better on validation at
-  that step); writes eval_<tag>.json and figures into `workdir`; returns the numbers."""
+  that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
+  eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config)
   inference.check_matches_run(config, workdir)
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
@@ -222,14 +240,15 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if submission_csv and not ood_dir:
     raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
-  tag = output_tag(which, tta_mode, adapt_bn, weights)
+  adapt_bn = adapt_bn or tent is not None
+  tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
     _check_submission_path(csv_path)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
-                                             adapt_bn=adapt_bn, weights=weights)
+                                             adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
-            'bn_adapt': adapt_bn}
+            'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
   result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
   if ood_files:
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
@@ -240,6 +259,16 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if jax.process_index() == 0:
     (workdir_path / f'eval_{tag}.json').write_text(json.dumps(result, indent=2) + '\n')
   return result
+
+
+def _tent_options() -> tent_lib.TentOptions | None:
+  """--tent and its settings (which are refused without it, rather than silently ignored)."""
+  given = [f'--{k}' for k in ('tent_lr', 'tent_epochs', 'tent_batch_size') if FLAGS[k].present]
+  if given and not FLAGS.tent:
+    raise errors.ConfigError(f'{", ".join(given)}: used only with --tent, which is not given')
+  if not FLAGS.tent:
+    return None
+  return tent_lib.TentOptions(FLAGS.tent_lr, FLAGS.tent_epochs, FLAGS.tent_batch_size)
 
 
 def main(argv):
@@ -253,7 +282,7 @@ def main(argv):
     result = evaluate(config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
-                      weights=FLAGS.weights)
+                      weights=FLAGS.weights, tent=_tent_options())
   except interrupt.Interrupted as e:
     print(f'error: stopped by {e.name}; nothing partial was written (an existing CSV is kept)',
           file=sys.stderr, flush=True)

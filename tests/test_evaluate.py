@@ -264,6 +264,27 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
   assert not list(tmp_path.glob('.sub.csv.*'))
 
 
+def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):
+  """--tent (with a non-default setting) through the command: bn_adapt is on, the settings are in
+  the JSON and the tag; the Tent settings without --tent are one error line."""
+  workdir = run / 'run'
+  cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(workdir),
+         '--checkpoint', 'latest']
+  proc = subprocess.run(cmd + ['--tent', '--tent_batch_size', '64'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  detail = json.loads((workdir / 'eval_latest_bn-adapt_tent-b64.json').read_text())
+  assert detail['bn_adapt'] is True
+  assert detail['tent'] == {'lr': 1e-3, 'epochs': 1, 'batch_size': 64}
+  adapted = evaluate.evaluate(_config(), str(workdir), 'latest', adapt_bn=True)
+  assert detail['test_loss'] != adapted['test_loss']  # Tent moved more than the statistics.
+  lone = subprocess.run(cmd + ['--tent_lr', '0.01'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert lone.returncode == 1
+  assert lone.stderr.strip().splitlines()[-1] == ('error: --tent_lr: used only with --tent, which '
+                                                  'is not given')
+
+
 def test_tta_and_bn_adapt_runs_write_files_under_their_own_tag(run):
   workdir = run / 'run'
   result = evaluate.evaluate(_config(), str(workdir), 'latest', tta_mode='flip', adapt_bn=True)

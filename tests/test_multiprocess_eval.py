@@ -1,11 +1,13 @@
-"""`evaluate --tta shifts --bn_adapt` in 2 processes x 2 CPU devices gives the CSV of 1 process x 4.
+"""`evaluate --tta shifts --bn_adapt` (and `--tent`) in 2 processes x 2 CPU devices gives the CSV of
+1 process x 4.
 
 Both runs see the same global batches (8 images: 4 per process, 2 per device), so the BatchNorm
 statistics of each chunk differ only in the order cross-device sums are added (float32 rounding).
 Each OOD file's severity blocks hold 3 different real test images, so every chunk is one batch
 whose process-1 half is all padding: that process must still take part in every collective and
-contribute nothing to the statistics. Exactness against NumPy/PyTorch and independence of the
-device count are tested in tests/test_bn_adapt.py.
+contribute nothing to the statistics (with --tent, nothing to the entropy's gradient either).
+Exactness against NumPy/PyTorch and independence of the device count are tested in
+tests/test_bn_adapt.py and tests/test_tent.py.
 """
 
 import json
@@ -34,10 +36,10 @@ def _overrides(data_dir) -> dict:
           'train.eval_every_epochs': 100.0}
 
 
-def _evaluate(workdir, ood_dir, csv, data_dir, processes: int) -> dict:
+def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str]) -> dict:
   cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(ROOT / 'configs' / 'smoke.py'),
          '--workdir', str(workdir), '--checkpoint', 'latest', '--ood_dir', str(ood_dir),
-         '--submission', str(csv), '--tta', 'shifts', '--bn_adapt']
+         '--submission', str(csv), *tools]
   cmd += [f'--config.{k}={v}' for k, v in _overrides(data_dir).items()]
   env = {k: v for k, v in os.environ.items() if k not in (
       'XLA_FLAGS', 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
@@ -53,7 +55,10 @@ def _evaluate(workdir, ood_dir, csv, data_dir, processes: int) -> dict:
   return json.loads([l for l in lines if l.startswith('{')][-1])
 
 
-def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir):
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, cifar_dir):
+  """A 30-step smoke run on real images, and 19 OOD files of 15 real test images each."""
+  tmp_path = tmp_path_factory.mktemp('mp_eval')
   config = smoke.get_config()
   for key, value in _overrides(cifar_dir).items():
     section, name = key.split('.')
@@ -65,10 +70,20 @@ def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir):
   test_images = cifar100.load_split(cifar_dir, 'test').images
   for d in range(ood.NUM_DISTORTIONS):
     np.save(ood_dir / ood.distortion_file(d), test_images[PER_FILE * d:PER_FILE * (d + 1)])
+  return workdir, ood_dir
 
-  results = {p: _evaluate(workdir, ood_dir, tmp_path / f'sub_{p}.csv', cifar_dir, p) for p in (2, 1)}
+
+@pytest.mark.parametrize('tools', [['--tta', 'shifts', '--bn_adapt'],
+                                   ['--tent', '--tent_batch_size', '8', '--tent_epochs', '2']],
+                         ids=['shifts_bn_adapt', 'tent'])
+def test_two_processes_adapt_like_one(tmp_path, cifar_dir, trained, tools):
+  workdir, ood_dir = trained
+  results = {p: _evaluate(workdir, ood_dir, tmp_path / f'sub_{p}.csv', cifar_dir, p, tools)
+             for p in (2, 1)}
   for p in (1, 2):
-    assert results[p]['tta'] == 'shifts' and results[p]['bn_adapt'] is True
+    assert results[p]['bn_adapt'] is True
+    assert results[p]['tta'] == ('shifts' if '--tta' in tools else 'none')
+    assert (results[p]['tent'] is not None) == ('--tent' in tools)
     assert submission.check_submission(tmp_path / f'sub_{p}.csv', ood_dir).startswith('OK')
   for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy'):
     np.testing.assert_allclose(results[2][key], results[1][key], rtol=1e-5, err_msg=key)

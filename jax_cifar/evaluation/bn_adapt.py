@@ -79,18 +79,26 @@ class _Recorder:
     return y.reshape(x.shape).astype(bn.dtype or x.dtype)
 
 
-def batch_statistics(model: nnx.Module, x: jax.Array, mask: jax.Array) -> tuple[list, list]:
-  """(means, variances) of every BatchNorm input over the masked rows of one train-mode forward.
+def masked_train_forward(model: nnx.Module, x: jax.Array,
+                         mask: jax.Array) -> tuple[jax.Array, list, list]:
+  """(output, means, variances) of one train-mode forward in which every BatchNorm normalises with
+  the statistics of the masked (real) rows of its batch, and records them.
 
   `model` is consumed (its BatchNorm layers are swapped for recorders); `x` is the model input.
+  The output is differentiable in the model's parameters (test-time entropy minimisation uses it).
   """
   paths, sink = batchnorm_paths(model), {}
   for i, path in enumerate(paths):
     _set_child(model, path, _Recorder(_child(model, path), mask, sink, i))
-  model(x, train=True)
+  out = model(x, train=True)
   if sorted(sink) != list(range(len(paths))):
     raise RuntimeError(f'{len(paths) - len(sink)} BatchNorm layers were not called by the model')
-  return [sink[i][0] for i in range(len(paths))], [sink[i][1] for i in range(len(paths))]
+  return out, [sink[i][0] for i in range(len(paths))], [sink[i][1] for i in range(len(paths))]
+
+
+def batch_statistics(model: nnx.Module, x: jax.Array, mask: jax.Array) -> tuple[list, list]:
+  """(means, variances) of every BatchNorm input over the masked rows of one train-mode forward."""
+  return masked_train_forward(model, x, mask)[1:]
 
 
 def merge(acc: dict, count: jax.Array, means: list, variances: list) -> dict:

@@ -22,6 +22,7 @@ from jax_cifar import config_validation, interrupt, parallel
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
+from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.evaluation import tta
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100, pipeline
@@ -69,7 +70,8 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
 
 @dataclasses.dataclass
 class Predictor:
-  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter."""
+  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter;
+  with --tent, its entropy-minimising adapter (which re-estimates the statistics itself)."""
   state: Any
   mesh: Any
   batch_size: int
@@ -78,27 +80,34 @@ class Predictor:
   adapter: bn_adapt.BNAdapter | None = None
   progress: bool = True  # A progress bar per run() (the trainer's validation shows none).
   weights: str = 'raw'  # Which weights were loaded: 'raw' or 'ema'.
+  tent: tent_lib.TentAdapter | None = None
 
   def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
           chunk: int | None = None) -> np.ndarray:
-    """Predictions for every row of `images`, one progress bar. With BN adaptation, each block of
-    `chunk` rows (default: all) is predicted with statistics re-estimated on that block alone."""
+    """Predictions for every row of `images`, one progress bar. With BN adaptation (or Tent), each
+    block of `chunk` rows (default: all) is predicted with statistics (and BatchNorm scales and
+    biases) adapted to that block alone."""
     chunk = chunk or len(images)
-    passes = 2 if self.adapter else 1
+    passes = 1 + (self.tent.passes if self.tent else 1 if self.adapter else 0)
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
                    mininterval=1.0, disable=not self.progress or jax.process_index() != 0) as bar:
       for start in range(0, len(images), chunk):
         interrupt.FLAG.check(collective=True)
         part = images[start:start + chunk]
-        stats = self.state.batch_stats  # Every chunk starts from the checkpoint's statistics.
-        if self.adapter:
-          stats = self.adapter.adapt(self.state.params, stats, part, progress=bar.update,
+        # Every chunk starts from the checkpoint's parameters and statistics.
+        params, stats = self.state.params, self.state.batch_stats
+        if self.tent:
+          params, stats = self.tent.adapt(params, stats, part, progress=bar.update,
+                                          check=interrupt.FLAG.check)
+        elif self.adapter:
+          stats = self.adapter.adapt(params, stats, part, progress=bar.update,
                                      check=interrupt.FLAG.check)
-        outs.append(self._predict(part, stats, labels_only, bar))
+        outs.append(self._predict(part, params, stats, labels_only, bar))
     return np.concatenate(outs)
 
-  def _predict(self, images: np.ndarray, batch_stats, labels_only: bool, bar) -> np.ndarray:
+  def _predict(self, images: np.ndarray, params, batch_stats, labels_only: bool,
+               bar) -> np.ndarray:
     """The padded rows of the last batch are dropped."""
     fn = self.labels_fn if labels_only else self.log_probs_fn
     split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
@@ -112,7 +121,7 @@ class Predictor:
 
     for batch in batches:
       interrupt.FLAG.check()
-      out = fn(self.state.params, batch_stats, batch)  # Dispatch, then fetch the previous one.
+      out = fn(params, batch_stats, batch)  # Dispatch, then fetch the previous one.
       if pending is not None:
         fetch(pending)
       pending = out
@@ -123,9 +132,11 @@ class Predictor:
 
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                    tta_mode: str = 'none', adapt_bn: bool = False,
-                   weights: str = 'raw') -> tuple[Predictor, int]:
+                   weights: str = 'raw',
+                   tent: tent_lib.TentOptions | None = None) -> tuple[Predictor, int]:
   """(predictor, step) of a checkpoint's raw or EMA weights ('auto': the one better on validation
-  at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter."""
+  at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter,
+  `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation)."""
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
@@ -134,9 +145,11 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
-                                state.params, state.batch_stats) if adapt_bn else None)
+                                state.params, state.batch_stats) if adapt_bn and not tent else None)
+  tent_adapter = (tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params,
+                                       state.batch_stats) if tent else None)
   return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
-                   adapter, weights=weights), step
+                   adapter, weights=weights, tent=tent_adapter), step
 
 
 # Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).

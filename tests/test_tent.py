@@ -1,0 +1,228 @@
+"""Test-time entropy minimisation (--tent): PyTorch parity of the adapted BatchNorm parameters,
+nothing else changes, padding never counts, chunks are independent, the entropy falls, clear errors.
+"""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import require_module
+from jax_cifar import errors, optim, parallel
+from jax_cifar import state as state_lib
+from jax_cifar.augment import pipeline as augment
+from jax_cifar.configs import default
+from jax_cifar.evaluation import bn_adapt, inference, tent
+
+
+def _config(stem='cifar', width=4, num_classes=100):
+  config = default.get_config()
+  config.model.name, config.model.stem, config.model.width = 'resnet18', stem, width
+  config.model.num_classes = num_classes
+  config.train.eval_batch_size = 32
+  return config
+
+
+@pytest.fixture(scope='module')
+def small():
+  """A random cifar-stem ResNet-18 (width 4) with non-trivial running statistics."""
+  config = _config()
+  mesh = parallel.make_mesh()
+  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
+  state, graphdef = state_lib.init_state(config, tx, mesh)
+  rng = np.random.default_rng(0)
+  stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype),
+                       state.batch_stats)
+  return config, state.replace(batch_stats=stats), graphdef, mesh
+
+
+def _images(seed, n, contrast=1.0):
+  x = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3)).astype(np.float64)
+  return np.clip(128 + (x - 128) * contrast, 0, 255).astype(np.uint8)
+
+
+def _flat(tree) -> dict:
+  return {k: np.asarray(v) for k, v in nnx.to_flat_state(jax.device_get(tree))}
+
+
+def _is_bn_affine(path, bn_paths) -> bool:
+  return tuple(path[:-1]) in bn_paths
+
+
+def test_only_batchnorm_scales_and_biases_change_and_the_state_is_left_alone(small):
+  config, state, graphdef, mesh = small
+  before_params, before_stats = _flat(state.params), _flat(state.batch_stats)
+  adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=32),
+                             state.params, state.batch_stats)
+  params, stats = adapter.adapt(state.params, state.batch_stats, _images(1, 50))
+  bn_paths = set(bn_adapt.batchnorm_paths(nnx.merge(graphdef, state.params, state.batch_stats)))
+  after = _flat(params)
+  assert after.keys() == before_params.keys()
+  changed = {k for k in after if not np.array_equal(after[k], before_params[k])}
+  affine = {k for k in after if _is_bn_affine(k, bn_paths)}
+  assert changed == affine and len(affine) == 2 * len(bn_paths) == 40, changed ^ affine
+  # The statistics are the --bn_adapt ones of the adapted model: re-estimated on the chunk.
+  expected = adapter.bn.adapt(params, state.batch_stats, _images(1, 50))
+  for k, v in _flat(stats).items():
+    np.testing.assert_allclose(v, _flat(expected)[k], rtol=1e-6, atol=1e-7)
+  for k, v in _flat(state.params).items():  # The restored state itself is never modified.
+    np.testing.assert_array_equal(v, before_params[k])
+  for k, v in _flat(state.batch_stats).items():
+    np.testing.assert_array_equal(v, before_stats[k])
+
+
+def test_padding_rows_never_count(small):
+  """A chunk of 6 images is one batch of 32 with 26 padding rows: the adapted parameters equal one
+  Adam step computed on the 6 images alone, with no padding at all."""
+  config, state, graphdef, mesh = small
+  adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=32),
+                             state.params, state.batch_stats)
+  images = _images(4, 6)
+  params, _ = adapter.adapt(state.params, state.batch_stats, images)
+  # Reference: the same Adam step on exactly those 6 rows, with no padding at all.
+  affine, rest = adapter.split(state.params)
+  tx = optax.adam(1e-3)
+  batch = {'image': jnp.asarray(images), 'mask': jnp.ones(6, bool)}
+  ref, _, _ = tent._step(affine, tx.init(affine), rest, state.batch_stats, batch,  # pylint: disable=protected-access
+                         graphdef=graphdef, config=config, tx=tx)
+  got = _flat(adapter.split(params)[0])
+  for k, v in _flat(ref).items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-7)
+
+
+def test_chunks_are_adapted_independently_a_b_a(small):
+  config, state, graphdef, mesh = small
+  a, b = _images(2, 40), _images(3, 40, contrast=0.2)
+  predictor = inference.Predictor(
+      state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
+      tent=tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=32),
+                            state.params, state.batch_stats))
+  out = predictor.run(np.concatenate([a, b, a]), desc='aba', chunk=40)
+  np.testing.assert_allclose(out[80:], out[:40], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out[40:80], predictor.run(b, desc='b'), rtol=1e-6, atol=1e-6)
+  bn_only = inference.Predictor(
+      state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
+      bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats))
+  assert np.abs(out[:40] - bn_only.run(a, desc='a')).max() > 1e-4  # Tent changed more than BN.
+
+
+def test_the_entropy_of_the_predictions_falls(small):
+  """Three passes over one chunk: each pass's mean entropy is below the one before, and the
+  adapted model's predictions are more confident than those of BN adaptation alone."""
+  config, state, graphdef, mesh = small
+  images = _images(5, 64, contrast=0.5)
+  adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(lr=1e-2, epochs=3,
+                                                                      batch_size=32),
+                             state.params, state.batch_stats)
+  params, stats = adapter.adapt(state.params, state.batch_stats, images)
+  e = adapter.last_entropy
+  assert len(e) == 3 and e[0] > e[1] > e[2], e
+  predict = inference.make_predict(config, graphdef, mesh)
+  bn_stats = adapter.bn.adapt(state.params, state.batch_stats, images)
+  batch = {'image': jnp.asarray(images)}
+  mean_entropy = lambda log_p: float(-np.mean(np.sum(np.exp(log_p) * log_p, -1)))
+  assert (mean_entropy(np.asarray(predict(params, stats, batch)))
+          < mean_entropy(np.asarray(predict(state.params, bn_stats, batch))))
+
+
+def test_matches_a_pytorch_tent_on_torchvision_resnet18():
+  """torchvision ResNet-18 in train mode, Adam (lr 1e-2) on every BatchNorm weight and bias, mean
+  softmax entropy, batches of 32, 32, 6 (torch runs the short batch as it is; ours is padded and
+  masked), two passes: the adapted scales and biases agree with torch's float64 run."""
+  torch, torchvision = require_module('torch'), require_module('torchvision')
+  from jax_cifar.convert import torch_to_flax  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  tmodel = torchvision.models.resnet18(num_classes=10).double()
+  config = _config(stem='imagenet', width=64, num_classes=10)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(config)))
+  nnx.replace_by_pure_dict(state, jax.tree.map(
+      jnp.asarray, torch_to_flax({k: v.float() for k, v in tmodel.state_dict().items()},
+                                 'resnet18')))
+  graphdef, params, stats = nnx.split(nnx.merge(graphdef, state), nnx.Param, ...)
+  images = _images(6, 70)
+  options = tent.TentOptions(lr=1e-2, epochs=2, batch_size=32)
+  adapter = tent.TentAdapter(config, graphdef, parallel.make_mesh(), options, params, stats)
+  with jax.default_matmul_precision('float32'):
+    adapted, _ = adapter.adapt(params, stats, images)
+  ours = nnx.merge(graphdef, adapted, stats)
+
+  x = np.asarray(augment.to_model_input(jnp.asarray(images), image_size=32, normalize='cifar',
+                                        dtype=jnp.float32)).transpose(0, 3, 1, 2)
+
+  def reference(model):
+    """Tent in PyTorch: the BatchNorm weights and biases after two passes, one array per layer."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    opt = torch.optim.Adam([p for m in bns for p in (m.weight, m.bias)], lr=1e-2)
+    model.train()
+    dtype = next(model.parameters()).dtype
+    for _ in range(2):
+      for start in (0, 32, 64):
+        log_p = torch.log_softmax(model(torch.from_numpy(x[start:start + 32].copy()).to(dtype)), -1)
+        loss = -(log_p.exp() * log_p).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach().double().numpy() for m in bns for p in (m.weight, m.bias)]
+
+  ref64, ref32 = reference(copy.deepcopy(tmodel)), reference(copy.deepcopy(tmodel).float())
+  got = [np.asarray(x, np.float64) for path in bn_adapt.batchnorm_paths(ours)
+         for x in (bn_adapt._child(ours, path).scale[...],  # pylint: disable=protected-access
+                   bn_adapt._child(ours, path).bias[...])]  # pylint: disable=protected-access
+  assert len(got) == len(ref64) == 40
+  moved = max(np.abs(r - (1.0 if i % 2 == 0 else 0.0)).max() for i, r in enumerate(ref64))
+  worst = max(np.abs(g - r).max() for g, r in zip(got, ref64))
+  worst32 = max(np.abs(r32 - r).max() for r32, r in zip(ref32, ref64))
+  mean = np.mean(np.concatenate([np.abs(g - r) for g, r in zip(got, ref64)]))
+  mean32 = np.mean(np.concatenate([np.abs(r32 - r) for r32, r in zip(ref32, ref64)]))
+  print(f'\nlargest change {moved:.2g}; error vs torch float64, worst / mean: ours {worst:.2g} / '
+        f'{mean:.2g}, torch float32 {worst32:.2g} / {mean32:.2g}')
+  assert moved > 1e-2  # Six Adam steps at lr 1e-2 did move the parameters.
+  # Adam divides each gradient by its own size, so a near-zero gradient's float32 rounding can
+  # move its parameter by up to 2 lr (torch's own float32 run does): the worst case is held to
+  # torch float32's, the mean (which a wrong gradient or mask would move everywhere) tightly.
+  assert worst <= 4 * worst32 + 1e-6, (worst, worst32)
+  assert mean <= 4 * mean32 + 1e-3 * moved, (mean, mean32)
+
+
+def test_bad_settings_are_refused_by_name():
+  for kwargs, name in (({'lr': 0.0}, '--tent_lr'), ({'lr': float('nan')}, '--tent_lr'),
+                       ({'epochs': 0}, '--tent_epochs'), ({'batch_size': 0}, '--tent_batch_size')):
+    with pytest.raises(errors.ConfigError, match=name):
+      tent.TentOptions(**kwargs)
+  if jax.device_count() > 1:
+    with pytest.raises(errors.ConfigError, match='--tent_batch_size'):
+      tent.TentOptions(batch_size=jax.device_count() + 1)
+
+
+def test_tags_name_the_settings_that_differ_from_the_defaults():
+  assert tent.TentOptions().tag() == '_tent'
+  assert tent.TentOptions(lr=1e-2, epochs=3).tag() == '_tent-lr0.01-e3'
+  assert tent.TentOptions(batch_size=64).tag() == '_tent-b64'
+
+
+def test_a_model_without_batchnorm_is_refused_by_name():
+  config = _config()
+  config.model.name = 'simple_cnn'
+  model = state_lib.build_model(config)
+  graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+  if bn_adapt.batchnorm_paths(model):
+    pytest.skip('simple_cnn has BatchNorm layers')
+  with pytest.raises(errors.ConfigError, match='--tent needs a model with BatchNorm'):
+    tent.TentAdapter(config, graphdef, parallel.make_mesh(), tent.TentOptions(), params, stats)
+
+
+def test_a_non_finite_entropy_stops_with_a_clear_error(small):
+  """A checkpoint with a NaN in one BatchNorm bias: the adapter stops with one line naming the
+  causes instead of predicting the chunk with NaN parameters."""
+  config, state, graphdef, mesh = small
+  params = nnx.from_flat_state([
+      (k, v.replace(v[...].at[0].set(jnp.nan)) if k == ('bn1', 'bias') else v)
+      for k, v in nnx.to_flat_state(state.params)])
+  adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=32), params,
+                             state.batch_stats)
+  with pytest.raises(errors.UserError, match='non-finite parameter in the checkpoint'):
+    adapter.adapt(params, state.batch_stats, _images(7, 40))
