@@ -268,3 +268,26 @@ def test_signals_raise_at_once_outside_writing_and_at_the_next_check_inside():
       assert stopped.value.signum == signal.SIGTERM
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # Restored.
   corrupt_store.check_stop()  # And no stale signal stops a later build in this process.
+
+
+def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, capsys):
+  """--split val: the images and labels are the first of the validation split the trainer holds
+  out with the same val_fraction / split_seed (the default config's), never test images."""
+  from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
+  from jax_cifar.data import cifar100  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'val'
+  assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(out), '--split', 'val',
+                       '--limit', '6', '--corruptions', 'brightness']) == 0
+  data = default.get_config().data
+  data.dir = str(cifar_dir)
+  val = cifar100.get_splits(data)['val']
+  np.testing.assert_array_equal(np.load(out / 'labels.npy'), np.tile(val.labels[:6], 5))
+  expected = corrupt.corrupt(val.images[:6], 'brightness', 1, np.random.default_rng(0))
+  got = np.load(out / ood.distortion_file(ood.CORRUPTIONS.index('brightness')))
+  np.testing.assert_array_equal(got[:6], expected)  # Brightness draws no random numbers.
+  assert _manifest(out)['split'] == 'val'
+  capsys.readouterr()
+  assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), '--split',
+                       'val', '--val_fraction', '0', '--corruptions', 'fog']) == 1
+  assert capsys.readouterr().err.strip() == ('error: --val_fraction must be in (0, 1) with --split '
+                                             'val, got 0.0')

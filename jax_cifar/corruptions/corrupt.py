@@ -2,6 +2,11 @@
 
   python -m jax_cifar.corrupt --out D [--format ds542|cifar100c] [--limit N] [--data_dir DIR]
                                [--corruptions a,b] [--seed S] [--frost_dir DIR] [--overwrite]
+                               [--split test|val [--val_fraction F --split_seed S]]
+
+--split val corrupts the validation images instead (the trainer's stratified hold-out of the
+training split, same --val_fraction / --split_seed as the config's data section; the defaults match
+the default config): a set on which to choose test-time settings without touching the test images.
 
 Severity parameters are the 32x32 (CIFAR-10-C / CIFAR-100-C) ones of Hendrycks & Dietterich,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations" (ICLR 2019), from
@@ -292,7 +297,8 @@ def _blocks(images: np.ndarray, name: str, seed: int, chunk: int, frost_textures
 
 def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: str = 'ds542',
           seed: int = 0, names: tuple[str, ...] = CORRUPTIONS, chunk: int = 500,
-          frost_textures=None, overwrite: bool = False, limit: int = 0) -> list[pathlib.Path]:
+          frost_textures=None, overwrite: bool = False, limit: int = 0,
+          split: str = 'test') -> list[pathlib.Path]:
   """Writes one [5 * N, 32, 32, 3] file per corruption (severity blocks of N) and labels.npy.
 
   Resumes a folder made with the same options (keeps its complete files); refuses other options
@@ -312,6 +318,8 @@ def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: s
              'severities': SEVERITIES, 'chunk': int(chunk), 'frost': frost,
              'source_sha256': store.fingerprint(images, np.asarray(labels, np.int64)),
              'generator_version': GENERATOR_VERSION}
+  if split != 'test':  # Named in the manifest; test sets keep the manifests they always had.
+    options['split'] = split
   paths = []
   with store.deferred_stop(), store.OutputDir(out, options, overwrite) as folder:
     folder.request(names)
@@ -351,12 +359,31 @@ def _parse_names(text: str) -> tuple[str, ...]:
   return names
 
 
+def _source_split(args: argparse.Namespace) -> cifar100.Split:
+  """The test split, or the validation images the trainer holds out with the same settings."""
+  data_dir = cifar100.resolve_data_dir(args.data_dir)
+  if args.split == 'test':
+    return cifar100.load_split(data_dir, 'test')
+  if not 0.0 < args.val_fraction < 1.0:
+    raise errors.ConfigError(f'--val_fraction must be in (0, 1) with --split val, got '
+                             f'{args.val_fraction}')
+  train = cifar100.load_split(data_dir, 'train')
+  _, val_idx = cifar100.stratified_split(train.labels, args.val_fraction, args.split_seed)
+  return train.subset(val_idx)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = _Parser(prog='python -m jax_cifar.corrupt', description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output folder')
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
-  parser.add_argument('--limit', type=int, default=0, help='use the first N test images (0 = all)')
+  parser.add_argument('--limit', type=int, default=0, help='use the first N images (0 = all)')
+  parser.add_argument('--split', default='test', choices=('test', 'val'),
+                      help='corrupt the test split, or the validation hold-out of the training split')
+  parser.add_argument('--val_fraction', type=float, default=0.1,
+                      help='--split val: the config\'s data.val_fraction')
+  parser.add_argument('--split_seed', type=int, default=0,
+                      help='--split val: the config\'s data.split_seed')
   parser.add_argument('--data_dir', default='', help='folder holding cifar-100-python/ '
                       '(default $JAX_CIFAR_DATA_DIR, then the cache)')
   parser.add_argument('--seed', type=int, default=0)
@@ -375,15 +402,17 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.ConfigError(f'--limit must be >= 0, got {args.limit}')
       if args.seed < 0:
         raise errors.ConfigError(f'--seed must be >= 0, got {args.seed}')
-      test = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
-      if args.limit > len(test):
-        raise errors.ConfigError(f'--limit {args.limit} exceeds the {len(test)} test images')
-      n = args.limit or len(test)
+      source = _source_split(args)
+      if args.limit > len(source):
+        raise errors.ConfigError(f'--limit {args.limit} exceeds the {len(source)} {args.split} '
+                                 'images')
+      n = args.limit or len(source)
       frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
       store.check_stop()
       folder = args.out
-      paths = build(args.out, test.images[:n], test.labels[:n], args.format, args.seed, names,
-                    frost_textures=frost_textures, overwrite=args.overwrite, limit=args.limit)
+      paths = build(args.out, source.images[:n], source.labels[:n], args.format, args.seed, names,
+                    frost_textures=frost_textures, overwrite=args.overwrite, limit=args.limit,
+                    split=args.split)
     except store.Interrupted as e:
       where = (f'; complete files are kept in {folder} (nothing partial): run the same command '
                'again to finish') if folder else ''
