@@ -4,7 +4,8 @@ Trains the recipe from converted ImageNet ResNet-50 weights on a full cifar-100-
 builds a labelled 19 x 5 OOD set from the test split with `jax_cifar.corrupt` (CPU processes,
 while the GPU trains), then evaluates the chosen weights (EMA or raw, picked on validation) with
 each test-time tool in one process, so each program compiles once:
-none, shifts, shifts + bn_adapt, bn_adapt, flip; then, time permitting, plain predictions over
+none, shifts, shifts + bn_adapt, bn_adapt, flip, tent, shifts + tent (--tools chooses); then,
+time permitting, plain predictions over
 the full 950,000-image set (the Kaggle-sized submission and its img/s).
 
 Deadlines, in seconds from this script's start: training gets SIGTERM at --train_deadline_s (it
@@ -33,9 +34,13 @@ from jax_cifar.data import ood  # pylint: disable=wrong-import-position
 from jax_cifar.evaluation import report  # pylint: disable=wrong-import-position
 
 T0 = time.time()
-TOOLS = {'none': ('none', False), 'shifts': ('shifts', False),
-         'shifts+bn_adapt': ('shifts', True), 'bn_adapt': ('none', True), 'flip': ('flip', False)}
+# name: (--tta, --bn_adapt, --tent). The default order ends with the tools that cost the most.
+TOOLS = {'none': ('none', False, False), 'shifts': ('shifts', False, False),
+         'shifts+bn_adapt': ('shifts', True, False), 'bn_adapt': ('none', True, False),
+         'flip': ('flip', False, False), 'tent': ('none', True, True),
+         'shifts+tent': ('shifts', True, True)}
 VIEWS = {'none': 1, 'flip': 2, 'shifts': 18}
+TENT_VIEWS = 3  # One Tent pass (forward + backward) costs about three forward passes.
 
 
 def log(msg: str) -> None:
@@ -139,14 +144,16 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None,
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jax_cifar.evaluation import tent as tent_lib  # pylint: disable=g-import-not-at-top
   parallel.enable_compilation_cache()
   config = workdir_lib.run_config(run)
   n_clean = clean_images(args.data, config)
   per_view_image = None  # Seconds per image and view, from the first evaluation's OOD files.
   plan = [(name, ood_dir) for name in args.tools] + ([('none@full', full_dir)] if full_dir else [])
   for name, folder in plan:
-    tta, adapt = TOOLS[name.split('@')[0]]
-    views = VIEWS[tta] + adapt  # --bn_adapt adds one statistics pass over each chunk.
+    tta, adapt, tent = TOOLS[name.split('@')[0]]
+    # --bn_adapt adds one statistics pass over each chunk, --tent its entropy pass too.
+    views = VIEWS[tta] + adapt + TENT_VIEWS * tent
     files = ood.check_distortion_dir(folder) if folder else []
     images = n_clean + sum(f.num_images for f in files)
     projected = 30 + (images * views * per_view_image if per_view_image else 0)  # + compiles
@@ -158,6 +165,7 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None,
     t = time.time()
     try:
       r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights='auto',
+                      tent=tent_lib.TentOptions() if tent else None,
                       ood_dir=str(folder) if folder else None,
                       submission_csv=str(run.parent / f"submission_{name.replace('+', '_')}.csv"))
     except Exception as e:  # pylint: disable=broad-except  (one failure never costs the others)
