@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cifar.configs import default
+import _adapt_model
 from jax_cifar import optim, parallel
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.evaluation import bn_adapt
@@ -26,31 +26,12 @@ from jax_cifar.data import cifar100
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _config(name='resnet18', stem='cifar', width=4, num_classes=100):
-  config = default.get_config()
-  config.model.name, config.model.stem, config.model.width = name, stem, width
-  config.model.num_classes = num_classes
-  config.train.eval_batch_size = 32
-  return config
+_config, _images = _adapt_model.config, _adapt_model.images
 
 
 @pytest.fixture(scope='module')
 def small():
-  """A random cifar-stem ResNet-18 (width 4) with non-trivial running statistics."""
-  config = _config()
-  mesh = parallel.make_mesh()
-  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = state_lib.init_state(config, tx, mesh)
-  rng = np.random.default_rng(0)
-  stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype),
-                       state.batch_stats)  # Not the init's 0/1, so a reset would show.
-  state = state.replace(batch_stats=stats)
-  return config, state, graphdef, mesh
-
-
-def _images(seed, n, contrast=1.0):
-  x = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3)).astype(np.float64)
-  return np.clip(128 + (x - 128) * contrast, 0, 255).astype(np.uint8)
+  return _adapt_model.small_model()
 
 
 def _leaves(tree):

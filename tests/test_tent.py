@@ -11,38 +11,20 @@ import optax
 import pytest
 from flax import nnx
 
+import _adapt_model
 from conftest import require_module
-from jax_cifar import errors, optim, parallel
+from jax_cifar import errors, parallel
 from jax_cifar import state as state_lib
 from jax_cifar.augment import pipeline as augment
-from jax_cifar.configs import default
 from jax_cifar.evaluation import bn_adapt, inference, tent
 
 
-def _config(stem='cifar', width=4, num_classes=100):
-  config = default.get_config()
-  config.model.name, config.model.stem, config.model.width = 'resnet18', stem, width
-  config.model.num_classes = num_classes
-  config.train.eval_batch_size = 32
-  return config
+_config, _images = _adapt_model.config, _adapt_model.images
 
 
 @pytest.fixture(scope='module')
 def small():
-  """A random cifar-stem ResNet-18 (width 4) with non-trivial running statistics."""
-  config = _config()
-  mesh = parallel.make_mesh()
-  tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
-  state, graphdef = state_lib.init_state(config, tx, mesh)
-  rng = np.random.default_rng(0)
-  stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype),
-                       state.batch_stats)
-  return config, state.replace(batch_stats=stats), graphdef, mesh
-
-
-def _images(seed, n, contrast=1.0):
-  x = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3)).astype(np.float64)
-  return np.clip(128 + (x - 128) * contrast, 0, 255).astype(np.uint8)
+  return _adapt_model.small_model()
 
 
 def _flat(tree) -> dict:
