@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cifar.models import cpu_conv
+
 Dtype = Any
 
 
@@ -128,7 +130,8 @@ def _conv(cin: int, cout: int, k: int, stride: int, padding: int, dtype: Dtype,
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
                   padding=((padding, padding), (padding, padding)), feature_group_count=groups,
                   use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=conv_kernel_init, rngs=rngs)
+                  kernel_init=conv_kernel_init, rngs=rngs,
+                  conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def _downsample(cin: int, cout: int, stride: int, dtype: Dtype, rngs: nnx.Rngs):

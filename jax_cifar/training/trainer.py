@@ -177,9 +177,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   if config.model.dtype == 'bfloat16' and jax.default_backend() == 'cpu':
-    tracking.say('Note: model.dtype=bfloat16 on CPU gains little or nothing over float32 (XLA:CPU '
-                 'has no bfloat16 convolution kernels) and the ImageNet-stem ResNet-50 at 32 px '
-                 'is 3x slower (docs/benchmarks.md); bfloat16 is for GPUs and TPUs.')
+    tracking.say('Note: model.dtype=bfloat16 on CPU gains nothing over float32 (XLA:CPU has no '
+                 'bfloat16 convolution kernels; docs/benchmarks.md); bfloat16 is for GPUs and TPUs.')
   train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
   validator = make_validator(config, graphdef, mesh)
 
