@@ -286,8 +286,15 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
   got = np.load(out / ood.distortion_file(ood.CORRUPTIONS.index('brightness')))
   np.testing.assert_array_equal(got[:6], expected)  # Brightness draws no random numbers.
   assert _manifest(out)['split'] == 'val'
-  capsys.readouterr()
-  assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), '--split',
-                       'val', '--val_fraction', '0', '--corruptions', 'fog']) == 1
-  assert capsys.readouterr().err.strip() == ('error: --val_fraction must be in (0, 1) with --split '
-                                             'val, got 0.0')
+  for args, message in (
+      (['--split', 'val', '--val_fraction', '0'], '--val_fraction must be in (0, 1) with --split '
+       'val, got 0.0'),
+      (['--split', 'val', '--val_fraction', '1e-6'], '--val_fraction 1e-06 holds out no '
+       'validation images'),
+      (['--split', 'val', '--split_seed', '-1'], '--split_seed must be >= 0, got -1'),
+      (['--val_fraction', '0.2'], '--val_fraction: used only with --split val')):
+    capsys.readouterr()
+    assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), *args,
+                         '--corruptions', 'fog']) == 1
+    assert capsys.readouterr().err.strip() == f'error: {message}'
+  assert not (tmp_path / 'bad').exists()

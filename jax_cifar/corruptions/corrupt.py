@@ -7,6 +7,8 @@
 --split val corrupts the validation images instead (the trainer's stratified hold-out of the
 training split, same --val_fraction / --split_seed as the config's data section; the defaults match
 the default config): a set on which to choose test-time settings without touching the test images.
+The hold-out is taken from the local cifar-100-python files, as data.source=local does; a run
+trained with data.source=tfds holds out the same images (its order equals the local one, tested).
 
 Severity parameters are the 32x32 (CIFAR-10-C / CIFAR-100-C) ones of Hendrycks & Dietterich,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations" (ICLR 2019), from
@@ -23,14 +25,14 @@ Randomness comes from numpy Generators keyed by (seed, corruption, severity, chu
 each file is the same on every run, whichever other corruptions are made and in whatever order.
 --limit changes the pixels of some corruptions (noise drawn per chunk), so it is part of a set.
 
-The output folder is safe to interrupt and re-run (jax_cifar/corruptions/store.py): files appear only
-complete (written beside, then renamed), corrupt_manifest.json records the options and each file's
+The output folder is safe to interrupt and re-run (jax_cifar/corruptions/store.py): files appear
+only complete (written beside, then renamed), corrupt_manifest.json records the options and each file's
 completion; re-running the same command keeps complete files and writes the rest, other options
 are refused unless --overwrite. SIGTERM/SIGINT stop between image blocks (exit 128 + signal).
 
 Formats: `ds542` writes distortionXX.npy (XX = index in CORRUPTIONS, see jax_cifar/data/ood.py) and
 `cifar100c` writes <name>.npy; both hold [5 * N, 32, 32, 3] uint8 (severity blocks of N) plus
-labels.npy ([5 * N] uint8, as CIFAR-100-C's). The image helpers live in jax_cifar/corruptions/ops.py.
+labels.npy ([5 * N] uint8, as CIFAR-100-C's). The image helpers are in jax_cifar/corruptions/ops.py.
 """
 
 from __future__ import annotations
@@ -361,14 +363,21 @@ def _parse_names(text: str) -> tuple[str, ...]:
 
 def _source_split(args: argparse.Namespace) -> cifar100.Split:
   """The test split, or the validation images the trainer holds out with the same settings."""
-  data_dir = cifar100.resolve_data_dir(args.data_dir)
+  given = [f'--{k}' for k in ('val_fraction', 'split_seed') if getattr(args, k) is not None]
   if args.split == 'test':
-    return cifar100.load_split(data_dir, 'test')
-  if not 0.0 < args.val_fraction < 1.0:
-    raise errors.ConfigError(f'--val_fraction must be in (0, 1) with --split val, got '
-                             f'{args.val_fraction}')
-  train = cifar100.load_split(data_dir, 'train')
-  _, val_idx = cifar100.stratified_split(train.labels, args.val_fraction, args.split_seed)
+    if given:
+      raise errors.ConfigError(f'{", ".join(given)}: used only with --split val')
+    return cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
+  fraction = 0.1 if args.val_fraction is None else args.val_fraction
+  seed = 0 if args.split_seed is None else args.split_seed
+  if not 0.0 < fraction < 1.0:
+    raise errors.ConfigError(f'--val_fraction must be in (0, 1) with --split val, got {fraction}')
+  if seed < 0:
+    raise errors.ConfigError(f'--split_seed must be >= 0, got {seed}')
+  train = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'train')
+  _, val_idx = cifar100.stratified_split(train.labels, fraction, seed)
+  if not len(val_idx):
+    raise errors.ConfigError(f'--val_fraction {fraction} holds out no validation images')
   return train.subset(val_idx)
 
 
@@ -379,11 +388,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
   parser.add_argument('--limit', type=int, default=0, help='use the first N images (0 = all)')
   parser.add_argument('--split', default='test', choices=('test', 'val'),
-                      help='corrupt the test split, or the validation hold-out of the training split')
-  parser.add_argument('--val_fraction', type=float, default=0.1,
-                      help='--split val: the config\'s data.val_fraction')
-  parser.add_argument('--split_seed', type=int, default=0,
-                      help='--split val: the config\'s data.split_seed')
+                      help='corrupt the test split, or the validation hold-out of the training '
+                      'split')
+  parser.add_argument('--val_fraction', type=float, default=None,
+                      help='--split val: the config\'s data.val_fraction (default 0.1)')
+  parser.add_argument('--split_seed', type=int, default=None,
+                      help='--split val: the config\'s data.split_seed (default 0)')
   parser.add_argument('--data_dir', default='', help='folder holding cifar-100-python/ '
                       '(default $JAX_CIFAR_DATA_DIR, then the cache)')
   parser.add_argument('--seed', type=int, default=0)
