@@ -69,8 +69,9 @@ def test_padding_rows_never_count(small):
   affine, rest = adapter.split(state.params)
   tx = optax.adam(1e-3)
   batch = {'image': jnp.asarray(images), 'mask': jnp.ones(6, bool)}
-  ref, _, _ = tent._step(affine, tx.init(affine), rest, state.batch_stats, batch,  # pylint: disable=protected-access
-                         graphdef=graphdef, config=config, tx=tx)
+  step = tent._step  # pylint: disable=protected-access
+  ref, _, _ = step(affine, tx.init(affine), rest, state.batch_stats, batch, graphdef=graphdef,
+                   config=config, tx=tx)
   got = _flat(adapter.split(params)[0])
   for k, v in _flat(ref).items():
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-7)

@@ -1,8 +1,8 @@
 """Test-time entropy minimisation (evaluate --tent): USES THE UNLABELLED TEST IMAGES.
 
 Tent (Wang et al. 2021, "Tent: fully test-time adaptation by entropy minimization"), episodic per
-homogeneous chunk, as --bn_adapt is: before a chunk (one distortion x severity block, one CIFAR-100-C
-corruption x severity, a whole clean split) is predicted,
+homogeneous chunk, as --bn_adapt is: before a chunk (one distortion x severity block, one
+CIFAR-100-C corruption x severity, a whole clean split) is predicted,
 1. the BatchNorm scales and biases (and nothing else) take `epochs` passes of Adam steps over the
    chunk's images, in order, in batches of `batch_size`, minimising the mean Shannon entropy of the
    model's softmax. Every BatchNorm normalises with its batch's own statistics, as in the paper
@@ -52,10 +52,10 @@ class TentOptions:
 
   def tag(self) -> str:
     """'_tent' with the defaults, else the settings that differ from them."""
-    default, parts = TentOptions(), []
-    for key, short in (('lr', 'lr'), ('epochs', 'e'), ('batch_size', 'b')):
-      if getattr(self, key) != getattr(default, key):
-        parts.append(f'{short}{getattr(self, key):g}')
+    defaults = {f.name: f.default for f in dataclasses.fields(TentOptions)}
+    parts = [f'{short}{getattr(self, key):g}' for key, short in
+             (('lr', 'lr'), ('epochs', 'e'), ('batch_size', 'b'))
+             if getattr(self, key) != defaults[key]]
     return '_tent' + ''.join(f'-{p}' for p in parts)
 
 
