@@ -64,7 +64,7 @@ CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'algsimp',
 def step_compiler_options(dtype: str = 'float32') -> dict | None:
   """CPU-only XLA options for the train/eval steps; JAX_CIFAR_XLA_DEFAULTS=1 turns them off.
 
-  bfloat16 gets only the YNNPACK one (ResNet-50 at 224 px: 2.7 -> 3.6 img/s): without the
+  bfloat16 gets only the YNNPACK one (ResNet-50 at 224 px: 2.7 -> 3.3-4.1 img/s): without the
   algebraic simplifier, bf16 training on CPU learnt measurably worse (tests/test_bf16.py: 0.69 vs
   0.82 accuracy, float32 0.87/0.85), so the simplifier stays on for it.
   """

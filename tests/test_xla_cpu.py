@@ -30,6 +30,16 @@ def _largest_fusion_operands(layers) -> int:
   return max(call.count('%') for call in calls)
 
 
+def test_bfloat16_steps_get_only_the_option_that_leaves_the_simplifier_on():
+  """tests/test_bf16.py needs the algebraic simplifier for bf16 accuracy; YNNPACK's fusions are
+  switched off for every dtype."""
+  if parallel.step_compiler_options('float32') is None:
+    pytest.skip('JAX_CIFAR_XLA_DEFAULTS is set: the trainer options are off')
+  assert parallel.step_compiler_options('bfloat16') == {
+      'xla_cpu_experimental_ynn_fusion_type': ''}
+  assert 'xla_disable_hlo_passes' in parallel.step_compiler_options('float32')
+
+
 def test_fusions_do_not_grow_with_depth():
   """XLA:CPU fuses each block's relu(bn3 + residual) into its consumers and, through them, the
   previous block's, recomputing the whole residual stream in every block (quadratic in depth)

@@ -178,7 +178,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   if config.model.dtype == 'bfloat16' and jax.default_backend() == 'cpu':
     tracking.say('Note: model.dtype=bfloat16 on CPU gains nothing over float32 (XLA:CPU has no '
-                 'bfloat16 convolution kernels; docs/benchmarks.md); bfloat16 is for GPUs and TPUs.')
+                 'bfloat16 convolution kernels; docs/benchmarks.md); bfloat16 is for GPUs and '
+                 'TPUs.')
   train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
   validator = make_validator(config, graphdef, mesh)
 
