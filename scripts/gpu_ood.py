@@ -34,7 +34,7 @@ from jax_cifar.data import ood  # pylint: disable=wrong-import-position
 from jax_cifar.evaluation import report  # pylint: disable=wrong-import-position
 
 T0 = time.time()
-# name: (--tta, --bn_adapt, --tent). The default order ends with the tools that cost the most.
+# name: (--tta, --bn_adapt, --tent). The default order ends with Tent, measured last.
 TOOLS = {'none': ('none', False, False), 'shifts': ('shifts', False, False),
          'shifts+bn_adapt': ('shifts', True, False), 'bn_adapt': ('none', True, False),
          'flip': ('flip', False, False), 'tent': ('none', True, True),
