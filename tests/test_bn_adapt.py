@@ -72,6 +72,24 @@ def test_a_run_trained_with_scanned_blocks_adapts_to_the_same_statistics(small):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+def test_a_run_trained_with_remat_adapts_to_the_same_statistics(small):
+  """model.remat wraps each block in nnx.remat, inside which the recorders cannot run: the adapter
+  rebuilds the model without it (same parameters) instead of failing with a traceback."""
+  config, state, graphdef, mesh = small
+  remat_config = copy.deepcopy(config)
+  remat_config.model.remat = True
+  remat_graphdef = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(remat_config)),
+                             nnx.Param, ...)[0]
+  images = _images(2, 50)
+  expected = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params,
+                                state.batch_stats).adapt(state.params, state.batch_stats, images)
+  got = bn_adapt.BNAdapter(remat_config, remat_graphdef, mesh, 32, state.params,
+                           state.batch_stats).adapt(state.params, state.batch_stats, images)
+  for a, b in zip(_leaves(expected), _leaves(got), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+  assert remat_config.model.remat  # The caller's config is left as it was.
+
+
 def test_chunks_are_adapted_independently_a_b_a(small):
   """A, then B, then A again: the second A equals the first; B equals B predicted alone."""
   config, state, graphdef, mesh = small

@@ -57,6 +57,20 @@ def test_only_batchnorm_scales_and_biases_change_and_the_state_is_left_alone(sma
     np.testing.assert_array_equal(v, before_stats[k])
 
 
+def test_a_run_trained_with_remat_adapts_like_one_without(small):
+  config, state, graphdef, mesh = small
+  remat_config = copy.deepcopy(config)
+  remat_config.model.remat = True
+  remat_graphdef = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(remat_config)),
+                             nnx.Param, ...)[0]
+  images, options = _images(2, 50), tent.TentOptions(batch_size=32)
+  outs = [tent.TentAdapter(c, g, mesh, options, state.params, state.batch_stats).adapt(
+      state.params, state.batch_stats, images) for c, g in ((config, graphdef),
+                                                            (remat_config, remat_graphdef))]
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
 def test_padding_rows_never_count(small):
   """A chunk of 6 images is one batch of 32 with 26 padding rows: the adapted parameters equal one
   Adam step computed on the 6 images alone, with no padding at all."""

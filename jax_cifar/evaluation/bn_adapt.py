@@ -22,6 +22,7 @@ image of the chunk exactly once (padding rows are masked out of the sums).
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Callable
 
@@ -32,7 +33,19 @@ from flax import nnx
 
 from jax_cifar import errors, parallel
 from jax_cifar.data import cifar100, pipeline
+from jax_cifar import state as state_lib
 from jax_cifar.state import model_input
+
+
+def without_remat(config, graphdef):
+  """(config, graphdef) to adapt with: a run trained with model.remat gets its model rebuilt
+  without it (the same parameters; the recorders cannot run inside nnx.remat)."""
+  if not config.model.get('remat', False):
+    return config, graphdef
+  config = copy.deepcopy(config)
+  config.model.remat = False  # An existing key: allowed in a locked ConfigDict.
+  return config, nnx.split(nnx.eval_shape(lambda: state_lib.build_model(config)), nnx.Param,
+                           ...)[0]
 
 
 def batchnorm_paths(model: nnx.Module) -> list[tuple]:
@@ -134,6 +147,7 @@ class BNAdapter:
   """Compiled statistics pass: `adapt(params, batch_stats, images)` -> adapted batch_stats."""
 
   def __init__(self, config, graphdef, mesh, batch_size: int, params, batch_stats):
+    config, graphdef = without_remat(config, graphdef)
     model = nnx.merge(graphdef, params, batch_stats)
     if not batchnorm_paths(model):
       raise errors.ConfigError(f'--bn_adapt needs a model with BatchNorm layers; {config.model.name} has '

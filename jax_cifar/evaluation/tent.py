@@ -85,6 +85,7 @@ class TentAdapter:
   """`adapt(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
 
   def __init__(self, config, graphdef, mesh, options: TentOptions, params, batch_stats):
+    config, graphdef = bn_adapt.without_remat(config, graphdef)
     model = nnx.merge(graphdef, params, batch_stats)
     paths = set(bn_adapt.batchnorm_paths(model))
     if not paths:
