@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jax_cifar import errors, parallel
-from jax_cifar.data import cifar100, pipeline
+from jax_cifar.data import pipeline
 from jax_cifar import state as state_lib
 from jax_cifar.state import model_input
 
@@ -170,8 +170,7 @@ class BNAdapter:
                  progress: Callable[[int], Any] | None = None,
                  check: Callable[[], None] | None = None) -> dict:
     """{'count', 'mean': [...], 'var': [...]} of every BatchNorm input over all of `images`."""
-    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
-    batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
+    batches = parallel.prefetch_to_device(pipeline.image_batches(images, self.batch_size),
                                           parallel.batch_sharded(self.mesh))
     acc, done = self._zeros(), 0
     for batch in batches:

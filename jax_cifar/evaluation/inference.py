@@ -110,8 +110,7 @@ class Predictor:
                bar) -> np.ndarray:
     """The padded rows of the last batch are dropped."""
     fn = self.labels_fn if labels_only else self.log_probs_fn
-    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
-    batches = parallel.prefetch_to_device(pipeline.eval_batches(split, self.batch_size),
+    batches = parallel.prefetch_to_device(pipeline.image_batches(images, self.batch_size),
                                           parallel.batch_sharded(self.mesh))
     outs, pending = [], None
 

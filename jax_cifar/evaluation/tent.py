@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from jax_cifar import errors, parallel
-from jax_cifar.data import cifar100, pipeline
+from jax_cifar.data import pipeline
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.state import model_input
 
@@ -114,11 +114,10 @@ class TentAdapter:
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
     affine, rest = self.split(params)
     opt_state = self._init(affine)
-    split = cifar100.Split(images, np.zeros(len(images), np.int32), None)
     size, self.last_entropy = self.options.batch_size, []
     for _ in range(self.options.epochs):
       losses, done = [], 0
-      batches = parallel.prefetch_to_device(pipeline.eval_batches(split, size),
+      batches = parallel.prefetch_to_device(pipeline.image_batches(images, size),
                                             parallel.batch_sharded(self.mesh))
       for batch in batches:
         if check is not None:
