@@ -187,7 +187,13 @@ class BNAdapter:
       raise RuntimeError(f'BN adaptation counted {count} images, the chunk has {len(images)}')
     return acc
 
+  passes = 1  # Over each chunk, before the prediction's own.
+
   def adapt(self, params, batch_stats, images: np.ndarray, **kwargs):
     """batch_stats re-estimated on `images` (the input pytree is left as it was)."""
     acc = self.statistics(params, batch_stats, images, **kwargs)
     return self._adapted(params, batch_stats, acc)
+
+  def adapt_model(self, params, batch_stats, images: np.ndarray, **kwargs) -> tuple[Any, Any]:
+    """(params, batch_stats) for `images`: what every chunk adapter of a Predictor returns."""
+    return params, self.adapt(params, batch_stats, images, **kwargs)

@@ -70,17 +70,16 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
 
 @dataclasses.dataclass
 class Predictor:
-  """A restored model, its compiled prediction functions and, with --bn_adapt, its BN adapter;
-  with --tent, its entropy-minimising adapter (which re-estimates the statistics itself)."""
+  """A restored model, its compiled prediction functions and, with --bn_adapt or --tent, its
+  per-chunk adapter (`adapt_model(params, batch_stats, images)` -> both, adapted)."""
   state: Any
   mesh: Any
   batch_size: int
   log_probs_fn: Any
   labels_fn: Any
-  adapter: bn_adapt.BNAdapter | None = None
+  adapter: bn_adapt.BNAdapter | tent_lib.TentAdapter | None = None
   progress: bool = True  # A progress bar per run() (the trainer's validation shows none).
   weights: str = 'raw'  # Which weights were loaded: 'raw' or 'ema'.
-  tent: tent_lib.TentAdapter | None = None
 
   def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
           chunk: int | None = None) -> np.ndarray:
@@ -88,7 +87,7 @@ class Predictor:
     block of `chunk` rows (default: all) is predicted with statistics (and BatchNorm scales and
     biases) adapted to that block alone."""
     chunk = chunk or len(images)
-    passes = 1 + (self.tent.passes if self.tent else 1 if self.adapter else 0)
+    passes = 1 + (self.adapter.passes if self.adapter else 0)
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
                    mininterval=1.0, disable=not self.progress or jax.process_index() != 0) as bar:
@@ -97,12 +96,9 @@ class Predictor:
         part = images[start:start + chunk]
         # Every chunk starts from the checkpoint's parameters and statistics.
         params, stats = self.state.params, self.state.batch_stats
-        if self.tent:
-          params, stats = self.tent.adapt(params, stats, part, progress=bar.update,
-                                          check=interrupt.FLAG.check)
-        elif self.adapter:
-          stats = self.adapter.adapt(params, stats, part, progress=bar.update,
-                                     check=interrupt.FLAG.check)
+        if self.adapter:
+          params, stats = self.adapter.adapt_model(params, stats, part, progress=bar.update,
+                                                   check=interrupt.FLAG.check)
         outs.append(self._predict(part, params, stats, labels_only, bar))
     return np.concatenate(outs)
 
@@ -143,12 +139,14 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   state = state_lib.with_weights(state, weights, workdir)
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
-  adapter = (bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
-                                state.params, state.batch_stats) if adapt_bn and not tent else None)
-  tent_adapter = (tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params,
-                                       state.batch_stats) if tent else None)
+  adapter = None
+  if tent:
+    adapter = tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params, state.batch_stats)
+  elif adapt_bn:
+    adapter = bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
+                                 state.params, state.batch_stats)
   return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
-                   adapter, weights=weights, tent=tent_adapter), step
+                   adapter, weights=weights), step
 
 
 # Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).

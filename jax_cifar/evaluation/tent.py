@@ -109,7 +109,7 @@ class TentAdapter:
     """(BatchNorm scales and biases, every other parameter) of a parameter State."""
     return nnx.split_state(params, self._is_affine, ...)
 
-  def adapt(self, params, batch_stats, images: np.ndarray,
+  def adapt_model(self, params, batch_stats, images: np.ndarray,
             progress: Callable[[int], Any] | None = None,
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
     affine, rest = self.split(params)
