@@ -40,6 +40,13 @@ def test_bfloat16_steps_get_only_the_option_that_leaves_the_simplifier_on():
   assert 'xla_disable_hlo_passes' in parallel.step_compiler_options('float32')
 
 
+def test_a_bfloat16_run_on_cpu_is_told_that_bfloat16_is_for_gpus():
+  from jax_cifar.training import trainer  # pylint: disable=g-import-not-at-top
+  assert 'bfloat16 is for GPUs and TPUs' in trainer.dtype_note('bfloat16', 'cpu')
+  assert trainer.dtype_note('float32', 'cpu') is None
+  assert trainer.dtype_note('bfloat16', 'gpu') is None
+
+
 def test_fusions_do_not_grow_with_depth():
   """XLA:CPU fuses each block's relu(bn3 + residual) into its consumers and, through them, the
   previous block's, recomputing the whole residual stream in every block (quadratic in depth)

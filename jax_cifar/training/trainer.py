@@ -36,6 +36,14 @@ class Preempted(Exception):
 # ---------------------------------------------------------------------------------------------
 # The compiled step, validation
 # ---------------------------------------------------------------------------------------------
+def dtype_note(dtype: str, backend: str) -> str | None:
+  """The line a run prints when its dtype cannot pay off on its backend (bf16 on CPU)."""
+  if dtype == 'bfloat16' and backend == 'cpu':
+    return ('Note: model.dtype=bfloat16 on CPU gains nothing over float32 (XLA:CPU has no '
+            'bfloat16 convolution kernels; docs/benchmarks.md); bfloat16 is for GPUs and TPUs.')
+  return None
+
+
 def compile_train_step(config, graphdef, tx, schedule, mesh):
   """The jit-compiled train step with explicit shardings; the train state is donated."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -176,10 +184,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
-  if config.model.dtype == 'bfloat16' and jax.default_backend() == 'cpu':
-    tracking.say('Note: model.dtype=bfloat16 on CPU gains nothing over float32 (XLA:CPU has no '
-                 'bfloat16 convolution kernels; docs/benchmarks.md); bfloat16 is for GPUs and '
-                 'TPUs.')
+  if note := dtype_note(config.model.dtype, jax.default_backend()):
+    tracking.say(note)
   train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
   validator = make_validator(config, graphdef, mesh)
 
