@@ -1,12 +1,17 @@
 """configs/ood_best.py end to end on one GPU, within a time budget (issue #12's GPU proof).
 
 Trains the recipe from converted ImageNet ResNet-50 weights on a full cifar-100-python folder,
-builds a labelled 19 x 5 OOD set from the test split with `jax_cifar.corrupt` (CPU processes,
-while the GPU trains), then evaluates the chosen weights (EMA or raw, picked on validation) with
-each test-time tool in one process, so each program compiles once:
+builds labelled 19 x 5 OOD sets with `jax_cifar.corrupt` (CPU processes, while the GPU trains):
+from the validation hold-out (`--split val`, where test-time tools and recipes are compared) and
+from the test split (reported), then evaluates the chosen weights (EMA or raw, picked on
+validation) with each test-time tool on each set in one process, so each program compiles once:
 none, shifts, shifts + bn_adapt, bn_adapt, flip, tent, shifts + tent (--tools chooses); then,
 time permitting, plain predictions over
-the full 950,000-image set (the Kaggle-sized submission and its img/s).
+the full 950,000-image set (the Kaggle-sized submission and its img/s). Rows are named
+TOOL (test set), TOOL@val (validation set) and none@full.
+
+Two runs may share one GPU (--ood_from: a second run waits for the first run's OOD sets instead
+of making its own; XLA_PYTHON_CLIENT_MEM_FRACTION splits the memory).
 
 Deadlines, in seconds from this script's start: training gets SIGTERM at --train_deadline_s (it
 saves a checkpoint and exits; the steps it reached are reported), and no evaluation starts that
@@ -47,7 +52,13 @@ def log(msg: str) -> None:
   print(f'[{time.time() - T0:6.0f}s] {msg}', flush=True)
 
 
-def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: int = 0) -> list:
+# Where each split's OOD set is made under --work (the validation one: the trainer's default
+# hold-out, val_fraction 0.1 and split_seed 0, which --set may therefore not change).
+OOD_FOLDERS = {'val': 'ood_val', 'test': 'ood'}  # Validation first.
+
+
+def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: int = 0,
+                  split: str = 'test') -> list:
   """`procs` CPU processes, each writing a share of the 19 distortions into out/gK."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   jobs = []
@@ -55,7 +66,8 @@ def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: in
     names = ood.CORRUPTIONS[k::procs]
     if names:
       cmd = [sys.executable, '-m', 'jax_cifar.corrupt', '--out', str(out / f'g{k}'), '--format',
-             'ds542', '--limit', str(limit), '--data_dir', data, '--corruptions', ','.join(names)]
+             'ds542', '--limit', str(limit), '--data_dir', data, '--corruptions', ','.join(names),
+             '--split', split]
       cmd = ['nice', '-n', str(nice), *cmd] if nice else cmd
       jobs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                    stderr=open(out.parent / f'{out.name}_g{k}.log', 'w')))
@@ -63,16 +75,30 @@ def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: in
 
 
 def merge_corrupt(jobs: list, out: pathlib.Path) -> pathlib.Path | None:
-  """Waits for the jobs; links their files into out/all (distortion00..18.npy + labels.npy)."""
+  """Waits for the jobs; links their files into out/all (distortion00..18.npy + labels.npy),
+  which appears whole (renamed in), so a run sharing it (--ood_from) never reads it half made."""
   if any(j.wait() for j in jobs):
     log(f'corrupt failed for {out} (see {out.parent}/{out.name}_g*.log)')
     return None
   merged = out / 'all'
-  merged.mkdir(parents=True, exist_ok=True)
-  for f in sorted(out.glob('g*/*.npy')):
-    if not (merged / f.name).exists():
-      (merged / f.name).symlink_to(f.resolve())
+  if not merged.exists():
+    tmp = out / 'all.tmp'
+    tmp.mkdir(parents=True, exist_ok=True)
+    for f in sorted(out.glob('g*/*.npy')):
+      if not (tmp / f.name).exists():
+        (tmp / f.name).symlink_to(f.resolve())
+    tmp.rename(merged)
   return merged
+
+
+def wait_for_set(folder: pathlib.Path, deadline_s: float) -> pathlib.Path | None:
+  """Another run's merged OOD set (--ood_from), once it exists; None past the deadline."""
+  while not folder.is_dir():
+    if time.time() - T0 > deadline_s:
+      log(f'{folder} did not appear before the deadline')
+      return None
+    time.sleep(2)
+  return folder
 
 
 def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
@@ -137,10 +163,11 @@ def clean_images(data: str, config) -> int:
   return test + round(config.data.val_fraction * n['train'])
 
 
-def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None,
-                   full_dir: pathlib.Path | None, results: dict, save) -> None:
-  """Each tool of --tools (then plain predictions on the full set) on the 'best' checkpoint with
-  `--weights auto`: the EMA or the raw weights, whichever led on validation at that step."""
+def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path | None,
+                   results: dict, save) -> None:
+  """Each tool of --tools on each OOD set of `sets` (split -> folder; validation first), then
+  plain predictions on the full set, on the 'best' checkpoint with `--weights auto`: the EMA or
+  the raw weights, whichever led on validation at that step."""
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -149,7 +176,9 @@ def evaluate_tools(args, run: pathlib.Path, ood_dir: pathlib.Path | None,
   config = workdir_lib.run_config(run)
   n_clean = clean_images(args.data, config)
   per_view_image = None  # Seconds per image and view, from the first evaluation's OOD files.
-  plan = [(name, ood_dir) for name in args.tools] + ([('none@full', full_dir)] if full_dir else [])
+  plan = [(name + ('@val' if split == 'val' else ''), folder)
+          for name in args.tools for split, folder in sets.items() if folder]
+  plan += [('none@full', full_dir)] if full_dir else []
   for name, folder in plan:
     tta, adapt, tent = TOOLS[name.split('@')[0]]
     # --bn_adapt adds one statistics pass over each chunk, --tent its entropy pass too.
@@ -200,7 +229,11 @@ def main():
   p.add_argument('--tools', default=','.join(TOOLS),
                  help=f'test-time tools to evaluate, in this order (of {",".join(TOOLS)})')
   p.add_argument('--work', required=True)
-  p.add_argument('--ood_limit', type=int, default=1000, help='test images per OOD chunk')
+  p.add_argument('--ood_limit', type=int, default=1000, help='images per OOD chunk')
+  p.add_argument('--ood_splits', default='val,test',
+                 help='OOD sets to make and evaluate: corrupted validation and/or test images')
+  p.add_argument('--ood_from', default='',
+                 help="--work of a run sharing this GPU: wait for its OOD sets, make none")
   p.add_argument('--full_set', action='store_true', help='also the 950,000-image set (plain)')
   p.add_argument('--procs', type=int, default=8, help='CPU processes making the OOD sets')
   p.add_argument('--train_deadline_s', type=float, default=330)
@@ -217,13 +250,23 @@ def main():
   args.tools = [t for t in args.tools.split(',') if t]
   if unknown := set(args.tools) - set(TOOLS):
     p.error(f'unknown --tools {sorted(unknown)}; choose from {",".join(TOOLS)}')
+  splits = [s for s in args.ood_splits.split(',') if s]
+  if not splits or set(splits) - set(OOD_FOLDERS):
+    p.error(f'--ood_splits {args.ood_splits!r}: one or both of {",".join(OOD_FOLDERS)}')
+  args.ood_splits = [s for s in OOD_FOLDERS if s in splits]
+  if 'val' in args.ood_splits and any(s.startswith(('data.val_fraction', 'data.split_seed'))
+                                      for s in args.set):
+    p.error('--set data.val_fraction/data.split_seed: the validation OOD set uses the defaults')
   import jax  # pylint: disable=g-import-not-at-top  (no backend yet: the trainer takes the GPU)
   log(f'jax {jax.__version__}; python {sys.version.split()[0]}')
   if args.small:
     args.ood_limit, args.max_epochs = min(args.ood_limit, 10), 1
   work = pathlib.Path(args.work)
   work.mkdir(parents=True, exist_ok=True)
-  jobs = start_corrupt(args.data, work / 'ood', args.ood_limit, args.procs)
+  jobs = {} if args.ood_from else {  # One set per split, the processes shared between them.
+      split: start_corrupt(args.data, work / OOD_FOLDERS[split], args.ood_limit,
+                           max(1, args.procs // len(args.ood_splits)), split=split)
+      for split in args.ood_splits}
   full_limit = 20 if args.small else 0  # 0 = all 10,000 test images per chunk.
   full_jobs = (start_corrupt(args.data, work / 'ood_full', full_limit, 2 * args.procs, nice=10)
                if args.full_set else [])  # Niced: the training's input pipeline comes first.
@@ -248,15 +291,21 @@ def main():
   save()
   result['train'] = train(args, work / 'run', overrides)
   save()
-  ood_dir = merge_corrupt(jobs, work / 'ood')
-  log(f'OOD set ({args.ood_limit} test images x 19 x 5) ready: {ood_dir}')
+  sets = {}
+  for split in args.ood_splits:
+    if args.ood_from:
+      sets[split] = wait_for_set(pathlib.Path(args.ood_from) / OOD_FOLDERS[split] / 'all',
+                                 args.deadline_s)
+    else:
+      sets[split] = merge_corrupt(jobs[split], work / OOD_FOLDERS[split])
+    log(f'OOD set ({args.ood_limit} {split} images x 19 x 5) ready: {sets[split]}')
   full_dir = None
   if full_jobs:
     full_dir = merge_corrupt(full_jobs, work / 'ood_full')
     log(f'full OOD set ready: {full_dir}')
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
   save()
-  evaluate_tools(args, work / 'run', ood_dir, full_dir, result['eval'], save)
+  evaluate_tools(args, work / 'run', sets, full_dir, result['eval'], save)
   loaded = {(r['step'], r['weights']) for r in result['eval'].values() if 'weights' in r}
   result['step'], result['weights'] = next(iter(loaded)) if len(loaded) == 1 else (None, None)
   result['total_s'] = time.time() - T0
@@ -269,14 +318,16 @@ def main():
 
 
 def plot(result: dict, path: pathlib.Path) -> None:
-  """OOD accuracy per severity for each test-time tool (clean test accuracy at severity 0)."""
+  """OOD accuracy per severity for each test-time tool, at severity 0 the clean accuracy of the
+  same split (validation rows dashed)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
   for name, r in result['eval'].items():
     if 'ood_per_severity' in r:
-      ys = [r['test_accuracy'], *r['ood_per_severity']]
-      ax.plot(range(6), [100 * y for y in ys], marker='o',
+      val = name.endswith('@val')
+      ys = [r['val_accuracy' if val else 'test_accuracy'], *r['ood_per_severity']]
+      ax.plot(range(6), [100 * y for y in ys], marker='o', linestyle='--' if val else '-',
               label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
   ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
   ax.set_xlabel('severity')
@@ -295,16 +346,18 @@ def table(result: dict) -> str:
   lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in "
            f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
            f"'best' checkpoint (step {result.get('step')}), "
-           f"{result['weights']} weights; OOD = {result['args']['ood_limit']} test images x 19 x 5",
-           '| test-time tool | clean test | OOD | OOD sev 1..5 | img/s | s |',
-           '| --- | --- | --- | --- | --- | --- |']
+           f"{result['weights']} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "
+           "(TOOL: test images, TOOL@val: validation images)",
+           '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
   for name, r in result['eval'].items():
     if 'skipped' in r or 'error' in r:
-      lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | |')
+      lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | | |')
       continue
     sev = ' / '.join(f'{100 * v:.1f}' for v in r.get('ood_per_severity', []))
     pct = lambda v: f'{100 * v:.2f}' if v is not None else '-'
-    lines.append(f"| {name} | {pct(r['test_accuracy'])} | {pct(r['ood_accuracy'])} | {sev} | "
+    lines.append(f"| {name} | {pct(r.get('val_accuracy'))} | {pct(r['test_accuracy'])} | "
+                 f"{pct(r['ood_accuracy'])} | {sev} | "
                  f"{r['ood_images_per_sec'] or 0:.0f} | {r['seconds']:.0f} |")
   return '\n'.join(lines)
 

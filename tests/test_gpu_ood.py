@@ -7,6 +7,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -30,8 +31,8 @@ devdata = _load('devdata')
 def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   rng = np.random.default_rng(0)
   npz = tmp_path / 'tiny.npz'
-  np.savez(npz, train_x=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8),
-           train_y=np.arange(300) % 100,
+  np.savez(npz, train_x=rng.integers(0, 256, (600, 32, 32, 3), dtype=np.uint8),
+           train_y=np.arange(600) % 100,  # 6 per class: the 0.1 hold-out keeps one of each.
            test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
            test_y=np.arange(100) % 100)
   devdata.write_cifar_folder(tmp_path / 'data', str(npz))
@@ -56,7 +57,8 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   assert (result['step'], result['weights']) == (best_step, 'ema' if ema_leads else 'raw')
   for row in result['eval'].values():
     assert (row['step'], row['weights']) == (result['step'], result['weights'])
-  assert list(result['eval']) == ['none', 'tent', 'none@full']  # --tools' order, then full.
+  # --tools' order, each on the validation set, then the test set; then the full set.
+  assert list(result['eval']) == ['none@val', 'none', 'tent@val', 'tent', 'none@full']
   for name, row in result['eval'].items():
     assert 0 <= row['ood_accuracy'] <= 1 and 0 <= row['test_accuracy'] <= 1, (name, row)
     assert len(row['ood_per_severity']) == 5 and len(row['ood_per_distortion']) == 19
@@ -64,11 +66,19 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
     assert np.mean(row['ood_per_severity']) == pytest.approx(row['ood_accuracy'])
     assert np.mean(list(row['ood_per_distortion'].values())) == pytest.approx(row['ood_accuracy'])
   assert result['eval']['none@full']['submission_rows'] == 19 * 5 * 20  # --small: 20 per chunk
-  for folder, n in (('ood', 10), ('ood_full', 20)):
+  test_y = np.arange(100) % 100
+  for folder, n in (('ood', 10), ('ood_val', 10), ('ood_full', 20)):
     files = sorted((work / folder / 'all').glob('distortion*.npy'))
     assert len(files) == 19
     assert np.load(files[0], mmap_mode='r').shape == (5 * n, 32, 32, 3)
-    assert np.load(work / folder / 'all' / 'labels.npy').shape == (5 * n,)
+    labels = np.load(work / folder / 'all' / 'labels.npy')
+    assert labels.shape == (5 * n,)
+    # The test sets hold the first test images; the validation set holds other images.
+    assert (labels[:n] == test_y[:n]).all() == (folder != 'ood_val')
+  for name in ('none', 'tent'):  # Same weights and clean splits; other OOD images.
+    val, test = result['eval'][f'{name}@val'], result['eval'][name]
+    assert (val['val_accuracy'], val['test_accuracy']) == (test['val_accuracy'],
+                                                          test['test_accuracy'])
   assert (work / 'gpu_ood_severity.png').stat().st_size > 10_000
   assert '| tent |' in proc.stdout  # The table.
 
@@ -80,3 +90,21 @@ def test_unknown_tool_is_refused_before_anything_runs(tmp_path):
       capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2 and "unknown --tools ['shift']" in proc.stderr
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_shared_set_appears_whole_and_a_second_run_waits_for_it(tmp_path):
+  gpu_ood = _load('gpu_ood')
+  out = tmp_path / 'ood_val'
+  for k in range(2):
+    (out / f'g{k}').mkdir(parents=True)
+    np.save(out / f'g{k}' / f'distortion{k:02d}.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  waiting = []
+  thread = threading.Thread(target=lambda: waiting.append(gpu_ood.wait_for_set(out / 'all', 60)))
+  thread.start()
+  merged = gpu_ood.merge_corrupt([], out)  # No corrupt processes left to wait for.
+  thread.join()
+  assert waiting == [merged] == [out / 'all']
+  assert sorted(p.name for p in merged.iterdir()) == ['distortion00.npy', 'distortion01.npy']
+  assert not (out / 'all.tmp').exists()
+  assert gpu_ood.merge_corrupt([], out) == merged  # Merged once; a second call keeps it.
+  assert gpu_ood.wait_for_set(tmp_path / 'never', deadline_s=-1) is None
