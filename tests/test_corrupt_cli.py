@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 
+from jax_cifar.corruptions import cli as corrupt_cli
 from jax_cifar.corruptions import corrupt
 from jax_cifar.corruptions import store as corrupt_store
 from jax_cifar.data import ood
@@ -224,7 +225,7 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
     (tmp_path / 'file').write_text('x')
     out = tmp_path / 'file' / 'out' if case == 'out_under_a_file' else tmp_path / 'file'
   try:
-    code = corrupt.main(['--data_dir', str(data), '--out', str(out), *args])
+    code = corrupt_cli.main(['--data_dir', str(data), '--out', str(out), *args])
   except SystemExit as e:  # argparse's errors.
     code = e.code
   lines = capsys.readouterr().err.strip().splitlines()
@@ -276,7 +277,7 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
   from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
   from jax_cifar.data import cifar100  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'val'
-  assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(out), '--split', 'val',
+  assert corrupt_cli.main(['--data_dir', str(cifar_dir), '--out', str(out), '--split', 'val',
                        '--limit', '6', '--corruptions', 'brightness']) == 0
   data = default.get_config().data
   data.dir = str(cifar_dir)
@@ -294,7 +295,7 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
       (['--split', 'val', '--split_seed', '-1'], '--split_seed must be >= 0, got -1'),
       (['--val_fraction', '0.2'], '--val_fraction: used only with --split val')):
     capsys.readouterr()
-    assert corrupt.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), *args,
+    assert corrupt_cli.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), *args,
                          '--corruptions', 'fog']) == 1
     assert capsys.readouterr().err.strip() == f'error: {message}'
   assert not (tmp_path / 'bad').exists()

@@ -1,14 +1,7 @@
 """Labelled OOD data: the 19 CIFAR-C corruptions x 5 severities of the CIFAR-100 test split.
 
-  python -m jax_cifar.corrupt --out D [--format ds542|cifar100c] [--limit N] [--data_dir DIR]
-                               [--corruptions a,b] [--seed S] [--frost_dir DIR] [--overwrite]
-                               [--split test|val [--val_fraction F --split_seed S]]
-
---split val corrupts the validation images instead (the trainer's stratified hold-out of the
-training split, same --val_fraction / --split_seed as the config's data section; the defaults match
-the default config): a set on which to choose test-time settings without touching the test images.
-The hold-out is taken from the local cifar-100-python files, as data.source=local does; a run
-trained with data.source=tfds holds out the same images (its order equals the local one, tested).
+The command line (`python -m jax_cifar.corrupt`) is jax_cifar/corruptions/cli.py; this module
+makes the images (`corrupt`) and writes a set (`build`).
 
 Severity parameters are the 32x32 (CIFAR-10-C / CIFAR-100-C) ones of Hendrycks & Dietterich,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations" (ICLR 2019), from
@@ -37,12 +30,9 @@ labels.npy ([5 * N] uint8, as CIFAR-100-C's). The image helpers are in jax_cifar
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import io
 import os
 import pathlib
-import sys
 from typing import Iterator
 
 import numpy as np
@@ -56,9 +46,7 @@ except ImportError as e:  # pragma: no cover  (the test environment has the extr
   raise SystemExit(f"error: python -m jax_cifar.corrupt needs {e.name}: "
                    "pip install 'jax-cifar[corrupt]'") from e
 
-from jax_cifar.data import cifar100
 from jax_cifar.corruptions import ops
-from jax_cifar import errors
 from jax_cifar.corruptions import store
 from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE
 
@@ -342,101 +330,3 @@ def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: s
           print(f'{file}: written ({"%d of %d" % folder.progress()} files complete)', flush=True)
         paths.append(folder.path / file)
   return paths + [folder.path / LABELS_FILE]
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):  # One `error:` line (and exit status 2), like every other error.
-    self.exit(2, f'error: {message} (see --help)\n')
-
-
-def _parse_names(text: str) -> tuple[str, ...]:
-  names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
-  if not names:
-    raise errors.ConfigError('--corruptions is empty; give a comma-separated subset of: ' + ', '.join(CORRUPTIONS))
-  for name in names:
-    if name not in CORRUPTIONS:
-      close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
-      hint = f"did you mean '{close[0]}'? " if close else ''
-      raise errors.ConfigError(f'unknown corruption {name!r} in --corruptions; {hint}known: {", ".join(CORRUPTIONS)}')
-  return names
-
-
-def _source_split(args: argparse.Namespace) -> cifar100.Split:
-  """The test split, or the validation images the trainer holds out with the same settings."""
-  given = [f'--{k}' for k in ('val_fraction', 'split_seed') if getattr(args, k) is not None]
-  if args.split == 'test':
-    if given:
-      raise errors.ConfigError(f'{", ".join(given)}: used only with --split val')
-    return cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
-  fraction = 0.1 if args.val_fraction is None else args.val_fraction
-  seed = 0 if args.split_seed is None else args.split_seed
-  if not 0.0 < fraction < 1.0:
-    raise errors.ConfigError(f'--val_fraction must be in (0, 1) with --split val, got {fraction}')
-  if seed < 0:
-    raise errors.ConfigError(f'--split_seed must be >= 0, got {seed}')
-  train = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'train')
-  _, val_idx = cifar100.stratified_split(train.labels, fraction, seed)
-  if not len(val_idx):
-    raise errors.ConfigError(f'--val_fraction {fraction} holds out no validation images')
-  return train.subset(val_idx)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = _Parser(prog='python -m jax_cifar.corrupt', description=__doc__,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
-  parser.add_argument('--limit', type=int, default=0, help='use the first N images (0 = all)')
-  parser.add_argument('--split', default='test', choices=('test', 'val'),
-                      help='corrupt the test split, or the validation hold-out of the training '
-                      'split')
-  parser.add_argument('--val_fraction', type=float, default=None,
-                      help='--split val: the config\'s data.val_fraction (default 0.1)')
-  parser.add_argument('--split_seed', type=int, default=None,
-                      help='--split val: the config\'s data.split_seed (default 0)')
-  parser.add_argument('--data_dir', default='', help='folder holding cifar-100-python/ '
-                      '(default $JAX_CIFAR_DATA_DIR, then the cache)')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--corruptions', default=','.join(CORRUPTIONS),
-                      help='comma-separated subset of the 19 names')
-  parser.add_argument('--frost_dir', default='', help='folder with the official frost1.png .. '
-                      'frost5.jpg; default: synthetic frost textures')
-  parser.add_argument('--overwrite', action='store_true', help='replace a set in --out that was '
-                      'made with other options (default: refuse; the same options resume it)')
-  args = parser.parse_args(argv)
-  folder = None
-  with store.stop_on_signals():
-    try:
-      names = _parse_names(args.corruptions)
-      if args.limit < 0:
-        raise errors.ConfigError(f'--limit must be >= 0, got {args.limit}')
-      if args.seed < 0:
-        raise errors.ConfigError(f'--seed must be >= 0, got {args.seed}')
-      source = _source_split(args)
-      if args.limit > len(source):
-        raise errors.ConfigError(f'--limit {args.limit} exceeds the {len(source)} {args.split} '
-                                 'images')
-      n = args.limit or len(source)
-      frost_textures = ops.load_frost_dir(args.frost_dir) if args.frost_dir else None
-      store.check_stop()
-      folder = args.out
-      paths = build(args.out, source.images[:n], source.labels[:n], args.format, args.seed, names,
-                    frost_textures=frost_textures, overwrite=args.overwrite, limit=args.limit,
-                    split=args.split)
-    except store.Interrupted as e:
-      where = (f'; complete files are kept in {folder} (nothing partial): run the same command '
-               'again to finish') if folder else ''
-      print(f'error: {e}{where}', file=sys.stderr, flush=True)
-      return 128 + e.signum
-    except Exception as e:  # pylint: disable=broad-except
-      message = errors.user_message(e)
-      if message is None:
-        raise  # A bug keeps its traceback.
-      print(f'error: {message}', file=sys.stderr, flush=True)
-      return 1
-  print(f'done: {len(paths)} files in {args.out}', flush=True)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
