@@ -159,3 +159,36 @@ def test_validation_counts_every_image_once_whatever_the_batch_size():
   assert m64['count'] == m20['count'] == 100
   np.testing.assert_allclose(p64, p20, rtol=1e-5, atol=1e-5)  # Other shapes: other summation order.
   np.testing.assert_allclose(m64['loss'], m20['loss'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('ema', [0.0, 0.9])
+def test_the_flat_step_the_loop_uses_equals_the_step_over_the_train_state(ema):
+  """compile_flat_train_step (the loop's: the state as a flat list between steps) gives the
+  state and metrics of compile_train_step exactly, with and without the EMA's extra fields."""
+  from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import state as state_lib  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 8, 10
+  c.augment.mixup_alpha, c.augment.policy, c.ema.decay = 0.4, 'autoaugment_cifar10', ema
+  c.optim.name = 'adamw'
+  mesh = parallel.make_mesh()
+  tx, schedule = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
+  state, graphdef = state_lib.init_state(c, tx, mesh)
+  assert (state.ema_params is None) == (ema == 0.0)
+  treedef = jax.tree.structure(state)
+  tree_step = trainer.compile_train_step(c, graphdef, tx, schedule, mesh)
+  flat_step = trainer.compile_flat_train_step(c, graphdef, tx, schedule, mesh, treedef)
+  rng = np.random.default_rng(0)
+  leaves = [x.copy() for x in jax.tree.leaves(state)]  # Both steps donate their state.
+  for _ in range(2):
+    batch = parallel.to_global({'image': rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+                                'label': rng.integers(0, 10, 16).astype(np.int32)},
+                               parallel.batch_sharded(mesh))
+    state, metrics = tree_step(state, batch)
+    leaves, flat_metrics = flat_step(leaves, batch)
+    assert jax.tree.structure(jax.tree.unflatten(treedef, leaves)) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(state), leaves, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert {k: float(v) for k, v in metrics.items()} == {k: float(v)
+                                                       for k, v in flat_metrics.items()}
+  assert int(jax.tree.unflatten(treedef, leaves).step) == 2
