@@ -1,5 +1,5 @@
 """scripts/gpu_ood.py, the GPU proof of configs/ood_best.py, run end to end on the CPU at a tiny
-size: it trains, builds both OOD sets with jax_cifar.corrupt, evaluates the chosen test-time
+size: it trains, builds the OOD sets (validation, test, full) with jax_cifar.corrupt, evaluates the chosen test-time
 tools in order, and writes a JSON whose numbers add up, a plot and a full-size-layout submission."""
 
 import importlib.util
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jax_cifar import tracking
+from jax_cifar.data import cifar100
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'scripts' / 'gpu_ood.py'), '--data', str(tmp_path / 'data'),
        '--weights', '', '--work', str(work), '--small', '--procs', '2', '--full_set',
-       '--tools', 'none,tent', '--set', 'model.name=resnet18'],
+       '--tools', 'none,flip', '--set', 'model.name=resnet18'],
       capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   result = json.loads((work / 'gpu_ood.json').read_text())
@@ -58,7 +59,7 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   for row in result['eval'].values():
     assert (row['step'], row['weights']) == (result['step'], result['weights'])
   # --tools' order, each on the validation set, then the test set; then the full set.
-  assert list(result['eval']) == ['none@val', 'none', 'tent@val', 'tent', 'none@full']
+  assert list(result['eval']) == ['none@val', 'none', 'flip@val', 'flip', 'none@full']
   for name, row in result['eval'].items():
     assert 0 <= row['ood_accuracy'] <= 1 and 0 <= row['test_accuracy'] <= 1, (name, row)
     assert len(row['ood_per_severity']) == 5 and len(row['ood_per_distortion']) == 19
@@ -66,29 +67,39 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
     assert np.mean(row['ood_per_severity']) == pytest.approx(row['ood_accuracy'])
     assert np.mean(list(row['ood_per_distortion'].values())) == pytest.approx(row['ood_accuracy'])
   assert result['eval']['none@full']['submission_rows'] == 19 * 5 * 20  # --small: 20 per chunk
-  test_y = np.arange(100) % 100
-  for folder, n in (('ood', 10), ('ood_val', 10), ('ood_full', 20)):
+  # The test sets hold the first test images; the validation set the trainer's hold-out.
+  train_y = np.arange(600) % 100
+  val_y = train_y[cifar100.stratified_split(train_y, 0.1, 0)[1]]
+  for folder, n, first in (('ood', 10, np.arange(100) % 100), ('ood_val', 10, val_y),
+                           ('ood_full', 20, np.arange(100) % 100)):
     files = sorted((work / folder / 'all').glob('distortion*.npy'))
     assert len(files) == 19
     assert np.load(files[0], mmap_mode='r').shape == (5 * n, 32, 32, 3)
     labels = np.load(work / folder / 'all' / 'labels.npy')
     assert labels.shape == (5 * n,)
-    # The test sets hold the first test images; the validation set holds other images.
-    assert (labels[:n] == test_y[:n]).all() == (folder != 'ood_val')
-  for name in ('none', 'tent'):  # Same weights and clean splits; other OOD images.
+    np.testing.assert_array_equal(labels, np.tile(first[:n], 5))  # Severity blocks of n.
+  assert not np.array_equal(val_y[:10], np.arange(10))  # So the two sets' labels differ.
+  for name in ('none', 'flip'):  # Same weights and clean splits; other OOD images.
     val, test = result['eval'][f'{name}@val'], result['eval'][name]
     assert (val['val_accuracy'], val['test_accuracy']) == (test['val_accuracy'],
                                                           test['test_accuracy'])
   assert (work / 'gpu_ood_severity.png').stat().st_size > 10_000
-  assert '| tent |' in proc.stdout  # The table.
+  assert '| flip@val |' in proc.stdout  # The table.
 
 
-def test_unknown_tool_is_refused_before_anything_runs(tmp_path):
+@pytest.mark.parametrize('args, message', [
+    (['--tools', 'none,shift'], "unknown --tools ['shift']"),
+    (['--ood_splits', 'val,tset'], "--ood_splits 'val,tset': one or both of val,test"),
+    (['--ood_splits', ','], "--ood_splits ',': one or both of val,test"),
+    # The validation OOD set is made from the default hold-out, so the run must train with it.
+    (['--set', 'data.val_fraction=0.2'], '--set data.val_fraction/data.split_seed'),
+])
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message):
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'scripts' / 'gpu_ood.py'), '--data', str(tmp_path), '--weights',
-       '', '--work', str(tmp_path / 'w'), '--tools', 'none,shift'],
+       '', '--work', str(tmp_path / 'w'), *args],
       capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 2 and "unknown --tools ['shift']" in proc.stderr
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
   assert not (tmp_path / 'w').exists()
 
 
