@@ -1,6 +1,7 @@
 """scripts/gpu_ood.py, the GPU proof of configs/ood_best.py, run end to end on the CPU at a tiny
-size: it trains, builds the OOD sets (validation, test, full) with jax_cifar.corrupt, evaluates the chosen test-time
-tools in order, and writes a JSON whose numbers add up, a plot and a full-size-layout submission."""
+size: it trains, builds the OOD sets (validation, test, full) with jax_cifar.corrupt, evaluates
+the chosen test-time tools in order, and writes a JSON whose numbers add up, a plot and a
+full-size-layout submission."""
 
 import importlib.util
 import json
