@@ -20,8 +20,8 @@ the same but for noise/blur (one seed each). Noise/blur lifted that set from 64.
 without test-time tools and from 73.0 to 74.8 % with --tta shifts --bn_adapt, for 1.2 points of
 clean validation accuracy (83.8 -> 82.6). Reported once on the same-sized set made from test
 images: 64.4 -> 70.8 % and 72.6 -> 73.8 %; clean test 83.6 -> 82.7 %. The gains are in the noises
-(Gaussian noise 44 -> 72 % without tools) and glass blur (11 -> 24 %); colour and contrast
-corruptions lose 0-3 points. The full 30 epochs of this config with noise/blur are not measured
+(Gaussian noise 44 -> 72 % without tools) and glass blur (11 -> 24 %); contrast, brightness,
+saturation and spatter lose 0.7-3.3 points. The full 30 epochs of this config with noise/blur are not measured
 yet. Without them (the earlier recipe), 30 epochs in 420 s gave clean test 84.2 %, that test OOD
 set 65.2 %, --tta shifts 85.7 / 67.0 %, --bn_adapt 83.2 / 71.7 %, both 84.7 / 73.9 % (raw weights
 of `best`, step 7,371).
