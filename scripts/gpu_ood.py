@@ -11,7 +11,8 @@ the full 950,000-image set (the Kaggle-sized submission and its img/s). Rows are
 TOOL (test set), TOOL@val (validation set) and none@full.
 
 Two runs may share one GPU (--ood_from: a second run waits for the first run's OOD sets instead
-of making its own; XLA_PYTHON_CLIENT_MEM_FRACTION splits the memory).
+of making its own; XLA_PYTHON_CLIENT_MEM_FRACTION splits the memory); scripts/gpu_pair.sh starts
+such a pair.
 
 Deadlines, in seconds from this script's start: training gets SIGTERM at --train_deadline_s (it
 saves a checkpoint and exits; the steps it reached are reported), and no evaluation starts that
