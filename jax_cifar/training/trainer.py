@@ -220,7 +220,10 @@ def _train(config, workdir: pathlib.Path) -> dict:
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   leaves = jax.tree.leaves(state)  # The state between steps (compile_flat_train_step).
   del state
-  current = lambda: jax.tree.unflatten(treedef, leaves)  # The TrainState, to log, validate, save.
+
+  def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
+    return jax.tree.unflatten(treedef, leaves)
+
   try:
     for step in range(start_step + 1, last_step + 1):
       leaves, metrics = train_step_fn(leaves, next(batches))
