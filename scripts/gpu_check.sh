@@ -136,7 +136,7 @@ if [ "$SMALL" = 1 ]; then
     --models configs/ood_best.py,resnet18:imagenet:8 --image_size 32 --batch 8 \
     --dtypes float32 --out "$WORK/bench_ood_step.json"
 else
-  part ood_input "${T_OOD_INPUT:-120}" $PY scripts/profile_input.py $OODCFG \
+  part ood_input "${T_OOD_INPUT:-180}" $PY scripts/profile_input.py $OODCFG \
     --config.data.synthetic_size=40000 --steps 300
   part ood_step "${T_OOD_STEP:-150}" $BENCH --frameworks jax \
     --models configs/ood_best.py,resnet50:imagenet --image_size 128 --batch 128 \

@@ -62,9 +62,9 @@ def compile_flat_train_step(config, graphdef, tx, schedule, mesh, treedef):
 
   The training loop keeps the state flat between steps: handing jit the TrainState itself makes
   every call flatten it, compare its nnx.State structure with the cached one and rebuild the
-  output state, host work that took 15-20 ms per step on a 2-core CPU for ResNet-50 + AdamW + EMA
-  against 7 ms for the list (docs/benchmarks.md). The loop rebuilds the state only to log,
-  validate or save."""
+  output state: one call took 11.7 ms to return on a 2-core CPU for ResNet-50 + AdamW + EMA, 4.9
+  ms over the list (scripts/profile_input.py, docs/benchmarks.md). The loop rebuilds the state
+  only to log, validate or save."""
   step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config)
 
   def flat_step(leaves, batch):
