@@ -11,7 +11,7 @@ A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, 
 from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`)
 takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above. Without
 --image_size a config keeps its own size (224 for configs/resnet152.py). The JAX step is the
-trainer's own (`state.init_state` + `trainer.compile_flat_train_step`: on-device crop/flip, resize,
+trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop/flip, resize,
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the

@@ -1,6 +1,6 @@
 """The trainer's own JAX train step, compiled for a config and timed, or only analysed.
 
-`state.init_state` + `trainer.compile_flat_train_step` on a synthetic uint8 batch (on-device
+`state.init_state` + `trainer.compile_train_step` on a synthetic uint8 batch (on-device
 augmentation is part of the step); scripts/benchmark.py drives it.
 """
 
@@ -93,9 +93,9 @@ def compile_jax(config, compiler_options: dict | None = None, abstract: bool = F
     data = parallel.to_global(host, parallel.batch_sharded(mesh))
   init_s = time.perf_counter() - t0
   # The trainer's step: the state as a flat list of arrays between steps (its host time per
-  # step is the trainer's; see trainer.compile_flat_train_step).
+  # step is the trainer's; see trainer.compile_train_step).
   treedef = jax.tree.structure(state)
-  step = trainer.compile_flat_train_step(config, graphdef, tx, schedule, mesh, treedef)
+  step = trainer.compile_train_step(config, graphdef, tx, schedule, mesh, treedef)
   state = jax.tree.leaves(state)
   t0 = time.perf_counter()
   lowered = step.lower(state, data)

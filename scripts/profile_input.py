@@ -65,7 +65,7 @@ def profile(config, steps: int) -> dict:
   state, graphdef = state_lib.init_state(config, tx, mesh)
   treedef = jax.tree.structure(state)
   tree_step = trainer.compile_train_step(config, graphdef, tx, schedule, mesh)
-  train_step_fn = trainer.compile_flat_train_step(config, graphdef, tx, schedule, mesh, treedef)
+  train_step_fn = trainer.compile_train_step(config, graphdef, tx, schedule, mesh, treedef)
   # Compile and warm up outside the timings.
   first = next(_batches(config, split, 1, mesh))
   state, metrics = tree_step(state, first)

@@ -163,8 +163,8 @@ def test_validation_counts_every_image_once_whatever_the_batch_size():
 
 @pytest.mark.parametrize('ema', [0.0, 0.9])
 def test_the_flat_step_the_loop_uses_equals_the_step_over_the_train_state(ema):
-  """compile_flat_train_step (the loop's: the state as a flat list between steps) gives the
-  state and metrics of compile_train_step exactly, with and without the EMA's extra fields."""
+  """compile_train_step with a treedef (the loop's: the state as a flat list between steps) gives
+  the state and metrics of the step over the TrainState exactly, with and without the EMA."""
   from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import state as state_lib  # pylint: disable=g-import-not-at-top
   c = default.get_config()
@@ -177,7 +177,7 @@ def test_the_flat_step_the_loop_uses_equals_the_step_over_the_train_state(ema):
   assert (state.ema_params is None) == (ema == 0.0)
   treedef = jax.tree.structure(state)
   tree_step = trainer.compile_train_step(c, graphdef, tx, schedule, mesh)
-  flat_step = trainer.compile_flat_train_step(c, graphdef, tx, schedule, mesh, treedef)
+  flat_step = trainer.compile_train_step(c, graphdef, tx, schedule, mesh, treedef)
   rng = np.random.default_rng(0)
   leaves = [x.copy() for x in jax.tree.leaves(state)]  # Both steps donate their state.
   for _ in range(2):

@@ -21,10 +21,10 @@ without test-time tools and from 73.0 to 74.8 % with --tta shifts --bn_adapt, fo
 clean validation accuracy (83.8 -> 82.6). Reported once on the same-sized set made from test
 images: 64.4 -> 70.8 % and 72.6 -> 73.8 %; clean test 83.6 -> 82.7 %. The gains are in the noises
 (Gaussian noise 44 -> 72 % without tools) and glass blur (11 -> 24 %); contrast, brightness,
-saturation and spatter lose 0.7-3.3 points. The full 30 epochs of this config with noise/blur are not measured
-yet. Without them (the earlier recipe), 30 epochs in 420 s gave clean test 84.2 %, that test OOD
-set 65.2 %, --tta shifts 85.7 / 67.0 %, --bn_adapt 83.2 / 71.7 %, both 84.7 / 73.9 % (raw weights
-of `best`, step 7,371).
+saturation and spatter lose 0.7-3.3 points. The full 30 epochs of this config with noise/blur
+are not measured yet. Without them (the earlier recipe), 30 epochs in 420 s gave clean test
+84.2 %, that test OOD set 65.2 %, --tta shifts 85.7 / 67.0 %, --bn_adapt 83.2 / 71.7 %, both
+84.7 / 73.9 % (raw weights of `best`, step 7,371).
 
 `best` is picked by the EMA's validation accuracy. --weights auto then evaluates the EMA or the
 raw weights, whichever had the higher validation accuracy at that checkpoint's step (decided on
@@ -36,8 +36,8 @@ Jensen-Shannon loss at the same compute (3 views per image) by 6.2 points valida
 test and 4.4 OOD (two seeds each; each of its seeds above each JSD seed); plain AugMix and colour
 jitter + blur + noise did not beat the report recipe in runs that short (noise and blur without
 the jitter did at 15 epochs on the GPU, above), and the EMA cost 0.7 points there (it is kept
-for runs this long, where it usually pays; check val_accuracy_ema). At test time, flip averaging added
-1.9 OOD points and 3.2 clean, shifts 6.4 OOD and 7.2 clean, --bn_adapt 5.1 OOD and 2.9 clean,
+for runs this long, where it usually pays; check val_accuracy_ema). At test time, flip averaging
+added 1.9 OOD points and 3.2 clean, shifts 6.4 OOD and 7.2 clean, --bn_adapt 5.1 OOD and 2.9 clean,
 shifts + --bn_adapt 10.2 OOD and 7.8 clean (one seed). So the compute goes into epochs:
 30 here, the forward/backward work of the former AugMix + JSD recipe's 10.
 On a CPU pass e.g. --config.model.image_size=32 --config.model.dtype=float32.

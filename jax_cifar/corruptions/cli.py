@@ -1,5 +1,6 @@
 """`python -m jax_cifar.corrupt`: labelled OOD data, the 19 CIFAR-C corruptions x 5 severities of
-the CIFAR-100 test split (or of the validation hold-out), written by jax_cifar/corruptions/corrupt.py.
+the CIFAR-100 test split (or of the validation hold-out), written by
+jax_cifar/corruptions/corrupt.py.
 
   python -m jax_cifar.corrupt --out D [--format ds542|cifar100c] [--limit N] [--data_dir DIR]
                                [--corruptions a,b] [--seed S] [--frost_dir DIR] [--overwrite]
@@ -121,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
       return 1
   print(f'done: {len(paths)} files in {args.out}', flush=True)
   return 0
-
 
 
 if __name__ == '__main__':

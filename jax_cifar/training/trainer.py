@@ -44,36 +44,29 @@ def dtype_note(dtype: str, backend: str) -> str | None:
   return None
 
 
-def compile_train_step(config, graphdef, tx, schedule, mesh):
-  """The jit-compiled train step with explicit shardings; the train state is donated."""
+def compile_train_step(config, graphdef, tx, schedule, mesh, treedef=None):
+  """The jit-compiled train step with explicit shardings; the train state is donated.
+
+  With `treedef` (jax.tree.structure of the TrainState), the state goes in and out as the flat
+  list of its arrays, (leaves, batch) -> (leaves, metrics), and is rebuilt inside the trace. The
+  training loop keeps it that way between steps: handing jit the TrainState itself makes every
+  call flatten it, compare its nnx.State structure with the cached one and rebuild the output
+  state. One call took 11.7 ms to return on a 2-core CPU for ResNet-50 + AdamW + EMA, 4.9 ms
+  over the list (scripts/profile_input.py, docs/benchmarks.md)."""
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   if config.model.get('scan_blocks') and jax.default_backend() == 'cpu':
     logging.warning('model.scan_blocks on XLA:CPU: the scanned backward pass ran ~10x slower '
                     'than the unrolled one (docs/benchmarks.md); it is meant for GPU/TPU.')
-  return jax.jit(
-      functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config),
-      in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
-      compiler_options=parallel.step_compiler_options(config.model.dtype))
-
-
-def compile_flat_train_step(config, graphdef, tx, schedule, mesh, treedef):
-  """compile_train_step over the state's arrays as a flat list, (leaves, batch) -> (leaves,
-  metrics); `treedef` (jax.tree.structure of the TrainState) rebuilds the state inside the trace.
-
-  The training loop keeps the state flat between steps: handing jit the TrainState itself makes
-  every call flatten it, compare its nnx.State structure with the cached one and rebuild the
-  output state: one call took 11.7 ms to return on a 2-core CPU for ResNet-50 + AdamW + EMA, 4.9
-  ms over the list (scripts/profile_input.py, docs/benchmarks.md). The loop rebuilds the state
-  only to log, validate or save."""
   step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config)
+  if treedef is not None:
+    tree_step = step
 
-  def flat_step(leaves, batch):
-    state, metrics = step(jax.tree.unflatten(treedef, leaves), batch)
-    return jax.tree.leaves(state), metrics
+    def step(leaves, batch):
+      state, metrics = tree_step(jax.tree.unflatten(treedef, leaves), batch)
+      return jax.tree.leaves(state), metrics
 
-  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  return jax.jit(flat_step, in_shardings=(repl, data), out_shardings=(repl, repl),
-                 donate_argnums=0, compiler_options=parallel.step_compiler_options(config.model.dtype))
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
+                 compiler_options=parallel.step_compiler_options(config.model.dtype))
 
 
 def make_validator(config, graphdef, mesh) -> inference.Predictor:
@@ -207,7 +200,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   if note := dtype_note(config.model.dtype, jax.default_backend()):
     tracking.say(note)
   treedef = jax.tree.structure(state)
-  train_step_fn = compile_flat_train_step(config, graphdef, tx, schedule, mesh, treedef)
+  train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, treedef)
   validator = make_validator(config, graphdef, mesh)
 
   writer = tracking.MetricsWriter(workdir, config, resume_step=start_step)
@@ -218,7 +211,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
   stop = _install_signal_handlers()
   bar = tracking.progress_bar(last_step, start_step)
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
-  leaves = jax.tree.leaves(state)  # The state between steps (compile_flat_train_step).
+  leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
   del state
 
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
