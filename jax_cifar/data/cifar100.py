@@ -6,12 +6,10 @@ happen later, on the accelerator.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import os
 import pathlib
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jax_cifar import errors
+from jax_cifar.data import safe_pickle
 
 CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
 CIFAR100_MD5 = 'eb9058c3a382ffc7106e4002c42a8d85'
@@ -54,50 +53,6 @@ class Split:
     return Split(self.images[indices], self.labels[indices], coarse)
 
 
-# ------------------------------------------------------------------ restricted unpickling
-
-try:  # numpy >= 2
-  from numpy._core import multiarray as _multiarray
-except ImportError:  # pragma: no cover - numpy 1.x
-  from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
-
-
-class _DisallowedGlobal(pickle.UnpicklingError):
-  """A global or argument outside the allow-list: refused before anything runs."""
-
-
-def _latin1_encode(text: str, encoding: str = 'latin1') -> bytes:
-  """What Python 3 protocol-2 pickles use to store bytes; only the latin1 codec is allowed."""
-  if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
-    raise _DisallowedGlobal(f'disallowed _codecs.encode(..., {encoding!r})')
-  return codecs.encode(text, 'latin1')
-
-
-# Exactly the constructors that numpy arrays in the official (py2) and re-saved (py3) files need.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,
-    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,
-    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('_codecs', 'encode'): _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Refuses every global outside the allow-list, so a crafted file cannot run code."""
-
-  def find_class(self, module: str, name: str) -> Any:
-    try:
-      return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
-      raise _DisallowedGlobal(f'disallowed global {module}.{name}') from None
-
-  def persistent_load(self, pid: Any) -> Any:
-    raise _DisallowedGlobal('disallowed persistent id')
-
-
 def _to_str(value: Any) -> Any:
   if isinstance(value, bytes):
     return value.decode('latin1')
@@ -111,10 +66,10 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
   path = pathlib.Path(path)
   try:
     with open(path, 'rb') as f:
-      obj = _RestrictedUnpickler(f, encoding=encoding).load()
+      obj = safe_pickle.load(f, encoding=encoding)
   except FileNotFoundError:
     raise DataError(f'{path}: file not found') from None
-  except _DisallowedGlobal as e:
+  except safe_pickle.DisallowedGlobal as e:
     raise DataError(f'{path}: refused unsafe pickle ({e})') from None
   except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
     raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
