@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import sys
 from typing import Any
 
@@ -45,6 +46,7 @@ def _sibling(name: str):
 
 
 batch_fit = _sibling('batch_fit')
+hostinfo = _sibling('hostinfo')
 bench_jax, is_oom = _sibling('jax_step').bench_jax, _sibling('jax_step').is_oom
 bench_torch, torch_model = _sibling('torch_step').bench_torch, _sibling('torch_step').torch_model
 
@@ -117,14 +119,15 @@ def _on_off(value: str) -> bool | None:
   return {'on': True, 'off': False}.get(value)  # 'config': the config's own choice
 
 
-def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
+def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: bool = True) -> dict:
   config = make_config(spec, batch, dtype, size, scan_blocks=_on_off(args.scan_blocks))
   row: dict[str, Any] = {'model': spec, 'arch': config.model.name, 'stem': config.model.stem,
                          'width': config.model.width, 'batch': batch, 'dtype': dtype,
                          'image_size': size, 'scan_blocks': bool(config.model.scan_blocks)}
   frameworks = _csv(args.frameworks)
-  # PyTorch first: JAX's allocator keeps what it took, torch's cache is emptied after each run.
-  for fw in sorted(frameworks, key=lambda f: f != 'torch'):
+  # PyTorch first: JAX's allocator keeps what it took, torch's cache is emptied after each run
+  # (--repeat alternates the order on the CPU, where neither keeps memory).
+  for fw in sorted(frameworks, key=lambda f: (f != 'torch') == torch_first):
     try:
       if fw == 'torch':
         row['torch'] = bench_torch(config, args.steps, args.warmup, args.torch_compile)
@@ -140,6 +143,39 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args) -> dict:
   jx, pt = row.get('jax', {}), row.get('torch', {})
   if 'img_s' in jx and 'img_s' in pt:
     row['jax_over_torch'] = jx['img_s'] / pt['img_s']
+  return row
+
+
+def run_repeated(spec: str, batch: int, dtype: str, size: int, args) -> dict:
+  """run_one --repeat times, alternating which framework goes first (on a GPU PyTorch always
+  goes first). img/s and jax/torch are medians over the repeats (the ratio: of each repeat's own
+  ratio, the two measured minutes apart); every repeat's numbers are kept in `*_runs`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  alternate = jax.default_backend() == 'cpu'
+  runs = [run_one(spec, batch, dtype, size, args, torch_first=not (alternate and i % 2))
+          for i in range(args.repeat)]
+  return runs[0] if len(runs) == 1 else combine_runs(runs)
+
+
+def combine_runs(runs: list[dict]) -> dict:
+  """One row from repeats of the same measurement; a framework that failed in any repeat keeps
+  that repeat's error."""
+  row = dict(runs[-1])
+  for fw in ('jax', 'torch'):
+    results = [r[fw] for r in runs if fw in r]
+    failed = [res for res in results if 'img_s' not in res]
+    if not results or failed:
+      if failed:
+        row[fw] = failed[0]
+      continue
+    speeds = [res['img_s'] for res in results]
+    row[fw] = {**row[fw], 'img_s': statistics.median(speeds), 'img_s_runs': speeds,
+               'step_ms': 1e3 * row['batch'] / statistics.median(speeds)}
+  ratios = [r['jax_over_torch'] for r in runs if 'jax_over_torch' in r]
+  row.pop('jax_over_torch', None)
+  if ratios and len(ratios) == len(runs):
+    row['jax_over_torch'], row['jax_over_torch_runs'] = statistics.median(ratios), ratios
+  row['repeats'] = len(runs)
   return row
 
 
@@ -209,7 +245,8 @@ def environment(with_torch: bool = True) -> dict:
   env = {'jax': jax.__version__, 'backend': jax.default_backend(),
          'device': str(jax.devices()[0].device_kind), 'device_count': jax.device_count(),
          'python': platform.python_version(), 'host': platform.node(),
-         'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''), 'cpu_count': os.cpu_count()}
+         'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''), 'cpu_count': os.cpu_count(),
+         'machine': hostinfo.machine()}  # CPU model and ISA: XLA:CPU's speed depends on them.
   try:
     env['loadavg'] = os.getloadavg()
   except OSError:
@@ -244,6 +281,11 @@ def table(rows: list[dict]) -> str:
         f'{_fmt(jx.get("mfu") and 100 * jx["mfu"], ".1f"):>5} {_fmt(jx.get("compile_s")):>13} '
         f'{_fmt(mem and mem / 2**30, ".2f"):>11} '
         f'{_fmt(pt.get("peak_bytes") and pt["peak_bytes"] / 2**30, ".2f"):>13}')
+    if r.get('repeats', 1) > 1:  # The spread the medians above hide.
+      span = lambda v, f='.1f': '-' if not v else f'{min(v):{f}}-{max(v):{f}}'  # pylint: disable=unnecessary-lambda-assignment
+      lines.append(f'    {r["repeats"]} repeats: jax {span(jx.get("img_s_runs"))} img/s, torch '
+                   f'{span(pt.get("img_s_runs"))} img/s, jax/torch '
+                   f'{span(r.get("jax_over_torch_runs"), ".2f")}')
     for fw, res in (('jax', jx), ('torch', pt)):
       if 'error' in res:
         lines.append(f'    {fw} error: {res["error"]}')
@@ -267,6 +309,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='comma list of model input sizes (default: the config\'s, 32 for bare ResNets)')
   p.add_argument('--frameworks', default='jax,torch', help='comma list: jax,torch')
   p.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  p.add_argument('--repeat', type=int, default=1,
+                 help='measure each row this many times (fresh compile each), alternating which '
+                      'framework goes first on a CPU; the medians are reported with their range')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--torch_compile', default='auto', choices=('auto', 'on', 'off'),
                  help='torch.compile the model: auto = on GPU only')
@@ -304,6 +349,8 @@ def main(argv=None) -> int:
   if args.find_batch_size and args.analysis_only and not args.mem_cap_gb:
     raise SystemExit('error: --find_batch_size --analysis_only needs --mem_cap_gb (nothing runs '
                      'out of memory when nothing runs)')
+  if args.repeat < 1:
+    raise SystemExit(f'error: --repeat must be at least 1, got {args.repeat}')
   import jax  # pylint: disable=import-outside-toplevel
   if args.cache_dir:
     from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
@@ -314,6 +361,8 @@ def main(argv=None) -> int:
   with_torch = 'torch' in _csv(args.frameworks) and not args.find_batch_size
   result: dict[str, Any] = {'environment': environment(with_torch), 'args': vars(args), 'rows': [],
                             'find_batch_size': []}
+  print(f'machine: {hostinfo.describe(result["environment"]["machine"])}; '
+        f'{jax.default_backend()} device: {result["environment"]["device"]}', flush=True)
   sizes, dtypes = _csv(args.image_size, int), _csv(args.dtypes)
   for spec in _csv(args.models):
     for size in sizes or [recipe_config(spec, 32).model.image_size]:
@@ -328,7 +377,7 @@ def main(argv=None) -> int:
           _write(args.out, result)
           continue
         for batch in _csv(args.batch, int):
-          row = run_one(spec, batch, dtype, size, args)
+          row = run_repeated(spec, batch, dtype, size, args)
           result['rows'].append(row)
           print('\n'.join(table([row]).splitlines()[2:]), flush=True)
           _write(args.out, result)  # after every row: a run cut short keeps what it measured

@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'scripts'))
+from hostinfo import machine  # noqa: E402  pylint: disable=wrong-import-position
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
           'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
@@ -64,22 +65,6 @@ TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
 
 def log(msg: str) -> None:
   print(f'[{datetime.datetime.now():%H:%M:%S}] {msg}', flush=True)
-
-
-def machine() -> dict:
-  """CPU model, the instruction-set flags that change XLA:CPU's numerics and speed, date, load."""
-  info = {'date': datetime.date.today().isoformat(), 'cores': os.cpu_count(),
-          'platform': platform.platform(), 'python': platform.python_version()}
-  try:
-    text = pathlib.Path('/proc/cpuinfo').read_text()
-    info['cpu'] = next(l.split(':', 1)[1].strip() for l in text.splitlines()
-                       if l.startswith('model name'))
-    flags = set(next(l for l in text.splitlines() if l.startswith('flags')).split())
-    info['isa'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
-    info['load_average'] = os.getloadavg()
-  except (OSError, StopIteration):
-    pass
-  return info
 
 
 def overrides(args, run: str, seed: int) -> list[str]:

@@ -26,7 +26,10 @@ def test_tiny_run_writes_json_with_both_frameworks_and_ratio(tmp_path):
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
-  assert {'jax', 'backend', 'device', 'torch'} <= set(result['environment'])
+  assert {'jax', 'backend', 'device', 'torch', 'machine'} <= set(result['environment'])
+  if pathlib.Path('/proc/cpuinfo').exists():  # The instruction set is named (XLA:CPU depends on it).
+    isa = result['environment']['machine']['isa']
+    assert isa is not None and ('ISA ' + ' '.join(isa)) in proc.stdout.splitlines()[0]
   (row,) = result['rows']
   assert (row['arch'], row['stem'], row['width'], row['batch'], row['dtype'], row['image_size']) == (
       'resnet18', 'cifar', 4, 8, 'float32', 32)
@@ -249,3 +252,57 @@ def test_lowered_step_flops_count_the_convolutions():
   assert info['flops_source'] == 'lowered'
   forward = 2 * 1.82e9 * (64 / 224) ** 2
   assert 2 < info['step_flops'] / 8 / forward < 3.5, info['step_flops']
+
+
+CPUINFO = """processor\t: 0
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 rdrand
+processor\t: 1
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 rdrand
+"""
+
+
+def test_machine_names_the_cpu_and_its_instruction_set():
+  hostinfo = benchmark.hostinfo
+  info = hostinfo.machine(CPUINFO)
+  assert (info['cpu'], info['isa']) == ('Some CPU 9000', ['avx2', 'avx512f', 'avx512_bf16'])
+  line = hostinfo.describe(info)
+  assert line.startswith('Some CPU 9000, ') and 'ISA avx2 avx512f avx512_bf16' in line
+  avx2_only = hostinfo.machine(CPUINFO.replace(' avx512f avx512bw avx512_bf16', ''))
+  assert avx2_only['isa'] == ['avx2'] and 'ISA avx2,' in hostinfo.describe(avx2_only) + ','
+  none = hostinfo.machine('model name\t: Old\nflags\t\t: fpu sse2\n')
+  assert 'ISA none of avx2/' in hostinfo.describe(none)
+  assert 'ISA unknown' in hostinfo.describe(hostinfo.machine(''))  # not Linux: nothing to read
+
+
+def _run(jax_img_s, torch_img_s):
+  row = {'model': 'smoke', 'batch': 128, 'dtype': 'float32', 'image_size': 32,
+         'jax': {'img_s': jax_img_s, 'compile_s': 6.0}, 'torch': {'img_s': torch_img_s}}
+  row['jax_over_torch'] = jax_img_s / torch_img_s
+  return row
+
+
+def test_repeats_report_medians_their_range_and_any_error():
+  runs = [_run(800, 1000), _run(700, 1400), _run(900, 1000)]
+  row = benchmark.combine_runs(runs)
+  assert row['repeats'] == 3
+  assert (row['jax']['img_s'], row['torch']['img_s']) == (800, 1000)
+  assert row['jax']['img_s_runs'] == [800, 700, 900]
+  assert row['jax']['step_ms'] == pytest.approx(1e3 * 128 / 800)
+  assert row['jax_over_torch'] == pytest.approx(0.8)  # the median of each repeat's own ratio
+  assert row['jax_over_torch_runs'] == pytest.approx([0.8, 0.5, 0.9])
+  lines = benchmark.table([row]).splitlines()
+  assert '3 repeats: jax 700.0-900.0 img/s, torch 1000.0-1400.0 img/s, jax/torch 0.50-0.90' in lines[-1]
+  failed = _run(850, 1000)
+  failed['torch'] = {'error': 'RuntimeError: out of memory', 'oom': True}
+  del failed['jax_over_torch']
+  row = benchmark.combine_runs([_run(800, 1000), failed])
+  assert row['torch'] == failed['torch'] and 'jax_over_torch' not in row
+  assert row['jax']['img_s'] == pytest.approx(825)
+  assert 'torch error: RuntimeError: out of memory' in benchmark.table([row])
+
+
+def test_repeat_must_be_positive():
+  with pytest.raises(SystemExit, match='--repeat must be at least 1'):
+    benchmark.main(['--repeat', '0'])
