@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="model specs of scripts/benchmark.py to time the full train step for ('' = none)")
   args = parser.parse_args(argv)
   device = jax.devices()[0]
+  import hostinfo  # pylint: disable=g-import-not-at-top  (scripts/, beside this file)
+  machine = hostinfo.machine()
+  print(f'machine: {hostinfo.describe(machine)}')
   print(f'device: {device.platform} {device.device_kind} x{jax.device_count()}, '
         f'batch {args.batch_size}, 32x32, median of {args.runs} runs')
   results = {}
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
       train[spec] = r.get('img_s')
       print(f'train step {spec:11s} {train[spec] or 0:12,.0f} img/s   (whole step: augmentation, '
             f'forward, backward, update)')
-  print(json.dumps({'device': device.device_kind, 'batch_size': args.batch_size,
+  print(json.dumps({'device': device.device_kind, 'machine': machine, 'batch_size': args.batch_size,
                     **{p: round(r['images_per_sec'], 1) for p, r in results.items()},
                     **{f'train_step_{m}': v and round(v, 1) for m, v in train.items()}}))
 

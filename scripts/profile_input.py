@@ -112,8 +112,9 @@ def profile(config, steps: int) -> dict:
 def main(argv):
   del argv
   parallel.enable_compilation_cache()
-  result = profile(FLAGS.config, FLAGS.steps)
-  print(f"{'path':<12}{'img/s':>10}\n"
+  import hostinfo  # pylint: disable=g-import-not-at-top  (scripts/, beside this file)
+  result = {**profile(FLAGS.config, FLAGS.steps), 'machine': hostinfo.machine()}
+  print(f"machine: {hostinfo.describe(result['machine'])}\n{'path':<12}{'img/s':>10}\n"
         f"{'input only':<12}{result['input_only_img_s']:>10.0f}\n"
         f"{'step only':<12}{result['step_only_img_s']:>10.0f}\n"
         f"{'together':<12}{result['together_img_s']:>10.0f}\n"
