@@ -57,7 +57,7 @@ from jax_cifar import checkpoints, cli, config_validation, errors, interrupt
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel
-from jax_cifar.evaluation import report, submission, tta
+from jax_cifar.evaluation import figures, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -125,7 +125,7 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
     scalars['superclass_accuracy'] = float(np.mean(class_to_coarse[pred] == split.coarse_labels))
   if figure is not None and jax.process_index() == 0:
     cm = metrics_lib.confusion_matrix(pred, labels, num_classes)
-    report.plot_confusion(cm, figure, f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
+    figures.plot_confusion(cm, figure, f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
                           class_to_coarse, coarse_names)
   return scalars, details
 
@@ -177,7 +177,7 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
     table[name] = ood.severity_accuracy(pred, labels)
     del images
-  means = report.corruption_means(table)
+  means = figures.corruption_means(table)
   result = {'cifar100c_mean_accuracy_all': means['all'],
             'cifar100c_num_corruptions': means['num_all'],
             'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
@@ -185,8 +185,8 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
     name = run_name or figure.parent.name
-    report.plot_corruption_heatmap(table, figure, run_name=name)
-    print(report.corruption_table_text(table, name), file=sys.stderr, flush=True)
+    figures.plot_corruption_heatmap(table, figure, run_name=name)
+    print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
   return result
 
 

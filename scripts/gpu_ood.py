@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from jax_cifar import tracking  # pylint: disable=wrong-import-position
 from jax_cifar.data import ood  # pylint: disable=wrong-import-position
-from jax_cifar.evaluation import report  # pylint: disable=wrong-import-position
+from jax_cifar.evaluation import figures  # pylint: disable=wrong-import-position
 
 T0 = time.time()
 # name: (--tta, --bn_adapt, --tent). The default order ends with Tent, measured last.
@@ -211,7 +211,7 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path |
                                   'ood_accuracy', 'ood_images_per_sec')}
     row['seconds'] = seconds
     if r.get('ood_per_distortion'):
-      row['ood_per_severity'] = report.corruption_means(r['ood_per_distortion'])['per_severity']
+      row['ood_per_severity'] = figures.corruption_means(r['ood_per_distortion'])['per_severity']
       row['ood_per_distortion'] = {k: sum(v) / 5 for k, v in r['ood_per_distortion'].items()}
     if name.endswith('@full') and r.get('submission'):
       with open(r['submission']) as f:

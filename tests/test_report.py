@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jax_cifar.evaluation import report
+from jax_cifar.evaluation import figures, report
 from jax_cifar.data import ood
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -48,14 +48,15 @@ def _section(md: str, heading: str) -> str:
 
 
 @pytest.fixture
-def figures(monkeypatch):
-  """Every matplotlib Figure the report saves, in order (still saved to disk)."""
-  saved, save = [], report._save  # pylint: disable=protected-access
-  monkeypatch.setattr(report, '_save', lambda fig, path: (saved.append(fig), save(fig, path)))
+def drawn(monkeypatch):
+  """Every matplotlib Figure the report and the evaluation figures save, in order (still saved
+  to disk)."""
+  saved, save = [], figures.save
+  monkeypatch.setattr(figures, 'save', lambda fig, path: (saved.append(fig), save(fig, path)))
   return saved
 
 
-def test_report_draws_three_figures_and_a_summary_table(tmp_path, figures):
+def test_report_draws_three_figures_and_a_summary_table(tmp_path, drawn):
   _fake_run(tmp_path / 'small', 1.0, test_accuracy=0.1875, lr=0.1)
   _fake_run(tmp_path / 'large', 2.0, lr=0.4)
   out = tmp_path / 'report'
@@ -66,7 +67,7 @@ def test_report_draws_three_figures_and_a_summary_table(tmp_path, figures):
     assert img.shape[0] > 300 and img.shape[1] > 500
     assert np.std(img[..., :3]) > 0.05  # Something was drawn.
   # Figure 3: one line per run, x in epochs (50 steps each), y the logged learning rate.
-  lr_ax = figures[2].axes[0]
+  lr_ax = drawn[2].axes[0]
   assert lr_ax.get_xlabel() == 'epoch'
   lines = {l.get_label(): l for l in lr_ax.get_lines()}
   assert sorted(lines) == ['large', 'small']
@@ -120,14 +121,14 @@ def test_hyperparameter_table_lists_only_what_differs(tmp_path):
     assert same not in table
 
 
-def test_runs_in_same_named_folders_get_distinct_labels(tmp_path, figures):
+def test_runs_in_same_named_folders_get_distinct_labels(tmp_path, drawn):
   dirs = [_fake_run(tmp_path / 'a' / 'run', 1.0), _fake_run(tmp_path / 'b' / 'run', 2.0),
           _fake_run(tmp_path / 'c', 1.5)]
   out = tmp_path / 'out'
   assert report.main([str(d) for d in dirs] + ['--out', str(out)]) == 0
   md = (out / 'summary.md').read_text()
   assert '| a/run |' in md and '| b/run |' in md and '| c |' in md
-  legend = [l.get_label() for l in figures[0].axes[0].get_lines()]
+  legend = [l.get_label() for l in drawn[0].axes[0].get_lines()]
   assert legend == ['a/run train', 'a/run val', 'b/run train', 'b/run val', 'c train', 'c val']
   assert report.unique_labels([tmp_path / 'a/x/run', tmp_path / 'b/x/run']) == ['a/x/run', 'b/x/run']
 
@@ -188,24 +189,24 @@ def _corruption_table(names, seed=0):
   return {n: [float(x) for x in rng.uniform(0.05, 0.95, ood.SEVERITIES)] for n in names}
 
 
-def test_corruption_heatmap_and_text_name_both_means(tmp_path, figures):
+def test_corruption_heatmap_and_text_name_both_means(tmp_path, drawn):
   table = _corruption_table(ood.CORRUPTIONS)  # The 15 standard ones and the 4 extras.
   standard = np.mean([table[n] for n in ood.STANDARD_CORRUPTIONS])
   everything = np.mean(list(table.values()))
   assert abs(standard - everything) > 1e-3  # The two means are told apart below.
-  means = report.plot_corruption_heatmap(table, tmp_path / 'c.png', run_name='runs/r50')
+  means = figures.plot_corruption_heatmap(table, tmp_path / 'c.png', run_name='runs/r50')
   assert _is_png(tmp_path / 'c.png')
   np.testing.assert_allclose([means['standard'], means['all']], [standard, everything], rtol=1e-12)
-  ax = figures[0].axes[0]
+  ax = drawn[0].axes[0]
   assert ax.images[0].get_clim() == (0, 100)  # Fixed scale, whatever the data's range.
   title = ax.get_title()
   assert 'runs/r50' in title and '(%)' in title
   assert f'standard mean (15 corruptions): {100 * standard:.2f}%' in title
   assert f'all-corruption mean (19 corruptions): {100 * everything:.2f}%' in title
-  assert figures[0].axes[1].get_ylabel() == 'top-1 accuracy (%)'  # The colour bar.
+  assert drawn[0].axes[1].get_ylabel() == 'top-1 accuracy (%)'  # The colour bar.
   assert ax.texts[0].get_text() == f'{100 * table["gaussian_noise"][0]:.1f}'  # Cells in percent.
 
-  text = report.corruption_table_text(table, 'runs/r50')
+  text = figures.corruption_table_text(table, 'runs/r50')
   assert f'standard mean (15 corruptions): {100 * standard:.2f}%' in text
   assert f'all-corruption mean (19 corruptions): {100 * everything:.2f}%' in text
   fog = next(l for l in text.splitlines() if l.startswith('fog '))
@@ -216,16 +217,16 @@ def test_corruption_heatmap_and_text_name_both_means(tmp_path, figures):
 
 def test_the_standard_mean_needs_all_15(tmp_path):
   table = _corruption_table(ood.STANDARD_CORRUPTIONS[:3])
-  text = report.corruption_table_text(table)
+  text = figures.corruption_table_text(table)
   assert 'standard mean (15 corruptions): n/a (only 3 of the 15' in text
   assert f'all-corruption mean (3 corruptions): {100 * np.mean(list(table.values())):.2f}%' in text
-  assert report.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r')['standard'] is None
+  assert figures.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r')['standard'] is None
 
 
 def test_confusion_figure(tmp_path):
   rng = np.random.default_rng(0)
   cm = rng.integers(0, 5, (100, 100)) + np.eye(100, dtype=int) * 40
-  report.plot_confusion(cm, tmp_path / 'cm.png', 'test', np.arange(100) % 20,
+  figures.plot_confusion(cm, tmp_path / 'cm.png', 'test', np.arange(100) % 20,
                         [f'super{i}' for i in range(20)])
   assert _is_png(tmp_path / 'cm.png')
 

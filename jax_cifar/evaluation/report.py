@@ -1,4 +1,4 @@
-"""Figures and tables of runs: learning curves, a markdown summary, confusion and corruption heatmaps.
+"""Figures and tables of runs: learning curves of every run on shared axes and a markdown summary.
 
   python -m jax_cifar.report RUN_DIR [RUN_DIR ...] --out DIR
 writes DIR/figure1_loss.png, DIR/figure2_accuracy.png, DIR/figure3_learning_rate.png (every run on
@@ -14,13 +14,13 @@ import datetime
 import json
 import pathlib
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from flax import traverse_util
 
 from jax_cifar import errors, tracking, workdir
-from jax_cifar.data import ood
+from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
 CHECKPOINT_KINDS = ('best', 'latest')  # WORKDIR/checkpoints/<kind>/<step>/ (checkpoints.py).
@@ -80,17 +80,6 @@ def run_colors(n: int) -> list[tuple[float, ...]]:
   return [matplotlib.colormaps['turbo'](x) for x in np.linspace(0.0, 1.0, n)]
 
 
-def _new_figure(**kwargs):
-  """A Figure unknown to pyplot: savefig picks Agg for PNG whatever backend the user chose."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  return Figure(**kwargs)
-
-
-def _save(fig, path: pathlib.Path) -> None:
-  fig.tight_layout()
-  fig.savefig(path, bbox_inches='tight')
-
-
 # ---------------------------------------------------------------------------------------------
 # Curves
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +101,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
                 ylabel: str, title: str, path: pathlib.Path) -> None:
   """Every run's (column, line style, legend label) lines on shared axes, one colour per run;
   x in epochs when every run logs them, else in steps."""
-  fig = _new_figure(figsize=(7, 4.5), dpi=120)
+  fig = figures.new_figure(figsize=(7, 4.5), dpi=120)
   ax = fig.add_subplot()
   use_epochs = all(_epochs_per_step(r['rows']) for r in runs)
   for run, color in zip(runs, run_colors(len(runs))):
@@ -128,7 +117,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
-  _save(fig, path)
+  figures.save(fig, path)
 
 
 def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path) -> None:
@@ -299,108 +288,6 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
     fig3.unlink(missing_ok=True)  # Not one left over from an earlier report on other runs.
   md.write_text('\n'.join(text))
   return [fig1, fig2] + ([fig3] if has_lr else []) + [md], warnings
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation figures and tables (used by jax_cifar.evaluate)
-# ---------------------------------------------------------------------------------------------
-def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
-                   class_to_group: np.ndarray | None = None,
-                   group_names: list[str] | None = None) -> None:
-  """Row-normalised confusion matrix; classes grouped by superclass when the grouping is known."""
-  order = np.arange(len(cm))
-  if class_to_group is not None:
-    order = np.lexsort((order, class_to_group))
-  rows = cm.sum(axis=1, keepdims=True)
-  norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)[np.ix_(order, order)]
-  fig = _new_figure(figsize=(9, 8), dpi=110)
-  ax = fig.add_subplot()
-  im = ax.imshow(norm, cmap='viridis', vmin=0, vmax=1, interpolation='nearest')
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
-  ax.set_xlabel('predicted class')
-  ax.set_ylabel('true class')
-  if class_to_group is not None and group_names is not None:
-    groups = class_to_group[order]
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    ends = np.r_[starts[1:], len(groups)]
-    ax.set_yticks((starts + ends - 1) / 2, [group_names[g] for g in groups[starts]], fontsize=6)
-    ax.set_xticks([])
-    for s in starts[1:]:
-      ax.axhline(s - 0.5, color='w', lw=0.3, alpha=0.5)
-      ax.axvline(s - 0.5, color='w', lw=0.3, alpha=0.5)
-    ax.set_ylabel('true class (grouped by superclass)')
-  ax.set_title(title)
-  _save(fig, path)
-
-
-def corruption_means(table: dict[str, Any]) -> dict[str, Any]:
-  """The CIFAR-100-C summary numbers (fractions): `standard`, the benchmark's mean over the 15
-  standard corruptions (None unless all 15 are present); `all`, the mean over every corruption
-  present; `per_severity`, the mean over every corruption at each severity."""
-  data = np.array([np.asarray(v, float) for v in table.values()])
-  present = [k for k in ood.STANDARD_CORRUPTIONS if k in table]
-  full = len(present) == len(ood.STANDARD_CORRUPTIONS)
-  return {'standard': float(np.mean([np.mean(table[k]) for k in present])) if full else None,
-          'num_standard': len(present), 'all': float(data.mean()), 'num_all': len(table),
-          'per_severity': [float(x) for x in data.mean(axis=0)]}
-
-
-def _mean_lines(means: dict) -> list[str]:
-  n = len(ood.STANDARD_CORRUPTIONS)
-  standard = (f'{100 * means["standard"]:.2f}%' if means['standard'] is not None else
-              f'n/a (only {means["num_standard"]} of the {n} standard corruptions present)')
-  return [f'standard mean ({n} corruptions): {standard}',
-          f'all-corruption mean ({means["num_all"]} corruptions): {100 * means["all"]:.2f}%']
-
-
-def _row_name(name: str) -> str:
-  return name if name in ood.STANDARD_CORRUPTIONS else f'{name} *'
-
-
-def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,
-                            run_name: str) -> dict[str, Any]:
-  """Top-1 accuracy (%) per corruption (rows) and severity (columns) on a fixed 0-100 scale, the
-  run and both means in the title; returns `corruption_means(table)`."""
-  means = corruption_means(table)
-  names = list(table)
-  data = 100 * np.array([np.asarray(table[n], float) for n in names])
-  fig = _new_figure(figsize=(6.5, 0.32 * len(names) + 2.0), dpi=120)
-  ax = fig.add_subplot()
-  im = ax.imshow(data, cmap='magma', vmin=0, vmax=100, aspect='auto')
-  for (i, j), v in np.ndenumerate(data):
-    ax.text(j, i, f'{v:.1f}', ha='center', va='center', fontsize=7,
-            color='white' if v < 60 else 'black')
-  ax.set_xticks(range(data.shape[1]), [str(s + 1) for s in range(data.shape[1])])
-  ax.set_yticks(range(len(names)), [_row_name(n) for n in names], fontsize=8)
-  ax.set_xlabel('severity')
-  extra = ('\n* not a standard corruption (left out of the standard mean)'
-           if any(n not in ood.STANDARD_CORRUPTIONS for n in names) else '')
-  ax.set_title(f'{run_name}: CIFAR-100-C top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means))
-               + extra, fontsize=9)
-  fig.colorbar(im, ax=ax, label='top-1 accuracy (%)')
-  _save(fig, path)
-  return means
-
-
-def corruption_table_text(table: dict[str, list[float]], run_name: str | None = None) -> str:
-  """The CIFAR-100-C table as text: corruption x severity in percent, each corruption's mean, the
-  per-severity mean, and the standard and all-corruption means named as such."""
-  means = corruption_means(table)
-  severities = len(next(iter(table.values())))
-  width = max(len('mean (all)'), *(len(_row_name(n)) for n in table))
-  head = ' '.join(f'{f"s{s + 1}":>6}' for s in range(severities)) + f' {"mean":>6}'
-  title = 'CIFAR-100-C top-1 accuracy (%)' + (f' of {run_name}' if run_name else '')
-  lines = [title, f'{"corruption":<{width}} {head}']
-  for name, accs in table.items():
-    accs = 100 * np.asarray(accs, float)
-    lines.append(f'{_row_name(name):<{width}} ' + ' '.join(f'{a:6.2f}' for a in accs)
-                 + f' {accs.mean():6.2f}')
-  lines.append(f'{"mean (all)":<{width}} ' + ' '.join(f'{100 * a:6.2f}' for a in means['per_severity'])
-               + f' {100 * means["all"]:6.2f}')
-  lines += _mean_lines(means)
-  if any(n not in ood.STANDARD_CORRUPTIONS for n in table):
-    lines.append('* not a standard corruption (left out of the standard mean)')
-  return '\n'.join(lines) + '\n'
 
 
 def main(argv: list[str] | None = None) -> int:
