@@ -1,0 +1,156 @@
+"""jax_cifar.data.safe_pickle: CIFAR pickles load, crafted ones are refused before anything runs.
+
+Needs no data: the payloads are built here, and cifar100.read_pickle is the reader under test.
+"""
+
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+
+from jax_cifar.data import cifar100, safe_pickle
+from jax_cifar.data.cifar100 import DataError
+
+
+class _Evil:
+  def __init__(self, func, arg):
+    self.func, self.arg = func, arg
+
+  def __reduce__(self):
+    return self.func, (self.arg,)
+
+
+def _payloads(marker: pathlib.Path) -> dict[str, bytes]:
+  command = f'touch {marker}'
+  return {
+      'os_system_p2': pickle.dumps(_Evil(os.system, command), protocol=2),
+      'os_system_p5': pickle.dumps(_Evil(os.system, command), protocol=5),
+      'os_system_inside_dict': pickle.dumps({'data': _Evil(os.system, command)}, protocol=2),
+      'builtins_eval_p2': pickle.dumps(_Evil(eval, f'open({str(marker)!r}, "w").close()'), protocol=2),
+      'builtins_eval_p5': pickle.dumps(_Evil(eval, f'open({str(marker)!r}, "w").close()'), protocol=5),
+      'codecs_encode_other_codec': b'c_codecs\nencode\n(Vx\nVrot13\ntR.',
+      'py2_os_system_protocol0': f"cos\nsystem\n(S'{command}'\ntR.".encode(),
+      'py2_posix_system_inst': f"(S'{command}'\niposix\nsystem\n.".encode(),
+  }
+
+
+@pytest.mark.parametrize('name', list(_payloads(pathlib.Path('x'))))
+def test_malicious_pickle_is_rejected_without_running_it(tmp_path, name):
+  marker = tmp_path / 'pwned'
+  path = tmp_path / 'evil.pkl'
+  path.write_bytes(_payloads(marker)[name])
+  for encoding in ('latin1', 'bytes'):
+    with pytest.raises(DataError) as error:
+      cifar100.read_pickle(path, encoding=encoding)
+    message = str(error.value)
+    assert '\n' not in message and str(path) in message and 'disallowed' in message, message
+  assert not marker.exists()
+
+
+def _load(data: bytes, encoding: str = 'latin1'):
+  import io  # pylint: disable=import-outside-toplevel
+  return safe_pickle.load(io.BytesIO(data), encoding=encoding)
+
+
+ARRAYS = {
+    'uint8': np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+    'int64': np.array([-(2**62), 0, 7], dtype=np.int64),
+    'float32_big_endian': np.array([1.5, -2.25], dtype='>f4'),
+    'float64_fortran': np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    'transposed': np.arange(6, dtype=np.int16).reshape(2, 3).T,
+    'bool': np.array([True, False, True]),
+    'complex64': np.array([1 + 2j], dtype=np.complex64),
+    'zero_d': np.array(3.0, dtype=np.float16),
+    'empty': np.zeros((0, 3), dtype=np.uint32),
+}
+
+
+@pytest.mark.parametrize('protocol', [2, 4, 5])
+@pytest.mark.parametrize('encoding', ['latin1', 'bytes'])
+def test_plain_arrays_and_scalars_round_trip(protocol, encoding):
+  """Every plain number type, byte order and memory order comes back equal, writable and of the
+  same dtype, from each pickle protocol numpy uses (2 and 4: _reconstruct; 5: _frombuffer)."""
+  content = {**ARRAYS, 'scalar_f32': np.float32(0.5), 'scalar_i64': np.int64(-3),
+             'nested': [(np.arange(2, dtype=np.uint8), {'x': 1})]}
+  loaded = _load(pickle.dumps(content, protocol=protocol), encoding)
+  for name, array in ARRAYS.items():
+    got = loaded[name]
+    assert type(got) is np.ndarray and got.dtype == array.dtype and got.shape == array.shape, name
+    assert np.array_equal(got, array) and got.flags.writeable, name
+  assert loaded['scalar_f32'] == np.float32(0.5) and loaded['scalar_f32'].dtype == np.float32
+  assert loaded['scalar_i64'] == -3 and loaded['scalar_i64'].dtype == np.int64
+  (pair,) = loaded['nested']
+  assert np.array_equal(pair[0], [0, 1]) and pair[1] == {'x': 1}
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_an_object_array_of_raw_bytes_is_refused_before_it_exists(protocol):
+  """The attack an allow-list of numpy constructors lets through: a uint64 array's pickle with
+  its dtype code changed to 'O8' would load as an object array whose elements are the file's raw
+  bytes taken as memory addresses; reading one crashes Python. It must be refused instead."""
+  data = pickle.dumps(np.array([0x4141414141414141], dtype=np.uint64), protocol=protocol)
+  code = {2: b'X\x02\x00\x00\x00u8', 5: b'\x8c\x02u8'}[protocol]
+  assert code in data
+  with pytest.raises(safe_pickle.DisallowedGlobal, match="disallowed dtype 'O8'"):
+    _load(data.replace(code, code[:-2] + b'O8'))
+
+
+@pytest.mark.parametrize('value', [
+    np.array(['a', 'b']),  # unicode
+    np.array([1, None], dtype=object),
+    np.zeros(2, dtype=[('a', 'u1'), ('b', 'f4')]),  # structured
+    np.array(['2026-11-30'], dtype='datetime64[D]'),
+], ids=['unicode', 'object', 'structured', 'datetime'])
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_arrays_that_are_not_plain_numbers_are_refused(value, protocol):
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='disallowed'):
+    _load(pickle.dumps({'x': value}, protocol=protocol))
+
+
+def test_an_array_whose_bytes_do_not_match_its_shape_is_an_error(tmp_path):
+  data = pickle.dumps(np.arange(4, dtype=np.uint8), protocol=2)
+  assert data.count(b'\x00\x01\x02\x03') == 1
+  path = tmp_path / 'test'
+  path.write_bytes(data.replace(b'\x04\x00\x00\x00\x00\x01\x02\x03', b'\x03\x00\x00\x00\x00\x01\x02'))
+  with pytest.raises(DataError, match='needs 4 bytes, the file has 3'):
+    cifar100.read_pickle(path)
+
+
+def test_bytes_may_only_be_empty():
+  assert _load(pickle.dumps({'e': b''}, protocol=2)) == {'e': b''}
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='bytes'):
+    _load(b"c__builtin__\nbytes\n(I1000000000000\ntR.")  # bytes(10**12): memory, refused
+
+
+def test_a_list_that_contains_itself_is_refused():
+  cycle = []
+  cycle.append(cycle)
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='nested deeper'):
+    _load(pickle.dumps(cycle, protocol=2))
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_numpy_arrays_and_names_round_trip(tmp_path, protocol):
+  """What the official (protocol 2, py2 byte strings) and re-saved files hold loads unchanged."""
+  rng = np.random.default_rng(0)
+  content = {b'data': rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+             b'fine_labels': [3, 1, 4, 1], b'filenames': [b'a.png', b'b.png'],
+             'labels64': np.arange(4, dtype=np.int64), 'scalar': np.float32(0.5)}
+  path = tmp_path / 'part'
+  path.write_bytes(pickle.dumps(content, protocol=protocol))
+  with open(path, 'rb') as f:
+    raw = safe_pickle.load(f, encoding='bytes')
+  assert np.array_equal(raw[b'data'], content[b'data']) and raw[b'data'].dtype == np.uint8
+  assert raw['labels64'].dtype == np.int64 and raw['scalar'] == np.float32(0.5)
+  loaded = cifar100.read_pickle(path)  # keys and names as str for either encoding
+  assert loaded['fine_labels'] == [3, 1, 4, 1] and loaded['filenames'] == ['a.png', 'b.png']
+
+
+def test_numpy_globals_outside_the_allow_list_are_refused(tmp_path):
+  """Being inside numpy is not enough: only the array constructors are allowed."""
+  path = tmp_path / 'p'
+  path.write_bytes(b"cnumpy\nload\n(S'/etc/passwd'\ntR.")
+  with open(path, 'rb') as f, pytest.raises(safe_pickle.DisallowedGlobal, match='numpy.load'):
+    safe_pickle.load(f)
