@@ -118,6 +118,17 @@ def test_an_array_whose_bytes_do_not_match_its_shape_is_an_error(tmp_path):
     cifar100.read_pickle(path)
 
 
+def test_numpy_ndarray_cannot_be_called_directly(tmp_path):
+  """`numpy.ndarray` is allowed as the name _reconstruct is given; calling it would make an array
+  (here an object array) outside the checked path."""
+  path = tmp_path / 'p'
+  path.write_bytes(b"cnumpy\nndarray\n((I1\ntS'O'\ntR.")  # numpy.ndarray((1,), 'O')
+  with pytest.raises(DataError, match='refused unsafe pickle .disallowed call of numpy.ndarray'):
+    cifar100.read_pickle(path)
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='array class'):  # another "class"
+    _load(b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\ndtype\n(S'u1'\ntR(I0\ntS'b'\ntR.")
+
+
 def test_bytes_may_only_be_empty():
   assert _load(pickle.dumps({'e': b''}, protocol=2)) == {'e': b''}
   with pytest.raises(safe_pickle.DisallowedGlobal, match='bytes'):

@@ -94,12 +94,23 @@ def _from_bytes(data: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarra
   return np.frombuffer(data, dtype).reshape(shape, order=order)
 
 
+class _NdarrayName:
+  """What the global `numpy.ndarray` resolves to: a name _reconstruct may be given, never a
+  class a file could call to make an array of its choosing."""
+
+  def __call__(self, *args: Any, **kwargs: Any):
+    raise DisallowedGlobal('disallowed call of numpy.ndarray (only _reconstruct may name it)')
+
+
+_NDARRAY = _NdarrayName()
+
+
 class _Array:
   """Stands in for numpy's _reconstruct(ndarray, (0,), b'b'); __setstate__ builds the array."""
 
   def __init__(self, cls: Any, shape: Any = (0,), typecode: Any = b'b'):
     del shape, typecode
-    if cls is not np.ndarray:
+    if cls is not _NDARRAY:
       raise DisallowedGlobal(f'disallowed array class {cls!r}')
     self.array: np.ndarray | None = None
 
@@ -133,7 +144,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(m, '_reconstruct'): _Array for m in ('numpy.core.multiarray', 'numpy._core.multiarray')},
     **{(m, 'scalar'): _scalar for m in ('numpy.core.multiarray', 'numpy._core.multiarray')},
     **{(m, '_frombuffer'): _frombuffer for m in ('numpy.core.numeric', 'numpy._core.numeric')},
-    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'ndarray'): _NDARRAY,
     ('numpy', 'dtype'): _Dtype,
     ('_codecs', 'encode'): _latin1_encode,
     ('__builtin__', 'bytes'): _empty_bytes,
