@@ -165,3 +165,68 @@ def test_numpy_globals_outside_the_allow_list_are_refused(tmp_path):
   path.write_bytes(b"cnumpy\nload\n(S'/etc/passwd'\ntR.")
   with open(path, 'rb') as f, pytest.raises(safe_pickle.DisallowedGlobal, match='numpy.load'):
     safe_pickle.load(f)
+
+
+# Hand-written pickles (protocol 4 opcodes) for the attacks below, found in a review.
+PROTO = b'\x80\x04'
+FROMBUFFER = b'\x8c\x13numpy._core.numeric\x94\x8c\x0b_frombuffer\x94\x93'
+ENCODE = b'c_codecs\nencode\n'
+EMPTY_BYTES = b'cbuiltins\nbytes\n'
+
+
+def _u(text: str) -> bytes:
+  return b'\x8c' + bytes([len(text)]) + text.encode()
+
+
+def _shared_lists(n: int) -> bytes:
+  """L0 = [(1,)]; L_i = [L_{i-1}, L_{i-1}]: n+1 small lists that stand for 2**n leaves."""
+  out = b']K\x01\x85aq\x000'
+  for i in range(1, n + 1):
+    out += b']h' + bytes([i - 1]) + b'ah' + bytes([i - 1]) + b'aq' + bytes([i]) + b'0'
+  return out + b'h' + bytes([n])
+
+
+def test_shared_objects_are_resolved_once():
+  """Resolving stand-ins must not walk a shared structure as a tree (2**30 lists here)."""
+  loaded = _load(PROTO + _shared_lists(30) + b'.')
+  for _ in range(30):
+    assert loaded[0] is loaded[1]  # still shared, as plain pickle.load would give it
+    loaded = loaded[0]
+  assert loaded == [(1,)]
+
+
+def test_naming_one_large_string_many_times_cannot_multiply_memory():
+  """A 1 MB string stored once and encoded 3,000 times would need 3 GB; refused at twice the
+  file's size."""
+  big = b'X\x00\x00\x10\x00' + b'A' * (1 << 20) + b'r\x01\x00\x00\x00' + b'0'
+  one = ENCODE + b'(' + b'j\x01\x00\x00\x00' + _u('latin1') + b'tR'
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='more than 2x its own size'):
+    _load(PROTO + b']' + big + b'(' + one * 3000 + b'e.')
+
+
+def test_allowed_functions_and_names_cannot_be_changed_or_returned():
+  """pickle's BUILD sets attributes on objects without __setstate__; the module's own functions
+  and names must not be among them, and no function or class comes back as data."""
+  set_defaults = (PROTO + EMPTY_BYTES + b'N}' + _u('__defaults__') + b'(K\x01ts\x86b0'
+                  + EMPTY_BYTES + b'(tR.')
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='allowed function'):
+    _load(set_defaults)
+  assert _load(pickle.dumps({'e': b''}, protocol=2)) == {'e': b''}  # bytes() still takes no args
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='state for numpy.ndarray'):
+    _load(PROTO + b'cnumpy\nndarray\nN}' + _u('x') + b'K\x01s\x86b.')
+  for name in (FROMBUFFER, b'cnumpy\ndtype\n', b'cnumpy\nndarray\n'):
+    with pytest.raises(safe_pickle.DisallowedGlobal, match='disallowed object of type'):
+      _load(PROTO + name + b'.')
+
+
+def test_shapes_and_messages_stay_small():
+  """Dimensions are machine-sized ints (no 20,000-digit products), and an error message shows a
+  bounded excerpt of what the file gave, not all of it."""
+  u1 = b'cnumpy\ndtype\n(' + _u('u1') + b'\x89\x88tR'
+  huge = (1 << 200).to_bytes(26, 'little')
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='disallowed array shape'):
+    _load(PROTO + FROMBUFFER + b'(C\x00' + u1 + b'\x8a\x1a' + huge + b'\x85' + _u('C') + b'tR.')
+  order = b'X\x00\x00\x10\x00' + b'O' * (1 << 20)
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='disallowed array order') as error:
+    _load(PROTO + FROMBUFFER + b'(C\x00' + u1 + b'K\x00\x85' + order + b'tR.')
+  assert len(str(error.value)) < 200
