@@ -126,7 +126,7 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
   if figure is not None and jax.process_index() == 0:
     cm = metrics_lib.confusion_matrix(pred, labels, num_classes)
     figures.plot_confusion(cm, figure, f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
-                          class_to_coarse, coarse_names)
+                           class_to_coarse, coarse_names)
   return scalars, details
 
 

@@ -164,13 +164,13 @@ def combine_runs(runs: list[dict]) -> dict:
   for fw in ('jax', 'torch'):
     results = [r[fw] for r in runs if fw in r]
     failed = [res for res in results if 'img_s' not in res]
-    if not results or failed:
-      if failed:
-        row[fw] = failed[0]
-      continue
-    speeds = [res['img_s'] for res in results]
-    row[fw] = {**row[fw], 'img_s': statistics.median(speeds), 'img_s_runs': speeds,
-               'step_ms': 1e3 * row['batch'] / statistics.median(speeds)}
+    if failed:
+      row[fw] = failed[0]
+    elif results:
+      speeds = [res['img_s'] for res in results]
+      img_s = statistics.median(speeds)
+      row[fw] = {**row[fw], 'img_s': img_s, 'img_s_runs': speeds,
+                 'step_ms': 1e3 * row['batch'] / img_s}
   ratios = [r['jax_over_torch'] for r in runs if 'jax_over_torch' in r]
   row.pop('jax_over_torch', None)
   if ratios and len(ratios) == len(runs):
@@ -244,13 +244,9 @@ def environment(with_torch: bool = True) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   env = {'jax': jax.__version__, 'backend': jax.default_backend(),
          'device': str(jax.devices()[0].device_kind), 'device_count': jax.device_count(),
-         'python': platform.python_version(), 'host': platform.node(),
-         'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''), 'cpu_count': os.cpu_count(),
-         'machine': hostinfo.machine()}  # CPU model and ISA: XLA:CPU's speed depends on them.
-  try:
-    env['loadavg'] = os.getloadavg()
-  except OSError:
-    pass
+         'host': platform.node(), 'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''),
+         # CPU model, ISA, cores, Python, load: XLA:CPU's speed depends on them.
+         'machine': hostinfo.machine()}
   try:
     if with_torch:  # Not imported otherwise: it would add seconds to first_step_s.
       import torch  # pylint: disable=import-outside-toplevel
