@@ -192,3 +192,37 @@ def test_the_flat_step_the_loop_uses_equals_the_step_over_the_train_state(ema):
     assert {k: float(v) for k, v in metrics.items()} == {k: float(v)
                                                        for k, v in flat_metrics.items()}
   assert int(jax.tree.unflatten(treedef, leaves).step) == 2
+
+
+def test_images_per_sec_leaves_out_validation_but_not_the_steps_before_it(tmp_path, monkeypatch):
+  """On a fake clock where each step takes 10 s and validation 1,000 s: the log window holding a
+  validation (steps 5-8, validated after step 6) has the same throughput as one without
+  (steps 1-4), 4 steps x 32 images / 40 s. Restarting the window at validation counted only
+  steps 7-8 (twice the rate: the progress bar showed 2,620 img/s after a validation in a 700
+  img/s smoke run); counting the validation would give 0.12."""
+  clock = [0.0]
+  monkeypatch.setattr(trainer, 'time', type('FakeTime', (), {
+      'perf_counter': staticmethod(lambda: clock[0])}))
+  compile_step, validate = trainer.compile_train_step, trainer._validate  # pylint: disable=protected-access
+
+  def timed_compile(*args, **kwargs):
+    step = compile_step(*args, **kwargs)
+
+    def run(*a):
+      clock[0] += 10.0
+      return step(*a)
+    return run
+
+  def slow_validate(*args, **kwargs):
+    clock[0] += 1000.0
+    return validate(*args, **kwargs)
+
+  monkeypatch.setattr(trainer, 'compile_train_step', timed_compile)
+  monkeypatch.setattr(trainer, '_validate', slow_validate)
+  c = _synthetic_config(8)
+  c.train.log_every_steps = 4  # 6 steps per epoch: validation after step 6, inside the 2nd window
+  trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  rows = tracking.read_metrics(tmp_path / 'run')
+  assert [r['step'] for r in rows if 'val_accuracy' in r] == [6, 8]
+  rates = {r['step']: r['images_per_sec'] for r in rows if 'train_loss' in r}
+  assert rates == {4: 4 * 32 / 40, 8: 4 * 32 / 40}

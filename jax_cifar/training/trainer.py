@@ -236,9 +236,10 @@ def _train(config, workdir: pathlib.Path) -> dict:
         pending, t_last = [], now
       bar.update(1)
       if step % eval_every == 0 or step in (total_steps, last_step):
+        t_val = time.perf_counter()
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
                              step / steps_per_epoch)
-        t_last = time.perf_counter()
+        t_last += time.perf_counter() - t_val  # images_per_sec: training time only.
       if step % config.checkpoint.every_steps == 0 or step == last_step:
         ckpts.save_latest(current(), step)
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
