@@ -82,6 +82,9 @@ def validate(config) -> None:
   if given['model.width'] < models.smallest_width(given['model.name']):
     raise ConfigError(f"config key 'model.width' must be >= {models.smallest_width(given['model.name'])} "
                       f"for {given['model.name']}, got {given['model.width']}")
+  if given['model.name'] == 'simple_cnn' and given['model.image_size'] % 32:
+    raise ConfigError("config key 'model.image_size' must be a multiple of 32 for simple_cnn "
+                      f"(its head sees an 8x8 grid), got {given['model.image_size']}")
   if given['train.batch_size'] % given['train.grad_accum_steps']:
     raise ConfigError(f"train.batch_size ({given['train.batch_size']}) must be divisible by "
                       f"train.grad_accum_steps ({given['train.grad_accum_steps']})")

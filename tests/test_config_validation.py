@@ -69,6 +69,7 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     ({'augment.rrc_scale': (0.9, 0.5)}, "'augment.rrc_scale' must be \\(low, high\\)"),
     ({'augment.rrc_scale': (0.5,)}, "'augment.rrc_scale' must be a pair"),
     ({'augment.color_jitter': (0.4, 0.4, 0.4, 0.6)}, "'augment.color_jitter' must be 4"),
+    ({'model.name': 'simple_cnn', 'model.image_size': 48}, "'model.image_size' must be a multiple"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -80,4 +81,6 @@ def test_values_at_the_edges_of_the_explicit_checks_pass():
       'ema.decay': 0.9999, 'augment.augmix_depth': -1, 'augment.blur_kernel': 5,
       'data.val_fraction': 0.9, 'train.batch_size': 12, 'train.grad_accum_steps': 4,
       'augment.rrc_scale': (0.5, 0.5)}))
+  config_validation.validate(_config(**{'model.name': 'simple_cnn', 'model.image_size': 64}))
+  config_validation.validate(_config(**{'model.name': 'resnet18', 'model.image_size': 48}))
 

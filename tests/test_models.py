@@ -189,6 +189,32 @@ def test_simple_cnn_accepts_train_and_larger_inputs():
     np.testing.assert_allclose(model(x, train=False), logits)
 
 
+def test_simple_cnn_refuses_a_side_not_a_multiple_of_32_naming_it():
+  model = create_model('simple_cnn', 7, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'multiple of 32, got \(48, 48\)'):
+    model(jnp.ones((2, 48, 48, 3)), train=False)
+
+
+@pytest.mark.parametrize('width', [0, -8, 2.5])
+def test_a_width_that_is_not_a_positive_int_is_refused(width):
+  with pytest.raises(ValueError, match='width must be a positive int'):
+    create_model('resnet18', 10, width=width, rngs=nnx.Rngs(0))
+
+
+def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():
+  # ImageNet stem at 32 px: layer4 is 1x1, so a batch of one image gives BatchNorm one value per
+  # channel; it would output the bias whatever the image (torch raises for it too).
+  torchvision = pytest.importorskip('torchvision')
+  torch_model = torchvision.models.resnet18(num_classes=10).train()
+  with pytest.raises(ValueError, match='more than 1 value per channel'):
+    torch_model(__import__('torch').zeros(1, 3, 32, 32))
+  model = create_model('resnet18', 10, width=8, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='one value per channel in training'):
+    _jitted_forward(model, train=True)(jnp.ones((1, 32, 32, 3)))
+  assert _jitted_forward(model, train=True)(jnp.ones((2, 32, 32, 3)))[0].shape == (2, 10)
+  assert _jitted_forward(model, train=False)(jnp.ones((1, 32, 32, 3)))[0].shape == (1, 10)
+
+
 def test_init_follows_torchvision():
   model = create_model('resnet18', 100, width=16, rngs=nnx.Rngs(0))
   k = np.asarray(model.layer3[0].conv2.kernel[...])  # 3x3, 64 -> 64, fan_out = 9 * 64

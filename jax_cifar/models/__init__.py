@@ -36,6 +36,8 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
   if name == 'simple_cnn':
     return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
+  if not isinstance(width, int) or width < 1:
+    raise ValueError(f'width must be a positive int (stage 1\'s channels), got {width!r}')
   return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
                       scan_blocks=scan_blocks, rngs=rngs)
 

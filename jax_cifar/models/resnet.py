@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cifar import errors
 from jax_cifar.models import cpu_conv
 
 Dtype = Any
@@ -104,6 +105,10 @@ class BatchNorm(nnx.BatchNorm):
       mean = jnp.mean(x32, 0)
       var = jnp.mean(jnp.square(x32 - mean), 0)
       n = x32.shape[0]
+      if n == 1:  # torch refuses this too: the output would be the bias alone, whatever the input.
+        raise errors.ConfigError(
+            f'BatchNorm got one value per channel in training (input {x.shape}): use a larger '
+            '(micro-)batch (train.batch_size / train.grad_accum_steps) or image size')
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
       # set_value, not `[...] =`: flax's indexed assignment builds an error message for tracers

@@ -37,13 +37,14 @@ class SimpleCNN(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train  # No dropout or BN; accepted for the common model interface.
+    side = x.shape[1:3]
     x = x.astype(self.dtype)
     x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
     x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
     h, w = x.shape[1:3]
     if (h, w) != (_GRID, _GRID):
       if h % _GRID or w % _GRID:
-        raise ValueError(f'SimpleCNN needs an input side that is a multiple of 32, got {x.shape}')
+        raise ValueError(f'SimpleCNN needs an input side that is a multiple of 32, got {side}')
       x = nnx.avg_pool(x, (h // _GRID, w // _GRID), strides=(h // _GRID, w // _GRID))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.fc1(x))
