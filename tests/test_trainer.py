@@ -141,6 +141,17 @@ def test_validation_split_that_rounds_to_zero_images_falls_back_to_test(tmp_path
   assert result['step'] == 2
 
 
+def test_fewer_classes_than_the_labels_is_refused_before_a_step(tmp_path):
+  # one_hot of a label >= num_classes is all zeros: those images trained on nothing, then the
+  # first validation crashed with an IndexError.
+  c = _synthetic_config(2)
+  c.model.num_classes = 10
+  with pytest.raises(trainer.errors.ConfigError, match='model.num_classes is 10 but the labels go '
+                     'up to 99: set it to at least 100'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'config.json').exists()
+
+
 def test_validation_counts_every_image_once_whatever_the_batch_size():
   """100 images in batches of 64 (a padded last batch) give the same per-image predictions as
   batches of 20 (no padding): padding rows are dropped, no image is counted twice."""

@@ -170,6 +170,10 @@ def _train(config, workdir: pathlib.Path) -> dict:
   # --- data -----------------------------------------------------------------------------------
   splits = cifar100.get_splits(config.data)
   train_split, val_split = splits['train'], splits['val']
+  top_label = max(int(s.labels.max()) for s in splits.values() if s is not None and len(s))
+  if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
+    raise errors.ConfigError(f'model.num_classes is {config.model.num_classes} but the labels go '
+                             f'up to {top_label}: set it to at least {top_label + 1}')
   if val_split is None or len(val_split) == 0:  # A tiny val_fraction can round to 0 per class.
     logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
     val_split = splits['test']
