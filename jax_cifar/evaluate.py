@@ -238,6 +238,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
   c_files = ood.check_cifar100c_dir(cifar100c_dir) if cifar100c_dir else None
+  # Their labels too: found bad only after the 950,000 predictions, the run's numbers were lost.
+  if ood_files and (pathlib.Path(ood_dir) / ood.LABELS_FILE).exists():
+    ood.load_labels(pathlib.Path(ood_dir) / ood.LABELS_FILE, ood_files[0].num_images)
+  if c_files:
+    ood.load_labels(pathlib.Path(cifar100c_dir) / ood.LABELS_FILE,
+                    next(iter(c_files.values())).num_images)
   if submission_csv and not ood_dir:
     raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)

@@ -264,6 +264,33 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
   assert not list(tmp_path.glob('.sub.csv.*'))
 
 
+@pytest.mark.parametrize('problem', ['ood_labels_too_few', 'ood_labels_out_of_range',
+                                     'c_labels_missing', 'c_labels_float'])
+def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
+  """labels.npy is checked with the images: found bad only after the 950,000 predictions, a
+  run's clean and OOD numbers were lost. (The workdir holds no run: reaching it is a different
+  error.)"""
+  rng = np.random.default_rng(5)
+  ood_dir, c_dir = tmp_path / 'ood', tmp_path / 'c'
+  ood_dir.mkdir(), c_dir.mkdir()
+  images = rng.integers(0, 256, (10, 32, 32, 3), np.uint8)
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(ood_dir / ood.distortion_file(i), images)
+  np.save(c_dir / 'fog.npy', images)
+  labels = {'ood_labels_too_few': (ood_dir, np.arange(3)),
+            'ood_labels_out_of_range': (ood_dir, np.full(10, 100)),
+            'c_labels_float': (c_dir, np.zeros(10, np.float32))}
+  if problem in labels:
+    np.save(labels[problem][0] / 'labels.npy', labels[problem][1])
+  if not problem.startswith('c_'):
+    np.save(c_dir / 'labels.npy', np.zeros(2, np.int64))  # Valid: tiled over the 5 severities.
+  with pytest.raises(cifar100.DataError, match='labels.npy') as e:
+    evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(ood_dir),
+                      submission_csv=str(tmp_path / 'sub.csv'), cifar100c_dir=str(c_dir))
+  assert str((ood_dir if problem.startswith('ood') else c_dir) / 'labels.npy') in str(e.value)
+  assert not (tmp_path / 'sub.csv').exists()
+
+
 def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):
   """--tent (with a non-default setting) through the command: bn_adapt is on, the settings are in
   the JSON and the tag; the Tent settings without --tent are one error line."""
