@@ -170,7 +170,10 @@ def test_config_changes_lists_differences_with_both_values():
 
 def test_check_resume_lets_safe_keys_pass_silently():
   changes = {'train.max_steps': (2, 3), 'train.log_every_steps': (1, 5), 'wandb.mode': (
-      'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b')}
+      'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b'),
+      # Read at step 0 only: the converted weights moved, or the flag was dropped on resume.
+      'model.pretrained': ('weights/resnet50', '/scratch/weights/resnet50'),
+      'model.init_from': ('', 'runs/other')}
   assert workdir_lib.check_resume(changes, allow=False, epoch=1.0) == []
 
 
