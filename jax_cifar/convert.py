@@ -114,6 +114,9 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
     sd[name] = value
   if 'fc.weight' not in sd:
     raise ConversionError('missing keys: fc.weight (needed to know the number of classes)')
+  if len(sd['fc.weight'].shape) != 2:
+    raise ConversionError(f'mis-shaped keys: fc.weight {tuple(sd["fc.weight"].shape)} (expected '
+                          '(num_classes, features))')
   num_classes = int(sd['fc.weight'].shape[0])
 
   params, stats = abstract_variables(arch, num_classes)
@@ -138,6 +141,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   used = {torch_key(p) for p in expected}
   unexpected = sorted(k for k in sd if k not in used)
   _report(missing, unexpected, misshaped, f'state_dict does not match {arch}')
+  # A NaN / inf weight would surface as a "non-finite loss" at step 1, pointing at the learning
+  # rate; a negative running variance as a NaN in eval only.
+  bad = sorted(torch_key(p) for p, v in out.items() if not np.isfinite(v).all())
+  bad += sorted(torch_key(p) for p, v in out.items()
+                if torch_key(p).endswith('running_var') and np.isfinite(v).all() and (v < 0).any())
+  if bad:
+    raise ConversionError(f'non-finite weights or negative running variances in: {", ".join(bad[:8])}'
+                          + (f' (+{len(bad) - 8} more)' if len(bad) > 8 else ''))
   return _unflatten(out)
 
 

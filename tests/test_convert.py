@@ -192,6 +192,24 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
     torch_to_flax(sd, 'resnet19')
 
 
+def test_non_finite_weights_negative_running_variances_and_a_0d_head_are_named():
+  sd = _small_state_dict()
+  conv = sd['conv1.weight'].clone()
+  conv[0, 0, 0, 0] = float('nan')
+  var = sd['layer2.0.bn1.running_var'].clone()
+  var[3] = float('inf')
+  with pytest.raises(ValueError, match=r'non-finite .*: conv1\.weight, layer2\.0\.bn1\.running_var$'):
+    torch_to_flax(dict(sd, **{'conv1.weight': conv, 'layer2.0.bn1.running_var': var}), 'resnet18')
+  var[3] = -0.5
+  with pytest.raises(ValueError, match=r'negative running variances in: layer2\.0\.bn1\.running_var'):
+    torch_to_flax(dict(sd, **{'layer2.0.bn1.running_var': var}), 'resnet18')
+  with pytest.raises(ValueError, match=r'mis-shaped keys: fc\.weight \(\)'):
+    torch_to_flax(dict(sd, **{'fc.weight': torch.tensor(1.0)}), 'resnet18')
+  bias = sd['layer1.0.bn1.bias'].clone()
+  bias[0] = -3.0  # Negative values elsewhere are normal weights.
+  torch_to_flax(dict(sd, **{'layer1.0.bn1.bias': bias}), 'resnet18')
+
+
 def test_module_prefix_fp16_and_num_batches_tracked_are_accepted():
   sd = _small_state_dict()
   assert any(k.endswith('num_batches_tracked') for k in sd)
