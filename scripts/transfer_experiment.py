@@ -36,8 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument('--batch_size', type=int, default=32)
   p.add_argument('--num_epochs', type=float, default=1.5)
   p.add_argument('--only', choices=('pretrained', 'random'), help='run just one arm')
-  p.add_argument('overrides', nargs='*', help='extra --config.KEY=VALUE flags for both runs')
-  return p.parse_args(argv)
+  # argparse will not give a positional an argument starting with '--': take them as leftovers.
+  args, rest = p.parse_known_args(argv)
+  unknown = [a for a in rest if not a.startswith('--config.')]
+  if unknown:
+    p.error(f'unrecognized arguments: {" ".join(unknown)} (extra flags for both runs are '
+            '--config.KEY=VALUE)')
+  args.overrides = rest
+  return args
 
 
 def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:

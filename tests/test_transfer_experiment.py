@@ -1,0 +1,33 @@
+"""scripts/transfer_experiment.py's command line (its runs are the trainer's, tested elsewhere)."""
+
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def script():
+  spec = importlib.util.spec_from_file_location(
+      'transfer_experiment', os.path.join(REPO, 'scripts', 'transfer_experiment.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_trailing_config_flags_reach_both_runs_as_the_docs_say(script):
+  args = script.parse_args(['--weights', 'w', '--out', 'o', '--config.train.seed=3',
+                            '--num_epochs', '2', '--config.optim.lr=0.01'])
+  assert args.overrides == ['--config.train.seed=3', '--config.optim.lr=0.01']
+  assert args.num_epochs == 2.0 and args.weights == 'w'
+  assert script.parse_args(['--weights', 'w', '--out', 'o']).overrides == []
+
+
+@pytest.mark.parametrize('extra', [['--learning_rate=3'], ['stray']])
+def test_other_unknown_arguments_are_refused_naming_them(script, extra, capsys):
+  with pytest.raises(SystemExit) as e:
+    script.parse_args(['--weights', 'w', '--out', 'o', *extra])
+  assert e.value.code == 2
+  assert f'unrecognized arguments: {extra[0]}' in capsys.readouterr().err
