@@ -196,6 +196,21 @@ def test_incomplete_folder_next_to_an_archive_is_reported_not_overwritten(tmp_pa
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cifar-100-python', 'cifar-100-python.tar.gz']
 
 
+@pytest.mark.parametrize('download', [False, True])
+def test_incomplete_folder_alone_is_named_with_its_missing_files_before_any_download(
+    tmp_path, small_tree, download):
+  # A folder without `meta` read as "no data here", or started a 169 MB download that then
+  # failed on the folder.
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  for name in ('train', 'test'):
+    (folder / name).write_bytes((small_tree / name).read_bytes())
+  with pytest.raises(DataError) as error:  # An unreachable URL: a download attempt would say so.
+    cifar100.load_split(tmp_path, 'train', download=download, url='http://127.0.0.1:9/x.tar.gz')
+  assert_one_line(error, str(folder), 'incomplete (no meta)')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cifar-100-python']
+
+
 def test_archive_escaping_its_folder_is_refused(tmp_path, small_tree):
   inner = tmp_path / 'inner'
   inner.mkdir()

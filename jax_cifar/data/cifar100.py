@@ -99,8 +99,11 @@ def resolve_data_dir(configured: str = '') -> pathlib.Path:
   return cache
 
 
+_FOLDER_FILES = ('train', 'test', 'meta')
+
+
 def _is_cifar_folder(path: pathlib.Path) -> bool:
-  return all((path / name).is_file() for name in ('train', 'test', 'meta'))
+  return all((path / name).is_file() for name in _FOLDER_FILES)
 
 
 def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
@@ -177,6 +180,10 @@ def find_or_fetch(
     return data_dir / FOLDER
   if _is_cifar_folder(data_dir):  # the user pointed at the folder itself
     return data_dir
+  if (data_dir / FOLDER).is_dir():  # Extracting or downloading would end on this folder anyway.
+    missing = [n for n in _FOLDER_FILES if not (data_dir / FOLDER / n).is_file()]
+    raise DataError(f'{data_dir / FOLDER}: incomplete (no {", ".join(missing)}); remove it to '
+                    'have it extracted or downloaded again, or put the missing files there')
   for name in ARCHIVES:
     if (data_dir / name).is_file():
       return extract_archive(data_dir / name)
