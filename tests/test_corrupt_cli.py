@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from jax_cifar.corruptions import cli as corrupt_cli
@@ -209,7 +210,8 @@ def test_missing_source_data_is_one_error_line(tmp_path):
 
 
 @pytest.mark.parametrize('case', ['truncated_pickle', 'unknown_name', 'empty_names', 'negative_limit',
-                                  'limit_too_big', 'bad_format', 'out_under_a_file', 'out_is_a_file'])
+                                  'limit_too_big', 'bad_format', 'out_under_a_file', 'out_is_a_file',
+                                  'frost_not_an_image', 'frost_too_small'])
 def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
   data, out, args = source, tmp_path / 'out', list(ARGS)
   if case == 'truncated_pickle':
@@ -221,6 +223,14 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
   args[1] = {'negative_limit': '-1', 'limit_too_big': '41'}.get(case, args[1])
   if case == 'bad_format':
     args += ['--format', 'imagenet-c']
+  if case.startswith('frost_'):  # --frost_dir: the official photographs, checked before any work.
+    frost = tmp_path / 'frost'
+    frost.mkdir()
+    for name in ('frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg', 'frost5.jpg'):
+      Image.fromarray(np.full((100, 120, 3), 200, np.uint8)).save(frost / name)
+    if case == 'frost_not_an_image':
+      (frost / 'frost1.png').write_text('not a png')
+    args += ['--frost_dir', str(frost)]
   if case in ('out_under_a_file', 'out_is_a_file'):
     (tmp_path / 'file').write_text('x')
     out = tmp_path / 'file' / 'out' if case == 'out_under_a_file' else tmp_path / 'file'
@@ -233,7 +243,9 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
   expected = {'truncated_pickle': 'cifar-100-python/test', 'unknown_name': "did you mean 'gaussian_noise'",
               'empty_names': '--corruptions is empty', 'negative_limit': '--limit must be >= 0',
               'limit_too_big': 'exceeds the 40 test images', 'bad_format': "'imagenet-c'",
-              'out_under_a_file': 'cannot use as output folder', 'out_is_a_file': 'cannot use as output folder'}
+              'out_under_a_file': 'cannot use as output folder', 'out_is_a_file': 'cannot use as output folder',
+              'frost_not_an_image': 'frost1.png: not a readable image',
+              'frost_too_small': 'frost1.png: 120x100 pixels, 24x20 after the 0.2 shrink'}
   assert expected[case] in lines[0]
   assert not (tmp_path / 'out').exists()
 

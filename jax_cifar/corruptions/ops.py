@@ -160,8 +160,15 @@ def load_frost_dir(frost_dir: str | os.PathLike) -> list[np.ndarray]:
     path = pathlib.Path(frost_dir) / name
     if not path.exists():
       raise cifar100.DataError(f'{path}: file not found (need {", ".join(names)})')
-    img = np.asarray(Image.open(path).convert('RGB'), np.float64)
+    try:
+      with Image.open(path) as opened:
+        img = np.asarray(opened.convert('RGB'), np.float64)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      raise cifar100.DataError(f'{path}: not a readable image ({type(e).__name__})') from None
     h, w = round(img.shape[0] * 0.2), round(img.shape[1] * 0.2)
+    if min(h, w) <= 32:  # frost() cuts a random 32x32 patch out of the shrunk photograph.
+      raise cifar100.DataError(f'{path}: {img.shape[1]}x{img.shape[0]} pixels, {w}x{h} after the '
+                               '0.2 shrink; the frost photographs must give more than 32x32')
     ys = np.clip((np.arange(h) + 0.5) / 0.2 - 0.5, 0, img.shape[0] - 1)
     xs = np.clip((np.arange(w) + 0.5) / 0.2 - 0.5, 0, img.shape[1] - 1)
     yy, xx = np.meshgrid(ys, xs, indexing='ij')
