@@ -169,6 +169,22 @@ def test_an_evaluation_older_than_the_best_checkpoint_is_flagged(tmp_path, capsy
     assert warnings[0][len('warning: '):] in _section(md, 'Warnings')
 
 
+def test_the_summary_row_shows_a_plain_evaluation_and_names_an_adapted_one(tmp_path):
+  # Without eval_best.json the alphabetically first eval_*.json was shown unmarked: here a
+  # --tta shifts --bn_adapt one, as if it were the plain test accuracy.
+  both = _fake_run(tmp_path / 'both', 1.0)
+  adapted = {'test_accuracy': 0.028, 'tta': 'shifts', 'bn_adapt': True, 'tent': None}
+  (both / 'eval_best_tta-shifts_bn-adapt.json').write_text(json.dumps(adapted))
+  (both / 'eval_latest.json').write_text(json.dumps({'test_accuracy': 0.032, 'tta': 'none',
+                                                    'bn_adapt': False, 'tent': None}))
+  only = _fake_run(tmp_path / 'only', 1.0)
+  (only / 'eval_best_tta-shifts_bn-adapt.json').write_text(json.dumps(adapted))
+  rows = report.summary_rows([report.load_run(both), report.load_run(only)])
+  assert rows[0]['test_accuracy'] == 0.032 and rows[0]['run'] == 'both'
+  assert rows[1]['test_accuracy'] == 0.028
+  assert rows[1]['run'] == 'only (eval_best_tta-shifts_bn-adapt)'
+
+
 @pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
   if make == 'twice':

@@ -166,16 +166,34 @@ def _cell(text: str) -> str:
   return text.replace('|', '\\|').replace('\n', ' ')
 
 
+PLAIN_EVALS = ('eval_best', 'eval_latest', 'eval_best_ema', 'eval_latest_ema')
+
+
+def summary_eval(evals: dict[str, dict]) -> tuple[str | None, dict]:
+  """(name, numbers) of the eval a summary row shows: a plain one (no TTA, no test-time
+  adaptation) first; otherwise the first, and its name goes into the row (README: say so when a
+  number was made with test-time tools)."""
+  for name in PLAIN_EVALS:
+    if name in evals:
+      return name, evals[name]
+  for name, ev in evals.items():
+    if ev.get('tta', 'none') == 'none' and not ev.get('bn_adapt') and not ev.get('tent'):
+      return name, ev
+  return next(iter(evals.items()), (None, {}))
+
+
 def summary_rows(runs: list[dict]) -> list[dict]:
   out = []
   for run in runs:
     rows = run['rows']
     val = [r['val_accuracy'] for r in rows if r.get('val_accuracy') is not None]
-    ev = run['evals'].get('eval_best') or next(iter(run['evals'].values()), {})
+    name, ev = summary_eval(run['evals'])
+    adapted = name is not None and name not in PLAIN_EVALS and (
+        ev.get('tta', 'none') != 'none' or ev.get('bn_adapt') or ev.get('tent'))
     epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
     model = run['config'].get('model', {})
     out.append({
-        'run': run['label'],
+        'run': f"{run['label']} ({name})" if adapted else run['label'],
         'model': f"{model.get('name', '?')} (width {model.get('width', '?')})" if model else '-',
         'epochs': round(epochs, 2) if epochs is not None else None,
         'best_val_accuracy': max(val) if val else None,
