@@ -101,6 +101,17 @@ def test_resume_with_a_trajectory_change_is_refused_naming_the_key(run, key, val
   assert snapshot(run, skip=('.lock',)) == kept  # config.json, launches.jsonl, checkpoints.
 
 
+def test_a_changed_config_is_refused_when_the_run_left_a_best_but_no_latest(run):
+  # Killed after a validation but before its first `latest` save: a relaunch starts at step 0,
+  # and with another model it took over the old run's `best` checkpoint and accuracy.
+  shutil.rmtree(run / 'checkpoints' / 'latest' / str(FIRST_STEPS))
+  assert list((run / 'checkpoints' / 'best').iterdir())
+  kept = snapshot(run, skip=('.lock',))
+  line = the_error(train(run, '--config.model.width=8', '--config.train.max_steps=1'))
+  assert 'model.width 4 -> 8' in line and 'allow_config_change' in line, line
+  assert snapshot(run, skip=('.lock',)) == kept
+
+
 def test_failed_resume_with_another_config_file_keeps_config_json(run):
   kept = snapshot(run, skip=('.lock',))
   not_model = {k: v for k, v in TINY.items() if not k.startswith('model.')}

@@ -123,10 +123,12 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
 
 
 def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_per_epoch: int,
-                         total_steps: int) -> dict:
-  """The changes from the run's previous launch; trajectory-altering ones refused (see workdir)."""
+                         total_steps: int, has_best: bool = False) -> dict:
+  """The changes from the run's previous launch; trajectory-altering ones refused (see workdir).
+  Also at step 0 when the previous launch left a `best` checkpoint (killed before its first
+  `latest`): the new run would inherit that checkpoint and its accuracy as its own."""
   new = json.loads(json.dumps(config.to_dict(), default=str))
-  old = workdir_lib.previous_config(workdir) if start_step > 0 else None
+  old = workdir_lib.previous_config(workdir) if start_step > 0 or has_best else None
   if old is None:
     return {}
   changes = workdir_lib.config_changes(old, new)
@@ -188,7 +190,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
-  changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps)
+  changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
+                                 has_best=ckpts.best.best_step() is not None)
   if resume_step:
     state, step = ckpts.restore('latest', state, fallback=True)
     tracking.say(f'Resumed from step {step}.')
