@@ -157,6 +157,22 @@ def test_nonfinite_update_stops_naming_the_step_and_keeps_good_checkpoints(tmp_p
     assert np.all(np.isfinite(leaf))
 
 
+def test_a_nonfinite_update_between_log_steps_stops_before_the_next_save(tmp_path, monkeypatch):
+  # Only the 5th update is non-finite; rows are logged every 6 steps, checkpoints saved every
+  # step. The check ran at log steps only: steps 5 and 6 were saved, the good ones rotated away,
+  # and a run ending before its next log step returned as if nothing had happened.
+  real = optim.make_schedule
+  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
+      lambda step: jnp.where(step == 4, jnp.inf, real(*a, **k)(step))))
+  c = _config()
+  c.train.log_every_steps, c.checkpoint.every_steps, c.checkpoint.keep = 6, 1, 2
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
+                 if p.name.isdigit())
+  assert saved == [3, 4]
+
+
 def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):
   _diverge_from_step_5(monkeypatch)
   c = _config()

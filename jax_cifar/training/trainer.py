@@ -242,17 +242,22 @@ def _train(config, workdir: pathlib.Path) -> dict:
                         img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
         pending, t_last = [], now
       bar.update(1)
-      if step % eval_every == 0 or step in (total_steps, last_step):
+      validate = step % eval_every == 0 or step in (total_steps, last_step)
+      save = step % config.checkpoint.every_steps == 0 or step == last_step
+      if validate or save:  # Nothing is validated or saved after a non-finite update.
+        _check_finite(current(), config, warn=False)
+      if validate:
         t_val = time.perf_counter()
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
                              step / steps_per_epoch)
         t_last += time.perf_counter() - t_val  # images_per_sec: training time only.
-      if step % config.checkpoint.every_steps == 0 or step == last_step:
+      if save:
         ckpts.save_latest(current(), step)
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
       if _stop_requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
+    _check_finite(current(), config, warn=False)
     ckpts.save_latest(current(), step)
     ckpts.wait()
     logging.warning('Received %s: saved step %d to %s; relaunch to resume.', e, step, workdir)
@@ -265,13 +270,15 @@ def _train(config, workdir: pathlib.Path) -> dict:
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 
 
-def _check_finite(state: TrainState, config) -> None:
+def _check_finite(state: TrainState, config, warn: bool = True) -> None:
+  """Stops (train.on_nonfinite='stop') once any update was non-finite; checked at every log
+  step and before every validation and save, so no checkpoint after it replaces the ones before."""
   bad = int(state.nonfinite_steps)
   if bad and config.train.on_nonfinite == 'stop':
     raise NonFiniteLossError(
         f'non-finite loss or update at step {int(state.first_nonfinite_step) + 1}: it was not applied; '
         f'the last saved checkpoint is kept (set train.on_nonfinite=skip to skip such steps)')
-  if bad:
+  if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
 
 
