@@ -5,6 +5,7 @@ killed mid-save leaves the previous checkpoints intact and the next start ignore
 """
 
 import errno
+import json
 import os
 import pathlib
 import re
@@ -23,6 +24,8 @@ READ_WEIGHTS = (*WEIGHTS, 'auto')  # evaluate --weights / load_model: 'auto' pic
 
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
 _REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
+# tensorstore's status codes for a file it cannot decode (as a ValueError, like a mismatch).
+_UNREADABLE = ('DATA_LOSS', 'OUT_OF_RANGE')
 
 
 class CheckpointError(errors.UserError):
@@ -183,7 +186,9 @@ def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
     raise _Damaged(f'missing {", ".join(missing)}')
   try:
     return restore_fn()
-  except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure.
+  except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure, unless
+    if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # a file is cut.
+      raise _Damaged(f'unreadable file: {_one_line(e, 240)}') from e
     raise CheckpointError(
         f'checkpoint {step_dir} does not match this config\'s model or optimizer (a different '
         f'model.name/width/num_classes?): {str(e).splitlines()[0]}') from e

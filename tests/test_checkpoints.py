@@ -40,6 +40,9 @@ def _damage(step_dir: pathlib.Path, how: str) -> None:
     biggest.write_bytes(biggest.read_bytes()[:100])
   elif how == 'no_metadata':
     (step_dir / 'default' / '_METADATA').unlink()
+  elif how in ('truncated_metadata', 'truncated_manifest'):  # Read as "another model" before.
+    path = step_dir / 'default' / ('_METADATA' if how == 'truncated_metadata' else 'manifest.ocdbt')
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
 def _listing(workdir: pathlib.Path) -> dict:
@@ -53,7 +56,8 @@ def _target():
   return state_lib.init_state(c, tx, parallel.make_mesh())[0]
 
 
-@pytest.mark.parametrize('how', ['empty', 'truncated', 'no_metadata'])
+@pytest.mark.parametrize('how', ['empty', 'truncated', 'no_metadata', 'truncated_metadata',
+                                 'truncated_manifest'])
 def test_damaged_latest_step_is_named_and_kept(run9, tmp_path, how):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
