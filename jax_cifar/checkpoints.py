@@ -130,6 +130,9 @@ class Checkpoints:
     best = self.best_accuracy()
     if best is not None and val_accuracy <= best:
       return False
+    if step in self.best.all_steps():  # A resumed run scoring higher at a step saved before its
+      self._finish(self.best)  # kill (e.g. after switching checkpoint.best_weights): orbax
+      self.best.delete(step)  # refuses to save an existing step.
     self._save(self.best, step, state, metrics={'val_accuracy': val_accuracy}, force=True)
     return True
 

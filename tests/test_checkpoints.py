@@ -128,3 +128,22 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
     state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))
+
+
+def test_a_higher_accuracy_at_a_step_best_already_holds_replaces_it(tmp_path):
+  # 'best' holds step 9 from before a kill; the resumed run validates step 9 again and scores
+  # higher (another checkpoint.best_weights, an allowed config change): orbax refused the save of
+  # an existing step and the run died at every relaunch.
+  first = checkpoints.Checkpoints(tmp_path)
+  assert first.maybe_save_best({'w': np.ones(3, np.float32)}, 9, 0.02)
+  first.wait()
+  first.close()
+  relaunch = checkpoints.Checkpoints(tmp_path)
+  assert not relaunch.maybe_save_best({'w': np.full(3, 5, np.float32)}, 9, 0.01)
+  assert relaunch.maybe_save_best({'w': np.zeros(3, np.float32)}, 9, 0.05)
+  relaunch.wait()
+  assert relaunch.best.all_steps() == [9] and relaunch.best_accuracy() == 0.05
+  restored, step = relaunch.restore('best', {'w': np.ones(3, np.float32)})
+  assert step == 9
+  np.testing.assert_array_equal(restored['w'], np.zeros(3))
+  relaunch.close()
