@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jax_cifar import errors
+from jax_cifar import errors, parallel
 
 
 WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
@@ -89,6 +89,7 @@ class Checkpoints:
         check_writable(folder)
     opts = dict(create=create, enable_async_checkpointing=True)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
+    self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     self.latest = ocp.CheckpointManager(
         root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self.best = ocp.CheckpointManager(
@@ -162,11 +163,33 @@ class Checkpoints:
       if damaged:
         logging.warning('Damaged checkpoint %s in %s, kept as it is; restored step %d instead.',
                         '; '.join(damaged), manager.directory, step)
+        self._damaged[which] = [s for s in steps if s > step]
       return restored, step
     raise CheckpointError(
         f'damaged checkpoint in {manager.directory}: {"; ".join(damaged)}; '
         + ('no intact step is left' if fallback else 'restore an intact step by path') +
         ' (nothing was deleted)')
+
+  def set_aside_damaged(self, which: str) -> list[pathlib.Path]:
+    """Moves the damaged steps the last `restore` skipped to checkpoints/damaged/ (kept, not
+    deleted): left in place, the manager counted them as the newest steps, so retraining never
+    saved those steps again and `max_to_keep` could remove the intact ones instead."""
+    manager = {'latest': self.latest, 'best': self.best}[which]
+    steps, moved = self._damaged.pop(which, []), []
+    if steps and jax.process_index() == 0:
+      aside = manager.directory.parent / 'damaged'
+      aside.mkdir(exist_ok=True)
+      for step in steps:
+        target, n = aside / f'{which}-{step}', 1
+        while target.exists():
+          target, n = aside / f'{which}-{step}.{n}', n + 1
+        os.replace(manager.directory / str(step), target)
+        moved.append(target)
+      logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved), aside)
+    parallel.sync('checkpoints set aside')
+    if steps:
+      manager.reload()
+    return moved
 
   def wait(self) -> None:
     for manager in (self.latest, self.best):

@@ -85,6 +85,22 @@ def test_resume_skips_a_damaged_step_with_a_warning_and_trains_on(run9, tmp_path
   assert np.isfinite([r['train_loss'] for r in rows if 'train_loss' in r]).all()
 
 
+def test_a_resumed_run_saves_the_damaged_step_again_and_keeps_the_damaged_copy(run9, tmp_path):
+  # Retraining up to the damaged step 9 skipped its save ('latest' already held a step 9), so
+  # 'latest/9' stayed damaged and every relaunch retrained 7..9 again.
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', 'truncated')
+  damaged = {p.name: p.read_bytes() for p in (workdir / 'checkpoints' / 'latest' / '9').rglob('*')
+             if p.is_file()}
+  assert trainer.train_and_evaluate(_config(9), str(workdir))['step'] == 9
+  state, step = checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  assert step == 9 and int(state.step) == 9
+  kept = workdir / 'checkpoints' / 'damaged' / 'latest-9'
+  assert {p.name: p.read_bytes() for p in kept.rglob('*') if p.is_file()} == damaged
+  assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == ['6', '9']
+
+
 def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)

@@ -194,6 +194,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
                                  has_best=ckpts.best.best_step() is not None)
   if resume_step:
     state, step = ckpts.restore('latest', state, fallback=True)
+    ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
   parallel.sync('config checked')  # No process writes before every process has read.
