@@ -1,5 +1,7 @@
 """Checks a config against jax_cifar/configs/default.py before anything compiles: one line naming the key."""
 
+import math
+
 from flax import traverse_util
 
 from jax_cifar import checkpoints, errors, models, optim
@@ -24,6 +26,7 @@ CHOICES = {
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
+    'seed': (0, None, True), 'data.split_seed': (0, None, True),
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
     'data.synthetic_size': (1, None, True), 'data.worker_count': (0, None, True),
@@ -74,6 +77,10 @@ def validate(config) -> None:
   for key, allowed in CHOICES.items():
     if given[key] not in allowed:
       raise ConfigError(f'config key {key!r} must be one of {allowed}, got {given[key]!r}')
+  for key, value in given.items():  # NaN passes every comparison; inf every open range.
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      raise ConfigError(f'config key {key!r} must be a finite number, got {value!r}')
   for key, (low, high, low_inclusive) in RANGES.items():
     value = given[key]
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
@@ -91,6 +98,9 @@ def validate(config) -> None:
   if given['model.init_from'] and given['model.pretrained']:
     raise ConfigError('model.init_from (another run\'s weights) and model.pretrained (converted '
                       'torchvision weights) both set: give one')
+  for key in ('optim.b1', 'optim.b2'):  # As torch.optim.AdamW: at 1, every update is 0 / 0.
+    if given[key] >= 1.0:
+      raise ConfigError(f'config key {key!r} must be below 1, got {given[key]}')
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:

@@ -70,6 +70,16 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     ({'augment.rrc_scale': (0.5,)}, "'augment.rrc_scale' must be a pair"),
     ({'augment.color_jitter': (0.4, 0.4, 0.4, 0.6)}, "'augment.color_jitter' must be 4"),
     ({'model.name': 'simple_cnn', 'model.image_size': 48}, "'model.image_size' must be a multiple"),
+    # NaN passed every range (optim.lr=nan trained and exited 0; ema.decay=nan turned the EMA
+    # off); inf passed open ranges (num_epochs=inf: an OverflowError traceback).
+    ({'optim.lr': float('nan')}, "'optim.lr' must be a finite number, got nan"),
+    ({'ema.decay': float('nan')}, "'ema.decay' must be a finite number"),
+    ({'train.num_epochs': float('inf')}, "'train.num_epochs' must be a finite number, got inf"),
+    ({'augment.rrc_scale': (float('nan'), 1.0)}, "'augment.rrc_scale' must be a finite number"),
+    ({'seed': -1}, "'seed' must be in \\[0, inf\\]"),
+    ({'data.split_seed': -3}, "'data.split_seed' must be in"),
+    ({'optim.b1': 1.0}, "'optim.b1' must be below 1"),
+    ({'optim.b2': 1.0}, "'optim.b2' must be below 1"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
