@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jax_cifar.configs import default
@@ -183,6 +184,27 @@ def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monk
   assert int(state.nonfinite_steps) == 4 and int(state.first_nonfinite_step) == 4
   for leaf in jax.tree.leaves(jax.device_get(state.params)):
     assert np.all(np.isfinite(leaf))
+
+
+def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch):
+  # One non-finite learning-rate value (the 3rd update): only that update is skipped. The kept
+  # optimizer state also kept the schedule's count, so the same bad value came back at every
+  # later step (4 of 6 skipped) and the applied rate trailed the logged one.
+  real = optim.make_schedule
+  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
+      lambda step: jnp.where(step == 2, jnp.inf, real(*a, **k)(step))))
+  c = _config()
+  c.train.on_nonfinite, c.train.max_steps = 'skip', 6
+  trainer.train_and_evaluate(c, str(tmp_path))
+  state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
+  assert int(state.nonfinite_steps) == 1 and int(state.first_nonfinite_step) == 2
+  counts = [int(x.count) for x in jax.tree.leaves(
+      state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(x, optax.ScaleByScheduleState)]
+  assert counts == [6]  # The schedule counts every step; Adam's count only the applied ones:
+  adam = [x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
+  assert [int(x.count) for x in adam] == [5]
 
 
 @pytest.mark.parametrize('key, value, message', [

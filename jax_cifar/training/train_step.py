@@ -89,7 +89,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       step=state.step + 1,
       params=keep(new_params, state.params),
       batch_stats=keep(new_stats, state.batch_stats),
-      opt_state=keep(new_opt_state, state.opt_state),
+      opt_state=_advance_schedules(keep(new_opt_state, state.opt_state), new_opt_state),
       nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
       first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
                                      state.first_nonfinite_step, state.step))
@@ -103,6 +103,14 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       'learning_rate': schedule(state.step),
   }
   return new_state, metrics
+
+
+def _advance_schedules(kept, new):
+  """The kept optimizer state with its learning-rate schedules' step counts advanced, as
+  PyTorch's scheduler steps on when a step is skipped: otherwise the applied rate fell one step
+  behind `state.step` (and the logged rate) per skipped step. Adam's own count stays, as torch's."""
+  is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  return jax.tree.map(lambda k, n: n if is_schedule(k) else k, kept, new, is_leaf=is_schedule)
 
 
 def _micro_batches(x: jax.Array, accum: int, b: int) -> jax.Array:
