@@ -238,6 +238,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
         now = time.perf_counter()
         summary['images_per_sec'] = len(pending) * batch_size / (now - t_last)
         summary['epoch'] = step / steps_per_epoch
+        if len(pending) != config.train.log_every_steps:  # A resumed run's first row, or the last.
+          summary['window_steps'] = len(pending)
         writer.write(step, summary)
         bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
                         img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
