@@ -15,7 +15,7 @@ trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
-numbers are the backend's own: run it on the GPU in question for that GPU's).
+numbers are the backend's own: run it on the GPU in question for that GPU's); PyTorch is skipped.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: boo
   row: dict[str, Any] = {'model': spec, 'arch': config.model.name, 'stem': config.model.stem,
                          'width': config.model.width, 'batch': batch, 'dtype': dtype,
                          'image_size': size, 'scan_blocks': bool(config.model.scan_blocks)}
-  frameworks = _csv(args.frameworks)
+  # --analysis_only runs nothing, so there is no PyTorch step to compare with.
+  frameworks = [f for f in _csv(args.frameworks) if not (args.analysis_only and f == 'torch')]
   # PyTorch first: JAX's allocator keeps what it took, torch's cache is emptied after each run
   # (--repeat alternates the order on the CPU, where neither keeps memory).
   for fw in sorted(frameworks, key=lambda f: (f != 'torch') == torch_first):
@@ -171,6 +172,14 @@ def combine_runs(runs: list[dict]) -> dict:
       img_s = statistics.median(speeds)
       row[fw] = {**row[fw], 'img_s': img_s, 'img_s_runs': speeds,
                  'step_ms': 1e3 * row['batch'] / img_s}
+      last = results[-1]
+      for rate in ('tflop_s', 'mfu'):  # Per-second rates follow the median speed, not the last run's.
+        if last.get(rate) is not None:
+          row[fw][rate] = last[rate] * img_s / last['img_s']
+      if 'first_step_s' in results[0]:  # Only the first run starts from a fresh process.
+        row[fw]['first_step_s'] = results[0]['first_step_s']
+      else:
+        row[fw].pop('first_step_s', None)
   ratios = [r['jax_over_torch'] for r in runs if 'jax_over_torch' in r]
   row.pop('jax_over_torch', None)
   if ratios and len(ratios) == len(runs):
@@ -320,8 +329,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--mem_cap_gb', type=float, default=0.0,
                  help='treat programs needing more than this (XLA memory analysis, GiB) as not fitting')
   p.add_argument('--analysis_only', action='store_true',
-                 help='compile only and read XLA\'s memory analysis: no state, no steps (needs '
-                      '--mem_cap_gb with --find_batch_size)')
+                 help='compile only and read XLA\'s memory analysis: no state, no steps, no '
+                      'PyTorch (needs --mem_cap_gb with --find_batch_size)')
   p.add_argument('--recipe_batch', type=int, default=0,
                  help='batch to split into micro-batches (default: the config\'s train.batch_size)')
   p.add_argument('--remat', default='auto', choices=('auto', 'off', 'on'),
@@ -345,8 +354,9 @@ def main(argv=None) -> int:
   if args.find_batch_size and args.analysis_only and not args.mem_cap_gb:
     raise SystemExit('error: --find_batch_size --analysis_only needs --mem_cap_gb (nothing runs '
                      'out of memory when nothing runs)')
-  if args.repeat < 1:
-    raise SystemExit(f'error: --repeat must be at least 1, got {args.repeat}')
+  for name, least in (('repeat', 1), ('steps', 1), ('warmup', 0)):
+    if getattr(args, name) < least:
+      raise SystemExit(f'error: --{name} must be at least {least}, got {getattr(args, name)}')
   import jax  # pylint: disable=import-outside-toplevel
   if args.cache_dir:
     from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
@@ -354,7 +364,7 @@ def main(argv=None) -> int:
     parallel.enable_compilation_cache()  # The trainer's settings for the cache.
   else:  # Compile times are part of the result: never read them from the persistent cache.
     jax.config.update('jax_enable_compilation_cache', False)
-  with_torch = 'torch' in _csv(args.frameworks) and not args.find_batch_size
+  with_torch = 'torch' in _csv(args.frameworks) and not (args.find_batch_size or args.analysis_only)
   result: dict[str, Any] = {'environment': environment(with_torch), 'args': vars(args), 'rows': [],
                             'find_batch_size': []}
   print(f'machine: {hostinfo.describe(result["environment"]["machine"])}; '

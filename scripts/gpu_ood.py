@@ -248,6 +248,8 @@ def main():
                  help='training start-up with the probe\'s compile cache (H200: ~15 s)')
   p.add_argument('--set', action='append', default=[], help='extra --config.KEY=VALUE overrides')
   args = p.parse_args()
+  for name in ('data', 'weights', 'work', 'ood_from', 'json_out', 'probe'):  # children: cwd=ROOT
+    setattr(args, name, os.path.abspath(getattr(args, name)) if getattr(args, name) else '')
   args.tools = [t for t in args.tools.split(',') if t]
   if unknown := set(args.tools) - set(TOOLS):
     p.error(f'unknown --tools {sorted(unknown)}; choose from {",".join(TOOLS)}')

@@ -6,6 +6,7 @@ augmentation is part of the step); scripts/benchmark.py drives it.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
@@ -39,9 +40,18 @@ PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
 
 
 def peak_bf16_flops(device_kind: str) -> float | None:
-  if any(v in device_kind for v in ('PCIe', 'NVL')):
+  """One device's dense bf16 peak from its device_kind ('NVIDIA A100-SXM4-80GB', 'NVIDIA H200');
+  None for PCIe / NVL parts and anything not in the table."""
+  if re.search(r'pcie|nvl', device_kind, re.IGNORECASE):
     return None
-  return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_kind.split()), None)
+  return next((v for k, v in PEAK_BF16_FLOPS.items() if re.search(rf'\b{k}\b', device_kind)), None)
+
+
+def mfu(step_flops: float, step_s: float, device_kind: str, devices: int) -> float | None:
+  """Model FLOP utilisation: step_flops is the whole (global) step's count, so the peak is that
+  of every device the step ran on."""
+  peak = peak_bf16_flops(device_kind)
+  return step_flops / step_s / (devices * peak) if peak and step_flops and step_s else None
 
 
 def _flops(stage) -> float | None:
@@ -136,8 +146,8 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
              loss=loss, peak_bytes=stats.get('peak_bytes_in_use'))
   if out['step_flops']:  # XLA's count of the whole step (augmentation, model, optimizer)
     out['tflop_s'] = out['step_flops'] / statistics.median(times) / 1e12
-    peak = peak_bf16_flops(jax.devices()[0].device_kind)
-    if peak and config.model.dtype == 'bfloat16':
-      out['mfu'] = out['tflop_s'] * 1e12 / peak
+    if config.model.dtype == 'bfloat16':
+      out['mfu'] = mfu(out['step_flops'], statistics.median(times), jax.devices()[0].device_kind,
+                       jax.device_count())
   del state, compiled, data
   return out

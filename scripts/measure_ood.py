@@ -10,6 +10,7 @@
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import shutil
@@ -127,6 +128,12 @@ def main() -> None:
   p.add_argument('--n', type=int, default=50_000, help='images per distortion file')
   p.add_argument('--tmp_dir', default='', help='where to put the temporary set')
   args = parser.parse_args()
+  # The evaluate child runs with cwd=ROOT: paths are the caller's (a config file not found there
+  # is one of the repository's, as configs/smoke.py).
+  for name in ('config', 'workdir', 'tmp_dir'):
+    value = getattr(args, name, '')
+    if value and (name != 'config' or os.path.exists(value)):
+      setattr(args, name, os.path.abspath(value))
   print(json.dumps(speed(args) if args.what == 'speed' else rss(args), indent=2), flush=True)
 
 

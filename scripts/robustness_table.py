@@ -77,12 +77,13 @@ def overrides(args, run: str, seed: int) -> list[str]:
                     ('train.batch_size', args.batch_size)):
     if flag is not None:
       values[key] = flag
-  if mult != 1:
-    values['train.num_epochs'] = mult * (args.epochs or base_config(args.config).train.num_epochs)
   values['data.dir'] = args.data_dir
   for item in args.set:
     key, _, value = item.partition('=')
     values[key] = value
+  if mult != 1:  # After --set: a row's multiple of the epochs holds whichever way they were set.
+    epochs = values.get('train.num_epochs', base_config(args.config).train.num_epochs)
+    values['train.num_epochs'] = mult * float(epochs)
   return [f'--config.{k}={v}' for k, v in values.items()]
 
 
@@ -293,7 +294,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--set', action='append', default=[], help='extra KEY=VALUE config override')
   p.add_argument('--skip_existing', action='store_true', help='keep finished runs/evaluations')
   args = p.parse_args(argv)
-  args.eval_batch_size = args.eval_batch_size or min(args.ood_limit, 500)
+  if args.ood_limit < 0:
+    p.error(f'--ood_limit must be 0 (all 10,000 test images) or more, got {args.ood_limit}')
+  args.eval_batch_size = args.eval_batch_size or min(args.ood_limit or 10_000, 500)
+  # Children run with cwd=ROOT: paths are the caller's (a --config not found from here is one of
+  # the repository's, as the default configs/smoke.py).
+  args.out = os.path.abspath(args.out)
+  args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else ''
+  if os.path.exists(args.config):
+    args.config = os.path.abspath(args.config)
   bad = [r for r in args.rows.split(',') if r not in ROWS]
   bad += [m for m in args.tta_modes.split(',') if m not in TTA_MODES]
   if bad or (args.best_row and args.best_row not in ROWS):

@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.error(f'unrecognized arguments: {" ".join(unknown)} (extra flags for both runs are '
             '--config.KEY=VALUE)')
   args.overrides = rest
+  for name in ('weights', 'state_dict', 'out'):  # The runs' cwd is the repository root.
+    if getattr(args, name):
+      setattr(args, name, os.path.abspath(getattr(args, name)))
   return args
 
 

@@ -237,6 +237,21 @@ def test_step_flops_prefer_the_lowered_program_and_mfu_needs_a_known_peak():
   assert jax_step.peak_bf16_flops('NVIDIA H100 PCIe') is None
   assert jax_step.peak_bf16_flops('NVIDIA L40S') is None
   assert jax_step.peak_bf16_flops('cpu') is None
+  # What jax reports for an A100 names it with its form factor, joined by hyphens.
+  assert jax_step.peak_bf16_flops('NVIDIA A100-SXM4-80GB') == 312e12
+  assert jax_step.peak_bf16_flops('NVIDIA A100-PCIE-40GB') is None  # any case of PCIe
+  assert jax_step.peak_bf16_flops('NVIDIA H100 NVL') is None
+  assert jax_step.peak_bf16_flops('NVIDIA GH100X') is None  # a name containing H100 is not one
+
+
+def test_mfu_divides_the_global_step_by_the_peak_of_every_device():
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import jax_step  # pylint: disable=import-outside-toplevel
+  one = jax_step.mfu(989e12 * 0.5, 1.0, 'NVIDIA H200', 1)
+  assert one == pytest.approx(0.5)
+  # Eight devices doing the same global step in the same time are each an eighth as busy.
+  assert jax_step.mfu(989e12 * 0.5, 1.0, 'NVIDIA H200', 8) == pytest.approx(0.5 / 8)
+  assert jax_step.mfu(1e12, 1.0, 'cpu', 1) is None
 
 
 def test_lowered_step_flops_count_the_convolutions():
@@ -303,6 +318,30 @@ def test_repeats_report_medians_their_range_and_any_error():
   assert 'torch error: RuntimeError: out of memory' in benchmark.table([row])
 
 
-def test_repeat_must_be_positive():
-  with pytest.raises(SystemExit, match='--repeat must be at least 1'):
-    benchmark.main(['--repeat', '0'])
+def test_repeats_rescale_rates_to_the_median_and_keep_the_first_start_up_time():
+  runs = [_run(800, 1000), _run(700, 1000), _run(900, 1000)]
+  for r, tflops in zip(runs, (8.0, 7.0, 9.0)):  # proportional to img/s, as in a real run
+    r['jax'].update(tflop_s=tflops, mfu=tflops / 100)
+  runs[0]['jax']['first_step_s'] = 40.0  # only the first run in a process measures it
+  row = benchmark.combine_runs(runs)
+  assert row['jax']['img_s'] == 800
+  assert row['jax']['tflop_s'] == pytest.approx(8.0) and row['jax']['mfu'] == pytest.approx(0.08)
+  assert row['jax']['first_step_s'] == 40.0
+  assert 'tflop_s' not in row['torch']
+
+
+@pytest.mark.parametrize('flag', ['--repeat', '--steps'])
+def test_repeat_and_steps_must_be_positive(flag):
+  with pytest.raises(SystemExit, match=f'{flag} must be at least 1'):
+    benchmark.main([flag, '0'])
+  with pytest.raises(SystemExit, match='--warmup must be at least 0'):
+    benchmark.main(['--warmup', '-1'])
+
+
+def test_analysis_only_runs_no_pytorch(monkeypatch):
+  called = []
+  monkeypatch.setattr(benchmark, 'bench_torch', lambda *a, **k: called.append('torch') or {})
+  monkeypatch.setattr(benchmark, 'bench_jax', lambda *a, **k: {'compile_s': 1.0, 'program_bytes': 8})
+  args = benchmark.parse_args(['--analysis_only'])
+  row = benchmark.run_one('smoke', 8, 'float32', 32, args)
+  assert called == [] and 'torch' not in row and row['jax']['program_bytes'] == 8

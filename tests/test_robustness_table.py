@@ -1,0 +1,63 @@
+"""scripts/robustness_table.py's command line and per-row overrides (its runs are the trainer's
+and evaluate's, tested elsewhere)."""
+
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='module')
+def table():
+  spec = importlib.util.spec_from_file_location('robustness_table',
+                                                ROOT / 'scripts' / 'robustness_table.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _values(flags):
+  return dict(f.removeprefix('--config.').split('=', 1) for f in flags)
+
+
+def test_the_3x_control_row_triples_the_epochs_however_they_were_set(table):
+  base = table.base_config('configs/smoke.py').train.num_epochs
+  args = table.parse_args([])
+  assert float(_values(table.overrides(args, 'report_3x', 0))['train.num_epochs']) == 3 * base
+  args = table.parse_args(['--epochs', '2'])
+  assert float(_values(table.overrides(args, 'report_3x', 0))['train.num_epochs']) == 6
+  assert float(_values(table.overrides(args, 'report', 0))['train.num_epochs']) == 2
+  args = table.parse_args(['--set', 'train.num_epochs=1.5'])  # --set wins over --epochs ...
+  assert float(_values(table.overrides(args, 'report', 1))['train.num_epochs']) == 1.5
+  # ... and the control row still gets three times the budget of the others.
+  assert float(_values(table.overrides(args, 'report_3x', 1))['train.num_epochs']) == 4.5
+
+
+def test_every_row_sets_its_seed_and_the_data_folder(table, tmp_path):
+  args = table.parse_args(['--data_dir', str(tmp_path), '--set', 'model.width=8'])
+  values = _values(table.overrides(args, 'augmix', 3))
+  assert values['seed'] == '3' and values['data.dir'] == str(tmp_path)
+  assert values['augment.augmix'] == 'True' and values['model.width'] == '8'
+
+
+def test_ood_limit_zero_is_the_whole_test_set_and_batches_stay_positive(table):
+  assert table.parse_args(['--ood_limit', '0']).eval_batch_size == 500
+  assert table.parse_args(['--ood_limit', '200']).eval_batch_size == 200
+  with pytest.raises(SystemExit):
+    table.parse_args(['--ood_limit', '-1'])
+
+
+def test_paths_are_the_callers_though_children_start_in_the_repository(table, tmp_path,
+                                                                        monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'mine.py').write_text('')
+  args = table.parse_args(['--out', 'runs/r', '--data_dir', 'data', '--config', 'mine.py'])
+  assert args.out == str(tmp_path / 'runs' / 'r') and args.data_dir == str(tmp_path / 'data')
+  assert args.config == str(tmp_path / 'mine.py')
+  # A config path that is not the caller's is one of the repository's (the default).
+  args = table.parse_args([])
+  assert args.config == 'configs/smoke.py' and (ROOT / args.config).is_file()
+  assert os.path.isabs(args.out)
