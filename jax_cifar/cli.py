@@ -60,8 +60,16 @@ def _first_line(e: BaseException) -> str:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
   try:
-    return flags.FLAGS(_resolve_builtin(argv))
+    rest = flags.FLAGS(_resolve_builtin(argv))
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      # config_flags loads the file lazily when no --config.KEY override forced it: a file that
+      # failed to load is a stand-in that raises on first use; use it here, while errors are ours.
+      flags.FLAGS['config'].value.keys()
+    return rest
   except flags.Error as e:
+    if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):
+      _usage_error(f'{e}: --config.KEY=VALUE overrides need --config FILE before them (the '
+                   "run's config file, or the built-in one it started from)")
     _usage_error(f'{e} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.

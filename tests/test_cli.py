@@ -45,10 +45,13 @@ def test_config_file_that_does_not_load_is_named(tmp_path, source, expected):
   assert expected in line, line
 
 
-def test_missing_config_file_with_overrides_is_named(tmp_path):
+@pytest.mark.parametrize('overrides', [None, {}], ids=['with_overrides', 'alone'])
+def test_missing_config_file_is_named(tmp_path, overrides):
+  """Alone, config_flags loads the file only when first used: still one error line, status 2."""
   missing = tmp_path / 'no_such_config.py'
-  line = _usage_error(train(tmp_path / 'run', config=str(missing)))  # With TINY's overrides.
+  line = _usage_error(train(tmp_path / 'run', config=str(missing), overrides=overrides))
   assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
+  assert not (tmp_path / 'run').exists()
 
 
 def test_missing_workdir_flag_is_named():
@@ -135,3 +138,20 @@ def test_a_bug_keeps_its_traceback(tmp_path, exception):
   proc = _fail_or_raise(tmp_path, exception)
   assert proc.returncode == 1 and 'Traceback' in proc.stderr, proc.stderr
   assert 'error:' not in proc.stderr
+
+
+def test_evaluate_names_a_missing_config_file_too(tmp_path):
+  missing = tmp_path / 'no_such_config.py'
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(missing),
+                        '--workdir', str(tmp_path / 'run')], cwd=ROOT, capture_output=True,
+                       text=True, check=False)
+  line = _usage_error(out)
+  assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
+
+
+def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(tmp_path),
+                        '--config.train.eval_batch_size=200'], cwd=ROOT, capture_output=True,
+                       text=True, check=False)
+  line = _usage_error(out)
+  assert 'config.train.eval_batch_size' in line and 'need --config FILE' in line, line
