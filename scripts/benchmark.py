@@ -13,7 +13,8 @@ takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above
 --image_size a config keeps its own size (224 for configs/resnet152.py). The JAX step is the
 trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop/flip, resize,
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
-fallback) on a ready float batch at the model's size. Synthetic data only: no grain/tfds/wandb use.
+fallback) on a ready float batch at the model's size. Synthetic data only: no tfds or wandb; grain
+is imported with the trainer (its input pipeline) but reads nothing.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
 numbers are the backend's own: run it on the GPU in question for that GPU's); PyTorch is skipped.
 """

@@ -54,6 +54,12 @@ def mfu(step_flops: float, step_s: float, device_kind: str, devices: int) -> flo
   return step_flops / step_s / (devices * peak) if peak and step_flops and step_s else None
 
 
+def own_peak(before: int | None, after: int | None) -> int | None:
+  """A run's peak device memory from the process-wide peak before and after it: None when an
+  earlier run in the process had already reached it (this run's own peak is then unknown)."""
+  return after if after and not (before and after <= before) else None
+
+
 def _flops(stage) -> float | None:
   try:
     cost = stage.cost_analysis()
@@ -130,6 +136,9 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
   out['over_cap'] = bool(mem_cap and out['program_bytes'] and out['program_bytes'] > mem_cap)
   if analysis_only or out['over_cap']:  # A program over the cap is not run.
     return out
+  # The device's peak is the process's since it started (jax has no reset): a row that does not
+  # raise it reports no peak of its own (XLA's program_bytes still says what it needs).
+  peak_before = (jax.devices()[0].memory_stats() or {}).get('peak_bytes_in_use')
   times = []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
@@ -143,7 +152,7 @@ def bench_jax(config, steps: int, warmup: int, mem_cap: float | None = None,
   loss = float(metrics['train_loss'])
   stats = jax.devices()[0].memory_stats() or {}
   out.update(step_ms=1e3 * statistics.median(times), img_s=batch / statistics.median(times),
-             loss=loss, peak_bytes=stats.get('peak_bytes_in_use'))
+             loss=loss, peak_bytes=own_peak(peak_before, stats.get('peak_bytes_in_use')))
   if out['step_flops']:  # XLA's count of the whole step (augmentation, model, optimizer)
     out['tflop_s'] = out['step_flops'] / statistics.median(times) / 1e12
     if config.model.dtype == 'bfloat16':

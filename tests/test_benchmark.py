@@ -244,6 +244,16 @@ def test_step_flops_prefer_the_lowered_program_and_mfu_needs_a_known_peak():
   assert jax_step.peak_bf16_flops('NVIDIA GH100X') is None  # a name containing H100 is not one
 
 
+def test_a_rows_peak_memory_is_its_own_or_unknown():
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import jax_step  # pylint: disable=import-outside-toplevel
+  assert jax_step.own_peak(None, 5 << 30) == 5 << 30  # the process's first row
+  assert jax_step.own_peak(0, 5 << 30) == 5 << 30
+  assert jax_step.own_peak(5 << 30, 7 << 30) == 7 << 30  # raised the peak: it is this row's
+  assert jax_step.own_peak(7 << 30, 7 << 30) is None  # a smaller row after a larger one
+  assert jax_step.own_peak(None, None) is None  # a CPU reports nothing
+
+
 def test_mfu_divides_the_global_step_by_the_peak_of_every_device():
   sys.path.insert(0, str(ROOT / 'scripts'))
   import jax_step  # pylint: disable=import-outside-toplevel
