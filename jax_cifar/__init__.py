@@ -2,22 +2,35 @@
 
     import jax_cifar
     model, config = jax_cifar.load_model('runs/smoke')   # a trained run, as a Flax model
-    probs = jax_cifar.predict(model, config, images)      # uint8 [N, 32, 32, 3] -> [N, 100]
+    probs = jax_cifar.predict(model, config, images)      # uint8 [N, H, W, 3] -> [N, 100]
+    jax_cifar.list_models()                              # 'simple_cnn', 'resnet18', ...
     net = jax_cifar.create_model('resnext50_32x4d', 100, rngs=flax.nnx.Rngs(0))
     jax_cifar.train_and_evaluate(config, 'runs/new')      # what `python -m jax_cifar.train` runs
 
 The names are imported on first use, so command-line tools start without loading all of JAX.
 """
 
+import importlib
+
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
-    'create_model': 'jax_cifar.models', 'train_and_evaluate': 'jax_cifar.training.trainer',
+    'create_model': 'jax_cifar.models', 'list_models': 'jax_cifar.models',
+    'train_and_evaluate': 'jax_cifar.training.trainer',
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+  if name == '__version__':  # On first use too: importlib.metadata costs 20 ms at start-up.
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    try:
+      return metadata.version('jax-cifar')
+    except metadata.PackageNotFoundError:  # A source tree that was never installed.
+      return 'unknown'
   if name not in _EXPORTS:
     raise AttributeError(f'module jax_cifar has no attribute {name!r}')
-  import importlib  # pylint: disable=g-import-not-at-top
   return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:  # dir() and tab completion list the names imported on first use.
+  return sorted(set(globals()) | set(_EXPORTS) | {'__version__'})

@@ -27,15 +27,18 @@ def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """(model, config) of a run's 'best' or 'latest' checkpoint, ready for `model(x, train=False)`.
+  """(model, config) of a run's 'best' or 'latest' checkpoint, or of a step folder's path (as
+  `evaluate --checkpoint`), ready for `model(x, train=False)`.
 
   `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0);
   `weights='auto'` the one of the two with the higher validation accuracy at that checkpoint.
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
-  if checkpoint not in ('best', 'latest') or weights not in checkpoints.READ_WEIGHTS:
-    raise ValueError(f"checkpoint must be 'best' or 'latest' and weights 'raw', 'ema' or "
-                     f"'auto', got {checkpoint!r}, {weights!r}")
+  if weights not in checkpoints.READ_WEIGHTS:
+    raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
+  if checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir():
+    raise ValueError(f"checkpoint must be 'best', 'latest' or a step folder's path, got "
+                     f'{checkpoint!r} (no such folder)')
   config = run_config(run_dir)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)
@@ -45,7 +48,11 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
 
 def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.ndarray,
             batch_size: int = 500) -> np.ndarray:
-  """Class probabilities [N, num_classes] (float32) of uint8 [N, 32, 32, 3] images, in batches."""
+  """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
+  `batch_size` (resized to the model's config.model.image_size and normalised as in training)."""
+  if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+      or batch_size < 1):
+    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}')

@@ -280,13 +280,31 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_converted(path: str) -> tuple[dict, dict]:
-  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint."""
+def read_metadata(path: str, arch: str | None = None) -> dict:
+  """metadata.json of a `save_converted` checkpoint (checked to hold `arch` if given): what a run
+  checks before it reads any data."""
   meta_file = os.path.join(path, _METADATA_FILE)
   if not os.path.isfile(meta_file):
-    raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE})')
-  with open(meta_file) as f:
-    meta = json.load(f)
+    if not os.path.exists(path):
+      raise ConversionError(f'{path}: no such converted checkpoint')
+    hint = (': a torchvision state_dict is converted first, with python -m jax_cifar.convert'
+            if os.path.isfile(path) else '')
+    raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE}){hint}')
+  try:
+    with open(meta_file) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConversionError(f'{meta_file} is unreadable ({type(e).__name__}: {e})') from e
+  if not isinstance(meta, dict):
+    raise ConversionError(f'{meta_file} is not a converter\'s metadata (not a JSON object)')
+  if arch is not None and meta.get('arch') != arch:
+    raise ConversionError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {arch!r}')
+  return meta
+
+
+def read_converted(path: str) -> tuple[dict, dict]:
+  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint."""
+  meta = read_metadata(path)
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
   return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
@@ -307,10 +325,8 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
   own freshly initialised `fc` (torch.nn.Linear's init); `rngs_seed` draws one only for a model
   whose head holds no values (built with nnx.eval_shape). A matching head is loaded too.
   """
-  meta, ckpt = read_converted(path)
-  model_arch = getattr(model, 'arch', None)
-  if model_arch is not None and meta.get('arch') != model_arch:
-    raise ConversionError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {model_arch!r}')
+  read_metadata(path, getattr(model, 'arch', None))  # Before the arrays: names a wrong arch fast.
+  _, ckpt = read_converted(path)
   fc = getattr(model, 'fc', None)
   if fc is None or fc.kernel.shape[-1] != num_classes:
     raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs')

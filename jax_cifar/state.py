@@ -156,11 +156,11 @@ def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
   rows = [r for r in tracking.read_metrics(workdir)
           if r.get('step') == step and 'val_accuracy' in r]
   if not rows:
-    tracking.say(f'--weights auto: raw (step {step} has no validation row in metrics.jsonl)')
+    tracking.say(f'weights auto: raw (step {step} has no validation row in metrics.jsonl)')
     return 'raw'
   raw, ema = rows[-1]['val_accuracy'], rows[-1].get('val_accuracy_ema')
   choice = 'ema' if ema is not None and ema > raw else 'raw'
-  tracking.say(f'--weights auto: {choice} (step {step}: val_accuracy {raw:.4f}, '
+  tracking.say(f'weights auto: {choice} (step {step}: val_accuracy {raw:.4f}, '
                f'val_accuracy_ema {ema})')
   return choice
 

@@ -1,5 +1,7 @@
 """The notebook API: a trained run comes back as a model whose predictions are the run's own."""
 
+import importlib.metadata
+
 import numpy as np
 import pytest
 
@@ -51,13 +53,34 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
   assert not np.allclose(jax_cifar.predict(raw, config, images), jax_cifar.predict(ema, config, images))
   with pytest.raises(ValueError, match='uint8 images'):
     jax_cifar.predict(raw, config, images.astype(np.float32))
-  with pytest.raises(ValueError, match="'best' or 'latest'"):
+  with pytest.raises(ValueError, match="'best', 'latest' or a step folder's path"):
     jax_cifar.load_model(run, 'newest')
+  with pytest.raises(ValueError, match="weights must be one of raw, ema, auto, got 'emma'"):
+    jax_cifar.load_model(run, 'latest', weights='emma')
   with pytest.raises(workdir_lib.WorkdirError, match="not found"):
     jax_cifar.load_model(run / 'nope')
+  for bad in (0, -1, 2.5, True):  # -1 had returned 0 rows for 16 images, silently
+    with pytest.raises(ValueError, match=f'batch_size must be a positive int, got {bad!r}'):
+      jax_cifar.predict(raw, config, images, batch_size=bad)
+  assert jax_cifar.predict(raw, config, images, batch_size=np.int64(5)).shape == (16, 100)
+
+
+def test_a_step_folder_loads_as_evaluate_checkpoint_does(run):
+  step = max((run / 'checkpoints' / 'latest').iterdir(), key=lambda p: int(p.name))
+  by_path, config = jax_cifar.load_model(run, str(step))
+  latest, _ = jax_cifar.load_model(run, 'latest')
+  images = cifar100.get_splits(config.data)['val'].images[:8]
+  np.testing.assert_array_equal(jax_cifar.predict(by_path, config, images),
+                                jax_cifar.predict(latest, config, images))
 
 
 def test_package_exports_resolve_lazily():
   assert callable(jax_cifar.create_model) and callable(jax_cifar.train_and_evaluate)
   with pytest.raises(AttributeError):
     jax_cifar.no_such_thing  # pylint: disable=pointless-statement
+  # dir() (tab completion, help) lists them though they are imported on first use.
+  assert {'load_model', 'predict', 'create_model', 'list_models', '__version__'} <= set(dir(jax_cifar))
+  assert jax_cifar.__version__ == importlib.metadata.version('jax-cifar')
+  names = jax_cifar.list_models()
+  assert names[:2] == ['simple_cnn', 'resnet18'] and 'resnext50_32x4d' in names
+  assert 'wide_resnet101_2' in names and len(names) == len(set(names)) == 11

@@ -92,3 +92,43 @@ def test_build_writes_checked_files_and_tiled_labels(tmp_path, images, fmt):
   noisy = np.load(tmp_path / 'a' / expected[0]).astype(int)
   assert np.abs(noisy[0] - images[0]).mean() < np.abs(noisy[20] - images[0]).mean()
   assert not list((tmp_path / 'a').glob('.*'))
+
+
+@pytest.mark.parametrize('bad, match', [
+    (lambda x: x / 255.0, 'uint8 images'),  # [0, 1] floats had become a near-black image
+    (lambda x: x.astype(np.int64) + 44, 'uint8 images'),  # 300 had wrapped to 44
+    (lambda x: x.transpose(0, 3, 1, 2), r'\[B, 32, 32, 3\]'),  # NCHW
+    (lambda x: np.repeat(np.repeat(x, 2, 1), 2, 2), r'\(4, 64, 64, 3\)'),  # pixelate shrank it
+    (lambda x: x[0], r'\(32, 32, 3\)'),
+])
+def test_corrupt_refuses_images_it_would_silently_damage(images, bad, match):
+  with pytest.raises(ValueError, match=match):
+    corrupt.corrupt(bad(images[:4]), 'brightness', 1, np.random.default_rng(0))
+
+
+def test_corrupt_names_a_bad_severity_or_rng(images):
+  for severity in (0, 6, 2.5, True):
+    with pytest.raises(ValueError, match='severity must be an int in 1..5'):
+      corrupt.corrupt(images[:2], 'contrast', severity, np.random.default_rng(0))
+  with pytest.raises(TypeError, match='numpy Generator'):
+    corrupt.corrupt(images[:2], 'gaussian_noise', 1, 0)
+  out = corrupt.corrupt(images[:2], 'contrast', np.int64(3), np.random.default_rng(0))
+  assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+
+
+def test_a_missing_corrupt_extra_is_an_import_error_naming_the_install(tmp_path):
+  """A library import raises ImportError (SystemExit went past `except Exception`); the command
+  line still ends with one error line."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  block = "import sys; sys.modules['scipy'] = None; "
+  out = subprocess.run([sys.executable, '-c', block + (
+      'import jax_cifar.corruptions.corrupt\n')], capture_output=True, text=True, check=False)
+  assert out.returncode == 1 and 'ImportError' in out.stderr, out.stderr[-800:]
+  assert "needs scipy (the 'corrupt' extra): pip install 'jax-cifar[corrupt]'" in out.stderr
+  out = subprocess.run([sys.executable, '-c', block + (
+      "import runpy; sys.argv = ['corrupt', '--out', 'x']; "
+      "runpy.run_module('jax_cifar.corrupt', run_name='__main__')")], cwd=tmp_path,
+                       capture_output=True, text=True, check=False)
+  assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-800:]
+  assert out.stderr.strip().splitlines()[-1].startswith('error: jax_cifar.corruptions needs scipy')

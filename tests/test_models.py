@@ -1,5 +1,7 @@
 """Model registry, shapes, parameter counts and BatchNorm modes (no torch needed)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,10 +197,29 @@ def test_simple_cnn_refuses_a_side_not_a_multiple_of_32_naming_it():
     model(jnp.ones((2, 48, 48, 3)), train=False)
 
 
-@pytest.mark.parametrize('width', [0, -8, 2.5])
+@pytest.mark.parametrize('width', [0, -8, 2.5, True])
 def test_a_width_that_is_not_a_positive_int_is_refused(width):
   with pytest.raises(ValueError, match='width must be a positive int'):
     create_model('resnet18', 10, width=width, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+def test_num_classes_and_rngs_are_checked_and_numpy_ints_accepted(name):
+  for bad in (0, -1, 2.5):  # -1 had built a model whose forward failed deep in jax
+    with pytest.raises(ValueError, match=f'num_classes must be a positive int, got {bad!r}'):
+      create_model(name, bad, width=4, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r'rngs must be a flax.nnx.Rngs \(e.g. nnx.Rngs\(0\)\), got int'):
+    create_model(name, 10, width=4, rngs=0)
+  model = create_model(name, np.int64(10), width=np.int64(4), rngs=nnx.Rngs(0))
+  assert model(jnp.ones((2, 32, 32, 3)), train=False).shape == (2, 10)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+@pytest.mark.parametrize('shape', [(2, 3, 32, 32), (2, 32, 32, 1), (32, 32, 3)])
+def test_input_that_is_not_nhwc_rgb_is_named(name, shape):
+  model = create_model(name, 10, width=4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'model input must be \[N, H, W, 3\].*' + re.escape(str(shape))):
+    model(jnp.ones(shape), train=False)
 
 
 def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():

@@ -156,3 +156,18 @@ def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, ma
   with pytest.raises(DataError, match=match) as e:
     ood.check_distortion_dir(tmp_path)
   assert '\n' not in str(e.value) and 'distortion11.npy' in str(e.value)
+
+
+@pytest.mark.parametrize('n', [7, 0, -5, 2.5, True])
+def test_writer_refuses_image_counts_that_are_not_whole_severity_blocks(tmp_path, n):
+  """7 images per file had written 5 rows each, the labels paired with the wrong severities."""
+  with pytest.raises(ValueError, match=f'positive multiple of {ood.SEVERITIES}'):
+    submission.SubmissionWriter(tmp_path / 'sub.csv', n)
+  assert not list(tmp_path.iterdir())
+
+
+def test_writer_refuses_float_labels_instead_of_truncating_them(tmp_path):
+  with pytest.raises(ValueError, match='labels must be integers, got float64'):
+    with submission.SubmissionWriter(tmp_path / 'sub.csv', 5) as w:
+      w.add(0, np.array([1.0, 2.0, 7.9, 3.0, 4.0]))
+  assert not list(tmp_path.iterdir())  # No CSV, no temporary file left.

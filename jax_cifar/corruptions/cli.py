@@ -23,9 +23,15 @@ import difflib
 import sys
 
 from jax_cifar import errors
-from jax_cifar.corruptions import ops
-from jax_cifar.corruptions import store
-from jax_cifar.corruptions import corrupt
+
+try:
+  from jax_cifar.corruptions import ops
+  from jax_cifar.corruptions import store
+  from jax_cifar.corruptions import corrupt
+except ImportError as e:  # A missing 'corrupt' extra: one error line, as every other error.
+  if str(e.name).split('.')[0] not in ('skimage', 'PIL', 'scipy'):
+    raise
+  raise SystemExit(f'error: {e}') from e
 from jax_cifar.data import cifar100
 from jax_cifar.data.ood import CORRUPTIONS
 

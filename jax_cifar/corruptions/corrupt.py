@@ -38,15 +38,15 @@ from typing import Iterator
 import numpy as np
 import tqdm
 
-try:  # The 'corrupt' extra: image libraries only this held-out evaluation tool needs.
+from jax_cifar.corruptions import ops  # First: it names a missing 'corrupt' extra.
+
+try:
   import skimage.feature
   from PIL import Image
   from scipy import ndimage
 except ImportError as e:  # pragma: no cover  (the test environment has the extra)
-  raise SystemExit(f"error: python -m jax_cifar.corrupt needs {e.name}: "
-                   "pip install 'jax-cifar[corrupt]'") from e
-
-from jax_cifar.corruptions import ops
+  raise ImportError(f"jax_cifar.corruptions needs {str(e.name).split('.')[0]} (the 'corrupt' "
+                    "extra): pip install 'jax-cifar[corrupt]'", name=e.name) from e
 from jax_cifar.corruptions import store
 from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE
 
@@ -264,10 +264,20 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
   """uint8 [B, 32, 32, 3] images -> the same images corrupted by `name` at `severity` (1..5)."""
   if name not in FUNCTIONS:
     raise ValueError(f'unknown corruption {name!r}; known: {", ".join(CORRUPTIONS)}')
-  if not 1 <= severity <= SEVERITIES:
-    raise ValueError(f'severity must be in 1..{SEVERITIES}, got {severity}')
+  if (isinstance(severity, bool) or not isinstance(severity, (int, np.integer))
+      or not 1 <= severity <= SEVERITIES):
+    raise ValueError(f'severity must be an int in 1..{SEVERITIES}, got {severity!r}')
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+    # The corruptions' parameters are CIFAR-10-C's, for 32x32 pixels of 0..255; a cast would
+    # silently wrap values or turn [0, 1] floats black.
+    raise ValueError(f'corrupt expects uint8 images [B, 32, 32, 3], got {images.dtype} '
+                     f'{images.shape}')
+  if not isinstance(rng, np.random.Generator):
+    raise TypeError(f'rng must be a numpy Generator (np.random.default_rng(seed)), got '
+                    f'{type(rng).__name__}')
   textures = ops.synthetic_frost() if frost_textures is None else frost_textures
-  out = FUNCTIONS[name](np.asarray(images, np.uint8), PARAMS[name][severity - 1], rng, textures)
+  out = FUNCTIONS[name](images, PARAMS[name][severity - 1], rng, textures)
   return np.clip(out, 0, 255).astype(np.uint8)  # Truncation, as np.uint8 in make_cifar_c.py.
 
 

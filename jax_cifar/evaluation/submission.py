@@ -97,8 +97,12 @@ class SubmissionWriter:
   flock()ed while in use; temp files of killed writers (SIGKILL, power loss) are deleted on entry."""
 
   def __init__(self, path: str | os.PathLike, num_images: int):
+    if (isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer))
+        or num_images <= 0 or num_images % ood.SEVERITIES):
+      raise ValueError(f'num_images must be a positive multiple of {ood.SEVERITIES} (images per '
+                       f'distortion file, severity by severity), got {num_images!r}')
     self.path = pathlib.Path(path)
-    self.num_images = num_images
+    self.num_images = int(num_images)
     self._next = 0
     self._file = None
     self._tmp = None
@@ -123,6 +127,8 @@ class SubmissionWriter:
     if labels.shape != (self.num_images,):
       raise ValueError(f'distortion {distortion:02d}: {labels.shape} labels, expected '
                        f'({self.num_images},)')
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f'distortion {distortion:02d}: labels must be integers, got {labels.dtype}')
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
       raise ValueError(f'distortion {distortion:02d}: labels outside [0, {NUM_CLASSES})')
     ids = row_ids(distortion, self.num_images)

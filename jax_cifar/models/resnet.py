@@ -282,6 +282,12 @@ def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) 
 STEMS = ('imagenet', 'cifar')
 
 
+def check_images(x) -> None:
+  """Models take NHWC float batches with 3 channels; anything else fails deep inside a conv."""
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape {tuple(x.shape)}')
+
+
 class ResNet(nnx.Module):
   """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv.
 
@@ -323,6 +329,7 @@ class ResNet(nnx.Module):
     self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    check_images(x)
     x = x.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
     if self.stem == 'imagenet':

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import torch_default_bias_init, torch_default_kernel_init, torch_linear
+from jax_cifar.models.resnet import (check_images, torch_default_bias_init, torch_default_kernel_init,
+                                     torch_linear)
 
 Dtype = Any
 _GRID = 8  # fc1 sees an 8x8x64 map: the flattened size of a 32x32 input after two 2x2 pools.
@@ -37,6 +38,7 @@ class SimpleCNN(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train  # No dropout or BN; accepted for the common model interface.
+    check_images(x)
     side = x.shape[1:3]
     x = x.astype(self.dtype)
     x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))

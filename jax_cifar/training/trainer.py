@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel
+from jax_cifar import checkpoints, config_validation, convert, errors, interrupt, optim, parallel
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 from jax_cifar import tracking
@@ -154,12 +154,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
+  _check_pretrained(config, workdir)
   lock = _claim_workdir(config, workdir)
   try:
     return _train(config, workdir)
   finally:
     if lock:
       lock.release()
+
+
+def _check_pretrained(config, workdir: pathlib.Path) -> None:
+  """model.pretrained is a converted checkpoint of this arch: checked before the workdir is made
+  or any data read (a run that will resume never reads it, so then it is not checked)."""
+  if not config.model.pretrained:
+    return
+  latest = workdir / 'checkpoints' / 'latest'
+  if config.train.resume and latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+    return
+  convert.read_metadata(config.model.pretrained, config.model.name)
 
 
 def _train(config, workdir: pathlib.Path) -> dict:
