@@ -139,7 +139,9 @@ def test_cifar100c_table_means_and_heatmap(tmp_path):
     np.save(tmp_path / f'{name}.npy', images)
     expected[name] = hits.reshape(5, -1).mean(1)
   np.save(tmp_path / 'labels.npy', labels.astype(np.uint8))  # One per image: tiled per severity.
-  files = ood.check_cifar100c_dir(tmp_path)
+  (tmp_path / '._fog.npy').write_bytes(b'\x00\x05\x16\x07AppleDouble')  # macOS metadata
+  (tmp_path / '.npy').write_bytes(b'')
+  files = ood.check_cifar100c_dir(tmp_path)  # Hidden files are skipped, not read as corruptions.
   assert list(files) == list(ood.CORRUPTIONS)
   result = evaluate.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
   for name in ood.CORRUPTIONS:
@@ -236,7 +238,8 @@ def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refu
   inference.check_matches_run(c, str(workdir))
 
 
-@pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated'])
+@pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated',
+                                     'negative_count'])
 def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_path, problem):
   rng = np.random.default_rng(4)
   for i in range(ood.NUM_DISTORTIONS):
@@ -250,6 +253,8 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
     np.save(bad, rng.integers(0, 256, (10, 32, 32), np.uint8))
   elif problem == 'not_multiple_of_5':
     np.save(bad, rng.integers(0, 256, (12, 32, 32, 3), np.uint8))
+  elif problem == 'negative_count':  # Passed as 'trailing bytes': -5 is a multiple of 5.
+    bad.write_bytes(bad.read_bytes().replace(b'(10, 32', b'(-5, 32', 1))
   else:
     data = bad.read_bytes()
     bad.write_bytes(data[:-100])  # np.load(mmap_mode='r') may or may not notice this.
@@ -265,7 +270,8 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
 
 
 @pytest.mark.parametrize('problem', ['ood_labels_too_few', 'ood_labels_out_of_range',
-                                     'c_labels_missing', 'c_labels_float'])
+                                     'c_labels_missing', 'c_labels_float', 'ood_labels_negative',
+                                     'c_labels_negative'])
 def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
   """labels.npy is checked with the images: found bad only after the 950,000 predictions, a
   run's clean and OOD numbers were lost. (The workdir holds no run: reaching it is a different
@@ -282,6 +288,10 @@ def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
             'c_labels_float': (c_dir, np.zeros(10, np.float32))}
   if problem in labels:
     np.save(labels[problem][0] / 'labels.npy', labels[problem][1])
+  if problem.endswith('_negative'):  # A header claiming -1 labels had given a traceback.
+    where = ood_dir if problem.startswith('ood') else c_dir
+    np.save(where / 'labels.npy', np.zeros(10, np.int64))
+    (where / 'labels.npy').write_bytes((where / 'labels.npy').read_bytes().replace(b'(10,)', b'(-1,)'))
   if not problem.startswith('c_'):
     np.save(c_dir / 'labels.npy', np.zeros(2, np.int64))  # Valid: tiled over the 5 severities.
   with pytest.raises(cifar100.DataError, match='labels.npy') as e:

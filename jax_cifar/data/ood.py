@@ -78,6 +78,8 @@ def read_npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, bool
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
       else:
         raise DataError(f'unsupported .npy version {version}')
+      if any(d < 0 for d in shape):  # numpy reads the header; a negative size passes its checks.
+        raise DataError(f'{path}: header gives a negative dimension {tuple(shape)}')
       return shape, dtype, fortran, f.tell()
   except FileNotFoundError:
     raise DataError(f'{path}: file not found') from None
@@ -140,7 +142,11 @@ def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
 def check_cifar100c_dir(directory: str | os.PathLike) -> dict[str, ImageFile]:
   """{corruption name: checked file} for every `<name>.npy` but labels.npy; known names first."""
   directory = _check_dir(directory)
-  names = sorted(p.stem for p in directory.glob('*.npy') if p.name != LABELS_FILE)
+  hidden = sorted(p.name for p in directory.glob('.*npy'))  # macOS' ._fog.npy, a stray '.npy'
+  if hidden:
+    logging.warning('%s: ignoring hidden files %s', directory, ', '.join(hidden))
+  names = sorted(p.stem for p in directory.glob('*.npy')
+                 if p.name != LABELS_FILE and not p.name.startswith('.'))
   names = [n for n in CORRUPTIONS if n in names] + [n for n in names if n not in CORRUPTIONS]
   if not names:
     raise DataError(f'{directory}: no <corruption>.npy files (expected e.g. gaussian_noise.npy)')
@@ -157,7 +163,10 @@ def load_labels(path: str | os.PathLike, num_images: int) -> np.ndarray:
     raise DataError(f'{path}: shape {tuple(shape)} / dtype {dtype}, expected 1-D integer labels')
   if path.stat().st_size < offset + shape[0] * dtype.itemsize:
     raise DataError(f'{path}: truncated')
-  labels = np.load(path).astype(np.int64)
+  try:
+    labels = np.load(path, allow_pickle=False).astype(np.int64)
+  except (ValueError, OSError) as e:
+    raise DataError(f'{path}: not a readable .npy file ({e})') from None
   if len(labels) == num_images // SEVERITIES:
     labels = np.tile(labels, SEVERITIES)
   if len(labels) != num_images:
