@@ -68,10 +68,21 @@ def torch_key(path: tuple) -> str:
   return _dotted(path[:-1] + (_LEAF_TO_TORCH[path[-1]],))
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _to_numpy(value: Any, key: str = '') -> np.ndarray:
+  """A dense real tensor (torch or numpy) as float32; anything else is a ConversionError naming
+  `key` (torch's sparse, meta and quantized tensors, complex values: not torchvision weights)."""
   if hasattr(value, 'detach'):  # torch.Tensor, without importing torch here
+    kind = ('sparse' if getattr(value, 'is_sparse', False) or str(value.layout) != 'torch.strided'
+            else 'meta (no data)' if getattr(value, 'is_meta', False)
+            else 'quantized' if getattr(value, 'is_quantized', False)
+            else 'complex' if value.is_complex() else None)
+    if kind:
+      raise ConversionError(f'{key}: a {kind} tensor, expected a dense real one')
     value = value.detach().cpu().float().numpy()
-  return np.asarray(value, dtype=np.float32)
+  value = np.asarray(value)
+  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+    raise ConversionError(f'{key}: dtype {value.dtype}, expected real numbers')
+  return value.astype(np.float32)
 
 
 def _report(missing, unexpected, misshaped, what: str) -> None:
@@ -118,6 +129,9 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
     raise ConversionError(f'mis-shaped keys: fc.weight {tuple(sd["fc.weight"].shape)} (expected '
                           '(num_classes, features))')
   num_classes = int(sd['fc.weight'].shape[0])
+  if num_classes < 1:
+    raise ConversionError(f'mis-shaped keys: fc.weight {tuple(sd["fc.weight"].shape)} has no '
+                          'classes (expected (num_classes, features))')
 
   params, stats = abstract_variables(arch, num_classes)
   expected = dict(_flatten(nnx.to_pure_dict(params)))
@@ -128,7 +142,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
     if key not in sd:
       missing.append(key)
       continue
-    value = _to_numpy(sd[key])
+    value = _to_numpy(sd[key], key)
     if value.ndim == 4:
       value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     elif value.ndim == 2:

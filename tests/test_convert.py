@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -208,6 +209,29 @@ def test_non_finite_weights_negative_running_variances_and_a_0d_head_are_named()
   bias = sd['layer1.0.bn1.bias'].clone()
   bias[0] = -3.0  # Negative values elsewhere are normal weights.
   torch_to_flax(dict(sd, **{'layer1.0.bn1.bias': bias}), 'resnet18')
+
+
+@pytest.mark.parametrize('kind', ['sparse', 'meta (no data)', 'quantized', 'complex'])
+def test_tensors_that_are_not_dense_real_weights_are_named(kind):
+  """Each had given a torch traceback (sparse, meta, quantized) or converted silently, dropping
+  the imaginary part (complex)."""
+  sd = _small_state_dict()
+  w = sd['conv1.weight']
+  bad = {'sparse': lambda: w.to_sparse(), 'meta (no data)': lambda: w.to('meta'),
+         'quantized': lambda: torch.quantize_per_tensor(w, 0.1, 0, torch.qint8),
+         'complex': lambda: w.to(torch.complex64)}[kind]()
+  with pytest.raises(ValueError, match=re.escape(f'conv1.weight: a {kind} tensor, expected a dense '
+                                                 'real one')):
+    torch_to_flax(dict(sd, **{'conv1.weight': bad}), 'resnet18')
+  with pytest.raises(ValueError, match='conv1.weight: dtype <U1, expected real numbers'):
+    torch_to_flax(dict(sd, **{'conv1.weight': np.full(w.shape, 'x')}), 'resnet18')
+
+
+def test_a_head_with_no_classes_is_named_before_anything_is_written():
+  sd = _small_state_dict()
+  with pytest.raises(ValueError, match=r'fc\.weight \(0, 512\) has no classes'):
+    torch_to_flax(dict(sd, **{'fc.weight': torch.zeros(0, 512), 'fc.bias': torch.zeros(0)}),
+                  'resnet18')
 
 
 def test_module_prefix_fp16_and_num_batches_tracked_are_accepted():
