@@ -136,6 +136,26 @@ def test_output_files_without_a_manifest_are_refused(source, tmp_path):
   assert 'corrupt_manifest.json: unreadable' in _error_line(_run(source, out, *ARGS))
 
 
+@pytest.mark.parametrize('damage, reason', [
+    (lambda m: None, 'not a JSON object but NoneType'),
+    (lambda m: {**m, 'files': list(m['files'])}, "'files' is not an object of file entries"),
+    (lambda m: {**m, 'files': {k: {'complete': True, 'sha256': 'x'} for k in m['files']}},
+     'has no bytes / sha256'),
+    (lambda m: {**m, 'corruptions': 'fog'}, "'corruptions' is not a list of names"),
+])
+def test_a_hand_edited_manifest_is_unreadable_and_the_set_is_kept(source, tmp_path, damage,
+                                                                  reason):
+  """Each of these had given a TypeError / ValueError / KeyError traceback."""
+  out = tmp_path / 'set'
+  assert _run(source, out, '--limit', '5', '--corruptions', 'fog').returncode == 0
+  manifest = out / corrupt_store.MANIFEST
+  manifest.write_text(json.dumps(damage(_manifest(out))))
+  before = _snapshot(out)
+  line = _error_line(_run(source, out, '--limit', '5', '--corruptions', 'fog'))
+  assert 'corrupt_manifest.json: unreadable' in line and reason in line, line
+  assert _snapshot(out) == before
+
+
 @pytest.mark.parametrize('event', ['block:8', 'part:3', 'renamed:3', 'recorded:3'])
 def test_sigkill_leaves_only_complete_files_and_a_rerun_matches(source, tmp_path, reference, event):
   # Events: labels.npy is block 1 / part 1; file k's 5 severity blocks are 5k-3 .. 5k+1.

@@ -42,6 +42,25 @@ SET_OPTIONS = {'format': '--format', 'seed': '--seed', 'num_images': '--limit (i
 HOOK_ENV = 'JAX_CIFAR_CORRUPT_TEST_HOOK'
 
 
+
+def _check_manifest(manifest: Any) -> None:
+  """Raises ValueError unless `manifest` has the form _save_manifest writes (a hand-edited or
+  damaged one is then 'unreadable', never a traceback)."""
+  if not isinstance(manifest, dict):
+    raise ValueError(f'not a JSON object but {type(manifest).__name__}')
+  missing = [k for k in (*SET_OPTIONS, 'corruptions', 'files') if k not in manifest]
+  if missing:
+    raise ValueError(f'keys missing: {", ".join(missing)}')
+  files, corruptions = manifest['files'], manifest['corruptions']
+  if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+    raise ValueError("'files' is not an object of file entries")
+  if not isinstance(corruptions, list) or not all(isinstance(c, str) for c in corruptions):
+    raise ValueError("'corruptions' is not a list of names")
+  for name, entry in files.items():
+    if entry.get('complete') and not (isinstance(entry.get('bytes'), int)
+                                      and isinstance(entry.get('sha256'), str)):
+      raise ValueError(f'complete file {name} has no bytes / sha256')
+
 class OutputError(errors.UserError, ValueError):
   """The output folder cannot be used as asked: conflicting set, locked or unwritable."""
 
@@ -205,8 +224,7 @@ class OutputDir:
       return None
     try:
       manifest = json.loads((self.path / MANIFEST).read_text())
-      if not all(k in manifest for k in (*SET_OPTIONS, 'corruptions', 'files')):
-        raise ValueError('keys missing')
+      _check_manifest(manifest)
       return manifest
     except (OSError, ValueError) as e:
       raise OutputError(f'{self.path / MANIFEST}: unreadable ({e}); use --overwrite to replace '
