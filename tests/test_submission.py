@@ -129,6 +129,39 @@ def test_validator_takes_n_from_the_ood_dir(tmp_path):
   assert out.count('\n') == 1, out
 
 
+def test_without_a_count_the_summary_says_it_was_inferred_and_num_images_checks_it(tmp_path):
+  """The last image of every severity block dropped: 19 x 5 x (N/5 - 1) rows, every id in order.
+  Without --ood_dir this had read 'OK' with nothing to say the count was only inferred."""
+  lines = _expected_lines()
+  per = N // ood.SEVERITIES
+  kept = [lines[0]] + [row for row in lines[1:] if not row.split(',')[0].endswith(f'_{per - 1}')]
+  path = tmp_path / 'sub.csv'
+  path.write_text('\n'.join(kept) + '\n')
+  summary = submission.check_submission(path)
+  assert summary.startswith('OK') and 'N from the row count' in summary and '--num_images' in summary
+  with pytest.raises(submission.SubmissionError, match=f'expected 19 x {N} = {19 * N} '
+                                                       r'\(from --num_images\)'):
+    submission.check_submission(path, num_images=N)
+  code, out = _run_check(path, '--num_images', str(N))
+  assert code == 1 and out.startswith('error: ') and out.count('\n') == 1, out
+  _write(path)
+  assert submission.check_submission(path, num_images=N) == (
+      f'OK: {path}: {19 * N} rows = 19 distortions x 5 severities x {per} images')
+  with pytest.raises(submission.SubmissionError, match='positive multiple of 5'):
+    submission.check_submission(path, num_images=7)
+
+
+def test_trailing_blank_lines_are_tolerated_and_rows_split_only_at_newlines(tmp_path):
+  path = tmp_path / 'sub.csv'
+  lines = _expected_lines()
+  path.write_text('\r\n'.join(lines) + '\r\n\n\n')  # CRLF and blank lines after the last row
+  assert submission.check_submission(path, num_images=N).startswith('OK')
+  lines[4] = lines[4] + '\u2028'  # str.splitlines() had split the row here: 'not 19 x N rows'
+  path.write_text('\n'.join(lines) + '\n')
+  with pytest.raises(submission.SubmissionError, match=r'line 5: label .* is not an integer'):
+    submission.check_submission(path, num_images=N)
+
+
 @pytest.mark.parametrize('problem,match', [
     ('missing', 'file not found'), ('dtype', 'dtype float32'), ('shape', 'shape'),
     ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),

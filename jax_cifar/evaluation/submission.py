@@ -29,6 +29,7 @@ from jax_cifar.data.cifar100 import NUM_CLASSES
 
 HEADER = 'id,label'
 _LABEL = re.compile(r'[0-9]{1,3}')
+KAGGLE_IMAGES = 10_000  # Test images per severity in the course's 950,000-row set.
 
 
 class SubmissionError(errors.UserError, ValueError):
@@ -156,22 +157,38 @@ def _expected_ids(num_images: int) -> Iterator[str]:
     yield from row_ids(d, num_images)
 
 
-def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None = None) -> str:
-  """Checks header, row count, id order and labels; returns a one-line summary or raises."""
+def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None = None,
+                     num_images: int | None = None) -> str:
+  """Checks header, row count, id order and labels; returns a one-line summary or raises.
+
+  The images per distortion file come from `ood_dir`'s files, or `num_images`; with neither they
+  are inferred from the row count, which then cannot show whole images missing (the summary says
+  so)."""
   path = pathlib.Path(path)
   try:
-    lines = path.read_text().splitlines()
+    # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
+    # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
+    lines = [line.rstrip('\r') for line in path.read_text().split('\n')]
   except (OSError, UnicodeDecodeError) as e:
     raise SubmissionError(f'{path}: cannot read ({e})') from None
+  while lines and not lines[-1]:
+    lines.pop()
   if not lines or lines[0].rstrip('\r') != HEADER:
     got = lines[0][:40] if lines else '<empty file>'
     raise SubmissionError(f'{path}: header is {got!r}, expected {HEADER!r}')
   rows = lines[1:]
-  if ood_dir is not None:
-    num_images = ood.check_distortion_dir(ood_dir)[0].num_images
+  inferred = ood_dir is None and num_images is None
+  if not inferred:
+    if ood_dir is not None:
+      num_images, source = ood.check_distortion_dir(ood_dir)[0].num_images, str(ood_dir)
+    else:
+      source = '--num_images'
+      if num_images < 1 or num_images % ood.SEVERITIES:
+        raise SubmissionError(f'--num_images {num_images}: expected a positive multiple of '
+                              f'{ood.SEVERITIES}')
     if len(rows) != ood.NUM_DISTORTIONS * num_images:
       raise SubmissionError(f'{path}: {len(rows)} rows, expected {ood.NUM_DISTORTIONS} x '
-                            f'{num_images} = {ood.NUM_DISTORTIONS * num_images} (from {ood_dir})')
+                            f'{num_images} = {ood.NUM_DISTORTIONS * num_images} (from {source})')
   else:
     num_images = len(rows) // ood.NUM_DISTORTIONS
     if (not rows or len(rows) % ood.NUM_DISTORTIONS or num_images % ood.SEVERITIES):
@@ -186,8 +203,13 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     if not _LABEL.fullmatch(parts[1]) or int(parts[1]) >= NUM_CLASSES:
       raise SubmissionError(f'{path}: line {line_no}: label {parts[1]!r} is not an integer in '
                             f'0..{NUM_CLASSES - 1}')
+  per = num_images // ood.SEVERITIES
+  note = ''
+  if inferred and per != KAGGLE_IMAGES:
+    note = (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
+            'pass --ood_dir or --num_images to check the count)')
   return (f'OK: {path}: {len(rows)} rows = {ood.NUM_DISTORTIONS} distortions x '
-          f'{ood.SEVERITIES} severities x {num_images // ood.SEVERITIES} images')
+          f'{ood.SEVERITIES} severities x {per} images{note}')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='validate a submission CSV')
   check.add_argument('csv')
-  check.add_argument('--ood_dir', default=None,
+  where = check.add_mutually_exclusive_group()
+  where.add_argument('--ood_dir', default=None,
                      help='folder of distortion00..18.npy: take N from it instead of the row count')
+  where.add_argument('--num_images', type=int, default=None,
+                     help='images per distortion file (the course\'s Kaggle set: 50000)')
   args = parser.parse_args(argv)
   try:
-    print(check_submission(args.csv, args.ood_dir))
+    print(check_submission(args.csv, args.ood_dir, args.num_images))
   except Exception as e:  # pylint: disable=broad-except
     message = errors.user_message(e)
     if message is None:
