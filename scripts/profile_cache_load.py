@@ -21,9 +21,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-flags.DEFINE_integer('loads', 2, 'How many times to load the serialised step.')
-flags.mark_flags_as_required(['config'])
+
+
+def define_flags() -> None:
+  """The command line's flags; registered only when run as a script, so importing this module
+  (tests) never clashes with another module's --config in the same process."""
+  config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+  flags.DEFINE_integer('loads', 2, 'How many times to load the serialised step.')
+  flags.mark_flags_as_required(['config'])
 
 # Entry-computation operations that are no thunk of their own.
 _FREE = frozenset({'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast'})
@@ -75,4 +80,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -52,3 +52,11 @@ def test_small_trainer_step_is_compiled_serialised_and_loaded(tmp_path):
   assert len(result['load_s']) == 1 and result['load_s'][0] > 0 and result['bytes'] > 0
   # A ResNet-18 step: at least forward, input-gradient and kernel-gradient convolutions of its 20.
   assert result['thunk_kinds']['convolution'] >= 40 and result['thunks'] > 200
+
+
+def test_importing_the_script_registers_no_flags_beside_the_cli_modules():
+  """In one pytest worker with jax_cifar.evaluate imported, the script's --config had clashed
+  (DuplicateFlagError at collection)."""
+  import jax_cifar.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  import importlib  # pylint: disable=import-outside-toplevel
+  importlib.reload(profile_cache_load)
