@@ -32,9 +32,13 @@ from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).')
-flags.mark_flags_as_required(['config'])
+
+
+def define_flags() -> None:
+  """Registered only when run as a script (importing it must not clash with another --config)."""
+  config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+  flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).')
+  flags.mark_flags_as_required(['config'])
 
 
 def _batches(config, split, steps: int, mesh):
@@ -127,4 +131,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
