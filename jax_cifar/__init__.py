@@ -12,10 +12,6 @@ The names are imported on first use, so command-line tools start without loading
 
 import importlib
 
-from jax_cifar import xla_cpu
-
-xla_cpu.cap_isa()  # Before JAX starts: see jax_cifar/xla_cpu.py.
-
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
     'create_model': 'jax_cifar.models', 'list_models': 'jax_cifar.models',
