@@ -81,6 +81,17 @@ def _step(affine, opt_state, rest, batch_stats, batch: dict, *, graphdef, config
   return optax.apply_updates(affine, updates), opt_state, loss
 
 
+def _check_finite(params, batch_stats) -> None:
+  """Names non-finite checkpoint values before any step: how a NaN shows in the entropy depends
+  on how XLA compiled the step (its defaults can turn relu(NaN) into 0)."""
+  bad = [jax.tree_util.keystr(path) for path, v in
+         jax.tree_util.tree_leaves_with_path((params, batch_stats))
+         if not bool(jnp.isfinite(v).all())]
+  if bad:
+    raise errors.UserError(f'--tent: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
+                           f'{" ..." if len(bad) > 5 else ""}')
+
+
 class TentAdapter:
   """`adapt(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
 
@@ -100,8 +111,10 @@ class TentAdapter:
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     self._step = jax.jit(functools.partial(_step, graphdef=graphdef, config=config, tx=tx),
                          in_shardings=(repl, repl, repl, repl, data),
-                         out_shardings=(repl, repl, repl),
-                         compiler_options=parallel.step_compiler_options(config.model.dtype))
+                         out_shardings=(repl, repl, repl))
+    # XLA's default options, not the train step's CPU ones: with those, on an Intel Xeon with AMX
+    # these BatchNorm gradients came out up to 1e-2 off torch float64 (XLA:CPU's fused code;
+    # docs/benchmarks.md), with the defaults as close as torch float32. Tent takes few steps.
     self.passes = options.epochs + 1  # Entropy passes, then the statistics pass.
     self.last_entropy: list[float] = []  # Mean entropy of each pass over the last chunk.
 
@@ -112,6 +125,7 @@ class TentAdapter:
   def adapt_model(self, params, batch_stats, images: np.ndarray,
             progress: Callable[[int], Any] | None = None,
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
+    _check_finite(params, batch_stats)
     affine, rest = self.split(params)
     opt_state = self._init(affine)
     size, self.last_entropy = self.options.batch_size, []
