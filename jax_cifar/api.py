@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, workdir
+from jax_cifar import checkpoints, errors, workdir
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -50,9 +50,7 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
             batch_size: int = 500) -> np.ndarray:
   """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
   `batch_size` (resized to the model's config.model.image_size and normalised as in training)."""
-  if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-      or batch_size < 1):
-    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+  batch_size = errors.positive_int('batch_size', batch_size)
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}')

@@ -316,9 +316,10 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
   return meta
 
 
-def read_converted(path: str) -> tuple[dict, dict]:
-  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint."""
-  meta = read_metadata(path)
+def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
+  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint
+  (checked to hold `arch` first, if given)."""
+  meta = read_metadata(path, arch)
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
   return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
@@ -339,8 +340,7 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
   own freshly initialised `fc` (torch.nn.Linear's init); `rngs_seed` draws one only for a model
   whose head holds no values (built with nnx.eval_shape). A matching head is loaded too.
   """
-  read_metadata(path, getattr(model, 'arch', None))  # Before the arrays: names a wrong arch fast.
-  _, ckpt = read_converted(path)
+  _, ckpt = read_converted(path, getattr(model, 'arch', None))
   fc = getattr(model, 'fc', None)
   if fc is None or fc.kernel.shape[-1] != num_classes:
     raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs')

@@ -6,6 +6,8 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class UserError(Exception):
   """A problem with the user's input or files, with a message that says what to do."""
@@ -26,3 +28,10 @@ def user_message(e: BaseException) -> str | None:
   if isinstance(e, OSError) and e.strerror:
     return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
   return None
+
+
+def positive_int(what: str, value) -> int:
+  """`value` as an int if it is a positive integer (numpy's too, never a bool); else ValueError."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f'{what} must be a positive int, got {value!r}')
+  return int(value)

@@ -84,9 +84,9 @@ def _step(affine, opt_state, rest, batch_stats, batch: dict, *, graphdef, config
 def _check_finite(params, batch_stats) -> None:
   """Names non-finite checkpoint values before any step: how a NaN shows in the entropy depends
   on how XLA compiled the step (its defaults can turn relu(NaN) into 0)."""
-  bad = [jax.tree_util.keystr(path) for path, v in
-         jax.tree_util.tree_leaves_with_path((params, batch_stats))
-         if not bool(jnp.isfinite(v).all())]
+  finite = jax.device_get(jax.tree.map(lambda v: jnp.isfinite(v).all(), (params, batch_stats)))
+  bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
+         if not ok]
   if bad:
     raise errors.UserError(f'--tent: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
                            f'{" ..." if len(bad) > 5 else ""}')

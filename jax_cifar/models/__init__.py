@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from jax_cifar import errors
 from jax_cifar.models.resnet import ARCHS, STEMS, ResNet, build_resnet, min_width
 from jax_cifar.models.simple_cnn import SimpleCNN
 
@@ -35,12 +35,12 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
   if stem not in STEMS:
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
-  num_classes = _positive_int('num_classes', num_classes)
+  num_classes = errors.positive_int('num_classes', num_classes)
   if not isinstance(rngs, nnx.Rngs):
     raise TypeError(f'rngs must be a flax.nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}')
   if name == 'simple_cnn':
     return SimpleCNN(num_classes, dtype=dtype, rngs=rngs)
-  width = _positive_int('width', width)  # Stage 1's channels.
+  width = errors.positive_int('width', width)  # Stage 1's channels.
   return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
                       scan_blocks=scan_blocks, rngs=rngs)
 
@@ -49,11 +49,6 @@ def list_models() -> list[str]:
   """The names `create_model` accepts (torchvision's ResNet family and the course's simple CNN)."""
   return list(MODEL_NAMES)
 
-
-def _positive_int(what: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{what} must be a positive int, got {value!r}')
-  return int(value)
 
 
 __all__ = ['MODEL_NAMES', 'STEMS', 'ResNet', 'SimpleCNN', 'create_model', 'list_models',
