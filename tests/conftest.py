@@ -10,6 +10,22 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path.home() / '.c
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 
+# The test files that take longest, longest first (worker-seconds in a full run on a 2-core machine,
+# 2026-12-01: 260 .. 60 s). README's command runs files in this order (`--dist loadfile
+# --no-loadscope-reorder`), so no long file starts last while the other workers sit idle; by
+# default xdist would start the files with the most tests first, which are mostly quick ones.
+LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess_eval', 'test_convert',
+                 'test_multiprocess', 'test_gpu_ood', 'test_bf16', 'test_models', 'test_bn_adapt',
+                 'test_tent', 'test_evaluate', 'test_init_from', 'test_ema', 'test_workdir',
+                 'test_train_step', 'test_grad_accum')
+
+
+def pytest_collection_modifyitems(items):
+  """Files in LONGEST_FIRST's order, then the rest as collected; tests keep their order in a file."""
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # Stable: ties keep their order.
+
+
 def require_env_path(var: str, *parts: str) -> pathlib.Path:
   """The file/folder under $VAR; skipped with a reason outside CI, a failure under CI."""
   base = os.environ.get(var)
