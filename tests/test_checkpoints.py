@@ -146,6 +146,34 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
     state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))
 
 
+@pytest.mark.parametrize('ema', [0.0, 0.9])
+def test_the_restore_target_is_init_states_structure_without_computing_it(ema):
+  """restore() reads into abstract_state: every leaf of init_state, same shape, dtype and sharding,
+  as ShapeDtypeStructs (no weights are initialised just to be overwritten)."""
+  c = _config(0)
+  c.ema.decay = ema
+  tx, _ = optim.make_optimizer(c.optim, 1, 1)
+  mesh = parallel.make_mesh()
+  (real, real_def), (abstract, abstract_def) = (state_lib.init_state(c, tx, mesh, pretrained=False),
+                                                state_lib.abstract_state(c, tx, mesh))
+  assert jax.tree.structure(abstract) == jax.tree.structure(real) and abstract_def == real_def
+  assert (abstract.ema_params is None) == (ema == 0.0)
+  for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
+    assert isinstance(a, jax.ShapeDtypeStruct)
+    assert (a.shape, a.dtype, a.sharding) == (r.shape, r.dtype, r.sharding)
+
+
+def test_restore_gives_the_saved_state_exactly(run9):
+  """Every leaf of the restored state (optimizer moments, rng, counters) equals what the run holds
+  at step 9: the run's own resume restores the same step into a computed state."""
+  state, _, step = state_lib.restore(_config(0), run9, 'latest')
+  assert step == 9 and int(state.step) == 9
+  saved, _ = checkpoints.Checkpoints(run9, create=False).restore('latest', _target())
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(saved), strict=True):
+    assert a.sharding == b.sharding
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_higher_accuracy_at_a_step_best_already_holds_replaces_it(tmp_path):
   # 'best' holds step 9 from before a kill; the resumed run validates step 9 again and scores
   # higher (another checkpoint.best_weights, an allowed config change): orbax refused the save of
