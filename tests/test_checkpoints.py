@@ -158,7 +158,7 @@ def test_the_restore_target_is_init_states_structure_without_computing_it(ema):
                                                 state_lib.abstract_state(c, tx, mesh))
   assert jax.tree.structure(abstract) == jax.tree.structure(real) and abstract_def == real_def
   assert (abstract.ema_params is None) == (ema == 0.0)
-  for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
+  for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real), strict=True):
     assert isinstance(a, jax.ShapeDtypeStruct)
     assert (a.shape, a.dtype, a.sharding) == (r.shape, r.dtype, r.sharding)
 
