@@ -75,6 +75,20 @@ def step_compiler_options(dtype: str = 'float32') -> dict | None:
   return dict(CPU_COMPILER_OPTIONS)
 
 
+def precise_compiler_options() -> dict | None:
+  """CPU-only XLA options for programs whose precision matters more than their speed (Tent's few
+  gradient steps): no YNNPACK fusions, and AVX2 code.
+
+  XLA:CPU's convolution code lost precision in some whole programs (docs/benchmarks.md): a
+  BatchNorm-affine gradient through YNNPACK's convolutions came out 9e-2 off torch float64 on an
+  AVX2 AMD EPYC, and through XLA's own convolutions with AVX-512 code 1e-2 off on an Intel Xeon
+  with AMX. Both were as close as torch float32 with these options; they cost nothing measurable.
+  """
+  if jax.default_backend() != 'cpu' or os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+    return None
+  return {'xla_cpu_experimental_ynn_fusion_type': '', 'xla_cpu_max_isa': 'AVX2'}
+
+
 def make_mesh() -> Mesh:
   """One 'data' axis over every device of every process."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))

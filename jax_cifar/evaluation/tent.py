@@ -111,10 +111,8 @@ class TentAdapter:
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     self._step = jax.jit(functools.partial(_step, graphdef=graphdef, config=config, tx=tx),
                          in_shardings=(repl, repl, repl, repl, data),
-                         out_shardings=(repl, repl, repl))
-    # XLA's default options, not the train step's CPU ones: with those, on an Intel Xeon with AMX
-    # these BatchNorm gradients came out up to 1e-2 off torch float64 (XLA:CPU's fused code;
-    # docs/benchmarks.md), with the defaults as close as torch float32. Tent takes few steps.
+                         out_shardings=(repl, repl, repl),
+                         compiler_options=parallel.precise_compiler_options())
     self.passes = options.epochs + 1  # Entropy passes, then the statistics pass.
     self.last_entropy: list[float] = []  # Mean entropy of each pass over the last chunk.
 
