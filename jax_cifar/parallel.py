@@ -82,7 +82,8 @@ def precise_compiler_options() -> dict | None:
   XLA:CPU's convolution code lost precision in some whole programs (docs/benchmarks.md): a
   BatchNorm-affine gradient through YNNPACK's convolutions came out 9e-2 off torch float64 on an
   AVX2 AMD EPYC, and through XLA's own convolutions with AVX-512 code 1e-2 off on an Intel Xeon
-  with AMX. Both were as close as torch float32 with these options; they cost nothing measurable.
+  with AMX. Both were as close as torch float32 with these options. (Their speed was not measured
+  on Tent; the train step ran at the same speed with AVX2 code on that Xeon.)
   """
   if jax.default_backend() != 'cpu' or os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
     return None
