@@ -1,8 +1,11 @@
 """Runs one train step of a tiny model on a fixed batch and saves the result (used by test_trainer).
 
-Run in a subprocess so XLA_FLAGS can give it 1 or 8 fake CPU devices.
+Run in a subprocess so XLA_FLAGS can give it 1 or 8 fake CPU devices. It takes the step twice,
+compiled with the trainer's CPU compiler options and without them (JAX_CIFAR_XLA_DEFAULTS, read
+when the step is compiled), into OUT_options.npz and OUT_defaults.npz.
 """
 
+import os
 import sys
 
 import jax
@@ -14,7 +17,7 @@ from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 
 
-def main(out_path: str) -> None:
+def one_step(out_path: str) -> None:
   c = default.get_config()
   c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 8, 10
   c.augment.mixup_alpha = 0.4
@@ -36,6 +39,14 @@ def main(out_path: str) -> None:
   arrays['__loss'] = np.asarray(metrics['train_loss'])
   arrays['__devices'] = np.asarray(jax.device_count())
   np.savez(out_path, **arrays)
+
+
+def main(out_prefix: str) -> None:
+  for name, xla_defaults in (('options', False), ('defaults', True)):
+    os.environ.pop('JAX_CIFAR_XLA_DEFAULTS', None)
+    if xla_defaults:
+      os.environ['JAX_CIFAR_XLA_DEFAULTS'] = '1'
+    one_step(f'{out_prefix}_{name}.npz')
 
 
 if __name__ == '__main__':

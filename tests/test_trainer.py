@@ -21,30 +21,38 @@ from jax_cifar.data import cifar100
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _one_step(tmp_path, devices: int, xla_defaults: bool):
-  out = tmp_path / f'step_{devices}.npz'
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
-  env.pop('JAX_CIFAR_XLA_DEFAULTS', None)
-  if xla_defaults:
-    env['JAX_CIFAR_XLA_DEFAULTS'] = '1'  # Without the CPU compiler options of parallel.py.
-  subprocess.run([sys.executable, str(ROOT / 'tests' / '_one_step.py'), str(out), str(ROOT)],
-                 check=True, env=env, cwd=ROOT)
-  return dict(np.load(out))
+@pytest.fixture(scope='module')
+def one_step_results(tmp_path_factory):
+  """{devices: {'options'/'defaults': arrays}}: one subprocess per device count takes the step
+  with the trainer's CPU compiler options and with XLA's defaults."""
+  out = tmp_path_factory.mktemp('one_step')
+  results = {}
+  for devices in (1, 8):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+               JAX_PLATFORMS='cpu')
+    subprocess.run([sys.executable, str(ROOT / 'tests' / '_one_step.py'), str(out / f'step_{devices}'),
+                    str(ROOT)], check=True, env=env, cwd=ROOT)
+    results[devices] = {name: dict(np.load(out / f'step_{devices}_{name}.npz'))
+                        for name in ('options', 'defaults')}
+  return results
 
 
 # Tolerances on parameters and BN statistics after one SGD step (lr 0.1): with XLA's default CPU
 # pipeline 1e-4 relative / 1e-5 absolute; with the CPU compiler options the trainer uses
 # (algsimp off), reductions are ordered differently and differences reach 2e-5 absolute.
 @pytest.mark.parametrize('xla_defaults, atol', [(True, 1e-5), (False, 5e-5)])
-def test_train_step_on_8_devices_equals_1_device(tmp_path, xla_defaults, atol):
-  one, eight = _one_step(tmp_path, 1, xla_defaults), _one_step(tmp_path, 8, xla_defaults)
+def test_train_step_on_8_devices_equals_1_device(one_step_results, xla_defaults, atol):
+  name = 'defaults' if xla_defaults else 'options'
+  one, eight = one_step_results[1][name], one_step_results[8][name]
   assert int(one['__devices']) == 1 and int(eight['__devices']) == 8
   assert one.keys() == eight.keys()
   # Same global batch, same keys: only the order of floating-point reductions differs.
   np.testing.assert_allclose(one['__loss'], eight['__loss'], rtol=1e-5)
   for key in set(one) - {'__devices'}:
     np.testing.assert_allclose(one[key], eight[key], rtol=1e-4, atol=atol, err_msg=key)
+  # The two settings compile different programs (else this test would check one of them twice).
+  other = one_step_results[1]['options' if xla_defaults else 'defaults']
+  assert any(not np.array_equal(one[k], other[k]) for k in set(one) - {'__devices'})
 
 
 def _synthetic_config(max_steps: int):
