@@ -27,7 +27,7 @@ def get_config():
   c.data.source = 'synthetic'
   c.data.synthetic_size = 64
   c.data.val_fraction = 0.0
-  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.model.name = 'simple_cnn'  # What is tested is the CLI's handling of faults, not the model.
   c.train.batch_size = 32
   c.train.eval_batch_size = 32
   c.train.num_epochs = 1
@@ -91,6 +91,7 @@ def test_sigkill_keeps_the_previous_csv_and_a_relaunch_writes_the_same_bytes(run
   previous = ''.join(line.rsplit(',', 1)[0] + ',0\n' if i else line + '\n'
                      for i, line in enumerate(reference.read_text().splitlines()))
   out.write_text(previous)  # A complete CSV of an earlier run (different labels).
+  assert previous != reference.read_text()  # So the relaunch below must really rewrite it.
 
   proc = _evaluate(run, out, 'ood_file:4:SIGKILL')
   assert proc.returncode == -9, (proc.returncode, proc.stderr[-3000:])
