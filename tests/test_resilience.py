@@ -21,7 +21,7 @@ from jax_cifar import state as state_lib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = {
     'data.source': 'synthetic', 'data.synthetic_size': 640, 'data.val_fraction': 0.2,
-    'model.name': 'resnet18', 'model.stem': 'cifar', 'model.width': 4,
+    'model.name': 'simple_cnn',  # Checkpoint and loop mechanics: the quickest model to compile.
     'augment.mixup_alpha': 0.2, 'train.batch_size': 32, 'train.eval_batch_size': 64,
     'train.num_epochs': 2, 'train.log_every_steps': 2, 'train.eval_every_epochs': 0.5,
     'checkpoint.every_steps': 3,
@@ -292,13 +292,13 @@ def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path)
 def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
   assert _run_cli(tmp_path, '--config.train.max_steps=3').returncode == 0
   # The run's config.json names the change before anything is restored ...
-  out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6')
+  other = ('--config.model.name=resnet18', '--config.model.width=4', '--config.train.max_steps=6')
+  out = _run_cli(tmp_path, *other)
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
-  assert out.returncode != 0 and len(errors) == 1 and 'model.width 4 -> 8' in errors[0], (
-      out.returncode, out.stderr[-4000:])
+  assert out.returncode != 0 and len(errors) == 1 and (
+      "model.name 'simple_cnn' -> 'resnet18'" in errors[0]), (out.returncode, out.stderr[-4000:])
   # ... and a change accepted on purpose still cannot load weights of another shape.
-  out = _run_cli(tmp_path, '--config.model.width=8', '--config.train.max_steps=6',
-                 '--config.train.allow_config_change=true')
+  out = _run_cli(tmp_path, *other, '--config.train.allow_config_change=true')
   assert out.returncode != 0
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(errors) == 1 and 'does not match' in errors[0], (out.returncode, out.stderr[-4000:])
