@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARGS = ['--config.data.source=synthetic', '--config.data.synthetic_size=256',
-        '--config.data.val_fraction=0.25', '--config.model.width=4', '--config.train.batch_size=32',
+        '--config.data.val_fraction=0.25', '--config.model.name=simple_cnn', '--config.train.batch_size=32',
         '--config.train.num_epochs=2', '--config.train.log_every_steps=2',
         '--config.checkpoint.every_steps=3']
 
@@ -27,7 +27,7 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   lines = out.stderr.replace('\r', '\n').splitlines()
   assert not [l for l in lines if re.match(r'I\d{4} ', l)], [l for l in lines if l.startswith('I')][:5]
   assert not [l for l in lines if 'orbax' in l or 'checkpoint_manager' in l]
-  assert any(l.startswith('resnet18: ') and 'steps/epoch' in l and str(tmp_path / 'run') in l
+  assert any(l.startswith('simple_cnn: ') and 'steps/epoch' in l and str(tmp_path / 'run') in l
              for l in lines)
   evals = [l for l in lines if re.match(r'epoch \d+\.\d+ step \d+: val_loss', l)]
   assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
