@@ -119,6 +119,13 @@ def _assert_same_run(dir_a, dir_b, data_dir, step: int) -> None:
   assert momentum and diff <= MOMENTUM_RTOL * norm, (diff, norm)
 
 
+def _errors_first(out: str) -> str:
+  """The error and fatal-log lines of a multi-process run's output, then its last 3,000 characters."""
+  causes = [l for l in out.splitlines()
+            if re.search(r'\] ([EF]\d{4} |error|Error|Terminating|WARNING: .*(signal|Received))', l)]
+  return '\n'.join(causes[:40]) + '\n...\n' + out[-3000:]
+
+
 def _rows(workdir) -> dict:
   return {(r['step'], k): v for r in tracking.read_metrics(workdir) for k, v in r.items()
           if k in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_top5_accuracy')}
@@ -183,7 +190,9 @@ def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar
   proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         text=True, timeout=TIMEOUT, check=False)
   out = proc.stdout
-  assert proc.returncode == 75, out[-3000:]  # Both saved and exited with the preemption status.
+  # Both saved and exited with the preemption status. (A failure shows each process's error and
+  # fatal-log lines first: a process that aborts prints a long stack after its cause.)
+  assert proc.returncode == 75, _errors_first(out)
   saved = {int(m.group(1)): (m.group(2), int(m.group(3))) for m in re.finditer(
       r'\[p(\d)\].*Received (SIGTERM|a signal on another process): saved step (\d+)', out)}
   assert saved.keys() == {0, 1}, out[-3000:]
