@@ -93,7 +93,7 @@ def _leaves(state) -> dict:
 def _restore(workdir, data_dir, step: int) -> tuple[int, dict]:
   """The run's checkpoint of `step` (its step folder: not necessarily the latest one)."""
   folder = pathlib.Path(workdir) / 'checkpoints' / 'latest' / str(step)
-  state, _, restored = state_lib.restore(_config(data_dir), str(folder), str(folder),
+  state, _, restored = state_lib.restore(_config(data_dir), str(workdir), str(folder),
                                          parallel.make_mesh())
   return restored, _leaves(state)
 
@@ -120,9 +120,9 @@ def _assert_same_run(dir_a, dir_b, data_dir, step: int) -> None:
 
 
 def _errors_first(out: str) -> str:
-  """The error and fatal-log lines of a multi-process run's output, then its last 3,000 characters."""
-  causes = [l for l in out.splitlines()
-            if re.search(r'\] ([EF]\d{4} |error|Error|Terminating|WARNING: .*(signal|Received))', l)]
+  """The error, fatal and warning log lines and `error:` lines of a multi-process run's output
+  (absl's `[pN] E1201 ...` form), then its last 3,000 characters."""
+  causes = [l for l in out.splitlines() if re.search(r'\] [EFW]\d{4} |error|Error|Terminating', l)]
   return '\n'.join(causes[:40]) + '\n...\n' + out[-3000:]
 
 
