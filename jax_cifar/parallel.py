@@ -36,6 +36,40 @@ def maybe_initialize_distributed() -> None:
   jax.distributed.initialize(**kwargs)
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.default_backend() == 'cpu' and jax.process_count() > 1:
+    connect_cpu_collectives()
+
+
+CONNECT_TIMEOUT_S = 600
+
+
+def connect_cpu_collectives() -> None:
+  """Opens the gloo connections of every collective the run uses while the processes are in step.
+
+  XLA:CPU connects a group of devices through gloo at the first collective over that group, and
+  gives up when the other processes do not arrive within 30 s ("Gloo context initialization
+  failed: Connect timeout"). Processes that compile a step at different speeds (a loaded machine)
+  reach their first step further apart than that. Once connected, a collective waits 30 minutes.
+  So: a barrier of the coordination service (it waits up to CONNECT_TIMEOUT_S), then one
+  collective over the processes (any_process, orbax's barriers) and one over the mesh (the steps).
+  """
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  barrier = multihost.get_barrier_sync_fn()
+  mesh = make_mesh()
+  ones = jax.make_array_from_process_local_data(
+      batch_sharded(mesh), np.ones((jax.local_device_count(),), np.int32))
+  total = jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh)).lower(ones).compile()
+  for name, collective in (('processes', lambda: any_process(False)),
+                           ('mesh', lambda: int(total(ones)))):
+    try:
+      barrier(key=f'jax_cifar/connect/{name}', timeout_ms=CONNECT_TIMEOUT_S * 1000)
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.UserError(
+          f'process {jax.process_index()} of {jax.process_count()}: not every process reached the '
+          f'start within {CONNECT_TIMEOUT_S} s; are all JAX_NUM_PROCESSES of them running? ({e})'
+      ) from e
+    collective()
+  logging.info('Collectives connected across %d processes.', jax.process_count())
 
 
 def _env_int(name: str) -> int:

@@ -15,7 +15,8 @@ states its tolerances relative to what the steps move:
 Training on the wrong shard, or restoring without the momentum, differs by far more than that.
 
 A second test signals ONE of two processes and checks that both stop after the same step, save
-it, and exit 75 (with per-process stopping, the collective save deadlocks: checked by hand).
+it, and exit 75 (with per-process stopping, the collective save deadlocks: checked by hand). A third
+starts one process 35 s after the other at its first collective, as a loaded machine compiles.
 """
 
 import json
@@ -24,6 +25,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -203,3 +205,35 @@ def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar
                    if d.name.isdigit())
   assert on_disk[-1] == step == 4  # Signalled after step 3; agreed at the next log step.
   assert [r['step'] for r in tracking.read_metrics(workdir) if 'train_loss' in r][-1] == step
+
+
+def test_a_process_late_at_its_first_collective_still_joins_the_others():
+  """XLA:CPU connects gloo at the first collective over a group of devices and gives up when the
+  other processes are not there within 30 s ("Gloo context initialization failed"): a process that
+  compiles its first step that much later than the others (a loaded machine) failed the run.
+  maybe_initialize_distributed connects them while they are in step."""
+  late_s = 35
+  code = textwrap.dedent(f"""
+      import time
+      import jax, jax.numpy as jnp, numpy as np
+      from jax_cifar import parallel
+      parallel.maybe_initialize_distributed()
+      if jax.process_index() == 1:
+        time.sleep({late_s})
+      mesh = parallel.make_mesh()
+      # A program of its own (not the one that connected): rows 1, 1 from p0 and 2, 2 from p1.
+      x = jax.make_array_from_process_local_data(parallel.batch_sharded(mesh), np.full(
+          (jax.local_device_count(), 3), jax.process_index() + 1.0, np.float32))
+      mean = jax.jit(lambda a: jnp.mean(a, axis=0), out_shardings=parallel.replicated(mesh))(x)
+      late = parallel.any_process(jax.process_index() == 1)
+      parallel.sync('done')
+      print('mean', *np.asarray(mean).tolist(), 'any', late, flush=True)
+  """)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'launch_local.py'),
+                         '--num_processes', '2', '--cpu_devices', '2', '--', sys.executable, '-c',
+                         code], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True, timeout=TIMEOUT, check=False)
+  assert proc.returncode == 0, _errors_first(proc.stdout)
+  results = sorted(l for l in proc.stdout.splitlines() if ' mean ' in l)
+  assert results == [f'[p{i}] mean 1.5 1.5 1.5 any True' for i in (0, 1)], proc.stdout[-3000:]
