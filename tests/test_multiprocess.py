@@ -211,7 +211,10 @@ def test_a_process_late_at_its_first_collective_still_joins_the_others():
   """XLA:CPU connects gloo at the first collective over a group of devices and gives up when the
   other processes are not there within 30 s ("Gloo context initialization failed"): a process that
   compiles its first step that much later than the others (a loaded machine) failed the run.
-  maybe_initialize_distributed connects them while they are in step."""
+  maybe_initialize_distributed connects them while they are in step.
+
+  The lateness is a sleep because what it has to beat is gloo's fixed 30 s, not another thread:
+  no race, and load only makes process 1 later (the start-up barrier waits up to 10 minutes)."""
   late_s = 35
   code = textwrap.dedent(f"""
       import time
