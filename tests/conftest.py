@@ -8,6 +8,13 @@ import pytest
 # Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path.home() / '.cache' / 'jax_cifar' / 'xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+# Most tests compile a program and run it for a few steps, where XLA's LLVM optimisation costs
+# more than it saves: with jax_disable_most_optimizations (LLVM at -O0, its expensive passes off;
+# XLA's HLO passes still run, so the programs compute the same values) a cold suite did 7% less
+# work and the compile-bound tests ran 25-45% faster (docs/benchmarks.md). The tests whose subject
+# is a long run (hundreds of steps) pay for it instead; they carry the `optimized_xla` marker and
+# compile with the full pipeline, as users' runs do. Set it in the environment to choose otherwise.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 
 # The test files that take longest, longest first (worker-seconds in a full run on a 2-core machine,
@@ -24,6 +31,22 @@ def pytest_collection_modifyitems(items):
   """Files in LONGEST_FIRST's order, then the rest as collected; tests keep their order in a file."""
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # Stable: ties keep their order.
+
+
+@pytest.fixture(autouse=True)
+def _optimized_xla(request, monkeypatch):
+  """Tests marked `optimized_xla` (and the processes they start) compile with XLA's full pipeline."""
+  if request.node.get_closest_marker('optimized_xla') is None:
+    yield
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  before = jax.config.read('jax_disable_most_optimizations')
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '0')  # For the subprocesses it starts.
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', before)
 
 
 def require_env_path(var: str, *parts: str) -> pathlib.Path:

@@ -220,6 +220,7 @@ def test_every_layer_matches_pytorch_train_mode_batches_pooled():
 # The real check: a model trained on clean CIFAR-100, strongly corrupted test images
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.optimized_xla  # Trains on real data: slower at O0 (133 -> 200 s in a loaded suite).
 def test_adaptation_improves_accuracy_on_strongly_corrupted_real_images(tmp_path, cifar_dir):
   """A width-4 ResNet-18 trained 200 steps on 10k real training images (about 5% test accuracy;
   chance is 1%), then fog, contrast and Gaussian noise at severity 5 on 2000 real test images,

@@ -118,6 +118,7 @@ def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.optimized_xla  # 312 steps and four validations: O0 doubles it (367 -> 707 s in a loaded suite).
 def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(tmp_path, cifar_dir):
   workdir = tmp_path / 'smoke'
   env = dict(os.environ, JAX_CIFAR_DATA_DIR=str(cifar_dir))
