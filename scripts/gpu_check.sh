@@ -82,6 +82,9 @@ TAIL=20 part versions 45 versions
 [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ] && export JAX_CIFAR_WEIGHTS_DIR="$ROOT/.devdata"
 PYTEST_FILES="tests/test_models.py tests/test_convert.py"
 [ "$SMALL" = 1 ] && PYTEST_FILES="tests/test_models.py::test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float32"
+# The suite compiles with most of XLA's optimisation off (tests/conftest.py, for the CPU CI's
+# time); on the GPU the parity tests check the programs as users' runs compile them.
+export JAX_DISABLE_MOST_OPTIMIZATIONS=0
 TAIL=6 part parity_tests "${T_TESTS:-120}" "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
 
 # --- c) benchmarks ---------------------------------------------------------------------------
