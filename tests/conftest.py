@@ -12,9 +12,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # more than it saves: with jax_disable_most_optimizations (LLVM at -O0, its expensive passes off;
 # XLA's HLO passes, fusion included, still run: the same computation, up to rounding order) the
 # compile-bound tests ran 25-45% faster and a cold clean-clone CI's tests 2,456 -> 2,091 s
-# (docs/benchmarks.md). The tests whose subject
-# is a long run (hundreds of steps) pay for it instead; they carry the `optimized_xla` marker and
-# compile with the full pipeline, as users' runs do. Set it in the environment to choose otherwise.
+# (docs/benchmarks.md). The tests whose subject is a long run (hundreds of steps) pay for it
+# instead; they carry the `optimized_xla` marker and compile with the full pipeline, as users'
+# runs do. Set it in the environment to choose otherwise.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 
