@@ -69,6 +69,31 @@ def cifar_dir() -> pathlib.Path:
   return pathlib.Path(os.environ['JAX_CIFAR_DATA_DIR'])
 
 
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory, cifar_dir, worker_id) -> pathlib.Path:
+  """The workdir of README's smoke run (`python -m jax_cifar.train --config configs/smoke.py` on
+  the real data), trained once per test session: the pytest-xdist workers that ask for it share
+  it through a file lock (the first one trains, the others wait for it and read its checkpoints).
+
+  Compiled with XLA's full optimisation, as a user's run is (it trains for 312 steps)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import filelock  # pylint: disable=import-outside-toplevel
+  shared = tmp_path_factory.getbasetemp()
+  shared = shared if worker_id == 'master' else shared.parent  # One session's workers' common folder.
+  workdir, done, failed = (shared / f'smoke_run{s}' for s in ('', '.done', '.failed'))
+  with filelock.FileLock(str(shared / 'smoke_run.lock')):
+    if not done.exists() and not failed.exists():
+      env = dict(os.environ, JAX_CIFAR_DATA_DIR=str(cifar_dir), JAX_DISABLE_MOST_OPTIMIZATIONS='0')
+      proc = subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/smoke.py',
+                             '--workdir', str(workdir)], cwd=pathlib.Path(__file__).parent.parent,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      (done if proc.returncode == 0 else failed).write_text(proc.stderr[-5000:])
+  if failed.exists():  # Once per session: the workers that wait for it do not train it again.
+    pytest.fail(f'the smoke run failed (in {workdir}):\n{failed.read_text()}')
+  return workdir
+
+
 def require_module(name: str):
   """Imports `name` (e.g. torch): skipped where absent, but under CI a missing module fails."""
   import importlib  # pylint: disable=import-outside-toplevel

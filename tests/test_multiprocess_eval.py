@@ -19,9 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from jax_cifar.configs import smoke
 from jax_cifar.evaluation import submission
-from jax_cifar.training import trainer
 from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,8 +30,7 @@ pytestmark = pytest.mark.slow
 
 def _overrides(data_dir) -> dict:
   return {'data.dir': str(data_dir), 'data.train_limit': 512, 'data.eval_limit': 100,
-          'train.batch_size': 32, 'train.eval_batch_size': 8, 'train.max_steps': 30,
-          'train.eval_every_epochs': 100.0}
+          'train.eval_batch_size': 8}
 
 
 def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str]) -> dict:
@@ -57,21 +54,15 @@ def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str])
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, cifar_dir):
-  """A 30-step smoke run on real images, and 19 OOD files of 15 real test images each."""
-  tmp_path = tmp_path_factory.mktemp('mp_eval')
-  config = smoke.get_config()
-  for key, value in _overrides(cifar_dir).items():
-    section, name = key.split('.')
-    config[section][name] = value
-  workdir = tmp_path / 'run'
-  trainer.train_and_evaluate(config, str(workdir))
-  ood_dir = tmp_path / 'ood'
+def trained(tmp_path_factory, cifar_dir, smoke_run):
+  """README's smoke run on real images (conftest.smoke_run), and 19 OOD files of 15 real test
+  images each."""
+  ood_dir = tmp_path_factory.mktemp('mp_eval') / 'ood'
   ood_dir.mkdir()
   test_images = cifar100.load_split(cifar_dir, 'test').images
   for d in range(ood.NUM_DISTORTIONS):
     np.save(ood_dir / ood.distortion_file(d), test_images[PER_FILE * d:PER_FILE * (d + 1)])
-  return workdir, ood_dir
+  return smoke_run, ood_dir
 
 
 def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir, trained):

@@ -118,12 +118,11 @@ def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.optimized_xla  # 312 steps and four validations: O0 doubles it (367 -> 707 s in a loaded suite).
-def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(tmp_path, cifar_dir):
-  workdir = tmp_path / 'smoke'
+@pytest.mark.optimized_xla  # The evaluation of 4,000 real images (the training: conftest.smoke_run).
+def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(smoke_run, cifar_dir):
+  """README's first command (conftest.smoke_run; tests/test_bn_adapt.py adapts the same run)."""
+  workdir = smoke_run
   env = dict(os.environ, JAX_CIFAR_DATA_DIR=str(cifar_dir))
-  subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/smoke.py',
-                  '--workdir', str(workdir)], check=True, cwd=ROOT, env=env)
   rows = tracking.read_metrics(workdir)
   val = [r['val_accuracy'] for r in rows if 'val_accuracy' in r]
   assert len(val) == smoke.get_config().train.num_epochs
