@@ -40,7 +40,19 @@ def maybe_initialize_distributed() -> None:
     connect_cpu_collectives()
 
 
-CONNECT_TIMEOUT_S = 600
+CONNECT_TIMEOUT_S = 600  # The start-up barrier's wait; JAX_CIFAR_CONNECT_TIMEOUT_S overrides it.
+CONNECT_TIMEOUT_VAR = 'JAX_CIFAR_CONNECT_TIMEOUT_S'
+
+
+def connect_timeout_s() -> int:
+  """Seconds the start-up barrier waits for every process: $JAX_CIFAR_CONNECT_TIMEOUT_S or 600."""
+  value = os.environ.get(CONNECT_TIMEOUT_VAR)
+  if value is None:
+    return CONNECT_TIMEOUT_S
+  if not value.strip().isdigit() or int(value) == 0:
+    raise errors.ConfigError(f'{CONNECT_TIMEOUT_VAR} must be a positive whole number of seconds, '
+                             f'got {value!r}')
+  return int(value)
 
 
 def connect_cpu_collectives() -> None:
@@ -50,24 +62,27 @@ def connect_cpu_collectives() -> None:
   gives up when the other processes do not arrive within 30 s ("Gloo context initialization
   failed: Connect timeout"). Processes that compile a step at different speeds (a loaded machine)
   reach their first step further apart than that. Once connected, a collective waits 30 minutes.
-  So: a barrier of the coordination service (it waits up to CONNECT_TIMEOUT_S), then one
+  So: a barrier of the coordination service (it waits connect_timeout_s()), then one
   collective over the processes (any_process, orbax's barriers) and one over the mesh (the steps).
   """
   from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  from jax_cifar import interrupt  # pylint: disable=g-import-not-at-top  (it imports this module)
+  timeout_s = connect_timeout_s()
   barrier = multihost.get_barrier_sync_fn()
   mesh = make_mesh()
   ones = jax.make_array_from_process_local_data(
       batch_sharded(mesh), np.ones((jax.local_device_count(),), np.int32))
   total = jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh)).lower(ones).compile()
+  interrupt.at_event('connect', 0)  # Test hook: a process that never reaches the start.
   for name, collective in (('processes', lambda: any_process(False)),
                            ('mesh', lambda: int(total(ones)))):
     try:
-      barrier(key=f'jax_cifar/connect/{name}', timeout_ms=CONNECT_TIMEOUT_S * 1000)
+      barrier(key=f'jax_cifar/connect/{name}', timeout_ms=timeout_s * 1000)
     except Exception as e:  # pylint: disable=broad-except
       raise errors.UserError(
           f'process {jax.process_index()} of {jax.process_count()}: not every process reached the '
-          f'start within {CONNECT_TIMEOUT_S} s; are all JAX_NUM_PROCESSES of them running? ({e})'
-      ) from e
+          f'start within {timeout_s} s ({CONNECT_TIMEOUT_VAR}); are all JAX_NUM_PROCESSES of them '
+          f'running? ({(str(e).strip().splitlines() or [type(e).__name__])[0]})') from e
     collective()
   logging.info('Collectives connected across %d processes.', jax.process_count())
 

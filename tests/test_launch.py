@@ -55,3 +55,20 @@ def test_bad_process_count_in_the_environment_is_a_one_line_error(tmp_path):
   assert proc.returncode == 1
   assert "error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES must be a non-negative " \
          "integer, got 'two'" in proc.stderr
+
+
+def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
+  from jax_cifar import errors, parallel  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(parallel.CONNECT_TIMEOUT_VAR, raising=False)
+  assert parallel.connect_timeout_s() == 600
+  monkeypatch.setenv(parallel.CONNECT_TIMEOUT_VAR, ' 45 ')
+  assert parallel.connect_timeout_s() == 45
+  for bad in ('0', '-5', '1.5', 'ten', ''):
+    monkeypatch.setenv(parallel.CONNECT_TIMEOUT_VAR, bad)
+    try:
+      parallel.connect_timeout_s()
+    except errors.ConfigError as e:
+      assert str(e) == (f'JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, '
+                        f'got {bad!r}')
+    else:
+      raise AssertionError(f'{bad!r} was accepted')

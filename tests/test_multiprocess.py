@@ -19,6 +19,7 @@ it, and exit 75 (with per-process stopping, the collective save deadlocks: check
 starts one process 35 s after the other at its first collective, as a loaded machine compiles.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -240,3 +241,37 @@ def test_a_process_late_at_its_first_collective_still_joins_the_others():
   assert proc.returncode == 0, _errors_first(proc.stdout)
   results = sorted(l for l in proc.stdout.splitlines() if ' mean ' in l)
   assert results == [f'[p{i}] mean 1.5 1.5 1.5 any True' for i in (0, 1)], proc.stdout[-3000:]
+
+
+def test_a_process_that_never_reaches_the_start_is_one_clear_error_after_the_wait(tmp_path):
+  """A process that joined the job but never reaches the start-up barrier (here it stops itself
+  with SIGSTOP at the test hook, as a hung node would) makes the others exit with one `error:`
+  line after JAX_CIFAR_CONNECT_TIMEOUT_S, instead of hanging or a traceback."""
+  spec = importlib.util.spec_from_file_location('launch_local', ROOT / 'scripts' / 'launch_local.py')
+  launch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(launch)
+  base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
+  base[parallel.CONNECT_TIMEOUT_VAR] = '5'
+  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', str(ROOT / 'configs' / 'default.py'),
+         '--workdir', str(tmp_path / 'run'), '--config.data.source=synthetic',
+         '--config.model.name=simple_cnn']
+  port, procs = launch.free_port(), []
+  try:
+    for i in (0, 1):
+      env = launch.process_env(base, i, 2, port, 2)
+      if i == 1:
+        env[interrupt.TEST_HOOK_VAR] = 'connect:0:SIGSTOP:1'
+      procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True))
+    _, err = procs[0].communicate(timeout=TIMEOUT)
+    state = pathlib.Path(f'/proc/{procs[1].pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    assert state == 'T', state  # Process 1 reached the hook and stopped there (it did not crash).
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  lines = [l for l in err.splitlines() if l.startswith('error:')]
+  assert procs[0].returncode == 1 and len(lines) == 1 and 'Traceback' not in err, err[-3000:]
+  assert lines[0].startswith(
+      'error: process 0 of 2: not every process reached the start within 5 s '
+      '(JAX_CIFAR_CONNECT_TIMEOUT_S); are all JAX_NUM_PROCESSES of them running? ('), lines[0]
