@@ -82,7 +82,7 @@ def connect_cpu_collectives() -> None:
       raise errors.UserError(
           f'process {jax.process_index()} of {jax.process_count()}: not every process reached the '
           f'start within {timeout_s} s ({CONNECT_TIMEOUT_VAR}); are all JAX_NUM_PROCESSES of them '
-          f'running? ({(str(e).strip().splitlines() or [type(e).__name__])[0]})') from e
+          f'running? ({e})') from e  # errors.user_message prints it as one line.
     collective()
   logging.info('Collectives connected across %d processes.', jax.process_count())
 

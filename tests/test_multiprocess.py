@@ -262,8 +262,9 @@ def test_a_process_that_never_reaches_the_start_is_one_clear_error_after_the_wai
       env = launch.process_env(base, i, 2, port, 2)
       if i == 1:
         env[interrupt.TEST_HOOK_VAR] = 'connect:0:SIGSTOP:1'
-      procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True))
+      procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, text=True,
+                                    # Process 1's output is never read: a pipe could fill and block it.
+                                    stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL))
     _, err = procs[0].communicate(timeout=TIMEOUT)
     # Process 1 reached the hook and stopped there (it did not crash); on a loaded machine it may
     # get there only after process 0 gave up.
