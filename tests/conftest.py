@@ -115,6 +115,16 @@ def require_torch():
   return torch
 
 
+def load_script(name: str):
+  """scripts/`name`.py as a module (the scripts are not a package)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def real_test_images(cifar_dir: pathlib.Path, start: int, count: int):
   """`count` real uint8 NHWC images of the CIFAR-100 test pickle, from index `start`."""
   import pickle  # pylint: disable=import-outside-toplevel

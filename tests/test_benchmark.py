@@ -1,6 +1,5 @@
 """scripts/benchmark.py: the JSON it writes, model specs, and the batch-size search (no timings)."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,10 +8,10 @@ import sys
 
 import pytest
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location('benchmark', ROOT / 'scripts' / 'benchmark.py')
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
+benchmark = load_script('benchmark')
 batch_fit = benchmark.batch_fit
 
 

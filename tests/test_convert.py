@@ -1,7 +1,6 @@
 """torchvision -> Flax conversion: logits and BN updates match real torch; errors name keys."""
 
 import copy
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import require_env_path, require_module
+from conftest import load_script, require_env_path, require_module
 
 from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
 from jax_cifar.models import create_model
@@ -317,10 +316,7 @@ class _RunsCode:
 
 
 def test_convert_script_rejects_bad_input_with_one_line_and_no_output(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location(
-      'convert_script', os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py'))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script('convert_torchvision_weights')
   good = tmp_path / 'r18.pth'
   torch.save(_small_state_dict(), good)
   evil = tmp_path / 'evil.pth'

@@ -2,7 +2,6 @@
 unsafely; --overwrite replaces only a previous converter output; a killed run leaves no partial
 output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import require_module
+from conftest import load_script, require_module
 from jax_cifar import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,10 +25,7 @@ torchvision = require_module('torchvision')
 
 @pytest.fixture(scope='module')
 def script():
-  spec = importlib.util.spec_from_file_location('convert_script', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('convert_torchvision_weights')
 
 
 def _run_main(script, capsys, argv: list[str]) -> tuple[int, str]:

@@ -1,17 +1,13 @@
 """scripts/devdata.py: the full CIFAR-100 packed for a GPU machine (one NHWC npz) and written back
 in the official layout reads back identical, labels and class names included."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 
 from jax_cifar.data import cifar100
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location('devdata', ROOT / 'scripts' / 'devdata.py')
-devdata = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(devdata)
+from conftest import load_script
+
+devdata = load_script('devdata')
 
 
 def test_pack_then_write_round_trips_the_real_cifar100(cifar_dir, tmp_path):

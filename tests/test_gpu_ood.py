@@ -3,7 +3,6 @@ size: it trains, builds the OOD sets (validation, test, full) with jax_cifar.cor
 the chosen test-time tools in order, and writes a JSON whose numbers add up, a plot and a
 full-size-layout submission."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -16,17 +15,12 @@ import pytest
 from jax_cifar import tracking
 from jax_cifar.data import cifar100
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-devdata = _load('devdata')
+devdata = load_script('devdata')
 
 
 @pytest.mark.slow
@@ -106,7 +100,7 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message)
 
 
 def test_a_shared_set_appears_whole_and_a_second_run_waits_for_it(tmp_path):
-  gpu_ood = _load('gpu_ood')
+  gpu_ood = load_script('gpu_ood')
   out = tmp_path / 'ood_val'
   for k in range(2):
     (out / f'g{k}').mkdir(parents=True)

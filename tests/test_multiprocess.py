@@ -19,7 +19,6 @@ it, and exit 75 (with per-process stopping, the collective save deadlocks: check
 starts one process 35 s after the other at its first collective, as a loaded machine compiles.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,6 +37,8 @@ from jax_cifar import interrupt, optim, parallel, tracking
 from jax_cifar.evaluation import submission
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
+
+from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL, UPDATE_RTOL, MOMENTUM_RTOL = 1e-5, 0.05, 0.1
@@ -248,9 +249,7 @@ def test_a_process_that_never_reaches_the_start_is_one_clear_error_after_the_wai
   """A process that joined the job but never reaches the start-up barrier (here it stops itself
   with SIGSTOP at the test hook, as a hung node would) makes the others exit with one `error:`
   line after JAX_CIFAR_CONNECT_TIMEOUT_S, instead of hanging or a traceback."""
-  spec = importlib.util.spec_from_file_location('launch_local', ROOT / 'scripts' / 'launch_local.py')
-  launch = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(launch)
+  launch = load_script('launch_local')
   base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
   base[parallel.CONNECT_TIMEOUT_VAR] = '5'
   cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', str(ROOT / 'configs' / 'default.py'),

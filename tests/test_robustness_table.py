@@ -1,22 +1,19 @@
 """scripts/robustness_table.py's command line and per-row overrides (its runs are the trainer's
 and evaluate's, tested elsewhere)."""
 
-import importlib.util
 import os
 import pathlib
 
 import pytest
+
+from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='module')
 def table():
-  spec = importlib.util.spec_from_file_location('robustness_table',
-                                                ROOT / 'scripts' / 'robustness_table.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('robustness_table')
 
 
 def _values(flags):

@@ -1,20 +1,15 @@
 """scripts/transfer_experiment.py's command line (its runs are the trainer's, tested elsewhere)."""
 
-import importlib.util
 import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_script
 
 
 @pytest.fixture(scope='module')
 def script():
-  spec = importlib.util.spec_from_file_location(
-      'transfer_experiment', os.path.join(REPO, 'scripts', 'transfer_experiment.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('transfer_experiment')
 
 
 def test_trailing_config_flags_reach_both_runs_as_the_docs_say(script):
