@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import pathlib
+import re
 import sys
+import traceback
 from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
@@ -57,8 +59,41 @@ def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
+def _config_values(argv: Sequence[str]) -> list[str]:
+  """The values given to --config (`--config X` or `--config=X`)."""
+  return [argv[i + 1] if a == '--config' else a.split('=', 1)[1]
+          for i, a in enumerate(argv) if (a == '--config' and i + 1 < len(argv))
+          or a.startswith('--config=')]
+
+
+def _where(frames: list[tuple[str, int]]) -> str:
+  """' (FILE, line N)' of the innermost frame outside the installed libraries, or ''."""
+  ours = [(f, n) for f, n in frames
+          if not f.startswith('<') and 'site-packages' not in f and 'dist-packages' not in f]
+  return f' ({ours[-1][0]}, line {ours[-1][1]})' if ours else ''
+
+
+def _config_error(e: BaseException) -> str:
+  """One line for an exception raised by the code of a --config file (or an override of it),
+  with the file and line where it was raised. config_flags reports some of them as a flags.Error
+  whose text holds the whole traceback: only its last line and innermost frame are kept."""
+  text = str(e)
+  if isinstance(e, flags.Error) and 'Traceback (most recent call last)' in text:
+    frames = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+    last = ' '.join([l for l in text.splitlines() if l.strip()][-1].split())
+  else:
+    frames = [(f.filename, f.lineno or 0) for f in traceback.extract_tb(e.__traceback__)]
+    last = _first_line(e)
+  return f'bad --config or --config.KEY override{_where(frames)}: {last}'
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
+  for value in _config_values(argv):
+    if value.lower().endswith('.json'):
+      _usage_error(f'--config takes a config file in Python (configs/*.py, or jax_cifar:NAME), '
+                   f'not {value}: give the one the run started from (a run\'s config.json is its '
+                   'record, which evaluate uses by itself when --config is omitted)')
   try:
     rest = flags.FLAGS(_resolve_builtin(argv))
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
@@ -70,10 +105,16 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):
       _usage_error(f'{e}: --config.KEY=VALUE overrides need --config FILE before them (the '
                    "run's config file, or the built-in one it started from)")
+    if 'Traceback (most recent call last)' in str(e):  # The config file's own code raised.
+      _usage_error(_config_error(e))
     _usage_error(f'{e} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.
     _usage_error(f'bad --config or --config.KEY override: {_first_line(e)}')
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else raised by the config file's own code (a NameError, a ZeroDivisionError...):
+    # only that code and absl's parsing ran here.
+    _usage_error(_config_error(e))
 
 
 def _usage_error(message: str) -> None:

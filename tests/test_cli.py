@@ -155,3 +155,33 @@ def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
                        text=True, check=False)
   line = _usage_error(out)
   assert 'config.train.eval_batch_size' in line and 'need --config FILE' in line, line
+
+
+@pytest.mark.parametrize('body, expected', [
+    ('c.optim.lr = 1e-3 * batch_size / 128', "NameError: name 'batch_size' is not defined"),
+    ('c.optim.lr = 1e-3 / 0', 'ZeroDivisionError'),
+    ('c.train.batch_size = "128"', "TypeError: Could not override field 'batch_size'"),
+])
+def test_config_file_whose_code_raises_is_one_line_naming_the_file_and_line(tmp_path, body,
+                                                                             expected):
+  """Errors of the config's own code (config_flags reports some as a flags.Error holding the whole
+  traceback) are one line: the exception and where in the user's file it was raised."""
+  path = tmp_path / 'my_config.py'
+  path.write_text('from jax_cifar.configs import default\n\n\ndef get_config():\n'
+                  f'  c = default.get_config()\n  {body}\n  return c\n')
+  out = train(tmp_path / 'run', config=str(path), overrides={})
+  line = _usage_error(out)
+  assert expected in line and f'({path}, line 6)' in line, line  # the_error: no traceback.
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('module', ['jax_cifar.train', 'jax_cifar.evaluate'])
+def test_a_runs_config_json_given_as_config_is_refused_with_what_to_give(tmp_path, module):
+  (tmp_path / 'run').mkdir()
+  config_json = tmp_path / 'run' / 'config.json'
+  config_json.write_text('{"model": {"name": "simple_cnn", "pretrained": false}}')
+  out = subprocess.run([sys.executable, '-m', module, '--config', str(config_json), '--workdir',
+                        str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True,
+                       check=False)
+  line = _usage_error(out)
+  assert f'not {config_json}' in line and 'configs/*.py' in line, line
