@@ -74,9 +74,20 @@ def _why_unreadable(error: Exception) -> str:
           f'({detail[0][:160] if detail else type(error).__name__})')
 
 
+# Keys under which training checkpoints commonly hold the model's state_dict: Lightning and many
+# scripts ('state_dict'), PyTorch's tutorial on saving a general checkpoint ('model_state_dict').
+_WRAPPER_KEYS = ('state_dict', 'model_state_dict', 'model')
+
+
+def _tensor_mappings(obj: Mapping) -> list[str]:
+  """Keys of `obj` whose values are non-empty mappings of names to tensors."""
+  return [repr(k) for k, v in obj.items() if isinstance(v, Mapping) and v
+          and all(hasattr(t, 'shape') for t in v.values())]
+
+
 def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
-  """Accepts a bare state_dict or the common {'state_dict': ...} / {'model': ...} wrappers."""
-  for key in ('state_dict', 'model'):
+  """Accepts a bare state_dict or a checkpoint holding it under one of _WRAPPER_KEYS."""
+  for key in _WRAPPER_KEYS:
     if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
       obj = obj[key]
   if not isinstance(obj, Mapping):
@@ -87,7 +98,10 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(key, str):
       raise NotAStateDict(path, f'its key {key!r} is not a name')
     if not hasattr(value, 'shape'):  # torch.Tensor or numpy array
-      raise NotAStateDict(path, f'{key!r} holds {_a(value)}, not a tensor')
+      nested = _tensor_mappings(obj)
+      raise NotAStateDict(path, f'{key!r} holds {_a(value)}, not a tensor' + (
+          f'; the tensors seem to be under {" or ".join(nested)}: save that mapping alone with '
+          'torch.save' if nested else ''))
   return obj
 
 

@@ -105,7 +105,9 @@ def test_files_that_are_not_state_dicts_are_named_so_without_unsafe_advice(scrip
 
 def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
   sd = _resnet18_state_dict(0)
-  for i, wrapped in enumerate(({'state_dict': sd, 'epoch': 3}, {'model': sd})):
+  for i, wrapped in enumerate(({'state_dict': sd, 'epoch': 3}, {'model': sd},
+                               {'epoch': 3, 'model_state_dict': sd, 'optimizer_state_dict': {},
+                                'loss': 1.0})):  # PyTorch's tutorial checkpoint.
     path = tmp_path / f'w{i}.pth'
     torch.save(wrapped, path)
     out = tmp_path / f'out{i}'
@@ -114,6 +116,18 @@ def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
     assert rc == 0, err
     np.testing.assert_array_equal(convert.read_converted(str(out))[1]['fc.kernel'],
                                   sd['fc.weight'].numpy().T)
+
+
+def test_a_checkpoint_with_its_weights_under_another_key_says_where_they_are(script, tmp_path,
+                                                                              capsys):
+  path = tmp_path / 'ckpt.pth'
+  torch.save({'epoch': 3, 'net': _resnet18_state_dict(0)}, path)
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                       '--output', str(tmp_path / 'out')])
+  lines = [l for l in err.splitlines() if l.startswith('error:')]
+  assert rc != 0 and len(lines) == 1, err
+  assert "'epoch' holds an int, not a tensor; the tensors seem to be under 'net'" in lines[0], err
+  assert not (tmp_path / 'out').exists()
 
 
 # ------------------------------------------------------------------ --weights (torch hub cache)
