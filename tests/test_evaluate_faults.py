@@ -133,22 +133,34 @@ def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path)
   assert 'img/s' not in proc.stderr and 'Restor' not in proc.stderr  # Nothing was predicted.
 
 
-@pytest.mark.parametrize('problem', ['folder', 'no_parent', 'parent_is_file', 'read_only'])
+@pytest.mark.parametrize('problem', ['folder', 'no_parent', 'parent_is_file', 'read_only',
+                                     'not_a_csv'])
 def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp_path, problem):
   target = {'folder': tmp_path, 'no_parent': tmp_path / 'missing' / 'sub.csv',
-            'parent_is_file': tmp_path / 'file' / 'sub.csv', 'read_only': tmp_path / 'ro' / 's.csv'}
+            'parent_is_file': tmp_path / 'file' / 'sub.csv', 'read_only': tmp_path / 'ro' / 's.csv',
+            'not_a_csv': tmp_path / 'labels.npy'}
   (tmp_path / 'file').write_text('x')
+  np.save(tmp_path / 'labels.npy', np.arange(5))  # An input file named by mistake: kept.
   if problem == 'read_only':
     (tmp_path / 'ro').mkdir(mode=0o555)
     if os.access(tmp_path / 'ro', os.W_OK):  # Root ignores permissions; nobody creates in /proc.
       target['read_only'] = pathlib.Path('/proc/s.csv')
   match = {'folder': 'is a folder', 'no_parent': 'does not exist', 'parent_is_file':
-           'is not a folder', 'read_only': 'cannot create files'}[problem]
+           'is not a folder', 'read_only': 'cannot create files',
+           'not_a_csv': 'is an existing file that is not a submission CSV'}[problem]
   # 'no_run' has no checkpoint: reaching the restore would raise CheckpointError instead.
   with pytest.raises(submission.SubmissionError, match=match) as e:
     evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(run / 'ood'),
                       submission_csv=str(target[problem]))
   assert '\n' not in str(e.value) and str(target[problem]) in str(e.value)
+  np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), np.arange(5))
+
+
+def test_an_existing_submission_csv_is_replaced(tmp_path):
+  for text in ('id,label\ndistortion00_1_0,3\n', '\ufeffid,label\r\n', ''):  # Excel's BOM; empty.
+    path = tmp_path / 'sub.csv'
+    path.write_text(text, encoding='utf-8')
+    assert submission.check_output_path(path) == path
 
 
 def test_stale_part_files_are_removed_but_a_live_writers_file_is_kept(tmp_path):

@@ -44,12 +44,20 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
 
 
 def check_output_path(path: str | os.PathLike) -> pathlib.Path:
-  """Fails with one line unless a CSV can be written at `path`: not a folder, in an existing
-  folder where this process can create files (tried by creating and deleting a probe file)."""
+  """Fails with one line unless a CSV can be written at `path`: not a folder, nor an existing file
+  other than a submission CSV (which it replaces), in an existing folder where this process can
+  create files (tried by creating and deleting a probe file)."""
   path = pathlib.Path(path)
   if path.is_dir():
     raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
                           f'{path / "submission.csv"}')
+  if path.is_file() and path.stat().st_size:
+    with open(path, 'rb') as f:
+      first = f.read(64).split(b'\n', 1)[0]
+    if first.removeprefix(b'\xef\xbb\xbf').rstrip(b'\r') != HEADER.encode():
+      raise SubmissionError(f'--submission {path} is an existing file that is not a submission CSV '
+                            f'(it does not start with the line {HEADER!r}); it is kept: give another '
+                            'path, or remove it first')
   parent = path.parent
   if not parent.is_dir():
     what = 'is not a folder' if parent.exists() else 'does not exist'
