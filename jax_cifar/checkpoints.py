@@ -24,8 +24,9 @@ READ_WEIGHTS = (*WEIGHTS, 'auto')  # evaluate --weights / load_model: 'auto' pic
 
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
 _REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
-# tensorstore's status codes for a file it cannot decode (as a ValueError, like a mismatch).
-_UNREADABLE = ('DATA_LOSS', 'OUT_OF_RANGE')
+# tensorstore's status codes for a file it cannot decode or find (as a ValueError, like a
+# mismatch): NOT_FOUND is an array file missing from the step (a partly copied run folder).
+_UNREADABLE = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND')
 
 
 class CheckpointError(errors.UserError):

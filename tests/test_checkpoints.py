@@ -38,6 +38,10 @@ def _damage(step_dir: pathlib.Path, how: str) -> None:
     biggest.write_bytes(b'')
   elif how == 'truncated':
     biggest.write_bytes(biggest.read_bytes()[:100])
+  elif how == 'missing_array_file':
+    biggest.unlink()
+  elif how == 'no_array_folder':  # A partly copied run folder (read as "another model" before).
+    shutil.rmtree(step_dir / 'default' / 'd')
   elif how == 'no_metadata':
     (step_dir / 'default' / '_METADATA').unlink()
   elif how in ('truncated_metadata', 'truncated_manifest'):  # Read as "another model" before.
@@ -56,8 +60,8 @@ def _target():
   return state_lib.init_state(c, tx, parallel.make_mesh())[0]
 
 
-@pytest.mark.parametrize('how', ['empty', 'truncated', 'no_metadata', 'truncated_metadata',
-                                 'truncated_manifest'])
+@pytest.mark.parametrize('how', ['empty', 'truncated', 'missing_array_file', 'no_array_folder',
+                                 'no_metadata', 'truncated_metadata', 'truncated_manifest'])
 def test_damaged_latest_step_is_named_and_kept(run9, tmp_path, how):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
