@@ -11,7 +11,7 @@ import jax
 import tqdm
 from absl import logging
 
-METRICS_FILE = 'metrics.jsonl'
+from jax_cifar.workdir import METRICS_FILE
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

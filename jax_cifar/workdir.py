@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 from typing import Any
 
 from flax import traverse_util
@@ -24,6 +25,7 @@ from jax_cifar import errors
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
 LOCK_FILE = '.lock'
+METRICS_FILE = 'metrics.jsonl'  # Written by tracking.MetricsWriter.
 
 # Keys a resumed run may change freely: where data lives, logging, evaluation cadence, stopping.
 SAFE_TO_CHANGE = (
@@ -84,6 +86,37 @@ def existing_run(workdir: pathlib.Path) -> str | None:
                            for p in sub.iterdir()):
     found.append('checkpoints/')
   return ', '.join(found) or None
+
+
+def set_aside_previous(workdir: pathlib.Path) -> pathlib.Path | None:
+  """At a run's step 0, moves the config.json and metrics.jsonl the workdir already holds (of a
+  launch that saved no checkpoint, or files of something else) into WORKDIR/previous-TIME/
+  instead of overwriting them; returns that folder (None: there was nothing to move)."""
+  found = [workdir / name for name in (CONFIG_FILE, METRICS_FILE) if (workdir / name).is_file()]
+  if not found:
+    return None
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  folder, n = workdir / f'previous-{stamp}', 1
+  while folder.exists():
+    folder, n = workdir / f'previous-{stamp}.{n}', n + 1
+  folder.mkdir()
+  for path in found:
+    os.replace(path, folder / path.name)
+  return folder
+
+
+def remove_if_untouched(workdir: pathlib.Path) -> bool:
+  """Removes a workdir this launch created, when the launch failed before writing anything into
+  it (it holds only its lock and empty checkpoint folders), so a failed start leaves no folder."""
+  allowed = {LOCK_FILE, 'checkpoints', 'checkpoints/latest', 'checkpoints/best'}
+  try:
+    entries = {str(p.relative_to(workdir)) for p in workdir.rglob('*')}
+  except OSError:
+    return False
+  if not entries <= allowed or any((workdir / e).is_file() for e in entries - {LOCK_FILE}):
+    return False
+  shutil.rmtree(workdir, ignore_errors=True)
+  return True
 
 
 def previous_config(workdir: pathlib.Path) -> dict | None:

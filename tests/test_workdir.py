@@ -129,6 +129,30 @@ def test_failed_resume_with_another_config_file_keeps_config_json(run):
   assert sorted(_logged(run, 'train_loss')) == [1, 2]
 
 
+def test_a_fresh_start_over_files_without_a_checkpoint_keeps_them_in_a_previous_folder(run):
+  """A workdir holding a config.json and metrics.jsonl but no checkpoint to resume (its
+  checkpoints deleted, or another project's files): the run starts at step 0 and the old files are
+  moved aside, never overwritten."""
+  shutil.rmtree(run / 'checkpoints')
+  old = {name: (run / name).read_bytes() for name in ('config.json', 'metrics.jsonl')}
+  out = train(run, '--config.train.max_steps=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  previous = [p for p in run.iterdir() if p.name.startswith('previous-')]
+  assert len(previous) == 1 and f'kept in {previous[0]}' in out.stdout + out.stderr
+  assert {p.name: p.read_bytes() for p in previous[0].iterdir()} == old
+  assert sorted(_logged(run, 'train_loss')) == [1]  # The new run's own rows.
+
+
+def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_one(tmp_path):
+  # Found once the workdir is claimed (when the data is read): the folder had been made.
+  bad = ('--config.data.source=local', f'--config.data.dir={tmp_path / "no_data"}')
+  assert 'no_data' in the_error(train(tmp_path / 'new_run', *bad))
+  assert not (tmp_path / 'new_run').exists()
+  (tmp_path / 'mine').mkdir()
+  the_error(train(tmp_path / 'mine', *bad))
+  assert (tmp_path / 'mine').is_dir()  # Not created by this launch: kept.
+
+
 def test_allowed_config_change_resumes_and_launches_jsonl_records_it(run):
   first = json.loads((run / 'config.json').read_text())
   out = train(run, '--config.optim.lr=0.002', '--config.train.allow_config_change=true',

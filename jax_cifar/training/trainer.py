@@ -155,9 +155,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
   _check_pretrained(config, workdir)
+  created = jax.process_index() == 0 and not workdir.exists()
   lock = _claim_workdir(config, workdir)
   try:
     return _train(config, workdir)
+  except BaseException:
+    if lock:
+      lock.release()
+      lock = None
+    if created and workdir_lib.remove_if_untouched(workdir):
+      logging.info('Removed %s: this launch created it and failed before writing to it.', workdir)
+    raise
   finally:
     if lock:
       lock.release()
@@ -211,6 +219,9 @@ def _train(config, workdir: pathlib.Path) -> dict:
   start_step = int(state.step)
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
+    if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir)):
+      tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
+                   f'no checkpoint to resume: starting at step 0, they are kept in {previous}')
     workdir_lib.record_launch(workdir, json.loads(json.dumps(config.to_dict(), default=str)),
                               start_step, changes)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
