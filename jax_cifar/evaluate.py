@@ -44,6 +44,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import time
 
@@ -264,8 +265,34 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                      workdir_path / f'cifar100c_{tag}.png',
                                      run_name=f'{workdir_path.name} ({tag})'))
   if jax.process_index() == 0:
-    (workdir_path / f'eval_{tag}.json').write_text(json.dumps(result, indent=2) + '\n')
+    write_eval_json(workdir_path / f'eval_{tag}.json', result)
   return result
+
+
+def write_eval_json(path: pathlib.Path, result: dict) -> None:
+  """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
+  earlier evaluation of the same step and weights computed and this one did not (its OOD or
+  CIFAR-100-C numbers) is kept in the file; a file of another step (or unreadable) is kept
+  beside it as eval_<tag>.step<N>.json."""
+  merged = dict(result)
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except (OSError, ValueError):
+      old = None
+    if isinstance(old, dict) and (old.get('step'), old.get('weights')) == (result['step'],
+                                                                           result['weights']):
+      merged = {**old, **result}
+    else:
+      step = old.get('step') if isinstance(old, dict) else 'unknown'
+      aside, n = path.with_name(f'{path.stem}.step{step}.json'), 1
+      while aside.exists():
+        aside, n = path.with_name(f'{path.stem}.step{step}.{n}.json'), n + 1
+      os.replace(path, aside)
+      logging.warning('%s held the numbers of step %s: kept as %s.', path.name, step, aside.name)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(merged, indent=2) + '\n')
+  os.replace(tmp, path)
 
 
 def _tent_options() -> tent_lib.TentOptions | None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -210,6 +211,26 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   c_pred = _reference_logits(workdir, c_images).argmax(1)
   np.testing.assert_allclose(detail['cifar100c']['fog'],
                              (c_pred == c_labels).reshape(5, -1).mean(1))
+
+
+def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path):
+  """eval_<tag>.json: a clean-only evaluation of the same step keeps the CIFAR-100-C numbers an
+  earlier one computed; a file of another step is kept beside it, not overwritten."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  first = evaluate.evaluate(_config(), str(workdir), 'latest', cifar100c_dir=str(run / 'c'))
+  path = workdir / 'eval_latest.json'
+  assert 'cifar100c' in json.loads(path.read_text())
+  second = evaluate.evaluate(_config(), str(workdir), 'latest')
+  assert 'cifar100c' not in second
+  kept = json.loads(path.read_text())
+  assert kept['cifar100c'] == first['cifar100c'] and kept['test_accuracy'] == second['test_accuracy']
+  # The file now claims another step (as after more training): kept as it is, under its step.
+  older = {**kept, 'step': kept['step'] - 1}
+  path.write_text(json.dumps(older))
+  evaluate.evaluate(_config(), str(workdir), 'latest')
+  assert json.loads((workdir / f'eval_latest.step{older["step"]}.json').read_text()) == older
+  assert 'cifar100c' not in json.loads(path.read_text())
 
 
 def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refused(run):
