@@ -93,9 +93,31 @@ class Checkpoints:
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     self.latest = ocp.CheckpointManager(
         root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
-    self.best = ocp.CheckpointManager(
-        root / 'best', options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
+    self._best, self._best_problem = None, None
+    self._best_args = (root / 'best', ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
+    unranked = _unranked_best_steps(root / 'best')
+    if unranked and create:  # Training: set them aside (kept), and rank the new run's own.
+      if jax.process_index() == 0:
+        moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
+        logging.warning('Moved best checkpoints whose metrics file is missing or unreadable (%s) '
+                        'to %s; their weights are kept there, restorable by path.',
+                        '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
+      parallel.sync('best checkpoints checked')
+    elif unranked:  # Evaluation: 'latest' stays usable; 'best' is named as damaged when used.
+      self._best_problem = (
+          f'damaged checkpoint in {root / "best"}: {"; ".join(unranked.values())} (orbax ranks '
+          'best steps by it); its weights may be intact: restore the step by path, or use '
+          '--checkpoint latest (nothing was deleted)')
+
+  @property
+  def best(self):
+    """The 'best' CheckpointManager (opened on first use: see _unranked_best_steps)."""
+    if self._best_problem:
+      raise CheckpointError(self._best_problem)
+    if self._best is None:
+      self._best = ocp.CheckpointManager(self._best_args[0], options=self._best_args[1])
+    return self._best
 
   def _save(self, manager, step: int, state: Any, **kwargs) -> None:
     """Saves (asynchronously); a failed write raises CheckpointError, earlier checkpoints stay."""
@@ -151,7 +173,7 @@ class Checkpoints:
     CheckpointError, or with `fallback` skipped with a warning for the newest intact older step.
     Nothing is deleted.
     """
-    manager = {'latest': self.latest, 'best': self.best}[which]
+    manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
     newest = manager.latest_step() if which == 'latest' else manager.best_step()
     if newest is None:
       return None
@@ -181,30 +203,57 @@ class Checkpoints:
     """Moves the damaged steps the last `restore` skipped to checkpoints/damaged/ (kept, not
     deleted): left in place, the manager counted them as the newest steps, so retraining never
     saved those steps again and `max_to_keep` could remove the intact ones instead."""
-    manager = {'latest': self.latest, 'best': self.best}[which]
+    manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
     steps, moved = self._damaged.pop(which, []), []
     if steps and jax.process_index() == 0:
-      aside = manager.directory.parent / 'damaged'
-      aside.mkdir(exist_ok=True)
-      for step in steps:
-        target, n = aside / f'{which}-{step}', 1
-        while target.exists():
-          target, n = aside / f'{which}-{step}.{n}', n + 1
-        os.replace(manager.directory / str(step), target)
-        moved.append(target)
-      logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved), aside)
+      moved = [_move_aside(manager.directory, which, step) for step in steps]
+      logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved),
+                      moved[0].parent)
     parallel.sync('checkpoints set aside')
     if steps:
       manager.reload()
     return moved
 
   def wait(self) -> None:
-    for manager in (self.latest, self.best):
-      self._finish(manager)
+    for manager in (self.latest, self._best):
+      if manager is not None:
+        self._finish(manager)
 
   def close(self) -> None:
     self.latest.close()
-    self.best.close()
+    if self._best is not None:
+      self._best.close()
+
+
+def _move_aside(directory: pathlib.Path, which: str, step: int) -> pathlib.Path:
+  """Moves step folder `directory/step` to checkpoints/damaged/<which>-<step>[.n]; returns it."""
+  aside = directory.parent / 'damaged'
+  aside.mkdir(exist_ok=True)
+  target, n = aside / f'{which}-{step}', 1
+  while target.exists():
+    target, n = aside / f'{which}-{step}.{n}', n + 1
+  os.replace(directory / str(step), target)
+  return target
+
+
+def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
+  """{step: why} for the committed steps of checkpoints/best whose metrics file (which orbax ranks
+  them by) is missing or unreadable: orbax's manager fails to open with an unreadable one, and
+  ranks a step without one below every other (so a worse model became 'best')."""
+  found = {}
+  steps = [p for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+  for step_dir in steps:
+    path = step_dir / 'metrics' / 'metrics'
+    try:
+      value = json.loads(path.read_text()).get('val_accuracy')
+      why = None if isinstance(value, (int, float)) else f'{path} holds no val_accuracy'
+    except FileNotFoundError:
+      why = f'{path} is missing'
+    except (OSError, ValueError, AttributeError) as e:
+      why = f'{path} is unreadable ({type(e).__name__})'
+    if why:
+      found[int(step_dir.name)] = why
+  return found
 
 
 class _Damaged(Exception):
@@ -235,8 +284,13 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   path = pathlib.Path(path).absolute()
   step_dir = path.parent if path.name == 'default' else path
   if not step_dir.is_dir():
-    raise CheckpointError(f'checkpoint path {path} does not exist (give a step folder, e.g. '
-                          'WORKDIR/checkpoints/best/12)')
+    raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, or a step '
+                          'folder, e.g. WORKDIR/checkpoints/best/12)')
+  steps = sorted((int(p.name) for p in step_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+                 reverse=True)
+  if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
+    raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '
+                          f'checkpoint: give one of them, e.g. {step_dir / str(steps[0])}')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(

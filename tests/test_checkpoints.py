@@ -196,3 +196,54 @@ def test_a_higher_accuracy_at_a_step_best_already_holds_replaces_it(tmp_path):
   assert step == 9
   np.testing.assert_array_equal(restored['w'], np.zeros(3))
   relaunch.close()
+
+
+def test_a_path_one_level_above_the_steps_names_them_and_a_missing_one_says_what_to_give(run9):
+  latest = run9 / 'checkpoints' / 'latest'
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=rf'holds step folders \(9, 6\), not one checkpoint: give one of them, '
+                           rf'e\.g\. {latest / "9"}'):
+    state_lib.restore(_config(0), run9, str(latest))
+  with pytest.raises(checkpoints.CheckpointError, match='give best, latest, or a step folder'):
+    state_lib.restore(_config(0), run9, str(run9 / 'bset'))
+
+
+def _break_best_metrics(workdir: pathlib.Path, how: str) -> pathlib.Path:
+  """Empties (or removes) the metrics file orbax ranks the best step by; returns the step folder."""
+  [step_dir] = [p for p in (workdir / 'checkpoints' / 'best').iterdir() if p.name.isdigit()]
+  if how == 'empty':
+    (step_dir / 'metrics' / 'metrics').write_text('')
+  else:
+    shutil.rmtree(step_dir / 'metrics')
+  return step_dir
+
+
+@pytest.mark.parametrize('how', ['empty', 'missing'])
+def test_a_best_step_without_readable_metrics_is_named_and_latest_still_restores(run9, tmp_path,
+                                                                                how):
+  """Orbax's manager failed to open on an empty metrics file (for 'latest' too: both open
+  together), and ranked a step without one below every other."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  step_dir = _break_best_metrics(workdir, how)
+  before = _listing(workdir)
+  state, step = checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  assert step == 9 and int(state.step) == 9
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f'damaged checkpoint in .*{step_dir / "metrics"}.* (missing|unreadable)'):
+    state_lib.restore(_config(0), workdir, 'best')
+  assert _listing(workdir) == before
+  # Its weights are intact, and restore by path.
+  assert int(state_lib.restore(_config(0), workdir, str(step_dir))[0].step) == int(step_dir.name)
+
+
+def test_resume_sets_a_best_step_without_readable_metrics_aside_and_ranks_its_own(run9, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  step_dir = _break_best_metrics(workdir, 'empty')
+  files = {str(p.relative_to(step_dir)): p.read_bytes() for p in step_dir.rglob('*') if p.is_file()}
+  trainer.train_and_evaluate(_config(12), str(workdir))
+  kept = workdir / 'checkpoints' / 'damaged' / f'best-{step_dir.name}'
+  assert {str(p.relative_to(kept)): p.read_bytes() for p in kept.rglob('*') if p.is_file()} == files
+  ckpts = checkpoints.Checkpoints(workdir, create=False)
+  assert ckpts.best.best_step() is not None and ckpts.best_accuracy() is not None
