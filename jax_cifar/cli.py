@@ -87,6 +87,20 @@ def _config_error(e: BaseException) -> str:
   return f'bad --config or --config.KEY override{_where(frames)}: {last}'
 
 
+def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
+  """The message for an override of a key the config does not have, when ml_collections names
+  only the missing key (no close match to suggest): which flag, and where the keys are listed."""
+  if not isinstance(e, (AttributeError, KeyError)):
+    return None
+  name = _first_line(e).split(': ', 1)[-1].strip('"\'')
+  named = [a.split('=', 1)[0] for a in argv
+           if a.startswith('--config.') and a.split('=', 1)[0].split('.')[-1] == name]
+  if not re.fullmatch(r'\w+', name) or not named:
+    return None
+  return (f'{named[0]}: the config has no key {name!r} (jax_cifar/configs/default.py lists every '
+          'key, with what it does)')
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
   for value in _config_values(argv):
@@ -110,7 +124,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     _usage_error(f'{e} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.
-    _usage_error(f'bad --config or --config.KEY override: {_first_line(e)}')
+    _usage_error(_unknown_key(e, argv) or f'bad --config or --config.KEY override: {_first_line(e)}')
   except Exception as e:  # pylint: disable=broad-except
     # Anything else raised by the config file's own code (a NameError, a ZeroDivisionError...):
     # only that code and absl's parsing ran here.

@@ -28,6 +28,13 @@ def test_misspelled_override_key_is_named(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):
+  line = _usage_error(train(tmp_path / 'run', '--config.optim.learning_rate=0.1'))
+  assert line == ("error: --config.optim.learning_rate: the config has no key 'learning_rate' "
+                  '(jax_cifar/configs/default.py lists every key, with what it does)'), line
+  assert not (tmp_path / 'run').exists()
+
+
 def test_override_value_of_the_wrong_type_is_named(tmp_path):
   line = _usage_error(train(tmp_path / 'run', '--config.train.max_steps=abc'))
   assert 'train.max_steps' in line and 'abc' in line, line
