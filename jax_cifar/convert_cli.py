@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+import warnings
 import zipfile
 from typing import Any, Mapping
 
@@ -119,7 +120,9 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
     raise NotAStateDict(path, 'it is not a complete file written by torch.save (a truncated zip '
                         'archive)')
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with warnings.catch_warnings():  # torch's notes on unusual pickles advise filing issues:
+      warnings.simplefilter('ignore', UserWarning)  # what matters is said below, or nothing.
+      obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # any unreadable or unsafe content
     raise NotAStateDict(path, _why_unreadable(e)) from None  # torch's advice is not repeated
   return _unwrap(obj, path)

@@ -3,9 +3,11 @@ unsafely; --overwrite replaces only a previous converter output; a killed run le
 output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -66,6 +68,8 @@ def _bad_files(tmp) -> dict[str, tuple[str, str]]:
   put('module.pth', 'torch.nn.modules.container.Sequential',
       save=torch.nn.Sequential(torch.nn.Linear(2, 2)))
   put('code.pth', 'system', save={'conv1.weight': _RunsCode(tmp / 'pwned')})
+  put('code4.pth', 'not a file written by torch.save',  # A bare pickle (protocol 4).
+      raw=pickle.dumps({'conv1.weight': _RunsCode(tmp / 'pwned')}, protocol=4))
   put('tensor.pth', 'a Tensor', save=torch.zeros(3))
   put('list.pth', 'a list', save=[torch.zeros(2)])
   put('numbers.pth', "'epochs' holds an int", save={'epochs': 3, 'fc.weight': torch.zeros(2)})
@@ -91,8 +95,11 @@ def test_files_that_are_not_state_dicts_are_named_so_without_unsafe_advice(scrip
                                                                           capsys):
   out = tmp_path / 'out'
   for name, (path, needle) in _bad_files(tmp_path).items():
-    rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', path,
-                                         '--output', str(out)])
+    with warnings.catch_warnings(record=True) as caught:  # torch's notes, printed to stderr.
+      warnings.simplefilter('always')
+      rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', path,
+                                           '--output', str(out)])
+    assert not [w for w in caught if 'torch' in w.filename], (name, [str(w.message) for w in caught])
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and lines[0].startswith('error: '), (name, err)
     expected = f'{path} is not a PyTorch state_dict (a mapping of parameter names to tensors): '
