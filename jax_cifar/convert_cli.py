@@ -153,6 +153,8 @@ def _download(arch: str, name: str) -> str:
 
 def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
   """(state_dict, where it came from) for --state_dict FILE or --weights NAME."""
+  if args.state_dict and os.path.isdir(args.state_dict):
+    raise errors.ConfigError(f'--state_dict {args.state_dict} is a folder; give the .pth file')
   if args.state_dict and not os.path.isfile(args.state_dict):
     raise errors.ConfigError(f'--state_dict {args.state_dict}: no such file')
   path = args.state_dict or _download(args.arch, args.weights)

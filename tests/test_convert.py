@@ -323,6 +323,7 @@ def test_convert_script_rejects_bad_input_with_one_line_and_no_output(tmp_path, 
   torch.save({'conv1.weight': _RunsCode(tmp_path / 'pwned')}, evil)
   out = tmp_path / 'out'
   cases = [(['--arch', 'resnet18', '--state_dict', str(tmp_path / 'nope.pth')], 'nope.pth'),
+           (['--arch', 'resnet18', '--state_dict', str(tmp_path)], 'is a folder; give the .pth'),
            (['--arch', 'resnet34', '--state_dict', str(good)], 'layer1.2.conv1.weight'),
            (['--arch', 'resnet18', '--state_dict', str(evil)], 'not a PyTorch state_dict')]
   for argv, needle in cases:

@@ -210,3 +210,11 @@ def test_a_file_damaged_after_the_check_is_named_when_opened(tmp_path, damage):
     files[7].open()
   assert '\n' not in str(e.value) and 'distortion07.npy' in str(e.value), str(e.value)
   assert files[6].open().shape == (5, 32, 32, 3)
+
+
+def test_an_ood_dir_that_is_a_file_or_missing_is_named_so(tmp_path):
+  folder = _write_ood(tmp_path / 'ood', n=5)
+  with pytest.raises(ood.DataError, match='is a file, expected the folder that holds it'):
+    ood.check_distortion_dir(folder / ood.distortion_file(0))
+  with pytest.raises(ood.DataError, match='directory not found'):
+    ood.check_distortion_dir(tmp_path / 'no_such_folder')

@@ -114,6 +114,8 @@ def check_image_file(path: str | os.PathLike) -> ImageFile:
 
 def _check_dir(directory: str | os.PathLike) -> pathlib.Path:
   directory = pathlib.Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise DataError(f'{directory}: is a file, expected the folder that holds it')
   if not directory.is_dir():
     raise DataError(f'{directory}: directory not found')
   return directory
