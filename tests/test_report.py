@@ -185,6 +185,18 @@ def test_the_summary_row_shows_a_plain_evaluation_and_names_an_adapted_one(tmp_p
   assert rows[1]['run'] == 'only (eval_best_tta-shifts_bn-adapt)'
 
 
+def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, drawn):
+  """An eval JSON that is not an object is read as no evaluation; a metric written as a string is
+  shown as it is; an older step's numbers that evaluate kept (eval_best.step3.json) are not rows."""
+  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy='0.5')
+  (run / 'eval_latest.json').write_text('[]')
+  (run / 'eval_best.step3.json').write_text(json.dumps({'test_accuracy': 0.9}))
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  table = (tmp_path / 'out' / 'summary.md').read_text()
+  assert '| 0.5 |' in table and '90.00%' not in table, table
+  assert sorted(report.load_run(run)['evals']) == ['eval_best', 'eval_latest']
+
+
 @pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
   if make == 'twice':

@@ -34,10 +34,12 @@ class ReportError(errors.UserError):
 # Runs
 # ---------------------------------------------------------------------------------------------
 def _read_json(path: pathlib.Path) -> dict:
+  """The JSON object in `path`; {} if it is unreadable or holds something else."""
   try:
-    return json.loads(path.read_text())
+    value = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError):
     return {}
+  return value if isinstance(value, dict) else {}
 
 
 def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
@@ -50,7 +52,9 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   config = _read_json(run_dir / workdir.CONFIG_FILE)
   return {'name': run_dir.name, 'label': label or run_dir.name, 'dir': run_dir,
           'rows': tracking.read_metrics(run_dir), 'config': config if isinstance(config, dict) else {},
-          'evals': {p.stem: _read_json(p) for p in sorted(run_dir.glob('eval_*.json'))}}
+          # eval_<tag>.step<N>.json: an older step's numbers, kept by evaluate; not reported.
+          'evals': {p.stem: _read_json(p) for p in sorted(run_dir.glob('eval_*.json'))
+                    if '.step' not in p.stem}}
 
 
 def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
@@ -159,6 +163,8 @@ def _train_time_s(run: dict) -> float | None:
 def _fmt(value, pct: bool = True) -> str:
   if value is None:
     return '-'
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    return str(value)  # A hand-edited file's string: shown as it is.
   return f'{100 * value:.2f}%' if pct else str(value)
 
 
