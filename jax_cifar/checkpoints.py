@@ -97,8 +97,10 @@ class Checkpoints:
     self._best_args = (root / 'best', ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
     unranked = _unranked_best_steps(root / 'best')
-    if unranked and create:  # Training: set them aside (kept), and rank the new run's own.
-      if jax.process_index() == 0:
+    # Training: set them aside (kept), and rank the new run's own. (Every process has looked
+    # before process 0 moves anything: the agreement is a collective.)
+    if create and parallel.any_process(bool(unranked)):
+      if jax.process_index() == 0 and unranked:
         moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
         logging.warning('Moved best checkpoints whose metrics file is missing or unreadable (%s) '
                         'to %s; their weights are kept there, restorable by path.',
@@ -109,6 +111,8 @@ class Checkpoints:
           f'damaged checkpoint in {root / "best"}: {"; ".join(unranked.values())} (orbax ranks '
           'best steps by it); its weights may be intact: restore the step by path, or use '
           '--checkpoint latest (nothing was deleted)')
+    if create:  # Training opens both at once on every process (orbax's own barriers).
+      self._best = ocp.CheckpointManager(self._best_args[0], options=self._best_args[1])
 
   @property
   def best(self):
