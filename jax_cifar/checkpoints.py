@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jax_cifar import errors, parallel
+from jax_cifar import workdir as workdir_lib
 
 
 WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
@@ -106,11 +107,11 @@ class Checkpoints:
                         'to %s; their weights are kept there, restorable by path.',
                         '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
       parallel.sync('best checkpoints checked')
-    elif unranked:  # Evaluation: 'latest' stays usable; 'best' is named as damaged when used.
-      self._best_problem = (
-          f'damaged checkpoint in {root / "best"}: {"; ".join(unranked.values())} (orbax ranks '
-          'best steps by it); its weights may be intact: restore the step by path, or use '
-          '--checkpoint latest (nothing was deleted)')
+    elif parallel.any_process(bool(unranked)):  # Evaluation: 'latest' stays usable; 'best' is
+      self._best_problem = (  # named as damaged when used (by every process alike).
+          f'damaged checkpoint in {root / "best"}: {"; ".join(unranked.values()) or "see process 0"} '
+          '(orbax ranks best steps by it); its weights may be intact: restore the step by path, '
+          "or use the 'latest' checkpoint (nothing was deleted)")
     if create:  # Training opens both at once on every process (orbax's own barriers).
       self._best = ocp.CheckpointManager(self._best_args[0], options=self._best_args[1])
 
@@ -233,9 +234,7 @@ def _move_aside(directory: pathlib.Path, which: str, step: int) -> pathlib.Path:
   """Moves step folder `directory/step` to checkpoints/damaged/<which>-<step>[.n]; returns it."""
   aside = directory.parent / 'damaged'
   aside.mkdir(exist_ok=True)
-  target, n = aside / f'{which}-{step}', 1
-  while target.exists():
-    target, n = aside / f'{which}-{step}.{n}', n + 1
+  target = workdir_lib.unused_path(aside, f'{which}-{step}')
   os.replace(directory / str(step), target)
   return target
 
@@ -252,6 +251,8 @@ def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
       value = json.loads(path.read_text()).get('val_accuracy')
       why = None if isinstance(value, (int, float)) else f'{path} holds no val_accuracy'
     except FileNotFoundError:
+      if not (step_dir / '_CHECKPOINT_METADATA').exists():  # Being deleted (a newer best saved
+        continue  # by a run in progress), not damaged.
       why = f'{path} is missing'
     except (OSError, ValueError, AttributeError) as e:
       why = f'{path} is unreadable ({type(e).__name__})'

@@ -43,6 +43,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 # pylint: disable=wrong-import-position
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -265,34 +266,44 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                      workdir_path / f'cifar100c_{tag}.png',
                                      run_name=f'{workdir_path.name} ({tag})'))
   if jax.process_index() == 0:
-    write_eval_json(workdir_path / f'eval_{tag}.json', result)
+    step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
+                else pathlib.Path(which))
+    write_eval_json(workdir_path / f'eval_{tag}.json', result,
+                    step_dir.parent if step_dir.name == 'default' else step_dir)
   return result
 
 
-def write_eval_json(path: pathlib.Path, result: dict) -> None:
+def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):
   """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
-  earlier evaluation of the same step and weights computed and this one did not (its OOD or
-  CIFAR-100-C numbers) is kept in the file; a file of another step (or unreadable) is kept
-  beside it as eval_<tag>.step<N>.json."""
-  merged = dict(result)
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-    except (OSError, ValueError):
-      old = None
-    if isinstance(old, dict) and (old.get('step'), old.get('weights')) == (result['step'],
-                                                                           result['weights']):
-      merged = {**old, **result}
-    else:
-      step = old.get('step') if isinstance(old, dict) else 'unknown'
-      aside, n = path.with_name(f'{path.stem}.step{step}.json'), 1
-      while aside.exists():
-        aside, n = path.with_name(f'{path.stem}.step{step}.{n}.json'), n + 1
-      os.replace(path, aside)
-      logging.warning('%s held the numbers of step %s: kept as %s.', path.name, step, aside.name)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(merged, indent=2) + '\n')
-  os.replace(tmp, path)
+  earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
+  `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
+  in the file; a file of another checkpoint (or unreadable) is kept beside it as
+  eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock)."""
+  folder = os.open(path.parent, os.O_RDONLY)
+  try:
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    merged = dict(result)
+    if path.exists():
+      try:
+        old = json.loads(path.read_text())
+      except (OSError, ValueError):
+        old = None
+      saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
+                     and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
+      if (isinstance(old, dict) and not saved_since
+          and all(old.get(k) == result[k] for k in ('checkpoint', 'step', 'weights'))):
+        merged = {**old, **result}
+      else:
+        step = old.get('step') if isinstance(old, dict) else 'unknown'
+        aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
+        os.replace(path, aside)
+        logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
+                        path.name, step, aside.name)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(merged, indent=2) + '\n')
+    os.replace(tmp, path)
+  finally:
+    os.close(folder)  # Releases the lock.
 
 
 def _tent_options() -> tent_lib.TentOptions | None:

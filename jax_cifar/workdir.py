@@ -88,21 +88,36 @@ def existing_run(workdir: pathlib.Path) -> str | None:
   return ', '.join(found) or None
 
 
-def set_aside_previous(workdir: pathlib.Path) -> pathlib.Path | None:
+def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Path:
+  """folder/STEMSUFFIX, or folder/STEM.N.SUFFIX for the first N = 1, 2, ... that does not exist."""
+  path, n = folder / f'{stem}{suffix}', 1
+  while path.exists():
+    path, n = folder / f'{stem}.{n}{suffix}', n + 1
+  return path
+
+
+def set_aside_previous(workdir: pathlib.Path, config: dict) -> pathlib.Path | None:
   """At a run's step 0, moves the config.json and metrics.jsonl the workdir already holds (of a
-  launch that saved no checkpoint, or files of something else) into WORKDIR/previous-TIME/
-  instead of overwriting them; returns that folder (None: there was nothing to move)."""
+  launch that saved no latest checkpoint, or files of something else) into WORKDIR/previous-TIME/
+  instead of overwriting them; returns that folder (None: nothing to keep, e.g. a relaunch of
+  the same config after a start that failed before logging anything)."""
   found = [workdir / name for name in (CONFIG_FILE, METRICS_FILE) if (workdir / name).is_file()]
-  if not found:
+  metrics = workdir / METRICS_FILE
+  if not (metrics.is_file() and metrics.stat().st_size) and all(
+      p.name != CONFIG_FILE or _same_json(p, config) for p in found):
     return None
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  folder, n = workdir / f'previous-{stamp}', 1
-  while folder.exists():
-    folder, n = workdir / f'previous-{stamp}.{n}', n + 1
+  folder = unused_path(workdir, f'previous-{datetime.datetime.now():%Y%m%d-%H%M%S}')
   folder.mkdir()
   for path in found:
     os.replace(path, folder / path.name)
   return folder
+
+
+def _same_json(path: pathlib.Path, value: dict) -> bool:
+  try:
+    return json.loads(path.read_text()) == json.loads(json.dumps(value, default=str))
+  except (OSError, ValueError):
+    return False
 
 
 def remove_if_untouched(workdir: pathlib.Path) -> bool:

@@ -156,7 +156,7 @@ def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp
   np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), np.arange(5))
 
 
-def test_an_existing_submission_csv_is_replaced(tmp_path):
+def test_an_existing_submission_csv_or_an_empty_file_may_be_replaced(tmp_path):
   for text in ('id,label\ndistortion00_1_0,3\n', '\ufeffid,label\r\n', ''):  # Excel's BOM; empty.
     path = tmp_path / 'sub.csv'
     path.write_text(text, encoding='utf-8')

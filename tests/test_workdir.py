@@ -143,6 +143,15 @@ def test_a_fresh_start_over_files_without_a_checkpoint_keeps_them_in_a_previous_
   assert sorted(_logged(run, 'train_loss')) == [1]  # The new run's own rows.
 
 
+def test_nothing_is_set_aside_that_a_relaunch_would_only_rewrite_the_same(tmp_path):
+  config = {'model': {'name': 'simple_cnn'}, 'seed': 0}
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  (tmp_path / 'metrics.jsonl').write_text('')  # A start that failed before its first log row.
+  assert workdir_lib.set_aside_previous(tmp_path, config) is None
+  assert workdir_lib.set_aside_previous(tmp_path, {**config, 'seed': 1}).name.startswith('previous-')
+  assert not (tmp_path / 'config.json').exists() and not (tmp_path / 'metrics.jsonl').exists()
+
+
 def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_one(tmp_path):
   # Found once the workdir is claimed (when the data is read): the folder had been made.
   bad = ('--config.data.source=local', f'--config.data.dir={tmp_path / "no_data"}')

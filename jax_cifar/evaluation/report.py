@@ -274,6 +274,8 @@ def stale_evaluations(run: dict) -> list[str]:
   """One message per eval_<best|latest...>.json written before its checkpoint's newest save."""
   out = []
   for path in sorted(run['dir'].glob('eval_*.json')):
+    if '.step' in path.stem:  # An older step's numbers, kept by evaluate as such.
+      continue
     kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
     ckpt = _checkpoint(run['dir'], kind) if kind else None
     if ckpt is not None and path.stat().st_mtime < ckpt[1]:

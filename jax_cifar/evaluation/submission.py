@@ -52,8 +52,11 @@ def check_output_path(path: str | os.PathLike) -> pathlib.Path:
     raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
                           f'{path / "submission.csv"}')
   if path.is_file() and path.stat().st_size:
-    with open(path, 'rb') as f:
-      first = f.read(64).split(b'\n', 1)[0]
+    try:
+      with open(path, 'rb') as f:
+        first = f.read(64).split(b'\n', 1)[0]
+    except OSError as e:
+      raise SubmissionError(f'--submission {path} exists and cannot be read ({e.strerror})') from None
     if first.removeprefix(b'\xef\xbb\xbf').rstrip(b'\r') != HEADER.encode():
       raise SubmissionError(f'--submission {path} is an existing file that is not a submission CSV '
                             f'(it does not start with the line {HEADER!r}); it is kept: give another '

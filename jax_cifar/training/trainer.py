@@ -160,9 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     return _train(config, workdir)
   except BaseException:
-    if lock:
-      lock.release()
-      lock = None
+    # Removed while still locked: no other launch can claim the folder in between.
     if created and workdir_lib.remove_if_untouched(workdir):
       logging.info('Removed %s: this launch created it and failed before writing to it.', workdir)
     raise
@@ -219,11 +217,11 @@ def _train(config, workdir: pathlib.Path) -> dict:
   start_step = int(state.step)
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
-    if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir)):
+    as_json = json.loads(json.dumps(config.to_dict(), default=str))
+    if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json)):
       tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
-                   f'no checkpoint to resume: starting at step 0, they are kept in {previous}')
-    workdir_lib.record_launch(workdir, json.loads(json.dumps(config.to_dict(), default=str)),
-                              start_step, changes)
+                   f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
+    workdir_lib.record_launch(workdir, as_json, start_step, changes)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
