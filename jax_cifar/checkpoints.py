@@ -5,6 +5,7 @@ killed mid-save leaves the previous checkpoints intact and the next start ignore
 """
 
 import errno
+import functools
 import json
 import os
 import pathlib
@@ -95,25 +96,27 @@ class Checkpoints:
     self.latest = ocp.CheckpointManager(
         root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
     self._best, self._best_problem = None, None
-    self._best_args = (root / 'best', ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
+    self._open_best = functools.partial(
+        ocp.CheckpointManager, root / 'best', options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
     unranked = _unranked_best_steps(root / 'best')
-    # Training: set them aside (kept), and rank the new run's own. (Every process has looked
-    # before process 0 moves anything: the agreement is a collective.)
-    if create and parallel.any_process(bool(unranked)):
-      if jax.process_index() == 0 and unranked:
-        moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
-        logging.warning('Moved best checkpoints whose metrics file is missing or unreadable (%s) '
-                        'to %s; their weights are kept there, restorable by path.',
-                        '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
-      parallel.sync('best checkpoints checked')
-    elif parallel.any_process(bool(unranked)):  # Evaluation: 'latest' stays usable; 'best' is
-      self._best_problem = (  # named as damaged when used (by every process alike).
-          f'damaged checkpoint in {root / "best"}: {"; ".join(unranked.values()) or "see process 0"} '
-          '(orbax ranks best steps by it); its weights may be intact: restore the step by path, '
-          "or use the 'latest' checkpoint (nothing was deleted)")
+    # Every process has looked before process 0 moves anything: the agreement is a collective.
+    if parallel.any_process(bool(unranked)):
+      if create:  # Training: set them aside (kept), and rank the new run's own.
+        if jax.process_index() == 0 and unranked:
+          moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
+          logging.warning('Moved best checkpoints whose metrics file is missing or unreadable '
+                          '(%s) to %s; their weights are kept there, restorable by path.',
+                          '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
+        parallel.sync('best checkpoints checked')
+      else:  # Evaluation: 'latest' stays usable; 'best' is named as damaged when used.
+        self._best_problem = (
+            f'damaged checkpoint in {root / "best"}: '
+            f'{"; ".join(unranked.values()) or "see process 0"} (orbax ranks best steps by it); '
+            "its weights may be intact: restore the step by path, or use the 'latest' checkpoint "
+            '(nothing was deleted)')
     if create:  # Training opens both at once on every process (orbax's own barriers).
-      self._best = ocp.CheckpointManager(self._best_args[0], options=self._best_args[1])
+      self._best = self._open_best()
 
   @property
   def best(self):
@@ -121,7 +124,7 @@ class Checkpoints:
     if self._best_problem:
       raise CheckpointError(self._best_problem)
     if self._best is None:
-      self._best = ocp.CheckpointManager(self._best_args[0], options=self._best_args[1])
+      self._best = self._open_best()
     return self._best
 
   def _save(self, manager, step: int, state: Any, **kwargs) -> None:

@@ -97,14 +97,14 @@ def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Pa
 
 
 def set_aside_previous(workdir: pathlib.Path, config: dict) -> pathlib.Path | None:
-  """At a run's step 0, moves the config.json and metrics.jsonl the workdir already holds (of a
+  """`config` as JSON values (what record_launch writes). At a run's step 0, moves the config.json and metrics.jsonl the workdir already holds (of a
   launch that saved no latest checkpoint, or files of something else) into WORKDIR/previous-TIME/
   instead of overwriting them; returns that folder (None: nothing to keep, e.g. a relaunch of
   the same config after a start that failed before logging anything)."""
   found = [workdir / name for name in (CONFIG_FILE, METRICS_FILE) if (workdir / name).is_file()]
   metrics = workdir / METRICS_FILE
   if not (metrics.is_file() and metrics.stat().st_size) and all(
-      p.name != CONFIG_FILE or _same_json(p, config) for p in found):
+      p.name != CONFIG_FILE or _read_json(p) == config for p in found):
     return None
   folder = unused_path(workdir, f'previous-{datetime.datetime.now():%Y%m%d-%H%M%S}')
   folder.mkdir()
@@ -113,11 +113,11 @@ def set_aside_previous(workdir: pathlib.Path, config: dict) -> pathlib.Path | No
   return folder
 
 
-def _same_json(path: pathlib.Path, value: dict) -> bool:
+def _read_json(path: pathlib.Path) -> Any:
   try:
-    return json.loads(path.read_text()) == json.loads(json.dumps(value, default=str))
+    return json.loads(path.read_text())
   except (OSError, ValueError):
-    return False
+    return None
 
 
 def remove_if_untouched(workdir: pathlib.Path) -> bool:

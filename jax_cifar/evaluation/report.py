@@ -52,9 +52,13 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   config = _read_json(run_dir / workdir.CONFIG_FILE)
   return {'name': run_dir.name, 'label': label or run_dir.name, 'dir': run_dir,
           'rows': tracking.read_metrics(run_dir), 'config': config if isinstance(config, dict) else {},
-          # eval_<tag>.step<N>.json: an older step's numbers, kept by evaluate; not reported.
-          'evals': {p.stem: _read_json(p) for p in sorted(run_dir.glob('eval_*.json'))
-                    if '.step' not in p.stem}}
+          'evals': {p.stem: _read_json(p) for p in _eval_files(run_dir)}}
+
+
+def _eval_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The run's eval_<tag>.json, without the eval_<tag>.step<N>.json in which evaluate keeps an
+  older checkpoint's numbers."""
+  return [p for p in sorted(run_dir.glob('eval_*.json')) if '.step' not in p.stem]
 
 
 def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
@@ -273,9 +277,7 @@ def _when(mtime: float) -> str:
 def stale_evaluations(run: dict) -> list[str]:
   """One message per eval_<best|latest...>.json written before its checkpoint's newest save."""
   out = []
-  for path in sorted(run['dir'].glob('eval_*.json')):
-    if '.step' in path.stem:  # An older step's numbers, kept by evaluate as such.
-      continue
+  for path in _eval_files(run['dir']):
     kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
     ckpt = _checkpoint(run['dir'], kind) if kind else None
     if ckpt is not None and path.stat().st_mtime < ckpt[1]:
