@@ -1,7 +1,7 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
 python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|PATH]
-    [--tta none|flip|shifts] [--bn_adapt]
+    [--weights raw|ema|auto] [--tta none|flip|shifts] [--bn_adapt]
     [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
     [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and

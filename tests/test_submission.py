@@ -162,6 +162,17 @@ def test_trailing_blank_lines_are_tolerated_and_rows_split_only_at_newlines(tmp_
     submission.check_submission(path, num_images=N)
 
 
+def test_a_byte_order_mark_before_the_header_is_read_past_but_not_elsewhere(tmp_path):
+  path = tmp_path / 'sub.csv'
+  lines = _expected_lines()
+  path.write_bytes(b'\xef\xbb\xbf' + '\r\n'.join(lines).encode() + b'\r\n')  # Excel's "CSV UTF-8"
+  assert submission.check_submission(path, num_images=N).startswith('OK')
+  lines[1] = '\ufeff' + lines[1]  # a mark inside the file is still a damaged id
+  path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  with pytest.raises(submission.SubmissionError, match=r'line 2: id'):
+    submission.check_submission(path, num_images=N)
+
+
 @pytest.mark.parametrize('problem,match', [
     ('missing', 'file not found'), ('dtype', 'dtype float32'), ('shape', 'shape'),
     ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),

@@ -179,7 +179,8 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
   try:
     # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
     # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
-    lines = [line.rstrip('\r') for line in path.read_text().split('\n')]
+    # utf-8-sig: a leading byte-order mark (Excel's "CSV UTF-8") is read past, as pandas does.
+    lines = [line.rstrip('\r') for line in path.read_text(encoding='utf-8-sig').split('\n')]
   except (OSError, UnicodeDecodeError) as e:
     raise SubmissionError(f'{path}: cannot read ({e})') from None
   while lines and not lines[-1]:
