@@ -27,8 +27,8 @@ def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """(model, config) of a run's 'best' or 'latest' checkpoint, or of a step folder's path (as
-  `evaluate --checkpoint`), ready for `model(x, train=False)`.
+  """(model, config) of a run's 'best' or 'latest' checkpoint, a step number it kept (300) or a
+  step folder's path (as `evaluate --checkpoint`), ready for `model(x, train=False)`.
 
   `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0);
   `weights='auto'` the one of the two with the higher validation accuracy at that checkpoint.
@@ -36,9 +36,18 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   """
   if weights not in checkpoints.READ_WEIGHTS:
     raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
-  if checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir():
-    raise ValueError(f"checkpoint must be 'best', 'latest' or a step folder's path, got "
-                     f'{checkpoint!r} (no such folder)')
+  if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, bool) or (
+      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number, as init_from's RUN:STEP.
+    folders = [pathlib.Path(run_dir, 'checkpoints', kind, str(int(checkpoint)))
+               for kind in ('latest', 'best')]
+    if not any(f.is_dir() for f in folders):
+      raise ValueError(f'checkpoint {checkpoint}: {run_dir} kept no step {int(checkpoint)} '
+                       '(in checkpoints/latest or checkpoints/best)')
+    checkpoint = str(next(f for f in folders if f.is_dir()))
+  if not isinstance(checkpoint, (str, pathlib.Path)) or (
+      checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
+    raise ValueError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
+                     f'got {checkpoint!r} (no such folder)')
   config = run_config(run_dir)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)
@@ -54,6 +63,9 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}')
+  # Fewer images than a batch: padded only to the next power of two (a loop over single images
+  # compiles once, for a batch of 1, instead of running `batch_size` rows each time).
+  batch_size = min(batch_size, 1 << max(len(images) - 1, 0).bit_length())
   graphdef, state = nnx.split(model)
   probabilities = _probabilities_fn(graphdef, config.model.image_size, config.model.normalize,
                                     config.model.dtype)

@@ -299,6 +299,12 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
     raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '
                           f'checkpoint: give one of them, e.g. {step_dir / str(steps[0])}')
+  if not any((step_dir / name).exists() for name in ('default', '_CHECKPOINT_METADATA')):
+    # Nothing of a step at all (a run folder, checkpoints/, converted weights): not "damaged".
+    hint = (' (converted torchvision weights: give them as model.pretrained)'
+            if (step_dir / 'metadata.json').exists() and (step_dir / 'state').is_dir() else '')
+    raise CheckpointError(f'{path} is not a checkpoint step folder{hint}: give best, latest, or '
+                          'a step folder, e.g. WORKDIR/checkpoints/best/12')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(

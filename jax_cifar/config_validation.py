@@ -26,7 +26,7 @@ CHOICES = {
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
-    'seed': (0, None, True), 'data.split_seed': (0, None, True),
+    'seed': (0, 2**63 - 1, True), 'data.split_seed': (0, 2**63 - 1, True),  # int64 seeds
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
     'data.synthetic_size': (1, None, True), 'data.worker_count': (0, None, True),
@@ -67,6 +67,11 @@ def validate(config) -> None:
   for key in given:
     if key not in defaults:
       raise ConfigError(f'unknown config key {key!r} (see jax_cifar/configs/default.py for every key)')
+  for key in defaults:  # A config file that deleted a key, or a hand-made one that never had it.
+    if key not in given:
+      raise ConfigError(f'config key {key!r} is missing: a config file starts from '
+                        'jax_cifar.configs.default.get_config() (or a recipe\'s get_config()) and '
+                        'changes keys, never deletes them')
   for key, value in given.items():
     default = defaults[key]
     if isinstance(default, bool) != isinstance(value, bool) or (
@@ -98,9 +103,14 @@ def validate(config) -> None:
   if given['model.init_from'] and given['model.pretrained']:
     raise ConfigError('model.init_from (another run\'s weights) and model.pretrained (converted '
                       'torchvision weights) both set: give one')
-  for key in ('optim.b1', 'optim.b2'):  # As torch.optim.AdamW: at 1, every update is 0 / 0.
+  # As torch.optim.AdamW: at b1/b2 = 1 every update is 0 / 0; momentum 1 never forgets a
+  # gradient; label smoothing 1 makes every target uniform (the labels would not matter).
+  for key in ('optim.b1', 'optim.b2', 'optim.momentum', 'optim.label_smoothing'):
     if given[key] >= 1.0:
       raise ConfigError(f'config key {key!r} must be below 1, got {given[key]}')
+  if given['optim.name'] == 'sgd' and given['optim.nesterov'] and given['optim.momentum'] == 0:
+    raise ConfigError('optim.nesterov=True needs optim.momentum > 0 (as torch.optim.SGD); with '
+                      'momentum 0 it would silently be plain SGD')
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:
@@ -115,18 +125,14 @@ def validate(config) -> None:
                                                  given['augment.cutmix_alpha'] > 0):
     raise ConfigError('augment.augmix_jsd_weight > 0 (the Jensen-Shannon loss compares views of '
                       'the same image) cannot be combined with mixup_alpha or cutmix_alpha')
-  ranges = {'augment.rrc_scale': (0, 1, False), 'augment.rrc_ratio': (0, None, False),
-            'augment.blur_sigma': (0, None, False), 'augment.jpeg_quality': (1, 100, True),
-            'augment.noise_std': (0, 1, True)}
-  for key, (lowest, highest, low_inclusive) in ranges.items():
-    value = given[key]
+  for name, (lowest, highest, low_open) in augment.PAIR_LIMITS.items():  # The pipeline's own.
+    key, value = f'augment.{name}', given[f'augment.{name}']
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
       raise ConfigError(f'config key {key!r} must be a pair (low, high), got {value!r}')
     low, high = value
-    if (low < lowest or (low == lowest and not low_inclusive) or low > high
-        or (highest is not None and high > highest)):
-      bounds = f"{'[' if low_inclusive else '('}{lowest}, {highest if highest is not None else 'inf'}]"
+    if low < lowest or (low == lowest and low_open) or low > high or high > highest:
+      bounds = f"{'(' if low_open else '['}{lowest}, {highest}]"
       raise ConfigError(f'config key {key!r} must be (low, high) with low <= high, both in '
                         f'{bounds}; got {value!r}')
   jitter = given['augment.color_jitter']

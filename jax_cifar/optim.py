@@ -48,6 +48,22 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
   return schedule
 
 
+def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[str]:
+  """What `make_optimizer` makes of a warm-up or a backbone freeze that the run is too short
+  for: the schedule stays valid, but not what the config says (each is one line for the user)."""
+  notes, freeze = [], config.freeze_backbone_steps
+  if freeze >= total_steps:
+    notes.append(f'optim.freeze_backbone_steps={freeze} is not shorter than the run '
+                 f'({total_steps} steps): the backbone stays frozen throughout, only the head trains')
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  learning = total_steps - min(freeze, total_steps)
+  if warmup and learning > 1 and warmup >= learning:
+    notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter than '
+                 f'the {learning} steps the learning rate runs: the warm-up is cut to '
+                 f'{learning - 1} steps, so the rate rises for the whole run')
+  return notes
+
+
 def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   if config.name == 'adamw':
     return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,

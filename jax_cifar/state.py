@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar import checkpoints, models, optim, parallel, tracking
+from jax_cifar import checkpoints, errors, models, optim, parallel, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.augment import pipeline as augment
 
@@ -133,6 +133,9 @@ def parse_init_from(spec: str) -> tuple[str, str]:
   """'RUN_DIR[:best|latest|STEP]' -> (RUN_DIR, 'best' | 'latest' | a step folder's path)."""
   run_dir, _, which = spec.rpartition(':')
   if not run_dir or not (which in ('best', 'latest') or which.isdigit()):
+    if run_dir and pathlib.Path(run_dir).is_dir() and not pathlib.Path(spec).exists():
+      raise errors.ConfigError(f'model.init_from={spec}: after the run folder give :best, :latest '
+                               f'or :STEP (a step number), not :{which}')
     run_dir, which = spec, 'best'
   if which.isdigit():
     which = str(pathlib.Path(run_dir) / 'checkpoints' / 'latest' / which)

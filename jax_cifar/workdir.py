@@ -197,12 +197,32 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
 
 
 def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
-                  changes: dict[str, tuple[Any, Any]]) -> None:
-  """Appends this launch to launches.jsonl and makes its config the run's config.json."""
+                  changes: dict[str, tuple[Any, Any]]) -> str | None:
+  """Appends this launch to launches.jsonl and makes its config the run's config.json; returns
+  the config.json it replaced (its text, None if there was none), for `restore_config`."""
   row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
          'changed': {k: list(v) for k, v in changes.items()}, 'config': config}
   with (workdir / LAUNCHES_FILE).open('a') as f:
     f.write(json.dumps(row, default=str) + '\n')
+  previous = (workdir / CONFIG_FILE).read_text() if (workdir / CONFIG_FILE).exists() else None
+  _write_config(workdir, json.dumps(config, indent=2, default=str) + '\n')
+  return previous
+
+
+def _write_config(workdir: pathlib.Path, text: str) -> None:
   tmp = workdir / (CONFIG_FILE + '.tmp')
-  tmp.write_text(json.dumps(config, indent=2, default=str) + '\n')
+  tmp.write_text(text)
   tmp.replace(workdir / CONFIG_FILE)
+
+
+def restore_config(workdir: pathlib.Path, previous: str | None, start_step: int) -> bool:
+  """After a launch failed: if it saved no checkpoint past `start_step`, config.json goes back to
+  `previous`, the config of every step that is saved (a resumed launch that failed before its
+  first save had made its own config the run's, and relaunching the run as it was then counted
+  as a change). launches.jsonl keeps the failed launch's row. Returns whether it restored."""
+  latest = workdir / 'checkpoints' / 'latest'
+  saved = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
+  if previous is None or max(saved, default=0) > start_step:
+    return False
+  _write_config(workdir, previous)
+  return True

@@ -138,6 +138,18 @@ def test_a_damaged_step_given_by_path_is_named_and_kept(run9, tmp_path, how):
   assert _listing(workdir) == before
 
 
+def test_a_folder_that_is_no_checkpoint_at_all_is_not_called_damaged(run9, tmp_path):
+  """The run folder, its checkpoints/ or an empty folder had been 'damaged checkpoint ...:
+  missing _CHECKPOINT_METADATA, default/_METADATA, ...' (an audit)."""
+  (tmp_path / 'weights' / 'state').mkdir(parents=True)
+  (tmp_path / 'weights' / 'metadata.json').write_text('{}')  # What the converter writes.
+  for folder in (run9, run9 / 'checkpoints', tmp_path / 'weights'):
+    with pytest.raises(checkpoints.CheckpointError, match='is not a checkpoint step folder') as e:
+      state_lib.restore(_config(0), run9, str(folder))
+    assert 'damaged' not in str(e.value)
+    assert ('model.pretrained' in str(e.value)) == (folder.name == 'weights')
+
+
 def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
   by_name = state_lib.restore(_config(0), run9, 'latest')
   step_dir = run9 / 'checkpoints' / 'latest' / '9'

@@ -4,6 +4,7 @@ that CHOICES/RANGES cannot express) each refuse what they promise, naming the ke
 import importlib
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -76,7 +77,14 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     ({'ema.decay': float('nan')}, "'ema.decay' must be a finite number"),
     ({'train.num_epochs': float('inf')}, "'train.num_epochs' must be a finite number, got inf"),
     ({'augment.rrc_scale': (float('nan'), 1.0)}, "'augment.rrc_scale' must be a finite number"),
-    ({'seed': -1}, "'seed' must be in \\[0, inf\\]"),
+    ({'seed': -1}, "'seed' must be in \\[0, 9223372036854775807\\]"),
+    # An audit's findings: each had trained on (or crashed in a traceback after loading the data).
+    ({'seed': 2**63}, "'seed' must be in"),  # An OverflowError traceback in the model's init.
+    ({'optim.momentum': 1.0}, "'optim.momentum' must be below 1"),
+    ({'optim.label_smoothing': 1.0}, "'optim.label_smoothing' must be below 1"),
+    ({'optim.name': 'sgd', 'optim.momentum': 0.0, 'optim.nesterov': True},
+     'nesterov=True needs optim.momentum > 0'),
+    ({'augment.blur_sigma': (0.1, 200.0)}, "'augment.blur_sigma' must be \\(low, high\\)"),
     ({'data.split_seed': -3}, "'data.split_seed' must be in"),
     ({'optim.b1': 1.0}, "'optim.b1' must be below 1"),
     ({'optim.b2': 1.0}, "'optim.b2' must be below 1"),
@@ -86,11 +94,42 @@ def test_explicit_checks_refuse_naming_the_key(flat, message):
     config_validation.validate(_config(**flat))
 
 
+def test_a_config_missing_a_key_names_it():
+  """A config file that deleted a key had given a KeyError traceback (or passed, for a key no
+  check reads, and failed later)."""
+  c = default.get_config()
+  del c['ema']
+  with pytest.raises(config_validation.ConfigError, match="config key 'ema.decay' is missing"):
+    config_validation.validate(c)
+  c = default.get_config()
+  del c.wandb['project']
+  with pytest.raises(config_validation.ConfigError, match="'wandb.project' is missing"):
+    config_validation.validate(c)
+
+
+def test_the_pair_ranges_are_the_ones_the_augmentation_accepts():
+  """augment.blur_sigma up to 200 passed the check, then failed inside the compiled step (the
+  check had its own copy of the limits): every pair at its highest passes both, and just above
+  it is refused by the check, naming the key."""
+  images = jnp.zeros((2, 32, 32, 3), jnp.uint8)
+  for name, (lowest, highest, _) in augment.PAIR_LIMITS.items():
+    high = 5.0 if highest == float('inf') else highest
+    c = _config(**{f'augment.{name}': (high, high), 'augment.rrc_prob': 1.0,
+                   'augment.blur_prob': 1.0, 'augment.jpeg_prob': 1.0, 'augment.noise_prob': 1.0})
+    config_validation.validate(c)
+    assert augment.augment_batch(jax.random.key(0), images, c.augment).shape == (2, 32, 32, 3)
+    if highest != float('inf'):
+      with pytest.raises(config_validation.ConfigError, match=f"'augment.{name}' must be"):
+        config_validation.validate(_config(**{f'augment.{name}': (lowest + 0.5, highest + 1)}))
+
+
 def test_values_at_the_edges_of_the_explicit_checks_pass():
   config_validation.validate(_config(**{
       'ema.decay': 0.9999, 'augment.augmix_depth': -1, 'augment.blur_kernel': 5,
       'data.val_fraction': 0.9, 'train.batch_size': 12, 'train.grad_accum_steps': 4,
-      'augment.rrc_scale': (0.5, 0.5)}))
+      'augment.rrc_scale': (0.5, 0.5), 'optim.momentum': 0.99, 'optim.label_smoothing': 0.99,
+      'seed': 2**63 - 1, 'augment.blur_sigma': (0.1, 100.0)}))
+  config_validation.validate(_config(**{'optim.name': 'sgd', 'optim.nesterov': True}))
   config_validation.validate(_config(**{'model.name': 'simple_cnn', 'model.image_size': 64}))
   config_validation.validate(_config(**{'model.name': 'resnet18', 'model.image_size': 48}))
 

@@ -77,6 +77,10 @@ def test_another_model_or_a_missing_run_is_refused(source, tmp_path):
     _init(_config(init_from=str(tmp_path / 'nope')))
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
     _init(_config(init_from=f'{source}:99'))
+  # A bad selector after a real run folder had been reported as 'RUN:bogus/config.json not found'.
+  with pytest.raises(config_validation.ConfigError,
+                     match=r'model.init_from=.*:bogus: after the run folder give :best, :latest or :STEP'):
+    _init(_config(init_from=f'{source}:bogus'))
   with pytest.raises(config_validation.ConfigError, match='both set'):
     config_validation.validate(_config(init_from=str(source), pretrained='/some/weights'))
 

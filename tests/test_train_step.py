@@ -122,6 +122,27 @@ def test_schedule_warms_up_then_decays_to_end_value():
   assert float(sched(60)) < float(sched(30))
 
 
+def test_a_warmup_or_freeze_the_run_is_too_short_for_is_said_and_what_it_becomes():
+  """Both had been cut silently (an audit: warmup_epochs=10 on a 4-epoch run ramped the rate up
+  for the whole run)."""
+  c = default.get_config().optim
+  c.lr, c.warmup_epochs, c.end_lr_factor = 1.0, 10.0, 0.0
+  [note] = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
+  assert note.startswith('optim.warmup_epochs=10 is 100 steps, not shorter than the 40 steps')
+  assert 'cut to 39 steps' in note
+  sched = optim.make_schedule(c.lr, c, total_steps=40, steps_per_epoch=10)
+  assert float(sched(39)) == pytest.approx(1.0) and float(sched(20)) < 1.0  # What the note says.
+  c.warmup_epochs, c.freeze_backbone_steps = 1.0, 40
+  [note] = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
+  assert 'freeze_backbone_steps=40 is not shorter than the run (40 steps)' in note
+  c.freeze_backbone_steps = 25  # 15 steps of learning left for a 10-step warm-up: fine ...
+  assert optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10) == []
+  c.freeze_backbone_steps = 30  # ... 10 left: the warm-up takes them all.
+  assert 'not shorter than the 10 steps' in optim.schedule_warnings(c, 40, 10)[0]
+  c.freeze_backbone_steps, c.warmup_epochs = 0, 0.0
+  assert optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10) == []
+
+
 def test_clipping_bounds_the_global_norm():
   c = default.get_config().optim
   c.name, c.grad_clip_norm, c.weight_decay, c.momentum = 'sgd', 0.5, 0.0, 0.0

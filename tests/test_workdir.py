@@ -129,6 +129,34 @@ def test_failed_resume_with_another_config_file_keeps_config_json(run):
   assert sorted(_logged(run, 'train_loss')) == [1, 2]
 
 
+def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_back(run, monkeypatch):
+  """A resume with an allowed change that fails before it saves (here its first step runs out of
+  memory) had left its own config as the run's config.json, so relaunching the run as it was
+  was refused as a change (an audit)."""
+  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  kept = (run / 'config.json').read_text()
+  config = default.get_config()
+  config.update_from_flattened_dict({**TINY, 'optim.lr': 0.002, 'train.max_steps': 3,
+                                     'train.allow_config_change': True})
+
+  def out_of_memory(*args, **kwargs):
+    def step(*step_args):
+      raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate (a test)')
+    return step
+
+  monkeypatch.setattr(trainer, 'compile_train_step', out_of_memory)
+  with pytest.raises(RuntimeError, match='RESOURCE_EXHAUSTED'):
+    trainer.train_and_evaluate(config, str(run))
+  assert (run / 'config.json').read_text() == kept
+  assert [r['start_step'] for r in _launches(run)] == [0, FIRST_STEPS]  # The launch is logged.
+  monkeypatch.undo()
+  out = train(run, '--config.train.max_steps=3')  # The run as it was: resumes.
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]
+  # A launch that did save keeps its own config: config.json is that of the saved steps.
+  assert workdir_lib.restore_config(run, kept.replace('0.001', '0.5'), FIRST_STEPS) is False
+
+
 def test_a_fresh_start_over_files_without_a_checkpoint_keeps_them_in_a_previous_folder(run):
   """A workdir holding a config.json and metrics.jsonl but no checkpoint to resume (its
   checkpoints deleted, or another project's files): the run starts at step 0 and the old files are

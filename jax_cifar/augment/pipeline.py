@@ -100,9 +100,16 @@ def _crop_flip(u: jax.Array, image: jax.Array, cfg: Any) -> jax.Array:
   return image
 
 
-def _range(cfg: Any, key: str, default: tuple[float, float], low: float, high: float,
-           low_open: bool = False) -> tuple[float, float]:
-  """A static (low, high) range of the config, checked against its valid interval."""
+# The interval both ends of each (low, high) pair of config.augment must lie in: (lowest,
+# highest, whether lowest itself is excluded). config_validation checks the same limits.
+PAIR_LIMITS = {'rrc_scale': (0.0, 1.0, True), 'rrc_ratio': (0.0, float('inf'), True),
+               'blur_sigma': (0.0, 100.0, True), 'jpeg_quality': (1, 100, False),
+               'noise_std': (0.0, 1.0, False)}
+
+
+def _range(cfg: Any, key: str, default: tuple[float, float]) -> tuple[float, float]:
+  """A static (low, high) range of the config, checked against its PAIR_LIMITS."""
+  low, high, low_open = PAIR_LIMITS[key]
   a, b = (float(v) for v in cfg.get(key, default))
   if not (low < a if low_open else low <= a) or not a <= b <= high:
     raise ValueError(f'augment.{key} must be a range within {"(" if low_open else "["}{low}, '
@@ -112,7 +119,7 @@ def _range(cfg: Any, key: str, default: tuple[float, float], low: float, high: f
 
 def _jpeg_quality(u: jax.Array, cfg: Any) -> jax.Array:
   """A uniformly drawn integer quality in the configured inclusive range."""
-  q0, q1 = (int(q) for q in _range(cfg, 'jpeg_quality', (20, 95), 1, 100))
+  q0, q1 = (int(q) for q in _range(cfg, 'jpeg_quality', (20, 95)))
   return jnp.minimum(q0 + jnp.floor(u * (q1 - q0 + 1)).astype(jnp.int32), q1)
 
 
@@ -132,8 +139,8 @@ def _after_crop_flip(key: jax.Array, u: jax.Array, image: jax.Array, cfg: Any) -
     return jnp.where(d[0] < probs[name], op(d[1:]), image)
 
   image = maybe('rrc', image, lambda d: resized_crop.random_resized_crop_draws(
-      d, image, _range(cfg, 'rrc_scale', (0.35, 1.0), 0.0, 1.0, low_open=True),
-      _range(cfg, 'rrc_ratio', (0.75, 1.3333333), 0.0, float('inf'), low_open=True)))
+      d, image, _range(cfg, 'rrc_scale', (0.35, 1.0)),
+      _range(cfg, 'rrc_ratio', (0.75, 1.3333333))))
   image = autoaugment.apply_policy_draws(u[3:3 + n_policy], image, cfg.policy, num_ops=num_ops,
                                          magnitude=int(cfg.get('randaugment_magnitude', 9)))
   if cfg.get('augmix', False):
@@ -141,11 +148,11 @@ def _after_crop_flip(key: jax.Array, u: jax.Array, image: jax.Array, cfg: Any) -
   image = maybe('color_jitter', image, lambda d: photometric.color_jitter_draws(
       d, image, tuple(cfg.get('color_jitter', (0.4, 0.4, 0.4, 0.1)))))
   image = maybe('blur', image, lambda d: photometric.gaussian_blur(
-      image, photometric.uniform_in(d[0], _range(cfg, 'blur_sigma', (0.1, 2.0), 0.0, 100.0, True)),
+      image, photometric.uniform_in(d[0], _range(cfg, 'blur_sigma', (0.1, 2.0))),
       int(cfg.get('blur_kernel', 3))))
   image = maybe('jpeg', image, lambda d: jpeg.jpeg(image, _jpeg_quality(d[0], cfg)))
   image = maybe('noise', image, lambda d: photometric.gaussian_noise(
-      image, photometric.uniform_in(d[0], _range(cfg, 'noise_std', (0.0, 0.1), 0.0, 1.0)),
+      image, photometric.uniform_in(d[0], _range(cfg, 'noise_std', (0.0, 0.1))),
       jax.random.normal(jax.random.fold_in(key, _NOISE_STREAM), image.shape)))
   if cfg.get('erasing_prob', 0.0) > 0:
     image = _erase_draws(u[3 + n_policy:], image, float(cfg.erasing_prob))

@@ -283,9 +283,14 @@ STEMS = ('imagenet', 'cifar')
 
 
 def check_images(x) -> None:
-  """Models take NHWC float batches with 3 channels; anything else fails deep inside a conv."""
+  """Models take NHWC float batches with 3 channels, normalised as in training; anything else
+  fails deep inside a conv, or (uint8 pixels) silently gives chance-level predictions."""
   if x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape {tuple(x.shape)}')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'model input must be floats normalised as in training, got {x.dtype}: '
+                     'jax_cifar.predict(model, config, images) takes uint8 images and prepares '
+                     'them (jax_cifar.augment.pipeline.to_model_input)')
 
 
 class ResNet(nnx.Module):

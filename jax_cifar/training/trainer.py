@@ -78,15 +78,21 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def _install_signal_handlers() -> dict:
+def _install_signal_handlers() -> tuple[dict, dict]:
+  """(flag, the handlers it replaced): SIGTERM/SIGINT set the flag, which the loop reads at each
+  step; `_restore_signal_handlers` puts the process's own back (a notebook's Ctrl-C)."""
   flag = {'signal': None}
 
   def handler(signum, _):
     flag['signal'] = signal.Signals(signum).name
 
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, handler)
-  return flag
+  return flag, {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+  for sig, handler in previous.items():
+    if handler is not None:  # None: installed outside Python, cannot be put back from it.
+      signal.signal(sig, handler)
 
 
 def _stop_requested(stop: dict, step: int, log_every: int) -> bool:
@@ -157,12 +163,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = _claim_workdir(config, workdir)
+  launch = {}  # What _train recorded of this launch: the config.json it replaced, its start step.
   try:
-    return _train(config, workdir)
+    return _train(config, workdir, launch)
   except BaseException:
     # Removed while still locked: no other launch can claim the folder in between.
     if created and workdir_lib.remove_if_untouched(workdir):
       logging.info('Removed %s: this launch created it and failed before writing to it.', workdir)
+    elif launch and workdir_lib.restore_config(workdir, launch['previous'], launch['start_step']):
+      logging.warning('This launch saved no checkpoint: %s/%s is the config of the saved steps '
+                      'again.', workdir, workdir_lib.CONFIG_FILE)
     raise
   finally:
     if lock:
@@ -180,7 +190,7 @@ def _check_pretrained(config, workdir: pathlib.Path) -> None:
   convert.read_metadata(config.model.pretrained, config.model.name)
 
 
-def _train(config, workdir: pathlib.Path) -> dict:
+def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
   from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
@@ -204,6 +214,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
 
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
+    logging.warning('%s.', note)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
@@ -221,7 +233,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
     if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json)):
       tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
                    f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
-    workdir_lib.record_launch(workdir, as_json, start_step, changes)
+    launch.update(previous=workdir_lib.record_launch(workdir, as_json, start_step, changes),
+                  start_step=start_step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
@@ -237,7 +250,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
       pipeline.train_batches(train_split, batch_size, config.seed, math.ceil(config.train.num_epochs),
                              start_step, config.data.worker_count),
       parallel.batch_sharded(mesh), size=config.data.prefetch)
-  stop = _install_signal_handlers()
+  stop, previous_handlers = _install_signal_handlers()
   bar = tracking.progress_bar(last_step, start_step)
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
@@ -290,6 +303,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
     bar.close()
     writer.close()
     ckpts.wait()
+    _restore_signal_handlers(previous_handlers)
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 
