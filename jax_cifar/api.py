@@ -37,7 +37,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   if weights not in checkpoints.READ_WEIGHTS:
     raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
   if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, bool) or (
-      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number, as init_from's RUN:STEP.
+      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number: latest's, else best's.
     folders = [pathlib.Path(run_dir, 'checkpoints', kind, str(int(checkpoint)))
                for kind in ('latest', 'best')]
     if not any(f.is_dir() for f in folders):

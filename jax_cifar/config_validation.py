@@ -26,7 +26,7 @@ CHOICES = {
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
-    'seed': (0, 2**63 - 1, True), 'data.split_seed': (0, 2**63 - 1, True),  # int64 seeds
+    'seed': (0, 2**32 - 1, True), 'data.split_seed': (0, 2**32 - 1, True),  # JAX keys: 32 bits
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
     'data.synthetic_size': (1, None, True), 'data.worker_count': (0, None, True),
@@ -60,8 +60,12 @@ RANGES = {
 ConfigError = errors.ConfigError
 
 
-def validate(config) -> None:
-  """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range."""
+def validate(config, *, launch: bool = True) -> None:
+  """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range.
+
+  launch=False reads a run that already trained (workdir.run_config, evaluate): the checks of
+  what training would do with a value (augmentation ranges, momentum, label smoothing, Nesterov)
+  are skipped, so a run whose config predates one of them still loads."""
   given = traverse_util.flatten_dict(config.to_dict(), sep='.')
   defaults = traverse_util.flatten_dict(default_config.get_config().to_dict(), sep='.')
   for key in given:
@@ -105,10 +109,12 @@ def validate(config) -> None:
                       'torchvision weights) both set: give one')
   # As torch.optim.AdamW: at b1/b2 = 1 every update is 0 / 0; momentum 1 never forgets a
   # gradient; label smoothing 1 makes every target uniform (the labels would not matter).
-  for key in ('optim.b1', 'optim.b2', 'optim.momentum', 'optim.label_smoothing'):
+  launch_only = ('optim.momentum', 'optim.label_smoothing') if launch else ()
+  for key in ('optim.b1', 'optim.b2') + launch_only:
     if given[key] >= 1.0:
       raise ConfigError(f'config key {key!r} must be below 1, got {given[key]}')
-  if given['optim.name'] == 'sgd' and given['optim.nesterov'] and given['optim.momentum'] == 0:
+  if (launch and given['optim.name'] == 'sgd' and given['optim.nesterov']
+      and given['optim.momentum'] == 0):
     raise ConfigError('optim.nesterov=True needs optim.momentum > 0 (as torch.optim.SGD); with '
                       'momentum 0 it would silently be plain SGD')
   if given['ema.decay'] >= 1.0:
@@ -125,7 +131,8 @@ def validate(config) -> None:
                                                  given['augment.cutmix_alpha'] > 0):
     raise ConfigError('augment.augmix_jsd_weight > 0 (the Jensen-Shannon loss compares views of '
                       'the same image) cannot be combined with mixup_alpha or cutmix_alpha')
-  for name, (lowest, highest, low_open) in augment.PAIR_LIMITS.items():  # The pipeline's own.
+  # The pipeline's own limits for its (low, high) pairs (the step would refuse the rest).
+  for name, (lowest, highest, low_open) in augment.PAIR_LIMITS.items() if launch else ():
     key, value = f'augment.{name}', given[f'augment.{name}']
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):

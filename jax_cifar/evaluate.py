@@ -234,7 +234,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   """Evaluates a checkpoint ('raw' weights, their 'ema', or 'auto': the better on validation at
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
-  config_validation.validate(config)
+  config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   inference.check_matches_run(config, workdir)
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.

@@ -50,17 +50,19 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
 
 def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[str]:
   """What `make_optimizer` makes of a warm-up or a backbone freeze that the run is too short
-  for: the schedule stays valid, but not what the config says (each is one line for the user)."""
+  for: the schedules stay valid, but not what the config says (each is one line for the user).
+  The head's schedule spans the run; a frozen backbone's starts after its freeze."""
   notes, freeze = [], config.freeze_backbone_steps
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
   if freeze >= total_steps:
     notes.append(f'optim.freeze_backbone_steps={freeze} is not shorter than the run '
                  f'({total_steps} steps): the backbone stays frozen throughout, only the head trains')
-  warmup = int(round(config.warmup_epochs * steps_per_epoch))
-  learning = total_steps - min(freeze, total_steps)
-  if warmup and learning > 1 and warmup >= learning:
-    notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter than '
-                 f'the {learning} steps the learning rate runs: the warm-up is cut to '
-                 f'{learning - 1} steps, so the rate rises for the whole run')
+  for who, steps in (('', total_steps), ("the backbone's ", total_steps - freeze)):
+    if warmup and steps > 1 and warmup >= steps and (not who or 0 < freeze < total_steps):
+      notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter '
+                   f'than the {steps} steps {who or "the "}learning rate runs: {who}warm-up is '
+                   f'cut to {steps - 1} steps, so {who or "the "}rate rises for the whole run')
+      break  # The head's cut warm-up covers the backbone's (shorter) one.
   return notes
 
 

@@ -158,7 +158,7 @@ def run_config(run_dir: str | pathlib.Path):
     config.update_from_flattened_dict(flatten(previous_config(pathlib.Path(run_dir))))
   except (KeyError, TypeError) as e:
     raise WorkdirError(f'{path} does not fit the config of this jax-cifar ({e})') from e
-  config_validation.validate(config)
+  config_validation.validate(config, launch=False)  # It trained: loadable whatever newer checks say.
   return config
 
 
@@ -216,13 +216,16 @@ def _write_config(workdir: pathlib.Path, text: str) -> None:
 
 
 def restore_config(workdir: pathlib.Path, previous: str | None, start_step: int) -> bool:
-  """After a launch failed: if it saved no checkpoint past `start_step`, config.json goes back to
-  `previous`, the config of every step that is saved (a resumed launch that failed before its
-  first save had made its own config the run's, and relaunching the run as it was then counted
-  as a change). launches.jsonl keeps the failed launch's row. Returns whether it restored."""
-  latest = workdir / 'checkpoints' / 'latest'
-  saved = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
+  """After a launch failed: if it saved no checkpoint (latest or best) past `start_step`,
+  config.json goes back to `previous`, the config of every step that is saved (a resumed launch
+  that failed before its first save had made its own config the run's, and relaunching the run
+  as it was then counted as a change). launches.jsonl keeps the failed launch's row. Returns
+  whether config.json changed."""
+  saved = [int(p.name) for kind in ('latest', 'best') if (workdir / 'checkpoints' / kind).is_dir()
+           for p in (workdir / 'checkpoints' / kind).iterdir() if p.name.isdigit()]
   if previous is None or max(saved, default=0) > start_step:
+    return False
+  if (workdir / CONFIG_FILE).exists() and (workdir / CONFIG_FILE).read_text() == previous:
     return False
   _write_config(workdir, previous)
   return True

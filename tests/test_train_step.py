@@ -124,7 +124,7 @@ def test_schedule_warms_up_then_decays_to_end_value():
 
 def test_a_warmup_or_freeze_the_run_is_too_short_for_is_said_and_what_it_becomes():
   """Both had been cut silently (an audit: warmup_epochs=10 on a 4-epoch run ramped the rate up
-  for the whole run)."""
+  for the whole run). The head's schedule spans the run; a frozen backbone's starts after it."""
   c = default.get_config().optim
   c.lr, c.warmup_epochs, c.end_lr_factor = 1.0, 10.0, 0.0
   [note] = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
@@ -132,13 +132,18 @@ def test_a_warmup_or_freeze_the_run_is_too_short_for_is_said_and_what_it_becomes
   assert 'cut to 39 steps' in note
   sched = optim.make_schedule(c.lr, c, total_steps=40, steps_per_epoch=10)
   assert float(sched(39)) == pytest.approx(1.0) and float(sched(20)) < 1.0  # What the note says.
-  c.warmup_epochs, c.freeze_backbone_steps = 1.0, 40
-  [note] = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
-  assert 'freeze_backbone_steps=40 is not shorter than the run (40 steps)' in note
-  c.freeze_backbone_steps = 25  # 15 steps of learning left for a 10-step warm-up: fine ...
+  c.freeze_backbone_steps = 40  # Frozen throughout, and the head's warm-up cut as well.
+  notes = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
+  assert len(notes) == 2 and 'freeze_backbone_steps=40 is not shorter than the run (40 steps)' in notes[0]
+  assert 'cut to 39 steps' in notes[1] and 'backbone' not in notes[1]
+  c.warmup_epochs, c.freeze_backbone_steps = 1.0, 25  # 15 steps left for a 10-step warm-up: fine.
   assert optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10) == []
-  c.freeze_backbone_steps = 30  # ... 10 left: the warm-up takes them all.
-  assert 'not shorter than the 10 steps' in optim.schedule_warnings(c, 40, 10)[0]
+  c.freeze_backbone_steps = 30  # 10 left: the backbone's warm-up takes them all, the head's not.
+  [note] = optim.schedule_warnings(c, 40, 10)
+  assert "the 10 steps the backbone's learning rate runs: the backbone's warm-up is cut to 9" in note
+  tx_sched = optim.make_schedule(c.lr, c, 40, 10, delay_steps=30)
+  assert float(tx_sched(39)) == pytest.approx(1.0)  # The backbone's rate still rising at the end.
+  assert float(optim.make_schedule(c.lr, c, 40, 10)(39)) < 0.01  # The head's decayed.
   c.freeze_backbone_steps, c.warmup_epochs = 0, 0.0
   assert optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10) == []
 

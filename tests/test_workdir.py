@@ -157,6 +157,21 @@ def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_bac
   assert workdir_lib.restore_config(run, kept.replace('0.001', '0.5'), FIRST_STEPS) is False
 
 
+def test_restore_config_counts_best_steps_and_says_only_what_it_changed(tmp_path):
+  """A failed launch that saved a best step past its start (validation runs more often than
+  latest saves) keeps its config: that step is its own."""
+  (tmp_path / 'checkpoints' / 'latest' / '2').mkdir(parents=True)
+  (tmp_path / 'config.json').write_text('new')
+  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is True
+  assert (tmp_path / 'config.json').read_text() == 'old'
+  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is False  # Nothing to change.
+  (tmp_path / 'config.json').write_text('new')
+  (tmp_path / 'checkpoints' / 'best' / '5').mkdir(parents=True)
+  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is False
+  assert (tmp_path / 'config.json').read_text() == 'new'
+  assert workdir_lib.restore_config(tmp_path, None, start_step=9) is False  # Nothing to go back to.
+
+
 def test_a_fresh_start_over_files_without_a_checkpoint_keeps_them_in_a_previous_folder(run):
   """A workdir holding a config.json and metrics.jsonl but no checkpoint to resume (its
   checkpoints deleted, or another project's files): the run starts at step 0 and the old files are

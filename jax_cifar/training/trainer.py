@@ -170,9 +170,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Removed while still locked: no other launch can claim the folder in between.
     if created and workdir_lib.remove_if_untouched(workdir):
       logging.info('Removed %s: this launch created it and failed before writing to it.', workdir)
-    elif launch and workdir_lib.restore_config(workdir, launch['previous'], launch['start_step']):
-      logging.warning('This launch saved no checkpoint: %s/%s is the config of the saved steps '
-                      'again.', workdir, workdir_lib.CONFIG_FILE)
+    elif launch:
+      try:
+        if workdir_lib.restore_config(workdir, launch['previous'], launch['start_step']):
+          logging.warning('This launch saved no checkpoint: %s/%s is the config of the saved '
+                          'steps again.', workdir, workdir_lib.CONFIG_FILE)
+      except OSError as e:  # The launch's own error (e.g. a full disk) is the one to report.
+        logging.warning('Could not restore %s/%s: %s', workdir, workdir_lib.CONFIG_FILE, e)
     raise
   finally:
     if lock:
@@ -300,10 +304,12 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
     logging.warning('Received %s: saved step %d to %s; relaunch to resume.', e, step, workdir)
     raise
   finally:
-    bar.close()
-    writer.close()
-    ckpts.wait()
-    _restore_signal_handlers(previous_handlers)
+    try:
+      bar.close()
+      writer.close()
+      ckpts.wait()  # Raises if an async save failed: the handlers come back all the same.
+    finally:
+      _restore_signal_handlers(previous_handlers)
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 
