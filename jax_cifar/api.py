@@ -37,13 +37,12 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   if weights not in checkpoints.READ_WEIGHTS:
     raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
   if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, bool) or (
-      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number: latest's, else best's.
-    folders = [pathlib.Path(run_dir, 'checkpoints', kind, str(int(checkpoint)))
-               for kind in ('latest', 'best')]
-    if not any(f.is_dir() for f in folders):
+      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number.
+    folder = checkpoints.step_folder(run_dir, int(checkpoint))
+    if not folder.is_dir():
       raise ValueError(f'checkpoint {checkpoint}: {run_dir} kept no step {int(checkpoint)} '
                        '(in checkpoints/latest or checkpoints/best)')
-    checkpoint = str(next(f for f in folders if f.is_dir()))
+    checkpoint = str(folder)
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
     raise ValueError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "

@@ -286,6 +286,13 @@ def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
     raise _Damaged(_root_cause(e)) from e
 
 
+def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
+  """WORKDIR's folder of a step number: in checkpoints/latest, else in checkpoints/best (latest's
+  path when it is in neither, for restore_path's 'does not exist')."""
+  folders = [pathlib.Path(workdir, 'checkpoints', kind, str(step)) for kind in ('latest', 'best')]
+  return next((f for f in folders if f.is_dir()), folders[0])
+
+
 def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
   into the structure of `target`, with the same damage and mismatch checks as a run's steps."""

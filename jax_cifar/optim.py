@@ -57,12 +57,13 @@ def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[st
   if freeze >= total_steps:
     notes.append(f'optim.freeze_backbone_steps={freeze} is not shorter than the run '
                  f'({total_steps} steps): the backbone stays frozen throughout, only the head trains')
-  for who, steps in (('', total_steps), ("the backbone's ", total_steps - freeze)):
-    if warmup and steps > 1 and warmup >= steps and (not who or 0 < freeze < total_steps):
-      notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter '
-                   f'than the {steps} steps {who or "the "}learning rate runs: {who}warm-up is '
-                   f'cut to {steps - 1} steps, so {who or "the "}rate rises for the whole run')
-      break  # The head's cut warm-up covers the backbone's (shorter) one.
+  # The head's cut warm-up is said alone: the backbone's (shorter) schedule is then cut too.
+  whose, steps = (('the ', total_steps) if warmup >= total_steps
+                  else ("the backbone's ", total_steps - freeze))
+  if warmup and 1 < steps <= warmup:
+    notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter '
+                 f'than the {steps} steps {whose}learning rate runs: {whose}warm-up is cut to '
+                 f'{steps - 1} steps, so {whose}rate rises for the whole run')
   return notes
 
 

@@ -138,7 +138,7 @@ def parse_init_from(spec: str) -> tuple[str, str]:
                                f'or :STEP (a step number), not :{which}')
     run_dir, which = spec, 'best'
   if which.isdigit():
-    which = str(pathlib.Path(run_dir) / 'checkpoints' / 'latest' / which)
+    which = str(checkpoints.step_folder(run_dir, int(which)))
   return run_dir, which
 
 

@@ -259,3 +259,13 @@ def test_resume_sets_a_best_step_without_readable_metrics_aside_and_ranks_its_ow
   assert {str(p.relative_to(kept)): p.read_bytes() for p in kept.rglob('*') if p.is_file()} == files
   ckpts = checkpoints.Checkpoints(workdir, create=False)
   assert ckpts.best.best_step() is not None and ckpts.best_accuracy() is not None
+
+
+def test_a_step_number_is_latest_s_folder_else_best_s(tmp_path):
+  """load_model(run, N) and model.init_from=RUN:N: a step kept only among the best ones loads too."""
+  for kind, step in (('latest', 4), ('best', 4), ('best', 3)):
+    (tmp_path / 'checkpoints' / kind / str(step)).mkdir(parents=True)
+  assert checkpoints.step_folder(tmp_path, 4) == tmp_path / 'checkpoints' / 'latest' / '4'
+  assert checkpoints.step_folder(tmp_path, 3) == tmp_path / 'checkpoints' / 'best' / '3'
+  assert checkpoints.step_folder(tmp_path, 9) == tmp_path / 'checkpoints' / 'latest' / '9'  # Neither.
+  assert state_lib.parse_init_from(f'{tmp_path}:3') == (str(tmp_path), str(tmp_path / 'checkpoints' / 'best' / '3'))
