@@ -66,34 +66,43 @@ from jax_cifar import workdir as workdir_lib
 from jax_cifar.evaluation.inference import Predictor
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A configuration file (default: the run\'s own '
-                                'WORKDIR/config.json); its model keys must match the run\'s.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
-flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', or a path to a checkpoint step folder.")
-flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
-                  'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The softmax '
-                  'is averaged over the views.')
-flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
-flags.DEFINE_enum('weights', 'raw', checkpoints.READ_WEIGHTS, "The checkpoint's raw weights, their "
-                  'EMA (runs trained with ema.decay > 0), or auto: the one with the higher '
-                  "validation accuracy at the checkpoint's step (metrics.jsonl).")
-flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES THE '
-                  'UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each chunk '
-                  '(distortion x severity, CIFAR-100-C corruption x severity, whole clean split) '
-                  'before predicting it; restored for the next chunk.')
-flags.DEFINE_bool('tent', False, 'Test-time entropy minimisation (Tent), never the default; '
-                  'implies --bn_adapt and USES THE UNLABELLED TEST IMAGES: each chunk\'s BatchNorm '
-                  'scales and biases take Adam steps that lower the entropy of its predictions.')
-flags.DEFINE_float('tent_lr', tent_lib.TentOptions.lr, '--tent: Adam learning rate.')
-flags.DEFINE_integer('tent_epochs', tent_lib.TentOptions.epochs, '--tent: passes over each chunk.')
-flags.DEFINE_integer('tent_batch_size', tent_lib.TentOptions.batch_size,
-                     '--tent: images per Adam step (global, divisible by the device count).')
-flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
-flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
-                    '(default WORKDIR/submission_<tag>.csv).')
-flags.DEFINE_string('cifar100c_dir', None, 'CIFAR-100-C folder: <corruption>.npy and labels.npy.')
-flags.mark_flags_as_required(['workdir'])
+
+
+def define_flags() -> None:
+  """The command line's flags, registered when the module runs as `python -m jax_cifar.evaluate`:
+  importing it as a library (evaluate(), with jax_cifar.train, whose --config and --workdir are its
+  own) registers none."""
+  config_flags.DEFINE_config_file('config', None, 'A configuration file (default: the run\'s own '
+                                  'WORKDIR/config.json); its model keys must match the run\'s.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
+  flags.DEFINE_string('checkpoint', 'best',
+                      "'best', 'latest', or a path to a checkpoint step folder.")
+  flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
+                    'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The '
+                    'softmax is averaged over the views.')
+  flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
+  flags.DEFINE_enum('weights', 'raw', checkpoints.READ_WEIGHTS, "The checkpoint's raw weights, "
+                    'their EMA (runs trained with ema.decay > 0), or auto: the one with the higher '
+                    "validation accuracy at the checkpoint's step (metrics.jsonl).")
+  flags.DEFINE_bool('bn_adapt', False, 'Test-time BatchNorm adaptation, never the default: USES '
+                    'THE UNLABELLED TEST IMAGES. Re-estimates the BatchNorm statistics on each '
+                    'chunk (distortion x severity, CIFAR-100-C corruption x severity, whole clean '
+                    'split) before predicting it; restored for the next chunk.')
+  flags.DEFINE_bool('tent', False, 'Test-time entropy minimisation (Tent), never the default; '
+                    'implies --bn_adapt and USES THE UNLABELLED TEST IMAGES: each chunk\'s '
+                    'BatchNorm scales and biases take Adam steps that lower the entropy of its '
+                    'predictions.')
+  flags.DEFINE_float('tent_lr', tent_lib.TentOptions.lr, '--tent: Adam learning rate.')
+  flags.DEFINE_integer('tent_epochs', tent_lib.TentOptions.epochs,
+                       '--tent: passes over each chunk.')
+  flags.DEFINE_integer('tent_batch_size', tent_lib.TentOptions.batch_size,
+                       '--tent: images per Adam step (global, divisible by the device count).')
+  flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
+  flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
+                      '(default WORKDIR/submission_<tag>.csv).')
+  flags.DEFINE_string('cifar100c_dir', None, 'CIFAR-100-C folder: <corruption>.npy and labels.npy.')
+  flags.mark_flags_as_required(['workdir'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,4 +351,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)  # Flag and config mistakes are one error: line; --config jax_cifar:NAME works.

@@ -9,9 +9,15 @@ from jax_cifar import cli, parallel, tracking
 from jax_cifar.training import trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags() -> None:
+  """The command line's flags, registered when the module runs as `python -m jax_cifar.train`:
+  importing it (with jax_cifar.evaluate, whose --config and --workdir are its own) registers
+  none."""
+  config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -32,4 +38,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

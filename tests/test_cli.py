@@ -192,3 +192,18 @@ def test_a_runs_config_json_given_as_config_is_refused_with_what_to_give(tmp_pat
                        check=False)
   line = _usage_error(out)
   assert f'not {config_json}' in line and 'configs/*.py' in line, line
+
+
+def test_train_and_evaluate_modules_import_together_and_keep_their_own_flags(tmp_path):
+  """A notebook that imports jax_cifar.train and jax_cifar.evaluate (for evaluate()) in one process
+  met absl's DuplicateFlagError (both define --config and --workdir at import); each command's
+  flags are registered when it runs, and both commands still parse theirs."""
+  code = ('import jax_cifar.train, jax_cifar.evaluate; from absl import flags; '
+          'print(sorted(f for f in ("config", "workdir", "tta") if f in flags.FLAGS))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 0 and proc.stdout.split() == ['[]'], proc.stderr[-2000:]
+  for module, flag in (('jax_cifar.train', '--workdir'), ('jax_cifar.evaluate', '--tta')):
+    helpshort = subprocess.run([sys.executable, '-m', module, '--helpshort'], cwd=ROOT,
+                               capture_output=True, text=True, check=False)
+    assert flag in helpshort.stdout, helpshort.stderr[-2000:]  # (absl exits 1 after --helpshort)
