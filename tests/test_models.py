@@ -215,6 +215,19 @@ def test_num_classes_and_rngs_are_checked_and_numpy_ints_accepted(name):
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+def test_a_compute_dtype_that_is_not_floating_point_is_refused_when_the_model_is_built(name):
+  """An integer or unknown dtype built a model whose first call failed inside flax ("Dtype must be
+  inexact"); it is refused by create_model, naming the argument. Names and jnp dtypes both work."""
+  for bad in ('int8', jnp.int32, 'float33', 'uint8'):
+    with pytest.raises(ValueError,
+                       match=f'dtype must be a floating-point dtype .*got {re.escape(repr(bad))}'):
+      create_model(name, 10, width=4, dtype=bad, rngs=nnx.Rngs(0))
+  for good in ('bfloat16', jnp.float32):
+    model = create_model(name, 10, width=4, dtype=good, rngs=nnx.Rngs(0))
+    assert model(jnp.ones((2, 32, 32, 3)), train=False).dtype == jnp.float32
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
 @pytest.mark.parametrize('shape', [(2, 3, 32, 32), (2, 32, 32, 1), (32, 32, 3)])
 def test_input_that_is_not_nhwc_rgb_is_named(name, shape):
   model = create_model(name, 10, width=4, rngs=nnx.Rngs(0))

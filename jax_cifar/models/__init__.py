@@ -36,6 +36,7 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   if stem not in STEMS:
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
   num_classes = errors.positive_int('num_classes', num_classes)
+  dtype = _compute_dtype(dtype)
   if not isinstance(rngs, nnx.Rngs):
     raise TypeError(f'rngs must be a flax.nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}')
   if name == 'simple_cnn':
@@ -43,6 +44,19 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   width = errors.positive_int('width', width)  # Stage 1's channels.
   return build_resnet(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
                       scan_blocks=scan_blocks, rngs=rngs)
+
+
+def _compute_dtype(dtype: Any) -> jnp.dtype:
+  """The convolutions' dtype, checked when the model is built (a bad one failed at its first
+  call, inside flax)."""
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    resolved = None
+  if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+    raise ValueError(f'dtype must be a floating-point dtype (float32, or bfloat16 for mixed '
+                     f'precision), got {dtype!r}')
+  return resolved
 
 
 def list_models() -> list[str]:
