@@ -140,13 +140,24 @@ def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(smoke_run, cif
 SMOKE_MIN_VAL_ACCURACY = 0.08  # Measured 0.121 (val) / test 0.12 region; margin for seeds and XLA options.
 
 
-def test_validation_split_that_rounds_to_zero_images_falls_back_to_test(tmp_path):
+def test_a_validation_fraction_that_rounds_to_zero_images_is_refused_before_a_step(tmp_path):
+  """It fell back to validating, and picking the best checkpoint, on the TEST split with only a
+  warning: a run that asked for a validation split is refused instead, naming the fraction that
+  holds one out; 0 (train on every image) still validates on test, as documented."""
   c = _synthetic_config(2)
   c.model.name = 'simple_cnn'  # The data split is the point: the quickest model to compile.
-  c.data.synthetic_size = 128  # About one image per class: 25% of it rounds to 0 per class.
+  c.data.synthetic_size = 128  # One or two images per class: 25% of them rounds to 0 per class.
   c.train.num_epochs = 1
   c.train.eval_every_epochs = 0.5
-  result = trainer.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(trainer.errors.ConfigError, match=r'data.val_fraction=0.25 holds out no '
+                     r'validation images.*largest class has 2; give more than 0.25, or 0 to train'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused' / 'checkpoints').exists()
+  c.data.val_fraction = 0.3  # 0.3 x 2 rounds to 1: classes of two give one image to validation.
+  splits = cifar100.get_splits(c.data)
+  assert len(splits['val']) == 28 and len(splits['train']) == 100
+  c.data.val_fraction = 0.0
+  result = trainer.train_and_evaluate(c, str(tmp_path / 'all'))
   assert result['step'] == 2
 
 

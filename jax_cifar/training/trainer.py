@@ -208,7 +208,7 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
   if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
     raise errors.ConfigError(f'model.num_classes is {config.model.num_classes} but the labels go '
                              f'up to {top_label}: set it to at least {top_label + 1}')
-  if val_split is None or len(val_split) == 0:  # A tiny val_fraction can round to 0 per class.
+  if val_split is None:  # data.val_fraction 0: every training image is trained on.
     logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
     val_split = splits['test']
   steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
