@@ -8,6 +8,7 @@ model itself (`nnx.eval_shape`), so a key this module gets wrong fails loudly, n
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -32,6 +33,15 @@ from jax_cifar.models.resnet import torch_linear
 
 class ConversionError(errors.UserError, ValueError):
   """Weights that do not fit the architecture, or a file that is not what it should be."""
+
+
+@contextlib.contextmanager
+def naming(key: str) -> Iterator[None]:
+  """A ConversionError raised inside starts with the config key that gave the file (`key: ...`)."""
+  try:
+    yield
+  except ConversionError as e:
+    raise ConversionError(f'{key}: {e}') from e
 
 
 class OutputExistsError(errors.UserError, FileExistsError):

@@ -86,8 +86,9 @@ def init_state(config, tx, mesh, *, pretrained: bool = True) -> tuple[TrainState
   if pretrained and config.model.pretrained:
     from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (torch-free, but large)
     model = nnx.merge(graphdef, params, batch_stats)
-    convert.load_pretrained(model, config.model.pretrained, num_classes=config.model.num_classes,
-                            rngs_seed=config.seed)
+    with convert.naming('model.pretrained'):
+      convert.load_pretrained(model, config.model.pretrained,
+                              num_classes=config.model.num_classes, rngs_seed=config.seed)
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
   if pretrained and config.model.get('init_from'):
     params, batch_stats = _weights_of_run(config, params, batch_stats, mesh)

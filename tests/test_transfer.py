@@ -122,7 +122,8 @@ def test_checkpoint_of_another_arch_is_rejected_naming_both(tmp_path):
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), nnx.to_pure_dict(merged))
   path = str(tmp_path / 'r18')
   convert.save_converted(zeros, 'resnet18', path)
-  with pytest.raises(ValueError, match=r"holds arch 'resnet18', model is 'resnet50'"):
+  with pytest.raises(ValueError,
+                     match=r"^model.pretrained: .*holds arch 'resnet18', model is 'resnet50'"):
     trainer.train_and_evaluate(_config(path), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()  # Refused before the run's folder was made.
 
@@ -131,8 +132,10 @@ def test_a_torchvision_pth_or_missing_path_is_named_before_the_run_starts(tmp_pa
   pth = tmp_path / 'resnet50.pth'
   pth.write_bytes(b'not read')
   with pytest.raises(convert.ConversionError,
-                     match='not a converted checkpoint .*converted first, with python -m jax_cifar.convert'):
+                     match='^model.pretrained: .*not a converted checkpoint .*converted first, '
+                     'with python -m jax_cifar.convert'):
     trainer.train_and_evaluate(_config(str(pth)), str(tmp_path / 'run'))
-  with pytest.raises(convert.ConversionError, match='no such converted checkpoint'):
+  with pytest.raises(convert.ConversionError,
+                     match='^model.pretrained: .*no such converted checkpoint'):
     trainer.train_and_evaluate(_config(str(tmp_path / 'nope')), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()

@@ -191,7 +191,8 @@ def _check_pretrained(config, workdir: pathlib.Path) -> None:
   latest = workdir / 'checkpoints' / 'latest'
   if config.train.resume and latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
     return
-  convert.read_metadata(config.model.pretrained, config.model.name)
+  with convert.naming('model.pretrained'):
+    convert.read_metadata(config.model.pretrained, config.model.name)
 
 
 def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
