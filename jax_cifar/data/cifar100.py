@@ -344,8 +344,12 @@ def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
   return np.sort(picked)
 
 
-def get_splits(data_cfg: Any) -> dict[str, Split | None]:
-  """'train', 'val' (None when val_fraction is 0) and 'test' for the `data` section of a config."""
+def get_splits(data_cfg: Any, *, require_val: bool = False) -> dict[str, Split | None]:
+  """'train', 'val' (None when val_fraction is 0) and 'test' for the `data` section of a config.
+
+  `require_val` (training): a positive val_fraction that holds out no image is a ConfigError;
+  otherwise 'val' is then empty (evaluation skips it).
+  """
   source = data_cfg.source
   if source == 'local':
     data_dir = resolve_data_dir(data_cfg.dir)
@@ -364,13 +368,13 @@ def get_splits(data_cfg: Any) -> dict[str, Split | None]:
   train = full_train
   if data_cfg.val_fraction > 0:
     train_idx, val_idx = stratified_split(full_train.labels, data_cfg.val_fraction, data_cfg.split_seed)
-    if not len(val_idx):  # Not silently validated (and the best checkpoint picked) on test.
+    if not len(val_idx) and require_val:  # Training: not silently validated on test instead.
       largest = int(np.bincount(full_train.labels).max()) if len(full_train) else 0
       raise errors.ConfigError(
           f'data.val_fraction={data_cfg.val_fraction} holds out no validation images: each class '
           f'gives round(val_fraction x its images), and the largest class has {largest}; give '
-          f'more than {0.5 / max(largest, 1):.3g}, or 0 to train on every image (the best '
-          'checkpoint is then picked on the test split)')
+          f'more than 1/{2 * max(largest, 1)}, or 0 to train on every image (the best checkpoint '
+          'is then picked on the test split)')
     train, val = full_train.subset(train_idx), full_train.subset(val_idx)
   if data_cfg.train_limit:
     train = train.subset(balanced_subset(train.labels, data_cfg.train_limit))

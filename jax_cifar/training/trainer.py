@@ -203,7 +203,7 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
   parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
 
   # --- data -----------------------------------------------------------------------------------
-  splits = cifar100.get_splits(config.data)
+  splits = cifar100.get_splits(config.data, require_val=True)
   train_split, val_split = splits['train'], splits['val']
   top_label = max(int(s.labels.max()) for s in splits.values() if s is not None and len(s))
   if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
