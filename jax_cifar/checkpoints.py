@@ -114,6 +114,7 @@ class Checkpoints:
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
     root = pathlib.Path(workdir).absolute() / 'checkpoints'
     save_whole_arrays_on_cpu()
+    errors.drop_library_noise()  # A failed save's or restore's leftovers print pages otherwise.
     if create and jax.process_index() == 0:
       for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
         check_writable(folder)
@@ -301,12 +302,13 @@ def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   missing = [f for f in _REQUIRED_FILES if not (step_dir / f).exists()]
   if missing:
     raise _Damaged(f'missing {", ".join(missing)}')
+  errors.drop_library_noise()  # A failed read's leftovers print pages, some during the restore.
   try:
     return restore_fn()
-  except (ValueError, KeyError, TypeError) as e:  # Complete files of another structure, unless
-    if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # a file is cut.
+  except (ValueError, KeyError, TypeError) as e:
+    if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # A file is cut.
       raise _Damaged(f'unreadable file: {_one_line(e, 240)}') from e
-    raise CheckpointError(
+    raise CheckpointError(  # Complete files of another structure.
         f'checkpoint {step_dir} does not match this config\'s model or optimizer (a different '
         f'model.name/width/num_classes?): {str(e).splitlines()[0]}') from e
   except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)

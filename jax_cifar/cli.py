@@ -155,28 +155,9 @@ def fail_or_raise(e: Exception) -> None:
   fail(message)
 
 
-def is_library_noise(unraisable) -> bool:
-  """An exception Python could not raise (sys.unraisablehook) that says nothing the error line
-  does not: tensorstore callbacks landing on orbax's already-closed event loop after a failed save
-  (hundreds), and orbax's pending array reads closed after a failed restore (each turns the
-  GeneratorExit of its closing into an Exception holding a page of TensorStore spec)."""
-  exc = unraisable.exc_value
-  if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
-    return True
-  code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
-  return (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
-          and isinstance(getattr(exc, '__cause__', None), GeneratorExit))
-
-
 def _drop_closed_loop_noise() -> None:
-  """Library noise (is_library_noise) is not printed; every other unraisable exception is."""
-  previous = sys.unraisablehook  # How tensorstore reports an exception in its own threads.
-
-  def hook(unraisable):
-    if not is_library_noise(unraisable):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
+  """orbax's and tensorstore's follow-up noise after a failed save or restore is not printed."""
+  errors.drop_library_noise()
 
 
 def quiet_libraries() -> None:

@@ -6,6 +6,9 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 
@@ -28,6 +31,37 @@ def user_message(e: BaseException) -> str | None:
   if isinstance(e, OSError) and e.strerror:
     return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
   return None
+
+
+def is_library_noise(unraisable) -> bool:
+  """An exception Python could not raise (sys.unraisablehook's argument) that says nothing a failed
+  save's or restore's error does not: tensorstore callbacks landing on orbax's already-closed event
+  loop (hundreds after a failed save or restore), and orbax's pending array reads closed after a
+  failed restore (each turns the GeneratorExit of its closing into an Exception holding a page of
+  TensorStore spec)."""
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+    return True
+  code = getattr(unraisable.object, 'cr_code', None)  # A coroutine's code object.
+  return (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+          and isinstance(getattr(exc, '__cause__', None), GeneratorExit))
+
+
+def drop_library_noise() -> None:
+  """From now on this process's sys.unraisablehook skips is_library_noise's exceptions and passes
+  every other one to the hook it replaces. Installed once: by the commands at their start, and by
+  jax_cifar.checkpoints before it saves or restores (a notebook's load_model of a damaged run
+  printed 14,303 lines, some of them during the failed restore itself)."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_library_noise', False):
+    return
+
+  def hook(unraisable):
+    if not is_library_noise(unraisable):
+      previous(unraisable)
+
+  hook.drops_library_noise = True
+  sys.unraisablehook = hook
 
 
 def positive_int(what: str, value) -> int:

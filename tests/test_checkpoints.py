@@ -3,6 +3,7 @@
 import logging
 import pathlib
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -305,3 +306,22 @@ def test_replicated_arrays_on_cpu_devices_are_saved_whole_not_sliced_per_device(
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = __import__('json').loads(proc.stdout.splitlines()[-1])
   assert result == {'devices': 4, 'slices': 0, 'step': 1, 'equal': True}
+
+
+def test_a_failed_restore_leaves_orbax_s_follow_up_noise_unprinted_and_the_rest_printed(
+    run9, tmp_path, monkeypatch):
+  """load_model of a damaged run in a notebook printed 14,303 lines after its error (an audit):
+  tensorstore callbacks on orbax's closed event loop, some during the restore itself. From the
+  first restore on, this process's unraisable hook drops those (errors.is_library_noise) and
+  still passes everything else on."""
+  import types  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', 'truncated')
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  with pytest.raises(checkpoints.CheckpointError, match='damaged checkpoint'):
+    checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  for message in ('Event loop is closed', 'something else'):
+    sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError(message), object=None))
+  assert [str(u.exc_value) for u in seen] == ['something else']

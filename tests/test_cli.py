@@ -237,7 +237,7 @@ def test_orbax_reads_closed_after_a_failed_restore_print_nothing_but_other_unrai
   import types  # pylint: disable=import-outside-toplevel
   seen = []
   monkeypatch.setattr(sys, 'unraisablehook', seen.append)
-  cli._drop_closed_loop_noise()  # pylint: disable=protected-access
+  cli._drop_closed_loop_noise()  # pylint: disable=protected-access  (errors.drop_library_noise)
   orbax_file = os.path.join(os.sep, 'venv', 'site-packages', 'orbax', 'checkpoint', '_src',
                             'serialization', 'serialization.py')
   for filename in (orbax_file, os.path.join(os.sep, 'work', 'my_code.py')):
