@@ -155,11 +155,6 @@ def fail_or_raise(e: Exception) -> None:
   fail(message)
 
 
-def _drop_closed_loop_noise() -> None:
-  """orbax's and tensorstore's follow-up noise after a failed save or restore is not printed."""
-  errors.drop_library_noise()
-
-
 def quiet_libraries() -> None:
   """Unless --verbosity was given: INFO logs hidden, and orbax's own error logs too (a failed save
   reaches the user as one `error:` line naming its cause; --verbosity=0 shows everything)."""
@@ -174,5 +169,5 @@ def quiet_libraries() -> None:
 
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with the parsing above."""
-  _drop_closed_loop_noise()
+  errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   app.run(main, flags_parser=parse_flags)
