@@ -35,6 +35,16 @@ class CheckpointError(errors.UserError):
   """A checkpoint exists but cannot be restored into this run's model/optimizer."""
 
 
+class StructureMismatch(CheckpointError):
+  """A step's complete files hold another train state (model, optimizer state or EMA) than the
+  one restored into; `step_dir` and `detail` (orbax's first line) let callers say why."""
+
+  def __init__(self, step_dir: pathlib.Path, detail: str):
+    self.step_dir, self.detail = step_dir, detail
+    super().__init__(f'checkpoint {step_dir} does not match this config\'s model or optimizer (a '
+                     f'different model.name/width/num_classes?): {detail}')
+
+
 def _one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -308,9 +318,7 @@ def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   except (ValueError, KeyError, TypeError) as e:
     if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # A file is cut.
       raise _Damaged(f'unreadable file: {_one_line(e, 240)}') from e
-    raise CheckpointError(  # Complete files of another structure.
-        f'checkpoint {step_dir} does not match this config\'s model or optimizer (a different '
-        f'model.name/width/num_classes?): {str(e).splitlines()[0]}') from e
+    raise StructureMismatch(step_dir, str(e).splitlines()[0]) from e  # Complete files, another tree.
   except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
     raise _Damaged(_root_cause(e)) from e
 

@@ -172,13 +172,17 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def safe_to_change(key: str) -> bool:
+  """Whether a resumed run may change `key` without altering what it trains (SAFE_TO_CHANGE)."""
+  return any(key == s or (s.endswith('.') and key.startswith(s)) for s in SAFE_TO_CHANGE)
+
+
 def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float) -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
   the keys that may change but deserve a log line."""
-  safe = lambda k: any(k == s or (s.endswith('.') and k.startswith(s)) for s in SAFE_TO_CHANGE)
   notable, refused = [], []
   for key, (before, after) in changes.items():
-    if safe(key):
+    if safe_to_change(key):
       continue
     if key in EXTENDABLE and isinstance(before, (int, float)) and isinstance(after, (int, float)):
       if after < epoch:

@@ -129,6 +129,24 @@ def test_failed_resume_with_another_config_file_keeps_config_json(run):
   assert sorted(_logged(run, 'train_loss')) == [1, 2]
 
 
+def test_an_allowed_change_of_the_train_states_contents_names_the_change_and_the_way_on(
+    run, tmp_path):
+  """allow_config_change let a change of what the checkpoints hold (here EMA on) through, and the
+  restore then blamed model.name/width/num_classes, which had not changed (an audit)."""
+  kept = snapshot(run, skip=('.lock',))
+  line = the_error(train(run, '--config.train.max_steps=3', '--config.ema.decay=0.9',
+                         '--config.train.allow_config_change=true'))
+  assert 'does not match' in line and 'ema.decay 0.0 -> 0.9' in line, line
+  assert 'model.name/width' not in line and f'model.init_from={run}' in line, line
+  assert snapshot(run, skip=('.lock',)) == kept
+  # The way on that the error names: a new run from this one's weights, with the change.
+  new = tmp_path / 'new'
+  out = train(new, '--config.train.max_steps=1', '--config.ema.decay=0.9',
+              f'--config.model.init_from={run}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert sorted(_logged(new, 'train_loss')) == [1]
+
+
 def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_back(run, monkeypatch):
   """A resume with an allowed change that fails before it saves (here its first step runs out of
   memory) had left its own config as the run's config.json, so relaunching the run as it was

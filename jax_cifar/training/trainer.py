@@ -156,6 +156,19 @@ def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_p
   return changes
 
 
+def _cannot_resume_with(changes: dict, workdir: pathlib.Path,
+                       e: checkpoints.StructureMismatch) -> checkpoints.CheckpointError:
+  """The error of a resume whose allowed config changes altered what the train state holds."""
+  changed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
+                      if not workdir_lib.safe_to_change(k))
+  return checkpoints.CheckpointError(
+      f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
+      'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
+      'which train.allow_config_change cannot carry over. Undo them, or start a new run from this '
+      f'one\'s weights (a fresh optimizer, step 0): --workdir NEW --config.model.init_from={workdir}. '
+      f'orbax: {e.detail}')
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
   config_validation.validate(config)
@@ -228,7 +241,10 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
                                  has_best=ckpts.best.best_step() is not None)
   if resume_step:
-    state, step = ckpts.restore('latest', state, fallback=True)
+    try:
+      state, step = ckpts.restore('latest', state, fallback=True)
+    except checkpoints.StructureMismatch as e:
+      raise _cannot_resume_with(changes, workdir, e) if changes else e
     ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
