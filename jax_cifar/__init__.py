@@ -6,11 +6,13 @@
     jax_cifar.list_models()                              # 'simple_cnn', 'resnet18', ...
     net = jax_cifar.create_model('resnext50_32x4d', 100, rngs=flax.nnx.Rngs(0))
     jax_cifar.train_and_evaluate(config, 'runs/new')      # what `python -m jax_cifar.train` runs
+    config = jax_cifar.configs.default.get_config()        # subpackages, also on first use
 
 The names are imported on first use, so command-line tools start without loading all of JAX.
 """
 
 import importlib
+import importlib.util
 
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
@@ -27,9 +29,11 @@ def __getattr__(name: str):
       return metadata.version('jax-cifar')
     except metadata.PackageNotFoundError:  # A source tree that was never installed.
       return 'unknown'
-  if name not in _EXPORTS:
-    raise AttributeError(f'module jax_cifar has no attribute {name!r}')
-  return getattr(importlib.import_module(_EXPORTS[name]), name)
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  if not name.startswith('_') and importlib.util.find_spec(f'{__name__}.{name}') is not None:
+    return importlib.import_module(f'{__name__}.{name}')  # jax_cifar.configs.default, ...
+  raise AttributeError(f'module jax_cifar has no attribute {name!r}')
 
 
 def __dir__() -> list[str]:  # dir() and tab completion list the names imported on first use.

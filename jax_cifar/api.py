@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -59,9 +60,24 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
   """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
   `batch_size` (resized to the model's config.model.image_size and normalised as in training)."""
   batch_size = errors.positive_int('batch_size', batch_size)
+  if not isinstance(model, nnx.Module):
+    raise TypeError('predict(model, config, images): model must be a Flax nnx.Module (what '
+                    f'load_model or create_model returns), got {type(model).__name__}')
+  if not isinstance(config, ml_collections.ConfigDict) or 'model' not in config:
+    what = ('a ConfigDict without a model key (config.model instead of config?)'
+            if isinstance(config, ml_collections.ConfigDict) else type(config).__name__)
+    raise TypeError('predict(model, config, images): config must be the run\'s whole ConfigDict '
+                    f'(load_model\'s second result), got {what}')
   images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}')
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:
+    hint = ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
+            if np.issubdtype(images.dtype, np.floating) else '')
+    raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} '
+                     f'{images.shape}{hint}')
+  if len(images) and images.max() <= 1:
+    warnings.warn(f'predict: every pixel of these {len(images)} uint8 images is 0 or 1: were float '
+                  'images in [0, 1] cast without scaling? (images * 255).round().astype(np.uint8) '
+                  'gives the 0-255 range the model was trained on', UserWarning, stacklevel=2)
   # Fewer images than a batch: padded only to the next power of two (a loop over single images
   # compiles once, for a batch of 1, instead of running `batch_size` rows each time).
   batch_size = min(batch_size, 1 << max(len(images) - 1, 0).bit_length())
@@ -75,7 +91,10 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
     padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:],
                                              np.uint8)]) if len(chunk) < batch_size else chunk
     out.append(np.asarray(probabilities(state, padded))[:len(chunk)])  # One compiled shape.
-  return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
+  if not out:  # No image: as many columns as the model has classes.
+    width = jax.eval_shape(probabilities, state, np.zeros((1,) + images.shape[1:], np.uint8))
+    return np.zeros((0, width.shape[-1]), np.float32)
+  return np.concatenate(out)
 
 
 @functools.lru_cache(maxsize=8)

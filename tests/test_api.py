@@ -2,9 +2,13 @@
 
 import importlib.metadata
 import signal
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import jax_cifar
 from jax_cifar import tracking
@@ -69,8 +73,8 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
   ema, _ = jax_cifar.load_model(run, 'latest', weights='ema')
   images = cifar100.get_splits(config.data)['val'].images[:16]
   assert not np.allclose(jax_cifar.predict(raw, config, images), jax_cifar.predict(ema, config, images))
-  with pytest.raises(ValueError, match='uint8 images'):
-    jax_cifar.predict(raw, config, images.astype(np.float32))
+  with pytest.raises(ValueError, match=r'uint8 images.*float32.*\(images \* 255\)\.round\(\)'):
+    jax_cifar.predict(raw, config, images.astype(np.float32) / 255)
   with pytest.raises(ValueError, match="'best', 'latest', a step number or a step folder's path"):
     jax_cifar.load_model(run, 'newest')
   with pytest.raises(ValueError, match="weights must be one of raw, ema, auto, got 'emma'"):
@@ -81,6 +85,36 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
     with pytest.raises(ValueError, match=f'batch_size must be a positive int, got {bad!r}'):
       jax_cifar.predict(raw, config, images, batch_size=bad)
   assert jax_cifar.predict(raw, config, images, batch_size=np.int64(5)).shape == (16, 100)
+
+
+def test_predict_names_swapped_or_partial_arguments_and_warns_on_unscaled_pixels(run):
+  """Plausible notebook mistakes had given AttributeErrors, a ZeroDivisionError, or (floats in
+  [0, 1] cast to uint8, all pixels 0 or 1) silent 1 % accuracy (an audit)."""
+  model, config = jax_cifar.load_model(run, 'latest')
+  images = cifar100.get_splits(config.data)['val'].images[:4]
+  for args, match in [((model, images, config), 'config must be .*got ndarray'),
+                      ((model, config.model, images), r'config\.model instead of config\?'),
+                      ((model, config.to_dict(), images), 'config must be .*got dict'),
+                      ((config, model, images), 'model must be a Flax nnx.Module.*got ConfigDict')]:
+    with pytest.raises(TypeError, match=match):
+      jax_cifar.predict(*args)
+  with pytest.raises(ValueError, match=r'uint8 images \[N, H, W, 3\], got uint8 \(2, 0, 0, 3\)'):
+    jax_cifar.predict(model, config, np.zeros((2, 0, 0, 3), np.uint8))
+  unscaled = (images.astype(np.float32) / 255).astype(np.uint8)
+  with pytest.warns(UserWarning, match=r'every pixel of these 4 uint8 images is 0 or 1'):
+    jax_cifar.predict(model, config, unscaled)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # Real images: no warning.
+    jax_cifar.predict(model, config, images)
+
+
+def test_no_images_give_as_many_columns_as_the_model_has_classes(run):
+  model, config = jax_cifar.load_model(run, 'latest')
+  ten = jax_cifar.create_model('resnet18', 10, stem='cifar', width=4, rngs=nnx.Rngs(0))
+  empty = np.zeros((0, 32, 32, 3), np.uint8)
+  assert jax_cifar.predict(model, config, empty).shape == (0, 100)
+  assert jax_cifar.predict(ten, config, empty).shape == (0, 10)  # Was (0, 100), from the config.
+  assert jax_cifar.predict(ten, config, np.zeros((3, 32, 32, 3), np.uint8) + 9).shape == (3, 10)
 
 
 def test_fewer_images_than_a_batch_are_padded_only_to_the_next_power_of_two(run, monkeypatch):
@@ -131,6 +165,13 @@ def test_package_exports_resolve_lazily():
   # dir() (tab completion, help) lists them though they are imported on first use.
   assert {'load_model', 'predict', 'create_model', 'list_models', '__version__'} <= set(dir(jax_cifar))
   assert jax_cifar.__version__ == importlib.metadata.version('jax-cifar')
+  # Subpackages too, as README writes them (had needed an import elsewhere first: an audit).
+  code = ('import jax_cifar; print(jax_cifar.configs.default.get_config().model.name, '
+          'jax_cifar.configs.resnet152.get_config().model.name, jax_cifar.evaluation.__name__)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.split() == [default.get_config().model.name, 'resnet152', 'jax_cifar.evaluation']
+  with pytest.raises(AttributeError):
+    jax_cifar._private  # pylint: disable=pointless-statement,protected-access
   names = jax_cifar.list_models()
   assert names[:2] == ['simple_cnn', 'resnet18'] and 'resnext50_32x4d' in names
   assert 'wide_resnet101_2' in names and len(names) == len(set(names)) == 11
