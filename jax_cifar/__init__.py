@@ -17,7 +17,7 @@ import importlib.util
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
     'create_model': 'jax_cifar.models', 'list_models': 'jax_cifar.models',
-    'train_and_evaluate': 'jax_cifar.training.trainer',
+    'train_and_evaluate': 'jax_cifar.training.trainer', 'Preempted': 'jax_cifar.training.trainer',
 }
 __all__ = sorted(_EXPORTS)
 

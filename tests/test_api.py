@@ -44,6 +44,15 @@ def run(tmp_path_factory):
   return workdir
 
 
+def test_train_and_evaluate_names_a_config_that_is_not_a_configdict(tmp_path):
+  for bad in (_config().to_dict(), None):  # Had been "'dict' object has no attribute 'to_dict'".
+    with pytest.raises(TypeError, match=f'config must be an ml_collections ConfigDict.*got {type(bad).__name__}'):
+      jax_cifar.train_and_evaluate(bad, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  assert jax_cifar.Preempted is trainer.Preempted  # What a notebook's interrupt raises.
+
+
 def test_training_gives_back_the_processs_own_signal_handlers(run):
   """The loop's SIGINT/SIGTERM handlers only set a flag it reads: left installed, a notebook's
   Ctrl-C and `kill PID` did nothing for the rest of the process (an audit)."""

@@ -27,11 +27,14 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   lines = out.stderr.replace('\r', '\n').splitlines()
   assert not [l for l in lines if re.match(r'I\d{4} ', l)], [l for l in lines if l.startswith('I')][:5]
   assert not [l for l in lines if 'orbax' in l or 'checkpoint_manager' in l]
-  assert any(l.startswith('simple_cnn: ') and 'steps/epoch' in l and str(tmp_path / 'run') in l
-             for l in lines)
+  assert any(l.startswith('simple_cnn: ') and '12 steps, ' in l and str(tmp_path / 'run') in l
+             and 'stops at' not in l for l in lines)
   evals = [l for l in lines if re.match(r'epoch \d+\.\d+ step \d+: val_loss', l)]
   assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
   assert any(l.startswith('Done at step 12: best val_accuracy ') for l in lines)
   # --verbosity=0 brings the library logs back for debugging.
   out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=3')
   assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
+  # The start line says where a max_steps launch stops (it said only '12 steps': an audit).
+  assert re.search(r'^simple_cnn: .* 12 steps \(this launch stops at step 3: train.max_steps\), ',
+                   out.stderr, re.M), out.stderr[-2000:]

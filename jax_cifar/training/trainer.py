@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -30,7 +31,8 @@ class NonFiniteLossError(errors.UserError, RuntimeError):
 
 
 class Preempted(Exception):
-  pass
+  """SIGTERM or SIGINT (a notebook's interrupt, Ctrl-C) stopped training after saving the step it
+  names in the log; train_and_evaluate again with the same workdir resumes from it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +172,18 @@ def _cannot_resume_with(changes: dict, workdir: pathlib.Path,
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`."""
+  """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`.
+
+  Returns {'step': the last step, 'best_val_accuracy': the best checkpoint's (None without one),
+  and, when this launch validated, its last validation's 'val_loss', 'val_accuracy',
+  'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}. A relaunch of a finished run
+  trains nothing and returns only the first two. A SIGTERM or SIGINT saves the step and raises
+  `jax_cifar.Preempted`: call again with the same workdir to resume.
+  """
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError('train_and_evaluate(config, workdir): config must be an ml_collections '
+                    'ConfigDict (jax_cifar.configs.default.get_config() or a recipe\'s '
+                    f'get_config(), then changed), got {type(config).__name__}')
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
   _check_pretrained(config, workdir)
@@ -258,7 +271,9 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
                   start_step=start_step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
-               f'images, {steps_per_epoch} steps/epoch, {total_steps} steps, '
+               f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
+               + (f' (this launch stops at step {last_step}: train.max_steps)'
+                  if last_step < total_steps else '') + ', '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   if note := dtype_note(config.model.dtype, jax.default_backend()):
     tracking.say(note)
