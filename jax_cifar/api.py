@@ -46,8 +46,9 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
     checkpoint = str(folder)
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
+    why = ' (no such folder)' if isinstance(checkpoint, (str, pathlib.Path)) else ''
     raise ValueError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
-                     f'got {checkpoint!r} (no such folder)')
+                     f'got {checkpoint!r}{why}')
   config = run_config(run_dir)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)

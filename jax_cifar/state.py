@@ -184,8 +184,9 @@ def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
     return 'raw'
   raw, ema = rows[-1]['val_accuracy'], rows[-1].get('val_accuracy_ema')
   choice = 'ema' if ema is not None and ema > raw else 'raw'
+  ema_text = 'not recorded' if ema is None else f'{ema:.4f}'
   tracking.say(f'weights auto: {choice} (step {step}: val_accuracy {raw:.4f}, '
-               f'val_accuracy_ema {ema})')
+               f'val_accuracy_ema {ema_text})')
   return choice
 
 

@@ -141,8 +141,8 @@ def previous_config(workdir: pathlib.Path) -> dict | None:
   try:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
-    raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, '
-                       'so the run cannot be resumed safely') from e
+    raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, so the run '
+                       'can neither be resumed nor loaded safely') from e
 
 
 def run_config(run_dir: str | pathlib.Path):
@@ -158,7 +158,10 @@ def run_config(run_dir: str | pathlib.Path):
     config.update_from_flattened_dict(flatten(previous_config(pathlib.Path(run_dir))))
   except (KeyError, TypeError) as e:
     raise WorkdirError(f'{path} does not fit the config of this jax-cifar ({e})') from e
-  config_validation.validate(config, launch=False)  # It trained: loadable whatever newer checks say.
+  try:
+    config_validation.validate(config, launch=False)  # It trained: loadable whatever newer checks say.
+  except config_validation.ConfigError as e:
+    raise WorkdirError(f'{path}: {e}') from e
   return config
 
 

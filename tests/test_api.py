@@ -163,8 +163,9 @@ def test_a_step_folder_loads_as_evaluate_checkpoint_does(run):
                                   jax_cifar.predict(by_path, config, images))
   with pytest.raises(ValueError, match='kept no step 999'):
     jax_cifar.load_model(run, 999)
-  with pytest.raises(ValueError, match="checkpoint must be 'best', 'latest', a step number"):
-    jax_cifar.load_model(run, 2.5)
+  for wrong_type in (2.5, None, True):  # A wrong type, not a missing folder.
+    with pytest.raises(ValueError, match=rf"a step number .*, got {wrong_type!r}$"):
+      jax_cifar.load_model(run, wrong_type)
 
 
 def test_package_exports_resolve_lazily():
