@@ -27,18 +27,10 @@ leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submis
 
 from __future__ import annotations
 
-import signal
-import sys
-
-
-def _stopped_while_starting(signum, _frame):
-  print(f'error: stopped by {signal.Signals(signum).name} while starting', file=sys.stderr)
-  raise SystemExit(128 + signum)
-
+from jax_cifar import starting
 
 if __name__ == '__main__':  # A signal while the libraries load: one line, no traceback.
-  signal.signal(signal.SIGINT, _stopped_while_starting)
-  signal.signal(signal.SIGTERM, _stopped_while_starting)
+  starting.install()
 
 # pylint: disable=wrong-import-position
 import contextlib
@@ -47,6 +39,8 @@ import fcntl
 import json
 import os
 import pathlib
+import signal
+import sys
 import time
 
 import jax
@@ -338,8 +332,9 @@ def main(argv):
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
                       weights=FLAGS.weights, tent=_tent_options())
   except interrupt.Interrupted as e:
-    print(f'error: stopped by {e.name}; nothing partial was written (an existing CSV is kept)',
-          file=sys.stderr, flush=True)
+    kept = ' (an existing CSV is kept)' if FLAGS.ood_dir else ''
+    print(f'error: stopped by {e.name}; nothing partial was written{kept}', file=sys.stderr,
+          flush=True)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)

@@ -1,5 +1,11 @@
 """Entry point: python -m jax_cifar.train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE]."""
 
+from jax_cifar import starting
+
+if __name__ == '__main__':  # A signal while the libraries load: one line, no traceback.
+  starting.install()
+
+# pylint: disable=wrong-import-position
 import sys
 
 from absl import flags

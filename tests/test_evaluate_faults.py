@@ -66,8 +66,9 @@ def _evaluate(run, csv: pathlib.Path, hook: str | None = None, *extra):
   if hook:
     env[interrupt.TEST_HOOK_VAR] = hook
   cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(run / 'config.py'),
-         '--workdir', str(run / 'run'), '--checkpoint', 'latest', '--ood_dir', str(run / 'ood'),
-         '--submission', str(csv), *extra]
+         '--workdir', str(run / 'run'), '--checkpoint', 'latest', *extra]
+  if csv is not None:  # None: the clean splits only.
+    cmd += ['--ood_dir', str(run / 'ood'), '--submission', str(csv)]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -120,6 +121,36 @@ def test_sigterm_and_sigint_stop_with_one_line_and_no_csv(run, sig, status):
   assert not out.exists() and not _parts(out.parent)
   assert json_files() == before  # No JSON of an unfinished evaluation.
   assert not proc.stdout.strip()
+
+
+def test_a_signal_during_the_last_batches_still_stops_before_any_result_is_written(run):
+  """A signal after the prediction loop's last check (the last batches are fetched after it) had
+  been dropped: the run wrote its JSON and exited 0 (an audit). Without --ood_dir the line does
+  not mention a CSV."""
+  before = {p: p.stat().st_mtime_ns for p in (run / 'run').glob('eval_*.json')}
+  proc = _evaluate(run, None, 'predicted:0:SIGTERM')
+  assert proc.returncode == 143, (proc.returncode, proc.stderr[-3000:])
+  assert _last_line(proc.stderr) == 'error: stopped by SIGTERM; nothing partial was written'
+  assert {p: p.stat().st_mtime_ns for p in (run / 'run').glob('eval_*.json')} == before
+  assert not proc.stdout.strip()
+
+
+def test_a_signal_while_starting_ends_the_process_even_where_an_exception_would_be_swallowed():
+  """The start-up handler raised SystemExit, which JAX's import-time callbacks could swallow (the
+  run then went on and exited 0) or turn into an abort with a page of traceback (an audit)."""
+  code = ('import os, signal, time\n'
+          'from jax_cifar import starting\n'
+          'starting.install()\n'
+          'try:\n'
+          '  os.kill(os.getpid(), signal.SIGTERM)\n'
+          '  time.sleep(5)\n'
+          'except BaseException:\n'
+          '  pass\n'
+          'print("went on")\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 143 and proc.stdout == '', (proc.returncode, proc.stdout)
+  assert proc.stderr == 'error: stopped by SIGTERM while starting\n', proc.stderr
 
 
 def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path):

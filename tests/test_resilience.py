@@ -36,15 +36,17 @@ def _config():
   return c
 
 
-def _launch(workdir, signal_at: str = '') -> subprocess.Popen:
+def _launch(workdir, signal_at: str = '', *extra: str) -> subprocess.Popen:
   """Starts a training process; its stderr goes to WORKDIR.log (a pipe would fill and block it).
 
-  `signal_at='STEP:SIGNAL'` makes it send itself SIGNAL right after that step (interrupt.at_event).
+  `signal_at='STEP:SIGNAL'` makes it send itself SIGNAL right after that step (interrupt.at_event);
+  'EVENT:INDEX:SIGNAL' at another event.
   """
-  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()] + list(extra)
   workdir.parent.mkdir(parents=True, exist_ok=True)
   log = open(f'{workdir}.log', 'a')  # pylint: disable=consider-using-with
-  env = dict(os.environ, **({interrupt.TEST_HOOK_VAR: f'train_step:{signal_at}'} if signal_at else {}))
+  hook = signal_at if signal_at.count(':') == 2 else f'train_step:{signal_at}'
+  env = dict(os.environ, **({interrupt.TEST_HOOK_VAR: hook} if signal_at else {}))
   return subprocess.Popen(
       [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/default.py',
        '--workdir', str(workdir), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -119,6 +121,43 @@ def test_sigterm_saves_exits_75_and_the_next_launch_resumes(tmp_path, uninterrup
   proc = _launch(workdir)
   assert proc.wait() == 0, _log(workdir)[-2000:]
   _assert_same_run(uninterrupted, workdir)
+
+
+@pytest.mark.slow
+def test_a_signal_at_the_last_step_ends_the_run_as_finished(tmp_path, uninterrupted):
+  """SIGTERM during the last step's validation and save had saved that step again and exited 75
+  ("relaunch to resume"), so a requeue-on-75 cluster job ran a finished run again (an audit)."""
+  workdir = tmp_path / 'last'
+  proc = _launch(workdir, signal_at='32:SIGTERM')
+  assert proc.wait() == 0, _log(workdir)[-2000:]
+  assert 'relaunch to resume' not in _log(workdir) and 'Done at step 32' in _log(workdir)
+  _assert_same_run(uninterrupted, workdir)
+
+
+def _files(workdir) -> dict:
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob('*'))
+          if p.is_file() and p.name != '.lock'}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
+def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tmp_path, sig):
+  """Ctrl-C while the data loaded or the model initialised had printed a 44-line KeyboardInterrupt
+  traceback (the handlers came only before the first step: an audit)."""
+  workdir = tmp_path / 'run'
+  proc = _launch(workdir, f'train_start:0:{sig}')
+  assert proc.wait() == trainer.PREEMPTED_EXIT_CODE, _log(workdir)[-2000:]
+  log = _log(workdir)
+  assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log[-3000:]
+  assert f'Received {sig} while starting: nothing trained, nothing to save; relaunch to start' in log
+  assert not workdir.exists()  # This launch made the folder and wrote nothing: removed.
+  # A resumed run's launch stopped while starting leaves every file as it was.
+  assert _launch(workdir, '', '--config.train.max_steps=3').wait() == 0, _log(workdir)[-2000:]
+  before = _files(workdir)
+  proc = _launch(workdir, f'train_start:0:{sig}')
+  assert proc.wait() == trainer.PREEMPTED_EXIT_CODE, _log(workdir)[-2000:]
+  assert 'relaunch to resume.' in _log(workdir).splitlines()[-1]
+  assert _files(workdir) == before
 
 
 @pytest.mark.slow

@@ -100,6 +100,10 @@ class Predictor:
           params, stats = self.adapter.adapt_model(params, stats, part, progress=bar.update,
                                                    check=interrupt.FLAG.check)
         outs.append(self._predict(part, params, stats, labels_only, bar))
+    # A signal during the last batches (fetched after the loop's checks) stops here, before any
+    # result is written: it had been dropped, and the run exited 0 (an audit).
+    interrupt.at_event('predicted', 0)  # Test hook: a signal after the loop's last check.
+    interrupt.FLAG.check(collective=True)
     return np.concatenate(outs)
 
   def _predict(self, images: np.ndarray, params, batch_stats, labels_only: bool,

@@ -186,12 +186,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f'get_config(), then changed), got {type(config).__name__}')
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
+  # From here SIGTERM/SIGINT only set a flag: read before anything is written (a stop while
+  # starting), then at every step (save and stop). The process's own handlers come back at the end.
+  stop, previous_handlers = _install_signal_handlers()
+  try:
+    return _claim_and_train(config, workdir, stop)
+  finally:
+    _restore_signal_handlers(previous_handlers)
+
+
+def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
+  """_train in `workdir`, locked; a folder this launch created and never wrote to is removed, and
+  a launch that failed before its first save gives the run's config.json back."""
   _check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = _claim_workdir(config, workdir)
   launch = {}  # What _train recorded of this launch: the config.json it replaced, its start step.
   try:
-    return _train(config, workdir, launch)
+    return _train(config, workdir, launch, stop)
   except BaseException:
     # Removed while still locked: no other launch can claim the folder in between.
     if created and workdir_lib.remove_if_untouched(workdir):
@@ -221,7 +233,16 @@ def _check_pretrained(config, workdir: pathlib.Path) -> None:
     convert.read_metadata(config.model.pretrained, config.model.name)
 
 
-def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
+def _stop_while_starting(stop: dict, resuming: bool) -> None:
+  """Raises Preempted if a signal arrived while the run was starting (data, model, restore):
+  nothing is trained or written yet, so nothing is saved. Collective with several processes."""
+  if parallel.any_process(stop['signal'] is not None):
+    tracking.say(f"Received {stop['signal'] or 'a signal on another process'} while starting: "
+                 f"nothing trained, nothing to save; relaunch to {'resume' if resuming else 'start'}.")
+    raise Preempted(stop['signal'] or 'a signal on another process')
+
+
+def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
@@ -245,14 +266,14 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
 
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
-  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
-    logging.warning('%s.', note)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
                                  has_best=ckpts.best.best_step() is not None)
+  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
+    logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
   if resume_step:
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
@@ -261,6 +282,8 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
     ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
+  interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
+  _stop_while_starting(stop, resuming=bool(resume_step))
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
     as_json = json.loads(json.dumps(config.to_dict(), default=str))
@@ -286,7 +309,6 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
       pipeline.train_batches(train_split, batch_size, config.seed, math.ceil(config.train.num_epochs),
                              start_step, config.data.worker_count),
       parallel.batch_sharded(mesh), size=config.data.prefetch)
-  stop, previous_handlers = _install_signal_handlers()
   bar = tracking.progress_bar(last_step, start_step)
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
@@ -327,7 +349,9 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
       if save:
         ckpts.save_latest(current(), step)
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
-      if _stop_requested(stop, step, config.train.log_every_steps):
+      # At the last step the run is complete (validated and saved): it ends as finished, status
+      # 0, whatever arrived (it had saved again and exited 75, "relaunch to resume": an audit).
+      if step < last_step and _stop_requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
     _check_finite(current(), config, warn=False)
@@ -336,12 +360,9 @@ def _train(config, workdir: pathlib.Path, launch: dict) -> dict:
     logging.warning('Received %s: saved step %d to %s; relaunch to resume.', e, step, workdir)
     raise
   finally:
-    try:
-      bar.close()
-      writer.close()
-      ckpts.wait()  # Raises if an async save failed: the handlers come back all the same.
-    finally:
-      _restore_signal_handlers(previous_handlers)
+    bar.close()
+    writer.close()
+    ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 
