@@ -142,8 +142,16 @@ def validate(config, *, launch: bool = True) -> None:
       bounds = f"{'(' if low_open else '['}{lowest}, {highest}]"
       raise ConfigError(f'config key {key!r} must be (low, high) with low <= high, both in '
                         f'{bounds}; got {value!r}')
+  if launch and not all(float(q).is_integer() for q in given['augment.jpeg_quality']):
+    raise ConfigError("config key 'augment.jpeg_quality' must be whole quality factors (low, high), "
+                      f"got {given['augment.jpeg_quality']!r}")  # Had been truncated silently.
   jitter = given['augment.color_jitter']
-  if not (isinstance(jitter, (list, tuple)) and len(jitter) == 4 and min(jitter) >= 0
-          and jitter[3] <= 0.5):
+  if not (isinstance(jitter, (list, tuple)) and len(jitter) == 4 and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in jitter)
+          and min(jitter) >= 0 and jitter[3] <= 0.5):
     raise ConfigError("config key 'augment.color_jitter' must be 4 strengths (brightness, contrast, "
                       f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}")
+  tags = given['wandb.tags']
+  if not (isinstance(tags, (list, tuple)) and all(isinstance(t, str) and t for t in tags)):
+    raise ConfigError(f"config key 'wandb.tags' must be a tuple of non-empty strings, e.g. "
+                      f"('r50', 'augmix'); got {tags!r}")  # wandb had refused them at its start.

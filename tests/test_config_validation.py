@@ -90,6 +90,13 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     ({'data.split_seed': -3}, "'data.split_seed' must be in"),
     ({'optim.b1': 1.0}, "'optim.b1' must be below 1"),
     ({'optim.b2': 1.0}, "'optim.b2' must be below 1"),
+    # A second audit: a traceback from min(), wandb refusing its settings after the run started,
+    # a quality range truncated without a word.
+    ({'augment.color_jitter': (0.4, 0.4, 0.4, 'x')}, "'augment.color_jitter' must be 4 strengths"),
+    ({'augment.color_jitter': (0.4, None, 0.4, 0.1)}, "'augment.color_jitter' must be 4 strengths"),
+    ({'wandb.tags': (1, 2)}, "'wandb.tags' must be a tuple of non-empty strings"),
+    ({'wandb.tags': ('r50', '')}, "'wandb.tags' must be a tuple of non-empty strings"),
+    ({'augment.jpeg_quality': (20.7, 95.2)}, "'augment.jpeg_quality' must be whole quality factors"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -143,7 +150,8 @@ def test_values_at_the_edges_of_the_explicit_checks_pass():
       'ema.decay': 0.9999, 'augment.augmix_depth': -1, 'augment.blur_kernel': 5,
       'data.val_fraction': 0.9, 'train.batch_size': 12, 'train.grad_accum_steps': 4,
       'augment.rrc_scale': (0.5, 0.5), 'optim.momentum': 0.99, 'optim.label_smoothing': 0.99,
-      'seed': 2**32 - 1, 'augment.blur_sigma': (0.1, 100.0)}))
+      'seed': 2**32 - 1, 'augment.blur_sigma': (0.1, 100.0), 'augment.jpeg_quality': (1.0, 100),
+      'wandb.tags': ['a', 'b']}))
   config_validation.validate(_config(**{'optim.name': 'sgd', 'optim.nesterov': True}))
   config_validation.validate(_config(**{'model.name': 'simple_cnn', 'model.image_size': 64}))
   config_validation.validate(_config(**{'model.name': 'resnet18', 'model.image_size': 48}))
