@@ -139,3 +139,24 @@ def test_a_torchvision_pth_or_missing_path_is_named_before_the_run_starts(tmp_pa
                      match='^model.pretrained: .*no such converted checkpoint'):
     trainer.train_and_evaluate(_config(str(tmp_path / 'nope')), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_transfer_config_without_weights_warns_that_its_backbone_is_random(tmp_path, caplog):
+  """resnet50_transfer without model.pretrained said it "trains from scratch", but trained the
+  random backbone at a tenth of the head's rate and kept it frozen at first, silently (an audit)."""
+  c = _config('', freeze_backbone_steps=3)
+  note = trainer._random_backbone_note(c, resume_step=0)  # pylint: disable=protected-access
+  assert 'random weights' in note and 'backbone_lr_mult=0.1 x' in note, note
+  assert f'frozen for the first {c.optim.freeze_backbone_steps} steps' in note, note
+  assert trainer._random_backbone_note(c, resume_step=5) is None  # pylint: disable=protected-access
+  for change in ({'model.pretrained': 'weights/r50'}, {'model.init_from': 'runs/a'},
+                 {'optim.backbone_lr_mult': 1.0, 'optim.freeze_backbone_steps': 0}):
+    other = _config('')
+    other.update_from_flattened_dict(change)
+    assert trainer._random_backbone_note(other, resume_step=0) is None, change  # pylint: disable=protected-access
+  # The run says it, with the same config at the smallest size.
+  c = _config('')
+  c.model.name, c.model.stem, c.model.width, c.train.max_steps = 'resnet18', 'cifar', 4, 1
+  with caplog.at_level('WARNING'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert any('The backbone starts from random weights' in r.getMessage() for r in caplog.records)

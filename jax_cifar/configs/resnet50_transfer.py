@@ -1,6 +1,7 @@
 """Transfer learning: an ImageNet-pretrained ResNet-50 fine-tuned on CIFAR-100 with a fresh head.
 
-Set `model.pretrained` to a converted checkpoint (without it this config trains from scratch):
+Set `model.pretrained` to a converted checkpoint (without it the backbone starts random but still
+trains at `backbone_lr_mult` x the head's rate, which the run warns about):
   # the shared Keras-ported ResNet-50 (torchvision layout):
   python scripts/convert_torchvision_weights.py --arch resnet50 \
       --state_dict $JAX_CIFAR_WEIGHTS_DIR/resnet50-keras-imagenet-tvlayout-fp16.pth --output weights/resnet50

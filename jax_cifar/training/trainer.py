@@ -233,6 +233,24 @@ def _check_pretrained(config, workdir: pathlib.Path) -> None:
     convert.read_metadata(config.model.pretrained, config.model.name)
 
 
+def _random_backbone_note(config, resume_step: int) -> str | None:
+  """The warning of a run that treats a randomly initialised backbone as a pretrained one (a
+  transfer config launched without its weights trained it at a tenth of the rate, or frozen)."""
+  o = config.optim
+  if resume_step or config.model.pretrained or config.model.init_from or (
+      o.backbone_lr_mult == 1.0 and o.freeze_backbone_steps == 0):
+    return None
+  how = ' and '.join(
+      ([f'trains at optim.backbone_lr_mult={o.backbone_lr_mult:g} x the head\'s rate']
+       if o.backbone_lr_mult != 1.0 else []) +
+      ([f'stays frozen for the first {o.freeze_backbone_steps} steps']
+       if o.freeze_backbone_steps else []))
+  return (f'The backbone starts from random weights (no model.pretrained or model.init_from) yet '
+          f'{how}, as if it were pretrained. To train from scratch, set '
+          '--config.optim.backbone_lr_mult=1 --config.optim.freeze_backbone_steps=0; for transfer, '
+          'give --config.model.pretrained.')
+
+
 def _stop_while_starting(stop: dict, resuming: bool) -> None:
   """Raises Preempted if a signal arrived while the run was starting (data, model, restore):
   nothing is trained or written yet, so nothing is saved. Collective with several processes."""
@@ -274,6 +292,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
                                  has_best=ckpts.best.best_step() is not None)
   for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
     logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
+  if note := _random_backbone_note(config, resume_step):
+    logging.warning('%s', note)
   if resume_step:
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
