@@ -29,6 +29,8 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   assert not [l for l in lines if 'orbax' in l or 'checkpoint_manager' in l]
   assert any(l.startswith('simple_cnn: ') and '12 steps, ' in l and str(tmp_path / 'run') in l
              and 'stops at' not in l for l in lines)
+  # Each validation shows its own bar while it runs (it had sat behind a still train bar).
+  assert any(l.startswith('val:') and 'img' in l for l in lines), lines
   evals = [l for l in lines if re.match(r'epoch \d+\.\d+ step \d+: val_loss', l)]
   assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
   assert any(l.startswith('Done at step 12: best val_accuracy ') for l in lines)

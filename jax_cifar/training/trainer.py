@@ -72,9 +72,10 @@ def compile_train_step(config, graphdef, tx, schedule, mesh, treedef=None):
 
 
 def make_validator(config, graphdef, mesh) -> inference.Predictor:
-  """Evaluate's own prediction path (no TTA), so val numbers equal `evaluate`'s exactly."""
+  """Evaluate's own prediction path (no TTA), so val numbers equal `evaluate`'s exactly; a
+  validation shows its own bar below the training bar while it runs (a long one had looked stuck)."""
   fn = inference.make_predict(config, graphdef, mesh)
-  return inference.Predictor(None, mesh, config.train.eval_batch_size, fn, fn, progress=False)
+  return inference.Predictor(None, mesh, config.train.eval_batch_size, fn, fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +367,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
                              step / steps_per_epoch)
         t_last += time.perf_counter() - t_val  # images_per_sec: training time only.
+        bar.unpause()  # ... and the bar's step rate and ETA too.
       if save:
         ckpts.save_latest(current(), step)
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
@@ -377,7 +379,11 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     _check_finite(current(), config, warn=False)
     ckpts.save_latest(current(), step)
     ckpts.wait()
-    logging.warning('Received %s: saved step %d to %s; relaunch to resume.', e, step, workdir)
+    message = f'Received {e}: saved step {step} to {workdir}; relaunch to resume.'
+    if jax.process_index() == 0:
+      tracking.say(message)  # Above the bar, which had been drawn again under a logged line.
+    else:
+      logging.warning('%s', message)  # Every process says where it stopped.
     raise
   finally:
     bar.close()
