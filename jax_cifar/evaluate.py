@@ -52,7 +52,7 @@ from ml_collections import config_flags
 from jax_cifar import checkpoints, cli, config_validation, errors, interrupt
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
-from jax_cifar import parallel
+from jax_cifar import parallel, tracking
 from jax_cifar.evaluation import figures, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
@@ -257,6 +257,11 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
     _check_submission_path(csv_path)
+    per = ood_files[0].num_images // ood.SEVERITIES
+    if per != submission.KAGGLE_IMAGES:  # Said before the work, not found out on upload.
+      tracking.say(f'{ood_dir}: {per} images per severity, so {csv_path.name} will have '
+                   f'{len(ood_files) * ood_files[0].num_images:,} rows; the course\'s Kaggle set '
+                   f'has {submission.KAGGLE_IMAGES:,} per severity ({19 * 5 * submission.KAGGLE_IMAGES:,} rows)')
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,

@@ -181,6 +181,10 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert 0.0 <= result['test_accuracy'] <= 1.0 and result['test_count'] == 256
+  # A small set's CSV is no Kaggle submission: said before the work (an audit: said nothing).
+  rows = ood.NUM_DISTORTIONS * N_OOD
+  assert (f'{N_OOD // 5} images per severity, so sub.csv will have {rows:,} rows; the course\'s '
+          "Kaggle set has 10,000 per severity (950,000 rows)") in proc.stderr, proc.stderr[-2000:]
   assert {'test_top5_accuracy', 'test_ece', 'val_accuracy', 'cifar100c_mean_accuracy_all'} <= set(result)
 
   detail = json.loads((workdir / 'eval_latest.json').read_text())

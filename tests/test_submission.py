@@ -174,7 +174,8 @@ def test_a_byte_order_mark_before_the_header_is_read_past_but_not_elsewhere(tmp_
 
 
 @pytest.mark.parametrize('problem,match', [
-    ('missing', 'file not found'), ('dtype', 'dtype float32'), ('shape', 'shape'),
+    ('missing', 'missing 1 of the 19 distortion files: distortion11.npy$'),
+    ('dtype', 'dtype float32'), ('shape', 'shape'),
     ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),
     ('not_npy', 'not a readable .npy'), ('different_n', 'same N')])
 def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, match):
@@ -200,6 +201,27 @@ def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, ma
   with pytest.raises(DataError, match=match) as e:
     ood.check_distortion_dir(tmp_path)
   assert '\n' not in str(e.value) and 'distortion11.npy' in str(e.value)
+
+
+def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(tmp_path):
+  """Only distortion00.npy: file not found was named, one file per run, whatever the folder held
+  (files one level down, other capitals, broken links: an audit)."""
+  (tmp_path / 'notes.txt').write_text('x')
+  with pytest.raises(DataError, match=r'missing 19 of the 19 .*; the folder holds notes\.txt$'):
+    ood.check_distortion_dir(tmp_path)
+  inner = tmp_path / 'kaggle'
+  inner.mkdir()
+  for i in range(19):
+    np.save(inner / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
+  with pytest.raises(DataError, match=rf'; they are in {inner}: give --ood_dir {inner}$'):
+    ood.check_distortion_dir(tmp_path)
+  (inner / 'distortion03.npy').rename(inner / 'Distortion03.npy')
+  (inner / 'distortion07.npy').unlink()
+  (inner / 'distortion07.npy').symlink_to(tmp_path / 'gone.npy')
+  with pytest.raises(DataError) as e:
+    ood.check_distortion_dir(inner)
+  assert str(e.value) == (f'{inner}: missing 2 of the 19 distortion files: distortion03.npy '
+                          '(found Distortion03.npy), distortion07.npy (a broken link)')
 
 
 @pytest.mark.parametrize('n', [7, 0, -5, 2.5, True])

@@ -128,9 +128,38 @@ def _same_size(files: list[ImageFile]) -> None:
                       f'{files[0].num_images}; every file must have the same N')
 
 
+def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
+  """Names every missing distortion file, with what the folder holds instead where that helps."""
+  entries = sorted(p.name for p in directory.iterdir())
+  by_lower = {name.lower(): name for name in entries}
+  by_stem = {pathlib.Path(name).stem.lower(): name for name in entries}
+
+  def one(name: str) -> str:
+    if (directory / name).is_symlink():
+      return f'{name} (a broken link)'
+    near = by_lower.get(name.lower()) or by_stem.get(pathlib.Path(name).stem)
+    return f'{name} (found {near})' if near else name
+
+  shown = missing if len(missing) <= 4 else [missing[0], '...', missing[-1]]
+  text = (f'{directory}: missing {len(missing)} of the {NUM_DISTORTIONS} distortion files: '
+          + ', '.join(one(m) if m != '...' else m for m in shown))
+  if len(missing) == NUM_DISTORTIONS:
+    deeper = sorted({p.parent for p in directory.glob(f'*/{distortion_file(0)}')})
+    if deeper:
+      text += f'; they are in {deeper[0]}: give --ood_dir {deeper[0]}'
+    else:
+      text += f'; the folder holds {", ".join(entries[:6]) or "nothing"}'
+      text += ', ...' if len(entries) > 6 else ''
+  return text
+
+
 def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
   """The 19 checked files distortion00.npy .. distortion18.npy, all with the same N."""
   directory = _check_dir(directory)
+  missing = [distortion_file(i) for i in range(NUM_DISTORTIONS)
+             if not (directory / distortion_file(i)).exists()]
+  if missing:  # All named at once (they had been reported one per run).
+    raise DataError(_missing_files_message(directory, missing))
   files = [check_image_file(directory / distortion_file(i)) for i in range(NUM_DISTORTIONS)]
   _same_size(files)
   expected = {f.path.name for f in files}
