@@ -160,6 +160,25 @@ def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tm
   assert _files(workdir) == before
 
 
+def test_while_starting_a_first_signal_is_noted_and_a_second_stops_at_once():
+  """The first signal while a run starts (a download, the model's init) waits for the start-up
+  to end, so a second one must not wait too (it had set the same flag again)."""
+  stop, previous = trainer._install_signal_handlers()  # pylint: disable=protected-access
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop['signal'] == 'SIGINT'  # Noted; the run goes on to its start-up check.
+    with pytest.raises(trainer.Preempted, match='SIGTERM while starting'):
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(100):  # The handler runs between bytecodes of the main thread.
+        pass
+    stop['starting'] = False  # Once training: every signal only sets the flag.
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop['signal'] == 'SIGTERM'
+  finally:
+    trainer._restore_signal_handlers(previous)  # pylint: disable=protected-access
+  assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('kind, step', [('latest', 6), ('best', 8)])
 def test_kill_inside_a_checkpoint_save_resumes_from_the_last_committed_step(

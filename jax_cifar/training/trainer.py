@@ -83,11 +83,23 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 # ---------------------------------------------------------------------------------------------
 def _install_signal_handlers() -> tuple[dict, dict]:
   """(flag, the handlers it replaced): SIGTERM/SIGINT set the flag, which the loop reads at each
-  step; `_restore_signal_handlers` puts the process's own back (a notebook's Ctrl-C)."""
-  flag = {'signal': None}
+  step; `_restore_signal_handlers` puts the process's own back (a notebook's Ctrl-C).
+
+  While the run starts (`flag['starting']`: data, possibly a download, the model, the restore),
+  the first signal says that the run will stop once started, and a second one stops it at once
+  (nothing is trained yet, so there is nothing to save)."""
+  flag = {'signal': None, 'starting': True}
 
   def handler(signum, _):
-    flag['signal'] = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if flag['starting'] and flag['signal'] is not None:
+      tracking.say(f'Received {name} again while starting: stopped; nothing trained, nothing '
+                   'to save.')
+      raise Preempted(f'{name} while starting')
+    if flag['starting']:
+      tracking.say(f'Received {name} while starting: the run stops before its first step '
+                   '(send it again to stop at once).')
+    flag['signal'] = name
 
   return flag, {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -305,6 +317,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   start_step = int(state.step)
   interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
   _stop_while_starting(stop, resuming=bool(resume_step))
+  stop['starting'] = False  # From here a signal is read after each step, which saves and stops.
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
     as_json = json.loads(json.dumps(config.to_dict(), default=str))
