@@ -152,6 +152,6 @@ def validate(config, *, launch: bool = True) -> None:
     raise ConfigError("config key 'augment.color_jitter' must be 4 strengths (brightness, contrast, "
                       f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}")
   tags = given['wandb.tags']
-  if not (isinstance(tags, (list, tuple)) and all(isinstance(t, str) and t for t in tags)):
+  if launch and not (isinstance(tags, (list, tuple)) and all(isinstance(t, str) and t for t in tags)):
     raise ConfigError(f"config key 'wandb.tags' must be a tuple of non-empty strings, e.g. "
                       f"('r50', 'augmix'); got {tags!r}")  # wandb had refused them at its start.

@@ -20,3 +20,10 @@ def _stop_at_once(signum, _frame) -> None:
 def install() -> None:
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, _stop_at_once)
+
+
+def uninstall() -> None:
+  """Python's own handlers again (SIGINT raises KeyboardInterrupt, SIGTERM ends the process), once
+  the command is past its start and no longer "starting"."""
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -34,9 +34,11 @@ def main(argv):
     parallel.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
+    starting.uninstall()
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.
+  starting.uninstall()  # train_and_evaluate gave back the start-up handler: no longer starting.
   best = result.get('best_val_accuracy')
   tracking.say(f'Done at step {result["step"]}: best val_accuracy '
                f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '

@@ -108,7 +108,8 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
   with such a value (Nesterov with momentum 0 trained as plain SGD, an unused blur range) must
   still load for evaluate, load_model and init_from (workdir.run_config)."""
   for flat in ({'optim.name': 'sgd', 'optim.momentum': 0.0, 'optim.nesterov': True},
-               {'augment.blur_sigma': (0.1, 200.0)}, {'optim.label_smoothing': 1.0}):
+               {'augment.blur_sigma': (0.1, 200.0)}, {'optim.label_smoothing': 1.0},
+               {'wandb.tags': (1, 2)}, {'augment.jpeg_quality': (20.5, 95)}):
     with pytest.raises(config_validation.ConfigError):
       config_validation.validate(_config(**flat))
     config_validation.validate(_config(**flat), launch=False)

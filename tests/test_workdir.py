@@ -147,6 +147,19 @@ def test_an_allowed_change_of_the_train_states_contents_names_the_change_and_the
   assert sorted(_logged(new, 'train_loss')) == [1]
 
 
+def test_a_mismatch_with_only_safe_changes_is_not_blamed_on_them(tmp_path):
+  """With only max_steps (or a longer num_epochs) changed, the message had said "its changes ()"
+  or blamed num_epochs, which leave the train state as it was (a review)."""
+  from jax_cifar import checkpoints  # pylint: disable=import-outside-toplevel
+  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  e = checkpoints.StructureMismatch(tmp_path / '3', 'trees differ')
+  for changes in ({'train.max_steps': (3, 6)}, {'train.num_epochs': (2.0, 4.0)}, {}):
+    assert trainer._cannot_resume_with(changes, tmp_path, e) is e  # pylint: disable=protected-access
+  both = {'train.max_steps': (3, 6), 'ema.decay': (0.0, 0.9)}
+  message = str(trainer._cannot_resume_with(both, tmp_path, e))  # pylint: disable=protected-access
+  assert '(ema.decay 0.0 -> 0.9)' in message and 'trees differ' in message, message
+
+
 def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_back(run, monkeypatch):
   """A resume with an allowed change that fails before it saves (here its first step runs out of
   memory) had left its own config as the run's config.json, so relaunching the run as it was

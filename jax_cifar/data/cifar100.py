@@ -122,8 +122,10 @@ def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
           out.write(chunk)
           digest.update(chunk)
           bar.update(len(chunk))
-  except (urllib.error.URLError, OSError, ValueError) as e:
+  except BaseException as e:  # A failed or stopped download leaves no partial file behind.
     tmp.unlink(missing_ok=True)
+    if not isinstance(e, (urllib.error.URLError, OSError, ValueError)):
+      raise
     reason = getattr(e, 'reason', e)
     raise DataError(
         f'{dest}: cannot download {url} ({reason}); put {FOLDER}/ or {ARCHIVES[0]} into '

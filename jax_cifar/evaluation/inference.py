@@ -78,7 +78,7 @@ class Predictor:
   log_probs_fn: Any
   labels_fn: Any
   adapter: bn_adapt.BNAdapter | tent_lib.TentAdapter | None = None
-  progress: bool = True  # A progress bar per run() (the trainer's validation shows none).
+  progress: bool = True  # A progress bar per run() (process 0; removed when the run ends).
   weights: str = 'raw'  # Which weights were loaded: 'raw' or 'ema'.
 
   def run(self, images: np.ndarray, desc: str, labels_only: bool = False,

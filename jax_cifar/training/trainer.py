@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
 import signal
 import time
@@ -33,6 +34,12 @@ class NonFiniteLossError(errors.UserError, RuntimeError):
 class Preempted(Exception):
   """SIGTERM or SIGINT (a notebook's interrupt, Ctrl-C) stopped training after saving the step it
   names in the log; train_and_evaluate again with the same workdir resumes from it."""
+
+
+class StopNow(BaseException):
+  """A second signal while a run starts, raised by the handler wherever the main thread is: not an
+  Exception, so no `except Exception` on the way (a restore's damaged-step check, a data loader's
+  corrupt-file check) mistakes it for a failure; train_and_evaluate turns it into Preempted."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,16 +97,21 @@ def _install_signal_handlers() -> tuple[dict, dict]:
   (nothing is trained yet, so there is nothing to save)."""
   flag = {'signal': None, 'starting': True}
 
+  def say(message: str) -> None:  # A raw write: the signal may land inside another stderr write.
+    if jax.process_index() == 0:
+      os.write(2, f'\n{message}\n'.encode())
+
   def handler(signum, _):
-    name = signal.Signals(signum).name
-    if flag['starting'] and flag['signal'] is not None:
-      tracking.say(f'Received {name} again while starting: stopped; nothing trained, nothing '
-                   'to save.')
-      raise Preempted(f'{name} while starting')
-    if flag['starting']:
-      tracking.say(f'Received {name} while starting: the run stops before its first step '
-                   '(send it again to stop at once).')
+    name, first = signal.Signals(signum).name, flag['signal'] is None
     flag['signal'] = name
+    if not flag['starting']:
+      return
+    if first or jax.process_count() > 1:  # Several processes stop together, at the check.
+      say(f'Received {name} while starting: the run stops before its first step'
+          + (' (send it again to stop at once).' if jax.process_count() == 1 else '.'))
+      return
+    say(f'Received {name} again while starting: stopped; nothing trained, nothing to save.')
+    raise StopNow(f'{name} while starting')
 
   return flag, {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -175,7 +187,9 @@ def _cannot_resume_with(changes: dict, workdir: pathlib.Path,
                        e: checkpoints.StructureMismatch) -> checkpoints.CheckpointError:
   """The error of a resume whose allowed config changes altered what the train state holds."""
   changed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
-                      if not workdir_lib.safe_to_change(k))
+                      if not workdir_lib.safe_to_change(k) and k not in workdir_lib.EXTENDABLE)
+  if not changed:  # Only changes that leave the train state as it was: not the cause.
+    return e
   return checkpoints.CheckpointError(
       f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
       'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
@@ -204,6 +218,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop, previous_handlers = _install_signal_handlers()
   try:
     return _claim_and_train(config, workdir, stop)
+  except StopNow as e:
+    raise Preempted(str(e)) from None
   finally:
     _restore_signal_handlers(previous_handlers)
 
@@ -311,7 +327,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
     except checkpoints.StructureMismatch as e:
-      raise _cannot_resume_with(changes, workdir, e) if changes else e
+      error = _cannot_resume_with(changes, workdir, e)
+      if error is e:
+        raise
+      raise error from e
     ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
