@@ -96,9 +96,10 @@ def _install_signal_handlers() -> tuple[dict, dict]:
   the first signal says that the run will stop once started, and a second one stops it at once
   (nothing is trained yet, so there is nothing to save)."""
   flag = {'signal': None, 'starting': True}
+  single, first_process = jax.process_count() == 1, jax.process_index() == 0  # Not in the handler.
 
   def say(message: str) -> None:  # A raw write: the signal may land inside another stderr write.
-    if jax.process_index() == 0:
+    if first_process:
       os.write(2, f'\n{message}\n'.encode())
 
   def handler(signum, _):
@@ -106,9 +107,9 @@ def _install_signal_handlers() -> tuple[dict, dict]:
     flag['signal'] = name
     if not flag['starting']:
       return
-    if first or jax.process_count() > 1:  # Several processes stop together, at the check.
+    if first or not single:  # Several processes stop together, at the check.
       say(f'Received {name} while starting: the run stops before its first step'
-          + (' (send it again to stop at once).' if jax.process_count() == 1 else '.'))
+          + (' (send it again to stop at once).' if single else '.'))
       return
     say(f'Received {name} again while starting: stopped; nothing trained, nothing to save.')
     raise StopNow(f'{name} while starting')
