@@ -71,7 +71,8 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
   flags.DEFINE_string('checkpoint', 'best',
-                      "'best', 'latest', or a path to a checkpoint step folder.")
+                      "'best', 'latest', a step number the run kept, or a path to a checkpoint "
+                      'step folder.')
   flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
                     'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The '
                     'softmax is averaged over the views.')
@@ -253,6 +254,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
+  if isinstance(which, int) or str(which).isdigit():  # A step number, as load_model takes.
+    folder = checkpoints.step_folder(workdir, int(which))
+    if not folder.is_dir():
+      raise checkpoints.CheckpointError(f'--checkpoint {which}: {workdir} kept no step '
+                                        f'{int(which)} (in checkpoints/latest or checkpoints/best)')
+    which = str(folder)
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate, parallel
+from jax_cifar import checkpoints, config_validation, evaluate, parallel
 from jax_cifar.evaluation import submission
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.training import trainer
@@ -261,6 +261,23 @@ def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refu
   c.train.eval_batch_size = 32
   c.model.remat = c.model.scan_blocks = True
   inference.check_matches_run(c, str(workdir))
+  # Another validation split would put training images into val_* (an audit: it was accepted).
+  for key, value in (('val_fraction', c.data.val_fraction / 2), ('split_seed', c.data.split_seed + 1)):
+    other = _config()
+    other.data[key] = value
+    with pytest.raises(config_validation.ConfigError, match=rf'validation split: data\.{key} '):
+      inference.check_matches_run(other, str(workdir))
+  c.data.val_fraction = 0.0  # No validation numbers: test and OOD only (robustness_table.py).
+  inference.check_matches_run(c, str(workdir))
+
+
+def test_checkpoint_takes_a_step_number_as_load_model_does(run):
+  workdir = run / 'run'
+  step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
+  by_number = evaluate.evaluate(_config(), str(workdir), str(step))
+  assert by_number['step'] == step and by_number['checkpoint'].endswith(f'latest/{step}')
+  with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
+    evaluate.evaluate(_config(), str(workdir), '999')
 
 
 @pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated',

@@ -158,6 +158,11 @@ def test_a_mismatch_with_only_safe_changes_is_not_blamed_on_them(tmp_path):
   both = {'train.max_steps': (3, 6), 'ema.decay': (0.0, 0.9)}
   message = str(trainer._cannot_resume_with(both, tmp_path, e))  # pylint: disable=protected-access
   assert '(ema.decay 0.0 -> 0.9)' in message and 'trees differ' in message, message
+  assert f'model.init_from={tmp_path}' in message
+  # Another model cannot start from this run's weights either (init_from refuses it): not offered.
+  width = {'model.width': (8, 16)}
+  message = str(trainer._cannot_resume_with(width, tmp_path, e))  # pylint: disable=protected-access
+  assert 'init_from' not in message and 'a different model starts a new run' in message, message
 
 
 def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_back(run, monkeypatch):

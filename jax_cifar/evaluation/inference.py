@@ -156,6 +156,9 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
 # Keys of a run's config that change what a checkpoint predicts (or whether it restores at all).
 PREDICTION_KEYS = ('model.', 'augment.crop_mode')
 NOT_PREDICTION_KEYS = ('model.pretrained', 'model.init_from', 'model.remat', 'model.scan_blocks')
+# ... and the keys that decide which training images were held out as validation (val_* numbers of
+# another split would be measured partly on images the run trained on); val_fraction 0 is allowed.
+SPLIT_KEYS = ('data.val_fraction', 'data.split_seed', 'data.synthetic_size')
 
 
 def check_matches_run(config, run_dir: str) -> None:
@@ -165,12 +168,15 @@ def check_matches_run(config, run_dir: str) -> None:
   if run is None:
     return  # No config.json (e.g. a copied checkpoint folder): the given config is all there is.
   changes = workdir_lib.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
+  validates = config.data.val_fraction > 0  # 0: no val_* numbers at all (test and OOD only).
   differ = [f'{k} {old!r} (run) vs {new!r} (--config)' for k, (old, new) in changes.items()
-            if k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS)]
+            if (k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS))
+            or (k in SPLIT_KEYS and validates)]
   if differ:
     raise config_validation.ConfigError(
         f'--config differs from the run\'s {run_dir}/{workdir_lib.CONFIG_FILE} in keys that change '
-        f'its predictions: {"; ".join(differ)}. Omit --config to use the run\'s own config')
+        f'its predictions or its validation split: {"; ".join(differ)}. Omit --config to use the '
+        'run\'s own config')
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,

@@ -106,6 +106,9 @@ def _install_signal_handlers() -> tuple[dict, dict]:
     name, first = signal.Signals(signum).name, flag['signal'] is None
     flag['signal'] = name
     if not flag['starting']:
+      if first:  # Said at once: the current step (the first one compiles, up to a minute) ends first.
+        say(f'Received {name}: the run saves and stops after '
+            + ('this step.' if single else 'the next log step.'))
       return
     if first or not single:  # Several processes stop together, at the check.
       say(f'Received {name} while starting: the run stops before its first step'
@@ -191,11 +194,14 @@ def _cannot_resume_with(changes: dict, workdir: pathlib.Path,
                       if not workdir_lib.safe_to_change(k) and k not in workdir_lib.EXTENDABLE)
   if not changed:  # Only changes that leave the train state as it was: not the cause.
     return e
+  model = any(k.startswith('model.') for k in changes if not workdir_lib.safe_to_change(k))
+  way_on = ('a different model starts a new run in a fresh --workdir' if model else
+            'start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
+            f'--config.model.init_from={workdir}')
   return checkpoints.CheckpointError(
       f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
       'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
-      'which train.allow_config_change cannot carry over. Undo them, or start a new run from this '
-      f'one\'s weights (a fresh optimizer, step 0): --workdir NEW --config.model.init_from={workdir}. '
+      f'which train.allow_config_change cannot carry over. Undo them, or {way_on}. '
       f'orbax: {e.detail}')
 
 
