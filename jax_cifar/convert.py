@@ -117,6 +117,17 @@ def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.Stat
   return nnx.state(model, nnx.Param, nnx.BatchStat)
 
 
+# Prefixes that wrappers put before torchvision's names: DataParallel / DistributedDataParallel
+# ('module.'), torch.compile ('_orig_mod.'), in any nesting.
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+def _strip_wrappers(key: str) -> str:
+  while key.startswith(_WRAPPER_PREFIXES):
+    key = key.split('.', 1)[1]
+  return key
+
+
 def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   """Converts a torchvision ResNet-family state_dict to `nnx.to_pure_dict(nnx.state(model))`'s form.
 
@@ -127,14 +138,22 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
     raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
   sd: dict[str, Any] = {}
   for key, value in state_dict.items():
-    name = key[len('module.'):] if key.startswith('module.') else key
+    name = _strip_wrappers(key)
     if name.endswith(_IGNORED_SUFFIXES):
       continue
     if name in sd:
-      raise ConversionError(f'duplicate key after stripping "module.": {name}')
+      raise ConversionError(f'duplicate key after stripping {"/".join(_WRAPPER_PREFIXES)}: {name}')
     sd[name] = value
+  if len({k.split('.', 1)[0] for k in sd}) == 1 and next(iter(sd)).startswith('model.'):
+    sd = {k[len('model.'):]: v for k, v in sd.items()}  # A LightningModule's self.model.
   if 'fc.weight' not in sd:
-    raise ConversionError('missing keys: fc.weight (needed to know the number of classes)')
+    sample = ', '.join(sorted(sd)[:3])
+    other = ('' if 'conv1.weight' in sd else
+             f'; none of a ResNet\'s keys (conv1.weight, layer1.0...) either, so it looks like '
+             f'another architecture: its keys start {sample}')
+    raise ConversionError('missing keys: fc.weight (needed to know the number of classes: a '
+                          'backbone saved without its head, or a head that is not one Linear '
+                          f'named fc){other}')
   if len(sd['fc.weight'].shape) != 2:
     raise ConversionError(f'mis-shaped keys: fc.weight {tuple(sd["fc.weight"].shape)} (expected '
                           '(num_classes, features))')

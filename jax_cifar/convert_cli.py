@@ -122,7 +122,10 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
   try:
     with warnings.catch_warnings():  # torch's notes on unusual pickles advise filing issues:
       warnings.simplefilter('ignore', UserWarning)  # what matters is said below, or nothing.
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      # argparse.Namespace: the 'args' that torchvision's and timm's training scripts save beside
+      # the weights (a plain attribute holder; its values still go through weights_only's checks).
+      with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # any unreadable or unsafe content
     raise NotAStateDict(path, _why_unreadable(e)) from None  # torch's advice is not repeated
   return _unwrap(obj, path)

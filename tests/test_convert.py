@@ -247,6 +247,27 @@ def test_module_prefix_fp16_and_num_batches_tracked_are_accepted():
                torch_to_flax(sd, 'resnet18'))
 
 
+def test_compile_and_nested_wrapper_prefixes_and_a_lightning_model_attribute_are_accepted():
+  """torch.compile's '_orig_mod.', DDP around it, and a LightningModule's 'model.' had all been
+  reported as only "missing keys: fc.weight" (an audit)."""
+  sd = _small_state_dict()
+  ref = torch_to_flax(sd, 'resnet18')
+  for prefix in ('_orig_mod.', 'module._orig_mod.', 'module.module.', 'model.'):
+    ours = torch_to_flax({prefix + k: v for k, v in sd.items()}, 'resnet18')
+    jax.tree.map(np.testing.assert_array_equal, ours, ref)
+
+
+def test_another_architecture_or_a_headless_backbone_is_named_as_such():
+  mobilenet = torchvision.models.mobilenet_v3_small().state_dict()
+  with pytest.raises(ValueError, match=r'looks like another architecture: its keys start '
+                                       r'classifier\.0\.bias'):
+    torch_to_flax(mobilenet, 'resnet18')
+  headless = {k: v for k, v in _small_state_dict().items() if not k.startswith('fc.')}
+  with pytest.raises(ValueError, match=r'missing keys: fc\.weight \(.*a backbone saved without its '
+                                       r'head.*\)$'):
+    torch_to_flax(headless, 'resnet18')
+
+
 def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_head(tmp_path):
   pure = torch_to_flax(_small_state_dict(), 'resnet18')
   path = str(tmp_path / 'r18')

@@ -2,6 +2,7 @@
 unsafely; --overwrite replaces only a previous converter output; a killed run leaves no partial
 output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
 
+import argparse
 import os
 import pickle
 import signal
@@ -114,7 +115,11 @@ def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
   sd = _resnet18_state_dict(0)
   for i, wrapped in enumerate(({'state_dict': sd, 'epoch': 3}, {'model': sd},
                                {'epoch': 3, 'model_state_dict': sd, 'optimizer_state_dict': {},
-                                'loss': 1.0})):  # PyTorch's tutorial checkpoint.
+                                'loss': 1.0},  # PyTorch's tutorial checkpoint.
+                               # torchvision's references/classification/train.py (and timm's)
+                               # save their argparse arguments beside the weights: refused before.
+                               {'model': sd, 'args': argparse.Namespace(lr=0.1, arch='resnet18'),
+                                'epoch': 3})):
     path = tmp_path / f'w{i}.pth'
     torch.save(wrapped, path)
     out = tmp_path / f'out{i}'
