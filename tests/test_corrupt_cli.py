@@ -319,6 +319,16 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
   got = np.load(out / ood.distortion_file(ood.CORRUPTIONS.index('brightness')))
   np.testing.assert_array_equal(got[:6], expected)  # Brightness draws no random numbers.
   assert _manifest(out)['split'] == 'val'
+  # Into the same folder with another split or hold-out: named (all had blamed --data_dir alone).
+  for args, said in ((['--split', 'test'], "--split: 'val' there, 'test' asked"),
+                     (['--split', 'val', '--split_seed', '3'],
+                      'the source images and labels (--data_dir, --split, --val_fraction, '
+                      '--split_seed): differ')):
+    capsys.readouterr()
+    assert corrupt_cli.main(['--data_dir', str(cifar_dir), '--out', str(out), *args, '--limit', '6',
+                             '--corruptions', 'brightness']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and f'holds a set built with other options ({said})' in err, err
   for args, message in (
       (['--split', 'val', '--val_fraction', '0'], '--val_fraction must be in (0, 1) with --split '
        'val, got 0.0'),

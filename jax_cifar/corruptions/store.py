@@ -34,7 +34,8 @@ from jax_cifar.data.ood import CORRUPTIONS, LABELS_FILE, distortion_file
 MANIFEST = 'corrupt_manifest.json'
 # Options that decide the pixels: files made with different values must never share a folder.
 SET_OPTIONS = {'format': '--format', 'seed': '--seed', 'num_images': '--limit (image count)',
-               'source_sha256': '--data_dir (the source images and labels)',
+               'source_sha256': ('the source images and labels (--data_dir, --split, '
+                                 '--val_fraction, --split_seed)'),
                'frost': '--frost_dir (the frost textures)', 'severities': 'severities',
                'chunk': 'chunk size', 'generator_version': 'generator version'}
 # Test hook, 'EVENT:K:ACTION': at the K-th EVENT (block, part, renamed, recorded), ACTION is KILL,
@@ -232,12 +233,15 @@ class OutputDir:
 
   def _check_same_set(self, manifest: dict[str, Any]) -> None:
     diffs = [k for k in SET_OPTIONS if manifest[k] != self.options[k]]
-    if 'num_images' in diffs:  # Then the source hash differs too; that says nothing more.
-      diffs.remove('source_sha256')
-    if diffs:
-      said = '; '.join(f'{SET_OPTIONS[k]}: ' + ('differ' if k in ('source_sha256', 'frost')
-                                              else f'{manifest[k]!r} there, {self.options[k]!r} asked')
-                       for k in diffs)
+    split = (manifest.get('split', 'test'), self.info.get('split', 'test'))  # Test sets: unnamed.
+    if ('num_images' in diffs or split[0] != split[1]) and 'source_sha256' in diffs:
+      diffs.remove('source_sha256')  # Other images then, of course; that says nothing more.
+    said = [f'--split: {split[0]!r} there, {split[1]!r} asked'] if split[0] != split[1] else []
+    said += [f'{SET_OPTIONS[k]}: ' + ('differ' if k in ('source_sha256', 'frost')
+                                     else f'{manifest[k]!r} there, {self.options[k]!r} asked')
+             for k in diffs]
+    if said:
+      said = '; '.join(said)
       raise OutputError(f'{self.path} holds a set built with other options ({said}); '
                         'use --overwrite to replace it, or a fresh --out folder')
 
