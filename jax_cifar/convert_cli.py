@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.save_converted(variables, args.arch, args.output, source=source,
                            overwrite=args.overwrite)
     log.info('wrote %s (%.1fs)', args.output, time.time() - t)
+  except KeyboardInterrupt:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
+    print(f'error: stopped by SIGINT; {args.output} holds no partial conversion', file=sys.stderr)
+    return 130
   except Exception as e:  # pylint: disable=broad-except
     message = errors.user_message(e)
     if message is None:

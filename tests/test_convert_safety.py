@@ -295,6 +295,23 @@ def _convert_in_subprocess(sd_file, out, kill_at: str | None) -> subprocess.Comp
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_conversion_is_one_line(script, tmp_path, capsys, monkeypatch):
+  """A KeyboardInterrupt had printed a 40-line traceback (an audit)."""
+  path = tmp_path / 'r18.pth'
+  torch.save(_resnet18_state_dict(0), path)
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(convert, 'torch_to_flax', interrupted)
+  out = tmp_path / 'out'
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                       '--output', str(out)])
+  assert rc == 130 and err.strip().splitlines()[-1] == (
+      f'error: stopped by SIGINT; {out} holds no partial conversion'), err
+  assert 'Traceback' not in err and not out.exists()
+
+
 def test_killed_converter_leaves_no_output_or_the_previous_complete_one(tmp_path):
   inputs, work = tmp_path / 'in', tmp_path / 'work'
   inputs.mkdir()
