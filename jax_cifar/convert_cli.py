@@ -119,6 +119,15 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
   if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
     raise NotAStateDict(path, 'it is not a complete file written by torch.save (a truncated zip '
                         'archive)')
+  if head.startswith(_ZIP_MAGIC):  # torch.load does not check the CRCs: damaged bytes converted.
+    try:
+      with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+      raise NotAStateDict(path, f'it is a damaged zip archive ({e})') from None
+    if damaged:
+      raise NotAStateDict(path, f'its member {damaged} fails its CRC check (damaged bytes: copy '
+                          'or download the file again)')
   try:
     with warnings.catch_warnings():  # torch's notes on unusual pickles advise filing issues:
       warnings.simplefilter('ignore', UserWarning)  # what matters is said below, or nothing.

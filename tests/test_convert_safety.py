@@ -295,6 +295,24 @@ def _convert_in_subprocess(sd_file, out, kill_at: str | None) -> subprocess.Comp
 
 
 @pytest.mark.slow
+def test_a_pth_with_damaged_bytes_is_refused_by_its_crc(script, tmp_path, capsys):
+  """torch.load does not check the zip's CRCs: a flipped bit in a tensor converted silently into
+  wrong weights (an audit)."""
+  path = tmp_path / 'r18.pth'
+  torch.save(_resnet18_state_dict(0), path)
+  with zipfile.ZipFile(path) as archive:
+    info = max(archive.infolist(), key=lambda i: i.file_size)  # The largest tensor's bytes.
+  data = bytearray(path.read_bytes())
+  at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 1000
+  data[at] ^= 0x10
+  path.write_bytes(bytes(data))
+  out = tmp_path / 'out'
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                       '--output', str(out)])
+  assert rc == 1 and f'its member {info.filename} fails its CRC check' in err, err
+  assert not out.exists()
+
+
 def test_ctrl_c_during_conversion_is_one_line(script, tmp_path, capsys, monkeypatch):
   """A KeyboardInterrupt had printed a 40-line traceback (an audit)."""
   path = tmp_path / 'r18.pth'

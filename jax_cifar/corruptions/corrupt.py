@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -332,11 +333,12 @@ def build(out: str | os.PathLike, images: np.ndarray, labels: np.ndarray, fmt: s
         file = store.file_name(fmt, name)
         if folder.complete(file):
           bar.update(SEVERITIES * n)
-          print(f'{file}: already complete, kept', flush=True)
+          bar.write(f'{file}: already complete, kept', file=sys.stdout)  # Above the bar.
         else:
           store.check_stop()
           folder.write(file, (SEVERITIES * n, 32, 32, 3), np.uint8,
                        _blocks(images, name, seed, chunk, frost_textures, bar), corruption=name)
-          print(f'{file}: written ({"%d of %d" % folder.progress()} files complete)', flush=True)
+          bar.write(f'{file}: written ({"%d of %d" % folder.progress()} files complete)',
+                    file=sys.stdout)
         paths.append(folder.path / file)
   return paths + [folder.path / LABELS_FILE]
