@@ -37,13 +37,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   """
   if weights not in checkpoints.READ_WEIGHTS:
     raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
-  if isinstance(checkpoint, (int, np.integer)) and not isinstance(checkpoint, bool) or (
-      isinstance(checkpoint, str) and checkpoint.isdigit()):  # A step number.
-    folder = checkpoints.step_folder(run_dir, int(checkpoint))
-    if not folder.is_dir():
-      raise ValueError(f'checkpoint {checkpoint}: {run_dir} kept no step {int(checkpoint)} '
-                       '(in checkpoints/latest or checkpoints/best)')
-    checkpoint = str(folder)
+  checkpoint = checkpoints.kept_step_folder(run_dir, checkpoint, ValueError) or checkpoint
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
     why = ' (no such folder)' if isinstance(checkpoint, (str, pathlib.Path)) else ''

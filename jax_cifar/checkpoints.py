@@ -330,6 +330,20 @@ def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
   return next((f for f in folders if f.is_dir()), folders[0])
 
 
+def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
+                     error: type[Exception] = CheckpointError) -> str | None:
+  """The folder of the step `checkpoint` names (an int, a numpy int or a digit string), None when
+  it names no step ('best', 'latest', a path); `error` when the run kept no such step."""
+  if isinstance(checkpoint, bool) or not (isinstance(checkpoint, (int, np.integer)) or (
+      isinstance(checkpoint, str) and checkpoint.isdigit())):
+    return None
+  folder = step_folder(workdir, int(checkpoint))
+  if not folder.is_dir():
+    raise error(f'checkpoint {checkpoint}: {workdir} kept no step {int(checkpoint)} (in '
+                'checkpoints/latest or checkpoints/best)')
+  return str(folder)
+
+
 def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
   into the structure of `target`, with the same damage and mismatch checks as a run's steps."""

@@ -254,12 +254,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
-  if isinstance(which, int) or str(which).isdigit():  # A step number, as load_model takes.
-    folder = checkpoints.step_folder(workdir, int(which))
-    if not folder.is_dir():
-      raise checkpoints.CheckpointError(f'--checkpoint {which}: {workdir} kept no step '
-                                        f'{int(which)} (in checkpoints/latest or checkpoints/best)')
-    which = str(folder)
+  which = checkpoints.kept_step_folder(workdir, which) or which  # A step number, as load_model.
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
