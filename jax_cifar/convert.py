@@ -16,6 +16,7 @@ import os
 import sys
 import re
 import shutil
+import tempfile
 import signal
 import uuid
 from typing import Any, Iterator, Mapping
@@ -46,6 +47,10 @@ def naming(key: str) -> Iterator[None]:
 
 class OutputExistsError(errors.UserError, FileExistsError):
   """--output holds something the converter must not replace."""
+
+
+class OutputPathError(errors.UserError, OSError):
+  """--output's folder is a file or takes no files (found before converting)."""
 
 ARCHS = tuple(_RESNET_ARCHS)
 _LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
@@ -212,6 +217,7 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
   """Raises FileExistsError unless `path` is free, or `overwrite` and it holds only a previous
   converter output (or nothing): replacing must never delete files the converter did not write."""
   if not os.path.lexists(path):
+    _check_parent(path)
     return
   if not overwrite:
     raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
@@ -226,6 +232,20 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
   if entries and not _is_converted(path):
     raise OutputExistsError(f'{path} is not a converted checkpoint (its {_METADATA_FILE} is not '
                           f'{_FORMAT!r}); refusing to replace it')
+
+
+def _check_parent(path: str) -> None:
+  """Fails before any converting unless `path`'s folder exists or can be made, and takes files
+  (tried with a probe folder, which also answers for root on a read-only mount)."""
+  parent = os.path.dirname(path)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise OutputPathError(f'{path}: {parent} is a file, not a folder')
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=parent, prefix='.convert-probe-'))
+  except OSError as e:
+    raise OutputPathError(f'{path}: cannot create files in {parent} ({e.strerror})') from None
 
 
 def _kill_point(name: str) -> None:

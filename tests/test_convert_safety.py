@@ -4,6 +4,7 @@ output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)
 
 import argparse
 import os
+import pathlib
 import pickle
 import signal
 import subprocess
@@ -281,6 +282,24 @@ def test_script_overwrite_refuses_a_folder_of_other_files_before_loading(script,
                                        '--overwrite'])
   assert rc == 1 and 'notes.txt' in err and len(err.strip().splitlines()) == 1, err
   assert (tmp_path / 'notes' / 'notes.txt').read_text() == 'my thesis'
+
+
+@pytest.mark.parametrize('where', ['under_a_file', 'deeper_under_a_file', 'uncreatable'])
+def test_script_refuses_an_output_it_cannot_create_before_loading(script, tmp_path, capsys, where):
+  """An output under a file had failed with 'File exists' after loading and converting, an
+  unwritable folder only at the write (an audit); the absent --state_dict shows the order."""
+  (tmp_path / 'notes.txt').write_text('my thesis')
+  out = {'under_a_file': tmp_path / 'notes.txt' / 'r18',
+         'deeper_under_a_file': tmp_path / 'notes.txt' / 'a' / 'r18',
+         'uncreatable': pathlib.Path('/proc/jax-cifar-no-such-folder/r18')}[where]
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict',
+                                       str(tmp_path / 'absent.pth'), '--output', str(out)])
+  assert rc == 1 and len(err.strip().splitlines()) == 1, err
+  needle = ('cannot create files in /proc' if where == 'uncreatable'
+            else f'{tmp_path / "notes.txt"} is a file, not a folder')
+  assert needle in err and 'absent.pth' not in err, err
+  assert (tmp_path / 'notes.txt').read_text() == 'my thesis'
+  assert sorted(os.listdir(tmp_path)) == ['notes.txt']
 
 
 # ------------------------------------------------------------------ killed mid-write
