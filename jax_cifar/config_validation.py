@@ -98,6 +98,12 @@ def validate(config, *, launch: bool = True) -> None:
   if given['model.width'] < models.smallest_width(given['model.name']):
     raise ConfigError(f"config key 'model.width' must be >= {models.smallest_width(given['model.name'])} "
                       f"for {given['model.name']}, got {given['model.width']}")
+  ignored = [k for k in ('model.width', 'model.stem', 'model.remat', 'model.scan_blocks')
+             if given[k] != defaults[k]] if launch and given['model.name'] == 'simple_cnn' else []
+  if ignored:  # SimpleCNN is the course's fixed 32/64-channel net; these had been ignored silently.
+    raise ConfigError(f'config key {ignored[0]!r} does not apply to simple_cnn (the course\'s '
+                      'fixed two-conv-block CNN); it applies to the ResNets: leave it at its '
+                      f'default {defaults[ignored[0]]!r}')
   if given['model.name'] == 'simple_cnn' and given['model.image_size'] % 32:
     raise ConfigError("config key 'model.image_size' must be a multiple of 32 for simple_cnn "
                       f"(its head sees an 8x8 grid), got {given['model.image_size']}")
@@ -119,6 +125,9 @@ def validate(config, *, launch: bool = True) -> None:
                       'momentum 0 it would silently be plain SGD')
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
+  if launch and given['ema.warmup_power'] > 0 and given['ema.decay'] == 0:
+    raise ConfigError("config key 'ema.warmup_power' warms up an EMA, and there is none: set "
+                      'ema.decay (e.g. 0.999) too')  # Had been ignored silently.
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:
     raise ConfigError("checkpoint.best_weights='ema' needs an EMA: set ema.decay (e.g. 0.999)")
   if given['augment.augmix_depth'] == 0:

@@ -82,8 +82,11 @@ def recipe_config(spec: str, image_size: int):
     if name not in RESNETS + ('simple_cnn',):
       raise ValueError(f'unknown model spec {spec!r}: a configs/ name or one of {RESNETS}')
     config.model.name = name
-    config.model.stem = rest[0] if rest else ('cifar' if image_size <= 64 else 'imagenet')
-    config.model.width = int(rest[1]) if len(rest) > 1 else 64
+    if name == 'simple_cnn' and rest:
+      raise ValueError(f'{spec}: simple_cnn takes no stem/width (it is the course\'s fixed CNN)')
+    if name != 'simple_cnn':
+      config.model.stem = rest[0] if rest else ('cifar' if image_size <= 64 else 'imagenet')
+      config.model.width = int(rest[1]) if len(rest) > 1 else 64
     config.model.normalize = 'cifar' if config.model.stem == 'cifar' else 'imagenet'
     # The recipe being replaced: AdamW + global-norm clipping + label smoothing, crop + flip.
     config.optim.name, config.optim.grad_clip_norm, config.optim.label_smoothing = 'adamw', 1.0, 0.1
@@ -219,7 +222,8 @@ def find_batch_size(spec: str, dtype: str, size: int, args) -> dict:
   search = {'start': args.find_start, 'quantum': args.batch_quantum}
   plans = [batch_fit.plan(measure, recipe, remat=False, hi=args.find_max, **search)]
   plain = plans[0]
-  if args.remat == 'on' or (args.remat == 'auto' and plain['grad_accum_steps'] != 1):
+  has_blocks = recipe_config(spec, size).model.name != 'simple_cnn'  # remat is per residual block
+  if has_blocks and (args.remat == 'on' or (args.remat == 'auto' and plain['grad_accum_steps'] != 1)):
     # Remat needs less memory per example, so its search starts where the plain one stopped and
     # only goes as far as the recipe's batch (no accumulation needed).
     search['start'] = max(plain['largest_micro_batch'] or 1, 1)

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # steps. No warmup, so the cosine schedule depends on the run's length from the first step.
 TINY = {
     'data.source': 'synthetic', 'data.synthetic_size': 320, 'data.val_fraction': 0.2,
-    'model.name': 'simple_cnn', 'model.width': 4,  # Compiles in seconds, unlike a ResNet.
+    'model.name': 'simple_cnn',  # Compiles in seconds, unlike a ResNet.
     'train.batch_size': 32, 'train.eval_batch_size': 64, 'train.num_epochs': 2.0,
     'optim.warmup_epochs': 0.0, 'train.log_every_steps': 1, 'checkpoint.every_steps': 2,
 }
