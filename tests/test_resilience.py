@@ -15,7 +15,7 @@ import pytest
 
 from jax_cifar.configs import default
 from jax_cifar import checkpoints, config_validation, interrupt, optim, parallel, tracking
-from jax_cifar.training import trainer
+from jax_cifar.training import stopping, trainer
 from jax_cifar import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -163,30 +163,30 @@ def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tm
 def test_while_starting_a_first_signal_is_noted_and_a_second_stops_at_once(tmp_path):
   """The first signal while a run starts (a download, the model's init) waits for the start-up
   to end, so a second one must not wait too (it had set the same flag again)."""
-  stop, previous = trainer._install_signal_handlers()  # pylint: disable=protected-access
+  stop, previous = stopping.install_handlers()
   try:
     os.kill(os.getpid(), signal.SIGINT)
     assert stop['signal'] == 'SIGINT'  # Noted; the run goes on to its start-up check.
-    with pytest.raises(trainer.StopNow, match='SIGTERM while starting'):
+    with pytest.raises(stopping.StopNow, match='SIGTERM while starting'):
       os.kill(os.getpid(), signal.SIGTERM)
       for _ in range(100):  # The handler runs between bytecodes of the main thread.
         pass
     # Not an Exception: a restore's "damaged step" check (except Exception) must let it through,
     # or the intact newest step would be set aside as damaged (a review).
-    assert not issubclass(trainer.StopNow, Exception)
+    assert not issubclass(stopping.StopNow, Exception)
     def stopped():
-      raise trainer.StopNow('SIGINT while starting')
+      raise stopping.StopNow('SIGINT while starting')
     step_dir = tmp_path / 'step'
     for name in checkpoints._REQUIRED_FILES:  # pylint: disable=protected-access
       (step_dir / name).parent.mkdir(parents=True, exist_ok=True)
       (step_dir / name).write_text('')
-    with pytest.raises(trainer.StopNow):
+    with pytest.raises(stopping.StopNow):
       checkpoints._restore_step(step_dir, stopped)  # pylint: disable=protected-access
     stop['starting'] = False  # Once training: every signal only sets the flag.
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop['signal'] == 'SIGTERM'
   finally:
-    trainer._restore_signal_handlers(previous)  # pylint: disable=protected-access
+    stopping.restore_handlers(previous)
   assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]
 
 

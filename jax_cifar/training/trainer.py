@@ -4,9 +4,7 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
-import signal
 import time
 
 import jax
@@ -22,24 +20,13 @@ from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
 from jax_cifar.state import TrainState
+from jax_cifar.training import stopping
+# Raised and exited with by the loop, public here (jax_cifar.Preempted, train.py's exit status).
+from jax_cifar.training.stopping import PREEMPTED_EXIT_CODE, Preempted, StopNow  # pylint: disable=unused-import
 from jax_cifar.training.train_step import train_step
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
-
 
 class NonFiniteLossError(errors.UserError, RuntimeError):
   """A non-finite loss or update with train.on_nonfinite='stop' (the step is named)."""
-
-
-class Preempted(Exception):
-  """SIGTERM or SIGINT (a notebook's interrupt, Ctrl-C) stopped training after saving the step it
-  names in the log; train_and_evaluate again with the same workdir resumes from it."""
-
-
-class StopNow(BaseException):
-  """A second signal while a run starts, raised by the handler wherever the main thread is: not an
-  Exception, so no `except Exception` on the way (a restore's damaged-step check, a data loader's
-  corrupt-file check) mistakes it for a failure; train_and_evaluate turns it into Preempted."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,52 +75,6 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def _install_signal_handlers() -> tuple[dict, dict]:
-  """(flag, the handlers it replaced): SIGTERM/SIGINT set the flag, which the loop reads at each
-  step; `_restore_signal_handlers` puts the process's own back (a notebook's Ctrl-C).
-
-  While the run starts (`flag['starting']`: data, possibly a download, the model, the restore),
-  the first signal says that the run will stop once started, and a second one stops it at once
-  (nothing is trained yet, so there is nothing to save)."""
-  flag = {'signal': None, 'starting': True}
-  single, first_process = jax.process_count() == 1, jax.process_index() == 0  # Not in the handler.
-
-  def say(message: str) -> None:  # A raw write: the signal may land inside another stderr write.
-    if first_process:
-      os.write(2, f'\n{message}\n'.encode())
-
-  def handler(signum, _):
-    name, first = signal.Signals(signum).name, flag['signal'] is None
-    flag['signal'] = name
-    if not flag['starting']:
-      if first:  # Said at once: the current step (the first one compiles, up to a minute) ends first.
-        say(f'Received {name}: the run saves and stops after '
-            + ('this step.' if single else 'the next log step.'))
-      return
-    if first or not single:  # Several processes stop together, at the check.
-      say(f'Received {name} while starting: the run stops before its first step'
-          + (' (send it again to stop at once).' if single else '.'))
-      return
-    say(f'Received {name} again while starting: stopped; nothing trained, nothing to save.')
-    raise StopNow(f'{name} while starting')
-
-  return flag, {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore_signal_handlers(previous: dict) -> None:
-  for sig, handler in previous.items():
-    if handler is not None:  # None: installed outside Python, cannot be put back from it.
-      signal.signal(sig, handler)
-
-
-def _stop_requested(stop: dict, step: int, log_every: int) -> bool:
-  """Whether to stop after `step`. Saving is collective, so with several processes they agree
-  (at log steps, one tiny all-gather) and all stop after the same step."""
-  if jax.process_count() == 1:
-    return stop['signal'] is not None
-  return step % log_every == 0 and parallel.any_process(stop['signal'] is not None)
-
-
 def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
   """Creates and locks the workdir (process 0; all processes agree on failure); refuses to start
   over in a workdir that already holds a run."""
@@ -222,13 +163,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = pathlib.Path(workdir)
   # From here SIGTERM/SIGINT only set a flag: read before anything is written (a stop while
   # starting), then at every step (save and stop). The process's own handlers come back at the end.
-  stop, previous_handlers = _install_signal_handlers()
+  stop, previous_handlers = stopping.install_handlers()
   try:
     return _claim_and_train(config, workdir, stop)
   except StopNow as e:
     raise Preempted(str(e)) from None
   finally:
-    _restore_signal_handlers(previous_handlers)
+    stopping.restore_handlers(previous_handlers)
 
 
 def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
@@ -287,15 +228,6 @@ def _random_backbone_note(config, resume_step: int) -> str | None:
           'give --config.model.pretrained.')
 
 
-def _stop_while_starting(stop: dict, resuming: bool) -> None:
-  """Raises Preempted if a signal arrived while the run was starting (data, model, restore):
-  nothing is trained or written yet, so nothing is saved. Collective with several processes."""
-  if parallel.any_process(stop['signal'] is not None):
-    tracking.say(f"Received {stop['signal'] or 'a signal on another process'} while starting: "
-                 f"nothing trained, nothing to save; relaunch to {'resume' if resuming else 'start'}.")
-    raise Preempted(stop['signal'] or 'a signal on another process')
-
-
 def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   mesh = parallel.make_mesh()
@@ -342,7 +274,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
   interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
-  _stop_while_starting(stop, resuming=bool(resume_step))
+  stopping.check_while_starting(stop, resuming=bool(resume_step))
   stop['starting'] = False  # From here a signal is read after each step, which saves and stops.
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
@@ -412,7 +344,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
       # At the last step the run is complete (validated and saved): it ends as finished, status
       # 0, whatever arrived (it had saved again and exited 75, "relaunch to resume": an audit).
-      if step < last_step and _stop_requested(stop, step, config.train.log_every_steps):
+      if step < last_step and stopping.requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
     _check_finite(current(), config, warn=False)

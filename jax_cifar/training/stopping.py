@@ -1,0 +1,78 @@
+"""How a training run stops on SIGTERM/SIGINT: the handlers set a flag that the loop reads after
+each step (save, then `Preempted`); while the run starts, a first signal stops it before its first
+step and a second one at once (`StopNow`). Several processes agree before they stop."""
+
+import os
+import signal
+
+import jax
+
+from jax_cifar import parallel, tracking
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT (a notebook's interrupt, Ctrl-C) stopped training after saving the step it
+  names in the log; train_and_evaluate again with the same workdir resumes from it."""
+
+
+class StopNow(BaseException):
+  """A second signal while a run starts, raised by the handler wherever the main thread is: not an
+  Exception, so no `except Exception` on the way (a restore's damaged-step check, a data loader's
+  corrupt-file check) mistakes it for a failure; train_and_evaluate turns it into Preempted."""
+
+
+def install_handlers() -> tuple[dict, dict]:
+  """(flag, the handlers it replaced): SIGTERM/SIGINT set the flag, which the loop reads at each
+  step; `restore_handlers` puts the process's own back (a notebook's Ctrl-C).
+
+  While the run starts (`flag['starting']`: data, possibly a download, the model, the restore),
+  the first signal says that the run will stop once started, and a second one stops it at once
+  (nothing is trained yet, so there is nothing to save)."""
+  flag = {'signal': None, 'starting': True}
+  single, first_process = jax.process_count() == 1, jax.process_index() == 0  # Not in the handler.
+
+  def say(message: str) -> None:  # A raw write: the signal may land inside another stderr write.
+    if first_process:
+      os.write(2, f'\n{message}\n'.encode())
+
+  def handler(signum, _):
+    name, first = signal.Signals(signum).name, flag['signal'] is None
+    flag['signal'] = name
+    if not flag['starting']:
+      if first:  # Said at once: the current step (the first one compiles, up to a minute) ends first.
+        say(f'Received {name}: the run saves and stops after '
+            + ('this step.' if single else 'the next log step.'))
+      return
+    if first or not single:  # Several processes stop together, at the check.
+      say(f'Received {name} while starting: the run stops before its first step'
+          + (' (send it again to stop at once).' if single else '.'))
+      return
+    say(f'Received {name} again while starting: stopped; nothing trained, nothing to save.')
+    raise StopNow(f'{name} while starting')
+
+  return flag, {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_handlers(previous: dict) -> None:
+  for sig, handler in previous.items():
+    if handler is not None:  # None: installed outside Python, cannot be put back from it.
+      signal.signal(sig, handler)
+
+
+def requested(stop: dict, step: int, log_every: int) -> bool:
+  """Whether to stop after `step`. Saving is collective, so with several processes they agree
+  (at log steps, one tiny all-gather) and all stop after the same step."""
+  if jax.process_count() == 1:
+    return stop['signal'] is not None
+  return step % log_every == 0 and parallel.any_process(stop['signal'] is not None)
+
+
+def check_while_starting(stop: dict, resuming: bool) -> None:
+  """Raises Preempted if a signal arrived while the run was starting (data, model, restore):
+  nothing is trained or written yet, so nothing is saved. Collective with several processes."""
+  if parallel.any_process(stop['signal'] is not None):
+    tracking.say(f"Received {stop['signal'] or 'a signal on another process'} while starting: "
+                 f"nothing trained, nothing to save; relaunch to {'resume' if resuming else 'start'}.")
+    raise Preempted(stop['signal'] or 'a signal on another process')
