@@ -222,15 +222,29 @@ def _write_config(workdir: pathlib.Path, text: str) -> None:
   tmp.replace(workdir / CONFIG_FILE)
 
 
-def restore_config(workdir: pathlib.Path, previous: str | None, start_step: int) -> bool:
-  """After a launch failed: if it saved no checkpoint (latest or best) past `start_step`,
-  config.json goes back to `previous`, the config of every step that is saved (a resumed launch
-  that failed before its first save had made its own config the run's, and relaunching the run
-  as it was then counted as a change). launches.jsonl keeps the failed launch's row. Returns
-  whether config.json changed."""
-  saved = [int(p.name) for kind in ('latest', 'best') if (workdir / 'checkpoints' / kind).is_dir()
-           for p in (workdir / 'checkpoints' / kind).iterdir() if p.name.isdigit()]
-  if previous is None or max(saved, default=0) > start_step:
+def saved_steps(workdir: pathlib.Path) -> set[tuple[str, str, int, int]]:
+  """The step folders of checkpoints/latest and best, each as (kind, step, inode, mtime): a step
+  saved again (a `best` of the same number) is a new folder, so it differs."""
+  found = set()
+  for kind in ('latest', 'best'):
+    folder = workdir / 'checkpoints' / kind
+    for p in (folder.iterdir() if folder.is_dir() else ()):
+      if p.name.isdigit():
+        st = p.stat()
+        found.add((kind, p.name, st.st_ino, st.st_mtime_ns))
+  return found
+
+
+def restore_config(workdir: pathlib.Path, previous: str | None,
+                   saved_before: set[tuple[str, str, int, int]]) -> bool:
+  """After a launch failed: if it saved no checkpoint (latest or best) of its own, config.json
+  goes back to `previous`, the config of every step that is saved (a resumed launch that failed
+  before its first save had made its own config the run's, and relaunching the run as it was
+  then counted as a change). `saved_before` is `saved_steps` at the launch's start: a `best`
+  step newer than the resumed `latest` belongs to an earlier launch (it had kept the failed
+  launch's config). launches.jsonl keeps the failed launch's row. Returns whether config.json
+  changed."""
+  if previous is None or saved_steps(workdir) - saved_before:
     return False
   if (workdir / CONFIG_FILE).exists() and (workdir / CONFIG_FILE).read_text() == previous:
     return False

@@ -190,22 +190,36 @@ def test_a_resumed_launch_that_fails_before_its_first_save_gives_config_json_bac
   assert out.returncode == 0, out.stderr[-3000:]
   assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]
   # A launch that did save keeps its own config: config.json is that of the saved steps.
-  assert workdir_lib.restore_config(run, kept.replace('0.001', '0.5'), FIRST_STEPS) is False
+  assert workdir_lib.restore_config(run, kept.replace('0.001', '0.5'), set()) is False
 
 
-def test_restore_config_counts_best_steps_and_says_only_what_it_changed(tmp_path):
-  """A failed launch that saved a best step past its start (validation runs more often than
-  latest saves) keeps its config: that step is its own."""
+def test_restore_config_counts_only_the_launchs_own_steps_and_says_what_it_changed(tmp_path):
+  """A failed launch that saved a best step (validation runs more often than latest saves)
+  keeps its config: that step is its own. A best step newer than the resumed latest that was
+  there before the launch is not (it had kept the failed launch's config: an audit), nor is any
+  other step saved before it; a best step saved again under the same number is."""
   (tmp_path / 'checkpoints' / 'latest' / '2').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / 'best' / '5').mkdir(parents=True)  # An earlier launch's.
+  before = workdir_lib.saved_steps(tmp_path)
+  assert {(kind, step) for kind, step, *_ in before} == {('latest', '2'), ('best', '5')}
   (tmp_path / 'config.json').write_text('new')
-  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is True
+  assert workdir_lib.restore_config(tmp_path, 'old', before) is True
   assert (tmp_path / 'config.json').read_text() == 'old'
-  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is False  # Nothing to change.
+  assert workdir_lib.restore_config(tmp_path, 'old', before) is False  # Nothing to change.
   (tmp_path / 'config.json').write_text('new')
-  (tmp_path / 'checkpoints' / 'best' / '5').mkdir(parents=True)
-  assert workdir_lib.restore_config(tmp_path, 'old', start_step=2) is False
+  (tmp_path / 'checkpoints' / 'latest' / '4').mkdir()  # The launch's own.
+  assert workdir_lib.restore_config(tmp_path, 'old', before) is False
   assert (tmp_path / 'config.json').read_text() == 'new'
-  assert workdir_lib.restore_config(tmp_path, None, start_step=9) is False  # Nothing to go back to.
+  (tmp_path / 'checkpoints' / 'latest' / '4').rmdir()
+  # Saved again by the launch: a new folder, written later than the old one. Its inode may be the
+  # old one's, and a save takes longer than the file clock's tick, which this mkdir does not.
+  best5 = tmp_path / 'checkpoints' / 'best' / '5'
+  mtime = best5.stat().st_mtime_ns
+  shutil.rmtree(best5)
+  best5.mkdir()
+  os.utime(best5, ns=(mtime + 10**8, mtime + 10**8))
+  assert workdir_lib.restore_config(tmp_path, 'old', before) is False
+  assert workdir_lib.restore_config(tmp_path, None, set()) is False  # Nothing to go back to.
 
 
 def test_a_fresh_start_over_files_without_a_checkpoint_keeps_them_in_a_previous_folder(run):

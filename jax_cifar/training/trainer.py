@@ -178,7 +178,7 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   _check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = _claim_workdir(config, workdir)
-  launch = {}  # What _train recorded of this launch: the config.json it replaced, its start step.
+  launch = {}  # What _train recorded of this launch: the config.json it replaced, the saved steps.
   try:
     return _train(config, workdir, launch, stop)
   except BaseException:
@@ -187,7 +187,7 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
       logging.info('Removed %s: this launch created it and failed before writing to it.', workdir)
     elif launch:
       try:
-        if workdir_lib.restore_config(workdir, launch['previous'], launch['start_step']):
+        if workdir_lib.restore_config(workdir, launch['previous'], launch['saved_before']):
           logging.warning('This launch saved no checkpoint: %s/%s is the config of the saved '
                           'steps again.', workdir, workdir_lib.CONFIG_FILE)
       except OSError as e:  # The launch's own error (e.g. a full disk) is the one to report.
@@ -282,8 +282,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json)):
       tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
                    f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
-    launch.update(previous=workdir_lib.record_launch(workdir, as_json, start_step, changes),
-                  start_step=start_step)
+    launch.update(saved_before=workdir_lib.saved_steps(workdir),
+                  previous=workdir_lib.record_launch(workdir, as_json, start_step, changes))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
