@@ -96,20 +96,28 @@ def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Pa
   return path
 
 
-def set_aside_previous(workdir: pathlib.Path, config: dict) -> pathlib.Path | None:
-  """`config` as JSON values (what record_launch writes). At a run's step 0, moves the config.json and metrics.jsonl the workdir already holds (of a
-  launch that saved no latest checkpoint, or files of something else) into WORKDIR/previous-TIME/
-  instead of overwriting them; returns that folder (None: nothing to keep, e.g. a relaunch of
-  the same config after a start that failed before logging anything)."""
+def set_aside_previous(workdir: pathlib.Path, config: dict, *,
+                       best: bool = False) -> pathlib.Path | None:
+  """`config` as JSON values (what record_launch writes). At a run's step 0, moves the config.json
+  and metrics.jsonl the workdir already holds (of a launch that saved no latest checkpoint, or
+  files of something else) into WORKDIR/previous-TIME/ instead of overwriting them, and with
+  `best` that launch's checkpoints/best steps into its best/ (a run of another config would have
+  taken them for its own); returns that folder (None: nothing to keep, e.g. a relaunch of the
+  same config after a start that failed before logging anything)."""
   found = [workdir / name for name in (CONFIG_FILE, METRICS_FILE) if (workdir / name).is_file()]
+  best_dir = workdir / 'checkpoints' / 'best'
+  steps = [p for p in best_dir.iterdir() if p.name[:1].isdigit()] if best and best_dir.is_dir() else []
   metrics = workdir / METRICS_FILE
-  if not (metrics.is_file() and metrics.stat().st_size) and all(
+  if not steps and not (metrics.is_file() and metrics.stat().st_size) and all(
       p.name != CONFIG_FILE or _read_json(p) == config for p in found):
     return None
+  found += steps
   folder = unused_path(workdir, f'previous-{datetime.datetime.now():%Y%m%d-%H%M%S}')
   folder.mkdir()
   for path in found:
-    os.replace(path, folder / path.name)
+    target = folder / 'best' / path.name if path.parent == best_dir else folder / path.name
+    target.parent.mkdir(exist_ok=True)
+    os.replace(path, target)
   return folder
 
 

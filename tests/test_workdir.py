@@ -109,7 +109,20 @@ def test_a_changed_config_is_refused_when_the_run_left_a_best_but_no_latest(run)
   kept = snapshot(run, skip=('.lock',))
   line = the_error(train(run, '--config.model.normalize=imagenet', '--config.train.max_steps=1'))
   assert "model.normalize 'cifar' -> 'imagenet'" in line and 'allow_config_change' in line, line
+  assert 'nothing can be resumed' in line and 'from this step on' not in line, line
   assert snapshot(run, skip=('.lock',)) == kept
+  # Following the advice starts over: the earlier launch's best checkpoint, config and metrics
+  # are kept in previous-*/, and the new run's best is its own (it had inherited the old one's
+  # step and accuracy: an audit).
+  old_best = sorted(p.name for p in (run / 'checkpoints' / 'best').iterdir())
+  out = train(run, '--config.model.normalize=imagenet', '--config.train.max_steps=1',
+              '--config.train.allow_config_change=true')
+  assert out.returncode == 0, out.stderr[-3000:]
+  [previous] = run.glob('previous-*')
+  assert sorted(p.name for p in (previous / 'best').iterdir()) == old_best
+  assert {'config.json', 'metrics.jsonl'} <= {p.name for p in previous.iterdir()}
+  assert [p.name for p in (run / 'checkpoints' / 'best').iterdir() if p.name.isdigit()] == ['1']
+  assert f'Done at step 1: best val_accuracy {_logged(run, "val_accuracy")[1]:.4f}' in out.stderr
 
 
 def test_failed_resume_with_another_config_file_keeps_config_json(run):

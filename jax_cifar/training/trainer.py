@@ -110,6 +110,15 @@ def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_p
   if old is None:
     return {}
   changes = workdir_lib.config_changes(old, new)
+  if start_step == 0:  # Nothing is resumed: every change that is not safe starts another run.
+    other = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items() if not workdir_lib.safe_to_change(k)]
+    if other and not config.train.allow_config_change:
+      raise workdir_lib.WorkdirError(
+          f'{workdir} holds a best checkpoint of a launch with another config ({"; ".join(other)}) '
+          'that stopped before its first latest checkpoint, so nothing can be resumed. Start in a '
+          'fresh --workdir, or pass --config.train.allow_config_change=true to start over here '
+          '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder)')
+    return changes
   notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
                                      epoch=start_step / steps_per_epoch)
   for key in notable:
@@ -256,8 +265,11 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
+  has_best = ckpts.best.best_step() is not None
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
-                                 has_best=ckpts.best.best_step() is not None)
+                                 has_best=has_best)
+  # At step 0, an earlier launch's best checkpoint of another config is not this run's best.
+  old_best = not resume_step and has_best and any(not workdir_lib.safe_to_change(k) for k in changes)
   for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
     logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
   if note := _random_backbone_note(config, resume_step):
@@ -279,11 +291,15 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   parallel.sync('config checked')  # No process writes before every process has read.
   if jax.process_index() == 0:
     as_json = json.loads(json.dumps(config.to_dict(), default=str))
-    if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json)):
+    if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json,
+                                                                       best=old_best)):
       tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
                    f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
     launch.update(saved_before=workdir_lib.saved_steps(workdir),
                   previous=workdir_lib.record_launch(workdir, as_json, start_step, changes))
+  if old_best:  # Every process's manager forgets the moved steps.
+    parallel.sync('earlier best set aside')
+    ckpts.best.reload()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
