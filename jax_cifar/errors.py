@@ -6,6 +6,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -29,7 +30,8 @@ def user_message(e: BaseException) -> str | None:
   if isinstance(e, UserError):
     return ' '.join(str(e).split('\n'))
   if isinstance(e, OSError) and e.strerror:
-    return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
+    full = ' (disk full)' if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
+    return f'{e.filename}: {e.strerror}{full}' if e.filename else e.strerror + full
   return None
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 from typing import Any
 
@@ -11,21 +12,38 @@ import jax
 import tqdm
 from absl import logging
 
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.workdir import METRICS_FILE
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-  """All complete lines of WORKDIR/metrics.jsonl (a torn last line from a crash is ignored)."""
+  """The rows of WORKDIR/metrics.jsonl. A torn last line (a crash) is ignored; another line that
+  is not a row (bit rot, a hand edit: it had stopped a resume with a traceback) is skipped with
+  a warning."""
   path = pathlib.Path(workdir) / METRICS_FILE
-  if not path.exists():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
+  rows, bad = _read_rows(path)
+  if bad:
+    logging.warning('%s: skipped %d line(s) that are not metrics rows (line %s)', path, len(bad),
+                    ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else ''))
   return rows
+
+
+def _read_rows(path: pathlib.Path) -> tuple[list[dict], list[int]]:
+  """(the rows, the numbers of the lines before the last that are not rows)."""
+  if not path.exists():
+    return [], []
+  rows, bad = [], []
+  lines = path.read_bytes().decode('utf-8', errors='replace').splitlines()
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if isinstance(row, dict) and isinstance(row.get('step'), int):
+      rows.append(row)
+    elif number < len(lines) and line.strip():
+      bad.append(number)
+  return rows, bad
 
 
 def _clean(value: Any) -> Any:
@@ -47,7 +65,14 @@ class MetricsWriter:
     self.wandb_run = None
     if not self.is_chief:
       return
-    kept = [r for r in read_metrics(self.workdir) if r.get('step', 0) <= resume_step]
+    rows, bad = _read_rows(self.path)
+    if bad:  # Rewritten below without them: the file as it was is kept beside it.
+      copy = workdir_lib.unused_path(self.workdir, 'metrics.damaged', '.jsonl')
+      shutil.copyfile(self.path, copy)
+      logging.warning('%s: %d line(s) are not metrics rows (line %s); the resumed run leaves them '
+                      'out, and the file as it was is kept as %s', self.path, len(bad),
+                      ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else ''), copy)
+    kept = [r for r in rows if r['step'] <= resume_step]
     tmp = self.path.with_suffix('.tmp')
     tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
     tmp.replace(self.path)
@@ -58,8 +83,11 @@ class MetricsWriter:
     if not self.is_chief:
       return
     row = {'step': int(step), **{k: _clean(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(row) + '\n')
+      self._file.flush()
+    except OSError as e:  # A failed write() names no file.
+      raise OSError(e.errno, e.strerror, str(self.path)) from e
     if self.wandb_run is not None:
       try:
         self.wandb_run.log({k: v for k, v in row.items() if k != 'step'}, step=int(step))

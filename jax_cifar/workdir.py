@@ -217,8 +217,14 @@ def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
   the config.json it replaced (its text, None if there was none), for `restore_config`."""
   row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
          'changed': {k: list(v) for k, v in changes.items()}, 'config': config}
-  with (workdir / LAUNCHES_FILE).open('a') as f:
-    f.write(json.dumps(row, default=str) + '\n')
+  path = workdir / LAUNCHES_FILE
+  try:
+    with path.open('a+b') as f:
+      # A row torn by a full disk stays a line of its own, not the start of this one (an audit).
+      torn = f.tell() and os.pread(f.fileno(), 1, f.tell() - 1) != b'\n'
+      f.write((b'\n' if torn else b'') + json.dumps(row, default=str).encode() + b'\n')
+  except OSError as e:  # A failed write() names no file.
+    raise OSError(e.errno, e.strerror, str(path)) from e
   previous = (workdir / CONFIG_FILE).read_text() if (workdir / CONFIG_FILE).exists() else None
   _write_config(workdir, json.dumps(config, indent=2, default=str) + '\n')
   return previous
@@ -226,7 +232,11 @@ def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
 
 def _write_config(workdir: pathlib.Path, text: str) -> None:
   tmp = workdir / (CONFIG_FILE + '.tmp')
-  tmp.write_text(text)
+  try:
+    tmp.write_text(text)
+  except OSError as e:  # A failed write() names no file.
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(workdir / CONFIG_FILE)) from e
   tmp.replace(workdir / CONFIG_FILE)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from _train_cli import train
 from jax_cifar import tracking
+from jax_cifar.configs import default
 
 wandb_pb2 = pytest.importorskip('wandb.proto.wandb_internal_pb2')
 
@@ -130,3 +131,20 @@ def test_resumed_training_run_continues_the_same_wandb_run(offline_run, tmp_path
   losses = _train_losses(workdir)
   assert sorted(losses) == list(range(1, RESUMED_STEPS + 1))
   _assert_logged({**histories[0], **histories[1]}, losses)
+
+
+def test_lines_that_are_not_metrics_rows_are_skipped_and_the_file_kept(tmp_path):
+  """A line `5` or undecodable bytes in metrics.jsonl had stopped a resume with an
+  AttributeError / UnicodeDecodeError traceback (an audit). They are skipped, the rows kept, and
+  the resumed run rewrites the file only after keeping it as it was."""
+  rows = [{'step': 1, 'train_loss': 4.0}, {'step': 2, 'train_loss': 3.5}, {'step': 3, 'x': 1}]
+  text = (json.dumps(rows[0]) + '\n5\n').encode() + b'\xff\xfe\n' + (
+      json.dumps(rows[1]) + '\n{"step": "2"}\n' + json.dumps(rows[2]) + '\n{"torn').encode()
+  (tmp_path / 'metrics.jsonl').write_bytes(text)
+  assert tracking.read_metrics(tmp_path) == rows
+  config = default.get_config()
+  config.wandb.mode = 'disabled'
+  writer = tracking.MetricsWriter(tmp_path, config, resume_step=2)
+  writer.close()
+  assert tracking.read_metrics(tmp_path) == rows[:2]
+  assert (tmp_path / 'metrics.damaged.jsonl').read_bytes() == text

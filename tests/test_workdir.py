@@ -398,3 +398,36 @@ def test_run_config_refuses_a_config_json_that_does_not_fit_naming_it(tmp_path, 
   (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
   with pytest.raises((workdir_lib.WorkdirError, ValueError), match=message):
     workdir_lib.run_config(tmp_path)
+
+
+def test_a_resume_without_config_json_is_refused_unless_allowed(run):
+  """With config.json deleted, a resume had taken any change without a word (an audit): the
+  launch cannot be checked against the run, so it is refused, naming the file and the way on."""
+  (run / 'config.json').unlink()
+  kept = snapshot(run, skip=('.lock',))
+  line = the_error(train(run, '--config.optim.lr=0.01', '--config.train.max_steps=3'))
+  assert f'{run / "config.json"} is missing' in line and 'launches.jsonl' in line, line
+  assert 'allow_config_change' in line and snapshot(run, skip=('.lock',)) == kept
+  out = train(run, '--config.train.max_steps=3', '--config.train.allow_config_change=true')
+  assert out.returncode == 0 and 'config.json is missing' in out.stderr, out.stderr[-3000:]
+  assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]  # Resumed, not restarted.
+
+
+def test_a_launch_row_after_a_torn_one_is_a_line_of_its_own(tmp_path):
+  """A full disk had torn launches.jsonl's last row, and the next launch's row was appended to
+  it, so neither could be read (an audit); the failed write named no file."""
+  (tmp_path / 'launches.jsonl').write_text('{"start_step": 0, "config": {"se')
+  workdir_lib.record_launch(tmp_path, {'seed': 1}, 3, {})
+  lines = (tmp_path / 'launches.jsonl').read_text().splitlines()
+  assert len(lines) == 2 and json.loads(lines[1])['start_step'] == 3
+  code = ('import resource, pathlib, sys\n'
+          'from jax_cifar import errors, workdir\n'
+          'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
+          'try:\n'
+          f'  workdir.record_launch(pathlib.Path({str(tmp_path)!r}), {{"x": "y" * 8192}}, 4, {{}})\n'
+          'except OSError as e:\n'
+          '  print(errors.user_message(e))\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert out.stdout.strip() == f'{tmp_path / "launches.jsonl"}: File too large (disk full)', (
+      out.stdout, out.stderr[-2000:])

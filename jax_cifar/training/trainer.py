@@ -106,8 +106,19 @@ def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_p
   Also at step 0 when the previous launch left a `best` checkpoint (killed before its first
   `latest`): the new run would inherit that checkpoint and its accuracy as its own."""
   new = json.loads(json.dumps(config.to_dict(), default=str))
-  old = workdir_lib.previous_config(workdir) if start_step > 0 or has_best else None
-  if old is None:
+  if not (start_step > 0 or has_best):
+    return {}
+  old = workdir_lib.previous_config(workdir)
+  if old is None:  # Deleted: any change had resumed without a word (an audit).
+    path = workdir / workdir_lib.CONFIG_FILE
+    if not config.train.allow_config_change:
+      raise workdir_lib.WorkdirError(
+          f'{path} is missing: it records the config of the saved checkpoints, so this launch '
+          f'cannot be checked against it. Put it back ({workdir_lib.LAUNCHES_FILE} holds each '
+          'launch\'s config, the newest last), or pass --config.train.allow_config_change=true '
+          'to go on with this launch\'s config')
+    logging.warning('%s is missing: going on with this launch\'s config '
+                    '(train.allow_config_change).', path)
     return {}
   changes = workdir_lib.config_changes(old, new)
   if start_step == 0:  # Nothing is resumed: every change that is not safe starts another run.
@@ -269,7 +280,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
                                  has_best=has_best)
   # At step 0, an earlier launch's best checkpoint of another config is not this run's best.
-  old_best = not resume_step and has_best and any(not workdir_lib.safe_to_change(k) for k in changes)
+  old_best = not resume_step and has_best and (
+      any(not workdir_lib.safe_to_change(k) for k in changes)
+      or not (workdir / workdir_lib.CONFIG_FILE).exists())
   for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
     logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
   if note := _random_backbone_note(config, resume_step):
