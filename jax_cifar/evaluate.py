@@ -8,7 +8,8 @@ Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass inclu
 confusion_<tag>.png, where <tag> is best, latest or path, then _tta-flip / _tta-shifts with --tta
 (--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
 non-default Tent settings) with --tent; with --cifar100c_dir also
-cifar100c_<tag>.png. The last line printed is one JSON object with the scalar results, at least
+cifar100c_<tag>.png (none of them into a WORKDIR that takes no files: said first). The last
+line printed is one JSON object with the scalar results, at least
 `test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
 --config whose model keys differ from it is refused (its numbers would not be the run's).
 
@@ -41,6 +42,7 @@ import os
 import pathlib
 import signal
 import sys
+import tempfile
 import time
 
 import jax
@@ -171,7 +173,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
 
 
 def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
-                       figure: pathlib.Path, run_name: str | None = None) -> dict:
+                       figure: pathlib.Path | None, run_name: str | None = None) -> dict:
   """Accuracy per corruption x severity, and means over the 15 standard and over all present;
   the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
   n = next(iter(files.values())).num_images
@@ -190,13 +192,14 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   if means['standard'] is not None:
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
-    name = run_name or figure.parent.name
-    figures.plot_corruption_heatmap(table, figure, run_name=name)
+    name = run_name or (figure.parent.name if figure else 'model')
+    if figure is not None:
+      figures.plot_corruption_heatmap(table, figure, run_name=name)
     print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
   return result
 
 
-def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path) -> dict:
+def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
   splits, result = cifar100.get_splits(config.data), {}
   for name in ('val', 'test'):
@@ -264,23 +267,41 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
       tracking.say(f'{ood_dir}: {per} images per severity, so {csv_path.name} will have '
                    f'{len(ood_files) * ood_files[0].num_images:,} rows; the course\'s Kaggle set '
                    f'has {submission.KAGGLE_IMAGES:,} per severity ({19 * 5 * submission.KAGGLE_IMAGES:,} rows)')
+  # A run read from a read-only place (a colleague's, a mounted archive) is still evaluated: its
+  # numbers are printed, and its own files are not written (found at the end, they had been lost).
+  keeps = jax.process_index() != 0 or _takes_files(workdir_path, tag)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
-  result.update(_evaluate_clean(predictor, config, workdir_path / f'confusion_{tag}.png'))
+  result.update(_evaluate_clean(predictor, config,
+                                workdir_path / f'confusion_{tag}.png' if keeps else None))
   if ood_files:
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
     result.update(evaluate_cifar100c(predictor, cifar100c_dir, c_files,
-                                     workdir_path / f'cifar100c_{tag}.png',
+                                     workdir_path / f'cifar100c_{tag}.png' if keeps else None,
                                      run_name=f'{workdir_path.name} ({tag})'))
-  if jax.process_index() == 0:
+  if keeps and jax.process_index() == 0:
     step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
                 else pathlib.Path(which))
     write_eval_json(workdir_path / f'eval_{tag}.json', result,
                     step_dir.parent if step_dir.name == 'default' else step_dir)
   return result
+
+
+def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
+  """Whether eval_<tag>.json and the figures can be written into `workdir` (a probe file is made
+  and removed); if not, says so before the predictions."""
+  try:
+    fd, probe = tempfile.mkstemp(dir=workdir, prefix='.eval-probe-')
+    os.close(fd)
+    os.unlink(probe)
+    return True
+  except OSError as e:
+    tracking.say(f'{workdir} takes no files ({e.strerror}): the numbers are printed, and '
+                 f'eval_{tag}.json and the figures are not written')
+    return False
 
 
 def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):

@@ -237,6 +237,27 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
   assert 'cifar100c' not in json.loads(path.read_text())
 
 
+def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_path, monkeypatch,
+                                                                      capsys):
+  """A read-only workdir (a colleague's run, a mounted archive) was predicted in full, then the
+  first figure failed and no number was printed (an audit). The folder refusing files is
+  simulated at the probe: its numbers come back, nothing is written, and it is said first."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  before = sorted(p.name for p in workdir.iterdir())
+
+  def refused(*args, **kwargs):
+    raise PermissionError(13, 'Read-only file system')
+
+  monkeypatch.setattr(evaluate.tempfile, 'mkstemp', refused)
+  result = evaluate.evaluate(_config(), str(workdir), 'latest', cifar100c_dir=str(run / 'c'))
+  assert 0 <= result['test_accuracy'] <= 1 and 'cifar100c_mean_accuracy_all' in result
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  err = capsys.readouterr().err
+  assert f'{workdir} takes no files (Read-only file system)' in err and 'eval_latest.json' in err
+  assert err.index('takes no files') < err.index('gaussian_noise')  # Before the predictions.
+
+
 def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refused(run):
   """--config omitted: the run's config.json (same numbers as with the run's file); a --config
   whose model differs is one error line, and eval_latest.json is left as it was."""
