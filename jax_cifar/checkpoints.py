@@ -73,13 +73,19 @@ def _root_cause(e: BaseException) -> str:
   return _one_line(e, 240)
 
 
-def _save_failed(what: str, e: BaseException) -> CheckpointError:
+def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointError:
   code = _errno(e)
-  if code is None:
-    return CheckpointError(f'saving {what} failed: {_one_line(e)}; earlier checkpoints are kept')
-  hint = ' (disk full)' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
-  return CheckpointError(f'saving {what} failed: {os.strerror(code)}{hint}; earlier checkpoints '
-                         'are kept')
+  cause = _one_line(e) if code is None else os.strerror(code) + (
+      ' (disk full)' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else '')
+  after = 'earlier checkpoints are kept' if kept else 'there is no earlier one there'
+  return CheckpointError(f'saving {what} failed: {cause}; {after}')
+
+
+def _has_other_step(directory, step: int | None) -> bool:
+  """Whether `directory` holds a committed step folder other than `step`."""
+  folder = pathlib.Path(directory)
+  return folder.is_dir() and any(p.name.isdigit() and p.name != str(step) and p.is_dir()
+                                 for p in folder.iterdir())
 
 
 def check_writable(directory: pathlib.Path) -> None:
@@ -177,7 +183,8 @@ class Checkpoints:
     try:
       manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      raise _save_failed(f'checkpoint step {step} in {manager.directory}', e) from e
+      raise _save_failed(f'checkpoint step {step} in {manager.directory}', e,
+                         _has_other_step(manager.directory, step)) from e
     self._in_flight[id(manager)] = step
 
   def _finish(self, manager) -> None:
@@ -186,7 +193,17 @@ class Checkpoints:
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
-      raise _save_failed(f'{what} in {manager.directory}', e) from e
+      raise _save_failed(f'{what} in {manager.directory}', e,
+                         _has_other_step(manager.directory, step)) from e
+
+  def check_saves(self) -> None:
+    """Raises CheckpointError if an asynchronous save finished with an error, without waiting
+    for one still running (a failed save had gone unnoticed until the next one)."""
+    for manager in (self.latest, self._best):
+      # (orbax's check_for_errors misses them: the manager's finalize thread holds the error.)
+      if (manager is not None and id(manager) in self._in_flight
+          and not manager.is_saving_in_progress()):
+        self._finish(manager)  # Done: returns at once, or raises the save's error.
 
   def save_latest(self, state: Any, step: int) -> None:
     if self.latest.latest_step() != step:

@@ -3,6 +3,7 @@
 import logging
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -325,3 +326,32 @@ def test_a_failed_restore_leaves_orbax_s_follow_up_noise_unprinted_and_the_rest_
   for message in ('Event loop is closed', 'something else'):
     sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError(message), object=None))
   assert [str(u.exc_value) for u in seen] == ['something else']
+
+
+def test_a_failed_background_save_is_found_without_waiting_for_the_next_save(tmp_path):
+  """A save that failed in the background had gone unnoticed until the next save, up to
+  checkpoint.every_steps later, and the error then said earlier checkpoints were kept when there
+  were none (an audit). check_saves (the loop calls it at log steps) finds it once the save has
+  ended, and the error says what is left. A real write past a per-file size limit."""
+  code = f'''
+import resource, signal, time
+import numpy as np
+from jax_cifar import checkpoints
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+ckpts = checkpoints.Checkpoints({str(tmp_path)!r})
+ckpts.save_latest({{'w': np.random.default_rng(0).random((256, 1024), np.float32)}}, 10)
+for _ in range(600):
+  try:
+    ckpts.check_saves()
+  except checkpoints.CheckpointError as e:
+    print('ERROR', e)
+    break
+  time.sleep(0.1)
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=300)
+  line = next((l for l in out.stdout.splitlines() if l.startswith('ERROR ')), None)
+  assert line is not None, (out.stdout[-2000:], out.stderr[-3000:])
+  assert 'saving checkpoint step 10 in' in line and 'File too large (disk full)' in line, line
+  assert line.endswith('there is no earlier one there'), line

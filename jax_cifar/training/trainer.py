@@ -357,6 +357,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
                         img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
         pending, t_last = [], now
+        if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
+          ckpts.check_saves()  # A failed background save stops the run at once, not saves later.
       bar.update(1)
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
