@@ -40,3 +40,8 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   # The start line says where a max_steps launch stops (it said only '12 steps': an audit).
   assert re.search(r'^simple_cnn: .* 12 steps \(this launch stops at step 3: train.max_steps\), ',
                    out.stderr, re.M), out.stderr[-2000:]
+  # A max_steps the run has passed: it had said 'this launch stops at step 2', then 'Done at 3'.
+  out = _train(tmp_path / 'run2', '--config.train.max_steps=2')
+  assert out.returncode == 0 and re.search(
+      r'^simple_cnn: .* 12 steps \(train.max_steps=2: this launch, at step 3, trains none\), ',
+      out.stderr, re.M) and 'Done at step 3: ' in out.stderr, out.stderr[-2000:]

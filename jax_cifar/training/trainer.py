@@ -316,8 +316,11 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
-               + (f' (this launch stops at step {last_step}: train.max_steps)'
-                  if last_step < total_steps else '') + ', '
+               + ('' if last_step >= total_steps else
+                  f' (this launch stops at step {last_step}: train.max_steps)'
+                  if last_step > start_step else
+                  f' (train.max_steps={last_step}: this launch, at step {start_step}, trains none)')
+               + ', '
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   if note := dtype_note(config.model.dtype, jax.default_backend()):
     tracking.say(note)
