@@ -1,5 +1,9 @@
 """The grain input pipeline: epochs, reshuffling, resume by step, per-process slices, eval padding."""
 
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -77,3 +81,26 @@ def test_eval_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypat
 def test_a_batch_larger_than_the_training_set_is_a_clear_error():
   with pytest.raises(ValueError, match='batch_size=128 is larger than the training set'):
     pipeline.train_dataset(_split(100), 128, seed=0, num_epochs=1)
+
+
+def test_worker_processes_give_the_same_batches_when_called_from_python():
+  """data.worker_count > 0 from Python (a notebook's train_and_evaluate) had failed at the first
+  batch: grain's workers read an absl flag that only a command line parses (google/grain#1355).
+  A fresh process, so that no earlier test has parsed the flags."""
+  code = '''
+import numpy as np
+from absl import flags
+from jax_cifar.data import cifar100, pipeline
+images = (np.arange(320) % 256).astype(np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
+assert not flags.FLAGS.is_parsed()
+one = pipeline.train_batches(split, 32, seed=1, num_epochs=2, start_step=3)
+two = pipeline.train_batches(split, 32, seed=1, num_epochs=2, start_step=3, worker_count=2)
+for _ in range(17):
+  a, b = next(one), next(two)
+  assert all(np.array_equal(a[k], b[k]) for k in a), 'batches differ'
+print('SAME')
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                       cwd=pathlib.Path(__file__).resolve().parent.parent)
+  assert out.returncode == 0 and out.stdout.strip().endswith('SAME'), out.stderr[-3000:]

@@ -16,6 +16,7 @@ import functools
 from typing import Iterator
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 
@@ -86,6 +87,8 @@ def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, s
   ds = train_dataset(split, global_batch, seed, num_epochs)[start_step:]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   if worker_count > 0:
+    if not flags.FLAGS.is_parsed():  # Called from Python, not a command line: grain <= 0.2.18
+      flags.FLAGS.mark_as_parsed()  # reads an absl flag of its workers' (google/grain#1355).
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(it)
 
