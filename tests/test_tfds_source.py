@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -152,6 +153,41 @@ def test_reading_the_tfds_source_needs_no_tensorflow(cifar_dir, tfds_dir, tmp_pa
     np.testing.assert_array_equal(read['images'], local.images)
     np.testing.assert_array_equal(read['labels'], local.labels)
     np.testing.assert_array_equal(read['coarse'], local.coarse_labels)
+
+
+@pytest.mark.parametrize('damage', ['missing', 'cut'])
+def test_a_damaged_build_is_named_with_the_folder_to_remove(tfds_dir, manual_dir, tmp_path, damage):
+  """A shard deleted or cut short had been called 'not prepared', and preparing again (as told)
+  kept the folder as it was, so the user went round in a circle (an audit)."""
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(tfds_dir, data_dir)
+  built = data_dir / 'cifar100' / '3.0.2'
+  shard = built / 'cifar100-train.array_record-00000-of-00001'
+  if damage == 'missing':
+    shard.unlink()
+  else:
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+  with pytest.raises(cifar100.DataError) as error:
+    cifar100.load_tfds('train', str(data_dir))
+  message = str(error.value)
+  assert f'tfds cifar100 in {built} is damaged' in message and f'remove {built} and run' in message
+  assert '\n' not in message and 'not prepared' not in message
+  cifar100.load_tfds('test', str(data_dir))  # The intact split still reads.
+  result = build_offline(data_dir, manual_dir, '--register_archive')  # Preparing again says so.
+  assert result['built'] is None and f'remove {built}' in result['error'], result
+
+
+def test_the_not_prepared_hint_names_the_folder_tfds_looked_in(tmp_path):
+  """With $TFDS_DATA_DIR set, the hint had named ~/tensorflow_datasets (an audit). A fresh
+  process: tfds reads the variable when it is imported."""
+  require_module('tensorflow_datasets')
+  code = ('from jax_cifar.data import cifar100\n'
+          'try:\n  cifar100.load_tfds("train", "")\n'
+          'except cifar100.DataError as e:\n  print("ERROR", e)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       env={**_env(), 'TFDS_DATA_DIR': str(tmp_path / 'elsewhere')})
+  assert f'prepare_tfds --data_dir={tmp_path / "elsewhere"}`' in out.stdout, (
+      out.stdout, out.stderr[-2000:])
 
 
 def test_prepare_refuses_an_unofficial_archive_without_downloading(manual_dir, tmp_path):

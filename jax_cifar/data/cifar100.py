@@ -272,23 +272,29 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
-  where = data_dir or '~/tensorflow_datasets'
+  try:
+    builder = tfds.builder('cifar100', data_dir=data_dir or None)
+    # The folder tfds looks in: data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    where = str(builder.data_dir).rsplit('/', 2)[0]
+  except Exception as e:  # pylint: disable=broad-except
+    builder, where, problem = None, data_dir or '~/tensorflow_datasets', e
   hint = (
       f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
       f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
       f'--file_format=array_record` without apache-beam; needs tensorflow; online, or offline with '
       f'--manual_dir=DIR holding cifar-100-binary.tar.gz)'
   )
+  if builder is None:
+    raise DataError(f'{hint} ({type(problem).__name__}: {problem})') from None
+  if not builder.is_prepared():
+    raise DataError(hint)
   try:
-    builder = tfds.builder('cifar100', data_dir=data_dir or None)
-    if not builder.is_prepared():
-      raise DataError(hint)
     source = tfds.data_source('cifar100', split=split, data_dir=data_dir or None, download=False)
     records = source.__getitems__(range(len(source)))
-  except DataError:
-    raise
-  except Exception as e:
-    raise DataError(f'{hint} ({type(e).__name__}: {e})') from None
+  except Exception as e:  # A shard missing or cut short: preparing again reuses the folder as is.
+    raise DataError(f'tfds cifar100 in {builder.data_dir} is damaged ({type(e).__name__}: '
+                    f'{" ".join(str(e).split())[:300]}): remove {builder.data_dir} and run `python -m '
+                    f'jax_cifar.data.prepare_tfds --data_dir={where}` again') from None
   records = [records[i] for i in _tfds_order(records, where)]
   images = np.zeros((len(records), 32, 32, 3), np.uint8)
   for i, record in enumerate(records):

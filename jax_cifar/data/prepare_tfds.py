@@ -23,7 +23,8 @@ URL = 'https://www.cs.toronto.edu/~kriz/' + ARCHIVE
 def prepare(data_dir: str, manual_dir: str = '') -> str:
   """Builds cifar100 into `data_dir` (a folder or gs:// path); returns the dataset's folder.
 
-  Reads `manual_dir`/cifar-100-binary.tar.gz when given; an already built dataset is kept.
+  Reads `manual_dir`/cifar-100-binary.tar.gz when given; an already built dataset is kept, and
+  read back either way (a damaged one raises DataError naming the folder to remove).
   """
   if '://' not in data_dir:  # pathlib would turn gs://b into gs:/b
     data_dir = str(pathlib.Path(data_dir).expanduser())
@@ -46,6 +47,8 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
   except download_manager.NonMatchingChecksumError as e:
     found = ' '.join(str(e).split('To debug')[0].split())
     raise cifar100.DataError(f'{manual_dir or URL}: not the official {ARCHIVE} ({found})') from None
+  for split in ('train', 'test'):  # tfds keeps a folder it built before as it is, even damaged:
+    cifar100.load_tfds(split, data_dir)  # read it back (a damaged one is named, with the way on).
   return str(builder.data_dir)
 
 
