@@ -164,7 +164,8 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
       interrupt.at_event('ood_file', d)
     interrupt.FLAG.check(collective=True)  # A signal during the last file: no CSV either.
   seconds = time.perf_counter() - start
-  result = {'submission': str(csv_path), 'ood_seconds': seconds,
+  result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path),
+            'ood_seconds': seconds,
             'ood_images_per_sec': len(files) * files[0].num_images / seconds}
   if scores:
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
@@ -186,7 +187,8 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     table[name] = ood.severity_accuracy(pred, labels)
     del images
   means = figures.corruption_means(table)
-  result = {'cifar100c_mean_accuracy_all': means['all'],
+  result = {'cifar100c_dir': str(pathlib.Path(c_dir).resolve()),
+            'cifar100c_mean_accuracy_all': means['all'],
             'cifar100c_num_corruptions': means['num_all'],
             'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
   if means['standard'] is not None:
@@ -323,6 +325,11 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
                      and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
       if (isinstance(old, dict) and not saved_since
           and all(old.get(k) == result[k] for k in ('checkpoint', 'step', 'weights'))):
+        # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
+        # kept another set's accuracy beside its own submission (an audit).
+        for given, kind in (('ood_dir', ('ood_', 'submission')), ('cifar100c_dir', ('cifar100c',))):
+          if given in result:
+            old = {k: v for k, v in old.items() if not k.startswith(kind)}
         merged = {**old, **result}
       else:
         step = old.get('step') if isinstance(old, dict) else 'unknown'

@@ -235,6 +235,39 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
   evaluate.evaluate(_config(), str(workdir), 'latest')
   assert json.loads((workdir / f'eval_latest.step{older["step"]}.json').read_text()) == older
   assert 'cifar100c' not in json.loads(path.read_text())
+  # Another OOD set replaces the first one's numbers: a set without labels (the Kaggle files)
+  # had kept a labelled set's ood_accuracy beside its own submission (an audit).
+  labelled = tmp_path / 'labelled'
+  shutil.copytree(run / 'ood', labelled)
+  np.save(labelled / ood.LABELS_FILE, np.arange(N_OOD, dtype=np.uint8))
+  evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(labelled),
+                    submission_csv=str(tmp_path / 'a.csv'), cifar100c_dir=str(run / 'c'))
+  first = json.loads(path.read_text())
+  assert 'ood_accuracy' in first and first['ood_dir'] == str(labelled)
+  evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
+                    submission_csv=str(tmp_path / 'b.csv'))
+  kept = json.loads(path.read_text())
+  assert kept['ood_dir'] == str(run / 'ood') and kept['submission'] == str(tmp_path / 'b.csv')
+  assert 'ood_accuracy' not in kept and 'ood_per_distortion' not in kept, kept.keys()
+  assert kept['cifar100c'] == first['cifar100c']  # Another kind: kept.
+
+
+def test_without_a_test_time_tool_a_file_is_predicted_whole_not_per_severity(run, monkeypatch):
+  """Each severity block had been padded to a whole batch even with nothing to adapt per block:
+  20 images per severity ran 15x slower (an audit). With BN adaptation the blocks stay."""
+  images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), np.uint8)
+  for adapt_bn, parts in ((False, [20]), (True, [4] * 5)):
+    predictor, _ = inference.load_predictor(_config(), str(run / 'run'), 'latest',
+                                            adapt_bn=adapt_bn)
+    seen, predict = [], predictor._predict  # pylint: disable=protected-access
+
+    def counted(part, *args, predict=predict, seen=seen):
+      seen.append(len(part))
+      return predict(part, *args)
+
+    monkeypatch.setattr(predictor, '_predict', counted)
+    assert predictor.run(images, 'file', labels_only=True, chunk=4).shape == (20,)
+    assert seen == parts
 
 
 def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_path, monkeypatch,

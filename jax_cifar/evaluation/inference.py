@@ -85,8 +85,9 @@ class Predictor:
           chunk: int | None = None) -> np.ndarray:
     """Predictions for every row of `images`, one progress bar. With BN adaptation (or Tent), each
     block of `chunk` rows (default: all) is predicted with statistics (and BatchNorm scales and
-    biases) adapted to that block alone."""
-    chunk = chunk or len(images)
+    biases) adapted to that block alone; without them, `chunk` is ignored (each block's last
+    batch had been padded to a whole batch: 20 images per severity ran 15x slower)."""
+    chunk = (chunk if self.adapter else None) or len(images)
     passes = 1 + (self.adapter.passes if self.adapter else 0)
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
