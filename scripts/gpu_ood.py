@@ -159,9 +159,9 @@ def clean_images(data: str, config) -> int:
   from jax_cifar.data import cifar100  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(data) / 'cifar-100-python'
   n = {s: len(cifar100.read_pickle(folder / s)['fine_labels']) for s in ('train', 'test')}
-  limit = config.data.eval_limit
-  test = min(n['test'], limit) if limit else n['test']
-  return test + round(config.data.val_fraction * n['train'])
+  limit = config.data.eval_limit  # Applies to validation too (it had counted 5,000 for 200).
+  val = round(config.data.val_fraction * n['train'])
+  return sum(min(k, limit) if limit else k for k in (n['test'], val))
 
 
 def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path | None,

@@ -2,7 +2,7 @@
 
   python scripts/measure_ood.py speed [--model smoke|resnet18] [--images 3000] [--tta_flip]
       img/s of the sharded, jitted prediction path (random weights: speed does not depend on them).
-  python scripts/measure_ood.py rss --config configs/smoke.py --workdir runs/smoke [--n 50000]
+  python scripts/measure_ood.py rss --workdir runs/smoke [--config CONFIG] [--n 50000]
       writes 19 synthetic distortion files of N images (N=50,000 is the real 2.9 GB set) into a
       temp folder, runs `python -m jax_cifar.evaluate --ood_dir ... --submission ...` on them,
       samples its RSS, validates the CSV, and deletes the folder.
@@ -85,8 +85,9 @@ def rss(args) -> dict:
     on_disk = sum(p.stat().st_size for p in folder.glob('*.npy'))
     write_s = time.perf_counter() - t0
     csv_path = folder / 'submission.csv'
-    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', args.config, '--workdir',
-           args.workdir, '--checkpoint', args.checkpoint, '--ood_dir', str(folder),
+    cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *(['--config', args.config] if args.config
+                                                         else []),
+           '--workdir', args.workdir, '--checkpoint', args.checkpoint, '--ood_dir', str(folder),
            '--submission', str(csv_path)]
     t0 = time.perf_counter()
     log = open(folder / 'evaluate.log', 'w')  # pylint: disable=consider-using-with
@@ -122,7 +123,8 @@ def main() -> None:
   p.add_argument('--images', type=int, default=3000)
   p.add_argument('--tta_flip', action='store_true')
   p = sub.add_parser('rss')
-  p.add_argument('--config', default='configs/smoke.py')
+  p.add_argument('--config', default='',
+                 help="rss: evaluate's --config (default: the run's own config.json)")
   p.add_argument('--workdir', default='runs/smoke')
   p.add_argument('--checkpoint', default='best')
   p.add_argument('--n', type=int, default=50_000, help='images per distortion file')

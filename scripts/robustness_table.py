@@ -203,7 +203,7 @@ def _cell(values: list[float]) -> str:
 
 
 def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best: str,
-             seed: int) -> str:
+             seed: int, tta_rows: tuple[str, ...] = ()) -> str:
   head = ('| row | what | seeds | val | clean test | OOD mean '
           '| sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
           '| train s |\n|' + ' --- |' * 12 + '\n')
@@ -222,7 +222,7 @@ def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best
   lines += ['', f'Test-time tools on seed {seed} (bn_adapt uses the unlabelled test images).', '',
             '| row | test-time | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 |',
             '|' + ' --- |' * 9]
-  for row in dict.fromkeys([best, 'report']):
+  for row in dict.fromkeys([best, 'report', *tta_rows]):  # (--tta_rows had been left out.)
     for mode in TTA_MODES:
       for e in evals:
         if (e['row'], e['mode'], e['seed']) == (row, mode, seed):
@@ -233,7 +233,7 @@ def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best
 
 
 def plot(table: dict, evals: list[dict], rows: list[str], best: str, seed: int,
-         path: pathlib.Path, title: str) -> None:
+         path: pathlib.Path, title: str, tta_rows: tuple[str, ...] = ()) -> None:
   """Accuracy against severity (0 = clean test). Left: the training rows (mean over seeds, bars =
   the seeds' range). Right: the test-time tools on one seed of the best and report rows."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -251,7 +251,8 @@ def plot(table: dict, evals: list[dict], rows: list[str], best: str, seed: int,
       left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
                     label=f'{row}{f" ({BEST_LABEL})" if row == best else ""}, {len(runs)} seed(s)')
   styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
-  for row, color in zip(dict.fromkeys([best, 'report']), ('tab:green', 'tab:blue')):
+  colors = ('tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:gray')
+  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), colors):
     for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
                     key=lambda e: TTA_MODES.index(e['mode'])):
       ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])
@@ -360,9 +361,11 @@ def main(argv: list[str]) -> None:
   (out / 'results.json').write_text(json.dumps(
       {'meta': meta, 'summary': table, 'train': [dict(v) for v in trains.values()],
        'evals': evals}, indent=2) + '\n')
-  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, headline[0]))
+  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, headline[0],
+                                         tuple(tta_rows)))
   plot(table, evals, rows, best, headline[0], out / 'severity.png',
-       f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)')
+       f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)',
+       tuple(tta_rows))
   log(f'wrote {out}/results.json, table.md, severity.png')
   print((out / 'table.md').read_text())
 

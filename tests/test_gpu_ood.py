@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jax_cifar import tracking
+from jax_cifar.configs import default
 from jax_cifar.data import cifar100
 
 from conftest import load_script
@@ -21,6 +22,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 devdata = load_script('devdata')
+
+
+def test_the_clean_image_count_applies_eval_limit_to_validation_too(cifar_dir):
+  """It had counted 5,000 validation images where evaluate predicts 200, so --small projected
+  tools past the deadline and skipped them (an audit)."""
+  gpu_ood = load_script('gpu_ood')
+  config = default.get_config()
+  config.data.val_fraction, config.data.eval_limit = 0.1, 200
+  assert gpu_ood.clean_images(str(cifar_dir), config) == 400
+  config.data.eval_limit = 0
+  assert gpu_ood.clean_images(str(cifar_dir), config) == 15_000
 
 
 @pytest.mark.slow

@@ -58,3 +58,20 @@ def test_paths_are_the_callers_though_children_start_in_the_repository(table, tm
   args = table.parse_args([])
   assert args.config == 'configs/smoke.py' and (ROOT / args.config).is_file()
   assert os.path.isabs(args.out)
+
+
+def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
+  """--tta_rows other than the best and report rows were evaluated but shown nowhere (an audit)."""
+  evals = [{'row': row, 'mode': mode, 'seed': 0, 'val_accuracy': 0.5, 'test_accuracy': 0.5,
+            'ood_accuracy': acc,
+            'ood_per_severity': [acc] * 5}
+           for row, acc in (('report', 0.3), ('augmix', 0.4)) for mode in ('none', 'bn_adapt')]
+  trains = {(table.ROWS[r][0], 0): {'train_seconds': 1.0} for r in ('report', 'augmix')}
+  summary = table.summarise(evals)
+  text = table.markdown(summary, trains, evals, ['report', 'augmix'], 'report', 0, ('augmix',))
+  assert '| augmix | bn_adapt | 50.0 | 40.0 |' in text, text
+  assert '| augmix | bn_adapt |' not in table.markdown(summary, trains, evals,
+                                                       ['report', 'augmix'], 'report', 0)
+  table.plot(summary, evals, ['report', 'augmix'], 'report', 0, tmp_path / 'p.png', 't',
+             ('augmix',))
+  assert (tmp_path / 'p.png').stat().st_size > 0
