@@ -80,7 +80,8 @@ def validate(config, *, launch: bool = True) -> None:
     default = defaults[key]
     if isinstance(default, bool) != isinstance(value, bool) or (
         isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
-            isinstance(default, str) and not isinstance(value, str)):
+            isinstance(default, int) and isinstance(value, float)) or (  # A dict-built config's
+                isinstance(default, str) and not isinstance(value, str)):  # 500.5 (a traceback).
       raise ConfigError(f'config key {key!r} must be of type {type(default).__name__}, '
                         f'got {value!r}')
   for key, allowed in CHOICES.items():

@@ -6,8 +6,9 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
-from flax import nnx
+from flax import nnx, traverse_util
 
 from jax_cifar import config_validation, models
 from jax_cifar.augment import pipeline as augment
@@ -107,6 +108,18 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
     config_validation.validate(_config(**flat))
+
+
+@pytest.mark.parametrize('key, value', [('data.train_limit', 500.5),
+                                        ('data.synthetic_size', 1024.0), ('train.batch_size', 32.0)])
+def test_a_float_for_an_integer_key_is_refused_naming_it(key, value):
+  """A config built from a dict (YAML, JSON) is not type-checked by ml_collections: 500.5 passed
+  and failed later with 'slice indices must be integers' (an audit)."""
+  flat = traverse_util.flatten_dict(default.get_config().to_dict(), sep='.')
+  flat[key] = value
+  c = ml_collections.ConfigDict(traverse_util.unflatten_dict(flat, sep='.'))
+  with pytest.raises(config_validation.ConfigError, match=f"config key '{key}' must be of type int"):
+    config_validation.validate(c)
 
 
 def test_a_run_that_trained_before_a_check_existed_still_loads():
