@@ -376,8 +376,10 @@ def main(argv):
     sys.exit(128 + signal.SIGINT)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line, in one write; a bug keeps its traceback.
-  print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}),
-        flush=True)
+  scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+  if result.get('tent'):  # Its settings, flat: a --tent line had read as a plain --bn_adapt one.
+    scalars.update({f'tent_{k}': v for k, v in result['tent'].items()})
+  print(json.dumps(scalars), flush=True)
 
 
 if __name__ == '__main__':

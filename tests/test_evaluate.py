@@ -409,6 +409,8 @@ def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adap
   detail = json.loads((workdir / 'eval_latest_bn-adapt_tent-b64.json').read_text())
   assert detail['bn_adapt'] is True
   assert detail['tent'] == {'lr': 1e-3, 'epochs': 1, 'batch_size': 64}
+  line = json.loads(proc.stdout.strip().splitlines()[-1])  # Flat: a --tent line had no trace of it.
+  assert (line['tent_lr'], line['tent_epochs'], line['tent_batch_size']) == (1e-3, 1, 64)
   adapted = evaluate.evaluate(_config(), str(workdir), 'latest', adapt_bn=True)
   assert detail['test_loss'] != adapted['test_loss']  # Tent moved more than the statistics.
   lone = subprocess.run(cmd + ['--tent_lr', '0.01'], cwd=ROOT, capture_output=True, text=True,
