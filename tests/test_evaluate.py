@@ -154,6 +154,15 @@ def test_cifar100c_table_means_and_heatmap(tmp_path):
   assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):
+  """--cifar100c_dir with the course's files had scored 'corruptions' distortion00..18 and shown
+  the benchmark's mean as n/a (an audit)."""
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
+  with pytest.raises(ood.DataError, match="distortionXX.npy files, not CIFAR-100-C's .*--ood_dir"):
+    ood.check_cifar100c_dir(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real model: flip TTA and the command line end to end
 # ---------------------------------------------------------------------------------------------

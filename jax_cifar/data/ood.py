@@ -181,6 +181,10 @@ def check_cifar100c_dir(directory: str | os.PathLike) -> dict[str, ImageFile]:
   names = [n for n in CORRUPTIONS if n in names] + [n for n in names if n not in CORRUPTIONS]
   if not names:
     raise DataError(f'{directory}: no <corruption>.npy files (expected e.g. gaussian_noise.npy)')
+  course = {distortion_file(i)[:-4] for i in range(NUM_DISTORTIONS)}
+  if course & set(names) and not set(CORRUPTIONS) & set(names):  # Had been scored as corruptions.
+    raise DataError(f'{directory} holds the course\'s distortionXX.npy files, not CIFAR-100-C\'s '
+                    '<corruption>.npy: give it as --ood_dir')
   files = {name: check_image_file(directory / f'{name}.npy') for name in names}
   _same_size(list(files.values()))
   return files
