@@ -34,7 +34,9 @@ REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
           'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
           'augment.color_jitter_prob': 0.0,
-          'augment.blur_prob': 0.0, 'augment.noise_prob': 0.0, 'ema.decay': 0.0,
+          'augment.blur_prob': 0.0, 'augment.noise_prob': 0.0, 'augment.rrc_prob': 0.0,
+          'augment.jpeg_prob': 0.0, 'augment.erasing_prob': 0.0, 'augment.cutmix_alpha': 0.0,
+          'ema.decay': 0.0,
           'ema.warmup_power': 0.0, 'checkpoint.best_weights': 'raw'}
 AUGMIX = {**REPORT, 'augment.augmix': True}
 PHOTO = {'augment.color_jitter_prob': 0.4, 'augment.blur_prob': 0.3, 'augment.noise_prob': 0.3}

@@ -75,3 +75,15 @@ def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
   table.plot(summary, evals, ['report', 'augmix'], 'report', 0, tmp_path / 'p.png', 't',
              ('augmix',))
   assert (tmp_path / 'p.png').stat().st_size > 0
+
+
+def test_every_run_sets_every_robustness_switch_so_any_base_config_works(table):
+  """rrc_prob, jpeg_prob, erasing_prob and cutmix_alpha had come from the base config (an audit),
+  so a base that turned one on would have changed every row."""
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  switches = {f'augment.{k}' for k in default.get_config().augment
+              if (k.endswith('_prob') and k != 'switch_prob')  # (mixup vs CutMix, both off)
+              or k in ('augmix', 'augmix_jsd_weight', 'mixup_alpha', 'cutmix_alpha', 'policy')
+              } | {'ema.decay'}
+  for name, run in table.RUNS.items():
+    assert switches <= set(run), (name, sorted(switches - set(run)))
