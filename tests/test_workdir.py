@@ -323,7 +323,8 @@ def test_check_resume_lets_safe_keys_pass_silently():
       'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b'),
       # Read at step 0 only: the converted weights moved, or the flag was dropped on resume.
       'model.pretrained': ('weights/resnet50', '/scratch/weights/resnet50'),
-      'model.init_from': ('', 'runs/other')}
+      'model.init_from': ('', 'runs/other'),
+      'data.source': ('local', 'tfds')}  # Where the data lives: the same images, same order.
   assert workdir_lib.check_resume(changes, allow=False, epoch=1.0) == []
 
 
@@ -331,6 +332,7 @@ def test_check_resume_lets_safe_keys_pass_silently():
     ('optim.lr', 0.001, 0.002), ('train.batch_size', 32, 64), ('model.width', 4, 8),
     ('seed', 0, 1), ('data.train_limit', 0, 500), ('augment.mixup_alpha', 0.0, 0.2),
     ('data.dirty', 0, 1),  # Not 'data.dir': safe keys match whole names only.
+    ('data.source', 'local', 'synthetic'), ('data.source', 'synthetic', 'tfds'),
 ])
 def test_check_resume_refuses_trajectory_changes_unless_allowed(key, before, after):
   changes = {key: (before, after), 'train.max_steps': (2, 3)}
