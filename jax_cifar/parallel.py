@@ -140,8 +140,15 @@ def precise_compiler_options() -> dict | None:
 
 
 def make_mesh() -> Mesh:
-  """One 'data' axis over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+  """One 'data' axis over every device of every process, each process's devices side by side:
+  a process's rows of a global batch (the input pipeline's contiguous slice) then sit on its own
+  devices in that order, whatever order the platform numbers devices in."""
+  return Mesh(np.asarray(process_major(jax.devices())), (DATA_AXIS,))
+
+
+def process_major(devices: list) -> list:
+  """`devices` ordered by process, then id (jax.devices() is ordered by id alone)."""
+  return sorted(devices, key=lambda d: (d.process_index, d.id))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

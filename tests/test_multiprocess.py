@@ -27,6 +27,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import jax
 import numpy as np
@@ -134,6 +135,16 @@ def _errors_first(out: str) -> str:
 def _rows(workdir) -> dict:
   return {(r['step'], k): v for r in tracking.read_metrics(workdir) for k, v in r.items()
           if k in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_top5_accuracy')}
+
+
+def test_the_mesh_puts_each_processs_devices_side_by_side():
+  """A process's contiguous rows of the global batch must land on its own devices: with devices
+  numbered round-robin over hosts (a platform's choice), ordering by id alone would interleave
+  them. The ordering used for the mesh, on stand-in devices of 3 processes x 2."""
+  fake = [types.SimpleNamespace(id=i, process_index=i % 3) for i in range(6)]
+  assert [(d.process_index, d.id) for d in parallel.process_major(fake)] == [
+      (0, 0), (0, 3), (1, 1), (1, 4), (2, 2), (2, 5)]
+  assert list(parallel.make_mesh().devices) == jax.devices()  # One process: as before.
 
 
 def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_dir):
