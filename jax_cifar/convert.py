@@ -237,7 +237,7 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
 def _check_parent(path: str) -> None:
   """Fails before any converting unless `path`'s folder exists or can be made, and takes files
   (tried with a probe folder, which also answers for root on a read-only mount)."""
-  parent = os.path.dirname(path)
+  parent = os.path.dirname(os.path.abspath(path))  # ('out' has no dirname: '' never exists.)
   while not os.path.lexists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):

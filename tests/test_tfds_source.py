@@ -177,6 +177,21 @@ def test_a_damaged_build_is_named_with_the_folder_to_remove(tfds_dir, manual_dir
   assert result['built'] is None and f'remove {built}' in result['error'], result
 
 
+def test_a_tfrecord_build_is_named_as_such_not_as_damaged(tfds_dir, tmp_path):
+  """tfds' default format has no random access: a good tfrecord build must not be called damaged
+  (a review). Its dataset_info.json is what tfds reads the format from."""
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(tfds_dir, data_dir)
+  info = data_dir / 'cifar100' / '3.0.2' / 'dataset_info.json'
+  meta = json.loads(info.read_text())
+  assert meta['fileFormat'] == 'array_record'
+  info.write_text(json.dumps({**meta, 'fileFormat': 'tfrecord'}))
+  with pytest.raises(cifar100.DataError) as error:
+    cifar100.load_tfds('train', str(data_dir))
+  assert 'is prepared as tfrecord, not array_record' in str(error.value), error.value
+  assert 'damaged' not in str(error.value)
+
+
 def test_the_not_prepared_hint_names_the_folder_tfds_looked_in(tmp_path):
   """With $TFDS_DATA_DIR set, the hint had named ~/tensorflow_datasets (an audit). A fresh
   process: tfds reads the variable when it is imported."""

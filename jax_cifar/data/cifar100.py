@@ -293,6 +293,12 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     raise DataError(f'{hint} ({type(problem).__name__}: {problem})') from None
   if not builder.is_prepared():
     raise DataError(hint)
+  formats = sorted(str(getattr(f, 'value', f)) for f in builder.info.available_file_formats())
+  if 'array_record' not in formats:  # tfds' default build: no random access (not damaged).
+    raise DataError(f'tfds cifar100 in {builder.data_dir} is prepared as {", ".join(formats)}, '
+                    'not array_record, which random access needs: give another '
+                    'data.tfds_data_dir, or remove that folder and run `python -m '
+                    f'jax_cifar.data.prepare_tfds --data_dir={where}`')
   try:
     source = tfds.data_source('cifar100', split=split, data_dir=data_dir or None, download=False)
     records = source.__getitems__(range(len(source)))
