@@ -188,13 +188,19 @@ def safe_to_change(key: str) -> bool:
   return any(key == s or (s.endswith('.') and key.startswith(s)) for s in SAFE_TO_CHANGE)
 
 
+def is_safe_change(key: str, before: Any, after: Any) -> bool:
+  """safe_to_change, or data.source between local and tfds (the pickles and tfds give the same
+  images in the same order: tested)."""
+  return safe_to_change(key) or (key == 'data.source' and {before, after} == {'local', 'tfds'})
+
+
 def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float) -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
   the keys that may change but deserve a log line."""
   notable, refused = [], []
   for key, (before, after) in changes.items():
-    if safe_to_change(key) or (key == 'data.source' and {before, after} == {'local', 'tfds'}):
-      continue  # (The pickles and tfds give the same images in the same order: tested.)
+    if is_safe_change(key, before, after):
+      continue
     if key in EXTENDABLE and isinstance(before, (int, float)) and isinstance(after, (int, float)):
       if after < epoch:
         raise WorkdirError(f'{key} {before} -> {after}: the run is already at epoch {epoch:.2f}')

@@ -35,12 +35,16 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
   assert any(l.startswith('Done at step 12: best val_accuracy ') for l in lines)
   # --verbosity=0 brings the library logs back for debugging.
-  out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=3')
+  out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=3',
+               '--config.ema.warmup_power=0.5')
   assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
+  # A key that does nothing here is named (it had been ignored without a word) ...
+  assert "config key 'ema.warmup_power'=0.5 is ignored: there is no EMA" in out.stderr
   # The start line says where a max_steps launch stops (it said only '12 steps': an audit).
   assert re.search(r'^simple_cnn: .* 12 steps \(this launch stops at step 3: train.max_steps\), ',
                    out.stderr, re.M), out.stderr[-2000:]
   # A max_steps the run has passed: it had said 'this launch stops at step 2', then 'Done at 3'.
+  # ... and dropping it is no change of the run (it is inert in both configs).
   out = _train(tmp_path / 'run2', '--config.train.max_steps=2')
   assert out.returncode == 0 and re.search(
       r'^simple_cnn: .* 12 steps \(train.max_steps=2: this launch, at step 3, trains none\), ',

@@ -125,6 +125,20 @@ def test_a_changed_config_is_refused_when_the_run_left_a_best_but_no_latest(run)
   assert f'Done at step 1: best val_accuracy {_logged(run, "val_accuracy")[1]:.4f}' in out.stderr
 
 
+def test_a_same_config_start_over_sets_the_earlier_best_aside_with_its_metrics(run):
+  """Relaunched as it was after a kill before its first latest save, the run starts at step 0:
+  the earlier best went on as the new run's while its metrics row went to previous-*/ (a
+  review), so --weights auto and the reports found no row for it. Both are kept there now."""
+  shutil.rmtree(run / 'checkpoints' / 'latest' / str(FIRST_STEPS))
+  old_best = sorted(p.name for p in (run / 'checkpoints' / 'best').iterdir() if p.name.isdigit())
+  out = train(run, '--config.train.max_steps=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  [previous] = run.glob('previous-*')
+  assert sorted(p.name for p in (previous / 'best').iterdir()) == old_best
+  assert [p.name for p in (run / 'checkpoints' / 'best').iterdir() if p.name.isdigit()] == ['1']
+  assert 1 in _logged(run, 'val_accuracy')
+
+
 def test_failed_resume_with_another_config_file_keeps_config_json(run):
   kept = snapshot(run, skip=('.lock',))
   not_model = {k: v for k, v in TINY.items() if not k.startswith('model.')}

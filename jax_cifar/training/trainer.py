@@ -121,8 +121,14 @@ def _check_config_change(config, workdir: pathlib.Path, start_step: int, steps_p
                     '(train.allow_config_change).', path)
     return {}
   changes = workdir_lib.config_changes(old, new)
+  # Keys that do nothing under both configs (simple_cnn's model.width, ema.warmup_power without
+  # an EMA) may come and go: a relaunch without such a flag is the same run.
+  inert = (config_validation.inert_keys(workdir_lib.flatten(old))
+           & config_validation.inert_keys(workdir_lib.flatten(new)))
+  changes = {k: v for k, v in changes.items() if k not in inert}
   if start_step == 0:  # Nothing is resumed: every change that is not safe starts another run.
-    other = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items() if not workdir_lib.safe_to_change(k)]
+    other = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
+             if not workdir_lib.is_safe_change(k, a, b)]
     if other and not config.train.allow_config_change:
       raise workdir_lib.WorkdirError(
           f'{workdir} holds a best checkpoint of a launch with another config ({"; ".join(other)}) '
@@ -152,10 +158,11 @@ def _cannot_resume_with(changes: dict, workdir: pathlib.Path,
                        e: checkpoints.StructureMismatch) -> checkpoints.CheckpointError:
   """The error of a resume whose allowed config changes altered what the train state holds."""
   changed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
-                      if not workdir_lib.safe_to_change(k) and k not in workdir_lib.EXTENDABLE)
+                      if not workdir_lib.is_safe_change(k, a, b) and k not in workdir_lib.EXTENDABLE)
   if not changed:  # Only changes that leave the train state as it was: not the cause.
     return e
-  model = any(k.startswith('model.') for k in changes if not workdir_lib.safe_to_change(k))
+  model = any(k.startswith('model.') for k, (a, b) in changes.items()
+              if not workdir_lib.is_safe_change(k, a, b))
   way_on = ('a different model starts a new run in a fresh --workdir' if model else
             'start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
             f'--config.model.init_from={workdir}')
@@ -279,14 +286,16 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   has_best = ckpts.best.best_step() is not None
   changes = _check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
                                  has_best=has_best)
-  # At step 0, an earlier launch's best checkpoint of another config is not this run's best.
-  old_best = not resume_step and has_best and (
-      any(not workdir_lib.safe_to_change(k) for k in changes)
-      or not (workdir / workdir_lib.CONFIG_FILE).exists())
+  # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
+  # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
+  # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
+  old_best = parallel.any_process(not resume_step and has_best)
   for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
     logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
   if note := _random_backbone_note(config, resume_step):
     logging.warning('%s', note)
+  for note in config_validation.ignored_notes(config):
+    logging.warning('%s.', note)
   if resume_step:
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
