@@ -34,6 +34,9 @@ def test_ema_decay_follows_timm_warmup_and_caps_at_decay():
   got = np.asarray(jax.vmap(lambda s: ema_decay(s, 0.999, 0.75))(steps))
   np.testing.assert_allclose(got, np.minimum(0.999, 1 - (1.0 + steps) ** -0.75), rtol=1e-6)
   assert float(ema_decay(np.int32(5), 0.99, 0.0)) == pytest.approx(0.99)
+  # The first update copies the weights, with warm-up or without (timm's ModelEmaV3.get_decay
+  # returns 0 there either way; without warm-up it had used 0.99 from the start).
+  assert float(ema_decay(np.int32(0), 0.99, 0.0)) == float(ema_decay(np.int32(0), 0.99, 0.75)) == 0
 
 
 def test_ema_of_params_and_batch_stats_matches_numpy_over_several_steps():

@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ModelEmaV3 with buffers), kept in the train state, checkpointed and validated next to the raw
   # weights (val_accuracy_ema).
   c.ema.decay = 0.0  # EMA decay per step, e.g. 0.999; 0 disables the EMA.
-  c.ema.warmup_power = 0.0  # Warm-up: decay_t = min(decay, 1 - (1 + t) ** -power) (timm: 2/3 or 3/4); 0 = none.
+  c.ema.warmup_power = 0.0  # Warm-up: decay_t = min(decay, 1 - (1 + t) ** -power) (timm: 2/3 or 3/4); 0 = none. Either way the first update copies the weights (timm).
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000  # Save the 'latest' checkpoint every N steps and at the end ('best' is saved when validation improves).

@@ -17,10 +17,12 @@ from jax_cifar.state import TrainState, model_input
 
 
 def ema_decay(step: jax.Array, decay: float, warmup_power: float) -> jax.Array:
-  """The EMA decay at `step` (updates done before this one): timm's ModelEmaV3 warm-up,
-  1 - (1 + step) ** -power, capped at `decay`; without warm-up, `decay` itself."""
+  """The EMA decay at `step` (updates done before this one), as timm's ModelEmaV3: the first
+  update copies the weights (0); then the warm-up 1 - (1 + step) ** -power capped at `decay`, or
+  without warm-up `decay` itself (which had also been used at the first update, so the initial,
+  randomly headed weights kept decay ** n of the average: an audit)."""
   if not warmup_power:
-    return jnp.asarray(decay, jnp.float32)
+    return jnp.where(step == 0, jnp.float32(0.0), jnp.float32(decay))
   warm = 1.0 - (1.0 + step.astype(jnp.float32)) ** -warmup_power
   return jnp.minimum(jnp.float32(decay), warm)
 
