@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping threshold; 0 disables.
   c.optim.label_smoothing = 0.0  # Label smoothing epsilon for the cross-entropy loss.
   c.optim.backbone_lr_mult = 1.0  # Learning-rate multiplier of every parameter except the head (transfer learning).
-  c.optim.freeze_backbone_steps = 0  # Keep the backbone fixed for the first K steps (only the head trains).
+  c.optim.freeze_backbone_steps = 0  # Keep the backbone fixed for the first K steps (only the head trains): a zero learning rate, so its gradients still count in clipping and AdamW's moments (docs/transfer.md).
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128  # Global batch size (summed over all devices and processes).
