@@ -23,17 +23,35 @@ def maybe_initialize_distributed() -> None:
   CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise.
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
-  in_slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  tasks = os.environ.get('SLURM_NTASKS', '1').strip() or '1'
+  in_slurm = tasks.isdigit() and int(tasks) > 1
   if not explicit and not in_slurm and not os.environ.get('TPU_WORKER_HOSTNAMES'):
     return
   if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.
   local = os.environ.get('JAX_LOCAL_DEVICE_IDS')  # e.g. "0,1,2,3": this process's accelerators.
+  if local and not all(i.strip().isdigit() for i in local.split(',')):
+    raise errors.ConfigError(f'JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, '
+                             f'got {local!r}')
   kwargs = {'local_device_ids': [int(i) for i in local.split(',')]} if local else {}
   if explicit:
-    kwargs.update(coordinator_address=explicit, num_processes=_env_int('JAX_NUM_PROCESSES'),
-                  process_id=_env_int('JAX_PROCESS_ID'))
-  jax.distributed.initialize(**kwargs)
+    count, index = _env_int('JAX_NUM_PROCESSES'), _env_int('JAX_PROCESS_ID')
+    if not index < count:  # (JAX's own refusal was a traceback.)
+      raise errors.ConfigError(f'JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count} '
+                               '(processes are numbered 0 .. JAX_NUM_PROCESSES - 1)')
+    kwargs.update(coordinator_address=explicit, num_processes=count, process_id=index)
+  # A process that never starts: the others give up after this many seconds (JAX's own 300 had
+  # applied before our barrier's, whatever JAX_CIFAR_CONNECT_TIMEOUT_S said), and JAX then aborts
+  # them with its own message (DEADLINE_EXCEEDED ... RegisterTask).
+  kwargs['initialization_timeout'] = connect_timeout_s()
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # e.g. SLURM_NTASKS=2 in a batch script's body, outside srun.
+    raise errors.ConfigError(
+        f'cannot start as one of several processes ({e}); '
+        + (f'SLURM_NTASKS={tasks}: start each process with srun, ' if in_slurm and not explicit
+           else '') + 'or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID'
+    ) from None
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.default_backend() == 'cpu' and jax.process_count() > 1:
@@ -89,9 +107,10 @@ def connect_cpu_collectives() -> None:
 
 def _env_int(name: str) -> int:
   value = os.environ.get(name)
-  if value is None or not value.strip().isdigit():
-    raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be a non-negative integer, '
-                     f'got {value!r}')
+  if value is None or not value.strip().isdigit() or (name == 'JAX_NUM_PROCESSES' and not int(value)):
+    kind = 'a positive' if name == 'JAX_NUM_PROCESSES' else 'a non-negative'
+    raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be {kind} integer, '
+                             f'got {value!r}')
   return int(value)
 
 

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py')]
 
@@ -46,15 +48,30 @@ def test_launch_without_a_command_is_a_usage_error():
   assert proc.returncode == 2 and 'give the command after --' in proc.stderr
 
 
-def test_bad_process_count_in_the_environment_is_a_one_line_error(tmp_path):
-  env = dict(os.environ, JAX_COORDINATOR_ADDRESS='127.0.0.1:1', JAX_NUM_PROCESSES='two',
-             JAX_PROCESS_ID='0', JAX_PLATFORMS='cpu')
+COORDINATED = {'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1',
+               'JAX_PROCESS_ID': '0'}
+
+
+@pytest.mark.parametrize('values, message', [
+    ({**COORDINATED, 'JAX_NUM_PROCESSES': 'two'},
+     "JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES must be a positive integer, got 'two'"),
+    # An audit: these had been tracebacks from JAX or int().
+    ({**COORDINATED, 'JAX_NUM_PROCESSES': '0'}, "JAX_NUM_PROCESSES must be a positive integer, got '0'"),
+    ({**COORDINATED, 'JAX_PROCESS_ID': '3'}, 'JAX_PROCESS_ID=3 must be below JAX_NUM_PROCESSES=1'),
+    ({**COORDINATED, 'JAX_LOCAL_DEVICE_IDS': 'a'},
+     "JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, got 'a'"),
+    ({'SLURM_NTASKS': '2'}, 'SLURM_NTASKS=2: start each process with srun, or set '
+                            'JAX_COORDINATOR_ADDRESS'),
+])
+def test_bad_multi_process_environment_is_a_one_line_error(tmp_path, values, message):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_'))}
+  env.update(values, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--config',
                          str(ROOT / 'configs' / 'smoke.py'), '--workdir', str(tmp_path / 'run')],
                         env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
-  assert proc.returncode == 1
-  assert "error: JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES must be a non-negative " \
-         "integer, got 'two'" in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert proc.returncode == 1 and len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and not (tmp_path / 'run').exists()
 
 
 def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
