@@ -344,6 +344,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       parallel.batch_sharded(mesh), size=config.data.prefetch)
   bar = tracking.progress_bar(last_step, start_step)
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
+  untimed, first_step_s = 0, 0.0  # Set at the launch's first step.
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
   del state
 
@@ -354,6 +355,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     for step in range(start_step + 1, last_step + 1):
       leaves, metrics = train_step_fn(leaves, next(batches))
       pending.append(metrics)
+      if step == start_step + 1:  # A launch's first step compiles: timed apart, not as training
+        jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
+        first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
+        t_last = time.perf_counter()
       # A run stopped by max_steps logs no extra train row (a resumed run's train rows equal the
       # uninterrupted run's) but ends with an evaluation, as at the end of training.
       if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -361,13 +366,16 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
             jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
         _check_finite(current(), config)
         now = time.perf_counter()
-        summary['images_per_sec'] = len(pending) * batch_size / (now - t_last)
+        if len(pending) > untimed:
+          summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
+        if untimed:
+          summary['first_step_seconds'], untimed = first_step_s, 0  # Compile included.
         summary['epoch'] = step / steps_per_epoch
         if len(pending) != config.train.log_every_steps:  # A resumed run's first row, or the last.
           summary['window_steps'] = len(pending)
         writer.write(step, summary)
         bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
-                        img_s=f"{summary['images_per_sec']:.0f}", refresh=False)
+                        img_s=f"{summary.get('images_per_sec', 0):.0f}", refresh=False)
         pending, t_last = [], now
         if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
           ckpts.check_saves()  # A failed background save stops the run at once, not saves later.
