@@ -185,6 +185,18 @@ def test_the_summary_row_shows_a_plain_evaluation_and_names_an_adapted_one(tmp_p
   assert rows[1]['run'] == 'only (eval_best_tta-shifts_bn-adapt)'
 
 
+def test_a_run_without_validation_split_says_its_best_is_on_test(tmp_path):
+  """With data.val_fraction 0 the trainer validates on the test split: the report had shown that
+  number as 'best val acc' like any other (an audit). simple_cnn gets no width (it has none)."""
+  config = {**BASE_CONFIG, 'model': {'name': 'simple_cnn', 'width': 64},
+            'data': {'val_fraction': 0.0}}
+  runs = [report.load_run(_fake_run(tmp_path / 'on_test', 1.0, config=config)),
+          report.load_run(_fake_run(tmp_path / 'held_out', 1.0))]
+  lines = report.markdown_table(report.summary_rows(runs)).splitlines()
+  assert lines[2].startswith('| on_test | simple_cnn | 2.0 | 20.00% (test split) |'), lines[2]
+  assert lines[3].startswith('| held_out | resnet18 (width 16) | 2.0 | 20.00% |'), lines[3]
+
+
 def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, drawn):
   """An eval JSON that is not an object is read as no evaluation; a metric written as a string is
   shown as it is; an older step's numbers that evaluate kept (eval_best.step3.json) are not rows."""

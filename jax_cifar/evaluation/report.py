@@ -204,9 +204,12 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     model = run['config'].get('model', {})
     out.append({
         'run': f"{run['label']} ({name})" if adapted else run['label'],
-        'model': f"{model.get('name', '?')} (width {model.get('width', '?')})" if model else '-',
+        'model': ('-' if not model else model.get('name', '?') if model.get('name') == 'simple_cnn'
+                  else f"{model.get('name', '?')} (width {model.get('width', '?')})"),
         'epochs': round(epochs, 2) if epochs is not None else None,
         'best_val_accuracy': max(val) if val else None,
+        # data.val_fraction 0: the trainer validated (and picked `best`) on the test split.
+        'val_is_test': run['config'].get('data', {}).get('val_fraction') == 0,
         'test_accuracy': ev.get('test_accuracy'),
         'ood_accuracy': ev.get('ood_accuracy'),
         'cifar100c_mean_accuracy': ev.get('cifar100c_mean_accuracy'),
@@ -220,8 +223,10 @@ def markdown_table(rows: list[dict]) -> str:
            '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
     time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
+    val = _fmt(r['best_val_accuracy']) + (
+        ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '')
     lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(r['epochs'], False)} | "
-                 f"{_fmt(r['best_val_accuracy'])} | {_fmt(r['test_accuracy'])} | "
+                 f"{val} | {_fmt(r['test_accuracy'])} | "
                  f"{_fmt(r['ood_accuracy'])} | {_fmt(r['cifar100c_mean_accuracy'])} | {time} |")
   return '\n'.join(lines) + '\n'
 
