@@ -167,7 +167,16 @@ def quiet_libraries() -> None:
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
 
 
+HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)` with the parsing above."""
+  """`absl.app.run(main)` with the parsing above; asked for help, the status is 0 (absl's is 1,
+  which scripts read as a failure)."""
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except SystemExit as e:
+    if e.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
+      raise SystemExit(0) from None
+    raise

@@ -68,8 +68,9 @@ def define_flags() -> None:
   """The command line's flags, registered when the module runs as `python -m jax_cifar.evaluate`:
   importing it as a library (evaluate(), with jax_cifar.train, whose --config and --workdir are its
   own) registers none."""
-  config_flags.DEFINE_config_file('config', None, 'A configuration file (default: the run\'s own '
-                                  'WORKDIR/config.json); its model keys must match the run\'s.',
+  config_flags.DEFINE_config_file('config', None, 'A configuration file, or a packaged one as '
+                                  'jax_cifar:NAME (default: the run\'s own WORKDIR/config.json); '
+                                  'its model keys must match the run\'s.',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
   flags.DEFINE_string('checkpoint', 'best',

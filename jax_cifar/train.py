@@ -21,7 +21,10 @@ def define_flags() -> None:
   """The command line's flags, registered when the module runs as `python -m jax_cifar.train`:
   importing it (with jax_cifar.evaluate, whose --config and --workdir are its own) registers
   none."""
-  config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'Training configuration: a file '
+                                  '(configs/NAME.py) or a packaged one, jax_cifar:NAME (e.g. '
+                                  'jax_cifar:smoke); override keys with --config.KEY=VALUE.',
+                                  lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
