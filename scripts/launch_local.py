@@ -56,11 +56,23 @@ def main() -> int:
     parser.error('give the command after --')
   if args.num_processes < 1:
     parser.error('--num_processes must be at least 1')
+  if args.cpu_devices < 0:
+    parser.error('--cpu_devices must be 0 (the default backend) or a number of devices')
+  if not 0 <= args.port <= 65535:
+    parser.error('--port must be 0 (a free one) or a port number up to 65535')
   port = args.port or free_port()
-  procs = [subprocess.Popen(command, env=process_env(os.environ, i, args.num_processes, port,
-                                                     args.cpu_devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(args.num_processes)]
+  procs = []
+  for i in range(args.num_processes):
+    try:
+      procs.append(subprocess.Popen(command, env=process_env(os.environ, i, args.num_processes,
+                                                             port, args.cpu_devices),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    except OSError as e:  # No such command: one line, and no copy left running.
+      for p in procs:
+        p.kill()
+        p.wait()
+      print(f'[launch] cannot start {command[0]!r}: {e.strerror}', file=sys.stderr, flush=True)
+      return 127 if isinstance(e, FileNotFoundError) else 126
   pumps = [threading.Thread(target=_pump, args=(p, f'[p{i}]'), daemon=True)
            for i, p in enumerate(procs)]
   for t in pumps:

@@ -89,3 +89,15 @@ def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
                         f'got {bad!r}')
     else:
       raise AssertionError(f'{bad!r} was accepted')
+
+
+@pytest.mark.parametrize('args, status, message', [
+    (['--cpu_devices', '-1', '--', 'true'], 2, '--cpu_devices must be 0'),
+    (['--port', '99999', '--', 'true'], 2, '--port must be 0'),
+    (['--', 'jax-cifar-no-such-command'], 127, "cannot start 'jax-cifar-no-such-command'"),
+])
+def test_launch_refuses_bad_arguments_in_one_line(args, status, message):
+  """These had passed through to JAX, or ended in a FileNotFoundError traceback (an audit)."""
+  proc = subprocess.run(LAUNCH + args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+  assert proc.returncode == status and message in proc.stderr, proc.stderr
+  assert 'Traceback' not in proc.stderr
