@@ -2,6 +2,8 @@
 # Multi-node training on a SLURM GPU cluster: one JAX process per GPU (default) or per node.
 #
 #   sbatch --nodes=2 --gpus-per-node=4 scripts/launch_slurm.sh configs/resnet152.py /shared/runs/r152
+#   sbatch --nodes=2 --gpus-per-node=8 --ntasks-per-node=8 scripts/launch_slurm.sh ...  (not 4 GPUs:
+#   name the tasks too, as the #SBATCH line below allocates 4 per node)
 #   PER_NODE=1 sbatch --nodes=2 --gpus-per-node=4 scripts/launch_slurm.sh configs/resnet152.py DIR
 #   (extra arguments go to jax_cifar.train, e.g. --config.train.batch_size=512)
 #
@@ -35,6 +37,13 @@ if [ "${PER_NODE:-0}" = 1 ]; then
 else
   # One process per GPU: every task sees the node's GPUs and JAX takes GPU number SLURM_LOCALID
   # (so do not bind tasks to GPUs with --gpus-per-task here).
+  allocated=${SLURM_NTASKS_PER_NODE:-$gpus_per_node}
+  allocated=${allocated%%(*}  # "8(x2)" -> 8
+  if [ "$allocated" -lt "$gpus_per_node" ]; then  # srun would refuse the step, less clearly.
+    echo "error: $gpus_per_node GPUs per node need --ntasks-per-node=$gpus_per_node in the sbatch" \
+         "command (the allocation has $allocated tasks per node)" >&2
+    exit 2
+  fi
   tasks=(--ntasks-per-node="$gpus_per_node")
 fi
 mkdir -p "$workdir"

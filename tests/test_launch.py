@@ -101,3 +101,22 @@ def test_launch_refuses_bad_arguments_in_one_line(args, status, message):
   proc = subprocess.run(LAUNCH + args, capture_output=True, text=True, timeout=60, cwd=ROOT)
   assert proc.returncode == status and message in proc.stderr, proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('tasks, gpus, ok', [('4(x2)', '8', False), ('8(x2)', '8', True),
+                                             ('4', 'h100:4', True)])
+def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, tasks, gpus, ok):
+  """With 8 GPUs per node and the script's own 4 tasks per node, srun had refused the step with
+  its own words (an audit). The script runs here with a stand-in srun that prints its command."""
+  (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $*"\n')
+  (tmp_path / 'srun').chmod(0o755)
+  env = dict(os.environ, SLURM_GPUS_ON_NODE=gpus, SLURM_NTASKS_PER_NODE=tasks,
+             PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
+  proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'launch_slurm.sh'), 'cfg.py',
+                         str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=60)
+  if ok:
+    assert proc.returncode == 0 and f'--ntasks-per-node={gpus.split(":")[-1]} python -m ' \
+        'jax_cifar.train --config cfg.py' in proc.stdout, proc.stderr
+  else:
+    assert proc.returncode == 2 and proc.stdout == '' and (
+        '8 GPUs per node need --ntasks-per-node=8' in proc.stderr), proc.stderr
