@@ -16,7 +16,6 @@ import os
 import sys
 import re
 import shutil
-import tempfile
 import signal
 import uuid
 from typing import Any, Iterator, Mapping
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from jax_cifar import errors
+from jax_cifar import workdir
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
 from jax_cifar.models.resnet import torch_linear
@@ -236,16 +236,15 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
 
 def _check_parent(path: str) -> None:
   """Fails before any converting unless `path`'s folder exists or can be made, and takes files
-  (tried with a probe folder, which also answers for root on a read-only mount)."""
+  (workdir.why_unwritable's probe)."""
   parent = os.path.dirname(os.path.abspath(path))  # ('out' has no dirname: '' never exists.)
   while not os.path.lexists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
     raise OutputPathError(f'{path}: {parent} is a file, not a folder')
-  try:
-    os.rmdir(tempfile.mkdtemp(dir=parent, prefix='.convert-probe-'))
-  except OSError as e:
-    raise OutputPathError(f'{path}: cannot create files in {parent} ({e.strerror})') from None
+  why = workdir.why_unwritable(parent)
+  if why:
+    raise OutputPathError(f'{path}: cannot create files in {parent} ({why})')
 
 
 def _kill_point(name: str) -> None:

@@ -42,7 +42,6 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 import time
 
 import jax
@@ -296,15 +295,11 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
 def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
   """Whether eval_<tag>.json and the figures can be written into `workdir` (a probe file is made
   and removed); if not, says so before the predictions."""
-  try:
-    fd, probe = tempfile.mkstemp(dir=workdir, prefix='.eval-probe-')
-    os.close(fd)
-    os.unlink(probe)
-    return True
-  except OSError as e:
-    tracking.say(f'{workdir} takes no files ({e.strerror}): the numbers are printed, and '
+  why = workdir_lib.why_unwritable(workdir)
+  if why:
+    tracking.say(f'{workdir} takes no files ({why}): the numbers are printed, and '
                  f'eval_{tag}.json and the figures are not written')
-    return False
+  return why is None
 
 
 def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):

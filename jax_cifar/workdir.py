@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from typing import Any
 
 from flax import traverse_util
@@ -75,6 +76,20 @@ class Lock:
     if self._fd is not None:
       os.close(self._fd)  # Closing the descriptor drops the flock; the file stays, harmlessly.
       self._fd = None
+
+
+def why_unwritable(folder: str | os.PathLike) -> str | None:
+  """None if this process can create files in the existing `folder`, else why not (strerror).
+
+  Tried by making and removing a probe file, which, unlike os.access, also answers for root on a
+  read-only mount and for a full disk's quota."""
+  try:
+    fd, probe = tempfile.mkstemp(dir=folder, prefix='.write-probe-')
+    os.close(fd)
+    os.unlink(probe)
+    return None
+  except OSError as e:
+    return e.strerror or str(e)
 
 
 def existing_run(workdir: pathlib.Path) -> str | None:

@@ -291,7 +291,7 @@ def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_p
   def refused(*args, **kwargs):
     raise PermissionError(13, 'Read-only file system')
 
-  monkeypatch.setattr(evaluate.tempfile, 'mkstemp', refused)
+  monkeypatch.setattr(evaluate.workdir_lib.tempfile, 'mkstemp', refused)  # The probe's.
   result = evaluate.evaluate(_config(), str(workdir), 'latest', cifar100c_dir=str(run / 'c'))
   assert 0 <= result['test_accuracy'] <= 1 and 'cifar100c_mean_accuracy_all' in result
   assert sorted(p.name for p in workdir.iterdir()) == before

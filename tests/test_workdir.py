@@ -272,6 +272,15 @@ def test_nothing_is_set_aside_that_a_relaunch_would_only_rewrite_the_same(tmp_pa
   assert not (tmp_path / 'config.json').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
+def test_why_unwritable_answers_from_a_real_probe(tmp_path):
+  """The one write probe behind evaluate's, the converter's and --submission's up-front checks:
+  a folder that takes files gives None and keeps no probe; /proc (which refuses files even to root)
+  and a missing folder give the reason."""
+  assert workdir_lib.why_unwritable(tmp_path) is None and not list(tmp_path.iterdir())
+  assert workdir_lib.why_unwritable('/proc')
+  assert workdir_lib.why_unwritable(tmp_path / 'missing') == 'No such file or directory'
+
+
 def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_one(tmp_path):
   # Found once the workdir is claimed (when the data is read): the folder had been made.
   bad = ('--config.data.source=local', f'--config.data.dir={tmp_path / "no_data"}')

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from jax_cifar import errors
+from jax_cifar import workdir
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import NUM_CLASSES
 
@@ -65,13 +66,9 @@ def check_output_path(path: str | os.PathLike) -> pathlib.Path:
   if not parent.is_dir():
     what = 'is not a folder' if parent.exists() else 'does not exist'
     raise SubmissionError(f'--submission {path}: the folder {parent} {what}')
-  try:
-    fd, probe = tempfile.mkstemp(dir=parent, prefix=f'.{path.name}.', suffix='.probe')
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    raise SubmissionError(f'--submission {path}: cannot create files in {parent} '
-                          f'({e.strerror})') from None
+  why = workdir.why_unwritable(parent)
+  if why:
+    raise SubmissionError(f'--submission {path}: cannot create files in {parent} ({why})')
   return path
 
 
