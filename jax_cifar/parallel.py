@@ -35,7 +35,7 @@ def maybe_initialize_distributed() -> None:
                              f'got {local!r}')
   kwargs = {'local_device_ids': [int(i) for i in local.split(',')]} if local else {}
   if explicit:
-    count, index = _env_int('JAX_NUM_PROCESSES'), _env_int('JAX_PROCESS_ID')
+    count, index = _env_int('JAX_NUM_PROCESSES', minimum=1), _env_int('JAX_PROCESS_ID')
     if not index < count:  # (JAX's own refusal was a traceback.)
       raise errors.ConfigError(f'JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count} '
                                '(processes are numbered 0 .. JAX_NUM_PROCESSES - 1)')
@@ -105,10 +105,11 @@ def connect_cpu_collectives() -> None:
   logging.info('Collectives connected across %d processes.', jax.process_count())
 
 
-def _env_int(name: str) -> int:
+def _env_int(name: str, minimum: int = 0) -> int:
+  """The integer environment variable `name`, at least `minimum` (0 or 1), else one error line."""
   value = os.environ.get(name)
-  if value is None or not value.strip().isdigit() or (name == 'JAX_NUM_PROCESSES' and not int(value)):
-    kind = 'a positive' if name == 'JAX_NUM_PROCESSES' else 'a non-negative'
+  if value is None or not value.strip().isdigit() or int(value) < minimum:
+    kind = 'a positive' if minimum else 'a non-negative'
     raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be {kind} integer, '
                              f'got {value!r}')
   return int(value)

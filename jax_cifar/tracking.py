@@ -23,8 +23,7 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   path = pathlib.Path(workdir) / METRICS_FILE
   rows, bad = _read_rows(path)
   if bad:
-    logging.warning('%s: skipped %d line(s) that are not metrics rows (line %s)', path, len(bad),
-                    ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else ''))
+    logging.warning('%s: skipped %s', path, _not_rows(bad))
   return rows
 
 
@@ -44,6 +43,12 @@ def _read_rows(path: pathlib.Path) -> tuple[list[dict], list[int]]:
     elif number < len(lines) and line.strip():
       bad.append(number)
   return rows, bad
+
+
+def _not_rows(bad: list[int]) -> str:
+  """'N line(s) that are not metrics rows (line a, b, ...)': one wording for reader and writer."""
+  shown = ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else '')
+  return f'{len(bad)} line(s) that are not metrics rows (line {shown})'
 
 
 def _clean(value: Any) -> Any:
@@ -69,9 +74,8 @@ class MetricsWriter:
     if bad:  # Rewritten below without them: the file as it was is kept beside it.
       copy = workdir_lib.unused_path(self.workdir, 'metrics.damaged', '.jsonl')
       shutil.copyfile(self.path, copy)
-      logging.warning('%s: %d line(s) are not metrics rows (line %s); the resumed run leaves them '
-                      'out, and the file as it was is kept as %s', self.path, len(bad),
-                      ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else ''), copy)
+      logging.warning('%s: the resumed run leaves out %s, and the file as it was is kept as %s',
+                      self.path, _not_rows(bad), copy)
     kept = [r for r in rows if r['step'] <= resume_step]
     tmp = self.path.with_suffix('.tmp')
     tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))

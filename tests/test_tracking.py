@@ -133,7 +133,7 @@ def test_resumed_training_run_continues_the_same_wandb_run(offline_run, tmp_path
   _assert_logged({**histories[0], **histories[1]}, losses)
 
 
-def test_lines_that_are_not_metrics_rows_are_skipped_and_the_file_kept(tmp_path):
+def test_lines_that_are_not_metrics_rows_are_skipped_and_the_file_kept(tmp_path, caplog):
   """A line `5` or undecodable bytes in metrics.jsonl had stopped a resume with an
   AttributeError / UnicodeDecodeError traceback (an audit). They are skipped, the rows kept, and
   the resumed run rewrites the file only after keeping it as it was."""
@@ -148,3 +148,7 @@ def test_lines_that_are_not_metrics_rows_are_skipped_and_the_file_kept(tmp_path)
   writer.close()
   assert tracking.read_metrics(tmp_path) == rows[:2]
   assert (tmp_path / 'metrics.damaged.jsonl').read_bytes() == text
+  said = [r.getMessage() for r in caplog.records]  # The reader's and the writer's, one wording.
+  assert sum('skipped 3 line(s) that are not metrics rows (line 2, 3, 5)' in m for m in said) == 1
+  assert any('leaves out 3 line(s) that are not metrics rows (line 2, 3, 5)' in m
+             and 'metrics.damaged.jsonl' in m for m in said), said
