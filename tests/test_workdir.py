@@ -178,17 +178,17 @@ def test_a_mismatch_with_only_safe_changes_is_not_blamed_on_them(tmp_path):
   """With only max_steps (or a longer num_epochs) changed, the message had said "its changes ()"
   or blamed num_epochs, which leave the train state as it was (a review)."""
   from jax_cifar import checkpoints  # pylint: disable=import-outside-toplevel
-  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  from jax_cifar.training import relaunch  # pylint: disable=import-outside-toplevel
   e = checkpoints.StructureMismatch(tmp_path / '3', 'trees differ')
   for changes in ({'train.max_steps': (3, 6)}, {'train.num_epochs': (2.0, 4.0)}, {}):
-    assert trainer._cannot_resume_with(changes, tmp_path, e) is e  # pylint: disable=protected-access
+    assert relaunch.cannot_resume_with(changes, tmp_path, e) is e
   both = {'train.max_steps': (3, 6), 'ema.decay': (0.0, 0.9)}
-  message = str(trainer._cannot_resume_with(both, tmp_path, e))  # pylint: disable=protected-access
+  message = str(relaunch.cannot_resume_with(both, tmp_path, e))
   assert '(ema.decay 0.0 -> 0.9)' in message and 'trees differ' in message, message
   assert f'model.init_from={tmp_path}' in message
   # Another model cannot start from this run's weights either (init_from refuses it): not offered.
   width = {'model.width': (8, 16)}
-  message = str(trainer._cannot_resume_with(width, tmp_path, e))  # pylint: disable=protected-access
+  message = str(relaunch.cannot_resume_with(width, tmp_path, e))
   assert 'init_from' not in message and 'a different model starts a new run' in message, message
 
 

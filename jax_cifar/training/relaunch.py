@@ -1,0 +1,87 @@
+"""What a relaunch of a run may change: its previous launch's config against this one's.
+
+`workdir` holds the rules (which keys are safe to change, which extend the schedule); the trainer
+calls `check_config_change` before it restores, and `cannot_resume_with` to word the error of a
+resume whose allowed changes altered what the train state holds.
+"""
+
+import json
+import pathlib
+
+from absl import logging
+
+from jax_cifar import checkpoints, config_validation, optim
+from jax_cifar import workdir as workdir_lib
+
+
+def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_per_epoch: int,
+                        total_steps: int, has_best: bool = False) -> dict:
+  """The changes from the run's previous launch; trajectory-altering ones refused (see workdir).
+  Also at step 0 when the previous launch left a `best` checkpoint (killed before its first
+  `latest`): the new run would inherit that checkpoint and its accuracy as its own."""
+  if not (start_step > 0 or has_best):
+    return {}
+  old = workdir_lib.previous_config(workdir)
+  if old is None:  # Deleted: any change had resumed without a word (an audit).
+    path = workdir / workdir_lib.CONFIG_FILE
+    if not config.train.allow_config_change:
+      raise workdir_lib.WorkdirError(
+          f'{path} is missing: it records the config of the saved checkpoints, so this launch '
+          f'cannot be checked against it. Put it back ({workdir_lib.LAUNCHES_FILE} holds each '
+          'launch\'s config, the newest last), or pass --config.train.allow_config_change=true '
+          'to go on with this launch\'s config')
+    logging.warning('%s is missing: going on with this launch\'s config '
+                    '(train.allow_config_change).', path)
+    return {}
+  new = json.loads(json.dumps(config.to_dict(), default=str))
+  changes = workdir_lib.config_changes(old, new)
+  # Keys that do nothing under both configs (simple_cnn's model.width, ema.warmup_power without
+  # an EMA) may come and go: a relaunch without such a flag is the same run.
+  inert = (config_validation.inert_keys(workdir_lib.flatten(old))
+           & config_validation.inert_keys(workdir_lib.flatten(new)))
+  changes = {k: v for k, v in changes.items() if k not in inert}
+  if start_step == 0:  # Nothing is resumed: every change that is not safe starts another run.
+    other = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
+             if not workdir_lib.is_safe_change(k, a, b)]
+    if other and not config.train.allow_config_change:
+      raise workdir_lib.WorkdirError(
+          f'{workdir} holds a best checkpoint of a launch with another config ({"; ".join(other)}) '
+          'that stopped before its first latest checkpoint, so nothing can be resumed. Start in a '
+          'fresh --workdir, or pass --config.train.allow_config_change=true to start over here '
+          '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder)')
+    return changes
+  notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
+                                     epoch=start_step / steps_per_epoch)
+  for key in notable:
+    logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
+                    *changes[key])
+  if 'train.num_epochs' in notable:
+    old_optim = config.optim.copy_and_resolve_references()
+    for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
+      old_optim[key.split('.', 1)[1]] = before
+    old_total = max(1, int(changes['train.num_epochs'][0] * steps_per_epoch))
+    _, old_schedule = optim.make_optimizer(old_optim, old_total, steps_per_epoch)
+    _, new_schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+    logging.warning('The schedule now ends at step %d (was %d): the learning rate at step %d is '
+                    '%.3g (was %.3g).', total_steps, old_total, start_step,
+                    float(new_schedule(start_step)), float(old_schedule(start_step)))
+  return changes
+
+
+def cannot_resume_with(changes: dict, workdir: pathlib.Path,
+                      e: checkpoints.StructureMismatch) -> checkpoints.CheckpointError:
+  """The error of a resume whose allowed config changes altered what the train state holds."""
+  changed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
+                      if not workdir_lib.is_safe_change(k, a, b) and k not in workdir_lib.EXTENDABLE)
+  if not changed:  # Only changes that leave the train state as it was: not the cause.
+    return e
+  model = any(k.startswith('model.') for k, (a, b) in changes.items()
+              if not workdir_lib.is_safe_change(k, a, b))
+  way_on = ('a different model starts a new run in a fresh --workdir' if model else
+            'start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
+            f'--config.model.init_from={workdir}')
+  return checkpoints.CheckpointError(
+      f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
+      'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
+      f'which train.allow_config_change cannot carry over. Undo them, or {way_on}. '
+      f'orbax: {e.detail}')
