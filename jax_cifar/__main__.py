@@ -4,6 +4,7 @@ Each command runs the module's own command line, so `jax-cifar train --config ja
 --workdir runs/smoke` is `python -m jax_cifar.train --config jax_cifar:smoke --workdir runs/smoke`.
 """
 
+import importlib
 import runpy
 import sys
 
@@ -13,9 +14,12 @@ COMMANDS = {
     'convert': ('jax_cifar.convert_cli', 'torchvision weights -> a model.pretrained checkpoint'),
     'corrupt': ('jax_cifar.corrupt', 'a labelled 19 x 5 corrupted set from the test split'),
     'submission': ('jax_cifar.submission', 'check a submission CSV'),
-    'report': ('jax_cifar.report', 'curves and a summary of several runs'),
+    'report': ('jax_cifar.evaluation.report', 'curves and a summary of several runs'),
     'prepare_tfds': ('jax_cifar.data.prepare_tfds', 'build tfds cifar100 for data.source=tfds'),
 }
+# argparse commands: their main(argv) is called, so that their usage line says `jax-cifar NAME`
+# (run as __main__, sys.argv[0] would become the module's file).
+ARGPARSE = ('jax_cifar.convert_cli', 'jax_cifar.evaluation.report', 'jax_cifar.data.prepare_tfds')
 
 
 def main() -> None:
@@ -30,9 +34,8 @@ def main() -> None:
     sys.exit(2 if bad or len(sys.argv) < 2 else 0)
   module = COMMANDS[sys.argv[1]][0]
   sys.argv = [f'jax-cifar {sys.argv[1]}'] + sys.argv[2:]
-  if module == 'jax_cifar.convert_cli':  # A library module: call its main.
-    from jax_cifar import convert_cli  # pylint: disable=g-import-not-at-top
-    sys.exit(convert_cli.main(sys.argv[1:]))
+  if module in ARGPARSE:
+    sys.exit(importlib.import_module(module).main(sys.argv[1:]))
   runpy.run_module(module, run_name='__main__', alter_sys=True)
 
 

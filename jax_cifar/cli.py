@@ -24,6 +24,15 @@ BUILTIN_PREFIX = 'jax_cifar:'
 USAGE_EXIT_CODE = 2
 
 
+def prog(module: str | None = None) -> str | None:
+  """An argparse command's name in its usage line: `jax-cifar NAME` when `jax-cifar` started it
+  (jax_cifar/__main__.py sets that), else `python -m MODULE` (Python 3.11 would say `NAME.py`);
+  None (the script's file name) for a command without a module form."""
+  if sys.argv[0].startswith('jax-cifar '):
+    return sys.argv[0]
+  return f'python -m {module}' if module else None
+
+
 def builtin_config_path(name: str) -> str:
   """Path of the packaged config `name` (e.g. 'smoke'); a ValueError lists the ones that exist."""
   folder = pathlib.Path(__file__).resolve().parent / 'configs'

@@ -21,7 +21,7 @@ import warnings
 import zipfile
 from typing import Any, Mapping
 
-from jax_cifar import errors
+from jax_cifar import cli, errors
 
 # As jax_cifar.convert.ARCHS (a test keeps them equal); listed here so --help needs no jax.
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
@@ -31,7 +31,8 @@ _ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, o
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog=cli.prog(),
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--arch', required=True, choices=ARCHS)
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--state_dict', help='a torchvision state_dict saved with torch.save')

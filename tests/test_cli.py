@@ -156,6 +156,19 @@ def test_evaluate_names_a_missing_config_file_too(tmp_path):
   assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
 
 
+@pytest.mark.parametrize('command, other, typed', [
+    ('report', ['-m', 'jax_cifar.report'], 'python -m jax_cifar.report'),
+    ('prepare_tfds', ['-m', 'jax_cifar.data.prepare_tfds'], 'python -m jax_cifar.data.prepare_tfds'),
+    ('convert', ['scripts/convert_torchvision_weights.py'], 'convert_torchvision_weights.py')])
+def test_argparse_usage_names_the_command_as_it_was_typed(command, other, typed):
+  """`jax-cifar report --help` had said `usage: python -m jax_cifar.report`, and `jax-cifar
+  prepare_tfds` `usage: prepare_tfds.py`: each names the command the user typed."""
+  for argv, typed in ((['-m', 'jax_cifar', command], f'jax-cifar {command}'), (other, typed)):
+    out = subprocess.run([sys.executable, *argv, '--help'], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0 and out.stdout.startswith(f'usage: {typed} '), out.stdout + out.stderr
+
+
 def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(tmp_path),
                         '--config.train.eval_batch_size=200'], cwd=ROOT, capture_output=True,

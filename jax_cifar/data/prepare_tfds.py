@@ -14,6 +14,7 @@ import importlib.util
 import pathlib
 import sys
 
+from jax_cifar import cli
 from jax_cifar.data import cifar100
 
 ARCHIVE = 'cifar-100-binary.tar.gz'
@@ -53,7 +54,8 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.data.prepare_tfds'),
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--data_dir', required=True, help='tfds data_dir (data.tfds_data_dir)')
   parser.add_argument('--manual_dir', default='', help=f'folder holding {ARCHIVE}; no download')
   args = parser.parse_args(argv)

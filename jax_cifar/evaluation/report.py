@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from flax import traverse_util
 
-from jax_cifar import errors, tracking, workdir
+from jax_cifar import cli, errors, tracking, workdir
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
@@ -324,7 +324,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jax_cifar.report', description=__doc__,
+  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.report'), description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('runs', nargs='+', help='training run directories (with metrics.jsonl)')
   parser.add_argument('--out', required=True, help='output folder for the PNGs and summary.md')
