@@ -130,10 +130,37 @@ def test_output_files_without_a_manifest_are_refused(source, tmp_path):
   out.mkdir()
   np.save(out / 'distortion00.npy', np.zeros((5, 32, 32, 3), np.uint8))
   line = _error_line(_run(source, out, *ARGS))
-  assert 'distortion00.npy' in line and 'corrupt_manifest.json' in line and '--overwrite' in line
+  assert 'distortion00.npy' in line and 'corrupt_manifest.json' in line and 'move them away' in line
+  assert sorted(p.name for p in out.iterdir()) == ['distortion00.npy']
+  # They may be the course's own files: --overwrite does not delete them either (it had).
+  assert 'move them away' in _error_line(_run(source, out, *ARGS, '--overwrite'))
   assert sorted(p.name for p in out.iterdir()) == ['distortion00.npy']
   (out / 'corrupt_manifest.json').write_text('{"format": ')  # Truncated manifest.
   assert 'corrupt_manifest.json: unreadable' in _error_line(_run(source, out, *ARGS))
+
+
+def test_files_the_manifest_does_not_record_are_never_removed(tmp_path):
+  """A rerun had deleted every file whose name it could write unless the manifest recorded it
+  complete, so a user's own distortion00.npy or fog.npy beside a set vanished without a word, and
+  --overwrite deleted the other format's files too (an audit). This format's unrecorded names
+  are refused, the other format's are left alone, and --overwrite replaces only the old set."""
+  images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
+  out = tmp_path / 'set'
+  contrast = ood.distortion_file(ood.CORRUPTIONS.index('contrast'))
+  corrupt.build(out, images, labels, names=('brightness',))
+  np.save(out / 'fog.npy', np.ones((5, 32, 32, 3), np.uint8))  # A CIFAR-100-C file of the user's.
+  corrupt.build(out, images, labels, names=('brightness',))
+  corrupt.build(out, images, labels, names=('contrast',), seed=1, overwrite=True)
+  assert sorted(p.name for p in out.iterdir()) == [  # The old set's brightness file is gone.
+      'corrupt_manifest.json', contrast, 'fog.npy', 'labels.npy']
+  assert np.load(out / 'fog.npy').min() == 1
+  mine = np.full((5, 32, 32, 3), 7, np.uint8)
+  np.save(out / 'distortion00.npy', mine)  # The course's file, say.
+  for overwrite in (False, True):
+    with pytest.raises(corrupt_store.OutputError, match='distortion00.npy, which its '
+                       'corrupt_manifest.json does not record.*never replaces them'):
+      corrupt.build(out, images, labels, names=('contrast',), seed=1, overwrite=overwrite)
+  assert (np.load(out / 'distortion00.npy') == mine).all() and (out / contrast).exists()
 
 
 @pytest.mark.parametrize('damage, reason', [

@@ -7,8 +7,10 @@ What a reader can rely on, whatever happens to the writer (SIGKILL, SIGTERM, a f
     (replaced atomically) records them (format, seed, limit and image count, a hash of the source
     images and labels, the frost textures, chunk size, generator version) and each file's
     completion and sha256. A run with other options is refused unless `overwrite` is set, an
-    output file the manifest does not record as complete is removed, and a run with the same
-    options keeps the complete files and writes the rest (other corruptions add to the set).
+    output file the manifest records but not as complete is removed, and a run with the same
+    options keeps the complete files and writes the rest (other corruptions add to the set);
+  - a file the manifest does not record is never removed or replaced (with `overwrite` neither):
+    the run is refused if it could write that name, and the other format's names are left alone.
 One writer at a time: the folder is locked (flock on the folder itself) while a run uses it.
 """
 
@@ -78,6 +80,11 @@ def all_output_names() -> set[str]:
   """Every file name this tool writes, in either format."""
   names = {distortion_file(i) for i in range(len(CORRUPTIONS))}
   return names | {f'{n}.npy' for n in CORRUPTIONS} | {LABELS_FILE, MANIFEST}
+
+
+def output_names(fmt: str) -> set[str]:
+  """The file names a set of format `fmt` may hold."""
+  return {file_name(fmt, c) for c in CORRUPTIONS} | {LABELS_FILE}
 
 
 def file_name(fmt: str, corruption: str) -> str:
@@ -201,26 +208,39 @@ class OutputDir:
     for name in all_output_names():  # Left by a killed run; never read by anyone.
       (self.path / f'.{name}.part').unlink(missing_ok=True)
     present = sorted(p.name for p in self.path.iterdir() if p.name in all_output_names())
-    manifest = None if overwrite else self._read_manifest(present)
-    if manifest is None and present and not overwrite:
+    manifest = self._read_manifest(present, overwrite)
+    # Files this tool did not record are never removed or replaced, --overwrite or not: they may be
+    # the user's own data (the course's distortionXX.npy, a CIFAR-100-C download; an audit found
+    # both deleted). Those of the other format are left alone; this format's are refused.
+    if manifest is None:
+      recorded = set(present) if MANIFEST in present else set()  # Unreadable, --overwrite: the set.
+    else:
+      recorded = set(manifest['files'])
+    mine = output_names(self.options['format'])
+    foreign = [n for n in present if n in mine and n not in recorded]
+    if foreign:
+      shown = ', '.join(foreign[:3]) + (' ...' if len(foreign) > 3 else '')
       raise OutputError(
-          f'{self.path} already holds {", ".join(present[:3])}{" ..." if len(present) > 3 else ""} '
-          f'but no {MANIFEST}, so the options they were made with are unknown; use --overwrite to '
-          'replace them, or a fresh --out folder')
-    if manifest is not None:
+          f'{self.path} already holds {shown}, which ' + (f'its {MANIFEST} does not record' if
+                                                          MANIFEST in present else f'no {MANIFEST} records')
+          + ': jax_cifar.corrupt did not write them and never replaces them (they may be your own '
+          'data), --overwrite neither; move them away, or use a fresh --out folder')
+    old = [n for n in present if n != MANIFEST and n in recorded]
+    if manifest is not None and not overwrite:
       self._check_same_set(manifest)
-    self.files: dict[str, dict[str, Any]] = dict(manifest['files']) if manifest else {}
-    self.corruptions: list[str] = list(manifest['corruptions']) if manifest else []
+    keep = manifest is not None and not overwrite
+    self.files: dict[str, dict[str, Any]] = dict(manifest['files']) if keep else {}
+    self.corruptions: list[str] = list(manifest['corruptions']) if keep else []
     for name, entry in self.files.items():  # Deleted or resized since: no longer complete.
       path = self.path / name
       if entry.get('complete') and not (path.is_file() and path.stat().st_size == entry['bytes']):
         self._mark_incomplete(name)
     self._save_manifest()  # From here on the folder belongs to these options.
-    for name in present:  # Old files (overwrite) or renamed by a run killed before recording them.
-      if name != MANIFEST and not self.files.get(name, {}).get('complete'):
+    for name in old:  # The old set's (overwrite), or renamed by a run killed before recording them.
+      if not self.files.get(name, {}).get('complete'):
         (self.path / name).unlink()
 
-  def _read_manifest(self, present: list[str]) -> dict[str, Any] | None:
+  def _read_manifest(self, present: list[str], overwrite: bool) -> dict[str, Any] | None:
     if MANIFEST not in present:
       return None
     try:
@@ -228,6 +248,8 @@ class OutputDir:
       _check_manifest(manifest)
       return manifest
     except (OSError, ValueError) as e:
+      if overwrite:
+        return None  # Replaced, with the output files beside it (a manifest says they are ours).
       raise OutputError(f'{self.path / MANIFEST}: unreadable ({e}); use --overwrite to replace '
                         'the set, or a fresh --out folder') from None
 
@@ -260,6 +282,7 @@ class OutputDir:
   def request(self, corruptions: Iterable[str]) -> None:
     """Adds `corruptions` to the set (files not yet complete) and records the options now."""
     corruptions = set(corruptions)
+    self.files.setdefault(LABELS_FILE, {'complete': False})  # Recorded before it is renamed in.
     for c in corruptions:
       self.files.setdefault(file_name(self.options['format'], c), {'corruption': c, 'complete': False})
     self.corruptions = [c for c in CORRUPTIONS if c in set(self.corruptions) | corruptions]
