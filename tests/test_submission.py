@@ -64,6 +64,35 @@ def test_failure_midway_keeps_the_existing_csv_and_leaves_no_partial_file(tmp_pa
   assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
 
 
+_FULL_DISK = """
+import pathlib, resource, signal, sys
+import numpy as np
+from jax_cifar.evaluation import submission
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes past the limit then fail with EFBIG.
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+  with submission.SubmissionWriter(pathlib.Path(sys.argv[1]), 50_000) as w:
+    for d in range(19):
+      w.add(d, np.zeros(50_000, np.int64))
+except submission.SubmissionError as e:
+  print(e)
+"""
+
+
+def test_a_full_disk_names_the_csv_keeps_the_old_one_and_leaves_no_partial_file(tmp_path):
+  """A write failing past a file-size limit (as on a full disk) had left the hidden .part file
+  behind (the failed flush was retried in close(), which then raised before the unlink) and said
+  only "File too large (disk full)", naming no file (an audit)."""
+  path = tmp_path / 'sub.csv'
+  path.write_text('id,label\nold,3\n')
+  out = subprocess.run([sys.executable, '-c', _FULL_DISK, str(path)], capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip() == (f'{path}: File too large (disk full): no CSV written; the '
+                                'existing sub.csv is kept'), out.stdout + out.stderr
+  assert path.read_text() == 'id,label\nold,3\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
+
+
 def _run_check(path, *extra):
   proc = subprocess.run([sys.executable, '-m', 'jax_cifar.submission', 'check', str(path), *extra],
                         capture_output=True, text=True)

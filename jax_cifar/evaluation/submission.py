@@ -141,22 +141,35 @@ class SubmissionWriter:
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
       raise ValueError(f'distortion {distortion:02d}: labels outside [0, {NUM_CLASSES})')
     ids = row_ids(distortion, self.num_images)
-    self._file.write(''.join(f'{i},{int(l)}\n' for i, l in zip(ids, labels.tolist())))
+    try:
+      self._file.write(''.join(f'{i},{int(l)}\n' for i, l in zip(ids, labels.tolist())))
+    except OSError as e:
+      raise self._failed(e) from None
     self._next += 1
+
+  def _failed(self, e: OSError) -> SubmissionError:
+    """A failed write (a full disk) named by the CSV's path, not the temp file's or none."""
+    reason = errors.user_message(OSError(e.errno, e.strerror or str(e), str(self.path)))
+    return SubmissionError(f'{reason}: no CSV written' + (
+        f'; the existing {self.path.name} is kept' if self.path.exists() else ''))
 
   def __exit__(self, exc_type, exc, tb) -> None:
     try:
-      if exc_type is None and self._next != ood.NUM_DISTORTIONS:
-        raise ValueError(f'only {self._next} of {ood.NUM_DISTORTIONS} distortion files written')
-      self._file.flush()
       if exc_type is None:
+        if self._next != ood.NUM_DISTORTIONS:
+          raise ValueError(f'only {self._next} of {ood.NUM_DISTORTIONS} distortion files written')
+        self._file.flush()
         os.fsync(self._file.fileno())
-      self._file.close()
-      if exc_type is None:
+        self._file.close()
         os.chmod(self._tmp, 0o644)  # mkstemp makes it 0600.
         os.replace(self._tmp, self.path)
+    except OSError as e:
+      raise self._failed(e) from None
     finally:
-      self._file.close()
+      try:
+        self._file.close()  # After a failed write its buffer cannot be flushed; the file closes.
+      except OSError:
+        pass
       self._tmp.unlink(missing_ok=True)
 
 
