@@ -257,6 +257,10 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                     next(iter(c_files.values())).num_images)
   if submission_csv and not ood_dir:
     raise errors.ConfigError('--submission needs --ood_dir (the folder of distortion00..18.npy)')
+  if ood_files and config.model.num_classes > submission.NUM_CLASSES:  # (Found after inference.)
+    raise errors.ConfigError(
+        f'--ood_dir: this model predicts model.num_classes={config.model.num_classes} classes, '
+        f'and a submission\'s labels are CIFAR-100\'s 0..{submission.NUM_CLASSES - 1}')
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
   which = checkpoints.kept_step_folder(workdir, which) or which  # A step number, as load_model.

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate, interrupt
+from jax_cifar import errors, evaluate, interrupt
 from jax_cifar.evaluation import submission
 from jax_cifar.training import trainer
 from jax_cifar.data import cifar100, ood
@@ -185,6 +185,15 @@ def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp
                       submission_csv=str(target[problem]))
   assert '\n' not in str(e.value) and str(target[problem]) in str(e.value)
   np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), np.arange(5))
+
+
+def test_a_model_with_more_classes_than_cifar100_is_refused_before_predicting_a_csv(run, tmp_path):
+  """model.num_classes=1000 (an ImageNet head kept) had predicted the clean split and a first
+  distortion file, then stopped with a traceback from the CSV writer's label check (an audit)."""
+  config = _config()
+  config.model.num_classes = 1000
+  with pytest.raises(errors.ConfigError, match='num_classes=1000 .* 0..99'):
+    evaluate.evaluate(config, str(tmp_path / 'no_run'), 'latest', ood_dir=str(run / 'ood'))
 
 
 def test_an_existing_submission_csv_or_an_empty_file_may_be_replaced(tmp_path):
