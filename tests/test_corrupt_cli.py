@@ -163,6 +163,29 @@ def test_files_the_manifest_does_not_record_are_never_removed(tmp_path):
   assert (np.load(out / 'distortion00.npy') == mine).all() and (out / contrast).exists()
 
 
+def test_a_folder_that_takes_no_files_reruns_a_complete_set_and_names_itself_otherwise(
+    tmp_path, monkeypatch):
+  """In a read-only folder (simulated where the manifest is renamed into place: root ignores
+  permissions) a rerun of a complete set failed with a PermissionError naming the hidden
+  .corrupt_manifest.json.part (an audit). A rerun that changes nothing writes nothing; one that
+  must write names the folder and keeps the complete files."""
+  images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
+  out = tmp_path / 'set'
+  corrupt.build(out, images, labels, names=('brightness',))
+  before = _snapshot(out)
+
+  def refused(*args):
+    raise PermissionError(13, 'Permission denied', str(args[0]))
+
+  monkeypatch.setattr(corrupt_store.os, 'replace', refused)
+  corrupt.build(out, images, labels, names=('brightness',))
+  with pytest.raises(corrupt_store.OutputError) as e:
+    corrupt.build(out, images, labels, names=('contrast',))
+  assert str(e.value) == (f'{out}: cannot write corrupt_manifest.json (Permission denied); the '
+                          'files it recorded complete are kept')
+  assert _snapshot(out) == before
+
+
 @pytest.mark.parametrize('damage, reason', [
     (lambda m: None, 'not a JSON object but NoneType'),
     (lambda m: {**m, 'files': list(m['files'])}, "'files' is not an object of file entries"),

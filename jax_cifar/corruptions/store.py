@@ -17,6 +17,7 @@ One writer at a time: the folder is locked (flock on the folder itself) while a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -177,6 +178,7 @@ class OutputDir:
 
   def __init__(self, out: str | os.PathLike, options: dict[str, Any], overwrite: bool = False):
     self.path = pathlib.Path(out)
+    self._manifest_text = None  # As last read or written.
     self.options = {k: options[k] for k in SET_OPTIONS}
     self.info = {k: v for k, v in options.items() if k not in SET_OPTIONS}
     try:
@@ -244,8 +246,10 @@ class OutputDir:
     if MANIFEST not in present:
       return None
     try:
-      manifest = json.loads((self.path / MANIFEST).read_text())
+      text = (self.path / MANIFEST).read_text()
+      manifest = json.loads(text)
       _check_manifest(manifest)
+      self._manifest_text = text
       return manifest
     except (OSError, ValueError) as e:
       if overwrite:
@@ -268,16 +272,27 @@ class OutputDir:
                         'use --overwrite to replace it, or a fresh --out folder')
 
   def _save_manifest(self) -> None:
+    """Records the set; writes nothing if the manifest already says so (a complete set rerun in a
+    read-only folder then succeeds), and a failed write names the folder, never the temp file."""
     manifest = {**self.info, **self.options, 'corruptions': self.corruptions,
                 'files': dict(sorted(self.files.items()))}
+    text = json.dumps(manifest, indent=2) + '\n'
+    if text == self._manifest_text:
+      return
     tmp = self.path / f'.{MANIFEST}.part'
-    with open(tmp, 'w') as f:
-      json.dump(manifest, f, indent=2)
-      f.write('\n')
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path / MANIFEST)
-    os.fsync(self._fd)
+    try:
+      with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, self.path / MANIFEST)
+      os.fsync(self._fd)
+    except OSError as e:
+      tmp.unlink(missing_ok=True)
+      full = ' (disk full)' if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
+      raise OutputError(f'{self.path}: cannot write {MANIFEST} ({e.strerror or e}{full}); the '
+                        'files it recorded complete are kept') from None
+    self._manifest_text = text
 
   def request(self, corruptions: Iterable[str]) -> None:
     """Adds `corruptions` to the set (files not yet complete) and records the options now."""
