@@ -158,6 +158,8 @@ def test_evaluate_names_a_missing_config_file_too(tmp_path):
 
 @pytest.mark.parametrize('command, other, typed', [
     ('report', ['-m', 'jax_cifar.report'], 'python -m jax_cifar.report'),
+    ('corrupt', ['-m', 'jax_cifar.corrupt'], 'python -m jax_cifar.corrupt'),
+    ('submission', ['-m', 'jax_cifar.submission'], 'python -m jax_cifar.submission'),
     ('prepare_tfds', ['-m', 'jax_cifar.data.prepare_tfds'], 'python -m jax_cifar.data.prepare_tfds'),
     ('convert', ['scripts/convert_torchvision_weights.py'], 'convert_torchvision_weights.py')])
 def test_argparse_usage_names_the_command_as_it_was_typed(command, other, typed):

@@ -22,7 +22,7 @@ import argparse
 import difflib
 import sys
 
-from jax_cifar import errors
+from jax_cifar import cli, errors
 
 try:
   from jax_cifar.corruptions import ops
@@ -74,7 +74,7 @@ def _source_split(args: argparse.Namespace) -> cifar100.Split:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = _Parser(prog='python -m jax_cifar.corrupt', description=f'{__doc__}\n{corrupt.__doc__}',
+  parser = _Parser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{corrupt.__doc__}',
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output folder')
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))

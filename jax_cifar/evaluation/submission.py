@@ -4,7 +4,7 @@ The file is `id,label`, then one row per image in distortion, severity, index or
 `distortion{XX}_{S}_{I}` for XX in 00..18, S in 1..5 and I in 0..N/5-1, with labels in 0..99.
 
   python -m jax_cifar.submission check FILE.csv [--ood_dir D]
-prints one line (OK or FAIL with the first problem) and exits non-zero on failure.
+prints one line starting `OK`, or one `error:` line on stderr naming the first problem (status 1).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from absl import logging
 
-from jax_cifar import errors
+from jax_cifar import cli, errors
 from jax_cifar import workdir
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import NUM_CLASSES
@@ -235,7 +235,7 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jax_cifar.submission', description=__doc__,
+  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.submission'), description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='validate a submission CSV')
