@@ -45,6 +45,17 @@ def predict_step(params, batch_stats, images: jax.Array, *, graphdef, config) ->
   return model(x, train=False).astype(jnp.float32)
 
 
+# The training draws' own stream. nnx.Rngs(seed) gives the i-th initialiser fold_in(key(seed), i),
+# so a base key of key(seed) made step s's key the s-th initialiser's (an audit: step 0's mixup
+# and augmentation bits were the first kernel's). Runs saved before keep the key they stored.
+TRAIN_STREAM = 0x7A1C0DE
+
+
+def train_key(seed: int) -> jax.Array:
+  """The base key of a run's per-step draws (each step folds in its number), apart from init's."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_STREAM)
+
+
 def build_model(config) -> nnx.Module:
   return models.create_model(
       config.model.name, config.model.num_classes, stem=config.model.stem,
@@ -58,7 +69,7 @@ def _new_state(config, tx, params, batch_stats) -> TrainState:
   ema = config.get('ema', {}).get('decay', 0.0) > 0
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed),
+      opt_state=tx.init(params), rng=train_key(config.seed),
       nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=-jnp.ones((), jnp.int32),
       ema_params=jax.tree.map(jnp.copy, params) if ema else None,
       ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else None)

@@ -189,3 +189,20 @@ def test_augmix_jsd_step_loss_is_clean_cross_entropy_plus_weighted_jsd_over_one_
   np.testing.assert_allclose(metrics['train_loss'], want, rtol=1e-5)
   jsd_part = float(want - train_step.cross_entropy(clean, targets).mean())
   assert jsd_part > 1e-4  # The views disagree, so the consistency term is really there.
+
+
+def test_the_steps_keys_are_not_the_initialisers_keys():
+  """The base key was key(seed), and nnx.Rngs(seed) hands the i-th initialiser fold_in(key(seed),
+  i): step s drew its augmentation and mixup bits from the s-th parameter initialiser's key (an
+  audit). The steps' keys now come from a stream of their own."""
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
+  tx, _ = optim.make_optimizer(c.optim, 10, 10)
+  state = state_lib._new_state(c, tx, {}, {})  # pylint: disable=protected-access
+  rngs = nnx.Rngs(c.seed)
+  init_keys = {tuple(np.asarray(jax.random.key_data(rngs.params()))) for _ in range(64)}
+  base = np.asarray(state_lib.train_key(c.seed))
+  step_keys = {tuple(np.asarray(jax.random.fold_in(base, s))) for s in range(64)}
+  assert len(init_keys) == len(step_keys) == 64 and not init_keys & step_keys
+  assert not init_keys & {tuple(base)}
+  np.testing.assert_array_equal(state.rng, base)  # The key a new run's state stores.
