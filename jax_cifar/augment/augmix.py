@@ -112,10 +112,15 @@ def augmix_draws(u: jax.Array, m: jax.Array, w: jax.Array, image: jax.Array, *, 
   chain_ops = jnp.where(active, global_ops[ops], aa.OP_NAMES.index('Identity'))
   chains = jax.vmap(lambda o, mg: aa.apply_ops(image, o, mg, bilinear=True))(chain_ops, magnitude)
 
-  # torch: mix = m0 * x; mix += (w_i * m1) * chain_i, each product rounded once; .to(uint8).
+  return mix_chains(image, chains, m, w)
+
+
+def mix_chains(image: jax.Array, chains: jax.Array, m: jax.Array, w: jax.Array) -> jax.Array:
+  """torch's AugMix mix of uint8 `image` and its [width] uint8 `chains`: mix = m0 * x, then
+  mix += (w_i * m1) * chain_i, each product rounded once; truncated to uint8."""
   weights = w * m[1]
   mix = exact.mul(image.astype(jnp.float32), m[0])
-  for i in range(width):
+  for i in range(chains.shape[0]):
     mix = mix + exact.mul(chains[i].astype(jnp.float32), weights[i])
   return exact.to_uint8(mix)
 
