@@ -4,7 +4,6 @@ Orbax writes each checkpoint to a temporary folder and renames it when complete,
 killed mid-save leaves the previous checkpoints intact and the next start ignores the debris.
 """
 
-import errno
 import functools
 import json
 import os
@@ -75,8 +74,7 @@ def _root_cause(e: BaseException) -> str:
 
 def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointError:
   code = _errno(e)
-  cause = _one_line(e) if code is None else os.strerror(code) + (
-      ' (disk full)' if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else '')
+  cause = _one_line(e) if code is None else errors.os_reason(code, os.strerror(code))
   after = 'earlier checkpoints are kept' if kept else 'there is no earlier one there'
   return CheckpointError(f'saving {what} failed: {cause}; {after}')
 

@@ -21,6 +21,14 @@ class ConfigError(UserError, ValueError):
   """A config value or command-line option that cannot work (named, with what is allowed)."""
 
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def os_reason(code: int | None, strerror: str) -> str:
+  """`strerror`, with ' (disk full)' where `code` says the disk or a quota or size limit is full."""
+  return strerror + (' (disk full)' if code in DISK_FULL else '')
+
+
 def user_message(e: BaseException) -> str | None:
   """The one line a command-line tool prints for `e`, or None if `e` is a bug.
 
@@ -30,8 +38,8 @@ def user_message(e: BaseException) -> str | None:
   if isinstance(e, UserError):
     return ' '.join(str(e).split('\n'))
   if isinstance(e, OSError) and e.strerror:
-    full = ' (disk full)' if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
-    return f'{e.filename}: {e.strerror}{full}' if e.filename else e.strerror + full
+    reason = os_reason(e.errno, e.strerror)
+    return f'{e.filename}: {reason}' if e.filename else reason
   return None
 
 

@@ -17,7 +17,6 @@ One writer at a time: the folder is locked (flock on the folder itself) while a 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -289,9 +288,9 @@ class OutputDir:
       os.fsync(self._fd)
     except OSError as e:
       tmp.unlink(missing_ok=True)
-      full = ' (disk full)' if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ''
-      raise OutputError(f'{self.path}: cannot write {MANIFEST} ({e.strerror or e}{full}); the '
-                        'files it recorded complete are kept') from None
+      reason = errors.os_reason(e.errno, e.strerror or str(e))
+      raise OutputError(f'{self.path}: cannot write {MANIFEST} ({reason}); the files it recorded '
+                        'complete are kept') from None
     self._manifest_text = text
 
   def request(self, corruptions: Iterable[str]) -> None:

@@ -149,8 +149,8 @@ class SubmissionWriter:
 
   def _failed(self, e: OSError) -> SubmissionError:
     """A failed write (a full disk) named by the CSV's path, not the temp file's or none."""
-    reason = errors.user_message(OSError(e.errno, e.strerror or str(e), str(self.path)))
-    return SubmissionError(f'{reason}: no CSV written' + (
+    reason = errors.os_reason(e.errno, e.strerror or str(e))
+    return SubmissionError(f'{self.path}: {reason}: no CSV written' + (
         f'; the existing {self.path.name} is kept' if self.path.exists() else ''))
 
   def __exit__(self, exc_type, exc, tb) -> None:
