@@ -110,7 +110,7 @@ def test_the_mix_of_the_chains_is_torchvisions_bit_for_bit_as_training_compiles_
   ours = np.asarray(jax.jit(jax.vmap(augmix.mix_chains))(
       jnp.asarray(images), jnp.asarray(chains), m, w))
   x, c = torch.from_numpy(images).float(), torch.from_numpy(chains).float()
-  tm, tw = torch.from_numpy(np.asarray(m)), torch.from_numpy(np.asarray(w))
+  tm, tw = torch.from_numpy(np.array(m)), torch.from_numpy(np.array(w))  # Writable copies.
   combined = tw * tm[:, 1:2]  # v2.AugMix: combined_weights = dirichlet * m[:, 1]
   mix = tm[:, 0].reshape(-1, 1, 1, 1) * x
   for i in range(width):
