@@ -127,9 +127,10 @@ def _assert_train_forward_matches_torch(arch: str, tmodel, pure: dict, **model_k
   assert moved > 1e-3 and rel <= 2 * rel32 + 1e-6, (arch, rel, rel32, moved)
 
 
-@pytest.mark.parametrize('converted', ['resnet34', 'resnet152'], indirect=True)
+@pytest.mark.parametrize('converted', ['resnet34', 'resnet50'], indirect=True)
 def test_scanned_blocks_keep_torch_parity_in_eval_and_train(converted):
-  """model.scan_blocks runs the same converted weights: torch's logits and running stats."""
+  """model.scan_blocks runs the same converted weights: torch's logits and running stats (basic
+  and bottleneck blocks; deeper stages only scan more copies of the same block: test_scan_blocks)."""
   arch, tmodel, pure = converted
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), dtype=np.float32)
   with torch.no_grad():

@@ -28,8 +28,11 @@ PER_FILE = 15  # 5 severities x 3 images.
 pytestmark = pytest.mark.slow
 
 
+EVAL_LIMIT = 20  # Clean validation and test images: batches of 8, 8 and 4 (the last on process 0).
+
+
 def _overrides(data_dir) -> dict:
-  return {'data.dir': str(data_dir), 'data.train_limit': 512, 'data.eval_limit': 100,
+  return {'data.dir': str(data_dir), 'data.train_limit': 512, 'data.eval_limit': EVAL_LIMIT,
           'train.eval_batch_size': 8}
 
 
@@ -75,20 +78,20 @@ def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir, trained):
     assert submission.check_submission(tmp_path / f'sub_{p}.csv', ood_dir).startswith('OK')
   for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy'):
     np.testing.assert_allclose(results[2][key], results[1][key], rtol=1e-5, err_msg=key)
-  assert results[2]['test_count'] == results[1]['test_count'] == 100
+  assert results[2]['test_count'] == results[1]['test_count'] == EVAL_LIMIT
   labels = [l.rsplit(',', 1)[1] for l in (tmp_path / 'sub_1.csv').read_text().split()[1:]]
   assert len(labels) == 19 * PER_FILE and len(set(labels)) >= 5  # Predictions vary by image.
   assert (tmp_path / 'sub_2.csv').read_bytes() == (tmp_path / 'sub_1.csv').read_bytes()
 
 
 def test_two_processes_tent_like_one(cifar_dir, trained):
-  """--tent on the clean splits (100 images each, batches of 8: the last holds 4 real images, all
+  """--tent on the clean splits (20 images each, batches of 8: the last holds 4 real images, all
   on process 0, so process 1 takes Adam steps on padding only and must add nothing to them)."""
   workdir, _ = trained
   tools = ['--tent', '--tent_batch_size', '8', '--tent_epochs', '2']
   results = {p: _evaluate(workdir, None, None, cifar_dir, p, tools) for p in (2, 1)}
   for p in (1, 2):
-    assert results[p]['bn_adapt'] is True and results[p]['test_count'] == 100
+    assert results[p]['bn_adapt'] is True and results[p]['test_count'] == EVAL_LIMIT
   detail = json.loads((workdir / 'eval_latest_bn-adapt_tent-e2-b8.json').read_text())
   assert detail['tent'] == {'lr': 1e-3, 'epochs': 2, 'batch_size': 8}
   for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy', 'val_loss'):
