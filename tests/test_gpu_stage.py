@@ -1,5 +1,6 @@
 """scripts/gpu_pack_full.sh + gpu_stage.sh: the full data set split into parts small enough for
-one device call each, then reassembled on the other side (checksums, xz, the official layout)."""
+one device call each, then reassembled on the other side (checksums, xz, the official layout);
+and the benchmark's torch.compile limit (gpu_check.sh's bench parts)."""
 
 import os
 import pathlib
@@ -68,3 +69,22 @@ def test_a_damaged_part_is_refused_and_no_data_appears(packed):
     proc = _sh('gpu_stage.sh', env, str(k))
   assert proc.returncode != 0 and 'FAILED' in proc.stdout + proc.stderr
   assert not (tmp_path / 'home' / 'data').exists()
+
+
+def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
+  """bench_r50 had spent ~70 s in torch.compile before anything else ran; its own limit (a
+  child process, killed) and the eager fallback are recorded in the row."""
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import benchmark  # pylint: disable=import-outside-toplevel
+  config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32)
+  r = benchmark.bench_torch_limited(config, 1, 0, 'on', timeout_s=0.5)
+  assert r['compiled'] is False and r['compile_timed_out'] is True and r['img_s'] > 0
+  assert r['compile_error'] == 'torch.compile run timed out after 0s; fell back to eager'
+  assert 0.5 <= r['compile_attempt_s'] < 10
+  row = {'model': 'resnet18:cifar:4', 'dtype': 'float32', 'image_size': 32, 'batch': 8,
+         'jax': {}, 'torch': r, 'grad_accum_steps': 1}
+  lines = benchmark.table([row]).splitlines()
+  assert ' eager* ' in lines[2] and lines[3].strip().startswith('torch: torch.compile run timed')
+  # In time: the child's own result (here eager, to be quick), not a fallback.
+  r = benchmark.bench_torch_limited(config, 1, 0, 'off', timeout_s=120)
+  assert r['compiled'] is False and 'compile_error' not in r and r['img_s'] > 0
