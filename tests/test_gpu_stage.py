@@ -1,11 +1,13 @@
 """scripts/gpu_pack_full.sh + gpu_stage.sh: the full data set split into parts small enough for
 one device call each, then reassembled on the other side (checksums, xz, the official layout);
-and the benchmark's torch.compile limit (gpu_check.sh's bench parts)."""
+scripts/gpu_check.sh's time budget for one device call, and the benchmark's torch.compile limit."""
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +71,40 @@ def test_a_damaged_part_is_refused_and_no_data_appears(packed):
     proc = _sh('gpu_stage.sh', env, str(k))
   assert proc.returncode != 0 and 'FAILED' in proc.stdout + proc.stderr
   assert not (tmp_path / 'home' / 'data').exists()
+
+
+# --- scripts/gpu_check.sh: one device call (at most 600 s) ---------------------------------------
+def _gpu_check(tmp_path, **env):
+  env = {**os.environ, 'PY': sys.executable, 'SMALL': '1', 'OUT': str(tmp_path / 'out'), **env}
+  return subprocess.Popen(['bash', str(ROOT / 'scripts' / 'gpu_check.sh')], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_gpu_check_clips_each_part_to_the_budget_and_skips_what_no_longer_fits(tmp_path):
+  """Its parts' limits had added up to ~1,935 s against a 600 s call (an audit)."""
+  proc = _gpu_check(tmp_path, PARTS='versions bench_r18', BUDGET_S='45', RESERVE_S='5',
+                    MIN_PART_S='38')  # versions: 45 s wanted, 40 left; bench_r18: under 38 left
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert '=== versions (limit 40s, clipped from 45s to fit BUDGET_S=45' in out
+  assert '=== bench_r18 SKIPPED' in out
+  rows = (tmp_path / 'out' / 'parts.txt').read_text().splitlines()
+  assert [r.split()[:2] for r in rows] == [['versions', 'ok'], ['bench_r18', 'SKIPPED']]
+  summary = (tmp_path / 'out' / 'summary.txt').read_text()
+  assert summary in out and 'of BUDGET_S=45s' in summary
+
+
+def test_gpu_check_cut_short_still_prints_and_keeps_the_parts_so_far(tmp_path):
+  proc = _gpu_check(tmp_path, PARTS='versions')
+  log = tmp_path / 'out' / 'gpu_check.log'
+  deadline = time.time() + 60
+  while not (log.exists() and '=== versions' in log.read_text()) and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)  # As a call's time limit would.
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 143, out[-3000:]
+  assert 'INTERRUPTED by SIGTERM' in out and 'parts:' in out
+  assert 'versions' in (tmp_path / 'out' / 'parts.txt').read_text()
 
 
 def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
