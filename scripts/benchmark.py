@@ -15,8 +15,8 @@ trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
 fallback; --torch_compile_timeout_s runs the compiled try in a child process with that time
 limit) on a ready float batch at the model's size. --grad_accum_steps 1,4 adds rows whose JAX
-step accumulates gradients over that many micro-batches of the batch (JAX only). Synthetic data only: no tfds or wandb; grain
-is imported with the trainer (its input pipeline) but reads nothing.
+step accumulates gradients over that many micro-batches of the batch (JAX only). Synthetic data
+only: no tfds or wandb; grain is imported with the trainer (its input pipeline) but reads nothing.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
 numbers are the backend's own: run it on the GPU in question for that GPU's); PyTorch is skipped.
 """
@@ -354,7 +354,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       '0 = no limit, in this process')
   p.add_argument('--grad_accum_steps', default='1',
                  help='comma list of train.grad_accum_steps: each batch split into this many '
-                      'micro-batches (rows above 1 are JAX only: the PyTorch twin has no accumulation)')
+                      'micro-batches (rows above 1 are JAX only: the PyTorch twin does not '
+                      'accumulate)')
   p.add_argument('--find_batch_size', action='store_true',
                  help='per model/dtype/size: largest (micro-)batch that fits, the fastest one, and '
                       'the train.grad_accum_steps the recipe\'s batch needs (JAX)')

@@ -4,9 +4,10 @@
 #   b) torch parity tests (tests/test_models.py, tests/test_convert.py) on the GPU
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
 #      resnet50 160 px (+ a grad-accumulation row) and resnet152 224 px (ImageNet stem, bf16;
-#      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S, else eager, which the
-#      row records); resnet152 again with model.scan_blocks (compile time and step speed); the
-#      16 GiB micro-batch search (fit_r152)
+#      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S (120 s; ResNet-152:
+#      R152_TORCH_COMPILE_TIMEOUT_S, 60 s), else eager, which the row records); resnet152 again
+#      with model.scan_blocks (compile time and step speed); the 16 GiB micro-batch search
+#      (fit_r152)
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   c3) ood_input / ood_step: the same for configs/ood_best.py's step, and that step (AutoAugment,
 #      mixup, EMA) beside the bare ResNet-50 step at 128 px
@@ -194,7 +195,8 @@ TAIL=6 part parity_tests "${T_TESTS:-120}" "$PY" -m pytest -q -p no:cacheprovide
 # after TORCH_COMPILE_TIMEOUT_S; the row then holds PyTorch eager, marked eager* with the reason.
 BENCH="$PY scripts/benchmark.py --steps ${BENCH_STEPS:-20} --warmup 3"
 if [ "$SMALL" = 1 ]; then
-  TCT="--torch_compile on --torch_compile_timeout_s ${TORCH_COMPILE_TIMEOUT_S:-5}"  # CPU: falls back
+  # On the CPU the compiled try times out: the fallback path, in seconds.
+  TCT="--torch_compile on --torch_compile_timeout_s ${TORCH_COMPILE_TIMEOUT_S:-5}"
   part bench_r18 300 $BENCH --steps 2 --warmup 0 --models resnet18:cifar:4 --image_size 32 \
     --batch 8 --dtypes bfloat16,float32 --out "$OUT/bench_r18.json"
   part bench_r50 300 $BENCH --steps 2 --warmup 0 --models resnet50:imagenet:8 --image_size 64 \
@@ -205,14 +207,16 @@ if [ "$SMALL" = 1 ]; then
     --models resnet152:imagenet:4 --image_size 32 --batch 8 --dtypes bfloat16 \
     --out "$OUT/bench_r152_scan.json"
 else
-  TCT="--torch_compile auto --torch_compile_timeout_s ${TORCH_COMPILE_TIMEOUT_S:-90}"
+  # torch.compile of ResNet-50 took ~70 s in an earlier session; of ResNet-152, minutes.
+  TCT="--torch_compile auto --torch_compile_timeout_s"
   part bench_r18 "${T_R18:-150}" $BENCH --models resnet18:cifar --image_size 32 --batch 128,256 \
     --dtypes bfloat16,float32 --out "$OUT/bench_r18.json"
   # Issue #14: ResNet-50 at 160 px, then the same batch of 128 as 4 accumulated micro-batches.
-  part bench_r50 "${T_R50:-240}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
-    --dtypes bfloat16 --grad_accum_steps "${R50_ACCUM:-1,4}" $TCT --out "$OUT/bench_r50.json"
+  part bench_r50 "${T_R50:-270}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
+    --dtypes bfloat16 --grad_accum_steps "${R50_ACCUM:-1,4}" \
+    $TCT "${TORCH_COMPILE_TIMEOUT_S:-120}" --out "$OUT/bench_r50.json"
   part bench_r152 "${T_R152:-330}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
-    --dtypes bfloat16 $TCT --out "$OUT/bench_r152.json"
+    --dtypes bfloat16 $TCT "${R152_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r152.json"
   # model.scan_blocks: compile time and step speed of the scanned ResNet-152 (bench_r152 = unrolled).
   part scan_r152 "${T_SCAN:-150}" $BENCH --steps 5 --warmup 1 --frameworks jax --scan_blocks on \
     --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16 \

@@ -364,8 +364,9 @@ def main():
       not args.ood_from or all((pathlib.Path(args.ood_from) / OOD_FOLDERS[s] / 'all').is_dir()
                                for s in args.ood_splits))
   made = {}  # Each set waited for once, however many tools read it.
-  later = lambda split: lambda: made[split] if split in made else made.setdefault(  # pylint: disable=unnecessary-lambda-assignment
-      split, small_set(split))
+
+  def later(split):
+    return lambda: made[split] if split in made else made.setdefault(split, small_set(split))
   sets = ({split: small_set(split) for split in args.ood_splits} if ready else
           {split: later(split) for split in args.ood_splits})
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.

@@ -126,7 +126,8 @@ def bench_torch_limited(config, steps: int, warmup: int, compile_mode: str,
   (imports, compilation and the timed steps together). If the child times out or fails, the
   step runs eager here instead and the result says so: compiled False, compile_error (why),
   compile_timed_out, compile_attempt_s (the seconds the compiled try cost)."""
-  payload = {sec: {k: getattr(getattr(config, sec), k) for k in keys} for sec, keys in _KEYS.items()}
+  payload = {sec: {k: getattr(getattr(config, sec), k) for k in keys}
+             for sec, keys in _KEYS.items()}
   payload.update(steps=steps, warmup=warmup, compile_mode=compile_mode)
   with tempfile.TemporaryDirectory() as tmp:
     out_path, err_path = pathlib.Path(tmp) / 'out.json', pathlib.Path(tmp) / 'stderr.log'
