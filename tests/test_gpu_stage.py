@@ -14,6 +14,8 @@ import pytest
 
 from jax_cifar.data import cifar100
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -110,8 +112,7 @@ def test_gpu_check_cut_short_still_prints_and_keeps_the_parts_so_far(tmp_path):
 def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
   """bench_r50 had spent ~70 s in torch.compile before anything else ran; its own limit (a
   child process, killed) and the eager fallback are recorded in the row."""
-  sys.path.insert(0, str(ROOT / 'scripts'))
-  import benchmark  # pylint: disable=import-outside-toplevel
+  benchmark = load_script('benchmark')
   config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32)
   r = benchmark.bench_torch_limited(config, 1, 0, 'on', timeout_s=0.5)
   assert r['compiled'] is False and r['compile_timed_out'] is True and r['img_s'] > 0
