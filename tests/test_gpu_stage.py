@@ -125,3 +125,22 @@ def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
   # In time: the child's own result (here eager, to be quick), not a fallback.
   r = benchmark.bench_torch_limited(config, 1, 0, 'off', timeout_s=120)
   assert r['compiled'] is False and 'compile_error' not in r and r['img_s'] > 0
+
+
+def test_an_accumulating_row_is_jax_only_and_torch_gets_mfu_by_the_same_flops(monkeypatch):
+  benchmark = load_script('benchmark')
+  calls = []
+  monkeypatch.setattr(benchmark, 'bench_jax', lambda config, *a, **k: calls.append(
+      ('jax', config.train.grad_accum_steps)) or {'img_s': 100.0, 'mfu': 0.1})
+  monkeypatch.setattr(benchmark, 'bench_torch', lambda *a, **k: calls.append('torch') or {})
+  monkeypatch.setattr(benchmark, 'will_compile', lambda mode: True)
+  monkeypatch.setattr(benchmark, 'bench_torch_limited', lambda *a, **k: calls.append(
+      ('torch limited', a[-1])) or {'img_s': 50.0, 'compiled': True})
+  args = benchmark.parse_args(['--grad_accum_steps', '1,4', '--torch_compile_timeout_s', '7'])
+  row = benchmark.run_one('smoke', 8, 'bfloat16', 32, args, grad_accum_steps=4)
+  assert calls == [('jax', 4)] and 'torch' not in row and row['grad_accum_steps'] == 4
+  calls.clear()
+  row = benchmark.run_one('smoke', 8, 'bfloat16', 32, args)
+  assert calls == [('torch limited', 7.0), ('jax', 1)]  # The compiled try under its limit.
+  assert row['torch']['mfu'] == pytest.approx(0.05) and row['jax_over_torch'] == 2.0
+  assert ' compile ' in benchmark.table([row]).splitlines()[2]
