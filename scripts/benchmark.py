@@ -13,8 +13,10 @@ takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above
 --image_size a config keeps its own size (224 for configs/resnet152.py). The JAX step is the
 trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop/flip, resize,
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
-fallback) on a ready float batch at the model's size. Synthetic data only: no tfds or wandb; grain
-is imported with the trainer (its input pipeline) but reads nothing.
+fallback; --torch_compile_timeout_s runs the compiled try in a child process with that time
+limit) on a ready float batch at the model's size. --grad_accum_steps 1,4 adds rows whose JAX
+step accumulates gradients over that many micro-batches of the batch (JAX only). Synthetic data
+only: no tfds or wandb; grain is imported with the trainer (its input pipeline) but reads nothing.
 --analysis_only compiles the JAX step and reads XLA's memory analysis without running it (the
 numbers are the backend's own: run it on the GPU in question for that GPU's); PyTorch is skipped.
 """
@@ -50,6 +52,8 @@ batch_fit = _sibling('batch_fit')
 hostinfo = _sibling('hostinfo')
 bench_jax, is_oom = _sibling('jax_step').bench_jax, _sibling('jax_step').is_oom
 bench_torch, torch_model = _sibling('torch_step').bench_torch, _sibling('torch_step').torch_model
+bench_torch_limited = _sibling('torch_step').bench_torch_limited
+will_compile = _sibling('torch_step').will_compile
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 
@@ -123,18 +127,26 @@ def _on_off(value: str) -> bool | None:
   return {'on': True, 'off': False}.get(value)  # 'config': the config's own choice
 
 
-def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: bool = True) -> dict:
-  config = make_config(spec, batch, dtype, size, scan_blocks=_on_off(args.scan_blocks))
+def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: bool = True,
+            grad_accum_steps: int = 1) -> dict:
+  config = make_config(spec, batch, dtype, size, grad_accum_steps=grad_accum_steps,
+                       scan_blocks=_on_off(args.scan_blocks))
   row: dict[str, Any] = {'model': spec, 'arch': config.model.name, 'stem': config.model.stem,
                          'width': config.model.width, 'batch': batch, 'dtype': dtype,
-                         'image_size': size, 'scan_blocks': bool(config.model.scan_blocks)}
-  # --analysis_only runs nothing, so there is no PyTorch step to compare with.
-  frameworks = [f for f in _csv(args.frameworks) if not (args.analysis_only and f == 'torch')]
+                         'image_size': size, 'scan_blocks': bool(config.model.scan_blocks),
+                         'grad_accum_steps': grad_accum_steps}
+  # --analysis_only runs nothing, so there is no PyTorch step to compare with; the PyTorch twin
+  # has no gradient accumulation, so an accumulating row is JAX's alone.
+  frameworks = [f for f in _csv(args.frameworks)
+                if not ((args.analysis_only or grad_accum_steps > 1) and f == 'torch')]
   # PyTorch first: JAX's allocator keeps what it took, torch's cache is emptied after each run
   # (--repeat alternates the order on the CPU, where neither keeps memory).
   for fw in sorted(frameworks, key=lambda f: (f != 'torch') == torch_first):
     try:
-      if fw == 'torch':
+      if fw == 'torch' and args.torch_compile_timeout_s and will_compile(args.torch_compile):
+        row['torch'] = bench_torch_limited(config, args.steps, args.warmup, args.torch_compile,
+                                           args.torch_compile_timeout_s)
+      elif fw == 'torch':
         row['torch'] = bench_torch(config, args.steps, args.warmup, args.torch_compile)
       else:
         row['jax'] = bench_jax(config, args.steps, args.warmup,
@@ -148,17 +160,20 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: boo
   jx, pt = row.get('jax', {}), row.get('torch', {})
   if 'img_s' in jx and 'img_s' in pt:
     row['jax_over_torch'] = jx['img_s'] / pt['img_s']
+    if jx.get('mfu') is not None:  # The same model and batch: by JAX's FLOP count of its step.
+      pt['mfu'] = jx['mfu'] * pt['img_s'] / jx['img_s']
   return row
 
 
-def run_repeated(spec: str, batch: int, dtype: str, size: int, args) -> dict:
+def run_repeated(spec: str, batch: int, dtype: str, size: int, args,
+                 grad_accum_steps: int = 1) -> dict:
   """run_one --repeat times, alternating which framework goes first (on a GPU PyTorch always
   goes first). img/s and jax/torch are medians over the repeats (the ratio: of each repeat's own
   ratio, the two measured minutes apart); every repeat's numbers are kept in `*_runs`."""
   import jax  # pylint: disable=import-outside-toplevel
   alternate = jax.default_backend() == 'cpu'
-  runs = [run_one(spec, batch, dtype, size, args, torch_first=not (alternate and i % 2))
-          for i in range(args.repeat)]
+  runs = [run_one(spec, batch, dtype, size, args, torch_first=not (alternate and i % 2),
+                  grad_accum_steps=grad_accum_steps) for i in range(args.repeat)]
   return runs[0] if len(runs) == 1 else combine_runs(runs)
 
 
@@ -277,20 +292,28 @@ def _fmt(v, spec='.1f'):
 
 def table(rows: list[dict]) -> str:
   head = (f'{"model":<28} {"dtype":<8} {"px":>4} {"batch":>5} {"jax img/s":>10} {"torch img/s":>11} '
-          f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"MFU":>5} {"jax compile s":>13} {"jax mem GiB":>11} {"torch mem GiB":>13}')
+          f'{"jax/torch":>9} {"jax TFLOP/s":>11} {"MFU":>5} {"torch MFU":>9} {"jax compile s":>13} '
+          f'{"torch":>6} {"torch compile s":>15} {"jax mem GiB":>11} {"torch mem GiB":>13}')
   lines = [head, '-' * len(head)]
   for r in rows:
     jx, pt = r.get('jax', {}), r.get('torch', {})
     mem = jx.get('peak_bytes') or jx.get('program_bytes')
+    accum = f' accum {r["grad_accum_steps"]}' if r.get('grad_accum_steps', 1) > 1 else ''
+    # How PyTorch ran: torch.compile, eager, or eager after torch.compile failed or timed out.
+    mode = ('-' if 'img_s' not in pt else 'eager*' if pt.get('compile_error') else
+            'compile' if pt.get('compiled') else 'eager')
     lines.append(
-        f'{r["model"] + (" (scan)" if r.get("scan_blocks") else ""):<28} {r["dtype"]:<8} '
+        f'{r["model"] + (" (scan)" if r.get("scan_blocks") else "") + accum:<28} {r["dtype"]:<8} '
         f'{r["image_size"]:>4} {r["batch"]:>5} '
         f'{_fmt(jx.get("img_s")) if "error" not in jx else "error":>10} '
         f'{_fmt(pt.get("img_s")) if "error" not in pt else "error":>11} '
         f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("tflop_s"), ".3f"):>11} '
-        f'{_fmt(jx.get("mfu") and 100 * jx["mfu"], ".1f"):>5} {_fmt(jx.get("compile_s")):>13} '
-        f'{_fmt(mem and mem / 2**30, ".2f"):>11} '
+        f'{_fmt(jx.get("mfu") and 100 * jx["mfu"], ".1f"):>5} '
+        f'{_fmt(pt.get("mfu") and 100 * pt["mfu"], ".1f"):>9} {_fmt(jx.get("compile_s")):>13} '
+        f'{mode:>6} {_fmt(pt.get("compile_s")):>15} {_fmt(mem and mem / 2**30, ".2f"):>11} '
         f'{_fmt(pt.get("peak_bytes") and pt["peak_bytes"] / 2**30, ".2f"):>13}')
+    if pt.get('compile_error'):
+      lines.append(f'    torch: {pt["compile_error"]}')
     if r.get('repeats', 1) > 1:  # The spread the medians above hide.
       span = lambda v, f='.1f': '-' if not v else f'{min(v):{f}}-{max(v):{f}}'  # pylint: disable=unnecessary-lambda-assignment
       lines.append(f'    {r["repeats"]} repeats: jax {span(jx.get("img_s_runs"))} img/s, torch '
@@ -325,6 +348,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--torch_compile', default='auto', choices=('auto', 'on', 'off'),
                  help='torch.compile the model: auto = on GPU only')
+  p.add_argument('--torch_compile_timeout_s', type=float, default=0,
+                 help='when PyTorch compiles: run it in a child process killed after this many '
+                      'seconds, then measure eager instead (the row records the fallback); '
+                      '0 = no limit, in this process')
+  p.add_argument('--grad_accum_steps', default='1',
+                 help='comma list of train.grad_accum_steps: each batch split into this many '
+                      'micro-batches (rows above 1 are JAX only: the PyTorch twin does not '
+                      'accumulate)')
   p.add_argument('--find_batch_size', action='store_true',
                  help='per model/dtype/size: largest (micro-)batch that fits, the fastest one, and '
                       'the train.grad_accum_steps the recipe\'s batch needs (JAX)')
@@ -388,10 +419,11 @@ def main(argv=None) -> int:
           _write(args.out, result)
           continue
         for batch in _csv(args.batch, int):
-          row = run_repeated(spec, batch, dtype, size, args)
-          result['rows'].append(row)
-          print('\n'.join(table([row]).splitlines()[2:]), flush=True)
-          _write(args.out, result)  # after every row: a run cut short keeps what it measured
+          for accum in _csv(args.grad_accum_steps, int):
+            row = run_repeated(spec, batch, dtype, size, args, grad_accum_steps=accum)
+            result['rows'].append(row)
+            print('\n'.join(table([row]).splitlines()[2:]), flush=True)
+            _write(args.out, result)  # after every row: a run cut short keeps what it measured
   if result['rows']:
     print('\n' + table(result['rows']))
   if result['find_batch_size']:

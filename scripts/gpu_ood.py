@@ -8,15 +8,20 @@ validation) with each test-time tool on each set in one process, so each program
 none, shifts, shifts + bn_adapt, bn_adapt, flip, tent, shifts + tent (--tools chooses); then,
 time permitting, plain predictions over
 the full 950,000-image set (the Kaggle-sized submission and its img/s). Rows are named
-TOOL (test set), TOOL@val (validation set) and none@full.
+TOOL (test set), TOOL@val (validation set) and none@full; 'clean' (clean accuracy only) comes
+first when the small OOD sets are not ready when training ends. The full set is waited for only
+after every other evaluation, so a run cut short still has its clean and OOD numbers.
 
-Two runs may share one GPU (--ood_from: a second run waits for the first run's OOD sets instead
-of making its own; XLA_PYTHON_CLIENT_MEM_FRACTION splits the memory); scripts/gpu_pair.sh starts
-such a pair.
+Two runs may share one GPU (--ood_from: a second run waits for the first run's OOD sets, the full
+one included, instead of making its own; XLA_PYTHON_CLIENT_MEM_FRACTION splits the memory);
+scripts/gpu_pair.sh starts such a pair.
 
 Deadlines, in seconds from this script's start: training gets SIGTERM at --train_deadline_s (it
 saves a checkpoint and exits; the steps it reached are reported), and no evaluation starts that
-its projected time would carry past --deadline_s. Writes --work/gpu_ood.json and prints a table.
+its projected time would carry past --deadline_s. A device call lasts at most 600 s: keep
+--deadline_s below it, less the call's other work. Writes --work/gpu_ood.json and --json_out
+(default $OUT/gpu_ood.json when $OUT is set, so a device call brings it back) after every phase,
+the plot beside it, and prints a table.
 
   python3 scripts/gpu_ood.py --data DIR --weights DIR --work DIR [--small]
   # DIR of --data holds cifar-100-python/; --weights is a converted checkpoint
@@ -75,9 +80,32 @@ def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: in
   return jobs
 
 
-def merge_corrupt(jobs: list, out: pathlib.Path) -> pathlib.Path | None:
-  """Waits for the jobs; links their files into out/all (distortion00..18.npy + labels.npy),
-  which appears whole (renamed in), so a run sharing it (--ood_from) never reads it half made."""
+def wait_jobs(jobs: list, deadline_s: float | None = None) -> bool:
+  """Whether the jobs all ended by deadline_s (seconds from this script's start; None: wait)."""
+  while any(j.poll() is None for j in jobs):
+    if deadline_s is not None and time.time() - T0 > deadline_s:
+      return False
+    time.sleep(1)
+  return True
+
+
+def stop_jobs(jobs: list) -> None:
+  """Ends corrupt processes still running (a set given up at its deadline)."""
+  for j in jobs:
+    if j.poll() is None:
+      j.kill()
+      j.wait()
+
+
+def merge_corrupt(jobs: list, out: pathlib.Path,
+                  deadline_s: float | None = None) -> pathlib.Path | None:
+  """Waits for the jobs (until deadline_s, then stops them: None); links their files into out/all
+  (distortion00..18.npy + labels.npy), which appears whole (renamed in), so a run sharing it
+  (--ood_from) never reads it half made."""
+  if not wait_jobs(jobs, deadline_s):
+    log(f'{out} not made before {deadline_s:.0f}s: stopped')
+    stop_jobs(jobs)
+    return None
   if any(j.wait() for j in jobs):
     log(f'corrupt failed for {out} (see {out.parent}/{out.name}_g*.log)')
     return None
@@ -164,11 +192,14 @@ def clean_images(data: str, config) -> int:
   return sum(min(k, limit) if limit else k for k in (n['test'], val))
 
 
-def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path | None,
-                   results: dict, save) -> None:
+def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict, save,
+                   clean_first: bool = False) -> None:
   """Each tool of --tools on each OOD set of `sets` (split -> folder; validation first), then
   plain predictions on the full set, on the 'best' checkpoint with `--weights auto`: the EMA or
-  the raw weights, whichever led on validation at that step."""
+  the raw weights, whichever led on validation at that step. full_dir: the full set's folder, or
+  a function returning it (or None), called only once everything else is evaluated, so waiting
+  for the full set never holds back the other numbers. clean_first: a 'clean' row (no OOD set)
+  first, for a run whose small sets are not ready yet (`sets` is then a dict of functions too)."""
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -177,11 +208,18 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path |
   config = workdir_lib.run_config(run)
   n_clean = clean_images(args.data, config)
   per_view_image = None  # Seconds per image and view, from the first evaluation's OOD files.
-  plan = [(name + ('@val' if split == 'val' else ''), folder)
-          for name in args.tools for split, folder in sets.items() if folder]
+  plan = [('clean', None)] if clean_first else []
+  plan += [(name + ('@val' if split == 'val' else ''), folder)
+           for name in args.tools for split, folder in sets.items() if folder]
   plan += [('none@full', full_dir)] if full_dir else []
   for name, folder in plan:
-    tta, adapt, tent = TOOLS[name.split('@')[0]]
+    if callable(folder):  # Waited for only now.
+      folder = folder()
+      if folder is None:
+        results[name] = {'skipped': 'OOD set not ready before the deadline'}
+        save()
+        continue
+    tta, adapt, tent = TOOLS['none' if name == 'clean' else name.split('@')[0]]
     # --bn_adapt adds one statistics pass over each chunk, --tent its entropy pass too.
     views = VIEWS[tta] + adapt + TENT_VIEWS * tent
     files = ood.check_distortion_dir(folder) if folder else []
@@ -222,6 +260,11 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir: pathlib.Path |
         f"({seconds:.0f}s, {row['ood_images_per_sec']} img/s)")
 
 
+def default_json_out() -> str:
+  """$OUT/gpu_ood.json where $OUT is set (a device call brings back only what is under $OUT)."""
+  return os.path.join(os.environ['OUT'], 'gpu_ood.json') if os.environ.get('OUT') else ''
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--data', required=True, help='folder holding cifar-100-python/')
@@ -240,7 +283,9 @@ def main():
   p.add_argument('--train_deadline_s', type=float, default=330)
   p.add_argument('--deadline_s', type=float, default=540)
   p.add_argument('--small', action='store_true', help='CPU dry run: tiny sizes')
-  p.add_argument('--json_out', default='', help='also write the JSON here, after every phase')
+  p.add_argument('--json_out', default=default_json_out(),
+                 help='also write the JSON (and the plot beside it) here, after every phase '
+                      '(default: $OUT/gpu_ood.json when $OUT is set, as on a device call)')
   p.add_argument('--probe', default='', help='run dir of a short training run of the same step '
                  '(synthetic data): train fewer than the config\'s epochs if they would not fit')
   p.add_argument('--max_epochs', type=int, default=30, help="configs/ood_best.py's epochs")
@@ -272,7 +317,7 @@ def main():
       for split in args.ood_splits}
   full_limit = 20 if args.small else 0  # 0 = all 10,000 test images per chunk.
   full_jobs = (start_corrupt(args.data, work / 'ood_full', full_limit, 2 * args.procs, nice=10)
-               if args.full_set else [])  # Niced: the training's input pipeline comes first.
+               if args.full_set and not args.ood_from else [])  # Niced: training comes first.
   overrides = [f'--config.model.pretrained={args.weights}', f'--config.data.dir={args.data}',
                '--config.data.download=false', *[f'--config.{s}' for s in args.set]]
   if args.small:
@@ -289,26 +334,48 @@ def main():
 
   def save():  # Beside the run, and where the caller collects results (--json_out).
     for path in {work / 'gpu_ood.json', pathlib.Path(args.json_out or work / 'gpu_ood.json')}:
-      path.write_text(json.dumps(result, indent=1) + '\n')
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_name(path.name + '.tmp')
+      tmp.write_text(json.dumps(result, indent=1) + '\n')
+      tmp.replace(path)  # Never half written, when the call is cut short.
 
   save()
   result['train'] = train(args, work / 'run', overrides)
   save()
-  sets = {}
-  for split in args.ood_splits:
+  def small_set(split):  # This run's set of `split`, or the sharing run's (--ood_from).
     if args.ood_from:
-      sets[split] = wait_for_set(pathlib.Path(args.ood_from) / OOD_FOLDERS[split] / 'all',
-                                 args.deadline_s)
+      folder = wait_for_set(pathlib.Path(args.ood_from) / OOD_FOLDERS[split] / 'all',
+                            args.deadline_s - 30)
     else:
-      sets[split] = merge_corrupt(jobs[split], work / OOD_FOLDERS[split])
-    log(f'OOD set ({args.ood_limit} {split} images x 19 x 5) ready: {sets[split]}')
-  full_dir = None
-  if full_jobs:
-    full_dir = merge_corrupt(full_jobs, work / 'ood_full')
-    log(f'full OOD set ready: {full_dir}')
+      folder = merge_corrupt(jobs[split], work / OOD_FOLDERS[split], args.deadline_s - 30)
+    log(f'OOD set ({args.ood_limit} {split} images x 19 x 5) ready: {folder}')
+    return folder
+
+  def full_set():  # Made last and waited for last: every other number is in by then.
+    if args.ood_from:
+      folder = wait_for_set(pathlib.Path(args.ood_from) / 'ood_full' / 'all', args.deadline_s - 30)
+    else:
+      folder = merge_corrupt(full_jobs, work / 'ood_full', args.deadline_s - 30)
+    log(f'full OOD set ready: {folder}')
+    return folder
+
+  # Sets not ready yet as training ends: clean accuracy first, then each set once it is made.
+  ready = all(j.poll() is not None for js in jobs.values() for j in js) and (
+      not args.ood_from or all((pathlib.Path(args.ood_from) / OOD_FOLDERS[s] / 'all').is_dir()
+                               for s in args.ood_splits))
+  made = {}  # Each set waited for once, however many tools read it.
+
+  def later(split):
+    return lambda: made[split] if split in made else made.setdefault(split, small_set(split))
+  sets = ({split: small_set(split) for split in args.ood_splits} if ready else
+          {split: later(split) for split in args.ood_splits})
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
   save()
-  evaluate_tools(args, work / 'run', sets, full_dir, result['eval'], save)
+  try:
+    evaluate_tools(args, work / 'run', sets, full_set if args.full_set else None, result['eval'],
+                   save, clean_first=not ready)
+  finally:
+    stop_jobs([j for js in jobs.values() for j in js] + full_jobs)
   loaded = {(r['step'], r['weights']) for r in result['eval'].values() if 'weights' in r}
   result['step'], result['weights'] = next(iter(loaded)) if len(loaded) == 1 else (None, None)
   result['total_s'] = time.time() - T0
@@ -316,6 +383,8 @@ def main():
   print(table(result), flush=True)
   try:
     plot(result, work / 'gpu_ood_severity.png')
+    if args.json_out:  # Beside the JSON, where the caller collects results (OUT/NAME.png).
+      plot(result, pathlib.Path(args.json_out).with_suffix('.png'))
   except Exception as e:  # pylint: disable=broad-except  (the numbers are saved already)
     log(f'no plot: {type(e).__name__}: {e}')
 
@@ -344,16 +413,19 @@ def plot(result: dict, path: pathlib.Path) -> None:
 
 
 def table(result: dict) -> str:
-  t = result['train']
+  """The results as a Markdown table; also of a JSON written by a run cut short."""
+  t = result.get('train')
+  if t is None:
+    return f"configs/ood_best.py, {result['epochs']} epochs: training did not finish"
   stopped = ' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''
   lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in "
            f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
            f"'best' checkpoint (step {result.get('step')}), "
-           f"{result['weights']} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "
+           f"{result.get('weights')} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "
            "(TOOL: test images, TOOL@val: validation images)",
            '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |',
            '| --- | --- | --- | --- | --- | --- | --- |']
-  for name, r in result['eval'].items():
+  for name, r in result.get('eval', {}).items():
     if 'skipped' in r or 'error' in r:
       lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | | |')
       continue

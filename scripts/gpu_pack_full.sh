@@ -4,6 +4,8 @@
 # run. The images go as one NHWC npz compressed by xz with a delta filter (122 MB for all 60,000;
 # the official tar.xz is 138 MB). On the device machine, after each call that carries .gpudata/cK:
 #   bash scripts/gpu_stage.sh K   # copies the part to $JC_HOME; with all parts, unpacks them
+# back to back (each call within 30 s of the previous one's end: the machine, and $JC_HOME with
+# it, is handed back after 30 s idle), then the run in the next call (docs/robustness.md).
 # Usage: bash scripts/gpu_pack_full.sh   [CIFAR=folder holding cifar-100-python/ WEIGHTS=.pth]
 #   GPUDATA (output, default .gpudata), WHL (wheels, default .whl), FIRST_BYTES / PART_BYTES (data
 #   in c1, beside the wheels and weights, and in each later part); WEIGHTS='' packs no weights.

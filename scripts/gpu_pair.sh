@@ -7,10 +7,11 @@
 #   e.g. bash scripts/gpu_pair.sh "--set seed=0" "--set seed=1" --data ~/jc/data \
 #          --weights ~/jc/r50 --probe ~/jc/probe --ood_limit 500 --tools none,shifts+bn_adapt
 # Writes $OUT/{A,B}.{json,log,png} (OUT defaults to ./gpu_pair_out); the runs work in
-# $WORK/A and $WORK/B (default ~/jc). Exit status: non-zero if either run failed.
+# $WORK/A and $WORK/B (default ~/jc). With --full_set, only A makes the 950,000-image set and B
+# evaluates A's (gpu_ood.py --ood_from). Exit status: non-zero if either run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then sed -n '2,10p' "$0"; exit 2; fi
+if [ $# -lt 2 ]; then sed -n '2,11p' "$0"; exit 2; fi
 A_ARGS=$1 B_ARGS=$2
 shift 2
 OUT=${OUT:-gpu_pair_out} WORK=${WORK:-$HOME/jc} PY=${PY:-python3}
@@ -28,7 +29,6 @@ b=$!
 wait "$a"; ra=$?
 wait "$b"; rb=$?
 for v in A B; do
-  cp "$WORK/$v/gpu_ood_severity.png" "$OUT/$v.png" 2>/dev/null
   echo "== run $v ($( [ $v = A ] && echo "$A_ARGS" || echo "$B_ARGS" )): rc $( [ $v = A ] && echo $ra || echo $rb )"
   grep -v cuda_timer "$OUT/$v.log" | sed -n '/^configs\/ood_best.py/,$p'
 done

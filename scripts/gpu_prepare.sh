@@ -6,7 +6,10 @@
 #              CORRUPT_WHEELS=1: scikit-image and its deps instead (jax_cifar.corrupt), alone.
 #   .devdata/  cifar_small.npz (class-balanced real CIFAR-100: train_x/train_y/test_x/test_y,
 #              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision layout).
-# Usage: bash scripts/gpu_prepare.sh   [CIFAR=/work/cache/cifar WEIGHTS=path/to.pth N_TEST=1000]
+# It fills what is left of the 64 MiB with training images, in hundreds: 1,400 (+ 1,000 test,
+# 62.7 MiB travelling in all) with the repository of 2026-12, fewer as the repository grows.
+# Usage: bash scripts/gpu_prepare.sh   [CIFAR=folder holding cifar-100-python/ (default
+#   $JAX_CIFAR_DATA_DIR, else ~/.cache/jax_cifar) WEIGHTS=path/to.pth N_TEST=1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh  # PY, CIFAR, WEIGHTS

@@ -3,7 +3,8 @@
 # this call) into $JC_HOME (default ~/jc), which outlives the call while the machine stays warm.
 # The part with the wheels installs them into $JC_HOME/site and converts the weights into
 # $JC_HOME/r50; once every part is there (checked against SHA256SUMS) the images become
-# $JC_HOME/data/cifar-100-python.
+# $JC_HOME/data/cifar-100-python. Make the calls back to back: the machine, and $JC_HOME with it,
+# is handed back after 30 s idle, so each call must start within 30 s of the previous one's end.
 # Usage: bash scripts/gpu_stage.sh K ; then PYTHONPATH=$JC_HOME/site python3 scripts/gpu_ood.py
 #   --data $JC_HOME/data --weights $JC_HOME/r50 --work $JC_HOME/ood
 set -euo pipefail

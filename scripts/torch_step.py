@@ -3,8 +3,16 @@ label smoothing, global-norm clipping, bf16 autocast, channels_last and `torch.c
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import types
 
 
 def torch_model(name: str, stem: str, width: int, num_classes: int):
@@ -97,3 +105,65 @@ def bench_torch(config, steps: int, warmup: int, compile_mode: str) -> dict:
   if cuda:
     torch.cuda.empty_cache()
   return out
+
+
+def will_compile(compile_mode: str) -> bool:
+  """Whether bench_torch would torch.compile the model (auto: on a GPU only)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  return compile_mode == 'on' or (compile_mode == 'auto' and torch.cuda.is_available())
+
+
+# What bench_torch reads of a config; the child process gets these (ConfigDict does not pickle
+# into a fresh interpreter without the repository's imports).
+_KEYS = {'model': ('name', 'stem', 'width', 'num_classes', 'image_size', 'dtype'),
+         'train': ('batch_size',), 'optim': ('lr', 'weight_decay', 'label_smoothing',
+                                             'grad_clip_norm')}
+
+
+def bench_torch_limited(config, steps: int, warmup: int, compile_mode: str,
+                        timeout_s: float) -> dict:
+  """bench_torch with torch.compile in a child process that is killed after timeout_s seconds
+  (imports, compilation and the timed steps together). If the child times out or fails, the
+  step runs eager here instead and the result says so: compiled False, compile_error (why),
+  compile_timed_out, compile_attempt_s (the seconds the compiled try cost)."""
+  payload = {sec: {k: getattr(getattr(config, sec), k) for k in keys}
+             for sec, keys in _KEYS.items()}
+  payload.update(steps=steps, warmup=warmup, compile_mode=compile_mode)
+  with tempfile.TemporaryDirectory() as tmp:
+    out_path, err_path = pathlib.Path(tmp) / 'out.json', pathlib.Path(tmp) / 'stderr.log'
+    t0 = time.perf_counter()
+    with open(err_path, 'w') as err:  # Its own session: the kill reaches inductor's workers too.
+      proc = subprocess.Popen([sys.executable, __file__, json.dumps(payload), str(out_path)],
+                              stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+      try:
+        rc, timed_out = proc.wait(timeout_s), False
+      except subprocess.TimeoutExpired:
+        try:
+          os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
+        rc, timed_out = proc.wait(), True
+    attempt_s = time.perf_counter() - t0
+    if not timed_out and rc == 0 and out_path.exists():
+      return {**json.loads(out_path.read_text()), 'compile_timeout_s': timeout_s}
+    tail = [l for l in err_path.read_text(errors='replace').splitlines() if l.strip()][-1:]
+  why = (f'torch.compile run timed out after {timeout_s:.0f}s' if timed_out else
+         f'torch.compile run failed (exit {rc}: {tail[0][:200] if tail else "no output"})')
+  print(f'  {why}: falling back to eager', file=sys.stderr, flush=True)
+  out = bench_torch(config, steps, warmup, 'off')
+  out.update(compiled=False, compile_error=f'{why}; fell back to eager',
+             compile_timed_out=timed_out, compile_attempt_s=attempt_s,
+             compile_timeout_s=timeout_s)
+  return out
+
+
+def _child(payload: str, out_path: str) -> None:
+  """bench_torch_limited's child: one bench_torch, its result written as JSON."""
+  p = json.loads(payload)
+  config = types.SimpleNamespace(**{sec: types.SimpleNamespace(**p[sec]) for sec in _KEYS})
+  out = bench_torch(config, p['steps'], p['warmup'], p['compile_mode'])
+  pathlib.Path(out_path).write_text(json.dumps(out))
+
+
+if __name__ == '__main__':
+  _child(*sys.argv[1:3])

@@ -3,11 +3,13 @@ size: it trains, builds the OOD sets (validation, test, full) with jax_cifar.cor
 the chosen test-time tools in order, and writes a JSON whose numbers add up, a plot and a
 full-size-layout submission."""
 
+import argparse
 import json
 import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,6 +55,10 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
       capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   result = json.loads((work / 'gpu_ood.json').read_text())
+  # A 'clean' row (clean accuracy only) comes first if the sets were still being made when
+  # training ended, which depends on this machine's load; the rest does not.
+  clean = result['eval'].pop('clean', None)
+  assert clean is None or clean['ood_accuracy'] is None
   assert result['train']['rc'] == 0 and result['train']['step'] > 0
   assert not result['train']['stopped_by_deadline']
   # Every tool read the 'best' checkpoint with --weights auto (tests/test_ema.py tests the rule):
@@ -127,3 +133,81 @@ def test_a_shared_set_appears_whole_and_a_second_run_waits_for_it(tmp_path):
   assert not (out / 'all.tmp').exists()
   assert gpu_ood.merge_corrupt([], out) == merged  # Merged once; a second call keeps it.
   assert gpu_ood.wait_for_set(tmp_path / 'never', deadline_s=-1) is None
+
+
+def _fake_evaluation(monkeypatch, gpu_ood, calls):
+  """evaluate_tools with evaluate() and the run's config replaced: records what it read, when."""
+  from jax_cifar import evaluate as ev  # pylint: disable=import-outside-toplevel
+  from jax_cifar import parallel, workdir  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(parallel, 'enable_compilation_cache', lambda: None)
+  monkeypatch.setattr(workdir, 'run_config', lambda run: None)
+  monkeypatch.setattr(gpu_ood, 'clean_images', lambda data, config: 100)
+  monkeypatch.setattr(gpu_ood.ood, 'check_distortion_dir', lambda folder: [])
+
+  def evaluate(config, run, checkpoint, ood_dir=None, **kwargs):
+    del config, run, checkpoint, kwargs
+    calls.append(('evaluate', ood_dir))
+    return {'step': 3, 'weights': 'raw', 'test_accuracy': 0.5, 'val_accuracy': 0.4,
+            'ood_accuracy': 0.3 if ood_dir else None,
+            'ood_images_per_sec': 10.0 if ood_dir else None}
+  monkeypatch.setattr(ev, 'evaluate', evaluate)
+
+
+def test_the_full_set_is_waited_for_only_after_every_other_number_is_saved(monkeypatch, tmp_path):
+  """It had waited for the whole 950,000-image set before evaluating anything, so a call cut
+  short while the set was being made returned no accuracy at all (an audit)."""
+  gpu_ood = load_script('gpu_ood')
+  calls, saved, results = [], [], {}
+  _fake_evaluation(monkeypatch, gpu_ood, calls)
+  args = argparse.Namespace(tools=['none', 'flip'], data='', deadline_s=1e9)
+
+  def full_set():  # Not made before the deadline.
+    calls.append(('wait for the full set',))
+    return None
+  gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, full_set, results,
+                         lambda: saved.append(json.loads(json.dumps(results))))
+  assert calls == [('evaluate', str(tmp_path / 'ood'))] * 2 + [('wait for the full set',)]
+  assert list(results) == ['none', 'flip', 'none@full']
+  assert results['none']['ood_accuracy'] == 0.3  # The partial (small-set) OOD number...
+  assert 'none' in saved[0] and 'none@full' not in saved[-2]  # ...saved before the wait.
+  assert results['none@full'] == {'skipped': 'OOD set not ready before the deadline'}
+  assert '| none@full | OOD set not ready before the deadline |' in gpu_ood.table(
+      {'epochs': 1, 'args': {'ood_limit': 10}, 'eval': results,
+       'train': {'step': 5, 'seconds': 1.0, 'images_per_sec_median': 9.0,
+                 'stopped_by_deadline': False}})
+
+
+def test_sets_not_ready_after_training_give_clean_accuracy_first(monkeypatch, tmp_path):
+  gpu_ood = load_script('gpu_ood')
+  calls, results = [], {}
+  _fake_evaluation(monkeypatch, gpu_ood, calls)
+  args = argparse.Namespace(tools=['none'], data='', deadline_s=1e9)
+  gpu_ood.evaluate_tools(args, tmp_path, {'test': lambda: calls.append(('wait',)) or tmp_path},
+                         None, results, lambda: None, clean_first=True)
+  assert calls == [('evaluate', None), ('wait',), ('evaluate', str(tmp_path))]
+  assert list(results) == ['clean', 'none']
+  assert results['clean']['test_accuracy'] == 0.5 and results['clean']['ood_accuracy'] is None
+
+
+def test_a_set_not_made_by_its_deadline_is_stopped_and_given_up(tmp_path):
+  gpu_ood = load_script('gpu_ood')
+  job = subprocess.Popen(['sleep', '60'])
+  t = time.time()
+  assert gpu_ood.merge_corrupt([job], tmp_path / 'ood', time.time() - gpu_ood.T0 + 1) is None
+  assert time.time() - t < 10 and job.poll() is not None  # Killed, not waited for.
+  assert not (tmp_path / 'ood' / 'all').exists()
+
+
+def test_results_go_to_OUT_by_default_and_a_cut_short_json_still_prints(monkeypatch, tmp_path):
+  """The device call brings back only $OUT; the documented command had written elsewhere."""
+  gpu_ood = load_script('gpu_ood')
+  monkeypatch.setenv('OUT', str(tmp_path))
+  assert gpu_ood.default_json_out() == str(tmp_path / 'gpu_ood.json')
+  monkeypatch.delenv('OUT')
+  assert gpu_ood.default_json_out() == ''
+  # The JSON as it is written before training ends, then before any evaluation.
+  partial = {'epochs': 30, 'args': {'ood_limit': 500}}
+  assert 'training did not finish' in gpu_ood.table(partial)
+  partial['train'] = {'step': 5, 'seconds': 1.0, 'images_per_sec_median': 9.0,
+                      'stopped_by_deadline': True}
+  assert 'STOPPED AT DEADLINE' in gpu_ood.table(partial)

@@ -1,15 +1,20 @@
 """scripts/gpu_pack_full.sh + gpu_stage.sh: the full data set split into parts small enough for
-one device call each, then reassembled on the other side (checksums, xz, the official layout)."""
+one device call each, then reassembled on the other side (checksums, xz, the official layout);
+scripts/gpu_check.sh's time budget for one device call, and the benchmark's torch.compile limit."""
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from jax_cifar.data import cifar100
+
+from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -68,3 +73,74 @@ def test_a_damaged_part_is_refused_and_no_data_appears(packed):
     proc = _sh('gpu_stage.sh', env, str(k))
   assert proc.returncode != 0 and 'FAILED' in proc.stdout + proc.stderr
   assert not (tmp_path / 'home' / 'data').exists()
+
+
+# --- scripts/gpu_check.sh: one device call (at most 600 s) ---------------------------------------
+def _gpu_check(tmp_path, **env):
+  env = {**os.environ, 'PY': sys.executable, 'SMALL': '1', 'OUT': str(tmp_path / 'out'), **env}
+  return subprocess.Popen(['bash', str(ROOT / 'scripts' / 'gpu_check.sh')], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_gpu_check_clips_each_part_to_the_budget_and_skips_what_no_longer_fits(tmp_path):
+  """Its parts' limits had added up to ~1,935 s against a 600 s call (an audit)."""
+  proc = _gpu_check(tmp_path, PARTS='versions bench_r18', BUDGET_S='45', RESERVE_S='5',
+                    MIN_PART_S='38')  # versions: 45 s wanted, 40 left; bench_r18: under 38 left
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert '=== versions (limit 40s, clipped from 45s to fit BUDGET_S=45' in out
+  assert '=== bench_r18 SKIPPED' in out
+  rows = (tmp_path / 'out' / 'parts.txt').read_text().splitlines()
+  assert [r.split()[:2] for r in rows] == [['versions', 'ok'], ['bench_r18', 'SKIPPED']]
+  summary = (tmp_path / 'out' / 'summary.txt').read_text()
+  assert summary in out and 'of BUDGET_S=45s' in summary
+
+
+def test_gpu_check_cut_short_still_prints_and_keeps_the_parts_so_far(tmp_path):
+  proc = _gpu_check(tmp_path, PARTS='versions')
+  log = tmp_path / 'out' / 'gpu_check.log'
+  deadline = time.time() + 60
+  while not (log.exists() and '=== versions' in log.read_text()) and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)  # As a call's time limit would.
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 143, out[-3000:]
+  assert 'INTERRUPTED by SIGTERM' in out and 'parts:' in out
+  assert 'versions' in (tmp_path / 'out' / 'parts.txt').read_text()
+
+
+def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
+  """bench_r50 had spent ~70 s in torch.compile before anything else ran; its own limit (a
+  child process, killed) and the eager fallback are recorded in the row."""
+  benchmark = load_script('benchmark')
+  config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32)
+  r = benchmark.bench_torch_limited(config, 1, 0, 'on', timeout_s=0.5)
+  assert r['compiled'] is False and r['compile_timed_out'] is True and r['img_s'] > 0
+  assert r['compile_error'] == 'torch.compile run timed out after 0s; fell back to eager'
+  assert 0.5 <= r['compile_attempt_s'] < 10
+  row = {'model': 'resnet18:cifar:4', 'dtype': 'float32', 'image_size': 32, 'batch': 8,
+         'jax': {}, 'torch': r, 'grad_accum_steps': 1}
+  lines = benchmark.table([row]).splitlines()
+  assert ' eager* ' in lines[2] and lines[3].strip().startswith('torch: torch.compile run timed')
+  # In time: the child's own result (here eager, to be quick), not a fallback.
+  r = benchmark.bench_torch_limited(config, 1, 0, 'off', timeout_s=120)
+  assert r['compiled'] is False and 'compile_error' not in r and r['img_s'] > 0
+
+
+def test_an_accumulating_row_is_jax_only_and_torch_gets_mfu_by_the_same_flops(monkeypatch):
+  benchmark = load_script('benchmark')
+  calls = []
+  monkeypatch.setattr(benchmark, 'bench_jax', lambda config, *a, **k: calls.append(
+      ('jax', config.train.grad_accum_steps)) or {'img_s': 100.0, 'mfu': 0.1})
+  monkeypatch.setattr(benchmark, 'bench_torch', lambda *a, **k: calls.append('torch') or {})
+  monkeypatch.setattr(benchmark, 'will_compile', lambda mode: True)
+  monkeypatch.setattr(benchmark, 'bench_torch_limited', lambda *a, **k: calls.append(
+      ('torch limited', a[-1])) or {'img_s': 50.0, 'compiled': True})
+  args = benchmark.parse_args(['--grad_accum_steps', '1,4', '--torch_compile_timeout_s', '7'])
+  row = benchmark.run_one('smoke', 8, 'bfloat16', 32, args, grad_accum_steps=4)
+  assert calls == [('jax', 4)] and 'torch' not in row and row['grad_accum_steps'] == 4
+  calls.clear()
+  row = benchmark.run_one('smoke', 8, 'bfloat16', 32, args)
+  assert calls == [('torch limited', 7.0), ('jax', 1)]  # The compiled try under its limit.
+  assert row['torch']['mfu'] == pytest.approx(0.05) and row['jax_over_torch'] == 2.0
+  assert ' compile ' in benchmark.table([row]).splitlines()[2]
