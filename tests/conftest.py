@@ -19,13 +19,13 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 
 # The test files that take longest, longest first (worker-seconds in a full run on a 2-core machine,
-# 2026-12-01: 260 .. 60 s). README's command runs files in this order (`--dist loadfile
+# 2026-12-03: 350 .. 60 s). README's command runs files in this order (`--dist loadfile
 # --no-loadscope-reorder`), so no long file starts last while the other workers sit idle; by
 # default xdist would start the files with the most tests first, which are mostly quick ones.
-LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess_eval', 'test_convert',
-                 'test_multiprocess', 'test_gpu_ood', 'test_bf16', 'test_models', 'test_bn_adapt',
-                 'test_tent', 'test_evaluate', 'test_init_from', 'test_ema', 'test_workdir',
-                 'test_train_step', 'test_grad_accum')
+LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_workdir',
+                 'test_multiprocess_eval', 'test_convert', 'test_bf16', 'test_cli', 'test_evaluate',
+                 'test_models', 'test_ema', 'test_tent', 'test_bn_adapt', 'test_benchmark',
+                 'test_gpu_ood', 'test_transfer', 'test_scan_blocks', 'test_grad_accum')
 
 
 def pytest_collection_modifyitems(items):
