@@ -30,6 +30,7 @@ the plot beside it, and prints a table.
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -196,10 +197,10 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
                    clean_first: bool = False) -> None:
   """Each tool of --tools on each OOD set of `sets` (split -> folder; validation first), then
   plain predictions on the full set, on the 'best' checkpoint with `--weights auto`: the EMA or
-  the raw weights, whichever led on validation at that step. full_dir: the full set's folder, or
-  a function returning it (or None), called only once everything else is evaluated, so waiting
-  for the full set never holds back the other numbers. clean_first: a 'clean' row (no OOD set)
-  first, for a run whose small sets are not ready yet (`sets` is then a dict of functions too)."""
+  the raw weights, whichever led on validation at that step. Each set (and full_dir, the full
+  set) is a folder or a function returning it (or None), called when the set is first read, so
+  waiting for the full set never holds back the other numbers. clean_first: a 'clean' row (no
+  OOD set) first, for a run whose small sets are not ready yet."""
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -342,38 +343,28 @@ def main():
   save()
   result['train'] = train(args, work / 'run', overrides)
   save()
-  def small_set(split):  # This run's set of `split`, or the sharing run's (--ood_from).
+  @functools.cache  # Each set waited for once, however many tools read it.
+  def made(split: str):  # This run's set of `split` ('full': the full set), or --ood_from's.
+    name = OOD_FOLDERS.get(split, 'ood_full')
     if args.ood_from:
-      folder = wait_for_set(pathlib.Path(args.ood_from) / OOD_FOLDERS[split] / 'all',
-                            args.deadline_s - 30)
+      folder = wait_for_set(pathlib.Path(args.ood_from) / name / 'all', args.deadline_s - 30)
     else:
-      folder = merge_corrupt(jobs[split], work / OOD_FOLDERS[split], args.deadline_s - 30)
-    log(f'OOD set ({args.ood_limit} {split} images x 19 x 5) ready: {folder}')
+      folder = merge_corrupt(jobs.get(split, full_jobs), work / name, args.deadline_s - 30)
+    log(('full OOD set' if split == 'full' else
+         f'OOD set ({args.ood_limit} {split} images x 19 x 5)') + f' ready: {folder}')
     return folder
 
-  def full_set():  # Made last and waited for last: every other number is in by then.
-    if args.ood_from:
-      folder = wait_for_set(pathlib.Path(args.ood_from) / 'ood_full' / 'all', args.deadline_s - 30)
-    else:
-      folder = merge_corrupt(full_jobs, work / 'ood_full', args.deadline_s - 30)
-    log(f'full OOD set ready: {folder}')
-    return folder
-
-  # Sets not ready yet as training ends: clean accuracy first, then each set once it is made.
+  # Each set is waited for when it is first read; the full set is read last, so waiting for it
+  # never holds back another number. Sets not ready as training ends: clean accuracy first.
   ready = all(j.poll() is not None for js in jobs.values() for j in js) and (
       not args.ood_from or all((pathlib.Path(args.ood_from) / OOD_FOLDERS[s] / 'all').is_dir()
                                for s in args.ood_splits))
-  made = {}  # Each set waited for once, however many tools read it.
-
-  def later(split):
-    return lambda: made[split] if split in made else made.setdefault(split, small_set(split))
-  sets = ({split: small_set(split) for split in args.ood_splits} if ready else
-          {split: later(split) for split in args.ood_splits})
+  sets = {split: functools.partial(made, split) for split in args.ood_splits}
+  full_set = functools.partial(made, 'full') if args.full_set else None
   result['eval'] = {}  # Filled in place, and the JSON rewritten after each evaluation.
   save()
   try:
-    evaluate_tools(args, work / 'run', sets, full_set if args.full_set else None, result['eval'],
-                   save, clean_first=not ready)
+    evaluate_tools(args, work / 'run', sets, full_set, result['eval'], save, clean_first=not ready)
   finally:
     stop_jobs([j for js in jobs.values() for j in js] + full_jobs)
   loaded = {(r['step'], r['weights']) for r in result['eval'].values() if 'weights' in r}
