@@ -63,9 +63,23 @@ def test_processes_take_disjoint_slices_that_make_up_the_global_batch(monkeypatc
     np.testing.assert_array_equal(np.concatenate([p[s]['label'] for p in parts]), whole[s]['label'])
 
 
-@pytest.mark.parametrize('processes', [1, 2])
+class _CountingImages(np.ndarray):
+  """Images that count the rows read from them (a memory map's reads, on a cluster's storage)."""
+  reads: list[int] = []  # Rows per fancy-indexed read (list.append: safe from grain's threads).
+
+  def __getitem__(self, key):
+    out = np.asarray(super().__getitem__(key))
+    if isinstance(key, np.ndarray):
+      self.reads.append(len(out))
+    return out
+
+
+@pytest.mark.parametrize('processes', [1, 2, 4])
 def test_eval_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypatch, processes):
+  """... and each process reads only its own rows: every image is read once in all."""
   split, batch = _split(250), 64  # 4 batches, the last one 58 pads.
+  monkeypatch.setattr(_CountingImages, 'reads', [])
+  split = cifar100.Split(split.images.view(_CountingImages), split.labels, None)
   seen = []
   for index in range(processes):
     monkeypatch.setattr(jax, 'process_count', lambda: processes)
@@ -76,6 +90,7 @@ def test_eval_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypat
       assert np.all(b['image'][b['mask'] == 0] == 0)
   assert pipeline.num_eval_batches(250, batch) == 4
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(250))
+  assert sum(_CountingImages.reads) == 250
 
 
 def test_a_batch_larger_than_the_training_set_is_a_clear_error():

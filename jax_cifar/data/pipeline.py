@@ -100,11 +100,22 @@ def _pad(batch: dict, size: int) -> dict:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _GatherShare:
+  """Indices of a global eval batch -> this process's rows of it, padded and masked: only those
+  rows are read (each process had read the whole batch and dropped the others' share, so N hosts
+  read a 950,000-image OOD set N times)."""
+  split: Split
+  share: _ProcessSlice
+
+  def __call__(self, indices: np.ndarray) -> dict:
+    return _pad(_Gather(self.split)(self.share(indices)), self.share.size)
+
+
 def eval_batches(split: Split, global_batch: int) -> Iterator[dict]:
   """Every image exactly once: the last batch is padded and masked; each process takes its slice."""
   ds = grain.MapDataset.range(len(split)).batch(global_batch, drop_remainder=False)
-  take = _process_slice(global_batch)
-  ds = ds.map(_Gather(split)).map(lambda b: {k: take(v) for k, v in _pad(b, global_batch).items()})
+  ds = ds.map(_GatherShare(split, _process_slice(global_batch)))
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
 
 
