@@ -187,6 +187,34 @@ def check_batch_size(global_batch: int, name: str) -> int:
   return global_batch // jax.process_count()
 
 
+def eval_batch_size(configured: int) -> int:
+  """The global evaluation batch: `configured` rounded up to a multiple of the device count.
+
+  Evaluation pads each batch's missing rows and masks them out of every sum and count, so the
+  extra rows change no number. Refusing instead had stopped every shipped config (eval batch 500)
+  on 8, 16 or 32 devices."""
+  devices = jax.device_count()
+  size = -(-configured // devices) * devices
+  if size != configured:
+    logging.info('Evaluation batch %d -> %d (a multiple of the %d devices; the extra rows are '
+                 'padding).', configured, size, devices)
+  return size
+
+
+def micro_batch_warning(global_batch: int, accum: int) -> str | None:
+  """Why `accum` micro-batches of `global_batch` would span devices, or None. Micro-batch i takes
+  examples i, i + accum, ...; each device keeps its share of every micro-batch only when accum
+  divides the images each device holds. Otherwise the update is the same, but XLA moves images
+  between devices at every step and the devices' memory is uneven (all-gathers in the step)."""
+  per_device = global_batch // jax.device_count()
+  if accum <= 1 or per_device % accum == 0:
+    return None
+  return (f'train.grad_accum_steps={accum} does not divide the {per_device} images each of the '
+          f'{jax.device_count()} devices holds (train.batch_size {global_batch}): the micro-batches '
+          'span devices, so each step moves images between them. Choose a batch size that is a '
+          'multiple of devices x grad_accum_steps.')
+
+
 def any_process(flag: bool) -> bool:
   """True on every process when `flag` is true on any; a collective that all processes must call."""
   if jax.process_count() == 1:

@@ -39,14 +39,15 @@ def speed(args) -> dict:
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)
   state, graphdef = state_lib.init_state(config, tx, mesh)
   fn = inference.make_predict(config, graphdef, mesh, tta_flip=args.tta_flip, labels_only=True)
-  predictor = inference.Predictor(state, mesh, config.train.eval_batch_size, fn, fn)
+  batch = parallel.eval_batch_size(config.train.eval_batch_size)
+  predictor = inference.Predictor(state, mesh, batch, fn, fn)
   images = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), np.uint8)
-  predictor.run(images[:config.train.eval_batch_size], 'warmup', labels_only=True)  # Compile.
+  predictor.run(images[:batch], 'warmup', labels_only=True)  # Compile.
   start = time.perf_counter()
   predictor.run(images, 'measure', labels_only=True)
   seconds = time.perf_counter() - start
   return {'model': f'{config.model.name} width {config.model.width} ({config.model.stem} stem)',
-          'tta_flip': args.tta_flip, 'images': args.images, 'batch': config.train.eval_batch_size,
+          'tta_flip': args.tta_flip, 'images': args.images, 'batch': batch,
           'images_per_sec': args.images / seconds, 'devices': jax.device_count(),
           'device': jax.devices()[0].device_kind}
 

@@ -48,11 +48,33 @@ def test_train_step_on_8_devices_equals_1_device(one_step_results, xla_defaults,
   assert one.keys() == eight.keys()
   # Same global batch, same keys: only the order of floating-point reductions differs.
   np.testing.assert_allclose(one['__loss'], eight['__loss'], rtol=1e-5)
-  for key in set(one) - {'__devices'}:
+  for key in set(one) - {'__devices', '__val_batch'}:
     np.testing.assert_allclose(one[key], eight[key], rtol=1e-4, atol=atol, err_msg=key)
   # The two settings compile different programs (else this test would check one of them twice).
   other = one_step_results[1]['options' if xla_defaults else 'defaults']
   assert any(not np.array_equal(one[k], other[k]) for k in set(one) - {'__devices'})
+
+
+def test_an_eval_batch_the_devices_do_not_divide_is_rounded_up_and_predicts_the_same(
+    one_step_results, monkeypatch):
+  """Every shipped config's eval batch (500) had been refused on 8, 16 or 32 devices. The
+  validator with an eval batch of 12 on 8 devices runs batches of 16 (the padding masked) and
+  predicts what 1 device predicts in batches of 12."""
+  one, eight = one_step_results[1]['options'], one_step_results[8]['options']
+  assert int(one['__val_batch']) == 12 and int(eight['__val_batch']) == 16
+  assert one['__val_log_probs'].shape == eight['__val_log_probs'].shape == (20, 10)
+  np.testing.assert_allclose(eight['__val_log_probs'], one['__val_log_probs'], rtol=0, atol=1e-4)
+  monkeypatch.setattr(trainer.parallel.jax, 'device_count', lambda: 8)
+  assert [trainer.parallel.eval_batch_size(b) for b in (500, 512, 3, 8)] == [504, 512, 8, 8]
+
+
+def test_micro_batches_that_would_span_devices_are_warned_about(monkeypatch):
+  """2 hosts x 8 GPUs, batch 128, 16 micro-batches: each device holds 8 images, so micro-batch i
+  (examples i, i + 16, ...) is on half the devices. 8 micro-batches keep every share local."""
+  monkeypatch.setattr(trainer.parallel.jax, 'device_count', lambda: 16)
+  warn = trainer.parallel.micro_batch_warning
+  assert warn(128, 1) is None and warn(128, 8) is None and warn(256, 16) is None
+  assert 'does not divide the 8 images each of the 16 devices holds' in warn(128, 16)
 
 
 def _synthetic_config(max_steps: int):

@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128  # Global batch size (summed over all devices and processes).
   c.train.grad_accum_steps = 1  # Split each step's batch into N micro-batches (gradients averaged; BatchNorm per micro-batch): same recipe, 1/N of the activation memory.
   c.train.num_epochs = 30.0  # Training length in epochs (fractions allowed).
-  c.train.eval_batch_size = 500  # Global batch size of evaluation.
+  c.train.eval_batch_size = 500  # Global batch size of evaluation (rounded up to a multiple of the device count).
   c.train.log_every_steps = 50  # Training metrics to metrics.jsonl / wandb every N steps.
   c.train.eval_every_epochs = 1.0  # Validation every N epochs (and always at the end).
   c.train.resume = True  # Resume from the latest checkpoint in the workdir; False refuses a workdir that holds a run.

@@ -138,7 +138,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter,
   `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation)."""
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+  batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
   weights = state_lib.resolve_weights(weights, state, workdir, step)
   state = state_lib.with_weights(state, weights, workdir)
@@ -148,9 +148,9 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   if tent:
     adapter = tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params, state.batch_stats)
   elif adapt_bn:
-    adapter = bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size,
-                                 state.params, state.batch_stats)
-  return Predictor(state, mesh, config.train.eval_batch_size, make(), make(labels_only=True),
+    adapter = bn_adapt.BNAdapter(config, graphdef, mesh, batch_size, state.params,
+                                 state.batch_stats)
+  return Predictor(state, mesh, batch_size, make(), make(labels_only=True),
                    adapter, weights=weights), step
 
 

@@ -106,7 +106,8 @@ class TentAdapter:
                                'has none')
     self._is_affine = lambda path, _: tuple(path[:-1]) in paths
     self.options, self.mesh = options, mesh
-    self.bn = bn_adapt.BNAdapter(config, graphdef, mesh, config.train.eval_batch_size, params,
+    self.bn = bn_adapt.BNAdapter(config, graphdef, mesh,
+                                 parallel.eval_batch_size(config.train.eval_batch_size), params,
                                  batch_stats)
     tx = optax.adam(options.lr)
     self._init = jax.jit(tx.init)

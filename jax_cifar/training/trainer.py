@@ -69,7 +69,8 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
   """Evaluate's own prediction path (no TTA), so val numbers equal `evaluate`'s exactly; a
   validation shows its own bar below the training bar while it runs (a long one had looked stuck)."""
   fn = inference.make_predict(config, graphdef, mesh)
-  return inference.Predictor(None, mesh, config.train.eval_batch_size, fn, fn)
+  return inference.Predictor(None, mesh, parallel.eval_batch_size(config.train.eval_batch_size),
+                             fn, fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +188,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
   parallel.check_batch_size(batch_size, 'train.batch_size')
-  parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+  if (spans := parallel.micro_batch_warning(batch_size, config.train.grad_accum_steps)):
+    logging.warning(spans)
 
   # --- data -----------------------------------------------------------------------------------
   splits = cifar100.get_splits(config.data, require_val=True)
