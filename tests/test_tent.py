@@ -91,8 +91,12 @@ def test_padding_rows_never_count(small):
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-7)
 
 
-def test_chunks_are_adapted_independently_a_b_a(small):
+def test_chunks_are_adapted_independently_a_b_a(small, monkeypatch):
+  """... and the checkpoint is checked for non-finite values once, not once per chunk (a check
+  compiled again at every chunk had made --tent 3.5x slower than --bn_adapt on 95 chunks)."""
   config, state, graphdef, mesh = small
+  checks = []
+  monkeypatch.setattr(tent, '_check_finite', lambda *a: checks.append(tent._all_finite(a)))  # pylint: disable=protected-access
   a, b = _images(2, 40), _images(3, 40, contrast=0.2)
   predictor = inference.Predictor(
       state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
@@ -101,6 +105,10 @@ def test_chunks_are_adapted_independently_a_b_a(small):
   out = predictor.run(np.concatenate([a, b, a]), desc='aba', chunk=40)
   np.testing.assert_allclose(out[80:], out[:40], rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out[40:80], predictor.run(b, desc='b'), rtol=1e-6, atol=1e-6)
+  assert len(checks) == 1  # 4 chunks (a, b, a, then b), one checkpoint.
+  cache = tent._all_finite._cache_size()  # pylint: disable=protected-access
+  tent._all_finite((state.params, state.batch_stats))  # pylint: disable=protected-access
+  assert tent._all_finite._cache_size() == cache  # pylint: disable=protected-access
   bn_only = inference.Predictor(
       state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
       bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats))

@@ -81,12 +81,17 @@ def _step(affine, opt_state, rest, batch_stats, batch: dict, *, graphdef, config
   return optax.apply_updates(affine, updates), opt_state, loss
 
 
+@jax.jit
+def _all_finite(tree):
+  """One compiled program (op by op, each leaf shape compiled its own two: ~2 s at start-up). At
+  module level: a jit of a new lambda at every call had compiled again for every chunk."""
+  return jax.tree.map(lambda v: jnp.isfinite(v).all(), tree)
+
+
 def _check_finite(params, batch_stats) -> None:
   """Names non-finite checkpoint values before any step: how a NaN shows in the entropy depends
   on how XLA compiled the step (its defaults can turn relu(NaN) into 0)."""
-  # One compiled program (op by op, each leaf shape compiled its own two: ~2 s at start-up).
-  finite = jax.device_get(jax.jit(lambda tree: jax.tree.map(lambda v: jnp.isfinite(v).all(), tree))(
-      (params, batch_stats)))
+  finite = jax.device_get(_all_finite((params, batch_stats)))
   bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
          if not ok]
   if bad:
@@ -118,6 +123,7 @@ class TentAdapter:
                          compiler_options=parallel.precise_compiler_options())
     self.passes = options.epochs + 1  # Entropy passes, then the statistics pass.
     self.last_entropy: list[float] = []  # Mean entropy of each pass over the last chunk.
+    self._checked = None  # The (params, batch_stats) last found finite: every chunk starts there.
 
   def split(self, params) -> tuple[Any, Any]:
     """(BatchNorm scales and biases, every other parameter) of a parameter State."""
@@ -126,7 +132,9 @@ class TentAdapter:
   def adapt_model(self, params, batch_stats, images: np.ndarray,
             progress: Callable[[int], Any] | None = None,
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
-    _check_finite(params, batch_stats)
+    if self._checked is None or any(a is not b for a, b in zip(self._checked, (params, batch_stats))):
+      _check_finite(params, batch_stats)
+      self._checked = (params, batch_stats)
     affine, rest = self.split(params)
     opt_state = self._init(affine)
     size, self.last_entropy = self.options.batch_size, []
