@@ -37,6 +37,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -116,8 +117,10 @@ def _class_names(config) -> tuple[list[str], list[str]]:
 
 
 def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, config,
-                   figure: pathlib.Path | None = None) -> tuple[dict, dict]:
-  """(scalars, per-class details) of one split; draws the confusion matrix when `figure` is set."""
+                   figure: pathlib.Path | None = None,
+                   draw_later: list | None = None) -> tuple[dict, dict]:
+  """(scalars, per-class details) of one split; draws the confusion matrix when `figure` is set
+  (with `draw_later`, appends the drawing to it instead, for when the evaluation completes)."""
   scalars, log_p = inference.split_metrics(predictor, split, name)  # --bn_adapt: one chunk.
   pred, labels, num_classes = log_p.argmax(-1), split.labels, config.model.num_classes
   fine_names, coarse_names = _class_names(config)
@@ -133,8 +136,13 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
     scalars['superclass_accuracy'] = float(np.mean(class_to_coarse[pred] == split.coarse_labels))
   if figure is not None and jax.process_index() == 0:
     cm = metrics_lib.confusion_matrix(pred, labels, num_classes)
-    figures.plot_confusion(cm, figure, f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
-                           class_to_coarse, coarse_names)
+    draw = functools.partial(figures.plot_confusion, cm, figure,
+                             f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
+                             class_to_coarse, coarse_names)
+    if draw_later is None:
+      draw()
+    else:
+      draw_later.append(draw)
   return scalars, details
 
 
@@ -201,13 +209,14 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   return result
 
 
-def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None) -> dict:
+def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None,
+                    draw_later: list) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
   splits, result = cifar100.get_splits(config.data), {}
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None
-      scalars, details = evaluate_split(predictor, splits[name], name, config, figure)
+      scalars, details = evaluate_split(predictor, splits[name], name, config, figure, draw_later)
       result.update({f'{name}_{k}': v for k, v in scalars.items()})
       if name == 'test':
         result.update({f'{name}_{k}': v for k, v in details.items()})
@@ -280,8 +289,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                              adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
+  # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
+  # during the OOD files had left a figure of an evaluation that never finished (an audit).
+  draw_later = []
   result.update(_evaluate_clean(predictor, config,
-                                workdir_path / f'confusion_{tag}.png' if keeps else None))
+                                workdir_path / f'confusion_{tag}.png' if keeps else None,
+                                draw_later))
   if ood_files:
     result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
@@ -293,6 +306,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                 else pathlib.Path(which))
     write_eval_json(workdir_path / f'eval_{tag}.json', result,
                     step_dir.parent if step_dir.name == 'default' else step_dir)
+  for draw in draw_later:
+    draw()
   return result
 
 

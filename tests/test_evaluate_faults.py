@@ -112,14 +112,16 @@ def test_sigterm_and_sigint_stop_with_one_line_and_no_csv(run, sig, status):
   out = run / f'stopped_{sig}' / 'sub.csv'
   out.parent.mkdir()
   json_files = lambda: {p: p.stat().st_mtime_ns for p in (run / 'run').glob('eval_*.json')}
-  before = json_files()
+  pngs = lambda: {p: p.stat().st_mtime_ns for p in (run / 'run').glob('*.png')}
+  before, figures_before = json_files(), pngs()
   proc = _evaluate(run, out, f'ood_file:2:{sig}')
   assert proc.returncode == status, (proc.returncode, proc.stderr[-3000:])
   assert 'Traceback' not in proc.stderr and 'KeyboardInterrupt' not in proc.stderr, proc.stderr
   assert _last_line(proc.stderr) == (f'error: stopped by {sig}; nothing partial was written '
                                      '(an existing CSV is kept)'), proc.stderr[-2000:]
   assert not out.exists() and not _parts(out.parent)
-  assert json_files() == before  # No JSON of an unfinished evaluation.
+  assert json_files() == before  # No JSON of an unfinished evaluation ...
+  assert pngs() == figures_before  # ... nor its confusion figure (drawn before the OOD files).
   assert not proc.stdout.strip()
 
 
