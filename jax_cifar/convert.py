@@ -133,6 +133,24 @@ def _strip_wrappers(key: str) -> str:
   return key
 
 
+def guess_arch(sd: Mapping[str, Any]) -> str | None:
+  """The torchvision ResNet-family architecture with `sd`'s block type, blocks per stage and 3x3
+  grouping (from layer1.0.conv2's weight shape), or None."""
+  try:
+    layers = tuple(1 + max(int(k.split('.')[1]) for k in sd if k.startswith(f'layer{i}.'))
+                   for i in range(1, 5))
+    out_channels, in_per_group = tuple(sd['layer1.0.conv2.weight'].shape)[:2]
+  except (ValueError, KeyError, IndexError, TypeError):
+    return None
+  bottleneck = 'layer1.0.conv3.weight' in sd
+  groups = out_channels // in_per_group if bottleneck and in_per_group else 1
+  width = out_channels // groups if bottleneck else 64  # Layer1's bottleneck width per group.
+  found = [name for name, a in _RESNET_ARCHS.items()
+           if (a.block.__name__ == 'Bottleneck') == bottleneck and a.layers == layers
+           and a.groups == groups and a.width_per_group == width]
+  return found[0] if len(found) == 1 else None
+
+
 def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   """Converts a torchvision ResNet-family state_dict to `nnx.to_pure_dict(nnx.state(model))`'s form.
 
@@ -188,7 +206,11 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
     out[path] = np.ascontiguousarray(value)
   used = {torch_key(p) for p in expected}
   unexpected = sorted(k for k in sd if k not in used)
-  _report(missing, unexpected, misshaped, f'state_dict does not match {arch}')
+  guess = guess_arch(sd) if missing or unexpected or misshaped else None
+  what = (f'this state_dict is a torchvision {guess} (its blocks and their shapes), not a {arch}: '
+          f'convert it as {guess}; in detail, it does not match {arch}' if guess and guess != arch
+          else f'state_dict does not match {arch}')
+  _report(missing, unexpected, misshaped, what)
   # A NaN / inf weight would surface as a "non-finite loss" at step 1, pointing at the learning
   # rate; a negative running variance as a NaN in eval only.
   bad = sorted(torch_key(p) for p, v in out.items() if not np.isfinite(v).all())

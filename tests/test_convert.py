@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -187,10 +188,28 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
   broken = dict(sd, **{'layer3.0.conv2.weight': torch.zeros(256, 256, 1, 1)})
   with pytest.raises(ValueError, match=r'mis-shaped keys: layer3\.0\.conv2\.weight'):
     torch_to_flax(broken, 'resnet18')
-  with pytest.raises(ValueError, match=r'layer1\.2\.conv1\.weight'):
+  with pytest.raises(ValueError, match=r'^this state_dict is a torchvision resnet18 .*, not a '
+                                       r'resnet34: convert it as resnet18; .*layer1\.2\.conv1\.weight'):
     torch_to_flax(sd, 'resnet34')  # a ResNet-18 has no third block in layer1
   with pytest.raises(ValueError, match='resnet152'):
     torch_to_flax(sd, 'resnet19')
+
+
+def test_the_architecture_of_a_state_dict_is_recognised_from_its_blocks_and_shapes():
+  """Every architecture's keys and torch-layout shapes (stand-ins: no weights are made) give back
+  its name; a file given as another architecture is named as what it is (an audit: a ResNet-50
+  file converted as resnet18 had listed 150 keys and never said resnet50)."""
+  from jax_cifar import convert  # pylint: disable=g-import-not-at-top
+  for arch in convert.ARCHS:
+    params, stats = convert.abstract_variables(arch, 10)
+    sd = {}
+    for path, spec in [*convert._flatten(nnx.to_pure_dict(params)),  # pylint: disable=protected-access
+                       *convert._flatten(nnx.to_pure_dict(stats))]:  # pylint: disable=protected-access
+      shape = tuple(spec.shape)
+      shape = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else shape[::-1]  # HWIO -> OIHW
+      sd[convert.torch_key(path)] = types.SimpleNamespace(shape=shape)
+    assert convert.guess_arch(sd) == arch
+  assert convert.guess_arch({'conv1.weight': np.zeros(1)}) is None  # No blocks: no guess.
 
 
 def test_non_finite_weights_negative_running_variances_and_a_0d_head_are_named():
