@@ -365,8 +365,8 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   path = pathlib.Path(path).absolute()
   step_dir = path.parent if path.name == 'default' else path
   if not step_dir.is_dir():
-    raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, or a step '
-                          'folder, e.g. WORKDIR/checkpoints/best/12)')
+    raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, a step '
+                          'number or a step folder, e.g. WORKDIR/checkpoints/best/12)')
   steps = sorted((int(p.name) for p in step_dir.iterdir() if p.name.isdigit() and p.is_dir()),
                  reverse=True)
   if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
@@ -376,8 +376,8 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
     # Nothing of a step at all (a run folder, checkpoints/, converted weights): not "damaged".
     hint = (' (converted torchvision weights: give them as model.pretrained)'
             if (step_dir / 'metadata.json').exists() and (step_dir / 'state').is_dir() else '')
-    raise CheckpointError(f'{path} is not a checkpoint step folder{hint}: give best, latest, or '
-                          'a step folder, e.g. WORKDIR/checkpoints/best/12')
+    raise CheckpointError(f'{path} is not a checkpoint step folder{hint}: give best, latest, a '
+                          'step number or a step folder, e.g. WORKDIR/checkpoints/best/12')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(

@@ -97,17 +97,24 @@ def _config_error(e: BaseException) -> str:
 
 
 def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
-  """The message for an override of a key the config does not have, when ml_collections names
-  only the missing key (no close match to suggest): which flag, and where the keys are listed."""
+  """The message for an override of a key the config does not have: which flag, the key
+  ml_collections suggests if any ('Did you mean ...', which had come with the exception's name),
+  and where the keys are listed."""
   if not isinstance(e, (AttributeError, KeyError)):
     return None
-  name = _first_line(e).split(': ', 1)[-1].strip('"\'')
+  text = _first_line(e).split(': ', 1)[-1].strip('"\'')
+  match = re.fullmatch(r"""(\w+)['"]*(?: Did you mean ["'](\w+)["'] instead of ["']\w+["']\?)?""",
+                       text)
+  if not match:
+    return None
+  name, close = match.groups()
   named = [a.split('=', 1)[0] for a in argv
            if a.startswith('--config.') and a.split('=', 1)[0].split('.')[-1] == name]
-  if not re.fullmatch(r'\w+', name) or not named:
+  if not named:
     return None
-  return (f'{named[0]}: the config has no key {name!r} (jax_cifar/configs/default.py lists every '
-          'key, with what it does)')
+  hint = f'; did you mean {named[0].rsplit(".", 1)[0]}.{close}?' if close else ''
+  return (f'{named[0]}: the config has no key {name!r}{hint} (jax_cifar/configs/default.py lists '
+          'every key, with what it does)')
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

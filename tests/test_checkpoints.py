@@ -218,7 +218,8 @@ def test_a_path_one_level_above_the_steps_names_them_and_a_missing_one_says_what
                      match=rf'holds step folders \(9, 6\), not one checkpoint: give one of them, '
                            rf'e\.g\. {latest / "9"}'):
     state_lib.restore(_config(0), run9, str(latest))
-  with pytest.raises(checkpoints.CheckpointError, match='give best, latest, or a step folder'):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='give best, latest, a step number or a step folder'):
     state_lib.restore(_config(0), run9, str(run9 / 'bset'))
 
 
