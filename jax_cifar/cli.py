@@ -8,6 +8,7 @@ an installed wheel needs no source tree.
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
 import pathlib
@@ -117,6 +118,22 @@ def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
           'every key, with what it does)')
 
 
+def _builtin_hint(e: BaseException, argv: Sequence[str]) -> str:
+  """For a --config file that does not exist here but is a packaged config's name (configs/
+  smoke.py run from outside the repository): how to name the packaged one from anywhere."""
+  if not isinstance(e, OSError) or (e.errno != errno.ENOENT and '[Errno 2]' not in str(e)):
+    return ''
+  for value in _config_values(argv):
+    name = pathlib.Path(value.split(':', 1)[0]).stem
+    if not pathlib.Path(value.split(':', 1)[0]).exists():
+      try:
+        builtin_config_path(name)
+      except ValueError:
+        continue
+      return f' (the packaged config of that name, from any folder: --config {BUILTIN_PREFIX}{name})'
+  return ''
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
   for value in _config_values(argv):
@@ -140,7 +157,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     _usage_error(f'{e} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.
-    _usage_error(_unknown_key(e, argv) or f'bad --config or --config.KEY override: {_first_line(e)}')
+    _usage_error(_unknown_key(e, argv) or f'bad --config or --config.KEY override: {_first_line(e)}'
+                 + _builtin_hint(e, argv))
   except Exception as e:  # pylint: disable=broad-except
     # Anything else raised by the config file's own code (a NameError, a ZeroDivisionError...):
     # only that code and absl's parsing ran here.

@@ -158,7 +158,10 @@ def _weights_of_run(config, params, batch_stats, mesh):
   """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state,
   step or EMA). As with `model.pretrained`, a head of another size keeps this run's fresh one."""
   run_dir, which = parse_init_from(config.model.init_from)
-  source = workdir_lib.run_config(run_dir)
+  try:
+    source = workdir_lib.run_config(run_dir)
+  except workdir_lib.WorkdirError as e:  # Say which setting named that folder.
+    raise workdir_lib.WorkdirError(f'model.init_from={config.model.init_from}: {e}') from e
   differ = [f'model.{k} {source.model[k]!r} vs {config.model[k]!r}'
             for k in ('name', 'stem', 'width') if source.model[k] != config.model[k]]
   if differ:

@@ -60,7 +60,17 @@ def test_missing_config_file_is_named(tmp_path, overrides):
   missing = tmp_path / 'no_such_config.py'
   line = _usage_error(train(tmp_path / 'run', config=str(missing), overrides=overrides))
   assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
+  assert 'jax_cifar:' not in line, line  # No packaged config of that name to point to.
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_config_file_named_as_a_packaged_one_points_to_it(tmp_path):
+  """configs/smoke.py given from outside the repository: the packaged smoke config works from any
+  folder as jax_cifar:smoke."""
+  line = _usage_error(train(tmp_path / 'run', config=str(tmp_path / 'configs' / 'smoke.py'),
+                            overrides={}))
+  assert line.endswith('(the packaged config of that name, from any folder: --config '
+                       'jax_cifar:smoke)'), line
 
 
 def test_missing_workdir_flag_is_named():

@@ -73,7 +73,7 @@ def test_a_head_of_another_size_is_replaced_by_a_fresh_one(source):
 def test_another_model_or_a_missing_run_is_refused(source, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="model.width 4 vs 8"):
     _init(_config(init_from=str(source), width=8))
-  with pytest.raises(workdir_lib.WorkdirError, match='not found'):
+  with pytest.raises(workdir_lib.WorkdirError, match=r'^model\.init_from=.*nope: .*not found'):
     _init(_config(init_from=str(tmp_path / 'nope')))
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
     _init(_config(init_from=f'{source}:99'))

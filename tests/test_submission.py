@@ -238,6 +238,13 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
   (tmp_path / 'notes.txt').write_text('x')
   with pytest.raises(DataError, match=r'missing 19 of the 19 .*; the folder holds notes\.txt$'):
     ood.check_distortion_dir(tmp_path)
+  c_dir = tmp_path / 'c100c'  # The other format given to --ood_dir.
+  c_dir.mkdir()
+  for name in ('fog', 'gaussian_noise', 'labels'):
+    np.save(c_dir / f'{name}.npy', np.zeros((5,), np.uint8))
+  with pytest.raises(DataError, match=r"missing 19 of the 19 .*; it holds CIFAR-100-C's "
+                                      r'<corruption>\.npy files instead: give it as --cifar100c_dir$'):
+    ood.check_distortion_dir(c_dir)
   inner = tmp_path / 'kaggle'
   inner.mkdir()
   for i in range(19):
