@@ -215,6 +215,23 @@ def micro_batch_warning(global_batch: int, accum: int) -> str | None:
           'multiple of devices x grad_accum_steps.')
 
 
+def same_on_every_process(value: int, what: str) -> int:
+  """`value`, which each process read from the files it sees, refused unless every process read
+  the same (a collective). Processes that resumed from different steps, one seeing a shared
+  filesystem's older listing or failing to read a step, would train apart without an error."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  values = [int(v) for v in np.asarray(
+      multihost_utils.process_allgather(np.asarray([value], np.int32))).reshape(-1)]
+  if len(set(values)) > 1:
+    seen = ', '.join(f'process {i}: {v}' for i, v in enumerate(values))
+    raise errors.UserError(f'the processes disagree on {what} ({seen}): each must see the same '
+                           'checkpoint files (a shared filesystem that lags, or a read error on '
+                           'one host); relaunch once they do')
+  return value
+
+
 def any_process(flag: bool) -> bool:
   """True on every process when `flag` is true on any; a collective that all processes must call."""
   if jax.process_count() == 1:

@@ -77,6 +77,21 @@ def test_micro_batches_that_would_span_devices_are_warned_about(monkeypatch):
   assert 'does not divide the 8 images each of the 16 devices holds' in warn(128, 16)
 
 
+def test_processes_that_read_different_steps_are_refused_before_training_apart(monkeypatch):
+  """Each process lists and reads the checkpoint files itself: a host seeing a lagging shared
+  filesystem would resume from another step than the others (a multi-host review). The gathered
+  values of two processes, one of which saw an older step."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(trainer.parallel.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.asarray([[6], [4]]))
+  with pytest.raises(trainer.errors.UserError,
+                     match=r'^the processes disagree on the latest step saved \(process 0: 6, '
+                           r'process 1: 4\): each must see the same checkpoint files'):
+    trainer.parallel.same_on_every_process(6, 'the latest step saved')
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.asarray([[6], [6]]))
+  assert trainer.parallel.same_on_every_process(6, 'the latest step saved') == 6
+
+
 def _synthetic_config(max_steps: int):
   c = default.get_config()
   c.data.source = 'synthetic'

@@ -209,7 +209,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  resume_step = (ckpts.latest.latest_step() or 0) if config.train.resume else 0
+  resume_step = parallel.same_on_every_process(
+      (ckpts.latest.latest_step() or 0) if config.train.resume else 0, 'the latest step saved')
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
   has_best = ckpts.best.best_step() is not None
@@ -228,6 +229,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   if resume_step:
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
+      step = parallel.same_on_every_process(step, 'the intact step to resume from')
     except checkpoints.StructureMismatch as e:
       error = relaunch.cannot_resume_with(changes, workdir, e)
       if error is e:
