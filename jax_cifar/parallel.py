@@ -210,8 +210,8 @@ def micro_batch_warning(global_batch: int, accum: int) -> str | None:
   if accum <= 1 or per_device % accum == 0:
     return None
   return (f'train.grad_accum_steps={accum} does not divide the {per_device} images each of the '
-          f'{jax.device_count()} devices holds (train.batch_size {global_batch}): the micro-batches '
-          'span devices, so each step moves images between them. Choose a batch size that is a '
+          f'{jax.device_count()} devices holds (train.batch_size {global_batch}): the '
+          'micro-batches span devices, so each step moves images between them. Choose a batch size that is a '
           'multiple of devices x grad_accum_steps.')
 
 

@@ -132,7 +132,8 @@ class TentAdapter:
   def adapt_model(self, params, batch_stats, images: np.ndarray,
             progress: Callable[[int], Any] | None = None,
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
-    if self._checked is None or any(a is not b for a, b in zip(self._checked, (params, batch_stats))):
+    checked = self._checked
+    if checked is None or checked[0] is not params or checked[1] is not batch_stats:
       _check_finite(params, batch_stats)
       self._checked = (params, batch_stats)
     affine, rest = self.split(params)
