@@ -129,9 +129,10 @@ class Checkpoints:
     root = pathlib.Path(workdir).absolute() / 'checkpoints'
     save_whole_arrays_on_cpu()
     errors.drop_library_noise()  # A failed save's or restore's leftovers print pages otherwise.
-    if create and jax.process_index() == 0:
-      for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
-        check_writable(folder)
+    with parallel.fail_together(f'checking {root}'):
+      if create and jax.process_index() == 0:
+        for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
+          check_writable(folder)
     opts = dict(create=create, enable_async_checkpointing=True)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
@@ -145,12 +146,12 @@ class Checkpoints:
     # Every process has looked before process 0 moves anything: the agreement is a collective.
     if parallel.any_process(bool(unranked)):
       if create:  # Training: set them aside (kept), and rank the new run's own.
-        if jax.process_index() == 0 and unranked:
-          moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
-          logging.warning('Moved best checkpoints whose metrics file is missing or unreadable '
-                          '(%s) to %s; their weights are kept there, restorable by path.',
-                          '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
-        parallel.sync('best checkpoints checked')
+        with parallel.fail_together(f'setting aside unranked steps of {root / "best"}'):
+          if jax.process_index() == 0 and unranked:
+            moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
+            logging.warning('Moved best checkpoints whose metrics file is missing or unreadable '
+                            '(%s) to %s; their weights are kept there, restorable by path.',
+                            '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
       else:  # Evaluation: 'latest' stays usable; 'best' is named as damaged when used.
         self._best_problem = (
             f'damaged checkpoint in {root / "best"}: '
@@ -266,11 +267,11 @@ class Checkpoints:
     saved those steps again and `max_to_keep` could remove the intact ones instead."""
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
     steps, moved = self._damaged.pop(which, []), []
-    if steps and jax.process_index() == 0:
-      moved = [_move_aside(manager.directory, which, step) for step in steps]
-      logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved),
-                      moved[0].parent)
-    parallel.sync('checkpoints set aside')
+    with parallel.fail_together(f'setting aside damaged steps of {manager.directory}'):
+      if steps and jax.process_index() == 0:
+        moved = [_move_aside(manager.directory, which, step) for step in steps]
+        logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved),
+                        moved[0].parent)
     if steps:
       manager.reload()
     return moved

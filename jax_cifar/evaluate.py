@@ -165,8 +165,9 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
       images = f.open()
       pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
       del images  # Unmap before the next file, so at most one file's pages stay resident.
-      if jax.process_index() == 0:
-        writer.add(d, pred)
+      with parallel.fail_together(f'writing {csv_path}'):
+        if jax.process_index() == 0:
+          writer.add(d, pred)
       if truth is not None:
         scores[f.path.stem] = ood.severity_accuracy(pred, truth)
       interrupt.at_event('ood_file', d)

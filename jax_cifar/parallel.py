@@ -1,6 +1,7 @@
 """Device mesh, shardings and global batches: data parallelism with jax.jit, on one or many hosts."""
 
 import collections
+import contextlib
 import os
 from typing import Iterable, Iterator
 
@@ -238,6 +239,31 @@ def any_process(flag: bool) -> bool:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
+@contextlib.contextmanager
+def fail_together(what: str):
+  """Runs the block, then every process learns whether it failed on any (a collective that all
+  processes reach): the failing process raises its own error, the others one line naming `what`.
+
+  Process 0 alone writes the metrics, the launch records and the submission CSV, and moves files
+  aside. A failure there (a full disk) had left the other processes in their next collective
+  until JAX's timeouts, minutes later (a multi-host review). Keep collectives out of the block: a
+  process that raised early would meet the others' collectives with its own.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  error = None
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (raised again below, on every process)
+    error = e
+  if any_process(error is not None):
+    if error is not None:
+      raise error
+    raise errors.UserError(f'another process failed while {what} (its error says why); process '
+                           f'{jax.process_index()} stops too')
 
 
 def sync(name: str) -> None:

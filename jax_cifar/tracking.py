@@ -12,6 +12,7 @@ import jax
 import tqdm
 from absl import logging
 
+from jax_cifar import parallel
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.workdir import METRICS_FILE
 
@@ -68,8 +69,11 @@ class MetricsWriter:
     self.path = self.workdir / METRICS_FILE
     self.is_chief = jax.process_index() == 0
     self.wandb_run = None
-    if not self.is_chief:
-      return
+    with parallel.fail_together(f'rewriting {self.path}'):
+      if self.is_chief:
+        self._open(config, resume_step)
+
+  def _open(self, config, resume_step: int) -> None:
     rows, bad = _read_rows(self.path)
     if bad:  # Rewritten below without them: the file as it was is kept beside it.
       copy = workdir_lib.unused_path(self.workdir, 'metrics.damaged', '.jsonl')
@@ -84,8 +88,12 @@ class MetricsWriter:
     self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
 
   def write(self, step: int, metrics: dict) -> None:
-    if not self.is_chief:
-      return
+    """Process 0 appends the row; every process calls it, and all stop if the write failed."""
+    with parallel.fail_together(f'writing {self.path}'):
+      if self.is_chief:
+        self._write(step, metrics)
+
+  def _write(self, step: int, metrics: dict) -> None:
     row = {'step': int(step), **{k: _clean(v) for k, v in metrics.items()}}
     try:
       self._file.write(json.dumps(row) + '\n')

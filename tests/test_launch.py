@@ -120,3 +120,33 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
   else:
     assert proc.returncode == 2 and proc.stdout == '' and (
         '8 GPUs per node need --ntasks-per-node=8' in proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize('process, failing', [(0, 0), (1, 0), (0, None), (0, 1)])
+def test_fail_together_raises_the_error_where_it_happened_and_one_line_elsewhere(
+    monkeypatch, process, failing):
+  """Process `process` of 2, the write failing on process `failing` (None: on none). The gathered
+  flag is what the other process would contribute (tests/test_multiprocess.py runs the real one)."""
+  from jax_cifar import errors, parallel  # pylint: disable=import-outside-toplevel
+  gathered = []
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(parallel.jax, 'process_index', lambda: process)
+  monkeypatch.setattr(parallel, 'any_process',
+                      lambda flag: gathered.append(flag) or flag or failing not in (process, None))
+
+  def block():
+    with parallel.fail_together('writing x.csv'):
+      if failing == process:
+        raise OSError(28, 'No space left on device', 'x.csv')
+    return 'went on'
+
+  if failing is None:
+    assert block() == 'went on'
+  elif failing == process:
+    with pytest.raises(OSError, match='No space left on device'):
+      block()
+  else:
+    with pytest.raises(errors.UserError, match=r'^another process failed while writing x.csv '
+                                               rf'\(its error says why\); process {process} stops too$'):
+      block()
+  assert gathered == [failing == process]  # Every process reached the agreement once.

@@ -293,3 +293,51 @@ def test_a_process_that_never_reaches_the_start_is_one_clear_error_after_the_wai
   assert lines[0].startswith(
       'error: process 0 of 2: not every process reached the start within 5 s '
       '(JAX_CIFAR_CONNECT_TIMEOUT_S); are all JAX_NUM_PROCESSES of them running? ('), lines[0]
+
+
+def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
+  """Process 0 alone appends metrics.jsonl; here its file-size limit is reached (EFBIG, as on a
+  full disk) at the second row, and both processes then reach a collective, as the next train step
+  is. Without the agreement, process 1 waited in that collective until JAX's timeouts (a
+  multi-host review); now both stop with one line each, process 0's naming the file."""
+  launch = load_script('launch_local')
+  code = textwrap.dedent(f"""
+      import resource, signal, sys
+      import jax
+      from jax_cifar import errors, parallel, tracking
+      from jax_cifar.configs import default
+      parallel.maybe_initialize_distributed()
+      config = default.get_config()
+      config.wandb.mode = 'disabled'
+      try:
+        writer = tracking.MetricsWriter({str(tmp_path)!r}, config, resume_step=0)
+        if jax.process_index() == 0:
+          signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes past the limit fail instead.
+          resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+        for step in (1, 2, 3):
+          writer.write(step, {{'note': 'x' * 200}})
+          parallel.any_process(False)  # Where the next train step's collectives would be.
+      except Exception as e:
+        print('stopped:', errors.user_message(e), flush=True)
+        sys.exit(1)
+  """)
+  base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
+  port, procs = launch.free_port(), []
+  try:
+    for i in (0, 1):
+      procs.append(subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, text=True,
+                                    env=launch.process_env(base, i, 2, port, 1),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    start = time.monotonic()
+    out = [p.communicate(timeout=120)[0] for p in procs]
+    seconds = time.monotonic() - start
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  stopped = [[l for l in o.splitlines() if l.startswith('stopped:')] for o in out]
+  assert [p.returncode for p in procs] == [1, 1], out
+  assert stopped[0] == [f'stopped: {tmp_path / "metrics.jsonl"}: File too large (disk full)'], out[0]
+  assert stopped[1] == [f'stopped: another process failed while writing {tmp_path / "metrics.jsonl"} '
+                        '(its error says why); process 1 stops too'], out[1]
+  print(f'both processes stopped {seconds:.1f} s after they started')

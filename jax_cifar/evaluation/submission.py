@@ -143,6 +143,7 @@ class SubmissionWriter:
     ids = row_ids(distortion, self.num_images)
     try:
       self._file.write(''.join(f'{i},{int(l)}\n' for i, l in zip(ids, labels.tolist())))
+      self._file.flush()  # A full disk is found here, per file (evaluate agrees on it across hosts).
     except OSError as e:
       raise self._failed(e) from None
     self._next += 1
