@@ -13,20 +13,29 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax_cifar import errors
 
 DATA_AXIS = 'data'
+DISTRIBUTED_VAR = 'JAX_CIFAR_DISTRIBUTED'  # 1: jax.distributed.initialize() finds the cluster.
 
 
 def maybe_initialize_distributed() -> None:
   """Starts JAX's distributed runtime when launched as one of several processes.
 
-  TPU pods and SLURM (one process per GPU) are detected by `jax.distributed.initialize()` itself;
-  elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (as
-  scripts/launch_local.py does). JAX_LOCAL_DEVICE_IDS=0,1,.. gives one process several GPUs.
-  CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise.
+  Started by: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (as
+  scripts/launch_local.py sets them); SLURM_NTASKS > 1 (one process per GPU, under srun); a GKE TPU
+  slice (TPU_WORKER_HOSTNAMES); or JAX_CIFAR_DISTRIBUTED=1, where `jax.distributed.initialize()`
+  finds the cluster itself (Cloud TPU VM pods through the metadata server, Kubernetes, Open MPI).
+  That last one is asked for, not guessed: the metadata query fails on TPU machines outside Google
+  Cloud (Kaggle, Colab), which run as one process. JAX_LOCAL_DEVICE_IDS=0,1,.. gives one process
+  several GPUs. CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION
+  says otherwise.
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
   tasks = os.environ.get('SLURM_NTASKS', '1').strip() or '1'
   in_slurm = tasks.isdigit() and int(tasks) > 1
-  if not explicit and not in_slurm and not os.environ.get('TPU_WORKER_HOSTNAMES'):
+  asked = os.environ.get(DISTRIBUTED_VAR, '').strip()
+  if asked not in ('', '0', '1'):
+    raise errors.ConfigError(f'{DISTRIBUTED_VAR} must be 1 (find the cluster with '
+                             f'jax.distributed.initialize()) or 0, got {asked!r}')
+  if not (explicit or in_slurm or os.environ.get('TPU_WORKER_HOSTNAMES') or asked == '1'):
     return
   if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.
@@ -51,6 +60,8 @@ def maybe_initialize_distributed() -> None:
     raise errors.ConfigError(
         f'cannot start as one of several processes ({e}); '
         + (f'SLURM_NTASKS={tasks}: start each process with srun, ' if in_slurm and not explicit
+           else f'{DISTRIBUTED_VAR}=1, but JAX found no cluster it knows (a Cloud TPU VM pod, '
+           'Kubernetes, Open MPI): unset it to run as one process, ' if asked == '1' and not explicit
            else '') + 'or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID'
     ) from None
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),

@@ -62,6 +62,12 @@ COORDINATED = {'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1
      "JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, got 'a'"),
     ({'SLURM_NTASKS': '2'}, 'SLURM_NTASKS=2: start each process with srun, or set '
                             'JAX_COORDINATOR_ADDRESS'),
+    # Asked for JAX's own cluster detection (a Cloud TPU VM pod) where there is no cluster.
+    ({'JAX_CIFAR_DISTRIBUTED': '1'}, 'JAX_CIFAR_DISTRIBUTED=1, but JAX found no cluster it knows '
+                                     '(a Cloud TPU VM pod, Kubernetes, Open MPI): unset it to run '
+                                     'as one process, or set JAX_COORDINATOR_ADDRESS'),
+    ({'JAX_CIFAR_DISTRIBUTED': 'yes'}, "JAX_CIFAR_DISTRIBUTED must be 1 (find the cluster with "
+                                       "jax.distributed.initialize()) or 0, got 'yes'"),
 ])
 def test_bad_multi_process_environment_is_a_one_line_error(tmp_path, values, message):
   env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_'))}
@@ -72,6 +78,21 @@ def test_bad_multi_process_environment_is_a_one_line_error(tmp_path, values, mes
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
   assert proc.returncode == 1 and len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('value, starts', [('1', True), ('0', False), ('', False)])
+def test_jax_cifar_distributed_1_lets_jax_find_the_cluster(monkeypatch, value, starts):
+  """On a Cloud TPU VM pod (outside GKE) no variable names the other workers: JAX reads them from
+  the metadata server when asked to. Nothing but the start-up wait is passed, so JAX detects."""
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'JAX_LOCAL_DEVICE_IDS'):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv(parallel.DISTRIBUTED_VAR, value)
+  monkeypatch.setenv('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')  # (leaves jax.config as it is)
+  calls = []
+  monkeypatch.setattr(parallel.jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  parallel.maybe_initialize_distributed()
+  assert calls == ([{'initialization_timeout': parallel.connect_timeout_s()}] if starts else [])
 
 
 def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
