@@ -175,7 +175,15 @@ def make_mesh() -> Mesh:
   """One 'data' axis over every device of every process, each process's devices side by side:
   a process's rows of a global batch (the input pipeline's contiguous slice) then sit on its own
   devices in that order, whatever order the platform numbers devices in."""
-  return Mesh(np.asarray(process_major(jax.devices())), (DATA_AXIS,))
+  devices = jax.devices()
+  counts = collections.Counter(d.process_index for d in devices)
+  if len(set(counts.values())) > 1:  # JAX's own error came at the first batch, naming shapes.
+    raise errors.ConfigError(
+        'the processes drive different numbers of devices (' + ', '.join(
+            f'process {i}: {n}' for i, n in sorted(counts.items())) + '); each process reads an '
+        'equal slice of every batch, so each must drive as many (JAX_LOCAL_DEVICE_IDS, or the '
+        'same number of GPUs per task)')
+  return Mesh(np.asarray(process_major(devices)), (DATA_AXIS,))
 
 
 def process_major(devices: list) -> list:

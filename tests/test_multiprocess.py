@@ -147,6 +147,17 @@ def test_the_mesh_puts_each_processs_devices_side_by_side():
   assert list(parallel.make_mesh().devices) == jax.devices()  # One process: as before.
 
 
+def test_processes_driving_different_numbers_of_devices_are_one_clear_error(monkeypatch):
+  """Each process reads an equal slice of every batch, so 3 + 1 devices cannot work; JAX's
+  own error came only at the first batch, in array shapes. Stand-in devices of 2 processes."""
+  fake = [types.SimpleNamespace(id=i, process_index=int(i == 3)) for i in range(4)]
+  monkeypatch.setattr(parallel.jax, 'devices', lambda: fake)
+  with pytest.raises(parallel.errors.ConfigError,
+                     match=r'^the processes drive different numbers of devices \(process 0: 3, '
+                           r'process 1: 1\); each process reads an equal slice'):
+    parallel.make_mesh()
+
+
 def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_dir):
   two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
   _train(two, cifar_dir, processes=2, max_steps=4)
