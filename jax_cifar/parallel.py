@@ -241,9 +241,7 @@ def same_on_every_process(value: int, what: str) -> int:
   filesystem's older listing or failing to read a step, would train apart without an error."""
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  values = [int(v) for v in np.asarray(
-      multihost_utils.process_allgather(np.asarray([value], np.int32))).reshape(-1)]
+  values = _every_process(value)
   if len(set(values)) > 1:
     seen = ', '.join(f'process {i}: {v}' for i, v in enumerate(values))
     raise errors.UserError(f'the processes disagree on {what} ({seen}): each must see the same '
@@ -256,8 +254,14 @@ def any_process(flag: bool) -> bool:
   """True on every process when `flag` is true on any; a collective that all processes must call."""
   if jax.process_count() == 1:
     return bool(flag)
+  return any(_every_process(int(flag)))
+
+
+def _every_process(value: int) -> list[int]:
+  """Each process's `value`, in process order (an all-gather: every process must call it)."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+  return [int(v) for v in np.asarray(
+      multihost_utils.process_allgather(np.asarray([value], np.int32))).reshape(-1)]
 
 
 @contextlib.contextmanager
