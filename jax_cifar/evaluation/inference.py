@@ -146,7 +146,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                            tta_flip=tta_flip)
   adapter = None
   if tent:
-    adapter = tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params, state.batch_stats)
+    adapter = tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params, state.batch_stats,
+                                   batch_size)
   elif adapt_bn:
     adapter = bn_adapt.BNAdapter(config, graphdef, mesh, batch_size, state.params,
                                  state.batch_stats)

@@ -102,7 +102,10 @@ def _check_finite(params, batch_stats) -> None:
 class TentAdapter:
   """`adapt(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
 
-  def __init__(self, config, graphdef, mesh, options: TentOptions, params, batch_stats):
+  def __init__(self, config, graphdef, mesh, options: TentOptions, params, batch_stats,
+               eval_batch: int | None = None):
+    """`eval_batch`: the statistics pass's global batch (default: train.eval_batch_size, rounded
+    up to a multiple of the device count, as load_predictor passes it)."""
     config, graphdef = bn_adapt.without_remat(config, graphdef)
     model = nnx.merge(graphdef, params, batch_stats)
     paths = set(bn_adapt.batchnorm_paths(model))
@@ -111,9 +114,9 @@ class TentAdapter:
                                'has none')
     self._is_affine = lambda path, _: tuple(path[:-1]) in paths
     self.options, self.mesh = options, mesh
-    self.bn = bn_adapt.BNAdapter(config, graphdef, mesh,
-                                 parallel.eval_batch_size(config.train.eval_batch_size), params,
-                                 batch_stats)
+    self.bn = bn_adapt.BNAdapter(
+        config, graphdef, mesh,
+        eval_batch or parallel.eval_batch_size(config.train.eval_batch_size), params, batch_stats)
     tx = optax.adam(options.lr)
     self._init = jax.jit(tx.init)
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
