@@ -156,22 +156,30 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
   truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
   scores = {}
+  # Process 0 writes; every process learns of a failure at each step (parallel.fail_together),
+  # else the others went on to their next collective and waited there for minutes.
   writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
-            if jax.process_index() == 0 else contextlib.nullcontext())
+            if jax.process_index() == 0 else None)
   start = time.perf_counter()
-  with writer:
+  with contextlib.ExitStack() as stack:
+    with parallel.fail_together(f'writing {csv_path}'):
+      if writer:
+        stack.enter_context(writer)
     for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
                                     disable=jax.process_index() != 0)):
       images = f.open()
       pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
       del images  # Unmap before the next file, so at most one file's pages stay resident.
       with parallel.fail_together(f'writing {csv_path}'):
-        if jax.process_index() == 0:
+        if writer:
           writer.add(d, pred)
       if truth is not None:
         scores[f.path.stem] = ood.severity_accuracy(pred, truth)
       interrupt.at_event('ood_file', d)
     interrupt.FLAG.check(collective=True)  # A signal during the last file: no CSV either.
+    with parallel.fail_together(f'writing {csv_path}'):
+      if writer:
+        writer.finish()
   seconds = time.perf_counter() - start
   result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path),
             'ood_seconds': seconds,

@@ -54,9 +54,13 @@ def maybe_initialize_distributed() -> None:
   # applied before our barrier's, whatever JAX_CIFAR_CONNECT_TIMEOUT_S said), and JAX then aborts
   # them with its own message (DEADLINE_EXCEEDED ... RegisterTask).
   kwargs['initialization_timeout'] = connect_timeout_s()
+  # JAX's cluster detection, asked for, raises RuntimeError or requests' OSError where no GCE
+  # metadata server answers; otherwise a ValueError means a setting, e.g. SLURM_NTASKS=2 in a
+  # batch script's body, outside srun. Anything else is a bug and keeps its traceback.
+  refused = (ValueError, RuntimeError, OSError) if asked == '1' and not explicit else ValueError
   try:
     jax.distributed.initialize(**kwargs)
-  except ValueError as e:  # e.g. SLURM_NTASKS=2 in a batch script's body, outside srun.
+  except refused as e:
     raise errors.ConfigError(
         f'cannot start as one of several processes ({e}); '
         + (f'SLURM_NTASKS={tasks}: start each process with srun, ' if in_slurm and not explicit
@@ -280,8 +284,8 @@ def fail_together(what: str):
   error = None
   try:
     yield
-  except Exception as e:  # pylint: disable=broad-except  (raised again below, on every process)
-    error = e
+  except BaseException as e:  # pylint: disable=broad-except  (raised again below, everywhere)
+    error = e  # (KeyboardInterrupt and SystemExit too: the others must not wait for this one.)
   if any_process(error is not None):
     if error is not None:
       raise error

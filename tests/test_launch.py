@@ -95,6 +95,25 @@ def test_jax_cifar_distributed_1_lets_jax_find_the_cluster(monkeypatch, value, s
   assert calls == ([{'initialization_timeout': parallel.connect_timeout_s()}] if starts else [])
 
 
+def test_jax_cifar_distributed_1_without_a_metadata_server_is_one_line(monkeypatch):
+  """JAX's GCE TPU detection raises RuntimeError (requests: OSError) where no metadata server
+  answers, e.g. on a TPU outside Google Cloud: one error line, not a traceback."""
+  from jax_cifar import errors, parallel  # pylint: disable=g-import-not-at-top
+  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv(parallel.DISTRIBUTED_VAR, '1')
+  monkeypatch.setenv('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')
+
+  def no_metadata(**_):
+    raise RuntimeError("Getting metadata['agent-worker-number'] failed for 6 tries")
+
+  monkeypatch.setattr(parallel.jax.distributed, 'initialize', no_metadata)
+  with pytest.raises(errors.ConfigError, match=r"^cannot start as one of several processes \("
+                     r"Getting metadata\['agent-worker-number'\] failed for 6 tries\); "
+                     r'JAX_CIFAR_DISTRIBUTED=1, but JAX found no cluster it knows'):
+    parallel.maybe_initialize_distributed()
+
+
 def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
   from jax_cifar import errors, parallel  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv(parallel.CONNECT_TIMEOUT_VAR, raising=False)

@@ -40,6 +40,25 @@ def test_writer_produces_exact_rows_in_distortion_severity_index_order(tmp_path)
   assert not list(tmp_path.glob('.*'))  # No temp file left behind.
 
 
+def test_finish_inside_the_block_completes_the_csv_once(tmp_path):
+  """evaluate finishes the CSV inside the block (where the processes agree on a failure): the
+  file is in place before the block ends, and leaving the block changes nothing."""
+  path = tmp_path / 'sub.csv'
+  with submission.SubmissionWriter(path, N) as w:
+    for d in range(ood.NUM_DISTORTIONS):
+      w.add(d, _labels(d))
+    assert not path.exists()
+    w.finish()
+    assert path.read_text() == '\n'.join(_expected_lines()) + '\n'
+    w.finish()  # A second call (and the block's end) is a no-op.
+  assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
+  with pytest.raises(ValueError, match='only 1 of 19 distortion files written'):
+    with submission.SubmissionWriter(tmp_path / 'short.csv', N) as w:
+      w.add(0, _labels(0))
+      w.finish()
+  assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
+
+
 def test_real_size_ids_count_950000():
   ids = [i for d in range(19) for i in submission.row_ids(d, 50_000)]
   assert len(ids) == 950_000 and len(set(ids)) == 950_000

@@ -115,6 +115,7 @@ class SubmissionWriter:
     self._next = 0
     self._file = None
     self._tmp = None
+    self._done = False
 
   def __enter__(self) -> SubmissionWriter:
     fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f'.{self.path.name}.', suffix='.part')
@@ -154,18 +155,27 @@ class SubmissionWriter:
     return SubmissionError(f'{self.path}: {reason}: no CSV written' + (
         f'; the existing {self.path.name} is kept' if self.path.exists() else ''))
 
+  def finish(self) -> None:
+    """Completes the CSV: synced to disk and renamed into place (on leaving the `with` block if
+    not called before; evaluate calls it where the processes agree on its failure)."""
+    if self._done:
+      return
+    if self._next != ood.NUM_DISTORTIONS:
+      raise ValueError(f'only {self._next} of {ood.NUM_DISTORTIONS} distortion files written')
+    try:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+      self._file.close()
+      os.chmod(self._tmp, 0o644)  # mkstemp makes it 0600.
+      os.replace(self._tmp, self.path)
+    except OSError as e:
+      raise self._failed(e) from None
+    self._done = True
+
   def __exit__(self, exc_type, exc, tb) -> None:
     try:
       if exc_type is None:
-        if self._next != ood.NUM_DISTORTIONS:
-          raise ValueError(f'only {self._next} of {ood.NUM_DISTORTIONS} distortion files written')
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.chmod(self._tmp, 0o644)  # mkstemp makes it 0600.
-        os.replace(self._tmp, self.path)
-    except OSError as e:
-      raise self._failed(e) from None
+        self.finish()
     finally:
       try:
         self._file.close()  # After a failed write its buffer cannot be flushed; the file closes.

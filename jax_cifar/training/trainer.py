@@ -245,8 +245,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   with parallel.fail_together(f'recording the launch in {workdir}'):
     if jax.process_index() == 0:
       _record_launch(config, workdir, start_step, changes, old_best, launch)
-  if old_best:  # Every process's manager forgets the moved steps.
-    parallel.sync('earlier best set aside')
+  if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
     ckpts.best.reload()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
