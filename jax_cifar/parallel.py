@@ -57,7 +57,8 @@ def maybe_initialize_distributed() -> None:
   # JAX's cluster detection, asked for, raises RuntimeError or requests' OSError where no GCE
   # metadata server answers; otherwise a ValueError means a setting, e.g. SLURM_NTASKS=2 in a
   # batch script's body, outside srun. Anything else is a bug and keeps its traceback.
-  refused = (ValueError, RuntimeError, OSError) if asked == '1' and not explicit else ValueError
+  detecting = asked == '1' and not explicit
+  refused = (ValueError, RuntimeError, OSError) if detecting else ValueError
   try:
     jax.distributed.initialize(**kwargs)
   except refused as e:
@@ -65,7 +66,7 @@ def maybe_initialize_distributed() -> None:
         f'cannot start as one of several processes ({e}); '
         + (f'SLURM_NTASKS={tasks}: start each process with srun, ' if in_slurm and not explicit
            else f'{DISTRIBUTED_VAR}=1, but JAX found no cluster it knows (a Cloud TPU VM pod, '
-           'Kubernetes, Open MPI): unset it to run as one process, ' if asked == '1' and not explicit
+           'Kubernetes, Open MPI): unset it to run as one process, ' if detecting
            else '') + 'or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID'
     ) from None
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
@@ -235,8 +236,8 @@ def micro_batch_warning(global_batch: int, accum: int) -> str | None:
     return None
   return (f'train.grad_accum_steps={accum} does not divide the {per_device} images each of the '
           f'{jax.device_count()} devices holds (train.batch_size {global_batch}): the '
-          'micro-batches span devices, so each step moves images between them. Choose a batch size that is a '
-          'multiple of devices x grad_accum_steps.')
+          'micro-batches span devices, so each step moves images between them. Choose a batch '
+          'size that is a multiple of devices x grad_accum_steps.')
 
 
 def same_on_every_process(value: int, what: str) -> int:

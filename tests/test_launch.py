@@ -85,7 +85,8 @@ def test_jax_cifar_distributed_1_lets_jax_find_the_cluster(monkeypatch, value, s
   """On a Cloud TPU VM pod (outside GKE) no variable names the other workers: JAX reads them from
   the metadata server when asked to. Nothing but the start-up wait is passed, so JAX detects."""
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
-  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'JAX_LOCAL_DEVICE_IDS'):
+  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES',
+              'JAX_LOCAL_DEVICE_IDS'):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv(parallel.DISTRIBUTED_VAR, value)
   monkeypatch.setenv('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')  # (leaves jax.config as it is)

@@ -348,7 +348,8 @@ def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
       p.wait()
   stopped = [[l for l in o.splitlines() if l.startswith('stopped:')] for o in out]
   assert [p.returncode for p in procs] == [1, 1], out
-  assert stopped[0] == [f'stopped: {tmp_path / "metrics.jsonl"}: File too large (disk full)'], out[0]
-  assert stopped[1] == [f'stopped: another process failed while writing {tmp_path / "metrics.jsonl"} '
-                        '(its error says why); process 1 stops too'], out[1]
+  metrics = tmp_path / 'metrics.jsonl'
+  assert stopped[0] == [f'stopped: {metrics}: File too large (disk full)'], out[0]
+  assert stopped[1] == [f'stopped: another process failed while writing {metrics} (its error says '
+                        'why); process 1 stops too'], out[1]
   print(f'both processes stopped {seconds:.1f} s after they started')
