@@ -34,7 +34,6 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
   starting.install()
 
 # pylint: disable=wrong-import-position
-import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -43,11 +42,9 @@ import os
 import pathlib
 import signal
 import sys
-import time
 
 import jax
 import numpy as np
-import tqdm
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -55,7 +52,7 @@ from jax_cifar import checkpoints, cli, config_validation, errors, interrupt
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel, tracking
-from jax_cifar.evaluation import figures, submission, tta
+from jax_cifar.evaluation import figures, ood_sets, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -146,78 +143,6 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
   return scalars, details
 
 
-def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Path,
-                       files: list[ood.ImageFile]) -> dict:
-  """Streams the 19 distortion files (one memory map at a time) into the submission CSV.
-
-  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file. With
-  --bn_adapt each severity block of a file is one chunk.
-  """
-  labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
-  truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
-  scores = {}
-  # Process 0 writes; every process learns of a failure at each step (parallel.fail_together),
-  # else the others went on to their next collective and waited there for minutes.
-  writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
-            if jax.process_index() == 0 else None)
-  start = time.perf_counter()
-  with contextlib.ExitStack() as stack:
-    with parallel.fail_together(f'writing {csv_path}'):
-      if writer:
-        stack.enter_context(writer)
-    for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
-                                    disable=jax.process_index() != 0)):
-      images = f.open()
-      pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
-      del images  # Unmap before the next file, so at most one file's pages stay resident.
-      with parallel.fail_together(f'writing {csv_path}'):
-        if writer:
-          writer.add(d, pred)
-      if truth is not None:
-        scores[f.path.stem] = ood.severity_accuracy(pred, truth)
-      interrupt.at_event('ood_file', d)
-    interrupt.FLAG.check(collective=True)  # A signal during the last file: no CSV either.
-    with parallel.fail_together(f'writing {csv_path}'):
-      if writer:
-        writer.finish()
-  seconds = time.perf_counter() - start
-  result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path),
-            'ood_seconds': seconds,
-            'ood_images_per_sec': len(files) * files[0].num_images / seconds}
-  if scores:
-    result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
-    result['ood_per_distortion'] = scores
-  return result
-
-
-def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
-                       figure: pathlib.Path | None, run_name: str | None = None) -> dict:
-  """Accuracy per corruption x severity, and means over the 15 standard and over all present;
-  the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
-  n = next(iter(files.values())).num_images
-  labels = ood.load_labels(pathlib.Path(c_dir) / ood.LABELS_FILE, n)
-  table = {}
-  for name, f in tqdm.tqdm(files.items(), desc='CIFAR-100-C', unit='file',
-                           disable=jax.process_index() != 0):
-    images = f.open()
-    pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
-    table[name] = ood.severity_accuracy(pred, labels)
-    del images
-  means = figures.corruption_means(table)
-  result = {'cifar100c_dir': str(pathlib.Path(c_dir).resolve()),
-            'cifar100c_mean_accuracy_all': means['all'],
-            'cifar100c_num_corruptions': means['num_all'],
-            'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
-  if means['standard'] is not None:
-    result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
-  if jax.process_index() == 0:
-    name = run_name or (figure.parent.name if figure else 'model')
-    if figure is not None:
-      figures.plot_corruption_heatmap(table, figure, run_name=name)
-    print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
-  return result
-
-
 def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None,
                     draw_later: list) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
@@ -305,9 +230,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                 workdir_path / f'confusion_{tag}.png' if keeps else None,
                                 draw_later))
   if ood_files:
-    result.update(predict_submission(predictor, ood_dir, csv_path, ood_files))
+    result.update(ood_sets.predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
-    result.update(evaluate_cifar100c(predictor, cifar100c_dir, c_files,
+    result.update(ood_sets.evaluate_cifar100c(predictor, cifar100c_dir, c_files,
                                      workdir_path / f'cifar100c_{tag}.png' if keeps else None,
                                      run_name=f'{workdir_path.name} ({tag})'))
   if keeps and jax.process_index() == 0:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jax_cifar import checkpoints, config_validation, evaluate, parallel
+from jax_cifar.evaluation import ood_sets
 from jax_cifar.evaluation import submission
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.training import trainer
@@ -144,7 +145,7 @@ def test_cifar100c_table_means_and_heatmap(tmp_path):
   (tmp_path / '.npy').write_bytes(b'')
   files = ood.check_cifar100c_dir(tmp_path)  # Hidden files are skipped, not read as corruptions.
   assert list(files) == list(ood.CORRUPTIONS)
-  result = evaluate.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
+  result = ood_sets.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
   for name in ood.CORRUPTIONS:
     np.testing.assert_allclose(result['cifar100c'][name], expected[name])
   standard = np.mean([expected[k].mean() for k in ood.STANDARD_CORRUPTIONS])

@@ -1,0 +1,91 @@
+"""Predicting the distortion sets: the Kaggle submission CSV (`--ood_dir`) and CIFAR-100-C
+(`--cifar100c_dir`), one memory-mapped file at a time, each severity block one chunk (the unit of
+--bn_adapt and --tent). Called by jax_cifar/evaluate.py."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from jax_cifar import interrupt, parallel
+from jax_cifar.data import ood
+from jax_cifar.evaluation import figures, submission
+from jax_cifar.evaluation.inference import Predictor
+
+
+def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Path,
+                       files: list[ood.ImageFile]) -> dict:
+  """Streams the 19 distortion files (one memory map at a time) into the submission CSV.
+
+  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file. With
+  --bn_adapt each severity block of a file is one chunk.
+  """
+  labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
+  truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
+  scores = {}
+  # Process 0 writes; every process learns of a failure at each step (parallel.fail_together),
+  # else the others went on to their next collective and waited there for minutes.
+  writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
+            if jax.process_index() == 0 else None)
+  start = time.perf_counter()
+  with contextlib.ExitStack() as stack:
+    with parallel.fail_together(f'writing {csv_path}'):
+      if writer:
+        stack.enter_context(writer)
+    for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
+                                    disable=jax.process_index() != 0)):
+      images = f.open()
+      pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
+      del images  # Unmap before the next file, so at most one file's pages stay resident.
+      with parallel.fail_together(f'writing {csv_path}'):
+        if writer:
+          writer.add(d, pred)
+      if truth is not None:
+        scores[f.path.stem] = ood.severity_accuracy(pred, truth)
+      interrupt.at_event('ood_file', d)
+    interrupt.FLAG.check(collective=True)  # A signal during the last file: no CSV either.
+    with parallel.fail_together(f'writing {csv_path}'):
+      if writer:
+        writer.finish()
+  seconds = time.perf_counter() - start
+  result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path),
+            'ood_seconds': seconds,
+            'ood_images_per_sec': len(files) * files[0].num_images / seconds}
+  if scores:
+    result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
+    result['ood_per_distortion'] = scores
+  return result
+
+
+def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
+                       figure: pathlib.Path | None, run_name: str | None = None) -> dict:
+  """Accuracy per corruption x severity, and means over the 15 standard and over all present;
+  the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
+  n = next(iter(files.values())).num_images
+  labels = ood.load_labels(pathlib.Path(c_dir) / ood.LABELS_FILE, n)
+  table = {}
+  for name, f in tqdm.tqdm(files.items(), desc='CIFAR-100-C', unit='file',
+                           disable=jax.process_index() != 0):
+    images = f.open()
+    pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
+    table[name] = ood.severity_accuracy(pred, labels)
+    del images
+  means = figures.corruption_means(table)
+  result = {'cifar100c_dir': str(pathlib.Path(c_dir).resolve()),
+            'cifar100c_mean_accuracy_all': means['all'],
+            'cifar100c_num_corruptions': means['num_all'],
+            'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
+  if means['standard'] is not None:
+    result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
+  if jax.process_index() == 0:
+    name = run_name or (figure.parent.name if figure else 'model')
+    if figure is not None:
+      figures.plot_corruption_heatmap(table, figure, run_name=name)
+    print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
+  return result
