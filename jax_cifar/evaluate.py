@@ -287,7 +287,11 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
         logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
                         path.name, step, aside.name)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(merged, indent=2) + '\n')
+    try:
+      tmp.write_text(json.dumps(merged, indent=2) + '\n')
+    except OSError as e:  # (A full disk had left the partial temp file, and named only it.)
+      tmp.unlink(missing_ok=True)
+      raise OSError(e.errno, e.strerror, str(path)) from None
     os.replace(tmp, path)
   finally:
     os.close(folder)  # Releases the lock.

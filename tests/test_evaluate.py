@@ -227,6 +227,28 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
                              (c_pred == c_labels).reshape(5, -1).mean(1))
 
 
+def test_a_full_disk_while_writing_eval_json_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path, monkeypatch):
+  """The write fails half way (as on a full disk): the error names eval_<tag>.json, the earlier
+  file is untouched, and no hidden temp file is left (one had been, named in the error)."""
+  path = tmp_path / 'eval_best.json'
+  before = {'checkpoint': 'best', 'step': 4, 'weights': 'raw', 'test_accuracy': 0.5}
+  path.write_text(json.dumps(before))
+  real = pathlib.Path.write_text
+
+  def half_then_full(self, text, *args, **kwargs):
+    real(self, text[:len(text) // 2], *args, **kwargs)
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(pathlib.Path, 'write_text', half_then_full)
+  with pytest.raises(OSError) as e:
+    evaluate.write_eval_json(path, {**before, 'test_accuracy': 0.6})
+  assert (e.value.errno, e.value.filename) == (28, str(path))
+  monkeypatch.undo()
+  assert [p.name for p in tmp_path.iterdir()] == ['eval_best.json']
+  assert json.loads(path.read_text()) == before
+
+
 def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path):
   """eval_<tag>.json: a clean-only evaluation of the same step keeps the CIFAR-100-C numbers an
   earlier one computed; a file of another step is kept beside it, not overwritten."""
