@@ -209,6 +209,36 @@ def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, 
   assert sorted(report.load_run(run)['evals']) == ['eval_best', 'eval_latest']
 
 
+def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, capsys):
+  """A NaN accuracy had made the best "nan%", a NaN epoch emptied every curve, a string epoch or
+  "train": null ended in a traceback after the figures were redrawn (an audit). They are left
+  out, each run named in a warning; nulls (the trainer's own non-finite values) are not counted."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  lines = (run / 'metrics.jsonl').read_text().splitlines()
+  rows = [json.loads(l) for l in lines[:-1]]
+  best = max(r['val_accuracy'] for r in rows if 'val_accuracy' in r)
+  first_val = next(r for r in rows if 'val_accuracy' in r)
+  first_val['val_accuracy'] = float('nan')
+  rows[0]['epoch'], rows[1]['epoch'], rows[2]['train_loss'] = float('nan'), 'two', None
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  (run / 'config.json').write_text(json.dumps({**BASE_CONFIG, 'train': None}))
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  (empty / 'metrics.jsonl').write_text('')
+  assert report.main([str(run), str(empty), '--out', str(tmp_path / 'out')]) == 0
+  table = (tmp_path / 'out' / 'summary.md').read_text()
+  assert f'{100 * best:.2f}%' in table and 'nan' not in table, table
+  warned = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: ')]
+  assert warned == [
+      'warning: run: config.json has no train section (not an object): its columns are left empty',
+      'warning: run: 3 value(s) in metrics.jsonl are not finite numbers (NaN, inf, text): left out '
+      'of the curves and the table',
+      'warning: empty: metrics.jsonl holds no rows (a run stopped before its first log?): no '
+      'curves and no training numbers for it'], warned
+  x, _ = report._series(report.load_run(run)['rows'], 'train_loss', 1 / 50)  # pylint: disable=protected-access
+  assert len(x) == 9 and np.all(np.isfinite(x))  # Epochs from the finite rows; the null left out.
+
+
 @pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
   if make == 'twice':

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import pathlib
 import sys
 from typing import Callable
@@ -49,10 +50,34 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     raise ReportError(f'{run_dir}: no such folder (give training run directories)')
   if not (run_dir / tracking.METRICS_FILE).exists():
     raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} (not a training run directory)')
+  label, notes = label or run_dir.name, []
   config = _read_json(run_dir / workdir.CONFIG_FILE)
-  return {'name': run_dir.name, 'label': label or run_dir.name, 'dir': run_dir,
-          'rows': tracking.read_metrics(run_dir), 'config': config if isinstance(config, dict) else {},
-          'evals': {p.stem: _read_json(p) for p in _eval_files(run_dir)}}
+  odd = [k for k in CONFIG_SECTIONS if k in config and not isinstance(config[k], dict)]
+  if odd:  # A hand edit ("train": null) had ended the report in a traceback, figures half written.
+    notes.append(f'{label}: {workdir.CONFIG_FILE} has no {", ".join(odd)} section (not an object): '
+                 'its columns are left empty')
+    config = {k: v for k, v in config.items() if k not in odd}
+  rows, dropped = _finite_rows(tracking.read_metrics(run_dir))
+  if dropped:  # A NaN had made the best accuracy "nan%" and emptied every curve (an audit).
+    notes.append(f'{label}: {dropped} value(s) in {tracking.METRICS_FILE} are not finite numbers '
+                 '(NaN, inf, text): left out of the curves and the table')
+  if not rows:
+    notes.append(f'{label}: {tracking.METRICS_FILE} holds no rows (a run stopped before its first '
+                 'log?): no curves and no training numbers for it')
+  return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
+          'evals': {p.stem: _read_json(p) for p in _eval_files(run_dir)}, 'warnings': notes}
+
+
+CONFIG_SECTIONS = ('model', 'train', 'data', 'optim')  # The ones the summary reads.
+
+
+def _finite_rows(rows: list[dict]) -> tuple[list[dict], int]:
+  """`rows` keeping only finite numbers, and how many other values were left out (not counting
+  nulls: the trainer logs a non-finite value as null, and nothing reads those)."""
+  kept = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+           and math.isfinite(v)} for r in rows]
+  given = sum(v is not None for r in rows for v in r.values())
+  return kept, given - sum(len(r) for r in kept)
 
 
 def _eval_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -305,7 +330,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss', fig1)
   plot_curves(runs, 'accuracy', 'top-1 accuracy', 'Figure 2: training and validation accuracy', fig2)
   has_lr = plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
-  warnings = [w for run in runs for w in stale_evaluations(run)]
+  warnings = [w for run in runs for w in run['warnings'] + stale_evaluations(run)]
   note = ('Training curves are running means over each logging interval (with augmentation and '
           'mixup, if any); validation points are full passes. Train time is from the logged '
           'images/s (compile and evaluation excluded). Numbers are from eval_best.json when '
