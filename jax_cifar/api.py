@@ -65,8 +65,13 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
                     f'(load_model\'s second result), got {what}')
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:
-    hint = ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
-            if np.issubdtype(images.dtype, np.floating) else '')
+    hint = ''
+    if np.issubdtype(images.dtype, np.floating) and images.size:
+      # Pixels of 0-255 in a float array (cv2, PIL through np.float32): scaling them by 255 had
+      # wrapped them around in uint8 (200 -> 56), silently (an audit).
+      hint = ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
+              if np.nanmax(images) <= 1 else
+              '; float pixels of 0-255 become uint8 as images.round().clip(0, 255).astype(np.uint8)')
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} '
                      f'{images.shape}{hint}')
   if len(images) and images.max() <= 1:

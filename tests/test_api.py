@@ -84,6 +84,10 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
   assert not np.allclose(jax_cifar.predict(raw, config, images), jax_cifar.predict(ema, config, images))
   with pytest.raises(ValueError, match=r'uint8 images.*float32.*\(images \* 255\)\.round\(\)'):
     jax_cifar.predict(raw, config, images.astype(np.float32) / 255)
+  # Float pixels of 0-255: scaling by 255 would wrap them around in uint8 (200 -> 56).
+  with pytest.raises(ValueError, match=r'float pixels of 0-255 become uint8 as '
+                                       r'images\.round\(\)\.clip\(0, 255\)'):
+    jax_cifar.predict(raw, config, images.astype(np.float32))
   with pytest.raises(ValueError, match="'best', 'latest', a step number or a step folder's path"):
     jax_cifar.load_model(run, 'newest')
   with pytest.raises(ValueError, match="weights must be one of raw, ema, auto, got 'emma'"):
