@@ -384,10 +384,18 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
        'val, got 0.0'),
       (['--split', 'val', '--val_fraction', '1e-6'], '--val_fraction 1e-06 holds out no '
        'validation images'),
-      (['--split', 'val', '--split_seed', '-1'], '--split_seed must be >= 0, got -1'),
+      (['--split', 'val', '--split_seed', '-1'], "--split_seed must be in [0, 2**32 - 1] "
+       "(data.split_seed's range), got -1"),
+      (['--split', 'val', '--split_seed', str(2**33)], "--split_seed must be in [0, 2**32 - 1] "
+       f"(data.split_seed's range), got {2**33}"),
       (['--val_fraction', '0.2'], '--val_fraction: used only with --split val')):
     capsys.readouterr()
     assert corrupt_cli.main(['--data_dir', str(cifar_dir), '--out', str(tmp_path / 'bad'), *args,
                          '--corruptions', 'fog']) == 1
     assert capsys.readouterr().err.strip() == f'error: {message}'
+  # The flag the user typed is named (it had said data.dir, the trainer's config key).
+  assert corrupt_cli.main(['--data_dir', str(tmp_path / 'typo'), '--out', str(tmp_path / 'bad'),
+                           '--corruptions', 'fog']) == 1
+  assert capsys.readouterr().err.strip().startswith(
+      f'error: --data_dir {tmp_path / "typo"} is not an existing folder')
   assert not (tmp_path / 'bad').exists()

@@ -59,14 +59,15 @@ def _source_split(args: argparse.Namespace) -> cifar100.Split:
   if args.split == 'test':
     if given:
       raise errors.ConfigError(f'{", ".join(given)}: used only with --split val')
-    return cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'test')
+    return cifar100.load_split(cifar100.resolve_data_dir(args.data_dir, '--data_dir'), 'test')
   fraction = 0.1 if args.val_fraction is None else args.val_fraction
   seed = 0 if args.split_seed is None else args.split_seed
   if not 0.0 < fraction < 1.0:
     raise errors.ConfigError(f'--val_fraction must be in (0, 1) with --split val, got {fraction}')
-  if seed < 0:
-    raise errors.ConfigError(f'--split_seed must be >= 0, got {seed}')
-  train = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir), 'train')
+  if not 0 <= seed <= 2**32 - 1:  # data.split_seed's range: no run holds out another seed's images.
+    raise errors.ConfigError(f'--split_seed must be in [0, 2**32 - 1] (data.split_seed\'s range), '
+                             f'got {seed}')
+  train = cifar100.load_split(cifar100.resolve_data_dir(args.data_dir, '--data_dir'), 'train')
   _, val_idx = cifar100.stratified_split(train.labels, fraction, seed)
   if not len(val_idx):
     raise errors.ConfigError(f'--val_fraction {fraction} holds out no validation images')

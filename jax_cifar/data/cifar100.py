@@ -81,12 +81,13 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
 # ------------------------------------------------------------------ locating, downloading, extracting
 
 
-def resolve_data_dir(configured: str = '') -> pathlib.Path:
+def resolve_data_dir(configured: str = '', setting: str = 'data.dir') -> pathlib.Path:
   """The configured folder, else $JAX_CIFAR_DATA_DIR, else a cache folder (created).
 
   A folder the user names must exist: a typo is an error, never a new folder to download into.
+  `setting` is how the user gave `configured` (a command-line tool's own flag), for the error.
   """
-  for path, name in ((configured, 'data.dir'), (os.environ.get('JAX_CIFAR_DATA_DIR', ''),
+  for path, name in ((configured, setting), (os.environ.get('JAX_CIFAR_DATA_DIR', ''),
                                                  '$JAX_CIFAR_DATA_DIR')):
     if path:
       folder = pathlib.Path(path).expanduser()
