@@ -169,14 +169,9 @@ def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
 
 def _check_submission_path(csv_path: pathlib.Path) -> None:
   """Process 0 checks where the CSV goes; every process raises if it is unusable (before inference)."""
-  problem = None
-  if jax.process_index() == 0:
-    try:
+  with parallel.fail_together(f'checking {csv_path}'):
+    if jax.process_index() == 0:
       submission.check_output_path(csv_path)
-    except submission.SubmissionError as e:
-      problem = e
-  if parallel.any_process(problem is not None):
-    raise problem or submission.SubmissionError(f'{csv_path}: unusable (see process 0)')
 
 
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,

@@ -79,18 +79,15 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
   """Creates and locks the workdir (process 0; all processes agree on failure); refuses to start
   over in a workdir that already holds a run."""
-  error, lock = None, None
-  if jax.process_index() == 0:
-    try:
-      workdir.mkdir(parents=True, exist_ok=True)
-      lock = workdir_lib.Lock(workdir)
-      lock.acquire()
-    except OSError as e:
-      error = workdir_lib.WorkdirError(f'workdir {workdir} is not writable: {e.strerror}')
-    except workdir_lib.WorkdirError as e:
-      error = e
-  if parallel.any_process(error is not None):
-    raise error or workdir_lib.WorkdirError(f'workdir {workdir}: process 0 could not claim it')
+  lock = None
+  with parallel.fail_together(f'claiming the workdir {workdir}'):
+    if jax.process_index() == 0:
+      try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = workdir_lib.Lock(workdir)
+        lock.acquire()
+      except OSError as e:
+        raise workdir_lib.WorkdirError(f'workdir {workdir} is not writable: {e.strerror}') from None
   existing = workdir_lib.existing_run(workdir)
   if existing and not config.train.resume:
     if lock:
