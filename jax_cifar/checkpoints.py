@@ -242,19 +242,23 @@ class Checkpoints:
     steps = [newest] + (sorted((s for s in manager.all_steps() if s < newest), reverse=True)
                         if fallback else [])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    damaged = []
+    damaged, twin_used = [], False
     for step in steps:
       try:
         restored = _restore_step(
             manager.directory / str(step),
             lambda step=step: manager.restore(step, args=ocp.args.StandardRestore(abstract)))
       except _Damaged as e:
-        damaged.append(f'step {step} ({e})')
-        continue
+        restored = _restore_twin(manager.directory / str(step), abstract, e)
+        if restored is None:
+          damaged.append(f'step {step} ({e})')
+          continue
+        twin_used = True
       if damaged:
         logging.warning('Damaged checkpoint %s in %s, kept as it is; restored step %d instead.',
                         '; '.join(damaged), manager.directory, step)
-        self._damaged[which] = [s for s in steps if s > step]
+      if damaged or twin_used:  # (a resume moves them aside: set_aside_damaged)
+        self._damaged[which] = [s for s in steps if s > step or (twin_used and s == step)]
       return restored, step
     raise CheckpointError(
         f'damaged checkpoint in {manager.directory}: {"; ".join(damaged)}; '
@@ -381,7 +385,39 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
                           'step number or a step folder, e.g. WORKDIR/checkpoints/best/12')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
-    return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(
-        step_dir / 'default', abstract))
+    return _restore_folder(step_dir, abstract)
   except _Damaged as e:
-    raise CheckpointError(f'damaged checkpoint {step_dir}: {e} (nothing was deleted)') from e
+    restored = _restore_twin(step_dir, abstract, e)
+    if restored is None:
+      raise CheckpointError(f'damaged checkpoint {step_dir}: {e} (nothing was deleted)') from e
+    return restored
+
+
+def _restore_folder(step_dir: pathlib.Path, abstract: Any) -> Any:
+  return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(
+      step_dir / 'default', abstract))
+
+
+def _restore_twin(step_dir: pathlib.Path, abstract: Any, damage: _Damaged) -> Any | None:
+  """The same step from the other of checkpoints/latest and checkpoints/best (the trainer saves
+  the same state into each), for a damaged `step_dir`; None when there is no intact twin."""
+  twin = _twin_step_folder(step_dir)
+  if twin is None:
+    return None
+  try:
+    restored = _restore_folder(twin, abstract)
+  except _Damaged:
+    return None
+  logging.warning('Damaged checkpoint %s (%s), kept as it is; restored the same step from %s.',
+                  step_dir, damage, twin)
+  return restored
+
+
+def _twin_step_folder(step_dir: pathlib.Path) -> pathlib.Path | None:
+  """WORKDIR/checkpoints/best/N for WORKDIR/checkpoints/latest/N and the other way round, when the
+  run kept that step in both (the trainer saves the same state into each); else None."""
+  kinds = {'latest': 'best', 'best': 'latest'}
+  if step_dir.parent.name not in kinds or step_dir.parent.parent.name != 'checkpoints':
+    return None
+  twin = step_dir.parent.parent / kinds[step_dir.parent.name] / step_dir.name
+  return twin if twin.is_dir() else None

@@ -110,8 +110,8 @@ def test_a_resumed_run_saves_the_damaged_step_again_and_keeps_the_damaged_copy(r
 def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
-  for step in ('6', '9'):
-    _damage(workdir / 'checkpoints' / 'latest' / step, 'truncated')
+  for step in ('latest/6', 'latest/9', 'best/6'):  # best/6: the same step, saved twice.
+    _damage(workdir / 'checkpoints' / step, 'truncated')
   before = _listing(workdir)
   with pytest.raises(checkpoints.CheckpointError, match='no intact step is left'):
     trainer.train_and_evaluate(_config(12), str(workdir))
@@ -356,3 +356,54 @@ for _ in range(600):
   assert line is not None, (out.stdout[-2000:], out.stderr[-3000:])
   assert 'saving checkpoint step 10 in' in line and 'File too large (disk full)' in line, line
   assert line.endswith('there is no earlier one there'), line
+
+
+def _same_tree(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+def test_a_damaged_step_is_restored_from_its_intact_copy_in_the_other_folder(run9, tmp_path,
+                                                                               caplog):
+  """A step the run kept in both checkpoints/latest and checkpoints/best (the same state, saved
+  twice): a damaged copy had been an error (load_model(run, 6), evaluate --checkpoint 6 or best)
+  while the other copy was intact (an audit). Each way of naming it now restores the intact copy,
+  with a warning naming both; nothing is moved or deleted."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  intact = state_lib.restore(_config(0), workdir, str(workdir / 'checkpoints' / 'best' / '6'))[0]
+  for damaged, name in (('latest', 6), ('latest', str(workdir / 'checkpoints' / 'latest' / '6')),
+                        ('best', 'best')):
+    if damaged == 'best':  # Back to intact latest/6 and a damaged best/6.
+      shutil.rmtree(workdir)
+      shutil.copytree(run9, workdir)
+    _damage(workdir / 'checkpoints' / damaged / '6', 'truncated')
+    before = _listing(workdir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      step_path = checkpoints.kept_step_folder(workdir, name) or name
+      state, _, step = state_lib.restore(_config(0), workdir, step_path)
+    assert step == 6 and _same_tree(state.params, intact.params), name
+    assert _same_tree(state.opt_state, intact.opt_state), name
+    other = 'best' if damaged == 'latest' else 'latest'
+    assert any(f'checkpoints/{damaged}/6' in r.getMessage()
+               and f'same step from {workdir}/checkpoints/{other}/6' in r.getMessage()
+               for r in caplog.records), name
+    assert _listing(workdir) == before, name
+  for folder in ('latest', 'best'):  # Both copies damaged: the error names the one asked for.
+    _damage(workdir / 'checkpoints' / folder / '6', 'empty')
+  with pytest.raises(checkpoints.CheckpointError, match=r'damaged checkpoint .*best.* step 6'):
+    state_lib.restore(_config(0), workdir, 'best')
+
+
+def test_resume_takes_a_damaged_steps_intact_copy_and_sets_the_damaged_one_aside(run9, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  for step in ('9', '6'):  # 9 has no copy in best; 6 has.
+    _damage(workdir / 'checkpoints' / 'latest' / step, 'truncated')
+  ckpts = checkpoints.Checkpoints(workdir, create=False)
+  state, step = ckpts.restore('latest', _target(), fallback=True)
+  assert step == 6 and int(state.step) == 6
+  moved = ckpts.set_aside_damaged('latest')
+  assert sorted(p.name for p in moved) == ['latest-6', 'latest-9']
+  assert not list((workdir / 'checkpoints' / 'latest').iterdir())
+  assert (workdir / 'checkpoints' / 'best' / '6').is_dir()
