@@ -9,15 +9,9 @@ model itself (`nnx.eval_shape`), so a key this module gets wrong fails loudly, n
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import json
 import os
 import sys
-import re
-import shutil
-import signal
-import uuid
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -25,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from jax_cifar import errors
+from jax_cifar import atomic_folder, errors
 from jax_cifar import workdir
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
@@ -269,57 +263,6 @@ def _check_parent(path: str) -> None:
     raise OutputPathError(f'{path}: cannot create files in {parent} ({why})')
 
 
-def _kill_point(name: str) -> None:
-  if os.environ.get(KILL_ENV) == name:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _exchange(a: str, b: str) -> bool:
-  """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False if the OS or
-  file system cannot, so the caller falls back to two renames."""
-  try:
-    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-  except (AttributeError, OSError):
-    return False
-  at_fdcwd, rename_exchange = -100, 2
-  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                        ctypes.c_uint]
-  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-    return True
-  err = ctypes.get_errno()
-  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-    return False
-  raise OSError(err, os.strerror(err), b)
-
-
-def _fsync_tree(root: str, recursive: bool = True) -> None:
-  """fsyncs every file and folder under `root` (or only `root` itself)."""
-  walk = os.walk(root) if recursive else [(root, [], [])]
-  for folder, _, names in walk:
-    for p in [os.path.join(folder, n) for n in names] + [folder]:
-      fd = os.open(p, os.O_RDONLY)
-      try:
-        os.fsync(fd)
-      finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(path: str) -> None:
-  """Deletes temp folders that killed converters left next to `path` (their pid is gone)."""
-  parent, base = os.path.split(path)
-  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}(\.old)?$')
-  for name in os.listdir(parent):
-    m = pattern.match(name)
-    if not m or int(m.group(1)) == os.getpid():
-      continue
-    try:
-      os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    except PermissionError:
-      pass  # alive, another user's
-
-
 def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = '',
                    overwrite: bool = False) -> None:
   """Writes an orbax checkpoint plus metadata.json into a temp sibling, then renames it into place.
@@ -337,31 +280,11 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   fc_kernel = tree.get('fc', {}).get('kernel')
   meta = {'format': _FORMAT, 'arch': arch, 'source': source,
           'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  _remove_stale_temps(path)
-  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-  try:
-    os.makedirs(tmp)
+  with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
     with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
-    _fsync_tree(tmp)  # on disk before the rename publishes it (a power cut, not only a kill)
-    _kill_point('before_rename')
-    if not os.path.lexists(path):
-      os.rename(tmp, path)
-    else:
-      check_output(path, overwrite)  # again: it may have changed while we wrote
-      # Afterwards the old output lies at `tmp` and is deleted below.
-      if not _exchange(tmp, path):
-        os.rename(path, f'{tmp}.old')  # no atomic swap here: a kill in between leaves no output
-        os.rename(tmp, path)
-        os.rename(f'{tmp}.old', tmp)
-    _fsync_tree(parent, recursive=False)
-    _kill_point('after_rename')
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_metadata(path: str, arch: str | None = None) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script, require_module
-from jax_cifar import convert
+from jax_cifar import atomic_folder, convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
@@ -220,7 +220,7 @@ def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
 def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, monkeypatch):
   out = str(tmp_path / 'out')
   convert.save_converted(_tiny(1.0), 'resnet18', out)
-  monkeypatch.setattr(convert, '_exchange', lambda a, b: False)  # as on macOS or odd file systems
+  monkeypatch.setattr(atomic_folder, 'exchange', lambda a, b: False)  # as on macOS or odd file systems
   convert.save_converted(_tiny(2.0), 'resnet18', out, overwrite=True)
   assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 2.0
   assert os.listdir(tmp_path) == ['out']

@@ -1,0 +1,96 @@
+"""Publishing a folder atomically: written into a temp sibling, fsynced, then renamed (or, over a
+previous version, swapped) into place, so a kill at any point leaves the old folder or the new
+one, never a part. The converter writes its output this way (`convert.save_converted`)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import shutil
+import signal
+import uuid
+from typing import Callable, Iterator
+
+
+def kill_point(env_var: str, name: str) -> None:
+  """Test hook: SIGKILLs this process when $env_var is `name` (a kill between two steps)."""
+  if os.environ.get(env_var) == name:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exchange(a: str, b: str) -> bool:
+  """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False if the OS or
+  file system cannot, so the caller falls back to two renames."""
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (AttributeError, OSError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                        ctypes.c_uint]
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def fsync_tree(root: str, recursive: bool = True) -> None:
+  """fsyncs every file and folder under `root` (or only `root` itself)."""
+  walk = os.walk(root) if recursive else [(root, [], [])]
+  for folder, _, names in walk:
+    for p in [os.path.join(folder, n) for n in names] + [folder]:
+      fd = os.open(p, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+
+
+def remove_stale_temps(path: str) -> None:
+  """Deletes temp folders that killed writers left next to `path` (their pid is gone)."""
+  parent, base = os.path.split(path)
+  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}(\.old)?$')
+  for name in os.listdir(parent):
+    m = pattern.match(name)
+    if not m or int(m.group(1)) == os.getpid():
+      continue
+    try:
+      os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    except PermissionError:
+      pass  # alive, another user's
+
+
+@contextlib.contextmanager
+def publish(path: str, check_replace: Callable[[], None], kill_env: str = '') -> Iterator[str]:
+  """Yields a fresh temp folder next to absolute `path` to write into; when the block ends, puts
+  it at `path` (over a previous folder only after `check_replace()` passes again, as it may have
+  changed meanwhile: swapped in one step where the OS can). The temp folder never stays."""
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  remove_stale_temps(path)
+  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  try:
+    os.makedirs(tmp)
+    yield tmp
+    fsync_tree(tmp)  # on disk before the rename publishes it (a power cut, not only a kill)
+    kill_point(kill_env, 'before_rename')
+    if not os.path.lexists(path):
+      os.rename(tmp, path)
+    else:
+      check_replace()
+      # Afterwards the old folder lies at `tmp` and is deleted below.
+      if not exchange(tmp, path):
+        os.rename(path, f'{tmp}.old')  # no atomic swap here: a kill in between leaves no output
+        os.rename(tmp, path)
+        os.rename(f'{tmp}.old', tmp)
+    fsync_tree(parent, recursive=False)
+    kill_point(kill_env, 'after_rename')
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
