@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar.data import cifar100
+from jax_cifar.data import cifar100, tfds_source
 from jax_cifar.data.cifar100 import DataError
 
 README_MEAN = np.array([0.5075, 0.4869, 0.4415])
@@ -320,7 +320,7 @@ def test_mistyped_data_dir_is_an_error_and_creates_nothing(tmp_path, monkeypatch
 
 def test_unprepared_tfds_gives_one_line_error_how_to_prepare(tmp_path):
   with pytest.raises(DataError) as error:
-    cifar100.load_tfds('train', str(tmp_path))
+    tfds_source.load_tfds('train', str(tmp_path))
   assert_one_line(error, 'tfds build cifar100', str(tmp_path))
   assert not (tmp_path / 'downloads').exists()
 

@@ -21,7 +21,7 @@ from _build_tfds_offline import no_network
 from conftest import require_module
 
 from jax_cifar.configs import default
-from jax_cifar.data import cifar100, prepare_tfds
+from jax_cifar.data import cifar100, prepare_tfds, tfds_source
 
 N_TRAIN, N_TEST = 200, 100
 
@@ -41,8 +41,8 @@ class Hide:
     getattr(self.finder, 'invalidate_caches', lambda: None)()
 
 sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
-from jax_cifar.data import cifar100
-split = cifar100.load_tfds('test', sys.argv[1])
+from jax_cifar.data import cifar100, tfds_source
+split = tfds_source.load_tfds('test', sys.argv[1])
 assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow'], 'tensorflow was imported'
 np.savez(sys.argv[2], images=split.images, labels=split.labels, coarse=split.coarse_labels)
 from jax_cifar.data import prepare_tfds
@@ -168,11 +168,11 @@ def test_a_damaged_build_is_named_with_the_folder_to_remove(tfds_dir, manual_dir
   else:
     shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
   with pytest.raises(cifar100.DataError) as error:
-    cifar100.load_tfds('train', str(data_dir))
+    tfds_source.load_tfds('train', str(data_dir))
   message = str(error.value)
   assert f'tfds cifar100 in {built} is damaged' in message and f'remove {built} and run' in message
   assert '\n' not in message and 'not prepared' not in message
-  cifar100.load_tfds('test', str(data_dir))  # The intact split still reads.
+  tfds_source.load_tfds('test', str(data_dir))  # The intact split still reads.
   result = build_offline(data_dir, manual_dir, '--register_archive')  # Preparing again says so.
   assert result['built'] is None and f'remove {built}' in result['error'], result
 
@@ -187,7 +187,7 @@ def test_a_tfrecord_build_is_named_as_such_not_as_damaged(tfds_dir, tmp_path):
   assert meta['fileFormat'] == 'array_record'
   info.write_text(json.dumps({**meta, 'fileFormat': 'tfrecord'}))
   with pytest.raises(cifar100.DataError) as error:
-    cifar100.load_tfds('train', str(data_dir))
+    tfds_source.load_tfds('train', str(data_dir))
   assert 'is prepared as tfrecord, not array_record' in str(error.value), error.value
   assert 'damaged' not in str(error.value)
 
@@ -196,8 +196,8 @@ def test_the_not_prepared_hint_names_the_folder_tfds_looked_in(tmp_path):
   """With $TFDS_DATA_DIR set, the hint had named ~/tensorflow_datasets (an audit). A fresh
   process: tfds reads the variable when it is imported."""
   require_module('tensorflow_datasets')
-  code = ('from jax_cifar.data import cifar100\n'
-          'try:\n  cifar100.load_tfds("train", "")\n'
+  code = ('from jax_cifar.data import cifar100, tfds_source\n'
+          'try:\n  tfds_source.load_tfds("train", "")\n'
           'except cifar100.DataError as e:\n  print("ERROR", e)\n')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                        env={**_env(), 'TFDS_DATA_DIR': str(tmp_path / 'elsewhere')})

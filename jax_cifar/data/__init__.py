@@ -7,12 +7,12 @@ from jax_cifar.data.cifar100 import (
     class_names,
     get_splits,
     load_split,
-    load_tfds,
     read_pickle,
     resolve_data_dir,
     stratified_split,
     synthetic_split,
 )
+from jax_cifar.data.tfds_source import load_tfds
 
 __all__ = [
     'DataError',

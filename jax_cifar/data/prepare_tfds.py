@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 from jax_cifar import cli
-from jax_cifar.data import cifar100
+from jax_cifar.data import cifar100, tfds_source
 
 ARCHIVE = 'cifar-100-binary.tar.gz'
 URL = 'https://www.cs.toronto.edu/~kriz/' + ARCHIVE
@@ -49,7 +49,7 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
     found = ' '.join(str(e).split('To debug')[0].split())
     raise cifar100.DataError(f'{manual_dir or URL}: not the official {ARCHIVE} ({found})') from None
   for split in ('train', 'test'):  # tfds keeps a folder it built before as it is, even damaged:
-    cifar100.load_tfds(split, data_dir)  # read it back (a damaged one is named, with the way on).
+    tfds_source.load_tfds(split, data_dir)  # read it back (a damaged one is named, with the way on).
   return str(builder.data_dir)
 
 

@@ -1,0 +1,71 @@
+"""CIFAR-100 from an already prepared tensorflow-datasets build (`data.source='tfds'`), in the
+official files' order so that splits and subsets match `source='local'`; never downloads
+(`python -m jax_cifar.data.prepare_tfds` prepares it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jax_cifar.data.cifar100 import DataError, Split
+
+
+def _tfds_order(records: list[dict[str, Any]], where: str) -> np.ndarray:
+  """Indices sorting tfds records into the official files' order, from their ids ('train_00042')."""
+  ids = [r['id'].decode() if isinstance(r['id'], bytes) else str(r['id']) for r in records]
+  try:
+    index = np.asarray([int(i.rsplit('_', 1)[1]) for i in ids], np.int64)
+  except (IndexError, ValueError):
+    raise DataError(f'tfds cifar100 in {where}: unexpected example ids such as {ids[0]!r}') from None
+  order = np.argsort(index, kind='stable')
+  if not np.array_equal(index[order], np.arange(len(index))):
+    raise DataError(f'tfds cifar100 in {where}: example ids are not 0..{len(index) - 1} (a partial '
+                    'or foreign build); rebuild it')
+  return order
+
+
+def load_tfds(split: str, data_dir: str = '') -> Split:
+  """Reads an already prepared (array_record) tfds `cifar100`; never downloads.
+
+  tfds stores examples in a hash-shuffled order; they come back in the official files' order (by
+  `id`), which is the pickles' order, so splits and subsets match `source='local'`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+
+  try:
+    builder = tfds.builder('cifar100', data_dir=data_dir or None)
+    # The folder tfds looks in: data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    where = str(builder.data_dir).rsplit('/', 2)[0]
+  except Exception as e:  # pylint: disable=broad-except
+    builder, where, problem = None, data_dir or '~/tensorflow_datasets', e
+  hint = (
+      f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
+      f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
+      f'--file_format=array_record` without apache-beam; needs tensorflow; online, or offline with '
+      f'--manual_dir=DIR holding cifar-100-binary.tar.gz)'
+  )
+  if builder is None:
+    raise DataError(f'{hint} ({type(problem).__name__}: {problem})') from None
+  if not builder.is_prepared():
+    raise DataError(hint)
+  formats = sorted(str(getattr(f, 'value', f)) for f in builder.info.available_file_formats())
+  if 'array_record' not in formats:  # tfds' default build: no random access (not damaged).
+    raise DataError(f'tfds cifar100 in {builder.data_dir} is prepared as {", ".join(formats)}, '
+                    'not array_record, which random access needs: give another '
+                    'data.tfds_data_dir, or remove that folder and run `python -m '
+                    f'jax_cifar.data.prepare_tfds --data_dir={where}`')
+  try:
+    source = tfds.data_source('cifar100', split=split, data_dir=data_dir or None, download=False)
+    records = source.__getitems__(range(len(source)))
+  except Exception as e:  # A shard missing or cut short: preparing again reuses the folder as is.
+    raise DataError(f'tfds cifar100 in {builder.data_dir} is damaged ({type(e).__name__}: '
+                    f'{" ".join(str(e).split())[:300]}): remove {builder.data_dir} and run `python -m '
+                    f'jax_cifar.data.prepare_tfds --data_dir={where}` again') from None
+  records = [records[i] for i in _tfds_order(records, where)]
+  images = np.zeros((len(records), 32, 32, 3), np.uint8)
+  for i, record in enumerate(records):
+    images[i] = record['image']
+  labels = np.asarray([r['label'] for r in records], np.int32)
+  coarse = np.asarray([r['coarse_label'] for r in records], np.int32)
+  return Split(images, labels, coarse)
