@@ -145,12 +145,22 @@ def _damage(lines, kind):
     lines[3] += ',1'
   elif kind == 'reversed_block':
     lines[1:1 + N] = lines[1:1 + N][::-1]
+  elif kind == 'sorted_by_label':  # pandas' sort_values('label')
+    lines[1:] = sorted(lines[1:], key=lambda line: int(line.split(',')[1]))
+  elif kind == 'duplicated_row':  # Row count still right; one id twice, another missing.
+    lines[5] = lines[9]
+  elif kind == 'duplicate_in_another_order':
+    lines[1:1 + N] = lines[1:1 + N][::-1]
+    lines[-1] = lines[3]
+  elif kind == 'foreign_id':  # An id of a 1-based index, in an otherwise reordered file.
+    lines[1], lines[2] = lines[2], lines[1]
+    lines[5] = lines[5].replace('_0,', f'_{N // 5},')
   return lines
 
 
-@pytest.mark.parametrize('kind', ['swapped_rows', 'truncated', 'truncated_block', 'label_100',
-                                  'label_negative', 'label_float', 'header', 'extra_column',
-                                  'reversed_block'])
+@pytest.mark.parametrize('kind', ['truncated', 'truncated_block', 'label_100', 'label_negative',
+                                  'label_float', 'header', 'extra_column', 'duplicated_row',
+                                  'duplicate_in_another_order', 'foreign_id'])
 def test_validator_rejects_damaged_files(tmp_path, kind):
   path = tmp_path / 'sub.csv'
   path.write_text('\n'.join(_damage(_expected_lines(), kind)) + '\n')
@@ -158,6 +168,30 @@ def test_validator_rejects_damaged_files(tmp_path, kind):
     submission.check_submission(path)
   assert '\n' not in str(e.value) and str(path) in str(e.value)
   assert submission.main(['check', str(path)]) == 1
+
+
+@pytest.mark.parametrize('kind', ['swapped_rows', 'reversed_block', 'sorted_by_label'])
+def test_validator_takes_every_id_once_in_another_order_and_says_so(tmp_path, kind):
+  """Kaggle pairs rows with answers by id, so a CSV sorted or merged elsewhere scores the same;
+  it had been refused ("line 6: id ..., expected ...")."""
+  path = tmp_path / 'sub.csv'
+  path.write_text('\n'.join(_damage(_expected_lines(), kind)) + '\n')
+  summary = submission.check_submission(path, num_images=N)
+  assert summary.startswith('OK') and 'another order' in summary and 'by id' in summary
+  path.write_text('\n'.join(_expected_lines()) + '\n')
+  assert 'order' not in submission.check_submission(path, num_images=N)
+
+
+@pytest.mark.parametrize('kind,match', [
+    ('duplicated_row', r"line 10: id 'distortion00_3_0' again \(first on line 6\)"),
+    ('duplicate_in_another_order', rf"line {19 * N + 1}: id '.*' again \(first on line"),
+    ('foreign_id', r"line 6: id 'distortion00_2_4' is not one of this set's ids "
+                   r"\(distortion00..18_1..5_0..3\)")])
+def test_a_repeated_or_foreign_id_is_named_with_its_line(tmp_path, kind, match):
+  path = tmp_path / 'sub.csv'
+  path.write_text('\n'.join(_damage(_expected_lines(), kind)) + '\n')
+  with pytest.raises(submission.SubmissionError, match=match):
+    submission.check_submission(path, num_images=N)
 
 
 def test_validator_takes_n_from_the_ood_dir(tmp_path):

@@ -2,6 +2,8 @@
 
 The file is `id,label`, then one row per image in distortion, severity, index order:
 `distortion{XX}_{S}_{I}` for XX in 00..18, S in 1..5 and I in 0..N/5-1, with labels in 0..99.
+The validator also takes the rows in another order (Kaggle pairs them with answers by id) and
+says so.
 
   python -m jax_cifar.submission check FILE.csv [--ood_dir D]
 prints one line starting `OK`, or one `error:` line on stderr naming the first problem (status 1).
@@ -191,7 +193,8 @@ def _expected_ids(num_images: int) -> Iterator[str]:
 
 def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None = None,
                      num_images: int | None = None) -> str:
-  """Checks header, row count, id order and labels; returns a one-line summary or raises.
+  """Checks header, row count, ids (each once; another order is noted) and labels; returns a
+  one-line summary or raises.
 
   The images per distortion file come from `ood_dir`'s files, or `num_images`; with neither they
   are inferred from the row count, which then cannot show whole images missing (the summary says
@@ -227,22 +230,43 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     if (not rows or len(rows) % ood.NUM_DISTORTIONS or num_images % ood.SEVERITIES):
       raise SubmissionError(f'{path}: {len(rows)} rows is not {ood.NUM_DISTORTIONS} x N with N a '
                             f'positive multiple of {ood.SEVERITIES}')
+  in_order = True
   for line_no, (row, want) in enumerate(zip(rows, _expected_ids(num_images)), start=2):
     parts = row.rstrip('\r').split(',')
     if len(parts) != 2:
       raise SubmissionError(f'{path}: line {line_no}: {row[:60]!r} is not "id,label"')
-    if parts[0] != want:
-      raise SubmissionError(f'{path}: line {line_no}: id {parts[0]!r}, expected {want!r}')
+    in_order = in_order and parts[0] == want
     if not _LABEL.fullmatch(parts[1]) or int(parts[1]) >= NUM_CLASSES:
       raise SubmissionError(f'{path}: line {line_no}: label {parts[1]!r} is not an integer in '
                             f'0..{NUM_CLASSES - 1}')
+  if not in_order:  # Sorted or merged elsewhere (pandas): fine if each id is there once.
+    problem = _id_problem(rows, num_images)
+    if problem:
+      raise SubmissionError(f'{path}: {problem}')
   per = num_images // ood.SEVERITIES
-  note = ''
+  note = '' if in_order else (' (rows in another order than distortion, severity, index; Kaggle '
+                              'pairs rows with answers by id, so it scores the same)')
   if inferred and per != KAGGLE_IMAGES:
     note = (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
             'pass --ood_dir or --num_images to check the count)')
   return (f'OK: {path}: {len(rows)} rows = {ood.NUM_DISTORTIONS} distortions x '
           f'{ood.SEVERITIES} severities x {per} images{note}')
+
+
+def _id_problem(rows: list[str], num_images: int) -> str | None:
+  """The first row (by line) whose id is not one of the set's or repeats an earlier row's, else
+  None: with as many rows as ids, every id is then there exactly once."""
+  wanted, first_line = set(_expected_ids(num_images)), {}
+  for line_no, row in enumerate(rows, start=2):
+    row_id = row.split(',', 1)[0]
+    if row_id not in wanted:
+      return (f'line {line_no}: id {row_id!r} is not one of this set\'s ids (distortion00..'
+              f'{ood.NUM_DISTORTIONS - 1}_1..{ood.SEVERITIES}_0..'
+              f'{num_images // ood.SEVERITIES - 1})')
+    if row_id in first_line:
+      return f'line {line_no}: id {row_id!r} again (first on line {first_line[row_id]})'
+    first_line[row_id] = line_no
+  return None
 
 
 def main(argv: list[str] | None = None) -> int:
