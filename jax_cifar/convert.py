@@ -138,6 +138,8 @@ def guess_arch(sd: Mapping[str, Any]) -> str | None:
     return None
   bottleneck = 'layer1.0.conv3.weight' in sd
   groups = out_channels // in_per_group if bottleneck and in_per_group else 1
+  if not groups:  # Fewer outputs than inputs per group (a pruned model): no torchvision arch.
+    return None
   width = out_channels // groups if bottleneck else 64  # Layer1's bottleneck width per group.
   found = [name for name, a in _RESNET_ARCHS.items()
            if (a.block.__name__ == 'Bottleneck') == bottleneck and a.layers == layers
@@ -290,6 +292,7 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
 def read_metadata(path: str, arch: str | None = None) -> dict:
   """metadata.json of a `save_converted` checkpoint (checked to hold `arch` if given): what a run
   checks before it reads any data."""
+  path = os.path.expanduser(path)
   meta_file = os.path.join(path, _METADATA_FILE)
   if not os.path.isfile(meta_file):
     if not os.path.exists(path):
@@ -312,9 +315,19 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
 def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
   """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint
   (checked to hold `arch` first, if given)."""
+  path = os.path.expanduser(path)
   meta = read_metadata(path, arch)
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
+  errors.drop_library_noise()  # A failed read's leftovers print pages.
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore: missing or cut files)
+    text = ' '.join(str(e).split()) or type(e).__name__
+    reason = text if len(text) <= 200 else f'{text[:90]} ... {text[-100:]}'
+    raise ConversionError(
+        f'{path} is a damaged converted checkpoint ({type(e).__name__}: {reason}); convert the '
+        f'torchvision weights again: python -m jax_cifar.convert ... --output {path} '
+        '--overwrite') from None
   return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
 
 

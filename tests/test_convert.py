@@ -209,6 +209,9 @@ def test_the_architecture_of_a_state_dict_is_recognised_from_its_blocks_and_shap
       shape = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else shape[::-1]  # HWIO -> OIHW
       sd[convert.torch_key(path)] = types.SimpleNamespace(shape=shape)
     assert convert.guess_arch(sd) == arch
+    if arch == 'resnet50':  # Pruned: conv2 with fewer outputs than inputs (a ZeroDivisionError).
+      pruned = {**sd, 'layer1.0.conv2.weight': types.SimpleNamespace(shape=(32, 64, 3, 3))}
+      assert convert.guess_arch(pruned) is None
   assert convert.guess_arch({'conv1.weight': np.zeros(1)}) is None  # No blocks: no guess.
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import pathlib
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,36 @@ def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
   empty.mkdir()
   convert.save_converted(_tiny(3.0), 'resnet18', str(empty), overwrite=True)
   assert convert.read_converted(str(empty))[1]['fc.kernel'][0, 0] == 3.0
+
+
+@pytest.mark.parametrize('how', ['no_state', 'cut_arrays', 'cut_orbax_metadata'])
+def test_a_damaged_converted_checkpoint_is_one_error_naming_it(tmp_path, how):
+  """model.pretrained naming a damaged converter output (a partly copied folder) had ended in
+  46-83 lines of orbax/tensorstore traceback (an audit)."""
+  out = tmp_path / 'out'
+  convert.save_converted(_tiny(1.0), 'resnet18', str(out))
+  state = out / 'state'
+  if how == 'no_state':
+    shutil.rmtree(state)
+  elif how == 'cut_arrays':
+    for f in [p for p in state.rglob('*') if p.is_file() and '/d/' in str(p)]:
+      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+  else:
+    f = state / '_METADATA'
+    f.write_bytes(f.read_bytes()[:10])
+  with pytest.raises(convert.ConversionError) as e:
+    convert.read_converted(str(out), 'resnet18')
+  message = str(e.value)
+  assert '\n' not in message and len(message) < 600, message
+  assert message.startswith(f'{out} is a damaged converted checkpoint') and '--overwrite' in message
+
+
+def test_a_converted_checkpoint_is_found_under_a_home_relative_path(tmp_path, monkeypatch):
+  """'~/weights/r18' had been 'no such converted checkpoint' (data.dir expands ~; an audit)."""
+  convert.save_converted(_tiny(4.0), 'resnet18', str(tmp_path / 'weights' / 'r18'))
+  monkeypatch.setenv('HOME', str(tmp_path))
+  assert convert.read_metadata('~/weights/r18', 'resnet18')['arch'] == 'resnet18'
+  assert convert.read_converted('~/weights/r18')[1]['fc.kernel'][0, 0] == 4.0
 
 
 def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, monkeypatch):
