@@ -177,6 +177,42 @@ def test_a_damaged_build_is_named_with_the_folder_to_remove(tfds_dir, manual_dir
   assert result['built'] is None and f'remove {built}' in result['error'], result
 
 
+def test_a_cut_dataset_info_is_named_with_the_folder_to_remove(tfds_dir, manual_dir, tmp_path):
+  """A cut dataset_info.json had been 'not prepared: run prepare_tfds', and prepare_tfds then
+  ended in a 57-line protobuf traceback (an audit)."""
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(tfds_dir, data_dir)
+  built = data_dir / 'cifar100' / '3.0.2'
+  info = built / 'dataset_info.json'
+  info.write_bytes(info.read_bytes()[:200])
+  with pytest.raises(cifar100.DataError) as error:
+    tfds_source.load_tfds('train', str(data_dir))
+  with pytest.raises(cifar100.DataError) as again:
+    prepare_tfds.prepare(str(data_dir), str(manual_dir))
+  for message in (str(error.value), str(again.value)):
+    assert f'tfds cifar100 in {built} is damaged' in message and f'remove {built} and run' in message
+    assert '\n' not in message and 'not prepared' not in message
+
+
+def test_a_tfds_data_dir_too_deep_or_missing_is_named_not_built_into(tfds_dir, manual_dir,
+                                                                     tmp_path, monkeypatch):
+  """The dataset's own folder (cifar100/ or cifar100/3.0.2/) had been told to run prepare_tfds
+  there, which builds a nested second copy; a typo had been told the same; '~/...' was not
+  expanded, though prepare_tfds expands it (an audit)."""
+  for deep in (tfds_dir / 'cifar100', tfds_dir / 'cifar100' / '3.0.2'):
+    for read in (lambda d: tfds_source.load_tfds('test', d),
+                 lambda d: prepare_tfds.prepare(d, str(manual_dir))):
+      with pytest.raises(cifar100.DataError,
+                         match=f"is the prepared dataset's own folder, .*: give {tfds_dir}$"):
+        read(str(deep))
+  with pytest.raises(cifar100.DataError, match=f'tfds data_dir {tmp_path / "typo"} does not exist'):
+    tfds_source.load_tfds('test', str(tmp_path / 'typo'))
+  assert not (tmp_path / 'typo').exists()
+  monkeypatch.setenv('HOME', str(tfds_dir.parent))
+  home = tfds_source.load_tfds('test', f'~/{tfds_dir.name}')
+  np.testing.assert_array_equal(home.labels, tfds_source.load_tfds('test', str(tfds_dir)).labels)
+
+
 def test_a_tfrecord_build_is_named_as_such_not_as_damaged(tfds_dir, tmp_path):
   """tfds' default format has no random access: a good tfrecord build must not be called damaged
   (a review). Its dataset_info.json is what tfds reads the format from."""

@@ -41,7 +41,13 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
   from tensorflow_datasets.core.download import download_manager
   # pylint: enable=g-import-not-at-top
 
-  builder = tfds.builder('cifar100', data_dir=data_dir)
+  if '://' not in data_dir:
+    tfds_source.check_data_dir(data_dir)
+  try:
+    builder = tfds.builder('cifar100', data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    tfds_source.raise_if_damaged(data_dir, e)
+    raise
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, try_download_gcs=False)
   try:
     builder.download_and_prepare(file_format='array_record', download_config=config)

@@ -4,6 +4,7 @@ official files' order so that splits and subsets match `source='local'`; never d
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,12 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
   tfds stores examples in a hash-shuffled order; they come back in the official files' order (by
   `id`), which is the pickles' order, so splits and subsets match `source='local'`.
   """
+  if data_dir and '://' not in data_dir:  # (gs://: pathlib would make it gs:/)
+    data_dir = str(pathlib.Path(data_dir).expanduser())  # As data.dir and prepare_tfds do.
+    check_data_dir(data_dir)
+    if not pathlib.Path(data_dir).exists():  # A typo: not "build it here".
+      raise DataError(f'tfds data_dir {data_dir} does not exist (to build cifar100 there: `python '
+                      f'-m jax_cifar.data.prepare_tfds --data_dir={data_dir}`)')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
   try:
@@ -39,6 +46,7 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     where = str(builder.data_dir).rsplit('/', 2)[0]
   except Exception as e:  # pylint: disable=broad-except
     builder, where, problem = None, data_dir or '~/tensorflow_datasets', e
+    raise_if_damaged(where, e)
   hint = (
       f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
       f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
@@ -69,3 +77,33 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
   labels = np.asarray([r['label'] for r in records], np.int32)
   coarse = np.asarray([r['coarse_label'] for r in records], np.int32)
   return Split(images, labels, coarse)
+
+
+def check_data_dir(data_dir: str) -> None:
+  """DataError for a local `data_dir` that cannot hold a tfds build: a file, or a folder one or
+  two levels too deep (the dataset's own cifar100/ or cifar100/VERSION/: building there would nest
+  a second copy)."""
+  path = pathlib.Path(data_dir)
+  if path.is_file():
+    raise DataError(f'tfds data_dir {data_dir} is a file, not a folder')
+  if path.name == 'cifar100' and any(path.glob('*/dataset_info.json')):
+    above = path.parent
+  elif path.parent.name == 'cifar100' and (path / 'dataset_info.json').is_file():
+    above = path.parent.parent
+  else:
+    return
+  raise DataError(f'tfds data_dir {data_dir} is the prepared dataset\'s own folder, not the tfds '
+                  f'data_dir that holds it: give {above}')
+
+
+def raise_if_damaged(where: str, e: Exception) -> None:
+  """DataError naming the build to remove when tfds could not even open a cifar100 build that is
+  there (a cut dataset_info.json): preparing again would fail the same way."""
+  if '://' in where:
+    return
+  built = sorted(p.parent for p in pathlib.Path(where).expanduser().glob('cifar100/*/dataset_info.json'))
+  if built:
+    reason = ' '.join(str(e).split())[:200]
+    raise DataError(f'tfds cifar100 in {built[-1]} is damaged ({type(e).__name__}: {reason}): '
+                    f'remove {built[-1]} and run `python -m jax_cifar.data.prepare_tfds '
+                    f'--data_dir={where}` again') from None
