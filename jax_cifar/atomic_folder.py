@@ -51,8 +51,15 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
         os.close(fd)
 
 
+def temp_name(path: str) -> str:
+  """A fresh temp sibling of `path` (.NAME.tmp-PID-RANDOM) that remove_stale_temps knows."""
+  parent, base = os.path.split(path)
+  return os.path.join(parent, f'.{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+
+
 def remove_stale_temps(path: str) -> None:
-  """Deletes temp folders that killed writers left next to `path` (their pid is gone)."""
+  """Deletes the temp files and folders that killed writers left next to `path` (their pid is
+  gone)."""
   parent, base = os.path.split(path)
   pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):
@@ -62,7 +69,12 @@ def remove_stale_temps(path: str) -> None:
     try:
       os.kill(int(m.group(1)), 0)
     except ProcessLookupError:
-      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      stale = os.path.join(parent, name)
+      if os.path.isdir(stale) and not os.path.islink(stale):
+        shutil.rmtree(stale, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.unlink(stale)
     except PermissionError:
       pass  # alive, another user's
 
@@ -75,7 +87,7 @@ def publish(path: str, check_replace: Callable[[], None], kill_env: str = '') ->
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   remove_stale_temps(path)
-  tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  tmp = temp_name(path)
   try:
     os.makedirs(tmp)
     yield tmp

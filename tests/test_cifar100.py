@@ -7,10 +7,13 @@ it these tests skip, except under CI (env CI set), where missing data is a failu
 import functools
 import hashlib
 import http.server
+import os
 import pathlib
 import pickle
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 
@@ -183,6 +186,47 @@ def test_truncated_archive_gives_one_line_error_and_no_folder(tmp_path, small_tr
     cifar100.load_split(tmp_path, 'train', download=False)
   assert_one_line(error, str(archive))
   assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # no half folder, no temp folder
+
+
+def test_extraction_on_a_full_disk_blames_the_disk_not_the_archive(tmp_path, small_tree):
+  """A file-size limit (as a full disk, EFBIG) had been 'corrupt, truncated or unsafe archive'
+  (an audit). A fresh process, so that the limit binds only it."""
+  archive = make_archive(small_tree, tmp_path / 'cifar-100-python.tar.xz')
+  code = ('import resource, sys\n'
+          'resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n'
+          'from jax_cifar.data import cifar100\n'
+          'try:\n  cifar100.load_split(sys.argv[1], "test", download=False)\n'
+          'except cifar100.DataError as e:\n  print("ERROR", e)\n')
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path)], capture_output=True,
+                       text=True, timeout=120, check=False)
+  message = out.stdout.strip()
+  assert message.startswith(f'ERROR {archive}: cannot extract it into {tmp_path} (File too '
+                            'large (disk full)); free space there'), (out.stdout, out.stderr[-2000:])
+  assert 'corrupt' not in message
+  assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # No half folder, no temp.
+
+
+def test_temps_of_killed_downloads_and_extractions_are_removed_and_live_ones_kept(
+    tmp_path, small_tree, http_dir):
+  """A killed extraction had left a hidden 113 MB folder each time, never removed; a killed
+  download its .part file (an audit)."""
+  served, url = http_dir
+  archive = make_archive(small_tree, served / 'cifar-100-python.tar.gz')
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  target = tmp_path / 'download'
+  target.mkdir()
+  stale_folder = target / f'.cifar-100-python.tmp-{dead}-0123abcd'
+  stale_folder.mkdir()
+  (stale_folder / 'train').write_bytes(b'half')
+  (target / f'.cifar-100-python.tar.gz.tmp-{dead}-4567cdef').write_bytes(b'half a download')
+  live = target / f'.cifar-100-python.tmp-{os.getppid()}-0123abcd'  # pytest's parent: alive.
+  live.mkdir()
+  split = cifar100.load_split(target, 'test', url=f'{url}/cifar-100-python.tar.gz',
+                              md5=hashlib.md5(archive.read_bytes()).hexdigest())
+  assert len(split) == 20
+  assert sorted(p.name for p in target.iterdir()) == sorted(
+      ['cifar-100-python', 'cifar-100-python.tar.gz', live.name])
 
 
 def test_incomplete_folder_next_to_an_archive_is_reported_not_overwritten(tmp_path, small_tree):

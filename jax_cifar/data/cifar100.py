@@ -12,14 +12,13 @@ import os
 import pathlib
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from typing import Any
 
 import numpy as np
 
-from jax_cifar import errors
+from jax_cifar import atomic_folder, errors
 from jax_cifar.data import safe_pickle
 
 CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
@@ -110,13 +109,13 @@ def _is_cifar_folder(path: pathlib.Path) -> bool:
 def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
   """Streams `url` into a temp file next to `dest`, checks its md5, then renames it into place."""
   dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix='.' + dest.name + '.', suffix='.part')
-  tmp = pathlib.Path(tmp_name)
+  atomic_folder.remove_stale_temps(str(dest))  # Partial downloads of killed processes.
+  tmp = pathlib.Path(atomic_folder.temp_name(str(dest)))
   digest = hashlib.md5()
   try:
     import tqdm  # pylint: disable=g-import-not-at-top
 
-    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=60) as response:
+    with open(tmp, 'xb') as out, urllib.request.urlopen(url, timeout=60) as response:
       total = int(response.headers.get('Content-Length') or 0) or None
       with tqdm.tqdm(total=total, unit='B', unit_scale=True, desc=f'Downloading {dest.name}') as bar:
         while chunk := response.read(1 << 20):
@@ -145,7 +144,9 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
   """Extracts into a temp folder next to the archive, then renames, so a crash leaves no half folder."""
   target = archive.parent / FOLDER
   try:
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=archive.parent, prefix='.extract-'))
+    atomic_folder.remove_stale_temps(str(target))  # Half extractions of killed processes.
+    tmp = pathlib.Path(atomic_folder.temp_name(str(target)))
+    tmp.mkdir()
   except OSError as e:
     raise DataError(
         f'{archive}: cannot extract next to it ({e.strerror}); extract it elsewhere '
@@ -166,6 +167,13 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
         ) from None
   except DataError:
     raise
+  except OSError as e:
+    if not e.errno:  # gzip's BadGzipFile: the archive.
+      raise DataError(f'{archive}: corrupt or truncated archive ({type(e).__name__}: {e})') from None
+    raise DataError(  # A full disk is the disk's fault, not the archive's (an audit).
+        f'{archive}: cannot extract it into {archive.parent} '
+        f'({errors.os_reason(e.errno, e.strerror or str(e))}); free space there, or extract it '
+        f'elsewhere (tar -xf {archive} -C DIR) and point data.dir to DIR') from None
   except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
     problem = f'{type(e).__name__}: {e}'
     raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({problem})') from None
