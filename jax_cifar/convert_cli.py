@@ -65,6 +65,9 @@ def _why_unreadable(error: Exception) -> str:
   """Why torch.load failed, in our words: torch's text advises unpickling unsafely, never echoed."""
   text = str(error)
   found = re.search(r'GLOBAL ([\w.]+)', text)
+  if found and found.group(1).split('.')[0] == 'numpy':  # Arrays, yet refused like any object.
+    return ('it holds numpy arrays, which loading without running code does not take; save torch '
+            'tensors: torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, FILE)')
   if found:
     return (f'it pickles the Python object {found.group(1)}, which would run code on loading '
             '(and is not run); save only model.state_dict() with torch.save')
@@ -107,6 +110,15 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
   return obj
 
 
+def _is_safetensors(path: str) -> bool:
+  """A safetensors file: an 8-byte little-endian header length, then that much JSON."""
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    head = f.read(9)
+  return (len(head) == 9 and head[8:] == b'{'
+          and 0 < int.from_bytes(head[:8], 'little') <= size - 8)
+
+
 def read_state_dict_file(path: str) -> Mapping[str, Any]:
   """Loads a state_dict saved with torch.save, running no pickled code; errors say what it is."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -115,6 +127,10 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
   if not head:
     raise NotAStateDict(path, 'the file is empty')
   if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+    if _is_safetensors(path):
+      raise NotAStateDict(path, 'it is a safetensors file, not torch.save\'s: save it as one with '
+                          'torch.save(safetensors.torch.load_file(FILE), FILE.pth) (pip install '
+                          'safetensors) and convert that')
     raise NotAStateDict(path, f'it is not a file written by torch.save (it starts with {head!r}, '
                         'neither a zip archive nor a pickle)')
   if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
@@ -129,6 +145,15 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
     if damaged:
       raise NotAStateDict(path, f'its member {damaged} fails its CRC check (damaged bytes: copy '
                           'or download the file again)')
+    with zipfile.ZipFile(path) as archive:
+      names = archive.namelist()
+    if any(n.endswith('/constants.pkl') or '/code/' in n for n in names):
+      raise NotAStateDict(path, 'it is a TorchScript model (torch.jit.save): save its weights with '
+                          'torch.save(torch.jit.load(FILE).state_dict(), FILE.pth) and convert that')
+    if names and all(n.endswith('.npy') for n in names):
+      raise NotAStateDict(path, 'it is a numpy .npz archive: save torch tensors instead, '
+                          'torch.save({k: torch.from_numpy(v) for k, v in np.load(FILE).items()}, '
+                          'FILE.pth)')
   try:
     with warnings.catch_warnings():  # torch's notes on unusual pickles advise filing issues:
       warnings.simplefilter('ignore', UserWarning)  # what matters is said below, or nothing.

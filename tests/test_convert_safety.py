@@ -87,6 +87,17 @@ def _bad_files(tmp) -> dict[str, tuple[str, str]]:
   with zipfile.ZipFile(zip_path, 'w') as z:
     z.writestr('a.txt', 'hi')
   files['other.zip'] = (zip_path, 'not a file written by torch.save')
+  put('arrays.pth', 'it holds numpy arrays', save={'fc.weight': np.zeros((2, 2), np.float32)})
+  header = b'{"fc.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+  put('weights.safetensors', 'it is a safetensors file',
+      raw=len(header).to_bytes(8, 'little') + header + b'\0' * 4)
+  put('scripted.pt', 'it is a TorchScript model', raw=b'')
+  with warnings.catch_warnings():  # (torch.jit is deprecated; users' old files are not.)
+    warnings.simplefilter('ignore', FutureWarning)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), files['scripted.pt'][0])
+  npz_path = str(tmp / 'weights.npz')
+  np.savez(npz_path, **{'fc.weight': np.zeros(2)})
+  files['weights.npz'] = (npz_path, 'it is a numpy .npz archive')
   whole = str(tmp / 'whole.pth')
   torch.save({'fc.weight': torch.zeros(100, 100)}, whole)
   with open(whole, 'rb') as f:
