@@ -144,6 +144,31 @@ def test_class_names_come_from_meta(data_dir):
   assert (fine[0], fine[-1], coarse[0]) == ('apple', 'worm', 'aquatic_mammals')
 
 
+@pytest.mark.parametrize('problem', ['short_fine', 'short_coarse', 'not_names'])
+def test_meta_with_the_wrong_number_of_names_is_named(tmp_path, small_tree, problem):
+  """Fewer names than classes had silently shortened the per-class table (zip) and broken the
+  confusion figure after prediction (an audit)."""
+  shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
+  meta_path = tmp_path / 'cifar-100-python' / 'meta'
+  meta = cifar100.read_pickle(meta_path)
+  key = 'coarse_label_names' if problem == 'short_coarse' else 'fine_label_names'
+  meta[key] = meta[key][:-1] if problem != 'not_names' else list(range(100))
+  meta_path.write_bytes(pickle.dumps(meta, protocol=2))
+  with pytest.raises(DataError) as error:
+    cifar100.class_names(tmp_path)
+  assert_one_line(error, str(meta_path), key, 'expected')
+
+
+def test_a_split_of_no_images_is_named_so(tmp_path, small_tree):
+  shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
+  raw = cifar100.read_pickle(small_tree / 'test')
+  raw.update(data=raw['data'][:0], fine_labels=[], coarse_labels=[])
+  (tmp_path / 'cifar-100-python' / 'test').write_bytes(pickle.dumps(raw, protocol=2))
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, 'test', download=False)
+  assert_one_line(error, 'holds no images')
+
+
 # ------------------------------------------------------------------ hostile and broken input
 # (every unsafe-pickle payload: tests/test_safe_pickle.py)
 

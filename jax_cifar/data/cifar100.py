@@ -231,6 +231,8 @@ def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
     desc = f'{data.dtype} {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
     raise DataError(f'{path}: data is {desc}, expected uint8 [N, 3072]')
   n = data.shape[0]
+  if not n:  # (Its empty label list had been "dtype float64, expected 0 ints".)
+    raise DataError(f'{path}: holds no images (data is [0, 3072])')
   labels = _labels(path, raw, 'fine_labels', n, NUM_CLASSES)
   coarse = _labels(path, raw, 'coarse_labels', n, NUM_COARSE_CLASSES) if 'coarse_labels' in raw else None
   # Rows are 1024 R, 1024 G, 1024 B planes (row-major 32x32): CHW -> HWC.
@@ -259,9 +261,20 @@ def class_names(data_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
   folder = find_or_fetch(data_dir, download=False)
   raw = read_pickle(folder / 'meta')
   try:
-    return list(raw['fine_label_names']), list(raw['coarse_label_names'])
+    names = list(raw['fine_label_names']), list(raw['coarse_label_names'])
   except KeyError as e:
     raise DataError(f'{folder / "meta"}: missing key {e}') from None
+  except TypeError:  # Not a sequence.
+    raise DataError(f'{folder / "meta"}: label names are not lists of names') from None
+  for key, got, want in zip(('fine_label_names', 'coarse_label_names'), names,
+                            (NUM_CLASSES, NUM_COARSE_CLASSES)):
+    if len(got) != want:  # (zip had cut the per-class table short.)
+      raise DataError(f'{folder / "meta"}: {key} holds {len(got)} names, expected {want}')
+    odd = next((n for n in got if not isinstance(n, str)), None)
+    if odd is not None:
+      raise DataError(f'{folder / "meta"}: {key} holds {type(odd).__name__} {odd!r}, expected '
+                      f'{want} names (str)')
+  return names
 
 
 def synthetic_split(n: int, seed: int, num_classes: int = NUM_CLASSES) -> Split:
