@@ -206,6 +206,10 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   what = (f'this state_dict is a torchvision {guess} (its blocks and their shapes), not a {arch}: '
           f'convert it as {guess}; in detail, it does not match {arch}' if guess and guess != arch
           else f'state_dict does not match {arch}')
+  conv1 = tuple(getattr(sd.get('conv1.weight'), 'shape', ()))
+  if len(conv1) == 4 and conv1[2:] == (3, 3) and any(m.startswith('conv1.weight ') for m in misshaped):
+    what += (' (its conv1 is 3x3: a CIFAR stem, trained from the start at 32 px; the converter '
+             'takes ImageNet-stem weights, 7x7 conv1, which model.stem=imagenet uses)')
   _report(missing, unexpected, misshaped, what)
   # A NaN / inf weight would surface as a "non-finite loss" at step 1, pointing at the learning
   # rate; a negative running variance as a NaN in eval only.

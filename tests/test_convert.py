@@ -193,6 +193,9 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
     torch_to_flax(sd, 'resnet34')  # a ResNet-18 has no third block in layer1
   with pytest.raises(ValueError, match='resnet152'):
     torch_to_flax(sd, 'resnet19')
+  cifar_stem = dict(sd, **{'conv1.weight': torch.zeros(64, 3, 3, 3)})  # The usual student edit.
+  with pytest.raises(ValueError, match=r'its conv1 is 3x3: a CIFAR stem.*mis-shaped keys: conv1'):
+    torch_to_flax(cifar_stem, 'resnet18')
 
 
 def test_the_architecture_of_a_state_dict_is_recognised_from_its_blocks_and_shapes():
