@@ -159,6 +159,20 @@ def test_meta_with_the_wrong_number_of_names_is_named(tmp_path, small_tree, prob
   assert_one_line(error, str(meta_path), key, 'expected')
 
 
+@pytest.mark.parametrize('what', ['folder', 'archive'])
+def test_a_data_folder_one_level_too_high_names_the_one_below_before_any_download(
+    tmp_path, small_tree, what):
+  (tmp_path / 'cifar').mkdir()
+  if what == 'folder':
+    shutil.copytree(small_tree, tmp_path / 'cifar' / 'cifar-100-python')
+  else:
+    make_archive(small_tree, tmp_path / 'cifar' / 'cifar-100-python.tar.gz')
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, 'test', url='http://127.0.0.1:9/never', md5='x')
+  assert_one_line(error, f'but {tmp_path / "cifar"} holds one: give {tmp_path / "cifar"}')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cifar']  # Nothing downloaded.
+
+
 def test_a_split_of_no_images_is_named_so(tmp_path, small_tree):
   shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
   raw = cifar100.read_pickle(small_tree / 'test')

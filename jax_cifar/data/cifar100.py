@@ -203,6 +203,11 @@ def find_or_fetch(
   for name in ARCHIVES:
     if (data_dir / name).is_file():
       return extract_archive(data_dir / name)
+  below = sorted(p.parent for name in (FOLDER, *ARCHIVES) for p in data_dir.glob(f'*/{name}')
+                 if _is_cifar_folder(p) or p.is_file()) if data_dir.is_dir() else []
+  if below:  # One level too high: not a download into the wrong folder (an audit).
+    raise DataError(f'{data_dir}: no {FOLDER}/ or {"/".join(ARCHIVES)} here, but {below[0]} '
+                    f'holds one: give {below[0]} as the data folder')
   if not download:
     raise DataError(f'{data_dir}: no {FOLDER}/ or {"/".join(ARCHIVES)} here and download is off')
   archive = download_archive(url or CIFAR100_URL, data_dir / ARCHIVES[0], md5 or CIFAR100_MD5)
