@@ -180,3 +180,12 @@ def ignored_notes(config) -> list[str]:
          'ema.warmup_power': 'there is no EMA without ema.decay > 0'}
   return [f'config key {k!r}={given[k]!r} is ignored: {why[k]}'
           for k in sorted(inert_keys(given)) if given[k] != defaults[k]]
+
+
+def input_notes(config) -> list[str]:
+  """Warnings for inputs that work but do not suit the weights: pretrained weights fed raw
+  [0, 1] pixels (model.normalize='none'; an audit)."""
+  if config.model.pretrained and config.model.normalize == 'none':
+    return ["model.normalize='none' feeds [0, 1] pixels to ImageNet-pretrained weights "
+            "(model.pretrained), which were trained on normalised images: 'imagenet' matches them"]
+  return []

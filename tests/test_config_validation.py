@@ -146,6 +146,16 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
   assert config_validation.ignored_notes(_config(**{'model.name': 'simple_cnn'})) == []
 
 
+def test_pretrained_weights_fed_raw_pixels_are_warned_about():
+  notes = config_validation.input_notes(_config(**{'model.pretrained': 'w/r50',
+                                                    'model.normalize': 'none'}))
+  assert len(notes) == 1 and "'imagenet' matches them" in notes[0]
+  for normalize in ('imagenet', 'cifar'):  # CIFAR's statistics are close to ImageNet's.
+    assert not config_validation.input_notes(_config(**{'model.pretrained': 'w/r50',
+                                                         'model.normalize': normalize}))
+  assert not config_validation.input_notes(_config(**{'model.normalize': 'none'}))
+
+
 def test_a_config_missing_a_key_names_it():
   """A config file that deleted a key had given a KeyError traceback (or passed, for a key no
   check reads, and failed later)."""

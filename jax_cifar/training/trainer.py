@@ -221,7 +221,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
   if note := _random_backbone_note(config, resume_step):
     logging.warning('%s', note)
-  for note in config_validation.ignored_notes(config):
+  for note in config_validation.ignored_notes(config) + config_validation.input_notes(config):
     logging.warning('%s.', note)
   if resume_step:
     try:
