@@ -17,6 +17,7 @@ import sys
 import traceback
 from typing import Callable, NoReturn, Sequence
 
+import ml_collections
 from absl import app, flags, logging
 
 from jax_cifar import errors
@@ -109,11 +110,14 @@ def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
   if not match:
     return None
   name, close = match.groups()
+  # The unknown part may be a section (--config.trian.batch_size) as well as the last key.
   named = [a.split('=', 1)[0] for a in argv
-           if a.startswith('--config.') and a.split('=', 1)[0].split('.')[-1] == name]
+           if a.startswith('--config.') and name in a.split('=', 1)[0].split('.')[1:]]
   if not named:
     return None
-  hint = f'; did you mean {named[0].rsplit(".", 1)[0]}.{close}?' if close else ''
+  parts = named[0].split('.')
+  at = len(parts) - 1 - parts[::-1].index(name)
+  hint = f'; did you mean {".".join(parts[:at] + [close] + parts[at + 1:])}?' if close else ''
   return (f'{named[0]}: the config has no key {name!r}{hint} (jax_cifar/configs/default.py lists '
           'every key, with what it does)')
 
@@ -134,9 +138,20 @@ def _builtin_hint(e: BaseException, argv: Sequence[str]) -> str:
   return ''
 
 
+def require_nonempty(flag: str, what: str) -> None:
+  """--FLAG= (or an unset shell variable) is refused: an empty --workdir had trained into the
+  current folder and named /checkpoints as where it saved (an audit)."""
+  flags.register_validator(flag, lambda value: value is None or bool(value.strip()),
+                           message=f'--{flag} is empty: give {what}')
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
-  for value in _config_values(argv):
+  given = _config_values(argv)
+  if len(given) > 1:  # absl had said "The flag 'config.KEY' is defined twice ...".
+    _usage_error(f'--config is given {len(given)} times ({", ".join(given)}): give one config '
+                 'file, and change it with --config.KEY=VALUE overrides')
+  for value in given:
     if value.lower().endswith('.json'):
       _usage_error(f'--config takes a config file in Python (configs/*.py, or jax_cifar:NAME), '
                    f'not {value}: give the one the run started from (a run\'s config.json is its '
@@ -146,7 +161,12 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       # config_flags loads the file lazily when no --config.KEY override forced it: a file that
       # failed to load is a stand-in that raises on first use; use it here, while errors are ours.
-      flags.FLAGS['config'].value.keys()
+      loaded = flags.FLAGS['config'].value
+      loaded.keys()
+      if not isinstance(loaded, ml_collections.ConfigDict):
+        _usage_error(f'--config {given[0]}: its get_config() returns a {type(loaded).__name__}, '
+                     'not an ml_collections.ConfigDict (start from jax_cifar.configs.default.'
+                     'get_config() and change its keys, as configs/*.py do)')
     return rest
   except flags.Error as e:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):
@@ -157,6 +177,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     _usage_error(f'{e} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.
+    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
+      _usage_error(f'--config {given[0]}: the file defines no get_config() (a config file is '
+                   'Python whose get_config() returns an ml_collections.ConfigDict)')
     _usage_error(_unknown_key(e, argv) or f'bad --config or --config.KEY override: {_first_line(e)}'
                  + _builtin_hint(e, argv))
   except Exception as e:  # pylint: disable=broad-except

@@ -70,6 +70,7 @@ def define_flags() -> None:
                                   'its model keys must match the run\'s.',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
+  cli.require_nonempty('workdir', "the training run's folder")
   flags.DEFINE_string('checkpoint', 'best',
                       "'best', 'latest', a step number the run kept, or a path to a checkpoint "
                       'step folder.')

@@ -30,6 +30,7 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
   flags.mark_flags_as_required(['config', 'workdir'])
+  cli.require_nonempty('workdir', "the run's folder")
 
 
 def main(argv):

@@ -28,6 +28,9 @@ def test_misspelled_override_key_is_named(tmp_path):
                   '--config.model.name? (jax_cifar/configs/default.py lists every key, with what '
                   'it does)'), line  # Names the flag and suggests the key (no exception name).
   assert not (tmp_path / 'run').exists()
+  line = _usage_error(train(tmp_path / 'run', '--config.trian.batch_size=64'))  # A section.
+  assert line.startswith("error: --config.trian.batch_size: the config has no key 'trian'; did "
+                         'you mean --config.train.batch_size?'), line
 
 
 def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):
@@ -45,7 +48,9 @@ def test_override_value_of_the_wrong_type_is_named(tmp_path):
 @pytest.mark.parametrize('source, expected', [
     ('def get_config(:\n  pass\n', 'SyntaxError'),
     ('import ml_collections\n\ndef make_config():\n  return ml_collections.ConfigDict()\n',
-     'get_config'),
+     'my_config.py: the file defines no get_config()'),
+    ('def get_config():\n  return {"seed": 1}\n',  # Had been a traceback (an audit).
+     "my_config.py: its get_config() returns a dict, not an ml_collections.ConfigDict"),
 ])
 def test_config_file_that_does_not_load_is_named(tmp_path, source, expected):
   path = tmp_path / 'my_config.py'
@@ -73,8 +78,17 @@ def test_a_missing_config_file_named_as_a_packaged_one_points_to_it(tmp_path):
                        'jax_cifar:smoke)'), line
 
 
-def test_missing_workdir_flag_is_named():
+def test_missing_workdir_flag_is_named(tmp_path):
   assert '--workdir' in _usage_error(train(None, config='configs/smoke.py', overrides={}))
+  # --workdir= (an unset shell variable) had trained into the current folder (an audit).
+  out = train(None, '--workdir=', config=str(ROOT / 'configs' / 'smoke.py'), overrides={},
+              cwd=tmp_path)
+  assert '--workdir is empty' in _usage_error(out) and not list(tmp_path.iterdir())
+
+
+def test_a_second_config_file_is_named_not_called_a_flag_defined_twice(tmp_path):
+  line = _usage_error(train(tmp_path / 'run', '--config', 'configs/smoke.py'))
+  assert line.startswith('error: --config is given 2 times (configs/default.py, configs/smoke.py)')
 
 
 def test_builtin_config_path_is_the_packaged_file():
