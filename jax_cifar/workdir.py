@@ -209,7 +209,26 @@ def is_safe_change(key: str, before: Any, after: Any) -> bool:
   return safe_to_change(key) or (key == 'data.source' and {before, after} == {'local', 'tfds'})
 
 
-def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float) -> list[str]:
+_STATE_KEYS = ('model.name', 'model.num_classes', 'model.stem', 'model.width', 'optim.name')
+
+
+def alters_state(key: str, before: Any, after: Any) -> bool:
+  """A change of what the run's checkpoints hold (parameters, optimizer state, an EMA), which no
+  resume can carry over."""
+  return key in _STATE_KEYS or (key == 'ema.decay' and (before == 0) != (after == 0))
+
+
+def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
+  """What to do about state-altering changes `keys`: another model starts afresh; a new head,
+  another optimizer or an EMA can start from this run's weights (model.init_from)."""
+  if any(k.startswith('model.') and k != 'model.num_classes' for k in keys):
+    return 'a different model starts a new run in a fresh --workdir'
+  return ('start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
+          f'--config.model.init_from={workdir}')
+
+
+def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float,
+                 workdir: str | os.PathLike = 'THIS_RUN') -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
   the keys that may change but deserve a log line."""
   notable, refused = [], []
@@ -224,6 +243,13 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
       notable.append(key)
     else:
       refused.append(f'{key} {before!r} -> {after!r}')
+  state = [k for k, (a, b) in changes.items() if alters_state(k, a, b)]
+  if refused and state:  # (allow_config_change would only fail at the restore.)
+    raise WorkdirError(
+        f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
+        f'{", ".join(state)} change{"s" if len(state) == 1 else ""} what the run\'s checkpoints '
+        'hold, which train.allow_config_change cannot carry over: undo '
+        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
   if refused:
     raise WorkdirError(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '

@@ -51,7 +51,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
           '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder)')
     return changes
   notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
-                                     epoch=start_step / steps_per_epoch)
+                                     epoch=start_step / steps_per_epoch, workdir=workdir)
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
@@ -75,13 +75,9 @@ def cannot_resume_with(changes: dict, workdir: pathlib.Path,
                       if not workdir_lib.is_safe_change(k, a, b) and k not in workdir_lib.EXTENDABLE)
   if not changed:  # Only changes that leave the train state as it was: not the cause.
     return e
-  model = any(k.startswith('model.') for k, (a, b) in changes.items()
-              if not workdir_lib.is_safe_change(k, a, b))
-  way_on = ('a different model starts a new run in a fresh --workdir' if model else
-            'start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
-            f'--config.model.init_from={workdir}')
-  return checkpoints.CheckpointError(
+  keys = [k for k, (a, b) in changes.items() if not workdir_lib.is_safe_change(k, a, b)]
+  return checkpoints.CheckpointError(  # (orbax's own words had ended it: its advice does not fit.)
       f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
       'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
-      f'which train.allow_config_change cannot carry over. Undo them, or {way_on}. '
-      f'orbax: {e.detail}')
+      f'which train.allow_config_change cannot carry over. Undo them, or '
+      f'{workdir_lib.way_on(keys, workdir)}')
