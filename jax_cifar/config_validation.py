@@ -158,15 +158,51 @@ def validate(config, *, launch: bool = True) -> None:
                       f"('r50', 'augmix'); got {tags!r}")  # wandb had refused them at its start.
 
 
-def inert_keys(flat: dict) -> set[str]:
-  """Keys of a flat config that do nothing under it: simple_cnn (the course's fixed CNN) has no
-  width, stem, remat or scanned blocks; ema.warmup_power needs an EMA (ema.decay > 0)."""
-  keys = set()
+def inert_reasons(flat: dict) -> dict[str, str]:
+  """{key: why} for the keys of a flat config that do nothing under it: the settings of an
+  optimizer, augmentation or tracker that is off or not the one chosen."""
+  why = {}
+
+  def inert(keys, reason):
+    why.update({k: reason for k in keys})
+
   if flat.get('model.name') == 'simple_cnn':
-    keys |= {'model.width', 'model.stem', 'model.remat', 'model.scan_blocks'}
+    inert(['model.width'], 'simple_cnn has fixed widths')
+    inert(['model.stem'], 'simple_cnn has no stem')
+    inert(['model.remat', 'model.scan_blocks'], 'simple_cnn has no residual blocks')
   if not flat.get('ema.decay'):
-    keys.add('ema.warmup_power')
-  return keys
+    inert(['ema.warmup_power'], 'there is no EMA without ema.decay > 0')
+  optimizer = flat.get('optim.name')
+  if optimizer == 'adamw':
+    inert(['optim.momentum', 'optim.nesterov'], "they are SGD's (optim.name='adamw')")
+  elif optimizer == 'sgd':
+    inert(['optim.b1', 'optim.b2'], "they are AdamW's (optim.name='sgd')")
+  if flat.get('optim.schedule') == 'constant':
+    inert(['optim.end_lr_factor'], "optim.schedule='constant' does not decay")
+  if flat.get('augment.policy') != 'randaugment':
+    inert(['augment.randaugment_num_ops', 'augment.randaugment_magnitude'],
+          f"augment.policy is {flat.get('augment.policy')!r}, not 'randaugment'")
+  if not (flat.get('augment.mixup_alpha') and flat.get('augment.cutmix_alpha')):
+    inert(['augment.switch_prob'], 'it picks between mixup and CutMix when both are on')
+  if not flat.get('augment.crop_padding'):
+    inert(['augment.crop_mode'], 'there is no random crop with augment.crop_padding=0')
+  if not flat.get('augment.augmix'):
+    inert([f'augment.augmix_{k}' for k in ('severity', 'width', 'depth', 'alpha')],
+          'augment.augmix is off')
+  for prob, keys in (('rrc', ['rrc_scale', 'rrc_ratio']), ('color_jitter', ['color_jitter']),
+                     ('blur', ['blur_kernel', 'blur_sigma']), ('jpeg', ['jpeg_quality']),
+                     ('noise', ['noise_std'])):
+    if not flat.get(f'augment.{prob}_prob'):
+      inert([f'augment.{k}' for k in keys], f'augment.{prob}_prob is 0')
+  if flat.get('wandb.mode') == 'disabled':
+    inert(['wandb.project', 'wandb.entity', 'wandb.name', 'wandb.tags'],
+          "wandb.mode is 'disabled' (set 'offline' or 'online')")
+  return {k: v for k, v in why.items() if k in flat}
+
+
+def inert_keys(flat: dict) -> set[str]:
+  """Keys of a flat config that do nothing under it (inert_reasons)."""
+  return set(inert_reasons(flat))
 
 
 def ignored_notes(config) -> list[str]:
@@ -174,12 +210,9 @@ def ignored_notes(config) -> list[str]:
   had been ignored without a word)."""
   given = traverse_util.flatten_dict(config.to_dict(), sep='.')
   defaults = traverse_util.flatten_dict(default_config.get_config().to_dict(), sep='.')
-  why = {'model.width': 'simple_cnn has fixed widths', 'model.stem': 'simple_cnn has no stem',
-         'model.remat': 'simple_cnn has no residual blocks',
-         'model.scan_blocks': 'simple_cnn has no residual blocks',
-         'ema.warmup_power': 'there is no EMA without ema.decay > 0'}
+  why = inert_reasons(given)
   return [f'config key {k!r}={given[k]!r} is ignored: {why[k]}'
-          for k in sorted(inert_keys(given)) if given[k] != defaults[k]]
+          for k in sorted(why) if given[k] != defaults.get(k)]
 
 
 def input_notes(config) -> list[str]:

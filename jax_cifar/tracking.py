@@ -118,6 +118,9 @@ class MetricsWriter:
         logging.warning('wandb.finish failed: %s', e)
 
 
+WANDB_INIT_TIMEOUT_S = 30.0  # How long an online wandb may take to start before training goes on.
+
+
 def _start_wandb(config, workdir: pathlib.Path, resume: bool):
   """Starts a wandb run, or returns None (with a warning) if disabled or wandb cannot start.
 
@@ -125,6 +128,10 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
   continues the same wandb run.
   """
   if config.wandb.mode == 'disabled':
+    if os.environ.get('WANDB_MODE') in ('online', 'offline'):  # (Had been ignored without a word.)
+      logging.warning("WANDB_MODE=%s is not read: wandb follows config.wandb.mode, which is "
+                      "'disabled'; pass --config.wandb.mode=%s.", os.environ['WANDB_MODE'],
+                      os.environ['WANDB_MODE'])
     return None
   if os.environ.get('WANDB_MODE') == '':  # wandb rejects an empty value; treat it as unset.
     del os.environ['WANDB_MODE']
@@ -136,7 +143,9 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
         project=config.wandb.project, entity=config.wandb.entity or None,
         name=config.wandb.name or workdir.name, tags=list(config.wandb.tags),
         mode=config.wandb.mode, dir=str(workdir), config=config.to_dict(),
-        id=run_id, resume='allow' if run_id else None)
+        id=run_id, resume='allow' if run_id else None,
+        # wandb's own 90 s: offline networks held each launch that long (an audit).
+        settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S))
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('wandb could not start (%s: %s); training continues, metrics go to %s only.',
                     type(e).__name__, str(e).splitlines()[0] if str(e) else '', METRICS_FILE)

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from jax_cifar import config_validation, models
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.configs import default
 
@@ -144,6 +145,32 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
   assert config_validation.ignored_notes(_config(**{'model.width': 128, 'ema.decay': 0.99,
                                                     'ema.warmup_power': 0.75})) == []
   assert config_validation.ignored_notes(_config(**{'model.name': 'simple_cnn'})) == []
+
+
+@pytest.mark.parametrize('flat, key, reason', [
+    ({'optim.momentum': 0.5}, 'optim.momentum', "SGD's"),  # AdamW (the default) ignores it.
+    ({'optim.nesterov': True}, 'optim.nesterov', "SGD's"),
+    ({'optim.name': 'sgd', 'optim.b2': 0.99}, 'optim.b2', "AdamW's"),
+    ({'augment.randaugment_magnitude': 20}, 'augment.randaugment_magnitude', "not 'randaugment'"),
+    ({'augment.mixup_alpha': 0.2, 'augment.switch_prob': 0.9}, 'augment.switch_prob', 'both'),
+    ({'augment.noise_std': (0.0, 0.2)}, 'augment.noise_std', 'noise_prob is 0'),
+    ({'augment.augmix_severity': 5}, 'augment.augmix_severity', 'augmix is off'),
+    ({'wandb.project': 'mine'}, 'wandb.project', "wandb.mode is 'disabled'"),
+])
+def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_resume(
+    flat, key, reason):
+  """AdamW's run had been refused a resume for optim.momentum 0.9 -> 0.5, which it ignores, and
+  a fresh run with it said nothing (an audit)."""
+  notes = config_validation.ignored_notes(_config(**flat))
+  assert len(notes) == 1 and notes[0].startswith(f'config key {key!r}=') and reason in notes[0], notes
+  assert key in config_validation.inert_keys(workdir_lib.flatten(_config(**flat).to_dict()))
+  on = {'optim.momentum': {'optim.name': 'sgd'}, 'optim.nesterov': {'optim.name': 'sgd'},
+        'optim.b2': {'optim.name': 'adamw'}, 'augment.randaugment_magnitude': {
+            'augment.policy': 'randaugment'}, 'augment.switch_prob': {'augment.cutmix_alpha': 1.0},
+        'augment.noise_std': {'augment.noise_prob': 0.5},
+        'augment.augmix_severity': {'augment.augmix': True},
+        'wandb.project': {'wandb.mode': 'offline'}}[key]
+  assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 
 def test_pretrained_weights_fed_raw_pixels_are_warned_about():
