@@ -228,7 +228,8 @@ def _diverge_from_step_5(monkeypatch):
 def test_nonfinite_update_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
   _diverge_from_step_5(monkeypatch)
   c = _config()
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r'at step 5\b.*; the checkpoint of step 3 is kept \('):
     trainer.train_and_evaluate(c, str(tmp_path))
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
                  if p.name.isdigit())
@@ -249,11 +250,22 @@ def test_a_nonfinite_update_between_log_steps_stops_before_the_next_save(tmp_pat
       lambda step: jnp.where(step == 4, jnp.inf, real(*a, **k)(step))))
   c = _config()
   c.train.log_every_steps, c.checkpoint.every_steps, c.checkpoint.keep = 6, 1, 2
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b.*the checkpoint of step 4'):
     trainer.train_and_evaluate(c, str(tmp_path))
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
                  if p.name.isdigit())
   assert saved == [3, 4]
+
+
+def test_a_nonfinite_update_before_any_save_does_not_claim_a_checkpoint(tmp_path, monkeypatch):
+  """It had said 'the last saved checkpoint is kept' with checkpoints/latest empty (an audit)."""
+  _diverge_from_step_5(monkeypatch)
+  c = _config()
+  c.checkpoint.every_steps = 100
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b.*; no checkpoint was saved '
+                                                       r'before it \('):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert not [p for p in (tmp_path / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
 
 
 def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):

@@ -286,7 +286,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       if step % config.train.log_every_steps == 0 or step == total_steps:
         summary = {k: float(np.mean(v)) for k, v in jax.device_get(
             jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
-        _check_finite(current(), config)
+        _check_finite(current(), config, ckpts)
         now = time.perf_counter()
         if len(pending) > untimed:
           summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
@@ -305,7 +305,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
       if validate or save:  # Nothing is validated or saved after a non-finite update.
-        _check_finite(current(), config, warn=False)
+        _check_finite(current(), config, ckpts, warn=False)
       if validate:
         t_val = time.perf_counter()
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
@@ -320,7 +320,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       if step < last_step and stopping.requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
-    _check_finite(current(), config, warn=False)
+    _check_finite(current(), config, ckpts, warn=False)
     ckpts.save_latest(current(), step)
     ckpts.wait()
     message = f'Received {e}: saved step {step} to {workdir}; relaunch to resume.'
@@ -337,14 +337,18 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
 
 
-def _check_finite(state: TrainState, config, warn: bool = True) -> None:
+def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
+                  warn: bool = True) -> None:
   """Stops (train.on_nonfinite='stop') once any update was non-finite; checked at every log
   step and before every validation and save, so no checkpoint after it replaces the ones before."""
   bad = int(state.nonfinite_steps)
   if bad and config.train.on_nonfinite == 'stop':
+    saved = ckpts.latest.latest_step()  # (It had claimed a checkpoint where none was saved.)
+    kept = ('no checkpoint was saved before it' if saved is None else
+            f'the checkpoint of step {saved} is kept')
     raise NonFiniteLossError(
         f'non-finite loss or update at step {int(state.first_nonfinite_step) + 1}: it was not applied; '
-        f'the last saved checkpoint is kept (set train.on_nonfinite=skip to skip such steps)')
+        f'{kept} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
 
