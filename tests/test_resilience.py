@@ -185,9 +185,13 @@ def test_while_starting_a_first_signal_is_noted_and_a_second_stops_at_once(tmp_p
       (step_dir / name).write_text('')
     with pytest.raises(stopping.StopNow):
       checkpoints._restore_step(step_dir, stopped)  # pylint: disable=protected-access
-    stop['starting'] = False  # Once training: every signal only sets the flag.
+    stop['starting'] = False  # Once training: a first signal only sets the flag ...
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop['signal'] == 'SIGTERM'
+    with pytest.raises(stopping.StopNow, match='SIGINT again'):  # ... and a second stops at once
+      os.kill(os.getpid(), signal.SIGINT)  # (a long compile or validation had to be waited for).
+      for _ in range(100):
+        pass
   finally:
     stopping.restore_handlers(previous)
   assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]

@@ -1,6 +1,7 @@
 """How a training run stops on SIGTERM/SIGINT: the handlers set a flag that the loop reads after
-each step (save, then `Preempted`); while the run starts, a first signal stops it before its first
-step and a second one at once (`StopNow`). Several processes agree before they stop."""
+each step (save, then `Preempted`), and a second one stops it at once, without saving (`StopNow`);
+while the run starts, a first signal stops it before its first step and a second one at once.
+Several processes agree before they stop (and wait for the save)."""
 
 import os
 import signal
@@ -18,7 +19,7 @@ class Preempted(Exception):
 
 
 class StopNow(BaseException):
-  """A second signal while a run starts, raised by the handler wherever the main thread is: not an
+  """A second signal (one process), raised by the handler wherever the main thread is: not an
   Exception, so no `except Exception` on the way (a restore's damaged-step check, a data loader's
   corrupt-file check) mistakes it for a failure; train_and_evaluate turns it into Preempted."""
 
@@ -41,9 +42,16 @@ def install_handlers() -> tuple[dict, dict]:
     name, first = signal.Signals(signum).name, flag['signal'] is None
     flag['signal'] = name
     if not flag['starting']:
-      if first:  # Said at once: the current step (the first one compiles, up to a minute) ends first.
-        say(f'Received {name}: the run saves and stops after '
-            + ('this step.' if single else 'the next log step.'))
+      flag['training_signals'] = flag.get('training_signals', 0) + 1
+      if flag['training_signals'] == 1:  # Said at once: the current step (the first one
+        say(f'Received {name}: the run saves and stops after '  # compiles, up to a minute) ends first.
+            + ('this step (send it again to stop at once, without saving).' if single else
+               'the next log step.'))
+        return
+      if single:  # A long compile, validation or save need not be waited for (an audit).
+        say(f'Received {name} again: stopped at once, without saving; relaunch to resume from the '
+            'last saved checkpoint.')
+        raise StopNow(f'{name} again')
       return
     if first or not single:  # Several processes stop together, at the check.
       say(f'Received {name} while starting: the run stops before its first step'
