@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import uuid
 from typing import Callable, Iterator
 
@@ -51,23 +52,28 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
         os.close(fd)
 
 
+# This machine in temp names: a pid says whether its writer lives only on the host that ran it
+# (several hosts of a multi-host run share the folder and fetch the data at once; a review).
+HOST = re.sub(r'[^A-Za-z0-9]', '', socket.gethostname())[:40] or 'host'
+
+
 def temp_name(path: str) -> str:
-  """A fresh temp sibling of `path` (.NAME.tmp-PID-RANDOM) that remove_stale_temps knows."""
+  """A fresh temp sibling of `path` (.NAME.tmp-HOST-PID-RANDOM) that remove_stale_temps knows."""
   parent, base = os.path.split(path)
-  return os.path.join(parent, f'.{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  return os.path.join(parent, f'.{base}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
 
 
 def remove_stale_temps(path: str) -> None:
-  """Deletes the temp files and folders that killed writers left next to `path` (their pid is
-  gone)."""
+  """Deletes the temp files and folders that killed writers on this host left next to `path`
+  (their pid is gone); another host's are left alone."""
   parent, base = os.path.split(path)
-  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}(\.old)?$')
+  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-([A-Za-z0-9]+)-(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):
     m = pattern.match(name)
-    if not m or int(m.group(1)) == os.getpid():
+    if not m or m.group(1) != HOST or int(m.group(2)) == os.getpid():
       continue
     try:
-      os.kill(int(m.group(1)), 0)
+      os.kill(int(m.group(2)), 0)
     except ProcessLookupError:
       stale = os.path.join(parent, name)
       if os.path.isdir(stale) and not os.path.islink(stale):

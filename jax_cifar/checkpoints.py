@@ -236,6 +236,7 @@ class Checkpoints:
     Nothing is deleted.
     """
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
+    self._damaged.pop(which, None)  # (Only this restore's damaged steps are set aside.)
     newest = manager.latest_step() if which == 'latest' else manager.best_step()
     if newest is None:
       return None

@@ -158,11 +158,12 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                    'record, which evaluate uses by itself when --config is omitted)')
   try:
     rest = flags.FLAGS(_resolve_builtin(argv))
-    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+    if 'config' in flags.FLAGS and given:
       # config_flags loads the file lazily when no --config.KEY override forced it: a file that
       # failed to load is a stand-in that raises on first use; use it here, while errors are ours.
       loaded = flags.FLAGS['config'].value
-      loaded.keys()
+      if loaded is not None and hasattr(loaded, 'keys'):  # (None, a list: named below.)
+        loaded.keys()
       if not isinstance(loaded, ml_collections.ConfigDict):
         _usage_error(f'--config {given[0]}: its get_config() returns a {type(loaded).__name__}, '
                      'not an ml_collections.ConfigDict (start from jax_cifar.configs.default.'
@@ -172,6 +173,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):
       _usage_error(f'{e}: --config.KEY=VALUE overrides need --config FILE before them (the '
                    "run's config file, or the built-in one it started from)")
+    if given and 'Flag --config must have a value other than None' in str(e):
+      _usage_error(f'--config {given[0]}: its get_config() returns None, not an '
+                   'ml_collections.ConfigDict (does it end with `return config`?)')
     if 'Traceback (most recent call last)' in str(e):  # The config file's own code raised.
       _usage_error(_config_error(e))
     _usage_error(f'{e} (--helpshort lists the flags)')

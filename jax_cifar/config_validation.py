@@ -184,8 +184,6 @@ def inert_reasons(flat: dict) -> dict[str, str]:
           f"augment.policy is {flat.get('augment.policy')!r}, not 'randaugment'")
   if not (flat.get('augment.mixup_alpha') and flat.get('augment.cutmix_alpha')):
     inert(['augment.switch_prob'], 'it picks between mixup and CutMix when both are on')
-  if not flat.get('augment.crop_padding'):
-    inert(['augment.crop_mode'], 'there is no random crop with augment.crop_padding=0')
   if not flat.get('augment.augmix'):
     inert([f'augment.augmix_{k}' for k in ('severity', 'width', 'depth', 'alpha')],
           'augment.augmix is off')

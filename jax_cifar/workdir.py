@@ -212,10 +212,27 @@ def is_safe_change(key: str, before: Any, after: Any) -> bool:
 _STATE_KEYS = ('model.name', 'model.num_classes', 'model.stem', 'model.width', 'optim.name')
 
 
-def alters_state(key: str, before: Any, after: Any) -> bool:
-  """A change of what the run's checkpoints hold (parameters, optimizer state, an EMA), which no
-  resume can carry over."""
-  return key in _STATE_KEYS or (key == 'ema.decay' and (before == 0) != (after == 0))
+def altered_state(changes: dict[str, tuple[Any, Any]], new: dict) -> list[str]:
+  """The changed keys that alter what the run's checkpoints hold (parameters, the optimizer's
+  state, an EMA), which no resume can carry over; `new` is the launch's flat config (for the
+  values that did not change)."""
+  def value(key, which):  # 0: before, 1: after
+    return changes[key][which] if key in changes else new.get(key)
+
+  def split(which):  # optim.make_optimizer's two parameter groups (optax.multi_transform).
+    return value('optim.backbone_lr_mult', which) != 1.0 or value('optim.freeze_backbone_steps',
+                                                                 which) > 0
+
+  def toggled(key, off):
+    return key in changes and (changes[key][0] == off) != (changes[key][1] == off)
+
+  keys = [k for k in changes if k in _STATE_KEYS]
+  keys += [k for k, off in (('ema.decay', 0), ('optim.grad_clip_norm', 0)) if toggled(k, off)]
+  if new.get('optim.name') == 'sgd' and toggled('optim.momentum', 0):  # (a trace, or none)
+    keys.append('optim.momentum')
+  if split(0) != split(1):
+    keys += [k for k in ('optim.backbone_lr_mult', 'optim.freeze_backbone_steps') if k in changes]
+  return keys
 
 
 def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
@@ -228,9 +245,9 @@ def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
 
 
 def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float,
-                 workdir: str | os.PathLike = 'THIS_RUN') -> list[str]:
+                 workdir: str | os.PathLike, new: dict) -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
-  the keys that may change but deserve a log line."""
+  the keys that may change but deserve a log line. `new`: the launch's flat config."""
   notable, refused = [], []
   for key, (before, after) in changes.items():
     if is_safe_change(key, before, after):
@@ -243,7 +260,7 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
       notable.append(key)
     else:
       refused.append(f'{key} {before!r} -> {after!r}')
-  state = [k for k, (a, b) in changes.items() if alters_state(k, a, b)]
+  state = altered_state(changes, new)
   if refused and state:  # (allow_config_change would only fail at the restore.)
     raise WorkdirError(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '

@@ -407,3 +407,12 @@ def test_resume_takes_a_damaged_steps_intact_copy_and_sets_the_damaged_one_aside
   assert sorted(p.name for p in moved) == ['latest-6', 'latest-9']
   assert not list((workdir / 'checkpoints' / 'latest').iterdir())
   assert (workdir / 'checkpoints' / 'best' / '6').is_dir()
+  # The trainer's resume saves the restored step into latest/ again: a kill before its next save
+  # had found no latest step and started the run over from step 0 (a review).
+  for step in ('9', '6'):
+    shutil.move(workdir / 'checkpoints' / 'damaged' / f'latest-{step}',
+                workdir / 'checkpoints' / 'latest' / step)
+  trainer.train_and_evaluate(_config(6), str(workdir))  # Resumes at 6; trains none.
+  assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == ['6']
+  state, step = checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  assert step == 6 and int(state.step) == 6

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default
+from jax_cifar import atomic_folder
 from jax_cifar.data import cifar100, tfds_source
 from jax_cifar.data.cifar100 import DataError
 
@@ -255,17 +256,21 @@ def test_temps_of_killed_downloads_and_extractions_are_removed_and_live_ones_kep
                         capture_output=True, text=True, check=True).stdout.strip()
   target = tmp_path / 'download'
   target.mkdir()
-  stale_folder = target / f'.cifar-100-python.tmp-{dead}-0123abcd'
+  host = atomic_folder.HOST
+  stale_folder = target / f'.cifar-100-python.tmp-{host}-{dead}-0123abcd'
   stale_folder.mkdir()
   (stale_folder / 'train').write_bytes(b'half')
-  (target / f'.cifar-100-python.tar.gz.tmp-{dead}-4567cdef').write_bytes(b'half a download')
-  live = target / f'.cifar-100-python.tmp-{os.getppid()}-0123abcd'  # pytest's parent: alive.
+  (target / f'.cifar-100-python.tar.gz.tmp-{host}-{dead}-4567cdef').write_bytes(b'half a download')
+  live = target / f'.cifar-100-python.tmp-{host}-{os.getppid()}-0123abcd'  # pytest's parent.
   live.mkdir()
+  # Another host of a multi-host run, extracting into the shared folder: its pid means nothing here.
+  elsewhere = target / f'.cifar-100-python.tmp-{host}x-{dead}-0123abcd'
+  elsewhere.mkdir()
   split = cifar100.load_split(target, 'test', url=f'{url}/cifar-100-python.tar.gz',
                               md5=hashlib.md5(archive.read_bytes()).hexdigest())
   assert len(split) == 20
   assert sorted(p.name for p in target.iterdir()) == sorted(
-      ['cifar-100-python', 'cifar-100-python.tar.gz', live.name])
+      ['cifar-100-python', 'cifar-100-python.tar.gz', live.name, elsewhere.name])
 
 
 def test_incomplete_folder_next_to_an_archive_is_reported_not_overwritten(tmp_path, small_tree):

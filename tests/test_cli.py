@@ -51,6 +51,8 @@ def test_override_value_of_the_wrong_type_is_named(tmp_path):
      'my_config.py: the file defines no get_config()'),
     ('def get_config():\n  return {"seed": 1}\n',  # Had been a traceback (an audit).
      "my_config.py: its get_config() returns a dict, not an ml_collections.ConfigDict"),
+    ('def get_config():\n  return [1]\n', "its get_config() returns a list, not an"),
+    ('def get_config():\n  config = 1\n', 'its get_config() returns None, not an'),
 ])
 def test_config_file_that_does_not_load_is_named(tmp_path, source, expected):
   path = tmp_path / 'my_config.py'

@@ -173,6 +173,14 @@ def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_r
   assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 
+def test_the_crop_padding_mode_is_never_called_ignored():
+  """Without a training crop, `evaluate --tta shifts` still pads with it (a review): it must not
+  be let through a resume as if it did nothing."""
+  flat = workdir_lib.flatten(_config(**{'augment.crop_padding': 0,
+                                        'augment.crop_mode': 'reflect'}).to_dict())
+  assert 'augment.crop_mode' not in config_validation.inert_keys(flat)
+
+
 def test_pretrained_weights_fed_raw_pixels_are_warned_about():
   notes = config_validation.input_notes(_config(**{'model.pretrained': 'w/r50',
                                                     'model.normalize': 'none'}))

@@ -271,14 +271,15 @@ def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, mo
 def test_temp_folders_of_dead_converters_are_removed_and_live_ones_kept(tmp_path):
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
-  pid = dead.stdout.strip()
-  stale = [f'.out.tmp-{pid}-0123abcd', f'.out.tmp-{pid}-0123abcd.old']
-  live = f'.out.tmp-{os.getppid()}-0123abcd'  # pytest's parent is alive: its write goes on
-  other = f'.other.tmp-{pid}-0123abcd'  # another output's
-  for name in stale + [live, other]:
+  pid, host = dead.stdout.strip(), atomic_folder.HOST
+  stale = [f'.out.tmp-{host}-{pid}-0123abcd', f'.out.tmp-{host}-{pid}-0123abcd.old']
+  live = f'.out.tmp-{host}-{os.getppid()}-0123abcd'  # pytest's parent is alive: its write goes on
+  other = f'.other.tmp-{host}-{pid}-0123abcd'  # another output's
+  elsewhere = f'.out.tmp-{host}x-{pid}-0123abcd'  # Another host's: its pid says nothing here.
+  for name in stale + [live, other, elsewhere]:
     (tmp_path / name).mkdir()
   convert.save_converted(_tiny(1.0), 'resnet18', str(tmp_path / 'out'))
-  assert sorted(os.listdir(tmp_path)) == sorted([live, other, 'out'])
+  assert sorted(os.listdir(tmp_path)) == sorted([live, other, elsewhere, 'out'])
 
 
 def _foreign_outputs(tmp_path) -> dict[str, str]:

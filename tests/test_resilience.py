@@ -189,9 +189,12 @@ def test_while_starting_a_first_signal_is_noted_and_a_second_stops_at_once(tmp_p
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop['signal'] == 'SIGTERM'
     with pytest.raises(stopping.StopNow, match='SIGINT again'):  # ... and a second stops at once
-      os.kill(os.getpid(), signal.SIGINT)  # (a long compile or validation had to be waited for).
+      os.kill(os.getpid(), signal.SIGINT)  # (validation or a save had to be waited for).
       for _ in range(100):
         pass
+    os.kill(os.getpid(), signal.SIGINT)  # A third, while stopping (the unwinding, the handlers
+    for _ in range(100):  # given back): no second StopNow, which would escape as a traceback.
+      pass
   finally:
     stopping.restore_handlers(previous)
   assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]

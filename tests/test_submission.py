@@ -178,6 +178,8 @@ def test_validator_takes_every_id_once_in_another_order_and_says_so(tmp_path, ki
   path.write_text('\n'.join(_damage(_expected_lines(), kind)) + '\n')
   summary = submission.check_submission(path, num_images=N)
   assert summary.startswith('OK') and 'another order' in summary and 'by id' in summary
+  inferred = submission.check_submission(path)  # Both notes (the second had replaced the first).
+  assert 'another order' in inferred and 'N from the row count' in inferred, inferred
   path.write_text('\n'.join(_expected_lines()) + '\n')
   assert 'order' not in submission.check_submission(path, num_images=N)
 

@@ -342,6 +342,16 @@ def test_config_changes_lists_differences_with_both_values():
   assert workdir_lib.config_changes(new, new) == {}
 
 
+def _check_resume(changes, **kwargs):
+  """check_resume as relaunch calls it: the launch's flat config is the default one with the
+  changes' new values."""
+  new = workdir_lib.flatten(default.get_config().to_dict())
+  new.update(kwargs.pop('unchanged', {}))
+  new.update({k: after for k, (_, after) in changes.items()})
+  return workdir_lib.check_resume(changes, workdir=kwargs.pop('workdir', 'runs/a'), new=new,
+                                  **kwargs)
+
+
 def test_check_resume_lets_safe_keys_pass_silently():
   changes = {'train.max_steps': (2, 3), 'train.log_every_steps': (1, 5), 'wandb.mode': (
       'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b'),
@@ -349,7 +359,7 @@ def test_check_resume_lets_safe_keys_pass_silently():
       'model.pretrained': ('weights/resnet50', '/scratch/weights/resnet50'),
       'model.init_from': ('', 'runs/other'),
       'data.source': ('local', 'tfds')}  # Where the data lives: the same images, same order.
-  assert workdir_lib.check_resume(changes, allow=False, epoch=1.0) == []
+  assert _check_resume(changes, allow=False, epoch=1.0) == []
 
 
 @pytest.mark.parametrize('key, before, after', [
@@ -361,47 +371,59 @@ def test_check_resume_lets_safe_keys_pass_silently():
 def test_check_resume_refuses_trajectory_changes_unless_allowed(key, before, after):
   changes = {key: (before, after), 'train.max_steps': (2, 3)}
   with pytest.raises(workdir_lib.WorkdirError, match=rf'{key} {before!r} -> {after!r}'):
-    workdir_lib.check_resume(changes, allow=False, epoch=1.0)
-  assert workdir_lib.check_resume(changes, allow=True, epoch=1.0) == [key]
+    _check_resume(changes, allow=False, epoch=1.0)
+  assert _check_resume(changes, allow=True, epoch=1.0) == [key]
 
 
 @pytest.mark.parametrize('key, before, after, way', [
     ('ema.decay', 0.0, 0.9, 'init_from=runs/a'), ('ema.decay', 0.99, 0.0, 'init_from=runs/a'),
     ('optim.name', 'adamw', 'sgd', 'init_from=runs/a'),
     ('model.num_classes', 100, 10, 'init_from=runs/a'),  # A new head: init_from takes it.
-    ('model.width', 8, 16, 'a different model starts a new run in a fresh --workdir')])
+    ('model.width', 8, 16, 'a different model starts a new run in a fresh --workdir'),
+    # The optimizer's state gains or loses a part (a review): a clipping step, two parameter
+    # groups (optax.multi_transform).
+    ('optim.grad_clip_norm', 1.0, 0.0, 'init_from=runs/a'),
+    ('optim.backbone_lr_mult', 1.0, 0.1, 'init_from=runs/a'),
+    ('optim.freeze_backbone_steps', 0, 100, 'init_from=runs/a')])
 def test_a_refused_change_of_what_checkpoints_hold_names_the_way_that_works(key, before, after,
                                                                              way):
   """Such a change had been told to pass allow_config_change, which then failed at the restore
   with "cannot carry over" (an audit)."""
   with pytest.raises(workdir_lib.WorkdirError) as e:
-    workdir_lib.check_resume({key: (before, after), 'optim.lr': (0.1, 0.2)}, allow=False,
+    _check_resume({key: (before, after), 'optim.lr': (0.1, 0.2)}, allow=False,
                              epoch=1.0, workdir='runs/a')
   message = str(e.value)
   assert f'{key} {before!r} -> {after!r}' in message and 'optim.lr 0.1 -> 0.2' in message
   assert f'{key} changes what the run\'s checkpoints hold' in message and way in message, message
   assert 'pass --config.train.allow_config_change' not in message, message
-  with pytest.raises(workdir_lib.WorkdirError, match='allow_config_change=true to apply'):
-    workdir_lib.check_resume({'ema.decay': (0.9, 0.99)}, allow=False, epoch=1.0)  # Same state.
+  for same_state in ({'ema.decay': (0.9, 0.99)}, {'optim.grad_clip_norm': (1.0, 2.0)},
+                     {'optim.backbone_lr_mult': (0.1, 0.2)},
+                     {'optim.backbone_lr_mult': (0.1, 1.0), 'optim.freeze_backbone_steps': (0, 5)},
+                     {'optim.momentum': (0.9, 0.0)}):  # (AdamW's: inert.)
+    with pytest.raises(workdir_lib.WorkdirError, match='allow_config_change=true to apply'):
+      _check_resume(same_state, allow=False, epoch=1.0)
+  with pytest.raises(workdir_lib.WorkdirError, match='optim.momentum changes what'):  # SGD's trace.
+    _check_resume({'optim.momentum': (0.9, 0.0)}, allow=False, epoch=1.0,
+                  unchanged={'optim.name': 'sgd'})
 
 
 def test_check_resume_names_every_refused_key():
   changes = {'optim.lr': (0.1, 0.2), 'model.name': ('resnet18', 'resnet34')}
   with pytest.raises(workdir_lib.WorkdirError) as e:
-    workdir_lib.check_resume(changes, allow=False, epoch=0.5)
+    _check_resume(changes, allow=False, epoch=0.5)
   assert 'optim.lr 0.1 -> 0.2' in str(e.value)
   assert "model.name 'resnet18' -> 'resnet34'" in str(e.value)
 
 
 def test_check_resume_num_epochs_may_grow_but_not_end_before_the_current_epoch():
-  assert workdir_lib.check_resume({'train.num_epochs': (2, 3)}, allow=False, epoch=1.5) == [
+  assert _check_resume({'train.num_epochs': (2, 3)}, allow=False, epoch=1.5) == [
       'train.num_epochs']
-  assert workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=1.5) == [
+  assert _check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=1.5) == [
       'train.num_epochs']  # Shorter, but still ahead of the run: a notable change.
   with pytest.raises(workdir_lib.WorkdirError, match='already at epoch 2.50'):
-    workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=2.5)
+    _check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=2.5)
   with pytest.raises(workdir_lib.WorkdirError, match='already at epoch'):
-    workdir_lib.check_resume({'train.num_epochs': (3, 2)}, allow=True, epoch=2.5)
+    _check_resume({'train.num_epochs': (3, 2)}, allow=True, epoch=2.5)
 
 
 def test_keys_added_since_an_older_run_count_as_their_defaults():

@@ -170,10 +170,11 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
   except OSError as e:
     if not e.errno:  # gzip's BadGzipFile: the archive.
       raise DataError(f'{archive}: corrupt or truncated archive ({type(e).__name__}: {e})') from None
-    raise DataError(  # A full disk is the disk's fault, not the archive's (an audit).
+    full = e.errno in errors.DISK_FULL  # The disk's fault, not the archive's (an audit).
+    raise DataError(
         f'{archive}: cannot extract it into {archive.parent} '
-        f'({errors.os_reason(e.errno, e.strerror or str(e))}); free space there, or extract it '
-        f'elsewhere (tar -xf {archive} -C DIR) and point data.dir to DIR') from None
+        f'({errors.os_reason(e.errno, e.strerror or str(e))}); {"free space there, or " if full else ""}'
+        f'extract it elsewhere (tar -xf {archive} -C DIR) and point data.dir to DIR') from None
   except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
     problem = f'{type(e).__name__}: {e}'
     raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({problem})') from None
@@ -204,7 +205,8 @@ def find_or_fetch(
     if (data_dir / name).is_file():
       return extract_archive(data_dir / name)
   below = sorted(p.parent for name in (FOLDER, *ARCHIVES) for p in data_dir.glob(f'*/{name}')
-                 if _is_cifar_folder(p) or p.is_file()) if data_dir.is_dir() else []
+                 if not p.parent.name.startswith('.') and (_is_cifar_folder(p) or p.is_file())
+                 ) if data_dir.is_dir() else []  # (Not a hidden temp of an extraction.)
   if below:  # One level too high: not a download into the wrong folder (an audit).
     raise DataError(f'{data_dir}: no {FOLDER}/ or {"/".join(ARCHIVES)} here, but {below[0]} '
                     f'holds one: give {below[0]} as the data folder')

@@ -4,6 +4,7 @@ official files' order so that splits and subsets match `source='local'`; never d
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -98,12 +99,16 @@ def check_data_dir(data_dir: str) -> None:
 
 def raise_if_damaged(where: str, e: Exception) -> None:
   """DataError naming the build to remove when tfds could not even open a cifar100 build that is
-  there (a cut dataset_info.json): preparing again would fail the same way."""
+  there because its dataset_info.json does not parse (cut short): preparing again would fail the
+  same way. Other failures are left to the caller."""
   if '://' in where:
     return
-  built = sorted(p.parent for p in pathlib.Path(where).expanduser().glob('cifar100/*/dataset_info.json'))
-  if built:
-    reason = ' '.join(str(e).split())[:200]
-    raise DataError(f'tfds cifar100 in {built[-1]} is damaged ({type(e).__name__}: {reason}): '
-                    f'remove {built[-1]} and run `python -m jax_cifar.data.prepare_tfds '
-                    f'--data_dir={where}` again') from None
+  for info in pathlib.Path(where).expanduser().glob('cifar100/*/dataset_info.json'):
+    try:
+      json.loads(info.read_text())
+    except (OSError, ValueError):
+      built = info.parent
+      reason = ' '.join(str(e).split())[:200]
+      raise DataError(f'tfds cifar100 in {built} is damaged ({type(e).__name__}: {reason}): '
+                      f'remove {built} and run `python -m jax_cifar.data.prepare_tfds '
+                      f'--data_dir={where}` again') from None

@@ -247,7 +247,7 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
   note = '' if in_order else (' (rows in another order than distortion, severity, index; Kaggle '
                               'pairs rows with answers by id, so it scores the same)')
   if inferred and per != KAGGLE_IMAGES:
-    note = (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
+    note += (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
             'pass --ood_dir or --num_images to check the count)')
   return (f'OK: {path}: {len(rows)} rows = {ood.NUM_DISTORTIONS} distortions x '
           f'{ood.SEVERITIES} severities x {per} images{note}')

@@ -51,7 +51,8 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
           '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder)')
     return changes
   notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
-                                     epoch=start_step / steps_per_epoch, workdir=workdir)
+                                     epoch=start_step / steps_per_epoch, workdir=workdir,
+                                     new=workdir_lib.flatten(new))
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])

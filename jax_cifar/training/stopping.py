@@ -48,11 +48,11 @@ def install_handlers() -> tuple[dict, dict]:
             + ('this step (send it again to stop at once, without saving).' if single else
                'the next log step.'))
         return
-      if single:  # A long compile, validation or save need not be waited for (an audit).
-        say(f'Received {name} again: stopped at once, without saving; relaunch to resume from the '
-            'last saved checkpoint.')
+      if single and flag['training_signals'] == 2:  # Validation or a long run of steps need not
+        say(f'Received {name} again: stopping now, without saving this step (a save under way '  # be
+            'is finished); relaunch to resume from the last saved checkpoint.')  # waited for.
         raise StopNow(f'{name} again')
-      return
+      return  # (A third: already stopping.)
     if first or not single:  # Several processes stop together, at the check.
       say(f'Received {name} while starting: the run stops before its first step'
           + (' (send it again to stop at once).' if single else '.'))

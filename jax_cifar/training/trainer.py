@@ -233,6 +233,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         raise
       raise error from e
     ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
+    # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
+    # a kill before the next save would find no latest step and start the run over (a review).
+    ckpts.save_latest(state, step)
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
   interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
