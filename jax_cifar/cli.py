@@ -228,6 +228,22 @@ def quiet_libraries() -> None:
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
 
 
+class AboveProgressBars:
+  """The stream of absl's log lines: each written with tqdm.write, on a line of its own above any
+  progress bar (a warning during training had been glued to the bar's line; an audit)."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> None:
+    import tqdm  # pylint: disable=import-outside-toplevel
+    for line in text.rstrip('\n').split('\n'):
+      tqdm.tqdm.write(line, file=self._stream)
+
+  def __getattr__(self, name):  # flush, fileno, isatty, ...
+    return getattr(self._stream, name)
+
+
 HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
@@ -235,6 +251,9 @@ def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` with the parsing above; asked for help, the status is 0 (absl's is 1,
   which scripts read as a failure)."""
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
+  handler = logging.get_absl_handler().python_handler
+  if not isinstance(handler.stream, AboveProgressBars):
+    handler.stream = AboveProgressBars(handler.stream)
   try:
     app.run(main, flags_parser=parse_flags)
   except SystemExit as e:

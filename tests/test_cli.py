@@ -304,3 +304,20 @@ def test_help_exits_0_and_names_the_packaged_configs(module):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and '--workdir' in out.stdout + out.stderr, out.stderr[-2000:]
   assert 'jax_cifar:NAME' in out.stdout + out.stderr
+
+
+def test_log_lines_are_written_above_a_progress_bar_not_glued_to_it():
+  """absl's warnings during training (e.g. '3 updates skipped') had been written after the bar's
+  text on the bar's own line (an audit)."""
+  import io  # pylint: disable=import-outside-toplevel
+  import tqdm  # pylint: disable=import-outside-toplevel
+  out = io.StringIO()
+  stream = cli.AboveProgressBars(out)
+  with tqdm.tqdm(total=3, file=out, mininterval=0, desc='train') as bar:
+    bar.update(1)
+    stream.write('W1203 trainer.py:1] 3 updates skipped so far.\n')
+    bar.update(1)
+  text = out.getvalue()
+  before, after = text.split('W1203 trainer.py:1] 3 updates skipped so far.')
+  assert 'train' in before and before.endswith('\r'), repr(before[-80:])  # The bar was cleared.
+  assert after.startswith('\n') and 'train' in after, repr(after[:80])  # ... and drawn again.
