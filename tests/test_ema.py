@@ -115,7 +115,7 @@ def _with_max_steps(n):
   return c
 
 
-def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path):
+def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path, caplog):
   c = _config(decay=0.5, warmup_power=0.0)
   c.checkpoint.best_weights = 'ema'
   result = trainer.train_and_evaluate(c, str(tmp_path))
@@ -136,6 +136,13 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path):
   expected = 'ema' if best['val_accuracy_ema'] > best['val_accuracy'] else 'raw'
   assert out['weights'] == expected and (tmp_path / 'eval_best_auto.json').exists()
   assert out['val_accuracy'] == pytest.approx(best[f"val_accuracy{'_ema' if expected == 'ema' else ''}"])
+  # Relaunched with the other choice: allowed, and said that the kept best is not re-ranked.
+  c.checkpoint.best_weights = 'raw'
+  with caplog.at_level('WARNING'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert any("checkpoint.best_weights 'ema' -> 'raw'" in r.getMessage()
+             and "chosen by the ema weights' val_accuracy" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path):

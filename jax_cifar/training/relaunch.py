@@ -56,6 +56,12 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
+  if 'checkpoint.best_weights' in changes:  # Safe to change, but the kept best is not re-ranked.
+    logging.warning("Resuming with checkpoint.best_weights %r -> %r: the kept 'best' checkpoint "
+                    'was chosen by the %s weights\' val_accuracy, and a later step replaces it '
+                    'only if its %s weights score higher than that.',
+                    *changes['checkpoint.best_weights'], changes['checkpoint.best_weights'][0],
+                    changes['checkpoint.best_weights'][1])
   if 'train.num_epochs' in notable:
     old_optim = config.optim.copy_and_resolve_references()
     for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
