@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, workdir
+from jax_cifar import checkpoints, errors, step_folders, workdir
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -37,7 +37,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   """
   if weights not in checkpoints.READ_WEIGHTS:
     raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
-  checkpoint = checkpoints.kept_step_folder(run_dir, checkpoint, ValueError) or checkpoint
+  checkpoint = step_folders.kept_step_folder(run_dir, checkpoint, ValueError) or checkpoint
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
     why = ' (no such folder)' if isinstance(checkpoint, (str, pathlib.Path)) else ''

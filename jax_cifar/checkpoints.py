@@ -18,39 +18,13 @@ from absl import logging
 
 from jax_cifar import errors, parallel
 from jax_cifar import workdir as workdir_lib
+# CheckpointError and StructureMismatch are also this module's (checkpoints.CheckpointError).
+from jax_cifar.step_folders import (CheckpointError, Damaged, StructureMismatch,  # pylint: disable=unused-import
+                                    one_line, restore_step, restore_twin)
 
 
 WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
 READ_WEIGHTS = (*WEIGHTS, 'auto')  # evaluate --weights / load_model: 'auto' picks on validation.
-
-# Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
-_REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
-# tensorstore's status codes for a file it cannot decode or find (as a ValueError, like a
-# mismatch): NOT_FOUND is an array file missing from the step (a partly copied run folder).
-_UNREADABLE = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND')
-
-
-class CheckpointError(errors.UserError):
-  """A checkpoint exists but cannot be restored into this run's model/optimizer."""
-
-
-class StructureMismatch(CheckpointError):
-  """A step's complete files hold another train state (model, optimizer state or EMA) than the
-  one restored into; `step_dir` and `detail` (orbax's first line) let callers say why."""
-
-  def __init__(self, step_dir: pathlib.Path, detail: str):
-    self.step_dir, self.detail = step_dir, detail
-    super().__init__(f'checkpoint {step_dir} does not match this config\'s model or optimizer (a '
-                     f'different model.name/width/num_classes?): {detail}')
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-  """First line of an error, shortened in the middle: storage errors put the cause at the end."""
-  text = str(e).splitlines()[0] if str(e) else type(e).__name__
-  cause = re.search(r"([^:\"]*?)\s*\[os_error_code='?(\d+)'?\]", text)  # tensorstore's OS error.
-  if cause:
-    return f'{text[:100]} ... {cause.group(1).strip()} (errno {cause.group(2)})'
-  return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
 
 
 def _errno(e: BaseException) -> int | None:
@@ -65,16 +39,9 @@ def _errno(e: BaseException) -> int | None:
   return None
 
 
-def _root_cause(e: BaseException) -> str:
-  """The innermost message of an exception chain (tensorstore wraps the file's error twice)."""
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
-  return _one_line(e, 240)
-
-
 def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointError:
   code = _errno(e)
-  cause = _one_line(e) if code is None else errors.os_reason(code, os.strerror(code))
+  cause = one_line(e) if code is None else errors.os_reason(code, os.strerror(code))
   after = 'earlier checkpoints are kept' if kept else 'there is no earlier one there'
   return CheckpointError(f'saving {what} failed: {cause}; {after}')
 
@@ -246,11 +213,11 @@ class Checkpoints:
     damaged, twin_used = [], False
     for step in steps:
       try:
-        restored = _restore_step(
+        restored = restore_step(
             manager.directory / str(step),
             lambda step=step: manager.restore(step, args=ocp.args.StandardRestore(abstract)))
-      except _Damaged as e:
-        restored = _restore_twin(manager.directory / str(step), abstract, e)
+      except Damaged as e:
+        restored = restore_twin(manager.directory / str(step), abstract, e)
         if restored is None:
           damaged.append(f'step {step} ({e})')
           continue
@@ -323,102 +290,3 @@ def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
   return found
 
 
-class _Damaged(Exception):
-  """A step folder whose files are missing or unreadable (the message says which)."""
-
-
-def _restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
-  """Runs `restore_fn` for one step folder, sorting failures: _Damaged (missing or unreadable
-  files) or CheckpointError (complete files of another model/optimizer structure)."""
-  missing = [f for f in _REQUIRED_FILES if not (step_dir / f).exists()]
-  if missing:
-    raise _Damaged(f'missing {", ".join(missing)}')
-  errors.drop_library_noise()  # A failed read's leftovers print pages, some during the restore.
-  try:
-    return restore_fn()
-  except (ValueError, KeyError, TypeError) as e:
-    if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # A file is cut.
-      raise _Damaged(f'unreadable file: {_one_line(e, 240)}') from e
-    raise StructureMismatch(step_dir, str(e).splitlines()[0]) from e  # Complete files, another tree.
-  except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
-    raise _Damaged(_root_cause(e)) from e
-
-
-def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
-  """WORKDIR's folder of a step number: in checkpoints/latest, else in checkpoints/best (latest's
-  path when it is in neither, for restore_path's 'does not exist')."""
-  folders = [pathlib.Path(workdir, 'checkpoints', kind, str(step)) for kind in ('latest', 'best')]
-  return next((f for f in folders if f.is_dir()), folders[0])
-
-
-def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
-                     error: type[Exception] = CheckpointError) -> str | None:
-  """The folder of the step `checkpoint` names (an int, a numpy int or a digit string), None when
-  it names no step ('best', 'latest', a path); `error` when the run kept no such step."""
-  if isinstance(checkpoint, bool) or not (isinstance(checkpoint, (int, np.integer)) or (
-      isinstance(checkpoint, str) and checkpoint.isdigit())):
-    return None
-  folder = step_folder(workdir, int(checkpoint))
-  if not folder.is_dir():
-    raise error(f'checkpoint {checkpoint}: {workdir} kept no step {int(checkpoint)} (in '
-                'checkpoints/latest or checkpoints/best)')
-  return str(folder)
-
-
-def restore_path(path: str | pathlib.Path, target: Any) -> Any:
-  """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
-  into the structure of `target`, with the same damage and mismatch checks as a run's steps."""
-  path = pathlib.Path(path).absolute()
-  step_dir = path.parent if path.name == 'default' else path
-  if not step_dir.is_dir():
-    raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, a step '
-                          'number or a step folder, e.g. WORKDIR/checkpoints/best/12)')
-  steps = sorted((int(p.name) for p in step_dir.iterdir() if p.name.isdigit() and p.is_dir()),
-                 reverse=True)
-  if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
-    raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '
-                          f'checkpoint: give one of them, e.g. {step_dir / str(steps[0])}')
-  if not any((step_dir / name).exists() for name in ('default', '_CHECKPOINT_METADATA')):
-    # Nothing of a step at all (a run folder, checkpoints/, converted weights): not "damaged".
-    hint = (' (converted torchvision weights: give them as model.pretrained)'
-            if (step_dir / 'metadata.json').exists() and (step_dir / 'state').is_dir() else '')
-    raise CheckpointError(f'{path} is not a checkpoint step folder{hint}: give best, latest, a '
-                          'step number or a step folder, e.g. WORKDIR/checkpoints/best/12')
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  try:
-    return _restore_folder(step_dir, abstract)
-  except _Damaged as e:
-    restored = _restore_twin(step_dir, abstract, e)
-    if restored is None:
-      raise CheckpointError(f'damaged checkpoint {step_dir}: {e} (nothing was deleted)') from e
-    return restored
-
-
-def _restore_folder(step_dir: pathlib.Path, abstract: Any) -> Any:
-  return _restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(
-      step_dir / 'default', abstract))
-
-
-def _restore_twin(step_dir: pathlib.Path, abstract: Any, damage: _Damaged) -> Any | None:
-  """The same step from the other of checkpoints/latest and checkpoints/best (the trainer saves
-  the same state into each), for a damaged `step_dir`; None when there is no intact twin."""
-  twin = _twin_step_folder(step_dir)
-  if twin is None:
-    return None
-  try:
-    restored = _restore_folder(twin, abstract)
-  except _Damaged:
-    return None
-  logging.warning('Damaged checkpoint %s (%s), kept as it is; restored the same step from %s.',
-                  step_dir, damage, twin)
-  return restored
-
-
-def _twin_step_folder(step_dir: pathlib.Path) -> pathlib.Path | None:
-  """WORKDIR/checkpoints/best/N for WORKDIR/checkpoints/latest/N and the other way round, when the
-  run kept that step in both (the trainer saves the same state into each); else None."""
-  kinds = {'latest': 'best', 'best': 'latest'}
-  if step_dir.parent.name not in kinds or step_dir.parent.parent.name != 'checkpoints':
-    return None
-  twin = step_dir.parent.parent / kinds[step_dir.parent.name] / step_dir.name
-  return twin if twin.is_dir() else None

@@ -48,7 +48,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, cli, config_validation, errors, interrupt
+from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, step_folders
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel, tracking
@@ -202,7 +202,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
         f'and a submission\'s labels are CIFAR-100\'s 0..{submission.NUM_CLASSES - 1}')
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
-  which = checkpoints.kept_step_folder(workdir, which) or which  # A step number, as load_model.
+  which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, models, optim, parallel, tracking
+from jax_cifar import checkpoints, errors, models, optim, parallel, step_folders, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.augment import pipeline as augment
 
@@ -136,7 +136,7 @@ def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None,
       raise checkpoints.CheckpointError(f'no {which!r} checkpoint in {workdir}/checkpoints')
     state, step = restored
   else:
-    state = checkpoints.restore_path(which, target)
+    state = step_folders.restore_path(which, target)
     step = int(state.step)
   return state, graphdef, step
 
@@ -150,7 +150,7 @@ def parse_init_from(spec: str) -> tuple[str, str]:
                                f'or :STEP (a step number), not :{which}')
     run_dir, which = spec, 'best'
   if which.isdigit():
-    which = str(checkpoints.step_folder(run_dir, int(which)))
+    which = str(step_folders.step_folder(run_dir, int(which)))
   return run_dir, which
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, optim, parallel, tracking
+from jax_cifar import checkpoints, optim, parallel, step_folders, tracking
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
@@ -268,9 +268,9 @@ def test_a_step_number_is_latest_s_folder_else_best_s(tmp_path):
   """load_model(run, N) and model.init_from=RUN:N: a step kept only among the best ones loads too."""
   for kind, step in (('latest', 4), ('best', 4), ('best', 3)):
     (tmp_path / 'checkpoints' / kind / str(step)).mkdir(parents=True)
-  assert checkpoints.step_folder(tmp_path, 4) == tmp_path / 'checkpoints' / 'latest' / '4'
-  assert checkpoints.step_folder(tmp_path, 3) == tmp_path / 'checkpoints' / 'best' / '3'
-  assert checkpoints.step_folder(tmp_path, 9) == tmp_path / 'checkpoints' / 'latest' / '9'  # Neither.
+  assert step_folders.step_folder(tmp_path, 4) == tmp_path / 'checkpoints' / 'latest' / '4'
+  assert step_folders.step_folder(tmp_path, 3) == tmp_path / 'checkpoints' / 'best' / '3'
+  assert step_folders.step_folder(tmp_path, 9) == tmp_path / 'checkpoints' / 'latest' / '9'  # Neither.
   assert state_lib.parse_init_from(f'{tmp_path}:3') == (str(tmp_path), str(tmp_path / 'checkpoints' / 'best' / '3'))
 
 
@@ -380,7 +380,7 @@ def test_a_damaged_step_is_restored_from_its_intact_copy_in_the_other_folder(run
     before = _listing(workdir)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-      step_path = checkpoints.kept_step_folder(workdir, name) or name
+      step_path = step_folders.kept_step_folder(workdir, name) or name
       state, _, step = state_lib.restore(_config(0), workdir, step_path)
     assert step == 6 and _same_tree(state.params, intact.params), name
     assert _same_tree(state.opt_state, intact.opt_state), name

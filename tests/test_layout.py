@@ -75,7 +75,7 @@ def test_the_parser_sees_real_imports():
 @pytest.mark.parametrize('stage', ['data', 'augment', 'models'])
 def test_data_augmentation_and_models_know_nothing_of_runs(stage):
   reached = _closure(_modules(stage))
-  for above in ('state', 'checkpoints', 'workdir', 'evaluation', 'training', 'corruptions',
+  for above in ('state', 'checkpoints', 'step_folders', 'workdir', 'evaluation', 'training', 'corruptions',
                 *ENTRY_POINTS):
     assert not _in(reached, above), (stage, above, sorted(_in(reached, above)))
 

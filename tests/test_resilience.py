@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import checkpoints, config_validation, interrupt, optim, parallel, tracking
+from jax_cifar import config_validation, interrupt, optim, parallel, step_folders, tracking
 from jax_cifar.training import stopping, trainer
 from jax_cifar import state as state_lib
 
@@ -180,11 +180,11 @@ def test_while_starting_a_first_signal_is_noted_and_a_second_stops_at_once(tmp_p
     def stopped():
       raise stopping.StopNow('SIGINT while starting')
     step_dir = tmp_path / 'step'
-    for name in checkpoints._REQUIRED_FILES:  # pylint: disable=protected-access
+    for name in step_folders._REQUIRED_FILES:  # pylint: disable=protected-access
       (step_dir / name).parent.mkdir(parents=True, exist_ok=True)
       (step_dir / name).write_text('')
     with pytest.raises(stopping.StopNow):
-      checkpoints._restore_step(step_dir, stopped)  # pylint: disable=protected-access
+      step_folders.restore_step(step_dir, stopped)  # pylint: disable=protected-access
     stop['starting'] = False  # Once training: a first signal only sets the flag ...
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop['signal'] == 'SIGTERM'
