@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import load_script
+from conftest import load_script, require_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 benchmark = load_script('benchmark')
@@ -16,7 +16,7 @@ batch_fit = benchmark.batch_fit
 
 
 def test_tiny_run_writes_json_with_both_frameworks_and_ratio(tmp_path):
-  pytest.importorskip('torch')
+  require_module('torch')
   out = tmp_path / 'bench.json'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run(
@@ -60,7 +60,7 @@ def test_model_specs_name_configs_or_resnets_with_stem_and_width():
 
 
 def test_torch_twin_has_the_same_parameter_count():
-  pytest.importorskip('torch')
+  require_module('torch')
   from flax import nnx  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from jax_cifar.models import create_model  # pylint: disable=import-outside-toplevel

@@ -45,11 +45,11 @@ def test_adaptation_changes_only_bn_statistics_and_leaves_the_state_alone(small)
   assert jax.tree.structure(adapted) == jax.tree.structure(state.batch_stats)
   kinds = {type(v) for v in jax.tree.leaves(adapted, is_leaf=lambda x: isinstance(x, nnx.Variable))}
   assert kinds == {nnx.BatchStat}, kinds  # Only BatchNorm statistics come back.
-  for new, old in zip(_leaves(adapted), stats_before):
+  for new, old in zip(_leaves(adapted), stats_before, strict=True):
     assert np.abs(new - old).max() > 1e-3  # Every mean and variance was re-estimated.
-  for now, before in zip(_leaves(state.params), params_before):
+  for now, before in zip(_leaves(state.params), params_before, strict=True):
     np.testing.assert_array_equal(now, before)
-  for now, before in zip(_leaves(state.batch_stats), stats_before):
+  for now, before in zip(_leaves(state.batch_stats), stats_before, strict=True):
     np.testing.assert_array_equal(now, before)
 
 

@@ -158,7 +158,7 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
   for path in (step_dir, step_dir / 'default'):
     state, _, step = state_lib.restore(_config(0), run9, str(path))
     assert step == by_name[2] == 9
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(by_name[0].params)):
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(by_name[0].params), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
     state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))

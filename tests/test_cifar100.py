@@ -336,7 +336,7 @@ def test_a_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path, small_tre
   under a random name that nothing reused or removed (a review)."""
   served, url = http_dir
   make_archive(small_tree, served / 'cifar-100-python.tar.gz')
-  tqdm = pytest.importorskip('tqdm')
+  import tqdm  # pylint: disable=import-outside-toplevel  (a dependency)
 
   def interrupted(self, n=1):
     raise KeyboardInterrupt

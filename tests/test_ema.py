@@ -105,7 +105,7 @@ def test_resume_with_ema_matches_uninterrupted_run_bitwise(tmp_path):
   run(split, 10)
   (a, step_a), (b, step_b) = _restored(straight, _config()), _restored(split, _config())
   assert step_a == step_b == 10
-  for x, y in zip(_leaves((a.ema_params, a.ema_batch_stats)), _leaves((b.ema_params, b.ema_batch_stats))):
+  for x, y in zip(_leaves((a.ema_params, a.ema_batch_stats)), _leaves((b.ema_params, b.ema_batch_stats)), strict=True):
     np.testing.assert_array_equal(x, y)
 
 

@@ -192,9 +192,8 @@ def test_sets_not_ready_after_training_give_clean_accuracy_first(monkeypatch, tm
 def test_a_set_not_made_by_its_deadline_is_stopped_and_given_up(tmp_path):
   gpu_ood = load_script('gpu_ood')
   job = subprocess.Popen(['sleep', '60'])
-  t = time.time()
   assert gpu_ood.merge_corrupt([job], tmp_path / 'ood', time.time() - gpu_ood.T0 + 1) is None
-  assert time.time() - t < 10 and job.poll() is not None  # Killed, not waited for.
+  assert job.poll() is not None and job.returncode < 0  # Killed by a signal, not waited for.
   assert not (tmp_path / 'ood' / 'all').exists()
 
 

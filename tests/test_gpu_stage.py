@@ -117,7 +117,7 @@ def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
   r = benchmark.bench_torch_limited(config, 1, 0, 'on', timeout_s=0.5)
   assert r['compiled'] is False and r['compile_timed_out'] is True and r['img_s'] > 0
   assert r['compile_error'] == 'torch.compile run timed out after 0s; fell back to eager'
-  assert 0.5 <= r['compile_attempt_s'] < 10
+  assert r['compile_attempt_s'] >= 0.5  # It waited its limit out (no upper bound: not a timed test).
   row = {'model': 'resnet18:cifar:4', 'dtype': 'float32', 'image_size': 32, 'batch': 8,
          'jax': {}, 'torch': r, 'grad_accum_steps': 1}
   lines = benchmark.table([row]).splitlines()

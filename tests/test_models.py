@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import require_torch
 from jax_cifar.models import MODEL_NAMES, create_model, smallest_width
 
 # sum(p.numel() for p in torchvision.models.<arch>().parameters()), 1000 classes.
@@ -57,8 +58,8 @@ def test_param_count_equals_torchvision(name):
 
 
 def test_param_counts_table_matches_installed_torchvision():
-  torch = pytest.importorskip('torch')
-  models = pytest.importorskip('torchvision.models')
+  torch = require_torch()
+  models = __import__('torchvision.models').models
   with torch.device('meta'):  # shapes only, no initialisation
     for name, count in TORCHVISION_PARAM_COUNTS.items():
       assert sum(p.numel() for p in getattr(models, name)().parameters()) == count, name
@@ -251,7 +252,8 @@ def test_integer_pixels_are_refused_naming_predict(name, dtype):
 def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():
   # ImageNet stem at 32 px: layer4 is 1x1, so a batch of one image gives BatchNorm one value per
   # channel; it would output the bias whatever the image (torch raises for it too).
-  torchvision = pytest.importorskip('torchvision')
+  require_torch()
+  import torchvision  # pylint: disable=import-outside-toplevel
   torch_model = torchvision.models.resnet18(num_classes=10).train()
   with pytest.raises(ValueError, match='more than 1 value per channel'):
     torch_model(__import__('torch').zeros(1, 3, 32, 32))

@@ -397,7 +397,7 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
 
 
 def test_wandb_failing_to_start_degrades_to_metrics_jsonl(tmp_path, monkeypatch, caplog):
-  wandb = pytest.importorskip('wandb')
+  import wandb  # pylint: disable=import-outside-toplevel  (a dependency)
 
   def broken_init(*args, **kwargs):
     raise RuntimeError('wandb backend unreachable')

@@ -199,17 +199,19 @@ def test_a_tfds_data_dir_too_deep_or_missing_is_named_not_built_into(tfds_dir, m
   """The dataset's own folder (cifar100/ or cifar100/3.0.2/) had been told to run prepare_tfds
   there, which builds a nested second copy; a typo had been told the same; '~/...' was not
   expanded, though prepare_tfds expands it (an audit)."""
-  for deep in (tfds_dir / 'cifar100', tfds_dir / 'cifar100' / '3.0.2'):
+  data_dir = tmp_path / 'tfds'  # A copy: a regressed guard would build into it, not the fixture.
+  shutil.copytree(tfds_dir, data_dir)
+  for deep in (data_dir / 'cifar100', data_dir / 'cifar100' / '3.0.2'):
     for read in (lambda d: tfds_source.load_tfds('test', d),
                  lambda d: prepare_tfds.prepare(d, str(manual_dir))):
-      with pytest.raises(cifar100.DataError,
-                         match=f"is the prepared dataset's own folder, .*: give {tfds_dir}$"):
+      with no_network(), pytest.raises(
+          cifar100.DataError, match=f"is the prepared dataset's own folder, .*: give {data_dir}$"):
         read(str(deep))
   with pytest.raises(cifar100.DataError, match=f'tfds data_dir {tmp_path / "typo"} does not exist'):
     tfds_source.load_tfds('test', str(tmp_path / 'typo'))
   assert not (tmp_path / 'typo').exists()
-  monkeypatch.setenv('HOME', str(tfds_dir.parent))
-  home = tfds_source.load_tfds('test', f'~/{tfds_dir.name}')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  home = tfds_source.load_tfds('test', '~/tfds')
   np.testing.assert_array_equal(home.labels, tfds_source.load_tfds('test', str(tfds_dir)).labels)
 
 

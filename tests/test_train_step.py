@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import require_module
 from jax_cifar.configs import default
 from jax_cifar import optim
 from jax_cifar.augment import mixing
@@ -44,7 +45,7 @@ def test_mixup_with_label_smoothing_targets_sum_to_one_and_loss_matches_numpy():
 @pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.35])
 def test_label_smoothing_loss_equals_torch_cross_entropy_with_label_smoothing(smoothing):
   """smooth_one_hot follows torch's convention: (1 - a) * one_hot + a / K over all K classes."""
-  torch = pytest.importorskip('torch')
+  torch = require_module('torch')
   rng = np.random.default_rng(1)
   labels = rng.integers(0, 100, size=32)
   logits = rng.normal(size=(32, 100)).astype(np.float32) * 3

@@ -499,3 +499,26 @@ def test_a_launch_row_after_a_torn_one_is_a_line_of_its_own(tmp_path):
                        timeout=120)
   assert out.stdout.strip() == f'{tmp_path / "launches.jsonl"}: File too large (disk full)', (
       out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'sgd'])
+def test_a_resume_lets_a_key_its_optimizer_ignores_change_and_refuses_one_it_uses(tmp_path,
+                                                                                 optimizer):
+  """The relaunch's own comparison (relaunch.check_config_change drops keys that do nothing under
+  both launches' configs): AdamW's run had been refused a resume for optim.momentum 0.9 -> 0.5,
+  which AdamW ignores; under SGD it is refused, naming that it changes the optimizer's state
+  only when momentum goes to or from 0."""
+  from jax_cifar.training import relaunch  # pylint: disable=import-outside-toplevel
+  before = default.get_config()
+  before.optim.name = optimizer
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(before.to_dict(), default=str))
+  for momentum in (0.5, 0.0):
+    after = default.get_config()
+    after.optim.name, after.optim.momentum = optimizer, momentum
+    if optimizer == 'adamw':
+      assert relaunch.check_config_change(after, tmp_path, 5, 10, 100) == {}
+      continue
+    with pytest.raises(workdir_lib.WorkdirError) as e:
+      relaunch.check_config_change(after, tmp_path, 5, 10, 100)
+    assert f'optim.momentum 0.9 -> {momentum}' in str(e.value)
+    assert ("changes what the run's checkpoints hold" in str(e.value)) == (momentum == 0.0)
