@@ -7,9 +7,9 @@
   python scripts/benchmark.py --models configs/resnet152.py --dtypes float32,bfloat16 \
       --find_batch_size --analysis_only --mem_cap_gb 16   # what fits a 16 GB GPU (compiles only)
 
-A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, `resnet34`, ...
-from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`)
-takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above. Without
+A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, `resnet50_transfer`, `ood_best`, ...
+from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`,
+also `resnet34`: give configs/resnet34.py for that recipe) takes the default recipe, the cifar stem at <= 64 px and the ImageNet stem above. Without
 --image_size a config keeps its own size (224 for configs/resnet152.py). The JAX step is the
 trainer's own (`state.init_state` + `trainer.compile_train_step`: on-device crop/flip, resize,
 label smoothing, clip -> AdamW); PyTorch gets the same model, AdamW, clipping and label smoothing (channels_last, autocast for bfloat16, `torch.compile` on GPU with an eager
@@ -49,6 +49,7 @@ def _sibling(name: str):
 
 
 batch_fit = _sibling('batch_fit')
+bench_args = _sibling('bench_args')
 hostinfo = _sibling('hostinfo')
 bench_jax, is_oom = _sibling('jax_step').bench_jax, _sibling('jax_step').is_oom
 bench_torch, torch_model = _sibling('torch_step').bench_torch, _sibling('torch_step').torch_model
@@ -393,6 +394,7 @@ def main(argv=None) -> int:
   for name, least in (('repeat', 1), ('steps', 1), ('warmup', 0)):
     if getattr(args, name) < least:
       raise SystemExit(f'error: --{name} must be at least {least}, got {getattr(args, name)}')
+  bench_args.check(args, make_config, recipe_config, _csv)  # Before anything is measured.
   import jax  # pylint: disable=import-outside-toplevel
   if args.cache_dir:
     from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
@@ -432,7 +434,8 @@ def main(argv=None) -> int:
     result['memory_note'] = memory_note(jax.default_backend(), args.analysis_only)
     print(result['memory_note'])
   _write(args.out, result)
-  errors = [r for r in result['rows'] if any('error' in r.get(f, {}) for f in ('jax', 'torch'))]
+  errors = [r for r in result['rows'] if 'error' in r.get('jax', {}) or (  # (simple_cnn: no twin.)
+      'error' in r.get('torch', {}) and 'no torchvision twin' not in r['torch']['error'])]
   return 1 if errors and len(errors) == len(result['rows']) else 0
 
 

@@ -34,6 +34,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+KNOWN_PARTS=" versions parity_tests bench_r18 bench_r50 bench_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best "
+for p in ${PARTS:-}; do  # A mistyped part had run nothing and exited 0 with an empty summary.
+  if [[ "$KNOWN_PARTS" != *" $p "* ]]; then
+    echo "error: PARTS names an unknown part '$p'; the parts are:$KNOWN_PARTS" >&2
+    exit 2
+  fi
+done
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXX)

@@ -343,6 +343,11 @@ def main():
   save()
   result['train'] = train(args, work / 'run', overrides)
   save()
+  if result['train']['rc'] not in (0, 75) and not (work / 'run' / 'checkpoints').is_dir():
+    # Nothing to evaluate (it had gone on, to a WorkdirError traceback; a review).
+    stop_jobs([j for js in jobs.values() for j in js] + full_jobs)
+    raise SystemExit(f'error: training failed (rc {result["train"]["rc"]}) before its first '
+                     f'checkpoint; its last lines are above, all of it in {work / "train.log"}')
   @functools.cache  # Each set waited for once, however many tools read it.
   def made(split: str):  # This run's set of `split` ('full': the full set), or --ood_from's.
     name = OOD_FOLDERS.get(split, 'ood_full')

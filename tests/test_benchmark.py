@@ -210,6 +210,38 @@ def test_analysis_only_plan_of_a_real_model_is_consistent_with_its_measurements(
   assert mem(recipe, n) < mem(recipe, 1)
   assert all(t['memory_parts']['temp'] > 0 for t in p['tried'])
   assert 'XLA:CPU' in benchmark.memory_note('cpu', True)
+  # XLA counts the accumulation loop's body once: an accumulating step's FLOPs (and so its
+  # TFLOP/s and MFU) are left out, not reported 1/n as large (a review).
+  for (_, accum, _), out in seen.items():
+    assert (out['step_flops'] is None) == (accum > 1), (accum, out['step_flops'])
+    if accum > 1:
+      assert out['flops_source'].startswith('not counted')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--frameworks', 'pytorch'], '--frameworks takes jax and/or torch'),
+    (['--batch', '8,x'], '--batch takes a comma list of integers'),
+    (['--batch', '0'], "--models smoke: config key 'train.batch_size' must be in"),
+    (['--image_size', '8'], "config key 'model.image_size' must be in"),
+    (['--grad_accum_steps', '0'], "config key 'train.grad_accum_steps' must be in"),
+    (['--dtypes', 'float16'], "config key 'model.dtype' must be one of"),
+    (['--models', 'smoke,nosuch'], "--models nosuch: unknown model spec 'nosuch'"),
+    (['--find_batch_size', '--mem_cap_gb', '-1'], '--mem_cap_gb must be positive'),
+    (['--find_batch_size', '--find_start', '64', '--find_max', '8'], '--find_start (64) must'),
+    (['--compiler_options', 'notjson'], '--compiler_options takes a JSON object'),
+    (['--torch_compile_timeout_s', '-5'], '--torch_compile_timeout_s must be 0'),
+])
+def test_a_command_line_mistake_is_one_error_before_anything_is_measured(tmp_path, argv,
+                                                                          message):
+  """Each had measured first and then ended in a traceback, or ran and reported nonsense (a
+  review: 0 img/s at batch 0, JAX in float16 against PyTorch in float32)."""
+  with pytest.raises(SystemExit) as e:
+    benchmark.main(['--models', 'smoke', '--steps', '1', '--warmup', '0', '--out',
+                    str(tmp_path / 'b.json'), *argv])
+  assert str(e.value).startswith('error: ') and message in str(e.value), str(e.value)
+  assert '\n' not in str(e.value) and not (tmp_path / 'b.json').exists()
+  with pytest.raises(SystemExit, match='is a folder; give a file name'):
+    benchmark.main(['--models', 'smoke', '--out', str(tmp_path)])
 
 
 def test_step_flops_prefer_the_lowered_program_and_mfu_needs_a_known_peak():

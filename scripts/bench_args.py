@@ -1,0 +1,73 @@
+"""benchmark.py's command line checked before anything is measured: a mistake is one `error:`
+line at once, not a traceback (or a silently ignored flag) after minutes of measuring."""
+
+import json
+import os
+import pathlib
+
+FRAMEWORKS = ('jax', 'torch')
+
+
+def _fail(message: str):
+  raise SystemExit(f'error: {message}')
+
+
+def _ints(args, name: str, csv) -> list[int]:
+  try:
+    return csv(getattr(args, name), int)
+  except ValueError:
+    _fail(f'--{name} takes a comma list of integers, got {getattr(args, name)!r}')
+
+
+def _check_out(path: str) -> None:
+  """--out is written after every row: a path that cannot take it is said before the first."""
+  out = pathlib.Path(path)
+  if out.is_dir():
+    _fail(f'--out {path} is a folder; give a file name, e.g. {out / "bench.json"}')
+  parent = out.absolute().parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir() or not os.access(parent, os.W_OK):
+    _fail(f'--out {path}: cannot create files in {parent}')
+
+
+def check(args, make_config, recipe_config, csv) -> None:
+  """SystemExit('error: ...') for the first mistake; every model spec x size x dtype x batch x
+  accumulation must make a config the trainer accepts (config_validation)."""
+  from jax_cifar import config_validation  # pylint: disable=import-outside-toplevel
+  frameworks = csv(args.frameworks)
+  if not frameworks or set(frameworks) - set(FRAMEWORKS):
+    _fail(f'--frameworks takes {" and/or ".join(FRAMEWORKS)} (a comma list), got '
+          f'{args.frameworks!r}')
+  batches, accums, sizes = (_ints(args, n, csv) for n in ('batch', 'grad_accum_steps',
+                                                          'image_size'))
+  if args.mem_cap_gb < 0:
+    _fail(f'--mem_cap_gb must be positive (GiB), got {args.mem_cap_gb}')
+  if args.find_batch_size and not 1 <= args.find_start <= args.find_max:
+    _fail(f'--find_start ({args.find_start}) must be at least 1 and at most --find_max '
+          f'({args.find_max})')
+  if args.torch_compile_timeout_s < 0:
+    _fail(f'--torch_compile_timeout_s must be 0 (no limit) or more, got '
+          f'{args.torch_compile_timeout_s}')
+  if args.compiler_options:
+    try:
+      if not isinstance(json.loads(args.compiler_options), dict):
+        raise ValueError('not an object')
+    except ValueError as e:
+      _fail(f'--compiler_options takes a JSON object of XLA options, e.g. '
+            f'\'{{"xla_cpu_enable_fast_math": false}}\' ({e})')
+  if args.out:
+    _check_out(args.out)
+  for spec in csv(args.models):
+    try:
+      own_size = recipe_config(spec, 32).model.image_size
+      for size in sizes or [own_size]:
+        for dtype in csv(args.dtypes):
+          for batch in batches[:1] if args.find_batch_size else batches:
+            for accum in [1] if args.find_batch_size else accums:
+              config_validation.validate(make_config(spec, batch, dtype, size,
+                                                     grad_accum_steps=accum))
+    except SystemExit:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (a spec or config that cannot run)
+      _fail(f'--models {spec}: {" ".join(str(e).split())}')
