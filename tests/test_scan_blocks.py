@@ -120,4 +120,5 @@ def test_a_run_may_resume_with_scan_blocks_or_remat_changed():
   changes = workdir.config_changes(_config().to_dict(),
                                    _config(scan_blocks=True, remat=True).to_dict())
   assert set(changes) == {'model.scan_blocks', 'model.remat'}
-  assert workdir.check_resume(changes, allow=False, epoch=0.5) == []
+  new = workdir.flatten(_config(scan_blocks=True, remat=True).to_dict())
+  assert workdir.check_resume(changes, allow=False, epoch=0.5, workdir='runs/a', new=new) == []
