@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from jax_cifar import atomic_folder, errors
+from jax_cifar import atomic_folder, errors, step_folders
 from jax_cifar import workdir
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
@@ -326,10 +326,9 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
     with ocp.StandardCheckpointer() as ckptr:
       tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore: missing or cut files)
-    text = ' '.join(str(e).split()) or type(e).__name__
-    reason = text if len(text) <= 200 else f'{text[:90]} ... {text[-100:]}'
     raise ConversionError(
-        f'{path} is a damaged converted checkpoint ({type(e).__name__}: {reason}); convert the '
+        f'{path} is a damaged converted checkpoint ({type(e).__name__}: '
+        f'{step_folders.root_cause(e)}); convert the '
         f'torchvision weights again: python -m jax_cifar.convert ... --output {path} '
         '--overwrite') from None
   return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}

@@ -40,6 +40,7 @@ def one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
   cause = re.search(r"([^:\"]*?)\s*\[os_error_code='?(\d+)'?\]", text)  # tensorstore's OS error.
+  text = re.sub(r"\s*\[(tensorstore_spec|source locations)=.*$", '', text)  # A page of JSON.
   if cause:
     return f'{text[:100]} ... {cause.group(1).strip()} (errno {cause.group(2)})'
   return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
