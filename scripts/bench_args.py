@@ -31,9 +31,26 @@ def _check_out(path: str) -> None:
     _fail(f'--out {path}: cannot create files in {parent}')
 
 
-def check(args, make_config, recipe_config, csv) -> None:
+def _check_search(args, frameworks: list[str], defaults: dict) -> None:
+  """--find_batch_size picks the batch and the accumulation itself and measures each once with
+  JAX: flags it would not use are said, not silently dropped (a review)."""
+  unused = [f'--{name} {getattr(args, name)}' for name in ('batch', 'grad_accum_steps', 'repeat')
+            if name in defaults and getattr(args, name) != defaults[name]]
+  if unused:
+    _fail(f'--find_batch_size searches the batch and the accumulation itself and measures each '
+          f'once, so {" and ".join(unused)} would not be used: drop it (--find_start and '
+          f'--find_max bound the search, --recipe_batch names the batch to split)')
+  if 'jax' not in frameworks:
+    _fail(f'--find_batch_size measures JAX only: --frameworks {args.frameworks} leaves it out')
+  if not 1 <= args.find_start <= args.find_max:
+    _fail(f'--find_start ({args.find_start}) must be at least 1 and at most --find_max '
+          f'({args.find_max})')
+
+
+def check(args, make_config, recipe_config, csv, defaults: dict | None = None) -> None:
   """SystemExit('error: ...') for the first mistake; every model spec x size x dtype x batch x
-  accumulation must make a config the trainer accepts (config_validation)."""
+  accumulation must make a config the trainer accepts (config_validation). `defaults`: the
+  parser's values for no flags (flags left at them are not "given")."""
   from jax_cifar import config_validation  # pylint: disable=import-outside-toplevel
   frameworks = csv(args.frameworks)
   if not frameworks or set(frameworks) - set(FRAMEWORKS):
@@ -43,9 +60,8 @@ def check(args, make_config, recipe_config, csv) -> None:
                                                           'image_size'))
   if args.mem_cap_gb < 0:
     _fail(f'--mem_cap_gb must be positive (GiB), got {args.mem_cap_gb}')
-  if args.find_batch_size and not 1 <= args.find_start <= args.find_max:
-    _fail(f'--find_start ({args.find_start}) must be at least 1 and at most --find_max '
-          f'({args.find_max})')
+  if args.find_batch_size:
+    _check_search(args, frameworks, defaults or {})
   if args.torch_compile_timeout_s < 0:
     _fail(f'--torch_compile_timeout_s must be 0 (no limit) or more, got '
           f'{args.torch_compile_timeout_s}')

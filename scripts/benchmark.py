@@ -128,6 +128,9 @@ def _on_off(value: str) -> bool | None:
   return {'on': True, 'off': False}.get(value)  # 'config': the config's own choice
 
 
+_TORCH_RAN: list[str] = []  # Rows whose PyTorch step ran in this process (it imports torch).
+
+
 def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: bool = True,
             grad_accum_steps: int = 1) -> dict:
   config = make_config(spec, batch, dtype, size, grad_accum_steps=grad_accum_steps,
@@ -153,11 +156,16 @@ def run_one(spec: str, batch: int, dtype: str, size: int, args, torch_first: boo
         row['jax'] = bench_jax(config, args.steps, args.warmup,
                                compiler_options=json.loads(args.compiler_options or '{}'),
                                analysis_only=args.analysis_only)
+        if _TORCH_RAN and 'first_step_s' in row['jax']:  # Process start -> JAX's first step.
+          del row['jax']['first_step_s']
+          row['jax']['first_step_note'] = 'not measured: PyTorch ran first in this process'
     except Exception as e:  # pylint: disable=broad-except
       row[fw] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:300]}' if str(e)
                  else type(e).__name__, 'oom': is_oom(e)}
     finally:
       _release()
+      if fw == 'torch':
+        _TORCH_RAN.append(spec)
   jx, pt = row.get('jax', {}), row.get('torch', {})
   if 'img_s' in jx and 'img_s' in pt:
     row['jax_over_torch'] = jx['img_s'] / pt['img_s']
@@ -196,10 +204,11 @@ def combine_runs(runs: list[dict]) -> dict:
       for rate in ('tflop_s', 'mfu'):  # Per-second rates follow the median speed, not the last run's.
         if last.get(rate) is not None:
           row[fw][rate] = last[rate] * img_s / last['img_s']
-      if 'first_step_s' in results[0]:  # Only the first run starts from a fresh process.
-        row[fw]['first_step_s'] = results[0]['first_step_s']
-      else:
-        row[fw].pop('first_step_s', None)
+      for key in ('first_step_s', 'first_step_note'):  # Only the first run starts the process.
+        if key in results[0]:
+          row[fw][key] = results[0][key]
+        else:
+          row[fw].pop(key, None)
   ratios = [r['jax_over_torch'] for r in runs if 'jax_over_torch' in r]
   row.pop('jax_over_torch', None)
   if ratios and len(ratios) == len(runs):
@@ -298,7 +307,8 @@ def table(rows: list[dict]) -> str:
   lines = [head, '-' * len(head)]
   for r in rows:
     jx, pt = r.get('jax', {}), r.get('torch', {})
-    mem = jx.get('peak_bytes') or jx.get('program_bytes')
+    peak, program = jx.get('peak_bytes'), jx.get('program_bytes')
+    mem = _fmt(peak / 2**30, '.2f') if peak else f'{program / 2**30:.2f}*' if program else '-'
     accum = f' accum {r["grad_accum_steps"]}' if r.get('grad_accum_steps', 1) > 1 else ''
     # How PyTorch ran: torch.compile, eager, or eager after torch.compile failed or timed out.
     mode = ('-' if 'img_s' not in pt else 'eager*' if pt.get('compile_error') else
@@ -311,7 +321,7 @@ def table(rows: list[dict]) -> str:
         f'{_fmt(r.get("jax_over_torch"), ".2f"):>9} {_fmt(jx.get("tflop_s"), ".3f"):>11} '
         f'{_fmt(jx.get("mfu") and 100 * jx["mfu"], ".1f"):>5} '
         f'{_fmt(pt.get("mfu") and 100 * pt["mfu"], ".1f"):>9} {_fmt(jx.get("compile_s")):>13} '
-        f'{mode:>6} {_fmt(pt.get("compile_s")):>15} {_fmt(mem and mem / 2**30, ".2f"):>11} '
+        f'{mode:>6} {_fmt(pt.get("compile_s")):>15} {mem:>11} '
         f'{_fmt(pt.get("peak_bytes") and pt["peak_bytes"] / 2**30, ".2f"):>13}')
     if pt.get('compile_error'):
       lines.append(f'    torch: {pt["compile_error"]}')
@@ -324,6 +334,15 @@ def table(rows: list[dict]) -> str:
       if 'error' in res:
         lines.append(f'    {fw} error: {res["error"]}')
   return '\n'.join(lines)
+
+
+def memory_footnote(rows: list[dict]) -> str:
+  """What a starred JAX memory figure is: XLA's analysis, not a measured peak."""
+  if not any(r.get('jax', {}).get('program_bytes') and not r['jax'].get('peak_bytes')
+             for r in rows):
+    return ''
+  return ('* jax mem: XLA\'s memory analysis of the compiled step, not a measured peak (the '
+          'device reports none, as a CPU, or an earlier, larger row in this process had set it)')
 
 
 def _write(path: str, result: dict) -> None:
@@ -394,7 +413,8 @@ def main(argv=None) -> int:
   for name, least in (('repeat', 1), ('steps', 1), ('warmup', 0)):
     if getattr(args, name) < least:
       raise SystemExit(f'error: --{name} must be at least {least}, got {getattr(args, name)}')
-  bench_args.check(args, make_config, recipe_config, _csv)  # Before anything is measured.
+  bench_args.check(args, make_config, recipe_config, _csv,  # Before anything is measured.
+                   defaults=vars(parse_args([])))
   import jax  # pylint: disable=import-outside-toplevel
   if args.cache_dir:
     from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
@@ -428,6 +448,8 @@ def main(argv=None) -> int:
             _write(args.out, result)  # after every row: a run cut short keeps what it measured
   if result['rows']:
     print('\n' + table(result['rows']))
+    if memory_footnote(result['rows']):
+      print(memory_footnote(result['rows']))
   if result['find_batch_size']:
     print('\n' + batch_fit.table(result['find_batch_size']))
   if result['find_batch_size'] or args.analysis_only:

@@ -230,6 +230,11 @@ def test_analysis_only_plan_of_a_real_model_is_consistent_with_its_measurements(
     (['--find_batch_size', '--find_start', '64', '--find_max', '8'], '--find_start (64) must'),
     (['--compiler_options', 'notjson'], '--compiler_options takes a JSON object'),
     (['--torch_compile_timeout_s', '-5'], '--torch_compile_timeout_s must be 0'),
+    # --find_batch_size chooses these itself; they had been dropped without a word (a review).
+    (['--find_batch_size', '--batch', '64'], 'so --batch 64 would not be used'),
+    (['--find_batch_size', '--grad_accum_steps', '2', '--repeat', '3'],
+     'so --grad_accum_steps 2 and --repeat 3 would not be used'),
+    (['--find_batch_size', '--frameworks', 'torch'], '--find_batch_size measures JAX only'),
 ])
 def test_a_command_line_mistake_is_one_error_before_anything_is_measured(tmp_path, argv,
                                                                           message):
@@ -386,3 +391,37 @@ def test_analysis_only_runs_no_pytorch(monkeypatch):
   args = benchmark.parse_args(['--analysis_only'])
   row = benchmark.run_one('smoke', 8, 'float32', 32, args)
   assert called == [] and 'torch' not in row and row['jax']['program_bytes'] == 8
+
+
+def test_first_step_time_is_jax_alone_or_left_out(monkeypatch):
+  """first_step_s (process start -> JAX's first step) had included PyTorch's whole run when
+  PyTorch went first in the process (a review)."""
+  monkeypatch.setattr(benchmark, 'bench_jax', lambda *a, **k: {'img_s': 10.0, 'first_step_s': 9.0})
+  monkeypatch.setattr(benchmark, 'bench_torch', lambda *a, **k: {'img_s': 20.0})
+  args = benchmark.parse_args([])
+  monkeypatch.setattr(benchmark, '_TORCH_RAN', [])
+  row = benchmark.run_one('smoke', 8, 'float32', 32, args, torch_first=False)
+  assert row['jax']['first_step_s'] == 9.0 and 'first_step_note' not in row['jax']
+  monkeypatch.setattr(benchmark, '_TORCH_RAN', [])
+  row = benchmark.run_one('smoke', 8, 'float32', 32, args, torch_first=True)
+  assert 'first_step_s' not in row['jax']
+  assert row['jax']['first_step_note'] == 'not measured: PyTorch ran first in this process'
+  # Repeats keep the first run's: here its note, not a later run's (absent) time.
+  later = _run(800, 1000)
+  assert benchmark.combine_runs([row, later])['jax']['first_step_note'] == row['jax'][
+      'first_step_note']
+
+
+def test_a_memory_figure_from_xla_analysis_is_starred_and_explained():
+  """The JAX memory column falls back to XLA's program size when the device measured no peak of
+  the row's own; it had been printed like a measurement (a review)."""
+  measured = {**_run(800, 1000), 'scan_blocks': False}
+  measured['jax'].update(peak_bytes=3 << 30, program_bytes=2 << 30)
+  analysed = {**_run(800, 1000), 'scan_blocks': False}
+  analysed['jax'].update(program_bytes=2 << 30)
+  rows = benchmark.table([measured, analysed]).splitlines()[2:]
+  assert ' 3.00 ' in rows[0] and '*' not in rows[0]
+  assert ' 2.00* ' in rows[1]
+  assert benchmark.memory_footnote([measured]) == ''
+  assert benchmark.memory_footnote([measured, analysed]).startswith(
+      "* jax mem: XLA's memory analysis of the compiled step, not a measured peak")
