@@ -1,0 +1,52 @@
+"""gpu_ood.py's results as a Markdown table and a plot of accuracy per severity (also of a JSON
+written by a run cut short: `python3 scripts/gpu_ood.py replot JSON PNG`)."""
+
+import pathlib
+
+
+def plot(result: dict, path: pathlib.Path) -> None:
+  """OOD accuracy per severity for each test-time tool, at severity 0 the clean accuracy of the
+  same split (validation rows dashed)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  for name, r in result['eval'].items():
+    if 'ood_per_severity' in r:
+      val = name.endswith('@val')
+      ys = [r['val_accuracy' if val else 'test_accuracy'], *r['ood_per_severity']]
+      ax.plot(range(6), [100 * y for y in ys], marker='o', linestyle='--' if val else '-',
+              label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
+  ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
+  ax.set_xlabel('severity')
+  ax.set_ylabel('top-1 accuracy (%)')
+  t = result['train']
+  ax.set_title(f"configs/ood_best.py, {result['epochs']} epochs ({t['seconds']:.0f} s of training)",
+               fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+
+
+def table(result: dict) -> str:
+  """The results as a Markdown table; also of a JSON written by a run cut short."""
+  t = result.get('train')
+  if t is None:
+    return f"configs/ood_best.py, {result['epochs']} epochs: training did not finish"
+  stopped = ' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''
+  lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in "
+           f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
+           f"'best' checkpoint (step {result.get('step')}), "
+           f"{result.get('weights')} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "
+           "(TOOL: test images, TOOL@val: validation images)",
+           '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
+  for name, r in result.get('eval', {}).items():
+    if 'skipped' in r or 'error' in r:
+      lines.append(f'| {name} | {r.get("skipped") or r.get("error")} | | | | | |')
+      continue
+    sev = ' / '.join(f'{100 * v:.1f}' for v in r.get('ood_per_severity', []))
+    pct = lambda v: f'{100 * v:.2f}' if v is not None else '-'
+    lines.append(f"| {name} | {pct(r.get('val_accuracy'))} | {pct(r['test_accuracy'])} | "
+                 f"{pct(r['ood_accuracy'])} | {sev} | "
+                 f"{r['ood_images_per_sec'] or 0:.0f} | {r['seconds']:.0f} |")
+  return '\n'.join(lines)
