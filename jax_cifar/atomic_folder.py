@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import time
 import uuid
 from typing import Callable, Iterator
 
@@ -63,26 +64,43 @@ def temp_name(path: str) -> str:
   return os.path.join(parent, f'.{base}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
 
 
+# Temps named before hosts were (.NAME.tmp-PID-RANDOM) may be another host's: removed only once
+# older than any write (a conversion or extraction takes minutes).
+UNNAMED_HOST_STALE_S = 24 * 3600
+
+
+def _dead(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    pass  # alive, another user's
+  return False
+
+
 def remove_stale_temps(path: str) -> None:
   """Deletes the temp files and folders that killed writers on this host left next to `path`
   (their pid is gone); another host's are left alone."""
   parent, base = os.path.split(path)
-  pattern = re.compile(rf'^\.{re.escape(base)}\.tmp-([A-Za-z0-9]+)-(\d+)-[0-9a-f]{{8}}(\.old)?$')
+  pattern = re.compile(
+      rf'^\.{re.escape(base)}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):
     m = pattern.match(name)
-    if not m or m.group(1) != HOST or int(m.group(2)) == os.getpid():
+    stale = os.path.join(parent, name)
+    if not m or int(m.group(2)) == os.getpid() or m.group(1) not in (HOST, None):
       continue
     try:
-      os.kill(int(m.group(2)), 0)
-    except ProcessLookupError:
-      stale = os.path.join(parent, name)
+      if m.group(1) is None and time.time() - os.lstat(stale).st_mtime < UNNAMED_HOST_STALE_S:
+        continue
+    except OSError:
+      continue
+    if _dead(int(m.group(2))):
       if os.path.isdir(stale) and not os.path.islink(stale):
         shutil.rmtree(stale, ignore_errors=True)
       else:
         with contextlib.suppress(OSError):
           os.unlink(stale)
-    except PermissionError:
-      pass  # alive, another user's
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 
@@ -280,10 +281,14 @@ def test_temp_folders_of_dead_converters_are_removed_and_live_ones_kept(tmp_path
   live = f'.out.tmp-{host}-{os.getppid()}-0123abcd'  # pytest's parent is alive: its write goes on
   other = f'.other.tmp-{host}-{pid}-0123abcd'  # another output's
   elsewhere = f'.out.tmp-{host}x-{pid}-0123abcd'  # Another host's: its pid says nothing here.
-  for name in stale + [live, other, elsewhere]:
+  # Named by versions before hosts were: possibly another host's, so removed only when a day old.
+  unnamed_old, unnamed_recent = f'.out.tmp-{pid}-4567abcd', f'.out.tmp-{pid}-89abcdef'
+  for name in stale + [live, other, elsewhere, unnamed_old, unnamed_recent]:
     (tmp_path / name).mkdir()
+  day_ago = time.time() - atomic_folder.UNNAMED_HOST_STALE_S - 60
+  os.utime(tmp_path / unnamed_old, (day_ago, day_ago))
   convert.save_converted(_tiny(1.0), 'resnet18', str(tmp_path / 'out'))
-  assert sorted(os.listdir(tmp_path)) == sorted([live, other, elsewhere, 'out'])
+  assert sorted(os.listdir(tmp_path)) == sorted([live, other, elsewhere, unnamed_recent, 'out'])
 
 
 def _foreign_outputs(tmp_path) -> dict[str, str]:
