@@ -168,6 +168,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         _usage_error(f'--config {given[0]}: its get_config() returns a {type(loaded).__name__}, '
                      'not an ml_collections.ConfigDict (start from jax_cifar.configs.default.'
                      'get_config() and change its keys, as configs/*.py do)')
+    if len(rest) > 1:  # `--bn_adapt false` had turned adaptation on and dropped `false` (an audit).
+      _usage_error(_stray_words(rest[1:], argv))
     return rest
   except flags.Error as e:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):
@@ -190,6 +192,19 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     # Anything else raised by the config file's own code (a NameError, a ZeroDivisionError...):
     # only that code and absl's parsing ran here.
     _usage_error(_config_error(e))
+
+
+def _stray_words(words: Sequence[str], argv: Sequence[str]) -> str:
+  """What to say of words on the command line that belong to no flag."""
+  text = ' '.join(repr(w) for w in words)
+  hint = ': each flag takes one value (--FLAG=VALUE or --FLAG VALUE)'
+  for i, word in enumerate(argv[1:], 1):
+    if word in words and word.lower() in ('true', 'false', 'yes', 'no', '0', '1'):
+      before = argv[i - 1].lstrip('-') if argv[i - 1].startswith('--') else 'FLAG'
+      hint = (f': a yes/no flag takes no separate value: write --{before}, --no{before} or '
+              f'--{before}={word}')
+      break
+  return f'unexpected argument{"s" if len(words) > 1 else ""} {text}{hint}'
 
 
 def _usage_error(message: str) -> None:

@@ -98,6 +98,11 @@ def define_flags() -> None:
   flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                       '(default WORKDIR/submission_<tag>.csv).')
   flags.DEFINE_string('cifar100c_dir', None, 'CIFAR-100-C folder: <corruption>.npy and labels.npy.')
+  for flag, what in (('checkpoint', "'best', 'latest', a step number or a step folder"),
+                     ('ood_dir', 'the folder of distortion00.npy .. distortion18.npy'),
+                     ('submission', 'the CSV to write, or leave the flag out'),
+                     ('cifar100c_dir', 'the CIFAR-100-C folder')):
+    cli.require_nonempty(flag, what)  # An unset shell variable ("$OOD") had been ignored.
   flags.mark_flags_as_required(['workdir'])
 
 

@@ -144,12 +144,12 @@ def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None,
 def parse_init_from(spec: str) -> tuple[str, str]:
   """'RUN_DIR[:best|latest|STEP]' -> (RUN_DIR, 'best' | 'latest' | a step folder's path)."""
   run_dir, _, which = spec.rpartition(':')
-  if not run_dir or not (which in ('best', 'latest') or which.isdigit()):
+  if not run_dir or not (which in ('best', 'latest') or step_folders.is_step_number(which)):
     if run_dir and pathlib.Path(run_dir).is_dir() and not pathlib.Path(spec).exists():
       raise errors.ConfigError(f'model.init_from={spec}: after the run folder give :best, :latest '
                                f'or :STEP (a step number), not :{which}')
     run_dir, which = spec, 'best'
-  if which.isdigit():
+  if step_folders.is_step_number(which):
     which = str(step_folders.step_folder(run_dir, int(which)))
   return run_dir, which
 

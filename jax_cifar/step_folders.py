@@ -40,7 +40,8 @@ def one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""
   text = str(e).splitlines()[0] if str(e) else type(e).__name__
   cause = re.search(r"([^:\"]*?)\s*\[os_error_code='?(\d+)'?\]", text)  # tensorstore's OS error.
-  text = re.sub(r"\s*\[(tensorstore_spec|source locations)=.*$", '', text)  # A page of JSON.
+  # tensorstore's store spec ([tensorstore_spec='...'], at times [tensorstore_spec[1]='...']): JSON.
+  text = re.sub(r"\s*\[(tensorstore_spec|source locations)(\[\d+\])?=.*$", '', text)
   if cause:
     return f'{text[:100]} ... {cause.group(1).strip()} (errno {cause.group(2)})'
   return text if len(text) <= limit else f'{text[:100]} ... {text[-(limit - 105):]}'
@@ -81,12 +82,17 @@ def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
   return next((f for f in folders if f.is_dir()), folders[0])
 
 
+def is_step_number(text: str) -> bool:
+  """'40', '040': ASCII digits only ('²' and '٤' are digits to str.isdigit, not to int())."""
+  return text.isascii() and text.isdigit()
+
+
 def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
                      error: type[Exception] = CheckpointError) -> str | None:
   """The folder of the step `checkpoint` names (an int, a numpy int or a digit string), None when
   it names no step ('best', 'latest', a path); `error` when the run kept no such step."""
   if isinstance(checkpoint, bool) or not (isinstance(checkpoint, (int, np.integer)) or (
-      isinstance(checkpoint, str) and checkpoint.isdigit())):
+      isinstance(checkpoint, str) and is_step_number(checkpoint))):
     return None
   folder = step_folder(workdir, int(checkpoint))
   if not folder.is_dir():

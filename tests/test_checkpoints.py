@@ -416,3 +416,15 @@ def test_resume_takes_a_damaged_steps_intact_copy_and_sets_the_damaged_one_aside
   assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == ['6']
   state, step = checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
   assert step == 6 and int(state.step) == 6
+
+
+def test_storage_errors_keep_their_cause_and_drop_tensorstores_json_spec():
+  """tensorstore ends an error with its store's spec, `[tensorstore_spec='{...}']` or, at times,
+  `[tensorstore_spec[1]='{...}']`: a page of JSON that had crowded out the cause (an audit)."""
+  cause = ('OUT_OF_RANGE: Error reading "step/.zarray": Requested byte range [0, 35569) is not '
+           'valid for value of size 0')
+  for spec in ('tensorstore_spec', 'tensorstore_spec[1]', 'source locations'):
+    e = ValueError(f"{cause} [{spec}='{{\"context\":{{\"cache_pool\":{{}}}},\"driver\":\"zarr\"}}']")
+    assert step_folders.one_line(e) == cause
+  assert [step_folders.is_step_number(t) for t in ('40', '040', '²', '٤٠', '4.0', '')] == [
+      True, True, False, False, False, False]

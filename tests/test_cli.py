@@ -184,6 +184,24 @@ def test_evaluate_names_a_missing_config_file_too(tmp_path):
   assert str(missing) in line and os.strerror(errno.ENOENT) in line, line
 
 
+def test_stray_words_and_empty_paths_are_named_not_ignored(tmp_path):
+  """`--bn_adapt false` had turned the adaptation on and dropped `false`; a second CSV path, an
+  empty --ood_dir (an unset shell variable) were dropped too, exit status 0 (an audit)."""
+  def evaluate(*args):
+    return subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir',
+                           str(tmp_path / 'run'), *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+  assert _usage_error(evaluate('--bn_adapt', 'false')) == (
+      "error: unexpected argument 'false': a yes/no flag takes no separate value: write "
+      '--bn_adapt, --nobn_adapt or --bn_adapt=false')
+  assert '--ood_dir is empty: give the folder of distortion00.npy' in _usage_error(evaluate(
+      '--ood_dir='))
+  line = _usage_error(train(tmp_path / 'run', 'a.csv', 'b.csv', config='configs/smoke.py',
+                            overrides={}))
+  assert line.startswith("error: unexpected arguments 'a.csv' 'b.csv': each flag takes one value")
+  assert not (tmp_path / 'run').exists()
+
+
 @pytest.mark.parametrize('command, other, typed', [
     ('report', ['-m', 'jax_cifar.report'], 'python -m jax_cifar.report'),
     ('corrupt', ['-m', 'jax_cifar.corrupt'], 'python -m jax_cifar.corrupt'),

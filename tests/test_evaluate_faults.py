@@ -260,3 +260,29 @@ def test_an_ood_dir_that_is_a_file_or_missing_is_named_so(tmp_path):
     ood.check_distortion_dir(folder / ood.distortion_file(0))
   with pytest.raises(ood.DataError, match='directory not found'):
     ood.check_distortion_dir(tmp_path / 'no_such_folder')
+
+
+def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_path):
+  """A checkpoint whose weights hold NaN had been evaluated with exit status 0: class 0 for every
+  image of the CSV and NaN in eval_*.json (an audit). Now one line names the values; a CSV already
+  there is kept."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from jax_cifar import checkpoints, parallel  # pylint: disable=import-outside-toplevel
+  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
+  state = state.replace(params=jax.tree.map(lambda v: v * float('nan'), state.params))
+  shutil.rmtree(workdir / 'checkpoints')
+  ckpts = checkpoints.Checkpoints(workdir)
+  ckpts.save_latest(state, step)
+  ckpts.close()
+  csv = tmp_path / 'sub.csv'
+  csv.write_text('id,label\n')
+  with pytest.raises(errors.UserError, match=rf'^checkpoint step {step} \(raw weights\): '
+                     r'non-finite parameter in the checkpoint: \[.*'):
+    evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
+                      submission_csv=str(csv))
+  assert csv.read_text() == 'id,label\n'
+  assert not list(workdir.glob('eval_*.json'))

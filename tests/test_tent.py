@@ -97,7 +97,7 @@ def test_chunks_are_adapted_independently_a_b_a(small, monkeypatch):
   config, state, graphdef, mesh = small
   checks = []
   all_finite = tent._all_finite  # pylint: disable=protected-access
-  monkeypatch.setattr(tent, '_check_finite', lambda *a: checks.append(all_finite(a)))
+  monkeypatch.setattr(tent, 'check_finite', lambda *a: checks.append(all_finite(a)))
   a, b = _images(2, 40), _images(3, 40, contrast=0.2)
   predictor = inference.Predictor(
       state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,

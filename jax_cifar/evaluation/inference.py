@@ -142,6 +142,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
   weights = state_lib.resolve_weights(weights, state, workdir, step)
   state = state_lib.with_weights(state, weights, workdir)
+  tent_lib.check_finite(state.params, state.batch_stats, f'checkpoint step {step} ({weights} '
+                        'weights)')
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = None

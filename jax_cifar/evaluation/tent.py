@@ -88,14 +88,15 @@ def _all_finite(tree):
   return jax.tree.map(lambda v: jnp.isfinite(v).all(), tree)
 
 
-def _check_finite(params, batch_stats) -> None:
-  """Names non-finite checkpoint values before any step: how a NaN shows in the entropy depends
-  on how XLA compiled the step (its defaults can turn relu(NaN) into 0)."""
+def check_finite(params, batch_stats, who: str = '--tent') -> None:
+  """Names non-finite checkpoint values before anything is predicted or adapted: how a NaN shows
+  depends on how XLA compiled the program (its defaults can turn relu(NaN) into 0), and a model
+  of NaNs had predicted class 0 for every image, exit status 0 (an audit)."""
   finite = jax.device_get(_all_finite((params, batch_stats)))
   bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
          if not ok]
   if bad:
-    raise errors.UserError(f'--tent: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
+    raise errors.UserError(f'{who}: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
                            f'{" ..." if len(bad) > 5 else ""}')
 
 
@@ -137,7 +138,7 @@ class TentAdapter:
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
     checked = self._checked
     if checked is None or checked[0] is not params or checked[1] is not batch_stats:
-      _check_finite(params, batch_stats)
+      check_finite(params, batch_stats)
       self._checked = (params, batch_stats)
     affine, rest = self.split(params)
     opt_state = self._init(affine)
