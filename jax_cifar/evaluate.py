@@ -230,12 +230,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   result.update(_evaluate_clean(predictor, config,
                                 workdir_path / f'confusion_{tag}.png' if keeps else None,
                                 draw_later))
-  if ood_files:
-    result.update(ood_sets.predict_submission(predictor, ood_dir, csv_path, ood_files))
   if c_files:
     result.update(ood_sets.evaluate_cifar100c(predictor, cifar100c_dir, c_files,
                                      workdir_path / f'cifar100c_{tag}.png' if keeps else None,
                                      run_name=f'{workdir_path.name} ({tag})'))
+  if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
+    result.update(ood_sets.predict_submission(predictor, ood_dir, csv_path, ood_files))
   if keeps and jax.process_index() == 0:
     step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
                 else pathlib.Path(which))

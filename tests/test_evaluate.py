@@ -462,3 +462,27 @@ def test_tta_and_bn_adapt_runs_write_files_under_their_own_tag(run):
   plain = evaluate.evaluate(_config(), str(workdir), 'latest', tta_flip=True)  # The old flag.
   assert (workdir / 'eval_latest_tta-flip.json').exists() and plain['bn_adapt'] is False
   assert plain['test_loss'] != result['test_loss']  # Adapted statistics changed the predictions.
+
+
+def test_a_cifar100c_file_that_fails_while_predicted_keeps_the_existing_csv(run, tmp_path):
+  """With --ood_dir and --cifar100c_dir, a CIFAR-100-C file cut after its check (or a signal in
+  that phase) had come after the new CSV replaced the old one, while the message said an existing
+  CSV is kept (an audit): the submission is now written last."""
+  c_dir = tmp_path / 'c'
+  shutil.copytree(run / 'c', c_dir)
+  csv = tmp_path / 'sub.csv'
+  csv.write_text('id,label\n')
+  original = ood.ImageFile.open
+
+  def cut_fog(image_file):  # The file is cut after the up-front check, when opened.
+    path = pathlib.Path(image_file.path)
+    if path.name == 'fog.npy':
+      path.write_bytes(path.read_bytes()[:1000])
+    return original(image_file)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(ood.ImageFile, 'open', cut_fog)
+    with pytest.raises(cifar100.DataError, match='fog.npy'):
+      evaluate.evaluate(_config(), str(run / 'run'), 'latest', ood_dir=str(run / 'ood'),
+                        submission_csv=str(csv), cifar100c_dir=str(c_dir))
+  assert csv.read_text() == 'id,label\n'
