@@ -165,9 +165,14 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
 
 def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
                weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> str:
-  """best / latest / path, then _tta-<mode>, _bn-adapt and _tent[-settings]: every setting writes
-  its own files."""
+  """best / latest / step<N> (a step number or step folder) / path, then _tta-<mode>, _bn-adapt
+  and _tent[-settings]: every setting writes its own files (two step numbers had shared `path`:
+  the second overwrote the first's CSV and figure; an audit)."""
   tag = which if which in ('best', 'latest') else 'path'
+  if tag == 'path':
+    folder = pathlib.Path(which)
+    name = folder.parent.name if folder.name == 'default' else folder.name  # (orbax's item)
+    tag = f'step{int(name)}' if step_folders.is_step_number(name) else tag
   tag += {'ema': '_ema', 'auto': '_auto'}.get(weights, '')
   tag += (f'_tta-{tta_mode}' if tta_mode != 'none' else '')
   return tag + ('_bn-adapt' if adapt_bn or tent else '') + (tent.tag() if tent else '')

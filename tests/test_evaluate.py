@@ -362,6 +362,7 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
   step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
   by_number = evaluate.evaluate(_config(), str(workdir), str(step))
   assert by_number['step'] == step and by_number['checkpoint'].endswith(f'latest/{step}')
+  assert json.loads((workdir / f'eval_step{step}.json').read_text())['step'] == step
   with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
     evaluate.evaluate(_config(), str(workdir), '999')
 

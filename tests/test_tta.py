@@ -121,5 +121,8 @@ def test_output_tags_name_every_mode():
   tags = {evaluate.output_tag('best', m, a) for m in tta.MODES for a in (False, True)}
   assert len(tags) == 6
   assert evaluate.output_tag('best', 'shifts') == 'best_tta-shifts'
-  assert evaluate.output_tag('/x/ckpt/12', 'flip', True) == 'path_tta-flip_bn-adapt'
+  assert evaluate.output_tag('/x/ckpt/12', 'flip', True) == 'step12_tta-flip_bn-adapt'
+  # A step folder (or its orbax item) is tagged by its step: two steps never share files.
+  assert evaluate.output_tag('/x/ckpt/012/default') == 'step12'
+  assert evaluate.output_tag('/x/my_export') == 'path'
   assert evaluate.output_tag('latest') == 'latest'
