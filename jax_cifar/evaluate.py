@@ -194,6 +194,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   inference.check_matches_run(config, workdir)
+  inference.check_step_folder_of_another_run(config, workdir, which)
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None

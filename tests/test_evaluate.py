@@ -487,3 +487,24 @@ def test_a_cifar100c_file_that_fails_while_predicted_keeps_the_existing_csv(run,
       evaluate.evaluate(_config(), str(run / 'run'), 'latest', ood_dir=str(run / 'ood'),
                         submission_csv=str(csv), cifar100c_dir=str(c_dir))
   assert csv.read_text() == 'id,label\n'
+
+
+def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, tmp_path):
+  """`--checkpoint OTHER_RUN/checkpoints/latest/N` had been scored under this workdir's config
+  (another normalisation: a val_loss of 15 against 5) and filed as this run's numbers (an audit)."""
+  other = tmp_path / 'other'
+  shutil.copytree(run / 'run', other, ignore=shutil.ignore_patterns('eval_*'))
+  record = json.loads((other / 'config.json').read_text())
+  record['model']['normalize'] = 'imagenet'
+  (other / 'config.json').write_text(json.dumps(record))
+  step = max(int(p.name) for p in (other / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
+  folder = other / 'checkpoints' / 'latest' / str(step)
+  before = {p.name: p.read_bytes() for p in (run / 'run').glob('eval_*.json')}
+  with pytest.raises(config_validation.ConfigError, match=(
+      rf"^the config evaluating it \({run / 'run'}\) differs from the run's {other}/config.json "
+      r".*model.normalize 'imagenet' \(run\) vs 'cifar'.* Evaluate that run itself: --workdir ")):
+    evaluate.evaluate(_config(), str(run / 'run'), str(folder))
+  assert {p.name: p.read_bytes() for p in (run / 'run').glob('eval_*.json')} == before
+  # Its own run's folder, given by path, is evaluated as before.
+  assert evaluate.evaluate(_config(), str(run / 'run'), str(
+      run / 'run' / 'checkpoints' / 'latest' / str(step)))['step'] == step

@@ -165,22 +165,36 @@ NOT_PREDICTION_KEYS = ('model.pretrained', 'model.init_from', 'model.remat', 'mo
 SPLIT_KEYS = ('data.val_fraction', 'data.split_seed', 'data.synthetic_size')
 
 
-def check_matches_run(config, run_dir: str) -> None:
-  """Refuses a --config whose prediction keys differ from the run's own config.json, which would
-  write eval_<tag>.json numbers of a model the run never trained."""
+def check_matches_run(config, run_dir: str, given: str = '--config', advice: str = (
+    'Omit --config to use the run\'s own config')) -> None:
+  """Refuses a config (`given`) whose prediction keys differ from the run's own config.json,
+  which would write eval_<tag>.json numbers of a model the run never trained."""
   run = workdir_lib.previous_config(pathlib.Path(run_dir))
   if run is None:
     return  # No config.json (e.g. a copied checkpoint folder): the given config is all there is.
   changes = workdir_lib.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
   validates = config.data.val_fraction > 0  # 0: no val_* numbers at all (test and OOD only).
-  differ = [f'{k} {old!r} (run) vs {new!r} (--config)' for k, (old, new) in changes.items()
+  differ = [f'{k} {old!r} (run) vs {new!r} ({given})' for k, (old, new) in changes.items()
             if (k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS))
             or (k in SPLIT_KEYS and validates)]
   if differ:
     raise config_validation.ConfigError(
-        f'--config differs from the run\'s {run_dir}/{workdir_lib.CONFIG_FILE} in keys that change '
-        f'its predictions or its validation split: {"; ".join(differ)}. Omit --config to use the '
-        'run\'s own config')
+        f'{given} differs from the run\'s {run_dir}/{workdir_lib.CONFIG_FILE} in keys that change '
+        f'its predictions or its validation split: {"; ".join(differ)}. {advice}')
+
+
+def check_step_folder_of_another_run(config, workdir: str, which: str) -> None:
+  """A step folder of another run (RUN/checkpoints/{latest,best}/N) is checked against RUN's
+  config too: scored under this workdir's config it had given wrong numbers, filed as this run's
+  (an audit)."""
+  folder = pathlib.Path(which).expanduser()
+  folder = folder.parent if folder.name == 'default' else folder
+  if which in ('best', 'latest') or folder.parent.parent.name != 'checkpoints':
+    return
+  source = folder.parent.parent.parent
+  if source.resolve() != pathlib.Path(workdir).expanduser().resolve():
+    check_matches_run(config, str(source), given=f'the config evaluating it ({workdir})',
+                      advice=f'Evaluate that run itself: --workdir {source}')
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,
