@@ -508,3 +508,13 @@ def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, t
   # Its own run's folder, given by path, is evaluated as before.
   assert evaluate.evaluate(_config(), str(run / 'run'), str(
       run / 'run' / 'checkpoints' / 'latest' / str(step)))['step'] == step
+
+
+def test_a_config_reading_other_images_than_the_run_is_refused(run):
+  """--config.data.source=synthetic on a run of real images (or back) had replaced its test
+  numbers with those of other images (an audit); local and tfds read the same images."""
+  real = _config()
+  real.data.source = 'local'
+  with pytest.raises(config_validation.ConfigError, match=r"data.source 'synthetic' \(run\) vs "
+                     r"'local' \(--config\)"):
+    evaluate.evaluate(real, str(run / 'run'), 'latest')
