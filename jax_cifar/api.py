@@ -50,6 +50,31 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   return nnx.merge(graphdef, state.params, state.batch_stats), config
 
 
+def _image_hint(images: np.ndarray) -> str:
+  """How to turn these images into predict's uint8 [N, H, W, 3], when that is clear."""
+  if images.ndim == 3 and images.shape[-1] == 3:
+    return '; one image is images[None]'
+  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+    return '; channels first (PyTorch): images.transpose(0, 2, 3, 1)'
+  if not images.size or images.dtype == np.uint8:
+    return ''
+  if np.issubdtype(images.dtype, np.integer) and 0 <= images.min() and images.max() <= 255:
+    return '; these pixels fit: images.astype(np.uint8)'
+  if not np.issubdtype(images.dtype, np.floating):
+    return ''
+  if np.isnan(images).any():
+    return '; these hold NaN'
+  if images.min() < 0:  # Normalised already ((x - mean) / std): the 0-255 hint would be wrong.
+    return ('; these look normalised already (negative values): give the pixels before '
+            'normalisation (predict resizes and normalises as config.model says), or call '
+            'model(x, train=False) on images normalised the same way')
+  # Pixels of 0-255 in a float array (cv2, PIL through np.float32): scaling them by 255 had
+  # wrapped them around in uint8 (200 -> 56), silently (an audit).
+  return ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
+          if images.max() <= 1 else
+          '; float pixels of 0-255 become uint8 as images.round().clip(0, 255).astype(np.uint8)')
+
+
 def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.ndarray,
             batch_size: int = 500) -> np.ndarray:
   """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
@@ -65,15 +90,8 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
                     f'(load_model\'s second result), got {what}')
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:
-    hint = ''
-    if np.issubdtype(images.dtype, np.floating) and images.size:
-      # Pixels of 0-255 in a float array (cv2, PIL through np.float32): scaling them by 255 had
-      # wrapped them around in uint8 (200 -> 56), silently (an audit).
-      hint = ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
-              if np.nanmax(images) <= 1 else
-              '; float pixels of 0-255 become uint8 as images.round().clip(0, 255).astype(np.uint8)')
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} '
-                     f'{images.shape}{hint}')
+                     f'{images.shape}{_image_hint(images)}')
   if len(images) and images.max() <= 1:
     warnings.warn(f'predict: every pixel of these {len(images)} uint8 images is 0 or 1: were float '
                   'images in [0, 1] cast without scaling? (images * 255).round().astype(np.uint8) '

@@ -1,6 +1,7 @@
 """The notebook API: a trained run comes back as a model whose predictions are the run's own."""
 
 import importlib.metadata
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,15 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
   with pytest.raises(ValueError, match=r'float pixels of 0-255 become uint8 as '
                                        r'images\.round\(\)\.clip\(0, 255\)'):
     jax_cifar.predict(raw, config, images.astype(np.float32))
+  # Normalised images had been told to round to 0-255 (pixels of 0-3: garbage, silently; an audit).
+  normalised = (images / 255 - 0.5) / 0.25
+  for bad, hint in ((normalised, 'these look normalised already (negative values)'),
+                    (np.full(images.shape, np.nan), 'these hold NaN'),
+                    (images[0], 'one image is images[None]'),
+                    (images.transpose(0, 3, 1, 2), 'channels first (PyTorch): images.transpose('),
+                    (images.astype(np.int64), 'these pixels fit: images.astype(np.uint8)')):
+    with pytest.raises(ValueError, match=re.escape(hint)):
+      jax_cifar.predict(raw, config, bad)
   with pytest.raises(ValueError, match="'best', 'latest', a step number or a step folder's path"):
     jax_cifar.load_model(run, 'newest')
   with pytest.raises(ValueError, match="weights must be one of raw, ema, auto, got 'emma'"):
