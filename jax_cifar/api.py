@@ -36,14 +36,18 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
   if weights not in checkpoints.READ_WEIGHTS:
-    raise ValueError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
-  checkpoint = step_folders.kept_step_folder(run_dir, checkpoint, ValueError) or checkpoint
+    raise errors.ConfigError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
+  checkpoint = step_folders.kept_step_folder(run_dir, checkpoint, errors.ConfigError) or checkpoint
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
     why = ' (no such folder)' if isinstance(checkpoint, (str, pathlib.Path)) else ''
-    raise ValueError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
+    raise errors.ConfigError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
                      f'got {checkpoint!r}{why}')
   config = run_config(run_dir)
+  if checkpoint == 'best' and weights == 'raw' and config.checkpoint.get('best_weights') == 'ema':
+    warnings.warn(f"load_model: {run_dir}'s 'best' step was chosen by its EMA weights' accuracy "
+                  "(checkpoint.best_weights='ema'); these are its raw weights: weights='ema' or "
+                  "'auto' gives the ones that were ranked", UserWarning, stacklevel=2)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)
   state = state_lib.with_weights(state, weights, run_dir)

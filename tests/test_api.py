@@ -199,3 +199,26 @@ def test_package_exports_resolve_lazily():
   names = jax_cifar.list_models()
   assert names[:2] == ['simple_cnn', 'resnet18'] and 'resnext50_32x4d' in names
   assert 'wide_resnet101_2' in names and len(names) == len(set(names)) == 11
+
+
+def test_api_errors_share_user_error_and_raw_weights_of_an_ema_ranked_best_are_said(run, tmp_path):
+  """load_model's mistakes had been ValueError, WorkdirError or CheckpointError with no common base
+  a notebook could catch; the 'best' step of a run that ranked by its EMA came back as raw
+  weights without a word (an audit)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  for bad in ((run, 'newest'), (run, 'latest', 'emma'), (run / 'nope',)):
+    with pytest.raises(jax_cifar.UserError):
+      jax_cifar.load_model(*bad)
+  ranked = tmp_path / 'ranked'
+  shutil.copytree(run, ranked)
+  record = json.loads((ranked / 'config.json').read_text())
+  assert record['ema']['decay'] > 0
+  record['checkpoint']['best_weights'] = 'ema'
+  (ranked / 'config.json').write_text(json.dumps(record))
+  with pytest.warns(UserWarning, match=r"'best' step was chosen by its EMA weights' accuracy"):
+    jax_cifar.load_model(ranked)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    jax_cifar.load_model(ranked, weights='ema')
+    jax_cifar.load_model(run)  # Ranked by its raw weights: nothing to say.
