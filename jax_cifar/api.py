@@ -54,6 +54,23 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   return nnx.merge(graphdef, state.params, state.batch_stats), config
 
 
+def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict) -> None:
+  """predict prepares images as `config` says (size, normalisation): another model's config had
+  given probabilities of images prepared for that model, silently (an audit)."""
+  arch = getattr(model, 'arch', 'simple_cnn' if type(model).__name__ == 'SimpleCNN' else None)
+  differ = []  # (Its number of classes may differ: the columns are the model's.)
+  if arch not in (None, 'resnet') and arch != config.model.name:
+    differ.append(f'the model is a {arch}, config.model.name is {config.model.name!r}')
+  if arch not in (None, 'simple_cnn') and getattr(model, 'stem', None) != config.model.stem:
+    differ.append(f'the model has the {model.stem} stem, config.model.stem is '
+                  f'{config.model.stem!r}')
+  if differ:
+    raise errors.ConfigError(
+        f'predict: config does not describe this model ({"; ".join(differ)}): give the config '
+        'load_model returned with it, or for a create_model model a config whose model keys match '
+        '(config.model.image_size and normalize decide how the images are prepared)')
+
+
 def _image_hint(images: np.ndarray) -> str:
   """How to turn these images into predict's uint8 [N, H, W, 3], when that is clear."""
   if images.ndim == 3 and images.shape[-1] == 3:
@@ -92,6 +109,7 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
             if isinstance(config, ml_collections.ConfigDict) else type(config).__name__)
     raise TypeError('predict(model, config, images): config must be the run\'s whole ConfigDict '
                     f'(load_model\'s second result), got {what}')
+  _check_config_describes(model, config)
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:
     raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} '

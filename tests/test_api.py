@@ -89,6 +89,13 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
   with pytest.raises(ValueError, match=r'float pixels of 0-255 become uint8 as '
                                        r'images\.round\(\)\.clip\(0, 255\)'):
     jax_cifar.predict(raw, config, images.astype(np.float32))
+  # Another model's config: images prepared for that model had been predicted silently.
+  for key, value, said in (('name', 'resnet50', "config.model.name is 'resnet50'"),
+                           ('stem', 'imagenet', "config.model.stem is 'imagenet'")):
+    other = config.copy_and_resolve_references()
+    other.model[key] = value
+    with pytest.raises(jax_cifar.UserError, match=f'config does not describe this model .*{said}'):
+      jax_cifar.predict(raw, other, images)
   # Normalised images had been told to round to 0-255 (pixels of 0-3: garbage, silently; an audit).
   normalised = (images / 255 - 0.5) / 0.25
   for bad, hint in ((normalised, 'these look normalised already (negative values)'),
