@@ -271,7 +271,7 @@ def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_p
   from jax_cifar import checkpoints, parallel  # pylint: disable=import-outside-toplevel
   from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'run'
-  shutil.copytree(run / 'run', workdir)
+  shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*'))
   state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
   state = state.replace(params=jax.tree.map(lambda v: v * float('nan'), state.params))
   shutil.rmtree(workdir / 'checkpoints')
