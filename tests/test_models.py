@@ -249,6 +249,19 @@ def test_integer_pixels_are_refused_naming_predict(name, dtype):
     assert model(jnp.ones((2, 32, 32, 3), floats), train=False).shape == (2, 10)
 
 
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+def test_train_must_be_a_bool(name):
+  """`train='no'` had run in training mode, updating the BatchNorm statistics (an audit)."""
+  model = create_model(name, 10, width=4, rngs=nnx.Rngs(0))
+  before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  for bad in ('no', 'False', 0, None):
+    with pytest.raises(TypeError, match=f'train must be True .* or False .*got {re.escape(repr(bad))}'):
+      model(jnp.ones((2, 32, 32, 3)), train=bad)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(
+      model, nnx.BatchStat)))
+  assert model(jnp.ones((2, 32, 32, 3)), train=np.bool_(False)).shape == (2, 10)
+
+
 def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():
   # ImageNet stem at 32 px: layer4 is 1x1, so a batch of one image gives BatchNorm one value per
   # channel; it would output the bias whatever the image (torch raises for it too).

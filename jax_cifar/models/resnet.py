@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_cifar import errors
@@ -282,9 +283,13 @@ def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) 
 STEMS = ('imagenet', 'cifar')
 
 
-def check_images(x) -> None:
+def check_images(x, train) -> None:
   """Models take NHWC float batches with 3 channels, normalised as in training; anything else
-  fails deep inside a conv, or (uint8 pixels) silently gives chance-level predictions."""
+  fails deep inside a conv, or (uint8 pixels) silently gives chance-level predictions. `train` is
+  a bool: `train='no'` had trained (changing the BatchNorm statistics; an audit)."""
+  if not isinstance(train, (bool, np.bool_)):
+    raise TypeError(f'train must be True (batch statistics, updated) or False (running '
+                    f'statistics, as for predictions), got {train!r}')
   if x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape {tuple(x.shape)}')
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -334,7 +339,7 @@ class ResNet(nnx.Module):
     self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    check_images(x)
+    check_images(x, train)
     x = x.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
     if self.stem == 'imagenet':

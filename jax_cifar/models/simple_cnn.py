@@ -37,8 +37,7 @@ class SimpleCNN(nnx.Module):
     self.fc = torch_linear(512, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    del train  # No dropout or BN; accepted for the common model interface.
-    check_images(x)
+    check_images(x, train)  # No dropout or BN: train is checked, for the common interface.
     side = x.shape[1:3]
     x = x.astype(self.dtype)
     x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
