@@ -35,6 +35,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   `weights='auto'` the one of the two with the higher validation accuracy at that checkpoint.
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
+  errors.folder_arg('load_model(run_dir)', run_dir)
   if weights not in checkpoints.READ_WEIGHTS:
     raise errors.ConfigError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
   checkpoint = step_folders.kept_step_folder(run_dir, checkpoint, errors.ConfigError) or checkpoint

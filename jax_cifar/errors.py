@@ -21,6 +21,13 @@ class ConfigError(UserError, ValueError):
   """A config value or command-line option that cannot work (named, with what is allowed)."""
 
 
+def folder_arg(call: str, value) -> None:
+  """TypeError naming `call` when a folder argument is not a path (None had ended in pathlib's
+  traceback, frames deep; an audit)."""
+  if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+    raise TypeError(f'{call}: give a folder (a str or pathlib.Path), got {value!r}')
+
+
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 

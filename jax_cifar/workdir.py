@@ -162,10 +162,14 @@ def previous_config(workdir: pathlib.Path) -> dict | None:
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
+    record = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, so the run '
                        'can neither be resumed nor loaded safely') from e
+  if not isinstance(record, dict):  # `[]` had ended in ml_collections' bare AssertionError.
+    raise WorkdirError(f'{path} holds a JSON {type(record).__name__}, not the object of a run\'s '
+                       'config, so the run can neither be resumed nor loaded safely')
+  return record
 
 
 def run_config(run_dir: str | pathlib.Path):

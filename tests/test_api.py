@@ -229,3 +229,17 @@ def test_api_errors_share_user_error_and_raw_weights_of_an_ema_ranked_best_are_s
     warnings.simplefilter('error')
     jax_cifar.load_model(ranked, weights='ema')
     jax_cifar.load_model(run)  # Ranked by its raw weights: nothing to say.
+
+
+def test_a_folder_argument_that_is_not_a_path_or_a_config_json_that_is_not_an_object_is_named(
+    tmp_path):
+  """load_model(None) and train_and_evaluate(config, None) had ended in pathlib's TypeError frames
+  deep, a config.json of `[]` in ml_collections' bare AssertionError (an audit)."""
+  for call in (lambda: jax_cifar.load_model(None), lambda: jax_cifar.load_model(''),
+               lambda: jax_cifar.train_and_evaluate(_config(), None)):
+    with pytest.raises(TypeError, match=r'^(load_model\(run_dir\)|train_and_evaluate\(config, '
+                                        r'workdir\)): give a folder \(a str or pathlib.Path\), got'):
+      call()
+  (tmp_path / 'config.json').write_text('[]')
+  with pytest.raises(workdir_lib.WorkdirError, match='holds a JSON list, not the object of a run'):
+    jax_cifar.load_model(tmp_path)

@@ -111,6 +111,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise TypeError('train_and_evaluate(config, workdir): config must be an ml_collections '
                     'ConfigDict (jax_cifar.configs.default.get_config() or a recipe\'s '
                     f'get_config(), then changed), got {type(config).__name__}')
+  errors.folder_arg('train_and_evaluate(config, workdir)', workdir)
   config_validation.validate(config)
   workdir = pathlib.Path(workdir)
   # From here SIGTERM/SIGINT only set a flag: read before anything is written (a stop while
