@@ -518,3 +518,13 @@ def test_a_config_reading_other_images_than_the_run_is_refused(run):
   with pytest.raises(config_validation.ConfigError, match=r"data.source 'synthetic' \(run\) vs "
                      r"'local' \(--config\)"):
     evaluate.evaluate(real, str(run / 'run'), 'latest')
+
+
+def test_a_relative_submission_path_is_recorded_resolved(run, tmp_path, monkeypatch):
+  """eval_<tag>.json named a relative --submission as given, useless from another folder, while
+  ood_dir was resolved (an audit)."""
+  monkeypatch.chdir(tmp_path)
+  result = evaluate.evaluate(_config(), str(run / 'run'), 'latest', ood_dir=str(run / 'ood'),
+                             submission_csv='rel.csv')
+  assert result['submission'] == str(tmp_path.resolve() / 'rel.csv')
+  assert (tmp_path / 'rel.csv').read_text().startswith('id,label\n')

@@ -54,7 +54,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
       if writer:
         writer.finish()
   seconds = time.perf_counter() - start
-  result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path),
+  result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path.resolve()),
             'ood_seconds': seconds,
             'ood_images_per_sec': len(files) * files[0].num_images / seconds}
   if scores:
