@@ -228,10 +228,14 @@ class Checkpoints:
       if damaged or twin_used:  # (a resume moves them aside: set_aside_damaged)
         self._damaged[which] = [s for s in steps if s > step or (twin_used and s == step)]
       return restored, step
+    others = sorted({int(p.name) for p in manager.directory.parent.glob('*/*')
+                     if p.parent.name in ('latest', 'best') and p.name.isdigit()} - set(steps))
+    kept = (f' (the run also kept step{"s" if len(others) > 1 else ""} '
+            f'{", ".join(map(str, others))}: evaluate --checkpoint N)' if others else '')
     raise CheckpointError(
         f'damaged checkpoint in {manager.directory}: {"; ".join(damaged)}; '
-        + ('no intact step is left' if fallback else 'restore an intact step by path') +
-        ' (nothing was deleted)')
+        + ('no intact step is left' if fallback else 'restore an intact step by number or path'
+           + kept) + ' (nothing was deleted)')
 
   def set_aside_damaged(self, which: str) -> list[pathlib.Path]:
     """Moves the damaged steps the last `restore` skipped to checkpoints/damaged/ (kept, not

@@ -428,3 +428,21 @@ def test_storage_errors_keep_their_cause_and_drop_tensorstores_json_spec():
     assert step_folders.one_line(e) == cause
   assert [step_folders.is_step_number(t) for t in ('40', '040', '²', '٤٠', '4.0', '')] == [
       True, True, False, False, False, False]
+
+
+def test_a_damaged_step_without_an_intact_copy_names_the_steps_the_run_kept(run9, tmp_path):
+  """The error had said only "restore an intact step by path", while another kept step would have
+  worked (an audit)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  [best] = [p for p in (workdir / 'checkpoints' / 'best').iterdir() if p.name.isdigit()]
+  for copy in (best, workdir / 'checkpoints' / 'latest' / best.name):
+    if copy.is_dir():
+      _damage(copy, 'empty')
+  others = sorted({int(p.name) for p in (workdir / 'checkpoints').glob('*/*') if p.name.isdigit()}
+                  - {int(best.name)})
+  assert others  # run9 kept latest/6 and latest/9.
+  with pytest.raises(checkpoints.CheckpointError, match=(
+      rf'restore an intact step by number or path \(the run also kept steps? '
+      rf'{", ".join(map(str, others))}: evaluate --checkpoint N\)')):
+    checkpoints.Checkpoints(workdir, create=False).restore('best', _target())
