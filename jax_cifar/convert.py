@@ -303,6 +303,9 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
       raise ConversionError(f'{path}: no such converted checkpoint')
     hint = (': a torchvision state_dict is converted first, with python -m jax_cifar.convert'
             if os.path.isfile(path) else '')
+    if os.path.isfile(os.path.join(path, workdir.CONFIG_FILE)):  # A training run's folder.
+      hint = (': it is a jax-cifar training run; start from its weights with '
+              f'model.init_from={path} (or jax_cifar.load_model({path!r}) in Python)')
     raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE}){hint}')
   try:
     with open(meta_file) as f:

@@ -443,3 +443,13 @@ def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert ' convert: loaded ' in proc.stderr and ' convert: wrote ' in proc.stderr, proc.stderr
   assert ' absl: ' not in proc.stderr, proc.stderr
+
+
+def test_a_training_run_given_as_converted_weights_points_to_init_from(tmp_path):
+  """A run's folder given to load_pretrained (or model.pretrained) had been 'not a converted
+  checkpoint (no metadata.json)' with no way on (an audit)."""
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(convert.ConversionError, match=(
+      rf'^{tmp_path} is not a converted checkpoint \(no metadata.json\): it is a jax-cifar '
+      rf'training run; start from its weights with model.init_from={tmp_path}')):
+    convert.read_metadata(str(tmp_path))
