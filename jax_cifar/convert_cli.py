@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
 import re
 import sys
 import time
@@ -31,7 +32,8 @@ _ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, o
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog=cli.prog(),
+  as_module = pathlib.Path(sys.argv[0]).parts[-2:] == ('jax_cifar', 'convert.py')  # python -m
+  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.convert' if as_module else None),
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--arch', required=True, choices=ARCHS)
   source = parser.add_mutually_exclusive_group(required=True)
