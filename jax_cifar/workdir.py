@@ -275,7 +275,8 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
     raise WorkdirError(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
         'Start a new run in a fresh --workdir, or pass --config.train.allow_config_change=true '
-        'to apply the change from this step on (launches.jsonl records it)')
+        'to apply the change from this step on (launches.jsonl records it; in Python: '
+        'config.train.allow_config_change = True)')
   return notable
 
 

@@ -400,7 +400,9 @@ def test_a_refused_change_of_what_checkpoints_hold_names_the_way_that_works(key,
                      {'optim.backbone_lr_mult': (0.1, 0.2)},
                      {'optim.backbone_lr_mult': (0.1, 1.0), 'optim.freeze_backbone_steps': (0, 5)},
                      {'optim.momentum': (0.9, 0.0)}):  # (AdamW's: inert.)
-    with pytest.raises(workdir_lib.WorkdirError, match='allow_config_change=true to apply'):
+    # The flag for the command line, the key for Python (train_and_evaluate; an audit).
+    with pytest.raises(workdir_lib.WorkdirError, match=r'allow_config_change=true to apply .*in '
+                       r'Python: config\.train\.allow_config_change = True\)$'):
       _check_resume(same_state, allow=False, epoch=1.0)
   with pytest.raises(workdir_lib.WorkdirError, match='optim.momentum changes what'):  # SGD's trace.
     _check_resume({'optim.momentum': (0.9, 0.0)}, allow=False, epoch=1.0,

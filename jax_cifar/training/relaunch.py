@@ -29,7 +29,8 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
           f'{path} is missing: it records the config of the saved checkpoints, so this launch '
           f'cannot be checked against it. Put it back ({workdir_lib.LAUNCHES_FILE} holds each '
           'launch\'s config, the newest last), or pass --config.train.allow_config_change=true '
-          'to go on with this launch\'s config')
+          'to go on with this launch\'s config (in Python: config.train.allow_config_change = '
+          'True)')
     logging.warning('%s is missing: going on with this launch\'s config '
                     '(train.allow_config_change).', path)
     return {}
@@ -48,7 +49,8 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
           f'{workdir} holds a best checkpoint of a launch with another config ({"; ".join(other)}) '
           'that stopped before its first latest checkpoint, so nothing can be resumed. Start in a '
           'fresh --workdir, or pass --config.train.allow_config_change=true to start over here '
-          '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder)')
+          '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder; in '
+          'Python: config.train.allow_config_change = True)')
     return changes
   notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
                                      epoch=start_step / steps_per_epoch, workdir=workdir,
