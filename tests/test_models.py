@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import require_torch
-from jax_cifar.models import MODEL_NAMES, create_model, smallest_width
+from jax_cifar.models import MODEL_NAMES, create_model, list_models, smallest_width
 
 # sum(p.numel() for p in torchvision.models.<arch>().parameters()), 1000 classes.
 TORCHVISION_PARAM_COUNTS = {
@@ -120,6 +120,18 @@ def test_unknown_name_or_stem_raises_listing_allowed_values():
     create_model('resnet99', rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='cifar'):
     create_model('resnet18', stem='tiny', rngs=nnx.Rngs(0))
+
+
+def test_timm_habits_pretrained_and_list_models_patterns():
+  """create_model(..., pretrained=True) had been a bare TypeError, list_models('resnet*') too (an
+  audit): the first names the convert route, the second filters as timm's does."""
+  with pytest.raises(TypeError, match=r'no pretrained=: .*python -m jax_cifar.convert.*'
+                                      r'load_pretrained'):
+    create_model('resnet18', pretrained=True, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match='unexpected keyword arguments: drop_rate'):
+    create_model('resnet18', drop_rate=0.1, rngs=nnx.Rngs(0))
+  assert list_models('resnext*') == ['resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d']
+  assert list_models() == list(MODEL_NAMES) and list_models('vit*') == []
 
 
 @pytest.fixture(scope='module')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ def smallest_width(name: str) -> int:
 
 def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
                  dtype: Any = jnp.float32, remat: bool = False, scan_blocks: bool = False,
-                 rngs: nnx.Rngs) -> nnx.Module:
+                 rngs: nnx.Rngs, **unknown) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
 
   `stem` and `width` apply to ResNets (width = stage 1's planes; 64 is torchvision's, and
@@ -31,6 +32,12 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   recomputes each residual block's activations in the backward pass and `scan_blocks` compiles
   each stage's repeated block once (ResNets; neither changes the parameters or their layout).
   """
+  if 'pretrained' in unknown:  # timm's and torchvision's keyword: the weights come another way.
+    raise TypeError('create_model has no pretrained=: ImageNet weights are converted from '
+                    'torchvision once (python -m jax_cifar.convert) and loaded with '
+                    'jax_cifar.convert.load_pretrained(model, path, num_classes=...)')
+  if unknown:
+    raise TypeError(f'create_model got unexpected keyword arguments: {", ".join(sorted(unknown))}')
   if name not in MODEL_NAMES:
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
   if stem not in STEMS:
@@ -59,9 +66,10 @@ def _compute_dtype(dtype: Any) -> jnp.dtype:
   return resolved
 
 
-def list_models() -> list[str]:
-  """The names `create_model` accepts (torchvision's ResNet family and the course's simple CNN)."""
-  return list(MODEL_NAMES)
+def list_models(pattern: str = '*') -> list[str]:
+  """The names `create_model` accepts (torchvision's ResNet family and the course's simple CNN)
+  that match the shell-style `pattern`, as timm's list_models: list_models('resnext*')."""
+  return [name for name in MODEL_NAMES if fnmatch.fnmatchcase(name, pattern)]
 
 
 
