@@ -145,6 +145,13 @@ def test_class_names_come_from_meta(data_dir):
   assert (fine[0], fine[-1], coarse[0]) == ('apple', 'worm', 'aquatic_mammals')
 
 
+def test_class_names_find_the_data_as_the_trainer_does(data_dir, monkeypatch):
+  """A run's config.data.dir is often '' ($JAX_CIFAR_DATA_DIR then): class_names('') had looked
+  in the current folder (an audit)."""
+  monkeypatch.setenv('JAX_CIFAR_DATA_DIR', str(data_dir))
+  assert cifar100.class_names('') == cifar100.class_names() == cifar100.class_names(data_dir)
+
+
 @pytest.mark.parametrize('problem', ['short_fine', 'short_coarse', 'not_names'])
 def test_meta_with_the_wrong_number_of_names_is_named(tmp_path, small_tree, problem):
   """Fewer names than classes had silently shortened the per-class table (zip) and broken the

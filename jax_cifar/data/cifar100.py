@@ -270,9 +270,10 @@ def load_split(
   return _split_from_pickle(folder / split, encoding)
 
 
-def class_names(data_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
-  """(fine, coarse) class names from `meta`, indexed by label."""
-  folder = find_or_fetch(data_dir, download=False)
+def class_names(data_dir: str | os.PathLike = '') -> tuple[list[str], list[str]]:
+  """(fine, coarse) class names from `meta`, indexed by label; the folder found as the trainer
+  finds it (config.data.dir, else $JAX_CIFAR_DATA_DIR, else the cache folder)."""
+  folder = find_or_fetch(resolve_data_dir(str(data_dir)), download=False)
   raw = read_pickle(folder / 'meta')
   try:
     names = list(raw['fine_label_names']), list(raw['coarse_label_names'])
