@@ -190,6 +190,7 @@ def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
   if weights != 'auto':
     return weights
   if state.ema_params is None:
+    tracking.say('weights auto: raw (the run kept no EMA: ema.decay was 0)')
     return 'raw'
   rows = [r for r in tracking.read_metrics(workdir)
           if r.get('step') == step and 'val_accuracy' in r]

@@ -145,7 +145,7 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path, caplog):
              for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
-def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path):
+def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path, capsys):
   """A run whose EMA led at the best step and trailed at the last (as in the H200 run of
   configs/ood_best.py): 'auto' must read the row of the step being evaluated."""
   c = _config()
@@ -160,5 +160,8 @@ def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path):
   assert state_lib.resolve_weights('auto', state, tmp_path, 5) == 'raw'  # No row: the raw weights.
   assert state_lib.resolve_weights('ema', state, tmp_path, 10530) == 'ema'  # Explicit stays.
   no_ema = state.replace(ema_params=None, ema_batch_stats=None)
+  capsys.readouterr()
   assert state_lib.resolve_weights('auto', no_ema, tmp_path, 7371) == 'raw'
+  # Said, as every other choice of 'auto' is (it had been silent; an audit).
+  assert capsys.readouterr().err == 'weights auto: raw (the run kept no EMA: ema.decay was 0)\n'
 
