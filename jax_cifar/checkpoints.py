@@ -20,7 +20,7 @@ from jax_cifar import errors, parallel
 from jax_cifar import workdir as workdir_lib
 # CheckpointError and StructureMismatch are also this module's (checkpoints.CheckpointError).
 from jax_cifar.step_folders import (CheckpointError, Damaged, StructureMismatch,  # pylint: disable=unused-import
-                                    one_line, restore_step, restore_twin)
+                                    is_step_number, one_line, restore_step, restore_twin)
 
 
 WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw weights or their EMA.
@@ -229,9 +229,11 @@ class Checkpoints:
         self._damaged[which] = [s for s in steps if s > step or (twin_used and s == step)]
       return restored, step
     others = sorted({int(p.name) for p in manager.directory.parent.glob('*/*')
-                     if p.parent.name in ('latest', 'best') and p.name.isdigit()} - set(steps))
+                     if p.parent.name in ('latest', 'best') and is_step_number(p.name)}
+                    - set(steps))
     kept = (f' (the run also kept step{"s" if len(others) > 1 else ""} '
-            f'{", ".join(map(str, others))}: evaluate --checkpoint N)' if others else '')
+            f'{", ".join(map(str, others))}: evaluate --checkpoint N, load_model(run, N))'
+            if others else '')
     raise CheckpointError(
         f'damaged checkpoint in {manager.directory}: {"; ".join(damaged)}; '
         + ('no intact step is left' if fallback else 'restore an intact step by number or path'

@@ -5,7 +5,8 @@ python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpo
     [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
     [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
-confusion_<tag>.png, where <tag> is best, latest or path, then _tta-flip / _tta-shifts with --tta
+confusion_<tag>.png, where <tag> is best, latest, step<N> (a step number or folder) or
+path, then _tta-flip / _tta-shifts with --tta
 (--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
 non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png (none of them into a WORKDIR that takes no files: said first). The last
@@ -194,7 +195,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   inference.check_matches_run(config, workdir)
-  inference.check_step_folder_of_another_run(config, workdir, which)
+  inference.check_step_folder_of_another_run(config, workdir, str(which))
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
@@ -239,7 +240,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if c_files:
     result.update(ood_sets.evaluate_cifar100c(predictor, cifar100c_dir, c_files,
                                      workdir_path / f'cifar100c_{tag}.png' if keeps else None,
-                                     run_name=f'{workdir_path.name} ({tag})'))
+                                     run_name=f'{workdir_path.name} ({tag})',
+                                     draw_later=draw_later))
   if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
     result.update(ood_sets.predict_submission(predictor, ood_dir, csv_path, ood_files))
   if keeps and jax.process_index() == 0:

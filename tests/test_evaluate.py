@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, config_validation, evaluate, parallel
+from jax_cifar import checkpoints, config_validation, evaluate, interrupt, parallel
 from jax_cifar.evaluation import ood_sets
 from jax_cifar.evaluation import submission
 from jax_cifar.evaluation import metrics as metrics_lib
@@ -363,6 +363,7 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
   by_number = evaluate.evaluate(_config(), str(workdir), str(step))
   assert by_number['step'] == step and by_number['checkpoint'].endswith(f'latest/{step}')
   assert json.loads((workdir / f'eval_step{step}.json').read_text())['step'] == step
+  assert evaluate.evaluate(_config(), str(workdir), step)['step'] == step  # An int, as load_model.
   with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
     evaluate.evaluate(_config(), str(workdir), '999')
 
@@ -489,7 +490,29 @@ def test_a_cifar100c_file_that_fails_while_predicted_keeps_the_existing_csv(run,
   assert csv.read_text() == 'id,label\n'
 
 
-def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, tmp_path):
+def test_a_stop_in_the_submission_phase_leaves_no_cifar100c_heatmap(run, tmp_path):
+  """The CIFAR-100-C phase now comes before the submission: its heatmap is drawn once everything
+  is predicted, as the confusion matrix is, not left by an evaluation that never finished (a
+  review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*', '*.png', '*.csv'))
+
+  def stopped(*args, **kwargs):
+    raise interrupt.Interrupted('SIGTERM', 15)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(ood_sets, 'predict_submission', stopped)
+    with pytest.raises(interrupt.Interrupted):
+      evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
+                        cifar100c_dir=str(run / 'c'))
+  assert not list(workdir.glob('*.png')) and not list(workdir.glob('eval_*.json'))
+  evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
+                    cifar100c_dir=str(run / 'c'))
+  assert (workdir / 'cifar100c_latest.png').is_file()
+
+
+def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, tmp_path,
+                                                                          monkeypatch):
   """`--checkpoint OTHER_RUN/checkpoints/latest/N` had been scored under this workdir's config
   (another normalisation: a val_loss of 15 against 5) and filed as this run's numbers (an audit)."""
   other = tmp_path / 'other'
@@ -505,6 +528,10 @@ def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, t
       r".*model.normalize 'imagenet' \(run\) vs 'cifar'.* Evaluate that run itself: --workdir ")):
     evaluate.evaluate(_config(), str(run / 'run'), str(folder))
   assert {p.name: p.read_bytes() for p in (run / 'run').glob('eval_*.json')} == before
+  # The same folder typed relative to other/checkpoints (a review: it had skipped the check).
+  monkeypatch.chdir(other / 'checkpoints')
+  with pytest.raises(config_validation.ConfigError, match='Evaluate that run itself'):
+    evaluate.evaluate(_config(), str(run / 'run'), f'latest/{step}')
   # Its own run's folder, given by path, is evaluated as before.
   assert evaluate.evaluate(_config(), str(run / 'run'), str(
       run / 'run' / 'checkpoints' / 'latest' / str(step)))['step'] == step

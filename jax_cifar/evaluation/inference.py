@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jax_cifar import config_validation, interrupt, parallel
+from jax_cifar import config_validation, interrupt, parallel, step_folders
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -142,8 +143,9 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
   weights = state_lib.resolve_weights(weights, state, workdir, step)
   state = state_lib.with_weights(state, weights, workdir)
-  tent_lib.check_finite(state.params, state.batch_stats, f'checkpoint step {step} ({weights} '
-                        'weights)')
+  # (BatchNorm statistics that adaptation re-estimates need not be finite.)
+  tent_lib.check_finite(state.params, None if adapt_bn or tent else state.batch_stats,
+                        f'checkpoint step {step} ({weights} weights)')
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = None
@@ -190,9 +192,11 @@ def check_step_folder_of_another_run(config, workdir: str, which: str) -> None:
   """A step folder of another run (RUN/checkpoints/{latest,best}/N) is checked against RUN's
   config too: scored under this workdir's config it had given wrong numbers, filed as this run's
   (an audit)."""
-  folder = pathlib.Path(which).expanduser()
+  if which in ('best', 'latest') or step_folders.is_step_number(which):  # This run's own steps.
+    return
+  folder = pathlib.Path(os.path.abspath(os.path.expanduser(which)))  # `latest/2` from checkpoints/
   folder = folder.parent if folder.name == 'default' else folder
-  if which in ('best', 'latest') or folder.parent.parent.name != 'checkpoints':
+  if folder.parent.parent.name != 'checkpoints':
     return
   source = folder.parent.parent.parent
   if source.resolve() != pathlib.Path(workdir).expanduser().resolve():

@@ -64,7 +64,8 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
 
 
 def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
-                       figure: pathlib.Path | None, run_name: str | None = None) -> dict:
+                       figure: pathlib.Path | None, run_name: str | None = None,
+                       draw_later: list | None = None) -> dict:
   """Accuracy per corruption x severity, and means over the 15 standard and over all present;
   the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
   n = next(iter(files.values())).num_images
@@ -85,7 +86,8 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
     name = run_name or (figure.parent.name if figure else 'model')
-    if figure is not None:
-      figures.plot_corruption_heatmap(table, figure, run_name=name)
+    if figure is not None:  # (With draw_later: once the whole evaluation has finished.)
+      draw = lambda: figures.plot_corruption_heatmap(table, figure, run_name=name)  # pylint: disable=unnecessary-lambda-assignment
+      draw() if draw_later is None else draw_later.append(draw)  # pylint: disable=expression-not-assigned
     print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
   return result
