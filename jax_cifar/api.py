@@ -57,7 +57,8 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
 
 def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict) -> None:
   """predict prepares images as `config` says (size, normalisation): another model's config had
-  given probabilities of images prepared for that model, silently (an audit)."""
+  given probabilities of images prepared for that model, silently (an audit). Warned, not refused:
+  a create_model model with a config of the same size and normalisation is fine."""
   arch = getattr(model, 'arch', 'simple_cnn' if type(model).__name__ == 'SimpleCNN' else None)
   differ = []  # (Its number of classes may differ: the columns are the model's.)
   if arch not in (None, 'resnet') and arch != config.model.name:
@@ -65,11 +66,12 @@ def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict
   if arch not in (None, 'simple_cnn') and getattr(model, 'stem', None) != config.model.stem:
     differ.append(f'the model has the {model.stem} stem, config.model.stem is '
                   f'{config.model.stem!r}')
-  if differ:
-    raise errors.ConfigError(
-        f'predict: config does not describe this model ({"; ".join(differ)}): give the config '
-        'load_model returned with it, or for a create_model model a config whose model keys match '
-        '(config.model.image_size and normalize decide how the images are prepared)')
+  if differ:  # A warning: only image_size, normalize and dtype change how images are prepared.
+    warnings.warn(
+        f'predict: config may not describe this model ({"; ".join(differ)}): images are prepared '
+        f'as it says (resized to {config.model.image_size} px, normalize='
+        f'{config.model.normalize!r}); give the config load_model returned with the model',
+        UserWarning, stacklevel=3)
 
 
 def _image_hint(images: np.ndarray) -> str:

@@ -198,11 +198,13 @@ def _stray_words(words: Sequence[str], argv: Sequence[str]) -> str:
   """What to say of words on the command line that belong to no flag."""
   text = ' '.join(repr(w) for w in words)
   hint = ': each flag takes one value (--FLAG=VALUE or --FLAG VALUE)'
-  for i, word in enumerate(argv[1:], 1):
-    if word in words and word.lower() in ('true', 'false', 'yes', 'no', '0', '1'):
-      before = argv[i - 1].lstrip('-') if argv[i - 1].startswith('--') else 'FLAG'
-      hint = (f': a yes/no flag takes no separate value: write --{before}, --no{before} or '
-              f'--{before}={word}')
+  for i, word in enumerate(argv[1:], 1):  # The stray word right after a yes/no flag.
+    name = argv[i - 1].lstrip('-') if argv[i - 1].startswith('-') else ''
+    name = name if name in flags.FLAGS else name[2:] if name.startswith('no') else ''
+    if (word in words and word.lower() in ('true', 'false', 'yes', 'no', '0', '1')
+        and name in flags.FLAGS and flags.FLAGS[name].boolean):
+      hint = (f': a yes/no flag takes no separate value: write --{name}, --no{name} or '
+              f'--{name}={word}')
       break
   return f'unexpected argument{"s" if len(words) > 1 else ""} {text}{hint}'
 

@@ -24,8 +24,10 @@ class ConfigError(UserError, ValueError):
 def folder_arg(call: str, value) -> None:
   """TypeError naming `call` when a folder argument is not a path (None had ended in pathlib's
   traceback, frames deep; an audit)."""
-  if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+  if not isinstance(value, (str, os.PathLike)):
     raise TypeError(f'{call}: give a folder (a str or pathlib.Path), got {value!r}')
+  if not str(value).strip():
+    raise ConfigError(f'{call}: the folder is empty ({value!r}): give the run\'s folder')
 
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

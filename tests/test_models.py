@@ -271,7 +271,8 @@ def test_train_must_be_a_bool(name):
       model(jnp.ones((2, 32, 32, 3)), train=bad)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(
       model, nnx.BatchStat)))
-  assert model(jnp.ones((2, 32, 32, 3)), train=np.bool_(False)).shape == (2, 10)
+  for ok in (np.bool_(False), jnp.array(False)):
+    assert model(jnp.ones((2, 32, 32, 3)), train=ok).shape == (2, 10)
 
 
 def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():

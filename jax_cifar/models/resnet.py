@@ -287,7 +287,8 @@ def check_images(x, train) -> None:
   """Models take NHWC float batches with 3 channels, normalised as in training; anything else
   fails deep inside a conv, or (uint8 pixels) silently gives chance-level predictions. `train` is
   a bool: `train='no'` had trained (changing the BatchNorm statistics; an audit)."""
-  if not isinstance(train, (bool, np.bool_)):
+  if not (isinstance(train, (bool, np.bool_)) or (  # (or a 0-d bool array: jnp.array(False))
+      getattr(train, 'shape', None) == () and getattr(train, 'dtype', None) == np.bool_)):
     raise TypeError(f'train must be True (batch statistics, updated) or False (running '
                     f'statistics, as for predictions), got {train!r}')
   if x.ndim != 4 or x.shape[-1] != 3:
