@@ -444,5 +444,5 @@ def test_a_damaged_step_without_an_intact_copy_names_the_steps_the_run_kept(run9
   assert others  # run9 kept latest/6 and latest/9.
   with pytest.raises(checkpoints.CheckpointError, match=(
       rf'restore an intact step by number or path \(the run also kept steps? '
-      rf'{", ".join(map(str, others))}: evaluate --checkpoint N\)')):
+      rf'{", ".join(map(str, others))}: evaluate --checkpoint N, load_model\(run, N\)\)')):
     checkpoints.Checkpoints(workdir, create=False).restore('best', _target())
