@@ -59,7 +59,7 @@ def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict
   """predict prepares images as `config` says (size, normalisation): another model's config had
   given probabilities of images prepared for that model, silently (an audit). Warned, not refused:
   a create_model model with a config of the same size and normalisation is fine."""
-  arch = getattr(model, 'arch', 'simple_cnn' if type(model).__name__ == 'SimpleCNN' else None)
+  arch = getattr(model, 'arch', None)
   differ = []  # (Its number of classes may differ: the columns are the model's.)
   if arch not in (None, 'resnet') and arch != config.model.name:
     differ.append(f'the model is a {arch}, config.model.name is {config.model.name!r}')
@@ -112,6 +112,9 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
             if isinstance(config, ml_collections.ConfigDict) else type(config).__name__)
     raise TypeError('predict(model, config, images): config must be the run\'s whole ConfigDict '
                     f'(load_model\'s second result), got {what}')
+  if hasattr(model, 'fc') and model.fc is None:
+    raise ValueError('predict: this model has no head (built with num_classes=0) and gives pooled '
+                     'features, not classes; call it as model(x, train=False) for them')
   _check_config_describes(model, config)
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:

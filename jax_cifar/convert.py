@@ -345,21 +345,27 @@ def _put_like(value: np.ndarray, like: Any) -> Any:
   return value
 
 
-def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed: int = 0) -> None:
+def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = None,
+                    rngs_seed: int = 0) -> None:
   """Loads a converted backbone into `model` in place.
 
-  If the checkpoint's head has another number of classes than `num_classes`, the model keeps its
+  If the checkpoint's head has another number of classes than the model's, the model keeps its
   own freshly initialised `fc` (torch.nn.Linear's init); `rngs_seed` draws one only for a model
-  whose head holds no values (built with nnx.eval_shape). A matching head is loaded too.
+  whose head holds no values (built with nnx.eval_shape). A matching head is loaded too; a model
+  built with num_classes=0 (no head: pooled features) takes the backbone only. `num_classes`,
+  when given, is checked against the model's head.
   """
   _, ckpt = read_converted(path, getattr(model, 'arch', None))
   fc = getattr(model, 'fc', None)
-  if fc is None or fc.kernel.shape[-1] != num_classes:
-    raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs')
+  outputs = 0 if fc is None else fc.kernel.shape[-1]
+  if num_classes is not None and outputs != num_classes:
+    raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs '
+                          f'(it has {outputs})')
 
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   current = {_dotted(p): (p, v) for p, v in _flatten(nnx.to_pure_dict(state))}
-  keep_head = ckpt.get('fc.kernel') is not None and ckpt['fc.kernel'].shape == fc.kernel.shape
+  keep_head = (fc is not None and ckpt.get('fc.kernel') is not None
+               and ckpt['fc.kernel'].shape == fc.kernel.shape)
   is_head = lambda k: k.startswith('fc.')
   missing = [k for k in current if k not in ckpt and not is_head(k)]
   unexpected = [k for k in ckpt if k not in current and not is_head(k)]
@@ -372,7 +378,7 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int, rngs_seed
   elif all(isinstance(v, jax.Array) for k, (_, v) in current.items() if is_head(k)):
     head = {}  # keep the model's own fresh head
   else:
-    fresh = torch_linear(fc.kernel.shape[0], num_classes, dtype=fc.dtype, rngs=nnx.Rngs(rngs_seed))
+    fresh = torch_linear(fc.kernel.shape[0], outputs, dtype=fc.dtype, rngs=nnx.Rngs(rngs_seed))
     head = {f'fc.{k}': np.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(fresh)).items()}
   new = {p: v if is_head(k) and k not in head else
          _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}

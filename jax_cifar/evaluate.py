@@ -94,7 +94,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('tent_epochs', tent_lib.TentOptions.epochs,
                        '--tent: passes over each chunk.')
   flags.DEFINE_integer('tent_batch_size', tent_lib.TentOptions.batch_size,
-                       '--tent: images per Adam step (global, divisible by the device count).')
+                       '--tent: images per Adam step (global, divisible by the device count; one '
+                       'larger than a chunk is the whole chunk).')
   flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
   flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                       '(default WORKDIR/submission_<tag>.csv).')
@@ -215,6 +216,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
   which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.
+  if which not in ('best', 'latest'):  # One name per step: its number, folder or default/ item
+    folder = pathlib.Path(which).resolve()  # (eval_<tag>.json had taken them for two checkpoints).
+    which = str(folder.parent if folder.name == 'default' else folder)
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:

@@ -13,6 +13,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_cifar import checkpoints, errors, models, optim, parallel, step_folders, tracking
@@ -31,6 +32,20 @@ class TrainState:
   first_nonfinite_step: jax.Array  # int32 scalar: step of the first such update, -1 if none.
   ema_params: Any = None  # EMA of params (config.ema.decay > 0), else None.
   ema_batch_stats: Any = None  # EMA of the BatchNorm running statistics, else None.
+
+
+def check_finite(params, batch_stats, who: str) -> None:
+  """Names non-finite checkpoint values before anything is predicted or adapted: how a NaN shows
+  depends on how XLA compiled the program (its defaults can turn relu(NaN) into 0), and a model
+  of NaNs had predicted class 0 for every image, exit status 0 (an audit). Checked on the host,
+  leaf by leaf: a compiled check had cost 3.4 s of compilation for a ResNet-152 on a CPU, this
+  about 0.1 s, and the (replicated) weights are read once."""
+  bad = [jax.tree_util.keystr(path)
+         for path, value in jax.tree_util.tree_leaves_with_path((params, batch_stats))
+         if not np.isfinite(np.asarray(jax.device_get(value))).all()]
+  if bad:
+    raise errors.UserError(f'{who}: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
+                           f'{" ..." if len(bad) > 5 else ""}')
 
 
 def model_input(images, config, dtype):

@@ -109,7 +109,7 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   if not step_dir.is_dir():
     raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, a step '
                           'number or a step folder, e.g. WORKDIR/checkpoints/best/12)')
-  steps = sorted((int(p.name) for p in step_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+  steps = sorted((int(p.name) for p in step_dir.iterdir() if is_step_number(p.name) and p.is_dir()),
                  reverse=True)
   if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
     raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '

@@ -22,6 +22,7 @@ from typing import Any
 from flax import traverse_util
 
 from jax_cifar import errors
+from jax_cifar.step_folders import is_step_number
 
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
@@ -97,7 +98,7 @@ def existing_run(workdir: pathlib.Path) -> str | None:
   found = [name for name in (CONFIG_FILE, 'metrics.jsonl', LAUNCHES_FILE)
            if (workdir / name).exists()]
   ckpt = workdir / 'checkpoints'
-  if ckpt.is_dir() and any(p.name.isdigit() for sub in ckpt.iterdir() if sub.is_dir()
+  if ckpt.is_dir() and any(is_step_number(p.name) for sub in ckpt.iterdir() if sub.is_dir()
                            for p in sub.iterdir()):
     found.append('checkpoints/')
   return ', '.join(found) or None
@@ -316,7 +317,7 @@ def saved_steps(workdir: pathlib.Path) -> set[tuple[str, str, int, int]]:
   for kind in ('latest', 'best'):
     folder = workdir / 'checkpoints' / kind
     for p in (folder.iterdir() if folder.is_dir() else ()):
-      if p.name.isdigit():
+      if is_step_number(p.name):
         st = p.stat()
         found.add((kind, p.name, st.st_ino, st.st_mtime_ns))
   return found

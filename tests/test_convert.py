@@ -323,6 +323,26 @@ def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_he
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(same_head)), pure)
 
 
+def test_a_model_without_a_head_gives_torchvisions_pooled_features(tmp_path):
+  """create_model(arch, 0) + load_pretrained (no num_classes needed) == torchvision with
+  fc = Identity, timm's way of asking a backbone for features."""
+  tmodel = _random_torch_resnet('resnet18').eval()
+  path = str(tmp_path / 'r18')
+  save_converted(torch_to_flax(tmodel.state_dict(), 'resnet18'), 'resnet18', path)
+  model = create_model('resnet18', 0, rngs=nnx.Rngs(0))
+  load_pretrained(model, path)
+  tmodel.fc = torch.nn.Identity()
+  x = np.random.default_rng(1).standard_normal((2, 32, 32, 3), dtype=np.float32)
+  with torch.no_grad():
+    ref = tmodel(_nchw(x)).numpy()
+  with jax.default_matmul_precision('float32'):
+    ours = model(jnp.asarray(x), train=False)
+  assert ours.shape == ref.shape == (2, model.num_features) == (2, 512)
+  assert _rel_diff(ours, ref)[1] < 1e-4
+  with pytest.raises(ValueError, match=r'num_classes=100 outputs \(it has 0\)'):
+    load_pretrained(model, path, num_classes=100)
+
+
 def test_loading_into_another_arch_or_stem_names_the_problem(tmp_path):
   path = str(tmp_path / 'r18')
   save_converted(torch_to_flax(_small_state_dict(), 'resnet18'), 'resnet18', path)

@@ -364,6 +364,12 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
   assert by_number['step'] == step and by_number['checkpoint'].endswith(f'latest/{step}')
   assert json.loads((workdir / f'eval_step{step}.json').read_text())['step'] == step
   assert evaluate.evaluate(_config(), str(workdir), step)['step'] == step  # An int, as load_model.
+  # The same step as its folder's default/ item is the same checkpoint: its numbers merge into
+  # eval_step<N>.json (they had been set aside as another checkpoint's).
+  item = workdir / 'checkpoints' / 'latest' / str(step) / 'default'
+  by_item = evaluate.evaluate(_config(), str(workdir), str(item))
+  assert by_item['checkpoint'] == by_number['checkpoint']
+  assert [p.name for p in workdir.glob('eval_step*.json')] == [f'eval_step{step}.json']
   with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
     evaluate.evaluate(_config(), str(workdir), '999')
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import require_torch
+import jax_cifar
 from jax_cifar.models import MODEL_NAMES, create_model, list_models, smallest_width
 
 # sum(p.numel() for p in torchvision.models.<arch>().parameters()), 1000 classes.
@@ -218,13 +219,29 @@ def test_a_width_that_is_not_a_positive_int_is_refused(width):
 
 @pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
 def test_num_classes_and_rngs_are_checked_and_numpy_ints_accepted(name):
-  for bad in (0, -1, 2.5):  # -1 had built a model whose forward failed deep in jax
-    with pytest.raises(ValueError, match=f'num_classes must be a positive int, got {bad!r}'):
+  for bad in (-1, 2.5, True):  # -1 had built a model whose forward failed deep in jax
+    with pytest.raises(ValueError, match=rf'num_classes must be a positive int, or 0 for a model '
+                                         rf'without a head \(pooled features\), got {bad!r}'):
       create_model(name, bad, width=4, rngs=nnx.Rngs(0))
   with pytest.raises(TypeError, match=r'rngs must be a flax.nnx.Rngs \(e.g. nnx.Rngs\(0\)\), got int'):
     create_model(name, 10, width=4, rngs=0)
   model = create_model(name, np.int64(10), width=np.int64(4), rngs=nnx.Rngs(0))
   assert model(jnp.ones((2, 32, 32, 3)), train=False).shape == (2, 10)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+def test_num_classes_0_gives_the_pooled_features_the_head_would_see(name):
+  """timm's num_classes=0: no head, and the output is what the head of the same model takes."""
+  headless = create_model(name, 0, width=4, rngs=nnx.Rngs(3))
+  model = create_model(name, 10, width=4, rngs=nnx.Rngs(3))  # The head is drawn last.
+  assert headless.fc is None and 'fc' not in nnx.to_pure_dict(nnx.state(headless))
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  features = headless(x, train=False)
+  assert features.shape == (2, model.num_features) and features.dtype == jnp.float32
+  np.testing.assert_allclose(model.fc(features), model(x, train=False), rtol=1e-5, atol=1e-6)
+  config = jax_cifar.configs.simple_cnn.get_config()
+  with pytest.raises(ValueError, match=r'predict: this model has no head \(built with num_classes=0'):
+    jax_cifar.predict(headless, config, np.zeros((1, 32, 32, 3), np.uint8))
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])

@@ -96,8 +96,8 @@ def test_chunks_are_adapted_independently_a_b_a(small, monkeypatch):
   compiled again at every chunk had made --tent 3.5x slower than --bn_adapt on 95 chunks)."""
   config, state, graphdef, mesh = small
   checks = []
-  all_finite = tent._all_finite  # pylint: disable=protected-access
-  monkeypatch.setattr(tent, 'check_finite', lambda *a: checks.append(all_finite(a)))
+  check = state_lib.check_finite
+  monkeypatch.setattr(state_lib, 'check_finite', lambda *a: checks.append(check(*a)))
   a, b = _images(2, 40), _images(3, 40, contrast=0.2)
   predictor = inference.Predictor(
       state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
@@ -107,13 +107,28 @@ def test_chunks_are_adapted_independently_a_b_a(small, monkeypatch):
   np.testing.assert_allclose(out[80:], out[:40], rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out[40:80], predictor.run(b, desc='b'), rtol=1e-6, atol=1e-6)
   assert len(checks) == 1  # 4 chunks (a, b, a, then b), one checkpoint.
-  cache = all_finite._cache_size()  # pylint: disable=protected-access
-  all_finite((state.params, state.batch_stats))
-  assert all_finite._cache_size() == cache  # pylint: disable=protected-access  (no new compile)
   bn_only = inference.Predictor(
       state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
       bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats))
   assert np.abs(out[:40] - bn_only.run(a, desc='a')).max() > 1e-4  # Tent changed more than BN.
+
+
+def test_a_tent_batch_larger_than_the_chunk_is_the_whole_chunk(small):
+  """--tent_batch_size 100000 on a chunk of 40: one batch of the 40 images (rounded up to the
+  device count), the same adaptation as a batch of exactly the chunk; each batch had been padded
+  to the Tent batch, which ran out of memory (an audit)."""
+  config, state, graphdef, mesh = small
+  images, whole = _images(4, 40), -(-40 // jax.device_count()) * jax.device_count()
+  results, sizes = [], []
+  for batch_size in (100_000 * jax.device_count(), whole):
+    adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=batch_size),
+                               state.params, state.batch_stats)
+    step = adapter._step  # pylint: disable=protected-access
+    adapter._step = lambda *a, step=step: sizes.append(a[-1]['image'].shape[0]) or step(*a)
+    results.append(_flat(adapter.adapt_model(state.params, state.batch_stats, images)[0]))
+  assert sizes == [whole, whole]
+  for k, v in results[0].items():
+    np.testing.assert_array_equal(v, results[1][k])
 
 
 def test_the_entropy_of_the_predictions_falls(small):

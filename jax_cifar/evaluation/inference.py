@@ -144,8 +144,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   weights = state_lib.resolve_weights(weights, state, workdir, step)
   state = state_lib.with_weights(state, weights, workdir)
   # (BatchNorm statistics that adaptation re-estimates need not be finite.)
-  tent_lib.check_finite(state.params, None if adapt_bn or tent else state.batch_stats,
-                        f'checkpoint step {step} ({weights} weights)')
+  state_lib.check_finite(state.params, None if adapt_bn or tent else state.batch_stats,
+                         f'checkpoint step {step} ({weights} weights)')
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
                            tta_flip=tta_flip)
   adapter = None

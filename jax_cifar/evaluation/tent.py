@@ -32,6 +32,7 @@ from flax import nnx
 from jax_cifar import errors, parallel
 from jax_cifar.data import pipeline
 from jax_cifar.evaluation import bn_adapt
+from jax_cifar import state as state_lib
 from jax_cifar.state import model_input
 
 
@@ -81,25 +82,6 @@ def _step(affine, opt_state, rest, batch_stats, batch: dict, *, graphdef, config
   return optax.apply_updates(affine, updates), opt_state, loss
 
 
-@jax.jit
-def _all_finite(tree):
-  """One compiled program (op by op, each leaf shape compiled its own two: ~2 s at start-up). At
-  module level: a jit of a new lambda at every call had compiled again for every chunk."""
-  return jax.tree.map(lambda v: jnp.isfinite(v).all(), tree)
-
-
-def check_finite(params, batch_stats, who: str = '--tent') -> None:
-  """Names non-finite checkpoint values before anything is predicted or adapted: how a NaN shows
-  depends on how XLA compiled the program (its defaults can turn relu(NaN) into 0), and a model
-  of NaNs had predicted class 0 for every image, exit status 0 (an audit)."""
-  finite = jax.device_get(_all_finite((params, batch_stats)))
-  bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
-         if not ok]
-  if bad:
-    raise errors.UserError(f'{who}: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
-                           f'{" ..." if len(bad) > 5 else ""}')
-
-
 class TentAdapter:
   """`adapt(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
 
@@ -138,11 +120,14 @@ class TentAdapter:
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
     checked = self._checked
     if checked is None or checked[0] is not params or checked[1] is not batch_stats:
-      check_finite(params, batch_stats)
+      state_lib.check_finite(params, batch_stats, '--tent')
       self._checked = (params, batch_stats)
     affine, rest = self.split(params)
     opt_state = self._init(affine)
-    size, self.last_entropy = self.options.batch_size, []
+    # A Tent batch larger than the chunk is the whole chunk in one batch: padding it to the Tent
+    # batch changed nothing but the memory (--tent_batch_size 100000 had ended out of memory).
+    whole = -(-len(images) // jax.device_count()) * jax.device_count()
+    size, self.last_entropy = min(self.options.batch_size, whole), []
     for _ in range(self.options.epochs):
       losses, done = [], 0
       batches = parallel.prefetch_to_device(pipeline.image_batches(images, size),

@@ -6,6 +6,7 @@ import fnmatch
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_cifar import errors
@@ -27,6 +28,9 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
                  rngs: nnx.Rngs, **unknown) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
 
+  `num_classes=0` builds it without a head, as timm does: the model then returns its pooled
+  features [N, model.num_features] (a ResNet's global average pool, SimpleCNN's fc1 outputs).
+
   `stem` and `width` apply to ResNets (width = stage 1's planes; 64 is torchvision's, and
   ResNeXt/Wide ResNet bottlenecks scale with it). SimpleCNN keeps its 32/64 channels. `remat`
   recomputes each residual block's activations in the backward pass and `scan_blocks` compiles
@@ -42,7 +46,11 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
     raise ValueError(f'unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
   if stem not in STEMS:
     raise ValueError(f'unknown stem {stem!r}; allowed: {", ".join(STEMS)}')
-  num_classes = errors.positive_int('num_classes', num_classes)
+  if not (isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
+          and num_classes >= 0):
+    raise ValueError(f'num_classes must be a positive int, or 0 for a model without a head '
+                     f'(pooled features), got {num_classes!r}')
+  num_classes = int(num_classes)
   dtype = _compute_dtype(dtype)
   if not isinstance(rngs, nnx.Rngs):
     raise TypeError(f'rngs must be a flax.nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}')

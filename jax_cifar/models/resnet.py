@@ -337,7 +337,9 @@ class ResNet(nnx.Module):
                             dtype=dtype, rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f'layer{i + 1}', nnx.List(blocks))
-    self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs)
+    self.num_features = cin  # What the head sees (timm's name): 512 or 2048 x width / 64.
+    # num_classes=0: no head; the model returns its pooled features (timm's convention).
+    self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     check_images(x, train)
@@ -354,6 +356,8 @@ class ResNet(nnx.Module):
         for blk in layer:
           x = materialize(run(blk, x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if self.fc is None:
+      return x
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 
 

@@ -24,6 +24,7 @@ class SimpleCNN(nnx.Module):
 
   def __init__(self, num_classes: int = 100, *, width: int = 32, dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
+    self.arch = 'simple_cnn'  # As ResNet's: which model this is, for predict's config check.
     self.dtype = dtype
 
     def conv(cin: int, cout: int) -> nnx.Conv:
@@ -34,7 +35,8 @@ class SimpleCNN(nnx.Module):
     self.conv1 = conv(3, width)
     self.conv2 = conv(width, 2 * width)
     self.fc1 = torch_linear(2 * width * _GRID * _GRID, 512, dtype=dtype, rngs=rngs)
-    self.fc = torch_linear(512, num_classes, dtype=dtype, rngs=rngs)
+    self.num_features = 512  # fc1's outputs; num_classes=0 returns them (no head).
+    self.fc = torch_linear(512, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     check_images(x, train)  # No dropout or BN: train is checked, for the common interface.
@@ -49,4 +51,4 @@ class SimpleCNN(nnx.Module):
       x = nnx.avg_pool(x, (h // _GRID, w // _GRID), strides=(h // _GRID, w // _GRID))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.fc1(x))
-    return self.fc(x).astype(jnp.float32)
+    return (x if self.fc is None else self.fc(x)).astype(jnp.float32)

@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from jax_cifar import checkpoints, config_validation, convert, errors, interrupt, optim, parallel
+from jax_cifar import step_folders
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 from jax_cifar import tracking
@@ -157,7 +158,8 @@ def _check_pretrained(config, workdir: pathlib.Path) -> None:
   if not config.model.pretrained:
     return
   latest = workdir / 'checkpoints' / 'latest'
-  if config.train.resume and latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+  if config.train.resume and latest.is_dir() and any(
+      step_folders.is_step_number(p.name) for p in latest.iterdir()):
     return
   with convert.naming('model.pretrained'):
     convert.read_metadata(config.model.pretrained, config.model.name)
