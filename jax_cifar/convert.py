@@ -355,12 +355,13 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = N
   built with num_classes=0 (no head: pooled features) takes the backbone only. `num_classes`,
   when given, is checked against the model's head.
   """
-  _, ckpt = read_converted(path, getattr(model, 'arch', None))
   fc = getattr(model, 'fc', None)
   outputs = 0 if fc is None else fc.kernel.shape[-1]
   if num_classes is not None and outputs != num_classes:
-    raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs '
-                          f'(it has {outputs})')
+    has = 'no head (built with num_classes=0)' if fc is None else f'{outputs} outputs'
+    raise ConversionError(f'model head fc does not have num_classes={num_classes} outputs: the '
+                          f'model has {has}')
+  _, ckpt = read_converted(path, getattr(model, 'arch', None))
 
   state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   current = {_dotted(p): (p, v) for p, v in _flatten(nnx.to_pure_dict(state))}

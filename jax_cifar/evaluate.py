@@ -95,7 +95,7 @@ def define_flags() -> None:
                        '--tent: passes over each chunk.')
   flags.DEFINE_integer('tent_batch_size', tent_lib.TentOptions.batch_size,
                        '--tent: images per Adam step (global, divisible by the device count; one '
-                       'larger than a chunk is the whole chunk).')
+                       'larger than a chunk is the whole chunk; the tag keeps the value given).')
   flags.DEFINE_string('ood_dir', None, 'Folder of distortion00.npy .. distortion18.npy to predict.')
   flags.DEFINE_string('submission', None, 'Submission CSV to write for --ood_dir '
                       '(default WORKDIR/submission_<tag>.csv).')
@@ -216,8 +216,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
   which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.
-  if which not in ('best', 'latest'):  # One name per step: its number, folder or default/ item
-    folder = pathlib.Path(which).resolve()  # (eval_<tag>.json had taken them for two checkpoints).
+  if which not in ('best', 'latest'):  # A step folder, as its number is: without its default/.
+    folder = pathlib.Path(which).absolute()
     which = str(folder.parent if folder.name == 'default' else folder)
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
@@ -286,7 +286,8 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
       saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
                      and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
       if (isinstance(old, dict) and not saved_since
-          and all(old.get(k) == result[k] for k in ('checkpoint', 'step', 'weights'))):
+          and all(old.get(k) == result[k] for k in ('step', 'weights'))
+          and _checkpoint_key(old.get('checkpoint')) == _checkpoint_key(result['checkpoint'])):
         # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
         # kept another set's accuracy beside its own submission (an audit).
         for given, kind in (('ood_dir', ('ood_', 'submission')), ('cifar100c_dir', ('cifar100c',))):
@@ -308,6 +309,18 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
     os.replace(tmp, path)
   finally:
     os.close(folder)  # Releases the lock.
+
+
+def _checkpoint_key(checkpoint) -> tuple[str, ...] | None:
+  """'best', 'latest', or a step folder as (kind, step): a step given by number, by folder or by
+  its default/ item, relative or absolute, is one checkpoint of the run (they had been taken for
+  two, and the earlier numbers set aside as another checkpoint's)."""
+  if not isinstance(checkpoint, str):
+    return None
+  if checkpoint in ('best', 'latest'):
+    return (checkpoint,)
+  folder = pathlib.PurePath(checkpoint)
+  return (folder.parent if folder.name == 'default' else folder).parts[-2:]
 
 
 def _tent_options() -> tent_lib.TentOptions | None:

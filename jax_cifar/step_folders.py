@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jax_cifar import errors
+from jax_cifar.workdir import is_step_number  # pylint: disable=unused-import  (re-exported)
 
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
 _REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
@@ -80,11 +81,6 @@ def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
   path when it is in neither, for restore_path's 'does not exist')."""
   folders = [pathlib.Path(workdir, 'checkpoints', kind, str(step)) for kind in ('latest', 'best')]
   return next((f for f in folders if f.is_dir()), folders[0])
-
-
-def is_step_number(text: str) -> bool:
-  """'40', '040': ASCII digits only ('²' and '٤' are digits to str.isdigit, not to int())."""
-  return text.isascii() and text.isdigit()
 
 
 def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,

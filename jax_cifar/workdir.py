@@ -22,7 +22,6 @@ from typing import Any
 from flax import traverse_util
 
 from jax_cifar import errors
-from jax_cifar.step_folders import is_step_number
 
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
@@ -91,6 +90,12 @@ def why_unwritable(folder: str | os.PathLike) -> str | None:
     return None
   except OSError as e:
     return e.strerror or str(e)
+
+
+def is_step_number(text: str) -> bool:
+  """A step folder's name: '40', '040'; ASCII digits only ('²' and '٤' are digits to
+  str.isdigit, not to int())."""
+  return text.isascii() and text.isdigit()
 
 
 def existing_run(workdir: pathlib.Path) -> str | None:

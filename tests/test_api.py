@@ -97,6 +97,9 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
     with pytest.warns(UserWarning, match=f'config may not describe this model .*{said}.*images '
                       'are prepared as it says'):
       jax_cifar.predict(raw, other, images)
+  cnn = jax_cifar.create_model('simple_cnn', 100, rngs=nnx.Rngs(0))  # Told by its arch too.
+  with pytest.warns(UserWarning, match="the model is a simple_cnn, config.model.name is 'resnet18'"):
+    assert jax_cifar.predict(cnn, config, images[:0]).shape == (0, 100)
   # Normalised images had been told to round to 0-255 (pixels of 0-3: garbage, silently; an audit).
   normalised = (images / 255 - 0.5) / 0.25
   for bad, hint in ((normalised, 'these look normalised already (negative values)'),

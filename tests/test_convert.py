@@ -339,7 +339,7 @@ def test_a_model_without_a_head_gives_torchvisions_pooled_features(tmp_path):
     ours = model(jnp.asarray(x), train=False)
   assert ours.shape == ref.shape == (2, model.num_features) == (2, 512)
   assert _rel_diff(ours, ref)[1] < 1e-4
-  with pytest.raises(ValueError, match=r'num_classes=100 outputs \(it has 0\)'):
+  with pytest.raises(ValueError, match=r'num_classes=100 outputs: the model has no head \(built '):
     load_pretrained(model, path, num_classes=100)
 
 

@@ -249,6 +249,24 @@ def test_a_full_disk_while_writing_eval_json_keeps_the_old_file_and_leaves_no_te
   assert json.loads(path.read_text()) == before
 
 
+def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
+  """A file written for `run/checkpoints/latest/2` (relative, as older versions recorded it)
+  merges with an evaluation of the same step named by its absolute folder; best/2 and latest/3
+  are other checkpoints, set aside."""
+  path = tmp_path / 'eval_step2.json'
+  old = {'checkpoint': 'run/checkpoints/latest/2', 'step': 2, 'weights': 'raw',
+         'ood_accuracy': 0.25}
+  path.write_text(json.dumps(old))
+  same = {'checkpoint': str(tmp_path / 'run/checkpoints/latest/2'), 'step': 2, 'weights': 'raw',
+          'test_accuracy': 0.5}
+  evaluate.write_eval_json(path, same)
+  assert json.loads(path.read_text()) == {**old, **same}
+  assert [p.name for p in tmp_path.iterdir()] == ['eval_step2.json']
+  evaluate.write_eval_json(path, {**same, 'checkpoint': str(tmp_path / 'run/checkpoints/best/2')})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['eval_step2.json', 'eval_step2.step2.json']
+  assert 'ood_accuracy' not in json.loads(path.read_text())
+
+
 def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path):
   """eval_<tag>.json: a clean-only evaluation of the same step keeps the CIFAR-100-C numbers an
   earlier one computed; a file of another step is kept beside it, not overwritten."""

@@ -21,7 +21,6 @@ import numpy as np
 from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
-from jax_cifar import step_folders
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
@@ -294,7 +293,8 @@ def _checkpoint(run_dir: pathlib.Path, kind: str) -> tuple[pathlib.Path, float] 
   """The newest complete-looking step folder of checkpoints/<kind>/ and when it was last written
   (the newest mtime of the folder and its entries: orbax finishes a step with commit_success.txt)."""
   folder = run_dir / 'checkpoints' / kind
-  steps = [p for p in folder.iterdir() if p.is_dir() and step_folders.is_step_number(p.name)] if folder.is_dir() else []
+  steps = ([p for p in folder.iterdir() if p.is_dir() and workdir.is_step_number(p.name)]
+           if folder.is_dir() else [])
   if not steps:
     return None
   step = max(steps, key=lambda p: int(p.name))

@@ -120,7 +120,7 @@ class TentAdapter:
             check: Callable[[], None] | None = None) -> tuple[Any, Any]:
     checked = self._checked
     if checked is None or checked[0] is not params or checked[1] is not batch_stats:
-      state_lib.check_finite(params, batch_stats, '--tent')
+      state_lib.check_finite(params, None, '--tent')  # (It re-estimates the statistics.)
       self._checked = (params, batch_stats)
     affine, rest = self.split(params)
     opt_state = self._init(affine)

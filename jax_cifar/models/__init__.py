@@ -39,7 +39,7 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   if 'pretrained' in unknown:  # timm's and torchvision's keyword: the weights come another way.
     raise TypeError('create_model has no pretrained=: ImageNet weights are converted from '
                     'torchvision once (python -m jax_cifar.convert) and loaded with '
-                    'jax_cifar.convert.load_pretrained(model, path, num_classes=...)')
+                    'jax_cifar.convert.load_pretrained(model, path)')
   if unknown:
     raise TypeError(f'create_model got unexpected keyword arguments: {", ".join(sorted(unknown))}')
   if name not in MODEL_NAMES:
