@@ -28,6 +28,7 @@ LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_workdir', 'test_multip
                  'test_models', 'test_transfer', 'test_ema', 'test_tent', 'test_gpu_ood',
                  'test_benchmark', 'test_convert_safety', 'test_scan_blocks', 'test_bn_adapt',
                  'test_evaluate_faults', 'test_corrupt_cli', 'test_grad_accum', 'test_init_from',
+                 'test_pretrained_weights',
                  'test_augment_pipeline', 'test_checkpoints', 'test_train_step', 'test_tfds_source',
                  'test_gpu_stage', 'test_install', 'test_console', 'test_augment', 'test_augmix',
                  'test_api', 'test_tracking')
