@@ -292,6 +292,39 @@ def test_train_must_be_a_bool(name):
     assert model(jnp.ones((2, 32, 32, 3)), train=ok).shape == (2, 10)
 
 
+@pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
+def test_nnx_eval_and_train_set_the_mode_as_torch_modules_do(name):
+  """`model.eval(); model(x)`, as timm and PyTorch users write it, predicts with the running
+  statistics (it had raised TypeError: train missing); model.train() trains; train= given wins."""
+  model = create_model(name, 10, width=4, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).random((4, 32, 32, 3), np.float32))
+  stats = lambda m: jax.tree.map(np.asarray, nnx.state(m, nnx.BatchStat))
+  with pytest.raises(TypeError, match=r'got None: pass it, or call model\.eval\(\)'):
+    model(x)  # Neither called: no silent default.
+  predicted, before = np.asarray(model(x, train=False)), stats(model)
+  trained = nnx.clone(model)
+  trained_out = np.asarray(trained(x, train=True))
+
+  model.eval()
+  np.testing.assert_array_equal(model(x), predicted)
+  np.testing.assert_array_equal(nnx.jit(lambda m, v: m(v))(model, x), predicted)
+  jax.tree.map(np.testing.assert_array_equal, stats(model), before)  # Not updated.
+  model.train()
+  np.testing.assert_array_equal(model(x), trained_out)
+  jax.tree.map(np.testing.assert_array_equal, stats(model), stats(trained))
+  if name != 'simple_cnn':  # Batch statistics: differ from the running ones, and were updated.
+    assert np.abs(trained_out - predicted).max() > 1e-3
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(stats(model)),
+                                                        jax.tree.leaves(before)))
+  model.eval()
+  np.testing.assert_array_equal(model(x, train=False), model(x))
+  after_eval = stats(model)
+  model(x, train=True)  # A given train= wins over the mode.
+  if name != 'simple_cnn':
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(stats(model)),
+                                                        jax.tree.leaves(after_eval)))
+
+
 def test_batchnorm_with_one_value_per_channel_in_training_is_refused_like_torch():
   # ImageNet stem at 32 px: layer4 is 1x1, so a batch of one image gives BatchNorm one value per
   # channel; it would output the bias whatever the image (torch raises for it too).

@@ -283,14 +283,24 @@ def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) 
 STEMS = ('imagenet', 'cifar')
 
 
+def resolve_train(model: nnx.Module, train):
+  """`train` as given; when None, the mode that nnx's `model.eval()` (predictions) or
+  `model.train()` set on the model's `use_running_average` (timm's and PyTorch's habit)."""
+  if train is None and getattr(model, 'use_running_average', None) is not None:
+    return not model.use_running_average
+  return train
+
+
 def check_images(x, train) -> None:
   """Models take NHWC float batches with 3 channels, normalised as in training; anything else
   fails deep inside a conv, or (uint8 pixels) silently gives chance-level predictions. `train` is
   a bool: `train='no'` had trained (changing the BatchNorm statistics; an audit)."""
   if not (isinstance(train, (bool, np.bool_)) or (  # (or a 0-d bool array: jnp.array(False))
       getattr(train, 'shape', None) == () and getattr(train, 'dtype', None) == np.bool_)):
+    hint = (': pass it, or call model.eval() (predictions) or model.train() first'
+            if train is None else '')
     raise TypeError(f'train must be True (batch statistics, updated) or False (running '
-                    f'statistics, as for predictions), got {train!r}')
+                    f'statistics, as for predictions), got {train!r}{hint}')
   if x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape {tuple(x.shape)}')
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -338,10 +348,14 @@ class ResNet(nnx.Module):
         cin = planes * block.expansion
       setattr(self, f'layer{i + 1}', nnx.List(blocks))
     self.num_features = cin  # What the head sees (timm's name): 512 or 2048 x width / 64.
+    # nnx's mode: model.eval() sets it (with every BatchNorm's) to True, model.train() to False;
+    # None (neither called) leaves train= to each call. A given train= always wins.
+    self.use_running_average: bool | None = None
     # num_classes=0: no head; the model returns its pooled features (timm's convention).
     self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    train = resolve_train(self, train)
     check_images(x, train)
     x = x.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))

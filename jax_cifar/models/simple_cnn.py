@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import (check_images, torch_default_bias_init, torch_default_kernel_init,
-                                     torch_linear)
+from jax_cifar.models.resnet import (check_images, resolve_train, torch_default_bias_init,
+                                     torch_default_kernel_init, torch_linear)
 
 Dtype = Any
 _GRID = 8  # fc1 sees an 8x8x64 map: the flattened size of a 32x32 input after two 2x2 pools.
@@ -37,8 +37,10 @@ class SimpleCNN(nnx.Module):
     self.fc1 = torch_linear(2 * width * _GRID * _GRID, 512, dtype=dtype, rngs=rngs)
     self.num_features = 512  # fc1's outputs; num_classes=0 returns them (no head).
     self.fc = torch_linear(512, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
+    self.use_running_average: bool | None = None  # nnx's mode flag, as ResNet's (no BatchNorm here).
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    train = resolve_train(self, train)
     check_images(x, train)  # No dropout or BN: train is checked, for the common interface.
     side = x.shape[1:3]
     x = x.astype(self.dtype)
