@@ -283,6 +283,15 @@ def _scan_run(graphdef, states, blocks, x: jax.Array, train: bool, remat: bool) 
 STEMS = ('imagenet', 'cifar')
 
 
+class ModeFlag:
+  """The whole model's copy of nnx's mode flag, `use_running_average`: `model.eval()` sets it to
+  True, `model.train()` to False, and `nnx.view(model, use_running_average=...)` through this."""
+
+  def set_view(self, use_running_average: bool | None = None):
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+
 def resolve_train(model: nnx.Module, train):
   """`train` as given; when None, the mode that nnx's `model.eval()` (predictions) or
   `model.train()` set on the model's `use_running_average` (timm's and PyTorch's habit)."""
@@ -309,7 +318,7 @@ def check_images(x, train) -> None:
                      'them (jax_cifar.augment.pipeline.to_model_input)')
 
 
-class ResNet(nnx.Module):
+class ResNet(nnx.Module, ModeFlag):
   """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv.
 
   `width` is stage 1's `planes` (torchvision: 64); later stages double it, and a Bottleneck's

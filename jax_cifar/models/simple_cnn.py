@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import (check_images, resolve_train, torch_default_bias_init,
+from jax_cifar.models.resnet import (ModeFlag, check_images, resolve_train, torch_default_bias_init,
                                      torch_default_kernel_init, torch_linear)
 
 Dtype = Any
 _GRID = 8  # fc1 sees an 8x8x64 map: the flattened size of a 32x32 input after two 2x2 pools.
 
 
-class SimpleCNN(nnx.Module):
+class SimpleCNN(nnx.Module, ModeFlag):
   """conv(3->32)-relu-pool, conv(32->64)-relu-pool, flatten, fc1 (512) relu, fc.
 
   Larger inputs (e.g. 224 when the data pipeline resizes for pretrained nets) are average-pooled
@@ -37,7 +37,7 @@ class SimpleCNN(nnx.Module):
     self.fc1 = torch_linear(2 * width * _GRID * _GRID, 512, dtype=dtype, rngs=rngs)
     self.num_features = 512  # fc1's outputs; num_classes=0 returns them (no head).
     self.fc = torch_linear(512, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
-    self.use_running_average: bool | None = None  # nnx's mode flag, as ResNet's (no BatchNorm here).
+    self.use_running_average: bool | None = None  # nnx's mode flag (no BatchNorm here).
 
   def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
     train = resolve_train(self, train)
