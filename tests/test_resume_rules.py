@@ -1,0 +1,192 @@
+"""What a resume may change: the rules of workdir.check_resume and relaunch's config comparison,
+config.json read back, and launches.jsonl's rows, without training (the launches themselves are
+in test_workdir.py)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from _train_cli import ROOT
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+
+
+def test_config_changes_lists_differences_with_both_values():
+  old = {'optim': {'lr': 0.1, 'name': 'sgd'}, 'augment': {'rrc_scale': [0.35, 1.0]}, 'x': 1}
+  new = {'optim': {'lr': 0.2, 'name': 'sgd'}, 'augment': {'rrc_scale': (0.35, 1.0)}, 'y': 2}
+  assert workdir_lib.config_changes(old, new) == {
+      'optim.lr': (0.1, 0.2), 'x': (1, None), 'y': (None, 2)}  # A tuple equals its JSON list.
+  assert workdir_lib.config_changes(new, new) == {}
+
+
+def _check_resume(changes, **kwargs):
+  """check_resume as relaunch calls it: the launch's flat config is the default one with the
+  changes' new values."""
+  new = workdir_lib.flatten(default.get_config().to_dict())
+  new.update(kwargs.pop('unchanged', {}))
+  new.update({k: after for k, (_, after) in changes.items()})
+  return workdir_lib.check_resume(changes, workdir=kwargs.pop('workdir', 'runs/a'), new=new,
+                                  **kwargs)
+
+
+def test_check_resume_lets_safe_keys_pass_silently():
+  changes = {'train.max_steps': (2, 3), 'train.log_every_steps': (1, 5), 'wandb.mode': (
+      'disabled', 'offline'), 'wandb.tags': ([], ['a']), 'data.dir': ('/a', '/b'),
+      # Read at step 0 only: the converted weights moved, or the flag was dropped on resume.
+      'model.pretrained': ('weights/resnet50', '/scratch/weights/resnet50'),
+      'model.init_from': ('', 'runs/other'),
+      'data.source': ('local', 'tfds')}  # Where the data lives: the same images, same order.
+  assert _check_resume(changes, allow=False, epoch=1.0) == []
+
+
+@pytest.mark.parametrize('key, before, after', [
+    ('optim.lr', 0.001, 0.002), ('train.batch_size', 32, 64), ('model.width', 4, 8),
+    ('seed', 0, 1), ('data.train_limit', 0, 500), ('augment.mixup_alpha', 0.0, 0.2),
+    ('data.dirty', 0, 1),  # Not 'data.dir': safe keys match whole names only.
+    ('data.source', 'local', 'synthetic'), ('data.source', 'synthetic', 'tfds'),
+])
+def test_check_resume_refuses_trajectory_changes_unless_allowed(key, before, after):
+  changes = {key: (before, after), 'train.max_steps': (2, 3)}
+  with pytest.raises(workdir_lib.WorkdirError, match=rf'{key} {before!r} -> {after!r}'):
+    _check_resume(changes, allow=False, epoch=1.0)
+  assert _check_resume(changes, allow=True, epoch=1.0) == [key]
+
+
+@pytest.mark.parametrize('key, before, after, way', [
+    ('ema.decay', 0.0, 0.9, 'init_from=runs/a'), ('ema.decay', 0.99, 0.0, 'init_from=runs/a'),
+    ('optim.name', 'adamw', 'sgd', 'init_from=runs/a'),
+    ('model.num_classes', 100, 10, 'init_from=runs/a'),  # A new head: init_from takes it.
+    ('model.width', 8, 16, 'a different model starts a new run in a fresh --workdir'),
+    # The optimizer's state gains or loses a part (a review): a clipping step, two parameter
+    # groups (optax.multi_transform).
+    ('optim.grad_clip_norm', 1.0, 0.0, 'init_from=runs/a'),
+    ('optim.backbone_lr_mult', 1.0, 0.1, 'init_from=runs/a'),
+    ('optim.freeze_backbone_steps', 0, 100, 'init_from=runs/a')])
+def test_a_refused_change_of_what_checkpoints_hold_names_the_way_that_works(key, before, after,
+                                                                             way):
+  """Such a change had been told to pass allow_config_change, which then failed at the restore
+  with "cannot carry over" (an audit)."""
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    _check_resume({key: (before, after), 'optim.lr': (0.1, 0.2)}, allow=False,
+                             epoch=1.0, workdir='runs/a')
+  message = str(e.value)
+  assert f'{key} {before!r} -> {after!r}' in message and 'optim.lr 0.1 -> 0.2' in message
+  assert f'{key} changes what the run\'s checkpoints hold' in message and way in message, message
+  assert 'pass --config.train.allow_config_change' not in message, message
+  for same_state in ({'ema.decay': (0.9, 0.99)}, {'optim.grad_clip_norm': (1.0, 2.0)},
+                     {'optim.backbone_lr_mult': (0.1, 0.2)},
+                     {'optim.backbone_lr_mult': (0.1, 1.0), 'optim.freeze_backbone_steps': (0, 5)},
+                     {'optim.momentum': (0.9, 0.0)}):  # (AdamW's: inert.)
+    # The flag for the command line, the key for Python (train_and_evaluate; an audit).
+    with pytest.raises(workdir_lib.WorkdirError, match=r'allow_config_change=true to apply .*in '
+                       r'Python: config\.train\.allow_config_change = True\)$'):
+      _check_resume(same_state, allow=False, epoch=1.0)
+  with pytest.raises(workdir_lib.WorkdirError, match='optim.momentum changes what'):  # SGD's trace.
+    _check_resume({'optim.momentum': (0.9, 0.0)}, allow=False, epoch=1.0,
+                  unchanged={'optim.name': 'sgd'})
+
+
+def test_check_resume_names_every_refused_key():
+  changes = {'optim.lr': (0.1, 0.2), 'model.name': ('resnet18', 'resnet34')}
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    _check_resume(changes, allow=False, epoch=0.5)
+  assert 'optim.lr 0.1 -> 0.2' in str(e.value)
+  assert "model.name 'resnet18' -> 'resnet34'" in str(e.value)
+
+
+def test_check_resume_num_epochs_may_grow_but_not_end_before_the_current_epoch():
+  assert _check_resume({'train.num_epochs': (2, 3)}, allow=False, epoch=1.5) == [
+      'train.num_epochs']
+  assert _check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=1.5) == [
+      'train.num_epochs']  # Shorter, but still ahead of the run: a notable change.
+  with pytest.raises(workdir_lib.WorkdirError, match='already at epoch 2.50'):
+    _check_resume({'train.num_epochs': (3, 2)}, allow=False, epoch=2.5)
+  with pytest.raises(workdir_lib.WorkdirError, match='already at epoch'):
+    _check_resume({'train.num_epochs': (3, 2)}, allow=True, epoch=2.5)
+
+
+def test_keys_added_since_an_older_run_count_as_their_defaults():
+  """A run saved before a key existed (e.g. `ema`) resumes: the key had its default value then."""
+  new = json.loads(json.dumps(default.get_config().to_dict(), default=str))
+  old = {k: v for k, v in new.items() if k != 'ema'}
+  assert workdir_lib.config_changes(old, new) == {}
+  new['ema']['decay'] = 0.999  # ... but a real change to a new key is still one.
+  assert workdir_lib.config_changes(old, new) == {'ema.decay': (0.0, 0.999)}
+
+
+def test_flatten_dots_nested_keys_and_turns_tuples_into_json_lists():
+  assert workdir_lib.flatten({'a': {'b': (1, 2), 'c': {'d': 'x'}, 'e': {}}, 'f': [3]}) == {
+      'a.b': [1, 2], 'a.c.d': 'x', 'f': [3]}
+
+
+def test_run_config_reads_config_json_back_with_tuples_and_defaults_for_missing_keys(tmp_path):
+  config = default.get_config()
+  config.optim.lr, config.augment.rrc_scale, config.ema.decay = 0.05, (0.5, 0.9), 0.99
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['ema']  # A run from before `ema` existed.
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  loaded = workdir_lib.run_config(tmp_path)
+  assert loaded.optim.lr == 0.05 and loaded.augment.rrc_scale == (0.5, 0.9)
+  assert loaded.ema.decay == default.get_config().ema.decay
+  config.ema.decay = loaded.ema.decay
+  assert loaded == config
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda c: c['model'].update(width='wide'), 'does not fit the config'),
+    (lambda c: c.update(gone={'x': {'y': 1}}), 'does not fit the config'),
+    (lambda c: c['optim'].update(learning_rate=0.1), "unknown config key 'optim.learning_rate'"),
+    # A bad value: the file is named too (it had been only "config key 'model.name' must be ...").
+    (lambda c: c['model'].update(name='resnet-18'), r"config\.json: config key 'model\.name' must be"),
+])
+def test_run_config_refuses_a_config_json_that_does_not_fit_naming_it(tmp_path, edit, message):
+  saved = json.loads(json.dumps(default.get_config().to_dict()))
+  edit(saved)
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises((workdir_lib.WorkdirError, ValueError), match=message):
+    workdir_lib.run_config(tmp_path)
+
+
+def test_a_launch_row_after_a_torn_one_is_a_line_of_its_own(tmp_path):
+  """A full disk had torn launches.jsonl's last row, and the next launch's row was appended to
+  it, so neither could be read (an audit); the failed write named no file."""
+  (tmp_path / 'launches.jsonl').write_text('{"start_step": 0, "config": {"se')
+  workdir_lib.record_launch(tmp_path, {'seed': 1}, 3, {})
+  lines = (tmp_path / 'launches.jsonl').read_text().splitlines()
+  assert len(lines) == 2 and json.loads(lines[1])['start_step'] == 3
+  code = ('import resource, pathlib, sys\n'
+          'from jax_cifar import errors, workdir\n'
+          'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
+          'try:\n'
+          f'  workdir.record_launch(pathlib.Path({str(tmp_path)!r}), {{"x": "y" * 8192}}, 4, {{}})\n'
+          'except OSError as e:\n'
+          '  print(errors.user_message(e))\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert out.stdout.strip() == f'{tmp_path / "launches.jsonl"}: File too large (disk full)', (
+      out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'sgd'])
+def test_a_resume_lets_a_key_its_optimizer_ignores_change_and_refuses_one_it_uses(tmp_path,
+                                                                                 optimizer):
+  """The relaunch's own comparison (relaunch.check_config_change drops keys that do nothing under
+  both launches' configs): AdamW's run had been refused a resume for optim.momentum 0.9 -> 0.5,
+  which AdamW ignores; under SGD it is refused, naming that it changes the optimizer's state
+  only when momentum goes to or from 0."""
+  from jax_cifar.training import relaunch  # pylint: disable=import-outside-toplevel
+  before = default.get_config()
+  before.optim.name = optimizer
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(before.to_dict(), default=str))
+  for momentum in (0.5, 0.0):
+    after = default.get_config()
+    after.optim.name, after.optim.momentum = optimizer, momentum
+    if optimizer == 'adamw':
+      assert relaunch.check_config_change(after, tmp_path, 5, 10, 100) == {}
+      continue
+    with pytest.raises(workdir_lib.WorkdirError) as e:
+      relaunch.check_config_change(after, tmp_path, 5, 10, 100)
+    assert f'optim.momentum 0.9 -> {momentum}' in str(e.value)
+    assert ("changes what the run's checkpoints hold" in str(e.value)) == (momentum == 0.0)
