@@ -1,0 +1,75 @@
+"""README, docs/ and the code's comments name tests and files that exist.
+
+README's bad-input table and docs/benchmarks.md point readers to the test that shows a behaviour
+(`test_x.py::test_name`) and to modules and scripts by path. A test file split or a test renamed
+had left such pointers to nothing, unnoticed: here each one must resolve.
+"""
+
+import ast
+import functools
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEST_REF = re.compile(r'(?<![\w/])(?:tests/)?(test_\w+\.py)(?:::(\w+))?')
+CONTINUED = re.compile(r'`::(\w+)`')  # `test_x.py::a`, `::b`: b is in test_x.py too.
+PATH_REF = re.compile(r'(?<![\w/.])((?:jax_cifar|scripts|configs|tests|docs)/[\w/]+\.(?:py|sh|md))')
+
+
+@functools.cache
+def _test_functions() -> dict[str, set[str]]:
+  return {path.name: {node.name for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, ast.FunctionDef)}
+          for path in (ROOT / 'tests').glob('*.py')}
+
+
+def broken_references(text: str, tests: dict[str, set[str]], root: pathlib.Path) -> list[str]:
+  """Each test file, test function or repository path `text` names that does not exist, as
+  'line N: what'. Paths with an upper-case placeholder part (configs/NAME.py) are examples."""
+  out = []
+  for number, line in enumerate(text.splitlines(), 1):
+    current = None  # The test file named last, left of the match.
+    refs = sorted([*TEST_REF.finditer(line), *CONTINUED.finditer(line)], key=lambda m: m.start())
+    for match in refs:
+      if match.re is CONTINUED:
+        name, function = current, match.group(1)
+      else:
+        name, function = match.groups()
+        current = name
+      if name not in tests:
+        if match.re is TEST_REF:
+          out.append(f'line {number}: {name}')
+      elif function and function not in tests[name]:
+        out.append(f'line {number}: {name}::{function}')
+    for match in PATH_REF.finditer(line):
+      path = match.group(1)
+      placeholder = any(part.split('.')[0].isupper() for part in pathlib.PurePath(path).parts)
+      if not placeholder and not TEST_REF.fullmatch(path) and not (root / path).exists():
+        out.append(f'line {number}: {path}')
+  return out
+
+
+def _documents() -> list[pathlib.Path]:
+  """README, docs/ and the product's code (the tests themselves name missing files on purpose)."""
+  found = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md')), ROOT / '.ci' / 'run']
+  for folder in ('jax_cifar', 'scripts', 'configs'):
+    found += sorted(p for p in (ROOT / folder).rglob('*') if p.suffix in ('.py', '.sh'))
+  return found
+
+
+@pytest.mark.parametrize('document', _documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_and_path_a_document_names_exists(document):
+  assert broken_references(document.read_text(), _test_functions(), ROOT) == []
+
+
+def test_a_missing_test_function_file_or_path_is_found():
+  tests = {'test_a.py': {'test_one', 'test_two'}, 'test_c.py': {'test_x'}}
+  text = ('| row | `test_a.py::test_one`, `::test_two`, `::test_three` |\n'
+          '| row | `test_c.py::test_x`, `::test_two`, `test_a.py::test_two`, `::test_one` |\n'
+          'see tests/test_b.py and test_a.py::test_gone\n'
+          'jax_cifar/models/resnet.py, jax_cifar/no_such.py, configs/NAME.py\n')
+  assert broken_references(text, tests, ROOT) == [
+      'line 1: test_a.py::test_three', 'line 2: test_c.py::test_two', 'line 3: test_b.py',
+      'line 3: test_a.py::test_gone', 'line 4: jax_cifar/no_such.py']
