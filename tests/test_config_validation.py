@@ -30,6 +30,31 @@ def test_every_builtin_config_is_valid(name):
   config_validation.validate(importlib.import_module(f'jax_cifar.configs.{name}').get_config())
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('optim.lr', -1.0, "'optim.lr' must be in"),
+    ('model.name', 'resnet9', "'model.name' must be one of"),
+    ('augment.policy', 'autoaugment_imagenet', "'augment.policy' must be one of"),
+    ('data.val_fraction', 1.5, "'data.val_fraction' must be in"),
+    ('checkpoint.every_steps', 0, "'checkpoint.every_steps' must be in"),
+    ('wandb.mode', 'on', "'wandb.mode' must be one of"),
+])
+def test_bad_config_values_name_the_key(key, value, message):
+  c = default.get_config()
+  section, name = key.split('.')
+  with c.unlocked():
+    c[section][name] = value
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(c)
+
+
+def test_unknown_config_key_is_named():
+  c = default.get_config()
+  with c.unlocked():
+    c.optim.learning_rate = 1e-3
+  with pytest.raises(config_validation.ConfigError, match="unknown config key 'optim.learning_rate'"):
+    config_validation.validate(c)
+
+
 def test_choices_are_what_the_implementations_accept():
   """Every listed stem, normalisation and crop mode works, and one outside the list fails in both."""
   x = jnp.zeros((1, 8, 8, 3), jnp.uint8)

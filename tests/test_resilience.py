@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import config_validation, interrupt, optim, parallel, step_folders, tracking
+from jax_cifar import interrupt, optim, parallel, step_folders, tracking
 from jax_cifar.training import stopping, trainer
 from jax_cifar import state as state_lib
 
@@ -306,31 +306,6 @@ def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch
   adam = [x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
       x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
   assert [int(x.count) for x in adam] == [5]
-
-
-@pytest.mark.parametrize('key, value, message', [
-    ('optim.lr', -1.0, "'optim.lr' must be in"),
-    ('model.name', 'resnet9', "'model.name' must be one of"),
-    ('augment.policy', 'autoaugment_imagenet', "'augment.policy' must be one of"),
-    ('data.val_fraction', 1.5, "'data.val_fraction' must be in"),
-    ('checkpoint.every_steps', 0, "'checkpoint.every_steps' must be in"),
-    ('wandb.mode', 'on', "'wandb.mode' must be one of"),
-])
-def test_bad_config_values_name_the_key(key, value, message):
-  c = _config()
-  section, name = key.split('.')
-  with c.unlocked():
-    c[section][name] = value
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate(c)
-
-
-def test_unknown_config_key_is_named():
-  c = _config()
-  with c.unlocked():
-    c.optim.learning_rate = 1e-3
-  with pytest.raises(config_validation.ConfigError, match="unknown config key 'optim.learning_rate'"):
-    config_validation.validate(c)
 
 
 def test_cli_bad_value_exits_nonzero_with_one_line(tmp_path):
