@@ -1,16 +1,16 @@
 """Converter safety: a file that is not a state_dict is named so, never with advice to unpickle it
-unsafely; --overwrite replaces only a previous converter output; a killed run leaves no partial
-output (the kill is injected at a named point through JAX_CIFAR_CONVERT_KILL_AT)."""
+unsafely; the script refuses an --output it cannot or must not write before loading anything; a
+killed run leaves no partial output (the kill is injected at a named point through
+JAX_CIFAR_CONVERT_KILL_AT). The converted folder itself (--overwrite, damage, temps):
+test_convert_output.py."""
 
 import argparse
 import os
 import pathlib
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script, require_module
-from jax_cifar import atomic_folder, convert
+from jax_cifar import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
@@ -196,141 +196,14 @@ def test_script_and_library_know_the_same_architectures(script):
   assert script.ARCHS == convert.ARCHS
 
 
-# ------------------------------------------------------------------ --overwrite
-def _tiny(value: float) -> dict:
-  return {'fc': {'kernel': np.full((2, 3), value, np.float32), 'bias': np.zeros(3, np.float32)}}
-
-
-def _snapshot(root) -> dict:
-  """Every path under `root` (and `root` itself) with its bytes, to show nothing changed."""
-  if os.path.isfile(root):
-    with open(root, 'rb') as f:
-      return {'.': f.read()}
-  snap = {}
-  for folder, dirs, names in os.walk(root):
-    for d in dirs:
-      snap[os.path.relpath(os.path.join(folder, d), root)] = 'dir'
-    for n in names:
-      with open(os.path.join(folder, n), 'rb') as f:
-        snap[os.path.relpath(os.path.join(folder, n), root)] = f.read()
-  return snap
-
-
-def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
-  out = str(tmp_path / 'out')
-  convert.save_converted(_tiny(1.0), 'resnet18', out)
-  with pytest.raises(FileExistsError, match='exists'):
-    convert.save_converted(_tiny(2.0), 'resnet18', out)
-  convert.save_converted(_tiny(2.0), 'resnet18', out, overwrite=True)
-  assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 2.0
-  assert os.listdir(tmp_path) == ['out']  # neither the temp folder nor the old output is left
-  empty = tmp_path / 'empty'
-  empty.mkdir()
-  convert.save_converted(_tiny(3.0), 'resnet18', str(empty), overwrite=True)
-  assert convert.read_converted(str(empty))[1]['fc.kernel'][0, 0] == 3.0
-
-
-@pytest.mark.parametrize('how', ['no_state', 'cut_arrays', 'cut_orbax_metadata'])
-def test_a_damaged_converted_checkpoint_is_one_error_naming_it(tmp_path, how):
-  """model.pretrained naming a damaged converter output (a partly copied folder) had ended in
-  46-83 lines of orbax/tensorstore traceback (an audit)."""
-  out = tmp_path / 'out'
-  convert.save_converted(_tiny(1.0), 'resnet18', str(out))
-  state = out / 'state'
-  if how == 'no_state':
-    shutil.rmtree(state)
-  elif how == 'cut_arrays':
-    for f in [p for p in state.rglob('*') if p.is_file() and '/d/' in str(p)]:
-      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
-  else:
-    f = state / '_METADATA'
-    f.write_bytes(f.read_bytes()[:10])
-  with pytest.raises(convert.ConversionError) as e:
-    convert.read_converted(str(out), 'resnet18')
-  message = str(e.value)
-  assert '\n' not in message and len(message) < 600, message
-  assert message.startswith(f'{out} is a damaged converted checkpoint') and '--overwrite' in message
-  # tensorstore ends its errors with the store's JSON spec (a page): the cause before it is kept.
-  assert 'tensorstore_spec' not in message and 'recheck_cached' not in message, message
-  if how == 'cut_arrays':
-    assert 'not valid for value of size' in message, message
-
-
-def test_a_converted_checkpoint_is_found_under_a_home_relative_path(tmp_path, monkeypatch):
-  """'~/weights/r18' had been 'no such converted checkpoint' (data.dir expands ~; an audit)."""
-  convert.save_converted(_tiny(4.0), 'resnet18', str(tmp_path / 'weights' / 'r18'))
-  monkeypatch.setenv('HOME', str(tmp_path))
-  assert convert.read_metadata('~/weights/r18', 'resnet18')['arch'] == 'resnet18'
-  assert convert.read_converted('~/weights/r18')[1]['fc.kernel'][0, 0] == 4.0
-
-
-def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, monkeypatch):
-  out = str(tmp_path / 'out')
-  convert.save_converted(_tiny(1.0), 'resnet18', out)
-  monkeypatch.setattr(atomic_folder, 'exchange', lambda a, b: False)  # as on macOS or odd file systems
-  convert.save_converted(_tiny(2.0), 'resnet18', out, overwrite=True)
-  assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 2.0
-  assert os.listdir(tmp_path) == ['out']
-
-
-def test_temp_folders_of_dead_converters_are_removed_and_live_ones_kept(tmp_path):
-  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                        capture_output=True, text=True, check=True)
-  pid, host = dead.stdout.strip(), atomic_folder.HOST
-  stale = [f'.out.tmp-{host}-{pid}-0123abcd', f'.out.tmp-{host}-{pid}-0123abcd.old']
-  live = f'.out.tmp-{host}-{os.getppid()}-0123abcd'  # pytest's parent is alive: its write goes on
-  other = f'.other.tmp-{host}-{pid}-0123abcd'  # another output's
-  elsewhere = f'.out.tmp-{host}x-{pid}-0123abcd'  # Another host's: its pid says nothing here.
-  # Named by versions before hosts were: possibly another host's, so removed only when a day old.
-  unnamed_old, unnamed_recent = f'.out.tmp-{pid}-4567abcd', f'.out.tmp-{pid}-89abcdef'
-  for name in stale + [live, other, elsewhere, unnamed_old, unnamed_recent]:
-    (tmp_path / name).mkdir()
-  day_ago = time.time() - atomic_folder.UNNAMED_HOST_STALE_S - 60
-  os.utime(tmp_path / unnamed_old, (day_ago, day_ago))
-  convert.save_converted(_tiny(1.0), 'resnet18', str(tmp_path / 'out'))
-  assert sorted(os.listdir(tmp_path)) == sorted([live, other, elsewhere, unnamed_recent, 'out'])
-
-
-def _foreign_outputs(tmp_path) -> dict[str, str]:
-  """name -> an --output path holding something the converter did not write."""
-  paths = {}
-  notes = tmp_path / 'notes'
-  notes.mkdir()
-  (notes / 'notes.txt').write_text('my thesis')
-  paths['notes.txt'] = str(notes)
-  mixed = tmp_path / 'mixed'
-  convert.save_converted(_tiny(1.0), 'resnet18', str(mixed))
-  (mixed / 'notes.txt').write_text('my thesis')
-  paths['mixed'] = str(mixed)
-  other = tmp_path / 'other'
-  (other / 'state').mkdir(parents=True)
-  (other / 'state' / 'data').write_text('x')
-  (other / 'metadata.json').write_text('{"format": "something else"}')
-  paths['other'] = str(other)
-  afile = tmp_path / 'afile'
-  afile.write_text('my thesis')
-  paths['afile'] = str(afile)
-  return paths
-
-
-@pytest.mark.parametrize('name, needle', [('notes.txt', 'notes.txt'), ('mixed', 'notes.txt'),
-                                          ('other', 'not a converted checkpoint'),
-                                          ('afile', 'not a folder')])
-def test_overwrite_refuses_an_output_with_files_the_converter_did_not_write(tmp_path, name,
-                                                                           needle):
-  path = _foreign_outputs(tmp_path)[name]
-  before = _snapshot(path)
-  with pytest.raises(FileExistsError, match=needle):
-    convert.save_converted(_tiny(2.0), 'resnet18', path, overwrite=True)
-  assert _snapshot(path) == before
-  assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]  # no temp folder left
-
-
+# ------------------------------------------------------------------ --output (the library side: test_convert_output.py)
 def test_script_overwrite_refuses_a_folder_of_other_files_before_loading(script, tmp_path,
                                                                          capsys):
-  path = _foreign_outputs(tmp_path)['notes.txt']
+  path = tmp_path / 'notes'  # A folder of the user's files, not a converter output.
+  path.mkdir()
+  (path / 'notes.txt').write_text('my thesis')
   rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict',
-                                       str(tmp_path / 'absent.pth'), '--output', path,
+                                       str(tmp_path / 'absent.pth'), '--output', str(path),
                                        '--overwrite'])
   assert rc == 1 and 'notes.txt' in err and len(err.strip().splitlines()) == 1, err
   assert (tmp_path / 'notes' / 'notes.txt').read_text() == 'my thesis'
