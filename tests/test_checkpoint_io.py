@@ -1,0 +1,139 @@
+"""Checkpoint mechanics without a trained run: the restore target, a better `best` at a step it
+already holds, which folder a step number means, replicated arrays on CPU devices saved whole,
+a failed background save found at once, and storage errors cut to their cause. (Damaged steps of
+a trained run: test_checkpoints.py.)"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jax_cifar import checkpoints, optim, parallel, step_folders
+from jax_cifar import state as state_lib
+from jax_cifar.configs import default
+
+
+@pytest.mark.parametrize('ema', [0.0, 0.9])
+def test_the_restore_target_is_init_states_structure_without_computing_it(ema):
+  """restore() reads into abstract_state: every leaf of init_state, same shape, dtype and sharding,
+  as ShapeDtypeStructs (no weights are initialised just to be overwritten)."""
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4  # BatchNorm statistics too.
+  c.ema.decay = ema
+  tx, _ = optim.make_optimizer(c.optim, 1, 1)
+  mesh = parallel.make_mesh()
+  (real, real_def), (abstract, abstract_def) = (state_lib.init_state(c, tx, mesh, pretrained=False),
+                                                state_lib.abstract_state(c, tx, mesh))
+  assert jax.tree.structure(abstract) == jax.tree.structure(real) and abstract_def == real_def
+  assert (abstract.ema_params is None) == (ema == 0.0)
+  for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real), strict=True):
+    assert isinstance(a, jax.ShapeDtypeStruct)
+    assert (a.shape, a.dtype, a.sharding) == (r.shape, r.dtype, r.sharding)
+
+
+def test_a_higher_accuracy_at_a_step_best_already_holds_replaces_it(tmp_path):
+  # 'best' holds step 9 from before a kill; the resumed run validates step 9 again and scores
+  # higher (another checkpoint.best_weights, an allowed config change): orbax refused the save of
+  # an existing step and the run died at every relaunch.
+  first = checkpoints.Checkpoints(tmp_path)
+  assert first.maybe_save_best({'w': np.ones(3, np.float32)}, 9, 0.02)
+  first.wait()
+  first.close()
+  relaunch = checkpoints.Checkpoints(tmp_path)
+  assert not relaunch.maybe_save_best({'w': np.full(3, 5, np.float32)}, 9, 0.01)
+  assert relaunch.maybe_save_best({'w': np.zeros(3, np.float32)}, 9, 0.05)
+  relaunch.wait()
+  assert relaunch.best.all_steps() == [9] and relaunch.best_accuracy() == 0.05
+  restored, step = relaunch.restore('best', {'w': np.ones(3, np.float32)})
+  assert step == 9
+  np.testing.assert_array_equal(restored['w'], np.zeros(3))
+  relaunch.close()
+
+
+def test_a_step_number_is_latest_s_folder_else_best_s(tmp_path):
+  """load_model(run, N) and model.init_from=RUN:N: a step kept only among the best ones loads too."""
+  for kind, step in (('latest', 4), ('best', 4), ('best', 3)):
+    (tmp_path / 'checkpoints' / kind / str(step)).mkdir(parents=True)
+  assert step_folders.step_folder(tmp_path, 4) == tmp_path / 'checkpoints' / 'latest' / '4'
+  assert step_folders.step_folder(tmp_path, 3) == tmp_path / 'checkpoints' / 'best' / '3'
+  assert step_folders.step_folder(tmp_path, 9) == tmp_path / 'checkpoints' / 'latest' / '9'  # Neither.
+  assert state_lib.parse_init_from(f'{tmp_path}:3') == (str(tmp_path), str(tmp_path / 'checkpoints' / 'best' / '3'))
+
+
+_SAVE_ON_4_DEVICES = '''
+import json, sys
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax_cifar import checkpoints, parallel
+mesh = parallel.make_mesh()
+state = {f'w{i}': jax.device_put(np.arange(64 * (i + 1), dtype=np.float32), NamedSharding(mesh, P()))
+         for i in range(5)}
+slices = []
+slice_in_dim = jax.lax.slice_in_dim
+jax.lax.slice_in_dim = lambda *a, **k: slices.append(1) or slice_in_dim(*a, **k)
+ckpts = checkpoints.Checkpoints(sys.argv[1])
+ckpts.save_latest(state, 1)
+ckpts.wait()
+restored, step = ckpts.restore('latest', state)
+ckpts.close()
+print(json.dumps({'devices': len(jax.devices()), 'slices': len(slices), 'step': step,
+                  'equal': all(np.array_equal(restored[k], state[k]) for k in state)}))
+'''
+
+
+def test_replicated_arrays_on_cpu_devices_are_saved_whole_not_sliced_per_device(tmp_path):
+  """orbax's replica-parallel saving cut each replicated array into one eager slice per device
+  (3 of a short 4-device run's 13 CPU-seconds); on CPU devices they are saved whole, and restore."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  proc = subprocess.run([sys.executable, '-c', _SAVE_ON_4_DEVICES, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.splitlines()[-1])
+  assert result == {'devices': 4, 'slices': 0, 'step': 1, 'equal': True}
+
+
+def test_a_failed_background_save_is_found_without_waiting_for_the_next_save(tmp_path):
+  """A save that failed in the background had gone unnoticed until the next save, up to
+  checkpoint.every_steps later, and the error then said earlier checkpoints were kept when there
+  were none (an audit). check_saves (the loop calls it at log steps) finds it once the save has
+  ended, and the error says what is left. A real write past a per-file size limit."""
+  code = f'''
+import resource, signal, time
+import numpy as np
+from jax_cifar import checkpoints
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+ckpts = checkpoints.Checkpoints({str(tmp_path)!r})
+ckpts.save_latest({{'w': np.random.default_rng(0).random((256, 1024), np.float32)}}, 10)
+for _ in range(600):
+  try:
+    ckpts.check_saves()
+  except checkpoints.CheckpointError as e:
+    print('ERROR', e)
+    break
+  time.sleep(0.1)
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=300)
+  line = next((l for l in out.stdout.splitlines() if l.startswith('ERROR ')), None)
+  assert line is not None, (out.stdout[-2000:], out.stderr[-3000:])
+  assert 'saving checkpoint step 10 in' in line and 'File too large (disk full)' in line, line
+  assert line.endswith('there is no earlier one there'), line
+
+
+def test_storage_errors_keep_their_cause_and_drop_tensorstores_json_spec():
+  """tensorstore ends an error with its store's spec, `[tensorstore_spec='{...}']` or, at times,
+  `[tensorstore_spec[1]='{...}']`: a page of JSON that had crowded out the cause (an audit)."""
+  cause = ('OUT_OF_RANGE: Error reading "step/.zarray": Requested byte range [0, 35569) is not '
+           'valid for value of size 0')
+  for spec in ('tensorstore_spec', 'tensorstore_spec[1]', 'source locations'):
+    e = ValueError(f"{cause} [{spec}='{{\"context\":{{\"cache_pool\":{{}}}},\"driver\":\"zarr\"}}']")
+    assert step_folders.one_line(e) == cause
+  assert [step_folders.is_step_number(t) for t in ('40', '040', '²', '٤٠', '4.0', '')] == [
+      True, True, False, False, False, False]
