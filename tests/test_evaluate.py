@@ -1,4 +1,6 @@
-"""Evaluation: metrics against NumPy references, flip TTA, the OOD CSV and CIFAR-100-C end to end."""
+"""Evaluation with a trained run: flip TTA, the OOD CSV and CIFAR-100-C end to end, and the
+command line. Metrics and eval JSON without a model: test_eval_results.py; bad inputs and
+faults: test_evaluate_faults.py."""
 
 import csv
 import json
@@ -14,7 +16,6 @@ import pytest
 from jax_cifar import checkpoints, config_validation, evaluate, interrupt, parallel
 from jax_cifar.evaluation import ood_sets
 from jax_cifar.evaluation import submission
-from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.evaluation import inference
@@ -72,96 +73,6 @@ def _reference_logits(workdir, images):
   state, graphdef, _ = state_lib.restore(config, str(workdir), 'latest', parallel.make_mesh())
   return np.asarray(jax.jit(lambda s, x: predict_step(s.params, s.batch_stats, x,
                                                       graphdef=graphdef, config=config))(state, images))
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics against straightforward NumPy loops
-# ---------------------------------------------------------------------------------------------
-def _ece_reference(probs, labels, bins=15):
-  ece, n = 0.0, len(labels)
-  for b in range(bins):
-    lo, hi = b / bins, (b + 1) / bins
-    idx = [i for i in range(n) if (lo < probs[i].max() <= hi) or (b == 0 and probs[i].max() == 0)]
-    if idx:
-      acc = np.mean([probs[i].argmax() == labels[i] for i in idx])
-      conf = np.mean([probs[i].max() for i in idx])
-      ece += len(idx) / n * abs(acc - conf)
-  return ece
-
-
-def test_ece_top5_and_per_class_match_numpy_reference():
-  rng = np.random.default_rng(1)
-  logits = rng.normal(size=(500, 7)) * 3
-  labels = rng.integers(0, 7, 500)
-  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  m = metrics_lib.classification_metrics(log_p, labels)
-  probs = np.exp(log_p)
-  assert m['ece'] == pytest.approx(_ece_reference(probs, labels), abs=1e-12)
-  assert m['ece'] > 0.01  # A miscalibrated random model: the check is not vacuous.
-  assert m['accuracy'] == pytest.approx(np.mean(probs.argmax(1) == labels))
-  top5 = [labels[i] in np.argsort(-probs[i])[:5] for i in range(500)]
-  assert m['top5_accuracy'] == pytest.approx(np.mean(top5))
-  assert m['loss'] == pytest.approx(-np.mean([log_p[i, labels[i]] for i in range(500)]))
-  pred = probs.argmax(1)
-  per_class = metrics_lib.group_accuracy(pred, labels, labels, 8)
-  for c in range(7):
-    assert per_class[c] == pytest.approx(np.mean(pred[labels == c] == c))
-  assert np.isnan(per_class[7])  # No examples of class 7.
-  cm = metrics_lib.confusion_matrix(pred, labels, 7)
-  assert cm.sum() == 500 and np.trace(cm) == np.sum(pred == labels)
-  assert cm[labels[0], pred[0]] == np.sum((labels == labels[0]) & (pred == pred[0]))
-
-
-def test_perfectly_confident_correct_predictions_have_zero_ece():
-  labels = np.arange(10) % 3
-  probs = np.eye(3)[labels]
-  assert metrics_lib.expected_calibration_error(probs, labels) == 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# CIFAR-100-C table (with a stand-in predictor: the arithmetic, not the model)
-# ---------------------------------------------------------------------------------------------
-class _PixelPredictor:
-  """Predicts the first pixel's red value mod 100."""
-
-  def run(self, images, desc, labels_only=False, chunk=None):
-    assert labels_only and chunk == len(images) // 5  # BN adaptation chunks = severity blocks.
-    return np.asarray(images)[:, 0, 0, 0].astype(np.int64) % 100
-
-
-def test_cifar100c_table_means_and_heatmap(tmp_path):
-  rng = np.random.default_rng(2)
-  n = 20
-  labels = rng.integers(0, 100, n // 5)
-  expected = {}
-  for name in ood.CORRUPTIONS:
-    images = rng.integers(0, 256, (n, 32, 32, 3), np.uint8)
-    hits = rng.random(n) < rng.random()  # Make a random subset predictable -> correct.
-    images[:, 0, 0, 0] = np.where(hits, np.tile(labels, 5), (np.tile(labels, 5) + 1) % 100)
-    np.save(tmp_path / f'{name}.npy', images)
-    expected[name] = hits.reshape(5, -1).mean(1)
-  np.save(tmp_path / 'labels.npy', labels.astype(np.uint8))  # One per image: tiled per severity.
-  (tmp_path / '._fog.npy').write_bytes(b'\x00\x05\x16\x07AppleDouble')  # macOS metadata
-  (tmp_path / '.npy').write_bytes(b'')
-  files = ood.check_cifar100c_dir(tmp_path)  # Hidden files are skipped, not read as corruptions.
-  assert list(files) == list(ood.CORRUPTIONS)
-  result = ood_sets.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
-  for name in ood.CORRUPTIONS:
-    np.testing.assert_allclose(result['cifar100c'][name], expected[name])
-  standard = np.mean([expected[k].mean() for k in ood.STANDARD_CORRUPTIONS])
-  assert result['cifar100c_mean_accuracy'] == pytest.approx(standard)
-  assert result['cifar100c_mean_accuracy_all'] == pytest.approx(
-      np.mean([v.mean() for v in expected.values()]))
-  assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-
-
-def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):
-  """--cifar100c_dir with the course's files had scored 'corruptions' distortion00..18 and shown
-  the benchmark's mean as n/a (an audit)."""
-  for i in range(ood.NUM_DISTORTIONS):
-    np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
-  with pytest.raises(ood.DataError, match="distortionXX.npy files, not CIFAR-100-C's .*--ood_dir"):
-    ood.check_cifar100c_dir(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,46 +136,6 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   c_pred = _reference_logits(workdir, c_images).argmax(1)
   np.testing.assert_allclose(detail['cifar100c']['fog'],
                              (c_pred == c_labels).reshape(5, -1).mean(1))
-
-
-def test_a_full_disk_while_writing_eval_json_keeps_the_old_file_and_leaves_no_temp(
-    tmp_path, monkeypatch):
-  """The write fails half way (as on a full disk): the error names eval_<tag>.json, the earlier
-  file is untouched, and no hidden temp file is left (one had been, named in the error)."""
-  path = tmp_path / 'eval_best.json'
-  before = {'checkpoint': 'best', 'step': 4, 'weights': 'raw', 'test_accuracy': 0.5}
-  path.write_text(json.dumps(before))
-  real = pathlib.Path.write_text
-
-  def half_then_full(self, text, *args, **kwargs):
-    real(self, text[:len(text) // 2], *args, **kwargs)
-    raise OSError(28, 'No space left on device')
-
-  monkeypatch.setattr(pathlib.Path, 'write_text', half_then_full)
-  with pytest.raises(OSError) as e:
-    evaluate.write_eval_json(path, {**before, 'test_accuracy': 0.6})
-  assert (e.value.errno, e.value.filename) == (28, str(path))
-  monkeypatch.undo()
-  assert [p.name for p in tmp_path.iterdir()] == ['eval_best.json']
-  assert json.loads(path.read_text()) == before
-
-
-def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
-  """A file written for `run/checkpoints/latest/2` (relative, as older versions recorded it)
-  merges with an evaluation of the same step named by its absolute folder; best/2 and latest/3
-  are other checkpoints, set aside."""
-  path = tmp_path / 'eval_step2.json'
-  old = {'checkpoint': 'run/checkpoints/latest/2', 'step': 2, 'weights': 'raw',
-         'ood_accuracy': 0.25}
-  path.write_text(json.dumps(old))
-  same = {'checkpoint': str(tmp_path / 'run/checkpoints/latest/2'), 'step': 2, 'weights': 'raw',
-          'test_accuracy': 0.5}
-  evaluate.write_eval_json(path, same)
-  assert json.loads(path.read_text()) == {**old, **same}
-  assert [p.name for p in tmp_path.iterdir()] == ['eval_step2.json']
-  evaluate.write_eval_json(path, {**same, 'checkpoint': str(tmp_path / 'run/checkpoints/best/2')})
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['eval_step2.json', 'eval_step2.step2.json']
-  assert 'ood_accuracy' not in json.loads(path.read_text())
 
 
 def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path):
@@ -390,69 +261,6 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
   assert [p.name for p in workdir.glob('eval_step*.json')] == [f'eval_step{step}.json']
   with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
     evaluate.evaluate(_config(), str(workdir), '999')
-
-
-@pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated',
-                                     'negative_count'])
-def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_path, problem):
-  rng = np.random.default_rng(4)
-  for i in range(ood.NUM_DISTORTIONS):
-    np.save(tmp_path / ood.distortion_file(i), rng.integers(0, 256, (10, 32, 32, 3), np.uint8))
-  bad = tmp_path / ood.distortion_file(7)
-  if problem == 'missing':
-    bad.unlink()
-  elif problem == 'dtype':
-    np.save(bad, rng.random((10, 32, 32, 3)).astype(np.float32))
-  elif problem == 'shape':
-    np.save(bad, rng.integers(0, 256, (10, 32, 32), np.uint8))
-  elif problem == 'not_multiple_of_5':
-    np.save(bad, rng.integers(0, 256, (12, 32, 32, 3), np.uint8))
-  elif problem == 'negative_count':  # Passed as 'trailing bytes': -5 is a multiple of 5.
-    bad.write_bytes(bad.read_bytes().replace(b'(10, 32', b'(-5, 32', 1))
-  else:
-    data = bad.read_bytes()
-    bad.write_bytes(data[:-100])  # np.load(mmap_mode='r') may or may not notice this.
-  existing = tmp_path / 'sub.csv'
-  existing.write_text('id,label\nprevious,1\n')
-  with pytest.raises(cifar100.DataError) as e:
-    evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(tmp_path),
-                      submission_csv=str(existing))
-  message = str(e.value)
-  assert '\n' not in message and 'distortion07.npy' in message, message
-  assert existing.read_text() == 'id,label\nprevious,1\n'
-  assert not list(tmp_path.glob('.sub.csv.*'))
-
-
-@pytest.mark.parametrize('problem', ['ood_labels_too_few', 'ood_labels_out_of_range',
-                                     'c_labels_missing', 'c_labels_float', 'ood_labels_negative',
-                                     'c_labels_negative'])
-def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
-  """labels.npy is checked with the images: found bad only after the 950,000 predictions, a
-  run's clean and OOD numbers were lost. (The workdir holds no run: reaching it is a different
-  error.)"""
-  rng = np.random.default_rng(5)
-  ood_dir, c_dir = tmp_path / 'ood', tmp_path / 'c'
-  ood_dir.mkdir(), c_dir.mkdir()
-  images = rng.integers(0, 256, (10, 32, 32, 3), np.uint8)
-  for i in range(ood.NUM_DISTORTIONS):
-    np.save(ood_dir / ood.distortion_file(i), images)
-  np.save(c_dir / 'fog.npy', images)
-  labels = {'ood_labels_too_few': (ood_dir, np.arange(3)),
-            'ood_labels_out_of_range': (ood_dir, np.full(10, 100)),
-            'c_labels_float': (c_dir, np.zeros(10, np.float32))}
-  if problem in labels:
-    np.save(labels[problem][0] / 'labels.npy', labels[problem][1])
-  if problem.endswith('_negative'):  # A header claiming -1 labels had given a traceback.
-    where = ood_dir if problem.startswith('ood') else c_dir
-    np.save(where / 'labels.npy', np.zeros(10, np.int64))
-    (where / 'labels.npy').write_bytes((where / 'labels.npy').read_bytes().replace(b'(10,)', b'(-1,)'))
-  if not problem.startswith('c_'):
-    np.save(c_dir / 'labels.npy', np.zeros(2, np.int64))  # Valid: tiled over the 5 severities.
-  with pytest.raises(cifar100.DataError, match='labels.npy') as e:
-    evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(ood_dir),
-                      submission_csv=str(tmp_path / 'sub.csv'), cifar100c_dir=str(c_dir))
-  assert str((ood_dir if problem.startswith('ood') else c_dir) / 'labels.npy') in str(e.value)
-  assert not (tmp_path / 'sub.csv').exists()
 
 
 def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):
