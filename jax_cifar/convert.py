@@ -23,7 +23,7 @@ from jax_cifar import atomic_folder, errors, step_folders
 from jax_cifar import workdir
 from jax_cifar.models import create_model
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
-from jax_cifar.models.resnet import torch_linear
+from jax_cifar.models.torch_init import torch_linear
 
 
 class ConversionError(errors.UserError, ValueError):

@@ -19,7 +19,7 @@ from _torch_resnets import (flax_model, nchw, random_torch_resnet, rel_diff, sma
                             torch, torchvision)
 from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
 from jax_cifar.models import create_model
-from jax_cifar.models.resnet import torch_linear
+from jax_cifar.models.torch_init import torch_linear
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

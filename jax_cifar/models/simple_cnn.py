@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cifar.models.resnet import (ModeFlag, check_images, resolve_train, torch_default_bias_init,
-                                     torch_default_kernel_init, torch_linear)
+from jax_cifar.models.resnet import ModeFlag, check_images, resolve_train
+from jax_cifar.models.torch_init import torch_default_bias_init, torch_default_kernel_init, torch_linear
 
 Dtype = Any
 _GRID = 8  # fc1 sees an 8x8x64 map: the flattened size of a 32x32 input after two 2x2 pools.
