@@ -23,6 +23,7 @@ CHOICES = {
     'train.on_nonfinite': ('stop', 'skip'),
     'wandb.mode': ('online', 'offline', 'disabled'),
     'checkpoint.best_weights': checkpoints.WEIGHTS,
+    'model.init_from_weights': checkpoints.READ_WEIGHTS,
 }
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
@@ -170,6 +171,8 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert(['model.width'], 'simple_cnn has fixed widths')
     inert(['model.stem'], 'simple_cnn has no stem')
     inert(['model.remat', 'model.scan_blocks'], 'simple_cnn has no residual blocks')
+  if not flat.get('model.init_from'):
+    inert(['model.init_from_weights'], 'model.init_from is not set')
   if not flat.get('ema.decay'):
     inert(['ema.warmup_power'], 'there is no EMA without ema.decay > 0')
   optimizer = flat.get('optim.name')

@@ -14,6 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from jax_cifar import checkpoints, errors, models, optim, parallel, step_folders, tracking
@@ -173,8 +174,10 @@ def parse_init_from(spec: str) -> tuple[str, str]:
 
 
 def _weights_of_run(config, params, batch_stats, mesh):
-  """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state,
-  step or EMA). As with `model.pretrained`, a head of another size keeps this run's fresh one."""
+  """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state or
+  step): its raw weights, or their EMA with `model.init_from_weights` 'ema' (or 'auto', the better
+  on validation at that step). As with `model.pretrained`, a head of another size keeps this run's
+  fresh one."""
   run_dir, which = parse_init_from(config.model.init_from)
   try:
     source = workdir_lib.run_config(run_dir)
@@ -187,6 +190,17 @@ def _weights_of_run(config, params, batch_stats, mesh):
         f'model.init_from={config.model.init_from}: that run has another model ({"; ".join(differ)})')
   source.model.pretrained, source.model.init_from = '', ''
   restored, _, step = restore(source, run_dir, which, mesh)
+  key = f'model.init_from_weights={config.model.init_from_weights}'
+  try:
+    weights = resolve_weights(config.model.init_from_weights, restored, run_dir, step)
+    restored = with_weights(restored, weights, run_dir)
+  except checkpoints.CheckpointError as e:
+    raise checkpoints.CheckpointError(f'{key}: {e}') from e
+  if (which == 'best' and weights == 'raw'
+      and source.checkpoint.get('best_weights') == 'ema'):
+    logging.warning("model.init_from=%s: that run's 'best' step was chosen by its EMA weights' "
+                    "accuracy (checkpoint.best_weights='ema'); these are its raw weights: "
+                    "--config.model.init_from_weights=ema starts from the EMA", config.model.init_from)
   new, old = nnx.to_pure_dict(params), nnx.to_pure_dict(restored.params)
   source_classes = old['fc']['kernel'].shape[-1]
   head_kept = new['fc']['kernel'].shape != old['fc']['kernel'].shape
@@ -195,6 +209,7 @@ def _weights_of_run(config, params, batch_stats, mesh):
   nnx.replace_by_pure_dict(params, old)
   nnx.replace_by_pure_dict(batch_stats, nnx.to_pure_dict(restored.batch_stats))
   tracking.say(f'Initialised from {run_dir} step {step}'
+               + (' (its EMA weights)' if weights == 'ema' else '')
                + (f' (its {source_classes}-class head replaced by a fresh one)'
                   if head_kept else ''))
   return params, batch_stats

@@ -34,7 +34,7 @@ SAFE_TO_CHANGE = (
     'train.resume', 'train.max_steps', 'train.log_every_steps', 'train.eval_batch_size',
     'train.eval_every_epochs', 'train.on_nonfinite', 'train.allow_config_change',
     'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.best_weights', 'wandb.',
-    'model.init_from', 'model.pretrained',  # Read at step 0 only.
+    'model.init_from', 'model.init_from_weights', 'model.pretrained',  # Read at step 0 only.
     'model.remat', 'model.scan_blocks')  # How the step is compiled; same parameters and layout.
 # May change, and is logged with what it does to the schedule: training longer.
 EXTENDABLE = ('train.num_epochs',)

@@ -1,11 +1,14 @@
-"""model.init_from: a new run starts from another run's weights (params + BN statistics), with a
-fresh optimizer at step 0; a head of another size is replaced, another model is refused."""
+"""model.init_from: a new run starts from another run's weights (params + BN statistics; raw, EMA
+or the better on validation), with a fresh optimizer at step 0; a head of another size is
+replaced, another model is refused."""
+
+import logging
 
 import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, config_validation, optim, parallel
+from jax_cifar import checkpoints, config_validation, optim, parallel, tracking
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar import workdir as workdir_lib
@@ -18,6 +21,7 @@ def _config(**model):
   c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
   c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 1
   c.train.max_steps, c.checkpoint.every_steps = 3, 2
+  c.ema.decay, c.checkpoint.best_weights = 0.5, 'ema'  # 'best' ranked by the EMA's accuracy.
   for k, v in model.items():
     c.model[k] = v
   return c
@@ -25,7 +29,7 @@ def _config(**model):
 
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
-  """A 3-step run (checkpoints at steps 2 and 3)."""
+  """A 3-step run with an EMA (checkpoints at steps 2 and 3)."""
   run = tmp_path_factory.mktemp('source')
   trainer.train_and_evaluate(_config(), str(run))
   return run
@@ -96,3 +100,31 @@ def test_a_run_started_from_another_trains_from_step_0_and_resumes_without_reloa
   c.train.max_steps = 4
   c.model.init_from = str(tmp_path / 'gone')  # Would fail if read again; changing it is safe.
   assert trainer.train_and_evaluate(c, str(tmp_path / 'b'))['step'] == 4
+
+
+def test_init_from_weights_takes_the_ema_or_the_better_on_validation_and_raw_warns(source, caplog):
+  """A run whose 'best' was ranked by its EMA had started others from its raw weights, without
+  a word (an audit): init_from_weights picks, and taking the raw ones says what was ranked."""
+  expected, _, step = state_lib.restore(_config(), source, 'best')
+  assert not np.array_equal(_leaves(expected.params)[0], _leaves(expected.ema_params)[0])
+  state = _init(_config(init_from=str(source), init_from_weights='ema'))
+  _assert_equal(state.params, expected.ema_params)
+  _assert_equal(state.batch_stats, expected.ema_batch_stats)
+  _assert_equal(state.ema_params, expected.ema_params)  # The new run's EMA starts from them.
+  row = [r for r in tracking.read_metrics(source) if r.get('step') == step and 'val_accuracy' in r][-1]
+  better = 'ema' if row['val_accuracy_ema'] > row['val_accuracy'] else 'raw'
+  state = _init(_config(init_from=str(source), init_from_weights='auto'))
+  _assert_equal(state.params, getattr(expected, 'ema_params' if better == 'ema' else 'params'))
+  for spec, warned in ((str(source), True), (f'{source}:latest', False)):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      _init(_config(init_from=spec))
+    assert ("chosen by its EMA weights' accuracy" in caplog.text
+            and '--config.model.init_from_weights=ema' in caplog.text) == warned, caplog.text
+
+
+def test_init_from_weights_is_checked_and_ignored_without_init_from():
+  with pytest.raises(config_validation.ConfigError, match="'model.init_from_weights' must be one of"):
+    config_validation.validate(_config(init_from='runs/a', init_from_weights='best'))
+  assert config_validation.ignored_notes(_config(init_from_weights='ema')) == [
+      "config key 'model.init_from_weights'='ema' is ignored: model.init_from is not set"]

@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.image_size = 32  # Images are resized on device to this size before the model (e.g. 224 for ImageNet nets).
   c.model.pretrained = ''  # Path of a converted torchvision checkpoint (scripts/convert_torchvision_weights.py); '' = random init.
   c.model.init_from = ''  # Start from another run's weights: 'WORKDIR[:best|latest|STEP]' (params + BN statistics; fresh optimizer, step 0).
+  c.model.init_from_weights = 'raw'  # With init_from: that checkpoint's 'raw' weights, their 'ema', or 'auto' (the better of the two on validation at that step).
   c.model.normalize = 'cifar'  # Input normalisation statistics: 'cifar', 'imagenet' (use with pretrained weights) or 'none'.
 
   c.augment = ml_collections.ConfigDict()
