@@ -5,6 +5,7 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -61,6 +62,37 @@ def test_ema_of_params_and_batch_stats_matches_numpy_over_several_steps():
       np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
   # After 5 steps the EMA lags the raw weights: it is neither the start nor the current params.
   assert not all(np.allclose(a, b) for a, b in zip(_leaves(state.ema_params), _leaves(state.params)))
+
+
+def test_a_skipped_update_leaves_the_ema_alone_and_its_decay_counts_applied_updates(monkeypatch):
+  """train.on_nonfinite='skip': the first update is non-finite and skipped. The EMA had still been
+  updated then, spending its copy of the weights (decay 0) on the unchanged initial ones, and the
+  warm-up had counted the skipped step (an audit). Now the skip leaves it alone, and the first
+  applied update copies."""
+  real = optim.make_schedule
+  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
+      lambda step: jnp.where(step == 0, jnp.inf, real(*a, **k)(step))))
+  c = _config()
+  c.train.on_nonfinite = 'skip'
+  tx, schedule = optim.make_optimizer(c.optim, 10, 10)
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
+  step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                                   config=c))
+  rng = np.random.default_rng(1)
+  ref = _leaves((state.ema_params, state.ema_batch_stats))
+  for t in range(4):
+    batch = {'image': rng.integers(0, 256, (32, 32, 32, 3), np.uint8),
+             'label': rng.integers(0, 100, 32).astype(np.int32)}
+    state, _ = step(state, batch)
+    assert int(state.nonfinite_steps) == 1  # Step 0's update only.
+    if t > 0:  # t - 1 updates applied before this one: the first of them copies (decay 0).
+      d = 0.0 if t == 1 else min(0.9, 1 - (1.0 + t - 1) ** -0.75)
+      ref = [d * e + (1 - d) * r for e, r in zip(ref, _leaves((state.params, state.batch_stats)))]
+    for got, want in zip(_leaves((state.ema_params, state.ema_batch_stats)), ref, strict=True):
+      np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    if t == 1:  # The copy: the EMA is the weights of the first applied update exactly.
+      for a, b in zip(_leaves(state.ema_params), _leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_ema_disabled_keeps_no_copy():

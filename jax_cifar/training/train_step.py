@@ -27,12 +27,17 @@ def ema_decay(step: jax.Array, decay: float, warmup_power: float) -> jax.Array:
   return jnp.minimum(jnp.float32(decay), warm)
 
 
-def update_ema(state: TrainState, config) -> TrainState:
-  """Moves the EMA towards the (already updated) params and BatchNorm statistics of `state`."""
+def update_ema(state: TrainState, config, applied: jax.Array) -> TrainState:
+  """Moves the EMA towards the (already updated) params and BatchNorm statistics of `state`, if
+  this step's update was `applied`. The decay counts applied updates only: a step skipped for a
+  non-finite update (train.on_nonfinite='skip') had spent the first update's copy of the weights
+  on weights that did not move, and advanced the warm-up (an audit)."""
   if state.ema_params is None:
     return state
-  d = ema_decay(state.step - 1, config.ema.decay, config.ema.warmup_power)
-  towards = lambda new, ema: optax.incremental_update(new, ema, 1.0 - d)
+  updates_before = state.step - state.nonfinite_steps - 1  # Applied before this one, if applied.
+  d = ema_decay(updates_before, config.ema.decay, config.ema.warmup_power)
+  towards = lambda new, ema: jax.tree.map(lambda n, e: jnp.where(applied, n, e),
+                                          optax.incremental_update(new, ema, 1.0 - d), ema)
   return state.replace(ema_params=towards(state.params, state.ema_params),
                        ema_batch_stats=towards(state.batch_stats, state.ema_batch_stats))
 
@@ -95,7 +100,7 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
       nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)),
       first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
                                      state.first_nonfinite_step, state.step))
-  new_state = update_ema(new_state, config)
+  new_state = update_ema(new_state, config, finite)
   metrics = {
       'train_loss': loss,
       'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
