@@ -80,13 +80,26 @@ def overrides(args, run: str, seed: int) -> list[str]:
     if flag is not None:
       values[key] = flag
   values['data.dir'] = args.data_dir
-  for item in args.set:
-    key, _, value = item.partition('=')
-    values[key] = value
+  values.update(set_values(args.set))
   if mult != 1:  # After --set: a row's multiple of the epochs holds whichever way they were set.
     epochs = values.get('train.num_epochs', base_config(args.config).train.num_epochs)
     values['train.num_epochs'] = mult * float(epochs)
   return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+PATH_KEYS = ('data.dir', 'data.tfds_data_dir', 'model.pretrained', 'model.init_from')
+
+
+def set_values(items: list[str]) -> dict[str, str]:
+  """--set KEY=VALUE items as a dict; a relative path (PATH_KEYS) made the caller's, since the
+  children start in the repository (it had been read from there: another folder, or none)."""
+  values = {}
+  for item in items:
+    key, _, value = item.partition('=')
+    if key in PATH_KEYS and value:
+      value = os.path.abspath(os.path.expanduser(value))
+    values[key] = value
+  return values
 
 
 def base_config(path: str):
@@ -119,6 +132,15 @@ def val_numbers(workdir: pathlib.Path) -> dict:
     if 'val_accuracy_ema' in rec:
       best_ema = max(best_ema or 0.0, rec['val_accuracy_ema'])
   return {'val_accuracy': best, 'val_accuracy_ema': best_ema, 'last_step': step}
+
+
+def val_at(workdir: pathlib.Path, step: int, weights: str) -> float | None:
+  """Validation accuracy of the raw weights or of the EMA at `step`: the step evaluated (the
+  best of the run by whichever weights ranked it), not the run's best number of either kind."""
+  key = 'val_accuracy_ema' if weights == 'ema' else 'val_accuracy'
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  values = [r[key] for r in rows if r.get('step') == step and key in r]
+  return values[-1] if values else None
 
 
 def train(args, run: str, seed: int) -> dict:
@@ -162,9 +184,8 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
          + ('_bn-adapt' if 'bn_adapt' in mode else ''))  # evaluate.output_tag's file name.
   result = json.loads((workdir / f'eval_{tag}.json').read_text())
   per = np.array(list(result['ood_per_distortion'].values()))  # [19 distortions, 5 severities]
-  train_rec = json.loads((out / 'results' / f'train_{run}_s{seed}.json').read_text())
   record = {'row': row, 'seed': seed, 'mode': mode, 'weights': weights, 'step': result['step'],
-            'val_accuracy': train_rec['val_accuracy_ema' if weights == 'ema' else 'val_accuracy'],
+            'val_accuracy': val_at(workdir, result['step'], weights),
             'test_accuracy': result['test_accuracy'], 'test_count': result['test_count'],
             'ood_accuracy': result['ood_accuracy'], 'ood_per_severity': per.mean(0).tolist(),
             'ood_per_distortion': result['ood_per_distortion'], 'eval_seconds': seconds}
@@ -173,13 +194,18 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
   return record
 
 
-def pick_best(rows: list[str], trains: dict) -> str:
-  """The row with the highest mean validation accuracy over its seeds (validation only)."""
+def pick_best(rows: list[str], evals: list[dict]) -> str:
+  """The row with the highest mean validation accuracy over its seeds, each at the step that was
+  evaluated (validation only)."""
   def val(row):
-    run, weights, _ = ROWS[row]
-    key = 'val_accuracy_ema' if weights == 'ema' else 'val_accuracy'
-    return np.mean([rec[key] for (r, _), rec in trains.items() if r == run])
+    return np.mean([e['val_accuracy'] for e in evals if (e['row'], e['mode']) == (row, 'none')])
   return max(rows, key=val)
+
+
+def shown_rows(rows: list[str], best: str, tta_rows: list[str]) -> list[str]:
+  """The rows an invocation reports: --rows, then the best (or --best_row), report and --tta_rows
+  ones it evaluated, each once (those outside --rows had been evaluated and left out: an audit)."""
+  return list(dict.fromkeys([*rows, best, 'report', *tta_rows]))
 
 
 def summarise(evals: list[dict]) -> dict:
@@ -308,15 +334,58 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.config = os.path.abspath(args.config)
   bad = [r for r in args.rows.split(',') if r not in ROWS]
   bad += [m for m in args.tta_modes.split(',') if m not in TTA_MODES]
+  bad += [r for r in args.tta_rows.split(',') if r and r != 'best' and r not in ROWS]
   if bad or (args.best_row and args.best_row not in ROWS):
     p.error(f'unknown row or test-time mode: {bad or args.best_row}')
+  for name in ('seeds', 'headline_seeds'):
+    try:
+      seeds = [int(s) for s in getattr(args, name).split(',')]
+    except ValueError:
+      p.error(f'--{name} must be comma-separated integers, got {getattr(args, name)!r}')
+    if any(s < 0 for s in seeds):
+      p.error(f'--{name} must be non-negative, got {getattr(args, name)!r}')
+  if not os.path.isfile(ROOT / args.config):
+    p.error(f'--config {args.config}: no such file')
   return args
+
+
+def check_validation(args) -> None:
+  """Rows are chosen on validation images: a data.val_fraction of 0 (base --config or --set) had
+  made the trainer validate, and this script choose, on the TEST split (an audit)."""
+  val_fraction = set_values(args.set).get('data.val_fraction',
+                                          base_config(args.config).data.val_fraction)
+  if not float(val_fraction) > 0:
+    raise SystemExit('error: rows are chosen on validation images, and data.val_fraction is 0 '
+                     'here (in the base --config or --set): the trainer would validate, and this '
+                     'script choose, on the TEST split. Give data.val_fraction > 0.')
+
+
+# The settings that make a run or an evaluation what it is: one --out per combination of them.
+SETTINGS = ('config', 'epochs', 'train_limit', 'batch_size', 'model', 'width', 'set', 'ood_limit',
+            'eval_limit', 'eval_batch_size')
+
+
+def check_settings(args, out: pathlib.Path) -> None:
+  """Records SETTINGS in OUT/settings.json; a later invocation with others is refused (its runs
+  would have resumed under a changed schedule, or --skip_existing mixed in the old numbers)."""
+  path = out / 'settings.json'
+  now = {k: getattr(args, k) for k in SETTINGS}
+  if path.exists():
+    before = json.loads(path.read_text())
+    changed = [f'--{k} {before.get(k)!r} -> {now[k]!r}' for k in SETTINGS if before.get(k) != now[k]]
+    if changed:
+      raise SystemExit(f'error: {out} holds runs made with other settings ({"; ".join(changed)}): '
+                       'use another --out for these, or remove that folder')
+  else:
+    path.write_text(json.dumps(now, indent=2) + '\n')
 
 
 def main(argv: list[str]) -> None:
   args = parse_args(argv)
+  check_validation(args)
   out = pathlib.Path(args.out)
   (out / 'results').mkdir(parents=True, exist_ok=True)
+  check_settings(args, out)
   rows, seeds = args.rows.split(','), [int(s) for s in args.seeds.split(',')]
   headline = [int(s) for s in args.headline_seeds.split(',')]
   modes = args.tta_modes.split(',')
@@ -339,7 +408,7 @@ def main(argv: list[str]) -> None:
   global BEST_LABEL  # pylint: disable=global-statement
   if args.best_row:
     BEST_LABEL = 'chosen with --best_row'
-  best = args.best_row or pick_best(rows, trains)
+  best = args.best_row or pick_best(rows, evals)
   log(f'best row on validation: {best}')
   tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]
   for row in dict.fromkeys([best, 'report']):
@@ -350,7 +419,9 @@ def main(argv: list[str]) -> None:
     for mode in modes:
       if mode != 'none':
         do(row, headline[0], mode)
-  # Every record under OUT/results (earlier invocations included), for the rows asked for.
+  # Every record under OUT/results (earlier invocations included), for the rows of this
+  # invocation (--best_row or --tta_rows outside --rows had been evaluated and left out).
+  rows = shown_rows(rows, best, tta_rows)
   evals = [json.loads(p.read_text()) for p in sorted((out / 'results').glob('eval_*.json'))]
   evals = [e for e in evals if e['row'] in rows]
   for p in sorted((out / 'results').glob('train_*.json')):

@@ -1,6 +1,7 @@
 """scripts/robustness_table.py's command line and per-row overrides (its runs are the trainer's
 and evaluate's, tested elsewhere)."""
 
+import json
 import os
 import pathlib
 
@@ -87,3 +88,66 @@ def test_every_run_sets_every_robustness_switch_so_any_base_config_works(table):
               } | {'ema.decay'}
   for name, run in table.RUNS.items():
     assert switches <= set(run), (name, sorted(switches - set(run)))
+
+
+def test_the_val_number_is_the_evaluated_steps_for_the_weights_that_ranked_it(table, tmp_path):
+  """A row's val number had been the run's best raw accuracy over all steps, while its 'best'
+  step was ranked by the EMA: the row was chosen on weights that were never evaluated (an audit)."""
+  rows = [{'step': 7, 'val_accuracy': 0.01, 'val_accuracy_ema': 0.03},
+          {'step': 10, 'train_loss': 4.0},
+          {'step': 14, 'val_accuracy': 0.02, 'val_accuracy_ema': 0.025}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  assert table.val_at(tmp_path, 7, 'raw') == 0.01 and table.val_at(tmp_path, 7, 'ema') == 0.03
+  assert table.val_at(tmp_path, 10, 'raw') is None
+  evals = [{'row': 'photo', 'mode': 'none', 'val_accuracy': 0.01},
+           {'row': 'photo', 'mode': 'bn_adapt', 'val_accuracy': 0.9},  # Test-time rows: not these.
+           {'row': 'report', 'mode': 'none', 'val_accuracy': 0.015}]
+  assert table.pick_best(['photo', 'report'], evals) == 'report'
+
+
+def test_a_base_without_validation_images_is_refused_before_any_work(table):
+  """data.val_fraction=0 had made the trainer validate, and the script choose rows, on TEST."""
+  table.check_validation(table.parse_args([]))  # The default base config holds some out.
+  for argv in (['--set', 'data.val_fraction=0'], ['--set', 'data.val_fraction=0.0']):
+    with pytest.raises(SystemExit, match='on the TEST split'):
+      table.check_validation(table.parse_args(argv))
+
+
+def test_an_out_folder_of_other_settings_is_refused_naming_them(table, tmp_path):
+  """A rerun with other settings had resumed the runs under a changed schedule, or with
+  --skip_existing reported the old numbers under the new settings (an audit)."""
+  table.check_settings(table.parse_args(['--epochs', '1']), tmp_path)
+  table.check_settings(table.parse_args(['--epochs', '1', '--rows', 'report', '--seeds', '3']),
+                       tmp_path)  # More rows or seeds: the same settings.
+  with pytest.raises(SystemExit, match=r"--epochs 1\.0 -> 3\.0; --ood_limit 200 -> 20; "
+                                       r"--eval_batch_size 200 -> 20\): use another --out"):
+    table.check_settings(table.parse_args(['--epochs', '3', '--ood_limit', '20']), tmp_path)
+
+
+def test_set_paths_are_the_callers_and_other_values_are_kept(table, tmp_path, monkeypatch):
+  """--set model.pretrained=weights/resnet50 had been read from the repository (the children's
+  folder): not found, or another checkpoint of that name (an audit)."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  values = table.set_values(['model.pretrained=weights/r50', 'model.init_from=runs/a:best',
+                             'data.dir=~/data', 'model.width=8', 'data.tfds_data_dir=/abs'])
+  assert values == {'model.pretrained': str(tmp_path / 'weights' / 'r50'),
+                    'model.init_from': str(tmp_path / 'runs' / 'a:best'),
+                    'data.dir': str(tmp_path / 'home' / 'data'), 'model.width': '8',
+                    'data.tfds_data_dir': '/abs'}
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--tta_rows', 'best,reprot'], 'reprot'), (['--seeds', '0,a'], '--seeds must be'),
+    (['--headline_seeds', ''], '--headline_seeds must be'), (['--config', 'nope.py'], 'no such')])
+def test_bad_flags_are_refused_before_any_work(table, argv, message, capsys):
+  """--tta_rows had failed with a KeyError after every row was trained; bad seed lists with a
+  traceback (an audit)."""
+  with pytest.raises(SystemExit):
+    table.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+def test_rows_evaluated_outside_rows_are_reported(table):
+  assert table.shown_rows(['report'], 'photo_ema', ['photo_ema', 'augmix']) == [
+      'report', 'photo_ema', 'augmix']
