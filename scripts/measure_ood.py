@@ -5,7 +5,9 @@
   python scripts/measure_ood.py rss --workdir runs/smoke [--config CONFIG] [--n 50000]
       writes 19 synthetic distortion files of N images (N=50,000 is the real 2.9 GB set) into a
       temp folder, runs `python -m jax_cifar.evaluate --ood_dir ... --submission ...` on them,
-      samples its RSS, validates the CSV, and deletes the folder.
+      samples its RSS, validates the CSV, and deletes the folder. evaluate reads the run through
+      a view in that folder (its config and a link to its checkpoints), so the run's own
+      eval_*.json and figures are never touched.
 """
 
 import argparse
@@ -77,10 +79,30 @@ def _status(pid: int) -> dict:
   return fields
 
 
+def run_view(workdir: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+  """A run folder in `folder` that evaluate reads as `workdir` (config.json and metrics.jsonl
+  copied, checkpoints/ linked) and writes its eval_*.json, figures and CSV into: evaluating the run
+  itself had replaced its real eval_best.json with the numbers of random images (an audit)."""
+  if not (workdir / 'checkpoints').is_dir():
+    raise SystemExit(f'error: {workdir} holds no checkpoints/: give a training run\'s folder '
+                     '(--workdir)')
+  view = folder / workdir.name
+  view.mkdir()
+  for name in ('config.json', 'metrics.jsonl'):
+    if (workdir / name).exists():
+      shutil.copy2(workdir / name, view / name)
+  (view / 'checkpoints').symlink_to(workdir / 'checkpoints', target_is_directory=True)
+  return view
+
+
 def rss(args) -> dict:
   from jax_cifar.evaluation import submission  # pylint: disable=g-import-not-at-top
+  if args.n < 5 or args.n % 5:
+    raise SystemExit(f'error: --n must be a positive multiple of 5 (one block per severity), '
+                     f'got {args.n}')
   folder = pathlib.Path(tempfile.mkdtemp(prefix='ood_rss_', dir=args.tmp_dir or None))
   try:
+    view = run_view(pathlib.Path(args.workdir), folder)
     t0 = time.perf_counter()
     _write_set(folder, args.n)
     on_disk = sum(p.stat().st_size for p in folder.glob('*.npy'))
@@ -88,7 +110,7 @@ def rss(args) -> dict:
     csv_path = folder / 'submission.csv'
     cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *(['--config', args.config] if args.config
                                                          else []),
-           '--workdir', args.workdir, '--checkpoint', args.checkpoint, '--ood_dir', str(folder),
+           '--workdir', str(view), '--checkpoint', args.checkpoint, '--ood_dir', str(folder),
            '--submission', str(csv_path)]
     t0 = time.perf_counter()
     log = open(folder / 'evaluate.log', 'w')  # pylint: disable=consider-using-with
@@ -131,11 +153,13 @@ def main() -> None:
   p.add_argument('--n', type=int, default=50_000, help='images per distortion file')
   p.add_argument('--tmp_dir', default='', help='where to put the temporary set')
   args = parser.parse_args()
+  if args.what == 'speed' and args.images < 1:
+    parser.error(f'--images must be at least 1, got {args.images}')
   # The evaluate child runs with cwd=ROOT: paths are the caller's (a config file not found there
   # is one of the repository's, as configs/smoke.py).
-  for name in ('config', 'workdir', 'tmp_dir'):
+  for name in ('config', 'workdir', 'tmp_dir', 'checkpoint'):
     value = getattr(args, name, '')
-    if value and (name != 'config' or os.path.exists(value)):
+    if value and (name not in ('config', 'checkpoint') or os.path.exists(value)):
       setattr(args, name, os.path.abspath(value))
   print(json.dumps(speed(args) if args.what == 'speed' else rss(args), indent=2), flush=True)
 

@@ -2,6 +2,7 @@
 --submission paths. Faults are placed at exact points with the JAX_CIFAR_TEST_SIGNAL hook
 (jax_cifar/interrupt.py), never after a sleep."""
 
+import json
 import logging
 import os
 import pathlib
@@ -349,3 +350,17 @@ def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_p
                       submission_csv=str(csv))
   assert csv.read_text() == 'id,label\n'
   assert not list(workdir.glob('eval_*.json'))
+
+
+def test_measuring_ood_memory_on_a_run_leaves_the_runs_files_as_they_were(run):
+  """scripts/measure_ood.py rss evaluates random images: run in the run itself, it had replaced
+  the run's eval_*.json and confusion figure with their numbers (an audit)."""
+  workdir = run / 'run'
+  (workdir / 'eval_latest.json').write_text('{"checkpoint": "latest", "ood_accuracy": 0.5}')
+  before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()}
+  out = subprocess.run([sys.executable, 'scripts/measure_ood.py', 'rss', '--workdir', str(workdir),
+                        '--config', str(run / 'config.py'), '--checkpoint', 'latest', '--n', '5'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'OK: ' in json.loads(out.stdout)['csv_check']  # It measured a real evaluation ...
+  assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before  # ... elsewhere.
