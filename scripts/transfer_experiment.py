@@ -8,6 +8,10 @@ Runs `python -m jax_cifar.train --config configs/resnet50_transfer.py` twice, id
 image size and wall time of both. Defaults are sized for a small CPU (see docs/transfer.md). The
 trainer compiles its steps with the CPU XLA options itself (parallel.step_compiler_options;
 JAX_CIFAR_XLA_DEFAULTS=1 turns them off), so this script sets no process-wide XLA_FLAGS.
+
+The same command again resumes: a finished arm is kept (OUT/results/ARM.json), an interrupted one
+resumes from its last checkpoint, and `--only` invocations add up in OUT/results.json. Other
+settings in the same --out are refused, naming them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -49,13 +54,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return args
 
 
+def _source(path: str) -> dict:
+  stat = os.stat(path)
+  return {'state_dict': path, 'bytes': stat.st_size, 'mtime': stat.st_mtime}
+
+
 def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
-  target = out / 'weights' / 'resnet50'
-  if not target.exists():
-    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'convert_torchvision_weights.py'),
-                    '--arch', 'resnet50', '--state_dict', state_dict, '--output', str(target)],
-                   check=True, cwd=ROOT)
+  """OUT/weights/resnet50 converted from `state_dict`, once. A conversion of another file there
+  is refused: it had been fine-tuned instead, without a word (an audit)."""
+  if not os.path.isfile(state_dict):
+    raise SystemExit(f'error: --state_dict {state_dict}: no such file')
+  target, record = out / 'weights' / 'resnet50', out / 'weights' / 'source.json'
+  if target.exists():
+    before = json.loads(record.read_text()) if record.exists() else {}
+    if before != _source(state_dict):
+      raise SystemExit(f'error: {target} was converted from '
+                       f'{before.get("state_dict", "another file")}, not from {state_dict} as '
+                       'it is now: use another --out (or remove that folder)')
+    return target
+  run('convert', [
+      sys.executable, str(ROOT / 'scripts' / 'convert_torchvision_weights.py'), '--arch',
+      'resnet50', '--state_dict', state_dict, '--output', str(target)], log=out / 'convert.log')
+  record.write_text(json.dumps(_source(state_dict)) + '\n')
   return target
+
+
+def run(name: str, cmd: list[str], log: pathlib.Path) -> None:
+  """Runs `cmd` with its output in `log`; a failure or an interruption is one line naming the log
+  and what to do (it had been a CalledProcessError traceback, the cause only in the log).
+
+  The child has a session of its own, so a Ctrl-C reaches it from here exactly once per press:
+  the trainer saves and stops at the first, stops at once at the second (subprocess.run had
+  killed it instead). SIGTERM is passed on the same way.
+  """
+  with open(log, 'w') as f:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+      while True:
+        try:
+          code = proc.wait()
+          break
+        except KeyboardInterrupt:
+          proc.send_signal(signal.SIGINT)
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+  if code in (75, 130, 143, -2, -15):  # Stopped by a signal: the trainer saved what it could.
+    raise SystemExit(f'{name}: interrupted (exit {code}); the same command resumes it. Log: {log}')
+  if code:
+    last = (log.read_text().strip().splitlines() or [''])[-1].split('\r')[-1].strip()
+    raise SystemExit(f'error: {name} failed (exit {code}): {last} (whole log: {log})')
 
 
 def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
@@ -68,12 +117,11 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
            f'--config.train.num_epochs={args.num_epochs}',
            '--config.train.eval_every_epochs=1000',  # Evaluate once, at the end.
            '--config.train.eval_batch_size=100', '--config.train.log_every_steps=10',
-           '--config.train.resume=false', *args.overrides]
+           *args.overrides]
   cmd = [sys.executable, '-m', 'jax_cifar.train', f'--config={CONFIG}', f'--workdir={workdir}', *flags]
   print(f'[{name}]', ' '.join(cmd), flush=True)
   t = time.time()
-  with open(pathlib.Path(args.out) / f'{name}.log', 'w') as log:
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  run(name, cmd, pathlib.Path(args.out) / f'{name}.log')  # Resumes an interrupted arm.
   wall = time.time() - t
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_accuracy' in r][-1]
@@ -83,7 +131,33 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
           'train_images': args.train_limit, 'val_images': args.eval_limit,
           'val_accuracy': val['val_accuracy'], 'val_top5_accuracy': val.get('val_top5_accuracy'),
           'val_loss': val['val_loss'], 'final_train_loss': train[-1]['train_loss'] if train else None,
-          'wall_s': round(wall, 1)}
+          'wall_s': round(wall, 1), 'settings': settings(args, pretrained)}
+
+
+def settings(args: argparse.Namespace, pretrained: str) -> dict:
+  """What makes an arm's numbers what they are (a finished arm is kept only for the same)."""
+  return {'pretrained': pretrained, 'image_size': args.image_size, 'train_limit': args.train_limit,
+          'eval_limit': args.eval_limit, 'batch_size': args.batch_size,
+          'num_epochs': args.num_epochs, 'overrides': args.overrides}
+
+
+def arm_result(name: str, pretrained: str, args: argparse.Namespace) -> dict:
+  """The arm's record: kept from an earlier invocation with the same settings, else trained (or
+  resumed) now and written at once, so a later failure loses no finished arm."""
+  path = pathlib.Path(args.out) / 'results' / f'{name}.json'
+  if path.exists():
+    kept = json.loads(path.read_text())
+    if kept.get('settings') != settings(args, pretrained):
+      changed = [f'{k} {v!r} -> {settings(args, pretrained)[k]!r}'
+                 for k, v in kept.get('settings', {}).items() if settings(args, pretrained)[k] != v]
+      raise SystemExit(f'error: {path} was trained with other settings ({"; ".join(changed)}): '
+                       'use another --out (or remove that folder)')
+    print(f'[{name}] kept from {path}', flush=True)
+    return kept
+  result = run_arm(name, pretrained, args)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=2) + '\n')
+  return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   weights = str(convert(args.state_dict, out) if args.state_dict else pathlib.Path(args.weights))
   arms = [('pretrained', os.path.abspath(weights)), ('random', '')]
-  results = [run_arm(n, w, args) for n, w in arms if args.only in (None, n)]
+  for n, w in arms:
+    if args.only in (None, n):
+      arm_result(n, w, args)
+  results = [json.loads((out / 'results' / f'{n}.json').read_text()) for n, _ in arms
+             if (out / 'results' / f'{n}.json').exists()]  # --only invocations add up.
   (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
   print('| arm | val acc | val top-5 | steps | image size | wall (s) |')
   print('| --- | --- | --- | --- | --- | --- |')

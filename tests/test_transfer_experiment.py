@@ -1,10 +1,18 @@
 """scripts/transfer_experiment.py's command line (its runs are the trainer's, tested elsewhere)."""
 
+import json
 import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from conftest import load_script
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='module')
@@ -34,3 +42,85 @@ def test_paths_are_the_callers_though_the_runs_start_in_the_repository(script, t
   args = script.parse_args(['--state_dict', 'r50.pth', '--out', 'runs/x'])
   assert args.state_dict == str(tmp_path / 'r50.pth') and args.out == str(tmp_path / 'runs' / 'x')
   assert args.weights is None
+
+
+TINY = ['--weights', 'unused', '--only', 'random', '--image_size', '32', '--train_limit', '48',
+        '--eval_limit', '16', '--batch_size', '16', '--config.data.source=synthetic',
+        '--config.data.synthetic_size=400', '--config.data.val_fraction=0.5',
+        '--config.model.name=simple_cnn']
+
+
+def test_the_same_command_keeps_a_finished_arm_and_other_settings_are_refused(script, tmp_path,
+                                                                              capsys):
+  """A rerun had failed with a CalledProcessError traceback (the arm's workdir refused
+  resume=false), and `--only` invocations had overwritten each other's results.json (an audit)."""
+  out = tmp_path / 'out'
+  assert script.main([*TINY, '--out', str(out), '--num_epochs', '1']) == 0
+  first = json.loads((out / 'results.json').read_text())
+  assert [r['arm'] for r in first] == ['random'] and first[0]['steps'] == 3
+  capsys.readouterr()
+  assert script.main([*TINY, '--out', str(out), '--num_epochs', '1']) == 0
+  assert '[random] kept from' in capsys.readouterr().out
+  assert json.loads((out / 'results.json').read_text()) == first
+  with pytest.raises(SystemExit, match=r'random\.json was trained with other settings '
+                                       r'\(num_epochs 1\.0 -> 2\.0\): use another --out'):
+    script.main([*TINY, '--out', str(out), '--num_epochs', '2'])
+
+
+def test_a_failed_arm_is_one_line_naming_its_log(script, tmp_path):
+  with pytest.raises(SystemExit) as e:
+    script.main([*TINY, '--out', str(tmp_path), '--config.data.val_fraction=0.1'])
+  message = str(e.value)
+  assert message.startswith('error: random failed (exit 1): error: data.val_fraction=0.1 holds '
+                            'out no validation images'), message
+  assert message.endswith(f'(whole log: {tmp_path / "random.log"})') and '\n' not in message
+
+
+CHILD = '''
+import pathlib, signal, sys, time
+got = []
+signal.signal(signal.SIGINT, lambda *_: got.append(1))
+print('ready', flush=True)
+end = time.time() + 30
+while not got and time.time() < end:
+  time.sleep(0.05)
+time.sleep(1.0)  # A second SIGINT would arrive here.
+pathlib.Path(sys.argv[1]).write_text(str(len(got)))
+sys.exit(75 if got else 0)
+'''
+
+
+def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path):
+  """Ctrl-C had reached the trainer twice (its process group, then subprocess.run's kill), so it
+  died without saving; the script then ended in a traceback (an audit)."""
+  count, log = tmp_path / 'count', tmp_path / 'arm.log'
+  code = ('import pathlib, sys\n'
+          f'sys.path.insert(0, {str(ROOT / "scripts")!r})\n'
+          'import transfer_experiment\n'
+          f'transfer_experiment.run("pretrained", [sys.executable, "-c", {CHILD!r}, {str(count)!r}], '
+          f'pathlib.Path({str(log)!r}))\n')
+  parent = subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # A terminal's foreground group of its own.
+  end = time.time() + 60
+  while not (log.exists() and 'ready' in log.read_text()) and time.time() < end:
+    time.sleep(0.05)
+  os.killpg(parent.pid, signal.SIGINT)  # What Ctrl-C does: the whole foreground group.
+  _, err = parent.communicate(timeout=60)
+  assert count.read_text() == '1'  # Once, through the script; the arm stopped its own way.
+  assert err.strip() == (f'pretrained: interrupted (exit 75); the same command resumes it. '
+                         f'Log: {log}'), err
+  assert parent.returncode == 1
+
+
+def test_another_state_dict_for_a_converted_out_folder_is_refused(script, tmp_path):
+  """--state_dict was ignored once OUT/weights/resnet50 existed: another file's weights were
+  fine-tuned without a word (an audit)."""
+  with pytest.raises(SystemExit, match=r'--state_dict .*absent\.pth: no such file'):
+    script.convert(str(tmp_path / 'absent.pth'), tmp_path)
+  (tmp_path / 'weights' / 'resnet50').mkdir(parents=True)
+  (tmp_path / 'weights' / 'source.json').write_text(json.dumps(
+      {'state_dict': '/old/r50.pth', 'bytes': 1, 'mtime': 0.0}))
+  new = tmp_path / 'new.pth'
+  new.write_bytes(b'x')
+  with pytest.raises(SystemExit, match=r'converted from /old/r50\.pth, not from .*new\.pth'):
+    script.convert(str(new), tmp_path)
