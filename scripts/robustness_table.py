@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -29,6 +28,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'scripts'))
+import child  # noqa: E402  pylint: disable=wrong-import-position
 from hostinfo import machine  # noqa: E402  pylint: disable=wrong-import-position
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
@@ -113,11 +113,13 @@ def run_logged(cmd: list[str], log_path: pathlib.Path) -> float:
   """Runs `cmd`, output to `log_path`; raises naming the log when it fails; returns seconds."""
   log_path.parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  with log_path.open('w') as f:
-    code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+  code = child.run(cmd, log_path, ROOT)  # Ctrl-C reaches it once: the trainer saves, then stops.
+  if code in child.INTERRUPTED:
+    raise SystemExit(f'{" ".join(cmd[:4])} ... interrupted (exit {code}); the same command '
+                     f'resumes it (--skip_existing keeps what finished). Log: {log_path}')
   if code:
-    tail = log_path.read_text().strip().splitlines()[-1:] or ['']
-    raise SystemExit(f'error: {" ".join(cmd[:4])} ... exited {code}; see {log_path}: {tail[0]}')
+    raise SystemExit(f'error: {" ".join(cmd[:4])} ... exited {code}; see {log_path}: '
+                     f'{child.last_line(log_path)}')
   return time.perf_counter() - start
 
 

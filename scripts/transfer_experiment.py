@@ -20,12 +20,12 @@ import argparse
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'scripts'))
+import child  # noqa: E402  pylint: disable=wrong-import-position
 CONFIG = ROOT / 'configs' / 'resnet50_transfer.py'
 
 
@@ -80,31 +80,14 @@ def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
 
 
 def run(name: str, cmd: list[str], log: pathlib.Path) -> None:
-  """Runs `cmd` with its output in `log`; a failure or an interruption is one line naming the log
-  and what to do (it had been a CalledProcessError traceback, the cause only in the log).
-
-  The child has a session of its own, so a Ctrl-C reaches it from here exactly once per press:
-  the trainer saves and stops at the first, stops at once at the second (subprocess.run had
-  killed it instead). SIGTERM is passed on the same way.
-  """
-  with open(log, 'w') as f:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-    try:
-      while True:
-        try:
-          code = proc.wait()
-          break
-        except KeyboardInterrupt:
-          proc.send_signal(signal.SIGINT)
-    finally:
-      signal.signal(signal.SIGTERM, previous)
-  if code in (75, 130, 143, -2, -15):  # Stopped by a signal: the trainer saved what it could.
+  """Runs `cmd` (child.run: Ctrl-C reaches it once, so the trainer saves); a failure or an
+  interruption is one line naming the log and what to do (it had been a CalledProcessError
+  traceback, the cause only in the log)."""
+  code = child.run(cmd, log, ROOT)
+  if code in child.INTERRUPTED:
     raise SystemExit(f'{name}: interrupted (exit {code}); the same command resumes it. Log: {log}')
   if code:
-    last = (log.read_text().strip().splitlines() or [''])[-1].split('\r')[-1].strip()
-    raise SystemExit(f'error: {name} failed (exit {code}): {last} (whole log: {log})')
+    raise SystemExit(f'error: {name} failed (exit {code}): {child.last_line(log)} (whole log: {log})')
 
 
 def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
