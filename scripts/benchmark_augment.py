@@ -51,6 +51,26 @@ def benchmark(policy: str, batch_size: int, runs: int, image_size: int = 32,
   return {'images_per_sec': batch_size / float(np.median(times)), 'compile_s': compile_s}
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Every value before anything is measured: a mistyped --robust or --train_models had failed
+  with a traceback after the policies were measured, losing the summary, and --runs 0 printed
+  nan img/s as invalid JSON (an audit)."""
+  if args.runs < 1 or args.batch_size < 1:
+    parser.error(f'--runs and --batch_size must be at least 1, got {args.runs} and {args.batch_size}')
+  for flag, given, known in (('--policies', args.policies, POLICIES),
+                             ('--robust', args.robust, tuple(ROBUST))):
+    unknown = [n for n in given.split(',') if n and n not in known]
+    if unknown:
+      parser.error(f'{flag}: unknown {", ".join(unknown)} (known: {", ".join(known)})')
+  if args.train_models:
+    import benchmark as train_benchmark  # pylint: disable=g-import-not-at-top
+    for spec in args.train_models.split(','):
+      try:
+        train_benchmark.make_config(spec, args.batch_size, 'float32', 32)
+      except ValueError as e:
+        parser.error(f'--train_models: {e}')
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch_size', type=int, default=128)
@@ -61,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--train_models', default='smoke,resnet18',
                       help="model specs of scripts/benchmark.py to time the full train step for ('' = none)")
   args = parser.parse_args(argv)
+  check_args(parser, args)
   device = jax.devices()[0]
   import hostinfo  # pylint: disable=g-import-not-at-top  (scripts/, beside this file)
   machine = hostinfo.machine()

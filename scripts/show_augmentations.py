@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
   if not args.data_dir:
     parser.error('--data_dir is required (or set JAX_CIFAR_DATA_DIR)')
 
-  test = cifar100.load_split(args.data_dir, 'test', download=False)
+  try:
+    test = cifar100.load_split(args.data_dir, 'test', download=False)
+  except cifar100.DataError as e:  # It had been a traceback (an audit).
+    parser.exit(1, f'error: {e}\n')
   pick = np.random.default_rng(args.seed).choice(len(test.images), 32, replace=False)
   images = test.images[pick]
   rows = op_rows(images, np.random.default_rng(args.seed)) + recipe_rows(images, args.seed)

@@ -280,3 +280,28 @@ def test_a_memory_figure_from_xla_analysis_is_starred_and_explained():
   assert benchmark.memory_footnote([measured]) == ''
   assert benchmark.memory_footnote([measured, analysed]).startswith(
       "* jax mem: XLA's memory analysis of the compiled step, not a measured peak")
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--robust', 'nosie'], '--robust: unknown nosie'),
+    (['--policies', 'none,autoagment'], '--policies: unknown autoagment'),
+    (['--train_models', 'smok'], "--train_models: unknown model spec 'smok'"),
+    (['--runs', '0'], '--runs and --batch_size must be at least 1')])
+def test_benchmark_augment_refuses_bad_flags_before_measuring(argv, message, capsys, monkeypatch):
+  """They had failed after the policies were measured (a traceback; the summary lost), or printed
+  nan img/s as invalid JSON (an audit)."""
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / 'scripts'))
+  script = load_script('benchmark_augment')
+  monkeypatch.setattr(script, 'benchmark', lambda *a, **k: pytest.fail('measured before refusing'))
+  with pytest.raises(SystemExit) as e:
+    script.main(argv)
+  assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_show_augmentations_names_a_folder_without_the_data(tmp_path, capsys):
+  script = load_script('show_augmentations')
+  with pytest.raises(SystemExit) as e:
+    script.main(['--data_dir', str(tmp_path), '--out', str(tmp_path / 'a.png')])
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and err.startswith(f'error: {tmp_path}: no cifar-100-python/'), err
+  assert not (tmp_path / 'a.png').exists()
