@@ -39,8 +39,8 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
         init_value=0.0 if warmup else peak_lr, peak_value=peak_lr, warmup_steps=warmup,
         decay_steps=decay_steps, end_value=peak_lr * config.end_lr_factor)
   elif config.schedule == 'constant':
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, peak_lr, warmup), optax.constant_schedule(peak_lr)], [warmup])
+    schedule = optax.warmup_constant_schedule(  # Without warm-up, linear_schedule would hold 0.
+        init_value=0.0 if warmup else peak_lr, peak_value=peak_lr, warmup_steps=warmup)
   else:
     raise errors.ConfigError(f'optim.schedule must be one of {SCHEDULES}, got {config.schedule!r}')
   if delay_steps:

