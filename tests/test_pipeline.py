@@ -3,6 +3,7 @@
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -119,3 +120,37 @@ print('SAME')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
                        cwd=pathlib.Path(__file__).resolve().parent.parent)
   assert out.returncode == 0 and out.stdout.strip().endswith('SAME'), out.stderr[-3000:]
+
+
+def test_worker_processes_end_when_the_trainer_is_killed(tmp_path):
+  """With data.worker_count > 0, grain's workers of a SIGKILLed trainer had lived on, idle, each
+  holding a copy of the split, through every relaunch (an audit)."""
+  code = '''
+import sys
+import numpy as np
+from jax_cifar.data import cifar100, pipeline
+images = np.zeros((320, 8, 8, 3), np.uint8)
+split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
+batches = pipeline.train_batches(split, 32, seed=1, num_epochs=2, start_step=0, worker_count=2)
+next(batches)
+print('READY', flush=True)
+sys.stdin.read()
+'''
+  proc = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True,
+                          cwd=pathlib.Path(__file__).resolve().parent.parent)
+  try:
+    assert proc.stdout.readline().strip() == 'READY'
+    children = {int(c) for t in pathlib.Path(f'/proc/{proc.pid}/task').iterdir()
+                for c in (t / 'children').read_text().split()}
+    workers = {c for c in children if 'spawn_main' in pathlib.Path(f'/proc/{c}/cmdline').read_text()}
+    assert len(workers) == 2, children
+  finally:
+    proc.kill()
+    proc.wait()
+  end = time.time() + 30
+  while time.time() < end and any(pathlib.Path(f'/proc/{w}').exists() for w in workers):
+    time.sleep(0.2)
+  alive = [w for w in workers if pathlib.Path(f'/proc/{w}').exists()
+           and 'Z' not in pathlib.Path(f'/proc/{w}/stat').read_text().split()[2]]
+  assert not alive, alive

@@ -13,6 +13,9 @@ cifar ResNet-18 at); the sliced permutation costs ~0.3 ms (scripts/profile_input
 
 import dataclasses
 import functools
+import os
+import threading
+import time
 from typing import Iterator
 
 import grain
@@ -89,8 +92,27 @@ def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, s
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Called from Python, not a command line: grain <= 0.2.18
       flags.FLAGS.mark_as_parsed()  # reads an absl flag of its workers' (google/grain#1355).
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                        worker_init_fn=exit_with_parent)
   return iter(it)
+
+
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """grain worker init: the worker ends within PARENT_POLL_S of its parent's death. Workers of a
+  SIGKILLed trainer (a preemption, an out-of-memory kill) had lived on, idle, holding a copy of
+  the training split each, through every relaunch (an audit)."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(PARENT_POLL_S)
+    os._exit(0)  # pylint: disable=protected-access  (no cleanup is owed to a dead parent)
+
+  threading.Thread(target=watch, name='exit_with_parent', daemon=True).start()
 
 
 def _pad(batch: dict, size: int) -> dict:
