@@ -25,6 +25,7 @@ CHOICES = {
     'checkpoint.best_weights': checkpoints.WEIGHTS,
     'model.init_from_weights': checkpoints.READ_WEIGHTS,
 }
+WANDB_TAG_MAX = 64  # wandb.Settings refuses longer tags (and the run had gone on without wandb).
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 RANGES = {
     'seed': (0, 2**32 - 1, True), 'data.split_seed': (0, 2**32 - 1, True),  # JAX keys: 32 bits
@@ -154,9 +155,11 @@ def validate(config, *, launch: bool = True) -> None:
     raise ConfigError("config key 'augment.color_jitter' must be 4 strengths (brightness, contrast, "
                       f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}")
   tags = given['wandb.tags']
-  if launch and not (isinstance(tags, (list, tuple)) and all(isinstance(t, str) and t for t in tags)):
-    raise ConfigError(f"config key 'wandb.tags' must be a tuple of non-empty strings, e.g. "
-                      f"('r50', 'augmix'); got {tags!r}")  # wandb had refused them at its start.
+  if launch and not (isinstance(tags, (list, tuple)) and all(
+      isinstance(t, str) and 0 < len(t) <= WANDB_TAG_MAX for t in tags)):
+    # wandb refuses them at its start, and the run then goes on without wandb.
+    raise ConfigError(f"config key 'wandb.tags' must be a tuple of strings of 1 to {WANDB_TAG_MAX} "
+                      f"characters (wandb's limit), e.g. ('r50', 'augmix'); got {tags!r}")
 
 
 def inert_reasons(flat: dict) -> dict[str, str]:

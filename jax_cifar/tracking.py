@@ -147,8 +147,9 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
         # wandb's own 90 s: offline networks held each launch that long (an audit).
         settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S))
   except Exception as e:  # pylint: disable=broad-except
+    # The whole message: pydantic's first line only counts the errors, its cause comes after.
     logging.warning('wandb could not start (%s: %s); training continues, metrics go to %s only.',
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else '', METRICS_FILE)
+                    type(e).__name__, ' '.join(str(e).split()), METRICS_FILE)
     return None
   if run is not None and getattr(run, 'id', None):
     id_file.write_text(run.id + '\n')

@@ -121,8 +121,10 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     # a quality range truncated without a word.
     ({'augment.color_jitter': (0.4, 0.4, 0.4, 'x')}, "'augment.color_jitter' must be 4 strengths"),
     ({'augment.color_jitter': (0.4, None, 0.4, 0.1)}, "'augment.color_jitter' must be 4 strengths"),
-    ({'wandb.tags': (1, 2)}, "'wandb.tags' must be a tuple of non-empty strings"),
-    ({'wandb.tags': ('r50', '')}, "'wandb.tags' must be a tuple of non-empty strings"),
+    ({'wandb.tags': (1, 2)}, "'wandb.tags' must be a tuple of strings of 1 to 64 characters"),
+    ({'wandb.tags': ('r50', '')}, "'wandb.tags' must be a tuple of strings of 1 to 64 characters"),
+    # wandb refuses a tag over 64 characters at its start, and the run went on without it.
+    ({'wandb.tags': ('r50', 'x' * 65)}, "'wandb.tags' must be a tuple of strings of 1 to 64"),
     ({'augment.jpeg_quality': (20.7, 95.2)}, "'augment.jpeg_quality' must be whole quality factors"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):

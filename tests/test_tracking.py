@@ -13,7 +13,7 @@ import pytest
 
 from _train_cli import train
 from conftest import require_module
-from jax_cifar import tracking
+from jax_cifar import config_validation, tracking
 from jax_cifar.configs import default
 
 wandb_pb2 = require_module('wandb.proto.wandb_internal_pb2')  # (It moves: fails under CI.)
@@ -82,8 +82,11 @@ def offline_run(tmp_path_factory):
     if wandb_mode not in runs:
       base = tmp_path_factory.mktemp('wandb')
       workdir = base / 'run'
+      # A tag of config_validation's longest: real wandb must take it (one longer had turned
+      # wandb off for the whole run; an audit).
+      tag = 't' * config_validation.WANDB_TAG_MAX
       out = train(workdir, '--config.wandb.mode=offline', f'--config.train.max_steps={FIRST_STEPS}',
-                  env=_env(base, wandb_mode))
+                  f"--config.wandb.tags=('{tag}',)", env=_env(base, wandb_mode))
       runs[wandb_mode] = workdir, out
     return runs[wandb_mode]
   return get
