@@ -94,7 +94,10 @@ def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path):
   """Ctrl-C had reached the trainer twice (its process group, then subprocess.run's kill), so it
   died without saving; the script then ended in a traceback (an audit)."""
   count, log = tmp_path / 'count', tmp_path / 'arm.log'
-  code = ('import pathlib, sys\n'
+  code = ('import pathlib, signal, sys\n'
+          # As an interactive shell starts it: a suite started in the background (CI) has SIGINT
+          # ignored, inherited, and Python then installs no KeyboardInterrupt handler.
+          'signal.signal(signal.SIGINT, signal.default_int_handler)\n'
           f'sys.path.insert(0, {str(ROOT / "scripts")!r})\n'
           'import transfer_experiment\n'
           f'transfer_experiment.run("pretrained", [sys.executable, "-c", {CHILD!r}, {str(count)!r}], '

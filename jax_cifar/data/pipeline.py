@@ -93,19 +93,20 @@ def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, s
     if not flags.FLAGS.is_parsed():  # Called from Python, not a command line: grain <= 0.2.18
       flags.FLAGS.mark_as_parsed()  # reads an absl flag of its workers' (google/grain#1355).
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
-                        worker_init_fn=exit_with_parent)
+                        worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
   return iter(it)
 
 
 PARENT_POLL_S = 1.0
 
 
-def exit_with_parent(worker_index: int, worker_count: int) -> None:
-  """grain worker init: the worker ends within PARENT_POLL_S of its parent's death. Workers of a
-  SIGKILLed trainer (a preemption, an out-of-memory kill) had lived on, idle, holding a copy of
-  the training split each, through every relaunch (an audit)."""
+def exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+  """grain worker init: the worker ends within PARENT_POLL_S of the death of `parent`, the process
+  that started it. Workers of a SIGKILLed trainer (a preemption, an out-of-memory kill) had lived
+  on, idle, holding a copy of the training split each, through every relaunch (an audit). The pid
+  is given, not read here: a worker still starting when the trainer died has already been
+  adopted by another process."""
   del worker_index, worker_count
-  parent = os.getppid()
 
   def watch():
     while os.getppid() == parent:
