@@ -196,8 +196,8 @@ def _weights_of_run(config, params, batch_stats, mesh):
     restored = with_weights(restored, weights, run_dir)
   except checkpoints.CheckpointError as e:
     raise checkpoints.CheckpointError(f'{key}: {e}') from e
-  if (which == 'best' and weights == 'raw'
-      and source.checkpoint.get('best_weights') == 'ema'):
+  if (which == 'best' and config.model.init_from_weights == 'raw'
+      and source.checkpoint.get('best_weights') == 'ema'):  # ('auto' chose raw on validation.)
     logging.warning("model.init_from=%s: that run's 'best' step was chosen by its EMA weights' "
                     "accuracy (checkpoint.best_weights='ema'); these are its raw weights: "
                     "--config.model.init_from_weights=ema starts from the EMA", config.model.init_from)

@@ -113,8 +113,8 @@ def run_logged(cmd: list[str], log_path: pathlib.Path) -> float:
   """Runs `cmd`, output to `log_path`; raises naming the log when it fails; returns seconds."""
   log_path.parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  code = child.run(cmd, log_path, ROOT)  # Ctrl-C reaches it once: the trainer saves, then stops.
-  if code in child.INTERRUPTED:
+  code, stopped = child.run(cmd, log_path, ROOT)  # Ctrl-C reaches it once: it saves, then stops.
+  if stopped or code in child.INTERRUPTED:
     raise SystemExit(f'{" ".join(cmd[:4])} ... interrupted (exit {code}); the same command '
                      f'resumes it (--skip_existing keeps what finished). Log: {log_path}')
   if code:
@@ -145,6 +145,25 @@ def val_at(workdir: pathlib.Path, step: int, weights: str) -> float | None:
   return values[-1] if values else None
 
 
+def val_of(workdir: pathlib.Path, step: int, weights: str) -> float:
+  """val_at, or one line saying why there is none (pick_best had failed on None after every run)."""
+  value = val_at(workdir, step, weights)
+  if value is None:
+    raise SystemExit(f'error: {workdir}/metrics.jsonl has no {weights} validation accuracy at '
+                     f'step {step}, the step evaluated: rows are chosen on it')
+  return value
+
+
+def with_val(record: dict, out: pathlib.Path) -> dict:
+  """An evaluation record with its val number at its evaluated step (records written by earlier
+  versions carry the run's best raw number instead: a review)."""
+  run = ROWS[record['row']][0]
+  workdir = out / 'train' / f'{run}_s{record["seed"]}'
+  if (workdir / 'metrics.jsonl').exists():
+    record['val_accuracy'] = val_of(workdir, record['step'], record['weights'])
+  return record
+
+
 def train(args, run: str, seed: int) -> dict:
   out = pathlib.Path(args.out)
   record_path = out / 'results' / f'train_{run}_s{seed}.json'
@@ -169,7 +188,7 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
   run, weights, _ = ROWS[row]
   record_path = out / 'results' / f'eval_{row}_s{seed}_{mode}.json'
   if args.skip_existing and record_path.exists():
-    return json.loads(record_path.read_text())
+    return with_val(json.loads(record_path.read_text()), out)
   workdir = out / 'train' / f'{run}_s{seed}'
   tta = mode.replace('+bn_adapt', '').replace('bn_adapt', 'none') or 'none'
   flags = ['--config', args.config, '--workdir', str(workdir), '--checkpoint', 'best',
@@ -187,7 +206,7 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
   result = json.loads((workdir / f'eval_{tag}.json').read_text())
   per = np.array(list(result['ood_per_distortion'].values()))  # [19 distortions, 5 severities]
   record = {'row': row, 'seed': seed, 'mode': mode, 'weights': weights, 'step': result['step'],
-            'val_accuracy': val_at(workdir, result['step'], weights),
+            'val_accuracy': val_of(workdir, result['step'], weights),
             'test_accuracy': result['test_accuracy'], 'test_count': result['test_count'],
             'ood_accuracy': result['ood_accuracy'], 'ood_per_severity': per.mean(0).tolist(),
             'ood_per_distortion': result['ood_per_distortion'], 'eval_seconds': seconds}
@@ -424,7 +443,8 @@ def main(argv: list[str]) -> None:
   # Every record under OUT/results (earlier invocations included), for the rows of this
   # invocation (--best_row or --tta_rows outside --rows had been evaluated and left out).
   rows = shown_rows(rows, best, tta_rows)
-  evals = [json.loads(p.read_text()) for p in sorted((out / 'results').glob('eval_*.json'))]
+  evals = [with_val(json.loads(p.read_text()), out)
+           for p in sorted((out / 'results').glob('eval_*.json'))]
   evals = [e for e in evals if e['row'] in rows]
   for p in sorted((out / 'results').glob('train_*.json')):
     rec = json.loads(p.read_text())

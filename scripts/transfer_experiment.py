@@ -17,6 +17,7 @@ settings in the same --out are refused, naming them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pathlib
@@ -55,8 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _source(path: str) -> dict:
-  stat = os.stat(path)
-  return {'state_dict': path, 'bytes': stat.st_size, 'mtime': stat.st_mtime}
+  """The file's path and content hash: a copy or a touched file is the same source."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return {'state_dict': path, 'sha256': digest.hexdigest()}
 
 
 def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
@@ -66,11 +71,14 @@ def convert(state_dict: str, out: pathlib.Path) -> pathlib.Path:
     raise SystemExit(f'error: --state_dict {state_dict}: no such file')
   target, record = out / 'weights' / 'resnet50', out / 'weights' / 'source.json'
   if target.exists():
-    before = json.loads(record.read_text()) if record.exists() else {}
-    if before != _source(state_dict):
-      raise SystemExit(f'error: {target} was converted from '
-                       f'{before.get("state_dict", "another file")}, not from {state_dict} as '
-                       'it is now: use another --out (or remove that folder)')
+    source = _source(state_dict)
+    if not record.exists():  # Converted by a version that kept no record: taken as it is.
+      record.write_text(json.dumps(source) + '\n')
+    before = json.loads(record.read_text())
+    if before.get('sha256') != source['sha256']:
+      raise SystemExit(f'error: {target} was converted from {before.get("state_dict")}, whose '
+                       f'content differs from {state_dict}: use another --out (or remove that '
+                       'folder)')
     return target
   run('convert', [
       sys.executable, str(ROOT / 'scripts' / 'convert_torchvision_weights.py'), '--arch',
@@ -83,8 +91,8 @@ def run(name: str, cmd: list[str], log: pathlib.Path) -> None:
   """Runs `cmd` (child.run: Ctrl-C reaches it once, so the trainer saves); a failure or an
   interruption is one line naming the log and what to do (it had been a CalledProcessError
   traceback, the cause only in the log)."""
-  code = child.run(cmd, log, ROOT)
-  if code in child.INTERRUPTED:
+  code, stopped = child.run(cmd, log, ROOT)
+  if stopped or code in child.INTERRUPTED:
     raise SystemExit(f'{name}: interrupted (exit {code}); the same command resumes it. Log: {log}')
   if code:
     raise SystemExit(f'error: {name} failed (exit {code}): {child.last_line(log)} (whole log: {log})')
@@ -103,9 +111,15 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
            *args.overrides]
   cmd = [sys.executable, '-m', 'jax_cifar.train', f'--config={CONFIG}', f'--workdir={workdir}', *flags]
   print(f'[{name}]', ' '.join(cmd), flush=True)
+  spent = pathlib.Path(args.out) / 'results' / f'{name}.seconds'  # Over every invocation.
+  spent.parent.mkdir(parents=True, exist_ok=True)
   t = time.time()
-  run(name, cmd, pathlib.Path(args.out) / f'{name}.log')  # Resumes an interrupted arm.
-  wall = time.time() - t
+  try:
+    run(name, cmd, pathlib.Path(args.out) / f'{name}.log')  # Resumes an interrupted arm.
+  finally:
+    before = float(spent.read_text()) if spent.exists() else 0.0
+    spent.write_text(f'{before + time.time() - t:.1f}\n')
+  wall = float(spent.read_text())
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_accuracy' in r][-1]
   train = [r for r in rows if 'train_loss' in r]
@@ -115,6 +129,23 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
           'val_accuracy': val['val_accuracy'], 'val_top5_accuracy': val.get('val_top5_accuracy'),
           'val_loss': val['val_loss'], 'final_train_loss': train[-1]['train_loss'] if train else None,
           'wall_s': round(wall, 1), 'settings': settings(args, pretrained)}
+
+
+def check_settings(args: argparse.Namespace, out: pathlib.Path) -> None:
+  """Records in OUT/settings.json what both arms share; another invocation with other values is
+  refused before anything runs (an interrupted arm would have resumed under them, and `--only`
+  arms of different settings had sat side by side in results.json: a review)."""
+  now = {k: v for k, v in settings(args, '').items() if k != 'pretrained'}
+  now['weights'] = args.weights or ''  # --state_dict: OUT/weights/source.json says which.
+  path = out / 'settings.json'
+  if not path.exists():
+    path.write_text(json.dumps(now, indent=2) + '\n')
+    return
+  before = json.loads(path.read_text())
+  changed = [f'{k} {before.get(k)!r} -> {v!r}' for k, v in now.items() if before.get(k) != v]
+  if changed:
+    raise SystemExit(f'error: {out} holds runs made with other settings ({"; ".join(changed)}): '
+                     'use another --out (or remove that folder)')
 
 
 def settings(args: argparse.Namespace, pretrained: str) -> dict:
@@ -147,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  check_settings(args, out)
   weights = str(convert(args.state_dict, out) if args.state_dict else pathlib.Path(args.weights))
   arms = [('pretrained', os.path.abspath(weights)), ('random', '')]
   for n, w in arms:

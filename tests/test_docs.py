@@ -15,7 +15,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEST_REF = re.compile(r'(?<![\w/])(?:tests/)?(test_\w+\.py)(?:::(\w+))?')
 CONTINUED = re.compile(r'`::(\w+)`')  # `test_x.py::a`, `::b`: b is in test_x.py too.
-PATH_REF = re.compile(r'(?<![\w/.])((?:jax_cifar|scripts|configs|tests|docs)/[\w/]+\.(?:py|sh|md))')
+PATH_REF = re.compile(r'(?<![\w/.-])((?:jax_cifar|scripts|configs|tests|docs)/[\w/.-]*\w'
+                      r'\.(?:py|sh|md|json|toml|txt|png))\b')
+PLACEHOLDERS = {'NAME', 'RUN', 'ARM', 'STEP', 'WORKDIR', 'TAG'}  # configs/NAME.py: an example.
 
 
 @functools.cache
@@ -27,7 +29,7 @@ def _test_functions() -> dict[str, set[str]]:
 
 def broken_references(text: str, tests: dict[str, set[str]], root: pathlib.Path) -> list[str]:
   """Each test file, test function or repository path `text` names that does not exist, as
-  'line N: what'. Paths with an upper-case placeholder part (configs/NAME.py) are examples."""
+  'line N: what'. Paths with a placeholder part (configs/NAME.py) are examples."""
   out = []
   for number, line in enumerate(text.splitlines(), 1):
     current = None  # The test file named last, left of the match.
@@ -38,14 +40,16 @@ def broken_references(text: str, tests: dict[str, set[str]], root: pathlib.Path)
       else:
         name, function = match.groups()
         current = name
-      if name not in tests:
+      if name is None:
+        out.append(f'line {number}: ::{function} names no test file before it on its line')
+      elif name not in tests:
         if match.re is TEST_REF:
           out.append(f'line {number}: {name}')
       elif function and function not in tests[name]:
         out.append(f'line {number}: {name}::{function}')
     for match in PATH_REF.finditer(line):
       path = match.group(1)
-      placeholder = any(part.split('.')[0].isupper() for part in pathlib.PurePath(path).parts)
+      placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in pathlib.PurePath(path).parts)
       if not placeholder and not TEST_REF.fullmatch(path) and not (root / path).exists():
         out.append(f'line {number}: {path}')
   return out
@@ -69,7 +73,11 @@ def test_a_missing_test_function_file_or_path_is_found():
   text = ('| row | `test_a.py::test_one`, `::test_two`, `::test_three` |\n'
           '| row | `test_c.py::test_x`, `::test_two`, `test_a.py::test_two`, `::test_one` |\n'
           'see tests/test_b.py and test_a.py::test_gone\n'
-          'jax_cifar/models/resnet.py, jax_cifar/no_such.py, configs/NAME.py\n')
+          'jax_cifar/models/resnet.py, jax_cifar/no_such.py, configs/NAME.py\n'
+          # Found by a review: these had passed.
+          '`::test_one` alone; docs/no-such.md, configs/missing.json, docs/FAQ.md, docs/design.md.\n')
   assert broken_references(text, tests, ROOT) == [
       'line 1: test_a.py::test_three', 'line 2: test_c.py::test_two', 'line 3: test_b.py',
-      'line 3: test_a.py::test_gone', 'line 4: jax_cifar/no_such.py']
+      'line 3: test_a.py::test_gone', 'line 4: jax_cifar/no_such.py',
+      'line 5: ::test_one names no test file before it on its line', 'line 5: docs/no-such.md',
+      'line 5: configs/missing.json', 'line 5: docs/FAQ.md']

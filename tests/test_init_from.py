@@ -113,8 +113,11 @@ def test_init_from_weights_takes_the_ema_or_the_better_on_validation_and_raw_war
   _assert_equal(state.ema_params, expected.ema_params)  # The new run's EMA starts from them.
   row = [r for r in tracking.read_metrics(source) if r.get('step') == step and 'val_accuracy' in r][-1]
   better = 'ema' if row['val_accuracy_ema'] > row['val_accuracy'] else 'raw'
-  state = _init(_config(init_from=str(source), init_from_weights='auto'))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = _init(_config(init_from=str(source), init_from_weights='auto'))
   _assert_equal(state.params, getattr(expected, 'ema_params' if better == 'ema' else 'params'))
+  assert 'init_from_weights=ema' not in caplog.text  # 'auto' chose on validation (a review).
   for spec, warned in ((str(source), True), (f'{source}:latest', False)):
     caplog.clear()
     with caplog.at_level(logging.WARNING):

@@ -103,6 +103,13 @@ def test_the_val_number_is_the_evaluated_steps_for_the_weights_that_ranked_it(ta
            {'row': 'photo', 'mode': 'bn_adapt', 'val_accuracy': 0.9},  # Test-time rows: not these.
            {'row': 'report', 'mode': 'none', 'val_accuracy': 0.015}]
   assert table.pick_best(['photo', 'report'], evals) == 'report'
+  with pytest.raises(SystemExit, match=r'no raw validation accuracy at step 10, the step evaluated'):
+    table.val_of(tmp_path, 10, 'raw')
+  # A record of an earlier version (the run's best raw number) is read at its evaluated step.
+  (tmp_path / 'train' / 'photo_ema_s0').mkdir(parents=True)
+  (tmp_path / 'metrics.jsonl').rename(tmp_path / 'train' / 'photo_ema_s0' / 'metrics.jsonl')
+  old = {'row': 'photo_ema', 'seed': 0, 'step': 7, 'weights': 'ema', 'val_accuracy': 0.02}
+  assert table.with_val(old, tmp_path)['val_accuracy'] == 0.03
 
 
 def test_a_base_without_validation_images_is_refused_before_any_work(table):

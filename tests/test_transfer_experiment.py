@@ -62,9 +62,13 @@ def test_the_same_command_keeps_a_finished_arm_and_other_settings_are_refused(sc
   assert script.main([*TINY, '--out', str(out), '--num_epochs', '1']) == 0
   assert '[random] kept from' in capsys.readouterr().out
   assert json.loads((out / 'results.json').read_text()) == first
-  with pytest.raises(SystemExit, match=r'random\.json was trained with other settings '
+  with pytest.raises(SystemExit, match=r'out holds runs made with other settings '
                                        r'\(num_epochs 1\.0 -> 2\.0\): use another --out'):
     script.main([*TINY, '--out', str(out), '--num_epochs', '2'])
+  # The other arm alone, with other settings: refused too (they had sat side by side; a review).
+  with pytest.raises(SystemExit, match=r'other settings \(num_epochs 1\.0 -> 2\.0\)'):
+    script.main([*TINY[:3], 'pretrained', *TINY[4:], '--out', str(out), '--num_epochs', '2'])
+  assert float((out / 'results' / 'random.seconds').read_text()) == first[0]['wall_s']
 
 
 def test_a_failed_arm_is_one_line_naming_its_log(script, tmp_path):
@@ -86,13 +90,15 @@ while not got and time.time() < end:
   time.sleep(0.05)
 time.sleep(1.0)  # A second SIGINT would arrive here.
 pathlib.Path(sys.argv[1]).write_text(str(len(got)))
-sys.exit(75 if got else 0)
+sys.exit(int(sys.argv[2]) if got else 0)
 '''
 
 
-def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path):
+@pytest.mark.parametrize('exit_code', [75, 0])
+def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path, exit_code):
   """Ctrl-C had reached the trainer twice (its process group, then subprocess.run's kill), so it
-  died without saving; the script then ended in a traceback (an audit)."""
+  died without saving; the script then ended in a traceback (an audit). A trainer stopped at its
+  last step exits 0: the script stops all the same, not going on to the next arm (a review)."""
   count, log = tmp_path / 'count', tmp_path / 'arm.log'
   code = ('import pathlib, signal, sys\n'
           # As an interactive shell starts it: a suite started in the background (CI) has SIGINT
@@ -100,7 +106,8 @@ def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path):
           'signal.signal(signal.SIGINT, signal.default_int_handler)\n'
           f'sys.path.insert(0, {str(ROOT / "scripts")!r})\n'
           'import transfer_experiment\n'
-          f'transfer_experiment.run("pretrained", [sys.executable, "-c", {CHILD!r}, {str(count)!r}], '
+          f'transfer_experiment.run("pretrained", [sys.executable, "-c", {CHILD!r}, {str(count)!r}, '
+          f'"{exit_code}"], '
           f'pathlib.Path({str(log)!r}))\n')
   parent = subprocess.Popen([sys.executable, '-c', code], stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # A terminal's foreground group of its own.
@@ -110,7 +117,7 @@ def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path):
   os.killpg(parent.pid, signal.SIGINT)  # What Ctrl-C does: the whole foreground group.
   _, err = parent.communicate(timeout=60)
   assert count.read_text() == '1'  # Once, through the script; the arm stopped its own way.
-  assert err.strip() == (f'pretrained: interrupted (exit 75); the same command resumes it. '
+  assert err.strip() == (f'pretrained: interrupted (exit {exit_code}); the same command resumes it. '
                          f'Log: {log}'), err
   assert parent.returncode == 1
 
@@ -121,9 +128,16 @@ def test_another_state_dict_for_a_converted_out_folder_is_refused(script, tmp_pa
   with pytest.raises(SystemExit, match=r'--state_dict .*absent\.pth: no such file'):
     script.convert(str(tmp_path / 'absent.pth'), tmp_path)
   (tmp_path / 'weights' / 'resnet50').mkdir(parents=True)
-  (tmp_path / 'weights' / 'source.json').write_text(json.dumps(
-      {'state_dict': '/old/r50.pth', 'bytes': 1, 'mtime': 0.0}))
+  old = tmp_path / 'old.pth'
+  old.write_bytes(b'old weights')
+  # A folder converted before sources were recorded is taken as it is (a review: it had been
+  # refused), and its source recorded; a copy of that file is the same source.
+  assert script.convert(str(old), tmp_path) == tmp_path / 'weights' / 'resnet50'
+  copy = tmp_path / 'copy.pth'
+  copy.write_bytes(b'old weights')
+  assert script.convert(str(copy), tmp_path) == tmp_path / 'weights' / 'resnet50'
   new = tmp_path / 'new.pth'
-  new.write_bytes(b'x')
-  with pytest.raises(SystemExit, match=r'converted from /old/r50\.pth, not from .*new\.pth'):
+  new.write_bytes(b'new weights')
+  with pytest.raises(SystemExit, match=r'converted from .*old\.pth, whose content differs from '
+                                       r'.*new\.pth'):
     script.convert(str(new), tmp_path)
