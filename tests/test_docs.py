@@ -1,14 +1,18 @@
-"""README, docs/ and the code's comments name tests and files that exist.
+"""README, docs/ and the code's comments name tests and files that exist, and the commands in
+README's and docs/' code blocks give only flags their tools have.
 
 README's bad-input table and docs/benchmarks.md point readers to the test that shows a behaviour
 (`test_x.py::test_name`) and to modules and scripts by path. A test file split or a test renamed
-had left such pointers to nothing, unnoticed: here each one must resolve.
+had left such pointers to nothing, unnoticed: here each one must resolve. Likewise a flag renamed
+or dropped would leave a documented command failing for whoever copies it.
 """
 
 import ast
 import functools
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +85,52 @@ def test_a_missing_test_function_file_or_path_is_found():
       'line 3: test_a.py::test_gone', 'line 4: jax_cifar/no_such.py',
       'line 5: ::test_one names no test file before it on its line', 'line 5: docs/no-such.md',
       'line 5: configs/missing.json', 'line 5: docs/FAQ.md']
+
+
+TOOL = re.compile(r'python3? (-m jax_cifar\.\w+|scripts/\w+\.py)((?:[ \t]+(?!\||&&|;|#)\S+)*)')
+
+
+def commands_in(block: str) -> list[tuple[str, set[str]]]:
+  """(tool, the --flags given to it) for each jax-cifar command of a shell block (--config.KEY
+  overrides are the config's keys, checked by test_config_validation)."""
+  out, todo = [], [re.sub(r'\\\n\s*', ' ', block)]
+  while todo:
+    for match in TOOL.finditer(todo.pop()):
+      # `launch_local.py ... -- python -m jax_cifar.train ...`: the rest is a command of its own.
+      args, _, rest = f'{match.group(2)} '.partition(' -- ')
+      todo.append(rest)
+      flags = {f.split('=')[0] for f in re.findall(r'(?<!\S)--[\w.-]+(?:=\S*)?', args)}
+      out.append((match.group(1), {f for f in flags if not f.startswith('--config.')}))
+  return out
+
+
+def documented_commands() -> dict[str, dict[str, set[str]]]:
+  """{tool: {document: the --flags its commands in code blocks give}}."""
+  found = {}
+  for doc in [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]:
+    for block in re.findall(r'```(?:bash|sh)?\n(.*?)```', doc.read_text(), re.S):
+      for tool, flags in commands_in(block):
+        found.setdefault(tool, {}).setdefault(doc.name, set()).update(flags)
+  return found
+
+
+def test_flags_are_read_from_commands_as_a_shell_would():
+  block = ('python -m jax_cifar.evaluate --workdir runs/a  --tta=shifts \\\n'
+           '    --config.model.width=8 --bn_adapt  # not --a_comment\n'
+           'python scripts/launch_local.py --num_processes 2 -- \\\n'
+           '    python -m jax_cifar.train --workdir w | tee --not_a_flag\n')
+  assert sorted(commands_in(block), key=lambda c: c[0]) == [
+      ('-m jax_cifar.evaluate', {'--workdir', '--tta', '--bn_adapt'}),
+      ('-m jax_cifar.train', {'--workdir'}), ('scripts/launch_local.py', {'--num_processes'})]
+
+
+@pytest.mark.parametrize('tool, uses', sorted(documented_commands().items()))
+def test_every_flag_a_documented_command_gives_exists(tool, uses):
+  """A renamed or dropped flag leaves README's and docs/' commands failing for whoever copies
+  them: each flag they give must be one the tool's --help lists."""
+  out = subprocess.run([sys.executable, *tool.split()] + ['--help'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  known = set(re.findall(r'--[\w-]+', out.stdout))
+  unknown = {doc: sorted(flags - known) for doc, flags in uses.items() if flags - known}
+  assert not unknown, unknown
