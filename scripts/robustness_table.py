@@ -29,6 +29,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'scripts'))
 import child  # noqa: E402  pylint: disable=wrong-import-position
+import out_folder  # noqa: E402  pylint: disable=wrong-import-position
 from hostinfo import machine  # noqa: E402  pylint: disable=wrong-import-position
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
@@ -387,18 +388,9 @@ SETTINGS = ('config', 'epochs', 'train_limit', 'batch_size', 'model', 'width', '
 
 
 def check_settings(args, out: pathlib.Path) -> None:
-  """Records SETTINGS in OUT/settings.json; a later invocation with others is refused (its runs
-  would have resumed under a changed schedule, or --skip_existing mixed in the old numbers)."""
-  path = out / 'settings.json'
-  now = {k: getattr(args, k) for k in SETTINGS}
-  if path.exists():
-    before = json.loads(path.read_text())
-    changed = [f'--{k} {before.get(k)!r} -> {now[k]!r}' for k in SETTINGS if before.get(k) != now[k]]
-    if changed:
-      raise SystemExit(f'error: {out} holds runs made with other settings ({"; ".join(changed)}): '
-                       'use another --out for these, or remove that folder')
-  else:
-    path.write_text(json.dumps(now, indent=2) + '\n')
+  """One --out per combination of SETTINGS (its runs would have resumed under a changed schedule,
+  or --skip_existing mixed in the old numbers)."""
+  out_folder.check_settings(out, {f'--{k}': getattr(args, k) for k in SETTINGS})
 
 
 def main(argv: list[str]) -> None:

@@ -27,6 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'scripts'))
 import child  # noqa: E402  pylint: disable=wrong-import-position
+import out_folder  # noqa: E402  pylint: disable=wrong-import-position
 CONFIG = ROOT / 'configs' / 'resnet50_transfer.py'
 
 
@@ -132,20 +133,11 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
 
 
 def check_settings(args: argparse.Namespace, out: pathlib.Path) -> None:
-  """Records in OUT/settings.json what both arms share; another invocation with other values is
-  refused before anything runs (an interrupted arm would have resumed under them, and `--only`
-  arms of different settings had sat side by side in results.json: a review)."""
+  """What both arms share, one setting per --out (an interrupted arm would have resumed under other
+  values, and `--only` arms of different settings had sat side by side in results.json)."""
   now = {k: v for k, v in settings(args, '').items() if k != 'pretrained'}
   now['weights'] = args.weights or ''  # --state_dict: OUT/weights/source.json says which.
-  path = out / 'settings.json'
-  if not path.exists():
-    path.write_text(json.dumps(now, indent=2) + '\n')
-    return
-  before = json.loads(path.read_text())
-  changed = [f'{k} {before.get(k)!r} -> {v!r}' for k, v in now.items() if before.get(k) != v]
-  if changed:
-    raise SystemExit(f'error: {out} holds runs made with other settings ({"; ".join(changed)}): '
-                     'use another --out (or remove that folder)')
+  out_folder.check_settings(out, now)
 
 
 def settings(args: argparse.Namespace, pretrained: str) -> dict:
@@ -156,18 +148,13 @@ def settings(args: argparse.Namespace, pretrained: str) -> dict:
 
 
 def arm_result(name: str, pretrained: str, args: argparse.Namespace) -> dict:
-  """The arm's record: kept from an earlier invocation with the same settings, else trained (or
-  resumed) now and written at once, so a later failure loses no finished arm."""
+  """The arm's record: kept from an earlier invocation (OUT/settings.json holds them to the same
+  settings), else trained (or resumed) now and written at once, so a later failure loses no
+  finished arm."""
   path = pathlib.Path(args.out) / 'results' / f'{name}.json'
   if path.exists():
-    kept = json.loads(path.read_text())
-    if kept.get('settings') != settings(args, pretrained):
-      changed = [f'{k} {v!r} -> {settings(args, pretrained)[k]!r}'
-                 for k, v in kept.get('settings', {}).items() if settings(args, pretrained)[k] != v]
-      raise SystemExit(f'error: {path} was trained with other settings ({"; ".join(changed)}): '
-                       'use another --out (or remove that folder)')
     print(f'[{name}] kept from {path}', flush=True)
-    return kept
+    return json.loads(path.read_text())
   result = run_arm(name, pretrained, args)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=2) + '\n')
