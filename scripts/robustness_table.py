@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import child  # noqa: E402  pylint: disable=wrong-import-position
 import out_folder  # noqa: E402  pylint: disable=wrong-import-position
 from hostinfo import machine  # noqa: E402  pylint: disable=wrong-import-position
+from robustness_report import TTA_MODES, markdown, plot, summarise  # noqa: E402  pylint: disable=wrong-import-position
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
           'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
@@ -62,8 +63,6 @@ ROWS = {  # row -> (training run, weights evaluated, description)
     'report_3x': ('report_3x', 'raw', 'report recipe, 3x the epochs (the JSD row\'s compute)'),
     'report_nomix': ('report_nomix', 'raw', 'report recipe without mixup (as the JSD row)'),
 }
-BEST_LABEL = 'best on val'  # 'chosen' when --best_row names the row instead of validation.
-TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
 
 
 def log(msg: str) -> None:
@@ -230,98 +229,6 @@ def shown_rows(rows: list[str], best: str, tta_rows: list[str]) -> list[str]:
   return list(dict.fromkeys([*rows, best, 'report', *tta_rows]))
 
 
-def summarise(evals: list[dict]) -> dict:
-  """(row, mode) -> mean and per-seed values of val, test, OOD and OOD per severity."""
-  groups = {}
-  for e in evals:
-    groups.setdefault((e['row'], e['mode']), []).append(e)
-  table = {}
-  for (row, mode), recs in groups.items():
-    recs.sort(key=lambda e: e['seed'])
-    table[f'{row}|{mode}'] = {
-        'row': row, 'mode': mode, 'seeds': [e['seed'] for e in recs],
-        **{k: [e[k] for e in recs] for k in ('val_accuracy', 'test_accuracy', 'ood_accuracy')},
-        'ood_per_severity': np.mean([e['ood_per_severity'] for e in recs], 0).tolist()}
-  return table
-
-
-def _cell(values: list[float]) -> str:
-  pct = [100 * v for v in values]
-  if len(pct) == 1:
-    return f'{pct[0]:.1f}'
-  return f'{np.mean(pct):.1f} ({" / ".join(f"{p:.1f}" for p in pct)})'
-
-
-def markdown(table: dict, trains: dict, evals: list[dict], rows: list[str], best: str,
-             seed: int, tta_rows: tuple[str, ...] = ()) -> str:
-  head = ('| row | what | seeds | val | clean test | OOD mean '
-          '| sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
-          '| train s |\n|' + ' --- |' * 12 + '\n')
-  lines = ['Training-time rows (test-time: none). Accuracy in %; '
-           'with several seeds: mean (each seed).',
-           '', head.rstrip('\n')]
-  for row in rows:
-    t = table.get(f'{row}|none')
-    if t is None:
-      continue
-    secs = [trains[(ROWS[row][0], s)]['train_seconds'] for s in t['seeds']]
-    sev = ' | '.join(f'{100 * v:.1f}' for v in t['ood_per_severity'])
-    lines.append(f'| {row}{f" ({BEST_LABEL})" if row == best else ""} | {ROWS[row][2]} | {len(t["seeds"])} '
-                 f'| {_cell(t["val_accuracy"])} | {_cell(t["test_accuracy"])} '
-                 f'| {_cell(t["ood_accuracy"])} | {sev} | {np.mean(secs):.0f} |')
-  lines += ['', f'Test-time tools on seed {seed} (bn_adapt uses the unlabelled test images).', '',
-            '| row | test-time | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 |',
-            '|' + ' --- |' * 9]
-  for row in dict.fromkeys([best, 'report', *tta_rows]):  # (--tta_rows had been left out.)
-    for mode in TTA_MODES:
-      for e in evals:
-        if (e['row'], e['mode'], e['seed']) == (row, mode, seed):
-          sev = ' | '.join(f'{100 * v:.1f}' for v in e['ood_per_severity'])
-          lines.append(f'| {row} | {mode} | {100 * e["test_accuracy"]:.1f} '
-                       f'| {100 * e["ood_accuracy"]:.1f} | {sev} |')
-  return '\n'.join(lines) + '\n'
-
-
-def plot(table: dict, evals: list[dict], rows: list[str], best: str, seed: int,
-         path: pathlib.Path, title: str, tta_rows: tuple[str, ...] = ()) -> None:
-  """Accuracy against severity (0 = clean test). Left: the training rows (mean over seeds, bars =
-  the seeds' range). Right: the test-time tools on one seed of the best and report rows."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-  xs = np.arange(6)
-  for row in rows:
-    runs = sorted((e for e in evals if (e['row'], e['mode']) == (row, 'none')),
-                  key=lambda e: e['seed'])
-    if runs:
-      ys = 100 * np.array([[e['test_accuracy'], *e['ood_per_severity']] for e in runs])
-      mean = ys.mean(0)
-      err = None if len(runs) == 1 else [mean - ys.min(0), ys.max(0) - mean]
-      left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
-                    label=f'{row}{f" ({BEST_LABEL})" if row == best else ""}, {len(runs)} seed(s)')
-  styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
-  colors = ('tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:gray')
-  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), colors):
-    for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
-                    key=lambda e: TTA_MODES.index(e['mode'])):
-      ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])
-      right.plot(xs, ys, color=color, linestyle=styles[e['mode']], marker='o', markersize=3,
-                 label=f'{row}: {e["mode"]}')
-  for ax, sub in ((left, 'training-time recipes (test-time: none)'),
-                  (right, f'test-time tools (seed {seed}; bn_adapt uses the test images)')):
-    ax.set_xticks(xs, ['clean\n(test)', '1', '2', '3', '4', '5'])
-    ax.set_xlabel('corruption severity (mean over the 19 distortions)')
-    ax.set_title(sub, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  left.set_ylabel('top-1 accuracy (%)')
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--data_dir', default=os.environ.get('JAX_CIFAR_DATA_DIR', ''))
@@ -418,9 +325,7 @@ def main(argv: list[str]) -> None:
   for seed in seeds:
     for row in rows:
       do(row, seed)
-  global BEST_LABEL  # pylint: disable=global-statement
-  if args.best_row:
-    BEST_LABEL = 'chosen with --best_row'
+  best_label = 'chosen with --best_row' if args.best_row else 'best on val'
   best = args.best_row or pick_best(rows, evals)
   log(f'best row on validation: {best}')
   tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]
@@ -448,11 +353,12 @@ def main(argv: list[str]) -> None:
   (out / 'results.json').write_text(json.dumps(
       {'meta': meta, 'summary': table, 'train': [dict(v) for v in trains.values()],
        'evals': evals}, indent=2) + '\n')
-  (out / 'table.md').write_text(markdown(table, trains, evals, rows, best, headline[0],
-                                         tuple(tta_rows)))
-  plot(table, evals, rows, best, headline[0], out / 'severity.png',
+  (out / 'table.md').write_text(markdown(
+      table, trains, evals, {r: (ROWS[r][0], ROWS[r][2]) for r in rows}, best, headline[0],
+      tuple(tta_rows), best_label))
+  plot(evals, rows, best, headline[0], out / 'severity.png',
        f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)',
-       tuple(tta_rows))
+       tuple(tta_rows), best_label)
   log(f'wrote {out}/results.json, table.md, severity.png')
   print((out / 'table.md').read_text())
 

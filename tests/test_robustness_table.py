@@ -61,21 +61,36 @@ def test_paths_are_the_callers_though_children_start_in_the_repository(table, tm
   assert os.path.isabs(args.out)
 
 
-def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
-  """--tta_rows other than the best and report rows were evaluated but shown nowhere (an audit)."""
+def _records(table):
   evals = [{'row': row, 'mode': mode, 'seed': 0, 'val_accuracy': 0.5, 'test_accuracy': 0.5,
             'ood_accuracy': acc,
             'ood_per_severity': [acc] * 5}
            for row, acc in (('report', 0.3), ('augmix', 0.4)) for mode in ('none', 'bn_adapt')]
   trains = {(table.ROWS[r][0], 0): {'train_seconds': 1.0} for r in ('report', 'augmix')}
-  summary = table.summarise(evals)
-  text = table.markdown(summary, trains, evals, ['report', 'augmix'], 'report', 0, ('augmix',))
+  rows = {r: (table.ROWS[r][0], table.ROWS[r][2]) for r in ('report', 'augmix')}
+  return evals, trains, rows
+
+
+def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
+  """--tta_rows other than the best and report rows were evaluated but shown nowhere (an audit)."""
+  report = load_script('robustness_report')
+  evals, trains, rows = _records(table)
+  summary = report.summarise(evals)
+  text = report.markdown(summary, trains, evals, rows, 'report', 0, ('augmix',))
   assert '| augmix | bn_adapt | 50.0 | 40.0 |' in text, text
-  assert '| augmix | bn_adapt |' not in table.markdown(summary, trains, evals,
-                                                       ['report', 'augmix'], 'report', 0)
-  table.plot(summary, evals, ['report', 'augmix'], 'report', 0, tmp_path / 'p.png', 't',
-             ('augmix',))
+  assert '| augmix | bn_adapt |' not in report.markdown(summary, trains, evals, rows, 'report', 0)
+  report.plot(evals, list(rows), 'report', 0, tmp_path / 'p.png', 't', ('augmix',))
   assert (tmp_path / 'p.png').stat().st_size > 0
+
+
+def test_the_table_says_how_the_best_row_was_chosen(table):
+  report = load_script('robustness_report')
+  evals, trains, rows = _records(table)
+  summary = report.summarise(evals)
+  text = report.markdown(summary, trains, evals, rows, 'augmix', 0)
+  assert '| augmix (best on val) | + AugMix' in text and '| report (' not in text, text
+  text = report.markdown(summary, trains, evals, rows, 'augmix', 0, (), 'chosen with --best_row')
+  assert '| augmix (chosen with --best_row) |' in text, text
 
 
 def test_every_run_sets_every_robustness_switch_so_any_base_config_works(table):

@@ -1,0 +1,106 @@
+"""scripts/robustness_table.py's outputs: the per-(row, mode) summary, OUT/table.md and
+OUT/severity.png, from the records its runs wrote."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+BEST_LABEL = 'best on val'  # The best row's label when validation chose it.
+TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
+
+
+def summarise(evals: list[dict]) -> dict:
+  """(row, mode) -> mean and per-seed values of val, test, OOD and OOD per severity."""
+  groups = {}
+  for e in evals:
+    groups.setdefault((e['row'], e['mode']), []).append(e)
+  table = {}
+  for (row, mode), recs in groups.items():
+    recs.sort(key=lambda e: e['seed'])
+    table[f'{row}|{mode}'] = {
+        'row': row, 'mode': mode, 'seeds': [e['seed'] for e in recs],
+        **{k: [e[k] for e in recs] for k in ('val_accuracy', 'test_accuracy', 'ood_accuracy')},
+        'ood_per_severity': np.mean([e['ood_per_severity'] for e in recs], 0).tolist()}
+  return table
+
+
+def cell(values: list[float]) -> str:
+  pct = [100 * v for v in values]
+  if len(pct) == 1:
+    return f'{pct[0]:.1f}'
+  return f'{np.mean(pct):.1f} ({" / ".join(f"{p:.1f}" for p in pct)})'
+
+
+def markdown(table: dict, trains: dict, evals: list[dict], rows: dict[str, tuple[str, str]],
+             best: str, seed: int, tta_rows: tuple[str, ...] = (),
+             best_label: str = BEST_LABEL) -> str:
+  """OUT/table.md. `rows`: row -> (its training run, its description), in table order."""
+  head = ('| row | what | seeds | val | clean test | OOD mean '
+          '| sev 1 | sev 2 | sev 3 | sev 4 | sev 5 '
+          '| train s |\n|' + ' --- |' * 12 + '\n')
+  lines = ['Training-time rows (test-time: none). Accuracy in %; '
+           'with several seeds: mean (each seed).',
+           '', head.rstrip('\n')]
+  for row in rows:
+    t = table.get(f'{row}|none')
+    if t is None:
+      continue
+    run, what = rows[row]
+    secs = [trains[(run, s)]['train_seconds'] for s in t['seeds']]
+    sev = ' | '.join(f'{100 * v:.1f}' for v in t['ood_per_severity'])
+    lines.append(f'| {row}{f" ({best_label})" if row == best else ""} | {what} | {len(t["seeds"])} '
+                 f'| {cell(t["val_accuracy"])} | {cell(t["test_accuracy"])} '
+                 f'| {cell(t["ood_accuracy"])} | {sev} | {np.mean(secs):.0f} |')
+  lines += ['', f'Test-time tools on seed {seed} (bn_adapt uses the unlabelled test images).', '',
+            '| row | test-time | clean test | OOD mean | sev 1 | sev 2 | sev 3 | sev 4 | sev 5 |',
+            '|' + ' --- |' * 9]
+  for row in dict.fromkeys([best, 'report', *tta_rows]):  # (--tta_rows had been left out.)
+    for mode in TTA_MODES:
+      for e in evals:
+        if (e['row'], e['mode'], e['seed']) == (row, mode, seed):
+          sev = ' | '.join(f'{100 * v:.1f}' for v in e['ood_per_severity'])
+          lines.append(f'| {row} | {mode} | {100 * e["test_accuracy"]:.1f} '
+                       f'| {100 * e["ood_accuracy"]:.1f} | {sev} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(evals: list[dict], rows: list[str], best: str, seed: int, path: pathlib.Path,
+         title: str, tta_rows: tuple[str, ...] = (), best_label: str = BEST_LABEL) -> None:
+  """Accuracy against severity (0 = clean test). Left: the training rows (mean over seeds, bars =
+  the seeds' range). Right: the test-time tools on one seed of the best and report rows."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+  xs = np.arange(6)
+  for row in rows:
+    runs = sorted((e for e in evals if (e['row'], e['mode']) == (row, 'none')),
+                  key=lambda e: e['seed'])
+    if runs:
+      ys = 100 * np.array([[e['test_accuracy'], *e['ood_per_severity']] for e in runs])
+      mean = ys.mean(0)
+      err = None if len(runs) == 1 else [mean - ys.min(0), ys.max(0) - mean]
+      left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
+                    label=f'{row}{f" ({best_label})" if row == best else ""}, {len(runs)} seed(s)')
+  styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
+  colors = ('tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:gray')
+  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), colors):
+    for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
+                    key=lambda e: TTA_MODES.index(e['mode'])):
+      ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])
+      right.plot(xs, ys, color=color, linestyle=styles[e['mode']], marker='o', markersize=3,
+                 label=f'{row}: {e["mode"]}')
+  for ax, sub in ((left, 'training-time recipes (test-time: none)'),
+                  (right, f'test-time tools (seed {seed}; bn_adapt uses the test images)')):
+    ax.set_xticks(xs, ['clean\n(test)', '1', '2', '3', '4', '5'])
+    ax.set_xlabel('corruption severity (mean over the 19 distortions)')
+    ax.set_title(sub, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  left.set_ylabel('top-1 accuracy (%)')
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
