@@ -27,8 +27,8 @@ LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_workdir', 'test_multip
                  'test_multiprocess_eval', 'test_convert', 'test_bf16', 'test_cli', 'test_evaluate',
                  'test_models', 'test_transfer', 'test_ema', 'test_tent', 'test_gpu_ood',
                  'test_benchmark', 'test_convert_safety', 'test_scan_blocks', 'test_bn_adapt',
-                 'test_evaluate_faults', 'test_corrupt_cli', 'test_grad_accum', 'test_init_from',
-                 'test_pretrained_weights',
+                 'test_evaluate_faults', 'test_corrupt_cli', 'test_corrupt_interrupt', 'test_grad_accum',
+                 'test_init_from', 'test_pretrained_weights',
                  'test_augment_pipeline', 'test_checkpoints', 'test_train_step', 'test_tfds_source',
                  'test_gpu_stage', 'test_install', 'test_console', 'test_augment', 'test_augmix',
                  'test_api', 'test_tracking')

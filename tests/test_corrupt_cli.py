@@ -1,142 +1,88 @@
-"""`python -m jax_cifar.corrupt` under bad input, reruns with other options, SIGKILL and SIGTERM.
+"""`python -m jax_cifar.corrupt` under bad input and reruns with other options (interruptions:
+test_corrupt_interrupt.py).
 
-Runs on a tiny synthetic cifar-100-python/ (40 random test images), so no real data is needed.
-Kills and signals are injected at write events through corrupt_store.HOOK_ENV, never after a sleep.
+Runs on a tiny synthetic cifar-100-python/ (40 random test images, tests/corrupt_runs.py), so no
+real data is needed.
 """
 
-import fcntl
 import json
-import os
 import pathlib
-import pickle
-import resource
-import signal
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from corrupt_runs import ARGS, FILES, error_line, make_source, read_manifest, reference_set, run
+from corrupt_runs import snapshot
 from jax_cifar.corruptions import cli as corrupt_cli
 from jax_cifar.corruptions import corrupt
 from jax_cifar.corruptions import store as corrupt_store
 from jax_cifar.data import ood
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-NAMES = ('gaussian_noise', 'impulse_noise', 'fog', 'contrast')
-FILES = [ood.distortion_file(ood.CORRUPTIONS.index(n)) for n in NAMES]
-ARGS = ('--limit', '6', '--seed', '1', '--corruptions', ','.join(NAMES))
-
 
 @pytest.fixture(scope='module')
 def source(tmp_path_factory) -> pathlib.Path:
-  """A data folder whose cifar-100-python/test holds 40 random images."""
-  root = tmp_path_factory.mktemp('src')
-  folder = root / 'cifar-100-python'
-  folder.mkdir()
-  rng = np.random.default_rng(0)
-  raw = {'data': rng.integers(0, 256, (40, 3072), dtype=np.uint8),
-         'fine_labels': [int(v) for v in rng.integers(0, 100, 40)]}
-  (folder / 'test').write_bytes(pickle.dumps(raw, protocol=2))
-  for name in ('train', 'meta'):  # Present for the folder check; never read here.
-    (folder / name).write_bytes(b'')
-  return root
-
-
-def _run(source, out, *args, hook='', env=None, **kw) -> subprocess.CompletedProcess:
-  env = {**os.environ, **(env or {}), corrupt_store.HOOK_ENV: hook}
-  return subprocess.run([sys.executable, '-m', 'jax_cifar.corrupt', '--data_dir', str(source),
-                         '--out', str(out), *args], cwd=ROOT, capture_output=True, text=True,
-                        env=env, check=False, **kw)
-
-
-def _error_line(result) -> str:
-  """The single stderr line of a failed run; no traceback."""
-  lines = result.stderr.strip().splitlines()
-  assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), (
-      result.returncode, result.stderr[-3000:])
-  return lines[0]
-
-
-def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def _manifest(folder: pathlib.Path) -> dict:
-  return json.loads((folder / corrupt_store.MANIFEST).read_text())
-
-
-def _assert_only_complete_reference_files(folder, reference):
-  """What a reader sees mid-way: each .npy checks out and equals the uninterrupted run's."""
-  for path in folder.glob('*.npy'):
-    if path.name != 'labels.npy':
-      assert ood.check_image_file(path).num_images == 30
-    assert path.read_bytes() == reference[path.name], path.name
+  return make_source(tmp_path_factory.mktemp('src'))
 
 
 @pytest.fixture(scope='module')
-def reference(source, tmp_path_factory) -> dict[str, bytes]:
-  out = tmp_path_factory.mktemp('ref') / 'set'
-  result = _run(source, out, *ARGS)
-  assert result.returncode == 0, result.stderr
-  assert sorted(p.name for p in out.iterdir()) == sorted(FILES + ['labels.npy', 'corrupt_manifest.json'])
-  return _snapshot(out)
+def reference(source, tmp_path_factory) -> dict[str, bytes]:  # pylint: disable=redefined-outer-name
+  return reference_set(source, tmp_path_factory.mktemp('ref') / 'set')
 
 
 def test_rerun_with_other_options_is_refused_until_overwrite(source, tmp_path, reference):
   out = tmp_path / 'set'
-  assert _run(source, out, *ARGS).returncode == 0
-  before = _snapshot(out)
-  line = _error_line(_run(source, out, '--limit', '10', '--corruptions', 'gaussian_noise', '--seed', '1'))
+  assert run(source, out, *ARGS).returncode == 0
+  before = snapshot(out)
+  line = error_line(run(source, out, '--limit', '10', '--corruptions', 'gaussian_noise', '--seed', '1'))
   assert '--limit' in line and '--overwrite' in line and str(out) in line
-  assert '--seed' in _error_line(_run(source, out, *ARGS[:2], '--seed', '2', *ARGS[4:]))
-  assert '--format' in _error_line(_run(source, out, *ARGS, '--format', 'cifar100c'))
-  assert _snapshot(out) == before  # Nothing mixed in, nothing removed.
+  assert '--seed' in error_line(run(source, out, *ARGS[:2], '--seed', '2', *ARGS[4:]))
+  assert '--format' in error_line(run(source, out, *ARGS, '--format', 'cifar100c'))
+  assert snapshot(out) == before  # Nothing mixed in, nothing removed.
   # --overwrite replaces the whole set: no 6-image file survives next to the 10-image ones.
-  result = _run(source, out, '--limit', '10', '--corruptions', 'gaussian_noise', '--overwrite')
+  result = run(source, out, '--limit', '10', '--corruptions', 'gaussian_noise', '--overwrite')
   assert result.returncode == 0, result.stderr
   assert sorted(p.name for p in out.iterdir()) == ['corrupt_manifest.json', FILES[0], 'labels.npy']
   assert ood.check_image_file(out / FILES[0]).num_images == 50
   assert len(np.load(out / 'labels.npy')) == 50
-  manifest = _manifest(out)
+  manifest = read_manifest(out)
   assert (manifest['num_images'], manifest['limit'], manifest['seed']) == (10, 10, 0)
   assert manifest['corruptions'] == ['gaussian_noise'] and manifest['format'] == 'ds542'
 
 
 def test_same_options_resume_keep_complete_files_and_add_corruptions(source, tmp_path, reference):
   out = tmp_path / 'set'
-  assert _run(source, out, *ARGS[:4], '--corruptions', 'fog,gaussian_noise').returncode == 0
+  assert run(source, out, *ARGS[:4], '--corruptions', 'fog,gaussian_noise').returncode == 0
   inode = (out / FILES[2]).stat().st_ino
-  result = _run(source, out, *ARGS)  # Same options, two more corruptions.
+  result = run(source, out, *ARGS)  # Same options, two more corruptions.
   assert result.returncode == 0, result.stderr
   assert f'{FILES[2]}: already complete, kept' in result.stdout
   assert (out / FILES[2]).stat().st_ino == inode  # Not rewritten.
-  assert _snapshot(out) == reference  # Including the manifest: order of runs does not matter.
-  manifest = _manifest(out)
+  assert snapshot(out) == reference  # Including the manifest: order of runs does not matter.
+  manifest = read_manifest(out)
   assert all(manifest['files'][f]['complete'] for f in FILES + ['labels.npy'])
   # A complete file damaged (same size) or deleted since is found and written again.
   damaged = bytearray((out / FILES[1]).read_bytes())
   damaged[-1] ^= 0xFF
   (out / FILES[1]).write_bytes(bytes(damaged))
   (out / FILES[3]).unlink()
-  result = _run(source, out, *ARGS)
+  result = run(source, out, *ARGS)
   assert result.returncode == 0 and f'{out / FILES[1]} does not match' in result.stderr, result.stderr
-  assert _snapshot(out) == reference
+  assert snapshot(out) == reference
 
 
 def test_output_files_without_a_manifest_are_refused(source, tmp_path):
   out = tmp_path / 'foreign'
   out.mkdir()
   np.save(out / 'distortion00.npy', np.zeros((5, 32, 32, 3), np.uint8))
-  line = _error_line(_run(source, out, *ARGS))
+  line = error_line(run(source, out, *ARGS))
   assert 'distortion00.npy' in line and 'corrupt_manifest.json' in line and 'move them away' in line
   assert sorted(p.name for p in out.iterdir()) == ['distortion00.npy']
   # They may be the course's own files: --overwrite does not delete them either (it had).
-  assert 'move them away' in _error_line(_run(source, out, *ARGS, '--overwrite'))
+  assert 'move them away' in error_line(run(source, out, *ARGS, '--overwrite'))
   assert sorted(p.name for p in out.iterdir()) == ['distortion00.npy']
   (out / 'corrupt_manifest.json').write_text('{"format": ')  # Truncated manifest.
-  assert 'corrupt_manifest.json: unreadable' in _error_line(_run(source, out, *ARGS))
+  assert 'corrupt_manifest.json: unreadable' in error_line(run(source, out, *ARGS))
 
 
 def test_files_the_manifest_does_not_record_are_never_removed(tmp_path):
@@ -172,7 +118,7 @@ def test_a_folder_that_takes_no_files_reruns_a_complete_set_and_names_itself_oth
   images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
   out = tmp_path / 'set'
   corrupt.build(out, images, labels, names=('brightness',))
-  before = _snapshot(out)
+  before = snapshot(out)
 
   def refused(*args):
     raise PermissionError(13, 'Permission denied', str(args[0]))
@@ -183,7 +129,7 @@ def test_a_folder_that_takes_no_files_reruns_a_complete_set_and_names_itself_oth
     corrupt.build(out, images, labels, names=('contrast',))
   assert str(e.value) == (f'{out}: cannot write corrupt_manifest.json (Permission denied); the '
                           'files it recorded complete are kept')
-  assert _snapshot(out) == before
+  assert snapshot(out) == before
 
 
 @pytest.mark.parametrize('damage, reason', [
@@ -197,76 +143,13 @@ def test_a_hand_edited_manifest_is_unreadable_and_the_set_is_kept(source, tmp_pa
                                                                   reason):
   """Each of these had given a TypeError / ValueError / KeyError traceback."""
   out = tmp_path / 'set'
-  assert _run(source, out, '--limit', '5', '--corruptions', 'fog').returncode == 0
+  assert run(source, out, '--limit', '5', '--corruptions', 'fog').returncode == 0
   manifest = out / corrupt_store.MANIFEST
-  manifest.write_text(json.dumps(damage(_manifest(out))))
-  before = _snapshot(out)
-  line = _error_line(_run(source, out, '--limit', '5', '--corruptions', 'fog'))
+  manifest.write_text(json.dumps(damage(read_manifest(out))))
+  before = snapshot(out)
+  line = error_line(run(source, out, '--limit', '5', '--corruptions', 'fog'))
   assert 'corrupt_manifest.json: unreadable' in line and reason in line, line
-  assert _snapshot(out) == before
-
-
-@pytest.mark.parametrize('event', ['block:8', 'part:3', 'renamed:3', 'recorded:3'])
-def test_sigkill_leaves_only_complete_files_and_a_rerun_matches(source, tmp_path, reference, event):
-  # Events: labels.npy is block 1 / part 1; file k's 5 severity blocks are 5k-3 .. 5k+1.
-  out = tmp_path / 'set'
-  killed = _run(source, out, *ARGS, hook=f'{event}:KILL')
-  assert killed.returncode == -signal.SIGKILL, killed.stderr
-  _assert_only_complete_reference_files(out, reference)
-  assert (out / FILES[0]).exists() and not (out / FILES[2]).exists()
-  if event.startswith(('block', 'part')):
-    assert (out / f'.{FILES[1]}.part').exists()  # The kill did land mid-write.
-  result = _run(source, out, *ARGS)
-  assert result.returncode == 0, result.stderr
-  assert _snapshot(out) == reference  # Byte-identical, no leftovers (hidden .part files included).
-
-
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_cleanly_and_a_rerun_matches(source, tmp_path, reference, sig):
-  out = tmp_path / 'set'
-  env = {**os.environ, corrupt_store.HOOK_ENV: 'block:8:PAUSE'}
-  with subprocess.Popen([sys.executable, '-m', 'jax_cifar.corrupt', '--data_dir', str(source),
-                         '--out', str(out), *ARGS], cwd=ROOT, env=env, text=True,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-    for line in proc.stdout:  # Blocks until the run reaches the event (mid-way through file 2).
-      if line.startswith('test hook: paused'):
-        break
-    assert (out / f'.{FILES[1]}.part').exists()
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-  line = _error_line(subprocess.CompletedProcess([], proc.returncode, '', stderr))
-  assert proc.returncode == 128 + sig and f'stopped by {signal.Signals(sig).name}' in line
-  assert 'same command' in line
-  assert sorted(p.name for p in out.iterdir()) == sorted(['corrupt_manifest.json', 'labels.npy', FILES[0]])
-  _assert_only_complete_reference_files(out, reference)
-  files = _manifest(out)['files']
-  assert files[FILES[0]]['complete'] and not files[FILES[1]]['complete']
-  assert _run(source, out, *ARGS).returncode == 0
-  assert _snapshot(out) == reference
-
-
-def test_full_disk_is_one_error_line_and_a_rerun_finishes(source, tmp_path, reference):
-  out = tmp_path / 'set'
-  limit = 64 * 1024  # labels.npy and the manifest fit, a 30-image file (92 KiB) does not.
-  full = _run(source, out, *ARGS,
-              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-  line = _error_line(full)
-  assert f'{out / FILES[0]}: cannot write (File too large)' in line and 'run again' in line
-  assert sorted(p.name for p in out.iterdir()) == ['corrupt_manifest.json', 'labels.npy']
-  assert _run(source, out, *ARGS).returncode == 0
-  assert _snapshot(out) == reference
-
-
-def test_a_second_writer_is_refused(source, tmp_path):
-  out = tmp_path / 'set'
-  out.mkdir()
-  fd = os.open(out, os.O_RDONLY)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)  # As a running jax_cifar.corrupt holds it.
-    assert 'another jax_cifar.corrupt run' in _error_line(_run(source, out, *ARGS))
-  finally:
-    os.close(fd)
-  assert list(out.iterdir()) == []
+  assert snapshot(out) == before
 
 
 def test_missing_source_data_is_one_error_line(tmp_path):
@@ -274,7 +157,7 @@ def test_missing_source_data_is_one_error_line(tmp_path):
   empty.mkdir()
   offline = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9',
              'no_proxy': '', 'NO_PROXY': ''}  # The download fails at once, without the network.
-  line = _error_line(_run(empty, tmp_path / 'out', *ARGS, env=offline))
+  line = error_line(run(empty, tmp_path / 'out', *ARGS, env=offline))
   assert 'cannot download' in line and str(empty) in line
   assert not (tmp_path / 'out').exists()
 
@@ -335,24 +218,6 @@ def test_each_file_is_independent_of_the_other_corruptions_and_their_order(tmp_p
   assert (tmp_path / 'ref.npy').read_bytes() == (tmp_path / 'a' / fog).read_bytes()
 
 
-def test_signals_raise_at_once_outside_writing_and_at_the_next_check_inside():
-  before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-  with corrupt_store.stop_on_signals():
-    with pytest.raises(corrupt_store.Interrupted, match='SIGINT'):
-      os.kill(os.getpid(), signal.SIGINT)
-      for _ in range(10 ** 6):  # The handler runs between bytecodes, well before this ends.
-        pass
-  with corrupt_store.stop_on_signals():
-    with corrupt_store.deferred_stop():
-      os.kill(os.getpid(), signal.SIGTERM)
-      os.kill(os.getpid(), signal.SIGTERM)  # Nothing is raised while a block is being written...
-      with pytest.raises(corrupt_store.Interrupted, match='SIGTERM') as stopped:
-        corrupt_store.check_stop()  # ... but at the next check between blocks.
-      assert stopped.value.signum == signal.SIGTERM
-  assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # Restored.
-  corrupt_store.check_stop()  # And no stale signal stops a later build in this process.
-
-
 def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, capsys):
   """--split val: the images and labels are the first of the validation split the trainer holds
   out with the same val_fraction / split_seed (the default config's), never test images."""
@@ -368,7 +233,7 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
   expected = corrupt.corrupt(val.images[:6], 'brightness', 1, np.random.default_rng(0))
   got = np.load(out / ood.distortion_file(ood.CORRUPTIONS.index('brightness')))
   np.testing.assert_array_equal(got[:6], expected)  # Brightness draws no random numbers.
-  assert _manifest(out)['split'] == 'val'
+  assert read_manifest(out)['split'] == 'val'
   # Into the same folder with another split or hold-out: named (all had blamed --data_dir alone).
   for args, said in ((['--split', 'test'], "--split: 'val' there, 'test' asked"),
                      (['--split', 'val', '--split_seed', '3'],
