@@ -33,11 +33,20 @@ def make_source(root: pathlib.Path) -> pathlib.Path:
   return root
 
 
-def run(source, out, *args, hook='', env=None, **kw) -> subprocess.CompletedProcess:
+# Runs the rest of the command line with a file-size limit (a full disk) set by the new process
+# itself: a preexec_fn would run Python in a child forked from this multi-threaded (JAX) process.
+_LIMITED = ('import os, resource, sys; n = int(sys.argv[1]); '
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); '
+            'os.execv(sys.executable, [sys.executable, *sys.argv[2:]])')
+
+
+def run(source, out, *args, hook='', env=None, max_file_bytes=None,
+        **kw) -> subprocess.CompletedProcess:
   env = {**os.environ, **(env or {}), corrupt_store.HOOK_ENV: hook}
-  return subprocess.run([sys.executable, '-m', 'jax_cifar.corrupt', '--data_dir', str(source),
-                         '--out', str(out), *args], cwd=ROOT, capture_output=True, text=True,
-                        env=env, check=False, **kw)
+  limit = [] if max_file_bytes is None else ['-c', _LIMITED, str(max_file_bytes)]
+  return subprocess.run([sys.executable, *limit, '-m', 'jax_cifar.corrupt', '--data_dir',
+                         str(source), '--out', str(out), *args], cwd=ROOT, capture_output=True,
+                        text=True, env=env, check=False, **kw)
 
 
 def error_line(result) -> str:

@@ -7,7 +7,6 @@ Kills and signals are injected at write events through corrupt_store.HOOK_ENV, n
 import fcntl
 import os
 import pathlib
-import resource
 import signal
 import subprocess
 import sys
@@ -71,8 +70,7 @@ def test_signal_stops_cleanly_and_a_rerun_matches(source, tmp_path, reference, s
 def test_full_disk_is_one_error_line_and_a_rerun_finishes(source, tmp_path, reference):
   out = tmp_path / 'set'
   limit = 64 * 1024  # labels.npy and the manifest fit, a 30-image file (92 KiB) does not.
-  full = run(source, out, *ARGS,
-              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+  full = run(source, out, *ARGS, max_file_bytes=limit)
   line = error_line(full)
   assert f'{out / FILES[0]}: cannot write (File too large)' in line and 'run again' in line
   assert sorted(p.name for p in out.iterdir()) == ['corrupt_manifest.json', 'labels.npy']
