@@ -118,6 +118,20 @@ def test_a_data_folder_one_level_too_high_names_the_one_below_before_any_downloa
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cifar']  # Nothing downloaded.
 
 
+def test_load_split_finds_the_data_as_the_trainer_does_and_never_creates_a_mistyped_folder(
+    tmp_path, small_tree, monkeypatch):
+  """A run's config.data.dir is '' when $JAX_CIFAR_DATA_DIR gave the data: load_split('') had been
+  a traceback from os.listdir(''), and a mistyped folder a new folder to download into (an audit)."""
+  shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
+  monkeypatch.setenv('JAX_CIFAR_DATA_DIR', str(tmp_path))
+  assert len(cifar100.load_split('', 'test', download=False)) == 20
+  typo = tmp_path / 'typo' / 'data'
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(typo, 'test', url='http://127.0.0.1:9/never', md5='x')
+  assert_one_line(error, f'data_dir {typo} is not an existing folder')
+  assert not (tmp_path / 'typo').exists()
+
+
 def test_a_split_of_no_images_is_named_so(tmp_path, small_tree):
   shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
   raw = cifar100.read_pickle(small_tree / 'test')
@@ -268,6 +282,7 @@ def test_download_with_wrong_md5_fails_and_leaves_nothing(tmp_path, small_tree, 
   served, url = http_dir
   make_archive(small_tree, served / 'cifar-100-python.tar.gz')
   target = tmp_path / 'download'
+  target.mkdir()  # The user's folder: one that does not exist is refused, not created.
   with pytest.raises(DataError) as error:
     cifar100.load_split(target, 'test', url=f'{url}/cifar-100-python.tar.gz', md5='0' * 32)
   assert_one_line(error, 'md5', str(target / 'cifar-100-python.tar.gz'))
@@ -298,6 +313,7 @@ def test_download_with_right_md5_is_kept_and_extracted(tmp_path, small_tree, htt
   archive = make_archive(small_tree, served / 'cifar-100-python.tar.gz')
   md5 = hashlib.md5(archive.read_bytes()).hexdigest()
   target = tmp_path / 'download'
+  target.mkdir()  # The user's folder: one that does not exist is refused, not created.
   split = cifar100.load_split(target, 'test', url=f'{url}/cifar-100-python.tar.gz', md5=md5)
   assert len(split) == 20
   assert (target / 'cifar-100-python.tar.gz').read_bytes() == archive.read_bytes()
