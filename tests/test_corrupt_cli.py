@@ -58,6 +58,9 @@ def test_same_options_resume_keep_complete_files_and_add_corruptions(source, tmp
   assert result.returncode == 0, result.stderr
   assert f'{FILES[2]}: already complete, kept' in result.stdout
   assert (out / FILES[2]).stat().st_ino == inode  # Not rewritten.
+  # Its last lines count the same files (labels.npy had been counted as a 5th).
+  assert f'(4 of 4 files complete)\ndone: 4 corruption files and labels.npy in {out}\n' in (
+      result.stdout), result.stdout
   assert snapshot(out) == reference  # Including the manifest: order of runs does not matter.
   manifest = read_manifest(out)
   assert all(manifest['files'][f]['complete'] for f in FILES + ['labels.npy'])

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = False  # Recompute each residual block in the backward pass (nnx.remat): less memory, ~30% more compute.
   c.model.scan_blocks = False  # Run each stage's repeated residual blocks as one jax.lax.scan (compiled once; same weights and layout). For GPU/TPU compile time: XLA:CPU runs its backward pass ~10x slower.
   c.model.image_size = 32  # Images are resized on device to this size before the model (e.g. 224 for ImageNet nets).
-  c.model.pretrained = ''  # Path of a converted torchvision checkpoint (scripts/convert_torchvision_weights.py); '' = random init.
+  c.model.pretrained = ''  # Path of a converted torchvision checkpoint (python -m jax_cifar.convert); '' = random init.
   c.model.init_from = ''  # Start from another run's weights: 'WORKDIR[:best|latest|STEP]' (params + BN statistics; fresh optimizer, step 0).
   c.model.init_from_weights = 'raw'  # With init_from: that checkpoint's 'raw' weights, their 'ema', or 'auto' (the better of the two on validation at that step).
   c.model.normalize = 'cifar'  # Input normalisation statistics: 'cifar', 'imagenet' (use with pretrained weights) or 'none'.

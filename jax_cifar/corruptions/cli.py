@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         raise  # A bug keeps its traceback.
       print(f'error: {message}', file=sys.stderr, flush=True)
       return 1
-  print(f'done: {len(paths)} files in {args.out}', flush=True)
+  # (It had said 20 files after 'N of 19 files complete': labels.npy counted as one.)
+  print(f'done: {len(paths) - 1} corruption files and {paths[-1].name} in {args.out}', flush=True)
   return 0
 
 
