@@ -102,6 +102,7 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert 0.0 <= result['test_accuracy'] <= 1.0 and result['test_count'] == 256
+  assert 'not all of them' not in proc.stderr  # All the test images (test_trainer: a part).
   # A small set's CSV is no Kaggle submission: said before the work (an audit: said nothing).
   rows = ood.NUM_DISTORTIONS * N_OOD
   assert (f'{N_OOD // 5} images per severity, so sub.csv will have {rows:,} rows; the course\'s '

@@ -197,6 +197,19 @@ def test_a_run_without_validation_split_says_its_best_is_on_test(tmp_path):
   assert lines[3].startswith('| held_out | resnet18 (width 16) | 2.0 | 20.00% |'), lines[3]
 
 
+def test_a_test_accuracy_on_part_of_the_test_set_says_how_many_images(tmp_path):
+  """data.eval_limit (the smoke config's 2,000) had given a "test acc" unmarked (a new-user audit)."""
+  part = _fake_run(tmp_path / 'part', 1.0, test_accuracy=0.024)
+  whole = _fake_run(tmp_path / 'whole', 1.0, test_accuracy=0.25)
+  for run, count in ((part, 2000), (whole, 10000)):
+    ev = json.loads((run / 'eval_best.json').read_text())
+    (run / 'eval_best.json').write_text(json.dumps({**ev, 'test_count': count}))
+  lines = report.markdown_table(report.summary_rows([report.load_run(part),
+                                                     report.load_run(whole)])).splitlines()
+  assert '| 2.40% (2,000 images) |' in lines[2], lines[2]
+  assert '| 25.00% |' in lines[3], lines[3]
+
+
 def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, drawn):
   """An eval JSON that is not an object is read as no evaluation; a metric written as a string is
   shown as it is; an older step's numbers that evaluate kept (eval_best.step3.json) are not rows."""

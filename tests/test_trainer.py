@@ -173,6 +173,9 @@ def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(smoke_run, cif
   assert result['val_accuracy'] == pytest.approx(max(val), abs=1e-6)
   assert result['test_accuracy'] > SMOKE_MIN_VAL_ACCURACY - 0.03
   assert result['test_count'] == smoke.get_config().data.eval_limit
+  # Said to be a part of the test set (only test_count had said so: a new-user audit).
+  assert (f'test: {result["test_count"]} class-balanced test images, not all of them (the run\'s '
+          f'data.eval_limit={result["test_count"]}') in out.stderr, out.stderr[-2000:]
 
 
 SMOKE_MIN_VAL_ACCURACY = 0.08  # Measured 0.121 (val) / test 0.12 region; margin for seeds and XLA options.

@@ -27,6 +27,7 @@ FOLDER = 'cifar-100-python'
 ARCHIVES = (FOLDER + '.tar.gz', FOLDER + '.tar.xz', FOLDER + '.tar')
 NUM_CLASSES = 100
 NUM_COARSE_CLASSES = 20
+TEST_SIZE = 10_000  # Images of the official test split.
 SOURCES = ('local', 'tfds', 'synthetic')  # data.source
 SPLITS = ('train', 'test')
 

@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
+from jax_cifar.data import cifar100
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
@@ -236,6 +237,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         # data.val_fraction 0: the trainer validated (and picked `best`) on the test split.
         'val_is_test': run['config'].get('data', {}).get('val_fraction') == 0,
         'test_accuracy': ev.get('test_accuracy'),
+        'test_count': ev.get('test_count'),
         'ood_accuracy': ev.get('ood_accuracy'),
         'cifar100c_mean_accuracy': ev.get('cifar100c_mean_accuracy'),
         'train_time_s': _train_time_s(run),
@@ -250,8 +252,11 @@ def markdown_table(rows: list[dict]) -> str:
     time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
     val = _fmt(r['best_val_accuracy']) + (
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '')
+    test = _fmt(r['test_accuracy']) + (  # data.eval_limit: a subset (it had not said so).
+        f" ({r['test_count']:,} images)" if r.get('test_count') and r['test_accuracy'] is not None
+        and r['test_count'] < cifar100.TEST_SIZE else '')
     lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(r['epochs'], False)} | "
-                 f"{val} | {_fmt(r['test_accuracy'])} | "
+                 f"{val} | {test} | "
                  f"{_fmt(r['ood_accuracy'])} | {_fmt(r['cifar100c_mean_accuracy'])} | {time} |")
   return '\n'.join(lines) + '\n'
 
