@@ -9,7 +9,8 @@ confusion_<tag>.png, where <tag> is best, latest, step<N> (a step number or fold
 path, then _tta-flip / _tta-shifts with --tta
 (--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
 non-default Tent settings) with --tent; with --cifar100c_dir also
-cifar100c_<tag>.png (none of them into a WORKDIR that takes no files: said first). The last
+cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
+into a WORKDIR that takes no files: said first). The last
 line printed is one JSON object with the scalar results, at least
 `test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
 --config whose model keys differ from it is refused (its numbers would not be the run's).
@@ -252,7 +253,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                      run_name=f'{workdir_path.name} ({tag})',
                                      draw_later=draw_later))
   if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
-    result.update(ood_sets.predict_submission(predictor, ood_dir, csv_path, ood_files))
+    result.update(ood_sets.predict_submission(
+        predictor, ood_dir, csv_path, ood_files, workdir_path / f'ood_{tag}.png' if keeps else None,
+        run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later))
   if keeps and jax.process_index() == 0:
     step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
                 else pathlib.Path(which))

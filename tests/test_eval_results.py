@@ -95,6 +95,55 @@ def test_cifar100c_table_means_and_heatmap(tmp_path):
   assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def _table_rows(text: str) -> dict[str, list[float]]:
+  """corruption -> its five severities' accuracies (%) in a printed corruption table."""
+  rows = {}
+  for line in text.splitlines():
+    words = line.replace(' *', '').split()
+    if len(words) == 7 and words[0] != 'mean' and all(
+        w.replace('.', '', 1).isdigit() for w in words[1:]):  # (Not a progress bar's line.)
+      rows[words[0]] = [float(w) for w in words[1:6]]
+  return rows
+
+
+def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys):
+  """--ood_dir with jax_cifar.corrupt's labels: the 19 x 5 numbers had been only in the JSON,
+  under file names (a new-user audit). They are printed and drawn as CIFAR-100-C's are, by the
+  corruption each file holds (its manifest), or by file name where that is not known."""
+  from jax_cifar.corruptions import corrupt  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(5)
+  images, labels = rng.integers(0, 256, (4, 32, 32, 3), np.uint8), rng.integers(0, 100, 4)
+  corrupt.build(tmp_path / 'set', images, labels, seed=0)  # The course's layout, all 19.
+  files = ood.check_distortion_dir(tmp_path / 'set')
+
+  class FilePredictor:  # Right on the first d + 1 images of distortionXX (d = XX) only.
+    def run(self, images, desc, labels_only=False, chunk=None):
+      assert labels_only and chunk == len(images) // 5
+      pred = np.tile(labels, 5)
+      pred[int(desc[-2:]) + 1:] += 1
+      return pred
+
+  expected = {name: 100 * (np.arange(20) <= d).reshape(5, 4).mean(1)
+              for d, name in enumerate(ood.CORRUPTIONS)}  # 19 different rows.
+  result = ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'),
+                                       tmp_path / 'a.csv', files, tmp_path / 'ood.png', 'run')
+  err = capsys.readouterr().err
+  assert 'OOD set top-1 accuracy (%) of run' in err and 'standard mean (15 corruptions)' in err
+  rows = _table_rows(err)
+  assert list(rows) == list(ood.CORRUPTIONS), err
+  for name, accs in rows.items():
+    np.testing.assert_allclose(accs, expected[name], atol=0.006)
+  assert 'speckle_noise *' in err and 'fog *' not in err  # Outside the 15 standard ones.
+  assert result['ood_accuracy'] == pytest.approx(np.mean(list(expected.values())) / 100)
+  assert (tmp_path / 'ood.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # Without jax_cifar.corrupt's manifest, the files are named as they are, none marked.
+  (tmp_path / 'set' / 'corrupt_manifest.json').unlink()
+  ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'), tmp_path / 'b.csv', files)
+  err = capsys.readouterr().err
+  assert list(_table_rows(err)) == [ood.distortion_file(d)[:-4] for d in range(19)], err
+  assert '*' not in err
+
+
 def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):
   """--cifar100c_dir with the course's files had scored 'corruptions' distortion00..18 and shown
   the benchmark's mean as n/a (an audit)."""

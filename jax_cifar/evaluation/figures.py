@@ -77,11 +77,18 @@ def _mean_lines(means: dict) -> list[str]:
 
 
 def _row_name(name: str) -> str:
-  return name if name in ood.STANDARD_CORRUPTIONS else f'{name} *'
+  return f'{name} *' if _extra(name) else name
+
+
+def _extra(name: str) -> bool:
+  """One of jax_cifar.corrupt's corruptions outside the 15 standard ones (a file name such as
+  distortion03, whose corruption is not known, is no corruption of either kind)."""
+  return name not in ood.STANDARD_CORRUPTIONS and (name in ood.CORRUPTIONS or
+                                                   not name.startswith('distortion'))
 
 
 def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,
-                            run_name: str) -> dict[str, Any]:
+                            run_name: str, title: str = 'CIFAR-100-C') -> dict[str, Any]:
   """Top-1 accuracy (%) per corruption (rows) and severity (columns) on a fixed 0-100 scale, the
   run and both means in the title; returns `corruption_means(table)`."""
   means = corruption_means(table)
@@ -97,22 +104,23 @@ def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,
   ax.set_yticks(range(len(names)), [_row_name(n) for n in names], fontsize=8)
   ax.set_xlabel('severity')
   extra = ('\n* not a standard corruption (left out of the standard mean)'
-           if any(n not in ood.STANDARD_CORRUPTIONS for n in names) else '')
-  ax.set_title(f'{run_name}: CIFAR-100-C top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means))
+           if any(_extra(n) for n in names) else '')
+  ax.set_title(f'{run_name}: {title} top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means))
                + extra, fontsize=9)
   fig.colorbar(im, ax=ax, label='top-1 accuracy (%)')
   save(fig, path)
   return means
 
 
-def corruption_table_text(table: dict[str, list[float]], run_name: str | None = None) -> str:
+def corruption_table_text(table: dict[str, list[float]], run_name: str | None = None,
+                          title: str = 'CIFAR-100-C') -> str:
   """The CIFAR-100-C table as text: corruption x severity in percent, each corruption's mean, the
   per-severity mean, and the standard and all-corruption means named as such."""
   means = corruption_means(table)
   severities = len(next(iter(table.values())))
   width = max(len('mean (all)'), *(len(_row_name(n)) for n in table))
   head = ' '.join(f'{f"s{s + 1}":>6}' for s in range(severities)) + f' {"mean":>6}'
-  title = 'CIFAR-100-C top-1 accuracy (%)' + (f' of {run_name}' if run_name else '')
+  title = f'{title} top-1 accuracy (%)' + (f' of {run_name}' if run_name else '')
   lines = [title, f'{"corruption":<{width}} {head}']
   for name, accs in table.items():
     accs = 100 * np.asarray(accs, float)
@@ -121,6 +129,6 @@ def corruption_table_text(table: dict[str, list[float]], run_name: str | None = 
   lines.append(f'{"mean (all)":<{width}} ' + ' '.join(f'{100 * a:6.2f}' for a in means['per_severity'])
                + f' {100 * means["all"]:6.2f}')
   lines += _mean_lines(means)
-  if any(n not in ood.STANDARD_CORRUPTIONS for n in table):
+  if any(_extra(n) for n in table):
     lines.append('* not a standard corruption (left out of the standard mean)')
   return '\n'.join(lines) + '\n'

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import sys
 import time
@@ -14,16 +15,19 @@ import numpy as np
 import tqdm
 
 from jax_cifar import interrupt, parallel
+from jax_cifar.corruptions.store import MANIFEST
 from jax_cifar.data import ood
 from jax_cifar.evaluation import figures, submission
 from jax_cifar.evaluation.inference import Predictor
 
 
 def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Path,
-                       files: list[ood.ImageFile]) -> dict:
+                       files: list[ood.ImageFile], figure: pathlib.Path | None = None,
+                       run_name: str | None = None, draw_later: list | None = None) -> dict:
   """Streams the 19 distortion files (one memory map at a time) into the submission CSV.
 
-  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file. With
+  With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file, prints
+  the distortion x severity table on stderr and draws it into `figure`, as for CIFAR-100-C. With
   --bn_adapt each severity block of a file is one chunk.
   """
   labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
@@ -60,7 +64,34 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   if scores:
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
+    if jax.process_index() == 0:  # (Only the JSON had held them, by file name: an audit.)
+      _show_table(_by_corruption(ood_dir, scores), 'OOD set', figure,
+                  run_name or (figure.parent.name if figure else 'model'), draw_later)
   return result
+
+
+def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, list[float]]:
+  """`scores` keyed by the corruption that jax_cifar.corrupt recorded for each file in its
+  manifest; by file name (distortion00 ...) when that is not known."""
+  try:
+    files = json.loads((pathlib.Path(ood_dir) / MANIFEST).read_text())['files']
+    names = {pathlib.Path(k).stem: e['corruption'] for k, e in files.items() if 'corruption' in e}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):  # None, or hand-edited.
+    names = {}
+  named = [names.get(s) for s in scores]
+  if len(set(named)) != len(named) or not all(n in ood.CORRUPTIONS for n in named):
+    return scores  # Not one known corruption per file.
+  return dict(zip(named, scores.values()))
+
+
+def _show_table(table: dict[str, list[float]], title: str, figure: pathlib.Path | None,
+                name: str, draw_later: list | None) -> None:
+  """Prints the corruption x severity table on stderr (stdout's last line stays the JSON) and
+  draws its heatmap into `figure` (with `draw_later`: once the whole evaluation has finished)."""
+  if figure is not None:
+    draw = lambda: figures.plot_corruption_heatmap(table, figure, name, title)  # pylint: disable=unnecessary-lambda-assignment
+    draw() if draw_later is None else draw_later.append(draw)  # pylint: disable=expression-not-assigned
+  print(figures.corruption_table_text(table, name, title), file=sys.stderr, flush=True)
 
 
 def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
@@ -85,9 +116,6 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   if means['standard'] is not None:
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
-    name = run_name or (figure.parent.name if figure else 'model')
-    if figure is not None:  # (With draw_later: once the whole evaluation has finished.)
-      draw = lambda: figures.plot_corruption_heatmap(table, figure, run_name=name)  # pylint: disable=unnecessary-lambda-assignment
-      draw() if draw_later is None else draw_later.append(draw)  # pylint: disable=expression-not-assigned
-    print(figures.corruption_table_text(table, name), file=sys.stderr, flush=True)
+    _show_table(table, 'CIFAR-100-C', figure, run_name or (figure.parent.name if figure else 'model'),
+                draw_later)
   return result
