@@ -345,6 +345,24 @@ def _put_like(value: np.ndarray, like: Any) -> Any:
   return value
 
 
+def _build_hint(ckpt: Mapping, current: Mapping) -> str:
+  """What the model was built with that the checkpoint was not, read from conv1's kernel (the
+  list of mis-shaped keys had not said: a new-user audit)."""
+  theirs = tuple(getattr(ckpt.get('conv1.kernel'), 'shape', ()))
+  ours = tuple(current['conv1.kernel'][1].shape) if 'conv1.kernel' in current else ()
+  if len(theirs) != 4 or len(ours) != 4:
+    return ''
+  hints = []
+  if theirs[:2] != ours[:2]:
+    stem = 'imagenet' if theirs[:2] == (7, 7) else 'cifar' if theirs[:2] == (3, 3) else None
+    hints.append(f'its conv1 is {theirs[0]}x{theirs[1]} and the model\'s {ours[0]}x{ours[1]}'
+                 + (f': build the model with stem={stem!r}' if stem else ''))
+  if theirs[3] != ours[3]:
+    hints.append(f'its conv1 has {theirs[3]} output channels and the model\'s {ours[3]}: build the '
+                 f'model with width={theirs[3]}')
+  return f' ({"; ".join(hints)})' if hints else ''
+
+
 def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = None,
                     rngs_seed: int = 0) -> None:
   """Loads a converted backbone into `model` in place.
@@ -372,7 +390,8 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = N
   unexpected = [k for k in ckpt if k not in current and not is_head(k)]
   misshaped = [f'{k} {ckpt[k].shape} (model {tuple(current[k][1].shape)})' for k in ckpt
                if k in current and not is_head(k) and ckpt[k].shape != tuple(current[k][1].shape)]
-  _report(missing, unexpected, misshaped, f'checkpoint {path} does not match the model')
+  _report(missing, unexpected, misshaped,
+          f'checkpoint {path} does not match the model{_build_hint(ckpt, current)}')
 
   if keep_head:
     head = {k: ckpt[k] for k in current if is_head(k)}

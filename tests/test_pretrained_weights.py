@@ -198,8 +198,14 @@ def test_loading_into_another_arch_or_stem_names_the_problem(tmp_path):
   with pytest.raises(ValueError, match='resnet34'):
     load_pretrained(other, path, num_classes=100)
   cifar = nnx.eval_shape(lambda: create_model('resnet18', 100, stem='cifar', rngs=nnx.Rngs(0)))
-  with pytest.raises(ValueError, match=r'mis-shaped keys: conv1\.kernel'):
+  with pytest.raises(ValueError, match=r"conv1 is 7x7 and the model's 3x3: build the model with "
+                     r"stem='imagenet'\): mis-shaped keys: conv1\.kernel"):
     load_pretrained(cifar, path, num_classes=100)
+  # Another width: named as the cause, not only as every mis-shaped key (a new-user audit).
+  narrow = nnx.eval_shape(lambda: create_model('resnet18', 100, width=32, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r"conv1 has 64 output channels and the model's 32: build "
+                     r'the model with width=64\): mis-shaped keys: .*conv1\.kernel'):
+    load_pretrained(narrow, path, num_classes=100)
   with pytest.raises(ValueError, match='num_classes=10 '):
     load_pretrained(cifar, path, num_classes=10)
 
