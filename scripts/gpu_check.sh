@@ -4,8 +4,9 @@
 #   b) torch parity tests (tests/test_models.py, tests/test_convert.py) on the GPU
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
 #      resnet50 160 px (+ a grad-accumulation row) and resnet152 224 px (ImageNet stem, bf16;
-#      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S (120 s; ResNet-152:
-#      R152_TORCH_COMPILE_TIMEOUT_S, 60 s), else eager, which the row records); resnet152 again
+#      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S (120 s; ResNet-18:
+#      R18_TORCH_COMPILE_TIMEOUT_S, 60 s; ResNet-152: R152_TORCH_COMPILE_TIMEOUT_S, 60 s), else
+#      eager, which the row records; TORCH_COMPILE=off: eager only); resnet152 again
 #      with model.scan_blocks (compile time and step speed); the 16 GiB micro-batch search
 #      (fit_r152)
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
@@ -59,7 +60,7 @@ RESERVE_S=${RESERVE_S:-20}     # kept back at the end: timeout's kill, the summa
 MIN_PART_S=${MIN_PART_S:-30}   # a part with less than this left is skipped
 ROWS="$OUT/parts.txt"          # one line per part, written as each part ends
 : > "$ROWS"
-rm -f "$OUT"/bench_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" \
+rm -f "$OUT"/bench_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" "$OUT/fit_r152.json" \
   "$OUT/summary.txt"  # an earlier run's results are not this run's
 CURRENT='' CURRENT_PID='' CURRENT_T0=0 CURRENT_LIMIT=0 SIGNAL=''
 
@@ -129,6 +130,10 @@ if rows:
             indent=1)
   print(f"device {env.get('device')} | jax {env.get('jax')} | torch {env.get('torch')}")
   print(benchmark.table(rows))
+fit = os.path.join(out, 'fit_r152.json')
+if os.path.exists(fit):
+  import batch_fit
+  print('\nfit_r152:\n' + batch_fit.table(json.load(open(fit))['find_batch_size']))
 ft = os.path.join(out, 'finetune.json')
 if os.path.exists(ft):
   ft = json.load(open(ft))
@@ -190,12 +195,15 @@ TAIL=20 part versions 45 versions
 
 # --- b) parity tests -------------------------------------------------------------------------
 [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ] && export JAX_CIFAR_WEIGHTS_DIR="$ROOT/.devdata"
-PYTEST_FILES="tests/test_models.py tests/test_convert.py"
+# 94 tests since the ResNeXt / wide ResNets (43 when the GPU last ran them): over 4 pytest-xdist
+# workers, which share the GPU (no preallocation) and compile on the machine's 16 cores.
+PYTEST_FILES="tests/test_models.py tests/test_convert.py -n ${TEST_WORKERS:-4} --dist load"
 [ "$SMALL" = 1 ] && PYTEST_FILES="tests/test_models.py::test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float32"
 # The suite compiles with most of XLA's optimisation off (tests/conftest.py, for the CPU CI's
 # time); on the GPU the parity tests check the programs as users' runs compile them.
 export JAX_DISABLE_MOST_OPTIMIZATIONS=0
-TAIL=6 part parity_tests "${T_TESTS:-120}" "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
+TAIL=6 part parity_tests "${T_TESTS:-120}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
 
 # --- c) benchmarks ---------------------------------------------------------------------------
 # Each writes $OUT/bench_*.json after every row. torch.compile runs in a child process killed
@@ -213,11 +221,15 @@ if [ "$SMALL" = 1 ]; then
   part scan_r152 300 $BENCH --steps 1 --warmup 0 --frameworks jax --scan_blocks on \
     --models resnet152:imagenet:4 --image_size 32 --batch 8 --dtypes bfloat16 \
     --out "$OUT/bench_r152_scan.json"
+  part fit_r152 300 $PY scripts/benchmark.py --models resnet152:imagenet:4 --image_size 32 \
+    --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 0.05 --remat on \
+    --recipe_batch 16 --find_start 4 --find_max 16 --batch_quantum 4 --out "$OUT/fit_r152.json"
 else
-  # torch.compile of ResNet-50 took ~70 s in an earlier session; of ResNet-152, minutes.
-  TCT="--torch_compile auto --torch_compile_timeout_s"
+  # torch.compile of ResNet-50 took ~70 s in an earlier session; of ResNet-152, minutes. Every
+  # compile has a limit (a limit of 0 would be none); TORCH_COMPILE=off measures eager only.
+  TCT="--torch_compile ${TORCH_COMPILE:-auto} --torch_compile_timeout_s"
   part bench_r18 "${T_R18:-150}" $BENCH --models resnet18:cifar --image_size 32 --batch 128,256 \
-    --dtypes bfloat16,float32 --out "$OUT/bench_r18.json"
+    --dtypes bfloat16,float32 $TCT "${R18_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r18.json"
   # Issue #14: ResNet-50 at 160 px, then the same batch of 128 as 4 accumulated micro-batches.
   part bench_r50 "${T_R50:-270}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
     --dtypes bfloat16 --grad_accum_steps "${R50_ACCUM:-1,4}" \
@@ -228,10 +240,11 @@ else
   part scan_r152 "${T_SCAN:-150}" $BENCH --steps 5 --warmup 1 --frameworks jax --scan_blocks on \
     --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16 \
     --out "$OUT/bench_r152_scan.json"
-  # Which micro-batch of the ResNet-152 recipe fits 16 GiB, and does remat help on a GPU (5-8 compiles).
+  # Which micro-batch of the ResNet-152 recipe fits 16 GiB, and does remat help on a GPU: the
+  # search starts at 64 and stops at the recipe's 128 in steps of 32 (about 6 compiles, not 9).
   part fit_r152 "${T_FIT:-300}" $PY scripts/benchmark.py --models configs/resnet152.py \
     --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 16 --remat on \
-    --out "$OUT/fit_r152.json"
+    --find_start 64 --find_max 128 --batch_quantum 32 --out "$OUT/fit_r152.json"
 fi
 
 # --- c2) input path: does grain + host-to-device transfer keep a fast step fed? ----------------

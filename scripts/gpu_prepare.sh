@@ -3,7 +3,8 @@
 # that travel with the working tree (64 MiB in all, repository included):
 #   .whl/      Python 3.12 manylinux wheels the GPU image lacks: grain (the trainer's data
 #              pipeline), its array-record and portpicker, ml-collections (the configs);
-#              CORRUPT_WHEELS=1: scikit-image and its deps instead (jax_cifar.corrupt), alone.
+#              CORRUPT_WHEELS=1: scikit-image and its deps instead (jax_cifar.corrupt), alone,
+#              for an image without them (the H200 image of 2026-11 has them all).
 #   .devdata/  cifar_small.npz (class-balanced real CIFAR-100: train_x/train_y/test_x/test_y,
 #              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision layout).
 # It fills what is left of the 64 MiB with training images, in hundreds: 1,400 (+ 1,000 test,
@@ -24,7 +25,8 @@ rm -rf .whl && mkdir -p .whl
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0
 if [ "${CORRUPT_WHEELS:-0}" = 1 ]; then
-  # The 'corrupt' extra for the ood_best part (scipy and pillow are in the image). With the
+  # The 'corrupt' extra for the ood_best part, where the image lacks it (the H200 image of
+  # 2026-11 lists scikit-image, imageio, tifffile, networkx, lazy-loader, scipy, pillow). With the
   # weights it exceeds one call's 64 MiB: carry this .whl/ in a call of its own that installs it
   # into $HOME/site, then run gpu_prepare.sh again without CORRUPT_WHEELS for the data call.
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -120,6 +120,29 @@ _KEYS = {'model': ('name', 'stem', 'width', 'num_classes', 'image_size', 'dtype'
                                              'grad_clip_norm')}
 
 
+def wait_or_kill_group(proc: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
+  """(exit code, timed out) of `proc`, a child in a session of its own, whose whole group is
+  killed after timeout_s seconds, and also when this process is stopped (SIGTERM, Ctrl-C) while
+  it waits: gpu_check.sh's time limit had stopped the benchmark and left the compile running."""
+  def stopped(signum, _):
+    raise SystemExit(128 + signum)
+
+  previous = signal.signal(signal.SIGTERM, stopped)
+  try:
+    try:
+      return proc.wait(timeout_s), False
+    except subprocess.TimeoutExpired:
+      return None, True
+  finally:
+    if proc.poll() is None:  # Timed out, or this process is being stopped.
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      proc.wait()
+    signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def bench_torch_limited(config, steps: int, warmup: int, compile_mode: str,
                         timeout_s: float) -> dict:
   """bench_torch with torch.compile in a child process that is killed after timeout_s seconds
@@ -135,14 +158,7 @@ def bench_torch_limited(config, steps: int, warmup: int, compile_mode: str,
     with open(err_path, 'w') as err:  # Its own session: the kill reaches inductor's workers too.
       proc = subprocess.Popen([sys.executable, __file__, json.dumps(payload), str(out_path)],
                               stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
-      try:
-        rc, timed_out = proc.wait(timeout_s), False
-      except subprocess.TimeoutExpired:
-        try:
-          os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-          pass
-        rc, timed_out = proc.wait(), True
+      rc, timed_out = wait_or_kill_group(proc, timeout_s)
     attempt_s = time.perf_counter() - t0
     if not timed_out and rc == 0 and out_path.exists():
       return {**json.loads(out_path.read_text()), 'compile_timeout_s': timeout_s}

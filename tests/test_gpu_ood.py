@@ -177,6 +177,29 @@ def test_the_full_set_is_waited_for_only_after_every_other_number_is_saved(monke
                  'stopped_by_deadline': False}})
 
 
+def test_a_tool_is_projected_at_the_slowest_rate_seen_so_far(monkeypatch, tmp_path):
+  """Projections had used the first evaluation's rate only: a --bn_adapt row (an extra pass and
+  its compile) then ended 50 s past the deadline (an audit)."""
+  gpu_ood = load_script('gpu_ood')
+  calls, results = [], {}
+  _fake_evaluation(monkeypatch, gpu_ood, calls)
+  from jax_cifar import evaluate as ev  # pylint: disable=import-outside-toplevel
+  plain = ev.evaluate
+
+  def evaluate(*args, adapt_bn=False, **kwargs):  # bn_adapt's OOD files: 10x slower per view.
+    return {**plain(*args, **kwargs), 'ood_images_per_sec': 1.0 if adapt_bn else 10.0}
+  monkeypatch.setattr(ev, 'evaluate', evaluate)
+  monkeypatch.setattr(gpu_ood, 'clean_images', lambda data, config: 1000)
+  # At the first rate (1 / 10 s per image and view) 'flip' (2 views) is projected at
+  # 30 + 1.2 * 1000 * 2 / 10 = 270 s; at bn_adapt's (1 / (1 * 2) s) at 1,230 s.
+  args = argparse.Namespace(tools=['none', 'bn_adapt', 'flip'], data='',
+                            deadline_s=time.time() - gpu_ood.T0 + 600)
+  gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, None, results, lambda: None)
+  assert 'ood_accuracy' in results['bn_adapt']
+  assert results['flip'] == {'skipped': 'projected 1230s past the deadline'}, results['flip']
+  assert gpu_ood.projected_seconds(1000, 2, True, None) == 60  # Compiles only, adaptation's too.
+
+
 def test_sets_not_ready_after_training_give_clean_accuracy_first(monkeypatch, tmp_path):
   gpu_ood = load_script('gpu_ood')
   calls, results = [], {}
