@@ -169,6 +169,32 @@ def test_an_evaluation_older_than_the_best_checkpoint_is_flagged(tmp_path, capsy
     assert warnings[0][len('warning: '):] in _section(md, 'Warnings')
 
 
+def test_an_evaluation_of_an_earlier_step_is_found_by_its_step_and_marked_in_its_row(tmp_path,
+                                                                                    capsys):
+  """After a resume made a new best, the row had shown the new best val next to the old best's
+  test and OOD numbers, unmarked, and the check compared file times though eval_best.json records
+  its step (a new-user audit)."""
+  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  _best_checkpoint(run, 100, 1_000_000)
+  ev = json.loads((run / 'eval_best.json').read_text())
+  for step, stale in ((40, True), (100, False)):
+    (run / 'eval_best.json').write_text(json.dumps({**ev, 'step': step}))
+    os.utime(run / 'eval_best.json', (2_000_000, 2_000_000))  # Newer than the checkpoint...
+    out = tmp_path / f'out{step}'
+    assert report.main([str(run), '--out', str(out)]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning:')]
+    row = [l for l in (out / 'summary.md').read_text().splitlines()
+           if l.startswith('| run') and '| model |' not in l][0]
+    if stale:  # ... but of step 40.
+      assert len(warnings) == 1 and 'eval_best.json holds step 40' in warnings[0], warnings
+      assert row.startswith('| run (evaluated at step 40, checkpoint now at 100) |'), row
+    else:
+      os.utime(run / 'eval_best.json', (1, 1))  # (A copied file's time: not a reason.)
+      assert not warnings and 'evaluated at' not in row
+      assert report.main([str(run), '--out', str(out)]) == 0
+      assert not [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning:')]
+
+
 def test_the_summary_row_shows_a_plain_evaluation_and_names_an_adapted_one(tmp_path):
   # Without eval_best.json the alphabetically first eval_*.json was shown unmarked: here a
   # --tta shifts --bn_adapt one, as if it were the plain test accuracy.

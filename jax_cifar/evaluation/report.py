@@ -228,8 +228,12 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         ev.get('tta', 'none') != 'none' or ev.get('bn_adapt') or ev.get('tent'))
     epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
     model = run['config'].get('model', {})
+    label = f"{run['label']} ({name})" if adapted else run['label']
+    behind = _behind(run, name, ev) if name else None
+    if behind:  # Its test/OOD numbers are of an earlier checkpoint than its best val (an audit).
+      label += f' (evaluated at step {behind[0]}, checkpoint now at {behind[1]})'
     out.append({
-        'run': f"{run['label']} ({name})" if adapted else run['label'],
+        'run': label,
         'model': ('-' if not model else model.get('name', '?') if model.get('name') == 'simple_cnn'
                   else f"{model.get('name', '?')} (width {model.get('width', '?')})"),
         'epochs': round(epochs, 2) if epochs is not None else None,
@@ -310,13 +314,31 @@ def _when(mtime: float) -> str:
   return datetime.datetime.fromtimestamp(mtime).strftime('%Y-%m-%d %H:%M:%S')
 
 
+def _behind(run: dict, name: str, ev: dict) -> tuple[int, int] | None:
+  """(the step eval `name` holds, its checkpoint's newest step) when it holds an earlier one."""
+  kind = next((k for k in CHECKPOINT_KINDS if name[len('eval_'):].startswith(k)), None)
+  ckpt = _checkpoint(run['dir'], kind) if kind else None
+  step = ev.get('step')
+  if ckpt is None or not isinstance(step, int) or step >= int(ckpt[0].name):
+    return None
+  return step, int(ckpt[0].name)
+
+
 def stale_evaluations(run: dict) -> list[str]:
-  """One message per eval_<best|latest...>.json written before its checkpoint's newest save."""
+  """One message per eval_<best|latest...>.json of an earlier step than its checkpoint's newest
+  (by the step it records; by the time it was written if it records none)."""
   out = []
   for path in _eval_files(run['dir']):
     kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
     ckpt = _checkpoint(run['dir'], kind) if kind else None
-    if ckpt is not None and path.stat().st_mtime < ckpt[1]:
+    step = run['evals'].get(path.stem, {}).get('step')
+    if ckpt is None:
+      continue
+    if isinstance(step, int):  # (It had compared file times though the step was recorded.)
+      if step < int(ckpt[0].name):
+        out.append(f'{run["label"]}: {path.name} holds step {step}, and its checkpoint is now '
+                   f'{ckpt[0].relative_to(run["dir"])}: re-run evaluate')
+    elif path.stat().st_mtime < ckpt[1]:
       out.append(f'{run["label"]}: {path.name} (written {_when(path.stat().st_mtime)}) is older '
                  f'than its checkpoint {ckpt[0].relative_to(run["dir"])} (written {_when(ckpt[1])}); '
                  'its numbers may be from an earlier checkpoint: re-run evaluate')
