@@ -156,11 +156,12 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
                     draw_later: list) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
   splits, result = cifar100.get_splits(config.data), {}
-  if config.data.eval_limit and splits['test'] is not None:  # (Only test_count had said so.)
+  test = splits['test']
+  if (config.data.eval_limit and config.data.source != 'synthetic' and test is not None
+      and len(test) < cifar100.TEST_SIZE and jax.process_index() == 0):  # (Only test_count said so.)
     logging.warning('test: %d class-balanced test images, not all of them (the run\'s '
                     'data.eval_limit=%d; every image: --config FILE --config.data.eval_limit=0, '
-                    'FILE the config the run started from)', len(splits['test']),
-                    config.data.eval_limit)
+                    'FILE the config the run started from)', len(test), config.data.eval_limit)
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None

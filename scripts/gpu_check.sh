@@ -198,6 +198,7 @@ TAIL=20 part versions 45 versions
 # 94 tests since the ResNeXt / wide ResNets (43 when the GPU last ran them): over 4 pytest-xdist
 # workers, which share the GPU (no preallocation) and compile on the machine's 16 cores.
 PYTEST_FILES="tests/test_models.py tests/test_convert.py -n ${TEST_WORKERS:-4} --dist load"
+"$PY" -c 'import xdist' 2>/dev/null || PYTEST_FILES="tests/test_models.py tests/test_convert.py"
 [ "$SMALL" = 1 ] && PYTEST_FILES="tests/test_models.py::test_bfloat16_computes_convs_in_bf16_but_keeps_params_stats_and_logits_float32"
 # The suite compiles with most of XLA's optimisation off (tests/conftest.py, for the CPU CI's
 # time); on the GPU the parity tests check the programs as users' runs compile them.

@@ -120,21 +120,28 @@ _KEYS = {'model': ('name', 'stem', 'width', 'num_classes', 'image_size', 'dtype'
                                              'grad_clip_norm')}
 
 
-def wait_or_kill_group(proc: subprocess.Popen, timeout_s: float) -> tuple[int, bool]:
-  """(exit code, timed out) of `proc`, a child in a session of its own, whose whole group is
+def run_own_group(cmd: list[str], timeout_s: float, **popen_kw) -> tuple[int | None, bool]:
+  """(exit code or None, timed out) of `cmd`, run in a session of its own whose whole group is
   killed after timeout_s seconds, and also when this process is stopped (SIGTERM, Ctrl-C) while
-  it waits: gpu_check.sh's time limit had stopped the benchmark and left the compile running."""
+  it runs: gpu_check.sh's time limit had stopped the benchmark and left the compile running. The
+  handler is in place before the child exists (SIGTERM is held back while it is started)."""
   def stopped(signum, _):
     raise SystemExit(128 + signum)
 
   previous = signal.signal(signal.SIGTERM, stopped)
+  proc = None
   try:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+      proc = subprocess.Popen(cmd, start_new_session=True, **popen_kw)
+    finally:
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # A held one lands here.
     try:
       return proc.wait(timeout_s), False
     except subprocess.TimeoutExpired:
       return None, True
   finally:
-    if proc.poll() is None:  # Timed out, or this process is being stopped.
+    if proc is not None and proc.poll() is None:  # Timed out, or this process is being stopped.
       try:
         os.killpg(proc.pid, signal.SIGKILL)
       except ProcessLookupError:
@@ -156,9 +163,8 @@ def bench_torch_limited(config, steps: int, warmup: int, compile_mode: str,
     out_path, err_path = pathlib.Path(tmp) / 'out.json', pathlib.Path(tmp) / 'stderr.log'
     t0 = time.perf_counter()
     with open(err_path, 'w') as err:  # Its own session: the kill reaches inductor's workers too.
-      proc = subprocess.Popen([sys.executable, __file__, json.dumps(payload), str(out_path)],
-                              stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
-      rc, timed_out = wait_or_kill_group(proc, timeout_s)
+      rc, timed_out = run_own_group([sys.executable, __file__, json.dumps(payload), str(out_path)],
+                                    timeout_s, stdout=err, stderr=subprocess.STDOUT)
     attempt_s = time.perf_counter() - t0
     if not timed_out and rc == 0 and out_path.exists():
       return {**json.loads(out_path.read_text()), 'compile_timeout_s': timeout_s}
@@ -182,4 +188,5 @@ def _child(payload: str, out_path: str) -> None:
 
 
 if __name__ == '__main__':
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (Held back while run_own_group started it.)
   _child(*sys.argv[1:3])

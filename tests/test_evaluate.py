@@ -4,6 +4,7 @@ faults: test_evaluate_faults.py."""
 
 import csv
 import json
+import logging
 import pathlib
 import shutil
 import subprocess
@@ -297,6 +298,16 @@ def test_tta_and_bn_adapt_runs_write_files_under_their_own_tag(run):
   plain = evaluate.evaluate(_config(), str(workdir), 'latest', tta_flip=True)  # The old flag.
   assert (workdir / 'eval_latest_tta-flip.json').exists() and plain['bn_adapt'] is False
   assert plain['test_loss'] != result['test_loss']  # Adapted statistics changed the predictions.
+
+
+def test_an_eval_limit_that_keeps_every_image_is_no_part_of_the_test_set(run, caplog):
+  """data.eval_limit above the split's size keeps all of it: no 'not all of them' (a review)."""
+  config = _config()
+  config.data.eval_limit = 2000  # The synthetic split holds 256.
+  with caplog.at_level(logging.WARNING):
+    result = evaluate.evaluate(config, str(run / 'run'), 'latest')
+  assert result['test_count'] == 256
+  assert not [r for r in caplog.records if 'not all of them' in r.getMessage()]
 
 
 def test_a_cifar100c_file_that_fails_while_predicted_keeps_the_existing_csv(run, tmp_path):

@@ -130,16 +130,22 @@ def test_a_torch_compile_over_its_time_limit_falls_back_to_eager_and_says_so():
 def test_a_stopped_benchmark_takes_its_torch_compile_child_with_it():
   """gpu_check.sh's time limit (SIGTERM to the benchmark) had left the torch.compile child, in a
   session of its own, compiling on into the next parts (an audit)."""
-  code = ('import subprocess, sys; sys.path.insert(0, "scripts"); import torch_step; '
-          'p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], '
-          'start_new_session=True); print(p.pid, flush=True); torch_step.wait_or_kill_group(p, 300)')
+  code = ('import sys; sys.path.insert(0, "scripts"); import torch_step; torch_step.run_own_group('
+          '[sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); '
+          'time.sleep(300)"], 300)')
   proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-  child = int(proc.stdout.readline())
-  os.kill(child, 0)  # Running.
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=60) == 143
-  with pytest.raises(ProcessLookupError):  # Killed and reaped, not left running.
-    os.kill(child, 0)
+  child = int(proc.stdout.readline())  # Printed by the child: the handler is in place by then.
+  try:
+    os.kill(child, 0)  # Running.
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    with pytest.raises(ProcessLookupError):  # Killed and reaped, not left running.
+      os.kill(child, 0)
+  finally:
+    try:
+      os.killpg(child, signal.SIGKILL)  # (Only if the test failed: no sleeper left behind.)
+    except ProcessLookupError:
+      pass
 
 
 def test_an_accumulating_row_is_jax_only_and_torch_gets_mfu_by_the_same_flops(monkeypatch):

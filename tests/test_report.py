@@ -227,13 +227,15 @@ def test_a_test_accuracy_on_part_of_the_test_set_says_how_many_images(tmp_path):
   """data.eval_limit (the smoke config's 2,000) had given a "test acc" unmarked (a new-user audit)."""
   part = _fake_run(tmp_path / 'part', 1.0, test_accuracy=0.024)
   whole = _fake_run(tmp_path / 'whole', 1.0, test_accuracy=0.25)
-  for run, count in ((part, 2000), (whole, 10000)):
+  edited = _fake_run(tmp_path / 'edited', 1.0, test_accuracy=0.25)  # By hand: a string count.
+  for run, count in ((part, 2000), (whole, 10000), (edited, '2000')):
     ev = json.loads((run / 'eval_best.json').read_text())
     (run / 'eval_best.json').write_text(json.dumps({**ev, 'test_count': count}))
-  lines = report.markdown_table(report.summary_rows([report.load_run(part),
-                                                     report.load_run(whole)])).splitlines()
+  lines = report.markdown_table(report.summary_rows([report.load_run(part), report.load_run(whole),
+                                                     report.load_run(edited)])).splitlines()
   assert '| 2.40% (2,000 images) |' in lines[2], lines[2]
   assert '| 25.00% |' in lines[3], lines[3]
+  assert '| 25.00% |' in lines[4], lines[4]  # Not a TypeError (a review).
 
 
 def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, drawn):

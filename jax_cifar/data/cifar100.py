@@ -268,13 +268,14 @@ def load_split(
 
   `data_dir` is found as the trainer finds config.data.dir: '' is $JAX_CIFAR_DATA_DIR, else the
   cache folder, and a folder that does not exist is an error, never a new folder to download into.
+  (Give '' itself: pathlib.Path('') is '.', the current folder.)
   """
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   # (A run's config.data.dir is '' when the data came from $JAX_CIFAR_DATA_DIR: that had been
   # os.listdir('') deep in the download code, and a typo a new folder with a download in it.)
-  folder = find_or_fetch(resolve_data_dir(str(data_dir), 'data_dir'), download=download, url=url,
-                         md5=md5)
+  folder = find_or_fetch(resolve_data_dir(os.fspath(data_dir), 'data_dir'), download=download,
+                         url=url, md5=md5)
   return _split_from_pickle(folder / split, encoding)
 
 

@@ -8,6 +8,7 @@ matplotlib backend.
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import numpy as np
@@ -83,8 +84,7 @@ def _row_name(name: str) -> str:
 def _extra(name: str) -> bool:
   """One of jax_cifar.corrupt's corruptions outside the 15 standard ones (a file name such as
   distortion03, whose corruption is not known, is no corruption of either kind)."""
-  return name not in ood.STANDARD_CORRUPTIONS and (name in ood.CORRUPTIONS or
-                                                   not name.startswith('distortion'))
+  return name not in ood.STANDARD_CORRUPTIONS and not re.fullmatch(r'distortion\d\d', name)
 
 
 def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,

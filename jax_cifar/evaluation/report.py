@@ -256,9 +256,10 @@ def markdown_table(rows: list[dict]) -> str:
     time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
     val = _fmt(r['best_val_accuracy']) + (
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '')
+    count = r.get('test_count')
     test = _fmt(r['test_accuracy']) + (  # data.eval_limit: a subset (it had not said so).
-        f" ({r['test_count']:,} images)" if r.get('test_count') and r['test_accuracy'] is not None
-        and r['test_count'] < cifar100.TEST_SIZE else '')
+        f' ({count:,} images)' if isinstance(count, int) and not isinstance(count, bool)
+        and 0 < count < cifar100.TEST_SIZE and r['test_accuracy'] is not None else '')
     lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(r['epochs'], False)} | "
                  f"{val} | {test} | "
                  f"{_fmt(r['ood_accuracy'])} | {_fmt(r['cifar100c_mean_accuracy'])} | {time} |")
@@ -326,7 +327,8 @@ def _behind(run: dict, name: str, ev: dict) -> tuple[int, int] | None:
 
 def stale_evaluations(run: dict) -> list[str]:
   """One message per eval_<best|latest...>.json of an earlier step than its checkpoint's newest
-  (by the step it records; by the time it was written if it records none)."""
+  (by the step it records; by the time it was written if it records none: a run retrained from
+  scratch to the same step number is then not caught)."""
   out = []
   for path in _eval_files(run['dir']):
     kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
