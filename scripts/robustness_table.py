@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import child  # noqa: E402  pylint: disable=wrong-import-position
 import out_folder  # noqa: E402  pylint: disable=wrong-import-position
 from hostinfo import machine  # noqa: E402  pylint: disable=wrong-import-position
-from robustness_report import TTA_MODES, markdown, plot, summarise  # noqa: E402  pylint: disable=wrong-import-position
+from robustness_report import BEST_LABEL, TTA_MODES, markdown, plot, summarise  # noqa: E402  pylint: disable=wrong-import-position
 REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'optim.label_smoothing': 0.1, 'augment.crop_padding': 4, 'augment.flip': True,
           'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
@@ -325,7 +325,7 @@ def main(argv: list[str]) -> None:
   for seed in seeds:
     for row in rows:
       do(row, seed)
-  best_label = 'chosen with --best_row' if args.best_row else 'best on val'
+  best_label = 'chosen with --best_row' if args.best_row else BEST_LABEL
   best = args.best_row or pick_best(rows, evals)
   log(f'best row on validation: {best}')
   tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]

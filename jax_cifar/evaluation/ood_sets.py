@@ -65,8 +65,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
     if jax.process_index() == 0:  # (Only the JSON had held them, by file name: an audit.)
-      _show_table(_by_corruption(ood_dir, scores), 'OOD set', figure,
-                  run_name or (figure.parent.name if figure else 'model'), draw_later)
+      _show_table(_by_corruption(ood_dir, scores), 'OOD set', figure, run_name, draw_later)
   return result
 
 
@@ -85,9 +84,10 @@ def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, li
 
 
 def _show_table(table: dict[str, list[float]], title: str, figure: pathlib.Path | None,
-                name: str, draw_later: list | None) -> None:
+                run_name: str | None, draw_later: list | None) -> None:
   """Prints the corruption x severity table on stderr (stdout's last line stays the JSON) and
   draws its heatmap into `figure` (with `draw_later`: once the whole evaluation has finished)."""
+  name = run_name or (figure.parent.name if figure else 'model')
   if figure is not None:
     draw = lambda: figures.plot_corruption_heatmap(table, figure, name, title)  # pylint: disable=unnecessary-lambda-assignment
     draw() if draw_later is None else draw_later.append(draw)  # pylint: disable=expression-not-assigned
@@ -116,6 +116,5 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   if means['standard'] is not None:
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
-    _show_table(table, 'CIFAR-100-C', figure, run_name or (figure.parent.name if figure else 'model'),
-                draw_later)
+    _show_table(table, 'CIFAR-100-C', figure, run_name, draw_later)
   return result

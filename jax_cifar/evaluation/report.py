@@ -229,7 +229,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
     model = run['config'].get('model', {})
     label = f"{run['label']} ({name})" if adapted else run['label']
-    behind = _behind(run, name, ev) if name else None
+    behind = _behind(run, name) if name else None
     if behind:  # Its test/OOD numbers are of an earlier checkpoint than its best val (an audit).
       label += f' (evaluated at step {behind[0]}, checkpoint now at {behind[1]})'
     out.append({
@@ -315,11 +315,15 @@ def _when(mtime: float) -> str:
   return datetime.datetime.fromtimestamp(mtime).strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _behind(run: dict, name: str, ev: dict) -> tuple[int, int] | None:
-  """(the step eval `name` holds, its checkpoint's newest step) when it holds an earlier one."""
+def _checkpoint_of(run: dict, name: str) -> tuple[pathlib.Path, float] | None:
+  """_checkpoint of the kind (best, latest) that eval `name` (eval_best_tta-flip, ...) evaluated."""
   kind = next((k for k in CHECKPOINT_KINDS if name[len('eval_'):].startswith(k)), None)
-  ckpt = _checkpoint(run['dir'], kind) if kind else None
-  step = ev.get('step')
+  return _checkpoint(run['dir'], kind) if kind else None
+
+
+def _behind(run: dict, name: str) -> tuple[int, int] | None:
+  """(the step eval `name` records, its checkpoint's newest step) when it records an earlier one."""
+  ckpt, step = _checkpoint_of(run, name), run['evals'].get(name, {}).get('step')
   if ckpt is None or not isinstance(step, int) or step >= int(ckpt[0].name):
     return None
   return step, int(ckpt[0].name)
@@ -331,14 +335,13 @@ def stale_evaluations(run: dict) -> list[str]:
   scratch to the same step number is then not caught)."""
   out = []
   for path in _eval_files(run['dir']):
-    kind = next((k for k in CHECKPOINT_KINDS if path.stem[len('eval_'):].startswith(k)), None)
-    ckpt = _checkpoint(run['dir'], kind) if kind else None
-    step = run['evals'].get(path.stem, {}).get('step')
+    ckpt = _checkpoint_of(run, path.stem)
     if ckpt is None:
       continue
-    if isinstance(step, int):  # (It had compared file times though the step was recorded.)
-      if step < int(ckpt[0].name):
-        out.append(f'{run["label"]}: {path.name} holds step {step}, and its checkpoint is now '
+    if isinstance(run['evals'].get(path.stem, {}).get('step'), int):  # (File times had been used.)
+      behind = _behind(run, path.stem)
+      if behind:
+        out.append(f'{run["label"]}: {path.name} holds step {behind[0]}, and its checkpoint is now '
                    f'{ckpt[0].relative_to(run["dir"])}: re-run evaluate')
     elif path.stat().st_mtime < ckpt[1]:
       out.append(f'{run["label"]}: {path.name} (written {_when(path.stat().st_mtime)}) is older '
