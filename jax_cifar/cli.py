@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from jax_cifar import errors
 
 BUILTIN_PREFIX = 'jax_cifar:'
+_RUN_CONFIG = str(pathlib.Path(__file__).resolve().parent / 'configs' / '_from_run.py')
 USAGE_EXIT_CODE = 2
 
 
@@ -145,6 +146,37 @@ def require_nonempty(flag: str, what: str) -> None:
                            message=f'--{flag} is empty: give {what}')
 
 
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+  """The last value given to --NAME (`--NAME X` or `--NAME=X`), or None."""
+  values = [argv[i + 1] if a == f'--{name}' else a.split('=', 1)[1]
+            for i, a in enumerate(argv) if (a == f'--{name}' and i + 1 < len(argv))
+            or a.startswith(f'--{name}=')]
+  return values[-1] if values else None
+
+
+def run_config_overrides(argv: Sequence[str]) -> list[str]:
+  """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
+  (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
+  private config file that loads it. A run folder without one is an error line here."""
+  if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
+    return list(argv)
+  workdir = _flag_value(argv, 'workdir')
+  if not workdir:
+    _usage_error('--config.KEY=VALUE overrides without --config change the config of the run in '
+                 '--workdir, which is not given')
+  from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (heavy)
+  try:
+    workdir_lib.run_config(workdir)
+  except workdir_lib.WorkdirError as e:
+    _usage_error(f'--config.KEY=VALUE overrides change the run\'s own config: {e}')
+  return [argv[0], f'--config={_RUN_CONFIG}:{workdir}', *argv[1:]]
+
+
+def config_is_the_runs(flag: str = 'config') -> bool:
+  """Whether --config was the run's own config.json, which overrides changed (after parsing)."""
+  return flags.FLAGS[flag].config_filename.startswith(f'{_RUN_CONFIG}:')
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
   given = _config_values(argv)
@@ -264,15 +296,18 @@ class AboveProgressBars:
 HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+def run(main: Callable[[list[str]], None], *, overrides_change_the_run: bool = False) -> None:
   """`absl.app.run(main)` with the parsing above; asked for help, the status is 0 (absl's is 1,
-  which scripts read as a failure)."""
+  which scripts read as a failure). `overrides_change_the_run` (evaluate): `--config.KEY=VALUE`
+  without `--config` changes the config of the run in --workdir."""
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   handler = logging.get_absl_handler().python_handler
   if not isinstance(handler.stream, AboveProgressBars):
     handler.stream = AboveProgressBars(handler.stream)
   try:
-    app.run(main, flags_parser=parse_flags)
+    parser = ((lambda argv: parse_flags(run_config_overrides(argv))) if overrides_change_the_run
+              else parse_flags)
+    app.run(main, flags_parser=parser)
   except SystemExit as e:
     if e.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
       raise SystemExit(0) from None

@@ -12,8 +12,9 @@ non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
 into a WORKDIR that takes no files: said first). The last
 line printed is one JSON object with the scalar results, at least
-`test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used; a
---config whose model keys differ from it is refused (its numbers would not be the run's).
+`test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used, and
+--config.KEY=VALUE overrides change it (e.g. --config.data.eval_limit=0); a --config (or an
+override) whose model keys differ from it is refused (its numbers would not be the run's).
 
 --tta: see jax_cifar/evaluation/tta.py (the softmax averaged over mirrored/translated views).
 --bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is
@@ -68,8 +69,9 @@ def define_flags() -> None:
   importing it as a library (evaluate(), with jax_cifar.train, whose --config and --workdir are its
   own) registers none."""
   config_flags.DEFINE_config_file('config', None, 'A configuration file, or a packaged one as '
-                                  'jax_cifar:NAME (default: the run\'s own WORKDIR/config.json); '
-                                  'its model keys must match the run\'s.',
+                                  'jax_cifar:NAME (default: the run\'s own WORKDIR/config.json, '
+                                  'which --config.KEY=VALUE overrides change); its model keys '
+                                  'must match the run\'s.',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'The training run\'s directory.')
   cli.require_nonempty('workdir', "the training run's folder")
@@ -160,8 +162,7 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
   if (config.data.eval_limit and config.data.source != 'synthetic' and test is not None
       and len(test) < cifar100.TEST_SIZE and jax.process_index() == 0):  # (Only test_count said so.)
     logging.warning('test: %d class-balanced test images, not all of them (the run\'s '
-                    'data.eval_limit=%d; every image: --config FILE --config.data.eval_limit=0, '
-                    'FILE the config the run started from)', len(test), config.data.eval_limit)
+                    'data.eval_limit=%d; every image: add --config.data.eval_limit=0)', len(test), config.data.eval_limit)
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None
@@ -350,6 +351,10 @@ def main(argv):
     parallel.maybe_initialize_distributed()
     parallel.enable_compilation_cache()
     config = FLAGS.config or workdir_lib.run_config(FLAGS.workdir)
+    if FLAGS.config and cli.config_is_the_runs():
+      inference.check_matches_run(config, FLAGS.workdir, given='the overridden config',
+                                  advice='Override only keys that keep the model as it was '
+                                  'trained (data.dir, data.eval_limit, train.eval_batch_size...)')
     result = evaluate(config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
@@ -372,4 +377,6 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)  # Flag and config mistakes are one error: line; --config jax_cifar:NAME works.
+  # Flag and config mistakes are one error: line; --config jax_cifar:NAME works; overrides without
+  # --config change the run's own config.
+  cli.run(main, overrides_change_the_run=True)

@@ -219,11 +219,21 @@ def test_argparse_usage_names_the_command_as_it_was_typed(command, other, typed)
 
 
 def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(tmp_path),
-                        '--config.train.eval_batch_size=200'], cwd=ROOT, capture_output=True,
-                       text=True, check=False)
-  line = _usage_error(out)
-  assert 'config.train.eval_batch_size' in line and 'need --config FILE' in line, line
+  """evaluate's overrides change the run's own config.json (test_trainer's smoke-run test uses
+  them): a folder without one, or no --workdir, is named. train's need a config file."""
+  def evaluate(*args):
+    return subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', *args,
+                           '--config.train.eval_batch_size=200'], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+  assert _usage_error(evaluate('--workdir', str(tmp_path))) == (
+      "error: --config.KEY=VALUE overrides change the run's own config: "
+      f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
+  assert _usage_error(evaluate()) == (
+      'error: --config.KEY=VALUE overrides without --config change the config of the run in '
+      '--workdir, which is not given')
+  line = _usage_error(train(tmp_path / 'run', config=None, overrides={'train.batch_size': 8}))
+  assert 'config.train.batch_size' in line and 'need --config FILE' in line, line
+  assert not (tmp_path / 'run').exists()
 
 
 @pytest.mark.parametrize('body, expected', [

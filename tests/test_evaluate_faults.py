@@ -190,6 +190,22 @@ def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp
   np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), np.arange(5))
 
 
+def test_an_override_that_changes_the_model_is_refused_before_the_checkpoint_is_read(run):
+  """Overrides without --config change the run's own config.json (test_trainer's smoke-run test
+  follows one); one that changes the model would file another model's numbers as this run's."""
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(run / 'run'),
+                        '--checkpoint', 'latest', '--config.model.num_classes=10',
+                        '--config.train.eval_batch_size=16'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  lines = [l for l in out.stderr.splitlines() if l.startswith('error:')]
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert lines == [
+      f"error: the overridden config differs from the run's {run / 'run'}/config.json in keys "
+      "that change its predictions or its validation split: model.num_classes 100 (run) vs 10 "
+      '(the overridden config). Override only keys that keep the model as it was trained '
+      '(data.dir, data.eval_limit, train.eval_batch_size...)'], out.stderr[-3000:]
+
+
 def test_a_model_with_more_classes_than_cifar100_is_refused_before_predicting_a_csv(run, tmp_path):
   """model.num_classes=1000 (an ImageNet head kept) had predicted the clean split and a first
   distortion file, then stopped with a traceback from the CSV writer's label check (an audit)."""

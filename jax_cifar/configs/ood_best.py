@@ -41,7 +41,8 @@ added 1.9 OOD points and 3.2 clean, shifts 6.4 OOD and 7.2 clean, --bn_adapt 5.1
 shifts + --bn_adapt 10.2 OOD and 7.8 clean (one seed). So the compute goes into epochs:
 30 here, the forward/backward work of the former AugMix + JSD recipe's 10.
 On a CPU pass e.g. --config.model.image_size=32 --config.model.dtype=float32; evaluate such a
-run without --config (it reads the run's own config.json; this file's model keys would differ).
+run without --config (it reads the run's own config.json, which --config.KEY=VALUE overrides
+change; this file's model keys would differ).
 """
 
 from jax_cifar.configs import default
