@@ -183,6 +183,8 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert(['optim.momentum', 'optim.nesterov'], "they are SGD's (optim.name='adamw')")
   elif optimizer == 'sgd':
     inert(['optim.b1', 'optim.b2'], "they are AdamW's (optim.name='sgd')")
+  if not flat.get('optim.weight_decay'):
+    inert(['optim.decay_bn_and_bias'], 'optim.weight_decay is 0')
   if flat.get('optim.schedule') == 'constant':
     inert(['optim.end_lr_factor'], "optim.schedule='constant' does not decay")
   if flat.get('augment.policy') != 'randaugment':

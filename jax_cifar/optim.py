@@ -1,5 +1,7 @@
 """The optax chain: global-norm clipping -> AdamW (or SGD) with warmup + cosine, per-group rates."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,9 +19,11 @@ def _top_key(path) -> str:
   return str(getattr(first, 'key', getattr(first, 'name', first)))
 
 
-def decay_mask(params):
-  """Weight decay on kernels only: BatchNorm scales/biases and dense biases (ndim <= 1) are exempt."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params, bn_and_bias: bool = False):
+  """Weight decay on kernels only: BatchNorm scales/biases and dense biases (ndim <= 1) are exempt,
+  unless `bn_and_bias` (optim.decay_bn_and_bias: every parameter, as torch.optim's weight_decay).
+  Either way a mask, so the optimizer state has the same structure."""
+  return jax.tree.map(lambda p: bn_and_bias or p.ndim > 1, params)
 
 
 def param_groups(params):
@@ -68,11 +72,12 @@ def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[st
 
 
 def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  mask = functools.partial(decay_mask, bn_and_bias=config.decay_bn_and_bias)
   if config.name == 'adamw':
     return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
-                       mask=decay_mask)
+                       mask=mask)
   if config.name == 'sgd':  # torch-style coupled decay: added to the gradient before momentum.
-    return optax.chain(optax.masked(optax.add_decayed_weights(config.weight_decay), decay_mask),
+    return optax.chain(optax.masked(optax.add_decayed_weights(config.weight_decay), mask),
                        optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
   raise errors.ConfigError(f'optim.name must be one of {OPTIMIZERS}, got {config.name!r}')
 

@@ -74,7 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = False  # SGD Nesterov momentum.
   c.optim.b1 = 0.9  # AdamW beta1.
   c.optim.b2 = 0.999  # AdamW beta2.
-  c.optim.weight_decay = 1e-4  # Decoupled weight decay; never applied to BatchNorm scales or biases.
+  c.optim.weight_decay = 1e-4  # AdamW: decoupled weight decay (times the learning rate, as torch.optim.AdamW); SGD: coupled (added to the gradient, as torch.optim.SGD).
+  c.optim.decay_bn_and_bias = False  # False: weight decay on conv/dense kernels only; True: on BatchNorm scales/biases and dense biases too, as torch.optim's weight_decay (every parameter).
   c.optim.schedule = 'cosine'  # 'cosine' (warmup + cosine decay to end_lr_factor*lr) or 'constant' (after warmup).
   c.optim.warmup_epochs = 1.0  # Linear warmup length in epochs (fractions allowed); 0 disables.
   c.optim.end_lr_factor = 0.0  # Final learning rate as a fraction of the peak.
