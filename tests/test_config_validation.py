@@ -183,6 +183,8 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
     ({'augment.noise_std': (0.0, 0.2)}, 'augment.noise_std', 'noise_prob is 0'),
     ({'augment.augmix_severity': 5}, 'augment.augmix_severity', 'augmix is off'),
     ({'wandb.project': 'mine'}, 'wandb.project', "wandb.mode is 'disabled'"),
+    ({'optim.weight_decay': 0.0, 'optim.decay_bn_and_bias': True}, 'optim.decay_bn_and_bias',
+     'weight_decay is 0'),
 ])
 def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_resume(
     flat, key, reason):
@@ -196,7 +198,8 @@ def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_r
             'augment.policy': 'randaugment'}, 'augment.switch_prob': {'augment.cutmix_alpha': 1.0},
         'augment.noise_std': {'augment.noise_prob': 0.5},
         'augment.augmix_severity': {'augment.augmix': True},
-        'wandb.project': {'wandb.mode': 'offline'}}[key]
+        'wandb.project': {'wandb.mode': 'offline'},
+        'optim.decay_bn_and_bias': {'optim.weight_decay': 0.01}}[key]
   assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 

@@ -3,7 +3,7 @@ mixup + label smoothing + crop/flip) for 30 epochs, plus additive Gaussian noise
 (each on 30 % of the training images) and a weight EMA.
 
   # once: convert the shared torchvision-layout ResNet-50 (or --weights IMAGENET1K_V2, online)
-  python scripts/convert_torchvision_weights.py --arch resnet50 --state_dict FILE.pth --output weights/resnet50
+  python -m jax_cifar.convert --arch resnet50 --state_dict FILE.pth --output weights/resnet50
   #   FILE.pth: e.g. $JAX_CIFAR_WEIGHTS_DIR/resnet50-keras-imagenet-tvlayout-fp16.pth
   python -m jax_cifar.train --config configs/ood_best.py --workdir runs/ood_best \
       --config.model.pretrained=weights/resnet50

@@ -3,10 +3,10 @@
 Set `model.pretrained` to a converted checkpoint (without it the backbone starts random but still
 trains at `backbone_lr_mult` x the head's rate, which the run warns about):
   # the shared Keras-ported ResNet-50 (torchvision layout):
-  python scripts/convert_torchvision_weights.py --arch resnet50 \
+  python -m jax_cifar.convert --arch resnet50 \
       --state_dict $JAX_CIFAR_WEIGHTS_DIR/resnet50-keras-imagenet-tvlayout-fp16.pth --output weights/resnet50
   # or torchvision's own weights (needs internet once):
-  python scripts/convert_torchvision_weights.py --arch resnet50 --weights IMAGENET1K_V2 --output weights/resnet50
+  python -m jax_cifar.convert --arch resnet50 --weights IMAGENET1K_V2 --output weights/resnet50
   python -m jax_cifar.train --config configs/resnet50_transfer.py --workdir runs/r50 \
       --config.model.pretrained=weights/resnet50
 

@@ -1,4 +1,7 @@
-"""The course's Part 1: a small CNN trained from scratch (the report's first, ~1% leaderboard model)."""
+"""The course's Part 1: a small CNN trained from scratch (the report's first, ~1% leaderboard model).
+
+Adam at 1e-3 without weight decay (AdamW with weight_decay 0), a constant rate, batch 64, 10 epochs.
+"""
 
 from jax_cifar.configs import default
 
