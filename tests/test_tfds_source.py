@@ -6,11 +6,13 @@ a subprocess (tests/_build_tfds_offline.py) that refuses every network call. Onl
 differ from the official file, so that script registers those with tfds.
 """
 
+import errno
 import io
 import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -266,3 +268,31 @@ def test_prepare_command_line_prints_one_error_line_and_fails(tmp_path, capsys):
   assert code == 1 and attempts == []
   err = capsys.readouterr().err
   assert err.startswith('error: ') and err.count('\n') == 1 and 'cifar-100-binary.tar.gz' in err
+
+
+def test_prepare_without_a_way_to_the_server_fails_at_once_in_one_line_and_creates_nothing(
+    tmp_path):
+  """Offline without --manual_dir, tfds's download had retried for minutes, then ended in a
+  traceback and left empty folders (an audit). A proxy that refuses connections (as the
+  environment's proxy settings are honoured) stands for a machine with no network."""
+  with socket.socket() as probe:  # A free port, closed again: connecting to it is refused.
+    probe.bind(('127.0.0.1', 0))
+    proxy = f'http://127.0.0.1:{probe.getsockname()[1]}'
+  env = {**_env(), 'HTTPS_PROXY': proxy, 'https_proxy': proxy, 'NO_PROXY': '', 'no_proxy': ''}
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.data.prepare_tfds', '--data_dir',
+                        str(tmp_path / 'tfds')], capture_output=True, text=True, timeout=120,
+                       env=env)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert out.stderr == (f'error: cannot reach {prepare_tfds.URL} ([Errno {errno.ECONNREFUSED}] '
+                        f'{os.strerror(errno.ECONNREFUSED)}); {prepare_tfds.OFFLINE}\n')
+  assert not (tmp_path / 'tfds').exists()
+
+
+def test_prepare_into_a_folder_that_cannot_be_made_is_one_line(manual_dir, tmp_path):
+  """An OS error of the data_dir (here: a folder inside a file) had been a traceback."""
+  (tmp_path / 'file').write_text('')
+  code = subprocess.run([sys.executable, '-m', 'jax_cifar.data.prepare_tfds', '--data_dir',
+                         str(tmp_path / 'file' / 'tfds'), '--manual_dir', str(manual_dir)],
+                        capture_output=True, text=True, timeout=120, env=_env())
+  assert code.returncode == 1 and code.stderr.startswith('error: '), code.stderr[-3000:]
+  assert 'Traceback' not in code.stderr and code.stderr.count('\n') == 1, code.stderr

@@ -13,12 +13,39 @@ import argparse
 import importlib.util
 import pathlib
 import sys
+import urllib.error
+import urllib.request
 
-from jax_cifar import cli
+from absl import logging
+
+from jax_cifar import cli, errors
 from jax_cifar.data import cifar100, tfds_source
 
 ARCHIVE = 'cifar-100-binary.tar.gz'
 URL = 'https://www.cs.toronto.edu/~kriz/' + ARCHIVE
+OFFLINE = (f'offline, download {ARCHIVE} elsewhere, put it into a folder M and add --manual_dir M '
+           '(nothing is downloaded then)')
+
+
+def _check_reachable(timeout_s: float = 20.0) -> None:
+  """DataError at once where the archive's server cannot be reached (proxies as the environment
+  says): tfds's own download retries for minutes, then ends in a traceback (an audit)."""
+  try:
+    urllib.request.urlopen(urllib.request.Request(URL, method='HEAD'), timeout=timeout_s).close()
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    if isinstance(e, urllib.error.HTTPError):  # The server answered: tfds may still get the file.
+      return
+    raise cifar100.DataError(f'cannot reach {URL} ({getattr(e, "reason", e)}); {OFFLINE}') from None
+
+
+def _is_prepared(builder) -> bool:
+  """tfds's is_prepared, without its warning that a folder not yet built has no dataset_info."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return builder.is_prepared()
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def prepare(data_dir: str, manual_dir: str = '') -> str:
@@ -48,12 +75,19 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
   except Exception as e:  # pylint: disable=broad-except
     tfds_source.raise_if_damaged(data_dir, e)
     raise
+  if not manual_dir and not _is_prepared(builder):
+    _check_reachable()  # Before tfds creates anything in data_dir.
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, try_download_gcs=False)
   try:
     builder.download_and_prepare(file_format='array_record', download_config=config)
   except download_manager.NonMatchingChecksumError as e:
     found = ' '.join(str(e).split('To debug')[0].split())
     raise cifar100.DataError(f'{manual_dir or URL}: not the official {ARCHIVE} ({found})') from None
+  except OSError as e:  # requests' errors are OSErrors without an errno: the download failed.
+    if e.strerror:
+      raise  # The operating system's (a data_dir that cannot be written): main names it.
+    raise cifar100.DataError(f'cannot download {URL} ({" ".join(str(e).split())[:300]}); '
+                             f'{OFFLINE}') from None
   for split in ('train', 'test'):  # tfds keeps a folder it built before as it is, even damaged:
     tfds_source.load_tfds(split, data_dir)  # read it back (a damaged one is named, with the way on).
   return str(builder.data_dir)
@@ -67,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     print(prepare(args.data_dir, args.manual_dir))
-  except cifar100.DataError as e:
-    print(f'error: {e}', file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.user_message(e)  # Bad input or the environment's (an unwritable data_dir).
+    if message is None:
+      raise  # A bug: its traceback.
+    print(f'error: {message}', file=sys.stderr)
     return 1
   return 0
 
