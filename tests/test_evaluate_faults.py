@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -168,26 +169,38 @@ def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path)
 
 
 @pytest.mark.parametrize('problem', ['folder', 'no_parent', 'parent_is_file', 'read_only',
-                                     'not_a_csv'])
+                                     'not_a_csv', 'pipe', 'device', 'link', 'slash'])
 def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp_path, problem):
+  """A device, a pipe and a link had each been replaced by a regular CSV (/dev/null too, as root),
+  and `newdir/` had become a file `newdir` (an audit)."""
   target = {'folder': tmp_path, 'no_parent': tmp_path / 'missing' / 'sub.csv',
             'parent_is_file': tmp_path / 'file' / 'sub.csv', 'read_only': tmp_path / 'ro' / 's.csv',
-            'not_a_csv': tmp_path / 'labels.npy'}
+            'not_a_csv': tmp_path / 'labels.npy', 'pipe': tmp_path / 'pipe.csv',
+            'device': pathlib.Path(os.devnull), 'link': tmp_path / 'link.csv',
+            'slash': f'{tmp_path / "newdir"}/'}
   (tmp_path / 'file').write_text('x')
   np.save(tmp_path / 'labels.npy', np.arange(5))  # An input file named by mistake: kept.
+  os.mkfifo(tmp_path / 'pipe.csv')
+  (tmp_path / 'elsewhere.csv').write_text('id,label\n')  # A submission CSV, behind a link.
+  (tmp_path / 'link.csv').symlink_to(tmp_path / 'elsewhere.csv')
   if problem == 'read_only':
     (tmp_path / 'ro').mkdir(mode=0o555)
     if os.access(tmp_path / 'ro', os.W_OK):  # Root ignores permissions; nobody creates in /proc.
       target['read_only'] = pathlib.Path('/proc/s.csv')
   match = {'folder': 'is a folder', 'no_parent': 'does not exist', 'parent_is_file':
            'is not a folder', 'read_only': 'cannot create files',
-           'not_a_csv': 'is an existing file that is not a submission CSV'}[problem]
+           'not_a_csv': 'is an existing file that is not a submission CSV',
+           'pipe': 'is not a regular file', 'device': 'is not a regular file',
+           'link': f'is a symbolic link \\(to {tmp_path / "elsewhere.csv"}\\)',
+           'slash': 'ends in a folder separator, and there is no such folder'}[problem]
   # 'no_run' has no checkpoint: reaching the restore would raise CheckpointError instead.
   with pytest.raises(submission.SubmissionError, match=match) as e:
     evaluate.evaluate(_config(), str(tmp_path / 'no_run'), 'latest', ood_dir=str(run / 'ood'),
                       submission_csv=str(target[problem]))
   assert '\n' not in str(e.value) and str(target[problem]) in str(e.value)
   np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), np.arange(5))
+  assert stat.S_ISFIFO((tmp_path / 'pipe.csv').lstat().st_mode)  # Each kept as it was.
+  assert (tmp_path / 'link.csv').is_symlink() and not (tmp_path / 'newdir').exists()
 
 
 def test_an_override_that_changes_the_model_is_refused_before_the_checkpoint_is_read(run):

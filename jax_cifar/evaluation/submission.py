@@ -49,11 +49,22 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
 def check_output_path(path: str | os.PathLike) -> pathlib.Path:
   """Fails with one line unless a CSV can be written at `path`: not a folder, nor an existing file
   other than a submission CSV (which it replaces), in an existing folder where this process can
-  create files (tried by creating and deleting a probe file)."""
-  path = pathlib.Path(path)
+  create files (tried by creating and deleting a probe file). A symbolic link, a device, a pipe or
+  a socket is refused: the CSV is renamed into place, which had replaced /dev/null (as root), a
+  pipe or a link with a regular file (an audit)."""
+  given, path = os.fspath(path), pathlib.Path(path)
   if path.is_dir():
     raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
                           f'{path / "submission.csv"}')
+  if given.endswith(('/', os.sep)):  # pathlib drops the slash: `newdir/` had become a file `newdir`.
+    raise SubmissionError(f'--submission {given} ends in a folder separator, and there is no such '
+                          f'folder; give a file path such as {path / "submission.csv"}')
+  if path.is_symlink():
+    raise SubmissionError(f'--submission {path} is a symbolic link (to {os.readlink(path)}), which '
+                          'the CSV would replace; give the path of the file itself')
+  if path.exists() and not path.is_file():
+    raise SubmissionError(f'--submission {path} is not a regular file (a device, pipe or socket), '
+                          'which the CSV would replace; give a file path')
   if path.is_file() and path.stat().st_size:
     try:
       with open(path, 'rb') as f:
