@@ -3,6 +3,7 @@ references, the CIFAR-100-C table (a stand-in predictor: the arithmetic), and ev
 (merged per checkpoint, never half written). End to end with a trained run: test_evaluate.py."""
 
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -69,7 +70,7 @@ class _PixelPredictor:
     return np.asarray(images)[:, 0, 0, 0].astype(np.int64) % 100
 
 
-def test_cifar100c_table_means_and_heatmap(tmp_path):
+def test_cifar100c_table_means_and_heatmap(tmp_path, caplog):
   rng = np.random.default_rng(2)
   n = 20
   labels = rng.integers(0, 100, n // 5)
@@ -83,8 +84,15 @@ def test_cifar100c_table_means_and_heatmap(tmp_path):
   np.save(tmp_path / 'labels.npy', labels.astype(np.uint8))  # One per image: tiled per severity.
   (tmp_path / '._fog.npy').write_bytes(b'\x00\x05\x16\x07AppleDouble')  # macOS metadata
   (tmp_path / '.npy').write_bytes(b'')
-  files = ood.check_cifar100c_dir(tmp_path)  # Hidden files are skipped, not read as corruptions.
+  # Readable files of other names (a course file, a browser's copy) had been scored into the
+  # all-corruption mean (an audit): named and left out.
+  for stray in ('distortion03', 'fog (1)'):
+    np.save(tmp_path / f'{stray}.npy', np.zeros((n, 32, 32, 3), np.uint8))
+  with caplog.at_level(logging.WARNING):
+    files = ood.check_cifar100c_dir(tmp_path)  # Hidden files are skipped, not read as corruptions.
   assert list(files) == list(ood.CORRUPTIONS)
+  assert (f'{tmp_path}: ignoring distortion03.npy, fog (1).npy: not CIFAR-100-C corruption names'
+          in caplog.text), caplog.text
   result = ood_sets.evaluate_cifar100c(_PixelPredictor(), str(tmp_path), files, tmp_path / 'c.png')
   for name in ood.CORRUPTIONS:
     np.testing.assert_allclose(result['cifar100c'][name], expected[name])
@@ -150,6 +158,11 @@ def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):
   for i in range(ood.NUM_DISTORTIONS):
     np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
   with pytest.raises(ood.DataError, match="distortionXX.npy files, not CIFAR-100-C's .*--ood_dir"):
+    ood.check_cifar100c_dir(tmp_path)
+  for i in range(ood.NUM_DISTORTIONS):  # Other names only: none of them is scored.
+    (tmp_path / ood.distortion_file(i)).rename(tmp_path / f'mine{i:02d}.npy')
+  with pytest.raises(ood.DataError, match=r"no CIFAR-100-C <corruption>\.npy files \(expected e\.g\. "
+                     r"gaussian_noise\.npy\); it holds mine00\.npy, mine01\.npy, .*, \.\.\.$"):
     ood.check_cifar100c_dir(tmp_path)
 
 

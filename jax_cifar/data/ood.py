@@ -174,20 +174,27 @@ def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
 
 
 def check_cifar100c_dir(directory: str | os.PathLike) -> dict[str, ImageFile]:
-  """{corruption name: checked file} for every `<name>.npy` but labels.npy; known names first."""
+  """{corruption name: checked file} for every CIFAR-100-C `<corruption>.npy`, in CORRUPTIONS'
+  order; other .npy files but labels.npy are named in a warning and left out."""
   directory = _check_dir(directory)
   hidden = sorted(p.name for p in directory.glob('.*npy'))  # macOS' ._fog.npy, a stray '.npy'
   if hidden:
     logging.warning('%s: ignoring hidden files %s', directory, ', '.join(hidden))
-  names = sorted(p.stem for p in directory.glob('*.npy')
+  found = sorted(p.stem for p in directory.glob('*.npy')
                  if p.name != LABELS_FILE and not p.name.startswith('.'))
-  names = [n for n in CORRUPTIONS if n in names] + [n for n in names if n not in CORRUPTIONS]
-  if not names:
-    raise DataError(f'{directory}: no <corruption>.npy files (expected e.g. gaussian_noise.npy)')
+  names = [n for n in CORRUPTIONS if n in found]
   course = {distortion_file(i)[:-4] for i in range(NUM_DISTORTIONS)}
-  if course & set(names) and not set(CORRUPTIONS) & set(names):  # Had been scored as corruptions.
+  if course & set(found) and not names:  # Had been scored as corruptions.
     raise DataError(f'{directory} holds the course\'s distortionXX.npy files, not CIFAR-100-C\'s '
                     '<corruption>.npy: give it as --ood_dir')
+  if not names:
+    shown = ', '.join(f'{n}.npy' for n in found[:4]) + (', ...' if len(found) > 4 else '')
+    raise DataError(f'{directory}: no CIFAR-100-C <corruption>.npy files (expected e.g. '
+                    f'gaussian_noise.npy)' + (f'; it holds {shown}' if found else ''))
+  other = [f'{n}.npy' for n in found if n not in CORRUPTIONS]
+  if other:  # A course file or a copy (`fog (1).npy`) had been scored into the means (an audit).
+    logging.warning('%s: ignoring %s: not CIFAR-100-C corruption names', directory,
+                    ', '.join(other))
   files = {name: check_image_file(directory / f'{name}.npy') for name in names}
   _same_size(list(files.values()))
   return files
