@@ -280,6 +280,18 @@ def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, 
   assert len(x) == 9 and np.all(np.isfinite(x))  # Epochs from the finite rows; the null left out.
 
 
+def test_a_hand_edited_batch_size_of_another_type_leaves_the_train_time_out(tmp_path):
+  """A string batch_size had been a TypeError, after the figures of the earlier report had been
+  replaced (an audit): the tables now come before any figure."""
+  good = _fake_run(tmp_path / 'good', 1.0)
+  edited = _fake_run(tmp_path / 'edited', 1.0,
+                     config={**BASE_CONFIG, 'train': {'batch_size': '128'}})
+  assert report.main([str(good), str(edited), '--out', str(tmp_path / 'out')]) == 0
+  rows = {r['run']: r for r in report.summary_rows([report.load_run(good),
+                                                      report.load_run(edited)])}
+  assert rows['good']['train_time_s'] > 0 and rows['edited']['train_time_s'] is None
+
+
 @pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
   if make == 'twice':

@@ -181,7 +181,7 @@ def _train_time_s(run: dict) -> float | None:
   """Seconds of training from the logged throughput (evaluation and compile time excluded)."""
   rows = [r for r in run['rows'] if r.get('images_per_sec')]
   batch = run['config'].get('train', {}).get('batch_size')
-  if not rows or not batch:
+  if not rows or type(batch) is not int or batch <= 0:  # A hand-edited "128" had been a TypeError.
     return None
   total, last = 0.0, 0
   for r in sorted(rows, key=lambda r: r['step']):
@@ -360,16 +360,17 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   out.mkdir(parents=True, exist_ok=True)
   fig1, fig2, fig3 = out / 'figure1_loss.png', out / 'figure2_accuracy.png', out / 'figure3_learning_rate.png'
   md = out / 'summary.md'
+  # The tables first: a run they cannot summarise fails before any earlier file is replaced.
+  warnings = [w for run in runs for w in run['warnings'] + stale_evaluations(run)]
+  tables = [markdown_table(summary_rows(runs)), hyperparameter_table(runs)]
   plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss', fig1)
   plot_curves(runs, 'accuracy', 'top-1 accuracy', 'Figure 2: training and validation accuracy', fig2)
   has_lr = plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
-  warnings = [w for run in runs for w in run['warnings'] + stale_evaluations(run)]
   note = ('Training curves are running means over each logging interval (with augmentation and '
           'mixup, if any); validation points are full passes. Train time is from the logged '
           'images/s (compile and evaluation excluded). Numbers are from eval_best.json when '
           'present.\n')
-  text = ['# Runs\n', markdown_table(summary_rows(runs)), note,
-          '## Hyper-parameters that differ\n', hyperparameter_table(runs)]
+  text = ['# Runs\n', tables[0], note, '## Hyper-parameters that differ\n', tables[1]]
   if warnings:
     text += ['## Warnings\n', ''.join(f'- {w}\n' for w in warnings)]
   text += ['![Figure 1](figure1_loss.png)\n', '![Figure 2](figure2_accuracy.png)\n',
