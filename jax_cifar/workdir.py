@@ -187,8 +187,13 @@ def run_config(run_dir: str | pathlib.Path):
   if not path.exists():
     raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?')
   config = default.get_config()
+  record, sections = previous_config(pathlib.Path(run_dir)), config.to_dict()
+  for key, value in record.items():  # `"model": null` had been "unknown config key 'model'".
+    if isinstance(sections.get(key), dict) and not isinstance(value, dict):
+      raise WorkdirError(f'{path}: its {key!r} section is {json.dumps(value)}, not an object of '
+                         'keys (the file was edited or damaged)')
   try:  # ConfigDict turns JSON's lists back into the defaults' tuples, and refuses a wrong type.
-    config.update_from_flattened_dict(flatten(previous_config(pathlib.Path(run_dir))))
+    config.update_from_flattened_dict(flatten(record))
   except (KeyError, TypeError) as e:
     raise WorkdirError(f'{path} does not fit the config of this jax-cifar ({e})') from e
   try:

@@ -140,6 +140,8 @@ def test_run_config_reads_config_json_back_with_tuples_and_defaults_for_missing_
     (lambda c: c['optim'].update(learning_rate=0.1), "unknown config key 'optim.learning_rate'"),
     # A bad value: the file is named too (it had been only "config key 'model.name' must be ...").
     (lambda c: c['model'].update(name='resnet-18'), r"config\.json: config key 'model\.name' must be"),
+    # A section that is not an object had been "unknown config key 'model'" (an audit).
+    (lambda c: c.update(model=None), r"config\.json: its 'model' section is null, not an object"),
 ])
 def test_run_config_refuses_a_config_json_that_does_not_fit_naming_it(tmp_path, edit, message):
   saved = json.loads(json.dumps(default.get_config().to_dict()))

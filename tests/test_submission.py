@@ -298,7 +298,8 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
   for name in ('fog', 'gaussian_noise', 'labels'):
     np.save(c_dir / f'{name}.npy', np.zeros((5,), np.uint8))
   with pytest.raises(DataError, match=r"missing 19 of the 19 .*; it holds CIFAR-100-C's "
-                                      r'<corruption>\.npy files instead: give it as --cifar100c_dir$'):
+                                      r'<corruption>\.npy files instead, which evaluate takes as '
+                                      r'--cifar100c_dir$'):
     ood.check_distortion_dir(c_dir)
   inner = tmp_path / 'kaggle'
   inner.mkdir()

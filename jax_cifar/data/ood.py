@@ -148,8 +148,9 @@ def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
     if deeper:
       text += f'; they are in {deeper[0]}: give --ood_dir {deeper[0]}'
     elif {pathlib.Path(name).stem for name in entries} & set(CORRUPTIONS):
-      text += ('; it holds CIFAR-100-C\'s <corruption>.npy files instead: give it as '
-               '--cifar100c_dir')
+      # (Also said by `submission check`, which has no --cifar100c_dir: an audit.)
+      text += ('; it holds CIFAR-100-C\'s <corruption>.npy files instead, which evaluate '
+               'takes as --cifar100c_dir')
     else:
       text += f'; the folder holds {", ".join(entries[:6]) or "nothing"}'
       text += ', ...' if len(entries) > 6 else ''
