@@ -10,7 +10,6 @@ pyplot, so importing this module never changes the user's matplotlib backend.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import pathlib
@@ -22,10 +21,9 @@ from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
 from jax_cifar.data import cifar100
-from jax_cifar.evaluation import figures
+from jax_cifar.evaluation import figures, stale_evals
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
-CHECKPOINT_KINDS = ('best', 'latest')  # WORKDIR/checkpoints/<kind>/<step>/ (checkpoints.py).
 
 
 class ReportError(errors.UserError):
@@ -66,7 +64,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     notes.append(f'{label}: {tracking.METRICS_FILE} holds no rows (a run stopped before its first '
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
-          'evals': {p.stem: _read_json(p) for p in _eval_files(run_dir)}, 'warnings': notes}
+          'evals': {p.stem: _read_json(p) for p in stale_evals.eval_files(run_dir)}, 'warnings': notes}
 
 
 CONFIG_SECTIONS = ('model', 'train', 'data', 'optim')  # The ones the summary reads.
@@ -79,12 +77,6 @@ def _finite_rows(rows: list[dict]) -> tuple[list[dict], int]:
            and math.isfinite(v)} for r in rows]
   given = sum(v is not None for r in rows for v in r.values())
   return kept, given - sum(len(r) for r in kept)
-
-
-def _eval_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
-  """The run's eval_<tag>.json, without the eval_<tag>.step<N>.json in which evaluate keeps an
-  older checkpoint's numbers."""
-  return [p for p in sorted(run_dir.glob('eval_*.json')) if '.step' not in p.stem]
 
 
 def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
@@ -229,7 +221,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
     model = run['config'].get('model', {})
     label = f"{run['label']} ({name})" if adapted else run['label']
-    behind = _behind(run, name) if name else None
+    behind = stale_evals.behind(run, name) if name else None
     if behind:  # Its test/OOD numbers are of an earlier checkpoint than its best val (an audit).
       label += f' (evaluated at step {behind[0]}, checkpoint now at {behind[1]})'
     out.append({
@@ -297,60 +289,6 @@ def hyperparameter_table(runs: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stale evaluations
-# ---------------------------------------------------------------------------------------------
-def _checkpoint(run_dir: pathlib.Path, kind: str) -> tuple[pathlib.Path, float] | None:
-  """The newest complete-looking step folder of checkpoints/<kind>/ and when it was last written
-  (the newest mtime of the folder and its entries: orbax finishes a step with commit_success.txt)."""
-  folder = run_dir / 'checkpoints' / kind
-  steps = ([p for p in folder.iterdir() if p.is_dir() and workdir.is_step_number(p.name)]
-           if folder.is_dir() else [])
-  if not steps:
-    return None
-  step = max(steps, key=lambda p: int(p.name))
-  return step, max([step.stat().st_mtime] + [p.stat().st_mtime for p in step.iterdir()])
-
-
-def _when(mtime: float) -> str:
-  return datetime.datetime.fromtimestamp(mtime).strftime('%Y-%m-%d %H:%M:%S')
-
-
-def _checkpoint_of(run: dict, name: str) -> tuple[pathlib.Path, float] | None:
-  """_checkpoint of the kind (best, latest) that eval `name` (eval_best_tta-flip, ...) evaluated."""
-  kind = next((k for k in CHECKPOINT_KINDS if name[len('eval_'):].startswith(k)), None)
-  return _checkpoint(run['dir'], kind) if kind else None
-
-
-def _behind(run: dict, name: str) -> tuple[int, int] | None:
-  """(the step eval `name` records, its checkpoint's newest step) when it records an earlier one."""
-  ckpt, step = _checkpoint_of(run, name), run['evals'].get(name, {}).get('step')
-  if ckpt is None or not isinstance(step, int) or step >= int(ckpt[0].name):
-    return None
-  return step, int(ckpt[0].name)
-
-
-def stale_evaluations(run: dict) -> list[str]:
-  """One message per eval_<best|latest...>.json of an earlier step than its checkpoint's newest
-  (by the step it records; by the time it was written if it records none: a run retrained from
-  scratch to the same step number is then not caught)."""
-  out = []
-  for path in _eval_files(run['dir']):
-    ckpt = _checkpoint_of(run, path.stem)
-    if ckpt is None:
-      continue
-    if isinstance(run['evals'].get(path.stem, {}).get('step'), int):  # (File times had been used.)
-      behind = _behind(run, path.stem)
-      if behind:
-        out.append(f'{run["label"]}: {path.name} holds step {behind[0]}, and its checkpoint is now '
-                   f'{ckpt[0].relative_to(run["dir"])}: re-run evaluate')
-    elif path.stat().st_mtime < ckpt[1]:
-      out.append(f'{run["label"]}: {path.name} (written {_when(path.stat().st_mtime)}) is older '
-                 f'than its checkpoint {ckpt[0].relative_to(run["dir"])} (written {_when(ckpt[1])}); '
-                 'its numbers may be from an earlier checkpoint: re-run evaluate')
-  return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pathlib.Path], list[str]]:
@@ -361,7 +299,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   fig1, fig2, fig3 = out / 'figure1_loss.png', out / 'figure2_accuracy.png', out / 'figure3_learning_rate.png'
   md = out / 'summary.md'
   # The tables first: a run they cannot summarise fails before any earlier file is replaced.
-  warnings = [w for run in runs for w in run['warnings'] + stale_evaluations(run)]
+  warnings = [w for run in runs for w in run['warnings'] + stale_evals.stale_evaluations(run)]
   tables = [markdown_table(summary_rows(runs)), hyperparameter_table(runs)]
   plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss', fig1)
   plot_curves(runs, 'accuracy', 'top-1 accuracy', 'Figure 2: training and validation accuracy', fig2)
