@@ -5,7 +5,7 @@ import math
 from flax import traverse_util
 
 from jax_cifar import checkpoints, errors, models, optim
-from jax_cifar.augment import autoaugment
+from jax_cifar.augment import autoaugment, jpeg
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.data import cifar100
 from jax_cifar.configs import default as default_config
@@ -18,6 +18,7 @@ CHOICES = {
     'model.normalize': augment.NORMALIZE_CHOICES,
     'augment.crop_mode': augment.CROP_MODES,
     'augment.policy': autoaugment.POLICIES,
+    'augment.jpeg_subsampling': jpeg.SUBSAMPLINGS,
     'optim.name': optim.OPTIMIZERS,
     'optim.schedule': optim.SCHEDULES,
     'train.on_nonfinite': ('stop', 'skip'),
@@ -196,7 +197,7 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert([f'augment.augmix_{k}' for k in ('severity', 'width', 'depth', 'alpha')],
           'augment.augmix is off')
   for prob, keys in (('rrc', ['rrc_scale', 'rrc_ratio']), ('color_jitter', ['color_jitter']),
-                     ('blur', ['blur_kernel', 'blur_sigma']), ('jpeg', ['jpeg_quality']),
+                     ('blur', ['blur_kernel', 'blur_sigma']), ('jpeg', ['jpeg_quality', 'jpeg_subsampling']),
                      ('noise', ['noise_std'])):
     if not flat.get(f'augment.{prob}_prob'):
       inert([f'augment.{k}' for k in keys], f'augment.{prob}_prob is 0')

@@ -185,6 +185,7 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
     ({'wandb.project': 'mine'}, 'wandb.project', "wandb.mode is 'disabled'"),
     ({'optim.weight_decay': 0.0, 'optim.decay_bn_and_bias': True}, 'optim.decay_bn_and_bias',
      'weight_decay is 0'),
+    ({'augment.jpeg_subsampling': '4:2:0'}, 'augment.jpeg_subsampling', 'jpeg_prob is 0'),
 ])
 def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_resume(
     flat, key, reason):
@@ -199,7 +200,8 @@ def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_r
         'augment.noise_std': {'augment.noise_prob': 0.5},
         'augment.augmix_severity': {'augment.augmix': True},
         'wandb.project': {'wandb.mode': 'offline'},
-        'optim.decay_bn_and_bias': {'optim.weight_decay': 0.01}}[key]
+        'optim.decay_bn_and_bias': {'optim.weight_decay': 0.01},
+        'augment.jpeg_subsampling': {'augment.jpeg_prob': 0.5}}[key]
   assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 

@@ -3,9 +3,12 @@
 Per image: RGB -> YCbCr and back with libjpeg's fixed-point tables (JFIF), 8x8 orthonormal DCT of
 each plane, quantisation by the standard (Annex K) luminance/chrominance tables scaled by the
 quality as libjpeg's `jpeg_set_quality` (baseline: entries clamped to [1, 255]), rounding half
-away from zero, then the inverse. Unlike a real encoder there is no chroma subsampling (4:4:4)
-and the DCT runs in float32 rather than libjpeg's integer DCT, so pixels differ from PIL's by
-about a level (tests/test_photometric.py measures it); sizes that are not multiples of 8 are
+away from zero, then the inverse. Chroma is kept at full resolution (4:4:4), or with
+`subsampling='4:2:0'` (what PIL, libjpeg and CIFAR-100-C's JPEG use by default) averaged over 2x2
+pixels before its DCT (libjpeg's h2v2_downsample) and brought back by libjpeg's triangle
+("fancy") upsampling, which blurs colour edges as real JPEG files do. The DCT runs in float32
+rather than libjpeg's integer DCT, so pixels differ from PIL's by about a level
+(tests/test_photometric.py measures it); sizes that are not multiples of 8 (16 with 4:2:0) are
 edge-padded as libjpeg does.
 """
 
@@ -64,19 +67,58 @@ def ycbcr_to_rgb(ycc: jax.Array) -> jax.Array:
   return jnp.clip(jnp.stack([r, g, b], axis=-1), 0, 255).astype(jnp.uint8)
 
 
-def jpeg(image: jax.Array, quality: jax.Array) -> jax.Array:
-  """One uint8 HWC RGB image through JPEG-like compression at `quality` (traced int, 1-100)."""
-  h, w, _ = image.shape
-  ph, pw = -h % 8, -w % 8
-  x = rgb_to_ycbcr(jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode='edge')).astype(jnp.float32)
-  bh, bw = (h + ph) // 8, (w + pw) // 8
-  blocks = (x - 128.0).reshape(bh, 8, bw, 8, 3)
+SUBSAMPLINGS = ('4:4:4', '4:2:0')  # augment.jpeg_subsampling
+
+
+def _block_round_trip(planes: jax.Array, tables: jax.Array) -> jax.Array:
+  """int32 [H, W, C] planes (H, W multiples of 8) -> quantised in 8x8 DCT blocks with the [C, 8,
+  8] tables and back, rounded and clamped to [0, 255] as libjpeg's decoder does."""
+  hh, ww, ch = planes.shape
+  blocks = (planes.astype(jnp.float32) - 128.0).reshape(hh // 8, 8, ww // 8, 8, ch)
   c = jnp.asarray(_dct_matrix())
   hi = jax.lax.Precision.HIGHEST
   coef = jnp.einsum('uy,aybxc,vx->aubvc', c, blocks, c, precision=hi)
-  tables = quant_tables(quality).astype(jnp.float32)
-  q = tables[jnp.asarray([0, 1, 1])].transpose(1, 2, 0)[None, :, None, :, :]  # [1, 8, 1, 8, 3]
+  q = tables.astype(jnp.float32).transpose(1, 2, 0)[None, :, None, :, :]  # [1, 8, 1, 8, C]
   levels = jnp.sign(coef) * jnp.floor(jnp.abs(coef) / q + 0.5)
   rec = jnp.einsum('uy,aubvc,vx->aybxc', c, levels * q, c, precision=hi)
-  ycc = jnp.clip(jnp.round(rec + 128.0), 0, 255).astype(jnp.int32).reshape(h + ph, w + pw, 3)
-  return ycbcr_to_rgb(ycc[:h, :w])
+  return jnp.clip(jnp.round(rec + 128.0), 0, 255).astype(jnp.int32).reshape(hh, ww, ch)
+
+
+def downsample_2x2(planes: jax.Array) -> jax.Array:
+  """int32 [H, W, C] -> [H/2, W/2, C]: libjpeg's h2v2_downsample (the 2x2 mean, its rounding
+  bias alternating 1, 2 along each row)."""
+  s = planes[0::2, 0::2] + planes[0::2, 1::2] + planes[1::2, 0::2] + planes[1::2, 1::2]
+  bias = jnp.where(jnp.arange(s.shape[1]) % 2 == 0, 1, 2)[None, :, None]
+  return (s + bias) >> 2
+
+
+def upsample_2x2(planes: jax.Array) -> jax.Array:
+  """int32 [h, w, C] -> [2h, 2w, C]: libjpeg's h2v2_fancy_upsample (each output pixel 9/16 of its
+  sample, 3/16 of each nearer neighbour, 1/16 of the diagonal one; edges replicated)."""
+  h, w, ch = planes.shape
+  above = jnp.concatenate([planes[:1], planes[:-1]], 0)
+  below = jnp.concatenate([planes[1:], planes[-1:]], 0)
+  rows = jnp.stack([3 * planes + above, 3 * planes + below], 1).reshape(2 * h, w, ch)
+  left = jnp.concatenate([rows[:, :1], rows[:, :-1]], 1)
+  right = jnp.concatenate([rows[:, 1:], rows[:, -1:]], 1)
+  return jnp.stack([(3 * rows + left + 8) >> 4, (3 * rows + right + 7) >> 4],
+                   2).reshape(2 * h, 2 * w, ch)
+
+
+def jpeg(image: jax.Array, quality: jax.Array, subsampling: str = '4:4:4') -> jax.Array:
+  """One uint8 HWC RGB image through JPEG-like compression at `quality` (traced int, 1-100), with
+  the chroma `subsampling` of SUBSAMPLINGS."""
+  if subsampling not in SUBSAMPLINGS:
+    raise ValueError(f'subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}')
+  h, w, _ = image.shape
+  unit = 16 if subsampling == '4:2:0' else 8  # libjpeg's MCU: whole chroma blocks.
+  ph, pw = -h % unit, -w % unit
+  ycc = rgb_to_ycbcr(jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode='edge'))
+  tables = quant_tables(quality)
+  if subsampling == '4:4:4':
+    out = _block_round_trip(ycc, tables[jnp.asarray([0, 1, 1])])
+  else:
+    luma = _block_round_trip(ycc[..., :1], tables[:1])
+    chroma = _block_round_trip(downsample_2x2(ycc[..., 1:]), tables[jnp.asarray([1, 1])])
+    out = jnp.concatenate([luma, upsample_2x2(chroma)], -1)
+  return ycbcr_to_rgb(out[:h, :w])

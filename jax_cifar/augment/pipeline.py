@@ -150,7 +150,8 @@ def _after_crop_flip(key: jax.Array, u: jax.Array, image: jax.Array, cfg: Any) -
   image = maybe('blur', image, lambda d: photometric.gaussian_blur(
       image, photometric.uniform_in(d[0], _range(cfg, 'blur_sigma', (0.1, 2.0))),
       int(cfg.get('blur_kernel', 3))))
-  image = maybe('jpeg', image, lambda d: jpeg.jpeg(image, _jpeg_quality(d[0], cfg)))
+  image = maybe('jpeg', image, lambda d: jpeg.jpeg(image, _jpeg_quality(d[0], cfg),
+                                                   cfg.get('jpeg_subsampling', '4:4:4')))
   image = maybe('noise', image, lambda d: photometric.gaussian_noise(
       image, photometric.uniform_in(d[0], _range(cfg, 'noise_std', (0.0, 0.1))),
       jax.random.normal(jax.random.fold_in(key, _NOISE_STREAM), image.shape)))

@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.blur_sigma = (0.1, 2.0)  # GaussianBlur: range of sigma.
   c.augment.jpeg_prob = 0.0  # JPEG-like compression (8x8 DCT quantisation of YCbCr) probability.
   c.augment.jpeg_quality = (20, 95)  # JPEG-like compression: range of the quality factor.
+  c.augment.jpeg_subsampling = '4:4:4'  # JPEG-like compression's chroma: '4:4:4' (full resolution) or '4:2:0' (2x2, what PIL and CIFAR-100-C's JPEG files use).
   c.augment.noise_prob = 0.0  # Additive Gaussian noise probability.
   c.augment.noise_std = (0.0, 0.1)  # Additive Gaussian noise: range of its std (pixels scaled to [0, 1]).
 
