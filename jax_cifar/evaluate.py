@@ -136,9 +136,8 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
       metrics_lib.group_accuracy(pred, labels, labels, num_classes), fine_names)}
   class_to_coarse = None
   if split.coarse_labels is not None and num_classes == cifar100.NUM_CLASSES:
-    class_to_coarse = np.zeros(num_classes, np.int64)
-    class_to_coarse[labels] = split.coarse_labels
-    ncoarse = cifar100.NUM_COARSE_CLASSES
+    class_to_coarse = cifar100.superclass_table(config.data.source)
+    ncoarse = cifar100.NUM_COARSE_CLASSES  # per_superclass: fine top-1 grouped by superclass.
     details['per_superclass_accuracy'] = metrics_lib.named(
         metrics_lib.group_accuracy(pred, labels, split.coarse_labels, ncoarse), coarse_names)
     scalars['superclass_accuracy'] = float(np.mean(class_to_coarse[pred] == split.coarse_labels))

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import threading
 
+import numpy as np
 import pytest
 
 from jax_cifar import atomic_folder
@@ -371,3 +372,12 @@ def test_unprepared_tfds_gives_one_line_error_how_to_prepare(tmp_path):
     tfds_source.load_tfds('train', str(tmp_path))
   assert_one_line(error, 'tfds build cifar100', str(tmp_path))
   assert not (tmp_path / 'downloads').exists()
+
+
+def test_the_superclass_table_is_cifar100s_own(data_dir):
+  """cifar100.FINE_TO_COARSE (evaluate's superclasses, whatever classes a split holds) agrees with
+  every image's fine and coarse labels in the real pickles, and names all 20 superclasses."""
+  for split in ('train', 'test'):
+    s = cifar100.load_split(data_dir, split)
+    np.testing.assert_array_equal(cifar100.superclass_table('local')[s.labels], s.coarse_labels)
+  assert sorted(set(cifar100.FINE_TO_COARSE.tolist())) == list(range(cifar100.NUM_COARSE_CLASSES))

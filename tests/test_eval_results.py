@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jax_cifar import evaluate
-from jax_cifar.data import ood
+from jax_cifar.configs import default
+from jax_cifar.data import cifar100, ood
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.evaluation import ood_sets
 
@@ -51,6 +52,33 @@ def test_ece_top5_and_per_class_match_numpy_reference():
   cm = metrics_lib.confusion_matrix(pred, labels, 7)
   assert cm.sum() == 500 and np.trace(cm) == np.sum(pred == labels)
   assert cm[labels[0], pred[0]] == np.sum((labels == labels[0]) & (pred == pred[0]))
+
+
+class _ChosenPredictor:
+  """Predicts the class written in each image's first pixel."""
+
+  def run(self, images, desc, labels_only=False, chunk=None):
+    return np.log(np.eye(100)[np.asarray(images)[:, 0, 0, 0]] * 0.99 + 0.0001)
+
+
+@pytest.mark.parametrize('source', ['local', 'synthetic'])
+def test_superclass_accuracy_uses_every_class_superclass_not_only_those_in_the_split(source):
+  """A part of a split (data.eval_limit < 100) lacks classes, which had all been taken for
+  superclass 0: a prediction of one of them counted as right whenever the true superclass was 0
+  (an audit). Here every image is of superclass 0; each prediction is of a class not in the split."""
+  table = cifar100.superclass_table(source)
+  in_split = np.flatnonzero(table == 0)[:2]
+  same = [c for c in np.flatnonzero(table == 0) if c not in in_split][0]  # Absent, superclass 0.
+  other = np.flatnonzero(table == 1)[0]  # Absent, another superclass.
+  labels = np.repeat(in_split, 2).astype(np.int32)
+  images = np.zeros((4, 32, 32, 3), np.uint8)
+  images[:, 0, 0, 0] = [same, other, same, other]
+  config = default.get_config()
+  config.data.source = source
+  scalars, details = evaluate.evaluate_split(_ChosenPredictor(), cifar100.Split(
+      images, labels, table[labels]), 'test', config)
+  assert scalars['accuracy'] == 0.0 and scalars['superclass_accuracy'] == 0.5, scalars
+  assert list(details['per_superclass_accuracy'].values())[0] == 0.0
 
 
 def test_perfectly_confident_correct_predictions_have_zero_ece():
