@@ -12,7 +12,8 @@
 # data (config.data.dir, or a tfds data_dir) must be on storage every node sees: all processes
 # write their shards of each orbax checkpoint there, and process 0 writes metrics.jsonl and wandb.
 # SLURM sends SIGTERM to every task before the time limit (--signal below gives 120 s of warning);
-# the processes agree on a step, save it and exit 75; `sbatch --requeue` or a resubmit resumes.
+# the processes agree on a step, save it and exit 75; resubmitting the same command resumes (SLURM
+# requeues a --requeue job only after a node failure or preemption, not at its time limit).
 #SBATCH --job-name=jax-cifar
 #SBATCH --ntasks-per-node=4
 #SBATCH --cpus-per-task=8
@@ -28,11 +29,12 @@ config=$1 workdir=$2
 shift 2
 gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-4}}
 gpus_per_node=${gpus_per_node##*:}  # "h100:4" -> 4
+nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 
 if [ "${PER_NODE:-0}" = 1 ]; then
   # One process per node that drives all of its GPUs (JAX's SLURM detection would give it only
   # GPU SLURM_LOCALID=0, so name them all).
-  tasks=(--ntasks-per-node=1)
+  per_node=1
   export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus_per_node - 1)))
 else
   # One process per GPU: every task sees the node's GPUs and JAX takes GPU number SLURM_LOCALID
@@ -44,8 +46,11 @@ else
          "command (the allocation has $allocated tasks per node)" >&2
     exit 2
   fi
-  tasks=(--ntasks-per-node="$gpus_per_node")
+  per_node=$gpus_per_node
 fi
+# --ntasks too: srun takes the allocation's SLURM_NTASKS (4 per node, from the #SBATCH line) over a
+# smaller --ntasks-per-node, and would start 4 processes per node on PER_NODE=1 (an audit).
+tasks=(--ntasks=$((nodes * per_node)) --ntasks-per-node="$per_node")
 mkdir -p "$workdir"
 srun --kill-on-bad-exit=1 "${tasks[@]}" \
   python -m jax_cifar.train --config "$config" --workdir "$workdir" "$@"

@@ -144,20 +144,30 @@ def test_launch_refuses_bad_arguments_in_one_line(args, status, message):
   assert 'Traceback' not in proc.stderr
 
 
-@pytest.mark.parametrize('tasks, gpus, ok', [('4(x2)', '8', False), ('8(x2)', '8', True),
-                                             ('4', 'h100:4', True)])
-def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, tasks, gpus, ok):
+@pytest.mark.parametrize('tasks, gpus, per_node, ok', [
+    ('4(x2)', '8', '0', False), ('8(x2)', '8', '0', True), ('4', 'h100:4', '0', True),
+    ('4(x2)', '4', '1', True)])
+def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, tasks, gpus,
+                                                                   per_node, ok):
   """With 8 GPUs per node and the script's own 4 tasks per node, srun had refused the step with
-  its own words (an audit). The script runs here with a stand-in srun that prints its command."""
-  (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $*"\n')
+  its own words (an audit). The step names its whole task count: srun takes the allocation's
+  SLURM_NTASKS over a smaller --ntasks-per-node, so PER_NODE=1 had started 4 processes per node
+  on the same GPUs (an audit). The script runs here with a stand-in srun that prints its command
+  and the GPUs each process is given."""
+  (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $* [$JAX_LOCAL_DEVICE_IDS]"\n')
   (tmp_path / 'srun').chmod(0o755)
-  env = dict(os.environ, SLURM_GPUS_ON_NODE=gpus, SLURM_NTASKS_PER_NODE=tasks,
+  env = dict(os.environ, SLURM_GPUS_ON_NODE=gpus, SLURM_NTASKS_PER_NODE=tasks, PER_NODE=per_node,
+             SLURM_JOB_NUM_NODES='2', SLURM_NTASKS='8',
              PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
+  env.pop('JAX_LOCAL_DEVICE_IDS', None)
   proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'launch_slurm.sh'), 'cfg.py',
                          str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=60)
+  n = 1 if per_node == '1' else int(gpus.split(':')[-1])
   if ok:
-    assert proc.returncode == 0 and f'--ntasks-per-node={gpus.split(":")[-1]} python -m ' \
-        'jax_cifar.train --config cfg.py' in proc.stdout, proc.stderr
+    devices = '0,1,2,3' if per_node == '1' else ''
+    assert proc.returncode == 0 and (
+        f'--ntasks={2 * n} --ntasks-per-node={n} python -m jax_cifar.train --config cfg.py '
+        f'--workdir {tmp_path / "run"} [{devices}]') in proc.stdout, (proc.stdout, proc.stderr)
   else:
     assert proc.returncode == 2 and proc.stdout == '' and (
         '8 GPUs per node need --ntasks-per-node=8' in proc.stderr), proc.stderr
