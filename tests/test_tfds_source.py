@@ -245,6 +245,22 @@ def test_the_not_prepared_hint_names_the_folder_tfds_looked_in(tmp_path):
       out.stdout, out.stderr[-2000:])
 
 
+def test_a_gs_folder_without_gcsfs_says_so_not_that_the_dataset_is_not_prepared():
+  """README's TPU recipe reads a gs:// tfds folder; without tensorflow (EPATH_USE_TF=0: etils'
+  path then) that needs gcsfs, and the message had said "not prepared" (a cluster audit). A fresh
+  process in which gcsfs cannot be imported, as where it is not installed."""
+  code = ('import sys\nsys.modules["gcsfs"] = None\n'
+          'from jax_cifar.data import cifar100, tfds_source\n'
+          'try:\n  tfds_source.load_tfds("test", "gs://some-bucket/tensorflow_datasets")\n'
+          'except cifar100.DataError as e:\n  print("ERROR", e)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       env={**_env(), 'EPATH_USE_TF': '0'})
+  assert out.stdout.startswith('ERROR tfds data_dir gs://some-bucket/tensorflow_datasets: reading '
+                               'gs:// without tensorflow needs gcsfs: pip install gcsfs'), (
+      out.stdout, out.stderr[-2000:])
+  assert 'not prepared as' not in out.stdout
+
+
 def test_prepare_refuses_an_unofficial_archive_without_downloading(manual_dir, tmp_path):
   result = build_offline(tmp_path / 'tfds', manual_dir)  # tfds's own checksum of the real file
   assert result['built'] is None and result['network_attempts'] == []

@@ -48,6 +48,9 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
   except Exception as e:  # pylint: disable=broad-except
     builder, where, problem = None, data_dir or '~/tensorflow_datasets', e
     raise_if_damaged(where, e)
+    if 'install gcsfs' in str(e):  # Without tensorflow, etils reads gs:// through fsspec's gcsfs.
+      raise DataError(f'tfds data_dir {data_dir}: reading gs:// without tensorflow needs gcsfs: '
+                      "pip install gcsfs (jax-cifar's `tpu` and `gcs` extras include it)") from None
   hint = (
       f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
       f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
