@@ -353,3 +353,34 @@ def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
   assert stopped[1] == [f'stopped: another process failed while writing {metrics} (its error says '
                         'why); process 1 stops too'], out[1]
   print(f'both processes stopped {seconds:.1f} s after they started')
+
+
+@pytest.mark.parametrize('what, flags', [
+    ('checking model.pretrained', ['--config.model.pretrained=/nonexistent/weights']),
+    ('reading the data', ['--config.data.source=local', '--config.data.dir=/nonexistent/data'])])
+def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(tmp_path, what, flags):
+  """Weights or data on storage one host does not see: that process had stopped with one line,
+  the other with a gloo traceback and then JAX's abort about 100 s later (a cluster audit)."""
+  launch = load_script('launch_local')
+  base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
+  cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', str(ROOT / 'configs' / 'default.py'),
+         '--workdir', str(tmp_path / 'run'), '--config.data.source=synthetic',
+         '--config.data.synthetic_size=320', '--config.data.val_fraction=0.2',
+         '--config.model.name=simple_cnn', '--config.train.batch_size=32']
+  port, procs = launch.free_port(), []
+  try:
+    for i in (0, 1):
+      procs.append(subprocess.Popen(cmd + (flags if i == 1 else []), cwd=ROOT, text=True,
+                                    env=launch.process_env(base, i, 2, port, 1),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  lines = [[l for l in e.splitlines() if l.startswith('error:')] for e in errs]
+  assert [p.returncode for p in procs] == [1, 1], errs
+  assert not any('Traceback' in e for e in errs), errs
+  assert lines[0] == [f'error: another process failed while {what} (its error says why); process 0 '
+                      'stops too'], errs[0][-3000:]
+  assert len(lines[1]) == 1 and '/nonexistent/' in lines[1][0], errs[1][-3000:]

@@ -129,7 +129,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   """_train in `workdir`, locked; a folder this launch created and never wrote to is removed, and
   a launch that failed before its first save gives the run's config.json back."""
-  _check_pretrained(config, workdir)
+  # Each process reads its inputs itself (a path one host cannot see): all stop with a line each,
+  # where the others had met a gloo traceback and JAX's abort 100 s later (a cluster audit).
+  with parallel.fail_together('checking model.pretrained'):
+    _check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = _claim_workdir(config, workdir)
   launch = {}  # What _train recorded of this launch: the config.json it replaced, the saved steps.
@@ -192,7 +195,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     logging.warning(spans)
 
   # --- data -----------------------------------------------------------------------------------
-  splits = cifar100.get_splits(config.data, require_val=True)
+  with parallel.fail_together('reading the data'):  # (No collective inside: see fail_together.)
+    splits = cifar100.get_splits(config.data, require_val=True)
   train_split, val_split = splits['train'], splits['val']
   top_label = max(int(s.labels.max()) for s in splits.values() if s is not None and len(s))
   if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
