@@ -283,10 +283,12 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
   earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
   `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
   in the file; a file of another checkpoint (or unreadable) is kept beside it as
-  eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock)."""
-  folder = os.open(path.parent, os.O_RDONLY)
+  eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
+  WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
+  host, where it had been taken (a cluster audit))."""
+  lock = os.open(path.parent / '.eval.lock', os.O_RDWR | os.O_CREAT, 0o644)
   try:
-    fcntl.flock(folder, fcntl.LOCK_EX)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     merged = dict(result)
     if path.exists():
       try:
@@ -318,7 +320,7 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
       raise OSError(e.errno, e.strerror, str(path)) from None
     os.replace(tmp, path)
   finally:
-    os.close(folder)  # Releases the lock.
+    os.close(lock)  # Releases the lock.
 
 
 def _checkpoint_key(checkpoint) -> tuple[str, ...] | None:

@@ -2,8 +2,11 @@
 references, the CIFAR-100-C table (a stand-in predictor: the arithmetic), and eval_<tag>.json
 (merged per checkpoint, never half written). End to end with a trained run: test_evaluate.py."""
 
+import fcntl
 import json
 import logging
+import os
+import threading
 import pathlib
 
 import numpy as np
@@ -215,7 +218,7 @@ def test_a_full_disk_while_writing_eval_json_keeps_the_old_file_and_leaves_no_te
     evaluate.write_eval_json(path, {**before, 'test_accuracy': 0.6})
   assert (e.value.errno, e.value.filename) == (28, str(path))
   monkeypatch.undo()
-  assert [p.name for p in tmp_path.iterdir()] == ['eval_best.json']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_best.json']
   assert json.loads(path.read_text()) == before
 
 
@@ -231,7 +234,28 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
           'test_accuracy': 0.5}
   evaluate.write_eval_json(path, same)
   assert json.loads(path.read_text()) == {**old, **same}
-  assert [p.name for p in tmp_path.iterdir()] == ['eval_step2.json']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json']
   evaluate.write_eval_json(path, {**same, 'checkpoint': str(tmp_path / 'run/checkpoints/best/2')})
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['eval_step2.json', 'eval_step2.step2.json']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json',
+                                                        'eval_step2.step2.json']
   assert 'ood_accuracy' not in json.loads(path.read_text())
+
+
+def test_evaluations_finishing_together_take_turns_on_a_lock_file_that_holds_across_hosts(
+    tmp_path):
+  """The lock had been an flock on the workdir folder, which NFS keeps within one host (a
+  cluster audit); WORKDIR/.eval.lock, a regular file, is locked through the server. While another
+  holder has it, write_eval_json waits."""
+  path = tmp_path / 'eval_best.json'
+  holder = os.open(tmp_path / '.eval.lock', os.O_RDWR | os.O_CREAT)
+  fcntl.flock(holder, fcntl.LOCK_EX)
+  writer = threading.Thread(target=evaluate.write_eval_json, args=(path, {
+      'checkpoint': 'best', 'step': 1, 'weights': 'raw', 'test_accuracy': 0.5}))
+  try:
+    writer.start()
+    writer.join(timeout=1.0)
+    assert writer.is_alive() and not path.exists()  # Waiting for the lock.
+  finally:
+    os.close(holder)  # Releases it.
+  writer.join(timeout=30)
+  assert not writer.is_alive() and json.loads(path.read_text())['test_accuracy'] == 0.5
