@@ -65,8 +65,12 @@ class Lock:
     except BlockingIOError:
       holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
       os.close(fd)
+      host = holder.split(' on ', 1)[1].split(',', 1)[0] if ' on ' in holder else None
+      # On NFS (v3) a crashed client's lock lasts until that host comes back (a cluster audit).
+      dead = (f'; if {host} is down, its lock can outlive it on a network filesystem: remove '
+              f'{self.path} then' if host and host != os.uname().nodename else '')
       raise WorkdirError(f'workdir {self.path.parent} is in use by another run ({holder}); '
-                         'wait for it to end or use another --workdir') from None
+                         f'wait for it to end or use another --workdir{dead}') from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)

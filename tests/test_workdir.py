@@ -1,6 +1,7 @@
 """One run per workdir: resume=false never overwrites a run, a live run's lock, and resuming with a
 changed config (refused if it alters the trajectory, unless allowed; recorded in launches.jsonl)."""
 
+import fcntl
 import json
 import os
 import pathlib
@@ -78,6 +79,7 @@ def test_second_launch_fails_fast_while_the_lock_is_held_and_succeeds_once_holde
     out = train(run, '--config.train.max_steps=3')
     line = the_error(out)
     assert 'in use' in line and str(run) in line and f'pid {holder.pid}' in line, line
+    assert 'is down' not in line  # The holder is on this host.
     assert snapshot(run) == before
   finally:
     holder.send_signal(signal.SIGKILL)  # Dies without releasing anything itself.
@@ -86,6 +88,23 @@ def test_second_launch_fails_fast_while_the_lock_is_held_and_succeeds_once_holde
   assert out.returncode == 0, out.stderr[-3000:]
   assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]
   assert [r['start_step'] for r in _launches(run)] == [0, FIRST_STEPS]
+
+
+def test_a_lock_held_from_another_host_says_how_to_clear_it_if_that_host_is_down(tmp_path):
+  """On NFS (v3) a crashed node's lock lasts until that node comes back, so a requeued run on
+  another node was refused with no way on (a cluster audit)."""
+  (tmp_path / workdir_lib.LOCK_FILE).write_text('pid 4242 on node17, since 2026-12-04T10:00:00\n')
+  held = os.open(tmp_path / workdir_lib.LOCK_FILE, os.O_RDWR)
+  fcntl.flock(held, fcntl.LOCK_EX)  # Another open file: its lock conflicts, as another host's.
+  try:
+    with pytest.raises(workdir_lib.WorkdirError) as e:
+      workdir_lib.Lock(tmp_path).acquire()
+  finally:
+    os.close(held)
+  assert str(e.value) == (
+      f'workdir {tmp_path} is in use by another run (pid 4242 on node17, since '
+      '2026-12-04T10:00:00); wait for it to end or use another --workdir; if node17 is down, its '
+      f'lock can outlive it on a network filesystem: remove {tmp_path / workdir_lib.LOCK_FILE} then')
 
 
 @pytest.mark.parametrize('key, value, before', [
