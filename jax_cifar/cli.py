@@ -15,7 +15,7 @@ import pathlib
 import re
 import sys
 import traceback
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -154,20 +154,20 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
   return values[-1] if values else None
 
 
-def run_config_overrides(argv: Sequence[str]) -> list[str]:
+def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any]) -> list[str]:
   """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
   (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
-  private config file that loads it. A run folder without one is an error line here."""
+  private config file that loads it. A run folder whose `run_config(WORKDIR)` raises (no
+  config.json) is an error line here."""
   if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
   if not workdir:
     _usage_error('--config.KEY=VALUE overrides without --config change the config of the run in '
                  '--workdir, which is not given')
-  from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (heavy)
   try:
-    workdir_lib.run_config(workdir)
-  except workdir_lib.WorkdirError as e:
+    run_config(workdir)  # (Passed in: this module imports no run code, which data/ uses.)
+  except errors.UserError as e:
     _usage_error(f'--config.KEY=VALUE overrides change the run\'s own config: {e}')
   return [argv[0], f'--config={_RUN_CONFIG}:{workdir}', *argv[1:]]
 
@@ -296,16 +296,17 @@ class AboveProgressBars:
 HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
-def run(main: Callable[[list[str]], None], *, overrides_change_the_run: bool = False) -> None:
+def run(main: Callable[[list[str]], None], *,
+        run_config: Callable[[str], Any] | None = None) -> None:
   """`absl.app.run(main)` with the parsing above; asked for help, the status is 0 (absl's is 1,
-  which scripts read as a failure). `overrides_change_the_run` (evaluate): `--config.KEY=VALUE`
-  without `--config` changes the config of the run in --workdir."""
+  which scripts read as a failure). With `run_config` (evaluate: workdir.run_config),
+  `--config.KEY=VALUE` without `--config` changes the config of the run in --workdir."""
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   handler = logging.get_absl_handler().python_handler
   if not isinstance(handler.stream, AboveProgressBars):
     handler.stream = AboveProgressBars(handler.stream)
   try:
-    parser = ((lambda argv: parse_flags(run_config_overrides(argv))) if overrides_change_the_run
+    parser = ((lambda argv: parse_flags(run_config_overrides(argv, run_config))) if run_config
               else parse_flags)
     app.run(main, flags_parser=parser)
   except SystemExit as e:

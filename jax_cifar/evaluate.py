@@ -381,4 +381,4 @@ if __name__ == '__main__':
   define_flags()
   # Flag and config mistakes are one error: line; --config jax_cifar:NAME works; overrides without
   # --config change the run's own config.
-  cli.run(main, overrides_change_the_run=True)
+  cli.run(main, run_config=workdir_lib.run_config)
