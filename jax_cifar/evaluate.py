@@ -278,6 +278,29 @@ def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
   return why is None
 
 
+def _eval_lock(folder: pathlib.Path) -> int:
+  """A descriptor holding the exclusive flock of folder/.eval.lock. Made writable by everyone who
+  may write the folder (a colleague's 644 lock file had failed their evaluation after all its
+  inference: a review); where it still cannot be opened for writing, read-only (flock works so
+  on a local disk), and where that cannot be locked either, the folder's own lock."""
+  path = folder / '.eval.lock'
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
+    except OSError:
+      pass
+  except PermissionError:
+    fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+  except OSError:  # NFS locks a read-only descriptor only for reading.
+    os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+  return fd
+
+
 def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):
   """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
   earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
@@ -286,9 +309,8 @@ def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Pa
   eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
   WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
   host, where it had been taken (a cluster audit))."""
-  lock = os.open(path.parent / '.eval.lock', os.O_RDWR | os.O_CREAT, 0o644)
+  lock = _eval_lock(path.parent)
   try:
-    fcntl.flock(lock, fcntl.LOCK_EX)
     merged = dict(result)
     if path.exists():
       try:

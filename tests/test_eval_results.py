@@ -259,3 +259,26 @@ def test_evaluations_finishing_together_take_turns_on_a_lock_file_that_holds_acr
     os.close(holder)  # Releases it.
   writer.join(timeout=30)
   assert not writer.is_alive() and json.loads(path.read_text())['test_accuracy'] == 0.5
+
+
+def test_a_lock_file_left_by_another_user_does_not_fail_the_evaluation(tmp_path, monkeypatch):
+  """In a folder shared by a group, a colleague's 644 .eval.lock had made write_eval_json fail
+  with EACCES after all the inference (a review). Opening it for writing is refused here as the
+  kernel refuses it to another user (root, who runs CI, is never refused); and a lock file this
+  process makes is writable by the others."""
+  path = tmp_path / 'eval_best.json'
+  (tmp_path / '.eval.lock').touch(mode=0o644)
+  real_open = os.open
+
+  def as_another_user(file, flags, *args, **kwargs):
+    if str(file).endswith('.eval.lock') and flags & (os.O_RDWR | os.O_WRONLY):
+      raise PermissionError(13, 'Permission denied', str(file))
+    return real_open(file, flags, *args, **kwargs)
+
+  monkeypatch.setattr(os, 'open', as_another_user)
+  evaluate.write_eval_json(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
+  monkeypatch.undo()
+  assert json.loads(path.read_text())['step'] == 1
+  (tmp_path / '.eval.lock').unlink()
+  evaluate.write_eval_json(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
+  assert (tmp_path / '.eval.lock').stat().st_mode & 0o777 == 0o666
