@@ -158,7 +158,11 @@ def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any]) 
   """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
   (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
   private config file that loads it. A run folder whose `run_config(WORKDIR)` raises (no
-  config.json) is an error line here."""
+  config.json) is an error line here. Flag files (--flagfile) are read first, as absl would."""
+  try:
+    argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error:
+    return list(argv)  # absl names the unreadable flag file.
   if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
     return list(argv)
   workdir = _flag_value(argv, 'workdir')

@@ -231,6 +231,10 @@ def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
   assert _usage_error(evaluate()) == (
       'error: --config.KEY=VALUE overrides without --config change the config of the run in '
       '--workdir, which is not given')
+  (tmp_path / 'flags').write_text(f'--workdir={tmp_path}\n')  # Read as absl reads it (a review).
+  assert _usage_error(evaluate(f'--flagfile={tmp_path / "flags"}')) == (
+      "error: --config.KEY=VALUE overrides change the run's own config: "
+      f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
   line = _usage_error(train(tmp_path / 'run', config=None, overrides={'train.batch_size': 8}))
   assert 'config.train.batch_size' in line and 'need --config FILE' in line, line
   assert not (tmp_path / 'run').exists()
