@@ -111,14 +111,18 @@ def jpeg(image: jax.Array, quality: jax.Array, subsampling: str = '4:4:4') -> ja
   if subsampling not in SUBSAMPLINGS:
     raise ValueError(f'subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}')
   h, w, _ = image.shape
-  unit = 16 if subsampling == '4:2:0' else 8  # libjpeg's MCU: whole chroma blocks.
-  ph, pw = -h % unit, -w % unit
-  ycc = rgb_to_ycbcr(jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode='edge'))
   tables = quant_tables(quality)
   if subsampling == '4:4:4':
-    out = _block_round_trip(ycc, tables[jnp.asarray([0, 1, 1])])
-  else:
-    luma = _block_round_trip(ycc[..., :1], tables[:1])
-    chroma = _block_round_trip(downsample_2x2(ycc[..., 1:]), tables[jnp.asarray([1, 1])])
-    out = jnp.concatenate([luma, upsample_2x2(chroma)], -1)
-  return ycbcr_to_rgb(out[:h, :w])
+    ycc = rgb_to_ycbcr(jnp.pad(image, ((0, -h % 8), (0, -w % 8), (0, 0)), mode='edge'))
+    return ycbcr_to_rgb(_block_round_trip(ycc, tables[jnp.asarray([0, 1, 1])])[:h, :w])
+  # libjpeg's edges: columns repeated at full resolution up to the 16-pixel MCU before the 2x2
+  # means (jcsample), rows only up to an even count, the chroma's last row then repeated
+  # (jcprepct); the decoder upsamples the real chroma samples only, repeating the last one.
+  ycc = rgb_to_ycbcr(jnp.pad(image, ((0, h % 2), (0, -w % 16), (0, 0)), mode='edge'))
+  hp = h + (-h % 16)
+  luma = _block_round_trip(jnp.pad(ycc[..., :1], ((0, hp - ycc.shape[0]), (0, 0), (0, 0)),
+                                   mode='edge'), tables[:1])
+  chroma = downsample_2x2(ycc[..., 1:])
+  chroma = jnp.pad(chroma, ((0, hp // 2 - chroma.shape[0]), (0, 0), (0, 0)), mode='edge')
+  chroma = _block_round_trip(chroma, tables[jnp.asarray([1, 1])])[:(h + 1) // 2, :(w + 1) // 2]
+  return ycbcr_to_rgb(jnp.concatenate([luma[:h, :w], upsample_2x2(chroma)[:h, :w]], -1))
