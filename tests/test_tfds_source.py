@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -302,6 +303,31 @@ def test_prepare_without_a_way_to_the_server_fails_at_once_in_one_line_and_creat
   assert out.stderr == (f'error: cannot reach {prepare_tfds.URL} ([Errno {errno.ECONNREFUSED}] '
                         f'{os.strerror(errno.ECONNREFUSED)}); {prepare_tfds.OFFLINE}\n')
   assert not (tmp_path / 'tfds').exists()
+
+
+def test_a_server_that_answers_badly_is_left_to_tfds_not_called_unreachable():
+  """Only a refused connection, a failed name lookup, a timeout or no route says "offline": a
+  proxy that answers nonsense (or a TLS certificate urllib does not trust but requests may) had
+  been reported as unreachable, or escaped as a traceback (a review). A fresh process, as urllib
+  reads the proxy settings once."""
+  with socket.socket() as server:
+    server.bind(('127.0.0.1', 0))
+    server.listen(1)
+    proxy = f'http://127.0.0.1:{server.getsockname()[1]}'
+
+    def answer_badly():
+      conn, _ = server.accept()
+      with conn:
+        conn.recv(4096)
+        conn.sendall(b'not http at all\r\n\r\n')
+    thread = threading.Thread(target=answer_badly, daemon=True)
+    thread.start()
+    code = 'from jax_cifar.data import prepare_tfds\nprepare_tfds._check_reachable(10)\nprint("ok")\n'
+    env = {**_env(), 'HTTPS_PROXY': proxy, 'https_proxy': proxy, 'NO_PROXY': '', 'no_proxy': ''}
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
+                         env=env)
+    thread.join(timeout=10)
+  assert out.returncode == 0 and out.stdout == 'ok\n', out.stderr[-2000:]
 
 
 def test_prepare_into_a_folder_that_cannot_be_made_is_one_line(manual_dir, tmp_path):

@@ -10,10 +10,12 @@ nothing is downloaded. Building needs tensorflow (`pip install tensorflow-cpu`);
 from __future__ import annotations
 
 import argparse
+import errno
+import http.client
 import importlib.util
 import pathlib
+import socket
 import sys
-import urllib.error
 import urllib.request
 
 from absl import logging
@@ -27,15 +29,21 @@ OFFLINE = (f'offline, download {ARCHIVE} elsewhere, put it into a folder M and a
            '(nothing is downloaded then)')
 
 
+# What says "no way to the server" for certain; anything else (a TLS certificate urllib does not
+# trust but requests, which tfds uses, may; an HTTP error) is left to tfds (a review).
+_UNREACHABLE = (socket.gaierror, ConnectionRefusedError, TimeoutError)
+_UNREACHABLE_ERRNOS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN)
+
+
 def _check_reachable(timeout_s: float = 20.0) -> None:
   """DataError at once where the archive's server cannot be reached (proxies as the environment
   says): tfds's own download retries for minutes, then ends in a traceback (an audit)."""
   try:
     urllib.request.urlopen(urllib.request.Request(URL, method='HEAD'), timeout=timeout_s).close()
-  except (urllib.error.URLError, OSError, ValueError) as e:
-    if isinstance(e, urllib.error.HTTPError):  # The server answered: tfds may still get the file.
-      return
-    raise cifar100.DataError(f'cannot reach {URL} ({getattr(e, "reason", e)}); {OFFLINE}') from None
+  except (OSError, http.client.HTTPException, ValueError) as e:
+    reason = getattr(e, 'reason', e)  # urllib's URLError wraps the socket's error.
+    if isinstance(reason, _UNREACHABLE) or getattr(reason, 'errno', None) in _UNREACHABLE_ERRNOS:
+      raise cifar100.DataError(f'cannot reach {URL} ({reason}); {OFFLINE}') from None
 
 
 def _is_prepared(builder) -> bool:
