@@ -159,17 +159,34 @@ def _magnitudes(name: str) -> list[float]:
 _apply_many = jax.jit(jax.vmap(jax.vmap(aa.apply_op, (0, None, None)), (None, None, 0)))
 
 
+# Shifts of the sampling position of about 1e-5 pixels: a pixel whose source changes under them
+# sits on a rounding tie of the nearest-neighbour warp.
+_TIE_NUDGE = {'ShearX': 1e-5, 'ShearY': 1e-5, 'Rotate': 3e-5}  # relative (shear), degrees (rotate)
+
+
+def _near_a_tie(images: np.ndarray, name: str, m: float, ref: np.ndarray) -> np.ndarray:
+  """[B, H, W] pixels whose torchvision source pixel changes when the warp is nudged: which side
+  of such a tie float32 rounding lands on depends on torch's matmul kernel (the CPU's)."""
+  nudged = ([m * (1 - _TIE_NUDGE[name]), m * (1 + _TIE_NUDGE[name])] if name != 'Rotate'
+            else [m - _TIE_NUDGE[name], m + _TIE_NUDGE[name]])
+  return np.any([(_reference(images, name, n) != ref).any(-1) for n in nudged], axis=0)
+
+
 @pytest.mark.parametrize('name', aa.OP_NAMES)
 def test_op_matches_torchvision(images, name):
-  """Every op bit-exact, the nearest-neighbour warps too (they had been allowed 1% of pixels off
-  by any amount: a wrong source pixel would have passed; an audit measured none)."""
+  """Every op bit-exact, the nearest-neighbour warps too, except where a sampling position sits on
+  a rounding tie (either neighbour is then right, and which one torch picks depends on the CPU's
+  matmul kernel: a review). The warps had been allowed 1% of pixels off by any amount, so a wrong
+  source pixel would have passed (an audit measured none off on this machine)."""
   mags = _magnitudes(name)
   ours = np.asarray(_apply_many(jnp.asarray(images), jnp.int32(aa.OP_NAMES.index(name)),
                                 jnp.asarray(mags, jnp.float32))).astype(int)
   for m, out in zip(mags, ours):
     ref = _reference(images, name, m).astype(int)
-    diff = np.abs(out - ref)
-    assert diff.max() == 0, (name, m, (diff > 0).mean(), diff.max())
+    off = (out != ref).any(-1)
+    if name in _TIE_NUDGE:
+      off &= ~_near_a_tie(images, name, m, ref)
+    assert not off.any(), (name, m, off.mean(), np.abs(out - ref).max())
 
 
 def test_apply_named_matches_torchvision(images):
