@@ -38,7 +38,6 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 
 # pylint: disable=wrong-import-position
 import dataclasses
-import fcntl
 import functools
 import json
 import os
@@ -55,7 +54,7 @@ from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, st
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel, tracking
-from jax_cifar.evaluation import figures, ood_sets, submission, tta
+from jax_cifar.evaluation import eval_json, figures, ood_sets, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -161,7 +160,8 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
   if (config.data.eval_limit and config.data.source != 'synthetic' and test is not None
       and len(test) < cifar100.TEST_SIZE and jax.process_index() == 0):  # (Only test_count said so.)
     logging.warning('test: %d class-balanced test images, not all of them (the run\'s '
-                    'data.eval_limit=%d; every image: add --config.data.eval_limit=0)', len(test), config.data.eval_limit)
+                    'data.eval_limit=%d; every image: add --config.data.eval_limit=0)', len(test),
+                    config.data.eval_limit)
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None
@@ -261,7 +261,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if keeps and jax.process_index() == 0:
     step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
                 else pathlib.Path(which))
-    write_eval_json(workdir_path / f'eval_{tag}.json', result,
+    eval_json.write(workdir_path / f'eval_{tag}.json', result,
                     step_dir.parent if step_dir.name == 'default' else step_dir)
   for draw in draw_later:
     draw()
@@ -276,85 +276,6 @@ def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
     tracking.say(f'{workdir} takes no files ({why}): the numbers are printed, and '
                  f'eval_{tag}.json and the figures are not written')
   return why is None
-
-
-def _eval_lock(folder: pathlib.Path) -> int:
-  """A descriptor holding the exclusive flock of folder/.eval.lock. Made writable by everyone who
-  may write the folder (a colleague's 644 lock file had failed their evaluation after all its
-  inference: a review); where it still cannot be opened for writing, read-only (flock works so
-  on a local disk), and where that cannot be locked either, the folder's own lock."""
-  path = folder / '.eval.lock'
-  try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-      os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
-    except OSError:
-      pass
-  except PermissionError:
-    fd = os.open(path, os.O_RDONLY)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-  except OSError:  # NFS locks a read-only descriptor only for reading.
-    os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-  return fd
-
-
-def write_eval_json(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):
-  """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
-  earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
-  `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
-  in the file; a file of another checkpoint (or unreadable) is kept beside it as
-  eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
-  WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
-  host, where it had been taken (a cluster audit))."""
-  lock = _eval_lock(path.parent)
-  try:
-    merged = dict(result)
-    if path.exists():
-      try:
-        old = json.loads(path.read_text())
-      except (OSError, ValueError):
-        old = None
-      saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
-                     and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
-      if (isinstance(old, dict) and not saved_since
-          and all(old.get(k) == result[k] for k in ('step', 'weights'))
-          and _checkpoint_key(old.get('checkpoint')) == _checkpoint_key(result['checkpoint'])):
-        # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
-        # kept another set's accuracy beside its own submission (an audit).
-        for given, kind in (('ood_dir', ('ood_', 'submission')), ('cifar100c_dir', ('cifar100c',))):
-          if given in result:
-            old = {k: v for k, v in old.items() if not k.startswith(kind)}
-        merged = {**old, **result}
-      else:
-        step = old.get('step') if isinstance(old, dict) else 'unknown'
-        aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
-        os.replace(path, aside)
-        logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
-                        path.name, step, aside.name)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-      tmp.write_text(json.dumps(merged, indent=2) + '\n')
-    except OSError as e:  # (A full disk had left the partial temp file, and named only it.)
-      tmp.unlink(missing_ok=True)
-      raise OSError(e.errno, e.strerror, str(path)) from None
-    os.replace(tmp, path)
-  finally:
-    os.close(lock)  # Releases the lock.
-
-
-def _checkpoint_key(checkpoint) -> tuple[str, ...] | None:
-  """'best', 'latest', or a step folder as (kind, step): a step given by number, by folder or by
-  its default/ item, relative or absolute, is one checkpoint of the run (they had been taken for
-  two, and the earlier numbers set aside as another checkpoint's)."""
-  if not isinstance(checkpoint, str):
-    return None
-  if checkpoint in ('best', 'latest'):
-    return (checkpoint,)
-  folder = pathlib.PurePath(checkpoint)
-  return (folder.parent if folder.name == 'default' else folder).parts[-2:]
 
 
 def _tent_options() -> tent_lib.TentOptions | None:

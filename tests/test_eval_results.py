@@ -6,8 +6,8 @@ import fcntl
 import json
 import logging
 import os
-import threading
 import pathlib
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from jax_cifar import evaluate
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, ood
+from jax_cifar.evaluation import eval_json
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.evaluation import ood_sets
 
@@ -215,7 +216,7 @@ def test_a_full_disk_while_writing_eval_json_keeps_the_old_file_and_leaves_no_te
 
   monkeypatch.setattr(pathlib.Path, 'write_text', half_then_full)
   with pytest.raises(OSError) as e:
-    evaluate.write_eval_json(path, {**before, 'test_accuracy': 0.6})
+    eval_json.write(path, {**before, 'test_accuracy': 0.6})
   assert (e.value.errno, e.value.filename) == (28, str(path))
   monkeypatch.undo()
   assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_best.json']
@@ -232,10 +233,10 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
   path.write_text(json.dumps(old))
   same = {'checkpoint': str(tmp_path / 'run/checkpoints/latest/2'), 'step': 2, 'weights': 'raw',
           'test_accuracy': 0.5}
-  evaluate.write_eval_json(path, same)
+  eval_json.write(path, same)
   assert json.loads(path.read_text()) == {**old, **same}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json']
-  evaluate.write_eval_json(path, {**same, 'checkpoint': str(tmp_path / 'run/checkpoints/best/2')})
+  eval_json.write(path, {**same, 'checkpoint': str(tmp_path / 'run/checkpoints/best/2')})
   assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json',
                                                         'eval_step2.step2.json']
   assert 'ood_accuracy' not in json.loads(path.read_text())
@@ -245,11 +246,11 @@ def test_evaluations_finishing_together_take_turns_on_a_lock_file_that_holds_acr
     tmp_path):
   """The lock had been an flock on the workdir folder, which NFS keeps within one host (a
   cluster audit); WORKDIR/.eval.lock, a regular file, is locked through the server. While another
-  holder has it, write_eval_json waits."""
+  holder has it, eval_json.write waits."""
   path = tmp_path / 'eval_best.json'
   holder = os.open(tmp_path / '.eval.lock', os.O_RDWR | os.O_CREAT)
   fcntl.flock(holder, fcntl.LOCK_EX)
-  writer = threading.Thread(target=evaluate.write_eval_json, args=(path, {
+  writer = threading.Thread(target=eval_json.write, args=(path, {
       'checkpoint': 'best', 'step': 1, 'weights': 'raw', 'test_accuracy': 0.5}))
   try:
     writer.start()
@@ -262,7 +263,7 @@ def test_evaluations_finishing_together_take_turns_on_a_lock_file_that_holds_acr
 
 
 def test_a_lock_file_left_by_another_user_does_not_fail_the_evaluation(tmp_path, monkeypatch):
-  """In a folder shared by a group, a colleague's 644 .eval.lock had made write_eval_json fail
+  """In a folder shared by a group, a colleague's 644 .eval.lock had made eval_json.write fail
   with EACCES after all the inference (a review). Opening it for writing is refused here as the
   kernel refuses it to another user (root, who runs CI, is never refused); and a lock file this
   process makes is writable by the others."""
@@ -276,9 +277,9 @@ def test_a_lock_file_left_by_another_user_does_not_fail_the_evaluation(tmp_path,
     return real_open(file, flags, *args, **kwargs)
 
   monkeypatch.setattr(os, 'open', as_another_user)
-  evaluate.write_eval_json(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
+  eval_json.write(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
   monkeypatch.undo()
   assert json.loads(path.read_text())['step'] == 1
   (tmp_path / '.eval.lock').unlink()
-  evaluate.write_eval_json(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
+  eval_json.write(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
   assert (tmp_path / '.eval.lock').stat().st_mode & 0o777 == 0o666

@@ -1,0 +1,92 @@
+"""WORKDIR/eval_<tag>.json: an evaluation's numbers, merged with what an earlier evaluation of the
+same checkpoint wrote, under a lock that evaluations finishing together take in turn."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+
+from absl import logging
+
+from jax_cifar import workdir as workdir_lib
+
+
+def _lock(folder: pathlib.Path) -> int:
+  """A descriptor holding the exclusive flock of folder/.eval.lock. Made writable by everyone who
+  may write the folder (a colleague's 644 lock file had failed their evaluation after all its
+  inference: a review); where it still cannot be opened for writing, read-only (flock works so
+  on a local disk), and where that cannot be locked either, the folder's own lock."""
+  path = folder / '.eval.lock'
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
+    except OSError:
+      pass
+  except PermissionError:
+    fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+  except OSError:  # NFS locks a read-only descriptor only for reading.
+    os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+  return fd
+
+
+def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):
+  """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
+  earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
+  `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
+  in the file; a file of another checkpoint (or unreadable) is kept beside it as
+  eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
+  WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
+  host, where it had been taken (a cluster audit))."""
+  lock = _lock(path.parent)
+  try:
+    merged = dict(result)
+    if path.exists():
+      try:
+        old = json.loads(path.read_text())
+      except (OSError, ValueError):
+        old = None
+      saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
+                     and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
+      if (isinstance(old, dict) and not saved_since
+          and all(old.get(k) == result[k] for k in ('step', 'weights'))
+          and _checkpoint_key(old.get('checkpoint')) == _checkpoint_key(result['checkpoint'])):
+        # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
+        # kept another set's accuracy beside its own submission (an audit).
+        for given, kind in (('ood_dir', ('ood_', 'submission')), ('cifar100c_dir', ('cifar100c',))):
+          if given in result:
+            old = {k: v for k, v in old.items() if not k.startswith(kind)}
+        merged = {**old, **result}
+      else:
+        step = old.get('step') if isinstance(old, dict) else 'unknown'
+        aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
+        os.replace(path, aside)
+        logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
+                        path.name, step, aside.name)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+      tmp.write_text(json.dumps(merged, indent=2) + '\n')
+    except OSError as e:  # (A full disk had left the partial temp file, and named only it.)
+      tmp.unlink(missing_ok=True)
+      raise OSError(e.errno, e.strerror, str(path)) from None
+    os.replace(tmp, path)
+  finally:
+    os.close(lock)  # Releases the lock.
+
+
+def _checkpoint_key(checkpoint) -> tuple[str, ...] | None:
+  """'best', 'latest', or a step folder as (kind, step): a step given by number, by folder or by
+  its default/ item, relative or absolute, is one checkpoint of the run (they had been taken for
+  two, and the earlier numbers set aside as another checkpoint's)."""
+  if not isinstance(checkpoint, str):
+    return None
+  if checkpoint in ('best', 'latest'):
+    return (checkpoint,)
+  folder = pathlib.PurePath(checkpoint)
+  return (folder.parent if folder.name == 'default' else folder).parts[-2:]
