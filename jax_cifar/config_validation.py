@@ -197,7 +197,8 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert([f'augment.augmix_{k}' for k in ('severity', 'width', 'depth', 'alpha')],
           'augment.augmix is off')
   for prob, keys in (('rrc', ['rrc_scale', 'rrc_ratio']), ('color_jitter', ['color_jitter']),
-                     ('blur', ['blur_kernel', 'blur_sigma']), ('jpeg', ['jpeg_quality', 'jpeg_subsampling']),
+                     ('blur', ['blur_kernel', 'blur_sigma']),
+                     ('jpeg', ['jpeg_quality', 'jpeg_subsampling']),
                      ('noise', ['noise_std'])):
     if not flat.get(f'augment.{prob}_prob'):
       inert([f'augment.{k}' for k in keys], f'augment.{prob}_prob is 0')
