@@ -12,7 +12,7 @@ COMMANDS = {
     'train': ('jax_cifar.train', 'train a config into a workdir (resumes)'),
     'evaluate': ('jax_cifar.evaluate', 'test accuracy, OOD submission, CIFAR-100-C, test-time tools'),
     'convert': ('jax_cifar.convert_cli', 'torchvision weights -> a model.pretrained checkpoint'),
-    'corrupt': ('jax_cifar.corruptions.cli', 'a labelled 19 x 5 corrupted set from the test split'),
+    'corrupt': ('jax_cifar.corruptions.cli', 'a labelled 19 x 5 corrupted set (test or val split)'),
     'submission': ('jax_cifar.evaluation.submission', 'check a submission CSV'),
     'report': ('jax_cifar.evaluation.report', 'curves and a summary of several runs'),
     'prepare_tfds': ('jax_cifar.data.prepare_tfds', 'build tfds cifar100 for data.source=tfds'),

@@ -6,7 +6,7 @@ python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpo
     [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
 confusion_<tag>.png, where <tag> is best, latest, step<N> (a step number or folder) or
-path, then _tta-flip / _tta-shifts with --tta
+path, then _ema / _auto with --weights ema / auto, then _tta-flip / _tta-shifts with --tta
 (--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
 non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
