@@ -152,16 +152,22 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
   return scalars, details
 
 
+def is_part_of_test_set(data_cfg, test_size: int) -> bool:
+  """Whether data.eval_limit left out some of the real test split's images (a limit at or above
+  its size keeps them all; a synthetic split has no images to leave out)."""
+  return bool(data_cfg.eval_limit and data_cfg.source != 'synthetic'
+              and test_size < cifar100.TEST_SIZE)
+
+
 def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None,
                     draw_later: list) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
   splits, result = cifar100.get_splits(config.data), {}
   test = splits['test']
-  if (config.data.eval_limit and config.data.source != 'synthetic' and test is not None
-      and len(test) < cifar100.TEST_SIZE and jax.process_index() == 0):  # (Only test_count said so.)
+  if test is not None and is_part_of_test_set(config.data, len(test)) and jax.process_index() == 0:
     logging.warning('test: %d class-balanced test images, not all of them (the run\'s '
                     'data.eval_limit=%d; every image: add --config.data.eval_limit=0)', len(test),
-                    config.data.eval_limit)
+                    config.data.eval_limit)  # (Only test_count had said so.)
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None

@@ -1,0 +1,46 @@
+"""What evaluate makes of the configs it is given, without a model: the run's own config.json
+against --config (keys that change the predictions are refused) and the part-of-the-test-set
+warning's rule. End to end with a trained run: test_evaluate.py and test_trainer.py."""
+
+import json
+
+import ml_collections
+import pytest
+
+from jax_cifar import config_validation, evaluate
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+from jax_cifar.evaluation import inference
+
+
+def test_an_eval_limit_that_keeps_every_image_is_no_part_of_the_test_set():
+  """data.eval_limit at or above the split's size keeps all of it: no 'not all of them' (a
+  review). (This had been asserted on a synthetic run, which is never warned about: a test that
+  could not fail, found by a test-quality audit. The warning itself: test_trainer's smoke run.)"""
+  data = ml_collections.ConfigDict({'eval_limit': 2000, 'source': 'local'})
+  assert evaluate.is_part_of_test_set(data, 2000)
+  for limit, size in ((20_000, 10_000), (10_000, 10_000), (0, 10_000)):
+    data.eval_limit = limit
+    assert not evaluate.is_part_of_test_set(data, size), (limit, size)
+  data.eval_limit, data.source = 2000, 'tfds'
+  assert evaluate.is_part_of_test_set(data, 2000)
+  data.source = 'synthetic'  # 256 images of noise: nothing of the real test split left out.
+  assert not evaluate.is_part_of_test_set(data, 256)
+
+
+@pytest.mark.parametrize('run_source,given,refused', [
+    ('local', 'synthetic', True), ('local', 'tfds', False), ('tfds', 'local', False)])
+def test_data_source_against_the_runs_own(tmp_path, run_source, given, refused):
+  """The other way round (a run of real images, synthetic ones given), and local against tfds,
+  which read the same images (a test audit: only synthetic -> local had been tested)."""
+  recorded = default.get_config()
+  recorded.data.source = run_source
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded.to_dict()))
+  config = default.get_config()
+  config.data.source = given
+  if refused:
+    with pytest.raises(config_validation.ConfigError,
+                       match=rf"data.source '{run_source}' \(run\) vs '{given}' \(--config\)"):
+      inference.check_matches_run(config, str(tmp_path))
+  else:
+    inference.check_matches_run(config, str(tmp_path))
