@@ -242,11 +242,10 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
   assert 'ood_accuracy' not in json.loads(path.read_text())
 
 
-def test_evaluations_finishing_together_take_turns_on_a_lock_file_that_holds_across_hosts(
-    tmp_path):
+def test_evaluations_finishing_together_take_turns_on_the_eval_lock_file(tmp_path):
   """The lock had been an flock on the workdir folder, which NFS keeps within one host (a
-  cluster audit); WORKDIR/.eval.lock, a regular file, is locked through the server. While another
-  holder has it, eval_json.write waits."""
+  cluster audit); WORKDIR/.eval.lock, a regular file, is locked through the server (NFS itself
+  is not tested here: this shows the lock taken is that file's, from another open file)."""
   path = tmp_path / 'eval_best.json'
   holder = os.open(tmp_path / '.eval.lock', os.O_RDWR | os.O_CREAT)
   fcntl.flock(holder, fcntl.LOCK_EX)

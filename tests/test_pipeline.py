@@ -151,6 +151,10 @@ sys.stdin.read()
   end = time.time() + 30
   while time.time() < end and any(pathlib.Path(f'/proc/{w}').exists() for w in workers):
     time.sleep(0.2)
-  alive = [w for w in workers if pathlib.Path(f'/proc/{w}').exists()
-           and 'Z' not in pathlib.Path(f'/proc/{w}/stat').read_text().split()[2]]
+  def running(pid):  # Not gone, not a zombie (it may go between the two looks: a test audit).
+    try:
+      return 'Z' not in pathlib.Path(f'/proc/{pid}/stat').read_text().split()[2]
+    except (FileNotFoundError, ProcessLookupError):
+      return False
+  alive = [w for w in workers if running(w)]
   assert not alive, alive

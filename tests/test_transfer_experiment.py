@@ -114,6 +114,9 @@ def test_ctrl_c_reaches_the_arm_once_and_says_the_command_resumes(tmp_path, exit
   end = time.time() + 60
   while not (log.exists() and 'ready' in log.read_text()) and time.time() < end:
     time.sleep(0.05)
+  if not (log.exists() and 'ready' in log.read_text()):  # Said so, not a signal at a wrong time.
+    os.killpg(parent.pid, signal.SIGKILL)
+    pytest.fail(f'the arm never got ready in 60 s: {parent.communicate()[1][-2000:]}')
   os.killpg(parent.pid, signal.SIGINT)  # What Ctrl-C does: the whole foreground group.
   _, err = parent.communicate(timeout=60)
   assert count.read_text() == '1'  # Once, through the script; the arm stopped its own way.
