@@ -230,3 +230,68 @@ def test_shapes_and_messages_stay_small():
   with pytest.raises(safe_pickle.DisallowedGlobal, match='disallowed array order') as error:
     _load(PROTO + FROMBUFFER + b'(C\x00' + u1 + b'K\x00\x85' + order + b'tR.')
   assert len(str(error.value)) < 200
+
+
+def test_names_the_file_shares_stay_shared_when_made_str(tmp_path):
+  """cifar100.read_pickle makes bytes str: it had decoded a shared object once per place, so 1 MB
+  named 5,000 times (or lists of lists shared 6 deep) filled the memory (a security audit)."""
+  big, nest = b'n' * 100_000, [b'leaf']
+  for _ in range(20):
+    nest = [nest, nest]  # 2**20 leaves, 21 lists.
+  path = tmp_path / 'test'
+  path.write_bytes(pickle.dumps({b'filenames': [big] * 5000, b'nest': nest}, protocol=2))
+  raw = cifar100.read_pickle(path)
+  names = raw['filenames']
+  assert names[0] == 'n' * 100_000 and all(name is names[0] for name in names)
+  nest = raw['nest']
+  for _ in range(20):
+    assert nest[0] is nest[1]
+    nest = nest[0]
+  assert nest == ['leaf']
+
+
+def _split_folder(tmp_path: pathlib.Path, labels) -> pathlib.Path:
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir(parents=True)
+  split = {b'data': np.zeros((2, 3072), np.uint8), b'fine_labels': labels}
+  for name in ('train', 'test'):
+    (folder / name).write_bytes(pickle.dumps(split, protocol=2))
+  (folder / 'meta').write_bytes(pickle.dumps({b'fine_label_names': [b'x'] * 100,
+                                              b'coarse_label_names': [b'y'] * 20}, protocol=2))
+  return tmp_path
+
+
+def _shared_tuples(depth: int, width: int):
+  out = 0
+  for _ in range(depth):
+    out = (out,) * width
+  return out
+
+
+@pytest.mark.parametrize('labels,expected', [
+    ([[1, 2], [3]], 'fine_labels is a list of 2 items, expected 2 ints'),  # Ragged: a ValueError.
+    (_shared_tuples(4, 60), 'fine_labels is a tuple of 60 items, expected 2 ints'),  # 13M ints.
+    ([1, 'x'], 'fine_labels is a list of 2 items, expected 2 ints'),
+    ([True, False], 'fine_labels is a list of 2 items, expected 2 ints'),
+    ({1: 2}, 'fine_labels is a dict, expected a list of 2 ints'),
+])
+def test_labels_are_a_flat_list_of_ints_or_an_array(tmp_path, labels, expected):
+  """np.asarray had expanded labels the file shares (tuples of tuples of one tuple) to gigabytes,
+  and raised a traceback on ragged lists (a security audit)."""
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(_split_folder(tmp_path, labels), 'test', download=False)
+  assert expected in str(error.value) and '\n' not in str(error.value), error.value
+  ok = cifar100.load_split(_split_folder(tmp_path / 'ok', [3, np.int64(4)]), 'test', download=False)
+  assert ok.labels.tolist() == [3, 4]
+
+
+def test_a_missing_key_lists_a_bounded_few_of_any_type(tmp_path):
+  path = tmp_path / 'cifar-100-python'
+  _split_folder(tmp_path, [1, 2])
+  (path / 'test').write_bytes(pickle.dumps({1: 1, b'a' * 1000: 2, **{f'k{i}': i for i in range(50)}},
+                                           protocol=2))
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, 'test', download=False)
+  message = str(error.value)  # sorted() of int and str keys had been a TypeError (an audit).
+  assert "missing key 'data' (has " in message and '(52 in all)' in message, message
+  assert len(message) < 600 and '\n' not in message

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import reprlib
 import shutil
 import tarfile
 import urllib.error
@@ -30,6 +31,8 @@ NUM_COARSE_CLASSES = 20
 TEST_SIZE = 10_000  # Images of the official test split.
 SOURCES = ('local', 'tfds', 'synthetic')  # data.source
 SPLITS = ('train', 'test')
+_KEYS = reprlib.Repr()  # A file's keys in a message, each shortened (the file chose them).
+_KEYS.maxstring, _KEYS.maxother = 40, 40
 
 
 class DataError(errors.UserError):
@@ -53,12 +56,20 @@ class Split:
     return Split(self.images[indices], self.labels[indices], coarse)
 
 
-def _to_str(value: Any) -> Any:
+def _to_str(value: Any, done: dict[int, tuple[Any, Any]]) -> Any:
+  """bytes as str, in lists too. An object the file shares between places is converted once
+  (`done`, by id): copied per place, 1 MB named 5,000 times had filled the memory (a security
+  audit). The nesting is bounded by safe_pickle."""
+  if id(value) in done:
+    return done[id(value)][1]
   if isinstance(value, bytes):
-    return value.decode('latin1')
-  if isinstance(value, list):
-    return [_to_str(v) for v in value]
-  return value
+    out = value.decode('latin1')
+  elif isinstance(value, list):
+    out = [_to_str(v, done) for v in value]
+  else:
+    return value
+  done[id(value)] = (value, out)  # value kept alive, so its id is not reused during this walk.
+  return out
 
 
 def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, Any]:
@@ -75,7 +86,8 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
     raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
     raise DataError(f'{path}: expected a dict, got {type(obj).__name__}')
-  return {_to_str(k): _to_str(v) for k, v in obj.items()}
+  done = {}
+  return {_to_str(k, done): _to_str(v, done) for k, v in obj.items()}
 
 
 # ------------------------------------------------------------------ locating, downloading, extracting
@@ -228,7 +240,17 @@ def find_or_fetch(
 
 
 def _labels(path: pathlib.Path, raw: dict[str, Any], key: str, n: int, num: int) -> np.ndarray:
-  labels = np.asarray(raw[key])
+  labels = raw[key]
+  # A flat list of ints or an array: np.asarray had expanded nested lists the file shares to
+  # gigabytes, and raised on ragged ones (a security audit).
+  if isinstance(labels, (list, tuple)):
+    if len(labels) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                   for v in labels):
+      raise DataError(f'{path}: {key} is a {type(labels).__name__} of {len(labels)} items, '
+                      f'expected {n} ints')
+    labels = np.asarray(labels)
+  elif not isinstance(labels, np.ndarray):
+    raise DataError(f'{path}: {key} is a {type(labels).__name__}, expected a list of {n} ints')
   if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
     raise DataError(f'{path}: {key} has shape {labels.shape} / dtype {labels.dtype}, expected {n} ints')
   if n and (labels.min() < 0 or labels.max() >= num):
@@ -240,7 +262,9 @@ def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
   raw = read_pickle(path, encoding)
   for key in ('data', 'fine_labels'):
     if key not in raw:
-      raise DataError(f'{path}: missing key {key!r} (has {sorted(raw)})')
+      keys = sorted(map(_KEYS.repr, raw))  # Bounded, whatever the keys' types.
+      keys = ', '.join(keys[:12]) + (f', ... ({len(keys):,} in all)' if len(keys) > 12 else '')
+      raise DataError(f'{path}: missing key {key!r} (has {keys})')
   data = raw['data']
   if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
     desc = f'{data.dtype} {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
