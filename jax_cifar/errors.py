@@ -21,6 +21,13 @@ class ConfigError(UserError, ValueError):
   """A config value or command-line option that cannot work (named, with what is allowed)."""
 
 
+class DataError(UserError):
+  """Bad or missing input data; the message is one line naming the file and the problem."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split()))
+
+
 def folder_arg(call: str, value) -> None:
   """TypeError naming `call` when a folder argument is not a path (None had ended in pathlib's
   traceback, frames deep; an audit)."""

@@ -24,7 +24,7 @@ import pytest
 
 from jax_cifar import atomic_folder
 from jax_cifar.configs import default
-from jax_cifar.data import cifar100, tfds_source
+from jax_cifar.data import cifar100, fetch, tfds_source
 from jax_cifar.data.cifar100 import DataError
 
 
@@ -304,7 +304,7 @@ def test_a_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path, small_tre
   monkeypatch.setattr(tqdm.tqdm, 'update', interrupted)  # After the first chunk is written.
   target = tmp_path / 'download'
   with pytest.raises(KeyboardInterrupt):
-    cifar100.download_archive(f'{url}/cifar-100-python.tar.gz', target / 'cifar-100-python.tar.gz',
+    fetch.download_archive(f'{url}/cifar-100-python.tar.gz', target / 'cifar-100-python.tar.gz',
                               '0' * 32)
   assert list(target.iterdir()) == []
 
@@ -324,8 +324,8 @@ def test_download_with_right_md5_is_kept_and_extracted(tmp_path, small_tree, htt
 def test_get_splits_downloads_from_the_module_constants(tmp_path, small_tree, http_dir, monkeypatch):
   served, url = http_dir
   archive = make_archive(small_tree, served / 'cifar-100-python.tar.gz')
-  monkeypatch.setattr(cifar100, 'CIFAR100_URL', f'{url}/cifar-100-python.tar.gz')
-  monkeypatch.setattr(cifar100, 'CIFAR100_MD5', hashlib.md5(archive.read_bytes()).hexdigest())
+  monkeypatch.setattr(fetch, 'CIFAR100_URL', f'{url}/cifar-100-python.tar.gz')
+  monkeypatch.setattr(fetch, 'CIFAR100_MD5', hashlib.md5(archive.read_bytes()).hexdigest())
   cfg = default.get_config().data
   (tmp_path / 'cache').mkdir()  # A folder the user names must exist; the download fills it.
   cfg.dir, cfg.val_fraction = str(tmp_path / 'cache'), 0.0
