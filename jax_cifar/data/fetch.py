@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import posixpath
 import shutil
 import tarfile
 import urllib.error
@@ -81,6 +82,37 @@ def download_archive(url: str, dest: pathlib.Path, md5: str) -> pathlib.Path:
   return dest
 
 
+# What an archive may extract to: the real one is 161 MB (train 155 MB). Declared sizes are checked
+# before a byte is written; a 9 MB .tar.gz had filled 2 GiB of disk (a security audit).
+MAX_MEMBER_BYTES, MAX_TOTAL_BYTES = 1 << 29, 1 << 30
+
+
+def _members_filter(archive: pathlib.Path):
+  """tarfile's 'data' filter (no paths out, no devices, no set-uid), and only files and folders
+  under cifar-100-python/, none sparse (a sparse one had declared 1 TiB in 320 bytes), within the
+  sizes above."""
+  total = 0
+
+  def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    nonlocal total
+    name = posixpath.normpath(member.name)
+    if name != FOLDER and not name.startswith(FOLDER + '/'):
+      raise DataError(f'{archive}: holds {member.name!r}, outside {FOLDER}/: not extracted')
+    if not (member.isreg() or member.isdir()) or member.issparse():
+      kind = 'sparse file' if member.issparse() else 'link' if member.issym() or member.islnk() \
+          else 'device or pipe'
+      raise DataError(f'{archive}: {member.name!r} is a {kind}, not a file or folder: not extracted')
+    total += member.size
+    if member.size > MAX_MEMBER_BYTES:
+      raise DataError(f'{archive}: {member.name!r} is {member.size:,} bytes, more than any '
+                      f'CIFAR-100 file ({MAX_MEMBER_BYTES >> 20} MiB at most): not extracted')
+    if total > MAX_TOTAL_BYTES:
+      raise DataError(f'{archive}: extracts to more than {MAX_TOTAL_BYTES >> 20} MiB (CIFAR-100: '
+                      f'161 MB), reached at {member.name!r}: not extracted')
+    return tarfile.data_filter(member, dest)
+  return check
+
+
 def extract_archive(archive: pathlib.Path) -> pathlib.Path:
   """Extracts into a temp folder next to the archive, then renames, so a crash leaves no half folder."""
   target = archive.parent / FOLDER
@@ -102,7 +134,7 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
         total=archive.stat().st_size, unit='B', unit_scale=True, desc=f'Extracting {archive.name}',
         leave=False, mininterval=1.0) as bar, tarfile.open(
             fileobj=tqdm.utils.CallbackIOWrapper(bar.update, f, 'read')) as tar:
-      tar.extractall(tmp, filter='data')
+      tar.extractall(tmp, filter=_members_filter(archive))
     if not _is_cifar_folder(tmp / FOLDER):
       raise DataError(f'{archive}: archive has no {FOLDER}/ folder with train, test and meta')
     try:
