@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from typing import Any, Iterator, Mapping
@@ -319,15 +320,46 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
   return meta
 
 
+MAX_NUM_CLASSES = 100_000  # A head larger than ImageNet-21k's (21,843) is no converter's output.
+
+
+def _check_declared_size(ckptr, state_dir: str, path: str, meta: dict) -> None:
+  """Refuses a checkpoint whose arrays (as its files declare them) hold more values than a model
+  of meta's arch and head: orbax reads each array whole at its declared shape, and a few KB of
+  crafted files had declared gigabytes, or crashed the process in C++ (a security audit)."""
+  declared = ckptr.metadata(state_dir)
+  declared = getattr(declared, 'item_metadata', declared)  # (orbax versions differ here.)
+  leaves = jax.tree_util.tree_leaves(declared)
+  total = sum(math.prod(leaf.shape) for leaf in leaves)
+  arch, num_classes = meta.get('arch'), meta.get('num_classes')
+  if arch not in ARCHS:
+    raise ConversionError(f'{path}: its {_METADATA_FILE} names arch {arch!r}, not one of '
+                          f'{", ".join(ARCHS)}')
+  if num_classes is not None and not (type(num_classes) is int  # pylint: disable=unidiomatic-typecheck
+                                      and 0 < num_classes <= MAX_NUM_CLASSES):
+    raise ConversionError(f'{path}: its {_METADATA_FILE} gives num_classes {num_classes!r}, not '
+                          f'null or 1..{MAX_NUM_CLASSES:,}')
+  limit = sum(math.prod(v.shape) for state in abstract_variables(arch, num_classes or 0)
+              for v in jax.tree_util.tree_leaves(state))
+  if total > limit:
+    head = f'a head of {num_classes} classes' if num_classes else 'no head'
+    raise ConversionError(f'{path}: its arrays declare {total:,} values, more than a {arch} with '
+                          f'{head} holds ({limit:,}): not a converter\'s output')
+
+
 def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
   """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint
   (checked to hold `arch` first, if given)."""
   path = os.path.expanduser(path)
   meta = read_metadata(path, arch)
   errors.drop_library_noise()  # A failed read's leftovers print pages.
+  state_dir = os.path.abspath(os.path.join(path, _STATE_DIR))
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      tree = ckptr.restore(os.path.abspath(os.path.join(path, _STATE_DIR)))
+      _check_declared_size(ckptr, state_dir, path, meta)
+      tree = ckptr.restore(state_dir)
+  except ConversionError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore: missing or cut files)
     raise ConversionError(
         f'{path} is a damaged converted checkpoint ({type(e).__name__}: '

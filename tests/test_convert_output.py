@@ -141,3 +141,42 @@ def test_overwrite_refuses_an_output_with_files_the_converter_did_not_write(tmp_
     convert.save_converted(_tiny(2.0), 'resnet18', path, overwrite=True)
   assert _snapshot(path) == before
   assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]  # no temp folder left
+
+
+def _declaring(tmp_path, shape, meta) -> str:
+  """A converter-like folder (zarr layout, no OCDBT) whose one array's .zarray declares `shape`
+  over no stored chunks, as a few KB of crafted files can."""
+  import json  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'crafted'
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False)) as ckptr:
+    ckptr.save(out / 'state', _tiny(1.0))
+  (out / 'metadata.json').write_text(json.dumps({'format': 'jax_cifar.convert/1', **meta}))
+  zarray = out / 'state' / 'fc.kernel' / '.zarray'
+  spec = json.loads(zarray.read_text())
+  spec.update(shape=list(shape), fill_value=0.0)
+  zarray.write_text(json.dumps(spec))
+  for chunk in zarray.parent.iterdir():
+    if not chunk.name.startswith('.') and tuple(shape) != (2, 3):
+      chunk.unlink()
+  return str(out)
+
+
+def test_a_checkpoint_declaring_more_values_than_its_arch_holds_is_refused_before_reading(
+    tmp_path):
+  """orbax reads each array whole at the shape its files declare: 54 KB had declared 1.6 GiB,
+  and a larger shape crashed the process in C++ (std::bad_alloc), with no error naming the
+  folder (a security audit)."""
+  out = _declaring(tmp_path, (100_000, 100_000), {'arch': 'resnet18', 'num_classes': 3})
+  with pytest.raises(convert.ConversionError) as e:
+    convert.read_converted(out, 'resnet18')
+  assert str(e.value) == (f'{out}: its arrays declare 10,000,000,003 values, more than a resnet18 '
+                          "with a head of 3 classes holds (11,187,651): not a converter's output")
+  for num_classes in (10**9, 0, '3', 2.5):
+    out = _declaring(tmp_path / str(num_classes), (2, 3), {'arch': 'resnet18',
+                                                           'num_classes': num_classes})
+    with pytest.raises(convert.ConversionError, match=r'gives num_classes .*, not null or '
+                       r'1\.\.100,000'):
+      convert.read_converted(out, 'resnet18')
+  out = _declaring(tmp_path / 'ok', (2, 3), {'arch': 'resnet18', 'num_classes': 3})
+  assert convert.read_converted(out, 'resnet18')[1]['fc.kernel'].shape == (2, 3)  # Within: read.
