@@ -289,7 +289,7 @@ def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
       if not (step_dir / '_CHECKPOINT_METADATA').exists():  # Being deleted (a newer best saved
         continue  # by a run in progress), not damaged.
       why = f'{path} is missing'
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
       why = f'{path} is unreadable ({type(e).__name__})'
     if why:
       found[int(step_dir.name)] = why

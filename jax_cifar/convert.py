@@ -230,7 +230,7 @@ def _is_converted(path: str) -> bool:
   try:
     with open(os.path.join(path, _METADATA_FILE)) as f:
       meta = json.load(f)
-  except (OSError, ValueError):
+  except (OSError, ValueError, RecursionError):
     return False
   return (isinstance(meta, dict) and meta.get('format') == _FORMAT
           and os.path.isdir(os.path.join(path, _STATE_DIR)))
@@ -311,7 +311,7 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
   try:
     with open(meta_file) as f:
       meta = json.load(f)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, RecursionError) as e:
     raise ConversionError(f'{meta_file} is unreadable ({type(e).__name__}: {e})') from e
   if not isinstance(meta, dict):
     raise ConversionError(f'{meta_file} is not a converter\'s metadata (not a JSON object)')

@@ -149,7 +149,7 @@ def set_aside_previous(workdir: pathlib.Path, config: dict, *,
 def _read_json(path: pathlib.Path) -> Any:
   try:
     return json.loads(path.read_text())
-  except (OSError, ValueError):
+  except (OSError, ValueError, RecursionError):
     return None
 
 
@@ -173,7 +173,8 @@ def previous_config(workdir: pathlib.Path) -> dict | None:
     return None
   try:
     record = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError, RecursionError) as e:  # (A 5,000-digit int: ValueError; a
+    # list nested 100k deep: RecursionError. Both had been tracebacks: a security audit.)
     raise WorkdirError(f'{path} is unreadable ({e}); it records the run\'s config, so the run '
                        'can neither be resumed nor loaded safely') from e
   if not isinstance(record, dict):  # `[]` had ended in ml_collections' bare AssertionError.

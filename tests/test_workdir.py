@@ -361,3 +361,16 @@ def test_a_resume_without_config_json_is_refused_unless_allowed(run):
   out = train(run, '--config.train.max_steps=3', '--config.train.allow_config_change=true')
   assert out.returncode == 0 and 'config.json is missing' in out.stderr, out.stderr[-3000:]
   assert sorted(_logged(run, 'train_loss')) == [1, 2, 3]  # Resumed, not restarted.
+
+
+@pytest.mark.parametrize('text,why', [('[' * 100_000, 'maximum recursion depth'),
+                                      ('{"seed": ' + '7' * 5000 + '}', 'integer string')])
+def test_a_crafted_json_file_of_a_run_is_one_error_or_skipped(tmp_path, text, why):
+  """JSON nested 100k deep (RecursionError) or a 5,000-digit int (a ValueError that is no
+  JSONDecodeError) had been tracebacks from config.json and metrics.jsonl (a security audit)."""
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(text)
+  with pytest.raises(workdir_lib.WorkdirError, match=f'is unreadable .*{why}'):
+    workdir_lib.previous_config(tmp_path)
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'train_loss': 2.0}) + '\n'
+                                          + text + '\n' + json.dumps({'step': 2}) + '\n')
+  assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [1, 2]

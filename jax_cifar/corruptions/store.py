@@ -250,7 +250,7 @@ class OutputDir:
       _check_manifest(manifest)
       self._manifest_text = text
       return manifest
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
       if overwrite:
         return None  # Replaced, with the output files beside it (a manifest says they are ours).
       raise OutputError(f'{self.path / MANIFEST}: unreadable ({e}); use --overwrite to replace '

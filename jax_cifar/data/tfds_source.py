@@ -109,7 +109,7 @@ def raise_if_damaged(where: str, e: Exception) -> None:
   for info in pathlib.Path(where).expanduser().glob('cifar100/*/dataset_info.json'):
     try:
       json.loads(info.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
       built = info.parent
       reason = ' '.join(str(e).split())[:200]
       raise DataError(f'tfds cifar100 in {built} is damaged ({type(e).__name__}: {reason}): '

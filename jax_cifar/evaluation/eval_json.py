@@ -50,7 +50,7 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
     if path.exists():
       try:
         old = json.loads(path.read_text())
-      except (OSError, ValueError):
+      except (OSError, ValueError, RecursionError):
         old = None
       saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
                      and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)

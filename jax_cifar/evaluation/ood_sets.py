@@ -75,7 +75,8 @@ def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, li
   try:
     files = json.loads((pathlib.Path(ood_dir) / MANIFEST).read_text())['files']
     names = {pathlib.Path(k).stem: e['corruption'] for k, e in files.items() if 'corruption' in e}
-  except (OSError, ValueError, KeyError, TypeError, AttributeError):  # None, or hand-edited.
+  except (OSError, ValueError, KeyError, TypeError, AttributeError,
+          RecursionError):  # None, or hand-edited (nested 100k deep: RecursionError).
     names = {}
   named = [names.get(s) for s in scores]
   if len(set(named)) != len(named) or not all(n in ood.CORRUPTIONS for n in named):

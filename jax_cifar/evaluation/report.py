@@ -37,7 +37,7 @@ def _read_json(path: pathlib.Path) -> dict:
   """The JSON object in `path`; {} if it is unreadable or holds something else."""
   try:
     value = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError):
+  except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested 100k deep.)
     return {}
   return value if isinstance(value, dict) else {}
 
