@@ -142,8 +142,10 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
     try:
       with zipfile.ZipFile(path) as archive:
         damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-      raise NotAStateDict(path, f'it is a damaged zip archive ({e})') from None
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+      # (RuntimeError: an encrypted member; NotImplementedError: a compression torch never
+      # writes. Both had been tracebacks: a security audit.)
+      raise NotAStateDict(path, f'it is a damaged or foreign zip archive ({e})') from None
     if damaged:
       raise NotAStateDict(path, f'its member {damaged} fails its CRC check (damaged bytes: copy '
                           'or download the file again)')

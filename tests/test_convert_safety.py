@@ -257,6 +257,32 @@ def test_a_pth_with_damaged_bytes_is_refused_by_its_crc(script, tmp_path, capsys
   assert not out.exists()
 
 
+@pytest.mark.parametrize('how', ['encrypted', 'compression_99'])
+def test_a_pth_zip_with_features_torch_never_writes_is_one_line(script, tmp_path, capsys, how):
+  """An encrypted member (RuntimeError) or an unknown compression method (NotImplementedError)
+  had escaped the zip check as a traceback (a security audit)."""
+  path = tmp_path / 'small.pth'
+  torch.save({'fc.weight': torch.zeros(2, 3)}, path)
+  data = bytearray(path.read_bytes())
+  with zipfile.ZipFile(path) as archive:
+    infos = archive.infolist()
+  central = data.index(b'PK\x01\x02')  # Each member's header, local (PK34) and central (PK12).
+  for sig, flags_at, method_at in ((b'PK\x03\x04', 6, 8), (b'PK\x01\x02', 8, 10)):
+    start = 0 if sig == b'PK\x03\x04' else central
+    for _ in infos:
+      at = data.index(sig, start)
+      if how == 'encrypted':
+        data[at + flags_at] |= 1
+      else:
+        data[at + method_at:at + method_at + 2] = (99).to_bytes(2, 'little')
+      start = at + 4
+  path.write_bytes(bytes(data))
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                       '--output', str(tmp_path / 'out')])
+  assert rc == 1 and 'it is a damaged or foreign zip archive' in err, err
+  assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'out').exists(), err
+
+
 def test_ctrl_c_during_conversion_is_one_line(script, tmp_path, capsys, monkeypatch):
   """A KeyboardInterrupt had printed a 40-line traceback (an audit)."""
   path = tmp_path / 'r18.pth'

@@ -285,7 +285,7 @@ def test_a_file_damaged_after_the_check_is_named_when_opened(tmp_path, damage):
 
 
 @pytest.mark.parametrize('problem', ['missing', 'dtype', 'shape', 'not_multiple_of_5', 'truncated',
-                                     'negative_count'])
+                                     'negative_count', 'version'])
 def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_path, problem):
   rng = np.random.default_rng(4)
   for i in range(ood.NUM_DISTORTIONS):
@@ -301,6 +301,10 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
     np.save(bad, rng.integers(0, 256, (12, 32, 32, 3), np.uint8))
   elif problem == 'negative_count':  # Passed as 'trailing bytes': -5 is a multiple of 5.
     bad.write_bytes(bad.read_bytes().replace(b'(10, 32', b'(-5, 32', 1))
+  elif problem == 'version':  # Its message had not named the file (a security audit).
+    data = bytearray(bad.read_bytes())
+    data[6] = 9  # The format's major version.
+    bad.write_bytes(bytes(data))
   else:
     data = bad.read_bytes()
     bad.write_bytes(data[:-100])  # np.load(mmap_mode='r') may or may not notice this.
@@ -317,7 +321,7 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
 
 @pytest.mark.parametrize('problem', ['ood_labels_too_few', 'ood_labels_out_of_range',
                                      'c_labels_missing', 'c_labels_float', 'ood_labels_negative',
-                                     'c_labels_negative'])
+                                     'c_labels_negative', 'ood_labels_trailing_bytes'])
 def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
   """labels.npy is checked with the images: found bad only after the 950,000 predictions, a
   run's clean and OOD numbers were lost. (The workdir holds no run: reaching it is a different
@@ -338,6 +342,10 @@ def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
     where = ood_dir if problem.startswith('ood') else c_dir
     np.save(where / 'labels.npy', np.zeros(10, np.int64))
     (where / 'labels.npy').write_bytes((where / 'labels.npy').read_bytes().replace(b'(10,)', b'(-1,)'))
+  if problem == 'ood_labels_trailing_bytes':  # Read, the junk ignored (a security audit).
+    np.save(ood_dir / 'labels.npy', np.zeros(10, np.int64))
+    with open(ood_dir / 'labels.npy', 'ab') as f:
+      f.write(b'junk' * 1000)
   if not problem.startswith('c_'):
     np.save(c_dir / 'labels.npy', np.zeros(2, np.int64))  # Valid: tiled over the 5 severities.
   with pytest.raises(cifar100.DataError, match='labels.npy') as e:

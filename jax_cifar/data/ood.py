@@ -77,7 +77,7 @@ def read_npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, bool
       elif version in ((2, 0), (3, 0)):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
       else:
-        raise DataError(f'unsupported .npy version {version}')
+        raise DataError(f'{path}: unsupported .npy version {version}')
       if any(d < 0 for d in shape):  # numpy reads the header; a negative size passes its checks.
         raise DataError(f'{path}: header gives a negative dimension {tuple(shape)}')
       return shape, dtype, fortran, f.tell()
@@ -207,8 +207,12 @@ def load_labels(path: str | os.PathLike, num_images: int) -> np.ndarray:
   shape, dtype, _, offset = read_npy_header(path)
   if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
     raise DataError(f'{path}: shape {tuple(shape)} / dtype {dtype}, expected 1-D integer labels')
-  if path.stat().st_size < offset + shape[0] * dtype.itemsize:
+  size, want = path.stat().st_size, offset + shape[0] * dtype.itemsize
+  if size < want:
     raise DataError(f'{path}: truncated')
+  if size > want:  # (As the image files are checked: it had been read, junk ignored.)
+    raise DataError(f'{path}: {size - want:,} bytes after its {shape[0]:,} labels: not a .npy '
+                    'file as numpy writes it')
   try:
     labels = np.load(path, allow_pickle=False).astype(np.int64)
   except (ValueError, OSError) as e:

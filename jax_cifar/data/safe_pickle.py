@@ -232,7 +232,9 @@ def _resolve(obj: Any, depth: int = 0, done: dict | None = None) -> Any:
   if isinstance(obj, (_Array, _Dtype)):
     out = getattr(obj, 'array' if isinstance(obj, _Array) else 'dtype', None)
     if out is None:  # Never given its state, or made without __init__ (NEWOBJ).
-      raise DisallowedGlobal(f'a {type(obj).__name__[1:].lower()} made without its arguments or state')
+      name = type(obj).__name__[1:].lower()  # 'array' or 'dtype'
+      raise DisallowedGlobal(f'{"an" if name == "array" else "a"} {name} made without its '
+                             'arguments or state')
   elif isinstance(obj, dict):
     out = {_resolve(k, depth + 1, done): _resolve(v, depth + 1, done) for k, v in obj.items()}
   elif isinstance(obj, (list, tuple, set, frozenset)):
