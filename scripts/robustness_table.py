@@ -37,7 +37,8 @@ REPORT = {'augment.policy': 'autoaugment_cifar10', 'augment.mixup_alpha': 0.2,
           'augment.augmix': False, 'augment.augmix_jsd_weight': 0.0,
           'augment.color_jitter_prob': 0.0,
           'augment.blur_prob': 0.0, 'augment.noise_prob': 0.0, 'augment.rrc_prob': 0.0,
-          'augment.jpeg_prob': 0.0, 'augment.erasing_prob': 0.0, 'augment.cutmix_alpha': 0.0,
+          'augment.jpeg_prob': 0.0, 'augment.jpeg_subsampling': '4:4:4',
+          'augment.erasing_prob': 0.0, 'augment.cutmix_alpha': 0.0,
           'ema.decay': 0.0,
           'ema.warmup_power': 0.0, 'checkpoint.best_weights': 'raw'}
 AUGMIX = {**REPORT, 'augment.augmix': True}
@@ -51,6 +52,13 @@ RUNS = {  # Training runs: every robustness key set explicitly, so any base --co
     # Controls for the JSD row: its compute (3 views per image) and its lack of mixup.
     'report_3x': {**REPORT, '_epochs_mult': 3},
     'report_nomix': {**REPORT, 'augment.mixup_alpha': 0.0},
+    # The corruption-style tools of the best public DS542 entry, each alone on the report recipe.
+    'rrc': {**REPORT, 'augment.rrc_prob': 0.5},
+    'jpeg': {**REPORT, 'augment.jpeg_prob': 0.5},
+    'jpeg420': {**REPORT, 'augment.jpeg_prob': 0.5, 'augment.jpeg_subsampling': '4:2:0'},
+    # ... and together, with noise and colour jitter (brightness/contrast), as that entry had them.
+    'corrupt_style': {**REPORT, 'augment.rrc_prob': 0.5, 'augment.jpeg_prob': 0.5,
+                      'augment.noise_prob': 0.3, 'augment.color_jitter_prob': 0.4},
 }
 ROWS = {  # row -> (training run, weights evaluated, description)
     'report': ('report', 'raw', 'report recipe: AutoAugment CIFAR10 + mixup 0.2 + label smoothing '
@@ -62,6 +70,11 @@ ROWS = {  # row -> (training run, weights evaluated, description)
     'photo_ema': ('photo_ema', 'ema', 'row photo + EMA of the weights (decay 0.99, warm-up 0.75)'),
     'report_3x': ('report_3x', 'raw', 'report recipe, 3x the epochs (the JSD row\'s compute)'),
     'report_nomix': ('report_nomix', 'raw', 'report recipe without mixup (as the JSD row)'),
+    'rrc': ('rrc', 'raw', '+ random-resized-crop 0.5 (scale 0.35-1)'),
+    'jpeg': ('jpeg', 'raw', '+ JPEG 0.5 (quality 20-95, chroma 4:4:4)'),
+    'jpeg420': ('jpeg420', 'raw', '+ JPEG 0.5 (quality 20-95, chroma 4:2:0 as PIL\'s files)'),
+    'corrupt_style': ('corrupt_style', 'raw', '+ random-resized-crop 0.5, JPEG 0.5 (4:4:4), noise '
+                      '0.3, colour jitter 0.4 (the best public entry\'s kinds)'),
 }
 
 
