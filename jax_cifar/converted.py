@@ -1,0 +1,209 @@
+"""The converted checkpoint on disk: a folder of metadata.json (the arch, the head's classes, the
+source) and an orbax state of float32 arrays named as the models' variables. Written whole
+(a temp folder renamed into place, so a kill leaves no partial output), read back checked
+(its arch, and no more values than that model holds). Making one from torchvision: convert.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from jax_cifar import atomic_folder, errors, step_folders
+from jax_cifar import workdir
+from jax_cifar.models import create_model
+from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
+
+
+class ConversionError(errors.UserError, ValueError):
+  """Weights that do not fit the architecture, or a file that is not what it should be."""
+
+
+class OutputExistsError(errors.UserError, FileExistsError):
+  """--output holds something the converter must not replace."""
+
+
+class OutputPathError(errors.UserError, OSError):
+  """--output's folder is a file or takes no files (found before converting)."""
+
+
+ARCHS = tuple(_RESNET_ARCHS)
+_METADATA_FILE = 'metadata.json'
+_STATE_DIR = 'state'
+_FORMAT = 'jax_cifar.convert/1'
+# Test hook: the converter SIGKILLs itself at this named point ('before_rename': the temp folder
+# is complete, the output untouched; 'after_rename': the new output is in place, the old one not
+# yet deleted), so tests can show that no kill leaves a partial output.
+KILL_ENV = 'JAX_CIFAR_CONVERT_KILL_AT'
+
+
+def _flatten(tree: Mapping) -> Iterator[tuple[tuple, Any]]:
+  """(path tuple, leaf) of a nested dict (empty sub-dicts dropped)."""
+  return iter(traverse_util.flatten_dict(dict(tree)).items())
+
+
+def _unflatten(items: Mapping[tuple, Any]) -> dict:
+  return traverse_util.unflatten_dict(dict(items))
+
+
+def _dotted(path: tuple) -> str:
+  return '.'.join(str(k) for k in path)
+
+
+def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.State]:
+  """(params, batch stats) of `create_model(arch, num_classes)` as ShapeDtypeStructs; no compute."""
+  model = nnx.eval_shape(lambda: create_model(arch, num_classes, stem='imagenet', rngs=nnx.Rngs(0)))
+  return nnx.state(model, nnx.Param, nnx.BatchStat)
+
+
+def _is_converted(path: str) -> bool:
+  """True if `path` holds exactly what `save_converted` writes (state/ and our metadata.json)."""
+  if sorted(os.listdir(path)) != sorted((_METADATA_FILE, _STATE_DIR)):
+    return False
+  try:
+    with open(os.path.join(path, _METADATA_FILE)) as f:
+      meta = json.load(f)
+  except (OSError, ValueError, RecursionError):
+    return False
+  return (isinstance(meta, dict) and meta.get('format') == _FORMAT
+          and os.path.isdir(os.path.join(path, _STATE_DIR)))
+
+
+def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True') -> None:
+  """Raises FileExistsError unless `path` is free, or `overwrite` and it holds only a previous
+  converter output (or nothing): replacing must never delete files the converter did not write."""
+  if not os.path.lexists(path):
+    _check_parent(path)
+    return
+  if not overwrite:
+    raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
+  if os.path.islink(path) or not os.path.isdir(path):
+    raise OutputExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
+  entries = sorted(os.listdir(path))
+  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
+  if foreign:
+    shown = ', '.join(foreign[:5]) + (f' (+{len(foreign) - 5} more)' if len(foreign) > 5 else '')
+    raise OutputExistsError(f'{path} holds files the converter did not write ({shown}); refusing '
+                          'to replace it: move them away or choose another output')
+  if entries and not _is_converted(path):
+    raise OutputExistsError(f'{path} is not a converted checkpoint (its {_METADATA_FILE} is not '
+                          f'{_FORMAT!r}); refusing to replace it')
+
+
+def _check_parent(path: str) -> None:
+  """Fails before any converting unless `path`'s folder exists or can be made, and takes files
+  (workdir.why_unwritable's probe)."""
+  parent = os.path.dirname(os.path.abspath(path))  # ('out' has no dirname: '' never exists.)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise OutputPathError(f'{path}: {parent} is a file, not a folder')
+  why = workdir.why_unwritable(parent)
+  if why:
+    raise OutputPathError(f'{path}: cannot create files in {parent} ({why})')
+
+
+def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = '',
+                   overwrite: bool = False) -> None:
+  """Writes an orbax checkpoint plus metadata.json into a temp sibling, then renames it into place.
+
+  A kill at any point leaves no output or a previous complete one. `overwrite` replaces only a
+  previous output of this function (see `check_output`), swapped atomically on Linux.
+  """
+  if arch not in ARCHS:
+    raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
+  path = os.path.abspath(path)
+  check_output(path, overwrite)
+  # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
+  tree = _unflatten({tuple(str(k) for k in p): np.asarray(v, np.float32)
+                     for p, v in _flatten(pure_dict)})
+  fc_kernel = tree.get('fc', {}).get('kernel')
+  meta = {'format': _FORMAT, 'arch': arch, 'source': source,
+          'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
+  with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
+    with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
+      json.dump(meta, f, indent=2)
+
+
+def read_metadata(path: str, arch: str | None = None) -> dict:
+  """metadata.json of a `save_converted` checkpoint (checked to hold `arch` if given): what a run
+  checks before it reads any data."""
+  path = os.path.expanduser(path)
+  meta_file = os.path.join(path, _METADATA_FILE)
+  if not os.path.isfile(meta_file):
+    if not os.path.exists(path):
+      raise ConversionError(f'{path}: no such converted checkpoint')
+    hint = (': a torchvision state_dict is converted first, with python -m jax_cifar.convert'
+            if os.path.isfile(path) else '')
+    if os.path.isfile(os.path.join(path, workdir.CONFIG_FILE)):  # A training run's folder.
+      hint = (': it is a jax-cifar training run; start from its weights with '
+              f'model.init_from={path} (or jax_cifar.load_model({path!r}) in Python)')
+    raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE}){hint}')
+  try:
+    with open(meta_file) as f:
+      meta = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:
+    raise ConversionError(f'{meta_file} is unreadable ({type(e).__name__}: {e})') from e
+  if not isinstance(meta, dict):
+    raise ConversionError(f'{meta_file} is not a converter\'s metadata (not a JSON object)')
+  if arch is not None and meta.get('arch') != arch:
+    raise ConversionError(f'checkpoint {path} holds arch {meta.get("arch")!r}, model is {arch!r}')
+  return meta
+
+
+MAX_NUM_CLASSES = 100_000  # A head larger than ImageNet-21k's (21,843) is no converter's output.
+
+
+def _check_declared_size(ckptr, state_dir: str, path: str, meta: dict) -> None:
+  """Refuses a checkpoint whose arrays (as its files declare them) hold more values than a model
+  of meta's arch and head: orbax reads each array whole at its declared shape, and a few KB of
+  crafted files had declared gigabytes, or crashed the process in C++ (a security audit)."""
+  declared = ckptr.metadata(state_dir)
+  declared = getattr(declared, 'item_metadata', declared)  # (orbax versions differ here.)
+  leaves = jax.tree_util.tree_leaves(declared)
+  total = sum(math.prod(leaf.shape) for leaf in leaves)
+  arch, num_classes = meta.get('arch'), meta.get('num_classes')
+  if arch not in ARCHS:
+    raise ConversionError(f'{path}: its {_METADATA_FILE} names arch {arch!r}, not one of '
+                          f'{", ".join(ARCHS)}')
+  if num_classes is not None and not (type(num_classes) is int  # pylint: disable=unidiomatic-typecheck
+                                      and 0 < num_classes <= MAX_NUM_CLASSES):
+    raise ConversionError(f'{path}: its {_METADATA_FILE} gives num_classes {num_classes!r}, not '
+                          f'null or 1..{MAX_NUM_CLASSES:,}')
+  limit = sum(math.prod(v.shape) for state in abstract_variables(arch, num_classes or 0)
+              for v in jax.tree_util.tree_leaves(state))
+  if total > limit:
+    head = f'a head of {num_classes} classes' if num_classes else 'no head'
+    raise ConversionError(f'{path}: its arrays declare {total:,} values, more than a {arch} with '
+                          f'{head} holds ({limit:,}): not a converter\'s output')
+
+
+def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
+  """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint
+  (checked to hold `arch` first, if given)."""
+  path = os.path.expanduser(path)
+  meta = read_metadata(path, arch)
+  errors.drop_library_noise()  # A failed read's leftovers print pages.
+  state_dir = os.path.abspath(os.path.join(path, _STATE_DIR))
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      _check_declared_size(ckptr, state_dir, path, meta)
+      tree = ckptr.restore(state_dir)
+  except ConversionError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore: missing or cut files)
+    raise ConversionError(
+        f'{path} is a damaged converted checkpoint ({type(e).__name__}: '
+        f'{step_folders.root_cause(e)}); convert the '
+        f'torchvision weights again: python -m jax_cifar.convert ... --output {path} '
+        '--overwrite') from None
+  return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
