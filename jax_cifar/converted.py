@@ -169,8 +169,9 @@ def _check_declared_size(ckptr, state_dir: str, path: str, meta: dict) -> None:
   crafted files had declared gigabytes, or crashed the process in C++ (a security audit)."""
   declared = ckptr.metadata(state_dir)
   declared = getattr(declared, 'item_metadata', declared)  # (orbax versions differ here.)
-  leaves = jax.tree_util.tree_leaves(declared)
-  total = sum(math.prod(leaf.shape) for leaf in leaves)
+  declared = getattr(declared, 'tree', declared)
+  total = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(declared)
+              if isinstance(getattr(leaf, 'shape', None), tuple))  # (An orbax that says less: 0.)
   arch, num_classes = meta.get('arch'), meta.get('num_classes')
   if arch not in ARCHS:
     raise ConversionError(f'{path}: its {_METADATA_FILE} names arch {arch!r}, not one of '
