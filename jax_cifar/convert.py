@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from jax_cifar.converted import (  # noqa: F401  (convert.X: the converted folder's names too)
-    ARCHS, ConversionError, _dotted, _flatten, _unflatten, abstract_variables, check_output,
-    read_converted, read_metadata, save_converted)
+    ARCHS, KILL_ENV, ConversionError, OutputExistsError, OutputPathError, _dotted, _flatten,
+    _unflatten, abstract_variables, check_output, read_converted, read_metadata, save_converted)
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
 from jax_cifar.models.torch_init import torch_linear
 

@@ -9,6 +9,7 @@ it, a failure under CI). The real files themselves: test_cifar100.py.
 import functools
 import hashlib
 import http.server
+import io
 import os
 import pathlib
 import pickle
@@ -383,7 +384,7 @@ def test_the_superclass_table_is_cifar100s_own(data_dir):
   assert sorted(set(cifar100.FINE_TO_COARSE.tolist())) == list(range(cifar100.NUM_COARSE_CLASSES))
 
 
-@pytest.mark.parametrize('member', ['symlink', 'fifo', 'outside', 'sparse'])
+@pytest.mark.parametrize('member', ['symlink', 'fifo', 'absolute', 'sparse'])
 def test_an_archive_member_that_is_not_a_file_of_the_folder_is_refused(tmp_path, small_tree,
                                                                       member):
   """Only files and folders under cifar-100-python/ are extracted: a sparse member had declared
@@ -409,18 +410,39 @@ def test_an_archive_member_that_is_not_a_file_of_the_folder_is_refused(tmp_path,
   else:
     with tarfile.open(archive, 'w:gz') as tar:
       tar.add(tree, arcname='cifar-100-python')
-      if member == 'outside':
-        tar.add(small_tree / 'meta', arcname='README')
+      if member == 'absolute':  # (tar.add would strip the leading '/'.)
+        info = tarfile.TarInfo('/tmp/escaped')
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b'meta'))
   with pytest.raises(DataError) as error:
     cifar100.load_split(inner, 'test', download=False)
   expected = {'symlink': "'cifar-100-python/extra' is a link", 'fifo': 'is a device or pipe',
-              'outside': "holds 'README', outside cifar-100-python/",
+              'absolute': "holds '/tmp/escaped', outside its own folder",
               'sparse': "'cifar-100-python/extra' is a sparse file"}[member]
   assert_one_line(error, str(archive), expected)
   assert sorted(p.name for p in inner.iterdir()) == ['cifar-100-python.tar.gz']  # No folder left.
 
 
-def test_an_archive_that_extracts_to_more_than_cifar_holds_is_refused_before_writing(
+def test_other_top_level_entries_are_skipped_not_refused(tmp_path, small_tree):
+  """`tar -czf A -C DIR .` adds a '.' entry and './' names, macOS tar a ._cifar-100-python file:
+  both had extracted, and the filter must not refuse them (a review); only the folder is written."""
+  for how in ('dot', 'appledouble'):
+    where = tmp_path / how
+    shutil.copytree(small_tree, where / 'tree' / 'cifar-100-python')
+    archive = where / 'data' / 'cifar-100-python.tar.gz'
+    archive.parent.mkdir()
+    if how == 'dot':
+      subprocess.run(['tar', '-czf', str(archive), '-C', str(where / 'tree'), '.'], check=True)
+    else:
+      (where / 'tree' / '._cifar-100-python').write_bytes(b'\x00\x05\x16\x07')
+      with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(where / 'tree' / '._cifar-100-python', arcname='._cifar-100-python')
+        tar.add(where / 'tree' / 'cifar-100-python', arcname='cifar-100-python')
+    assert len(cifar100.load_split(archive.parent, 'test', download=False)) == 20, how
+    assert sorted(p.name for p in archive.parent.iterdir()) == ['cifar-100-python', archive.name]
+
+
+def test_an_archive_that_extracts_to_more_than_cifar_holds_is_refused_and_leaves_nothing(
     tmp_path, small_tree, monkeypatch):
   """A 9 MB .tar.gz had written 2 GiB before the pickle was found wrong (a security audit). The
   limits are lowered here so that the real rows of small_tree exceed them."""
