@@ -35,7 +35,8 @@ How this was chosen (docs/robustness.md): on the shared ResNet-50 (32 px, 10,000
 Jensen-Shannon loss at the same compute (3 views per image) by 6.2 points validation, 6.5 clean
 test and 4.4 OOD (two seeds each; each of its seeds above each JSD seed); plain AugMix and colour
 jitter + blur + noise did not beat the report recipe in runs that short (noise and blur without
-the jitter did at 15 epochs on the GPU, above), and the EMA cost 0.7 points there (it is kept
+the jitter did at 15 epochs on the GPU, above), nor did random-resized-crop or JPEG (2026-12-04;
+not measured on a GPU), and the EMA cost 0.7 points there (it is kept
 for runs this long, where it usually pays; check val_accuracy_ema). At test time, flip averaging
 added 1.9 OOD points and 3.2 clean, shifts 6.4 OOD and 7.2 clean, --bn_adapt 5.1 OOD and 2.9 clean,
 shifts + --bn_adapt 10.2 OOD and 7.8 clean (one seed). So the compute goes into epochs:
