@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 from typing import Any
 
 import jax
@@ -100,7 +101,9 @@ class Checkpoints:
       if create and jax.process_index() == 0:
         for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
           check_writable(folder)
-    opts = dict(create=create, enable_async_checkpointing=True)
+    # Training removes orbax's temp folders of steps killed mid-save (they had stayed forever when
+    # the resumed run did not save that step again: a kill audit); evaluation changes nothing.
+    opts = dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     self.latest = ocp.CheckpointManager(
@@ -254,6 +257,33 @@ class Checkpoints:
       manager.reload()
     return moved
 
+  def tidy_best_on_resume(self, step: int) -> list[pathlib.Path]:
+    """A resume from `step` retrains what came after it, so best steps after it are of training
+    that is discarded: moved to checkpoints/discarded/ (kept). They had stayed best, and ranked
+    the retrained run's saves, after a kill between saving best and latest (a kill audit). Then
+    a best step that orbax was deleting when a kill came (worse than the best) is deleted, as
+    max_to_keep=1 would have. Each agreement is a collective: every process has looked before
+    process 0 changes anything."""
+    manager, moved = self.best, []
+    after = [s for s in manager.all_steps() if s > step]
+    if parallel.any_process(bool(after)):
+      with parallel.fail_together(f'setting aside steps of {manager.directory} after {step}'):
+        if jax.process_index() == 0 and after:
+          moved = [_move_aside(manager.directory, 'best', s, into='discarded') for s in after]
+          logging.warning('Moved best checkpoint(s) of the training after step %d, which this '
+                          'resume repeats, to %s (kept there, restorable by path).', step,
+                          ', '.join(str(m) for m in moved))
+      manager.reload()
+    keep = manager.best_step()
+    superseded = [s for s in manager.all_steps() if s != keep]
+    if parallel.any_process(bool(superseded)):
+      with parallel.fail_together(f'deleting superseded steps of {manager.directory}'):
+        if jax.process_index() == 0:
+          for s in superseded:
+            shutil.rmtree(pathlib.Path(manager.directory) / str(s))
+      manager.reload()
+    return moved
+
   def wait(self) -> None:
     for manager in (self.latest, self._best):
       if manager is not None:
@@ -265,9 +295,10 @@ class Checkpoints:
       self._best.close()
 
 
-def _move_aside(directory: pathlib.Path, which: str, step: int) -> pathlib.Path:
-  """Moves step folder `directory/step` to checkpoints/damaged/<which>-<step>[.n]; returns it."""
-  aside = directory.parent / 'damaged'
+def _move_aside(directory: pathlib.Path, which: str, step: int,
+                into: str = 'damaged') -> pathlib.Path:
+  """Moves step folder `directory/step` to checkpoints/<into>/<which>-<step>[.n]; returns it."""
+  aside = pathlib.Path(directory).parent / into
   aside.mkdir(exist_ok=True)
   target = workdir_lib.unused_path(aside, f'{which}-{step}')
   os.replace(directory / str(step), target)

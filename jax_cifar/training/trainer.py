@@ -243,6 +243,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
     # a kill before the next save would find no latest step and start the run over (a review).
     ckpts.save_latest(state, step)
+    ckpts.tidy_best_on_resume(step)  # Best steps of the discarded training after it: set aside.
     tracking.say(f'Resumed from step {step}.')
   start_step = int(state.step)
   interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.

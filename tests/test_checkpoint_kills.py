@@ -1,0 +1,64 @@
+"""What a kill leaves in checkpoints/ is tidied by the next training launch (a kill audit):
+orbax's temp folder of a step killed mid-save, best steps of the training a resume repeats, and a
+superseded best step orbax was deleting. Evaluation changes nothing there."""
+
+import json
+import pathlib
+import shutil
+
+from jax_cifar import checkpoints
+from jax_cifar.configs import default
+from jax_cifar.training import trainer
+
+
+def _config(max_steps: int):
+  c = default.get_config()
+  c.data.source, c.data.synthetic_size, c.data.val_fraction = 'synthetic', 320, 0.2
+  c.model.name = 'simple_cnn'  # Checkpoint mechanics: the quickest model to compile.
+  c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 2
+  c.train.log_every_steps, c.train.max_steps, c.checkpoint.every_steps = 3, max_steps, 3
+  c.train.eval_every_epochs = 0.5  # 6 steps per epoch: validated at steps 3, 6 and 8.
+  return c
+
+
+def _steps(folder: pathlib.Path) -> list[str]:
+  return sorted(p.name for p in folder.iterdir())
+
+
+def _val(workdir: pathlib.Path, step: int) -> list[float]:
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [r['val_accuracy'] for r in rows if r.get('step') == step and 'val_accuracy' in r]
+
+
+def test_a_resume_sets_aside_best_steps_it_repeats_and_removes_what_a_kill_left(tmp_path):
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(_config(8), str(workdir))
+  root = workdir / 'checkpoints'
+  assert _steps(root / 'latest') == ['6', '8']
+  (best,) = map(int, _steps(root / 'best'))
+  # As a kill would leave them: latest/8 never committed (its temp folder in place), a best step
+  # 8 of the training after latest 6 (step 8 itself, or a better-ranked copy), and a best step
+  # orbax was deleting when the kill came (worse than the best).
+  shutil.rmtree(root / 'latest' / '8')
+  (root / 'latest' / '8.orbax-checkpoint-tmp').mkdir()
+  # ... and temp folders of steps the resumed run does not save again (a relaunch that saves at
+  # another cadence, or after a SIGTERM's extra save at step 7 was killed): they had stayed.
+  (root / 'latest' / '7.orbax-checkpoint-tmp').mkdir()
+  (root / 'best' / '5.orbax-checkpoint-tmp').mkdir()
+  if best != 8:
+    shutil.copytree(root / 'best' / str(best), root / 'best' / '8')
+    (root / 'best' / '8' / 'metrics' / 'metrics').write_text(json.dumps({'val_accuracy': 2.0}))
+  shutil.copytree(root / 'best' / str(best), root / 'best' / '2')
+  (root / 'best' / '2' / 'metrics' / 'metrics').write_text(json.dumps({'val_accuracy': -1.0}))
+  # Evaluation opens the folders without changing them.
+  ckpts = checkpoints.Checkpoints(workdir, create=False)
+  ckpts.close()
+  assert (root / 'latest' / '7.orbax-checkpoint-tmp').exists() and (root / 'best' / '2').exists()
+
+  trainer.train_and_evaluate(_config(8), str(workdir))  # Resumes from 6.
+  assert _steps(root / 'latest') == ['6', '8']  # The temp folders are gone.
+  assert _steps(root / 'discarded') == ['best-8']  # Kept, not deleted.
+  (kept,) = _steps(root / 'best')  # The superseded step and the temp are gone; the best is:
+  recorded = json.loads((root / 'best' / kept / 'metrics' / 'metrics').read_text())
+  assert recorded['val_accuracy'] == max(_val(workdir, 3) + _val(workdir, 6) + _val(workdir, 8))
+  assert recorded['val_accuracy'] == _val(workdir, int(kept))[-1]
