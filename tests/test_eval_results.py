@@ -7,15 +7,17 @@ import json
 import logging
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate
+from jax_cifar import atomic_folder, evaluate
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, ood
-from jax_cifar.evaluation import eval_json
+from jax_cifar.evaluation import eval_json, figures
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar.evaluation import ood_sets
 
@@ -282,3 +284,36 @@ def test_a_lock_file_left_by_another_user_does_not_fail_the_evaluation(tmp_path,
   (tmp_path / '.eval.lock').unlink()
   eval_json.write(path, {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})
   assert (tmp_path / '.eval.lock').stat().st_mode & 0o777 == 0o666
+
+
+def test_what_killed_writers_leave_is_reaped_and_a_cut_figure_never_replaces_a_whole_one(
+    tmp_path, monkeypatch):
+  """A kill between the temp write and the rename had left .eval_<tag>.json.<pid>.tmp forever,
+  one per kill, and a kill in savefig a cut PNG over the complete one (a kill audit)."""
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()  # A writer's pid that is no more.
+  stale = [tmp_path / f'.{name}.tmp-{atomic_folder.HOST}-{gone.pid}-0123abcd'
+           for name in ('eval_best.json', 'confusion_best.png')]
+  for path in stale:
+    path.write_bytes(b'cut')
+  eval_json.write(tmp_path / 'eval_best.json', {'checkpoint': 'best', 'step': 1, 'weights': 'raw',
+                                                'test_accuracy': 0.5})
+  assert not stale[0].exists() and json.loads((tmp_path / 'eval_best.json').read_text())
+  fig = figures.new_figure()
+  fig.add_subplot().plot([0, 1])
+  png = tmp_path / 'confusion_best.png'
+  figures.save(fig, png)
+  whole = png.read_bytes()
+  assert whole.startswith(b'\x89PNG') and not stale[1].exists()
+
+  def killed_midway(self, fname, **kwargs):
+    with open(fname, 'wb') as f:
+      f.write(whole[:100])
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(type(fig), 'savefig', killed_midway)
+  with pytest.raises(KeyboardInterrupt):
+    figures.save(fig, png)
+  assert png.read_bytes() == whole
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'confusion_best.png',
+                                                        'eval_best.json']

@@ -10,6 +10,7 @@ import pathlib
 
 from absl import logging
 
+from jax_cifar import atomic_folder
 from jax_cifar import workdir as workdir_lib
 
 
@@ -69,7 +70,10 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         os.replace(path, aside)
         logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
                         path.name, step, aside.name)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    # A killed writer's temp is reaped by the next one (under the lock; it had stayed forever,
+    # one per kill: a kill audit).
+    atomic_folder.remove_stale_temps(str(path))
+    tmp = pathlib.Path(atomic_folder.temp_name(str(path)))
     try:
       tmp.write_text(json.dumps(merged, indent=2) + '\n')
     except OSError as e:  # (A full disk had left the partial temp file, and named only it.)

@@ -7,12 +7,14 @@ matplotlib backend.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from typing import Any
 
 import numpy as np
 
+from jax_cifar import atomic_folder
 from jax_cifar.data import ood
 
 
@@ -23,9 +25,18 @@ def new_figure(**kwargs):
 
 
 def save(fig, path: pathlib.Path) -> None:
-  """Writes the figure (tight layout) to path; the format follows its suffix."""
+  """Writes the figure (tight layout) to path, whole: a temp sibling renamed into place (a kill
+  had left a cut PNG over the complete one: a kill audit); the format follows its suffix."""
   fig.tight_layout()
-  fig.savefig(path, bbox_inches='tight')
+  path = pathlib.Path(path)
+  atomic_folder.remove_stale_temps(str(path))
+  tmp = atomic_folder.temp_name(str(path))
+  try:
+    fig.savefig(tmp, bbox_inches='tight', format=path.suffix.lstrip('.') or 'png')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
