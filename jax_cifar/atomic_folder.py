@@ -82,7 +82,7 @@ def _dead(pid: int) -> bool:
 def remove_stale_temps(path: str) -> None:
   """Deletes the temp files and folders that killed writers on this host left next to `path`
   (their pid is gone); another host's are left alone."""
-  parent, base = os.path.split(path)
+  parent, base = os.path.split(os.path.abspath(path))  # ('x.json' alone: its dirname is ''.)
   pattern = re.compile(
       rf'^\.{re.escape(base)}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):

@@ -103,6 +103,7 @@ class Checkpoints:
           check_writable(folder)
     # Training removes orbax's temp folders of steps killed mid-save (they had stayed forever when
     # the resumed run did not save that step again: a kill audit); evaluation changes nothing.
+    # (orbax does it in the background on process 0 and waits for it before the first save.)
     opts = dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
@@ -258,13 +259,26 @@ class Checkpoints:
     return moved
 
   def tidy_best_on_resume(self, step: int) -> list[pathlib.Path]:
-    """A resume from `step` retrains what came after it, so best steps after it are of training
-    that is discarded: moved to checkpoints/discarded/ (kept). They had stayed best, and ranked
-    the retrained run's saves, after a kill between saving best and latest (a kill audit). Then
-    a best step that orbax was deleting when a kill came (worse than the best) is deleted, as
-    max_to_keep=1 would have. Each agreement is a collective: every process has looked before
-    process 0 changes anything."""
+    """What a kill left in checkpoints/best, before a resume from `step` (a kill audit):
+    - steps ranked below the best, which orbax was deleting when the kill came (max_to_keep=1;
+      a new best is saved only when strictly better), are deleted: they had stayed, and a half
+      deleted one became best once a later step was set aside (a review);
+    - then steps after `step`, of training the resume repeats, move to checkpoints/discarded/
+      (kept): they had stayed best and ranked the retrained run's saves.
+    Each agreement is a collective: every process has looked before process 0 changes anything."""
     manager, moved = self.best, []
+    top = manager.best_step()
+    superseded = [s for s in manager.all_steps()
+                  if top is not None and s != top and manager.metrics(s)]  # (Ranked ones only.)
+    if parallel.any_process(bool(superseded)):
+      with parallel.fail_together(f'deleting superseded steps of {manager.directory}'):
+        if jax.process_index() == 0 and superseded:
+          for s in superseded:
+            shutil.rmtree(pathlib.Path(manager.directory) / str(s))
+          logging.warning('Deleted best checkpoint(s) %s of %s, ranked below step %d: a kill had '
+                          'stopped their deletion.', ', '.join(map(str, superseded)),
+                          manager.directory, top)
+      manager.reload()
     after = [s for s in manager.all_steps() if s > step]
     if parallel.any_process(bool(after)):
       with parallel.fail_together(f'setting aside steps of {manager.directory} after {step}'):
@@ -273,14 +287,6 @@ class Checkpoints:
           logging.warning('Moved best checkpoint(s) of the training after step %d, which this '
                           'resume repeats, to %s (kept there, restorable by path).', step,
                           ', '.join(str(m) for m in moved))
-      manager.reload()
-    keep = manager.best_step()
-    superseded = [s for s in manager.all_steps() if s != keep]
-    if parallel.any_process(bool(superseded)):
-      with parallel.fail_together(f'deleting superseded steps of {manager.directory}'):
-        if jax.process_index() == 0:
-          for s in superseded:
-            shutil.rmtree(pathlib.Path(manager.directory) / str(s))
       manager.reload()
     return moved
 

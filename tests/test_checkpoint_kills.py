@@ -6,6 +6,8 @@ import json
 import pathlib
 import shutil
 
+import numpy as np
+
 from jax_cifar import checkpoints
 from jax_cifar.configs import default
 from jax_cifar.training import trainer
@@ -62,3 +64,41 @@ def test_a_resume_sets_aside_best_steps_it_repeats_and_removes_what_a_kill_left(
   recorded = json.loads((root / 'best' / kept / 'metrics' / 'metrics').read_text())
   assert recorded['val_accuracy'] == max(_val(workdir, 3) + _val(workdir, 6) + _val(workdir, 8))
   assert recorded['val_accuracy'] == _val(workdir, int(kept))[-1]
+
+
+def _best_step(root: pathlib.Path, step: int, accuracy: float, like: int) -> None:
+  """A copy of best/`like` as best/`step`, ranked `accuracy`."""
+  shutil.copytree(root / 'best' / str(like), root / 'best' / str(step))
+  (root / 'best' / str(step) / 'metrics' / 'metrics').write_text(
+      json.dumps({'val_accuracy': accuracy}))
+
+
+def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_set_aside(
+    tmp_path):
+  """The likeliest kill: best N (after latest L) committed while orbax deleted the old best M.
+  Setting N aside first had left M, half deleted, as best (a review): M goes first, as orbax
+  would have removed it, and then N moves to discarded/. Steps without metrics are not touched
+  here (they are named as damaged when used)."""
+  workdir = tmp_path / 'run'
+  ckpts = checkpoints.Checkpoints(workdir)
+  state = {'w': np.arange(4, dtype=np.float32)}
+  ckpts.save_latest(state, 6)
+  assert ckpts.maybe_save_best(state, 4, 0.25)
+  ckpts.wait()
+  root = workdir / 'checkpoints'
+  _best_step(root, 9, 0.5, like=4)  # N: better, after latest 6.
+  for item in (root / 'best' / '4' / 'default').iterdir():  # M: its arrays half deleted.
+    if item.is_file() or item.name != 'metrics':
+      shutil.rmtree(item) if item.is_dir() else item.unlink()
+  ckpts.best.reload()
+  assert ckpts.best.best_step() == 9
+  moved = ckpts.tidy_best_on_resume(6)
+  assert [m.name for m in moved] == ['best-9'] and _steps(root / 'discarded') == ['best-9']
+  assert ckpts.best.all_steps() == [] and _steps(root / 'best') == []
+  # Within the resumed run, a step at or before it stays: a better one, and no other.
+  assert ckpts.maybe_save_best(state, 3, 0.1)
+  ckpts.wait()
+  _best_step(root, 5, 0.05, like=3)
+  ckpts.best.reload()
+  assert ckpts.tidy_best_on_resume(6) == [] and _steps(root / 'best') == ['3']
+  ckpts.close()

@@ -317,3 +317,16 @@ def test_what_killed_writers_leave_is_reaped_and_a_cut_figure_never_replaces_a_w
   assert png.read_bytes() == whole
   assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'confusion_best.png',
                                                         'eval_best.json']
+
+
+def test_a_bare_file_name_is_written_in_the_current_folder(tmp_path, monkeypatch):
+  """`evaluate --workdir .` and `report --out .` give names without a folder: reaping temps next
+  to them had listed '' (FileNotFoundError) after all the inference (a review)."""
+  monkeypatch.chdir(tmp_path)
+  eval_json.write(pathlib.Path('eval_best.json'), {'checkpoint': 'best', 'step': 1,
+                                                   'weights': 'raw', 'test_accuracy': 0.5})
+  fig = figures.new_figure()
+  fig.add_subplot().plot([0, 1])
+  figures.save(fig, 'figure.png')
+  assert (tmp_path / 'figure.png').read_bytes().startswith(b'\x89PNG')
+  assert json.loads((tmp_path / 'eval_best.json').read_text())['test_accuracy'] == 0.5

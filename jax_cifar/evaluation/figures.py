@@ -7,6 +7,7 @@ matplotlib backend.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -34,8 +35,10 @@ def save(fig, path: pathlib.Path) -> None:
   try:
     fig.savefig(tmp, bbox_inches='tight', format=path.suffix.lstrip('.') or 'png')
     os.replace(tmp, path)
+  except OSError as e:  # Named as the figure, not its temp (as eval_json does).
+    raise OSError(e.errno, e.strerror, str(path)) from None
   finally:
-    if os.path.exists(tmp):
+    with contextlib.suppress(OSError):
       os.remove(tmp)
 
 
