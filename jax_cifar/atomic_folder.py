@@ -103,6 +103,23 @@ def remove_stale_temps(path: str) -> None:
           os.unlink(stale)
 
 
+def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+  """Writes one file whole: `write(temp)` fills a temp sibling, renamed over `path`, so a kill
+  leaves the old file or the new one (a killed writer's temp is reaped by the next write). An
+  OSError names `path`, not the temp, and leaves no temp."""
+  path = os.fspath(path)
+  remove_stale_temps(path)
+  tmp = temp_name(path)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror, path) from None
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+
+
 @contextlib.contextmanager
 def publish(path: str, check_replace: Callable[[], None], kill_env: str = '') -> Iterator[str]:
   """Yields a fresh temp folder next to absolute `path` to write into; when the block ends, puts

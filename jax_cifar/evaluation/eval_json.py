@@ -70,16 +70,10 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         os.replace(path, aside)
         logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
                         path.name, step, aside.name)
-    # A killed writer's temp is reaped by the next one (under the lock; it had stayed forever,
-    # one per kill: a kill audit).
-    atomic_folder.remove_stale_temps(str(path))
-    tmp = pathlib.Path(atomic_folder.temp_name(str(path)))
-    try:
-      tmp.write_text(json.dumps(merged, indent=2) + '\n')
-    except OSError as e:  # (A full disk had left the partial temp file, and named only it.)
-      tmp.unlink(missing_ok=True)
-      raise OSError(e.errno, e.strerror, str(path)) from None
-    os.replace(tmp, path)
+    # Whole, under the lock; a killed writer's temp had stayed forever, one per kill (a kill
+    # audit), and a full disk's had named only the temp.
+    text = json.dumps(merged, indent=2) + '\n'
+    atomic_folder.write_file(path, lambda tmp: pathlib.Path(tmp).write_text(text))
   finally:
     os.close(lock)  # Releases the lock.
 

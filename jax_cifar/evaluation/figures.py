@@ -7,8 +7,6 @@ matplotlib backend.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
 import re
 from typing import Any
@@ -29,17 +27,8 @@ def save(fig, path: pathlib.Path) -> None:
   """Writes the figure (tight layout) to path, whole: a temp sibling renamed into place (a kill
   had left a cut PNG over the complete one: a kill audit); the format follows its suffix."""
   fig.tight_layout()
-  path = pathlib.Path(path)
-  atomic_folder.remove_stale_temps(str(path))
-  tmp = atomic_folder.temp_name(str(path))
-  try:
-    fig.savefig(tmp, bbox_inches='tight', format=path.suffix.lstrip('.') or 'png')
-    os.replace(tmp, path)
-  except OSError as e:  # Named as the figure, not its temp (as eval_json does).
-    raise OSError(e.errno, e.strerror, str(path)) from None
-  finally:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
+  fmt = pathlib.Path(path).suffix.lstrip('.') or 'png'  # (The temp's name has no suffix.)
+  atomic_folder.write_file(path, lambda tmp: fig.savefig(tmp, bbox_inches='tight', format=fmt))
 
 
 def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
