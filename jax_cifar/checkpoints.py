@@ -10,7 +10,7 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -266,29 +266,28 @@ class Checkpoints:
     - then steps after `step`, of training the resume repeats, move to checkpoints/discarded/
       (kept): they had stayed best and ranked the retrained run's saves.
     Each agreement is a collective: every process has looked before process 0 changes anything."""
-    manager, moved = self.best, []
+    manager = self.best
     top = manager.best_step()
     superseded = [s for s in manager.all_steps()
                   if top is not None and s != top and manager.metrics(s)]  # (Ranked ones only.)
-    if parallel.any_process(bool(superseded)):
-      with parallel.fail_together(f'deleting superseded steps of {manager.directory}'):
-        if jax.process_index() == 0 and superseded:
-          for s in superseded:
-            shutil.rmtree(pathlib.Path(manager.directory) / str(s))
-          logging.warning('Deleted best checkpoint(s) %s of %s, ranked below step %d: a kill had '
-                          'stopped their deletion.', ', '.join(map(str, superseded)),
-                          manager.directory, top)
-      manager.reload()
-    after = [s for s in manager.all_steps() if s > step]
-    if parallel.any_process(bool(after)):
-      with parallel.fail_together(f'setting aside steps of {manager.directory} after {step}'):
-        if jax.process_index() == 0 and after:
-          moved = [_move_aside(manager.directory, 'best', s, into='discarded') for s in after]
-          logging.warning('Moved best checkpoint(s) of the training after step %d, which this '
-                          'resume repeats, to %s (kept there, restorable by path).', step,
-                          ', '.join(str(m) for m in moved))
-      manager.reload()
-    return moved
+
+    def delete(steps):
+      for s in steps:
+        shutil.rmtree(pathlib.Path(manager.directory) / str(s))
+      logging.warning('Deleted best checkpoint(s) %s of %s, ranked below step %d: a kill had '
+                      'stopped their deletion.', ', '.join(map(str, steps)), manager.directory, top)
+
+    def set_aside(steps):
+      moved = [_move_aside(manager.directory, 'best', s, into='discarded') for s in steps]
+      logging.warning('Moved best checkpoint(s) of the training after step %d, which this resume '
+                      'repeats, to %s (kept there, restorable by path).', step,
+                      ', '.join(str(m) for m in moved))
+      return moved
+
+    _agreed_change(manager, superseded, f'deleting superseded steps of {manager.directory}', delete)
+    return _agreed_change(manager, [s for s in manager.all_steps() if s > step],
+                          f'setting aside steps of {manager.directory} after {step}',
+                          set_aside) or []
 
   def wait(self) -> None:
     for manager in (self.latest, self._best):
@@ -299,6 +298,19 @@ class Checkpoints:
     self.latest.close()
     if self._best is not None:
       self._best.close()
+
+
+def _agreed_change(manager, steps: list[int], what: str, change: Callable[[list[int]], Any]) -> Any:
+  """Process 0 applies `change` to `steps` (each process's own look, agreed by a collective first,
+  so every process has looked before anything moves); then every process's manager reloads.
+  Returns what `change` returned on process 0 (None elsewhere, or when nothing changed)."""
+  out = None
+  if parallel.any_process(bool(steps)):
+    with parallel.fail_together(what):
+      if jax.process_index() == 0 and steps:
+        out = change(steps)
+    manager.reload()
+  return out
 
 
 def _move_aside(directory: pathlib.Path, which: str, step: int,

@@ -9,16 +9,12 @@ import shutil
 import numpy as np
 
 from jax_cifar import checkpoints
-from jax_cifar.configs import default
 from jax_cifar.training import trainer
+from test_checkpoints import _config as checkpoint_config  # The same tiny run.
 
 
 def _config(max_steps: int):
-  c = default.get_config()
-  c.data.source, c.data.synthetic_size, c.data.val_fraction = 'synthetic', 320, 0.2
-  c.model.name = 'simple_cnn'  # Checkpoint mechanics: the quickest model to compile.
-  c.train.batch_size, c.train.eval_batch_size, c.train.num_epochs = 32, 64, 2
-  c.train.log_every_steps, c.train.max_steps, c.checkpoint.every_steps = 3, max_steps, 3
+  c = checkpoint_config(max_steps)
   c.train.eval_every_epochs = 0.5  # 6 steps per epoch: validated at steps 3, 6 and 8.
   return c
 
