@@ -21,6 +21,7 @@ CHOICES = {
     'augment.jpeg_subsampling': jpeg.SUBSAMPLINGS,
     'optim.name': optim.OPTIMIZERS,
     'optim.schedule': optim.SCHEDULES,
+    'optim.schedule_per': optim.SCHEDULE_UNITS,
     'train.on_nonfinite': ('stop', 'skip'),
     'wandb.mode': ('online', 'offline', 'disabled'),
     'checkpoint.best_weights': checkpoints.WEIGHTS,
@@ -121,6 +122,11 @@ def validate(config, *, launch: bool = True) -> None:
       and given['optim.momentum'] == 0):
     raise ConfigError('optim.nesterov=True needs optim.momentum > 0 (as torch.optim.SGD); with '
                       'momentum 0 it would silently be plain SGD')
+  if given['optim.schedule_per'] == 'epoch' and given['optim.warmup_epochs'] > 0:
+    raise ConfigError("optim.schedule_per='epoch' changes the rate once per epoch, so a warm-up "
+                      f"from 0 (optim.warmup_epochs={given['optim.warmup_epochs']:g}) would train "
+                      "the first epoch at rate 0: set optim.warmup_epochs=0, or "
+                      "optim.schedule_per='step'")
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:
@@ -188,6 +194,8 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert(['optim.decay_bn_and_bias'], 'optim.weight_decay is 0')
   if flat.get('optim.schedule') == 'constant':
     inert(['optim.end_lr_factor'], "optim.schedule='constant' does not decay")
+    if not flat.get('optim.warmup_epochs'):
+      inert(['optim.schedule_per'], "optim.schedule='constant' without a warm-up never changes")
   if flat.get('augment.policy') != 'randaugment':
     inert(['augment.randaugment_num_ops', 'augment.randaugment_magnitude'],
           f"augment.policy is {flat.get('augment.policy')!r}, not 'randaugment'")

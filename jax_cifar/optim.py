@@ -10,6 +10,7 @@ from jax_cifar import errors
 
 OPTIMIZERS = ('adamw', 'sgd')  # optim.name
 SCHEDULES = ('cosine', 'constant')  # optim.schedule
+SCHEDULE_UNITS = ('step', 'epoch')  # optim.schedule_per
 
 HEAD_KEY = 'fc'  # Every model names its classifier `fc` (torchvision's name), so the head is found by path.
 
@@ -47,9 +48,24 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
         init_value=0.0 if warmup else peak_lr, peak_value=peak_lr, warmup_steps=warmup)
   else:
     raise errors.ConfigError(f'optim.schedule must be one of {SCHEDULES}, got {config.schedule!r}')
+  if config.get('schedule_per', 'step') == 'epoch':
+    schedule = _per_epoch(schedule, steps_per_epoch, warmup)
   if delay_steps:
     schedule = optax.join_schedules([optax.constant_schedule(0.0), schedule], [delay_steps])
   return schedule
+
+
+def _per_epoch(schedule: optax.Schedule, steps_per_epoch: int, warmup: int) -> optax.Schedule:
+  """`schedule` changed once per epoch: every step of an epoch takes the rate of its first step,
+  as a torch script that calls scheduler.step() once per epoch (CosineAnnealingLR(T_max=epochs)
+  is then the cosine schedule's rate at each epoch's start). A warm-up from 0 would spend the
+  whole first epoch at rate 0, so it is refused."""
+  if warmup:
+    raise errors.ConfigError("optim.schedule_per='epoch' changes the rate once per epoch, so a "
+                             'warm-up from 0 would train the first epoch at rate 0: set '
+                             "optim.warmup_epochs=0, or optim.schedule_per='step'")
+  steps_per_epoch = max(int(steps_per_epoch), 1)
+  return lambda count: schedule(count - count % steps_per_epoch)
 
 
 def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[str]:

@@ -126,6 +126,10 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     # wandb refuses a tag over 64 characters at its start, and the run went on without it.
     ({'wandb.tags': ('r50', 'x' * 65)}, "'wandb.tags' must be a tuple of strings of 1 to 64"),
     ({'augment.jpeg_quality': (20.7, 95.2)}, "'augment.jpeg_quality' must be whole quality factors"),
+    # Changed once per epoch, a warm-up from 0 is a first epoch at rate 0.
+    ({'optim.schedule_per': 'epoch', 'optim.warmup_epochs': 0.5},
+     "schedule_per='epoch' .* \\(optim.warmup_epochs=0.5\\) would train the first epoch at rate 0"),
+    ({'optim.schedule_per': 'epochs'}, "'optim.schedule_per' must be one of"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -186,6 +190,8 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
     ({'optim.weight_decay': 0.0, 'optim.decay_bn_and_bias': True}, 'optim.decay_bn_and_bias',
      'weight_decay is 0'),
     ({'augment.jpeg_subsampling': '4:2:0'}, 'augment.jpeg_subsampling', 'jpeg_prob is 0'),
+    ({'optim.schedule': 'constant', 'optim.warmup_epochs': 0.0, 'optim.schedule_per': 'epoch'},
+     'optim.schedule_per', 'never changes'),
 ])
 def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_resume(
     flat, key, reason):
@@ -201,7 +207,8 @@ def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_r
         'augment.augmix_severity': {'augment.augmix': True},
         'wandb.project': {'wandb.mode': 'offline'},
         'optim.decay_bn_and_bias': {'optim.weight_decay': 0.01},
-        'augment.jpeg_subsampling': {'augment.jpeg_prob': 0.5}}[key]
+        'augment.jpeg_subsampling': {'augment.jpeg_prob': 0.5},
+        'optim.schedule_per': {'optim.schedule': 'cosine'}}[key]
   assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 

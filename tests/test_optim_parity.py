@@ -1,6 +1,7 @@
 """The optimizer chain (jax_cifar/optim.py) against torch.optim on the same parameters and
 gradients: clip_grad_norm_ + AdamW / SGD with the weight decay of either optim.decay_bn_and_bias
-setting, and the cosine schedule against torch's CosineAnnealingLR."""
+setting, and the cosine schedule against torch's CosineAnnealingLR (stepped per optimizer step, or
+per epoch)."""
 
 import jax
 import jax.numpy as jnp
@@ -107,3 +108,36 @@ def test_cosine_schedule_without_warmup_equals_torch_cosine_annealing_stepped_pe
     annealing.step()
   got = [float(schedule(i)) for i in range(total + 1)]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-10)
+
+
+def test_cosine_schedule_per_epoch_equals_torch_cosine_annealing_stepped_per_epoch():
+  """optim.schedule_per='epoch': a torch script's CosineAnnealingLR(T_max=epochs) with
+  scheduler.step() after each epoch, every step of an epoch at the same rate; a frozen
+  backbone's epochs count from its unfreezing; a warm-up from 0 is refused."""
+  torch = require_module('torch')
+  c = default.get_config().optim
+  c.lr, c.warmup_epochs, c.end_lr_factor, c.schedule_per = 7e-4, 0.0, 0.01, 'epoch'
+  epochs, per_epoch = 6, 7
+  schedule = optim.make_schedule(c.lr, c, total_steps=epochs * per_epoch, steps_per_epoch=per_epoch)
+  opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=c.lr)
+  annealing = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs,
+                                                         eta_min=c.end_lr_factor * c.lr)
+  want = []
+  for _ in range(epochs):
+    want += [opt.param_groups[0]['lr']] * per_epoch
+    for _ in range(per_epoch):
+      opt.step()
+    annealing.step()
+  got = [float(schedule(i)) for i in range(epochs * per_epoch)]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-10)
+  assert len(set(got)) == epochs  # (The per-step schedule changes at every step.)
+  jitted = jax.jit(schedule)  # As optax calls it: a traced int32 count.
+  assert float(jitted(jnp.int32(9))) == pytest.approx(want[9], rel=1e-6)
+  delayed = optim.make_schedule(c.lr, c, total_steps=epochs * per_epoch + 3,
+                                steps_per_epoch=per_epoch, delay_steps=3)
+  assert [float(delayed(i)) for i in range(3)] == [0.0] * 3
+  np.testing.assert_allclose([float(delayed(i + 3)) for i in range(epochs * per_epoch)], want,
+                             rtol=1e-5, atol=1e-10)
+  c.warmup_epochs = 1.0
+  with pytest.raises(optim.errors.ConfigError, match='warmup_epochs=0'):
+    optim.make_schedule(c.lr, c, total_steps=epochs * per_epoch, steps_per_epoch=per_epoch)

@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 1e-4  # AdamW: decoupled weight decay (times the learning rate, as torch.optim.AdamW); SGD: coupled (added to the gradient, as torch.optim.SGD).
   c.optim.decay_bn_and_bias = False  # False: weight decay on conv/dense kernels only; True: on BatchNorm scales/biases and dense biases too, as torch.optim's weight_decay (every parameter).
   c.optim.schedule = 'cosine'  # 'cosine' (warmup + cosine decay to end_lr_factor*lr) or 'constant' (after warmup).
+  c.optim.schedule_per = 'step'  # 'step': the rate changes at every optimizer step; 'epoch': once per epoch, each epoch at its first step's rate (a torch script's scheduler.step() per epoch; needs warmup_epochs=0; a frozen backbone's epochs count from its unfreezing).
   c.optim.warmup_epochs = 1.0  # Linear warmup length in epochs (fractions allowed); 0 disables.
   c.optim.end_lr_factor = 0.0  # Final learning rate as a fraction of the peak.
   c.optim.grad_clip_norm = 1.0  # Global-norm gradient clipping threshold; 0 disables.
