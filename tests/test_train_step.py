@@ -207,3 +207,36 @@ def test_the_steps_keys_are_not_the_initialisers_keys():
   assert len(init_keys) == len(step_keys) == 64 and not init_keys & step_keys
   assert not init_keys & {tuple(base)}
   np.testing.assert_array_equal(state.rng, base)  # The key a new run's state stores.
+
+
+def test_train_accuracy_scores_each_mixed_image_against_its_larger_label_share():
+  """Under mixup, an image that is mostly its partner counts as right when the model names the
+  partner's label. It had been scored against its own label: in a batch drawn with lam < 1/2,
+  every such prediction counted as wrong (a fidelity audit). The labels are chosen from the
+  model's predictions on the step's own mixed images, so only the partner's reading scores 1."""
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar.augment import pipeline as augment
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
+  c.augment.mixup_alpha, c.train.batch_size = 0.4, 8
+  tx, schedule = optim.make_optimizer(c.optim, 10, 10)
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+  targets = mixing.smooth_one_hot(jnp.zeros(8, jnp.int32), 10, 0.0)  # lam does not depend on them.
+  for step in range(20):  # A step whose draw mixes each image mostly with its partner.
+    k_aug, k_mix = jax.random.split(jax.random.fold_in(state.rng, step))
+    x = state_lib.model_input(augment.augment_batch(k_aug, jnp.asarray(images), c.augment), c,
+                              jnp.float32)
+    mixed, _, lam = mixing.mix_batch(k_mix, x, targets, mixup_alpha=0.4, cutmix_alpha=0.0)
+    if float(lam) < 0.4:
+      break
+  assert float(lam) < 0.4
+  model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
+  predicted = np.asarray(jnp.argmax(model(mixed, train=True), -1))
+  labels = predicted[::-1].astype(np.int32)  # Image i is mostly image 7-i: labelled as predicted.
+  assert not np.array_equal(labels, predicted)  # Its own label would score below 1.
+  _, metrics = jax.jit(lambda s, b: train_step.train_step(
+      s, b, graphdef=graphdef, tx=tx, schedule=schedule, config=c))(
+          state.replace(step=jnp.asarray(step, state.step.dtype)),
+          {'image': images, 'label': labels})
+  assert float(metrics['train_accuracy']) == 1.0
