@@ -226,6 +226,17 @@ def eval_batch_size(configured: int) -> int:
   return size
 
 
+def chunk_batch_size(num_images: int, global_batch: int) -> int:
+  """The global batch for a block of `num_images` (a chunk adapted on its own): `global_batch`, or
+  for fewer images the next power of two (rounded up to a multiple of the device count), so that
+  a small chunk is not padded to a whole batch (20 images per severity, padded to 500, had made
+  `--tta shifts --bn_adapt` 50x slower: a new-user walkthrough) and chunks of other sizes
+  compile few programs."""
+  size = 1 << max(num_images - 1, 0).bit_length()
+  devices = jax.device_count()
+  return min(global_batch, -(-size // devices) * devices)
+
+
 def micro_batch_warning(global_batch: int, accum: int) -> str | None:
   """Why `accum` micro-batches of `global_batch` would span devices, or None. Micro-batch i takes
   examples i, i + accum, ...; each device keeps its share of every micro-batch only when accum

@@ -92,6 +92,32 @@ def test_chunks_are_adapted_independently_a_b_a(small):
   assert np.abs(out[40:80] - adapted.run(np.concatenate([a, b]), desc='ab')[40:]).max() > 1e-3
 
 
+def test_a_chunk_smaller_than_the_batch_is_not_padded_to_a_whole_batch(small):
+  """20 images per chunk with an eval batch of 500: the statistics pass and the prediction run
+  batches of 32 rows (the next power of two), not 500 (`--tta shifts --bn_adapt` on a
+  `corrupt --limit 20` set had run 50x slower: a walkthrough), and predict what batches of 32
+  predict."""
+  config, state, graphdef, mesh = small
+  images = np.concatenate([_images(5, 20), _images(6, 20, contrast=0.2)])
+  rows = []
+
+  def make(batch):
+    predict = inference.make_predict(config, graphdef, mesh)
+    adapter = bn_adapt.BNAdapter(config, graphdef, mesh, batch, state.params, state.batch_stats)
+    accumulate = adapter._accumulate  # pylint: disable=protected-access
+    adapter._accumulate = lambda *a: (rows.append(('stats', a[-1]['image'].shape[0])),  # pylint: disable=protected-access
+                                      accumulate(*a))[1]
+    counting = lambda *a: (rows.append(('predict', a[-1]['image'].shape[0])), predict(*a))[1]
+    return inference.Predictor(state, mesh, batch, counting, None, adapter)
+
+  out = make(500).run(images, desc='small chunks', chunk=20)
+  assert rows == [('stats', 32), ('predict', 32)] * 2
+  np.testing.assert_allclose(out, make(32).run(images, desc='batches of 32', chunk=20),
+                             rtol=1e-5, atol=1e-5)
+  assert [parallel.chunk_batch_size(n, 500) for n in (1, 20, 33, 256, 300, 10_000)] == [
+      1, 32, 64, 256, 500, 500]
+
+
 def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
   """50 images in batches of 32: one padded batch, so masking and merging are both exercised."""
   config, state, graphdef, mesh = small

@@ -170,7 +170,8 @@ class BNAdapter:
                  progress: Callable[[int], Any] | None = None,
                  check: Callable[[], None] | None = None) -> dict:
     """{'count', 'mean': [...], 'var': [...]} of every BatchNorm input over all of `images`."""
-    batches = parallel.prefetch_to_device(pipeline.image_batches(images, self.batch_size),
+    size = parallel.chunk_batch_size(len(images), self.batch_size)
+    batches = parallel.prefetch_to_device(pipeline.image_batches(images, size),
                                           parallel.batch_sharded(self.mesh))
     acc, done = self._zeros(), 0
     for batch in batches:
@@ -178,7 +179,7 @@ class BNAdapter:
         check()
       previous, acc = acc, self._accumulate(params, batch_stats, acc, batch)
       jax.block_until_ready(previous)  # At most two batches in flight: bounded host memory.
-      step = min(self.batch_size, len(images) - done)
+      step = min(size, len(images) - done)
       done += step
       if progress is not None:
         progress(step)

@@ -112,13 +112,14 @@ class Predictor:
                bar) -> np.ndarray:
     """The padded rows of the last batch are dropped."""
     fn = self.labels_fn if labels_only else self.log_probs_fn
-    batches = parallel.prefetch_to_device(pipeline.image_batches(images, self.batch_size),
+    size = parallel.chunk_batch_size(len(images), self.batch_size)
+    batches = parallel.prefetch_to_device(pipeline.image_batches(images, size),
                                           parallel.batch_sharded(self.mesh))
     outs, pending = [], None
 
     def fetch(out) -> None:
       outs.append(np.asarray(jax.device_get(out)))
-      bar.update(min(len(outs[-1]), len(images) - (len(outs) - 1) * self.batch_size))
+      bar.update(min(len(outs[-1]), len(images) - (len(outs) - 1) * size))
 
     for batch in batches:
       interrupt.FLAG.check()
