@@ -141,7 +141,11 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
   meta_file = os.path.join(path, _METADATA_FILE)
   if not os.path.isfile(meta_file):
     if not os.path.exists(path):
-      raise ConversionError(f'{path}: no such converted checkpoint')
+      switch = path.strip().lower() in ('true', 'yes', '1', 'imagenet', 'default')
+      raise ConversionError(f'{path}: no such converted checkpoint' + (
+          ' (it is the folder of converted weights, not a switch as timm\'s pretrained=True: '
+          'convert torchvision\'s ImageNet weights once, python -m jax_cifar.convert --arch ARCH '
+          '--weights IMAGENET1K_V1 --output weights/ARCH, and give that folder)' if switch else ''))
     hint = (': a torchvision state_dict is converted first, with python -m jax_cifar.convert'
             if os.path.isfile(path) else '')
     if os.path.isfile(os.path.join(path, workdir.CONFIG_FILE)):  # A training run's folder.

@@ -138,6 +138,11 @@ def test_a_torchvision_pth_or_missing_path_is_named_before_the_run_starts(tmp_pa
   with pytest.raises(convert.ConversionError,
                      match='^model.pretrained: .*no such converted checkpoint'):
     trainer.train_and_evaluate(_config(str(tmp_path / 'nope')), str(tmp_path / 'run'))
+  # timm's and torchvision's habit, pretrained=True, said only that 'True' does not exist.
+  with pytest.raises(convert.ConversionError, match="^model.pretrained: True: no such converted "
+                     "checkpoint \\(it is the folder of converted weights, not a switch .*"
+                     "python -m jax_cifar.convert --arch ARCH"):
+    trainer.train_and_evaluate(_config('True'), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
