@@ -3,6 +3,7 @@ a step folder with the damage and mismatch checks every restore gets, and the sa
 copy in the other of checkpoints/latest and checkpoints/best. `checkpoints.Checkpoints` restores
 'latest' and 'best' through the same checks."""
 
+import contextlib
 import json
 import pathlib
 import re
@@ -92,8 +93,15 @@ def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
     return None
   folder = step_folder(workdir, int(checkpoint))
   if not folder.is_dir():
+    kept = {}
+    for kind in ('latest', 'best'):
+      with contextlib.suppress(OSError):
+        kept[kind] = sorted(int(p.name) for p in pathlib.Path(workdir, 'checkpoints', kind).iterdir()
+                            if is_step_number(p.name) and p.is_dir())
+    listed = '; '.join(f'{kind}: {", ".join(map(str, steps)) or "none"}'
+                       for kind, steps in kept.items())
     raise error(f'checkpoint {checkpoint}: {workdir} kept no step {int(checkpoint)} (in '
-                'checkpoints/latest or checkpoints/best)')
+                f'checkpoints/latest or checkpoints/best{"; it kept " + listed if kept else ""})')
   return str(folder)
 
 

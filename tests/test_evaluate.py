@@ -259,7 +259,11 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
   by_item = evaluate.evaluate(_config(), str(workdir), str(item))
   assert by_item['checkpoint'] == by_number['checkpoint']
   assert [p.name for p in workdir.glob('eval_step*.json')] == [f'eval_step{step}.json']
-  with pytest.raises(checkpoints.CheckpointError, match='kept no step 999'):
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
+                if p.name.isdigit())
+  # The steps it kept are listed (a walkthrough: a user had to look in the folder for them).
+  with pytest.raises(checkpoints.CheckpointError, match=rf"kept no step 999 \(in .*; it kept "
+                     rf"latest: {', '.join(map(str, kept))}; best: \d+"):
     evaluate.evaluate(_config(), str(workdir), '999')
 
 
