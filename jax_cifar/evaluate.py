@@ -114,6 +114,8 @@ def define_flags() -> None:
 # Clean splits, the OOD submission, CIFAR-100-C
 # ---------------------------------------------------------------------------------------------
 def _class_names(config) -> tuple[list[str], list[str]]:
+  if config.data.source == 'tfds':  # The same dataset: its names (had been class_0, ...).
+    return cifar100.class_names()
   if config.data.source == 'local':
     try:
       return cifar100.class_names(cifar100.resolve_data_dir(config.data.dir))

@@ -80,6 +80,19 @@ def test_class_names_come_from_meta(data_dir):
   fine, coarse = cifar100.class_names(data_dir)
   assert len(fine) == len(set(fine)) == 100 and len(coarse) == len(set(coarse)) == 20
   assert (fine[0], fine[-1], coarse[0]) == ('apple', 'worm', 'aquatic_mammals')
+  # The built-in names, given without a folder, are the real meta file's.
+  assert cifar100.class_names() == (fine, coarse)
+
+
+def test_class_names_without_a_folder_need_no_data(tmp_path, monkeypatch):
+  """A notebook without $JAX_CIFAR_DATA_DIR, loading a run trained through it (its data.dir is
+  ''), had found no data for the names (a walkthrough)."""
+  monkeypatch.delenv('JAX_CIFAR_DATA_DIR', raising=False)
+  monkeypatch.setenv('HOME', str(tmp_path))  # An empty cache folder.
+  fine, coarse = cifar100.class_names()
+  assert (fine[1], coarse[-1], len(fine), len(coarse)) == ('aquarium_fish', 'vehicles_2', 100, 20)
+  with pytest.raises(cifar100.DataError, match='download is off'):
+    cifar100.class_names('')  # A folder's meta is still read from that folder, or not at all.
 
 
 def test_class_names_find_the_data_as_the_trainer_does(data_dir, monkeypatch):

@@ -44,3 +44,14 @@ def test_data_source_against_the_runs_own(tmp_path, run_source, given, refused):
       inference.check_matches_run(config, str(tmp_path))
   else:
     inference.check_matches_run(config, str(tmp_path))
+
+
+def test_per_class_tables_of_a_tfds_run_name_cifar100s_classes():
+  """tfds serves CIFAR-100 itself: its evaluations' per-class tables had said class_0, ... (a
+  synthetic run's still do)."""
+  c = default.get_config()
+  c.data.source = 'tfds'
+  fine, coarse = evaluate._class_names(c)  # pylint: disable=protected-access
+  assert (fine[0], fine[99], coarse[19]) == ('apple', 'worm', 'vehicles_2')
+  c.data.source = 'synthetic'
+  assert evaluate._class_names(c)[0][:2] == ['class_0', 'class_1']  # pylint: disable=protected-access

@@ -144,9 +144,36 @@ def load_split(
   return _split_from_pickle(folder / split, encoding)
 
 
-def class_names(data_dir: str | os.PathLike = '') -> tuple[list[str], list[str]]:
-  """(fine, coarse) class names from `meta`, indexed by label; the folder found as the trainer
-  finds it (config.data.dir, else $JAX_CIFAR_DATA_DIR, else the cache folder)."""
+# The names of the official `meta` file, by label index: what class_names() gives without a folder
+# (every copy's meta is checked against them: tests/test_cifar100.py).
+FINE_LABEL_NAMES = (
+    'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle',
+    'bottle', 'bowl', 'boy', 'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle',
+    'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock', 'cloud', 'cockroach', 'couch',
+    'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin', 'elephant', 'flatfish', 'forest', 'fox',
+    'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower', 'leopard', 'lion',
+    'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain', 'mouse', 'mushroom',
+    'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear', 'pickup_truck', 'pine_tree',
+    'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road',
+    'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail', 'snake',
+    'spider', 'squirrel', 'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank',
+    'telephone', 'television', 'tiger', 'tractor', 'train', 'trout', 'tulip', 'turtle',
+    'wardrobe', 'whale', 'willow_tree', 'wolf', 'woman', 'worm')
+COARSE_LABEL_NAMES = (
+    'aquatic_mammals', 'fish', 'flowers', 'food_containers', 'fruit_and_vegetables',
+    'household_electrical_devices', 'household_furniture', 'insects', 'large_carnivores',
+    'large_man-made_outdoor_things', 'large_natural_outdoor_scenes',
+    'large_omnivores_and_herbivores', 'medium_mammals', 'non-insect_invertebrates', 'people',
+    'reptiles', 'small_mammals', 'trees', 'vehicles_1', 'vehicles_2')
+
+
+def class_names(data_dir: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+  """(fine, coarse) class names, indexed by label. Without `data_dir`, CIFAR-100's official names
+  (no data needed: a run's config.data.dir is '' when $JAX_CIFAR_DATA_DIR named the data, and a
+  notebook without that variable had found none: a walkthrough). With one, those of its `meta`
+  file, the folder found as the trainer finds it ('': $JAX_CIFAR_DATA_DIR, else the cache)."""
+  if data_dir is None:
+    return list(FINE_LABEL_NAMES), list(COARSE_LABEL_NAMES)
   folder = find_or_fetch(resolve_data_dir(str(data_dir)), download=False)
   raw = read_pickle(folder / 'meta')
   try:
