@@ -166,3 +166,12 @@ def say(message: str) -> None:
 def progress_bar(total: int, initial: int, desc: str = 'train') -> tqdm.tqdm:
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit='step', dynamic_ncols=True,
                    disable=jax.process_index() != 0, mininterval=1.0)
+
+
+def after_pause(bar: tqdm.tqdm) -> None:
+  """After a pause of the steps (a validation): the next step-rate sample starts now, so the rate
+  and ETA leave the pause out, while the elapsed time stays wall time. (tqdm's unpause() took the
+  time since the last print off the elapsed time, which a log line's redraw had already shown:
+  the elapsed time went backwards after each validation, 01:16 -> 01:09: a walkthrough.)"""
+  if not bar.disable:
+    bar.last_print_t, bar.last_print_n = bar._time(), bar.n  # pylint: disable=protected-access

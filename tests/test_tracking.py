@@ -185,3 +185,34 @@ def test_online_wandb_gets_a_short_start_timeout_and_a_disabled_one_names_a_set_
   assert not seen  # Disabled: wandb.init is never called.
   assert any('WANDB_MODE=offline is not read' in r.getMessage()
              and '--config.wandb.mode=offline' in r.getMessage() for r in caplog.records)
+
+
+def test_the_progress_bars_elapsed_time_never_goes_back_and_its_rate_leaves_validation_out():
+  """A log line redraws the bar during a validation; tqdm's unpause() then took the time since
+  the last print off the elapsed time, so the next draw showed less (01:16 -> 01:09 after each
+  validation: a walkthrough). A fake clock: 10 steps in 10 s, a 60 s validation with a log line
+  in it, then 10 more steps in 10 s."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  now = [0.0]
+  bar = tqdm.tqdm(total=40, file=io.StringIO(), mininterval=1.0)  # As progress_bar's, drawn.
+  bar._time = lambda: now[0]  # pylint: disable=protected-access
+  bar.start_t = bar.last_print_t = 0.0
+  shown = []
+
+  def steps(n):
+    for _ in range(n):
+      now[0] += 1.0
+      bar.update(1)
+      shown.append(bar.format_dict['elapsed'])
+
+  steps(10)
+  now[0] += 30.0
+  bar.refresh()  # A log line in the validation redraws the bar.
+  shown.append(bar.format_dict['elapsed'])
+  now[0] += 30.0
+  tracking.after_pause(bar)
+  steps(10)
+  assert shown == sorted(shown) and shown[-1] == 80.0  # Wall time, never back.
+  assert bar.format_dict['rate'] == pytest.approx(1.0)  # 1 step/s: the 60 s left out.
+  bar.close()

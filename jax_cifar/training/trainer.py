@@ -322,7 +322,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
                              step / steps_per_epoch)
         t_last += time.perf_counter() - t_val  # images_per_sec: training time only.
-        bar.unpause()  # ... and the bar's step rate and ETA too.
+        tracking.after_pause(bar)  # ... and the bar's step rate and ETA too.
       if save:
         ckpts.save_latest(current(), step)
       interrupt.at_event('train_step', step)  # Test hook: faults at an exact step, not a time.
