@@ -181,6 +181,20 @@ def config_is_the_runs(flag: str = 'config') -> bool:
   return flags.FLAGS[flag].config_filename.startswith(f'{_RUN_CONFIG}:')
 
 
+def repeated_overrides(argv: Sequence[str]) -> list[str]:
+  """A line for each --config.KEY given more than once: absl takes the last without a word (a
+  walkthrough: --config.optim.lr=0.1 --config.optim.lr=0.2 trained at 0.2, silently)."""
+  values: dict[str, list[str]] = {}
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config.'):
+      key, eq, value = arg[len('--config.'):].partition('=')
+      if not eq and i + 1 < len(argv) and not argv[i + 1].startswith('-'):
+        value = argv[i + 1]
+      values.setdefault(key, []).append(value or "''")
+  return [f'--config.{key} is given {len(given)} times ({", ".join(given)}): the last one, '
+          f'{given[-1]}, is used' for key, given in values.items() if len(given) > 1]
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
   given = _config_values(argv)
@@ -206,6 +220,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                      'get_config() and change its keys, as configs/*.py do)')
     if len(rest) > 1:  # `--bn_adapt false` had turned adaptation on and dropped `false` (an audit).
       _usage_error(_stray_words(rest[1:], argv))
+    for line in repeated_overrides(argv):
+      logging.warning('%s', line)
     return rest
   except flags.Error as e:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):

@@ -33,6 +33,15 @@ def test_misspelled_override_key_is_named(tmp_path):
                          'you mean --config.train.batch_size?'), line
 
 
+def test_an_override_given_twice_is_named_with_the_value_used():
+  argv = ['train', '--config', 'c.py', '--config.optim.lr=0.1', '--config.seed', '3',
+          '--config.optim.lr', '0.2', '--config.seed=4', '--config.train.resume=false']
+  assert cli.repeated_overrides(argv) == [
+      '--config.optim.lr is given 2 times (0.1, 0.2): the last one, 0.2, is used',
+      '--config.seed is given 2 times (3, 4): the last one, 4, is used']
+  assert cli.repeated_overrides(argv[:5]) == []
+
+
 def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):
   line = _usage_error(train(tmp_path / 'run', '--config.optim.learning_rate=0.1'))
   assert line == ("error: --config.optim.learning_rate: the config has no key 'learning_rate' "

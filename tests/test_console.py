@@ -35,9 +35,12 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   assert len(evals) == 2 and all('(best ' in l for l in evals), evals  # One per epoch.
   assert any(l.startswith('Done at step 12: best val_accuracy ') for l in lines)
   # --verbosity=0 brings the library logs back for debugging.
-  out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=3',
-               '--config.ema.warmup_power=0.5')
+  out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=7',
+               '--config.train.max_steps', '3', '--config.ema.warmup_power=0.5')
   assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
+  # An override given twice is named (absl takes the last one without a word: a walkthrough).
+  assert ('--config.train.max_steps is given 2 times (7, 3): the last one, 3, is used'
+          in out.stderr), out.stderr[-2000:]
   # A key that does nothing here is named (it had been ignored without a word) ...
   assert "config key 'ema.warmup_power'=0.5 is ignored: there is no EMA" in out.stderr
   # The start line says where a max_steps launch stops (it said only '12 steps': an audit).
