@@ -21,6 +21,8 @@ override) whose model keys differ from it is refused (its numbers would not be t
 predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
 split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
 see jax_cifar/evaluation/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
+They depend a little on the batch of its train-mode pass (train.eval_batch_size, or the chunk
+when smaller), which the results record as bn_adapt_batch.
 --tent (never the default; implies --bn_adapt): USES THE UNLABELLED TEST IMAGES. Before each chunk
 is predicted, the BatchNorm scales and biases minimise the entropy of the predictions on it (Adam
 steps, one pass by default), then its statistics are re-estimated; restored for the next chunk.
@@ -251,6 +253,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                                              adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
+  if predictor.adapter is not None:  # Its statistics pass's batch: the numbers depend a little on it.
+    result['bn_adapt_batch'] = predictor.batch_size
   # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
   # during the OOD files had left a figure of an evaluation that never finished (an audit).
   draw_later = []

@@ -296,9 +296,12 @@ def test_tta_and_bn_adapt_runs_write_files_under_their_own_tag(run):
   assert result['tta'] == 'flip' and result['bn_adapt'] is True and result['test_count'] == 256
   detail = json.loads((workdir / 'eval_latest_tta-flip_bn-adapt.json').read_text())
   assert detail['test_accuracy'] == result['test_accuracy']
+  # The statistics pass's batch, on which the adapted numbers depend a little (a walkthrough).
+  assert detail['bn_adapt_batch'] == _config().train.eval_batch_size
   assert (workdir / 'confusion_latest_tta-flip_bn-adapt.png').read_bytes()[:4] == b'\x89PNG'
   plain = evaluate.evaluate(_config(), str(workdir), 'latest', tta_flip=True)  # The old flag.
   assert (workdir / 'eval_latest_tta-flip.json').exists() and plain['bn_adapt'] is False
+  assert 'bn_adapt_batch' not in plain
   assert plain['test_loss'] != result['test_loss']  # Adapted statistics changed the predictions.
 
 
