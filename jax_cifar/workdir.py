@@ -113,6 +113,16 @@ def existing_run(workdir: pathlib.Path) -> str | None:
   return ', '.join(found) or None
 
 
+def foreign_entries(workdir: pathlib.Path) -> list[str]:
+  """The names in a workdir that holds no run which are no run's (hidden files and a set-aside
+  previous-* folder are): a data or notes folder given as --workdir."""
+  try:
+    names = sorted(p.name for p in workdir.iterdir())
+  except OSError:
+    return []
+  return [n for n in names if not n.startswith(('.', 'previous-')) and n != 'checkpoints']
+
+
 def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Path:
   """folder/STEMSUFFIX, or folder/STEM.N.SUFFIX for the first N = 1, 2, ... that does not exist."""
   path, n = folder / f'{stem}{suffix}', 1

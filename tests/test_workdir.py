@@ -307,8 +307,12 @@ def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_o
   assert 'no_data' in the_error(train(tmp_path / 'new_run', *bad))
   assert not (tmp_path / 'new_run').exists()
   (tmp_path / 'mine').mkdir()
-  the_error(train(tmp_path / 'mine', *bad))
-  assert (tmp_path / 'mine').is_dir()  # Not created by this launch: kept.
+  (tmp_path / 'mine' / 'notes.txt').write_text('mine')
+  out = train(tmp_path / 'mine', *bad)
+  the_error(out)
+  assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'mine'  # Not created by this launch: kept.
+  # Files of no run in it are named (a folder of notes had been written into silently: a walkthrough).
+  assert 'holds no run but 1 other entry (notes.txt): the run writes its files beside them' in out.stderr
 
 
 def test_allowed_config_change_resumes_and_launches_jsonl_records_it(run):

@@ -96,6 +96,11 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
     raise workdir_lib.WorkdirError(
         f'workdir {workdir} already holds a run ({existing}) and train.resume=false never '
         'overwrites one: choose a fresh --workdir, or resume it with train.resume=true')
+  foreign = [] if existing or not lock else workdir_lib.foreign_entries(workdir)
+  if foreign:  # A data or notes folder as --workdir had been written into without a word.
+    logging.warning('workdir %s holds no run but %d other entr%s (%s%s): the run writes its files '
+                    'beside them', workdir, len(foreign), 'y' if len(foreign) == 1 else 'ies',
+                    ', '.join(foreign[:5]), ', ...' if len(foreign) > 5 else '')
   return lock
 
 
