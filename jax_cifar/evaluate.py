@@ -213,6 +213,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
+  parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
+      **workdir_lib.flatten(config.to_dict()), '--checkpoint': str(which), '--tta': tta_mode,
+      '--tta_flip': tta_flip, '--bn_adapt': adapt_bn, '--weights': weights,
+      '--tent': dataclasses.asdict(tent) if tent else None, '--ood_dir given': bool(ood_dir),
+      '--cifar100c_dir given': bool(cifar100c_dir), '--submission given': bool(submission_csv)},
+      'configs or flags')
   inference.check_matches_run(config, workdir)
   inference.check_step_folder_of_another_run(config, workdir, str(which))
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)

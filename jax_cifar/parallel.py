@@ -2,8 +2,10 @@
 
 import collections
 import contextlib
+import json
 import os
-from typing import Iterable, Iterator
+import zlib
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -257,7 +259,7 @@ def same_on_every_process(value: int, what: str) -> int:
   filesystem's older listing or failing to read a step, would train apart without an error."""
   if jax.process_count() == 1:
     return value
-  values = _every_process(value)
+  values = every_process(value)
   if len(set(values)) > 1:
     seen = ', '.join(f'process {i}: {v}' for i, v in enumerate(values))
     raise errors.UserError(f'the processes disagree on {what} ({seen}): each must see the same '
@@ -266,14 +268,45 @@ def same_on_every_process(value: int, what: str) -> int:
   return value
 
 
+# Paths that may name each host's own copy of the same files (node-local data): not compared.
+PER_HOST_KEYS = ('data.dir', 'data.tfds_data_dir', 'model.pretrained', 'model.init_from')
+
+
+def digest(value: Any) -> int:
+  """A 31-bit fingerprint of a JSON-able value (what the processes compare)."""
+  return zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
+
+
+def same_settings_everywhere(settings: Mapping[str, Any], given: str) -> None:
+  """Refuses, on every process at once, settings (a flat config, a tool's flags) that differ
+  between processes, naming them. Every process had trained with its own: a learning rate given
+  to one process trained silently apart, a batch size then hung in a collective (a cluster
+  walkthrough). PER_HOST_KEYS and wandb.* (process 0's alone) are not compared."""
+  if jax.process_count() == 1:
+    return
+  keys = sorted(k for k in settings if k not in PER_HOST_KEYS and not k.startswith('wandb.'))
+  if len(set(every_process(digest(keys)))) > 1:
+    raise errors.ConfigError(f'the processes were given {given} of different sets of keys (a '
+                             'different jax-cifar on some hosts?): install the same everywhere')
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  mine = np.asarray([digest(settings[k]) for k in keys], np.int32)
+  every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(keys))
+  differ = [k for i, k in enumerate(keys) if len(set(every[:, i].tolist())) > 1]
+  if differ:
+    here = ', '.join(f'{k}={settings[k]!r}' for k in differ[:6]) + (', ...' if len(differ) > 6 else '')
+    raise errors.ConfigError(
+        f'the processes were given different {given}: {", ".join(differ[:6])} differ (process '
+        f'{jax.process_index()} has {here}); launch every process with the same command')
+
+
 def any_process(flag: bool) -> bool:
   """True on every process when `flag` is true on any; a collective that all processes must call."""
   if jax.process_count() == 1:
     return bool(flag)
-  return any(_every_process(int(flag)))
+  return any(every_process(int(flag)))
 
 
-def _every_process(value: int) -> list[int]:
+def every_process(value: int) -> list[int]:
   """Each process's `value`, in process order (an all-gather: every process must call it)."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return [int(v) for v in np.asarray(

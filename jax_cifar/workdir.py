@@ -74,6 +74,7 @@ class Lock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
+    os.fsync(fd)  # Other hosts read it (training's shared-workdir check): on the server now.
     self._fd = fd
 
   def release(self) -> None:

@@ -104,6 +104,30 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
   return lock
 
 
+def _check_shared(workdir: pathlib.Path) -> None:
+  """Refuses, on every process, a workdir that is not one shared folder: every process must read
+  the lock file process 0 wrote. With a folder of its own per host, process 0 had hung in its
+  first save, without a word, until killed (a cluster walkthrough)."""
+  if jax.process_count() == 1:
+    return
+  for attempt in range(3):  # A network filesystem's cache may show the others the file late.
+    try:
+      seen = parallel.digest((workdir / workdir_lib.LOCK_FILE).read_text())
+    except OSError:
+      seen = -1
+    seen_by = parallel.every_process(seen)  # The same list on every process: they agree.
+    apart = [i for i, d in enumerate(seen_by) if d != seen_by[0]]
+    if not apart or attempt == 2:
+      break
+    time.sleep(1.0)
+  if apart:
+    raise workdir_lib.WorkdirError(
+        f'workdir {workdir} is not shared: process{"es" if len(apart) > 1 else ""} '
+        f'{", ".join(map(str, apart))} do{"" if len(apart) > 1 else "es"} not see process 0\'s '
+        f'{workdir_lib.LOCK_FILE} in it; every process must use the same folder on a filesystem '
+        'all hosts share (NFS, Lustre, GCS FUSE)')
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`.
 
@@ -119,6 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f'get_config(), then changed), got {type(config).__name__}')
   errors.folder_arg('train_and_evaluate(config, workdir)', workdir)
   config_validation.validate(config)
+  parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
   workdir = pathlib.Path(workdir)
   # From here SIGTERM/SIGINT only set a flag: read before anything is written (a stop while
   # starting), then at every step (save and stop). The process's own handlers come back at the end.
@@ -142,6 +167,7 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   lock = _claim_workdir(config, workdir)
   launch = {}  # What _train recorded of this launch: the config.json it replaced, the saved steps.
   try:
+    _check_shared(workdir)
     return _train(config, workdir, launch, stop)
   except BaseException:
     # Removed while still locked: no other launch can claim the folder in between.
