@@ -90,7 +90,9 @@ def main() -> int:
     failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
     if failed and not status:
       status = failed[0]
-      print(f'[launch] a process exited with status {status}; stopping the others', flush=True)
+      what = ('stopped after saving its step (status 75: relaunch to resume)' if status == 75
+              else f'exited with status {status}')  # 75: jax_cifar's preempted exit status.
+      print(f'[launch] a process {what}; stopping the others', flush=True)
       forward(signal.SIGTERM, None)
       deadline = time.time() + 30
       while time.time() < deadline and any(p.poll() is None for p in procs):

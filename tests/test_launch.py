@@ -25,21 +25,25 @@ def test_each_process_gets_its_id_the_shared_coordinator_and_cpu_devices():
   assert lines == [f'[p{i}] {i} 3 127.0.0.1:23456 2 cpu' for i in range(3)]
 
 
-def test_a_failing_process_stops_the_others_and_sets_the_exit_status(tmp_path):
+@pytest.mark.parametrize('status, said', [
+    (3, 'a process exited with status 3'),
+    # A SIGTERM's save had read as a failure (a cluster walkthrough).
+    (75, 'a process stopped after saving its step (status 75: relaunch to resume)')])
+def test_a_failing_process_stops_the_others_and_sets_the_exit_status(tmp_path, status, said):
   ready = tmp_path / 'p0_ready'
   code = ('import os, pathlib, signal, sys, time\n'
           f'ready = pathlib.Path({str(ready)!r})\n'
           'if os.environ["JAX_PROCESS_ID"] == "1":\n'
           '  while not ready.exists(): time.sleep(0.01)  # Fail only once p0 listens for SIGTERM.\n'
-          '  sys.exit(3)\n'
+          f'  sys.exit({status})\n'
           'def stopped(*_):\n'
           '  print("stopped by SIGTERM", flush=True); sys.exit(0)\n'
           'signal.signal(signal.SIGTERM, stopped)\n'
           'ready.touch()\n'
           'signal.pause()  # Never ends by itself: the launcher must stop it.\n')
   proc = _launch(['--num_processes', '2'], code, timeout=300)
-  assert proc.returncode == 3, proc.stdout + proc.stderr
-  assert 'a process exited with status 3' in proc.stdout
+  assert proc.returncode == status, proc.stdout + proc.stderr
+  assert f'[launch] {said}; stopping the others' in proc.stdout
   assert '[p0] stopped by SIGTERM' in proc.stdout  # Stopped, not waited for.
 
 
