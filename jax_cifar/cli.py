@@ -188,8 +188,9 @@ def repeated_overrides(argv: Sequence[str]) -> list[str]:
   for i, arg in enumerate(argv):
     if arg.startswith('--config.'):
       key, eq, value = arg[len('--config.'):].partition('=')
-      if not eq and i + 1 < len(argv) and not argv[i + 1].startswith('-'):
-        value = argv[i + 1]
+      if not eq:  # `--config.KEY VALUE` (VALUE may be -1), or a bare boolean.
+        bare = i + 1 == len(argv) or argv[i + 1].startswith('--')
+        value = '(no value)' if bare else argv[i + 1]
       values.setdefault(key, []).append(value or "''")
   return [f'--config.{key} is given {len(given)} times ({", ".join(given)}): the last one, '
           f'{given[-1]}, is used' for key, given in values.items() if len(given) > 1]

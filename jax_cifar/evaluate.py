@@ -21,8 +21,8 @@ override) whose model keys differ from it is refused (its numbers would not be t
 predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
 split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
 see jax_cifar/evaluation/bn_adapt.py. Numbers obtained with it are test-time adaptation results.
-They depend a little on the batch of its train-mode pass (train.eval_batch_size, or the chunk
-when smaller), which the results record as bn_adapt_batch.
+They depend a little on the batch of its train-mode pass (train.eval_batch_size, recorded as
+bn_adapt_batch in the results; a smaller chunk is one batch of its own).
 --tent (never the default; implies --bn_adapt): USES THE UNLABELLED TEST IMAGES. Before each chunk
 is predicted, the BatchNorm scales and biases minimise the entropy of the predictions on it (Adam
 steps, one pass by default), then its statistics are re-estimated; restored for the next chunk.

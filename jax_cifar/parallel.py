@@ -92,6 +92,20 @@ def connect_timeout_s() -> int:
   return int(value)
 
 
+SHARED_WAIT_VAR, SHARED_WAIT_S = 'JAX_CIFAR_SHARED_WAIT_S', 60
+
+
+def shared_wait_s() -> int:
+  """Seconds the processes look for a file process 0 wrote into the workdir (a network
+  filesystem's caches may show it late): $JAX_CIFAR_SHARED_WAIT_S or 60."""
+  value = os.environ.get(SHARED_WAIT_VAR)
+  if value is None:
+    return SHARED_WAIT_S
+  if not value.strip().isdigit():
+    raise errors.ConfigError(f'{SHARED_WAIT_VAR} must be a whole number of seconds, got {value!r}')
+  return int(value)
+
+
 def connect_cpu_collectives() -> None:
   """Opens the gloo connections of every collective the run uses while the processes are in step.
 

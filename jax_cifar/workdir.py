@@ -74,7 +74,6 @@ class Lock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
-    os.fsync(fd)  # Other hosts read it (training's shared-workdir check): on the server now.
     self._fd = fd
 
   def release(self) -> None:
@@ -115,13 +114,15 @@ def existing_run(workdir: pathlib.Path) -> str | None:
 
 
 def foreign_entries(workdir: pathlib.Path) -> list[str]:
-  """The names in a workdir that holds no run which are no run's (hidden files and a set-aside
-  previous-* folder are): a data or notes folder given as --workdir."""
+  """The names in a workdir that holds no run which are no run's: a data or notes folder given
+  as --workdir. Hidden files, a set-aside previous-* folder and the launch's own log (*.log,
+  *.out, *.err: `| tee WORKDIR/train.log`, SLURM's --output) are a run's."""
   try:
     names = sorted(p.name for p in workdir.iterdir())
   except OSError:
     return []
-  return [n for n in names if not n.startswith(('.', 'previous-')) and n != 'checkpoints']
+  return [n for n in names if not n.startswith(('.', 'previous-')) and n != 'checkpoints'
+          and not n.endswith(('.log', '.out', '.err'))]
 
 
 def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Path:

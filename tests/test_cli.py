@@ -40,6 +40,10 @@ def test_an_override_given_twice_is_named_with_the_value_used():
       '--config.optim.lr is given 2 times (0.1, 0.2): the last one, 0.2, is used',
       '--config.seed is given 2 times (3, 4): the last one, 4, is used']
   assert cli.repeated_overrides(argv[:5]) == []
+  assert cli.repeated_overrides(['--config.seed', '-1', '--config.seed=', '--config.x.on',
+                                 '--config.x.on', '--config.seed']) == [
+      "--config.seed is given 3 times (-1, '', (no value)): the last one, (no value), is used",
+      '--config.x.on is given 2 times ((no value), (no value)): the last one, (no value), is used']
 
 
 def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):

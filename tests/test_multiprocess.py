@@ -162,6 +162,7 @@ def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_
   two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
   _train(two, cifar_dir, processes=2, max_steps=4)
   _train(one, cifar_dir, processes=1, max_steps=6)  # Saves steps 2, 4, 6 (keeps 4 and 6).
+  assert not list(two.glob('.shared-check-*'))  # The shared-workdir check's file is removed.
   rows_two, rows_one = _rows(two), _rows(one)
   assert rows_two.keys() == {(step, k) for step, k in rows_one if step <= 4}
   assert {k for _, k in rows_two} >= {'train_loss', 'val_accuracy'}  # Validation at steps 2, 4.
@@ -357,10 +358,19 @@ def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
 
 @pytest.mark.parametrize('what, flags', [
     ('checking model.pretrained', ['--config.model.pretrained=/nonexistent/weights']),
-    ('reading the data', ['--config.data.source=local', '--config.data.dir=/nonexistent/data'])])
-def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(tmp_path, what, flags):
+    ('reading the data', ['--config.data.dir=/nonexistent/data'])])
+def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(
+    tmp_path, what, flags, request):
   """Weights or data on storage one host does not see: that process had stopped with one line,
-  the other with a gloo traceback and then JAX's abort about 100 s later (a cluster audit)."""
+  the other with a gloo traceback and then JAX's abort about 100 s later (a cluster audit).
+  (Each host's own path: process 0 reads the real data, process 1 a folder it cannot see; a
+  source that differs between processes is refused before anything is read.)"""
+  if what == 'reading the data':
+    data_dir = request.getfixturevalue('cifar_dir')
+    flags, first = ['--config.data.source=local'] + flags, [
+        '--config.data.source=local', f'--config.data.dir={data_dir}']
+  else:
+    first = []
   launch = load_script('launch_local')
   base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
   cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', str(ROOT / 'configs' / 'default.py'),
@@ -370,7 +380,7 @@ def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(tmp_
   port, procs = launch.free_port(), []
   try:
     for i in (0, 1):
-      procs.append(subprocess.Popen(cmd + (flags if i == 1 else []), cwd=ROOT, text=True,
+      procs.append(subprocess.Popen(cmd + (flags if i == 1 else first), cwd=ROOT, text=True,
                                     env=launch.process_env(base, i, 2, port, 1),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     errs = [p.communicate(timeout=120)[1] for p in procs]
@@ -387,10 +397,11 @@ def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(tmp_
 
 
 def _two_processes(tmp_path, module: str, args: list[str], second: list[str]) -> list[list[str]]:
-  """Runs `python -m module` as 2 processes of one CPU device each, process 1 with `second`
-  instead of its share of `args`' tail; returns each process's error lines (both must exit 1)."""
+  """Runs `python -m module` as 2 processes of one CPU device each, process 0 with `args` and
+  process 1 with `second`; returns each process's error lines (both must exit 1)."""
   launch = load_script('launch_local')
   base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
+  base['JAX_CIFAR_SHARED_WAIT_S'] = '2'  # The folders are local: no cache to wait for.
   port, procs = launch.free_port(), []
   try:
     for i in (0, 1):
@@ -424,9 +435,10 @@ def test_processes_launched_with_different_settings_or_folders_all_stop_naming_t
   lines = _two_processes(tmp_path, 'jax_cifar.train', train + run,
                          train + ['--workdir', str(tmp_path / 'own')])
   assert lines == [[
-      f'error: workdir {tmp_path / name} is not shared: process 1 does not see process 0\'s '
-      '.lock in it; every process must use the same folder on a filesystem all hosts share (NFS, '
-      'Lustre, GCS FUSE)'] for name in ('run', 'own')], lines
+      f'error: workdir {tmp_path / name} is not shared: process 1 does not see a file process 0 '
+      'wrote into it, after 2 s; every process must use the same folder on a filesystem all hosts '
+      "share (NFS, Lustre, GCS FUSE) and whose caches show other hosts' new files within that time "
+      '($JAX_CIFAR_SHARED_WAIT_S sets other whole seconds)'] for name in ('run', 'own')], lines
   assert not (tmp_path / 'run').exists() and not (tmp_path / 'own').exists()  # Nothing left.
   evaluate = ['--config', str(ROOT / 'configs' / 'default.py'), '--workdir', str(tmp_path / 'run')]
   lines = _two_processes(tmp_path, 'jax_cifar.evaluate', evaluate, evaluate + ['--bn_adapt'])

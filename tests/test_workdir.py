@@ -308,6 +308,7 @@ def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_o
   assert not (tmp_path / 'new_run').exists()
   (tmp_path / 'mine').mkdir()
   (tmp_path / 'mine' / 'notes.txt').write_text('mine')
+  (tmp_path / 'mine' / 'train.log').write_text('')  # `| tee mine/train.log`: the run's own.
   out = train(tmp_path / 'mine', *bad)
   the_error(out)
   assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'mine'  # Not created by this launch: kept.

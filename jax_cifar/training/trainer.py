@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import pathlib
+import secrets
 import time
 
 import jax
@@ -77,9 +78,10 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
-  """Creates and locks the workdir (process 0; all processes agree on failure); refuses to start
-  over in a workdir that already holds a run."""
+def _claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.Lock | None:
+  """Creates and locks the workdir (process 0; all processes agree on failure); refuses a workdir
+  the processes do not share, and to start over in one that already holds a run. A folder this
+  launch `created` is removed when it is refused."""
   lock = None
   with parallel.fail_together(f'claiming the workdir {workdir}'):
     if jax.process_index() == 0:
@@ -89,6 +91,14 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
         lock.acquire()
       except OSError as e:
         raise workdir_lib.WorkdirError(f'workdir {workdir} is not writable: {e.strerror}') from None
+  try:
+    _check_shared(workdir)  # Before any process's own verdict on the folder's contents.
+  except BaseException:
+    if lock:
+      if created:
+        workdir_lib.remove_if_untouched(workdir)
+      lock.release()
+    raise
   existing = workdir_lib.existing_run(workdir)
   if existing and not config.train.resume:
     if lock:
@@ -105,27 +115,37 @@ def _claim_workdir(config, workdir: pathlib.Path) -> workdir_lib.Lock | None:
 
 
 def _check_shared(workdir: pathlib.Path) -> None:
-  """Refuses, on every process, a workdir that is not one shared folder: every process must read
-  the lock file process 0 wrote. With a folder of its own per host, process 0 had hung in its
-  first save, without a word, until killed (a cluster walkthrough)."""
+  """Refuses, on every process, a workdir that is not one shared folder: every process must see a
+  file of a fresh name that process 0 writes into it (a fresh name: no host has a stale cache
+  entry of it). With a folder of its own per host, process 0 had hung in its first save, without
+  a word, until killed (a cluster walkthrough)."""
   if jax.process_count() == 1:
     return
-  for attempt in range(3):  # A network filesystem's cache may show the others the file late.
-    try:
-      seen = parallel.digest((workdir / workdir_lib.LOCK_FILE).read_text())
-    except OSError:
-      seen = -1
-    seen_by = parallel.every_process(seen)  # The same list on every process: they agree.
-    apart = [i for i, d in enumerate(seen_by) if d != seen_by[0]]
-    if not apart or attempt == 2:
-      break
-    time.sleep(1.0)
-  if apart:
-    raise workdir_lib.WorkdirError(
-        f'workdir {workdir} is not shared: process{"es" if len(apart) > 1 else ""} '
-        f'{", ".join(map(str, apart))} do{"" if len(apart) > 1 else "es"} not see process 0\'s '
-        f'{workdir_lib.LOCK_FILE} in it; every process must use the same folder on a filesystem '
-        'all hosts share (NFS, Lustre, GCS FUSE)')
+  probe = workdir / f'.shared-check-{parallel.every_process(secrets.randbelow(2**31))[0]:08x}'
+  with parallel.fail_together(f'writing {probe}'):
+    if jax.process_index() == 0:
+      probe.touch()
+  # Looked for again after 0.5, 1, 2, ... s: a network filesystem's metadata cache (NFS's
+  # acdirmin/lookupcache, gcsfuse's stat cache) may show other hosts a new file late.
+  total, waits = parallel.shared_wait_s(), [0.0]
+  while sum(waits) < total:
+    waits.append(min(0.5 * 2 ** (len(waits) - 1), total - sum(waits)))
+  try:
+    for wait in waits:
+      time.sleep(wait)
+      seen_by = parallel.every_process(int(probe.exists()))  # Also a barrier: all have looked.
+      if all(seen_by):
+        return
+  finally:
+    if jax.process_index() == 0:
+      probe.unlink(missing_ok=True)
+  apart = [i for i, seen in enumerate(seen_by) if not seen]
+  raise workdir_lib.WorkdirError(
+      f'workdir {workdir} is not shared: process{"es" if len(apart) > 1 else ""} '
+      f'{", ".join(map(str, apart))} do{"" if len(apart) > 1 else "es"} not see a file process 0 '
+      f'wrote into it, after {total} s; every process must use the same folder on a filesystem '
+      "all hosts share (NFS, Lustre, GCS FUSE) and whose caches show other hosts' new files "
+      f'within that time (${parallel.SHARED_WAIT_VAR} sets other whole seconds)')
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -164,10 +184,9 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   with parallel.fail_together('checking model.pretrained'):
     _check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
-  lock = _claim_workdir(config, workdir)
+  lock = _claim_workdir(config, workdir, created)
   launch = {}  # What _train recorded of this launch: the config.json it replaced, the saved steps.
   try:
-    _check_shared(workdir)
     return _train(config, workdir, launch, stop)
   except BaseException:
     # Removed while still locked: no other launch can claim the folder in between.
