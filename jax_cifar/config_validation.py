@@ -123,10 +123,7 @@ def validate(config, *, launch: bool = True) -> None:
     raise ConfigError('optim.nesterov=True needs optim.momentum > 0 (as torch.optim.SGD); with '
                       'momentum 0 it would silently be plain SGD')
   if given['optim.schedule_per'] == 'epoch' and given['optim.warmup_epochs'] > 0:
-    raise ConfigError("optim.schedule_per='epoch' changes the rate once per epoch, so a warm-up "
-                      f"from 0 (optim.warmup_epochs={given['optim.warmup_epochs']:g}) would train "
-                      "the first epoch at rate 0: set optim.warmup_epochs=0, or "
-                      "optim.schedule_per='step'")
+    raise ConfigError(optim.per_epoch_warmup_error(given['optim.warmup_epochs']))
   if given['ema.decay'] >= 1.0:
     raise ConfigError(f"config key 'ema.decay' must be below 1, got {given['ema.decay']}")
   if given['checkpoint.best_weights'] == 'ema' and given['ema.decay'] == 0:

@@ -55,15 +55,20 @@ def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int
   return schedule
 
 
+def per_epoch_warmup_error(warmup_epochs: float) -> str:
+  """Why optim.schedule_per='epoch' takes no warm-up (config validation says it first)."""
+  return ("optim.schedule_per='epoch' changes the rate once per epoch, so a warm-up from 0 "
+          f'(optim.warmup_epochs={warmup_epochs:g}) would train the first epoch at rate 0: set '
+          "optim.warmup_epochs=0, or optim.schedule_per='step'")
+
+
 def _per_epoch(schedule: optax.Schedule, steps_per_epoch: int, warmup: int) -> optax.Schedule:
   """`schedule` changed once per epoch: every step of an epoch takes the rate of its first step,
   as a torch script that calls scheduler.step() once per epoch (CosineAnnealingLR(T_max=epochs)
   is then the cosine schedule's rate at each epoch's start). A warm-up from 0 would spend the
   whole first epoch at rate 0, so it is refused."""
   if warmup:
-    raise errors.ConfigError("optim.schedule_per='epoch' changes the rate once per epoch, so a "
-                             'warm-up from 0 would train the first epoch at rate 0: set '
-                             "optim.warmup_epochs=0, or optim.schedule_per='step'")
+    raise errors.ConfigError(per_epoch_warmup_error(warmup / steps_per_epoch))
   steps_per_epoch = max(int(steps_per_epoch), 1)
   return lambda count: schedule(count - count % steps_per_epoch)
 
