@@ -154,15 +154,22 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
   return values[-1] if values else None
 
 
+def read_flag_files(argv: Sequence[str]) -> list[str]:
+  """argv with each --flagfile's lines in its place, as absl reads them; an unreadable flag file
+  is one `error:` line (it had been a traceback: ml_collections reads them when --config is
+  defined)."""
+  try:
+    return flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error as e:  # absl's text starts 'ERROR:: '.
+    _usage_error(str(e).removeprefix('ERROR:: '))
+
+
 def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any]) -> list[str]:
   """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
   (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
   private config file that loads it. A run folder whose `run_config(WORKDIR)` raises (no
   config.json) is an error line here. Flag files (--flagfile) are read first, as absl would."""
-  try:
-    argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
-  except flags.Error:
-    return list(argv)  # absl names the unreadable flag file.
+  argv = read_flag_files(argv)
   if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
@@ -197,7 +204,9 @@ def repeated_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2)."""
+  """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2).
+  Flag files (--flagfile) are read first, as absl would, so that what they hold is checked too."""
+  argv = read_flag_files(argv)
   given = _config_values(argv)
   if len(given) > 1:  # absl had said "The flag 'config.KEY' is defined twice ...".
     _usage_error(f'--config is given {len(given)} times ({", ".join(given)}): give one config '
@@ -317,11 +326,14 @@ class AboveProgressBars:
 HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
-def run(main: Callable[[list[str]], None], *,
+def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
         run_config: Callable[[str], Any] | None = None) -> None:
-  """`absl.app.run(main)` with the parsing above; asked for help, the status is 0 (absl's is 1,
-  which scripts read as a failure). With `run_config` (evaluate: workdir.run_config),
-  `--config.KEY=VALUE` without `--config` changes the config of the run in --workdir."""
+  """`define_flags()`, then `absl.app.run(main)` with the parsing above; asked for help, the status
+  is 0 (absl's is 1, which scripts read as a failure). With `run_config` (evaluate:
+  workdir.run_config), `--config.KEY=VALUE` without `--config` changes the config of the run in
+  --workdir."""
+  read_flag_files(sys.argv)  # Before define_flags: defining --config reads them (ml_collections).
+  define_flags()
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   handler = logging.get_absl_handler().python_handler
   if not isinstance(handler.stream, AboveProgressBars):

@@ -335,11 +335,11 @@ def main(argv):
   scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
   if result.get('tent'):  # Its settings, flat: a --tent line had read as a plain --bn_adapt one.
     scalars.update({f'tent_{k}': v for k, v in result['tent'].items()})
-  print(json.dumps(scalars), flush=True)
+  if jax.process_index() == 0:  # One result line per run, not one per process (a walkthrough).
+    print(json.dumps(scalars), flush=True)
 
 
 if __name__ == '__main__':
-  define_flags()
   # Flag and config mistakes are one error: line; --config jax_cifar:NAME works; overrides without
   # --config change the run's own config.
-  cli.run(main, run_config=workdir_lib.run_config)
+  cli.run(main, define_flags=define_flags, run_config=workdir_lib.run_config)

@@ -57,5 +57,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags=define_flags)

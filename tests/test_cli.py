@@ -106,6 +106,17 @@ def test_a_second_config_file_is_named_not_called_a_flag_defined_twice(tmp_path)
   assert line.startswith('error: --config is given 2 times (configs/default.py, configs/smoke.py)')
 
 
+def test_what_a_flag_file_holds_is_checked_as_the_command_line_is(tmp_path):
+  """train read --flagfile only inside absl's parsing, after the checks: a second --config in a
+  flag file met absl's "defined twice", and a missing flag file was absl's ERROR:: text."""
+  (tmp_path / 'flags').write_text('--config=configs/smoke.py\n')
+  line = _usage_error(train(tmp_path / 'run', f'--flagfile={tmp_path / "flags"}'))
+  assert line.startswith('error: --config is given 2 times (configs/default.py, configs/smoke.py)')
+  line = _usage_error(train(tmp_path / 'run', f'--flagfile={tmp_path / "nope"}'))
+  assert line.startswith('error: Unable to open flagfile: ') and 'nope' in line, line
+  assert not (tmp_path / 'run').exists()
+
+
 def test_builtin_config_path_is_the_packaged_file():
   path = pathlib.Path(cli.builtin_config_path('default'))
   assert path == ROOT / 'jax_cifar' / 'configs' / 'default.py' and 'default' in BUILTIN

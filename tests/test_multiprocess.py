@@ -197,6 +197,9 @@ def test_two_processes_train_save_restore_and_evaluate_like_one(tmp_path, cifar_
                _overrides(cifar_dir), processes)
     lines = [l.split('] ', 1)[-1] for l in out.splitlines()]  # launch_local prefixes [pI].
     results[processes] = json.loads([l for l in lines if l.startswith('{')][-1])
+    # One result line per run (process 0's), as a script reading the output expects.
+    printed = [l for l in out.splitlines() if l.split('] ', 1)[-1].startswith('{')]
+    assert len(printed) == 1 and printed[0].startswith('[p0] ' if processes == 2 else '{'), out
     assert submission.check_submission(csv, ood_dir)
   for key in ('test_accuracy', 'test_loss', 'test_top5_accuracy', 'val_accuracy', 'val_loss'):
     np.testing.assert_allclose(results[2][key], results[1][key], rtol=RTOL, err_msg=key)
@@ -226,6 +229,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_saved_step(tmp_path, cifar
   assert saved.keys() == {0, 1}, out[-3000:]
   assert saved[0][0] == 'a signal on another process'  # Process 0 was never signalled itself.
   assert saved[0][1] == saved[1][1], saved
+  # Process 1's line is the plain one process 0 prints, not an absl log record.
+  assert re.search(r'^\[p1\] Received SIGTERM: saved step', out, re.M), out[-3000:]
   step = saved[0][1]
   on_disk = sorted(int(d.name) for d in (workdir / 'checkpoints' / 'latest').iterdir()
                    if d.name.isdigit())

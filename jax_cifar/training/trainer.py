@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -316,8 +317,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     message = f'Received {e}: saved step {step} to {workdir}; relaunch to resume.'
     if jax.process_index() == 0:
       tracking.say(message)  # Above the bar, which had been drawn again under a logged line.
-    else:
-      logging.warning('%s', message)  # Every process says where it stopped.
+    else:  # Every process says where it stopped, in the same plain line (it had been absl's).
+      print(message, file=sys.stderr, flush=True)
     raise
   finally:
     bar.close()
