@@ -1,4 +1,5 @@
-"""Pure, jittable train and eval steps: augmentation, mixup, label-smoothed loss, optimizer update.
+"""The pure, jittable train step: augmentation, mixup, label-smoothed loss, optimizer update, EMA
+(the evaluation forward is `state.predict_step`).
 
 The model travels as `nnx.split` pieces (graphdef is static; params and batch statistics are
 pytrees in `TrainState`), so the step is a plain function that `jax.jit` compiles once.

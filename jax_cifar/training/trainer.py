@@ -174,17 +174,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   if (spans := parallel.micro_batch_warning(batch_size, config.train.grad_accum_steps)):
     logging.warning(spans)
 
-  # --- data -----------------------------------------------------------------------------------
-  with parallel.fail_together('reading the data'):  # (No collective inside: see fail_together.)
-    splits = cifar100.get_splits(config.data, require_val=True)
-  train_split, val_split = splits['train'], splits['val']
-  top_label = max(int(s.labels.max()) for s in splits.values() if s is not None and len(s))
-  if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
-    raise errors.ConfigError(f'model.num_classes is {config.model.num_classes} but the labels go '
-                             f'up to {top_label}: set it to at least {top_label + 1}')
-  if val_split is None:  # data.val_fraction 0: every training image is trained on.
-    logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
-    val_split = splits['test']
+  train_split, val_split = _splits(config)
   steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
   total_steps = max(1, int(config.train.num_epochs * steps_per_epoch))
   last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
@@ -193,59 +183,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  resume_step = parallel.same_on_every_process(
-      (ckpts.latest.latest_step() or 0) if config.train.resume else 0, 'the latest step saved')
-  # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
-  state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
-  has_best = ckpts.best.best_step() is not None
-  changes = relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
-                                 has_best=has_best)
-  # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
-  # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
-  # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
-  old_best = parallel.any_process(not resume_step and has_best)
-  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
-    logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
-  if note := _random_backbone_note(config, resume_step):
-    logging.warning('%s', note)
-  for note in config_validation.ignored_notes(config) + config_validation.input_notes(config):
-    logging.warning('%s.', note)
-  if resume_step:
-    try:
-      state, step = ckpts.restore('latest', state, fallback=True)
-      step = parallel.same_on_every_process(step, 'the intact step to resume from')
-    except checkpoints.StructureMismatch as e:
-      error = relaunch.cannot_resume_with(changes, workdir, e)
-      if error is e:
-        raise
-      raise error from e
-    ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
-    # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
-    # a kill before the next save would find no latest step and start the run over (a review).
-    ckpts.save_latest(state, step)
-    ckpts.tidy_best_on_resume(step)  # Best steps of the discarded training after it: set aside.
-    tracking.say(f'Resumed from step {step}.')
+  state, graphdef = _start(config, workdir, ckpts, tx, mesh, steps_per_epoch, total_steps,
+                           launch, stop)
   start_step = int(state.step)
-  interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
-  stopping.check_while_starting(stop, resuming=bool(resume_step))
-  stop['starting'] = False  # From here a signal is read after each step, which saves and stops.
-  parallel.sync('config checked')  # No process writes before every process has read.
-  with parallel.fail_together(f'recording the launch in {workdir}'):
-    if jax.process_index() == 0:
-      _record_launch(config, workdir, start_step, changes, old_best, launch)
-  if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
-    ckpts.best.reload()
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {len(train_split)} training '
-               f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
-               + ('' if last_step >= total_steps else
-                  f' (this launch stops at step {last_step}: train.max_steps)'
-                  if last_step > start_step else
-                  f' (train.max_steps={last_step}: this launch, at step {start_step}, trains none)')
-               + ', '
-               f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
-  if note := dtype_note(config.model.dtype, jax.default_backend()):
-    tracking.say(note)
+  _announce(config, state, len(train_split), steps_per_epoch, total_steps, last_step, workdir)
   treedef = jax.tree.structure(state)
   train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, treedef)
   validator = make_validator(config, graphdef, mesh)
@@ -326,6 +267,87 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
+
+
+def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
+  """The training and validation splits (the test split when data.val_fraction is 0)."""
+  with parallel.fail_together('reading the data'):  # (No collective inside: see fail_together.)
+    splits = cifar100.get_splits(config.data, require_val=True)
+  train_split, val_split = splits['train'], splits['val']
+  top_label = max(int(s.labels.max()) for s in splits.values() if s is not None and len(s))
+  if top_label >= config.model.num_classes:  # one_hot would give those images all-zero targets.
+    raise errors.ConfigError(f'model.num_classes is {config.model.num_classes} but the labels go '
+                             f'up to {top_label}: set it to at least {top_label + 1}')
+  if val_split is None:  # data.val_fraction 0: every training image is trained on.
+    logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
+    val_split = splits['test']
+  return train_split, val_split
+
+
+def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
+           steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
+  """(state, graphdef) to train from: the latest step when resuming, else a new state; on the way
+  the config change is checked, the notes said, an old best set aside and the launch recorded."""
+  resume_step = parallel.same_on_every_process(
+      (ckpts.latest.latest_step() or 0) if config.train.resume else 0, 'the latest step saved')
+  # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
+  state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
+  has_best = ckpts.best.best_step() is not None
+  changes = relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
+                                 has_best=has_best)
+  # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
+  # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
+  # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
+  old_best = parallel.any_process(not resume_step and has_best)
+  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
+    logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
+  if note := _random_backbone_note(config, resume_step):
+    logging.warning('%s', note)
+  for note in config_validation.ignored_notes(config) + config_validation.input_notes(config):
+    logging.warning('%s.', note)
+  if resume_step:
+    try:
+      state, step = ckpts.restore('latest', state, fallback=True)
+      step = parallel.same_on_every_process(step, 'the intact step to resume from')
+    except checkpoints.StructureMismatch as e:
+      error = relaunch.cannot_resume_with(changes, workdir, e)
+      if error is e:
+        raise
+      raise error from e
+    ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
+    # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
+    # a kill before the next save would find no latest step and start the run over (a review).
+    ckpts.save_latest(state, step)
+    ckpts.tidy_best_on_resume(step)  # Best steps of the discarded training after it: set aside.
+    tracking.say(f'Resumed from step {step}.')
+  start_step = int(state.step)
+  interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
+  stopping.check_while_starting(stop, resuming=bool(resume_step))
+  stop['starting'] = False  # From here a signal is read after each step, which saves and stops.
+  parallel.sync('config checked')  # No process writes before every process has read.
+  with parallel.fail_together(f'recording the launch in {workdir}'):
+    if jax.process_index() == 0:
+      _record_launch(config, workdir, start_step, changes, old_best, launch)
+  if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
+    ckpts.best.reload()
+  return state, graphdef
+
+
+def _announce(config, state: TrainState, num_train: int, steps_per_epoch: int, total_steps: int,
+              last_step: int, workdir: pathlib.Path) -> None:
+  """The launch's start line: model, data, schedule, where this launch stops, devices."""
+  start_step = int(state.step)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {num_train} training '
+               f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
+               + ('' if last_step >= total_steps else
+                  f' (this launch stops at step {last_step}: train.max_steps)'
+                  if last_step > start_step else
+                  f' (train.max_steps={last_step}: this launch, at step {start_step}, trains none)')
+               + ', '
+               f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
+  if note := dtype_note(config.model.dtype, jax.default_backend()):
+    tracking.say(note)
 
 
 def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
