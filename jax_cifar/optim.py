@@ -33,6 +33,19 @@ def param_groups(params):
       lambda path, _: 'head' if _top_key(path) == HEAD_KEY else 'backbone', params)
 
 
+def _head_and_backbone(params):
+  """param_groups, refusing a model with no `fc` head: all of it had silently been backbone, so
+  optim.freeze_backbone_steps froze the head too and backbone_lr_mult scaled it (an audit with a
+  model of its own whose head was `classifier`)."""
+  groups = param_groups(params)
+  if 'head' not in jax.tree.leaves(groups):
+    raise errors.ConfigError(
+        f'optim.backbone_lr_mult and optim.freeze_backbone_steps treat the parameters under '
+        f'{HEAD_KEY!r} as the head, and this model has none (name its classifier {HEAD_KEY!r}, as '
+        'torchvision and jax_cifar do, or set backbone_lr_mult=1 and freeze_backbone_steps=0)')
+  return groups
+
+
 def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int,
                   delay_steps: int = 0) -> optax.Schedule:
   """Linear warmup then cosine (or constant); `delay_steps` of zero learning rate come first."""
@@ -105,7 +118,11 @@ def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransform
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (transformation, head learning-rate schedule for logging)."""
+  """Returns (transformation, head learning-rate schedule for logging) for the config's `optim`
+  section (`config.optim`)."""
+  if 'optim' in config or 'lr' not in config:  # A whole config had been AttributeError: 'lr'.
+    raise TypeError('make_optimizer takes the optim section of a config (config.optim), not '
+                    + ('the whole config' if 'optim' in config else 'a config without optim.lr'))
   head_schedule = make_schedule(config.lr, config, total_steps, steps_per_epoch)
   split = config.backbone_lr_mult != 1.0 or config.freeze_backbone_steps > 0
   if split:
@@ -113,7 +130,7 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int
                                       steps_per_epoch, delay_steps=config.freeze_backbone_steps)
     tx = optax.multi_transform(
         {'head': _base_optimizer(config, head_schedule),
-         'backbone': _base_optimizer(config, backbone_schedule)}, param_groups)
+         'backbone': _base_optimizer(config, backbone_schedule)}, _head_and_backbone)
   else:
     tx = _base_optimizer(config, head_schedule)
   if config.grad_clip_norm > 0:

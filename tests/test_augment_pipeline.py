@@ -102,6 +102,28 @@ def test_bad_static_ranges_name_the_key(images):
       augment.augment_batch(jax.random.key(0), jnp.asarray(images[:2]), _cfg(**overrides))
 
 
+def test_entry_points_name_a_batch_a_single_image_or_float_pixels_and_list_the_policies(images):
+  """A batch given to a one-image op had failed inside it ("too many values to unpack"), float
+  pixels with a lax.select dtype error, and an unknown policy with KeyError: 'autoaugment'."""
+  from jax_cifar.augment import augmix  # pylint: disable=import-outside-toplevel
+  key, batch = jax.random.key(0), jnp.asarray(images[:2])
+  one_image = r'uint8 images \[H, W, 3\] \(one image: jax.vmap it over a batch'
+  with pytest.raises(ValueError, match=one_image + r'.*got shape \[2, 32, 32, 3\]'):
+    augmix.augmix(key, batch)
+  with pytest.raises(ValueError, match=one_image):
+    aa.apply_policy(key, batch, 'randaugment')
+  with pytest.raises(TypeError, match='apply_policy takes uint8 images .*got float32'):
+    aa.apply_policy(key, batch[0].astype(jnp.float32), 'randaugment')
+  with pytest.raises(ValueError, match="policy 'autoaugment': one of none, autoaugment_cifar10"):
+    aa.apply_policy(key, batch[0], 'autoaugment')
+  with pytest.raises(ValueError, match=r'augment_batch takes uint8 images \[B, H, W, 3\], got '
+                     r'shape \[32, 32, 3\]'):
+    augment.augment_batch(key, batch[0], _cfg())
+  with pytest.raises(TypeError, match='jsd_views takes uint8 images'):
+    augment.jsd_views(key, batch.astype(jnp.float32), _cfg())
+  assert augmix.augmix(key, batch[0]).shape == (32, 32, 3)  # One image, as documented.
+
+
 # ----------------------------------------------------------------------------- sharding
 
 _SHARDED = textwrap.dedent('''

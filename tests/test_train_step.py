@@ -1,5 +1,7 @@
 """Loss, mixup/CutMix targets and the optimizer chain against NumPy references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from flax import nnx
 
 from conftest import require_module
 from jax_cifar.configs import default
-from jax_cifar import optim
+from jax_cifar import errors, optim
 from jax_cifar.augment import mixing
 from jax_cifar.training import train_step
 from jax_cifar import state as state_lib
@@ -70,6 +72,19 @@ def test_cutmix_lambda_equals_the_pasted_area():
     np.testing.assert_allclose(np.asarray(mixed_targets).sum(-1), 1.0, rtol=1e-6)
 
 
+def test_mix_batch_refuses_integer_labels_and_uint8_images():
+  """timm's Mixup takes integer labels; mix_batch had mixed them as numbers (3 and 42 -> 12.9)."""
+  images, soft = jnp.zeros((4, 8, 8, 3)), mixing.smooth_one_hot(jnp.array([3, 7, 11, 42]), 50, 0.1)
+  mix = functools.partial(mixing.mix_batch, jax.random.PRNGKey(0), mixup_alpha=0.2, cutmix_alpha=0.0)
+  with pytest.raises(TypeError, match=r'soft targets \[B, K\] for the 4 images .*got int32 \[4\]'):
+    mix(images, jnp.array([3, 7, 11, 42]))
+  with pytest.raises(TypeError, match=r'got float32 \[3, 50\]'):
+    mix(images, soft[:3])
+  with pytest.raises(TypeError, match=r'float images \[B, H, W, C\].*got uint8'):
+    mix(images.astype(jnp.uint8), soft)
+  assert mix(images, soft)[1].shape == (4, 50)
+
+
 def test_mix_batch_is_identity_when_disabled():
   images = jnp.ones((4, 8, 8, 3))
   targets = mixing.smooth_one_hot(jnp.arange(4), 10, 0.1)
@@ -110,6 +125,25 @@ def test_backbone_freeze_keeps_backbone_and_trains_head():
       assert float(jnp.abs(update).max()) == 0.0
     else:
       assert float(jnp.abs(update).max()) > 0.0
+
+
+def test_head_settings_refuse_a_model_without_an_fc_head_and_a_whole_config_is_named():
+  """A model of one's own whose classifier is not `fc` was silently all backbone: the freeze froze
+  its head too. And make_optimizer(config) had been AttributeError: 'lr'."""
+  class Own(nnx.Module):
+    def __init__(self, rngs):
+      self.body, self.classifier = nnx.Linear(4, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+
+  c = default.get_config()
+  c.optim.freeze_backbone_steps, c.optim.warmup_epochs = 3, 0.0
+  tx, _ = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
+  with pytest.raises(errors.ConfigError, match="this model has none .name its classifier 'fc'"):
+    tx.init(nnx.split(Own(nnx.Rngs(0)), nnx.Param, ...)[1])
+  tx.init(_tiny_params())  # jax_cifar's own models name it fc.
+  c.optim.freeze_backbone_steps = 0  # Without head settings, any model.
+  optim.make_optimizer(c.optim, 10, 10)[0].init(nnx.split(Own(nnx.Rngs(0)), nnx.Param, ...)[1])
+  with pytest.raises(TypeError, match=r'optim section of a config \(config.optim\), not the whole'):
+    optim.make_optimizer(c, 10, 10)
 
 
 def test_schedule_warms_up_then_decays_to_end_value():

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jax_cifar.augment import autoaugment as aa
-from jax_cifar.augment import exact
+from jax_cifar.augment import exact, inputs
 
 PARTIAL_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Posterize', 'Solarize',
                'AutoContrast', 'Equalize')
@@ -130,6 +130,7 @@ def augmix(key: jax.Array, image: jax.Array, *, severity: int = 3, width: int = 
            alpha: float = 1.0, all_ops: bool = True) -> jax.Array:
   """torchvision v2.AugMix(severity, width, depth, alpha, all_ops) of one uint8 HWC image."""
   _check(severity, width, depth, alpha)
+  inputs.check_uint8(image, 'augmix', batch=False)
   k_u, k_mix = jax.random.split(key)
   u = jax.random.uniform(k_u, (num_draws(width, depth),))
   m, w = mixing_weights(k_mix, width, alpha)

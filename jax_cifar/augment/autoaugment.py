@@ -19,7 +19,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from jax_cifar.augment import exact
+from jax_cifar.augment import exact, inputs
 
 # Op order of torchvision's augmentation spaces (Identity first, as RandAugment/TrivialAugment).
 OP_NAMES = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
@@ -342,6 +342,8 @@ POLICIES = ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment')  # a
 
 def num_draws(policy: str, num_ops: int = 2) -> int:
   """How many uniform draws `apply_policy_draws` consumes per image."""
+  if policy not in POLICIES:
+    raise ValueError(f'unknown augmentation policy {policy!r}: one of {", ".join(POLICIES)}')
   return dict(zip(POLICIES, (0, 5, 2 * num_ops, 3)))[policy]
 
 
@@ -387,12 +389,13 @@ def apply_policy_draws(u: jax.Array, image: jax.Array, policy: str, *, num_ops: 
     return randaugment(u, image, num_ops, magnitude)
   if policy == 'trivialaugment':
     return trivialaugment(u, image)
-  raise ValueError(f'unknown augmentation policy {policy!r}')
+  raise ValueError(f'unknown augmentation policy {policy!r}: one of {", ".join(POLICIES)}')
 
 
 def apply_policy(key: jax.Array, image: jax.Array, policy: str, *, num_ops: int = 2,
                  magnitude: int = 9) -> jax.Array:
   """Applies the named policy to one uint8 HWC image."""
+  inputs.check_uint8(image, 'apply_policy', batch=False)
   u = jax.random.uniform(key, (num_draws(policy, num_ops),))
   return apply_policy_draws(u, image, policy, num_ops=num_ops, magnitude=magnitude)
 

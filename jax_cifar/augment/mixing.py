@@ -39,7 +39,17 @@ def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, *, mixup_al
   """Applies mixup or CutMix (one per batch) to float images [B,H,W,C] and soft targets [B,K].
 
   Returns (images, targets, lam). With both alphas 0 the inputs come back unchanged (lam = 1).
+  Integer labels are refused (timm's Mixup takes them; here they had been mixed as numbers, 3 and
+  42 into 12.9), and so are uint8 images (mixed, then truncated back to uint8): an audit.
   """
+  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(f'mix_batch takes float images [B, H, W, C] (augment.pipeline.to_model_input '
+                    f'gives them), got {images.dtype} {list(images.shape)}')
+  if (targets.ndim != 2 or targets.shape[0] != images.shape[0]
+      or not jnp.issubdtype(targets.dtype, jnp.floating)):
+    raise TypeError(f'mix_batch takes soft targets [B, K] for the {images.shape[0]} images '
+                    '(mixing.smooth_one_hot(labels, K, smoothing) of integer labels), got '
+                    f'{targets.dtype} {list(targets.shape)}')
   if mixup_alpha <= 0 and cutmix_alpha <= 0:
     return images, targets, jnp.ones((), jnp.float32)
   k_mix, k_cut, k_box, k_switch = jax.random.split(key, 4)

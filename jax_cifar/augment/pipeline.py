@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cifar.augment import augmix, autoaugment, jpeg, photometric, resized_crop
+from jax_cifar.augment import augmix, autoaugment, inputs, jpeg, photometric, resized_crop
 
 NORMALIZATION = {
     'cifar': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -176,17 +176,12 @@ def augment_examples(keys: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
   return jax.vmap(lambda k, x: augment_example(k, x, cfg))(keys, images)
 
 
-def _check_batch(images: jax.Array) -> None:
-  if images.dtype != jnp.uint8:
-    raise TypeError(f'augmentation expects uint8 images, got {images.dtype}')
-
-
 def augment_batch(key: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
   """Augments a uint8 [B,H,W,3] batch; example i uses `jax.random.split(key, B)[i]`.
 
   `cfg` is the `augment` config section, read as static Python values (jit-safe).
   """
-  _check_batch(images)
+  inputs.check_uint8(images, 'augment_batch', batch=True)
   return augment_examples(jax.random.split(key, images.shape[0]), images, cfg)
 
 
@@ -197,7 +192,7 @@ def jsd_views(key: jax.Array, images: jax.Array, cfg: Any
   clean: crop/flip only; view_1 == augment_batch(key, images, cfg); view_2: the same crop/flip,
   then an independent draw of everything after it (AugMix and the rest of the pipeline).
   """
-  _check_batch(images)
+  inputs.check_uint8(images, 'jsd_views', batch=True)
 
   def views(k, x):
     u = _base_draws(k, cfg)
