@@ -29,7 +29,8 @@ def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                weights: str = 'raw') -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """(model, config) of a run's 'best' or 'latest' checkpoint, a step number it kept (300) or a
-  step folder's path (as `evaluate --checkpoint`), ready for `model(x, train=False)`.
+  step folder's path (as `evaluate --checkpoint`), in evaluation mode (nnx's `model.eval()`: `model(x)`
+  predicts with the BatchNorm running statistics; `model.train()` before fine-tuning it further).
 
   `weights='ema'` gives the run's exponential moving average (runs trained with ema.decay > 0);
   `weights='auto'` the one of the two with the higher validation accuracy at that checkpoint.
@@ -52,7 +53,9 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
   weights = state_lib.resolve_weights(weights, state, run_dir, step)
   state = state_lib.with_weights(state, weights, run_dir)
-  return nnx.merge(graphdef, state.params, state.batch_stats), config
+  model = nnx.merge(graphdef, state.params, state.batch_stats)
+  model.eval()  # Loaded to predict, as a torch user expects: `model(x)` had raised, wanting train=.
+  return model, config
 
 
 def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict) -> None:

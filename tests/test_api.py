@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -64,6 +65,8 @@ def test_training_gives_back_the_processs_own_signal_handlers(run):
 def test_load_model_and_predict_reproduce_the_runs_validation_accuracy(run):
   model, config = jax_cifar.load_model(run, 'best')
   assert config.model.width == 4 and config.augment.rrc_scale == (0.35, 1.0)  # Tuples restored.
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))  # Loaded in eval mode: no train= needed.
+  np.testing.assert_array_equal(model(x), model(x, train=False))
   val = cifar100.get_splits(config.data)['val']
   probs = jax_cifar.predict(model, config, val.images, batch_size=64)  # 80 images: 2 batches.
   assert probs.shape == (len(val), 100) and probs.dtype == np.float32
