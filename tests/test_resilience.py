@@ -346,7 +346,8 @@ def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path)
   # Resumed at 3, the save of step 6 fails: named exactly, with the OS cause, and no traceback
   # (orbax's failing write threads used to print 100-200 of them, splitting the error line).
   assert len(errors) == 1 and 'saving checkpoint step 6 ' in errors[0] and (
-      'File too large' in errors[0]), (out.returncode, out.stderr[-4000:])
+      'File too large' in errors[0]), f'status {out.returncode}\n{out.stderr[-6000:]}'  # (A str
+  # is shown whole: a tuple's repr was cut in the middle, hiding a traceback seen once under load.)
   assert 'Traceback' not in out.stderr, out.stderr[-4000:]
   state, _, step = state_lib.restore(_config(), str(tmp_path), 'latest', parallel.make_mesh())
   assert step == 3  # The earlier checkpoint is intact and is still the latest.
