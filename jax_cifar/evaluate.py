@@ -11,7 +11,7 @@ path, then _ema / _auto with --weights ema / auto, then _tta-flip / _tta-shifts 
 non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
 into a WORKDIR that takes no files: said first). The last
-line printed is one JSON object with the scalar results, at least
+line printed (by process 0 alone, in a multi-process run) is one JSON object with the scalar results, at least
 `test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used, and
 --config.KEY=VALUE overrides change it (e.g. --config.data.eval_limit=0); a --config (or an
 override) whose model keys differ from it is refused (its numbers would not be the run's).

@@ -102,11 +102,12 @@ def test_bad_static_ranges_name_the_key(images):
       augment.augment_batch(jax.random.key(0), jnp.asarray(images[:2]), _cfg(**overrides))
 
 
-def test_entry_points_name_a_batch_a_single_image_or_float_pixels_and_list_the_policies(images):
+def test_entry_points_name_a_batch_a_single_image_or_float_pixels_and_list_the_policies():
   """A batch given to a one-image op had failed inside it ("too many values to unpack"), float
   pixels with a lax.select dtype error, and an unknown policy with KeyError: 'autoaugment'."""
   from jax_cifar.augment import augmix  # pylint: disable=import-outside-toplevel
-  key, batch = jax.random.key(0), jnp.asarray(images[:2])
+  key = jax.random.key(0)
+  batch = jax.random.randint(key, (2, 32, 32, 3), 0, 256).astype(jnp.uint8)  # (No data needed.)
   one_image = r'uint8 images \[H, W, 3\] \(one image: jax.vmap it over a batch'
   with pytest.raises(ValueError, match=one_image + r'.*got shape \[2, 32, 32, 3\]'):
     augmix.augmix(key, batch)
