@@ -1,6 +1,7 @@
 """The notebook API: a trained run comes back as a model whose predictions are the run's own."""
 
 import importlib.metadata
+import pathlib
 import re
 import signal
 import subprocess
@@ -252,3 +253,19 @@ def test_a_folder_argument_that_is_not_a_path_or_a_config_json_that_is_not_an_ob
   (tmp_path / 'config.json').write_text('[]')
   with pytest.raises(workdir_lib.WorkdirError, match='holds a JSON list, not the object of a run'):
     jax_cifar.load_model(tmp_path)
+
+
+def test_readmes_training_pieces_snippet_runs_as_written():
+  """README's standalone snippet (augmentation, label smoothing, mixup, the optax chain), run as
+  printed, on random uint8 images: the shapes and dtypes it promises."""
+  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  after = readme.split('The training pieces work on their own too', 1)[1]
+  code = after.split('```python\n', 1)[1].split('```', 1)[0]
+  rng = np.random.default_rng(0)
+  scope = {'config': default.get_config(), 'labels': rng.integers(0, 100, 8),
+           'uint8_images': rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)}
+  exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  assert scope['one'].shape == (32, 32, 3) and scope['one'].dtype == np.uint8
+  assert scope['x'].shape == (8, 32, 32, 3) and scope['x'].dtype == np.float32
+  np.testing.assert_allclose(np.asarray(scope['targets']).sum(-1), 1.0, rtol=1e-6)
+  assert 0.0 <= float(scope['lam']) <= 1.0 and float(scope['schedule'](500)) > 0
