@@ -269,3 +269,19 @@ def test_readmes_training_pieces_snippet_runs_as_written():
   assert scope['x'].shape == (8, 32, 32, 3) and scope['x'].dtype == np.float32
   np.testing.assert_allclose(np.asarray(scope['targets']).sum(-1), 1.0, rtol=1e-6)
   assert 0.0 <= float(scope['lam']) <= 1.0 and float(scope['schedule'](500)) > 0
+
+
+def test_readmes_test_time_tools_snippet_runs_as_written(run):
+  """README's load_predictor snippet on a trained run: log-probabilities, and without tools the
+  same numbers as predict."""
+  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  code = readme.split("`evaluate`'s test-time tools on images of your own", 1)[1]
+  code = code.split('```python\n', 1)[1].split('```', 1)[0].replace("'runs/smoke'", 'run_dir')
+  model, config = jax_cifar.load_model(run, 'best')
+  images = cifar100.get_splits(config.data)['val'].images[:16]
+  scope = {'config': config, 'run_dir': str(run), 'uint8_images': images}
+  exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  assert scope['log_probs'].shape == (16, 100)
+  np.testing.assert_allclose(np.exp(scope['log_probs']).sum(-1), 1.0, rtol=1e-5)
+  plain = scope['inference'].load_predictor(config, str(run), 'best')[0].run(images, 'plain')
+  np.testing.assert_allclose(np.exp(plain), jax_cifar.predict(model, config, images), atol=1e-6)
