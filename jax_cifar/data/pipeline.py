@@ -145,7 +145,3 @@ def eval_batches(split: Split, global_batch: int) -> Iterator[dict]:
 def image_batches(images: np.ndarray, global_batch: int) -> Iterator[dict]:
   """eval_batches of unlabelled images (any uint8 [N, 32, 32, 3] array, memory maps included)."""
   return eval_batches(Split(images, np.zeros(len(images), np.int32), None), global_batch)
-
-
-def num_eval_batches(num_examples: int, global_batch: int) -> int:
-  return -(-num_examples // global_batch)
