@@ -76,7 +76,7 @@ def cifar_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope='session')
-def smoke_run(tmp_path_factory, cifar_dir, worker_id) -> pathlib.Path:
+def smoke_run(tmp_path_factory, cifar_dir, request) -> pathlib.Path:
   """The workdir of README's smoke run (`python -m jax_cifar.train --config configs/smoke.py` on
   the real data), trained once per test session: the pytest-xdist workers that ask for it share
   it through a file lock (the first one trains, the others wait for it and read its checkpoints).
@@ -86,7 +86,10 @@ def smoke_run(tmp_path_factory, cifar_dir, worker_id) -> pathlib.Path:
   import sys  # pylint: disable=import-outside-toplevel
   import filelock  # pylint: disable=import-outside-toplevel
   shared = tmp_path_factory.getbasetemp()
-  shared = shared if worker_id == 'master' else shared.parent  # One session's workers' common folder.
+  # An xdist worker's folder is one of the session's (their common one is its parent); without
+  # xdist (`-p no:xdist`, which has no worker_id fixture) the session's own.
+  worker = getattr(request.config, 'workerinput', None)
+  shared = shared.parent if worker else shared
   workdir, done, failed = (shared / f'smoke_run{s}' for s in ('', '.done', '.failed'))
   with filelock.FileLock(str(shared / 'smoke_run.lock')):
     if not done.exists() and not failed.exists():
