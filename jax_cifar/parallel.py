@@ -81,15 +81,20 @@ CONNECT_TIMEOUT_S = 600  # The start-up barrier's wait; JAX_CIFAR_CONNECT_TIMEOU
 CONNECT_TIMEOUT_VAR = 'JAX_CIFAR_CONNECT_TIMEOUT_S'
 
 
+def _seconds(name: str, default: int, minimum: int) -> int:
+  """$NAME as whole seconds (at least `minimum`), or `default` when unset; else one error line."""
+  value = os.environ.get(name)
+  if value is None:
+    return default
+  if not value.strip().isdigit() or int(value) < minimum:
+    raise errors.ConfigError(f'{name} must be {"a positive" if minimum else "a"} whole number of '
+                             f'seconds, got {value!r}')
+  return int(value)
+
+
 def connect_timeout_s() -> int:
   """Seconds the start-up barrier waits for every process: $JAX_CIFAR_CONNECT_TIMEOUT_S or 600."""
-  value = os.environ.get(CONNECT_TIMEOUT_VAR)
-  if value is None:
-    return CONNECT_TIMEOUT_S
-  if not value.strip().isdigit() or int(value) == 0:
-    raise errors.ConfigError(f'{CONNECT_TIMEOUT_VAR} must be a positive whole number of seconds, '
-                             f'got {value!r}')
-  return int(value)
+  return _seconds(CONNECT_TIMEOUT_VAR, CONNECT_TIMEOUT_S, minimum=1)
 
 
 SHARED_WAIT_VAR, SHARED_WAIT_S = 'JAX_CIFAR_SHARED_WAIT_S', 60
@@ -98,12 +103,7 @@ SHARED_WAIT_VAR, SHARED_WAIT_S = 'JAX_CIFAR_SHARED_WAIT_S', 60
 def shared_wait_s() -> int:
   """Seconds the processes look for a file process 0 wrote into the workdir (a network
   filesystem's caches may show it late): $JAX_CIFAR_SHARED_WAIT_S or 60."""
-  value = os.environ.get(SHARED_WAIT_VAR)
-  if value is None:
-    return SHARED_WAIT_S
-  if not value.strip().isdigit():
-    raise errors.ConfigError(f'{SHARED_WAIT_VAR} must be a whole number of seconds, got {value!r}')
-  return int(value)
+  return _seconds(SHARED_WAIT_VAR, SHARED_WAIT_S, minimum=0)
 
 
 def connect_cpu_collectives() -> None:

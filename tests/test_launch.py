@@ -134,6 +134,15 @@ def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
                         f'got {bad!r}')
     else:
       raise AssertionError(f'{bad!r} was accepted')
+  # The shared-workdir check's wait takes 0 (look once) and refuses the rest alike.
+  monkeypatch.delenv(parallel.SHARED_WAIT_VAR, raising=False)
+  assert parallel.shared_wait_s() == 60
+  monkeypatch.setenv(parallel.SHARED_WAIT_VAR, '0')
+  assert parallel.shared_wait_s() == 0
+  monkeypatch.setenv(parallel.SHARED_WAIT_VAR, '-1')
+  with pytest.raises(errors.ConfigError, match=r"^JAX_CIFAR_SHARED_WAIT_S must be a whole number "
+                     r"of seconds, got '-1'$"):
+    parallel.shared_wait_s()
 
 
 @pytest.mark.parametrize('args, status, message', [
