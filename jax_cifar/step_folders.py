@@ -84,6 +84,11 @@ def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
   return next((f for f in folders if f.is_dir()), folders[0])
 
 
+def step_numbers(folder: pathlib.Path) -> list[int]:
+  """The steps of the step folders in `folder` (checkpoints/latest or best), in order."""
+  return sorted(int(p.name) for p in folder.iterdir() if is_step_number(p.name) and p.is_dir())
+
+
 def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
                      error: type[Exception] = CheckpointError) -> str | None:
   """The folder of the step `checkpoint` names (an int, a numpy int or a digit string), None when
@@ -96,8 +101,7 @@ def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
     kept = {}
     for kind in ('latest', 'best'):
       with contextlib.suppress(OSError):
-        kept[kind] = sorted(int(p.name) for p in pathlib.Path(workdir, 'checkpoints', kind).iterdir()
-                            if is_step_number(p.name) and p.is_dir())
+        kept[kind] = step_numbers(pathlib.Path(workdir, 'checkpoints', kind))
     listed = '; '.join(f'{kind}: {", ".join(map(str, steps)) or "none"}'
                        for kind, steps in kept.items())
     raise error(f'checkpoint {checkpoint}: {workdir} kept no step {int(checkpoint)} (in '
@@ -113,8 +117,7 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   if not step_dir.is_dir():
     raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, a step '
                           'number or a step folder, e.g. WORKDIR/checkpoints/best/12)')
-  steps = sorted((int(p.name) for p in step_dir.iterdir() if is_step_number(p.name) and p.is_dir()),
-                 reverse=True)
+  steps = step_numbers(step_dir)[::-1]
   if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
     raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '
                           f'checkpoint: give one of them, e.g. {step_dir / str(steps[0])}')
