@@ -168,8 +168,7 @@ def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any]) 
   """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
   (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
   private config file that loads it. A run folder whose `run_config(WORKDIR)` raises (no
-  config.json) is an error line here. Flag files (--flagfile) are read first, as absl would."""
-  argv = read_flag_files(argv)
+  config.json) is an error line here. `argv` has its flag files read (`run` reads them)."""
   if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
@@ -205,8 +204,7 @@ def repeated_overrides(argv: Sequence[str]) -> list[str]:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad flag or config file exits with one `error:` line (status 2).
-  Flag files (--flagfile) are read first, as absl would, so that what they hold is checked too."""
-  argv = read_flag_files(argv)
+  `argv` has its flag files read (`run` reads them first), so what they hold is checked too."""
   given = _config_values(argv)
   if len(given) > 1:  # absl had said "The flag 'config.KEY' is defined twice ...".
     _usage_error(f'--config is given {len(given)} times ({", ".join(given)}): give one config '
@@ -331,8 +329,9 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   """`define_flags()`, then `absl.app.run(main)` with the parsing above; asked for help, the status
   is 0 (absl's is 1, which scripts read as a failure). With `run_config` (evaluate:
   workdir.run_config), `--config.KEY=VALUE` without `--config` changes the config of the run in
-  --workdir."""
-  read_flag_files(sys.argv)  # Before define_flags: defining --config reads them (ml_collections).
+  --workdir. Flag files (--flagfile) are read once, first, as absl would: defining --config reads
+  them too (ml_collections), and the checks of the parsing see what they hold."""
+  argv = read_flag_files(sys.argv)
   define_flags()
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   handler = logging.get_absl_handler().python_handler
@@ -341,8 +340,8 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   try:
     parser = ((lambda argv: parse_flags(run_config_overrides(argv, run_config))) if run_config
               else parse_flags)
-    app.run(main, flags_parser=parser)
+    app.run(main, argv=argv, flags_parser=parser)
   except SystemExit as e:
-    if e.code == 1 and any(a in HELP_FLAGS for a in sys.argv[1:]):
+    if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
       raise SystemExit(0) from None
     raise
