@@ -340,10 +340,14 @@ def _signed(u: jax.Array, magnitude: jax.Array, signed: jax.Array) -> jax.Array:
 POLICIES = ('none', 'autoaugment_cifar10', 'randaugment', 'trivialaugment')  # augment.policy
 
 
+def _unknown(policy: str) -> ValueError:
+  return ValueError(f'unknown augmentation policy {policy!r}: one of {", ".join(POLICIES)}')
+
+
 def num_draws(policy: str, num_ops: int = 2) -> int:
   """How many uniform draws `apply_policy_draws` consumes per image."""
   if policy not in POLICIES:
-    raise ValueError(f'unknown augmentation policy {policy!r}: one of {", ".join(POLICIES)}')
+    raise _unknown(policy)
   return dict(zip(POLICIES, (0, 5, 2 * num_ops, 3)))[policy]
 
 
@@ -389,7 +393,7 @@ def apply_policy_draws(u: jax.Array, image: jax.Array, policy: str, *, num_ops: 
     return randaugment(u, image, num_ops, magnitude)
   if policy == 'trivialaugment':
     return trivialaugment(u, image)
-  raise ValueError(f'unknown augmentation policy {policy!r}: one of {", ".join(POLICIES)}')
+  raise _unknown(policy)
 
 
 def apply_policy(key: jax.Array, image: jax.Array, policy: str, *, num_ops: int = 2,
