@@ -183,10 +183,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  state, graphdef = _start(config, workdir, ckpts, tx, mesh, steps_per_epoch, total_steps,
-                           launch, stop)
-  start_step = int(state.step)
-  _announce(config, state, len(train_split), steps_per_epoch, total_steps, last_step, workdir)
+  state, graphdef, start_step = _start(config, workdir, ckpts, tx, mesh, steps_per_epoch,
+                                       total_steps, launch, stop)
+  _announce(config, state, start_step, len(train_split), steps_per_epoch, total_steps, last_step,
+            workdir)
   treedef = jax.tree.structure(state)
   train_step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, treedef)
   validator = make_validator(config, graphdef, mesh)
@@ -286,8 +286,9 @@ def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
 
 def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
            steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
-  """(state, graphdef) to train from: the latest step when resuming, else a new state; on the way
-  the config change is checked, the notes said, an old best set aside and the launch recorded."""
+  """(state, graphdef, its step) to train from: the latest step when resuming, else a new state;
+  on the way the config change is checked, the notes said, an old best set aside and the launch
+  recorded."""
   resume_step = parallel.same_on_every_process(
       (ckpts.latest.latest_step() or 0) if config.train.resume else 0, 'the latest step saved')
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
@@ -330,13 +331,12 @@ def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, me
       _record_launch(config, workdir, start_step, changes, old_best, launch)
   if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
     ckpts.best.reload()
-  return state, graphdef
+  return state, graphdef, start_step
 
 
-def _announce(config, state: TrainState, num_train: int, steps_per_epoch: int, total_steps: int,
-              last_step: int, workdir: pathlib.Path) -> None:
+def _announce(config, state: TrainState, start_step: int, num_train: int, steps_per_epoch: int,
+              total_steps: int, last_step: int, workdir: pathlib.Path) -> None:
   """The launch's start line: model, data, schedule, where this launch stops, devices."""
-  start_step = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   tracking.say(f'{config.model.name}: {n_params / 1e6:.2f}M params, {num_train} training '
                f'images, {steps_per_epoch} steps/epoch, {total_steps} steps'
