@@ -255,16 +255,22 @@ def test_a_folder_argument_that_is_not_a_path_or_a_config_json_that_is_not_an_ob
     jax_cifar.load_model(tmp_path)
 
 
+def _run_readme_snippet(after: str, scope: dict) -> dict:
+  """Runs README's first python block after the text `after` in `scope` (as printed, but for
+  'runs/smoke', which becomes the name run_dir) and returns the scope."""
+  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  code = readme.split(after, 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+  exec(compile(code.replace("'runs/smoke'", 'run_dir'), 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  return scope
+
+
 def test_readmes_training_pieces_snippet_runs_as_written():
   """README's standalone snippet (augmentation, label smoothing, mixup, the optax chain), run as
   printed, on random uint8 images: the shapes and dtypes it promises."""
-  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
-  after = readme.split('The training pieces work on their own too', 1)[1]
-  code = after.split('```python\n', 1)[1].split('```', 1)[0]
   rng = np.random.default_rng(0)
-  scope = {'config': default.get_config(), 'labels': rng.integers(0, 100, 8),
-           'uint8_images': rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)}
-  exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  scope = _run_readme_snippet('The training pieces work on their own too', {
+      'config': default.get_config(), 'labels': rng.integers(0, 100, 8),
+      'uint8_images': rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)})
   assert scope['one'].shape == (32, 32, 3) and scope['one'].dtype == np.uint8
   assert scope['x'].shape == (8, 32, 32, 3) and scope['x'].dtype == np.float32
   np.testing.assert_allclose(np.asarray(scope['targets']).sum(-1), 1.0, rtol=1e-6)
@@ -274,13 +280,10 @@ def test_readmes_training_pieces_snippet_runs_as_written():
 def test_readmes_test_time_tools_snippet_runs_as_written(run):
   """README's load_predictor snippet on a trained run: log-probabilities, and without tools the
   same numbers as predict."""
-  readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
-  code = readme.split("`evaluate`'s test-time tools on images of your own", 1)[1]
-  code = code.split('```python\n', 1)[1].split('```', 1)[0].replace("'runs/smoke'", 'run_dir')
   model, config = jax_cifar.load_model(run, 'best')
   images = cifar100.get_splits(config.data)['val'].images[:16]
-  scope = {'config': config, 'run_dir': str(run), 'uint8_images': images}
-  exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  scope = _run_readme_snippet("`evaluate`'s test-time tools on images of your own", {
+      'config': config, 'run_dir': str(run), 'uint8_images': images})
   assert scope['log_probs'].shape == (16, 100)
   np.testing.assert_allclose(np.exp(scope['log_probs']).sum(-1), 1.0, rtol=1e-5)
   plain = scope['inference'].load_predictor(config, str(run), 'best')[0].run(images, 'plain')
