@@ -309,9 +309,12 @@ def _tent_options() -> tent_lib.TentOptions | None:
 def main(argv):
   del argv
   cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
-  interrupt.FLAG.install()
   try:
     parallel.maybe_initialize_distributed()
+    # After it: JAX's distributed runtime installs its own SIGTERM handler (its preemption
+    # notifier), which had replaced this one, so SIGTERM did not stop a multi-process evaluation
+    # and its exit then waited minutes in a preemption barrier.
+    interrupt.FLAG.install()
     parallel.enable_compilation_cache()
     config = FLAGS.config or workdir_lib.run_config(FLAGS.workdir)
     if FLAGS.config and cli.config_is_the_runs():
