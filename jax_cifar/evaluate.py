@@ -28,7 +28,9 @@ is predicted, the BatchNorm scales and biases minimise the entropy of the predic
 steps, one pass by default), then its statistics are re-estimated; restored for the next chunk.
 See jax_cifar/evaluation/tent.py.
 SIGTERM/SIGINT stop the run with one line and status 128 + signal; a stopped or killed run never
-leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submission.py).
+leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submission.py). The
+distortion files it had finished are kept in WORKDIR/partial_<tag>/ until the evaluation ends: the
+same command resumes after them (jax_cifar/evaluation/kept_predictions.py).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, st
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel, tracking
-from jax_cifar.evaluation import eval_json, figures, ood_sets, submission, tta
+from jax_cifar.evaluation import eval_json, figures, kept_predictions, ood_sets, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -261,26 +263,41 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
   if predictor.adapter is not None:  # Its statistics pass's batch: the numbers depend a little on it.
     result['bn_adapt_batch'] = predictor.batch_size
+  # The distortion files' predictions are kept as each finishes, so that a stopped, killed or
+  # failed run resumes after them (hours of --tta shifts on a small GPU had started over).
+  kept = (kept_predictions.KeptPredictions(
+      workdir_path / f'partial_{tag}' if keeps else None,
+      {**result, 'config': parallel.digest(config.to_dict()), 'devices': jax.device_count(),
+       'files': {str(f.path): kept_predictions.fingerprint(f)
+                 for f in [*(ood_files or ()), *(c_files or {}).values()]}})
+          if ood_files or c_files else None)
   # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
   # during the OOD files had left a figure of an evaluation that never finished (an audit).
   draw_later = []
-  result.update(_evaluate_clean(predictor, config,
-                                workdir_path / f'confusion_{tag}.png' if keeps else None,
-                                draw_later))
-  if c_files:
-    result.update(ood_sets.evaluate_cifar100c(predictor, cifar100c_dir, c_files,
-                                     workdir_path / f'cifar100c_{tag}.png' if keeps else None,
-                                     run_name=f'{workdir_path.name} ({tag})',
-                                     draw_later=draw_later))
-  if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
-    result.update(ood_sets.predict_submission(
-        predictor, ood_dir, csv_path, ood_files, workdir_path / f'ood_{tag}.png' if keeps else None,
-        run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later))
+  try:
+    result.update(_evaluate_clean(predictor, config,
+                                  workdir_path / f'confusion_{tag}.png' if keeps else None,
+                                  draw_later))
+    if c_files:
+      result.update(ood_sets.evaluate_cifar100c(
+          predictor, cifar100c_dir, c_files,
+          workdir_path / f'cifar100c_{tag}.png' if keeps else None,
+          run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later, kept=kept))
+    if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
+      result.update(ood_sets.predict_submission(
+          predictor, ood_dir, csv_path, ood_files,
+          workdir_path / f'ood_{tag}.png' if keeps else None,
+          run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later, kept=kept))
+  except interrupt.Interrupted as e:
+    e.kept_note = kept.stop_note() if kept else ''  # main()'s stop line says where they wait.
+    raise
   if keeps and jax.process_index() == 0:
     step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
                 else pathlib.Path(which))
     eval_json.write(workdir_path / f'eval_{tag}.json', result,
                     step_dir.parent if step_dir.name == 'default' else step_dir)
+  if kept:
+    kept.clear()
   for draw in draw_later:
     draw()
   return result
@@ -326,9 +343,10 @@ def main(argv):
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
                       weights=FLAGS.weights, tent=_tent_options())
   except interrupt.Interrupted as e:
-    kept = ' (an existing CSV is kept)' if FLAGS.ood_dir else ''
-    print(f'error: stopped by {e.name}; nothing partial was written{kept}', file=sys.stderr,
-          flush=True)
+    csv = ' (an existing CSV is kept)' if FLAGS.ood_dir else ''
+    files = getattr(e, 'kept_note', '')
+    print(f'error: stopped by {e.name}; {"no CSV or results were" if files else "nothing partial was"}'
+          f' written{csv}{files}', file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)

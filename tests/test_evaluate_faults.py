@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
 import sys
@@ -101,11 +102,15 @@ def test_sigkill_keeps_the_previous_csv_and_a_relaunch_writes_the_same_bytes(run
   assert proc.returncode == -9, (proc.returncode, proc.stderr[-3000:])
   assert out.read_text() == previous  # Never a partial file in its place.
   assert len(_parts(out.parent)) == 1  # The killed writer's temp file (it had no chance to clean).
+  kept = run / 'run' / 'partial_latest'  # The finished files' predictions, for the relaunch.
+  assert sorted(p.name for p in kept.glob('*.npy')) == [f'ood_distortion{i:02d}.npy' for i in range(5)]
 
   proc = _evaluate(run, out)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'OOD: 5 of 19 files were predicted by a stopped evaluation' in proc.stderr
   assert out.read_bytes() == reference.read_bytes()
   assert not _parts(out.parent), _parts(out.parent)  # The leftover was removed.
+  assert not kept.exists()
   assert submission.check_submission(out, run / 'ood').startswith('OK')
 
 
@@ -119,8 +124,13 @@ def test_sigterm_and_sigint_stop_with_one_line_and_no_csv(run, sig, status):
   proc = _evaluate(run, out, f'ood_file:2:{sig}')
   assert proc.returncode == status, (proc.returncode, proc.stderr[-3000:])
   assert 'Traceback' not in proc.stderr and 'KeyboardInterrupt' not in proc.stderr, proc.stderr
-  assert _last_line(proc.stderr) == (f'error: stopped by {sig}; nothing partial was written '
-                                     '(an existing CSV is kept)'), proc.stderr[-2000:]
+  kept = run / 'run' / 'partial_latest'  # Distortions 00-02 finished before the stop.
+  assert _last_line(proc.stderr) == (
+      f'error: stopped by {sig}; no CSV or results were written (an existing CSV is kept); the '
+      f'predictions of 3 finished files are kept in {kept}: the same command resumes after '
+      'them'), proc.stderr[-2000:]
+  assert len(list(kept.glob('ood_*.npy'))) == 3
+  shutil.rmtree(kept)  # (The next test starts from nothing.)
   assert not out.exists() and not _parts(out.parent)
   assert json_files() == before  # No JSON of an unfinished evaluation ...
   assert pngs() == figures_before  # ... nor its confusion figure (drawn before the OOD files).

@@ -36,7 +36,9 @@ def _overrides(data_dir) -> dict:
           'train.eval_batch_size': 8}
 
 
-def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str]) -> dict:
+def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str],
+              stop: str | None = None) -> dict | str:
+  """The run's JSON line; with `stop` (a JAX_CIFAR_TEST_SIGNAL), its output after it stopped."""
   cmd = [sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(ROOT / 'configs' / 'smoke.py'),
          '--workdir', str(workdir), '--checkpoint', 'latest', *tools]
   if ood_dir is not None:
@@ -50,7 +52,12 @@ def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str])
            str(processes), '--cpu_devices', str(4 // processes), '--', *cmd]
   else:
     env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
+  if stop:
+    env['JAX_CIFAR_TEST_SIGNAL'] = stop
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  if stop:
+    assert proc.returncode == 143, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr  # (launch_local gives the processes' stderr on stdout.)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   lines = [l.split('] ', 1)[-1] for l in proc.stdout.splitlines()]  # launch_local prefixes [pI].
   return json.loads([l for l in lines if l.startswith('{')][-1])
@@ -69,10 +76,19 @@ def trained(tmp_path_factory, cifar_dir, smoke_run):
 
 
 def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir, trained):
+  """The 2-process run is first stopped (SIGTERM to process 0 after distortion 08) and then
+  resumed: process 0 hands the kept files' labels to process 1 (jax_cifar/evaluation/
+  kept_predictions.py), and the CSV is still the one of a single process that never stopped."""
   workdir, ood_dir = trained
   tools = ['--tta', 'shifts', '--bn_adapt']
+  err = _evaluate(workdir, ood_dir, tmp_path / 'sub_2.csv', cifar_dir, 2, tools,
+                  stop='ood_file:8:SIGTERM:0')
+  kept = workdir / 'partial_latest_tta-shifts_bn-adapt'
+  assert f'the predictions of 9 finished files are kept in {kept}' in err, err[-3000:]
   results = {p: _evaluate(workdir, ood_dir, tmp_path / f'sub_{p}.csv', cifar_dir, p, tools)
              for p in (2, 1)}
+  assert results[2]['ood_files_resumed'] == 9 and 'ood_files_resumed' not in results[1]
+  assert not kept.exists()
   for p in (1, 2):
     assert results[p]['tta'] == 'shifts' and results[p]['bn_adapt'] is True
     assert submission.check_submission(tmp_path / f'sub_{p}.csv', ood_dir).startswith('OK')

@@ -1,6 +1,7 @@
 """Predicting the distortion sets: the Kaggle submission CSV (`--ood_dir`) and CIFAR-100-C
 (`--cifar100c_dir`), one memory-mapped file at a time, each severity block one chunk (the unit of
---bn_adapt and --tent). Called by jax_cifar/evaluate.py."""
+--bn_adapt and --tent), each finished file kept until the evaluation ends
+(jax_cifar/evaluation/kept_predictions.py). Called by jax_cifar/evaluate.py."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ import jax
 import numpy as np
 import tqdm
 
-from jax_cifar import interrupt, parallel
+from jax_cifar import interrupt, parallel, tracking
 from jax_cifar.corruptions.store import MANIFEST
 from jax_cifar.data import ood
 from jax_cifar.evaluation import figures, submission
 from jax_cifar.evaluation.inference import Predictor
+from jax_cifar.evaluation.kept_predictions import KeptPredictions
 
 
 def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Path,
                        files: list[ood.ImageFile], figure: pathlib.Path | None = None,
-                       run_name: str | None = None, draw_later: list | None = None) -> dict:
-  """Streams the 19 distortion files (one memory map at a time) into the submission CSV.
+                       run_name: str | None = None, draw_later: list | None = None,
+                       kept: KeptPredictions | None = None) -> dict:
+  """Streams the 19 distortion files (one memory map at a time) into the submission CSV; files
+  that `kept` holds from a stopped run with the same settings are not predicted again.
 
   With a labels.npy in `ood_dir` (as `jax_cifar.corrupt` writes), also scores each file, prints
   the distortion x severity table on stderr and draws it into `figure`, as for CIFAR-100-C. With
@@ -37,16 +41,16 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   # else the others went on to their next collective and waited there for minutes.
   writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
             if jax.process_index() == 0 else None)
-  start = time.perf_counter()
+  start, predicted = time.perf_counter(), 0  # (Images this run predicted.)
+  _say_resumed(kept, [f'ood_{f.path.stem}' for f in files], 'OOD')
   with contextlib.ExitStack() as stack:
     with parallel.fail_together(f'writing {csv_path}'):
       if writer:
         stack.enter_context(writer)
     for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
                                     disable=jax.process_index() != 0)):
-      images = f.open()
-      pred = predictor.run(images, desc=f.path.stem, labels_only=True, chunk=f.per_severity)
-      del images  # Unmap before the next file, so at most one file's pages stay resident.
+      pred, new = _predict_file(predictor, f, f'ood_{f.path.stem}', f.path.stem, kept)
+      predicted += f.num_images * new
       with parallel.fail_together(f'writing {csv_path}'):
         if writer:
           writer.add(d, pred)
@@ -59,14 +63,39 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
         writer.finish()
   seconds = time.perf_counter() - start
   result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path.resolve()),
-            'ood_seconds': seconds,
-            'ood_images_per_sec': len(files) * files[0].num_images / seconds}
+            'ood_seconds': seconds}
+  if predicted:  # The rate of this run's predictions (kept files took no inference).
+    result['ood_images_per_sec'] = predicted / seconds
+  if predicted < len(files) * files[0].num_images:
+    result['ood_files_resumed'] = len(files) - predicted // files[0].num_images
   if scores:
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
     if jax.process_index() == 0:  # (Only the JSON had held them, by file name: an audit.)
       _show_table(_by_corruption(ood_dir, scores), 'OOD set', figure, run_name, draw_later)
   return result
+
+
+def _predict_file(predictor: Predictor, f: ood.ImageFile, name: str, desc: str,
+                  kept: KeptPredictions | None) -> tuple[np.ndarray, bool]:
+  """`f`'s predicted labels, kept from a stopped run or predicted now (and then kept), and whether
+  they were predicted now."""
+  pred = kept.get(name, f.num_images) if kept else None
+  if pred is not None:
+    return pred, False
+  images = f.open()
+  pred = predictor.run(images, desc=desc, labels_only=True, chunk=f.per_severity)
+  del images  # Unmap before the next file, so at most one file's pages stay resident.
+  if kept:
+    kept.keep(name, pred)
+  return pred, True
+
+
+def _say_resumed(kept: KeptPredictions | None, names: list[str], what: str) -> None:
+  n = kept.count(names) if kept else 0
+  if n:
+    tracking.say(f'{what}: {n} of {len(names)} files were predicted by a stopped evaluation with '
+                 f'the same settings (kept in {kept.folder}); predicting the other {len(names) - n}')
 
 
 def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -97,18 +126,19 @@ def _show_table(table: dict[str, list[float]], title: str, figure: pathlib.Path 
 
 def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.ImageFile],
                        figure: pathlib.Path | None, run_name: str | None = None,
-                       draw_later: list | None = None) -> dict:
+                       draw_later: list | None = None,
+                       kept: KeptPredictions | None = None) -> dict:
   """Accuracy per corruption x severity, and means over the 15 standard and over all present;
-  the heatmap, and the table printed on stderr (stdout's last line stays the JSON object)."""
+  the heatmap, and the table printed on stderr (stdout's last line stays the JSON object).
+  Files that `kept` holds from a stopped run with the same settings are not predicted again."""
   n = next(iter(files.values())).num_images
   labels = ood.load_labels(pathlib.Path(c_dir) / ood.LABELS_FILE, n)
   table = {}
+  _say_resumed(kept, [f'c_{name}' for name in files], 'CIFAR-100-C')
   for name, f in tqdm.tqdm(files.items(), desc='CIFAR-100-C', unit='file',
                            disable=jax.process_index() != 0):
-    images = f.open()
-    pred = predictor.run(images, desc=name, labels_only=True, chunk=f.per_severity)
+    pred, _ = _predict_file(predictor, f, f'c_{name}', name, kept)
     table[name] = ood.severity_accuracy(pred, labels)
-    del images
   means = figures.corruption_means(table)
   result = {'cifar100c_dir': str(pathlib.Path(c_dir).resolve()),
             'cifar100c_mean_accuracy_all': means['all'],

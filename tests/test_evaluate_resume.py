@@ -1,0 +1,195 @@
+"""A stopped, killed or failed `evaluate --ood_dir` / `--cifar100c_dir` resumes after the files it
+had finished (jax_cifar/evaluation/kept_predictions.py): same CSV and numbers as a run that was
+never stopped, only the unfinished files predicted again, and nothing used that does not match.
+Signals and SIGKILL from the command line: test_evaluate_faults.py; several processes:
+test_multiprocess_eval.py."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from jax_cifar import evaluate, interrupt
+from jax_cifar.data import ood
+from jax_cifar.evaluation import inference, kept_predictions
+from jax_cifar.training import trainer
+
+N_OOD = 10  # Images per distortion file (two per severity).
+
+CONFIG_FILE = '''
+from jax_cifar.configs import default
+
+def get_config():
+  c = default.get_config()
+  c.data.source = 'synthetic'
+  c.data.synthetic_size = 64
+  c.data.val_fraction = 0.0
+  c.model.name = 'simple_cnn'  # What is tested is which files are predicted, not the model.
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 32
+  c.train.num_epochs = 1
+  c.train.max_steps = 1
+  return c
+'''
+
+
+def _config():
+  namespace = {}
+  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A 1-step synthetic run; 19 labelled distortion files; 2 CIFAR-100-C files; the reference
+  evaluation's results and CSV (never stopped)."""
+  base = tmp_path_factory.mktemp('resume')
+  trainer.train_and_evaluate(_config(), str(base / 'run'))
+  rng = np.random.default_rng(0)
+  for folder, names in (('ood', [ood.distortion_file(i)[:-4] for i in range(ood.NUM_DISTORTIONS)]),
+                        ('c', ['gaussian_noise', 'fog'])):
+    (base / folder).mkdir()
+    for name in names:
+      np.save(base / folder / f'{name}.npy', rng.integers(0, 256, (N_OOD, 32, 32, 3), np.uint8))
+    np.save(base / folder / 'labels.npy', rng.integers(0, 100, N_OOD).astype(np.uint8))
+  reference = _evaluate(base, base / 'reference.csv')
+  (base / 'reference.json').write_text(json.dumps(reference))
+  return base
+
+
+def _evaluate(run, csv, **kwargs):
+  return evaluate.evaluate(_config(), str(run / 'run'), 'latest', ood_dir=str(run / 'ood'),
+                           submission_csv=str(csv), cifar100c_dir=str(run / 'c'), **kwargs)
+
+
+class _Crash(Exception):
+  """A failure after a file was finished (a full disk, a lost GPU)."""
+
+
+def _crash_after(monkeypatch, event: str, index: int) -> None:
+  def hook(e, i):
+    if (e, i) == (event, index):
+      raise _Crash(f'{e} {i}')
+  monkeypatch.setattr(interrupt, 'at_event', hook)
+
+
+def _predicted(monkeypatch) -> list[str]:
+  """The names of the files (and splits) Predictor.run is asked to predict, in order."""
+  seen, run = [], inference.Predictor.run
+
+  def counted(self, images, desc, *args, **kwargs):
+    seen.append(desc)
+    return run(self, images, desc, *args, **kwargs)
+
+  monkeypatch.setattr(inference.Predictor, 'run', counted)
+  return seen
+
+
+def _distortions(seen):
+  return [d for d in seen if d.startswith('distortion')]
+
+
+def _same_numbers(result, reference):
+  for key in ('ood_accuracy', 'ood_per_distortion', 'cifar100c', 'cifar100c_mean_accuracy_all',
+              'test_accuracy'):
+    assert result[key] == reference[key], key
+
+
+def test_a_failed_evaluation_resumes_after_its_finished_files(run, tmp_path, monkeypatch):
+  partial = run / 'run' / 'partial_latest'
+  with monkeypatch.context() as m:
+    _crash_after(m, 'ood_file', 6)  # Distortions 00-06 finished, then a failure.
+    with pytest.raises(_Crash):
+      _evaluate(run, tmp_path / 'sub.csv')
+  assert not (tmp_path / 'sub.csv').exists()
+  kept = sorted(p.name for p in partial.iterdir())
+  assert kept == sorted(['kept.json', 'c_fog.npy', 'c_gaussian_noise.npy',
+                         *[f'ood_distortion{i:02d}.npy' for i in range(7)]])
+
+  seen = _predicted(monkeypatch)
+  result = _evaluate(run, tmp_path / 'sub.csv')
+  assert _distortions(seen) == [f'distortion{i:02d}' for i in range(7, 19)]
+  assert 'fog' not in seen and 'gaussian_noise' not in seen  # CIFAR-100-C's, kept too.
+  assert result['ood_files_resumed'] == 7
+  assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
+  _same_numbers(result, json.loads((run / 'reference.json').read_text()))
+  assert not partial.exists()  # Removed once the results are written.
+
+
+def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch, capsys):
+  ood_dir = tmp_path / 'ood'
+  shutil.copytree(run / 'ood', ood_dir)
+  evaluate_here = lambda **kw: evaluate.evaluate(
+      _config(), str(run / 'run'), 'latest', ood_dir=str(ood_dir),
+      submission_csv=str(tmp_path / 'sub.csv'), **kw)
+  with monkeypatch.context() as m:
+    _crash_after(m, 'ood_file', 3)
+    with pytest.raises(_Crash):
+      evaluate_here()
+    with pytest.raises(_Crash):  # Another tool: its own folder, its own files.
+      evaluate_here(tta_mode='flip')
+  assert (run / 'run' / 'partial_latest_tta-flip').is_dir()
+
+  seen = _predicted(monkeypatch)
+  result = evaluate_here(tta_mode='flip')  # Its kept files match: resumed.
+  assert _distortions(seen) == [f'distortion{i:02d}' for i in range(4, 19)]
+  assert result['ood_files_resumed'] == 4
+  assert not (run / 'run' / 'partial_latest_tta-flip').exists()
+  assert (run / 'run' / 'partial_latest').is_dir()  # The other tool's stay.
+
+  seen.clear()
+  os.utime(ood_dir / 'distortion10.npy', ns=(1, 1))  # Touched: the contents may have changed.
+  result = evaluate_here()
+  assert len(_distortions(seen)) == 19 and 'ood_files_resumed' not in result
+  assert 'other settings or input files: not used, starting over' in capsys.readouterr().err
+  assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
+  assert not (run / 'run' / 'partial_latest').exists()
+
+
+def test_a_damaged_kept_file_is_predicted_again(run, tmp_path, monkeypatch, capsys):
+  partial = run / 'run' / 'partial_latest'
+  with monkeypatch.context() as m:
+    _crash_after(m, 'ood_file', 3)
+    with pytest.raises(_Crash):
+      _evaluate(run, tmp_path / 'sub.csv')
+  np.save(partial / 'ood_distortion01.npy', np.zeros(N_OOD, np.int32))  # Valid, but not its own.
+  (partial / 'ood_distortion02.npy').write_bytes(b'\x93NUMPY')  # Cut short.
+  (partial / '.ood_distortion04.npy.part').write_bytes(b'half')  # A write that a kill cut short.
+
+  seen = _predicted(monkeypatch)
+  result = _evaluate(run, tmp_path / 'sub.csv')
+  assert _distortions(seen) == ['distortion01', 'distortion02', *[f'distortion{i:02d}'
+                                                                 for i in range(4, 19)]]
+  assert result['ood_files_resumed'] == 2
+  err = capsys.readouterr().err
+  for name in ('ood_distortion01', 'ood_distortion02'):
+    assert f'{partial / name}.npy is damaged or does not match kept.json' in err
+  assert 'OOD: 4 of 19 files were predicted by a stopped evaluation' in err
+  assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
+  assert not partial.exists()
+
+
+def test_a_folder_that_takes_no_files_costs_only_the_resumption(tmp_path, capsys):
+  """A full disk (or a file where the folder should be) while keeping: one note, then the
+  evaluation goes on keeping nothing."""
+  (tmp_path / 'blocked').write_text('a file, not a folder')
+  kept = kept_predictions.KeptPredictions(tmp_path / 'blocked' / 'partial_best', {'a': 1})
+  kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
+  assert 'cannot keep predictions in' in capsys.readouterr().err
+  assert kept.folder is None and kept.stop_note() == ''
+  kept.keep('ood_distortion01', np.arange(5, dtype=np.int32))  # Said once.
+  assert not capsys.readouterr().err
+
+  kept = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
+  kept.keep('ood_distortion00', np.arange(5))
+  assert kept.stop_note() == (f'; the predictions of 1 finished file are kept in '
+                              f'{tmp_path / "partial_best"}: the same command resumes after them')
+  again = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
+  np.testing.assert_array_equal(again.get('ood_distortion00', 5), np.arange(5))
+  assert again.get('ood_distortion00', 6) is None  # Another number of images: not this file's.
+  assert kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 2}).count(
+      ['ood_distortion00']) == 0  # Other settings.
+  assert not (tmp_path / 'partial_best').exists()
