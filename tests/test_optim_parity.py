@@ -1,7 +1,7 @@
 """The optimizer chain (jax_cifar/optim.py) against torch.optim on the same parameters and
 gradients: clip_grad_norm_ + AdamW / SGD with the weight decay of either optim.decay_bn_and_bias
 setting, and the cosine schedule against torch's CosineAnnealingLR (stepped per optimizer step, or
-per epoch)."""
+per epoch), and optim.backbone_lr_mult against torch parameter groups."""
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +39,15 @@ def _optax_run(c, params, grads):
 
 
 def _torch_run(torch, c, params, grads, schedule):
-  """torch's own optimizer and clipping, its learning rate set to the schedule's at each step."""
+  """torch's own optimizer and clipping, its learning rate set to the schedule's at each step (the
+  backbone's, with c.backbone_lr_mult, x that multiplier: torch's usual parameter groups)."""
   tp = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
   decayed = [k for k in SHAPES if c.decay_bn_and_bias or len(SHAPES[k]) > 1]
-  groups = [{'params': [tp[k] for k in decayed], 'weight_decay': c.weight_decay},
-            {'params': [tp[k] for k in SHAPES if k not in decayed], 'weight_decay': 0.0}]
+  groups = [{'params': [tp[k] for k in SHAPES if (k in decayed) == decay and
+                        k.startswith('fc_') == head],
+             'weight_decay': c.weight_decay if decay else 0.0,
+             'lr_mult': 1.0 if head else c.backbone_lr_mult}
+            for decay in (True, False) for head in (True, False)]
   if c.name == 'adamw':
     opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.b1, c.b2), eps=1e-8)
   else:
@@ -53,7 +57,7 @@ def _torch_run(torch, c, params, grads, schedule):
       tp[k].grad = torch.from_numpy(v.copy())
     torch.nn.utils.clip_grad_norm_(list(tp.values()), c.grad_clip_norm)
     for group in opt.param_groups:
-      group['lr'] = float(schedule(i))
+      group['lr'] = float(schedule(i)) * group['lr_mult']
     opt.step()
   return {k: v.detach().numpy() for k, v in tp.items()}
 
@@ -75,6 +79,32 @@ def test_the_chain_equals_torch_clipping_and_optimizer_with_the_same_decay(name,
   other, _ = _optax_run(c, params, grads)
   assert np.abs(other['bn_scale'] - got['bn_scale']).max() > 1e-4
   np.testing.assert_array_equal(other['conv'], got['conv'])
+
+
+@pytest.mark.parametrize('name', ['adamw', 'sgd'])
+def test_the_backbone_learning_rate_multiplier_equals_torch_parameter_groups(name):
+  """optim.backbone_lr_mult against torch's usual transfer setup: the backbone's group at lr x
+  the multiplier, the head's (`fc`) at lr, one clipping over both."""
+  torch = require_module('torch')
+  c = default.get_config().optim
+  c.name, c.lr, c.weight_decay, c.backbone_lr_mult = name, 0.05, 0.1, 0.1
+  c.grad_clip_norm, c.warmup_epochs, c.momentum = 1.0, 0.25, 0.9
+  params, grads = _params_and_grads()
+  nest = lambda flat: {'fc': {'kernel': flat['fc_kernel'], 'bias': flat['fc_bias']},
+                       **{k: v for k, v in flat.items() if not k.startswith('fc_')}}
+  tx, schedule = optim.make_optimizer(c, total_steps=STEPS, steps_per_epoch=STEPS)
+  p = jax.tree.map(jnp.asarray, nest(params))
+  state, update = tx.init(p), jax.jit(tx.update)
+  for g in grads:
+    updates, state = update(jax.tree.map(jnp.asarray, nest(g)), state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  got = {'fc_kernel': p['fc']['kernel'], 'fc_bias': p['fc']['bias'],
+         **{k: v for k, v in p.items() if k != 'fc'}}
+  want = _torch_run(torch, c, params, grads, schedule)
+  for k in SHAPES:
+    np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-5, atol=2e-6, err_msg=k)
+  c.backbone_lr_mult = 1.0  # Far from the multiplier-less path, beyond the tolerance above.
+  assert np.abs(_torch_run(torch, c, params, grads, schedule)['conv'] - want['conv']).max() > 1e-3
 
 
 def test_the_mask_keeps_the_optimizer_states_structure():
