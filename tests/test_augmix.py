@@ -168,6 +168,10 @@ def test_mixing_weights_are_dirichlet():
   # Beta(1, 1) is uniform: mean 1/2, variance 1/12; Dirichlet(1,1,1) marginals: mean 1/3.
   assert abs(m[:, 0].mean() - 0.5) < 0.02 and abs(m[:, 0].var() - 1 / 12) < 0.01
   np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.02)
+  # m and w are independent draws (one key for both had correlated the image's share with the
+  # chains' weights: a mutation audit). 4000 pairs: a correlation's noise is about 0.016.
+  share = w[:, 0] / (w[:, 0] + w[:, 1])
+  assert abs(np.corrcoef(m[:, 0], share)[0, 1]) < 0.06
 
 
 def test_choices_cover_every_op_depth_and_bin():
@@ -214,6 +218,17 @@ def test_jsd_loss_matches_numpy_and_the_reference_code():
          + F.kl_div(p_m, p_2, reduction='batchmean')) / 3.
   np.testing.assert_allclose(ours, ref.item(), rtol=1e-5)
   assert ours > 0.05
+  # Where the mean softmax nears the reference's clamp (1e-7): confident views whose other classes
+  # sit at ~1.1e-7, so the clamp at 1e-7 leaves them and JSD is 0 (a clamp at 1e-6 gave -2.4e-5;
+  # the views above are too mild to reach it: a mutation audit).
+  confident = np.full((4, 100), -16.0, np.float32)
+  confident[:, 0] = 0.0
+  near = [confident, confident + np.float32(0.01) * np.eye(4, 100, 1, dtype=np.float32), confident]
+  p_c, p_1, p_2 = (F.softmax(torch.from_numpy(l), dim=1) for l in near)
+  p_m = torch.clamp((p_c + p_1 + p_2) / 3., 1e-7, 1).log()
+  ref = (F.kl_div(p_m, p_c, reduction='batchmean') + F.kl_div(p_m, p_1, reduction='batchmean')
+         + F.kl_div(p_m, p_2, reduction='batchmean')) / 3.
+  assert abs(float(augmix.jsd_loss(*map(jnp.asarray, near))) - ref.item()) < 2e-6
 
 
 def test_jsd_loss_is_zero_for_equal_views_and_has_finite_gradients():

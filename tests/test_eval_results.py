@@ -87,6 +87,17 @@ def test_superclass_accuracy_uses_every_class_superclass_not_only_those_in_the_s
   assert list(details['per_superclass_accuracy'].values())[0] == 0.0
 
 
+def test_ece_bins_are_closed_on_the_right():
+  """A confidence exactly on a bin edge belongs to the bin below, (lo, hi] as the docstring and
+  _ece_reference say (a mutation audit: the other side passed every test). Both samples fall in
+  (5/15, 6/15]: |1/2 - (0.4 + 0.35)/2| = 0.125; the edge one in the next bin would give 0.475."""
+  edge = np.linspace(0, 1, metrics_lib.ECE_BINS + 1)[6]
+  probs = np.array([[edge, (1 - edge) / 2, (1 - edge) / 2], [0.35, 0.33, 0.32]])
+  ece = metrics_lib.expected_calibration_error(probs, np.array([0, 1]))
+  assert ece == pytest.approx(0.125, abs=1e-12)
+  assert ece == pytest.approx(_ece_reference(probs, np.array([0, 1])), abs=1e-12)
+
+
 def test_perfectly_confident_correct_predictions_have_zero_ece():
   labels = np.arange(10) % 3
   probs = np.eye(3)[labels]

@@ -89,6 +89,12 @@ def test_jitter_draws_ranges_and_orders_match_torchvision():
   for j, r in enumerate(ph.jitter_ranges(strengths)):
     if r is not None:
       assert r[0] <= factors[:, j].min() < r[0] + 0.01 and r[1] - 0.01 < factors[:, j].max() <= r[1]
+  # The order comes from its own four draws, the factors from the next four (a mutation audit:
+  # the order drawn from the factors' uniforms had passed, which ties order to strength).
+  u = jnp.asarray([0.9, 0.1, 0.5, 0.3, 0.2, 0.4, 0.6, 0.8], jnp.float32)
+  order, factors = ph.jitter_params(u, strengths)
+  np.testing.assert_array_equal(order, [1, 3, 2, 0])
+  np.testing.assert_allclose(factors[0], 0.6 + 0.8 * 0.2, rtol=1e-6)  # brightness 1 +- 0.4
   with pytest.raises(ValueError, match='hue'):
     ph.jitter_ranges((0.4, 0.4, 0.4, 0.6))
 
@@ -145,6 +151,14 @@ def test_gaussian_noise_std_clip_and_identity():
   np.testing.assert_array_equal(jax.vmap(ph.gaussian_noise, (0, None, 0))(gray, 0.0, normal), gray)
   strong = np.asarray(jax.vmap(ph.gaussian_noise, (0, None, 0))(gray, 1.0, normal))
   assert (strong == 0).mean() > 0.2 and (strong == 255).mean() > 0.2
+  # Rounded to the nearest level, as a NumPy reference (truncation, biased by half a level, had
+  # stayed inside the mean's tolerance above: a mutation audit). Float rounding may move a pixel
+  # at an exact half level.
+  images = np.random.default_rng(4).integers(0, 256, (64, 32, 32, 3), np.uint8)
+  ours = np.asarray(jax.vmap(ph.gaussian_noise, (0, None, 0))(jnp.asarray(images), 0.05, normal))
+  ref = np.round(np.clip(images / 255.0 + 0.05 * np.asarray(normal, np.float64), 0, 1) * 255)
+  diff = np.abs(ours.astype(np.int64) - ref)
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff > 0).mean()
 
 
 # ----------------------------------------------------------------------------- JPEG

@@ -72,6 +72,34 @@ def test_cutmix_lambda_equals_the_pasted_area():
     np.testing.assert_allclose(np.asarray(mixed_targets).sum(-1), 1.0, rtol=1e-6)
 
 
+def test_cutmix_box_covers_about_one_minus_lam():
+  """A box of side H * sqrt(1 - lam) (timm's rand_bbox): for lam = 0.9, 10 x 10 of 32 x 32, less
+  only where the border clips it (sqrt(lam) instead, symmetric in Beta(a, a), had passed every
+  test: a mutation audit)."""
+  lams = [float(mixing.cutmix_box(jax.random.PRNGKey(s), jnp.float32(0.9), 32, 32)[1])
+          for s in range(20)]
+  assert min(lams) >= 0.9 and max(lams) <= 0.96
+  assert lams.count(pytest.approx(1 - 100 / 1024)) >= 5  # Unclipped boxes: exactly 10 x 10.
+
+
+def test_switch_prob_is_the_probability_of_cutmix():
+  """With mixup and CutMix both on, each batch takes CutMix with probability switch_prob (timm's
+  meaning; the inverted comparison passed at the default 0.5: a mutation audit)."""
+  images = jnp.stack([jnp.full((8, 8, 3), float(i)) for i in range(4)])
+  targets = mixing.smooth_one_hot(jnp.arange(4), 10, 0.0)
+
+  @jax.jit
+  def is_cutmix(key, switch_prob):  # CutMix pastes pixels (image 0 holds only 0 and 3).
+    mixed = mixing.mix_batch(key, images, targets, mixup_alpha=1.0, cutmix_alpha=1.0,
+                             switch_prob=switch_prob)[0]
+    return jnp.all((mixed[0] == 0.0) | (mixed[0] == 3.0))
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 400)
+  share = lambda p: float(np.mean([is_cutmix(k, p) for k in keys]))
+  assert share(1.0) == 1.0 and share(0.0) == 0.0
+  assert abs(share(0.9) - 0.9) < 0.05  # 400 batches: a standard error of 0.015.
+
+
 def test_mix_batch_refuses_integer_labels_and_uint8_images():
   """timm's Mixup takes integer labels; mix_batch had mixed them as numbers (3 and 42 -> 12.9)."""
   images, soft = jnp.zeros((4, 8, 8, 3)), mixing.smooth_one_hot(jnp.array([3, 7, 11, 42]), 50, 0.1)
@@ -181,6 +209,28 @@ def test_a_warmup_or_freeze_the_run_is_too_short_for_is_said_and_what_it_becomes
   assert float(optim.make_schedule(c.lr, c, 40, 10)(39)) < 0.01  # The head's decayed.
   c.freeze_backbone_steps, c.warmup_epochs = 0, 0.0
   assert optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10) == []
+
+
+def test_the_logged_learning_rate_is_the_one_the_update_used():
+  """metrics['learning_rate'] of step s is schedule(s), the rate of that step's update: 0 at the
+  first step of a warm-up, whose update is then zero (logging schedule(s + 1) passed every test:
+  a mutation audit)."""
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
+  c.train.batch_size, c.optim.warmup_epochs = 8, 1.0
+  tx, schedule = optim.make_optimizer(c.optim, total_steps=20, steps_per_epoch=4)
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  step = jax.jit(lambda s, b: train_step.train_step(s, b, graphdef=graphdef, tx=tx,
+                                                    schedule=schedule, config=c))
+  for s in range(3):
+    state, metrics = step(state, batch)
+    assert float(metrics['learning_rate']) == float(schedule(s)), s
+    assert (float(metrics['update_norm']) == 0.0) == (s == 0), (s, float(metrics['update_norm']))
+  assert float(schedule(1)) > 0
 
 
 def test_clipping_bounds_the_global_norm():
