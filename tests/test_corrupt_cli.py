@@ -167,8 +167,8 @@ def test_missing_source_data_is_one_error_line(tmp_path):
 
 @pytest.mark.parametrize('case', ['truncated_pickle', 'unknown_name', 'empty_names', 'negative_limit',
                                   'limit_too_big', 'bad_format', 'out_under_a_file', 'out_is_a_file',
-                                  'frost_not_an_image', 'frost_too_small'])
-def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
+                                  'frost_not_an_image', 'frost_too_small', 'out_empty'])
+def test_bad_input_is_one_error_line(source, tmp_path, case, capsys, monkeypatch):
   data, out, args = source, tmp_path / 'out', list(ARGS)
   if case == 'truncated_pickle':
     data = tmp_path / 'data'
@@ -190,6 +190,9 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
   if case in ('out_under_a_file', 'out_is_a_file'):
     (tmp_path / 'file').write_text('x')
     out = tmp_path / 'file' / 'out' if case == 'out_under_a_file' else tmp_path / 'file'
+  if case == 'out_empty':  # '' is the current folder: the set had been written there.
+    out = ''
+    monkeypatch.chdir(tmp_path)
   try:
     code = corrupt_cli.main(['--data_dir', str(data), '--out', str(out), *args])
   except SystemExit as e:  # argparse's errors.
@@ -201,9 +204,11 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys):
               'limit_too_big': 'exceeds the 40 test images', 'bad_format': "'imagenet-c'",
               'out_under_a_file': 'cannot use as output folder', 'out_is_a_file': 'cannot use as output folder',
               'frost_not_an_image': 'frost1.png: not a readable image',
-              'frost_too_small': 'frost1.png: 120x100 pixels, 24x20 after the 0.2 shrink'}
+              'frost_too_small': 'frost1.png: 120x100 pixels, 24x20 after the 0.2 shrink',
+              'out_empty': '--out is empty'}
   assert expected[case] in lines[0]
   assert not (tmp_path / 'out').exists()
+  assert not list(tmp_path.glob('*.npy')) and not list(tmp_path.glob('*.json'))
 
 
 def test_each_file_is_independent_of_the_other_corruptions_and_their_order(tmp_path):

@@ -303,9 +303,12 @@ def test_a_hand_edited_batch_size_of_another_type_leaves_the_train_time_out(tmp_
   assert {p.name: p.read_bytes() for p in (tmp_path / 'out').glob('*.png')} == before
 
 
-@pytest.mark.parametrize('make', ['empty', 'missing', 'twice'])
+@pytest.mark.parametrize('make', ['empty', 'missing', 'twice', 'a_file'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
-  if make == 'twice':
+  if make == 'a_file':
+    (tmp_path / 'run.txt').write_text('notes')
+    argv, expected = [str(tmp_path / 'run.txt')], 'run.txt: a file, not a folder'
+  elif make == 'twice':
     run = _fake_run(tmp_path / 'run', 1.0)
     (tmp_path / 'x').mkdir()
     argv, expected = [str(run), str(tmp_path / 'x' / '..' / 'run')], 'same run'
@@ -316,6 +319,22 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0]
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('out', ['', 'a_file'])
+def test_an_empty_or_file_out_is_one_error_line_and_nothing_is_written(tmp_path, capsys,
+                                                                      monkeypatch, out):
+  """--out= is the current folder: the figures and summary.md had been written there (a flag
+  audit); a file as --out had been a bare `[Errno 17] File exists`."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  (tmp_path / 'a_file').write_text('notes')
+  monkeypatch.chdir(tmp_path)
+  assert report.main([str(run), '--out', out]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0] == ('error: --out is empty: give the folder for the figures and '
+                                      'summary.md' if not out else 'error: --out a_file is a file: '
+                                      'give a folder for the figures and summary.md'), err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'run']
 
 
 def _corruption_table(names, seed=0):

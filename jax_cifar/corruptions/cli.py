@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
   folder = None
   with store.stop_on_signals():
     try:
+      if not args.out.strip():  # '' is the current folder: --out= had written the set there.
+        raise errors.ConfigError('--out is empty: give the folder for the corrupted set')
       names = _parse_names(args.corruptions)
       if args.limit < 0:
         raise errors.ConfigError(f'--limit must be >= 0, got {args.limit}')

@@ -46,7 +46,8 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   """What a run directory holds: metrics rows, config, and the evaluation JSONs if present."""
   run_dir = pathlib.Path(run_dir)
   if not run_dir.is_dir():
-    raise ReportError(f'{run_dir}: no such folder (give training run directories)')
+    what = 'a file, not a folder' if run_dir.exists() else 'no such folder'
+    raise ReportError(f'{run_dir}: {what} (give training run directories)')
   if not (run_dir / tracking.METRICS_FILE).exists():
     raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} (not a training run directory)')
   label, notes = label or run_dir.name, []
@@ -293,6 +294,10 @@ def hyperparameter_table(runs: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pathlib.Path], list[str]]:
   """Draws the figures and writes summary.md; returns (files written, warning messages)."""
+  if not str(out).strip():  # '' is the current folder: --out= had written the report there.
+    raise ReportError('--out is empty: give the folder for the figures and summary.md')
+  if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+    raise ReportError(f'--out {out} is a file: give a folder for the figures and summary.md')
   runs = [load_run(d, label) for d, label in zip(run_dirs, unique_labels(run_dirs))]
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
