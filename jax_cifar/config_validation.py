@@ -178,6 +178,13 @@ def inert_reasons(flat: dict) -> dict[str, str]:
     inert(['model.width'], 'simple_cnn has fixed widths')
     inert(['model.stem'], 'simple_cnn has no stem')
     inert(['model.remat', 'model.scan_blocks'], 'simple_cnn has no residual blocks')
+  source = flat.get('data.source')
+  if source != 'local':  # (A flag audit: these had been taken without a word.)
+    inert(['data.dir', 'data.download'], f"they are the 'local' source's (data.source={source!r})")
+  if source != 'tfds':
+    inert(['data.tfds_data_dir'], f"it is the 'tfds' source's (data.source={source!r})")
+  if source != 'synthetic':
+    inert(['data.synthetic_size'], f"it is the 'synthetic' source's (data.source={source!r})")
   if not flat.get('model.init_from'):
     inert(['model.init_from_weights'], 'model.init_from is not set')
   if not flat.get('ema.decay'):

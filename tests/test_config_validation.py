@@ -192,6 +192,9 @@ def test_keys_that_do_nothing_under_a_config_are_named_not_refused():
     ({'augment.jpeg_subsampling': '4:2:0'}, 'augment.jpeg_subsampling', 'jpeg_prob is 0'),
     ({'optim.schedule': 'constant', 'optim.warmup_epochs': 0.0, 'optim.schedule_per': 'epoch'},
      'optim.schedule_per', 'never changes'),
+    ({'data.source': 'synthetic', 'data.download': False}, 'data.download', "'local' source's"),
+    ({'data.tfds_data_dir': '/data/tfds'}, 'data.tfds_data_dir', "'tfds' source's"),
+    ({'data.synthetic_size': 5}, 'data.synthetic_size', "'synthetic' source's"),
 ])
 def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_resume(
     flat, key, reason):
@@ -208,7 +211,9 @@ def test_settings_of_what_is_off_or_not_chosen_are_named_and_need_not_match_on_r
         'wandb.project': {'wandb.mode': 'offline'},
         'optim.decay_bn_and_bias': {'optim.weight_decay': 0.01},
         'augment.jpeg_subsampling': {'augment.jpeg_prob': 0.5},
-        'optim.schedule_per': {'optim.schedule': 'cosine'}}[key]
+        'optim.schedule_per': {'optim.schedule': 'cosine'}, 'data.download': {'data.source': 'local'},
+        'data.tfds_data_dir': {'data.source': 'tfds'},
+        'data.synthetic_size': {'data.source': 'synthetic'}}[key]
   assert not config_validation.ignored_notes(_config(**{**flat, **on}))  # In use: no note.
 
 
