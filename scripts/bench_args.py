@@ -58,8 +58,22 @@ def check(args, make_config, recipe_config, csv, defaults: dict | None = None) -
           f'{args.frameworks!r}')
   batches, accums, sizes = (_ints(args, n, csv) for n in ('batch', 'grad_accum_steps',
                                                           'image_size'))
-  if args.mem_cap_gb < 0:
-    _fail(f'--mem_cap_gb must be positive (GiB), got {args.mem_cap_gb}')
+  # An empty list had measured nothing and exited 0 (a flag audit); --image_size may be empty
+  # (each config's own size).
+  for name, values in (('models', csv(args.models)), ('dtypes', csv(args.dtypes)),
+                       ('batch', batches), ('grad_accum_steps', accums)):
+    if not values:
+      _fail(f'--{name} is empty: give at least one value')
+  if not args.mem_cap_gb >= 0:  # (NaN too: it had let every batch size "fit".)
+    _fail(f'--mem_cap_gb must be a positive number of GiB (0 = no cap), got {args.mem_cap_gb}')
+  if args.recipe_batch < 0:
+    _fail(f'--recipe_batch must be at least 1 (0 = the config\'s train.batch_size), got '
+          f'{args.recipe_batch}')
+  if args.batch_quantum < 1:
+    _fail(f'--batch_quantum must be at least 1, got {args.batch_quantum}')
+  if args.cache_dir and pathlib.Path(args.cache_dir).exists() and not pathlib.Path(
+      args.cache_dir).is_dir():
+    _fail(f'--cache_dir {args.cache_dir} is a file: give a folder for the compilation cache')
   if args.find_batch_size:
     _check_search(args, frameworks, defaults or {})
   if args.torch_compile_timeout_s < 0:
