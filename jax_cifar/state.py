@@ -168,8 +168,11 @@ def parse_init_from(spec: str) -> tuple[str, str]:
       raise errors.ConfigError(f'model.init_from={spec}: after the run folder give :best, :latest '
                                f'or :STEP (a step number), not :{which}')
     run_dir, which = spec, 'best'
-  if step_folders.is_step_number(which):
-    which = str(step_folders.step_folder(run_dir, int(which)))
+  if step_folders.is_step_number(which):  # A step it did not keep lists those it kept, as
+    try:  # evaluate --checkpoint does (an audit: "does not exist (give ... a step number)").
+      which = step_folders.kept_step_folder(run_dir, which, errors.ConfigError)
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'model.init_from={spec}: {e}') from None
   return run_dir, which
 
 

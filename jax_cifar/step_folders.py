@@ -112,11 +112,16 @@ def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
 def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
   into the structure of `target`, with the same damage and mismatch checks as a run's steps."""
-  path = pathlib.Path(path).absolute()
+  original, path = path, pathlib.Path(path).absolute()
   step_dir = path.parent if path.name == 'default' else path
-  if not step_dir.is_dir():
-    raise CheckpointError(f'checkpoint path {path} does not exist (give best, latest, a step '
-                          'number or a step folder, e.g. WORKDIR/checkpoints/best/12)')
+  if not step_dir.is_dir():  # (A file or a negative number had been said not to exist.)
+    given = pathlib.Path(original)
+    what = (f'checkpoint path {path} is a file, not a step folder' if step_dir.exists() else
+            f'checkpoint {given} is not a step number (steps count from 0)'
+            if given.name[:1] == '-' and is_step_number(given.name[1:]) else
+            f'checkpoint path {path} does not exist')
+    raise CheckpointError(f'{what} (give best, latest, a step number or a step folder, e.g. '
+                          'WORKDIR/checkpoints/best/12)')
   steps = step_numbers(step_dir)[::-1]
   if steps and not (step_dir / 'default').exists():  # checkpoints/best (or latest) itself.
     raise CheckpointError(f'{path} holds step folders ({", ".join(map(str, steps))}), not one '

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, optim, parallel, step_folders
+from jax_cifar import checkpoints, errors, optim, parallel, step_folders
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 
@@ -63,6 +63,9 @@ def test_a_step_number_is_latest_s_folder_else_best_s(tmp_path):
   assert step_folders.step_folder(tmp_path, 3) == tmp_path / 'checkpoints' / 'best' / '3'
   assert step_folders.step_folder(tmp_path, 9) == tmp_path / 'checkpoints' / 'latest' / '9'  # Neither.
   assert state_lib.parse_init_from(f'{tmp_path}:3') == (str(tmp_path), str(tmp_path / 'checkpoints' / 'best' / '3'))
+  with pytest.raises(errors.ConfigError, match=rf'model.init_from={tmp_path}:9: checkpoint 9: '
+                     rf'{tmp_path} kept no step 9 .*it kept latest: 4; best: 3, 4\)'):
+    state_lib.parse_init_from(f'{tmp_path}:9')
 
 
 _SAVE_ON_4_DEVICES = '''

@@ -161,6 +161,11 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
     state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))
+  # A file, and a negative step, had been said not to exist (a flag audit).
+  with pytest.raises(checkpoints.CheckpointError, match=r'metrics.jsonl is a file, not a step folder'):
+    state_lib.restore(_config(0), run9, str(run9 / 'metrics.jsonl'))
+  with pytest.raises(checkpoints.CheckpointError, match=r'^checkpoint -1 is not a step number'):
+    state_lib.restore(_config(0), run9, '-1')
 
 
 def test_restore_gives_the_saved_state_exactly(run9):

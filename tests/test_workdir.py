@@ -314,6 +314,9 @@ def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_o
   assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'mine'  # Not created by this launch: kept.
   # Files of no run in it are named (a folder of notes had been written into silently: a walkthrough).
   assert 'holds no run but 1 other entry (notes.txt): the run writes its files beside them' in out.stderr
+  (tmp_path / 'a_file').write_text('mine')  # Had read "is not writable: File exists" (an audit).
+  assert the_error(train(tmp_path / 'a_file')).endswith(f'{tmp_path / "a_file"} is a file, not a folder')
+  assert (tmp_path / 'a_file').read_text() == 'mine'
 
 
 def test_allowed_config_change_resumes_and_launches_jsonl_records_it(run):

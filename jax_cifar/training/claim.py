@@ -24,8 +24,10 @@ def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.L
         workdir.mkdir(parents=True, exist_ok=True)
         lock = workdir_lib.Lock(workdir)
         lock.acquire()
-      except OSError as e:
-        raise workdir_lib.WorkdirError(f'workdir {workdir} is not writable: {e.strerror}') from None
+      except OSError as e:  # (A file there had read "not writable: File exists": an audit.)
+        why = ('is a file, not a folder' if workdir.exists() and not workdir.is_dir() else
+               f'is not writable: {e.strerror}')
+        raise workdir_lib.WorkdirError(f'workdir {workdir} {why}') from None
   try:
     check_shared(workdir)  # Before any process's own verdict on the folder's contents.
   except BaseException:
