@@ -172,6 +172,22 @@ def test_get_splits_limits_are_class_balanced_and_val_is_held_out(data_dir, real
   assert not any(img.tobytes() in held_out for img in train.images[:200])
 
 
+def test_limits_the_data_cannot_meet_or_that_leave_classes_out_are_warned_about():
+  """data.train_limit above the images there are had been capped, and an eval_limit below the
+  class count validated on a few classes, both without a word (a flag audit)."""
+  cfg = _cfg(source='synthetic', synthetic_size=1000, val_fraction=0.1, train_limit=5000,
+             eval_limit=3)
+  splits = cifar100.get_splits(cfg)
+  notes = cifar100.limit_notes(cfg, 100, splits['train'], splits['val'])
+  assert notes == ['data.train_limit=5000 is more than the 900 training images (after the '
+                   'validation hold-out): all 900 are used',
+                   'data.eval_limit=3 is fewer than the 100 classes: validation (and the best '
+                   'checkpoint) rests on 3 images of 3 classes']
+  cfg.train_limit, cfg.eval_limit = 900, 100  # Met, and every class: nothing to say.
+  splits = cifar100.get_splits(cfg)
+  assert not cifar100.limit_notes(cfg, 100, splits['train'], splits['val'])
+
+
 def test_get_splits_synthetic_and_unknown_source():
   splits = cifar100.get_splits(_cfg(source='synthetic', synthetic_size=1000, val_fraction=0.1))
   assert (len(splits['train']), len(splits['val']), len(splits['test'])) == (900, 100, 1000)

@@ -298,3 +298,18 @@ def get_splits(data_cfg: Any, *, require_val: bool = False) -> dict[str, Split |
     if val is not None:
       val = val.subset(balanced_subset(val.labels, data_cfg.eval_limit))
   return {'train': train, 'val': val, 'test': test}
+
+
+def limit_notes(data_cfg: Any, num_classes: int, train: Split, val: Split) -> list[str]:
+  """Warnings for data limits the data could not meet or that leave classes out of validation
+  (they had been taken without a word: a flag audit). `train`, `val`: the splits trained and
+  validated on."""
+  notes = []
+  if data_cfg.train_limit > len(train):
+    notes.append(f'data.train_limit={data_cfg.train_limit} is more than the {len(train)} training '
+                 f'images (after the validation hold-out): all {len(train)} are used')
+  if 0 < data_cfg.eval_limit < num_classes:
+    notes.append(f'data.eval_limit={data_cfg.eval_limit} is fewer than the {num_classes} classes: '
+                 f'validation (and the best checkpoint) rests on {len(val)} images of '
+                 f'{len(np.unique(val.labels))} classes')
+  return notes

@@ -281,6 +281,8 @@ def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
   if val_split is None:  # data.val_fraction 0: every training image is trained on.
     logging.warning('No validation images: validating (and picking the best checkpoint) on TEST.')
     val_split = splits['test']
+  for note in cifar100.limit_notes(config.data, config.model.num_classes, train_split, val_split):
+    logging.warning('%s.', note)
   return train_split, val_split
 
 
