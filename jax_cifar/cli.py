@@ -8,6 +8,7 @@ an installed wheel needs no source tree.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging as std_logging
 import os
@@ -34,6 +35,14 @@ def prog(module: str | None = None) -> str | None:
   if sys.argv[0].startswith('jax-cifar '):
     return sys.argv[0]
   return f'python -m {module}' if module else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with its mistakes as one `error:` line (exit status 2), like every other error of
+  the commands: they had printed the usage block first (a flag audit)."""
+
+  def error(self, message: str):
+    self.exit(USAGE_EXIT_CODE, f'error: {message} (see --help)\n')
 
 
 def builtin_config_path(name: str) -> str:

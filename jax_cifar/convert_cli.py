@@ -33,7 +33,7 @@ _ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, o
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   as_module = pathlib.Path(sys.argv[0]).parts[-2:] == ('jax_cifar', 'convert.py')  # python -m
-  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.convert' if as_module else None),
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.convert' if as_module else None),
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--arch', required=True, choices=ARCHS)
   source = parser.add_mutually_exclusive_group(required=True)
@@ -42,7 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--output', required=True, help='checkpoint directory to create')
   parser.add_argument('--overwrite', action='store_true',
                       help='replace an existing --output written by this converter')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  for name in ('state_dict', 'weights', 'output'):  # --output= had meant the current folder, and
+    if getattr(args, name) is not None and not getattr(args, name).strip():  # --state_dict= a
+      parser.error(f'--{name} is empty')  # download (a flag audit).
+  return args
 
 
 class NotAStateDict(errors.UserError, ValueError):

@@ -82,10 +82,10 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
   if not os.path.lexists(path):
     _check_parent(path)
     return
+  if os.path.islink(path) or not os.path.isdir(path):  # (Before the hint: --overwrite refuses it.)
+    raise OutputExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
   if not overwrite:
     raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
-  if os.path.islink(path) or not os.path.isdir(path):
-    raise OutputExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
   entries = sorted(os.listdir(path))
   foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
   if foreign:

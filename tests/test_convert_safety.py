@@ -227,6 +227,38 @@ def test_script_refuses_an_output_it_cannot_create_before_loading(script, tmp_pa
   assert sorted(os.listdir(tmp_path)) == ['notes.txt']
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--state_dict=', '--output', 'OUT'], 'error: --state_dict is empty (see --help)'),
+    (['--state_dict', 'X', '--output='], 'error: --output is empty (see --help)'),
+    (['--weights=', '--output', 'OUT'], 'error: --weights is empty (see --help)'),
+    (['--state_dict', 'X', '--weights', 'Y', '--output', 'OUT'],
+     'error: argument --weights: not allowed with argument --state_dict (see --help)'),
+    (['--arch', 'resnet19', '--state_dict', 'X', '--output', 'OUT'],
+     "error: argument --arch: invalid choice: 'resnet19'"),
+])
+def test_flag_mistakes_are_one_error_line(script, tmp_path, capsys, argv, message):
+  """An empty --state_dict had gone to the download and then blamed --weights, an empty --output
+  named the current folder, and argparse's mistakes printed its usage block first (a flag
+  audit): each is one line now, before anything is read."""
+  argv = [a.replace('OUT', str(tmp_path / 'out')) for a in argv]
+  if '--arch' not in argv:
+    argv = ['--arch', 'resnet18', *argv]
+  with pytest.raises(SystemExit) as e:
+    script.parse_args(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(message), err
+  assert not (tmp_path / 'out').exists()
+
+
+def test_an_output_that_is_a_file_is_named_without_suggesting_overwrite(script, tmp_path, capsys):
+  (tmp_path / 'notes.txt').write_text('my thesis')  # --overwrite had been suggested, and refused.
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict',
+                                       str(tmp_path / 'absent.pth'), '--output',
+                                       str(tmp_path / 'notes.txt')])
+  assert rc == 1 and 'is not a folder but a file or link' in err and '--overwrite' not in err, err
+  assert (tmp_path / 'notes.txt').read_text() == 'my thesis'
+
+
 # ------------------------------------------------------------------ killed mid-write
 def _convert_in_subprocess(sd_file, out, kill_at: str | None) -> subprocess.CompletedProcess:
   env = dict(os.environ)

@@ -6,7 +6,6 @@ test_multiprocess_eval.py."""
 
 import json
 import os
-import pathlib
 import shutil
 
 import numpy as np

@@ -36,11 +36,6 @@ from jax_cifar.data import cifar100
 from jax_cifar.data.ood import CORRUPTIONS
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):  # One `error:` line (and exit status 2), like every other error.
-    self.exit(2, f'error: {message} (see --help)\n')
-
-
 def _parse_names(text: str) -> tuple[str, ...]:
   names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
   if not names:
@@ -75,7 +70,7 @@ def _source_split(args: argparse.Namespace) -> cifar100.Split:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = _Parser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{corrupt.__doc__}',
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{corrupt.__doc__}',
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, help='output folder')
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))

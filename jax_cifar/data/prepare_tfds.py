@@ -9,7 +9,6 @@ nothing is downloaded. Building needs tensorflow (`pip install tensorflow-cpu`);
 
 from __future__ import annotations
 
-import argparse
 import errno
 import http.client
 import importlib.util
@@ -102,7 +101,7 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.data.prepare_tfds'),
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.data.prepare_tfds'),
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--data_dir', required=True, help='tfds data_dir (data.tfds_data_dir)')
   parser.add_argument('--manual_dir', default='', help=f'folder holding {ARCHIVE}; no download')

@@ -326,7 +326,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.report'), description=__doc__,
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.report'), description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('runs', nargs='+', help='training run directories (with metrics.jsonl)')
   parser.add_argument('--out', required=True, help='output folder for the PNGs and summary.md')

@@ -281,7 +281,7 @@ def _id_problem(rows: list[str], num_images: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog=cli.prog('jax_cifar.submission'), description=__doc__,
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.submission'), description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='validate a submission CSV')
