@@ -199,7 +199,8 @@ def test_a_validation_fraction_that_rounds_to_zero_images_is_refused_before_a_st
   c.train.num_epochs = 1
   c.train.eval_every_epochs = 0.5
   with pytest.raises(trainer.errors.ConfigError, match=r'data.val_fraction=0.25 holds out no '
-                     r'validation images.*largest class has 2; give more than 1/4, or 0 to train'):
+                     r'validation images.*largest class has 2 \(data.synthetic_size=128 makes '
+                     r'that few: a larger size holds out more\); give more than 1/4, or 0 to train'):
     trainer.train_and_evaluate(c, str(tmp_path / 'refused'))
   assert not (tmp_path / 'refused' / 'checkpoints').exists()
   assert len(cifar100.get_splits(c.data)['val']) == 0  # Evaluation reads such a run's splits.

@@ -285,11 +285,13 @@ def get_splits(data_cfg: Any, *, require_val: bool = False) -> dict[str, Split |
     train_idx, val_idx = stratified_split(full_train.labels, data_cfg.val_fraction, data_cfg.split_seed)
     if not len(val_idx) and require_val:  # Training: not silently validated on test instead.
       largest = int(np.bincount(full_train.labels).max()) if len(full_train) else 0
+      few = (f' (data.synthetic_size={data_cfg.synthetic_size} makes that few: a larger size '
+             'holds out more)' if source == 'synthetic' else '')  # (It had named only val_fraction.)
       raise errors.ConfigError(
           f'data.val_fraction={data_cfg.val_fraction} holds out no validation images: each class '
-          f'gives round(val_fraction x its images), and the largest class has {largest}; give '
-          f'more than 1/{2 * max(largest, 1)}, or 0 to train on every image (the best checkpoint '
-          'is then picked on the test split)')
+          f'gives round(val_fraction x its images), and the largest class has {largest}{few}; '
+          f'give more than 1/{2 * max(largest, 1)}, or 0 to train on every image (the best '
+          'checkpoint is then picked on the test split)')
     train, val = full_train.subset(train_idx), full_train.subset(val_idx)
   if data_cfg.train_limit:
     train = train.subset(balanced_subset(train.labels, data_cfg.train_limit))
