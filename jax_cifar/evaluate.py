@@ -265,11 +265,12 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     result['bn_adapt_batch'] = predictor.batch_size
   # The distortion files' predictions are kept as each finishes, so that a stopped, killed or
   # failed run resumes after them (hours of --tta shifts on a small GPU had started over).
+  step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
+              else pathlib.Path(which))
+  step_dir = step_dir.parent if step_dir.name == 'default' else step_dir
   kept = (kept_predictions.KeptPredictions(
-      workdir_path / f'partial_{tag}' if keeps else None,
-      {**result, 'config': parallel.digest(config.to_dict()), 'devices': jax.device_count(),
-       'files': {str(f.path): kept_predictions.fingerprint(f)
-                 for f in [*(ood_files or ()), *(c_files or {}).values()]}})
+      workdir_path / f'partial_{tag}' if keeps else None, kept_predictions.settings(
+          result, config, step_dir, [*(ood_files or ()), *(c_files or {}).values()]))
           if ood_files or c_files else None)
   # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
   # during the OOD files had left a figure of an evaluation that never finished (an audit).
@@ -288,14 +289,14 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
           predictor, ood_dir, csv_path, ood_files,
           workdir_path / f'ood_{tag}.png' if keeps else None,
           run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later, kept=kept))
-  except interrupt.Interrupted as e:
-    e.kept_note = kept.stop_note() if kept else ''  # main()'s stop line says where they wait.
+    if keeps and jax.process_index() == 0:
+      eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
+  except BaseException as e:
+    if kept:  # Its folder stays for the next run, and the lock goes (as at the process's exit).
+      if isinstance(e, interrupt.Interrupted):
+        e.kept_note = kept.stop_note()  # main()'s stop line says where the finished files wait.
+      kept.close()
     raise
-  if keeps and jax.process_index() == 0:
-    step_dir = (workdir_path / 'checkpoints' / which / str(step) if which in ('best', 'latest')
-                else pathlib.Path(which))
-    eval_json.write(workdir_path / f'eval_{tag}.json', result,
-                    step_dir.parent if step_dir.name == 'default' else step_dir)
   if kept:
     kept.clear()
   for draw in draw_later:
@@ -345,8 +346,10 @@ def main(argv):
   except interrupt.Interrupted as e:
     csv = ' (an existing CSV is kept)' if FLAGS.ood_dir else ''
     files = getattr(e, 'kept_note', '')
-    print(f'error: stopped by {e.name}; {"no CSV or results were" if files else "nothing partial was"}'
-          f' written{csv}{files}', file=sys.stderr, flush=True)
+    line = (f'stopped by {e.name}' if jax.process_index() != 0 else  # (Process 0 says the rest.)
+            f'stopped by {e.name}; no results were written{csv}{files}' if files else
+            f'stopped by {e.name}; nothing partial was written{csv}')
+    print(f'error: {line}', file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside our handler's reach (e.g. a library replaced it).
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)

@@ -126,7 +126,7 @@ def test_sigterm_and_sigint_stop_with_one_line_and_no_csv(run, sig, status):
   assert 'Traceback' not in proc.stderr and 'KeyboardInterrupt' not in proc.stderr, proc.stderr
   kept = run / 'run' / 'partial_latest'  # Distortions 00-02 finished before the stop.
   assert _last_line(proc.stderr) == (
-      f'error: stopped by {sig}; no CSV or results were written (an existing CSV is kept); the '
+      f'error: stopped by {sig}; no results were written (an existing CSV is kept); the '
       f'predictions of 3 finished files are kept in {kept}: the same command resumes after '
       'them'), proc.stderr[-2000:]
   assert len(list(kept.glob('ood_*.npy'))) == 3

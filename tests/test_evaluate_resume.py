@@ -4,6 +4,7 @@ never stopped, only the unfinished files predicted again, and nothing used that 
 Signals and SIGKILL from the command line: test_evaluate_faults.py; several processes:
 test_multiprocess_eval.py."""
 
+import errno
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jax_cifar import evaluate, interrupt
+from jax_cifar import atomic_folder, evaluate, interrupt
 from jax_cifar.data import ood
 from jax_cifar.evaluation import inference, kept_predictions
 from jax_cifar.training import trainer
@@ -139,6 +140,32 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
   assert not (run / 'run' / 'partial_latest_tta-flip').exists()
   assert (run / 'run' / 'partial_latest').is_dir()  # The other tool's stay.
 
+  # Inside one folder (the same tag): another config, a step saved again (a relaunch after a
+  # crash retrains it: other weights, same step number), each starts over; the same files named
+  # by a relative path resume.
+  step_dir = next((run / 'run' / 'checkpoints' / 'latest').iterdir())
+  for change in ('config', 'step', None):
+    with monkeypatch.context() as m:
+      _crash_after(m, 'ood_file', 3)
+      with pytest.raises(_Crash):
+        evaluate_here()
+    seen.clear()
+    config = _config()
+    if change == 'config':
+      config.train.eval_batch_size = 16
+    if change == 'step':
+      os.utime(step_dir, ns=(2, 2))
+    with monkeypatch.context() as m:
+      m.chdir(tmp_path)
+      evaluate.evaluate(config, str(run / 'run'), 'latest', ood_dir='ood',
+                        submission_csv=str(tmp_path / 'sub.csv'))
+    assert len(_distortions(seen)) == (19 if change else 15), change
+    assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
+
+  with monkeypatch.context() as m:
+    _crash_after(m, 'ood_file', 3)
+    with pytest.raises(_Crash):
+      evaluate_here()
   seen.clear()
   os.utime(ood_dir / 'distortion10.npy', ns=(1, 1))  # Touched: the contents may have changed.
   result = evaluate_here()
@@ -156,7 +183,6 @@ def test_a_damaged_kept_file_is_predicted_again(run, tmp_path, monkeypatch, caps
       _evaluate(run, tmp_path / 'sub.csv')
   np.save(partial / 'ood_distortion01.npy', np.zeros(N_OOD, np.int32))  # Valid, but not its own.
   (partial / 'ood_distortion02.npy').write_bytes(b'\x93NUMPY')  # Cut short.
-  (partial / '.ood_distortion04.npy.part').write_bytes(b'half')  # A write that a kill cut short.
 
   seen = _predicted(monkeypatch)
   result = _evaluate(run, tmp_path / 'sub.csv')
@@ -172,23 +198,71 @@ def test_a_damaged_kept_file_is_predicted_again(run, tmp_path, monkeypatch, caps
 
 
 def test_a_folder_that_takes_no_files_costs_only_the_resumption(tmp_path, capsys):
-  """A full disk (or a file where the folder should be) while keeping: one note, then the
-  evaluation goes on keeping nothing."""
+  """A file where the folder should be: one note, then the evaluation goes on keeping nothing
+  (a full disk after some files: test_after_a_failed_keep_...)."""
   (tmp_path / 'blocked').write_text('a file, not a folder')
   kept = kept_predictions.KeptPredictions(tmp_path / 'blocked' / 'partial_best', {'a': 1})
+  assert capsys.readouterr().err == (f'note: {tmp_path / "blocked" / "partial_best"}: Not a '
+                                     'directory; this evaluation keeps no finished files\n')
   kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
-  assert 'cannot keep predictions in' in capsys.readouterr().err
-  assert kept.folder is None and kept.stop_note() == ''
-  kept.keep('ood_distortion01', np.arange(5, dtype=np.int32))  # Said once.
-  assert not capsys.readouterr().err
+  assert kept.stop_note() == '' and kept.get('ood_distortion00', 5) is None
+  assert not capsys.readouterr().err  # Said once.
+  kept.clear()
+  assert (tmp_path / 'blocked').read_text() == 'a file, not a folder'
 
   kept = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
   kept.keep('ood_distortion00', np.arange(5))
   assert kept.stop_note() == (f'; the predictions of 1 finished file are kept in '
                               f'{tmp_path / "partial_best"}: the same command resumes after them')
+  kept.close()  # As the process's exit: the next run reads what it kept.
   again = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
   np.testing.assert_array_equal(again.get('ood_distortion00', 5), np.arange(5))
   assert again.get('ood_distortion00', 6) is None  # Another number of images: not this file's.
+  again.clear()
   assert kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 2}).count(
       ['ood_distortion00']) == 0  # Other settings.
   assert not (tmp_path / 'partial_best').exists()
+
+
+def test_a_second_evaluation_with_the_same_tag_keeps_nothing_and_disturbs_nothing(tmp_path,
+                                                                                  capsys):
+  """Two at once (the same command twice, or --ood_dir and --cifar100c_dir runs of one tag) had
+  removed each other's temp files, folder and record (a review)."""
+  first = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
+  first.keep('ood_distortion00', np.arange(5))
+  second = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 2})
+  assert 'another evaluation with the same settings is using it' in capsys.readouterr().err
+  second.keep('ood_distortion01', np.zeros(5))
+  second.clear()
+  assert second.get('ood_distortion00', 5) is None and second.stop_note() == ''
+  assert sorted(p.name for p in (tmp_path / 'partial_best').iterdir()) == [
+      'kept.json', 'ood_distortion00.npy']
+  first.clear()
+  assert not (tmp_path / 'partial_best').exists() and not list(tmp_path.iterdir())
+
+
+def test_after_a_failed_keep_the_earlier_files_are_named_and_cleared(tmp_path, capsys,
+                                                                   monkeypatch):
+  """A full disk after some files: they are still kept (the stop line names them, the next run
+  resumes them) and the folder still goes once the evaluation ends (a review). A killed writer's
+  temp file is reaped by the next write of that file."""
+  kept = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
+  kept.keep('ood_distortion00', np.arange(5))
+  stale = tmp_path / 'partial_best' / f'.ood_distortion01.npy.tmp-{atomic_folder.HOST}-999999-0123abcd'
+  stale.write_bytes(b'half')  # (pid 999999: no such process.)
+  kept.keep('ood_distortion01', np.arange(5))
+  assert not stale.exists()
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(kept_predictions.atomic_folder, 'write_file', full)
+  kept.keep('ood_distortion02', np.arange(5))
+  assert ('No space left on device (disk full)): files finished from now on are not kept'
+          in capsys.readouterr().err)
+  kept.keep('ood_distortion03', np.arange(5))  # Said once.
+  assert not capsys.readouterr().err
+  assert 'the predictions of 2 finished files are kept' in kept.stop_note()
+  monkeypatch.undo()
+  kept.clear()  # The evaluation ended: the folder goes, even after the failure.
+  assert not (tmp_path / 'partial_best').exists() and not list(tmp_path.iterdir())

@@ -2,17 +2,20 @@
 `evaluate --ood_dir` / `--cifar100c_dir` resumes at the first file it had not finished.
 
 Each distortion (or CIFAR-100-C) file's predicted labels go to WORKDIR/partial_<tag>/ as soon as
-the file is predicted, with a record of what they were made with (the checkpoint and its step,
-the weights, the test-time tools, the config, the device count, each input file's path, size and
-modification time) and a checksum. The same command run again uses the files it can check and
-predicts the rest; other settings or changed inputs start over. The folder is removed once the
-evaluation has written its results. Process 0 reads and writes it; the other processes receive
-its labels (a broadcast), so every process holds the same predictions.
+the file is predicted, with a record of what they were made with (the checkpoint, its step and
+its folder's modification time, the weights, the test-time tools, the config, the device count,
+the jax-cifar and JAX versions, each input file's resolved path, size and modification time) and
+a checksum. The same command run again uses the files it can check and predicts the rest; other
+settings or changed inputs start over. The folder is removed once the evaluation has written its
+results. Process 0 reads and writes it, holding a lock (WORKDIR/.partial_<tag>.lock) so that a
+second evaluation with the same tag keeps nothing rather than disturb the first; the other
+processes receive process 0's labels (a broadcast), so every process holds the same predictions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -22,7 +25,7 @@ import zlib
 import jax
 import numpy as np
 
-from jax_cifar import errors, tracking
+from jax_cifar import atomic_folder, errors, parallel, tracking
 from jax_cifar.data import ood
 
 RECORD = 'kept.json'
@@ -32,6 +35,20 @@ def fingerprint(f: ood.ImageFile) -> list:
   """What identifies an input file's contents cheaply: its resolved path, size and mtime."""
   stat = f.path.stat()
   return [str(f.path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.ImageFile]) -> dict:
+  """What the kept labels depend on: `result`'s checkpoint, step, weights and tools so far, the
+  config, the devices, the step folder's mtime (a step saved again after a crash has other
+  weights), the versions, and the input files."""
+  import jax_cifar  # pylint: disable=g-import-not-at-top  (the package's version)
+  try:
+    saved = step_dir.stat().st_mtime_ns
+  except OSError:
+    saved = None
+  return {**result, 'config': parallel.digest(config.to_dict()), 'devices': jax.device_count(),
+          'step_saved_ns': saved, 'versions': [jax_cifar.__version__, jax.__version__],
+          'files': [fingerprint(f) for f in files]}
 
 
 def _crc(labels: np.ndarray) -> int:
@@ -46,19 +63,37 @@ class KeptPredictions:
     self.folder = folder
     self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
     self._done: dict[str, int] = {}  # name -> checksum of its saved labels (process 0)
-    if folder is not None and jax.process_index() == 0:
+    self._keeping = folder is not None and jax.process_index() == 0
+    self._lock = None
+    if self._keeping:
+      self._keeping = self._take_lock()
+    if self._keeping:
       self._done = self._read_record()
+
+  def _take_lock(self) -> bool:
+    """Whether this run may read and write the folder: not while another evaluation with the
+    same tag does (its .part files, its clear() and its rmtree had broken each other's files)."""
+    path = self.folder.parent / f'.{self.folder.name}.lock'
+    try:
+      self._lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return True
+    except OSError as e:
+      if self._lock is not None:
+        os.close(self._lock)
+        self._lock = None
+      why = ('another evaluation with the same settings is using it' if isinstance(
+          e, BlockingIOError) else errors.os_reason(e.errno, e.strerror or str(e)))
+      tracking.say(f'note: {self.folder}: {why}; this evaluation keeps no finished files')
+      return False
 
   def _read_record(self) -> dict[str, int]:
     if not self.folder.is_dir():
       return {}
-    for part in self.folder.glob('.*.part'):
-      with contextlib.suppress(OSError):
-        part.unlink()  # A write that a kill cut short.
     try:
       record = json.loads((self.folder / RECORD).read_text())
     except FileNotFoundError:
-      return {}
+      record = {'settings': self.settings, 'done': {}}  # Files a kill left before any record.
     except (OSError, ValueError, RecursionError):
       record = None
     if isinstance(record, dict) and record.get('settings') == self.settings and isinstance(
@@ -76,7 +111,7 @@ class KeptPredictions:
   def get(self, name: str, num_images: int) -> np.ndarray | None:
     """`name`'s kept labels, or None if it is to be predicted. Every process calls it for the same
     names in the same order (with several processes it is a collective)."""
-    labels = self._load(name, num_images) if jax.process_index() == 0 else None
+    labels = self._load(name, num_images) if self._keeping else None
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if not int(multihost_utils.broadcast_one_to_all(np.int32(labels is not None))):
@@ -86,60 +121,67 @@ class KeptPredictions:
     return labels
 
   def _load(self, name: str, num_images: int) -> np.ndarray | None:
-    if self.folder is None or name not in self._done:
+    """Never raises (process 0 alone calls it, between collectives): a file it cannot check is
+    predicted again."""
+    if name not in self._done:
       return None
     path = self.folder / f'{name}.npy'
     try:
       labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-      labels = None
-    if (labels is None or labels.shape != (num_images,) or labels.dtype != np.int32
-        or _crc(labels) != self._done[name]):
+      ok = (isinstance(labels, np.ndarray) and labels.shape == (num_images,)
+            and labels.dtype == np.int32 and _crc(labels) == self._done[name])
+    except Exception:  # pylint: disable=broad-except  (an .npz or any other damage)
+      ok = False
+    if not ok:
       tracking.say(f'note: {path} is damaged or does not match {RECORD}; predicting {name} again')
       del self._done[name]
       return None
     return labels
 
   def keep(self, name: str, labels: np.ndarray) -> None:
-    """Saves `name`'s labels (process 0). A failure (a full disk) costs only the resumption."""
-    if self.folder is None or jax.process_index() != 0:
+    """Saves `name`'s labels (process 0). A failure (a full disk) costs only the resumption of
+    the files after it."""
+    if not self._keeping:
       return
     labels = np.asarray(labels, np.int32)
-    tmp = self.folder / f'.{name}.npy.part'
+
+    def save(tmp: str) -> None:
+      with open(tmp, 'wb') as f:  # (np.save(path) would add .npy to the temp's name.)
+        np.save(f, labels, allow_pickle=False)
+
     try:
       self.folder.mkdir(exist_ok=True)
-      with open(tmp, 'wb') as f:
-        np.save(f, labels, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, self.folder / f'{name}.npy')
+      atomic_folder.write_file(self.folder / f'{name}.npy', save)
       self._done[name] = _crc(labels)
-      self._write_record()
+      atomic_folder.write_file(self.folder / RECORD, lambda tmp: pathlib.Path(tmp).write_text(
+          json.dumps({'settings': self.settings, 'done': self._done}, indent=1)))
     except OSError as e:
-      with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
+      self._done.pop(name, None)
+      self._keeping = False
       tracking.say(f'note: cannot keep predictions in {self.folder} '
-                   f'({errors.os_reason(e.errno, e.strerror or str(e))}): if this evaluation '
-                   'stops, it starts over')
-      self.folder = None
-
-  def _write_record(self) -> None:
-    tmp = self.folder / f'.{RECORD}.part'
-    with open(tmp, 'w') as f:
-      json.dump({'settings': self.settings, 'done': self._done}, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.folder / RECORD)
+                   f'({errors.os_reason(e.errno, e.strerror or str(e))}): files finished from '
+                   'now on are not kept')
 
   def stop_note(self) -> str:
     """For the stop line: where the finished files wait ('' if none were kept)."""
-    if self.folder is None or not self._done:
+    if not self._done:
       return ''
     n = len(self._done)
     return (f'; the predictions of {n} finished file{"s" * (n != 1)} are kept in {self.folder}: '
             'the same command resumes after them')
 
   def clear(self) -> None:
-    """Removes the folder (process 0), once the evaluation's results are written."""
-    if self.folder is not None and jax.process_index() == 0:
-      shutil.rmtree(self.folder, ignore_errors=True)
+    """Removes the folder and its lock (process 0), once the evaluation's results are written."""
+    if self._lock is None:
+      return
+    shutil.rmtree(self.folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      os.unlink(self.folder.parent / f'.{self.folder.name}.lock')
+    self.close()
+
+  def close(self) -> None:
+    """Lets the next evaluation in (the folder stays): what a stopped process's exit does, for a
+    caller that evaluates again in the same process."""
+    if self._lock is not None:
+      os.close(self._lock)
+      self._lock, self._keeping = None, False
