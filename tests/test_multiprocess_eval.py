@@ -85,6 +85,7 @@ def test_two_processes_adapt_and_shift_like_one(tmp_path, cifar_dir, trained):
                   stop='ood_file:8:SIGTERM:0')
   kept = workdir / 'partial_latest_tta-shifts_bn-adapt'
   assert f'the predictions of 9 finished files are kept in {kept}' in err, err[-3000:]
+  assert '[p1] error: stopped by a signal to another process\n' in err  # Process 0 says the rest.
   results = {p: _evaluate(workdir, ood_dir, tmp_path / f'sub_{p}.csv', cifar_dir, p, tools)
              for p in (2, 1)}
   assert results[2]['ood_files_resumed'] == 9 and 'ood_files_resumed' not in results[1]
