@@ -363,6 +363,14 @@ def test_to_model_input_scales_and_normalises(images, normalize):
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_the_normalisation_constants_are_cifar100s_and_torchvisions_imagenet():
+  """The constants themselves (the test above reads them from the module: a typo in one passed,
+  a mutation audit): CIFAR-100's training-set mean and std, and torchvision's ImageNet ones."""
+  assert augment.NORMALIZATION == {
+      'cifar': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+      'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
 def test_to_model_input_resizes_like_torch_bilinear(images):
   torch = require_torch()
   out = augment.to_model_input(jnp.asarray(images[:8]), image_size=72, normalize='none',

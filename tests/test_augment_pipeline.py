@@ -162,3 +162,14 @@ def test_everything_on_gives_the_same_pixels_on_8_devices_as_on_1(images, tmp_pa
                        timeout=600, check=False)
   assert run.returncode == 0 and 'OK' in run.stdout, run.stderr[-3000:]
   assert float(run.stdout.split()[-1]) > 0.5  # the images did change
+
+
+def test_the_jpeg_quality_is_drawn_uniformly_from_the_whole_inclusive_range():
+  """Both ends of augment.jpeg_quality are drawn, each integer equally often (the top one had
+  never been drawn with an off-by-one that passed every test: a mutation audit)."""
+  cfg = default.get_config().augment
+  cfg.jpeg_quality = (20, 22)
+  u = jnp.linspace(0.0, 1.0, 3000, endpoint=False)
+  quality = np.asarray(jax.vmap(lambda x: augment._jpeg_quality(x, cfg))(u))  # pylint: disable=protected-access
+  values, counts = np.unique(quality, return_counts=True)
+  assert values.tolist() == [20, 21, 22] and counts.tolist() == [1000, 1000, 1000]

@@ -197,5 +197,7 @@ def test_get_splits_synthetic_and_unknown_source():
   np.testing.assert_array_equal(np.bincount(splits['test'].labels), 10)
   again = cifar100.get_splits(_cfg(source='synthetic', synthetic_size=1000, val_fraction=0.1))
   np.testing.assert_array_equal(again['train'].images, splits['train'].images)
+  every = cifar100.get_splits(_cfg(source='synthetic', synthetic_size=1000, val_fraction=0.0))
+  assert not np.array_equal(every['train'].images, splits['test'].images)  # Its own test images.
   with pytest.raises(ValueError, match='data.source'):
     cifar100.get_splits(_cfg(source='imagenet'))
