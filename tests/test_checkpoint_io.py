@@ -49,6 +49,8 @@ def test_a_higher_accuracy_at_a_step_best_already_holds_replaces_it(tmp_path):
   assert relaunch.maybe_save_best({'w': np.zeros(3, np.float32)}, 9, 0.05)
   relaunch.wait()
   assert relaunch.best.all_steps() == [9] and relaunch.best_accuracy() == 0.05
+  # A tie is no improvement: the earlier step stays best (a mutation audit: `<` passed elsewhere).
+  assert not relaunch.maybe_save_best({'w': np.ones(3, np.float32)}, 12, 0.05)
   restored, step = relaunch.restore('best', {'w': np.ones(3, np.float32)})
   assert step == 9
   np.testing.assert_array_equal(restored['w'], np.zeros(3))

@@ -97,4 +97,7 @@ def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_s
   _best_step(root, 5, 0.05, like=3)
   ckpts.best.reload()
   assert ckpts.tidy_best_on_resume(6) == [] and _steps(root / 'best') == ['3']
+  _best_step(root, 6, 0.9, like=3)  # At the resume step itself: the state it resumes from, kept
+  ckpts.best.reload()  # (set aside with `>=`, which passed every other test: a mutation audit).
+  assert ckpts.tidy_best_on_resume(6) == [] and ckpts.best.best_step() == 6
   ckpts.close()
