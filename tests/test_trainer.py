@@ -155,6 +155,16 @@ def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp
     assert out[key] == rows[0][key], key  # Exactly: one prediction path, one metrics function.
 
 
+def test_a_fractional_number_of_epochs_trains_its_last_partial_epoch(tmp_path):
+  """num_epochs=1.5 of 6 steps per epoch is 9 steps: the data stream must hold a second epoch for
+  the last 3 (rounding the epochs down passed every other test: a mutation audit)."""
+  c = _synthetic_config(0)
+  c.model.name, c.train.num_epochs, c.checkpoint.every_steps = 'simple_cnn', 1.5, 100
+  result = trainer.train_and_evaluate(c, str(tmp_path))
+  assert result['step'] == 9 and [r['step'] for r in tracking.read_metrics(tmp_path)
+                                  if 'val_accuracy' in r][-1] == 9
+
+
 @pytest.mark.slow
 @pytest.mark.optimized_xla  # The evaluation of 4,000 real images (the training: conftest.smoke_run).
 def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(smoke_run, cifar_dir):
