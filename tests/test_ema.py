@@ -1,15 +1,17 @@
 """EMA of the weights: the update against a NumPy reference, exact resume, and what the trainer
 records and picks as 'best' with it."""
 
+import dataclasses
 import functools
 import json
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_cifar import optim, parallel, tracking
+from jax_cifar import checkpoints, optim, parallel, tracking
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
@@ -175,6 +177,37 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path, caplog):
   assert any("checkpoint.best_weights 'ema' -> 'raw'" in r.getMessage()
              and "chosen by the ema weights' val_accuracy" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_best_is_ranked_by_the_weights_checkpoint_best_weights_names(tmp_path, monkeypatch):
+  """Raw and EMA weights that rank two steps differently: 'best' follows checkpoint.best_weights.
+  (In the trainer test above both rank the steps alike, so ranking by the raw weights under 'ema'
+  had passed: a mutation audit.) The validation numbers are given, per step and weights."""
+  @dataclasses.dataclass
+  class Validator:
+    state: object = None
+
+  c = _config(decay=0.5)
+  tx, _ = optim.make_optimizer(c.optim, 10, 10)
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
+  accuracy, now = {1: (0.5, 0.7), 2: (0.8, 0.6)}, {}  # step: (raw, EMA)
+
+  def split_metrics(validator, split, name):
+    acc = accuracy[now['step']][0 if validator.state is state else 1]
+    return {'loss': 1.0 - acc, 'accuracy': acc, 'top5_accuracy': acc}, None
+
+  monkeypatch.setattr(trainer.inference, 'split_metrics', split_metrics)
+  for best_weights, want in (('ema', 1), ('raw', 2)):
+    c.checkpoint.best_weights = best_weights
+    ckpts, rows = checkpoints.Checkpoints(tmp_path / best_weights), []
+    writer = types.SimpleNamespace(write=lambda step, row, rows=rows: rows.append(row))
+    for step in (1, 2):
+      now['step'] = step
+      trainer._validate(Validator(), state, None, c, ckpts, writer, step, step / 10)  # pylint: disable=protected-access
+    ckpts.wait()
+    assert ckpts.best.best_step() == want, best_weights
+    assert [r['val_accuracy_ema'] for r in rows] == [0.7, 0.6]
+    ckpts.close()
 
 
 def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path, capsys):
