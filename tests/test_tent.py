@@ -131,6 +131,26 @@ def test_a_tent_batch_larger_than_the_chunk_is_the_whole_chunk(small):
     np.testing.assert_array_equal(v, results[1][k])
 
 
+def test_a_partial_last_batch_counts_its_own_images(small):
+  """40 images in Tent batches of 16: the progress bar advances 16, 16, 8, and the chunk's mean
+  entropy weighs each batch's mean by its real images (the last counted as a whole batch had
+  passed every test: a mutation audit)."""
+  config, state, graphdef, mesh = small
+  adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=16),
+                             state.params, state.batch_stats)
+  losses, step = [], adapter._step  # pylint: disable=protected-access
+
+  def recorded(*args):
+    out = step(*args)
+    losses.append(float(out[2]))
+    return out
+
+  adapter._step, progress = recorded, []  # pylint: disable=protected-access
+  adapter.adapt_model(state.params, state.batch_stats, _images(4, 40), progress=progress.append)
+  assert progress[:3] == [16, 16, 8] and sum(progress) == 40 * adapter.passes
+  assert adapter.last_entropy[0] == pytest.approx(np.dot(losses, [16, 16, 8]) / 40, rel=1e-6)
+
+
 def test_the_entropy_of_the_predictions_falls(small):
   """Three passes over one chunk: each pass's mean entropy is below the one before, and the
   adapted model's predictions are more confident than those of BN adaptation alone."""
