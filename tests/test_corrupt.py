@@ -132,3 +132,17 @@ def test_a_missing_corrupt_extra_is_an_import_error_naming_the_install(tmp_path)
                        capture_output=True, text=True, check=False)
   assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-800:]
   assert out.stderr.strip().splitlines()[-1].startswith('error: jax_cifar.corruptions needs scipy')
+
+
+def test_motion_blur_smears_along_its_angle_toward_positive_x():
+  """Pixel p averages p + i * (cos, sin) of the angle (ImageMagick's MotionBlurImage): at 0 degrees
+  a vertical edge is smeared leftwards from the bright side and a horizontal edge is untouched,
+  at 90 degrees the other way round (x and y swapped passed every test: a mutation audit)."""
+  vertical = np.zeros((9, 16), np.uint8)
+  vertical[:, 10:] = 255  # The 7 taps of pixel 0 reach pixel 6 only.
+  out = corrupt_ops.motion_blur(vertical, radius=3, sigma=2, angle=0)
+  assert (out[:, 9] > 0).all() and (out[:, 10:] == 255).all() and (out[:, :4] == 0).all()
+  np.testing.assert_array_equal(corrupt_ops.motion_blur(vertical.T, radius=3, sigma=2, angle=0),
+                                vertical.T)
+  np.testing.assert_array_equal(corrupt_ops.motion_blur(vertical.T, radius=3, sigma=2, angle=90),
+                                out.T)
