@@ -105,6 +105,21 @@ def test_random_erasing_zeroes_one_rectangle(images):
     np.testing.assert_array_equal(o[~zero], before[~zero])
 
 
+def test_random_erasing_never_erases_a_rectangle_as_tall_or_wide_as_the_image(images):
+  """torchvision's RandomErasing retries a rectangle unless h < H and w < W, and erases nothing if
+  none fits; the first attempt that fits is erased (`<=` had erased whole images and passed
+  every other test: a mutation audit). Draws: gate, top, left, then each attempt's area and
+  aspect uniforms."""
+  image, n = jnp.asarray(np.maximum(images[0], 1)), augment.ERASING_ATTEMPTS
+  whole = jnp.zeros(3 + 2 * n)  # Every attempt: all of the image (scale 1, ratio 1).
+  np.testing.assert_array_equal(augment._erase_draws(  # pylint: disable=protected-access
+      whole, image, 1.0, scale=(1.0, 1.0), ratio=(1.0, 1.0)), image)
+  # Attempt 0 as large as the image, attempt 1 a quarter of it (16 x 16) at the top left.
+  u = jnp.zeros(3 + 2 * n).at[3].set(1.0).at[3 + n:3 + 2 * n].set(0.5)
+  out = np.asarray(augment._erase_draws(u, image, 1.0, scale=(0.25, 1.0), ratio=(1.0, 1.0)))  # pylint: disable=protected-access
+  assert (out[:16, :16] == 0).all() and (out[16:] != 0).all() and (out[:, 16:] != 0).all()
+
+
 # ----------------------------------------------------------------------------- op parity
 
 def _torchvision_op(torch_images, name: str, m: float):
