@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from _tiny_run import CONFIG_FILE, config as _config
 from jax_cifar import errors, evaluate, interrupt
 from jax_cifar.evaluation import submission
 from jax_cifar.training import trainer
@@ -21,28 +22,6 @@ from jax_cifar.data import cifar100, ood
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N_OOD = 10
-
-CONFIG_FILE = '''
-from jax_cifar.configs import default
-
-def get_config():
-  c = default.get_config()
-  c.data.source = 'synthetic'
-  c.data.synthetic_size = 64
-  c.data.val_fraction = 0.0
-  c.model.name = 'simple_cnn'  # What is tested is the CLI's handling of faults, not the model.
-  c.train.batch_size = 32
-  c.train.eval_batch_size = 32
-  c.train.num_epochs = 1
-  c.train.max_steps = 1
-  return c
-'''
-
-
-def _config():
-  namespace = {}
-  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
-  return namespace['get_config']()
 
 
 def _write_ood(folder: pathlib.Path, n: int = N_OOD, seed: int = 0) -> pathlib.Path:

@@ -12,34 +12,13 @@ import shutil
 import numpy as np
 import pytest
 
+from _tiny_run import config as _config
 from jax_cifar import atomic_folder, evaluate, interrupt
 from jax_cifar.data import ood
 from jax_cifar.evaluation import inference, kept_predictions
 from jax_cifar.training import trainer
 
 N_OOD = 10  # Images per distortion file (two per severity).
-
-CONFIG_FILE = '''
-from jax_cifar.configs import default
-
-def get_config():
-  c = default.get_config()
-  c.data.source = 'synthetic'
-  c.data.synthetic_size = 64
-  c.data.val_fraction = 0.0
-  c.model.name = 'simple_cnn'  # What is tested is which files are predicted, not the model.
-  c.train.batch_size = 32
-  c.train.eval_batch_size = 32
-  c.train.num_epochs = 1
-  c.train.max_steps = 1
-  return c
-'''
-
-
-def _config():
-  namespace = {}
-  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
-  return namespace['get_config']()
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,25 @@
+"""The config of a 1-step synthetic simple_cnn run, as a file for the command line and as a
+ConfigDict: for tests of what evaluate does with files and faults, not of the model
+(test_evaluate_faults.py, test_evaluate_resume.py)."""
+
+CONFIG_FILE = '''
+from jax_cifar.configs import default
+
+def get_config():
+  c = default.get_config()
+  c.data.source = 'synthetic'
+  c.data.synthetic_size = 64
+  c.data.val_fraction = 0.0
+  c.model.name = 'simple_cnn'
+  c.train.batch_size = 32
+  c.train.eval_batch_size = 32
+  c.train.num_epochs = 1
+  c.train.max_steps = 1
+  return c
+'''
+
+
+def config():
+  namespace = {}
+  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
