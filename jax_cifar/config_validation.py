@@ -33,7 +33,8 @@ RANGES = {
     'seed': (0, 2**32 - 1, True), 'data.split_seed': (0, 2**32 - 1, True),  # JAX keys: 32 bits
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
-    'data.synthetic_size': (1, None, True), 'data.worker_count': (0, None, True),
+    'data.synthetic_size': (1, None, True),
+    'data.worker_count': (0, 256, True),  # Processes: 100,000 had hung at step 0 (a flag audit).
     'data.prefetch': (0, None, True),
     'model.num_classes': (1, None, True), 'model.width': (1, None, True),
     'model.image_size': (16, 1024, True),

@@ -84,6 +84,13 @@ def test_val_fraction_outside_its_range_is_refused_by_the_range(value):
     config_validation.validate(_config(**{'data.val_fraction': value}))
 
 
+def test_a_worker_count_no_machine_could_start_is_refused():
+  """100,000 grain worker processes had hung the run at step 0 (a flag audit)."""
+  with pytest.raises(config_validation.ConfigError, match=r"'data.worker_count' must be in \[0, 256\]"):
+    config_validation.validate(_config(**{'data.worker_count': 100_000}))
+  config_validation.validate(_config(**{'data.worker_count': 256}))
+
+
 @pytest.mark.parametrize('flat, message', [
     ({'ema.decay': 1.0}, "'ema.decay' must be below 1"),  # RANGES admits 1.0.
     ({'augment.augmix_depth': 0}, "'augment.augmix_depth' must be -1"),

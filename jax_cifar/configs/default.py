@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_limit = 0  # Use only the first N (class-balanced) training images; 0 = all. For quick runs.
   c.data.eval_limit = 0  # Evaluate on only N (class-balanced) validation/test images; 0 = all.
   c.data.synthetic_size = 1024  # Images per split for source='synthetic'.
-  c.data.worker_count = 0  # grain worker processes (0 = in the main process; gathering uint8 is cheap).
+  c.data.worker_count = 0  # grain worker processes, 0-256 (0 = in the main process; gathering uint8 is cheap).
   c.data.prefetch = 2  # Batches prefetched to the devices ahead of the train step.
 
   c.model = ml_collections.ConfigDict()
