@@ -45,6 +45,16 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(USAGE_EXIT_CODE, f'error: {message} (see --help)\n')
 
 
+def nonempty(what: str) -> Callable[[str], str]:
+  """An argparse `type` refusing an empty value (`--out=`, an unset shell variable), which would
+  mean the current folder or a default: argparse's form of require_nonempty."""
+  def check(value: str) -> str:
+    if not value.strip():
+      raise argparse.ArgumentTypeError(f'is empty: give {what}')
+    return value
+  return check
+
+
 def builtin_config_path(name: str) -> str:
   """Path of the packaged config `name` (e.g. 'smoke'); a ValueError lists the ones that exist."""
   folder = pathlib.Path(__file__).resolve().parent / 'configs'

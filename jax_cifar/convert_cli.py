@@ -37,16 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--arch', required=True, choices=ARCHS)
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument('--state_dict', help='a torchvision state_dict saved with torch.save')
-  source.add_argument('--weights', help='torchvision weights name, e.g. IMAGENET1K_V1 (online)')
-  parser.add_argument('--output', required=True, help='checkpoint directory to create')
+  # Empty values are refused: --output= had meant the current folder, --state_dict= a download.
+  source.add_argument('--state_dict', type=cli.nonempty('the .pth file'),
+                      help='a torchvision state_dict saved with torch.save')
+  source.add_argument('--weights', type=cli.nonempty('a weights name'),
+                      help='torchvision weights name, e.g. IMAGENET1K_V1 (online)')
+  parser.add_argument('--output', required=True, type=cli.nonempty('the folder to create'),
+                      help='checkpoint directory to create')
   parser.add_argument('--overwrite', action='store_true',
                       help='replace an existing --output written by this converter')
-  args = parser.parse_args(argv)
-  for name in ('state_dict', 'weights', 'output'):  # --output= had meant the current folder, and
-    if getattr(args, name) is not None and not getattr(args, name).strip():  # --state_dict= a
-      parser.error(f'--{name} is empty')  # download (a flag audit).
-  return args
+  return parser.parse_args(argv)
 
 
 class NotAStateDict(errors.UserError, ValueError):

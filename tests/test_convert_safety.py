@@ -228,9 +228,12 @@ def test_script_refuses_an_output_it_cannot_create_before_loading(script, tmp_pa
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--state_dict=', '--output', 'OUT'], 'error: --state_dict is empty (see --help)'),
-    (['--state_dict', 'X', '--output='], 'error: --output is empty (see --help)'),
-    (['--weights=', '--output', 'OUT'], 'error: --weights is empty (see --help)'),
+    (['--state_dict=', '--output', 'OUT'],
+     'error: argument --state_dict: is empty: give the .pth file (see --help)'),
+    (['--state_dict', 'X', '--output='],
+     'error: argument --output: is empty: give the folder to create (see --help)'),
+    (['--weights=', '--output', 'OUT'],
+     'error: argument --weights: is empty: give a weights name (see --help)'),
     (['--state_dict', 'X', '--weights', 'Y', '--output', 'OUT'],
      'error: argument --weights: not allowed with argument --state_dict (see --help)'),
     (['--arch', 'resnet19', '--state_dict', 'X', '--output', 'OUT'],

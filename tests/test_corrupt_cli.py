@@ -205,7 +205,7 @@ def test_bad_input_is_one_error_line(source, tmp_path, case, capsys, monkeypatch
               'out_under_a_file': 'cannot use as output folder', 'out_is_a_file': 'cannot use as output folder',
               'frost_not_an_image': 'frost1.png: not a readable image',
               'frost_too_small': 'frost1.png: 120x100 pixels, 24x20 after the 0.2 shrink',
-              'out_empty': '--out is empty'}
+              'out_empty': 'argument --out: is empty: give the folder for the corrupted set'}
   assert expected[case] in lines[0]
   assert not (tmp_path / 'out').exists()
   assert not list(tmp_path.glob('*.npy')) and not list(tmp_path.glob('*.json'))

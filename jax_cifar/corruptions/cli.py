@@ -72,7 +72,8 @@ def _source_split(args: argparse.Namespace) -> cifar100.Split:
 def main(argv: list[str] | None = None) -> int:
   parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{corrupt.__doc__}',
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--out', required=True, type=cli.nonempty('the folder for the corrupted set'),
+                      help='output folder')
   parser.add_argument('--format', default='ds542', choices=('ds542', 'cifar100c'))
   parser.add_argument('--limit', type=int, default=0, help='use the first N images (0 = all)')
   parser.add_argument('--split', default='test', choices=('test', 'val'),
@@ -95,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
   folder = None
   with store.stop_on_signals():
     try:
-      if not args.out.strip():  # '' is the current folder: --out= had written the set there.
-        raise errors.ConfigError('--out is empty: give the folder for the corrupted set')
       names = _parse_names(args.corruptions)
       if args.limit < 0:
         raise errors.ConfigError(f'--limit must be >= 0, got {args.limit}')
