@@ -41,7 +41,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   # else the others went on to their next collective and waited there for minutes.
   writer = (submission.SubmissionWriter(csv_path, files[0].num_images)
             if jax.process_index() == 0 else None)
-  start, predicted = time.perf_counter(), 0  # (Images this run predicted.)
+  start, resumed = time.perf_counter(), 0  # (Files kept by a stopped run: not predicted.)
   _say_resumed(kept, [f'ood_{f.path.stem}' for f in files], 'OOD')
   with contextlib.ExitStack() as stack:
     with parallel.fail_together(f'writing {csv_path}'):
@@ -50,7 +50,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
     for d, f in enumerate(tqdm.tqdm(files, desc='OOD files', unit='file',
                                     disable=jax.process_index() != 0)):
       pred, new = _predict_file(predictor, f, f'ood_{f.path.stem}', f.path.stem, kept)
-      predicted += f.num_images * new
+      resumed += not new
       with parallel.fail_together(f'writing {csv_path}'):
         if writer:
           writer.add(d, pred)
@@ -64,10 +64,10 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   seconds = time.perf_counter() - start
   result = {'ood_dir': str(pathlib.Path(ood_dir).resolve()), 'submission': str(csv_path.resolve()),
             'ood_seconds': seconds}
-  if predicted:  # The rate of this run's predictions (kept files took no inference).
-    result['ood_images_per_sec'] = predicted / seconds
-  if predicted < len(files) * files[0].num_images:
-    result['ood_files_resumed'] = len(files) - predicted // files[0].num_images
+  if resumed < len(files):  # The rate of this run's predictions (kept files took no inference).
+    result['ood_images_per_sec'] = (len(files) - resumed) * files[0].num_images / seconds
+  if resumed:
+    result['ood_files_resumed'] = resumed
   if scores:
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
