@@ -52,29 +52,41 @@ def flatten(d: dict) -> dict:
 
 
 class Lock:
-  """An exclusive, non-blocking `flock` on WORKDIR/.lock, released when the process ends."""
+  """An exclusive, non-blocking `flock` on WORKDIR/.lock (or another file `name` in the folder),
+  released when the process ends; the file names its holder."""
 
-  def __init__(self, workdir: pathlib.Path):
-    self.path = workdir / LOCK_FILE
+  def __init__(self, workdir: pathlib.Path, name: str = LOCK_FILE):
+    self.path = workdir / name
     self._fd = None
+    self.holder = ''  # Who held it, when try_acquire found it held.
 
-  def acquire(self) -> None:
+  def try_acquire(self) -> bool:
+    """Takes the lock, or returns False (and sets `holder`) when another process holds it; an
+    OSError when the file cannot be opened."""
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+      self.holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
       os.close(fd)
-      host = holder.split(' on ', 1)[1].split(',', 1)[0] if ' on ' in holder else None
-      # On NFS (v3) a crashed client's lock lasts until that host comes back (a cluster audit).
-      dead = (f'; if {host} is down, its lock can outlive it on a network filesystem: remove '
-              f'{self.path} then' if host and host != os.uname().nodename else '')
-      raise WorkdirError(f'workdir {self.path.parent} is in use by another run ({holder}); '
-                         f'wait for it to end or use another --workdir{dead}') from None
+      return False
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
     self._fd = fd
+    return True
+
+  def acquire(self) -> None:
+    """Takes the workdir's lock, or raises WorkdirError naming the run that holds it."""
+    if self.try_acquire():
+      return
+    holder = self.holder
+    host = holder.split(' on ', 1)[1].split(',', 1)[0] if ' on ' in holder else None
+    # On NFS (v3) a crashed client's lock lasts until that host comes back (a cluster audit).
+    dead = (f'; if {host} is down, its lock can outlive it on a network filesystem: remove '
+            f'{self.path} then' if host and host != os.uname().nodename else '')
+    raise WorkdirError(f'workdir {self.path.parent} is in use by another run ({holder}); '
+                       f'wait for it to end or use another --workdir{dead}')
 
   def release(self) -> None:
     if self._fd is not None:

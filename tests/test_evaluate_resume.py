@@ -210,7 +210,8 @@ def test_a_second_evaluation_with_the_same_tag_keeps_nothing_and_disturbs_nothin
   first = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 1})
   first.keep('ood_distortion00', np.arange(5))
   second = kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 2})
-  assert 'another evaluation with the same settings is using it' in capsys.readouterr().err
+  assert (f'another evaluation with the same settings is using it (pid {os.getpid()} on '
+          in capsys.readouterr().err)  # The holder, as the workdir's lock names it.
   second.keep('ood_distortion01', np.zeros(5))
   second.clear()
   assert second.get('ood_distortion00', 5) is None and second.stop_note() == ''

@@ -15,7 +15,6 @@ processes receive process 0's labels (a broadcast), so every process holds the s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pathlib
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 
 from jax_cifar import atomic_folder, errors, parallel, tracking
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import ood
 
 RECORD = 'kept.json'
@@ -72,20 +72,17 @@ class KeptPredictions:
 
   def _take_lock(self) -> bool:
     """Whether this run may read and write the folder: not while another evaluation with the
-    same tag does (its .part files, its clear() and its rmtree had broken each other's files)."""
-    path = self.folder.parent / f'.{self.folder.name}.lock'
+    same tag does (its temp files, its clear() and its rmtree had broken each other's files)."""
+    self._lock = workdir_lib.Lock(self.folder.parent, f'.{self.folder.name}.lock')
     try:
-      self._lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      return True
+      if self._lock.try_acquire():
+        return True
+      why = f'another evaluation with the same settings is using it ({self._lock.holder})'
     except OSError as e:
-      if self._lock is not None:
-        os.close(self._lock)
-        self._lock = None
-      why = ('another evaluation with the same settings is using it' if isinstance(
-          e, BlockingIOError) else errors.os_reason(e.errno, e.strerror or str(e)))
-      tracking.say(f'note: {self.folder}: {why}; this evaluation keeps no finished files')
-      return False
+      why = errors.os_reason(e.errno, e.strerror or str(e))
+    self._lock = None
+    tracking.say(f'note: {self.folder}: {why}; this evaluation keeps no finished files')
+    return False
 
   def _read_record(self) -> dict[str, int]:
     if not self.folder.is_dir():
@@ -176,12 +173,12 @@ class KeptPredictions:
       return
     shutil.rmtree(self.folder, ignore_errors=True)
     with contextlib.suppress(OSError):
-      os.unlink(self.folder.parent / f'.{self.folder.name}.lock')
+      os.unlink(self._lock.path)
     self.close()
 
   def close(self) -> None:
     """Lets the next evaluation in (the folder stays): what a stopped process's exit does, for a
     caller that evaluates again in the same process."""
     if self._lock is not None:
-      os.close(self._lock)
+      self._lock.release()
       self._lock, self._keeping = None, False
