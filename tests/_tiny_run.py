@@ -19,7 +19,8 @@ def get_config():
 '''
 
 
-def config():
+def config(config_file: str = CONFIG_FILE):
+  """The ConfigDict that a config file's text (by default the tiny run's) gives."""
   namespace = {}
-  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  exec(config_file, namespace)  # pylint: disable=exec-used
   return namespace['get_config']()

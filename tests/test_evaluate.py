@@ -22,6 +22,8 @@ from jax_cifar.evaluation import inference
 from jax_cifar.data import cifar100, ood
 from jax_cifar.state import predict_step
 
+import _tiny_run
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N_OOD = 10  # Images per distortion file (two per severity).
 
@@ -43,9 +45,7 @@ def get_config():
 
 
 def _config():
-  namespace = {}
-  exec(CONFIG_FILE, namespace)  # pylint: disable=exec-used
-  return namespace['get_config']()
+  return _tiny_run.config(CONFIG_FILE)
 
 
 @pytest.fixture(scope='module')
