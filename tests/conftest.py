@@ -18,20 +18,20 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 
-# The test files that take longest, longest first (worker-seconds, the mean of two full runs on a
-# 2-core machine, 2026-12-03: 342 .. 23 s; every file of 20 s or more, so that no file of a minute
+# The test files that take longest, longest first (worker-seconds of a clean-clone CI run on a
+# 2-core machine, 2026-12-05: 225 .. 14 s; every file of 14 s or more, so that no file of a minute
 # is left to the end in collection order). README's command runs files in this order (`--dist loadfile
 # --no-loadscope-reorder`), so no long file starts last while the other workers sit idle; by
 # default xdist would start the files with the most tests first, which are mostly quick ones.
-LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_workdir', 'test_multiprocess',
-                 'test_multiprocess_eval', 'test_convert', 'test_bf16', 'test_cli', 'test_evaluate',
-                 'test_models', 'test_transfer', 'test_ema', 'test_tent', 'test_gpu_ood',
-                 'test_benchmark', 'test_convert_safety', 'test_scan_blocks', 'test_bn_adapt',
-                 'test_evaluate_faults', 'test_corrupt_cli', 'test_corrupt_interrupt', 'test_grad_accum',
-                 'test_init_from', 'test_pretrained_weights',
-                 'test_augment_pipeline', 'test_checkpoints', 'test_train_step', 'test_tfds_source',
-                 'test_gpu_stage', 'test_install', 'test_console', 'test_augment', 'test_augmix',
-                 'test_api', 'test_tracking')
+LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_multiprocess_eval',
+                 'test_convert', 'test_bf16', 'test_models', 'test_workdir', 'test_evaluate',
+                 'test_ema', 'test_tent', 'test_transfer', 'test_train_step', 'test_cli',
+                 'test_init_from', 'test_scan_blocks', 'test_gpu_ood', 'test_augment_pipeline',
+                 'test_benchmark', 'test_grad_accum', 'test_api', 'test_bn_adapt',
+                 'test_evaluate_faults', 'test_checkpoints', 'test_convert_safety',
+                 'test_pretrained_weights', 'test_evaluate_resume', 'test_gpu_stage',
+                 'test_install', 'test_tfds_source', 'test_augment', 'test_augmix',
+                 'test_tracking', 'test_photometric', 'test_launch', 'test_corrupt_cli')
 
 
 def pytest_collection_modifyitems(items):
