@@ -275,3 +275,21 @@ def test_adaptation_improves_accuracy_on_strongly_corrupted_real_images(smoke_ru
   print(f'\n{len(test)} real test images: clean {clean:.4f}; ' + '; '.join(lines) + f'; z={z:.1f}')
   assert clean > 0.025, clean  # Learnt something; chance is 0.01.
   assert z >= 4.0 and counts['fog'][0] > counts['fog'][1], counts
+
+
+def test_the_adapted_statistics_are_the_chunks_numpy_mean_and_var(small):
+  """What the prediction uses, not only what the statistics pass measured: the adapted bn1 holds
+  the first layer's exact chunk mean and (population) variance."""
+  config, state, graphdef, mesh = small
+  images = _images(7, 50)
+  adapter = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
+  with jax.default_matmul_precision('highest'):
+    adapted = jax.device_get(adapter.adapt(state.params, state.batch_stats, images))
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    x = augment.to_model_input(jnp.asarray(images), image_size=32, normalize='cifar',
+                               dtype=jnp.float32)
+    pre_bn = np.asarray(model.conv1(x), np.float64)
+  mean, var = pre_bn.mean((0, 1, 2)), pre_bn.var((0, 1, 2))
+  np.testing.assert_allclose(adapted['bn1']['mean'][...], mean, rtol=0,
+                             atol=1e-4 * np.sqrt(var).max())
+  np.testing.assert_allclose(adapted['bn1']['var'][...], var, rtol=1e-4)

@@ -55,3 +55,15 @@ def test_per_class_tables_of_a_tfds_run_name_cifar100s_classes():
   assert (fine[0], fine[99], coarse[19]) == ('apple', 'worm', 'vehicles_2')
   c.data.source = 'synthetic'
   assert evaluate._class_names(c)[0][:2] == ['class_0', 'class_1']  # pylint: disable=protected-access
+
+
+def test_a_config_whose_crop_mode_differs_from_the_runs_is_refused(tmp_path):
+  """augment.crop_mode decides how --tta shifts pads its views: a run trained with 'reflect'
+  scored under 'constant' gives other numbers than the run's model would."""
+  recorded = default.get_config()
+  recorded.augment.crop_mode = 'reflect'
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded.to_dict()))
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"augment.crop_mode 'reflect' \(run\) vs 'constant' \(--config\)"):
+    inference.check_matches_run(default.get_config(), str(tmp_path))
+  inference.check_matches_run(recorded, str(tmp_path))

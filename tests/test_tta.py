@@ -126,3 +126,36 @@ def test_output_tags_name_every_mode():
   assert evaluate.output_tag('/x/ckpt/012/default') == 'step12'
   assert evaluate.output_tag('/x/my_export') == 'path'
   assert evaluate.output_tag('latest') == 'latest'
+
+
+def test_shifts_of_a_reflect_padded_run_average_reflect_padded_views(small):
+  """A run trained with augment.crop_mode='reflect' gets reflect-padded TTA views in every view
+  of the scan, not only the first (zero-padded views would score the model on images unlike
+  those it was trained on)."""
+  import copy  # pylint: disable=import-outside-toplevel
+  config, state, graphdef, mesh = small
+  config = copy.deepcopy(config)
+  config.augment.crop_mode = 'reflect'
+  images = np.random.default_rng(3).integers(0, 256, (32, 32, 32, 3), np.uint8)
+  with jax.default_matmul_precision('highest'):
+    predictor = inference.Predictor(state, mesh, 32, inference.make_predict(
+        config, graphdef, mesh, tta_mode='shifts'), None)
+    got = predictor.run(images, desc='shifts reflect')
+    views = np.concatenate([_numpy_view(images, *row, 'reflect')
+                            for row in tta.view_table('shifts')])
+    logits = np.asarray(jax.jit(lambda s, x: predict_step(
+        s.params, s.batch_stats, x, graphdef=graphdef, config=config))(state, views))
+  probs = np.asarray(jax.nn.softmax(logits)).reshape(18, len(images), -1)
+  np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-4, atol=1e-7)
+
+
+def test_predictions_of_many_batches_come_back_in_row_order(small):
+  """Five batches of 8 (more than the prefetch queue holds) give, row by row, what one batch of
+  40 gives: a batch yielded out of order would pair CSV rows with other images."""
+  config, state, graphdef, mesh = small
+  images = np.random.default_rng(4).integers(0, 256, (40, 32, 32, 3), np.uint8)
+  predict = inference.make_predict(config, graphdef, mesh)
+  with jax.default_matmul_precision('highest'):
+    whole = inference.Predictor(state, mesh, 40, predict, None).run(images, desc='one batch')
+    batched = inference.Predictor(state, mesh, 8, predict, None).run(images, desc='5 batches')
+  np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-5)
