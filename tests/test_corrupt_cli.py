@@ -272,3 +272,20 @@ def test_split_val_corrupts_the_trainers_validation_images(tmp_path, cifar_dir, 
   assert capsys.readouterr().err.strip().startswith(
       f'error: --data_dir {tmp_path / "typo"} is not an existing folder')
   assert not (tmp_path / 'bad').exists()
+
+
+@pytest.mark.parametrize('blocks,match', [
+    ([np.zeros((3, 32, 32, 3), np.uint8)], '3 rows written, expected 5'),
+    ([np.zeros((5, 32, 32, 3), np.float32)], 'block float32'),
+    ([np.zeros((5, 32, 32), np.uint8)], 'block uint8 \\(5, 32, 32\\)')])
+def test_a_file_whose_blocks_do_not_fill_its_header_is_never_renamed_into_place(
+    tmp_path, blocks, match):
+  """A generator yielding too few rows (or another dtype or shape) would leave a .npy whose
+  header promises more than it holds, recorded complete with a sha256: refused, nothing kept."""
+  options = {k: 0 for k in corrupt_store.SET_OPTIONS} | {'format': 'ds542'}
+  with corrupt_store.OutputDir(tmp_path / 'out', options) as out:
+    out.request(['fog'])
+    with pytest.raises(ValueError, match=match):
+      out.write(ood.distortion_file(11), (5, 32, 32, 3), np.uint8, blocks, corruption='fog')
+    assert out.progress() == (0, 1)
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [corrupt_store.MANIFEST]

@@ -295,3 +295,24 @@ def test_a_missing_key_lists_a_bounded_few_of_any_type(tmp_path):
   message = str(error.value)  # sorted() of int and str keys had been a TypeError (an audit).
   assert "missing key 'data' (has " in message and '(52 in all)' in message, message
   assert len(message) < 600 and '\n' not in message
+
+
+@pytest.mark.parametrize('split,expected', [
+    ({b'data': np.zeros((2, 3072), np.uint8), b'fine_labels': [3, 100]},
+     'fine_labels outside [0, 100)'),
+    ({b'data': np.zeros((2, 3072), np.uint8), b'fine_labels': [-1, 3]},
+     'fine_labels outside [0, 100)'),
+    ({b'data': np.zeros((2, 3072), np.uint8), b'fine_labels': [3, 4], b'coarse_labels': [0, 20]},
+     'coarse_labels outside [0, 20)'),
+    ({b'data': np.zeros((2, 3072), np.float32), b'fine_labels': [3, 4]},
+     'data is float32 (2, 3072), expected uint8 [N, 3072]'),
+    ({b'data': np.zeros((2, 3, 32, 32), np.uint8), b'fine_labels': [3, 4]},
+     'data is uint8 (2, 3, 32, 32), expected uint8 [N, 3072]'),
+])
+def test_labels_out_of_range_and_pixels_not_uint8_rows_are_refused(tmp_path, split, expected):
+  """Label 100 would index past a 100-way output; float pixels would be cast, not refused."""
+  folder = _split_folder(tmp_path, [1, 2]) / 'cifar-100-python'
+  (folder / 'test').write_bytes(pickle.dumps(split, protocol=2))
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, 'test', download=False)
+  assert expected in str(error.value) and '\n' not in str(error.value), error.value

@@ -261,7 +261,8 @@ def test_a_byte_order_mark_before_the_header_is_read_past_but_not_elsewhere(tmp_
     ('missing', 'missing 1 of the 19 distortion files: distortion11.npy$'),
     ('dtype', 'dtype float32'), ('shape', 'shape'),
     ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),
-    ('not_npy', 'not a readable .npy'), ('different_n', 'same N')])
+    ('not_npy', 'not a readable .npy'), ('different_n', 'same N'),
+    ('fortran', 'Fortran-ordered')])
 def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, match):
   for i in range(19):
     np.save(tmp_path / ood.distortion_file(i), np.zeros((10, 32, 32, 3), np.uint8))
@@ -280,6 +281,8 @@ def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, ma
     bad.write_bytes(bad.read_bytes() + b'\0')
   elif problem == 'not_npy':
     bad.write_bytes(b'id,label\n')
+  elif problem == 'fortran':
+    np.save(bad, np.asfortranarray(np.zeros((10, 32, 32, 3), np.uint8)))
   else:
     np.save(bad, np.zeros((15, 32, 32, 3), np.uint8))
   with pytest.raises(DataError, match=match) as e:
@@ -329,3 +332,16 @@ def test_writer_refuses_float_labels_instead_of_truncating_them(tmp_path):
     with submission.SubmissionWriter(tmp_path / 'sub.csv', 5) as w:
       w.add(0, np.array([1.0, 2.0, 7.9, 3.0, 4.0]))
   assert not list(tmp_path.iterdir())  # No CSV, no temporary file left.
+
+
+def test_writer_refuses_a_repeated_or_skipped_distortion_file(tmp_path):
+  """Rows of a file written twice (or one skipped) would give duplicate (or missing) ids that the
+  19-file count in finish() cannot see."""
+  for order, bad in (([0, 0], 'distortion 00 out of order; expected 01'),
+                     ([1], 'distortion 01 out of order; expected 00'),
+                     ([0, 2], 'distortion 02 out of order; expected 01')):
+    with pytest.raises(ValueError, match=bad):
+      with submission.SubmissionWriter(tmp_path / 'sub.csv', N) as w:
+        for d in order:
+          w.add(d, _labels(d))
+  assert not list(tmp_path.iterdir())
