@@ -6,6 +6,7 @@ a trained run: test_checkpoints.py.)"""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +143,93 @@ def test_storage_errors_keep_their_cause_and_drop_tensorstores_json_spec():
     assert step_folders.one_line(e) == cause
   assert [step_folders.is_step_number(t) for t in ('40', '040', '²', '٤٠', '4.0', '')] == [
       True, True, False, False, False, False]
+
+
+def test_a_non_finite_accuracy_never_becomes_best(tmp_path):
+  """A NaN val_accuracy (a diverged evaluation) never ranks as best: as best it would have made
+  every later comparison false, so each later score would have replaced it."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  state = {'w': np.ones(3, np.float32)}
+  assert not ckpts.maybe_save_best(state, 1, float('nan'))
+  assert ckpts.maybe_save_best(state, 2, 0.1)
+  assert not ckpts.maybe_save_best(state, 3, float('nan'))
+  ckpts.wait()
+  assert ckpts.best.all_steps() == [2] and ckpts.best_accuracy() == 0.1
+  ckpts.close()
+
+
+def _empty_biggest_array_file(step_dir: pathlib.Path) -> None:
+  arrays = [p for p in (step_dir / 'default').rglob('*') if p.is_file() and '/d/' in str(p)]
+  max(arrays, key=lambda p: p.stat().st_size).write_bytes(b'')
+
+
+def test_fallback_restores_the_newest_intact_step_and_sets_aside_only_the_damaged(tmp_path):
+  """checkpoint.keep=3, newest step's array file emptied (tensorstore: OUT_OF_RANGE): the resume
+  takes the newest intact step (6, not the oldest), and only step 9 goes to damaged/."""
+  ckpts = checkpoints.Checkpoints(tmp_path, keep=3)
+  weights = {s: np.random.default_rng(s).standard_normal(4096).astype(np.float32)
+             for s in (3, 6, 9)}  # (Random: orbax compresses constant arrays into its manifest.)
+  for step, w in weights.items():
+    ckpts.save_latest({'w': w}, step)
+  ckpts.wait()
+  latest = tmp_path / 'checkpoints' / 'latest'
+  _empty_biggest_array_file(latest / '9')
+  restored, step = ckpts.restore('latest', {'w': np.zeros(4096, np.float32)}, fallback=True)
+  assert step == 6
+  np.testing.assert_array_equal(restored['w'], weights[6])
+  assert [p.name for p in ckpts.set_aside_damaged('latest')] == ['latest-9']
+  assert sorted(p.name for p in latest.iterdir()) == ['3', '6']
+  ckpts.close()
+
+
+def test_a_step_damaged_again_is_set_aside_beside_its_earlier_damaged_copy(tmp_path):
+  """The same step number damaged twice: the second copy gets a name of its own in damaged/
+  (a fixed name would fail to move onto the first and stop the resume)."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  w = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+  latest = tmp_path / 'checkpoints' / 'latest'
+  ckpts.save_latest({'w': w}, 6)
+  for _ in range(2):  # Step 9 saved, damaged, set aside, saved again and damaged again.
+    ckpts.save_latest({'w': w + 9}, 9)
+    ckpts.wait()
+    _empty_biggest_array_file(latest / '9')
+    assert ckpts.restore('latest', {'w': w}, fallback=True)[1] == 6
+    ckpts.set_aside_damaged('latest')
+  assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'damaged').iterdir()) == [
+      'latest-9', 'latest-9.1']
+  ckpts.close()
+
+
+def test_a_best_step_whose_metrics_hold_no_accuracy_is_named_then_set_aside(tmp_path):
+  """A best step whose saved metrics have no val_accuracy cannot be ranked: an evaluation names
+  it, and a training run sets it aside rather than keeping an unrankable best."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  assert ckpts.maybe_save_best({'w': np.ones(3, np.float32)}, 4, 0.5)
+  ckpts.wait()
+  ckpts.close()
+  (tmp_path / 'checkpoints' / 'best' / '4' / 'metrics' / 'metrics').write_text('{"val_loss": 1.0}')
+  with pytest.raises(checkpoints.CheckpointError, match='holds no val_accuracy'):
+    checkpoints.Checkpoints(tmp_path, create=False).best  # pylint: disable=expression-not-assigned
+  resumed = checkpoints.Checkpoints(tmp_path)
+  assert resumed.best.all_steps() == []
+  assert (tmp_path / 'checkpoints' / 'damaged' / 'best-4' / 'metrics').is_dir()
+  resumed.close()
+
+
+def test_a_best_step_being_deleted_by_a_running_training_is_not_called_damaged(tmp_path):
+  """An evaluation beside a training run that is deleting its superseded best step (metrics and
+  metadata already gone) restores the current best, instead of calling 'best' damaged."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  w = np.arange(8, dtype=np.float32)
+  assert ckpts.maybe_save_best({'w': w}, 9, 0.5)
+  ckpts.wait()
+  ckpts.close()
+  best = tmp_path / 'checkpoints' / 'best'
+  shutil.copytree(best / '9', best / '4')  # The superseded best, as orbax's rmtree leaves it
+  shutil.rmtree(best / '4' / 'metrics')    # half way: metrics and metadata already gone.
+  (best / '4' / '_CHECKPOINT_METADATA').unlink()
+  evaluating = checkpoints.Checkpoints(tmp_path, create=False)
+  restored, step = evaluating.restore('best', {'w': np.zeros(8, np.float32)})
+  assert step == 9
+  np.testing.assert_array_equal(restored['w'], w)
+  evaluating.close()

@@ -11,6 +11,7 @@ import pytest
 from _train_cli import ROOT
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
+from jax_cifar.training import relaunch
 
 
 def test_config_changes_lists_differences_with_both_values():
@@ -192,3 +193,19 @@ def test_a_resume_lets_a_key_its_optimizer_ignores_change_and_refuses_one_it_use
       relaunch.check_config_change(after, tmp_path, 5, 10, 100)
     assert f'optim.momentum 0.9 -> {momentum}' in str(e.value)
     assert ("changes what the run's checkpoints hold" in str(e.value)) == (momentum == 0.0)
+
+
+def test_a_relaunch_cannot_end_the_schedule_before_the_epoch_it_resumes_at(tmp_path):
+  """check_config_change computes the epoch reached from the resumed step: 36 steps of 6 is
+  epoch 6, so num_epochs 10 -> 5 is refused and 10 -> 20 allowed."""
+  old = default.get_config()
+  old.train.num_epochs = 10
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.train.num_epochs = 5
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'train\.num_epochs 10\.0 -> 5\.0: the run is already at epoch 6\.00'):
+    relaunch.check_config_change(new, tmp_path, start_step=36, steps_per_epoch=6, total_steps=30)
+  new.train.num_epochs = 20
+  assert relaunch.check_config_change(new, tmp_path, start_step=36, steps_per_epoch=6,
+                                      total_steps=120) == {'train.num_epochs': (10.0, 20.0)}

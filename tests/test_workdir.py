@@ -382,3 +382,29 @@ def test_a_crafted_json_file_of_a_run_is_one_error_or_skipped(tmp_path, text, wh
   (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'train_loss': 2.0}) + '\n'
                                           + text + '\n' + json.dumps({'step': 2}) + '\n')
   assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_a_same_config_relaunch_at_step_0_keeps_the_earlier_launch_s_metrics(tmp_path):
+  """A relaunch at step 0 moves the earlier launch's logged rows to previous-*, where the new
+  launch's MetricsWriter cannot truncate them; an empty metrics.jsonl is nothing to keep."""
+  config = {'optim': {'learning_rate': 0.1}}
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 3, "train_loss": 2.0}\n')
+  previous = workdir_lib.set_aside_previous(tmp_path, config)
+  assert previous is not None and not (tmp_path / 'metrics.jsonl').exists()
+  assert (previous / 'metrics.jsonl').read_text() == '{"step": 3, "train_loss": 2.0}\n'
+  fresh = tmp_path / 'fresh'
+  fresh.mkdir()
+  (fresh / 'config.json').write_text(json.dumps(config))
+  (fresh / 'metrics.jsonl').write_text('')
+  assert workdir_lib.set_aside_previous(fresh, config) is None
+
+
+def test_a_workdir_holding_only_checkpoints_holds_a_run(tmp_path):
+  """Checkpoints alone (config.json deleted) still make a run that train.resume=false refuses
+  to train into; a save killed before its first commit does not."""
+  (tmp_path / 'checkpoints' / 'latest' / '6').mkdir(parents=True)
+  assert workdir_lib.existing_run(tmp_path) == 'checkpoints/'
+  empty = tmp_path / 'empty'
+  (empty / 'checkpoints' / 'latest' / '6.orbax-checkpoint-tmp').mkdir(parents=True)
+  assert workdir_lib.existing_run(empty) is None
