@@ -105,3 +105,19 @@ def test_an_archive_that_extracts_to_more_than_cifar_holds_is_refused_and_leaves
   assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
   monkeypatch.setattr(fetch, 'MAX_TOTAL_BYTES', 3 * largest)  # Within: extracted.
   assert len(cifar100.load_split(tmp_path, 'test', download=False)) == 20
+
+
+def test_an_archive_missing_a_file_is_refused_and_leaves_no_folder(tmp_path):
+  """An archive without one of train, test and meta is refused, and no partial
+  cifar-100-python/ folder is renamed into place beside it."""
+  folder = tmp_path / 'src' / 'cifar-100-python'
+  folder.mkdir(parents=True)
+  for name in ('train', 'meta'):  # No 'test': a partly made archive.
+    (folder / name).write_bytes(b'x')
+  data = tmp_path / 'data'
+  data.mkdir()
+  with tarfile.open(data / 'cifar-100-python.tar.gz', 'w:gz') as tar:
+    tar.add(folder, arcname='cifar-100-python')
+  with pytest.raises(fetch.DataError, match='no cifar-100-python/ folder with train, test and meta'):
+    fetch.find_or_fetch(data, download=False)
+  assert [p.name for p in data.iterdir()] == ['cifar-100-python.tar.gz']

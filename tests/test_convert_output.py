@@ -3,6 +3,7 @@ previous converter output, atomically, and never a folder of other files; a dama
 error naming it; temps of dead converters are removed, live ones kept."""
 
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -180,3 +181,36 @@ def test_a_checkpoint_declaring_more_values_than_its_arch_holds_is_refused_befor
       convert.read_converted(out, 'resnet18')
   out = _declaring(tmp_path / 'ok', (2, 3), {'arch': 'resnet18', 'num_classes': 3})
   assert convert.read_converted(out, 'resnet18')[1]['fc.kernel'].shape == (2, 3)  # Within: read.
+
+
+def test_publish_checks_again_before_replacing_a_folder_that_appeared_meanwhile(tmp_path):
+  """A folder that appears at the output path while the converter writes is checked again
+  before the swap: refused, it is left as it is, and no temporary folder stays."""
+  out = tmp_path / 'out'
+
+  def refuse():
+    raise RuntimeError('not a converted output')
+
+  with pytest.raises(RuntimeError, match='not a converted output'):
+    with atomic_folder.publish(str(out), refuse) as tmp:
+      pathlib.Path(tmp, 'state').write_text('converted')
+      out.mkdir()  # Another writer's folder appears while this one writes.
+      (out / 'notes.txt').write_text('mine')
+  assert sorted(p.name for p in out.iterdir()) == ['notes.txt']
+  assert (out / 'notes.txt').read_text() == 'mine'
+  assert [p.name for p in tmp_path.iterdir()] == ['out']  # No temp stays.
+
+
+def test_the_declared_size_limit_is_the_arch_s_own_size(tmp_path):
+  """The limit is exact: one value more than the arch holds is refused, as many as it holds is
+  read (and then found damaged, its chunks being gone)."""
+  # torchvision's resnet18 with a 3-class head: 11,178,051 parameters, + 9,600 BatchNorm
+  # running means and variances. _declaring's fc.bias declares 3 more values.
+  limit = 11_178_051 + 9_600
+  meta = {'arch': 'resnet18', 'num_classes': 3}
+  out = _declaring(tmp_path / 'over', (limit - 2, 1), meta)
+  with pytest.raises(convert.ConversionError, match=f'declare {limit + 1:,} values'):
+    convert.read_converted(out, 'resnet18')
+  out = _declaring(tmp_path / 'at', (limit - 3, 1), meta)
+  with pytest.raises(convert.ConversionError, match='is a damaged converted checkpoint'):
+    convert.read_converted(out, 'resnet18')

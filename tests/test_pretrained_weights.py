@@ -18,6 +18,7 @@ from conftest import load_script
 from _torch_resnets import (flax_model, nchw, random_torch_resnet, rel_diff, small_state_dict,
                             torch, torchvision)
 from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
+from jax_cifar.convert import _dotted, _flatten, _unflatten  # pylint: disable=protected-access
 from jax_cifar.models import create_model
 from jax_cifar.models.torch_init import torch_linear
 
@@ -254,3 +255,15 @@ def test_convert_script_rejects_bad_input_with_one_line_and_no_output(tmp_path, 
     assert err[-1].startswith('error: ') and needle in err[-1], err
     assert not out.exists()
   assert not (tmp_path / 'pwned').exists(), 'torch.load must not execute pickled code'
+
+
+def test_a_converted_checkpoint_missing_a_backbone_variable_is_named(tmp_path):
+  """One backbone variable missing from a converted checkpoint: an error naming it (not a bare
+  KeyError from deep in the load)."""
+  path = str(tmp_path / 'r18')
+  pure = {p: v for p, v in _flatten(torch_to_flax(small_state_dict(), 'resnet18'))
+          if _dotted(p) != 'layer2.1.bn2.var'}
+  save_converted(_unflatten(pure), 'resnet18', path)
+  model = nnx.eval_shape(lambda: create_model('resnet18', 100, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r'does not match the model: missing keys: layer2\.1\.bn2\.var$'):
+    load_pretrained(model, path, num_classes=100)

@@ -3,6 +3,7 @@
 Needs no data: the payloads are built here, and cifar100.read_pickle is the reader under test.
 """
 
+import io
 import os
 import pathlib
 import pickle
@@ -186,6 +187,7 @@ def _shared_lists(n: int) -> bytes:
   return out + b'h' + bytes([n])
 
 
+@pytest.mark.timeout(120)  # Walked as a tree, it does not fail: it runs for hours.
 def test_shared_objects_are_resolved_once():
   """Resolving stand-ins must not walk a shared structure as a tree (2**30 lists here)."""
   loaded = _load(PROTO + _shared_lists(30) + b'.')
@@ -316,3 +318,35 @@ def test_labels_out_of_range_and_pixels_not_uint8_rows_are_refused(tmp_path, spl
   with pytest.raises(DataError) as error:
     cifar100.load_split(tmp_path, 'test', download=False)
   assert expected in str(error.value) and '\n' not in str(error.value), error.value
+
+
+@pytest.mark.parametrize('module, name', [
+    *(('builtins', n) for n in ('getattr', 'setattr', '__import__', 'exec', 'compile', 'open',
+                                'type', 'object', 'globals', 'memoryview')),
+    ('__builtin__', 'getattr'), ('copyreg', '_reconstructor'), ('functools', 'partial')])
+def test_every_global_outside_the_allow_list_is_refused(module, name):
+  """A GLOBAL opcode alone, what any gadget chain (getattr -> __subclasses__ -> ...) starts with,
+  is refused by name: one more allowed global would be enough to reach code execution."""
+  with pytest.raises(safe_pickle.DisallowedGlobal, match=f'disallowed global {module}.{name}'):
+    safe_pickle.load(io.BytesIO(f'c{module}\n{name}\n.'.encode()))
+
+
+class _View:
+  """Pickles as numpy's _frombuffer over `data`: one bytes object, memoised once by pickle."""
+
+  def __init__(self, data: bytes):
+    self.data = data
+
+  def __reduce__(self):
+    return (np._core.numeric._frombuffer,  # pylint: disable=protected-access
+            (self.data, np.dtype('u1'), (len(self.data),), 'C'))
+
+
+def test_arrays_sharing_one_large_buffer_cannot_multiply_memory():
+  """100 arrays over one memoised 1 MB buffer would build 100 MB from a 1 MB file: refused."""
+  big = b'A' * (1 << 20)
+  payload = pickle.dumps([_View(big) for _ in range(100)], protocol=4)
+  assert len(payload) < 2 << 20
+  with pytest.raises(safe_pickle.DisallowedGlobal, match='more than 2x its own size'):
+    safe_pickle.load(io.BytesIO(payload))
+  assert safe_pickle.load(io.BytesIO(pickle.dumps([_View(big)], protocol=4)))[0].size == 1 << 20
