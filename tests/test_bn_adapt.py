@@ -118,6 +118,14 @@ def test_a_chunk_smaller_than_the_batch_is_not_padded_to_a_whole_batch(small):
       1, 32, 64, 256, 500, 500]
 
 
+def _model_and_first_conv_output(graphdef, state, images):
+  """(The model, what its first BatchNorm (bn1) sees for `images`, as float64)."""
+  model = nnx.merge(graphdef, state.params, state.batch_stats)
+  x = augment.to_model_input(jnp.asarray(images), image_size=32, normalize='cifar',
+                             dtype=jnp.float32)
+  return model, np.asarray(model.conv1(x), np.float64)
+
+
 def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
   """50 images in batches of 32: one padded batch, so masking and merging are both exercised."""
   config, state, graphdef, mesh = small
@@ -125,10 +133,7 @@ def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
   adapter = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
   with jax.default_matmul_precision('highest'):
     acc = jax.device_get(adapter.statistics(state.params, state.batch_stats, images))
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    x = augment.to_model_input(jnp.asarray(images), image_size=32, normalize='cifar',
-                               dtype=jnp.float32)
-    pre_bn = np.asarray(model.conv1(x), np.float64)  # What the first BatchNorm (bn1) sees.
+    model, pre_bn = _model_and_first_conv_output(graphdef, state, images)
   first = bn_adapt.batchnorm_paths(model).index(('bn1',))
   assert int(acc['count']) == 50
   mean, var = pre_bn.mean((0, 1, 2)), pre_bn.var((0, 1, 2))
@@ -285,10 +290,7 @@ def test_the_adapted_statistics_are_the_chunks_numpy_mean_and_var(small):
   adapter = bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats)
   with jax.default_matmul_precision('highest'):
     adapted = jax.device_get(adapter.adapt(state.params, state.batch_stats, images))
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    x = augment.to_model_input(jnp.asarray(images), image_size=32, normalize='cifar',
-                               dtype=jnp.float32)
-    pre_bn = np.asarray(model.conv1(x), np.float64)
+    pre_bn = _model_and_first_conv_output(graphdef, state, images)[1]
   mean, var = pre_bn.mean((0, 1, 2)), pre_bn.var((0, 1, 2))
   np.testing.assert_allclose(adapted['bn1']['mean'][...], mean, rtol=0,
                              atol=1e-4 * np.sqrt(var).max())

@@ -1,5 +1,7 @@
 """Test-time augmentation: each view is the claimed flip/translation, and predictions average them."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,18 +76,22 @@ def small():
   return (config,) + _random_model(config)
 
 
-def test_shifts_prediction_is_the_mean_softmax_of_the_18_numpy_views(small):
-  config, state, graphdef, mesh = small
-  images = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), np.uint8)  # 2 batches.
+def _shifts_and_numpy_views(config, state, graphdef, mesh, images, pad_mode):
+  """(`--tta shifts`' log-probabilities, the softmax of each NumPy-made view [18, N, C])."""
   with jax.default_matmul_precision('highest'):
     predictor = inference.Predictor(state, mesh, 32, inference.make_predict(
         config, graphdef, mesh, tta_mode='shifts'), None)
-    got = predictor.run(images, desc='shifts')
-    views = np.concatenate([_numpy_view(images, *row, 'constant')
+    got = predictor.run(images, desc=f'shifts {pad_mode}')
+    views = np.concatenate([_numpy_view(images, *row, pad_mode)
                             for row in tta.view_table('shifts')])
     logits = np.asarray(jax.jit(lambda s, x: predict_step(
         s.params, s.batch_stats, x, graphdef=graphdef, config=config))(state, views))
-  probs = np.asarray(jax.nn.softmax(logits)).reshape(18, len(images), -1)
+  return got, np.asarray(jax.nn.softmax(logits)).reshape(18, len(images), -1)
+
+
+def test_shifts_prediction_is_the_mean_softmax_of_the_18_numpy_views(small):
+  images = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), np.uint8)  # 2 batches.
+  got, probs = _shifts_and_numpy_views(*small, images, 'constant')
   np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-4, atol=1e-7)
   assert np.abs(np.exp(got) - probs[0]).max() > 1e-4  # The views differ: averaging did something.
 
@@ -132,20 +138,11 @@ def test_shifts_of_a_reflect_padded_run_average_reflect_padded_views(small):
   """A run trained with augment.crop_mode='reflect' gets reflect-padded TTA views in every view
   of the scan, not only the first (zero-padded views would score the model on images unlike
   those it was trained on)."""
-  import copy  # pylint: disable=import-outside-toplevel
   config, state, graphdef, mesh = small
   config = copy.deepcopy(config)
   config.augment.crop_mode = 'reflect'
   images = np.random.default_rng(3).integers(0, 256, (32, 32, 32, 3), np.uint8)
-  with jax.default_matmul_precision('highest'):
-    predictor = inference.Predictor(state, mesh, 32, inference.make_predict(
-        config, graphdef, mesh, tta_mode='shifts'), None)
-    got = predictor.run(images, desc='shifts reflect')
-    views = np.concatenate([_numpy_view(images, *row, 'reflect')
-                            for row in tta.view_table('shifts')])
-    logits = np.asarray(jax.jit(lambda s, x: predict_step(
-        s.params, s.batch_stats, x, graphdef=graphdef, config=config))(state, views))
-  probs = np.asarray(jax.nn.softmax(logits)).reshape(18, len(images), -1)
+  got, probs = _shifts_and_numpy_views(config, state, graphdef, mesh, images, 'reflect')
   np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-4, atol=1e-7)
 
 
