@@ -326,3 +326,14 @@ def test_a_damaged_step_without_an_intact_copy_names_the_steps_the_run_kept(run9
       rf'restore an intact step by number or path \(the run also kept steps? '
       rf'{", ".join(map(str, others))}: evaluate --checkpoint N, load_model\(run, N\)\)')):
     checkpoints.Checkpoints(workdir, create=False).restore('best', _target())
+
+
+def test_evaluating_a_damaged_latest_names_it_and_never_falls_back_to_an_older_step(run9, tmp_path):
+  """state.restore (evaluate, api.load_model, init_from) names a damaged 'latest' step: only a
+  training resume may quietly take an older step, an evaluation would report step 6 as step 9's."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', 'empty')
+  with pytest.raises(checkpoints.CheckpointError, match=r'damaged checkpoint .*step 9 '):
+    state_lib.restore(_config(0), workdir, 'latest')
+  assert int(state_lib.restore(_config(0), workdir, 'latest', fallback=True)[2]) == 6

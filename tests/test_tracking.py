@@ -9,6 +9,7 @@ import shutil
 import struct
 import zlib
 
+import numpy as np
 import pytest
 
 from _train_cli import train
@@ -216,3 +217,19 @@ def test_the_progress_bars_elapsed_time_never_goes_back_and_its_rate_leaves_vali
   assert shown == sorted(shown) and shown[-1] == 80.0  # Wall time, never back.
   assert bar.format_dict['rate'] == pytest.approx(1.0)  # 1 step/s: the 60 s left out.
   bar.close()
+
+
+def test_a_non_finite_metric_is_written_as_null_so_every_line_is_strict_json(tmp_path):
+  """NaN/inf (a skipped step's loss) are written as null: a bare NaN or Infinity is not JSON, and
+  strict readers (jq, JavaScript, most JSON libraries) refuse the whole file."""
+  config = default.get_config()
+  config.wandb.mode = 'disabled'
+  writer = tracking.MetricsWriter(tmp_path, config, resume_step=0)
+  writer.write(1, {'train_loss': np.float32('nan'), 'grad_norm': float('inf'), 'lr': 0.5})
+  writer.close()
+
+  def refuse(constant):
+    raise ValueError(f'not JSON: {constant}')
+  rows = [json.loads(line, parse_constant=refuse)
+          for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert rows == [{'step': 1, 'train_loss': None, 'grad_norm': None, 'lr': 0.5}]

@@ -11,7 +11,7 @@ from flax import nnx
 
 from conftest import require_module
 from jax_cifar.configs import default
-from jax_cifar import errors, optim
+from jax_cifar import errors, optim, parallel
 from jax_cifar.augment import mixing
 from jax_cifar.training import train_step
 from jax_cifar import state as state_lib
@@ -215,7 +215,6 @@ def test_the_logged_learning_rate_is_the_one_the_update_used():
   """metrics['learning_rate'] of step s is schedule(s), the rate of that step's update: 0 at the
   first step of a warm-up, whose update is then zero (logging schedule(s + 1) passed every test:
   a mutation audit)."""
-  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.name, c.model.stem, c.model.width, c.model.num_classes = 'resnet18', 'cifar', 4, 10
   c.train.batch_size, c.optim.warmup_epochs = 8, 1.0
@@ -324,3 +323,28 @@ def test_train_accuracy_scores_each_mixed_image_against_its_larger_label_share()
           state.replace(step=jnp.asarray(step, state.step.dtype)),
           {'image': images, 'label': labels})
   assert float(metrics['train_accuracy']) == 1.0
+
+
+def test_a_skipped_step_keeps_the_batchnorm_statistics_and_their_ema(monkeypatch):
+  """A step whose forward pass is non-finite is skipped whole: its NaN BatchNorm statistics never
+  reach the running ones (nor their EMA), which evaluation would then read as a model of NaNs."""
+  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
+  c.ema.decay = 0.9
+  tx, schedule = optim.make_optimizer(c.optim, 10, 10)
+  state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
+  real = train_step.model_input
+  monkeypatch.setattr(train_step, 'model_input', lambda *a: real(*a) * jnp.nan)
+  step = jax.jit(functools.partial(train_step.train_step, graphdef=graphdef, tx=tx,
+                                   schedule=schedule, config=c))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), np.uint8),
+           'label': rng.integers(0, 100, 16).astype(np.int32)}
+  new, _ = step(state, batch)
+  assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite_step) == 0
+  for before, after in ((state.batch_stats, new.batch_stats),
+                        (state.ema_batch_stats, new.ema_batch_stats)):
+    for a, b in zip(jax.tree.leaves(jax.device_get(before)), jax.tree.leaves(jax.device_get(after)),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
