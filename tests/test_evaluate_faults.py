@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -390,3 +391,20 @@ def test_measuring_ood_memory_on_a_run_leaves_the_runs_files_as_they_were(run):
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'OK: ' in json.loads(out.stdout)['csv_check']  # It measured a real evaluation ...
   assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before  # ... elsewhere.
+
+
+def test_a_second_signal_stops_at_once_with_the_first_ones_name():
+  """The first SIGTERM/SIGINT is only noted (the loop stops at its next check); a second one
+  raises at once, as the first signal's Interrupted (a hung batch is not waited for)."""
+  flag = interrupt.StopFlag()
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    flag.install()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.name == 'SIGINT'
+    with pytest.raises(interrupt.Interrupted) as stopped:
+      os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.name == 'SIGINT' and stopped.value.exit_code == 130
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)

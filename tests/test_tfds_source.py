@@ -338,3 +338,16 @@ def test_prepare_into_a_folder_that_cannot_be_made_is_one_line(manual_dir, tmp_p
                         capture_output=True, text=True, timeout=120, env=_env())
   assert code.returncode == 1 and code.stderr.startswith('error: '), code.stderr[-3000:]
   assert 'Traceback' not in code.stderr and code.stderr.count('\n') == 1, code.stderr
+
+
+def test_records_are_put_in_file_order_and_a_build_with_missing_or_repeated_ids_is_refused():
+  """Records come back sorted by the number in their id; ids that are not exactly 0..N-1 (a partial
+  or foreign build) are a DataError, not a silently shifted split."""
+  order = tfds_source._tfds_order  # pylint: disable=protected-access
+  records = [{'id': b'train_00002'}, {'id': 'train_00000'}, {'id': b'train_00001'}]
+  np.testing.assert_array_equal(order(records, 'here'), [1, 2, 0])
+  for ids in (['train_00000', 'train_00002'], ['train_00000', 'train_00000'], ['train_00001']):
+    with pytest.raises(cifar100.DataError, match='not 0..'):
+      order([{'id': i} for i in ids], 'here')
+  with pytest.raises(cifar100.DataError, match="unexpected example ids such as 'x'"):
+    order([{'id': 'x'}], 'here')

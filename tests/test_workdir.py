@@ -16,6 +16,7 @@ from _train_cli import ROOT, STEPS_PER_EPOCH, TINY, snapshot, the_error, train
 from jax_cifar import optim, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
+from jax_cifar.training import claim
 
 
 # A run that stopped at step 2 of 12 (checkpoints at steps 2): what every test resumes or guards.
@@ -408,3 +409,28 @@ def test_a_workdir_holding_only_checkpoints_holds_a_run(tmp_path):
   empty = tmp_path / 'empty'
   (empty / 'checkpoints' / 'latest' / '6.orbax-checkpoint-tmp').mkdir(parents=True)
   assert workdir_lib.existing_run(empty) is None
+
+
+def test_refusing_a_workdir_that_holds_a_run_releases_its_lock(tmp_path):
+  """train.resume=false refuses a workdir with a run and lets its lock go: a notebook's next call
+  in the same process (say with train.resume=true) is not told the run is 'in use'."""
+  (tmp_path / 'metrics.jsonl').write_text('')
+  config = default.get_config()
+  config.train.resume = False
+  with pytest.raises(workdir_lib.WorkdirError, match='already holds a run'):
+    claim.claim_workdir(config, tmp_path, created=False)
+  lock = workdir_lib.Lock(tmp_path)
+  assert lock.try_acquire(), lock.holder
+  lock.release()
+
+
+def test_resuming_a_run_does_not_call_its_own_files_foreign(tmp_path, caplog):
+  """The 'holds no run but N other entries' warning is for a folder without a run: a resumed
+  run's own config.json and metrics.jsonl are not named as someone else's files."""
+  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'metrics.jsonl').write_text('')
+  config = default.get_config()
+  config.train.resume = True
+  lock = claim.claim_workdir(config, tmp_path, created=False)
+  lock.release()
+  assert not [r for r in caplog.records if 'other entr' in r.getMessage()], caplog.text
