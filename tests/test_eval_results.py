@@ -341,3 +341,27 @@ def test_a_bare_file_name_is_written_in_the_current_folder(tmp_path, monkeypatch
   figures.save(fig, 'figure.png')
   assert (tmp_path / 'figure.png').read_bytes().startswith(b'\x89PNG')
   assert json.loads((tmp_path / 'eval_best.json').read_text())['test_accuracy'] == 0.5
+
+
+def test_eval_json_of_the_same_step_with_other_weights_is_set_aside(tmp_path):
+  """EMA numbers of a step never merge into the raw weights' numbers of that step: kept aside."""
+  path = tmp_path / 'eval_best.json'
+  raw = {'checkpoint': 'best', 'step': 2, 'weights': 'raw', 'ood_accuracy': 0.25}
+  path.write_text(json.dumps(raw))
+  ema = {'checkpoint': 'best', 'step': 2, 'weights': 'ema', 'test_accuracy': 0.5}
+  eval_json.write(path, ema)
+  assert json.loads(path.read_text()) == ema
+  assert json.loads((tmp_path / 'eval_best.step2.json').read_text()) == raw
+
+
+def test_eval_json_of_a_step_named_by_its_default_item_is_the_same_checkpoint(tmp_path):
+  """A step folder named by its default/ item is that step: the earlier numbers merge in."""
+  path = tmp_path / 'eval_step2.json'
+  old = {'checkpoint': 'run/checkpoints/latest/2', 'step': 2, 'weights': 'raw',
+         'ood_accuracy': 0.25}
+  path.write_text(json.dumps(old))
+  same = {'checkpoint': str(tmp_path / 'run/checkpoints/latest/2/default'), 'step': 2,
+          'weights': 'raw', 'test_accuracy': 0.5}
+  eval_json.write(path, same)
+  assert json.loads(path.read_text()) == {**old, **same}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json']

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jax_cifar import errors
-from jax_cifar.evaluation import figures, report
+from jax_cifar.evaluation import figures, report, stale_evals
 from jax_cifar.data import ood
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -400,3 +400,58 @@ def test_importing_and_drawing_leave_the_matplotlib_backend_alone(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == 'svg'  # Not switched to Agg.
   assert _is_png(tmp_path / 'out' / 'figure1_loss.png')
+
+
+def test_stale_checks_use_the_evaluated_kind_the_exact_step_and_the_last_write(tmp_path):
+  """An evaluation one step behind is stale; eval_latest is checked against checkpoints/latest,
+  not best; without a step, a checkpoint finished (commit_success.txt) after the file is newer."""
+  run_dir = tmp_path / 'run'
+  _best_checkpoint(run_dir, 50, 1_000_000)
+  latest = run_dir / 'checkpoints' / 'latest' / '100'
+  latest.mkdir(parents=True)
+  for name, step in (('eval_best', 50), ('eval_latest', 99)):
+    (run_dir / f'{name}.json').write_text(json.dumps({'step': step}))
+  run = {'dir': run_dir, 'label': 'run',
+         'evals': {'eval_best': {'step': 50}, 'eval_latest': {'step': 99}}}
+  assert stale_evals.behind(run, 'eval_latest') == (99, 100)
+  assert stale_evals.behind(run, 'eval_best') is None
+  assert [m.split(' holds')[0] for m in stale_evals.stale_evaluations(run)] == [
+      'run: eval_latest.json']
+  # No step recorded: written after the folder was made, before its last file was finished.
+  (run_dir / 'eval_best.json').write_text('{}')
+  run['evals'] = {'eval_best': {}}
+  os.utime(run_dir / 'eval_best.json', (1_000_000, 1_000_000))
+  os.utime(run_dir / 'checkpoints' / 'best' / '50' / 'commit_success.txt', (1_000_100,) * 2)
+  os.utime(run_dir / 'checkpoints' / 'best' / '50', (900_000, 900_000))
+  (run_dir / 'eval_latest.json').unlink()
+  assert ['eval_best.json (written' in m for m in stale_evals.stale_evaluations(run)] == [True]
+
+
+def test_the_best_val_accuracy_is_the_highest_not_the_last(tmp_path):
+  """A run whose validation accuracy fell at the end shows its highest one as best val acc."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  with open(run / 'metrics.jsonl', 'a') as f:
+    f.write('\n{"step": 150, "val_loss": 4.9, "val_accuracy": 0.01}\n')
+  assert report.summary_rows([report.load_run(run)])[0]['best_val_accuracy'] == pytest.approx(0.2)
+
+
+def test_a_summary_row_prefers_the_plain_evaluations_in_their_documented_order(tmp_path):
+  """eval_latest.json is shown before eval_best_ema.json, though the latter sorts first."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  (run / 'eval_best_ema.json').write_text(json.dumps({'test_accuracy': 0.1}))
+  (run / 'eval_latest.json').write_text(json.dumps({'test_accuracy': 0.2}))
+  row = report.summary_rows([report.load_run(run)])[0]
+  assert (row['run'], row['test_accuracy']) == ('run', 0.2)
+
+
+def test_the_confusion_matrix_is_row_normalised_and_grouped_on_both_axes(tmp_path, drawn):
+  """Each drawn row is a true class's fractions; rows and columns are ordered by superclass,
+  then by class index, so the diagonal stays the correct predictions."""
+  rng = np.random.default_rng(0)
+  cm = rng.integers(0, 5, (100, 100)) + np.eye(100, dtype=int) * 40
+  groups = np.arange(100) % 20
+  figures.plot_confusion(cm, tmp_path / 'cm.png', 'test', groups, [f's{i}' for i in range(20)])
+  shown = np.asarray(drawn[-1].axes[0].images[0].get_array())
+  order = np.array([c for g in range(20) for c in range(100) if groups[c] == g])
+  expected = (cm / cm.sum(axis=1, keepdims=True))[np.ix_(order, order)]
+  np.testing.assert_allclose(shown, expected, rtol=1e-6)
