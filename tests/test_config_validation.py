@@ -283,3 +283,25 @@ def test_values_at_the_edges_of_the_explicit_checks_pass():
   config_validation.validate(_config(**{'ema.decay': 0.99, 'ema.warmup_power': 0.75}))
   config_validation.validate(_config(**{'model.name': 'resnet18', 'model.image_size': 48}))
 
+
+@pytest.mark.parametrize('key, value', [
+    ('train.batch_size', 0), ('train.eval_batch_size', 0), ('checkpoint.keep', 0),
+    ('model.image_size', 15), ('optim.lr', 0.0), ('train.num_epochs', 0.0),
+    ('train.eval_every_epochs', 0.0), ('augment.augmix_alpha', 0.0),
+])
+def test_a_value_just_outside_a_lower_bound_is_refused_naming_the_key(key, value):
+  """Each lower bound is where the docs put it: 0 where >= 1 is needed, 0.0 where > 0 is."""
+  with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be in"):
+    config_validation.validate(_config(**{key: value}))
+
+
+@pytest.mark.parametrize('key, value', [('data.dir', 5), ('wandb.project', 1),
+                                        ('model.init_from', 0)])
+def test_a_number_for_a_string_key_is_refused_naming_it(key, value):
+  """A dict-built config's number where a path or name is expected is refused as the wrong type."""
+  flat = traverse_util.flatten_dict(default.get_config().to_dict(), sep='.')
+  flat[key] = value
+  c = ml_collections.ConfigDict(traverse_util.unflatten_dict(flat, sep='.'))
+  message = f"config key '{key}' must be of type str"
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(c)

@@ -146,3 +146,52 @@ def test_motion_blur_smears_along_its_angle_toward_positive_x():
                                 vertical.T)
   np.testing.assert_array_equal(corrupt_ops.motion_blur(vertical.T, radius=3, sigma=2, angle=90),
                                 out.T)
+
+
+def test_hsv_map_clips_the_channel_before_converting_back():
+  """Brightening a pixel already at full value leaves it as it is, hue kept (the channel is
+  clipped in HSV; clipping RGB afterwards would wash out its other channels)."""
+  x = np.array([[[[1.0, 0.5, 0.2]]]])
+  np.testing.assert_allclose(corrupt_ops.hsv_map(x, 2, lambda v: v + 0.3), x, atol=1e-6)
+  saturated = corrupt_ops.hsv_map(x, 1, lambda s: s * 2 + 0.5)  # Saturation 1 at most: no
+  np.testing.assert_allclose(saturated, [[[[1.0, 0.375, 0.0]]]], atol=1e-6)  # negative blue.
+
+
+def test_box3_borders_and_equalize_hist_rounding_follow_opencv():
+  """cv2.blur's default border reflects without repeating the edge (numpy's 'reflect' pad), and
+  cv2.equalizeHist rounds its lookup table to the nearest level."""
+  x = np.arange(30, dtype=np.float64).reshape(5, 6) ** 2
+  p = np.pad(x, 1, mode='reflect')  # = cv2.BORDER_REFLECT_101, cv2.blur's default.
+  ref = sum(p[i:i + 5, j:j + 6] for i in range(3) for j in range(3)) / 9
+  np.testing.assert_allclose(corrupt_ops.box3(x), ref, rtol=1e-12)
+  img = np.array([0, 1, 1, 2, 2, 2, 3, 3], np.uint8).reshape(2, 4)
+  np.testing.assert_array_equal(corrupt_ops.equalize_hist(img).ravel(),
+                                [0, 73, 73, 182, 182, 182, 255, 255])
+
+
+@pytest.mark.parametrize('name', ood.CORRUPTIONS)
+def test_each_image_is_corrupted_by_its_own_pixels_only(images, name):
+  """The first image of a batch comes out the same whatever image follows it (same seed): no
+  corruption reads, swaps or scales by another image of the batch."""
+  dark = (images[5] // 3).astype(np.uint8)  # A peak below the others' (fog scales by it).
+  a = corrupt.corrupt(np.stack([dark, images[1]]), name, 3, np.random.default_rng(4))
+  b = corrupt.corrupt(np.stack([dark, np.zeros_like(dark)]), name, 3, np.random.default_rng(4))
+  np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_snow_adds_its_layer_turned_half_round_on_the_same_image():
+  """On black images the snow is symmetric under a 180-degree turn of each image (make_cifar_c
+  adds the layer and its np.rot90(k=2) over the image axes, not the batch's)."""
+  black = np.zeros((3, 32, 32, 3), np.uint8)
+  out = corrupt.corrupt(black, 'snow', 3, np.random.default_rng(0)).astype(int)
+  np.testing.assert_allclose(out, np.rot90(out, k=2, axes=(1, 2)), atol=1)
+
+
+def test_shot_noise_is_poisson_counts_over_c_in_0_255():
+  """Severity 5: every pixel is floor(255 * min(n / c, 1)) for a Poisson count n (c=50)."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  out = corrupt.corrupt(x, 'shot_noise', 5, np.random.default_rng(1))
+  c = corrupt.PARAMS['shot_noise'][4]
+  allowed = np.floor(np.minimum(np.arange(2 * c) / c, 1) * 255).astype(np.uint8)
+  assert np.isin(out, allowed).all()
