@@ -275,6 +275,17 @@ def test_a_nonfinite_update_before_any_save_does_not_claim_a_checkpoint(tmp_path
   assert not [p for p in (tmp_path / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
 
 
+def test_a_nonfinite_update_stops_at_the_next_log_step_without_logging_its_row(tmp_path,
+                                                                             monkeypatch):
+  """Step 5 diverges, saves and validations far off: the run stops at log step 6, no row of it."""
+  _diverge_from_step_5(monkeypatch)
+  c = _config()
+  c.checkpoint.every_steps = 100
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [2, 4]
+
+
 def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):
   _diverge_from_step_5(monkeypatch)
   c = _config()

@@ -165,6 +165,16 @@ def test_a_fractional_number_of_epochs_trains_its_last_partial_epoch(tmp_path):
                                   if 'val_accuracy' in r][-1] == 9
 
 
+def test_the_last_step_logs_a_train_row_even_off_the_log_cadence(tmp_path):
+  """9 steps logged every 2: the last train row is step 9, averaging its 1 step (window_steps)."""
+  c = _synthetic_config(0)
+  c.model.name, c.train.num_epochs, c.checkpoint.every_steps = 'simple_cnn', 1.5, 100
+  trainer.train_and_evaluate(c, str(tmp_path))
+  rows = [r for r in tracking.read_metrics(tmp_path) if 'train_loss' in r]
+  assert [r['step'] for r in rows] == [2, 4, 6, 8, 9]
+  assert rows[-1]['window_steps'] == 1 and 'window_steps' not in rows[-2]
+
+
 @pytest.mark.slow
 @pytest.mark.optimized_xla  # The evaluation of 4,000 real images (the training: conftest.smoke_run).
 def test_smoke_run_on_real_data_learns_and_evaluate_reproduces_it(smoke_run, cifar_dir):
