@@ -46,6 +46,18 @@ def test_an_override_given_twice_is_named_with_the_value_used():
       '--config.x.on is given 2 times ((no value), (no value)): the last one, (no value), is used']
 
 
+def test_overrides_change_the_last_workdirs_config_and_leave_a_given_config_alone():
+  """Overrides without --config load the run of the last --workdir (the one absl uses); with
+  --config, argv is kept as given."""
+  seen = []
+  argv = ['evaluate', '--workdir', 'a', '--workdir=b', '--config.seed=1']
+  out = cli.run_config_overrides(argv, seen.append)
+  assert seen == ['b'] and out == [argv[0], f'--config={cli._RUN_CONFIG}:b', *argv[1:]]
+  for given in (['--config', 'c.py'], ['--config=c.py']):
+    argv = ['evaluate', *given, '--workdir', 'w', '--config.seed=1']
+    assert cli.run_config_overrides(argv, seen.append) == argv and seen == ['b']
+
+
 def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):
   line = _usage_error(train(tmp_path / 'run', '--config.optim.learning_rate=0.1'))
   assert line == ("error: --config.optim.learning_rate: the config has no key 'learning_rate' "

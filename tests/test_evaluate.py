@@ -267,6 +267,20 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
     evaluate.evaluate(_config(), str(workdir), '999')
 
 
+def test_the_command_passes_its_flags_on_and_defaults_to_the_best_checkpoint(run):
+  """--weights, --tta and --bn_adapt reach evaluate() from the command line; without
+  --checkpoint, 'best' is evaluated."""
+  workdir = run / 'run'
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(workdir),
+                         '--weights', 'auto', '--tta', 'flip', '--bn_adapt'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (line['checkpoint'], line['tta'], line['bn_adapt']) == ('best', 'flip', True), line
+  detail = json.loads((workdir / 'eval_best_auto_tta-flip_bn-adapt.json').read_text())
+  assert detail['bn_adapt'] is True and detail['tta'] == 'flip'
+
+
 def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):
   """--tent (with a non-default setting) through the command: bn_adapt is on, the settings are in
   the JSON and the tag; the Tent settings without --tent are one error line."""

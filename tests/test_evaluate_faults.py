@@ -147,6 +147,24 @@ def test_a_signal_while_starting_ends_the_process_even_where_an_exception_would_
   assert proc.stderr == 'error: stopped by SIGTERM while starting\n', proc.stderr
 
 
+def test_ctrl_c_while_starting_also_ends_the_process_in_one_line():
+  """SIGINT (Ctrl-C), not only SIGTERM, is caught while starting: status 130, one line, no
+  traceback."""
+  code = ('import os, signal, time\n'
+          'from jax_cifar import starting\n'
+          'starting.install()\n'
+          'try:\n'
+          '  os.kill(os.getpid(), signal.SIGINT)\n'
+          '  time.sleep(5)\n'
+          'except BaseException:\n'
+          '  pass\n'
+          'print("went on")\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 130 and proc.stdout == '', (proc.returncode, proc.stdout)
+  assert proc.stderr == 'error: stopped by SIGINT while starting\n', proc.stderr
+
+
 def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path):
   folder = tmp_path / 'a_folder'
   folder.mkdir()
