@@ -359,3 +359,61 @@ def test_init_follows_torchvision():
   for p in (model.fc.kernel, model.fc.bias):
     v = np.asarray(p[...])
     assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnext50_32x4d', 'wide_resnet50_2', 'simple_cnn'])
+def test_num_features_is_the_heads_input_width_for_bottleneck_nets_too(name):
+  """model.num_features (timm's name, bn_adapt reads it) equals fc's in_features: 2048 x
+  width/64 for the bottleneck nets."""
+  model = _abstract(name, 10, width=16)
+  assert model.num_features == model.fc.in_features
+  headless = _abstract(name, 0, width=16)
+  assert _logits_shape(headless, (1, 32, 32, 3)).shape == (1, model.num_features)
+
+
+def test_simple_cnn_is_the_course_baseline_conv_relu_pool_then_mlp_with_relu():
+  """SimpleCNN's forward, written out: max-pools, a 64 px input average-pooled to 8x8, ReLU on
+  fc1."""
+  model = create_model('simple_cnn', 7, rngs=nnx.Rngs(0))
+  headless = create_model('simple_cnn', 0, rngs=nnx.Rngs(0))
+
+  def reference(x):
+    for conv in (model.conv1, model.conv2):
+      x = jax.lax.conv_general_dilated(x, conv.kernel[...], (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x = jnp.maximum(x + conv.bias[...], 0)
+      n, h, w, c = x.shape
+      x = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    n, h, w, c = x.shape
+    x = x.reshape(n, 8, h // 8, 8, w // 8, c).mean(axis=(2, 4)).reshape(n, -1)
+    features = jnp.maximum(x @ model.fc1.kernel[...] + model.fc1.bias[...], 0)
+    return features, features @ model.fc.kernel[...] + model.fc.bias[...]
+
+  for size in (32, 64):
+    x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+    features, logits = reference(x)
+    np.testing.assert_allclose(model(x, train=False), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(headless(x, train=False), features, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_simple_cnn_computes_its_convs_and_dense_layers_in_bf16():
+  """dtype=bfloat16 reaches SimpleCNN too: bf16 convs and matmuls, float32 params and logits."""
+  model = create_model('simple_cnn', 10, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model))} == {jnp.dtype(jnp.float32)}
+  x = jnp.ones((2, 32, 32, 3))
+  assert model(x, train=False).dtype == jnp.float32
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(state, x))
+  ops = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l or 'dot_general' in l]
+  assert len(ops) == 4 and all('bf16' in l for l in ops)
+
+
+@pytest.mark.parametrize('stem', ['cifar', 'imagenet'])
+def test_cifar_stem_keeps_the_full_resolution_imagenets_quarters_it(stem):
+  """cifar: 3x3/1 conv, no max-pool (32 px stay 32); imagenet: 7x7/2 conv, then 3x3/2 max-pool."""
+  model = create_model('resnet18', 10, stem=stem, width=4, rngs=nnx.Rngs(0))
+  x = jnp.zeros((1, 32, 32, 3))
+  assert model.conv1(x).shape == ((1, 32, 32, 4) if stem == 'cifar' else (1, 16, 16, 4))
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(state, x))
+  assert jaxpr.count('reduce_window_max') == (0 if stem == 'cifar' else 1)

@@ -1,6 +1,7 @@
 """model.scan_blocks: each stage's repeated residual block compiled once, same numbers and layout."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +123,20 @@ def test_a_run_may_resume_with_scan_blocks_or_remat_changed():
   assert set(changes) == {'model.scan_blocks', 'model.remat'}
   new = workdir.flatten(_config(scan_blocks=True, remat=True).to_dict())
   assert workdir.check_resume(changes, allow=False, epoch=0.5, workdir='runs/a', new=new) == []
+
+
+def _checkpoints(model, x) -> int:
+  """jax.checkpoint (nnx.remat) regions in the train-mode forward's jaxpr, nested ones included."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  fwd = lambda p, r: jnp.sum(nnx.merge(graphdef, p, r, copy=True)(x, train=True))
+  # jax.checkpoint's primitive prints as remat2 (checkpoint in some jax versions).
+  return len(re.findall(r'= (?:remat2|checkpoint)\[', str(jax.make_jaxpr(fwd)(params, rest))))
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_remat_puts_every_block_under_a_checkpoint_scanned_or_not(scan):
+  """model.remat must really rematerialise (its saving is GPU memory, invisible in the numbers)."""
+  x = jnp.zeros((2, 32, 32, 3))
+  assert _checkpoints(_model('resnet18', scan), x) == 0
+  # resnet18: 8 blocks; scanned, layer1's two equal blocks are one checkpointed scan body.
+  assert _checkpoints(_model('resnet18', scan, remat=True), x) == (7 if scan else 8)
