@@ -153,3 +153,31 @@ def test_analysis_only_plan_of_a_real_model_is_consistent_with_its_measurements(
     assert (out['step_flops'] is None) == (accum > 1), (accum, out['step_flops'])
     if accum > 1:
       assert out['flops_source'].startswith('not counted')
+
+
+def test_largest_fitting_keeps_to_the_batch_quantum():
+  """--batch_quantum 8: the largest multiple of 8 that fits (16 under a cap that fits 20), not
+  20."""
+  fits = lambda b: _memory_model(b, 1, False) <= 300
+  good, bad = batch_fit.largest_fitting(fits, 8, 4096, quantum=8)
+  assert (good, bad) == (16, 24)
+
+
+def test_find_batch_size_plans_no_remat_for_simple_cnn(monkeypatch):
+  """simple_cnn has no residual blocks (model.remat is refused for it): no remat plan, even in
+  need."""
+  remats = []
+
+  def fake_bench(config, steps, warmup, mem_cap=None, options=None, analysis_only=False):
+    remats.append(config.model.remat)
+    m = _memory_model(config.train.batch_size, config.train.grad_accum_steps, config.model.remat)
+    return {'program_bytes': m, 'over_cap': m > mem_cap, 'compile_s': 0.0}
+
+  monkeypatch.setattr(benchmark, 'bench_jax', fake_bench)
+  monkeypatch.setattr(benchmark, '_release', lambda: None)
+  args = benchmark.parse_args(['--find_batch_size', '--analysis_only', '--mem_cap_gb',
+                               str(400 / 2**30), '--batch_quantum', '1', '--recipe_batch', '128',
+                               '--remat', 'on'])
+  r = benchmark.find_batch_size('simple_cnn', 'float32', 32, args)
+  assert [p['remat'] for p in r['plans']] == [False] and r['plans'][0]['grad_accum_steps'] == 8
+  assert not any(remats)

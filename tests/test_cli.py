@@ -195,6 +195,9 @@ def _fail_or_raise(tmp_path, exception: str):
     ("submission.SubmissionError('3 rows')", 'error: 3 rows'),
     ("PermissionError(13, 'Permission denied', '/x/metrics.jsonl')",
      'error: /x/metrics.jsonl: Permission denied'),
+    # A message over several lines (an allowed list, a hint) is still one line.
+    ("errors.ConfigError('model.stem=x is unknown\\nallowed: imagenet, cifar')",
+     'error: model.stem=x is unknown allowed: imagenet, cifar'),
 ])
 def test_bad_input_is_one_error_line(tmp_path, exception, line):
   proc = _fail_or_raise(tmp_path, exception)

@@ -455,3 +455,11 @@ def test_the_confusion_matrix_is_row_normalised_and_grouped_on_both_axes(tmp_pat
   order = np.array([c for g in range(20) for c in range(100) if groups[c] == g])
   expected = (cm / cm.sum(axis=1, keepdims=True))[np.ix_(order, order)]
   np.testing.assert_allclose(shown, expected, rtol=1e-6)
+
+
+def test_python_m_jax_cifar_report_exits_1_on_a_folder_that_is_not_a_run(tmp_path):
+  """`python -m jax_cifar.report` passes main's status on: a failed report must not exit 0."""
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.report', str(tmp_path / 'nowhere'),
+                         '--out', str(tmp_path / 'out')], capture_output=True, text=True,
+                        timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 1 and 'no such folder' in proc.stderr, proc.stderr[-2000:]

@@ -23,6 +23,7 @@ import pytest
 from _build_tfds_offline import no_network
 from conftest import require_module
 
+from jax_cifar import errors
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, prepare_tfds, tfds_source
 
@@ -351,3 +352,20 @@ def test_records_are_put_in_file_order_and_a_build_with_missing_or_repeated_ids_
       order([{'id': i} for i in ids], 'here')
   with pytest.raises(cifar100.DataError, match="unexpected example ids such as 'x'"):
     order([{'id': 'x'}], 'here')
+
+
+def test_an_os_error_while_building_is_named_as_the_os_says_not_as_a_failed_download(
+    manual_dir, tmp_path, monkeypatch):
+  """A full disk while tfds writes the build is the OS's error (disk full), not 'cannot
+  download'."""
+  from tensorflow_datasets.core import dataset_builder  # pylint: disable=g-import-not-at-top
+
+  def disk_full(self, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / 'tfds'))
+
+  monkeypatch.setattr(dataset_builder.DatasetBuilder, 'download_and_prepare', disk_full)
+  with no_network() as attempts, pytest.raises(OSError) as error:
+    prepare_tfds.prepare(str(tmp_path / 'tfds'), str(manual_dir))
+  assert attempts == [] and not isinstance(error.value, cifar100.DataError)
+  assert errors.user_message(error.value) == (
+      f'{tmp_path / "tfds"}: {os.strerror(errno.ENOSPC)} (disk full)')
