@@ -129,40 +129,25 @@ def test_a_signal_during_the_last_batches_still_stops_before_any_result_is_writt
   assert not proc.stdout.strip()
 
 
-def test_a_signal_while_starting_ends_the_process_even_where_an_exception_would_be_swallowed():
+@pytest.mark.parametrize('name, status', [('SIGTERM', 143), ('SIGINT', 130)])
+def test_a_signal_while_starting_ends_the_process_even_where_an_exception_would_be_swallowed(
+    name, status):
   """The start-up handler raised SystemExit, which JAX's import-time callbacks could swallow (the
-  run then went on and exited 0) or turn into an abort with a page of traceback (an audit)."""
+  run then went on and exited 0) or turn into an abort with a page of traceback (an audit).
+  Ctrl-C (SIGINT) is caught as SIGTERM is: one line, status 128 + the signal's number."""
   code = ('import os, signal, time\n'
           'from jax_cifar import starting\n'
           'starting.install()\n'
           'try:\n'
-          '  os.kill(os.getpid(), signal.SIGTERM)\n'
+          f'  os.kill(os.getpid(), signal.{name})\n'
           '  time.sleep(5)\n'
           'except BaseException:\n'
           '  pass\n'
           'print("went on")\n')
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                         timeout=60)
-  assert proc.returncode == 143 and proc.stdout == '', (proc.returncode, proc.stdout)
-  assert proc.stderr == 'error: stopped by SIGTERM while starting\n', proc.stderr
-
-
-def test_ctrl_c_while_starting_also_ends_the_process_in_one_line():
-  """SIGINT (Ctrl-C), not only SIGTERM, is caught while starting: status 130, one line, no
-  traceback."""
-  code = ('import os, signal, time\n'
-          'from jax_cifar import starting\n'
-          'starting.install()\n'
-          'try:\n'
-          '  os.kill(os.getpid(), signal.SIGINT)\n'
-          '  time.sleep(5)\n'
-          'except BaseException:\n'
-          '  pass\n'
-          'print("went on")\n')
-  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=60)
-  assert proc.returncode == 130 and proc.stdout == '', (proc.returncode, proc.stdout)
-  assert proc.stderr == 'error: stopped by SIGINT while starting\n', proc.stderr
+  assert proc.returncode == status and proc.stdout == '', (proc.returncode, proc.stdout)
+  assert proc.stderr == f'error: stopped by {name} while starting\n', proc.stderr
 
 
 def test_a_bad_submission_path_fails_in_one_line_before_inference(run, tmp_path):
