@@ -17,6 +17,7 @@ import pytest
 from jax_cifar import checkpoints, errors, optim, parallel, step_folders
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
+from test_checkpoints import _damage
 
 
 @pytest.mark.parametrize('ema', [0.0, 0.9])
@@ -158,11 +159,6 @@ def test_a_non_finite_accuracy_never_becomes_best(tmp_path):
   ckpts.close()
 
 
-def _empty_biggest_array_file(step_dir: pathlib.Path) -> None:
-  arrays = [p for p in (step_dir / 'default').rglob('*') if p.is_file() and '/d/' in str(p)]
-  max(arrays, key=lambda p: p.stat().st_size).write_bytes(b'')
-
-
 def test_fallback_restores_the_newest_intact_step_and_sets_aside_only_the_damaged(tmp_path):
   """checkpoint.keep=3, newest step's array file emptied (tensorstore: OUT_OF_RANGE): the resume
   takes the newest intact step (6, not the oldest), and only step 9 goes to damaged/."""
@@ -173,7 +169,7 @@ def test_fallback_restores_the_newest_intact_step_and_sets_aside_only_the_damage
     ckpts.save_latest({'w': w}, step)
   ckpts.wait()
   latest = tmp_path / 'checkpoints' / 'latest'
-  _empty_biggest_array_file(latest / '9')
+  _damage(latest / '9', 'empty')
   restored, step = ckpts.restore('latest', {'w': np.zeros(4096, np.float32)}, fallback=True)
   assert step == 6
   np.testing.assert_array_equal(restored['w'], weights[6])
@@ -192,7 +188,7 @@ def test_a_step_damaged_again_is_set_aside_beside_its_earlier_damaged_copy(tmp_p
   for _ in range(2):  # Step 9 saved, damaged, set aside, saved again and damaged again.
     ckpts.save_latest({'w': w + 9}, 9)
     ckpts.wait()
-    _empty_biggest_array_file(latest / '9')
+    _damage(latest / '9', 'empty')
     assert ckpts.restore('latest', {'w': w}, fallback=True)[1] == 6
     ckpts.set_aside_damaged('latest')
   assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'damaged').iterdir()) == [
