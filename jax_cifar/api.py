@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, step_folders, workdir
+from jax_cifar import checkpoints, errors, parallel, step_folders, workdir
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -149,9 +149,10 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
 @functools.lru_cache(maxsize=8)
 def _probabilities_fn(graphdef: nnx.GraphDef, image_size: int, normalize: str, dtype: str):
   """One jitted function per model structure and input preparation, so repeated `predict` calls
-  (a notebook loop) reuse its compilation instead of tracing a new closure each time."""
+  (a notebook loop) reuse its compilation instead of tracing a new closure each time. It is
+  compiled with evaluate's CPU options (a bfloat16 model needs one of them)."""
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=parallel.step_compiler_options(dtype))
   def probabilities(state, x):
     x = augment.to_model_input(x, image_size=image_size, normalize=normalize,
                                dtype=jnp.dtype(dtype))

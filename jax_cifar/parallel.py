@@ -163,23 +163,33 @@ CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'algsimp',
                         'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
+# XLA:CPU's YNNPACK fusions compute garbage for bfloat16 ResNets in jax 0.12.0.1 (an eval-mode
+# forward gave NaN or 1e36 logits, other rows on each compile; jax 0.10.2 is right): off for
+# non-float32 programs on the CPU whatever JAX_CIFAR_XLA_DEFAULTS says (docs/benchmarks.md).
+BF16_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
 def step_compiler_options(dtype: str = 'float32') -> dict | None:
-  """CPU-only XLA options for the train/eval steps; JAX_CIFAR_XLA_DEFAULTS=1 turns them off.
+  """CPU-only XLA options for the train/eval steps; JAX_CIFAR_XLA_DEFAULTS=1 turns them off,
+  apart from BF16_CPU_OPTIONS, which a bfloat16 program needs to compute the right numbers.
 
   bfloat16 gets only the YNNPACK one (ResNet-50 at 224 px: 2.7 -> 3.3-4.1 img/s): without the
   algebraic simplifier, bf16 training on CPU learnt measurably worse (tests/test_bf16.py: 0.69 vs
   0.82 accuracy, float32 0.87/0.85), so the simplifier stays on for it.
   """
-  if jax.default_backend() != 'cpu' or os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+  if jax.default_backend() != 'cpu':
     return None
   if dtype != 'float32':
-    return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k != 'xla_disable_hlo_passes'}
+    return dict(BF16_CPU_OPTIONS)
+  if os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+    return None
   return dict(CPU_COMPILER_OPTIONS)
 
 
-def precise_compiler_options() -> dict | None:
+def precise_compiler_options(dtype: str = 'float32') -> dict | None:
   """CPU-only XLA options for programs whose precision matters more than their speed (Tent's few
-  gradient steps): no YNNPACK fusions, and AVX2 code.
+  gradient steps): no YNNPACK fusions, and AVX2 code. JAX_CIFAR_XLA_DEFAULTS=1 turns them off,
+  apart from BF16_CPU_OPTIONS for a bfloat16 program.
 
   XLA:CPU's convolution code lost precision in some whole programs (docs/benchmarks.md): a
   BatchNorm-affine gradient through YNNPACK's convolutions came out 9e-2 off torch float64 on an
@@ -187,9 +197,11 @@ def precise_compiler_options() -> dict | None:
   with AMX. Both were as close as torch float32 with these options. (Their speed was not measured
   on Tent; the train step ran at the same speed with AVX2 code on that Xeon.)
   """
-  if jax.default_backend() != 'cpu' or os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+  if jax.default_backend() != 'cpu':
     return None
-  return {'xla_cpu_experimental_ynn_fusion_type': '', 'xla_cpu_max_isa': 'AVX2'}
+  if os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+    return dict(BF16_CPU_OPTIONS) if dtype != 'float32' else None
+  return {**BF16_CPU_OPTIONS, 'xla_cpu_max_isa': 'AVX2'}
 
 
 def make_mesh() -> Mesh:

@@ -227,7 +227,10 @@ def test_the_logged_learning_rate_is_the_one_the_update_used():
                                                     schedule=schedule, config=c))
   for s in range(3):
     state, metrics = step(state, batch)
-    assert float(metrics['learning_rate']) == float(schedule(s)), s
+    # To float32 rounding: XLA may compute the schedule inside the step in another order (jax
+    # 0.12 differs in the last bit); the next step's rate is at least 1.5 times this one.
+    np.testing.assert_allclose(float(metrics['learning_rate']), float(schedule(s)), rtol=1e-6,
+                               err_msg=f'step {s}')
     assert (float(metrics['update_norm']) == 0.0) == (s == 0), (s, float(metrics['update_norm']))
   assert float(schedule(1)) > 0
 

@@ -40,6 +40,19 @@ def test_bfloat16_steps_get_only_the_option_that_leaves_the_simplifier_on():
   assert 'xla_disable_hlo_passes' in parallel.step_compiler_options('float32')
 
 
+def test_xla_defaults_keep_ynnpack_fusions_off_for_bfloat16_only(monkeypatch):
+  """JAX_CIFAR_XLA_DEFAULTS=1 gives float32 programs XLA's own options; a bfloat16 program keeps
+  YNNPACK's fusions off (they computed NaN logits in jax 0.12.0.1: tests/test_bf16.py)."""
+  monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '1')
+  off = {'xla_cpu_experimental_ynn_fusion_type': ''}
+  assert parallel.step_compiler_options('float32') is None
+  assert parallel.precise_compiler_options('float32') is None
+  assert parallel.step_compiler_options('bfloat16') == off
+  assert parallel.precise_compiler_options('bfloat16') == off
+  monkeypatch.delenv('JAX_CIFAR_XLA_DEFAULTS')
+  assert parallel.precise_compiler_options('bfloat16') == {**off, 'xla_cpu_max_isa': 'AVX2'}
+
+
 def test_a_bfloat16_run_on_cpu_is_told_that_bfloat16_is_for_gpus():
   from jax_cifar.training import trainer  # pylint: disable=g-import-not-at-top
   assert 'bfloat16 is for GPUs and TPUs' in trainer.dtype_note('bfloat16', 'cpu')
