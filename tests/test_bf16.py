@@ -163,11 +163,12 @@ def test_no_bfloat16_program_on_the_cpu_uses_ynnpack_fusions_even_with_xla_defau
   hlo = {k: v if isinstance(v, str) else '\n'.join(v) for k, v in hlo.items()}
   assert all('convolution(' in text for text in hlo.values()), [k for k in hlo if not hlo[k]]
   assert not [k for k, text in hlo.items() if '__ynn_fusion' in text]
-  # Without the option, XLA:CPU does fuse these programs with YNNPACK (the check above can fail).
+  # Without the option, XLA:CPU fuses these programs with YNNPACK under jax 0.10 and 0.12 (the
+  # check above can fail there); jax 0.8 has no such fusions by default.
   monkeypatch.setattr(parallel, 'step_compiler_options', lambda dtype: None)
   plain = inference.make_predict(config, graphdef, mesh).lower(state.params, state.batch_stats,
                                                               batch).compile().as_text()
-  assert '__ynn_fusion' in plain
+  assert '__ynn_fusion' in plain or jax.__version_info__ < (0, 10)
 
 
 def test_bfloat16_predictions_on_the_cpu_follow_float32_ones(monkeypatch):

@@ -13,6 +13,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -214,3 +215,28 @@ def test_config_keys_are_found_in_overrides_and_backticks_modules_told_apart():
       (2, 'augment.pipeline.CROP_MODES'), (2, 'optim.py'), (3, 'augment.augmix')]
   assert is_a_module('augment.pipeline.CROP_MODES') and is_a_module('optim.py')
   assert not is_a_module('ema.decay')
+
+
+def _lower_bounds() -> dict[str, tuple[int, ...]]:
+  """Package -> lower bound of every `name>=version` in pyproject.toml (extras included)."""
+  project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+  found = {}
+  for req in project['dependencies'] + sum(project['optional-dependencies'].values(), []):
+    if (m := re.match(r'([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?>=([0-9.]+)', req)):
+      found[m.group(1).lower().replace('_', '-')] = tuple(int(v) for v in m.group(2).split('.'))
+  return found
+
+
+def test_readme_names_the_lower_bounds_pyproject_declares():
+  """README's dependency range gives the oldest releases the suite passed with; they are
+  pyproject.toml's lower bounds, so raising one without the other is found."""
+  readme = (ROOT / 'README.md').read_text()
+  oldest = readme[readme.index('- Dependency range:'):]
+  oldest = oldest[oldest.index('lower bounds'):oldest.index('newest releases for Python 3.12')]
+  named = {name: tuple(int(v) for v in version.split('.'))
+           for name, version in re.findall(r'([a-z][a-z-]+)\s+(\d+(?:\.\d+)+)', oldest)}
+  bounds = _lower_bounds()
+  pad = lambda v: v + (0,) * (3 - len(v))
+  assert {'jax', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'numpy', 'tensorflow-datasets',
+          'torch', 'torchvision', 'scikit-image', 'wandb'} <= set(named), named
+  assert {k: v for k, v in named.items() if pad(v) != pad(bounds.get(k, ()))} == {}, bounds

@@ -47,7 +47,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if min(ho, wo) >= max(kh, kw, SMALL):
     return call(lhs, window_strides, padding)
   if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and (p0, p1, q0, q1) == (0, 0, 0, 0):
-    return call(lhs[:, ::sh, ::sw, :], (1, 1), padding)
+    # lax.slice, not lhs[:, ::sh, ::sw]: jax 0.8 lowers that indexing to a gather.
+    return call(lax.slice(lhs, (0, 0, 0, 0), lhs.shape, (1, sh, sw, 1)), (1, 1), padding)
   if (kh, kw) == (1, 1):
     return call(lhs, window_strides, padding)
   x = jnp.pad(lhs, ((0, 0), (p0, p1), (q0, q1), (0, 0)))
