@@ -156,17 +156,16 @@ def enable_compilation_cache() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
-# XLA:CPU options for the compiled steps (docs/benchmarks.md): 3.9x on ImageNet-stem ResNets at
-# 32 px, +21% on the smoke model, results equal to rounding. Passed per compiled step and only on
-# CPU: through XLA_FLAGS they would switch off the algebraic simplifier on GPU/TPU too.
-CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'algsimp',
-                        'xla_cpu_experimental_ynn_fusion_type': ''}
-
-
 # XLA:CPU's YNNPACK fusions compute garbage for bfloat16 ResNets in jax 0.12.0.1 (an eval-mode
 # forward gave NaN or 1e36 logits, other rows on each compile; jax 0.10.2 is right): off for
 # non-float32 programs on the CPU whatever JAX_CIFAR_XLA_DEFAULTS says (docs/benchmarks.md).
 BF16_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+# XLA:CPU options for the compiled steps (docs/benchmarks.md): 3.9x on ImageNet-stem ResNets at
+# 32 px, +21% on the smoke model, results equal to rounding. Passed per compiled step and only on
+# CPU: through XLA_FLAGS they would switch off the algebraic simplifier on GPU/TPU too.
+CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'algsimp', **BF16_CPU_OPTIONS}
 
 
 def step_compiler_options(dtype: str = 'float32') -> dict | None:
