@@ -305,6 +305,14 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
     else:
       refused.append(f'{key} {before!r} -> {after!r}')
   state = altered_state(changes, new)
+  if allow and state:  # Refused before the notes on the other changes, and naming only these
+    # (the restore had failed after 14 notes, blaming every change: a review).
+    these = '; '.join(f'{k} {changes[k][0]!r} -> {changes[k][1]!r}' for k in state)
+    raise WorkdirError(
+        f'this launch\'s config does not match the run\'s checkpoints: {these} change'
+        f'{"s" if len(state) == 1 else ""} what they hold (the parameters, the optimizer\'s state '
+        'or the EMA), which train.allow_config_change cannot carry over: undo '
+        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
   if refused and state:  # (allow_config_change would only fail at the restore.)
     raise WorkdirError(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '

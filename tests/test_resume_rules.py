@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from _train_cli import ROOT
+from jax_cifar import optim
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.training import relaunch
@@ -43,7 +44,7 @@ def test_check_resume_lets_safe_keys_pass_silently():
 
 
 @pytest.mark.parametrize('key, before, after', [
-    ('optim.lr', 0.001, 0.002), ('train.batch_size', 32, 64), ('model.width', 4, 8),
+    ('optim.lr', 0.001, 0.002), ('train.batch_size', 32, 64), ('optim.weight_decay', 1e-4, 5e-4),
     ('seed', 0, 1), ('data.train_limit', 0, 500), ('augment.mixup_alpha', 0.0, 0.2),
     ('data.dirty', 0, 1),  # Not 'data.dir': safe keys match whole names only.
     ('data.source', 'local', 'synthetic'), ('data.source', 'synthetic', 'tfds'),
@@ -53,6 +54,7 @@ def test_check_resume_refuses_trajectory_changes_unless_allowed(key, before, aft
   with pytest.raises(workdir_lib.WorkdirError, match=rf'{key} {before!r} -> {after!r}'):
     _check_resume(changes, allow=False, epoch=1.0)
   assert _check_resume(changes, allow=True, epoch=1.0) == [key]
+  # (A change of what the checkpoints hold, e.g. model.width, is refused even when allowed: below.)
 
 
 @pytest.mark.parametrize('key, before, after, way', [
@@ -209,3 +211,65 @@ def test_a_relaunch_cannot_end_the_schedule_before_the_epoch_it_resumes_at(tmp_p
   new.train.num_epochs = 20
   assert relaunch.check_config_change(new, tmp_path, start_step=36, steps_per_epoch=6,
                                       total_steps=120) == {'train.num_epochs': (10.0, 20.0)}
+
+
+@pytest.mark.parametrize('num_epochs', [8.0, 5.0])
+def test_a_relaunch_with_another_batch_size_words_the_old_schedule_in_its_own_steps(
+    tmp_path, caplog, num_epochs):
+  """Batch 128 -> 64 on 10,000 images at step 200: 78 steps per epoch before, 156 after. The old
+  schedule's end and rate had been computed with the new batch's 156 ("ends at step 780 (was
+  624)" for 8 -> 5 epochs, where it had ended at 624 = 8 x 78, by luck), and a batch change alone
+  said nothing of the schedule or of the epoch the run then counts from (a review)."""
+  old = default.get_config()
+  old.train.num_epochs, old.train.batch_size = 8.0, 128
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.train.num_epochs, new.train.batch_size, new.train.allow_config_change = num_epochs, 64, True
+  total = int(num_epochs * 156)
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(new, tmp_path, 200, 156, total, num_train=10_000)
+  said = [r.getMessage() for r in caplog.records]
+  old_rate = float(optim.make_optimizer(old.optim, 624, 78)[1](200))
+  new_rate = float(optim.make_optimizer(new.optim, total, 156)[1](200))
+  assert abs(old_rate - new_rate) > 0.01 * old_rate  # (The test can tell them apart.)
+  assert (f'The schedule now ends at step {total} (was 624): the learning rate at step 200 is '
+          f'{new_rate:.3g} (was {old_rate:.3g}).') in said, said
+  assert ('train.batch_size 128 -> 64: step 200 counts as epoch 1.28 from here (it was epoch '
+          '2.56); the schedule and the data order follow the new batch size.') in said, said
+  # With the training set's size changed too, the old schedule is not known here: not guessed.
+  caplog.clear()
+  new.data.train_limit = 5_000
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(new, tmp_path, 200, 78, int(num_epochs * 78), num_train=5_000)
+  said = [r.getMessage() for r in caplog.records]
+  rate = float(optim.make_optimizer(new.optim, int(num_epochs * 78), 78)[1](200))
+  assert (f'The schedule now ends at step {int(num_epochs * 78)}: the learning rate at step 200 '
+          f'is {rate:.3g}.') in said, said
+  assert not [m for m in said if '(was' in m or '(it was' in m], said
+
+
+def test_an_allowed_change_of_what_checkpoints_hold_is_refused_before_any_note_naming_only_it(
+    tmp_path, caplog):
+  """allow_config_change with another model had logged a note for every change, then failed at
+  the restore blaming every change (data.eval_limit, optim.lr, ...) as altering the checkpoints
+  (a review). It is refused at the comparison, naming the model keys alone."""
+  old = default.get_config()
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.model.name, new.model.width, new.optim.lr = 'resnet34', 32, 0.5
+  new.data.eval_limit, new.train.allow_config_change = 1000, True
+  with caplog.at_level('WARNING'), pytest.raises(workdir_lib.WorkdirError) as e:
+    relaunch.check_config_change(new, tmp_path, 100, 10, 300)
+  message = str(e.value)
+  assert message.startswith("this launch's config does not match the run's checkpoints: "
+                            "model.name 'resnet18' -> 'resnet34'; model.width 64 -> 32 change "
+                            'what they hold'), message
+  assert 'optim.lr' not in message and 'eval_limit' not in message, message
+  assert message.endswith('a different model starts a new run in a fresh --workdir'), message
+  assert not caplog.records, [r.getMessage() for r in caplog.records]
+  # A new head alone: one key, and the way on from this run's weights.
+  new = default.get_config()
+  new.model.num_classes, new.train.allow_config_change = 10, True
+  with pytest.raises(workdir_lib.WorkdirError, match=r"model\.num_classes 100 -> 10 changes what "
+                     r'they hold .*: undo it, or start a new run from this one\'s weights'):
+    relaunch.check_config_change(new, tmp_path, 100, 10, 300)

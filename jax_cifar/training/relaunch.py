@@ -14,11 +14,18 @@ from jax_cifar import checkpoints, config_validation, optim
 from jax_cifar import workdir as workdir_lib
 
 
+# Keys that decide how many images an epoch has: with one of them changed, the previous launch's
+# steps per epoch is not known here.
+_EPOCH_SIZE_KEYS = ('data.source', 'data.synthetic_size', 'data.train_limit', 'data.val_fraction')
+
+
 def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_per_epoch: int,
-                        total_steps: int, has_best: bool = False) -> dict:
+                        total_steps: int, has_best: bool = False, num_train: int = 0) -> dict:
   """The changes from the run's previous launch; trajectory-altering ones refused (see workdir).
   Also at step 0 when the previous launch left a `best` checkpoint (killed before its first
-  `latest`): the new run would inherit that checkpoint and its accuracy as its own."""
+  `latest`): the new run would inherit that checkpoint and its accuracy as its own. `num_train`
+  (the training images) gives the previous launch's steps per epoch when train.batch_size
+  changed."""
   if not (start_step > 0 or has_best):
     return {}
   old = workdir_lib.previous_config(workdir)
@@ -64,17 +71,43 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
                     'only if its %s weights score higher than that.',
                     *changes['checkpoint.best_weights'], changes['checkpoint.best_weights'][0],
                     changes['checkpoint.best_weights'][1])
-  if 'train.num_epochs' in notable:
-    old_optim = config.optim.copy_and_resolve_references()
-    for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
-      old_optim[key.split('.', 1)[1]] = before
-    old_total = max(1, int(changes['train.num_epochs'][0] * steps_per_epoch))
-    _, old_schedule = optim.make_optimizer(old_optim, old_total, steps_per_epoch)
-    _, new_schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
-    logging.warning('The schedule now ends at step %d (was %d): the learning rate at step %d is '
-                    '%.3g (was %.3g).', total_steps, old_total, start_step,
-                    float(new_schedule(start_step)), float(old_schedule(start_step)))
+  if not {'train.num_epochs', 'train.batch_size'} & set(notable):
+    return changes
+  old_steps_per_epoch = _previous_steps_per_epoch(changes, steps_per_epoch, num_train)
+  if 'train.batch_size' in changes:  # Steps count on; their epochs are the new batch size's.
+    was = (f' (it was epoch {start_step / old_steps_per_epoch:.2f})' if old_steps_per_epoch
+           else '')
+    logging.warning('train.batch_size %r -> %r: step %d counts as epoch %.2f from here%s; the '
+                    'schedule and the data order follow the new batch size.',
+                    *changes['train.batch_size'], start_step, start_step / steps_per_epoch, was)
+  _, new_schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+  rate = float(new_schedule(start_step))
+  if not old_steps_per_epoch:  # (The old training set's size is not known here.)
+    logging.warning('The schedule now ends at step %d: the learning rate at step %d is %.3g.',
+                    total_steps, start_step, rate)
+    return changes
+  old_optim = config.optim.copy_and_resolve_references()
+  for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
+    old_optim[key.split('.', 1)[1]] = before
+  old_epochs = changes.get('train.num_epochs', (config.train.num_epochs,))[0]
+  old_total = max(1, int(old_epochs * old_steps_per_epoch))
+  _, old_schedule = optim.make_optimizer(old_optim, old_total, old_steps_per_epoch)
+  logging.warning('The schedule now ends at step %d (was %d): the learning rate at step %d is '
+                  '%.3g (was %.3g).', total_steps, old_total, start_step, rate,
+                  float(old_schedule(start_step)))
   return changes
+
+
+def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
+  """The previous launch's steps per epoch; 0 where this launch's data cannot tell it."""
+  if any(k in changes for k in _EPOCH_SIZE_KEYS):
+    return 0
+  if 'train.batch_size' not in changes:
+    return steps_per_epoch
+  before = changes['train.batch_size'][0]
+  if not num_train or not isinstance(before, int) or before <= 0:
+    return 0
+  return num_train // before  # (pipeline.steps_per_epoch; 0 if the old batch was larger.)
 
 
 def cannot_resume_with(changes: dict, workdir: pathlib.Path,

@@ -183,8 +183,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  state, graphdef, start_step = _start(config, workdir, ckpts, tx, mesh, steps_per_epoch,
-                                       total_steps, launch, stop)
+  state, graphdef, start_step = _start(config, workdir, ckpts, tx, mesh, len(train_split),
+                                       steps_per_epoch, total_steps, launch, stop)
   _announce(config, state, start_step, len(train_split), steps_per_epoch, total_steps, last_step,
             workdir)
   treedef = jax.tree.structure(state)
@@ -287,7 +287,7 @@ def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
 
 
 def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
-           steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
+           num_train: int, steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
   """(state, graphdef, its step) to train from: the latest step when resuming, else a new state;
   on the way the config change is checked, the notes said, an old best set aside and the launch
   recorded."""
@@ -297,7 +297,7 @@ def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, me
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
   has_best = ckpts.best.best_step() is not None
   changes = relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
-                                 has_best=has_best)
+                                         has_best=has_best, num_train=num_train)
   # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
   # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
   # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
