@@ -50,8 +50,8 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.
   starting.uninstall()  # train_and_evaluate gave back the start-up handler: no longer starting.
-  best = result.get('best_val_accuracy')
-  tracking.say(f'Done at step {result["step"]}: best val_accuracy '
+  best = result.get('best_val_accuracy')  # Of the weights that pick `best`: the EMA's, or the raw.
+  tracking.say(f'Done at step {result["step"]}: best {result["best_metric"]} '
                f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '
                f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl')
 

@@ -157,6 +157,13 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path, caplog):
   assert rows and all('val_accuracy_ema' in r and 'val_loss_ema' in r for r in rows)
   assert any(r['val_loss_ema'] != r['val_loss'] for r in rows)  # Two different sets of weights.
   assert result['best_val_accuracy'] == pytest.approx(max(r['val_accuracy_ema'] for r in rows))
+  # ... and says so: the CLI's "Done" line and `report` had shown it as (or the raw weights' best
+  # as) "best val_accuracy" (a review).
+  assert result['best_metric'] == 'val_accuracy_ema'
+  from jax_cifar.evaluation import report  # pylint: disable=g-import-not-at-top
+  summary = report.summary_rows([report.load_run(tmp_path)])[0]
+  assert summary['best_val_accuracy'] == result['best_val_accuracy']
+  assert f"| {summary['best_val_accuracy'] * 100:.2f}% (EMA) |" in report.markdown_table([summary])
   # evaluate --weights ema|raw reproduces both validation numbers of the best step.
   from jax_cifar import evaluate  # pylint: disable=g-import-not-at-top
   best = max(rows, key=lambda r: r['val_accuracy_ema'])

@@ -435,6 +435,20 @@ def test_the_best_val_accuracy_is_the_highest_not_the_last(tmp_path):
   assert report.summary_rows([report.load_run(run)])[0]['best_val_accuracy'] == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize('best_weights, shown', [('ema', '15.00% (EMA)'), ('raw', '20.00%')])
+def test_the_best_val_accuracy_is_of_the_weights_that_pick_best(tmp_path, best_weights, shown):
+  """Under checkpoint.best_weights 'ema' the best checkpoint is the EMA's best step: the row had
+  shown the raw weights' highest accuracy, of another step (a review)."""
+  config = json.loads(json.dumps(BASE_CONFIG))
+  config.setdefault('checkpoint', {})['best_weights'] = best_weights
+  run = _fake_run(tmp_path / 'run', 1.0, config=config)  # Raw: 0.1 at step 50, 0.2 at step 100.
+  with open(run / 'metrics.jsonl', 'a') as f:
+    f.write('\n{"step": 50, "val_accuracy_ema": 0.15}\n{"step": 100, "val_accuracy_ema": 0.12}\n')
+  row = report.summary_rows([report.load_run(run)])[0]
+  assert row['best_val_accuracy'] == pytest.approx(0.15 if best_weights == 'ema' else 0.2)
+  assert f'| {shown} |' in report.markdown_table([row])
+
+
 def test_a_summary_row_prefers_the_plain_evaluations_in_their_documented_order(tmp_path):
   """eval_latest.json is shown before eval_best_ema.json, though the latter sorts first."""
   run = _fake_run(tmp_path / 'run', 1.0)

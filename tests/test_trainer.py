@@ -149,6 +149,7 @@ def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp
   rows = [r for r in tracking.read_metrics(tmp_path) if 'val_accuracy' in r]
   assert [r['step'] for r in rows] == [5]
   assert result['step'] == 5 and result['best_val_accuracy'] == rows[0]['val_accuracy']
+  assert result['best_metric'] == 'val_accuracy'
   out = evaluate.evaluate(c, str(tmp_path), 'latest')
   assert out['step'] == 5
   for key in ('val_loss', 'val_accuracy', 'val_top5_accuracy'):

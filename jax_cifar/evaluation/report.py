@@ -215,7 +215,12 @@ def summary_rows(runs: list[dict]) -> list[dict]:
   out = []
   for run in runs:
     rows = run['rows']
-    val = [r['val_accuracy'] for r in rows if r.get('val_accuracy') is not None]
+    # The accuracy that picked `best`: the EMA's under checkpoint.best_weights 'ema' (the raw
+    # weights' maximum had been shown, of a step that was not the best checkpoint: a review).
+    ema = run['config'].get('checkpoint', {}).get('best_weights') == 'ema' and any(
+        r.get('val_accuracy_ema') is not None for r in rows)
+    key = 'val_accuracy_ema' if ema else 'val_accuracy'
+    val = [r[key] for r in rows if r.get(key) is not None]
     name, ev = summary_eval(run['evals'])
     adapted = name is not None and name not in PLAIN_EVALS and (
         ev.get('tta', 'none') != 'none' or ev.get('bn_adapt') or ev.get('tent'))
@@ -231,6 +236,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
                   else f"{model.get('name', '?')} (width {model.get('width', '?')})"),
         'epochs': round(epochs, 2) if epochs is not None else None,
         'best_val_accuracy': max(val) if val else None,
+        'best_val_weights': 'ema' if ema else 'raw',
         # data.val_fraction 0: the trainer validated (and picked `best`) on the test split.
         'val_is_test': run['config'].get('data', {}).get('val_fraction') == 0,
         'test_accuracy': ev.get('test_accuracy'),
@@ -248,7 +254,8 @@ def markdown_table(rows: list[dict]) -> str:
   for r in rows:
     time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
     val = _fmt(r['best_val_accuracy']) + (
-        ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '')
+        ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '') + (
+        ' (EMA)' if r.get('best_val_weights') == 'ema' else '')
     count = r.get('test_count')
     test = _fmt(r['test_accuracy']) + (  # data.eval_limit: a subset (it had not said so).
         f' ({count:,} images)' if isinstance(count, int) and not isinstance(count, bool)

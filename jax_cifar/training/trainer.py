@@ -82,9 +82,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`.
 
   Returns {'step': the last step, 'best_val_accuracy': the best checkpoint's (None without one),
-  and, when this launch validated, its last validation's 'val_loss', 'val_accuracy',
-  'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}. A relaunch of a finished run
-  trains nothing and returns only the first two. A SIGTERM or SIGINT saves the step and raises
+  'best_metric': which accuracy that is ('val_accuracy', or 'val_accuracy_ema' under
+  checkpoint.best_weights 'ema'), and, when this launch validated, its last validation's
+  'val_loss', 'val_accuracy', 'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}.
+  A relaunch of a finished run trains nothing and returns only the first three. A SIGTERM or SIGINT saves the step and raises
   `jax_cifar.Preempted`: call again with the same workdir to resume.
   """
   if not isinstance(config, ml_collections.ConfigDict):
@@ -266,7 +267,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     writer.close()
     ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
   ckpts.close()
-  return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy()}
+  return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
+          'best_metric': 'val_accuracy' + ('_ema' if config.checkpoint.best_weights == 'ema' else '')}
 
 
 def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
