@@ -378,8 +378,11 @@ def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, t
   before = {p.name: p.read_bytes() for p in (run / 'run').glob('eval_*.json')}
   with pytest.raises(config_validation.ConfigError, match=(
       rf"^the config evaluating it \({run / 'run'}\) differs from the run's {other}/config.json "
-      r".*model.normalize 'imagenet' \(run\) vs 'cifar'.* Evaluate that run itself: --workdir ")):
+      r".*model.normalize 'imagenet' \(run\) vs 'cifar' \(evaluating\)\. Evaluate that run "
+      r'itself: --workdir ')) as e:
     evaluate.evaluate(_config(), str(run / 'run'), str(folder))
+  # The evaluating run is named once, not after each key's values (a review: 5 times in a line).
+  assert str(e.value).count(str(run / 'run')) == 1, e.value
   assert {p.name: p.read_bytes() for p in (run / 'run').glob('eval_*.json')} == before
   # The same folder typed relative to other/checkpoints (a review: it had skipped the check).
   monkeypatch.chdir(other / 'checkpoints')

@@ -169,15 +169,16 @@ SPLIT_KEYS = ('data.val_fraction', 'data.split_seed', 'data.synthetic_size')
 
 
 def check_matches_run(config, run_dir: str, given: str = '--config', advice: str = (
-    'Omit --config to use the run\'s own config')) -> None:
-  """Refuses a config (`given`) whose prediction keys differ from the run's own config.json,
-  which would write eval_<tag>.json numbers of a model the run never trained."""
+    'Omit --config to use the run\'s own config'), short: str = '') -> None:
+  """Refuses a config (`given`; `short` names it after each differing value, default `given`)
+  whose prediction keys differ from the run's own config.json, which would write eval_<tag>.json
+  numbers of a model the run never trained."""
   run = workdir_lib.previous_config(pathlib.Path(run_dir))
   if run is None:
     return  # No config.json (e.g. a copied checkpoint folder): the given config is all there is.
   changes = workdir_lib.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
   validates = config.data.val_fraction > 0  # 0: no val_* numbers at all (test and OOD only).
-  differ = [f'{k} {old!r} (run) vs {new!r} ({given})' for k, (old, new) in changes.items()
+  differ = [f'{k} {old!r} (run) vs {new!r} ({short or given})' for k, (old, new) in changes.items()
             if (k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS))
             or (k in SPLIT_KEYS and validates)
             # Synthetic images for a run of real ones (or back) had replaced its test numbers
@@ -202,7 +203,7 @@ def check_step_folder_of_another_run(config, workdir: str, which: str) -> None:
   source = folder.parent.parent.parent
   if source.resolve() != pathlib.Path(workdir).expanduser().resolve():
     check_matches_run(config, str(source), given=f'the config evaluating it ({workdir})',
-                      advice=f'Evaluate that run itself: --workdir {source}')
+                      advice=f'Evaluate that run itself: --workdir {source}', short='evaluating')
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,
