@@ -1,5 +1,6 @@
 """The submission CSV: exact format, atomic writes, and a validator that catches every kind of damage."""
 
+import json
 import subprocess
 import sys
 
@@ -294,7 +295,8 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
   """Only distortion00.npy: file not found was named, one file per run, whatever the folder held
   (files one level down, other capitals, broken links: an audit)."""
   (tmp_path / 'notes.txt').write_text('x')
-  with pytest.raises(DataError, match=r'missing 19 of the 19 .*; the folder holds notes\.txt$'):
+  with pytest.raises(DataError, match=r'missing 19 of the 19 distortion files: distortion00\.npy '
+                                      r'\.\. distortion18\.npy; the folder holds notes\.txt$'):
     ood.check_distortion_dir(tmp_path)
   c_dir = tmp_path / 'c100c'  # The other format given to --ood_dir.
   c_dir.mkdir()
@@ -317,6 +319,34 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
     ood.check_distortion_dir(inner)
   assert str(e.value) == (f'{inner}: missing 2 of the 19 distortion files: distortion03.npy '
                           '(found Distortion03.npy), distortion07.npy (a broken link)')
+
+
+def test_an_unfinished_or_partial_corrupt_set_is_named_as_such(tmp_path):
+  """A set of one distortion (corrupt --corruptions fog) had been 'missing 18 of the 19 distortion
+  files: distortion00.npy, ..., distortion18.npy', a range holding the file it has (a review)."""
+  from jax_cifar.corruptions import store  # pylint: disable=import-outside-toplevel
+  assert ood.CORRUPT_MANIFEST == store.MANIFEST
+  np.save(tmp_path / 'distortion05.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  with pytest.raises(DataError) as e:
+    ood.check_distortion_dir(tmp_path)
+  assert str(e.value) == (f'{tmp_path}: missing 18 of the 19 distortion files: every one but '
+                          'distortion05.npy')
+  (tmp_path / store.MANIFEST).write_text(json.dumps({'corruptions': ['fog']}))
+  with pytest.raises(DataError, match=r'but distortion05\.npy; python -m jax_cifar\.corrupt made '
+                     r'it with --corruptions fog, and the Kaggle layout needs all 19 \(a subset is '
+                     r'scored as CIFAR-100-C files: corrupt --format cifar100c, then evaluate '
+                     r'--cifar100c_dir\)$'):
+    ood.check_distortion_dir(tmp_path)
+  (tmp_path / store.MANIFEST).write_text(json.dumps({'corruptions': list(ood.CORRUPTIONS)}))
+  for i in range(6, 12):
+    np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
+  with pytest.raises(DataError, match=r': missing 12 of the 19 distortion files: distortion00\.npy, '
+                     r'distortion01\.npy, distortion02\.npy and 9 more; python -m '
+                     r'jax_cifar\.corrupt has not finished it: run the same command again$'):
+    ood.check_distortion_dir(tmp_path)
+  (tmp_path / store.MANIFEST).write_text('[')  # Unreadable: no hint, the same error otherwise.
+  with pytest.raises(DataError, match=r'and 9 more$'):
+    ood.check_distortion_dir(tmp_path)
 
 
 @pytest.mark.parametrize('n', [7, 0, -5, 2.5, True])

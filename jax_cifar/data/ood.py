@@ -14,6 +14,7 @@ DS542 `distortionXX.npy` <-> corruption name (the order `jax_cifar.corrupt` writ
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -35,6 +36,9 @@ NUM_DISTORTIONS = len(CORRUPTIONS)
 SEVERITIES = 5
 IMAGE_SHAPE = (32, 32, 3)
 LABELS_FILE = 'labels.npy'
+# What `python -m jax_cifar.corrupt` records of a set it makes (corruptions/store.py; a test keeps
+# the two names equal): read here only to word the error of an incomplete set.
+CORRUPT_MANIFEST = 'corrupt_manifest.json'
 
 
 def distortion_file(index: int) -> str:
@@ -140,9 +144,19 @@ def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
     near = by_lower.get(name.lower()) or by_stem.get(pathlib.Path(name).stem)
     return f'{name} (found {near})' if near else name
 
-  shown = missing if len(missing) <= 4 else [missing[0], '...', missing[-1]]
+  present = [distortion_file(i) for i in range(NUM_DISTORTIONS) if distortion_file(i) not in missing]
+  if len(missing) <= 4:
+    shown = ', '.join(one(m) for m in missing)
+  elif not present:
+    shown = f'{missing[0]} .. {missing[-1]}'
+  elif len(present) <= 4:  # ("distortion00.npy, ..., distortion18.npy" had included these.)
+    shown = 'every one but ' + ', '.join(present)
+  else:
+    shown = ', '.join(missing[:3]) + f' and {len(missing) - 3} more'
   text = (f'{directory}: missing {len(missing)} of the {NUM_DISTORTIONS} distortion files: '
-          + ', '.join(one(m) if m != '...' else m for m in shown))
+          + shown)
+  if present:
+    text += _unfinished_set_hint(directory)
   if len(missing) == NUM_DISTORTIONS:
     deeper = sorted({p.parent for p in directory.glob(f'*/{distortion_file(0)}')})
     if deeper:
@@ -155,6 +169,22 @@ def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
       text += f'; the folder holds {", ".join(entries[:6]) or "nothing"}'
       text += ', ...' if len(entries) > 6 else ''
   return text
+
+
+def _unfinished_set_hint(directory: pathlib.Path) -> str:
+  """Why a set that jax_cifar.corrupt made lacks files, from its manifest ('' without one)."""
+  try:
+    asked = json.loads((directory / CORRUPT_MANIFEST).read_text()).get('corruptions')
+  except (OSError, ValueError, AttributeError):
+    return ''
+  if not isinstance(asked, list):
+    return ''
+  if len(asked) < NUM_DISTORTIONS:
+    return ('; python -m jax_cifar.corrupt made it with --corruptions '
+            f'{",".join(map(str, asked))}, and the Kaggle layout needs all {NUM_DISTORTIONS} (a '
+            'subset is scored as CIFAR-100-C files: corrupt --format cifar100c, then evaluate '
+            '--cifar100c_dir)')
+  return '; python -m jax_cifar.corrupt has not finished it: run the same command again'
 
 
 def check_distortion_dir(directory: str | os.PathLike) -> list[ImageFile]:
