@@ -325,3 +325,64 @@ def test_results_go_to_OUT_by_default_and_a_cut_short_json_still_prints(monkeypa
   partial['train'] = {'step': 5, 'seconds': 1.0, 'images_per_sec_median': 9.0,
                       'stopped_by_deadline': True}
   assert 'STOPPED AT DEADLINE' in gpu_ood.table(partial)
+
+
+def test_a_set_is_merged_once_its_jobs_end_and_given_up_if_one_failed(tmp_path):
+  gpu_ood = load_script('gpu_ood')
+  out = tmp_path / 'ood'
+  (out / 'g0').mkdir(parents=True)
+  np.save(out / 'g0' / 'distortion00.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  job = subprocess.Popen(['sleep', '2'])  # Still writing: waited for, within the deadline.
+  assert gpu_ood.merge_corrupt([job], out, time.time() - gpu_ood.T0 + 60) == out / 'all'
+  assert job.returncode == 0 and (out / 'all' / 'distortion00.npy').exists()
+  failed = [subprocess.Popen(['true']), subprocess.Popen(['false'])]  # One of several failed.
+  assert gpu_ood.merge_corrupt(failed, tmp_path / 'other', None) is None
+  assert not (tmp_path / 'other' / 'all').exists()
+
+
+def test_the_probe_fits_epochs_at_its_median_speed_after_the_first_row_and_start_up(tmp_path):
+  """The first row's speed includes the compile; the start-up is not training time."""
+  gpu_ood = load_script('gpu_ood')
+  (tmp_path / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'images_per_sec': v}) + '\n'
+      for s, v in ((10, 500.0), (20, 4000.0), (30, 5000.0))))
+  args = argparse.Namespace(train_deadline_s=330, startup_s=30)
+  # 0.85 x (330 - 30) s at 5,000 img/s over 45,000 images: 28.3 epochs.
+  assert gpu_ood.epochs_that_fit(args, tmp_path) == 28
+  assert gpu_ood.epochs_that_fit(args, tmp_path / 'none') is None
+
+
+def test_a_tool_is_projected_from_the_time_already_spent(monkeypatch, tmp_path):
+  """After training, most of the budget is gone: 520 s of 540 leave no room for a 30 s compile."""
+  gpu_ood = load_script('gpu_ood')
+  calls, results = [], {}
+  _fake_evaluation(monkeypatch, gpu_ood, calls)
+  monkeypatch.setattr(gpu_ood, 'T0', time.time() - 520)
+  args = argparse.Namespace(tools=['none'], data='', deadline_s=540)
+  gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, None, results, lambda: None)
+  assert results == {'none': {'skipped': 'projected 30s past the deadline'}} and not calls
+
+
+CHILD = """
+import json, pathlib, signal, sys, time
+run = pathlib.Path(sys.argv[1])
+def stop(*_):
+  run.mkdir(parents=True, exist_ok=True)
+  (run / 'metrics.jsonl').write_text(json.dumps({'step': 3, 'train_loss': 1.0}) + '\\n')
+  sys.exit(75)
+signal.signal(signal.SIGTERM, stop)
+time.sleep(60)
+"""
+
+
+def test_training_is_stopped_with_sigterm_at_its_own_deadline(monkeypatch, tmp_path):
+  """At --train_deadline_s (not the evaluation's --deadline_s) the trainer gets SIGTERM, which
+  saves and exits 75: here a stand-in that does just that."""
+  gpu_ood = load_script('gpu_ood')
+  popen = subprocess.Popen
+  monkeypatch.setattr(gpu_ood.subprocess, 'Popen', lambda cmd, **kw: popen(
+      [sys.executable, '-c', CHILD, cmd[cmd.index('--workdir') + 1]], **kw))
+  args = argparse.Namespace(train_deadline_s=time.time() - gpu_ood.T0 + 4, deadline_s=1e9)
+  result = gpu_ood.train(args, tmp_path / 'run', [])
+  assert result['stopped_by_deadline'] and result['rc'] == 75, result
+  assert result['seconds'] < 30 and result['step'] == 3, result
