@@ -318,10 +318,28 @@ def quiet_libraries() -> None:
   if flags.FLAGS['verbosity'].present:
     return
   logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler().python_handler
+  if not isinstance(handler.formatter, PlainWarnings):
+    handler.setFormatter(PlainWarnings(handler.formatter))
   logging.get_absl_logger().addFilter(
       lambda record: '/orbax/' not in record.pathname or record.levelno >= std_logging.CRITICAL)
   # orbax's failed write tasks, reported again by asyncio when they are garbage collected.
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+
+
+class PlainWarnings(std_logging.Formatter):
+  """A warning as `warning: MESSAGE`, like report's: absl's `W1205 12:13:54.363783 1405671848
+  relaunch.py:94] ` before each had buried it (a review). Other levels keep absl's form (`error:`
+  lines are the one-line errors); --verbosity=0 shows absl's form for all."""
+
+  def __init__(self, absl_formatter: std_logging.Formatter):
+    super().__init__()
+    self._absl = absl_formatter
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    if record.levelno == std_logging.WARNING:
+      return f'warning: {record.getMessage()}'
+    return self._absl.format(record)
 
 
 class AboveProgressBars:

@@ -38,6 +38,7 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   out = _train(tmp_path / 'run2', '--verbosity=0', '--config.train.max_steps=7',
                '--config.train.max_steps', '3', '--config.ema.warmup_power=0.5')
   assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
+  first_verbose = out.stderr
   # An override given twice is named (absl takes the last one without a word: a walkthrough).
   assert ('--config.train.max_steps is given 2 times (7, 3): the last one, 3, is used'
           in out.stderr), out.stderr[-2000:]
@@ -48,7 +49,13 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
                    out.stderr, re.M), out.stderr[-2000:]
   # A max_steps the run has passed: it had said 'this launch stops at step 2', then 'Done at 3'.
   # ... and dropping it is no change of the run (it is inert in both configs).
-  out = _train(tmp_path / 'run2', '--config.train.max_steps=2')
+  out = _train(tmp_path / 'run2', '--config.train.max_steps=2', '--config.ema.warmup_power=0.5')
   assert out.returncode == 0 and re.search(
       r'^simple_cnn: .* 12 steps \(train.max_steps=2: this launch, at step 3, trains none\), ',
       out.stderr, re.M) and 'Done at step 3: ' in out.stderr, out.stderr[-2000:]
+  # Its warnings plain (absl's "W1205 12:13:54.363783 140567184821120 file.py:94] " had buried
+  # them: a review), as with --verbosity=0 they are not.
+  assert re.search(r"^W\d{4} .*\] config key 'ema.warmup_power'=0.5 is ignored", first_verbose,
+                   re.M), first_verbose[-2000:]
+  assert re.search(r"^warning: config key 'ema.warmup_power'=0.5 is ignored: there is no EMA ",
+                   out.stderr, re.M) and not re.search(r"^W\d{4} ", out.stderr, re.M), out.stderr

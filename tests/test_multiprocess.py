@@ -127,8 +127,9 @@ def _assert_same_run(dir_a, dir_b, data_dir, step: int) -> None:
 
 def _errors_first(out: str) -> str:
   """The error, fatal and warning log lines and `error:` lines of a multi-process run's output
-  (absl's `[pN] E1201 ...` form), then its last 3,000 characters."""
-  causes = [l for l in out.splitlines() if re.search(r'\] [EFW]\d{4} |error|Error|Terminating', l)]
+  (`[pN] E1201 ...`, `[pN] warning: ...`), then its last 3,000 characters."""
+  causes = [l for l in out.splitlines()
+            if re.search(r'\] [EFW]\d{4} |\] warning: |error|Error|Terminating', l)]
   return '\n'.join(causes[:40]) + '\n...\n' + out[-3000:]
 
 
