@@ -208,8 +208,9 @@ def _build_hint(ckpt: Mapping, current: Mapping) -> str:
 
 
 def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = None,
-                    rngs_seed: int = 0) -> None:
-  """Loads a converted backbone into `model` in place.
+                    rngs_seed: int = 0) -> dict:
+  """Loads a converted backbone into `model` in place; returns {'arrays': how many of the
+  checkpoint's backbone arrays it loaded, 'head': 'loaded', 'fresh' or 'none'}.
 
   If the checkpoint's head has another number of classes than the model's, the model keeps its
   own freshly initialised `fc` (torch.nn.Linear's init); `rngs_seed` draws one only for a model
@@ -248,6 +249,8 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = N
          _put_like(head[k] if is_head(k) else ckpt[k], v) for k, (p, v) in current.items()}
   nnx.replace_by_pure_dict(state, _unflatten(new))
   nnx.update(model, state)
+  return {'arrays': sum(not is_head(k) for k in current),
+          'head': 'none' if fc is None else 'loaded' if keep_head else 'fresh'}
 
 
 if __name__ == '__main__':  # python -m jax_cifar.convert ...

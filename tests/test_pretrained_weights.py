@@ -17,7 +17,7 @@ from flax import nnx
 from conftest import load_script
 from _torch_resnets import (flax_model, nchw, random_torch_resnet, rel_diff, small_state_dict,
                             torch, torchvision)
-from jax_cifar.convert import load_pretrained, save_converted, torch_to_flax
+from jax_cifar.convert import load_pretrained, read_converted, save_converted, torch_to_flax
 from jax_cifar.convert import _dotted, _flatten, _unflatten  # pylint: disable=protected-access
 from jax_cifar.models import create_model
 from jax_cifar.models.torch_init import torch_linear
@@ -153,7 +153,9 @@ def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_he
 
   model = create_model('resnet18', 100, rngs=nnx.Rngs(1))
   fresh_head = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.fc)))
-  load_pretrained(model, path, num_classes=100, rngs_seed=7)
+  backbone = sum(not k.startswith('fc.') for k in read_converted(path)[1])
+  assert load_pretrained(model, path, num_classes=100, rngs_seed=7) == {'arrays': backbone,
+                                                                        'head': 'fresh'}
   loaded = nnx.to_pure_dict(nnx.state(model))
   head = loaded.pop('fc')
   expected = dict(pure)
@@ -168,7 +170,8 @@ def test_saved_backbone_loads_into_a_100_class_model_with_a_fresh_torch_style_he
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(abstract.fc)), drawn)
 
   same_head = flax_model('resnet18', jax.tree.map(np.zeros_like, pure))
-  load_pretrained(same_head, path, num_classes=1000)
+  assert load_pretrained(same_head, path, num_classes=1000) == {'arrays': backbone,
+                                                                 'head': 'loaded'}
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(same_head)), pure)
 
 
@@ -179,7 +182,7 @@ def test_a_model_without_a_head_gives_torchvisions_pooled_features(tmp_path):
   path = str(tmp_path / 'r18')
   save_converted(torch_to_flax(tmodel.state_dict(), 'resnet18'), 'resnet18', path)
   model = create_model('resnet18', 0, rngs=nnx.Rngs(0))
-  load_pretrained(model, path)
+  assert load_pretrained(model, path)['head'] == 'none'
   tmodel.fc = torch.nn.Identity()
   x = np.random.default_rng(1).standard_normal((2, 32, 32, 3), dtype=np.float32)
   with torch.no_grad():

@@ -79,11 +79,14 @@ def test_config_is_valid_and_set_up_for_imagenet_weights():
   assert c.augment.crop_padding > 0 and c.augment.flip
 
 
-def test_pretrained_state_has_converted_backbone_and_fresh_torch_style_head(converted):
+def test_pretrained_state_has_converted_backbone_and_fresh_torch_style_head(converted, capsys):
   path, ckpt = converted
   c = _config(path)
   tx, _ = optim.make_optimizer(c.optim, total_steps=10, steps_per_epoch=10)
   state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
+  # Said (nothing had told that the weights were used): 53 convolutions, 53 x 4 BatchNorm arrays.
+  assert (f'Loaded the pretrained weights of {path}: 265 backbone arrays, a fresh 100-class head'
+          in capsys.readouterr().err.splitlines())
   params = _params(state)
   _assert_backbone_equals(params, ckpt)
   batch_stats = _flat(nnx.to_pure_dict(state.batch_stats))
