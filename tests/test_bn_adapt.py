@@ -92,6 +92,24 @@ def test_chunks_are_adapted_independently_a_b_a(small):
   assert np.abs(out[40:80] - adapted.run(np.concatenate([a, b]), desc='ab')[40:]).max() > 1e-3
 
 
+def test_adapting_chunks_of_few_images_is_said_once(small, caplog):
+  """Statistics of 40 images are noisy: --bn_adapt on 10 per chunk had cost accuracy unsaid."""
+  config, state, graphdef, mesh = small
+  make = lambda: inference.Predictor(  # pylint: disable=g-long-lambda
+      state, mesh, 32, inference.make_predict(config, graphdef, mesh), None,
+      bn_adapt.BNAdapter(config, graphdef, mesh, 32, state.params, state.batch_stats))
+  said = lambda: [r.getMessage() for r in caplog.records if 'noisy' in r.getMessage()]
+  with caplog.at_level('WARNING'):
+    make().run(_images(2, 2 * inference.SMALL_CHUNK), desc='large', chunk=inference.SMALL_CHUNK)
+    assert not said()
+    small_chunks = make()
+    small_chunks.run(_images(2, 80), desc='small', chunk=40)
+    small_chunks.run(_images(3, 80), desc='small again', chunk=40)
+  assert said() == ['--bn_adapt estimates the BatchNorm statistics of each chunk from its own '
+                    'images, here 40: with fewer than 100 they are noisy, and adapting may cost '
+                    'accuracy rather than add it.']
+
+
 def test_a_chunk_smaller_than_the_batch_is_not_padded_to_a_whole_batch(small):
   """20 images per chunk with an eval batch of 500: the statistics pass and the prediction run
   batches of 32 rows (the next power of two), not 500 (`--tta shifts --bn_adapt` on a

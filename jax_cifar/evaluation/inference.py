@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from absl import logging
 
 from jax_cifar import config_validation, interrupt, parallel, step_folders
 from jax_cifar.evaluation import bn_adapt
@@ -69,6 +70,11 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
   return 'flip' if tta_flip else tta_mode
 
 
+# Under this many images a chunk's own BatchNorm statistics are noisy: --bn_adapt on 10 images
+# per chunk had taken a model from 6.2 to 3.7 % OOD without a word (a review).
+SMALL_CHUNK = 100
+
+
 @dataclasses.dataclass
 class Predictor:
   """A restored model, its compiled prediction functions and, with --bn_adapt or --tent, its
@@ -81,6 +87,7 @@ class Predictor:
   adapter: bn_adapt.BNAdapter | tent_lib.TentAdapter | None = None
   progress: bool = True  # A progress bar per run() (process 0; removed when the run ends).
   weights: str = 'raw'  # Which weights were loaded: 'raw' or 'ema'.
+  _small_chunk_said: bool = dataclasses.field(default=False, init=False, repr=False)
 
   def run(self, images: np.ndarray, desc: str, labels_only: bool = False,
           chunk: int | None = None) -> np.ndarray:
@@ -89,6 +96,13 @@ class Predictor:
     biases) adapted to that block alone; without them, `chunk` is ignored (each block's last
     batch had been padded to a whole batch: 20 images per severity ran 15x slower)."""
     chunk = (chunk if self.adapter else None) or len(images)
+    if self.adapter and min(chunk, len(images)) < SMALL_CHUNK and not self._small_chunk_said:
+      self._small_chunk_said = True  # Once per evaluation.
+      logging.warning('--bn_adapt%s estimates the BatchNorm statistics of each chunk from its '
+                      'own images, here %d: with fewer than %d they are noisy, and adapting '
+                      'may cost accuracy rather than add it.',
+                      '/--tent' if isinstance(self.adapter, tent_lib.TentAdapter) else '',
+                      min(chunk, len(images)), SMALL_CHUNK)
     passes = 1 + (self.adapter.passes if self.adapter else 0)
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
