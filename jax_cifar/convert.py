@@ -59,10 +59,11 @@ def _to_numpy(value: Any, key: str = '') -> np.ndarray:
   return value.astype(np.float32)
 
 
-def _report(missing, unexpected, misshaped, what: str) -> None:
+def _report(missing, unexpected, misshaped, what: str, shown: int = 12) -> None:
   def head(keys):
     keys = list(keys)
-    return ', '.join(keys[:12]) + (f' ... (+{len(keys) - 12} more)' if len(keys) > 12 else '')
+    return ', '.join(keys[:shown]) + (f' ... (+{len(keys) - shown} more)' if len(keys) > shown
+                                      else '')
 
   parts = []
   if missing:
@@ -169,7 +170,9 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict:
   if len(conv1) == 4 and conv1[2:] == (3, 3) and any(m.startswith('conv1.weight ') for m in misshaped):
     what += (' (its conv1 is 3x3: a CIFAR stem, trained from the start at 32 px; the converter '
              'takes ImageNet-stem weights, 7x7 conv1, which model.stem=imagenet uses)')
-  _report(missing, unexpected, misshaped, what)
+  # With the architecture named, a few keys of each kind are detail enough (36 had followed the
+  # answer, 2,000 characters on one line: a review).
+  _report(missing, unexpected, misshaped, what, shown=3 if guess and guess != arch else 12)
   # A NaN / inf weight would surface as a "non-finite loss" at step 1, pointing at the learning
   # rate; a negative running variance as a NaN in eval only.
   bad = sorted(torch_key(p) for p, v in out.items() if not np.isfinite(v).all())

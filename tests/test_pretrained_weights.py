@@ -38,8 +38,12 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
   with pytest.raises(ValueError, match=r'mis-shaped keys: layer3\.0\.conv2\.weight'):
     torch_to_flax(broken, 'resnet18')
   with pytest.raises(ValueError, match=r'^this state_dict is a torchvision resnet18 .*, not a '
-                                       r'resnet34: convert it as resnet18; .*layer1\.2\.conv1\.weight'):
+                                       r'resnet34: convert it as resnet18; .*missing keys: layer1\.2\.'):
     torch_to_flax(sd, 'resnet34')  # a ResNet-18 has no third block in layer1
+  with pytest.raises(ValueError) as e:  # Named, then a few keys of each kind, not 36 of them.
+    torch_to_flax(random_torch_resnet('resnet50').state_dict(), 'resnet18')
+  assert str(e.value).startswith('this state_dict is a torchvision resnet50 ') and len(
+      str(e.value)) < 900, (len(str(e.value)), str(e.value))
   with pytest.raises(ValueError, match='resnet152'):
     torch_to_flax(sd, 'resnet19')
   cifar_stem = dict(sd, **{'conv1.weight': torch.zeros(64, 3, 3, 3)})  # The usual student edit.
@@ -249,7 +253,8 @@ def test_convert_script_rejects_bad_input_with_one_line_and_no_output(tmp_path, 
   out = tmp_path / 'out'
   cases = [(['--arch', 'resnet18', '--state_dict', str(tmp_path / 'nope.pth')], 'nope.pth'),
            (['--arch', 'resnet18', '--state_dict', str(tmp_path)], 'is a folder; give the .pth'),
-           (['--arch', 'resnet34', '--state_dict', str(good)], 'layer1.2.conv1.weight'),
+           (['--arch', 'resnet34', '--state_dict', str(good)],
+            'convert it as resnet18; in detail, it does not match resnet34: missing keys: layer1.2.'),
            (['--arch', 'resnet18', '--state_dict', str(evil)], 'not a PyTorch state_dict')]
   for argv, needle in cases:
     capsys.readouterr()
