@@ -137,9 +137,36 @@ def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
     return None
   parts = named[0].split('.')
   at = len(parts) - 1 - parts[::-1].index(name)
-  hint = f'; did you mean {".".join(parts[:at] + [close] + parts[at + 1:])}?' if close else ''
+  meant = '.'.join(parts[:at] + [close] + parts[at + 1:]) if close else _known_as(parts, at)
+  hint = f'; did you mean {meant}?' if meant else ''
   return (f'{named[0]}: the config has no key {name!r}{hint} (jax_cifar/configs/default.py lists '
           'every key, with what it does)')
+
+
+# Names of PyTorch scripts and timm for what jax-cifar's keys call otherwise.
+COMMON_NAMES = {'learning_rate': 'lr', 'epochs': 'num_epochs', 'n_epochs': 'num_epochs',
+                'bs': 'batch_size', 'wd': 'weight_decay', 'smoothing': 'label_smoothing',
+                'clip_grad': 'grad_clip_norm', 'max_grad_norm': 'grad_clip_norm',
+                'clip_grad_norm': 'grad_clip_norm', 'mixup': 'mixup_alpha',
+                'cutmix': 'cutmix_alpha', 'warmup': 'warmup_epochs', 'arch': 'name',
+                'model_name': 'name', 'ema_decay': 'decay'}
+
+
+def _known_as(parts: list[str], at: int) -> str | None:
+  """The override an unknown last key (parts[at] of --config.A.B) likely means, where
+  ml_collections suggests none: its jax-cifar name in that section (optim.learning_rate:
+  optim.lr), or the one key of that name in another section (train.label_smoothing:
+  optim.label_smoothing)."""
+  if at != len(parts) - 1:
+    return None
+  from jax_cifar import workdir  # pylint: disable=import-outside-toplevel  (on this error only)
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  keys = set(workdir.flatten(default.get_config().to_dict()))
+  name = COMMON_NAMES.get(parts[at], parts[at])
+  if (same := '.'.join(parts[1:at] + [name])) in keys:
+    return f'{parts[0]}.{same}'
+  others = [k for k in keys if k.split('.')[-1] == name]
+  return f'{parts[0]}.{others[0]}' if len(others) == 1 else None
 
 
 def _builtin_hint(e: BaseException, argv: Sequence[str]) -> str:

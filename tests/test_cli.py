@@ -31,6 +31,14 @@ def test_misspelled_override_key_is_named(tmp_path):
   line = _usage_error(train(tmp_path / 'run', '--config.trian.batch_size=64'))  # A section.
   assert line.startswith("error: --config.trian.batch_size: the config has no key 'trian'; did "
                          'you mean --config.train.batch_size?'), line
+  # A PyTorch script's name, and a key in another section (no suggestion had come: a review).
+  for given, meant in (('optim.learning_rate', 'optim.lr'), ('train.epochs', 'train.num_epochs'),
+                       ('train.label_smoothing', 'optim.label_smoothing'),
+                       ('train.lr', 'optim.lr')):
+    line = _usage_error(train(tmp_path / 'run', f'--config.{given}=1'))
+    assert line.startswith(f"error: --config.{given}: the config has no key "
+                           f"'{given.split('.')[-1]}'; did you mean --config.{meant}? "), line
+  assert 'did you mean' not in _usage_error(train(tmp_path / 'run', '--config.optim.zzz=1'))
 
 
 def test_an_override_given_twice_is_named_with_the_value_used():
@@ -59,8 +67,9 @@ def test_overrides_change_the_last_workdirs_config_and_leave_a_given_config_alon
 
 
 def test_override_of_a_key_with_no_close_match_names_the_flag(tmp_path):
-  line = _usage_error(train(tmp_path / 'run', '--config.optim.learning_rate=0.1'))
-  assert line == ("error: --config.optim.learning_rate: the config has no key 'learning_rate' "
+  # (optim.learning_rate, the example before, now gets optim.lr: test_misspelled_override_key_...)
+  line = _usage_error(train(tmp_path / 'run', '--config.optim.qqq_rate=0.1'))
+  assert line == ("error: --config.optim.qqq_rate: the config has no key 'qqq_rate' "
                   '(jax_cifar/configs/default.py lists every key, with what it does)'), line
   assert not (tmp_path / 'run').exists()
 
