@@ -4,6 +4,7 @@ copy in the other of checkpoints/latest and checkpoints/best. `checkpoints.Check
 'latest' and 'best' through the same checks."""
 
 import contextlib
+import difflib
 import json
 import pathlib
 import re
@@ -109,6 +110,12 @@ def kept_step_folder(workdir: str | pathlib.Path, checkpoint: Any,
   return str(folder)
 
 
+def _which_name(given: str) -> str:
+  """'; did you mean best?' for a mistyped checkpoint name (bset: a path that did not exist)."""
+  close = difflib.get_close_matches(given, ('best', 'latest'), n=1, cutoff=0.6)
+  return f'; did you mean {close[0]}?' if close and '/' not in given else ''
+
+
 def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   """Restores a step folder given by path (WORKDIR/checkpoints/best/12, or its default/ item)
   into the structure of `target`, with the same damage and mismatch checks as a run's steps."""
@@ -119,7 +126,7 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
     what = (f'checkpoint path {path} is a file, not a step folder' if step_dir.exists() else
             f'checkpoint {given} is not a step number (steps count from 0)'
             if given.name[:1] == '-' and is_step_number(given.name[1:]) else
-            f'checkpoint path {path} does not exist')
+            f'checkpoint path {path} does not exist' + _which_name(str(original)))
     raise CheckpointError(f'{what} (give best, latest, a step number or a step folder, e.g. '
                           'WORKDIR/checkpoints/best/12)')
   steps = step_numbers(step_dir)[::-1]

@@ -159,8 +159,12 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
     assert step == by_name[2] == 9
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(by_name[0].params), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
+  with pytest.raises(checkpoints.CheckpointError, match=r'does not exist \(give best'):
     state_lib.restore(_config(0), run9, str(run9 / 'checkpoints' / 'latest' / '99'))
+  for typo, meant in (('bset', 'best'), ('lastest', 'latest')):  # (Not said before: a review.)
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=rf'/{typo} does not exist; did you mean {meant}\? \(give best'):
+      state_lib.restore(_config(0), run9, typo)
   # A file, and a negative step, had been said not to exist (a flag audit).
   with pytest.raises(checkpoints.CheckpointError, match=r'metrics.jsonl is a file, not a step folder'):
     state_lib.restore(_config(0), run9, str(run9 / 'metrics.jsonl'))
