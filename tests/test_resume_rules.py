@@ -236,6 +236,11 @@ def test_a_relaunch_with_another_batch_size_words_the_old_schedule_in_its_own_st
           f'{new_rate:.3g} (was {old_rate:.3g}).') in said, said
   assert ('train.batch_size 128 -> 64: step 200 counts as epoch 1.28 from here (it was epoch '
           '2.56); the schedule and the data order follow the new batch size.') in said, said
+  caplog.clear()  # The same images read from tfds instead: the same steps per epoch.
+  new.data.source = 'tfds'  # (The run's config.json says 'local'.)
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(new, tmp_path, 200, 156, total, num_train=10_000)
+  assert any('(was 624)' in r.getMessage() for r in caplog.records), caplog.records
   # With the training set's size changed too, the old schedule is not known here: not guessed.
   caplog.clear()
   new.data.train_limit = 5_000

@@ -100,7 +100,8 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
   """The previous launch's steps per epoch; 0 where this launch's data cannot tell it."""
-  if any(k in changes for k in _EPOCH_SIZE_KEYS):
+  if any(k in changes and not workdir_lib.is_safe_change(k, *changes[k])  # (local <-> tfds: same)
+         for k in _EPOCH_SIZE_KEYS):
     return 0
   if 'train.batch_size' not in changes:
     return steps_per_epoch
