@@ -3,6 +3,7 @@ OUT/severity.png, from the records its runs wrote."""
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 
 import numpy as np
@@ -86,7 +87,8 @@ def plot(evals: list[dict], rows: list[str], best: str, seed: int, path: pathlib
                     label=f'{row}{f" ({best_label})" if row == best else ""}, {len(runs)} seed(s)')
   styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
   colors = ('tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:gray')
-  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), colors):
+  # Colours cycle: zip() had dropped every row after the sixth from the plot (an audit).
+  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), itertools.cycle(colors)):
     for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
                     key=lambda e: TTA_MODES.index(e['mode'])):
       ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from conftest import load_script
@@ -81,6 +82,60 @@ def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
   assert '| augmix | bn_adapt |' not in report.markdown(summary, trains, evals, rows, 'report', 0)
   report.plot(evals, list(rows), 'report', 0, tmp_path / 'p.png', 't', ('augmix',))
   assert (tmp_path / 'p.png').stat().st_size > 0
+
+
+def _seeds_out_of_order(table):
+  """'report' on three seeds, given 2, 0, 1, each number different, so that a swapped column,
+  another mean or another order shows; and test-time records on seeds 0 and 1."""
+  per_seed = {0: (.20, .40, .25, [.4, .3, .2, .1, .0]), 1: (.60, .50, .30, [.5, .4, .3, .2, .1]),
+              2: (.10, .30, .20, [.3, .2, .1, .0, .0])}
+  evals = [{'row': 'report', 'mode': 'none', 'seed': s, 'val_accuracy': v, 'test_accuracy': t,
+            'ood_accuracy': o, 'ood_per_severity': sev}
+           for s in (2, 0, 1) for v, t, o, sev in [per_seed[s]]]
+  evals += [{'row': 'report', 'mode': 'flip', 'seed': s, 'val_accuracy': .99,
+             'test_accuracy': .45 + s / 10, 'ood_accuracy': .35, 'ood_per_severity': [.35] * 5}
+            for s in (0, 1)]
+  run = table.ROWS['report'][0]
+  trains = {(run, s): {'train_seconds': float(2 * s + 1)} for s in (0, 1, 2)}
+  return evals, trains, {'report': (run, table.ROWS['report'][2])}
+
+
+def test_each_column_of_the_tables_holds_its_own_number(table):
+  report = load_script('robustness_report')
+  evals, trains, rows = _seeds_out_of_order(table)
+  summary = report.summarise(evals)
+  assert summary['report|none']['seeds'] == [0, 1, 2]
+  np.testing.assert_allclose(summary['report|none']['ood_per_severity'],
+                             [.4, .3, .2, .1, .1 / 3])  # Per severity, over the seeds.
+  text = report.markdown(summary, trains, evals, rows, 'report', 0)
+  assert (f'| report (best on val) | {rows["report"][1]} | 3 | 30.0 (20.0 / 60.0 / 10.0) '
+          '| 40.0 (40.0 / 50.0 / 30.0) | 25.0 (25.0 / 30.0 / 20.0) '
+          '| 40.0 | 30.0 | 20.0 | 10.0 | 3.3 | 3 |') in text.splitlines(), text
+  tools = text.split('Test-time tools on seed 0', 1)[1]
+  assert '| report | flip | 45.0 | 35.0 | 35.0 | 35.0 | 35.0 | 35.0 | 35.0 |' in tools, tools
+  assert '55.0' not in tools and '99.0' not in tools  # Not seed 1's; not the val number.
+
+
+def test_the_plot_shows_each_rows_seed_range_and_every_tta_row(table, tmp_path, monkeypatch):
+  """The left panel's bars span the seeds (min to max); the right panel has every --tta_rows
+  row: zip() with six colours had dropped the seventh and eighth."""
+  report = load_script('robustness_report')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  figures = []
+  monkeypatch.setattr(plt, 'close', figures.append)
+  evals, _, _ = _seeds_out_of_order(table)
+  extra = [f'row{i}' for i in range(7)]
+  evals += [{'row': r, 'mode': 'flip', 'seed': 0, 'val_accuracy': .5, 'test_accuracy': .5,
+             'ood_accuracy': .3, 'ood_per_severity': [.3] * 5} for r in extra]
+  report.plot(evals, ['report'], 'report', 0, tmp_path / 'p.png', 't', tuple(extra))
+  left, right = figures[0].axes
+  (bars,) = [c for c in left.containers]
+  line, _, (segments,) = bars.lines[0], bars.lines[1], bars.lines[2]
+  np.testing.assert_allclose(line.get_ydata(), [40, 40, 30, 20, 10, 10 / 3])
+  spans = [(seg[0][1], seg[1][1]) for seg in segments.get_segments()]
+  np.testing.assert_allclose(spans[0], (30, 50))  # Clean test: the seeds' 30 .. 50.
+  labels = right.get_legend_handles_labels()[1]
+  assert labels == ['report: none', 'report: flip'] + [f'{r}: flip' for r in extra], labels
 
 
 def test_the_table_says_how_the_best_row_was_chosen(table):
