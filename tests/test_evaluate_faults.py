@@ -392,8 +392,15 @@ def test_measuring_ood_memory_on_a_run_leaves_the_runs_files_as_they_were(run):
                         '--config', str(run / 'config.py'), '--checkpoint', 'latest', '--n', '5'],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'OK: ' in json.loads(out.stdout)['csv_check']  # It measured a real evaluation ...
+  result = json.loads(out.stdout)
+  assert result['csv_check'].startswith('OK: ')  # It measured a real evaluation ...
+  assert result['images'] == 19 * 5  # (Its rate is per image of all 19 files.)
+  assert result['evaluate_last_line']['checkpoint'] == 'latest', result['evaluate_last_line']
   assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before  # ... elsewhere.
+  refused = subprocess.run([sys.executable, 'scripts/measure_ood.py', 'rss', '--workdir',
+                            str(workdir), '--n', '7'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+  assert refused.returncode == 1 and 'positive multiple of 5' in refused.stderr, refused.stderr
 
 
 def test_a_second_signal_stops_at_once_with_the_first_ones_name():
