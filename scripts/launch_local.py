@@ -7,7 +7,10 @@ Each copy gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, wh
 `jax_cifar.parallel.maybe_initialize_distributed()` hands to `jax.distributed.initialize()`; with
 --cpu_devices it also runs on the CPU with that many devices per process (gloo collectives). It is
 the same code path as a SLURM or TPU-pod job, so it tests multi-host behaviour on one machine.
-Output lines are prefixed with [pI]. SIGTERM/SIGINT are forwarded to every copy; if one copy fails,
+Output lines are prefixed with [pI]. SIGTERM/SIGINT are forwarded to every copy, once: each copy
+runs in a process group of its own, so a terminal's Ctrl-C reaches it only through this launcher
+(in the terminal's group too, it had got two SIGINTs, and jax_cifar's second-signal rule then
+stopped it without saving). A hang-up is forwarded as SIGTERM (save and stop). If one copy fails,
 the others are stopped. The exit status is the first non-zero one (or 0).
 """
 
@@ -66,7 +69,8 @@ def main() -> int:
     try:
       procs.append(subprocess.Popen(command, env=process_env(os.environ, i, args.num_processes,
                                                              port, args.cpu_devices),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    process_group=0))  # (Signals come from forward() alone.)
     except OSError as e:  # No such command: one line, and no copy left running.
       for p in procs:
         p.kill()
@@ -85,6 +89,7 @@ def main() -> int:
 
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)
+  signal.signal(signal.SIGHUP, lambda *_: forward(signal.SIGTERM, None))  # (The terminal closed.)
   status = 0
   while [p.poll() for p in procs].count(None):  # Poll every process (any() would stop early).
     failed = [p.returncode for p in procs if p.returncode not in (None, 0)]

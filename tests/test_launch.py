@@ -1,9 +1,12 @@
 """scripts/launch_local.py and the distributed start-up settings, without starting JAX's runtime."""
 
+import contextlib
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,6 +50,97 @@ def test_a_failing_process_stops_the_others_and_sets_the_exit_status(tmp_path, s
   assert '[p0] stopped by SIGTERM' in proc.stdout  # Stopped, not waited for.
 
 
+@pytest.mark.parametrize('signum, each_gets', [(signal.SIGINT, 'SIGINT'),
+                                               (signal.SIGHUP, 'SIGTERM')])
+def test_a_terminals_signal_reaches_each_process_once(tmp_path, signum, each_gets):
+  """Ctrl-C goes to the terminal's whole process group: the copies had been in the launcher's,
+  so each got it twice (directly and forwarded), and a trainer took the second for "stop now,
+  without saving" (an audit). A hang-up stops them as SIGTERM does (saving)."""
+  code = ('import os, pathlib, signal, time\n'
+          'got = []\n'
+          'for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n'
+          '  signal.signal(s, lambda n, _: got.append(signal.Signals(n).name))\n'
+          f'pathlib.Path({str(tmp_path)!r}, "ready" + os.environ["JAX_PROCESS_ID"]).touch()\n'
+          'time.sleep(3)\n'
+          # (Two SIGINTs close together often reach the handler as one: the group says why.)
+          'group = "own" if os.getpgrp() != os.getpgid(os.getppid()) else "the launcher\'s"\n'
+          'print("got", *got, "in", group, "group", flush=True)\n')
+  proc = subprocess.Popen([*LAUNCH, '--num_processes', '2', '--', sys.executable, '-c', code],
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.time() + 60
+    while not all((tmp_path / f'ready{i}').exists() for i in range(2)):
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.05)
+    os.killpg(proc.pid, signum)  # As a terminal does: the launcher's group.
+    out = proc.communicate(timeout=60)[0]
+  finally:
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert sorted(l for l in out.splitlines() if 'got' in l) == [
+      f'[p{i}] got {each_gets} in own group' for i in range(2)], out
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_alone_reaches_every_process(tmp_path, signum):
+  """A scheduler's scancel, or kill PID: the launcher forwards it."""
+  code = ('import os, pathlib, signal, sys\n'
+          'def stopped(n, _):\n'
+          '  print("stopped by", signal.Signals(n).name, flush=True); sys.exit(0)\n'
+          'signal.signal(signal.SIGTERM, stopped); signal.signal(signal.SIGINT, stopped)\n'
+          f'pathlib.Path({str(tmp_path)!r}, os.environ["JAX_PROCESS_ID"]).touch()\n'
+          'signal.pause()\n')
+  proc = subprocess.Popen([*LAUNCH, '--num_processes', '2', '--', sys.executable, '-c', code],
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.time() + 60
+    while not all((tmp_path / str(i)).exists() for i in range(2)):
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.05)
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=60)[0]
+  finally:
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(proc.pid, signal.SIGKILL)
+    # (The copies run in groups of their own: none left running if the test failed.)
+    subprocess.run(['pkill', '-KILL', '-f', str(tmp_path)], check=False)
+  assert proc.returncode == 0 and sorted(out.splitlines()) == [
+      f'[p{i}] stopped by {signal.Signals(signum).name}' for i in range(2)], out
+
+
+@pytest.mark.parametrize('cpu_devices', [0, 2])
+def test_cpu_devices_replace_xla_flags_and_0_leaves_the_backend_alone(cpu_devices):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env.pop('JAX_PLATFORMS', None)
+  code = 'import os; print(os.environ.get("XLA_FLAGS"), os.environ.get("JAX_PLATFORMS"))'
+  proc = subprocess.run([*LAUNCH, '--num_processes', '1', '--cpu_devices', str(cpu_devices), '--',
+                         sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
+                        cwd=ROOT, env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == (['[p0] None cpu'] if cpu_devices else
+                                      ['[p0] --xla_force_host_platform_device_count=8 None'])
+
+
+def test_the_exit_status_is_the_failing_processs_as_a_shell_reports_it(tmp_path):
+  """The copy that failed, not one the launcher then stopped (SIGTERM: 143); death by signal N
+  is 128 + N; a command that cannot run, 126."""
+  ready = tmp_path / 'ready'
+  code = ('import os, pathlib, sys, time\n'
+          f'ready = pathlib.Path({str(ready)!r})\n'
+          'if os.environ["JAX_PROCESS_ID"] == "1":\n'
+          '  while not ready.exists(): time.sleep(0.01)\n'
+          '  sys.exit(3)\n'
+          'ready.touch()\n'
+          'while True: time.sleep(1)  # SIGTERM\'s default: killed.\n')
+  assert _launch(['--num_processes', '2'], code, timeout=120).returncode == 3
+  killed = 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)'
+  assert _launch(['--num_processes', '1'], killed).returncode == 137
+  script = tmp_path / 'not_executable'
+  script.write_text('#!/bin/sh\necho hi\n')
+  proc = subprocess.run([*LAUNCH, '--', str(script)], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 126 and 'cannot start' in proc.stderr, proc.stderr
+
+
 def test_launch_without_a_command_is_a_usage_error():
   proc = subprocess.run(LAUNCH + ['--num_processes', '2'], capture_output=True, text=True)
   assert proc.returncode == 2 and 'give the command after --' in proc.stderr
@@ -62,6 +156,7 @@ COORDINATED = {'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1
     # An audit: these had been tracebacks from JAX or int().
     ({**COORDINATED, 'JAX_NUM_PROCESSES': '0'}, "JAX_NUM_PROCESSES must be a positive integer, got '0'"),
     ({**COORDINATED, 'JAX_PROCESS_ID': '3'}, 'JAX_PROCESS_ID=3 must be below JAX_NUM_PROCESSES=1'),
+    ({**COORDINATED, 'JAX_PROCESS_ID': '1'}, 'JAX_PROCESS_ID=1 must be below JAX_NUM_PROCESSES=1'),
     ({**COORDINATED, 'JAX_LOCAL_DEVICE_IDS': 'a'},
      "JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, got 'a'"),
     ({'SLURM_NTASKS': '2'}, 'SLURM_NTASKS=2: start each process with srun, or set '
