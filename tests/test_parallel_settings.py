@@ -1,0 +1,76 @@
+"""jax_cifar.parallel's multi-process contracts, in one process: what a launcher's environment
+hands to jax.distributed.initialize, which settings the processes compare (and which they may
+hold each their own), and that a stop by Ctrl-C or sys.exit is agreed on like an error.
+(tests/test_multiprocess*.py run the same code as real processes, minutes at a time.)"""
+
+import numpy as np
+import pytest
+
+from jax_cifar import errors, parallel
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+
+
+@pytest.fixture
+def initialize(monkeypatch):
+  """The calls made to jax.distributed.initialize, which starts nothing here."""
+  for var in ('SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'JAX_LOCAL_DEVICE_IDS',
+              parallel.DISTRIBUTED_VAR):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')
+  calls = []
+  monkeypatch.setattr(parallel.jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  return calls
+
+
+@pytest.mark.parametrize('index', [0, 1])
+def test_the_launchers_environment_is_what_jax_distributed_initialize_gets(monkeypatch, initialize,
+                                                                          index):
+  """scripts/launch_local.py's (and SLURM's, TPU pods') contract: each process its own id, the
+  start-up wait of JAX_CIFAR_CONNECT_TIMEOUT_S (JAX's own 300 s had applied instead)."""
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '127.0.0.1:1234')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', str(index))
+  monkeypatch.setenv(parallel.CONNECT_TIMEOUT_VAR, '45')
+  parallel.maybe_initialize_distributed()
+  assert initialize == [{'coordinator_address': '127.0.0.1:1234', 'num_processes': 2,
+                         'process_id': index, 'initialization_timeout': 45}]
+
+
+def _as_process_0_of_2(monkeypatch, mine: dict, other: dict) -> None:
+  """same_settings_everywhere(mine) as process 0 of 2 whose process 1 holds `other`: its values
+  are those the same function gathers from `other`."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(parallel.jax, 'process_index', lambda: 0)
+  recorded = []
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: recorded.append(np.asarray(x)) or np.stack([x, x]))
+  parallel.same_settings_everywhere(other, 'configs')
+  theirs = iter(recorded)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: np.stack([np.asarray(x), next(theirs)]))
+  parallel.same_settings_everywhere(mine, 'configs')
+
+
+def test_each_host_may_name_its_own_paths_and_wandb_but_nothing_else(monkeypatch):
+  mine = workdir_lib.flatten(default.get_config().to_dict())
+  other = {**mine, 'data.dir': '/a', 'data.tfds_data_dir': 'gs://b', 'model.pretrained': '/c',
+           'model.init_from': '/d', 'wandb.mode': 'online', 'wandb.name': 'x'}
+  _as_process_0_of_2(monkeypatch, mine, other)  # Node-local copies; process 0's wandb alone.
+  with pytest.raises(errors.ConfigError, match=r'given different configs: optim\.lr differ'):
+    _as_process_0_of_2(monkeypatch, mine, {**other, 'optim.lr': 123.0})
+  with pytest.raises(errors.ConfigError, match='different sets of keys'):  # Another jax-cifar.
+    _as_process_0_of_2(monkeypatch, mine, {**mine, 'train.new_key': 1})
+
+
+@pytest.mark.parametrize('stop', [KeyboardInterrupt, SystemExit])
+def test_a_stop_inside_fail_together_is_agreed_on_then_raised(monkeypatch, stop):
+  """Ctrl-C or sys.exit on one process: the others must learn of it, not wait in a collective."""
+  told = []
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(parallel, 'any_process', lambda flag: told.append(flag) or flag)
+  with pytest.raises(stop):
+    with parallel.fail_together('writing x'):
+      raise stop()
+  assert told == [True]
