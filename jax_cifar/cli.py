@@ -159,12 +159,9 @@ def _known_as(parts: list[str], at: int) -> str | None:
   optim.label_smoothing)."""
   if at != len(parts) - 1:
     return None
-  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel  (this error only)
-
-  def dotted(d: dict, prefix: str = '') -> list[str]:
-    return [k for key, v in d.items() for k in (
-        dotted(v, f'{prefix}{key}.') if isinstance(v, dict) else [prefix + key])]
-  keys = set(dotted(default.get_config().to_dict()))
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel  (this error only)
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  keys = set(traverse_util.flatten_dict(default.get_config().to_dict(), sep='.'))
   name = COMMON_NAMES.get(parts[at], parts[at])
   if (same := '.'.join(parts[1:at] + [name])) in keys:
     return f'{parts[0]}.{same}'
