@@ -268,7 +268,12 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
-          'best_metric': 'val_accuracy' + ('_ema' if config.checkpoint.best_weights == 'ema' else '')}
+          'best_metric': _best_metric(config)}
+
+
+def _best_metric(config) -> str:
+  """The validation accuracy that picks the `best` checkpoint (checkpoint.best_weights)."""
+  return 'val_accuracy_ema' if config.checkpoint.best_weights == 'ema' else 'val_accuracy'
 
 
 def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
@@ -395,10 +400,10 @@ def _validate(validator: inference.Predictor, state, split, config, ckpts, write
     row.update({f'val_loss{suffix}': result['loss'], f'val_accuracy{suffix}': result['accuracy'],
                 f'val_top5_accuracy{suffix}': result['top5_accuracy']})
   writer.write(step, row)
-  pick = '_ema' if config.checkpoint.best_weights == 'ema' else ''
+  picked = row[_best_metric(config)]
   previous_best = ckpts.best_accuracy()
-  ckpts.maybe_save_best(state, step, row[f'val_accuracy{pick}'])
-  best = max(row[f'val_accuracy{pick}'], -1.0 if previous_best is None else previous_best)
+  ckpts.maybe_save_best(state, step, picked)
+  best = max(picked, -1.0 if previous_best is None else previous_best)
   shown = ', '.join(f'{k} {v:.4f}' for k, v in row.items() if 'top5' not in k)
   tracking.say(f'epoch {epoch:.2f} step {step}: {shown} (best {best:.4f})')
   return row
