@@ -1,8 +1,9 @@
 """What a relaunch of a run may change: its previous launch's config against this one's.
 
 `workdir` holds the rules (which keys are safe to change, which extend the schedule); the trainer
-calls `check_config_change` before it restores, and `cannot_resume_with` to word the error of a
-resume whose allowed changes altered what the train state holds.
+calls `check_config_change` before it restores, `cannot_resume_with` to word the error of a
+resume whose allowed changes altered what the train state holds, and `record_launch` once the
+launch is agreed on.
 """
 
 import json
@@ -10,7 +11,7 @@ import pathlib
 
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, optim
+from jax_cifar import checkpoints, config_validation, optim, tracking
 from jax_cifar import workdir as workdir_lib
 
 
@@ -124,3 +125,16 @@ def cannot_resume_with(changes: dict, workdir: pathlib.Path,
       'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
       f'which train.allow_config_change cannot carry over. Undo them, or '
       f'{workdir_lib.way_on(keys, workdir)}')
+
+
+def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict, old_best: bool,
+                  launch: dict) -> None:
+  """Process 0: sets aside the files of a start over, and records the launch (launches.jsonl and
+  config.json); `launch` gets what a failed start needs to give config.json back."""
+  as_json = json.loads(json.dumps(config.to_dict(), default=str))
+  if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json,
+                                                                     best=old_best)):
+    tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
+                 f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
+  launch.update(saved_before=workdir_lib.saved_steps(workdir),
+                previous=workdir_lib.record_launch(workdir, as_json, start_step, changes))

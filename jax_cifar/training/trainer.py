@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import sys
@@ -337,7 +336,7 @@ def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, me
   parallel.sync('config checked')  # No process writes before every process has read.
   with parallel.fail_together(f'recording the launch in {workdir}'):
     if jax.process_index() == 0:
-      _record_launch(config, workdir, start_step, changes, old_best, launch)
+      relaunch.record_launch(config, workdir, start_step, changes, old_best, launch)
   if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
     ckpts.best.reload()
   return state, graphdef, start_step
@@ -373,19 +372,6 @@ def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
         f'{kept} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
-
-
-def _record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict, old_best: bool,
-                   launch: dict) -> None:
-  """Process 0: sets aside the files of a start over, and records the launch (launches.jsonl and
-  config.json); `launch` gets what a failed start needs to give config.json back."""
-  as_json = json.loads(json.dumps(config.to_dict(), default=str))
-  if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json,
-                                                                     best=old_best)):
-    tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
-                 f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
-  launch.update(saved_before=workdir_lib.saved_steps(workdir),
-                previous=workdir_lib.record_launch(workdir, as_json, start_step, changes))
 
 
 def _validate(validator: inference.Predictor, state, split, config, ckpts, writer, step: int,
