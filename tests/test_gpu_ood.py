@@ -23,6 +23,9 @@ from jax_cifar.data import cifar100
 from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The script's deadlines run on fake clocks here: a deadline bug loops rather than fails, so these
+# tests fail after 2 minutes (the longest takes seconds), not after the suite's 10.
+pytestmark = pytest.mark.timeout(120)
 
 
 devdata = load_script('devdata')
@@ -41,6 +44,7 @@ def test_the_clean_image_count_applies_eval_limit_to_validation_too(cifar_dir):
 
 @pytest.mark.slow
 @pytest.mark.optimized_xla  # Trains and predicts 4 sets: slower at O0 (129 -> 192 s in a loaded suite).
+@pytest.mark.timeout(600)  # Its own subprocess's limit.
 def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
   rng = np.random.default_rng(0)
   npz = tmp_path / 'tiny.npz'
