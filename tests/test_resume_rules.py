@@ -278,3 +278,53 @@ def test_an_allowed_change_of_what_checkpoints_hold_is_refused_before_any_note_n
   with pytest.raises(workdir_lib.WorkdirError, match=r"model\.num_classes 100 -> 10 changes what "
                      r'they hold .*: undo it, or start a new run from this one\'s weights'):
     relaunch.check_config_change(new, tmp_path, 100, 10, 300)
+
+
+def test_the_epoch_a_relaunch_resumes_at_counts_the_part_of_an_epoch_done(tmp_path):
+  """Step 39 of 6 per epoch is epoch 6.5, not 6: num_epochs 10 -> 6.2 would end the schedule
+  before the step the run resumes at (floor division passed the test above: a mutation audit)."""
+  old = default.get_config()
+  old.train.num_epochs = 10
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.train.num_epochs = 6.2
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'train\.num_epochs 10\.0 -> 6\.2: the run is already at epoch 6\.50'):
+    relaunch.check_config_change(new, tmp_path, start_step=39, steps_per_epoch=6, total_steps=37)
+
+
+def test_the_old_schedule_of_an_allowed_relaunch_is_computed_with_the_old_optimizer_settings(
+    tmp_path, caplog):
+  """optim.lr 0.1 -> 0.2 with num_epochs 8 -> 10 (allowed): the "(was ...)" rate is the previous
+  launch's, under its own lr, not the new lr on the old length (it had unpacked each optim
+  change's (old, new) as (_, before): the "old" schedule ran on the new values, a mutation audit)."""
+  old = default.get_config()
+  old.train.num_epochs = 8.0
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.train.num_epochs, new.train.allow_config_change = 10.0, True
+  new.optim.lr = old.optim.lr * 2
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(new, tmp_path, 200, 78, 780)
+  said = [r.getMessage() for r in caplog.records]
+  old_rate = float(optim.make_optimizer(old.optim, 624, 78)[1](200))
+  new_rate = float(optim.make_optimizer(new.optim, 780, 78)[1](200))
+  assert (f'The schedule now ends at step 780 (was 624): the learning rate at step 200 is '
+          f'{new_rate:.3g} (was {old_rate:.3g}).') in said, said
+
+
+def test_a_key_that_acts_under_the_new_config_only_is_a_change_of_the_relaunch(tmp_path):
+  """Only keys inert under both launches' configs are dropped: optim.end_lr_factor does nothing
+  under a constant schedule, but under the new cosine one it shapes the decay, so an allowed
+  relaunch reports (and launches.jsonl records) it (a mutation audit: a union of the inert keys
+  had passed)."""
+  old = default.get_config()
+  old.optim.schedule = 'constant'
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.optim.schedule, new.train.allow_config_change = 'cosine', True
+  new.optim.end_lr_factor = old.optim.end_lr_factor + 0.01
+  assert new.optim.name == 'adamw'
+  new.optim.momentum = 0.5  # SGD's: inert under both launches' AdamW, so dropped.
+  changes = relaunch.check_config_change(new, tmp_path, 100, 10, 300)
+  assert set(changes) == {'optim.schedule', 'optim.end_lr_factor', 'train.allow_config_change'}, changes

@@ -88,7 +88,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
                     total_steps, start_step, rate)
     return changes
   old_optim = config.optim.copy_and_resolve_references()
-  for key, (_, before) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
+  for key, (before, _) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
     old_optim[key.split('.', 1)[1]] = before
   old_epochs = changes.get('train.num_epochs', (config.train.num_epochs,))[0]
   old_total = max(1, int(old_epochs * old_steps_per_epoch))
