@@ -201,3 +201,17 @@ def test_get_splits_synthetic_and_unknown_source():
   assert not np.array_equal(every['train'].images, splits['test'].images)  # Its own test images.
   with pytest.raises(ValueError, match='data.source'):
     cifar100.get_splits(_cfg(source='imagenet'))
+
+
+def test_every_split_keeps_each_images_superclass_through_the_hold_out_and_the_limits():
+  """Split.subset takes the coarse labels with the same indices as the images and fine labels: a
+  subset that kept the whole split's coarse labels had passed every other test (a mutation audit),
+  while the superclass metrics read them."""
+  cfg = _cfg(source='synthetic', synthetic_size=1000, val_fraction=0.1, train_limit=300,
+             eval_limit=200)
+  table = cifar100.superclass_table('synthetic')
+  splits = cifar100.get_splits(cfg)
+  assert [len(splits[k]) for k in ('train', 'val', 'test')] == [300, 100, 200]
+  for name, split in splits.items():
+    assert split.coarse_labels.shape == split.labels.shape, name
+    np.testing.assert_array_equal(split.coarse_labels, table[split.labels], err_msg=name)

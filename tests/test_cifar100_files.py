@@ -368,3 +368,16 @@ def test_the_superclass_table_is_cifar100s_own(data_dir):
     s = cifar100.load_split(data_dir, split)
     np.testing.assert_array_equal(cifar100.superclass_table('local')[s.labels], s.coarse_labels)
   assert sorted(set(cifar100.FINE_TO_COARSE.tolist())) == list(range(cifar100.NUM_COARSE_CLASSES))
+
+
+def test_an_extraction_temp_below_the_data_folder_is_not_named_as_the_data_folder(
+    tmp_path, small_tree):
+  """The hint for a data folder one level too high leaves out hidden folders: an extraction's
+  temp holds a complete cifar-100-python/ just before its rename, and is no data folder to give
+  (a mutation audit)."""
+  temp = tmp_path / f'.cifar-100-python.tmp-{atomic_folder.HOST}-{os.getpid()}-0123abcd'
+  shutil.copytree(small_tree, temp / 'cifar-100-python')
+  with pytest.raises(DataError) as error:
+    fetch.find_or_fetch(tmp_path, download=False)
+  assert_one_line(error, 'here and download is off')
+  assert 'holds one' not in str(error.value)

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -418,3 +419,44 @@ def test_a_second_signal_stops_at_once_with_the_first_ones_name():
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def test_the_test_hook_fires_only_at_its_event_index_and_process(monkeypatch):
+  """JAX_CIFAR_TEST_SIGNAL=EVENT:INDEX:SIGNAL[:PROCESS]: the fourth field picks the JAX process
+  (this one is process 0). A reversed process check had passed the suite's one-process tests (a
+  mutation audit); the multi-process tests place their faults with it."""
+  got = []
+  previous = signal.signal(signal.SIGUSR1, lambda signum, _: got.append(signum))
+  try:
+    for spec, fires in (('ood_file:3:SIGUSR1', True), ('ood_file:3:SIGUSR1:0', True),
+                        ('ood_file:3:SIGUSR1:1', False), ('ood_file:4:SIGUSR1', False),
+                        ('train_step:3:SIGUSR1:0', False)):
+      monkeypatch.setenv(interrupt.TEST_HOOK_VAR, spec)
+      got.clear()
+      interrupt.at_event('ood_file', 3)
+      for _ in range(100):  # The handler runs between bytecodes of the main thread.
+        pass
+      assert got == ([signal.SIGUSR1] if fires else []), spec
+  finally:
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_with_several_processes_only_a_collective_check_acts_on_a_signal(monkeypatch):
+  """With several processes a check that not every process makes at the same point must neither
+  raise nor call the collective (a process alone in an all-gather waits forever); the collective
+  one raises on every process, the name of the signal on the one that got it (a mutation audit).
+  The all-gather is replaced by what it returns for these flags."""
+  from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
+  gathered = []
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(parallel, 'any_process', lambda v: gathered.append(v) or True)
+  flag = interrupt.StopFlag()
+  flag.name, flag.signum = 'SIGINT', signal.SIGINT
+  flag.check()
+  assert gathered == []
+  with pytest.raises(interrupt.Interrupted) as stopped:
+    flag.check(collective=True)
+  assert (stopped.value.name, stopped.value.exit_code, gathered) == ('SIGINT', 130, [True])
+  with pytest.raises(interrupt.Interrupted) as stopped:  # No signal here, one elsewhere.
+    interrupt.StopFlag().check(collective=True)
+  assert (stopped.value.name, stopped.value.exit_code) == ('a signal to another process', 143)

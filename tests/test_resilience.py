@@ -397,3 +397,31 @@ def test_wandb_failing_to_start_degrades_to_metrics_jsonl(tmp_path, monkeypatch,
   rows = tracking.read_metrics(tmp_path)  # The train row and the final (max_steps) evaluation.
   assert [r['step'] for r in rows] == [2, 2] and 'train_loss' in rows[0] and 'val_accuracy' in rows[1]
   assert any('wandb could not start' in r.message for r in caplog.records)
+
+
+def test_with_several_processes_signals_while_starting_never_stop_one_process_alone(monkeypatch):
+  """With several processes a second signal while starting must not raise StopNow on the one
+  process that got it (the others would wait for it in their start-up check); they all stop
+  together at that check. Once training, a stop is agreed only at log steps, where every process
+  makes the all-gather (a mutation audit; the all-gather is replaced by what it returns)."""
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  stop, previous = stopping.install_handlers()
+  try:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      os.kill(os.getpid(), sig)
+      for _ in range(100):  # The handler runs between bytecodes of the main thread.
+        pass
+    assert stop['signal'] == 'SIGTERM'
+    stop['starting'] = False
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Nor while training: the next log step stops.
+      os.kill(os.getpid(), sig)
+      for _ in range(100):
+        pass
+  finally:
+    stopping.restore_handlers(previous)
+  gathered = []
+  monkeypatch.setattr(parallel, 'any_process', lambda v: gathered.append(v) or v)
+  assert [stopping.requested(stop, step, 4) for step in (5, 6, 7, 8)] == [False] * 3 + [True]
+  assert gathered == [True]  # One all-gather, at the log step.
+  monkeypatch.setattr(jax, 'process_count', lambda: 1)
+  assert stopping.requested(stop, 5, 4)  # One process: after any step.

@@ -369,3 +369,22 @@ def test_an_os_error_while_building_is_named_as_the_os_says_not_as_a_failed_down
   assert attempts == [] and not isinstance(error.value, cifar100.DataError)
   assert errors.user_message(error.value) == (
       f'{tmp_path / "tfds"}: {os.strerror(errno.ENOSPC)} (disk full)')
+
+
+def test_prepare_expands_a_home_relative_data_dir_before_checking_it(tfds_dir, manual_dir,
+                                                                     tmp_path, monkeypatch):
+  """prepare_tfds --data_dir ~/...: the dataset's own folder given that way is refused as given
+  absolutely, and an existing build is found where ~ points, not under a './~' of the current
+  folder (a mutation audit: the expansion had been untested)."""
+  shutil.copytree(tfds_dir, tmp_path / 'tfds')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  (tmp_path / 'cwd').mkdir()
+  monkeypatch.chdir(tmp_path / 'cwd')
+  for deep in ('~/tfds/cifar100', '~/tfds/cifar100/3.0.2'):
+    with no_network(), pytest.raises(
+        cifar100.DataError, match=f"is the prepared dataset's own folder, .*: give {tmp_path / 'tfds'}$"):
+      prepare_tfds.prepare(deep, str(manual_dir))
+  result = build_offline('~/tfds', manual_dir, '--register_archive')  # (HOME and cwd: inherited.)
+  assert result == {'built': str(tmp_path / 'tfds' / 'cifar100' / '3.0.2'), 'error': None,
+                    'network_attempts': []}
+  assert list((tmp_path / 'cwd').iterdir()) == []

@@ -233,3 +233,65 @@ def test_a_non_finite_metric_is_written_as_null_so_every_line_is_strict_json(tmp
   rows = [json.loads(line, parse_constant=refuse)
           for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert rows == [{'step': 1, 'train_loss': None, 'grad_norm': None, 'lr': 0.5}]
+
+
+def _offline_run(tmp_path, monkeypatch, name='my-run'):
+  """(WORKDIR `name`, a config) for a MetricsWriter with a real offline wandb run, in this process."""
+  for var in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):  # Keep $HOME clean.
+    monkeypatch.setenv(var, str(tmp_path / 'wandb_home'))
+  monkeypatch.delenv('WANDB_MODE', raising=False)
+  workdir = tmp_path / name
+  workdir.mkdir()
+  config = default.get_config()
+  config.wandb.mode = 'offline'
+  return workdir, config
+
+
+def test_a_fresh_writer_starts_a_new_wandb_run_named_after_the_workdir_and_finishes_it(
+    tmp_path, monkeypatch):
+  """In one Python process (a notebook's train_and_evaluate): the run is named after the workdir,
+  holds the rows at their steps, and close() finishes it (an unfinished run is what the next
+  wandb.init of the process returns). A fresh start (resume_step 0) never continues the run id a
+  killed earlier launch left, whose logged steps would hide the new ones (a mutation audit)."""
+  import wandb  # pylint: disable=import-outside-toplevel
+  workdir, config = _offline_run(tmp_path, monkeypatch)
+  (workdir / 'wandb_run_id').write_text('stale0run\n')
+  writer = tracking.MetricsWriter(workdir, config, resume_step=0)
+  assert writer.wandb_run is not None
+  writer.write(1, {'train_loss': 2.5})
+  writer.write(2, {'train_loss': 2.0, 'lr': np.float32(0.1)})
+  writer.close()
+  assert wandb.run is None  # Finished.
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  assert run_id != 'stale0run'
+  [folder] = (workdir / 'wandb').glob('offline-run-*')
+  records = wandb_records(folder / f'run-{run_id}.wandb')
+  runs = [r.run for r in records if r.WhichOneof('record_type') == 'run']
+  assert {r.run_id for r in runs} == {run_id} and {r.display_name for r in runs} == {'my-run'}
+  assert any(r.WhichOneof('record_type') == 'exit' for r in records)
+  history = wandb_history(folder / f'run-{run_id}.wandb')
+  assert {s: h['train_loss'] for s, h in history.items() if 'train_loss' in h} == {1: 2.5, 2: 2.0}
+  assert 'step' not in history[2]
+
+
+def test_a_failing_wandb_log_is_warned_about_once_and_metrics_jsonl_goes_on(
+    tmp_path, monkeypatch, caplog):
+  """wandb.log raising (its service gone) turns wandb off with one warning; later rows are
+  written to metrics.jsonl without a warning each (a mutation audit)."""
+  workdir, config = _offline_run(tmp_path, monkeypatch)
+  writer = tracking.MetricsWriter(workdir, config, resume_step=0)
+  run = writer.wandb_run
+  try:
+    def broken(*args, **kwargs):
+      raise RuntimeError('service gone')
+    monkeypatch.setattr(run, 'log', broken)
+    with caplog.at_level('WARNING'):
+      for step in (1, 2, 3):
+        writer.write(step, {'train_loss': float(step)})
+    writer.close()
+  finally:
+    run.finish()
+  said = [r.getMessage() for r in caplog.records if 'wandb.log failed' in r.getMessage()]
+  assert len(said) == 1 and 'service gone' in said[0], said
+  assert writer.wandb_run is None
+  assert [r['step'] for r in tracking.read_metrics(workdir)] == [1, 2, 3]
