@@ -305,3 +305,33 @@ def test_a_number_for_a_string_key_is_refused_naming_it(key, value):
   message = f"config key '{key}' must be of type str"
   with pytest.raises(config_validation.ConfigError, match=message):
     config_validation.validate(c)
+
+
+@pytest.mark.parametrize('key, value', [
+    ('model.image_size', 1025), ('augment.crop_padding', 17), ('augment.randaugment_num_ops', 15),
+    ('augment.randaugment_magnitude', 31), ('optim.lr', 10.5), ('optim.end_lr_factor', 1.5),
+    ('augment.erasing_prob', 1.5), ('augment.augmix_severity', 11), ('augment.blur_kernel', 33),
+    ('data.val_fraction', 0.91), ('augment.switch_prob', 1.01),
+])
+def test_a_value_just_outside_an_upper_bound_is_refused_naming_the_key(key, value):
+  """Each upper bound holds (a mutation audit: most had no test above them)."""
+  with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be in"):
+    config_validation.validate(_config(**{key: value}))
+
+
+@pytest.mark.parametrize('key, value', [
+    ('ema.decay', -0.1), ('augment.augmix_severity', 0), ('augment.augmix_depth', -2),
+    ('optim.weight_decay', -1e-4), ('optim.warmup_epochs', -1.0),
+])
+def test_a_negative_or_zero_value_below_a_lower_bound_is_refused_naming_the_key(key, value):
+  with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be in"):
+    config_validation.validate(_config(**{key: value}))
+
+
+def test_a_negative_color_jitter_strength_and_the_open_low_end_of_a_pair_are_refused():
+  with pytest.raises(config_validation.ConfigError, match="'augment.color_jitter' must be 4"):
+    config_validation.validate(_config(**{'augment.color_jitter': (-0.1, 0.4, 0.4, 0.1)}))
+  with pytest.raises(config_validation.ConfigError, match="'augment.rrc_scale' must be \\(low"):
+    config_validation.validate(_config(**{'augment.rrc_scale': (0.0, 0.5)}))  # (0, 1]: 0 is out.
+  config_validation.validate(_config(**{'augment.rrc_scale': (0.01, 1.0),
+                                        'augment.color_jitter': (0.0, 0.0, 0.0, 0.5)}))

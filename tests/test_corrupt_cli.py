@@ -289,3 +289,42 @@ def test_a_file_whose_blocks_do_not_fill_its_header_is_never_renamed_into_place(
       out.write(ood.distortion_file(11), (5, 32, 32, 3), np.uint8, blocks, corruption='fog')
     assert out.progress() == (0, 1)
   assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [corrupt_store.MANIFEST]
+
+
+def test_a_limit_of_every_image_is_accepted(source, tmp_path, capsys):
+  """--limit N with N the number of source images is all of them, not 'exceeds' (an off-by-one
+  passed every test: a mutation audit)."""
+  out = tmp_path / 'all'
+  assert corrupt_cli.main(['--data_dir', str(source), '--out', str(out), '--limit', '40',
+                           '--corruptions', 'brightness']) == 0, capsys.readouterr().err
+  assert read_manifest(out)['num_images'] == 40
+  assert len(np.load(out / 'labels.npy')) == 5 * 40
+
+
+def test_the_largest_split_seed_is_accepted(tmp_path, cifar_dir, capsys):
+  """--split_seed's range is data.split_seed's, [0, 2**32 - 1], both ends included."""
+  out = tmp_path / 'val'
+  assert corrupt_cli.main(['--data_dir', str(cifar_dir), '--out', str(out), '--split', 'val',
+                           '--split_seed', str(2**32 - 1), '--limit', '2',
+                           '--corruptions', 'brightness']) == 0, capsys.readouterr().err
+  assert read_manifest(out)['num_images'] == 2
+
+
+def test_a_rerun_with_fewer_corruptions_keeps_the_earlier_ones_in_the_manifest(tmp_path):
+  """Other corruptions add to the set: a later run asking for fewer must not drop the earlier
+  ones from the manifest's list (their files stay recorded and complete)."""
+  images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
+  out = tmp_path / 'set'
+  corrupt.build(out, images, labels, names=('contrast', 'brightness'))
+  corrupt.build(out, images, labels, names=('fog',))
+  manifest = read_manifest(out)
+  assert manifest['corruptions'] == [c for c in ood.CORRUPTIONS
+                                     if c in ('contrast', 'brightness', 'fog')]
+  assert sum(e['complete'] for e in manifest['files'].values()) == 4  # 3 files and labels.npy.
+
+
+def test_a_negative_seed_is_one_error_line_before_any_work(source, tmp_path, capsys):
+  assert corrupt_cli.main(['--data_dir', str(source), '--out', str(tmp_path / 'out'), '--seed',
+                           '-1', '--corruptions', 'brightness']) == 1
+  assert capsys.readouterr().err.strip() == 'error: --seed must be >= 0, got -1'
+  assert not (tmp_path / 'out').exists()

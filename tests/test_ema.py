@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, optim, parallel, tracking
+from jax_cifar import checkpoints, errors, optim, parallel, tracking
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
@@ -237,3 +237,29 @@ def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path, caps
   # Said, as every other choice of 'auto' is (it had been silent; an audit).
   assert capsys.readouterr().err == 'weights auto: raw (the run kept no EMA: ema.decay was 0)\n'
 
+
+def test_auto_weights_read_the_last_validation_row_of_the_step_and_need_the_ema_to_beat_raw(
+    tmp_path):
+  """A resumed run logs a step's validation again: the last row is of the weights the checkpoint
+  holds. A tie keeps the raw weights (the EMA must beat them, as documented)."""
+  c = _config()
+  tx, _ = optim.make_optimizer(c.optim, 10, 10)
+  state, _ = state_lib.init_state(c, tx, parallel.make_mesh())
+  rows = [{'step': 20, 'val_accuracy': 0.50, 'val_accuracy_ema': 0.60},  # Before the resume.
+          {'step': 20, 'val_accuracy': 0.55, 'val_accuracy_ema': 0.52},
+          {'step': 30, 'val_accuracy': 0.60, 'val_accuracy_ema': 0.60}]
+  (tmp_path / tracking.METRICS_FILE).write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  assert state_lib.resolve_weights('auto', state, tmp_path, 20) == 'raw'
+  assert state_lib.resolve_weights('auto', state, tmp_path, 30) == 'raw'  # A tie.
+
+
+def test_one_non_finite_value_in_a_leaf_is_named():
+  """check_finite names a leaf with a single NaN or inf among finite values, not only one that is
+  all NaN (a mutation audit: `.any()` for `.all()` passed every test)."""
+  params = {'conv': {'kernel': np.array([1.0, np.nan, 2.0], np.float32)},
+            'fc': {'bias': np.zeros(3, np.float32)}}
+  stats = {'bn': {'var': np.array([1.0, np.inf], np.float32)}}
+  with pytest.raises(errors.UserError, match=r"^step 3: non-finite parameter in the checkpoint: "
+                     r"\[0\]\['conv'\]\['kernel'\], \[1\]\['bn'\]\['var'\]$"):
+    state_lib.check_finite(params, stats, 'step 3')
+  state_lib.check_finite({'w': np.ones(2, np.float32)}, {}, 'fine')

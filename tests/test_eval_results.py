@@ -365,3 +365,46 @@ def test_eval_json_of_a_step_named_by_its_default_item_is_the_same_checkpoint(tm
   eval_json.write(path, same)
   assert json.loads(path.read_text()) == {**old, **same}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_step2.json']
+
+
+def test_an_ood_evaluation_of_the_same_checkpoint_replaces_only_its_own_kind(tmp_path):
+  """Merging with an earlier evaluation of the same checkpoint: a new OOD set replaces every
+  ood_* / submission number of the old one, a new CIFAR-100-C evaluation every cifar100c* one,
+  and an evaluation of neither keeps both (a mutation audit: only test_evaluate's trained run
+  covered this)."""
+  path = tmp_path / 'eval_best.json'
+  same = {'checkpoint': 'best', 'step': 3, 'weights': 'raw'}
+  old = {**same, 'test_accuracy': 0.4, 'ood_dir': '/a', 'ood_accuracy': 0.3,
+         'ood_per_severity': [0.3] * 5, 'submission': '/a.csv', 'cifar100c_dir': '/c',
+         'cifar100c_mean_accuracy': 0.2, 'cifar100c': {'fog': [0.2] * 5}}
+  path.write_text(json.dumps(old))
+  eval_json.write(path, {**same, 'test_accuracy': 0.5})  # Clean only: everything else kept.
+  assert json.loads(path.read_text()) == {**old, 'test_accuracy': 0.5}
+  eval_json.write(path, {**same, 'test_accuracy': 0.5, 'ood_dir': '/b', 'submission': '/b.csv'})
+  kept = json.loads(path.read_text())
+  assert kept['ood_dir'] == '/b' and kept['submission'] == '/b.csv'
+  assert 'ood_accuracy' not in kept and 'ood_per_severity' not in kept
+  assert kept['cifar100c'] == old['cifar100c'] and kept['cifar100c_dir'] == '/c'
+  eval_json.write(path, {**same, 'test_accuracy': 0.5, 'cifar100c_dir': '/d'})
+  kept = json.loads(path.read_text())
+  assert kept['cifar100c_dir'] == '/d' and 'cifar100c' not in kept
+  assert 'cifar100c_mean_accuracy' not in kept and kept['ood_dir'] == '/b'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_best.json']
+
+
+def test_a_checkpoint_saved_again_after_its_eval_json_is_another_checkpoint(tmp_path):
+  """eval_best.json of step 3 and a best/3 folder written since (a run retrained to the same
+  step) are not merged: the old file is set aside; a folder older than the file merges."""
+  path = tmp_path / 'eval_best.json'
+  folder = tmp_path / 'checkpoints' / 'best' / '3'
+  folder.mkdir(parents=True)
+  same = {'checkpoint': 'best', 'step': 3, 'weights': 'raw'}
+  path.write_text(json.dumps({**same, 'ood_accuracy': 0.3}))
+  os.utime(folder, (1_000_000, 1_000_000))  # Older than the file: the same checkpoint.
+  eval_json.write(path, {**same, 'test_accuracy': 0.5}, folder)
+  assert json.loads(path.read_text())['ood_accuracy'] == 0.3
+  os.utime(path, (1_000_000, 1_000_000))
+  os.utime(folder, (2_000_000, 2_000_000))  # Saved again after the file was written.
+  eval_json.write(path, {**same, 'test_accuracy': 0.6}, folder)
+  assert json.loads(path.read_text()) == {**same, 'test_accuracy': 0.6}
+  assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3

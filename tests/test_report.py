@@ -477,3 +477,62 @@ def test_python_m_jax_cifar_report_exits_1_on_a_folder_that_is_not_a_run(tmp_pat
                          '--out', str(tmp_path / 'out')], capture_output=True, text=True,
                         timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert proc.returncode == 1 and 'no such folder' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_runs_without_logged_epochs_put_every_curve_in_steps(tmp_path, drawn):
+  """x is in epochs only when every run logs them: a run without epochs would otherwise be drawn
+  in steps on an axis labelled 'epoch' (a mutation audit: `any` for `all` passed every test)."""
+  with_epochs = _fake_run(tmp_path / 'with', 1.0)
+  without = _fake_run(tmp_path / 'without', 1.0)
+  rows = [json.loads(l) for l in (without / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  (without / 'metrics.jsonl').write_text(
+      ''.join(json.dumps({k: v for k, v in r.items() if k != 'epoch'}) + '\n' for r in rows))
+  assert report.main([str(with_epochs), str(without), '--out', str(tmp_path / 'out')]) == 0
+  ax = drawn[0].axes[0]
+  assert ax.get_xlabel() == 'step'
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  np.testing.assert_allclose(lines['with train'].get_xdata(), np.arange(10, 110, 10))
+  np.testing.assert_allclose(lines['without val'].get_xdata(), [50, 100])
+
+
+def test_training_curves_are_solid_and_validation_dashed_with_dots(tmp_path, drawn):
+  """The docstring's and the summary's reading of the figures: train solid, val dashed with dots."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  for fig in drawn[:2]:  # Loss and accuracy.
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    assert (lines['run train'].get_linestyle(), lines['run train'].get_marker()) == ('-', 'None')
+    assert (lines['run val'].get_linestyle(), lines['run val'].get_marker()) == ('--', 'o')
+    np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 2.0])  # Epochs 1 and 2.
+
+
+def test_a_plain_evaluation_of_a_step_is_shown_before_an_adapted_one(tmp_path):
+  """Without eval_best/eval_latest, a plain evaluation of a step (eval_step100) is preferred to
+  an alphabetically earlier one made with BN adaptation (tta 'none', bn_adapt on), and the row
+  is not marked; an earlier Tent one is passed over too."""
+  run = _fake_run(tmp_path / 'run', 1.0)
+  (run / 'eval_best_bn-adapt.json').write_text(json.dumps(
+      {'test_accuracy': 0.4, 'tta': 'none', 'bn_adapt': True, 'tent': None}))
+  (run / 'eval_best_tent.json').write_text(json.dumps(
+      {'test_accuracy': 0.45, 'tta': 'none', 'bn_adapt': False, 'tent': {'steps': 1}}))
+  (run / 'eval_step100.json').write_text(json.dumps(
+      {'test_accuracy': 0.3, 'tta': 'none', 'bn_adapt': False, 'tent': None}))
+  row = report.summary_rows([report.load_run(run)])[0]
+  assert (row['run'], row['test_accuracy']) == ('run', 0.3)
+
+
+def test_the_per_severity_means_and_their_row_are_over_the_corruptions(tmp_path, drawn):
+  """corruption_means' per_severity (evaluate's cifar100c_per_severity) is each severity's mean
+  over the corruptions; the table prints it as its 'mean (all)' row, and the heatmap's columns
+  are labelled with severities 1 to 5 (a mutation audit: neither was checked)."""
+  table = _corruption_table(ood.CORRUPTIONS[:4], seed=3)
+  expected = np.mean([table[n] for n in table], axis=0)
+  means = figures.corruption_means(table)
+  np.testing.assert_allclose(means['per_severity'], expected, rtol=1e-12)
+  assert len(means['per_severity']) == ood.SEVERITIES
+  row = next(l for l in figures.corruption_table_text(table).splitlines()
+             if l.startswith('mean (all)'))
+  np.testing.assert_allclose([float(x) for x in row.split()[2:]],
+                             100 * np.r_[expected, np.mean(expected)], atol=0.006)
+  figures.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r')
+  assert [t.get_text() for t in drawn[-1].axes[0].get_xticklabels()] == ['1', '2', '3', '4', '5']
