@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -313,3 +314,201 @@ def test_show_augmentations_names_a_folder_without_the_data(tmp_path, capsys):
   err = capsys.readouterr().err
   assert e.value.code == 1 and err.startswith(f'error: {tmp_path}: no cifar-100-python/'), err
   assert not (tmp_path / 'a.png').exists()
+
+
+def test_table_row_puts_each_number_in_its_column_and_unit():
+  """The printed table is what docs/benchmarks.md quotes: every column its own value, in %, GiB
+  and the printed precision (a mutation audit: MFU as a fraction, the JAX compile time in the
+  PyTorch column, torch memory in MiB and a missing repeats line all passed)."""
+  row = {'model': 'resnet50', 'dtype': 'bfloat16', 'image_size': 160, 'batch': 256, 'repeats': 2,
+         'jax': {'img_s': 1234.5, 'tflop_s': 12.3456, 'mfu': 0.4321, 'compile_s': 45.6,
+                 'peak_bytes': 3 << 30, 'img_s_runs': [1200.0, 1269.0]},
+         'torch': {'img_s': 1000.0, 'mfu': 0.35, 'compile_s': 78.9, 'peak_bytes': 5 << 30,
+                   'compiled': True, 'img_s_runs': [990.0, 1010.0]},
+         'jax_over_torch': 1.2345, 'jax_over_torch_runs': [1.2, 1.27]}
+  lines = benchmark.table([row]).splitlines()
+  assert lines[0].split() == ['model', 'dtype', 'px', 'batch', 'jax', 'img/s', 'torch', 'img/s',
+                              'jax/torch', 'jax', 'TFLOP/s', 'MFU', 'torch', 'MFU', 'jax', 'compile',
+                              's', 'torch', 'torch', 'compile', 's', 'jax', 'mem', 'GiB', 'torch',
+                              'mem', 'GiB']
+  assert lines[2].split() == ['resnet50', 'bfloat16', '160', '256', '1234.5', '1000.0', '1.23',
+                              '12.346', '43.2', '35.0', '45.6', 'compile', '78.9', '3.00', '5.00']
+  assert lines[3] == ('    2 repeats: jax 1200.0-1269.0 img/s, torch 990.0-1010.0 img/s, '
+                      'jax/torch 1.20-1.27')
+  assert len(lines) == 4
+  eager = {**row, 'repeats': 1, 'torch': {'img_s': 10.0, 'compiled': False}}
+  assert benchmark.table([eager]).splitlines()[2].split()[11] == 'eager'
+  fell_back = {**eager, 'torch': {'img_s': 10.0, 'compiled': False, 'compile_error': 'boom'}}
+  lines = benchmark.table([fell_back]).splitlines()
+  assert lines[2].split()[11] == 'eager*' and lines[3] == '    torch: boom'
+  jax_only = {**eager, 'torch': {}, 'grad_accum_steps': 4, 'scan_blocks': True}
+  assert benchmark.table([jax_only]).splitlines()[2].startswith('resnet50 (scan) accum 4 ')
+
+
+def test_a_repeat_that_failed_still_counts_as_a_repeat():
+  failed = _run(850, 1000)
+  failed['torch'] = {'error': 'RuntimeError: out of memory', 'oom': True}
+  del failed['jax_over_torch']
+  row = benchmark.combine_runs([_run(800, 1000), failed])
+  assert row['repeats'] == 2 and row['jax']['img_s_runs'] == [800, 850]
+
+
+def test_the_memory_note_says_which_backend_and_whether_batches_ran():
+  cpu = benchmark.memory_note('cpu', analysis_only=False)
+  assert 'on XLA:CPU' in cpu and 'Run the same command on the GPU' in cpu
+  assert benchmark.memory_note('gpu', analysis_only=False).endswith(
+      'on gpu; batches were also run')
+  assert benchmark.memory_note('gpu', analysis_only=True).endswith('donated) on gpu')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--batch', '8,0'], "--models smoke: config key 'train.batch_size' must be in"),
+    (['--grad_accum_steps', '1,0'], "config key 'train.grad_accum_steps' must be in"),
+    (['--frameworks', ''], '--frameworks takes jax and/or torch'),
+])
+def test_every_value_of_a_list_flag_is_checked_before_measuring(tmp_path, argv, message):
+  """Only the first batch and accumulation had to be valid for the check to pass, and an empty
+  --frameworks measured nothing (a mutation audit found neither tested)."""
+  with pytest.raises(SystemExit) as e:
+    benchmark.main(['--models', 'smoke', '--steps', '1', '--warmup', '0', *argv])
+  assert str(e.value).startswith('error: ') and message in str(e.value), str(e.value)
+
+
+def test_a_search_may_start_at_its_maximum():
+  args = benchmark.parse_args(['--find_batch_size', '--find_start', '64', '--find_max', '64'])
+  benchmark.bench_args.check(args, benchmark.make_config, benchmark.recipe_config, benchmark._csv,  # pylint: disable=protected-access
+                             defaults=vars(benchmark.parse_args([])))
+
+
+def test_machine_names_amx_and_the_one_minute_load():
+  hostinfo = benchmark.hostinfo
+  info = hostinfo.machine(CPUINFO.replace('rdrand', 'rdrand amx_bf16 amx_tile'))
+  assert info['isa'] == ['avx2', 'avx512f', 'avx512_bf16', 'amx_bf16']
+  line = hostinfo.describe({**info, 'load_average': [1.26, 0.5, 0.25]})
+  assert line.endswith('ISA avx2 avx512f avx512_bf16 amx_bf16, load 1.3'), line
+
+
+def test_jax_step_numbers_agree_with_each_other_and_every_timed_step_counts():
+  """img/s, step ms, TFLOP/s and program bytes are one measurement in four units (no timing is
+  asserted, only their arithmetic); --warmup 0 --steps 1 times the one step."""
+  jax_step = sys.modules['jax_step']
+  config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32)
+  out = jax_step.bench_jax(config, steps=1, warmup=0)
+  assert out['img_s'] * out['step_ms'] == pytest.approx(1e3 * 8)
+  assert out['flops_source'] == 'lowered' and out['step_flops'] > 0
+  assert out['tflop_s'] == pytest.approx(out['step_flops'] / (out['step_ms'] / 1e3) / 1e12)
+  assert 'mfu' not in out  # float32: MFU is against a bf16 peak
+  parts = out['memory_parts']
+  assert out['program_bytes'] == parts['temp'] + parts['argument'] + parts['output'] - parts['alias']
+  assert parts['alias'] > 0  # The donated train state.
+
+
+def test_jax_step_leaves_scanned_blocks_uncounted():
+  """XLA counts a loop body once: a scanned model's FLOPs (so TFLOP/s and MFU) are left out."""
+  jax_step = sys.modules['jax_step']
+  config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32, scan_blocks=True)
+  _, _, _, info = jax_step.compile_jax(config, abstract=True)
+  assert info['step_flops'] is None and info['flops_source'].startswith('not counted')
+
+
+def _torch_spy(monkeypatch):
+  """torch_step with its loss, optimizer, clipping and model recorded as bench_torch makes them."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch_step = sys.modules['torch_step']
+  seen = {'inputs': []}
+  real_model, real_loss, real_adamw = (torch_step.torch_model, torch.nn.CrossEntropyLoss,
+                                       torch.optim.AdamW)
+
+  def model(*a):
+    m = real_model(*a)
+    m.register_forward_pre_hook(lambda _, x: seen['inputs'].append(
+        (tuple(x[0].shape), torch.is_autocast_enabled('cpu'))))
+    return m
+
+  def clip(params, max_norm, **kw):
+    seen['clip'] = max_norm
+    return torch.nn.utils.clip_grad.clip_grad_norm_(params, max_norm, **kw)
+
+  monkeypatch.setattr(torch_step, 'torch_model', model)
+  monkeypatch.setattr(torch.nn, 'CrossEntropyLoss', lambda **kw: seen.update(loss=kw) or real_loss(**kw))
+  monkeypatch.setattr(torch.optim, 'AdamW', lambda params, **kw: seen.update(opt=kw) or real_adamw(params, **kw))
+  monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', clip)
+  return torch_step, seen
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_torch_twin_trains_with_the_jax_recipe(monkeypatch, dtype):
+  """The benchmark's two sides must do the same work: the config's input size, lr, weight decay,
+  label smoothing, clipping norm and bf16 autocast reach the PyTorch step (a mutation audit: any
+  of them could be dropped and every test passed)."""
+  require_module('torch')
+  torch_step, seen = _torch_spy(monkeypatch)
+  config = benchmark.make_config('resnet18:cifar:4', 2, dtype, 40)
+  config.optim.lr, config.optim.weight_decay, config.optim.label_smoothing = 0.003, 0.07, 0.2
+  config.optim.grad_clip_norm = 1.5
+  out = torch_step.bench_torch(config, steps=1, warmup=0, compile_mode='auto')
+  assert out['compiled'] is False  # auto: torch.compile on a GPU only
+  assert out['img_s'] * out['step_ms'] == pytest.approx(1e3 * 2)
+  assert seen['loss'] == {'label_smoothing': 0.2}
+  assert (seen['opt']['lr'], seen['opt']['weight_decay']) == (0.003, 0.07)
+  assert seen['clip'] == 1.5
+  # The compile step, then the one timed step: each at the config's size, autocast iff bf16.
+  assert seen['inputs'] == [((2, 3, 40, 40), dtype == 'bfloat16')] * 2
+
+
+def test_torch_twin_has_the_flax_models_feature_map_sizes():
+  """Same parameter count is not same work: the cifar stem's stride or a kept max-pool change
+  the FLOPs 4-16x at the same count. The Flax ResNets' final maps: 32 px cifar -> 4x4, 64 px
+  imagenet -> 2x2."""
+  require_module('torch')
+  import torch  # pylint: disable=import-outside-toplevel
+  for name, stem, size, final in (('resnet18', 'cifar', 32, 4), ('resnet50', 'imagenet', 64, 2)):
+    model = benchmark.torch_model(name, stem, 4, 100).eval()
+    shapes = []
+    model.layer1.register_forward_pre_hook(lambda _, x: shapes.append(x[0].shape[-1]))
+    model.layer4.register_forward_hook(lambda _, __, y: shapes.append(y.shape[-1]))
+    with torch.no_grad():
+      model(torch.zeros(1, 3, size, size))
+    assert shapes == [final * 8, final], (name, stem, shapes)
+
+
+def test_benchmark_augment_img_s_is_the_batch_over_the_median_call_with_the_overrides_on(
+    monkeypatch):
+  """On a clock that ticks once per reading (no timing): every call takes one tick, so img/s is
+  the batch; the --robust overrides reach the augmentation config (a mutation audit)."""
+  monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
+  script = load_script('benchmark_augment')
+  seen = []
+  monkeypatch.setattr(script, 'augment', types.SimpleNamespace(
+      augment_batch=lambda key, x, cfg: seen.append(cfg.to_dict()) or x))
+  ticks = iter(range(100))
+  monkeypatch.setattr(script, 'time', types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+  r = script.benchmark('randaugment', 12, 3, **script.ROBUST['rrc'])
+  assert r == {'images_per_sec': 12.0, 'compile_s': 1.0}
+  assert seen and all(c['policy'] == 'randaugment' and c['rrc_prob'] == 1.0 for c in seen)
+
+
+def test_benchmark_augment_reports_each_policy_and_the_train_step_at_its_batch(monkeypatch, capsys):
+  monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
+  script = load_script('benchmark_augment')
+  import benchmark as train_benchmark  # pylint: disable=import-outside-toplevel  (as the script does)
+  calls = []
+  monkeypatch.setattr(script, 'benchmark', lambda policy, batch, runs, **kw: calls.append(
+      (policy, batch, runs, kw)) or {'images_per_sec': 1000.04 + len(calls), 'compile_s': 9.0})
+  monkeypatch.setattr(train_benchmark, 'bench_jax', lambda config, **kw: calls.append(
+      (config.model.name, config.train.batch_size, config.model.dtype)) or {'img_s': 123.456})
+  script.main(['--batch_size', '16', '--runs', '2', '--policies', 'none',
+               '--robust', 'augmix,all', '--train_models', 'smoke'])
+  assert calls == [('none', 16, 2, {}), ('none', 16, 2, {'augmix': True}),
+                   ('none', 16, 2, script.ROBUST['all']), ('resnet18', 16, 'float32')]
+  summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+  assert (summary['batch_size'], summary['none'], summary['augmix'], summary['all']) == (
+      16, 1001.0, 1002.0, 1003.0)
+  assert summary['train_step_smoke'] == 123.5 and 'cores' in summary['machine']
+
+
+def test_benchmark_augment_refuses_a_batch_of_zero(capsys):
+  script = load_script('benchmark_augment')
+  with pytest.raises(SystemExit) as e:
+    script.main(['--batch_size', '0', '--train_models', ''])
+  assert e.value.code == 2 and '--runs and --batch_size must be at least 1' in capsys.readouterr().err

@@ -144,3 +144,125 @@ def test_another_state_dict_for_a_converted_out_folder_is_refused(script, tmp_pa
   with pytest.raises(SystemExit, match=r'converted from .*old\.pth, whose content differs from '
                                        r'.*new\.pth'):
     script.convert(str(new), tmp_path)
+
+
+class _FakeChild:
+  """subprocess.Popen for child.run: wait() is interrupted `presses` times by Ctrl-C (or calls
+  `during_wait`) before the child exits with `code`."""
+
+  def __init__(self, presses=0, code=0, during_wait=None):
+    self.presses, self.code, self.during_wait, self.sent = presses, code, during_wait, []
+
+  def __call__(self, cmd, **kw):
+    assert kw['start_new_session'] is True  # Ctrl-C reaches it through child.run only.
+    return self
+
+  def wait(self):
+    if self.during_wait:
+      self.during_wait()
+      self.during_wait = None
+    if self.presses:
+      self.presses -= 1
+      raise KeyboardInterrupt
+    return self.code
+
+  def send_signal(self, sig):
+    self.sent.append(sig)
+
+
+def test_child_passes_each_ctrl_c_on_kills_at_the_third_and_restores_handlers(script, tmp_path,
+                                                                            monkeypatch):
+  """As the module says: the trainer saves at the first press, stops at the second, and the third
+  kills it; a hang-up reaches it as SIGTERM (a mutation audit: none was tested)."""
+  child = script.child
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+  fake = _FakeChild(presses=3, code=-9)
+  monkeypatch.setattr(child.subprocess, 'Popen', fake)
+  assert child.run(['x'], tmp_path / 'log', tmp_path) == (-9, True)
+  assert fake.sent == [signal.SIGINT, signal.SIGINT, signal.SIGKILL]
+  assert {s: signal.getsignal(s) for s in before} == before
+  fake = _FakeChild(code=0, during_wait=lambda: signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None))
+  monkeypatch.setattr(child.subprocess, 'Popen', fake)
+  assert child.run(['x'], tmp_path / 'log', tmp_path) == (0, True)  # A stop, though it exited 0.
+  assert fake.sent == [signal.SIGTERM]
+  fake = _FakeChild(code=0)
+  monkeypatch.setattr(child.subprocess, 'Popen', fake)
+  assert child.run(['x'], tmp_path / 'log', tmp_path) == (0, False) and fake.sent == []
+
+
+@pytest.mark.parametrize('code', [75, 130, 143])
+def test_an_arm_stopped_by_a_signal_of_its_own_says_the_command_resumes(script, tmp_path, code):
+  """The trainer's preemption exit (75) or death by SIGINT/SIGTERM sent to it alone, no Ctrl-C
+  through the script: still a resumable stop, not 'failed'."""
+  log = tmp_path / 'arm.log'
+  with pytest.raises(SystemExit) as e:
+    script.run('random', [sys.executable, '-c', f'import sys; sys.exit({code})'], log)
+  assert str(e.value) == f'random: interrupted (exit {code}); the same command resumes it. Log: {log}'
+
+
+def _fake_arms(script, monkeypatch, rows_for):
+  """script.run replaced by one that writes the arm's metrics.jsonl; the commands it got."""
+  cmds = []
+
+  def run(name, cmd, log):
+    cmds.append((name, cmd))
+    workdir = pathlib.Path(next(a for a in cmd if a.startswith('--workdir=')).split('=', 1)[1])
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows_for(name)))
+
+  monkeypatch.setattr(script, 'run', run)
+  return cmds
+
+
+def test_results_are_the_last_evaluation_and_training_loss_with_the_wall_time_summed(
+    script, tmp_path, monkeypatch, capsys):
+  """What docs/transfer.md's table is made of, without training (a mutation audit: the first
+  train loss, the weights of the wrong arm, a wall time not summed over invocations and the
+  printed columns all passed)."""
+  rows = {'pretrained': [{'step': 10, 'train_loss': 4.0}, {'step': 20, 'val_accuracy': 0.1,
+                                                              'val_loss': 4.1, 'val_top5_accuracy': 0.3},
+                         {'step': 30, 'train_loss': 2.5},
+                         {'step': 40, 'val_accuracy': 0.4567, 'val_loss': 2.2,
+                          'val_top5_accuracy': 0.789}],
+          'random': [{'step': 40, 'train_loss': 4.4},
+                     {'step': 40, 'val_accuracy': 0.05, 'val_loss': 4.3, 'val_top5_accuracy': 0.2}]}
+  cmds = _fake_arms(script, monkeypatch, rows.get)
+  out = tmp_path / 'out'
+  (out / 'results').mkdir(parents=True)
+  (out / 'results' / 'pretrained.seconds').write_text('100.0\n')  # An interrupted invocation's.
+  weights = tmp_path / 'w'
+  assert script.main(['--weights', str(weights), '--out', str(out), '--image_size', '48',
+                      '--batch_size', '8', '--train_limit', '64', '--eval_limit', '32',
+                      '--num_epochs', '2', '--config.seed=3']) == 0
+  assert [n for n, _ in cmds] == ['pretrained', 'random']
+  for name, cmd in cmds:
+    assert f'--config.model.pretrained={weights if name == "pretrained" else ""}' in cmd
+    for flag in ('--config.model.image_size=48', '--config.train.batch_size=8',
+                 '--config.data.train_limit=64', '--config.data.eval_limit=32',
+                 '--config.train.num_epochs=2.0', '--config.seed=3'):
+      assert flag in cmd, (flag, cmd)
+  pre, rand = json.loads((out / 'results.json').read_text())
+  assert (pre['arm'], pre['steps'], pre['val_accuracy'], pre['val_top5_accuracy'], pre['val_loss'],
+          pre['final_train_loss']) == ('pretrained', 40, 0.4567, 0.789, 2.2, 2.5)
+  assert (pre['image_size'], pre['batch_size'], pre['train_images'], pre['val_images']) == (
+      48, 8, 64, 32)
+  assert 100.0 <= pre['wall_s'] < 200.0 and rand['wall_s'] < 100.0
+  assert rand['final_train_loss'] == 4.4 and rand['pretrained'] == ''
+  table = capsys.readouterr().out.splitlines()[-2:]
+  assert table == ['| pretrained | 0.457 | 0.789 | 40 | 48 | ' + str(pre['wall_s']) + ' |',
+                   '| random | 0.050 | 0.200 | 40 | 48 | ' + str(rand['wall_s']) + ' |']
+
+
+@pytest.mark.parametrize('change', [
+    ['--image_size', '64'], ['--train_limit', '99'], ['--eval_limit', '99'], ['--batch_size', '4'],
+    ['--num_epochs', '3'], ['--config.seed=4'], ['--weights', 'other']])
+def test_each_setting_of_a_kept_arm_is_held_to_its_out_folder(script, tmp_path, monkeypatch, change):
+  rows = [{'step': 4, 'train_loss': 1.0}, {'step': 4, 'val_accuracy': 0.5, 'val_loss': 1.0,
+                                           'val_top5_accuracy': 0.9}]
+  _fake_arms(script, monkeypatch, lambda _: rows)
+  base = ['--weights', str(tmp_path / 'w'), '--out', str(tmp_path / 'out'), '--only', 'random',
+          '--image_size', '48', '--train_limit', '64', '--eval_limit', '32', '--batch_size', '8',
+          '--num_epochs', '2']
+  assert script.main(base) == 0
+  with pytest.raises(SystemExit, match='holds runs made with other settings'):
+    script.main([*base, *change])

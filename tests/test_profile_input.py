@@ -1,0 +1,45 @@
+"""scripts/profile_input.py, whose img/s and waiting share docs/benchmarks.md and the README quote:
+a real (tiny) run of its three timings on a clock that ticks once per reading, so the arithmetic
+that turns times into those numbers is checked without timing anything."""
+
+import pathlib
+import sys
+import types
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'scripts'))
+import profile_input  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_profile_turns_its_timings_into_img_s_and_the_waiting_share(monkeypatch):
+  from jax_cifar.configs import smoke  # pylint: disable=import-outside-toplevel
+  config = smoke.get_config()
+  config.data.source, config.data.synthetic_size = 'synthetic', 64
+  config.data.train_limit, config.data.worker_count = 0, 0
+  config.model.name, config.train.batch_size = 'simple_cnn', 8
+  clock = [0.0]  # One tick per reading; each batch the pipeline hands over costs 10 more.
+
+  def tick():
+    clock[0] += 1
+    return clock[0]
+
+  real_batches = profile_input._batches  # pylint: disable=protected-access
+
+  def slow_batches(*a):
+    for batch in real_batches(*a):
+      clock[0] += 10
+      yield batch
+
+  monkeypatch.setattr(profile_input, 'time', types.SimpleNamespace(perf_counter=tick))
+  monkeypatch.setattr(profile_input, '_batches', slow_batches)
+  r = profile_input.profile(config, 3)
+  assert (r['steps'], r['batch_size'], r['devices'], r['backend']) == (3, 8, 1, 'cpu')
+  # input only: 3 batches and a tick (31); step only: a tick (1); together: per step a tick,
+  # a batch and a tick around next() (12, 11 of them in next()), and a tick at the end (37).
+  assert r['input_only_img_s'] == pytest.approx(24 / 31) and r['step_only_img_s'] == 24
+  assert r['together_img_s'] == pytest.approx(24 / 37)
+  assert r['host_time_in_next_fraction'] == pytest.approx(33 / 37)
+  assert r['wait_fraction'] == pytest.approx(1 - 1 / 37)
+  assert r['host_ms_per_step_flat'] == 1e3 and r['host_ms_per_step_train_state'] == 1e3
