@@ -46,7 +46,8 @@ def table(result: dict) -> str:
       continue
     sev = ' / '.join(f'{100 * v:.1f}' for v in r.get('ood_per_severity', []))
     pct = lambda v: f'{100 * v:.2f}' if v is not None else '-'
+    ips = r['ood_images_per_sec']  # None where no OOD file was timed: unknown, not 0
     lines.append(f"| {name} | {pct(r.get('val_accuracy'))} | {pct(r['test_accuracy'])} | "
                  f"{pct(r['ood_accuracy'])} | {sev} | "
-                 f"{r['ood_images_per_sec'] or 0:.0f} | {r['seconds']:.0f} |")
+                 f"{'-' if ips is None else f'{ips:.0f}'} | {r['seconds']:.0f} |")
   return '\n'.join(lines)

@@ -87,8 +87,12 @@ def bench_torch(config, steps: int, warmup: int, compile_mode: str) -> dict:
     if not use_compile or any(isinstance(c, torch.OutOfMemoryError) or 'out of memory' in str(c)
                               for c in chain):  # else retry eager
       raise
-    out.update(compiled=False, compile_error=str(e).splitlines()[0][:200])
+    # compile_s is then the eager first step's; the failed try is compile_attempt_s, as in
+    # bench_torch_limited.
+    out.update(compiled=False, compile_error=str(e).splitlines()[0][:200],
+               compile_attempt_s=time.perf_counter() - t0)
     fwd = model
+    t0 = time.perf_counter()
     step()
     sync()
   out['compile_s'] = time.perf_counter() - t0

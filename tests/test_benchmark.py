@@ -456,6 +456,31 @@ def test_torch_twin_trains_with_the_jax_recipe(monkeypatch, dtype):
   assert seen['inputs'] == [((2, 3, 40, 40), dtype == 'bfloat16')] * 2
 
 
+def test_a_failed_torch_compile_falls_back_to_eager_and_its_time_is_not_the_compile_time(
+    monkeypatch):
+  """compile_s after a failed torch.compile is the eager first step's; the failed try is
+  compile_attempt_s (a mutation audit: compile_s had included the failed attempt). A fake clock
+  makes the failed try cost 100 s."""
+  require_module('torch')
+  import torch  # pylint: disable=import-outside-toplevel
+  torch_step, _ = _torch_spy(monkeypatch)
+  offset = [0.0]
+  real = torch_step.time.perf_counter
+  monkeypatch.setattr(torch_step, 'time', types.SimpleNamespace(
+      perf_counter=lambda: real() + offset[0]))
+
+  def failing(_):
+    offset[0] += 100.0
+    raise RuntimeError('inductor boom\nmore')
+
+  monkeypatch.setattr(torch, 'compile', lambda model: failing)
+  config = benchmark.make_config('resnet18:cifar:4', 2, 'float32', 32)
+  out = torch_step.bench_torch(config, steps=1, warmup=0, compile_mode='on')
+  assert out['compiled'] is False and out['compile_error'] == 'inductor boom'
+  assert out['compile_attempt_s'] >= 100 > out['compile_s'] > 0
+  assert out['img_s'] > 0
+
+
 def test_torch_twin_has_the_flax_models_feature_map_sizes():
   """Same parameter count is not same work: the cifar stem's stride or a kept max-pool change
   the FLOPs 4-16x at the same count. The Flax ResNets' final maps: 32 px cifar -> 4x4, 64 px

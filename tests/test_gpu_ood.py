@@ -408,7 +408,8 @@ def _ood_result():
 def test_the_gpu_table_puts_each_number_in_its_column():
   """The GPU run's table (docs) from gpu_ood.json: percentages at their precision in their
   columns (a mutation audit: the test accuracy in the validation column, fractions for
-  percentages and swapped img/s and seconds all passed)."""
+  percentages and swapped img/s and seconds all passed); an img/s that was never measured is
+  '-', not 0."""
   report = load_script('gpu_ood_report')
   lines = report.table(_ood_result()).splitlines()
   assert lines[0] == ("configs/ood_best.py, 30 epochs: 1500 steps in 600s (median 2500.0 img/s); "
@@ -417,7 +418,7 @@ def test_the_gpu_table_puts_each_number_in_its_column():
   assert lines[1] == '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |'
   assert lines[3:] == [
       '| none@val | 61.23 | 60.00 | 45.68 | 60.0 / 55.0 / 50.0 / 40.0 / 30.0 | 3457 | 12 |',
-      '| tent | - | 59.00 | 50.00 | 70.0 / 60.0 / 50.0 / 40.0 / 30.0 | 0 | 1 |',
+      '| tent | - | 59.00 | 50.00 | 70.0 / 60.0 / 50.0 / 40.0 / 30.0 | - | 1 |',
       '| x | boom | | | | | |', '| y | no time | | | | | |']
 
 
