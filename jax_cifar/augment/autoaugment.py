@@ -19,7 +19,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from jax_cifar.augment import exact, inputs
+from jax_cifar.augment import affine, exact, inputs
 
 # Op order of torchvision's augmentation spaces (Identity first, as RandAugment/TrivialAugment).
 OP_NAMES = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Brightness',
@@ -109,60 +109,6 @@ def _grayscale(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- geometric ops
-
-def _source_coords(theta: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array]:
-  """Input coordinates (x [H,W], y [H,W]) each output pixel samples, as torchvision's grid.
-
-  Mirrors `_affine_grid` + `grid_sample(align_corners=False)`: output pixel centres relative to
-  the image centre, mapped by the inverse matrix theta (6,), normalised by half the size and
-  unnormalised again.
-  """
-  t = exact.div(theta.astype(jnp.float32), jnp.asarray([w, w, w, h, h, h], jnp.float32) / 2)
-  x = (jnp.arange(w, dtype=jnp.float32) - jnp.float32((w - 1) / 2))[None, :]
-  y = (jnp.arange(h, dtype=jnp.float32) - jnp.float32((h - 1) / 2))[:, None]
-  # Pixel centres have few bits, so exact.mul keeps torch's unfused rounding of the grid.
-  ix = (((exact.mul(x, t[0]) + exact.mul(y, t[1])) + t[2] + 1.0) * w - 1.0) / 2.0
-  iy = (((exact.mul(x, t[3]) + exact.mul(y, t[4])) + t[5] + 1.0) * h - 1.0) / 2.0
-  return ix, iy
-
-
-def _taps(image: jax.Array, iy: jax.Array, ix: jax.Array) -> jax.Array:
-  """image[iy, ix] as float32 for integral float coordinates, 0 outside the image (fill 0)."""
-  h, w, _ = image.shape
-  valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
-  ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
-  iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
-  taps = jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype))
-  return taps.astype(jnp.float32)
-
-
-def affine_nearest(image: jax.Array, theta: jax.Array) -> jax.Array:
-  """Nearest-neighbour warp with torchvision's inverse matrix `theta` (6,), fill 0 (half-even)."""
-  h, w, _ = image.shape
-  ix, iy = _source_coords(theta, h, w)
-  ix, iy = jnp.round(ix), jnp.round(iy)
-  valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
-  ixi = jnp.clip(ix, 0, w - 1).astype(jnp.int32)
-  iyi = jnp.clip(iy, 0, h - 1).astype(jnp.int32)
-  return jnp.where(valid[..., None], image[iyi, ixi], jnp.zeros((), image.dtype))
-
-
-def affine_bilinear(image: jax.Array, theta: jax.Array) -> jax.Array:
-  """Bilinear warp of a uint8 image, fill 0 (zeros padding), rounded half-even back to uint8.
-
-  As torch's CPU grid_sample kernel: corner weights (1 - dy)(1 - dx) ..., the NW product rounded,
-  then NE, SW and SE each added with one fused multiply-add (as torch's compiled kernel does).
-  """
-  h, w, _ = image.shape
-  ix, iy = _source_coords(theta, h, w)
-  x0, y0 = jnp.floor(ix), jnp.floor(iy)
-  dx, dy = ix - x0, iy - y0
-  ex, sy = 1.0 - dx, 1.0 - dy
-  out = exact.mul(_taps(image, y0, x0), (sy * ex)[..., None])
-  for yy, xx, weight in ((y0, x0 + 1, sy * dx), (y0 + 1, x0, dy * ex), (y0 + 1, x0 + 1, dy * dx)):
-    out = exact.fma_small(_taps(image, yy, xx), weight[..., None], out)
-  return jnp.clip(jnp.round(out), 0.0, 255.0).astype(jnp.uint8)
-
 
 def _thetas(m: jax.Array, h: int, w: int) -> jax.Array:
   """[5, 6] inverse matrices of ShearX, ShearY, TranslateX, TranslateY and Rotate by m.
@@ -281,7 +227,7 @@ def apply_op(image: jax.Array, op: jax.Array, magnitude: jax.Array, bilinear: bo
   m = jnp.asarray(magnitude, jnp.float32)
   x = image.astype(jnp.float32)
   name = lambda n: OP_NAMES.index(n)
-  warp = affine_bilinear if bilinear else affine_nearest
+  warp = affine.bilinear if bilinear else affine.nearest
   warped = warp(image, _thetas(m, h, w)[jnp.clip(op - name('ShearX'), 0, 4)])
   gray, hist = _grayscale(x), _histograms(image)
   luts = jnp.stack([jnp.broadcast_to(lut, (3, 256)) for lut in (
