@@ -1,12 +1,11 @@
 """scripts/benchmark.py: the JSON it writes, model specs, arguments, FLOPs and tables (no timings;
-the batch-size search is in test_batch_fit.py)."""
+the batch-size search is in test_batch_fit.py, the PyTorch side in test_torch_step.py)."""
 
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -59,19 +58,6 @@ def test_model_specs_name_configs_or_resnets_with_stem_and_width():
   assert from_file.to_dict() == resnet152.get_config().to_dict()  # The file's recipe, unchanged.
   with pytest.raises(ValueError, match='no such config file'):
     benchmark.recipe_config('configs/no_such.py', 32)
-
-
-def test_torch_twin_has_the_same_parameter_count():
-  require_module('torch')
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax_cifar.models import create_model  # pylint: disable=import-outside-toplevel
-  for name, stem, width in (('resnet18', 'cifar', 16), ('resnet50', 'imagenet', 8)):
-    flax_model = nnx.eval_shape(lambda: create_model(name, 100, stem=stem, width=width,
-                                                     rngs=nnx.Rngs(0)))
-    n_flax = sum(x.size for x in jax.tree.leaves(nnx.state(flax_model, nnx.Param)))
-    n_torch = sum(p.numel() for p in benchmark.torch_model(name, stem, width, 100).parameters())
-    assert n_flax == n_torch, (name, stem, width)
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -291,31 +277,6 @@ def test_a_memory_figure_from_xla_analysis_is_starred_and_explained():
       "* jax mem: XLA's memory analysis of the compiled step, not a measured peak")
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--robust', 'nosie'], '--robust: unknown nosie'),
-    (['--policies', 'none,autoagment'], '--policies: unknown autoagment'),
-    (['--train_models', 'smok'], "--train_models: unknown model spec 'smok'"),
-    (['--runs', '0'], '--runs and --batch_size must be at least 1')])
-def test_benchmark_augment_refuses_bad_flags_before_measuring(argv, message, capsys, monkeypatch):
-  """They had failed after the policies were measured (a traceback; the summary lost), or printed
-  nan img/s as invalid JSON (an audit)."""
-  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / 'scripts'))
-  script = load_script('benchmark_augment')
-  monkeypatch.setattr(script, 'benchmark', lambda *a, **k: pytest.fail('measured before refusing'))
-  with pytest.raises(SystemExit) as e:
-    script.main(argv)
-  assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_show_augmentations_names_a_folder_without_the_data(tmp_path, capsys):
-  script = load_script('show_augmentations')
-  with pytest.raises(SystemExit) as e:
-    script.main(['--data_dir', str(tmp_path), '--out', str(tmp_path / 'a.png')])
-  err = capsys.readouterr().err
-  assert e.value.code == 1 and err.startswith(f'error: {tmp_path}: no cifar-100-python/'), err
-  assert not (tmp_path / 'a.png').exists()
-
-
 def test_table_row_puts_each_number_in_its_column_and_unit():
   """The printed table is what docs/benchmarks.md quotes: every column its own value, in %, GiB
   and the printed precision (a mutation audit: MFU as a fraction, the JAX compile time in the
@@ -409,131 +370,3 @@ def test_jax_step_leaves_scanned_blocks_uncounted():
   config = benchmark.make_config('resnet18:cifar:4', 8, 'float32', 32, scan_blocks=True)
   _, _, _, info = jax_step.compile_jax(config, abstract=True)
   assert info['step_flops'] is None and info['flops_source'].startswith('not counted')
-
-
-def _torch_spy(monkeypatch):
-  """torch_step with its loss, optimizer, clipping and model recorded as bench_torch makes them."""
-  import torch  # pylint: disable=import-outside-toplevel
-  torch_step = sys.modules['torch_step']
-  seen = {'inputs': []}
-  real_model, real_loss, real_adamw = (torch_step.torch_model, torch.nn.CrossEntropyLoss,
-                                       torch.optim.AdamW)
-
-  def model(*a):
-    m = real_model(*a)
-    m.register_forward_pre_hook(lambda _, x: seen['inputs'].append(
-        (tuple(x[0].shape), torch.is_autocast_enabled('cpu'))))
-    return m
-
-  def clip(params, max_norm, **kw):
-    seen['clip'] = max_norm
-    return torch.nn.utils.clip_grad.clip_grad_norm_(params, max_norm, **kw)
-
-  monkeypatch.setattr(torch_step, 'torch_model', model)
-  monkeypatch.setattr(torch.nn, 'CrossEntropyLoss', lambda **kw: seen.update(loss=kw) or real_loss(**kw))
-  monkeypatch.setattr(torch.optim, 'AdamW', lambda params, **kw: seen.update(opt=kw) or real_adamw(params, **kw))
-  monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', clip)
-  return torch_step, seen
-
-
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_torch_twin_trains_with_the_jax_recipe(monkeypatch, dtype):
-  """The benchmark's two sides must do the same work: the config's input size, lr, weight decay,
-  label smoothing, clipping norm and bf16 autocast reach the PyTorch step (a mutation audit: any
-  of them could be dropped and every test passed)."""
-  require_module('torch')
-  torch_step, seen = _torch_spy(monkeypatch)
-  config = benchmark.make_config('resnet18:cifar:4', 2, dtype, 40)
-  config.optim.lr, config.optim.weight_decay, config.optim.label_smoothing = 0.003, 0.07, 0.2
-  config.optim.grad_clip_norm = 1.5
-  out = torch_step.bench_torch(config, steps=1, warmup=0, compile_mode='auto')
-  assert out['compiled'] is False  # auto: torch.compile on a GPU only
-  assert out['img_s'] * out['step_ms'] == pytest.approx(1e3 * 2)
-  assert seen['loss'] == {'label_smoothing': 0.2}
-  assert (seen['opt']['lr'], seen['opt']['weight_decay']) == (0.003, 0.07)
-  assert seen['clip'] == 1.5
-  # The compile step, then the one timed step: each at the config's size, autocast iff bf16.
-  assert seen['inputs'] == [((2, 3, 40, 40), dtype == 'bfloat16')] * 2
-
-
-def test_a_failed_torch_compile_falls_back_to_eager_and_its_time_is_not_the_compile_time(
-    monkeypatch):
-  """compile_s after a failed torch.compile is the eager first step's; the failed try is
-  compile_attempt_s (a mutation audit: compile_s had included the failed attempt). A fake clock
-  makes the failed try cost 100 s."""
-  require_module('torch')
-  import torch  # pylint: disable=import-outside-toplevel
-  torch_step, _ = _torch_spy(monkeypatch)
-  offset = [0.0]
-  real = torch_step.time.perf_counter
-  monkeypatch.setattr(torch_step, 'time', types.SimpleNamespace(
-      perf_counter=lambda: real() + offset[0]))
-
-  def failing(_):
-    offset[0] += 100.0
-    raise RuntimeError('inductor boom\nmore')
-
-  monkeypatch.setattr(torch, 'compile', lambda model: failing)
-  config = benchmark.make_config('resnet18:cifar:4', 2, 'float32', 32)
-  out = torch_step.bench_torch(config, steps=1, warmup=0, compile_mode='on')
-  assert out['compiled'] is False and out['compile_error'] == 'inductor boom'
-  assert out['compile_attempt_s'] >= 100 > out['compile_s'] > 0
-  assert out['img_s'] > 0
-
-
-def test_torch_twin_has_the_flax_models_feature_map_sizes():
-  """Same parameter count is not same work: the cifar stem's stride or a kept max-pool change
-  the FLOPs 4-16x at the same count. The Flax ResNets' final maps: 32 px cifar -> 4x4, 64 px
-  imagenet -> 2x2."""
-  require_module('torch')
-  import torch  # pylint: disable=import-outside-toplevel
-  for name, stem, size, final in (('resnet18', 'cifar', 32, 4), ('resnet50', 'imagenet', 64, 2)):
-    model = benchmark.torch_model(name, stem, 4, 100).eval()
-    shapes = []
-    model.layer1.register_forward_pre_hook(lambda _, x: shapes.append(x[0].shape[-1]))
-    model.layer4.register_forward_hook(lambda _, __, y: shapes.append(y.shape[-1]))
-    with torch.no_grad():
-      model(torch.zeros(1, 3, size, size))
-    assert shapes == [final * 8, final], (name, stem, shapes)
-
-
-def test_benchmark_augment_img_s_is_the_batch_over_the_median_call_with_the_overrides_on(
-    monkeypatch):
-  """On a clock that ticks once per reading (no timing): every call takes one tick, so img/s is
-  the batch; the --robust overrides reach the augmentation config (a mutation audit)."""
-  monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
-  script = load_script('benchmark_augment')
-  seen = []
-  monkeypatch.setattr(script, 'augment', types.SimpleNamespace(
-      augment_batch=lambda key, x, cfg: seen.append(cfg.to_dict()) or x))
-  ticks = iter(range(100))
-  monkeypatch.setattr(script, 'time', types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-  r = script.benchmark('randaugment', 12, 3, **script.ROBUST['rrc'])
-  assert r == {'images_per_sec': 12.0, 'compile_s': 1.0}
-  assert seen and all(c['policy'] == 'randaugment' and c['rrc_prob'] == 1.0 for c in seen)
-
-
-def test_benchmark_augment_reports_each_policy_and_the_train_step_at_its_batch(monkeypatch, capsys):
-  monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
-  script = load_script('benchmark_augment')
-  import benchmark as train_benchmark  # pylint: disable=import-outside-toplevel  (as the script does)
-  calls = []
-  monkeypatch.setattr(script, 'benchmark', lambda policy, batch, runs, **kw: calls.append(
-      (policy, batch, runs, kw)) or {'images_per_sec': 1000.04 + len(calls), 'compile_s': 9.0})
-  monkeypatch.setattr(train_benchmark, 'bench_jax', lambda config, **kw: calls.append(
-      (config.model.name, config.train.batch_size, config.model.dtype)) or {'img_s': 123.456})
-  script.main(['--batch_size', '16', '--runs', '2', '--policies', 'none',
-               '--robust', 'augmix,all', '--train_models', 'smoke'])
-  assert calls == [('none', 16, 2, {}), ('none', 16, 2, {'augmix': True}),
-                   ('none', 16, 2, script.ROBUST['all']), ('resnet18', 16, 'float32')]
-  summary = json.loads(capsys.readouterr().out.splitlines()[-1])
-  assert (summary['batch_size'], summary['none'], summary['augmix'], summary['all']) == (
-      16, 1001.0, 1002.0, 1003.0)
-  assert summary['train_step_smoke'] == 123.5 and 'cores' in summary['machine']
-
-
-def test_benchmark_augment_refuses_a_batch_of_zero(capsys):
-  script = load_script('benchmark_augment')
-  with pytest.raises(SystemExit) as e:
-    script.main(['--batch_size', '0', '--train_models', ''])
-  assert e.value.code == 2 and '--runs and --batch_size must be at least 1' in capsys.readouterr().err
