@@ -65,6 +65,15 @@ RANGES = {
 ConfigError = errors.ConfigError
 
 
+def _kept_as_text(key: str, value, form: str) -> str:
+  """Why a tuple flag holds one string, where it does: ml_collections reads a tuple override with
+  Python's literal parser, so '(nan,1)' or '(0.5,x)' (no literal) arrives as ('(nan,1)',)."""
+  if not (isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], str)):
+    return ''
+  return (': the command line kept it as text (only Python number literals are read: no nan, '
+          f"inf or names); give numbers, as --config.{key}='{form}'")
+
+
 def validate(config, *, launch: bool = True) -> None:
   """Raises ConfigError naming the first unknown key, wrong type, unknown choice or bad range.
 
@@ -144,7 +153,8 @@ def validate(config, *, launch: bool = True) -> None:
     key, value = f'augment.{name}', given[f'augment.{name}']
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-      raise ConfigError(f'config key {key!r} must be a pair (low, high), got {value!r}')
+      raise ConfigError(f'config key {key!r} must be a pair (low, high), got {value!r}'
+                        + _kept_as_text(key, value, '(LOW,HIGH)'))
     low, high = value
     if low < lowest or (low == lowest and low_open) or low > high or high > highest:
       bounds = f"{'(' if low_open else '['}{lowest}, {highest}]"
@@ -158,7 +168,8 @@ def validate(config, *, launch: bool = True) -> None:
       isinstance(v, (int, float)) and not isinstance(v, bool) for v in jitter)
           and min(jitter) >= 0 and jitter[3] <= 0.5):
     raise ConfigError("config key 'augment.color_jitter' must be 4 strengths (brightness, contrast, "
-                      f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}")
+                      f"saturation, hue) >= 0 with hue <= 0.5; got {jitter!r}"
+                      + _kept_as_text('augment.color_jitter', jitter, '(B,C,S,H)'))
   tags = given['wandb.tags']
   if launch and not (isinstance(tags, (list, tuple)) and all(
       isinstance(t, str) and 0 < len(t) <= WANDB_TAG_MAX for t in tags)):

@@ -103,6 +103,12 @@ def test_a_worker_count_no_machine_could_start_is_refused():
      'cannot be combined'),
     ({'augment.rrc_scale': (0.9, 0.5)}, "'augment.rrc_scale' must be \\(low, high\\)"),
     ({'augment.rrc_scale': (0.5,)}, "'augment.rrc_scale' must be a pair"),
+    # What --config.augment.rrc_scale='(nan,1)' gives (ml_collections' literal parser keeps it
+    # as one string), which had been only "must be a pair ... got ('(nan,1)',)".
+    ({'augment.rrc_scale': ('(nan,1)',)}, "must be a pair .*got \\('\\(nan,1\\)',\\): the command "
+     "line kept it as text .*give numbers, as --config.augment.rrc_scale='\\(LOW,HIGH\\)'"),
+    ({'augment.color_jitter': ('(0.4,0.4,nan,0.1)',)}, "'augment.color_jitter' must be 4 .*the "
+     "command line kept it as text .*--config.augment.color_jitter='\\(B,C,S,H\\)'"),
     ({'augment.color_jitter': (0.4, 0.4, 0.4, 0.6)}, "'augment.color_jitter' must be 4"),
     ({'model.name': 'simple_cnn', 'model.image_size': 48}, "'model.image_size' must be a multiple"),
     # NaN passed every range (optim.lr=nan trained and exited 0; ema.decay=nan turned the EMA
