@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from flax import traverse_util
 
 from _train_cli import ROOT, the_error, train
-from jax_cifar import cli, errors
+from jax_cifar import cli, config_errors, errors
 from jax_cifar.configs import default
 
 BUILTIN = sorted(p.stem for p in (ROOT / 'jax_cifar' / 'configs').glob('*.py')
@@ -39,6 +40,37 @@ def test_misspelled_override_key_is_named(tmp_path):
     assert line.startswith(f"error: --config.{given}: the config has no key "
                            f"'{given.split('.')[-1]}'; did you mean --config.{meant}? "), line
   assert 'did you mean' not in _usage_error(train(tmp_path / 'run', '--config.optim.zzz=1'))
+
+
+def test_a_common_name_is_suggested_in_its_own_section_and_never_for_a_section_or_an_ambiguous_key(
+    tmp_path):
+  """`arch` is `name` in model, optim and wandb: model.arch means model.name, train.arch none of
+  them; an unknown section is never mapped to a key (--config.lr.x is not optim.lr). Every name of
+  the table is a key's (a mutation audit: the same-section lookup, the one-match rule and the
+  last-key guard could each be dropped with every test passing)."""
+  keys = {path[-1] for path in traverse_util.flatten_dict(default.get_config().to_dict())}
+  assert not set(config_errors.COMMON_NAMES.values()) - keys
+  line = _usage_error(train(tmp_path / 'run', '--config.model.arch=resnet18'))
+  assert line.startswith("error: --config.model.arch: the config has no key 'arch'; did you mean "
+                         '--config.model.name? '), line
+  for given, name in (('train.arch', 'arch'), ('lr.x', 'lr')):
+    line = _usage_error(train(tmp_path / 'run', f'--config.{given}=1'))
+    assert line == (f"error: --config.{given}: the config has no key '{name}' (jax_cifar/configs/"
+                    'default.py lists every key, with what it does)'), line
+  assert not (tmp_path / 'run').exists()
+
+
+def test_first_line_of_a_config_error_drops_nested_quotes_and_search_paths():
+  """A KeyError's repr is `'key'` (quoted) and config_flags wraps a missing file in the paths it
+  tried: the line keeps the key and the OS error alone (a mutation audit: dropping the unquoting
+  passed every test)."""
+  assert config_errors.first_line(KeyError('seed')) == 'KeyError: seed'
+  assert config_errors.first_line(AttributeError("'nmae'")) == 'AttributeError: nmae'
+  assert config_errors.first_line(ValueError("'")) == "ValueError: '"
+  assert config_errors.first_line(OSError(
+      'Failed loading config file c\n  Attempted [Relative path]:\n    c.py\n      [Errno 2] No '
+      "such file or directory: 'c.py'")) == "OSError: [Errno 2] No such file or directory: 'c.py'"
+  assert config_errors.first_line(KeyError()) == 'KeyError'
 
 
 def test_an_override_given_twice_is_named_with_the_value_used():

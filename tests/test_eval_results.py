@@ -204,6 +204,11 @@ def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):
     np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
   with pytest.raises(ood.DataError, match="distortionXX.npy files, not CIFAR-100-C's .*--ood_dir"):
     ood.check_cifar100c_dir(tmp_path)
+  part = tmp_path / 'part'  # Some of them (corrupt --corruptions fog): named so too (a mutation
+  part.mkdir()  # audit: only the whole set had been tested).
+  np.save(part / 'distortion11.npy', np.zeros((5, 32, 32, 3), np.uint8))
+  with pytest.raises(ood.DataError, match="distortionXX.npy files, not CIFAR-100-C's .*--ood_dir"):
+    ood.check_cifar100c_dir(part)
   for i in range(ood.NUM_DISTORTIONS):  # Other names only: none of them is scored.
     (tmp_path / ood.distortion_file(i)).rename(tmp_path / f'mine{i:02d}.npy')
   with pytest.raises(ood.DataError, match=r"no CIFAR-100-C <corruption>\.npy files \(expected e\.g\. "

@@ -67,3 +67,41 @@ def test_a_config_whose_crop_mode_differs_from_the_runs_is_refused(tmp_path):
                      match=r"augment.crop_mode 'reflect' \(run\) vs 'constant' \(--config\)"):
     inference.check_matches_run(default.get_config(), str(tmp_path))
   inference.check_matches_run(recorded, str(tmp_path))
+
+
+def test_where_a_runs_weights_started_from_is_no_prediction_key(tmp_path):
+  """A run started from converted weights or another run's (model.pretrained, model.init_from and
+  its _weights) predicts with what it trained: --config without those keys is accepted, as the
+  run's own config.json after them (a mutation audit: only remat and scan_blocks had been
+  tested)."""
+  recorded = default.get_config()
+  recorded.model.pretrained = '/weights/resnet18.npz'
+  recorded.model.init_from = '/runs/first:best'
+  recorded.model.init_from_weights = 'ema'
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded.to_dict()))
+  inference.check_matches_run(default.get_config(), str(tmp_path))
+  other = default.get_config()
+  other.model.normalize = 'imagenet'
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"model\.normalize 'cifar' \(run\) vs 'imagenet' \(--config\)"):
+    inference.check_matches_run(other, str(tmp_path))
+
+
+def test_a_step_folders_orbax_item_of_another_run_is_checked_against_that_runs_config(tmp_path):
+  """OTHER/checkpoints/latest/N/default (the orbax item inside a step folder) is that run's step
+  too: checked against OTHER's config.json as the step folder is, and a folder of this run is not
+  (a mutation audit: only the step folder itself had been tested)."""
+  other = tmp_path / 'other'
+  recorded = default.get_config()
+  recorded.model.normalize = 'imagenet'
+  (other / 'checkpoints' / 'latest' / '2' / 'default').mkdir(parents=True)
+  (other / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded.to_dict()))
+  for folder in ('2', '2/default'):
+    with pytest.raises(config_validation.ConfigError, match=r"model\.normalize 'imagenet' \(run\) "
+                                                            r"vs 'cifar' \(evaluating\)"):
+      inference.check_step_folder_of_another_run(default.get_config(), str(tmp_path / 'this'),
+                                                  str(other / 'checkpoints' / 'latest' / folder))
+  inference.check_step_folder_of_another_run(recorded, str(tmp_path / 'this'),
+                                              str(other / 'checkpoints' / 'latest' / '2/default'))
+  inference.check_step_folder_of_another_run(default.get_config(), str(other),
+                                              str(other / 'checkpoints' / 'latest' / '2/default'))

@@ -264,14 +264,16 @@ def test_stray_distortion_files_are_named_in_a_warning(tmp_path, caplog):
   assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'replaced'])
+@pytest.mark.parametrize('damage', ['truncated', 'replaced', 'retyped'])
 def test_a_file_damaged_after_the_check_is_named_when_opened(tmp_path, damage):
   files = ood.check_distortion_dir(_write_ood(tmp_path / 'ood', n=5))
   bad = files[7].path
   if damage == 'truncated':  # e.g. a copy still running, or a full disk.
     bad.write_bytes(bad.read_bytes()[:-100])
-  else:
+  elif damage == 'replaced':
     np.save(bad, np.zeros((10, 32, 32, 3), np.uint8))
+  else:  # Same shape, other pixels' type (a mutation audit: only the shape had been re-checked).
+    np.save(bad, np.zeros((5, 32, 32, 3), np.float32))
   with pytest.raises(cifar100.DataError) as e:
     files[7].open()
   assert '\n' not in str(e.value) and 'distortion07.npy' in str(e.value), str(e.value)
@@ -315,7 +317,8 @@ def test_bad_ood_input_fails_in_one_line_naming_the_file_and_keeps_the_csv(tmp_p
 
 @pytest.mark.parametrize('problem', ['ood_labels_too_few', 'ood_labels_out_of_range',
                                      'c_labels_missing', 'c_labels_float', 'ood_labels_negative',
-                                     'c_labels_negative', 'ood_labels_trailing_bytes'])
+                                     'c_labels_negative', 'ood_labels_trailing_bytes',
+                                     'ood_labels_below_zero', 'c_labels_a_column'])
 def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
   """labels.npy is checked with the images: found bad only after the 950,000 predictions, a
   run's clean and OOD numbers were lost. (The workdir holds no run: reaching it is a different
@@ -329,7 +332,11 @@ def test_bad_labels_fail_before_the_checkpoint_is_read(tmp_path, problem):
   np.save(c_dir / 'fog.npy', images)
   labels = {'ood_labels_too_few': (ood_dir, np.arange(3)),
             'ood_labels_out_of_range': (ood_dir, np.full(10, 100)),
-            'c_labels_float': (c_dir, np.zeros(10, np.float32))}
+            'c_labels_float': (c_dir, np.zeros(10, np.float32)),
+            # A label of -1 and an [N, 1] column (compared with [N] predictions, it broadcasts to
+            # N x N) had been read as labels (a mutation audit: neither check was tested).
+            'ood_labels_below_zero': (ood_dir, np.full(10, -1)),
+            'c_labels_a_column': (c_dir, np.zeros((10, 1), np.int64))}
   if problem in labels:
     np.save(labels[problem][0] / 'labels.npy', labels[problem][1])
   if problem.endswith('_negative'):  # A header claiming -1 labels had given a traceback.

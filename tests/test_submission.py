@@ -263,7 +263,8 @@ def test_a_byte_order_mark_before_the_header_is_read_past_but_not_elsewhere(tmp_
     ('dtype', 'dtype float32'), ('shape', 'shape'),
     ('not_multiple_of_5', 'multiple of 5'), ('truncated', 'truncated'), ('trailing', 'trailing'),
     ('not_npy', 'not a readable .npy'), ('different_n', 'same N'),
-    ('fortran', 'Fortran-ordered')])
+    ('fortran', 'Fortran-ordered'), ('empty', r'0 images, expected a positive multiple of 5'),
+    ('negative_count', r'negative dimension \(-5, 32, 32, 3\)')])
 def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, match):
   for i in range(19):
     np.save(tmp_path / ood.distortion_file(i), np.zeros((10, 32, 32, 3), np.uint8))
@@ -284,6 +285,10 @@ def test_each_bad_distortion_file_gives_one_line_naming_it(tmp_path, problem, ma
     bad.write_bytes(b'id,label\n')
   elif problem == 'fortran':
     np.save(bad, np.asfortranarray(np.zeros((10, 32, 32, 3), np.uint8)))
+  elif problem == 'empty':  # (A mutation audit: a file of no images had passed its check.)
+    np.save(bad, np.zeros((0, 32, 32, 3), np.uint8))
+  elif problem == 'negative_count':  # (A mutation audit: it had been named 'trailing bytes'.)
+    bad.write_bytes(bad.read_bytes().replace(b'(10, 32', b'(-5, 32', 1))
   else:
     np.save(bad, np.zeros((15, 32, 32, 3), np.uint8))
   with pytest.raises(DataError, match=match) as e:
@@ -319,6 +324,50 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
     ood.check_distortion_dir(inner)
   assert str(e.value) == (f'{inner}: missing 2 of the 19 distortion files: distortion03.npy '
                           '(found Distortion03.npy), distortion07.npy (a broken link)')
+
+
+def test_a_file_of_another_extension_and_four_missing_or_present_files_are_named(tmp_path):
+  """np.savez writes distortion03.npz: it is named beside the missing .npy. Up to four missing files
+  are each named; with four present, those four (a mutation audit: the .npz lookup and both
+  limits of four could change with every test passing)."""
+  for i in range(19):
+    np.save(tmp_path / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
+  (tmp_path / 'distortion03.npy').unlink()
+  np.savez(tmp_path / 'distortion03', np.zeros((5, 32, 32, 3), np.uint8))
+  for i in (5, 6, 7):
+    (tmp_path / ood.distortion_file(i)).unlink()
+  with pytest.raises(DataError) as e:
+    ood.check_distortion_dir(tmp_path)
+  assert str(e.value) == (f'{tmp_path}: missing 4 of the 19 distortion files: distortion03.npy '
+                          '(found distortion03.npz), distortion05.npy, distortion06.npy, '
+                          'distortion07.npy')
+  for i in range(4, 18):
+    (tmp_path / ood.distortion_file(i)).unlink(missing_ok=True)
+  with pytest.raises(DataError) as e:
+    ood.check_distortion_dir(tmp_path)
+  assert str(e.value) == (f'{tmp_path}: missing 15 of the 19 distortion files: every one but '
+                          'distortion00.npy, distortion01.npy, distortion02.npy, distortion18.npy')
+
+
+@pytest.mark.parametrize('last', [False, True], ids=['distortion_dir', 'cifar100c_dir'])
+def test_the_last_file_of_a_set_must_have_the_same_n_too(tmp_path, last):
+  """Every file is compared with the first, the last one and CIFAR-100-C's included: a set whose
+  last file was cut short had been predicted with misaligned severity blocks (a mutation audit:
+  skipping the last file, or CIFAR-100-C's check altogether, passed every test)."""
+  if not last:
+    for i in range(19):
+      n = 10 if i < 18 else 5
+      np.save(tmp_path / ood.distortion_file(i), np.zeros((n, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r'distortion18\.npy: 5 images, but distortion00\.npy has '
+                                        r'10; every file must have the same N$'):
+      ood.check_distortion_dir(tmp_path)
+  else:
+    for i, name in enumerate(ood.CORRUPTIONS):
+      n = 10 if i < 18 else 5
+      np.save(tmp_path / f'{name}.npy', np.zeros((n, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r'jpeg_compression\.npy: 5 images, but gaussian_noise\.npy '
+                                        r'has 10; every file must have the same N$'):
+      ood.check_cifar100c_dir(tmp_path)
 
 
 def test_an_unfinished_or_partial_corrupt_set_is_named_as_such(tmp_path):

@@ -118,9 +118,19 @@ def test_flip_equals_the_old_tta_flip_formula_and_the_alias(small):
   # Same float32 operations in a different XLA program (a scan over views): equal up to float32
   # rounding of log-probs of magnitude ~log(100) (measured on XLA:CPU: bitwise equal).
   np.testing.assert_allclose(new, old, rtol=0, atol=1e-5)
-  np.testing.assert_array_equal(alias, new)
-  with pytest.raises(ValueError, match='contradicts'):
+  np.testing.assert_array_equal(alias, new)  # Its flag's rules: the test below.
+
+
+def test_the_old_tta_flip_alias_agrees_with_none_and_flip_and_contradicts_the_rest():
+  """--tta_flip means --tta flip: given with --tta flip (or the default none) it is flip, with
+  shifts it is refused, and an unknown mode is named (a mutation audit: refusing `--tta flip
+  --tta_flip`, which agree, passed every test)."""
+  assert inference.resolve_tta('flip', True) == inference.resolve_tta('none', True) == 'flip'
+  assert [inference.resolve_tta(m, False) for m in tta.MODES] == list(tta.MODES)
+  with pytest.raises(ValueError, match=r'--tta_flip \(= --tta flip\) contradicts --tta shifts'):
     inference.resolve_tta('shifts', True)
+  with pytest.raises(ValueError, match=r"--tta must be one of .*, got 'flips'"):
+    inference.resolve_tta('flips', False)
 
 
 def test_output_tags_name_every_mode():
