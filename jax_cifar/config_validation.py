@@ -70,8 +70,8 @@ def _kept_as_text(key: str, value, form: str) -> str:
   Python's literal parser, so '(nan,1)' or '(0.5,x)' (no literal) arrives as ('(nan,1)',)."""
   if not (isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], str)):
     return ''
-  return (': the command line kept it as text (only Python number literals are read: no nan, '
-          f"inf or names); give numbers, as --config.{key}='{form}'")
+  return (": the command line kept it as text (ml_collections reads only Python literals there, "
+          f"and nan, inf or a name is not one); give numbers, as --config.{key}='{form}'")
 
 
 def validate(config, *, launch: bool = True) -> None:

@@ -27,8 +27,8 @@ LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_m
                  'test_convert', 'test_bf16', 'test_models', 'test_workdir', 'test_evaluate',
                  'test_ema', 'test_tent', 'test_transfer', 'test_train_step', 'test_cli',
                  'test_init_from', 'test_scan_blocks', 'test_gpu_ood', 'test_augment_pipeline',
-                 'test_benchmark', 'test_grad_accum', 'test_api', 'test_bn_adapt',
-                 'test_evaluate_faults', 'test_checkpoints', 'test_convert_safety',
+                 'test_benchmark', 'test_torch_step', 'test_grad_accum', 'test_api',
+                 'test_bn_adapt', 'test_evaluate_faults', 'test_checkpoints', 'test_convert_safety',
                  'test_pretrained_weights', 'test_evaluate_resume', 'test_gpu_stage',
                  'test_install', 'test_tfds_source', 'test_augment', 'test_augmix',
                  'test_tracking', 'test_photometric', 'test_launch', 'test_corrupt_cli')

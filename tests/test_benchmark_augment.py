@@ -11,6 +11,7 @@ from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+
 @pytest.mark.parametrize('argv, message', [
     (['--robust', 'nosie'], '--robust: unknown nosie'),
     (['--policies', 'none,autoagment'], '--policies: unknown autoagment'),
@@ -19,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_benchmark_augment_refuses_bad_flags_before_measuring(argv, message, capsys, monkeypatch):
   """They had failed after the policies were measured (a traceback; the summary lost), or printed
   nan img/s as invalid JSON (an audit)."""
-  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / 'scripts'))
+  monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
   script = load_script('benchmark_augment')
   monkeypatch.setattr(script, 'benchmark', lambda *a, **k: pytest.fail('measured before refusing'))
   with pytest.raises(SystemExit) as e:

@@ -51,7 +51,10 @@ def bilinear(image: jax.Array, theta: jax.Array) -> jax.Array:
   x0, y0 = jnp.floor(ix), jnp.floor(iy)
   dx, dy = ix - x0, iy - y0
   ex, sy = 1.0 - dx, 1.0 - dy
-  tap = lambda yy, xx: _taps(image, yy, xx).astype(jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+
+  def tap(yy, xx):
+    return _taps(image, yy, xx).astype(jnp.float32)
+
   out = exact.mul(tap(y0, x0), (sy * ex)[..., None])
   for yy, xx, weight in ((y0, x0 + 1, sy * dx), (y0 + 1, x0, dy * ex), (y0 + 1, x0 + 1, dy * dx)):
     out = exact.fma_small(tap(yy, xx), weight[..., None], out)
