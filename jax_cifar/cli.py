@@ -14,6 +14,7 @@ import errno
 import logging as std_logging
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -203,7 +204,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                    'ml_collections.ConfigDict (does it end with `return config`?)')
     if 'Traceback (most recent call last)' in str(e):  # The config file's own code raised.
       _usage_error(config_errors.config_error(e))
-    _usage_error(f'{e} (--helpshort lists the flags)')
+    _usage_error(f'{_validator_message(str(e))} (--helpshort lists the flags)')
   except (SyntaxError, ImportError, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # Raised while loading --config or applying an override.
     if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
@@ -215,6 +216,13 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     # Anything else raised by the config file's own code (a NameError, a ZeroDivisionError...):
     # only that code and absl's parsing ran here.
     _usage_error(config_errors.config_error(e))
+
+
+def _validator_message(text: str) -> str:
+  """absl's `flag --NAME=VALUE: MESSAGE` as MESSAGE where MESSAGE names the flag itself
+  (require_nonempty's): `error: flag --workdir= : --workdir is empty` had said it twice."""
+  match = re.fullmatch(r'flag --(\w+)=.*?: (--\1 .*)', text, flags=re.DOTALL)
+  return match.group(2) if match else text
 
 
 def _stray_words(words: Sequence[str], argv: Sequence[str]) -> str:

@@ -1,0 +1,94 @@
+"""Edges of the command-line parsing that a mutation audit of cli.py found unpinned: a blank value,
+`--config` as the last word, a run's config in capitals, the packaged-config hint only for a file
+that is missing, and which library log lines a command keeps."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from _train_cli import ROOT, the_error, train
+from jax_cifar import cli
+
+
+def test_a_blank_value_is_refused_like_an_empty_one(tmp_path):
+  """An unset shell variable in quotes can leave spaces: `--workdir " "` would train into a folder
+  named by spaces, `--out " "` write there."""
+  check = cli.nonempty('the folder to write')
+  assert check('out') == 'out'
+  for blank in ('', ' ', '\t '):
+    with pytest.raises(argparse.ArgumentTypeError, match='^is empty: give the folder to write$'):
+      check(blank)
+  line = the_error(train(None, '--workdir= ', config=str(ROOT / 'configs' / 'smoke.py'),
+                         overrides={}, cwd=tmp_path), status=2)
+  assert line == "error: --workdir is empty: give the run's folder (--helpshort lists the flags)", line
+  assert not list(tmp_path.iterdir())
+
+
+def test_config_as_the_last_word_is_one_error_line(tmp_path):
+  """`--config` with no value after it (the file name lost to a line break) is absl's error line,
+  not an IndexError while cli looks for the config's name."""
+  line = the_error(train(tmp_path / 'run', '--config', config=None, overrides={}), status=2)
+  assert line == 'error: Missing value for flag --config (--helpshort lists the flags)', line
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--config.seed=1',
+                        '--workdir'], cwd=ROOT, capture_output=True, text=True, check=False)
+  line = the_error(out, status=2)
+  assert 'overrides without --config change the config of the run in --workdir, which is not '\
+         'given' in line, line
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_runs_config_json_in_capitals_is_refused_too(tmp_path):
+  line = the_error(train(tmp_path / 'run', config='RUN/CONFIG.JSON', overrides={}), status=2)
+  assert 'not RUN/CONFIG.JSON: give the one the run started from' in line, line
+
+
+def test_the_packaged_config_hint_is_only_for_a_file_that_is_missing(tmp_path):
+  """A smoke.py of the user's own that reads a missing file is not the packaged smoke config: the
+  error names the missing file and offers no `jax_cifar:smoke`."""
+  own = tmp_path / 'smoke.py'
+  own.write_text('def get_config():\n  return open("/no/such/folder/values.txt").read()\n')
+  line = the_error(train(tmp_path / 'run', config=str(own), overrides={}), status=2)
+  assert '/no/such/folder/values.txt' in line and 'jax_cifar:' not in line, line
+  own.unlink()
+  line = the_error(train(tmp_path / 'run', config=str(own), overrides={}), status=2)
+  assert line.endswith('(the packaged config of that name, from any folder: --config '
+                       'jax_cifar:smoke)'), line
+
+
+def test_quiet_libraries_keeps_warnings_and_drops_orbax_logs_below_critical(tmp_path):
+  """A command shows `warning: ...` lines, and of orbax's own logs only the critical ones, which
+  absl aborts on (a failed save reaches the user as one `error:` line; orbax's pages of errors
+  would bury it)."""
+  library = tmp_path / 'site' / 'orbax' / 'store.py'
+  library.parent.mkdir(parents=True)
+  library.write_text('from absl import logging\n'
+                     'def log():\n'
+                     '  logging.warning("orbax warning")\n'
+                     '  logging.error("orbax error")\n'
+                     'def fail():\n'
+                     '  logging.get_absl_logger().critical("orbax critical")\n')
+  script = tmp_path / 'command.py'
+  script.write_text(f'import sys; sys.path.insert(0, {str(library.parent)!r})\n'
+                    'from absl import app, logging\n'
+                    'from jax_cifar import cli\n'
+                    'import store\n'
+                    'def main(argv):\n'
+                    '  cli.quiet_libraries()\n'
+                    '  logging.info("an info line")\n'
+                    '  logging.warning("own warning")\n'
+                    '  logging.error("own error")\n'
+                    '  store.log()\n'
+                    '  print("logged", flush=True)\n'
+                    '  store.fail()\n'
+                    'app.run(main, argv=["command"])\n')
+  proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False,
+                        timeout=120)
+  assert proc.stdout == 'logged\n', proc.stderr[-3000:]  # absl aborts after a critical line.
+  lines = proc.stderr.splitlines()
+  assert 'warning: own warning' in lines, lines
+  assert any(line.endswith('] own error') for line in lines), lines
+  assert any(line.endswith('] orbax critical') for line in lines), lines
+  for hidden in ('an info line', 'orbax warning', 'orbax error'):
+    assert not any(hidden in line for line in lines), (hidden, lines)
