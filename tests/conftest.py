@@ -56,6 +56,23 @@ def _optimized_xla(request, monkeypatch):
     jax.config.update('jax_disable_most_optimizations', before)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+  """Every matplotlib Figure the report and the evaluation figures save, in order (still saved
+  to disk)."""
+  from jax_cifar.evaluation import figures  # pylint: disable=import-outside-toplevel
+  saved, save = [], figures.save
+  monkeypatch.setattr(figures, 'save', lambda fig, path: (saved.append(fig), save(fig, path)))
+  return saved
+
+
+def is_png(path) -> bool:
+  """Whether `path` is a PNG that matplotlib reads back as an image."""
+  import matplotlib.image  # pylint: disable=import-outside-toplevel
+  return (pathlib.Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+          and matplotlib.image.imread(path).ndim == 3)
+
+
 def require_env_path(var: str, *parts: str) -> pathlib.Path:
   """The file/folder under $VAR; skipped with a reason outside CI, a failure under CI."""
   base = os.environ.get(var)
