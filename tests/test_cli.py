@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from _train_cli import ROOT, the_error, train
-from jax_cifar import cli, config_errors, errors
+from jax_cifar import cli, config_errors
 from jax_cifar.configs import default
 
 BUILTIN = sorted(p.stem for p in (ROOT / 'jax_cifar' / 'configs').glob('*.py')
@@ -230,43 +230,6 @@ def test_unwritable_latest_checkpoint_folder_fails_before_training(tmp_path):
   assert not (workdir / 'metrics.jsonl').exists()
 
 
-def _fail_or_raise(tmp_path, exception: str):
-  script = tmp_path / 'raise.py'
-  script.write_text('from jax_cifar import cli, errors, checkpoints\n'
-                    'from jax_cifar.evaluation import submission\n'
-                    'try:\n'
-                    f'  raise {exception}\n'
-                    'except Exception as e:\n'
-                    '  cli.fail_or_raise(e)\n')
-  return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.parametrize('exception, line', [
-    ("errors.ConfigError('train.batch_size=7 is not divisible')",
-     'error: train.batch_size=7 is not divisible'),
-    ("checkpoints.CheckpointError('no best checkpoint')", 'error: no best checkpoint'),
-    ("submission.SubmissionError('3 rows')", 'error: 3 rows'),
-    ("PermissionError(13, 'Permission denied', '/x/metrics.jsonl')",
-     'error: /x/metrics.jsonl: Permission denied'),
-    # A message over several lines (an allowed list, a hint) is still one line.
-    ("errors.ConfigError('model.stem=x is unknown\\nallowed: imagenet, cifar')",
-     'error: model.stem=x is unknown allowed: imagenet, cifar'),
-])
-def test_bad_input_is_one_error_line(tmp_path, exception, line):
-  proc = _fail_or_raise(tmp_path, exception)
-  assert proc.returncode == 1 and proc.stderr.strip() == line and 'Traceback' not in proc.stderr
-
-
-@pytest.mark.parametrize('exception', ["ValueError('shapes (3,) and (4,) do not match')",
-                                       "TypeError('a bug')", "KeyError('params')"])
-def test_a_bug_keeps_its_traceback(tmp_path, exception):
-  """Only the UserError family (and OS errors about files) become one line: a shape error while
-  tracing is a bug, and its traceback is what a bug report needs."""
-  proc = _fail_or_raise(tmp_path, exception)
-  assert proc.returncode == 1 and 'Traceback' in proc.stderr, proc.stderr
-  assert 'error:' not in proc.stderr
-
-
 def test_evaluate_names_a_missing_config_file_too(tmp_path):
   missing = tmp_path / 'no_such_config.py'
   out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--config', str(missing),
@@ -380,50 +343,6 @@ def test_train_and_evaluate_modules_import_together_and_keep_their_own_flags(tmp
     assert flag in helpshort.stdout, helpshort.stderr[-2000:]  # (absl exits 1 after --helpshort)
 
 
-def _parked_read(filename: str):
-  """A coroutine whose code lives in `filename`, parked at an await, that turns its closing into an
-  Exception as orbax's array reads do (serialization._read_array_index_and_device_put)."""
-  namespace = {'types': __import__('types')}
-  exec(compile('@types.coroutine\n'
-               'def _pending():\n'
-               '  yield\n'
-               'async def read():\n'
-               '  try:\n'
-               '    await _pending()\n'
-               '  except BaseException as e:\n'
-               '    raise Exception("Encountered error while reading array index") from e\n',
-               filename, 'exec'), namespace)
-  coroutine = namespace['read']()
-  coroutine.send(None)
-  return coroutine
-
-
-def test_orbax_reads_closed_after_a_failed_restore_print_nothing_but_other_unraisables_do(
-    monkeypatch):
-  """After a damaged checkpoint's one-line error, orbax's other pending reads were sometimes
-  garbage-collected before the process exited, each printing a page of TensorStore spec (an
-  audit: 3 of 20 runs). The CLI's hook drops those and tensorstore's closed-loop callbacks, and
-  nothing else."""
-  import gc  # pylint: disable=import-outside-toplevel
-  import types  # pylint: disable=import-outside-toplevel
-  seen = []
-  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
-  errors.drop_library_noise()  # As cli.run does.
-  orbax_file = os.path.join(os.sep, 'venv', 'site-packages', 'orbax', 'checkpoint', '_src',
-                            'serialization', 'serialization.py')
-  for filename in (orbax_file, os.path.join(os.sep, 'work', 'my_code.py')):
-    coroutine = _parked_read(filename)
-    del coroutine
-    gc.collect()
-  mine = os.path.join(os.sep, 'work', 'my_code.py')
-  assert [u.object.cr_code.co_filename for u in seen] == [mine]
-  assert isinstance(seen[0].exc_value.__cause__, GeneratorExit)  # The same kind, reported.
-  for message, dropped in (('Event loop is closed', True), ('something else', False)):
-    before = len(seen)
-    sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError(message), object=None))
-    assert len(seen) == before + (not dropped)
-
-
 @pytest.mark.parametrize('module', ['train', 'evaluate'])
 def test_help_exits_0_and_names_the_packaged_configs(module):
   """absl ends --help with status 1, which scripts read as a failure (an audit); a wheel user
@@ -447,20 +366,3 @@ def test_only_a_help_flags_status_1_becomes_0():
     out = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=False)
     assert out.returncode == status, (args, out.stderr[-2000:])
-
-
-def test_log_lines_are_written_above_a_progress_bar_not_glued_to_it():
-  """absl's warnings during training (e.g. '3 updates skipped') had been written after the bar's
-  text on the bar's own line (an audit)."""
-  import io  # pylint: disable=import-outside-toplevel
-  import tqdm  # pylint: disable=import-outside-toplevel
-  out = io.StringIO()
-  stream = cli.AboveProgressBars(out)
-  with tqdm.tqdm(total=3, file=out, mininterval=0, desc='train') as bar:
-    bar.update(1)
-    stream.write('W1203 trainer.py:1] 3 updates skipped so far.\n')
-    bar.update(1)
-  text = out.getvalue()
-  before, after = text.split('W1203 trainer.py:1] 3 updates skipped so far.')
-  assert 'train' in before and before.endswith('\r'), repr(before[-80:])  # The bar was cleared.
-  assert after.startswith('\n') and 'train' in after, repr(after[:80])  # ... and drawn again.
