@@ -30,8 +30,9 @@ LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_m
                  'test_benchmark', 'test_torch_step', 'test_grad_accum', 'test_api',
                  'test_bn_adapt', 'test_evaluate_faults', 'test_checkpoints', 'test_convert_safety',
                  'test_pretrained_weights', 'test_evaluate_resume', 'test_gpu_stage',
-                 'test_install', 'test_tfds_source', 'test_augment', 'test_augmix',
-                 'test_tracking', 'test_photometric', 'test_launch', 'test_corrupt_cli')
+                 'test_install', 'test_tfds_source', 'test_augment', 'test_console',
+                 'test_augmix', 'test_tracking', 'test_photometric', 'test_launch',
+                 'test_corrupt_cli')
 
 
 def pytest_collection_modifyitems(items):
