@@ -88,9 +88,38 @@ def test_a_missing_test_function_file_or_path_is_found():
       'line 5: configs/missing.json', 'line 5: docs/FAQ.md']
 
 
+def broken_links(text: str, folder: pathlib.Path) -> list[str]:
+  """Each relative markdown link of `text` (a document in `folder`) whose file is missing, and
+  each `#anchor` of the same document that no heading makes (docs/ link their files by name,
+  which PATH_REF does not see: an audit)."""
+  anchors = {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')
+             for h in re.findall(r'^#+ (.*)$', text, re.M)}
+  out = []
+  for target in re.findall(r'\]\(([^)\s]+)\)', text):
+    if re.match(r'[a-z]+:', target):
+      continue
+    path, _, anchor = target.partition('#')
+    if (path and not (folder / path).exists()) or (not path and anchor not in anchors):
+      out.append(target)
+  return out
+
+
+@pytest.mark.parametrize('document', [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_of_a_document_resolves(document):
+  assert broken_links(document.read_text(), document.parent) == []
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path):
+  (tmp_path / 'here.png').write_bytes(b'')
+  text = ('# Bad input: what happens\n![a](here.png) [b](gone.json) [c](#bad-input-what-happens) '
+          '[d](#tests) [e](https://example.org/x) [f](here.png#top)\n')
+  assert broken_links(text, tmp_path) == ['gone.json', '#tests']
+
+
 # A subcommand's flags are in its own --help (`submission check`'s had counted as known because
 # the top-level help's text named them: a test audit).
-TOOL = re.compile(r'python3? (-m jax_cifar\.submission check|-m jax_cifar\.\w+|scripts/\w+\.py)'
+TOOL = re.compile(r'python3? (-m jax_cifar\.submission check|-m jax_cifar(?:\.\w+)+|scripts/\w+\.py)'
                   r'((?:[ \t]+(?!\||&&|;|#)\S+)*)')
 
 
@@ -108,11 +137,20 @@ def commands_in(block: str) -> list[tuple[str, set[str]]]:
   return out
 
 
+def inline_commands(text: str) -> list[str]:
+  """The commands of `text`'s inline code spans (`python -m jax_cifar.evaluate --workdir DIR
+  [--tta none|flip|shifts]`, over lines too), usage syntax made plain words: a flag in brackets
+  had escaped the check (an audit)."""
+  spans = re.findall(r'(?<!`)`(python3? [^`]+)`(?!`)', re.sub(r'```.*?```', '', text, flags=re.S))
+  return [re.sub(r'[][()|\s]+', ' ', span) for span in spans]
+
+
 def documented_commands() -> dict[str, dict[str, set[str]]]:
-  """{tool: {document: the --flags its commands in code blocks give}}."""
+  """{tool: {document: the --flags its commands in code blocks and inline spans give}}."""
   found = {}
   for doc in [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]:
-    for block in re.findall(r'```(?:bash|sh)?\n(.*?)```', doc.read_text(), re.S):
+    text = doc.read_text()
+    for block in [*re.findall(r'```(?:bash|sh)?\n(.*?)```', text, re.S), *inline_commands(text)]:
       for tool, flags in commands_in(block):
         found.setdefault(tool, {}).setdefault(doc.name, set()).update(flags)
   return found
@@ -126,6 +164,18 @@ def test_flags_are_read_from_commands_as_a_shell_would():
   assert sorted(commands_in(block), key=lambda c: c[0]) == [
       ('-m jax_cifar.evaluate', {'--workdir', '--tta', '--bn_adapt'}),
       ('-m jax_cifar.train', {'--workdir'}), ('scripts/launch_local.py', {'--num_processes'})]
+
+
+def test_inline_commands_are_read_with_their_bracketed_and_alternative_flags():
+  text = ('Run `python -m jax_cifar.evaluate --workdir DIR [--checkpoint best|latest]\n'
+          '  [--tta none|flip] (--ood_dir D | --cifar100c_dir D)`, not ``python -m x``;\n'
+          '```bash\npython -m jax_cifar.train --in_a_block\n```\n')
+  assert inline_commands(text) == [
+      'python -m jax_cifar.evaluate --workdir DIR --checkpoint best latest --tta none flip '
+      '--ood_dir D --cifar100c_dir D ']
+  assert commands_in(inline_commands(text)[0]) == [
+      ('-m jax_cifar.evaluate', {'--workdir', '--checkpoint', '--tta', '--ood_dir',
+                                 '--cifar100c_dir'})]
 
 
 def defined_flags(help_text: str) -> set[str]:
