@@ -1,5 +1,5 @@
-"""README, docs/ and the code's comments name tests and files that exist, and the commands in
-README's and docs/' code blocks give only flags their tools have.
+"""README, docs/ and the code's comments name tests and files that exist, the commands in README's
+and docs/' code blocks and inline code give only flags their tools have, and their links resolve.
 
 README's bad-input table and docs/benchmarks.md point readers to the test that shows a behaviour
 (`test_x.py::test_name`) and to modules and scripts by path. A test file split or a test renamed
