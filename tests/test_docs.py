@@ -88,6 +88,26 @@ def test_a_missing_test_function_file_or_path_is_found():
       'line 5: configs/missing.json', 'line 5: docs/FAQ.md']
 
 
+FILE_NAME = re.compile(r'(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|sh))\b')
+
+
+def unknown_file_names(text: str, root: pathlib.Path) -> list[str]:
+  """Each .py/.sh name of `text` that is no file of the repository: README and docs/ write module
+  paths inside the package without `jax_cifar/` (`evaluation/ood_sets.py`, `cli.py`), which
+  PATH_REF does not see (an audit). A name resolves from the root, jax_cifar/ or a subpackage,
+  scripts/, tests/, configs/ or .ci/."""
+  folders = [root, root / 'jax_cifar', *sorted(p for p in (root / 'jax_cifar').iterdir()
+                                                 if p.is_dir()),
+             root / 'scripts', root / 'tests', root / 'configs', root / '.ci']
+  out = []
+  for match in FILE_NAME.finditer(text):
+    name = match.group(1)
+    placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in pathlib.PurePath(name).parts)
+    if not placeholder and not any((folder / name).exists() for folder in folders):
+      out.append(name)
+  return out
+
+
 def broken_links(text: str, folder: pathlib.Path) -> list[str]:
   """Each relative markdown link of `text` (a document in `folder`) whose file is missing, and
   each `#anchor` of the same document that no heading makes (docs/ link their files by name,
@@ -108,6 +128,18 @@ def broken_links(text: str, folder: pathlib.Path) -> list[str]:
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_of_a_document_resolves(document):
   assert broken_links(document.read_text(), document.parent) == []
+
+
+@pytest.mark.parametrize('document', [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_name_a_document_gives_is_a_file_of_the_repository(document):
+  assert unknown_file_names(document.read_text(), ROOT) == []
+
+
+def test_a_file_name_without_its_folder_is_looked_up_in_the_package_and_the_top_folders():
+  text = ('`evaluation/ood_sets.py`, `cli.py`, `_one_step.py`, `gpu_check.sh`, configs/NAME.py; '
+          '`evaluation/ood.py`, `no_such.py`, scripts/gone.sh, jax_cifar/x.pyc\n')
+  assert unknown_file_names(text, ROOT) == ['evaluation/ood.py', 'no_such.py', 'scripts/gone.sh']
 
 
 def test_a_broken_link_or_anchor_is_found(tmp_path):
