@@ -219,10 +219,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _validator_message(text: str) -> str:
-  """absl's `flag --NAME=VALUE: MESSAGE` as MESSAGE where MESSAGE names the flag itself
-  (require_nonempty's): `error: flag --workdir= : --workdir is empty` had said it twice."""
-  match = re.fullmatch(r'flag --(\w+)=.*?: (--\1 .*)', text, flags=re.DOTALL)
-  return match.group(2) if match else text
+  """absl's failed validators (`flag --NAME=VALUE: MESSAGE`, a line each) on one line, each as
+  its MESSAGE where that names the flag itself (require_nonempty's): `error: flag --workdir= :
+  --workdir is empty` had said it twice, and a second empty flag had been a second line."""
+  lines = []
+  for line in text.split('\n'):
+    match = re.fullmatch(r'flag --(\w+)=.*?: (--\1 .*)', line)
+    lines.append(match.group(2) if match else line)
+  return '; '.join(lines)
 
 
 def _stray_words(words: Sequence[str], argv: Sequence[str]) -> str:

@@ -22,13 +22,23 @@ def test_a_blank_value_is_refused_like_an_empty_one(tmp_path):
       check(blank)
   line = the_error(train(None, '--workdir= ', config=str(ROOT / 'configs' / 'smoke.py'),
                          overrides={}, cwd=tmp_path), status=2)
-  assert line == "error: --workdir is empty: give the run's folder (--helpshort lists the flags)", line
+  assert line == ("error: --workdir is empty: give the run's folder (--helpshort lists the "
+                  'flags)'), line
   assert not list(tmp_path.iterdir())
+  # Two blank flags: one line naming both (absl gives a line each, and the second had been a
+  # line of its own after the error line: a review).
+  out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir=', '--ood_dir= '],
+                       cwd=tmp_path, capture_output=True, text=True, check=False)
+  line = the_error(out, status=2)
+  assert line.startswith("error: --workdir is empty: give the training run's folder; --ood_dir "
+                         'is empty: give the folder of distortion00.npy'), line
+  assert out.stderr.strip() == line, out.stderr
 
 
 def test_config_as_the_last_word_is_one_error_line(tmp_path):
   """`--config` with no value after it (the file name lost to a line break) is absl's error line,
-  not an IndexError while cli looks for the config's name."""
+  not an IndexError while cli looks for the config's name; so is evaluate's `--workdir` as the
+  last word, which cli reads to find the run whose config the overrides change."""
   line = the_error(train(tmp_path / 'run', '--config', config=None, overrides={}), status=2)
   assert line == 'error: Missing value for flag --config (--helpshort lists the flags)', line
   out = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--config.seed=1',

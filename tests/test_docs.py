@@ -95,15 +95,19 @@ def unknown_file_names(text: str, root: pathlib.Path) -> list[str]:
   """Each .py/.sh name of `text` that is no file of the repository: README and docs/ write module
   paths inside the package without `jax_cifar/` (`evaluation/ood_sets.py`, `cli.py`), which
   PATH_REF does not see (an audit). A name resolves from the root, jax_cifar/ or a subpackage,
-  scripts/, tests/, configs/ or .ci/."""
+  scripts/, tests/, configs/ or .ci/. A path whose first folder is none of those is another
+  project's (`jax/_src/xla_bridge.py`) and is left alone; a bare name is always checked."""
   folders = [root, root / 'jax_cifar', *sorted(p for p in (root / 'jax_cifar').iterdir()
                                                  if p.is_dir()),
              root / 'scripts', root / 'tests', root / 'configs', root / '.ci']
+  ours = {folder.name for folder in folders[1:]}
   out = []
   for match in FILE_NAME.finditer(text):
     name = match.group(1)
-    placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in pathlib.PurePath(name).parts)
-    if not placeholder and not any((folder / name).exists() for folder in folders):
+    parts = pathlib.PurePath(name).parts
+    placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in parts)
+    elsewhere = len(parts) > 1 and parts[0] not in ours
+    if not (placeholder or elsewhere) and not any((f / name).exists() for f in folders):
       out.append(name)
   return out
 
@@ -112,10 +116,11 @@ def broken_links(text: str, folder: pathlib.Path) -> list[str]:
   """Each relative markdown link of `text` (a document in `folder`) whose file is missing, and
   each `#anchor` of the same document that no heading makes (docs/ link their files by name,
   which PATH_REF does not see: an audit)."""
+  prose = re.sub(r'```.*?```', '', text, flags=re.S)  # A `# comment` in a block is no heading.
   anchors = {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')
-             for h in re.findall(r'^#+ (.*)$', text, re.M)}
+             for h in re.findall(r'^#+ (.*)$', prose, re.M)}
   out = []
-  for target in re.findall(r'\]\(([^)\s]+)\)', text):
+  for target in re.findall(r'\]\(([^)\s]+)(?:\s+"[^"]*")?\)', text):
     if re.match(r'[a-z]+:', target):
       continue
     path, _, anchor = target.partition('#')
@@ -137,22 +142,24 @@ def test_every_file_name_a_document_gives_is_a_file_of_the_repository(document):
 
 
 def test_a_file_name_without_its_folder_is_looked_up_in_the_package_and_the_top_folders():
-  text = ('`evaluation/ood_sets.py`, `cli.py`, `_one_step.py`, `gpu_check.sh`, configs/NAME.py; '
-          '`evaluation/ood.py`, `no_such.py`, scripts/gone.sh, jax_cifar/x.pyc\n')
+  text = ('`evaluation/ood_sets.py`, `cli.py`, `_one_step.py`, `gpu_check.sh`, configs/NAME.py, '
+          'jax/_src/xla_bridge.py; `evaluation/ood.py`, `no_such.py`, scripts/gone.sh, '
+          'jax_cifar/x.pyc\n')
   assert unknown_file_names(text, ROOT) == ['evaluation/ood.py', 'no_such.py', 'scripts/gone.sh']
 
 
 def test_a_broken_link_or_anchor_is_found(tmp_path):
   (tmp_path / 'here.png').write_bytes(b'')
   text = ('# Bad input: what happens\n![a](here.png) [b](gone.json) [c](#bad-input-what-happens) '
-          '[d](#tests) [e](https://example.org/x) [f](here.png#top)\n')
-  assert broken_links(text, tmp_path) == ['gone.json', '#tests']
+          '[d](#tests) [e](https://example.org/x) [f](here.png#top) [g](gone.md "a title")\n'
+          '```bash\n# tests\n```\n')
+  assert broken_links(text, tmp_path) == ['gone.json', '#tests', 'gone.md']
 
 
 # A subcommand's flags are in its own --help (`submission check`'s had counted as known because
 # the top-level help's text named them: a test audit).
-TOOL = re.compile(r'python3? (-m jax_cifar\.submission check|-m jax_cifar(?:\.\w+)+|scripts/\w+\.py)'
-                  r'((?:[ \t]+(?!\||&&|;|#)\S+)*)')
+TOOL = re.compile(r'python3? (-m jax_cifar\.submission check|-m jax_cifar(?:\.\w+)+'
+                  r'|scripts/\w+\.py)((?:[ \t]+(?!\||&&|;|#)\S+)*)')
 
 
 def commands_in(block: str) -> list[tuple[str, set[str]]]:
@@ -173,8 +180,18 @@ def inline_commands(text: str) -> list[str]:
   """The commands of `text`'s inline code spans (`python -m jax_cifar.evaluate --workdir DIR
   [--tta none|flip|shifts]`, over lines too), usage syntax made plain words: a flag in brackets
   had escaped the check (an audit)."""
-  spans = re.findall(r'(?<!`)`(python3? [^`]+)`(?!`)', re.sub(r'```.*?```', '', text, flags=re.S))
-  return [re.sub(r'[][()|\s]+', ' ', span) for span in spans]
+  spans = re.findall(r'(?<!`)`([^`]*python[^`]*)`(?!`)', re.sub(r'```.*?```', '', text, flags=re.S))
+  return [_plain_usage(span) for span in spans]
+
+
+def _plain_usage(span: str) -> str:
+  """A usage line as words: brackets and parentheses dropped, and `|` inside them (alternatives)
+  too; a `|` outside them is a shell pipe, which ends the command."""
+  out, depth = [], 0
+  for char in span:
+    depth += (char in '[(') - (char in '])')
+    out.append(' ' if char in '[]()' or (char == '|' and depth > 0) else char)
+  return re.sub(r'\s+', ' ', ''.join(out))
 
 
 def documented_commands() -> dict[str, dict[str, set[str]]]:
@@ -201,13 +218,15 @@ def test_flags_are_read_from_commands_as_a_shell_would():
 def test_inline_commands_are_read_with_their_bracketed_and_alternative_flags():
   text = ('Run `python -m jax_cifar.evaluate --workdir DIR [--checkpoint best|latest]\n'
           '  [--tta none|flip] (--ood_dir D | --cifar100c_dir D)`, not ``python -m x``;\n'
+          '`X=1 python -m jax_cifar.report runs/a --out r | jq --raw-output`\n'
           '```bash\npython -m jax_cifar.train --in_a_block\n```\n')
   assert inline_commands(text) == [
       'python -m jax_cifar.evaluate --workdir DIR --checkpoint best latest --tta none flip '
-      '--ood_dir D --cifar100c_dir D ']
-  assert commands_in(inline_commands(text)[0]) == [
-      ('-m jax_cifar.evaluate', {'--workdir', '--checkpoint', '--tta', '--ood_dir',
-                                 '--cifar100c_dir'})]
+      '--ood_dir D --cifar100c_dir D ', 'X=1 python -m jax_cifar.report runs/a --out r | jq '
+      '--raw-output']
+  assert [commands_in(span) for span in inline_commands(text)] == [
+      [('-m jax_cifar.evaluate', {'--workdir', '--checkpoint', '--tta', '--ood_dir',
+                                  '--cifar100c_dir'})], [('-m jax_cifar.report', {'--out'})]]
 
 
 def defined_flags(help_text: str) -> set[str]:
