@@ -21,9 +21,10 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # The test files that take longest, longest first (worker-seconds of a clean-clone CI run on a
 # 2-core machine, 2026-12-05: 225 .. 14 s; every file of 14 s or more, so that no file of a minute
 # is left to the end in collection order; test_console placed by its ~43 s in an AVX2-only run,
-# about twice as slow, after it took the console tests of test_cli). README's command runs files in this order (`--dist loadfile
-# --no-loadscope-reorder`), so no long file starts last while the other workers sit idle; by
-# default xdist would start the files with the most tests first, which are mostly quick ones.
+# about twice as slow, after it took the console tests of test_cli). README's command runs files
+# in this order (`--dist loadfile --no-loadscope-reorder`), so no long file starts last while the
+# other workers sit idle; by default xdist would start the files with the most tests first, which
+# are mostly quick ones.
 LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_multiprocess_eval',
                  'test_convert', 'test_bf16', 'test_models', 'test_workdir', 'test_evaluate',
                  'test_ema', 'test_tent', 'test_transfer', 'test_train_step', 'test_cli',

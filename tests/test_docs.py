@@ -23,6 +23,17 @@ CONTINUED = re.compile(r'`::(\w+)`')  # `test_x.py::a`, `::b`: b is in test_x.py
 PATH_REF = re.compile(r'(?<![\w/.-])((?:jax_cifar|scripts|configs|tests|docs)/[\w/.-]*\w'
                       r'\.(?:py|sh|md|json|toml|txt|png))\b')
 PLACEHOLDERS = {'NAME', 'RUN', 'ARM', 'STEP', 'WORKDIR', 'TAG'}  # configs/NAME.py: an example.
+MARKDOWN = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
+
+
+def _is_example(path: str) -> bool:
+  """A path with a placeholder part (configs/NAME.py)."""
+  return any(part.split('.')[0] in PLACEHOLDERS for part in pathlib.PurePath(path).parts)
+
+
+def _prose(text: str) -> str:
+  """`text` without its fenced code blocks."""
+  return re.sub(r'```.*?```', '', text, flags=re.S)
 
 
 @functools.cache
@@ -54,15 +65,14 @@ def broken_references(text: str, tests: dict[str, set[str]], root: pathlib.Path)
         out.append(f'line {number}: {name}::{function}')
     for match in PATH_REF.finditer(line):
       path = match.group(1)
-      placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in pathlib.PurePath(path).parts)
-      if not placeholder and not TEST_REF.fullmatch(path) and not (root / path).exists():
+      if not _is_example(path) and not TEST_REF.fullmatch(path) and not (root / path).exists():
         out.append(f'line {number}: {path}')
   return out
 
 
 def _documents() -> list[pathlib.Path]:
   """README, docs/ and the product's code (the tests themselves name missing files on purpose)."""
-  found = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md')), ROOT / '.ci' / 'run']
+  found = [*MARKDOWN, ROOT / '.ci' / 'run']
   for folder in ('jax_cifar', 'scripts', 'configs'):
     found += sorted(p for p in (ROOT / folder).rglob('*') if p.suffix in ('.py', '.sh'))
   return found
@@ -105,9 +115,8 @@ def unknown_file_names(text: str, root: pathlib.Path) -> list[str]:
   for match in FILE_NAME.finditer(text):
     name = match.group(1)
     parts = pathlib.PurePath(name).parts
-    placeholder = any(part.split('.')[0] in PLACEHOLDERS for part in parts)
     elsewhere = len(parts) > 1 and parts[0] not in ours
-    if not (placeholder or elsewhere) and not any((f / name).exists() for f in folders):
+    if not (_is_example(name) or elsewhere) and not any((f / name).exists() for f in folders):
       out.append(name)
   return out
 
@@ -116,9 +125,8 @@ def broken_links(text: str, folder: pathlib.Path) -> list[str]:
   """Each relative markdown link of `text` (a document in `folder`) whose file is missing, and
   each `#anchor` of the same document that no heading makes (docs/ link their files by name,
   which PATH_REF does not see: an audit)."""
-  prose = re.sub(r'```.*?```', '', text, flags=re.S)  # A `# comment` in a block is no heading.
-  anchors = {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')
-             for h in re.findall(r'^#+ (.*)$', prose, re.M)}
+  anchors = {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')  # (A `# comment` in
+             for h in re.findall(r'^#+ (.*)$', _prose(text), re.M)}  # a block is no heading.)
   out = []
   for target in re.findall(r'\]\(([^)\s]+)(?:\s+"[^"]*")?\)', text):
     if re.match(r'[a-z]+:', target):
@@ -129,14 +137,12 @@ def broken_links(text: str, folder: pathlib.Path) -> list[str]:
   return out
 
 
-@pytest.mark.parametrize('document', [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize('document', MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_of_a_document_resolves(document):
   assert broken_links(document.read_text(), document.parent) == []
 
 
-@pytest.mark.parametrize('document', [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize('document', MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_file_name_a_document_gives_is_a_file_of_the_repository(document):
   assert unknown_file_names(document.read_text(), ROOT) == []
 
@@ -180,7 +186,7 @@ def inline_commands(text: str) -> list[str]:
   """The commands of `text`'s inline code spans (`python -m jax_cifar.evaluate --workdir DIR
   [--tta none|flip|shifts]`, over lines too), usage syntax made plain words: a flag in brackets
   had escaped the check (an audit)."""
-  spans = re.findall(r'(?<!`)`([^`]*python[^`]*)`(?!`)', re.sub(r'```.*?```', '', text, flags=re.S))
+  spans = re.findall(r'(?<!`)`([^`]*python[^`]*)`(?!`)', _prose(text))
   return [_plain_usage(span) for span in spans]
 
 
@@ -197,7 +203,7 @@ def _plain_usage(span: str) -> str:
 def documented_commands() -> dict[str, dict[str, set[str]]]:
   """{tool: {document: the --flags its commands in code blocks and inline spans give}}."""
   found = {}
-  for doc in [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]:
+  for doc in MARKDOWN:
     text = doc.read_text()
     for block in [*re.findall(r'```(?:bash|sh)?\n(.*?)```', text, re.S), *inline_commands(text)]:
       for tool, flags in commands_in(block):
