@@ -164,8 +164,12 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
 
 # A subcommand's flags are in its own --help (`submission check`'s had counted as known because
 # the top-level help's text named them: a test audit).
-TOOL = re.compile(r'python3? (-m jax_cifar\.submission check|-m jax_cifar(?:\.\w+)+'
-                  r'|scripts/\w+\.py)((?:[ \t]+(?!\||&&|;|#)\S+)*)')
+TOOL = re.compile(r'(?:python3? (-m jax_cifar\.submission check|-m jax_cifar(?:\.\w+)+'
+                  r'|scripts/\w+\.py)|(?<![\w/])(scripts/(?:gpu_pair|launch_slurm)\.sh))'
+                  r'((?:[ \t]+(?!\||&&|;|#)\S+)*)')
+# The shell scripts that hand their flags on, and to whom (their flags had gone unchecked).
+FORWARDS = {'scripts/gpu_pair.sh': 'scripts/gpu_ood.py',
+            'scripts/launch_slurm.sh': '-m jax_cifar.train'}
 
 
 def commands_in(block: str) -> list[tuple[str, set[str]]]:
@@ -175,10 +179,12 @@ def commands_in(block: str) -> list[tuple[str, set[str]]]:
   while todo:
     for match in TOOL.finditer(todo.pop()):
       # `launch_local.py ... -- python -m jax_cifar.train ...`: the rest is a command of its own.
-      args, _, rest = f'{match.group(2)} '.partition(' -- ')
+      args, _, rest = f'{match.group(3)} '.partition(' -- ')
       todo.append(rest)
+      args = re.sub('["\']', ' ', args)  # gpu_pair.sh "A's flags" "B's flags" COMMON...
       flags = {f.split('=')[0] for f in re.findall(r'(?<!\S)--[\w.-]+(?:=\S*)?', args)}
-      out.append((match.group(1), {f for f in flags if not f.startswith('--config.')}))
+      tool = match.group(1) or FORWARDS[match.group(2)]
+      out.append((tool, {f for f in flags if not f.startswith('--config.')}))
   return out
 
 
@@ -215,10 +221,14 @@ def test_flags_are_read_from_commands_as_a_shell_would():
   block = ('python -m jax_cifar.evaluate --workdir runs/a  --tta=shifts \\\n'
            '    --config.model.width=8 --bn_adapt  # not --a_comment\n'
            'python scripts/launch_local.py --num_processes 2 -- \\\n'
-           '    python -m jax_cifar.train --workdir w | tee --not_a_flag\n')
-  assert sorted(commands_in(block), key=lambda c: c[0]) == [
+           '    python -m jax_cifar.train --workdir w | tee --not_a_flag\n'
+           'sbatch --nodes=2 scripts/launch_slurm.sh configs/a.py runs/b --config.x=1 --seed 3\n'
+           'X=1 bash scripts/gpu_pair.sh "--set a=1 --procs 4" "" --data d \\\n  --tools none\n')
+  assert sorted(commands_in(block), key=lambda c: (c[0], len(c[1]))) == [
       ('-m jax_cifar.evaluate', {'--workdir', '--tta', '--bn_adapt'}),
-      ('-m jax_cifar.train', {'--workdir'}), ('scripts/launch_local.py', {'--num_processes'})]
+      ('-m jax_cifar.train', {'--seed'}), ('-m jax_cifar.train', {'--workdir'}),
+      ('scripts/gpu_ood.py', {'--set', '--procs', '--data', '--tools'}),
+      ('scripts/launch_local.py', {'--num_processes'})]
 
 
 def test_inline_commands_are_read_with_their_bracketed_and_alternative_flags():
@@ -266,6 +276,42 @@ def test_every_flag_a_documented_command_gives_exists(tool, uses):
   assert out.returncode == 0, out.stderr[-2000:]
   known = defined_flags(out.stdout)
   unknown = {doc: sorted(flags - known) for doc, flags in uses.items() if flags - known}
+  assert not unknown, unknown
+
+
+def named_parts(text: str) -> set[str]:
+  """The parts of scripts/gpu_check.sh that `text` names: `PARTS="a b"`, the column of a table
+  headed `PARTS=`, and prose's gpu_check.sh "parts `a` and `b`"."""
+  found, in_table = set(), False
+  for line in text.splitlines():
+    in_table = line.startswith('|') and (in_table or '`PARTS=`' in line)
+    if in_table:
+      found.update(*(cell.split() for cell in re.findall(r'`"([\w ]+)"`', line)))
+  for value in re.findall(r'PARTS=("[^"]*"|\'[^\']*\'|\w+)', text):
+    found.update(value.strip('"\'').split())
+  for names in re.findall(r'gpu_check\.sh`? parts? ((?:`\w+`(?:,|,? and)?\s*)+)', text):
+    found.update(re.findall(r'`(\w+)`', names))
+  return found
+
+
+def test_parts_are_read_from_assignments_tables_and_prose():
+  text = ('PARTS="a b" bash x; `PARTS=c` alone\n| call | `PARTS=` |\n| --- | --- |\n'
+          '| one | `"d e"` |\n\nnot in a table: `"f"`; `scripts/gpu_check.sh` parts `g`, `h` and\n'
+          '`i`, then part `j`. gpu_check.sh part `k`\n')
+  assert named_parts(text) == set('abcdeghik')
+
+
+def test_every_gpu_check_part_named_is_one_the_script_runs():
+  """A renamed part of scripts/gpu_check.sh leaves the docs' device commands refused (it exits
+  2 on an unknown part) or their prose pointing at nothing; its own list must be the parts it
+  defines."""
+  script = (ROOT / 'scripts' / 'gpu_check.sh').read_text()
+  known = set(re.search(r'^KNOWN_PARTS="([^"]*)"', script, re.M).group(1).split())
+  assert known == set(re.findall(r'^\s*(?:TAIL=\d+ )?part (\w+) ', script, re.M))
+  texts = {path: path.read_text() for path in [*MARKDOWN, *(ROOT / 'scripts').glob('*.sh')]}
+  named = {path.name: named_parts(text) for path, text in texts.items()}
+  assert len(set().union(*named.values())) >= 8  # The pattern still finds them.
+  unknown = {name: sorted(parts - known) for name, parts in named.items() if parts - known}
   assert not unknown, unknown
 
 
