@@ -195,3 +195,27 @@ def test_shot_noise_is_poisson_counts_over_c_in_0_255():
   c = corrupt.PARAMS['shot_noise'][4]
   allowed = np.floor(np.minimum(np.arange(2 * c) / c, 1) * 255).astype(np.uint8)
   assert np.isin(out, allowed).all()
+
+
+@pytest.mark.parametrize('severity', [1, 4])
+def test_glass_blur_shuffles_as_make_cifar_c_does(images, severity):
+  """make_cifar_c.py's loop, transcribed as it is written, on the same draws: its "swap" assigns
+  numpy views, so each step copies the neighbour into (h, w) and leaves the neighbour as it was.
+  A true swap had made this glass blur 10-44 % stronger than the reference's (an audit)."""
+  sigma, delta, iterations = corrupt.PARAMS['glass_blur'][severity - 1]
+  got = corrupt.corrupt(images, 'glass_blur', severity, np.random.default_rng(5))
+  rng = np.random.default_rng(5)  # The same draws, one array per pass, as glass_blur takes them.
+  draws = [rng.integers(-delta, delta, size=((32 - 2 * delta) ** 2, len(images), 2))
+           for _ in range(iterations)]
+  blurred = (corrupt_ops.blur(images / 255.0, sigma) * 255).astype(np.uint8)
+  for i, x in enumerate(blurred):
+    for shifts in draws:
+      k = 0
+      for h in range(32 - delta, delta, -1):
+        for w in range(32 - delta, delta, -1):
+          dx, dy = shifts[k, i]
+          h_prime, w_prime = h + dy, w + dx
+          x[h, w], x[h_prime, w_prime] = x[h_prime, w_prime], x[h, w]  # As the reference writes it.
+          k += 1
+  want = np.clip(corrupt_ops.blur(blurred / 255.0, sigma), 0, 1) * 255
+  np.testing.assert_array_equal(got, np.clip(want, 0, 255).astype(np.uint8))
