@@ -11,8 +11,8 @@
 The names are imported on first use, so command-line tools start without loading all of JAX.
 """
 
-import importlib
-import importlib.util
+from importlib import import_module as _import_module
+from importlib import util as _util
 
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
@@ -33,11 +33,12 @@ def __getattr__(name: str):
     except metadata.PackageNotFoundError:  # A source tree that was never installed.
       return 'unknown'
   if name in _EXPORTS:
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-  if not name.startswith('_') and importlib.util.find_spec(f'{__name__}.{name}') is not None:
-    return importlib.import_module(f'{__name__}.{name}')  # jax_cifar.configs.default, ...
+    return getattr(_import_module(_EXPORTS[name]), name)
+  if not name.startswith('_') and _util.find_spec(f'{__name__}.{name}') is not None:
+    return _import_module(f'{__name__}.{name}')  # jax_cifar.configs.default, ...
   raise AttributeError(f'module jax_cifar has no attribute {name!r}')
 
 
 def __dir__() -> list[str]:  # dir() and tab completion list the names imported on first use.
-  return sorted(set(globals()) | set(_EXPORTS) | {'__version__'})
+  return sorted({n for n in globals() if not n.startswith('_') or n.startswith('__')}
+                | set(_EXPORTS) | {'__version__'})

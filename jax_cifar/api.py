@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, parallel, step_folders, workdir
+from jax_cifar import checkpoints, errors, image_checks, parallel, step_folders, workdir
 from jax_cifar.augment import pipeline as augment
+from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 
 
@@ -37,8 +38,11 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
   errors.folder_arg('load_model(run_dir)', run_dir)
+  run_dir = pathlib.Path(run_dir).expanduser()  # '~/runs/a' had been "is ~/runs/a a run?".
   if weights not in checkpoints.READ_WEIGHTS:
     raise errors.ConfigError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")
+  if isinstance(checkpoint, (str, pathlib.Path)) and str(checkpoint).startswith('~'):
+    checkpoint = str(pathlib.Path(checkpoint).expanduser())
   checkpoint = step_folders.kept_step_folder(run_dir, checkpoint, errors.ConfigError) or checkpoint
   if not isinstance(checkpoint, (str, pathlib.Path)) or (
       checkpoint not in ('best', 'latest') and not pathlib.Path(checkpoint).is_dir()):
@@ -46,6 +50,9 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
     raise errors.ConfigError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
                      f'got {checkpoint!r}{why}')
   config = run_config(run_dir)
+  inference.check_step_folder_of_another_run(
+      config, run_dir, str(checkpoint), given="load_model's run ({workdir})", short='run_dir',
+      advice="Load that run itself: load_model('{run}', checkpoint=...)")
   if checkpoint == 'best' and weights == 'raw' and config.checkpoint.get('best_weights') == 'ema':
     warnings.warn(f"load_model: {run_dir}'s 'best' step was chosen by its EMA weights' accuracy "
                   "(checkpoint.best_weights='ema'); these are its raw weights: weights='ema' or "
@@ -77,31 +84,6 @@ def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict
         UserWarning, stacklevel=3)
 
 
-def _image_hint(images: np.ndarray) -> str:
-  """How to turn these images into predict's uint8 [N, H, W, 3], when that is clear."""
-  if images.ndim == 3 and images.shape[-1] == 3:
-    return '; one image is images[None]'
-  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
-    return '; channels first (PyTorch): images.transpose(0, 2, 3, 1)'
-  if not images.size or images.dtype == np.uint8:
-    return ''
-  if np.issubdtype(images.dtype, np.integer) and 0 <= images.min() and images.max() <= 255:
-    return '; these pixels fit: images.astype(np.uint8)'
-  if not np.issubdtype(images.dtype, np.floating):
-    return ''
-  if np.isnan(images).any():
-    return '; these hold NaN'
-  if images.min() < 0:  # Normalised already ((x - mean) / std): the 0-255 hint would be wrong.
-    return ('; these look normalised already (negative values): give the pixels before '
-            'normalisation (predict resizes and normalises as config.model says), or call '
-            'model(x, train=False) on images normalised the same way')
-  # Pixels of 0-255 in a float array (cv2, PIL through np.float32): scaling them by 255 had
-  # wrapped them around in uint8 (200 -> 56), silently (an audit).
-  return ('; float images in [0, 1] become uint8 as (images * 255).round().astype(np.uint8)'
-          if images.max() <= 1 else
-          '; float pixels of 0-255 become uint8 as images.round().clip(0, 255).astype(np.uint8)')
-
-
 def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.ndarray,
             batch_size: int = 500) -> np.ndarray:
   """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
@@ -119,14 +101,8 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
     raise ValueError('predict: this model has no head (built with num_classes=0) and gives pooled '
                      'features, not classes; call it as model(x, train=False) for them')
   _check_config_describes(model, config)
-  images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:]:
-    raise ValueError(f'predict expects uint8 images [N, H, W, 3], got {images.dtype} '
-                     f'{images.shape}{_image_hint(images)}')
-  if len(images) and images.max() <= 1:
-    warnings.warn(f'predict: every pixel of these {len(images)} uint8 images is 0 or 1: were float '
-                  'images in [0, 1] cast without scaling? (images * 255).round().astype(np.uint8) '
-                  'gives the 0-255 range the model was trained on', UserWarning, stacklevel=2)
+  images = image_checks.uint8_images(images, 'predict')
+  image_checks.warn_if_scaled_down(images, 'predict')
   # Fewer images than a batch: padded only to the next power of two (a loop over single images
   # compiles once, for a batch of 1, instead of running `batch_size` rows each time).
   batch_size = min(batch_size, 1 << max(len(images) - 1, 0).bit_length())

@@ -156,7 +156,13 @@ def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None,
     restored = checkpoints.Checkpoints(workdir, create=False).restore(which, target,
                                                                       fallback=fallback)
     if restored is None:
-      raise checkpoints.CheckpointError(f'no {which!r} checkpoint in {workdir}/checkpoints')
+      other = 'latest' if which == 'best' else 'best'
+      folder = pathlib.Path(workdir, 'checkpoints', other)
+      steps = step_folders.step_numbers(folder) if folder.is_dir() else []
+      raise checkpoints.CheckpointError(
+          f'no {which!r} checkpoint in {workdir}/checkpoints' + (
+              f'; its {other!r} one holds step {steps[-1]}: ask for {other!r} (evaluate '
+              f"--checkpoint {other}, load_model's checkpoint='{other}')" if steps else ''))
     state, step = restored
   else:
     state = step_folders.restore_path(which, target)

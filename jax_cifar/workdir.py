@@ -207,14 +207,26 @@ def previous_config(workdir: pathlib.Path) -> dict | None:
   return record
 
 
+def _run_above(inside: pathlib.Path) -> str:
+  """Where `inside` is a run's config.json, its checkpoints/ or a step folder: the run to give
+  instead (they had been refused with "RUN/checkpoints/best/20/config.json not found")."""
+  for parent in list(inside.absolute().parents)[:4]:
+    if (parent / CONFIG_FILE).is_file():
+      return (f' It is inside the run {parent}: give that folder (a step folder is '
+              '`evaluate --checkpoint`, or load_model\'s checkpoint=)')
+  return ''
+
+
 def run_config(run_dir: str | pathlib.Path):
   """The config a run was (last) launched with, from RUN_DIR/config.json, validated; keys the
   file lacks (added to jax-cifar since) take their defaults, as when that run was launched."""
   from jax_cifar import config_validation  # pylint: disable=g-import-not-at-top  (imports models)
   from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(run_dir) / CONFIG_FILE
+  run_dir = pathlib.Path(run_dir).expanduser()
+  path = run_dir / CONFIG_FILE
   if not path.exists():
-    raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?')
+    raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?'
+                       f'{_run_above(run_dir)}')
   config = default.get_config()
   record, sections = previous_config(pathlib.Path(run_dir)), config.to_dict()
   for key, value in record.items():  # `"model": null` had been "unknown config key 'model'".

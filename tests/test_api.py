@@ -203,6 +203,7 @@ def test_package_exports_resolve_lazily():
     jax_cifar.no_such_thing  # pylint: disable=pointless-statement
   # dir() (tab completion, help) lists them though they are imported on first use.
   assert {'load_model', 'predict', 'create_model', 'list_models', '__version__'} <= set(dir(jax_cifar))
+  assert not {'importlib', '_import_module'} & set(dir(jax_cifar))  # (importlib had been listed.)
   assert jax_cifar.__version__ == importlib.metadata.version('jax-cifar')
   # Subpackages too, as README writes them (had needed an import elsewhere first: an audit).
   code = ('import jax_cifar; print(jax_cifar.configs.default.get_config().model.name, '
@@ -288,3 +289,62 @@ def test_readmes_test_time_tools_snippet_runs_as_written(run):
   np.testing.assert_allclose(np.exp(scope['log_probs']).sum(-1), 1.0, rtol=1e-5)
   plain = scope['inference'].load_predictor(config, str(run), 'best')[0].run(images, 'plain')
   np.testing.assert_allclose(np.exp(plain), jax_cifar.predict(model, config, images), atol=1e-6)
+
+
+def test_another_runs_step_folder_is_checked_against_that_runs_config(run, tmp_path):
+  """load_model(A, checkpoint=B's step folder) had paired B's weights with A's config, silently,
+  where `evaluate --checkpoint` refuses it: images prepared for another normalisation (an audit)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  own = json.loads((run / 'config.json').read_text())['model']['normalize']
+  for name, normalize in (('same', own), ('other', 'imagenet' if own != 'imagenet' else 'cifar')):
+    shutil.copytree(run, tmp_path / name)
+    record = json.loads((tmp_path / name / 'config.json').read_text())
+    record['model']['normalize'] = normalize
+    (tmp_path / name / 'config.json').write_text(json.dumps(record))
+  step = lambda r: str(max((r / 'checkpoints' / 'latest').iterdir(), key=lambda p: int(p.name)))
+  with pytest.raises(jax_cifar.UserError, match=(
+      rf"model.normalize '{normalize}' \(run\) vs '{own}' \(run_dir\).*Load that run itself: "
+      rf"load_model\('{re.escape(str(tmp_path / 'other'))}'")):
+    jax_cifar.load_model(run, step(tmp_path / 'other'))
+  jax_cifar.load_model(run, step(tmp_path / 'same'))  # A run that predicts alike loads.
+
+
+def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_path, monkeypatch):
+  """A run's config.json, checkpoints/ or a step folder given as the run had said only "is it a
+  run directory?"; '~/run' was not expanded; a run without a 'best' step did not say 'latest' has
+  one (an audit)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  step = max((run / 'checkpoints' / 'latest').iterdir(), key=lambda p: int(p.name))
+  for inside in (run / 'config.json', run / 'checkpoints', step, step / 'default'):
+    with pytest.raises(workdir_lib.WorkdirError, match=(
+        rf'inside the run {re.escape(str(run))}: give that folder \(a step folder is')):
+      jax_cifar.load_model(inside)
+  with pytest.raises(workdir_lib.WorkdirError, match=r'a jax-cifar run directory\?$'):
+    jax_cifar.load_model(tmp_path)  # Inside no run: no hint.
+  monkeypatch.setenv('HOME', str(run.parent))
+  assert jax_cifar.load_model(f'~/{run.name}', 'latest')[1] == jax_cifar.run_config(run)
+  no_best = tmp_path / 'no_best'
+  shutil.copytree(run, no_best)
+  shutil.rmtree(no_best / 'checkpoints' / 'best')
+  with pytest.raises(jax_cifar.UserError, match=(
+      rf"no 'best' checkpoint .*; its 'latest' one holds step {step.name}: ask for 'latest'")):
+    jax_cifar.load_model(no_best)
+
+
+def test_a_predictor_refuses_images_that_are_not_uint8_and_counts_adaptation_passes(
+    run, monkeypatch):
+  """README's load_predictor(...).run() had taken float pixels in [0, 1] and divided them by 255
+  again (nearly black images, wrong log-probabilities, no error); with BN adaptation its progress
+  bar counted 8 images as 16 (an audit)."""
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  config = jax_cifar.run_config(run)
+  images = cifar100.get_splits(config.data)['val'].images[:8]
+  predictor, _ = inference.load_predictor(config, str(run), 'best', adapt_bn=True)
+  with pytest.raises(ValueError, match=r'Predictor.run expects uint8 images .* float32 \(8, 32, 32, '
+                                       r'3\); float images in \[0, 1\] become uint8 as'):
+    predictor.run(images.astype(np.float32) / 255, 'x')
+  bars, tqdm = [], inference.tqdm.tqdm
+  monkeypatch.setattr(inference.tqdm, 'tqdm', lambda **kw: bars.append(kw) or tqdm(**kw))
+  assert predictor.run(images, 'mine').shape == (8, 100)
+  assert [(b['desc'], b['total']) for b in bars] == [('mine (2 passes)', 16)]

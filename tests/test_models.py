@@ -133,6 +133,13 @@ def test_timm_habits_pretrained_and_list_models_patterns():
     create_model('resnet18', drop_rate=0.1, rngs=nnx.Rngs(0))
   assert list_models('resnext*') == ['resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d']
   assert list_models() == list(MODEL_NAMES) and list_models('vit*') == []
+  # timm's other habits: a list of patterns, exclude_filters, pretrained= (list(...) had been
+  # "unhashable type: 'list'", pretrained=True a TypeError: an audit).
+  assert list_models(['wide*', 'simple*']) == ['simple_cnn', 'wide_resnet50_2', 'wide_resnet101_2']
+  assert list_models('resnet*', exclude_filters=['*1*']) == ['resnet34', 'resnet50']
+  assert list_models(pretrained=True) == [n for n in MODEL_NAMES if n != 'simple_cnn']
+  with pytest.raises(TypeError, match=r'list_models: pattern takes a pattern or a list of them'):
+    list_models([3])
 
 
 @pytest.fixture(scope='module')

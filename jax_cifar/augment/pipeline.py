@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cifar import image_checks
 from jax_cifar.augment import augmix, autoaugment, inputs, jpeg, photometric, resized_crop
 
 NORMALIZATION = {
@@ -208,6 +209,11 @@ def jsd_views(key: jax.Array, images: jax.Array, cfg: Any
 
 def to_model_input(images: jax.Array, *, image_size: int, normalize: str, dtype: Any) -> jax.Array:
   """uint8 [B,H,W,3] -> [B,S,S,3] of `dtype`: scale to [0,1], bilinear resize, normalise."""
+  if images.dtype != jnp.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    # Float pixels in [0, 1] had been divided by 255 again, silently (an audit).
+    raise ValueError(f'to_model_input expects uint8 images [B, H, W, 3], got {images.dtype} '
+                     f'{images.shape}' + (image_checks.hint(np.asarray(images)) if isinstance(
+                         images, np.ndarray) else ''))
   x = images.astype(jnp.float32) / 255.0
   b, h, w, c = x.shape
   if (h, w) != (image_size, image_size):

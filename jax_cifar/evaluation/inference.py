@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jax_cifar import config_validation, interrupt, parallel, step_folders
+from jax_cifar import config_validation, image_checks, interrupt, parallel, step_folders
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -95,6 +95,7 @@ class Predictor:
     block of `chunk` rows (default: all) is predicted with statistics (and BatchNorm scales and
     biases) adapted to that block alone; without them, `chunk` is ignored (each block's last
     batch had been padded to a whole batch: 20 images per severity ran 15x slower)."""
+    images = image_checks.uint8_images(images, 'Predictor.run')
     chunk = (chunk if self.adapter else None) or len(images)
     if self.adapter and min(chunk, len(images)) < SMALL_CHUNK and not self._small_chunk_said:
       self._small_chunk_said = True  # Once per evaluation.
@@ -104,6 +105,7 @@ class Predictor:
                       '/--tent' if isinstance(self.adapter, tent_lib.TentAdapter) else '',
                       min(chunk, len(images)), SMALL_CHUNK)
     passes = 1 + (self.adapter.passes if self.adapter else 0)
+    desc += f' ({passes} passes)' if passes > 1 else ''  # 8 images had shown as 16/16 img.
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
                    mininterval=1.0, disable=not self.progress or jax.process_index() != 0) as bar:
@@ -204,10 +206,13 @@ def check_matches_run(config, run_dir: str, given: str = '--config', advice: str
         f'its predictions or its validation split: {"; ".join(differ)}. {advice}')
 
 
-def check_step_folder_of_another_run(config, workdir: str, which: str) -> None:
+def check_step_folder_of_another_run(config, workdir: str, which: str,
+                                     advice: str = 'Evaluate that run itself: --workdir {run}',
+                                     given: str = 'the config evaluating it ({workdir})',
+                                     short: str = 'evaluating') -> None:
   """A step folder of another run (RUN/checkpoints/{latest,best}/N) is checked against RUN's
   config too: scored under this workdir's config it had given wrong numbers, filed as this run's
-  (an audit)."""
+  (an audit); load_model had paired it with this run's config, silently (an audit)."""
   if which in ('best', 'latest') or step_folders.is_step_number(which):  # This run's own steps.
     return
   folder = pathlib.Path(os.path.abspath(os.path.expanduser(which)))  # `latest/2` from checkpoints/
@@ -216,8 +221,8 @@ def check_step_folder_of_another_run(config, workdir: str, which: str) -> None:
     return
   source = folder.parent.parent.parent
   if source.resolve() != pathlib.Path(workdir).expanduser().resolve():
-    check_matches_run(config, str(source), given=f'the config evaluating it ({workdir})',
-                      advice=f'Evaluate that run itself: --workdir {source}', short='evaluating')
+    check_matches_run(config, str(source), given=given.format(workdir=workdir),
+                      advice=advice.format(run=source), short=short)
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -74,10 +74,24 @@ def _compute_dtype(dtype: Any) -> jnp.dtype:
   return resolved
 
 
-def list_models(pattern: str = '*') -> list[str]:
+def list_models(pattern: str | Sequence[str] = '*', pretrained: bool = False,
+                exclude_filters: str | Sequence[str] = ()) -> list[str]:
   """The names `create_model` accepts (torchvision's ResNet family and the course's simple CNN)
-  that match the shell-style `pattern`, as timm's list_models: list_models('resnext*')."""
-  return [name for name in MODEL_NAMES if fnmatch.fnmatchcase(name, pattern)]
+  that match the shell-style `pattern` (or any of a list of them) and none of `exclude_filters`,
+  as timm's list_models: list_models('resnext*'), list_models(['resnet*', 'wide*']).
+
+  `pretrained=True` keeps those torchvision has ImageNet weights for (every ResNet, not the simple
+  CNN): `python -m jax_cifar.convert` turns them into what `model.pretrained` loads."""
+  def patterns(value, name):  # (timm's list_models(['resnet*']) had been unhashable type: 'list'.)
+    value = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) for v in value):
+      raise TypeError(f'list_models: {name} takes a pattern or a list of them, got {value!r}')
+    return value
+  keep, drop = patterns(pattern or '*', 'pattern'), patterns(exclude_filters, 'exclude_filters')
+  return [name for name in MODEL_NAMES
+          if any(fnmatch.fnmatchcase(name, p) for p in keep)
+          and not any(fnmatch.fnmatchcase(name, p) for p in drop)
+          and (not pretrained or name in ARCHS)]
 
 
 
