@@ -199,12 +199,12 @@ def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
   return tag + ('_bn-adapt' if adapt_bn or tent else '') + (tent.tag() if tent else '')
 
 
-def _check_submission_path(csv_path: str | os.PathLike) -> None:
+def _check_submission_path(csv_path: str | os.PathLike, default: bool) -> None:
   """Process 0 checks where the CSV goes; every process raises if it is unusable (before inference).
-  `csv_path` as given (a trailing `/` is checked)."""
+  `csv_path` as given (a trailing `/` is checked); `default`: not given, the workdir's."""
   with parallel.fail_together(f'checking {csv_path}'):
     if jax.process_index() == 0:
-      submission.check_output_path(csv_path)
+      submission.check_output_path(csv_path, default=default)
 
 
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
@@ -248,7 +248,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
-    _check_submission_path(submission_csv or csv_path)
+    _check_submission_path(submission_csv or csv_path, default=not submission_csv)
     per = ood_files[0].num_images // ood.SEVERITIES
     if per != submission.KAGGLE_IMAGES:  # Said before the work, not found out on upload.
       tracking.say(f'{ood_dir}: {per} images per severity, so {csv_path.name} will have '

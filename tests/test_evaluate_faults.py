@@ -197,6 +197,21 @@ def test_bad_submission_paths_are_refused_before_the_checkpoint_is_read(run, tmp
   assert (tmp_path / 'link.csv').is_symlink() and not (tmp_path / 'newdir').exists()
 
 
+def test_the_default_submission_path_unwritable_is_named_as_the_default(run, tmp_path, monkeypatch):
+  """Without --submission, a run folder that takes no files had been told of a `--submission` it
+  was never given (an audit): the message names the default and how to write elsewhere."""
+  (tmp_path / 'ro_run').mkdir()
+
+  def refused(*args, **kwargs):
+    raise PermissionError(13, 'Read-only file system')
+
+  monkeypatch.setattr(submission.workdir.tempfile, 'mkstemp', refused)
+  with pytest.raises(submission.SubmissionError, match=(
+      rf'^{tmp_path / "ro_run" / "submission_latest.csv"} \(the default --submission: give '
+      r'--submission PATH to write it elsewhere\): cannot create files in .*\(Read-only file system\)$')):
+    evaluate.evaluate(_config(), str(tmp_path / 'ro_run'), 'latest', ood_dir=str(run / 'ood'))
+
+
 def test_an_override_that_changes_the_model_is_refused_before_the_checkpoint_is_read(run):
   """Overrides without --config change the run's own config.json (test_trainer's smoke-run test
   follows one); one that changes the model would file another model's numbers as this run's."""

@@ -185,6 +185,20 @@ def test_validator_takes_every_id_once_in_another_order_and_says_so(tmp_path, ki
   assert 'order' not in submission.check_submission(path, num_images=N)
 
 
+def test_a_file_cut_inside_its_last_label_is_pointed_out(tmp_path):
+  """`..._5_9999,42` cut to `..._5_9999,4` had passed every check (an audit): the summary says the
+  file does not end in a newline, which every complete CSV does (this writer's and pandas')."""
+  path = tmp_path / 'sub.csv'
+  lines = _expected_lines()
+  lines[-1] = lines[-1].rsplit(',', 1)[0] + ',42'
+  path.write_text('\n'.join(lines) + '\n')
+  assert 'newline' not in submission.check_submission(path, num_images=N)
+  path.write_bytes(path.read_bytes()[:-2])
+  summary = submission.check_submission(path, num_images=N)
+  assert summary.startswith('OK') and 'no newline after the last row: if the file was cut short, ' \
+      'its last label may be cut too' in summary, summary
+
+
 @pytest.mark.parametrize('kind,match', [
     ('duplicated_row', r"line 10: id 'distortion00_3_0' again \(first on line 6\)"),
     ('duplicate_in_another_order', rf"line {19 * N + 1}: id '.*' again \(first on line"),

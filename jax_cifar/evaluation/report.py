@@ -54,7 +54,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   config = _read_json(run_dir / workdir.CONFIG_FILE)
   odd = [k for k in CONFIG_SECTIONS if k in config and not isinstance(config[k], dict)]
   if odd:  # A hand edit ("train": null) had ended the report in a traceback, figures half written.
-    notes.append(f'{label}: {workdir.CONFIG_FILE} has no {", ".join(odd)} section (not an object): '
+    notes.append(f'{label}: {workdir.CONFIG_FILE} has no {" or ".join(odd)} section (not an object): '
                  'its columns are left empty')
     config = {k: v for k, v in config.items() if k not in odd}
   rows, dropped = _finite_rows(tracking.read_metrics(run_dir))
@@ -68,7 +68,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
           'evals': {p.stem: _read_json(p) for p in stale_evals.eval_files(run_dir)}, 'warnings': notes}
 
 
-CONFIG_SECTIONS = ('model', 'train', 'data', 'optim')  # The ones the summary reads.
+CONFIG_SECTIONS = ('model', 'train', 'data', 'optim', 'checkpoint')  # The ones the summary reads.
 
 
 def _finite_rows(rows: list[dict]) -> tuple[list[dict], int]:

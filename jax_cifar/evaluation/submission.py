@@ -46,42 +46,45 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
           for s in range(1, ood.SEVERITIES + 1) for i in range(per)]
 
 
-def check_output_path(path: str | os.PathLike) -> pathlib.Path:
+def check_output_path(path: str | os.PathLike, default: bool = False) -> pathlib.Path:
   """Fails with one line unless a CSV can be written at `path`: not a folder, nor an existing file
   other than a submission CSV (which it replaces), in an existing folder where this process can
   create files (tried by creating and deleting a probe file). A symbolic link, a device, a pipe or
   a socket is refused: the CSV is renamed into place, which had replaced /dev/null (as root), a
-  pipe or a link with a regular file (an audit)."""
+  pipe or a link with a regular file (an audit). `default`: the path is evaluate's own choice,
+  named as such (a read-only run had been told of a --submission it was never given: an audit)."""
   given, path = os.fspath(path), pathlib.Path(path)
+  name = (f'{path} (the default --submission: give --submission PATH to write it elsewhere)'
+          if default else f'--submission {path}')
   if path.is_dir():
-    raise SubmissionError(f'--submission {path} is a folder; give a file path such as '
+    raise SubmissionError(f'{name} is a folder; give a file path such as '
                           f'{path / "submission.csv"}')
   if given.endswith(('/', os.sep)):  # pathlib drops the slash: `newdir/` had become a file `newdir`.
     raise SubmissionError(f'--submission {given} ends in a folder separator, and there is no such '
                           f'folder; give a file path such as {path / "submission.csv"}')
   if path.is_symlink():
-    raise SubmissionError(f'--submission {path} is a symbolic link (to {os.readlink(path)}), which '
+    raise SubmissionError(f'{name} is a symbolic link (to {os.readlink(path)}), which '
                           'the CSV would replace; give the path of the file itself')
   if path.exists() and not path.is_file():
-    raise SubmissionError(f'--submission {path} is not a regular file (a device, pipe or socket), '
+    raise SubmissionError(f'{name} is not a regular file (a device, pipe or socket), '
                           'which the CSV would replace; give a file path')
   if path.is_file() and path.stat().st_size:
     try:
       with open(path, 'rb') as f:
         first = f.read(64).split(b'\n', 1)[0]
     except OSError as e:
-      raise SubmissionError(f'--submission {path} exists and cannot be read ({e.strerror})') from None
+      raise SubmissionError(f'{name} exists and cannot be read ({e.strerror})') from None
     if first.removeprefix(b'\xef\xbb\xbf').rstrip(b'\r') != HEADER.encode():
-      raise SubmissionError(f'--submission {path} is an existing file that is not a submission CSV '
+      raise SubmissionError(f'{name} is an existing file that is not a submission CSV '
                             f'(it does not start with the line {HEADER!r}); it is kept: give another '
                             'path, or remove it first')
   parent = path.parent
   if not parent.is_dir():
     what = 'is not a folder' if parent.exists() else 'does not exist'
-    raise SubmissionError(f'--submission {path}: the folder {parent} {what}')
+    raise SubmissionError(f'{name}: the folder {parent} {what}')
   why = workdir.why_unwritable(parent)
   if why:
-    raise SubmissionError(f'--submission {path}: cannot create files in {parent} ({why})')
+    raise SubmissionError(f'{name}: cannot create files in {parent} ({why})')
   return path
 
 
@@ -215,7 +218,8 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
     # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
     # utf-8-sig: a leading byte-order mark (Excel's "CSV UTF-8") is read past, as pandas does.
-    lines = [line.rstrip('\r') for line in path.read_text(encoding='utf-8-sig').split('\n')]
+    text = path.read_text(encoding='utf-8-sig')
+    lines = [line.rstrip('\r') for line in text.split('\n')]
   except (OSError, UnicodeDecodeError) as e:
     raise SubmissionError(f'{path}: cannot read ({e})') from None
   while lines and not lines[-1]:
@@ -257,6 +261,9 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
   per = num_images // ood.SEVERITIES
   note = '' if in_order else (' (rows in another order than distortion, severity, index; Kaggle '
                               'pairs rows with answers by id, so it scores the same)')
+  if not text.endswith('\n'):  # `..._5_9999,42` cut to `..._5_9999,4` passed every check (an audit).
+    note += (' (no newline after the last row: if the file was cut short, its last label may be '
+             'cut too; a complete CSV ends in one)')
   if inferred and per != KAGGLE_IMAGES:
     note += (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
             'pass --ood_dir or --num_images to check the count)')
