@@ -259,12 +259,16 @@ class Checkpoints:
     return moved
 
   def tidy_best_on_resume(self, step: int) -> list[pathlib.Path]:
-    """What a kill left in checkpoints/best, before a resume from `step` (a kill audit):
+    """What a kill left in checkpoints/best, before a resume from `step` (a kill audit); returns
+    the step folders moved to checkpoints/discarded/ (kept there, restorable by path):
     - steps ranked below the best, which orbax was deleting when the kill came (max_to_keep=1;
-      a new best is saved only when strictly better), are deleted: they had stayed, and a half
-      deleted one became best once a later step was set aside (a review);
-    - then steps after `step`, of training the resume repeats, move to checkpoints/discarded/
-      (kept): they had stayed best and ranked the retrained run's saves.
+      a new best is saved only when strictly better), leave checkpoints/best: they had stayed,
+      and a half deleted one became best once a later step was set aside (a review). Deleted, as
+      orbax would have, but for one when the best is set aside (next point): the best-ranked of
+      them up to `step`, the best of the training the resume keeps, may be intact and had been
+      deleted for good (a review), so it is set aside;
+    - steps after `step`, of training the resume repeats, are set aside: they had stayed best and
+      ranked the retrained run's saves.
     Each agreement is a collective: every process has looked before process 0 changes anything."""
     manager = self.best
     top = manager.best_step()
@@ -277,17 +281,27 @@ class Checkpoints:
       logging.warning('Deleted best checkpoint(s) %s of %s, ranked below step %d: a kill had '
                       'stopped their deletion.', ', '.join(map(str, steps)), manager.directory, top)
 
-    def set_aside(steps):
+    def set_aside(why, steps):
       moved = [_move_aside(manager.directory, 'best', s, into='discarded') for s in steps]
-      logging.warning('Moved best checkpoint(s) of the training after step %d, which this resume '
-                      'repeats, to %s (kept there, restorable by path).', step,
+      logging.warning('Moved best checkpoint(s) %s to %s (kept there, restorable by path).', why,
                       ', '.join(str(m) for m in moved))
       return moved
 
-    _agreed_change(manager, superseded, f'deleting superseded steps of {manager.directory}', delete)
-    return _agreed_change(manager, [s for s in manager.all_steps() if s > step],
-                          f'setting aside steps of {manager.directory} after {step}',
-                          set_aside) or []
+    moved, kept = [], []
+    if top is not None and top > step:  # The best of the kept training: the top one up to `step`.
+      kept = sorted((s for s in superseded if s <= step),
+                    key=lambda s: manager.metrics(s)['val_accuracy'])[-1:]
+      moved += _agreed_change(manager, kept, f'setting aside a superseded step of '
+                              f'{manager.directory}', functools.partial(set_aside, (
+                                  f'ranked below step {top} (set aside next), which a kill had '
+                                  'stopped orbax deleting,'))) or []
+    _agreed_change(manager, [s for s in superseded if s not in kept],
+                   f'deleting superseded steps of {manager.directory}', delete)
+    return moved + (_agreed_change(
+        manager, [s for s in manager.all_steps() if s > step],
+        f'setting aside steps of {manager.directory} after {step}',
+        functools.partial(set_aside, f'of the training after step {step}, which this resume '
+                                     'repeats,')) or [])
 
   def wait(self) -> None:
     for manager in (self.latest, self._best):

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 
-from jax_cifar import checkpoints
+from jax_cifar import checkpoints, step_folders
 from jax_cifar.training import trainer
 from test_checkpoints import _config as checkpoint_config  # The same tiny run.
 
@@ -55,7 +55,9 @@ def test_a_resume_sets_aside_best_steps_it_repeats_and_removes_what_a_kill_left(
 
   trainer.train_and_evaluate(_config(8), str(workdir))  # Resumes from 6.
   assert _steps(root / 'latest') == ['6', '8']  # The temp folders are gone.
-  assert _steps(root / 'discarded') == ['best-8']  # Kept, not deleted.
+  # Kept, not deleted: step 8, and the best step up to 6 (the one orbax was deleting, where the
+  # run's best was 8 itself).
+  assert _steps(root / 'discarded') == sorted(['best-8', f'best-{best if best != 8 else 2}'])
   (kept,) = _steps(root / 'best')  # The superseded step and the temp are gone; the best is:
   recorded = json.loads((root / 'best' / kept / 'metrics' / 'metrics').read_text())
   assert recorded['val_accuracy'] == max(_val(workdir, 3) + _val(workdir, 6) + _val(workdir, 8))
@@ -69,12 +71,34 @@ def _best_step(root: pathlib.Path, step: int, accuracy: float, like: int) -> Non
       json.dumps({'val_accuracy': accuracy}))
 
 
+def test_an_intact_best_of_the_kept_training_stays_restorable_when_a_later_best_is_set_aside(
+    tmp_path):
+  """Best M (<= latest L) intact, and a better N after L that the resume repeats: M had been
+  deleted for good before N was set aside, though it is the best of the training the resume
+  keeps and the retrained steps need not reach N's accuracy again (a review). Both are in
+  discarded/ now, and M restores by path to what was saved."""
+  workdir = tmp_path / 'run'
+  ckpts = checkpoints.Checkpoints(workdir)
+  state = {'w': np.arange(4, dtype=np.float32)}
+  ckpts.save_latest(state, 6)
+  assert ckpts.maybe_save_best(state, 4, 0.25)
+  ckpts.wait()
+  root = workdir / 'checkpoints'
+  _best_step(root, 9, 0.5, like=4)
+  ckpts.best.reload()
+  assert ckpts.best.best_step() == 9
+  assert [m.name for m in ckpts.tidy_best_on_resume(6)] == ['best-4', 'best-9']
+  restored = step_folders.restore_path(root / 'discarded' / 'best-4', state)
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  ckpts.close()
+
+
 def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_set_aside(
     tmp_path):
   """The likeliest kill: best N (after latest L) committed while orbax deleted the old best M.
-  Setting N aside first had left M, half deleted, as best (a review): M goes first, as orbax
-  would have removed it, and then N moves to discarded/. Steps without metrics are not touched
-  here (they are named as damaged when used)."""
+  Setting N aside first had left M, half deleted, as best (a review): M leaves best/ first (to
+  discarded/, as N is set aside too), then N. Steps without metrics are not touched here (they
+  are named as damaged when used)."""
   workdir = tmp_path / 'run'
   ckpts = checkpoints.Checkpoints(workdir)
   state = {'w': np.arange(4, dtype=np.float32)}
@@ -89,14 +113,17 @@ def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_s
   ckpts.best.reload()
   assert ckpts.best.best_step() == 9
   moved = ckpts.tidy_best_on_resume(6)
-  assert [m.name for m in moved] == ['best-9'] and _steps(root / 'discarded') == ['best-9']
+  assert [m.name for m in moved] == ['best-4', 'best-9']
+  assert _steps(root / 'discarded') == ['best-4', 'best-9']
   assert ckpts.best.all_steps() == [] and _steps(root / 'best') == []
-  # Within the resumed run, a step at or before it stays: a better one, and no other.
+  # Within the resumed run, a step at or before it stays: a better one, and no other (deleted,
+  # as orbax would have).
   assert ckpts.maybe_save_best(state, 3, 0.1)
   ckpts.wait()
   _best_step(root, 5, 0.05, like=3)
   ckpts.best.reload()
   assert ckpts.tidy_best_on_resume(6) == [] and _steps(root / 'best') == ['3']
+  assert _steps(root / 'discarded') == ['best-4', 'best-9']
   _best_step(root, 6, 0.9, like=3)  # At the resume step itself: the state it resumes from, kept
   ckpts.best.reload()  # (set aside with `>=`, which passed every other test: a mutation audit).
   assert ckpts.tidy_best_on_resume(6) == [] and ckpts.best.best_step() == 6
