@@ -71,23 +71,32 @@ def _best_step(root: pathlib.Path, step: int, accuracy: float, like: int) -> Non
       json.dumps({'val_accuracy': accuracy}))
 
 
+def _latest_6_best_4_and_9(tmp_path: pathlib.Path):
+  """(checkpoints, state, root): latest step 6, best M = 4 and a better best N = 9 after it."""
+  ckpts = checkpoints.Checkpoints(tmp_path / 'run')
+  state = {'w': np.arange(4, dtype=np.float32)}
+  ckpts.save_latest(state, 6)
+  assert ckpts.maybe_save_best(state, 4, 0.25)
+  ckpts.wait()
+  root = tmp_path / 'run' / 'checkpoints'
+  _best_step(root, 9, 0.5, like=4)
+  ckpts.best.reload()
+  assert ckpts.best.best_step() == 9
+  return ckpts, state, root
+
+
 def test_an_intact_best_of_the_kept_training_stays_restorable_when_a_later_best_is_set_aside(
     tmp_path):
   """Best M (<= latest L) intact, and a better N after L that the resume repeats: M had been
   deleted for good before N was set aside, though it is the best of the training the resume
   keeps and the retrained steps need not reach N's accuracy again (a review). Both are in
-  discarded/ now, and M restores by path to what was saved."""
-  workdir = tmp_path / 'run'
-  ckpts = checkpoints.Checkpoints(workdir)
-  state = {'w': np.arange(4, dtype=np.float32)}
-  ckpts.save_latest(state, 6)
-  assert ckpts.maybe_save_best(state, 4, 0.25)
-  ckpts.wait()
-  root = workdir / 'checkpoints'
-  _best_step(root, 9, 0.5, like=4)
+  discarded/ now, and M restores by path to what was saved; a step ranked below M is deleted,
+  as orbax would have."""
+  ckpts, state, root = _latest_6_best_4_and_9(tmp_path)
+  _best_step(root, 2, 0.1, like=4)
   ckpts.best.reload()
-  assert ckpts.best.best_step() == 9
   assert [m.name for m in ckpts.tidy_best_on_resume(6)] == ['best-4', 'best-9']
+  assert _steps(root / 'discarded') == ['best-4', 'best-9'] and _steps(root / 'best') == []
   restored = step_folders.restore_path(root / 'discarded' / 'best-4', state)
   np.testing.assert_array_equal(restored['w'], state['w'])
   ckpts.close()
@@ -99,19 +108,11 @@ def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_s
   Setting N aside first had left M, half deleted, as best (a review): M leaves best/ first (to
   discarded/, as N is set aside too), then N. Steps without metrics are not touched here (they
   are named as damaged when used)."""
-  workdir = tmp_path / 'run'
-  ckpts = checkpoints.Checkpoints(workdir)
-  state = {'w': np.arange(4, dtype=np.float32)}
-  ckpts.save_latest(state, 6)
-  assert ckpts.maybe_save_best(state, 4, 0.25)
-  ckpts.wait()
-  root = workdir / 'checkpoints'
-  _best_step(root, 9, 0.5, like=4)  # N: better, after latest 6.
+  ckpts, state, root = _latest_6_best_4_and_9(tmp_path)
   for item in (root / 'best' / '4' / 'default').iterdir():  # M: its arrays half deleted.
     if item.is_file() or item.name != 'metrics':
       shutil.rmtree(item) if item.is_dir() else item.unlink()
   ckpts.best.reload()
-  assert ckpts.best.best_step() == 9
   moved = ckpts.tidy_best_on_resume(6)
   assert [m.name for m in moved] == ['best-4', 'best-9']
   assert _steps(root / 'discarded') == ['best-4', 'best-9']
