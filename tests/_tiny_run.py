@@ -1,6 +1,12 @@
 """The config of a 1-step synthetic simple_cnn run, as a file for the command line and as a
 ConfigDict: for tests of what evaluate does with files and faults, not of the model
-(test_evaluate_faults.py, test_evaluate_resume.py)."""
+(test_evaluate_faults.py, test_evaluate_resume.py), and small distortion files for it."""
+
+import pathlib
+
+import numpy as np
+
+from jax_cifar.data import ood
 
 CONFIG_FILE = '''
 from jax_cifar.configs import default
@@ -24,3 +30,12 @@ def config(config_file: str = CONFIG_FILE):
   namespace = {}
   exec(config_file, namespace)  # pylint: disable=exec-used
   return namespace['get_config']()
+
+
+def write_ood(folder: pathlib.Path, n: int, seed: int = 0) -> pathlib.Path:
+  """`folder` with the 19 distortion files of `n` random images each."""
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(ood.NUM_DISTORTIONS):
+    np.save(folder / ood.distortion_file(i), rng.integers(0, 256, (n, 32, 32, 3), np.uint8))
+  return folder
