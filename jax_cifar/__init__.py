@@ -16,7 +16,7 @@ from importlib import util as _util
 
 _EXPORTS = {
     'load_model': 'jax_cifar.api', 'predict': 'jax_cifar.api', 'run_config': 'jax_cifar.api',
-    'create_model': 'jax_cifar.models', 'list_models': 'jax_cifar.models',
+    'create_model': 'jax_cifar.api', 'list_models': 'jax_cifar.models',
     'train_and_evaluate': 'jax_cifar.training.trainer', 'Preempted': 'jax_cifar.training.trainer',
     # The base of the errors about runs, checkpoints, config values and data (a damaged
     # checkpoint, a folder that is not a run, a bad config value): what a user can fix.

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import warnings
 
@@ -16,10 +17,29 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, image_checks, parallel, step_folders, workdir
+from jax_cifar import checkpoints, convert, errors, image_checks, models, parallel, step_folders
+from jax_cifar import workdir
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
+
+
+def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.PathLike | None = None,
+                 **kwargs) -> nnx.Module:
+  """`jax_cifar.models.create_model` (its keywords: stem, width, dtype, remat, scan_blocks, rngs),
+  and, as timm's, `pretrained`: a folder of ImageNet weights converted from torchvision once
+  (`python -m jax_cifar.convert`), loaded as `jax_cifar.convert.load_pretrained` does (the
+  backbone; the head too where its classes match, else a fresh one)."""
+  if isinstance(pretrained, bool) or not isinstance(pretrained, (str, os.PathLike, type(None))):
+    # timm's and torchvision's pretrained=True: nothing is downloaded here.
+    raise TypeError(f'create_model(pretrained={pretrained!r}): give the folder of ImageNet weights '
+                    'converted from torchvision once (python -m jax_cifar.convert --arch NAME '
+                    "--weights IMAGENET1K_V1 --output weights/NAME), e.g. pretrained='weights/"
+                    "resnet50'; or load them later with jax_cifar.convert.load_pretrained(model, path)")
+  model = models.create_model(name, num_classes, **kwargs)
+  if pretrained is not None:
+    convert.load_pretrained(model, os.fspath(pretrained))
+  return model
 
 
 def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:

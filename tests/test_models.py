@@ -126,9 +126,9 @@ def test_unknown_name_or_stem_raises_listing_allowed_values():
 def test_timm_habits_pretrained_and_list_models_patterns():
   """create_model(..., pretrained=True) had been a bare TypeError, list_models('resnet*') too (an
   audit): the first names the convert route, the second filters as timm's does."""
-  with pytest.raises(TypeError, match=r'no pretrained=: .*python -m jax_cifar.convert.*'
-                                      r'load_pretrained'):
-    create_model('resnet18', pretrained=True, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r'no pretrained=: jax_cifar.create_model\(\.\.\., '
+                                      r'pretrained=FOLDER\).*python -m jax_cifar.convert.*load_pretrained'):
+    create_model('resnet18', pretrained='w/r18', rngs=nnx.Rngs(0))  # (jax_cifar's: test_transfer.py)
   with pytest.raises(TypeError, match='unexpected keyword arguments: drop_rate'):
     create_model('resnet18', drop_rate=0.1, rngs=nnx.Rngs(0))
   assert list_models('resnext*') == ['resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d']

@@ -2,6 +2,7 @@
 
 import math
 import os
+import pathlib
 from typing import Any, Mapping
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jax_cifar
 from jax_cifar.configs import resnet50_transfer
 from jax_cifar import config_validation, convert, optim, parallel
 from jax_cifar.training import trainer
@@ -100,6 +102,25 @@ def test_pretrained_state_has_converted_backbone_and_fresh_torch_style_head(conv
   # Uniform over the whole interval (std bound/sqrt(3)), not zeros or a narrow normal.
   assert abs(kernel.std() - bound / math.sqrt(3)) < 0.02 * bound
   assert np.abs(kernel).max() > 0.99 * bound
+
+
+def test_create_model_loads_a_converted_folder_given_as_pretrained(converted):
+  """timm's create_model(name, pretrained=...) habit, with the converted folder as the weights:
+  the same model as building it and calling load_pretrained."""
+  path, ckpt = converted
+  model = jax_cifar.create_model('resnet50', 100, pretrained=pathlib.Path(path), rngs=nnx.Rngs(0))
+  _assert_backbone_equals(_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))), ckpt)
+  by_hand = jax_cifar.create_model('resnet50', 100, rngs=nnx.Rngs(0))
+  assert convert.load_pretrained(by_hand, path)['head'] == 'fresh'
+  for (key, a), (_, b) in zip(_flat(nnx.to_pure_dict(nnx.state(model))).items(),
+                              _flat(nnx.to_pure_dict(nnx.state(by_hand))).items()):
+    np.testing.assert_array_equal(a, b, err_msg=key)  # The fresh head too (same rngs).
+  with pytest.raises(convert.ConversionError, match="holds arch 'resnet50'"):
+    jax_cifar.create_model('resnet18', pretrained=path, rngs=nnx.Rngs(0))
+  for flag in (True, 1):  # timm's habit: nothing is downloaded, the message says what to give.
+    with pytest.raises(TypeError, match=rf'pretrained={flag}\): give the folder of ImageNet weights '
+                                        r'converted .*python -m jax_cifar.convert.*load_pretrained'):
+      jax_cifar.create_model('resnet18', pretrained=flag, rngs=nnx.Rngs(0))
 
 
 def test_frozen_backbone_stays_fixed_while_the_head_trains(converted, tmp_path):

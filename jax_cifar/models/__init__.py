@@ -36,10 +36,10 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
   recomputes each residual block's activations in the backward pass and `scan_blocks` compiles
   each stage's repeated block once (ResNets; neither changes the parameters or their layout).
   """
-  if 'pretrained' in unknown:  # timm's and torchvision's keyword: the weights come another way.
-    raise TypeError('create_model has no pretrained=: ImageNet weights are converted from '
-                    'torchvision once (python -m jax_cifar.convert) and loaded with '
-                    'jax_cifar.convert.load_pretrained(model, path)')
+  if 'pretrained' in unknown:  # timm's and torchvision's keyword: jax_cifar.create_model takes it.
+    raise TypeError('jax_cifar.models.create_model has no pretrained=: jax_cifar.create_model(..., '
+                    'pretrained=FOLDER) loads ImageNet weights converted from torchvision (python -m '
+                    'jax_cifar.convert), as jax_cifar.convert.load_pretrained(model, FOLDER) does')
   if unknown:
     raise TypeError(f'create_model got unexpected keyword arguments: {", ".join(sorted(unknown))}')
   if name not in MODEL_NAMES:
