@@ -107,15 +107,21 @@ class MetricsWriter:
         logging.warning('wandb.log failed (%s); continuing with metrics.jsonl only.', e)
         self.wandb_run = None
 
-  def close(self) -> None:
+  def close(self, exit_code: int = 0, preempted: bool = False) -> None:
+    """Closes metrics.jsonl and finishes the wandb run with `exit_code`: non-zero for a run that
+    failed (wandb had marked a crashed run "Finished": a review); a run stopped by a signal, to be
+    resumed, is marked `preempted` too."""
     if not self.is_chief:
       return
     self._file.close()
     if self.wandb_run is not None:
       try:
-        self.wandb_run.finish()
+        if preempted:
+          self.wandb_run.mark_preempting()
+        self.wandb_run.finish(exit_code=exit_code)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('wandb.finish failed: %s', e)
+
 
 
 WANDB_INIT_TIMEOUT_S = 30.0  # How long an online wandb may take to start before training goes on.

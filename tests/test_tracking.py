@@ -295,3 +295,31 @@ def test_a_failing_wandb_log_is_warned_about_once_and_metrics_jsonl_goes_on(
   assert len(said) == 1 and 'service gone' in said[0], said
   assert writer.wandb_run is None
   assert [r['step'] for r in tracking.read_metrics(workdir)] == [1, 2, 3]
+
+
+def _exit_records(workdir: pathlib.Path) -> list:
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  (folder,) = (workdir / 'wandb').glob('offline-run-*')
+  return [r.exit for r in wandb_records(folder / f'run-{run_id}.wandb')
+          if r.WhichOneof('record_type') == 'exit']
+
+
+def test_a_failed_or_preempted_run_is_not_finished_with_exit_code_0(tmp_path, monkeypatch):
+  """wandb had recorded every run as "Finished" (exit code 0), a crashed one too (a review): the
+  writer finishes the wandb run with the code it is given, and a training run stopped by SIGTERM
+  at step 2 (saved, to be resumed) gives its exit status, 75."""
+  config = default.get_config()
+  config.wandb.mode = 'offline'
+  env = _env(tmp_path, None)
+  monkeypatch.delenv('WANDB_MODE', raising=False)
+  for key in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):
+    monkeypatch.setenv(key, env[key])
+  (tmp_path / 'crashed').mkdir()
+  writer = tracking.MetricsWriter(tmp_path / 'crashed', config, resume_step=0)
+  writer.write(1, {'train_loss': 1.0})
+  writer.close(1)
+  assert [r.exit_code for r in _exit_records(tmp_path / 'crashed')] == [1]
+  env['JAX_CIFAR_TEST_SIGNAL'] = 'train_step:2:SIGTERM'
+  out = train(tmp_path / 'stopped', '--config.wandb.mode=offline', env=env)
+  assert out.returncode == 75, out.stderr[-3000:]
+  assert [r.exit_code for r in _exit_records(tmp_path / 'stopped')] == [75]

@@ -263,8 +263,13 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     raise
   finally:
     bar.close()
-    writer.close()
-    ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
+    try:
+      ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
+    finally:
+      error = sys.exc_info()[1]  # wandb learns how the run ended (a crash had been "Finished").
+      preempted = isinstance(error, Preempted)
+      writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
+                   preempted=preempted)
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config)}
