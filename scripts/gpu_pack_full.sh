@@ -36,6 +36,13 @@ done
 for d in "$GPUDATA"/c*; do cp "$GPUDATA/SHA256SUMS" "$d/"; done
 repo=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | grep total$ \
   | awk '{s += $1} END {print s + 0}')
+over=0
 for d in "$GPUDATA"/c*; do
-  echo "$d: $(( ($(du -sb "$d" | cut -f1) + repo) >> 20 )) MiB with the repository (limit 64)"
+  mib=$(( ($(du -sb "$d" | cut -f1) + repo) >> 20 ))
+  echo "$d: $mib MiB with the repository (limit 64)"
+  [ "$mib" -lt 64 ] || over=1
 done
+if [ "$over" = 1 ]; then  # (It had only printed the sizes: a part too big failed its call.)
+  echo "error: a part is 64 MiB or more with the repository: it cannot travel in one call" >&2
+  exit 1
+fi

@@ -23,7 +23,8 @@ rm -rf .whl && mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-  -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0
+  -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 \
+  pytest-xdist==3.8.0 execnet==2.1.2  # The parity tests on 4 workers (else two files only).
 if [ "${CORRUPT_WHEELS:-0}" = 1 ]; then
   # The 'corrupt' extra for the ood_best part, where the image lacks it (the H200 image of
   # 2026-11 lists scikit-image, imageio, tifffile, networkx, lazy-loader, scipy, pillow). With the

@@ -45,3 +45,11 @@ if [ "$have" = "$needed" ] && [ ! -d "$H/data/cifar-100-python" ]; then
   echo "data ready: $H/data/cifar-100-python"
 fi
 echo "stage $K done in $(($(date +%s) - t0))s: $have of $needed data parts; $H holds $(ls "$H" | tr "\n" " ")"
+last=$(grep -o 'cifar\.part[^ ]*' "$H/parts/SHA256SUMS" | sort -V | tail -1)
+if [ -f "${GPUDATA:-.gpudata}/c$K/$last" ] && [ ! -d "$H/data/cifar-100-python" ]; then
+  # The last part staged and still no data: the machine was given back between the calls and
+  # lost the earlier parts (`gpu_stage.sh 3 && ...` had gone on without data: a review).
+  echo "error: the last data part is staged but only $have of $needed are in $H/parts (a fresh" \
+       "machine?): stage from part 1 again, in calls made back to back" >&2
+  exit 1
+fi

@@ -75,6 +75,18 @@ def test_a_damaged_part_is_refused_and_no_data_appears(packed):
   assert not (tmp_path / 'home' / 'data').exists()
 
 
+def test_the_last_part_on_a_machine_that_lost_the_others_fails(packed):
+  """The machine given back between the calls keeps no earlier part: staging the last one had
+  exited 0 without data, so `gpu_stage.sh 3 && gpu_pair.sh ...` ran without it (a review)."""
+  tmp_path, env = packed
+  parts = sorted((tmp_path / 'gpudata').glob('c*'), key=lambda p: int(p.name[1:]))
+  proc = _sh('gpu_stage.sh', env, '1')
+  assert proc.returncode == 0, proc.stderr[-2000:]  # Not the last: nothing to say yet.
+  proc = _sh('gpu_stage.sh', env, parts[-1].name[1:])
+  assert proc.returncode == 1 and 'stage from part 1 again' in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / 'home' / 'data').exists()
+
+
 # --- scripts/gpu_check.sh: one device call (at most 600 s) ---------------------------------------
 def _gpu_check(tmp_path, **env):
   env = {**os.environ, 'PY': sys.executable, 'SMALL': '1', 'OUT': str(tmp_path / 'out'), **env}
