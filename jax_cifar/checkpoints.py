@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import pathlib
-import re
 import shutil
 from typing import Any, Callable
 
@@ -28,20 +27,8 @@ WEIGHTS = ('raw', 'ema')  # checkpoint.best_weights, evaluate --weights: the raw
 READ_WEIGHTS = (*WEIGHTS, 'auto')  # evaluate --weights / load_model: 'auto' picks on validation.
 
 
-def _errno(e: BaseException) -> int | None:
-  """The OS error number behind `e` (an OSError in its chain, or tensorstore's os_error_code)."""
-  while e is not None:
-    if isinstance(e, OSError) and e.errno:
-      return e.errno
-    found = re.search(r"os_error_code='?(\d+)", str(e))
-    if found:
-      return int(found.group(1))
-    e = e.__cause__ or e.__context__
-  return None
-
-
 def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointError:
-  code = _errno(e)
+  code = errors.os_error_code(e)
   cause = one_line(e) if code is None else errors.os_reason(code, os.strerror(code))
   after = 'earlier checkpoints are kept' if kept else 'there is no earlier one there'
   return CheckpointError(f'saving {what} failed: {cause}; {after}')

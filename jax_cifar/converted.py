@@ -127,11 +127,20 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   fc_kernel = tree.get('fc', {}).get('kernel')
   meta = {'format': _FORMAT, 'arch': arch, 'source': source,
           'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
-  with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
-    with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
-      json.dump(meta, f, indent=2)
+  errors.drop_library_noise()  # A failed save's orbax tracebacks ("Event loop is closed").
+  try:
+    with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
+      with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
+        json.dump(meta, f, indent=2)
+  except Exception as e:  # pylint: disable=broad-except
+    code = errors.os_error_code(e)
+    if code is None or isinstance(e, OSError):
+      raise  # (An OSError prints its file and reason already.)
+    # A full disk came as tensorstore's ValueError, a bug's 650-line traceback (a review).
+    raise ConversionError(f'writing {path} failed: {errors.os_reason(code, os.strerror(code))}; '
+                          'nothing was written there') from e
 
 
 def read_metadata(path: str, arch: str | None = None) -> dict:

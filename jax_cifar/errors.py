@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 import numpy as np
@@ -38,6 +39,19 @@ def folder_arg(call: str, value) -> None:
 
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def os_error_code(e: BaseException) -> int | None:
+  """The OS error number behind `e` (an OSError in its chain, or tensorstore's os_error_code in
+  the ValueError orbax raises for a full disk)."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    found = re.search(r"os_error_code='?(\d+)", str(e))
+    if found:
+      return int(found.group(1))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def os_reason(code: int | None, strerror: str) -> str:

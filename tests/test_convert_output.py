@@ -14,6 +14,8 @@ import pytest
 
 from jax_cifar import atomic_folder, convert
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 
 def _tiny(value: float) -> dict:
   return {'fc': {'kernel': np.full((2, 3), value, np.float32), 'bias': np.zeros(3, np.float32)}}
@@ -214,3 +216,28 @@ def test_the_declared_size_limit_is_the_arch_s_own_size(tmp_path):
   out = _declaring(tmp_path / 'at', (limit - 3, 1), meta)
   with pytest.raises(convert.ConversionError, match='is a damaged converted checkpoint'):
     convert.read_converted(out, 'resnet18')
+
+
+def test_a_full_disk_while_writing_is_one_error_and_leaves_no_output(tmp_path):
+  """A file-size limit stands for the full disk: orbax's write failed as tensorstore's ValueError
+  ([os_error_code=27]), which the converter printed as a bug's 650-line traceback (a review). It
+  is one ConversionError naming the output and the reason, and nothing is left there."""
+  code = (
+      'import resource, signal, sys\n'
+      'import numpy as np\n'
+      'from jax_cifar import convert\n'
+      'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+      'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n'
+      'rng = np.random.default_rng(0)\n'
+      'tree = {"fc": {"kernel": rng.random((512, 1000), np.float32), "bias": np.zeros(1000)}}\n'
+      'try:\n'
+      '  convert.save_converted(tree, "resnet18", sys.argv[1])\n'
+      'except convert.ConversionError as e:\n'
+      '  print("ERROR", e)\n')
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'r18')], capture_output=True,
+                       text=True, timeout=120, check=False, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip() == (f'ERROR writing {tmp_path / "r18"} failed: File too large (disk '
+                                'full); nothing was written there'), out.stdout + out.stderr[-3000:]
+  assert 'Event loop is closed' not in out.stderr, out.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path)) == []  # No output, no temp folder.
