@@ -102,7 +102,12 @@ class MetricsWriter:
       raise OSError(e.errno, e.strerror, str(self.path)) from e
     if self.wandb_run is not None:
       try:
-        self.wandb_run.log({k: v for k, v in row.items() if k != 'step'}, step=int(step))
+        # The training step is a metric, the x-axis of every other one (_start_wandb); wandb's own
+        # step only counts the rows. Given as wandb's step, a resumed run's re-logged steps (after
+        # the last checkpoint of a killed launch) were below the run's current step, and wandb
+        # drops those: it kept the killed launch's values where metrics.jsonl has the new ones (a
+        # review).
+        self.wandb_run.log(row)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('wandb.log failed (%s); continuing with metrics.jsonl only.', e)
         self.wandb_run = None
@@ -159,6 +164,12 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
     return None
   if run is not None and getattr(run, 'id', None):
     id_file.write_text(run.id + '\n')
+  try:  # Charts against the training step (MetricsWriter._write), not wandb's row count.
+    if run is not None:
+      run.define_metric('step')
+      run.define_metric('*', step_metric='step')
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('wandb.define_metric failed (%s); its charts count rows, not steps.', e)
   return run
 
 

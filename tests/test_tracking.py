@@ -51,14 +51,21 @@ def wandb_records(path: pathlib.Path) -> list:
 
 
 def wandb_history(path: pathlib.Path) -> dict[int, dict]:
-  """{step: {key: value}} of the history (wandb.log) records in a run file."""
+  """{training step: {key: value}} of the history (wandb.log) records in a run file: the training
+  step is a logged metric (wandb's own step counts the rows)."""
   out = {}
   for record in wandb_records(path):
     if record.WhichOneof('record_type') == 'history':
       items = {item.key or '/'.join(item.nested_key): json.loads(item.value_json)
                for item in record.history.item}
-      out.setdefault(record.history.step.num, {}).update(items)
+      out.setdefault(items['step'], {}).update(items)
   return out
+
+
+def wandb_x_axes(path: pathlib.Path) -> dict[str, str]:
+  """{metric name or glob: the metric it is charted against} of a run file's define_metric records."""
+  return {r.metric.name or r.metric.glob_name: r.metric.step_metric for r in wandb_records(path)
+          if r.WhichOneof('record_type') == 'metric'}
 
 
 def wandb_run_ids(path: pathlib.Path) -> set[str]:
@@ -137,6 +144,9 @@ def test_resumed_training_run_continues_the_same_wandb_run(offline_run, tmp_path
   losses = _train_losses(workdir)
   assert sorted(losses) == list(range(1, RESUMED_STEPS + 1))
   _assert_logged({**histories[0], **histories[1]}, losses)
+  # Each launch charts every metric against the training step, which wandb's own step is not (a
+  # resumed launch's re-logged steps, below the run's current wandb step, had been dropped).
+  assert all(wandb_x_axes(f).get('*') == 'step' for f in files), [wandb_x_axes(f) for f in files]
 
 
 def test_lines_that_are_not_metrics_rows_are_skipped_and_the_file_kept(tmp_path, caplog):
@@ -271,7 +281,8 @@ def test_a_fresh_writer_starts_a_new_wandb_run_named_after_the_workdir_and_finis
   assert any(r.WhichOneof('record_type') == 'exit' for r in records)
   history = wandb_history(folder / f'run-{run_id}.wandb')
   assert {s: h['train_loss'] for s, h in history.items() if 'train_loss' in h} == {1: 2.5, 2: 2.0}
-  assert 'step' not in history[2]
+  # The training step is a metric; wandb's own step counts the rows (test_resumed_... says why).
+  assert [(h['step'], h['_step']) for _, h in sorted(history.items())] == [(1, 0), (2, 1)]
 
 
 def test_a_failing_wandb_log_is_warned_about_once_and_metrics_jsonl_goes_on(
