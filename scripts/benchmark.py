@@ -188,9 +188,10 @@ def run_repeated(spec: str, batch: int, dtype: str, size: int, args,
   return runs[0] if len(runs) == 1 else combine_runs(runs)
 
 
-def find_batch_size(spec: str, dtype: str, size: int, args) -> dict:
+def find_batch_size(spec: str, dtype: str, size: int, args, tried=None) -> dict:
   """Largest micro-batch under the cap (or the device's memory), then the grad_accum_steps the
-  recipe's batch needs and that step's memory; again with model.remat if that may help."""
+  recipe's batch needs and that step's memory; again with model.remat if that may help.
+  `tried(row)`, if given, gets each compile's result as it is measured."""
   cap = args.mem_cap_gb * 2**30 if args.mem_cap_gb else None
   options = json.loads(args.compiler_options or '{}')
 
@@ -212,6 +213,9 @@ def find_batch_size(spec: str, dtype: str, size: int, args) -> dict:
           f'{_fmt(r["program_bytes"] and r["program_bytes"] / 2**30, ".2f")} GiB{speed}, '
           f'{"fits" if r["fits"] else "does not fit"} (compile {_fmt(r.get("compile_s"))} s, '
           f'load {_fmt(r["loadavg"])})', flush=True)
+    if tried:
+      tried({'model': spec, 'dtype': dtype, 'image_size': size, 'batch': batch,
+             'grad_accum_steps': accum, 'remat': remat, **r})
     return r
 
   recipe = args.recipe_batch or recipe_config(spec, size).train.batch_size
@@ -345,7 +349,10 @@ def main(argv=None) -> int:
     for size in sizes or [recipe_config(spec, 32).model.image_size]:
       for dtype in dtypes:
         if args.find_batch_size:
-          r = find_batch_size(spec, dtype, size, args)
+          # Each compile's result is written as it comes: a search cut short by its time limit
+          # had left no JSON at all (a review).
+          r = find_batch_size(spec, dtype, size, args, tried=lambda row: (
+              result.setdefault('find_batch_size_tried', []).append(row), _write(args.out, result)))
           result['find_batch_size'].append(r)
           fastest = ('' if args.analysis_only else
                      f', fastest batch {r["best_batch"]} ({_fmt(r["best_img_s"])} img/s)')

@@ -331,9 +331,13 @@ for name, pretrained in (('pretrained', str(weights)), ('random', '')):
                    'train_loss_last': [r['train_loss'] for r in rows if 'train_loss' in r][-1:]}
   print(f'FINETUNE {name:10s} steps {result["step"]} val_accuracy {result.get("val_accuracy")} '
         f'({wall:.0f}s, {results[name]["images_per_sec"]} img/s at the last log)', flush=True)
-json.dump({'image_size': size, 'batch': batch, 'epochs': epochs,
-           'n_train': int(len(data['train_y'])), 'n_test': int(len(data['test_y'])), **results},
-          open(out_json, 'w'), indent=1)
+  # After each run: the pretrained one's numbers had been lost when the part's limit cut the
+  # random-init run short (a review).
+  with open(out_json + '.tmp', 'w') as f:
+    json.dump({'image_size': size, 'batch': batch, 'epochs': epochs,
+               'n_train': int(len(data['train_y'])), 'n_test': int(len(data['test_y'])),
+               **results}, f, indent=1)
+  os.replace(out_json + '.tmp', out_json)
 EOF
 }
 export -f finetune

@@ -61,6 +61,12 @@ def _host_ms(step_fn, state, batch, calls: int = 10):
   return 1e3 * statistics.median(times), state
 
 
+def _said(what: str, value: float) -> None:
+  """Each number as it is measured: a run cut short by its time limit keeps them (all had been
+  printed only at the end: a review)."""
+  print(f'  {what}: {value:.1f}', flush=True)
+
+
 def profile(config, steps: int) -> dict:
   mesh = parallel.make_mesh()
   split = cifar100.get_splits(config.data)['train']
@@ -74,22 +80,26 @@ def profile(config, steps: int) -> dict:
   first = next(_batches(config, split, 1, mesh))
   state, metrics = tree_step(state, first)
   host_tree_ms, state = _host_ms(tree_step, state, first)
+  _said('host ms per step call (TrainState)', host_tree_ms)
   state = jax.tree.leaves(state)  # From here on, the trainer's flat state.
   state, metrics = train_step_fn(state, first)
   jax.block_until_ready(metrics)
   host_flat_ms, state = _host_ms(train_step_fn, state, first)
+  _said('host ms per step call (flat state)', host_flat_ms)
 
   batches = _batches(config, split, steps, mesh)
   t = time.perf_counter()
   for _ in range(steps):
     jax.block_until_ready(next(batches))
   t_input = time.perf_counter() - t
+  _said('input only img/s', steps * config.train.batch_size / t_input)
 
   t = time.perf_counter()
   for _ in range(steps):
     state, metrics = train_step_fn(state, first)
   jax.block_until_ready((state, metrics))
   t_step = time.perf_counter() - t
+  _said('step only img/s', steps * config.train.batch_size / t_step)
 
   batches, t_next = _batches(config, split, steps, mesh), 0.0
   t = time.perf_counter()  # Includes the pipeline's start-up, as a training run's first epoch does.

@@ -1,6 +1,8 @@
 """scripts/benchmark.py --find_batch_size (scripts/batch_fit.py): the largest micro-batch under a
 memory cap, and the gradient accumulation (and rematerialisation) the recipe then needs."""
 
+import json
+
 import pytest
 
 from conftest import load_script
@@ -181,3 +183,26 @@ def test_find_batch_size_plans_no_remat_for_simple_cnn(monkeypatch):
   r = benchmark.find_batch_size('simple_cnn', 'float32', 32, args)
   assert [p['remat'] for p in r['plans']] == [False] and r['plans'][0]['grad_accum_steps'] == 8
   assert not any(remats)
+
+
+def test_each_compile_of_the_search_is_in_the_json_before_the_search_ends(monkeypatch, tmp_path):
+  """The GPU part fit_r152 compiles ResNet-152 several times under one time limit: the JSON had
+  been written only when the whole search ended, so a part cut short returned nothing (a review).
+  Stopped at its third compile, the file holds the two before it."""
+  calls = []
+
+  def fake_bench(config, steps, warmup, mem_cap=None, options=None, analysis_only=False):
+    calls.append(config.train.batch_size)
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # The part's time limit.
+    return {'program_bytes': 100 * config.train.batch_size, 'over_cap': False, 'compile_s': 1.0}
+
+  monkeypatch.setattr(benchmark, 'bench_jax', fake_bench)
+  monkeypatch.setattr(benchmark, '_release', lambda: None)
+  out = tmp_path / 'fit.json'
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.main(['--models', 'smoke', '--find_batch_size', '--analysis_only', '--mem_cap_gb',
+                    '1', '--recipe_batch', '128', '--out', str(out)])
+  tried = json.loads(out.read_text())['find_batch_size_tried']
+  assert [(t['batch'], t['program_bytes'], t['fits']) for t in tried] == [
+      (b, 100 * b, True) for b in calls[:2]]
