@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -162,7 +163,8 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
   ips = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
   result = {'rc': rc, 'stopped_by_deadline': stopped is not None, 'seconds': time.time() - t,
             'step': max([r['step'] for r in rows], default=0),
-            'images_per_sec_median': sorted(ips)[len(ips) // 2] if ips else None,
+            # After the first logged rate (its window holds the compile), as epochs_that_fit's.
+            'images_per_sec_median': statistics.median(ips[1:] or ips) if ips else None,
             'val': vals[-1] if vals else None}
   log(f"training rc {rc}, step {result['step']}, {result['seconds']:.0f}s, "
       f"median {result['images_per_sec_median']} img/s, last val {result['val']}")
@@ -318,9 +320,17 @@ def main():
   if not splits or set(splits) - set(OOD_FOLDERS):
     p.error(f'--ood_splits {args.ood_splits!r}: one or both of {",".join(OOD_FOLDERS)}')
   args.ood_splits = [s for s in OOD_FOLDERS if s in splits]
+  sets = dict(s.split('=', 1) for s in args.set if '=' in s)
   if 'val' in args.ood_splits and any(s.startswith(('data.val_fraction', 'data.split_seed'))
                                       for s in args.set):
     p.error('--set data.val_fraction/data.split_seed: the validation OOD set uses the defaults')
+  try:  # (With --ood_splits test it had been taken: a review.)
+    if 'data.val_fraction' in sets and not float(sets['data.val_fraction']) > 0:
+      p.error('--set data.val_fraction=0: the trainer would validate, and `best` and --weights '
+              'auto choose, on the TEST split; keep the hold-out')
+    set_epochs = float(sets.get('train.num_epochs', args.max_epochs))
+  except ValueError as e:
+    p.error(f'--set: {e}')
   import jax  # pylint: disable=g-import-not-at-top  (no backend yet: the trainer takes the GPU)
   log(f'jax {jax.__version__}; python {sys.version.split()[0]}')
   if args.small:
@@ -341,12 +351,15 @@ def main():
                   '--config.data.eval_limit=100', '--config.train.num_epochs=1',
                   '--config.train.batch_size=32', '--config.train.eval_batch_size=100',
                   '--config.model.dtype=float32']
+  # The epochs trained: the config's (or --set's) and --max_epochs, whichever is fewer; the label
+  # had said --max_epochs whatever was trained (a review).
+  planned = min(args.max_epochs, set_epochs)
   fit = epochs_that_fit(args, pathlib.Path(args.probe)) if args.probe else None
-  if fit is not None and fit < args.max_epochs:
-    overrides.append(f'--config.train.num_epochs={max(fit, 1)}')
-    log(f'training {max(fit, 1)} epochs instead of {args.max_epochs}: the budget is too short')
-  result = {'args': vars(args),
-            'epochs': args.max_epochs if fit is None else max(1, min(fit, args.max_epochs))}
+  epochs = planned if fit is None else max(1, min(fit, planned))
+  if epochs < planned:
+    log(f'training {epochs:g} epochs instead of {planned:g}: the budget is too short')
+  overrides.append(f'--config.train.num_epochs={epochs:g}')  # Last: it wins over --set's.
+  result = {'args': vars(args), 'epochs': int(epochs) if epochs == int(epochs) else epochs}
 
   def save():  # Beside the run, and where the caller collects results (--json_out).
     for path in {work / 'gpu_ood.json', pathlib.Path(args.json_out or work / 'gpu_ood.json')}:

@@ -236,6 +236,16 @@ def pick_best(rows: list[str], evals: list[dict]) -> str:
   return max(rows, key=val)
 
 
+def label_of_best(best_row: str, seeds: list[int], headline: list[int]) -> str:
+  """How the table names the best row's choice. pick_best ranks on --seeds: where the table
+  averages --headline_seeds beyond them, the label says which seeds chose it (a row with a higher
+  mean there had looked passed over: a review)."""
+  if best_row:
+    return 'chosen with --best_row'
+  return (BEST_LABEL if set(headline) <= set(seeds)
+          else f"{BEST_LABEL} of seed(s) {','.join(map(str, seeds))}")
+
+
 def shown_rows(rows: list[str], best: str, tta_rows: list[str]) -> list[str]:
   """The rows an invocation reports: --rows, then the best (or --best_row), report and --tta_rows
   ones it evaluated, each once (those outside --rows had been evaluated and left out: an audit)."""
@@ -338,7 +348,7 @@ def main(argv: list[str]) -> None:
   for seed in seeds:
     for row in rows:
       do(row, seed)
-  best_label = 'chosen with --best_row' if args.best_row else BEST_LABEL
+  best_label = label_of_best(args.best_row, seeds, headline)
   best = args.best_row or pick_best(rows, evals)
   log(f'best row on validation: {best}')
   tta_rows = [best if r == 'best' else r for r in args.tta_rows.split(',') if r]

@@ -49,11 +49,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if unknown:
     p.error(f'unrecognized arguments: {" ".join(unknown)} (extra flags for both runs are '
             '--config.KEY=VALUE)')
+  for flag in rest:  # Its "val" numbers would be the test split's (a review).
+    key, _, value = flag.partition('=')
+    if key == '--config.data.val_fraction' and _number(value) == 0:
+      p.error(f'{flag}: the arms are compared on validation images; with no hold-out the trainer '
+              'validates on the TEST split')
   args.overrides = rest
   for name in ('weights', 'state_dict', 'out'):  # The runs' cwd is the repository root.
     if getattr(args, name):
       setattr(args, name, os.path.abspath(getattr(args, name)))
   return args
+
+
+def _number(text: str) -> float | None:
+  try:
+    return float(text)
+  except ValueError:
+    return None  # The trainer's config parser names a bad value.
 
 
 def _source(path: str) -> dict:

@@ -124,6 +124,9 @@ def test_small_run_trains_makes_both_sets_and_scores_each_tool(tmp_path):
     # The validation OOD set is made from the default hold-out, so the run must train with it.
     (['--set', 'data.val_fraction=0.2'], '--set data.val_fraction/data.split_seed'),
     (['--set', 'data.split_seed=1'], '--set data.val_fraction/data.split_seed'),
+    # Without the validation set too: `best` and --weights auto had been chosen on test (a review).
+    (['--ood_splits', 'test', '--set', 'data.val_fraction=0'], 'would validate, and `best` and'),
+    (['--set', 'train.num_epochs=many'], "--set: could not convert string to float: 'many'"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message):
   proc = subprocess.run(

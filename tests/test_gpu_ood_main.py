@@ -83,6 +83,20 @@ def test_the_full_gpu_run_makes_every_set_at_its_size_and_evaluates_them(monkeyp
   saved = json.loads((tmp_path / 'work' / 'gpu_ood.json').read_text())
   assert json.loads((tmp_path / 'out' / 'gpu_ood.json').read_text()) == saved
   assert (saved['step'], saved['weights'], saved['epochs']) == (5, 'raw', 30)
+  assert seen['overrides'][-1] == '--config.train.num_epochs=30'
+
+
+@pytest.mark.parametrize('argv, epochs', [
+    (['--set', 'train.num_epochs=15'], 15), (['--max_epochs', '20'], 20),
+    (['--max_epochs', '20', '--set', 'train.num_epochs=12.5'], 12.5)])
+def test_the_epochs_trained_are_the_fewest_asked_and_the_label_says_them(monkeypatch, tmp_path,
+                                                                         argv, epochs):
+  """--set train.num_epochs=15 had been labelled 30 epochs, and --max_epochs 20 trained the
+  config's 30 under a 20-epoch label (a review)."""
+  monkeypatch.setenv('OUT', str(tmp_path / 'out'))
+  seen = _main(monkeypatch, tmp_path, *argv)
+  assert seen['overrides'][-1] == f'--config.train.num_epochs={epochs:g}'
+  assert json.loads((tmp_path / 'work' / 'gpu_ood.json').read_text())['epochs'] == epochs
   assert (tmp_path / 'out' / 'gpu_ood.png').stat().st_size > 10_000
 
 

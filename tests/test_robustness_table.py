@@ -146,6 +146,10 @@ def test_the_table_says_how_the_best_row_was_chosen(table):
   assert '| augmix (best on val) | + AugMix' in text and '| report (' not in text, text
   text = report.markdown(summary, trains, evals, rows, 'augmix', 0, (), 'chosen with --best_row')
   assert '| augmix (chosen with --best_row) |' in text, text
+  # Ranked on --seeds 0 while the table also averages headline seed 1 (a review):
+  assert table.label_of_best('', [0], [0, 1]) == 'best on val of seed(s) 0'
+  assert table.label_of_best('', [0, 1], [0]) == 'best on val'
+  assert table.label_of_best('augmix', [0], [0, 1]) == 'chosen with --best_row'
 
 
 def test_every_run_sets_every_robustness_switch_so_any_base_config_works(table):

@@ -36,6 +36,14 @@ def test_other_unknown_arguments_are_refused_naming_them(script, extra, capsys):
   assert f'unrecognized arguments: {extra[0]}' in capsys.readouterr().err
 
 
+def test_no_validation_hold_out_is_refused(script, capsys):
+  """With data.val_fraction=0 the trainer validates on the test split, and the script's "val"
+  columns had been test numbers (a review)."""
+  with pytest.raises(SystemExit):
+    script.parse_args(['--weights', 'w', '--out', 'o', '--config.data.val_fraction=0.0'])
+  assert 'compared on validation images' in capsys.readouterr().err
+
+
 def test_paths_are_the_callers_though_the_runs_start_in_the_repository(script, tmp_path,
                                                                         monkeypatch):
   monkeypatch.chdir(tmp_path)
