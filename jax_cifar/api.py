@@ -17,10 +17,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, convert, errors, image_checks, models, parallel, step_folders
+from jax_cifar import checkpoints, errors, image_checks, models, parallel, step_folders
 from jax_cifar import workdir
 from jax_cifar.augment import pipeline as augment
-from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 
 
@@ -30,7 +29,9 @@ def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.Path
   and, as timm's, `pretrained`: a folder of ImageNet weights converted from torchvision once
   (`python -m jax_cifar.convert`), loaded as `jax_cifar.convert.load_pretrained` does (the
   backbone; the head too where its classes match, else a fresh one)."""
-  if isinstance(pretrained, bool) or not isinstance(pretrained, (str, os.PathLike, type(None))):
+  if pretrained is False or pretrained == '':  # timm's default; the config's (no weights).
+    pretrained = None
+  if pretrained is True or not isinstance(pretrained, (str, os.PathLike, type(None))):
     # timm's and torchvision's pretrained=True: nothing is downloaded here.
     raise TypeError(f'create_model(pretrained={pretrained!r}): give the folder of ImageNet weights '
                     'converted from torchvision once (python -m jax_cifar.convert --arch NAME '
@@ -38,13 +39,14 @@ def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.Path
                     "resnet50'; or load them later with jax_cifar.convert.load_pretrained(model, path)")
   model = models.create_model(name, num_classes, **kwargs)
   if pretrained is not None:
+    from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (orbax: on first use)
     convert.load_pretrained(model, os.fspath(pretrained))
   return model
 
 
 def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run was (last) launched with, from WORKDIR/config.json, validated."""
-  return workdir.run_config(run_dir)
+  return workdir.run_config(pathlib.Path(run_dir).expanduser())
 
 
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
@@ -70,6 +72,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
     raise errors.ConfigError(f"checkpoint must be 'best', 'latest', a step number or a step folder's path, "
                      f'got {checkpoint!r}{why}')
   config = run_config(run_dir)
+  from jax_cifar.evaluation import inference  # pylint: disable=g-import-not-at-top  (grain, tqdm)
   inference.check_step_folder_of_another_run(
       config, run_dir, str(checkpoint), given="load_model's run ({workdir})", short='run_dir',
       advice="Load that run itself: load_model('{run}', checkpoint=...)")

@@ -274,14 +274,15 @@ class Checkpoints:
                       ', '.join(str(m) for m in moved))
       return moved
 
-    moved, kept = [], []
-    if top is not None and top > step:  # The best of the kept training: the top one up to `step`.
+    kept = []  # The best of the kept training, where the best goes aside: the top one to `step`.
+    if top is not None and top > step:
       kept = sorted((s for s in superseded if s <= step),
                     key=lambda s: manager.metrics(s)['val_accuracy'])[-1:]
-      moved += _agreed_change(manager, kept, f'setting aside a superseded step of '
-                              f'{manager.directory}', functools.partial(set_aside, (
-                                  f'ranked below step {top} (set aside next), which a kill had '
-                                  'stopped orbax deleting,'))) or []
+    # Every process makes each call (each is a collective), whatever its own look found.
+    moved = _agreed_change(manager, kept, f'setting aside a superseded step of '
+                           f'{manager.directory}', functools.partial(set_aside, (
+                               f'ranked below step {top} (set aside next), which a kill had '
+                               'stopped orbax deleting,'))) or []
     _agreed_change(manager, [s for s in superseded if s not in kept],
                    f'deleting superseded steps of {manager.directory}', delete)
     return moved + (_agreed_change(

@@ -15,6 +15,10 @@ def hint(images: np.ndarray) -> str:
   """How to turn these images into uint8 [N, H, W, 3], when that is clear."""
   if images.ndim == 3 and images.shape[-1] == 3:
     return '; one image is images[None]'
+  if images.ndim == 3 and images.shape[0] == 3:  # (A torch image; not 3 grayscale ones: a review.)
+    return '; one channels-first (PyTorch) image becomes images.transpose(1, 2, 0)[None]'
+  if images.ndim in (3, 4) and images.shape[-1] == 4:
+    return '; RGBA images become RGB as images[..., :3]' + ('[None]' if images.ndim == 3 else '')
   if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 1):
     return '; grayscale images become RGB as np.repeat(images.reshape(*images.shape[:3], 1), 3, -1)'
   if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:

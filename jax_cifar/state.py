@@ -161,8 +161,9 @@ def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None,
       steps = step_folders.step_numbers(folder) if folder.is_dir() else []
       raise checkpoints.CheckpointError(
           f'no {which!r} checkpoint in {workdir}/checkpoints' + (
-              f'; its {other!r} one holds step {steps[-1]}: ask for {other!r} (evaluate '
-              f"--checkpoint {other}, load_model's checkpoint='{other}')" if steps else ''))
+              f"; its {other!r} one holds step{'s' * (len(steps) > 1)} "
+              f"{', '.join(map(str, steps))}: ask for {other!r} "
+              'instead' if steps else ''))
     state, step = restored
   else:
     state = step_folders.restore_path(which, target)

@@ -163,7 +163,8 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
   ips = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
   result = {'rc': rc, 'stopped_by_deadline': stopped is not None, 'seconds': time.time() - t,
             'step': max([r['step'] for r in rows], default=0),
-            # After the first logged rate (its window holds the compile), as epochs_that_fit's.
+            # After the first logged rate, whose window holds the compile (epochs_that_fit drops
+            # it too).
             'images_per_sec_median': statistics.median(ips[1:] or ips) if ips else None,
             'val': vals[-1] if vals else None}
   log(f"training rc {rc}, step {result['step']}, {result['seconds']:.0f}s, "
@@ -328,7 +329,8 @@ def main():
     if 'data.val_fraction' in sets and not float(sets['data.val_fraction']) > 0:
       p.error('--set data.val_fraction=0: the trainer would validate, and `best` and --weights '
               'auto choose, on the TEST split; keep the hold-out')
-    set_epochs = float(sets.get('train.num_epochs', args.max_epochs))
+    from jax_cifar.configs import ood_best  # pylint: disable=g-import-not-at-top
+    set_epochs = float(sets.get('train.num_epochs', ood_best.get_config().train.num_epochs))
   except ValueError as e:
     p.error(f'--set: {e}')
   import jax  # pylint: disable=g-import-not-at-top  (no backend yet: the trainer takes the GPU)
@@ -355,7 +357,7 @@ def main():
   # had said --max_epochs whatever was trained (a review).
   planned = min(args.max_epochs, set_epochs)
   fit = epochs_that_fit(args, pathlib.Path(args.probe)) if args.probe else None
-  epochs = planned if fit is None else max(1, min(fit, planned))
+  epochs = planned if fit is None else min(planned, max(fit, 1))  # (At least 1 that fits.)
   if epochs < planned:
     log(f'training {epochs:g} epochs instead of {planned:g}: the budget is too short')
   overrides.append(f'--config.train.num_epochs={epochs:g}')  # Last: it wins over --set's.

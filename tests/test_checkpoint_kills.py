@@ -129,3 +129,22 @@ def test_a_half_deleted_superseded_step_never_becomes_best_when_a_later_one_is_s
   ckpts.best.reload()  # (set aside with `>=`, which passed every other test: a mutation audit).
   assert ckpts.tidy_best_on_resume(6) == [] and ckpts.best.best_step() == 6
   ckpts.close()
+
+
+def test_every_process_makes_the_same_collectives_whatever_its_own_look_found(tmp_path,
+                                                                             monkeypatch):
+  """Each agreement of the tidy is a collective: a call made only where this process saw the
+  best after the resume step would leave processes that saw otherwise waiting in another one (a
+  review). The same three calls either way."""
+  calls = []
+  real = checkpoints.parallel.any_process
+  monkeypatch.setattr(checkpoints.parallel, 'any_process', lambda flag: calls.append(flag) or
+                      real(flag))
+  made = []
+  for folder, resume_step in (('aside', 6), ('stays', 9)):  # 4 and 9 aside; 9 stays, 4 deleted.
+    ckpts, _, _ = _latest_6_best_4_and_9(tmp_path / folder)
+    calls.clear()
+    ckpts.tidy_best_on_resume(resume_step)
+    made.append(list(calls))
+    ckpts.close()
+  assert made == [[True, False, True], [False, True, False]]

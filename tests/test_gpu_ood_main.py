@@ -84,11 +84,13 @@ def test_the_full_gpu_run_makes_every_set_at_its_size_and_evaluates_them(monkeyp
   assert json.loads((tmp_path / 'out' / 'gpu_ood.json').read_text()) == saved
   assert (saved['step'], saved['weights'], saved['epochs']) == (5, 'raw', 30)
   assert seen['overrides'][-1] == '--config.train.num_epochs=30'
+  assert (tmp_path / 'out' / 'gpu_ood.png').stat().st_size > 10_000
 
 
 @pytest.mark.parametrize('argv, epochs', [
     (['--set', 'train.num_epochs=15'], 15), (['--max_epochs', '20'], 20),
-    (['--max_epochs', '20', '--set', 'train.num_epochs=12.5'], 12.5)])
+    (['--max_epochs', '20', '--set', 'train.num_epochs=12.5'], 12.5),
+    (['--max_epochs', '40'], 30)])  # configs/ood_best.py's 30, not more.
 def test_the_epochs_trained_are_the_fewest_asked_and_the_label_says_them(monkeypatch, tmp_path,
                                                                          argv, epochs):
   """--set train.num_epochs=15 had been labelled 30 epochs, and --max_epochs 20 trained the
@@ -97,7 +99,6 @@ def test_the_epochs_trained_are_the_fewest_asked_and_the_label_says_them(monkeyp
   seen = _main(monkeypatch, tmp_path, *argv)
   assert seen['overrides'][-1] == f'--config.train.num_epochs={epochs:g}'
   assert json.loads((tmp_path / 'work' / 'gpu_ood.json').read_text())['epochs'] == epochs
-  assert (tmp_path / 'out' / 'gpu_ood.png').stat().st_size > 10_000
 
 
 def test_a_run_sharing_the_gpu_makes_no_set_and_clean_comes_first_while_sets_are_made(

@@ -67,3 +67,18 @@ def test_to_model_input_refuses_float_pixels_it_would_scale_twice():
     pipeline.to_model_input(IMAGES / 255.0, **kw)
   with pytest.raises(ValueError, match=r'got float32 \(2, 8, 8, 3\)$'):
     pipeline.to_model_input(jnp.asarray(IMAGES / 255.0, jnp.float32), **kw)
+
+
+@pytest.mark.parametrize('images, hint', [
+    (IMAGES[0].transpose(2, 0, 1), 'one channels-first (PyTorch) image becomes '
+                                   'images.transpose(1, 2, 0)[None]'),
+    (np.concatenate([IMAGES, IMAGES[..., :1]], -1), 'RGBA images become RGB as images[..., :3]'),
+    (np.concatenate([IMAGES, IMAGES[..., :1]], -1)[0], 'RGBA images become RGB as '
+                                                      'images[..., :3][None]')])
+def test_a_single_torch_image_or_rgba_is_not_taken_for_grayscale(images, hint):
+  """A torch image [3, H, W] had been given the grayscale hint, whose line made 3 images of it
+  that passed every check (a review)."""
+  assert image_checks.hint(images) == f'; {hint}'
+  code = hint.split(' as ' if ' as ' in hint else ' becomes ')[-1]
+  fixed = eval(code, {'images': images})  # pylint: disable=eval-used
+  assert image_checks.uint8_images(fixed, 'mine').shape[1:] == (8, 8, 3)

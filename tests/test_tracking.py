@@ -334,3 +334,27 @@ def test_a_failed_or_preempted_run_is_not_finished_with_exit_code_0(tmp_path, mo
   out = train(tmp_path / 'stopped', '--config.wandb.mode=offline', env=env)
   assert out.returncode == 75, out.stderr[-3000:]
   assert [r.exit_code for r in _exit_records(tmp_path / 'stopped')] == [75]
+
+
+def test_the_exit_code_wandb_is_given_is_the_training_runs_own(tmp_path, monkeypatch):
+  """A finished run trained inside a caller's `except` block (a notebook cell handling its own
+  error) is exit 0, not that caller's exception; a bug in the loop is 1 (a review of reading
+  sys.exc_info())."""
+  from _tiny_run import config as tiny  # pylint: disable=import-outside-toplevel
+  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  codes, close = [], tracking.MetricsWriter.close
+  monkeypatch.setattr(tracking.MetricsWriter, 'close', lambda self, exit_code=0, preempted=False: (
+      codes.append((exit_code, preempted)), close(self, exit_code, preempted)))
+  try:
+    raise ValueError('the caller handles this')
+  except ValueError:
+    trainer.train_and_evaluate(tiny(), str(tmp_path / 'ok'))
+
+  def bug(event, index):
+    if event == 'train_step':
+      raise RuntimeError(f'a bug at step {index}')
+
+  monkeypatch.setattr(trainer.interrupt, 'at_event', bug)
+  with pytest.raises(RuntimeError, match='a bug at step 1'):
+    trainer.train_and_evaluate(tiny(), str(tmp_path / 'bug'))
+  assert codes == [(0, False), (1, False)]

@@ -205,6 +205,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
     return jax.tree.unflatten(treedef, leaves)
 
+  error = None  # How the loop ended, for wandb (not sys.exc_info(): a caller's exception too).
   try:
     for step in range(start_step + 1, last_step + 1):
       leaves, metrics = train_step_fn(leaves, next(batches))
@@ -252,6 +253,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       if step < last_step and stopping.requested(stop, step, config.train.log_every_steps):
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
+    error = e
     _check_finite(current(), config, ckpts, warn=False)
     ckpts.save_latest(current(), step)
     ckpts.wait()
@@ -261,13 +263,19 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     else:  # Every process says where it stopped, in the same plain line (it had been absl's).
       print(message, file=sys.stderr, flush=True)
     raise
+  except BaseException as e:  # (StopNow, a second signal, is one: no Exception.)
+    error = error or e
+    raise
   finally:
     bar.close()
     try:
       ckpts.wait()  # Raises if an async save failed (train_and_evaluate gives the handlers back).
-    finally:
-      error = sys.exc_info()[1]  # wandb learns how the run ended (a crash had been "Finished").
-      preempted = isinstance(error, Preempted)
+    except BaseException as e:
+      error = error or e
+      raise
+    finally:  # wandb learns how the run ended (a crash had been "Finished"): a signal's stop is
+      # exit 75 as the process's, marked preempting; any other exception 1.
+      preempted = isinstance(error, (Preempted, StopNow))
       writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
                    preempted=preempted)
   ckpts.close()
