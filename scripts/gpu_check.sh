@@ -32,6 +32,8 @@
 # Each part's results land in $OUT as soon as it ends ($OUT/bench_*.json, finetune.json,
 # ood_best.json, parts.txt, summary.txt); the summary is printed on exit, also when the call is
 # cut short by SIGTERM/SIGINT (the rows measured so far). $OUT defaults to /tmp/gpu_check.
+# Exit status: 0 when every part that ran ended ok (skipped parts included), 1 when one failed or
+# timed out (the others still ran), 2 for an unknown part, 143/130 when cut short by a signal.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -65,6 +67,7 @@ ROWS="$OUT/parts.txt"          # one line per part, written as each part ends
 rm -f "$OUT"/bench_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" "$OUT/fit_r152.json" \
   "$OUT/summary.txt"  # an earlier run's results are not this run's
 CURRENT='' CURRENT_PID='' CURRENT_T0=0 CURRENT_LIMIT=0 SIGNAL=''
+NOT_OK=''  # the parts that failed or timed out: the script then exits 1 (it had exited 0 whatever)
 
 row() { printf '%-14s %-44s %5ss\n' "$1" "$2" "$3" >> "$ROWS"; }
 
@@ -107,6 +110,7 @@ part() {
   [ $rc -eq 0 ] || what="FAILED rc=$rc"
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit}s"
   row "$name" "$what" "$dt"
+  [ "$what" = ok ] || NOT_OK="$NOT_OK $name"
   echo "--- $name: $what in ${dt}s" | tee -a "$LOG"
   summarize > /dev/null  # $OUT/summary.txt after every part: a call killed outright keeps it
 }
@@ -170,6 +174,10 @@ finish() {
   echo
   cat "$OUT/summary.txt"
   rm -rf "$WORK" 2>/dev/null || true
+  if [ -z "$SIGNAL" ] && [ -n "$NOT_OK" ]; then
+    echo "gpu_check: not every part ended ok:$NOT_OK (parts.txt above; the log: $LOG)" >&2
+    exit 1
+  fi
 }
 trap finish EXIT
 trap 'SIGNAL=TERM; exit 143' TERM
@@ -411,4 +419,4 @@ else
     row ood_best "skipped: no data/weights (.devdata/ or OOD_DATA + OOD_WEIGHTS)" 0
   fi
 fi
-exit 0  # the summary: finish(), on EXIT
+exit 0  # the summary: finish(), on EXIT (which exits 1 if a part failed or timed out)

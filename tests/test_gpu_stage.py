@@ -108,6 +108,20 @@ def test_gpu_check_clips_each_part_to_the_budget_and_skips_what_no_longer_fits(t
   assert summary in out and 'of BUDGET_S=45s' in summary
 
 
+def test_gpu_check_exits_1_when_a_part_failed(tmp_path):
+  """Every part could fail and the script exited 0: a device call's rc said nothing (a review)."""
+  fails = tmp_path / 'fails.sh'  # the versions part's Python fails; the summary's still runs
+  fails.write_text(f'#!/bin/bash\n[ "$*" = - ] && exit 3\nexec {sys.executable} "$@"\n')
+  fails.chmod(0o755)
+  proc = _gpu_check(tmp_path, PY=str(fails), PARTS='versions')
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 1, out[-3000:]
+  rows = (tmp_path / 'out' / 'parts.txt').read_text().splitlines()
+  assert [r.split()[:3] for r in rows] == [['versions', 'FAILED', 'rc=3']], rows
+  assert 'total ' in (tmp_path / 'out' / 'summary.txt').read_text()  # the summary was still written
+  assert out.rstrip().splitlines()[-1].startswith('gpu_check: not every part ended ok: versions (')
+
+
 def test_gpu_check_cut_short_still_prints_and_keeps_the_parts_so_far(tmp_path):
   proc = _gpu_check(tmp_path, PARTS='versions')
   log = tmp_path / 'out' / 'gpu_check.log'
