@@ -13,7 +13,7 @@ from flax import nnx
 import jax_cifar
 from jax_cifar.configs import resnet50_transfer
 from jax_cifar import config_validation, convert, optim, parallel
-from jax_cifar.training import trainer
+from jax_cifar.training import start, trainer
 from jax_cifar import state as state_lib
 from conftest import require_env_path
 
@@ -174,15 +174,15 @@ def test_a_transfer_config_without_weights_warns_that_its_backbone_is_random(tmp
   """resnet50_transfer without model.pretrained said it "trains from scratch", but trained the
   random backbone at a tenth of the head's rate and kept it frozen at first, silently (an audit)."""
   c = _config('', freeze_backbone_steps=3)
-  note = trainer._random_backbone_note(c, resume_step=0)  # pylint: disable=protected-access
+  note = start.random_backbone_note(c, resume_step=0)
   assert 'random weights' in note and 'backbone_lr_mult=0.1 x' in note, note
   assert f'frozen for the first {c.optim.freeze_backbone_steps} steps' in note, note
-  assert trainer._random_backbone_note(c, resume_step=5) is None  # pylint: disable=protected-access
+  assert start.random_backbone_note(c, resume_step=5) is None
   for change in ({'model.pretrained': 'weights/r50'}, {'model.init_from': 'runs/a'},
                  {'optim.backbone_lr_mult': 1.0, 'optim.freeze_backbone_steps': 0}):
     other = _config('')
     other.update_from_flattened_dict(change)
-    assert trainer._random_backbone_note(other, resume_step=0) is None, change  # pylint: disable=protected-access
+    assert start.random_backbone_note(other, resume_step=0) is None, change
   # The run says it, with the same config at the smallest size.
   c = _config('')
   c.model.name, c.model.stem, c.model.width, c.train.max_steps = 'resnet18', 'cifar', 4, 1

@@ -13,15 +13,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, convert, errors, interrupt, optim, parallel
-from jax_cifar import step_folders
+from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
 from jax_cifar.state import TrainState
-from jax_cifar.training import claim, relaunch, stopping
+from jax_cifar.training import claim, start, stopping
 # Raised and exited with by the loop, public here (jax_cifar.Preempted, train.py's exit status).
 from jax_cifar.training.stopping import PREEMPTED_EXIT_CODE, Preempted, StopNow  # pylint: disable=unused-import
 from jax_cifar.training.train_step import train_step
@@ -112,7 +111,7 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   # Each process reads its inputs itself (a path one host cannot see): all stop with a line each,
   # where the others had met a gloo traceback and JAX's abort 100 s later (a cluster audit).
   with parallel.fail_together('checking model.pretrained'):
-    _check_pretrained(config, workdir)
+    start.check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = claim.claim_workdir(config, workdir, created)
   launch = {}  # What _train recorded of this launch: the config.json it replaced, the saved steps.
@@ -135,37 +134,6 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
       lock.release()
 
 
-def _check_pretrained(config, workdir: pathlib.Path) -> None:
-  """model.pretrained is a converted checkpoint of this arch: checked before the workdir is made
-  or any data read (a run that will resume never reads it, so then it is not checked)."""
-  if not config.model.pretrained:
-    return
-  latest = workdir / 'checkpoints' / 'latest'
-  if config.train.resume and latest.is_dir() and any(
-      step_folders.is_step_number(p.name) for p in latest.iterdir()):
-    return
-  with convert.naming('model.pretrained'):
-    convert.read_metadata(config.model.pretrained, config.model.name)
-
-
-def _random_backbone_note(config, resume_step: int) -> str | None:
-  """The warning of a run that treats a randomly initialised backbone as a pretrained one (a
-  transfer config launched without its weights trained it at a tenth of the rate, or frozen)."""
-  o = config.optim
-  if resume_step or config.model.pretrained or config.model.init_from or (
-      o.backbone_lr_mult == 1.0 and o.freeze_backbone_steps == 0):
-    return None
-  how = ' and '.join(
-      ([f'trains at optim.backbone_lr_mult={o.backbone_lr_mult:g} x the head\'s rate']
-       if o.backbone_lr_mult != 1.0 else []) +
-      ([f'stays frozen for the first {o.freeze_backbone_steps} steps']
-       if o.freeze_backbone_steps else []))
-  return (f'The backbone starts from random weights (no model.pretrained or model.init_from) yet '
-          f'{how}, as if it were pretrained. To train from scratch, set '
-          '--config.optim.backbone_lr_mult=1 --config.optim.freeze_backbone_steps=0; for transfer, '
-          'give --config.model.pretrained.')
-
-
 def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
   mesh = parallel.make_mesh()
@@ -183,8 +151,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
-  state, graphdef, start_step = _start(config, workdir, ckpts, tx, mesh, len(train_split),
-                                       steps_per_epoch, total_steps, launch, stop)
+  state, graphdef, start_step = start.resume_or_init(
+      config, workdir, ckpts, tx, mesh, len(train_split), steps_per_epoch, total_steps, launch, stop)
   _announce(config, state, start_step, len(train_split), steps_per_epoch, total_steps, last_step,
             workdir)
   treedef = jax.tree.structure(state)
@@ -303,56 +271,6 @@ def _splits(config) -> tuple[cifar100.Split, cifar100.Split]:
   for note in cifar100.limit_notes(config.data, config.model.num_classes, train_split, val_split):
     logging.warning('%s.', note)
   return train_split, val_split
-
-
-def _start(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
-           num_train: int, steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
-  """(state, graphdef, its step) to train from: the latest step when resuming, else a new state;
-  on the way the config change is checked, the notes said, an old best set aside and the launch
-  recorded."""
-  resume_step = parallel.same_on_every_process(
-      (ckpts.latest.latest_step() or 0) if config.train.resume else 0, 'the latest step saved')
-  # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
-  state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
-  has_best = ckpts.best.best_step() is not None
-  changes = relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
-                                         has_best=has_best, num_train=num_train)
-  # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
-  # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
-  # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
-  old_best = parallel.any_process(not resume_step and has_best)
-  for note in optim.schedule_warnings(config.optim, total_steps, steps_per_epoch):
-    logging.warning('%s.', note)  # After a refused change's error, which is the one that matters.
-  if note := _random_backbone_note(config, resume_step):
-    logging.warning('%s', note)
-  for note in config_validation.ignored_notes(config) + config_validation.input_notes(config):
-    logging.warning('%s.', note)
-  if resume_step:
-    try:
-      state, step = ckpts.restore('latest', state, fallback=True)
-      step = parallel.same_on_every_process(step, 'the intact step to resume from')
-    except checkpoints.StructureMismatch as e:
-      error = relaunch.cannot_resume_with(changes, workdir, e)
-      if error is e:
-        raise
-      raise error from e
-    ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
-    # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
-    # a kill before the next save would find no latest step and start the run over (a review).
-    ckpts.save_latest(state, step)
-    ckpts.tidy_best_on_resume(step)  # Best steps of the discarded training after it: set aside.
-    tracking.say(f'Resumed from step {step}.')
-  start_step = int(state.step)
-  interrupt.at_event('train_start', 0)  # Test hook: a signal while starting.
-  stopping.check_while_starting(stop, resuming=bool(resume_step))
-  stop['starting'] = False  # From here a signal is read after each step, which saves and stops.
-  parallel.sync('config checked')  # No process writes before every process has read.
-  with parallel.fail_together(f'recording the launch in {workdir}'):
-    if jax.process_index() == 0:
-      relaunch.record_launch(config, workdir, start_step, changes, old_best, launch)
-  if old_best:  # Every process's manager forgets the moved steps (moved before the agreement).
-    ckpts.best.reload()
-  return state, graphdef, start_step
 
 
 def _announce(config, state: TrainState, start_step: int, num_train: int, steps_per_epoch: int,
