@@ -9,7 +9,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
 import types
 
@@ -135,24 +134,6 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message)
       capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
   assert not (tmp_path / 'w').exists()
-
-
-def test_a_shared_set_appears_whole_and_a_second_run_waits_for_it(tmp_path):
-  gpu_ood = load_script('gpu_ood')
-  out = tmp_path / 'ood_val'
-  for k in range(2):
-    (out / f'g{k}').mkdir(parents=True)
-    np.save(out / f'g{k}' / f'distortion{k:02d}.npy', np.zeros((5, 32, 32, 3), np.uint8))
-  waiting = []
-  thread = threading.Thread(target=lambda: waiting.append(gpu_ood.wait_for_set(out / 'all', 60)))
-  thread.start()
-  merged = gpu_ood.merge_corrupt([], out)  # No corrupt processes left to wait for.
-  thread.join()
-  assert waiting == [merged] == [out / 'all']
-  assert sorted(p.name for p in merged.iterdir()) == ['distortion00.npy', 'distortion01.npy']
-  assert not (out / 'all.tmp').exists()
-  assert gpu_ood.merge_corrupt([], out) == merged  # Merged once; a second call keeps it.
-  assert gpu_ood.wait_for_set(tmp_path / 'never', deadline_s=-1) is None
 
 
 def _fake_evaluation(monkeypatch, gpu_ood, calls, kwargs_seen=None):
@@ -311,14 +292,6 @@ def test_a_failing_tool_costs_no_other_number(monkeypatch, tmp_path):
   assert results['none']['ood_accuracy'] == results['none@full']['ood_accuracy'] == 0.3
 
 
-def test_a_set_not_made_by_its_deadline_is_stopped_and_given_up(tmp_path):
-  gpu_ood = load_script('gpu_ood')
-  job = subprocess.Popen(['sleep', '60'])
-  assert gpu_ood.merge_corrupt([job], tmp_path / 'ood', time.time() - gpu_ood.T0 + 1) is None
-  assert job.poll() is not None and job.returncode < 0  # Killed by a signal, not waited for.
-  assert not (tmp_path / 'ood' / 'all').exists()
-
-
 def test_results_go_to_OUT_by_default_and_a_cut_short_json_still_prints(monkeypatch, tmp_path):
   """The device call brings back only $OUT; the documented command had written elsewhere."""
   gpu_ood = load_script('gpu_ood')
@@ -332,19 +305,6 @@ def test_results_go_to_OUT_by_default_and_a_cut_short_json_still_prints(monkeypa
   partial['train'] = {'step': 5, 'seconds': 1.0, 'images_per_sec_median': 9.0,
                       'stopped_by_deadline': True}
   assert 'STOPPED AT DEADLINE' in gpu_ood.table(partial)
-
-
-def test_a_set_is_merged_once_its_jobs_end_and_given_up_if_one_failed(tmp_path):
-  gpu_ood = load_script('gpu_ood')
-  out = tmp_path / 'ood'
-  (out / 'g0').mkdir(parents=True)
-  np.save(out / 'g0' / 'distortion00.npy', np.zeros((5, 32, 32, 3), np.uint8))
-  job = subprocess.Popen(['sleep', '2'])  # Still writing: waited for, within the deadline.
-  assert gpu_ood.merge_corrupt([job], out, time.time() - gpu_ood.T0 + 60) == out / 'all'
-  assert job.returncode == 0 and (out / 'all' / 'distortion00.npy').exists()
-  failed = [subprocess.Popen(['true']), subprocess.Popen(['false'])]  # One of several failed.
-  assert gpu_ood.merge_corrupt(failed, tmp_path / 'other', None) is None
-  assert not (tmp_path / 'other' / 'all').exists()
 
 
 def test_the_probe_fits_epochs_at_its_median_speed_after_the_first_row_and_start_up(tmp_path):
@@ -393,51 +353,3 @@ def test_training_is_stopped_with_sigterm_at_its_own_deadline(monkeypatch, tmp_p
   result = gpu_ood.train(args, tmp_path / 'run', [])
   assert result['stopped_by_deadline'] and result['rc'] == 75, result
   assert result['seconds'] < 30 and result['step'] == 3, result
-
-
-
-def _ood_result():
-  row = lambda val, test, ood, sev, ips, s: {'val_accuracy': val, 'test_accuracy': test,  # pylint: disable=unnecessary-lambda-assignment
-                                             'ood_accuracy': ood, 'ood_per_severity': sev,
-                                             'ood_images_per_sec': ips, 'seconds': s}
-  return {'epochs': 30, 'step': 1234, 'weights': 'ema', 'args': {'ood_limit': 500},
-          'train': {'step': 1500, 'seconds': 600.4, 'images_per_sec_median': 2500.0,
-                    'stopped_by_deadline': False},
-          'eval': {'none@val': row(0.61234, 0.6, 0.45678, [0.6, 0.55, 0.5, 0.4, 0.3], 3456.7, 12.3),
-                   'tent': row(None, 0.59, 0.5, [0.7, 0.6, 0.5, 0.4, 0.3], None, 1.0),
-                   'x': {'error': 'boom'}, 'y': {'skipped': 'no time'}}}
-
-
-def test_the_gpu_table_puts_each_number_in_its_column():
-  """The GPU run's table (docs) from gpu_ood.json: percentages at their precision in their
-  columns (a mutation audit: the test accuracy in the validation column, fractions for
-  percentages and swapped img/s and seconds all passed); an img/s that was never measured is
-  '-', not 0."""
-  report = load_script('gpu_ood_report')
-  lines = report.table(_ood_result()).splitlines()
-  assert lines[0] == ("configs/ood_best.py, 30 epochs: 1500 steps in 600s (median 2500.0 img/s); "
-                      "'best' checkpoint (step 1234), ema weights; OOD = 500 images x 19 x 5 "
-                      "(TOOL: test images, TOOL@val: validation images)")
-  assert lines[1] == '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |'
-  assert lines[3:] == [
-      '| none@val | 61.23 | 60.00 | 45.68 | 60.0 / 55.0 / 50.0 / 40.0 / 30.0 | 3457 | 12 |',
-      '| tent | - | 59.00 | 50.00 | 70.0 / 60.0 / 50.0 / 40.0 / 30.0 | - | 1 |',
-      '| x | boom | | | | | |', '| y | no time | | | | | |']
-
-
-def test_the_gpu_plot_starts_each_line_at_the_clean_accuracy_of_its_own_split(tmp_path,
-                                                                               monkeypatch):
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  report = load_script('gpu_ood_report')
-  saved = []
-  monkeypatch.setattr(Figure, 'savefig', lambda fig, path, **kw: saved.append(fig))
-  report.plot(_ood_result(), tmp_path / 'p.png')
-  (ax,) = saved[0].axes
-  lines = {l.get_label(): l for l in ax.get_lines()}
-  assert set(lines) == {'none@val (OOD 45.7)', 'tent (OOD 50.0)'}
-  val, test = lines['none@val (OOD 45.7)'], lines['tent (OOD 50.0)']
-  assert list(val.get_xdata()) == [0, 1, 2, 3, 4, 5]
-  assert list(val.get_ydata()) == pytest.approx([61.234, 60, 55, 50, 40, 30])
-  assert list(test.get_ydata()) == pytest.approx([59, 70, 60, 50, 40, 30])
-  assert (val.get_linestyle(), test.get_linestyle()) == ('--', '-')
-  assert ax.get_title() == 'configs/ood_best.py, 30 epochs (600 s of training)'

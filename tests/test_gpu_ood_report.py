@@ -1,0 +1,52 @@
+"""scripts/gpu_ood_report.py: the GPU proof's table (for the docs) and plot from gpu_ood.json."""
+
+import pytest
+
+from conftest import load_script
+
+
+def _ood_result():
+  row = lambda val, test, ood, sev, ips, s: {'val_accuracy': val, 'test_accuracy': test,  # pylint: disable=unnecessary-lambda-assignment
+                                             'ood_accuracy': ood, 'ood_per_severity': sev,
+                                             'ood_images_per_sec': ips, 'seconds': s}
+  return {'epochs': 30, 'step': 1234, 'weights': 'ema', 'args': {'ood_limit': 500},
+          'train': {'step': 1500, 'seconds': 600.4, 'images_per_sec_median': 2500.0,
+                    'stopped_by_deadline': False},
+          'eval': {'none@val': row(0.61234, 0.6, 0.45678, [0.6, 0.55, 0.5, 0.4, 0.3], 3456.7, 12.3),
+                   'tent': row(None, 0.59, 0.5, [0.7, 0.6, 0.5, 0.4, 0.3], None, 1.0),
+                   'x': {'error': 'boom'}, 'y': {'skipped': 'no time'}}}
+
+
+def test_the_gpu_table_puts_each_number_in_its_column():
+  """The GPU run's table (docs) from gpu_ood.json: percentages at their precision in their
+  columns (a mutation audit: the test accuracy in the validation column, fractions for
+  percentages and swapped img/s and seconds all passed); an img/s that was never measured is
+  '-', not 0."""
+  report = load_script('gpu_ood_report')
+  lines = report.table(_ood_result()).splitlines()
+  assert lines[0] == ("configs/ood_best.py, 30 epochs: 1500 steps in 600s (median 2500.0 img/s); "
+                      "'best' checkpoint (step 1234), ema weights; OOD = 500 images x 19 x 5 "
+                      "(TOOL: test images, TOOL@val: validation images)")
+  assert lines[1] == '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |'
+  assert lines[3:] == [
+      '| none@val | 61.23 | 60.00 | 45.68 | 60.0 / 55.0 / 50.0 / 40.0 / 30.0 | 3457 | 12 |',
+      '| tent | - | 59.00 | 50.00 | 70.0 / 60.0 / 50.0 / 40.0 / 30.0 | - | 1 |',
+      '| x | boom | | | | | |', '| y | no time | | | | | |']
+
+
+def test_the_gpu_plot_starts_each_line_at_the_clean_accuracy_of_its_own_split(tmp_path,
+                                                                               monkeypatch):
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  report = load_script('gpu_ood_report')
+  saved = []
+  monkeypatch.setattr(Figure, 'savefig', lambda fig, path, **kw: saved.append(fig))
+  report.plot(_ood_result(), tmp_path / 'p.png')
+  (ax,) = saved[0].axes
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  assert set(lines) == {'none@val (OOD 45.7)', 'tent (OOD 50.0)'}
+  val, test = lines['none@val (OOD 45.7)'], lines['tent (OOD 50.0)']
+  assert list(val.get_xdata()) == [0, 1, 2, 3, 4, 5]
+  assert list(val.get_ydata()) == pytest.approx([61.234, 60, 55, 50, 40, 30])
+  assert list(test.get_ydata()) == pytest.approx([59, 70, 60, 50, 40, 30])
+  assert (val.get_linestyle(), test.get_linestyle()) == ('--', '-')
+  assert ax.get_title() == 'configs/ood_best.py, 30 epochs (600 s of training)'
