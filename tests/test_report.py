@@ -10,40 +10,18 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from _fake_runs import BASE_CONFIG, fake_run
 from conftest import is_png
 from jax_cifar import errors
-from jax_cifar.evaluation import report, stale_evals
-
-BASE_CONFIG = {'model': {'name': 'resnet18', 'width': 16}, 'train': {'batch_size': 128},
-               'optim': {'lr': 0.1, 'schedule': 'cosine'}, 'seed': 0}
-
-
-def _fake_run(path, name_scale: float, test_accuracy=None, config=None, lr=0.1):
-  """metrics.jsonl (100 steps, 50 per epoch, a torn last line), config.json, eval_best.json."""
-  path.mkdir(parents=True)
-  rows = []
-  for step in range(10, 110, 10):
-    rows.append({'step': step, 'train_loss': 4.6 - name_scale * step / 50,
-                 'train_accuracy': name_scale * step / 400, 'images_per_sec': 200.0,
-                 'epoch': step / 50, 'learning_rate': lr * (1 - step / 100)})
-    if step % 50 == 0:
-      rows.append({'step': step, 'val_loss': 4.5 - name_scale * step / 60,
-                   'val_accuracy': name_scale * step / 500})
-  (path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"torn')
-  (path / 'config.json').write_text(json.dumps(BASE_CONFIG if config is None else config))
-  if test_accuracy is not None:
-    (path / 'eval_best.json').write_text(json.dumps({'test_accuracy': test_accuracy,
-                                                     'ood_accuracy': 0.1234}))
-  return path
-
+from jax_cifar.evaluation import curves, report, stale_evals
 
 def _section(md: str, heading: str) -> str:
   return md.split(f'## {heading}\n', 1)[1].split('\n## ', 1)[0].split('![', 1)[0]
 
 
 def test_report_draws_three_figures_and_a_summary_table(tmp_path, drawn):
-  _fake_run(tmp_path / 'small', 1.0, test_accuracy=0.1875, lr=0.1)
-  _fake_run(tmp_path / 'large', 2.0, lr=0.4)
+  fake_run(tmp_path / 'small', 1.0, test_accuracy=0.1875, lr=0.1)
+  fake_run(tmp_path / 'large', 2.0, lr=0.4)
   out = tmp_path / 'report'
   assert report.main([str(tmp_path / 'small'), str(tmp_path / 'large'), '--out', str(out)]) == 0
   for png in ('figure1_loss.png', 'figure2_accuracy.png', 'figure3_learning_rate.png'):
@@ -73,7 +51,7 @@ def test_report_draws_three_figures_and_a_summary_table(tmp_path, drawn):
 
 
 def test_no_learning_rate_logged_means_no_figure3(tmp_path):
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
   (run / 'metrics.jsonl').write_text(
       ''.join(json.dumps({k: v for k, v in r.items() if k != 'learning_rate'}) + '\n' for r in rows))
@@ -89,8 +67,8 @@ def test_hyperparameter_table_lists_only_what_differs(tmp_path):
   a = {**BASE_CONFIG, 'optim': {'lr': 0.1, 'schedule': 'cosine', 'name': 'sgd'},
        'augment': {'mixup_alpha': 0.2}}
   b = {**BASE_CONFIG, 'optim': {'lr': 0.003, 'schedule': 'cosine', 'name': 'adam|w'}, 'seed': 1}
-  _fake_run(tmp_path / 'a', 1.0, config=a)
-  _fake_run(tmp_path / 'b', 1.0, config=b)
+  fake_run(tmp_path / 'a', 1.0, config=a)
+  fake_run(tmp_path / 'b', 1.0, config=b)
   out = tmp_path / 'out'
   assert report.main([str(tmp_path / 'a'), str(tmp_path / 'b'), '--out', str(out)]) == 0
   table = _section((out / 'summary.md').read_text(), 'Hyper-parameters that differ')
@@ -106,24 +84,6 @@ def test_hyperparameter_table_lists_only_what_differs(tmp_path):
     assert same not in table
 
 
-def test_runs_in_same_named_folders_get_distinct_labels(tmp_path, drawn):
-  dirs = [_fake_run(tmp_path / 'a' / 'run', 1.0), _fake_run(tmp_path / 'b' / 'run', 2.0),
-          _fake_run(tmp_path / 'c', 1.5)]
-  out = tmp_path / 'out'
-  assert report.main([str(d) for d in dirs] + ['--out', str(out)]) == 0
-  md = (out / 'summary.md').read_text()
-  assert '| a/run |' in md and '| b/run |' in md and '| c |' in md
-  legend = [l.get_label() for l in drawn[0].axes[0].get_lines()]
-  assert legend == ['a/run train', 'a/run val', 'b/run train', 'b/run val', 'c train', 'c val']
-  assert report.unique_labels([tmp_path / 'a/x/run', tmp_path / 'b/x/run']) == ['a/x/run', 'b/x/run']
-
-
-def test_every_run_gets_its_own_colour():
-  for n in (1, 10, 11, 20, 25):
-    colors = report.run_colors(n)
-    assert len(colors) == n and len(set(colors)) == n
-
-
 def _best_checkpoint(run, step: int, mtime: float):
   folder = run / 'checkpoints' / 'best' / str(step)
   folder.mkdir(parents=True)
@@ -135,7 +95,7 @@ def _best_checkpoint(run, step: int, mtime: float):
 @pytest.mark.parametrize('eval_after_checkpoint', [False, True])
 def test_an_evaluation_older_than_the_best_checkpoint_is_flagged(tmp_path, capsys,
                                                                eval_after_checkpoint):
-  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
   (run / 'checkpoints' / 'best' / '100.orbax-checkpoint-tmp-1').mkdir(parents=True)  # Ignored.
   _best_checkpoint(run, 50, 1_000_000)
   _best_checkpoint(run, 100, 2_000_000)  # The newest best checkpoint.
@@ -159,7 +119,7 @@ def test_an_evaluation_of_an_earlier_step_is_found_by_its_step_and_marked_in_its
   """After a resume made a new best, the row had shown the new best val next to the old best's
   test and OOD numbers, unmarked, and the check compared file times though eval_best.json records
   its step (a new-user audit)."""
-  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
   _best_checkpoint(run, 100, 1_000_000)
   ev = json.loads((run / 'eval_best.json').read_text())
   for step, stale in ((40, True), (100, False)):
@@ -183,12 +143,12 @@ def test_an_evaluation_of_an_earlier_step_is_found_by_its_step_and_marked_in_its
 def test_the_summary_row_shows_a_plain_evaluation_and_names_an_adapted_one(tmp_path):
   # Without eval_best.json the alphabetically first eval_*.json was shown unmarked: here a
   # --tta shifts --bn_adapt one, as if it were the plain test accuracy.
-  both = _fake_run(tmp_path / 'both', 1.0)
+  both = fake_run(tmp_path / 'both', 1.0)
   adapted = {'test_accuracy': 0.028, 'tta': 'shifts', 'bn_adapt': True, 'tent': None}
   (both / 'eval_best_tta-shifts_bn-adapt.json').write_text(json.dumps(adapted))
   (both / 'eval_latest.json').write_text(json.dumps({'test_accuracy': 0.032, 'tta': 'none',
                                                     'bn_adapt': False, 'tent': None}))
-  only = _fake_run(tmp_path / 'only', 1.0)
+  only = fake_run(tmp_path / 'only', 1.0)
   (only / 'eval_best_tta-shifts_bn-adapt.json').write_text(json.dumps(adapted))
   rows = report.summary_rows([report.load_run(both), report.load_run(only)])
   assert rows[0]['test_accuracy'] == 0.032 and rows[0]['run'] == 'both'
@@ -201,8 +161,8 @@ def test_a_run_without_validation_split_says_its_best_is_on_test(tmp_path):
   number as 'best val acc' like any other (an audit). simple_cnn gets no width (it has none)."""
   config = {**BASE_CONFIG, 'model': {'name': 'simple_cnn', 'width': 64},
             'data': {'val_fraction': 0.0}}
-  runs = [report.load_run(_fake_run(tmp_path / 'on_test', 1.0, config=config)),
-          report.load_run(_fake_run(tmp_path / 'held_out', 1.0))]
+  runs = [report.load_run(fake_run(tmp_path / 'on_test', 1.0, config=config)),
+          report.load_run(fake_run(tmp_path / 'held_out', 1.0))]
   lines = report.markdown_table(report.summary_rows(runs)).splitlines()
   assert lines[2].startswith('| on_test | simple_cnn | 2.0 | 20.00% (test split) |'), lines[2]
   assert lines[3].startswith('| held_out | resnet18 (width 16) | 2.0 | 20.00% |'), lines[3]
@@ -210,9 +170,9 @@ def test_a_run_without_validation_split_says_its_best_is_on_test(tmp_path):
 
 def test_a_test_accuracy_on_part_of_the_test_set_says_how_many_images(tmp_path):
   """data.eval_limit (the smoke config's 2,000) had given a "test acc" unmarked (a new-user audit)."""
-  part = _fake_run(tmp_path / 'part', 1.0, test_accuracy=0.024)
-  whole = _fake_run(tmp_path / 'whole', 1.0, test_accuracy=0.25)
-  edited = _fake_run(tmp_path / 'edited', 1.0, test_accuracy=0.25)  # By hand: a string count.
+  part = fake_run(tmp_path / 'part', 1.0, test_accuracy=0.024)
+  whole = fake_run(tmp_path / 'whole', 1.0, test_accuracy=0.25)
+  edited = fake_run(tmp_path / 'edited', 1.0, test_accuracy=0.25)  # By hand: a string count.
   for run, count in ((part, 2000), (whole, 10000), (edited, '2000')):
     ev = json.loads((run / 'eval_best.json').read_text())
     (run / 'eval_best.json').write_text(json.dumps({**ev, 'test_count': count}))
@@ -226,7 +186,7 @@ def test_a_test_accuracy_on_part_of_the_test_set_says_how_many_images(tmp_path):
 def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, drawn):
   """An eval JSON that is not an object is read as no evaluation; a metric written as a string is
   shown as it is; an older step's numbers that evaluate kept (eval_best.step3.json) are not rows."""
-  run = _fake_run(tmp_path / 'run', 1.0, test_accuracy='0.5')
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy='0.5')
   (run / 'eval_latest.json').write_text('[]')
   (run / 'eval_best.step3.json').write_text(json.dumps({'test_accuracy': 0.9}))
   assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
@@ -239,7 +199,7 @@ def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, 
   """A NaN accuracy had made the best "nan%", a NaN epoch emptied every curve, a string epoch or
   "train": null ended in a traceback after the figures were redrawn (an audit). They are left
   out, each run named in a warning; nulls (the trainer's own non-finite values) are not counted."""
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   lines = (run / 'metrics.jsonl').read_text().splitlines()
   rows = [json.loads(l) for l in lines[:-1]]
   best = max(r['val_accuracy'] for r in rows if 'val_accuracy' in r)
@@ -263,16 +223,21 @@ def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, 
       'of the curves and the table',
       'warning: empty: metrics.jsonl holds no rows (a run stopped before its first log?): no '
       'curves and no training numbers for it'], warned
-  x, _ = report._series(report.load_run(run)['rows'], 'train_loss', 1 / 50)  # pylint: disable=protected-access
-  assert len(x) == 9 and np.all(np.isfinite(x))  # Epochs from the finite rows; the null left out.
+  loaded = report.load_run(run)
+  to_epochs = curves._epoch_of_step(loaded['rows'])  # pylint: disable=protected-access
+  x, y, bad = curves._series(loaded, 'train_loss', to_epochs, 1.0)  # pylint: disable=protected-access
+  # Epochs from the rows with finite ones, also for the two without; the null (step 30) breaks
+  # the line there and is marked (it had been left out, drawing a straight line over it).
+  np.testing.assert_allclose(x, np.arange(10, 110, 10) / 50)
+  assert np.isnan(y[2]) and np.isfinite(np.delete(y, 2)).all() and list(bad) == [0.6]
 
 
 def test_a_hand_edited_batch_size_of_another_type_leaves_the_train_time_out(tmp_path):
   """A string batch_size had been a TypeError, after the figures of the earlier report had been
   replaced (an audit): the tables now come before any figure (checked here with a table that
   still fails: a test audit)."""
-  good = _fake_run(tmp_path / 'good', 1.0)
-  edited = _fake_run(tmp_path / 'edited', 1.0,
+  good = fake_run(tmp_path / 'good', 1.0)
+  edited = fake_run(tmp_path / 'edited', 1.0,
                      config={**BASE_CONFIG, 'train': {'batch_size': '128'}})
   assert report.main([str(good), str(edited), '--out', str(tmp_path / 'out')]) == 0
   rows = {r['run']: r for r in report.summary_rows([report.load_run(good),
@@ -295,7 +260,7 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
     (tmp_path / 'run.txt').write_text('notes')
     argv, expected = [str(tmp_path / 'run.txt')], 'run.txt: a file, not a folder'
   elif make == 'twice':
-    run = _fake_run(tmp_path / 'run', 1.0)
+    run = fake_run(tmp_path / 'run', 1.0)
     (tmp_path / 'x').mkdir()
     argv, expected = [str(run), str(tmp_path / 'x' / '..' / 'run')], 'same run'
   else:
@@ -312,7 +277,7 @@ def test_an_empty_or_file_out_is_one_error_line_and_nothing_is_written(tmp_path,
                                                                       monkeypatch, out):
   """--out= is the current folder: the figures and summary.md had been written there (a flag
   audit); a file as --out had been a bare `[Errno 17] File exists`."""
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   (tmp_path / 'a_file').write_text('notes')
   monkeypatch.chdir(tmp_path)
   assert report.main([str(run), '--out', out]) == 1
@@ -324,7 +289,7 @@ def test_an_empty_or_file_out_is_one_error_line_and_nothing_is_written(tmp_path,
 
 
 def test_importing_and_drawing_leave_the_matplotlib_backend_alone(tmp_path):
-  _fake_run(tmp_path / 'run', 1.0)
+  fake_run(tmp_path / 'run', 1.0)
   code = (
       'import sys\n'
       'import jax_cifar.evaluation.report as report\n'
@@ -368,7 +333,7 @@ def test_stale_checks_use_the_evaluated_kind_the_exact_step_and_the_last_write(t
 
 def test_the_best_val_accuracy_is_the_highest_not_the_last(tmp_path):
   """A run whose validation accuracy fell at the end shows its highest one as best val acc."""
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   with open(run / 'metrics.jsonl', 'a') as f:
     f.write('\n{"step": 150, "val_loss": 4.9, "val_accuracy": 0.01}\n')
   assert report.summary_rows([report.load_run(run)])[0]['best_val_accuracy'] == pytest.approx(0.2)
@@ -380,7 +345,7 @@ def test_the_best_val_accuracy_is_of_the_weights_that_pick_best(tmp_path, best_w
   shown the raw weights' highest accuracy, of another step (a review)."""
   config = json.loads(json.dumps(BASE_CONFIG))
   config.setdefault('checkpoint', {})['best_weights'] = best_weights
-  run = _fake_run(tmp_path / 'run', 1.0, config=config)  # Raw: 0.1 at step 50, 0.2 at step 100.
+  run = fake_run(tmp_path / 'run', 1.0, config=config)  # Raw: 0.1 at step 50, 0.2 at step 100.
   with open(run / 'metrics.jsonl', 'a') as f:
     f.write('\n{"step": 50, "val_accuracy_ema": 0.15}\n{"step": 100, "val_accuracy_ema": 0.12}\n')
   row = report.summary_rows([report.load_run(run)])[0]
@@ -390,7 +355,7 @@ def test_the_best_val_accuracy_is_of_the_weights_that_pick_best(tmp_path, best_w
 
 def test_a_summary_row_prefers_the_plain_evaluations_in_their_documented_order(tmp_path):
   """eval_latest.json is shown before eval_best_ema.json, though the latter sorts first."""
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   (run / 'eval_best_ema.json').write_text(json.dumps({'test_accuracy': 0.1}))
   (run / 'eval_latest.json').write_text(json.dumps({'test_accuracy': 0.2}))
   row = report.summary_rows([report.load_run(run)])[0]
@@ -405,38 +370,11 @@ def test_python_m_jax_cifar_report_exits_1_on_a_folder_that_is_not_a_run(tmp_pat
   assert proc.returncode == 1 and 'no such folder' in proc.stderr, proc.stderr[-2000:]
 
 
-def test_runs_without_logged_epochs_put_every_curve_in_steps(tmp_path, drawn):
-  """x is in epochs only when every run logs them: a run without epochs would otherwise be drawn
-  in steps on an axis labelled 'epoch' (a mutation audit: `any` for `all` passed every test)."""
-  with_epochs = _fake_run(tmp_path / 'with', 1.0)
-  without = _fake_run(tmp_path / 'without', 1.0)
-  rows = [json.loads(l) for l in (without / 'metrics.jsonl').read_text().splitlines()[:-1]]
-  (without / 'metrics.jsonl').write_text(
-      ''.join(json.dumps({k: v for k, v in r.items() if k != 'epoch'}) + '\n' for r in rows))
-  assert report.main([str(with_epochs), str(without), '--out', str(tmp_path / 'out')]) == 0
-  ax = drawn[0].axes[0]
-  assert ax.get_xlabel() == 'step'
-  lines = {l.get_label(): l for l in ax.get_lines()}
-  np.testing.assert_allclose(lines['with train'].get_xdata(), np.arange(10, 110, 10))
-  np.testing.assert_allclose(lines['without val'].get_xdata(), [50, 100])
-
-
-def test_training_curves_are_solid_and_validation_dashed_with_dots(tmp_path, drawn):
-  """The docstring's and the summary's reading of the figures: train solid, val dashed with dots."""
-  run = _fake_run(tmp_path / 'run', 1.0)
-  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
-  for fig in drawn[:2]:  # Loss and accuracy.
-    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
-    assert (lines['run train'].get_linestyle(), lines['run train'].get_marker()) == ('-', 'None')
-    assert (lines['run val'].get_linestyle(), lines['run val'].get_marker()) == ('--', 'o')
-    np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 2.0])  # Epochs 1 and 2.
-
-
 def test_a_plain_evaluation_of_a_step_is_shown_before_an_adapted_one(tmp_path):
   """Without eval_best/eval_latest, a plain evaluation of a step (eval_step100) is preferred to
   an alphabetically earlier one made with BN adaptation (tta 'none', bn_adapt on), and the row
   is not marked; an earlier Tent one is passed over too."""
-  run = _fake_run(tmp_path / 'run', 1.0)
+  run = fake_run(tmp_path / 'run', 1.0)
   (run / 'eval_best_bn-adapt.json').write_text(json.dumps(
       {'test_accuracy': 0.4, 'tta': 'none', 'bn_adapt': True, 'tent': None}))
   (run / 'eval_best_tent.json').write_text(json.dumps(

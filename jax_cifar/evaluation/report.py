@@ -14,16 +14,12 @@ import json
 import math
 import pathlib
 import sys
-from typing import Callable
 
-import numpy as np
 from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
 from jax_cifar.data import cifar100
-from jax_cifar.evaluation import figures, stale_evals
-
-LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
+from jax_cifar.evaluation import curves, stale_evals
 
 
 class ReportError(errors.UserError):
@@ -57,7 +53,8 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     notes.append(f'{label}: {workdir.CONFIG_FILE} has no {" or ".join(odd)} section (not an object): '
                  'its columns are left empty')
     config = {k: v for k, v in config.items() if k not in odd}
-  rows, dropped = _finite_rows(tracking.read_metrics(run_dir))
+  raw = tracking.read_metrics(run_dir)
+  rows, dropped = _finite_rows(raw)
   if dropped:  # A NaN had made the best accuracy "nan%" and emptied every curve (an audit).
     notes.append(f'{label}: {dropped} value(s) in {tracking.METRICS_FILE} are not finite numbers '
                  '(NaN, inf, text): left out of the curves and the table')
@@ -65,6 +62,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     notes.append(f'{label}: {tracking.METRICS_FILE} holds no rows (a run stopped before its first '
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
+          'nonfinite': _nonfinite_steps(raw),
           'evals': {p.stem: _read_json(p) for p in stale_evals.eval_files(run_dir)}, 'warnings': notes}
 
 
@@ -78,6 +76,18 @@ def _finite_rows(rows: list[dict]) -> tuple[list[dict], int]:
            and math.isfinite(v)} for r in rows]
   given = sum(v is not None for r in rows for v in r.values())
   return kept, given - sum(len(r) for r in kept)
+
+
+def _nonfinite_steps(rows: list[dict]) -> dict[str, list]:
+  """{column: steps} of the values logged as null (the trainer's non-finite number) or as a
+  non-finite float: the curves break there and mark them."""
+  out = {}
+  for r in rows:
+    if isinstance(r.get('step'), (int, float)) and not isinstance(r.get('step'), bool):
+      for k, v in r.items():
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+          out.setdefault(k, []).append(r['step'])
+  return out
 
 
 def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
@@ -96,75 +106,6 @@ def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
       k += 1
     labels.append(str(pathlib.PurePath(*p[-k:])))
   return labels
-
-
-def run_colors(n: int) -> list[tuple[float, ...]]:
-  """n distinct RGBA colours: tab10 up to 10 runs, tab20 up to 20, evenly spaced turbo beyond."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  if n <= 20:
-    cmap = matplotlib.colormaps['tab10' if n <= 10 else 'tab20']
-    return [cmap(i) for i in range(n)]
-  return [matplotlib.colormaps['turbo'](x) for x in np.linspace(0.0, 1.0, n)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Curves
-# ---------------------------------------------------------------------------------------------
-def _epochs_per_step(rows: list[dict]) -> float | None:
-  for r in rows:
-    if r.get('epoch') and r.get('step'):
-      return r['epoch'] / r['step']
-  return None
-
-
-def _series(rows: list[dict], key: str, per_step: float | None) -> tuple[np.ndarray, np.ndarray]:
-  pts = [(r['step'], r[key]) for r in rows if r.get(key) is not None]
-  steps = np.array([p[0] for p in pts], float)
-  x = steps * per_step if per_step else steps
-  return x, np.array([p[1] for p in pts], float)
-
-
-def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
-                ylabel: str, title: str, path: pathlib.Path) -> None:
-  """Every run's (column, line style, legend label) lines on shared axes, one colour per run;
-  x in epochs when every run logs them, else in steps."""
-  fig = figures.new_figure(figsize=(7, 4.5), dpi=120)
-  ax = fig.add_subplot()
-  use_epochs = all(_epochs_per_step(r['rows']) for r in runs)
-  for run, color in zip(runs, run_colors(len(runs))):
-    per_step = _epochs_per_step(run['rows']) if use_epochs else None
-    for column, style, label in lines(run):
-      x, y = _series(run['rows'], column, per_step)
-      if len(x):
-        ax.plot(x, y, style, color=color, marker='o' if style == '--' else None, markersize=3,
-                label=label)
-  ax.set_xlabel('epoch' if use_epochs else 'step')
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  figures.save(fig, path)
-
-
-def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path) -> None:
-  """Training (solid) and validation (dashed, dots) `key` of every run."""
-  _plot_lines(runs, lambda run: [(f'{s}_{key}', style, f'{run["label"]} {s}')
-                                 for s, style in (('train', '-'), ('val', '--'))],
-              ylabel, title, path)
-
-
-def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool:
-  """The logged learning rate of every run; False (and no file) when no run logged one."""
-  if not any(_lr_key(r['rows']) for r in runs):
-    return False
-  _plot_lines(runs, lambda run: [(_lr_key(run['rows']) or LR_KEYS[0], '-', run['label'])],
-              'learning rate', title, path)
-  return True
-
-
-def _lr_key(rows: list[dict]) -> str | None:
-  return next((k for k in LR_KEYS if any(r.get(k) is not None for r in rows)), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,11 +254,14 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   # The tables first: a run they cannot summarise fails before any earlier file is replaced.
   warnings = [w for run in runs for w in run['warnings'] + stale_evals.stale_evaluations(run)]
   tables = [markdown_table(summary_rows(runs)), hyperparameter_table(runs)]
-  plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss', fig1)
-  plot_curves(runs, 'accuracy', 'top-1 accuracy', 'Figure 2: training and validation accuracy', fig2)
-  has_lr = plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
-  note = ('Training curves are running means over each logging interval (with augmentation and '
-          'mixup, if any); validation points are full passes. Train time is from the logged '
+  curves.plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss',
+                     fig1)
+  curves.plot_curves(runs, 'accuracy', 'top-1 accuracy (%)',
+                     'Figure 2: training and validation accuracy', fig2, scale=100)
+  has_lr = curves.plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
+  note = ('Training curves (solid) are running means over each logging interval (with augmentation '
+          'and mixup, if any); validation points (dashed; dotted: the EMA weights) are full passes; '
+          'an x on the bottom edge marks a logged value that was not finite. Train time is from the logged '
           'images/s (compile and evaluation excluded). Numbers are from eval_best.json when '
           'present.\n')
   text = ['# Runs\n', tables[0], note, '## Hyper-parameters that differ\n', tables[1]]
@@ -325,7 +269,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
     text += ['## Warnings\n', ''.join(f'- {w}\n' for w in warnings)]
   text += ['![Figure 1](figure1_loss.png)\n', '![Figure 2](figure2_accuracy.png)\n',
            '![Figure 3](figure3_learning_rate.png)\n' if has_lr else
-           f'No run logged a learning rate ({" or ".join(LR_KEYS)}): no Figure 3.\n']
+           f'No run logged a learning rate ({" or ".join(curves.LR_KEYS)}): no Figure 3.\n']
   if not has_lr:
     fig3.unlink(missing_ok=True)  # Not one left over from an earlier report on other runs.
   md.write_text('\n'.join(text))

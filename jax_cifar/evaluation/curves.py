@@ -1,0 +1,124 @@
+"""The report's learning curves: every run's training and validation lines on shared axes (x in
+epochs, each row at its own), one colour per run, the legend beside the axes, and the logged
+values that were not finite marked where the line breaks."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from jax_cifar.evaluation import figures
+
+LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
+
+
+def run_colors(n: int) -> list[tuple[float, ...]]:
+  """n distinct RGBA colours: tab10 up to 10 runs, tab20 up to 20, evenly spaced turbo beyond."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if n <= 20:
+    cmap = matplotlib.colormaps['tab10' if n <= 10 else 'tab20']
+    return [cmap(i) for i in range(n)]
+  return [matplotlib.colormaps['turbo'](x) for x in np.linspace(0.0, 1.0, n)]
+
+
+def _epoch_of_step(rows: list[dict]) -> Callable[[np.ndarray], np.ndarray] | None:
+  """steps -> epochs, piecewise linear through (0, 0) and the rows that log both (the training
+  rows), past the last such row at its last segment's rate; None when no row logs epochs. Each
+  row's own epoch counts: a relaunch with another batch size changes the rate (the first row's
+  ratio had put a run of 2 epochs at epoch 4.1, a review)."""
+  known = {r['step']: r['epoch'] for r in rows if r.get('epoch') and r.get('step')}
+  if not known:
+    return None
+  steps, epochs = (np.array(v, float) for v in zip(*sorted({0: 0.0, **known}.items())))
+
+  def to_epochs(x: np.ndarray) -> np.ndarray:
+    rate = (epochs[-1] - epochs[-2]) / (steps[-1] - steps[-2])
+    return np.where(x > steps[-1], epochs[-1] + (x - steps[-1]) * rate, np.interp(x, steps, epochs))
+  return to_epochs
+
+
+def _series(run: dict, key: str, to_x, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(x, y, x of the steps where `key` was not finite): y is NaN there, so the line breaks (a run
+  that diverged had looked like one that stopped, a gap like a straight stretch: a review)."""
+  pts = sorted([(r['step'], r[key] * scale) for r in run['rows'] if r.get(key) is not None]
+               + [(s, math.nan) for s in run['nonfinite'].get(key, ())])
+  steps = np.array([p[0] for p in pts], float)
+  x = to_x(steps) if to_x else steps
+  y = np.array([p[1] for p in pts], float)
+  return x, y, x[np.isnan(y)]
+
+
+def _short(label: str, width: int = 40) -> str:
+  """A legend label of at most `width` characters (a long run name had squeezed the axes)."""
+  return label if len(label) <= width else label[:width // 2 - 1] + '…' + label[-(width // 2):]
+
+
+STYLES = {'-': 'train', '--': 'val', ':': 'val, EMA weights'}
+
+
+def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
+                ylabel: str, title: str, path: pathlib.Path, scale: float = 1.0) -> None:
+  """Every run's (column, line style, line label) lines on shared axes, one colour per run; x in
+  epochs when every run logs them, else in steps. The legend, beside the axes, names each run once
+  and each line style once; an x at the bottom marks a step whose value was not finite."""
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
+  ax = fig.add_subplot()
+  use_epochs = all(_epoch_of_step(r['rows']) for r in runs)
+  drawn_runs, styles, marked = [], [], False
+  for run, color in zip(runs, run_colors(len(runs))):
+    to_x = _epoch_of_step(run['rows']) if use_epochs else None
+    for column, style, label in lines(run):
+      x, y, bad = _series(run, column, to_x, scale)
+      if np.isfinite(y).any():
+        one = np.isfinite(y).sum() == 1  # A single point is a marker (a line of one is invisible).
+        ax.plot(x, y, style, color=color, marker='o' if style != '-' or one else None,
+                markersize=3, label=label)
+        drawn_runs += [(run['label'], color)] if run['label'] not in dict(drawn_runs) else []
+        styles += [style] if style not in styles else []
+      if len(bad):
+        ax.plot(bad, np.full(len(bad), 0.02), 'x', color=color, transform=ax.get_xaxis_transform(),
+                label=f'{label} not finite')
+        marked = True
+  ax.set_xlabel('epoch' if use_epochs else 'step')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  handles = [Line2D([], [], color=c, label=_short(name)) for name, c in drawn_runs]
+  if len(styles) > 1 or marked:
+    handles += [Line2D([], [], color='0.3', linestyle=st, marker='o' if st != '-' else None,
+                       markersize=3, label=STYLES[st]) for st in styles]
+  if marked:
+    handles.append(Line2D([], [], color='0.3', linestyle='', marker='x', label='not finite (left out)'))
+  if handles:
+    ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+              ncol=1 if len(handles) <= 24 else 2, frameon=False)
+  figures.save(fig, path)
+
+
+def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path,
+                scale: float = 1.0) -> None:
+  """Training (solid), validation (dashed, dots) and, where logged, the EMA weights' validation
+  (dotted, dots: the numbers that pick `best` under checkpoint.best_weights='ema') `key` of every
+  run, times `scale`."""
+  def lines(run):
+    ema = any(r.get(f'val_{key}_ema') is not None for r in run['rows'])
+    return [(f'train_{key}', '-', f'{run["label"]} train'), (f'val_{key}', '--', f'{run["label"]} val')
+            ] + ([(f'val_{key}_ema', ':', f'{run["label"]} val EMA')] if ema else [])
+  _plot_lines(runs, lines, ylabel, title, path, scale)
+
+
+def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool:
+  """The logged learning rate of every run; False (and no file) when no run logged one."""
+  if not any(_lr_key(r['rows']) for r in runs):
+    return False
+  _plot_lines(runs, lambda run: [(_lr_key(run['rows']) or LR_KEYS[0], '-', run['label'])],
+              'learning rate', title, path)
+  return True
+
+
+def _lr_key(rows: list[dict]) -> str | None:
+  return next((k for k in LR_KEYS if any(r.get(k) is not None for r in rows)), None)

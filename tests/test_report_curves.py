@@ -1,0 +1,155 @@
+"""The report's learning curves (Figures 1-3): what each line is, its x in epochs or steps, its
+colour, and the legend; from small fake run folders (no training)."""
+
+import json
+
+import numpy as np
+
+from _fake_runs import fake_run
+from jax_cifar.evaluation import curves, report
+
+
+def _rewrite(run, edit):
+  """metrics.jsonl's rows (the torn last line dropped) after `edit(rows)` (which may return new rows)."""
+  rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  rows = edit(rows) or rows
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+
+
+def _lines(fig) -> dict:
+  return {l.get_label(): l for l in fig.axes[0].get_lines()}
+
+
+def test_runs_in_same_named_folders_get_distinct_labels(tmp_path, drawn):
+  dirs = [fake_run(tmp_path / 'a' / 'run', 1.0), fake_run(tmp_path / 'b' / 'run', 2.0),
+          fake_run(tmp_path / 'c', 1.5)]
+  out = tmp_path / 'out'
+  assert report.main([str(d) for d in dirs] + ['--out', str(out)]) == 0
+  md = (out / 'summary.md').read_text()
+  assert '| a/run |' in md and '| b/run |' in md and '| c |' in md
+  legend = [l.get_label() for l in drawn[0].axes[0].get_lines()]
+  assert legend == ['a/run train', 'a/run val', 'b/run train', 'b/run val', 'c train', 'c val']
+  assert report.unique_labels([tmp_path / 'a/x/run', tmp_path / 'b/x/run']) == ['a/x/run', 'b/x/run']
+
+
+def test_every_run_gets_its_own_colour():
+  for n in (1, 10, 11, 20, 25):
+    colors = curves.run_colors(n)
+    assert len(colors) == n and len(set(colors)) == n
+
+
+def test_runs_without_logged_epochs_put_every_curve_in_steps(tmp_path, drawn):
+  """x is in epochs only when every run logs them: a run without epochs would otherwise be drawn
+  in steps on an axis labelled 'epoch' (a mutation audit: `any` for `all` passed every test)."""
+  with_epochs = fake_run(tmp_path / 'with', 1.0)
+  without = fake_run(tmp_path / 'without', 1.0)
+  rows = [json.loads(l) for l in (without / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  (without / 'metrics.jsonl').write_text(
+      ''.join(json.dumps({k: v for k, v in r.items() if k != 'epoch'}) + '\n' for r in rows))
+  assert report.main([str(with_epochs), str(without), '--out', str(tmp_path / 'out')]) == 0
+  ax = drawn[0].axes[0]
+  assert ax.get_xlabel() == 'step'
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  np.testing.assert_allclose(lines['with train'].get_xdata(), np.arange(10, 110, 10))
+  np.testing.assert_allclose(lines['without val'].get_xdata(), [50, 100])
+
+
+def test_training_curves_are_solid_and_validation_dashed_with_dots(tmp_path, drawn):
+  """The docstring's and the summary's reading of the figures: train solid, val dashed with dots."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  for fig in drawn[:2]:  # Loss and accuracy.
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    assert (lines['run train'].get_linestyle(), lines['run train'].get_marker()) == ('-', 'None')
+    assert (lines['run val'].get_linestyle(), lines['run val'].get_marker()) == ('--', 'o')
+    np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 2.0])  # Epochs 1 and 2.
+
+
+def test_each_row_places_its_own_epoch_after_a_relaunch_with_another_batch_size(tmp_path, drawn):
+  """A relaunch at step 50 with twice the batch size: 25 steps per epoch from there. The first
+  row's epoch/step ratio had put the run's 3 epochs at 2 (and a review's 2 at 4.1)."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  def edit(rows):
+    for r in rows:
+      if 'epoch' in r and r['step'] > 50:
+        r['epoch'] = 1 + (r['step'] - 50) / 25
+    return rows + [{'step': 105, 'val_loss': 1.0, 'val_accuracy': 0.5}]  # past the last train row
+  _rewrite(run, edit)
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  lines = _lines(drawn[0])
+  np.testing.assert_allclose(lines['run train'].get_xdata(),
+                             [0.2, 0.4, 0.6, 0.8, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0])
+  # Validation rows log no epoch: at their step's, extended at the last rate past the last row.
+  np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 3.0, 3.2])
+  np.testing.assert_allclose(_lines(drawn[2])['run'].get_xdata()[-1], 3.0)
+
+
+def test_a_diverged_run_breaks_its_curve_and_marks_the_steps_that_were_not_finite(tmp_path, drawn):
+  """The trainer logs a non-finite loss as null. Left out, a run that diverged at step 60 had
+  looked like a run that ended there, and a gap like a straight stretch (a review)."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  def edit(rows):
+    for r in rows:
+      if r['step'] >= 60 and 'train_loss' in r:
+        r['train_loss'] = None
+      if r['step'] == 30 and 'train_accuracy' in r:
+        r['train_accuracy'] = None  # a gap in the middle
+  _rewrite(run, edit)
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  loss, acc = _lines(drawn[0]), _lines(drawn[1])
+  np.testing.assert_allclose(loss['run train not finite'].get_xdata(), [1.2, 1.4, 1.6, 1.8, 2.0])
+  assert np.isnan(loss['run train'].get_ydata()[5:]).all()
+  y = acc['run train'].get_ydata()
+  assert np.isnan(y[2]) and np.isfinite(np.delete(y, 2)).all()  # The line breaks at step 30.
+  np.testing.assert_allclose(acc['run train not finite'].get_xdata(), [0.6])
+  legend = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+  assert legend == ['run', 'train', 'val', 'not finite (left out)']
+
+
+def test_the_ema_weights_validation_is_drawn_and_accuracy_is_in_percent(tmp_path, drawn):
+  """Under checkpoint.best_weights='ema' the summary's best is the EMA's, which no figure drew (a
+  review); the summary's percentages and the figure's fractions did not match either."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  def edit(rows):
+    for r in rows:
+      if 'val_accuracy' in r:
+        r['val_accuracy_ema'], r['val_loss_ema'] = r['val_accuracy'] + 0.05, r['val_loss'] - 0.1
+  _rewrite(run, edit)
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  acc = _lines(drawn[1])
+  np.testing.assert_allclose(acc['run val EMA'].get_ydata(), [15.0, 25.0])
+  np.testing.assert_allclose(acc['run val'].get_ydata(), [10.0, 20.0])
+  np.testing.assert_allclose(acc['run train'].get_ydata(), np.arange(10, 110, 10) / 4)
+  assert acc['run val EMA'].get_linestyle() == ':' and drawn[1].axes[0].get_ylabel() == 'top-1 accuracy (%)'
+  np.testing.assert_allclose(_lines(drawn[0])['run val EMA'].get_ydata(), [4.5 - 50 / 60 - 0.1,
+                                                                          4.5 - 100 / 60 - 0.1])
+  legend = [t.get_text() for t in drawn[1].axes[0].get_legend().get_texts()]
+  assert legend == ['run', 'train', 'val', 'val, EMA weights']
+
+
+def test_a_single_point_is_drawn_with_a_marker(tmp_path, drawn):
+  """A run with one training row had a legend entry and nothing drawn (a line of one point)."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  _rewrite(run, lambda rows: [rows[0]])
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  train = _lines(drawn[0])['run train']
+  assert train.get_marker() == 'o' and len(train.get_xdata()) == 1
+
+
+def test_the_legend_sits_beside_the_axes_names_each_run_once_and_shortens_long_names(tmp_path,
+                                                                                    drawn):
+  """Twelve runs' 24 entries had covered the curves, and a 120-character name had squeezed the
+  axes into half the figure (a review)."""
+  runs = [fake_run(tmp_path / f'run{i:02d}', 1 + i / 10) for i in range(11)]
+  runs.append(fake_run(tmp_path / ('long_' * 24), 1.0))
+  assert report.main([str(r) for r in runs] + ['--out', str(tmp_path / 'out')]) == 0
+  fig = drawn[0]
+  ax = fig.axes[0]
+  texts = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert texts[:11] == [f'run{i:02d}' for i in range(11)] and texts[12:] == ['train', 'val']
+  assert len(texts[11]) == 40 and texts[11].startswith('long_long') and '…' in texts[11]
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  legend_box = ax.get_legend().get_window_extent(renderer)
+  assert legend_box.x0 >= ax.get_window_extent(renderer).x1  # Beside the axes, not over them.
+  assert ax.get_position().width > 0.5  # The axes keep most of the figure's width.
