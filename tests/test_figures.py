@@ -47,6 +47,18 @@ def test_the_standard_mean_needs_all_15(tmp_path):
   assert figures.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r')['standard'] is None
 
 
+def test_files_of_unknown_corruption_say_so_instead_of_none_of_15_present(tmp_path, drawn):
+  """A DS542 set (distortionXX files, no corrupt_manifest.json naming their corruptions) had read
+  "only 0 of the 15 standard corruptions present" with all 19 there (a review)."""
+  table = _corruption_table([f'distortion{i:02d}' for i in range(19)])
+  for text in (figures.corruption_table_text(table),
+               (figures.plot_corruption_heatmap(table, tmp_path / 'c.png', 'r'),
+                drawn[0].axes[0].get_title())[1]):
+    assert ('standard mean (15 corruptions): n/a (the corruptions of 19 distortionXX files are '
+            'not known)') in text
+    assert 'only 0' not in text and '*' not in text
+
+
 def test_confusion_figure(tmp_path):
   rng = np.random.default_rng(0)
   cm = rng.integers(0, 5, (100, 100)) + np.eye(100, dtype=int) * 40

@@ -72,9 +72,12 @@ def corruption_means(table: dict[str, Any]) -> dict[str, Any]:
           'per_severity': [float(x) for x in data.mean(axis=0)]}
 
 
-def _mean_lines(means: dict) -> list[str]:
+def _mean_lines(means: dict, names) -> list[str]:
   n = len(ood.STANDARD_CORRUPTIONS)
+  unnamed = sum(bool(re.fullmatch(r'distortion\d\d', k)) for k in names)
   standard = (f'{100 * means["standard"]:.2f}%' if means['standard'] is not None else
+              # A DS542 set's files (no corrupt_manifest.json) had read "only 0 of the 15 present".
+              f'n/a (the corruptions of {unnamed} distortionXX files are not known)' if unnamed else
               f'n/a (only {means["num_standard"]} of the {n} standard corruptions present)')
   return [f'standard mean ({n} corruptions): {standard}',
           f'all-corruption mean ({means["num_all"]} corruptions): {100 * means["all"]:.2f}%']
@@ -108,7 +111,7 @@ def plot_corruption_heatmap(table: dict[str, list[float]], path: pathlib.Path,
   ax.set_xlabel('severity')
   extra = ('\n* not a standard corruption (left out of the standard mean)'
            if any(_extra(n) for n in names) else '')
-  ax.set_title(f'{run_name}: {title} top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means))
+  ax.set_title(f'{run_name}: {title} top-1 accuracy (%)\n' + '\n'.join(_mean_lines(means, names))
                + extra, fontsize=9)
   fig.colorbar(im, ax=ax, label='top-1 accuracy (%)')
   save(fig, path)
@@ -131,7 +134,7 @@ def corruption_table_text(table: dict[str, list[float]], run_name: str | None = 
                  + f' {accs.mean():6.2f}')
   lines.append(f'{"mean (all)":<{width}} ' + ' '.join(f'{100 * a:6.2f}' for a in means['per_severity'])
                + f' {100 * means["all"]:6.2f}')
-  lines += _mean_lines(means)
+  lines += _mean_lines(means, table)
   if any(_extra(n) for n in table):
     lines.append('* not a standard corruption (left out of the standard mean)')
   return '\n'.join(lines) + '\n'
