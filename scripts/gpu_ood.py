@@ -344,7 +344,8 @@ def main():
 if __name__ == '__main__':
   if len(sys.argv) == 4 and sys.argv[1] == 'replot':  # replot GPU_OOD.json OUT.png
     saved = json.loads(pathlib.Path(sys.argv[2]).read_text())
-    plot(saved, pathlib.Path(sys.argv[3]))
     print(table(saved))
+    if not plot(saved, pathlib.Path(sys.argv[3])):
+      print(f'no plot: {sys.argv[2]} holds no OOD numbers yet (a run cut short)')
   else:
     main()

@@ -4,36 +4,47 @@ written by a run cut short: `python3 scripts/gpu_ood.py replot JSON PNG`)."""
 import pathlib
 
 
-def plot(result: dict, path: pathlib.Path) -> None:
+def recipe(result: dict) -> str:
+  """The config and the --set overrides the run trained with (the title had said
+  configs/ood_best.py whatever --set changed: a review)."""
+  sets = (result.get('args') or {}).get('set') or []
+  return 'configs/ood_best.py' + (f" --set {' '.join(sets)}" if sets else '')
+
+
+def plot(result: dict, path: pathlib.Path) -> bool:
   """OOD accuracy per severity for each test-time tool, at severity 0 the clean accuracy of the
-  same split (validation rows dashed)."""
+  same split (validation rows dashed); False, and no file, while no tool has OOD numbers (a run
+  cut short: an empty axis had been drawn, or a KeyError raised)."""
+  rows = {name: r for name, r in (result.get('eval') or {}).items() if 'ood_per_severity' in r}
+  if not rows:
+    return False
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
-  for name, r in result['eval'].items():
-    if 'ood_per_severity' in r:
-      val = name.endswith('@val')
-      ys = [r['val_accuracy' if val else 'test_accuracy'], *r['ood_per_severity']]
-      ax.plot(range(6), [100 * y for y in ys], marker='o', linestyle='--' if val else '-',
-              label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
+  for name, r in rows.items():
+    val = name.endswith('@val')
+    ys = [r['val_accuracy' if val else 'test_accuracy'], *r['ood_per_severity']]
+    ax.plot(range(6), [100 * y for y in ys], marker='o', linestyle='--' if val else '-',
+            label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
   ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
   ax.set_xlabel('severity')
   ax.set_ylabel('top-1 accuracy (%)')
-  t = result['train']
-  ax.set_title(f"configs/ood_best.py, {result['epochs']} epochs ({t['seconds']:.0f} s of training)",
-               fontsize=10)
+  t = result.get('train')
+  trained = f"{t['seconds']:.0f} s of training" if t else 'training did not finish'
+  ax.set_title(f"{recipe(result)}, {result['epochs']} epochs ({trained})", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.savefig(path, dpi=110, bbox_inches='tight')
+  return True
 
 
 def table(result: dict) -> str:
   """The results as a Markdown table; also of a JSON written by a run cut short."""
   t = result.get('train')
   if t is None:
-    return f"configs/ood_best.py, {result['epochs']} epochs: training did not finish"
+    return f"{recipe(result)}, {result['epochs']} epochs: training did not finish"
   stopped = ' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''
-  lines = [f"configs/ood_best.py, {result['epochs']} epochs: {t['step']} steps in "
+  lines = [f"{recipe(result)}, {result['epochs']} epochs: {t['step']} steps in "
            f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
            f"'best' checkpoint (step {result.get('step')}), "
            f"{result.get('weights')} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "

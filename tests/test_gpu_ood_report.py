@@ -50,3 +50,31 @@ def test_the_gpu_plot_starts_each_line_at_the_clean_accuracy_of_its_own_split(tm
   assert list(test.get_ydata()) == pytest.approx([59, 70, 60, 50, 40, 30])
   assert (val.get_linestyle(), test.get_linestyle()) == ('--', '-')
   assert ax.get_title() == 'configs/ood_best.py, 30 epochs (600 s of training)'
+
+
+def test_a_json_cut_short_prints_its_table_and_draws_no_empty_plot(tmp_path):
+  """replot of a run cut before training ended had raised KeyError ('eval', then 'train'), and
+  one with no OOD numbers drew an empty axis (a review)."""
+  report = load_script('gpu_ood_report')
+  cut = {'epochs': 30, 'args': {'ood_limit': 500, 'set': []}}
+  assert report.plot(cut, tmp_path / 'a.png') is False and not (tmp_path / 'a.png').exists()
+  assert report.table(cut) == 'configs/ood_best.py, 30 epochs: training did not finish'
+  no_ood = {**_ood_result(), 'eval': {'y': {'skipped': 'no time'}}}
+  assert report.plot(no_ood, tmp_path / 'b.png') is False and not (tmp_path / 'b.png').exists()
+  untrained = {**_ood_result()}
+  del untrained['train']
+  assert report.plot(untrained, tmp_path / 'c.png') is True and (tmp_path / 'c.png').exists()
+
+
+def test_the_title_and_table_name_the_set_overrides(tmp_path, monkeypatch):
+  """Both had said configs/ood_best.py whatever --set changed (a review)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  report = load_script('gpu_ood_report')
+  result = _ood_result()
+  result['args']['set'] = ['augment.noise_prob=0', 'model.dtype=float32']
+  saved = []
+  monkeypatch.setattr(Figure, 'savefig', lambda fig, path, **kw: saved.append(fig))
+  report.plot(result, tmp_path / 'p.png')
+  recipe = 'configs/ood_best.py --set augment.noise_prob=0 model.dtype=float32, 30 epochs'
+  assert saved[0].axes[0].get_title() == f'{recipe} (600 s of training)'
+  assert report.table(result).startswith(f'{recipe}: 1500 steps in 600s')
