@@ -76,6 +76,11 @@ def plot(evals: list[dict], rows: list[str], best: str, seed: int, path: pathlib
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
   xs = np.arange(6)
+  right_rows = list(dict.fromkeys([best, 'report', *tta_rows]))
+  # One colour per row in both panels (each panel had its own cycle, so a row changed colour
+  # between them and another row took its colour: a review); tab10 cycles past ten rows.
+  palette = itertools.cycle(plt.get_cmap('tab10').colors)
+  color_of = {row: next(palette) for row in dict.fromkeys([*rows, *right_rows])}
   for row in rows:
     runs = sorted((e for e in evals if (e['row'], e['mode']) == (row, 'none')),
                   key=lambda e: e['seed'])
@@ -83,18 +88,16 @@ def plot(evals: list[dict], rows: list[str], best: str, seed: int, path: pathlib
       ys = 100 * np.array([[e['test_accuracy'], *e['ood_per_severity']] for e in runs])
       mean = ys.mean(0)
       err = None if len(runs) == 1 else [mean - ys.min(0), ys.max(0) - mean]
-      left.errorbar(xs, mean, yerr=err, marker='o', capsize=3,
+      left.errorbar(xs, mean, yerr=err, marker='o', capsize=3, color=color_of[row],
                     label=f'{row}{f" ({best_label})" if row == best else ""}, {len(runs)} seed(s)')
   styles = dict(zip(TTA_MODES, ('-', ':', '--', '-.', (0, (5, 1, 1, 1)))))
-  colors = ('tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:gray')
-  # Colours cycle: zip() had dropped every row after the sixth from the plot (an audit).
-  for row, color in zip(dict.fromkeys([best, 'report', *tta_rows]), itertools.cycle(colors)):
+  for row in right_rows:  # (zip() with six colours had dropped every row after the sixth: an audit.)
     for e in sorted((e for e in evals if e['row'] == row and e['seed'] == seed),
                     key=lambda e: TTA_MODES.index(e['mode'])):
       ys = 100 * np.array([e['test_accuracy'], *e['ood_per_severity']])
-      right.plot(xs, ys, color=color, linestyle=styles[e['mode']], marker='o', markersize=3,
+      right.plot(xs, ys, color=color_of[row], linestyle=styles[e['mode']], marker='o', markersize=3,
                  label=f'{row}: {e["mode"]}')
-  for ax, sub in ((left, 'training-time recipes (test-time: none)'),
+  for ax, sub in ((left, 'training-time recipes (test-time: none; bars: the range over seeds)'),
                   (right, f'test-time tools (seed {seed}; bn_adapt uses the test images)')):
     ax.set_xticks(xs, ['clean\n(test)', '1', '2', '3', '4', '5'])
     ax.set_xlabel('corruption severity (mean over the 19 distortions)')

@@ -232,3 +232,28 @@ def test_bad_flags_are_refused_before_any_work(table, argv, message, capsys):
 def test_rows_evaluated_outside_rows_are_reported(table):
   assert table.shown_rows(['report'], 'photo_ema', ['photo_ema', 'augmix']) == [
       'report', 'photo_ema', 'augmix']
+
+
+def test_a_row_has_one_colour_in_both_panels(table, tmp_path, monkeypatch):
+  """With best=augmix, augmix was orange on the left and green on the right, where green on the
+  left was another row (each panel had its own colours: a review)."""
+  report = load_script('robustness_report')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  figures = []
+  monkeypatch.setattr(plt, 'close', figures.append)
+  evals = [{'row': row, 'mode': mode, 'seed': 0, 'val_accuracy': .5, 'test_accuracy': .5,
+            'ood_accuracy': .3, 'ood_per_severity': [.3] * 5}
+           for row in ('report', 'augmix', 'augmix_jsd') for mode in ('none', 'flip')]
+  report.plot(evals, ['report', 'augmix', 'augmix_jsd'], 'augmix', 0, tmp_path / 'p.png', 't')
+  left, right = figures[0].axes
+  colour = {}
+  for line in right.get_lines():
+    colour.setdefault(line.get_label().split(':')[0], set()).add(line.get_color())
+  assert set(colour) == {'augmix', 'report'}
+  for container, label in zip(left.containers, left.get_legend_handles_labels()[1]):
+    row = label.split(' ')[0].rstrip(',')
+    mine = {container.lines[0].get_color()}
+    assert colour.get(row, mine) == mine, (row, colour)
+    colour[row] = mine
+  assert len({c for cs in colour.values() for c in cs}) == 3  # Three rows, three colours.
+
