@@ -130,10 +130,11 @@ def _class_names(config) -> tuple[list[str], list[str]]:
 
 
 def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, config,
-                   figure: pathlib.Path | None = None,
-                   draw_later: list | None = None) -> tuple[dict, dict]:
+                   figure: pathlib.Path | None = None, draw_later: list | None = None,
+                   run_name: str | None = None) -> tuple[dict, dict]:
   """(scalars, per-class details) of one split; draws the confusion matrix when `figure` is set
-  (with `draw_later`, appends the drawing to it instead, for when the evaluation completes)."""
+  (with `draw_later`, appends the drawing to it instead, for when the evaluation completes), its
+  title naming `run_name` as the heatmaps do."""
   scalars, log_p = inference.split_metrics(predictor, split, name)  # --bn_adapt: one chunk.
   pred, labels, num_classes = log_p.argmax(-1), split.labels, config.model.num_classes
   fine_names, coarse_names = _class_names(config)
@@ -149,7 +150,8 @@ def evaluate_split(predictor: Predictor, split: cifar100.Split, name: str, confi
   if figure is not None and jax.process_index() == 0:
     cm = metrics_lib.confusion_matrix(pred, labels, num_classes)
     draw = functools.partial(figures.plot_confusion, cm, figure,
-                             f'{name}: confusion (top-1 {scalars["accuracy"]:.3f})',
+                             f'{run_name + ": " if run_name else ""}{name} confusion (top-1 '
+                             f'{100 * scalars["accuracy"]:.2f}%, {len(labels):,} images)',
                              class_to_coarse, coarse_names)
     if draw_later is None:
       draw()
@@ -166,7 +168,7 @@ def is_part_of_test_set(data_cfg, test_size: int) -> bool:
 
 
 def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | None,
-                    draw_later: list) -> dict:
+                    draw_later: list, run_name: str) -> dict:
   """val_* and test_* numbers (per-class details for test); the splits are freed on return."""
   splits, result = cifar100.get_splits(config.data), {}
   test = splits['test']
@@ -177,7 +179,8 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
   for name in ('val', 'test'):
     if splits[name] is not None and len(splits[name]):
       figure = confusion_png if name == 'test' else None
-      scalars, details = evaluate_split(predictor, splits[name], name, config, figure, draw_later)
+      scalars, details = evaluate_split(predictor, splits[name], name, config, figure, draw_later,
+                                        run_name)
       result.update({f'{name}_{k}': v for k, v in scalars.items()})
       if name == 'test':
         result.update({f'{name}_{k}': v for k, v in details.items()})
@@ -278,7 +281,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   try:
     result.update(_evaluate_clean(predictor, config,
                                   workdir_path / f'confusion_{tag}.png' if keeps else None,
-                                  draw_later))
+                                  draw_later, f'{workdir_path.name} ({tag})'))
     if c_files:
       result.update(ood_sets.evaluate_cifar100c(
           predictor, cifar100c_dir, c_files,

@@ -87,6 +87,18 @@ def test_superclass_accuracy_uses_every_class_superclass_not_only_those_in_the_s
   assert list(details['per_superclass_accuracy'].values())[0] == 0.0
 
 
+def test_the_confusion_figure_names_the_run_its_tag_and_the_image_count(tmp_path, drawn):
+  """Every confusion PNG had read "test: confusion (top-1 0.131)", where the heatmaps beside it
+  name the run and the evaluation's tag (a visual review)."""
+  labels = np.array([3, 3, 5, 7], np.int32)
+  images = np.zeros((4, 32, 32, 3), np.uint8)
+  images[:, 0, 0, 0] = [3, 4, 5, 6]  # Two of four right.
+  evaluate.evaluate_split(_ChosenPredictor(), cifar100.Split(images, labels, None), 'test',
+                          default.get_config(), tmp_path / 'c.png', run_name='r50 (best_tta-flip)')
+  title = drawn[0].axes[0].get_title()
+  assert title == 'r50 (best_tta-flip): test confusion (top-1 50.00%, 4 images)'
+
+
 def test_ece_bins_are_closed_on_the_right():
   """A confidence exactly on a bin edge belongs to the bin below, (lo, hi] as the docstring and
   _ece_reference say (a mutation audit: the other side passed every test). Both samples fall in

@@ -92,7 +92,8 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
     handles += [Line2D([], [], color='0.3', linestyle=st, marker='o' if st != '-' else None,
                        markersize=3, label=STYLES[st]) for st in styles]
   if marked:
-    handles.append(Line2D([], [], color='0.3', linestyle='', marker='x', label='not finite (left out)'))
+    handles.append(Line2D([], [], color='0.3', linestyle='', marker='x',
+                          label='not finite (left out)'))
   if handles:
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
               ncol=1 if len(handles) <= 24 else 2, frameon=False)
@@ -106,8 +107,9 @@ def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathl
   run, times `scale`."""
   def lines(run):
     ema = any(r.get(f'val_{key}_ema') is not None for r in run['rows'])
-    return [(f'train_{key}', '-', f'{run["label"]} train'), (f'val_{key}', '--', f'{run["label"]} val')
-            ] + ([(f'val_{key}_ema', ':', f'{run["label"]} val EMA')] if ema else [])
+    label = run['label']
+    return [(f'train_{key}', '-', f'{label} train'), (f'val_{key}', '--', f'{label} val')] + (
+        [(f'val_{key}_ema', ':', f'{label} val EMA')] if ema else [])
   _plot_lines(runs, lines, ylabel, title, path, scale)
 
 
