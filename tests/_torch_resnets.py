@@ -12,10 +12,11 @@ torch = require_module('torch')
 torchvision = require_module('torchvision')
 
 
-def random_torch_resnet(arch: str, seed: int = 0):
-  """torchvision model with random weights and randomised BN affine params and running stats."""
+def random_torch_resnet(arch: str, seed: int = 0, **kwargs):
+  """torchvision model (`kwargs`: its constructor's, e.g. num_classes) with random weights and
+  randomised BN affine params and running stats."""
   torch.manual_seed(seed)
-  model = getattr(torchvision.models, arch)()
+  model = getattr(torchvision.models, arch)(**kwargs)
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, torch.nn.BatchNorm2d):

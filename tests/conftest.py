@@ -21,14 +21,15 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # The test files that take longest, longest first (worker-seconds of a clean-clone CI run on a
 # 2-core machine, 2026-12-05: 225 .. 14 s; every file of 14 s or more, so that no file of a minute
 # is left to the end in collection order; test_console placed by its ~43 s in an AVX2-only run,
-# about twice as slow, after it took the console tests of test_cli). README's command runs files
-# in this order (`--dist loadfile --no-loadscope-reorder`), so no long file starts last while the
-# other workers sit idle; by default xdist would start the files with the most tests first, which
-# are mostly quick ones.
+# about twice as slow, after it took the console tests of test_cli; test_step_parity by its ~45 s
+# on the AVX-512 machine, 2026-12-06). README's command runs files in this order (`--dist loadfile
+# --no-loadscope-reorder`), so no long file starts last while the other workers sit idle; by
+# default xdist would start the files with the most tests first, which are mostly quick ones.
 LONGEST_FIRST = ('test_trainer', 'test_resilience', 'test_multiprocess', 'test_multiprocess_eval',
                  'test_convert', 'test_bf16', 'test_models', 'test_workdir', 'test_evaluate',
                  'test_ema', 'test_tent', 'test_transfer', 'test_train_step', 'test_cli',
-                 'test_init_from', 'test_scan_blocks', 'test_gpu_ood', 'test_augment_pipeline',
+                 'test_init_from', 'test_scan_blocks', 'test_step_parity', 'test_gpu_ood',
+                 'test_augment_pipeline',
                  'test_benchmark', 'test_torch_step', 'test_grad_accum', 'test_api',
                  'test_bn_adapt', 'test_evaluate_faults', 'test_checkpoints', 'test_convert_safety',
                  'test_pretrained_weights', 'test_evaluate_resume', 'test_gpu_stage',
