@@ -272,6 +272,19 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
   assert 'ood_accuracy' not in json.loads(path.read_text())
 
 
+def test_an_older_versions_eval_json_without_weights_is_of_the_raw_weights(tmp_path):
+  """Versions before evaluate --weights wrote no 'weights' key; the same checkpoint evaluated
+  again had set their numbers aside as "another checkpoint's" (an upgrade audit)."""
+  path = tmp_path / 'eval_best.json'
+  old = {'checkpoint': 'best', 'step': 40, 'ood_accuracy': 0.25}
+  path.write_text(json.dumps(old))
+  eval_json.write(path, {'checkpoint': 'best', 'step': 40, 'weights': 'raw', 'test_accuracy': 0.5})
+  assert json.loads(path.read_text()) == {**old, 'weights': 'raw', 'test_accuracy': 0.5}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.eval.lock', 'eval_best.json']
+  eval_json.write(path, {'checkpoint': 'best', 'step': 40, 'weights': 'ema', 'test_accuracy': 0.6})
+  assert 'eval_best.step40.json' in [p.name for p in tmp_path.iterdir()]  # The EMA's: another.
+
+
 def test_evaluations_finishing_together_take_turns_on_the_eval_lock_file(tmp_path):
   """The lock had been an flock on the workdir folder, which NFS keeps within one host (a
   cluster audit); WORKDIR/.eval.lock, a regular file, is locked through the server (NFS itself

@@ -56,7 +56,10 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
       saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
                      and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
       if (isinstance(old, dict) and not saved_since
-          and all(old.get(k) == result[k] for k in ('step', 'weights'))
+          and old.get('step') == result['step']
+          # Versions before evaluate --weights (2026-11-30) evaluated the raw weights, unnamed: such
+          # a file had been set aside as "another checkpoint's" (an upgrade audit).
+          and old.get('weights', 'raw') == result['weights']
           and _checkpoint_key(old.get('checkpoint')) == _checkpoint_key(result['checkpoint'])):
         # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
         # kept another set's accuracy beside its own submission (an audit).
