@@ -12,8 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
+import jax_cifar
 from _tiny_run import config as _config
-from jax_cifar import atomic_folder, evaluate, interrupt
+from jax_cifar import atomic_folder, code_digest, evaluate, interrupt
 from jax_cifar.data import ood
 from jax_cifar.evaluation import inference, kept_predictions
 from jax_cifar.training import trainer
@@ -120,10 +121,11 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
   assert (run / 'run' / 'partial_latest').is_dir()  # The other tool's stay.
 
   # Inside one folder (the same tag): another config, a step saved again (a relaunch after a
-  # crash retrains it: other weights, same step number), each starts over; the same files named
-  # by a relative path resume.
+  # crash retrains it: other weights, same step number), other jax-cifar code (an upgrade between
+  # the stop and the resume: the version string had been the key, and it never changes between
+  # releases), each starts over; the same files named by a relative path resume.
   step_dir = next((run / 'run' / 'checkpoints' / 'latest').iterdir())
-  for change in ('config', 'step', None):
+  for change in ('config', 'step', 'code', None):
     with monkeypatch.context() as m:
       _crash_after(m, 'ood_file', 3)
       with pytest.raises(_Crash):
@@ -136,6 +138,8 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
       os.utime(step_dir, ns=(2, 2))
     with monkeypatch.context() as m:
       m.chdir(tmp_path)
+      if change == 'code':
+        m.setattr(code_digest, 'code_version', lambda: f'{jax_cifar.__version__}+0123456789ab')
       evaluate.evaluate(config, str(run / 'run'), 'latest', ood_dir='ood',
                         submission_csv=str(tmp_path / 'sub.csv'))
     assert len(_distortions(seen)) == (19 if change else 15), change

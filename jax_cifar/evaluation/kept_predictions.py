@@ -24,7 +24,7 @@ import zlib
 import jax
 import numpy as np
 
-from jax_cifar import atomic_folder, errors, parallel, tracking
+from jax_cifar import atomic_folder, code_digest, errors, parallel, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import ood
 
@@ -40,14 +40,14 @@ def fingerprint(f: ood.ImageFile) -> list:
 def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.ImageFile]) -> dict:
   """What the kept labels depend on: `result`'s checkpoint, step, weights and tools so far, the
   config, the devices, the step folder's mtime (a step saved again after a crash has other
-  weights), the versions, and the input files."""
-  import jax_cifar  # pylint: disable=g-import-not-at-top  (the package's version)
+  weights), jax-cifar's code (its version stays the same between releases) and jax's version, and
+  the input files."""
   try:
     saved = step_dir.stat().st_mtime_ns
   except OSError:
     saved = None
   return {**result, 'config': parallel.digest(config.to_dict()), 'devices': jax.device_count(),
-          'step_saved_ns': saved, 'versions': [jax_cifar.__version__, jax.__version__],
+          'step_saved_ns': saved, 'versions': [code_digest.code_version(), jax.__version__],
           'files': [fingerprint(f) for f in files]}
 
 
