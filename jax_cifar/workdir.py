@@ -21,7 +21,7 @@ from typing import Any
 
 from flax import traverse_util
 
-from jax_cifar import errors
+from jax_cifar import code_digest, errors
 
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
@@ -344,7 +344,8 @@ def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
   """Appends this launch to launches.jsonl and makes its config the run's config.json; returns
   the config.json it replaced (its text, None if there was none), for `restore_config`."""
   row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
-         'changed': {k: list(v) for k, v in changes.items()}, 'config': config}
+         'changed': {k: list(v) for k, v in changes.items()},
+         'jax_cifar': code_digest.code_version(), 'config': config}
   path = workdir / LAUNCHES_FILE
   try:
     with path.open('a+b') as f:

@@ -3,13 +3,14 @@ config.json read back, and launches.jsonl's rows, without training (the launches
 in test_workdir.py)."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from _train_cli import ROOT
-from jax_cifar import optim
+from jax_cifar import code_digest, optim
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.training import relaunch
@@ -328,3 +329,36 @@ def test_a_key_that_acts_under_the_new_config_only_is_a_change_of_the_relaunch(t
   new.optim.momentum = 0.5  # SGD's: inert under both launches' AdamW, so dropped.
   changes = relaunch.check_config_change(new, tmp_path, 100, 10, 300)
   assert set(changes) == {'optim.schedule', 'optim.end_lr_factor', 'train.allow_config_change'}, changes
+
+
+def test_a_resume_with_other_jax_cifar_code_says_so_and_each_launch_records_its_code(tmp_path,
+                                                                                     caplog):
+  """An upgrade between a stop and its resume had gone unsaid, and launches.jsonl did not record
+  which code ran (an upgrade audit): the version string stays 0.1.0 between releases, so the
+  record is code_digest's version + digest of the package's sources."""
+  config = default.get_config()
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict(), default=str))
+  workdir_lib.record_launch(tmp_path, json.loads(json.dumps(config.to_dict(), default=str)), 0, {})
+  now = code_digest.code_version()
+  assert re.fullmatch(r'\S+\+[0-9a-f]{12}', now), now
+  rows = [json.loads(l) for l in (tmp_path / 'launches.jsonl').read_text().splitlines()]
+  assert rows[-1]['jax_cifar'] == now
+
+  def said():
+    return [r.getMessage() for r in caplog.records if 'jax-cifar code' in r.getMessage()]
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(config, tmp_path, 100, 10, 300)
+  assert not said()  # The same code.
+  for recorded, shown in (('0.1.0+0123456789ab', '0.1.0+0123456789ab'),
+                          (None, 'a version that recorded none')):
+    rows[-1] = {k: v for k, v in rows[-1].items() if k != 'jax_cifar'}
+    if recorded:
+      rows[-1]['jax_cifar'] = recorded
+    (tmp_path / 'launches.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows)
+                                             + '{"torn')  # A torn last row: the one before counts.
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      relaunch.check_config_change(config, tmp_path, 100, 10, 300)
+    assert said() == [f'Resuming at step 100 with other jax-cifar code than the launch before '
+                      f'({shown} -> {now}): the run goes on, but is not bit-exact with one that '
+                      "ran on either code (launches.jsonl records each launch's)."], said()

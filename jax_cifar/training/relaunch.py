@@ -11,7 +11,7 @@ import pathlib
 
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, optim, tracking
+from jax_cifar import checkpoints, code_digest, config_validation, optim, tracking
 from jax_cifar import workdir as workdir_lib
 
 
@@ -66,6 +66,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
+  _say_other_code(workdir, start_step)
   if 'checkpoint.best_weights' in changes:  # Safe to change, but the kept best is not re-ranked.
     logging.warning("Resuming with checkpoint.best_weights %r -> %r: the kept 'best' checkpoint "
                     'was chosen by the %s weights\' val_accuracy, and a later step replaces it '
@@ -97,6 +98,36 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
                   '%.3g (was %.3g).', total_steps, old_total, start_step, rate,
                   float(old_schedule(start_step)))
   return changes
+
+
+def _previous_code_version(workdir: pathlib.Path) -> str | None:
+  """The jax-cifar code of the run's last recorded launch (code_digest.code_version); '' for a
+  launch of a version that recorded none; None when launches.jsonl has no readable row."""
+  try:
+    lines = (workdir / workdir_lib.LAUNCHES_FILE).read_text().splitlines()
+  except (OSError, UnicodeDecodeError):
+    return None
+  for line in reversed(lines):
+    try:
+      row = json.loads(line)
+    except (ValueError, RecursionError):  # A row torn by a full disk: the one before counts.
+      continue
+    if isinstance(row, dict):
+      version = row.get('jax_cifar', '')
+      return version if isinstance(version, str) else ''
+  return None
+
+
+def _say_other_code(workdir: pathlib.Path, start_step: int) -> None:
+  """Warns when the launch that saved the run ran other jax-cifar code: an upgrade between launches
+  is allowed, but its changes apply from this step (an upgrade audit: nothing had said so)."""
+  before, now = _previous_code_version(workdir), code_digest.code_version()
+  if before is None or before == now:
+    return
+  logging.warning('Resuming at step %d with other jax-cifar code than the launch before (%s -> '
+                  '%s): the run goes on, but is not bit-exact with one that ran on either code '
+                  '(%s records each launch\'s).', start_step,
+                  before or 'a version that recorded none', now, workdir_lib.LAUNCHES_FILE)
 
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
