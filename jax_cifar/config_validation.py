@@ -61,6 +61,12 @@ RANGES = {
     'ema.decay': (0.0, 1.0, True), 'ema.warmup_power': (0.0, None, True),
 }
 
+# Ranges of keys that only a launch reads (data loading, logging and checkpoint cadence): a run
+# that trained before a limit was added still loads (an upgrade audit: a run with data.worker_count
+# 300 had been refused by load_model and evaluate once the limit of 256 came).
+LAUNCH_ONLY_RANGES = ('data.worker_count', 'data.prefetch', 'train.log_every_steps',
+                      'train.eval_every_epochs', 'train.max_steps', 'checkpoint.every_steps',
+                      'checkpoint.keep')
 
 ConfigError = errors.ConfigError
 
@@ -79,7 +85,8 @@ def validate(config, *, launch: bool = True) -> None:
 
   launch=False reads a run that already trained (workdir.run_config, evaluate): the checks of
   what training would do with a value (augmentation ranges, momentum, label smoothing, Nesterov)
-  are skipped, so a run whose config predates one of them still loads."""
+  and the ranges of LAUNCH_ONLY_RANGES are skipped, so a run whose config predates one of them
+  still loads."""
   given = traverse_util.flatten_dict(config.to_dict(), sep='.')
   defaults = traverse_util.flatten_dict(default_config.get_config().to_dict(), sep='.')
   for key in given:
@@ -106,6 +113,8 @@ def validate(config, *, launch: bool = True) -> None:
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
       raise ConfigError(f'config key {key!r} must be a finite number, got {value!r}')
   for key, (low, high, low_inclusive) in RANGES.items():
+    if not launch and key in LAUNCH_ONLY_RANGES:
+      continue
     value = given[key]
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
       bounds = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}]"

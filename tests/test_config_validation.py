@@ -167,7 +167,8 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
   still load for evaluate, load_model and init_from (workdir.run_config)."""
   for flat in ({'optim.name': 'sgd', 'optim.momentum': 0.0, 'optim.nesterov': True},
                {'augment.blur_sigma': (0.1, 200.0)}, {'optim.label_smoothing': 1.0},
-               {'wandb.tags': (1, 2)}, {'augment.jpeg_quality': (20.5, 95)}):
+               {'wandb.tags': (1, 2)}, {'augment.jpeg_quality': (20.5, 95)},
+               {'data.worker_count': 300}):  # (Above the limit of 256 that came later.)
     with pytest.raises(config_validation.ConfigError):
       config_validation.validate(_config(**flat))
     config_validation.validate(_config(**flat), launch=False)
