@@ -228,9 +228,23 @@ def test_a_validation_fraction_that_rounds_to_zero_images_is_refused_before_a_st
   c.data.val_fraction = 0.3  # 0.3 x 2 rounds to 1: classes of two give one image to validation.
   splits = cifar100.get_splits(c.data, require_val=True)
   assert len(splits['val']) == 28 and len(splits['train']) == 100
-  c.data.val_fraction = 0.0
-  result = trainer.train_and_evaluate(c, str(tmp_path / 'all'))
-  assert result['step'] == 2
+  c.data.val_fraction, c.train.max_steps = 0.0, 1
+  assert trainer.train_and_evaluate(c, str(tmp_path / 'all'))['step'] == 1
+  # A run that trained with 0.25 (versions before 2026-12-02 allowed it: every image trained, best
+  # on test) had no way on: its own value refused, and 0 refused as a change (an upgrade audit).
+  # The error names the relaunch that resumes it.
+  saved = json.loads((tmp_path / 'all' / 'config.json').read_text())
+  saved['data']['val_fraction'] = 0.25
+  (tmp_path / 'all' / 'config.json').write_text(json.dumps(saved))
+  c.data.val_fraction, c.train.max_steps = 0.25, 2
+  with pytest.raises(trainer.errors.ConfigError, match='A run that trained with this value .* '
+                     'resumes with --config.data.val_fraction=0 '
+                     '--config.train.allow_config_change=true$'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'all'))
+  c.data.val_fraction, c.train.allow_config_change = 0.0, True
+  assert trainer.train_and_evaluate(c, str(tmp_path / 'all'))['step'] == 2
+  launches = (tmp_path / 'all' / 'launches.jsonl').read_text().splitlines()
+  assert json.loads(launches[-1])['start_step'] == 1  # Resumed, not started over.
 
 
 def test_fewer_classes_than_the_labels_is_refused_before_a_step(tmp_path):

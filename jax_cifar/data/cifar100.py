@@ -291,7 +291,9 @@ def get_splits(data_cfg: Any, *, require_val: bool = False) -> dict[str, Split |
           f'data.val_fraction={data_cfg.val_fraction} holds out no validation images: each class '
           f'gives round(val_fraction x its images), and the largest class has {largest}{few}; '
           f'give more than 1/{2 * max(largest, 1)}, or 0 to train on every image (the best '
-          'checkpoint is then picked on the test split)')
+          'checkpoint is then picked on the test split). A run that trained with this value '
+          '(versions before 2026-12-02 allowed it, and it trained on every image) resumes with '
+          '--config.data.val_fraction=0 --config.train.allow_config_change=true')
     train, val = full_train.subset(train_idx), full_train.subset(val_idx)
   if data_cfg.train_limit:
     train = train.subset(balanced_subset(train.labels, data_cfg.train_limit))
