@@ -242,6 +242,10 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     raise errors.ConfigError(
         f'--ood_dir: this model predicts model.num_classes={config.model.num_classes} classes, '
         f'and a submission\'s labels are CIFAR-100\'s 0..{submission.NUM_CLASSES - 1}')
+  if which == 'best' and weights == 'raw' and config.checkpoint.best_weights == 'ema':
+    logging.warning("%s's 'best' step was chosen by its EMA weights' accuracy "  # As load_model.
+                    "(checkpoint.best_weights='ema'); these are its raw weights: --weights ema or "
+                    'auto evaluates the ones that were ranked', workdir)
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
   which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.

@@ -168,9 +168,15 @@ def test_trainer_validates_the_ema_and_picks_best_by_it(tmp_path, caplog):
   from jax_cifar import evaluate  # pylint: disable=g-import-not-at-top
   best = max(rows, key=lambda r: r['val_accuracy_ema'])
   for weights, key in (('ema', 'val_accuracy_ema'), ('raw', 'val_accuracy')):
-    out = evaluate.evaluate(c, str(tmp_path), 'best', weights=weights)
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      out = evaluate.evaluate(c, str(tmp_path), 'best', weights=weights)
     assert out['step'] == best['step'] and out['weights'] == weights
     assert out['val_accuracy'] == pytest.approx(best[key], abs=1e-9), weights
+    # The raw weights of a best the EMA ranked: said, as load_model and init_from say it (evaluate
+    # had said nothing: an upgrade audit).
+    ranked = [r for r in caplog.records if "chosen by its EMA weights' accuracy" in r.getMessage()]
+    assert len(ranked) == (weights == 'raw'), weights
   assert (tmp_path / 'eval_best_ema.json').exists() and (tmp_path / 'eval_best.json').exists()
   # --weights auto takes whichever of the two was better on validation at that (best) step.
   out = evaluate.evaluate(c, str(tmp_path), 'best', weights='auto')
