@@ -78,10 +78,27 @@ def test_hyperparameter_table_lists_only_what_differs(tmp_path):
                        'seed'}
   assert rows['optim.name'] == '| optim.name | sgd | adam\\|w |'  # A '|' would split the cell.
   assert rows['optim.lr'] == '| optim.lr | 0.1 | 0.003 |'
-  assert rows['augment.mixup_alpha'] == '| augment.mixup_alpha | 0.2 | - |'  # Absent in b.
+  # Absent in b's config.json: its default (what a version before the key did), marked.
+  assert rows['augment.mixup_alpha'] == '| augment.mixup_alpha | 0.2 | 0.0* |'
   assert rows['seed'] == '| seed | 0 | 1 |'
+  assert "\\* not in that run's config.json (written by an older version): the default" in table
   for same in ('optim.schedule', 'model.name', 'model.width', 'train.batch_size'):
     assert same not in table
+
+
+def test_a_key_an_older_run_lacks_is_no_difference_where_the_other_has_its_default(tmp_path):
+  """Keys added since an older run (model.remat, train.grad_accum_steps, ...) had been listed as
+  differences ('-') against the same, default, value (an upgrade audit)."""
+  new = {**BASE_CONFIG, 'model': {**BASE_CONFIG['model'], 'remat': False},
+         'train': {**BASE_CONFIG['train'], 'grad_accum_steps': 1}}
+  fake_run(tmp_path / 'old', 1.0, config=BASE_CONFIG)
+  fake_run(tmp_path / 'new', 1.0, config=new)
+  assert report.config_differences([report.load_run(tmp_path / d) for d in ('old', 'new')]) == {}
+  new['train']['grad_accum_steps'] = 4
+  (tmp_path / 'new' / 'config.json').write_text(json.dumps(new))
+  runs = [report.load_run(tmp_path / d) for d in ('old', 'new')]
+  assert report.config_differences(runs) == {'train.grad_accum_steps': [('1', True), ('4', False)]}
+  assert '| train.grad_accum_steps | 1* | 4 |' in report.hyperparameter_table(runs)
 
 
 def _best_checkpoint(run, step: int, mtime: float):

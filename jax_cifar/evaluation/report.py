@@ -18,6 +18,7 @@ import sys
 from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
+from jax_cifar.configs import default as default_config
 from jax_cifar.data import cifar100
 from jax_cifar.evaluation import curves, stale_evals
 
@@ -207,24 +208,39 @@ def markdown_table(rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def config_differences(runs: list[dict]) -> dict[str, list[str | None]]:
-  """Dotted config keys whose values are not the same in every run -> each run's value as JSON
-  (None where the run's config.json lacks the key)."""
+def config_differences(runs: list[dict]) -> dict[str, list[tuple[str | None, bool]]]:
+  """Dotted config keys whose values are not the same in every run -> each run's (value as JSON,
+  whether it is the default standing in for a key its config.json lacks). A run of an older
+  version lacks the keys added since, whose defaults are what it did: they had been listed as
+  differences ('-') where the values were the same (an upgrade audit). None: no value at all."""
+  defaults = traverse_util.flatten_dict(
+      json.loads(json.dumps(default_config.get_config().to_dict(), default=str)), sep='.')
   flat = [traverse_util.flatten_dict(r['config'], sep='.') for r in runs]
   keys = sorted(set().union(*flat)) if flat else []
-  values = {k: [json.dumps(f[k], sort_keys=True) if k in f else None for f in flat] for k in keys}
-  return {k: v for k, v in values.items() if len(set(v)) > 1}
+
+  def value(f: dict, key: str) -> tuple[str | None, bool]:
+    if key in f:
+      return json.dumps(f[key], sort_keys=True), False
+    if f and key in defaults:  # (A run without a config.json has no version to speak of.)
+      return json.dumps(defaults[key], sort_keys=True), True
+    return None, False
+
+  values = {k: [value(f, k) for f in flat] for k in keys}
+  return {k: v for k, v in values.items() if len({json_value for json_value, _ in v}) > 1}
 
 
-def _config_cell(value: str | None) -> str:
-  """'-' for an absent key, a non-empty string without its JSON quotes, anything else as JSON."""
+def _config_cell(value: str | None, filled: bool = False) -> str:
+  """'-' for an absent key, a non-empty string without its JSON quotes, anything else as JSON;
+  a trailing * for a default standing in for a key the run's config.json lacks."""
   if value is None:
     return '-'
-  return _cell(json.loads(value) if value.startswith('"') and value != '""' else value)
+  return _cell(json.loads(value) if value.startswith('"') and value != '""' else value) + (
+      '*' if filled else '')
 
 
 def hyperparameter_table(runs: list[dict]) -> str:
-  """Markdown: one row per differing hyper-parameter, one column per run ('-' = key absent)."""
+  """Markdown: one row per differing hyper-parameter, one column per run ('-' = key absent, * =
+  the default of a key the run's config.json lacks)."""
   diffs = config_differences(runs)
   if len(runs) < 2:
     return 'One run: nothing to compare.\n'
@@ -233,7 +249,10 @@ def hyperparameter_table(runs: list[dict]) -> str:
   lines = ['| hyper-parameter | ' + ' | '.join(_cell(r['label']) for r in runs) + ' |',
            '| --- |' + ' --- |' * len(runs)]
   for key, vals in diffs.items():
-    lines.append(f'| {_cell(key)} | ' + ' | '.join(_config_cell(v) for v in vals) + ' |')
+    lines.append(f'| {_cell(key)} | ' + ' | '.join(_config_cell(*v) for v in vals) + ' |')
+  if any(filled for vals in diffs.values() for _, filled in vals):
+    lines.append('\n\\* not in that run\'s config.json (written by an older version): the '
+                 'default, which is what that version did.')
   return '\n'.join(lines) + '\n'
 
 
