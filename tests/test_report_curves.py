@@ -65,9 +65,10 @@ def test_training_curves_are_solid_and_validation_dashed_with_dots(tmp_path, dra
     np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 2.0])  # Epochs 1 and 2.
 
 
-def test_each_row_places_its_own_epoch_after_a_relaunch_with_another_batch_size(tmp_path, drawn):
-  """A relaunch at step 50 with twice the batch size: 25 steps per epoch from there. The first
-  row's epoch/step ratio had put the run's 3 epochs at 2 (and a review's 2 at 4.1)."""
+def test_each_row_is_drawn_at_its_own_epoch_when_the_steps_per_epoch_change(tmp_path, drawn):
+  """Epochs that count on at another rate from step 50 (25 steps per epoch from there): each row
+  at its own, the validation rows (which log none) between them. The first row's epoch/step ratio
+  had put the run's 3 epochs at 2 (and a review's relaunched 2 at 4.1: the next test)."""
   run = fake_run(tmp_path / 'run', 1.0)
   def edit(rows):
     for r in rows:
@@ -82,6 +83,27 @@ def test_each_row_places_its_own_epoch_after_a_relaunch_with_another_batch_size(
   # Validation rows log no epoch: at their step's, extended at the last rate past the last row.
   np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 3.0, 3.2])
   np.testing.assert_allclose(_lines(drawn[2])['run'].get_xdata()[-1], 3.0)
+
+
+def test_epochs_redefined_by_a_relaunch_put_the_curves_in_steps_and_say_why(tmp_path, drawn):
+  """What the trainer logs after a relaunch with half the batch size at step 50: from there a step
+  counts in the new batch's epochs (step 60 is epoch 60 / 100 = 0.6, where step 50 was 1.0 in the
+  old ones), so the epochs go back. Drawn against them the line would turn back; in steps it does
+  not, and the axis says why."""
+  runs = [fake_run(tmp_path / 'relaunched', 1.0), fake_run(tmp_path / 'other', 1.0)]
+  def edit(rows):
+    for r in rows:
+      if 'epoch' in r and r['step'] > 50:
+        r['epoch'] = r['step'] / 100
+  _rewrite(runs[0], edit)
+  assert report.main([str(r) for r in runs] + ['--out', str(tmp_path / 'out')]) == 0
+  for fig in drawn:
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == ('step (relaunched: epochs redefined by a relaunch with another batch '
+                               'size)')
+  np.testing.assert_allclose(_lines(drawn[0])['relaunched train'].get_xdata(),
+                             np.arange(10, 110, 10))
+  np.testing.assert_allclose(_lines(drawn[0])['other val'].get_xdata(), [50, 100])
 
 
 def test_a_diverged_run_breaks_its_curve_and_marks_the_steps_that_were_not_finite(tmp_path, drawn):

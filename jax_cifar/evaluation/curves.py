@@ -26,11 +26,11 @@ def run_colors(n: int) -> list[tuple[float, ...]]:
 
 def _epoch_of_step(rows: list[dict]) -> Callable[[np.ndarray], np.ndarray] | None:
   """steps -> epochs, piecewise linear through (0, 0) and the rows that log both (the training
-  rows), past the last such row at its last segment's rate; None when no row logs epochs. Each
-  row's own epoch counts: a relaunch with another batch size changes the rate (the first row's
-  ratio had put a run of 2 epochs at epoch 4.1, a review)."""
+  rows), past the last such row at its last segment's rate; None when no row logs epochs, or when
+  they go back (a relaunch with another batch size: from there a step counts in the new batch's
+  epochs, as its log says; the first row's ratio had put such a run's 2 epochs at 4.1, a review)."""
   known = {r['step']: r['epoch'] for r in rows if r.get('epoch') and r.get('step')}
-  if not known:
+  if not known or redefined_epochs(rows):
     return None
   steps, epochs = (np.array(v, float) for v in zip(*sorted({0: 0.0, **known}.items())))
 
@@ -38,6 +38,13 @@ def _epoch_of_step(rows: list[dict]) -> Callable[[np.ndarray], np.ndarray] | Non
     rate = (epochs[-1] - epochs[-2]) / (steps[-1] - steps[-2])
     return np.where(x > steps[-1], epochs[-1] + (x - steps[-1]) * rate, np.interp(x, steps, epochs))
   return to_epochs
+
+
+def redefined_epochs(rows: list[dict]) -> bool:
+  """Whether the logged epochs go back at some step (a relaunch with another batch size)."""
+  epochs = [e for _, e in sorted((r['step'], r['epoch']) for r in rows
+                                 if r.get('epoch') is not None and r.get('step') is not None)]
+  return any(b < a for a, b in zip(epochs, epochs[1:]))
 
 
 def _series(run: dict, key: str, to_x, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,12 +69,13 @@ STYLES = {'-': 'train', '--': 'val', ':': 'val, EMA weights'}
 def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
                 ylabel: str, title: str, path: pathlib.Path, scale: float = 1.0) -> None:
   """Every run's (column, line style, line label) lines on shared axes, one colour per run; x in
-  epochs when every run logs them, else in steps. The legend, beside the axes, names each run once
+  epochs when every run logs them (and none redefined them at a relaunch), else in steps. The legend, beside the axes, names each run once
   and each line style once; an x at the bottom marks a step whose value was not finite."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
   ax = fig.add_subplot()
   use_epochs = all(_epoch_of_step(r['rows']) for r in runs)
+  redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
   drawn_runs, styles, marked = [], [], False
   for run, color in zip(runs, run_colors(len(runs))):
     to_x = _epoch_of_step(run['rows']) if use_epochs else None
@@ -83,7 +91,9 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
         ax.plot(bad, np.full(len(bad), 0.02), 'x', color=color, transform=ax.get_xaxis_transform(),
                 label=f'{label} not finite')
         marked = True
-  ax.set_xlabel('epoch' if use_epochs else 'step')
+  ax.set_xlabel('epoch' if use_epochs else 'step' + (
+      f' ({_short(", ".join(redefined), 60)}: epochs redefined by a relaunch with another batch '
+      'size)' if redefined else ''))
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
