@@ -241,8 +241,8 @@ def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, 
       'warning: empty: metrics.jsonl holds no rows (a run stopped before its first log?): no '
       'curves and no training numbers for it'], warned
   loaded = report.load_run(run)
-  to_epochs = curves._epoch_of_step(loaded['rows'])  # pylint: disable=protected-access
-  x, y, bad = curves._series(loaded, 'train_loss', to_epochs, 1.0)  # pylint: disable=protected-access
+  per_step = curves.epochs_per_step(loaded['rows'])
+  x, y, bad = curves._series(loaded, 'train_loss', per_step, 1.0)  # pylint: disable=protected-access
   # Epochs from the rows with finite ones, also for the two without; the null (step 30) breaks
   # the line there and is marked (it had been left out, drawing a straight line over it).
   np.testing.assert_allclose(x, np.arange(10, 110, 10) / 50)

@@ -4,6 +4,7 @@ colour, and the legend; from small fake run folders (no training)."""
 import json
 
 import numpy as np
+import pytest
 
 from _fake_runs import fake_run
 from jax_cifar.evaluation import curves, report
@@ -65,42 +66,23 @@ def test_training_curves_are_solid_and_validation_dashed_with_dots(tmp_path, dra
     np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 2.0])  # Epochs 1 and 2.
 
 
-def test_each_row_is_drawn_at_its_own_epoch_when_the_steps_per_epoch_change(tmp_path, drawn):
-  """Epochs that count on at another rate from step 50 (25 steps per epoch from there): each row
-  at its own, the validation rows (which log none) between them. The first row's epoch/step ratio
-  had put the run's 3 epochs at 2 (and a review's relaunched 2 at 4.1: the next test)."""
-  run = fake_run(tmp_path / 'run', 1.0)
-  def edit(rows):
-    for r in rows:
-      if 'epoch' in r and r['step'] > 50:
-        r['epoch'] = 1 + (r['step'] - 50) / 25
-    return rows + [{'step': 105, 'val_loss': 1.0, 'val_accuracy': 0.5}]  # past the last train row
-  _rewrite(run, edit)
-  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
-  lines = _lines(drawn[0])
-  np.testing.assert_allclose(lines['run train'].get_xdata(),
-                             [0.2, 0.4, 0.6, 0.8, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0])
-  # Validation rows log no epoch: at their step's, extended at the last rate past the last row.
-  np.testing.assert_allclose(lines['run val'].get_xdata(), [1.0, 3.0, 3.2])
-  np.testing.assert_allclose(_lines(drawn[2])['run'].get_xdata()[-1], 3.0)
-
-
-def test_epochs_redefined_by_a_relaunch_put_the_curves_in_steps_and_say_why(tmp_path, drawn):
-  """What the trainer logs after a relaunch with half the batch size at step 50: from there a step
-  counts in the new batch's epochs (step 60 is epoch 60 / 100 = 0.6, where step 50 was 1.0 in the
-  old ones), so the epochs go back. Drawn against them the line would turn back; in steps it does
-  not, and the axis says why."""
+@pytest.mark.parametrize('steps_per_epoch', [25, 100])
+def test_epochs_redefined_by_a_relaunch_put_the_curves_in_steps_and_say_why(tmp_path, drawn,
+                                                                            steps_per_epoch):
+  """What the trainer logs after a relaunch at step 50 with twice (25 steps per epoch) or half
+  (100) the batch size: from there a step counts in the new batch's epochs (step 60: epoch 2.4 or
+  0.6, where step 50 was 1.0), so the epochs leap or go back. The first row's ratio had drawn such
+  a run's 2 epochs out to 4.1 (a review); in steps the curves run on, and the axis says why."""
   runs = [fake_run(tmp_path / 'relaunched', 1.0), fake_run(tmp_path / 'other', 1.0)]
   def edit(rows):
     for r in rows:
       if 'epoch' in r and r['step'] > 50:
-        r['epoch'] = r['step'] / 100
+        r['epoch'] = r['step'] / steps_per_epoch
   _rewrite(runs[0], edit)
   assert report.main([str(r) for r in runs] + ['--out', str(tmp_path / 'out')]) == 0
   for fig in drawn:
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == ('step (relaunched: epochs redefined by a relaunch with another batch '
-                               'size)')
+    assert fig.axes[0].get_xlabel() == ('step (relaunched: epochs redefined by a relaunch with '
+                                        'another batch size)')
   np.testing.assert_allclose(_lines(drawn[0])['relaunched train'].get_xdata(),
                              np.arange(10, 110, 10))
   np.testing.assert_allclose(_lines(drawn[0])['other val'].get_xdata(), [50, 100])

@@ -24,36 +24,34 @@ def run_colors(n: int) -> list[tuple[float, ...]]:
   return [matplotlib.colormaps['turbo'](x) for x in np.linspace(0.0, 1.0, n)]
 
 
-def _epoch_of_step(rows: list[dict]) -> Callable[[np.ndarray], np.ndarray] | None:
-  """steps -> epochs, piecewise linear through (0, 0) and the rows that log both (the training
-  rows), past the last such row at its last segment's rate; None when no row logs epochs, or when
-  they go back (a relaunch with another batch size: from there a step counts in the new batch's
-  epochs, as its log says; the first row's ratio had put such a run's 2 epochs at 4.1, a review)."""
-  known = {r['step']: r['epoch'] for r in rows if r.get('epoch') and r.get('step')}
-  if not known or redefined_epochs(rows):
-    return None
-  steps, epochs = (np.array(v, float) for v in zip(*sorted({0: 0.0, **known}.items())))
-
-  def to_epochs(x: np.ndarray) -> np.ndarray:
-    rate = (epochs[-1] - epochs[-2]) / (steps[-1] - steps[-2])
-    return np.where(x > steps[-1], epochs[-1] + (x - steps[-1]) * rate, np.interp(x, steps, epochs))
-  return to_epochs
+def epochs_per_step(rows: list[dict]) -> float | None:
+  """The run's epochs per step (1 / its steps per epoch) when its rows log epochs at one rate;
+  None when no row logs one, or when the rate changes (redefined_epochs)."""
+  rates = _rates(rows)
+  return None if not rates or redefined_epochs(rows) else rates[0]
 
 
 def redefined_epochs(rows: list[dict]) -> bool:
-  """Whether the logged epochs go back at some step (a relaunch with another batch size)."""
-  epochs = [e for _, e in sorted((r['step'], r['epoch']) for r in rows
-                                 if r.get('epoch') is not None and r.get('step') is not None)]
-  return any(b < a for a, b in zip(epochs, epochs[1:]))
+  """Whether the rows' epochs per step change: after a relaunch with another batch size the trainer
+  counts a step in the new batch's epochs, so its epochs jump (back, or forward) there. Drawn
+  against them the curves had turned back or leapt; the first row's ratio had put such a run's 2
+  epochs at 4.1 (a review)."""
+  rates = _rates(rows)
+  return any(abs(r - rates[0]) > 1e-9 * rates[0] for r in rates)
 
 
-def _series(run: dict, key: str, to_x, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rates(rows: list[dict]) -> list[float]:
+  return [r['epoch'] / r['step'] for r in rows if r.get('epoch') and r.get('step')]
+
+
+def _series(run: dict, key: str, per_step: float | None,
+            scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(x, y, x of the steps where `key` was not finite): y is NaN there, so the line breaks (a run
   that diverged had looked like one that stopped, a gap like a straight stretch: a review)."""
   pts = sorted([(r['step'], r[key] * scale) for r in run['rows'] if r.get(key) is not None]
                + [(s, math.nan) for s in run['nonfinite'].get(key, ())])
   steps = np.array([p[0] for p in pts], float)
-  x = to_x(steps) if to_x else steps
+  x = steps * per_step if per_step else steps  # In epochs, or steps.
   y = np.array([p[1] for p in pts], float)
   return x, y, x[np.isnan(y)]
 
@@ -74,13 +72,13 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
   ax = fig.add_subplot()
-  use_epochs = all(_epoch_of_step(r['rows']) for r in runs)
+  use_epochs = all(epochs_per_step(r['rows']) for r in runs)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
   drawn_runs, styles, marked = [], [], False
   for run, color in zip(runs, run_colors(len(runs))):
-    to_x = _epoch_of_step(run['rows']) if use_epochs else None
+    per_step = epochs_per_step(run['rows']) if use_epochs else None
     for column, style, label in lines(run):
-      x, y, bad = _series(run, column, to_x, scale)
+      x, y, bad = _series(run, column, per_step, scale)
       if np.isfinite(y).any():
         one = np.isfinite(y).sum() == 1  # A single point is a marker (a line of one is invisible).
         ax.plot(x, y, style, color=color, marker='o' if style != '-' or one else None,
