@@ -3,10 +3,13 @@ OUT/severity.png, from the records its runs wrote."""
 
 from __future__ import annotations
 
-import itertools
 import pathlib
+import sys
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from jax_cifar.evaluation import curves  # noqa: E402  pylint: disable=wrong-import-position
 
 BEST_LABEL = 'best on val'  # The best row's label when validation chose it.
 TTA_MODES = ('none', 'flip', 'shifts', 'bn_adapt', 'shifts+bn_adapt')
@@ -78,9 +81,9 @@ def plot(evals: list[dict], rows: list[str], best: str, seed: int, path: pathlib
   xs = np.arange(6)
   right_rows = list(dict.fromkeys([best, 'report', *tta_rows]))
   # One colour per row in both panels (each panel had its own cycle, so a row changed colour
-  # between them and another row took its colour: a review); tab10 cycles past ten rows.
-  palette = itertools.cycle(plt.get_cmap('tab10').colors)
-  color_of = {row: next(palette) for row in dict.fromkeys([*rows, *right_rows])}
+  # between them and another row took its colour: a review), distinct for every row.
+  every_row = list(dict.fromkeys([*rows, *right_rows]))
+  color_of = dict(zip(every_row, curves.run_colors(len(every_row))))  # (tab10 repeats past ten.)
   for row in rows:
     runs = sorted((e for e in evals if (e['row'], e['mode']) == (row, 'none')),
                   key=lambda e: e['seed'])
