@@ -24,3 +24,8 @@ def fake_run(path, name_scale: float, test_accuracy=None, config=None, lr=0.1):
     (path / 'eval_best.json').write_text(json.dumps({'test_accuracy': test_accuracy,
                                                      'ood_accuracy': 0.1234}))
   return path
+
+
+def section(md: str, heading: str) -> str:
+  """The text of summary.md's `## heading` section (up to the next section or figure)."""
+  return md.split(f'## {heading}\n', 1)[1].split('\n## ', 1)[0].split('![', 1)[0]

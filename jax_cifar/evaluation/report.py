@@ -63,7 +63,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     notes.append(f'{label}: {tracking.METRICS_FILE} holds no rows (a run stopped before its first '
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
-          'nonfinite': _nonfinite_steps(raw),
+          'nonfinite': _nonfinite_steps(raw), 'unread_sections': odd,
           'evals': {p.stem: _read_json(p) for p in stale_evals.eval_files(run_dir)}, 'warnings': notes}
 
 
@@ -218,14 +218,15 @@ def config_differences(runs: list[dict]) -> dict[str, list[tuple[str | None, boo
   flat = [traverse_util.flatten_dict(r['config'], sep='.') for r in runs]
   keys = sorted(set().union(*flat)) if flat else []
 
-  def value(f: dict, key: str) -> tuple[str | None, bool]:
+  def value(run: dict, f: dict, key: str) -> tuple[str | None, bool]:
     if key in f:
       return json.dumps(f[key], sort_keys=True), False
-    if f and key in defaults:  # (A run without a config.json has no version to speak of.)
+    # Not for a run without a config.json, nor in a section left out as unreadable: '-'.
+    if key in defaults and f and key.split('.')[0] not in run.get('unread_sections', ()):
       return json.dumps(defaults[key], sort_keys=True), True
     return None, False
 
-  values = {k: [value(f, k) for f in flat] for k in keys}
+  values = {k: [value(r, f, k) for r, f in zip(runs, flat)] for k in keys}
   return {k: v for k, v in values.items() if len({json_value for json_value, _ in v}) > 1}
 
 
@@ -251,8 +252,8 @@ def hyperparameter_table(runs: list[dict]) -> str:
   for key, vals in diffs.items():
     lines.append(f'| {_cell(key)} | ' + ' | '.join(_config_cell(*v) for v in vals) + ' |')
   if any(filled for vals in diffs.values() for _, filled in vals):
-    lines.append('\n\\* not in that run\'s config.json (written by an older version): the '
-                 'default, which is what that version did.')
+    lines.append('\n\\* not in that run\'s config.json: the default (for a key added since the '
+                 'version that wrote the file, what that version did).')
   return '\n'.join(lines) + '\n'
 
 
