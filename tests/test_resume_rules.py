@@ -362,3 +362,12 @@ def test_a_resume_with_other_jax_cifar_code_says_so_and_each_launch_records_its_
     assert said() == [f'Resuming at step 100 with other jax-cifar code than the launch before '
                       f'({shown} -> {now}): the run goes on, but is not bit-exact with one that '
                       "ran on either code (launches.jsonl records each launch's)."], said()
+  # A launch of the new code that failed at step 100 before its first save trained none of the
+  # steps resumed from: the launch before it did, with the old code (a review).
+  (tmp_path / 'launches.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in (
+      {**rows[-1], 'jax_cifar': '0.1.0+0123456789ab'},
+      {**rows[-1], 'start_step': 100, 'jax_cifar': now})))
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(config, tmp_path, 100, 10, 300)
+  assert len(said()) == 1 and '(0.1.0+0123456789ab -> ' in said()[0], said()

@@ -100,9 +100,11 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   return changes
 
 
-def _previous_code_version(workdir: pathlib.Path) -> str | None:
-  """The jax-cifar code of the run's last recorded launch (code_digest.code_version); '' for a
-  launch of a version that recorded none; None when launches.jsonl has no readable row."""
+def _previous_code_version(workdir: pathlib.Path, start_step: int) -> str | None:
+  """The jax-cifar code (code_digest.code_version) of the launch that trained the steps resumed
+  from: the last recorded launch that started before `start_step` (a later one that failed before
+  its first save trained none of them; a review); '' for a version that recorded none; None when
+  launches.jsonl has no such readable row."""
   try:
     lines = (workdir / workdir_lib.LAUNCHES_FILE).read_text().splitlines()
   except (OSError, UnicodeDecodeError):
@@ -112,16 +114,18 @@ def _previous_code_version(workdir: pathlib.Path) -> str | None:
       row = json.loads(line)
     except (ValueError, RecursionError):  # A row torn by a full disk: the one before counts.
       continue
-    if isinstance(row, dict):
+    if isinstance(row, dict) and isinstance(row.get('start_step'), int) and (
+        row['start_step'] < start_step):
       version = row.get('jax_cifar', '')
       return version if isinstance(version, str) else ''
   return None
 
 
 def _say_other_code(workdir: pathlib.Path, start_step: int) -> None:
-  """Warns when the launch that saved the run ran other jax-cifar code: an upgrade between launches
-  is allowed, but its changes apply from this step (an upgrade audit: nothing had said so)."""
-  before, now = _previous_code_version(workdir), code_digest.code_version()
+  """Warns when the launch that trained the steps resumed from ran other jax-cifar code: an upgrade
+  between launches is allowed, but its changes apply from this step (an upgrade audit: nothing had
+  said so)."""
+  before, now = _previous_code_version(workdir, start_step), code_digest.code_version()
   if before is None or before == now:
     return
   logging.warning('Resuming at step %d with other jax-cifar code than the launch before (%s -> '
