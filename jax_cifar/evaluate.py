@@ -282,20 +282,21 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
   # during the OOD files had left a figure of an evaluation that never finished (an audit).
   draw_later = []
+  run_name = f'{workdir_path.resolve().name} ({tag})'  # (resolved: `--workdir .` had named none)
   try:
     result.update(_evaluate_clean(predictor, config,
                                   workdir_path / f'confusion_{tag}.png' if keeps else None,
-                                  draw_later, f'{workdir_path.name} ({tag})'))
+                                  draw_later, run_name))
     if c_files:
       result.update(ood_sets.evaluate_cifar100c(
           predictor, cifar100c_dir, c_files,
           workdir_path / f'cifar100c_{tag}.png' if keeps else None,
-          run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later, kept=kept))
+          run_name=run_name, draw_later=draw_later, kept=kept))
     if ood_files:  # Last: a stop or a failure before it keeps an existing CSV, as main() says.
       result.update(ood_sets.predict_submission(
           predictor, ood_dir, csv_path, ood_files,
           workdir_path / f'ood_{tag}.png' if keeps else None,
-          run_name=f'{workdir_path.name} ({tag})', draw_later=draw_later, kept=kept))
+          run_name=run_name, draw_later=draw_later, kept=kept))
     if keeps and jax.process_index() == 0:
       eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
   except BaseException as e:

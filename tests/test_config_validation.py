@@ -174,6 +174,8 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
     config_validation.validate(_config(**flat), launch=False)
   with pytest.raises(config_validation.ConfigError, match="'optim.lr'"):  # The rest still holds.
     config_validation.validate(_config(**{'optim.lr': -1.0}), launch=False)
+  # Each key skipped is one whose range is checked at a launch (a misspelt one would skip nothing).
+  assert set(config_validation.LAUNCH_ONLY_RANGES) <= set(config_validation.RANGES)
 
 
 def test_keys_that_do_nothing_under_a_config_are_named_not_refused():

@@ -250,3 +250,12 @@ def test_after_a_failed_keep_the_earlier_files_are_named_and_cleared(tmp_path, c
   monkeypatch.undo()
   kept.clear()  # The evaluation ended: the folder goes, even after the failure.
   assert not (tmp_path / 'partial_best').exists() and not list(tmp_path.iterdir())
+
+
+def test_figures_of_workdir_dot_name_the_run(run, monkeypatch, drawn):
+  """`evaluate --workdir .` had titled its figures " (latest): ..." (the name of '.' is empty)."""
+  monkeypatch.chdir(run / 'run')
+  evaluate.evaluate(_config(), '.', 'latest', ood_dir=str(run / 'ood'),
+                    submission_csv=str(run / 'dot.csv'))
+  titles = [fig.axes[0].get_title() for fig in drawn]
+  assert len(titles) == 2 and all(t.startswith('run (latest): ') for t in titles), titles

@@ -6,9 +6,9 @@ from conftest import load_script
 
 
 def _ood_result():
-  row = lambda val, test, ood, sev, ips, s: {'val_accuracy': val, 'test_accuracy': test,  # pylint: disable=unnecessary-lambda-assignment
-                                             'ood_accuracy': ood, 'ood_per_severity': sev,
-                                             'ood_images_per_sec': ips, 'seconds': s}
+  def row(val, test, ood, sev, ips, s):
+    return {'val_accuracy': val, 'test_accuracy': test, 'ood_accuracy': ood,
+            'ood_per_severity': sev, 'ood_images_per_sec': ips, 'seconds': s}
   return {'epochs': 30, 'step': 1234, 'weights': 'ema', 'args': {'ood_limit': 500},
           'train': {'step': 1500, 'seconds': 600.4, 'images_per_sec_median': 2500.0,
                     'stopped_by_deadline': False},

@@ -44,7 +44,8 @@ def random_backbone_note(config, resume_step: int) -> str | None:
 
 
 def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
-           num_train: int, steps_per_epoch: int, total_steps: int, launch: dict, stop: dict):
+                   num_train: int, steps_per_epoch: int, total_steps: int, launch: dict,
+                   stop: dict):
   """(state, graphdef, its step) to train from: the latest step when resuming, else a new state;
   on the way the config change is checked, the notes said, an old best set aside and the launch
   recorded."""
