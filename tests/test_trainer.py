@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jax_cifar.configs import default, smoke
-from jax_cifar import tracking
+from jax_cifar import optim, tracking
 from jax_cifar.evaluation import inference
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
@@ -174,6 +174,12 @@ def test_the_last_step_logs_a_train_row_even_off_the_log_cadence(tmp_path):
   rows = [r for r in tracking.read_metrics(tmp_path) if 'train_loss' in r]
   assert [r['step'] for r in rows] == [2, 4, 6, 8, 9]
   assert rows[-1]['window_steps'] == 1 and 'window_steps' not in rows[-2]
+  # A row's learning rate is its last step's, so Figure 3 draws the schedule (the window's mean
+  # had drawn the warm-up's peak lower and later: a visual review). Step s's update used
+  # schedule(s - 1).
+  _, schedule = optim.make_optimizer(c.optim, 9, 6)
+  np.testing.assert_allclose([r['learning_rate'] for r in rows],
+                             [float(schedule(r['step'] - 1)) for r in rows], rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -279,11 +279,11 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   curves.plot_curves(runs, 'accuracy', 'top-1 accuracy (%)',
                      'Figure 2: training and validation accuracy', fig2, scale=100)
   has_lr = curves.plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
-  note = ('Training curves (solid) are running means over each logging interval (with augmentation '
-          'and mixup, if any); validation points (dashed; dotted: the EMA weights) are full passes; '
-          'an x on the bottom edge marks a logged value that was not finite. Train time is from the logged '
-          'images/s (compile and evaluation excluded). Numbers are from eval_best.json when '
-          'present.\n')
+  note = ('Training curves (solid) are running means over each logging interval (with '
+          'augmentation and mixup, if any; the learning rate is its last step\'s); validation '
+          'points (dashed; dotted: the EMA weights) are full passes; an x on the bottom edge marks '
+          'a logged value that was not finite. Train time is from the logged images/s (compile '
+          'and evaluation excluded). Numbers are from eval_best.json when present.\n')
   text = ['# Runs\n', tables[0], note, '## Hyper-parameters that differ\n', tables[1]]
   if warnings:
     text += ['## Warnings\n', ''.join(f'- {w}\n' for w in warnings)]

@@ -185,8 +185,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       # A run stopped by max_steps logs no extra train row (a resumed run's train rows equal the
       # uninterrupted run's) but ends with an evaluation, as at the end of training.
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        summary = {k: float(np.mean(v)) for k, v in jax.device_get(
-            jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()}
+        window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
+        summary = {k: float(np.mean(v)) for k, v in window.items()}
+        if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
+          summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
         _check_finite(current(), config, ckpts)
         now = time.perf_counter()
         if len(pending) > untimed:
