@@ -243,11 +243,16 @@ def run_config(run_dir: str | pathlib.Path):
   return config
 
 
+def flat_defaults() -> dict:
+  """The default config flattened as its config.json would hold it (JSON values, dotted keys)."""
+  from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
+  return flatten(json.loads(json.dumps(default.get_config().to_dict(), default=str)))
+
+
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """{key: (old, new)} for every key whose value differs. A key the old run's config.json lacks
   (added to jax-cifar since) had its default value then."""
-  from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
-  defaults = flatten(json.loads(json.dumps(default.get_config().to_dict(), default=str)))
+  defaults = flat_defaults()
   a, b = flatten(old), flatten(new)
   a.update({k: defaults[k] for k in b if k not in a and k in defaults})
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

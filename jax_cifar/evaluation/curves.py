@@ -1,6 +1,7 @@
 """The report's learning curves: every run's training and validation lines on shared axes (x in
-epochs, each row at its own), one colour per run, the legend beside the axes, and the logged
-values that were not finite marked where the line breaks."""
+epochs at each run's steps-per-epoch, or in steps when a run's epochs were redefined), one colour
+per run, the legend beside the axes, and the logged values that were not finite marked where the
+line breaks."""
 
 from __future__ import annotations
 
@@ -67,16 +68,18 @@ STYLES = {'-': 'train', '--': 'val', ':': 'val, EMA weights'}
 def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
                 ylabel: str, title: str, path: pathlib.Path, scale: float = 1.0) -> None:
   """Every run's (column, line style, line label) lines on shared axes, one colour per run; x in
-  epochs when every run logs them (and none redefined them at a relaunch), else in steps. The legend, beside the axes, names each run once
-  and each line style once; an x at the bottom marks a step whose value was not finite."""
+  epochs when every run logs them (and none redefined them at a relaunch), else in steps. The
+  legend, beside the axes, names each run once and each line style once; an x at the bottom marks a
+  step whose value was not finite."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
   ax = fig.add_subplot()
-  use_epochs = all(epochs_per_step(r['rows']) for r in runs)
+  rates = [epochs_per_step(r['rows']) for r in runs]
+  use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
   drawn_runs, styles, marked = [], [], False
-  for run, color in zip(runs, run_colors(len(runs))):
-    per_step = epochs_per_step(run['rows']) if use_epochs else None
+  for run, color, rate in zip(runs, run_colors(len(runs)), rates):
+    per_step = rate if use_epochs else None
     for column, style, label in lines(run):
       x, y, bad = _series(run, column, per_step, scale)
       if np.isfinite(y).any():

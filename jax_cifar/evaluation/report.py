@@ -18,7 +18,6 @@ import sys
 from flax import traverse_util
 
 from jax_cifar import cli, errors, tracking, workdir
-from jax_cifar.configs import default as default_config
 from jax_cifar.data import cifar100
 from jax_cifar.evaluation import curves, stale_evals
 
@@ -213,8 +212,7 @@ def config_differences(runs: list[dict]) -> dict[str, list[tuple[str | None, boo
   whether it is the default standing in for a key its config.json lacks). A run of an older
   version lacks the keys added since, whose defaults are what it did: they had been listed as
   differences ('-') where the values were the same (an upgrade audit). None: no value at all."""
-  defaults = traverse_util.flatten_dict(
-      json.loads(json.dumps(default_config.get_config().to_dict(), default=str)), sep='.')
+  defaults = workdir.flat_defaults()
   flat = [traverse_util.flatten_dict(r['config'], sep='.') for r in runs]
   keys = sorted(set().union(*flat)) if flat else []
 
