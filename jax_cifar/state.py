@@ -24,7 +24,7 @@ from jax_cifar.augment import pipeline as augment
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # int32 scalar: optimizer updates done so far.
+  step: jax.Array  # int32 scalar: train steps taken, a skipped non-finite one included.
   params: Any  # nnx.State of nnx.Param.
   batch_stats: Any  # nnx.State of everything else (BatchNorm running statistics).
   opt_state: Any

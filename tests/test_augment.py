@@ -252,6 +252,22 @@ def test_magnitude_bins_match_torchvision(policy):
     np.testing.assert_array_equal(ours[name][0], mags.astype(np.float32), err_msg=name)
 
 
+def test_randaugment_applies_num_ops_and_refuses_uniforms_for_another_count(images):
+  """num_ops ops, each drawn from its own two uniforms: three Identity draws leave the image as it
+  is, and a third op drawn as Equalize equalizes it; uniforms for another op count are refused."""
+  names = list(aa.augmentation_space('randaugment', 31, (32, 32)))
+  at = lambda name: (names.index(name) + 0.5) / len(names)  # A uniform that draws `name`.
+  image = jnp.asarray(images[3])
+  u = jnp.asarray([at('Identity'), 0.3] * 3, jnp.float32)
+  np.testing.assert_array_equal(aa.randaugment(u, image, num_ops=3), image)
+  u = u.at[4].set(at('Equalize'))
+  equalized = aa.apply_op(image, aa.OP_NAMES.index('Equalize'), jnp.float32(0))
+  assert (np.asarray(equalized) != images[3]).any()
+  np.testing.assert_array_equal(aa.randaugment(u, image, num_ops=3), equalized)
+  with pytest.raises(ValueError, match=r'num_ops=3 takes 6 uniforms.*shape \(4,\)'):
+    aa.randaugment(u[:4], image, num_ops=3)
+
+
 # ----------------------------------------------------------------------------- policy sampling
 
 def _outcomes(image: np.ndarray, policy: str) -> dict[bytes, float]:

@@ -157,3 +157,19 @@ def test_the_legend_sits_beside_the_axes_names_each_run_once_and_shortens_long_n
   legend_box = ax.get_legend().get_window_extent(renderer)
   assert legend_box.x0 >= ax.get_window_extent(renderer).x1  # Beside the axes, not over them.
   assert ax.get_position().width > 0.5  # The axes keep most of the figure's width.
+
+
+def test_the_learning_rate_figure_says_it_is_the_heads_where_the_backbone_runs_at_another(
+    tmp_path, drawn):
+  """The trainer logs the new head's rate; with optim.backbone_lr_mult (ood_best.py: 0.1) the
+  figure had drawn it as the run's rate, 10x the backbone's."""
+  plain = fake_run(tmp_path / 'plain', 1.0)
+  assert report.main([str(plain), '--out', str(tmp_path / 'out1')]) == 0
+  assert drawn[2].axes[0].get_ylabel() == 'learning rate'
+  for i, optim in enumerate(({'lr': 0.1, 'backbone_lr_mult': 0.1},
+                              {'lr': 0.1, 'freeze_backbone_steps': 20})):
+    drawn.clear()
+    split = fake_run(tmp_path / f'split{i}', 1.0, config={'optim': optim})
+    assert report.main([str(plain), str(split), '--out', str(tmp_path / f'out{i + 2}')]) == 0
+    assert drawn[2].axes[0].get_ylabel() == curves.HEAD_RATE_LABEL
+  assert not curves.split_learning_rates({'optim': 'torn'}) and not curves.split_learning_rates(None)

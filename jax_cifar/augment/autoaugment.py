@@ -311,7 +311,11 @@ def autoaugment_cifar10(u: jax.Array, image: jax.Array) -> jax.Array:
 
 def randaugment(u: jax.Array, image: jax.Array, num_ops: int = 2, magnitude: int = 9,
                 num_bins: int = 31) -> jax.Array:
-  """RandAugment: `num_ops` uniformly drawn ops (Identity included), all at bin `magnitude`."""
+  """RandAugment: `num_ops` uniformly drawn ops (Identity included), all at bin `magnitude`;
+  `u` holds the 2 * num_ops uniforms of `num_draws` (two per op: which op, which sign)."""
+  if u.shape != (2 * num_ops,):  # The op count had come from len(u) alone, num_ops unread (a review).
+    raise ValueError(f'randaugment with num_ops={num_ops} takes {2 * num_ops} uniforms '
+                     f'(num_draws), got an array of shape {tuple(u.shape)}')
   names, mags, signed = _space_tables('randaugment', num_bins, image.shape[:2])
   global_ops = jnp.asarray([OP_NAMES.index(n) for n in names], jnp.int32)
   i = _randint(u[0::2], len(names))

@@ -4,7 +4,7 @@ ColorJitter and GaussianBlur follow torchvision 0.29's v2 transforms and uint8 t
 factor ranges, the random op order, float32 arithmetic and the rounding back to uint8. Given the
 same factors, order and sigma, ColorJitter's pixels are torchvision's bit for bit and blur's are
 within one level (tests/test_photometric.py): the blur sums its taps in another order than
-torch's convolution. Random draws are uniforms passed in by the caller (see augment.py).
+torch's convolution. Random draws are uniforms passed in by the caller (see pipeline.py).
 """
 
 from collections.abc import Sequence

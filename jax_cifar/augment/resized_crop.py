@@ -6,7 +6,7 @@ wins and is placed uniformly; none fits: the centre crop of the ratio-clamped im
 resized back to the input size bilinearly (align_corners=False, edges clamped) in float32 and
 rounded half-even; crops never exceed the input, so this only upsamples and antialiasing has
 nothing to do. torchvision resizes uint8 with a fixed-point kernel, so pixels may differ from
-its by one level (tests/test_augment.py measures it).
+its by one level (tests/test_resized_crop.py measures it).
 """
 
 from collections.abc import Sequence

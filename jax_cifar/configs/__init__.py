@@ -1,6 +1,7 @@
 """Configs shipped with the package: `default.py` holds every key and its default; the others
 (smoke, simple_cnn, resnet_basic, resnet34, resnet152, resnet50_transfer, ood_best) override it. The
-repository's top-level configs/*.py are links to these files; from an installed wheel, name them
+repository's top-level configs/*.py are links to these files (configs/default.py a module that
+re-exports default's get_config); from an installed wheel, name them
 `--config jax_cifar:NAME`."""
 
 import importlib

@@ -14,6 +14,7 @@ import numpy as np
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
+HEAD_RATE_LABEL = "the new head's learning rate\n(backbone: x optim.backbone_lr_mult)"
 
 
 def run_colors(n: int) -> list[tuple[float, ...]]:
@@ -125,12 +126,25 @@ def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathl
 
 
 def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool:
-  """The logged learning rate of every run; False (and no file) when no run logged one."""
+  """The logged learning rate of every run; False (and no file) when no run logged one. The
+  trainer logs the new head's rate: where a run's backbone runs at another (optim.backbone_lr_mult,
+  optim.freeze_backbone_steps), the y label says so (the head's rate had been drawn as the run's,
+  10x its backbone's in ood_best.py: a review)."""
   if not any(_lr_key(r['rows']) for r in runs):
     return False
+  split = any(split_learning_rates(r.get('config')) for r in runs)
+  ylabel = (HEAD_RATE_LABEL if split else 'learning rate')
   _plot_lines(runs, lambda run: [(_lr_key(run['rows']) or LR_KEYS[0], '-', run['label'])],
-              'learning rate', title, path)
+              ylabel, title, path)
   return True
+
+
+def split_learning_rates(config: dict | None) -> bool:
+  """Whether a run's config.json gives its backbone another learning rate than its head."""
+  optim = config.get('optim') if isinstance(config, dict) else None
+  if not isinstance(optim, dict):
+    return False
+  return optim.get('backbone_lr_mult', 1.0) != 1.0 or bool(optim.get('freeze_backbone_steps', 0))
 
 
 def _lr_key(rows: list[dict]) -> str | None:

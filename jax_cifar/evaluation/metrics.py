@@ -1,7 +1,7 @@
 """Classification metrics on host arrays: top-k accuracy, calibration (ECE), per-class and confusion.
 
 Everything takes per-example log-probabilities [N, C] and integer labels [N], so the same code serves
-plain predictions and flip test-time augmentation (an average of probabilities).
+plain predictions and test-time augmentation (flip or shifted views: an average of probabilities).
 """
 
 from __future__ import annotations

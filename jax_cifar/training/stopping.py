@@ -79,7 +79,8 @@ def requested(stop: dict, step: int, log_every: int) -> bool:
 
 def check_while_starting(stop: dict, resuming: bool) -> None:
   """Raises Preempted if a signal arrived while the run was starting (data, model, restore):
-  nothing is trained or written yet, so nothing is saved. Collective with several processes."""
+  nothing is trained yet (a resumed step is already saved again), so nothing is saved. Collective
+  with several processes."""
   if parallel.any_process(stop['signal'] is not None):
     tracking.say(f"Received {stop['signal'] or 'a signal on another process'} while starting: "
                  f"nothing trained, nothing to save; relaunch to {'resume' if resuming else 'start'}.")
