@@ -27,7 +27,6 @@ from jax_cifar.augment.pipeline import CROP_MODES
 
 MODES = ('none', 'flip', 'shifts')
 SHIFTS = (-2, 0, 2)
-PAD_MODES = {mode: mode for mode in CROP_MODES}  # augment.crop_mode -> jnp.pad mode (the same names).
 
 
 def view_table(mode: str) -> np.ndarray:
@@ -45,11 +44,11 @@ def view_table(mode: str) -> np.ndarray:
 def make_view(images: jax.Array, flip: jax.Array, dy: jax.Array, dx: jax.Array,
               pad_mode: str = 'constant') -> jax.Array:
   """One view of a uint8 [B, H, W, C] batch: out[:, i, j] = mirrored(images)[:, i - dy, j - dx]."""
-  if pad_mode not in PAD_MODES:
-    raise ValueError(f'pad_mode must be one of {", ".join(PAD_MODES)}, got {pad_mode!r}')
+  if pad_mode not in CROP_MODES:  # augment.crop_mode's names are jnp.pad's modes.
+    raise ValueError(f'pad_mode must be one of {", ".join(CROP_MODES)}, got {pad_mode!r}')
   x = jnp.where(flip > 0, images[:, :, ::-1], images)
   p = max(abs(s) for s in SHIFTS)
-  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=PAD_MODES[pad_mode])
+  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=pad_mode)
   return jax.lax.dynamic_slice(padded, (0, p - dy, p - dx, 0), x.shape)
 
 
