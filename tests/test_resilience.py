@@ -1,4 +1,5 @@
-"""Never lose a run: SIGKILL at random points, SIGTERM preemption, non-finite losses, bad configs."""
+"""Never lose a run: SIGKILL at random points, SIGTERM preemption, bad configs (non-finite losses:
+test_nonfinite.py)."""
 
 import os
 import pathlib
@@ -8,13 +9,11 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jax_cifar.configs import default
-from jax_cifar import interrupt, optim, parallel, step_folders, tracking
+from jax_cifar import interrupt, parallel, step_folders, tracking
 from jax_cifar.training import stopping, trainer
 from jax_cifar import state as state_lib
 
@@ -223,100 +222,6 @@ def test_kill_inside_a_checkpoint_save_resumes_from_the_last_committed_step(
   proc = _launch(workdir)
   assert proc.wait() == 0, _log(workdir)[-2000:]
   _assert_same_run(uninterrupted, workdir)
-
-
-def _diverge_from_step_5(monkeypatch):
-  """An infinite learning rate from the 5th update on: its update (and all later losses) blow up."""
-  real = optim.make_schedule
-  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
-      lambda step: jnp.where(step >= 4, jnp.inf, real(*a, **k)(step))))
-
-
-def test_nonfinite_update_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
-  _diverge_from_step_5(monkeypatch)
-  c = _config()
-  with pytest.raises(trainer.NonFiniteLossError,
-                     match=r'at step 5\b.*; the checkpoint of step 3 is kept \('):
-    trainer.train_and_evaluate(c, str(tmp_path))
-  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
-                 if p.name.isdigit())
-  assert saved == [3]  # The checkpoint before the failure is kept; nothing after it is written.
-  assert not list((tmp_path / 'checkpoints' / 'best').iterdir())
-  state, _, step = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
-  assert step == 3
-  for leaf in jax.tree.leaves(jax.device_get(state.params)):
-    assert np.all(np.isfinite(leaf))
-
-
-def test_a_nonfinite_update_between_log_steps_stops_before_the_next_save(tmp_path, monkeypatch):
-  # Only the 5th update is non-finite; rows are logged every 6 steps, checkpoints saved every
-  # step. The check ran at log steps only: steps 5 and 6 were saved, the good ones rotated away,
-  # and a run ending before its next log step returned as if nothing had happened.
-  real = optim.make_schedule
-  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
-      lambda step: jnp.where(step == 4, jnp.inf, real(*a, **k)(step))))
-  c = _config()
-  c.train.log_every_steps, c.checkpoint.every_steps, c.checkpoint.keep = 6, 1, 2
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b.*the checkpoint of step 4'):
-    trainer.train_and_evaluate(c, str(tmp_path))
-  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
-                 if p.name.isdigit())
-  assert saved == [3, 4]
-
-
-def test_a_nonfinite_update_before_any_save_does_not_claim_a_checkpoint(tmp_path, monkeypatch):
-  """It had said 'the last saved checkpoint is kept' with checkpoints/latest empty (an audit)."""
-  _diverge_from_step_5(monkeypatch)
-  c = _config()
-  c.checkpoint.every_steps = 100
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b.*; no checkpoint was saved '
-                                                       r'before it \('):
-    trainer.train_and_evaluate(c, str(tmp_path))
-  assert not [p for p in (tmp_path / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
-
-
-def test_a_nonfinite_update_stops_at_the_next_log_step_without_logging_its_row(tmp_path,
-                                                                             monkeypatch):
-  """Step 5 diverges, saves and validations far off: the run stops at log step 6, no row of it."""
-  _diverge_from_step_5(monkeypatch)
-  c = _config()
-  c.checkpoint.every_steps = 100
-  with pytest.raises(trainer.NonFiniteLossError, match=r'at step 5\b'):
-    trainer.train_and_evaluate(c, str(tmp_path))
-  assert [r['step'] for r in tracking.read_metrics(tmp_path)] == [2, 4]
-
-
-def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):
-  _diverge_from_step_5(monkeypatch)
-  c = _config()
-  c.train.on_nonfinite = 'skip'
-  c.train.max_steps = 8
-  trainer.train_and_evaluate(c, str(tmp_path))
-  state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
-  assert int(state.nonfinite_steps) == 4 and int(state.first_nonfinite_step) == 4
-  for leaf in jax.tree.leaves(jax.device_get(state.params)):
-    assert np.all(np.isfinite(leaf))
-
-
-def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch):
-  # One non-finite learning-rate value (the 3rd update): only that update is skipped. The kept
-  # optimizer state also kept the schedule's count, so the same bad value came back at every
-  # later step (4 of 6 skipped) and the applied rate trailed the logged one.
-  real = optim.make_schedule
-  monkeypatch.setattr(optim, 'make_schedule', lambda *a, **k: (
-      lambda step: jnp.where(step == 2, jnp.inf, real(*a, **k)(step))))
-  c = _config()
-  c.train.on_nonfinite, c.train.max_steps = 'skip', 6
-  trainer.train_and_evaluate(c, str(tmp_path))
-  state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
-  assert int(state.nonfinite_steps) == 1 and int(state.first_nonfinite_step) == 2
-  counts = [int(x.count) for x in jax.tree.leaves(
-      state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
-            if isinstance(x, optax.ScaleByScheduleState)]
-  assert counts == [6]  # The schedule counts every step; Adam's count only the applied ones:
-  adam = [x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
-      x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
-  assert [int(x.count) for x in adam] == [5]
 
 
 def test_cli_bad_value_exits_nonzero_with_one_line(tmp_path):

@@ -168,6 +168,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   untimed, first_step_s = 0, 0.0  # Set at the launch's first step.
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
+  launch_start = (start_step, int(state.nonfinite_steps))  # What _check_finite counts from.
   del state
 
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
@@ -189,7 +190,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         summary = {k: float(np.mean(v)) for k, v in window.items()}
         if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
           summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
-        _check_finite(current(), config, ckpts)
+        _check_finite(current(), config, ckpts, launch_start)
         now = time.perf_counter()
         if len(pending) > untimed:
           summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
@@ -208,7 +209,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
       if validate or save:  # Nothing is validated or saved after a non-finite update.
-        _check_finite(current(), config, ckpts, warn=False)
+        _check_finite(current(), config, ckpts, launch_start, warn=False)
       if validate:
         t_val = time.perf_counter()
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
@@ -224,9 +225,13 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         raise Preempted(stop['signal'] or 'a signal on another process')
   except Preempted as e:
     error = e
-    _check_finite(current(), config, ckpts, warn=False)
-    ckpts.save_latest(current(), step)
-    ckpts.wait()
+    try:
+      _check_finite(current(), config, ckpts, launch_start, warn=False)
+      ckpts.save_latest(current(), step)
+      ckpts.wait()
+    except BaseException as failed:  # Not saved: wandb had been told "preempted" (a review).
+      error = failed
+      raise
     message = f'Received {e}: saved step {step} to {workdir}; relaunch to resume.'
     if jax.process_index() == 0:
       tracking.say(message)  # Above the bar, which had been drawn again under a logged line.
@@ -292,16 +297,22 @@ def _announce(config, state: TrainState, start_step: int, num_train: int, steps_
 
 
 def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
-                  warn: bool = True) -> None:
-  """Stops (train.on_nonfinite='stop') once any update was non-finite; checked at every log
-  step and before every validation and save, so no checkpoint after it replaces the ones before."""
+                  launch_start: tuple[int, int], warn: bool = True) -> None:
+  """Stops (train.on_nonfinite='stop') once an update of this launch was non-finite; checked at
+  every log step and before every validation and save, so no checkpoint after it replaces the ones
+  before. `launch_start`: (the step this launch started from, the skipped updates counted then):
+  steps skipped under 'skip' before a relaunch with 'stop' are history (they had stopped the
+  relaunch at its first check, for good: a review)."""
+  start_step, skipped_before = launch_start
   bad = int(state.nonfinite_steps)
-  if bad and config.train.on_nonfinite == 'stop':
+  if bad > skipped_before and config.train.on_nonfinite == 'stop':
     saved = ckpts.latest.latest_step()  # (It had claimed a checkpoint where none was saved.)
     kept = ('no checkpoint was saved before it' if saved is None else
             f'the checkpoint of step {saved} is kept')
+    first = int(state.first_nonfinite_step)  # The run's first; this launch's if none before.
+    where = f'at step {first + 1}' if skipped_before == 0 else f'after step {start_step}'
     raise NonFiniteLossError(
-        f'non-finite loss or update at step {int(state.first_nonfinite_step) + 1}: it was not applied; '
+        f'non-finite loss or update {where}: it was not applied; '
         f'{kept} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
