@@ -81,7 +81,8 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
                   "(checkpoint.best_weights='ema'); these are its raw weights: weights='ema' or "
                   "'auto' gives the ones that were ranked", UserWarning, stacklevel=2)
   state, graphdef, step = state_lib.restore(config, run_dir, checkpoint)
-  weights = state_lib.resolve_weights(weights, state, run_dir, step)
+  weights = state_lib.resolve_weights(weights, state, inference.owning_run(run_dir, str(checkpoint)),
+                                      step)
   state = state_lib.with_weights(state, weights, run_dir)
   model = nnx.merge(graphdef, state.params, state.batch_stats)
   model.eval()  # Loaded to predict, as a torch user expects: `model(x)` had raised, wanting train=.

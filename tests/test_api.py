@@ -287,8 +287,12 @@ def test_readmes_test_time_tools_snippet_runs_as_written(run):
       'config': config, 'run_dir': str(run), 'uint8_images': images})
   assert scope['log_probs'].shape == (16, 100)
   np.testing.assert_allclose(np.exp(scope['log_probs']).sum(-1), 1.0, rtol=1e-5)
-  plain = scope['inference'].load_predictor(config, str(run), 'best')[0].run(images, 'plain')
+  predictor = scope['inference'].load_predictor(config, str(run), 'best')[0]
+  plain = predictor.run(images, 'plain')
   np.testing.assert_allclose(np.exp(plain), jax_cifar.predict(model, config, images), atol=1e-6)
+  # No images: no rows, as predict gives (range() with a step of 0 had raised: a review).
+  assert predictor.run(images[:0], 'none').shape == (0, 100)
+  assert predictor.run(images[:0], 'none', labels_only=True).shape == (0,)
 
 
 def test_another_runs_step_folder_is_checked_against_that_runs_config(run, tmp_path):
@@ -308,6 +312,25 @@ def test_another_runs_step_folder_is_checked_against_that_runs_config(run, tmp_p
       rf"load_model\('{re.escape(str(tmp_path / 'other'))}'")):
     jax_cifar.load_model(run, step(tmp_path / 'other'))
   jax_cifar.load_model(run, step(tmp_path / 'same'))  # A run that predicts alike loads.
+
+
+def test_weights_auto_of_another_runs_step_ranks_by_that_runs_validation(run, tmp_path,
+                                                                          monkeypatch):
+  """load_model and evaluate's predictor rank raw against EMA at a step by the validation rows
+  of the run that saved it: another run's step folder had been ranked by this run's rows."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  shutil.copytree(run, tmp_path / 'other')
+  step = max((tmp_path / 'other' / 'checkpoints' / 'latest').iterdir(), key=lambda p: int(p.name))
+  ranked_by = []
+  monkeypatch.setattr(state_lib, 'resolve_weights',
+                      lambda weights, state, workdir, at: ranked_by.append(str(workdir)) or 'raw')
+  jax_cifar.load_model(run, step, weights='auto')
+  inference.load_predictor(jax_cifar.run_config(run), str(run), str(step / 'default'),
+                           weights='auto')
+  jax_cifar.load_model(run, 'latest', weights='auto')
+  assert ranked_by == [str(tmp_path / 'other')] * 2 + [str(run)]
 
 
 def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_path, monkeypatch):

@@ -57,6 +57,22 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
   assert 'ood_accuracy' not in json.loads(path.read_text())
 
 
+def test_another_runs_step_of_the_same_number_is_another_checkpoint(tmp_path, caplog):
+  """evaluate takes another run's step folder when the configs match, and tags it step<N> in this
+  run's folder: its numbers had merged into this run's own eval_step300.json (a review)."""
+  path = tmp_path / 'eval_step300.json'
+  mine = {'checkpoint': str(tmp_path / 'run/checkpoints/latest/300'), 'step': 300,
+          'weights': 'raw', 'ood_accuracy': 0.25}
+  path.write_text(json.dumps(mine))
+  theirs = {**mine, 'checkpoint': str(tmp_path / 'other/checkpoints/latest/300'),
+            'test_accuracy': 0.5}
+  del theirs['ood_accuracy']
+  eval_json.write(path, theirs)
+  assert json.loads(path.read_text()) == theirs
+  assert json.loads((tmp_path / 'eval_step300.step300.json').read_text()) == mine
+  assert f"another checkpoint ({mine['checkpoint']}, step 300)" in caplog.text
+
+
 def test_an_older_versions_eval_json_without_weights_is_of_the_raw_weights(tmp_path):
   """Versions before evaluate --weights wrote no 'weights' key; the same checkpoint evaluated
   again had set their numbers aside as "another checkpoint's" (an upgrade audit)."""

@@ -60,7 +60,7 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
           # Versions before evaluate --weights (2026-11-30) evaluated the raw weights, unnamed: such
           # a file had been set aside as "another checkpoint's" (an upgrade audit).
           and old.get('weights', 'raw') == result['weights']
-          and _checkpoint_key(old.get('checkpoint')) == _checkpoint_key(result['checkpoint'])):
+          and _same_checkpoint(old.get('checkpoint'), result['checkpoint'])):
         # An OOD or CIFAR-100-C evaluation replaces all of its kind: a set without labels had
         # kept another set's accuracy beside its own submission (an audit).
         for given, kind in (('ood_dir', ('ood_', 'submission')), ('cifar100c_dir', ('cifar100c',))):
@@ -71,8 +71,9 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         step = old.get('step') if isinstance(old, dict) else 'unknown'
         aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
         os.replace(path, aside)
-        logging.warning('%s held the numbers of another checkpoint (step %s): kept as %s.',
-                        path.name, step, aside.name)
+        where = old.get('checkpoint') if isinstance(old, dict) else None
+        logging.warning('%s held the numbers of another checkpoint (%sstep %s): kept as %s.',
+                        path.name, f'{where}, ' if isinstance(where, str) else '', step, aside.name)
     # Whole, under the lock; a killed writer's temp had stayed forever, one per kill (a kill
     # audit), and a full disk's had named only the temp.
     text = json.dumps(merged, indent=2) + '\n'
@@ -81,13 +82,19 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
     os.close(lock)  # Releases the lock.
 
 
-def _checkpoint_key(checkpoint) -> tuple[str, ...] | None:
-  """'best', 'latest', or a step folder as (kind, step): a step given by number, by folder or by
-  its default/ item, relative or absolute, is one checkpoint of the run (they had been taken for
-  two, and the earlier numbers set aside as another checkpoint's)."""
-  if not isinstance(checkpoint, str):
-    return None
-  if checkpoint in ('best', 'latest'):
-    return (checkpoint,)
-  folder = pathlib.PurePath(checkpoint)
-  return (folder.parent if folder.name == 'default' else folder).parts[-2:]
+def _same_checkpoint(a, b) -> bool:
+  """Whether two eval files' `checkpoint` values name one checkpoint: 'best', 'latest', or a step
+  folder, given by number, by folder or by its default/ item (they had been taken for two, and the
+  earlier numbers set aside as another checkpoint's). Two absolute folders (evaluate records them
+  so) are compared whole: another run's latest/300, evaluated with this run's config, had merged
+  into this run's eval_step300.json (a review); a relative one (older versions) by its kind and
+  step."""
+  if not (isinstance(a, str) and isinstance(b, str)):
+    return a == b
+  if a in ('best', 'latest') or b in ('best', 'latest'):
+    return a == b
+  a, b = (pathlib.PurePath(x) for x in (a, b))
+  a, b = (x.parent if x.name == 'default' else x for x in (a, b))
+  if a.is_absolute() and b.is_absolute():
+    return os.path.normpath(a) == os.path.normpath(b)
+  return a.parts[-2:] == b.parts[-2:]

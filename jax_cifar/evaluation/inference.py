@@ -96,6 +96,10 @@ class Predictor:
     biases) adapted to that block alone; without them, `chunk` is ignored (each block's last
     batch had been padded to a whole batch: 20 images per severity ran 15x slower)."""
     images = image_checks.uint8_images(images, 'Predictor.run')
+    if not len(images):  # No rows, of the width one image's would have (range() had raised).
+      blank = np.zeros((1,) + images.shape[1:], np.uint8)
+      return self._predict(blank, self.state.params, self.state.batch_stats, labels_only,
+                           tqdm.tqdm(disable=True))[:0]
     chunk = (chunk if self.adapter else None) or len(images)
     if self.adapter and min(chunk, len(images)) < SMALL_CHUNK and not self._small_chunk_said:
       self._small_chunk_said = True  # Once per evaluation.
@@ -158,7 +162,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
-  weights = state_lib.resolve_weights(weights, state, workdir, step)
+  # --weights auto ranks the two at that step by the validation rows of the run that saved it.
+  weights = state_lib.resolve_weights(weights, state, owning_run(workdir, which), step)
   state = state_lib.with_weights(state, weights, workdir)
   # (BatchNorm statistics that adaptation re-estimates need not be finite.)
   state_lib.check_finite(state.params, None if adapt_bn or tent else state.batch_stats,
@@ -213,16 +218,24 @@ def check_step_folder_of_another_run(config, workdir: str, which: str,
   """A step folder of another run (RUN/checkpoints/{latest,best}/N) is checked against RUN's
   config too: scored under this workdir's config it had given wrong numbers, filed as this run's
   (an audit); load_model had paired it with this run's config, silently (an audit)."""
+  source = owning_run(workdir, which)
+  if source != workdir:
+    check_matches_run(config, str(source), given=given.format(workdir=workdir),
+                      advice=advice.format(run=source), short=short)
+
+
+def owning_run(workdir: str | os.PathLike, which: str) -> str | os.PathLike:
+  """The run whose checkpoint `which` is: another run's folder for a step folder of it
+  (RUN/checkpoints/{latest,best}/N), else `workdir` itself."""
+  which = str(which)
   if which in ('best', 'latest') or step_folders.is_step_number(which):  # This run's own steps.
-    return
+    return workdir
   folder = pathlib.Path(os.path.abspath(os.path.expanduser(which)))  # `latest/2` from checkpoints/
   folder = folder.parent if folder.name == 'default' else folder
   if folder.parent.parent.name != 'checkpoints':
-    return
+    return workdir
   source = folder.parent.parent.parent
-  if source.resolve() != pathlib.Path(workdir).expanduser().resolve():
-    check_matches_run(config, str(source), given=given.format(workdir=workdir),
-                      advice=advice.format(run=source), short=short)
+  return workdir if source.resolve() == pathlib.Path(workdir).expanduser().resolve() else str(source)
 
 
 def split_metrics(predictor: Predictor, split: cifar100.Split,
