@@ -31,6 +31,9 @@ def _check_out(path: str) -> None:
     _fail(f'--out {path}: cannot create files in {parent}')
 
 
+SEARCH_ONLY = ('find_start', 'find_max', 'batch_quantum', 'mem_cap_gb', 'recipe_batch', 'remat')
+
+
 def _check_search(args, frameworks: list[str], defaults: dict) -> None:
   """--find_batch_size picks the batch and the accumulation itself and measures each once with
   JAX: flags it would not use are said, not silently dropped (a review)."""
@@ -76,6 +79,14 @@ def check(args, make_config, recipe_config, csv, defaults: dict | None = None) -
     _fail(f'--cache_dir {args.cache_dir} is a file: give a folder for the compilation cache')
   if args.find_batch_size:
     _check_search(args, frameworks, defaults or {})
+  else:  # They steer the search only: `--remat on` had measured without remat (a review).
+    search_only = [f'--{name} {getattr(args, name)}' for name in SEARCH_ONLY
+                   if name in (defaults or {}) and getattr(args, name) != defaults[name]]
+    if search_only:
+      one = len(search_only) == 1
+      _fail(f'{" and ".join(search_only)} only {"steers" if one else "steer"} --find_batch_size, '
+            f'so without it {"it" if one else "they"} would not be used: add --find_batch_size or '
+            f'drop {"it" if one else "them"}')
   if args.torch_compile_timeout_s < 0:
     _fail(f'--torch_compile_timeout_s must be 0 (no limit) or more, got '
           f'{args.torch_compile_timeout_s}')

@@ -85,6 +85,12 @@ def test_model_specs_name_configs_or_resnets_with_stem_and_width():
     (['--find_batch_size', '--grad_accum_steps', '2', '--repeat', '3'],
      'so --grad_accum_steps 2 and --repeat 3 would not be used'),
     (['--find_batch_size', '--frameworks', 'torch'], '--find_batch_size measures JAX only'),
+    # They steer the search only; `--remat on` had measured without remat (a review).
+    (['--remat', 'on'], '--remat on only steers --find_batch_size, so without it it would not be'),
+    (['--mem_cap_gb', '16', '--recipe_batch', '128'],
+     '--mem_cap_gb 16.0 and --recipe_batch 128 only steer --find_batch_size'),
+    (['--find_start', '8', '--find_max', '64', '--batch_quantum', '8'],
+     '--find_start 8 and --find_max 64 and --batch_quantum 8 only steer'),
 ])
 def test_a_command_line_mistake_is_one_error_before_anything_is_measured(tmp_path, argv,
                                                                           message):
