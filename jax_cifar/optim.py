@@ -1,6 +1,7 @@
 """The optax chain: global-norm clipping -> AdamW (or SGD) with warmup + cosine, per-group rates."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,13 @@ def _head_and_backbone(params):
         f'{HEAD_KEY!r} as the head, and this model has none (name its classifier {HEAD_KEY!r}, as '
         'torchvision and jax_cifar do, or set backbone_lr_mult=1 and freeze_backbone_steps=0)')
   return groups
+
+
+def epochs_to_steps(num_epochs: float, steps_per_epoch: int) -> int:
+  """The steps of `num_epochs` epochs (at least one): a fractional epoch's steps rounded down,
+  after a margin for the product's rounding error (2.3 * 390 is 896.99999999999989 in floating
+  point: int() had given 896 steps, not 897; a review)."""
+  return max(1, math.floor(num_epochs * steps_per_epoch + 1e-6))
 
 
 def make_schedule(peak_lr: float, config, total_steps: int, steps_per_epoch: int,

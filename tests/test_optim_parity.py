@@ -120,6 +120,13 @@ def test_the_mask_keeps_the_optimizer_states_structure():
   assert structures[0] == structures[1]
 
 
+def test_a_fractional_number_of_epochs_is_its_steps_rounded_down_not_cut_by_rounding_error():
+  """2.3 epochs of 390 steps are 897 steps; int(2.3 * 390) is 896 (a review)."""
+  assert 2.3 * 390 < 897 and optim.epochs_to_steps(2.3, 390) == 897
+  assert optim.epochs_to_steps(2.5, 3) == 7 and optim.epochs_to_steps(0.1, 5) == 1
+  assert optim.epochs_to_steps(30, 352) == 10_560 and optim.epochs_to_steps(0.7, 1000) == 700
+
+
 def test_cosine_schedule_without_warmup_equals_torch_cosine_annealing_stepped_per_step():
   """optim.schedule='cosine' steps per optimizer step: torch's CosineAnnealingLR(T_max=steps,
   eta_min=end_lr_factor * lr) with scheduler.step() after every optimizer step."""

@@ -92,7 +92,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   for key, (before, _) in ((k, v) for k, v in changes.items() if k.startswith('optim.')):
     old_optim[key.split('.', 1)[1]] = before
   old_epochs = changes.get('train.num_epochs', (config.train.num_epochs,))[0]
-  old_total = max(1, int(old_epochs * old_steps_per_epoch))
+  old_total = optim.epochs_to_steps(old_epochs, old_steps_per_epoch)
   _, old_schedule = optim.make_optimizer(old_optim, old_total, old_steps_per_epoch)
   logging.warning('The schedule now ends at step %d (was %d): the learning rate at step %d is '
                   '%.3g (was %.3g).', total_steps, old_total, start_step, rate,

@@ -144,7 +144,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
 
   train_split, val_split = _splits(config)
   steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
-  total_steps = max(1, int(config.train.num_epochs * steps_per_epoch))
+  total_steps = optim.epochs_to_steps(config.train.num_epochs, steps_per_epoch)
   last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
   eval_every = max(1, int(round(config.train.eval_every_epochs * steps_per_epoch)))
 
