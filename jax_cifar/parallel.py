@@ -180,9 +180,21 @@ def step_compiler_options(dtype: str = 'float32') -> dict | None:
     return None
   if dtype != 'float32':
     return dict(BF16_CPU_OPTIONS)
-  if os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+  if xla_defaults():
     return None
   return dict(CPU_COMPILER_OPTIONS)
+
+
+def xla_defaults() -> bool:
+  """Whether JAX_CIFAR_XLA_DEFAULTS asks for XLA's own CPU options: 1/true/yes/on; unset, empty,
+  0/false/no/off do not (any value had, '0' included: a review); another value is an error."""
+  value = os.environ.get('JAX_CIFAR_XLA_DEFAULTS', '').strip().lower()
+  if value in ('', '0', 'false', 'no', 'off'):
+    return False
+  if value in ('1', 'true', 'yes', 'on'):
+    return True
+  raise errors.ConfigError(f'JAX_CIFAR_XLA_DEFAULTS={os.environ["JAX_CIFAR_XLA_DEFAULTS"]!r}: give 1 '
+                           "(XLA's own CPU options) or 0 (jax-cifar's), or leave it unset")
 
 
 def precise_compiler_options(dtype: str = 'float32') -> dict | None:
@@ -198,7 +210,7 @@ def precise_compiler_options(dtype: str = 'float32') -> dict | None:
   """
   if jax.default_backend() != 'cpu':
     return None
-  if os.environ.get('JAX_CIFAR_XLA_DEFAULTS'):
+  if xla_defaults():
     return dict(BF16_CPU_OPTIONS) if dtype != 'float32' else None
   return {**BF16_CPU_OPTIONS, 'xla_cpu_max_isa': 'AVX2'}
 

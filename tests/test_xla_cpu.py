@@ -53,6 +53,19 @@ def test_xla_defaults_keep_ynnpack_fusions_off_for_bfloat16_only(monkeypatch):
   assert parallel.precise_compiler_options('bfloat16') == {**off, 'xla_cpu_max_isa': 'AVX2'}
 
 
+def test_xla_defaults_0_keeps_the_trainer_options_and_a_typo_is_named(monkeypatch):
+  """Any value had turned the options off, JAX_CIFAR_XLA_DEFAULTS=0 included (a review)."""
+  from jax_cifar import errors  # pylint: disable=g-import-not-at-top
+  for value, defaults in (('0', False), ('off', False), ('', False), ('1', True), ('True', True)):
+    monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', value)
+    assert parallel.xla_defaults() is defaults, value
+  monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '0')
+  assert parallel.step_compiler_options('float32') == parallel.CPU_COMPILER_OPTIONS
+  monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', 'maybe')
+  with pytest.raises(errors.ConfigError, match="JAX_CIFAR_XLA_DEFAULTS='maybe': give 1"):
+    parallel.step_compiler_options('float32')
+
+
 def test_a_bfloat16_run_on_cpu_is_told_that_bfloat16_is_for_gpus():
   from jax_cifar.training import trainer  # pylint: disable=g-import-not-at-top
   assert 'bfloat16 is for GPUs and TPUs' in trainer.dtype_note('bfloat16', 'cpu')
