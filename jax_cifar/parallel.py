@@ -186,8 +186,7 @@ def step_compiler_options(dtype: str = 'float32') -> dict | None:
 
 
 def xla_defaults() -> bool:
-  """Whether JAX_CIFAR_XLA_DEFAULTS asks for XLA's own CPU options: 1/true/yes/on; unset, empty,
-  0/false/no/off do not (any value had, '0' included: a review); another value is an error."""
+  """Whether JAX_CIFAR_XLA_DEFAULTS asks for XLA's own CPU options (any value had, 0 too)."""
   value = os.environ.get('JAX_CIFAR_XLA_DEFAULTS', '').strip().lower()
   if value in ('', '0', 'false', 'no', 'off'):
     return False
