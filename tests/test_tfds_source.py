@@ -234,6 +234,22 @@ def test_a_tfrecord_build_is_named_as_such_not_as_damaged(tfds_dir, tmp_path):
   assert 'damaged' not in str(error.value)
 
 
+def test_a_cut_dataset_info_under_tfds_data_dir_is_named_there(tfds_dir, tmp_path):
+  """Without data.tfds_data_dir tfds reads $TFDS_DATA_DIR; the damaged-build check had looked in
+  ~/tensorflow_datasets instead (a review). A fresh process: tfds reads it when imported."""
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(tfds_dir, data_dir)
+  built = data_dir / 'cifar100' / '3.0.2'
+  info = built / 'dataset_info.json'
+  info.write_bytes(info.read_bytes()[:200])
+  code = ('from jax_cifar.data import cifar100, tfds_source\n'
+          'try:\n  tfds_source.load_tfds("train", "")\n'
+          'except cifar100.DataError as e:\n  print("ERROR", e)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       env={**_env(), 'TFDS_DATA_DIR': str(data_dir)})
+  assert f'tfds cifar100 in {built} is damaged' in out.stdout, (out.stdout, out.stderr[-2000:])
+
+
 def test_the_not_prepared_hint_names_the_folder_tfds_looked_in(tmp_path):
   """With $TFDS_DATA_DIR set, the hint had named ~/tensorflow_datasets (an audit). A fresh
   process: tfds reads the variable when it is imported."""

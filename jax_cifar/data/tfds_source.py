@@ -5,6 +5,7 @@ official files' order so that splits and subsets match `source='local'`; never d
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -46,7 +47,9 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     # The folder tfds looks in: data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     where = str(builder.data_dir).rsplit('/', 2)[0]
   except Exception as e:  # pylint: disable=broad-except
-    builder, where, problem = None, data_dir or '~/tensorflow_datasets', e
+    # As tfds itself: $TFDS_DATA_DIR before the default (it had been skipped here: a review).
+    where = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+    builder, problem = None, e
     raise_if_damaged(where, e)
     if 'install gcsfs' in str(e):  # Without tensorflow, etils reads gs:// through fsspec's gcsfs.
       raise DataError(f'tfds data_dir {data_dir}: reading gs:// without tensorflow needs gcsfs: '
