@@ -326,6 +326,14 @@ def test_the_best_val_accuracy_is_of_the_weights_that_pick_best(tmp_path, best_w
   row = report.summary_rows([report.load_run(run)])[0]
   assert row['best_val_accuracy'] == pytest.approx(0.15 if best_weights == 'ema' else 0.2)
   assert f'| {shown} |' in report.markdown_table([row])
+  # Its test numbers: the EMA's evaluation where the EMA ranked best (the raw weights' had been
+  # shown beside the EMA's val: a review), and a row showing the raw ones says so.
+  (run / 'eval_best.json').write_text(json.dumps({'test_accuracy': 0.3, 'weights': 'raw'}))
+  row = report.summary_rows([report.load_run(run)])[0]
+  assert row['run'] == ('run (test: raw weights)' if best_weights == 'ema' else 'run')
+  (run / 'eval_best_ema.json').write_text(json.dumps({'test_accuracy': 0.4, 'weights': 'ema'}))
+  row = report.summary_rows([report.load_run(run)])[0]
+  assert (row['run'], row['test_accuracy']) == ('run', 0.4 if best_weights == 'ema' else 0.3)
 
 
 def test_a_summary_row_prefers_the_plain_evaluations_in_their_documented_order(tmp_path):

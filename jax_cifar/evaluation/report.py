@@ -137,13 +137,15 @@ def _cell(text: str) -> str:
 
 
 PLAIN_EVALS = ('eval_best', 'eval_latest', 'eval_best_ema', 'eval_latest_ema')
+EMA_FIRST = ('eval_best_ema', 'eval_best', 'eval_latest_ema', 'eval_latest')
 
 
-def summary_eval(evals: dict[str, dict]) -> tuple[str | None, dict]:
+def summary_eval(evals: dict[str, dict], ema_ranked: bool = False) -> tuple[str | None, dict]:
   """(name, numbers) of the eval a summary row shows: a plain one (no TTA, no test-time
-  adaptation) first; otherwise the first, and its name goes into the row (README: say so when a
-  number was made with test-time tools)."""
-  for name in PLAIN_EVALS:
+  adaptation) first, the EMA weights' first for a run whose best the EMA ranked (its raw
+  weights' had been shown beside the EMA's best val: a review); otherwise the first, and its name
+  goes into the row (README: say so when a number was made with test-time tools)."""
+  for name in (EMA_FIRST if ema_ranked else PLAIN_EVALS):
     if name in evals:
       return name, evals[name]
   for name, ev in evals.items():
@@ -162,12 +164,14 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         r.get('val_accuracy_ema') is not None for r in rows)
     key = 'val_accuracy_ema' if ema else 'val_accuracy'
     val = [r[key] for r in rows if r.get(key) is not None]
-    name, ev = summary_eval(run['evals'])
+    name, ev = summary_eval(run['evals'], ema_ranked=ema)
     adapted = name is not None and name not in PLAIN_EVALS and (
         ev.get('tta', 'none') != 'none' or ev.get('bn_adapt') or ev.get('tent'))
     epochs = max((r['epoch'] for r in rows if r.get('epoch') is not None), default=None)
     model = run['config'].get('model', {})
     label = f"{run['label']} ({name})" if adapted else run['label']
+    if ema and name in PLAIN_EVALS and not name.endswith('_ema'):  # No EMA evaluation to show.
+      label += ' (test: raw weights)'
     behind = stale_evals.behind(run, name) if name else None
     if behind:  # Its test/OOD numbers are of an earlier checkpoint than its best val (an audit).
       label += f' (evaluated at step {behind[0]}, checkpoint now at {behind[1]})'
