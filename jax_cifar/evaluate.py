@@ -29,7 +29,8 @@ steps, one pass by default), then its statistics are re-estimated; restored for 
 See jax_cifar/evaluation/tent.py.
 SIGTERM/SIGINT stop the run with one line and status 128 + signal; a stopped or killed run never
 leaves a partial CSV (see jax_cifar/interrupt.py and jax_cifar/evaluation/submission.py). The
-distortion files it had finished are kept in WORKDIR/partial_<tag>/ until the evaluation ends: the
+distortion (and CIFAR-100-C) files it had finished are kept in WORKDIR/partial_<tag>/ until the
+evaluation ends: the
 same command resumes after them (jax_cifar/evaluation/kept_predictions.py).
 """
 
@@ -189,9 +190,9 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
 
 def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
                weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> str:
-  """best / latest / step<N> (a step number or step folder) / path, then _tta-<mode>, _bn-adapt
-  and _tent[-settings]: every setting writes its own files (two step numbers had shared `path`:
-  the second overwrote the first's CSV and figure; an audit)."""
+  """best / latest / step<N> (a step number or step folder) / path, then _ema or _auto (--weights),
+  _tta-<mode>, _bn-adapt and _tent[-settings]: every setting writes its own files (two step
+  numbers had shared `path`: the second overwrote the first's CSV and figure; an audit)."""
   tag = which if which in ('best', 'latest') else 'path'
   if tag == 'path':
     folder = pathlib.Path(which)

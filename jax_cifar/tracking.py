@@ -61,7 +61,8 @@ class MetricsWriter:
   """Appends one JSON object per line; on resume, forgets rows after the restored step.
 
   Rows logged after the last checkpoint are re-logged by the resumed run, so truncating to the
-  restored step keeps every step exactly once.
+  restored step logs no step twice (steps after the last row and before a save, as at a signal's
+  stop, are in the next row of the resumed run, which says how many in `window_steps`).
   """
 
   def __init__(self, workdir: str | pathlib.Path, config, resume_step: int):

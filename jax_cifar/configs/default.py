@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.download = True  # Download the official archive (md5-checked) when it is absent and we are online.
   c.data.tfds_data_dir = ''  # tfds data_dir for source='tfds' ('' = tfds default; a gs:// path works on TPU).
   c.data.val_fraction = 0.1  # Stratified share of the 50k training images held out for validation; 0 trains on all.
-  c.data.split_seed = 0  # Seed of the stratified train/validation split (independent of `seed`).
+  c.data.split_seed = 0  # Seed of the stratified train/val split (and of synthetic data); not `seed`.
   c.data.train_limit = 0  # Use only the first N (class-balanced) training images; 0 = all. For quick runs.
   c.data.eval_limit = 0  # Evaluate on only N (class-balanced) validation/test images; 0 = all.
   c.data.synthetic_size = 1024  # Images per split for source='synthetic'.

@@ -55,7 +55,7 @@ def get_config():
   c.model.name = 'resnet50'
   c.model.stem = 'imagenet'  # The pretrained weights need torchvision's 7x7/2 stem + max-pool.
   c.model.normalize = 'imagenet'
-  c.model.image_size = 128  # 32x32 upsampled on device; 64 for CPU checks, 160-224 on a GPU.
+  c.model.image_size = 128  # 32x32 upsampled on device (docs/robustness.md); 32 for CPU checks.
   c.model.pretrained = ''  # Path of the converted checkpoint, given on the command line.
   c.model.dtype = 'bfloat16'  # GPU/TPU; on a CPU pass --config.model.dtype=float32.
   # The report's recipe (configs/resnet152.py): crop/flip + AutoAugment (CIFAR10 policy) + mixup

@@ -10,8 +10,8 @@ trains at `backbone_lr_mult` x the head's rate, which the run warns about):
   python -m jax_cifar.train --config configs/resnet50_transfer.py --workdir runs/r50 \
       --config.model.pretrained=weights/resnet50
 
-The backbone trains at `backbone_lr_mult` x the head's rate, and stays fixed for the first
-`freeze_backbone_steps` steps so the random head does not send large gradients into it. 160x160
+The backbone trains at `backbone_lr_mult` x the head's rate; `freeze_backbone_steps` (0 here) can
+keep it fixed for a first few steps, so the random head sends no large gradients into it. 160x160
 inputs suit a GPU; on a CPU pass e.g. --config.model.image_size=64 (see docs/transfer.md).
 """
 

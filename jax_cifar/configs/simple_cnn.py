@@ -1,4 +1,4 @@
-"""The course's Part 1: a small CNN trained from scratch (the report's first, ~1% leaderboard model).
+"""The course's Part 1: a small CNN trained from scratch (before the report's three models).
 
 Adam at 1e-3 without weight decay (AdamW with weight_decay 0), a constant rate, batch 64, 10 epochs.
 """

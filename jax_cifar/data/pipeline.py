@@ -6,9 +6,9 @@ then this process's contiguous slice of every global batch. Resuming at step `s`
 `dataset[s:]`, so a restarted run sees exactly the batches the uninterrupted one would.
 
 The permutation is drawn with NumPy once per epoch and each step slices it, so a batch costs one
-Python call instead of one per image: grain's per-element lazy shuffle + batch cost 2.3 ms per
-batch of 128 here (a ceiling near 28k img/s from one host thread, about what an H200 trains a
-cifar ResNet-18 at); the sliced permutation costs ~0.3 ms (scripts/profile_input.py).
+Python call instead of one per image: grain's per-element lazy shuffle took 2.3 ms of a 4.6 ms
+batch of 128 (a ceiling near 23k img/s from one host thread, about what an H200 trains a cifar
+ResNet-18 at); the sliced permutation costs ~0.3 ms (docs/benchmarks.md, "Input path").
 """
 
 import dataclasses

@@ -47,12 +47,13 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
 
 
 def check_output_path(path: str | os.PathLike, default: bool = False) -> pathlib.Path:
-  """Fails with one line unless a CSV can be written at `path`: not a folder, nor an existing file
-  other than a submission CSV (which it replaces), in an existing folder where this process can
-  create files (tried by creating and deleting a probe file). A symbolic link, a device, a pipe or
-  a socket is refused: the CSV is renamed into place, which had replaced /dev/null (as root), a
-  pipe or a link with a regular file (an audit). `default`: the path is evaluate's own choice,
-  named as such (a read-only run had been told of a --submission it was never given: an audit)."""
+  """Fails with one line unless a CSV can be written at `path`: not a folder, nor a non-empty
+  file other than a submission CSV (which it replaces, as an empty file), in an existing folder
+  where this process can create files (tried by creating and deleting a probe file). A symbolic
+  link, a device, a pipe or a socket is refused: the CSV is renamed into place, which had replaced
+  /dev/null (as root), a pipe or a link with a regular file (an audit). `default`: the path is
+  evaluate's own choice, named as such (a read-only run had been told of a --submission it was
+  never given: an audit)."""
   given, path = os.fspath(path), pathlib.Path(path)
   name = (f'{path} (the default --submission: give --submission PATH to write it elsewhere)'
           if default else f'--submission {path}')

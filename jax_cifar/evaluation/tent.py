@@ -83,7 +83,7 @@ def _step(affine, opt_state, rest, batch_stats, batch: dict, *, graphdef, config
 
 
 class TentAdapter:
-  """`adapt(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
+  """`adapt_model(params, batch_stats, images)` -> (params, batch_stats) adapted to `images`."""
 
   def __init__(self, config, graphdef, mesh, options: TentOptions, params, batch_stats,
                eval_batch: int | None = None):

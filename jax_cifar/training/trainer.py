@@ -94,8 +94,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_validation.validate(config)
   parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
   workdir = pathlib.Path(workdir)
-  # From here SIGTERM/SIGINT only set a flag: read before anything is written (a stop while
-  # starting), then at every step (save and stop). The process's own handlers come back at the end.
+  # From here SIGTERM/SIGINT only set a flag: read before the first step (a stop while starting),
+  # then after every step (with several processes at log steps, together): save and stop. The
+  # process's own handlers come back at the end.
   stop, previous_handlers = stopping.install_handlers()
   try:
     return _claim_and_train(config, workdir, stop)
@@ -183,8 +184,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
         first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
         t_last = time.perf_counter()
-      # A run stopped by max_steps logs no extra train row (a resumed run's train rows equal the
-      # uninterrupted run's) but ends with an evaluation, as at the end of training.
+      # A run stopped by max_steps logs no extra train row (a resumed run's train rows fall at the
+      # uninterrupted run's steps) but ends with an evaluation, as at the end of training.
       if step % config.train.log_every_steps == 0 or step == total_steps:
         window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
         summary = {k: float(np.mean(v)) for k, v in window.items()}
