@@ -17,16 +17,13 @@ pure compute. --steps 0 means one epoch of the config's training set. Prints one
 import json
 import math
 import statistics
-import pathlib
 import time
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_cifar import optim, parallel
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
