@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Robustness augmentations (generic; never jax_cifar.corrupt's held-out corruptions). Order per
   # image: crop/flip -> random-resized-crop -> policy -> AugMix -> colour jitter -> blur -> JPEG ->
   # noise -> erasing. Each *_prob is the per-image probability; 0 disables.
-  c.augment.augmix = False  # AugMix (torchvision transforms.AugMix semantics) on every training image.
+  c.augment.augmix = False  # AugMix (torchvision transforms.v2.AugMix semantics) on every training image.
   c.augment.augmix_severity = 3  # AugMix: severity of the base ops (1-10).
   c.augment.augmix_width = 3  # AugMix: number of augmentation chains mixed.
   c.augment.augmix_depth = -1  # AugMix: ops per chain; -1 = random in [1, 3].

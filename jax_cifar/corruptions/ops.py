@@ -72,7 +72,8 @@ def motion_blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> n
 
 
 def disk(radius: float, alias_blur: float) -> np.ndarray:
-  """Anti-aliased disk kernel (17x17 for radius <= 8), as make_cifar_c.py builds it."""
+  """Anti-aliased disk kernel, as make_cifar_c.py builds it (17x17 for radius <= 8), its zero
+  margins trimmed (3x3 or 5x5 at CIFAR's radii): the blur is the same."""
   r = np.arange(-8, 9) if radius <= 8 else np.arange(-int(radius), int(radius) + 1)
   ksize = 3 if radius <= 8 else 5
   xx, yy = np.meshgrid(r, r)
@@ -158,7 +159,8 @@ def synthetic_frost(seed: int = 0, count: int = 5, size: int = 96) -> np.ndarray
 
 
 def load_frost_dir(frost_dir: str | os.PathLike) -> list[np.ndarray]:
-  """The first five official frost photographs, shrunk by 0.2 (bilinear) as make_cifar_c.py does."""
+  """The first five official frost photographs, shrunk by 0.2 (bilinear) as make_cifar_c.py does
+  (truncated to uint8 where OpenCV rounds: up to one level darker)."""
   names = ['frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg', 'frost5.jpg']
   out = []
   for name in names:
