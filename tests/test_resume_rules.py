@@ -371,3 +371,17 @@ def test_a_resume_with_other_jax_cifar_code_says_so_and_each_launch_records_its_
   with caplog.at_level('WARNING'):
     relaunch.check_config_change(config, tmp_path, 100, 10, 300)
   assert len(said()) == 1 and '(0.1.0+0123456789ab -> ' in said()[0], said()
+
+
+def test_the_old_schedule_of_a_fractional_epoch_count_ends_at_its_whole_steps(tmp_path, caplog):
+  """1.16 epochs of 25 steps are 29 steps; int(1.16 * 25) is 28 (a test audit: the relaunch's
+  own arithmetic had been left untested)."""
+  old = default.get_config()
+  old.train.num_epochs, old.train.batch_size = 1.16, 128
+  (tmp_path / 'config.json').write_text(json.dumps(old.to_dict(), default=str))
+  new = default.get_config()
+  new.train.num_epochs, new.train.batch_size, new.train.allow_config_change = 2.0, 64, True
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(new, tmp_path, 20, 50, 100, num_train=3_200)
+  assert any('The schedule now ends at step 100 (was 29)' in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -164,6 +164,10 @@ def test_a_fractional_number_of_epochs_trains_its_last_partial_epoch(tmp_path):
   result = trainer.train_and_evaluate(c, str(tmp_path))
   assert result['step'] == 9 and [r['step'] for r in tracking.read_metrics(tmp_path)
                                   if 'val_accuracy' in r][-1] == 9
+  # 1.16 epochs of 25 steps are 29 steps; int(1.16 * 25) is 28 (a test audit).
+  c.data.synthetic_size, c.data.val_fraction, c.train.batch_size = 250, 0.2, 8
+  c.train.num_epochs, c.train.log_every_steps, c.train.eval_every_epochs = 1.16, 100, 100
+  assert trainer.train_and_evaluate(c, str(tmp_path / 'fraction'))['step'] == 29
 
 
 def test_the_last_step_logs_a_train_row_even_off_the_log_cadence(tmp_path):
