@@ -220,6 +220,14 @@ def test_repeats_report_medians_their_range_and_any_error():
   assert 'torch error: RuntimeError: out of memory' in benchmark.table([row])
 
 
+def test_the_ratio_of_repeats_is_the_median_of_each_repeats_own_ratio():
+  """JAX 800/700/900 against PyTorch 1400/1000/1200 img/s: each repeat's ratio 0.57, 0.70 and
+  0.75, median 0.70; the ratio of the medians, 800 / 1200, would be 0.67 (a test audit: the runs
+  above cannot tell the two apart)."""
+  row = benchmark.combine_runs([_run(800, 1400), _run(700, 1000), _run(900, 1200)])
+  assert row['jax_over_torch'] == pytest.approx(0.7)
+
+
 def test_repeats_rescale_rates_to_the_median_and_keep_the_first_start_up_time():
   runs = [_run(800, 1000), _run(700, 1000), _run(900, 1000)]
   for r, tflops in zip(runs, (8.0, 7.0, 9.0)):  # proportional to img/s, as in a real run

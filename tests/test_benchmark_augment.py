@@ -39,17 +39,18 @@ def test_show_augmentations_names_a_folder_without_the_data(tmp_path, capsys):
 
 def test_benchmark_augment_img_s_is_the_batch_over_the_median_call_with_the_overrides_on(
     monkeypatch):
-  """On a clock that ticks once per reading (no timing): every call takes one tick, so img/s is
-  the batch; the --robust overrides reach the augmentation config (a mutation audit)."""
+  """On a fake clock: the compile takes 1 s and the three timed calls 1, 3 and 6 s, so img/s is
+  the batch over the median 3 s (every call had taken one tick, so the max or the first call passed
+  too: a test audit); the --robust overrides reach the augmentation config (a mutation audit)."""
   monkeypatch.syspath_prepend(str(ROOT / 'scripts'))
   script = load_script('benchmark_augment')
   seen = []
   monkeypatch.setattr(script, 'augment', types.SimpleNamespace(
       augment_batch=lambda key, x, cfg: seen.append(cfg.to_dict()) or x))
-  ticks = iter(range(100))
+  ticks = iter([0, 1, 10, 11, 20, 23, 30, 36])
   monkeypatch.setattr(script, 'time', types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
   r = script.benchmark('randaugment', 12, 3, **script.ROBUST['rrc'])
-  assert r == {'images_per_sec': 12.0, 'compile_s': 1.0}
+  assert r == {'images_per_sec': 4.0, 'compile_s': 1.0}
   assert seen and all(c['policy'] == 'randaugment' and c['rrc_prob'] == 1.0 for c in seen)
 
 

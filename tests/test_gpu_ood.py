@@ -319,6 +319,11 @@ def test_the_probe_fits_epochs_at_its_median_speed_after_the_first_row_and_start
   # middle row's 5,000 had planned 28, which overran the training deadline at the median speed).
   assert gpu_ood.epochs_that_fit(args, tmp_path) == 25
   assert gpu_ood.epochs_that_fit(args, tmp_path / 'none') is None
+  # Three rows after the first: the median 4,400 plans 24.9 -> 24 epochs, their mean 4,467 would
+  # plan 25 (a test audit: with two rows the mean is the median).
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write(json.dumps({'step': 40, 'images_per_sec': 4400.0}) + '\n')
+  assert gpu_ood.epochs_that_fit(args, tmp_path) == 24
 
 
 def test_a_tool_is_projected_from_the_time_already_spent(monkeypatch, tmp_path):
