@@ -171,3 +171,28 @@ sys.stdin.read()
       return False
   alive = [w for w in workers if running(w)]
   assert not alive, alive
+
+
+def test_worker_processes_leave_a_stop_signal_to_the_trainer():
+  """SIGTERM or SIGINT to the whole process group (SLURM's --signal, Ctrl-C) had killed grain's
+  workers, so the trainer's next batch raised instead of its saving and stopping (a review). A
+  fresh process in a session of its own: the signal reaches it and its workers only."""
+  code = '''
+import os, signal
+import numpy as np
+from jax_cifar.data import cifar100, pipeline
+images = np.zeros((320, 8, 8, 3), np.uint8)
+split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
+batches = pipeline.train_batches(split, 32, seed=1, num_epochs=3, start_step=0, worker_count=2)
+next(batches)
+seen = []
+for sig in (signal.SIGTERM, signal.SIGINT):  # What the trainer's handlers do: note it, go on.
+  signal.signal(sig, lambda signum, frame: seen.append(signum))
+  os.killpg(0, sig)
+for _ in range(25):
+  next(batches)
+print('GOT', len(seen))
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                       cwd=pathlib.Path(__file__).resolve().parent.parent, start_new_session=True)
+  assert out.returncode == 0 and out.stdout.strip().endswith('GOT 2'), out.stderr[-3000:]

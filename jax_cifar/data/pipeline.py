@@ -14,6 +14,7 @@ ResNet-18 at); the sliced permutation costs ~0.3 ms (docs/benchmarks.md, "Input 
 import dataclasses
 import functools
 import os
+import signal
 import threading
 import time
 from typing import Iterator
@@ -105,8 +106,15 @@ def exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
   that started it. Workers of a SIGKILLed trainer (a preemption, an out-of-memory kill) had lived
   on, idle, holding a copy of the training split each, through every relaunch (an audit). The pid
   is given, not read here: a worker still starting when the trainer died has already been
-  adopted by another process."""
+  adopted by another process.
+
+  SIGTERM and SIGINT are the trainer's to act on (save, then stop): a signal to the whole process
+  group (Ctrl-C, SLURM's --signal) had killed the workers, and the trainer's next batch raised
+  "Worker process was terminated unexpectedly" before it could save (a review). grain stops its
+  workers with an event and SIGKILL, never with these."""
   del worker_index, worker_count
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.SIG_IGN)
 
   def watch():
     while os.getppid() == parent:
