@@ -4,7 +4,8 @@ The handlers only set a flag; the prediction loops poll it between batches (ever
 process; at chunk boundaries, agreed through one tiny all-gather, with several, so all processes
 stop at the same point and none waits forever in a collective). The `Interrupted` exception then
 unwinds through the submission writer, which deletes its temporary file, so a stopped run leaves
-no CSV or the previous complete one. A second signal stops at once.
+no CSV or the previous complete one. With one process a second signal stops at once (with
+several it is only noted: one process raising alone would leave the others in a collective).
 
 `JAX_CIFAR_TEST_SIGNAL=EVENT:INDEX:SIGNAL[:PROCESS]` (e.g. `ood_file:3:SIGKILL`, `train_step:3:SIGTERM:1`)
 makes the process (only JAX process PROCESS, if given) send itself SIGNAL when `at_event(EVENT, INDEX)`
@@ -23,8 +24,11 @@ from jax_cifar import parallel
 TEST_HOOK_VAR = 'JAX_CIFAR_TEST_SIGNAL'
 
 
-class Interrupted(Exception):
-  """Raised by `StopFlag.check` after SIGTERM/SIGINT; `exit_code` follows the shell's 128 + signal."""
+class Interrupted(BaseException):
+  """Raised by `StopFlag.check` after SIGTERM/SIGINT; `exit_code` follows the shell's 128 + signal.
+  Not an Exception: raised at once by a second signal, it had been caught by the `except
+  Exception` of whatever code it interrupted (a restore called it a damaged checkpoint, a kept
+  file's check swallowed it: a review), as KeyboardInterrupt is not."""
 
   def __init__(self, name: str, signum: int):
     super().__init__(name)
@@ -43,8 +47,10 @@ class StopFlag:
       signal.signal(sig, self._handler)
 
   def _handler(self, signum, _frame) -> None:
-    if self.name is not None:  # Second signal: do not wait for the next batch.
-      raise Interrupted(self.name, self.signum)
+    if self.name is not None:  # A second signal: one process does not wait for the batch.
+      if jax.process_count() == 1:
+        raise Interrupted(self.name, self.signum)
+      return  # (Several: the next collective check stops them all.)
     self.name, self.signum = signal.Signals(signum).name, signum
 
   def check(self, collective: bool = False) -> None:
