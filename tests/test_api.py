@@ -333,6 +333,19 @@ def test_weights_auto_of_another_runs_step_ranks_by_that_runs_validation(run, tm
   assert ranked_by == [str(tmp_path / 'other')] * 2 + [str(run)]
 
 
+def test_the_processes_agree_on_the_step_they_restored_before_evaluating(run, monkeypatch):
+  """Each process lists the checkpoints itself: a run still saving had let two processes restore
+  different steps, mixed silently in one evaluation (a review). The step goes through
+  parallel.same_on_every_process, which refuses a disagreement (test_trainer.py)."""
+  from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  agreed, real = [], parallel.same_on_every_process
+  monkeypatch.setattr(parallel, 'same_on_every_process',
+                      lambda value, what: agreed.append((value, what)) or real(value, what))
+  _, step = inference.load_predictor(jax_cifar.run_config(run), str(run), 'latest')
+  assert (step, "the step of 'latest' restored") in agreed
+
+
 def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_path, monkeypatch):
   """A run's config.json, checkpoints/ or a step folder given as the run had said only "is it a
   run directory?"; '~/run' was not expanded; a run without a 'best' step did not say 'latest' has

@@ -162,6 +162,9 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
+  # Each process listed the folder itself: a run still saving had let them restore different
+  # steps, mixed silently in one evaluation (a review). Refused, naming each process's step.
+  step = parallel.same_on_every_process(step, f"the step of '{which}' restored")
   # --weights auto ranks the two at that step by the validation rows of the run that saved it.
   weights = state_lib.resolve_weights(weights, state, owning_run(workdir, which), step)
   state = state_lib.with_weights(state, weights, workdir)
