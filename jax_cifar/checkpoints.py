@@ -241,7 +241,10 @@ class Checkpoints:
         moved = [_move_aside(manager.directory, which, step) for step in steps]
         logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved),
                         moved[0].parent)
-    if steps:
+    # Every process reloads when any moved steps (a collective): the save that follows runs only
+    # where the listing lacks the step, and a process that had not reloaded skipped orbax's
+    # collective save while the others waited in it (a review).
+    if parallel.any_process(bool(steps)):
       manager.reload()
     return moved
 

@@ -291,6 +291,21 @@ def test_a_damaged_step_is_restored_from_its_intact_copy_in_the_other_folder(run
     state_lib.restore(_config(0), workdir, 'best')
 
 
+def test_every_process_reloads_its_listing_when_any_set_damaged_steps_aside(run9, tmp_path,
+                                                                           monkeypatch):
+  """The save after a resume runs only where the listing lacks the step: a process that found no
+  damage had skipped the reload, and so orbax's collective save, while the others waited in it
+  (a review). Another process's damage simulated through parallel.any_process."""
+  from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
+  ckpts = checkpoints.Checkpoints(run9, create=False)
+  reloads = []
+  monkeypatch.setattr(ckpts.latest, 'reload', lambda: reloads.append(1))
+  monkeypatch.setattr(parallel, 'any_process', lambda mine: True)  # Damaged on another process.
+  assert ckpts.set_aside_damaged('latest') == [] and reloads == [1]
+  monkeypatch.setattr(parallel, 'any_process', lambda mine: mine)  # Nowhere.
+  assert ckpts.set_aside_damaged('latest') == [] and reloads == [1]
+
+
 def test_resume_takes_a_damaged_steps_intact_copy_and_sets_the_damaged_one_aside(run9, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
