@@ -53,9 +53,10 @@ def check_writable(directory: pathlib.Path) -> None:
 
 
 def save_whole_arrays_on_cpu() -> None:
-  """On CPU devices, orbax saves each replicated array whole (from one device), as it does on GPUs.
+  """On CPU devices, orbax saves each replicated array whole (from one device), as it does where
+  JAX_PLATFORMS names a GPU.
 
-  Off GPUs, orbax's default is replica-parallel saving: each replicated array is cut into one slice
+  Otherwise orbax's default is replica-parallel saving (it reads JAX_PLATFORMS, not the devices): each replicated array is cut into one slice
   per device, so that the hosts holding the replicas share the writing. Every slice is an eager
   slice op (a compiled program per shape): CPU devices share the host's memory, so there they only
   cost time. The smoke model's first save on 4 CPU devices took 4.4-5.2 s with them and 0.5-0.6 s

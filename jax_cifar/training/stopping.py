@@ -1,7 +1,8 @@
 """How a training run stops on SIGTERM/SIGINT: the handlers set a flag that the loop reads after
 each step (save, then `Preempted`), and a second one stops it at once, without saving (`StopNow`);
 while the run starts, a first signal stops it before its first step and a second one at once.
-Several processes agree before they stop (and wait for the save)."""
+Several processes agree before they stop (and wait for the save); a second signal then changes
+nothing (one process stopping alone would leave the others in a collective)."""
 
 import os
 import signal
