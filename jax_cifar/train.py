@@ -42,6 +42,10 @@ def main(argv):
   cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
     parallel.maybe_initialize_distributed()
+    # JAX's distributed runtime installs its own SIGTERM handler (its preemption notifier): a
+    # SIGTERM before the trainer's handlers (while the processes connect, up to minutes) had been
+    # lost, and the run trained on (a review). Still starting, nothing written: it stops at once.
+    starting.install()
     parallel.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
