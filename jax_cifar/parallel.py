@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jax_cifar import errors
+from jax_cifar import errors, starting
 
 DATA_AXIS = 'data'
 DISTRIBUTED_VAR = 'JAX_CIFAR_DISTRIBUTED'  # 1: jax.distributed.initialize() finds the cluster.
@@ -71,6 +71,9 @@ def maybe_initialize_distributed() -> None:
            'Kubernetes, Open MPI): unset it to run as one process, ' if detecting
            else '') + 'or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID'
     ) from None
+  # JAX took SIGTERM for its preemption notifier: one while the processes connect had been lost
+  # (a review). Nothing is written yet: it stops at once, until the command installs its handlers.
+  starting.install()
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.default_backend() == 'cpu' and jax.process_count() > 1:

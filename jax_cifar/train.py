@@ -41,11 +41,7 @@ def main(argv):
   from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
   cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
-    parallel.maybe_initialize_distributed()
-    # JAX's distributed runtime installs its own SIGTERM handler (its preemption notifier): a
-    # SIGTERM before the trainer's handlers (while the processes connect, up to minutes) had been
-    # lost, and the run trained on (a review). Still starting, nothing written: it stops at once.
-    starting.install()
+    parallel.maybe_initialize_distributed()  # (It gives SIGTERM back to the start-up handler.)
     parallel.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:

@@ -367,25 +367,3 @@ def test_only_a_help_flags_status_1_becomes_0():
                          text=True, timeout=120, check=False)
     assert out.returncode == status, (args, out.stderr[-2000:])
 
-
-def test_a_sigterm_after_jax_distributed_starts_still_stops_a_starting_run(monkeypatch):
-  """jax.distributed.initialize installs JAX's preemption notifier for SIGTERM: until the trainer
-  installs its handlers (after the processes connect: up to minutes), a SIGTERM had been lost and
-  the run trained on (a review). JAX's handler is stood in for; the trainer is not run."""
-  import signal  # pylint: disable=import-outside-toplevel
-  import types  # pylint: disable=import-outside-toplevel
-  from jax_cifar import parallel, starting, train  # pylint: disable=import-outside-toplevel
-  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
-  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-  seen = []
-  monkeypatch.setattr(parallel, 'maybe_initialize_distributed',
-                      lambda: signal.signal(signal.SIGTERM, lambda *_: None))
-  monkeypatch.setattr(trainer, 'train_and_evaluate', lambda config, workdir: seen.append(
-      signal.getsignal(signal.SIGTERM)) or {'step': 0, 'best_metric': 'val_accuracy'})
-  monkeypatch.setattr(train, 'FLAGS', types.SimpleNamespace(config=None, workdir='runs/x'))
-  try:
-    train.main([])
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-  assert seen == [starting._stop_at_once]  # pylint: disable=protected-access

@@ -1,6 +1,6 @@
 """Processes launched apart: settings (config keys, evaluate's flags) that differ between them, and
 a workdir that is not one shared folder, stop every process at the start with one line each (two
-real processes of one CPU device each)."""
+real processes of one CPU device each); so does a SIGTERM while they connect."""
 
 import os
 import pathlib
@@ -13,11 +13,15 @@ from jax_cifar import interrupt
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _two_processes(tmp_path, module: str, args: list[str], second: list[str]) -> list[list[str]]:
+def _two_processes(tmp_path, module: str, args: list[str], second: list[str], status: int = 1,
+                   hook: str = '') -> list[list[str]]:
   """Runs `python -m module` as 2 processes of one CPU device each, process 0 with `args` and
-  process 1 with `second`; returns each process's error lines (both must exit 1)."""
+  process 1 with `second` (`hook`: interrupt's test hook in both); returns each process's error
+  lines (both must exit with `status`)."""
   launch = load_script('launch_local')
   base = {k: v for k, v in os.environ.items() if k != interrupt.TEST_HOOK_VAR}
+  if hook:
+    base[interrupt.TEST_HOOK_VAR] = hook
   base['JAX_CIFAR_SHARED_WAIT_S'] = '2'  # The folders are local: no cache to wait for.
   port, procs = launch.free_port(), []
   try:
@@ -30,7 +34,7 @@ def _two_processes(tmp_path, module: str, args: list[str], second: list[str]) ->
     for p in procs:
       p.kill()
       p.wait()
-  assert [p.returncode for p in procs] == [1, 1] and not any('Traceback' in e for e in errs), errs
+  assert [p.returncode for p in procs] == [status] * 2 and not any('Traceback' in e for e in errs), errs
   return [[l for l in e.splitlines() if l.startswith('error:')] for e in errs]
 
 
@@ -63,3 +67,18 @@ def test_processes_launched_with_different_settings_or_folders_all_stop_naming_t
       'the processes were given different configs or flags', f'--bn_adapt differ (process {i} has '
       f'--bn_adapt={flag}); launch every process with the same command']
       for i, flag in enumerate((False, True))], lines
+
+
+def test_a_sigterm_while_the_processes_connect_stops_them_before_anything_is_written(tmp_path):
+  """jax.distributed.initialize hands SIGTERM to JAX's preemption notifier: one that came while
+  the processes connected (up to minutes on a cluster) had been lost, and both processes trained
+  and exited 0 (a review)."""
+  train = ['--config', str(ROOT / 'configs' / 'default.py'), '--config.data.source=synthetic',
+           '--config.data.synthetic_size=320', '--config.data.val_fraction=0.5',
+           '--config.model.name=simple_cnn', '--config.train.max_steps=1',
+           '--config.train.batch_size=32',
+           '--workdir', str(tmp_path / 'run')]
+  lines = _two_processes(tmp_path, 'jax_cifar.train', train, train, status=143,
+                         hook='connect:0:SIGTERM')
+  assert lines == [['error: stopped by SIGTERM while starting']] * 2, lines
+  assert not (tmp_path / 'run').exists()
