@@ -48,7 +48,9 @@ class StopFlag:
 
   def _handler(self, signum, _frame) -> None:
     if self.name is not None:  # A second signal: one process does not wait for the batch.
-      if jax.process_count() == 1:
+      # Not jax.process_count(), which may start the backends under a lock the interrupted
+      # code holds: the handler had waited on it for good (the diff review).
+      if not jax.distributed.is_initialized():
         raise Interrupted(self.name, self.signum)
       return  # (Several: the next collective check stops them all.)
     self.name, self.signum = signal.Signals(signum).name, signum

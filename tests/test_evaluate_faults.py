@@ -315,12 +315,32 @@ def test_a_second_signal_stops_at_once_with_the_first_ones_name(monkeypatch):
       except Exception:  # pylint: disable=broad-except  (as step_folders' restore does)
         pass
     assert stopped.value.name == 'SIGINT' and stopped.value.exit_code == 130
-    monkeypatch.setattr(interrupt.jax, 'process_count', lambda: 2)
+    monkeypatch.setattr(interrupt.jax.distributed, 'is_initialized', lambda: True)  # Several.
     os.kill(os.getpid(), signal.SIGTERM)  # Noted; the next collective check stops every process.
     assert flag.name == 'SIGINT'
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+
+
+def test_a_second_signal_while_jax_holds_its_backend_lock_still_stops_at_once():
+  """The handler had asked jax.process_count(), which takes the lock under which JAX starts its
+  devices: a second signal while the main thread held it (a GPU starting) waited on it for good
+  (the diff review). A fresh process, killed by the timeout if it hangs."""
+  code = '''
+import os, signal
+from jax._src import xla_bridge
+from jax_cifar import interrupt
+interrupt.FLAG.install()
+os.kill(os.getpid(), signal.SIGTERM)
+try:
+  with xla_bridge._backend_lock:  # As while JAX starts its devices.
+    os.kill(os.getpid(), signal.SIGINT)
+except interrupt.Interrupted as e:
+  print('STOPPED', e.name)
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert out.stdout.strip() == 'STOPPED SIGTERM', out.stderr[-2000:]
 
 
 def test_the_test_hook_fires_only_at_its_event_index_and_process(monkeypatch):
