@@ -181,11 +181,10 @@ def step_compiler_options(dtype: str = 'float32') -> dict | None:
   """
   if jax.default_backend() != 'cpu':
     return None
+  defaults = xla_defaults()  # (Read for bfloat16 too: a mistyped value is named whatever the dtype.)
   if dtype != 'float32':
     return dict(BF16_CPU_OPTIONS)
-  if xla_defaults():
-    return None
-  return dict(CPU_COMPILER_OPTIONS)
+  return None if defaults else dict(CPU_COMPILER_OPTIONS)
 
 
 def xla_defaults() -> bool:

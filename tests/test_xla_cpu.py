@@ -62,8 +62,22 @@ def test_xla_defaults_0_keeps_the_trainer_options_and_a_typo_is_named(monkeypatc
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '0')
   assert parallel.step_compiler_options('float32') == parallel.CPU_COMPILER_OPTIONS
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', 'maybe')
-  with pytest.raises(errors.ConfigError, match="JAX_CIFAR_XLA_DEFAULTS='maybe': give 1"):
-    parallel.step_compiler_options('float32')
+  for dtype in ('float32', 'bfloat16'):
+    with pytest.raises(errors.ConfigError, match="JAX_CIFAR_XLA_DEFAULTS='maybe': give 1"):
+      parallel.step_compiler_options(dtype)
+
+
+def test_a_mistyped_xla_defaults_is_named_before_a_run_writes_anything(monkeypatch, tmp_path):
+  """It had been found at the first compile, after the launch was recorded (the diff review)."""
+  from jax_cifar import errors  # pylint: disable=g-import-not-at-top
+  from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
+  from jax_cifar.training import trainer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', 'maybe')
+  config = default.get_config()
+  config.data.source, config.model.name = 'synthetic', 'simple_cnn'
+  with pytest.raises(errors.ConfigError, match='JAX_CIFAR_XLA_DEFAULTS'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_bfloat16_run_on_cpu_is_told_that_bfloat16_is_for_gpus():
