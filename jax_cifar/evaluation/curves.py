@@ -14,7 +14,7 @@ import numpy as np
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
-HEAD_RATE_LABEL = "the new head's learning rate\n(backbone: x optim.backbone_lr_mult)"
+HEAD_RATE_LABEL = "the new head's learning rate\n(the backbone's: optim.backbone_lr_mult,\nfreeze_backbone_steps)"
 
 
 def run_colors(n: int) -> list[tuple[float, ...]]:
