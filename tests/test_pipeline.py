@@ -175,16 +175,29 @@ sys.stdin.read()
 
 def test_worker_processes_leave_a_stop_signal_to_the_trainer():
   """SIGTERM or SIGINT to the whole process group (SLURM's --signal, Ctrl-C) had killed grain's
-  workers, so the trainer's next batch raised instead of its saving and stopping (a review). A
-  fresh process in a session of its own: the signal reaches it and its workers only."""
+  workers, so the trainer's next batch raised instead of its saving and stopping (a review). The
+  signals come once both workers have started (until then a worker is a fresh interpreter that a
+  signal still ends: the diff review; pipeline.exit_with_parent). A fresh process in a session of
+  its own: they reach it and its workers only."""
   code = '''
-import os, signal
+import os, pathlib, signal, time
 import numpy as np
 from jax_cifar.data import cifar100, pipeline
 images = np.zeros((320, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
 batches = pipeline.train_batches(split, 32, seed=1, num_epochs=3, start_step=0, worker_count=2)
 next(batches)
+def ignoring(pid):  # Whether the worker ignores SIGTERM and SIGINT (its init has run).
+  mask = int(next(l for l in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines()
+                  if l.startswith('SigIgn:')).split()[1], 16)
+  return all(mask >> (s - 1) & 1 for s in (signal.SIGTERM, signal.SIGINT))
+workers = [int(c) for t in pathlib.Path(f'/proc/{os.getpid()}/task').iterdir()
+           for c in (t / 'children').read_text().split()
+           if 'spawn_main' in pathlib.Path(f'/proc/{c}/cmdline').read_text()]
+assert len(workers) == 2, workers
+deadline = time.time() + 60
+while not all(map(ignoring, workers)) and time.time() < deadline:
+  time.sleep(0.05)
 seen = []
 for sig in (signal.SIGTERM, signal.SIGINT):  # What the trainer's handlers do: note it, go on.
   signal.signal(sig, lambda signum, frame: seen.append(signum))

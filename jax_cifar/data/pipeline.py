@@ -111,7 +111,9 @@ def exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
   SIGTERM and SIGINT are the trainer's to act on (save, then stop): a signal to the whole process
   group (Ctrl-C, SLURM's --signal) had killed the workers, and the trainer's next batch raised
   "Worker process was terminated unexpectedly" before it could save (a review). grain stops its
-  workers with an event and SIGKILL, never with these."""
+  workers with an event and SIGKILL, never with these. Left: a worker still starting (a fresh
+  interpreter, seconds, at a launch's first batch) is still ended by one; it cannot be handed an
+  ignored signal, as grain starts workers from threads the trainer does not control."""
   del worker_index, worker_count
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, signal.SIG_IGN)
