@@ -219,7 +219,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
-  parallel.xla_defaults()  # A mistyped JAX_CIFAR_XLA_DEFAULTS: named before any work.
+  parallel.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
       **workdir_lib.flatten(config.to_dict()), '--checkpoint': str(which), '--tta': tta_mode,
       '--tta_flip': tta_flip, '--bn_adapt': adapt_bn, '--weights': weights,

@@ -41,8 +41,10 @@ class StopFlag:
   def __init__(self):
     self.name: str | None = None
     self.signum = 0
+    self.several = False  # Several processes (read at install(), never in the handler).
 
   def install(self) -> None:
+    self.several = jax.distributed.is_initialized() and jax.process_count() > 1
     for sig in (signal.SIGTERM, signal.SIGINT):
       signal.signal(sig, self._handler)
 
@@ -50,7 +52,7 @@ class StopFlag:
     if self.name is not None:  # A second signal: one process does not wait for the batch.
       # Not jax.process_count(), which may start the backends under a lock the interrupted
       # code holds: the handler had waited on it for good (the diff review).
-      if not jax.distributed.is_initialized():
+      if not self.several:
         raise Interrupted(self.name, self.signum)
       return  # (Several: the next collective check stops them all.)
     self.name, self.signum = signal.Signals(signum).name, signum

@@ -187,6 +187,14 @@ def step_compiler_options(dtype: str = 'float32') -> dict | None:
   return None if defaults else dict(CPU_COMPILER_OPTIONS)
 
 
+def check_xla_defaults() -> None:
+  """A mistyped JAX_CIFAR_XLA_DEFAULTS, named on every process before a command writes anything
+  (on CPU: elsewhere it is not read; the diff review)."""
+  with fail_together('reading JAX_CIFAR_XLA_DEFAULTS'):
+    if jax.default_backend() == 'cpu':
+      xla_defaults()
+
+
 def xla_defaults() -> bool:
   """Whether JAX_CIFAR_XLA_DEFAULTS asks for XLA's own CPU options (any value had, 0 too)."""
   value = os.environ.get('JAX_CIFAR_XLA_DEFAULTS', '').strip().lower()

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 
 import pytest
 
@@ -58,6 +59,18 @@ def _optimized_xla(request, monkeypatch):
     yield
   finally:
     jax.config.update('jax_disable_most_optimizations', before)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+  """The test process's SIGINT/SIGTERM handlers after every test: one that starts a command's
+  (maybe_initialize_distributed installs starting.py's os._exit one) had left it behind, and a
+  Ctrl-C then ended the worker without its teardown (the diff review)."""
+  saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield
+  for s, handler in saved.items():
+    if signal.getsignal(s) is not handler:
+      signal.signal(s, handler)
 
 
 @pytest.fixture

@@ -315,9 +315,25 @@ def test_a_second_signal_stops_at_once_with_the_first_ones_name(monkeypatch):
       except Exception:  # pylint: disable=broad-except  (as step_folders' restore does)
         pass
     assert stopped.value.name == 'SIGINT' and stopped.value.exit_code == 130
-    monkeypatch.setattr(interrupt.jax.distributed, 'is_initialized', lambda: True)  # Several.
+    flag.several = True  # As install() finds with several processes.
     os.kill(os.getpid(), signal.SIGTERM)  # Noted; the next collective check stops every process.
     assert flag.name == 'SIGINT'
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def test_one_distributed_process_is_one_process_for_a_second_signal(monkeypatch):
+  """launch_local --num_processes 1 initialises jax.distributed with one process: its second
+  signal stops at once, as README says of one process (the diff review)."""
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  monkeypatch.setattr(interrupt.jax.distributed, 'is_initialized', lambda: True)
+  try:
+    for count, several in ((1, False), (2, True)):
+      monkeypatch.setattr(interrupt.jax, 'process_count', lambda count=count: count)
+      flag = interrupt.StopFlag()
+      flag.install()
+      assert flag.several is several
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)

@@ -92,7 +92,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f'get_config(), then changed), got {type(config).__name__}')
   errors.folder_arg('train_and_evaluate(config, workdir)', workdir)
   config_validation.validate(config)
-  parallel.xla_defaults()  # A mistyped JAX_CIFAR_XLA_DEFAULTS: named before anything is written.
+  parallel.check_xla_defaults()
   parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
   workdir = pathlib.Path(workdir)
   # From here SIGTERM/SIGINT only set a flag: read before the first step (a stop while starting),
