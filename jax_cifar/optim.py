@@ -124,6 +124,12 @@ def _base_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransform
   raise errors.ConfigError(f'optim.name must be one of {OPTIMIZERS}, got {config.name!r}')
 
 
+def splits_backbone(optim) -> bool:
+  """Whether an optim section (a ConfigDict, or config.json's dict, where keys may be missing)
+  gives the backbone another learning rate than the head: backbone_lr_mult or a freeze."""
+  return optim.get('backbone_lr_mult', 1.0) != 1.0 or bool(optim.get('freeze_backbone_steps', 0))
+
+
 def make_optimizer(config, total_steps: int, steps_per_epoch: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns (transformation, head learning-rate schedule for logging) for the config's `optim`
@@ -132,8 +138,7 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int
     raise TypeError('make_optimizer takes the optim section of a config (config.optim), not '
                     + ('the whole config' if 'optim' in config else 'a config without optim.lr'))
   head_schedule = make_schedule(config.lr, config, total_steps, steps_per_epoch)
-  split = config.backbone_lr_mult != 1.0 or config.freeze_backbone_steps > 0
-  if split:
+  if splits_backbone(config):
     backbone_schedule = make_schedule(config.lr * config.backbone_lr_mult, config, total_steps,
                                       steps_per_epoch, delay_steps=config.freeze_backbone_steps)
     tx = optax.multi_transform(

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from jax_cifar import optim
 from jax_cifar.evaluation import figures
 
 LR_KEYS = ('learning_rate', 'lr')  # The trainer logs `learning_rate` (train_step.py).
@@ -141,10 +142,8 @@ def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool
 
 def split_learning_rates(config: dict | None) -> bool:
   """Whether a run's config.json gives its backbone another learning rate than its head."""
-  optim = config.get('optim') if isinstance(config, dict) else None
-  if not isinstance(optim, dict):
-    return False
-  return optim.get('backbone_lr_mult', 1.0) != 1.0 or bool(optim.get('freeze_backbone_steps', 0))
+  section = config.get('optim') if isinstance(config, dict) else None
+  return isinstance(section, dict) and optim.splits_backbone(section)
 
 
 def _lr_key(rows: list[dict]) -> str | None:

@@ -30,7 +30,7 @@ def random_backbone_note(config, resume_step: int) -> str | None:
   transfer config launched without its weights trained it at a tenth of the rate, or frozen)."""
   o = config.optim
   if resume_step or config.model.pretrained or config.model.init_from or (
-      o.backbone_lr_mult == 1.0 and o.freeze_backbone_steps == 0):
+      not optim.splits_backbone(o)):
     return None
   how = ' and '.join(
       ([f'trains at optim.backbone_lr_mult={o.backbone_lr_mult:g} x the head\'s rate']
