@@ -106,6 +106,28 @@ def test_a_resumed_run_saves_the_damaged_step_again_and_keeps_the_damaged_copy(r
   assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == ['6', '9']
 
 
+def test_a_relaunch_that_falls_back_to_an_older_step_is_checked_at_that_step(run9, tmp_path,
+                                                                            caplog):
+  """6 steps per epoch: step 9 is epoch 1.50, step 6 epoch 1.00. With step 9 damaged the run goes
+  on from step 6, so train.num_epochs 2 -> 1.2 ends the schedule after it (step 7) and is allowed,
+  and the notes name step 6. The config was checked at the damaged newest step: refused as
+  "already at epoch 1.50" (a review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '9', 'truncated')
+  c = _config(12)
+  c.train.num_epochs = 1.2
+  with caplog.at_level(logging.WARNING):
+    assert trainer.train_and_evaluate(c, str(workdir))['step'] == 7
+  said = [r.getMessage() for r in caplog.records]
+  assert 'Resuming at step 6 with train.num_epochs changed: 2.0 -> 1.2.' in said, said
+  assert any(m.startswith('The schedule now ends at step 7 (was 12): the learning rate at step 6 ')
+             for m in said), said
+  assert not [m for m in said if 'step 9' in m and 'Damaged' not in m], said
+  rows = tracking.read_metrics(workdir)
+  assert (workdir / 'checkpoints' / 'latest' / '7').is_dir()
+
+
 def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)

@@ -1,9 +1,9 @@
 """What a relaunch of a run may change: its previous launch's config against this one's.
 
 `workdir` holds the rules (which keys are safe to change, which extend the schedule);
-`start.resume_or_init` calls `check_config_change` before it restores, `cannot_resume_with` to
-word the error of a resume whose allowed changes altered what the train state holds, and
-`record_launch` once the launch is agreed on.
+`start.resume_or_init` calls `check_config_change` once it has restored the step it resumes from
+(before anything is written), `cannot_resume_with` to word the error of a resume whose allowed
+changes altered what the train state holds, and `record_launch` once the launch is agreed on.
 """
 
 import json

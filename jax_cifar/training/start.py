@@ -54,8 +54,25 @@ def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints
   # Resuming restores every weight: model.pretrained / model.init_from are read at step 0 only.
   state, graphdef = state_lib.init_state(config, tx, mesh, pretrained=not resume_step)
   has_best = ckpts.best.best_step() is not None
-  changes = relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
+  # The restore comes first: a damaged newest step falls back to an older one, and the config's
+  # checks and notes are of the step the run goes on from (they had described the newest one, a
+  # review). Nothing is written before the checks; a refused change is the error that is raised,
+  # also when the restore failed (another model's arrays do not fit this state).
+  step, restore_error = resume_step, None
+  if resume_step:
+    try:
+      state, step = ckpts.restore('latest', state, fallback=True)
+    except checkpoints.CheckpointError as e:
+      restore_error = e
+    step = parallel.same_on_every_process(step, 'the intact step to resume from')
+  changes = relaunch.check_config_change(config, workdir, step, steps_per_epoch, total_steps,
                                          has_best=has_best, num_train=num_train)
+  if restore_error is not None:
+    error = (relaunch.cannot_resume_with(changes, workdir, restore_error)
+             if isinstance(restore_error, checkpoints.StructureMismatch) else restore_error)
+    if error is restore_error:
+      raise restore_error
+    raise error from restore_error
   # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
   # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
   # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
@@ -67,14 +84,6 @@ def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints
   for note in config_validation.ignored_notes(config) + config_validation.input_notes(config):
     logging.warning('%s.', note)
   if resume_step:
-    try:
-      state, step = ckpts.restore('latest', state, fallback=True)
-      step = parallel.same_on_every_process(step, 'the intact step to resume from')
-    except checkpoints.StructureMismatch as e:
-      error = relaunch.cannot_resume_with(changes, workdir, e)
-      if error is e:
-        raise
-      raise error from e
     ckpts.set_aside_damaged('latest')  # Retraining saves those steps again.
     # A step restored from its copy in best/ is in latest/ no more: saved there again at once, or
     # a kill before the next save would find no latest step and start the run over (a review).
