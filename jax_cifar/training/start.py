@@ -65,14 +65,15 @@ def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints
     except checkpoints.CheckpointError as e:
       restore_error = e
     step = parallel.same_on_every_process(step, 'the intact step to resume from')
-  changes = relaunch.check_config_change(config, workdir, step, steps_per_epoch, total_steps,
-                                         has_best=has_best, num_train=num_train)
-  if restore_error is not None:
-    error = (relaunch.cannot_resume_with(changes, workdir, restore_error)
-             if isinstance(restore_error, checkpoints.StructureMismatch) else restore_error)
-    if error is restore_error:
-      raise restore_error
-    raise error from restore_error
+  with parallel.fail_together('checking the relaunch'):  # (One process alone had raised.)
+    changes = relaunch.check_config_change(config, workdir, step, steps_per_epoch, total_steps,
+                                           has_best=has_best, num_train=num_train)
+    if restore_error is not None:
+      error = (relaunch.cannot_resume_with(changes, workdir, restore_error)
+               if isinstance(restore_error, checkpoints.StructureMismatch) else restore_error)
+      if error is restore_error:
+        raise restore_error
+      raise error from restore_error
   # At step 0 the run starts clean: an earlier launch's best checkpoint (of this config or, when
   # allowed, another) is set aside with that launch's metrics, whose rows it needs (kept, its
   # validation row had gone to previous-*/ without it). Agreed, as it decides a collective below.
