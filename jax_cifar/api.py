@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, image_checks, models, parallel, step_folders
-from jax_cifar import workdir
+from jax_cifar import checkpoints, errors, image_checks, models, step_folders, workdir
+from jax_cifar import xla_options
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -152,7 +152,7 @@ def _probabilities_fn(graphdef: nnx.GraphDef, image_size: int, normalize: str, d
   (a notebook loop) reuse its compilation instead of tracing a new closure each time. It is
   compiled with evaluate's CPU options (a bfloat16 model needs one of them)."""
 
-  @functools.partial(jax.jit, compiler_options=parallel.step_compiler_options(dtype))
+  @functools.partial(jax.jit, compiler_options=xla_options.step_compiler_options(dtype))
   def probabilities(state, x):
     x = augment.to_model_input(x, image_size=image_size, normalize=normalize,
                                dtype=jnp.dtype(dtype))

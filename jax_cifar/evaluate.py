@@ -58,7 +58,7 @@ from ml_collections import config_flags
 from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, step_folders
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
-from jax_cifar import parallel, tracking
+from jax_cifar import parallel, tracking, xla_options
 from jax_cifar.evaluation import eval_json, figures, kept_predictions, ood_sets, submission, tta
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
@@ -219,7 +219,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
   eval_<tag>.json and figures into `workdir`; returns the numbers."""
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
-  parallel.check_xla_defaults()
+  xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
       **workdir_lib.flatten(config.to_dict()), '--checkpoint': str(which), '--tta': tta_mode,
       '--tta_flip': tta_flip, '--bn_adapt': adapt_bn, '--weights': weights,
@@ -343,7 +343,7 @@ def main(argv):
     # notifier), which had replaced this one, so SIGTERM did not stop a multi-process evaluation
     # and its exit then waited minutes in a preemption barrier.
     interrupt.FLAG.install()
-    parallel.enable_compilation_cache()
+    xla_options.enable_compilation_cache()
     config = FLAGS.config or workdir_lib.run_config(FLAGS.workdir)
     if FLAGS.config and cli.config_is_the_runs():
       inference.check_matches_run(config, FLAGS.workdir, given='the overridden config',

@@ -37,12 +37,12 @@ def main(argv):
   del argv
   # JAX, flax, orbax and grain load once the flags are parsed: `--help`, a mistyped flag and a
   # config that does not load answer in a fraction of a second, not after two seconds of imports.
-  from jax_cifar import parallel, tracking  # pylint: disable=import-outside-toplevel
+  from jax_cifar import parallel, tracking, xla_options  # pylint: disable=import-outside-toplevel
   from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
   cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
     parallel.maybe_initialize_distributed()  # (It gives SIGTERM back to the start-up handler.)
-    parallel.enable_compilation_cache()
+    xla_options.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
     starting.uninstall()

@@ -334,9 +334,9 @@ def main(argv=None) -> int:
                    defaults=vars(parse_args([])))
   import jax  # pylint: disable=import-outside-toplevel
   if args.cache_dir:
-    from jax_cifar import parallel  # pylint: disable=import-outside-toplevel
+    from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
     jax.config.update('jax_compilation_cache_dir', args.cache_dir)
-    parallel.enable_compilation_cache()  # The trainer's settings for the cache.
+    xla_options.enable_compilation_cache()  # The trainer's settings for the cache.
   else:  # Compile times are part of the result: never read them from the persistent cache.
     jax.config.update('jax_enable_compilation_cache', False)
   with_torch = 'torch' in _csv(args.frameworks) and not (args.find_batch_size or args.analysis_only)

@@ -311,9 +311,9 @@ subprocess.run([sys.executable, 'scripts/convert_torchvision_weights.py', '--arc
 print(f'converted weights in {time.time() - t:.1f}s', flush=True)
 
 from jax_cifar.configs import default  # pylint: disable=wrong-import-position
-from jax_cifar import parallel  # pylint: disable=wrong-import-position
+from jax_cifar import xla_options  # pylint: disable=wrong-import-position
 from jax_cifar.training import trainer
-parallel.enable_compilation_cache()  # the second run reuses the first one's compiled steps
+xla_options.enable_compilation_cache()  # the second run reuses the first one's compiled steps
 
 size, batch, epochs = (32, 16, 1) if small else (160, 64, 4)
 results = {}

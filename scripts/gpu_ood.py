@@ -140,10 +140,10 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
   waiting for the full set never holds back the other numbers. clean_first: a 'clean' row (no
   OOD set) first, for a run whose small sets are not ready yet."""
   from jax_cifar import evaluate as ev  # pylint: disable=g-import-not-at-top
-  from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import xla_options  # pylint: disable=g-import-not-at-top
   from jax_cifar import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jax_cifar.evaluation import tent as tent_lib  # pylint: disable=g-import-not-at-top
-  parallel.enable_compilation_cache()
+  xla_options.enable_compilation_cache()
   config = workdir_lib.run_config(run)
   n_clean = clean_images(args.data, config)
   per_view_image = None  # Seconds per image and view, from the first evaluation's OOD files.

@@ -29,11 +29,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def speed(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from jax_cifar.configs import smoke  # pylint: disable=g-import-not-at-top
-  from jax_cifar import optim, parallel  # pylint: disable=g-import-not-at-top
+  from jax_cifar import optim, parallel, xla_options  # pylint: disable=g-import-not-at-top
   from jax_cifar.evaluation import inference
   from jax_cifar import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  parallel.enable_compilation_cache()
+  xla_options.enable_compilation_cache()
   config = smoke.get_config()
   if args.model == 'resnet18':
     config.model.width = 64  # torchvision width, cifar stem, 32 px.

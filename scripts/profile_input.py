@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_cifar import optim, parallel
+from jax_cifar import optim, parallel, xla_options
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -122,7 +122,7 @@ def profile(config, steps: int) -> dict:
 
 def main(argv):
   del argv
-  parallel.enable_compilation_cache()
+  xla_options.enable_compilation_cache()
   import hostinfo  # pylint: disable=g-import-not-at-top  (scripts/, beside this file)
   result = {**profile(FLAGS.config, FLAGS.steps), 'machine': hostinfo.machine()}
   print(f"machine: {hostinfo.describe(result['machine'])}\n{'path':<12}{'img/s':>10}\n"

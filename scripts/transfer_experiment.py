@@ -6,7 +6,7 @@
 Runs `python -m jax_cifar.train --config configs/resnet50_transfer.py` twice, identical except for
 `--config.model.pretrained`, then prints (and writes OUT/results.json) validation accuracy, steps,
 image size and wall time of both. Defaults are sized for a small CPU (see docs/transfer.md). The
-trainer compiles its steps with the CPU XLA options itself (parallel.step_compiler_options;
+trainer compiles its steps with the CPU XLA options itself (xla_options.step_compiler_options;
 JAX_CIFAR_XLA_DEFAULTS=1 turns them off), so this script sets no process-wide XLA_FLAGS.
 
 The same command again resumes: a finished arm is kept (OUT/results/ARM.json), an interrupted one

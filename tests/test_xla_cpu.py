@@ -1,4 +1,4 @@
-"""What XLA:CPU makes of the float32 train step under the trainer's CPU options (parallel.py)."""
+"""What XLA:CPU makes of the float32 train step under the trainer's CPU options (xla_options.py)."""
 
 import re
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cifar import parallel
+from jax_cifar import xla_options
 from jax_cifar.models import resnet
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU compilation')
@@ -24,7 +24,7 @@ def _largest_fusion_operands(layers) -> int:
 
   x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 3), np.float32))
   hlo = jax.jit(jax.grad(loss)).lower(params, rest, x).compile(
-      parallel.step_compiler_options('float32')).as_text()
+      xla_options.step_compiler_options('float32')).as_text()
   calls = [line.split(' fusion(', 1)[1].split('), kind=')[0]
            for line in hlo.splitlines() if re.match(r'\s*%\S+ = .* fusion\(', line)]
   return max(call.count('%') for call in calls)
@@ -33,11 +33,11 @@ def _largest_fusion_operands(layers) -> int:
 def test_bfloat16_steps_get_only_the_option_that_leaves_the_simplifier_on():
   """tests/test_bf16.py needs the algebraic simplifier for bf16 accuracy; YNNPACK's fusions are
   switched off for every dtype."""
-  if parallel.xla_defaults():  # (Not the function under test: a test audit.)
+  if xla_options.xla_defaults():  # (Not the function under test: a test audit.)
     pytest.skip('JAX_CIFAR_XLA_DEFAULTS is set: the trainer options are off')
-  assert parallel.step_compiler_options('bfloat16') == {
+  assert xla_options.step_compiler_options('bfloat16') == {
       'xla_cpu_experimental_ynn_fusion_type': ''}
-  assert 'xla_disable_hlo_passes' in parallel.step_compiler_options('float32')
+  assert 'xla_disable_hlo_passes' in xla_options.step_compiler_options('float32')
 
 
 def test_xla_defaults_keep_ynnpack_fusions_off_for_bfloat16_only(monkeypatch):
@@ -45,12 +45,12 @@ def test_xla_defaults_keep_ynnpack_fusions_off_for_bfloat16_only(monkeypatch):
   YNNPACK's fusions off (they computed NaN logits in jax 0.12.0.1: tests/test_bf16.py)."""
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '1')
   off = {'xla_cpu_experimental_ynn_fusion_type': ''}
-  assert parallel.step_compiler_options('float32') is None
-  assert parallel.precise_compiler_options('float32') is None
-  assert parallel.step_compiler_options('bfloat16') == off
-  assert parallel.precise_compiler_options('bfloat16') == off
+  assert xla_options.step_compiler_options('float32') is None
+  assert xla_options.precise_compiler_options('float32') is None
+  assert xla_options.step_compiler_options('bfloat16') == off
+  assert xla_options.precise_compiler_options('bfloat16') == off
   monkeypatch.delenv('JAX_CIFAR_XLA_DEFAULTS')
-  assert parallel.precise_compiler_options('bfloat16') == {**off, 'xla_cpu_max_isa': 'AVX2'}
+  assert xla_options.precise_compiler_options('bfloat16') == {**off, 'xla_cpu_max_isa': 'AVX2'}
 
 
 def test_xla_defaults_0_keeps_the_trainer_options_and_a_typo_is_named(monkeypatch):
@@ -58,13 +58,13 @@ def test_xla_defaults_0_keeps_the_trainer_options_and_a_typo_is_named(monkeypatc
   from jax_cifar import errors  # pylint: disable=g-import-not-at-top
   for value, defaults in (('0', False), ('off', False), ('', False), ('1', True), ('True', True)):
     monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', value)
-    assert parallel.xla_defaults() is defaults, value
+    assert xla_options.xla_defaults() is defaults, value
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '0')
-  assert parallel.step_compiler_options('float32') == parallel.CPU_COMPILER_OPTIONS
+  assert xla_options.step_compiler_options('float32') == xla_options.CPU_COMPILER_OPTIONS
   monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', 'maybe')
   for dtype in ('float32', 'bfloat16'):
     with pytest.raises(errors.ConfigError, match="JAX_CIFAR_XLA_DEFAULTS='maybe': give 1"):
-      parallel.step_compiler_options(dtype)
+      xla_options.step_compiler_options(dtype)
 
 
 def test_a_mistyped_xla_defaults_is_named_before_a_run_writes_anything(monkeypatch, tmp_path):
@@ -91,7 +91,7 @@ def test_fusions_do_not_grow_with_depth():
   """XLA:CPU fuses each block's relu(bn3 + residual) into its consumers and, through them, the
   previous block's, recomputing the whole residual stream in every block (quadratic in depth)
   unless resnet.materialize stops it. A stage of 12 blocks must fuse no more than one of 3."""
-  if parallel.xla_defaults():  # (Not the function under test: a test audit.)
+  if xla_options.xla_defaults():  # (Not the function under test: a test audit.)
     pytest.skip('JAX_CIFAR_XLA_DEFAULTS is set: the trainer options are off')
   shallow = _largest_fusion_operands((1, 1, 3, 1))
   deep = _largest_fusion_operands((1, 1, 12, 1))

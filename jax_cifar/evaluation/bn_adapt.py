@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_cifar import errors, parallel
+from jax_cifar import errors, parallel, xla_options
 from jax_cifar.data import pipeline
 from jax_cifar import state as state_lib
 from jax_cifar.state import model_input
@@ -155,7 +155,7 @@ class BNAdapter:
     self.channels = [_child(model, path).num_features for path in batchnorm_paths(model)]
     self.mesh, self.batch_size = mesh, batch_size
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    opts = parallel.step_compiler_options(config.model.dtype)
+    opts = xla_options.step_compiler_options(config.model.dtype)
     self._accumulate = jax.jit(
         functools.partial(_accumulate, graphdef=graphdef, config=config),
         in_shardings=(repl, repl, repl, data), out_shardings=repl, compiler_options=opts)

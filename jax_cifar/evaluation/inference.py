@@ -21,6 +21,7 @@ import tqdm
 from absl import logging
 
 from jax_cifar import config_validation, image_checks, interrupt, parallel, step_folders
+from jax_cifar import xla_options
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -56,7 +57,7 @@ def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bo
   fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_mode=tta_mode,
                          labels_only=labels_only)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=repl,
-                 compiler_options=parallel.step_compiler_options(config.model.dtype))
+                 compiler_options=xla_options.step_compiler_options(config.model.dtype))
 
 
 def resolve_tta(tta_mode: str, tta_flip: bool) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_cifar import errors, parallel
+from jax_cifar import errors, parallel, xla_options
 from jax_cifar.data import pipeline
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar import state as state_lib
@@ -106,7 +106,7 @@ class TentAdapter:
     self._step = jax.jit(functools.partial(_step, graphdef=graphdef, config=config, tx=tx),
                          in_shardings=(repl, repl, repl, repl, data),
                          out_shardings=(repl, repl, repl),
-                         compiler_options=parallel.precise_compiler_options(config.model.dtype))
+                         compiler_options=xla_options.precise_compiler_options(config.model.dtype))
     self.passes = options.epochs + 1  # Entropy passes, then the statistics pass.
     self.last_entropy: list[float] = []  # Mean entropy of each pass over the last chunk.
     self._checked = None  # The (params, batch_stats) last found finite: every chunk starts there.

@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel
+from jax_cifar import xla_options
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
 from jax_cifar import tracking
@@ -62,7 +63,7 @@ def compile_train_step(config, graphdef, tx, schedule, mesh, treedef=None):
       return jax.tree.leaves(state), metrics
 
   return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0,
-                 compiler_options=parallel.step_compiler_options(config.model.dtype))
+                 compiler_options=xla_options.step_compiler_options(config.model.dtype))
 
 
 def make_validator(config, graphdef, mesh) -> inference.Predictor:
@@ -92,7 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f'get_config(), then changed), got {type(config).__name__}')
   errors.folder_arg('train_and_evaluate(config, workdir)', workdir)
   config_validation.validate(config)
-  parallel.check_xla_defaults()
+  xla_options.check_xla_defaults()
   parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
   workdir = pathlib.Path(workdir)
   # From here SIGTERM/SIGINT only set a flag: read before the first step (a stop while starting),
