@@ -89,6 +89,8 @@ def test_non_finite_weights_negative_running_variances_and_a_0d_head_are_named()
   torch_to_flax(dict(sd, **{'layer1.0.bn1.bias': bias}), 'resnet18')
 
 
+# torch 2.14 deprecates making quantized tensors (a UserWarning); users may still hand one in.
+@pytest.mark.filterwarnings('ignore:torch.quantize_per_tensor:UserWarning')
 @pytest.mark.parametrize('kind', ['sparse', 'meta (no data)', 'quantized', 'complex'])
 def test_tensors_that_are_not_dense_real_weights_are_named(kind):
   """Each had given a torch traceback (sparse, meta, quantized) or converted silently, dropping
