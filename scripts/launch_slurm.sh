@@ -51,6 +51,7 @@ fi
 # --ntasks too: srun takes the allocation's SLURM_NTASKS (4 per node, from the #SBATCH line) over a
 # smaller --ntasks-per-node, and would start 4 processes per node on PER_NODE=1 (an audit).
 tasks=(--ntasks=$((nodes * per_node)) --ntasks-per-node="$per_node")
-mkdir -p "$workdir"
+# (No mkdir: process 0 makes WORKDIR and removes it again when the launch is refused; the others
+# wait for it on the shared storage.)
 srun --kill-on-bad-exit=1 "${tasks[@]}" \
   python -m jax_cifar.train --config "$config" --workdir "$workdir" "$@"
