@@ -1,4 +1,4 @@
-"""What a resume may change: the rules of workdir.check_resume and relaunch's config comparison,
+"""What a resume may change: the rules of resume_rules.check_resume and relaunch's config comparison,
 config.json read back, and launches.jsonl's rows, without training (the launches themselves are
 in test_workdir.py)."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from _train_cli import ROOT
-from jax_cifar import code_digest, optim
+from jax_cifar import code_digest, optim, resume_rules
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.training import relaunch
@@ -19,9 +19,9 @@ from jax_cifar.training import relaunch
 def test_config_changes_lists_differences_with_both_values():
   old = {'optim': {'lr': 0.1, 'name': 'sgd'}, 'augment': {'rrc_scale': [0.35, 1.0]}, 'x': 1}
   new = {'optim': {'lr': 0.2, 'name': 'sgd'}, 'augment': {'rrc_scale': (0.35, 1.0)}, 'y': 2}
-  assert workdir_lib.config_changes(old, new) == {
+  assert resume_rules.config_changes(old, new) == {
       'optim.lr': (0.1, 0.2), 'x': (1, None), 'y': (None, 2)}  # A tuple equals its JSON list.
-  assert workdir_lib.config_changes(new, new) == {}
+  assert resume_rules.config_changes(new, new) == {}
 
 
 def _check_resume(changes, **kwargs):
@@ -30,7 +30,7 @@ def _check_resume(changes, **kwargs):
   new = workdir_lib.flatten(default.get_config().to_dict())
   new.update(kwargs.pop('unchanged', {}))
   new.update({k: after for k, (_, after) in changes.items()})
-  return workdir_lib.check_resume(changes, workdir=kwargs.pop('workdir', 'runs/a'), new=new,
+  return resume_rules.check_resume(changes, workdir=kwargs.pop('workdir', 'runs/a'), new=new,
                                   **kwargs)
 
 
@@ -115,9 +115,9 @@ def test_keys_added_since_an_older_run_count_as_their_defaults():
   """A run saved before a key existed (e.g. `ema`) resumes: the key had its default value then."""
   new = json.loads(json.dumps(default.get_config().to_dict(), default=str))
   old = {k: v for k, v in new.items() if k != 'ema'}
-  assert workdir_lib.config_changes(old, new) == {}
+  assert resume_rules.config_changes(old, new) == {}
   new['ema']['decay'] = 0.999  # ... but a real change to a new key is still one.
-  assert workdir_lib.config_changes(old, new) == {'ema.decay': (0.0, 0.999)}
+  assert resume_rules.config_changes(old, new) == {'ema.decay': (0.0, 0.999)}
 
 
 def test_flatten_dots_nested_keys_and_turns_tuples_into_json_lists():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cifar import optim, parallel, workdir
+from jax_cifar import optim, parallel, resume_rules, workdir
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
 from jax_cifar.models import create_model
@@ -118,11 +118,11 @@ def test_train_step_with_scan_and_remat_equals_the_plain_step():
 
 
 def test_a_run_may_resume_with_scan_blocks_or_remat_changed():
-  changes = workdir.config_changes(_config().to_dict(),
+  changes = resume_rules.config_changes(_config().to_dict(),
                                    _config(scan_blocks=True, remat=True).to_dict())
   assert set(changes) == {'model.scan_blocks', 'model.remat'}
   new = workdir.flatten(_config(scan_blocks=True, remat=True).to_dict())
-  assert workdir.check_resume(changes, allow=False, epoch=0.5, workdir='runs/a', new=new) == []
+  assert resume_rules.check_resume(changes, allow=False, epoch=0.5, workdir='runs/a', new=new) == []
 
 
 def _checkpoints(model, x) -> int:

@@ -21,7 +21,7 @@ import tqdm
 from absl import logging
 
 from jax_cifar import config_validation, image_checks, interrupt, parallel, step_folders
-from jax_cifar import xla_options
+from jax_cifar import resume_rules, xla_options
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -201,7 +201,7 @@ def check_matches_run(config, run_dir: str, given: str = '--config', advice: str
   run = workdir_lib.previous_config(pathlib.Path(run_dir))
   if run is None:
     return  # No config.json (e.g. a copied checkpoint folder): the given config is all there is.
-  changes = workdir_lib.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
+  changes = resume_rules.config_changes(run, json.loads(json.dumps(config.to_dict(), default=str)))
   validates = config.data.val_fraction > 0  # 0: no val_* numbers at all (test and OOD only).
   differ = [f'{k} {old!r} (run) vs {new!r} ({short or given})' for k, (old, new) in changes.items()
             if (k.startswith(PREDICTION_KEYS) and not k.startswith(NOT_PREDICTION_KEYS))

@@ -1,6 +1,6 @@
 """What a relaunch of a run may change: its previous launch's config against this one's.
 
-`workdir` holds the rules (which keys are safe to change, which extend the schedule);
+`resume_rules` holds the rules (which keys are safe to change, which extend the schedule);
 `start.resume_or_init` calls `check_config_change` once it has restored the step it resumes from
 (before anything is written), `cannot_resume_with` to word the error of a resume whose allowed
 changes altered what the train state holds, and `record_launch` once the launch is agreed on.
@@ -11,7 +11,7 @@ import pathlib
 
 from absl import logging
 
-from jax_cifar import checkpoints, code_digest, config_validation, optim, tracking
+from jax_cifar import checkpoints, code_digest, config_validation, optim, resume_rules, tracking
 from jax_cifar import workdir as workdir_lib
 
 
@@ -43,7 +43,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
                     '(train.allow_config_change).', path)
     return {}
   new = json.loads(json.dumps(config.to_dict(), default=str))
-  changes = workdir_lib.config_changes(old, new)
+  changes = resume_rules.config_changes(old, new)
   # Keys that do nothing under both configs (simple_cnn's model.width, ema.warmup_power without
   # an EMA) may come and go: a relaunch without such a flag is the same run.
   inert = (config_validation.inert_keys(workdir_lib.flatten(old))
@@ -51,7 +51,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   changes = {k: v for k, v in changes.items() if k not in inert}
   if start_step == 0:  # Nothing is resumed: every change that is not safe starts another run.
     other = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
-             if not workdir_lib.is_safe_change(k, a, b)]
+             if not resume_rules.is_safe_change(k, a, b)]
     if other and not config.train.allow_config_change:
       raise workdir_lib.WorkdirError(
           f'{workdir} holds a best checkpoint of a launch with another config ({"; ".join(other)}) '
@@ -60,7 +60,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
           '(that checkpoint, config.json and metrics.jsonl are moved to a previous-* folder; in '
           'Python: config.train.allow_config_change = True)')
     return changes
-  notable = workdir_lib.check_resume(changes, allow=config.train.allow_config_change,
+  notable = resume_rules.check_resume(changes, allow=config.train.allow_config_change,
                                      epoch=start_step / steps_per_epoch, workdir=workdir,
                                      new=workdir_lib.flatten(new))
   for key in notable:
@@ -136,7 +136,7 @@ def _say_other_code(workdir: pathlib.Path, start_step: int) -> None:
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
   """The previous launch's steps per epoch; 0 where this launch's data cannot tell it."""
-  if any(k in changes and not workdir_lib.is_safe_change(k, *changes[k])  # (local <-> tfds: same)
+  if any(k in changes and not resume_rules.is_safe_change(k, *changes[k])  # (local <-> tfds: same)
          for k in _EPOCH_SIZE_KEYS):
     return 0
   if 'train.batch_size' not in changes:
@@ -151,15 +151,15 @@ def cannot_resume_with(changes: dict, workdir: pathlib.Path,
                       e: checkpoints.StructureMismatch) -> checkpoints.CheckpointError:
   """The error of a resume whose allowed config changes altered what the train state holds."""
   changed = '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()
-                      if not workdir_lib.is_safe_change(k, a, b) and k not in workdir_lib.EXTENDABLE)
+                      if not resume_rules.is_safe_change(k, a, b) and k not in resume_rules.EXTENDABLE)
   if not changed:  # Only changes that leave the train state as it was: not the cause.
     return e
-  keys = [k for k, (a, b) in changes.items() if not workdir_lib.is_safe_change(k, a, b)]
+  keys = [k for k, (a, b) in changes.items() if not resume_rules.is_safe_change(k, a, b)]
   return checkpoints.CheckpointError(  # (orbax's own words had ended it: its advice does not fit.)
       f'checkpoint {e.step_dir} does not match this launch\'s train state: its changes ({changed}) '
       'alter what the run\'s checkpoints hold (the parameters, the optimizer\'s state or the EMA), '
       f'which train.allow_config_change cannot carry over. Undo them, or '
-      f'{workdir_lib.way_on(keys, workdir)}')
+      f'{resume_rules.way_on(keys, workdir)}')
 
 
 def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict, old_best: bool,
