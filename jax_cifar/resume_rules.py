@@ -55,8 +55,8 @@ def altered_state(changes: dict[str, tuple[Any, Any]], new: dict) -> list[str]:
     return changes[key][which] if key in changes else new.get(key)
 
   def split(which):  # optim.make_optimizer's two parameter groups (optax.multi_transform).
-    return optim.splits_backbone({k: value(f'optim.{k}', which)
-                                  for k in ('backbone_lr_mult', 'freeze_backbone_steps')})
+    section = {k: value(f'optim.{k}', which) for k in ('backbone_lr_mult', 'freeze_backbone_steps')}
+    return optim.splits_backbone({k: v for k, v in section.items() if v is not None})
 
   def toggled(key, off):
     return key in changes and (changes[key][0] == off) != (changes[key][1] == off)
