@@ -385,3 +385,23 @@ def test_a_predictor_refuses_images_that_are_not_uint8_and_counts_adaptation_pas
   monkeypatch.setattr(inference.tqdm, 'tqdm', lambda **kw: bars.append(kw) or tqdm(**kw))
   assert predictor.run(images, 'mine').shape == (8, 100)
   assert [(b['desc'], b['total']) for b in bars] == [('mine (2 passes)', 16)]
+
+
+def test_load_predictor_refuses_a_view_name_as_its_old_flip_flag_and_takes_tent_true(run):
+  """load_predictor(config, run, 'best', 'shifts') had run flip TTA without a word ('shifts' was
+  the truthy 4th argument, the old tta_flip), and tent=True, as README words it, had failed with
+  AttributeError: 'bool' object has no attribute 'lr' (a new-user walkthrough)."""
+  from jax_cifar.evaluation import inference, tent  # pylint: disable=import-outside-toplevel
+  config = jax_cifar.run_config(run)
+  with pytest.raises(TypeError, match=r"tta_flip is True or False .* got 'shifts': give the views "
+                                      r'as tta_mode=\.\.\.'):
+    inference.load_predictor(config, str(run), 'best', 'shifts')
+  with pytest.raises(TypeError, match=r'tent is True, False or a tent\.TentOptions, got 0\.001'):
+    inference.load_predictor(config, str(run), 'best', tent=1e-3)
+  images = cifar100.get_splits(config.data)['val'].images[:8]
+  by_flag = inference.load_predictor(config, str(run), 'best', tent=True)[0].run(images, 'x')
+  by_options = inference.load_predictor(config, str(run), 'best',
+                                        tent=tent.TentOptions())[0].run(images, 'x')
+  plain = inference.load_predictor(config, str(run), 'best')[0].run(images, 'x')
+  np.testing.assert_array_equal(by_flag, by_options)
+  assert np.abs(by_flag - plain).max() > 1e-3  # (Tent ran: its log-probabilities differ.)

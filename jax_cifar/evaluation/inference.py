@@ -156,10 +156,19 @@ class Predictor:
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                    tta_mode: str = 'none', adapt_bn: bool = False,
                    weights: str = 'raw',
-                   tent: tent_lib.TentOptions | None = None) -> tuple[Predictor, int]:
+                   tent: tent_lib.TentOptions | bool | None = None) -> tuple[Predictor, int]:
   """(predictor, step) of a checkpoint's raw or EMA weights ('auto': the one better on validation
   at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter,
-  `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation)."""
+  `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation): True for
+  `tent_lib.TentOptions()`'s defaults, or the options. `tta_flip` is the old spelling of
+  tta_mode='flip'."""
+  if not isinstance(tta_flip, (bool, np.bool_)):  # ('shifts' as the 4th argument had run flip.)
+    raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
+                    f'{tta_flip!r}: give the views as tta_mode=...')
+  if isinstance(tent, (bool, np.bool_)):
+    tent = tent_lib.TentOptions() if tent else None
+  elif tent is not None and not isinstance(tent, tent_lib.TentOptions):
+    raise TypeError(f'tent is True, False or a tent.TentOptions, got {tent!r}')
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
