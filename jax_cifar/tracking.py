@@ -61,8 +61,10 @@ class MetricsWriter:
   """Appends one JSON object per line; on resume, forgets rows after the restored step.
 
   Rows logged after the last checkpoint are re-logged by the resumed run, so truncating to the
-  restored step logs no step twice (steps after the last row and before a save, as at a signal's
-  stop, are in the next row of the resumed run, which says how many in `window_steps`).
+  restored step logs no step twice. A launch that stops (train.max_steps, a signal) logs the steps
+  since its last row in a row of its own; after a kill, the steps between the restored step's row
+  and the restored step are in no row. A row of fewer steps than train.log_every_steps says how
+  many in `window_steps`.
   """
 
   def __init__(self, workdir: str | pathlib.Path, config, resume_step: int):

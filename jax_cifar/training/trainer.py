@@ -177,6 +177,26 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
     return jax.tree.unflatten(treedef, leaves)
 
+  def write_train_row(step: int) -> None:  # The steps since the last row, averaged.
+    nonlocal pending, t_last, untimed
+    window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
+    summary = {k: float(np.mean(v)) for k, v in window.items()}
+    if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
+      summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
+    _check_finite(current(), config, ckpts, launch_start)
+    now = time.perf_counter()
+    if len(pending) > untimed:
+      summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
+    if untimed:
+      summary['first_step_seconds'], untimed = first_step_s, 0  # Compile included.
+    summary['epoch'] = step / steps_per_epoch
+    if len(pending) != config.train.log_every_steps:  # After a resume, or at a stop.
+      summary['window_steps'] = len(pending)
+    writer.write(step, summary)
+    bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
+                    img_s=f"{summary.get('images_per_sec', 0):.0f}", refresh=False)
+    pending, t_last = [], now
+
   error = None  # How the loop ended, for wandb (not sys.exc_info(): a caller's exception too).
   try:
     for step in range(start_step + 1, last_step + 1):
@@ -186,26 +206,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
         first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
         t_last = time.perf_counter()
-      # A run stopped by max_steps logs no extra train row (a resumed run's train rows fall at the
-      # uninterrupted run's steps) but ends with an evaluation, as at the end of training.
-      if step % config.train.log_every_steps == 0 or step == total_steps:
-        window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
-        summary = {k: float(np.mean(v)) for k, v in window.items()}
-        if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
-          summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
-        _check_finite(current(), config, ckpts, launch_start)
-        now = time.perf_counter()
-        if len(pending) > untimed:
-          summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
-        if untimed:
-          summary['first_step_seconds'], untimed = first_step_s, 0  # Compile included.
-        summary['epoch'] = step / steps_per_epoch
-        if len(pending) != config.train.log_every_steps:  # A resumed run's first row, or the last.
-          summary['window_steps'] = len(pending)
-        writer.write(step, summary)
-        bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
-                        img_s=f"{summary.get('images_per_sec', 0):.0f}", refresh=False)
-        pending, t_last = [], now
+      # The launch's last step (the run's, or train.max_steps') logs the steps since the last row
+      # too, as a stop by a signal does: they had been in no row.
+      if step % config.train.log_every_steps == 0 or step == last_step:
+        write_train_row(step)
         if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
           ckpts.check_saves()  # A failed background save stops the run at once, not saves later.
       bar.update(1)
@@ -229,6 +233,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   except Preempted as e:
     error = e
     try:
+      if pending:  # (One process stops at any step; several at log steps, with none pending.)
+        write_train_row(step)
       _check_finite(current(), config, ckpts, launch_start, warn=False)
       ckpts.save_latest(current(), step)
       ckpts.wait()
