@@ -143,6 +143,23 @@ def test_a_split_of_no_images_is_named_so(tmp_path, small_tree):
   assert_one_line(error, 'holds no images')
 
 
+@pytest.mark.parametrize('name, label', [('train', 'testing batch 1 of 1'),
+                                         ('test', 'training batch 1 of 1')])
+def test_a_split_file_labelled_as_the_other_split_is_refused(tmp_path, small_tree, name, label):
+  """train and test swapped (or one copied over the other) had trained on the test images without
+  a word (a bad-input review); the official files say which split they hold in batch_label."""
+  shutil.copytree(small_tree, tmp_path / 'cifar-100-python')
+  raw = cifar100.read_pickle(small_tree / name)
+  (tmp_path / 'cifar-100-python' / name).write_bytes(pickle.dumps(dict(raw, batch_label=label)))
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, name, download=False)
+  other = 'test' if name == 'train' else 'train'
+  assert_one_line(error, f'holds the {other} split', f'not the {name} split', 'swapped or copied')
+  raw = cifar100.read_pickle(small_tree / other)  # The right label passes.
+  (tmp_path / 'cifar-100-python' / other).write_bytes(pickle.dumps(dict(raw, batch_label=label)))
+  assert len(cifar100.load_split(tmp_path, other, download=False)) == len(raw['fine_labels'])
+
+
 # ------------------------------------------------------------------ hostile and broken input
 # (every unsafe-pickle payload: tests/test_safe_pickle.py)
 

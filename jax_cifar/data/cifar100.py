@@ -99,6 +99,19 @@ def _labels(path: pathlib.Path, raw: dict[str, Any], key: str, n: int, num: int)
   return labels.astype(np.int32)
 
 
+def _check_batch_label(path: pathlib.Path, label: Any) -> None:
+  """Refuses a `train` file that the official files label the test split, and the reverse:
+  swapped or copied files had trained on the 10,000 test images, without a word (a bad-input
+  review). The official labels are 'training batch 1 of 1' and 'testing batch 1 of 1'."""
+  if not isinstance(label, str) or path.name not in SPLITS:
+    return
+  holds = next((s for s in SPLITS if label.strip().lower().startswith(s)), None)
+  if holds and holds != path.name:
+    raise DataError(f'{path}: holds the {holds} split (its batch_label is {label[:40]!r}), not the '
+                    f'{path.name} split: are the files swapped or copied? The official '
+                    'cifar-100-python/ has train (50,000 images) and test (10,000)')
+
+
 def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
   raw = read_pickle(path, encoding)
   for key in ('data', 'fine_labels'):
@@ -110,6 +123,7 @@ def _split_from_pickle(path: pathlib.Path, encoding: str = 'latin1') -> Split:
   if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
     desc = f'{data.dtype} {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
     raise DataError(f'{path}: data is {desc}, expected uint8 [N, 3072]')
+  _check_batch_label(path, raw.get('batch_label'))
   n = data.shape[0]
   if not n:  # (Its empty label list had been "dtype float64, expected 0 ints".)
     raise DataError(f'{path}: holds no images (data is [0, 3072])')
