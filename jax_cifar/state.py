@@ -244,10 +244,15 @@ def resolve_weights(weights: str, state: TrainState, workdir, step: int) -> str:
   if not rows:
     tracking.say(f'weights auto: raw (step {step} has no validation row in metrics.jsonl)')
     return 'raw'
-  raw, ema = rows[-1]['val_accuracy'], rows[-1].get('val_accuracy_ema')
-  choice = 'ema' if ema is not None and ema > raw else 'raw'
-  ema_text = 'not recorded' if ema is None else f'{ema:.4f}'
-  tracking.say(f'weights auto: {choice} (step {step}: val_accuracy {raw:.4f}, '
+  # The trainer writes a non-finite accuracy as null; a hand-edited row may hold anything. Such a
+  # value counts as none (it had been a TypeError traceback, or lost every comparison: a review).
+  given = rows[-1]['val_accuracy'], rows[-1].get('val_accuracy_ema')
+  raw, ema = (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+              and np.isfinite(v) else None for v in given)
+  choice = 'ema' if ema is not None and (raw is None or ema > raw) else 'raw'
+  raw_text, ema_text = (f'{v:.4f}' if v is not None else 'not recorded' if g is None else
+                        f'{g!r}, not a number' for v, g in zip((raw, ema), given))
+  tracking.say(f'weights auto: {choice} (step {step}: val_accuracy {raw_text}, '
                f'val_accuracy_ema {ema_text})')
   return choice
 
