@@ -78,15 +78,36 @@ def test_a_nonfinite_update_stops_at_the_next_log_step_without_logging_its_row(t
 
 
 def test_nonfinite_skip_mode_counts_and_never_applies_bad_updates(tmp_path, monkeypatch):
-  _diverge_from_step_5(monkeypatch)
+  _bad_at(monkeypatch, lambda step: (step >= 4) & (step % 2 == 0))  # Updates 5, 7, 9 and 11.
   c = _config()
   c.train.on_nonfinite = 'skip'
-  c.train.max_steps = 8
+  c.train.max_steps = 12
   trainer.train_and_evaluate(c, str(tmp_path))
   state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
   assert int(state.nonfinite_steps) == 4 and int(state.first_nonfinite_step) == 4
   for leaf in jax.tree.leaves(jax.device_get(state.params)):
     assert np.all(np.isfinite(leaf))
+
+
+@pytest.mark.parametrize('log_every', [2, 1])
+def test_skip_mode_stops_a_run_whose_every_update_of_a_log_window_is_skipped(tmp_path,
+                                                                            monkeypatch, log_every):
+  """Every update from step 5 on non-finite: under 'skip' the run had gone on to its end, trained
+  nothing, and exited 0 (a bad-input review). A whole log window of 2 or more steps skipped stops
+  it, before that step's save; a window of 1 step is one skipped update, as 'skip' promises."""
+  _diverge_from_step_5(monkeypatch)
+  c = _config()
+  c.train.on_nonfinite, c.train.max_steps, c.train.log_every_steps = 'skip', 8, log_every
+  if log_every == 1:
+    assert trainer.train_and_evaluate(c, str(tmp_path))['step'] == 8
+    return
+  with pytest.raises(trainer.NonFiniteLossError, match=(
+      r'^every update of steps 5-6 was non-finite and skipped \(train\.on_nonfinite=skip\): the '
+      r'run no longer trains; the checkpoint of step 3 is kept\. Lower optim\.lr')):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir()
+                if p.name.isdigit()) == [3]
+  assert [r['step'] for r in tracking.read_metrics(tmp_path) if 'train_loss' in r] == [2, 4]
 
 
 def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch):

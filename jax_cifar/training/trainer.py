@@ -172,18 +172,20 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   untimed, first_step_s = 0, 0.0  # Set at the launch's first step.
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
   launch_start = (start_step, int(state.nonfinite_steps))  # What _check_finite counts from.
+  skipped = launch_start[1]  # Updates skipped before the last train row (_check_window).
   del state
 
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
     return jax.tree.unflatten(treedef, leaves)
 
   def write_train_row(step: int) -> None:  # The steps since the last row, averaged.
-    nonlocal pending, t_last, untimed
+    nonlocal pending, t_last, untimed, skipped
     window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
     summary = {k: float(np.mean(v)) for k, v in window.items()}
     if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
       summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
     _check_finite(current(), config, ckpts, launch_start)
+    skipped = _check_window(current(), config, ckpts, skipped, len(pending), step)
     now = time.perf_counter()
     if len(pending) > untimed:
       summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
@@ -315,16 +317,35 @@ def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
   start_step, skipped_before = launch_start
   bad = int(state.nonfinite_steps)
   if bad > skipped_before and config.train.on_nonfinite == 'stop':
-    saved = ckpts.latest.latest_step()  # (It had claimed a checkpoint where none was saved.)
-    kept = ('no checkpoint was saved before it' if saved is None else
-            f'the checkpoint of step {saved} is kept')
     first = int(state.first_nonfinite_step)  # The run's first; this launch's if none before.
     where = f'at step {first + 1}' if skipped_before == 0 else f'after step {start_step}'
     raise NonFiniteLossError(
         f'non-finite loss or update {where}: it was not applied; '
-        f'{kept} (set train.on_nonfinite=skip to skip such steps)')
+        f'{_kept(ckpts)} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
+
+
+def _check_window(state: TrainState, config, ckpts: checkpoints.Checkpoints, skipped: int,
+                  steps: int, step: int) -> int:
+  """Under train.on_nonfinite='skip', stops a run whose every update of a whole log window (of 2
+  steps or more) was non-finite: it trains nothing any more (such a run had gone on to its end and
+  exited 0: a bad-input review). `skipped`: the updates skipped before the window; returns the
+  count after it."""
+  bad = int(state.nonfinite_steps)
+  if (config.train.on_nonfinite == 'skip' and steps == config.train.log_every_steps >= 2
+      and bad - skipped == steps):
+    raise NonFiniteLossError(
+        f'every update of steps {step - steps + 1}-{step} was non-finite and skipped '
+        f'(train.on_nonfinite=skip): the run no longer trains; {_kept(ckpts)}. Lower optim.lr, '
+        'or look for non-finite inputs or config values')
+  return bad
+
+
+def _kept(ckpts: checkpoints.Checkpoints) -> str:
+  saved = ckpts.latest.latest_step()  # (It had claimed a checkpoint where none was saved.)
+  return ('no checkpoint was saved before it' if saved is None else
+          f'the checkpoint of step {saved} is kept')
 
 
 def _validate(validator: inference.Predictor, state, split, config, ckpts, writer, step: int,
