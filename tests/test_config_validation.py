@@ -118,6 +118,15 @@ def test_a_worker_count_no_machine_could_start_is_refused():
     ({'train.num_epochs': float('inf')}, "'train.num_epochs' must be a finite number, got inf"),
     ({'augment.rrc_scale': (float('nan'), 1.0)}, "'augment.rrc_scale' must be a finite number"),
     ({'seed': -1}, "'seed' must be in \\[0, 4294967295\\]"),
+    # A bad-input review: each had been a traceback, or a NaN in the compiled step read as a
+    # diverged run (float32: 1e39 is inf there, 1e-40 a subnormal; device counters are int32).
+    ({'augment.mixup_alpha': 1e39}, "'augment.mixup_alpha' must be 0 or a float32 number .*got "
+     '1e\\+39'),
+    ({'augment.cutmix_alpha': 1e-40}, "'augment.cutmix_alpha' must be 0 or a float32 number"),
+    ({'augment.rrc_ratio': (1e-45, 1.0)}, "'augment.rrc_ratio' must be 0 or a float32 number"),
+    ({'optim.freeze_backbone_steps': 10**20}, "'optim.freeze_backbone_steps' must be in "
+     '\\[0, 2147483647\\]'),
+    ({'data.synthetic_size': 10**11}, "'data.synthetic_size' must be in \\[1, 1000000\\]"),
     # An audit's findings: each had trained on (or crashed in a traceback after loading the data).
     # 2**63 was an OverflowError traceback in the model's init; with JAX's 32-bit keys (x64 off)
     # seed 2**32 is seed 0's model and augmentation, so the range stops below it.
@@ -353,3 +362,19 @@ def test_a_negative_color_jitter_strength_and_the_open_low_end_of_a_pair_are_ref
     config_validation.validate(_config(**{'augment.rrc_scale': (0.0, 0.5)}))  # (0, 1]: 0 is out.
   config_validation.validate(_config(**{'augment.rrc_scale': (0.01, 1.0),
                                         'augment.color_jitter': (0.0, 0.0, 0.0, 0.5)}))
+
+
+def test_a_schedule_longer_than_the_int32_step_counter_is_named_before_the_data_is_batched(
+    tmp_path):
+  """train.num_epochs=1e300 passed every check and ended in grain's OverflowError traceback (a
+  bad-input review; float32 now refuses it, 1e30 is a float32): no int32 step counter holds the
+  steps."""
+  from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
+  c = _config(**{'data.source': 'synthetic', 'data.synthetic_size': 640, 'model.name': 'simple_cnn',
+                 'data.val_fraction': 0.2,
+                 'train.num_epochs': 1e30})
+  with pytest.raises(config_validation.ConfigError, match=(
+      r'^train\.num_epochs=1e\+30 is .* steps of \d+ per epoch, more than the 2,147,483,647 the '
+      r'step counter \(an int32\) holds$')):
+    trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()

@@ -148,6 +148,11 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   train_split, val_split = _splits(config)
   steps_per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
   total_steps = optim.epochs_to_steps(config.train.num_epochs, steps_per_epoch)
+  if total_steps > config_validation.INT_MAX:  # (num_epochs 1e300 had been grain's OverflowError.)
+    raise errors.ConfigError(
+        f'train.num_epochs={config.train.num_epochs:g} is {total_steps:.3g} steps of '
+        f'{steps_per_epoch:,} per epoch, more than the {config_validation.INT_MAX:,} the step '
+        'counter (an int32) holds')
   last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
   eval_every = max(1, int(round(config.train.eval_every_epochs * steps_per_epoch)))
 
