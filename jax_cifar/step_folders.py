@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jax_cifar import errors
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.workdir import is_step_number  # pylint: disable=unused-import  (re-exported)
 
 # Files every committed orbax step of a StandardSave holds; one missing means the step is damaged.
@@ -64,6 +65,8 @@ class Damaged(Exception):
 def restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   """Runs `restore_fn` for one step folder, sorting failures: Damaged (missing or unreadable
   files) or CheckpointError (complete files of another model/optimizer structure)."""
+  if why := workdir_lib.not_utf8(step_dir):  # (Not damage: orbax cannot open such a path.)
+    raise CheckpointError(f'checkpoint {why}')
   missing = [f for f in _REQUIRED_FILES if not (step_dir / f).exists()]
   if missing:
     raise Damaged(f'missing {", ".join(missing)}')

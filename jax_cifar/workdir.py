@@ -82,6 +82,17 @@ class Lock:
       self._fd = None
 
 
+def not_utf8(path: str | os.PathLike) -> str | None:
+  """None for a path orbax and tensorstore can use, else why not: they take UTF-8 paths only, and a
+  name of other bytes had trained up to its first save, then failed there (a bad-input review)."""
+  try:
+    os.fspath(path).encode('utf-8')
+    return None
+  except UnicodeEncodeError:
+    return (f'{os.fsencode(path)!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint '
+            'files) take only those: rename it')
+
+
 def why_unwritable(folder: str | os.PathLike) -> str | None:
   """None if this process can create files in the existing `folder`, else why not (strerror).
 
