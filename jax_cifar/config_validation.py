@@ -197,6 +197,21 @@ def validate(config, *, launch: bool = True) -> None:
     # wandb refuses them at its start, and the run then goes on without wandb.
     raise ConfigError(f"config key 'wandb.tags' must be a tuple of strings of 1 to {WANDB_TAG_MAX} "
                       f"characters (wandb's limit), e.g. ('r50', 'augmix'); got {tags!r}")
+  if launch and given['wandb.mode'] != 'disabled':
+    _check_wandb_project(given['wandb.project'])
+
+
+def _check_wandb_project(project: str) -> None:
+  """wandb's own check of a project name (no '/', at most 128 characters): it refuses others at
+  its start, and the run had then gone on without wandb (a bad-input review)."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:  # (tracking says that wandb is missing.)
+    return
+  try:
+    wandb.Settings(project=project or None)
+  except Exception as e:  # pylint: disable=broad-except  (wandb's UsageError or pydantic's)
+    raise ConfigError(f"config key 'wandb.project': {' '.join(str(e).split())[:300]}") from None
 
 
 def inert_reasons(flat: dict) -> dict[str, str]:

@@ -153,6 +153,13 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
   run_id = id_file.read_text().strip() if resume and id_file.exists() else None
   try:
     import wandb  # pylint: disable=g-import-not-at-top
+    if run_id is not None:
+      try:
+        wandb.Settings(run_id=run_id)
+      except Exception as e:  # pylint: disable=broad-except  (A damaged file had cost the run wandb.)
+        logging.warning('%s holds %r, which wandb refuses as a run id (%s): this launch starts a '
+                        'new wandb run.', id_file, run_id[:80], ' '.join(str(e).split())[:200])
+        run_id = None
     run = wandb.init(
         project=config.wandb.project, entity=config.wandb.entity or None,
         name=config.wandb.name or workdir.name, tags=list(config.wandb.tags),

@@ -127,6 +127,10 @@ def test_a_worker_count_no_machine_could_start_is_refused():
     ({'optim.freeze_backbone_steps': 10**20}, "'optim.freeze_backbone_steps' must be in "
      '\\[0, 2147483647\\]'),
     ({'data.synthetic_size': 10**11}, "'data.synthetic_size' must be in \\[1, 1000000\\]"),
+    # wandb's own check: it refused the name at its start, and the run went on without wandb.
+    ({'wandb.mode': 'offline', 'wandb.project': 'a/b'},
+     "^config key 'wandb.project': Invalid project name 'a/b': cannot contain characters"),
+    ({'wandb.mode': 'online', 'wandb.project': 'p' * 129}, "'wandb.project': .*exceeded 128"),
     # An audit's findings: each had trained on (or crashed in a traceback after loading the data).
     # 2**63 was an OverflowError traceback in the model's init; with JAX's 32-bit keys (x64 off)
     # seed 2**32 is seed 0's model and augmentation, so the range stops below it.

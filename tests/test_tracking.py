@@ -124,6 +124,24 @@ def test_offline_wandb_run_holds_the_metrics_of_metrics_jsonl(offline_run, wandb
   _assert_logged(wandb_history(run_file), losses)
 
 
+def test_a_damaged_wandb_run_id_starts_a_new_wandb_run_with_a_warning(offline_run, tmp_path):
+  """A wandb_run_id wandb refuses had cost the resumed launch wandb altogether (a bad-input
+  review)."""
+  first, _ = offline_run(None)
+  workdir = tmp_path / 'run'
+  shutil.copytree(first, workdir, symlinks=True)
+  (workdir / 'wandb_run_id').write_text('abc def/ghi\n')
+  out = train(workdir, '--config.wandb.mode=offline', f'--config.train.max_steps={RESUMED_STEPS}',
+              env=_env(tmp_path, None))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'wandb could not start' not in out.stderr, out.stderr[-3000:]
+  assert "holds 'abc def/ghi', which wandb refuses as a run id" in out.stderr, out.stderr[-3000:]
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  assert run_id != 'abc def/ghi'
+  assert wandb_run_ids(next((workdir / 'wandb').glob(f'offline-run-*-{run_id}')) /
+                       f'run-{run_id}.wandb') == {run_id}
+
+
 def test_resumed_training_run_continues_the_same_wandb_run(offline_run, tmp_path):
   first, _ = offline_run(None)
   workdir = tmp_path / 'run'
