@@ -266,6 +266,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   # A run read from a read-only place (a colleague's, a mounted archive) is still evaluated: its
   # numbers are printed, and its own files are not written (found at the end, they had been lost).
   keeps = jax.process_index() != 0 or _takes_files(workdir_path, tag)
+  before = _stamps(workdir_path, tag)  # (What this evaluation wrote, for its closing line.)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights, tent=tent)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
@@ -311,7 +312,25 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     kept.clear()
   for draw in draw_later:
     draw()
+  if jax.process_index() == 0:
+    _say_written(workdir_path, tag, before, csv_path if ood_files else None)
   return result
+
+
+def _stamps(workdir: pathlib.Path, tag: str) -> dict[str, int | None]:
+  """The modification times (ns) of the files an evaluation of `tag` writes in `workdir`."""
+  names = (f'eval_{tag}.json', f'confusion_{tag}.png', f'cifar100c_{tag}.png', f'ood_{tag}.png')
+  return {n: (workdir / n).stat().st_mtime_ns if (workdir / n).is_file() else None for n in names}
+
+
+def _say_written(workdir: pathlib.Path, tag: str, before: dict, csv: pathlib.Path | None) -> None:
+  """The closing line: which files this evaluation wrote, and where (it had named none but the
+  CSV, inside its JSON line: a new-user walkthrough)."""
+  names = [n for n, stamp in _stamps(workdir, tag).items() if stamp not in (None, before[n])]
+  parts = ([f'{", ".join(names)} in {workdir}'] if names else []) + (
+      [f'the submission {csv}'] if csv is not None and csv.is_file() else [])
+  if parts:
+    tracking.say(f'Wrote {" and ".join(parts)}.')
 
 
 def _takes_files(workdir: pathlib.Path, tag: str) -> bool:

@@ -210,6 +210,26 @@ def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_p
   err = capsys.readouterr().err
   assert f'{workdir} takes no files (Read-only file system)' in err and 'eval_latest.json' in err
   assert err.index('takes no files') < err.index('gaussian_noise')  # Before the predictions.
+  assert 'Wrote' not in err, err
+
+
+def test_an_evaluation_ends_naming_the_files_it_wrote(run, tmp_path, capsys):
+  """evaluate had named none of its files but the CSV, inside its JSON line (a new-user
+  walkthrough)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  labelled = tmp_path / 'labelled'
+  shutil.copytree(run / 'ood', labelled)
+  np.save(labelled / ood.LABELS_FILE, np.arange(N_OOD, dtype=np.uint8))
+  capsys.readouterr()
+  evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(labelled),
+                    submission_csv=str(tmp_path / 'a.csv'), cifar100c_dir=str(run / 'c'))
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last == (f'Wrote eval_latest.json, confusion_latest.png, cifar100c_latest.png, '
+                  f'ood_latest.png in {workdir} and the submission {tmp_path / "a.csv"}.'), last
+  evaluate.evaluate(_config(), str(workdir), 'latest')  # The others are older: not named.
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last == f'Wrote eval_latest.json, confusion_latest.png in {workdir}.', last
 
 
 def test_without_config_evaluate_uses_the_runs_own_and_a_different_model_is_refused(run):
