@@ -237,9 +237,12 @@ def test_without_a_count_the_summary_says_it_was_inferred_and_num_images_checks_
   path = tmp_path / 'sub.csv'
   path.write_text('\n'.join(kept) + '\n')
   summary = submission.check_submission(path)
-  assert summary.startswith('OK') and 'N from the row count' in summary and '--num_images' in summary
+  # The hint's count is the flag's unit (a user who gave its 10,000 per severity was refused).
+  assert summary.startswith('OK') and 'N from the row count' in summary and (
+      '--num_images with the images per distortion file, 50000 for that set' in summary), summary
   with pytest.raises(submission.SubmissionError, match=f'expected 19 x {N} = {19 * N} '
-                                                       r'\(from --num_images\)'):
+                                                       rf'\(from --num_images {N}, the images per '
+                                                       r'distortion file\)'):
     submission.check_submission(path, num_images=N)
   code, out = _run_check(path, '--num_images', str(N))
   assert code == 1 and out.startswith('error: ') and out.count('\n') == 1, out

@@ -5,7 +5,8 @@ The file is `id,label`, then one row per image in distortion, severity, index or
 The validator also takes the rows in another order (Kaggle pairs them with answers by id) and
 says so.
 
-  python -m jax_cifar.submission check FILE.csv [--ood_dir D]
+  python -m jax_cifar.submission check FILE.csv [--ood_dir D | --num_images N]
+(N: the images per distortion file, 50000 for the course's set)
 prints one line starting `OK`, or one `error:` line on stderr naming the first problem (status 1).
 """
 
@@ -234,7 +235,7 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     if ood_dir is not None:
       num_images, source = ood.check_distortion_dir(ood_dir)[0].num_images, str(ood_dir)
     else:
-      source = '--num_images'
+      source = f'--num_images {num_images}, the images per distortion file'
       if num_images < 1 or num_images % ood.SEVERITIES:
         raise SubmissionError(f'--num_images {num_images}: expected a positive multiple of '
                               f'{ood.SEVERITIES}')
@@ -267,7 +268,8 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
              'cut too; a complete CSV ends in one)')
   if inferred and per != KAGGLE_IMAGES:
     note += (f' (N from the row count; the course\'s set has {KAGGLE_IMAGES:,} per severity: '
-            'pass --ood_dir or --num_images to check the count)')
+             'pass --ood_dir, or --num_images with the images per distortion file, '
+             f'{ood.SEVERITIES * KAGGLE_IMAGES} for that set, to check the count)')
   return (f'OK: {path}: {len(rows)} rows = {ood.NUM_DISTORTIONS} distortions x '
           f'{ood.SEVERITIES} severities x {per} images{note}')
 
