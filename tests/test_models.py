@@ -140,6 +140,23 @@ def test_timm_habits_pretrained_and_list_models_patterns():
   assert list_models(pretrained=True) == [n for n in MODEL_NAMES if n != 'simple_cnn']
   with pytest.raises(TypeError, match=r'list_models: pattern takes a pattern or a list of them'):
     list_models([3])
+  with pytest.raises(TypeError, match=r'list_models: pattern takes a pattern .*got \[5\]'):
+    list_models(5)  # ('int' object is not iterable before: a bad-input review.)
+
+
+def test_create_model_without_rngs_draws_from_seed_0_as_timm_needs_no_key():
+  """create_model('resnet18') had been Python's "missing 1 required keyword-only argument:
+  'rngs'", and create_model('resnet19') said that too, not that the name is unknown (reviews)."""
+  small = dict(stem='cifar', width=4)
+  plain = nnx.state(create_model('resnet18', 10, **small), nnx.Param)
+  seeded = nnx.state(create_model('resnet18', 10, rngs=nnx.Rngs(0), **small), nnx.Param)
+  other = nnx.state(create_model('resnet18', 10, rngs=nnx.Rngs(1), **small), nnx.Param)
+  for a, b, c in zip(jax.tree.leaves(plain), jax.tree.leaves(seeded), jax.tree.leaves(other)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(plain),
+                                                      jax.tree.leaves(other)))
+  with pytest.raises(ValueError, match="unknown model 'resnet19'"):
+    create_model('resnet19')
 
 
 @pytest.fixture(scope='module')

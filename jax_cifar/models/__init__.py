@@ -25,8 +25,11 @@ def smallest_width(name: str) -> int:
 
 def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', width: int = 64,
                  dtype: Any = jnp.float32, remat: bool = False, scan_blocks: bool = False,
-                 rngs: nnx.Rngs, **unknown) -> nnx.Module:
+                 rngs: nnx.Rngs | None = None, **unknown) -> nnx.Module:
   """Builds a model by name; call it as `model(x_nhwc, train=bool)` -> float32 logits.
+
+  `rngs` draws the initial weights: nnx.Rngs(0) when not given, so that `create_model(name)`
+  works as timm's does (the same weights each time; give nnx.Rngs(seed) for others).
 
   `num_classes=0` builds it without a head, as timm does: the model then returns its pooled
   features [N, model.num_features] (a ResNet's global average pool, SimpleCNN's fc1 outputs).
@@ -52,6 +55,7 @@ def create_model(name: str, num_classes: int = 100, *, stem: str = 'imagenet', w
                      f'(pooled features), got {num_classes!r}')
   num_classes = int(num_classes)
   dtype = _compute_dtype(dtype)
+  rngs = nnx.Rngs(0) if rngs is None else rngs
   if not isinstance(rngs, nnx.Rngs):
     raise TypeError(f'rngs must be a flax.nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}')
   if name == 'simple_cnn':
@@ -83,7 +87,8 @@ def list_models(pattern: str | Sequence[str] = '*', pretrained: bool = False,
   `pretrained=True` keeps those torchvision has ImageNet weights for (every ResNet, not the simple
   CNN): `python -m jax_cifar.convert` turns them into what `model.pretrained` loads."""
   def patterns(value, name):  # (timm's list_models(['resnet*']) had been unhashable type: 'list'.)
-    value = [value] if isinstance(value, str) else list(value)
+    value = [value] if isinstance(value, str) else list(value) if isinstance(
+        value, (list, tuple, set, frozenset)) else [value]  # (list_models(5): 'int' not iterable.)
     if not all(isinstance(v, str) for v in value):
       raise TypeError(f'list_models: {name} takes a pattern or a list of them, got {value!r}')
     return value
