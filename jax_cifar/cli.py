@@ -128,12 +128,28 @@ def read_flag_files(argv: Sequence[str]) -> list[str]:
     _usage_error(str(e).removeprefix('ERROR:: '))
 
 
-def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any]) -> list[str]:
+def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any],
+                         resume: bool = False) -> list[str]:
   """`--config.KEY=VALUE` overrides without a `--config` change the run's own config
   (WORKDIR/config.json, which evaluate uses without --config): argv gets `--config` of the
   private config file that loads it. A run folder whose `run_config(WORKDIR)` raises (no
-  config.json) is an error line here. `argv` has its flag files read (`run` reads them)."""
-  if _config_values(argv) or not any(a.startswith('--config.') for a in argv[1:]):
+  config.json) is an error line here. `argv` has its flag files read (`run` reads them).
+
+  `resume` (train): with no --config at all, a run in --workdir resumes with its own config, so
+  that a relaunch needs only --workdir (it had needed the first launch's --config and every
+  override again, which a timed-out notebook session had to find)."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]) or not (
+      resume or any(a.startswith('--config.') for a in argv[1:])):
+    return list(argv)
+  workdir = _flag_value(argv, 'workdir')
+  if resume and workdir:
+    try:
+      run_config(workdir)
+    except errors.UserError as e:
+      _usage_error(f'--config is not given, and --workdir has no run to resume ({e}): to start a '
+                   'run, give --config FILE (configs/NAME.py, or jax_cifar:NAME)')
+    return [argv[0], f'--config={_RUN_CONFIG}:{workdir}', *argv[1:]]
+  if not any(a.startswith('--config.') for a in argv[1:]):  # (train --help: absl's answer.)
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
   if not workdir:
@@ -318,7 +334,7 @@ HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
 def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
-        run_config: Callable[[str], Any] | None = None) -> None:
+        run_config: Callable[[str], Any] | None = None, resume: bool = False) -> None:
   """`define_flags()`, then `absl.app.run(main)` with the parsing above; asked for help, the status
   is 0 (absl's is 1, which scripts read as a failure). With `run_config` (evaluate:
   workdir.run_config), `--config.KEY=VALUE` without `--config` changes the config of the run in
@@ -331,8 +347,8 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   if not isinstance(handler.stream, AboveProgressBars):
     handler.stream = AboveProgressBars(handler.stream)
   try:
-    parser = ((lambda argv: parse_flags(run_config_overrides(argv, run_config))) if run_config
-              else parse_flags)
+    parser = ((lambda argv: parse_flags(run_config_overrides(argv, run_config, resume)))
+              if run_config else parse_flags)
     app.run(main, argv=argv, flags_parser=parser)
   except SystemExit as e:
     if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):

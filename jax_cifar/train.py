@@ -1,4 +1,5 @@
-"""Entry point: python -m jax_cifar.train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE]."""
+"""Entry point: python -m jax_cifar.train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE];
+again with only --workdir DIR (and any overrides), it resumes that run with its own config."""
 
 from jax_cifar import starting
 
@@ -26,7 +27,10 @@ def define_flags() -> None:
   none."""
   config_flags.DEFINE_config_file('config', None, 'Training configuration: a file '
                                   '(configs/NAME.py) or a packaged one, jax_cifar:NAME (e.g. '
-                                  'jax_cifar:smoke); override keys with --config.KEY=VALUE.',
+                                  'jax_cifar:smoke, resnet152, ood_best; their keys: '
+                                  'jax_cifar/configs/default.py); override keys with '
+                                  '--config.KEY=VALUE. Omitted, the run in --workdir resumes with '
+                                  'its own config (WORKDIR/config.json, and any overrides).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
   flags.mark_flags_as_required(['config', 'workdir'])
@@ -56,5 +60,12 @@ def main(argv):
                f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl')
 
 
+def _run_config(workdir: str):
+  from jax_cifar import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  return workdir_lib.run_config(workdir)
+
+
 if __name__ == '__main__':
-  cli.run(main, define_flags=define_flags)
+  # A relaunch needs only --workdir: without --config the run resumes with its own config. Stopped
+  # (SIGTERM, SLURM's time limit, train.max_steps) it exits 75, or 0 once trained to its end.
+  cli.run(main, define_flags=define_flags, run_config=_run_config, resume=True)

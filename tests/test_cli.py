@@ -3,6 +3,7 @@ configs by name (`--config jax_cifar:NAME`); an unwritable checkpoints folder fa
 training."""
 
 import errno
+import json
 import os
 import pathlib
 import subprocess
@@ -294,8 +295,26 @@ def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
       "error: --config.KEY=VALUE overrides change the run's own config: "
       f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
   line = _usage_error(train(tmp_path / 'run', config=None, overrides={'train.batch_size': 8}))
-  assert 'config.train.batch_size' in line and 'need --config FILE' in line, line
+  assert line.startswith('error: --config is not given, and --workdir has no run to resume ('), line
+  assert line.endswith('to start a run, give --config FILE (configs/NAME.py, or jax_cifar:NAME)')
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tmp_path):
+  """A relaunch had needed the first launch's --config and every override again; without them it
+  was "--config must have a value", or a refused change (a new-user walkthrough: a timed-out
+  notebook session). Without --config the run's config.json is the config, overrides change it."""
+  first = train(tmp_path / 'run', '--config.train.max_steps=3')
+  assert first.returncode == 0, first.stderr[-3000:]
+  again = train(tmp_path / 'run', config=None, overrides={'train.max_steps': 5})
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Resumed from step 3.' in again.stderr and 'Done at step 5' in again.stderr
+  assert 'changed' not in again.stderr, again.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'launches.jsonl').read_text().splitlines()]
+  assert [r['start_step'] for r in rows] == [0, 3]
+  assert rows[1]['changed'] == {'train.max_steps': [3, 5]}
+  assert rows[1]['config'] == {**rows[0]['config'], 'train': {**rows[0]['config']['train'],
+                                                              'max_steps': 5}}
 
 
 @pytest.mark.parametrize('body, expected', [
