@@ -52,9 +52,15 @@ def _to_numpy(value: Any, key: str = '') -> np.ndarray:
             else 'complex' if value.is_complex() else None)
     if kind:
       raise ConversionError(f'{key}: a {kind} tensor, expected a dense real one')
+    if not value.is_floating_point():  # (.float() had made an int32 state_dict's zeros weights.)
+      raise ConversionError(f'{key}: dtype {str(value.dtype).removeprefix("torch.")}, expected '
+                            'floating-point weights (a cast to integers has lost their values)')
     value = value.detach().cpu().float().numpy()
   value = np.asarray(value)
-  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+  if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
+    raise ConversionError(f'{key}: dtype {value.dtype}, expected floating-point weights (a cast to '
+                          'integers has lost their values)')
+  if not np.issubdtype(value.dtype, np.floating):
     raise ConversionError(f'{key}: dtype {value.dtype}, expected real numbers')
   return value.astype(np.float32)
 

@@ -107,6 +107,17 @@ def test_tensors_that_are_not_dense_real_weights_are_named(kind):
     torch_to_flax(dict(sd, **{'conv1.weight': np.full(w.shape, 'x')}), 'resnet18')
 
 
+@pytest.mark.parametrize('as_torch', [True, False])
+def test_weights_cast_to_integers_are_refused(as_torch):
+  """A state_dict cast to int32 converted with almost every weight 0 (a bad-input review)."""
+  sd = small_state_dict()
+  cast = sd['layer1.0.conv1.weight'].to(torch.int32)
+  with pytest.raises(ValueError, match=r'layer1\.0\.conv1\.weight: dtype int32, expected '
+                                       r'floating-point weights \(a cast to integers'):
+    torch_to_flax(dict(sd, **{'layer1.0.conv1.weight': cast if as_torch else cast.numpy()}),
+                  'resnet18')
+
+
 def test_a_head_with_no_classes_is_named_before_anything_is_written():
   sd = small_state_dict()
   with pytest.raises(ValueError, match=r'fc\.weight \(0, 512\) has no classes'):
