@@ -168,6 +168,34 @@ def test_hand_edited_files_of_odd_shapes_are_reported_not_a_traceback(tmp_path, 
   table = (tmp_path / 'out' / 'summary.md').read_text()
   assert '| 0.5 |' in table and '90.00%' not in table, table
   assert sorted(report.load_run(run)['evals']) == ['eval_best', 'eval_latest']
+  assert report.load_run(run)['warnings'] == [
+      'run: eval_latest.json holds a JSON list, not an object: its numbers are left out']
+
+
+def test_cut_files_and_impossible_values_are_named_not_shown(tmp_path, capsys):
+  """A cut eval_best.json or config.json had left '-' in the table without a word, and a row
+  with val_accuracy 1.7 had been "best val acc 170.00%", a negative step a point of the curves (a
+  bad-input review)."""
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  rows += [{'step': 5, 'val_accuracy': 1.7, 'val_loss': 1.0}, {'step': -3, 'train_loss': 2.0}]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  for name in ('eval_best.json', 'config.json'):
+    (run / name).write_bytes((run / name).read_bytes()[:20])
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  table = (tmp_path / 'out' / 'summary.md').read_text()
+  assert '170.00%' not in table, table
+  warned = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: ')]
+  assert warned == [
+      'warning: run: config.json is unreadable (JSONDecodeError): its numbers are left out',
+      'warning: run: 3 value(s) in metrics.jsonl are out of their range (an accuracy outside [0, '
+      '1], a step that is not a whole number >= 0; a row without its step counts whole): left out '
+      'of the curves and the table',
+      'warning: run: eval_best.json is unreadable (JSONDecodeError): its numbers are left out'
+  ], warned
+  loaded = report.load_run(run)
+  assert {r['step'] for r in loaded['rows']} >= {5} and all(r['step'] >= 0 for r in loaded['rows'])
+  assert [r for r in loaded['rows'] if r['step'] == 5][-1] == {'step': 5, 'val_loss': 1.0}
 
 
 def test_nan_text_and_odd_config_sections_are_left_out_with_a_warning(tmp_path, capsys):

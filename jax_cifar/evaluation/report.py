@@ -29,13 +29,25 @@ class ReportError(errors.UserError):
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
-def _read_json(path: pathlib.Path) -> dict:
-  """The JSON object in `path`; {} if it is unreadable or holds something else."""
+def _read_json(path: pathlib.Path, notes: list[str] | None = None, label: str = '') -> dict:
+  """The JSON object in `path`; {} if it is missing, unreadable or holds something else, the last
+  two said in `notes` (a cut eval_best.json had left its run's test accuracy '-' without a word:
+  a bad-input review)."""
   try:
     value = json.loads(path.read_text())
-  except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested 100k deep.)
+  except FileNotFoundError:
     return {}
-  return value if isinstance(value, dict) else {}
+  except (OSError, ValueError, RecursionError) as e:  # (RecursionError: JSON nested 100k deep.)
+    why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+    if notes is not None:
+      notes.append(f'{label}: {path.name} is unreadable ({why}): its numbers are left out')
+    return {}
+  if not isinstance(value, dict):
+    if notes is not None:
+      notes.append(f'{label}: {path.name} holds a JSON {type(value).__name__}, not an object: its '
+                   'numbers are left out')
+    return {}
+  return value
 
 
 def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
@@ -47,35 +59,49 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   if not (run_dir / tracking.METRICS_FILE).exists():
     raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} (not a training run directory)')
   label, notes = label or run_dir.name, []
-  config = _read_json(run_dir / workdir.CONFIG_FILE)
+  config = _read_json(run_dir / workdir.CONFIG_FILE, notes, label)
   odd = [k for k in CONFIG_SECTIONS if k in config and not isinstance(config[k], dict)]
   if odd:  # A hand edit ("train": null) had ended the report in a traceback, figures half written.
     notes.append(f'{label}: {workdir.CONFIG_FILE} has no {" or ".join(odd)} section (not an object): '
                  'its columns are left empty')
     config = {k: v for k, v in config.items() if k not in odd}
   raw = tracking.read_metrics(run_dir)
-  rows, dropped = _finite_rows(raw)
+  rows, dropped, odd_values = _finite_rows(raw)
   if dropped:  # A NaN had made the best accuracy "nan%" and emptied every curve (an audit).
     notes.append(f'{label}: {dropped} value(s) in {tracking.METRICS_FILE} are not finite numbers '
                  '(NaN, inf, text): left out of the curves and the table')
+  if odd_values:  # An accuracy of 1.7 had been "best val acc 170.00%" (a bad-input review).
+    notes.append(f'{label}: {odd_values} value(s) in {tracking.METRICS_FILE} are out of their range '
+                 '(an accuracy outside [0, 1], a step that is not a whole number >= 0; a row '
+                 'without its step counts whole): left out of the curves and the table')
   if not rows:
     notes.append(f'{label}: {tracking.METRICS_FILE} holds no rows (a run stopped before its first '
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
           'nonfinite': _nonfinite_steps(raw), 'unread_sections': odd,
-          'evals': {p.stem: _read_json(p) for p in stale_evals.eval_files(run_dir)}, 'warnings': notes}
+          'evals': {p.stem: _read_json(p, notes, label) for p in stale_evals.eval_files(run_dir)},
+          'warnings': notes}
 
 
 CONFIG_SECTIONS = ('model', 'train', 'data', 'optim', 'checkpoint')  # The ones the summary reads.
 
 
-def _finite_rows(rows: list[dict]) -> tuple[list[dict], int]:
-  """`rows` keeping only finite numbers, and how many other values were left out (not counting
-  nulls: the trainer logs a non-finite value as null, and nothing reads those)."""
-  kept = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-           and math.isfinite(v)} for r in rows]
+def _finite_rows(rows: list[dict]) -> tuple[list[dict], int, int]:
+  """`rows` keeping only finite numbers in their range, how many other values were left out (not
+  counting nulls: the trainer logs a non-finite value as null, and nothing reads those), and how
+  many finite ones were out of range (an accuracy outside [0, 1], a step that is no whole number
+  >= 0: such a row is left out whole)."""
+  finite = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and math.isfinite(v)} for r in rows]
   given = sum(v is not None for r in rows for v in r.values())
-  return kept, given - sum(len(r) for r in kept)
+  kept = []
+  for row in finite:
+    if not ('step' in row and row['step'] >= 0 and float(row['step']).is_integer()):
+      continue
+    kept.append({k: v for k, v in row.items() if 'accuracy' not in k or 0 <= v <= 1})
+  in_range = sum(len(r) for r in kept)
+  odd = sum(len(r) for r in finite) - in_range
+  return kept, given - in_range - odd, odd
 
 
 def _nonfinite_steps(rows: list[dict]) -> dict[str, list]:
