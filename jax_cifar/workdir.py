@@ -51,7 +51,15 @@ class Lock:
   def try_acquire(self) -> bool:
     """Takes the lock, or returns False (and sets `holder`) when another process holds it; an
     OSError when the file cannot be opened."""
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # (It had read "workdir ... is not writable: Is a directory": a review.)
+      what = ('a folder' if self.path.is_dir() else 'a link that leads nowhere'
+              if self.path.is_symlink() and not self.path.exists() else None)
+      if what:
+        raise WorkdirError(f'{self.path}, the file a run holds its lock on, is {what}: move it '
+                           'away (a launch makes the file anew)') from None
+      raise
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

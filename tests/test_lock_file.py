@@ -1,0 +1,27 @@
+"""WORKDIR/.lock that is not a file: named as the lock, not as an unwritable workdir (it had read
+"workdir RUN is not writable: Is a directory", of a folder that takes files: a bad-input review)."""
+
+import os
+
+import pytest
+
+from jax_cifar import workdir
+from jax_cifar.configs import default
+from jax_cifar.training import trainer
+
+
+@pytest.mark.parametrize('kind', ['folder', 'dangling link'])
+def test_a_lock_path_that_is_no_file_is_named_as_the_lock(tmp_path, kind):
+  run = tmp_path / 'run'
+  run.mkdir()
+  if kind == 'folder':
+    (run / '.lock').mkdir()
+  else:
+    os.symlink(tmp_path / 'gone' / 'lock', run / '.lock')
+  c = default.get_config()
+  c.data.source, c.model.name = 'synthetic', 'simple_cnn'
+  what = 'a folder' if kind == 'folder' else 'a link that leads nowhere'
+  with pytest.raises(workdir.WorkdirError, match=(
+      rf'^{run}/\.lock, the file a run holds its lock on, is {what}: move it away')):
+    trainer.train_and_evaluate(c, str(run))
+  assert sorted(p.name for p in run.iterdir()) == ['.lock']  # Nothing else written.
