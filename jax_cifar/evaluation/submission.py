@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import fcntl
 import glob
+import gzip
 import os
 import pathlib
 import re
 import sys
 import tempfile
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -33,6 +35,7 @@ from jax_cifar.data.cifar100 import NUM_CLASSES
 
 HEADER = 'id,label'
 _LABEL = re.compile(r'[0-9]{1,3}')
+COMPRESSED = ('.gz', '.zip', '.bz2', '.xz', '.7z')  # Suffixes of compressed files.
 KAGGLE_IMAGES = 10_000  # Test images per severity in the course's 950,000-row set.
 
 
@@ -64,6 +67,9 @@ def check_output_path(path: str | os.PathLike, default: bool = False) -> pathlib
   if given.endswith(('/', os.sep)):  # pathlib drops the slash: `newdir/` had become a file `newdir`.
     raise SubmissionError(f'--submission {given} ends in a folder separator, and there is no such '
                           f'folder; give a file path such as {path / "submission.csv"}')
+  if path.suffix.lower() in COMPRESSED:  # (A plain CSV had been written under a .gz name.)
+    raise SubmissionError(f'{name}: the CSV is written uncompressed, so its name ends in .csv; '
+                          f'compress it afterwards if you like (submission check reads .gz)')
   if path.is_symlink():
     raise SubmissionError(f'{name} is a symbolic link (to {os.readlink(path)}), which '
                           'the CSV would replace; give the path of the file itself')
@@ -220,9 +226,12 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
     # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
     # utf-8-sig: a leading byte-order mark (Excel's "CSV UTF-8") is read past, as pandas does.
-    text = path.read_text(encoding='utf-8-sig')
+    data = path.read_bytes()
+    if data[:2] == b'\x1f\x8b':  # gzip (Kaggle takes a .csv.gz): it had been "can't decode 0x8b".
+      data = gzip.decompress(data)
+    text = data.decode('utf-8-sig')
     lines = [line.rstrip('\r') for line in text.split('\n')]
-  except (OSError, UnicodeDecodeError) as e:
+  except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:  # (EOFError: a cut gzip.)
     raise SubmissionError(f'{path}: cannot read ({e})') from None
   while lines and not lines[-1]:
     lines.pop()

@@ -1,0 +1,31 @@
+"""Compressed submissions: `submission check` reads a .csv.gz (Kaggle takes one; it had said only
+"'utf-8' codec can't decode byte 0x8b"), and evaluate refuses to write its plain CSV under a
+compressed name (`--submission out.csv.gz` had done so: a bad-input review)."""
+
+import gzip
+
+import pytest
+
+from jax_cifar.evaluation import submission
+from test_submission import _write
+
+
+def test_check_reads_a_gzipped_csv_as_the_csv_and_names_a_cut_one(tmp_path):
+  plain = tmp_path / 'sub.csv'
+  _write(plain)
+  packed = tmp_path / 'sub.csv.gz'
+  packed.write_bytes(gzip.compress(plain.read_bytes()))
+  assert submission.check_submission(packed) == submission.check_submission(plain).replace(
+      str(plain), str(packed))
+  packed.write_bytes(packed.read_bytes()[:-30])
+  with pytest.raises(submission.SubmissionError, match=rf'^{packed}: cannot read \('):
+    submission.check_submission(packed)
+
+
+@pytest.mark.parametrize('name', ['out.csv.gz', 'out.zip', 'OUT.CSV.XZ'])
+def test_a_compressed_name_for_the_written_csv_is_refused(tmp_path, name):
+  with pytest.raises(submission.SubmissionError, match=(
+      rf'^--submission {tmp_path / name}: the CSV is written uncompressed, so its name ends in '
+      r'\.csv')):
+    submission.check_output_path(tmp_path / name)
+  assert not (tmp_path / name).exists()
