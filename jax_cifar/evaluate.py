@@ -1,6 +1,6 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
-python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|PATH]
+python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|N|PATH]
     [--weights raw|ema|auto] [--tta none|flip|shifts] [--bn_adapt]
     [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
     [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
@@ -12,9 +12,10 @@ non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
 into a WORKDIR that takes no files: said first). The last
 line printed (by process 0 alone, in a multi-process run) is one JSON object with the scalar results, at least
-`test_accuracy` (a fraction). Without --config, the run's own WORKDIR/config.json is used, and
+`test_accuracy` (a fraction); the line before it, on stderr, names the files written. Without --config, the run's own WORKDIR/config.json is used, and
 --config.KEY=VALUE overrides change it (e.g. --config.data.eval_limit=0); a --config (or an
-override) whose model keys differ from it is refused (its numbers would not be the run's).
+override) whose model keys differ from it is refused (its numbers would not be the run's), as is
+one that changes augment.crop_mode or the validation split, or swaps synthetic data for real.
 
 --tta: see jax_cifar/evaluation/tta.py (the softmax averaged over mirrored/translated views).
 --bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is

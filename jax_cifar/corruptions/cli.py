@@ -12,8 +12,8 @@ the default config): a set on which to choose test-time settings without touchin
 The hold-out is taken from the local cifar-100-python files, as data.source=local does; a run
 trained with data.source=tfds holds out the same images (its order equals the local one, tested).
 
-How the images are made, the formats and the folder's resume rules: corrupt.py's docstring (the
-rest of --help).
+How the images are made, the formats and the folder's resume rules: corrupt.py's docstring (which
+--help prints below).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def _source_split(args: argparse.Namespace) -> cifar100.Split:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{corrupt.__doc__}',
+  # corrupt.py's docstring past its title and its note on the modules (for readers of the code).
+  how = corrupt.__doc__.split('\n\n', 2)[-1]
+  parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.corrupt'), description=f'{__doc__}\n{how}',
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', required=True, type=cli.nonempty('the folder for the corrupted set'),
                       help='output folder')
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                       help='--split val: the config\'s data.split_seed (default 0)')
   parser.add_argument('--data_dir', default='', help='folder holding cifar-100-python/ '
                       '(default $JAX_CIFAR_DATA_DIR, then the cache)')
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seed', type=int, default=0,
+                      help='seed of the random corruptions (noise, glass blur...): the same seed '
+                      'and options make the same pixels')
   parser.add_argument('--corruptions', default=','.join(CORRUPTIONS),
                       help='comma-separated subset of the 19 names')
   parser.add_argument('--frost_dir', default='', help='folder with the official frost1.png .. '
