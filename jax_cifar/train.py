@@ -55,8 +55,11 @@ def main(argv):
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.
   starting.uninstall()  # train_and_evaluate gave back the start-up handler: no longer starting.
   best = result.get('best_val_accuracy')  # Of the weights that pick `best`: the EMA's, or the raw.
-  tracking.say(f'Done at step {result["step"]}: best {result["best_metric"]} '
-               f'{"n/a" if best is None else f"{best:.4f}"}; checkpoints in '
+  step, total = result['step'], result['total_steps']
+  short = (f' ({step} of {total} steps: train.max_steps; relaunch with a larger one to go on)'
+           if step < total else '')  # (It had read as the end of the run: a walkthrough.)
+  tracking.say(f'Done at step {step}: best {result["best_metric"]} '
+               f'{"n/a" if best is None else f"{best:.4f}"}{short}; checkpoints in '
                f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl')
 
 

@@ -309,6 +309,8 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
   again = train(tmp_path / 'run', config=None, overrides={'train.max_steps': 5})
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Resumed from step 3.' in again.stderr and 'Done at step 5' in again.stderr
+  assert ('(5 of 12 steps: train.max_steps; relaunch with a larger one to go on)'
+          in again.stderr), again.stderr[-3000:]
   assert 'changed' not in again.stderr, again.stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / 'run' / 'launches.jsonl').read_text().splitlines()]
   assert [r['start_step'] for r in rows] == [0, 3]

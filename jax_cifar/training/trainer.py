@@ -82,9 +82,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Returns {'step': the last step, 'best_val_accuracy': the best checkpoint's (None without one),
   'best_metric': which accuracy that is ('val_accuracy', or 'val_accuracy_ema' under
-  checkpoint.best_weights 'ema'), and, when this launch validated, its last validation's
+  checkpoint.best_weights 'ema'), 'total_steps': the schedule's length (more than 'step' when
+  train.max_steps stopped this launch), and, when this launch validated, its last validation's
   'val_loss', 'val_accuracy', 'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}.
-  A relaunch of a finished run trains nothing and returns only the first three. A SIGTERM or SIGINT saves the step and raises
+  A relaunch of a finished run trains nothing and returns only the first four. A SIGTERM or SIGINT
+  saves the step and raises
   `jax_cifar.Preempted`: call again with the same workdir to resume.
   """
   if not isinstance(config, ml_collections.ConfigDict):
@@ -271,7 +273,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
                    preempted=preempted)
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
-          'best_metric': _best_metric(config)}
+          'best_metric': _best_metric(config), 'total_steps': total_steps}
 
 
 def _best_metric(config) -> str:
