@@ -208,8 +208,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                      'get_config() and change its keys, as configs/*.py do)')
     if len(rest) > 1:  # `--bn_adapt false` had turned adaptation on and dropped `false` (an audit).
       _usage_error(_stray_words(rest[1:], argv))
-    for line in repeated_overrides(argv):
-      logging.warning('%s', line)
+    for line in repeated_overrides(argv):  # (Before the plain log format is set: said as it
+      print(f'warning: {line}', file=sys.stderr, flush=True)  # would say it, not as absl's W...].)
     return rest
   except flags.Error as e:
     if "flag 'config." in str(e) and not any(a.split('=')[0] == '--config' for a in argv):

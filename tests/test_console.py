@@ -47,6 +47,9 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
   # An override given twice is named (absl takes the last one without a word: a walkthrough).
   assert ('--config.train.max_steps is given 2 times (7, 3): the last one, 3, is used'
           in out.stderr), out.stderr[-2000:]
+  # ... as a plain warning line (absl's "W1206 11:17:49.641787 ... cli.py:196] " had come before
+  # the plain format was set: a bad-input review).
+  assert re.search(r'^warning: --config\.train\.max_steps is given 2 times', out.stderr, re.M)
   # A key that does nothing here is named (it had been ignored without a word) ...
   assert "config key 'ema.warmup_power'=0.5 is ignored: there is no EMA" in out.stderr
   # The start line says where a max_steps launch stops (it said only '12 steps': an audit).
