@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jax_cifar.configs import default
-from jax_cifar import api, optim, parallel
+from jax_cifar import api, optim, parallel, xla_options
 from jax_cifar.evaluation import bn_adapt, inference, tent
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
@@ -165,7 +165,7 @@ def test_no_bfloat16_program_on_the_cpu_uses_ynnpack_fusions_even_with_xla_defau
   assert not [k for k, text in hlo.items() if '__ynn_fusion' in text]
   # Without the option, XLA:CPU fuses these programs with YNNPACK under jax 0.10 and 0.12 (the
   # check above can fail there); jax 0.8 has no such fusions by default.
-  monkeypatch.setattr(parallel, 'step_compiler_options', lambda dtype: None)
+  monkeypatch.setattr(xla_options, 'step_compiler_options', lambda dtype: None)
   plain = inference.make_predict(config, graphdef, mesh).lower(state.params, state.batch_stats,
                                                               batch).compile().as_text()
   assert '__ynn_fusion' in plain or jax.__version_info__ < (0, 10)

@@ -142,8 +142,8 @@ def _fake_evaluation(monkeypatch, gpu_ood, calls, kwargs_seen=None):
   from jax_cifar.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   kwargs_seen = [] if kwargs_seen is None else kwargs_seen
   from jax_cifar import evaluate as ev  # pylint: disable=import-outside-toplevel
-  from jax_cifar import parallel, workdir  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(parallel, 'enable_compilation_cache', lambda: None)
+  from jax_cifar import workdir, xla_options  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(xla_options, 'enable_compilation_cache', lambda: None)
   monkeypatch.setattr(workdir, 'run_config', lambda run: None)
   monkeypatch.setattr(gpu_ood, 'clean_images', lambda data, config: 100)
   monkeypatch.setattr(gpu_ood.ood, 'check_distortion_dir', lambda folder: [])
