@@ -25,6 +25,7 @@ from jax_cifar import config_errors, errors
 
 BUILTIN_PREFIX = 'jax_cifar:'
 _RUN_CONFIG = str(pathlib.Path(__file__).resolve().parent / 'configs' / '_from_run.py')
+_RESUME_CONFIG = str(pathlib.Path(__file__).resolve().parent / 'configs' / '_resume_run.py')
 USAGE_EXIT_CODE = 2
 
 
@@ -138,17 +139,19 @@ def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any],
   `resume` (train): with no --config at all, a run in --workdir resumes with its own config, so
   that a relaunch needs only --workdir (it had needed the first launch's --config and every
   override again, which a timed-out notebook session had to find)."""
-  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]) or not (
-      resume or any(a.startswith('--config.') for a in argv[1:])):
+  given = any(a in ('--config', '-config') or a.startswith(('--config=', '-config='))
+              for a in argv[1:])  # (absl takes -config as --config.)
+  if given or not (resume or any(a.startswith('--config.') for a in argv[1:])):
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
-  if resume and workdir:
+  if resume and workdir and not any(a in HELP_FLAGS for a in argv[1:]):  # (Help: absl's answer.)
     try:
       run_config(workdir)
     except errors.UserError as e:
-      _usage_error(f'--config is not given, and --workdir has no run to resume ({e}): to start a '
-                   'run, give --config FILE (configs/NAME.py, or jax_cifar:NAME)')
-    return [argv[0], f'--config={_RUN_CONFIG}:{workdir}', *argv[1:]]
+      _usage_error(f'--config is not given, and the run in --workdir cannot be resumed with its own '
+                   f'config ({e}): to start a run, give --config FILE (configs/NAME.py, or '
+                   'jax_cifar:NAME)')
+    return [argv[0], f'--config={_RESUME_CONFIG}:{workdir}', *argv[1:]]
   if not any(a.startswith('--config.') for a in argv[1:]):  # (train --help: absl's answer.)
     return list(argv)
   workdir = _flag_value(argv, 'workdir')
@@ -193,7 +196,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if value.lower().endswith('.json'):
       _usage_error(f'--config takes a config file in Python (configs/*.py, or jax_cifar:NAME), '
                    f'not {value}: give the one the run started from (a run\'s config.json is its '
-                   'record, which evaluate uses by itself when --config is omitted)')
+                   'record, which train and evaluate use by themselves when --config is omitted)')
   try:
     rest = flags.FLAGS(_resolve_builtin(argv))
     if 'config' in flags.FLAGS and given:

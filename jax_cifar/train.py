@@ -69,6 +69,7 @@ def _run_config(workdir: str):
 
 
 if __name__ == '__main__':
-  # A relaunch needs only --workdir: without --config the run resumes with its own config. Stopped
-  # (SIGTERM, SLURM's time limit, train.max_steps) it exits 75, or 0 once trained to its end.
+  # A relaunch needs only --workdir: without --config the run resumes with its own config (but
+  # train.resume and train.allow_config_change at their defaults). A signal's stop (SIGTERM,
+  # SLURM's time limit) exits 75; the run's end and a train.max_steps stop exit 0.
   cli.run(main, define_flags=define_flags, run_config=_run_config, resume=True)

@@ -295,7 +295,8 @@ def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
       "error: --config.KEY=VALUE overrides change the run's own config: "
       f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
   line = _usage_error(train(tmp_path / 'run', config=None, overrides={'train.batch_size': 8}))
-  assert line.startswith('error: --config is not given, and --workdir has no run to resume ('), line
+  assert line.startswith('error: --config is not given, and the run in --workdir cannot be resumed '
+                         'with its own config ('), line
   assert line.endswith('to start a run, give --config FILE (configs/NAME.py, or jax_cifar:NAME)')
   assert not (tmp_path / 'run').exists()
 
@@ -304,7 +305,8 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
   """A relaunch had needed the first launch's --config and every override again; without them it
   was "--config must have a value", or a refused change (a new-user walkthrough: a timed-out
   notebook session). Without --config the run's config.json is the config, overrides change it."""
-  first = train(tmp_path / 'run', '--config.train.max_steps=3')
+  first = train(tmp_path / 'run', '--config.train.max_steps=3',
+                '--config.train.allow_config_change=true')
   assert first.returncode == 0, first.stderr[-3000:]
   again = train(tmp_path / 'run', config=None, overrides={'train.max_steps': 5})
   assert again.returncode == 0, again.stderr[-3000:]
@@ -314,9 +316,16 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
   assert 'changed' not in again.stderr, again.stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / 'run' / 'launches.jsonl').read_text().splitlines()]
   assert [r['start_step'] for r in rows] == [0, 3]
-  assert rows[1]['changed'] == {'train.max_steps': [3, 5]}
-  assert rows[1]['config'] == {**rows[0]['config'], 'train': {**rows[0]['config']['train'],
-                                                              'max_steps': 5}}
+  # What the first launch was allowed is not allowed again (train.allow_config_change, and
+  # train.resume, start from their defaults: the diff review).
+  assert rows[1]['changed'] == {'train.max_steps': [3, 5], 'train.allow_config_change': [True, False]}
+  assert rows[1]['config'] == {**rows[0]['config'], 'train': {
+      **rows[0]['config']['train'], 'max_steps': 5, 'allow_config_change': False}}
+  line = the_error(train(tmp_path / 'run', config=None, overrides={'optim.lr': 0.5}))
+  assert 'optim.lr 0.001 -> 0.5' in line and 'allow_config_change=true' in line, line
+  # Asked for help, with a --workdir that holds no run: absl's help, not an error (a review).
+  out = train(tmp_path / 'new', '--help', config=None, overrides={})
+  assert out.returncode == 0 and '--workdir' in out.stdout and not (tmp_path / 'new').exists()
 
 
 @pytest.mark.parametrize('body, expected', [
