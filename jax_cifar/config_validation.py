@@ -31,13 +31,14 @@ CHOICES = {
 WANDB_TAG_MAX = 64  # wandb.Settings refuses longer tags (and the run had gone on without wandb).
 # key: (low, high, low_inclusive); high is inclusive, None = unbounded.
 INT_MAX = 2**31 - 1  # Steps and counts are int32 on the device.
+SYNTHETIC_MAX = 1_000_000  # 3 GB of 32x32 images (1e11 had been a 279 TiB allocation).
 _F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 RANGES = {
     'seed': (0, 2**32 - 1, True), 'data.split_seed': (0, 2**32 - 1, True),  # JAX keys: 32 bits
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
-    'data.synthetic_size': (1, 1_000_000, True),  # 3 GB of 32x32 images (1e11 had been 279 TiB).
+    'data.synthetic_size': (1, None, True),  # At launch also <= SYNTHETIC_MAX.
     'data.worker_count': (0, 256, True),  # Processes: 100,000 had hung at step 0 (a flag audit).
     'data.prefetch': (0, None, True),
     'model.num_classes': (1, None, True), 'model.width': (1, None, True),
@@ -117,17 +118,18 @@ def validate(config, *, launch: bool = True) -> None:
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
       raise ConfigError(f'config key {key!r} must be a finite number, got {value!r}')
     # The compiled steps compute in float32: 1e39 is inf there and 1e-40 a subnormal (mixup's
-    # Beta draw was NaN, and the run stopped as if it had diverged: a bad-input review).
-    if any(isinstance(v, float) and v != 0 and not _F32_TINY <= abs(v) <= _F32_MAX
-           for v in values):
+    # Beta draw was NaN, and the run stopped as if it had diverged: a bad-input review). At
+    # launch only, as the limits below: a run that trained before them still loads.
+    if launch and any(isinstance(v, float) and v != 0 and not _F32_TINY <= abs(v) <= _F32_MAX
+                      for v in values):
       raise ConfigError(f'config key {key!r} must be 0 or a float32 number (of magnitude '
                         f'{_F32_TINY:.3g} to {_F32_MAX:.3g}), got {value!r}')
   for key, (low, high, low_inclusive) in RANGES.items():
     if not launch and key in LAUNCH_ONLY_RANGES:
       continue
     value = given[key]
-    if high is None and isinstance(value, int):  # (A jitted int32: 1e20 had been an OverflowError.)
-      high = INT_MAX
+    if high is None and isinstance(value, int) and launch:  # (A jitted int32: 1e20 had been an
+      high = SYNTHETIC_MAX if key == 'data.synthetic_size' else INT_MAX  # OverflowError.)
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
       bounds = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}]"
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')

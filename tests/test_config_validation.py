@@ -382,3 +382,15 @@ def test_a_schedule_longer_than_the_int32_step_counter_is_named_before_the_data_
       r'step counter \(an int32\) holds$')):
     trainer.train_and_evaluate(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_the_launch_limits_leave_a_run_that_trained_before_them_loadable():
+  """The float32, int32 and synthetic-size limits came after runs that may hold such values
+  (a train_limit of 10**10, a weight_decay of 1e-45): evaluate and load_model still read them
+  (launch=False), as workdir.run_config promises (the diff review)."""
+  c = _config(**{'data.train_limit': 10**10, 'data.synthetic_size': 2_000_000,
+                 'optim.weight_decay': 1e-45})
+  config_validation.validate(c, launch=False)
+  for key in ('data.train_limit', 'data.synthetic_size', 'optim.weight_decay'):
+    with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be"):
+      config_validation.validate(_config(**{key: c[key.split('.')[0]][key.split('.')[1]]}))
