@@ -215,10 +215,12 @@ def _check_submission_path(csv_path: str | os.PathLike, default: bool) -> None:
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
              tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
              submission_csv: str | None = None, cifar100c_dir: str | None = None,
-             weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> dict:
+             weights: str = 'raw', tent: tent_lib.TentOptions | bool | None = None) -> dict:
   """Evaluates a checkpoint ('raw' weights, their 'ema', or 'auto': the better on validation at
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
-  eval_<tag>.json and figures into `workdir`; returns the numbers."""
+  eval_<tag>.json and figures into `workdir`; returns the numbers. `tent`: True, False or the
+  options (tent.TentOptions)."""
+  tent = tent_lib.resolve(tent)
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).

@@ -213,6 +213,19 @@ def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_p
   assert 'Wrote' not in err, err
 
 
+def test_evaluate_reads_tent_true_and_false_as_load_predictor_does(run, tmp_path):
+  """evaluate(tent=True) had failed in dataclasses.asdict(True), and tent=False had switched
+  BatchNorm adaptation on (tag _bn-adapt): the diff review."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  off = evaluate.evaluate(_config(), str(workdir), 'latest', tent=False)
+  assert off['bn_adapt'] is False and off['tent'] is None
+  assert not list(workdir.glob('eval_latest_*.json'))
+  on = evaluate.evaluate(_config(), str(workdir), 'latest', tent=True)
+  assert on['bn_adapt'] is True and on['tent'] == {'lr': 1e-3, 'epochs': 1, 'batch_size': 128}
+  assert (workdir / 'eval_latest_bn-adapt_tent.json').is_file()
+
+
 def test_an_evaluation_ends_naming_the_files_it_wrote(run, tmp_path, capsys):
   """evaluate had named none of its files but the CSV, inside its JSON line (a new-user
   walkthrough)."""

@@ -165,10 +165,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   if not isinstance(tta_flip, (bool, np.bool_)):  # ('shifts' as the 4th argument had run flip.)
     raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
                     f'{tta_flip!r}: give the views as tta_mode=...')
-  if isinstance(tent, (bool, np.bool_)):
-    tent = tent_lib.TentOptions() if tent else None
-  elif tent is not None and not isinstance(tent, tent_lib.TentOptions):
-    raise TypeError(f'tent is True, False or a tent.TentOptions, got {tent!r}')
+  tent = tent_lib.resolve(tent)
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)

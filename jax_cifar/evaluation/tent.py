@@ -60,6 +60,17 @@ class TentOptions:
     return '_tent' + ''.join(f'-{p}' for p in parts)
 
 
+def resolve(tent) -> TentOptions | None:
+  """The Tent options an API argument means: True for the defaults, False or None for no Tent, or
+  the TentOptions themselves (tent=True had been AttributeError: 'bool' object has no attribute
+  'lr', and evaluate's tent=False had switched BatchNorm adaptation on: reviews)."""
+  if isinstance(tent, (bool, np.bool_)):
+    return TentOptions() if tent else None
+  if tent is not None and not isinstance(tent, TentOptions):
+    raise TypeError(f'tent is True, False or a tent.TentOptions, got {tent!r}')
+  return tent
+
+
 def mean_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean Shannon entropy (nats) of softmax(logits) over the rows where `mask` is true."""
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
