@@ -142,6 +142,8 @@ def test_timm_habits_pretrained_and_list_models_patterns():
     list_models([3])
   with pytest.raises(TypeError, match=r'list_models: pattern takes a pattern .*got \[5\]'):
     list_models(5)  # ('int' object is not iterable before: a bad-input review.)
+  assert list_models(iter(['resnet1*'])) == list_models({'resnet1*': 0}.keys()) == list_models(
+      np.array(['resnet1*'])) == ['resnet18', 'resnet101', 'resnet152']  # Any iterable of them.
 
 
 def test_create_model_without_rngs_draws_from_seed_0_as_timm_needs_no_key():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import fnmatch
 from typing import Any, Sequence
 
@@ -87,8 +88,8 @@ def list_models(pattern: str | Sequence[str] = '*', pretrained: bool = False,
   `pretrained=True` keeps those torchvision has ImageNet weights for (every ResNet, not the simple
   CNN): `python -m jax_cifar.convert` turns them into what `model.pretrained` loads."""
   def patterns(value, name):  # (timm's list_models(['resnet*']) had been unhashable type: 'list'.)
-    value = [value] if isinstance(value, str) else list(value) if isinstance(
-        value, (list, tuple, set, frozenset)) else [value]  # (list_models(5): 'int' not iterable.)
+    value = ([value] if isinstance(value, str) else list(value)
+             if isinstance(value, collections.abc.Iterable) else [value])  # (5: not iterable.)
     if not all(isinstance(v, str) for v in value):
       raise TypeError(f'list_models: {name} takes a pattern or a list of them, got {value!r}')
     return value
