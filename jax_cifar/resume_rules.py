@@ -11,6 +11,11 @@ from typing import Any
 from jax_cifar import optim
 from jax_cifar import workdir as workdir_lib
 
+class EndsBeforeTheStep(workdir_lib.WorkdirError):
+  """A train.num_epochs that ends the schedule before the step resumed from: the one refusal that
+  depends on that step (start.resume_or_init checks the others before it restores)."""
+
+
 # Keys a resumed run may change freely: where data lives, logging, evaluation cadence, stopping.
 SAFE_TO_CHANGE = (
     'data.dir', 'data.download', 'data.tfds_data_dir', 'data.worker_count', 'data.prefetch',
@@ -89,7 +94,7 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
       continue
     if key in EXTENDABLE and isinstance(before, (int, float)) and isinstance(after, (int, float)):
       if after < epoch:
-        raise workdir_lib.WorkdirError(
+        raise EndsBeforeTheStep(
             f'{key} {before} -> {after}: the run is already at epoch {epoch:.2f}')
       notable.append(key)
     elif allow:

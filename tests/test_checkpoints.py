@@ -12,6 +12,7 @@ import pytest
 from jax_cifar import checkpoints, optim, parallel, step_folders, tracking
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
+from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 
 
@@ -125,6 +126,26 @@ def test_a_relaunch_that_falls_back_to_an_older_step_is_checked_at_that_step(run
              for m in said), said
   assert not [m for m in said if 'step 9' in m and 'Damaged' not in m], said
   assert (workdir / 'checkpoints' / 'latest' / '7').is_dir()
+
+
+def test_a_relaunch_refused_whatever_its_step_restores_nothing_first(run9, tmp_path, monkeypatch,
+                                                                    caplog):
+  """Restoring first (for the fallback's step) had made a refused relaunch read a whole step
+  before saying so (GBs for ResNet-152: the diff review). Its notes come once, after the restore."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  monkeypatch.setattr(checkpoints.Checkpoints, 'restore', lambda *a, **k: pytest.fail('restored'))
+  c = _config(12)
+  c.optim.lr = 0.5
+  with pytest.raises(workdir_lib.WorkdirError, match=r'optim\.lr 0\.001 -> 0\.5'):
+    trainer.train_and_evaluate(c, str(workdir))
+  monkeypatch.undo()
+  c = _config(12)
+  c.train.num_epochs = 3.0
+  with caplog.at_level(logging.WARNING):
+    assert trainer.train_and_evaluate(c, str(workdir))['step'] == 12
+  said = [r.getMessage() for r in caplog.records]
+  assert said.count('Resuming at step 9 with train.num_epochs changed: 2.0 -> 3.0.') == 1, said
 
 
 def test_resume_with_every_step_damaged_is_one_clear_error(run9, tmp_path):

@@ -1,6 +1,8 @@
 """Where a launch starts: the latest step saved when resuming, else a new state (with the
 pretrained or init_from weights), after the relaunch's config checks and the launch's warnings."""
 
+import contextlib
+import logging as std_logging
 import pathlib
 
 import jax
@@ -8,7 +10,7 @@ from absl import logging
 
 from jax_cifar import checkpoints, config_validation, convert, interrupt, optim, parallel
 from jax_cifar import state as state_lib
-from jax_cifar import step_folders, tracking
+from jax_cifar import resume_rules, step_folders, tracking
 from jax_cifar.training import relaunch, stopping
 
 
@@ -43,6 +45,17 @@ def random_backbone_note(config, resume_step: int) -> str | None:
           'give --config.model.pretrained.')
 
 
+@contextlib.contextmanager
+def _quiet():
+  """absl's warnings off for the block (a first pass of checks whose notes come later)."""
+  logger = std_logging.getLogger('absl')
+  disabled, logger.disabled = logger.disabled, True
+  try:
+    yield
+  finally:
+    logger.disabled = disabled
+
+
 def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints, tx, mesh,
                    num_train: int, steps_per_epoch: int, total_steps: int, launch: dict,
                    stop: dict):
@@ -60,6 +73,14 @@ def resume_or_init(config, workdir: pathlib.Path, ckpts: checkpoints.Checkpoints
   # also when the restore failed (another model's arrays do not fit this state).
   step, restore_error = resume_step, None
   if resume_step:
+    # The refusals that do not depend on the step come before the restore, quietly (a refused
+    # relaunch had first restored a whole step, GBs for ResNet-152: the diff review).
+    with parallel.fail_together('checking the relaunch'), _quiet():
+      try:
+        relaunch.check_config_change(config, workdir, resume_step, steps_per_epoch, total_steps,
+                                     has_best=has_best, num_train=num_train)
+      except resume_rules.EndsBeforeTheStep:
+        pass  # (An older intact step may be early enough: checked after the restore.)
     try:
       state, step = ckpts.restore('latest', state, fallback=True)
     except checkpoints.CheckpointError as e:
