@@ -199,6 +199,9 @@ def validate(config, *, launch: bool = True) -> None:
     # wandb refuses them at its start, and the run then goes on without wandb.
     raise ConfigError(f"config key 'wandb.tags' must be a tuple of strings of 1 to {WANDB_TAG_MAX} "
                       f"characters (wandb's limit), e.g. ('r50', 'augmix'); got {tags!r}")
+  if launch and any(',' in t for t in tags):  # --config.wandb.tags=a,b had been one tag 'a,b'.
+    raise ConfigError(f"config key 'wandb.tags' holds {tags!r}: a tag with a comma is one tag, "
+                      "not several; give them as --config.wandb.tags=\"('a','b')\"")
   if launch and given['wandb.mode'] != 'disabled':
     _check_wandb_project(given['wandb.project'])
 

@@ -127,6 +127,9 @@ def test_a_worker_count_no_machine_could_start_is_refused():
     ({'optim.freeze_backbone_steps': 10**20}, "'optim.freeze_backbone_steps' must be in "
      '\\[0, 2147483647\\]'),
     ({'data.synthetic_size': 10**11}, "'data.synthetic_size' must be in \\[1, 1000000\\]"),
+    # --config.wandb.tags=a,b is one tag 'a,b' (ml_collections keeps the text): a bad-input review.
+    ({'wandb.tags': ('a,b',)}, "'wandb.tags' holds \\('a,b',\\): a tag with a comma is one tag, "
+     "not several; give them as --config.wandb.tags=\"\\('a','b'\\)\""),
     # wandb's own check: it refused the name at its start, and the run went on without wandb.
     ({'wandb.mode': 'offline', 'wandb.project': 'a/b'},
      "^config key 'wandb.project': Invalid project name 'a/b': cannot contain characters"),
