@@ -127,7 +127,8 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
   if not step_dir.is_dir():  # (A file or a negative number had been said not to exist.)
     given = pathlib.Path(original)
     what = (f'checkpoint path {path} is a file, not a step folder' if step_dir.exists() else
-            f'checkpoint {given} is not a step number (steps count from 0)'
+            f'checkpoint {given.name} is not a step number (steps count from 0)'  # (evaluate
+            # gives it joined to the current folder: '/tmp/-1' had been named: a review.)
             if given.name[:1] == '-' and is_step_number(given.name[1:]) else
             f'checkpoint path {path} does not exist' + _which_name(str(original)))
     raise CheckpointError(f'{what} (give best, latest, a step number or a step folder, e.g. '

@@ -212,6 +212,8 @@ def test_a_step_folder_and_its_default_item_restore_the_same_state(run9):
     state_lib.restore(_config(0), run9, str(run9 / 'metrics.jsonl'))
   with pytest.raises(checkpoints.CheckpointError, match=r'^checkpoint -1 is not a step number'):
     state_lib.restore(_config(0), run9, '-1')
+  with pytest.raises(checkpoints.CheckpointError, match=r'^checkpoint -1 is not a step number'):
+    state_lib.restore(_config(0), run9, str(pathlib.Path('-1').absolute()))  # As evaluate has it.
 
 
 def test_restore_gives_the_saved_state_exactly(run9):
