@@ -86,8 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train.max_steps stopped this launch), and, when this launch validated, its last validation's
   'val_loss', 'val_accuracy', 'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}.
   A relaunch of a finished run trains nothing and returns only the first four. A SIGTERM or SIGINT
-  saves the step and raises
-  `jax_cifar.Preempted`: call again with the same workdir to resume.
+  saves the step and raises `jax_cifar.Preempted`: call again with the same workdir to resume.
   """
   if not isinstance(config, ml_collections.ConfigDict):
     raise TypeError('train_and_evaluate(config, workdir): config must be an ml_collections '
@@ -191,8 +190,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     summary = {k: float(np.mean(v)) for k, v in window.items()}
     if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
       summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
-    _check_finite(current(), config, ckpts, launch_start)
-    skipped = _check_window(current(), config, ckpts, skipped, len(pending), step)
+    state = current()
+    _check_finite(state, config, ckpts, launch_start)
+    skipped = _check_window(state, config, ckpts, skipped, len(pending), step)
     now = time.perf_counter()
     if len(pending) > untimed:
       summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
