@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jax_cifar import checkpoints, errors, image_checks, models, step_folders, workdir
-from jax_cifar import xla_options
+from jax_cifar import checkpoints, config_validation, errors, image_checks, models, step_folders
+from jax_cifar import workdir, xla_options
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -124,6 +124,9 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
   if hasattr(model, 'fc') and model.fc is None:
     raise ValueError('predict: this model has no head (built with num_classes=0) and gives pooled '
                      'features, not classes; call it as model(x, train=False) for them')
+  # A notebook's edited config (model.image_size 0, normalize 'imagenet ') had been a TypeError
+  # deep in the resize or a KeyError: named as load_model names a run's config.
+  config_validation.validate(config, launch=False)
   _check_config_describes(model, config)
   images = image_checks.uint8_images(images, 'predict')
   image_checks.warn_if_scaled_down(images, 'predict')

@@ -2,6 +2,7 @@
 
 import math
 
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
@@ -92,6 +93,9 @@ def validate(config, *, launch: bool = True) -> None:
   what training would do with a value (augmentation ranges, momentum, label smoothing, Nesterov)
   and the ranges of LAUNCH_ONLY_RANGES are skipped, so a run whose config predates one of them
   still loads."""
+  if not isinstance(config, ml_collections.ConfigDict):  # (A dict had been an AttributeError.)
+    raise TypeError(f'a config is an ml_collections.ConfigDict (a get_config() or load_model\'s '
+                    f'second result), got {type(config).__name__}')
   given = traverse_util.flatten_dict(config.to_dict(), sep='.')
   defaults = traverse_util.flatten_dict(default_config.get_config().to_dict(), sep='.')
   for key in given:

@@ -18,6 +18,7 @@ from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100
+from jax_cifar.evaluation import inference
 
 
 def _config():
@@ -144,6 +145,23 @@ def test_predict_names_swapped_or_partial_arguments_and_warns_on_unscaled_pixels
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # Real images: no warning.
     jax_cifar.predict(model, config, images)
+
+
+def test_an_edited_config_is_named_by_predict_and_load_predictor(run):
+  """model.image_size 0 had been a TypeError deep in the resize, a normalisation name with a
+  space a KeyError (a review of the leftovers)."""
+  model, config = jax_cifar.load_model(run, 'latest')
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  for key, value, match in [('image_size', 0, r"'model.image_size' must be in \[16, 1024\], got 0"),
+                            ('normalize', 'imagenet ', r"'model.normalize' must be one of")]:
+    edited = config.copy_and_resolve_references()
+    edited.model[key] = value
+    with pytest.raises(ValueError, match=match):
+      jax_cifar.predict(model, edited, images)
+    with pytest.raises(ValueError, match=match):
+      inference.load_predictor(edited, str(run), 'latest')
+  with pytest.raises(TypeError, match='config is an ml_collections.ConfigDict.*got dict'):
+    inference.load_predictor(config.to_dict(), str(run), 'latest')
 
 
 def test_no_images_give_as_many_columns_as_the_model_has_classes(run):

@@ -166,6 +166,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
     raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
+  config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
