@@ -2,18 +2,33 @@
 the CPU-only options of the train/eval steps (JAX_CIFAR_XLA_DEFAULTS=1 gives XLA's own), measured
 in docs/benchmarks.md."""
 
+import errno
 import os
 
 import jax
 
-from jax_cifar import errors, parallel
+from jax_cifar import errors, parallel, tracking
 
 
 def enable_compilation_cache() -> None:
-  """Reuses compiled steps across runs (resumes, evaluation) unless JAX_COMPILATION_CACHE_DIR is set."""
-  if not jax.config.jax_compilation_cache_dir:
-    cache = os.path.join(os.path.expanduser('~'), '.cache', 'jax_cifar', 'xla')
-    jax.config.update('jax_compilation_cache_dir', cache)
+  """Reuses compiled steps across runs (resumes, evaluation) unless JAX_COMPILATION_CACHE_DIR is set.
+
+  A local cache folder that cannot be made or written (a file of that name, a read-only home) is
+  said once and the cache is off: JAX had warned at every compile, a screenful per launch."""
+  cache = jax.config.jax_compilation_cache_dir or os.path.join(
+      os.path.expanduser('~'), '.cache', 'jax_cifar', 'xla')
+  if '://' not in cache:  # (gs:// and other remote caches are JAX's to check.)
+    try:
+      os.makedirs(cache, exist_ok=True)
+      if not os.access(cache, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, 'not writable')
+    except OSError as e:
+      tracking.say(f'warning: the compilation cache {cache} cannot be used '
+                   f'({"a file, not a folder" if os.path.isfile(cache) else e.strerror or e}); every '
+                   'launch compiles again. Set JAX_COMPILATION_CACHE_DIR to a writable folder.')
+      jax.config.update('jax_enable_compilation_cache', False)
+      return
+  jax.config.update('jax_compilation_cache_dir', cache)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
