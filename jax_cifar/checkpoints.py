@@ -95,12 +95,16 @@ class Checkpoints:
     opts = dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
-    self.latest = ocp.CheckpointManager(
-        root / 'latest', options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
+    # Which steps stay: orbax's preservation policies (its max_to_keep is deprecated for them).
+    policies = ocp.checkpoint_managers
+    self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
+        preservation_policy=policies.LatestN(n=keep), **opts))
     self._best, self._best_problem = None, None
-    self._open_best = functools.partial(
+    ranked_by = lambda metrics: metrics['val_accuracy']  # pylint: disable=unnecessary-lambda-assignment
+    self._open_best = functools.partial(  # (best_fn: what best_step() ranks by.)
         ocp.CheckpointManager, root / 'best', options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m['val_accuracy'], best_mode='max', **opts))
+            best_fn=ranked_by, best_mode='max',
+            preservation_policy=policies.BestN(get_metric_fn=ranked_by, n=1), **opts))
     unranked = _unranked_best_steps(root / 'best')
     # Every process has looked before process 0 moves anything: the agreement is a collective.
     if parallel.any_process(bool(unranked)):
@@ -234,7 +238,7 @@ class Checkpoints:
   def set_aside_damaged(self, which: str) -> list[pathlib.Path]:
     """Moves the damaged steps the last `restore` skipped to checkpoints/damaged/ (kept, not
     deleted): left in place, the manager counted them as the newest steps, so retraining never
-    saved those steps again and `max_to_keep` could remove the intact ones instead."""
+    saved those steps again and the kept-steps policy could remove the intact ones instead."""
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
     steps, moved = self._damaged.pop(which, []), []
     with parallel.fail_together(f'setting aside damaged steps of {manager.directory}'):
@@ -252,7 +256,7 @@ class Checkpoints:
   def tidy_best_on_resume(self, step: int) -> list[pathlib.Path]:
     """What a kill left in checkpoints/best, before a resume from `step` (a kill audit); returns
     the step folders moved to checkpoints/discarded/ (kept there, restorable by path):
-    - steps ranked below the best, which orbax was deleting when the kill came (max_to_keep=1;
+    - steps ranked below the best, which orbax was deleting when the kill came (it keeps one;
       a new best is saved only when strictly better), leave checkpoints/best: they had stayed,
       and a half deleted one became best once a later step was set aside (a review). Deleted, as
       orbax would have, but for one when the best is set aside (next point): the best-ranked of
