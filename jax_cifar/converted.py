@@ -1,11 +1,13 @@
 """The converted checkpoint on disk: a folder of metadata.json (the arch, the head's classes, the
-source) and an orbax state of float32 arrays named as the models' variables. Written whole
-(a temp folder renamed into place, so a kill leaves no partial output), read back checked
-(its arch, and no more values than that model holds). Making one from torchvision: convert.py.
+source, a sha256 of the arrays) and an orbax state of float32 arrays named as the models'
+variables. Written whole (a temp folder renamed into place, so a kill leaves no partial output),
+read back checked (its arch, no more values than that model holds, the sha256). Making one from
+torchvision: convert.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -55,6 +57,18 @@ def _unflatten(items: Mapping[tuple, Any]) -> dict:
 
 def _dotted(path: tuple) -> str:
   return '.'.join(str(k) for k in path)
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+  """sha256 of {dotted key: float32 array}: names, shapes and bytes, in key order. orbax reads
+  flipped bits of a converted checkpoint back without a word (a byte changed in its data file
+  gave other weights, and a NaN), so the converter records this and every read checks it."""
+  h = hashlib.sha256()
+  for key in sorted(arrays):
+    value = np.ascontiguousarray(arrays[key], np.float32)
+    h.update(f'{key}:{value.shape};'.encode())
+    h.update(value.tobytes())
+  return h.hexdigest()
 
 
 def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.State]:
@@ -128,7 +142,8 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
                      for p, v in _flatten(pure_dict)})
   fc_kernel = tree.get('fc', {}).get('kernel')
   meta = {'format': _FORMAT, 'arch': arch, 'source': source,
-          'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1])}
+          'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1]),
+          'sha256': _digest({_dotted(p): v for p, v in _flatten(tree)})}
   errors.drop_library_noise()  # A failed save's orbax tracebacks ("Event loop is closed").
   try:
     with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
@@ -224,4 +239,11 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
         f'{step_folders.root_cause(e)}); convert the '
         f'torchvision weights again: python -m jax_cifar.convert ... --output {path} '
         '--overwrite') from None
-  return meta, {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
+  arrays = {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
+  recorded = meta.get('sha256')  # (Outputs of converters before it have none: read as they are.)
+  if recorded is not None and recorded != _digest(arrays):
+    raise ConversionError(
+        f'{path} is a damaged converted checkpoint: its arrays are not the ones converted (the '
+        f'sha256 in its {_METADATA_FILE} differs); convert the torchvision weights again: '
+        f'python -m jax_cifar.convert ... --output {path} --overwrite')
+  return meta, arrays

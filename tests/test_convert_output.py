@@ -50,14 +50,32 @@ def test_overwrite_replaces_a_previous_output_or_an_empty_folder(tmp_path):
   assert convert.read_converted(str(empty))[1]['fc.kernel'][0, 0] == 3.0
 
 
-@pytest.mark.parametrize('how', ['no_state', 'cut_arrays', 'cut_orbax_metadata'])
+@pytest.mark.parametrize('how', ['no_state', 'cut_arrays', 'cut_orbax_metadata', 'flipped_bit',
+                                 'other_conversions_state'])
 def test_a_damaged_converted_checkpoint_is_one_error_naming_it(tmp_path, how):
   """model.pretrained naming a damaged converter output (a partly copied folder) had ended in
-  46-83 lines of orbax/tensorstore traceback (an audit)."""
+  46-83 lines of orbax/tensorstore traceback (an audit). A flipped bit in the array data, or the
+  state of another conversion under this one's metadata, had been read without a word (other
+  weights: the sha256 the converter records now)."""
   out = tmp_path / 'out'
-  convert.save_converted(_tiny(1.0), 'resnet18', str(out))
+  rng = np.random.default_rng(0)  # Random values: orbax stores them as they are, uncompressed.
+  weights = {'fc': {'kernel': rng.standard_normal((512, 100)).astype(np.float32),
+                    'bias': np.zeros(100, np.float32)}}
+  convert.save_converted(weights, 'resnet18', str(out))
+  np.testing.assert_array_equal(convert.read_converted(str(out))[1]['fc.kernel'],
+                                weights['fc']['kernel'])
   state = out / 'state'
-  if how == 'no_state':
+  if how == 'flipped_bit':
+    data = max((p for p in state.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+    flipped = bytearray(data.read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    data.write_bytes(bytes(flipped))
+  elif how == 'other_conversions_state':
+    weights['fc']['kernel'][0, 0] += 1
+    convert.save_converted(weights, 'resnet18', str(tmp_path / 'other'))
+    shutil.rmtree(state)
+    shutil.copytree(tmp_path / 'other' / 'state', state)
+  elif how == 'no_state':
     shutil.rmtree(state)
   elif how == 'cut_arrays':
     for f in [p for p in state.rglob('*') if p.is_file() and '/d/' in str(p)]:
@@ -74,6 +92,8 @@ def test_a_damaged_converted_checkpoint_is_one_error_naming_it(tmp_path, how):
   assert 'tensorstore_spec' not in message and 'recheck_cached' not in message, message
   if how == 'cut_arrays':
     assert 'not valid for value of size' in message, message
+  if how in ('flipped_bit', 'other_conversions_state'):
+    assert 'its arrays are not the ones converted' in message, message
 
 
 def test_a_converted_checkpoint_is_found_under_a_home_relative_path(tmp_path, monkeypatch):
