@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import pathlib
+import time
 import shutil
 from typing import Any, Callable
 
@@ -150,6 +151,12 @@ class Checkpoints:
     self._in_flight[id(manager)] = step
 
   def _finish(self, manager) -> None:
+    # Polled before orbax's wait joins its thread: a join that an exception interrupts (a second
+    # SIGTERM's StopNow) leaves the thread looking finished before Python 3.13, so the trainer's
+    # next wait returned at once and the save under way died with the process, though the run
+    # said it was finished (a kill review). An interrupted poll leaves nothing behind.
+    while manager.is_saving_in_progress():
+      time.sleep(0.02)
     step = self._in_flight.pop(id(manager), None)
     try:
       manager.wait_until_finished()

@@ -7,8 +7,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -229,3 +231,40 @@ def test_a_best_step_being_deleted_by_a_running_training_is_not_called_damaged(t
   assert step == 9
   np.testing.assert_array_equal(restored['w'], w)
   evaluating.close()
+
+
+class _Stop(BaseException):
+  """As stopping.StopNow: what a second SIGTERM raises wherever the main thread is."""
+
+
+def test_a_wait_interrupted_by_a_second_signal_leaves_the_next_wait_to_finish_the_save(
+    tmp_path, monkeypatch):
+  """A second SIGTERM during the wait for a save: the trainer's `finally` waits again, as its
+  message says ("a save under way is finished"). That wait had returned at once (a join that an
+  exception interrupts leaves the thread looking finished before Python 3.13), and the save
+  died with the process: only `8.orbax-checkpoint-tmp` was left (a kill review)."""
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+  real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def slow_finalize(self, *args, **kwargs):  # The commit of a large state: it takes a while.
+    time.sleep(1.0)
+    return await real_finalize(self, *args, **kwargs)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', slow_finalize)
+
+  def second_signal(*_):
+    raise _Stop()
+
+  previous = signal.signal(signal.SIGALRM, second_signal)
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  try:
+    ckpts.save_latest({'w': np.random.default_rng(0).standard_normal(4096).astype(np.float32)}, 8)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)  # Lands inside the wait below.
+    with pytest.raises(_Stop):
+      ckpts.wait()
+    ckpts.wait()  # The trainer's `finally`.
+    assert sorted(os.listdir(tmp_path / 'checkpoints' / 'latest')) == ['8']
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+    ckpts.close()
