@@ -136,13 +136,16 @@ class Checkpoints:
 
   def _save(self, manager, step: int, state: Any, **kwargs) -> None:
     """Saves (asynchronously); a failed write raises CheckpointError, earlier checkpoints stay."""
-    # Surfaces a failure of the previous asynchronous save, naming its step. With several
-    # processes, both managers' saves are waited for: orbax's multi-host saves of two managers
-    # share barrier names, and 'best' starting while 'latest' of the same step was still in
-    # flight failed ('Barrier ThreadSaveMultiHostValueHolder:set_value_start is already
-    # ongoing'; test_multiprocess, two of three runs on a 2-core Intel Xeon).
-    for pending in (self.latest, self.best) if jax.process_count() > 1 else (manager,):
-      self._finish(pending)
+    # Surfaces a failure of the previous asynchronous save, naming its step. Both managers'
+    # saves are waited for: a validation's `best` still in flight when the same step's `latest`
+    # committed was lost to a kill between the two, for good, as the resume from that step
+    # validates it no more (a kill review). And orbax's multi-host saves of two managers share
+    # barrier names: 'best' starting while 'latest' of the same step was still in flight failed
+    # ('Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing';
+    # test_multiprocess, two of three runs on a 2-core Intel Xeon).
+    for pending in (self.latest, self.best if jax.process_count() > 1 else self._best):
+      if pending is not None:  # ('best' opens on first use when evaluating.)
+        self._finish(pending)
     try:
       manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     except Exception as e:  # pylint: disable=broad-except

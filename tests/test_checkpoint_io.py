@@ -268,3 +268,29 @@ def test_a_wait_interrupted_by_a_second_signal_leaves_the_next_wait_to_finish_th
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, previous)
     ckpts.close()
+
+
+def test_a_steps_best_commits_before_its_latest(tmp_path, monkeypatch):
+  """A validation's `best` save still in flight when the same step's `latest` committed: a kill
+  between the two lost that best for good, since the resume from the step does not validate it
+  again (a kill review). `latest` now starts once `best` is saved."""
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+  real_finalize, committed = atomicity.AtomicRenameTemporaryPath.finalize, []
+
+  async def recorded_finalize(self, *args, **kwargs):
+    final = self._final_path  # pylint: disable=protected-access
+    if final.parent.name == 'best':
+      time.sleep(1.0)  # A larger state, or a slower disk: the best save takes longer.
+    result = await real_finalize(self, *args, **kwargs)
+    if final.parent.name in ('best', 'latest'):  # (Not the items inside a step.)
+      committed.append(f'{final.parent.name}/{final.name}')
+    return result
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', recorded_finalize)
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  state = {'w': np.random.default_rng(0).standard_normal(4096).astype(np.float32)}
+  assert ckpts.maybe_save_best(state, 15, 0.5)
+  ckpts.save_latest(state, 15)
+  ckpts.wait()
+  ckpts.close()
+  assert committed == ['best/15', 'latest/15']
