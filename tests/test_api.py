@@ -330,6 +330,19 @@ def test_another_runs_step_folder_is_checked_against_that_runs_config(run, tmp_p
       rf"load_model\('{re.escape(str(tmp_path / 'other'))}'")):
     jax_cifar.load_model(run, step(tmp_path / 'other'))
   jax_cifar.load_model(run, step(tmp_path / 'same'))  # A run that predicts alike loads.
+  # load_predictor, the same (it had taken both, and a config that is not the run's, silently:
+  # a library-user review), and a step number as load_model does.
+  config = jax_cifar.run_config(run)
+  with pytest.raises(jax_cifar.UserError, match=r"model.normalize .* \(workdir\).*Load that run"):
+    inference.load_predictor(config, str(run), step(tmp_path / 'other'))
+  inference.load_predictor(config, str(run), step(tmp_path / 'same'))
+  with pytest.raises(jax_cifar.UserError, match=r"model.normalize .* \(config\).*run_config"):
+    inference.load_predictor(jax_cifar.run_config(tmp_path / 'other'), str(run), 'latest')
+  kept = int(pathlib.Path(step(run)).name)
+  for number in (kept, str(kept), np.int64(kept)):
+    assert inference.load_predictor(config, str(run), number)[1] == kept
+  with pytest.raises(jax_cifar.UserError, match=f'kept no step {kept + 1000}'):
+    inference.load_predictor(config, str(run), kept + 1000)
 
 
 def test_weights_auto_of_another_runs_step_ranks_by_that_runs_validation(run, tmp_path,

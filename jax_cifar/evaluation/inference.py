@@ -160,13 +160,22 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   """(predictor, step) of a checkpoint's raw or EMA weights ('auto': the one better on validation
   at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter,
   `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation): True for
-  `tent_lib.TentOptions()`'s defaults, or the options. `tta_flip` is the old spelling of
-  tta_mode='flip'."""
+  `tent_lib.TentOptions()`'s defaults, or the options. `which`: 'best', 'latest', a step number
+  or a step folder's path (as load_model). `tta_flip` is the old spelling of tta_mode='flip'."""
   if not isinstance(tta_flip, (bool, np.bool_)):  # ('shifts' as the 4th argument had run flip.)
     raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
   config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
+  # As load_model and evaluate: a step number (an int had been a TypeError, '3' a missing path),
+  # and a config that prepares images as the run (or the run whose step folder it is) did; another
+  # one had predicted at the wrong size or normalisation without a word (a library-user review).
+  which = step_folders.kept_step_folder(workdir, which, config_validation.ConfigError) or which
+  check_matches_run(config, workdir, given="load_predictor's config", short='config',
+                    advice='Give the run\'s own: jax_cifar.run_config(RUN)')
+  check_step_folder_of_another_run(
+      config, workdir, str(which), given="load_predictor's run ({workdir})", short='workdir',
+      advice="Load that run itself: load_predictor(jax_cifar.run_config('{run}'), '{run}', ...)")
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
