@@ -95,6 +95,7 @@ class Checkpoints:
     # (orbax does it in the background on process 0 and waits for it before the first save.)
     opts = dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
+    self.after_commit = None  # Called with the step of each save once it is committed.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     # Which steps stay: orbax's preservation policies (its max_to_keep is deprecated for them).
     policies = ocp.checkpoint_managers
@@ -167,6 +168,8 @@ class Checkpoints:
       what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
       raise _save_failed(f'{what} in {manager.directory}', e,
                          _has_other_step(manager.directory, step)) from e
+    if step is not None and self.after_commit is not None:
+      self.after_commit(step)
 
   def check_saves(self) -> None:
     """Raises CheckpointError if an asynchronous save finished with an error, without waiting

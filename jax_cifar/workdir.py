@@ -4,8 +4,9 @@ A workdir holds exactly one run. `train.resume=false` never touches a workdir th
 a second launch into a workdir whose run is still going fails at once (an `flock` that dies with its
 process, so a killed run never leaves it stuck); and a resumed run may change only what does not
 alter its trajectory (`resume_rules`), unless `train.allow_config_change` says so. Every launch's
-full config is appended to `launches.jsonl`; `config.json` is the config of the latest launch,
-written only once the run is known to be valid.
+full config is appended to `launches.jsonl`; `config.json` is the config of the saved steps: a new
+run's, written once the run is known to be valid, and a resumed launch's from its first committed
+checkpoint (a launch killed before it leaves the config of the steps it resumed).
 """
 
 from __future__ import annotations
@@ -257,9 +258,10 @@ def flat_defaults() -> dict:
 
 
 def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
-                  changes: dict[str, tuple[Any, Any]]) -> str | None:
-  """Appends this launch to launches.jsonl and makes its config the run's config.json; returns
-  the config.json it replaced (its text, None if there was none), for `restore_config`."""
+                  changes: dict[str, tuple[Any, Any]], *, write_config: bool = True) -> str | None:
+  """Appends this launch to launches.jsonl and (`write_config`) makes its config the run's
+  config.json; returns the config.json it held (its text, None if there was none), for
+  `restore_config`."""
   row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
          'changed': {k: list(v) for k, v in changes.items()},
          'jax_cifar': code_digest.code_version(), 'config': config}
@@ -272,8 +274,14 @@ def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
   except OSError as e:  # A failed write() names no file.
     raise OSError(e.errno, e.strerror, str(path)) from e
   previous = (workdir / CONFIG_FILE).read_text() if (workdir / CONFIG_FILE).exists() else None
-  _write_config(workdir, json.dumps(config, indent=2, default=str) + '\n')
+  if write_config:
+    write_run_config(workdir, config)
   return previous
+
+
+def write_run_config(workdir: pathlib.Path, config: dict) -> None:
+  """Makes `config` (JSON values) the run's config.json, whole (a temp file renamed)."""
+  _write_config(workdir, json.dumps(config, indent=2, default=str) + '\n')
 
 
 def _write_config(workdir: pathlib.Path, text: str) -> None:

@@ -165,11 +165,19 @@ def cannot_resume_with(changes: dict, workdir: pathlib.Path,
 def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict, old_best: bool,
                   launch: dict) -> None:
   """Process 0: sets aside the files of a start over, and records the launch (launches.jsonl and
-  config.json); `launch` gets what a failed start needs to give config.json back."""
+  config.json); `launch` gets what a failed start needs to give config.json back.
+
+  A resumed launch's config becomes config.json only at its first committed checkpoint
+  (`launch['deferred_config']`, for the trainer): until then the saved steps are of the config
+  it resumed. A resumed launch with an allowed change that was killed before saving (out of
+  memory) had left its own, and the next relaunch was compared with it (a kill review)."""
   as_json = json.loads(json.dumps(config.to_dict(), default=str))
   if start_step == 0 and (previous := workdir_lib.set_aside_previous(workdir, as_json,
                                                                      best=old_best)):
     tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
                  f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
   launch.update(saved_before=workdir_lib.saved_steps(workdir),
-                previous=workdir_lib.record_launch(workdir, as_json, start_step, changes))
+                previous=workdir_lib.record_launch(workdir, as_json, start_step, changes,
+                                                   write_config=start_step == 0))
+  if start_step:
+    launch['deferred_config'] = as_json

@@ -162,6 +162,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep)
   state, graphdef, start_step = start.resume_or_init(
       config, workdir, ckpts, tx, mesh, len(train_split), steps_per_epoch, total_steps, launch, stop)
+  if (deferred := launch.get('deferred_config')) is not None:  # (Process 0 of a resumed launch.)
+    ckpts.after_commit = functools.partial(_config_at_first_commit, ckpts, workdir, deferred,
+                                           start_step)
   _announce(config, state, start_step, len(train_split), steps_per_epoch, total_steps, last_step,
             workdir)
   treedef = jax.tree.structure(state)
@@ -219,8 +222,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       # too, as a stop by a signal does: they had been in no row.
       if step % config.train.log_every_steps == 0 or step == last_step:
         write_train_row(step)
-        if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
-          ckpts.check_saves()  # A failed background save stops the run at once, not saves later.
+      if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
+        # A failed background save stops the run at once, not saves later; a committed one makes
+        # a resumed launch's config the run's config.json within a step (ckpts.after_commit).
+        ckpts.check_saves()
       bar.update(1)
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
@@ -274,6 +279,14 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   ckpts.close()
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config), 'total_steps': total_steps}
+
+
+def _config_at_first_commit(ckpts: checkpoints.Checkpoints, workdir: pathlib.Path, config: dict,
+                            start_step: int, step: int) -> None:
+  """A resumed launch's config becomes config.json once a step it trained is committed."""
+  if step > start_step:  # (Not the restored step saved again at the start.)
+    workdir_lib.write_run_config(workdir, config)
+    ckpts.after_commit = None
 
 
 def _best_metric(config) -> str:
