@@ -436,3 +436,16 @@ def test_load_predictor_refuses_a_view_name_as_its_old_flip_flag_and_takes_tent_
   plain = inference.load_predictor(config, str(run), 'best')[0].run(images, 'x')
   np.testing.assert_array_equal(by_flag, by_options)
   assert np.abs(by_flag - plain).max() > 1e-3  # (Tent ran: its log-probabilities differ.)
+
+
+def test_a_relaunch_of_a_finished_run_returns_its_last_validation(run, tmp_path):
+  """A notebook cell run again on a finished run had returned no val_* numbers (KeyError on
+  result['val_accuracy'], where README promises them: a library-user review)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  again = tmp_path / 'again'
+  shutil.copytree(run, again)
+  result = jax_cifar.train_and_evaluate(_config(), str(again))
+  last = [r for r in tracking.read_metrics(run) if 'val_accuracy' in r][-1]
+  assert result['step'] == last['step'] == result['total_steps']
+  for key in ('val_loss', 'val_accuracy', 'val_top5_accuracy', 'val_accuracy_ema'):
+    assert result[key] == last[key]

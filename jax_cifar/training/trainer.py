@@ -83,9 +83,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns {'step': the last step, 'best_val_accuracy': the best checkpoint's (None without one),
   'best_metric': which accuracy that is ('val_accuracy', or 'val_accuracy_ema' under
   checkpoint.best_weights 'ema'), 'total_steps': the schedule's length (more than 'step' when
-  train.max_steps stopped this launch), and, when this launch validated, its last validation's
+  train.max_steps stopped this launch), and its last validation's
   'val_loss', 'val_accuracy', 'val_top5_accuracy' (with ema.decay > 0 also their '_ema' twins)}.
-  A relaunch of a finished run trains nothing and returns only the first four. A SIGTERM or SIGINT
+  A relaunch of a finished run trains nothing and returns the ones metrics.jsonl holds for its
+  last step (it had returned only the first four: a library-user review). A SIGTERM or SIGINT
   saves the step and raises `jax_cifar.Preempted`: call again with the same workdir to resume.
   """
   if not isinstance(config, ml_collections.ConfigDict):
@@ -277,8 +278,20 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
                    preempted=preempted)
   ckpts.close()
+  if not last_val and step:  # A relaunch of a finished run: the numbers it logged at the step.
+    last_val = _logged_validation(workdir, step)
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config), 'total_steps': total_steps}
+
+
+_VALIDATION_KEYS = tuple(f'val_{k}{s}' for k in ('loss', 'accuracy', 'top5_accuracy')
+                         for s in ('', '_ema'))
+
+
+def _logged_validation(workdir: pathlib.Path, step: int) -> dict:
+  """The validation numbers metrics.jsonl holds for `step` (the last row of them), or {}."""
+  rows = [r for r in tracking.read_metrics(workdir) if r.get('step') == step and 'val_accuracy' in r]
+  return {k: rows[-1][k] for k in _VALIDATION_KEYS if k in rows[-1]} if rows else {}
 
 
 def _config_at_first_commit(ckpts: checkpoints.Checkpoints, workdir: pathlib.Path, config: dict,
