@@ -36,6 +36,8 @@ def test_corruption_is_uint8_same_shape_deterministic_and_visible(images, name):
   assert a.shape == images.shape and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   assert np.abs(a.astype(int) - images).mean() > 0.5  # It changed the images.
+  empty = corrupt.corrupt(images[:0], name, 3, np.random.default_rng(0))  # (7 had raised.)
+  assert empty.shape == (0, 32, 32, 3) and empty.dtype == np.uint8
   # Each image is corrupted on its own: a batch of one gives the same image for deterministic ops.
   if name in ('defocus_blur', 'gaussian_blur', 'contrast', 'brightness', 'saturate', 'pixelate',
               'jpeg_compression', 'zoom_blur'):

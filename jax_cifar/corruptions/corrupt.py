@@ -283,6 +283,8 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
   if not isinstance(rng, np.random.Generator):
     raise TypeError(f'rng must be a numpy Generator (np.random.default_rng(seed)), got '
                     f'{type(rng).__name__}')
+  if not len(images):  # (7 of the 19 had raised numpy's "need at least one array to stack".)
+    return images.copy()
   textures = ops.synthetic_frost() if frost_textures is None else frost_textures
   out = FUNCTIONS[name](images, PARAMS[name][severity - 1], rng, textures)
   return np.clip(out, 0, 255).astype(np.uint8)  # Truncation, as np.uint8 in make_cifar_c.py.
