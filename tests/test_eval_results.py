@@ -52,6 +52,30 @@ def test_ece_top5_and_per_class_match_numpy_reference():
   assert cm[labels[0], pred[0]] == np.sum((labels == labels[0]) & (pred == pred[0]))
 
 
+def test_classification_metrics_refuses_probabilities_logits_and_labels_that_do_not_fit():
+  """predict's probabilities had given a loss of -0.009 and an ECE of 1.03; 1 label for 13 rows
+  a broadcast top-1; float labels were truncated (a library-user review)."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(13, 10))
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  labels = rng.integers(0, 10, 13)
+  for scores, given, match in [
+      (np.exp(log_p), labels, r'log-probabilities \(<= 0\).*np.log\(probs\)'),
+      (logits, labels, 'log_softmax'),
+      (log_p, labels[:1], r'labels \[N\], got shapes \(13, 10\) and \(1,\)'),
+      (log_p[0], labels[:1], 'got shapes'),
+      (log_p, labels + 0.5, 'labels are class numbers, got float64'),
+      (log_p, labels + 10, r'labels are 0..9, got'),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      metrics_lib.classification_metrics(scores, given)
+  exact = metrics_lib.classification_metrics(log_p, labels)
+  assert metrics_lib.classification_metrics(log_p, labels.astype(float)) == exact
+  assert metrics_lib.classification_metrics(log_p, list(labels)) == exact  # (A list had raised.)
+  diverged = metrics_lib.classification_metrics(np.full((13, 10), np.nan), labels)
+  assert np.isnan(diverged['loss']) and diverged['count'] == 13
+
+
 class _ChosenPredictor:
   """Predicts the class written in each image's first pixel."""
 
