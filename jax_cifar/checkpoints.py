@@ -232,7 +232,7 @@ class Checkpoints:
           continue
         twin_used = True
       if damaged:
-        logging.warning('Damaged checkpoint %s in %s, kept as it is; restored step %d instead.',
+        logging.warning('Damaged checkpoint %s in %s; restored step %d instead.',
                         '; '.join(damaged), manager.directory, step)
       if damaged or twin_used:  # (a resume moves them aside: set_aside_damaged)
         self._damaged[which] = [s for s in steps if s > step or (twin_used and s == step)]

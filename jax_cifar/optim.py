@@ -109,7 +109,7 @@ def schedule_warnings(config, total_steps: int, steps_per_epoch: int) -> list[st
   if warmup and 1 < steps <= warmup:
     notes.append(f'optim.warmup_epochs={config.warmup_epochs:g} is {warmup} steps, not shorter '
                  f'than the {steps} steps {whose}learning rate runs: {whose}warm-up is cut to '
-                 f'{steps - 1} steps, so {whose}rate rises for the whole run')
+                 f'{steps - 1} steps, so {whose}rate rises until the last step')
   return notes
 
 

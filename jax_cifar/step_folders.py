@@ -168,7 +168,7 @@ def restore_twin(step_dir: pathlib.Path, abstract: Any, damage: Damaged) -> Any 
     restored = _restore_folder(twin, abstract)
   except Damaged:
     return None
-  logging.warning('Damaged checkpoint %s (%s), kept as it is; restored the same step from %s.',
+  logging.warning('Damaged checkpoint %s (%s); restored the same step from %s.',
                   step_dir, damage, twin)
   return restored
 

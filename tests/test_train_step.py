@@ -192,7 +192,7 @@ def test_a_warmup_or_freeze_the_run_is_too_short_for_is_said_and_what_it_becomes
   c.lr, c.warmup_epochs, c.end_lr_factor = 1.0, 10.0, 0.0
   [note] = optim.schedule_warnings(c, total_steps=40, steps_per_epoch=10)
   assert note.startswith('optim.warmup_epochs=10 is 100 steps, not shorter than the 40 steps')
-  assert 'cut to 39 steps' in note
+  assert 'cut to 39 steps' in note and 'rises until the last step' in note
   sched = optim.make_schedule(c.lr, c, total_steps=40, steps_per_epoch=10)
   assert float(sched(39)) == pytest.approx(1.0) and float(sched(20)) < 1.0  # What the note says.
   c.freeze_backbone_steps = 40  # Frozen throughout, and the head's warm-up cut as well.
