@@ -80,6 +80,9 @@ def save_whole_arrays_on_cpu() -> None:
     absl_logger.removeFilter(notice)
 
 
+_POLL_LIMIT_S = 3600.0  # Checkpoints._finish's poll of a save under way, before orbax's join.
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
@@ -155,12 +158,16 @@ class Checkpoints:
     self._in_flight[id(manager)] = step
 
   def _finish(self, manager) -> None:
-    # Polled before orbax's wait joins its thread: a join that an exception interrupts (a second
-    # SIGTERM's StopNow) leaves the thread looking finished before Python 3.13, so the trainer's
-    # next wait returned at once and the save under way died with the process, though the run
-    # said it was finished (a kill review). An interrupted poll leaves nothing behind.
-    while manager.is_saving_in_progress():
-      time.sleep(0.02)
+    # One process: polled before orbax's wait joins its thread. A join that an exception
+    # interrupts (a second SIGTERM's StopNow) leaves the thread looking finished before Python
+    # 3.13, so the trainer's next wait returned at once and the save under way died with the
+    # process, though the run said it was finished (a kill review). An interrupted poll leaves
+    # nothing behind. Only for a save that started (orbax's flag stays set when its save() failed
+    # before its background part: a review), and at most _POLL_LIMIT_S, then the join.
+    if id(manager) in self._in_flight and jax.process_count() == 1:
+      deadline = time.monotonic() + _POLL_LIMIT_S
+      while manager.is_saving_in_progress() and time.monotonic() < deadline:
+        time.sleep(0.02)
     step = self._in_flight.pop(id(manager), None)
     try:
       manager.wait_until_finished()
@@ -170,6 +177,15 @@ class Checkpoints:
                          _has_other_step(manager.directory, step)) from e
     if step is not None and self.after_commit is not None:
       self.after_commit(step)
+
+  def note_commits(self) -> None:
+    """Calls `after_commit` for saves committed since, without waiting, raising or any collective
+    (process 0 of several, at each step: their saves are waited for only at the next save)."""
+    for manager in (self.latest, self._best):
+      step = None if manager is None else self._in_flight.get(id(manager))
+      if (step is not None and self.after_commit is not None
+          and not manager.is_saving_in_progress() and (manager.directory / str(step)).is_dir()):
+        self.after_commit(step)
 
   def check_saves(self) -> None:
     """Raises CheckpointError if an asynchronous save finished with an error, without waiting

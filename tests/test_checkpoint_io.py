@@ -294,3 +294,53 @@ def test_a_steps_best_commits_before_its_latest(tmp_path, monkeypatch):
   ckpts.wait()
   ckpts.close()
   assert committed == ['best/15', 'latest/15']
+
+
+@pytest.mark.parametrize('failure', [_Stop(), OSError(28, 'No space left on device')])
+def test_a_save_that_failed_before_its_background_part_is_not_waited_for(tmp_path, failure):
+  """orbax's 'saving' flag stays set when its save() raises before the background part starts (a
+  second signal during the copy from the device, a full disk): the poll before orbax's join had
+  spun on it forever, and Ctrl-C could no longer stop the run (the diff review)."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  state = {'w': np.ones(16, np.float32)}
+  ckpts.save_latest(state, 1)
+  ckpts.wait()
+
+  def fails(*_, **__):
+    raise failure
+
+  ckpts.latest._checkpointer.save = fails  # pylint: disable=protected-access
+  with pytest.raises(BaseException) as raised:
+    ckpts.save_latest(state, 2)
+  assert raised.type is type(failure) or isinstance(raised.value, checkpoints.CheckpointError)
+
+  def hangs(*_):
+    raise TimeoutError('wait() still waiting after 20 s')
+
+  previous = signal.signal(signal.SIGALRM, hangs)
+  signal.alarm(20)
+  try:
+    ckpts.wait()  # Returns: nothing of step 2 runs in the background.
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+  assert ckpts.latest.all_steps() == [1]
+
+
+def test_commits_are_noted_without_waiting_and_the_save_is_still_waited_for(tmp_path):
+  """Process 0 of several learns of a committed save at each step (note_commits: no collective,
+  no raising), so a resumed launch's config becomes config.json then, not a whole checkpoint
+  interval later at the next save (the diff review)."""
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  committed = []
+  ckpts.after_commit = committed.append
+  ckpts.save_latest({'w': np.ones(16, np.float32)}, 3)
+  for _ in range(500):
+    if not ckpts.latest.is_saving_in_progress():
+      break
+    time.sleep(0.02)
+  ckpts.note_commits()
+  assert committed == [3]
+  ckpts.wait()  # Still waited for (and noted again: the hook guards itself, as the trainer's).
+  assert committed == [3, 3] and ckpts.latest.all_steps() == [3]
+  ckpts.close()

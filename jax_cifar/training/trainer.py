@@ -223,10 +223,13 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       # too, as a stop by a signal does: they had been in no row.
       if step % config.train.log_every_steps == 0 or step == last_step:
         write_train_row(step)
-      if jax.process_count() == 1:  # Several processes learn of it at the next save, together.
-        # A failed background save stops the run at once, not saves later; a committed one makes
-        # a resumed launch's config the run's config.json within a step (ckpts.after_commit).
+      # A committed save makes a resumed launch's config the run's config.json within a step
+      # (ckpts.after_commit); a failed one stops the run at once, not saves later (several
+      # processes learn of a failure at the next save, together).
+      if jax.process_count() == 1:
         ckpts.check_saves()
+      elif ckpts.after_commit is not None:  # (Process 0: no collective.)
+        ckpts.note_commits()
       bar.update(1)
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
@@ -296,10 +299,15 @@ def _logged_validation(workdir: pathlib.Path, step: int) -> dict:
 
 def _config_at_first_commit(ckpts: checkpoints.Checkpoints, workdir: pathlib.Path, config: dict,
                             start_step: int, step: int) -> None:
-  """A resumed launch's config becomes config.json once a step it trained is committed."""
+  """A resumed launch's config becomes config.json once a step it trained is committed. A failed
+  write is a warning: raised on process 0 alone, it would leave the others in orbax's barriers."""
   if step > start_step:  # (Not the restored step saved again at the start.)
-    workdir_lib.write_run_config(workdir, config)
     ckpts.after_commit = None
+    try:
+      workdir_lib.write_run_config(workdir, config)
+    except OSError as e:
+      logging.warning('Could not make this launch\'s config %s/%s (%s): it still holds the config '
+                      'of the steps this launch resumed.', workdir, workdir_lib.CONFIG_FILE, e)
 
 
 def _best_metric(config) -> str:
