@@ -241,6 +241,9 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
         '--overwrite') from None
   arrays = {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
   recorded = meta.get('sha256')  # (Outputs of converters before it have none: read as they are.)
+  if recorded is not None and not (isinstance(recorded, str) and len(recorded) == 64):
+    raise ConversionError(f'{path}: its {_METADATA_FILE} gives sha256 {recorded!r}, not a digest '
+                          'of the converter\'s (64 hex digits); convert the weights again')
   if recorded is not None and recorded != _digest(arrays):
     raise ConversionError(
         f'{path} is a damaged converted checkpoint: its arrays are not the ones converted (the '

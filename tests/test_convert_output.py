@@ -2,6 +2,7 @@
 previous converter output, atomically, and never a folder of other files; a damaged output is one
 error naming it; temps of dead converters are removed, live ones kept."""
 
+import json
 import os
 import pathlib
 import shutil
@@ -261,3 +262,18 @@ def test_a_full_disk_while_writing_is_one_error_and_leaves_no_output(tmp_path):
                                 'full); nothing was written there'), out.stdout + out.stderr[-3000:]
   assert 'Event loop is closed' not in out.stderr, out.stderr[-3000:]
   assert sorted(os.listdir(tmp_path)) == []  # No output, no temp folder.
+
+
+def test_a_sha256_that_is_no_digest_names_the_metadata(tmp_path):
+  """A crafted or hand-edited sha256 value had been called damaged arrays (the diff review)."""
+  out = tmp_path / 'out'
+  convert.save_converted(_tiny(1.0), 'resnet18', str(out))
+  meta = json.loads((out / 'metadata.json').read_text())
+  assert len(meta['sha256']) == 64
+  for bad in (12, 'abc', None):
+    (out / 'metadata.json').write_text(json.dumps({**meta, 'sha256': bad}))
+    if bad is None:  # (As a folder of a converter before digests: read unchecked.)
+      assert convert.read_converted(str(out))[1]['fc.kernel'][0, 0] == 1.0
+      continue
+    with pytest.raises(convert.ConversionError, match=rf"gives sha256 {bad!r}, not a digest"):
+      convert.read_converted(str(out))
