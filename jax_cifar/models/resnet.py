@@ -16,6 +16,7 @@ from flax import nnx
 
 from jax_cifar import errors
 from jax_cifar.models import cpu_conv
+from jax_cifar.models.head import ClassifierHead
 from jax_cifar.models.torch_init import conv_kernel_init, torch_linear
 
 Dtype = Any
@@ -268,7 +269,7 @@ def check_images(x, train) -> None:
                      'them (jax_cifar.augment.pipeline.to_model_input)')
 
 
-class ResNet(nnx.Module, ModeFlag):
+class ResNet(nnx.Module, ModeFlag, ClassifierHead):
   """torchvision.models.ResNet; `stem='cifar'` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv.
 
   `width` is stage 1's `planes` (torchvision: 64); later stages double it, and a Bottleneck's
@@ -314,6 +315,10 @@ class ResNet(nnx.Module, ModeFlag):
     self.fc = torch_linear(cin, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
 
   def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    return self.forward_head(self.forward_features(x, train))
+
+  def forward_features(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    """The last stage's feature map [N, h, w, num_features] (timm's forward_features)."""
     train = resolve_train(self, train)
     check_images(x, train)
     x = x.astype(self.dtype)
@@ -328,8 +333,13 @@ class ResNet(nnx.Module, ModeFlag):
         run = _block_runner(train, self.remat)
         for blk in layer:
           x = materialize(run(blk, x))
+    return x
+
+  def forward_head(self, x: jax.Array, pre_logits: bool = False) -> jax.Array:
+    """Logits (float32) of a feature map: global average pool, then `fc`; the pooled features
+    with `pre_logits` or without a head."""
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if self.fc is None:
+    if self.fc is None or pre_logits:
       return x
     return self.fc(x.astype(self.dtype)).astype(jnp.float32)
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cifar.models.head import ClassifierHead
 from jax_cifar.models.resnet import ModeFlag, check_images, resolve_train
 from jax_cifar.models.torch_init import torch_default_bias_init, torch_default_kernel_init, torch_linear
 
@@ -15,7 +16,7 @@ Dtype = Any
 _GRID = 8  # fc1 sees an 8x8x64 map: the flattened size of a 32x32 input after two 2x2 pools.
 
 
-class SimpleCNN(nnx.Module, ModeFlag):
+class SimpleCNN(nnx.Module, ModeFlag, ClassifierHead):
   """conv(3->32)-relu-pool, conv(32->64)-relu-pool, flatten, fc1 (512) relu, fc.
 
   Larger inputs (e.g. 224 when the data pipeline resizes for pretrained nets) are average-pooled
@@ -40,6 +41,10 @@ class SimpleCNN(nnx.Module, ModeFlag):
     self.use_running_average: bool | None = None  # nnx's mode flag (no BatchNorm here).
 
   def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    return self.forward_head(self.forward_features(x, train))
+
+  def forward_features(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+    """The second stage's map, pooled to the 8x8 grid: [N, 8, 8, 2 * width]."""
     train = resolve_train(self, train)
     check_images(x, train)  # No dropout or BN: train is checked, for the common interface.
     side = x.shape[1:3]
@@ -51,6 +56,10 @@ class SimpleCNN(nnx.Module, ModeFlag):
       if h % _GRID or w % _GRID:
         raise ValueError(f'SimpleCNN needs an input side that is a multiple of 32, got {side}')
       x = nnx.avg_pool(x, (h // _GRID, w // _GRID), strides=(h // _GRID, w // _GRID))
-    x = x.reshape(x.shape[0], -1)
-    x = nnx.relu(self.fc1(x))
-    return (x if self.fc is None else self.fc(x)).astype(jnp.float32)
+    return x
+
+  def forward_head(self, x: jax.Array, pre_logits: bool = False) -> jax.Array:
+    """Logits (float32) of forward_features' map: flatten, fc1 + relu, fc; fc1's outputs with
+    `pre_logits` or without a head."""
+    x = nnx.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return (x if self.fc is None or pre_logits else self.fc(x)).astype(jnp.float32)
