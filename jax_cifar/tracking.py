@@ -28,6 +28,16 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   return rows
 
 
+_VALIDATION_KEYS = tuple(f'val_{k}{s}' for k in ('loss', 'accuracy', 'top5_accuracy')
+                         for s in ('', '_ema'))
+
+
+def logged_validation(workdir: str | pathlib.Path, step: int) -> dict:
+  """The validation numbers metrics.jsonl holds for `step` (the last row of them), or {}."""
+  rows = [r for r in read_metrics(workdir) if r.get('step') == step and 'val_accuracy' in r]
+  return {k: rows[-1][k] for k in _VALIDATION_KEYS if k in rows[-1]} if rows else {}
+
+
 def _read_rows(path: pathlib.Path) -> tuple[list[dict], list[int]]:
   """(the rows, the numbers of the lines before the last that are not rows)."""
   if not path.exists():

@@ -181,3 +181,17 @@ def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict,
                                                    write_config=start_step == 0))
   if start_step:
     launch['deferred_config'] = as_json
+
+
+def config_at_first_commit(ckpts: checkpoints.Checkpoints, workdir: pathlib.Path, config: dict,
+                           start_step: int, step: int) -> None:
+  """`ckpts.after_commit` of a resumed launch (process 0): its config becomes config.json once a
+  step it trained is committed. A failed write is a warning: raised on process 0 alone, it would
+  leave the others in orbax's barriers."""
+  if step > start_step:  # (Not the restored step saved again at the start.)
+    ckpts.after_commit = None
+    try:
+      workdir_lib.write_run_config(workdir, config)
+    except OSError as e:
+      logging.warning('Could not make this launch\'s config %s/%s (%s): it still holds the config '
+                      'of the steps this launch resumed.', workdir, workdir_lib.CONFIG_FILE, e)

@@ -21,7 +21,7 @@ from jax_cifar import tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import cifar100
 from jax_cifar.state import TrainState
-from jax_cifar.training import claim, start, stopping
+from jax_cifar.training import claim, relaunch, start, stopping
 # Raised and exited with by the loop, public here (jax_cifar.Preempted, train.py's exit status).
 from jax_cifar.training.stopping import PREEMPTED_EXIT_CODE, Preempted, StopNow  # pylint: disable=unused-import
 from jax_cifar.training.train_step import train_step
@@ -164,8 +164,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   state, graphdef, start_step = start.resume_or_init(
       config, workdir, ckpts, tx, mesh, len(train_split), steps_per_epoch, total_steps, launch, stop)
   if (deferred := launch.get('deferred_config')) is not None:  # (Process 0 of a resumed launch.)
-    ckpts.after_commit = functools.partial(_config_at_first_commit, ckpts, workdir, deferred,
-                                           start_step)
+    ckpts.after_commit = functools.partial(relaunch.config_at_first_commit, ckpts, workdir,
+                                           deferred, start_step)
   _announce(config, state, start_step, len(train_split), steps_per_epoch, total_steps, last_step,
             workdir)
   treedef = jax.tree.structure(state)
@@ -282,32 +282,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
                    preempted=preempted)
   ckpts.close()
   if not last_val and step:  # A relaunch of a finished run: the numbers it logged at the step.
-    last_val = _logged_validation(workdir, step)
+    last_val = tracking.logged_validation(workdir, step)
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config), 'total_steps': total_steps}
-
-
-_VALIDATION_KEYS = tuple(f'val_{k}{s}' for k in ('loss', 'accuracy', 'top5_accuracy')
-                         for s in ('', '_ema'))
-
-
-def _logged_validation(workdir: pathlib.Path, step: int) -> dict:
-  """The validation numbers metrics.jsonl holds for `step` (the last row of them), or {}."""
-  rows = [r for r in tracking.read_metrics(workdir) if r.get('step') == step and 'val_accuracy' in r]
-  return {k: rows[-1][k] for k in _VALIDATION_KEYS if k in rows[-1]} if rows else {}
-
-
-def _config_at_first_commit(ckpts: checkpoints.Checkpoints, workdir: pathlib.Path, config: dict,
-                            start_step: int, step: int) -> None:
-  """A resumed launch's config becomes config.json once a step it trained is committed. A failed
-  write is a warning: raised on process 0 alone, it would leave the others in orbax's barriers."""
-  if step > start_step:  # (Not the restored step saved again at the start.)
-    ckpts.after_commit = None
-    try:
-      workdir_lib.write_run_config(workdir, config)
-    except OSError as e:
-      logging.warning('Could not make this launch\'s config %s/%s (%s): it still holds the config '
-                      'of the steps this launch resumed.', workdir, workdir_lib.CONFIG_FILE, e)
 
 
 def _best_metric(config) -> str:
