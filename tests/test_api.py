@@ -255,6 +255,7 @@ def test_api_errors_share_user_error_and_raw_weights_of_an_ema_ranked_best_are_s
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     jax_cifar.load_model(ranked, weights='ema')
+    jax_cifar.load_model(ranked, weights='raw')  # Asked for by name (it had warned: a review).
     jax_cifar.load_model(run)  # Ranked by its raw weights: nothing to say.
 
 

@@ -129,7 +129,7 @@ def test_the_old_tta_flip_alias_agrees_with_none_and_flip_and_contradicts_the_re
   assert [inference.resolve_tta(m, False) for m in tta.MODES] == list(tta.MODES)
   with pytest.raises(ValueError, match=r'--tta_flip \(= --tta flip\) contradicts --tta shifts'):
     inference.resolve_tta('shifts', True)
-  with pytest.raises(ValueError, match=r"--tta must be one of .*, got 'flips'"):
+  with pytest.raises(ValueError, match=r"--tta \(tta_mode\) must be one of .*, got 'flips'"):
     inference.resolve_tta('flips', False)
 
 

@@ -64,7 +64,7 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
   """The TTA mode from --tta and its old alias --tta_flip (which may only agree with it)."""
   if tta_mode not in tta.MODES:
     raise config_validation.ConfigError(
-        f'--tta must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
+        f'--tta (tta_mode) must be one of {", ".join(tta.MODES)}, got {tta_mode!r}')
   if tta_flip and tta_mode not in ('none', 'flip'):
     raise config_validation.ConfigError(
         f'--tta_flip (= --tta flip) contradicts --tta {tta_mode}; give only --tta')
