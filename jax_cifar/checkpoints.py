@@ -8,8 +8,8 @@ import functools
 import json
 import os
 import pathlib
-import time
 import shutil
+import time
 from typing import Any, Callable
 
 import jax
