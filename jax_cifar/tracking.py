@@ -95,7 +95,11 @@ class MetricsWriter:
                       self.path, _not_rows(bad), copy)
     kept = [r for r in rows if r['step'] <= resume_step]
     tmp = self.path.with_suffix('.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+    try:
+      tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+    except OSError as e:  # A failed write() names no file (a full disk: a kill review).
+      tmp.unlink(missing_ok=True)
+      raise OSError(e.errno, e.strerror, str(self.path)) from e
     tmp.replace(self.path)
     self._file = self.path.open('a')
     self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
@@ -131,7 +135,12 @@ class MetricsWriter:
     resumed, is marked `preempted` too."""
     if not self.is_chief:
       return
-    self._file.close()
+    try:
+      self._file.close()
+    except OSError as e:  # The row a failed write left in the buffer: that write's error, which
+      if exit_code == 0:  # names the file, is the one raised (this one had replaced it: a review).
+        raise OSError(e.errno, e.strerror, str(self.path)) from e
+      logging.warning('%s: the last row is not written (%s).', self.path, e.strerror)
     if self.wandb_run is not None:
       try:
         if preempted:
