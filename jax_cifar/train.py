@@ -7,6 +7,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
   starting.install()
 
 # pylint: disable=wrong-import-position
+import signal
 import sys
 
 from absl import flags
@@ -49,7 +50,11 @@ def main(argv):
     xla_options.enable_compilation_cache()
     result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except trainer.Preempted:
-    starting.uninstall()
+    # Saved and stopping: a further signal changes nothing. Python's handlers here had let one
+    # during the interpreter's shutdown exit 130/143 (or print a KeyboardInterrupt from JAX's
+    # atexit hook), which a scheduler that requeues on 75 reads as a failure (a kill review).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, signal.SIG_IGN)
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.

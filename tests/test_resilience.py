@@ -334,3 +334,17 @@ def test_with_several_processes_signals_while_starting_never_stop_one_process_al
   assert gathered == [True]  # One all-gather, at the log step.
   monkeypatch.setattr(jax, 'process_count', lambda: 1)
   assert stopping.requested(stop, 5, 4)  # One process: after any step.
+
+
+def test_a_signal_after_the_stop_was_saved_keeps_the_exit_status_of_a_preemption(tmp_path):
+  """SIGTERM, saved, "relaunch to resume": a second signal while the process shut down had ended
+  it with 143 (or 130, or a KeyboardInterrupt from JAX's atexit hook) instead of 75, which a
+  scheduler that requeues on 75 reads as a failure (a kill review)."""
+  workdir = tmp_path / 'run'
+  args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  env = dict(os.environ, **{interrupt.TEST_HOOK_VAR: 'train_step:2:SIGTERM'})
+  out = subprocess.run([sys.executable, str(ROOT / 'tests' / '_train_signal_at_exit.py'),
+                        '--config', 'configs/default.py', '--workdir', str(workdir), *args],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+  assert out.returncode == trainer.PREEMPTED_EXIT_CODE, (out.returncode, out.stderr[-3000:])
+  assert 'saved step 2' in out.stderr and 'Traceback' not in out.stderr, out.stderr[-3000:]
