@@ -67,9 +67,13 @@ class Lock:
       self.holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
       os.close(fd)
       return False
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
-              f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
+                f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
+    except OSError:  # (A full disk: the lock is not taken, its file not held open.)
+      os.close(fd)
+      raise
     self._fd = fd
     return True
 

@@ -25,3 +25,21 @@ def test_a_lock_path_that_is_no_file_is_named_as_the_lock(tmp_path, kind):
       rf'^{run}/\.lock, the file a run holds its lock on, is {what}: move it away')):
     trainer.train_and_evaluate(c, str(run))
   assert sorted(p.name for p in run.iterdir()) == ['.lock']  # Nothing else written.
+
+
+def test_a_lock_that_a_full_disk_cannot_write_leaves_no_new_workdir(tmp_path, monkeypatch):
+  """A first launch on a full disk said "not writable: No space left on device" but left the
+  folder it made behind, holding an empty .lock (a kill review); an existing folder is kept."""
+  def full(*_):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(os, 'pwrite', full)
+  c = default.get_config()
+  c.data.source, c.model.name = 'synthetic', 'simple_cnn'
+  with pytest.raises(workdir.WorkdirError, match='is not writable: No space left on device'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+  (tmp_path / 'mine').mkdir()
+  with pytest.raises(workdir.WorkdirError, match='is not writable: No space left on device'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'mine'))
+  assert (tmp_path / 'mine').is_dir()  # Not made by this launch: kept.

@@ -29,6 +29,8 @@ def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.L
       except OSError as e:  # (A file there had read "not writable: File exists": an audit.)
         why = ('is a file, not a folder' if workdir.exists() and not workdir.is_dir() else
                f'is not writable: {e.strerror}')
+        if created and workdir.is_dir():  # (A full disk had left it, holding an empty .lock:
+          workdir_lib.remove_if_untouched(workdir)  # a kill review.)
         raise workdir_lib.WorkdirError(f'workdir {workdir} {why}') from None
   try:
     check_shared(workdir)  # Before any process's own verdict on the folder's contents.
