@@ -8,6 +8,12 @@ model itself (`nnx.eval_shape`), so a key this module gets wrong fails loudly, n
 
 from __future__ import annotations
 
+from jax_cifar import starting
+
+if __name__ == '__main__':  # A signal while the libraries load: one line, no traceback.
+  starting.install()
+
+# pylint: disable=wrong-import-position
 import contextlib
 import sys
 from typing import Any, Iterator, Mapping
@@ -264,4 +270,5 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = N
 
 if __name__ == '__main__':  # python -m jax_cifar.convert ...
   from jax_cifar import convert_cli  # pylint: disable=g-import-not-at-top
+  starting.uninstall()  # Loaded: Ctrl-C is convert_cli's KeyboardInterrupt from here.
   sys.exit(convert_cli.main())
