@@ -257,9 +257,13 @@ def test_a_hand_edited_batch_size_of_another_type_leaves_the_train_time_out(tmp_
   assert {p.name: p.read_bytes() for p in (tmp_path / 'out').glob('*.png')} == before
 
 
-@pytest.mark.parametrize('make', ['empty', 'missing', 'twice', 'a_file'])
+@pytest.mark.parametrize('make', ['empty', 'missing', 'twice', 'a_file', 'just_launched'])
 def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys, make):
-  if make == 'a_file':
+  if make == 'just_launched':  # (It had read "not a training run directory": a kill review.)
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'launches.jsonl').write_text('{"start_step": 0}\n')
+    argv, expected = [str(tmp_path / 'run')], 'no metrics.jsonl yet (a run that has not started'
+  elif make == 'a_file':
     (tmp_path / 'run.txt').write_text('notes')
     argv, expected = [str(tmp_path / 'run.txt')], 'run.txt: a file, not a folder'
   elif make == 'twice':

@@ -57,7 +57,10 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
     what = 'a file, not a folder' if run_dir.exists() else 'no such folder'
     raise ReportError(f'{run_dir}: {what} (give training run directories)')
   if not (run_dir / tracking.METRICS_FILE).exists():
-    raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} (not a training run directory)')
+    started = (run_dir / workdir.LAUNCHES_FILE).exists()  # (It had read "not a training run
+    raise ReportError(f'{run_dir}: no {tracking.METRICS_FILE} ' + (  # directory": a kill review.)
+        'yet (a run that has not started training)' if started else
+        '(not a training run directory)'))
   label, notes = label or run_dir.name, []
   config = _read_json(run_dir / workdir.CONFIG_FILE, notes, label)
   odd = [k for k in CONFIG_SECTIONS if k in config and not isinstance(config[k], dict)]
