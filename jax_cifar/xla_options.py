@@ -2,12 +2,11 @@
 the CPU-only options of the train/eval steps (JAX_CIFAR_XLA_DEFAULTS=1 gives XLA's own), measured
 in docs/benchmarks.md."""
 
-import errno
 import os
 
 import jax
 
-from jax_cifar import errors, parallel, tracking
+from jax_cifar import errors, parallel, tracking, workdir
 
 
 def enable_compilation_cache() -> None:
@@ -20,11 +19,11 @@ def enable_compilation_cache() -> None:
   if '://' not in cache:  # (gs:// and other remote caches are JAX's to check.)
     try:
       os.makedirs(cache, exist_ok=True)
-      if not os.access(cache, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, 'not writable')
+      why = workdir.why_unwritable(cache)  # (A real probe: os.access answers yes to root.)
     except OSError as e:
-      tracking.say(f'warning: the compilation cache {cache} cannot be used '
-                   f'({"a file, not a folder" if os.path.isfile(cache) else e.strerror or e}); every '
+      why = 'a file, not a folder' if os.path.isfile(cache) else e.strerror or str(e)
+    if why:
+      tracking.say(f'warning: the compilation cache {cache} cannot be used ({why}); every '
                    'launch compiles again. Set JAX_COMPILATION_CACHE_DIR to a writable folder.')
       jax.config.update('jax_enable_compilation_cache', False)
       return
