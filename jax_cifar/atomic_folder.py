@@ -12,15 +12,18 @@ import re
 import shutil
 import signal
 import socket
+import threading
 import time
 import uuid
 from typing import Callable, Iterator
 
 
 def kill_point(env_var: str, name: str) -> None:
-  """Test hook: SIGKILLs this process when $env_var is `name` (a kill between two steps)."""
-  if os.environ.get(env_var) == name:
-    os.kill(os.getpid(), signal.SIGKILL)
+  """Test hook: SIGKILLs this process when $env_var is `name` (a kill between two steps), or
+  sends it SIGNAL when $env_var is `name:SIGNAL` (e.g. `writing:SIGINT`)."""
+  point, _, signal_name = os.environ.get(env_var, '').partition(':')
+  if point == name:
+    os.kill(os.getpid(), signal.Signals[signal_name or 'SIGKILL'])
 
 
 def exchange(a: str, b: str) -> bool:
@@ -118,6 +121,34 @@ def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
   finally:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def sigint_held(note: str) -> Iterator[None]:
+  """Holds a Ctrl-C (SIGINT) that arrives in the block until the block ends, then raises
+  KeyboardInterrupt; a second Ctrl-C raises at once. For writes by library threads that a
+  KeyboardInterrupt leaves running: orbax's went on writing into the temp folder `publish` had
+  deleted (it stayed) and printed about 100 lines of tracebacks at exit (a kill review). Only in
+  the main thread with Python's own SIGINT handler; elsewhere the block runs as it is."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  held = []
+
+  def hold(signum, _frame):
+    if held:
+      raise KeyboardInterrupt
+    held.append(signum)
+    os.write(2, f'{note}\n'.encode())  # (print() is not safe in a signal handler.)
+
+  signal.signal(signal.SIGINT, hold)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  if held:
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

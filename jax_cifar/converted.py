@@ -147,8 +147,11 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   errors.drop_library_noise()  # A failed save's orbax tracebacks ("Event loop is closed").
   try:
     with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
-      with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
+      with atomic_folder.sigint_held('Ctrl-C: stopping once the write under way ends (the '
+                                     'next Ctrl-C stops at once)'):
+        with ocp.StandardCheckpointer() as ckptr:
+          ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
+          atomic_folder.kill_point(KILL_ENV, 'writing')  # (orbax's threads are writing)
       with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
         json.dump(meta, f, indent=2)
   except Exception as e:  # pylint: disable=broad-except

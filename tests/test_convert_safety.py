@@ -366,6 +366,27 @@ def test_killed_converter_leaves_no_output_or_the_previous_complete_one(tmp_path
   assert os.listdir(work) == ['out'], os.listdir(work)  # killed runs' temp folders cleaned up
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_orbax_writes_waits_for_the_write_and_leaves_no_temp(tmp_path):
+  """A Ctrl-C while orbax's threads wrote had left them writing into the deleted temp folder (a
+  hidden .out.tmp-* stayed) and printed about 100 lines of their tracebacks at exit (a kill
+  review). A Ctrl-C after 'wrote' had made the finished conversion exit 130."""
+  sd_file, work = tmp_path / 'r18.pth', tmp_path / 'work'
+  torch.save(_resnet18_state_dict(0), sd_file)
+  work.mkdir()
+  run = _convert_in_subprocess(sd_file, work / 'out', 'writing:SIGINT')
+  lines = run.stderr.strip().splitlines()
+  assert run.returncode == 130 and lines[-2:] == [
+      'Ctrl-C: stopping once the write under way ends (the next Ctrl-C stops at once)',
+      f'error: stopped by SIGINT; {work / "out"} holds no partial conversion'], run.stderr
+  assert len(lines) == 4 and 'Traceback' not in run.stderr, run.stderr  # (+ 2 progress lines)
+  assert os.listdir(work) == [], os.listdir(work)
+
+  run = _convert_in_subprocess(sd_file, work / 'out', 'exiting:SIGINT')
+  assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
+  assert os.listdir(work) == ['out'] and convert.read_converted(str(work / 'out'))
+
+
 def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path):
   """The user sees the converter's lines; orbax's INFO chatter ('Closing _NonBlockingMetadataStore
   ...', logged through absl) stayed on stderr after every conversion before."""
