@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -244,15 +245,16 @@ def test_a_wait_interrupted_by_a_second_signal_leaves_the_next_wait_to_finish_th
   exception interrupts leaves the thread looking finished before Python 3.13), and the save
   died with the process: only `8.orbax-checkpoint-tmp` was left (a kill review)."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
-  real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+  real_finalize, signalled = atomicity.AtomicRenameTemporaryPath.finalize, threading.Event()
 
-  async def slow_finalize(self, *args, **kwargs):  # The commit of a large state: it takes a while.
-    time.sleep(1.0)
-    return await real_finalize(self, *args, **kwargs)
+  async def slow_finalize(self, *args, **kwargs):  # The commit of a large state: it takes a while,
+    signalled.wait(60)  # here until the second signal came, so the wait cannot end before it (a
+    return await real_finalize(self, *args, **kwargs)  # fixed sleep had been a race on a busy CPU).
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', slow_finalize)
 
   def second_signal(*_):
+    signalled.set()
     raise _Stop()
 
   previous = signal.signal(signal.SIGALRM, second_signal)
