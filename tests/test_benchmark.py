@@ -108,8 +108,7 @@ def test_a_command_line_mistake_is_one_error_before_anything_is_measured(tmp_pat
 def test_step_flops_prefer_the_lowered_program_and_mfu_needs_a_known_peak():
   """After compilation for a GPU, XLA's cost analysis skips the cuDNN convolutions (1/50 of the
   count on an H200), so the lowered program's count wins whenever it has one."""
-  sys.path.insert(0, str(ROOT / 'scripts'))
-  import jax_step  # pylint: disable=import-outside-toplevel
+  jax_step = load_script('jax_step')
 
   class Stage:
     def __init__(self, cost):
@@ -137,8 +136,7 @@ def test_step_flops_prefer_the_lowered_program_and_mfu_needs_a_known_peak():
 
 
 def test_a_rows_peak_memory_is_its_own_or_unknown():
-  sys.path.insert(0, str(ROOT / 'scripts'))
-  import jax_step  # pylint: disable=import-outside-toplevel
+  jax_step = load_script('jax_step')
   assert jax_step.own_peak(None, 5 << 30) == 5 << 30  # the process's first row
   assert jax_step.own_peak(0, 5 << 30) == 5 << 30
   assert jax_step.own_peak(5 << 30, 7 << 30) == 7 << 30  # raised the peak: it is this row's
@@ -147,8 +145,7 @@ def test_a_rows_peak_memory_is_its_own_or_unknown():
 
 
 def test_mfu_divides_the_global_step_by_the_peak_of_every_device():
-  sys.path.insert(0, str(ROOT / 'scripts'))
-  import jax_step  # pylint: disable=import-outside-toplevel
+  jax_step = load_script('jax_step')
   one = jax_step.mfu(989e12 * 0.5, 1.0, 'NVIDIA H200', 1)
   assert one == pytest.approx(0.5)
   # Eight devices doing the same global step in the same time are each an eighth as busy.
@@ -160,8 +157,7 @@ def test_lowered_step_flops_count_the_convolutions():
   """The lowered count is realistic: a training step is 2-3.5x the forward FLOPs (XLA counts 2.4x
   here: the first convolution needs no input gradient); torchvision's ResNet-18 forward is 1.82
   GMACs at 224 px, so 2 x 1.82 x (64/224)^2 GFLOPs at 64 px."""
-  sys.path.insert(0, str(ROOT / 'scripts'))
-  import jax_step  # pylint: disable=import-outside-toplevel
+  jax_step = load_script('jax_step')
   from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
   c = default.get_config()
   c.model.name, c.model.stem, c.model.image_size, c.train.batch_size = 'resnet18', 'imagenet', 64, 8

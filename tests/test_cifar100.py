@@ -126,7 +126,7 @@ def test_stratified_split_rounds_per_class_and_checks_fraction():
   train_idx, val_idx = cifar100.stratified_split(labels, 0.0, seed=5)
   assert val_idx.size == 0 and np.array_equal(train_idx, np.arange(len(labels)))
   for bad in (1.0, -0.1):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf'^val_fraction must be in \[0, 1\), got {bad}$'):
       cifar100.stratified_split(labels, bad, seed=0)
 
 

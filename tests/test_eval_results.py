@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+from conftest import is_png
 from jax_cifar import evaluate
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, ood
@@ -187,7 +188,7 @@ def _table_rows(text: str) -> dict[str, list[float]]:
   return rows
 
 
-def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys):
+def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys, drawn):
   """--ood_dir with jax_cifar.corrupt's labels: the 19 x 5 numbers had been only in the JSON,
   under file names (a new-user audit). They are printed and drawn as CIFAR-100-C's are, by the
   corruption each file holds (its manifest), or by file name where that is not known."""
@@ -216,7 +217,12 @@ def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys):
     np.testing.assert_allclose(accs, expected[name], atol=0.006)
   assert 'speckle_noise *' in err and 'fog *' not in err  # Outside the 15 standard ones.
   assert result['ood_accuracy'] == pytest.approx(np.mean(list(expected.values())) / 100)
-  assert (tmp_path / 'ood.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert is_png(tmp_path / 'ood.png') and len(drawn) == 1
+  heatmap = drawn[0].axes[0]
+  assert [t.get_text() for t in heatmap.get_yticklabels()] == [
+      name if name in ood.STANDARD_CORRUPTIONS else f'{name} *' for name in ood.CORRUPTIONS]
+  cells = heatmap.get_images()[0].get_array()
+  np.testing.assert_allclose(cells, [expected[name] for name in ood.CORRUPTIONS], atol=0.006)
   # Without jax_cifar.corrupt's manifest, the files are named as they are, none marked.
   (tmp_path / 'set' / 'corrupt_manifest.json').unlink()
   ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'), tmp_path / 'b.csv', files)

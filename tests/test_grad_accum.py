@@ -1,6 +1,7 @@
 """train.grad_accum_steps: the same update as the full batch (BatchNorm aside), in less memory."""
 
 import functools
+import re
 
 import jax
 import numpy as np
@@ -105,8 +106,9 @@ def test_batch_size_not_divisible_by_accumulation_is_a_config_error():
     config_validation.validate(c)
 
 
-def test_remat_gives_the_same_step_in_less_memory():
-  """model.remat recomputes each residual block's activations in the backward pass: same numbers."""
+def test_remat_checkpoints_each_block_and_gives_the_same_step():
+  """model.remat recomputes each residual block's activations in the backward pass: a checkpoint
+  per block in the step's program, and the same numbers."""
   results = {}
   for remat in (False, True):
     c = _config('resnet18', 1)
@@ -120,6 +122,9 @@ def test_remat_gives_the_same_step_in_less_memory():
                                    config=c))
     new_state, metrics = fn(state, batch)
     results[remat] = (new_state, metrics, fn.lower(state, batch).compile().memory_analysis())
+    program = str(jax.make_jaxpr(fn)(state, batch))  # (jax.checkpoint's primitive: 'remat2' in
+    blocks = re.findall(r'= (?:remat2|checkpoint)\[', program)  # jax 0.10, 'checkpoint' later.)
+    assert len(blocks) == (8 if remat else 0)  # ResNet-18's 8 residual blocks.
   (s0, m0, mem0), (s1, m1, mem1) = results[False], results[True]
   np.testing.assert_allclose(m1['train_loss'], m0['train_loss'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves((s0.params, s0.batch_stats)), jax.tree.leaves((s1.params, s1.batch_stats))):

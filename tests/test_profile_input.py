@@ -2,15 +2,13 @@
 a real (tiny) run of its three timings on a clock that ticks once per reading, so the arithmetic
 that turns times into those numbers is checked without timing anything."""
 
-import pathlib
-import sys
 import types
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'scripts'))
-import profile_input  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import load_script
+
+profile_input = load_script('profile_input')
 
 
 def test_profile_turns_its_timings_into_img_s_and_the_waiting_share(monkeypatch, capsys):

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import is_png, load_script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -72,16 +72,26 @@ def _records(table):
   return evals, trains, rows
 
 
-def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path):
+def test_every_tta_row_is_in_the_table_and_the_plot(table, tmp_path, monkeypatch):
   """--tta_rows other than the best and report rows were evaluated but shown nowhere (an audit)."""
   report = load_script('robustness_report')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  figures = []
+  monkeypatch.setattr(plt, 'close', figures.append)
   evals, trains, rows = _records(table)
   summary = report.summarise(evals)
   text = report.markdown(summary, trains, evals, rows, 'report', 0, ('augmix',))
   assert '| augmix | bn_adapt | 50.0 | 40.0 |' in text, text
   assert '| augmix | bn_adapt |' not in report.markdown(summary, trains, evals, rows, 'report', 0)
   report.plot(evals, list(rows), 'report', 0, tmp_path / 'p.png', 't', ('augmix',))
-  assert (tmp_path / 'p.png').stat().st_size > 0
+  assert is_png(tmp_path / 'p.png')
+  right = figures[0].axes[1]
+  assert sorted(line.get_label() for line in right.get_lines()) == [
+      'augmix: bn_adapt', 'augmix: none', 'report: bn_adapt', 'report: none']
+  shown = {line.get_label(): list(line.get_ydata()) for line in right.get_lines()}
+  assert shown['augmix: bn_adapt'] == pytest.approx([50.0] + [40.0] * 5)
+  report.plot(evals, list(rows), 'report', 0, tmp_path / 'p.png', 't')  # (Not asked for: not drawn.)
+  assert not any(line.get_label().startswith('augmix') for line in figures[1].axes[1].get_lines())
 
 
 def _seeds_out_of_order(table):
