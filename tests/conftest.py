@@ -6,8 +6,11 @@ import signal
 
 import pytest
 
-# Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path.home() / '.cache' / 'jax_cifar' / 'xla'))
+# Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap;
+# in a folder of their own, not the users' runs' ~/.cache/jax_cifar/xla (thousands of small test
+# programs had been added to it by each run of the suite: an audit).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(pathlib.Path.home() / '.cache' / 'jax_cifar' / 'xla-tests'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # Most tests compile a program and run it for a few steps, where XLA's LLVM optimisation costs
 # more than it saves: with jax_disable_most_optimizations (LLVM at -O0, its expensive passes off;
