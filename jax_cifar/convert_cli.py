@@ -12,6 +12,7 @@ input; never leaves partial output, and --overwrite replaces only a previous con
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import pathlib
@@ -174,18 +175,40 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
   return _unwrap(obj, path)
 
 
-def _download(arch: str, name: str) -> str:
-  """Path of torchvision's `name` weights for `arch` in torch hub's cache, downloaded if absent."""
-  import torch  # pylint: disable=import-outside-toplevel
+def _weights_url(arch: str, name: str) -> str:
   import torchvision  # pylint: disable=import-outside-toplevel
   enum = torchvision.models.get_model_weights(arch)
   if name not in enum.__members__:
     raise errors.ConfigError(f'--weights {name}: {arch} has {", ".join(enum.__members__)}')
-  url = enum[name].url
+  return enum[name].url
+
+
+def _check_cached(path: str, prefix: str, what: str) -> None:
+  """A file already in torch hub's cache is checked against the sha256 prefix in its name, as a
+  download is: torch.hub trusts a cached file, so another file under that name (a copy of other
+  weights, a damaged download) had been converted as `what` without a word (a review)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  if not digest.hexdigest().startswith(prefix):
+    raise errors.UserError(
+        f'{path} in torch hub\'s cache is not {what} (its sha256 starts '
+        f'{digest.hexdigest()[:len(prefix)]}, its name says {prefix}): delete it to download '
+        'them again, or convert a file of your own with --state_dict FILE')
+
+
+def _download(arch: str, name: str) -> str:
+  """Path of torchvision's `name` weights for `arch` in torch hub's cache, downloaded if absent
+  (and checked against the hash in its name if present)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  url = _weights_url(arch, name)
   cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+  digest = torch.hub.HASH_REGEX.search(os.path.basename(url))
+  if os.path.isfile(cached) and digest:
+    _check_cached(cached, digest.group(1), f"torchvision's {name} weights for {arch}")
   if not os.path.isfile(cached):
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    digest = torch.hub.HASH_REGEX.search(os.path.basename(url))
     try:  # into a temp file, renamed once the hash prefix in the name is verified
       torch.hub.download_url_to_file(url, cached, digest.group(1) if digest else None,
                                      progress=True)

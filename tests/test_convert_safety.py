@@ -5,6 +5,7 @@ JAX_CIFAR_CONVERT_KILL_AT). The converted folder itself (--overwrite, damage, te
 test_convert_output.py."""
 
 import argparse
+import hashlib
 import os
 import pathlib
 import pickle
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import load_script, require_module
-from jax_cifar import convert
+from jax_cifar import convert, convert_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'convert_torchvision_weights.py')
@@ -164,11 +165,28 @@ def _hub_file(tmp_path, arch: str, name: str) -> str:
   return str(folder / os.path.basename(weights.url))
 
 
+def _hashed_hub_file(tmp_path, monkeypatch, sd, arch: str, name: str) -> str:
+  """Saves `sd` in torch hub's cache under the name the weights' URL gives it, a name that holds
+  the sha256 prefix of that file (torchvision's real weights cannot be downloaded here)."""
+  staged = tmp_path / 'staged.pth'
+  torch.save(sd, staged)
+  prefix = hashlib.sha256(staged.read_bytes()).hexdigest()[:8]
+  real = torchvision.models.get_model_weights(arch)[name].url
+  url = f'{real.rsplit("-", 1)[0]}-{prefix}.pth'
+  real_url = convert_cli._weights_url  # pylint: disable=protected-access
+  monkeypatch.setattr(convert_cli, '_weights_url',
+                      lambda a, n: url if (a, n) == (arch, name) else real_url(a, n))
+  path = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / os.path.basename(url)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  staged.rename(path)
+  return str(path)
+
+
 def test_weights_name_converts_a_cached_download_offline(script, tmp_path, capsys, monkeypatch):
   monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
   torch.manual_seed(0)
   sd = torchvision.models.resnext50_32x4d().state_dict()
-  torch.save(sd, _hub_file(tmp_path, 'resnext50_32x4d', 'IMAGENET1K_V2'))
+  _hashed_hub_file(tmp_path, monkeypatch, sd, 'resnext50_32x4d', 'IMAGENET1K_V2')
   out = str(tmp_path / 'out')
   rc, err = _run_main(script, capsys, ['--arch', 'resnext50_32x4d', '--weights', 'IMAGENET1K_V2',
                                        '--output', out])
@@ -182,10 +200,28 @@ def test_weights_name_converts_a_cached_download_offline(script, tmp_path, capsy
   assert rc == 1 and 'resnext101_64x4d has IMAGENET1K_V1, DEFAULT' in err, err
 
 
+def test_another_file_under_the_weights_name_in_the_hub_cache_is_refused(script, tmp_path, capsys,
+                                                                        monkeypatch):
+  """torch.hub trusts a cached file: random weights saved under the ImageNet weights' name had
+  been converted as them without a word (a review). Their name's sha256 prefix is checked."""
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+  cached = _hub_file(tmp_path, 'resnet18', 'IMAGENET1K_V1')  # resnet18-f37072fd.pth
+  torch.save(_resnet18_state_dict(0), cached)
+  out = tmp_path / 'out'
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--weights', 'IMAGENET1K_V1',
+                                       '--output', str(out)])
+  found = hashlib.sha256(pathlib.Path(cached).read_bytes()).hexdigest()[:8]
+  assert rc == 1 and err.strip().splitlines() == [
+      f"error: {cached} in torch hub's cache is not torchvision's IMAGENET1K_V1 weights for "
+      f'resnet18 (its sha256 starts {found}, its name says f37072fd): delete it to download them '
+      'again, or convert a file of your own with --state_dict FILE'], err
+  assert not out.exists() and os.path.isfile(cached)
+
+
 def test_cached_download_holding_code_is_refused_not_run(script, tmp_path, capsys, monkeypatch):
   monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-  cached = _hub_file(tmp_path, 'resnet18', 'IMAGENET1K_V1')
-  torch.save({'conv1.weight': _RunsCode(tmp_path / 'pwned')}, cached)
+  cached = _hashed_hub_file(tmp_path, monkeypatch, {'conv1.weight': _RunsCode(tmp_path / 'pwned')},
+                            'resnet18', 'IMAGENET1K_V1')
   rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--weights', 'IMAGENET1K_V1',
                                        '--output', str(tmp_path / 'out')])
   assert rc == 1 and f'{cached} is not a PyTorch state_dict' in err and 'weights_only' not in err
