@@ -5,7 +5,7 @@
   python scripts/benchmark.py --models resnet50:imagenet --image_size 160 --dtypes bfloat16 \
       --find_batch_size --frameworks jax
   python scripts/benchmark.py --models configs/resnet152.py --dtypes float32,bfloat16 \
-      --find_batch_size --analysis_only --mem_cap_gb 16   # what fits a 16 GB GPU (compiles only)
+      --find_batch_size --analysis_only --mem_cap_gb 13   # what fits a 16 GB GPU (compiles only)
 
 A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, `resnet50_transfer`, `ood_best`, ...
 from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`,
@@ -188,12 +188,26 @@ def run_repeated(spec: str, batch: int, dtype: str, size: int, args,
   return runs[0] if len(runs) == 1 else combine_runs(runs)
 
 
+def cap_over_pool(cap_gb: float, pool_bytes: int | None) -> str | None:
+  """What to say when --mem_cap_gb exceeds the memory JAX may use on the device (its allocator's
+  `bytes_limit`: 75% of a GPU unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise)."""
+  if not cap_gb or not pool_bytes or cap_gb * 2**30 <= pool_bytes:
+    return None
+  return (f'--mem_cap_gb {cap_gb:g} is more than JAX may use on this device '
+          f'({pool_bytes / 2**30:.1f} GiB, set by XLA_PYTHON_CLIENT_MEM_FRACTION): a micro-batch '
+          'found to fit under the cap may not fit here')
+
+
 def find_batch_size(spec: str, dtype: str, size: int, args, tried=None) -> dict:
   """Largest micro-batch under the cap (or the device's memory), then the grad_accum_steps the
   recipe's batch needs and that step's memory; again with model.remat if that may help.
   `tried(row)`, if given, gets each compile's result as it is measured."""
   cap = args.mem_cap_gb * 2**30 if args.mem_cap_gb else None
   options = json.loads(args.compiler_options or '{}')
+  import jax  # pylint: disable=import-outside-toplevel
+  if note := cap_over_pool(args.mem_cap_gb, (jax.devices()[0].memory_stats() or {}).get(
+      'bytes_limit')):  # (No memory_stats on a CPU.)
+    print(f'  note: {note}', flush=True)
 
   def measure(batch: int, accum: int, remat: bool) -> dict:
     config = make_config(spec, batch, dtype, size, grad_accum_steps=accum, remat=remat,
@@ -300,7 +314,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--find_max', type=int, default=4096)
   p.add_argument('--batch_quantum', type=int, default=16, help='bisection granularity')
   p.add_argument('--mem_cap_gb', type=float, default=0.0,
-                 help='treat programs needing more than this (XLA memory analysis, GiB) as not fitting')
+                 help='treat programs needing more than this (XLA memory analysis, GiB) as not '
+                      'fitting: the memory JAX may use, not the card\'s size (JAX takes 75%% of a '
+                      'GPU unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: README, Small GPUs)')
   p.add_argument('--analysis_only', action='store_true',
                  help='compile only and read XLA\'s memory analysis: no state, no steps, no '
                       'PyTorch (needs --mem_cap_gb with --find_batch_size)')
