@@ -161,6 +161,26 @@ def test_gaussian_noise_std_clip_and_identity():
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff > 0).mean()
 
 
+def test_gaussian_noise_equals_torchvisions_given_the_same_draws(images):
+  """torchvision.transforms.v2.GaussianNoise on the float image (x / 255 + sigma * randn, clipped)
+  with torch's own draws, rounded to uint8 as we do, on real images. (Its uint8 kernel instead
+  truncates the scaled noise towards zero before adding it: a bias of up to a level in |noise|.)"""
+  torch = require_torch()
+  v2 = require_module('torchvision.transforms.v2')
+  x = _nchw(torch, images).float() / 255
+  for sigma in (0.02, 0.1, 0.3):
+    torch.manual_seed(7)
+    theirs = v2.GaussianNoise(sigma=sigma)(x)
+    torch.manual_seed(7)
+    normal = _nhwc(torch.randn_like(x))  # What GaussianNoise drew.
+    ours = np.asarray(jax.vmap(ph.gaussian_noise, (0, None, 0))(jnp.asarray(images), sigma,
+                                                                  jnp.asarray(normal)))
+    ref = np.round(_nhwc(theirs).astype(np.float64) * 255)
+    diff = np.abs(ours.astype(np.int64) - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (sigma, (diff > 0).mean())
+    assert (ours != images).mean() > 0.5  # (The noise is there: not an identity.)
+
+
 # ----------------------------------------------------------------------------- JPEG
 
 def _pil():
