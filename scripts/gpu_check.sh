@@ -7,8 +7,9 @@
 #      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S (120 s; ResNet-18:
 #      R18_TORCH_COMPILE_TIMEOUT_S, 60 s; ResNet-152: R152_TORCH_COMPILE_TIMEOUT_S, 60 s), else
 #      eager, which the row records; TORCH_COMPILE=off: eager only); resnet152 again
-#      with model.scan_blocks (compile time and step speed); the 16 GiB micro-batch search
-#      (fit_r152)
+#      with model.scan_blocks (compile time and step speed); a relaunch of the ResNet-152 step
+#      with JAX's persistent cache cold, then warm (relaunch_r152: process start to first step);
+#      the 16 GiB micro-batch search (fit_r152)
 #   c2) scripts/profile_input.py: the share of time a full-width ResNet-18 bf16 step waits for data
 #   c3) ood_input / ood_step: the same for configs/ood_best.py's step, and that step (AutoAugment,
 #      mixup, EMA) beside the bare ResNet-50 step at 128 px
@@ -29,7 +30,7 @@
 #   PARTS="versions bench_r50 bench_r152" bash scripts/gpu_check.sh   # issue #14's rows
 # SMALL=1 runs every part with tiny models and sizes (a CPU dry run of the logic);
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
-# bench_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best).
+# bench_r152 relaunch_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best).
 # Each part's results land in $OUT as soon as it ends ($OUT/bench_*.json, finetune.json,
 # ood_best.json, parts.txt, summary.txt); the summary is printed on exit, also when the call is
 # cut short by SIGTERM/SIGINT (the rows measured so far). $OUT defaults to /tmp/gpu_check.
@@ -38,7 +39,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-KNOWN_PARTS=" versions parity_tests bench_r18 bench_r50 bench_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best "
+KNOWN_PARTS=" versions parity_tests bench_r18 bench_r50 bench_r152 relaunch_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best "
 for p in ${PARTS:-}; do  # A mistyped part had run nothing and exited 0 with an empty summary.
   if [[ "$KNOWN_PARTS" != *" $p "* ]]; then
     echo "error: PARTS names an unknown part '$p'; the parts are:$KNOWN_PARTS" >&2
@@ -65,7 +66,7 @@ RESERVE_S=${RESERVE_S:-20}     # kept back at the end: timeout's kill, the summa
 MIN_PART_S=${MIN_PART_S:-30}   # a part with less than this left is skipped
 ROWS="$OUT/parts.txt"          # one line per part, written as each part ends
 : > "$ROWS"
-rm -f "$OUT"/bench_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" "$OUT/fit_r152.json" \
+rm -f "$OUT"/bench_*.json "$OUT"/relaunch_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" "$OUT/fit_r152.json" \
   "$OUT/summary.txt"  # an earlier run's results are not this run's
 CURRENT='' CURRENT_PID='' CURRENT_T0=0 CURRENT_LIMIT=0 SIGNAL=''
 NOT_OK=''  # the parts that failed or timed out: the script then exits 1 (it had exited 0 whatever)
@@ -137,6 +138,15 @@ if rows:
             indent=1)
   print(f"device {env.get('device')} | jax {env.get('jax')} | torch {env.get('torch')}")
   print(benchmark.table(rows))
+for run in ('cold', 'warm'):
+  f = os.path.join(out, f'relaunch_{run}.json')
+  if os.path.exists(f):
+    r = json.load(open(f))['rows'][0]
+    jx = r.get('jax', {})
+    s = lambda k: f'{jx[k]:.1f} s' if isinstance(jx.get(k), (int, float)) else jx.get('error', '-')
+    print(f"relaunch_r152 {run} cache: {r['model']} {r['dtype']} {r['image_size']}px batch "
+          f"{r['batch']}: first step {s('first_step_s')} after process start (compile "
+          f"{s('compile_s')})")
 fit = os.path.join(out, 'fit_r152.json')
 if os.path.exists(fit):
   import batch_fit
@@ -217,6 +227,18 @@ export JAX_DISABLE_MOST_OPTIMIZATIONS=0
 TAIL=6 part parity_tests "${T_TESTS:-120}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
 
+# relaunch CMD...: a benchmark command run twice into one fresh compilation cache, cold (it
+# compiles and writes the cache) then warm (it reads it back, as a relaunched run does); each
+# JSON's first_step_s is process start to the end of the first step.
+relaunch() {
+  rm -rf "$WORK/relaunch_cache"
+  local run
+  for run in cold warm; do
+    "$@" --cache_dir "$WORK/relaunch_cache" --out "$OUT/relaunch_$run.json" || return
+  done
+}
+export -f relaunch
+
 # --- c) benchmarks ---------------------------------------------------------------------------
 # Each writes $OUT/bench_*.json after every row. torch.compile runs in a child process killed
 # after TORCH_COMPILE_TIMEOUT_S; the row then holds PyTorch eager, marked eager* with the reason.
@@ -230,6 +252,8 @@ if [ "$SMALL" = 1 ]; then
     --batch 8 --dtypes bfloat16 --grad_accum_steps 1,2 $TCT --out "$OUT/bench_r50.json"
   part bench_r152 300 $BENCH --steps 1 --warmup 0 --models resnet152:imagenet:4 --image_size 32 \
     --batch 8 --dtypes bfloat16 $TCT --out "$OUT/bench_r152.json"
+  part relaunch_r152 300 relaunch $PY scripts/benchmark.py --steps 1 --warmup 0 --frameworks jax \
+    --models resnet152:imagenet:4 --image_size 32 --batch 8 --dtypes float32
   part scan_r152 300 $BENCH --steps 1 --warmup 0 --frameworks jax --scan_blocks on \
     --models resnet152:imagenet:4 --image_size 32 --batch 8 --dtypes bfloat16 \
     --out "$OUT/bench_r152_scan.json"
@@ -249,6 +273,9 @@ else
     $TCT "${TORCH_COMPILE_TIMEOUT_S:-120}" --out "$OUT/bench_r50.json"
   part bench_r152 "${T_R152:-330}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
     --dtypes bfloat16 $TCT "${R152_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r152.json"
+  # Issue #14 item 2: does a relaunch with the cache warm start training in seconds? (JAX only.)
+  part relaunch_r152 "${T_RELAUNCH:-240}" relaunch $PY scripts/benchmark.py --steps 1 --warmup 0 \
+    --frameworks jax --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16
   # model.scan_blocks: compile time and step speed of the scanned ResNet-152 (bench_r152 = unrolled).
   part scan_r152 "${T_SCAN:-150}" $BENCH --steps 5 --warmup 1 --frameworks jax --scan_blocks on \
     --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16 \
