@@ -123,32 +123,44 @@ def write_file(path: str | os.PathLike, write: Callable[[str], object]) -> None:
       os.remove(tmp)
 
 
+class Held:
+  """What `sigint_held` yields: whether a Ctrl-C came, and `check()` to stop there if one did."""
+
+  def __init__(self):
+    self.asked = False
+
+  def check(self) -> None:
+    if self.asked:
+      raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def sigint_held(note: str) -> Iterator[None]:
-  """Holds a Ctrl-C (SIGINT) that arrives in the block until the block ends, then raises
-  KeyboardInterrupt; a second Ctrl-C raises at once. For writes by library threads that a
-  KeyboardInterrupt leaves running: orbax's went on writing into the temp folder `publish` had
-  deleted (it stayed) and printed about 100 lines of tracebacks at exit (a kill review). Only in
-  the main thread with Python's own SIGINT handler; elsewhere the block runs as it is."""
+def sigint_held(note: str) -> Iterator[Held]:
+  """Holds a Ctrl-C (SIGINT) that arrives in the block: `note` is written to stderr, the block goes
+  on, and KeyboardInterrupt is raised where it calls `check()` or, at the latest, when it ends
+  (unless it ends with an exception of its own, which then wins). A second Ctrl-C raises at once.
+  For writes by library threads that a KeyboardInterrupt leaves running: orbax's went on writing
+  into the temp folder `publish` had deleted (it stayed) and printed about 100 lines of
+  tracebacks at exit (a kill review). Only in the main thread with Python's own SIGINT handler;
+  elsewhere nothing is held."""
+  held = Held()
   if (threading.current_thread() is not threading.main_thread()
       or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-    yield
+    yield held
     return
-  held = []
 
-  def hold(signum, _frame):
-    if held:
+  def hold(_signum, _frame):
+    if held.asked:
       raise KeyboardInterrupt
-    held.append(signum)
+    held.asked = True
     os.write(2, f'{note}\n'.encode())  # (print() is not safe in a signal handler.)
 
   signal.signal(signal.SIGINT, hold)
   try:
-    yield
+    yield held
   finally:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-  if held:
-    raise KeyboardInterrupt
+  held.check()
 
 
 @contextlib.contextmanager

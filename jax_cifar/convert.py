@@ -15,18 +15,16 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 
 # pylint: disable=wrong-import-position
 import contextlib
-import signal
-import sys
 from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jax_cifar import atomic_folder
 from jax_cifar.converted import (  # noqa: F401  (convert.X: the converted folder's names too)
-    ARCHS, KILL_ENV, ConversionError, OutputExistsError, OutputPathError, _dotted, _flatten,
-    _unflatten, abstract_variables, check_output, read_converted, read_metadata, save_converted)
+    ARCHS, KILL_ENV, ConversionError, InterruptedAfterWrite, OutputExistsError, OutputPathError,
+    _dotted, _flatten, _unflatten, abstract_variables, check_output, read_converted, read_metadata,
+    save_converted)
 from jax_cifar.models.resnet import ARCHS as _RESNET_ARCHS
 from jax_cifar.models.torch_init import torch_linear
 
@@ -273,9 +271,4 @@ def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = N
 if __name__ == '__main__':  # python -m jax_cifar.convert ...
   from jax_cifar import convert_cli  # pylint: disable=g-import-not-at-top
   starting.uninstall()  # Loaded: Ctrl-C is convert_cli's KeyboardInterrupt from here.
-  status = convert_cli.main()
-  if status == 0:  # Written and said so: a signal in the interpreter's exit had made it 130/143.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(sig, signal.SIG_IGN)
-    atomic_folder.kill_point(KILL_ENV, 'exiting')
-  sys.exit(status)
+  convert_cli.run_as_command()

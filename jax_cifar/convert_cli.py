@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import sys
 import time
 import warnings
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                       stream=sys.stderr)
   log.setLevel(logging.INFO)
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
+  written = False
   try:
     convert.check_output(os.path.abspath(args.output), args.overwrite, hint='pass --overwrite')
     t = time.time()
@@ -248,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     convert.save_converted(variables, args.arch, args.output, source=source,
                            overwrite=args.overwrite)
+    written = True
     log.info('wrote %s (%.1fs)', args.output, time.time() - t)
-  except KeyboardInterrupt:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
-    print(f'error: stopped by SIGINT; {args.output} holds no partial conversion', file=sys.stderr)
+  except KeyboardInterrupt as e:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
+    if written or isinstance(e, convert.InterruptedAfterWrite):
+      print(f'error: stopped by SIGINT after {args.output} was written: it holds the new, complete '
+            'conversion', file=sys.stderr)
+    else:
+      print(f'error: stopped by SIGINT; {args.output} holds no partial conversion',
+            file=sys.stderr)
     return 130
   except Exception as e:  # pylint: disable=broad-except
     message = errors.user_message(e)
@@ -259,3 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {message}', file=sys.stderr)
     return 1
   return 0
+
+
+def run_as_command() -> None:
+  """`python -m jax_cifar.convert` and scripts/convert_torchvision_weights.py: `main()`, then the
+  exit. Once the conversion is written and said so, a signal during the interpreter's exit ends it
+  at once with status 0 (one had made a finished conversion exit 130 or 143: a kill review)."""
+  status = main()
+  if status == 0:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, lambda *_: os._exit(0))  # pylint: disable=protected-access
+    from jax_cifar import atomic_folder, converted  # pylint: disable=import-outside-toplevel
+    atomic_folder.kill_point(converted.KILL_ENV, 'exiting')
+  sys.exit(status)

@@ -126,12 +126,18 @@ def _check_parent(path: str) -> None:
     raise OutputPathError(f'{path}: cannot create files in {parent} ({why})')
 
 
+class InterruptedAfterWrite(KeyboardInterrupt):
+  """A Ctrl-C that `save_converted` held until its output was in place: that output is whole."""
+
+
 def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = '',
                    overwrite: bool = False) -> None:
   """Writes an orbax checkpoint plus metadata.json into a temp sibling, then renames it into place.
 
   A kill at any point leaves no output or a previous complete one. `overwrite` replaces only a
-  previous output of this function (see `check_output`), swapped atomically on Linux.
+  previous output of this function (see `check_output`), swapped atomically on Linux. A Ctrl-C
+  (in the main thread) is held until the write under way ends: KeyboardInterrupt then, with
+  nothing published, or `InterruptedAfterWrite` if it came once the output was being put in place.
   """
   if arch not in ARCHS:
     raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
@@ -145,15 +151,21 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
           'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1]),
           'sha256': _digest({_dotted(p): v for p, v in _flatten(tree)})}
   errors.drop_library_noise()  # A failed save's orbax tracebacks ("Event loop is closed").
+  published = False
   try:
-    with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
-      with atomic_folder.sigint_held('Ctrl-C: stopping once the write under way ends (the '
-                                     'next Ctrl-C stops at once)'):
+    with atomic_folder.sigint_held('Ctrl-C: stopping once the write under way ends (the next '
+                                   'Ctrl-C stops at once)') as held:
+      with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
           ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
-          atomic_folder.kill_point(KILL_ENV, 'writing')  # (orbax's threads are writing)
-      with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
-        json.dump(meta, f, indent=2)
+        with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
+          json.dump(meta, f, indent=2)
+        held.check()  # A Ctrl-C so far stops here, before anything is published.
+      published = True
+  except KeyboardInterrupt:
+    if published:  # It came during the rename or the old folder's removal: the output is whole.
+      raise InterruptedAfterWrite(path) from None
+    raise
   except Exception as e:  # pylint: disable=broad-except
     code = errors.os_error_code(e)
     if code is None or isinstance(e, OSError):

@@ -299,13 +299,14 @@ def test_an_output_that_is_a_file_is_named_without_suggesting_overwrite(script, 
 
 
 # ------------------------------------------------------------------ killed mid-write
-def _convert_in_subprocess(sd_file, out, kill_at: str | None) -> subprocess.CompletedProcess:
+def _convert_in_subprocess(sd_file, out, kill_at: str | None,
+                           command=(sys.executable, SCRIPT)) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env.pop(KILL_ENV, None)
   if kill_at:
     env[KILL_ENV] = kill_at
-  return subprocess.run([sys.executable, SCRIPT, '--arch', 'resnet18', '--state_dict',
-                         str(sd_file), '--output', str(out), '--overwrite'],
+  return subprocess.run([*command, '--arch', 'resnet18', '--state_dict', str(sd_file), '--output',
+                         str(out), '--overwrite'],
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
@@ -403,24 +404,48 @@ def test_killed_converter_leaves_no_output_or_the_previous_complete_one(tmp_path
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_orbax_writes_waits_for_the_write_and_leaves_no_temp(tmp_path):
-  """A Ctrl-C while orbax's threads wrote had left them writing into the deleted temp folder (a
-  hidden .out.tmp-* stayed) and printed about 100 lines of their tracebacks at exit (a kill
-  review). A Ctrl-C after 'wrote' had made the finished conversion exit 130."""
+def test_ctrl_c_while_orbax_commits_waits_for_the_commit_and_leaves_no_temp(tmp_path):
+  """A Ctrl-C while the converter waited for orbax's commit interrupted that wait (a thread join):
+  orbax's threads went on writing into the temp folder the converter deleted, which stayed, and
+  printed about 100 lines of tracebacks at exit (a kill review). The Ctrl-C is now held until the
+  commit ends; nothing is published."""
   sd_file, work = tmp_path / 'r18.pth', tmp_path / 'work'
   torch.save(_resnet18_state_dict(0), sd_file)
   work.mkdir()
-  run = _convert_in_subprocess(sd_file, work / 'out', 'writing:SIGINT')
+  run = subprocess.run([sys.executable, os.path.join(REPO, 'tests', '_convert_sigint_in_save.py'),
+                        '--arch', 'resnet18', '--state_dict', str(sd_file), '--output',
+                        str(work / 'out')], capture_output=True, text=True, cwd=REPO, timeout=300)
   lines = run.stderr.strip().splitlines()
-  assert run.returncode == 130 and lines[-2:] == [
+  assert run.returncode == 130 and lines[-3:] == [
       'Ctrl-C: stopping once the write under way ends (the next Ctrl-C stops at once)',
+      'driver: the commit finished',
       f'error: stopped by SIGINT; {work / "out"} holds no partial conversion'], run.stderr
-  assert len(lines) == 4 and 'Traceback' not in run.stderr, run.stderr  # (+ 2 progress lines)
+  assert len(lines) == 5 and 'Traceback' not in run.stderr, run.stderr  # (+ 2 progress lines)
   assert os.listdir(work) == [], os.listdir(work)
 
-  run = _convert_in_subprocess(sd_file, work / 'out', 'exiting:SIGINT')
-  assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
-  assert os.listdir(work) == ['out'] and convert.read_converted(str(work / 'out'))
+
+@pytest.mark.slow
+def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
+  """A Ctrl-C during the rename had said 'holds no partial conversion' over a new, complete output
+  (and one after 'wrote', during the interpreter's exit, made the finished conversion exit 130):
+  the diff review."""
+  sd_file, out = tmp_path / 'r18.pth', tmp_path / 'out'
+  torch.save(_resnet18_state_dict(0), sd_file)
+  run = _convert_in_subprocess(sd_file, out, 'after_rename:SIGINT')
+  assert run.returncode == 130 and run.stderr.strip().splitlines()[-2:] == [
+      'Ctrl-C: stopping once the write under way ends (the next Ctrl-C stops at once)',
+      f'error: stopped by SIGINT after {out} was written: it holds the new, complete conversion'
+  ], run.stderr
+  assert convert.read_converted(str(out))[0]['arch'] == 'resnet18'
+  # Both entry points reach the exit's hook (SIGKILL shows it), where a signal no longer changes
+  # the status of a finished conversion.
+  for command, signals in (((sys.executable, SCRIPT), ('SIGKILL', 'SIGINT')),
+                           ((sys.executable, '-m', 'jax_cifar.convert'), ('SIGKILL', 'SIGTERM'))):
+    for name in signals:
+      run = _convert_in_subprocess(sd_file, out, f'exiting:{name}', command)
+      want = -signal.SIGKILL if name == 'SIGKILL' else 0
+      assert run.returncode == want and 'Traceback' not in run.stderr, (command, run.stderr)
+  assert sorted(os.listdir(tmp_path)) == ['out', 'r18.pth']
 
 
 def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path):
