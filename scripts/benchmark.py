@@ -5,7 +5,7 @@
   python scripts/benchmark.py --models resnet50:imagenet --image_size 160 --dtypes bfloat16 \
       --find_batch_size --frameworks jax
   python scripts/benchmark.py --models configs/resnet152.py --dtypes float32,bfloat16 \
-      --find_batch_size --analysis_only --mem_cap_gb 13   # what fits a 16 GB GPU (compiles only)
+      --find_batch_size --analysis_only --mem_cap_gb 12.5   # a 16 GB GPU at MEM_FRACTION 0.9
 
 A model spec is a config file (`configs/resnet152.py`), a config name (`smoke`, `resnet50_transfer`, `ood_best`, ...
 from configs/) or `NAME[:STEM[:WIDTH]]` (`resnet18:cifar:16`); a bare ResNet name (`resnet152`,
@@ -194,8 +194,8 @@ def cap_over_pool(cap_gb: float, pool_bytes: int | None) -> str | None:
   if not cap_gb or not pool_bytes or cap_gb * 2**30 <= pool_bytes:
     return None
   return (f'--mem_cap_gb {cap_gb:g} is more than JAX may use on this device '
-          f'({pool_bytes / 2**30:.1f} GiB, set by XLA_PYTHON_CLIENT_MEM_FRACTION): a micro-batch '
-          'found to fit under the cap may not fit here')
+          f'({pool_bytes / 2**30:.1f} GiB: XLA_PYTHON_CLIENT_MEM_FRACTION of it, 0.75 unless set): '
+          'a micro-batch found to fit under the cap may not fit here')
 
 
 def find_batch_size(spec: str, dtype: str, size: int, args, tried=None) -> dict:

@@ -140,8 +140,12 @@ if rows:
   print(benchmark.table(rows))
 for run in ('cold', 'warm'):
   f = os.path.join(out, f'relaunch_{run}.json')
-  if os.path.exists(f):
+  try:
     r = json.load(open(f))['rows'][0]
+  except (OSError, ValueError, KeyError, IndexError) as e:  # absent, or the run failed: the rest
+    if os.path.exists(f):  # of the summary still prints
+      print(f'{f}: {type(e).__name__}: {e}')
+  else:
     jx = r.get('jax', {})
     s = lambda k: f'{jx[k]:.1f} s' if isinstance(jx.get(k), (int, float)) else jx.get('error', '-')
     print(f"relaunch_r152 {run} cache: {r['model']} {r['dtype']} {r['image_size']}px batch "

@@ -387,7 +387,8 @@ def test_a_cap_above_what_jax_may_use_on_the_device_is_said():
   otherwise: --mem_cap_gb 16 had found micro-batches that would not fit there (an audit)."""
   t4_pool = int(0.75 * 15 * 2**30)
   assert benchmark.cap_over_pool(16, t4_pool) == (
-      '--mem_cap_gb 16 is more than JAX may use on this device (11.2 GiB, set by '
-      'XLA_PYTHON_CLIENT_MEM_FRACTION): a micro-batch found to fit under the cap may not fit here')
+      '--mem_cap_gb 16 is more than JAX may use on this device (11.2 GiB: '
+      'XLA_PYTHON_CLIENT_MEM_FRACTION of it, 0.75 unless set): a micro-batch found to fit under '
+      'the cap may not fit here')
   assert benchmark.cap_over_pool(11, t4_pool) is None
   assert benchmark.cap_over_pool(16, None) is None and benchmark.cap_over_pool(0, t4_pool) is None

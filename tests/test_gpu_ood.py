@@ -226,7 +226,7 @@ def test_the_clean_row_asks_for_no_submission_and_its_compile_projects_no_later_
   so it was always an error; fixed, its seconds (mostly its compile) had become the rate every
   later row was projected at, skipping them all (an audit)."""
   from jax_cifar import evaluate as ev  # pylint: disable=import-outside-toplevel
-  with pytest.raises(errors.ConfigError, match='--submission needs --ood_dir'):  # The fake's.
+  with pytest.raises(errors.ConfigError, match='--submission needs --ood_dir'):  # The real one.
     ev.evaluate(default.get_config(), str(tmp_path), 'best',
                 submission_csv=str(tmp_path / 's.csv'))
   gpu_ood = load_script('gpu_ood')
