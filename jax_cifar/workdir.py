@@ -262,13 +262,14 @@ def flat_defaults() -> dict:
 
 
 def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
-                  changes: dict[str, tuple[Any, Any]], *, write_config: bool = True) -> str | None:
+                  changes: dict[str, tuple[Any, Any]], *, write_config: bool = True,
+                  shape: dict[str, int] | None = None) -> str | None:
   """Appends this launch to launches.jsonl and (`write_config`) makes its config the run's
   config.json; returns the config.json it held (its text, None if there was none), for
-  `restore_config`."""
+  `restore_config`. `shape`: the launch's device and process counts."""
   row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
          'changed': {k: list(v) for k, v in changes.items()},
-         'jax_cifar': code_digest.code_version(), 'config': config}
+         'jax_cifar': code_digest.code_version(), **(shape or {}), 'config': config}
   path = workdir / LAUNCHES_FILE
   try:
     with path.open('a+b') as f:

@@ -3,6 +3,7 @@
   python scripts/measure_ood.py speed [--model smoke|resnet18] [--images 3000] [--tta_flip]
       img/s of the sharded, jitted prediction path (random weights: speed does not depend on them).
   python scripts/measure_ood.py rss --workdir runs/smoke [--config CONFIG] [--n 50000]
+                                    [--tta none|flip|shifts] [--bn_adapt]
       writes 19 synthetic distortion files of N images (N=50,000 is the real 2.9 GB set) into a
       temp folder, runs `python -m jax_cifar.evaluate --ood_dir ... --submission ...` on them,
       samples its RSS, validates the CSV, and deletes the folder. evaluate reads the run through
@@ -111,7 +112,8 @@ def rss(args) -> dict:
     cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *(['--config', args.config] if args.config
                                                          else []),
            '--workdir', str(view), '--checkpoint', args.checkpoint, '--ood_dir', str(folder),
-           '--submission', str(csv_path)]
+           '--submission', str(csv_path), '--tta', args.tta,
+           *(['--bn_adapt'] if args.bn_adapt else [])]
     t0 = time.perf_counter()
     log = open(folder / 'evaluate.log', 'w')  # pylint: disable=consider-using-with
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -128,7 +130,8 @@ def rss(args) -> dict:
       raise SystemExit(f'evaluate failed ({proc.returncode}): {tail}')
     verdict = submission.check_submission(csv_path, folder)
     images = 19 * args.n
-    return {'set_bytes_on_disk': on_disk, 'set_write_s': write_s, 'images': images,
+    return {'tta': args.tta, 'bn_adapt': args.bn_adapt,
+            'set_bytes_on_disk': on_disk, 'set_write_s': write_s, 'images': images,
             'evaluate_wall_s': seconds, 'ood_images_per_sec_incl_startup': images / seconds,
             'peak_rss_bytes_ru_maxrss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
             'peak_sampled': peaks, 'csv_check': verdict,
@@ -152,6 +155,9 @@ def main() -> None:
   p.add_argument('--checkpoint', default='best')
   p.add_argument('--n', type=int, default=50_000, help='images per distortion file')
   p.add_argument('--tmp_dir', default='', help='where to put the temporary set')
+  p.add_argument('--tta', default='none', choices=('none', 'flip', 'shifts'),
+                 help="evaluate's --tta")
+  p.add_argument('--bn_adapt', action='store_true', help="evaluate's --bn_adapt")
   args = parser.parse_args()
   if args.what == 'speed' and args.images < 1:
     parser.error(f'--images must be at least 1, got {args.images}')

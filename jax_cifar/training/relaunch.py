@@ -9,6 +9,7 @@ changes altered what the train state holds, and `record_launch` once the launch 
 import json
 import pathlib
 
+import jax
 from absl import logging
 
 from jax_cifar import checkpoints, code_digest, config_validation, optim, resume_rules, tracking
@@ -66,7 +67,7 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
-  _say_other_code(workdir, start_step)
+  _say_other_code_or_devices(workdir, start_step)
   if 'checkpoint.best_weights' in changes:  # Safe to change, but the kept best is not re-ranked.
     logging.warning("Resuming with checkpoint.best_weights %r -> %r: the kept 'best' checkpoint "
                     'was chosen by the %s weights\' val_accuracy, and a later step replaces it '
@@ -100,11 +101,10 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   return changes
 
 
-def _previous_code_version(workdir: pathlib.Path, start_step: int) -> str | None:
-  """The jax-cifar code (code_digest.code_version) of the launch that trained the steps resumed
-  from: the last recorded launch that started before `start_step` (a later one that failed before
-  its first save trained none of them; a review); '' for a version that recorded none; None when
-  launches.jsonl has no such readable row."""
+def _previous_launch(workdir: pathlib.Path, start_step: int) -> dict | None:
+  """The launches.jsonl row of the launch that trained the steps resumed from: the last recorded
+  launch that started before `start_step` (a later one that failed before its first save trained
+  none of them; a review); None when there is no such readable row."""
   try:
     lines = (workdir / workdir_lib.LAUNCHES_FILE).read_text().splitlines()
   except (OSError, UnicodeDecodeError):
@@ -116,22 +116,33 @@ def _previous_code_version(workdir: pathlib.Path, start_step: int) -> str | None
       continue
     if isinstance(row, dict) and isinstance(row.get('start_step'), int) and (
         row['start_step'] < start_step):
-      version = row.get('jax_cifar', '')
-      return version if isinstance(version, str) else ''
+      return row
   return None
 
 
-def _say_other_code(workdir: pathlib.Path, start_step: int) -> None:
-  """Warns when the launch that trained the steps resumed from ran other jax-cifar code: an upgrade
-  between launches is allowed, but its changes apply from this step (an upgrade audit: nothing had
-  said so)."""
-  before, now = _previous_code_version(workdir, start_step), code_digest.code_version()
-  if before is None or before == now:
+def _say_other_code_or_devices(workdir: pathlib.Path, start_step: int) -> None:
+  """Warns when the launch that trained the steps resumed from ran other jax-cifar code (an
+  upgrade between launches is allowed, but its changes apply from this step: an upgrade audit),
+  or on another number of devices (the same data and draws, but each step's sums across devices
+  in another order: float rounding that Adam's updates amplify, 22-24 % of the weights' movement
+  after 30 smoke steps, 2 or 4 devices against 1; an elastic-resume review). Neither had been said."""
+  row = _previous_launch(workdir, start_step)
+  if row is None:
     return
-  logging.warning('Resuming at step %d with other jax-cifar code than the launch before (%s -> '
-                  '%s): the run goes on, but is not bit-exact with one that ran on either code '
-                  '(%s records each launch\'s).', start_step,
-                  before or 'a version that recorded none', now, workdir_lib.LAUNCHES_FILE)
+  before, now = row.get('jax_cifar', ''), code_digest.code_version()
+  before = before if isinstance(before, str) else ''
+  if before != now:
+    logging.warning('Resuming at step %d with other jax-cifar code than the launch before (%s -> '
+                    '%s): the run goes on, but is not bit-exact with one that ran on either code '
+                    '(%s records each launch\'s).', start_step,
+                    before or 'a version that recorded none', now, workdir_lib.LAUNCHES_FILE)
+  devices = row.get('devices')
+  if isinstance(devices, int) and devices != jax.device_count():
+    logging.warning('Resuming at step %d on %d devices; the launch before ran on %d: the same data '
+                    'and random draws, but the sums across devices are made in another order, so '
+                    'the run is not bit-exact with one that stayed on %d (%s records each '
+                    'launch\'s devices).', start_step, jax.device_count(), devices, devices,
+                    workdir_lib.LAUNCHES_FILE)
 
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
@@ -177,8 +188,9 @@ def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict,
     tracking.say(f'{workdir} held {", ".join(sorted(p.name for p in previous.iterdir()))} but '
                  f'no latest checkpoint to resume: starting at step 0, they are kept in {previous}')
   launch.update(saved_before=workdir_lib.saved_steps(workdir),
-                previous=workdir_lib.record_launch(workdir, as_json, start_step, changes,
-                                                   write_config=start_step == 0))
+                previous=workdir_lib.record_launch(
+                    workdir, as_json, start_step, changes, write_config=start_step == 0,
+                    shape={'devices': jax.device_count(), 'processes': jax.process_count()}))
   if start_step:
     launch['deferred_config'] = as_json
 
