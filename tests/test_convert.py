@@ -122,9 +122,10 @@ def test_resnext_and_wide_resnet_eval_logits_match_torch(converted_wide):
   assert (np.argmax(ours, -1) == np.argmax(ref, -1)).all()
 
 
-@pytest.mark.parametrize('converted_wide', ['resnext50_32x4d'], indirect=True)
-def test_resnext_train_forward_matches_torch_outputs_and_running_stats(converted_wide):
-  """One grouped net in train mode keeps the time down; its BN sees grouped convs' channels."""
+@pytest.mark.parametrize('converted_wide', ['resnext50_32x4d', 'wide_resnet50_2'], indirect=True)
+def test_resnext_and_wide_train_forward_matches_torch_outputs_and_running_stats(converted_wide):
+  """One grouped and one wide net in train mode (the 101-layer ones only repeat their blocks) keeps
+  the time down; their BN layers see the grouped and the widened convs' channels."""
   _assert_train_forward_matches_torch(*converted_wide)
 
 
