@@ -132,12 +132,28 @@ def test_the_ema_weights_validation_is_drawn_and_accuracy_is_in_percent(tmp_path
 
 
 def test_a_single_point_is_drawn_with_a_marker(tmp_path, drawn):
-  """A run with one training row had a legend entry and nothing drawn (a line of one point)."""
+  """A run with one training row had a legend entry and nothing drawn (a line of one point).
+  Its train point was then a dot like val's, on axes that spanned a tenth of a point, with nothing
+  saying there was no curve yet (a figure review)."""
   run = fake_run(tmp_path / 'run', 1.0)
   _rewrite(run, lambda rows: [rows[0]])
   assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
   train = _lines(drawn[0])['run train']
-  assert train.get_marker() == 'o' and len(train.get_xdata()) == 1
+  assert train.get_marker() == 's' and len(train.get_xdata()) == 1
+  for fig in drawn[:2]:
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_xlim()[0] == 0
+    assert [t.get_text() for t in ax.texts] == ['one logged point per line so far: no curve yet']
+
+
+def test_a_later_run_is_drawn_thinner_so_a_run_it_repeats_stays_visible(tmp_path, drawn):
+  """A run and its own continuation share their first steps: the later one's line had hidden the
+  earlier one's completely (a figure review)."""
+  runs = [fake_run(tmp_path / 'a', 1.0), fake_run(tmp_path / 'b', 1.0)]
+  assert report.main([str(r) for r in runs] + ['--out', str(tmp_path / 'out')]) == 0
+  lines = _lines(drawn[0])
+  assert lines['a train'].get_linewidth() > lines['b train'].get_linewidth()
+  assert not drawn[0].axes[0].texts  # (Curves: no note.)
 
 
 def test_the_legend_sits_beside_the_axes_names_each_run_once_and_shortens_long_names(tmp_path,

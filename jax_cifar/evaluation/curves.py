@@ -79,15 +79,20 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   rates = [epochs_per_step(r['rows']) for r in runs]
   use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
-  drawn_runs, styles, marked = [], [], False
-  for run, color, rate in zip(runs, run_colors(len(runs)), rates):
+  drawn_runs, styles, marked, longest = [], [], False, 0
+  for i, (run, color, rate) in enumerate(zip(runs, run_colors(len(runs)), rates)):
     per_step = rate if use_epochs else None
     for column, style, label in lines(run):
       x, y, bad = _series(run, column, per_step, scale)
       if np.isfinite(y).any():
-        one = np.isfinite(y).sum() == 1  # A single point is a marker (a line of one is invisible).
-        ax.plot(x, y, style, color=color, marker='o' if style != '-' or one else None,
-                markersize=3, label=label)
+        points = int(np.isfinite(y).sum())
+        longest = max(longest, points)
+        # A single point is a marker (a line of one is invisible): a square for train, as val's
+        # are dots. Each later run is drawn thinner on top, so a run that repeats another's first
+        # steps (its own continuation) does not hide it (a figure review).
+        marker = 'o' if style != '-' else 's' if points == 1 else None
+        ax.plot(x, y, style, color=color, marker=marker, markersize=3 if marker == 'o' else 4,
+                linewidth=max(0.8, 2.0 - 0.4 * i), label=label)
         drawn_runs += [(run['label'], color)] if run['label'] not in dict(drawn_runs) else []
         styles += [style] if style not in styles else []
       if len(bad):
@@ -100,6 +105,13 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
+  # From 0, so a change of a tenth of a point does not fill the axes (every plotted value - loss,
+  # accuracy, learning rate - is at least 0).
+  ax.set_xlim(left=0)
+  ax.set_ylim(bottom=0)
+  if longest == 1:
+    ax.text(0.5, 0.5, 'one logged point per line so far: no curve yet', transform=ax.transAxes,
+            ha='center', va='center', color='0.4')
   handles = [Line2D([], [], color=c, label=_short(name)) for name, c in drawn_runs]
   if len(styles) > 1 or marked:
     handles += [Line2D([], [], color='0.3', linestyle=st, marker='o' if st != '-' else None,
