@@ -210,7 +210,8 @@ def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys, 
   result = ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'),
                                        tmp_path / 'a.csv', files, tmp_path / 'ood.png', 'run')
   err = capsys.readouterr().err
-  assert 'OOD set top-1 accuracy (%) of run' in err and 'standard mean (15 corruptions)' in err
+  assert 'OOD set (4 images per cell) top-1 accuracy (%) of run' in err, err  # (4 x 5 per file.)
+  assert 'standard mean (15 corruptions)' in err and result['ood_images_per_chunk'] == 4
   rows = _table_rows(err)
   assert list(rows) == list(ood.CORRUPTIONS), err
   for name, accs in rows.items():

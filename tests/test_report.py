@@ -46,6 +46,21 @@ def test_report_draws_three_figures_and_a_summary_table(tmp_path, drawn):
   assert 'Every run has the same config.json.' in md
 
 
+def test_the_corrupted_sets_name_their_means_and_a_small_set_its_size(tmp_path):
+  """The OOD column (the mean over its 19 corruptions) and the CIFAR-100-C column (the benchmark's
+  15) had the same kind of header, and an OOD set of 50 images per cell stood above the clean test
+  accuracy unmarked (a figure review)."""
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.1)
+  (run / 'eval_best.json').write_text(json.dumps({
+      'test_accuracy': 0.1, 'ood_accuracy': 0.1269, 'ood_images_per_chunk': 50,
+      'cifar100c_mean_accuracy': 0.1237, 'cifar100c_images_per_chunk': 10_000}))
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  md = (tmp_path / 'out' / 'summary.md').read_text()
+  assert ('| OOD acc (all its corruptions) | CIFAR-100-C mean (15 standard) |' in md), md
+  row = next(l for l in md.splitlines() if l.startswith('| run |') and '%' in l)
+  assert '| 12.69% (50 images per cell) | 12.37% |' in row, row
+
+
 def test_no_learning_rate_logged_means_no_figure3(tmp_path):
   run = fake_run(tmp_path / 'run', 1.0)
   rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]

@@ -69,10 +69,13 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   if resumed:
     result['ood_files_resumed'] = resumed
   if scores:
+    per_chunk = files[0].num_images // ood.SEVERITIES  # (A small set moves in big steps: said.)
     result['ood_accuracy'] = float(np.mean([np.mean(v) for v in scores.values()]))
     result['ood_per_distortion'] = scores
+    result['ood_images_per_chunk'] = per_chunk
     if jax.process_index() == 0:  # (Only the JSON had held them, by file name: an audit.)
-      _show_table(_by_corruption(ood_dir, scores), 'OOD set', figure, run_name, draw_later)
+      _show_table(_by_corruption(ood_dir, scores), f'OOD set ({per_chunk:,} images per cell)',
+                  figure, run_name, draw_later)
   return result
 
 
@@ -141,11 +144,13 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
     table[name] = ood.severity_accuracy(pred, labels)
   means = figures.corruption_means(table)
   result = {'cifar100c_dir': str(pathlib.Path(c_dir).resolve()),
+            'cifar100c_images_per_chunk': n // ood.SEVERITIES,
             'cifar100c_mean_accuracy_all': means['all'],
             'cifar100c_num_corruptions': means['num_all'],
             'cifar100c_per_severity': means['per_severity'], 'cifar100c': table}
   if means['standard'] is not None:
     result['cifar100c_mean_accuracy'] = means['standard']  # The benchmark's number.
   if jax.process_index() == 0:
-    _show_table(table, 'CIFAR-100-C', figure, run_name, draw_later)
+    _show_table(table, f'CIFAR-100-C ({n // ood.SEVERITIES:,} images per cell)', figure, run_name,
+                draw_later)
   return result
