@@ -343,9 +343,16 @@ def main():
 
 if __name__ == '__main__':
   if len(sys.argv) == 4 and sys.argv[1] == 'replot':  # replot GPU_OOD.json OUT.png
-    saved = json.loads(pathlib.Path(sys.argv[2]).read_text())
-    print(table(saved))
-    if not plot(saved, pathlib.Path(sys.argv[3])):
-      print(f'no plot: {sys.argv[2]} holds no OOD numbers yet (a run cut short)')
+    saved, out = json.loads(pathlib.Path(sys.argv[2]).read_text()), pathlib.Path(sys.argv[3])
+    # One run's JSON, or several under their names (docs/gpu_ood_h200_noise_blur.json: it had been
+    # a KeyError): a table each, and a plot each, OUT's name with the run's.
+    runs = ({'': saved} if 'epochs' in saved else
+            {k: v for k, v in saved.items() if isinstance(v, dict) and 'epochs' in v})
+    for name, run in runs.items():
+      print(f'{name}:\n{table(run)}' if name else table(run))
+      png = out.with_name(f'{out.stem}_{name}{out.suffix}') if name else out
+      if not plot(run, png):
+        print(f'no plot: {sys.argv[2]} holds no OOD numbers yet{f" for {name}" if name else ""} '
+              '(a run cut short)')
   else:
     main()

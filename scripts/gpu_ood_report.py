@@ -44,9 +44,11 @@ def table(result: dict) -> str:
   if t is None:
     return f"{recipe(result)}, {result['epochs']} epochs: training did not finish"
   stopped = ' STOPPED AT DEADLINE' if t['stopped_by_deadline'] else ''
+  rate = t.get('images_per_sec_median')
+  step = result.get('step')
   lines = [f"{recipe(result)}, {result['epochs']} epochs: {t['step']} steps in "
-           f"{t['seconds']:.0f}s (median {t['images_per_sec_median']} img/s){stopped}; "
-           f"'best' checkpoint (step {result.get('step')}), "
+           f"{t['seconds']:.0f}s (median {'-' if rate is None else f'{rate:,.0f}'} img/s)"
+           f"{stopped}; 'best' checkpoint{'' if step is None else f' (step {step})'}, "
            f"{result.get('weights')} weights; OOD = {result['args']['ood_limit']} images x 19 x 5 "
            "(TOOL: test images, TOOL@val: validation images)",
            '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |',

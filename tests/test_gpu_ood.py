@@ -360,3 +360,17 @@ def test_training_is_stopped_with_sigterm_at_its_own_deadline(monkeypatch, tmp_p
   result = gpu_ood.train(args, tmp_path / 'run', [])
   assert result['stopped_by_deadline'] and result['rc'] == 75, result
   assert result['seconds'] < 30 and result['step'] == 3, result
+
+
+def test_replot_of_a_file_of_several_runs_gives_each_its_table_and_plot(tmp_path):
+  """docs/gpu_ood_h200_noise_blur.json holds two runs under their names: replot had raised a
+  KeyError on it (a figure review)."""
+  out = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'gpu_ood.py'), 'replot',
+                        str(ROOT / 'docs' / 'gpu_ood_h200_noise_blur.json'), str(tmp_path / 'p.png')],
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith('report_recipe:\nconfigs/ood_best.py, 15 epochs: 5265 steps in 284s '
+                               "(median 3,273 img/s); 'best' checkpoint (step 4212)"), out.stdout
+  assert '\nnoise_blur:\nconfigs/ood_best.py --set augment.noise_prob=0.3' in out.stdout
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['p_noise_blur.png', 'p_report_recipe.png']
+
