@@ -61,6 +61,21 @@ def test_the_corrupted_sets_name_their_means_and_a_small_set_its_size(tmp_path):
   assert '| 12.69% (50 images per cell) | 12.37% |' in row, row
 
 
+def test_a_run_short_of_its_planned_epochs_says_so_and_a_short_time_is_in_seconds(tmp_path):
+  """A run stopped by train.max_steps showed its epochs as if complete, and 40 s of training as
+  '0.7 min' (a figure review)."""
+  config = {**BASE_CONFIG, 'train': {'batch_size': 128, 'num_epochs': 4}}
+  run = fake_run(tmp_path / 'run', 1.0, config=config)
+  _rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  (run / 'metrics.jsonl').write_text(''.join(  # 100 steps x 128 images at 320 images/s: 40 s.
+      json.dumps({**r, 'images_per_sec': 320.0} if 'images_per_sec' in r else r) + '\n'
+      for r in _rows))
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  row = next(l for l in (tmp_path / 'out' / 'summary.md').read_text().splitlines()
+             if l.startswith('| run |') and '%' in l)
+  assert '| 2.0 of 4 |' in row and row.endswith('| 40 s |'), row
+
+
 def test_no_learning_rate_logged_means_no_figure3(tmp_path):
   run = fake_run(tmp_path / 'run', 1.0)
   rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]

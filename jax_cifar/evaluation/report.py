@@ -209,6 +209,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         'model': ('-' if not model else model.get('name', '?') if model.get('name') == 'simple_cnn'
                   else f"{model.get('name', '?')} (width {model.get('width', '?')})"),
         'epochs': round(epochs, 2) if epochs is not None else None,
+        'planned_epochs': run['config'].get('train', {}).get('num_epochs'),
         'best_val_accuracy': max(val) if val else None,
         'best_val_weights': 'ema' if ema else 'raw',
         # data.val_fraction 0: the trainer validated (and picked `best`) on the test split.
@@ -240,7 +241,13 @@ def markdown_table(rows: list[dict]) -> str:
            'CIFAR-100-C mean (15 standard) | train time |',
            '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
-    time = f"{r['train_time_s'] / 60:.1f} min" if r['train_time_s'] else '-'
+    seconds = r['train_time_s']
+    time = ('-' if not seconds else f'{seconds:.0f} s' if seconds < 60 else
+            f'{seconds / 60:.1f} min')  # ('0.3 min': a figure review)
+    epochs, planned = r['epochs'], r.get('planned_epochs')
+    if (isinstance(epochs, (int, float)) and isinstance(planned, (int, float))
+        and not isinstance(planned, bool) and epochs < 0.99 * planned):  # Stopped early, or going.
+      epochs = f'{epochs} of {planned:g}'
     val = _fmt(r['best_val_accuracy']) + (
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '') + (
         ' (EMA)' if r.get('best_val_weights') == 'ema' else '')
@@ -251,7 +258,7 @@ def markdown_table(rows: list[dict]) -> str:
     ood_cell, c_cell = (_fmt(r[key]) + _small_set(r.get(count), r[key]) for key, count in (
         ('ood_accuracy', 'ood_images_per_chunk'),
         ('cifar100c_mean_accuracy', 'cifar100c_images_per_chunk')))
-    lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(r['epochs'], False)} | "
+    lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(epochs, False)} | "
                  f"{val} | {test} | {ood_cell} | {c_cell} | {time} |")
   return '\n'.join(lines) + '\n'
 
