@@ -78,6 +78,9 @@ def test_the_confusion_matrix_is_row_normalised_and_grouped_on_both_axes(tmp_pat
   order = np.array([c for g in range(20) for c in range(100) if groups[c] == g])
   expected = (cm / cm.sum(axis=1, keepdims=True))[np.ix_(order, order)]
   np.testing.assert_allclose(shown, expected, rtol=1e-6)
+  ax = drawn[-1].axes[0]  # Both axes say so (the x axis, unticked, had not: a figure review).
+  assert ax.get_ylabel() == 'true class (grouped by superclass)'
+  assert ax.get_xlabel() == 'predicted class (same order: superclasses as on the left)'
 
 
 def test_the_per_severity_means_and_their_row_are_over_the_corruptions(tmp_path, drawn):

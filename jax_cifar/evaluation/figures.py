@@ -56,6 +56,7 @@ def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
       ax.axhline(s - 0.5, color='w', lw=0.3, alpha=0.5)
       ax.axvline(s - 0.5, color='w', lw=0.3, alpha=0.5)
     ax.set_ylabel('true class (grouped by superclass)')
+    ax.set_xlabel('predicted class (same order: superclasses as on the left)')
   ax.set_title(title)
   save(fig, path)
 
