@@ -36,7 +36,10 @@ def main() -> None:
   module = COMMANDS[sys.argv[1]][0]
   sys.argv = [f'jax-cifar {sys.argv[1]}'] + sys.argv[2:]
   if module in ARGPARSE:
-    sys.exit(importlib.import_module(module).main(sys.argv[1:]))
+    command = importlib.import_module(module)
+    if hasattr(command, 'run_as_command'):  # (The converter's exit: convert_cli.run_as_command.)
+      command.run_as_command(sys.argv[1:])
+    sys.exit(command.main(sys.argv[1:]))
   runpy.run_module(module, run_name='__main__', alter_sys=True)
 
 

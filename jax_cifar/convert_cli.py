@@ -269,14 +269,18 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def run_as_command() -> None:
-  """`python -m jax_cifar.convert` and scripts/convert_torchvision_weights.py: `main()`, then the
-  exit. Once the conversion is written and said so, a signal during the interpreter's exit ends it
-  at once with status 0 (one had made a finished conversion exit 130 or 143: a kill review)."""
-  status = main()
+def run_as_command(argv: list[str] | None = None) -> None:
+  """`python -m jax_cifar.convert`, `jax-cifar convert` and scripts/convert_torchvision_weights.py:
+  `main()`, then the exit. A conversion written and said so ends at once with status 0: a signal
+  during the interpreter's exit had made it 130 or 143 (a kill review), and Python gives the
+  signals back to their defaults before it tears the libraries down (the diff review)."""
+  status = main(argv)
   if status == 0:
     for sig in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(sig, lambda *_: os._exit(0))  # pylint: disable=protected-access
+      signal.signal(sig, signal.SIG_IGN)
     from jax_cifar import atomic_folder, converted  # pylint: disable=import-outside-toplevel
     atomic_folder.kill_point(converted.KILL_ENV, 'exiting')
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access  (the output is whole and fsynced)
   sys.exit(status)

@@ -348,6 +348,8 @@ if __name__ == '__main__':
     # a KeyError): a table each, and a plot each, OUT's name with the run's.
     runs = ({'': saved} if 'epochs' in saved else
             {k: v for k, v in saved.items() if isinstance(v, dict) and 'epochs' in v})
+    if not runs:
+      sys.exit(f'error: {sys.argv[2]} holds no gpu_ood.py result (nor results under names)')
     for name, run in runs.items():
       print(f'{name}:\n{table(run)}' if name else table(run))
       png = out.with_name(f'{out.stem}_{name}{out.suffix}') if name else out

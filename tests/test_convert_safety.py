@@ -437,10 +437,11 @@ def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
       f'error: stopped by SIGINT after {out} was written: it holds the new, complete conversion'
   ], run.stderr
   assert convert.read_converted(str(out))[0]['arch'] == 'resnet18'
-  # Both entry points reach the exit's hook (SIGKILL shows it), where a signal no longer changes
+  # Every entry point reaches the exit's hook (SIGKILL shows it), where a signal no longer changes
   # the status of a finished conversion.
   for command, signals in (((sys.executable, SCRIPT), ('SIGKILL', 'SIGINT')),
-                           ((sys.executable, '-m', 'jax_cifar.convert'), ('SIGKILL', 'SIGTERM'))):
+                           ((sys.executable, '-m', 'jax_cifar.convert'), ('SIGKILL', 'SIGTERM')),
+                           ((sys.executable, '-m', 'jax_cifar', 'convert'), ('SIGKILL',))):
     for name in signals:
       run = _convert_in_subprocess(sd_file, out, f'exiting:{name}', command)
       want = -signal.SIGKILL if name == 'SIGKILL' else 0

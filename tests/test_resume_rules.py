@@ -389,17 +389,20 @@ def test_a_resume_on_another_number_of_devices_says_it_is_not_bit_exact(tmp_path
   with caplog.at_level('WARNING'):
     relaunch.check_config_change(config, tmp_path, 100, 10, 300)
   assert not said()  # The same devices.
-  for row, warned in (({**rows[-1], 'devices': jax.device_count() + 3}, True),
-                      ({k: v for k, v in rows[-1].items() if k != 'devices'}, False)):  # (Older.)
+  n, p = jax.device_count(), jax.process_count()
+  for row, was in (({**rows[-1], 'devices': n + 3}, (n + 3, p)),
+                   ({**rows[-1], 'processes': p + 1}, (n, p + 1)),  # (2 x 2 against 1 x 4 too.)
+                   ({k: v for k, v in rows[-1].items() if k != 'devices'}, None),  # (Older.)
+                   ({**rows[-1], 'devices': True}, None)):  # (Hand-edited: not a count.)
     (tmp_path / 'launches.jsonl').write_text(json.dumps(row) + '\n')
     caplog.clear()
     with caplog.at_level('WARNING'):
       relaunch.check_config_change(config, tmp_path, 100, 10, 300)
-    n, was = jax.device_count(), jax.device_count() + 3
-    assert said() == ([f'Resuming at step 100 on {n} devices; the launch before ran on {was}: the '
-                       'same data and random draws, but the sums across devices are made in '
-                       'another order, so the run is not bit-exact with one that stayed on '
-                       f"{was} (launches.jsonl records each launch's devices)."] if warned else [])
+    assert said() == ([] if was is None else [
+        f'Resuming at step 100 on {n} devices in {p} process(es); the launch before ran on '
+        f'{was[0]} in {was[1]}: the same data and random draws, but the sums across devices are '
+        'made in another order, so the run is not bit-exact with one that stayed as it was '
+        "(launches.jsonl records each launch's devices and processes)."]), said()
 
 
 def test_the_old_schedule_of_a_fractional_epoch_count_ends_at_its_whole_steps(tmp_path, caplog):

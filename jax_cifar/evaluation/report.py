@@ -209,7 +209,7 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         'model': ('-' if not model else model.get('name', '?') if model.get('name') == 'simple_cnn'
                   else f"{model.get('name', '?')} (width {model.get('width', '?')})"),
         'epochs': round(epochs, 2) if epochs is not None else None,
-        'planned_epochs': run['config'].get('train', {}).get('num_epochs'),
+        'short_of': _short_of(epochs, run['config'].get('train', {}).get('num_epochs')),
         'best_val_accuracy': max(val) if val else None,
         'best_val_weights': 'ema' if ema else 'raw',
         # data.val_fraction 0: the trainer validated (and picked `best`) on the test split.
@@ -223,6 +223,15 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         'train_time_s': _train_time_s(run),
     })
   return out
+
+
+def _short_of(epochs, planned) -> float | None:
+  """The planned `train.num_epochs` of a run that logged fewer (stopped by train.max_steps or a
+  signal, or still going); None otherwise."""
+  if (isinstance(epochs, (int, float)) and isinstance(planned, (int, float))
+      and not isinstance(planned, bool) and epochs < 0.99 * planned):
+    return planned
+  return None
 
 
 def _small_set(per_chunk, value) -> str:
@@ -244,10 +253,7 @@ def markdown_table(rows: list[dict]) -> str:
     seconds = r['train_time_s']
     time = ('-' if not seconds else f'{seconds:.0f} s' if seconds < 60 else
             f'{seconds / 60:.1f} min')  # ('0.3 min': a figure review)
-    epochs, planned = r['epochs'], r.get('planned_epochs')
-    if (isinstance(epochs, (int, float)) and isinstance(planned, (int, float))
-        and not isinstance(planned, bool) and epochs < 0.99 * planned):  # Stopped early, or going.
-      epochs = f'{epochs} of {planned:g}'
+    epochs = r['epochs'] if r.get('short_of') is None else f"{r['epochs']} of {r['short_of']:g}"
     val = _fmt(r['best_val_accuracy']) + (
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '') + (
         ' (EMA)' if r.get('best_val_weights') == 'ema' else '')

@@ -123,7 +123,7 @@ def _previous_launch(workdir: pathlib.Path, start_step: int) -> dict | None:
 def _say_other_code_or_devices(workdir: pathlib.Path, start_step: int) -> None:
   """Warns when the launch that trained the steps resumed from ran other jax-cifar code (an
   upgrade between launches is allowed, but its changes apply from this step: an upgrade audit),
-  or on another number of devices (the same data and draws, but each step's sums across devices
+  or on other devices or processes (the same data and draws, but each step's sums across devices
   in another order: float rounding that Adam's updates amplify, 22-24 % of the weights' movement
   after 30 smoke steps, 2 or 4 devices against 1; an elastic-resume review). Neither had been said."""
   row = _previous_launch(workdir, start_step)
@@ -136,13 +136,14 @@ def _say_other_code_or_devices(workdir: pathlib.Path, start_step: int) -> None:
                     '%s): the run goes on, but is not bit-exact with one that ran on either code '
                     '(%s records each launch\'s).', start_step,
                     before or 'a version that recorded none', now, workdir_lib.LAUNCHES_FILE)
-  devices = row.get('devices')
-  if isinstance(devices, int) and devices != jax.device_count():
-    logging.warning('Resuming at step %d on %d devices; the launch before ran on %d: the same data '
-                    'and random draws, but the sums across devices are made in another order, so '
-                    'the run is not bit-exact with one that stayed on %d (%s records each '
-                    'launch\'s devices).', start_step, jax.device_count(), devices, devices,
-                    workdir_lib.LAUNCHES_FILE)
+  before = [row.get(k) for k in ('devices', 'processes')]
+  now = [jax.device_count(), jax.process_count()]
+  if all(isinstance(v, int) and not isinstance(v, bool) for v in before) and before != now:
+    logging.warning('Resuming at step %d on %d devices in %d process(es); the launch before ran '
+                    'on %d in %d: the same data and random draws, but the sums across devices are '
+                    'made in another order, so the run is not bit-exact with one that stayed as it '
+                    'was (%s records each launch\'s devices and processes).', start_step, *now,
+                    *before, workdir_lib.LAUNCHES_FILE)
 
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
