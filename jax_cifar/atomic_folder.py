@@ -164,10 +164,12 @@ def sigint_held(note: str) -> Iterator[Held]:
 
 
 @contextlib.contextmanager
-def publish(path: str, check_replace: Callable[[], None], kill_env: str = '') -> Iterator[str]:
+def publish(path: str, check_replace: Callable[[], None], kill_env: str = '',
+            published: Callable[[], None] = lambda: None) -> Iterator[str]:
   """Yields a fresh temp folder next to absolute `path` to write into; when the block ends, puts
   it at `path` (over a previous folder only after `check_replace()` passes again, as it may have
-  changed meanwhile: swapped in one step where the OS can). The temp folder never stays."""
+  changed meanwhile: swapped in one step where the OS can), then calls `published()`. The temp
+  folder never stays."""
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   remove_stale_temps(path)
@@ -186,6 +188,7 @@ def publish(path: str, check_replace: Callable[[], None], kill_env: str = '') ->
         os.rename(path, f'{tmp}.old')  # no atomic swap here: a kill in between leaves no output
         os.rename(tmp, path)
         os.rename(f'{tmp}.old', tmp)
+    published()
     fsync_tree(parent, recursive=False)
     kill_point(kill_env, 'after_rename')
   finally:

@@ -151,17 +151,17 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
           'num_classes': None if fc_kernel is None else int(fc_kernel.shape[1]),
           'sha256': _digest({_dotted(p): v for p, v in _flatten(tree)})}
   errors.drop_library_noise()  # A failed save's orbax tracebacks ("Event loop is closed").
-  published = False
+  published = []  # (Set at the rename: a second Ctrl-C in the fsync after it finds it set.)
   try:
     with atomic_folder.sigint_held('Ctrl-C: stopping once the write under way ends (the next '
                                    'Ctrl-C stops at once)') as held:
-      with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV) as tmp:
+      with atomic_folder.publish(path, lambda: check_output(path, overwrite), KILL_ENV,
+                                 lambda: published.append(True)) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
           ckptr.save(os.path.join(tmp, _STATE_DIR), tree)
         with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
           json.dump(meta, f, indent=2)
         held.check()  # A Ctrl-C so far stops here, before anything is published.
-      published = True
   except KeyboardInterrupt:
     if published:  # It came during the rename or the old folder's removal: the output is whole.
       raise InterruptedAfterWrite(path) from None

@@ -299,14 +299,22 @@ def test_an_output_that_is_a_file_is_named_without_suggesting_overwrite(script, 
 
 
 # ------------------------------------------------------------------ killed mid-write
+# Runs the rest of the command line with Python's own Ctrl-C (KeyboardInterrupt): a test run in
+# the background of a non-interactive shell (as a CI may start it) inherits SIGINT ignored, and
+# a Python started so keeps it ignored. Set by the new process itself, as a preexec_fn would run
+# Python in a child forked from this multi-threaded (JAX) process.
+_SIGINT_DEFAULT = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                   'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+
+
 def _convert_in_subprocess(sd_file, out, kill_at: str | None,
-                           command=(sys.executable, SCRIPT)) -> subprocess.CompletedProcess:
+                           command=(SCRIPT,)) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env.pop(KILL_ENV, None)
   if kill_at:
     env[KILL_ENV] = kill_at
-  return subprocess.run([*command, '--arch', 'resnet18', '--state_dict', str(sd_file), '--output',
-                         str(out), '--overwrite'],
+  return subprocess.run([sys.executable, '-c', _SIGINT_DEFAULT, *command, '--arch', 'resnet18',
+                         '--state_dict', str(sd_file), '--output', str(out), '--overwrite'],
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
@@ -412,9 +420,10 @@ def test_ctrl_c_while_orbax_commits_waits_for_the_commit_and_leaves_no_temp(tmp_
   sd_file, work = tmp_path / 'r18.pth', tmp_path / 'work'
   torch.save(_resnet18_state_dict(0), sd_file)
   work.mkdir()
-  run = subprocess.run([sys.executable, os.path.join(REPO, 'tests', '_convert_sigint_in_save.py'),
-                        '--arch', 'resnet18', '--state_dict', str(sd_file), '--output',
-                        str(work / 'out')], capture_output=True, text=True, cwd=REPO, timeout=300)
+  run = subprocess.run([sys.executable, '-c', _SIGINT_DEFAULT,
+                        os.path.join(REPO, 'tests', '_convert_sigint_in_save.py'), '--arch',
+                        'resnet18', '--state_dict', str(sd_file), '--output', str(work / 'out')],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
   lines = run.stderr.strip().splitlines()
   assert run.returncode == 130 and lines[-3:] == [
       'Ctrl-C: stopping once the write under way ends (the next Ctrl-C stops at once)',
@@ -439,9 +448,9 @@ def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
   assert convert.read_converted(str(out))[0]['arch'] == 'resnet18'
   # Every entry point reaches the exit's hook (SIGKILL shows it), where a signal no longer changes
   # the status of a finished conversion.
-  for command, signals in (((sys.executable, SCRIPT), ('SIGKILL', 'SIGINT')),
-                           ((sys.executable, '-m', 'jax_cifar.convert'), ('SIGKILL', 'SIGTERM')),
-                           ((sys.executable, '-m', 'jax_cifar', 'convert'), ('SIGKILL',))):
+  for command, signals in (((SCRIPT,), ('SIGKILL', 'SIGINT')),
+                           (('-m', 'jax_cifar.convert'), ('SIGKILL', 'SIGTERM')),
+                           (('-m', 'jax_cifar', 'convert'), ('SIGKILL',))):
     for name in signals:
       run = _convert_in_subprocess(sd_file, out, f'exiting:{name}', command)
       want = -signal.SIGKILL if name == 'SIGKILL' else 0

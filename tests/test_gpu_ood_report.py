@@ -24,7 +24,7 @@ def test_the_gpu_table_puts_each_number_in_its_column():
   '-', not 0."""
   report = load_script('gpu_ood_report')
   lines = report.table(_ood_result()).splitlines()
-  assert lines[0] == ("configs/ood_best.py, 30 epochs: 1500 steps in 600s (median 2500.0 img/s); "
+  assert lines[0] == ("configs/ood_best.py, 30 epochs: 1500 steps in 600s (median 2,500 img/s); "
                       "'best' checkpoint (step 1234), ema weights; OOD = 500 images x 19 x 5 "
                       "(TOOL: test images, TOOL@val: validation images)")
   assert lines[1] == '| test-time tool | clean val | clean test | OOD | OOD sev 1..5 | img/s | s |'
