@@ -234,13 +234,14 @@ def _short_of(epochs, planned) -> float | None:
   return None
 
 
-def _small_set(per_chunk, value) -> str:
-  """' (N images per cell)' for a corrupted set of fewer than the full 10,000 test images per
-  corruption x severity (a run's OOD number above its clean one on 50 images: a figure review)."""
-  if (value is None or not isinstance(per_chunk, int) or isinstance(per_chunk, bool)
-      or not 0 < per_chunk < cifar100.TEST_SIZE):
+def _subset(count, value, unit: str = 'images') -> str:
+  """' (N images)' after a number measured on fewer than the 10,000 test images (data.eval_limit;
+  a corrupted set's images per corruption x severity: a run's OOD number above its clean one on
+  50 images, a figure review)."""
+  if (value is None or not isinstance(count, int) or isinstance(count, bool)
+      or not 0 < count < cifar100.TEST_SIZE):
     return ''
-  return f' ({per_chunk:,} images per cell)'
+  return f' ({count:,} {unit})'
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -257,11 +258,9 @@ def markdown_table(rows: list[dict]) -> str:
     val = _fmt(r['best_val_accuracy']) + (
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '') + (
         ' (EMA)' if r.get('best_val_weights') == 'ema' else '')
-    count = r.get('test_count')
-    test = _fmt(r['test_accuracy']) + (  # data.eval_limit: a subset (it had not said so).
-        f' ({count:,} images)' if isinstance(count, int) and not isinstance(count, bool)
-        and 0 < count < cifar100.TEST_SIZE and r['test_accuracy'] is not None else '')
-    ood_cell, c_cell = (_fmt(r[key]) + _small_set(r.get(count), r[key]) for key, count in (
+    test = _fmt(r['test_accuracy']) + _subset(r.get('test_count'), r['test_accuracy'])
+    ood_cell, c_cell = (_fmt(r[key]) + _subset(r.get(count), r[key], 'images per cell')
+                        for key, count in (
         ('ood_accuracy', 'ood_images_per_chunk'),
         ('cifar100c_mean_accuracy', 'cifar100c_images_per_chunk')))
     lines.append(f"| {_cell(r['run'])} | {_cell(r['model'])} | {_fmt(epochs, False)} | "
