@@ -4,7 +4,7 @@
     model, config = jax_cifar.load_model('runs/smoke')   # a trained run, as a Flax model
     probs = jax_cifar.predict(model, config, images)      # uint8 [N, H, W, 3] -> [N, 100]
     jax_cifar.list_models()                              # 'simple_cnn', 'resnet18', ...
-    net = jax_cifar.create_model('resnext50_32x4d', 100, rngs=flax.nnx.Rngs(0))
+    net = jax_cifar.create_model('resnext50_32x4d', 100)   # weights drawn from nnx.Rngs(0)
     jax_cifar.train_and_evaluate(config, 'runs/new')      # what `python -m jax_cifar.train` runs
     config = jax_cifar.configs.default.get_config()        # subpackages, also on first use
 

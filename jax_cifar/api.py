@@ -108,14 +108,18 @@ def _check_config_describes(model: nnx.Module, config: ml_collections.ConfigDict
     warnings.warn(
         f'predict: config may not describe this model ({"; ".join(differ)}): images are prepared '
         f'as it says (resized to {config.model.image_size} px, normalize='
-        f'{config.model.normalize!r}); give the config load_model returned with the model',
+        f'{config.model.normalize!r}); give the config load_model returned with the model, or for a '
+        'create_model model one whose model.image_size and model.normalize it was trained with',
         UserWarning, stacklevel=3)
 
 
 def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.ndarray,
             batch_size: int = 500) -> np.ndarray:
   """Class probabilities [N, num_classes] (float32) of uint8 [N, H, W, 3] images, in batches of
-  `batch_size` (resized to the model's config.model.image_size and normalised as in training)."""
+  `batch_size` (resized to the model's config.model.image_size and normalised as in training).
+
+  The images are resized to a square (non-square ones lose their aspect ratio: crop them first),
+  and prepared as `config.model` says: a create_model model does not know how it was trained."""
   batch_size = errors.positive_int('batch_size', batch_size)
   if not isinstance(model, nnx.Module):
     raise TypeError('predict(model, config, images): model must be a Flax nnx.Module (what '

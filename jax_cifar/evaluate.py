@@ -221,6 +221,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   eval_<tag>.json and figures into `workdir`; returns the numbers. `tent`: True, False or the
   options (tent.TentOptions)."""
   tent = tent_lib.resolve(tent)
+  workdir = _expanded(workdir)
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
@@ -336,6 +337,11 @@ def _say_written(workdir: pathlib.Path, tag: str, before: dict, csv: pathlib.Pat
     tracking.say(f'Wrote {" and ".join(parts)}.')
 
 
+def _expanded(workdir):
+  """`~/runs/a` as load_model and train_and_evaluate read it (not a folder named ~)."""
+  return os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
+
+
 def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
   """Whether eval_<tag>.json and the figures can be written into `workdir` (a probe file is made
   and removed); if not, says so before the predictions."""
@@ -366,12 +372,13 @@ def main(argv):
     # and its exit then waited minutes in a preemption barrier.
     interrupt.FLAG.install()
     xla_options.enable_compilation_cache()
-    config = FLAGS.config or workdir_lib.run_config(FLAGS.workdir)
+    workdir = _expanded(FLAGS.workdir)  # (--workdir=~/runs/a: the shell leaves that ~.)
+    config = FLAGS.config or workdir_lib.run_config(workdir)
     if FLAGS.config and cli.config_is_the_runs():
-      inference.check_matches_run(config, FLAGS.workdir, given='the overridden config',
+      inference.check_matches_run(config, workdir, given='the overridden config',
                                   advice='Override only keys that keep the model as it was '
                                   'trained (data.dir, data.eval_limit, train.eval_batch_size...)')
-    result = evaluate(config, FLAGS.workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
+    result = evaluate(config, workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
                       weights=FLAGS.weights, tent=_tent_options())

@@ -234,7 +234,8 @@ def run_config(run_dir: str | pathlib.Path):
   file lacks (added to jax-cifar since) take their defaults, as when that run was launched."""
   from jax_cifar import config_validation  # pylint: disable=g-import-not-at-top  (imports models)
   from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(run_dir) / CONFIG_FILE
+  run_dir = pathlib.Path(run_dir).expanduser()
+  path = run_dir / CONFIG_FILE
   if not path.exists():
     raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?'
                        f'{_run_above(pathlib.Path(run_dir))}')

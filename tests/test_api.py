@@ -313,6 +313,15 @@ def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_p
     jax_cifar.load_model(tmp_path)  # Inside no run: no hint.
   monkeypatch.setenv('HOME', str(run.parent))
   assert jax_cifar.load_model(f'~/{run.name}', 'latest')[1] == jax_cifar.run_config(run)
+  # ... and so do load_predictor and evaluate (they had said '~/NAME/config.json not found').
+  assert inference.load_predictor(jax_cifar.run_config(run), f'~/{run.name}',
+                                  'latest')[1] == int(step.name)
+  copy = tmp_path / 'copy'
+  shutil.copytree(run, copy)
+  monkeypatch.setenv('HOME', str(tmp_path))
+  from jax_cifar import evaluate  # pylint: disable=import-outside-toplevel
+  assert evaluate.evaluate(jax_cifar.run_config(copy), '~/copy', 'latest')['step'] == int(step.name)
+  assert (copy / 'eval_latest.json').is_file()
   no_best = tmp_path / 'no_best'
   shutil.copytree(run, no_best)
   shutil.rmtree(no_best / 'checkpoints' / 'best')
@@ -360,13 +369,17 @@ def test_load_predictor_refuses_a_view_name_as_its_old_flip_flag_and_takes_tent_
   assert np.abs(by_flag - plain).max() > 1e-3  # (Tent ran: its log-probabilities differ.)
 
 
-def test_a_relaunch_of_a_finished_run_returns_its_last_validation(run, tmp_path):
+def test_a_relaunch_of_a_finished_run_returns_its_last_validation(run, tmp_path, monkeypatch):
   """A notebook cell run again on a finished run had returned no val_* numbers (KeyError on
-  result['val_accuracy'], where README promises them: a library-user review)."""
+  result['val_accuracy'], where README promises them: a library-user review). Given as '~/again',
+  as load_model takes it: train_and_evaluate had trained a new run in ./~/again (a review)."""
   import shutil  # pylint: disable=import-outside-toplevel
   again = tmp_path / 'again'
   shutil.copytree(run, again)
-  result = jax_cifar.train_and_evaluate(_config(), str(again))
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.chdir(tmp_path / 'again')
+  result = jax_cifar.train_and_evaluate(_config(), '~/again')
+  assert not (tmp_path / 'again' / '~').exists()
   last = [r for r in tracking.read_metrics(run) if 'val_accuracy' in r][-1]
   assert result['step'] == last['step'] == result['total_steps']
   for key in ('val_loss', 'val_accuracy', 'val_top5_accuracy', 'val_accuracy_ema'):

@@ -39,7 +39,9 @@ def test_the_head_is_replaced_or_removed_and_the_backbone_kept(name, kwargs):
   np.testing.assert_array_equal(model(x), pooled)  # Headless: the pooled features.
   model.reset_classifier(7)  # A head again, on a model that had none.
   assert model(x).shape == (3, 7)
-  for bad in (-1, 2.5, True, '10'):
+  model.reset_classifier(np.int64(5))  # As create_model takes numpy's ints (it had refused them).
+  assert model.num_classes == 5 and type(model.fc.out_features) is int and model(x).shape == (3, 5)
+  for bad in (-1, 2.5, True, '10', np.int64(-1)):
     with pytest.raises(jax_cifar.UserError, match='num_classes is an int >= 0'):
       model.reset_classifier(bad)
 

@@ -166,6 +166,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
     raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
+  workdir = os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
   config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
   # As load_model and evaluate: a step number (an int had been a TypeError, '3' a missing path),
   # and a config that prepares images as the run (or the run whose step folder it is) did; another
