@@ -1,13 +1,13 @@
 """Entry point: evaluate a trained run on the clean test split, the OOD submission set and CIFAR-100-C.
 
 python -m jax_cifar.evaluate --workdir DIR [--config configs/NAME.py] [--checkpoint best|latest|N|PATH]
-    [--weights raw|ema|auto] [--tta none|flip|shifts] [--bn_adapt]
-    [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
+    [--weights raw|ema|auto] [--tta none|flip|shifts [--tta_average probs|log_probs]]
+    [--bn_adapt] [--tent [--tent_lr LR --tent_epochs E --tent_batch_size B]]
     [--ood_dir D [--submission FILE.csv]] [--cifar100c_dir D]
 Writes WORKDIR/eval_<tag>.json (every number, per class and per superclass included) and
 confusion_<tag>.png, where <tag> is best, latest, step<N> (a step number or folder) or
 path, then _ema / _auto with --weights ema / auto, then _tta-flip / _tta-shifts with --tta
-(--tta_flip is an alias of --tta flip), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
+(--tta_flip is an alias of --tta flip; -logp after it with --tta_average log_probs), _bn-adapt with --bn_adapt (or --tent), then _tent (with any
 non-default Tent settings) with --tent; with --cifar100c_dir also
 cifar100c_<tag>.png, and with an --ood_dir that holds labels.npy ood_<tag>.png (none of them
 into a WORKDIR that takes no files: said first). The last
@@ -17,7 +17,8 @@ line printed (by process 0 alone, in a multi-process run) is one JSON object wit
 override) whose model keys differ from it is refused (its numbers would not be the run's), as is
 one that changes augment.crop_mode or the validation split, or swaps synthetic data for real.
 
---tta: see jax_cifar/evaluation/tta.py (the softmax averaged over mirrored/translated views).
+--tta: see jax_cifar/evaluation/tta.py (the softmax averaged over mirrored/translated views; or,
+with --tta_average log_probs, their log-softmax).
 --bn_adapt (never the default): USES THE UNLABELLED TEST IMAGES. Before each homogeneous chunk is
 predicted (one distortion x severity block, one CIFAR-100-C corruption x severity, a whole clean
 split), the BatchNorm statistics are re-estimated on that chunk's images, and restored afterwards;
@@ -60,7 +61,9 @@ from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, st
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import parallel, tracking, xla_options
-from jax_cifar.evaluation import eval_json, figures, kept_predictions, ood_sets, submission, tta
+from jax_cifar.evaluation import eval_json, figures, kept_predictions, ood_sets, output_files
+from jax_cifar.evaluation import submission, tta
+from jax_cifar.evaluation.output_files import output_tag
 from jax_cifar.evaluation import tent as tent_lib
 from jax_cifar.data import cifar100, ood
 from jax_cifar import workdir as workdir_lib
@@ -85,8 +88,11 @@ def define_flags() -> None:
                       'step folder.')
   flags.DEFINE_enum('tta', 'none', tta.MODES, 'Test-time augmentation: none; flip (image and its '
                     'mirror); shifts (mirror x translations by {-2,0,2}^2 px, 18 views). The '
-                    'softmax is averaged over the views.')
+                    'softmax is averaged over the views (--tta_average).')
   flags.DEFINE_bool('tta_flip', False, 'Alias of --tta flip.')
+  flags.DEFINE_enum('tta_average', 'probs', tta.AVERAGES, 'What --tta flip/shifts averages over '
+                    'the views: probs (their softmax) or log_probs (their log-softmax, '
+                    'renormalised: the geometric mean).')
   flags.DEFINE_enum('weights', 'raw', checkpoints.READ_WEIGHTS, "The checkpoint's raw weights, "
                     'their EMA (runs trained with ema.decay > 0), or auto: the one with the higher '
                     "validation accuracy at the checkpoint's step (metrics.jsonl).")
@@ -189,50 +195,30 @@ def _evaluate_clean(predictor: Predictor, config, confusion_png: pathlib.Path | 
   return result
 
 
-def output_tag(which: str, tta_mode: str = 'none', adapt_bn: bool = False,
-               weights: str = 'raw', tent: tent_lib.TentOptions | None = None) -> str:
-  """best / latest / step<N> (a step number or step folder) / path, then _ema or _auto (--weights),
-  _tta-<mode>, _bn-adapt and _tent[-settings]: every setting writes its own files (two step
-  numbers had shared `path`: the second overwrote the first's CSV and figure; an audit)."""
-  tag = which if which in ('best', 'latest') else 'path'
-  if tag == 'path':
-    folder = pathlib.Path(which)
-    name = folder.parent.name if folder.name == 'default' else folder.name  # (orbax's item)
-    tag = f'step{int(name)}' if step_folders.is_step_number(name) else tag
-  tag += {'ema': '_ema', 'auto': '_auto'}.get(weights, '')
-  tag += (f'_tta-{tta_mode}' if tta_mode != 'none' else '')
-  return tag + ('_bn-adapt' if adapt_bn or tent else '') + (tent.tag() if tent else '')
-
-
-def _check_submission_path(csv_path: str | os.PathLike, default: bool) -> None:
-  """Process 0 checks where the CSV goes; every process raises if it is unusable (before inference).
-  `csv_path` as given (a trailing `/` is checked); `default`: not given, the workdir's."""
-  with parallel.fail_together(f'checking {csv_path}'):
-    if jax.process_index() == 0:
-      submission.check_output_path(csv_path, default=default)
-
-
 def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = False,
              tta_mode: str = 'none', adapt_bn: bool = False, ood_dir: str | None = None,
              submission_csv: str | None = None, cifar100c_dir: str | None = None,
-             weights: str = 'raw', tent: tent_lib.TentOptions | bool | None = None) -> dict:
+             weights: str = 'raw', tent: tent_lib.TentOptions | bool | None = None,
+             tta_average: str = 'probs') -> dict:
   """Evaluates a checkpoint ('raw' weights, their 'ema', or 'auto': the better on validation at
   that step), optionally with test-time adaptation (`adapt_bn`, `tent`, which implies it); writes
   eval_<tag>.json and figures into `workdir`; returns the numbers. `tent`: True, False or the
-  options (tent.TentOptions)."""
+  options (tent.TentOptions); `tta_average`: what `tta_mode`'s views average (tta.AVERAGES)."""
   tent = tent_lib.resolve(tent)
   workdir = _expanded(workdir)
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
       **workdir_lib.flatten(config.to_dict()), '--checkpoint': str(which), '--tta': tta_mode,
-      '--tta_flip': tta_flip, '--bn_adapt': adapt_bn, '--weights': weights,
+      '--tta_flip': tta_flip, '--tta_average': tta_average, '--bn_adapt': adapt_bn,
+      '--weights': weights,
       '--tent': dataclasses.asdict(tent) if tent else None, '--ood_dir given': bool(ood_dir),
       '--cifar100c_dir given': bool(cifar100c_dir), '--submission given': bool(submission_csv)},
       'configs or flags')
   inference.check_matches_run(config, workdir)
   inference.check_step_folder_of_another_run(config, workdir, str(which))
   tta_mode = inference.resolve_tta(tta_mode, tta_flip)
+  inference.check_tta_average(tta_average, tta_mode)
   # Check every OOD input before anything compiles: bad files fail in a second, naming the file.
   ood_files = ood.check_distortion_dir(ood_dir) if ood_dir else None
   c_files = ood.check_cifar100c_dir(cifar100c_dir) if cifar100c_dir else None
@@ -258,10 +244,10 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   if which not in ('best', 'latest'):  # A step folder, as its number is: without its default/.
     folder = pathlib.Path(which).absolute()
     which = str(folder.parent if folder.name == 'default' else folder)
-  tag = output_tag(which, tta_mode, adapt_bn, weights, tent)
+  tag = output_tag(which, tta_mode, adapt_bn, weights, tent, tta_average)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
-    _check_submission_path(submission_csv or csv_path, default=not submission_csv)
+    output_files.check_submission_path(submission_csv or csv_path, default=not submission_csv)
     per = ood_files[0].num_images // ood.SEVERITIES
     if per != submission.KAGGLE_IMAGES:  # Said before the work, not found out on upload.
       tracking.say(f'{ood_dir}: {per} images per severity, so {csv_path.name} will have '
@@ -269,11 +255,13 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                    f'has {submission.KAGGLE_IMAGES:,} per severity ({19 * 5 * submission.KAGGLE_IMAGES:,} rows)')
   # A run read from a read-only place (a colleague's, a mounted archive) is still evaluated: its
   # numbers are printed, and its own files are not written (found at the end, they had been lost).
-  keeps = jax.process_index() != 0 or _takes_files(workdir_path, tag)
-  before = _stamps(workdir_path, tag)  # (What this evaluation wrote, for its closing line.)
+  keeps = jax.process_index() != 0 or output_files.takes_files(workdir_path, tag)
+  before = output_files.stamps(workdir_path, tag)  # (What it wrote, for its closing line.)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
-                                             adapt_bn=adapt_bn, weights=weights, tent=tent)
+                                             adapt_bn=adapt_bn, weights=weights, tent=tent,
+                                             tta_average=tta_average)
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
+            **({'tta_average': tta_average} if tta_mode != 'none' else {}),
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}
   if predictor.adapter is not None:  # Its statistics pass's batch: the numbers depend a little on it.
     result['bn_adapt_batch'] = predictor.batch_size
@@ -317,39 +305,13 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   for draw in draw_later:
     draw()
   if jax.process_index() == 0:
-    _say_written(workdir_path, tag, before, csv_path if ood_files else None)
+    output_files.say_written(workdir_path, tag, before, csv_path if ood_files else None)
   return result
-
-
-def _stamps(workdir: pathlib.Path, tag: str) -> dict[str, int | None]:
-  """The modification times (ns) of the files an evaluation of `tag` writes in `workdir`."""
-  names = (f'eval_{tag}.json', f'confusion_{tag}.png', f'cifar100c_{tag}.png', f'ood_{tag}.png')
-  return {n: (workdir / n).stat().st_mtime_ns if (workdir / n).is_file() else None for n in names}
-
-
-def _say_written(workdir: pathlib.Path, tag: str, before: dict, csv: pathlib.Path | None) -> None:
-  """The closing line: which files this evaluation wrote, and where (it had named none but the
-  CSV, inside its JSON line: a new-user walkthrough)."""
-  names = [n for n, stamp in _stamps(workdir, tag).items() if stamp not in (None, before[n])]
-  parts = ([f'{", ".join(names)} in {workdir}'] if names else []) + (
-      [f'the submission {csv}'] if csv is not None and csv.is_file() else [])
-  if parts:
-    tracking.say(f'Wrote {" and ".join(parts)}.')
 
 
 def _expanded(workdir):
   """`~/runs/a` as load_model and train_and_evaluate read it (not a folder named ~)."""
   return os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
-
-
-def _takes_files(workdir: pathlib.Path, tag: str) -> bool:
-  """Whether eval_<tag>.json and the figures can be written into `workdir` (a probe file is made
-  and removed); if not, says so before the predictions."""
-  why = workdir_lib.why_unwritable(workdir)
-  if why:
-    tracking.say(f'{workdir} takes no files ({why}): the numbers are printed, and '
-                 f'eval_{tag}.json and the figures are not written')
-  return why is None
 
 
 def _tent_options() -> tent_lib.TentOptions | None:
@@ -381,7 +343,7 @@ def main(argv):
     result = evaluate(config, workdir, FLAGS.checkpoint, tta_flip=FLAGS.tta_flip,
                       tta_mode=FLAGS.tta, adapt_bn=FLAGS.bn_adapt, ood_dir=FLAGS.ood_dir,
                       submission_csv=FLAGS.submission, cifar100c_dir=FLAGS.cifar100c_dir,
-                      weights=FLAGS.weights, tent=_tent_options())
+                      weights=FLAGS.weights, tent=_tent_options(), tta_average=FLAGS.tta_average)
   except interrupt.Interrupted as e:
     csv = ' (an existing CSV is kept)' if FLAGS.ood_dir else ''
     files = getattr(e, 'kept_note', '')

@@ -301,17 +301,23 @@ def test_checkpoint_takes_a_step_number_as_load_model_does(run):
 
 
 def test_the_command_passes_its_flags_on_and_defaults_to_the_best_checkpoint(run):
-  """--weights, --tta and --bn_adapt reach evaluate() from the command line; without
-  --checkpoint, 'best' is evaluated."""
+  """--weights, --tta, --tta_average and --bn_adapt reach evaluate() from the command line;
+  without --checkpoint, 'best' is evaluated. --tta_average without views to average is refused."""
   workdir = run / 'run'
   proc = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(workdir),
-                         '--weights', 'auto', '--tta', 'flip', '--bn_adapt'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         '--weights', 'auto', '--tta', 'flip', '--tta_average', 'log_probs',
+                         '--bn_adapt'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert (line['checkpoint'], line['tta'], line['bn_adapt']) == ('best', 'flip', True), line
-  detail = json.loads((workdir / 'eval_best_auto_tta-flip_bn-adapt.json').read_text())
+  assert (line['checkpoint'], line['tta'], line['tta_average'], line['bn_adapt']) == (
+      'best', 'flip', 'log_probs', True), line
+  detail = json.loads((workdir / 'eval_best_auto_tta-flip-logp_bn-adapt.json').read_text())
   assert detail['bn_adapt'] is True and detail['tta'] == 'flip'
+  assert detail['tta_average'] == 'log_probs'
+  with pytest.raises(config_validation.ConfigError, match=(
+      r'^--tta_average log_probs: used only with --tta flip or shifts \(one view has nothing to '
+      r'average\)$')):
+    evaluate.evaluate(_config(), str(workdir), 'latest', tta_average='log_probs')
 
 
 def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):

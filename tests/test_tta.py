@@ -76,11 +76,11 @@ def small():
   return (config,) + _random_model(config)
 
 
-def _shifts_and_numpy_views(config, state, graphdef, mesh, images, pad_mode):
+def _shifts_and_numpy_views(config, state, graphdef, mesh, images, pad_mode, average='probs'):
   """(`--tta shifts`' log-probabilities, the softmax of each NumPy-made view [18, N, C])."""
   with jax.default_matmul_precision('highest'):
     predictor = inference.Predictor(state, mesh, 32, inference.make_predict(
-        config, graphdef, mesh, tta_mode='shifts'), None)
+        config, graphdef, mesh, tta_mode='shifts', tta_average=average), None)
     got = predictor.run(images, desc=f'shifts {pad_mode}')
     views = np.concatenate([_numpy_view(images, *row, pad_mode)
                             for row in tta.view_table('shifts')])
@@ -94,6 +94,19 @@ def test_shifts_prediction_is_the_mean_softmax_of_the_18_numpy_views(small):
   got, probs = _shifts_and_numpy_views(*small, images, 'constant')
   np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-4, atol=1e-7)
   assert np.abs(np.exp(got) - probs[0]).max() > 1e-4  # The views differ: averaging did something.
+
+
+def test_log_probs_average_is_the_renormalised_mean_log_softmax_of_the_18_numpy_views(small):
+  """--tta_average log_probs: the views' log-softmax averaged, then renormalised (the normalised
+  geometric mean of their softmax), not the log of their mean softmax."""
+  images = np.random.default_rng(4).integers(0, 256, (40, 32, 32, 3), np.uint8)
+  got, probs = _shifts_and_numpy_views(*small, images, 'constant', average='log_probs')
+  mean_log = np.log(probs.astype(np.float64)).mean(0)
+  expected = mean_log - np.log(np.exp(mean_log).sum(-1, keepdims=True))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  assert np.abs(got - np.log(probs.mean(0))).max() > 1e-4  # Not the mean of the probabilities.
+  with pytest.raises(ValueError, match=r"average must be one of probs, log_probs, got 'logits'"):
+    tta.mean_log_probs(lambda x: x, jnp.zeros((1, 32, 32, 3)), 'flip', average='logits')
 
 
 def test_flip_equals_the_old_tta_flip_formula_and_the_alias(small):
@@ -131,12 +144,22 @@ def test_the_old_tta_flip_alias_agrees_with_none_and_flip_and_contradicts_the_re
     inference.resolve_tta('shifts', True)
   with pytest.raises(ValueError, match=r"--tta \(tta_mode\) must be one of .*, got 'flips'"):
     inference.resolve_tta('flips', False)
+  for mode in ('flip', 'shifts'):
+    for average in tta.AVERAGES:
+      inference.check_tta_average(average, mode)
+  inference.check_tta_average('probs', 'none')  # The default, whatever the views.
+  with pytest.raises(ValueError, match=r'^--tta_average log_probs: used only with --tta flip or'):
+    inference.check_tta_average('log_probs', 'none')
+  with pytest.raises(ValueError, match=r"^--tta_average \(tta_average\) must be one of probs, "
+                                       r"log_probs, got 'mean'$"):
+    inference.check_tta_average('mean', 'shifts')
 
 
 def test_output_tags_name_every_mode():
   tags = {evaluate.output_tag('best', m, a) for m in tta.MODES for a in (False, True)}
   assert len(tags) == 6
   assert evaluate.output_tag('best', 'shifts') == 'best_tta-shifts'
+  assert evaluate.output_tag('best', 'shifts', tta_average='log_probs') == 'best_tta-shifts-logp'
   assert evaluate.output_tag('/x/ckpt/12', 'flip', True) == 'step12_tta-flip_bn-adapt'
   # A step folder (or its orbax item) is tagged by its step: two steps never share files.
   assert evaluate.output_tag('/x/ckpt/012/default') == 'step12'

@@ -36,26 +36,29 @@ from jax_cifar.state import predict_step
 # Batched, sharded inference over any uint8 [N, 32, 32, 3] array (memory maps included)
 # ---------------------------------------------------------------------------------------------
 def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: str,
-               labels_only: bool) -> jax.Array:
+               tta_average: str, labels_only: bool) -> jax.Array:
   def one_view(images):
     return jax.nn.log_softmax(predict_step(params, batch_stats, images, graphdef=graphdef,
                                            config=config))
 
-  log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode)
+  log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode,
+                             tta_average)
   return jnp.argmax(log_p, -1).astype(jnp.int32) if labels_only else log_p
 
 
 def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
-                 labels_only: bool = False):
+                 labels_only: bool = False, tta_average: str = 'probs'):
   """Jitted (params, batch_stats, batch) -> log-probabilities [B, C] (or argmax labels [B]).
 
   The batch is sharded over the 'data' axis; the output is replicated, so every process can read
-  all of it (process 0 writes the files). `tta_flip=True` is the old spelling of tta_mode='flip'.
+  all of it (process 0 writes the files). `tta_flip=True` is the old spelling of tta_mode='flip';
+  `tta_average` says what is averaged over the views (tta.mean_log_probs).
   """
   tta_mode = resolve_tta(tta_mode, tta_flip)
+  check_tta_average(tta_average, tta_mode)
   repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   fn = functools.partial(_log_probs, graphdef=graphdef, config=config, tta_mode=tta_mode,
-                         labels_only=labels_only)
+                         tta_average=tta_average, labels_only=labels_only)
   return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=repl,
                  compiler_options=xla_options.step_compiler_options(config.model.dtype))
 
@@ -69,6 +72,19 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
     raise config_validation.ConfigError(
         f'--tta_flip (= --tta flip) contradicts --tta {tta_mode}; give only --tta')
   return 'flip' if tta_flip else tta_mode
+
+
+def check_tta_average(tta_average: str, tta_mode: str) -> None:
+  """--tta_average names a known average, and is refused where there is one view to average (as
+  --tent's settings without --tent: a setting that would change nothing is not silently taken)."""
+  if tta_average not in tta.AVERAGES:
+    raise config_validation.ConfigError(
+        f'--tta_average (tta_average) must be one of {", ".join(tta.AVERAGES)}, '
+        f'got {tta_average!r}')
+  if tta_average != 'probs' and tta_mode == 'none':
+    raise config_validation.ConfigError(
+        f'--tta_average {tta_average}: used only with --tta flip or shifts (one view has nothing '
+        'to average)')
 
 
 # Under this many images a chunk's own BatchNorm statistics are noisy: --bn_adapt on 10 images
@@ -155,17 +171,19 @@ class Predictor:
 
 def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                    tta_mode: str = 'none', adapt_bn: bool = False,
-                   weights: str = 'raw',
-                   tent: tent_lib.TentOptions | bool | None = None) -> tuple[Predictor, int]:
+                   weights: str = 'raw', tent: tent_lib.TentOptions | bool | None = None,
+                   tta_average: str = 'probs') -> tuple[Predictor, int]:
   """(predictor, step) of a checkpoint's raw or EMA weights ('auto': the one better on validation
   at that step; `predictor.weights` says which); `adapt_bn` adds the per-chunk BatchNorm adapter,
   `tent` the per-chunk entropy minimisation (which implies the BatchNorm adaptation): True for
   `tent_lib.TentOptions()`'s defaults, or the options. `which`: 'best', 'latest', a step number
-  or a step folder's path (as load_model). `tta_flip` is the old spelling of tta_mode='flip'."""
+  or a step folder's path (as load_model). `tta_flip` is the old spelling of tta_mode='flip';
+  `tta_average` ('probs' or 'log_probs') what its views average."""
   if not isinstance(tta_flip, (bool, np.bool_)):  # ('shifts' as the 4th argument had run flip.)
     raise TypeError(f'tta_flip is True or False (the old spelling of tta_mode=\'flip\'), got '
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
+  check_tta_average(tta_average, resolve_tta(tta_mode, tta_flip))  # (Before the restore.)
   workdir = os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
   config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
   # As load_model and evaluate: a step number (an int had been a TypeError, '3' a missing path),
@@ -190,7 +208,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   state_lib.check_finite(state.params, None if adapt_bn or tent else state.batch_stats,
                          f'checkpoint step {step} ({weights} weights)')
   make = functools.partial(make_predict, config, graphdef, mesh, tta_mode=tta_mode,
-                           tta_flip=tta_flip)
+                           tta_flip=tta_flip, tta_average=tta_average)
   adapter = None
   if tent:
     adapter = tent_lib.TentAdapter(config, graphdef, mesh, tent, state.params, state.batch_stats,

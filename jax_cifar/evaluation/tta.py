@@ -1,10 +1,13 @@
-"""Test-time augmentation (--tta): predict several views of each image and average the probabilities.
+"""Test-time augmentation (--tta): predict several views of each image and average the predictions.
 
 Modes:
   none    the image itself (1 view);
   flip    the image and its horizontal mirror (2 views; what --tta_flip always did);
   shifts  {image, mirror} x translations by (dy, dx) in {-2, 0, 2}^2 pixels (18 views).
-The result is log(mean over views of softmax), so `flip` equals the old --tta_flip numbers.
+The result is log(mean over views of softmax) by default (--tta_average probs), so `flip` equals the
+old --tta_flip numbers; --tta_average log_probs averages the log-probabilities instead and
+renormalises them (the normalised geometric mean of the views' softmax, which is also the softmax
+of their mean logits): a view the model is unsure of then weighs less than a confident one.
 
 Translated views fill the uncovered border the way the training random crop pads
 (`config.augment.crop_mode`: zeros by default, 'reflect' if the run trained with it): a shift of
@@ -26,6 +29,7 @@ import numpy as np
 from jax_cifar.augment.pipeline import CROP_MODES
 
 MODES = ('none', 'flip', 'shifts')
+AVERAGES = ('probs', 'log_probs')  # --tta_average: what is averaged over the views.
 SHIFTS = (-2, 0, 2)
 
 
@@ -53,16 +57,22 @@ def make_view(images: jax.Array, flip: jax.Array, dy: jax.Array, dx: jax.Array,
 
 
 def mean_log_probs(log_probs_fn: Callable[[jax.Array], jax.Array], images: jax.Array, mode: str,
-                   pad_mode: str = 'constant') -> jax.Array:
-  """log(mean_v softmax) over the views of `mode`; `log_probs_fn` maps uint8 images -> [B, C]."""
+                   pad_mode: str = 'constant', average: str = 'probs') -> jax.Array:
+  """Log-probabilities [B, C] over the views of `mode`: log(mean_v softmax) for average='probs',
+  log_softmax(mean_v log_softmax) for 'log_probs'; `log_probs_fn` maps uint8 images -> [B, C]."""
+  if average not in AVERAGES:
+    raise ValueError(f'average must be one of {", ".join(AVERAGES)}, got {average!r}')
   table = view_table(mode)
   if len(table) == 1:
     return log_probs_fn(images)
+  add = jnp.logaddexp if average == 'probs' else jnp.add  # A running log-sum of probs, or a sum.
 
   def one_view(total, row):
     view = make_view(images, row[0], row[1], row[2], pad_mode)
-    return jnp.logaddexp(total, log_probs_fn(view)), None
+    return add(total, log_probs_fn(view)), None
 
   first = log_probs_fn(make_view(images, *table[0], pad_mode))
   total, _ = jax.lax.scan(one_view, first, jnp.asarray(table[1:]))
-  return total - jnp.log(float(len(table)))
+  if average == 'probs':
+    return total - jnp.log(float(len(table)))
+  return jax.nn.log_softmax(total / len(table))
