@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
   try:
-    convert.check_output(os.path.abspath(args.output), args.overwrite, hint='pass --overwrite')
+    convert.check_output(os.path.abspath(os.path.expanduser(args.output)), args.overwrite,
+                         hint='pass --overwrite')
     t = time.time()
     state_dict, source = load_state_dict(args)
     log.info('loaded %d tensors from %s (%.1fs)', len(state_dict), source, time.time() - t)

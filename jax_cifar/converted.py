@@ -141,7 +141,7 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   """
   if arch not in ARCHS:
     raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
-  path = os.path.abspath(path)
+  path = os.path.abspath(os.path.expanduser(path))  # '~/w' as read_converted reads it.
   check_output(path, overwrite)
   # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
   tree = _unflatten({tuple(str(k) for k in p): np.asarray(v, np.float32)

@@ -205,7 +205,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   eval_<tag>.json and figures into `workdir`; returns the numbers. `tent`: True, False or the
   options (tent.TentOptions); `tta_average`: what `tta_mode`'s views average (tta.AVERAGES)."""
   tent = tent_lib.resolve(tent)
-  workdir = _expanded(workdir)
+  # '~/runs/a' as load_model reads it (the shell leaves the ~ of --workdir=~/runs/a).
+  workdir, which, ood_dir, cifar100c_dir, submission_csv = map(
+      _expanded, (workdir, which, ood_dir, cifar100c_dir, submission_csv))
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
@@ -309,9 +311,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   return result
 
 
-def _expanded(workdir):
-  """`~/runs/a` as load_model and train_and_evaluate read it (not a folder named ~)."""
-  return os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
+def _expanded(path):
+  """`~/runs/a` as load_model and train_and_evaluate read it (not a folder named ~); None as is."""
+  return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) else path
 
 
 def _tent_options() -> tent_lib.TentOptions | None:
@@ -335,6 +337,8 @@ def main(argv):
     interrupt.FLAG.install()
     xla_options.enable_compilation_cache()
     workdir = _expanded(FLAGS.workdir)  # (--workdir=~/runs/a: the shell leaves that ~.)
+    inference.check_tta_average(FLAGS.tta_average, inference.resolve_tta(FLAGS.tta, FLAGS.tta_flip),
+                                given=FLAGS['tta_average'].present)
     config = FLAGS.config or workdir_lib.run_config(workdir)
     if FLAGS.config and cli.config_is_the_runs():
       inference.check_matches_run(config, workdir, given='the overridden config',

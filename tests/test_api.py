@@ -322,6 +322,9 @@ def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_p
   from jax_cifar import evaluate  # pylint: disable=import-outside-toplevel
   assert evaluate.evaluate(jax_cifar.run_config(copy), '~/copy', 'latest')['step'] == int(step.name)
   assert (copy / 'eval_latest.json').is_file()
+  folder = f'~/copy/checkpoints/latest/{step.name}'  # A step folder too, as load_model's.
+  assert inference.load_predictor(jax_cifar.run_config(copy), '~/copy', folder)[1] == int(step.name)
+  assert evaluate.evaluate(jax_cifar.run_config(copy), '~/copy', folder)['step'] == int(step.name)
   no_best = tmp_path / 'no_best'
   shutil.copytree(run, no_best)
   shutil.rmtree(no_best / 'checkpoints' / 'best')

@@ -103,6 +103,11 @@ def test_a_converted_checkpoint_is_found_under_a_home_relative_path(tmp_path, mo
   monkeypatch.setenv('HOME', str(tmp_path))
   assert convert.read_metadata('~/weights/r18', 'resnet18')['arch'] == 'resnet18'
   assert convert.read_converted('~/weights/r18')[1]['fc.kernel'][0, 0] == 4.0
+  # ... and written there: --output=~/w had written ./~/w, which model.pretrained=~/w never found.
+  monkeypatch.chdir(tmp_path / 'weights')
+  convert.save_converted(_tiny(5.0), 'resnet18', '~/written')
+  assert not (tmp_path / 'weights' / '~').exists()
+  assert convert.read_converted(str(tmp_path / 'written'))[1]['fc.kernel'][0, 0] == 5.0
 
 
 def test_overwrite_without_an_atomic_swap_falls_back_to_two_renames(tmp_path, monkeypatch):

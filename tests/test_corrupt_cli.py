@@ -291,6 +291,17 @@ def test_a_file_whose_blocks_do_not_fill_its_header_is_never_renamed_into_place(
   assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [corrupt_store.MANIFEST]
 
 
+def test_a_home_relative_out_is_the_home_folder(source, tmp_path, capsys, monkeypatch):
+  """--out=~/ood (the shell leaves that ~) had written the set into ./~/ood."""
+  monkeypatch.setenv('HOME', str(tmp_path))
+  (tmp_path / 'cwd').mkdir()
+  monkeypatch.chdir(tmp_path / 'cwd')
+  assert corrupt_cli.main(['--data_dir', str(source), '--out=~/ood', '--limit', '4',
+                           '--corruptions', 'brightness']) == 0, capsys.readouterr().err
+  assert read_manifest(tmp_path / 'ood')['num_images'] == 4
+  assert not (tmp_path / 'cwd' / '~').exists()
+
+
 def test_a_limit_of_every_image_is_accepted(source, tmp_path, capsys):
   """--limit N with N the number of source images is all of them, not 'exceeds' (an off-by-one
   passed every test: a mutation audit)."""

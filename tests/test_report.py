@@ -76,6 +76,16 @@ def test_a_run_short_of_its_planned_epochs_says_so_and_a_short_time_is_in_second
   assert '| 2.0 of 4 |' in row and row.endswith('| 40 s |'), row
 
 
+def test_home_relative_run_and_out_folders_are_the_home_ones(tmp_path, monkeypatch):
+  """--out=~/rep (the shell leaves that ~) had written the report into ./~/rep."""
+  fake_run(tmp_path / 'run', 1.0)
+  monkeypatch.setenv('HOME', str(tmp_path))
+  (tmp_path / 'cwd').mkdir()
+  monkeypatch.chdir(tmp_path / 'cwd')
+  assert report.main(['~/run', '--out=~/rep']) == 0
+  assert (tmp_path / 'rep' / 'summary.md').is_file() and not (tmp_path / 'cwd' / '~').exists()
+
+
 def test_no_learning_rate_logged_means_no_figure3(tmp_path):
   run = fake_run(tmp_path / 'run', 1.0)
   rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]

@@ -147,7 +147,9 @@ def test_the_old_tta_flip_alias_agrees_with_none_and_flip_and_contradicts_the_re
   for mode in ('flip', 'shifts'):
     for average in tta.AVERAGES:
       inference.check_tta_average(average, mode)
-  inference.check_tta_average('probs', 'none')  # The default, whatever the views.
+  inference.check_tta_average('probs', 'none')  # The default, whatever the views ...
+  with pytest.raises(ValueError, match=r'^--tta_average probs: used only with --tta flip or'):
+    inference.check_tta_average('probs', 'none', given=True)  # ... unless given on the command.
   with pytest.raises(ValueError, match=r'^--tta_average log_probs: used only with --tta flip or'):
     inference.check_tta_average('log_probs', 'none')
   with pytest.raises(ValueError, match=r"^--tta_average \(tta_average\) must be one of probs, "

@@ -176,7 +176,7 @@ class OutputDir:
   """An output folder opened for one run: locked, checked against `options`, cleaned of leftovers."""
 
   def __init__(self, out: str | os.PathLike, options: dict[str, Any], overwrite: bool = False):
-    self.path = pathlib.Path(out)
+    self.path = pathlib.Path(out).expanduser()  # (--out=~/ood had written into ./~/ood.)
     self._manifest_text = None  # As last read or written.
     self.options = {k: options[k] for k in SET_OPTIONS}
     self.info = {k: v for k, v in options.items() if k not in SET_OPTIONS}

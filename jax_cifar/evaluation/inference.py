@@ -74,14 +74,15 @@ def resolve_tta(tta_mode: str, tta_flip: bool) -> str:
   return 'flip' if tta_flip else tta_mode
 
 
-def check_tta_average(tta_average: str, tta_mode: str) -> None:
-  """--tta_average names a known average, and is refused where there is one view to average (as
-  --tent's settings without --tent: a setting that would change nothing is not silently taken)."""
+def check_tta_average(tta_average: str, tta_mode: str, given: bool = False) -> None:
+  """--tta_average names a known average; a non-default one, or one `given` on the command line,
+  is refused where there is one view to average (as --tent's settings without --tent: a setting
+  that would change nothing is not silently taken)."""
   if tta_average not in tta.AVERAGES:
     raise config_validation.ConfigError(
         f'--tta_average (tta_average) must be one of {", ".join(tta.AVERAGES)}, '
         f'got {tta_average!r}')
-  if tta_average != 'probs' and tta_mode == 'none':
+  if (given or tta_average != 'probs') and tta_mode == 'none':
     raise config_validation.ConfigError(
         f'--tta_average {tta_average}: used only with --tta flip or shifts (one view has nothing '
         'to average)')
@@ -184,7 +185,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
   check_tta_average(tta_average, resolve_tta(tta_mode, tta_flip))  # (Before the restore.)
-  workdir = os.path.expanduser(workdir) if isinstance(workdir, (str, os.PathLike)) else workdir
+  workdir, which = (os.path.expanduser(p) if isinstance(p, (str, os.PathLike)) else p
+                    for p in (workdir, which))  # '~/runs/a' as load_model reads it.
   config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
   # As load_model and evaluate: a step number (an int had been a TypeError, '3' a missing path),
   # and a config that prepares images as the run (or the run whose step folder it is) did; another
