@@ -318,6 +318,12 @@ def test_the_command_passes_its_flags_on_and_defaults_to_the_best_checkpoint(run
       r'^--tta_average log_probs: used only with --tta flip or shifts \(one view has nothing to '
       r'average\)$')):
     evaluate.evaluate(_config(), str(workdir), 'latest', tta_average='log_probs')
+  lone = subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', '--workdir', str(workdir),
+                         '--tta_average', 'probs'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)  # Given, even as the default: it would change nothing.
+  assert lone.returncode == 1 and lone.stderr.strip().splitlines()[-1] == (
+      'error: --tta_average probs: used only with --tta flip or shifts (one view has nothing to '
+      'average)'), lone.stderr[-2000:]
 
 
 def test_tent_from_the_command_line_writes_under_its_own_tag_and_implies_bn_adapt(run):
