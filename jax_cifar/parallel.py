@@ -18,6 +18,21 @@ DATA_AXIS = 'data'
 DISTRIBUTED_VAR = 'JAX_CIFAR_DISTRIBUTED'  # 1: jax.distributed.initialize() finds the cluster.
 
 
+def _refuse_settings_without_a_coordinator() -> None:
+  """Several processes asked for without JAX_COORDINATOR_ADDRESS: each had trained alone as
+  process 0 of 1, writing the same run's files, without a word (a new-user walkthrough). One
+  process's own JAX_NUM_PROCESSES=1 / JAX_PROCESS_ID=0 is consistent and let be, and so is
+  JAX_LOCAL_DEVICE_IDS (launch_slurm.sh's PER_NODE=1 on one node: one process, all its GPUs)."""
+  given = {v: os.environ[v].strip() for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+           if os.environ.get(v, '').strip()}
+  if given.items() <= {('JAX_NUM_PROCESSES', '1'), ('JAX_PROCESS_ID', '0')}:
+    return
+  raise errors.ConfigError(
+      f'{" ".join(f"{k}={v}" for k, v in given.items())} without JAX_COORDINATOR_ADDRESS: set it '
+      f'(host:port of process 0) for every process, or unset {" and ".join(given)} to run as one '
+      'process')
+
+
 def maybe_initialize_distributed() -> None:
   """Starts JAX's distributed runtime when launched as one of several processes.
 
@@ -38,6 +53,7 @@ def maybe_initialize_distributed() -> None:
     raise errors.ConfigError(f'{DISTRIBUTED_VAR} must be 1 (find the cluster with '
                              f'jax.distributed.initialize()) or 0, got {asked!r}')
   if not (explicit or in_slurm or os.environ.get('TPU_WORKER_HOSTNAMES') or asked == '1'):
+    _refuse_settings_without_a_coordinator()
     return
   if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.

@@ -37,6 +37,32 @@ def test_the_launchers_environment_is_what_jax_distributed_initialize_gets(monke
                          'process_id': index, 'initialization_timeout': 45}]
 
 
+@pytest.mark.parametrize('env, named', [
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'}, 'JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1'),
+    ({'JAX_PROCESS_ID': '3'}, 'JAX_PROCESS_ID=3'),
+    ({'JAX_NUM_PROCESSES': '4'}, 'JAX_NUM_PROCESSES=4')])
+def test_several_processes_asked_for_without_a_coordinator_are_refused(monkeypatch, initialize,
+                                                                       env, named):
+  """A forgotten JAX_COORDINATOR_ADDRESS had let every host train alone as process 0 of 1 (a
+  new-user walkthrough); one process's own JAX_NUM_PROCESSES=1 JAX_PROCESS_ID=0 still runs, as
+  does one process given its GPUs (launch_slurm.sh's PER_NODE=1 on one node)."""
+  for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(var, raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  with pytest.raises(errors.ConfigError, match=(
+      rf'^{named} without JAX_COORDINATOR_ADDRESS: set it \(host:port of process 0\) for every '
+      rf'process, or unset {" and ".join(env)} to run as one process$')):
+    parallel.maybe_initialize_distributed()
+  for k in env:
+    monkeypatch.delenv(k)
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '1')
+  monkeypatch.setenv('JAX_PROCESS_ID', '0')
+  monkeypatch.setenv('JAX_LOCAL_DEVICE_IDS', '0,1,2,3')
+  parallel.maybe_initialize_distributed()
+  assert initialize == []  # One process: nothing to start.
+
+
 def _as_process_0_of_2(monkeypatch, mine: dict, other: dict) -> None:
   """same_settings_everywhere(mine) as process 0 of 2 whose process 1 holds `other`: its values
   are those the same function gathers from `other`."""
