@@ -129,8 +129,15 @@ def test_load_split_finds_the_data_as_the_trainer_does_and_never_creates_a_misty
   typo = tmp_path / 'typo' / 'data'
   with pytest.raises(DataError) as error:
     cifar100.load_split(typo, 'test', url='http://127.0.0.1:9/never', md5='x')
-  assert_one_line(error, f'data_dir {typo} is not an existing folder')
+  assert_one_line(error, f'data_dir {typo} is not an existing folder (create it')
   assert not (tmp_path / 'typo').exists()
+  # A relative one says from where it was read: a run's config.json keeps data.dir as given, and
+  # a resume from another folder had only been told to download again (a new-user walkthrough).
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(DataError) as error:
+    cifar100.load_split('typo/data', 'test', url='http://127.0.0.1:9/never', md5='x')
+  assert_one_line(error, f'data_dir typo/data is not an existing folder, which is relative: read '
+                  f'from the current folder {tmp_path} (create it', 'e.g. by its absolute path)')
 
 
 def test_a_split_of_no_images_is_named_so(tmp_path, small_tree):

@@ -33,8 +33,13 @@ def resolve_data_dir(configured: str = '', setting: str = 'data.dir') -> pathlib
     if path:
       folder = pathlib.Path(path).expanduser()
       if not folder.is_dir():
-        raise DataError(f'{name} {folder} is not an existing folder (create it to download the '
-                        'data there, or point it at the folder holding cifar-100-python/)')
+        # A relative one is read from the current folder: a run's config.json keeps it as given,
+        # so a resume or evaluate started elsewhere had been told to download again (a walkthrough).
+        where = ('' if folder.is_absolute() else
+                 f', which is relative: read from the current folder {os.getcwd()}')
+        raise DataError(f'{name} {folder} is not an existing folder{where} (create it to download '
+                        'the data there, or point it at the folder holding cifar-100-python/'
+                        + (', e.g. by its absolute path' if where else '') + ')')
       return folder
   cache = pathlib.Path('~/.cache/jax_cifar').expanduser()
   cache.mkdir(parents=True, exist_ok=True)
