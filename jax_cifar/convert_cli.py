@@ -234,8 +234,10 @@ def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   # Our progress at INFO; the libraries' INFO chatter (orbax's metadata-store lines) stays hidden.
+  # force: under `python -m jax_cifar.convert` the libraries imported first had set up the root
+  # logger, and its lines read 'INFO:convert:...' instead of these (a new-user walkthrough).
   logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(name)s: %(message)s',
-                      stream=sys.stderr)
+                      stream=sys.stderr, force=True)
   log.setLevel(logging.INFO)
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     convert.save_converted(variables, args.arch, args.output, source=source,
                            overwrite=args.overwrite)
     written = True
-    log.info('wrote %s (%.1fs)', args.output, time.time() - t)
+    log.info('wrote %s (%.1fs); train from it with --config.model.pretrained=%s', args.output,
+             time.time() - t, args.output)
   except KeyboardInterrupt as e:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
     if written or isinstance(e, convert.InterruptedAfterWrite):
       print(f'error: stopped by SIGINT after {args.output} was written: it holds the new, complete '

@@ -458,17 +458,22 @@ def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['out', 'r18.pth']
 
 
-def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path):
-  """The user sees the converter's lines; orbax's INFO chatter ('Closing _NonBlockingMetadataStore
-  ...', logged through absl) stayed on stderr after every conversion before."""
+@pytest.mark.parametrize('command', [[SCRIPT], ['-m', 'jax_cifar.convert']])
+def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path, command):
+  """The user sees the converter's lines, then how to train from its output; orbax's INFO chatter
+  ('Closing _NonBlockingMetadataStore ...', logged through absl) stayed on stderr after every
+  conversion before, and `python -m jax_cifar.convert`'s lines read 'INFO:convert:...'."""
   path = tmp_path / 'w.pth'
   torch.save(_resnet18_state_dict(0), path)
-  proc = subprocess.run([sys.executable, SCRIPT, '--arch', 'resnet18', '--state_dict', str(path),
-                         '--output', str(tmp_path / 'out')], capture_output=True, text=True,
+  out = tmp_path / 'out'
+  proc = subprocess.run([sys.executable, *command, '--arch', 'resnet18', '--state_dict', str(path),
+                         '--output', str(out)], capture_output=True, text=True, cwd=REPO,
                         timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
-  assert ' convert: loaded ' in proc.stderr and ' convert: wrote ' in proc.stderr, proc.stderr
-  assert ' absl: ' not in proc.stderr, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert [l.split(' ', 2)[2].split(' ', 2)[:2] for l in lines] == [
+      ['convert:', 'loaded'], ['convert:', 'converted'], ['convert:', 'wrote']], proc.stderr
+  assert lines[-1].endswith(f'; train from it with --config.model.pretrained={out}'), lines
 
 
 def test_a_training_run_given_as_converted_weights_points_to_init_from(tmp_path):
