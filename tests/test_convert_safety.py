@@ -437,7 +437,10 @@ def test_ctrl_c_while_orbax_commits_waits_for_the_commit_and_leaves_no_temp(tmp_
 def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
   """A Ctrl-C during the rename had said 'holds no partial conversion' over a new, complete output
   (and one after 'wrote', during the interpreter's exit, made the finished conversion exit 130):
-  the diff review."""
+  the diff review. Every entry point logs the converter's own lines, in one format, ending with
+  how to train from the output: orbax's INFO chatter ('Closing _NonBlockingMetadataStore ...',
+  through absl) had followed every conversion, and `python -m jax_cifar.convert`'s lines had read
+  'INFO:convert:...' (a new-user walkthrough)."""
   sd_file, out = tmp_path / 'r18.pth', tmp_path / 'out'
   torch.save(_resnet18_state_dict(0), sd_file)
   run = _convert_in_subprocess(sd_file, out, 'after_rename:SIGINT')
@@ -455,25 +458,11 @@ def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
       run = _convert_in_subprocess(sd_file, out, f'exiting:{name}', command)
       want = -signal.SIGKILL if name == 'SIGKILL' else 0
       assert run.returncode == want and 'Traceback' not in run.stderr, (command, run.stderr)
+      lines = run.stderr.strip().splitlines()
+      assert [l.split(' ', 2)[2].split(' ', 2)[:2] for l in lines] == [
+          ['convert:', 'loaded'], ['convert:', 'converted'], ['convert:', 'wrote']], run.stderr
+      assert lines[-1].endswith(f'; train from it with --config.model.pretrained={out}'), lines
   assert sorted(os.listdir(tmp_path)) == ['out', 'r18.pth']
-
-
-@pytest.mark.parametrize('command', [[SCRIPT], ['-m', 'jax_cifar.convert']])
-def test_script_logs_its_own_progress_and_not_the_libraries_info(tmp_path, command):
-  """The user sees the converter's lines, then how to train from its output; orbax's INFO chatter
-  ('Closing _NonBlockingMetadataStore ...', logged through absl) stayed on stderr after every
-  conversion before, and `python -m jax_cifar.convert`'s lines read 'INFO:convert:...'."""
-  path = tmp_path / 'w.pth'
-  torch.save(_resnet18_state_dict(0), path)
-  out = tmp_path / 'out'
-  proc = subprocess.run([sys.executable, *command, '--arch', 'resnet18', '--state_dict', str(path),
-                         '--output', str(out)], capture_output=True, text=True, cwd=REPO,
-                        timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr
-  lines = proc.stderr.strip().splitlines()
-  assert [l.split(' ', 2)[2].split(' ', 2)[:2] for l in lines] == [
-      ['convert:', 'loaded'], ['convert:', 'converted'], ['convert:', 'wrote']], proc.stderr
-  assert lines[-1].endswith(f'; train from it with --config.model.pretrained={out}'), lines
 
 
 def test_a_training_run_given_as_converted_weights_points_to_init_from(tmp_path):
