@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import re
+import shlex
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from jax_cifar import cli, errors
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
          'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2', 'wide_resnet101_2')
 log = logging.getLogger('convert')
+LOG_FORMAT = '%(asctime)s %(name)s: %(message)s'
 _ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, or legacy pickle
 
 
@@ -234,10 +236,7 @@ def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   # Our progress at INFO; the libraries' INFO chatter (orbax's metadata-store lines) stays hidden.
-  # force: under `python -m jax_cifar.convert` the libraries imported first had set up the root
-  # logger, and its lines read 'INFO:convert:...' instead of these (a new-user walkthrough).
-  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(name)s: %(message)s',
-                      stream=sys.stderr, force=True)
+  logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
   log.setLevel(logging.INFO)
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
@@ -254,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     convert.save_converted(variables, args.arch, args.output, source=source,
                            overwrite=args.overwrite)
     written = True
-    log.info('wrote %s (%.1fs); train from it with --config.model.pretrained=%s', args.output,
-             time.time() - t, args.output)
+    log.info('wrote %s (%.1fs); train from it with --config.model.name=%s '
+             '--config.model.stem=imagenet --config.model.normalize=imagenet '
+             '--config.model.pretrained=%s', args.output, time.time() - t, args.arch,
+             shlex.quote(os.path.abspath(os.path.expanduser(args.output))))
   except KeyboardInterrupt as e:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
     if written or isinstance(e, convert.InterruptedAfterWrite):
       print(f'error: stopped by SIGINT after {args.output} was written: it holds the new, complete '
@@ -278,6 +279,10 @@ def run_as_command(argv: list[str] | None = None) -> None:
   `main()`, then the exit. A conversion written and said so ends at once with status 0: a signal
   during the interpreter's exit had made it 130 or 143 (a kill review), and Python gives the
   signals back to their defaults before it tears the libraries down (the diff review)."""
+  # A command owns the root logger: under `python -m jax_cifar.convert` the libraries imported
+  # first had set it up, and its lines read 'INFO:convert:...' (a new-user walkthrough). Not in
+  # main(), which Python code and tests call in their own process and its logging.
+  logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr, force=True)
   status = main(argv)
   if status == 0:
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -25,7 +25,8 @@ def _refuse_settings_without_a_coordinator() -> None:
   JAX_LOCAL_DEVICE_IDS (launch_slurm.sh's PER_NODE=1 on one node: one process, all its GPUs)."""
   given = {v: os.environ[v].strip() for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
            if os.environ.get(v, '').strip()}
-  if given.items() <= {('JAX_NUM_PROCESSES', '1'), ('JAX_PROCESS_ID', '0')}:
+  alone = {'JAX_NUM_PROCESSES': 1, 'JAX_PROCESS_ID': 0}  # (As numbers: 01 and 00 say the same.)
+  if all(value.isdigit() and int(value) == alone[k] for k, value in given.items()):
     return
   raise errors.ConfigError(
       f'{" ".join(f"{k}={v}" for k, v in given.items())} without JAX_COORDINATOR_ADDRESS: set it '
@@ -43,7 +44,7 @@ def maybe_initialize_distributed() -> None:
   That last one is asked for, not guessed: the metadata query fails on TPU machines outside Google
   Cloud (Kaggle, Colab), which run as one process. JAX_LOCAL_DEVICE_IDS=0,1,.. gives one process
   several GPUs. CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION
-  says otherwise.
+  says otherwise. JAX_NUM_PROCESSES > 1 or JAX_PROCESS_ID > 0 without any of these is refused.
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
   tasks = os.environ.get('SLURM_NTASKS', '1').strip() or '1'

@@ -6,6 +6,7 @@ test_convert_output.py."""
 
 import argparse
 import hashlib
+import logging
 import os
 import pathlib
 import pickle
@@ -127,7 +128,11 @@ def test_files_that_are_not_state_dicts_are_named_so_without_unsafe_advice(scrip
 
 
 def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
+  """... by main() called in-process, which leaves the caller's logging as it was (only the
+  commands take over the root logger: forced in main(), it had dropped pytest's handlers)."""
   sd = _resnet18_state_dict(0)
+  root = logging.getLogger()
+  handlers, level = list(root.handlers), root.level
   for i, wrapped in enumerate(({'state_dict': sd, 'epoch': 3}, {'model': sd},
                                {'epoch': 3, 'model_state_dict': sd, 'optimizer_state_dict': {},
                                 'loss': 1.0},  # PyTorch's tutorial checkpoint.
@@ -143,6 +148,7 @@ def test_wrapped_state_dicts_are_unwrapped(script, tmp_path, capsys):
     assert rc == 0, err
     np.testing.assert_array_equal(convert.read_converted(str(out))[1]['fc.kernel'],
                                   sd['fc.weight'].numpy().T)
+    assert (root.handlers, root.level) == (handlers, level)
 
 
 def test_a_checkpoint_with_its_weights_under_another_key_says_where_they_are(script, tmp_path,
@@ -461,7 +467,9 @@ def test_a_signal_once_the_output_is_in_place_says_it_is_complete(tmp_path):
       lines = run.stderr.strip().splitlines()
       assert [l.split(' ', 2)[2].split(' ', 2)[:2] for l in lines] == [
           ['convert:', 'loaded'], ['convert:', 'converted'], ['convert:', 'wrote']], run.stderr
-      assert lines[-1].endswith(f'; train from it with --config.model.pretrained={out}'), lines
+      assert lines[-1].endswith(  # The converted arch too: the default model is a resnet18 ...
+          '; train from it with --config.model.name=resnet18 --config.model.stem=imagenet '
+          f'--config.model.normalize=imagenet --config.model.pretrained={out}'), lines
   assert sorted(os.listdir(tmp_path)) == ['out', 'r18.pth']
 
 

@@ -168,6 +168,9 @@ COORDINATED = {'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1
                                      'as one process, or set JAX_COORDINATOR_ADDRESS'),
     ({'JAX_CIFAR_DISTRIBUTED': 'yes'}, "JAX_CIFAR_DISTRIBUTED must be 1 (find the cluster with "
                                        "jax.distributed.initialize()) or 0, got 'yes'"),
+    # A forgotten coordinator: each host had trained alone (a new-user walkthrough).
+    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'},
+     'JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 without JAX_COORDINATOR_ADDRESS: set it'),
 ])
 def test_bad_multi_process_environment_is_a_one_line_error(tmp_path, values, message):
   env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_'))}

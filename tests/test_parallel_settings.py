@@ -56,7 +56,7 @@ def test_several_processes_asked_for_without_a_coordinator_are_refused(monkeypat
     parallel.maybe_initialize_distributed()
   for k in env:
     monkeypatch.delenv(k)
-  monkeypatch.setenv('JAX_NUM_PROCESSES', '1')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '01')  # (1, as a number.)
   monkeypatch.setenv('JAX_PROCESS_ID', '0')
   monkeypatch.setenv('JAX_LOCAL_DEVICE_IDS', '0,1,2,3')
   parallel.maybe_initialize_distributed()
