@@ -17,7 +17,7 @@
 #      ImageNet weights vs from random init, same steps; val (= test subset) accuracy of each
 #   e) ood_best: configs/ood_best.py end to end, a labelled 19 x 5 set from jax_cifar.corrupt, the
 #      submission (--full_set), clean/OOD accuracy with each of gpu_ood.py's tools (none, shifts,
-#      shifts+bn_adapt, bn_adapt, flip, tent, shifts+tent)
+#      shifts+bn_adapt, bn_adapt, flip, tent, shifts+tent, shifts_logp, shifts_logp+bn_adapt)
 #      (OOD_DATA=folder holding the full cifar-100-python/, OOD_WEIGHTS=converted checkpoint
 #      folder, OOD_PROBE=a probe run folder, else one is made; OOD_LIMIT test images per chunk)
 # Run from the repository root, after installing the carried wheels:

@@ -5,7 +5,8 @@ builds labelled 19 x 5 OOD sets with `jax_cifar.corrupt` (CPU processes, while t
 from the validation hold-out (`--split val`, where test-time tools and recipes are compared) and
 from the test split (reported), then evaluates the chosen weights (EMA or raw, picked on
 validation) with each test-time tool on each set in one process, so each program compiles once:
-none, shifts, shifts + bn_adapt, bn_adapt, flip, tent, shifts + tent (--tools chooses); then,
+none, shifts, shifts + bn_adapt, bn_adapt, flip, tent, shifts + tent, and shifts (+ bn_adapt) with
+the views' log-probabilities averaged (shifts_logp; --tools chooses); then,
 time permitting, plain predictions over
 the full 950,000-image set (the Kaggle-sized submission and its img/s). Rows are named
 TOOL (test set), TOOL@val (validation set) and none@full; 'clean' (clean accuracy only) comes
@@ -50,11 +51,14 @@ from jax_cifar import tracking  # pylint: disable=wrong-import-position
 from jax_cifar.data import ood  # pylint: disable=wrong-import-position
 from jax_cifar.evaluation import figures  # pylint: disable=wrong-import-position
 
-# name: (--tta, --bn_adapt, --tent). The default order ends with Tent, measured last.
-TOOLS = {'none': ('none', False, False), 'shifts': ('shifts', False, False),
-         'shifts+bn_adapt': ('shifts', True, False), 'bn_adapt': ('none', True, False),
-         'flip': ('flip', False, False), 'tent': ('none', True, True),
-         'shifts+tent': ('shifts', True, True)}
+# name: (--tta, --bn_adapt, --tent, --tta_average). The default order ends with Tent and the
+# log-probability average of the views (docs/robustness.md, "Averaging the views"), measured last.
+TOOLS = {'none': ('none', False, False, 'probs'), 'shifts': ('shifts', False, False, 'probs'),
+         'shifts+bn_adapt': ('shifts', True, False, 'probs'),
+         'bn_adapt': ('none', True, False, 'probs'), 'flip': ('flip', False, False, 'probs'),
+         'tent': ('none', True, True, 'probs'), 'shifts+tent': ('shifts', True, True, 'probs'),
+         'shifts_logp': ('shifts', False, False, 'log_probs'),
+         'shifts_logp+bn_adapt': ('shifts', True, False, 'log_probs')}
 VIEWS = {'none': 1, 'flip': 2, 'shifts': 18}
 TENT_VIEWS = 3  # One Tent pass (forward + backward) costs about three forward passes.
 
@@ -158,7 +162,7 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
         results[name] = {'skipped': 'OOD set not ready before the deadline'}
         save()
         continue
-    tta, adapt, tent = TOOLS['none' if name == 'clean' else name.split('@')[0]]
+    tta, adapt, tent, average = TOOLS['none' if name == 'clean' else name.split('@')[0]]
     # --bn_adapt adds one statistics pass over each chunk, --tent its entropy pass too.
     views = VIEWS[tta] + adapt + TENT_VIEWS * tent
     files = ood.check_distortion_dir(folder) if folder else []
@@ -172,7 +176,7 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
     t = time.time()
     try:
       r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights='auto',
-                      tent=tent_lib.TentOptions() if tent else None,
+                      tent=tent_lib.TentOptions() if tent else None, tta_average=average,
                       ood_dir=str(folder) if folder else None,  # (--submission needs one:
                       # the 'clean' row had always been "ConfigError: --submission needs
                       # --ood_dir", an audit.)

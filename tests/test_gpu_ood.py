@@ -261,14 +261,16 @@ def test_each_tool_runs_evaluate_with_its_own_flags_on_the_best_checkpoint(monke
       'none': 1, 'flip': 2, 'shifts': 18}
   calls, seen, results = [], [], {}
   _fake_evaluation(monkeypatch, gpu_ood, calls, seen)
-  expected = {'none': ('none', False, False), 'shifts': ('shifts', False, False),
-              'shifts+bn_adapt': ('shifts', True, False), 'bn_adapt': ('none', True, False),
-              'flip': ('flip', False, False), 'tent': ('none', True, True),
-              'shifts+tent': ('shifts', True, True)}
+  expected = {'none': ('none', False, False, 'probs'), 'shifts': ('shifts', False, False, 'probs'),
+              'shifts+bn_adapt': ('shifts', True, False, 'probs'),
+              'bn_adapt': ('none', True, False, 'probs'), 'flip': ('flip', False, False, 'probs'),
+              'tent': ('none', True, True, 'probs'), 'shifts+tent': ('shifts', True, True, 'probs'),
+              'shifts_logp': ('shifts', False, False, 'log_probs'),
+              'shifts_logp+bn_adapt': ('shifts', True, False, 'log_probs')}
   args = argparse.Namespace(tools=list(gpu_ood.TOOLS), data='', deadline_s=1e9)
   gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, None, results, lambda: None)
   assert list(results) == list(expected)
-  assert {name: (k['tta_mode'], k['adapt_bn'], k['tent'] is not None)
+  assert {name: (k['tta_mode'], k['adapt_bn'], k['tent'] is not None, k['tta_average'])
           for name, k in zip(results, seen)} == expected
   assert {(k['checkpoint'], k['weights']) for k in seen} == {('best', 'auto')}
   assert len({k['submission_csv'] for k in seen}) == len(expected)
