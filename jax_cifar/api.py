@@ -24,9 +24,11 @@ from jax_cifar import state as state_lib
 
 
 def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.PathLike | None = None,
-                 **kwargs) -> nnx.Module:
-  """`jax_cifar.models.create_model` (its keywords: stem, width, dtype, remat, scan_blocks, rngs),
-  and, as timm's, `pretrained`: a folder of ImageNet weights converted from torchvision once
+                 stem: str = 'imagenet', width: int = 64, dtype=jnp.float32, remat: bool = False,
+                 scan_blocks: bool = False, rngs: nnx.Rngs | None = None) -> nnx.Module:
+  """`jax_cifar.models.create_model` (stem, width, dtype, remat, scan_blocks and rngs are its
+  keywords, spelled out here for help() and completion: they had hidden in **kwargs), and, as
+  timm's, `pretrained`: a folder of ImageNet weights converted from torchvision once
   (`python -m jax_cifar.convert`), loaded as `jax_cifar.convert.load_pretrained` does (the
   backbone; the head too where its classes match, else a fresh one)."""
   if pretrained is False or pretrained == '':  # timm's default; the config's (no weights).
@@ -37,7 +39,8 @@ def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.Path
                     'converted from torchvision once (python -m jax_cifar.convert --arch NAME '
                     "--weights IMAGENET1K_V1 --output weights/NAME), e.g. pretrained='weights/"
                     "resnet50'; or load them later with jax_cifar.convert.load_pretrained(model, path)")
-  model = models.create_model(name, num_classes, **kwargs)
+  model = models.create_model(name, num_classes, stem=stem, width=width, dtype=dtype, remat=remat,
+                              scan_blocks=scan_blocks, rngs=rngs)
   if pretrained is not None:
     from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (orbax: on first use)
     convert.load_pretrained(model, os.fspath(pretrained))

@@ -43,6 +43,21 @@ def test_package_exports_resolve_lazily():
   assert 'wide_resnet101_2' in names and len(names) == len(set(names)) == 11
 
 
+def test_create_models_keywords_are_in_its_signature_with_the_models_defaults():
+  """help(jax_cifar.create_model) had shown only **kwargs (a library-user review): its keywords
+  are spelled out, with jax_cifar.models.create_model's defaults."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  from jax_cifar import models  # pylint: disable=import-outside-toplevel
+  ours = inspect.signature(jax_cifar.create_model).parameters
+  theirs = {k: p for k, p in inspect.signature(models.create_model).parameters.items()
+            if p.kind is not p.VAR_KEYWORD}
+  assert set(ours) == set(theirs) | {'pretrained'}
+  assert {k: ours[k].default for k in theirs} == {k: p.default for k, p in theirs.items()}
+  assert not [p for p in ours.values() if p.kind is p.VAR_KEYWORD]
+  net = jax_cifar.create_model('resnet18', 10, stem='cifar', width=4)
+  assert (net.stem, net.num_classes) == ('cifar', 10)
+
+
 def test_a_folder_argument_that_is_not_a_path_or_a_config_json_that_is_not_an_object_is_named(
     tmp_path):
   """load_model(None) and train_and_evaluate(config, None) had ended in pathlib's TypeError frames

@@ -286,9 +286,16 @@ def test_a_compute_dtype_that_is_not_floating_point_is_refused_when_the_model_is
 @pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])
 @pytest.mark.parametrize('shape', [(2, 3, 32, 32), (2, 32, 32, 1), (32, 32, 3)])
 def test_input_that_is_not_nhwc_rgb_is_named(name, shape):
+  """A channels-first batch is told how to become NHWC, and a list that it is not an array (it had
+  been "AttributeError: 'list' object has no attribute 'ndim'": a library-user review)."""
   model = create_model(name, 10, width=4, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r'model input must be \[N, H, W, 3\].*' + re.escape(str(shape))):
+  nchw = r': a channels-first \(NCHW\) batch.*transpose\(0, 2, 3, 1\)' if shape[1] == 3 else '$'
+  with pytest.raises(ValueError, match=r'model input must be \[N, H, W, 3\].*'
+                     + re.escape(str(shape)) + nchw):
     model(jnp.ones(shape), train=False)
+  with pytest.raises(TypeError, match=r'^model input must be an array \(jax or numpy\) '
+                                      r'\[N, H, W, 3\], got list$'):
+    model(np.ones(shape).tolist(), train=False)
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'simple_cnn'])

@@ -261,8 +261,14 @@ def check_images(x, train) -> None:
             if train is None else '')
     raise TypeError(f'train must be True (batch statistics, updated) or False (running '
                     f'statistics, as for predictions), got {train!r}{hint}')
+  if not hasattr(x, 'ndim'):  # (A list had been "AttributeError: 'list' object has no 'ndim'".)
+    raise TypeError(f'model input must be an array (jax or numpy) [N, H, W, 3], got '
+                    f'{type(x).__name__}')
   if x.ndim != 4 or x.shape[-1] != 3:
-    raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape {tuple(x.shape)}')
+    nchw = (': a channels-first (NCHW) batch, as torch takes, becomes one with '
+            'x.transpose(0, 2, 3, 1)' if x.ndim == 4 and x.shape[1] == 3 else '')
+    raise ValueError(f'model input must be [N, H, W, 3] (NHWC, RGB), got shape '
+                     f'{tuple(x.shape)}{nchw}')
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f'model input must be floats normalised as in training, got {x.dtype}: '
                      'jax_cifar.predict(model, config, images) takes uint8 images and prepares '
