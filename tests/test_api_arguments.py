@@ -83,6 +83,27 @@ def _run_readme_snippet(after: str, scope: dict) -> dict:
   return scope
 
 
+def test_readmes_snippet_keeping_a_model_of_your_own_restores_it(tmp_path, monkeypatch):
+  """A hand-trained model had no way back after the process ended (a library-user review): README
+  gives orbax's, run here as printed, on a model whose head and weights differ from a fresh one."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  real_create = jax_cifar.create_model
+  made = []
+
+  def create(*args, **kwargs):  # The first is 'trained': its weights drawn from another seed.
+    made.append(real_create(*args, **kwargs, rngs=nnx.Rngs(7 if not made else 0)))
+    return made[-1]
+  monkeypatch.setattr(jax_cifar, 'create_model', create)
+  scope = _run_readme_snippet('A model you trained or changed by hand', {})
+  x = jnp.ones((2, 32, 32, 3))
+  assert scope['again'] is made[1] and (tmp_path / 'my_net').is_dir()
+  np.testing.assert_array_equal(scope['again'](x, train=False), scope['net'](x, train=False))
+  assert np.abs(real_create('resnet18', 10, stem='cifar', width=16)(x, train=False)
+                - scope['net'](x, train=False)).max() > 1e-3  # (Restored, not redrawn alike.)
+
+
 def test_readmes_training_pieces_snippet_runs_as_written():
   """README's standalone snippet (augmentation, label smoothing, mixup, the optax chain), run as
   printed, on random uint8 images: the shapes and dtypes it promises."""
