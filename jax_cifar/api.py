@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jax_cifar import checkpoints, config_validation, errors, image_checks, models, step_folders
-from jax_cifar import workdir, xla_options
+from jax_cifar import tracking, workdir, xla_options
 from jax_cifar.augment import pipeline as augment
 from jax_cifar import state as state_lib
 
@@ -43,7 +43,10 @@ def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.Path
                               scan_blocks=scan_blocks, rngs=rngs)
   if pretrained is not None:
     from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (orbax: on first use)
-    convert.load_pretrained(model, os.fspath(pretrained))
+    loaded = convert.load_pretrained(model, os.fspath(pretrained))
+    # Said, as the trainer says it: whether the head came with the weights or is new (it had been
+    # thrown away: a library-user review).
+    tracking.say(convert.loaded_line(os.fspath(pretrained), loaded, num_classes))
   return model
 
 

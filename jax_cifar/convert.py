@@ -222,6 +222,13 @@ def _build_hint(ckpt: Mapping, current: Mapping) -> str:
   return f' ({"; ".join(hints)})' if hints else ''
 
 
+def loaded_line(path: str, loaded: dict, num_classes: int) -> str:
+  """The line that says what load_pretrained's `loaded` report put into a model."""
+  head = {'loaded': 'and their head', 'none': 'no head (the model has none)'}.get(
+      loaded['head'], f'a fresh {num_classes}-class head')
+  return f'Loaded the pretrained weights of {path}: {loaded["arrays"]} backbone arrays, {head}'
+
+
 def load_pretrained(model: nnx.Module, path: str, *, num_classes: int | None = None,
                     rngs_seed: int = 0) -> dict:
   """Loads a converted backbone into `model` in place; returns {'arrays': how many of the

@@ -120,9 +120,7 @@ def init_state(config, tx, mesh, *, pretrained: bool = True) -> tuple[TrainState
       loaded = convert.load_pretrained(model, config.model.pretrained,
                                        num_classes=config.model.num_classes, rngs_seed=config.seed)
     # Said, as init_from is (a review: nothing had told that the weights were used).
-    tracking.say(f'Loaded the pretrained weights of {config.model.pretrained}: {loaded["arrays"]} '
-                 'backbone arrays, ' + ('and their head' if loaded['head'] == 'loaded' else
-                                        f'a fresh {config.model.num_classes}-class head'))
+    tracking.say(convert.loaded_line(config.model.pretrained, loaded, config.model.num_classes))
     _, params, batch_stats = nnx.split(model, nnx.Param, ...)
   if pretrained and config.model.get('init_from'):
     params, batch_stats = _weights_of_run(config, params, batch_stats, mesh)

@@ -104,11 +104,16 @@ def test_pretrained_state_has_converted_backbone_and_fresh_torch_style_head(conv
   assert np.abs(kernel).max() > 0.99 * bound
 
 
-def test_create_model_loads_a_converted_folder_given_as_pretrained(converted):
+def test_create_model_loads_a_converted_folder_given_as_pretrained(converted, capsys):
   """timm's create_model(name, pretrained=...) habit, with the converted folder as the weights:
-  the same model as building it and calling load_pretrained."""
+  the same model as building it and calling load_pretrained; it says whether the head came with
+  the weights, as the trainer does (load_pretrained's report had been thrown away: a review)."""
   path, ckpt = converted
   model = jax_cifar.create_model('resnet50', 100, pretrained=pathlib.Path(path), rngs=nnx.Rngs(0))
+  assert capsys.readouterr().err == (f'Loaded the pretrained weights of {path}: 265 backbone '
+                                     'arrays, a fresh 100-class head\n')
+  jax_cifar.create_model('resnet50', 0, pretrained=path)
+  assert capsys.readouterr().err.endswith('265 backbone arrays, no head (the model has none)\n')
   _assert_backbone_equals(_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param))), ckpt)
   by_hand = jax_cifar.create_model('resnet50', 100, rngs=nnx.Rngs(0))
   assert convert.load_pretrained(by_hand, path)['head'] == 'fresh'
