@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
   try:
-    convert.check_output(os.path.abspath(os.path.expanduser(args.output)), args.overwrite,
-                         hint='pass --overwrite')
+    out = os.path.abspath(os.path.expanduser(args.output))  # ('~/w' as save_converted reads it.)
+    convert.check_output(out, args.overwrite, hint='pass --overwrite')
     t = time.time()
     state_dict, source = load_state_dict(args)
     log.info('loaded %d tensors from %s (%.1fs)', len(state_dict), source, time.time() - t)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info('wrote %s (%.1fs); train from it with --config.model.name=%s '
              '--config.model.stem=imagenet --config.model.normalize=imagenet '
              '--config.model.pretrained=%s', args.output, time.time() - t, args.arch,
-             shlex.quote(os.path.abspath(os.path.expanduser(args.output))))
+             shlex.quote(out))
   except KeyboardInterrupt as e:  # Ctrl-C: one line (save_converted writes a temp folder it renames).
     if written or isinstance(e, convert.InterruptedAfterWrite):
       print(f'error: stopped by SIGINT after {args.output} was written: it holds the new, complete '

@@ -47,7 +47,6 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -207,7 +206,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   tent = tent_lib.resolve(tent)
   # '~/runs/a' as load_model reads it (the shell leaves the ~ of --workdir=~/runs/a).
   workdir, which, ood_dir, cifar100c_dir, submission_csv = map(
-      _expanded, (workdir, which, ood_dir, cifar100c_dir, submission_csv))
+      workdir_lib.expanded, (workdir, which, ood_dir, cifar100c_dir, submission_csv))
   config_validation.validate(config, launch=False)  # Evaluating trains nothing.
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere({  # Flags given to one process only had hung (a walkthrough).
@@ -311,11 +310,6 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   return result
 
 
-def _expanded(path):
-  """`~/runs/a` as load_model and train_and_evaluate read it (not a folder named ~); None as is."""
-  return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) else path
-
-
 def _tent_options() -> tent_lib.TentOptions | None:
   """--tent and its settings (which are refused without it, rather than silently ignored)."""
   given = [f'--{k}' for k in ('tent_lr', 'tent_epochs', 'tent_batch_size') if FLAGS[k].present]
@@ -336,7 +330,7 @@ def main(argv):
     # and its exit then waited minutes in a preemption barrier.
     interrupt.FLAG.install()
     xla_options.enable_compilation_cache()
-    workdir = _expanded(FLAGS.workdir)  # (--workdir=~/runs/a: the shell leaves that ~.)
+    workdir = workdir_lib.expanded(FLAGS.workdir)  # (--workdir=~/runs/a: the shell leaves that ~.)
     inference.check_tta_average(FLAGS.tta_average, inference.resolve_tta(FLAGS.tta, FLAGS.tta_flip),
                                 given=FLAGS['tta_average'].present)
     config = FLAGS.config or workdir_lib.run_config(workdir)

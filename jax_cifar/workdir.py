@@ -229,6 +229,12 @@ def _run_above(inside: pathlib.Path) -> str:
   return ''
 
 
+def expanded(path):
+  """A folder the user gave, with `~` as the home folder (a str, as os.path.expanduser gives);
+  anything that is not a path (None, a step number) as it is, for the callers' own checks."""
+  return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) else path
+
+
 def run_config(run_dir: str | pathlib.Path):
   """The config a run was (last) launched with, from RUN_DIR/config.json, validated; keys the
   file lacks (added to jax-cifar since) take their defaults, as when that run was launched."""

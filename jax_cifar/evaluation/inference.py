@@ -185,8 +185,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                     f'{tta_flip!r}: give the views as tta_mode=...')
   tent = tent_lib.resolve(tent)
   check_tta_average(tta_average, resolve_tta(tta_mode, tta_flip))  # (Before the restore.)
-  workdir, which = (os.path.expanduser(p) if isinstance(p, (str, os.PathLike)) else p
-                    for p in (workdir, which))  # '~/runs/a' as load_model reads it.
+  workdir, which = map(workdir_lib.expanded, (workdir, which))  # '~/runs/a' as load_model.
   config_validation.validate(config, launch=False)  # (An edited config: named, not a traceback.)
   # As load_model and evaluate: a step number (an int had been a TypeError, '3' a missing path),
   # and a config that prepares images as the run (or the run whose step folder it is) did; another
