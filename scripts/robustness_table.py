@@ -214,8 +214,8 @@ def evaluate(args, row: str, seed: int, mode: str, ood_dir: pathlib.Path) -> dic
   cmd = [sys.executable, '-m', 'jax_cifar.evaluate', *flags, '--weights', weights]
   log(f'evaluating {row} seed {seed} ({weights} weights), test-time {mode}')
   seconds = run_logged(cmd, out / 'logs' / f'eval_{row}_s{seed}_{mode}.log')
-  tag = ('best' + ('_ema' if weights == 'ema' else '') + (f'_tta-{tta}' if tta != 'none' else '')
-         + ('_bn-adapt' if 'bn_adapt' in mode else ''))  # evaluate.output_tag's file name.
+  from jax_cifar.evaluation import output_files  # pylint: disable=import-outside-toplevel  (jax)
+  tag = output_files.output_tag('best', tta, 'bn_adapt' in mode, weights)  # evaluate's file name.
   result = json.loads((workdir / f'eval_{tag}.json').read_text())
   per = np.array(list(result['ood_per_distortion'].values()))  # [19 distortions, 5 severities]
   record = {'row': row, 'seed': seed, 'mode': mode, 'weights': weights, 'step': result['step'],

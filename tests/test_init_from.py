@@ -49,9 +49,15 @@ def _assert_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.fixture(scope='module')
+def fresh():
+  """The state a run of _config() starts from without init_from (read only: built once)."""
+  return _init(_config())
+
+
 @pytest.mark.parametrize('spec, which', [('', 'best'), (':best', 'best'), (':latest', 'latest'),
                                          (':2', 'step 2')])
-def test_new_run_starts_from_the_runs_weights_with_a_fresh_optimizer(source, spec, which):
+def test_new_run_starts_from_the_runs_weights_with_a_fresh_optimizer(source, fresh, spec, which):
   state = _init(_config(init_from=f'{source}{spec}'))
   path = str(source / 'checkpoints' / 'latest' / '2') if which == 'step 2' else which
   expected, _, step = state_lib.restore(_config(), source, path)
@@ -59,8 +65,8 @@ def test_new_run_starts_from_the_runs_weights_with_a_fresh_optimizer(source, spe
   _assert_equal(state.params, expected.params)
   _assert_equal(state.batch_stats, expected.batch_stats)
   assert int(state.step) == 0
-  _assert_equal(state.opt_state, _init(_config()).opt_state)  # Zero moments, count 0.
-  assert not np.array_equal(_leaves(state.params)[0], _leaves(_init(_config()).params)[0])
+  _assert_equal(state.opt_state, fresh.opt_state)  # Zero moments, count 0.
+  assert not np.array_equal(_leaves(state.params)[0], _leaves(fresh.params)[0])
 
 
 def test_a_head_of_another_size_is_replaced_by_a_fresh_one(source):

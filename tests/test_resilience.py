@@ -4,6 +4,7 @@ test_nonfinite.py)."""
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,8 +145,23 @@ def _files(workdir) -> dict:
           if p.is_file() and p.name != '.lock'}
 
 
+@pytest.fixture(scope='module')
+def three_steps(tmp_path_factory):
+  """A run stopped by train.max_steps=3 (its checkpoint of step 3), launched once: the tests that
+  resume such a run each resume their own copy of it."""
+  workdir = tmp_path_factory.mktemp('three_steps') / 'run'
+  out = _run_cli(workdir, '--config.train.max_steps=3')
+  assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  return workdir
+
+
+def _copy(run, workdir):
+  shutil.copytree(run, workdir, symlinks=True, dirs_exist_ok=True)
+
+
 @pytest.mark.slow
-def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tmp_path):
+def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tmp_path,
+                                                                             three_steps):
   """Ctrl-C while the data loaded or the model initialised had printed a 44-line KeyboardInterrupt
   traceback (the handlers came only before the first step: an audit). SIGINT while a new run
   starts, SIGTERM (a cluster's preemption) while a resumed one starts: one handler serves both."""
@@ -157,7 +173,7 @@ def test_a_signal_while_starting_stops_in_one_line_before_anything_is_written(tm
   assert 'Received SIGINT while starting: nothing trained, nothing to save; relaunch to start' in log
   assert not workdir.exists()  # This launch made the folder and wrote nothing: removed.
   # A resumed run's launch stopped while starting leaves every file as it was.
-  assert _launch(workdir, '', '--config.train.max_steps=3').wait() == 0, _log(workdir)[-2000:]
+  _copy(three_steps, workdir)
   before = _files(workdir)
   proc = _launch(workdir, 'train_start:0:SIGTERM')
   assert proc.wait() == trainer.PREEMPTED_EXIT_CODE, _log(workdir)[-2000:]
@@ -255,9 +271,8 @@ def _run_cli(workdir, *extra, prefix=()):
                          *extra], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path):
-  first = _run_cli(tmp_path, '--config.train.max_steps=3')
-  assert first.returncode == 0, first.stderr[-2000:]
+def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path, three_steps):
+  _copy(three_steps, tmp_path)
   # Resume with files capped at 64 KiB: the next checkpoint's arrays cannot be written.
   out = _run_cli(tmp_path, '--config.train.max_steps=6',
                  prefix=(str(ROOT / 'tests' / '_train_with_fsize_limit.py'), str(64 * 1024)))
@@ -276,8 +291,8 @@ def test_disk_full_during_checkpoint_save_keeps_the_earlier_checkpoint(tmp_path)
   assert state_lib.restore(_config(), str(tmp_path), 'latest', parallel.make_mesh())[2] == 6
 
 
-def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path):
-  assert _run_cli(tmp_path, '--config.train.max_steps=3').returncode == 0
+def test_checkpoint_of_another_model_is_a_clear_error_and_is_kept(tmp_path, three_steps):
+  _copy(three_steps, tmp_path)
   # The run's config.json names the change before anything is restored ...
   other = ('--config.model.name=resnet18', '--config.model.width=4', '--config.train.max_steps=6')
   out = _run_cli(tmp_path, *other)

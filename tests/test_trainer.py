@@ -164,26 +164,34 @@ def test_run_stopped_by_max_steps_ends_with_an_evaluation_equal_to_evaluates(tmp
     assert out[key] == rows[0][key], key  # Exactly: one prediction path, one metrics function.
 
 
-def test_a_fractional_number_of_epochs_trains_its_last_partial_epoch(tmp_path):
-  """num_epochs=1.5 of 6 steps per epoch is 9 steps: the data stream must hold a second epoch for
-  the last 3 (rounding the epochs down passed every other test: a mutation audit)."""
+@pytest.fixture(scope='module')
+def one_and_a_half_epochs(tmp_path_factory):
+  """(config, workdir, result) of a simple_cnn run of num_epochs=1.5 at 6 steps per epoch (9 steps,
+  logged every 2); the two tests below only read it."""
   c = _synthetic_config(0)
   c.model.name, c.train.num_epochs, c.checkpoint.every_steps = 'simple_cnn', 1.5, 100
-  result = trainer.train_and_evaluate(c, str(tmp_path))
-  assert result['step'] == 9 and [r['step'] for r in tracking.read_metrics(tmp_path)
+  workdir = tmp_path_factory.mktemp('one_and_a_half_epochs')
+  return c, workdir, trainer.train_and_evaluate(c, str(workdir))
+
+
+def test_a_fractional_number_of_epochs_trains_its_last_partial_epoch(one_and_a_half_epochs,
+                                                                       tmp_path):
+  """num_epochs=1.5 of 6 steps per epoch is 9 steps: the data stream must hold a second epoch for
+  the last 3 (rounding the epochs down passed every other test: a mutation audit)."""
+  c, workdir, result = one_and_a_half_epochs
+  assert result['step'] == 9 and [r['step'] for r in tracking.read_metrics(workdir)
                                   if 'val_accuracy' in r][-1] == 9
   # 1.16 epochs of 25 steps are 29 steps; int(1.16 * 25) is 28 (a test audit).
+  c = c.copy_and_resolve_references()
   c.data.synthetic_size, c.data.val_fraction, c.train.batch_size = 250, 0.2, 8
   c.train.num_epochs, c.train.log_every_steps, c.train.eval_every_epochs = 1.16, 100, 100
   assert trainer.train_and_evaluate(c, str(tmp_path / 'fraction'))['step'] == 29
 
 
-def test_the_last_step_logs_a_train_row_even_off_the_log_cadence(tmp_path):
+def test_the_last_step_logs_a_train_row_even_off_the_log_cadence(one_and_a_half_epochs):
   """9 steps logged every 2: the last train row is step 9, averaging its 1 step (window_steps)."""
-  c = _synthetic_config(0)
-  c.model.name, c.train.num_epochs, c.checkpoint.every_steps = 'simple_cnn', 1.5, 100
-  trainer.train_and_evaluate(c, str(tmp_path))
-  rows = [r for r in tracking.read_metrics(tmp_path) if 'train_loss' in r]
+  c, workdir, _ = one_and_a_half_epochs
+  rows = [r for r in tracking.read_metrics(workdir) if 'train_loss' in r]
   assert [r['step'] for r in rows] == [2, 4, 6, 8, 9]
   assert rows[-1]['window_steps'] == 1 and 'window_steps' not in rows[-2]
   # A row's learning rate is its last step's, so Figure 3 draws the schedule (the window's mean
