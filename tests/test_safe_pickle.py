@@ -349,3 +349,22 @@ def test_arrays_sharing_one_large_buffer_cannot_multiply_memory():
   with pytest.raises(safe_pickle.DisallowedGlobal, match='more than 2x its own size'):
     _load(payload)
   assert _load(pickle.dumps([_View(big)], protocol=4))[0].size == 1 << 20
+
+
+def test_a_file_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatch):
+  """A pickle the user may not read had been reported as 'corrupt or truncated pickle
+  (PermissionError ...)': a reason to download again, for a file that is intact (a review)."""
+  (tmp_path / 'train').mkdir()
+  with pytest.raises(DataError, match=r'/train: cannot be read \(Is a directory\)$'):
+    cifar100.read_pickle(tmp_path / 'train')
+  path = tmp_path / 'test'
+  path.write_bytes(pickle.dumps({'a': 1}, protocol=2))
+
+  def denied(file, *args, **kwargs):
+    raise PermissionError(13, 'Permission denied', str(file))
+
+  monkeypatch.setattr(cifar100, 'open', denied, raising=False)  # Found before the builtin.
+  with pytest.raises(DataError, match=r'/test: cannot be read \(Permission denied\)$'):
+    cifar100.read_pickle(path)
+  monkeypatch.undo()
+  assert cifar100.read_pickle(path) == {'a': 1}

@@ -67,6 +67,8 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
       obj = safe_pickle.load(f, encoding=encoding)
   except FileNotFoundError:
     raise DataError(f'{path}: file not found') from None
+  except OSError as e:  # Permission denied, a folder, an I/O error: the file may well be intact.
+    raise DataError(f'{path}: cannot be read ({e.strerror or e})') from None
   except safe_pickle.DisallowedGlobal as e:
     raise DataError(f'{path}: refused unsafe pickle ({e})') from None
   except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
