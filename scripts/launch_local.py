@@ -5,7 +5,9 @@
 
 Each copy gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which
 `jax_cifar.parallel.maybe_initialize_distributed()` hands to `jax.distributed.initialize()`; with
---cpu_devices it also runs on the CPU with that many devices per process (gloo collectives). It is
+--cpu_devices it also runs on the CPU with that many devices per process (gloo collectives), and
+without it each copy gets its own GPUs (--gpus_per_process, 1 by default: JAX_LOCAL_DEVICE_IDS;
+not for TPUs, whose hosts run one process each). It is
 the same code path as a SLURM or TPU-pod job, so it tests multi-host behaviour on one machine.
 Output lines are prefixed with [pI]. SIGTERM/SIGINT are forwarded to every copy, once: each copy
 runs in a process group of its own, so a terminal's Ctrl-C reaches it only through this launcher
@@ -30,13 +32,19 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int) -> dict:
+def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int,
+                gpus_per_process: int = 1) -> dict:
   env = dict(base, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(num),
              JAX_PROCESS_ID=str(index))
   if cpu_devices:
     env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(cpu_devices),
                JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
     env.pop('XLA_FLAGS', None)  # --xla_force_host_platform_device_count would override the count.
+  elif num > 1:  # GPUs: each copy its own. JAX shows a process every GPU when the coordinator is
+    # given by hand (not under SLURM), so every copy had opened them all and the first collective
+    # failed in NCCL (a review). JAX reads the variable for GPUs only.
+    first = index * gpus_per_process
+    env['JAX_LOCAL_DEVICE_IDS'] = ','.join(str(d) for d in range(first, first + gpus_per_process))
   return env
 
 
@@ -51,6 +59,9 @@ def main() -> int:
   parser.add_argument('--num_processes', type=int, default=2)
   parser.add_argument('--cpu_devices', type=int, default=0,
                       help='Run on the CPU with this many devices per process (0: default backend).')
+  parser.add_argument('--gpus_per_process', type=int, default=1,
+                      help='Without --cpu_devices and with several processes: process I drives '
+                      'GPUs I*N .. I*N+N-1 (JAX_LOCAL_DEVICE_IDS).')
   parser.add_argument('--port', type=int, default=0, help='Coordinator port (0: a free one).')
   parser.add_argument('command', nargs=argparse.REMAINDER, help='-- then the command to run.')
   args = parser.parse_args()
@@ -61,6 +72,8 @@ def main() -> int:
     parser.error('--num_processes must be at least 1')
   if args.cpu_devices < 0:
     parser.error('--cpu_devices must be 0 (the default backend) or a number of devices')
+  if args.gpus_per_process < 1:
+    parser.error('--gpus_per_process must be at least 1')
   if not 0 <= args.port <= 65535:
     parser.error('--port must be 0 (a free one) or a port number up to 65535')
   port = args.port or free_port()
@@ -68,7 +81,8 @@ def main() -> int:
   for i in range(args.num_processes):
     try:
       procs.append(subprocess.Popen(command, env=process_env(os.environ, i, args.num_processes,
-                                                             port, args.cpu_devices),
+                                                             port, args.cpu_devices,
+                                                             args.gpus_per_process),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     process_group=0))  # (Signals come from forward() alone.)
     except OSError as e:  # No such command: one line, and no copy left running.

@@ -31,6 +31,8 @@ gpus_per_node=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-4}}
 gpus_per_node=${gpus_per_node##*:}  # "h100:4" -> 4
 nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 
+allocated=${SLURM_NTASKS_PER_NODE:-$gpus_per_node}
+allocated=${allocated%%(*}  # "8(x2)" -> 8
 if [ "${PER_NODE:-0}" = 1 ]; then
   # One process per node that drives all of its GPUs (JAX's SLURM detection would give it only
   # GPU SLURM_LOCALID=0, so name them all).
@@ -39,8 +41,6 @@ if [ "${PER_NODE:-0}" = 1 ]; then
 else
   # One process per GPU: every task sees the node's GPUs and JAX takes GPU number SLURM_LOCALID
   # (so do not bind tasks to GPUs with --gpus-per-task here).
-  allocated=${SLURM_NTASKS_PER_NODE:-$gpus_per_node}
-  allocated=${allocated%%(*}  # "8(x2)" -> 8
   if [ "$allocated" -lt "$gpus_per_node" ]; then  # srun would refuse the step, less clearly.
     echo "error: $gpus_per_node GPUs per node need --ntasks-per-node=$gpus_per_node in the sbatch" \
          "command (the allocation has $allocated tasks per node)" >&2
@@ -51,6 +51,10 @@ fi
 # --ntasks too: srun takes the allocation's SLURM_NTASKS (4 per node, from the #SBATCH line) over a
 # smaller --ntasks-per-node, and would start 4 processes per node on PER_NODE=1 (an audit).
 tasks=(--ntasks=$((nodes * per_node)) --ntasks-per-node="$per_node")
+# Each task's CPUs, named: srun of Slurm 22.05-23.02 does not take --cpus-per-task from sbatch (its
+# tasks, with their data threads, ran on one core each), and with PER_NODE=1 the one task per node
+# gets the CPUs of all the allocation's tasks on it (it had a quarter of them: a review).
+tasks+=(--cpus-per-task=$(( ${SLURM_CPUS_PER_TASK:-8} * allocated / per_node )))
 # (No mkdir: process 0 makes WORKDIR and removes it again when the launch is refused; the others
 # wait for it on the shared storage.)
 srun --kill-on-bad-exit=1 "${tasks[@]}" \

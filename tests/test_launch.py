@@ -109,6 +109,21 @@ def test_a_signal_to_the_launcher_alone_reaches_every_process(tmp_path, signum):
       f'[p{i}] stopped by {signal.Signals(signum).name}' for i in range(2)], out
 
 
+def test_without_cpu_devices_each_process_gets_gpus_of_its_own():
+  """Without --cpu_devices every copy had been shown every GPU (JAX does so when the coordinator
+  is given by hand), so on a 2-GPU machine both opened both and the first collective failed in
+  NCCL (a review). One process keeps the caller's choice; CPU devices need none."""
+  code = 'import os; print(os.environ.get("JAX_LOCAL_DEVICE_IDS"))'
+  for extra, want in (([], ['0', '1']), (['--gpus_per_process', '2'], ['0,1', '2,3'])):
+    proc = _launch(['--num_processes', '2', *extra], code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(proc.stdout.splitlines()) == [f'[p{i}] {ids}' for i, ids in enumerate(want)]
+  for args in (['--num_processes', '1'], ['--num_processes', '2', '--cpu_devices', '2']):
+    proc = _launch(args, code)
+    assert proc.returncode == 0 and set(proc.stdout.split()) - {'[p0]', '[p1]'} == {'None'}, (
+        proc.stdout + proc.stderr)
+
+
 @pytest.mark.parametrize('cpu_devices', [0, 2])
 def test_cpu_devices_replace_xla_flags_and_0_leaves_the_backend_alone(cpu_devices):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
@@ -247,6 +262,7 @@ def test_start_up_wait_is_600_s_or_the_environments_whole_seconds(monkeypatch):
 @pytest.mark.parametrize('args, status, message', [
     (['--cpu_devices', '-1', '--', 'true'], 2, '--cpu_devices must be 0'),
     (['--port', '99999', '--', 'true'], 2, '--port must be 0'),
+    (['--gpus_per_process', '0', '--', 'true'], 2, '--gpus_per_process must be at least 1'),
     (['--', 'jax-cifar-no-such-command'], 127, "cannot start 'jax-cifar-no-such-command'"),
 ])
 def test_launch_refuses_bad_arguments_in_one_line(args, status, message):
@@ -264,23 +280,26 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
   """With 8 GPUs per node and the script's own 4 tasks per node, srun had refused the step with
   its own words (an audit). The step names its whole task count: srun takes the allocation's
   SLURM_NTASKS over a smaller --ntasks-per-node, so PER_NODE=1 had started 4 processes per node
-  on the same GPUs (an audit). The script runs here with a stand-in srun that prints its command
+  on the same GPUs (an audit), and it names each task's CPUs. The script runs here with a stand-in srun that prints its command
   and the GPUs each process is given. The script makes no WORKDIR: the trainer does, and removes
   it when it refuses the launch (the script's `mkdir -p` had left an empty folder behind)."""
   (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $* [$JAX_LOCAL_DEVICE_IDS]"\n')
   (tmp_path / 'srun').chmod(0o755)
   env = dict(os.environ, SLURM_GPUS_ON_NODE=gpus, SLURM_NTASKS_PER_NODE=tasks, PER_NODE=per_node,
-             SLURM_JOB_NUM_NODES='2', SLURM_NTASKS='8',
+             SLURM_JOB_NUM_NODES='2', SLURM_NTASKS='8', SLURM_CPUS_PER_TASK='8',
              PATH=f'{tmp_path}{os.pathsep}{os.environ["PATH"]}')
   env.pop('JAX_LOCAL_DEVICE_IDS', None)
   proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'launch_slurm.sh'), 'cfg.py',
                          str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=60)
   n = 1 if per_node == '1' else int(gpus.split(':')[-1])
   assert not (tmp_path / 'run').exists()
-  if ok:
+  if ok:  # Each task's CPUs named (srun of Slurm 22.05-23.02 does not take them from sbatch): the
+    # allocation's CPUs on a node (8 per allocated task) over the tasks started there (a review).
     devices = '0,1,2,3' if per_node == '1' else ''
+    cpus = 8 * int(tasks.split('(')[0]) // n
     assert proc.returncode == 0 and (
-        f'--ntasks={2 * n} --ntasks-per-node={n} python -m jax_cifar.train --config cfg.py '
+        f'--ntasks={2 * n} --ntasks-per-node={n} --cpus-per-task={cpus} '
+        'python -m jax_cifar.train --config cfg.py '
         f'--workdir {tmp_path / "run"} [{devices}]') in proc.stdout, (proc.stdout, proc.stderr)
   else:
     assert proc.returncode == 2 and proc.stdout == '' and (
