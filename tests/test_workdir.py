@@ -1,10 +1,12 @@
 """One run per workdir: resume=false never overwrites a run, a live run's lock, and resuming with a
 changed config (refused if it alters the trajectory, unless allowed; recorded in launches.jsonl)."""
 
+import errno
 import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -409,6 +411,21 @@ def test_a_workdir_holding_only_checkpoints_holds_a_run(tmp_path):
   empty = tmp_path / 'empty'
   (empty / 'checkpoints' / 'latest' / '6.orbax-checkpoint-tmp').mkdir(parents=True)
   assert workdir_lib.existing_run(empty) is None
+
+
+def test_a_filesystem_without_file_locks_is_named_as_such(tmp_path, monkeypatch):
+  """Lustre without its flock mount option answers flock with ENOSYS, which had been reported as
+  'workdir ... is not writable: Function not implemented' (a cluster review). The folder the
+  launch made is removed again."""
+  def no_locks(fd, operation):
+    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+  monkeypatch.setattr(workdir_lib.fcntl, 'flock', no_locks)
+  run = tmp_path / 'run'
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf'^workdir {re.escape(str(run))} is on a filesystem without file locks \(flock: '
+      r'Function not implemented\), .* on Lustre mount it with -o flock')):
+    claim.claim_workdir(default.get_config(), run, created=True)
+  assert not run.exists()
 
 
 def test_refusing_a_workdir_that_holds_a_run_releases_its_lock(tmp_path):
