@@ -32,7 +32,7 @@ gpus_per_node=${gpus_per_node##*:}  # "h100:4" -> 4
 nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 
 allocated=${SLURM_NTASKS_PER_NODE:-$gpus_per_node}
-allocated=${allocated%%(*}  # "8(x2)" -> 8
+allocated=${allocated%%[(,]*}  # "8(x2)" -> 8; "8,4" (nodes of two kinds) -> 8
 if [ "${PER_NODE:-0}" = 1 ]; then
   # One process per node that drives all of its GPUs (JAX's SLURM detection would give it only
   # GPU SLURM_LOCALID=0, so name them all).
