@@ -40,6 +40,11 @@ def flatten(d: dict) -> dict:
           for k, v in traverse_util.flatten_dict(d, sep='.').items()}
 
 
+class NoFileLocks(OSError):
+  """flock itself failed (not another holder): a filesystem without file locks, such as Lustre
+  without its flock mount option (ENOSYS)."""
+
+
 class Lock:
   """An exclusive, non-blocking `flock` on WORKDIR/.lock (or another file `name` in the folder),
   released when the process ends; the file names its holder."""
@@ -67,6 +72,9 @@ class Lock:
       self.holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
       os.close(fd)
       return False
+    except OSError as e:  # (Its descriptor had been left open.)
+      os.close(fd)
+      raise NoFileLocks(e.errno, e.strerror) from None
     try:
       os.ftruncate(fd, 0)
       os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '

@@ -32,7 +32,7 @@ gpus_per_node=${gpus_per_node##*:}  # "h100:4" -> 4
 nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 
 allocated=${SLURM_NTASKS_PER_NODE:-$gpus_per_node}
-allocated=${allocated%%[(,]*}  # "8(x2)" -> 8; "8,4" (nodes of two kinds) -> 8
+allocated=${allocated%%[(,]*}  # "8(x2)" or "8,4" (as SLURM_TASKS_PER_NODE writes them) -> 8
 if [ "${PER_NODE:-0}" = 1 ]; then
   # One process per node that drives all of its GPUs (JAX's SLURM detection would give it only
   # GPU SLURM_LOCALID=0, so name them all).
@@ -54,7 +54,10 @@ tasks=(--ntasks=$((nodes * per_node)) --ntasks-per-node="$per_node")
 # Each task's CPUs, named: srun of Slurm 22.05-23.02 does not take --cpus-per-task from sbatch (its
 # tasks, with their data threads, ran on one core each), and with PER_NODE=1 the one task per node
 # gets the CPUs of all the allocation's tasks on it (it had a quarter of them: a review).
-tasks+=(--cpus-per-task=$(( ${SLURM_CPUS_PER_TASK:-8} * allocated / per_node )))
+# (Only where the allocation names them: an salloc without -c has none to share out.)
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  tasks+=(--cpus-per-task=$(( SLURM_CPUS_PER_TASK * allocated / per_node )))
+fi
 # (No mkdir: process 0 makes WORKDIR and removes it again when the launch is refused; the others
 # wait for it on the shared storage.)
 srun --kill-on-bad-exit=1 "${tasks[@]}" \

@@ -301,6 +301,11 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
         f'--ntasks={2 * n} --ntasks-per-node={n} --cpus-per-task={cpus} '
         'python -m jax_cifar.train --config cfg.py '
         f'--workdir {tmp_path / "run"} [{devices}]') in proc.stdout, (proc.stdout, proc.stderr)
+    env.pop('SLURM_CPUS_PER_TASK')  # An salloc without -c: no CPUs to share out, none named.
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'launch_slurm.sh'), 'cfg.py',
+                           str(tmp_path / 'run')], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and '--cpus-per-task' not in proc.stdout, proc.stdout + proc.stderr
   else:
     assert proc.returncode == 2 and proc.stdout == '' and (
         '8 GPUs per node need --ntasks-per-node=8' in proc.stderr), proc.stderr

@@ -421,11 +421,21 @@ def test_a_filesystem_without_file_locks_is_named_as_such(tmp_path, monkeypatch)
     raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
   monkeypatch.setattr(workdir_lib.fcntl, 'flock', no_locks)
   run = tmp_path / 'run'
+  open_files = len(os.listdir('/proc/self/fd'))
   with pytest.raises(workdir_lib.WorkdirError, match=(
       rf'^workdir {re.escape(str(run))} is on a filesystem without file locks \(flock: '
       r'Function not implemented\), .* on Lustre mount it with -o flock')):
     claim.claim_workdir(default.get_config(), run, created=True)
   assert not run.exists()
+  assert len(os.listdir('/proc/self/fd')) == open_files  # The lock file's was left open.
+  # Only flock's own failure is called that (a folder that cannot be made is "not writable").
+  monkeypatch.undo()
+  def no_folders(*args, **kwargs):
+    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+  monkeypatch.setattr(pathlib.Path, 'mkdir', no_folders)
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf'^workdir {re.escape(str(run))} is not writable: Function not implemented$')):
+    claim.claim_workdir(default.get_config(), run, created=True)
 
 
 def test_refusing_a_workdir_that_holds_a_run_releases_its_lock(tmp_path):

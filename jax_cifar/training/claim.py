@@ -2,7 +2,6 @@
 that the folder is one they share, and a folder that already holds a run (or other files) is
 refused (or named)."""
 
-import errno
 import pathlib
 import secrets
 import time
@@ -12,11 +11,6 @@ from absl import logging
 
 from jax_cifar import parallel
 from jax_cifar import workdir as workdir_lib
-
-
-# What flock says on a filesystem without locks (Lustre without its flock mount option: ENOSYS);
-# it had read "is not writable: Function not implemented" (a cluster review).
-NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
 
 
 def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.Lock | None:
@@ -32,11 +26,14 @@ def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.L
         workdir.mkdir(parents=True, exist_ok=True)
         lock = workdir_lib.Lock(workdir)
         lock.acquire()
-      except OSError as e:  # (A file there had read "not writable: File exists": an audit.)
+      except OSError as e:  # (A file there had read "not writable: File exists": an audit; a
+        # filesystem without locks, Lustre without -o flock, "not writable: Function not
+        # implemented": a cluster review.)
+        no_locks = isinstance(e, workdir_lib.NoFileLocks)
         why = ('is a file, not a folder' if workdir.exists() and not workdir.is_dir() else
                f'is on a filesystem without file locks (flock: {e.strerror}), which a run takes '
                'so that no two launches write one run: on Lustre mount it with -o flock, or use '
-               'a folder on a filesystem that has them' if e.errno in NO_LOCKS else
+               'a folder on a filesystem that has them' if no_locks else
                f'is not writable: {e.strerror}')
         if created and workdir.is_dir():  # (A full disk had left it, holding an empty .lock:
           workdir_lib.remove_if_untouched(workdir)  # a kill review.)
