@@ -42,10 +42,11 @@ def maybe_initialize_distributed() -> None:
   slice (TPU_WORKER_HOSTNAMES); or JAX_CIFAR_DISTRIBUTED=1, where `jax.distributed.initialize()`
   finds the cluster itself (Cloud TPU VM pods through the metadata server, Kubernetes, Open MPI).
   That last one is asked for, not guessed: the metadata query fails on TPU machines outside Google
-  Cloud (Kaggle, Colab), which run as one process. JAX_LOCAL_DEVICE_IDS names a process's GPUs: one
-  each with one process per GPU (JAX shows every process every GPU unless it finds SLURM or Open MPI),
-  or 0,1,.. for one process driving several under SLURM. CPU processes exchange data through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION
-  says otherwise. JAX_NUM_PROCESSES > 1 or JAX_PROCESS_ID > 0 without any of these is refused.
+  Cloud (Kaggle, Colab), which run as one process. JAX_LOCAL_DEVICE_IDS names a process's GPUs:
+  one each with one process per GPU (JAX shows every process every GPU unless it finds SLURM or
+  Open MPI), or 0,1,.. for one process driving several under SLURM. CPU processes exchange data
+  through gloo unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise. JAX_NUM_PROCESSES > 1
+  or JAX_PROCESS_ID > 0 without any of these is refused.
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
   tasks = os.environ.get('SLURM_NTASKS', '1').strip() or '1'

@@ -280,8 +280,8 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
   """With 8 GPUs per node and the script's own 4 tasks per node, srun had refused the step with
   its own words (an audit). The step names its whole task count: srun takes the allocation's
   SLURM_NTASKS over a smaller --ntasks-per-node, so PER_NODE=1 had started 4 processes per node
-  on the same GPUs (an audit), and it names each task's CPUs. The script runs here with a stand-in srun that prints its command
-  and the GPUs each process is given. The script makes no WORKDIR: the trainer does, and removes
+  on the same GPUs (an audit), and it names each task's CPUs. The script runs here with a
+  stand-in srun that prints its command and the GPUs each process is given. The script makes no WORKDIR: the trainer does, and removes
   it when it refuses the launch (the script's `mkdir -p` had left an empty folder behind)."""
   (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $* [$JAX_LOCAL_DEVICE_IDS]"\n')
   (tmp_path / 'srun').chmod(0o755)
