@@ -281,8 +281,9 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
   its own words (an audit). The step names its whole task count: srun takes the allocation's
   SLURM_NTASKS over a smaller --ntasks-per-node, so PER_NODE=1 had started 4 processes per node
   on the same GPUs (an audit), and it names each task's CPUs. The script runs here with a
-  stand-in srun that prints its command and the GPUs each process is given. The script makes no WORKDIR: the trainer does, and removes
-  it when it refuses the launch (the script's `mkdir -p` had left an empty folder behind)."""
+  stand-in srun that prints its command and the GPUs each process is given. The script makes no
+  WORKDIR: the trainer does, and removes it when it refuses the launch (the script's `mkdir -p`
+  had left an empty folder behind)."""
   (tmp_path / 'srun').write_text('#!/bin/sh\necho "srun $* [$JAX_LOCAL_DEVICE_IDS]"\n')
   (tmp_path / 'srun').chmod(0o755)
   env = dict(os.environ, SLURM_GPUS_ON_NODE=gpus, SLURM_NTASKS_PER_NODE=tasks, PER_NODE=per_node,
