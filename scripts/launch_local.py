@@ -6,8 +6,9 @@
 Each copy gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which
 `jax_cifar.parallel.maybe_initialize_distributed()` hands to `jax.distributed.initialize()`; with
 --cpu_devices it also runs on the CPU with that many devices per process (gloo collectives), and
-without it each copy gets its own GPUs (--gpus_per_process, 1 by default: JAX_LOCAL_DEVICE_IDS;
-not for TPUs, whose hosts run one process each). It is
+without it each copy gets its own GPUs (--gpus_per_process, 1 by default: JAX_LOCAL_DEVICE_IDS,
+split from the caller's JAX_LOCAL_DEVICE_IDS where that is set; not for TPUs, whose hosts run one
+process each). It is
 the same code path as a SLURM or TPU-pod job, so it tests multi-host behaviour on one machine.
 Output lines are prefixed with [pI]. SIGTERM/SIGINT are forwarded to every copy, once: each copy
 runs in a process group of its own, so a terminal's Ctrl-C reaches it only through this launcher
@@ -32,6 +33,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def gpu_pool(base: dict, num: int, gpus_per_process: int) -> list[str]:
+  """The GPU ids the copies share out: the caller's JAX_LOCAL_DEVICE_IDS (it had been overwritten
+  silently, so `JAX_LOCAL_DEVICE_IDS=4,5,6,7` ran on GPUs 0-3), else 0 .. num*gpus_per_process-1.
+  ValueError when the caller's list does not hold exactly that many ids."""
+  given = base.get('JAX_LOCAL_DEVICE_IDS', '').strip()
+  if not given:
+    return [str(d) for d in range(num * gpus_per_process)]
+  ids = [d.strip() for d in given.split(',')]
+  if len(ids) != num * gpus_per_process or not all(d.isdigit() for d in ids):
+    raise ValueError(f'JAX_LOCAL_DEVICE_IDS={given} must list {num * gpus_per_process} GPU ids '
+                     f'({num} processes x --gpus_per_process {gpus_per_process}), comma-separated')
+  return ids
+
+
 def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int,
                 gpus_per_process: int = 1) -> dict:
   env = dict(base, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(num),
@@ -44,7 +59,8 @@ def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int,
     # given by hand (not under SLURM), so every copy had opened them all and the first collective
     # failed in NCCL (a review). JAX reads the variable for GPUs only.
     first = index * gpus_per_process
-    env['JAX_LOCAL_DEVICE_IDS'] = ','.join(str(d) for d in range(first, first + gpus_per_process))
+    pool = gpu_pool(base, num, gpus_per_process)
+    env['JAX_LOCAL_DEVICE_IDS'] = ','.join(pool[first:first + gpus_per_process])
   return env
 
 
@@ -76,6 +92,11 @@ def main() -> int:
     parser.error('--gpus_per_process must be at least 1')
   if not 0 <= args.port <= 65535:
     parser.error('--port must be 0 (a free one) or a port number up to 65535')
+  if not args.cpu_devices and args.num_processes > 1:
+    try:
+      gpu_pool(os.environ, args.num_processes, args.gpus_per_process)
+    except ValueError as e:
+      parser.error(str(e))
   port = args.port or free_port()
   procs = []
   for i in range(args.num_processes):

@@ -14,9 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py')]
 
 
-def _launch(args: list[str], code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _launch(args: list[str], code: str, timeout: float = 60,
+            env: dict | None = None) -> subprocess.CompletedProcess:
   return subprocess.run([*LAUNCH, *args, '--', sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
+                        text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def test_each_process_gets_its_id_the_shared_coordinator_and_cpu_devices():
@@ -122,6 +123,20 @@ def test_without_cpu_devices_each_process_gets_gpus_of_its_own():
     proc = _launch(args, code)
     assert proc.returncode == 0 and set(proc.stdout.split()) - {'[p0]', '[p1]'} == {'None'}, (
         proc.stdout + proc.stderr)
+
+
+def test_the_callers_gpu_ids_are_shared_out_not_replaced():
+  """A caller's JAX_LOCAL_DEVICE_IDS=4,5,6,7 had been overwritten with 0 and 1 (a review): the
+  copies ran on GPUs the caller had not given them."""
+  code = 'import os; print(os.environ.get("JAX_LOCAL_DEVICE_IDS"))'
+  env = dict(os.environ, JAX_LOCAL_DEVICE_IDS='4,5,6,7')
+  proc = _launch(['--num_processes', '2', '--gpus_per_process', '2'], code, env=env)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert sorted(proc.stdout.splitlines()) == ['[p0] 4,5', '[p1] 6,7']
+  proc = _launch(['--num_processes', '2'], code, env=env)
+  assert proc.returncode == 2 and proc.stdout == '', proc.stdout
+  assert ('JAX_LOCAL_DEVICE_IDS=4,5,6,7 must list 2 GPU ids (2 processes x --gpus_per_process 1)'
+          in proc.stderr and 'Traceback' not in proc.stderr), proc.stderr
 
 
 @pytest.mark.parametrize('cpu_devices', [0, 2])
