@@ -95,7 +95,16 @@ def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, s
       flags.FLAGS.mark_as_parsed()  # reads an absl flag of its workers' (google/grain#1355).
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
                         worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
+    it = it.map(_out_of_shared_memory)
   return iter(it)
+
+
+def _out_of_shared_memory(batch: dict) -> dict:
+  """The workers' batches arrive in shared memory that is unlinked when its array is freed. The
+  batches still held at exit (the device prefetch queue, the last step's) were freed too late, and
+  every run with workers ended in "resource_tracker: There appear to be 4 leaked shared_memory
+  objects". A copy (0.4 MB a batch of 32 px images) frees each block at once."""
+  return {k: np.array(v, copy=True) for k, v in batch.items()}
 
 
 PARENT_POLL_S = 1.0
