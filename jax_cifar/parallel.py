@@ -345,12 +345,17 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
 
 def prefetch_to_device(batches: Iterable[dict], sharding: NamedSharding,
                        size: int = 2) -> Iterator[dict]:
-  """Keeps `size` batches in flight to the devices so transfers overlap the running step."""
+  """Keeps `size` batches in flight to the devices so transfers overlap the running step. Closing
+  this generator closes `batches` (grain's worker processes stop then, not at exit)."""
   queue = collections.deque()
   iterator = iter(batches)
-  for batch in iterator:
-    queue.append(to_global(batch, sharding))
-    if len(queue) > size:
+  try:
+    for batch in iterator:
+      queue.append(to_global(batch, sharding))
+      if len(queue) > size:
+        yield queue.popleft()
+    while queue:
       yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+  finally:
+    if hasattr(iterator, 'close'):
+      iterator.close()

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 
 
@@ -122,6 +123,7 @@ def test_worker_processes_give_the_same_batches_when_called_from_python():
   code = '''
 import numpy as np
 from absl import flags
+from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = (np.arange(320) % 256).astype(np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -145,6 +147,7 @@ def test_worker_processes_end_when_the_trainer_is_killed(tmp_path):
   code = '''
 import sys
 import numpy as np
+from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = np.zeros((320, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -186,6 +189,7 @@ def test_worker_processes_leave_a_stop_signal_to_the_trainer():
   code = '''
 import os, pathlib, signal, time
 import numpy as np
+from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = np.zeros((320, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -213,3 +217,36 @@ print('GOT', len(seen))
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
                        cwd=pathlib.Path(__file__).resolve().parent.parent, start_new_session=True)
   assert out.returncode == 0 and out.stdout.strip().endswith('GOT 2'), out.stderr[-3000:]
+
+
+class _Closable:
+  """Three batches, and whether close() was called (grain's iterators stop their workers there)."""
+
+  def __init__(self):
+    self.left, self.closed = 3, False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if not self.left:
+      raise StopIteration
+    self.left -= 1
+    return {'image': np.zeros((2, 4, 4, 3), np.uint8), 'label': np.zeros(2, np.int32)}
+
+  def close(self):
+    self.closed = True
+
+
+def test_the_device_prefetch_closes_its_input_when_closed_or_done():
+  """The trainer closes it at the end of a launch: grain's workers' batches, still buffered in
+  shared memory when a SIGTERM stopped a run with data.worker_count > 0, had ended it in
+  "leaked shared_memory objects"."""
+  sharding = parallel.batch_sharded(parallel.make_mesh())
+  source = _Closable()
+  batches = parallel.prefetch_to_device(source, sharding, size=1)
+  assert next(batches)['image'].shape == (2, 4, 4, 3) and not source.closed
+  batches.close()
+  assert source.closed
+  source = _Closable()
+  assert len(list(parallel.prefetch_to_device(source, sharding, size=1))) == 3 and source.closed

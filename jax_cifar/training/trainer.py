@@ -280,11 +280,22 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       preempted = isinstance(error, (Preempted, StopNow))
       writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
                    preempted=preempted)
+      _stop_input(batches)
   ckpts.close()
   if not last_val and step:  # A relaunch of a finished run: the numbers it logged at the step.
     last_val = tracking.logged_validation(workdir, step)
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config), 'total_steps': total_steps}
+
+
+def _stop_input(batches) -> None:
+  """Stops the input's worker processes (data.worker_count > 0) before exit, once the save is done:
+  their batches still buffered in shared memory at exit had ended a stopped run in
+  "leaked shared_memory objects". A failure here is logged; it never hides how the run ended."""
+  try:
+    batches.close()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('stopping the input pipeline failed: %s', e)
 
 
 def _best_metric(config) -> str:
