@@ -41,8 +41,9 @@ RANGES = {
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
     'data.synthetic_size': (1, None, True),  # At launch also <= SYNTHETIC_MAX.
     'data.worker_count': (0, 256, True),  # Processes: 100,000 had hung at step 0 (a flag audit).
-    'data.prefetch': (0, None, True),
-    'model.num_classes': (1, None, True), 'model.width': (1, None, True),
+    'data.prefetch': (0, 64, True),  # Batches on the devices: 2**31 had loaded every one (a fuzz).
+    # 1e8 classes had hung in the head's init, and a width of 2**31 failed there in a traceback.
+    'model.num_classes': (1, 100_000, True), 'model.width': (1, 1024, True),
     'model.image_size': (16, 1024, True),
     'augment.crop_padding': (0, 16, True), 'augment.randaugment_num_ops': (0, 14, True),
     'augment.randaugment_magnitude': (0, 30, True), 'augment.erasing_prob': (0.0, 1.0, True),
@@ -126,7 +127,8 @@ def validate(config, *, launch: bool = True) -> None:
     # launch only, as the limits below: a run that trained before them still loads.
     if launch and any(isinstance(v, float) and v != 0 and not _F32_TINY <= abs(v) <= _F32_MAX
                       for v in values):
-      raise ConfigError(f'config key {key!r} must be 0 or a float32 number (of magnitude '
+      zero = '' if key in RANGES and RANGES[key][0] == 0 and not RANGES[key][2] else '0 or '
+      raise ConfigError(f'config key {key!r} must be {zero}a float32 number (of magnitude '
                         f'{_F32_TINY:.3g} to {_F32_MAX:.3g}), got {value!r}')
   for key, (low, high, low_inclusive) in RANGES.items():
     if not launch and key in LAUNCH_ONLY_RANGES:
@@ -155,6 +157,8 @@ def validate(config, *, launch: bool = True) -> None:
   for key in ('optim.b1', 'optim.b2') + launch_only:
     if given[key] >= 1.0:
       raise ConfigError(f'config key {key!r} must be below 1, got {given[key]}')
+  if launch:
+    _check_learning_rates(given)
   if (launch and given['optim.name'] == 'sgd' and given['optim.nesterov']
       and given['optim.momentum'] == 0):
     raise ConfigError('optim.nesterov=True needs optim.momentum > 0 (as torch.optim.SGD); with '
@@ -208,6 +212,26 @@ def validate(config, *, launch: bool = True) -> None:
                       "not several; give them as --config.wandb.tags=\"('a','b')\"")
   if launch and given['wandb.mode'] != 'disabled':
     _check_wandb_project(given['wandb.project'])
+
+
+def _check_learning_rates(given: dict) -> None:
+  """The backbone's rate (optim.lr x optim.backbone_lr_mult) has optim.lr's limit, and the peak
+  rate times the weight decay stays below 1. Each had been taken alone (a fuzz): a multiplier of
+  1e6 or lr x weight_decay = 1 trained nonsense without a word, as every step multiplied each
+  decayed weight by 1 - rate x weight_decay <= 0 (AdamW's decoupled decay and SGD's coupled one
+  alike)."""
+  lr, mult, decay = given['optim.lr'], given['optim.backbone_lr_mult'], given['optim.weight_decay']
+  highest = RANGES['optim.lr'][1]
+  if lr * mult > highest:
+    raise ConfigError(f'optim.lr x optim.backbone_lr_mult (the backbone\'s learning rate) must be '
+                      f'at most {highest:g}, as optim.lr; got {lr:g} x {mult:g} = {lr * mult:g}')
+  peak = lr * max(1.0, mult)
+  if peak * decay >= 1:
+    rate = 'optim.lr x optim.backbone_lr_mult' if mult > 1 else 'optim.lr'
+    raise ConfigError(f'{rate} x optim.weight_decay must be below 1, got {peak * decay:g}: every '
+                      f'step would multiply each decayed weight by {1 - peak * decay:g}, erasing '
+                      'or flipping it (torch.optim decays the same way; weight_decay is '
+                      'usually 1e-4 to 0.05)')
 
 
 def _check_wandb_project(project: str) -> None:

@@ -174,7 +174,8 @@ def test_get_splits_limits_are_class_balanced_and_val_is_held_out(data_dir, real
 
 def test_limits_the_data_cannot_meet_or_that_leave_classes_out_are_warned_about():
   """data.train_limit above the images there are had been capped, and an eval_limit below the
-  class count validated on a few classes, both without a word (a flag audit)."""
+  class count validated on a few classes, both without a word (a flag audit); an eval_limit above
+  the validation images too (a fuzz)."""
   cfg = _cfg(source='synthetic', synthetic_size=1000, val_fraction=0.1, train_limit=5000,
              eval_limit=3)
   splits = cifar100.get_splits(cfg)
@@ -183,6 +184,10 @@ def test_limits_the_data_cannot_meet_or_that_leave_classes_out_are_warned_about(
                    'validation hold-out): all 900 are used',
                    'data.eval_limit=3 is fewer than the 100 classes: validation (and the best '
                    'checkpoint) rests on 3 images of 3 classes']
+  cfg.eval_limit = 101
+  splits = cifar100.get_splits(cfg)
+  assert cifar100.limit_notes(cfg, 100, splits['train'], splits['val'])[1:] == [
+      'data.eval_limit=101 is more than the 100 validation images: all 100 are used']
   cfg.train_limit, cfg.eval_limit = 900, 100  # Met, and every class: nothing to say.
   splits = cifar100.get_splits(cfg)
   assert not cifar100.limit_notes(cfg, 100, splits['train'], splits['val'])

@@ -159,6 +159,22 @@ def test_a_worker_count_no_machine_could_start_is_refused():
     ({'optim.schedule_per': 'epoch', 'optim.warmup_epochs': 0.5},
      "schedule_per='epoch' .* \\(optim.warmup_epochs=0.5\\) would train the first epoch at rate 0"),
     ({'optim.schedule_per': 'epochs'}, "'optim.schedule_per' must be one of"),
+    # A config fuzz: each had been taken. 2**31 batches were all loaded before step 1; 1e8
+    # classes hung in the head's init; a width of 2**31 was a traceback there; a backbone rate
+    # of 1e3 and a peak rate x weight decay of 1 trained nonsense without a word.
+    ({'data.prefetch': 65}, "'data.prefetch' must be in \\[0, 64\\]"),
+    ({'model.num_classes': 100_001}, "'model.num_classes' must be in \\[1, 100000\\]"),
+    ({'model.width': 1025}, "'model.width' must be in \\[1, 1024\\]"),
+    ({'optim.backbone_lr_mult': 1e6}, "^optim.lr x optim.backbone_lr_mult \\(the backbone's "
+     "learning rate\\) must be at most 10, as optim.lr; got 0.001 x 1e\\+06 = 1000$"),
+    ({'optim.lr': 1.0, 'optim.weight_decay': 1.0}, "^optim.lr x optim.weight_decay must be below "
+     "1, got 1: every step would multiply each decayed weight by 0, erasing or flipping it"),
+    ({'optim.name': 'sgd', 'optim.weight_decay': 2000.0}, "^optim.lr x optim.weight_decay must "
+     "be below 1, got 2: .* by -1,"),
+    ({'optim.backbone_lr_mult': 100.0, 'optim.weight_decay': 10.0},
+     "^optim.lr x optim.backbone_lr_mult x optim.weight_decay must be below 1, got 1:"),
+    # 0 is no learning rate: the message had offered it.
+    ({'optim.lr': 1e-40}, "'optim.lr' must be a float32 number \\(of magnitude"),
 ])
 def test_explicit_checks_refuse_naming_the_key(flat, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -177,6 +193,14 @@ def test_a_float_for_an_integer_key_is_refused_naming_it(key, value):
     config_validation.validate(c)
 
 
+def test_the_limits_of_learning_rates_and_sizes_still_admit_their_edges():
+  for flat in ({'data.prefetch': 64}, {'model.num_classes': 100_000}, {'model.width': 1024},
+               {'optim.backbone_lr_mult': 1e4}, {'optim.lr': 10.0, 'optim.weight_decay': 0.09},
+               {'optim.backbone_lr_mult': 0.0, 'optim.weight_decay': 999.0},
+               {'optim.name': 'sgd', 'optim.lr': 0.1, 'optim.weight_decay': 5e-4}):
+    config_validation.validate(_config(**flat))
+
+
 def test_a_run_that_trained_before_a_check_existed_still_loads():
   """The checks of what training would do with a value apply to launches; a run that trained
   with such a value (Nesterov with momentum 0 trained as plain SGD, an unused blur range) must
@@ -184,7 +208,8 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
   for flat in ({'optim.name': 'sgd', 'optim.momentum': 0.0, 'optim.nesterov': True},
                {'augment.blur_sigma': (0.1, 200.0)}, {'optim.label_smoothing': 1.0},
                {'wandb.tags': (1, 2)}, {'augment.jpeg_quality': (20.5, 95)},
-               {'data.worker_count': 300}):  # (Above the limit of 256 that came later.)
+               {'data.worker_count': 300},  # (Above the limit of 256 that came later.)
+               {'optim.lr': 1.0, 'optim.weight_decay': 1.0}, {'optim.backbone_lr_mult': 1e6}):
     with pytest.raises(config_validation.ConfigError):
       config_validation.validate(_config(**flat))
     config_validation.validate(_config(**flat), launch=False)

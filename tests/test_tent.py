@@ -236,9 +236,14 @@ def test_matches_a_pytorch_tent_on_torchvision_resnet18():
 
 def test_bad_settings_are_refused_by_name():
   for kwargs, name in (({'lr': 0.0}, '--tent_lr'), ({'lr': float('nan')}, '--tent_lr'),
-                       ({'epochs': 0}, '--tent_epochs'), ({'batch_size': 0}, '--tent_batch_size')):
+                       ({'epochs': 0}, '--tent_epochs'), ({'batch_size': 0}, '--tent_batch_size'),
+                       # A fuzz: 1e6 adapted to nonsense, 2**40 epochs ran for good.
+                       ({'lr': 1e6}, '--tent_lr must be a positive float32 number of at most 10'),
+                       ({'lr': 1e-40}, '--tent_lr'),
+                       ({'epochs': 2**40}, '--tent_epochs must be 1 to 1000')):
     with pytest.raises(errors.ConfigError, match=name):
       tent.TentOptions(**kwargs)
+  tent.TentOptions(lr=10.0, epochs=1000)  # The limits themselves are allowed.
   if jax.device_count() > 1:
     with pytest.raises(errors.ConfigError, match='--tent_batch_size'):
       tent.TentOptions(batch_size=jax.device_count() + 1)

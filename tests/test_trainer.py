@@ -80,6 +80,17 @@ def test_micro_batches_that_would_span_devices_are_warned_about(monkeypatch):
   assert 'does not divide the 8 images each of the 16 devices holds' in warn(128, 16)
 
 
+def test_validation_more_often_than_every_step_is_said(caplog):
+  """train.eval_every_epochs=1e-6 had validated after every step without a word (a fuzz)."""
+  with caplog.at_level('WARNING'):
+    assert trainer.eval_every_steps(0.5, 78) == 39 and trainer.eval_every_steps(0.007, 78) == 1
+    assert not caplog.records
+    assert trainer.eval_every_steps(1e-6, 78) == 1
+  assert [r.getMessage() for r in caplog.records] == [
+      'train.eval_every_epochs=1e-06 is less than one step of the 78 in an epoch: validating '
+      'after every step.']
+
+
 def test_processes_that_read_different_steps_are_refused_before_training_apart(monkeypatch):
   """Each process lists and reads the checkpoint files itself: a host seeing a lagging shared
   filesystem would resume from another step than the others (a multi-host review). The gathered

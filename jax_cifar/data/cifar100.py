@@ -328,6 +328,9 @@ def limit_notes(data_cfg: Any, num_classes: int, train: Split, val: Split) -> li
   if data_cfg.train_limit > len(train):
     notes.append(f'data.train_limit={data_cfg.train_limit} is more than the {len(train)} training '
                  f'images (after the validation hold-out): all {len(train)} are used')
+  if data_cfg.eval_limit > len(val):  # (Only train_limit's had been said: a fuzz.)
+    notes.append(f'data.eval_limit={data_cfg.eval_limit} is more than the {len(val)} validation '
+                 f'images: all {len(val)} are used')
   if 0 < data_cfg.eval_limit < num_classes:
     notes.append(f'data.eval_limit={data_cfg.eval_limit} is fewer than the {num_classes} classes: '
                  f'validation (and the best checkpoint) rests on {len(val)} images of '

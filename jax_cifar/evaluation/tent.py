@@ -36,6 +36,9 @@ from jax_cifar import state as state_lib
 from jax_cifar.state import model_input
 
 
+MAX_LR, MAX_EPOCHS = 10.0, 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class TentOptions:
   lr: float = 1e-3
@@ -43,10 +46,12 @@ class TentOptions:
   batch_size: int = 128
 
   def __post_init__(self):
-    if not (np.isfinite(self.lr) and self.lr > 0):
-      raise errors.ConfigError(f'--tent_lr must be a positive number, got {self.lr}')
-    if self.epochs < 1:
-      raise errors.ConfigError(f'--tent_epochs must be at least 1, got {self.epochs}')
+    # optim.lr's limits (a fuzz: 1e6 had adapted to nonsense without a word, 1e39 is inf in float32).
+    if not (np.isfinite(self.lr) and np.finfo(np.float32).tiny <= self.lr <= MAX_LR):
+      raise errors.ConfigError(f'--tent_lr must be a positive float32 number of at most {MAX_LR:g}, '
+                               f'got {self.lr}')
+    if not 1 <= self.epochs <= MAX_EPOCHS:  # (2**40 had run for good.)
+      raise errors.ConfigError(f'--tent_epochs must be 1 to {MAX_EPOCHS}, got {self.epochs}')
     if self.batch_size < 1:
       raise errors.ConfigError(f'--tent_batch_size must be at least 1, got {self.batch_size}')
     parallel.check_batch_size(self.batch_size, '--tent_batch_size')

@@ -156,7 +156,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         f'{steps_per_epoch:,} per epoch, more than the {config_validation.INT_MAX:,} the step '
         'counter (an int32) holds')
   last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
-  eval_every = max(1, int(round(config.train.eval_every_epochs * steps_per_epoch)))
+  eval_every = eval_every_steps(config.train.eval_every_epochs, steps_per_epoch)
 
   # --- model, optimizer, state ------------------------------------------------------------------
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
@@ -286,6 +286,16 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     last_val = tracking.logged_validation(workdir, step)
   return {'step': step, **last_val, 'best_val_accuracy': ckpts.best_accuracy(),
           'best_metric': _best_metric(config), 'total_steps': total_steps}
+
+
+def eval_every_steps(eval_every_epochs: float, steps_per_epoch: int) -> int:
+  """The steps between validations, at least one: less than half a step had been rounded up to
+  a validation after every step without a word (a fuzz)."""
+  steps = int(round(eval_every_epochs * steps_per_epoch))
+  if steps < 1:
+    logging.warning('train.eval_every_epochs=%g is less than one step of the %d in an epoch: '
+                    'validating after every step.', eval_every_epochs, steps_per_epoch)
+  return max(1, steps)
 
 
 def _stop_input(batches) -> None:
