@@ -123,9 +123,11 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
   # Inside one folder (the same tag): another config, a step saved again (a relaunch after a
   # crash retrains it: other weights, same step number), other jax-cifar code (an upgrade between
   # the stop and the resume: the version string had been the key, and it never changes between
-  # releases), each starts over; the same files named by a relative path resume.
+  # releases), each starts over; the same files named by a relative path resume, and so do
+  # config keys that cannot change a prediction (where the data lives, data.eval_limit, logging:
+  # any key had discarded the kept files, an evaluate review).
   step_dir = next((run / 'run' / 'checkpoints' / 'latest').iterdir())
-  for change in ('config', 'step', 'code', None):
+  for change in ('config', 'step', 'code', None, 'data'):
     with monkeypatch.context() as m:
       _crash_after(m, 'ood_file', 3)
       with pytest.raises(_Crash):
@@ -134,6 +136,9 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
     config = _config()
     if change == 'config':
       config.train.eval_batch_size = 16
+    if change == 'data':
+      config.data.eval_limit, config.train.log_every_steps = 7, 3
+      config.data.dir = str(tmp_path / 'elsewhere')
     if change == 'step':
       os.utime(step_dir, ns=(2, 2))
     with monkeypatch.context() as m:
@@ -142,7 +147,7 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
         m.setattr(code_digest, 'code_version', lambda: f'{jax_cifar.__version__}+0123456789ab')
       evaluate.evaluate(config, str(run / 'run'), 'latest', ood_dir='ood',
                         submission_csv=str(tmp_path / 'sub.csv'))
-    assert len(_distortions(seen)) == (19 if change else 15), change
+    assert len(_distortions(seen)) == (19 if change in ('config', 'step', 'code') else 15), change
     assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
 
   with monkeypatch.context() as m:
@@ -153,7 +158,9 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
   os.utime(ood_dir / 'distortion10.npy', ns=(1, 1))  # Touched: the contents may have changed.
   result = evaluate_here()
   assert len(_distortions(seen)) == 19 and 'ood_files_resumed' not in result
-  assert 'other settings or input files: not used, starting over' in capsys.readouterr().err
+  assert ('other settings or input files (other input files (path, size or time)): not used, '
+          'starting over; they are removed when this evaluation finishes its first file'
+          in capsys.readouterr().err)
   assert (tmp_path / 'sub.csv').read_bytes() == (run / 'reference.csv').read_bytes()
   assert not (run / 'run' / 'partial_latest').exists()
 
@@ -205,6 +212,34 @@ def test_a_folder_that_takes_no_files_costs_only_the_resumption(tmp_path, capsys
   assert kept_predictions.KeptPredictions(tmp_path / 'partial_best', {'a': 2}).count(
       ['ood_distortion00']) == 0  # Other settings.
   assert not (tmp_path / 'partial_best').exists()
+
+
+def test_other_settings_name_what_differs_and_keep_the_files_until_their_first_file(tmp_path,
+                                                                                  capsys):
+  """Files of other settings had been removed as the new evaluation started, before it had
+  predicted anything, by a note that did not say what differed (an evaluate review): a quick
+  check with another --ood_dir, stopped early, lost a stopped run's hours."""
+  folder = tmp_path / 'partial_best'
+  first = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [1], 'tta': 'flip'})
+  first.keep('ood_distortion00', np.arange(5))
+  first.close()
+  other = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [2], 'tta': 'none'})
+  assert capsys.readouterr().err == (
+      f'note: {folder} holds the predictions of a stopped evaluation with other settings or input '
+      'files (other input files (path, size or time), --tta): not used, starting over; they are '
+      'removed when this evaluation finishes its first file\n')
+  assert other.get('ood_distortion00', 5) is None and other.stop_note() == ''
+  other.close()  # Stopped before its first file: the first evaluation's files are still there.
+  first = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [1], 'tta': 'flip'})
+  np.testing.assert_array_equal(first.get('ood_distortion00', 5), np.arange(5))
+  first.close()
+  other = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [2], 'tta': 'none'})
+  other.keep('ood_distortion07', np.arange(5))  # Its first file: the others' go.
+  assert sorted(p.name for p in folder.iterdir()) == ['kept.json', 'ood_distortion07.npy']
+  other.close()
+  (folder / kept_predictions.RECORD).write_text('{')  # A damaged record: said so.
+  kept_predictions.KeptPredictions(folder, {'step': 5}).close()
+  assert 'files (its kept.json cannot be read): not used' in capsys.readouterr().err
 
 
 def test_a_second_evaluation_with_the_same_tag_keeps_nothing_and_disturbs_nothing(tmp_path,

@@ -3,11 +3,13 @@
 
 Each distortion (or CIFAR-100-C) file's predicted labels go to WORKDIR/partial_<tag>/ as soon as
 the file is predicted, with a record of what they were made with (the checkpoint, its step and
-its folder's modification time, the weights, the test-time tools, the config, the device count,
+its folder's modification time, the weights, the test-time tools, the config keys that can change a
+prediction (PREDICTION_KEYS), the device count,
 the jax-cifar and JAX versions, each input file's resolved path, size and modification time) and
 a checksum. The same command run again uses the files it can check and predicts the rest; other
-settings or changed inputs start over. The folder is removed once the evaluation has written its
-results. Process 0 reads and writes it, holding a lock (WORKDIR/.partial_<tag>.lock) so that a
+settings or changed inputs start over (a note names what differs), and their files are removed
+once the new evaluation keeps its first one. The folder is removed once the evaluation has written
+its results. Process 0 reads and writes it, holding a lock (WORKDIR/.partial_<tag>.lock) so that a
 second evaluation with the same tag keeps nothing rather than disturb the first; the other
 processes receive process 0's labels (a broadcast), so every process holds the same predictions.
 """
@@ -15,6 +17,7 @@ processes receive process 0's labels (a broadcast), so every process holds the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -22,6 +25,7 @@ import shutil
 import zlib
 
 import jax
+import ml_collections
 import numpy as np
 
 from jax_cifar import atomic_folder, code_digest, errors, parallel, tracking
@@ -29,6 +33,17 @@ from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import ood
 
 RECORD = 'kept.json'
+# The config keys a prediction depends on: the model, the crop mode of the shifted views, whether
+# there is an EMA, and the batch (XLA's numbers may differ a little with it). Any other key (where
+# the data lives, data.eval_limit, logging) had discarded hours of kept files (an evaluate review).
+PREDICTION_KEYS = ('model', 'augment.crop_mode', 'ema.decay', 'train.eval_batch_size')
+# What each part of the settings is, for the note that says why kept files are not used.
+_PARTS = {'checkpoint': 'checkpoint', 'step': 'step', 'weights': 'weights',
+          'step_saved_ns': 'save time of the step', 'config': 'model settings ('
+          + ', '.join(PREDICTION_KEYS) + ')', 'devices': 'device count',
+          'versions': 'jax-cifar or JAX code', 'files': 'input files (path, size or time)',
+          'tta': '--tta', 'tta_average': '--tta_average', 'bn_adapt': '--bn_adapt',
+          'bn_adapt_batch': "--bn_adapt's batch", 'tent': '--tent settings'}
 
 
 def fingerprint(f: ood.ImageFile) -> list:
@@ -39,14 +54,16 @@ def fingerprint(f: ood.ImageFile) -> list:
 
 def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.ImageFile]) -> dict:
   """What the kept labels depend on: `result`'s checkpoint, step, weights and tools so far, the
-  config, the devices, the step folder's mtime (a step saved again after a crash has other
+  config's PREDICTION_KEYS, the devices, the step folder's mtime (a step saved again after a crash has other
   weights), jax-cifar's code (its version stays the same between releases) and jax's version, and
   the input files."""
   try:
     saved = step_dir.stat().st_mtime_ns
   except OSError:
     saved = None
-  return {**result, 'config': parallel.digest(config.to_dict()), 'devices': jax.device_count(),
+  keys = {k: functools.reduce(lambda c, part: c[part], k.split('.'), config) for k in PREDICTION_KEYS}
+  keys = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v for k, v in keys.items()}
+  return {**result, 'config': parallel.digest(keys), 'devices': jax.device_count(),
           'step_saved_ns': saved, 'versions': [code_digest.code_version(), jax.__version__],
           'files': [fingerprint(f) for f in files]}
 
@@ -63,6 +80,7 @@ class KeptPredictions:
     self.folder = folder
     self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
     self._done: dict[str, int] = {}  # name -> checksum of its saved labels (process 0)
+    self._stale = False  # The folder holds another evaluation's files, removed at the first keep.
     self._keeping = folder is not None and jax.process_index() == 0
     self._lock = None
     if self._keeping:
@@ -97,9 +115,18 @@ class KeptPredictions:
         record.get('done'), dict):
       return {str(k): v for k, v in record['done'].items()}
     tracking.say(f'note: {self.folder} holds the predictions of a stopped evaluation with other '
-                 'settings or input files: not used, starting over')
-    shutil.rmtree(self.folder, ignore_errors=True)
+                 f'settings or input files ({self._differences(record)}): not used, starting '
+                 'over; they are removed when this evaluation finishes its first file')
+    self._stale = True
     return {}
+
+  def _differences(self, record) -> str:
+    """What differs from a record's settings, in words ('unreadable record' if it has none)."""
+    old = record.get('settings') if isinstance(record, dict) else None
+    if not isinstance(old, dict):
+      return f'its {RECORD} cannot be read'
+    differ = [k for k in sorted(set(old) | set(self.settings)) if old.get(k) != self.settings.get(k)]
+    return 'other ' + ', '.join(_PARTS.get(k, f'{k!r}') for k in differ)
 
   def count(self, names: list[str]) -> int:
     """How many of `names` are recorded as kept (process 0's view; 0 on the others)."""
@@ -147,6 +174,9 @@ class KeptPredictions:
         np.save(f, labels, allow_pickle=False)
 
     try:
+      if self._stale:  # (Left until now: a stop before this file keeps the other evaluation's.)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._stale = False
       self.folder.mkdir(exist_ok=True)
       atomic_folder.write_file(self.folder / f'{name}.npy', save)
       self._done[name] = _crc(labels)
