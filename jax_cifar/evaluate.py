@@ -299,6 +299,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     if kept:  # Its folder stays for the next run, and the lock goes (as at the process's exit).
       if isinstance(e, interrupt.Interrupted):
         e.kept_note = kept.stop_note()  # main()'s stop line says where the finished files wait.
+      elif kept.stop_note():  # A failure (a full disk) had said nothing of them (a review).
+        tracking.say(f'note: {kept.stop_note()[2:]}')
       kept.close()
     raise
   if kept:

@@ -209,6 +209,7 @@ def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_p
   assert sorted(p.name for p in workdir.iterdir()) == before
   err = capsys.readouterr().err
   assert f'{workdir} takes no files (Read-only file system)' in err and 'eval_latest.json' in err
+  assert 'that a stopped evaluation resumes from (it would start over' in err  # (A review.)
   assert err.index('takes no files') < err.index('gaussian_noise')  # Before the predictions.
   assert 'Wrote' not in err, err
 

@@ -78,13 +78,17 @@ def _same_numbers(result, reference):
     assert result[key] == reference[key], key
 
 
-def test_a_failed_evaluation_resumes_after_its_finished_files(run, tmp_path, monkeypatch):
+def test_a_failed_evaluation_resumes_after_its_finished_files(run, tmp_path, monkeypatch, capsys):
   partial = run / 'run' / 'partial_latest'
   with monkeypatch.context() as m:
     _crash_after(m, 'ood_file', 6)  # Distortions 00-06 finished, then a failure.
     with pytest.raises(_Crash):
       _evaluate(run, tmp_path / 'sub.csv')
   assert not (tmp_path / 'sub.csv').exists()
+  # Said with the failure (a full disk's error line had not said it): a review.
+  assert capsys.readouterr().err.endswith(
+      f'note: the predictions of 9 finished files are kept in {partial}: the same command '
+      'resumes after them\n')
   kept = sorted(p.name for p in partial.iterdir())
   assert kept == sorted(['kept.json', 'c_fog.npy', 'c_gaussian_noise.npy',
                          *[f'ood_distortion{i:02d}.npy' for i in range(7)]])

@@ -62,5 +62,7 @@ def takes_files(workdir: pathlib.Path, tag: str) -> bool:
   why = workdir_lib.why_unwritable(workdir)
   if why:
     tracking.say(f'{workdir} takes no files ({why}): the numbers are printed, and '
-                 f'eval_{tag}.json and the figures are not written')
+                 f'eval_{tag}.json and the figures are not written, nor the finished files of '
+                 '--ood_dir / --cifar100c_dir that a stopped evaluation resumes from (it would '
+                 'start over: copy the run to a writable folder to keep them)')
   return why is None
