@@ -17,7 +17,7 @@ import pytest
 
 from _tiny_run import CONFIG_FILE, config as _config, write_ood
 from jax_cifar import errors, evaluate, interrupt
-from jax_cifar.evaluation import submission
+from jax_cifar.evaluation import output_files, submission
 from jax_cifar.training import trainer
 from jax_cifar.data import ood
 
@@ -228,11 +228,16 @@ def test_a_model_with_more_classes_than_cifar100_is_refused_before_predicting_a_
     evaluate.evaluate(config, str(tmp_path / 'no_run'), 'latest', ood_dir=str(run / 'ood'))
 
 
-def test_an_existing_submission_csv_or_an_empty_file_may_be_replaced(tmp_path):
+def test_an_existing_submission_csv_or_an_empty_file_may_be_replaced(tmp_path, capsys):
   for text in ('id,label\ndistortion00_1_0,3\n', '\ufeffid,label\r\n', ''):  # Excel's BOM; empty.
     path = tmp_path / 'sub.csv'
     path.write_text(text, encoding='utf-8')
     assert submission.check_output_path(path) == path
+    # evaluate says so first (a CSV had been replaced without a word: a review); not an empty file.
+    output_files.check_submission_path(path, default=False)
+    note = (f'note: {path} holds a submission CSV: it is replaced once this evaluation has '
+            'predicted every file\n')
+    assert capsys.readouterr().err == (note if text else '')
 
 
 def test_stale_part_files_are_removed_but_a_live_writers_file_is_kept(tmp_path):

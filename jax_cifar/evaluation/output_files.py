@@ -37,7 +37,10 @@ def check_submission_path(csv_path: str | os.PathLike, default: bool) -> None:
   `csv_path` as given (a trailing `/` is checked); `default`: not given, the workdir's."""
   with parallel.fail_together(f'checking {csv_path}'):
     if jax.process_index() == 0:
-      submission.check_output_path(csv_path, default=default)
+      path = submission.check_output_path(csv_path, default=default)
+      if path.is_file() and path.stat().st_size:  # (Replaced without a word: a review.)
+        tracking.say(f'note: {path} holds a submission CSV: it is replaced once this '
+                     'evaluation has predicted every file')
 
 
 def stamps(workdir: pathlib.Path, tag: str) -> dict[str, int | None]:
