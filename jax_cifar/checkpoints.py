@@ -69,8 +69,12 @@ def save_whole_arrays_on_cpu() -> None:
   default = ocp.type_handlers.get_type_handler(jax.Array)
   if not getattr(default, '_use_replica_parallel', True):
     return
-  handler = ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=False, array_metadata_store=getattr(default, '_array_metadata_store', None))
+  if not hasattr(default, '_array_metadata_store'):  # (orbax's private name: were it renamed, a
+    logging.warning('orbax %s: its ArrayHandler has no _array_metadata_store; keeping its '
+                    'replica-parallel saves (slower on CPU devices)', ocp.__version__)
+    return  # handler without it would save no array metadata: a library-usage audit.)
+  store = default._array_metadata_store  # pylint: disable=protected-access
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=store)
   notice = lambda record: 'overriding' not in record.getMessage()  # pylint: disable=unnecessary-lambda-assignment
   absl_logger = logging.get_absl_logger()
   absl_logger.addFilter(notice)

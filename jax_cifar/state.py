@@ -151,8 +151,11 @@ def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None,
   tx, _ = optim.make_optimizer(config.optim, total_steps=1, steps_per_epoch=1)  # Structure only.
   target, graphdef = abstract_state(config, tx, mesh)
   if which in ('best', 'latest'):
-    restored = checkpoints.Checkpoints(workdir, create=False).restore(which, target,
-                                                                      fallback=fallback)
+    ckpts = checkpoints.Checkpoints(workdir, create=False)
+    try:
+      restored = ckpts.restore(which, target, fallback=fallback)
+    finally:
+      ckpts.close()  # (Its orbax managers had been left open: a library-usage audit.)
     if restored is None:
       other = 'latest' if which == 'best' else 'best'
       folder = pathlib.Path(workdir, 'checkpoints', other)

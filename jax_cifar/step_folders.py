@@ -154,8 +154,10 @@ def restore_path(path: str | pathlib.Path, target: Any) -> Any:
 
 
 def _restore_folder(step_dir: pathlib.Path, abstract: Any) -> Any:
-  return restore_step(step_dir, lambda: ocp.StandardCheckpointer().restore(
-      step_dir / 'default', abstract))
+  def read() -> Any:
+    with ocp.StandardCheckpointer() as checkpointer:  # Closed, as orbax's docstring has it.
+      return checkpointer.restore(step_dir / 'default', abstract)
+  return restore_step(step_dir, read)
 
 
 def restore_twin(step_dir: pathlib.Path, abstract: Any, damage: Damaged) -> Any | None:

@@ -83,6 +83,8 @@ from jax_cifar import checkpoints, parallel
 mesh = parallel.make_mesh()
 state = {f'w{i}': jax.device_put(np.arange(64 * (i + 1), dtype=np.float32), NamedSharding(mesh, P()))
          for i in range(5)}
+import orbax.checkpoint as ocp
+store = ocp.type_handlers.get_type_handler(jax.Array)._array_metadata_store
 slices = []
 slice_in_dim = jax.lax.slice_in_dim
 jax.lax.slice_in_dim = lambda *a, **k: slices.append(1) or slice_in_dim(*a, **k)
@@ -91,8 +93,11 @@ ckpts.save_latest(state, 1)
 ckpts.wait()
 restored, step = ckpts.restore('latest', state)
 ckpts.close()
+handler = ocp.type_handlers.get_type_handler(jax.Array)  # The override keeps orbax's store.
+same_store = store is not None and handler._array_metadata_store is store
 print(json.dumps({'devices': len(jax.devices()), 'slices': len(slices), 'step': step,
-                  'equal': all(np.array_equal(restored[k], state[k]) for k in state)}))
+                  'equal': all(np.array_equal(restored[k], state[k]) for k in state),
+                  'same_store': same_store}))
 '''
 
 
@@ -105,7 +110,7 @@ def test_replicated_arrays_on_cpu_devices_are_saved_whole_not_sliced_per_device(
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.splitlines()[-1])
-  assert result == {'devices': 4, 'slices': 0, 'step': 1, 'equal': True}
+  assert result == {'devices': 4, 'slices': 0, 'step': 1, 'equal': True, 'same_store': True}
 
 
 def test_a_failed_background_save_is_found_without_waiting_for_the_next_save(tmp_path):
