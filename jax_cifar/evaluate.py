@@ -295,6 +295,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
           run_name=run_name, draw_later=draw_later, kept=kept))
     if keeps and jax.process_index() == 0:
       eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
+      if ood_files and 'ood_accuracy' not in result:  # A set without labels replaced a labelled
+        (workdir_path / f'ood_{tag}.png').unlink(missing_ok=True)  # one's numbers: its figure too.
   except BaseException as e:
     if kept:  # Its folder stays for the next run, and the lock goes (as at the process's exit).
       if isinstance(e, interrupt.Interrupted):

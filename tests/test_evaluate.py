@@ -165,12 +165,15 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
                     submission_csv=str(tmp_path / 'a.csv'), cifar100c_dir=str(run / 'c'))
   first = json.loads(path.read_text())
   assert 'ood_accuracy' in first and first['ood_dir'] == str(labelled)
+  assert (workdir / 'ood_latest.png').is_file()
   evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
                     submission_csv=str(tmp_path / 'b.csv'))
   kept = json.loads(path.read_text())
   assert kept['ood_dir'] == str(run / 'ood') and kept['submission'] == str(tmp_path / 'b.csv')
   assert 'ood_accuracy' not in kept and 'ood_per_distortion' not in kept, kept.keys()
   assert kept['cifar100c'] == first['cifar100c']  # Another kind: kept.
+  # The labelled set's figure had stayed beside the numbers that replaced it (a review).
+  assert not (workdir / 'ood_latest.png').exists() and (workdir / 'cifar100c_latest.png').is_file()
 
 
 def test_without_a_test_time_tool_a_file_is_predicted_whole_not_per_severity(run, monkeypatch):
