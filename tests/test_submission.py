@@ -353,11 +353,13 @@ def test_a_file_of_another_extension_and_four_missing_or_present_files_are_named
   np.savez(tmp_path / 'distortion03', np.zeros((5, 32, 32, 3), np.uint8))
   for i in (5, 6, 7):
     (tmp_path / ood.distortion_file(i)).unlink()
+  (tmp_path / 'distortion06.npy.gz').write_bytes(b'')  # Compressed (a review: not named).
   with pytest.raises(DataError) as e:
     ood.check_distortion_dir(tmp_path)
   assert str(e.value) == (f'{tmp_path}: missing 4 of the 19 distortion files: distortion03.npy '
-                          '(found distortion03.npz), distortion05.npy, distortion06.npy, '
-                          'distortion07.npy')
+                          '(found distortion03.npz), distortion05.npy, distortion06.npy '
+                          '(found distortion06.npy.gz), distortion07.npy')
+  (tmp_path / 'distortion06.npy.gz').unlink()
   for i in range(4, 18):
     (tmp_path / ood.distortion_file(i)).unlink(missing_ok=True)
   with pytest.raises(DataError) as e:

@@ -141,7 +141,8 @@ def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
   def one(name: str) -> str:
     if (directory / name).is_symlink():
       return f'{name} (a broken link)'
-    near = by_lower.get(name.lower()) or by_stem.get(pathlib.Path(name).stem)
+    near = (by_lower.get(name.lower()) or by_stem.get(pathlib.Path(name).stem)
+            or by_stem.get(name.lower()))  # (distortion03.npy.gz, compressed: a review.)
     return f'{name} (found {near})' if near else name
 
   present = [distortion_file(i) for i in range(NUM_DISTORTIONS) if distortion_file(i) not in missing]
