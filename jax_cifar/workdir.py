@@ -250,6 +250,10 @@ def run_config(run_dir: str | pathlib.Path):
   from jax_cifar.configs import default  # pylint: disable=g-import-not-at-top
   run_dir = pathlib.Path(run_dir).expanduser()
   path = run_dir / CONFIG_FILE
+  if not run_dir.is_dir():  # (It had been "RUN/config.json not found": a review.)
+    what = 'is not a folder' if run_dir.exists() else 'does not exist'
+    raise WorkdirError(f'{run_dir} {what}: give the folder of a jax-cifar run (its --workdir)'
+                       f'{_run_above(pathlib.Path(run_dir))}')
   if not path.exists():
     raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?'
                        f'{_run_above(pathlib.Path(run_dir))}')

@@ -311,6 +311,11 @@ def test_a_path_inside_a_run_a_tilde_and_a_missing_best_point_the_way(run, tmp_p
       jax_cifar.load_model(inside)
   with pytest.raises(workdir_lib.WorkdirError, match=r'a jax-cifar run directory\?$'):
     jax_cifar.load_model(tmp_path)  # Inside no run: no hint.
+  # A folder that is not there is said so (it had been "MISSING/config.json not found": a review).
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf'^{re.escape(str(tmp_path / "typo"))} does not exist: give the folder of a jax-cifar run '
+      r'\(its --workdir\)$')):
+    jax_cifar.load_model(tmp_path / 'typo')
   monkeypatch.setenv('HOME', str(run.parent))
   assert jax_cifar.load_model(f'~/{run.name}', 'latest')[1] == jax_cifar.run_config(run)
   # ... and so do load_predictor and evaluate (they had said '~/NAME/config.json not found').
