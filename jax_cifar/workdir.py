@@ -252,8 +252,9 @@ def run_config(run_dir: str | pathlib.Path):
   path = run_dir / CONFIG_FILE
   if not run_dir.is_dir():  # (It had been "RUN/config.json not found": a review.)
     what = 'is not a folder' if run_dir.exists() else 'does not exist'
+    above = _run_above(pathlib.Path(run_dir))
     raise WorkdirError(f'{run_dir} {what}: give the folder of a jax-cifar run (its --workdir)'
-                       f'{_run_above(pathlib.Path(run_dir))}')
+                       + (f'.{above}' if above else ''))
   if not path.exists():
     raise WorkdirError(f'{path} not found: is {run_dir} a jax-cifar run directory?'
                        f'{_run_above(pathlib.Path(run_dir))}')

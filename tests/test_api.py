@@ -97,7 +97,8 @@ def test_ema_weights_are_a_different_model_and_bad_arguments_are_named(run):
     jax_cifar.load_model(run, 'newest')
   with pytest.raises(ValueError, match="weights must be one of raw, ema, auto, got 'emma'"):
     jax_cifar.load_model(run, 'latest', weights='emma')
-  with pytest.raises(workdir_lib.WorkdirError, match="not found"):
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match="nope does not exist: give the folder of a jax-cifar run"):
     jax_cifar.load_model(run / 'nope')
   for bad in (0, -1, 2.5, True):  # -1 had returned 0 rows for 16 images, silently
     with pytest.raises(ValueError, match=f'batch_size must be a positive int, got {bad!r}'):
