@@ -188,11 +188,10 @@ def parse_init_from(spec: str) -> tuple[str, str]:
   return run_dir, which
 
 
-def _weights_of_run(config, params, batch_stats, mesh):
-  """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state or
-  step): its raw weights, or their EMA with `model.init_from_weights` 'ema' (or 'auto', the better
-  on validation at that step). As with `model.pretrained`, a head of another size keeps this run's
-  fresh one."""
+def init_from_source(config) -> tuple[str, str, Any]:
+  """`model.init_from`'s run folder, checkpoint ('best', 'latest' or a step folder) and config,
+  checked to hold this model; no checkpoint is read (start.check_pretrained calls it before the
+  data is: a mistake had been found after loading it, a fuzz)."""
   run_dir, which = parse_init_from(config.model.init_from)
   try:
     source = workdir_lib.run_config(run_dir)
@@ -203,6 +202,15 @@ def _weights_of_run(config, params, batch_stats, mesh):
   if differ:
     raise checkpoints.CheckpointError(
         f'model.init_from={config.model.init_from}: that run has another model ({"; ".join(differ)})')
+  return run_dir, which, source
+
+
+def _weights_of_run(config, params, batch_stats, mesh):
+  """`model.init_from`: another run's params and BatchNorm statistics (never its optimizer state or
+  step): its raw weights, or their EMA with `model.init_from_weights` 'ema' (or 'auto', the better
+  on validation at that step). As with `model.pretrained`, a head of another size keeps this run's
+  fresh one."""
+  run_dir, which, source = init_from_source(config)
   source.model.pretrained, source.model.init_from = '', ''
   restored, _, step = restore(source, run_dir, which, mesh)
   key = f'model.init_from_weights={config.model.init_from_weights}'

@@ -96,6 +96,20 @@ def test_another_model_or_a_missing_run_is_refused(source, tmp_path):
     config_validation.validate(_config(init_from=str(source), pretrained='/some/weights'))
 
 
+def test_a_missing_or_other_model_run_is_refused_before_the_data_is_read(source, tmp_path):
+  """model.init_from's mistakes had been found after the data was loaded (a fuzz); like
+  model.pretrained's, they are now named first. The data folder here does not exist: its error
+  would come first otherwise."""
+  for init_from, message in ((str(tmp_path / 'nope'), 'nope does not exist'),
+                             (str(source), 'that run has another model')):
+    config = _config(init_from=init_from, width=8 if init_from == str(source) else 4)
+    config.data.source, config.data.dir = 'local', str(tmp_path / 'no_data')
+    with pytest.raises((workdir_lib.WorkdirError, checkpoints.CheckpointError),
+                       match=f'^model.init_from=.*{message}'):
+      trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()  # Before the run's folder was made.
+
+
 def test_a_run_started_from_another_trains_from_step_0_and_resumes_without_reloading(source,
                                                                                    tmp_path):
   c = _config(init_from=str(source))

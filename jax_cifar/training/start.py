@@ -15,13 +15,17 @@ from jax_cifar.training import relaunch, stopping
 
 
 def check_pretrained(config, workdir: pathlib.Path) -> None:
-  """model.pretrained is a converted checkpoint of this arch: checked before the workdir is made
-  or any data read (a run that will resume never reads it, so then it is not checked)."""
-  if not config.model.pretrained:
+  """model.pretrained is a converted checkpoint of this arch, model.init_from a run of this model:
+  checked before the workdir is made or any data read (a run that will resume never reads them,
+  so then they are not checked)."""
+  if not (config.model.pretrained or config.model.init_from):
     return
   latest = workdir / 'checkpoints' / 'latest'
   if config.train.resume and latest.is_dir() and any(
       step_folders.is_step_number(p.name) for p in latest.iterdir()):
+    return
+  if config.model.init_from:
+    state_lib.init_from_source(config)
     return
   with convert.naming('model.pretrained'):
     convert.read_metadata(config.model.pretrained, config.model.name)

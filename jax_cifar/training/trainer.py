@@ -115,7 +115,7 @@ def _claim_and_train(config, workdir: pathlib.Path, stop: dict) -> dict:
   a launch that failed before its first save gives the run's config.json back."""
   # Each process reads its inputs itself (a path one host cannot see): all stop with a line each,
   # where the others had met a gloo traceback and JAX's abort 100 s later (a cluster audit).
-  with parallel.fail_together('checking model.pretrained'):
+  with parallel.fail_together('checking model.pretrained / model.init_from'):
     start.check_pretrained(config, workdir)
   created = jax.process_index() == 0 and not workdir.exists()
   lock = claim.claim_workdir(config, workdir, created)
