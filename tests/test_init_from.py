@@ -83,7 +83,8 @@ def test_a_head_of_another_size_is_replaced_by_a_fresh_one(source):
 def test_another_model_or_a_missing_run_is_refused(source, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="model.width 4 vs 8"):
     _init(_config(init_from=str(source), width=8))
-  with pytest.raises(workdir_lib.WorkdirError, match=r'^model\.init_from=.*nope: .*nope does not exist'):
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'^model\.init_from=.*nope: .*nope does not exist'):
     _init(_config(init_from=str(tmp_path / 'nope')))
   with pytest.raises(config_validation.ConfigError,  # The steps it kept, as evaluate says them.
                      match=r'^model\.init_from=.*:99: checkpoint 99: .* kept no step 99 .*it kept latest: '):

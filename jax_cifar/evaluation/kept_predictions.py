@@ -54,15 +54,17 @@ def fingerprint(f: ood.ImageFile) -> list:
 
 def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.ImageFile]) -> dict:
   """What the kept labels depend on: `result`'s checkpoint, step, weights and tools so far, the
-  config's PREDICTION_KEYS, the devices, the step folder's mtime (a step saved again after a crash has other
-  weights), jax-cifar's code (its version stays the same between releases) and jax's version, and
-  the input files."""
+  config's PREDICTION_KEYS, the devices, the step folder's mtime (a step saved again after a crash
+  has other weights), jax-cifar's code (its version stays the same between releases) and jax's
+  version, and the input files."""
   try:
     saved = step_dir.stat().st_mtime_ns
   except OSError:
     saved = None
-  keys = {k: functools.reduce(lambda c, part: c[part], k.split('.'), config) for k in PREDICTION_KEYS}
-  keys = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v for k, v in keys.items()}
+  keys = {k: functools.reduce(lambda c, part: c[part], k.split('.'), config)
+          for k in PREDICTION_KEYS}
+  keys = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+          for k, v in keys.items()}
   return {**result, 'config': parallel.digest(keys), 'devices': jax.device_count(),
           'step_saved_ns': saved, 'versions': [code_digest.code_version(), jax.__version__],
           'files': [fingerprint(f) for f in files]}
@@ -125,7 +127,8 @@ class KeptPredictions:
     old = record.get('settings') if isinstance(record, dict) else None
     if not isinstance(old, dict):
       return f'its {RECORD} cannot be read'
-    differ = [k for k in sorted(set(old) | set(self.settings)) if old.get(k) != self.settings.get(k)]
+    differ = [k for k in sorted(set(old) | set(self.settings))
+              if old.get(k) != self.settings.get(k)]
     return 'other ' + ', '.join(_PARTS.get(k, f'{k!r}') for k in differ)
 
   def count(self, names: list[str]) -> int:

@@ -46,10 +46,10 @@ class TentOptions:
   batch_size: int = 128
 
   def __post_init__(self):
-    # optim.lr's limits (a fuzz: 1e6 had adapted to nonsense without a word, 1e39 is inf in float32).
+    # optim.lr's limits (a fuzz: 1e6 had adapted to nonsense silently; 1e39 is inf in float32).
     if not (np.isfinite(self.lr) and np.finfo(np.float32).tiny <= self.lr <= MAX_LR):
-      raise errors.ConfigError(f'--tent_lr must be a positive float32 number of at most {MAX_LR:g}, '
-                               f'got {self.lr}')
+      raise errors.ConfigError(f'--tent_lr must be a positive float32 number of at most '
+                               f'{MAX_LR:g}, got {self.lr}')
     if not 1 <= self.epochs <= MAX_EPOCHS:  # (2**40 had run for good.)
       raise errors.ConfigError(f'--tent_epochs must be 1 to {MAX_EPOCHS}, got {self.epochs}')
     if self.batch_size < 1:
