@@ -349,6 +349,7 @@ def prefetch_to_device(batches: Iterable[dict], sharding: NamedSharding,
   this generator closes `batches` (grain's worker processes stop then, not at exit)."""
   queue = collections.deque()
   iterator = iter(batches)
+  close = getattr(iterator, 'close', lambda: None)
   try:
     for batch in iterator:
       queue.append(to_global(batch, sharding))
@@ -356,6 +357,11 @@ def prefetch_to_device(batches: Iterable[dict], sharding: NamedSharding,
         yield queue.popleft()
     while queue:
       yield queue.popleft()
-  finally:
-    if hasattr(iterator, 'close'):
-      iterator.close()
+  except GeneratorExit:
+    close()
+    raise
+  except BaseException:  # The input's own error is the one to report: a grain worker that never
+    with contextlib.suppress(Exception):  # started had made close() raise an AssertionError in
+      close()  # its place (a review).
+    raise
+  close()

@@ -123,7 +123,6 @@ def test_worker_processes_give_the_same_batches_when_called_from_python():
   code = '''
 import numpy as np
 from absl import flags
-from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = (np.arange(320) % 256).astype(np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -147,7 +146,6 @@ def test_worker_processes_end_when_the_trainer_is_killed(tmp_path):
   code = '''
 import sys
 import numpy as np
-from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = np.zeros((320, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -189,7 +187,6 @@ def test_worker_processes_leave_a_stop_signal_to_the_trainer():
   code = '''
 import os, pathlib, signal, time
 import numpy as np
-from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 images = np.zeros((320, 8, 8, 3), np.uint8)
 split = cifar100.Split(images, np.arange(320, dtype=np.int64), None)
@@ -250,3 +247,18 @@ def test_the_device_prefetch_closes_its_input_when_closed_or_done():
   assert source.closed
   source = _Closable()
   assert len(list(parallel.prefetch_to_device(source, sharding, size=1))) == 3 and source.closed
+
+
+def test_an_input_error_is_reported_even_when_closing_the_input_fails():
+  """A grain worker that never started made close() raise an AssertionError, which had replaced
+  the input's own error (a review)."""
+  class Broken(_Closable):
+    def __next__(self):
+      raise OSError(24, 'Too many open files')
+
+    def close(self):
+      raise AssertionError('can only join a started process')
+
+  batches = parallel.prefetch_to_device(Broken(), parallel.batch_sharded(parallel.make_mesh()))
+  with pytest.raises(OSError, match='Too many open files'):
+    next(batches)

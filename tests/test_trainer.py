@@ -87,8 +87,22 @@ def test_validation_more_often_than_every_step_is_said(caplog):
     assert not caplog.records
     assert trainer.eval_every_steps(1e-6, 78) == 1
   assert [r.getMessage() for r in caplog.records] == [
-      'train.eval_every_epochs=1e-06 is less than one step of the 78 in an epoch: validating '
+      'train.eval_every_epochs=1e-06 is under half a step of the 78 in an epoch: validating '
       'after every step.']
+
+
+def test_a_launch_closes_its_input_when_it_ends(tmp_path, monkeypatch):
+  """The trainer closes the device prefetch (and with it grain's workers, data.worker_count > 0):
+  their batches still buffered at exit had ended a SIGTERM-stopped run in "leaked shared_memory
+  objects". The generator is held here, so only the trainer's close can end it."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  from _tiny_run import config as tiny  # pylint: disable=import-outside-toplevel
+  made, prefetch = [], trainer.parallel.prefetch_to_device
+  monkeypatch.setattr(trainer.parallel, 'prefetch_to_device',
+                      lambda *a, **k: made.append(prefetch(*a, **k)) or made[-1])
+  trainer.train_and_evaluate(tiny(), str(tmp_path / 'run'))
+  assert made and all(inspect.getgeneratorstate(g) == inspect.GEN_CLOSED for g in made)  # (And
+  # validation's, done.)
 
 
 def test_processes_that_read_different_steps_are_refused_before_training_apart(monkeypatch):

@@ -278,9 +278,11 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     finally:  # wandb learns how the run ended (a crash had been "Finished"): a signal's stop is
       # exit 75 as the process's, marked preempting; any other exception 1.
       preempted = isinstance(error, (Preempted, StopNow))
-      writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
-                   preempted=preempted)
-      _stop_input(batches)
+      try:
+        writer.close(0 if error is None else stopping.PREEMPTED_EXIT_CODE if preempted else 1,
+                     preempted=preempted)
+      finally:
+        _stop_input(batches)
   ckpts.close()
   if not last_val and step:  # A relaunch of a finished run: the numbers it logged at the step.
     last_val = tracking.logged_validation(workdir, step)
@@ -293,7 +295,7 @@ def eval_every_steps(eval_every_epochs: float, steps_per_epoch: int) -> int:
   a validation after every step without a word (a fuzz)."""
   steps = int(round(eval_every_epochs * steps_per_epoch))
   if steps < 1:
-    logging.warning('train.eval_every_epochs=%g is less than one step of the %d in an epoch: '
+    logging.warning('train.eval_every_epochs=%g is under half a step of the %d in an epoch: '
                     'validating after every step.', eval_every_epochs, steps_per_epoch)
   return max(1, steps)
 
