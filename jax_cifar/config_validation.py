@@ -74,6 +74,8 @@ RANGES = {
 LAUNCH_ONLY_RANGES = ('data.worker_count', 'data.prefetch', 'train.log_every_steps',
                       'train.eval_every_epochs', 'train.max_steps', 'checkpoint.every_steps',
                       'checkpoint.keep')
+# Upper limits added after runs could train past them: checked at launch, not when a run loads.
+LAUNCH_ONLY_HIGHS = ('model.num_classes', 'model.width')
 
 ConfigError = errors.ConfigError
 
@@ -134,6 +136,8 @@ def validate(config, *, launch: bool = True) -> None:
     if not launch and key in LAUNCH_ONLY_RANGES:
       continue
     value = given[key]
+    if not launch and key in LAUNCH_ONLY_HIGHS:
+      high = None
     if high is None and isinstance(value, int) and launch:  # (A jitted int32: 1e20 had been an
       high = SYNTHETIC_MAX if key == 'data.synthetic_size' else INT_MAX  # OverflowError.)
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):

@@ -256,7 +256,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
                    f'has {submission.KAGGLE_IMAGES:,} per severity ({19 * 5 * submission.KAGGLE_IMAGES:,} rows)')
   # A run read from a read-only place (a colleague's, a mounted archive) is still evaluated: its
   # numbers are printed, and its own files are not written (found at the end, they had been lost).
-  keeps = jax.process_index() != 0 or output_files.takes_files(workdir_path, tag)
+  keeps = jax.process_index() != 0 or output_files.takes_files(
+      workdir_path, tag, resumable=bool(ood_files or c_files))
   before = output_files.stamps(workdir_path, tag)  # (What it wrote, for its closing line.)
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights, tent=tent,

@@ -41,9 +41,11 @@ def gpu_pool(base: dict, num: int, gpus_per_process: int) -> list[str]:
   if not given:
     return [str(d) for d in range(num * gpus_per_process)]
   ids = [d.strip() for d in given.split(',')]
-  if len(ids) != num * gpus_per_process or not all(d.isdigit() for d in ids):
-    raise ValueError(f'JAX_LOCAL_DEVICE_IDS={given} must list {num * gpus_per_process} GPU ids '
-                     f'({num} processes x --gpus_per_process {gpus_per_process}), comma-separated')
+  if (len(ids) != num * gpus_per_process or not all(d.isdigit() for d in ids)
+      or len({int(d) for d in ids}) != len(ids)):  # (4,4: two copies on one GPU, a review.)
+    raise ValueError(f'JAX_LOCAL_DEVICE_IDS={given} must list {num * gpus_per_process} different '
+                     f'GPU ids ({num} processes x --gpus_per_process {gpus_per_process}), '
+                     'comma-separated')
   return ids
 
 
@@ -77,7 +79,8 @@ def main() -> int:
                       help='Run on the CPU with this many devices per process (0: default backend).')
   parser.add_argument('--gpus_per_process', type=int, default=1,
                       help='Without --cpu_devices and with several processes: process I drives '
-                      'GPUs I*N .. I*N+N-1 (JAX_LOCAL_DEVICE_IDS).')
+                      'GPUs I*N .. I*N+N-1 (JAX_LOCAL_DEVICE_IDS), or the I-th N of the ids in '
+                      'JAX_LOCAL_DEVICE_IDS where that is set (exactly processes x N of them).')
   parser.add_argument('--port', type=int, default=0, help='Coordinator port (0: a free one).')
   parser.add_argument('command', nargs=argparse.REMAINDER, help='-- then the command to run.')
   args = parser.parse_args()

@@ -209,7 +209,8 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
                {'augment.blur_sigma': (0.1, 200.0)}, {'optim.label_smoothing': 1.0},
                {'wandb.tags': (1, 2)}, {'augment.jpeg_quality': (20.5, 95)},
                {'data.worker_count': 300},  # (Above the limit of 256 that came later.)
-               {'optim.lr': 1.0, 'optim.weight_decay': 1.0}, {'optim.backbone_lr_mult': 1e6}):
+               {'optim.lr': 1.0, 'optim.weight_decay': 1.0}, {'optim.backbone_lr_mult': 1e6},
+               {'model.width': 2048}, {'model.num_classes': 200_000}):  # (A review.)
     with pytest.raises(config_validation.ConfigError):
       config_validation.validate(_config(**flat))
     config_validation.validate(_config(**flat), launch=False)
@@ -226,6 +227,9 @@ def test_a_run_that_trained_before_a_check_existed_still_loads():
     with pytest.raises(config_validation.ConfigError, match=f"'{key}'"):
       config_validation.validate(_config(**{key: value}))
     config_validation.validate(_config(**{key: value}), launch=False)
+  assert set(config_validation.LAUNCH_ONLY_HIGHS) <= set(config_validation.RANGES)
+  with pytest.raises(config_validation.ConfigError, match="'model.width' must be in"):
+    config_validation.validate(_config(**{'model.width': 0}), launch=False)  # The low one holds.
 
 
 def test_keys_that_do_nothing_under_a_config_are_named_not_refused():

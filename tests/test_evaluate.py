@@ -215,6 +215,9 @@ def test_a_workdir_that_takes_no_files_is_evaluated_and_says_so_first(run, tmp_p
   assert 'that a stopped evaluation resumes from (it would start over' in err  # (A review.)
   assert err.index('takes no files') < err.index('gaussian_noise')  # Before the predictions.
   assert 'Wrote' not in err, err
+  evaluate.evaluate(_config(), str(workdir), 'latest')  # Clean only: nothing to resume from.
+  err = capsys.readouterr().err
+  assert 'figures are not written\n' in err and 'resumes from' not in err, err
 
 
 def test_evaluate_reads_tent_true_and_false_as_load_predictor_does(run, tmp_path):

@@ -224,26 +224,37 @@ def test_other_settings_name_what_differs_and_keep_the_files_until_their_first_f
   predicted anything, by a note that did not say what differed (an evaluate review): a quick
   check with another --ood_dir, stopped early, lost a stopped run's hours."""
   folder = tmp_path / 'partial_best'
-  first = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [1], 'tta': 'flip'})
+  first_settings = {'prediction_config': 1, 'step': 5, 'files': [1], 'tta': 'flip'}
+  other_settings = {**first_settings, 'files': [2], 'tta': 'none'}
+  first = kept_predictions.KeptPredictions(folder, dict(first_settings))
   first.keep('ood_distortion00', np.arange(5))
   first.close()
-  other = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [2], 'tta': 'none'})
+  other = kept_predictions.KeptPredictions(folder, dict(other_settings))
   assert capsys.readouterr().err == (
       f'note: {folder} holds the predictions of a stopped evaluation with other settings or input '
       'files (other input files (path, size or time), --tta): not used, starting over; they are '
       'removed when this evaluation finishes its first file\n')
   assert other.get('ood_distortion00', 5) is None and other.stop_note() == ''
   other.close()  # Stopped before its first file: the first evaluation's files are still there.
-  first = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [1], 'tta': 'flip'})
+  first = kept_predictions.KeptPredictions(folder, dict(first_settings))
   np.testing.assert_array_equal(first.get('ood_distortion00', 5), np.arange(5))
   first.close()
-  other = kept_predictions.KeptPredictions(folder, {'step': 5, 'files': [2], 'tta': 'none'})
+  other = kept_predictions.KeptPredictions(folder, dict(other_settings))
   other.keep('ood_distortion07', np.arange(5))  # Its first file: the others' go.
   assert sorted(p.name for p in folder.iterdir()) == ['kept.json', 'ood_distortion07.npy']
   other.close()
   (folder / kept_predictions.RECORD).write_text('{')  # A damaged record: said so.
   kept_predictions.KeptPredictions(folder, {'step': 5}).close()
   assert 'files (its kept.json cannot be read): not used' in capsys.readouterr().err
+  settings = {'prediction_config': 1, 'step': 5}  # The same settings, no list of files.
+  (folder / kept_predictions.RECORD).write_text(json.dumps({'settings': settings, 'done': 3}))
+  kept_predictions.KeptPredictions(folder, settings).close()
+  assert 'files (its kept.json is damaged): not used' in capsys.readouterr().err
+  # A record of the jax-cifar before PREDICTION_KEYS: its 'config' was a digest of every key.
+  old = {'config': 7, 'step': 5}
+  (folder / kept_predictions.RECORD).write_text(json.dumps({'settings': old, 'done': {}}))
+  kept_predictions.KeptPredictions(folder, settings).close()
+  assert 'files (a record of an older jax-cifar): not used' in capsys.readouterr().err
 
 
 def test_a_second_evaluation_with_the_same_tag_keeps_nothing_and_disturbs_nothing(tmp_path,

@@ -135,8 +135,10 @@ def test_the_callers_gpu_ids_are_shared_out_not_replaced():
   assert sorted(proc.stdout.splitlines()) == ['[p0] 4,5', '[p1] 6,7']
   proc = _launch(['--num_processes', '2'], code, env=env)
   assert proc.returncode == 2 and proc.stdout == '', proc.stdout
-  assert ('JAX_LOCAL_DEVICE_IDS=4,5,6,7 must list 2 GPU ids (2 processes x --gpus_per_process 1)'
-          in proc.stderr and 'Traceback' not in proc.stderr), proc.stderr
+  assert ('JAX_LOCAL_DEVICE_IDS=4,5,6,7 must list 2 different GPU ids (2 processes x '
+          '--gpus_per_process 1)' in proc.stderr and 'Traceback' not in proc.stderr), proc.stderr
+  proc = _launch(['--num_processes', '2'], code, env=dict(env, JAX_LOCAL_DEVICE_IDS='4,4'))
+  assert proc.returncode == 2 and 'JAX_LOCAL_DEVICE_IDS=4,4 must list 2 different' in proc.stderr
 
 
 @pytest.mark.parametrize('cpu_devices', [0, 2])

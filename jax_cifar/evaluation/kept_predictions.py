@@ -39,7 +39,7 @@ RECORD = 'kept.json'
 PREDICTION_KEYS = ('model', 'augment.crop_mode', 'ema.decay', 'train.eval_batch_size')
 # What each part of the settings is, for the note that says why kept files are not used.
 _PARTS = {'checkpoint': 'checkpoint', 'step': 'step', 'weights': 'weights',
-          'step_saved_ns': 'save time of the step', 'config': 'model settings ('
+          'step_saved_ns': 'save time of the step', 'prediction_config': 'model settings ('
           + ', '.join(PREDICTION_KEYS) + ')', 'devices': 'device count',
           'versions': 'jax-cifar or JAX code', 'files': 'input files (path, size or time)',
           'tta': '--tta', 'tta_average': '--tta_average', 'bn_adapt': '--bn_adapt',
@@ -65,7 +65,7 @@ def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.Image
           for k in PREDICTION_KEYS}
   keys = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
           for k, v in keys.items()}
-  return {**result, 'config': parallel.digest(keys), 'devices': jax.device_count(),
+  return {**result, 'prediction_config': parallel.digest(keys), 'devices': jax.device_count(),
           'step_saved_ns': saved, 'versions': [code_digest.code_version(), jax.__version__],
           'files': [fingerprint(f) for f in files]}
 
@@ -127,8 +127,12 @@ class KeptPredictions:
     old = record.get('settings') if isinstance(record, dict) else None
     if not isinstance(old, dict):
       return f'its {RECORD} cannot be read'
+    if 'prediction_config' not in old:  # (Its 'config' was a digest of every key.)
+      return 'a record of an older jax-cifar'
     differ = [k for k in sorted(set(old) | set(self.settings))
               if old.get(k) != self.settings.get(k)]
+    if not differ:  # The same settings, but no list of finished files (a review).
+      return f'its {RECORD} is damaged'
     return 'other ' + ', '.join(_PARTS.get(k, f'{k!r}') for k in differ)
 
   def count(self, names: list[str]) -> int:

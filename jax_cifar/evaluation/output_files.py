@@ -59,13 +59,15 @@ def say_written(workdir: pathlib.Path, tag: str, before: dict, csv: pathlib.Path
     tracking.say(f'Wrote {" and ".join(parts)}.')
 
 
-def takes_files(workdir: pathlib.Path, tag: str) -> bool:
+def takes_files(workdir: pathlib.Path, tag: str, resumable: bool = False) -> bool:
   """Whether eval_<tag>.json and the figures can be written into `workdir` (a probe file is made
-  and removed); if not, says so before the predictions."""
+  and removed); if not, says so before the predictions. `resumable`: OOD or CIFAR-100-C files
+  are to be predicted, whose finished files it would keep for a resume."""
   why = workdir_lib.why_unwritable(workdir)
   if why:
     tracking.say(f'{workdir} takes no files ({why}): the numbers are printed, and '
-                 f'eval_{tag}.json and the figures are not written, nor the finished files of '
-                 '--ood_dir / --cifar100c_dir that a stopped evaluation resumes from (it would '
-                 'start over: copy the run to a writable folder to keep them)')
+                 f'eval_{tag}.json and the figures are not written' + (
+                     ', nor the finished files that a stopped evaluation resumes from (it would '
+                     'start over: copy the run to a writable folder to keep them)'
+                     if resumable else ''))
   return why is None
