@@ -363,7 +363,9 @@ def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
 
 
 @pytest.mark.parametrize('what, flags', [
-    ('checking model.pretrained', ['--config.model.pretrained=/nonexistent/weights']),
+    ('checking model.pretrained / model.init_from',
+     ['--config.model.pretrained=/nonexistent/weights']),
+    ('checking model.pretrained / model.init_from', ['--config.model.init_from=/nonexistent/run']),
     ('reading the data', ['--config.data.dir=/nonexistent/data'])])
 def test_an_input_one_process_cannot_read_stops_every_process_with_one_line(
     tmp_path, what, flags, request):
