@@ -17,7 +17,6 @@ processes receive process 0's labels (a broadcast), so every process holds the s
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import pathlib
@@ -25,7 +24,6 @@ import shutil
 import zlib
 
 import jax
-import ml_collections
 import numpy as np
 
 from jax_cifar import atomic_folder, code_digest, errors, parallel, tracking
@@ -61,10 +59,8 @@ def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.Image
     saved = step_dir.stat().st_mtime_ns
   except OSError:
     saved = None
-  keys = {k: functools.reduce(lambda c, part: c[part], k.split('.'), config)
-          for k in PREDICTION_KEYS}
-  keys = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
-          for k, v in keys.items()}
+  keys = {k: v for k, v in workdir_lib.flatten(config.to_dict()).items()
+          if k in PREDICTION_KEYS or k.split('.')[0] in PREDICTION_KEYS}
   return {**result, 'prediction_config': parallel.digest(keys), 'devices': jax.device_count(),
           'step_saved_ns': saved, 'versions': [code_digest.code_version(), jax.__version__],
           'files': [fingerprint(f) for f in files]}
@@ -123,7 +119,8 @@ class KeptPredictions:
     return {}
 
   def _differences(self, record) -> str:
-    """What differs from a record's settings, in words ('unreadable record' if it has none)."""
+    """What differs from a record's settings, in words (what the note says: which parts, or that
+    the record cannot be read, is damaged or is from an older jax-cifar)."""
     old = record.get('settings') if isinstance(record, dict) else None
     if not isinstance(old, dict):
       return f'its {RECORD} cannot be read'
