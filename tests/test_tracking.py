@@ -73,7 +73,10 @@ def wandb_run_ids(path: pathlib.Path) -> set[str]:
 
 
 def _env(tmp_path: pathlib.Path, wandb_mode: str | None) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != 'WANDB_MODE'}
+  """A training process's environment: the given WANDB_MODE, wandb's folders in tmp_path, and
+  no WANDB_SERVICE, which an in-process test's wandb sets while its service runs (a child given
+  it attaches to that service rather than starting its own, as a user's training run does)."""
+  env = {k: v for k, v in os.environ.items() if k not in ('WANDB_MODE', 'WANDB_SERVICE')}
   if wandb_mode is not None:
     env['WANDB_MODE'] = wandb_mode
   for var in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):  # Keep $HOME clean.
@@ -263,6 +266,19 @@ def test_a_non_finite_metric_is_written_as_null_so_every_line_is_strict_json(tmp
   assert rows == [{'step': 1, 'train_loss': None, 'grad_norm': None, 'lr': 0.5}]
 
 
+def _written_run_file(workdir: pathlib.Path) -> pathlib.Path:
+  """The run file of WORKDIR's finished offline wandb run, once wandb's service has written it.
+  wandb.finish() only tells the service the run is done (a message it does not wait on); the
+  service writes the last records and closes the file on its own time, and under load the file
+  had held only its 7-byte header when read at once (1 of 180 runs, beside 3 busy cores). A
+  process ending waits for the service (wandb's atexit teardown), as wandb.teardown() does here."""
+  import wandb  # pylint: disable=import-outside-toplevel
+  wandb.teardown()
+  run_id = (workdir / 'wandb_run_id').read_text().strip()
+  (folder,) = (workdir / 'wandb').glob('offline-run-*')
+  return folder / f'run-{run_id}.wandb'
+
+
 def _offline_run(tmp_path, monkeypatch, name='my-run'):
   """(WORKDIR `name`, a config) for a MetricsWriter with a real offline wandb run, in this process."""
   for var in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):  # Keep $HOME clean.
@@ -292,12 +308,12 @@ def test_a_fresh_writer_starts_a_new_wandb_run_named_after_the_workdir_and_finis
   assert wandb.run is None  # Finished.
   run_id = (workdir / 'wandb_run_id').read_text().strip()
   assert run_id != 'stale0run'
-  [folder] = (workdir / 'wandb').glob('offline-run-*')
-  records = wandb_records(folder / f'run-{run_id}.wandb')
+  run_file = _written_run_file(workdir)
+  records = wandb_records(run_file)
   runs = [r.run for r in records if r.WhichOneof('record_type') == 'run']
   assert {r.run_id for r in runs} == {run_id} and {r.display_name for r in runs} == {'my-run'}
   assert any(r.WhichOneof('record_type') == 'exit' for r in records)
-  history = wandb_history(folder / f'run-{run_id}.wandb')
+  history = wandb_history(run_file)
   assert {s: h['train_loss'] for s, h in history.items() if 'train_loss' in h} == {1: 2.5, 2: 2.0}
   # The training step is a metric; wandb's own step counts the rows (test_resumed_... says why).
   assert [(h['step'], h['_step']) for _, h in sorted(history.items())] == [(1, 0), (2, 1)]
@@ -327,9 +343,7 @@ def test_a_failing_wandb_log_is_warned_about_once_and_metrics_jsonl_goes_on(
 
 
 def _exit_records(workdir: pathlib.Path) -> list:
-  run_id = (workdir / 'wandb_run_id').read_text().strip()
-  (folder,) = (workdir / 'wandb').glob('offline-run-*')
-  return [r.exit for r in wandb_records(folder / f'run-{run_id}.wandb')
+  return [r.exit for r in wandb_records(_written_run_file(workdir))
           if r.WhichOneof('record_type') == 'exit']
 
 
