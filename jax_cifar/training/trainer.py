@@ -24,10 +24,10 @@ from jax_cifar.state import TrainState
 from jax_cifar.training import claim, relaunch, start, stopping
 # Raised and exited with by the loop, public here (jax_cifar.Preempted, train.py's exit status).
 from jax_cifar.training.stopping import PREEMPTED_EXIT_CODE, Preempted, StopNow  # pylint: disable=unused-import
+from jax_cifar.training.nonfinite import check_finite, check_window
+# Raised by the loop (tests and callers catch it as trainer.NonFiniteLossError).
+from jax_cifar.training.nonfinite import NonFiniteLossError  # pylint: disable=unused-import
 from jax_cifar.training.train_step import train_step
-
-class NonFiniteLossError(errors.UserError, RuntimeError):
-  """A non-finite loss or update with train.on_nonfinite='stop' (the step is named)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   untimed, first_step_s = 0, 0.0  # Set at the launch's first step.
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
-  launch_start = (start_step, int(state.nonfinite_steps))  # What _check_finite counts from.
-  skipped = launch_start[1]  # Updates skipped before the last train row (_check_window).
+  launch_start = (start_step, int(state.nonfinite_steps))  # What check_finite counts from.
+  skipped = launch_start[1]  # Updates skipped before the last train row (check_window).
   del state
 
   def current() -> TrainState:  # The TrainState of `leaves`, to log, validate or save.
@@ -195,8 +195,8 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
       summary['learning_rate'] = float(window['learning_rate'][-1])  # mean (a review).
     state = current()
-    _check_finite(state, config, ckpts, launch_start)
-    skipped = _check_window(state, config, ckpts, skipped, len(pending), step)
+    check_finite(state, config, ckpts, launch_start)
+    skipped = check_window(state, config, ckpts, skipped, len(pending), step)
     now = time.perf_counter()
     if len(pending) > untimed:
       summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
@@ -234,7 +234,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       validate = step % eval_every == 0 or step in (total_steps, last_step)
       save = step % config.checkpoint.every_steps == 0 or step == last_step
       if validate or save:  # Nothing is validated or saved after a non-finite update.
-        _check_finite(current(), config, ckpts, launch_start, warn=False)
+        check_finite(current(), config, ckpts, launch_start, warn=False)
       if validate:
         t_val = time.perf_counter()
         last_val = _validate(validator, current(), val_split, config, ckpts, writer, step,
@@ -253,7 +253,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     try:
       if pending:  # (One process stops at any step; several at log steps, with none pending.)
         write_train_row(step)
-      _check_finite(current(), config, ckpts, launch_start, warn=False)
+      check_finite(current(), config, ckpts, launch_start, warn=False)
       ckpts.save_latest(current(), step)
       ckpts.wait()
     except BaseException as failed:  # Not saved: wandb had been told "preempted" (a review).
@@ -346,47 +346,6 @@ def _announce(config, state: TrainState, start_step: int, num_train: int, steps_
                f'{jax.device_count()} {jax.default_backend()} device(s); run in {workdir}')
   if note := dtype_note(config.model.dtype, jax.default_backend()):
     tracking.say(note)
-
-
-def _check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
-                  launch_start: tuple[int, int], warn: bool = True) -> None:
-  """Stops (train.on_nonfinite='stop') once an update of this launch was non-finite; checked at
-  every log step and before every validation and save, so no checkpoint after it replaces the ones
-  before. `launch_start`: (the step this launch started from, the skipped updates counted then):
-  steps skipped under 'skip' before a relaunch with 'stop' are history (they had stopped the
-  relaunch at its first check, for good: a review)."""
-  start_step, skipped_before = launch_start
-  bad = int(state.nonfinite_steps)
-  if bad > skipped_before and config.train.on_nonfinite == 'stop':
-    first = int(state.first_nonfinite_step)  # The run's first; this launch's if none before.
-    where = f'at step {first + 1}' if skipped_before == 0 else f'after step {start_step}'
-    raise NonFiniteLossError(
-        f'non-finite loss or update {where}: it was not applied; '
-        f'{_kept(ckpts)} (set train.on_nonfinite=skip to skip such steps)')
-  if bad and warn:
-    logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
-
-
-def _check_window(state: TrainState, config, ckpts: checkpoints.Checkpoints, skipped: int,
-                  steps: int, step: int) -> int:
-  """Under train.on_nonfinite='skip', stops a run whose every update of a whole log window (of 2
-  steps or more) was non-finite: it trains nothing any more (such a run had gone on to its end and
-  exited 0: a bad-input review). `skipped`: the updates skipped before the window; returns the
-  count after it."""
-  bad = int(state.nonfinite_steps)
-  if (config.train.on_nonfinite == 'skip' and steps == config.train.log_every_steps >= 2
-      and bad - skipped == steps):
-    raise NonFiniteLossError(
-        f'every update of steps {step - steps + 1}-{step} was non-finite and skipped '
-        f'(train.on_nonfinite=skip): the run no longer trains; {_kept(ckpts)}. Lower optim.lr, '
-        'or look for non-finite inputs or config values')
-  return bad
-
-
-def _kept(ckpts: checkpoints.Checkpoints) -> str:
-  saved = ckpts.latest.latest_step()  # (It had claimed a checkpoint where none was saved.)
-  return ('no checkpoint was saved before it' if saved is None else
-          f'the checkpoint of step {saved} is kept')
 
 
 def _validate(validator: inference.Predictor, state, split, config, ckpts, writer, step: int,
