@@ -2,6 +2,7 @@
 CIFAR-100-C table (a stand-in predictor: the arithmetic). eval_<tag>.json: test_eval_json.py. End
 to end with a trained run: test_evaluate.py."""
 
+import json
 import logging
 
 import numpy as np
@@ -224,12 +225,23 @@ def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys, 
       name if name in ood.STANDARD_CORRUPTIONS else f'{name} *' for name in ood.CORRUPTIONS]
   cells = heatmap.get_images()[0].get_array()
   np.testing.assert_allclose(cells, [expected[name] for name in ood.CORRUPTIONS], atol=0.006)
-  # Without jax_cifar.corrupt's manifest, the files are named as they are, none marked.
-  (tmp_path / 'set' / 'corrupt_manifest.json').unlink()
-  ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'), tmp_path / 'b.csv', files)
-  err = capsys.readouterr().err
-  assert list(_table_rows(err)) == [ood.distortion_file(d)[:-4] for d in range(19)], err
-  assert '*' not in err
+  # Without jax_cifar.corrupt's manifest, or with one whose corruptions are not names (a list had
+  # been a TypeError once every file was predicted: a security review), the files are named as
+  # they are, none marked.
+  manifest = tmp_path / 'set' / 'corrupt_manifest.json'
+  edited = json.loads(manifest.read_text())
+  for entry in edited['files'].values():
+    if 'corruption' in entry:
+      entry['corruption'] = [entry['corruption']]
+  for damage in ('edited', 'removed'):
+    if damage == 'edited':
+      manifest.write_text(json.dumps(edited))
+    else:
+      manifest.unlink()
+    ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'), tmp_path / 'b.csv', files)
+    err = capsys.readouterr().err
+    assert list(_table_rows(err)) == [ood.distortion_file(d)[:-4] for d in range(19)], err
+    assert '*' not in err
 
 
 def test_the_course_set_given_as_cifar100c_is_refused_naming_ood_dir(tmp_path):

@@ -176,7 +176,7 @@ def _unfinished_set_hint(directory: pathlib.Path) -> str:
   """Why a set that jax_cifar.corrupt made lacks files, from its manifest ('' without one)."""
   try:
     asked = json.loads((directory / CORRUPT_MANIFEST).read_text()).get('corruptions')
-  except (OSError, ValueError, AttributeError):
+  except (OSError, ValueError, AttributeError, RecursionError):  # (Nested deep: a review.)
     return ''
   if not isinstance(asked, list):
     return ''

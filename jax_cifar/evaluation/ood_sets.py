@@ -106,7 +106,9 @@ def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, li
   manifest; by file name (distortion00 ...) when that is not known."""
   try:
     files = json.loads((pathlib.Path(ood_dir) / MANIFEST).read_text())['files']
-    names = {pathlib.Path(k).stem: e['corruption'] for k, e in files.items() if 'corruption' in e}
+    # Text values only: a list had reached set() below, a TypeError after every file was predicted.
+    names = {pathlib.Path(k).stem: e['corruption'] for k, e in files.items()
+             if isinstance(e, dict) and isinstance(e.get('corruption'), str)}
   except (OSError, ValueError, KeyError, TypeError, AttributeError,
           RecursionError):  # None, or hand-edited (nested 100k deep: RecursionError).
     names = {}
