@@ -38,7 +38,7 @@ def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointEr
 def _has_other_step(directory, step: int | None) -> bool:
   """Whether `directory` holds a committed step folder other than `step`."""
   folder = pathlib.Path(directory)
-  return folder.is_dir() and any(p.name.isdigit() and p.name != str(step) and p.is_dir()
+  return folder.is_dir() and any(is_step_number(p.name) and p.name != str(step) and p.is_dir()
                                  for p in folder.iterdir())
 
 
@@ -371,7 +371,8 @@ def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
   them by) is missing or unreadable: orbax's manager fails to open with an unreadable one, and
   ranks a step without one below every other (so a worse model became 'best')."""
   found = {}
-  steps = [p for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+  steps = ([p for p in folder.iterdir() if is_step_number(p.name) and p.is_dir()]
+           if folder.is_dir() else [])
   for step_dir in steps:
     path = step_dir / 'metrics' / 'metrics'
     try:

@@ -26,7 +26,7 @@ def _refuse_settings_without_a_coordinator() -> None:
   given = {v: os.environ[v].strip() for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
            if os.environ.get(v, '').strip()}
   alone = {'JAX_NUM_PROCESSES': 1, 'JAX_PROCESS_ID': 0}  # (As numbers: 01 and 00 say the same.)
-  if all(value.isdigit() and int(value) == alone[k] for k, value in given.items()):
+  if all(_is_whole(value) and int(value) == alone[k] for k, value in given.items()):
     return
   raise errors.ConfigError(
       f'{" ".join(f"{k}={v}" for k, v in given.items())} without JAX_COORDINATOR_ADDRESS: set it '
@@ -50,7 +50,7 @@ def maybe_initialize_distributed() -> None:
   """
   explicit = os.environ.get('JAX_COORDINATOR_ADDRESS')
   tasks = os.environ.get('SLURM_NTASKS', '1').strip() or '1'
-  in_slurm = tasks.isdigit() and int(tasks) > 1
+  in_slurm = _is_whole(tasks) and int(tasks) > 1
   asked = os.environ.get(DISTRIBUTED_VAR, '').strip()
   if asked not in ('', '0', '1'):
     raise errors.ConfigError(f'{DISTRIBUTED_VAR} must be 1 (find the cluster with '
@@ -61,7 +61,7 @@ def maybe_initialize_distributed() -> None:
   if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.
   local = os.environ.get('JAX_LOCAL_DEVICE_IDS')  # e.g. "0,1,2,3": this process's accelerators.
-  if local and not all(i.strip().isdigit() for i in local.split(',')):
+  if local and not all(_is_whole(i.strip()) for i in local.split(',')):
     raise errors.ConfigError(f'JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, '
                              f'got {local!r}')
   kwargs = {'local_device_ids': [int(i) for i in local.split(',')]} if local else {}
@@ -108,10 +108,16 @@ def _seconds(name: str, default: int, minimum: int) -> int:
   value = os.environ.get(name)
   if value is None:
     return default
-  if not value.strip().isdigit() or int(value) < minimum:
+  if not _is_whole(value.strip()) or int(value) < minimum:
     raise errors.ConfigError(f'{name} must be {"a positive" if minimum else "a"} whole number of '
                              f'seconds, got {value!r}')
   return int(value)
+
+
+def _is_whole(text: str) -> bool:
+  """A whole number in ASCII digits: '²' and '٤' are digits to str.isdigit but not to int(), whose
+  ValueError had been a traceback (JAX_NUM_PROCESSES=²: a security review)."""
+  return text.isascii() and text.isdigit()
 
 
 def connect_timeout_s() -> int:
@@ -163,7 +169,7 @@ def connect_cpu_collectives() -> None:
 def _env_int(name: str, minimum: int = 0) -> int:
   """The integer environment variable `name`, at least `minimum` (0 or 1), else one error line."""
   value = os.environ.get(name)
-  if value is None or not value.strip().isdigit() or int(value) < minimum:
+  if value is None or not _is_whole(value.strip()) or int(value) < minimum:
     kind = 'a positive' if minimum else 'a non-negative'
     raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be {kind} integer, '
                              f'got {value!r}')

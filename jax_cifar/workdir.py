@@ -175,7 +175,8 @@ def set_aside_previous(workdir: pathlib.Path, config: dict, *,
   same config after a start that failed before logging anything)."""
   found = [workdir / name for name in (CONFIG_FILE, METRICS_FILE) if (workdir / name).is_file()]
   best_dir = workdir / 'checkpoints' / 'best'
-  steps = [p for p in best_dir.iterdir() if p.name[:1].isdigit()] if best and best_dir.is_dir() else []
+  steps = ([p for p in best_dir.iterdir() if is_step_number(p.name[:1])]
+           if best and best_dir.is_dir() else [])
   metrics = workdir / METRICS_FILE
   if not steps and not (metrics.is_file() and metrics.stat().st_size) and all(
       p.name != CONFIG_FILE or _read_json(p) == config for p in found):

@@ -267,6 +267,19 @@ def test_a_best_step_without_readable_metrics_is_named_and_latest_still_restores
   assert int(state_lib.restore(_config(0), workdir, str(step_dir))[0].step) == int(step_dir.name)
 
 
+def test_a_folder_named_with_digits_that_are_not_ascii_is_no_step(run9, tmp_path):
+  """'²' is a digit to str.isdigit but not to int(): such a folder with a metrics file in
+  checkpoints/best had made every restore a ValueError traceback (a security review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  for which in ('best', 'latest'):
+    (workdir / 'checkpoints' / which / '²' / 'metrics').mkdir(parents=True)
+    (workdir / 'checkpoints' / which / '²' / 'metrics' / 'metrics').write_text('{}')
+  state, step = checkpoints.Checkpoints(workdir, create=False).restore('latest', _target())
+  assert step == 9 and int(state.step) == 9
+  assert int(state_lib.restore(_config(0), workdir, 'best')[0].step) in (3, 6, 9)
+
+
 def test_resume_sets_a_best_step_without_readable_metrics_aside_and_ranks_its_own(run9, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)

@@ -100,3 +100,29 @@ def test_a_stop_inside_fail_together_is_agreed_on_then_raised(monkeypatch, stop)
     with parallel.fail_together('writing x'):
       raise stop()
   assert told == [True]
+
+
+@pytest.mark.parametrize('env, message', [
+    ({'JAX_NUM_PROCESSES': '²'}, 'JAX_NUM_PROCESSES=² without JAX_COORDINATOR_ADDRESS'),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '²', 'JAX_PROCESS_ID': '0'},
+     "JAX_NUM_PROCESSES must be a positive integer, got '²'"),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_LOCAL_DEVICE_IDS': '0,٤'},
+     "JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, got '0,٤'"),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1', 'JAX_PROCESS_ID': '0',
+      parallel.CONNECT_TIMEOUT_VAR: '٤٥'},
+     "JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '٤٥'")])
+def test_digits_that_are_not_ascii_are_refused_in_one_line(monkeypatch, initialize, env, message):
+  """'²' and '٤' are digits to str.isdigit but not to int(): JAX_NUM_PROCESSES=² had been a
+  ValueError traceback (a security review). A SLURM_NTASKS of them is not a Slurm job."""
+  for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(var, raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  with pytest.raises(errors.ConfigError) as e:
+    parallel.maybe_initialize_distributed()
+  assert message in str(e.value) and initialize == []
+  for var in env:
+    monkeypatch.delenv(var)
+  monkeypatch.setenv('SLURM_NTASKS', '²')
+  parallel.maybe_initialize_distributed()
+  assert initialize == []  # One process: nothing to start.
