@@ -46,7 +46,7 @@ def _read_rows(path: pathlib.Path) -> tuple[list[dict], list[int]]:
   lines = path.read_bytes().decode('utf-8', errors='replace').splitlines()
   for number, line in enumerate(lines, 1):
     try:
-      row = json.loads(line)
+      row = json.loads(line, parse_int=_json_int)
     except (ValueError, RecursionError):  # Cut, or crafted (a 5,000-digit int, 100k deep).
       row = None
     if isinstance(row, dict) and isinstance(row.get('step'), int):
@@ -54,6 +54,18 @@ def _read_rows(path: pathlib.Path) -> tuple[list[dict], list[int]]:
     elif number < len(lines) and line.strip():
       bad.append(number)
   return rows, bad
+
+
+def _json_int(text: str) -> int | float:
+  """A JSON integer, or an infinity where it is beyond float's range (a hand edit: a 400-digit
+  step or accuracy had been an OverflowError traceback in report and evaluate --weights auto,
+  whose readers take numbers as floats; an infinite step makes the line no row)."""
+  value = int(text)
+  try:
+    float(value)
+  except OverflowError:
+    return math.inf if value > 0 else -math.inf
+  return value
 
 
 def _not_rows(bad: list[int]) -> str:

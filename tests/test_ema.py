@@ -242,16 +242,19 @@ def test_auto_weights_decide_at_the_checkpoints_step_not_the_last(tmp_path, caps
   odd = [{'step': 1, 'val_accuracy': None, 'val_accuracy_ema': 0.5},
          {'step': 2, 'val_accuracy': 0.4, 'val_accuracy_ema': 'high'},
          {'step': 3, 'val_accuracy': float('nan'), 'val_accuracy_ema': 0.5},
-         {'step': 4, 'val_accuracy': 0.4, 'val_accuracy_ema': None}]
+         {'step': 4, 'val_accuracy': 0.4, 'val_accuracy_ema': None},
+         # Beyond float's range: an OverflowError traceback before (a security review).
+         {'step': 5, 'val_accuracy': 10**400, 'val_accuracy_ema': 0.5}]
   (tmp_path / tracking.METRICS_FILE).write_text(''.join(json.dumps(r) + '\n' for r in odd))
   capsys.readouterr()
-  assert [state_lib.resolve_weights('auto', state, tmp_path, s) for s in (1, 2, 3, 4)] == [
-      'ema', 'raw', 'ema', 'raw']
+  assert [state_lib.resolve_weights('auto', state, tmp_path, s) for s in (1, 2, 3, 4, 5)] == [
+      'ema', 'raw', 'ema', 'raw', 'ema']
   said = capsys.readouterr().err
   assert ("weights auto: ema (step 1: val_accuracy not recorded, val_accuracy_ema 0.5000)"
           in said), said
   assert "val_accuracy 0.4000, val_accuracy_ema 'high', not a number)" in said, said
   assert 'val_accuracy nan, not a number, val_accuracy_ema 0.5000' in said, said
+  assert '(step 5: val_accuracy inf, not a number, val_accuracy_ema 0.5000)' in said, said
   (tmp_path / tracking.METRICS_FILE).write_text(''.join(json.dumps(r) + '\n' for r in rows))
   no_ema = state.replace(ema_params=None, ema_batch_stats=None)
   capsys.readouterr()

@@ -219,6 +219,8 @@ def test_cut_files_and_impossible_values_are_named_not_shown(tmp_path, capsys):
   run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
   rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
   rows += [{'step': 5, 'val_accuracy': 1.7, 'val_loss': 1.0}, {'step': -3, 'train_loss': 2.0}]
+  # Numbers beyond float's range, a step (no row) and a loss: an OverflowError traceback before.
+  rows += [{'step': 10**400, 'train_loss': 2.0}, {'step': 6, 'train_loss': -10**400}]
   (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   for name in ('eval_best.json', 'config.json'):
     (run / name).write_bytes((run / name).read_bytes()[:20])
@@ -228,6 +230,8 @@ def test_cut_files_and_impossible_values_are_named_not_shown(tmp_path, capsys):
   warned = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning: ')]
   assert warned == [
       'warning: run: config.json is unreadable (JSONDecodeError): its numbers are left out',
+      'warning: run: 1 value(s) in metrics.jsonl are not finite numbers (NaN, inf, text): left '
+      'out of the curves and the table',
       'warning: run: 3 value(s) in metrics.jsonl are out of their range (an accuracy outside [0, '
       '1], a step that is not a whole number >= 0; a row without its step counts whole): left out '
       'of the curves and the table',
