@@ -181,7 +181,12 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
   if os.environ.get('WANDB_MODE') == '':  # wandb rejects an empty value; treat it as unset.
     del os.environ['WANDB_MODE']
   id_file = workdir / 'wandb_run_id'
-  run_id = id_file.read_text().strip() if resume and id_file.exists() else None
+  try:
+    run_id = id_file.read_text().strip() if resume and id_file.exists() else None
+  except (OSError, UnicodeDecodeError) as e:  # (A traceback that stopped training: a review.)
+    logging.warning('%s cannot be read (%s): this launch starts a new wandb run.', id_file,
+                    'not text' if isinstance(e, UnicodeDecodeError) else e.strerror or e)
+    run_id = None
   try:
     import wandb  # pylint: disable=g-import-not-at-top
     if run_id is not None:

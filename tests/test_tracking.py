@@ -319,6 +319,25 @@ def test_a_fresh_writer_starts_a_new_wandb_run_named_after_the_workdir_and_finis
   assert [(h['step'], h['_step']) for _, h in sorted(history.items())] == [(1, 0), (2, 1)]
 
 
+def test_a_wandb_run_id_that_is_not_text_starts_a_new_wandb_run_with_a_warning(
+    tmp_path, monkeypatch, caplog):
+  """Undecodable bytes in wandb_run_id had stopped a resumed launch with a UnicodeDecodeError
+  traceback (a security review): wandb's troubles never stop training."""
+  workdir, config = _offline_run(tmp_path, monkeypatch)
+  (workdir / 'wandb_run_id').write_bytes(b'\xff\xfe\x00abc')
+  with caplog.at_level('WARNING'):
+    writer = tracking.MetricsWriter(workdir, config, resume_step=3)
+  try:
+    assert writer.wandb_run is not None
+    new_id = writer.wandb_run.id
+  finally:
+    writer.close()
+  assert (workdir / 'wandb_run_id').read_text() == new_id + '\n'
+  said = [r.getMessage() for r in caplog.records]
+  assert any(m.endswith('wandb_run_id cannot be read (not text): this launch starts a new wandb '
+                        'run.') for m in said), said
+
+
 def test_a_failing_wandb_log_is_warned_about_once_and_metrics_jsonl_goes_on(
     tmp_path, monkeypatch, caplog):
   """wandb.log raising (its service gone) turns wandb off with one warning; later rows are
