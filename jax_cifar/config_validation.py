@@ -39,7 +39,7 @@ RANGES = {
     'seed': (0, 2**32 - 1, True), 'data.split_seed': (0, 2**32 - 1, True),  # JAX keys: 32 bits
     'data.val_fraction': (0.0, 0.9, True),
     'data.train_limit': (0, None, True), 'data.eval_limit': (0, None, True),
-    'data.synthetic_size': (1, None, True),  # At launch also <= SYNTHETIC_MAX.
+    'data.synthetic_size': (1, None, True),  # Also <= SYNTHETIC_MAX.
     'data.worker_count': (0, 256, True),  # Processes: 100,000 had hung at step 0 (a flag audit).
     'data.prefetch': (0, 64, True),  # Batches on the devices: 2**31 had loaded every one (a fuzz).
     # 1e8 classes had hung in the head's init, and a width of 2**31 failed there in a traceback.
@@ -139,7 +139,9 @@ def validate(config, *, launch: bool = True) -> None:
     if not launch and key in LAUNCH_ONLY_HIGHS:
       high = None
     if high is None and isinstance(value, int) and launch:  # (A jitted int32: 1e20 had been an
-      high = SYNTHETIC_MAX if key == 'data.synthetic_size' else INT_MAX  # OverflowError.)
+      high = INT_MAX  # OverflowError.)
+    if key == 'data.synthetic_size':  # Also for a run's config.json read back: evaluate makes the
+      high = SYNTHETIC_MAX  # images (1e11 in one had been a 279 TiB allocation: a review).
     if (value < low or (value == low and not low_inclusive)) or (high is not None and value > high):
       bounds = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}]"
       raise ConfigError(f'config key {key!r} must be in {bounds}, got {value!r}')

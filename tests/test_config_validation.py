@@ -417,12 +417,17 @@ def test_a_schedule_longer_than_the_int32_step_counter_is_named_before_the_data_
 
 
 def test_the_launch_limits_leave_a_run_that_trained_before_them_loadable():
-  """The float32, int32 and synthetic-size limits came after runs that may hold such values
-  (a train_limit of 10**10, a weight_decay of 1e-45): evaluate and load_model still read them
-  (launch=False), as workdir.run_config promises (the diff review)."""
-  c = _config(**{'data.train_limit': 10**10, 'data.synthetic_size': 2_000_000,
-                 'optim.weight_decay': 1e-45})
+  """The float32 and int32 limits came after runs that may hold such values (a train_limit of
+  10**10, a weight_decay of 1e-45): evaluate and load_model still read them (launch=False), as
+  workdir.run_config promises (the diff review). The synthetic-size limit holds on load too:
+  evaluate makes those images again, and a shared run's config.json of 10**11 had been a
+  279 TiB allocation (a security review); synthetic images are for tests and benchmarks."""
+  c = _config(**{'data.train_limit': 10**10, 'optim.weight_decay': 1e-45})
   config_validation.validate(c, launch=False)
-  for key in ('data.train_limit', 'data.synthetic_size', 'optim.weight_decay'):
+  for key in ('data.train_limit', 'optim.weight_decay'):
     with pytest.raises(config_validation.ConfigError, match=f"'{key}' must be"):
       config_validation.validate(_config(**{key: c[key.split('.')[0]][key.split('.')[1]]}))
+  for launch in (True, False):
+    with pytest.raises(config_validation.ConfigError,
+                       match=r"'data.synthetic_size' must be in \[1, 1000000\], got 2000000"):
+      config_validation.validate(_config(**{'data.synthetic_size': 2_000_000}), launch=launch)
