@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -46,9 +47,9 @@ def check_writable(directory: pathlib.Path) -> None:
   """Fails at once, naming the OS cause, if checkpoints cannot be written (before any training)."""
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / f'.write_probe_{os.getpid()}'
-    probe.write_bytes(b'')
-    probe.unlink()
+    fd, probe = tempfile.mkstemp(dir=directory, prefix='.write_probe_')  # (Never a planted link.)
+    os.close(fd)
+    os.unlink(probe)
   except OSError as e:
     raise CheckpointError(f'cannot write checkpoints in {directory}: {e.strerror}') from e
 
@@ -87,6 +88,19 @@ def save_whole_arrays_on_cpu() -> None:
 _POLL_LIMIT_S = 3600.0  # Checkpoints._finish's poll of a save under way, before orbax's join.
 
 
+def _refuse_linked_steps(folder: pathlib.Path) -> None:
+  """A training run's checkpoints/latest or best holds no step that is a symbolic link: orbax
+  deletes a step the run no longer keeps by walking into it, and had deleted the files a planted
+  link led to (a security review)."""
+  if folder.name not in ('latest', 'best'):
+    return
+  for entry in folder.iterdir():
+    if entry.is_symlink() and is_step_number(entry.name):
+      raise CheckpointError(f'{entry} is a symbolic link (to {os.readlink(entry)}); a run keeps '
+                            'its steps as folders of its own, and deletes old ones: remove the '
+                            'link (or copy the step it leads to in its place)')
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
@@ -97,6 +111,7 @@ class Checkpoints:
       if create and jax.process_index() == 0:
         for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
           check_writable(folder)
+          _refuse_linked_steps(folder)
     # Training removes orbax's temp folders of steps killed mid-save (they had stayed forever when
     # the resumed run did not save that step again: a kill audit); evaluation changes nothing.
     # (orbax does it in the background on process 0 and waits for it before the first save.)

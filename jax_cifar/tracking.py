@@ -12,7 +12,7 @@ import jax
 import tqdm
 from absl import logging
 
-from jax_cifar import parallel
+from jax_cifar import atomic_folder, parallel
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.workdir import METRICS_FILE
 
@@ -106,13 +106,10 @@ class MetricsWriter:
       logging.warning('%s: the resumed run leaves out %s, and the file as it was is kept as %s',
                       self.path, _not_rows(bad), copy)
     kept = [r for r in rows if r['step'] <= resume_step]
-    tmp = self.path.with_suffix('.tmp')
-    try:
-      tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
-    except OSError as e:  # A failed write() names no file (a full disk: a kill review).
-      tmp.unlink(missing_ok=True)
-      raise OSError(e.errno, e.strerror, str(self.path)) from e
-    tmp.replace(self.path)
+    # A temp of its own, named after the file on an error (a full disk: a kill review); a fixed
+    # metrics.tmp had been written through a link planted there (a security review).
+    atomic_folder.write_file(self.path, lambda tmp: pathlib.Path(tmp).write_text(
+        ''.join(json.dumps(r) + '\n' for r in kept)))
     self._file = self.path.open('a')
     self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
 
@@ -208,8 +205,8 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
     logging.warning('wandb could not start (%s: %s); training continues, metrics go to %s only.',
                     type(e).__name__, ' '.join(str(e).split()), METRICS_FILE)
     return None
-  if run is not None and getattr(run, 'id', None):
-    id_file.write_text(run.id + '\n')
+  if run is not None and getattr(run, 'id', None):  # (Replaced, not written through a link.)
+    atomic_folder.write_file(id_file, lambda tmp: pathlib.Path(tmp).write_text(run.id + '\n'))
   try:  # Charts against the training step (MetricsWriter._write), not wandb's row count.
     if run is not None:
       run.define_metric('step')

@@ -12,17 +12,19 @@ checkpoint (a launch killed before it leaves the config of the steps it resumed)
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 from typing import Any
 
 from flax import traverse_util
 
-from jax_cifar import code_digest, errors
+from jax_cifar import atomic_folder, code_digest, errors
 
 CONFIG_FILE = 'config.json'
 LAUNCHES_FILE = 'launches.jsonl'
@@ -38,6 +40,23 @@ def flatten(d: dict) -> dict:
   so a live config and its config.json compare equal."""
   return {k: list(v) if isinstance(v, tuple) else v
           for k, v in traverse_util.flatten_dict(d, sep='.').items()}
+
+
+def open_own_file(path: pathlib.Path, flags: int, mode: int = 0o644) -> int:
+  """os.open of a file of the run's own (a lock, an appended record), never through a symbolic
+  link: one planted in a shared run folder had made a launch overwrite, append to or open to
+  everyone the file it led to (a security review). Refused with a WorkdirError naming it."""
+  try:
+    fd = os.open(path, flags | os.O_NOFOLLOW, mode)
+  except OSError as e:
+    if e.errno == errno.ELOOP and path.is_symlink():
+      raise WorkdirError(f'{path} is a symbolic link (to {os.readlink(path)}); jax-cifar writes '
+                         'only files of its own there: remove the link') from None
+    raise
+  if not stat.S_ISREG(os.fstat(fd).st_mode):  # (A FIFO or a device planted in its place.)
+    os.close(fd)
+    raise WorkdirError(f'{path} is not a regular file: move it away (a launch makes it anew)')
+  return fd
 
 
 class NoFileLocks(OSError):
@@ -58,12 +77,10 @@ class Lock:
     """Takes the lock, or returns False (and sets `holder`) when another process holds it; an
     OSError when the file cannot be opened."""
     try:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)
     except OSError:  # (It had read "workdir ... is not writable: Is a directory": a review.)
-      what = ('a folder' if self.path.is_dir() else 'a link that leads nowhere'
-              if self.path.is_symlink() and not self.path.exists() else None)
-      if what:
-        raise WorkdirError(f'{self.path}, the file a run holds its lock on, is {what}: move it '
+      if self.path.is_dir() and not self.path.is_symlink():  # (Links: open_own_file says.)
+        raise WorkdirError(f'{self.path}, the file a run holds its lock on, is a folder: move it '
                            'away (a launch makes the file anew)') from None
       raise
     try:
@@ -293,7 +310,7 @@ def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
          'jax_cifar': code_digest.code_version(), **(shape or {}), 'config': config}
   path = workdir / LAUNCHES_FILE
   try:
-    with path.open('a+b') as f:
+    with os.fdopen(open_own_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), 'a+b') as f:
       # A row torn by a full disk stays a line of its own, not the start of this one (an audit).
       torn = f.tell() and os.pread(f.fileno(), 1, f.tell() - 1) != b'\n'
       f.write((b'\n' if torn else b'') + json.dumps(row, default=str).encode() + b'\n')
@@ -311,13 +328,8 @@ def write_run_config(workdir: pathlib.Path, config: dict) -> None:
 
 
 def _write_config(workdir: pathlib.Path, text: str) -> None:
-  tmp = workdir / (CONFIG_FILE + '.tmp')
-  try:
-    tmp.write_text(text)
-  except OSError as e:  # A failed write() names no file.
-    tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, e.strerror, str(workdir / CONFIG_FILE)) from e
-  tmp.replace(workdir / CONFIG_FILE)
+  # A temp of its own (a fixed config.json.tmp had been written through a link planted there).
+  atomic_folder.write_file(workdir / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
 
 
 def saved_steps(workdir: pathlib.Path) -> set[tuple[str, str, int, int]]:

@@ -47,12 +47,13 @@ def test_a_failed_row_is_named_and_the_close_after_it_does_not_replace_that_erro
 
 def test_a_resume_that_cannot_rewrite_the_rows_names_the_file_and_leaves_no_temp(tmp_path,
                                                                                monkeypatch):
-  """The relaunch on a still full disk had failed with a nameless error, leaving metrics.tmp."""
+  """The relaunch on a still full disk had failed with a nameless error, leaving its temp file
+  (then metrics.tmp; now a temp of its own, atomic_folder.temp_name's)."""
   (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "train_loss": 4.0}\n')
   real_write_text = pathlib.Path.write_text
 
   def full(self, *args, **kwargs):
-    if self.name == 'metrics.tmp':
+    if self.name.startswith('.metrics.jsonl.tmp-'):
       with open(self, 'w'):  # The file is made, then its write fails.
         pass
       raise OSError(28, 'No space left on device')

@@ -20,14 +20,15 @@ def _lock(folder: pathlib.Path) -> int:
   inference: a review); where it still cannot be opened for writing, read-only (flock works so
   on a local disk), and where that cannot be locked either, the folder's own lock."""
   path = folder / '.eval.lock'
-  try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-      os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
-    except OSError:
-      pass
+  try:  # Never through a link (a planted one had made its target writable by all: a review).
+    fd = workdir_lib.open_own_file(path, os.O_RDWR | os.O_CREAT, 0o666)
+    if os.fstat(fd).st_nlink == 1:  # (Nor a hard link to another file.)
+      try:
+        os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
+      except OSError:
+        pass
   except PermissionError:
-    fd = os.open(path, os.O_RDONLY)
+    fd = workdir_lib.open_own_file(path, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
   except OSError:  # NFS locks a read-only descriptor only for reading.

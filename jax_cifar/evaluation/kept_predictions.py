@@ -81,6 +81,10 @@ class KeptPredictions:
     self._stale = False  # The folder holds another evaluation's files, removed at the first keep.
     self._keeping = folder is not None and jax.process_index() == 0
     self._lock = None
+    if self._keeping and folder.is_symlink():  # Its files had gone where it led (a review).
+      tracking.say(f'note: {folder} is a symbolic link (to {os.readlink(folder)}): this evaluation '
+                   'keeps no finished files; remove the link to keep them')
+      self._keeping = False
     if self._keeping:
       self._keeping = self._take_lock()
     if self._keeping:

@@ -1,0 +1,144 @@
+"""A run folder may be shared (a lab's disk, a colleague's copy): a symbolic link planted in it
+where a run keeps a file of its own never makes jax-cifar write to, open up or delete the file it
+leads to (a security review found each of these). The run refuses the link, naming it, or
+replaces the link with a file of its own."""
+
+import os
+import pathlib
+import stat
+
+import numpy as np
+import pytest
+
+from jax_cifar import checkpoints, tracking
+from jax_cifar import workdir as workdir_lib
+from jax_cifar.configs import default
+from jax_cifar.evaluation import eval_json, kept_predictions
+
+VICTIM_TEXT = 'a file of someone else\n'
+
+
+@pytest.fixture
+def victim(tmp_path) -> pathlib.Path:
+  """A file outside the run folder, owner-only, that a planted link leads to."""
+  path = tmp_path / 'elsewhere' / 'victim.txt'
+  path.parent.mkdir()
+  path.write_text(VICTIM_TEXT)
+  path.chmod(0o600)
+  return path
+
+
+def _untouched(victim: pathlib.Path) -> bool:
+  return victim.read_text() == VICTIM_TEXT and stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def _run(tmp_path) -> pathlib.Path:
+  run = tmp_path / 'run'
+  run.mkdir()
+  return run
+
+
+@pytest.mark.parametrize('name', ['.lock', '.partial_best.lock'])
+def test_a_linked_lock_file_is_refused_and_its_target_left_alone(tmp_path, victim, name):
+  """The run's lock had truncated the file a `.lock` link led to and written its pid there."""
+  run = _run(tmp_path)
+  (run / name).symlink_to(victim)
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      rf'^{run / name} is a symbolic link \(to {victim}\); jax-cifar writes only files of its own '
+      r'there: remove the link$')):
+    workdir_lib.Lock(run, name).try_acquire()
+  assert _untouched(victim)
+  (run / name).unlink()
+  os.mkfifo(run / name)
+  with pytest.raises(workdir_lib.WorkdirError, match='is not a regular file: move it away'):
+    workdir_lib.Lock(run, name).try_acquire()
+
+
+def test_a_linked_eval_lock_neither_opens_up_its_target_nor_is_written(tmp_path, victim):
+  """evaluate's .eval.lock had been made writable by everyone through a planted link."""
+  run = _run(tmp_path)
+  (run / '.eval.lock').symlink_to(victim)
+  with pytest.raises(workdir_lib.WorkdirError, match=r'\.eval\.lock is a symbolic link'):
+    eval_json.write(run / 'eval_best.json', {'step': 1, 'test_accuracy': 0.5})
+  assert _untouched(victim) and not (run / 'eval_best.json').exists()
+  (run / '.eval.lock').unlink()
+  os.link(victim, run / '.eval.lock')  # A hard link: locked, but its mode is not changed.
+  eval_json.write(run / 'eval_best.json', {'step': 1, 'test_accuracy': 0.5})
+  assert _untouched(victim) and (run / 'eval_best.json').is_file()
+
+
+def test_linked_run_records_are_refused_or_replaced_never_written_through(tmp_path, victim):
+  """launches.jsonl is appended to, so a link there is refused; config.json and metrics.jsonl are
+  written whole through temps that had had fixed names (config.json.tmp, metrics.tmp), written
+  through links planted under those names."""
+  run = _run(tmp_path)
+  (run / workdir_lib.LAUNCHES_FILE).symlink_to(victim)
+  with pytest.raises(workdir_lib.WorkdirError, match=r'launches\.jsonl is a symbolic link'):
+    workdir_lib.record_launch(run, {'a': 1}, 0, {})
+  assert _untouched(victim)
+  (run / workdir_lib.LAUNCHES_FILE).unlink()
+  (run / 'config.json.tmp').symlink_to(victim)
+  (run / workdir_lib.CONFIG_FILE).symlink_to(victim)
+  workdir_lib.record_launch(run, {'a': 1}, 0, {})
+  assert _untouched(victim) and not (run / workdir_lib.CONFIG_FILE).is_symlink()
+  assert workdir_lib.previous_config(run) == {'a': 1}
+
+  (run / 'metrics.tmp').symlink_to(victim)
+  (run / tracking.METRICS_FILE).write_text('{"step": 1, "train_loss": 2.0}\n')
+  config = default.get_config()
+  config.wandb.mode = 'disabled'
+  writer = tracking.MetricsWriter(run, config, resume_step=1)
+  writer.write(2, {'train_loss': 1.5})
+  writer.close()
+  assert _untouched(victim)
+  assert [r['step'] for r in tracking.read_metrics(run)] == [1, 2]
+
+
+def test_a_linked_wandb_run_id_is_replaced_not_written_through(tmp_path, victim, monkeypatch):
+  run = _run(tmp_path)
+  for var in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR'):
+    monkeypatch.setenv(var, str(tmp_path / 'wandb_home'))
+  monkeypatch.delenv('WANDB_MODE', raising=False)
+  (run / 'wandb_run_id').symlink_to(victim)
+  config = default.get_config()
+  config.wandb.mode = 'offline'
+  writer = tracking.MetricsWriter(run, config, resume_step=0)
+  try:
+    run_id = writer.wandb_run.id
+  finally:
+    writer.close()
+  assert _untouched(victim) and not (run / 'wandb_run_id').is_symlink()
+  assert (run / 'wandb_run_id').read_text() == run_id + '\n'
+
+
+@pytest.mark.parametrize('which', ['latest', 'best'])
+def test_a_linked_step_folder_is_refused_before_orbax_can_delete_what_it_leads_to(tmp_path,
+                                                                                  which):
+  """orbax deletes a step the run no longer keeps by walking into it: through a planted link
+  (step 1 of checkpoints/latest) it had deleted another folder's files."""
+  run = _run(tmp_path)
+  elsewhere = tmp_path / 'elsewhere'
+  (elsewhere / 'sub').mkdir(parents=True)
+  (elsewhere / 'sub' / 'b.txt').write_text('kept')
+  (run / 'checkpoints' / which).mkdir(parents=True)
+  (run / 'checkpoints' / which / '1').symlink_to(elsewhere, target_is_directory=True)
+  with pytest.raises(checkpoints.CheckpointError, match=(
+      rf'^{run / "checkpoints" / which / "1"} is a symbolic link \(to {elsewhere}\); a run keeps '
+      r'its steps as folders of its own, and deletes old ones: remove the link')):
+    checkpoints.Checkpoints(run)
+  assert (elsewhere / 'sub' / 'b.txt').read_text() == 'kept'
+
+
+def test_a_linked_folder_of_kept_predictions_keeps_nothing_there(tmp_path, capsys):
+  """evaluate's finished OOD files had been written where a planted partial_<tag> link led."""
+  run = _run(tmp_path)
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  (run / 'partial_best').symlink_to(elsewhere, target_is_directory=True)
+  kept = kept_predictions.KeptPredictions(run / 'partial_best', {'a': 1})
+  assert capsys.readouterr().err == (
+      f'note: {run / "partial_best"} is a symbolic link (to {elsewhere}): this evaluation keeps '
+      'no finished files; remove the link to keep them\n')
+  kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
+  kept.clear()
+  assert not list(elsewhere.iterdir()) and (run / 'partial_best').is_symlink()
