@@ -159,6 +159,14 @@ def read_state_dict_file(path: str) -> Mapping[str, Any]:
                           'or download the file again)')
     with zipfile.ZipFile(path) as archive:
       names = archive.namelist()
+      expanded = sum(info.file_size for info in archive.infolist())
+    # torch.save stores its tensors uncompressed, so its archives are about their files' size; a
+    # 1 MB one of 1 GiB had taken 1.8 GB of memory before its refusal (a security review).
+    size = os.path.getsize(path)
+    if expanded > 2 * size + (64 << 20):
+      raise NotAStateDict(path, f'it expands to {expanded:,} bytes from {size:,}, '
+                          'and torch.save writes its tensors uncompressed: a compressed copy of a '
+                          'checkpoint, or not one (load it with torch.load and torch.save it again)')
     if any(n.endswith('/constants.pkl') or '/code/' in n for n in names):
       raise NotAStateDict(path, 'it is a TorchScript model (torch.jit.save): save its weights with '
                           'torch.save(torch.jit.load(FILE).state_dict(), FILE.pth) and convert that')

@@ -103,7 +103,16 @@ def test_an_archive_that_extracts_to_more_than_cifar_holds_is_refused_and_leaves
     cifar100.load_split(tmp_path, 'test', download=False)
   assert_one_line(error, 'extracts to more than 0 MiB')
   assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
-  monkeypatch.setattr(fetch, 'MAX_TOTAL_BYTES', 3 * largest)  # Within: extracted.
+  monkeypatch.setattr(fetch, 'MAX_TOTAL_BYTES', 3 * largest)
+  # More entries than CIFAR-100's 5: 300,000 empty files in 1.7 MB had all been made before the
+  # archive was refused (a security review).
+  members = len(tarfile.open(archive).getmembers())
+  monkeypatch.setattr(fetch, 'MAX_MEMBERS', members - 1)
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(tmp_path, 'test', download=False)
+  assert_one_line(error, f'holds more than {members - 1:,} entries (CIFAR-100: 5), reached at')
+  assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+  monkeypatch.setattr(fetch, 'MAX_MEMBERS', members)  # Within every limit: extracted.
   assert len(cifar100.load_split(tmp_path, 'test', download=False)) == 20
 
 

@@ -369,6 +369,25 @@ def test_a_pth_zip_with_features_torch_never_writes_is_one_line(script, tmp_path
   assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'out').exists(), err
 
 
+def test_a_pth_that_expands_far_beyond_its_size_is_refused_before_torch_load(script, tmp_path,
+                                                                            capsys):
+  """torch.save stores its tensors uncompressed: a 1 MB archive of a deflated 1 GiB member had
+  taken 1.8 GB of memory in torch.load before its refusal (a security review)."""
+  path = tmp_path / 'bomb.pth'
+  torch.save({'fc.weight': torch.zeros(2, 3)}, path)
+  with zipfile.ZipFile(path, 'a', compression=zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr('bomb/data/9', bytes(80 << 20))
+  size = path.stat().st_size
+  with zipfile.ZipFile(path) as archive:
+    expanded = sum(info.file_size for info in archive.infolist())
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', str(path),
+                                       '--output', str(tmp_path / 'out')])
+  assert rc == 1 and size < 1 << 20 and expanded > 80 << 20, err
+  assert (f'it expands to {expanded:,} bytes from {size:,}, and torch.save writes its tensors '
+          'uncompressed') in err, err
+  assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'out').exists(), err
+
+
 def test_ctrl_c_during_conversion_is_one_line(script, tmp_path, capsys, monkeypatch):
   """A KeyboardInterrupt had printed a 40-line traceback (an audit)."""
   path = tmp_path / 'r18.pth'

@@ -22,6 +22,25 @@ def test_check_reads_a_gzipped_csv_as_the_csv_and_names_a_cut_one(tmp_path):
     submission.check_submission(packed)
 
 
+def test_a_file_larger_than_any_submission_is_refused_before_it_is_read_whole(tmp_path,
+                                                                              monkeypatch):
+  """A 1 MB .csv.gz of zeros had decompressed to 1 GiB in memory (3.3 GB at its peak: a security
+  review). The limit is lowered here so that a real submission file exceeds it."""
+  plain = tmp_path / 'sub.csv'
+  _write(plain)
+  packed = tmp_path / 'sub.csv.gz'
+  packed.write_bytes(gzip.compress(plain.read_bytes()))
+  monkeypatch.setattr(submission, 'MAX_CSV_BYTES', plain.stat().st_size - 1)
+  for path in (plain, packed):
+    with pytest.raises(submission.SubmissionError, match=(
+        rf'^{path}: holds more than 0 MiB of text \(a full submission is about 22 MB\): not a '
+        'submission of this task$')):
+      submission.check_submission(path)
+  monkeypatch.setattr(submission, 'MAX_CSV_BYTES', plain.stat().st_size)
+  assert submission.check_submission(packed) == submission.check_submission(plain).replace(
+      str(plain), str(packed))
+
+
 @pytest.mark.parametrize('name', ['out.csv.gz', 'out.zip', 'OUT.CSV.XZ'])
 def test_a_compressed_name_for_the_written_csv_is_refused(tmp_path, name):
   with pytest.raises(submission.SubmissionError, match=(

@@ -34,6 +34,9 @@ from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import NUM_CLASSES
 
 HEADER = 'id,label'
+# The most a file to check may hold (read whole): a full submission is about 22 MB, and a 1 MB
+# .csv.gz of zeros had decompressed to 1 GiB, 3.3 GB of memory (a security review).
+MAX_CSV_BYTES = 256 << 20
 _LABEL = re.compile(r'[0-9]{1,3}')
 COMPRESSED = ('.gz', '.zip', '.bz2', '.xz', '.7z')  # Suffixes of compressed files.
 KAGGLE_IMAGES = 10_000  # Test images per severity in the course's 950,000-row set.
@@ -226,9 +229,14 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
     # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
     # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
     # utf-8-sig: a leading byte-order mark (Excel's "CSV UTF-8") is read past, as pandas does.
-    data = path.read_bytes()
+    with open(path, 'rb') as f:
+      data = f.read(MAX_CSV_BYTES + 1)
     if data[:2] == b'\x1f\x8b':  # gzip (Kaggle takes a .csv.gz): it had been "can't decode 0x8b".
-      data = gzip.decompress(data)
+      with gzip.open(path) as f:
+        data = f.read(MAX_CSV_BYTES + 1)
+    if len(data) > MAX_CSV_BYTES:
+      raise SubmissionError(f'{path}: holds more than {MAX_CSV_BYTES >> 20} MiB of text (a full '
+                            'submission is about 22 MB): not a submission of this task')
     text = data.decode('utf-8-sig')
     lines = [line.rstrip('\r') for line in text.split('\n')]
   except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:  # (EOFError: a cut gzip.)
