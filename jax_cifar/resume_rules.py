@@ -23,7 +23,9 @@ SAFE_TO_CHANGE = (
     'train.eval_every_epochs', 'train.on_nonfinite', 'train.allow_config_change',
     'checkpoint.every_steps', 'checkpoint.keep', 'checkpoint.best_weights', 'wandb.',
     'model.init_from', 'model.init_from_weights', 'model.pretrained',  # Read at step 0 only.
-    'model.remat', 'model.scan_blocks')  # How the step is compiled; same parameters and layout.
+    'model.remat', 'model.scan_blocks')  # How the step is compiled; same parameters and layout
+# (scan_blocks sums in another order: the relaunch says that run is not bit-exact).
+
 # May change, and is logged with what it does to the schedule: training longer.
 EXTENDABLE = ('train.num_epochs',)
 

@@ -3,6 +3,7 @@ config.json read back, and launches.jsonl's rows, without training (the launches
 in test_workdir.py)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -403,6 +404,51 @@ def test_a_resume_on_another_number_of_devices_says_it_is_not_bit_exact(tmp_path
         f'{was[0]} in {was[1]}: the same data and random draws, but the sums across devices are '
         'made in another order, so the run is not bit-exact with one that stayed as it was '
         "(launches.jsonl records each launch's devices and processes)."]), said()
+
+
+def test_a_resume_with_other_cpu_threads_xla_options_or_scan_blocks_says_it_is_not_bit_exact(
+    tmp_path, caplog, monkeypatch):
+  """One CPU core against two (taskset, a cgroup's cpuset, Slurm's --cpus-per-task), XLA's own CPU
+  options against jax-cifar's, and a scanned step against an unrolled one each gave other weights
+  from the steps after a resume, without a word (a determinism review). Each launch on CPU
+  devices records its CPU threads and options; a resume with others says so."""
+  config = default.get_config()
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict(), default=str))
+  monkeypatch.delenv('JAX_CIFAR_XLA_DEFAULTS', raising=False)
+  relaunch.record_launch(config, tmp_path, 0, {}, False, {})
+  rows = [json.loads(l) for l in (tmp_path / 'launches.jsonl').read_text().splitlines()]
+  threads = len(os.sched_getaffinity(0))
+  assert (rows[-1]['cpu_threads'], rows[-1]['xla_defaults']) == (threads, False)
+
+  def said():
+    return [r.getMessage() for r in caplog.records if 'not bit-exact' in r.getMessage()]
+  with caplog.at_level('WARNING'):
+    relaunch.check_config_change(config, tmp_path, 100, 10, 300)
+  assert not said()  # The same CPUs and options.
+  for row, defaults, differ in (
+      ({**rows[-1], 'cpu_threads': threads + 2}, '0', f'CPU threads {threads + 2} -> {threads}'),
+      (rows[-1], '1', 'JAX_CIFAR_XLA_DEFAULTS False -> True'),
+      ({k: v for k, v in rows[-1].items() if k != 'cpu_threads'}, '0', None),  # (Older rows.)
+      ({**rows[-1], 'cpu_threads': True}, '0', None)):  # (Hand-edited: not a count.)
+    (tmp_path / 'launches.jsonl').write_text(json.dumps(row) + '\n')
+    monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', defaults)
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      relaunch.check_config_change(config, tmp_path, 100, 10, 300)
+    assert said() == ([] if differ is None else [
+        f'Resuming at step 100 with {differ} than the launch before: XLA:CPU splits its work and '
+        'orders its sums by these, so the run is not bit-exact with one that stayed as it was '
+        "(launches.jsonl records each launch's)."]), said()
+  monkeypatch.setenv('JAX_CIFAR_XLA_DEFAULTS', '0')
+  (tmp_path / 'launches.jsonl').write_text(json.dumps(rows[-1]) + '\n')
+  new = default.get_config()
+  new.model.scan_blocks = True
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    assert 'model.scan_blocks' in relaunch.check_config_change(new, tmp_path, 100, 10, 300)
+  assert said() == ['Resuming with model.scan_blocks False -> True: the same parameters, but a '
+                    'scanned step sums in another order than an unrolled one, so the run is not '
+                    'bit-exact with one that kept it.'], said()
 
 
 def test_the_old_schedule_of_a_fractional_epoch_count_ends_at_its_whole_steps(tmp_path, caplog):

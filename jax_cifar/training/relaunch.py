@@ -7,12 +7,14 @@ changes altered what the train state holds, and `record_launch` once the launch 
 """
 
 import json
+import os
 import pathlib
 
 import jax
 from absl import logging
 
 from jax_cifar import checkpoints, code_digest, config_validation, optim, resume_rules, tracking
+from jax_cifar import xla_options
 from jax_cifar import workdir as workdir_lib
 
 
@@ -68,6 +70,10 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
   _say_other_code_or_devices(workdir, start_step)
+  if 'model.scan_blocks' in changes:  # (Bitwise resumes held for every other safe key: a review.)
+    logging.warning('Resuming with model.scan_blocks %r -> %r: the same parameters, but a scanned '
+                    'step sums in another order than an unrolled one, so the run is not bit-exact '
+                    'with one that kept it.', *changes['model.scan_blocks'])
   if 'checkpoint.best_weights' in changes:  # Safe to change, but the kept best is not re-ranked.
     logging.warning("Resuming with checkpoint.best_weights %r -> %r: the kept 'best' checkpoint "
                     'was chosen by the %s weights\' val_accuracy, and a later step replaces it '
@@ -144,6 +150,30 @@ def _say_other_code_or_devices(workdir: pathlib.Path, start_step: int) -> None:
                     'made in another order, so the run is not bit-exact with one that stayed as it '
                     'was (%s records each launch\'s devices and processes).', start_step, *now,
                     *before, workdir_lib.LAUNCHES_FILE)
+  now_cpu = {k: v for k, v in launch_shape().items() if k in _CPU_SHAPE}
+  differ = [f'{_CPU_SHAPE[k]} {row[k]!r} -> {v!r}' for k, v in now_cpu.items()
+            if type(row.get(k)) is type(v) and row[k] != v]  # (Older rows have none.)
+  if differ:
+    logging.warning('Resuming at step %d with %s than the launch before: XLA:CPU splits its work '
+                    'and orders its sums by these, so the run is not bit-exact with one that stayed '
+                    'as it was (%s records each launch\'s).', start_step, ', '.join(differ),
+                    workdir_lib.LAUNCHES_FILE)
+
+
+# What else changes the numbers of a step on CPU devices (a determinism review: one core against
+# two differed from the 5th step's gradient norm, and neither change had been said).
+_CPU_SHAPE = {'cpu_threads': 'CPU threads', 'xla_defaults': 'JAX_CIFAR_XLA_DEFAULTS'}
+
+
+def launch_shape() -> dict:
+  """What launches.jsonl records of where a launch runs: its devices and processes, and on CPU
+  devices the CPUs XLA may use (its thread pool follows the process's affinity: taskset, a
+  cgroup's cpuset, Slurm's --cpus-per-task) and whether XLA's own CPU options were asked for."""
+  shape = {'devices': jax.device_count(), 'processes': jax.process_count()}
+  if jax.default_backend() == 'cpu':
+    shape.update(cpu_threads=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                 else os.cpu_count(), xla_defaults=xla_options.xla_defaults())
+  return shape
 
 
 def _previous_steps_per_epoch(changes: dict, steps_per_epoch: int, num_train: int) -> int:
@@ -191,7 +221,7 @@ def record_launch(config, workdir: pathlib.Path, start_step: int, changes: dict,
   launch.update(saved_before=workdir_lib.saved_steps(workdir),
                 previous=workdir_lib.record_launch(
                     workdir, as_json, start_step, changes, write_config=start_step == 0,
-                    shape={'devices': jax.device_count(), 'processes': jax.process_count()}))
+                    shape=launch_shape()))
   if start_step:
     launch['deferred_config'] = as_json
 
