@@ -80,11 +80,11 @@ def test_processes_take_disjoint_slices_that_make_up_the_global_batch(monkeypatc
 
 class _CountingImages(np.ndarray):
   """Images that count the rows read from them (a memory map's reads, on a cluster's storage)."""
-  reads: list[int] = []  # Rows per fancy-indexed read (list.append: safe from grain's threads).
+  reads: list[int] = []  # Rows per read of rows (list.append: safe from grain's threads).
 
   def __getitem__(self, key):
     out = np.asarray(super().__getitem__(key))
-    if isinstance(key, np.ndarray):
+    if isinstance(key, (np.ndarray, slice)):  # (A row's pixels, once read, are not counted.)
       self.reads.append(len(out))
     return out
 

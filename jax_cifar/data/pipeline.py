@@ -143,21 +143,30 @@ def _pad(batch: dict, size: int) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class _GatherShare:
-  """Indices of a global eval batch -> this process's rows of it, padded and masked: only those
-  rows are read (each process had read the whole batch and dropped the others' share, so N hosts
-  read a 950,000-image OOD set N times)."""
+class _EvalBatch:
+  """Eval batch b -> this process's rows of it, padded and masked. A global batch is images
+  b*B .. b*B+B-1 in order, so a process's share is one contiguous slice: read as one copy (a
+  memory map's pages in order), never the other processes' rows (N hosts had read a
+  950,000-image OOD set N times). grain's .batch() over a range of image indices, gathered, had
+  held evaluate's host side to 105-140k images/s (a host-side review; docs/benchmarks.md)."""
   split: Split
+  global_batch: int
   share: _ProcessSlice
 
-  def __call__(self, indices: np.ndarray) -> dict:
-    return _pad(_Gather(self.split)(self.share(indices)), self.share.size)
+  def __call__(self, b) -> dict:
+    lo = min(int(b) * self.global_batch + self.share.start, len(self.split))
+    hi = min(lo + self.share.size, len(self.split))
+    batch = {'image': np.array(self.split.images[lo:hi]),
+             'label': np.asarray(self.split.labels[lo:hi], np.int32)}
+    if hi - lo == self.share.size:
+      return {**batch, 'mask': np.ones(self.share.size, np.int32)}
+    return _pad(batch, self.share.size)
 
 
 def eval_batches(split: Split, global_batch: int) -> Iterator[dict]:
   """Every image exactly once: the last batch is padded and masked; each process takes its slice."""
-  ds = grain.MapDataset.range(len(split)).batch(global_batch, drop_remainder=False)
-  ds = ds.map(_GatherShare(split, _process_slice(global_batch)))
+  ds = grain.MapDataset.range(-(-len(split) // global_batch))
+  ds = ds.map(_EvalBatch(split, global_batch, _process_slice(global_batch)))
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import glob
 import gzip
 import os
@@ -51,6 +52,25 @@ def row_ids(distortion: int, num_images: int) -> list[str]:
   per = num_images // ood.SEVERITIES
   return [f'distortion{distortion:02d}_{s}_{i}'
           for s in range(1, ood.SEVERITIES + 1) for i in range(per)]
+
+
+@functools.lru_cache(maxsize=2)
+def _index_texts(per: int) -> tuple[str, ...]:
+  return tuple(map(str, range(per)))
+
+
+_LABEL_TEXTS = tuple(f',{label}\n' for label in range(NUM_CLASSES))
+
+
+def _rows(distortion: int, labels: np.ndarray) -> str:
+  """The CSV rows of one distortion file's labels (row_ids' ids, in order), from strings made
+  once: an f-string per row had taken 0.55-1.0 s of the 950,000 rows (a host-side review)."""
+  per, labels = len(labels) // ood.SEVERITIES, labels.tolist()
+  index = _index_texts(per)
+  return ''.join(''.join([prefix + i + _LABEL_TEXTS[label] for i, label in
+                          zip(index, labels[s * per:(s + 1) * per])])
+                 for s, prefix in enumerate(f'distortion{distortion:02d}_{s}_'
+                                            for s in range(1, ood.SEVERITIES + 1)))
 
 
 def check_output_path(path: str | os.PathLike, default: bool = False) -> pathlib.Path:
@@ -168,9 +188,8 @@ class SubmissionWriter:
       raise ValueError(f'distortion {distortion:02d}: labels must be integers, got {labels.dtype}')
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
       raise ValueError(f'distortion {distortion:02d}: labels outside [0, {NUM_CLASSES})')
-    ids = row_ids(distortion, self.num_images)
     try:
-      self._file.write(''.join(f'{i},{int(l)}\n' for i, l in zip(ids, labels.tolist())))
+      self._file.write(_rows(distortion, labels))
       self._file.flush()  # A full disk is found here, per file (evaluate agrees on it across hosts).
     except OSError as e:
       raise self._failed(e) from None
