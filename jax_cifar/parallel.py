@@ -115,9 +115,10 @@ def _seconds(name: str, default: int, minimum: int) -> int:
 
 
 def _is_whole(text: str) -> bool:
-  """A whole number in ASCII digits: '²' and '٤' are digits to str.isdigit but not to int(), whose
-  ValueError had been a traceback (JAX_NUM_PROCESSES=²: a security review)."""
-  return text.isascii() and text.isdigit()
+  """A whole number of at most 9 ASCII digits. '²' is a digit to str.isdigit but not to int()
+  (JAX_NUM_PROCESSES=² had been a ValueError traceback: a security review), 5,000 digits are past
+  int()'s limit, and 30 had reached JAX as a TypeError traceback (its diff review)."""
+  return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def connect_timeout_s() -> int:

@@ -68,6 +68,12 @@ def _json_int(text: str) -> int | float:
   return value
 
 
+def _strict(row: dict) -> dict:
+  """A row read back, its infinities (a hand-edited 400-digit number: _json_int) null again, so
+  every line stays strict JSON."""
+  return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 def _not_rows(bad: list[int]) -> str:
   """'N line(s) that are not metrics rows (line a, b, ...)': one wording for reader and writer."""
   shown = ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else '')
@@ -102,15 +108,18 @@ class MetricsWriter:
     rows, bad = _read_rows(self.path)
     if bad:  # Rewritten below without them: the file as it was is kept beside it.
       copy = workdir_lib.unused_path(self.workdir, 'metrics.damaged', '.jsonl')
-      shutil.copyfile(self.path, copy)
+      with open(self.path, 'rb') as source, os.fdopen(workdir_lib.open_own_file(
+          copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL), 'wb') as target:  # (Never a planted link.)
+        shutil.copyfileobj(source, target)
       logging.warning('%s: the resumed run leaves out %s, and the file as it was is kept as %s',
                       self.path, _not_rows(bad), copy)
     kept = [r for r in rows if r['step'] <= resume_step]
     # A temp of its own, named after the file on an error (a full disk: a kill review); a fixed
     # metrics.tmp had been written through a link planted there (a security review).
     atomic_folder.write_file(self.path, lambda tmp: pathlib.Path(tmp).write_text(
-        ''.join(json.dumps(r) + '\n' for r in kept)))
-    self._file = self.path.open('a')
+        ''.join(json.dumps(_strict(r)) + '\n' for r in kept)))
+    (self.workdir / 'metrics.tmp').unlink(missing_ok=True)  # (Older code's temp, or a link.)
+    self._file = os.fdopen(workdir_lib.open_own_file(self.path, os.O_WRONLY | os.O_APPEND), 'a')
     self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
 
   def write(self, step: int, metrics: dict) -> None:

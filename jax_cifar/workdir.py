@@ -46,8 +46,8 @@ def open_own_file(path: pathlib.Path, flags: int, mode: int = 0o644) -> int:
   """os.open of a file of the run's own (a lock, an appended record), never through a symbolic
   link: one planted in a shared run folder had made a launch overwrite, append to or open to
   everyone the file it led to (a security review). Refused with a WorkdirError naming it."""
-  try:
-    fd = os.open(path, flags | os.O_NOFOLLOW, mode)
+  try:  # (O_NONBLOCK: a FIFO planted there had hung the open, waiting for a writer.)
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
   except OSError as e:
     if e.errno == errno.ELOOP and path.is_symlink():
       raise WorkdirError(f'{path} is a symbolic link (to {os.readlink(path)}); jax-cifar writes '
@@ -56,6 +56,7 @@ def open_own_file(path: pathlib.Path, flags: int, mode: int = 0o644) -> int:
   if not stat.S_ISREG(os.fstat(fd).st_mode):  # (A FIFO or a device planted in its place.)
     os.close(fd)
     raise WorkdirError(f'{path} is not a regular file: move it away (a launch makes it anew)')
+  os.set_blocking(fd, True)
   return fd
 
 
@@ -146,8 +147,8 @@ def why_unwritable(folder: str | os.PathLike) -> str | None:
 
 
 def is_step_number(text: str) -> bool:
-  """A step folder's name: '40', '040'; ASCII digits only ('²' and '٤' are digits to
-  str.isdigit, not to int())."""
+  """A step folder's name: '40', '040'; ASCII digits only ('²' is a digit to str.isdigit but
+  not to int(), and '٤' to int() but not to orbax)."""
   return text.isascii() and text.isdigit()
 
 
@@ -175,9 +176,10 @@ def foreign_entries(workdir: pathlib.Path) -> list[str]:
 
 
 def unused_path(folder: pathlib.Path, stem: str, suffix: str = '') -> pathlib.Path:
-  """folder/STEMSUFFIX, or folder/STEM.N.SUFFIX for the first N = 1, 2, ... that does not exist."""
+  """folder/STEMSUFFIX, or folder/STEM.N.SUFFIX for the first N = 1, 2, ... that does not exist,
+  not even as a link (one leading nowhere had been written through: a diff review)."""
   path, n = folder / f'{stem}{suffix}', 1
-  while path.exists():
+  while os.path.lexists(path):
     path, n = folder / f'{stem}.{n}{suffix}', n + 1
   return path
 
@@ -328,8 +330,10 @@ def write_run_config(workdir: pathlib.Path, config: dict) -> None:
 
 
 def _write_config(workdir: pathlib.Path, text: str) -> None:
-  # A temp of its own (a fixed config.json.tmp had been written through a link planted there).
+  # A temp of its own (a fixed config.json.tmp had been written through a link planted there;
+  # one that older code left is removed, or only the link).
   atomic_folder.write_file(workdir / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
+  (workdir / (CONFIG_FILE + '.tmp')).unlink(missing_ok=True)
 
 
 def saved_steps(workdir: pathlib.Path) -> set[tuple[str, str, int, int]]:

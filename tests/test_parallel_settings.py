@@ -110,10 +110,17 @@ def test_a_stop_inside_fail_together_is_agreed_on_then_raised(monkeypatch, stop)
      "JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, got '0,٤'"),
     ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1', 'JAX_PROCESS_ID': '0',
       parallel.CONNECT_TIMEOUT_VAR: '٤٥'},
-     "JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '٤٥'")])
+     "JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '٤٥'"),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1' * 5000,
+      'JAX_PROCESS_ID': '0'}, 'JAX_NUM_PROCESSES must be a positive integer, got'),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1', 'JAX_PROCESS_ID': '0',
+      parallel.CONNECT_TIMEOUT_VAR: '9' * 30},
+     f"JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '{'9' * 30}'")])
 def test_digits_that_are_not_ascii_are_refused_in_one_line(monkeypatch, initialize, env, message):
-  """'²' and '٤' are digits to str.isdigit but not to int(): JAX_NUM_PROCESSES=² had been a
-  ValueError traceback (a security review). A SLURM_NTASKS of them is not a Slurm job."""
+  """'²' is a digit to str.isdigit but not to int(): JAX_NUM_PROCESSES=² had been a ValueError
+  traceback (a security review); 5,000 digits were past int()'s limit and 30 a TypeError inside
+  JAX (its diff review). ASCII digits only, at most 9 ('٤٥' is 45 to int(), refused all the same).
+  A SLURM_NTASKS of them is not a Slurm job."""
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     monkeypatch.delenv(var, raising=False)
   for k, v in env.items():

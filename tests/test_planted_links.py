@@ -3,9 +3,11 @@ where a run keeps a file of its own never makes jax-cifar write to, open up or d
 leads to (a security review found each of these). The run refuses the link, naming it, or
 replaces the link with a file of its own."""
 
+import json
 import os
 import pathlib
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -54,17 +56,42 @@ def test_a_linked_lock_file_is_refused_and_its_target_left_alone(tmp_path, victi
     workdir_lib.Lock(run, name).try_acquire()
 
 
-def test_a_linked_eval_lock_neither_opens_up_its_target_nor_is_written(tmp_path, victim):
-  """evaluate's .eval.lock had been made writable by everyone through a planted link."""
+def test_a_linked_eval_lock_neither_opens_up_its_target_nor_loses_the_numbers(tmp_path, victim,
+                                                                              caplog):
+  """evaluate's .eval.lock had been made writable by everyone through a planted link. The
+  numbers, written after all of an evaluation's inference, are still written (under the folder's
+  own lock): a refusal there had lost them (the diff review)."""
   run = _run(tmp_path)
   (run / '.eval.lock').symlink_to(victim)
-  with pytest.raises(workdir_lib.WorkdirError, match=r'\.eval\.lock is a symbolic link'):
+  with caplog.at_level('WARNING'):
     eval_json.write(run / 'eval_best.json', {'step': 1, 'test_accuracy': 0.5})
-  assert _untouched(victim) and not (run / 'eval_best.json').exists()
+  assert _untouched(victim) and json.loads((run / 'eval_best.json').read_text()) == {
+      'step': 1, 'test_accuracy': 0.5}
+  assert any(r.getMessage().endswith('remove the link; locking the folder instead.')
+             for r in caplog.records), caplog.records
   (run / '.eval.lock').unlink()
   os.link(victim, run / '.eval.lock')  # A hard link: locked, but its mode is not changed.
-  eval_json.write(run / 'eval_best.json', {'step': 1, 'test_accuracy': 0.5})
-  assert _untouched(victim) and (run / 'eval_best.json').is_file()
+  eval_json.write(run / 'eval_best.json', {'step': 2, 'test_accuracy': 0.5})
+  assert _untouched(victim) and json.loads((run / 'eval_best.json').read_text())['step'] == 2
+
+
+def test_a_fifo_planted_as_a_lock_file_is_refused_at_once_not_waited_on(tmp_path):
+  """A read-only open of a FIFO (evaluate's fallback where it may not write the lock file) had
+  waited for a writer for good, after all the evaluation's inference (the diff review)."""
+  os.mkfifo(tmp_path / '.eval.lock')
+  done = []
+
+  def open_it():
+    try:
+      workdir_lib.open_own_file(tmp_path / '.eval.lock', os.O_RDONLY)
+    except workdir_lib.WorkdirError as e:
+      done.append(str(e))
+
+  opener = threading.Thread(target=open_it, daemon=True)
+  opener.start()
+  opener.join(timeout=30)
+  assert done == [f'{tmp_path / ".eval.lock"} is not a regular file: move it away (a launch '
+                  'makes it anew)'], 'the open waited for a writer'
 
 
 def test_linked_run_records_are_refused_or_replaced_never_written_through(tmp_path, victim):
@@ -84,14 +111,33 @@ def test_linked_run_records_are_refused_or_replaced_never_written_through(tmp_pa
   assert workdir_lib.previous_config(run) == {'a': 1}
 
   (run / 'metrics.tmp').symlink_to(victim)
-  (run / tracking.METRICS_FILE).write_text('{"step": 1, "train_loss": 2.0}\n')
+  # A line that is no row makes the resume keep the file as it was beside it: a link planted
+  # where that copy goes, leading nowhere, had been written through (the diff review).
+  (run / tracking.METRICS_FILE).write_text('{"step": 1, "train_loss": 2.0}\n5\n{"step": 2}\n')
+  (run / 'metrics.damaged.jsonl').symlink_to(tmp_path / 'elsewhere' / 'authorized_keys')
   config = default.get_config()
   config.wandb.mode = 'disabled'
   writer = tracking.MetricsWriter(run, config, resume_step=1)
   writer.write(2, {'train_loss': 1.5})
   writer.close()
-  assert _untouched(victim)
+  assert _untouched(victim) and not (tmp_path / 'elsewhere' / 'authorized_keys').exists()
+  assert (run / 'metrics.damaged.1.jsonl').read_text().startswith('{"step": 1, "train_loss"')
   assert [r['step'] for r in tracking.read_metrics(run)] == [1, 2]
+  assert not (run / 'metrics.tmp').exists() and not (run / 'metrics.tmp').is_symlink()
+
+
+def test_temps_that_older_code_left_are_removed(tmp_path):
+  """config.json.tmp and metrics.tmp (the fixed temp names before) are not used any more, and
+  one a killed writer left had stayed for good (the diff review)."""
+  run = _run(tmp_path)
+  (run / 'config.json.tmp').write_text('{"half": ')
+  (run / 'metrics.tmp').write_text('{"step": 1')
+  workdir_lib.record_launch(run, {'a': 1}, 0, {})
+  config = default.get_config()
+  config.wandb.mode = 'disabled'
+  tracking.MetricsWriter(run, config, resume_step=0).close()
+  assert sorted(p.name for p in run.iterdir()) == ['config.json', 'launches.jsonl',
+                                                   'metrics.jsonl']
 
 
 def test_a_linked_wandb_run_id_is_replaced_not_written_through(tmp_path, victim, monkeypatch):
@@ -142,3 +188,13 @@ def test_a_linked_folder_of_kept_predictions_keeps_nothing_there(tmp_path, capsy
   kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
   kept.clear()
   assert not list(elsewhere.iterdir()) and (run / 'partial_best').is_symlink()
+  # A linked lock: the same note, not an error from process 0 alone (the others would have gone
+  # on into their collectives: the diff review).
+  (run / '.partial_c.lock').symlink_to(elsewhere / 'lock')
+  kept = kept_predictions.KeptPredictions(run / 'partial_c', {'a': 1})
+  assert capsys.readouterr().err == (
+      f'note: {run / "partial_c"}: {run / ".partial_c.lock"} is a symbolic link (to '
+      f'{elsewhere / "lock"}); jax-cifar writes only files of its own there: remove the link; this '
+      'evaluation keeps no finished files\n')
+  kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
+  assert not (run / 'partial_c').exists() and not list(elsewhere.iterdir())

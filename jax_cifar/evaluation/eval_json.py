@@ -21,20 +21,26 @@ def _lock(folder: pathlib.Path) -> int:
   on a local disk), and where that cannot be locked either, the folder's own lock."""
   path = folder / '.eval.lock'
   try:  # Never through a link (a planted one had made its target writable by all: a review).
-    fd = workdir_lib.open_own_file(path, os.O_RDWR | os.O_CREAT, 0o666)
-    if os.fstat(fd).st_nlink == 1:  # (Nor a hard link to another file.)
-      try:
-        os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
-      except OSError:
-        pass
-  except PermissionError:
-    fd = workdir_lib.open_own_file(path, os.O_RDONLY)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-  except OSError:  # NFS locks a read-only descriptor only for reading.
-    os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+      fd = workdir_lib.open_own_file(path, os.O_RDWR | os.O_CREAT, 0o666)
+      if os.fstat(fd).st_nlink == 1:  # (Nor a hard link to another file.)
+        try:
+          os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
+        except OSError:
+          pass
+    except PermissionError:
+      fd = workdir_lib.open_own_file(path, os.O_RDONLY)
+  except workdir_lib.WorkdirError as e:  # A link or no file: the evaluation's numbers are still
+    logging.warning('%s; locking the folder instead.', e)  # written (after all its inference).
+    fd = None
+  if fd is not None:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      return fd
+    except OSError:  # NFS locks a read-only descriptor only for reading.
+      os.close(fd)
+  fd = os.open(folder, os.O_RDONLY)
+  fcntl.flock(fd, fcntl.LOCK_EX)
   return fd
 
 

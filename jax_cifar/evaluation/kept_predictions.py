@@ -100,6 +100,8 @@ class KeptPredictions:
       why = f'another evaluation with the same settings is using it ({self._lock.holder})'
     except OSError as e:
       why = errors.os_reason(e.errno, e.strerror or str(e))
+    except workdir_lib.WorkdirError as e:  # A link or no file (process 0 alone: not raised).
+      why = str(e)
     self._lock = None
     tracking.say(f'note: {self.folder}: {why}; this evaluation keeps no finished files')
     return False
