@@ -22,8 +22,9 @@ def test_a_lock_path_that_is_no_file_is_named_as_the_lock(tmp_path, kind):
   c.data.source, c.model.name = 'synthetic', 'simple_cnn'
   # (A link, leading anywhere, is refused as one: tests/test_planted_links.py.)
   said = (rf'^{run}/\.lock, the file a run holds its lock on, is a folder: move it away'
-          if kind == 'folder' else rf'^{run}/\.lock is a symbolic link \(to {tmp_path}/gone/lock\); '
-          'jax-cifar writes only files of its own there: remove the link$')
+          if kind == 'folder' else
+          rf'^{run}/\.lock is a symbolic link \(to {tmp_path}/gone/lock\); jax-cifar writes only '
+          'files of its own there: remove the link$')
   with pytest.raises(workdir.WorkdirError, match=said):
     trainer.train_and_evaluate(c, str(run))
   assert sorted(p.name for p in run.iterdir()) == ['.lock']  # Nothing else written.

@@ -155,8 +155,8 @@ def _say_other_code_or_devices(workdir: pathlib.Path, start_step: int) -> None:
             if type(row.get(k)) is type(v) and row[k] != v]  # (Older rows have none.)
   if differ:
     logging.warning('Resuming at step %d with %s than the launch before: XLA:CPU splits its work '
-                    'and orders its sums by these, so the run is not bit-exact with one that stayed '
-                    'as it was (%s records each launch\'s).', start_step, ', '.join(differ),
+                    'and orders its sums by these, so the run is not bit-exact with one that '
+                    'stayed as it was (%s records each launch\'s).', start_step, ', '.join(differ),
                     workdir_lib.LAUNCHES_FILE)
 
 
