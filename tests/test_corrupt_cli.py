@@ -6,6 +6,7 @@ real data is needed.
 """
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -339,3 +340,29 @@ def test_a_negative_seed_is_one_error_line_before_any_work(source, tmp_path, cap
                            '-1', '--corruptions', 'brightness']) == 1
   assert capsys.readouterr().err.strip() == 'error: --seed must be >= 0, got -1'
   assert not (tmp_path / 'out').exists()
+
+
+def test_links_planted_at_the_temp_names_are_removed_not_written_through(tmp_path, monkeypatch):
+  """The set's temps have fixed names (a rerun removes a killed run's as it opens the folder): a
+  link planted there while the run works, in a shared output folder, had had the manifest
+  written into the file it led to (a diff review)."""
+  images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
+  fog = ood.distortion_file(ood.CORRUPTIONS.index('fog'))
+  victims = {name: tmp_path / f'victim-{name}'
+             for name in (f'.{corrupt_store.MANIFEST}.part', f'.{fog}.part',
+                          f'.{ood.LABELS_FILE}.part')}
+  for victim in victims.values():
+    victim.write_text('someone else\n')
+  opened = corrupt_store.OutputDir._open  # pylint: disable=protected-access
+
+  def open_then_plant(self, overwrite):  # Planted once the folder's leftovers are cleaned.
+    opened(self, overwrite)
+    for name, victim in victims.items():
+      (self.path / name).symlink_to(victim)
+
+  monkeypatch.setattr(corrupt_store.OutputDir, '_open', open_then_plant)
+  out = tmp_path / 'set'
+  corrupt.build(out, images, labels, names=('fog',))
+  assert all(v.read_text() == 'someone else\n' for v in victims.values())
+  assert not any(os.path.lexists(out / name) for name in victims)
+  assert sum(e['complete'] for e in read_manifest(out)['files'].values()) == 2

@@ -64,6 +64,15 @@ def _check_manifest(manifest: Any) -> None:
                                       and isinstance(entry.get('sha256'), str)):
       raise ValueError(f'complete file {name} has no bytes / sha256')
 
+
+def _fresh_part(tmp: pathlib.Path) -> int:
+  """A new temp file at `tmp` (its fixed name lets a rerun remove a killed run's): a stale one, or
+  a link planted there, is removed first, never written through (a diff review found the
+  manifest written into the file such a link led to)."""
+  tmp.unlink(missing_ok=True)
+  return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+
+
 class OutputError(errors.UserError, ValueError):
   """The output folder cannot be used as asked: conflicting set, locked or unwritable."""
 
@@ -280,7 +289,7 @@ class OutputDir:
       return
     tmp = self.path / f'.{MANIFEST}.part'
     try:
-      with open(tmp, 'w') as f:
+      with os.fdopen(_fresh_part(tmp), 'w') as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -326,7 +335,7 @@ class OutputDir:
     path, tmp = self.path / name, self.path / f'.{name}.part'
     header, digest, rows = _npy_header(shape, np.dtype(dtype)), hashlib.sha256(), 0
     try:
-      with open(tmp, 'wb') as f:
+      with os.fdopen(_fresh_part(tmp), 'wb') as f:
         f.write(header)
         digest.update(header)
         for block in blocks:
