@@ -90,18 +90,18 @@ class _CountingImages(np.ndarray):
 
 
 @pytest.mark.parametrize('processes', [1, 2, 4])
-def test_eval_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypatch, processes):
+def test_image_batches_cover_every_image_once_with_a_masked_padded_tail(monkeypatch, processes):
   """... and each process reads only its own rows: every image is read once in all."""
-  split, batch = _split(250), 64  # 4 batches, the last one 58 pads.
+  images, batch = _split(250).images, 64  # 4 batches, the last one 58 pads; image i holds i.
   monkeypatch.setattr(_CountingImages, 'reads', [])
-  split = cifar100.Split(split.images.view(_CountingImages), split.labels, None)
+  images = images.view(_CountingImages)
   seen = []
   for index in range(processes):
     monkeypatch.setattr(jax, 'process_count', lambda: processes)
     monkeypatch.setattr(jax, 'process_index', lambda i=index: i)
-    for b in pipeline.eval_batches(split, batch):
-      assert len(b['label']) == batch // processes
-      seen.append(b['label'][b['mask'] == 1])
+    for b in pipeline.image_batches(images, batch):
+      assert sorted(b) == ['image', 'mask'] and len(b['image']) == batch // processes
+      seen.append(b['image'][b['mask'] == 1][:, 0, 0, 0])
       assert np.all(b['image'][b['mask'] == 0] == 0)
   assert len(seen) == 4 * processes  # ceil(250 / 64) batches on every process, the last padded.
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(250))

@@ -136,7 +136,7 @@ def exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
 
 
 def _pad(batch: dict, size: int) -> dict:
-  n = len(batch['label'])
+  n = len(batch['image'])
   out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
   out['mask'] = (np.arange(size) < n).astype(np.int32)
   return out
@@ -144,32 +144,28 @@ def _pad(batch: dict, size: int) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class _EvalBatch:
-  """Eval batch b -> this process's rows of it, padded and masked. A global batch is images
+  """Eval batch b -> this process's images of it, padded and masked. A global batch is images
   b*B .. b*B+B-1 in order, so a process's share is one contiguous slice: read as one copy (a
   memory map's pages in order), never the other processes' rows (N hosts had read a
   950,000-image OOD set N times). grain's .batch() over a range of image indices, gathered, had
   held evaluate's host side to 105-140k images/s (a host-side review; docs/benchmarks.md)."""
-  split: Split
+  images: np.ndarray
   global_batch: int
   share: _ProcessSlice
 
   def __call__(self, b) -> dict:
-    lo = min(int(b) * self.global_batch + self.share.start, len(self.split))
-    hi = min(lo + self.share.size, len(self.split))
-    batch = {'image': np.array(self.split.images[lo:hi]),
-             'label': np.asarray(self.split.labels[lo:hi], np.int32)}
+    lo = min(int(b) * self.global_batch + self.share.start, len(self.images))
+    hi = min(lo + self.share.size, len(self.images))
+    batch = {'image': np.array(self.images[lo:hi])}
     if hi - lo == self.share.size:
       return {**batch, 'mask': np.ones(self.share.size, np.int32)}
     return _pad(batch, self.share.size)
 
 
-def eval_batches(split: Split, global_batch: int) -> Iterator[dict]:
-  """Every image exactly once: the last batch is padded and masked; each process takes its slice."""
-  ds = grain.MapDataset.range(-(-len(split) // global_batch))
-  ds = ds.map(_EvalBatch(split, global_batch, _process_slice(global_batch)))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
-
-
 def image_batches(images: np.ndarray, global_batch: int) -> Iterator[dict]:
-  """eval_batches of unlabelled images (any uint8 [N, 32, 32, 3] array, memory maps included)."""
-  return eval_batches(Split(images, np.zeros(len(images), np.int32), None), global_batch)
+  """{'image', 'mask'} batches of any uint8 [N, 32, 32, 3] array (memory maps included), every
+  image exactly once: the last batch is padded and masked; each process takes its slice. (No
+  labels: nothing predicted reads them; evaluation compares the predictions with them after.)"""
+  ds = grain.MapDataset.range(-(-len(images) // global_batch))
+  ds = ds.map(_EvalBatch(images, global_batch, _process_slice(global_batch)))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))

@@ -151,8 +151,8 @@ class Predictor:
     """The padded rows of the last batch are dropped."""
     fn = self.labels_fn if labels_only else self.log_probs_fn
     size = parallel.chunk_batch_size(len(images), self.batch_size)
-    # The images alone go to the devices: the padded rows are cut below, and the labels and
-    # mask the predict functions never read had been two more transfers per batch.
+    # The images alone go to the devices: the padded rows are cut below (zero labels, and the
+    # mask, which the predict functions never read, had been two more transfers per batch).
     batches = parallel.prefetch_to_device(
         ({'image': b['image']} for b in pipeline.image_batches(images, size)),
         parallel.batch_sharded(self.mesh))
