@@ -189,3 +189,51 @@ def test_the_learning_rate_figure_says_it_is_the_heads_where_the_backbone_runs_a
     assert report.main([str(plain), str(split), '--out', str(tmp_path / f'out{i + 2}')]) == 0
     assert drawn[2].axes[0].get_ylabel() == curves.HEAD_RATE_LABEL
   assert not curves.split_learning_rates({'optim': 'torn'}) and not curves.split_learning_rates(None)
+
+
+def test_a_diverged_runs_huge_loss_puts_figure1_on_a_log_scale(tmp_path, drawn):
+  """One validation loss of 6.7e11 beside a healthy run had set Figure 1's axis to 0..7e11, every
+  other curve a flat line on 0 (a figure review). The accuracy figure keeps its linear axis."""
+  healthy, diverged = fake_run(tmp_path / 'healthy', 1.0), fake_run(tmp_path / 'diverged', 1.0)
+  def edit(rows):
+    for r in rows:
+      if r['step'] == 100 and 'val_loss' in r:
+        r['val_loss'] = 6.7e11
+  _rewrite(diverged, edit)
+  assert report.main([str(healthy), str(diverged), '--out', str(tmp_path / 'out')]) == 0
+  loss, acc = drawn[0].axes[0], drawn[1].axes[0]
+  assert loss.get_yscale() == 'log' and loss.get_ylabel() == 'cross-entropy loss (log scale)'
+  low, high = loss.get_ylim()
+  assert low < 2.6 and high > 6.7e11  # Every value on the axes: the healthy run's 2.6 .. 4.4 too.
+  assert acc.get_yscale() == 'linear' and acc.get_ylabel() == 'top-1 accuracy (%)'
+
+
+def test_ordinary_curves_start_at_0_with_room_above_the_highest_point(tmp_path, drawn):
+  """Linear from 0; the top had been the data's own autoscaled margin, a twentieth of a flat
+  curve's span, so the curve lay on the frame (a figure review)."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  _rewrite(run, lambda rows: [r for r in rows if 'val_loss' not in r and r['step'] <= 30])
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  for fig, top in zip(drawn, (4.4, 100 * 30 / 400, 0.09)):  # loss, accuracy (%), learning rate
+    ax = fig.axes[0]
+    assert ax.get_yscale() == 'linear' and ax.get_ylim()[0] == 0
+    assert ax.get_ylim()[1] >= 1.05 * top, (ax.get_title(), ax.get_ylim())
+
+
+def test_runs_whose_long_names_differ_in_the_middle_keep_distinct_legend_labels(tmp_path, drawn):
+  """A sweep's folder names differ in the middle: kept to their start and end, two runs had read
+  alike in the legend (a figure review)."""
+  names = [f'resnet50_transfer_lr{lr}_bs128_mixup0.2_ema0.999_seed0' for lr in ('0.003', '0.010')]
+  runs = [fake_run(tmp_path / n, 1.0 + i) for i, n in enumerate(names)] + [
+      fake_run(tmp_path / 'short', 1.5)]
+  assert report.main([str(r) for r in runs] + ['--out', str(tmp_path / 'out')]) == 0
+  texts = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()][:3]
+  assert texts[2] == 'short' and len(set(texts)) == 3
+  for text, lr in zip(texts, ('0.003', '0.010')):
+    assert len(text) <= 40 and f'lr{lr}_' in text, texts
+  # Unchanged where the usual start-and-end form already tells them apart.
+  assert curves.legend_labels(['a' * 50 + '1', 'b' * 50 + '1']) == [
+      'a' * 19 + '…' + 'a' * 19 + '1', 'b' * 19 + '…' + 'b' * 19 + '1']
+  # Differing only at the end, or a name that is the start of another: distinct.
+  labels = curves.legend_labels(['p' * 50 + '1', 'p' * 50 + '2', 'p' * 50 + '12'])
+  assert len(set(labels)) == 3 and all(len(l) <= 40 for l in labels)

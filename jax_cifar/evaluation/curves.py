@@ -5,7 +5,9 @@ line breaks."""
 
 from __future__ import annotations
 
+import collections
 import math
+import os
 import pathlib
 from typing import Callable
 
@@ -64,28 +66,66 @@ def _short(label: str, width: int = 40) -> str:
   return label if len(label) <= width else label[:width // 2 - 1] + '…' + label[-(width // 2):]
 
 
+def legend_labels(labels: list[str], width: int = 40) -> list[str]:
+  """Each label in at most `width` characters, all still distinct: a long one keeps its start and
+  end, or, where two would then read the same, the part in which it differs from the others with
+  the text around it (two runs of a sweep, `..._lr0.003_..._seed0` and `..._lr0.010_..._seed0`,
+  had both read `resnet50_transfer_l…up0.2_ema0.999_seed0`: a figure review)."""
+  short = [_short(label, width) for label in labels]
+  if len(set(short)) == len(short):
+    return short
+  out = []
+  for i, label in enumerate(labels):
+    others = [o for j, o in enumerate(labels) if j != i and short[j] == short[i]]
+    if len(label) <= width or not others:  # (Only the shortened labels that read alike change.)
+      out.append(short[i])
+      continue
+    # Where it first and last differs from the labels most like it at its start and at its end.
+    lo = max(len(os.path.commonprefix([label, o])) for o in others)
+    hi = len(label) - max(len(os.path.commonprefix([label[::-1], o[::-1]])) for o in others)
+    lo, hi = min(lo, hi), max(lo, hi)
+    if hi - lo > width - 2:  # The differing part alone is too long: its start and end.
+      out.append(_short(label[lo:hi], width))
+      continue
+    spare = width - 2 - (hi - lo)  # Characters of context around it, beside the two '…'.
+    after = min(len(label) - hi, spare // 2)
+    before = min(lo, spare - after)
+    after = min(len(label) - hi, spare - before)
+    out.append(('…' if before < lo else '') + label[lo - before:hi + after]
+               + ('…' if hi + after < len(label) else ''))
+  counts, seen = collections.Counter(out), collections.Counter()
+  for i, label in enumerate(out):  # Still alike (the differing part cut): numbered.
+    if counts[label] > 1:
+      seen[label] += 1
+      out[i] = f'{label[:width - 4]} #{seen[label]}'
+  return out
+
+
 STYLES = {'-': 'train', '--': 'val', ':': 'val, EMA weights'}
 
 
 def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, str]]],
-                ylabel: str, title: str, path: pathlib.Path, scale: float = 1.0) -> None:
+                ylabel: str, title: str, path: pathlib.Path, scale: float = 1.0,
+                log_if_spread: bool = False) -> None:
   """Every run's (column, line style, line label) lines on shared axes, one colour per run; x in
   epochs when every run logs them (and none redefined them at a relaunch), else in steps. The
   legend, beside the axes, names each run once and each line style once; an x at the bottom marks a
-  step whose value was not finite."""
+  step whose value was not finite. y runs from 0, or with `log_if_spread` on a log scale where the
+  largest value is over LOG_SPREAD times the median (a run that diverged)."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
   ax = fig.add_subplot()
   rates = [epochs_per_step(r['rows']) for r in runs]
   use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
-  drawn_runs, styles, marked, longest = [], [], False, 0
+  drawn_runs, styles, marked, longest, values = [], [], False, 0, []
   for i, (run, color, rate) in enumerate(zip(runs, run_colors(len(runs)), rates)):
     per_step = rate if use_epochs else None
     for column, style, label in lines(run):
       x, y, bad = _series(run, column, per_step, scale)
       if np.isfinite(y).any():
         points = int(np.isfinite(y).sum())
+        values.append(y[np.isfinite(y)])
         longest = max(longest, points)
         # A single point is a marker (a line of one is invisible): a square for train, as val's
         # are dots. Each later run is drawn thinner on top, so a run that repeats another's first
@@ -102,17 +142,27 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   ax.set_xlabel('epoch' if use_epochs else 'step' + (
       f' ({_short(", ".join(redefined), 60)}: epochs redefined by a relaunch with another batch '
       'size)' if redefined else ''))
-  ax.set_ylabel(ylabel)
+  values = np.concatenate(values) if values else np.zeros(0)
+  log = log_if_spread and _spread(values)
+  ax.set_ylabel(ylabel + (' (log scale)' if log else ''))
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  # From 0, so a change of a tenth of a point does not fill the axes (every plotted value - loss,
-  # accuracy, learning rate - is at least 0).
   ax.set_xlim(left=0)
-  ax.set_ylim(bottom=0)
+  if log:  # One validation loss of 6.7e11 had flattened every other curve onto 0 (a figure review).
+    ax.set_yscale('log')
+  elif values.size and values.max() > 0:
+    # From 0, so a change of a tenth of a point does not fill the axes (every plotted value - loss,
+    # accuracy, learning rate - is at least 0), and with room above the highest point (the
+    # autoscaled top had been a twentieth of the data's span above it: a flat curve lay on the
+    # frame, a figure review).
+    ax.set_ylim(0, max(ax.get_ylim()[1], values.max() * 1.06))
+  else:
+    ax.set_ylim(bottom=0)
   if longest == 1:
     ax.text(0.5, 0.5, 'one logged point per line so far: no curve yet', transform=ax.transAxes,
             ha='center', va='center', color='0.4')
-  handles = [Line2D([], [], color=c, label=_short(name)) for name, c in drawn_runs]
+  names = dict(zip((r['label'] for r in runs), legend_labels([r['label'] for r in runs])))
+  handles = [Line2D([], [], color=c, label=names[name]) for name, c in drawn_runs]
   if len(styles) > 1 or marked:
     handles += [Line2D([], [], color='0.3', linestyle=st, marker='o' if st != '-' else None,
                        markersize=3, label=STYLES[st]) for st in styles]
@@ -125,17 +175,27 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   figures.save(fig, path)
 
 
+LOG_SPREAD = 10.0
+
+
+def _spread(values: np.ndarray) -> bool:
+  """Whether positive `values` span enough for a log scale: the largest over LOG_SPREAD times the
+  median (a diverged run, a spike); never with a value of 0, which a log scale cannot show."""
+  return bool(values.size and values.min() > 0 and values.max() > LOG_SPREAD * np.median(values))
+
+
 def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path,
-                scale: float = 1.0) -> None:
+                scale: float = 1.0, log_if_spread: bool = False) -> None:
   """Training (solid), validation (dashed, dots) and, where logged, the EMA weights' validation
   (dotted, dots: the numbers that pick `best` under checkpoint.best_weights='ema') `key` of every
-  run, times `scale`."""
+  run, times `scale`; with `log_if_spread`, on a log scale where the values span more than
+  LOG_SPREAD x their median."""
   def lines(run):
     ema = any(r.get(f'val_{key}_ema') is not None for r in run['rows'])
     label = run['label']
     return [(f'train_{key}', '-', f'{label} train'), (f'val_{key}', '--', f'{label} val')] + (
         [(f'val_{key}_ema', ':', f'{label} val EMA')] if ema else [])
-  _plot_lines(runs, lines, ylabel, title, path, scale)
+  _plot_lines(runs, lines, ylabel, title, path, scale, log_if_spread)
 
 
 def plot_learning_rate(runs: list[dict], title: str, path: pathlib.Path) -> bool:

@@ -335,7 +335,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   warnings = [w for run in runs for w in run['warnings'] + stale_evals.stale_evaluations(run)]
   tables = [markdown_table(summary_rows(runs)), hyperparameter_table(runs)]
   curves.plot_curves(runs, 'loss', 'cross-entropy loss', 'Figure 1: training and validation loss',
-                     fig1)
+                     fig1, log_if_spread=True)
   curves.plot_curves(runs, 'accuracy', 'top-1 accuracy (%)',
                      'Figure 2: training and validation accuracy', fig2, scale=100)
   has_lr = curves.plot_learning_rate(runs, 'Figure 3: learning rate', fig3)
