@@ -279,7 +279,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   # The confusion figure is drawn with the JSON, once everything is predicted: a run stopped
   # during the OOD files had left a figure of an evaluation that never finished (an audit).
   draw_later = []
-  run_name = f'{workdir_path.resolve().name} ({tag})'  # (resolved: `--workdir .` had named none)
+  # (resolved: `--workdir .` had named none; the step, as `best` moves on: a figure review)
+  run_name = f'{workdir_path.resolve().name} ({tag}' + (
+      f', step {step})' if tag.split('_')[0] != f'step{step}' else ')')
   try:
     result.update(_evaluate_clean(predictor, config,
                                   workdir_path / f'confusion_{tag}.png' if keeps else None,
@@ -296,8 +298,11 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
           run_name=run_name, draw_later=draw_later, kept=kept))
     if keeps and jax.process_index() == 0:
       eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
-      if ood_files and 'ood_accuracy' not in result:  # A set without labels replaced a labelled
-        (workdir_path / f'ood_{tag}.png').unlink(missing_ok=True)  # one's numbers: its figure too.
+      stale = workdir_path / f'ood_{tag}.png'
+      if ood_files and 'ood_accuracy' not in result and stale.is_file():  # A set without labels
+        stale.unlink()  # replaced a labelled one's numbers: its figure goes too, and is named.
+        tracking.say(f'note: removed {stale.name}, the figure of an earlier, labelled OOD set '
+                     "whose numbers this set's replace")
   except BaseException as e:
     if kept:  # Its folder stays for the next run, and the lock goes (as at the process's exit).
       if isinstance(e, interrupt.Interrupted):

@@ -73,6 +73,37 @@ def test_another_runs_step_of_the_same_number_is_another_checkpoint(tmp_path, ca
   assert f"another checkpoint ({mine['checkpoint']}, step 300)" in caplog.text
 
 
+def test_another_checkpoints_figures_are_set_aside_with_its_numbers(tmp_path, caplog):
+  """When `best` moved on, the earlier step's numbers were kept as eval_best.step<N>.json but its
+  cifar100c_best.png stayed, titled "(best)", beside numbers that had none (a figure review). Its
+  figures are renamed as its numbers are, also when that name is taken; another tag's are not."""
+  path = tmp_path / 'eval_best.json'
+  for step in (15, 15, 30):
+    path.write_text(json.dumps({'checkpoint': 'best', 'step': step, 'weights': 'raw'}))
+    for name in ('confusion_best', 'cifar100c_best', 'ood_best', 'ood_latest'):
+      (tmp_path / f'{name}.png').write_text(f'{name} {step}')
+    eval_json.write(path, {'checkpoint': 'best', 'step': step + 5, 'weights': 'raw'})
+  files = {p.name: p.read_text() for p in tmp_path.iterdir() if p.suffix == '.png'}
+  assert files == {'confusion_best.step15.png': 'confusion_best 15',
+                   'cifar100c_best.step15.png': 'cifar100c_best 15',
+                   'ood_best.step15.png': 'ood_best 15',
+                   'confusion_best.step15.1.png': 'confusion_best 15',
+                   'cifar100c_best.step15.1.png': 'cifar100c_best 15',
+                   'ood_best.step15.1.png': 'ood_best 15',
+                   'confusion_best.step30.png': 'confusion_best 30',
+                   'cifar100c_best.step30.png': 'cifar100c_best 30',
+                   'ood_best.step30.png': 'ood_best 30', 'ood_latest.png': 'ood_latest 30'}
+  assert {p.name for p in tmp_path.glob('eval_best.step*.json')} == {
+      'eval_best.step15.json', 'eval_best.step15.1.json', 'eval_best.step30.json'}
+  assert ('kept as eval_best.step30.json, confusion_best.step30.png, cifar100c_best.step30.png, '
+          'ood_best.step30.png') in caplog.text
+  # The same checkpoint again: its figures stay (the evaluation redraws the ones it makes).
+  eval_json.write(path, {'checkpoint': 'best', 'step': 35, 'weights': 'raw'})
+  (tmp_path / 'ood_best.png').write_text('current')
+  eval_json.write(path, {'checkpoint': 'best', 'step': 35, 'weights': 'raw', 'x': 1})
+  assert (tmp_path / 'ood_best.png').read_text() == 'current'
+
+
 def test_an_older_versions_eval_json_without_weights_is_of_the_raw_weights(tmp_path):
   """Versions before evaluate --weights wrote no 'weights' key; the same checkpoint evaluated
   again had set their numbers aside as "another checkpoint's" (an upgrade audit)."""

@@ -138,7 +138,7 @@ def test_evaluate_command_prints_json_and_writes_exact_submission(run):
                              (c_pred == c_labels).reshape(5, -1).mean(1))
 
 
-def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path):
+def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path, capsys):
   """eval_<tag>.json: a clean-only evaluation of the same step keeps the CIFAR-100-C numbers an
   earlier one computed; a file of another step is kept beside it, not overwritten."""
   workdir = tmp_path / 'run'
@@ -153,9 +153,15 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
   # The file now claims another step (as after more training): kept as it is, under its step.
   older = {**kept, 'step': kept['step'] - 1}
   path.write_text(json.dumps(older))
+  older_figures = {n: (workdir / f'{n}_latest.png').read_bytes() for n in ('confusion', 'cifar100c')}
   evaluate.evaluate(_config(), str(workdir), 'latest')
   assert json.loads((workdir / f'eval_latest.step{older["step"]}.json').read_text()) == older
   assert 'cifar100c' not in json.loads(path.read_text())
+  # Its figures go with it: the CIFAR-100-C one had stayed as the current step's (a figure review).
+  for name, data in older_figures.items():
+    assert (workdir / f'{name}_latest.step{older["step"]}.png').read_bytes() == data
+  assert not (workdir / 'cifar100c_latest.png').exists()
+  assert (workdir / 'confusion_latest.png').is_file()  # Drawn anew (this step's own).
   # Another OOD set replaces the first one's numbers: a set without labels (the Kaggle files)
   # had kept a labelled set's ood_accuracy beside its own submission (an audit).
   labelled = tmp_path / 'labelled'
@@ -166,8 +172,13 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
   first = json.loads(path.read_text())
   assert 'ood_accuracy' in first and first['ood_dir'] == str(labelled)
   assert (workdir / 'ood_latest.png').is_file()
+  capsys.readouterr()
   evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
                     submission_csv=str(tmp_path / 'b.csv'))
+  err = capsys.readouterr().err  # Why no accuracy, and what became of the figure (a figure review).
+  assert (f"note: {run / 'ood'} has no labels.npy: the submission alone, no OOD accuracy or "
+          'figure') in err
+  assert 'note: removed ood_latest.png, the figure of an earlier, labelled OOD set' in err
   kept = json.loads(path.read_text())
   assert kept['ood_dir'] == str(run / 'ood') and kept['submission'] == str(tmp_path / 'b.csv')
   assert 'ood_accuracy' not in kept and 'ood_per_distortion' not in kept, kept.keys()

@@ -308,4 +308,4 @@ def test_figures_of_workdir_dot_name_the_run(run, monkeypatch, drawn):
   evaluate.evaluate(_config(), '.', 'latest', ood_dir=str(run / 'ood'),
                     submission_csv=str(run / 'dot.csv'))
   titles = [fig.axes[0].get_title() for fig in drawn]
-  assert len(titles) == 2 and all(t.startswith('run (latest): ') for t in titles), titles
+  assert len(titles) == 2 and all(t.startswith('run (latest, step ') for t in titles), titles

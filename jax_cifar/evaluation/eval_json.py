@@ -78,15 +78,36 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         step = old.get('step') if isinstance(old, dict) else 'unknown'
         aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
         os.replace(path, aside)
+        kept = [aside.name] + _set_figures_aside(path, aside)
         where = old.get('checkpoint') if isinstance(old, dict) else None
         logging.warning('%s held the numbers of another checkpoint (%sstep %s): kept as %s.',
-                        path.name, f'{where}, ' if isinstance(where, str) else '', step, aside.name)
+                        path.name, f'{where}, ' if isinstance(where, str) else '', step,
+                        ', '.join(kept))
     # Whole, under the lock; a killed writer's temp had stayed forever, one per kill (a kill
     # audit), and a full disk's had named only the temp.
     text = json.dumps(merged, indent=2) + '\n'
     atomic_folder.write_file(path, lambda tmp: pathlib.Path(tmp).write_text(text))
   finally:
     os.close(lock)  # Releases the lock.
+
+
+FIGURE_KINDS = ('confusion', 'cifar100c', 'ood')  # Their <kind>_<tag>.png beside eval_<tag>.json.
+
+
+def _set_figures_aside(path: pathlib.Path, aside: pathlib.Path) -> list[str]:
+  """The figures of eval_<tag>.json's evaluation, renamed as its numbers were (`aside`,
+  eval_<tag>.step<N>[.K].json): an evaluation without CIFAR-100-C or OOD files draws no such
+  figure, and the earlier checkpoint's had stayed under the current one's name, titled as its
+  (a figure review). The names given to them."""
+  tag, mark = path.stem[len('eval_'):], aside.name[len(path.stem):-len('.json')]
+  names = []
+  for kind in FIGURE_KINDS:
+    figure = path.parent / f'{kind}_{tag}.png'
+    if figure.is_file() and not figure.is_symlink():
+      to = workdir_lib.unused_path(path.parent, f'{kind}_{tag}{mark}', '.png')
+      os.replace(figure, to)
+      names.append(to.name)
+  return names
 
 
 def _same_checkpoint(a, b) -> bool:

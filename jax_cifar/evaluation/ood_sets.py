@@ -36,6 +36,9 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   """
   labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
   truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
+  if truth is None and jax.process_index() == 0:  # (Nothing had said why no accuracy came.)
+    tracking.say(f'note: {ood_dir} has no {ood.LABELS_FILE}: the submission alone, no OOD '
+                 'accuracy or figure (python -m jax_cifar.corrupt writes one with its sets)')
   scores = {}
   # Process 0 writes; every process learns of a failure at each step (parallel.fail_together),
   # else the others went on to their next collective and waited there for minutes.

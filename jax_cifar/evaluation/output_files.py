@@ -11,7 +11,7 @@ import jax
 
 from jax_cifar import parallel, step_folders, tracking
 from jax_cifar import workdir as workdir_lib
-from jax_cifar.evaluation import submission
+from jax_cifar.evaluation import eval_json, submission
 from jax_cifar.evaluation import tent as tent_lib
 
 
@@ -45,7 +45,7 @@ def check_submission_path(csv_path: str | os.PathLike, default: bool) -> None:
 
 def stamps(workdir: pathlib.Path, tag: str) -> dict[str, int | None]:
   """The modification times (ns) of the files an evaluation of `tag` writes in `workdir`."""
-  names = (f'eval_{tag}.json', f'confusion_{tag}.png', f'cifar100c_{tag}.png', f'ood_{tag}.png')
+  names = (f'eval_{tag}.json', *(f'{kind}_{tag}.png' for kind in eval_json.FIGURE_KINDS))
   return {n: (workdir / n).stat().st_mtime_ns if (workdir / n).is_file() else None for n in names}
 
 
