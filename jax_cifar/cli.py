@@ -170,6 +170,13 @@ def config_is_the_runs(flag: str = 'config') -> bool:
   return flags.FLAGS[flag].config_filename.startswith(f'{_RUN_CONFIG}:')
 
 
+def config_file_given(flag: str = 'config') -> str | None:
+  """The --config file given on the command line; None where the run's own config.json is the
+  config (--config left out: a resume, or overrides of the run's config)."""
+  name = flags.FLAGS[flag].config_filename
+  return None if not name or name.startswith((f'{_RUN_CONFIG}:', f'{_RESUME_CONFIG}:')) else name
+
+
 def repeated_overrides(argv: Sequence[str]) -> list[str]:
   """A line for each --config.KEY given more than once: absl takes the last without a word (a
   walkthrough: --config.optim.lr=0.1 --config.optim.lr=0.2 trained at 0.2, silently)."""

@@ -86,6 +86,11 @@ def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
           f'--config.model.init_from={workdir}')
 
 
+class ChangedConfig(workdir_lib.WorkdirError):
+  """A relaunch refused for its config's changes to the run's (the train CLI adds, where they came
+  with a --config file, that the run's own config.json goes on without them)."""
+
+
 def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float,
                  workdir: str | os.PathLike, new: dict) -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
@@ -107,19 +112,19 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
   if allow and state:  # Refused before the notes on the other changes, and naming only these
     # (the restore had failed after 14 notes, blaming every change: a review).
     these = '; '.join(f'{k} {changes[k][0]!r} -> {changes[k][1]!r}' for k in state)
-    raise workdir_lib.WorkdirError(
+    raise ChangedConfig(
         f'this launch\'s config does not match the run\'s checkpoints: {these} change'
         f'{"s" if len(state) == 1 else ""} what they hold (the parameters, the optimizer\'s state '
         'or the EMA), which train.allow_config_change cannot carry over: undo '
         f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
   if refused and state:  # (allow_config_change would only fail at the restore.)
-    raise workdir_lib.WorkdirError(
+    raise ChangedConfig(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
         f'{", ".join(state)} change{"s" if len(state) == 1 else ""} what the run\'s checkpoints '
         'hold, which train.allow_config_change cannot carry over: undo '
         f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
   if refused:
-    raise workdir_lib.WorkdirError(
+    raise ChangedConfig(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
         'Start a new run in a fresh --workdir, or pass --config.train.allow_config_change=true '
         'to apply the change from this step on (launches.jsonl records it; in Python: '

@@ -43,6 +43,7 @@ def main(argv):
   # JAX, flax, orbax and grain load once the flags are parsed: `--help`, a mistyped flag and a
   # config that does not load answer in a fraction of a second, not after two seconds of imports.
   from jax_cifar import parallel, tracking, xla_options  # pylint: disable=import-outside-toplevel
+  from jax_cifar import resume_rules  # pylint: disable=import-outside-toplevel
   from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
   cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
@@ -56,6 +57,15 @@ def main(argv):
     for sig in (signal.SIGINT, signal.SIGTERM):
       signal.signal(sig, signal.SIG_IGN)
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
+  except resume_rules.ChangedConfig as e:
+    given = cli.config_file_given()
+    if given:  # The run's own config goes on: a shipped config updated since the run began had
+      # been refused as the user's change, with no word of that way on (an upgrade review).
+      e = resume_rules.ChangedConfig(
+          f'{e}. (This launch\'s config is --config {given}, which may itself have changed since '
+          f'the run began, as shipped configs do with jax-cifar: `--workdir {FLAGS.workdir}` '
+          'without --config resumes with the run\'s own config.json, overrides on top.)')
+    cli.fail_or_raise(e)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.
   starting.uninstall()  # train_and_evaluate gave back the start-up handler: no longer starting.

@@ -12,7 +12,7 @@ import sys
 import pytest
 from flax import traverse_util
 
-from _train_cli import ROOT, the_error, train
+from _train_cli import ROOT, TINY, the_error, train
 from jax_cifar import cli, config_errors
 from jax_cifar.configs import default
 
@@ -323,6 +323,19 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
       **rows[0]['config']['train'], 'max_steps': 5, 'allow_config_change': False}}
   line = the_error(train(tmp_path / 'run', config=None, overrides={'optim.lr': 0.5}))
   assert 'optim.lr 0.001 -> 0.5' in line and 'allow_config_change=true' in line, line
+  assert 'without --config' not in line  # (No --config was given.)
+  # A --config file that differs from the run's own (a shipped config updated since the run began,
+  # as resnet34.py's grad_clip_norm was) names the relaunch that goes on without it: the refusal
+  # had offered only a fresh run or allow_config_change, which switches the recipe mid-run (an
+  # upgrade review).
+  changed = tmp_path / 'shipped.py'
+  changed.write_text('from jax_cifar.configs import default\n\n\ndef get_config():\n'
+                     '  c = default.get_config()\n  c.optim.lr = 0.5\n  return c\n')
+  line = the_error(train(tmp_path / 'run', config=str(changed), overrides={
+      **TINY, 'train.max_steps': 5}))
+  assert 'optim.lr 0.001 -> 0.5' in line, line
+  assert (f"This launch's config is --config {changed}, which may itself have changed since the "
+          f'run began') in line and f"`--workdir {tmp_path / 'run'}` without --config resumes" in line
   # Asked for help, with a --workdir that holds no run: absl's help, not an error (a review).
   out = train(tmp_path / 'new', '--help', config=None, overrides={})
   assert out.returncode == 0 and '--workdir' in out.stdout and not (tmp_path / 'new').exists()
