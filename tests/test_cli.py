@@ -335,7 +335,8 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
       **TINY, 'train.max_steps': 5}))
   assert 'optim.lr 0.001 -> 0.5' in line, line
   assert (f"This launch's config is --config {changed}, which may itself have changed since the "
-          f'run began') in line and f"`--workdir {tmp_path / 'run'}` without --config resumes" in line
+          f'run began') in line
+  assert f"`--workdir {tmp_path / 'run'}` without --config resumes" in line
   # Asked for help, with a --workdir that holds no run: absl's help, not an error (a review).
   out = train(tmp_path / 'new', '--help', config=None, overrides={})
   assert out.returncode == 0 and '--workdir' in out.stdout and not (tmp_path / 'new').exists()
