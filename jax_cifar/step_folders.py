@@ -34,11 +34,37 @@ class StructureMismatch(CheckpointError):
   """A step's complete files hold another train state (model, optimizer state or EMA) than the
   one restored into; `step_dir` and `detail` (orbax's first line) let callers say why."""
 
-  def __init__(self, step_dir: pathlib.Path, detail: str):
+  def __init__(self, step_dir: pathlib.Path, detail: str, parts: tuple[str, ...] = ()):
     self.step_dir, self.detail = step_dir, detail
-    super().__init__(f'checkpoint {step_dir} does not match this config\'s model or optimizer (a '
-                     f'different model.name/width/num_classes?): {detail}')
+    # (Another model's optimizer moments and EMA differ with its parameters: the model alone.)
+    parts = ('params',) if 'params' in parts else parts
+    causes = [cause for part, cause in _PART_CAUSES if part in parts] or [_PART_CAUSES[0][1]]
+    super().__init__(f'checkpoint {step_dir} does not match this config\'s '
+                     f'{" or ".join(causes)}: {detail}')
 
+
+# What differs where orbax names a part of the train state (its first name) as not matching; the
+# EMA's had read as "a different model.name/width/num_classes?" (an upgrade review).
+_PART_CAUSES = (
+    ('params', 'model (a different model.name/width/num_classes?)'),
+    ('opt_state', 'optimizer (a different optim.name, grad_clip_norm or backbone_lr_mult/'
+                  'freeze_backbone_steps?)'),
+    ('ema', 'EMA of the weights (one of the two kept one and the other did not: ema.decay?)'),
+)
+
+
+def _mismatch(message: str) -> tuple[str, tuple[str, ...]]:
+  """orbax's tree-mismatch message as one line naming the first paths it lists (`opt_state[1]`,
+  `ema_params`; the first line alone had ended in a colon), and the parts of the train state they
+  are in (_PART_CAUSES' names)."""
+  paths = re.findall(r'^(\S+):$', message, flags=re.MULTILINE)
+  tops = {re.match(r'[A-Za-z_]*', p).group() for p in paths}
+  parts = tuple({'batch_stats': 'params', 'ema_params': 'ema', 'ema_batch_stats': 'ema'}.get(t, t)
+                for t in sorted(tops))
+  line = message.splitlines()[0] if message else ''
+  if paths:
+    line += ' ' + ', '.join(paths[:4]) + (f' (and {len(paths) - 4} more)' if len(paths) > 4 else '')
+  return line, parts
 
 def one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""
@@ -76,7 +102,7 @@ def restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   except (ValueError, KeyError, TypeError) as e:
     if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # A file is cut.
       raise Damaged(f'unreadable file: {one_line(e, 240)}') from e
-    raise StructureMismatch(step_dir, str(e).splitlines()[0]) from e  # Complete files, another tree.
+    raise StructureMismatch(step_dir, *_mismatch(str(e))) from e  # Complete files, another tree.
   except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
     raise Damaged(root_cause(e)) from e
 

@@ -169,6 +169,25 @@ def test_a_checkpoint_of_another_model_is_refused_whichever_way_it_is_named(run9
     state_lib.restore(c, run9, name)
 
 
+@pytest.mark.parametrize('key, value, named', [
+    ('model.name', 'resnet18', r"this config's model \(a different model.name/width/num_classes\?\)"
+                               r'.* do not match: batch_stats, opt_state'),
+    ('optim.name', 'sgd', r"this config's optimizer \(a different optim.name, grad_clip_norm .*"
+                          r'opt_state\['),
+    ('ema.decay', 0.9, r"this config's EMA of the weights \(one of the two kept one and the other "
+                       r'did not: ema.decay\?\): .* ema_params')])
+def test_a_checkpoint_of_another_train_state_names_the_part_that_differs(run9, key, value, named):
+  """A run with an EMA, evaluated with a step of a run without one, had been told "a different
+  model.name/width/num_classes?", and orbax's first line ended in a colon (an upgrade review)."""
+  c = _config(0)
+  section, name = key.split('.')
+  setattr(c[section], name, value)
+  if key == 'model.name':
+    c.model.stem, c.model.width = 'cifar', 4
+  with pytest.raises(checkpoints.CheckpointError, match=named):
+    state_lib.restore(c, run9, 'latest')
+
+
 @pytest.mark.parametrize('how', ['empty', 'no_metadata'])
 def test_a_damaged_step_given_by_path_is_named_and_kept(run9, tmp_path, how):
   workdir = tmp_path / 'run'
