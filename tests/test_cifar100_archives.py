@@ -114,6 +114,16 @@ def test_an_archive_that_extracts_to_more_than_cifar_holds_is_refused_and_leaves
   assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
   monkeypatch.setattr(fetch, 'MAX_MEMBERS', members)  # Within every limit: extracted.
   assert len(cifar100.load_split(tmp_path, 'test', download=False)) == 20
+  # The shipped limit (a mutation audit: 1,000,000 passed while every test lowered it).
+  monkeypatch.undo()
+  many = tmp_path / 'many'
+  many.mkdir()
+  with tarfile.open(many / 'cifar-100-python.tar.gz', 'w:gz') as tar:
+    for i in range(1001):
+      tar.addfile(tarfile.TarInfo(f'cifar-100-python/empty{i}'))
+  with pytest.raises(DataError) as error:
+    cifar100.load_split(many, 'test', download=False)
+  assert_one_line(error, 'holds more than 1,000 entries (CIFAR-100: 5), reached at')
 
 
 def test_an_archive_missing_a_file_is_refused_and_leaves_no_folder(tmp_path):

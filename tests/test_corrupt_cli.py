@@ -366,3 +366,17 @@ def test_links_planted_at_the_temp_names_are_removed_not_written_through(tmp_pat
   assert all(v.read_text() == 'someone else\n' for v in victims.values())
   assert not any(os.path.lexists(out / name) for name in victims)
   assert sum(e['complete'] for e in read_manifest(out)['files'].values()) == 2
+
+
+def test_a_set_is_readable_by_whom_the_umask_lets_read_it(tmp_path):
+  """A set in a shared folder is for colleagues too: its files get 0666 less the umask, as a plain
+  open() gives (a mutation audit: 0600 for the new temps had passed every test)."""
+  images, labels = np.zeros((1, 32, 32, 3), np.uint8), np.array([3])
+  old = os.umask(0o022)
+  try:
+    corrupt.build(tmp_path / 'set', images, labels, names=('fog',))
+  finally:
+    os.umask(old)
+  files = [p for p in (tmp_path / 'set').iterdir() if p.is_file() and not p.name.startswith('.')]
+  assert {p.name for p in files} >= {corrupt_store.MANIFEST, ood.LABELS_FILE}
+  assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: '0o644' for p in files}

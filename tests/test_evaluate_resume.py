@@ -103,6 +103,27 @@ def test_a_failed_evaluation_resumes_after_its_finished_files(run, tmp_path, mon
   assert not partial.exists()  # Removed once the results are written.
 
 
+@pytest.mark.parametrize('key, value', [
+    ('model.image_size', 64), ('model.normalize', 'imagenet'), ('model.dtype', 'bfloat16'),
+    ('model.width', 32), ('augment.crop_mode', 'resize'), ('ema.decay', 0.9),
+    ('train.eval_batch_size', 16)])
+def test_each_model_setting_a_prediction_depends_on_is_in_the_kept_files_key(tmp_path, key,
+                                                                             value):
+  """Every model.* key (and the others a prediction depends on) changes the key the kept labels
+  are matched by; keys of where the data lives or of logging do not (a mutation audit: keeping
+  only the listed names had dropped every model.* key, and a resume with another image size
+  would have reused the labels predicted at the first)."""
+  def key_of(config):
+    return kept_predictions.settings({'checkpoint': 'latest'}, config, tmp_path, [])
+  base, other, same = _config(), _config(), _config()
+  section, name = key.split('.')
+  assert getattr(other[section], name) != value
+  setattr(other[section], name, value)
+  same.data.dir, same.train.log_every_steps = str(tmp_path / 'elsewhere'), 7
+  assert key_of(other)['prediction_config'] != key_of(base)['prediction_config']
+  assert key_of(same) == key_of(base)
+
+
 def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch, capsys):
   ood_dir = tmp_path / 'ood'
   shutil.copytree(run / 'ood', ood_dir)

@@ -113,6 +113,8 @@ def test_a_stop_inside_fail_together_is_agreed_on_then_raised(monkeypatch, stop)
      "JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '٤٥'"),
     ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1' * 5000,
       'JAX_PROCESS_ID': '0'}, 'JAX_NUM_PROCESSES must be a positive integer, got'),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '9' * 10,  # (Past int32.)
+      'JAX_PROCESS_ID': '0'}, f"JAX_NUM_PROCESSES must be a positive integer, got '{'9' * 10}'"),
     ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '1', 'JAX_PROCESS_ID': '0',
       parallel.CONNECT_TIMEOUT_VAR: '9' * 30},
      f"JAX_CIFAR_CONNECT_TIMEOUT_S must be a positive whole number of seconds, got '{'9' * 30}'")])

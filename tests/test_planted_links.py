@@ -94,6 +94,33 @@ def test_a_fifo_planted_as_a_lock_file_is_refused_at_once_not_waited_on(tmp_path
                   'makes it anew)'], 'the open waited for a writer'
 
 
+def test_where_the_lock_file_cannot_be_written_a_planted_fifo_is_still_not_waited_on(
+    tmp_path, monkeypatch):
+  """evaluate's read-only fallback (a lock file it may not write: another user's) goes through the
+  same refusal of links and FIFOs: through os.open it had waited for a writer for good, after all
+  the evaluation's inference (a mutation audit: the tests run as root, where the fallback never
+  ran). Here the read-write open is refused as it is for another user."""
+  os.mkfifo(tmp_path / '.eval.lock')
+  real = workdir_lib.open_own_file
+
+  def as_another_user(path, flags, *args):
+    if flags & os.O_RDWR:
+      raise PermissionError(13, 'Permission denied', str(path))
+    return real(path, flags, *args)
+
+  monkeypatch.setattr(workdir_lib, 'open_own_file', as_another_user)
+  done = []
+  writer = threading.Thread(target=lambda: done.append(eval_json.write(
+      tmp_path / 'eval_best.json', {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})),
+                            daemon=True)
+  writer.start()
+  writer.join(timeout=30)
+  if writer.is_alive():  # (Let the waiting open return, so the thread ends.)
+    os.close(os.open(tmp_path / '.eval.lock', os.O_WRONLY | os.O_NONBLOCK))
+  assert done == [None], 'the read-only open waited for a writer'
+  assert json.loads((tmp_path / 'eval_best.json').read_text())['step'] == 1
+
+
 def test_linked_run_records_are_refused_or_replaced_never_written_through(tmp_path, victim):
   """launches.jsonl is appended to, so a link there is refused; config.json and metrics.jsonl are
   written whole through temps that had had fixed names (config.json.tmp, metrics.tmp), written
@@ -161,18 +188,35 @@ def test_a_linked_wandb_run_id_is_replaced_not_written_through(tmp_path, victim,
 def test_a_linked_step_folder_is_refused_before_orbax_can_delete_what_it_leads_to(tmp_path,
                                                                                   which):
   """orbax deletes a step the run no longer keeps by walking into it: through a planted link
-  (step 1 of checkpoints/latest) it had deleted another folder's files."""
-  run = _run(tmp_path)
-  elsewhere = tmp_path / 'elsewhere'
-  (elsewhere / 'sub').mkdir(parents=True)
-  (elsewhere / 'sub' / 'b.txt').write_text('kept')
-  (run / 'checkpoints' / which).mkdir(parents=True)
-  (run / 'checkpoints' / which / '1').symlink_to(elsewhere, target_is_directory=True)
-  with pytest.raises(checkpoints.CheckpointError, match=(
-      rf'^{run / "checkpoints" / which / "1"} is a symbolic link \(to {elsewhere}\); a run keeps '
-      r'its steps as folders of its own, and deletes old ones: remove the link')):
-    checkpoints.Checkpoints(run)
-  assert (elsewhere / 'sub' / 'b.txt').read_text() == 'kept'
+  (step 1 of checkpoints/latest) it had deleted another folder's files. Any step number (a
+  mutation audit: a check of one-digit names had passed)."""
+  for step in ('1', '1200'):
+    (tmp_path / step).mkdir()
+    run = _run(tmp_path / step)
+    elsewhere = tmp_path / step / 'elsewhere'
+    (elsewhere / 'sub').mkdir(parents=True)
+    (elsewhere / 'sub' / 'b.txt').write_text('kept')
+    (run / 'checkpoints' / which).mkdir(parents=True)
+    (run / 'checkpoints' / which / step).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(checkpoints.CheckpointError, match=(
+        rf'^{run / "checkpoints" / which / step} is a symbolic link \(to {elsewhere}\); a run '
+        r'keeps its steps as folders of its own, and deletes old ones: remove the link')):
+      checkpoints.Checkpoints(run)
+    assert (elsewhere / 'sub' / 'b.txt').read_text() == 'kept'
+
+
+def test_the_checkpoint_folders_write_probe_never_writes_through_a_planted_link(tmp_path,
+                                                                                victim):
+  """The start-up check that checkpoints can be written makes a probe file of a name no one can
+  plant beforehand (a fixed .write_probe_<pid> had been written through a link: a mutation audit
+  found nothing pinning that)."""
+  folder = _run(tmp_path) / 'checkpoints'
+  folder.mkdir()
+  planted = folder / f'.write_probe_{os.getpid()}'
+  planted.symlink_to(victim)
+  checkpoints.check_writable(folder)
+  assert _untouched(victim) and planted.is_symlink()
+  assert sorted(p.name for p in folder.iterdir()) == [planted.name]  # The probe is gone.
 
 
 def test_a_linked_folder_of_kept_predictions_keeps_nothing_there(tmp_path, capsys):

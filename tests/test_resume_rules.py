@@ -415,9 +415,12 @@ def test_a_resume_with_other_cpu_threads_xla_options_or_scan_blocks_says_it_is_n
   config = default.get_config()
   (tmp_path / 'config.json').write_text(json.dumps(config.to_dict(), default=str))
   monkeypatch.delenv('JAX_CIFAR_XLA_DEFAULTS', raising=False)
+  # The CPUs the process may use (its affinity: taskset, a cpuset), not the machine's: three of
+  # them here, whatever the machine has (a mutation audit: os.cpu_count() passed on CI machines).
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 5, 7}, raising=False)
   relaunch.record_launch(config, tmp_path, 0, {}, False, {})
   rows = [json.loads(l) for l in (tmp_path / 'launches.jsonl').read_text().splitlines()]
-  threads = len(os.sched_getaffinity(0))
+  threads = 3
   assert (rows[-1]['cpu_threads'], rows[-1]['xla_defaults']) == (threads, False)
 
   def said():
