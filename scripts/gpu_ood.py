@@ -28,6 +28,7 @@ the plot beside it, and prints a table.
   # DIR of --data holds cifar-100-python/; --weights is a converted checkpoint
   # (scripts/convert_torchvision_weights.py). --small: a CPU dry run of the same logic.
   python3 scripts/gpu_ood.py replot WORK/gpu_ood.json OUT.png   # the plot and table again
+  # (of a JSON holding several runs under their names: OUT_NAME.png each, OUT.png all of them)
 """
 
 import argparse
@@ -44,7 +45,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'scripts'))
-from gpu_ood_report import plot, table  # pylint: disable=wrong-import-position
+from gpu_ood_report import plot, plot_runs, table  # pylint: disable=wrong-import-position
 from gpu_ood_sets import (  # pylint: disable=wrong-import-position
     OOD_FOLDERS, T0, log, merge_corrupt, start_corrupt, stop_jobs, wait_for_set)
 from jax_cifar import tracking  # pylint: disable=wrong-import-position
@@ -357,8 +358,12 @@ if __name__ == '__main__':
     for name, run in runs.items():
       print(f'{name}:\n{table(run)}' if name else table(run))
       png = out.with_name(f'{out.stem}_{name}{out.suffix}') if name else out
-      if not plot(run, png):
+      if plot(run, png):
+        print(f'wrote {png}')  # (OUT.png had been promised, and other names written unsaid.)
+      else:
         print(f'no plot: {sys.argv[2]} holds no OOD numbers yet{f" for {name}" if name else ""} '
               '(a run cut short)')
+    if '' not in runs and plot_runs(runs, out):  # Several runs: all of them on one axis too.
+      print(f'wrote {out} (every run)')
   else:
     main()

@@ -21,10 +21,12 @@ def plot(result: dict, path: pathlib.Path) -> bool:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
-  for name, r in rows.items():
+  for i, (name, r) in enumerate(rows.items()):
     val = name.endswith('@val')
     ys = [r['val_accuracy' if val else 'test_accuracy'], *r['ood_per_severity']]
-    ax.plot(range(6), [100 * y for y in ys], marker='o', linestyle='--' if val else '-',
+    # A marker each, the later smaller: 'none@full' had hidden 'none' under it (a figure review).
+    ax.plot(range(6), [100 * y for y in ys], marker='osD^v<>p'[i % 8],
+            markersize=max(3.0, 7.0 - 0.5 * i), linestyle='--' if val else '-',
             label=f"{name} (OOD {100 * r['ood_accuracy']:.1f})")
   ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
   ax.set_xlabel('severity')
@@ -34,6 +36,37 @@ def plot(result: dict, path: pathlib.Path) -> bool:
   ax.set_title(f"{recipe(result)}, {result['epochs']} epochs ({trained})", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  return True
+
+
+def plot_runs(runs: dict[str, dict], path: pathlib.Path) -> bool:
+  """Several runs' test-split rows on one axis (a colour per run, a line style per test-time
+  tool), each run's recipe in the title: the comparison docs/robustness.md shows (its figure had
+  been drawn by hand, titled with one of the two recipes: a figure review). False, and no file,
+  while no run has OOD numbers."""
+  rows = [(name, tool, r) for name, run in runs.items()
+          for tool, r in (run.get('eval') or {}).items()
+          if 'ood_per_severity' in r and not tool.endswith('@val')]
+  if not rows:
+    return False
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7.5, 5))
+  ax = fig.add_subplot()
+  tools = list(dict.fromkeys(tool for _, tool, _ in rows))
+  colors = {name: f'C{i}' for i, name in enumerate(runs)}
+  for name, tool, r in rows:
+    ax.plot(range(6), [100 * y for y in (r['test_accuracy'], *r['ood_per_severity'])],
+            color=colors[name], linestyle=('-', '--', ':', '-.')[tools.index(tool) % 4],
+            marker='os^Dv'[tools.index(tool) % 5], label=f"{name}: {tool} (OOD "
+            f"{100 * r['ood_accuracy']:.1f})")
+  ax.set_xticks(range(6), ['clean', '1', '2', '3', '4', '5'])
+  ax.set_xlabel('severity')
+  ax.set_ylabel('top-1 accuracy (%), test split')
+  ax.set_title('\n'.join(f"{name}: {recipe(run)}, {run.get('epochs')} epochs"
+                         for name, run in runs.items()), fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
   fig.savefig(path, dpi=110, bbox_inches='tight')
   return True
 

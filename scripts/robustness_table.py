@@ -380,10 +380,20 @@ def main(argv: list[str]) -> None:
       table, trains, evals, {r: (ROWS[r][0], ROWS[r][2]) for r in rows}, best, headline[0],
       tuple(tta_rows), best_label))
   plot(evals, rows, best, headline[0], out / 'severity.png',
-       f'Accuracy vs corruption severity ({args.config}, {args.ood_limit} x 19 x 5 OOD images)',
+       f'Accuracy vs corruption severity ({_shown(args.config)}, {args.ood_limit} x 19 x 5 OOD '
+       'images)',
        tuple(tta_rows), best_label)
   log(f'wrote {out}/results.json, table.md, severity.png')
   print((out / 'table.md').read_text())
+
+
+def _shown(config: str) -> str:
+  """The config for a title: relative to the repository where it lies in it (an absolute path
+  had filled the figure's title: a figure review), else as given."""
+  path = pathlib.Path(os.path.abspath(config))  # (Not resolved: configs/*.py are links.)
+  if os.path.isabs(config) and path.is_relative_to(ROOT):
+    return str(path.relative_to(ROOT))
+  return config
 
 
 if __name__ == '__main__':

@@ -279,3 +279,12 @@ def _check_one_colour_each(fig, n_rows: int) -> None:
   assert all(len(cs) == 1 for cs in colour.values()), colour
   assert len(colour) == n_rows and len({c for cs in colour.values() for c in cs}) == n_rows
 
+
+
+def test_the_figures_title_names_a_config_inside_the_repository_by_its_relative_path():
+  """An absolute --config had filled the figure's title (a figure review)."""
+  shown = load_script('robustness_table')._shown  # pylint: disable=protected-access
+  root = pathlib.Path(__file__).resolve().parent.parent
+  assert shown(str(root / 'configs' / 'smoke.py')) == 'configs/smoke.py'
+  assert [shown(c) for c in ('configs/smoke.py', '/elsewhere/x.py', 'jax_cifar:smoke')] == [
+      'configs/smoke.py', '/elsewhere/x.py', 'jax_cifar:smoke']
