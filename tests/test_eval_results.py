@@ -218,6 +218,7 @@ def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys, 
   for name, accs in rows.items():
     np.testing.assert_allclose(accs, expected[name], atol=0.006)
   assert 'speckle_noise *' in err and 'fog *' not in err  # Outside the 15 standard ones.
+  assert 'older python -m jax_cifar.corrupt' not in err  # (Made by this one.)
   assert result['ood_accuracy'] == pytest.approx(np.mean(list(expected.values())) / 100)
   assert is_png(tmp_path / 'ood.png') and len(drawn) == 1
   heatmap = drawn[0].axes[0]
@@ -229,6 +230,16 @@ def test_a_labelled_ood_set_is_shown_per_corruption_and_drawn(tmp_path, capsys, 
   # been a TypeError once every file was predicted: a security review), the files are named as
   # they are, none marked.
   manifest = tmp_path / 'set' / 'corrupt_manifest.json'
+  # A set of an older generator (glass blur before 2026-12-06) is read, and said to be one (its
+  # numbers had sat in one report column with a new set's, unsaid: an upgrade review).
+  current = manifest.read_text()
+  manifest.write_text(json.dumps({**json.loads(current), 'generator_version': 1}))
+  ood_sets.predict_submission(FilePredictor(), str(tmp_path / 'set'), tmp_path / 'c.csv', files)
+  err = capsys.readouterr().err
+  assert (f"note: {tmp_path / 'set'} was made by an older python -m jax_cifar.corrupt (generator "
+          'version 1, now 2; docs/changes.md says what changed)') in err, err
+  assert list(_table_rows(err)) == list(ood.CORRUPTIONS), err
+  manifest.write_text(current)
   edited = json.loads(manifest.read_text())
   for entry in edited['files'].values():
     if 'corruption' in entry:

@@ -56,7 +56,7 @@ from jax_cifar.corruptions import store
 from jax_cifar.data.ood import CORRUPTIONS, SEVERITIES, LABELS_FILE
 
 # Bump when a change alters the pixels written, so older sets are not resumed with new files.
-GENERATOR_VERSION = 2  # 2: glass blur as make_cifar_c.py's (2026-12-06).
+GENERATOR_VERSION = store.GENERATOR_VERSION  # (Defined there: evaluate reads it without PIL.)
 
 # Per corruption, the parameters of severities 1..5 (make_cifar_c.py).
 PARAMS = {

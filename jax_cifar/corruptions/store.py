@@ -35,6 +35,9 @@ from jax_cifar.data.ood import CORRUPTIONS, LABELS_FILE, distortion_file
 
 MANIFEST = 'corrupt_manifest.json'
 # Options that decide the pixels: files made with different values must never share a folder.
+# What the images of a set are made by: 2, glass blur as make_cifar_c.py's (2026-12-06). A set of
+# an older one is still read, with a note (its numbers differ from a set made now).
+GENERATOR_VERSION = 2
 SET_OPTIONS = {'format': '--format', 'seed': '--seed', 'num_images': '--limit (image count)',
                'source_sha256': ('the source images and labels (--data_dir, --split, '
                                  '--val_fraction, --split_seed)'),

@@ -16,7 +16,7 @@ import numpy as np
 import tqdm
 
 from jax_cifar import interrupt, parallel, tracking
-from jax_cifar.corruptions.store import MANIFEST
+from jax_cifar.corruptions.store import GENERATOR_VERSION, MANIFEST
 from jax_cifar.data import ood
 from jax_cifar.evaluation import figures, submission
 from jax_cifar.evaluation.inference import Predictor
@@ -36,6 +36,7 @@ def predict_submission(predictor: Predictor, ood_dir: str, csv_path: pathlib.Pat
   """
   labels_path = pathlib.Path(ood_dir) / ood.LABELS_FILE
   truth = ood.load_labels(labels_path, files[0].num_images) if labels_path.exists() else None
+  _note_older_generator(ood_dir)
   if truth is None and jax.process_index() == 0:  # (Nothing had said why no accuracy came.)
     tracking.say(f'note: {ood_dir} has no {ood.LABELS_FILE}: the submission alone, no OOD '
                  'accuracy or figure (python -m jax_cifar.corrupt writes one with its sets)')
@@ -104,6 +105,22 @@ def _say_resumed(kept: KeptPredictions | None, names: list[str], what: str) -> N
                  f'the same settings (kept in {kept.folder}); predicting the other {len(names) - n}')
 
 
+def _note_older_generator(folder: str) -> None:
+  """A note (process 0) where `folder`'s manifest records an older jax_cifar.corrupt generator:
+  such a set is still read, but its accuracy is not comparable with a set made now, and nothing
+  had said so (an upgrade review)."""
+  try:
+    version = json.loads((pathlib.Path(folder) / MANIFEST).read_text()).get('generator_version')
+  except (OSError, ValueError, AttributeError, RecursionError):  # None (Kaggle's), or hand-made.
+    return
+  if (jax.process_index() == 0 and isinstance(version, int) and not isinstance(version, bool)
+      and version < GENERATOR_VERSION):
+    tracking.say(f'note: {folder} was made by an older python -m jax_cifar.corrupt (generator '
+                 f'version {version}, now {GENERATOR_VERSION}; docs/changes.md says what changed): '
+                 'its accuracy is not comparable with that of a set made now; the same command '
+                 'with --overwrite makes it anew')
+
+
 def _by_corruption(ood_dir: str, scores: dict[str, list[float]]) -> dict[str, list[float]]:
   """`scores` keyed by the corruption that jax_cifar.corrupt recorded for each file in its
   manifest; by file name (distortion00 ...) when that is not known."""
@@ -141,6 +158,7 @@ def evaluate_cifar100c(predictor: Predictor, c_dir: str, files: dict[str, ood.Im
   Files that `kept` holds from a stopped run with the same settings are not predicted again."""
   n = next(iter(files.values())).num_images
   labels = ood.load_labels(pathlib.Path(c_dir) / ood.LABELS_FILE, n)
+  _note_older_generator(c_dir)
   table = {}
   _say_resumed(kept, [f'c_{name}' for name in files], 'CIFAR-100-C')
   for name, f in tqdm.tqdm(files.items(), desc='CIFAR-100-C', unit='file',
