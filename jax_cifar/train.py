@@ -13,7 +13,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jax_cifar import cli
+from jax_cifar import cli, errors
 
 if __name__ == '__main__' and any(a.startswith(('--grain', '--array_record', '--helpfull'))
                                   for a in sys.argv[1:]):
@@ -65,6 +65,13 @@ def main(argv):
           f'{e}. (This launch\'s config is --config {given}, which may itself have changed since '
           f'the run began, as shipped configs do with jax-cifar: `--workdir {FLAGS.workdir}` '
           'without --config resumes with the run\'s own config.json, overrides on top.)')
+    cli.fail_or_raise(e)
+  except errors.ConfigError as e:
+    if cli.config_file_given() is None:  # A value of the run's own config (one a newer jax-cifar
+      # refuses, e.g. data.prefetch 100) had not said where it came from or how to change it.
+      e = errors.ConfigError(
+          f"{e} (this launch's config is the run's own, {FLAGS.workdir}/config.json, with any "
+          '--config.KEY=VALUE given on top: a value it holds is changed so)')
     cli.fail_or_raise(e)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_or_raise(e)  # Bad input: one `error:` line; a bug keeps its traceback.

@@ -337,6 +337,16 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
   assert (f"This launch's config is --config {changed}, which may itself have changed since the "
           f'run began') in line
   assert f"`--workdir {tmp_path / 'run'}` without --config resumes" in line
+  # A value of the run's own config.json that this version refuses (a limit added since) says
+  # where it comes from and how to change it (an upgrade review).
+  config_json = tmp_path / 'run' / 'config.json'
+  saved = json.loads(config_json.read_text())
+  config_json.write_text(json.dumps({**saved, 'data': {**saved['data'], 'prefetch': 100}}))
+  line = the_error(train(tmp_path / 'run', config=None, overrides={}))
+  assert line == ("error: config key 'data.prefetch' must be in [0, 64], got 100 (this launch's "
+                  f"config is the run's own, {tmp_path / 'run'}/config.json, with any "
+                  '--config.KEY=VALUE given on top: a value it holds is changed so)')
+  assert train(tmp_path / 'run', config=None, overrides={'data.prefetch': 2}).returncode == 0
   # Asked for help, with a --workdir that holds no run: absl's help, not an error (a review).
   out = train(tmp_path / 'new', '--help', config=None, overrides={})
   assert out.returncode == 0 and '--workdir' in out.stdout and not (tmp_path / 'new').exists()
