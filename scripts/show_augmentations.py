@@ -57,8 +57,26 @@ def op_rows(images: np.ndarray, rng: np.random.Generator) -> list[tuple[str, np.
     if mags is None:  # no magnitude: one output says it all
       rows.append((name, outs[:1], ['']))
     else:
-      rows.append((name, outs, [f'{v:+.3g}' for v in values]))
+      rows.append((name, outs, [caption(name, v) for v in values]))
   return rows
+
+
+def caption(name: str, value: float) -> str:
+  """What an op's magnitude does, in its unit (bare signed numbers had said nothing, Posterize's
+  '+8' less: a figure review). The enhancements multiply by 1 + value, as torchvision's do."""
+  if name == 'Posterize':
+    return f'{int(value)} bits'
+  if name == 'Rotate':
+    return f'{value:+.0f}°'
+  if name.startswith('Translate'):
+    return f'{value:+.0f} px'
+  if name.startswith('Shear'):
+    return f'shear {value:+.2f}'
+  if name == 'Solarize':
+    return f'above {value:.0f}'
+  if name in ('Brightness', 'Color', 'Contrast', 'Sharpness'):
+    return f'x{1 + value:.2f}'
+  return f'{value:+.3g}'
 
 
 def recipe_rows(images: np.ndarray, seed: int) -> list[tuple[str, np.ndarray, list[str]]]:
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                       help='folder holding cifar-100-python/ (default: $JAX_CIFAR_DATA_DIR)')
   parser.add_argument('--out', default='docs/augmentations.png')
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--dpi', type=int, default=80)
+  parser.add_argument('--dpi', type=int, default=110)
   args = parser.parse_args(argv)
   if not args.data_dir:
     parser.error('--data_dir is required (or set JAX_CIFAR_DATA_DIR)')
@@ -107,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
       ax.set_xticks([])
       ax.set_yticks([])
       if tiles[c][1]:
-        ax.set_title(tiles[c][1], fontsize=7, pad=2)
+        ax.set_title(tiles[c][1], fontsize=8, pad=2)
     axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center', fontsize=8)
   fig.suptitle('jax_cifar augmentations (torchvision-exact ops) on CIFAR-100 test images', y=0.99)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -78,3 +78,13 @@ def test_benchmark_augment_refuses_a_batch_of_zero(capsys):
   with pytest.raises(SystemExit) as e:
     script.main(['--batch_size', '0', '--train_models', ''])
   assert e.value.code == 2 and '--runs and --batch_size must be at least 1' in capsys.readouterr().err
+
+
+def test_show_augmentations_captions_each_magnitude_in_its_unit():
+  """Bare signed numbers had said nothing of what each op did, Posterize's '+8' less (a figure
+  review); the enhancements' factor is 1 + the magnitude, as torchvision applies it."""
+  caption = load_script('show_augmentations').caption
+  assert [caption('Posterize', 8.0), caption('Rotate', -30.0), caption('TranslateX', 13.0),
+          caption('ShearY', 0.3), caption('Solarize', 28.4), caption('Brightness', -0.1),
+          caption('Contrast', 0.9)] == ['8 bits', '-30°', '+13 px', 'shear +0.30', 'above 28',
+                                        'x0.90', 'x1.90']
