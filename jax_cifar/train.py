@@ -82,7 +82,8 @@ def main(argv):
            if step < total else '')  # (It had read as the end of the run: a walkthrough.)
   tracking.say(f'Done at step {step}: best {result["best_metric"]} '
                f'{"n/a" if best is None else f"{best:.4f}"}{short}; checkpoints in '
-               f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl')
+               f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl (their '
+               f'curves: python -m jax_cifar.report {FLAGS.workdir} --out DIR)')
 
 
 def _run_config(workdir: str):

@@ -145,6 +145,8 @@ def test_a_changed_config_is_refused_when_the_run_left_a_best_but_no_latest(run)
   assert {'config.json', 'metrics.jsonl'} <= {p.name for p in previous.iterdir()}
   assert [p.name for p in (run / 'checkpoints' / 'best').iterdir() if p.name.isdigit()] == ['1']
   assert f'Done at step 1: best val_accuracy {_logged(run, "val_accuracy")[1]:.4f}' in out.stderr
+  # Where the curves are drawn (nothing had pointed to report: a figure review).
+  assert f'(their curves: python -m jax_cifar.report {run} --out DIR)' in out.stderr, out.stderr
 
 
 def test_a_same_config_start_over_sets_the_earlier_best_aside_with_its_metrics(run):
