@@ -237,3 +237,23 @@ def test_runs_whose_long_names_differ_in_the_middle_keep_distinct_legend_labels(
   # Differing only at the end, or a name that is the start of another: distinct.
   labels = curves.legend_labels(['p' * 50 + '1', 'p' * 50 + '2', 'p' * 50 + '12'])
   assert len(set(labels)) == 3 and all(len(l) <= 40 for l in labels)
+
+
+def test_the_steps_a_relaunch_resumed_at_are_marked_on_every_figure(tmp_path, drawn):
+  """A relaunch (with another schedule) bends the learning rate; nothing on the figures had said
+  where the run was resumed (a figure review). launches.jsonl's start_step above 0 is drawn as a
+  dotted line of the run's colour; unreadable rows, step 0 and steps past the last row are not."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  (run / 'launches.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in (
+      {'start_step': 0}, {'start_step': 50}, {'start_step': True}, {'start_step': 500}))
+      + '{"torn\n[]\n')
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  for fig in drawn:
+    marks = _lines(fig)['run relaunch']
+    assert marks.get_xdata() == [1.0, 1.0] and marks.get_linestyle() == ':'  # Epoch 1 = step 50.
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][-1] == (
+        'resumed by a relaunch')
+  other = fake_run(tmp_path / 'other', 1.0)  # No launches.jsonl: no mark, no legend entry.
+  drawn.clear()
+  assert report.main([str(other), '--out', str(tmp_path / 'out2')]) == 0
+  assert 'other relaunch' not in _lines(drawn[0])

@@ -118,7 +118,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   rates = [epochs_per_step(r['rows']) for r in runs]
   use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
-  drawn_runs, styles, marked, longest, values = [], [], False, 0, []
+  drawn_runs, styles, marked, longest, values, relaunched = [], [], False, 0, [], False
   for i, (run, color, rate) in enumerate(zip(runs, run_colors(len(runs)), rates)):
     per_step = rate if use_epochs else None
     for column, style, label in lines(run):
@@ -139,6 +139,10 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
         ax.plot(bad, np.full(len(bad), 0.02), 'x', color=color, transform=ax.get_xaxis_transform(),
                 label=f'{label} not finite')
         marked = True
+    for step in run.get('relaunches', ()):  # Where a relaunch resumed the run: a thin dotted line.
+      ax.axvline(step * per_step if per_step else step, color=color, linestyle=':',
+                 linewidth=0.9, alpha=0.8, label=f'{run["label"]} relaunch')
+      relaunched = True
   ax.set_xlabel('epoch' if use_epochs else 'step' + (
       f' ({_short(", ".join(redefined), 60)}: epochs redefined by a relaunch with another batch '
       'size)' if redefined else ''))
@@ -169,6 +173,9 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   if marked:
     handles.append(Line2D([], [], color='0.3', linestyle='', marker='x',
                           label='not finite (left out)'))
+  if relaunched:
+    handles.append(Line2D([], [], color='0.3', linestyle=':', linewidth=0.9,
+                          label='resumed by a relaunch'))
   if handles:
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
               ncol=1 if len(handles) <= 24 else 2, frameon=False)

@@ -82,11 +82,32 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
           'nonfinite': _nonfinite_steps(raw), 'unread_sections': odd,
+          'relaunches': _relaunch_steps(run_dir, rows),
           'evals': {p.stem: _read_json(p, notes, label) for p in stale_evals.eval_files(run_dir)},
           'warnings': notes}
 
 
 CONFIG_SECTIONS = ('model', 'train', 'data', 'optim', 'checkpoint')  # The ones the summary reads.
+
+
+def _relaunch_steps(run_dir: pathlib.Path, rows: list[dict]) -> list[int]:
+  """The steps the run was resumed at (launches.jsonl's start_step above 0, up to its last logged
+  step), for the curves to mark: a relaunch with another schedule had bent the learning rate
+  with nothing saying why there (a figure review). Rows that cannot be read are passed over."""
+  try:
+    lines = (run_dir / workdir.LAUNCHES_FILE).read_text().splitlines()
+  except (OSError, UnicodeDecodeError):
+    return []
+  last = max((r['step'] for r in rows if isinstance(r.get('step'), (int, float))), default=0)
+  steps = set()
+  for line in lines:
+    try:
+      step = json.loads(line).get('start_step')
+    except (ValueError, AttributeError, RecursionError):
+      continue
+    if isinstance(step, int) and not isinstance(step, bool) and 0 < step <= last:
+      steps.add(step)
+  return sorted(steps)
 
 
 def _finite_rows(rows: list[dict]) -> tuple[list[dict], int, int]:
@@ -342,7 +363,8 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   note = ('Training curves (solid) are running means over each logging interval (with '
           'augmentation and mixup, if any; the learning rate is its last step\'s); validation '
           'points (dashed; dotted: the EMA weights) are full passes; an x on the bottom edge marks '
-          'a logged value that was not finite. Train time is from the logged images/s (compile '
+          'a logged value that was not finite, a dotted vertical line the step a relaunch resumed '
+          'a run at. Train time is from the logged images/s (compile '
           'and evaluation excluded). Numbers are from eval_best.json when present.\n')
   text = ['# Runs\n', tables[0], note, '## Hyper-parameters that differ\n', tables[1]]
   if warnings:
