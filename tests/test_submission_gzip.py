@@ -31,11 +31,31 @@ def test_a_file_larger_than_any_submission_is_refused_before_it_is_read_whole(tm
   packed = tmp_path / 'sub.csv.gz'
   packed.write_bytes(gzip.compress(plain.read_bytes()))
   monkeypatch.setattr(submission, 'MAX_CSV_BYTES', plain.stat().st_size - 1)
+  reads, real_open = [], gzip.open
+
+  class Counted:  # The sizes asked of the decompressed stream: bounded, not the whole file.
+    def __init__(self, *args):
+      self.f = real_open(*args)
+
+    def read(self, size=-1):
+      reads.append(size)
+      return self.f.read(size)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+  monkeypatch.setattr(submission.gzip, 'open', Counted)
   for path in (plain, packed):
     with pytest.raises(submission.SubmissionError, match=(
         rf'^{path}: holds more than 0 MiB of text \(a full submission is about 22 MB\): not a '
         'submission of this task$')):
       submission.check_submission(path)
+  # Refused after at most the limit + 1 bytes were inflated (a mutation audit: a whole read of
+  # the stream, the memory blow-up this limit exists for, had passed).
+  assert reads == [submission.MAX_CSV_BYTES + 1]
   monkeypatch.setattr(submission, 'MAX_CSV_BYTES', plain.stat().st_size)
   assert submission.check_submission(packed) == submission.check_submission(plain).replace(
       str(plain), str(packed))
