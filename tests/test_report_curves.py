@@ -206,6 +206,15 @@ def test_a_diverged_runs_huge_loss_puts_figure1_on_a_log_scale(tmp_path, drawn):
   low, high = loss.get_ylim()
   assert low < 2.6 and high > 6.7e11  # Every value on the axes: the healthy run's 2.6 .. 4.4 too.
   assert acc.get_yscale() == 'linear' and acc.get_ylabel() == 'top-1 accuracy (%)'
+  # A healthy fine-tune whose many training rows fall from 4.6 to 0.01 stays linear (against the
+  # median of all values it had gone on a log scale: the diff review).
+  drawn.clear()
+  def falling(rows):
+    return [{**r, 'train_loss': 4.6 * 0.45 ** i} if 'train_loss' in r else r
+            for i, r in enumerate(rows)]
+  _rewrite(healthy, falling)
+  assert report.main([str(healthy), '--out', str(tmp_path / 'out2')]) == 0
+  assert drawn[0].axes[0].get_yscale() == 'linear'
 
 
 def test_ordinary_curves_start_at_0_with_room_above_the_highest_point(tmp_path, drawn):

@@ -110,8 +110,8 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   """Every run's (column, line style, line label) lines on shared axes, one colour per run; x in
   epochs when every run logs them (and none redefined them at a relaunch), else in steps. The
   legend, beside the axes, names each run once and each line style once; an x at the bottom marks a
-  step whose value was not finite. y runs from 0, or with `log_if_spread` on a log scale where the
-  largest value is over LOG_SPREAD times the median (a run that diverged)."""
+  step whose value was not finite. y runs from 0, or with `log_if_spread` on a log scale where a
+  value is over LOG_SPREAD times where the curves began (a run that diverged)."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fig = figures.new_figure(figsize=(8, 4.5), dpi=120)
   ax = fig.add_subplot()
@@ -119,6 +119,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
   drawn_runs, styles, marked, longest, values, relaunched = [], [], False, 0, [], False
+  starts = []  # Each line's first value: the scale of a run that has not diverged.
   for i, (run, color, rate) in enumerate(zip(runs, run_colors(len(runs)), rates)):
     per_step = rate if use_epochs else None
     for column, style, label in lines(run):
@@ -126,6 +127,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
       if np.isfinite(y).any():
         points = int(np.isfinite(y).sum())
         values.append(y[np.isfinite(y)])
+        starts.append(y[np.isfinite(y)][0])  # (x-sorted: the line's first value.)
         longest = max(longest, points)
         # A single point is a marker (a line of one is invisible): a square for train, as val's
         # are dots. Each later run is drawn thinner on top, so a run that repeats another's first
@@ -147,7 +149,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
       f' ({_short(", ".join(redefined), 60)}: epochs redefined by a relaunch with another batch '
       'size)' if redefined else ''))
   values = np.concatenate(values) if values else np.zeros(0)
-  log = log_if_spread and _spread(values)
+  log = log_if_spread and _spread(values, starts)
   ax.set_ylabel(ylabel + (' (log scale)' if log else ''))
   ax.set_title(title)
   ax.grid(alpha=0.3)
@@ -185,18 +187,20 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
 LOG_SPREAD = 10.0
 
 
-def _spread(values: np.ndarray) -> bool:
-  """Whether positive `values` span enough for a log scale: the largest over LOG_SPREAD times the
-  median (a diverged run, a spike); never with a value of 0, which a log scale cannot show."""
-  return bool(values.size and values.min() > 0 and values.max() > LOG_SPREAD * np.median(values))
+def _spread(values: np.ndarray, starts: list[float]) -> bool:
+  """Whether positive `values` call for a log scale: one over LOG_SPREAD times the largest value a
+  line began at (a run that diverged, a spike), which a healthy run never reaches (a fine-tune's
+  loss falls from 4.6 to 0.05; against the median, its many low training rows had put it on a log
+  scale: the diff review); never with a value of 0, which a log scale cannot show."""
+  return bool(values.size and values.min() > 0 and values.max() > LOG_SPREAD * max(starts))
 
 
 def plot_curves(runs: list[dict], key: str, ylabel: str, title: str, path: pathlib.Path,
                 scale: float = 1.0, log_if_spread: bool = False) -> None:
   """Training (solid), validation (dashed, dots) and, where logged, the EMA weights' validation
   (dotted, dots: the numbers that pick `best` under checkpoint.best_weights='ema') `key` of every
-  run, times `scale`; with `log_if_spread`, on a log scale where the values span more than
-  LOG_SPREAD x their median."""
+  run, times `scale`; with `log_if_spread`, on a log scale where a value is over LOG_SPREAD x
+  where the lines began."""
   def lines(run):
     ema = any(r.get(f'val_{key}_ema') is not None for r in run['rows'])
     label = run['label']
