@@ -87,15 +87,19 @@ def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
 
 
 class ChangedConfig(workdir_lib.WorkdirError):
-  """A relaunch refused for its config's changes to the run's (the train CLI adds, where they came
-  with a --config file, that the run's own config.json goes on without them)."""
+  """A relaunch refused for its config's changes (`keys`) to the run's (the train CLI adds, where
+  they came with a --config file, that the run's own config.json goes on without them)."""
+
+  def __init__(self, message: str, keys: list[str]):
+    super().__init__(message)
+    self.keys = list(keys)
 
 
 def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: float,
                  workdir: str | os.PathLike, new: dict) -> list[str]:
   """Raises WorkdirError for changes that alter the run's trajectory (unless `allow`); returns
   the keys that may change but deserve a log line. `new`: the launch's flat config."""
-  notable, refused = [], []
+  notable, refused, refused_keys = [], [], []
   for key, (before, after) in changes.items():
     if is_safe_change(key, before, after):
       continue
@@ -108,6 +112,7 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
       notable.append(key)
     else:
       refused.append(f'{key} {before!r} -> {after!r}')
+      refused_keys.append(key)
   state = altered_state(changes, new)
   if allow and state:  # Refused before the notes on the other changes, and naming only these
     # (the restore had failed after 14 notes, blaming every change: a review).
@@ -116,17 +121,18 @@ def check_resume(changes: dict[str, tuple[Any, Any]], *, allow: bool, epoch: flo
         f'this launch\'s config does not match the run\'s checkpoints: {these} change'
         f'{"s" if len(state) == 1 else ""} what they hold (the parameters, the optimizer\'s state '
         'or the EMA), which train.allow_config_change cannot carry over: undo '
-        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
+        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}', state)
   if refused and state:  # (allow_config_change would only fail at the restore.)
     raise ChangedConfig(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
         f'{", ".join(state)} change{"s" if len(state) == 1 else ""} what the run\'s checkpoints '
         'hold, which train.allow_config_change cannot carry over: undo '
-        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}')
+        f'{"it" if len(state) == 1 else "them"}, or {way_on(state, workdir)}',
+        refused_keys + state)
   if refused:
     raise ChangedConfig(
         f'resuming with a changed config would silently alter the run: {"; ".join(refused)}. '
         'Start a new run in a fresh --workdir, or pass --config.train.allow_config_change=true '
         'to apply the change from this step on (launches.jsonl records it; in Python: '
-        'config.train.allow_config_change = True)')
+        'config.train.allow_config_change = True)', refused_keys)
   return notable

@@ -32,7 +32,8 @@ class CheckpointError(errors.UserError):
 
 class StructureMismatch(CheckpointError):
   """A step's complete files hold another train state (model, optimizer state or EMA) than the
-  one restored into; `step_dir` and `detail` (orbax's first line) let callers say why."""
+  one restored into; `step_dir` and `detail` (orbax's first line, and the paths it lists) let
+  callers say why."""
 
   def __init__(self, step_dir: pathlib.Path, detail: str, parts: tuple[str, ...] = ()):
     self.step_dir, self.detail = step_dir, detail
@@ -40,7 +41,7 @@ class StructureMismatch(CheckpointError):
     parts = ('params',) if 'params' in parts else parts
     causes = [cause for part, cause in _PART_CAUSES if part in parts] or [_PART_CAUSES[0][1]]
     super().__init__(f'checkpoint {step_dir} does not match this config\'s '
-                     f'{" or ".join(causes)}: {detail}')
+                     f'{" or ".join(causes)}' + (f': {detail}' if detail else ''))
 
 
 # What differs where orbax names a part of the train state (its first name) as not matching; the
@@ -57,7 +58,7 @@ def _mismatch(message: str) -> tuple[str, tuple[str, ...]]:
   """orbax's tree-mismatch message as one line naming the first paths it lists (`opt_state[1]`,
   `ema_params`; the first line alone had ended in a colon), and the parts of the train state they
   are in (_PART_CAUSES' names)."""
-  paths = re.findall(r'^(\S+):$', message, flags=re.MULTILINE)
+  paths = re.findall(r'^(\S+):$', '\n'.join(message.splitlines()[1:]), flags=re.MULTILINE)
   tops = {re.match(r'[A-Za-z_]*', p).group() for p in paths}
   parts = tuple({'batch_stats': 'params', 'ema_params': 'ema', 'ema_batch_stats': 'ema'}.get(t, t)
                 for t in sorted(tops))
@@ -65,6 +66,7 @@ def _mismatch(message: str) -> tuple[str, tuple[str, ...]]:
   if paths:
     line += ' ' + ', '.join(paths[:4]) + (f' (and {len(paths) - 4} more)' if len(paths) > 4 else '')
   return line, parts
+
 
 def one_line(e: BaseException, limit: int = 300) -> str:
   """First line of an error, shortened in the middle: storage errors put the cause at the end."""

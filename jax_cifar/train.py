@@ -59,12 +59,15 @@ def main(argv):
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except resume_rules.ChangedConfig as e:
     given = cli.config_file_given()
-    if given:  # The run's own config goes on: a shipped config updated since the run began had
-      # been refused as the user's change, with no word of that way on (an upgrade review).
+    overridden = {a.lstrip('-')[len('config.'):].split('=', 1)[0]
+                  for a in cli.read_flag_files(sys.argv)[1:] if a.lstrip('-').startswith('config.')}
+    if given and set(e.keys) - overridden:  # Changes that came with the file (not an override:
+      # the diff review): a shipped config updated since the run began had been refused as the
+      # user's change, with no word of the run's own config.json (an upgrade review).
       e = resume_rules.ChangedConfig(
           f'{e}. (This launch\'s config is --config {given}, which may itself have changed since '
           f'the run began, as shipped configs do with jax-cifar: `--workdir {FLAGS.workdir}` '
-          'without --config resumes with the run\'s own config.json, overrides on top.)')
+          'without --config resumes with the run\'s own config.json, overrides on top.)', e.keys)
     cli.fail_or_raise(e)
   except errors.ConfigError as e:
     if cli.config_file_given() is None:  # A value of the run's own config (one a newer jax-cifar

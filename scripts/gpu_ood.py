@@ -292,7 +292,8 @@ def main():
   if epochs < planned:
     log(f'training {epochs:g} epochs instead of {planned:g}: the budget is too short')
   overrides.append(f'--config.train.num_epochs={epochs:g}')  # Last: it wins over --set's.
-  result = {'args': vars(args), 'epochs': int(epochs) if epochs == int(epochs) else epochs}
+  result = {'args': vars(args), 'epochs': int(epochs) if epochs == int(epochs) else epochs,
+            'date': time.strftime('%Y-%m-%d', time.gmtime())}  # (The recipe of that day.)
 
   def save():  # Beside the run, and where the caller collects results (--json_out).
     for path in {work / 'gpu_ood.json', pathlib.Path(args.json_out or work / 'gpu_ood.json')}:
@@ -363,7 +364,7 @@ if __name__ == '__main__':
       else:
         print(f'no plot: {sys.argv[2]} holds no OOD numbers yet{f" for {name}" if name else ""} '
               '(a run cut short)')
-    if '' not in runs and plot_runs(runs, out):  # Several runs: all of them on one axis too.
+    if '' not in runs and plot_runs(runs, out, saved.get('about')):  # All of them on one axis.
       print(f'wrote {out} (every run)')
   else:
     main()

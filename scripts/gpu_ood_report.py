@@ -2,13 +2,17 @@
 written by a run cut short: `python3 scripts/gpu_ood.py replot JSON PNG`)."""
 
 import pathlib
+import textwrap
 
 
 def recipe(result: dict) -> str:
-  """The config and the --set overrides the run trained with (the title had said
-  configs/ood_best.py whatever --set changed: a review)."""
+  """The config, of the day the run was made where recorded (the recipe changes with jax-cifar:
+  a run of an earlier ood_best.py had been titled as today's, a diff review), and the --set
+  overrides it trained with (the title had said configs/ood_best.py whatever --set changed)."""
   sets = (result.get('args') or {}).get('set') or []
-  return 'configs/ood_best.py' + (f" --set {' '.join(sets)}" if sets else '')
+  date = result.get('date')
+  return (f'configs/ood_best.py{f" of {date}" if isinstance(date, str) else ""}'
+          + (f" --set {' '.join(sets)}" if sets else ''))
 
 
 def plot(result: dict, path: pathlib.Path) -> bool:
@@ -40,11 +44,11 @@ def plot(result: dict, path: pathlib.Path) -> bool:
   return True
 
 
-def plot_runs(runs: dict[str, dict], path: pathlib.Path) -> bool:
+def plot_runs(runs: dict[str, dict], path: pathlib.Path, about: str | None = None) -> bool:
   """Several runs' test-split rows on one axis (a colour per run, a line style per test-time
-  tool), each run's recipe in the title: the comparison docs/robustness.md shows (its figure had
-  been drawn by hand, titled with one of the two recipes: a figure review). False, and no file,
-  while no run has OOD numbers."""
+  tool), each run's recipe in the title and the JSON's `about` text under the axes: the
+  comparison docs/robustness.md shows (its figure had been drawn by hand, titled with one of the
+  two recipes: a figure review). False, and no file, while no run has OOD numbers."""
   rows = [(name, tool, r) for name, run in runs.items()
           for tool, r in (run.get('eval') or {}).items()
           if 'ood_per_severity' in r and not tool.endswith('@val')]
@@ -67,6 +71,9 @@ def plot_runs(runs: dict[str, dict], path: pathlib.Path) -> bool:
                          for name, run in runs.items()), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+  if isinstance(about, str):  # (What the JSON says of its runs: a recipe of that day, etc.)
+    ax.text(0.0, -0.14, textwrap.fill(about, 120), transform=ax.transAxes, fontsize=7,
+            va='top', color='0.3')
   fig.savefig(path, dpi=110, bbox_inches='tight')
   return True
 

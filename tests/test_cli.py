@@ -324,6 +324,9 @@ def test_a_relaunch_with_only_the_workdir_resumes_the_run_with_its_own_config(tm
   line = the_error(train(tmp_path / 'run', config=None, overrides={'optim.lr': 0.5}))
   assert 'optim.lr 0.001 -> 0.5' in line and 'allow_config_change=true' in line, line
   assert 'without --config' not in line  # (No --config was given.)
+  # The change is the override's, not the file's: the file is not blamed (the diff review).
+  line = the_error(train(tmp_path / 'run', overrides={**TINY, 'optim.lr': 0.5}))
+  assert 'optim.lr 0.001 -> 0.5' in line and 'without --config' not in line, line
   # A --config file that differs from the run's own (a shipped config updated since the run began,
   # as resnet34.py's grad_clip_norm was) names the relaunch that goes on without it: the refusal
   # had offered only a fresh run or allow_config_change, which switches the recipe mid-run (an

@@ -153,7 +153,8 @@ def test_a_later_evaluation_keeps_the_numbers_an_earlier_one_wrote(run, tmp_path
   # The file now claims another step (as after more training): kept as it is, under its step.
   older = {**kept, 'step': kept['step'] - 1}
   path.write_text(json.dumps(older))
-  older_figures = {n: (workdir / f'{n}_latest.png').read_bytes() for n in ('confusion', 'cifar100c')}
+  older_figures = {n: (workdir / f'{n}_latest.png').read_bytes()
+                   for n in ('confusion', 'cifar100c')}
   evaluate.evaluate(_config(), str(workdir), 'latest')
   assert json.loads((workdir / f'eval_latest.step{older["step"]}.json').read_text()) == older
   assert 'cifar100c' not in json.loads(path.read_text())

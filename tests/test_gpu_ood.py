@@ -371,9 +371,11 @@ def test_replot_of_a_file_of_several_runs_gives_each_its_table_and_plot(tmp_path
                         str(ROOT / 'docs' / 'gpu_ood_h200_noise_blur.json'), str(tmp_path / 'p.png')],
                        capture_output=True, text=True, timeout=120, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.startswith('report_recipe:\nconfigs/ood_best.py, 15 epochs: 5265 steps in 284s '
-                               "(median 3,273 img/s); 'best' checkpoint (step 4212)"), out.stdout
-  assert '\nnoise_blur:\nconfigs/ood_best.py --set augment.noise_prob=0.3' in out.stdout
+  assert out.stdout.startswith(
+      'report_recipe:\nconfigs/ood_best.py of 2026-11-30, 15 epochs: 5265 steps in 284s (median '
+      "3,273 img/s); 'best' checkpoint (step 4212)"), out.stdout
+  assert ('\nnoise_blur:\nconfigs/ood_best.py of 2026-11-30 --set augment.noise_prob=0.3'
+          in out.stdout)
   # OUT.png is all of them on one axis (the usage line's promise: only OUT_NAME.png had been
   # written, unsaid; a figure review), and each file written is named.
   assert sorted(p.name for p in tmp_path.iterdir()) == ['p.png', 'p_noise_blur.png',

@@ -78,3 +78,18 @@ def test_the_title_and_table_name_the_set_overrides(tmp_path, monkeypatch):
   recipe = 'configs/ood_best.py --set augment.noise_prob=0 model.dtype=float32, 30 epochs'
   assert saved[0].axes[0].get_title() == f'{recipe} (600 s of training)'
   assert report.table(result).startswith(f'{recipe}: 1500 steps in 600s')
+  # The day's recipe where the run recorded it (configs/ood_best.py changes with jax-cifar: a run of
+  # an earlier one had been titled as today's, the diff review); gpu_ood.py records it.
+  result['date'] = '2026-11-30'
+  assert report.table(result).startswith(
+      'configs/ood_best.py of 2026-11-30 --set augment.noise_prob=0 model.dtype=float32, 30 epochs')
+  # Several runs on one axis: each one's recipe a line of the title, the JSON's `about` under it.
+  saved.clear()
+  other = {**result, 'args': {**result['args'], 'set': []}}
+  assert report.plot_runs({'a': result, 'b': other}, tmp_path / 'q.png', about='two runs of a day')
+  (ax,) = saved[0].axes
+  assert ax.get_title() == (f'a: {recipe.replace(".py", ".py of 2026-11-30", 1)}\n'
+                            'b: configs/ood_best.py of 2026-11-30, 30 epochs')
+  assert [t.get_text() for t in ax.texts] == ['two runs of a day']
+  assert sorted(l.get_label() for l in ax.get_lines()) == ['a: tent (OOD 50.0)',
+                                                           'b: tent (OOD 50.0)']  # (No @val.)

@@ -280,7 +280,6 @@ def _check_one_colour_each(fig, n_rows: int) -> None:
   assert len(colour) == n_rows and len({c for cs in colour.values() for c in cs}) == n_rows
 
 
-
 def test_the_figures_title_names_a_config_inside_the_repository_by_its_relative_path():
   """An absolute --config had filled the figure's title (a figure review)."""
   shown = load_script('robustness_table')._shown  # pylint: disable=protected-access
