@@ -6,6 +6,7 @@ nothing (one process stopping alone would leave the others in a collective)."""
 
 import os
 import signal
+import threading
 
 import jax
 
@@ -34,6 +35,12 @@ def install_handlers() -> tuple[dict, dict]:
   (nothing is trained yet, so there is nothing to save)."""
   flag = {'signal': None, 'starting': True}
   single, first_process = jax.process_count() == 1, jax.process_index() == 0  # Not in the handler.
+  if threading.current_thread() is not threading.main_thread():  # A notebook's background thread:
+    # Python runs handlers in the main thread only, and signal.signal() had raised a bare
+    # ValueError there (a notebook review). The run trains, and a signal does not stop it.
+    tracking.say('note: training in a thread other than the main one: SIGTERM and SIGINT do not '
+                 'stop it (Python gives signals to the main thread only)')
+    return flag, {}
 
   def say(message: str) -> None:  # A raw write: the signal may land inside another stderr write.
     if first_process:

@@ -105,7 +105,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     return _claim_and_train(config, workdir, stop)
   except StopNow as e:
-    raise Preempted(str(e)) from None
+    raise Preempted(f'{e}: stopped without saving the step under way; train_and_evaluate(config, '
+                    'workdir) with the same workdir resumes from its last saved step') from None
   finally:
     stopping.restore_handlers(previous_handlers)
 
@@ -264,7 +265,10 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
       tracking.say(message)  # Above the bar, which had been drawn again under a logged line.
     else:  # Every process says where it stopped, in the same plain line (it had been absl's).
       print(message, file=sys.stderr, flush=True)
-    raise
+    # What a notebook shows last: the exception's own words (they had been "SIGINT" alone, the
+    # lines above scrolled away: a notebook review).
+    raise Preempted(f'{e}: saved step {step} to {workdir}; train_and_evaluate(config, workdir) '
+                    'with the same workdir (or the same command) resumes from it') from None
   except BaseException as e:  # (StopNow, a second signal, is one: no Exception.)
     error = error or e
     raise
