@@ -246,9 +246,9 @@ class _Stop(BaseException):
 def test_a_wait_interrupted_by_a_second_signal_leaves_the_next_wait_to_finish_the_save(
     tmp_path, monkeypatch):
   """A second SIGTERM during the wait for a save: the trainer's `finally` waits again, as its
-  message says ("a save under way is finished"). That wait had returned at once (a join that an
-  exception interrupts leaves the thread looking finished before Python 3.13), and the save
-  died with the process: only `8.orbax-checkpoint-tmp` was left (a kill review)."""
+  message says ("a save already writing is finished"). That wait had returned at once (a join
+  that an exception interrupts leaves the thread looking finished before Python 3.13), and the
+  save died with the process: only `8.orbax-checkpoint-tmp` was left (a kill review)."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
   real_finalize, signalled = atomicity.AtomicRenameTemporaryPath.finalize, threading.Event()
 

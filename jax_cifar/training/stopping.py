@@ -57,8 +57,12 @@ def install_handlers() -> tuple[dict, dict]:
                'the next log step.'))
         return
       if single and flag['training_signals'] == 2:  # Validation or a long run of steps need not
-        say(f'Received {name} again: stopping now, without saving this step (a save under way '  # be
-            'is finished); relaunch to resume from the last saved checkpoint.')  # waited for.
+        # be waited for. A save under way is waited for where it has begun writing; one that the
+        # signal cut while it started (its first milliseconds) is left as a temp folder that the
+        # next launch removes (it had said "is finished" for both: a notebook review).
+        say(f'Received {name} again: stopping now, without saving this step (a save already '
+            'writing is finished; one cut as it began is removed by the next launch); relaunch '
+            'to resume from the last saved checkpoint.')
         raise StopNow(f'{name} again')
       return  # (A third: already stopping.)
     if first or not single:  # Several processes stop together, at the check.
