@@ -242,3 +242,23 @@ def test_a_linked_folder_of_kept_predictions_keeps_nothing_there(tmp_path, capsy
       'evaluation keeps no finished files\n')
   kept.keep('ood_distortion00', np.arange(5, dtype=np.int32))
   assert not (run / 'partial_c').exists() and not list(elsewhere.iterdir())
+
+
+def test_the_runs_own_records_are_readable_as_the_umask_allows_and_odd_digits_are_no_steps(
+    tmp_path):
+  """launches.jsonl is opened by open_own_file: 0644 less the umask, as a plain open() gave, so a
+  colleague reads a shared run's launches (a mutation audit: 0600 had passed). A folder named '²'
+  (a digit to str.isdigit, not to int()) is no committed step when a failed save names the
+  others (a mutation audit)."""
+  run = _run(tmp_path)
+  old = os.umask(0o022)
+  try:
+    workdir_lib.record_launch(run, {'seed': 0}, 0, {})
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((run / workdir_lib.LAUNCHES_FILE).stat().st_mode) == 0o644
+  latest = run / 'checkpoints' / 'latest'
+  (latest / '²').mkdir(parents=True)
+  assert not checkpoints._has_other_step(latest, 3)  # pylint: disable=protected-access
+  (latest / '2').mkdir()
+  assert checkpoints._has_other_step(latest, 3)  # pylint: disable=protected-access
