@@ -59,6 +59,13 @@ def test_the_corrupted_sets_name_their_means_and_a_small_set_its_size(tmp_path):
   assert ('| OOD acc (all its corruptions) | CIFAR-100-C mean (15 standard) |' in md), md
   row = next(l for l in md.splitlines() if l.startswith('| run |') and '%' in l)
   assert '| 12.69% (50 images per cell) | 12.37% |' in row, row
+  # An evaluation by a version that recorded no count says so: its number had read as a full
+  # set's (an upgrade review).
+  (run / 'eval_best.json').write_text(json.dumps({'test_accuracy': 0.1, 'ood_accuracy': 0.0547}))
+  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+  md = (tmp_path / 'out' / 'summary.md').read_text()
+  row = next(l for l in md.splitlines() if l.startswith('| run |') and '%' in l)
+  assert '| 5.47% (images per cell not recorded) | - |' in row, row
 
 
 def test_a_run_short_of_its_planned_epochs_says_so_and_a_short_time_is_in_seconds(tmp_path):

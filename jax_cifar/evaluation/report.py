@@ -255,10 +255,13 @@ def _short_of(epochs, planned) -> float | None:
   return None
 
 
-def _subset(count, value, unit: str = 'images') -> str:
+def _subset(count, value, unit: str = 'images', unrecorded: str = '') -> str:
   """' (N images)' after a number measured on fewer than the 10,000 test images (data.eval_limit;
   a corrupted set's images per corruption x severity: a run's OOD number above its clean one on
-  50 images, a figure review)."""
+  50 images, a figure review); `unrecorded` where the evaluation recorded no count at all (older
+  versions' OOD numbers, which had read as those of a full set: an upgrade review)."""
+  if value is not None and count is None and unrecorded:
+    return f' ({unrecorded})'
   if (value is None or not isinstance(count, int) or isinstance(count, bool)
       or not 0 < count < cifar100.TEST_SIZE):
     return ''
@@ -280,7 +283,8 @@ def markdown_table(rows: list[dict]) -> str:
         ' (test split)' if r.get('val_is_test') and r['best_val_accuracy'] is not None else '') + (
         ' (EMA)' if r.get('best_val_weights') == 'ema' else '')
     test = _fmt(r['test_accuracy']) + _subset(r.get('test_count'), r['test_accuracy'])
-    ood_cell, c_cell = (_fmt(r[key]) + _subset(r.get(count), r[key], 'images per cell')
+    ood_cell, c_cell = (_fmt(r[key]) + _subset(r.get(count), r[key], 'images per cell',
+                                               'images per cell not recorded')
                         for key, count in (
         ('ood_accuracy', 'ood_images_per_chunk'),
         ('cifar100c_mean_accuracy', 'cifar100c_images_per_chunk')))
