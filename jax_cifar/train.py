@@ -59,9 +59,8 @@ def main(argv):
     sys.exit(trainer.PREEMPTED_EXIT_CODE)
   except resume_rules.ChangedConfig as e:
     given = cli.config_file_given()
-    overridden = {a.lstrip('-')[len('config.'):].split('=', 1)[0]
-                  for a in cli.read_flag_files(sys.argv)[1:] if a.lstrip('-').startswith('config.')}
-    if given and set(e.keys) - overridden:  # Changes that came with the file (not an override:
+    overridden = config_flags.get_override_values(FLAGS['config'])  # {KEY: value} given.
+    if given and set(e.keys) - set(overridden):  # Changes that came with the file (not an override:
       # the diff review): a shipped config updated since the run began had been refused as the
       # user's change, with no word of the run's own config.json (an upgrade review).
       e = resume_rules.ChangedConfig(
