@@ -11,10 +11,12 @@ batch of 128 (a ceiling near 23k img/s from one host thread, about what an H200 
 ResNet-18 at); the sliced permutation costs ~0.3 ms (docs/benchmarks.md, "Input path").
 """
 
+import ast
 import dataclasses
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Iterator
@@ -97,6 +99,59 @@ def train_batches(split: Split, global_batch: int, seed: int, num_epochs: int, s
                         worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     it = it.map(_out_of_shared_memory)
   return iter(it)
+
+
+def check_workers_can_start(worker_count: int) -> None:
+  """Refuses worker processes that would run the user's script again. grain starts its workers
+  with Python's spawn method, which imports the main script afresh in each: a script that calls
+  train_and_evaluate outside `if __name__ == '__main__':` trained again in every worker, whose
+  copy stopped on "workdir is in use by another run (pid N)", the trainer's own pid, while the
+  trainer waited on it for ever (CPython blocks writing a large job to a child that died at start)."""
+  if worker_count > 0 and (where := _unguarded_main_call()):
+    raise errors.ConfigError(
+        f'data.worker_count={worker_count} starts grain worker processes, and each runs {where[0]} '
+        f'again from the top (Python\'s spawn start method), which would train again from line '
+        f'{where[1]}: put that call under `if __name__ == \'__main__\':`, or use '
+        'data.worker_count=0 (batches are then gathered in this process)')
+
+
+def _unguarded_main_call() -> tuple[str, int] | None:
+  """(file, line) of the __main__ module's statement under way when a spawned process would run
+  it again (not inside `if __name__ == '__main__':`); None for `python -c`, a notebook or the REPL
+  (no file to run again), a package's __main__ (never run again) or source that cannot be read."""
+  main = sys.modules.get('__main__')
+  spec_name = getattr(getattr(main, '__spec__', None), 'name', None) or ''
+  path = getattr(main, '__file__', None)
+  if not path or spec_name == '__main__' or spec_name.endswith('.__main__'):
+    return None
+  frame, line = sys._getframe(), None  # pylint: disable=protected-access
+  while frame is not None:
+    if frame.f_globals is vars(main) and frame.f_code.co_name == '<module>':
+      line = frame.f_lineno
+    frame = frame.f_back
+  try:
+    with open(path, 'rb') as f:
+      statements = ast.parse(f.read()).body
+  except (OSError, SyntaxError, ValueError):
+    return None
+  while line is not None and statements:
+    node = next((n for n in statements if n.lineno <= line <= (n.end_lineno or n.lineno)), None)
+    if node is None:
+      break
+    if isinstance(node, ast.If) and _is_main_guard(node.test) and any(
+        n.lineno <= line <= (n.end_lineno or n.lineno) for n in node.body):
+      return None
+    statements = [n for field in ('body', 'orelse', 'handlers', 'finalbody')
+                  for n in getattr(node, field, ())]
+  return (path, line) if line is not None else None
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+  if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+    return False
+  sides = [test.left, test.comparators[0]]
+  return (any(isinstance(s, ast.Name) and s.id == '__name__' for s in sides)
+          and any(isinstance(s, ast.Constant) and s.value == '__main__' for s in sides))
 
 
 def _out_of_shared_memory(batch: dict) -> dict:

@@ -95,6 +95,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f'get_config(), then changed), got {type(config).__name__}')
   errors.folder_arg('train_and_evaluate(config, workdir)', workdir)
   config_validation.validate(config)
+  if config.data.worker_count > 0:
+    from jax_cifar.data import pipeline  # pylint: disable=g-import-not-at-top  (grain: lazily)
+    pipeline.check_workers_can_start(config.data.worker_count)
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
   workdir = pathlib.Path(workdir).expanduser()  # As load_model: '~/runs/a' had made ./~/runs/a.
