@@ -1,7 +1,10 @@
 """The evaluation figures: the CIFAR-100-C heatmap and table with both means, the per-severity
 row, and the confusion matrix (row-normalised, grouped by superclass)."""
 
+import warnings
+
 import numpy as np
+import pytest
 
 from conftest import is_png
 from jax_cifar.data import ood
@@ -65,6 +68,42 @@ def test_confusion_figure(tmp_path):
   figures.plot_confusion(cm, tmp_path / 'cm.png', 'test', np.arange(100) % 20,
                         [f'super{i}' for i in range(20)])
   assert is_png(tmp_path / 'cm.png')
+
+
+@pytest.mark.parametrize('name', ['runs/r $^$ x', 'runs/r$\\q$', 'runs/rv_$x^2$'])
+def test_a_dollar_in_a_run_name_is_a_dollar_not_mathtext(tmp_path, drawn, name):
+  """`r $^$ x` had stopped evaluate with a mathtext traceback after all its inference, and
+  `$x^2$` had been drawn as "x²" (a path review)."""
+  cm = np.eye(100, dtype=int) * 3
+  figures.plot_confusion(cm, tmp_path / 'cm.png', f'{name} (best, step 4)')
+  assert is_png(tmp_path / 'cm.png')
+  title = drawn[0].axes[0].title
+  assert title.get_text() == f'{name} (best, step 4)' and not title.get_parse_math()
+
+
+def test_characters_missing_from_the_font_are_named_in_one_warning(tmp_path):
+  fig = figures.new_figure()
+  ax = fig.add_subplot()
+  ax.plot([0, 1], label='运行 一')
+  ax.legend()
+  ax.set_title('中文')
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    figures.save(fig, tmp_path / 'f.png')
+  messages = [str(w.message) for w in caught]
+  assert is_png(tmp_path / 'f.png')
+  assert messages == [f"f.png: the figure's font has no glyph for "
+                      f"{''.join(sorted('运行一中文'))!r}; they are drawn as boxes"], messages
+
+
+def test_other_warnings_while_saving_are_passed_on(tmp_path):
+  fig = figures.new_figure()
+  ax = fig.add_subplot()
+  ax.plot([0, 1])
+  fig.savefig = lambda *a, **k: (warnings.warn('from savefig', RuntimeWarning),
+                                 open(a[0], 'wb').write(b'x'))
+  with pytest.warns(RuntimeWarning, match='from savefig'):
+    figures.save(fig, tmp_path / 'f.png')
 
 
 def test_the_confusion_matrix_is_row_normalised_and_grouped_on_both_axes(tmp_path, drawn):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,32 @@ def new_figure(**kwargs):
 
 def save(fig, path: pathlib.Path) -> None:
   """Writes the figure (tight layout) to path, whole: a temp sibling renamed into place (a kill
-  had left a cut PNG over the complete one: a kill audit); the format follows its suffix."""
-  fig.tight_layout()
+  had left a cut PNG over the complete one: a kill audit); the format follows its suffix.
+
+  Its text is plain: a `$` in a run's name is a dollar sign, not mathtext (a workdir named
+  `r $^$ x` had stopped evaluate with a parser traceback after all its inference, and `$x^2$`
+  had read "x²": a path review). Characters the font lacks (CJK names) are said in one warning
+  that names them, where matplotlib had warned once per character."""
+  from matplotlib.text import Text  # pylint: disable=g-import-not-at-top
+  for text in fig.findobj(Text):
+    text.set_parse_math(False)
   fmt = pathlib.Path(path).suffix.lstrip('.') or 'png'  # (The temp's name has no suffix.)
-  atomic_folder.write_file(path, lambda tmp: fig.savefig(tmp, bbox_inches='tight', format=fmt))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    fig.tight_layout()
+    atomic_folder.write_file(path, lambda tmp: fig.savefig(tmp, bbox_inches='tight', format=fmt))
+  missing = set()
+  for w in caught:
+    if m := _MISSING_GLYPH.match(str(w.message)):
+      missing.add(chr(int(m.group(1))))
+    else:
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+  if missing:
+    warnings.warn(f"{pathlib.Path(path).name}: the figure's font has no glyph for "
+                  f"{''.join(sorted(missing))!r}; they are drawn as boxes", stacklevel=2)
+
+
+_MISSING_GLYPH = re.compile(r'Glyph (\d+) .*missing from (current )?font')
 
 
 def plot_confusion(cm: np.ndarray, path: pathlib.Path, title: str,
