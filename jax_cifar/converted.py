@@ -93,7 +93,7 @@ def _is_converted(path: str) -> bool:
 def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True') -> None:
   """Raises FileExistsError unless `path` is free, or `overwrite` and it holds only a previous
   converter output (or nothing): replacing must never delete files the converter did not write."""
-  if why := workdir.not_utf8(path):
+  if why := workdir.orbax_cannot_use(path):
     raise OutputPathError(f'output {why}')
   if not os.path.lexists(path):
     _check_parent(path)
@@ -179,7 +179,7 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
   """metadata.json of a `save_converted` checkpoint (checked to hold `arch` if given): what a run
   checks before it reads any data."""
   path = os.path.expanduser(path)
-  if why := workdir.not_utf8(path):
+  if why := workdir.orbax_cannot_use(path):
     raise ConversionError(f'converted checkpoint {why}')
   meta_file = os.path.join(path, _METADATA_FILE)
   if not os.path.isfile(meta_file):

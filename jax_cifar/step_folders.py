@@ -93,7 +93,7 @@ class Damaged(Exception):
 def restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   """Runs `restore_fn` for one step folder, sorting failures: Damaged (missing or unreadable
   files) or CheckpointError (complete files of another model/optimizer structure)."""
-  if why := workdir_lib.not_utf8(step_dir):  # (Not damage: orbax cannot open such a path.)
+  if why := workdir_lib.orbax_cannot_use(step_dir):  # (Not damage: orbax cannot open such a path.)
     raise CheckpointError(f'checkpoint {why}')
   missing = [f for f in _REQUIRED_FILES if not (step_dir / f).exists()]
   if missing:

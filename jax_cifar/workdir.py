@@ -121,15 +121,22 @@ class Lock:
       self._fd = None
 
 
-def not_utf8(path: str | os.PathLike) -> str | None:
-  """None for a path orbax and tensorstore can use, else why not: they take UTF-8 paths only, and a
-  name of other bytes had trained up to its first save, then failed there (a bad-input review)."""
+def orbax_cannot_use(path: str | os.PathLike) -> str | None:
+  """None for a path orbax and tensorstore can use, else why not:
+  - they take UTF-8 paths only, and a name of other bytes had trained up to its first save, then
+    failed there (a bad-input review);
+  - tensorstore reads a backslash as a folder separator: a run in `runs/a\\b` had its arrays
+    written to `runs/a/b`, finished "Done", and its resume called the checkpoint damaged (a path
+    review)."""
   try:
     os.fspath(path).encode('utf-8')
-    return None
   except UnicodeEncodeError:
     return (f'{os.fsencode(path)!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint '
             'files) take only those: rename it')
+  if '\\' in os.fspath(path):
+    return (f'{os.fspath(path)!r} holds a backslash, which tensorstore (the checkpoint files) reads '
+            'as a folder separator, so the files would go to another folder: rename it')
+  return None
 
 
 def why_unwritable(folder: str | os.PathLike) -> str | None:

@@ -18,7 +18,7 @@ def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.L
   the processes do not share, and to start over in one that already holds a run. A folder this
   launch `created` is removed when it is refused."""
   lock = None
-  if why := workdir_lib.not_utf8(workdir):  # (Every process: before the first collective.)
+  if why := workdir_lib.orbax_cannot_use(workdir):  # (Every process: before the first collective.)
     raise workdir_lib.WorkdirError(f'workdir {why}')
   with parallel.fail_together(f'claiming the workdir {workdir}'):
     if jax.process_index() == 0:
