@@ -1,5 +1,6 @@
 """The training loop: build state, restore, iterate, log, evaluate, checkpoint."""
 
+import collections
 import dataclasses
 import functools
 import math
@@ -77,6 +78,14 @@ def make_validator(config, graphdef, mesh) -> inference.Predictor:
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+# Python waits for a step once it has queued the next STEPS_AHEAD: the device always has work, and a
+# stop (SIGTERM, Ctrl-C) saves within that many steps. The loop had waited only at log steps
+# (train.log_every_steps, 20 by default), so a SIGTERM saved 20 steps later than it said, slow
+# steps could outlast SLURM's 30 s KillWait, and the bar counted steps queued, not done (11
+# step/s falling to 1.8: a log-file review).
+STEPS_AHEAD = 2
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per `config`, writing config.json, metrics.jsonl and checkpoints/ into `workdir`.
 
@@ -215,10 +224,14 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     pending, t_last = [], now
 
   error = None  # How the loop ended, for wandb (not sys.exc_info(): a caller's exception too).
+  in_flight = collections.deque()  # The metrics of the steps not yet waited for.
   try:
     for step in range(start_step + 1, last_step + 1):
       leaves, metrics = train_step_fn(leaves, next(batches))
       pending.append(metrics)
+      in_flight.append(metrics)
+      if len(in_flight) > STEPS_AHEAD:  # See STEPS_AHEAD.
+        jax.block_until_ready(in_flight.popleft())
       if step == start_step + 1:  # A launch's first step compiles: timed apart, not as training
         jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
         first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
