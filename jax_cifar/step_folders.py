@@ -101,12 +101,38 @@ def restore_step(step_dir: pathlib.Path, restore_fn) -> Any:
   errors.drop_library_noise()  # A failed read's leftovers print pages, some during the restore.
   try:
     return restore_fn()
-  except (ValueError, KeyError, TypeError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
+    cause = root_cause(e)
+    if why := _not_the_files(e, cause):
+      raise CheckpointError(f'cannot read the checkpoint {step_dir}: {why} ({one_line(e, 200)}); '
+                            'its files are not damaged and were left as they are') from e
+    if not isinstance(e, (ValueError, KeyError, TypeError)):
+      raise Damaged(cause) from e
     if isinstance(e, json.JSONDecodeError) or str(e).startswith(_UNREADABLE):  # A file is cut.
       raise Damaged(f'unreadable file: {one_line(e, 240)}') from e
     raise StructureMismatch(step_dir, *_mismatch(str(e))) from e  # Complete files, another tree.
-  except Exception as e:  # pylint: disable=broad-except  (tensorstore: unreadable array data)
-    raise Damaged(root_cause(e)) from e
+
+
+# Failures of a read that say nothing about the files: permission, open files, memory. They had
+# been taken as damage, and a resume moved an intact newest step aside and trained on from an
+# older one, exiting 0 (a resource review).
+_NOT_THE_FILES = (
+    (('PERMISSION_DENIED', 'Permission denied', 'errno 13)', "os_error_code='13'"),
+     'permission denied: give this user read access to its files'),
+    (('Too many open files', 'errno 24)', "os_error_code='24'"),
+     'too many open files: raise the limit (ulimit -n)'),
+    (('RESOURCE_EXHAUSTED', 'Cannot allocate memory', 'errno 12)', "os_error_code='12'",
+      'out of memory'),
+     'out of memory: free some, or use a machine with more'))
+
+
+def _not_the_files(e: BaseException, cause: str) -> str | None:
+  if isinstance(e, MemoryError) or isinstance(e.__cause__ or e.__context__, MemoryError):
+    return _NOT_THE_FILES[2][1]
+  if isinstance(e, PermissionError):
+    return _NOT_THE_FILES[0][1]
+  text = f'{e} {cause}'
+  return next((why for marks, why in _NOT_THE_FILES if any(m in text for m in marks)), None)
 
 
 def step_folder(workdir: str | pathlib.Path, step: int) -> pathlib.Path:

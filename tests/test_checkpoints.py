@@ -1,8 +1,10 @@
 """Damaged checkpoints: named, skipped for the newest intact step on resume, never deleted."""
 
 import logging
+import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -432,3 +434,53 @@ def test_evaluating_a_damaged_latest_names_it_and_never_falls_back_to_an_older_s
   with pytest.raises(checkpoints.CheckpointError, match=r'damaged checkpoint .*step 9 '):
     state_lib.restore(_config(0), workdir, 'latest')
   assert int(state_lib.restore(_config(0), workdir, 'latest', fallback=True)[2]) == 6
+
+
+def _unreadable_by_this_user(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  arrays = [p for p in (step_dir / 'default').rglob('*') if p.is_file() and '/d/' in str(p)]
+  for p in arrays:
+    p.chmod(0)
+  return arrays
+
+
+def test_a_step_this_user_cannot_read_stops_the_resume_and_is_not_set_aside(run9, tmp_path):
+  """Unreadable files (permissions) had been taken as damage: the intact newest step was moved
+  to checkpoints/damaged and the run trained on from the step before, exiting 0 (a review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  _unreadable_by_this_user(workdir / 'checkpoints' / 'latest' / '9')
+  before, metrics = _listing(workdir), (workdir / 'metrics.jsonl').read_bytes()
+  code = ('import sys\nsys.path.insert(0, sys.argv[1])\nimport test_checkpoints as t\n'
+          'from jax_cifar.training import trainer\n'
+          'trainer.train_and_evaluate(t._config(12), sys.argv[2])\n')
+  drop = [] if os.geteuid() else ['setpriv', '--inh-caps=-dac_override,-dac_read_search',
+                                  '--bounding-set=-dac_override,-dac_read_search']
+  out = subprocess.run(drop + [sys.executable, '-c', code, str(pathlib.Path(__file__).parent),
+                               str(workdir)], capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0, out.stderr[-2000:]
+  assert (f'cannot read the checkpoint {workdir}/checkpoints/latest/9: permission denied: give '
+          'this user read access to its files (PERMISSION_DENIED') in out.stderr, out.stderr[-2000:]
+  assert 'its files are not damaged and were left as they are' in out.stderr
+  assert 'Damaged checkpoint' not in out.stderr
+  assert not (workdir / 'checkpoints' / 'damaged').exists()
+  assert _listing(workdir) == before and (workdir / 'metrics.jsonl').read_bytes() == metrics
+
+
+@pytest.mark.parametrize('failure, why', [
+    (MemoryError(), 'out of memory: free some'),
+    (ValueError('UNKNOWN: Error reading local file "x/d/1": Failed to open: "x/d/1": Too many '
+                "open files [os_error_code='24']"), 'too many open files: raise the limit'),
+    (PermissionError(13, 'Permission denied'), 'permission denied: give this user read access'),
+])
+def test_a_read_failure_of_the_machine_not_the_files_is_not_damage(tmp_path, failure, why):
+  step_dir = tmp_path / 'checkpoints' / 'latest' / '3'
+  for name in step_folders._REQUIRED_FILES:  # pylint: disable=protected-access
+    (step_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (step_dir / name).write_text('{}')
+
+  def fail():
+    raise failure
+  with pytest.raises(step_folders.CheckpointError, match=f'^cannot read the checkpoint {step_dir}: '
+                                                         f'{why}') as raised:
+    step_folders.restore_step(step_dir, fail)
+  assert not isinstance(raised.value, step_folders.StructureMismatch)
