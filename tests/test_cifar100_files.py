@@ -193,6 +193,25 @@ def test_truncated_pickle_gives_one_line_error(tmp_path, small_tree, keep):
   assert_one_line(error, str(path))
 
 
+def test_running_out_of_memory_while_reading_is_not_called_a_corrupt_file(tmp_path):
+  """Under `ulimit -v`, evaluate had said "corrupt or truncated pickle (MemoryError: )", which
+  would have a user delete good data (a resource review)."""
+  path = tmp_path / 'train'
+  with open(path, 'wb') as f:  # 300 MB of images, as the real train file's 150 MB.
+    pickle.dump({'data': np.zeros((100_000, 3072), np.uint8), 'fine_labels': [0]}, f, protocol=2)
+  code = ('import resource, sys\nfrom jax_cifar.data import cifar100\n'
+          'usage = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()\n'
+          'resource.setrlimit(resource.RLIMIT_AS, (usage + 150 * 2**20, resource.RLIM_INFINITY))\n'
+          'try:\n  cifar100.read_pickle(sys.argv[1])\n'
+          'except cifar100.DataError as e:\n  print(e)\n')
+  out = subprocess.run([sys.executable, '-c', code, str(path)], capture_output=True, text=True,
+                       timeout=120)
+  assert out.stdout.strip() == (f'{path}: out of memory while reading it (the file is not at fault; '
+                                'about 293 MiB of images): free some memory or raise the limit '
+                                '(ulimit -v)'), (out.stdout, out.stderr[-1500:])
+  assert cifar100.read_pickle(path)['data'].shape == (100_000, 3072)  # With memory: it reads.
+
+
 @pytest.mark.parametrize('suffix', ['.tar.gz', '.tar.xz', '.tar'])
 def test_archive_is_extracted_next_to_itself(tmp_path, small_tree, suffix):
   archive = make_archive(small_tree, tmp_path / f'cifar-100-python{suffix}')

@@ -71,12 +71,23 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
     raise DataError(f'{path}: cannot be read ({e.strerror or e})') from None
   except safe_pickle.DisallowedGlobal as e:
     raise DataError(f'{path}: refused unsafe pickle ({e})') from None
+  except MemoryError:  # It had read "corrupt or truncated pickle (MemoryError: )" (a review).
+    raise DataError(f'{path}: out of memory while reading it (the file is not at fault; about '
+                    f'{_size_text(path)} of images): free some memory or raise the limit '
+                    '(ulimit -v)') from None
   except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
     raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
     raise DataError(f'{path}: expected a dict, got {type(obj).__name__}')
   done = {}
   return {_to_str(k, done): _to_str(v, done) for k, v in obj.items()}
+
+
+def _size_text(path: pathlib.Path) -> str:
+  try:
+    return f'{path.stat().st_size / 2**20:.0f} MiB'
+  except OSError:
+    return 'its size'
 
 
 # ------------------------------------------------------------------ loading
