@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -61,10 +62,26 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
 HOST = re.sub(r'[^A-Za-z0-9]', '', socket.gethostname())[:40] or 'host'
 
 
+def temp_base(name: str) -> str:
+  """`name` as temp files of it carry it: a long name is cut (at a character) and a digest of the
+  whole added, so that the temp's own name stays within the 255 bytes a file name may have. A
+  244-byte --output had been converted, then refused with "File name too long" for the temp's name
+  (a path review)."""
+  raw = name.encode('utf-8', 'surrogateescape')
+  if len(raw) <= _LONG_NAME:
+    return name
+  digest = hashlib.sha1(raw).hexdigest()[:8]
+  return raw[:_LONG_NAME - 10].decode('utf-8', 'ignore') + f'~{digest}'
+
+
+_LONG_NAME = 150  # Bytes; a temp adds at most ~70 to it (.tmp-HOST-PID-RANDOM.old).
+
+
 def temp_name(path: str) -> str:
   """A fresh temp sibling of `path` (.NAME.tmp-HOST-PID-RANDOM) that remove_stale_temps knows."""
   parent, base = os.path.split(path)
-  return os.path.join(parent, f'.{base}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  return os.path.join(parent,
+                      f'.{temp_base(base)}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
 
 
 # Temps named before hosts were (.NAME.tmp-PID-RANDOM) may be another host's: removed only once
@@ -87,7 +104,7 @@ def remove_stale_temps(path: str) -> None:
   (their pid is gone); another host's are left alone."""
   parent, base = os.path.split(os.path.abspath(path))  # ('x.json' alone: its dirname is ''.)
   pattern = re.compile(
-      rf'^\.{re.escape(base)}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
+      rf'^\.{re.escape(temp_base(base))}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):
     m = pattern.match(name)
     stale = os.path.join(parent, name)

@@ -29,7 +29,7 @@ import numpy as np
 
 from absl import logging
 
-from jax_cifar import cli, errors
+from jax_cifar import atomic_folder, cli, errors
 from jax_cifar import workdir
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import NUM_CLASSES
@@ -126,7 +126,8 @@ def remove_stale_parts(path: str | os.PathLike) -> list[pathlib.Path]:
   """
   path = pathlib.Path(path)
   removed = []
-  for part in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.part')):
+  base = atomic_folder.temp_base(path.name)
+  for part in sorted(path.parent.glob(f'.{glob.escape(base)}.*.part')):
     try:
       fd = os.open(part, os.O_RDWR)
     except OSError:
@@ -165,7 +166,8 @@ class SubmissionWriter:
     self._done = False
 
   def __enter__(self) -> SubmissionWriter:
-    fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f'.{self.path.name}.', suffix='.part')
+    fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix='.part',
+                               prefix=f'.{atomic_folder.temp_base(self.path.name)}.')
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Marks it in use for remove_stale_parts.
     except OSError:  # A file system without locks: stale files are then kept, never ours removed.
