@@ -226,13 +226,19 @@ def _read_json(path: pathlib.Path) -> Any:
 
 def remove_if_untouched(workdir: pathlib.Path) -> bool:
   """Removes a workdir this launch created, when the launch failed before writing anything into
-  it (it holds only its lock and empty checkpoint folders), so a failed start leaves no folder."""
-  allowed = {LOCK_FILE, 'checkpoints', 'checkpoints/latest', 'checkpoints/best'}
+  it (it holds only its lock, empty checkpoint folders and empty record files), so a failed start
+  leaves no folder. (A full disk had left an empty launches.jsonl, and the folder: a review.)"""
+  folders = {'checkpoints', 'checkpoints/latest', 'checkpoints/best'}
+  empty_files = {CONFIG_FILE, LAUNCHES_FILE, METRICS_FILE}
   try:
     entries = {str(p.relative_to(workdir)) for p in workdir.rglob('*')}
+    if not (entries <= folders | empty_files | {LOCK_FILE}
+            and all((workdir / e).is_dir() and not (workdir / e).is_symlink() for e in
+                    entries & folders)
+            and all((workdir / e).is_file() and not (workdir / e).is_symlink()
+                    and (workdir / e).stat().st_size == 0 for e in entries & empty_files)):
+      return False
   except OSError:
-    return False
-  if not entries <= allowed or any((workdir / e).is_file() for e in entries - {LOCK_FILE}):
     return False
   shutil.rmtree(workdir, ignore_errors=True)
   return True

@@ -471,3 +471,43 @@ def test_resuming_a_run_does_not_call_its_own_files_foreign(tmp_path, caplog):
   lock = claim.claim_workdir(config, tmp_path, created=False)
   lock.release()
   assert not [r for r in caplog.records if 'other entr' in r.getMessage()], caplog.text
+
+
+def _fresh_folder(tmp_path: pathlib.Path) -> pathlib.Path:
+  workdir = tmp_path / 'new'
+  for sub in ('checkpoints/latest', 'checkpoints/best'):
+    (workdir / sub).mkdir(parents=True)
+  (workdir / workdir_lib.LOCK_FILE).write_text('pid 1 on host')
+  return workdir
+
+
+@pytest.mark.parametrize('empty', [(), (workdir_lib.LAUNCHES_FILE,),
+                                   (workdir_lib.LAUNCHES_FILE, workdir_lib.CONFIG_FILE,
+                                    workdir_lib.METRICS_FILE)])
+def test_a_created_folder_holding_only_empty_records_is_removed(tmp_path, empty):
+  """A full disk stops a first launch at its first record, left empty (launches.jsonl): the
+  folder it had created stayed behind (a resource review)."""
+  workdir = _fresh_folder(tmp_path)
+  for name in empty:
+    (workdir / name).touch()
+  assert workdir_lib.remove_if_untouched(workdir) and not workdir.exists()
+
+
+@pytest.mark.parametrize('how', ['launches_with_a_line', 'metrics_link', 'other_empty_file',
+                                 'file_in_checkpoints', 'checkpoints_link'])
+def test_a_created_folder_holding_anything_written_is_kept(tmp_path, how):
+  workdir = _fresh_folder(tmp_path)
+  if how == 'launches_with_a_line':
+    (workdir / workdir_lib.LAUNCHES_FILE).write_text('{}\n')
+  elif how == 'metrics_link':
+    (tmp_path / 'elsewhere').touch()
+    (workdir / workdir_lib.METRICS_FILE).symlink_to(tmp_path / 'elsewhere')
+  elif how == 'other_empty_file':
+    (workdir / 'notes.txt').touch()
+  elif how == 'file_in_checkpoints':
+    (workdir / 'checkpoints' / 'latest' / '3').touch()
+  else:
+    shutil.rmtree(workdir / 'checkpoints' / 'best')
+    (tmp_path / 'best').mkdir()
+    (workdir / 'checkpoints' / 'best').symlink_to(tmp_path / 'best')
+  assert not workdir_lib.remove_if_untouched(workdir) and workdir.exists()
