@@ -44,6 +44,7 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
   starting.install()
 
 # pylint: disable=wrong-import-position
+import contextlib
 import dataclasses
 import functools
 import json
@@ -297,7 +298,8 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
           workdir_path / f'ood_{tag}.png' if keeps else None,
           run_name=run_name, draw_later=draw_later, kept=kept))
     if keeps and jax.process_index() == 0:
-      eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
+      with _result_kept_on_failure(result):
+        eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
       stale = workdir_path / f'ood_{tag}.png'
       if ood_files and 'ood_accuracy' not in result and stale.is_file():  # A set without labels
         stale.unlink()  # replaced a labelled one's numbers: its figure goes too, and is named.
@@ -313,11 +315,32 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     raise
   if kept:
     kept.clear()
-  for draw in draw_later:
-    draw()
+  with _result_kept_on_failure(result):
+    for draw in draw_later:
+      draw()
   if jax.process_index() == 0:
     output_files.say_written(workdir_path, tag, before, csv_path if ood_files else None)
   return result
+
+
+@contextlib.contextmanager
+def _result_kept_on_failure(result: dict):
+  """An OSError while writing the results (a full disk) carries them, and main() prints them
+  before its error line: they had been lost, to be computed again (a resource review)."""
+  try:
+    yield
+  except OSError as e:
+    e.unwritten_result = result
+    raise
+
+
+def _scalars(result: dict) -> dict:
+  """The result line's numbers: the scalars, and --tent's settings flat (a --tent line had read
+  as a plain --bn_adapt one)."""
+  scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+  if result.get('tent'):
+    scalars.update({f'tent_{k}': v for k, v in result['tent'].items()})
+  return scalars
 
 
 def _tent_options() -> tent_lib.TentOptions | None:
@@ -364,12 +387,13 @@ def main(argv):
     print('error: stopped by SIGINT', file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
   except Exception as e:  # pylint: disable=broad-except
+    if (unwritten := getattr(e, 'unwritten_result', None)) is not None:
+      print(json.dumps(_scalars(unwritten)), flush=True)
+      print('note: the numbers were computed (the line above) but could not all be written:',
+            file=sys.stderr, flush=True)
     cli.fail_or_raise(e)  # Bad input: one `error:` line, in one write; a bug keeps its traceback.
-  scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
-  if result.get('tent'):  # Its settings, flat: a --tent line had read as a plain --bn_adapt one.
-    scalars.update({f'tent_{k}': v for k, v in result['tent'].items()})
   if jax.process_index() == 0:  # One result line per run, not one per process (a walkthrough).
-    print(json.dumps(scalars), flush=True)
+    print(json.dumps(_scalars(result)), flush=True)
 
 
 if __name__ == '__main__':

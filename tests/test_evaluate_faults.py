@@ -403,3 +403,32 @@ def test_with_several_processes_only_a_collective_check_acts_on_a_signal(monkeyp
   with pytest.raises(interrupt.Interrupted) as stopped:  # No signal here, one elsewhere.
     interrupt.StopFlag().check(collective=True)
   assert (stopped.value.name, stopped.value.exit_code) == ('a signal to another process', 143)
+
+
+@pytest.mark.parametrize('limit, unwritten', [(512, 'eval_latest.json'),
+                                              (32 * 1024, 'confusion_latest.png')])
+def test_a_full_disk_while_writing_the_results_still_prints_their_numbers(run, tmp_path, limit,
+                                                                          unwritten):
+  """A full disk at the eval JSON had ended in its error line alone: numbers computed for an hour
+  (the 950,000-image set) were lost, to be computed again (a resource review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir)
+  for old in [*workdir.glob('eval_latest*'), *workdir.glob('confusion_latest*')]:
+    old.unlink()
+  code = ('import resource, runpy, signal, sys\nimport jax\n'
+          # The compilation cache is read, never written: an entry cut at the limit would stay.
+          "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 2**62)\n"
+          'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+          f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n'
+          "sys.argv = ['jax_cifar.evaluate'] + sys.argv[1:]\n"
+          "runpy.run_module('jax_cifar.evaluate', run_name='__main__')\n")
+  out = subprocess.run([sys.executable, '-c', code, '--config', str(run / 'config.py'),
+                        '--workdir', str(workdir), '--checkpoint', 'latest'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1, out.stderr[-3000:]
+  numbers = json.loads(out.stdout.strip().splitlines()[-1])
+  assert 0 <= numbers['test_accuracy'] <= 1 and numbers['step'] == 1, numbers
+  lines = [l for l in out.stderr.splitlines() if l.startswith(('note: the numbers', 'error: '))]
+  assert lines[-2:] == [
+      'note: the numbers were computed (the line above) but could not all be written:',
+      f'error: {workdir / unwritten}: File too large (disk full)'], out.stderr[-3000:]
