@@ -1,8 +1,10 @@
 """Run reports: figures, the markdown summary and stale-evaluation warnings, from small fake run
 directories (no training). The evaluation figures themselves: test_figures.py."""
 
+import errno
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -449,3 +451,40 @@ def test_a_plain_evaluation_of_a_step_is_shown_before_an_adapted_one(tmp_path):
       {'test_accuracy': 0.3, 'tta': 'none', 'bn_adapt': False, 'tent': None}))
   row = report.summary_rows([report.load_run(run)])[0]
   assert (row['run'], row['test_accuracy']) == ('run', 0.3)
+
+
+def _report_with_file_limit(runs: list, out, limit: int) -> subprocess.CompletedProcess:
+  code = ('import resource, signal, sys\nfrom jax_cifar.evaluation import report\n'
+          'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+          f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n'
+          'sys.exit(report.main(sys.argv[1:]))\n')
+  return subprocess.run([sys.executable, '-c', code, *map(str, runs), '--out', str(out)],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_earlier_summary_whole(tmp_path):
+  """summary.md had been written in place: a full disk left it empty (or cut an earlier one),
+  the error named no file, and a folder the report made stayed behind, empty (a review)."""
+  fake_run(tmp_path / 'a', 1.0, lr=0.1)
+  out = tmp_path / 'new' / 'report'
+  failed = _report_with_file_limit([tmp_path / 'a'], out, 1024)  # Below any figure's size.
+  assert failed.returncode == 1
+  assert failed.stderr.strip() == f'error: {out / "figure1_loss.png"}: File too large (disk full)'
+  assert not out.exists()
+
+
+def test_a_summary_cut_by_a_full_disk_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+  fake_run(tmp_path / 'a', 1.0, lr=0.1)
+  out = tmp_path / 'report'
+  assert report.main([str(tmp_path / 'a'), '--out', str(out)]) == 0
+  summary = (out / 'summary.md').read_bytes()
+  write_text = pathlib.Path.write_text
+
+  def disk_fills(path, text, *args, **kwargs):  # Half the text reaches the disk, then ENOSPC.
+    write_text(path, text[:len(text) // 2], *args, **kwargs)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+  monkeypatch.setattr(pathlib.Path, 'write_text', disk_fills)
+  assert report.main([str(tmp_path / 'a'), '--out', str(out)]) == 1
+  assert (out / 'summary.md').read_bytes() == summary
+  assert sorted(p.name for p in out.iterdir()) == [
+      'figure1_loss.png', 'figure2_accuracy.png', 'figure3_learning_rate.png', 'summary.md']

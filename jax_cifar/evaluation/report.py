@@ -10,6 +10,7 @@ pyplot, so importing this module never changes the user's matplotlib backend.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
@@ -17,7 +18,7 @@ import sys
 
 from flax import traverse_util
 
-from jax_cifar import cli, errors, tracking, workdir
+from jax_cifar import atomic_folder, cli, errors, tracking, workdir
 from jax_cifar.data import cifar100
 from jax_cifar.evaluation import curves, stale_evals
 
@@ -352,8 +353,18 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
     raise ReportError(f'--out {out} is a file: give a folder for the figures and summary.md')
   runs = [load_run(d, label) for d, label in zip(run_dirs, unique_labels(run_dirs))]
-  out = pathlib.Path(out)
+  created = not out.exists()
   out.mkdir(parents=True, exist_ok=True)
+  try:
+    return _write_report(runs, out)
+  except BaseException:
+    if created:  # A folder this call made and left empty (a full disk) is not left behind.
+      with contextlib.suppress(OSError):
+        out.rmdir()
+    raise
+
+
+def _write_report(runs: list[dict], out: pathlib.Path) -> tuple[list[pathlib.Path], list[str]]:
   fig1, fig2, fig3 = out / 'figure1_loss.png', out / 'figure2_accuracy.png', out / 'figure3_learning_rate.png'
   md = out / 'summary.md'
   # The tables first: a run they cannot summarise fails before any earlier file is replaced.
@@ -378,7 +389,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
            f'No run logged a learning rate ({" or ".join(curves.LR_KEYS)}): no Figure 3.\n']
   if not has_lr:
     fig3.unlink(missing_ok=True)  # Not one left over from an earlier report on other runs.
-  md.write_text('\n'.join(text))
+  atomic_folder.write_file(md, lambda tmp: pathlib.Path(tmp).write_text('\n'.join(text)))
   return [fig1, fig2] + ([fig3] if has_lr else []) + [md], warnings
 
 
@@ -390,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     paths, warnings = write_report(args.runs, args.out)
-  except (errors.UserError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except (errors.UserError, OSError) as e:  # (A full disk: `PATH: reason (disk full)`, as the
+    print(f'error: {errors.user_message(e) or e}', file=sys.stderr)  # other tools say it.)
     return 1
   for w in warnings:
     print(f'warning: {w}', file=sys.stderr)
