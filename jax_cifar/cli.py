@@ -303,10 +303,25 @@ def quiet_libraries() -> None:
   handler = logging.get_absl_handler().python_handler
   if not isinstance(handler.formatter, PlainWarnings):
     handler.setFormatter(PlainWarnings(handler.formatter))
-  logging.get_absl_logger().addFilter(
-      lambda record: '/orbax/' not in record.pathname or record.levelno >= std_logging.CRITICAL)
+  hide_orbax_logs()
+
+
+def hide_orbax_logs() -> None:
+  """orbax's own error logs off (below CRITICAL): a failed save's cause reaches the user in the
+  tool's one `error:` line, where orbax had logged each failed write thread's traceback first
+  (`_SignalingThread.run() raised an exception`, ~200 lines from `convert` on a full disk)."""
+  absl_logger = logging.get_absl_logger()
+  if not any(getattr(f, 'hides_orbax', False) for f in absl_logger.filters):
+    absl_logger.addFilter(_hide_orbax)
   # orbax's failed write tasks, reported again by asyncio when they are garbage collected.
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+
+
+def _hide_orbax(record: std_logging.LogRecord) -> bool:
+  return '/orbax/' not in record.pathname or record.levelno >= std_logging.CRITICAL
+
+
+_hide_orbax.hides_orbax = True
 
 
 class PlainWarnings(std_logging.Formatter):

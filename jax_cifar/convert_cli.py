@@ -237,6 +237,8 @@ def _download(arch: str, name: str) -> str:
 
 def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
   """(state_dict, where it came from) for --state_dict FILE or --weights NAME."""
+  if args.state_dict:  # ('~/r50.pth' from Python or a config file, where no shell expands it.)
+    args.state_dict = os.path.expanduser(args.state_dict)
   if args.state_dict and os.path.isdir(args.state_dict):
     raise errors.ConfigError(f'--state_dict {args.state_dict} is a folder; give the .pth file')
   if args.state_dict and not os.path.isfile(args.state_dict):
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
   # Our progress at INFO; the libraries' INFO chatter (orbax's metadata-store lines) stays hidden.
   logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
   log.setLevel(logging.INFO)
+  cli.hide_orbax_logs()
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
   try:

@@ -504,3 +504,34 @@ def test_a_training_run_given_as_converted_weights_points_to_init_from(tmp_path)
       rf'^{tmp_path} is not a converted checkpoint \(no metadata.json\): it is a jax-cifar '
       rf'training run; start from its weights with model.init_from={tmp_path}')):
     convert.read_metadata(str(tmp_path))
+
+
+def test_a_home_relative_state_dict_is_read(script, tmp_path, capsys, monkeypatch):
+  """'~/r18.pth' had been "no such file" (from Python or a config file no shell expands it), while
+  --output took '~' (a path review)."""
+  sd = _resnet18_state_dict(3)
+  torch.save(sd, tmp_path / 'r18.pth')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  rc, err = _run_main(script, capsys, ['--arch', 'resnet18', '--state_dict', '~/r18.pth',
+                                       '--output', '~/out'])
+  assert rc == 0, err
+  np.testing.assert_array_equal(convert.read_converted(str(tmp_path / 'out'))[1]['fc.kernel'],
+                                sd['fc.weight'].numpy().T)
+
+
+def test_a_full_disk_is_one_error_line_without_orbaxs_thread_tracebacks(tmp_path):
+  """orbax logged each failed write thread's traceback (`_SignalingThread.run() raised an
+  exception`, ~200 lines) above the converter's own error line (a resource review)."""
+  torch.save(_resnet18_state_dict(0), tmp_path / 'r18.pth')
+  code = ('import resource, signal, sys\nfrom jax_cifar import convert_cli\n'
+          'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+          'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n'
+          'sys.exit(convert_cli.main(sys.argv[1:]))\n')
+  out = subprocess.run([sys.executable, '-c', code, '--arch', 'resnet18', '--state_dict',
+                        str(tmp_path / 'r18.pth'), '--output', str(tmp_path / 'out')],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 1, out.stderr[-3000:]
+  lines = [l for l in out.stderr.splitlines() if 'convert: loaded' not in l
+           and 'convert: converted' not in l]
+  assert lines == [f'error: writing {tmp_path / "out"} failed: File too large (disk full); '
+                   'nothing was written there'], out.stderr[-3000:]

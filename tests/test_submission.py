@@ -446,3 +446,11 @@ def test_writer_refuses_a_repeated_or_skipped_distortion_file(tmp_path):
         for d in order:
           w.add(d, _labels(d))
   assert not list(tmp_path.iterdir())
+
+
+def test_a_home_relative_csv_is_checked(tmp_path, monkeypatch):
+  """'~/sub.csv' from Python (or quoted) had been "cannot read ... '~/sub.csv'" (a path review)."""
+  _write(tmp_path / 'sub.csv')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  assert submission.check_submission('~/sub.csv', num_images=N).startswith('OK')
+  assert submission.main(['check', '~/sub.csv', '--num_images', str(N)]) == 0

@@ -245,7 +245,9 @@ def check_submission(path: str | os.PathLike, ood_dir: str | os.PathLike | None 
   The images per distortion file come from `ood_dir`'s files, or `num_images`; with neither they
   are inferred from the row count, which then cannot show whole images missing (the summary says
   so)."""
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).expanduser()  # (From Python, a quoted '~/s.csv': no shell expands.)
+  if ood_dir is not None:
+    ood_dir = pathlib.Path(ood_dir).expanduser()
   try:
     # Rows end in '\n' (or '\r\n'); str.splitlines would also split inside a row at \x0b,
     # \x1c, \u2028 and the like. Blank lines after the last row are tolerated.
