@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -252,7 +253,7 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
     raise ConversionError(
         f'{path} is a damaged converted checkpoint ({type(e).__name__}: '
         f'{step_folders.root_cause(e)}); convert the '
-        f'torchvision weights again: python -m jax_cifar.convert ... --output {path} '
+        f'torchvision weights again: python -m jax_cifar.convert ... --output {shlex.quote(str(path))} '
         '--overwrite') from None
   arrays = {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
   recorded = meta.get('sha256')  # (Outputs of converters before it have none: read as they are.)
@@ -263,5 +264,5 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
     raise ConversionError(
         f'{path} is a damaged converted checkpoint: its arrays are not the ones converted (the '
         f'sha256 in its {_METADATA_FILE} differs); convert the torchvision weights again: '
-        f'python -m jax_cifar.convert ... --output {path} --overwrite')
+        f'python -m jax_cifar.convert ... --output {shlex.quote(str(path))} --overwrite')
   return meta, arrays

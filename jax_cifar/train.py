@@ -7,6 +7,8 @@ if __name__ == '__main__':  # A signal while the libraries load: one line, no tr
   starting.install()
 
 # pylint: disable=wrong-import-position
+import os
+import shlex
 import signal
 import sys
 
@@ -65,7 +67,8 @@ def main(argv):
       # user's change, with no word of the run's own config.json (an upgrade review).
       e = resume_rules.ChangedConfig(
           f'{e}. (This launch\'s config is --config {given}, which may itself have changed since '
-          f'the run began, as shipped configs do with jax-cifar: `--workdir {FLAGS.workdir}` '
+          f'the run began, as shipped configs do with jax-cifar: `--workdir '
+          f'{shlex.quote(FLAGS.workdir)}` '
           'without --config resumes with the run\'s own config.json, overrides on top.)', e.keys)
     cli.fail_or_raise(e)
   except errors.ConfigError as e:
@@ -84,8 +87,9 @@ def main(argv):
            if step < total else '')  # (It had read as the end of the run: a walkthrough.)
   tracking.say(f'Done at step {step}: best {result["best_metric"]} '
                f'{"n/a" if best is None else f"{best:.4f}"}{short}; checkpoints in '
-               f'{FLAGS.workdir}/checkpoints, metrics in {FLAGS.workdir}/metrics.jsonl (their '
-               f'curves: python -m jax_cifar.report {FLAGS.workdir} --out DIR)')
+               f'{os.path.join(FLAGS.workdir, "checkpoints")}, metrics in '
+               f'{os.path.join(FLAGS.workdir, "metrics.jsonl")} (their '
+               f'curves: python -m jax_cifar.report {shlex.quote(FLAGS.workdir)} --out DIR)')
 
 
 def _run_config(workdir: str):

@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -511,3 +512,15 @@ def test_a_created_folder_holding_anything_written_is_kept(tmp_path, how):
     (tmp_path / 'best').mkdir()
     (workdir / 'checkpoints' / 'best').symlink_to(tmp_path / 'best')
   assert not workdir_lib.remove_if_untouched(workdir) and workdir.exists()
+
+
+def test_the_commands_the_done_line_suggests_can_be_pasted_into_a_shell(tmp_path):
+  """A workdir of spaces and quotes had been printed bare in `python -m jax_cifar.report DIR`,
+  and a trailing slash as `DIR//checkpoints` (a path review)."""
+  run = tmp_path / "my run, it's é"
+  out = train(pathlib.Path(f'{run}/'), '--config.train.max_steps=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  done = [l for l in out.stderr.splitlines() if l.startswith('Done at step 1')][0]
+  assert f'checkpoints in {run}/checkpoints, metrics in {run}/metrics.jsonl' in done, done
+  command = done[done.index('python -m jax_cifar.report'):done.index(' --out DIR')]
+  assert shlex.split(command)[3:] == [str(run)], command
