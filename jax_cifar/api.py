@@ -52,7 +52,7 @@ def create_model(name: str, num_classes: int = 100, *, pretrained: str | os.Path
 
 def run_config(run_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run was (last) launched with, from WORKDIR/config.json, validated."""
-  return workdir.run_config(pathlib.Path(run_dir).expanduser())
+  return workdir.run_config(pathlib.Path(workdir.expanded(run_dir)))
 
 
 def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
@@ -68,7 +68,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   The model takes normalised float images; `predict` does that preparation for uint8 images.
   """
   errors.folder_arg('load_model(run_dir)', run_dir)
-  run_dir = pathlib.Path(run_dir).expanduser()  # '~/runs/a' had been "is ~/runs/a a run?".
+  run_dir = pathlib.Path(workdir.expanded(run_dir))  # '~/runs/a' had been "is ~/runs/a a run?".
   asked, weights = weights is not None, 'raw' if weights is None else weights
   if weights not in checkpoints.READ_WEIGHTS:
     raise errors.ConfigError(f"weights must be one of {', '.join(checkpoints.READ_WEIGHTS)}, got {weights!r}")

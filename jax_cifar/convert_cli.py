@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
   try:
-    out = os.path.abspath(os.path.expanduser(args.output))  # ('~/w' as save_converted reads it.)
+    from jax_cifar import workdir  # pylint: disable=import-outside-toplevel  (flax: after --help)
+    out = os.path.abspath(workdir.expanded(args.output))  # ('~/w' as save_converted reads it.)
     convert.check_output(out, args.overwrite, hint='pass --overwrite')
     t = time.time()
     state_dict, source = load_state_dict(args)

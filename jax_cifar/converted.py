@@ -142,7 +142,7 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
   """
   if arch not in ARCHS:
     raise ConversionError(f'unknown arch {arch!r}; allowed: {", ".join(ARCHS)}')
-  path = os.path.abspath(os.path.expanduser(path))  # '~/w' as read_converted reads it.
+  path = os.path.abspath(workdir.expanded(path))  # '~/w' as read_converted reads it.
   check_output(path, overwrite)
   # Orbax wants string keys; list indices become '0', '1', ... and are matched back on load.
   tree = _unflatten({tuple(str(k) for k in p): np.asarray(v, np.float32)
@@ -179,7 +179,7 @@ def save_converted(pure_dict: Mapping, arch: str, path: str, *, source: str = ''
 def read_metadata(path: str, arch: str | None = None) -> dict:
   """metadata.json of a `save_converted` checkpoint (checked to hold `arch` if given): what a run
   checks before it reads any data."""
-  path = os.path.expanduser(path)
+  path = workdir.expanded(path)
   if why := workdir.orbax_cannot_use(path):
     raise ConversionError(f'converted checkpoint {why}')
   meta_file = os.path.join(path, _METADATA_FILE)
@@ -239,7 +239,7 @@ def _check_declared_size(ckptr, state_dir: str, path: str, meta: dict) -> None:
 def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
   """Returns (metadata, {dotted key: float32 numpy array}) of a `save_converted` checkpoint
   (checked to hold `arch` first, if given)."""
-  path = os.path.expanduser(path)
+  path = workdir.expanded(path)
   meta = read_metadata(path, arch)
   errors.drop_library_noise()  # A failed read's leftovers print pages.
   state_dir = os.path.abspath(os.path.join(path, _STATE_DIR))

@@ -272,8 +272,16 @@ def _run_above(inside: pathlib.Path) -> str:
 
 def expanded(path):
   """A folder the user gave, with `~` as the home folder (a str, as os.path.expanduser gives);
-  anything that is not a path (None, a step number) as it is, for the callers' own checks."""
-  return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) else path
+  anything that is not a path (None, a step number) as it is, for the callers' own checks.
+
+  A path with `..` is resolved as the OS reads it: `LINK/..` is the parent of LINK's target, while
+  Python's abspath, mkstemp and tensorstore shorten it as text to the folder holding LINK, so a run
+  in `LINK/../run` had been written in one folder and read from another ("cannot write
+  checkpoints", an intact run "damaged": a path review)."""
+  if not isinstance(path, (str, os.PathLike)):
+    return path
+  path = os.path.expanduser(path)
+  return os.path.realpath(path) if os.pardir in pathlib.PurePath(path).parts else path
 
 
 def run_config(run_dir: str | pathlib.Path):

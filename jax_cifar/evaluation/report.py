@@ -53,7 +53,7 @@ def _read_json(path: pathlib.Path, notes: list[str] | None = None, label: str = 
 
 def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
   """What a run directory holds: metrics rows, config, and the evaluation JSONs if present."""
-  run_dir = pathlib.Path(run_dir).expanduser()
+  run_dir = pathlib.Path(workdir.expanded(run_dir))
   if not run_dir.is_dir():
     what = 'a file, not a folder' if run_dir.exists() else 'no such folder'
     raise ReportError(f'{run_dir}: {what} (give training run directories)')
@@ -349,7 +349,7 @@ def write_report(run_dirs: list[str], out: str | pathlib.Path) -> tuple[list[pat
   """Draws the figures and writes summary.md; returns (files written, warning messages)."""
   if not str(out).strip():  # '' is the current folder: --out= had written the report there.
     raise ReportError('--out is empty: give the folder for the figures and summary.md')
-  out = pathlib.Path(out).expanduser()  # (--out=~/rep had written into ./~/rep.)
+  out = pathlib.Path(workdir.expanded(out))  # (--out=~/rep had written into ./~/rep.)
   if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
     raise ReportError(f'--out {out} is a file: give a folder for the figures and summary.md')
   runs = [load_run(d, label) for d, label in zip(run_dirs, unique_labels(run_dirs))]

@@ -109,7 +109,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pipeline.check_workers_can_start(config.data.worker_count)
   xla_options.check_xla_defaults()
   parallel.same_settings_everywhere(workdir_lib.flatten(config.to_dict()), 'configs')
-  workdir = pathlib.Path(workdir).expanduser()  # As load_model: '~/runs/a' had made ./~/runs/a.
+  workdir = pathlib.Path(workdir_lib.expanded(workdir))  # '~/runs/a' had made ./~/runs/a.
   # From here SIGTERM/SIGINT only set a flag: read before the first step (a stop while starting),
   # then after every step (with several processes at log steps, together): save and stop. The
   # process's own handlers come back at the end.
