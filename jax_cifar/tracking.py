@@ -232,6 +232,23 @@ def say(message: str) -> None:
     tqdm.tqdm.write(message, file=sys.stderr)
 
 
+def transient_bar(disable: bool) -> dict:
+  """tqdm's `disable` and `mininterval` for a bar removed when done (leave=False: one per
+  prediction). On a terminal it is redrawn each second. Where stderr is a file or a pipe (a SLURM
+  log, nohup, a notebook's capture) nothing can be removed: it is not drawn while another bar is
+  open, which it would sit under, redrawn each second with a new line and a cursor-up escape (66
+  such lines for a 19-file OOD set, thousands for the 950,000 images: a log-file review), and is
+  otherwise redrawn every 30 s."""
+  try:
+    terminal = sys.stderr.isatty()
+  except (AttributeError, ValueError):  # (A replaced or closed stderr.)
+    terminal = False
+  if terminal or disable:
+    return {'disable': disable, 'mininterval': 1.0}
+  others = any(not bar.disable for bar in list(getattr(tqdm.tqdm, '_instances', ())))
+  return {'disable': others, 'mininterval': 30.0}
+
+
 def progress_bar(total: int, initial: int, desc: str = 'train') -> tqdm.tqdm:
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit='step', dynamic_ncols=True,
                    disable=jax.process_index() != 0, mininterval=1.0)

@@ -63,6 +63,10 @@ def test_sigkill_keeps_the_previous_csv_and_a_relaunch_writes_the_same_bytes(run
   reference.parent.mkdir()
   proc = _evaluate(run, reference)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # stderr is a pipe, as a cluster's log file: the per-file bars, which sat under 'OOD files' and
+  # added a line and a cursor-up escape each second there, are not drawn (a log-file review).
+  assert 'OOD files' in proc.stderr and '\x1b[A' not in proc.stderr, proc.stderr[-3000:]
+  assert 'distortion00:' not in proc.stderr
   out = run / 'out' / 'sub.csv'
   out.parent.mkdir()
   previous = ''.join(line.rsplit(',', 1)[0] + ',0\n' if i else line + '\n'

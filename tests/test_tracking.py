@@ -7,10 +7,12 @@ import os
 import pathlib
 import shutil
 import struct
+import sys
 import zlib
 
 import numpy as np
 import pytest
+import tqdm
 
 from _train_cli import train
 from conftest import require_module
@@ -428,3 +430,29 @@ def test_the_exit_code_wandb_is_given_is_the_training_runs_own(tmp_path, monkeyp
   with pytest.raises(RuntimeError, match='a bug at step 1'):
     trainer.train_and_evaluate(tiny(), str(tmp_path / 'bug'))
   assert codes == [(0, False), (1, False)]
+
+
+class _Terminal:
+  """A stderr that is a terminal."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def isatty(self) -> bool:
+    return True
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def test_a_bar_removed_when_done_is_not_drawn_under_another_in_a_log(monkeypatch):
+  """In a log file (stderr not a terminal) a bar under another one gained a line and a cursor-up
+  escape each second; alone it is redrawn every 30 s, and on a terminal each second."""
+  assert tracking.transient_bar(False) == {'disable': False, 'mininterval': 30.0}
+  assert tracking.transient_bar(True) == {'disable': True, 'mininterval': 1.0}
+  with tqdm.tqdm(total=3, disable=True):  # A disabled outer bar is no bar.
+    assert tracking.transient_bar(False)['disable'] is False
+  with tqdm.tqdm(total=3, file=sys.stderr):
+    assert tracking.transient_bar(False) == {'disable': True, 'mininterval': 30.0}
+    monkeypatch.setattr(sys, 'stderr', _Terminal(sys.stderr))
+    assert tracking.transient_bar(False) == {'disable': False, 'mininterval': 1.0}

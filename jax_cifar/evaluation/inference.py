@@ -21,7 +21,7 @@ import tqdm
 from absl import logging
 
 from jax_cifar import config_validation, image_checks, interrupt, parallel, step_folders
-from jax_cifar import resume_rules, xla_options
+from jax_cifar import resume_rules, tracking, xla_options
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
 from jax_cifar import state as state_lib
@@ -130,7 +130,7 @@ class Predictor:
     desc += f' ({passes} passes)' if passes > 1 else ''  # 8 images had shown as 16/16 img.
     outs = []
     with tqdm.tqdm(total=passes * len(images), desc=desc, unit='img', leave=False,
-                   mininterval=1.0, disable=not self.progress or jax.process_index() != 0) as bar:
+                   **tracking.transient_bar(not self.progress or jax.process_index() != 0)) as bar:
       for start in range(0, len(images), chunk):
         interrupt.FLAG.check(collective=True)
         part = images[start:start + chunk]
