@@ -60,5 +60,7 @@ if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
 fi
 # (No mkdir: process 0 makes WORKDIR and removes it again when the launch is refused; the others
 # wait for it on the shared storage.)
-srun --kill-on-bad-exit=1 "${tasks[@]}" \
+# --label: each line of the job's one log begins with its task's number ("3: warning: ..."): every
+# process prints its warnings and its stop line, and 16 copies of a line had named none (a review).
+srun --kill-on-bad-exit=1 --label "${tasks[@]}" \
   python -m jax_cifar.train --config "$config" --workdir "$workdir" "$@"

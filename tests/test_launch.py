@@ -316,7 +316,8 @@ def test_slurm_script_checks_its_tasks_against_the_gpus_before_srun(tmp_path, ta
     devices = '0,1,2,3' if per_node == '1' else ''
     cpus = 8 * int(tasks.split('(')[0]) // n
     assert proc.returncode == 0 and (
-        f'--ntasks={2 * n} --ntasks-per-node={n} --cpus-per-task={cpus} '
+        f'srun --kill-on-bad-exit=1 --label --ntasks={2 * n} --ntasks-per-node={n} '
+        f'--cpus-per-task={cpus} '
         'python -m jax_cifar.train --config cfg.py '
         f'--workdir {tmp_path / "run"} [{devices}]') in proc.stdout, (proc.stdout, proc.stderr)
     env.pop('SLURM_CPUS_PER_TASK')  # An salloc without -c: no CPUs to share out, none named.
