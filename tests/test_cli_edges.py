@@ -65,3 +65,16 @@ def test_the_packaged_config_hint_is_only_for_a_file_that_is_missing(tmp_path):
   line = the_error(train(tmp_path / 'run', config=str(own), overrides={}), status=2)
   assert line.endswith('(the packaged config of that name, from any folder: --config '
                        'jax_cifar:smoke)'), line
+
+
+def test_too_many_open_files_says_which_limit_to_raise(tmp_path):
+  """`ulimit -n 12` had ended in the bare "error: Too many open files" (a resource review)."""
+  code = ('import resource, sys\nfrom jax_cifar import errors\n'
+          'files = []\nresource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n'
+          'try:\n  while True:\n    files.append(open(sys.argv[1], "rb"))\n'
+          'except OSError as e:\n  print(errors.user_message(e))\n')
+  (tmp_path / 'f').write_text('x')
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'f')], capture_output=True,
+                       text=True, timeout=60)
+  assert out.stdout.strip() == (f'{tmp_path / "f"}: Too many open files (raise the limit on open '
+                                'files: ulimit -n)'), out.stdout + out.stderr

@@ -219,8 +219,9 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     if len(pending) != config.train.log_every_steps:  # After a resume, or at a stop.
       summary['window_steps'] = len(pending)
     writer.write(step, summary)
+    speed = ({'img_s': f"{summary['images_per_sec']:.0f}"} if 'images_per_sec' in summary else {})
     bar.set_postfix(loss=f"{summary['train_loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}",
-                    img_s=f"{summary.get('images_per_sec', 0):.0f}", refresh=False)
+                    **speed, refresh=False)  # (Not img_s=0 for a row of the compiling step alone.)
     pending, t_last = [], now
 
   error = None  # How the loop ended, for wandb (not sys.exc_info(): a caller's exception too).
