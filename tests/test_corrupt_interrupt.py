@@ -78,6 +78,18 @@ def test_full_disk_is_one_error_line_and_a_rerun_finishes(source, tmp_path, refe
   assert snapshot(out) == reference
 
 
+def test_a_disk_full_before_anything_fits_leaves_no_folder_behind(source, tmp_path):
+  """The manifest cannot be written: the --out folder the run made had stayed, empty (a
+  resource review); one that existed before stays."""
+  out = tmp_path / 'new' / 'set'
+  line = error_line(run(source, out, *ARGS, max_file_bytes=0))
+  assert 'corrupt_manifest.json' in line and 'File too large' in line, line
+  assert not out.exists() and (tmp_path / 'new').is_dir()
+  out.mkdir()
+  error_line(run(source, out, *ARGS, max_file_bytes=0))
+  assert out.is_dir() and list(out.iterdir()) == []
+
+
 def test_a_second_writer_is_refused(source, tmp_path):
   out = tmp_path / 'set'
   out.mkdir()

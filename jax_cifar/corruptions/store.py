@@ -192,6 +192,7 @@ class OutputDir:
     self._manifest_text = None  # As last read or written.
     self.options = {k: options[k] for k in SET_OPTIONS}
     self.info = {k: v for k, v in options.items() if k not in SET_OPTIONS}
+    created = not os.path.lexists(self.path)
     try:
       self.path.mkdir(parents=True, exist_ok=True)
       self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -206,6 +207,9 @@ class OutputDir:
                         'to finish or use another --out folder') from None
     except BaseException:
       os.close(self._fd)
+      if created:  # A folder this run made and left empty (its manifest failed: a full disk).
+        with contextlib.suppress(OSError):
+          self.path.rmdir()
       raise
 
   def close(self) -> None:
