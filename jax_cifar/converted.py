@@ -253,7 +253,8 @@ def read_converted(path: str, arch: str | None = None) -> tuple[dict, dict]:
     raise ConversionError(
         f'{path} is a damaged converted checkpoint ({type(e).__name__}: '
         f'{step_folders.root_cause(e)}); convert the '
-        f'torchvision weights again: python -m jax_cifar.convert ... --output {shlex.quote(str(path))} '
+        'torchvision weights again: python -m jax_cifar.convert ... --output '
+        f'{shlex.quote(str(path))} '
         '--overwrite') from None
   arrays = {_dotted(p): np.asarray(v, np.float32) for p, v in _flatten(tree)}
   recorded = meta.get('sha256')  # (Outputs of converters before it have none: read as they are.)

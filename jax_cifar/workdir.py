@@ -134,8 +134,8 @@ def orbax_cannot_use(path: str | os.PathLike) -> str | None:
     return (f'{os.fsencode(path)!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint '
             'files) take only those: rename it')
   if '\\' in os.fspath(path):
-    return (f'{os.fspath(path)!r} holds a backslash, which tensorstore (the checkpoint files) reads '
-            'as a folder separator, so the files would go to another folder: rename it')
+    return (f'{os.fspath(path)!r} holds a backslash, which tensorstore (the checkpoint files) '
+            'reads as a folder separator, so the files would go to another folder: rename it')
   return None
 
 

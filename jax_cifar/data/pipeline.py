@@ -106,7 +106,8 @@ def check_workers_can_start(worker_count: int) -> None:
   with Python's spawn method, which imports the main script afresh in each: a script that calls
   train_and_evaluate outside `if __name__ == '__main__':` trained again in every worker, whose
   copy stopped on "workdir is in use by another run (pid N)", the trainer's own pid, while the
-  trainer waited on it for ever (CPython blocks writing a large job to a child that died at start)."""
+  trainer waited on it for ever (CPython blocks writing a large job to a child that died while
+  starting)."""
   if worker_count > 0 and (where := _unguarded_main_call()):
     raise errors.ConfigError(
         f'data.worker_count={worker_count} starts grain worker processes, and each runs {where[0]} '
