@@ -206,9 +206,9 @@ def test_running_out_of_memory_while_reading_is_not_called_a_corrupt_file(tmp_pa
           'except cifar100.DataError as e:\n  print(e)\n')
   out = subprocess.run([sys.executable, '-c', code, str(path)], capture_output=True, text=True,
                        timeout=120)
-  assert out.stdout.strip() == (f'{path}: out of memory while reading it (the file is not at fault; '
-                                'about 293 MiB of images): free some memory or raise the limit '
-                                '(ulimit -v)'), (out.stdout, out.stderr[-1500:])
+  assert out.stdout.strip() == (
+      f'{path}: out of memory while reading it (the file is not at fault; about 293 MiB of '
+      'images): free some memory or raise the limit (ulimit -v)'), (out.stdout, out.stderr[-1500:])
   assert cifar100.read_pickle(path)['data'].shape == (100_000, 3072)  # With memory: it reads.
 
 

@@ -15,7 +15,7 @@ from jax_cifar.configs import default
 from jax_cifar.training import trainer
 
 
-def _orbax_cannot_use(tmp_path: pathlib.Path) -> str:
+def _not_utf8(tmp_path: pathlib.Path) -> str:
   """tmp_path/bad<0xff>name as Python gives it from argv (a surrogate escape)."""
   return os.fsdecode(os.fsencode(tmp_path) + b'/bad\xffname')
 
@@ -25,21 +25,21 @@ def test_a_workdir_that_is_not_utf8_is_refused_before_anything_is_written(tmp_pa
   c.data.source, c.model.name = 'synthetic', 'simple_cnn'
   with pytest.raises(workdir.WorkdirError, match=r"^workdir b'.*/bad\\xffname' is not a UTF-8 "
                                                  r'path, and orbax and tensorstore .*: rename it$'):
-    trainer.train_and_evaluate(c, _orbax_cannot_use(tmp_path))
+    trainer.train_and_evaluate(c, _not_utf8(tmp_path))
   assert os.listdir(tmp_path) == []
 
 
 def test_a_converter_output_or_converted_weights_that_are_not_utf8_are_named(tmp_path):
   with pytest.raises(converted.OutputPathError, match=r"^output b'.*/bad\\xffname' is not a UTF-8"):
-    converted.check_output(_orbax_cannot_use(tmp_path), overwrite=False)
-  os.mkdir(os.fsencode(_orbax_cannot_use(tmp_path)))  # (It exists: still named, not "not converted".)
+    converted.check_output(_not_utf8(tmp_path), overwrite=False)
+  os.mkdir(os.fsencode(_not_utf8(tmp_path)))  # (It exists: still named, not "not converted".)
   with pytest.raises(converted.ConversionError, match=r"^converted checkpoint b'.*/bad\\xffname' "
                                                       r'is not a UTF-8'):
-    converted.read_metadata(_orbax_cannot_use(tmp_path), 'resnet18')
+    converted.read_metadata(_not_utf8(tmp_path), 'resnet18')
 
 
 def test_a_checkpoint_folder_that_is_not_utf8_is_not_called_damaged(tmp_path):
-  step_dir = pathlib.Path(_orbax_cannot_use(tmp_path), 'checkpoints', 'latest', '3')
+  step_dir = pathlib.Path(_not_utf8(tmp_path), 'checkpoints', 'latest', '3')
   with pytest.raises(step_folders.CheckpointError, match=r"^checkpoint b'.*/bad\\xffname/"
                                                          r"checkpoints/latest/3' is not a UTF-8"):
     step_folders.restore_step(step_dir, lambda: pytest.fail('restored'))
@@ -59,7 +59,8 @@ def test_a_converter_output_or_checkpoint_with_a_backslash_is_named(tmp_path):
   with pytest.raises(converted.OutputPathError, match=r'^output .* holds a backslash'):
     converted.check_output(str(tmp_path / 'conv\\bs'), overwrite=False)
   os.mkdir(tmp_path / 'conv\\bs')
-  with pytest.raises(converted.ConversionError, match=r'^converted checkpoint .* holds a backslash'):
+  with pytest.raises(converted.ConversionError,
+                     match=r'^converted checkpoint .* holds a backslash'):
     converted.read_metadata(str(tmp_path / 'conv\\bs'), 'resnet18')
   with pytest.raises(step_folders.CheckpointError, match=r'^checkpoint .*/r\\\\un/checkpoints/'
                                                          r"latest/3' holds a backslash"):

@@ -64,7 +64,8 @@ def test_a_package_main_is_never_run_again(tmp_path, monkeypatch):
   path = tmp_path / '__main__.py'
   path.write_text('where = check()\n')
   main = types.ModuleType('__main__')
-  main.__file__, main.check = str(path), pipeline._unguarded_main_call  # pylint: disable=protected-access
+  main.__file__ = str(path)
+  main.check = pipeline._unguarded_main_call  # pylint: disable=protected-access
   main.__spec__ = types.SimpleNamespace(name='mypkg.__main__')
   monkeypatch.setitem(sys.modules, '__main__', main)
   exec(compile(path.read_text(), str(path), 'exec'), vars(main))  # pylint: disable=exec-used
