@@ -2,11 +2,15 @@
 `error:` line and a bug with its traceback; log lines above the progress bar, and no pages of
 orbax's noise."""
 
+import fcntl
 import os
 import pathlib
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -25,9 +29,33 @@ def _train(workdir, *extra):
                         cwd=ROOT, capture_output=True, text=True, check=False)
 
 
+def _train_in_a_terminal(workdir, *extra) -> subprocess.CompletedProcess:
+  """_train with stderr a (pseudo-)terminal, as at a shell: progress bars are drawn as there
+  (in a log file a bar under another one is not: tracking.transient_bar)."""
+  main, terminal = pty.openpty()
+  fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 160, 0, 0))  # (0 x 0: no bars.)
+  with subprocess.Popen([sys.executable, '-m', 'jax_cifar.train', '--config', 'jax_cifar:default',
+                         '--workdir', str(workdir), *ARGS, *extra], cwd=ROOT, text=True,
+                        stdout=subprocess.PIPE, stderr=terminal) as proc:
+    os.close(terminal)
+    chunks = []
+    while True:
+      try:
+        chunk = os.read(main, 1 << 16)
+      except OSError:  # EIO: the process has closed the terminal.
+        break
+      if not chunk:
+        break
+      chunks.append(chunk)
+    stdout = proc.stdout.read()
+  os.close(main)
+  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                     b''.join(chunks).decode('utf-8', 'replace'))
+
+
 @pytest.mark.slow
 def test_training_console_shows_start_evaluations_and_summary_but_no_library_info(tmp_path):
-  out = _train(tmp_path / 'run')
+  out = _train_in_a_terminal(tmp_path / 'run')
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stderr.replace('\r', '\n').splitlines()
   assert not [l for l in lines if re.match(r'I\d{4} ', l)], [l for l in lines if l.startswith('I')][:5]
