@@ -21,6 +21,7 @@ from absl import logging
 from jax_cifar import errors, parallel
 from jax_cifar import workdir as workdir_lib
 # CheckpointError and StructureMismatch are also this module's (checkpoints.CheckpointError).
+from jax_cifar.step_folders import READ_ATTEMPTS, Replaced, open_manager, vanished
 from jax_cifar.step_folders import (CheckpointError, Damaged, StructureMismatch,  # pylint: disable=unused-import
                                     is_step_number, one_line, restore_step, restore_twin)
 
@@ -121,8 +122,10 @@ class Checkpoints:
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     # Which steps stay: orbax's preservation policies (its max_to_keep is deprecated for them).
     policies = ocp.checkpoint_managers
-    self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
-        preservation_policy=policies.LatestN(n=keep), **opts))
+    self._reader = not create  # A run another process may be training (step_folders.Replaced).
+    self.latest = open_manager(functools.partial(
+        ocp.CheckpointManager, root / 'latest', options=ocp.CheckpointManagerOptions(
+            preservation_policy=policies.LatestN(n=keep), **opts)), self._reader)
     self._best, self._best_problem = None, None
     ranked_by = lambda metrics: metrics['val_accuracy']  # pylint: disable=unnecessary-lambda-assignment
     self._open_best = functools.partial(  # (best_fn: what best_step() ranks by.)
@@ -154,7 +157,7 @@ class Checkpoints:
     if self._best_problem:
       raise CheckpointError(self._best_problem)
     if self._best is None:
-      self._best = self._open_best()
+      self._best = open_manager(self._open_best, self._reader)
     return self._best
 
   def _save(self, manager, step: int, state: Any, **kwargs) -> None:
@@ -244,8 +247,20 @@ class Checkpoints:
 
     A damaged step (a missing metadata file, a truncated or empty array file) is named in a
     CheckpointError, or with `fallback` skipped with a warning for the newest intact older step.
-    Nothing is deleted.
+    Nothing is deleted. A reader (create=False) whose step the run's trainer deleted while it read
+    it lists the steps again and reads the newest then.
     """
+    for attempt in range(READ_ATTEMPTS):
+      try:
+        return self._restore(which, target, fallback)
+      except Replaced as e:
+        if attempt == READ_ATTEMPTS - 1:
+          raise CheckpointError(f'{e}, {READ_ATTEMPTS} times: the run is training and deletes '
+                                'old steps faster than they can be read here; evaluate a step by '
+                                'number (one the run keeps), or once it has stopped') from None
+        open_manager((self.latest if which == 'latest' else self.best).reload, reader=True)
+
+  def _restore(self, which: str, target: Any, fallback: bool) -> tuple[Any, int] | None:
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
     self._damaged.pop(which, None)  # (Only this restore's damaged steps are set aside.)
     newest = manager.latest_step() if which == 'latest' else manager.best_step()
@@ -260,7 +275,11 @@ class Checkpoints:
         restored = restore_step(
             manager.directory / str(step),
             lambda step=step: manager.restore(step, args=ocp.args.StandardRestore(abstract)))
-      except Damaged as e:
+      except (Damaged, CheckpointError) as e:
+        if self._reader and vanished(manager.directory / str(step)):
+          raise Replaced(f'step {step} of {manager.directory} was deleted while it was read') from e
+        if not isinstance(e, Damaged):
+          raise
         restored = restore_twin(manager.directory / str(step), abstract, e)
         if restored is None:
           damaged.append(f'step {step} ({e})')

@@ -298,8 +298,9 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
           workdir_path / f'ood_{tag}.png' if keeps else None,
           run_name=run_name, draw_later=draw_later, kept=kept))
     if keeps and jax.process_index() == 0:
-      with _result_kept_on_failure(result):
-        eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir)
+      with _result_kept_on_failure(result):  # (The figures under the JSON's lock.)
+        eval_json.write(workdir_path / f'eval_{tag}.json', result, step_dir,
+                        then=lambda: [draw() for draw in draw_later])
       stale = workdir_path / f'ood_{tag}.png'
       if ood_files and 'ood_accuracy' not in result and stale.is_file():  # A set without labels
         stale.unlink()  # replaced a labelled one's numbers: its figure goes too, and is named.
@@ -315,9 +316,6 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
     raise
   if kept:
     kept.clear()
-  with _result_kept_on_failure(result):
-    for draw in draw_later:
-      draw()
   if jax.process_index() == 0:
     output_files.say_written(workdir_path, tag, before, csv_path if ood_files else None)
   return result

@@ -8,7 +8,8 @@ import difflib
 import json
 import pathlib
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -237,3 +238,38 @@ def _twin_step_folder(step_dir: pathlib.Path) -> pathlib.Path | None:
     return None
   twin = step_dir.parent.parent / kinds[step_dir.parent.name] / step_dir.name
   return twin if twin.is_dir() else None
+
+
+# A reader of a run that is training: the trainer's keep policy deletes a step (orbax removes its
+# folder in the background) while the reader restores it, or lists the steps. That had been
+# "damaged checkpoint ... Truncated Zstd-compressed stream", "does not match this config's model",
+# or a bare ENOENT of another step, in about 1 in 8 loads of a run's latest step during training
+# (a concurrency review). Readers wait briefly, list the steps again and read the newest then.
+READ_ATTEMPTS = 4
+VANISH_WAIT_S = 1.0
+
+
+class Replaced(Exception):
+  """A step a reader restored was deleted by the run's trainer while it read it."""
+
+
+def vanished(step_dir: pathlib.Path) -> bool:
+  """Whether `step_dir`, whose read just failed, is gone within VANISH_WAIT_S (being deleted)."""
+  deadline = time.monotonic() + VANISH_WAIT_S
+  while step_dir.exists():
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
+
+
+def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
+  """`factory()` (a CheckpointManager), tried again where a step folder vanished while it listed
+  the steps (a reader's; the trainer's own steps do not move under it)."""
+  for attempt in range(READ_ATTEMPTS):
+    try:
+      return factory()
+    except FileNotFoundError:
+      if not reader or attempt == READ_ATTEMPTS - 1:
+        raise
+      time.sleep(0.1)

@@ -484,3 +484,54 @@ def test_a_read_failure_of_the_machine_not_the_files_is_not_damage(tmp_path, fai
                                                          f'{why}') as raised:
     step_folders.restore_step(step_dir, fail)
   assert not isinstance(raised.value, step_folders.StructureMismatch)
+
+
+def test_a_reader_whose_step_the_trainer_deletes_reads_the_newest_step_then(run9, tmp_path,
+                                                                           monkeypatch):
+  """The trainer's keep policy deletes a step while evaluate or load_model reads it: that had been
+  "damaged checkpoint" or "does not match this config's model" in about 1 in 8 loads of a training
+  run's latest step (a concurrency review)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  latest = workdir / 'checkpoints' / 'latest'
+  reader = checkpoints.Checkpoints(workdir, create=False)  # It lists steps 6 and 9.
+  shutil.copytree(latest / '9', latest / '12')  # The trainer saves step 12 ...
+  real, read = checkpoints.restore_step, []
+
+  def deleted_while_read(step_dir, restore_fn):
+    read.append(step_dir.name)
+    if step_dir.name == '9':
+      shutil.rmtree(step_dir)  # ... and deletes step 9 as the reader starts on it.
+    return real(step_dir, restore_fn)
+  monkeypatch.setattr(checkpoints, 'restore_step', deleted_while_read)
+  state, step = reader.restore('latest', _target())
+  assert step == 12 and int(state.step) == 9 and read == ['9', '12']  # (12 is 9's copy.)
+  assert not (workdir / 'checkpoints' / 'damaged').exists()
+
+
+def test_the_trainer_itself_still_calls_a_step_that_vanishes_damaged(run9, tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  real = checkpoints.restore_step
+
+  def deleted_while_read(step_dir, restore_fn):
+    if step_dir.name == '9':
+      shutil.rmtree(step_dir)
+    return real(step_dir, restore_fn)
+  monkeypatch.setattr(checkpoints, 'restore_step', deleted_while_read)
+  with pytest.raises(checkpoints.CheckpointError, match=r'damaged checkpoint .*step 9 \(missing'):
+    checkpoints.Checkpoints(workdir).restore('latest', _target())
+
+
+def test_listing_steps_as_one_vanishes_is_tried_again_by_a_reader_only():
+  calls = []
+
+  def lists():
+    calls.append(1)
+    if len(calls) == 1:  # orbax's stat of a step the trainer has just deleted.
+      raise FileNotFoundError(2, 'No such file or directory', 'run/checkpoints/latest/522')
+    return 'manager'
+  assert step_folders.open_manager(lists, reader=True) == 'manager' and len(calls) == 2
+  calls.clear()
+  with pytest.raises(FileNotFoundError):
+    step_folders.open_manager(lists, reader=False)

@@ -136,6 +136,26 @@ def test_evaluations_finishing_together_take_turns_on_the_eval_lock_file(tmp_pat
   assert not writer.is_alive() and json.loads(path.read_text())['test_accuracy'] == 0.5
 
 
+def test_the_figures_are_drawn_under_the_lock_of_the_numbers_they_go_with(tmp_path):
+  """Two evaluations of one tag had left the numbers of one beside the figure of the other: the
+  figures were drawn after the JSON's lock was released (a concurrency review)."""
+  path, seen = tmp_path / 'eval_best.json', []
+
+  def draw():
+    other = os.open(tmp_path / '.eval.lock', os.O_RDWR)
+    try:
+      with pytest.raises(BlockingIOError):  # Another evaluation cannot take the lock now ...
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+      os.close(other)
+    seen.append(json.loads(path.read_text())['step'])  # ... and the JSON is this one's.
+  eval_json.write(path, {'checkpoint': 'best', 'step': 7, 'weights': 'raw'}, then=draw)
+  assert seen == [7]
+  other = os.open(tmp_path / '.eval.lock', os.O_RDWR)
+  fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Released once the figures are drawn.
+  os.close(other)
+
+
 def test_a_lock_file_left_by_another_user_does_not_fail_the_evaluation(tmp_path, monkeypatch):
   """In a folder shared by a group, a colleague's 644 .eval.lock had made eval_json.write fail
   with EACCES after all the inference (a review). Opening it for writing is refused here as the

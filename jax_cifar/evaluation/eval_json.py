@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pathlib
+from typing import Callable
 
 from absl import logging
 
@@ -44,14 +45,18 @@ def _lock(folder: pathlib.Path) -> int:
   return fd
 
 
-def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None):
+def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None = None,
+          then: Callable[[], object] | None = None):
   """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
   earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
   `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
   in the file; a file of another checkpoint (or unreadable) is kept beside it as
   eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
   WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
-  host, where it had been taken (a cluster audit))."""
+  host, where it had been taken (a cluster audit)).
+
+  `then` (the evaluation's figures) runs under the same lock: drawn after it, two evaluations of
+  one tag had left the numbers of one beside the figure of the other (a concurrency review)."""
   lock = _lock(path.parent)
   try:
     merged = dict(result)
@@ -87,6 +92,8 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
     # audit), and a full disk's had named only the temp.
     text = json.dumps(merged, indent=2) + '\n'
     atomic_folder.write_file(path, lambda tmp: pathlib.Path(tmp).write_text(text))
+    if then is not None:
+      then()
   finally:
     os.close(lock)  # Releases the lock.
 
