@@ -103,8 +103,8 @@ def remove_stale_temps(path: str) -> None:
   """Deletes the temp files and folders that killed writers on this host left next to `path`
   (their pid is gone); another host's are left alone."""
   parent, base = os.path.split(os.path.abspath(path))  # ('x.json' alone: its dirname is ''.)
-  pattern = re.compile(
-      rf'^\.{re.escape(temp_base(base))}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
+  names = f'(?:{re.escape(temp_base(base))}|{re.escape(base)})'  # (Older writers': the whole name.)
+  pattern = re.compile(rf'^\.{names}\.tmp-(?:([A-Za-z0-9]+)-)?(\d+)-[0-9a-f]{{8}}(\.old)?$')
   for name in os.listdir(parent):
     m = pattern.match(name)
     stale = os.path.join(parent, name)

@@ -122,7 +122,9 @@ class Checkpoints:
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     # Which steps stay: orbax's preservation policies (its max_to_keep is deprecated for them).
     policies = ocp.checkpoint_managers
-    self._reader = not create  # A run another process may be training (step_folders.Replaced).
+    # A reader of a run another process may be training (step_folders.Replaced). One process
+    # only: processes that each retried on their own could restore different steps.
+    self._reader = not create and jax.process_count() == 1
     self.latest = open_manager(functools.partial(
         ocp.CheckpointManager, root / 'latest', options=ocp.CheckpointManagerOptions(
             preservation_policy=policies.LatestN(n=keep), **opts)), self._reader)

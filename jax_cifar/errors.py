@@ -58,8 +58,10 @@ def os_reason(code: int | None, strerror: str) -> str:
   """`strerror`, with ' (disk full)' where `code` says the disk or a quota or size limit is full,
   and the limit to raise where a process has too many files open (it had been the bare "Too many
   open files": a review)."""
-  if code in (errno.EMFILE, errno.ENFILE):
+  if code == errno.EMFILE:
     return f'{strerror} (raise the limit on open files: ulimit -n)'
+  if code == errno.ENFILE:
+    return f'{strerror} (the whole system has too many files open)'
   return strerror + (' (disk full)' if code in DISK_FULL else '')
 
 

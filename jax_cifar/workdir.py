@@ -133,9 +133,10 @@ def orbax_cannot_use(path: str | os.PathLike) -> str | None:
   except UnicodeEncodeError:
     return (f'{os.fsencode(path)!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint '
             'files) take only those: rename it')
-  if '\\' in os.fspath(path):
-    return (f'{os.fspath(path)!r} holds a backslash, which tensorstore (the checkpoint files) '
-            'reads as a folder separator, so the files would go to another folder: rename it')
+  if '\\' in os.path.abspath(path):  # (Also in the current folder's path, for a relative one.)
+    return (f'{os.path.abspath(path)!r} holds a backslash, which tensorstore (the checkpoint '
+            'files) reads as a folder separator, so the files would go to another folder: '
+            'rename it')
   return None
 
 
@@ -281,7 +282,12 @@ def expanded(path):
   if not isinstance(path, (str, os.PathLike)):
     return path
   path = os.path.expanduser(path)
-  return os.path.realpath(path) if os.pardir in pathlib.PurePath(path).parts else path
+  parts = pathlib.PurePath(path).parts
+  if os.pardir not in parts:
+    return path
+  last = len(parts) - parts[::-1].index(os.pardir)  # Resolved up to the last `..` only: what
+  # follows stays as given (a link there is still the caller's to refuse or follow).
+  return os.path.join(os.path.realpath(os.path.join(*parts[:last])), *parts[last:])
 
 
 def run_config(run_dir: str | pathlib.Path):

@@ -212,6 +212,16 @@ def test_running_out_of_memory_while_reading_is_not_called_a_corrupt_file(tmp_pa
   assert cifar100.read_pickle(path)['data'].shape == (100_000, 3072)  # With memory: it reads.
 
 
+def test_a_small_file_that_declares_a_huge_object_is_corrupt_not_short_of_memory(tmp_path):
+  """14 bytes declaring a 1 TiB string had been "out of memory ... the file is not at fault"
+  (the diff review)."""
+  path = tmp_path / 'test'
+  path.write_bytes(b'\x80\x04\x8e' + (2**40).to_bytes(8, 'little') + b'abc')
+  with pytest.raises(DataError, match=r'corrupt pickle \(it declares more data than memory '
+                                      r'holds: MemoryError\)$'):
+    cifar100.read_pickle(path)
+
+
 @pytest.mark.parametrize('suffix', ['.tar.gz', '.tar.xz', '.tar'])
 def test_archive_is_extracted_next_to_itself(tmp_path, small_tree, suffix):
   archive = make_archive(small_tree, tmp_path / f'cifar-100-python{suffix}')

@@ -78,3 +78,10 @@ def test_too_many_open_files_says_which_limit_to_raise(tmp_path):
                        text=True, timeout=60)
   assert out.stdout.strip() == (f'{tmp_path / "f"}: Too many open files (raise the limit on open '
                                 'files: ulimit -n)'), out.stdout + out.stderr
+
+
+def test_the_whole_systems_file_table_full_is_not_told_to_raise_ulimit():
+  import errno  # pylint: disable=import-outside-toplevel
+  from jax_cifar import errors  # pylint: disable=import-outside-toplevel
+  assert errors.os_reason(errno.ENFILE, 'Too many open files in system') == (
+      'Too many open files in system (the whole system has too many files open)')

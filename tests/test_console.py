@@ -72,6 +72,10 @@ def test_training_console_shows_start_evaluations_and_summary_but_no_library_inf
                '--config.train.max_steps', '3', '--config.ema.warmup_power=0.5')
   assert out.returncode == 0 and re.search(r'^I\d{4} ', out.stderr, re.M), out.stderr[-2000:]
   first_verbose = out.stderr
+  # stderr a pipe, as a cluster's log file: the validation at step 3 draws no bar under the train
+  # bar, which there had added a line and a cursor-up escape each second (a log-file review).
+  assert 'epoch 0.50 step 3: val_loss' in out.stderr and '\x1b[A' not in out.stderr
+  assert not re.search(r'(^|\r)val:', out.stderr, re.M), out.stderr[-2000:]
   # An override given twice is named (absl takes the last one without a word: a walkthrough).
   assert ('--config.train.max_steps is given 2 times (7, 3): the last one, 3, is used'
           in out.stderr), out.stderr[-2000:]

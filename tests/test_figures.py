@@ -81,6 +81,21 @@ def test_a_dollar_in_a_run_name_is_a_dollar_not_mathtext(tmp_path, drawn, name):
   assert title.get_text() == f'{name} (best, step 4)' and not title.get_parse_math()
 
 
+def test_a_log_axis_keeps_its_mathtext_ticks(tmp_path):
+  """Plain text is for the figure's own strings: a log axis writes its tick labels in mathtext
+  ($\\mathdefault{10^{6}}$), which had been printed raw (the diff review)."""
+  fig = figures.new_figure()
+  ax = fig.add_subplot()
+  ax.plot([1, 2, 3], [1e-3, 1.0, 1e6], label='run $a$')
+  ax.set_yscale('log')
+  ax.legend()
+  figures.save(fig, tmp_path / 'log.png')
+  ticks = [t for t in ax.get_yticklabels() if t.get_text()]
+  assert ticks and all('$' in t.get_text() and t.get_parse_math() for t in ticks), [
+      (t.get_text(), t.get_parse_math()) for t in ticks]
+  assert not ax.get_legend().get_texts()[0].get_parse_math()
+
+
 def test_characters_missing_from_the_font_are_named_in_one_warning(tmp_path):
   fig = figures.new_figure()
   ax = fig.add_subplot()

@@ -7,6 +7,7 @@ another folder than the one they named (a path review)."""
 import os
 
 import numpy as np
+import pytest
 
 from jax_cifar import convert, evaluate, workdir
 from jax_cifar.evaluation import report
@@ -38,3 +39,16 @@ def test_train_evaluate_load_report_and_convert_read_link_parent_as_the_os_does(
   convert.save_converted(tree, 'resnet18', 'lnk/../w')
   assert sorted(os.listdir(tmp_path / 'deep' / 'a')) == ['b', 'rep', 'run', 'w']
   assert convert.read_converted('lnk/../w')[1]['fc.kernel'].shape == (2, 3)
+
+
+def test_only_the_part_up_to_the_last_dotdot_is_resolved(tmp_path, monkeypatch):
+  """A link after the last `..` stays a link: convert refuses an --output that is one, and
+  resolving it had written the conversion at the link's target (the diff review)."""
+  (tmp_path / 'd').mkdir()
+  (tmp_path / 'target').mkdir()
+  (tmp_path / 'lnk').symlink_to(tmp_path / 'target')
+  monkeypatch.chdir(tmp_path)
+  assert workdir.expanded('d/../lnk') == str(tmp_path / 'lnk')
+  assert workdir.expanded('d/../lnk/x') == str(tmp_path / 'lnk' / 'x')
+  with pytest.raises(convert.OutputExistsError, match='not a folder but a file or link'):
+    convert.check_output(workdir.expanded('d/../lnk'), overwrite=True)

@@ -40,6 +40,21 @@ def test_a_killed_writers_temp_of_a_long_name_is_still_removed(tmp_path):
   assert os.listdir(tmp_path) == [LONG]
 
 
+def test_a_temp_an_older_version_named_by_the_whole_long_name_is_still_removed(tmp_path):
+  """Before the shortening, temps of 151-200 byte names carried the whole name (the diff
+  review): they are still known as this name's."""
+  name = 'n' * 175
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  old = tmp_path / f'.{name}.tmp-{atomic_folder.HOST}-{int(dead.stdout)}-deadbeef'
+  old.write_text('cut')
+  part = tmp_path / f'.{name}.abcd1234.part'  # An older submission writer's, not locked.
+  part.write_text('cut')
+  atomic_folder.write_file(tmp_path / name, lambda tmp: open(tmp, 'w').write('ok'))
+  assert sorted(os.listdir(tmp_path)) == sorted([name, part.name])
+  assert submission.remove_stale_parts(tmp_path / name) == [part]
+
+
 def test_a_submission_of_a_long_name_is_written(tmp_path):
   path = tmp_path / LONG
   n = 10

@@ -432,6 +432,19 @@ def test_the_exit_code_wandb_is_given_is_the_training_runs_own(tmp_path, monkeyp
   assert codes == [(0, False), (1, False)]
 
 
+class _Log:
+  """A stderr that is a file."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def isatty(self) -> bool:
+    return False
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 class _Terminal:
   """A stderr that is a terminal."""
 
@@ -448,6 +461,7 @@ class _Terminal:
 def test_a_bar_removed_when_done_is_not_drawn_under_another_in_a_log(monkeypatch):
   """In a log file (stderr not a terminal) a bar under another one gained a line and a cursor-up
   escape each second; alone it is redrawn every 30 s, and on a terminal each second."""
+  monkeypatch.setattr(sys, 'stderr', _Log(sys.stderr))  # (Also under `pytest -s` at a terminal.)
   assert tracking.transient_bar(False) == {'disable': False, 'mininterval': 30.0}
   assert tracking.transient_bar(True) == {'disable': True, 'mininterval': 1.0}
   with tqdm.tqdm(total=3, disable=True):  # A disabled outer bar is no bar.

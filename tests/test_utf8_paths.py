@@ -66,3 +66,15 @@ def test_a_converter_output_or_checkpoint_with_a_backslash_is_named(tmp_path):
                                                          r"latest/3' holds a backslash"):
     step_folders.restore_step(tmp_path / 'r\\un' / 'checkpoints' / 'latest' / '3',
                               lambda: pytest.fail('restored'))
+
+
+def test_a_relative_workdir_in_a_folder_with_a_backslash_is_refused(tmp_path, monkeypatch):
+  """`train ... --workdir run` from inside `a\\b` had trained, its arrays in a/b/run (the diff
+  review): the absolute path is the one tensorstore sees."""
+  (tmp_path / 'a\\b').mkdir()
+  monkeypatch.chdir(tmp_path / 'a\\b')
+  c = default.get_config()
+  c.data.source, c.model.name = 'synthetic', 'simple_cnn'
+  with pytest.raises(workdir.WorkdirError, match=r"^workdir '.*/a\\\\b/run' holds a backslash"):
+    trainer.train_and_evaluate(c, 'run')
+  assert os.listdir(tmp_path / 'a\\b') == []

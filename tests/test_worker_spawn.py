@@ -50,6 +50,11 @@ def test_a_training_call_outside_the_main_guard_is_found(tmp_path, monkeypatch, 
     "def main():\n  return check()\n\nif __name__ == '__main__':\n  where = main()\n",
     "try:\n  import os\nexcept ImportError:\n  pass\nelse:\n  if __name__ == '__main__':\n"
     "    where = check()\n",
+    # Guards written otherwise (the diff review): any `if` or `match` may be the guard.
+    "import sys\nif __name__ == '__main__' and len(sys.argv) > 0:\n  where = check()\n",
+    "if __name__ in ('__main__',):\n  where = check()\n",
+    "IS_MAIN = __name__ == '__main__'\nif IS_MAIN:\n  where = check()\n",
+    "match __name__:\n  case '__main__':\n    where = check()\n",
 ])
 def test_a_call_under_the_main_guard_is_let_through(tmp_path, monkeypatch, source):
   assert _where(tmp_path, monkeypatch, source)[0] is None

@@ -206,10 +206,10 @@ class OutputDir:
       raise OutputError(f'{self.path}: another jax_cifar.corrupt run is writing here; wait for it '
                         'to finish or use another --out folder') from None
     except BaseException:
-      os.close(self._fd)
-      if created:  # A folder this run made and left empty (its manifest failed: a full disk).
-        with contextlib.suppress(OSError):
+      if created:  # A folder this run made and left empty (its manifest failed: a full disk),
+        with contextlib.suppress(OSError):  # removed while still locked.
           self.path.rmdir()
+      os.close(self._fd)
       raise
 
   def close(self) -> None:

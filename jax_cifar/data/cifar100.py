@@ -71,10 +71,13 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
     raise DataError(f'{path}: cannot be read ({e.strerror or e})') from None
   except safe_pickle.DisallowedGlobal as e:
     raise DataError(f'{path}: refused unsafe pickle ({e})') from None
-  except MemoryError:  # It had read "corrupt or truncated pickle (MemoryError: )" (a review).
+  except MemoryError as e:  # It had read "corrupt or truncated pickle (MemoryError: )" (a review).
+    if _size(path) < LARGE_PICKLE:  # A small file declaring a huge object: the file is at fault.
+      raise DataError(f'{path}: corrupt pickle (it declares more data than memory holds: '
+                      'MemoryError)') from None
     raise DataError(f'{path}: out of memory while reading it (the file is not at fault; about '
-                    f'{_size_text(path)} of images): free some memory or raise the limit '
-                    '(ulimit -v)') from None
+                    f'{_size(path) / 2**20:.0f} MiB of images): free some memory or raise the '
+                    'limit (ulimit -v)') from None
   except Exception as e:  # truncated files raise EOFError, ValueError, TypeError, ...
     raise DataError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
@@ -83,11 +86,14 @@ def read_pickle(path: str | os.PathLike, encoding: str = 'latin1') -> dict[str, 
   return {_to_str(k, done): _to_str(v, done) for k, v in obj.items()}
 
 
-def _size_text(path: pathlib.Path) -> str:
+LARGE_PICKLE = 16 * 2**20  # Bytes: the real files are 150 (train) and 30 MB (test).
+
+
+def _size(path: pathlib.Path) -> int:
   try:
-    return f'{path.stat().st_size / 2**20:.0f} MiB'
+    return path.stat().st_size
   except OSError:
-    return 'its size'
+    return 0
 
 
 # ------------------------------------------------------------------ loading

@@ -118,12 +118,15 @@ def check_workers_can_start(worker_count: int) -> None:
 
 def _unguarded_main_call() -> tuple[str, int] | None:
   """(file, line) of the __main__ module's statement under way when a spawned process would run
-  it again (not inside `if __name__ == '__main__':`); None for `python -c`, a notebook or the REPL
-  (no file to run again), a package's __main__ (never run again) or source that cannot be read."""
+  it again: a statement inside no `if` or `match` (any of them may be the guard, however it is
+  written: `if __name__ == '__main__' and ...:`, `if IS_MAIN:`). None for `python -c`, a notebook
+  or the REPL (no file to run again), a package's __main__ (never run again), a frozen app, or
+  source that cannot be read."""
   main = sys.modules.get('__main__')
   spec_name = getattr(getattr(main, '__spec__', None), 'name', None) or ''
   path = getattr(main, '__file__', None)
-  if not path or spec_name == '__main__' or spec_name.endswith('.__main__'):
+  if (not path or spec_name == '__main__' or spec_name.endswith('.__main__')
+      or getattr(sys, 'frozen', False)):
     return None
   frame, line = sys._getframe(), None  # pylint: disable=protected-access
   while frame is not None:
@@ -139,20 +142,11 @@ def _unguarded_main_call() -> tuple[str, int] | None:
     node = next((n for n in statements if n.lineno <= line <= (n.end_lineno or n.lineno)), None)
     if node is None:
       break
-    if isinstance(node, ast.If) and _is_main_guard(node.test) and any(
-        n.lineno <= line <= (n.end_lineno or n.lineno) for n in node.body):
+    if isinstance(node, (ast.If, ast.Match)):
       return None
     statements = [n for field in ('body', 'orelse', 'handlers', 'finalbody')
                   for n in getattr(node, field, ())]
   return (path, line) if line is not None else None
-
-
-def _is_main_guard(test: ast.expr) -> bool:
-  if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
-    return False
-  sides = [test.left, test.comparators[0]]
-  return (any(isinstance(s, ast.Name) and s.id == '__name__' for s in sides)
-          and any(isinstance(s, ast.Constant) and s.value == '__main__' for s in sides))
 
 
 def _out_of_shared_memory(batch: dict) -> dict:

@@ -32,9 +32,14 @@ def save(fig, path: pathlib.Path) -> None:
   `r $^$ x` had stopped evaluate with a parser traceback after all its inference, and `$x^2$`
   had read "x²": a path review). Characters the font lacks (CJK names) are said in one warning
   that names them, where matplotlib had warned once per character."""
+  from matplotlib.axis import Axis, Tick  # pylint: disable=g-import-not-at-top
   from matplotlib.text import Text  # pylint: disable=g-import-not-at-top
+  # (Not the axes' own tick and offset labels: a log axis writes its ticks in mathtext.)
+  axes_own = {t for tick in fig.findobj(Tick) for t in (tick.label1, tick.label2)}
+  axes_own |= {axis.offsetText for axis in fig.findobj(Axis)}
   for text in fig.findobj(Text):
-    text.set_parse_math(False)
+    if text not in axes_own:
+      text.set_parse_math(False)
   fmt = pathlib.Path(path).suffix.lstrip('.') or 'png'  # (The temp's name has no suffix.)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')

@@ -126,8 +126,9 @@ def remove_stale_parts(path: str | os.PathLike) -> list[pathlib.Path]:
   """
   path = pathlib.Path(path)
   removed = []
-  base = atomic_folder.temp_base(path.name)
-  for part in sorted(path.parent.glob(f'.{glob.escape(base)}.*.part')):
+  parts = {p for base in {atomic_folder.temp_base(path.name), path.name}  # (Older writers': the
+           for p in path.parent.glob(f'.{glob.escape(base)}.*.part')}  # whole name, 150-240 B.)
+  for part in sorted(parts):
     try:
       fd = os.open(part, os.O_RDWR)
     except OSError:
