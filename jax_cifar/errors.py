@@ -7,6 +7,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -93,11 +94,30 @@ def is_library_noise(unraisable) -> bool:
           and isinstance(getattr(exc, '__cause__', None), GeneratorExit))
 
 
+def is_orbax_task_noise(record: logging.LogRecord) -> bool:
+  """asyncio's "Task exception was never retrieved" for a task of orbax's: a failed read's array
+  tasks, whose failure the restore has already raised (or retried: a step the trainer deleted as a
+  notebook read it had printed pages of them after a load that worked, a concurrency review)."""
+  message = record.getMessage()
+  return (message.startswith('Task exception was never retrieved')
+          and f'{os.sep}orbax{os.sep}' in message)
+
+
+class _DropOrbaxTasks(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not is_orbax_task_noise(record)
+
+
 def drop_library_noise() -> None:
   """From now on this process's sys.unraisablehook skips is_library_noise's exceptions and passes
-  every other one to the hook it replaces. Installed once: by the commands at their start, and by
-  jax_cifar.checkpoints before it saves or restores (a notebook's load_model of a damaged run
-  printed 14,303 lines, some of them during the failed restore itself)."""
+  every other one to the hook it replaces, and asyncio's logger drops is_orbax_task_noise's
+  records. Installed once: by the commands at their start, and by jax_cifar.checkpoints before it
+  saves or restores (a notebook's load_model of a damaged run printed 14,303 lines, some of them
+  during the failed restore itself)."""
+  asyncio_logger = logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropOrbaxTasks) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropOrbaxTasks())
   previous = sys.unraisablehook
   if getattr(previous, 'drops_library_noise', False):
     return
