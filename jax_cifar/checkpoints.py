@@ -4,8 +4,8 @@ Orbax writes each checkpoint to a temporary folder and renames it when complete,
 killed mid-save leaves the previous checkpoints intact and the next start ignores the debris.
 """
 
+import contextlib
 import functools
-import json
 import os
 import pathlib
 import shutil
@@ -19,9 +19,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jax_cifar import errors, parallel
-from jax_cifar import workdir as workdir_lib
 # CheckpointError and StructureMismatch are also this module's (checkpoints.CheckpointError).
 from jax_cifar.step_folders import READ_ATTEMPTS, Replaced, open_manager, vanished
+from jax_cifar.step_folders import move_aside, unranked_best_steps
 from jax_cifar.step_folders import (CheckpointError, Damaged, StructureMismatch,  # pylint: disable=unused-import
                                     is_step_number, one_line, restore_step, restore_twin)
 
@@ -125,22 +125,23 @@ class Checkpoints:
     # A reader of a run another process may be training (step_folders.Replaced). One process
     # only: processes that each retried on their own could restore different steps.
     self._reader = not create and jax.process_count() == 1
-    self.latest = open_manager(functools.partial(
+    self._open_latest = functools.partial(
         ocp.CheckpointManager, root / 'latest', options=ocp.CheckpointManagerOptions(
-            preservation_policy=policies.LatestN(n=keep), **opts)), self._reader)
+            preservation_policy=policies.LatestN(n=keep), **opts))
+    self.latest = open_manager(self._open_latest, self._reader)
     self._best, self._best_problem = None, None
     ranked_by = lambda metrics: metrics['val_accuracy']  # pylint: disable=unnecessary-lambda-assignment
     self._open_best = functools.partial(  # (best_fn: what best_step() ranks by.)
         ocp.CheckpointManager, root / 'best', options=ocp.CheckpointManagerOptions(
             best_fn=ranked_by, best_mode='max',
             preservation_policy=policies.BestN(get_metric_fn=ranked_by, n=1), **opts))
-    unranked = _unranked_best_steps(root / 'best')
+    unranked = unranked_best_steps(root / 'best')
     # Every process has looked before process 0 moves anything: the agreement is a collective.
     if parallel.any_process(bool(unranked)):
       if create:  # Training: set them aside (kept), and rank the new run's own.
         with parallel.fail_together(f'setting aside unranked steps of {root / "best"}'):
           if jax.process_index() == 0 and unranked:
-            moved = [_move_aside(root / 'best', 'best', step) for step in unranked]
+            moved = [move_aside(root / 'best', 'best', step) for step in unranked]
             logging.warning('Moved best checkpoints whose metrics file is missing or unreadable '
                             '(%s) to %s; their weights are kept there, restorable by path.',
                             '; '.join(unranked.values()), ', '.join(str(m) for m in moved))
@@ -155,7 +156,7 @@ class Checkpoints:
 
   @property
   def best(self):
-    """The 'best' CheckpointManager (opened on first use: see _unranked_best_steps)."""
+    """The 'best' CheckpointManager (opened on first use: see unranked_best_steps)."""
     if self._best_problem:
       raise CheckpointError(self._best_problem)
     if self._best is None:
@@ -260,7 +261,15 @@ class Checkpoints:
           raise CheckpointError(f'{e}, {READ_ATTEMPTS} times: the run is training and deletes '
                                 'old steps faster than they can be read here; evaluate a step by '
                                 'number (one the run keeps), or once it has stopped') from None
-        open_manager((self.latest if which == 'latest' else self.best).reload, reader=True)
+        # Opened afresh: a manager whose read failed so had refused the next step's ("Must
+        # provide `args` of type `Composite`").
+        failed = self.latest if which == 'latest' else self._best
+        if which == 'latest':
+          self.latest = open_manager(self._open_latest, reader=True)
+        else:
+          self._best = None  # (Opened again on its next use.)
+        with contextlib.suppress(Exception):  # (A reader's: nothing of its own to finish.)
+          failed.close()
 
   def _restore(self, which: str, target: Any, fallback: bool) -> tuple[Any, int] | None:
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)
@@ -312,7 +321,7 @@ class Checkpoints:
     steps, moved = self._damaged.pop(which, []), []
     with parallel.fail_together(f'setting aside damaged steps of {manager.directory}'):
       if steps and jax.process_index() == 0:
-        moved = [_move_aside(manager.directory, which, step) for step in steps]
+        moved = [move_aside(manager.directory, which, step) for step in steps]
         logging.warning('Moved the damaged %s to %s.', ', '.join(t.name for t in moved),
                         moved[0].parent)
     # Every process reloads when any moved steps (a collective): the save that follows runs only
@@ -346,7 +355,7 @@ class Checkpoints:
                       'stopped their deletion.', ', '.join(map(str, steps)), manager.directory, top)
 
     def set_aside(why, steps):
-      moved = [_move_aside(manager.directory, 'best', s, into='discarded') for s in steps]
+      moved = [move_aside(manager.directory, 'best', s, into='discarded') for s in steps]
       logging.warning('Moved best checkpoint(s) %s to %s (kept there, restorable by path).', why,
                       ', '.join(str(m) for m in moved))
       return moved
@@ -390,38 +399,3 @@ def _agreed_change(manager, steps: list[int], what: str, change: Callable[[list[
         out = change(steps)
     manager.reload()
   return out
-
-
-def _move_aside(directory: pathlib.Path, which: str, step: int,
-                into: str = 'damaged') -> pathlib.Path:
-  """Moves step folder `directory/step` to checkpoints/<into>/<which>-<step>[.n]; returns it."""
-  aside = pathlib.Path(directory).parent / into
-  aside.mkdir(exist_ok=True)
-  target = workdir_lib.unused_path(aside, f'{which}-{step}')
-  os.replace(directory / str(step), target)
-  return target
-
-
-def _unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
-  """{step: why} for the committed steps of checkpoints/best whose metrics file (which orbax ranks
-  them by) is missing or unreadable: orbax's manager fails to open with an unreadable one, and
-  ranks a step without one below every other (so a worse model became 'best')."""
-  found = {}
-  steps = ([p for p in folder.iterdir() if is_step_number(p.name) and p.is_dir()]
-           if folder.is_dir() else [])
-  for step_dir in steps:
-    path = step_dir / 'metrics' / 'metrics'
-    try:
-      value = json.loads(path.read_text()).get('val_accuracy')
-      why = None if isinstance(value, (int, float)) else f'{path} holds no val_accuracy'
-    except FileNotFoundError:
-      if not (step_dir / '_CHECKPOINT_METADATA').exists():  # Being deleted (a newer best saved
-        continue  # by a run in progress), not damaged.
-      why = f'{path} is missing'
-    except (OSError, ValueError, AttributeError, RecursionError) as e:
-      why = f'{path} is unreadable ({type(e).__name__})'
-    if why:
-      found[int(step_dir.name)] = why
-  return found
-
-

@@ -6,6 +6,7 @@ copy in the other of checkpoints/latest and checkpoints/best. `checkpoints.Check
 import contextlib
 import difflib
 import json
+import os
 import pathlib
 import re
 import time
@@ -273,3 +274,36 @@ def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
       if not reader or attempt == READ_ATTEMPTS - 1:
         raise
       time.sleep(0.1)
+
+
+def move_aside(directory: pathlib.Path, which: str, step: int,
+                into: str = 'damaged') -> pathlib.Path:
+  """Moves step folder `directory/step` to checkpoints/<into>/<which>-<step>[.n]; returns it."""
+  aside = pathlib.Path(directory).parent / into
+  aside.mkdir(exist_ok=True)
+  target = workdir_lib.unused_path(aside, f'{which}-{step}')
+  os.replace(directory / str(step), target)
+  return target
+
+
+def unranked_best_steps(folder: pathlib.Path) -> dict[int, str]:
+  """{step: why} for the committed steps of checkpoints/best whose metrics file (which orbax ranks
+  them by) is missing or unreadable: orbax's manager fails to open with an unreadable one, and
+  ranks a step without one below every other (so a worse model became 'best')."""
+  found = {}
+  steps = ([p for p in folder.iterdir() if is_step_number(p.name) and p.is_dir()]
+           if folder.is_dir() else [])
+  for step_dir in steps:
+    path = step_dir / 'metrics' / 'metrics'
+    try:
+      value = json.loads(path.read_text()).get('val_accuracy')
+      why = None if isinstance(value, (int, float)) else f'{path} holds no val_accuracy'
+    except FileNotFoundError:
+      if not (step_dir / '_CHECKPOINT_METADATA').exists():  # Being deleted (a newer best saved
+        continue  # by a run in progress), not damaged.
+      why = f'{path} is missing'
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
+      why = f'{path} is unreadable ({type(e).__name__})'
+    if why:
+      found[int(step_dir.name)] = why
+  return found

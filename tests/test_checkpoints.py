@@ -509,6 +509,32 @@ def test_a_reader_whose_step_the_trainer_deletes_reads_the_newest_step_then(run9
   assert not (workdir / 'checkpoints' / 'damaged').exists()
 
 
+def test_a_step_deleted_while_tensorstore_reads_it_is_read_again_as_the_newest(run9, tmp_path,
+                                                                               monkeypatch):
+  """As above, with the folder deleted once the read has begun (past the files' check): the
+  failure is tensorstore's, not a missing file's."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(run9, workdir)
+  latest = workdir / 'checkpoints' / 'latest'
+  reader = checkpoints.Checkpoints(workdir, create=False)
+  shutil.copytree(latest / '9', latest / '12')
+  real, failures = checkpoints.restore_step, []
+
+  def deleted_during_read(step_dir, restore_fn):
+    def read():
+      if step_dir.name == '9':
+        shutil.rmtree(step_dir)
+      return restore_fn()
+    try:
+      return real(step_dir, read)
+    except Exception as e:
+      failures.append(type(e).__name__)
+      raise
+  monkeypatch.setattr(checkpoints, 'restore_step', deleted_during_read)
+  assert reader.restore('latest', _target())[1] == 12
+  assert len(failures) == 1 and failures[0] in ('Damaged', 'StructureMismatch'), failures
+
+
 def test_the_trainer_itself_still_calls_a_step_that_vanishes_damaged(run9, tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
