@@ -268,8 +268,9 @@ class Checkpoints:
           self.latest = open_manager(self._open_latest, reader=True)
         else:
           self._best = None  # (Opened again on its next use.)
-        with contextlib.suppress(Exception):  # (A reader's: nothing of its own to finish.)
-          failed.close()
+        if failed is not None:
+          with contextlib.suppress(Exception):  # (A reader's: nothing of its own to finish.)
+            failed.close()
 
   def _restore(self, which: str, target: Any, fallback: bool) -> tuple[Any, int] | None:
     manager = self.latest if which == 'latest' else self.best  # (opens 'best' only if asked)

@@ -432,27 +432,14 @@ def test_the_exit_code_wandb_is_given_is_the_training_runs_own(tmp_path, monkeyp
   assert codes == [(0, False), (1, False)]
 
 
-class _Log:
-  """A stderr that is a file."""
+class _Stderr:
+  """`stream`, as a terminal (`terminal`) or as a file."""
 
-  def __init__(self, stream):
-    self._stream = stream
-
-  def isatty(self) -> bool:
-    return False
-
-  def __getattr__(self, name):
-    return getattr(self._stream, name)
-
-
-class _Terminal:
-  """A stderr that is a terminal."""
-
-  def __init__(self, stream):
-    self._stream = stream
+  def __init__(self, stream, terminal: bool):
+    self._stream, self._terminal = stream, terminal
 
   def isatty(self) -> bool:
-    return True
+    return self._terminal
 
   def __getattr__(self, name):
     return getattr(self._stream, name)
@@ -461,12 +448,12 @@ class _Terminal:
 def test_a_bar_removed_when_done_is_not_drawn_under_another_in_a_log(monkeypatch):
   """In a log file (stderr not a terminal) a bar under another one gained a line and a cursor-up
   escape each second; alone it is redrawn every 30 s, and on a terminal each second."""
-  monkeypatch.setattr(sys, 'stderr', _Log(sys.stderr))  # (Also under `pytest -s` at a terminal.)
+  monkeypatch.setattr(sys, 'stderr', _Stderr(sys.stderr, terminal=False))  # (Also under `pytest -s` at a terminal.)
   assert tracking.transient_bar(False) == {'disable': False, 'mininterval': 30.0}
   assert tracking.transient_bar(True) == {'disable': True, 'mininterval': 1.0}
   with tqdm.tqdm(total=3, disable=True):  # A disabled outer bar is no bar.
     assert tracking.transient_bar(False)['disable'] is False
   with tqdm.tqdm(total=3, file=sys.stderr):
     assert tracking.transient_bar(False) == {'disable': True, 'mininterval': 30.0}
-    monkeypatch.setattr(sys, 'stderr', _Terminal(sys.stderr))
+    monkeypatch.setattr(sys, 'stderr', _Stderr(sys.stderr, terminal=True))
     assert tracking.transient_bar(False) == {'disable': False, 'mininterval': 1.0}

@@ -1,6 +1,5 @@
 """The training loop: build state, restore, iterate, log, evaluate, checkpoint."""
 
-import collections
 import dataclasses
 import functools
 import math
@@ -225,14 +224,12 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     pending, t_last = [], now
 
   error = None  # How the loop ended, for wandb (not sys.exc_info(): a caller's exception too).
-  in_flight = collections.deque()  # The metrics of the steps not yet waited for.
   try:
     for step in range(start_step + 1, last_step + 1):
       leaves, metrics = train_step_fn(leaves, next(batches))
       pending.append(metrics)
-      in_flight.append(metrics)
-      if len(in_flight) > STEPS_AHEAD:  # See STEPS_AHEAD.
-        jax.block_until_ready(in_flight.popleft())
+      if len(pending) > STEPS_AHEAD:  # See STEPS_AHEAD. (A row's device_get waited for the
+        jax.block_until_ready(pending[-1 - STEPS_AHEAD])  # steps before it.)
       if step == start_step + 1:  # A launch's first step compiles: timed apart, not as training
         jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
         first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
