@@ -90,10 +90,14 @@ def _config_values(argv: Sequence[str]) -> list[str]:
 
 def _builtin_hint(e: BaseException, argv: Sequence[str]) -> str:
   """For a --config file that does not exist here but is a packaged config's name (configs/
-  smoke.py run from outside the repository): how to name the packaged one from anywhere."""
+  smoke.py run from outside the repository): how to name the packaged one from anywhere. For a
+  file whose path holds a ':' (which config_flags reads as FILE:ARGUMENT): why it was not found."""
   if not isinstance(e, OSError) or (e.errno != errno.ENOENT and '[Errno 2]' not in str(e)):
     return ''
   for value in _config_values(argv):
+    if ':' in value and pathlib.Path(value).expanduser().is_file():
+      return (f' (--config reads FILE:ARGUMENT, so the ":" in {value} ends the file name at '
+              f'{value.split(":", 1)[0]}: give the file a path with no ":", e.g. copy it)')
     name = pathlib.Path(value.split(':', 1)[0]).stem
     if not pathlib.Path(value.split(':', 1)[0]).exists():
       try:

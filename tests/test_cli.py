@@ -147,6 +147,17 @@ def test_a_missing_config_file_named_as_a_packaged_one_points_to_it(tmp_path):
                        'jax_cifar:smoke)'), line
 
 
+def test_a_config_file_with_a_colon_in_its_path_says_why_it_was_not_found(tmp_path):
+  """config_flags reads `--config FILE:ARGUMENT`: a folder named `a:b` cut the path there, and the
+  error named only the cut path (a file that was not the user's)."""
+  path = tmp_path / 'a:b' / 'my_config.py'
+  path.parent.mkdir()
+  path.write_text((ROOT / 'configs' / 'smoke.py').read_text())
+  line = _usage_error(train(tmp_path / 'run', config=str(path), overrides={}))
+  assert f'the ":" in {path} ends the file name at {tmp_path / "a"}' in line, line
+  assert not (tmp_path / 'run').exists()
+
+
 def test_missing_workdir_flag_is_named(tmp_path):
   assert '--workdir' in _usage_error(train(None, config='configs/smoke.py', overrides={}))
   # --workdir= (an unset shell variable) had trained into the current folder (an audit).
