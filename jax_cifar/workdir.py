@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 import stat
+import sys
 import tempfile
 from typing import Any
 
@@ -127,12 +128,24 @@ def orbax_cannot_use(path: str | os.PathLike) -> str | None:
     failed there (a bad-input review);
   - tensorstore reads a backslash as a folder separator: a run in `runs/a\\b` had its arrays
     written to `runs/a/b`, finished "Done", and its resume called the checkpoint damaged (a path
-    review)."""
+    review);
+  - they encode the path as UTF-8 whatever this Python's file system encoding: under a Latin-1
+    locale a run in `café` had its arrays written to `cafÃ©`, said "Done", and could not be
+    resumed (a locale review)."""
+  text, raw = os.fspath(path), os.fsencode(path)
   try:
-    os.fspath(path).encode('utf-8')
+    same = text.encode('utf-8') == raw
   except UnicodeEncodeError:
-    return (f'{os.fsencode(path)!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint '
-            'files) take only those: rename it')
+    same = False
+  if not same:
+    try:
+      raw.decode('utf-8')
+    except UnicodeDecodeError:
+      return (f'{raw!r} is not a UTF-8 path, and orbax and tensorstore (the checkpoint files) take '
+              'only those: rename it')
+    return (f'{raw!r}: this Python reads file names as {sys.getfilesystemencoding()} (its locale), '
+            'orbax and tensorstore (the checkpoint files) as UTF-8, so the two would not name one '
+            'folder: run with PYTHONUTF8=1 (or a UTF-8 locale, LC_ALL=C.UTF-8)')
   if '\\' in os.path.abspath(path):  # (Also in the current folder's path, for a relative one.)
     return (f'{os.path.abspath(path)!r} holds a backslash, which tensorstore (the checkpoint '
             'files) reads as a folder separator, so the files would go to another folder: '

@@ -78,3 +78,29 @@ def test_a_relative_workdir_in_a_folder_with_a_backslash_is_refused(tmp_path, mo
   with pytest.raises(workdir.WorkdirError, match=r"^workdir '.*/a\\\\b/run' holds a backslash"):
     trainer.train_and_evaluate(c, 'run')
   assert os.listdir(tmp_path / 'a\\b') == []
+
+
+def test_a_utf8_workdir_under_a_locale_that_is_not_utf8_is_refused_and_says_what_to_set(tmp_path):
+  """Python encodes file names with the locale's encoding, tensorstore with UTF-8: under a Latin-1
+  locale a run in `café` had written its arrays into `cafÃ©`, said "Done", and its resume called the
+  checkpoint damaged; under LC_ALL=C (UTF-8 mode off) the name had been called "not a UTF-8 path"
+  (a locale review). The train CLI, under the C locale with Python's UTF-8 mode off."""
+  from _train_cli import the_error, train  # pylint: disable=import-outside-toplevel
+  env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
+  line = the_error(train(tmp_path / 'café', env=env))
+  assert line.endswith(r"workdir b'" + str(tmp_path) + r"/caf\xc3\xa9': this Python reads file "
+                       'names as ascii (its locale), orbax and tensorstore (the checkpoint files) '
+                       'as UTF-8, so the two would not name one folder: run with PYTHONUTF8=1 (or '
+                       'a UTF-8 locale, LC_ALL=C.UTF-8)'), line
+  assert os.listdir(tmp_path) == []
+
+
+def test_under_a_latin1_locale_a_utf8_name_is_refused_and_a_latin1_name_is_not_utf8(monkeypatch):
+  """The Latin-1 case itself (this machine may have no such locale): Python's own encoding of the
+  name stands in for the locale's."""
+  monkeypatch.setattr(workdir.os, 'fsencode', lambda p: os.fspath(p).encode('latin-1'))
+  # `café` typed in a UTF-8 terminal reaches such a Python as 'cafÃ©' (bytes c3 a9).
+  assert 'so the two would not name one folder' in workdir.orbax_cannot_use('/runs/caf\xc3\xa9')
+  # A name in Latin-1 itself (byte e9) is no UTF-8 path at all.
+  assert 'is not a UTF-8 path' in workdir.orbax_cannot_use('/runs/café')
+  assert workdir.orbax_cannot_use('/runs/plain') is None
