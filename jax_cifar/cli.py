@@ -45,6 +45,19 @@ class ArgumentParser(argparse.ArgumentParser):
   def error(self, message: str):
     self.exit(USAGE_EXIT_CODE, f'error: {message} (see --help)\n')
 
+  def parse_known_args(self, *args, **kwargs):  # (parse_args calls it: every command, first.)
+    printable_output()
+    return super().parse_known_args(*args, **kwargs)
+
+
+def printable_output() -> None:
+  """stdout writes what its encoding cannot as escapes (caf\\xe9), as stderr does: under
+  PYTHONIOENCODING=ascii, report and corrupt had written every file, then exited 1 with a
+  traceback, printing a path with an é in it (a locale review)."""
+  for stream in (sys.stdout, sys.stderr):
+    if getattr(stream, 'errors', None) == 'strict' and hasattr(stream, 'reconfigure'):
+      stream.reconfigure(errors='backslashreplace')
+
 
 def nonempty(what: str) -> Callable[[str], str]:
   """An argparse `type` refusing an empty value (`--out=`, an unset shell variable), which would
@@ -369,6 +382,7 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   workdir.run_config), `--config.KEY=VALUE` without `--config` changes the config of the run in
   --workdir. Flag files (--flagfile) are read once, first, as absl would: defining --config reads
   them too (ml_collections), and the checks of the parsing see what they hold."""
+  printable_output()
   argv = read_flag_files(sys.argv)
   define_flags()
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.

@@ -488,3 +488,25 @@ def test_a_summary_cut_by_a_full_disk_leaves_the_earlier_one_whole(tmp_path, mon
   assert (out / 'summary.md').read_bytes() == summary
   assert sorted(p.name for p in out.iterdir()) == [
       'figure1_loss.png', 'figure2_accuracy.png', 'figure3_learning_rate.png', 'summary.md']
+
+
+def test_summary_is_utf8_and_paths_print_under_an_ascii_locale(tmp_path):
+  """Under a locale that is not UTF-8, summary.md had been written in its encoding: a config value
+  outside it (data.dir /data/実験) ended the report in a UnicodeEncodeError. Under
+  PYTHONIOENCODING=ascii the report wrote every file, then exited 1 with a traceback, printing an
+  --out path with an é (a locale review)."""
+  for name, data_dir in (('a', '/data/données'), ('b', '/data/実験')):
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config['data'] = {'dir': data_dir}
+    fake_run(tmp_path / name, 1.0, config=config)
+  out = tmp_path / 'rapport-été'
+  env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0',
+         'PYTHONIOENCODING': 'ascii', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.report', str(tmp_path / 'a'),
+                         str(tmp_path / 'b'), '--out', str(out)], capture_output=True,
+                        timeout=120, env=env)
+  assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+  summary = (out / 'summary.md').read_bytes().decode('utf-8')  # UTF-8, whatever the locale.
+  assert '/data/données' in summary and '/data/実験' in summary
+  # (The C locale reads the name's UTF-8 bytes as escapes, which are printed as such.)
+  assert b'rapport-\\udcc3\\udca9t\\udcc3\\udca9' in proc.stdout, proc.stdout

@@ -389,7 +389,8 @@ def _write_report(runs: list[dict], out: pathlib.Path) -> tuple[list[pathlib.Pat
            f'No run logged a learning rate ({" or ".join(curves.LR_KEYS)}): no Figure 3.\n']
   if not has_lr:
     fig3.unlink(missing_ok=True)  # Not one left over from an earlier report on other runs.
-  atomic_folder.write_file(md, lambda tmp: pathlib.Path(tmp).write_text('\n'.join(text)))
+  atomic_folder.write_file(md, lambda tmp: pathlib.Path(tmp).write_text('\n'.join(text),
+                                                                      encoding='utf-8'))
   return [fig1, fig2] + ([fig3] if has_lr else []) + [md], warnings
 
 
