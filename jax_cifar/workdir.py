@@ -96,8 +96,7 @@ class Lock:
       raise NoFileLocks(e.errno, e.strerror) from None
     try:
       os.ftruncate(fd, 0)
-      os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since '
-                f'{datetime.datetime.now().isoformat(timespec="seconds")}\n'.encode(), 0)
+      os.pwrite(fd, f'pid {os.getpid()} on {os.uname().nodename}, since {now()}\n'.encode(), 0)
     except OSError:  # (A full disk: the lock is not taken, its file not held open.)
       os.close(fd)
       raise
@@ -341,13 +340,19 @@ def flat_defaults() -> dict:
   return flatten(json.loads(json.dumps(default.get_config().to_dict(), default=str)))
 
 
+def now() -> str:
+  """The local time with its offset from UTC (2026-12-07T14:25:33+01:00): a run resumed on a host
+  in another time zone had recorded its second launch 8 hours before its first (a clock review)."""
+  return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+
+
 def record_launch(workdir: pathlib.Path, config: dict, start_step: int,
                   changes: dict[str, tuple[Any, Any]], *, write_config: bool = True,
                   shape: dict[str, int] | None = None) -> str | None:
   """Appends this launch to launches.jsonl and (`write_config`) makes its config the run's
   config.json; returns the config.json it held (its text, None if there was none), for
   `restore_config`. `shape`: the launch's device and process counts."""
-  row = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'start_step': start_step,
+  row = {'time': now(), 'start_step': start_step,
          'changed': {k: list(v) for k, v in changes.items()},
          'jax_cifar': code_digest.code_version(), **(shape or {}), 'config': config}
   path = workdir / LAUNCHES_FILE

@@ -1,6 +1,7 @@
 """One run per workdir: resume=false never overwrites a run, a live run's lock, and resuming with a
 changed config (refused if it alters the trajectory, unless allowed; recorded in launches.jsonl)."""
 
+import datetime
 import errno
 import fcntl
 import json
@@ -327,11 +328,15 @@ def test_a_failed_start_leaves_no_workdir_behind_but_never_removes_an_existing_o
 
 def test_allowed_config_change_resumes_and_launches_jsonl_records_it(run):
   first = json.loads((run / 'config.json').read_text())
+  # Relaunched on a host in another time zone: its launch had been recorded 8 hours before the
+  # first one (local times without their offset: a clock review).
   out = train(run, '--config.optim.lr=0.002', '--config.train.allow_config_change=true',
-              '--config.train.max_steps=3')
+              '--config.train.max_steps=3', env={**os.environ, 'TZ': 'PST8'})
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'optim.lr changed: 0.001 -> 0.002' in out.stderr
   rows = _launches(run)
+  first_time, second_time = (datetime.datetime.fromisoformat(r['time']) for r in rows)
+  assert second_time.utcoffset() == datetime.timedelta(hours=-8) and second_time >= first_time
   assert len(rows) == 2 and rows[0]['config'] == first
   assert rows[1]['start_step'] == FIRST_STEPS
   assert rows[1]['changed']['optim.lr'] == [0.001, 0.002]
