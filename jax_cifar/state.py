@@ -45,11 +45,17 @@ def check_finite(params, batch_stats, who: str) -> None:
   # array itself would stay cached on it, a second copy of the model for the whole evaluation.
   local = jax.device_get(jax.tree.map(
       lambda v: v.addressable_data(0) if isinstance(v, jax.Array) else v, (params, batch_stats)))
-  bad = [jax.tree_util.keystr(path) for path, value in jax.tree_util.tree_leaves_with_path(local)
+  # Named as the state names them: `[1]['bn1']['var']` had been a running variance, called a
+  # parameter (a numerics review).
+  bad = [f'{name}{jax.tree_util.keystr(path)}'
+         for name, tree in zip(('params', 'batch_stats'), local)
+         for path, value in jax.tree_util.tree_leaves_with_path(tree)
          if not np.isfinite(np.asarray(value)).all()]
   if bad:
-    raise errors.UserError(f'{who}: non-finite parameter in the checkpoint: {", ".join(bad[:5])}'
-                           f'{" ..." if len(bad) > 5 else ""}')
+    stats = ' (batch_stats: the BatchNorm running statistics)' if any(
+        b.startswith('batch_stats') for b in bad[:5]) else ''
+    raise errors.UserError(f'{who}: non-finite values in the checkpoint: {", ".join(bad[:5])}'
+                           f'{" ..." if len(bad) > 5 else ""}{stats}')
 
 
 def model_input(images, config, dtype):

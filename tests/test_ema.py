@@ -284,7 +284,8 @@ def test_one_non_finite_value_in_a_leaf_is_named():
   params = {'conv': {'kernel': np.array([1.0, np.nan, 2.0], np.float32)},
             'fc': {'bias': np.zeros(3, np.float32)}}
   stats = {'bn': {'var': np.array([1.0, np.inf], np.float32)}}
-  with pytest.raises(errors.UserError, match=r"^step 3: non-finite parameter in the checkpoint: "
-                     r"\[0\]\['conv'\]\['kernel'\], \[1\]\['bn'\]\['var'\]$"):
+  with pytest.raises(errors.UserError, match=r"^step 3: non-finite values in the checkpoint: "
+                     r"params\['conv'\]\['kernel'\], batch_stats\['bn'\]\['var'\] "
+                     r"\(batch_stats: the BatchNorm running statistics\)$"):
     state_lib.check_finite(params, stats, 'step 3')
   state_lib.check_finite({'w': np.ones(2, np.float32)}, {}, 'fine')

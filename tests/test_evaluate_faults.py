@@ -278,7 +278,7 @@ def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_p
   csv = tmp_path / 'sub.csv'
   csv.write_text('id,label\n')
   with pytest.raises(errors.UserError, match=rf'^checkpoint step {step} \(raw weights\): '
-                     r'non-finite parameter in the checkpoint: \[.*'):
+                     r'non-finite values in the checkpoint: params\[.*'):
     evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
                       submission_csv=str(csv))
   assert csv.read_text() == 'id,label\n'

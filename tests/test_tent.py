@@ -274,6 +274,6 @@ def test_a_non_finite_entropy_stops_with_a_clear_error(small):
       for k, v in nnx.to_flat_state(state.params)])
   adapter = tent.TentAdapter(config, graphdef, mesh, tent.TentOptions(batch_size=32), params,
                              state.batch_stats)
-  with pytest.raises(errors.UserError, match='non-finite parameter in the checkpoint'):
+  with pytest.raises(errors.UserError, match='non-finite values in the checkpoint'):
     adapter.adapt_model(params, state.batch_stats, _images(7, 40))
 

@@ -9,7 +9,8 @@ from jax_cifar.state import TrainState
 
 
 class NonFiniteLossError(errors.UserError, RuntimeError):
-  """A non-finite loss or update with train.on_nonfinite='stop' (the step is named)."""
+  """A non-finite loss, BatchNorm statistics or update with train.on_nonfinite='stop' (the step is
+  named)."""
 
 
 def check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
@@ -25,7 +26,7 @@ def check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
     first = int(state.first_nonfinite_step)  # The run's first; this launch's if none before.
     where = f'at step {first + 1}' if skipped_before == 0 else f'after step {start_step}'
     raise NonFiniteLossError(
-        f'non-finite loss or update {where}: it was not applied; '
+        f'non-finite loss, BatchNorm statistics or update {where}: it was not applied; '
         f'{_kept(ckpts)} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
     logging.warning('%d updates skipped so far because of a non-finite loss.', bad)

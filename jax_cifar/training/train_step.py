@@ -90,8 +90,14 @@ def train_step(state: TrainState, batch: dict, *, graphdef, tx: optax.GradientTr
   new_params = optax.apply_updates(state.params, updates)
 
   # A non-finite loss or update must never reach the parameters: keep the old state, count it.
+  # Nor non-finite BatchNorm statistics: a batch variance past float32's range had kept a finite
+  # loss, and the run saved a `best` whose running variance was inf, which evaluate refused (a
+  # numerics review).
   grad_norm, update_norm = optim.global_norm(grads), optim.global_norm(updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+  for stat in jax.tree.leaves(new_stats):
+    if jnp.issubdtype(stat.dtype, jnp.inexact):
+      finite &= jnp.isfinite(stat).all()
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1,
