@@ -436,3 +436,38 @@ def test_a_full_disk_while_writing_the_results_still_prints_their_numbers(run, t
   assert lines[-2:] == [
       'note: the numbers were computed (the line above) but could not all be written:',
       f'error: {workdir / unwritten}: File too large (disk full)'], out.stderr[-3000:]
+
+
+def test_finite_weights_whose_outputs_overflow_are_refused_not_scored_as_class_0(run, tmp_path):
+  """Weights that are all finite but whose forward pass overflows to NaN: argmax had read each row
+  of NaNs as class 0, scored 1%, written a submission of class 0 throughout, and exited 0 (a
+  numerics review). Both prediction paths (log-probabilities, and labels alone as the submission
+  uses) now refuse, and a CSV already there is kept."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from jax_cifar import checkpoints, parallel  # pylint: disable=import-outside-toplevel
+  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*'))
+  state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
+  # Each leaf scaled to a largest value of 3e38 (float32 ends at 3.4e38): finite, and overflowing.
+  state = state.replace(params=jax.tree.map(lambda v: v / max(float(abs(v).max()), 1e-30) * 3e38,
+                                            state.params))
+  shutil.rmtree(workdir / 'checkpoints')
+  ckpts = checkpoints.Checkpoints(workdir)
+  ckpts.save_latest(state, step)
+  ckpts.close()
+  csv = tmp_path / 'sub.csv'
+  csv.write_text('id,label\n')
+  refused = r"^test: the model's outputs are not finite \(NaN or inf\) for \d+ of \d+ images, so "
+  with pytest.raises(errors.UserError, match=refused):
+    evaluate.evaluate(_config(), str(workdir), 'latest', ood_dir=str(run / 'ood'),
+                      submission_csv=str(csv))
+  assert csv.read_text() == 'id,label\n'
+  assert not list(workdir.glob('eval_*.json'))
+  predictor, _ = inference.load_predictor(_config(), str(workdir), 'latest')
+  images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), np.uint8)
+  with pytest.raises(errors.UserError, match=r"^OOD: the model's outputs are not finite .* for 10 "
+                                             r'of 10 images'):
+    predictor.run(images, 'OOD', labels_only=True)

@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jax_cifar import config_validation, image_checks, interrupt, parallel, step_folders
+from jax_cifar import config_validation, errors, image_checks, interrupt, parallel, step_folders
 from jax_cifar import resume_rules, tracking, xla_options
 from jax_cifar.evaluation import bn_adapt
 from jax_cifar.evaluation import metrics as metrics_lib
@@ -43,7 +43,9 @@ def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: 
 
   log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode,
                              tta_average)
-  return jnp.argmax(log_p, -1).astype(jnp.int32) if labels_only else log_p
+  if labels_only:  # (-1 for a row that names no class: Predictor.run refuses it.)
+    return jnp.where(jnp.isfinite(log_p).all(-1), jnp.argmax(log_p, -1), -1).astype(jnp.int32)
+  return log_p
 
 
 def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
@@ -91,6 +93,18 @@ def check_tta_average(tta_average: str, tta_mode: str, given: bool = False) -> N
 # Under this many images a chunk's own BatchNorm statistics are noisy: --bn_adapt on 10 images
 # per chunk had taken a model from 6.2 to 3.7 % OOD without a word (a review).
 SMALL_CHUNK = 100
+
+
+def _check_finite_outputs(out: np.ndarray, labels_only: bool, desc: str) -> None:
+  """Refuses predictions of non-finite outputs: argmax reads a row of NaNs as class 0, and a
+  checkpoint of finite weights whose forward pass overflowed had scored 1% (chance) and written a
+  submission of class 0 throughout, exit status 0 (a numerics review)."""
+  bad = int((out < 0).sum() if labels_only else (~np.isfinite(out).all(-1)).sum())
+  if bad:
+    raise errors.UserError(
+        f'{desc}: the model\'s outputs are not finite (NaN or inf) for {bad} of {len(out)} images, '
+        'so they name no class: its forward pass overflows (a weight or BatchNorm statistic too '
+        'large, or past the range of model.dtype); no prediction was written')
 
 
 @dataclasses.dataclass
@@ -144,7 +158,9 @@ class Predictor:
     # result is written: it had been dropped, and the run exited 0 (an audit).
     interrupt.at_event('predicted', 0)  # Test hook: a signal after the loop's last check.
     interrupt.FLAG.check(collective=True)
-    return np.concatenate(outs)
+    out = np.concatenate(outs)
+    _check_finite_outputs(out, labels_only, desc)
+    return out
 
   def _predict(self, images: np.ndarray, params, batch_stats, labels_only: bool,
                bar) -> np.ndarray:
