@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_cifar import checkpoints, optim, parallel, tracking
+from jax_cifar import checkpoints, errors, optim, parallel, tracking
 from jax_cifar import state as state_lib
 from jax_cifar.training import stopping, trainer
 from test_resilience import _config
@@ -164,3 +164,20 @@ def test_a_stop_whose_save_fails_is_no_preemption_for_wandb(tmp_path, monkeypatc
   with pytest.raises(checkpoints.CheckpointError, match='disk gone'):
     trainer.train_and_evaluate(_config(), str(tmp_path))
   assert closed == [(1, False)]
+
+
+def test_a_validation_of_non_finite_outputs_stops_the_run_and_is_never_best(tmp_path, monkeypatch):
+  """A model whose training steps are finite but whose eval-mode outputs are not (a running
+  statistic of -3e38, finite, read in eval mode only): its NaN validation (loss NaN, accuracy 1%:
+  argmax reads NaN rows as class 0) had been saved as 'best', and the run ended "Done", exit 0 (a
+  numerics review). The run now stops at that validation, naming it; 'best' is left alone."""
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  real = inference.predict_step
+  monkeypatch.setattr(inference, 'predict_step', lambda *a, **k: real(*a, **k) * jnp.nan)
+  c = _config()
+  with pytest.raises(errors.UserError,
+                     match=r"^val: the model's outputs are not finite \(NaN or inf\) for \d+ of "):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert not list((tmp_path / 'checkpoints' / 'best').iterdir())
+  assert not [line for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+              if 'val_loss' in line]

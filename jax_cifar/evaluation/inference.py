@@ -104,7 +104,7 @@ def _check_finite_outputs(out: np.ndarray, labels_only: bool, desc: str) -> None
     raise errors.UserError(
         f'{desc}: the model\'s outputs are not finite (NaN or inf) for {bad} of {len(out)} images, '
         'so they name no class: its forward pass overflows (a weight or BatchNorm statistic too '
-        'large, or past the range of model.dtype); no prediction was written')
+        'large, or past the range of model.dtype)')
 
 
 @dataclasses.dataclass
