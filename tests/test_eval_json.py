@@ -288,5 +288,26 @@ def test_a_checkpoint_saved_again_after_its_eval_json_is_another_checkpoint(tmp_
   os.utime(path, (1_000_000, 1_000_000))
   os.utime(folder, (2_000_000, 2_000_000))  # Saved again after the file was written.
   eval_json.write(path, {**same, 'test_accuracy': 0.6}, folder)
-  assert json.loads(path.read_text()) == {**same, 'test_accuracy': 0.6}
+  assert json.loads(path.read_text()) == {**same, 'test_accuracy': 0.6,
+                                          'step_saved_ns': folder.stat().st_mtime_ns}
+  assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3
+
+
+def test_a_checkpoint_saved_again_under_a_clock_behind_the_files_is_another_checkpoint(tmp_path):
+  """Compared by time, a step saved again looked older than its eval JSON when the JSON was written
+  while the clock ran fast (or by a host ahead of the saving one): its OOD number was merged beside
+  the new weights' test accuracy (a clock review). The step folder's time is now recorded and
+  compared for equality."""
+  path = tmp_path / 'eval_best.json'
+  folder = tmp_path / 'checkpoints' / 'best' / '3'
+  folder.mkdir(parents=True)
+  same = {'checkpoint': 'best', 'step': 3, 'weights': 'raw'}
+  os.utime(folder, (1_000_000, 1_000_000))
+  eval_json.write(path, {**same, 'ood_accuracy': 0.3}, folder)
+  eval_json.write(path, {**same, 'test_accuracy': 0.5}, folder)  # The same step: merged.
+  assert json.loads(path.read_text())['ood_accuracy'] == 0.3
+  os.utime(path, (3_000_000, 3_000_000))  # Written by a clock ahead...
+  os.utime(folder, (2_000_000, 2_000_000))  # ... of the one that saved the step again.
+  eval_json.write(path, {**same, 'test_accuracy': 0.6}, folder)
+  assert 'ood_accuracy' not in json.loads(path.read_text())
   assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3

@@ -50,7 +50,8 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
   """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
   earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
   `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
-  in the file; a file of another checkpoint (or unreadable) is kept beside it as
+  in the file (with the step folder's time, `step_saved_ns`, recorded to tell); a file of another
+  checkpoint (or unreadable) is kept beside it as
   eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
   WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
   host, where it had been taken (a cluster audit)).
@@ -59,14 +60,24 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
   one tag had left the numbers of one beside the figure of the other (a concurrency review)."""
   lock = _lock(path.parent)
   try:
+    try:
+      saved_ns = None if checkpoint_dir is None else checkpoint_dir.stat().st_mtime_ns
+    except OSError:
+      saved_ns = None
     merged = dict(result)
     if path.exists():
       try:
         old = json.loads(path.read_text())
       except (OSError, ValueError, RecursionError):
         old = None
-      saved_since = (checkpoint_dir is not None and checkpoint_dir.exists()
-                     and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
+      if isinstance(old, dict) and isinstance(old.get('step_saved_ns'), int) and saved_ns:
+        # The step folder's time as recorded, not against the file's: a clock that had run fast
+        # as the file was written had merged a step saved again since into its numbers (a clock
+        # review).
+        saved_since = old['step_saved_ns'] != saved_ns
+      else:  # (Files of versions before 2026-12-07, or no step folder given.)
+        saved_since = (saved_ns is not None
+                       and checkpoint_dir.stat().st_mtime > path.stat().st_mtime)
       if (isinstance(old, dict) and not saved_since
           and old.get('step') == result['step']
           # Versions before evaluate --weights (2026-11-30) evaluated the raw weights, unnamed: such
@@ -88,6 +99,8 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         logging.warning('%s held the numbers of another checkpoint (%sstep %s): kept as %s.',
                         path.name, f'{where}, ' if isinstance(where, str) else '', step,
                         ', '.join(kept))
+    if saved_ns is not None:
+      merged['step_saved_ns'] = saved_ns
     # Whole, under the lock; a killed writer's temp had stayed forever, one per kill (a kill
     # audit), and a full disk's had named only the temp.
     text = json.dumps(merged, indent=2) + '\n'
