@@ -68,31 +68,31 @@ TENT_VIEWS = 3  # One Tent pass (forward + backward) costs about three forward p
 def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
   cmd = [sys.executable, '-m', 'jax_cifar.train', '--config', 'configs/ood_best.py', '--workdir',
          str(run), *overrides]
-  t = time.time()
+  t = time.monotonic()
   with open(run.parent / 'train.log', 'w') as out:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     stopped, last_print = None, 0.0
     while proc.poll() is None:
       time.sleep(2)
-      if stopped is None and time.time() - T0 > args.train_deadline_s:
+      if stopped is None and time.monotonic() - T0 > args.train_deadline_s:
         log('training deadline reached: SIGTERM (the trainer saves and exits)')
         proc.send_signal(signal.SIGTERM)
-        stopped = time.time()
-      elif stopped is not None and time.time() - stopped > 120:  # Hung: the evaluation comes first.
+        stopped = time.monotonic()
+      elif stopped is not None and time.monotonic() - stopped > 120:  # Hung: the evaluation comes first.
         log('the trainer did not exit within 120 s of SIGTERM: SIGKILL')
         proc.kill()
-      if time.time() - last_print > 30:
+      if time.monotonic() - last_print > 30:
         rows = [r for r in tracking.read_metrics(run) if 'train_loss' in r]
         if rows:
           r = rows[-1]
           log(f"step {r['step']} train_loss {r['train_loss']:.3f} "
               f"{r.get('images_per_sec', 0):.0f} img/s")
-        last_print = time.time()
+        last_print = time.monotonic()
     rc = proc.wait()
   rows = tracking.read_metrics(run)
   vals = [r for r in rows if 'val_accuracy' in r]
   ips = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
-  result = {'rc': rc, 'stopped_by_deadline': stopped is not None, 'seconds': time.time() - t,
+  result = {'rc': rc, 'stopped_by_deadline': stopped is not None, 'seconds': time.monotonic() - t,
             'step': max([r['step'] for r in rows], default=0),
             # After the first logged rate, whose window holds the compile (epochs_that_fit drops
             # it too).
@@ -169,12 +169,12 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
     files = ood.check_distortion_dir(folder) if folder else []
     images = n_clean + sum(f.num_images for f in files)
     projected = projected_seconds(images, views, adapt or tent, per_view_image)
-    if time.time() - T0 + projected > args.deadline_s:
+    if time.monotonic() - T0 + projected > args.deadline_s:
       log(f'skip {name}: projected {projected:.0f}s would pass the deadline')
       results[name] = {'skipped': f'projected {projected:.0f}s past the deadline'}
       save()
       continue
-    t = time.time()
+    t = time.monotonic()
     try:
       r = ev.evaluate(config, str(run), 'best', tta_mode=tta, adapt_bn=adapt, weights='auto',
                       tent=tent_lib.TentOptions() if tent else None, tta_average=average,
@@ -188,7 +188,7 @@ def evaluate_tools(args, run: pathlib.Path, sets: dict, full_dir, results: dict,
       results[name] = {'error': f'{type(e).__name__}: {e}'}
       save()
       continue
-    seconds = time.time() - t
+    seconds = time.monotonic() - t
     # The OOD files' rate (their compile is spread over 19 files), the slowest seen so far: a
     # --bn_adapt row had ended 50 s past the deadline at the first row's rate (an audit). Not the
     # 'clean' row's: its seconds are mostly its compile, which had put every later row past the
@@ -336,7 +336,7 @@ def main():
     stop_jobs([j for js in jobs.values() for j in js] + full_jobs)
   loaded = {(r['step'], r['weights']) for r in result['eval'].values() if 'weights' in r}
   result['step'], result['weights'] = next(iter(loaded)) if len(loaded) == 1 else (None, None)
-  result['total_s'] = time.time() - T0
+  result['total_s'] = time.monotonic() - T0
   save()
   print(table(result), flush=True)
   try:

@@ -13,11 +13,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from jax_cifar.data import ood  # pylint: disable=wrong-import-position
 
-T0 = time.time()
+T0 = time.monotonic()
 
 
 def log(msg: str) -> None:
-  print(f'[{time.time() - T0:6.0f}s] {msg}', flush=True)
+  print(f'[{time.monotonic() - T0:6.0f}s] {msg}', flush=True)
 
 
 # Where each split's OOD set is made under --work (the validation one: the trainer's default
@@ -45,7 +45,7 @@ def start_corrupt(data: str, out: pathlib.Path, limit: int, procs: int, nice: in
 def wait_jobs(jobs: list, deadline_s: float | None = None) -> bool:
   """Whether the jobs all ended by deadline_s (seconds from this script's start; None: wait)."""
   while any(j.poll() is None for j in jobs):
-    if deadline_s is not None and time.time() - T0 > deadline_s:
+    if deadline_s is not None and time.monotonic() - T0 > deadline_s:
       return False
     time.sleep(1)
   return True
@@ -85,7 +85,7 @@ def merge_corrupt(jobs: list, out: pathlib.Path,
 def wait_for_set(folder: pathlib.Path, deadline_s: float) -> pathlib.Path | None:
   """Another run's merged OOD set (--ood_from), once it exists; None past the deadline."""
   while not folder.is_dir():
-    if time.time() - T0 > deadline_s:
+    if time.monotonic() - T0 > deadline_s:
       log(f'{folder} did not appear before the deadline')
       return None
     time.sleep(2)

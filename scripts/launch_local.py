@@ -137,8 +137,8 @@ def main() -> int:
               else f'exited with status {status}')  # 75: jax_cifar's preempted exit status.
       print(f'[launch] a process {what}; stopping the others', flush=True)
       forward(signal.SIGTERM, None)
-      deadline = time.time() + 30
-      while time.time() < deadline and any(p.poll() is None for p in procs):
+      deadline = time.monotonic() + 30
+      while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.2)
       for p in procs:
         if p.poll() is None:

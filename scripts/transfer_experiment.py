@@ -126,12 +126,12 @@ def run_arm(name: str, pretrained: str, args: argparse.Namespace) -> dict:
   print(f'[{name}]', ' '.join(cmd), flush=True)
   spent = pathlib.Path(args.out) / 'results' / f'{name}.seconds'  # Over every invocation.
   spent.parent.mkdir(parents=True, exist_ok=True)
-  t = time.time()
+  t = time.monotonic()
   try:
     run(name, cmd, pathlib.Path(args.out) / f'{name}.log')  # Resumes an interrupted arm.
   finally:
     before = float(spent.read_text()) if spent.exists() else 0.0
-    spent.write_text(f'{before + time.time() - t:.1f}\n')
+    spent.write_text(f'{before + time.monotonic() - t:.1f}\n')
   wall = float(spent.read_text())
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_accuracy' in r][-1]

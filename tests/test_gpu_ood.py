@@ -201,7 +201,7 @@ def test_a_tool_is_projected_at_the_slowest_rate_seen_so_far(monkeypatch, tmp_pa
   # 30 + 1.2 * 1000 * 1 / 2 = 630 s). At the last rate seen, none's, 'flip' (2 views) would be
   # projected at 30 + 1.2 * 1000 * 2 / 10 = 270 s; at the slowest, bn_adapt's, at 1,230 s.
   args = argparse.Namespace(tools=['bn_adapt', 'none', 'flip'], data='',
-                            deadline_s=time.time() - gpu_ood.T0 + 1000)
+                            deadline_s=time.monotonic() - gpu_ood.T0 + 1000)
   gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, None, results, lambda: None)
   assert 'ood_accuracy' in results['bn_adapt'] and 'ood_accuracy' in results['none']
   assert results['flip'] == {'skipped': 'projected 1230s past the deadline'}, results['flip']
@@ -234,7 +234,7 @@ def test_the_clean_row_asks_for_no_submission_and_its_compile_projects_no_later_
   _fake_evaluation(monkeypatch, gpu_ood, calls, seen)
   clock = [1000.0]
   monkeypatch.setattr(gpu_ood, 'T0', clock[0])
-  monkeypatch.setattr(gpu_ood, 'time', types.SimpleNamespace(time=lambda: clock[0]))
+  monkeypatch.setattr(gpu_ood, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
   plain = ev.evaluate
 
   def evaluate(*args, ood_dir=None, **kwargs):  # The clean row: 100 s, mostly compiling.
@@ -333,7 +333,7 @@ def test_a_tool_is_projected_from_the_time_already_spent(monkeypatch, tmp_path):
   gpu_ood = load_script('gpu_ood')
   calls, results = [], {}
   _fake_evaluation(monkeypatch, gpu_ood, calls)
-  monkeypatch.setattr(gpu_ood, 'T0', time.time() - 520)
+  monkeypatch.setattr(gpu_ood, 'T0', time.monotonic() - 520)
   args = argparse.Namespace(tools=['none'], data='', deadline_s=540)
   gpu_ood.evaluate_tools(args, tmp_path, {'test': tmp_path / 'ood'}, None, results, lambda: None)
   assert results == {'none': {'skipped': 'projected 30s past the deadline'}} and not calls
@@ -358,7 +358,7 @@ def test_training_is_stopped_with_sigterm_at_its_own_deadline(monkeypatch, tmp_p
   popen = subprocess.Popen
   monkeypatch.setattr(gpu_ood.subprocess, 'Popen', lambda cmd, **kw: popen(
       [sys.executable, '-c', CHILD, cmd[cmd.index('--workdir') + 1]], **kw))
-  args = argparse.Namespace(train_deadline_s=time.time() - gpu_ood.T0 + 4, deadline_s=1e9)
+  args = argparse.Namespace(train_deadline_s=time.monotonic() - gpu_ood.T0 + 4, deadline_s=1e9)
   result = gpu_ood.train(args, tmp_path / 'run', [])
   assert result['stopped_by_deadline'] and result['rc'] == 75, result
   assert result['seconds'] < 30 and result['step'] == 3, result

@@ -34,7 +34,7 @@ def test_a_shared_set_appears_whole_and_a_second_run_waits_for_it(tmp_path):
 def test_a_set_not_made_by_its_deadline_is_stopped_and_given_up(tmp_path):
   sets = load_script('gpu_ood_sets')
   job = subprocess.Popen(['sleep', '60'])
-  assert sets.merge_corrupt([job], tmp_path / 'ood', time.time() - sets.T0 + 1) is None
+  assert sets.merge_corrupt([job], tmp_path / 'ood', time.monotonic() - sets.T0 + 1) is None
   assert job.poll() is not None and job.returncode < 0  # Killed by a signal, not waited for.
   assert not (tmp_path / 'ood' / 'all').exists()
 
@@ -45,7 +45,7 @@ def test_a_set_is_merged_once_its_jobs_end_and_given_up_if_one_failed(tmp_path):
   (out / 'g0').mkdir(parents=True)
   np.save(out / 'g0' / 'distortion00.npy', np.zeros((5, 32, 32, 3), np.uint8))
   job = subprocess.Popen(['sleep', '2'])  # Still writing: waited for, within the deadline.
-  assert sets.merge_corrupt([job], out, time.time() - sets.T0 + 60) == out / 'all'
+  assert sets.merge_corrupt([job], out, time.monotonic() - sets.T0 + 60) == out / 'all'
   assert job.returncode == 0 and (out / 'all' / 'distortion00.npy').exists()
   failed = [subprocess.Popen(['true']), subprocess.Popen(['false'])]  # One of several failed.
   assert sets.merge_corrupt(failed, tmp_path / 'other', None) is None
