@@ -381,6 +381,24 @@ def _write_config(workdir: pathlib.Path, text: str) -> None:
   (workdir / (CONFIG_FILE + '.tmp')).unlink(missing_ok=True)
 
 
+def saved_at_ns(step_dir: str | os.PathLike) -> int | None:
+  """Which save a step folder holds: orbax's commit time in its _CHECKPOINT_METADATA, which a copy
+  of the run (cp -r, scp, a synced drive) keeps. The folder's own time, which such a copy resets,
+  had made a copied run's own step "another checkpoint" and its eval JSON's OOD numbers dropped
+  (a longevity review). That time where the file has none; None where there is no folder."""
+  try:
+    value = json.loads((pathlib.Path(step_dir) / '_CHECKPOINT_METADATA').read_bytes()).get(
+        'commit_timestamp_nsecs')
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+  except (OSError, ValueError, AttributeError, RecursionError):
+    pass
+  try:
+    return os.stat(step_dir).st_mtime_ns
+  except OSError:
+    return None
+
+
 def saved_steps(workdir: pathlib.Path) -> set[tuple[str, str, int, int]]:
   """The step folders of checkpoints/latest and best, each as (kind, step, inode, mtime): a step
   saved again (a `best` of the same number) is a new folder, so it differs."""

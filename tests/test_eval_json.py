@@ -311,3 +311,26 @@ def test_a_checkpoint_saved_again_under_a_clock_behind_the_files_is_another_chec
   eval_json.write(path, {**same, 'test_accuracy': 0.6}, folder)
   assert 'ood_accuracy' not in json.loads(path.read_text())
   assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3
+
+
+def test_a_copied_run_keeps_its_steps_numbers_and_a_save_of_the_step_again_sets_them_aside(
+    tmp_path):
+  """A copy of the run (cp -r, scp: every time new) had set its own step's OOD numbers aside as
+  "another checkpoint's" (a longevity review): a save is now told by orbax's commit time in the
+  step's _CHECKPOINT_METADATA, which a copy keeps and a new save changes."""
+  path = tmp_path / 'eval_best.json'
+  folder = tmp_path / 'checkpoints' / 'best' / '3'
+  folder.mkdir(parents=True)
+  metadata = {'item_handlers': {}, 'commit_timestamp_nsecs': 1_796_653_430_374_674_207}
+  (folder / '_CHECKPOINT_METADATA').write_text(json.dumps(metadata))
+  same = {'checkpoint': 'best', 'step': 3, 'weights': 'raw'}
+  eval_json.write(path, {**same, 'ood_accuracy': 0.3}, folder)
+  os.utime(path, (1_000_000, 1_000_000))  # The copy: every time new, the step's after the file's.
+  os.utime(folder, (2_000_000, 2_000_000))
+  eval_json.write(path, {**same, 'test_accuracy': 0.5}, folder)
+  assert json.loads(path.read_text())['ood_accuracy'] == 0.3
+  metadata['commit_timestamp_nsecs'] += 1  # Saved again.
+  (folder / '_CHECKPOINT_METADATA').write_text(json.dumps(metadata))
+  eval_json.write(path, {**same, 'test_accuracy': 0.6}, folder)
+  assert 'ood_accuracy' not in json.loads(path.read_text())
+  assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3

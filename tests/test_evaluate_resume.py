@@ -151,8 +151,9 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
   # releases), each starts over; the same files named by a relative path resume, and so do
   # config keys that cannot change a prediction (where the data lives, data.eval_limit, logging:
   # any key had discarded the kept files, an evaluate review).
+  # A copy of the run (cp -r: new folder times, the same save) resumes too (a longevity review).
   step_dir = next((run / 'run' / 'checkpoints' / 'latest').iterdir())
-  for change in ('config', 'step', 'code', None, 'data'):
+  for change in ('config', 'step', 'code', None, 'data', 'copied'):
     with monkeypatch.context() as m:
       _crash_after(m, 'ood_file', 3)
       with pytest.raises(_Crash):
@@ -164,7 +165,11 @@ def test_other_settings_or_changed_inputs_start_over(run, tmp_path, monkeypatch,
     if change == 'data':
       config.data.eval_limit, config.train.log_every_steps = 7, 3
       config.data.dir = str(tmp_path / 'elsewhere')
-    if change == 'step':
+    if change == 'step':  # Saved again: orbax's commit time in the step's metadata.
+      metadata = json.loads((step_dir / '_CHECKPOINT_METADATA').read_text())
+      metadata['commit_timestamp_nsecs'] += 1
+      (step_dir / '_CHECKPOINT_METADATA').write_text(json.dumps(metadata))
+    if change == 'copied':
       os.utime(step_dir, ns=(2, 2))
     with monkeypatch.context() as m:
       m.chdir(tmp_path)

@@ -50,7 +50,7 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
   """Writes an evaluation's numbers to `path` (eval_<tag>.json) losing none written before: what an
   earlier evaluation of the same checkpoint (name, step and weights, and not saved again since:
   `checkpoint_dir`'s time) computed and this one did not (its OOD or CIFAR-100-C numbers) is kept
-  in the file (with the step folder's time, `step_saved_ns`, recorded to tell); a file of another
+  in the file (with its save's time, `step_saved_ns`, recorded to tell); a file of another
   checkpoint (or unreadable) is kept beside it as
   eval_<tag>.step<N>.json. Evaluations of one run that finish together take turns (a lock on
   WORKDIR/.eval.lock: a regular file's flock holds across NFS hosts, a folder's only within one
@@ -60,10 +60,7 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
   one tag had left the numbers of one beside the figure of the other (a concurrency review)."""
   lock = _lock(path.parent)
   try:
-    try:
-      saved_ns = None if checkpoint_dir is None else checkpoint_dir.stat().st_mtime_ns
-    except OSError:
-      saved_ns = None
+    saved_ns = None if checkpoint_dir is None else workdir_lib.saved_at_ns(checkpoint_dir)
     merged = dict(result)
     if path.exists():
       try:
@@ -71,9 +68,9 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
       except (OSError, ValueError, RecursionError):
         old = None
       if isinstance(old, dict) and isinstance(old.get('step_saved_ns'), int) and saved_ns:
-        # The step folder's time as recorded, not against the file's: a clock that had run fast
+        # The step's save as recorded, not its time against the file's: a clock that had run fast
         # as the file was written had merged a step saved again since into its numbers (a clock
-        # review).
+        # review), and a copy of the run (new times) had set its own step's numbers aside.
         saved_since = old['step_saved_ns'] != saved_ns
       else:  # (Files of versions before 2026-12-07, or no step folder given.)
         saved_since = (saved_ns is not None

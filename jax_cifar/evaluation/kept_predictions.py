@@ -52,13 +52,10 @@ def fingerprint(f: ood.ImageFile) -> list:
 
 def settings(result: dict, config, step_dir: pathlib.Path, files: list[ood.ImageFile]) -> dict:
   """What the kept labels depend on: `result`'s checkpoint, step, weights and tools so far, the
-  config's PREDICTION_KEYS, the devices, the step folder's mtime (a step saved again after a crash
+  config's PREDICTION_KEYS, the devices, the step's save time (a step saved again after a crash
   has other weights), jax-cifar's code (its version stays the same between releases) and jax's
   version, and the input files."""
-  try:
-    saved = step_dir.stat().st_mtime_ns
-  except OSError:
-    saved = None
+  saved = workdir_lib.saved_at_ns(step_dir)  # (Kept by a copy of the run, unlike its mtime.)
   keys = {k: v for k, v in workdir_lib.flatten(config.to_dict()).items()
           if k in PREDICTION_KEYS or k.split('.')[0] in PREDICTION_KEYS}
   return {**result, 'prediction_config': parallel.digest(keys), 'devices': jax.device_count(),
