@@ -138,6 +138,23 @@ def test_an_evaluation_older_than_the_best_checkpoint_is_flagged(tmp_path, capsy
     assert warnings[0][len('warning: '):] in section(md, 'Warnings')
 
 
+def test_an_evaluation_of_an_earlier_save_of_the_same_step_is_flagged(tmp_path, capsys):
+  """A run retrained from scratch to the same best step had not been caught (the step matched):
+  the save evaluate records (step_saved_ns, orbax's commit time) tells them apart."""
+  run = fake_run(tmp_path / 'run', 1.0, test_accuracy=0.5)
+  _best_checkpoint(run, 100, 1_000_000)
+  metadata = run / 'checkpoints' / 'best' / '100' / '_CHECKPOINT_METADATA'
+  metadata.write_text(json.dumps({'commit_timestamp_nsecs': 7}))
+  ev = json.loads((run / 'eval_best.json').read_text())
+  for saved, stale in ((7, False), (6, True)):
+    (run / 'eval_best.json').write_text(json.dumps({**ev, 'step': 100, 'step_saved_ns': saved}))
+    assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning:')]
+    assert warnings == ([f'warning: run: eval_best.json holds an earlier save of step 100: '
+                         f'checkpoints/best/100 was saved again since: re-run evaluate']
+                        if stale else []), warnings
+
+
 def test_an_evaluation_of_an_earlier_step_is_found_by_its_step_and_marked_in_its_row(tmp_path,
                                                                                     capsys):
   """After a resume made a new best, the row had shown the new best val next to the old best's

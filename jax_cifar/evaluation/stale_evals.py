@@ -49,18 +49,24 @@ def behind(run: dict, name: str) -> tuple[int, int] | None:
 
 def stale_evaluations(run: dict) -> list[str]:
   """One message per eval_<best|latest...>.json of an earlier step than its checkpoint's newest
-  (by the step it records; by the time it was written if it records none: a run retrained from
-  scratch to the same step number is then not caught)."""
+  (by the step it records, and the save of that step it records; by the time it was written if it
+  records no step)."""
   out = []
   for path in eval_files(run['dir']):
     ckpt = checkpoint_of(run, path.stem)
     if ckpt is None:
       continue
-    if isinstance(run['evals'].get(path.stem, {}).get('step'), int):  # (File times had been used.)
+    record = run['evals'].get(path.stem, {})
+    if isinstance(record.get('step'), int):  # (File times had been used.)
       steps = behind(run, path.stem)
       if steps:
         out.append(f'{run["label"]}: {path.name} holds step {steps[0]}, and its checkpoint is now '
                    f'{ckpt[0].relative_to(run["dir"])}: re-run evaluate')
+      elif (isinstance(record.get('step_saved_ns'), int) and record['step'] == int(ckpt[0].name)
+            and workdir.saved_at_ns(ckpt[0]) != record['step_saved_ns']):
+        # A run retrained from scratch to the same step: the save evaluate recorded tells.
+        out.append(f'{run["label"]}: {path.name} holds an earlier save of step {record["step"]}: '
+                   f'{ckpt[0].relative_to(run["dir"])} was saved again since: re-run evaluate')
     elif path.stat().st_mtime < ckpt[1]:
       out.append(f'{run["label"]}: {path.name} (written {_when(path.stat().st_mtime)}) is older '
                  f'than its checkpoint {ckpt[0].relative_to(run["dir"])} (written {_when(ckpt[1])}); '
