@@ -104,6 +104,31 @@ def test_another_checkpoints_figures_are_set_aside_with_its_numbers(tmp_path, ca
   assert (tmp_path / 'ood_best.png').read_text() == 'current'
 
 
+def test_another_checkpoints_default_submission_is_set_aside_with_its_numbers(tmp_path, caplog):
+  """submission_latest.csv of step 15 had stayed under the current name when a plain evaluation of
+  step 18 set step 15's numbers aside, and the set-aside numbers named it, to be overwritten by the
+  next --ood_dir (a longevity review). It is renamed with them and named so; a CSV this evaluation
+  wrote anew (the same path in its result) and one given elsewhere (--submission) stay."""
+  path, csv = tmp_path / 'eval_latest.json', tmp_path / 'submission_latest.csv'
+  elsewhere = tmp_path / 'mine.csv'
+  for name in (csv, elsewhere):
+    name.write_text('id,label\n')
+  base = {'checkpoint': 'latest', 'weights': 'raw'}
+  path.write_text(json.dumps({**base, 'step': 15, 'submission': str(csv)}))
+  eval_json.write(path, {**base, 'step': 18})
+  aside = tmp_path / 'submission_latest.step15.csv'
+  assert not csv.exists() and aside.read_text() == 'id,label\n'
+  kept = json.loads((tmp_path / 'eval_latest.step15.json').read_text())
+  assert kept == {**base, 'step': 15, 'submission': str(aside)}
+  assert 'kept as eval_latest.step15.json, submission_latest.step15.csv' in caplog.text
+  csv.write_text('id,label\nnew\n')  # Written by this evaluation of step 21 itself.
+  eval_json.write(path, {**base, 'step': 21, 'submission': str(csv)})
+  assert csv.read_text() == 'id,label\nnew\n'
+  path.write_text(json.dumps({**base, 'step': 21, 'submission': str(elsewhere)}))
+  eval_json.write(path, {**base, 'step': 24})
+  assert elsewhere.exists() and csv.exists()
+
+
 def test_an_older_versions_eval_json_without_weights_is_of_the_raw_weights(tmp_path):
   """Versions before evaluate --weights wrote no 'weights' key; the same checkpoint evaluated
   again had set their numbers aside as "another checkpoint's" (an upgrade audit)."""

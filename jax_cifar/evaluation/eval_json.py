@@ -91,7 +91,8 @@ def write(path: pathlib.Path, result: dict, checkpoint_dir: pathlib.Path | None 
         step = old.get('step') if isinstance(old, dict) else 'unknown'
         aside = workdir_lib.unused_path(path.parent, f'{path.stem}.step{step}', '.json')
         os.replace(path, aside)
-        kept = [aside.name] + _set_figures_aside(path, aside)
+        kept = ([aside.name] + _set_figures_aside(path, aside)
+                + _set_submission_aside(old, result, path, aside))
         where = old.get('checkpoint') if isinstance(old, dict) else None
         logging.warning('%s held the numbers of another checkpoint (%sstep %s): kept as %s.',
                         path.name, f'{where}, ' if isinstance(where, str) else '', step,
@@ -125,6 +126,24 @@ def _set_figures_aside(path: pathlib.Path, aside: pathlib.Path) -> list[str]:
       os.replace(figure, to)
       names.append(to.name)
   return names
+
+
+def _set_submission_aside(old, result: dict, path: pathlib.Path, aside: pathlib.Path) -> list[str]:
+  """The default submission CSV (WORKDIR/submission_<tag>.csv) of the numbers set aside as `aside`,
+  renamed as they were, and named so in them, unless this evaluation wrote it anew: it had stayed
+  under the current name beside numbers of another step, to be uploaded as the current
+  checkpoint's (a longevity review). The names given."""
+  csv = old.get('submission') if isinstance(old, dict) else None
+  default = path.parent / f'submission_{path.stem[len("eval_"):]}.csv'
+  if (not isinstance(csv, str) or csv == result.get('submission') or not default.is_file()
+      or pathlib.Path(csv) != default.resolve()):
+    return []
+  mark = aside.name[len(path.stem):-len('.json')]
+  to = workdir_lib.unused_path(path.parent, f'{default.stem}{mark}', '.csv')
+  os.replace(default, to)
+  text = json.dumps({**old, 'submission': str(to.resolve())}, indent=2) + '\n'
+  atomic_folder.write_file(aside, lambda tmp: pathlib.Path(tmp).write_text(text))
+  return [to.name]
 
 
 def _same_checkpoint(a, b) -> bool:
