@@ -165,6 +165,8 @@ def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any],
     try:
       run_config(workdir)
     except errors.UserError as e:
+      if _unknown_flags(argv):  # absl names it: a first launch's `--confg FILE` had been "--config
+        return list(argv)  # is not given, and the run in --workdir cannot be resumed" (an audit).
       _usage_error(f'--config is not given, and the run in --workdir cannot be resumed with its own '
                    f'config ({e}): to start a run, give --config FILE (configs/NAME.py, or '
                    'jax_cifar:NAME)')
@@ -180,6 +182,31 @@ def run_config_overrides(argv: Sequence[str], run_config: Callable[[str], Any],
   except errors.UserError as e:
     _usage_error(f'--config.KEY=VALUE overrides change the run\'s own config: {e}')
   return [argv[0], f'--config={_RUN_CONFIG}:{workdir}', *argv[1:]]
+
+
+def _unknown_flags(argv: Sequence[str]) -> list[str]:
+  """The --NAME words of `argv` that name no defined flag (nor a --config.KEY override)."""
+  names = [a[2:].split('=', 1)[0] for a in argv[1:] if a.startswith('--') and len(a) > 2]
+  return [n for n in names if not (n in flags.FLAGS or n.startswith('config.') or
+                                   (n.startswith('no') and n[2:] in flags.FLAGS) or
+                                   f'--{n}' in HELP_FLAGS)]
+
+
+def long_flags(argv: Sequence[str]) -> list[str]:
+  """absl takes `-workdir` for `--workdir`; the checks here read `--` forms alone, so a single dash
+  is made a double one for each defined flag and override (`-config.train.max_steps=2` had been
+  "overrides need --config FILE before them", a flag audit), and `-h` is `--help` (absl has no
+  -h: `train -h` had been "Unknown command line flag 'h'")."""
+  out = list(argv[:1])
+  for a in argv[1:]:
+    name = a[1:].split('=', 1)[0]
+    if a in ('-h', '-?'):
+      a = '--help'
+    elif (a.startswith('-') and not a.startswith('--') and re.fullmatch(r'[A-Za-z_][\w.]*', name)
+          and (name in flags.FLAGS or name.startswith('config.') or f'--{name}' in HELP_FLAGS)):
+      a = '-' + a
+    out.append(a)
+  return out
 
 
 def config_is_the_runs(flag: str = 'config') -> bool:
@@ -229,6 +256,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       loaded = flags.FLAGS['config'].value
       if loaded is not None and hasattr(loaded, 'keys'):  # (None, a list: named below.)
         loaded.keys()
+      if loaded is None:  # (absl had said so while it required --config of train.)
+        _usage_error(f'--config {given[0]}: its get_config() returns None, not an '
+                     'ml_collections.ConfigDict (does it end with `return config`?)')
       if not isinstance(loaded, ml_collections.ConfigDict):
         _usage_error(f'--config {given[0]}: its get_config() returns a {type(loaded).__name__}, '
                      'not an ml_collections.ConfigDict (start from jax_cifar.configs.default.'
@@ -268,6 +298,8 @@ def _validator_message(text: str) -> str:
   lines = []
   for line in text.split('\n'):
     match = re.fullmatch(r'flag --(\w+)=.*?: (--\1 .*)', line)
+    if re.fullmatch(r'flag --(\w+)=None: Flag --\1 must have a value other than None\.', line):
+      line = f'--{line[len("flag --"):line.index("=")]} is required'  # (absl's words said it twice.)
     lines.append(match.group(2) if match else line)
   return '; '.join(lines)
 
@@ -385,6 +417,7 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   printable_output()
   argv = read_flag_files(sys.argv)
   define_flags()
+  argv = long_flags(argv)
   errors.drop_library_noise()  # orbax's pages after a failed save or restore are not printed.
   handler = logging.get_absl_handler().python_handler
   if not isinstance(handler.stream, AboveProgressBars):

@@ -36,7 +36,8 @@ def define_flags() -> None:
                                   'its own config (WORKDIR/config.json, and any overrides).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  # (--config is not: with --workdir alone, the run there resumes; absl had asked for both.)
+  flags.mark_flags_as_required(['workdir'])
   cli.require_nonempty('workdir', "the run's folder")
 
 

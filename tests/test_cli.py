@@ -158,6 +158,36 @@ def test_a_config_file_with_a_colon_in_its_path_says_why_it_was_not_found(tmp_pa
   assert not (tmp_path / 'run').exists()
 
 
+def test_a_mistyped_config_flag_of_a_first_launch_is_named_not_taken_for_a_resume(tmp_path):
+  """`--confg FILE` for a new run had read "--config is not given, and the run in --workdir cannot
+  be resumed", the typo never named (a flag audit)."""
+  line = _usage_error(train(tmp_path / 'new', '--confg', 'configs/smoke.py', config=None,
+                            overrides={}))
+  assert "Unknown command line flag 'confg'. Did you mean: config" in line, line
+  assert not (tmp_path / 'new').exists()
+
+
+def test_no_flags_asks_for_the_workdir_alone_and_single_dash_flags_are_read_as_absl_does(tmp_path):
+  """With no flags, absl had asked for --config too, which a resume leaves out, in its own words
+  twice over; `-workdir RUN -config.KEY=V` (absl takes one dash) had been "overrides need --config
+  FILE before them" (a flag audit)."""
+  assert _usage_error(train(None, config=None, overrides={})) == (
+      'error: --workdir is required (--helpshort lists the flags)')
+  line = _usage_error(train(None, f'-workdir={tmp_path / "gone"}', '-config.train.max_steps=2',
+                            config=None, overrides={}))
+  assert line.startswith('error: --config is not given, and the run in --workdir cannot be '
+                         f'resumed with its own config ({tmp_path / "gone"} does not exist'), line
+
+
+@pytest.mark.parametrize('module', ['train', 'evaluate'])
+def test_dash_h_is_help_as_in_the_other_commands(module):
+  """`train -h` had been "Unknown command line flag 'h'", status 2; every argparse command and
+  PyTorch scripts take -h (a flag audit)."""
+  out = subprocess.run([sys.executable, '-m', f'jax_cifar.{module}', '-h'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 0 and '--workdir' in out.stdout + out.stderr, out.stderr[-2000:]
+
+
 def test_missing_workdir_flag_is_named(tmp_path):
   assert '--workdir' in _usage_error(train(None, config='configs/smoke.py', overrides={}))
   # --workdir= (an unset shell variable) had trained into the current folder (an audit).
