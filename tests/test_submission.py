@@ -454,3 +454,12 @@ def test_a_home_relative_csv_is_checked(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path))
   assert submission.check_submission('~/sub.csv', num_images=N).startswith('OK')
   assert submission.main(['check', '~/sub.csv', '--num_images', str(N)]) == 0
+
+
+@pytest.mark.parametrize('argv', [['check', ''], ['check', 'sub.csv', '--ood_dir=']])
+def test_an_empty_csv_or_ood_dir_is_refused_as_empty(argv, capsys):
+  """An unset shell variable had been the current folder: "error: .: cannot read (Is a
+  directory)", or its files counted as the OOD set's (a flag audit)."""
+  with pytest.raises(SystemExit) as e:
+    submission.main(argv)
+  assert e.value.code == 2 and 'is empty' in capsys.readouterr().err

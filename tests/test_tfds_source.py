@@ -304,6 +304,20 @@ def test_prepare_command_line_prints_one_error_line_and_fails(tmp_path, capsys):
   assert err.startswith('error: ') and err.count('\n') == 1 and 'cifar-100-binary.tar.gz' in err
 
 
+@pytest.mark.parametrize('flag', ['--data_dir', '--manual_dir'])
+def test_prepare_refuses_an_empty_folder_flag_and_writes_nothing(tmp_path, capsys, monkeypatch,
+                                                                 flag):
+  """An unset shell variable: `--data_dir=` had built the dataset in the current folder, and
+  `--manual_dir=` downloaded it (a flag audit)."""
+  monkeypatch.chdir(tmp_path)
+  argv = {'--data_dir': str(tmp_path / 'tfds'), '--manual_dir': str(tmp_path)}
+  argv[flag] = ''
+  with no_network() as attempts, pytest.raises(SystemExit) as e:
+    prepare_tfds.main([f'{k}={v}' for k, v in argv.items()])
+  assert e.value.code == 2 and attempts == [] and list(tmp_path.iterdir()) == []
+  assert f'{flag}: is empty' in capsys.readouterr().err
+
+
 def test_prepare_without_a_way_to_the_server_fails_at_once_in_one_line_and_creates_nothing(
     tmp_path):
   """Offline without --manual_dir, tfds's download had retried for minutes, then ended in a

@@ -103,11 +103,15 @@ def prepare(data_dir: str, manual_dir: str = '') -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.data.prepare_tfds'),
                                    description=__doc__.splitlines()[0])
-  parser.add_argument('--data_dir', required=True, help='tfds data_dir (data.tfds_data_dir)')
-  parser.add_argument('--manual_dir', default='', help=f'folder holding {ARCHIVE}; no download')
+  parser.add_argument('--data_dir', required=True, type=cli.nonempty('the tfds data_dir'),
+                      help='tfds data_dir (data.tfds_data_dir)')
+  # (Empty values are refused: an unset shell variable in --data_dir had built the dataset in the
+  # current folder, and in --manual_dir had downloaded it: a flag audit.)
+  parser.add_argument('--manual_dir', default=None,
+                      type=cli.nonempty(f'the folder holding {ARCHIVE}'), help=f'folder holding {ARCHIVE}; no download')
   args = parser.parse_args(argv)
   try:
-    print(prepare(args.data_dir, args.manual_dir))
+    print(prepare(args.data_dir, args.manual_dir or ''))
   except Exception as e:  # pylint: disable=broad-except
     message = errors.user_message(e)  # Bad input or the environment's (an unwritable data_dir).
     if message is None:

@@ -336,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='validate a submission CSV')
-  check.add_argument('csv')
+  check.add_argument('csv', type=cli.nonempty('the submission CSV'))
   where = check.add_mutually_exclusive_group()
-  where.add_argument('--ood_dir', default=None,
+  where.add_argument('--ood_dir', default=None, type=cli.nonempty('the folder of the OOD files'),
                      help='folder of distortion00..18.npy: take N from it instead of the row count')
   where.add_argument('--num_images', type=int, default=None,
                      help='images per distortion file (the course\'s Kaggle set: 50000)')
