@@ -36,7 +36,8 @@ _ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'  # torch.save: zip archive, o
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  as_module = pathlib.Path(sys.argv[0]).parts[-2:] == ('jax_cifar', 'convert.py')  # python -m
+  as_module = pathlib.Path(sys.argv[0]).parts[-2:] in (('jax_cifar', 'convert.py'),  # python -m
+                                                        ('jax_cifar', 'convert_cli.py'))
   parser = cli.ArgumentParser(prog=cli.prog('jax_cifar.convert' if as_module else None),
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--arch', required=True, choices=ARCHS)
@@ -309,3 +310,7 @@ def run_as_command(argv: list[str] | None = None) -> None:
     sys.stderr.flush()
     os._exit(0)  # pylint: disable=protected-access  (the output is whole and fsynced)
   sys.exit(status)
+
+
+if __name__ == '__main__':  # python -m jax_cifar.convert_cli (as jax_cifar.convert): it had exited 0
+  run_as_command()  # without a word, converting nothing (a flag audit).

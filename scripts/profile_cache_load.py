@@ -17,8 +17,10 @@ import statistics
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from jax_cifar import cli
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +29,7 @@ def define_flags() -> None:
   """The command line's flags; registered only when run as a script, so importing this module
   (tests) never clashes with another module's --config in the same process."""
   config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-  flags.DEFINE_integer('loads', 2, 'How many times to load the serialised step.')
+  flags.DEFINE_integer('loads', 2, 'How many times to load the serialised step.', lower_bound=1)
   flags.mark_flags_as_required(['config'])
 
 # Entry-computation operations that are no thunk of their own.
@@ -80,5 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags=define_flags)  # (Help: status 0; a bad flag: one error line, 2.)

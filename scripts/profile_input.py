@@ -20,10 +20,10 @@ import statistics
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from jax_cifar import optim, parallel, xla_options
+from jax_cifar import cli, optim, parallel, xla_options
 from jax_cifar.training import trainer
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Registered only when run as a script (importing it must not clash with another --config)."""
   config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-  flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).')
+  flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).', lower_bound=0)
   flags.mark_flags_as_required(['config'])
 
 
@@ -138,5 +138,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags=define_flags)  # (Help: status 0; a bad flag: one error line, 2.)

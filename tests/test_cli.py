@@ -308,7 +308,9 @@ def test_stray_words_and_empty_paths_are_named_not_ignored(tmp_path):
     ('submission', ['-m', 'jax_cifar.submission'], 'python -m jax_cifar.submission'),
     ('prepare_tfds', ['-m', 'jax_cifar.data.prepare_tfds'], 'python -m jax_cifar.data.prepare_tfds'),
     ('convert', ['scripts/convert_torchvision_weights.py'], 'convert_torchvision_weights.py'),
-    ('convert', ['-m', 'jax_cifar.convert'], 'python -m jax_cifar.convert')])
+    ('convert', ['-m', 'jax_cifar.convert'], 'python -m jax_cifar.convert'),
+    # (It had exited 0 without a word, converting nothing: a flag audit.)
+    ('convert', ['-m', 'jax_cifar.convert_cli'], 'python -m jax_cifar.convert')])
 def test_argparse_usage_names_the_command_as_it_was_typed(command, other, typed):
   """`jax-cifar report --help` had said `usage: python -m jax_cifar.report`, and `jax-cifar
   prepare_tfds` `usage: prepare_tfds.py`: each names the command the user typed."""

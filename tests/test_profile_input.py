@@ -2,11 +2,16 @@
 a real (tiny) run of its three timings on a clock that ticks once per reading, so the arithmetic
 that turns times into those numbers is checked without timing anything."""
 
+import pathlib
+import subprocess
+import sys
 import types
 
 import pytest
 
 from conftest import load_script
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 profile_input = load_script('profile_input')
 
@@ -45,3 +50,17 @@ def test_profile_turns_its_timings_into_img_s_and_the_waiting_share(monkeypatch,
   assert capsys.readouterr().out.splitlines() == [
       '  host ms per step call (TrainState): 1000.0', '  host ms per step call (flat state): 1000.0',
       f'  input only img/s: {24 / 31:.1f}', '  step only img/s: 24.0']
+
+
+def test_a_negative_step_count_is_one_error_line_and_help_is_status_0():
+  """--steps -1 had run and printed a negative img/s, status 0; --help had been status 1 and -h a
+  FATAL (a flag audit): the script now parses as the commands do."""
+  script = str(ROOT / 'scripts' / 'profile_input.py')
+  bad = subprocess.run([sys.executable, script, '--config', 'configs/smoke.py', '--steps', '-1'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert bad.returncode == 2 and bad.stderr.strip() == (
+      'error: flag --steps=-1: -1 is not a non-negative integer (--helpshort lists the flags)')
+  for flag in ('-h', '--help'):
+    out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0 and '--steps' in out.stdout + out.stderr, (flag, out.stderr[-1000:])
