@@ -66,6 +66,14 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   notable = resume_rules.check_resume(changes, allow=config.train.allow_config_change,
                                      epoch=start_step / steps_per_epoch, workdir=workdir,
                                      new=workdir_lib.flatten(new))
+  if total_steps < start_step:  # Fewer steps per epoch (a larger batch, less data): a relaunch had
+    # said "Done" at once, trained nothing and exited 0 (a longevity review).
+    keys = [k for k in changes if k in ('train.batch_size', 'train.num_epochs', *_EPOCH_SIZE_KEYS)]
+    raise resume_rules.EndsBeforeTheStep(
+        f'with {", ".join(keys or changes)} changed the run ends at step {total_steps} '
+        f'({config.train.num_epochs:g} epochs of {steps_per_epoch} steps), before step '
+        f'{start_step}, where it resumes: set train.num_epochs to more than '
+        f'{start_step / steps_per_epoch:.2f} to train on')
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
