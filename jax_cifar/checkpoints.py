@@ -356,7 +356,8 @@ class Checkpoints:
                       'stopped their deletion.', ', '.join(map(str, steps)), manager.directory, top)
 
     def set_aside(why, steps):
-      moved = [move_aside(manager.directory, 'best', s, into='discarded') for s in steps]
+      moved = [move_aside(manager.directory, 'best', s, into='discarded', replace_same=True)
+               for s in steps]
       logging.warning('Moved best checkpoint(s) %s to %s (kept there, restorable by path).', why,
                       ', '.join(str(m) for m in moved))
       return moved

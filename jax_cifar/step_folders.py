@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import time
 from typing import Any, Callable
 
@@ -276,11 +277,24 @@ def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
       time.sleep(0.1)
 
 
-def move_aside(directory: pathlib.Path, which: str, step: int,
-                into: str = 'damaged') -> pathlib.Path:
-  """Moves step folder `directory/step` to checkpoints/<into>/<which>-<step>[.n]; returns it."""
+def move_aside(directory: pathlib.Path, which: str, step: int, into: str = 'damaged',
+               replace_same: bool = False) -> pathlib.Path:
+  """Moves step folder `directory/step` to checkpoints/<into>/<which>-<step>[.n]; returns it.
+  `replace_same`: a copy set aside before under that name whose recorded metrics are the same
+  (a run killed again and again before its next save retrains the step it set aside to the same
+  accuracy: each kill had added a whole checkpoint, a GB for ResNet-152, a longevity review) is
+  replaced; one of other metrics is kept beside it."""
   aside = pathlib.Path(directory).parent / into
   aside.mkdir(exist_ok=True)
+  earlier, metrics = aside / f'{which}-{step}', pathlib.Path('metrics', 'metrics')
+  if replace_same and earlier.is_dir() and not earlier.is_symlink():
+    try:
+      same = (earlier / metrics).read_bytes() == (pathlib.Path(directory) / str(step) / metrics
+                                                  ).read_bytes()
+    except OSError:
+      same = False
+    if same:
+      shutil.rmtree(earlier)
   target = workdir_lib.unused_path(aside, f'{which}-{step}')
   os.replace(directory / str(step), target)
   return target

@@ -148,3 +148,22 @@ def test_every_process_makes_the_same_collectives_whatever_its_own_look_found(tm
     made.append(list(calls))
     ckpts.close()
   assert made == [[True, False, True], [False, True, False]]
+
+
+def test_a_step_set_aside_again_with_the_same_metrics_replaces_its_earlier_copy(tmp_path):
+  """Killed again and again between a best save after latest L and the next latest save, a run
+  set aside one whole copy of the same retrained step per kill (best-20, best-20.1, best-20.2: a
+  GB each for ResNet-152, a longevity review). A copy of the same recorded metrics replaces the
+  earlier one; a copy of other metrics is kept beside it."""
+  ckpts, state, root = _latest_6_best_4_and_9(tmp_path)
+  assert [m.name for m in ckpts.tidy_best_on_resume(6)] == ['best-4', 'best-9']
+  for accuracy, expected in ((0.5, ['best-4', 'best-9']), (0.75, ['best-4', 'best-9', 'best-9.1'])):
+    shutil.copytree(root / 'discarded' / 'best-4', root / 'best' / '9')  # Retrained to step 9...
+    (root / 'best' / '9' / 'metrics' / 'metrics').write_text(
+        json.dumps({'val_accuracy': accuracy}))  # ... as the first time (0.5), or not.
+    ckpts.best.reload()
+    assert [m.name for m in ckpts.tidy_best_on_resume(6)] == [expected[-1]]
+    assert _steps(root / 'discarded') == expected
+  restored = step_folders.restore_path(root / 'discarded' / 'best-9', state)
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  ckpts.close()
