@@ -119,6 +119,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   use_epochs = all(rates)
   redefined = [r['label'] for r in runs if redefined_epochs(r['rows'])]
   drawn_runs, styles, marked, longest, values, relaunched = [], [], False, 0, [], False
+  ticked = False
   starts = []  # Each line's first value: the scale of a run that has not diverged.
   for i, (run, color, rate) in enumerate(zip(runs, run_colors(len(runs)), rates)):
     per_step = rate if use_epochs else None
@@ -141,9 +142,14 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
         ax.plot(bad, np.full(len(bad), 0.02), 'x', color=color, transform=ax.get_xaxis_transform(),
                 label=f'{label} not finite')
         marked = True
-    for step in run.get('relaunches', ()):  # Where a relaunch resumed the run: a thin dotted line.
-      ax.axvline(step * per_step if per_step else step, color=color, linestyle=':',
-                 linewidth=0.9, alpha=0.8, label=f'{run["label"]} relaunch')
+    at = [step * per_step if per_step else step for step in run.get('relaunches', ())]
+    if len(at) > MANY_RELAUNCHES:  # Ticks on the x axis: 3,000 dotted lines had hidden every curve
+      ax.plot(at, np.zeros(len(at)), '|', color=color, markersize=9, clip_on=False,  # (a review).
+              transform=ax.get_xaxis_transform(), label=f'{run["label"]} relaunch')
+      ticked = True
+    for x in at if len(at) <= MANY_RELAUNCHES else ():  # Where a relaunch resumed: a dotted line.
+      ax.axvline(x, color=color, linestyle=':', linewidth=0.9, alpha=0.8,
+                 label=f'{run["label"]} relaunch')
       relaunched = True
   ax.set_xlabel('epoch' if use_epochs else 'step' + (
       f' ({_short(", ".join(redefined), 60)}: epochs redefined by a relaunch with another batch '
@@ -178,6 +184,9 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
   if relaunched:
     handles.append(Line2D([], [], color='0.3', linestyle=':', linewidth=0.9,
                           label='resumed by a relaunch'))
+  if ticked:
+    handles.append(Line2D([], [], color='0.3', linestyle='', marker='|', markersize=9,
+                          label=f'resumed by a relaunch (over {MANY_RELAUNCHES}: ticks)'))
   if handles:
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
               ncol=1 if len(handles) <= 24 else 2, frameon=False)
@@ -185,6 +194,7 @@ def _plot_lines(runs: list[dict], lines: Callable[[dict], list[tuple[str, str, s
 
 
 LOG_SPREAD = 10.0
+MANY_RELAUNCHES = 30  # Above this many relaunches a run's are ticks on the x axis, not lines.
 
 
 def _spread(values: np.ndarray, starts: list[float]) -> bool:
