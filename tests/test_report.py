@@ -85,6 +85,29 @@ def test_a_run_short_of_its_planned_epochs_says_so_and_a_short_time_is_in_second
   assert '| 2.0 of 4 |' in row and row.endswith('| 40 s |'), row
 
 
+def test_the_train_time_counts_each_launchs_steps_at_its_own_batch_size(tmp_path):
+  """Steps 1-50 at batch 128, 51-100 at 256 after a relaunch (launches.jsonl), at 320 images/s:
+  20 + 40 = 60 s. The last launch's batch size had been used for every row (a longevity review).
+  A later launch from step 30 (after a kill) trained steps 31-100 again: 30 x 64 / 320 + 70 x 128
+  / 320 = 6 + 28 s."""
+  run = fake_run(tmp_path / 'run', 1.0)
+  rows = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()[:-1]]
+  (run / 'metrics.jsonl').write_text(''.join(
+      json.dumps({**r, 'images_per_sec': 320.0} if 'images_per_sec' in r else r) + '\n'
+      for r in rows))
+
+  def launch(start, batch):
+    return json.dumps({'start_step': start, 'config': {'train': {'batch_size': batch}}}) + '\n'
+  for launches, seconds in (([launch(0, 128), launch(50, 256)], '1.0 min'),
+                            ([launch(0, 64), launch(50, 256), launch(30, 128)], '34 s'),
+                            ([], '40 s')):  # (No launches.jsonl: config.json's 128 throughout.)
+    (run / 'launches.jsonl').write_text(''.join(launches))
+    assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+    row = next(l for l in (tmp_path / 'out' / 'summary.md').read_text().splitlines()
+               if l.startswith('| run |') and '%' in l)
+    assert row.endswith(f'| {seconds} |'), (launches, row)
+
+
 def test_home_relative_run_and_out_folders_are_the_home_ones(tmp_path, monkeypatch):
   """--out=~/rep (the shell leaves that ~) had written the report into ./~/rep."""
   fake_run(tmp_path / 'run', 1.0)

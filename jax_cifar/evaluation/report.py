@@ -83,7 +83,7 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
                  'log?): no curves and no training numbers for it')
   return {'name': run_dir.name, 'label': label, 'dir': run_dir, 'rows': rows, 'config': config,
           'nonfinite': _nonfinite_steps(raw), 'unread_sections': odd,
-          'relaunches': _relaunch_steps(run_dir, rows),
+          **_launch_facts(run_dir, rows),
           'evals': {p.stem: _read_json(p, notes, label) for p in stale_evals.eval_files(run_dir)},
           'warnings': notes}
 
@@ -91,24 +91,33 @@ def load_run(run_dir: str | pathlib.Path, label: str | None = None) -> dict:
 CONFIG_SECTIONS = ('model', 'train', 'data', 'optim', 'checkpoint')  # The ones the summary reads.
 
 
-def _relaunch_steps(run_dir: pathlib.Path, rows: list[dict]) -> list[int]:
-  """The steps the run was resumed at (launches.jsonl's start_step above 0, up to its last logged
-  step), for the curves to mark: a relaunch with another schedule had bent the learning rate
-  with nothing saying why there (a figure review). Rows that cannot be read are passed over."""
+def _launch_facts(run_dir: pathlib.Path, rows: list[dict]) -> dict:
+  """From launches.jsonl: `relaunches`, the steps the run was resumed at (start_step above 0, up to
+  its last logged step), for the curves to mark (a relaunch with another schedule had bent the
+  learning rate with nothing saying why there, a figure review); and `batch_sizes`, (start_step,
+  train.batch_size) of each launch, for the training time (the last launch's batch size had been
+  used for every row: 37% off after a relaunch with twice the batch, a longevity review). Rows
+  that cannot be read are passed over."""
   try:
     lines = (run_dir / workdir.LAUNCHES_FILE).read_text().splitlines()
   except (OSError, UnicodeDecodeError):
-    return []
+    return {'relaunches': [], 'batch_sizes': []}
   last = max((r['step'] for r in rows if isinstance(r.get('step'), (int, float))), default=0)
-  steps = set()
+  steps, batch_sizes = set(), []
   for line in lines:
     try:
-      step = json.loads(line).get('start_step')
+      launch = json.loads(line)
+      step, batch = launch.get('start_step'), launch.get('config', {}).get('train', {}).get(
+          'batch_size')
     except (ValueError, AttributeError, RecursionError):
       continue
-    if isinstance(step, int) and not isinstance(step, bool) and 0 < step <= last:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+      continue
+    if 0 < step <= last:
       steps.add(step)
-  return sorted(steps)
+    if type(batch) is int and batch > 0:
+      batch_sizes.append((step, batch))
+  return {'relaunches': sorted(steps), 'batch_sizes': batch_sizes}
 
 
 def _finite_rows(rows: list[dict]) -> tuple[list[dict], int, int]:
@@ -163,14 +172,18 @@ def unique_labels(run_dirs: list[str | pathlib.Path]) -> list[str]:
 # Tables
 # ---------------------------------------------------------------------------------------------
 def _train_time_s(run: dict) -> float | None:
-  """Seconds of training from the logged throughput (evaluation and compile time excluded)."""
+  """Seconds of training from the logged throughput (evaluation and compile time excluded), each
+  row's steps at the batch size of the launch that trained them (launches.jsonl; else config's)."""
   rows = [r for r in run['rows'] if r.get('images_per_sec')]
   batch = run['config'].get('train', {}).get('batch_size')
   if not rows or type(batch) is not int or batch <= 0:  # A hand-edited "128" had been a TypeError.
     return None
   total, last = 0.0, 0
   for r in sorted(rows, key=lambda r: r['step']):
-    total += (r['step'] - last) * batch / r['images_per_sec']
+    # The last launch that started before this row's step (a relaunch after a kill starts at a
+    # step before rows it trains again: those rows are its).
+    launched = [b for start, b in run.get('batch_sizes', ()) if start < r['step']]
+    total += (r['step'] - last) * (launched[-1] if launched else batch) / r['images_per_sec']
     last = r['step']
   return total
 
