@@ -299,7 +299,7 @@ def _validator_message(text: str) -> str:
   for line in text.split('\n'):
     match = re.fullmatch(r'flag --(\w+)=.*?: (--\1 .*)', line)
     if re.fullmatch(r'flag --(\w+)=None: Flag --\1 must have a value other than None\.', line):
-      line = f'--{line[len("flag --"):line.index("=")]} is required'  # (absl's words said it twice.)
+      line = f'--{line[len("flag --"):line.index("=")]} is required'  # (absl said it twice.)
     lines.append(match.group(2) if match else line)
   return '; '.join(lines)
 

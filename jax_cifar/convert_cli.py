@@ -312,5 +312,5 @@ def run_as_command(argv: list[str] | None = None) -> None:
   sys.exit(status)
 
 
-if __name__ == '__main__':  # python -m jax_cifar.convert_cli (as jax_cifar.convert): it had exited 0
-  run_as_command()  # without a word, converting nothing (a flag audit).
+if __name__ == '__main__':  # python -m jax_cifar.convert_cli, as jax_cifar.convert: it had
+  run_as_command()  # exited 0 without a word, converting nothing (a flag audit).

@@ -173,8 +173,8 @@ def test_an_evaluation_of_an_earlier_save_of_the_same_step_is_flagged(tmp_path, 
     (run / 'eval_best.json').write_text(json.dumps({**ev, 'step': 100, 'step_saved_ns': saved}))
     assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
     warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning:')]
-    assert warnings == ([f'warning: run: eval_best.json holds an earlier save of step 100: '
-                         f'checkpoints/best/100 was saved again since: re-run evaluate']
+    assert warnings == (['warning: run: eval_best.json holds an earlier save of step 100: '
+                         'checkpoints/best/100 was saved again since: re-run evaluate']
                         if stale else []), warnings
 
 
