@@ -259,22 +259,27 @@ def test_stale_part_files_are_removed_but_a_live_writers_file_is_kept(tmp_path):
   assert _parts(tmp_path) == [other] and path.exists()
 
 
-def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_path):
-  """A checkpoint whose weights hold NaN had been evaluated with exit status 0: class 0 for every
-  image of the CSV and NaN in eval_*.json (an audit). Now one line names the values; a CSV already
-  there is kept."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
+def _copy_with_params(run, workdir, change) -> int:
+  """The run's latest step, its parameters changed leaf by leaf, saved as the only checkpoint of
+  a copy of the run in `workdir`; its step."""
   from jax_cifar import checkpoints, parallel  # pylint: disable=import-outside-toplevel
   from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
-  workdir = tmp_path / 'run'
   shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*'))
   state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
-  state = state.replace(params=jax.tree.map(lambda v: v * float('nan'), state.params))
+  state = state.replace(params=jax.tree.map(change, state.params))
   shutil.rmtree(workdir / 'checkpoints')
   ckpts = checkpoints.Checkpoints(workdir)
   ckpts.save_latest(state, step)
   ckpts.close()
+  return step
+
+
+def test_a_checkpoint_of_nans_is_refused_before_anything_is_predicted(run, tmp_path):
+  """A checkpoint whose weights hold NaN had been evaluated with exit status 0: class 0 for every
+  image of the CSV and NaN in eval_*.json (an audit). Now one line names the values; a CSV already
+  there is kept."""
+  workdir = tmp_path / 'run'
+  step = _copy_with_params(run, workdir, lambda v: v * float('nan'))
   csv = tmp_path / 'sub.csv'
   csv.write_text('id,label\n')
   with pytest.raises(errors.UserError, match=rf'^checkpoint step {step} \(raw weights\): '
@@ -443,21 +448,10 @@ def test_finite_weights_whose_outputs_overflow_are_refused_not_scored_as_class_0
   of NaNs as class 0, scored 1%, written a submission of class 0 throughout, and exited 0 (a
   numerics review). Both prediction paths (log-probabilities, and labels alone as the submission
   uses) now refuse, and a CSV already there is kept."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
-  from jax_cifar import checkpoints, parallel  # pylint: disable=import-outside-toplevel
-  from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
   from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'run'
-  shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*'))
-  state, _, step = state_lib.restore(_config(), str(workdir), 'latest', parallel.make_mesh())
   # Each leaf scaled to a largest value of 3e38 (float32 ends at 3.4e38): finite, and overflowing.
-  state = state.replace(params=jax.tree.map(lambda v: v / max(float(abs(v).max()), 1e-30) * 3e38,
-                                            state.params))
-  shutil.rmtree(workdir / 'checkpoints')
-  ckpts = checkpoints.Checkpoints(workdir)
-  ckpts.save_latest(state, step)
-  ckpts.close()
+  _copy_with_params(run, workdir, lambda v: v / max(float(abs(v).max()), 1e-30) * 3e38)
   csv = tmp_path / 'sub.csv'
   csv.write_text('id,label\n')
   refused = r"^test: the model's outputs are not finite \(NaN or inf\) for \d+ of \d+ images, so "
