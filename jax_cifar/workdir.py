@@ -131,11 +131,18 @@ def orbax_cannot_use(path: str | os.PathLike) -> str | None:
   - they encode the path as UTF-8 whatever this Python's file system encoding: under a Latin-1
     locale a run in `café` had its arrays written to `cafÃ©`, said "Done", and could not be
     resumed (a locale review)."""
-  text, raw = os.fspath(path), os.fsencode(path)
+  # The absolute path, which orbax hands to tensorstore: a relative one inside a folder named so
+  # had trained, then failed at its first save (the diff review).
+  text = os.path.abspath(os.fspath(path))
   try:
-    same = text.encode('utf-8') == raw
-  except UnicodeEncodeError:
-    same = False
+    raw = os.fsencode(text)
+  except UnicodeEncodeError:  # (A name this locale cannot encode, given from Python.)
+    raw, same = text.encode('utf-8', 'surrogateescape'), False
+  else:
+    try:
+      same = text.encode('utf-8') == raw
+    except UnicodeEncodeError:
+      same = False
   if not same:
     try:
       raw.decode('utf-8')
@@ -145,8 +152,8 @@ def orbax_cannot_use(path: str | os.PathLike) -> str | None:
     return (f'{raw!r}: this Python reads file names as {sys.getfilesystemencoding()} (its locale), '
             'orbax and tensorstore (the checkpoint files) as UTF-8, so the two would not name one '
             'folder: run with PYTHONUTF8=1 (or a UTF-8 locale, LC_ALL=C.UTF-8)')
-  if '\\' in os.path.abspath(path):  # (Also in the current folder's path, for a relative one.)
-    return (f'{os.path.abspath(path)!r} holds a backslash, which tensorstore (the checkpoint '
+  if '\\' in text:  # (Also in the current folder's path, for a relative one.)
+    return (f'{text!r} holds a backslash, which tensorstore (the checkpoint '
             'files) reads as a folder separator, so the files would go to another folder: '
             'rename it')
   return None

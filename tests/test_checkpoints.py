@@ -133,7 +133,8 @@ def test_a_relaunch_that_falls_back_to_an_older_step_is_checked_at_that_step(run
 def test_a_relaunch_whose_larger_batch_ends_the_run_before_its_step_is_refused(run9, tmp_path):
   """Step 9 at batch 32 (6 steps per epoch); at batch 64 (3 per epoch) 2 epochs end at step 6. The
   relaunch had said "Done at step 9", trained nothing and exited 0 (a longevity review); it is
-  refused, naming the epochs to ask for, and nothing is written."""
+  refused, naming the epochs to ask for, and nothing is written. The value named trains on (3.34
+  epochs: step 10; "more than 3.00" had named values that train nothing, the diff review)."""
   workdir = tmp_path / 'run'
   shutil.copytree(run9, workdir)
   before = _listing(workdir)
@@ -142,9 +143,11 @@ def test_a_relaunch_whose_larger_batch_ends_the_run_before_its_step_is_refused(r
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r'^with train\.batch_size changed the run ends at step 6 \(2 epochs of 3 '
                            r'steps\), before step 9, '
-                           r'where it resumes: set train\.num_epochs to more than 3\.00 to train on$'):
+                           r'where it resumes: set train\.num_epochs to at least 3\.34 to train on$'):
     trainer.train_and_evaluate(c, str(workdir))
   assert _listing(workdir) == before
+  c.train.num_epochs = 3.34
+  assert trainer.train_and_evaluate(c, str(workdir))['step'] == 10
 
 
 def test_a_relaunch_refused_whatever_its_step_restores_nothing_first(run9, tmp_path, monkeypatch,

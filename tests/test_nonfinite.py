@@ -1,6 +1,8 @@
 """Non-finite losses and updates: train.on_nonfinite='stop' stops naming the step and keeps the
 checkpoints before it; 'skip' counts and never applies them; a relaunch may switch between them."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,14 +112,18 @@ def test_skip_mode_stops_a_run_whose_every_update_of_a_log_window_is_skipped(tmp
   assert [r['step'] for r in tracking.read_metrics(tmp_path) if 'train_loss' in r] == [2, 4]
 
 
-def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch):
+def test_skip_mode_keeps_the_schedule_in_step_with_the_run(tmp_path, monkeypatch, caplog):
   # One non-finite learning-rate value (the 3rd update): only that update is skipped. The kept
   # optimizer state also kept the schedule's count, so the same bad value came back at every
   # later step (4 of 6 skipped) and the applied rate trailed the logged one.
   _bad_at(monkeypatch, lambda step: step == 2)
   c = _config()
   c.train.on_nonfinite, c.train.max_steps = 'skip', 6
-  trainer.train_and_evaluate(c, str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  # (BatchNorm statistics skip a step too: the warning had named the loss alone, the diff review.)
+  assert ('1 updates skipped so far because of a non-finite loss, BatchNorm statistics or '
+          'update.') in caplog.messages
   state, _, _ = state_lib.restore(c, str(tmp_path), 'latest', parallel.make_mesh())
   assert int(state.nonfinite_steps) == 1 and int(state.first_nonfinite_step) == 2
   counts = [int(x.count) for x in jax.tree.leaves(

@@ -85,7 +85,7 @@ def test_a_utf8_workdir_under_a_locale_that_is_not_utf8_is_refused_and_says_what
   locale a run in `café` had written its arrays into `cafÃ©`, said "Done", and its resume called the
   checkpoint damaged; under LC_ALL=C (UTF-8 mode off) the name had been called "not a UTF-8 path"
   (a locale review). The train CLI, under the C locale with Python's UTF-8 mode off."""
-  from _train_cli import the_error, train  # pylint: disable=import-outside-toplevel
+  from _train_cli import ROOT, the_error, train  # pylint: disable=import-outside-toplevel
   env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
   line = the_error(train(tmp_path / 'café', env=env))
   assert line.endswith(r"workdir b'" + str(tmp_path) + r"/caf\xc3\xa9': this Python reads file "
@@ -93,6 +93,16 @@ def test_a_utf8_workdir_under_a_locale_that_is_not_utf8_is_refused_and_says_what
                        'as UTF-8, so the two would not name one folder: run with PYTHONUTF8=1 (or '
                        'a UTF-8 locale, LC_ALL=C.UTF-8)'), line
   assert os.listdir(tmp_path) == []
+  # A relative workdir inside such a folder: it had trained, then failed at its first save (the
+  # diff review). Orbax hands tensorstore the absolute path.
+  (tmp_path / 'été').mkdir()
+  line = the_error(train('runs/a', env=env, cwd=tmp_path / 'été',
+                         config=str(ROOT / 'configs' / 'default.py')))
+  assert line.endswith(r"workdir b'" + str(tmp_path) + r"/\xc3\xa9t\xc3\xa9/runs/a': this Python "
+                       'reads file names as ascii (its locale), orbax and tensorstore (the '
+                       'checkpoint files) as UTF-8, so the two would not name one folder: run with '
+                       'PYTHONUTF8=1 (or a UTF-8 locale, LC_ALL=C.UTF-8)'), line
+  assert os.listdir(tmp_path / 'été') == []
 
 
 def test_under_a_latin1_locale_a_utf8_name_is_refused_and_a_latin1_name_is_not_utf8(monkeypatch):
@@ -104,3 +114,5 @@ def test_under_a_latin1_locale_a_utf8_name_is_refused_and_a_latin1_name_is_not_u
   # A name in Latin-1 itself (byte e9) is no UTF-8 path at all.
   assert 'is not a UTF-8 path' in workdir.orbax_cannot_use('/runs/café')
   assert workdir.orbax_cannot_use('/runs/plain') is None
+  # A name the locale cannot encode at all (given from Python): said, not raised (the diff review).
+  assert 'so the two would not name one folder' in workdir.orbax_cannot_use('/runs/実験')

@@ -29,7 +29,8 @@ def check_finite(state: TrainState, config, ckpts: checkpoints.Checkpoints,
         f'non-finite loss, BatchNorm statistics or update {where}: it was not applied; '
         f'{_kept(ckpts)} (set train.on_nonfinite=skip to skip such steps)')
   if bad and warn:
-    logging.warning('%d updates skipped so far because of a non-finite loss.', bad)
+    logging.warning('%d updates skipped so far because of a non-finite loss, BatchNorm statistics '
+                    'or update.', bad)
 
 
 def check_window(state: TrainState, config, ckpts: checkpoints.Checkpoints, skipped: int,

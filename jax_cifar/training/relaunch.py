@@ -7,6 +7,7 @@ changes altered what the train state holds, and `record_launch` once the launch 
 """
 
 import json
+import math
 import os
 import pathlib
 
@@ -69,11 +70,15 @@ def check_config_change(config, workdir: pathlib.Path, start_step: int, steps_pe
   if total_steps < start_step:  # Fewer steps per epoch (a larger batch, less data): a relaunch had
     # said "Done" at once, trained nothing and exited 0 (a longevity review).
     keys = [k for k in changes if k in ('train.batch_size', 'train.num_epochs', *_EPOCH_SIZE_KEYS)]
+    # The fewest epochs (in hundredths) that train one more step: "more than 3.00" had named
+    # values from 3.01 up that train none (steps are whole, rounded down: the diff review).
+    least = math.ceil(100 * (start_step + 1) / steps_per_epoch) / 100
+    while optim.epochs_to_steps(least, steps_per_epoch) <= start_step:
+      least = round(least + 0.01, 2)
     raise resume_rules.EndsBeforeTheStep(
         f'with {", ".join(keys or changes)} changed the run ends at step {total_steps} '
         f'({config.train.num_epochs:g} epochs of {steps_per_epoch} steps), before step '
-        f'{start_step}, where it resumes: set train.num_epochs to more than '
-        f'{start_step / steps_per_epoch:.2f} to train on')
+        f'{start_step}, where it resumes: set train.num_epochs to at least {least:g} to train on')
   for key in notable:
     logging.warning('Resuming at step %d with %s changed: %r -> %r.', start_step, key,
                     *changes[key])
