@@ -78,9 +78,17 @@ def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.Stat
   return nnx.state(model, nnx.Param, nnx.BatchStat)
 
 
+def _desktop_file(name: str) -> bool:
+  """macOS's Finder's .DS_Store, and its ._NAME files on other file systems: a folder shown in
+  Finder had held "files the converter did not write", refusing --overwrite (a portability
+  review)."""
+  return name == '.DS_Store' or name.startswith('._')
+
+
 def _is_converted(path: str) -> bool:
   """True if `path` holds exactly what `save_converted` writes (state/ and our metadata.json)."""
-  if sorted(os.listdir(path)) != sorted((_METADATA_FILE, _STATE_DIR)):
+  if sorted(e for e in os.listdir(path) if not _desktop_file(e)) != sorted((_METADATA_FILE,
+                                                                            _STATE_DIR)):
     return False
   try:
     with open(os.path.join(path, _METADATA_FILE)) as f:
@@ -104,7 +112,7 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
   if not overwrite:
     raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
   entries = sorted(os.listdir(path))
-  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
+  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR) and not _desktop_file(e)]
   if foreign:
     shown = ', '.join(foreign[:5]) + (f' (+{len(foreign) - 5} more)' if len(foreign) > 5 else '')
     raise OutputExistsError(f'{path} holds files the converter did not write ({shown}); refusing '

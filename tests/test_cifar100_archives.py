@@ -140,3 +140,28 @@ def test_an_archive_missing_a_file_is_refused_and_leaves_no_folder(tmp_path):
   with pytest.raises(fetch.DataError, match='no cifar-100-python/ folder with train, test and meta'):
     fetch.find_or_fetch(data, download=False)
   assert [p.name for p in data.iterdir()] == ['cifar-100-python.tar.gz']
+
+
+def test_a_python_without_lzma_says_so_and_does_not_call_the_archive_corrupt(tmp_path,
+                                                                            monkeypatch):
+  """A pyenv Python built without liblzma (no `brew install xz` first) had called the course's good
+  cifar-100-python.tar.xz "corrupt, truncated or unsafe" (a portability review)."""
+  folder = tmp_path / 'src' / 'cifar-100-python'
+  folder.mkdir(parents=True)
+  for name in ('train', 'test', 'meta'):
+    (folder / name).write_bytes(b'x')
+  data = tmp_path / 'data'
+  data.mkdir()
+  with tarfile.open(data / 'cifar-100-python.tar.xz', 'w:xz') as tar:
+    tar.add(folder, arcname='cifar-100-python')
+
+  def no_lzma(*args, **kwargs):
+    raise tarfile.CompressionError('lzma module is not available')
+  monkeypatch.setattr(tarfile.TarFile, 'xzopen', classmethod(lambda cls, *a, **k: no_lzma()))
+  with pytest.raises(fetch.DataError) as error:
+    fetch.find_or_fetch(data, download=False)
+  archive = data / 'cifar-100-python.tar.xz'
+  assert str(error.value) == (f'{archive}: this Python was built without the lzma module, so it '
+                              f'cannot read .xz archives: extract it with `tar -xJf {archive} -C '
+                              'DIR` and point data.dir to DIR')
+  assert [p.name for p in data.iterdir()] == ['cifar-100-python.tar.xz']

@@ -159,6 +159,17 @@ def _foreign_outputs(tmp_path) -> dict[str, str]:
   return paths
 
 
+def test_overwrite_replaces_an_output_that_finder_has_opened(tmp_path):
+  """macOS's Finder leaves .DS_Store (and ._NAME on other file systems) in a folder it shows: they
+  had been "files the converter did not write", refusing --overwrite (a portability review)."""
+  out = tmp_path / 'out'
+  convert.save_converted(_tiny(1.0), 'resnet18', str(out))
+  for name in ('.DS_Store', '._converted.json'):
+    (out / name).write_bytes(b'\x00\x00\x00\x01Bud1')
+  convert.save_converted(_tiny(2.0), 'resnet18', str(out), overwrite=True)
+  assert convert.read_converted(str(out))[1]['fc.kernel'][0, 0] == 2.0
+
+
 @pytest.mark.parametrize('name, needle', [('notes.txt', 'notes.txt'), ('mixed', 'notes.txt'),
                                           ('other', 'not a converted checkpoint'),
                                           ('afile', 'not a folder')])

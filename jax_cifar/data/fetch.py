@@ -170,6 +170,11 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
         f'({errors.os_reason(e.errno, e.strerror or str(e))}); {"free space there, or " if full else ""}'
         f'extract it elsewhere (tar -xf {archive} -C DIR) and point data.dir to DIR') from None
   except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
+    if 'lzma module is not available' in str(e):  # Not the archive's fault: this Python's (built
+      # without liblzma, as pyenv without xz installed): a good .tar.xz had been called corrupt.
+      raise DataError(f'{archive}: this Python was built without the lzma module, so it cannot '
+                      f'read .xz archives: extract it with `tar -xJf {archive} -C DIR` and point '
+                      'data.dir to DIR') from None
     problem = f'{type(e).__name__}: {e}'
     raise DataError(f'{archive}: corrupt, truncated or unsafe archive ({problem})') from None
   finally:
