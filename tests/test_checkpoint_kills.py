@@ -166,4 +166,20 @@ def test_a_step_set_aside_again_with_the_same_metrics_replaces_its_earlier_copy(
     assert _steps(root / 'discarded') == expected
   restored = step_folders.restore_path(root / 'discarded' / 'best-9', state)
   np.testing.assert_array_equal(restored['w'], state['w'])
+  # An earlier copy whose metrics cannot be read is not shown to be the same: kept. One that is a
+  # link (to another disk) is kept too, and its target left alone.
+  def set_aside_again() -> str:
+    shutil.copytree(root / 'discarded' / 'best-4', root / 'best' / '9')
+    (root / 'best' / '9' / 'metrics' / 'metrics').write_text(json.dumps({'val_accuracy': 0.5}))
+    ckpts.best.reload()
+    (moved,) = ckpts.tidy_best_on_resume(6)
+    return moved.name
+  metrics = (root / 'discarded' / 'best-9' / 'metrics' / 'metrics').read_text()
+  (root / 'discarded' / 'best-9' / 'metrics' / 'metrics').unlink()
+  assert set_aside_again() == 'best-9.2' and (root / 'discarded' / 'best-9').is_dir()
+  (root / 'discarded' / 'best-9' / 'metrics' / 'metrics').write_text(metrics)
+  elsewhere = tmp_path / 'elsewhere'
+  shutil.move(root / 'discarded' / 'best-9', elsewhere)
+  (root / 'discarded' / 'best-9').symlink_to(elsewhere)
+  assert set_aside_again() == 'best-9.3' and (elsewhere / 'metrics' / 'metrics').exists()
   ckpts.close()

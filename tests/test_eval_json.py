@@ -122,8 +122,10 @@ def test_another_checkpoints_default_submission_is_set_aside_with_its_numbers(tm
   assert kept == {**base, 'step': 15, 'submission': str(aside)}
   assert 'kept as eval_latest.step15.json, submission_latest.step15.csv' in caplog.text
   csv.write_text('id,label\nnew\n')  # Written by this evaluation of step 21 itself.
+  path.write_text(json.dumps({**base, 'step': 18, 'submission': str(csv)}))  # (Step 18's, before.)
   eval_json.write(path, {**base, 'step': 21, 'submission': str(csv)})
   assert csv.read_text() == 'id,label\nnew\n'
+  assert not (tmp_path / 'submission_latest.step18.csv').exists()
   path.write_text(json.dumps({**base, 'step': 21, 'submission': str(elsewhere)}))
   eval_json.write(path, {**base, 'step': 24})
   assert elsewhere.exists() and csv.exists()
@@ -316,6 +318,20 @@ def test_a_checkpoint_saved_again_after_its_eval_json_is_another_checkpoint(tmp_
   assert json.loads(path.read_text()) == {**same, 'test_accuracy': 0.6,
                                           'step_saved_ns': folder.stat().st_mtime_ns}
   assert json.loads((tmp_path / 'eval_best.step3.json').read_text())['ood_accuracy'] == 0.3
+
+
+def test_an_older_eval_json_and_a_step_of_the_same_second_are_one_checkpoint(tmp_path):
+  """A file of a version before step_saved_ns, compared by times: a step folder written in the same
+  second as the file (1 s timestamps of some file systems) is the same checkpoint."""
+  path = tmp_path / 'eval_best.json'
+  folder = tmp_path / 'checkpoints' / 'best' / '3'
+  folder.mkdir(parents=True)
+  same = {'checkpoint': 'best', 'step': 3, 'weights': 'raw'}
+  path.write_text(json.dumps({**same, 'ood_accuracy': 0.3}))
+  for p in (path, folder):
+    os.utime(p, (1_000_000, 1_000_000))
+  eval_json.write(path, {**same, 'test_accuracy': 0.5}, folder)
+  assert json.loads(path.read_text())['ood_accuracy'] == 0.3
 
 
 def test_a_checkpoint_saved_again_under_a_clock_behind_the_files_is_another_checkpoint(tmp_path):

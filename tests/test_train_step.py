@@ -328,29 +328,36 @@ def test_train_accuracy_scores_each_mixed_image_against_its_larger_label_share()
   assert float(metrics['train_accuracy']) == 1.0
 
 
-@pytest.mark.parametrize('scale', [np.nan, 1e20], ids=['nan', 'overflowing_statistics'])
+@pytest.mark.parametrize('scale', [np.nan, 1e20, 'one_channel'],
+                         ids=['nan', 'overflowing_statistics', 'one_overflowing_channel'])
 def test_a_skipped_step_keeps_the_batchnorm_statistics_and_their_ema(monkeypatch, scale):
   """A step whose forward pass is non-finite is skipped whole: its NaN BatchNorm statistics never
   reach the running ones (nor their EMA), which evaluation would then read as a model of NaNs.
   Inputs of 1e20 (as a weight of that size makes them): the batch variance overflows to inf while
   the normalised outputs, the loss and the gradients stay finite. That step had been applied, and
   the run saved a `best` whose running variance was inf, which evaluate then refused (a numerics
-  review). It is now a non-finite step like any other: skipped, counted."""
+  review). It is now a non-finite step like any other: skipped, counted; also when one channel of
+  one BatchNorm overflows (a kernel's output channel of 1e20: every other statistic finite)."""
   from jax_cifar import parallel  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model.name, c.model.stem, c.model.width = 'resnet18', 'cifar', 4
   c.ema.decay = 0.9
   tx, schedule = optim.make_optimizer(c.optim, 10, 10)
   state, graphdef = state_lib.init_state(c, tx, parallel.make_mesh())
-  real = train_step.model_input
-  monkeypatch.setattr(train_step, 'model_input', lambda *a: real(*a) * scale)
+  if scale == 'one_channel':
+    grow = lambda path, v: (v.at[..., 0].multiply(1e20) if jax.tree_util.keystr(path).startswith(
+        "['conv1']['kernel']") else v)
+    state = state.replace(params=jax.tree_util.tree_map_with_path(grow, state.params))
+  else:
+    real = train_step.model_input
+    monkeypatch.setattr(train_step, 'model_input', lambda *a: real(*a) * scale)
   step = jax.jit(functools.partial(train_step.train_step, graphdef=graphdef, tx=tx,
                                    schedule=schedule, config=c))
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 32, 32, 3), np.uint8),
            'label': rng.integers(0, 100, 16).astype(np.int32)}
   new, metrics = step(state, batch)
-  if not np.isnan(scale):
+  if isinstance(scale, str) or not np.isnan(scale):
     assert np.isfinite(float(metrics['train_loss'])) and np.isfinite(float(metrics['grad_norm']))
   assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite_step) == 0
   for before, after in ((state.batch_stats, new.batch_stats),
