@@ -146,6 +146,8 @@ def test_a_relaunch_whose_larger_batch_ends_the_run_before_its_step_is_refused(r
                            r'where it resumes: set train\.num_epochs to at least 3\.34 to train on$'):
     trainer.train_and_evaluate(c, str(workdir))
   assert _listing(workdir) == before
+  c.train.num_epochs = 3  # Ends at step 9 itself: the run is done, not refused.
+  assert trainer.train_and_evaluate(c, str(workdir))['step'] == 9
   c.train.num_epochs = 3.34
   assert trainer.train_and_evaluate(c, str(workdir))['step'] == 10
 

@@ -141,10 +141,11 @@ def test_missing_config_file_is_named(tmp_path, overrides):
 def test_a_missing_config_file_named_as_a_packaged_one_points_to_it(tmp_path):
   """configs/smoke.py given from outside the repository: the packaged smoke config works from any
   folder as jax_cifar:smoke."""
-  line = _usage_error(train(tmp_path / 'run', config=str(tmp_path / 'configs' / 'smoke.py'),
-                            overrides={}))
-  assert line.endswith('(the packaged config of that name, from any folder: --config '
-                       'jax_cifar:smoke)'), line
+  for given in ('smoke.py', 'smoke.py:arg'):  # (A ':' of a file that is not there: no ':' hint.)
+    line = _usage_error(train(tmp_path / 'run', config=str(tmp_path / 'configs' / given),
+                              overrides={}))
+    assert line.endswith('(the packaged config of that name, from any folder: --config '
+                         'jax_cifar:smoke)'), line
 
 
 def test_a_config_file_with_a_colon_in_its_path_says_why_it_was_not_found(tmp_path):
@@ -173,10 +174,11 @@ def test_no_flags_asks_for_the_workdir_alone_and_single_dash_flags_are_read_as_a
   FILE before them" (a flag audit)."""
   assert _usage_error(train(None, config=None, overrides={})) == (
       'error: --workdir is required (--helpshort lists the flags)')
-  line = _usage_error(train(None, f'-workdir={tmp_path / "gone"}', '-config.train.max_steps=2',
-                            config=None, overrides={}))
-  assert line.startswith('error: --config is not given, and the run in --workdir cannot be '
-                         f'resumed with its own config ({tmp_path / "gone"} does not exist'), line
+  for known in ('-config.train.max_steps=2', '--noalsologtostderr'):  # (A boolean's --noNAME.)
+    line = _usage_error(train(None, f'-workdir={tmp_path / "gone"}', known, config=None,
+                              overrides={}))
+    assert line.startswith('error: --config is not given, and the run in --workdir cannot be '
+                           f'resumed with its own config ({tmp_path / "gone"} does not exist'), line
 
 
 @pytest.mark.parametrize('module', ['train', 'evaluate'])
@@ -327,9 +329,10 @@ def test_overrides_without_a_config_file_say_what_they_need(tmp_path):
     return subprocess.run([sys.executable, '-m', 'jax_cifar.evaluate', *args,
                            '--config.train.eval_batch_size=200'], cwd=ROOT, capture_output=True,
                           text=True, check=False)
-  assert _usage_error(evaluate('--workdir', str(tmp_path))) == (
-      "error: --config.KEY=VALUE overrides change the run's own config: "
-      f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
+  for flag in ('--workdir', '-workdir'):  # (One dash, as absl reads it: a flag audit.)
+    assert _usage_error(evaluate(flag, str(tmp_path))) == (
+        "error: --config.KEY=VALUE overrides change the run's own config: "
+        f'{tmp_path}/config.json not found: is {tmp_path} a jax-cifar run directory?')
   assert _usage_error(evaluate()) == (
       'error: --config.KEY=VALUE overrides without --config change the config of the run in '
       '--workdir, which is not given')

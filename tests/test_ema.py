@@ -289,3 +289,6 @@ def test_one_non_finite_value_in_a_leaf_is_named():
                      r"\(batch_stats: the BatchNorm running statistics\)$"):
     state_lib.check_finite(params, stats, 'step 3')
   state_lib.check_finite({'w': np.ones(2, np.float32)}, {}, 'fine')
+  with pytest.raises(errors.UserError, match=r"^step 4: non-finite values in the checkpoint: "
+                     r"params\['conv'\]\['kernel'\]$"):  # (No BatchNorm note: a parameter alone.)
+    state_lib.check_finite(params, {'bn': {'var': np.ones(2, np.float32)}}, 'step 4')

@@ -465,3 +465,20 @@ def test_finite_weights_whose_outputs_overflow_are_refused_not_scored_as_class_0
   with pytest.raises(errors.UserError, match=r"^OOD: the model's outputs are not finite .* for 10 "
                                              r'of 10 images'):
     predictor.run(images, 'OOD', labels_only=True)
+
+
+def test_one_infinite_output_in_a_row_is_refused_too():
+  """A row with one -inf log-probability (an overflowed logit) names no trustworthy class either:
+  refused in both paths, as an all-NaN row is (a mutation audit: `.any` for `.all` had passed)."""
+  from jax_cifar.evaluation import inference  # pylint: disable=import-outside-toplevel
+  check = inference._check_finite_outputs  # pylint: disable=protected-access
+  log_p = np.log(np.array([[0.2, 0.3, 0.5], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], np.float32))
+  log_p[1, 0] = -np.inf
+  with pytest.raises(errors.UserError, match=r"^t: the model's outputs are not finite \(NaN or "
+                                             r'inf\) for 1 of 3 images'):
+    check(log_p, False, 't')
+  check(log_p[[0, 2]], False, 't')  # Finite rows pass.
+  labels = np.asarray(inference.labels_of(log_p))  # The submission's path: -1 marks the row.
+  assert labels.tolist() == [2, -1, 2]
+  with pytest.raises(errors.UserError, match=r'^t: .* for 1 of 3 images'):
+    check(labels, True, 't')

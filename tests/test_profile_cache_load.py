@@ -60,3 +60,12 @@ def test_importing_the_script_registers_no_flags_beside_the_cli_modules():
   import jax_cifar.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import importlib  # pylint: disable=import-outside-toplevel
   importlib.reload(profile_cache_load)
+
+
+def test_no_loads_is_one_error_line_before_anything_compiles():
+  """--loads 0 would compile for minutes, then print the median of no loads (a mutation audit)."""
+  out = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'profile_cache_load.py'),
+                        '--config', 'configs/smoke.py', '--loads', '0'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 2 and out.stderr.strip() == (
+      'error: flag --loads=0: 0 is not a positive integer (--helpshort lists the flags)')

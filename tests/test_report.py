@@ -169,8 +169,9 @@ def test_an_evaluation_of_an_earlier_save_of_the_same_step_is_flagged(tmp_path, 
   metadata = run / 'checkpoints' / 'best' / '100' / '_CHECKPOINT_METADATA'
   metadata.write_text(json.dumps({'commit_timestamp_nsecs': 7}))
   ev = json.loads((run / 'eval_best.json').read_text())
-  for saved, stale in ((7, False), (6, True)):
-    (run / 'eval_best.json').write_text(json.dumps({**ev, 'step': 100, 'step_saved_ns': saved}))
+  # (Step 120, of a best set aside since: no step of that number to compare with, no warning.)
+  for step, saved, stale in ((100, 7, False), (100, 6, True), (120, 6, False)):
+    (run / 'eval_best.json').write_text(json.dumps({**ev, 'step': step, 'step_saved_ns': saved}))
     assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
     warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith('warning:')]
     assert warnings == (['warning: run: eval_best.json holds an earlier save of step 100: '

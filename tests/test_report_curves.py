@@ -272,14 +272,20 @@ def test_many_relaunches_are_ticks_on_the_x_axis_not_lines_over_the_curves(tmp_p
   """3,000 relaunches of a long preemptible run had drawn 3,000 dotted lines, which hid every
   curve (a longevity review): past curves.MANY_RELAUNCHES they are ticks on the x axis."""
   run = fake_run(tmp_path / 'run', 1.0)
-  steps = list(range(1, 100))  # 99 relaunches, at every step of the 100-step run.
-  (run / 'launches.jsonl').write_text(''.join(json.dumps({'start_step': s}) + '\n'
-                                              for s in [0] + steps))
-  assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
-  for fig in drawn:
-    ax = fig.axes[0]
-    (ticks,) = [l for l in ax.get_lines() if l.get_label() == 'run relaunch']
-    assert ticks.get_marker() == '|' and ticks.get_linestyle() == 'None'
-    np.testing.assert_allclose(ticks.get_xdata(), np.array(steps) / 50)  # Epochs: 50 steps each.
-    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == (
-        f'resumed by a relaunch (over {curves.MANY_RELAUNCHES}: ticks)')
+  for count in (curves.MANY_RELAUNCHES, curves.MANY_RELAUNCHES + 1, 99):  # (99: every step.)
+    steps = list(range(1, count + 1))
+    (run / 'launches.jsonl').write_text(''.join(json.dumps({'start_step': s}) + '\n'
+                                                for s in [0] + steps))
+    drawn.clear()
+    assert report.main([str(run), '--out', str(tmp_path / 'out')]) == 0
+    for fig in drawn:
+      ax = fig.axes[0]
+      marks = [l for l in ax.get_lines() if l.get_label() == 'run relaunch']
+      legend = [t.get_text() for t in ax.get_legend().get_texts()][-1]
+      if count <= curves.MANY_RELAUNCHES:  # A dotted line each.
+        assert len(marks) == count and legend == 'resumed by a relaunch'
+        continue
+      (ticks,) = marks
+      assert ticks.get_marker() == '|' and ticks.get_linestyle() == 'None'
+      np.testing.assert_allclose(ticks.get_xdata(), np.array(steps) / 50)  # 50 steps per epoch.
+      assert legend == f'resumed by a relaunch (over {curves.MANY_RELAUNCHES}: ticks)'

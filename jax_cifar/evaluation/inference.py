@@ -43,9 +43,13 @@ def _log_probs(params, batch_stats, batch: dict, *, graphdef, config, tta_mode: 
 
   log_p = tta.mean_log_probs(one_view, batch['image'], tta_mode, config.augment.crop_mode,
                              tta_average)
-  if labels_only:  # (-1 for a row that names no class: Predictor.run refuses it.)
-    return jnp.where(jnp.isfinite(log_p).all(-1), jnp.argmax(log_p, -1), -1).astype(jnp.int32)
-  return log_p
+  return labels_of(log_p) if labels_only else log_p
+
+
+def labels_of(log_p: jax.Array) -> jax.Array:
+  """The argmax class of each row, -1 for a row that is not all finite (Predictor.run refuses it:
+  argmax reads NaN as class 0)."""
+  return jnp.where(jnp.isfinite(log_p).all(-1), jnp.argmax(log_p, -1), -1).astype(jnp.int32)
 
 
 def make_predict(config, graphdef, mesh, *, tta_mode: str = 'none', tta_flip: bool = False,
