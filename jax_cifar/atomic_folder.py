@@ -46,15 +46,38 @@ def exchange(a: str, b: str) -> bool:
 
 
 def fsync_tree(root: str, recursive: bool = True) -> None:
-  """fsyncs every file and folder under `root` (or only `root` itself)."""
+  """fsyncs every file and folder under `root` (or only `root` itself); an error names the path."""
   walk = os.walk(root) if recursive else [(root, [], [])]
   for folder, _, names in walk:
     for p in [os.path.join(folder, n) for n in names] + [folder]:
       fd = os.open(p, os.O_RDONLY)
       try:
-        os.fsync(fd)
+        fsync_folder(fd, p) if p == folder else _fsync(fd, p)
       finally:
         os.close(fd)
+
+
+# What a file system that cannot fsync a folder answers (SMB/CIFS, WSL's DrvFs, VirtualBox's
+# shared folders): git and borg take it as done, the entries being as safe there as it can make them.
+_FOLDER_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def fsync_folder(fd: int, path) -> None:
+  """fsync of a folder's descriptor (its entries on disk), let be where the file system cannot:
+  convert and corrupt had failed there after all their work, "error: Invalid argument" naming no
+  path (a portability review). Another error names the folder."""
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    if e.errno not in _FOLDER_FSYNC_UNSUPPORTED:
+      raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _fsync(fd: int, path) -> None:
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 # This machine in temp names: a pid says whether its writer lives only on the host that ran it

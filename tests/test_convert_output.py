@@ -293,3 +293,25 @@ def test_a_sha256_that_is_no_digest_names_the_metadata(tmp_path):
       continue
     with pytest.raises(convert.ConversionError, match=rf"gives sha256 {bad!r}, not a digest"):
       convert.read_converted(str(out))
+
+
+def test_a_file_system_that_cannot_fsync_a_folder_still_gets_the_conversion(tmp_path, monkeypatch):
+  """A folder's fsync answered EINVAL (SMB/CIFS, WSL's DrvFs): the whole conversion had run, then
+  "error: Invalid argument", naming no path, and nothing was kept (a portability review)."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import stat  # pylint: disable=import-outside-toplevel
+  real = os.fsync
+
+  def fsync(fd):
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+      raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return real(fd)
+  monkeypatch.setattr(os, 'fsync', fsync)
+  out = str(tmp_path / 'out')
+  convert.save_converted(_tiny(1.0), 'resnet18', out)
+  assert convert.read_converted(out)[1]['fc.kernel'][0, 0] == 1.0
+  # Another error is not let be, and names the folder.
+  monkeypatch.setattr(os, 'fsync', lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, 'I/O')))
+  with pytest.raises(OSError) as e:
+    convert.save_converted(_tiny(2.0), 'resnet18', str(tmp_path / 'other'))
+  assert e.value.errno == errno.EIO and str(tmp_path) in str(e.value.filename)
