@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -244,7 +245,10 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   adapt_bn = adapt_bn or tent is not None
   which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.
   if which not in ('best', 'latest'):  # A step folder, as its number is: without its default/.
-    folder = pathlib.Path(which).absolute()
+    # By its real path: another spelling (a link: macOS's /tmp is /private/tmp) had been "another
+    # checkpoint", its numbers set aside and its kept predictions started over (a portability
+    # review).
+    folder = pathlib.Path(os.path.realpath(which))
     which = str(folder.parent if folder.name == 'default' else folder)
   tag = output_tag(which, tta_mode, adapt_bn, weights, tent, tta_average)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')

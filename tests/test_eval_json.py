@@ -57,6 +57,22 @@ def test_eval_json_of_a_step_named_another_way_is_the_same_checkpoint(tmp_path):
   assert 'ood_accuracy' not in json.loads(path.read_text())
 
 
+def test_a_step_named_through_a_link_is_the_same_checkpoint(tmp_path):
+  """macOS's /tmp is a link to /private/tmp, and cluster homes are often links: the same step
+  folder named both ways had been "another checkpoint", its numbers set aside (a portability
+  review)."""
+  (tmp_path / 'real' / 'run' / 'checkpoints' / 'latest' / '4').mkdir(parents=True)
+  (tmp_path / 'link').symlink_to(tmp_path / 'real')
+  path = tmp_path / 'eval_step4.json'
+  base = {'step': 4, 'weights': 'raw'}
+  path.write_text(json.dumps({**base, 'checkpoint': str(tmp_path / 'link/run/checkpoints/latest/4'),
+                              'ood_accuracy': 0.25}))
+  eval_json.write(path, {**base, 'checkpoint': str(tmp_path / 'real/run/checkpoints/latest/4'),
+                         'test_accuracy': 0.5})
+  assert json.loads(path.read_text())['ood_accuracy'] == 0.25
+  assert not list(tmp_path.glob('eval_step4.step*'))
+
+
 def test_another_runs_step_of_the_same_number_is_another_checkpoint(tmp_path, caplog):
   """evaluate takes another run's step folder when the configs match, and tags it step<N> in this
   run's folder: its numbers had merged into this run's own eval_step300.json (a review)."""

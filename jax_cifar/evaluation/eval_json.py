@@ -159,6 +159,6 @@ def _same_checkpoint(a, b) -> bool:
     return a == b
   a, b = (pathlib.PurePath(x) for x in (a, b))
   a, b = (x.parent if x.name == 'default' else x for x in (a, b))
-  if a.is_absolute() and b.is_absolute():
-    return os.path.normpath(a) == os.path.normpath(b)
+  if a.is_absolute() and b.is_absolute():  # (Real paths: a link's spelling is the same folder.)
+    return os.path.realpath(a) == os.path.realpath(b)
   return a.parts[-2:] == b.parts[-2:]
