@@ -133,7 +133,9 @@ def rss(args) -> dict:
     return {'tta': args.tta, 'bn_adapt': args.bn_adapt,
             'set_bytes_on_disk': on_disk, 'set_write_s': write_s, 'images': images,
             'evaluate_wall_s': seconds, 'ood_images_per_sec_incl_startup': images / seconds,
-            'peak_rss_bytes_ru_maxrss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+            # (ru_maxrss is in KiB on Linux, in bytes on macOS: a portability review.)
+            'peak_rss_bytes_ru_maxrss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                        * (1 if sys.platform == 'darwin' else 1024),
             'peak_sampled': peaks, 'csv_check': verdict,
             'evaluate_last_line': json.loads(out.strip().splitlines()[-1])}
   finally:
