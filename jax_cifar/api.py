@@ -160,7 +160,13 @@ def predict(model: nnx.Module, config: ml_collections.ConfigDict, images: np.nda
   if not out:  # No image: as many columns as the model has classes.
     width = jax.eval_shape(probabilities, state, np.zeros((1,) + images.shape[1:], np.uint8))
     return np.zeros((0, width.shape[-1]), np.float32)
-  return np.concatenate(out)
+  out = np.concatenate(out)
+  if bad := int((~np.isfinite(out).all(-1)).sum()):  # As evaluate refuses them (a diff review).
+    warnings.warn(f'predict: the probabilities of {bad} of {len(out)} images are not finite (NaN '
+                  'or inf): the model\'s forward pass overflows (a weight or BatchNorm statistic '
+                  'too large, or past the range of model.dtype), and argmax reads such a row as '
+                  'class 0', UserWarning, stacklevel=2)
+  return out
 
 
 @functools.lru_cache(maxsize=8)

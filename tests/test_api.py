@@ -125,6 +125,13 @@ def test_predict_names_swapped_or_partial_arguments_and_warns_on_unscaled_pixels
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # Real images: no warning.
     jax_cifar.predict(model, config, images)
+  # Finite weights whose forward pass overflows: NaN rows, which argmax reads as class 0, are said.
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda v: v / max(float(abs(v).max()), 1e-30) * 3e38
+                       if jax.numpy.issubdtype(v.dtype, jax.numpy.floating) else v, state)
+  with pytest.warns(UserWarning, match=r'^predict: the probabilities of 4 of 4 images are not '
+                                       r'finite \(NaN or inf\)'):
+    jax_cifar.predict(nnx.merge(graphdef, state), config, images)
 
 
 def test_an_edited_config_is_named_by_predict_and_load_predictor(run):
