@@ -220,6 +220,13 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
     if run is not None:
       run.define_metric('step')
       run.define_metric('*', step_metric='step')
+      # wandb's runs table shows the best validation, as `best` is chosen, not the last one (a
+      # run whose last validation fell to 0 had read 0 there: a wandb review).
+      for name in ('val_accuracy', 'val_accuracy_ema', 'val_top5_accuracy',
+                   'val_top5_accuracy_ema'):
+        run.define_metric(name, step_metric='step', summary='max')
+      for name in ('val_loss', 'val_loss_ema'):
+        run.define_metric(name, step_metric='step', summary='min')
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('wandb.define_metric failed (%s); its charts count rows, not steps.', e)
   return run

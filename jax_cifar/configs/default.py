@@ -111,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_weights = 'raw'  # Which weights' val accuracy picks 'best': 'raw' or 'ema' (needs ema.decay > 0).
 
   c.wandb = ml_collections.ConfigDict()
-  c.wandb.mode = 'disabled'  # 'online', 'offline' (no network needed; `wandb sync` later) or 'disabled'.
+  c.wandb.mode = 'disabled'  # 'online', 'offline' (no network needed; `wandb sync WORKDIR/wandb` later) or 'disabled'.
   c.wandb.project = 'jax-cifar'  # wandb project name.
   c.wandb.entity = ''  # wandb entity (team/user); '' = wandb's default.
   c.wandb.name = ''  # Run name; '' = the workdir's name.
