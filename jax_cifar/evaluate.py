@@ -244,13 +244,14 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   workdir_path = pathlib.Path(workdir)
   adapt_bn = adapt_bn or tent is not None
   which = step_folders.kept_step_folder(workdir, which) or which  # A step number, as load_model.
+  tag = output_tag(which, tta_mode, adapt_bn, weights, tent, tta_average)  # (By the name given.)
   if which not in ('best', 'latest'):  # A step folder, as its number is: without its default/.
-    # By its real path: another spelling (a link: macOS's /tmp is /private/tmp) had been "another
-    # checkpoint", its numbers set aside and its kept predictions started over (a portability
-    # review).
-    folder = pathlib.Path(os.path.realpath(which))
-    which = str(folder.parent if folder.name == 'default' else folder)
-  tag = output_tag(which, tta_mode, adapt_bn, weights, tent, tta_average)
+    # Recorded by its real path: another spelling (a link: macOS's /tmp is /private/tmp) had been
+    # "another checkpoint", its numbers set aside and its kept predictions started over (a
+    # portability review). Its tag comes from the name given: a step folder that is itself a link
+    # (to another disk) had been tagged `path`, not step<N> (the diff review).
+    folder = pathlib.Path(which).absolute()
+    which = os.path.realpath(folder.parent if folder.name == 'default' else folder)
   csv_path = pathlib.Path(submission_csv or workdir_path / f'submission_{tag}.csv')
   if ood_files:
     output_files.check_submission_path(submission_csv or csv_path, default=not submission_csv)

@@ -428,6 +428,26 @@ def test_a_stop_in_the_submission_phase_leaves_no_cifar100c_heatmap(run, tmp_pat
   assert (workdir / 'cifar100c_latest.png').is_file()
 
 
+def test_a_step_folder_named_through_links_is_one_checkpoint_tagged_by_its_number(run, tmp_path):
+  """The run named through a link to its folder (macOS's /tmp is /private/tmp), and its step folder
+  a link itself (moved to another disk): one checkpoint, recorded by its real path, its files
+  tagged step<N> (the tag had become `path` for the linked step folder: the diff review)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*', '*.png'))
+  step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
+  moved = tmp_path / 'archive' / f'run-step{step}'
+  moved.parent.mkdir()
+  shutil.move(workdir / 'checkpoints' / 'latest' / str(step), moved)
+  (workdir / 'checkpoints' / 'latest' / str(step)).symlink_to(moved)
+  (tmp_path / 'link').symlink_to(workdir)
+  for given in (workdir / 'checkpoints' / 'latest' / str(step),
+                tmp_path / 'link' / 'checkpoints' / 'latest' / str(step)):
+    result = evaluate.evaluate(_config(), str(workdir), str(given))
+    assert result['checkpoint'] == str(moved) and result['step'] == step
+  assert sorted(p.name for p in workdir.glob('eval_*.json')) == [f'eval_step{step}.json']
+
+
 def test_a_step_folder_of_another_run_is_checked_against_that_runs_config(run, tmp_path,
                                                                           monkeypatch):
   """`--checkpoint OTHER_RUN/checkpoints/latest/N` had been scored under this workdir's config
