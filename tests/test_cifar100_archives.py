@@ -165,3 +165,9 @@ def test_a_python_without_lzma_says_so_and_does_not_call_the_archive_corrupt(tmp
                               f'cannot read .xz archives: extract it with `tar -xJf {archive} -C '
                               'DIR` and point data.dir to DIR')
   assert [p.name for p in data.iterdir()] == ['cifar-100-python.tar.xz']
+  # Another file that no method opens (tarfile lists the missing module for it too) is still
+  # called corrupt: an HTML error page saved as the .tar.gz (the diff review).
+  (data / 'cifar-100-python.tar.xz').unlink()
+  (data / 'cifar-100-python.tar.gz').write_text('<html>404 Not Found</html>')
+  with pytest.raises(fetch.DataError, match='corrupt, truncated or unsafe archive'):
+    fetch.find_or_fetch(data, download=False)

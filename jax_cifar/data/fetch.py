@@ -127,6 +127,15 @@ def _members_filter(archive: pathlib.Path):
   return check
 
 
+def _is_xz(archive: pathlib.Path) -> bool:
+  """Whether the file starts as xz data does."""
+  try:
+    with open(archive, 'rb') as f:
+      return f.read(6) == b'\xfd7zXZ\x00'
+  except OSError:
+    return False
+
+
 def extract_archive(archive: pathlib.Path) -> pathlib.Path:
   """Extracts into a temp folder next to the archive, then renames, so a crash leaves no half folder."""
   target = archive.parent / FOLDER
@@ -170,8 +179,9 @@ def extract_archive(archive: pathlib.Path) -> pathlib.Path:
         f'({errors.os_reason(e.errno, e.strerror or str(e))}); {"free space there, or " if full else ""}'
         f'extract it elsewhere (tar -xf {archive} -C DIR) and point data.dir to DIR') from None
   except Exception as e:  # truncated or unsafe archives: TarError, EOFError, LZMAError, zlib.error
-    if 'lzma module is not available' in str(e):  # Not the archive's fault: this Python's (built
-      # without liblzma, as pyenv without xz installed): a good .tar.xz had been called corrupt.
+    if 'lzma module is not available' in str(e) and _is_xz(archive):  # Not the archive's fault:
+      # this Python's (built without liblzma, as pyenv without xz installed): a good .tar.xz had
+      # been called corrupt. (tarfile lists the missing module for any archive it cannot open.)
       raise DataError(f'{archive}: this Python was built without the lzma module, so it cannot '
                       f'read .xz archives: extract it with `tar -xJf {archive} -C DIR` and point '
                       'data.dir to DIR') from None
