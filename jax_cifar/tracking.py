@@ -147,6 +147,17 @@ class MetricsWriter:
         logging.warning('wandb.log failed (%s); continuing with metrics.jsonl only.', e)
         self.wandb_run = None
 
+  def set_summary(self, values: dict) -> None:
+    """Values for wandb's runs table (the run's summary), e.g. the run's best validation accuracy
+    so far, which the trainer knows across relaunches: the table had shown the last validation (0
+    for a run whose best was 0.02), and wandb's own max summary is of one launch's rows (a wandb
+    review). metrics.jsonl does not hold them."""
+    if self.is_chief and self.wandb_run is not None:
+      try:
+        self.wandb_run.summary.update({k: _clean(v) for k, v in values.items()})
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('wandb summary update failed (%s); continuing.', e)
+
   def close(self, exit_code: int = 0, preempted: bool = False) -> None:
     """Closes metrics.jsonl and finishes the wandb run with `exit_code`: non-zero for a run that
     failed (wandb had marked a crashed run "Finished": a review); a run stopped by a signal, to be
@@ -220,13 +231,6 @@ def _start_wandb(config, workdir: pathlib.Path, resume: bool):
     if run is not None:
       run.define_metric('step')
       run.define_metric('*', step_metric='step')
-      # wandb's runs table shows the best validation, as `best` is chosen, not the last one (a
-      # run whose last validation fell to 0 had read 0 there: a wandb review).
-      for name in ('val_accuracy', 'val_accuracy_ema', 'val_top5_accuracy',
-                   'val_top5_accuracy_ema'):
-        run.define_metric(name, step_metric='step', summary='max')
-      for name in ('val_loss', 'val_loss_ema'):
-        run.define_metric(name, step_metric='step', summary='min')
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('wandb.define_metric failed (%s); its charts count rows, not steps.', e)
   return run

@@ -382,6 +382,7 @@ def _validate(validator: inference.Predictor, state, split, config, ckpts, write
   previous_best = ckpts.best_accuracy()
   ckpts.maybe_save_best(state, step, picked)
   best = max(picked, -1.0 if previous_best is None else previous_best)
+  writer.set_summary({f'best_{_best_metric(config)}': best})  # (wandb's runs table.)
   shown = ', '.join(f'{k} {v:.4f}' for k, v in row.items() if 'top5' not in k)
   tracking.say(f'epoch {epoch:.2f} step {step}: {shown} (best {best:.4f})')
   return row
