@@ -39,7 +39,10 @@ def folder_arg(call: str, value) -> None:
     raise ConfigError(f'{call}: the folder is empty ({value!r}): give the run\'s folder')
 
 
-DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A file past a size limit (`ulimit -f` on a cluster, FAT32's 4 GiB): "disk full" had been said of
+# it, with 57 GB free (a message review).
+FILE_SIZE_LIMIT = ' (a file size limit: ulimit -f, or the largest file the file system takes)'
 
 
 def os_error_code(e: BaseException) -> int | None:
@@ -56,9 +59,11 @@ def os_error_code(e: BaseException) -> int | None:
 
 
 def os_reason(code: int | None, strerror: str) -> str:
-  """`strerror`, with ' (disk full)' where `code` says the disk or a quota or size limit is full,
-  and the limit to raise where a process has too many files open (it had been the bare "Too many
-  open files": a review)."""
+  """`strerror`, with ' (disk full)' where `code` says the disk or a quota is full, the size limit
+  where a file is past one, and the limit to raise where a process has too many files open (it had
+  been the bare "Too many open files": a review)."""
+  if code == errno.EFBIG:
+    return strerror + FILE_SIZE_LIMIT
   if code == errno.EMFILE:
     return f'{strerror} (raise the limit on open files: ulimit -n)'
   if code == errno.ENFILE:

@@ -86,6 +86,10 @@ def drawn(monkeypatch):
   return saved
 
 
+# What a write past the file-size limit says (the tests' stand-in for a full disk: RLIMIT_FSIZE).
+TOO_LARGE = 'File too large (a file size limit: ulimit -f, or the largest file the file system takes)'
+
+
 def is_png(path) -> bool:
   """Whether `path` is a PNG that matplotlib reads back as an image."""
   import matplotlib.image  # pylint: disable=import-outside-toplevel

@@ -20,6 +20,7 @@ import pytest
 from jax_cifar import checkpoints, errors, optim, parallel, step_folders
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
+from conftest import TOO_LARGE
 from test_checkpoints import _damage
 
 
@@ -138,7 +139,7 @@ for _ in range(600):
                        cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=300)
   line = next((l for l in out.stdout.splitlines() if l.startswith('ERROR ')), None)
   assert line is not None, (out.stdout[-2000:], out.stderr[-3000:])
-  assert 'saving checkpoint step 10 in' in line and 'File too large (disk full)' in line, line
+  assert 'saving checkpoint step 10 in' in line and TOO_LARGE in line, line
   assert line.endswith('there is no earlier one there'), line
 
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import TOO_LARGE
 from jax_cifar import atomic_folder, convert
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -274,8 +275,8 @@ def test_a_full_disk_while_writing_is_one_error_and_leaves_no_output(tmp_path):
   out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'r18')], capture_output=True,
                        text=True, timeout=120, check=False, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip() == (f'ERROR writing {tmp_path / "r18"} failed: File too large (disk '
-                                'full); nothing was written there'), out.stdout + out.stderr[-3000:]
+  assert out.stdout.strip() == (f'ERROR writing {tmp_path / "r18"} failed: {TOO_LARGE}; nothing '
+                                'was written there'), out.stdout + out.stderr[-3000:]
   assert 'Event loop is closed' not in out.stderr, out.stderr[-3000:]
   assert sorted(os.listdir(tmp_path)) == []  # No output, no temp folder.
 

@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import load_script, require_module
+from conftest import load_script, require_module, TOO_LARGE
 from jax_cifar import convert, convert_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -533,5 +533,5 @@ def test_a_full_disk_is_one_error_line_without_orbaxs_thread_tracebacks(tmp_path
   assert out.returncode == 1, out.stderr[-3000:]
   lines = [l for l in out.stderr.splitlines() if 'convert: loaded' not in l
            and 'convert: converted' not in l]
-  assert lines == [f'error: writing {tmp_path / "out"} failed: File too large (disk full); '
+  assert lines == [f'error: writing {tmp_path / "out"} failed: {TOO_LARGE}; '
                    'nothing was written there'], out.stderr[-3000:]

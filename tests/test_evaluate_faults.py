@@ -20,6 +20,7 @@ from jax_cifar import errors, evaluate, interrupt
 from jax_cifar.evaluation import output_files, submission
 from jax_cifar.training import trainer
 from jax_cifar.data import ood
+from conftest import TOO_LARGE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N_OOD = 10
@@ -440,7 +441,7 @@ def test_a_full_disk_while_writing_the_results_still_prints_their_numbers(run, t
   lines = [l for l in out.stderr.splitlines() if l.startswith(('note: the numbers', 'error: '))]
   assert lines[-2:] == [
       'note: the numbers were computed (the line above) but could not all be written:',
-      f'error: {workdir / unwritten}: File too large (disk full)'], out.stderr[-3000:]
+      f'error: {workdir / unwritten}: {TOO_LARGE}'], out.stderr[-3000:]
 
 
 def test_finite_weights_whose_outputs_overflow_are_refused_not_scored_as_class_0(run, tmp_path):

@@ -39,7 +39,7 @@ from jax_cifar.evaluation import submission
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
 
-from conftest import load_script
+from conftest import load_script, TOO_LARGE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL, UPDATE_RTOL, MOMENTUM_RTOL = 1e-5, 0.05, 0.1
@@ -356,7 +356,7 @@ def test_a_write_that_fails_on_process_0_stops_every_process_at_once(tmp_path):
   stopped = [[l for l in o.splitlines() if l.startswith('stopped:')] for o in out]
   assert [p.returncode for p in procs] == [1, 1], out
   metrics = tmp_path / 'metrics.jsonl'
-  assert stopped[0] == [f'stopped: {metrics}: File too large (disk full)'], out[0]
+  assert stopped[0] == [f'stopped: {metrics}: {TOO_LARGE}'], out[0]
   assert stopped[1] == [f'stopped: another process failed while writing {metrics} (its error says '
                         'why); process 1 stops too'], out[1]
   print(f'both processes stopped {seconds:.1f} s after they started')

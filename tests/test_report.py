@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _fake_runs import BASE_CONFIG, fake_run, section
-from conftest import is_png
+from conftest import is_png, TOO_LARGE
 from jax_cifar import errors
 from jax_cifar.evaluation import curves, report, stale_evals
 
@@ -510,7 +510,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_summary_whole(tmp_path
   out = tmp_path / 'new' / 'report'
   failed = _report_with_file_limit([tmp_path / 'a'], out, 1024)  # Below any figure's size.
   assert failed.returncode == 1
-  assert failed.stderr.strip() == f'error: {out / "figure1_loss.png"}: File too large (disk full)'
+  assert failed.stderr.strip() == f'error: {out / "figure1_loss.png"}: {TOO_LARGE}'
   assert not out.exists()
 
 

@@ -16,6 +16,7 @@ from jax_cifar import code_digest, optim, resume_rules
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.training import relaunch
+from conftest import TOO_LARGE
 
 
 def test_config_changes_lists_differences_with_both_values():
@@ -173,7 +174,7 @@ def test_a_launch_row_after_a_torn_one_is_a_line_of_its_own(tmp_path):
           '  print(errors.user_message(e))\n')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
-  assert out.stdout.strip() == f'{tmp_path / "launches.jsonl"}: File too large (disk full)', (
+  assert out.stdout.strip() == f'{tmp_path / "launches.jsonl"}: {TOO_LARGE}', (
       out.stdout, out.stderr[-2000:])
 
 

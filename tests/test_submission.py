@@ -10,6 +10,7 @@ import pytest
 from jax_cifar.evaluation import submission
 from jax_cifar.data import ood
 from jax_cifar.data.cifar100 import DataError
+from conftest import TOO_LARGE
 
 N = 20  # Images per distortion file: four per severity.
 
@@ -107,7 +108,7 @@ def test_a_full_disk_names_the_csv_keeps_the_old_one_and_leaves_no_partial_file(
   path.write_text('id,label\nold,3\n')
   out = subprocess.run([sys.executable, '-c', _FULL_DISK, str(path)], capture_output=True,
                        text=True, check=True)
-  assert out.stdout.strip() == (f'{path}: File too large (disk full): no CSV written; the '
+  assert out.stdout.strip() == (f'{path}: {TOO_LARGE}: no CSV written; the '
                                 'existing sub.csv is kept'), out.stdout + out.stderr
   assert path.read_text() == 'id,label\nold,3\n'
   assert [p.name for p in tmp_path.iterdir()] == ['sub.csv']
