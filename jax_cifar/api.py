@@ -84,7 +84,7 @@ def load_model(run_dir: str | pathlib.Path, checkpoint: str = 'best',
   from jax_cifar.evaluation import inference  # pylint: disable=g-import-not-at-top  (grain, tqdm)
   inference.check_step_folder_of_another_run(
       config, run_dir, str(checkpoint), given="load_model's run ({workdir})", short='run_dir',
-      advice="Load that run itself: load_model('{run}', checkpoint=...)")
+      advice='Load that run itself: load_model({run_py}, checkpoint=...)')
   # (Not when asked for by name: the warning had come with weights='raw' too, a review.)
   if (checkpoint == 'best' and not asked and config.checkpoint.get('best_weights') == 'ema'):
     warnings.warn(f"load_model: {run_dir}'s 'best' step was chosen by its EMA weights' accuracy "

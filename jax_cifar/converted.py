@@ -202,7 +202,8 @@ def read_metadata(path: str, arch: str | None = None) -> dict:
             if os.path.isfile(path) else '')
     if os.path.isfile(os.path.join(path, workdir.CONFIG_FILE)):  # A training run's folder.
       hint = (': it is a jax-cifar training run; start from its weights with '
-              f'model.init_from={path} (or jax_cifar.load_model({path!r}) in Python)')
+              f'model.init_from={shlex.quote(str(path))} (or jax_cifar.load_model({path!r}) in '
+              'Python)')
     raise ConversionError(f'{path} is not a converted checkpoint (no {_METADATA_FILE}){hint}')
   try:
     with open(meta_file) as f:

@@ -23,6 +23,11 @@ class ConfigError(UserError, ValueError):
   """A config value or command-line option that cannot work (named, with what is allowed)."""
 
 
+class LaunchSettingError(ConfigError):
+  """A setting of how the processes are launched (JAX_*, SLURM_* variables, the devices), which the
+  run's config does not hold."""
+
+
 class DataError(UserError):
   """Bad or missing input data; the message is one line naming the file and the problem."""
 

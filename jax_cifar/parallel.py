@@ -28,7 +28,7 @@ def _refuse_settings_without_a_coordinator() -> None:
   alone = {'JAX_NUM_PROCESSES': 1, 'JAX_PROCESS_ID': 0}  # (As numbers: 01 and 00 say the same.)
   if all(_is_whole(value) and int(value) == alone[k] for k, value in given.items()):
     return
-  raise errors.ConfigError(
+  raise errors.LaunchSettingError(
       f'{" ".join(f"{k}={v}" for k, v in given.items())} without JAX_COORDINATOR_ADDRESS: set it '
       f'(host:port of process 0) for every process, or unset {" and ".join(given)} to run as one '
       'process')
@@ -53,8 +53,8 @@ def maybe_initialize_distributed() -> None:
   in_slurm = _is_whole(tasks) and int(tasks) > 1
   asked = os.environ.get(DISTRIBUTED_VAR, '').strip()
   if asked not in ('', '0', '1'):
-    raise errors.ConfigError(f'{DISTRIBUTED_VAR} must be 1 (find the cluster with '
-                             f'jax.distributed.initialize()) or 0, got {asked!r}')
+    raise errors.LaunchSettingError(f'{DISTRIBUTED_VAR} must be 1 (find the cluster with '
+                                    f'jax.distributed.initialize()) or 0, got {asked!r}')
   if not (explicit or in_slurm or os.environ.get('TPU_WORKER_HOSTNAMES') or asked == '1'):
     _refuse_settings_without_a_coordinator()
     return
@@ -62,14 +62,15 @@ def maybe_initialize_distributed() -> None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Only used by CPU devices.
   local = os.environ.get('JAX_LOCAL_DEVICE_IDS')  # e.g. "0,1,2,3": this process's accelerators.
   if local and not all(_is_whole(i.strip()) for i in local.split(',')):
-    raise errors.ConfigError(f'JAX_LOCAL_DEVICE_IDS must be device numbers such as 0,1,2,3, '
-                             f'got {local!r}')
+    raise errors.LaunchSettingError(f'JAX_LOCAL_DEVICE_IDS must be device numbers such as '
+                                    f'0,1,2,3, got {local!r}')
   kwargs = {'local_device_ids': [int(i) for i in local.split(',')]} if local else {}
   if explicit:
     count, index = _env_int('JAX_NUM_PROCESSES', minimum=1), _env_int('JAX_PROCESS_ID')
     if not index < count:  # (JAX's own refusal was a traceback.)
-      raise errors.ConfigError(f'JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count} '
-                               '(processes are numbered 0 .. JAX_NUM_PROCESSES - 1)')
+      raise errors.LaunchSettingError(
+          f'JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count} (processes are '
+          'numbered 0 .. JAX_NUM_PROCESSES - 1)')
     kwargs.update(coordinator_address=explicit, num_processes=count, process_id=index)
   # A process that never starts: the others give up after this many seconds (JAX's own 300 had
   # applied before our barrier's, whatever JAX_CIFAR_CONNECT_TIMEOUT_S said), and JAX then aborts
@@ -83,7 +84,7 @@ def maybe_initialize_distributed() -> None:
   try:
     jax.distributed.initialize(**kwargs)
   except refused as e:
-    raise errors.ConfigError(
+    raise errors.LaunchSettingError(
         f'cannot start as one of several processes ({e}); '
         + (f'SLURM_NTASKS={tasks}: start each process with srun, ' if in_slurm and not explicit
            else f'{DISTRIBUTED_VAR}=1, but JAX found no cluster it knows (a Cloud TPU VM pod, '
@@ -109,8 +110,8 @@ def _seconds(name: str, default: int, minimum: int) -> int:
   if value is None:
     return default
   if not _is_whole(value.strip()) or int(value) < minimum:
-    raise errors.ConfigError(f'{name} must be {"a positive" if minimum else "a"} whole number of '
-                             f'seconds, got {value!r}')
+    raise errors.LaunchSettingError(
+        f'{name} must be {"a positive" if minimum else "a"} whole number of seconds, got {value!r}')
   return int(value)
 
 
@@ -172,8 +173,8 @@ def _env_int(name: str, minimum: int = 0) -> int:
   value = os.environ.get(name)
   if value is None or not _is_whole(value.strip()) or int(value) < minimum:
     kind = 'a positive' if minimum else 'a non-negative'
-    raise errors.ConfigError(f'JAX_COORDINATOR_ADDRESS is set, so {name} must be {kind} integer, '
-                             f'got {value!r}')
+    raise errors.LaunchSettingError(
+        f'JAX_COORDINATOR_ADDRESS is set, so {name} must be {kind} integer, got {value!r}')
   return int(value)
 
 
@@ -184,7 +185,7 @@ def make_mesh() -> Mesh:
   devices = jax.devices()
   counts = collections.Counter(d.process_index for d in devices)
   if len(set(counts.values())) > 1:  # JAX's own error came at the first batch, naming shapes.
-    raise errors.ConfigError(
+    raise errors.LaunchSettingError(
         'the processes drive different numbers of devices (' + ', '.join(
             f'process {i}: {n}' for i, n in sorted(counts.items())) + '); each process reads an '
         'equal slice of every batch, so each must drive as many (JAX_LOCAL_DEVICE_IDS, or the '

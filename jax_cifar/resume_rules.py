@@ -6,6 +6,7 @@ by these rules."""
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 from jax_cifar import optim
@@ -83,7 +84,7 @@ def way_on(keys: list[str], workdir: str | os.PathLike) -> str:
   if any(k.startswith('model.') and k != 'model.num_classes' for k in keys):
     return 'a different model starts a new run in a fresh --workdir'
   return ('start a new run from this one\'s weights (a fresh optimizer, step 0): --workdir NEW '
-          f'--config.model.init_from={workdir}')
+          f'--config.model.init_from={shlex.quote(str(workdir))}')  # (A space had split it.)
 
 
 class ChangedConfig(workdir_lib.WorkdirError):

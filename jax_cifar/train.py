@@ -73,8 +73,10 @@ def main(argv):
           'without --config resumes with the run\'s own config.json, overrides on top.)', e.keys)
     cli.fail_or_raise(e)
   except errors.ConfigError as e:
-    if cli.config_file_given() is None:  # A value of the run's own config (one a newer jax-cifar
-      # refuses, e.g. data.prefetch 100) had not said where it came from or how to change it.
+    # A value of the run's own config (one a newer jax-cifar refuses, e.g. data.prefetch 100) had
+    # not said where it came from or how to change it. Not a launch setting (JAX_NUM_PROCESSES had
+    # been blamed on config.json: a message review).
+    if cli.config_file_given() is None and not isinstance(e, errors.LaunchSettingError):
       e = errors.ConfigError(
           f"{e} (this launch's config is the run's own, {FLAGS.workdir}/config.json, with any "
           '--config.KEY=VALUE given on top: a value it holds is changed so)')

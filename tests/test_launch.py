@@ -215,6 +215,24 @@ def test_bad_multi_process_environment_is_a_one_line_error(tmp_path, values, mes
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'run').exists()
 
 
+def test_a_bad_launch_environment_of_a_resume_is_not_blamed_on_the_runs_config(tmp_path):
+  """A relaunch with --workdir alone (README's) under JAX_NUM_PROCESSES=2 without a coordinator
+  had been told to change the run's config.json, which holds no such setting (a message review)."""
+  import json  # pylint: disable=import-outside-toplevel
+  from jax_cifar.configs import default  # pylint: disable=import-outside-toplevel
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(default.get_config().to_dict()))
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'SLURM_'))}
+  env.update(JAX_NUM_PROCESSES='2', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'jax_cifar.train', '--workdir', str(run)], env=env,
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert proc.returncode == 1 and errors == [
+      'error: JAX_NUM_PROCESSES=2 without JAX_COORDINATOR_ADDRESS: set it (host:port of process 0) '
+      'for every process, or unset JAX_NUM_PROCESSES to run as one process'], proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize('value, starts', [('1', True), ('0', False), ('', False)])
 def test_jax_cifar_distributed_1_lets_jax_find_the_cluster(monkeypatch, value, starts):
   """On a Cloud TPU VM pod (outside GKE) no variable names the other workers: JAX reads them from

@@ -467,3 +467,10 @@ def test_the_old_schedule_of_a_fractional_epoch_count_ends_at_its_whole_steps(tm
     relaunch.check_config_change(new, tmp_path, 20, 50, 100, num_train=3_200)
   assert any('The schedule now ends at step 100 (was 29)' in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_the_way_on_quotes_the_run_folder_for_the_shell():
+  """Pasted, `--config.model.init_from=/tmp/my run` had been split at the space (a message
+  review)."""
+  assert resume_rules.way_on(['optim.name'], '/tmp/my run').endswith(
+      "--workdir NEW --config.model.init_from='/tmp/my run'")

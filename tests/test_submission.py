@@ -329,11 +329,11 @@ def test_missing_distortion_files_are_named_together_with_what_the_folder_holds(
                                       r'<corruption>\.npy files instead, which evaluate takes as '
                                       r'--cifar100c_dir$'):
     ood.check_distortion_dir(c_dir)
-  inner = tmp_path / 'kaggle'
+  inner = tmp_path / 'kaggle ood'  # (Quoted in the flag it offers: pasted, a space had split it.)
   inner.mkdir()
   for i in range(19):
     np.save(inner / ood.distortion_file(i), np.zeros((5, 32, 32, 3), np.uint8))
-  with pytest.raises(DataError, match=rf'; they are in {inner}: give --ood_dir {inner}$'):
+  with pytest.raises(DataError, match=rf"; they are in {inner}: give --ood_dir '{inner}'$"):
     ood.check_distortion_dir(tmp_path)
   (inner / 'distortion03.npy').rename(inner / 'Distortion03.npy')
   (inner / 'distortion07.npy').unlink()

@@ -203,9 +203,11 @@ def find_or_fetch(
     return data_dir
   if data_dir.is_dir() and any((data_dir / n).is_file() for n in _FOLDER_FILES):
     missing = [n for n in _FOLDER_FILES if not (data_dir / n).is_file()]  # The folder itself, part
+    # (It had said no folder was there, or downloaded into it. And "give its parent folder" had
+    # led to "incomplete, remove it": the parent's copy is this one, a message review.)
     raise DataError(f'{data_dir}: an incomplete {FOLDER}/ (no {", ".join(missing)}); put the '
-                    'missing files there, or give its parent folder to have it extracted or '
-                    'downloaded')  # (It had said no folder was there, or downloaded into it.)
+                    'missing files there, or remove it and give its parent folder to have it '
+                    'extracted or downloaded there')
   if (data_dir / FOLDER).is_dir():  # Extracting or downloading would end on this folder anyway.
     missing = [n for n in _FOLDER_FILES if not (data_dir / FOLDER / n).is_file()]
     raise DataError(f'{data_dir / FOLDER}: incomplete (no {", ".join(missing)}); remove it to '

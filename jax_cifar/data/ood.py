@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 
 import numpy as np
 from absl import logging
@@ -161,7 +162,7 @@ def _missing_files_message(directory: pathlib.Path, missing: list[str]) -> str:
   if len(missing) == NUM_DISTORTIONS:
     deeper = sorted({p.parent for p in directory.glob(f'*/{distortion_file(0)}')})
     if deeper:
-      text += f'; they are in {deeper[0]}: give --ood_dir {deeper[0]}'
+      text += f'; they are in {deeper[0]}: give --ood_dir {shlex.quote(str(deeper[0]))}'
     elif {pathlib.Path(name).stem for name in entries} & set(CORRUPTIONS):
       # (Also said by `submission check`, which has no --cifar100c_dir: an audit.)
       text += ('; it holds CIFAR-100-C\'s <corruption>.npy files instead, which evaluate '

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     check_data_dir(data_dir)
     if not pathlib.Path(data_dir).exists():  # A typo: not "build it here".
       raise DataError(f'tfds data_dir {data_dir} does not exist (to build cifar100 there: `python '
-                      f'-m jax_cifar.data.prepare_tfds --data_dir={data_dir}`)')
+                      f'-m jax_cifar.data.prepare_tfds --data_dir={shlex.quote(str(data_dir))}`)')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
   try:
@@ -56,7 +57,7 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
                       "pip install gcsfs (jax-cifar's `tpu` and `gcs` extras include it)") from None
   hint = (
       f'tfds cifar100 is not prepared as array_record in {where}: run `python -m '
-      f'jax_cifar.data.prepare_tfds --data_dir={where}` (`tfds build cifar100 '
+      f'jax_cifar.data.prepare_tfds --data_dir={shlex.quote(str(where))}` (`tfds build cifar100 '
       f'--file_format=array_record` without apache-beam; needs tensorflow; online, or offline with '
       f'--manual_dir=DIR holding cifar-100-binary.tar.gz)'
   )
@@ -69,14 +70,15 @@ def load_tfds(split: str, data_dir: str = '') -> Split:
     raise DataError(f'tfds cifar100 in {builder.data_dir} is prepared as {", ".join(formats)}, '
                     'not array_record, which random access needs: give another '
                     'data.tfds_data_dir, or remove that folder and run `python -m '
-                    f'jax_cifar.data.prepare_tfds --data_dir={where}`')
+                    f'jax_cifar.data.prepare_tfds --data_dir={shlex.quote(str(where))}`')
   try:
     source = tfds.data_source('cifar100', split=split, data_dir=data_dir or None, download=False)
     records = source.__getitems__(range(len(source)))
   except Exception as e:  # A shard missing or cut short: preparing again reuses the folder as is.
     raise DataError(f'tfds cifar100 in {builder.data_dir} is damaged ({type(e).__name__}: '
                     f'{" ".join(str(e).split())[:300]}): remove {builder.data_dir} and run `python -m '
-                    f'jax_cifar.data.prepare_tfds --data_dir={where}` again') from None
+                    f'jax_cifar.data.prepare_tfds --data_dir={shlex.quote(str(where))}` '
+                    'again') from None
   records = [records[i] for i in _tfds_order(records, where)]
   images = np.zeros((len(records), 32, 32, 3), np.uint8)
   for i, record in enumerate(records):
@@ -117,4 +119,4 @@ def raise_if_damaged(where: str, e: Exception) -> None:
       reason = ' '.join(str(e).split())[:200]
       raise DataError(f'tfds cifar100 in {built} is damaged ({type(e).__name__}: {reason}): '
                       f'remove {built} and run `python -m jax_cifar.data.prepare_tfds '
-                      f'--data_dir={where}` again') from None
+                      f'--data_dir={shlex.quote(str(where))}` again') from None

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import pathlib
+import shlex
 from typing import Any
 
 import jax
@@ -218,7 +219,7 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
                     advice='Give the run\'s own: jax_cifar.run_config(RUN)')
   check_step_folder_of_another_run(
       config, workdir, str(which), given="load_predictor's run ({workdir})", short='workdir',
-      advice="Load that run itself: load_predictor(jax_cifar.run_config('{run}'), '{run}', ...)")
+      advice='Load that run itself: load_predictor(jax_cifar.run_config({run_py}), {run_py}, ...)')
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
@@ -284,7 +285,8 @@ def check_step_folder_of_another_run(config, workdir: str, which: str,
   source = owning_run(workdir, which)
   if source != workdir:
     check_matches_run(config, str(source), given=given.format(workdir=workdir),
-                      advice=advice.format(run=source), short=short)
+                      advice=advice.format(run=shlex.quote(str(source)), run_py=repr(str(source))),
+                      short=short)
 
 
 def owning_run(workdir: str | os.PathLike, which: str) -> str | os.PathLike:
