@@ -58,7 +58,7 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
 
 
 # What a file system that cannot fsync a folder answers (SMB/CIFS, WSL's DrvFs, VirtualBox's
-# shared folders): git and borg take it as done, the entries being as safe there as it can make them.
+# shared folders): git and borg take it as done, the entries as safe there as it can make them.
 _FOLDER_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 

@@ -78,7 +78,7 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
         log('training deadline reached: SIGTERM (the trainer saves and exits)')
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-      elif stopped is not None and time.monotonic() - stopped > 120:  # Hung: the evaluation comes first.
+      elif stopped is not None and time.monotonic() - stopped > 120:  # Hung: evaluation first.
         log('the trainer did not exit within 120 s of SIGTERM: SIGKILL')
         proc.kill()
       if time.monotonic() - last_print > 30:

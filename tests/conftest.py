@@ -87,7 +87,8 @@ def drawn(monkeypatch):
 
 
 # What a write past the file-size limit says (the tests' stand-in for a full disk: RLIMIT_FSIZE).
-TOO_LARGE = 'File too large (a file size limit: ulimit -f, or the largest file the file system takes)'
+TOO_LARGE = ('File too large (a file size limit: ulimit -f, or the largest file the file system '
+             'takes)')
 
 
 def is_png(path) -> bool:

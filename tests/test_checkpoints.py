@@ -141,9 +141,9 @@ def test_a_relaunch_whose_larger_batch_ends_the_run_before_its_step_is_refused(r
   c = _config(12)
   c.train.batch_size, c.train.allow_config_change = 64, True
   with pytest.raises(workdir_lib.WorkdirError,
-                     match=r'^with train\.batch_size changed the run ends at step 6 \(2 epochs of 3 '
-                           r'steps\), before step 9, '
-                           r'where it resumes: set train\.num_epochs to at least 3\.34 to train on$'):
+                     match=r'^with train\.batch_size changed the run ends at step 6 \(2 epochs '
+                           r'of 3 steps\), before step 9, where it resumes: set '
+                           r'train\.num_epochs to at least 3\.34 to train on$'):
     trainer.train_and_evaluate(c, str(workdir))
   assert _listing(workdir) == before
   c.train.num_epochs = 3  # Ends at step 9 itself: the run is done, not refused.

@@ -435,7 +435,8 @@ def test_a_step_folder_named_through_links_is_one_checkpoint_tagged_by_its_numbe
   import shutil  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'run'
   shutil.copytree(run / 'run', workdir, ignore=shutil.ignore_patterns('eval_*', '*.png'))
-  step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
+  step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
+             if p.name.isdigit())
   moved = tmp_path / 'archive' / f'run-step{step}'
   moved.parent.mkdir()
   shutil.move(workdir / 'checkpoints' / 'latest' / str(step), moved)

@@ -82,9 +82,9 @@ def test_a_relative_workdir_in_a_folder_with_a_backslash_is_refused(tmp_path, mo
 
 def test_a_utf8_workdir_under_a_locale_that_is_not_utf8_is_refused_and_says_what_to_set(tmp_path):
   """Python encodes file names with the locale's encoding, tensorstore with UTF-8: under a Latin-1
-  locale a run in `café` had written its arrays into `cafÃ©`, said "Done", and its resume called the
-  checkpoint damaged; under LC_ALL=C (UTF-8 mode off) the name had been called "not a UTF-8 path"
-  (a locale review). The train CLI, under the C locale with Python's UTF-8 mode off."""
+  locale a run in `café` had written its arrays into `cafÃ©`, said "Done", and its resume called
+  the checkpoint damaged; under LC_ALL=C (UTF-8 mode off) the name had been called "not a UTF-8
+  path" (a locale review). The train CLI, under the C locale with Python's UTF-8 mode off."""
   from _train_cli import ROOT, the_error, train  # pylint: disable=import-outside-toplevel
   env = {**os.environ, 'LC_ALL': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
   line = the_error(train(tmp_path / 'café', env=env))

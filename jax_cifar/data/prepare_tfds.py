@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
   # (Empty values are refused: an unset shell variable in --data_dir had built the dataset in the
   # current folder, and in --manual_dir had downloaded it: a flag audit.)
   parser.add_argument('--manual_dir', default=None,
-                      type=cli.nonempty(f'the folder holding {ARCHIVE}'), help=f'folder holding {ARCHIVE}; no download')
+                      type=cli.nonempty(f'the folder holding {ARCHIVE}'),
+                      help=f'folder holding {ARCHIVE}; no download')
   args = parser.parse_args(argv)
   try:
     print(prepare(args.data_dir, args.manual_dir or ''))
