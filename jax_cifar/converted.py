@@ -78,17 +78,30 @@ def abstract_variables(arch: str, num_classes: int) -> tuple[nnx.State, nnx.Stat
   return nnx.state(model, nnx.Param, nnx.BatchStat)
 
 
-def _desktop_file(name: str) -> bool:
-  """macOS's Finder's .DS_Store, and its ._NAME files on other file systems: a folder shown in
-  Finder had held "files the converter did not write", refusing --overwrite (a portability
-  review)."""
-  return name == '.DS_Store' or name.startswith('._')
+# What Finder writes into a folder it shows: .DS_Store, and ._NAME (AppleDouble) files on file
+# systems without extended attributes, known by their first bytes.
+_DESKTOP_MAGIC = {'.DS_Store': b'\x00\x00\x00\x01Bud1', '._': b'\x00\x05\x16\x07'}
+
+
+def _desktop_file(folder: str, name: str) -> bool:
+  """Whether `folder/name` is a file Finder wrote: such files had blocked --overwrite (a portability
+  review). Only a regular file with Finder's first bytes: a user's `._notes` or a folder is not one,
+  and --overwrite refuses it (the diff review)."""
+  magic = _DESKTOP_MAGIC.get(name) or (_DESKTOP_MAGIC['._'] if name.startswith('._') else None)
+  path = os.path.join(folder, name)
+  if magic is None or os.path.islink(path) or not os.path.isfile(path):
+    return False
+  try:
+    with open(path, 'rb') as f:
+      return f.read(len(magic)) == magic
+  except OSError:
+    return False
 
 
 def _is_converted(path: str) -> bool:
   """True if `path` holds exactly what `save_converted` writes (state/ and our metadata.json)."""
-  if sorted(e for e in os.listdir(path) if not _desktop_file(e)) != sorted((_METADATA_FILE,
-                                                                            _STATE_DIR)):
+  if sorted(e for e in os.listdir(path) if not _desktop_file(path, e)) != sorted((_METADATA_FILE,
+                                                                                  _STATE_DIR)):
     return False
   try:
     with open(os.path.join(path, _METADATA_FILE)) as f:
@@ -111,8 +124,9 @@ def check_output(path: str, overwrite: bool, *, hint: str = 'pass overwrite=True
     raise OutputExistsError(f'{path} is not a folder but a file or link; refusing to replace it')
   if not overwrite:
     raise OutputExistsError(f'{path} exists ({hint} to replace a previous converter output)')
-  entries = sorted(os.listdir(path))
-  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR) and not _desktop_file(e)]
+  # (Finder's files alone, as an empty folder: replaced.)
+  entries = sorted(e for e in os.listdir(path) if not _desktop_file(path, e))
+  foreign = [e for e in entries if e not in (_METADATA_FILE, _STATE_DIR)]
   if foreign:
     shown = ', '.join(foreign[:5]) + (f' (+{len(foreign) - 5} more)' if len(foreign) > 5 else '')
     raise OutputExistsError(f'{path} holds files the converter did not write ({shown}); refusing '

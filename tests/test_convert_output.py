@@ -5,6 +5,7 @@ error naming it; temps of dead converters are removed, live ones kept."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -165,10 +166,20 @@ def test_overwrite_replaces_an_output_that_finder_has_opened(tmp_path):
   had been "files the converter did not write", refusing --overwrite (a portability review)."""
   out = tmp_path / 'out'
   convert.save_converted(_tiny(1.0), 'resnet18', str(out))
-  for name in ('.DS_Store', '._converted.json'):
-    (out / name).write_bytes(b'\x00\x00\x00\x01Bud1')
+  (out / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + bytes(32))
+  (out / '._metadata.json').write_bytes(b'\x00\x05\x16\x07\x00\x02\x00\x00' + bytes(32))
   convert.save_converted(_tiny(2.0), 'resnet18', str(out), overwrite=True)
   assert convert.read_converted(str(out))[1]['fc.kernel'][0, 0] == 2.0
+  finder_only = tmp_path / 'finder_only'  # Finder's file alone: as an empty folder.
+  finder_only.mkdir()
+  (finder_only / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + bytes(32))
+  convert.save_converted(_tiny(3.0), 'resnet18', str(finder_only), overwrite=True)
+  # A user's own `._` file or folder is no Finder file: refused, kept (the diff review).
+  for name, make in (('._notes.txt', lambda p: p.write_text('mine')), ('._mine', pathlib.Path.mkdir)):
+    make(out / name)
+    with pytest.raises(FileExistsError, match=re.escape(name)):
+      convert.save_converted(_tiny(4.0), 'resnet18', str(out), overwrite=True)
+    assert (out / name).exists()
 
 
 @pytest.mark.parametrize('name, needle', [('notes.txt', 'notes.txt'), ('mixed', 'notes.txt'),
