@@ -175,7 +175,8 @@ def test_overwrite_replaces_an_output_that_finder_has_opened(tmp_path):
   (finder_only / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + bytes(32))
   convert.save_converted(_tiny(3.0), 'resnet18', str(finder_only), overwrite=True)
   # A user's own `._` file or folder is no Finder file: refused, kept (the diff review).
-  for name, make in (('._notes.txt', lambda p: p.write_text('mine')), ('._mine', pathlib.Path.mkdir)):
+  for name, make in (('._notes.txt', lambda p: p.write_text('mine')),
+                     ('._mine', pathlib.Path.mkdir)):
     make(out / name)
     with pytest.raises(FileExistsError, match=re.escape(name)):
       convert.save_converted(_tiny(4.0), 'resnet18', str(out), overwrite=True)
