@@ -118,6 +118,7 @@ class Checkpoints:
     # (orbax does it in the background on process 0 and waits for it before the first save.)
     opts = dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create)
     self._in_flight = {}  # id(manager) -> step of its asynchronous save not yet waited for.
+    self._saved_best = None  # The accuracy of this process's last `best` save (see best_accuracy).
     self.after_commit = None  # Called with the step of each save once it is committed.
     self._damaged = {}  # 'latest' / 'best' -> damaged steps newer than the one restored.
     # Which steps stay: orbax's preservation policies (its max_to_keep is deprecated for them).
@@ -226,11 +227,13 @@ class Checkpoints:
       self._save(self.latest, step, state)
 
   def best_accuracy(self) -> float | None:
+    """The best step's recorded accuracy, or that of this process's last `best` save if higher:
+    a save still being written has no metrics on disk yet (two validations in quick succession had
+    read no best at all, a test of wandb's summary found)."""
     step = self.best.best_step()
-    if step is None:
-      return None
-    metrics = self.best.metrics(step)
-    return float(metrics['val_accuracy']) if metrics else None
+    metrics = None if step is None else self.best.metrics(step)
+    found = [float(metrics['val_accuracy'])] if metrics else []
+    return max(found + ([self._saved_best] if self._saved_best is not None else []), default=None)
 
   def maybe_save_best(self, state: Any, step: int, val_accuracy: float) -> bool:
     """Saves when `val_accuracy` beats the best so far; a non-finite accuracy never counts."""
@@ -243,6 +246,7 @@ class Checkpoints:
       self._finish(self.best)  # kill (e.g. after switching checkpoint.best_weights): orbax
       self.best.delete(step)  # refuses to save an existing step.
     self._save(self.best, step, state, metrics={'val_accuracy': val_accuracy}, force=True)
+    self._saved_best = float(val_accuracy)
     return True
 
   def restore(self, which: str, target: Any, *, fallback: bool = False) -> tuple[Any, int] | None:
@@ -345,6 +349,7 @@ class Checkpoints:
       ranked the retrained run's saves.
     Each agreement is a collective: every process has looked before process 0 changes anything."""
     manager = self.best
+    self._saved_best = None  # What is left in checkpoints/best is the best from here on.
     top = manager.best_step()
     superseded = [s for s in manager.all_steps()
                   if top is not None and s != top and manager.metrics(s)]  # (Ranked ones only.)

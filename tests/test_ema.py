@@ -212,14 +212,18 @@ def test_best_is_ranked_by_the_weights_checkpoint_best_weights_names(tmp_path, m
   monkeypatch.setattr(trainer.inference, 'split_metrics', split_metrics)
   for best_weights, want in (('ema', 1), ('raw', 2)):
     c.checkpoint.best_weights = best_weights
-    ckpts, rows = checkpoints.Checkpoints(tmp_path / best_weights), []
-    writer = types.SimpleNamespace(write=lambda step, row, rows=rows: rows.append(row))
+    ckpts, rows, summary = checkpoints.Checkpoints(tmp_path / best_weights), [], {}
+    writer = types.SimpleNamespace(write=lambda step, row, rows=rows: rows.append(row),
+                                   set_summary=summary.update)
     for step in (1, 2):
       now['step'] = step
       trainer._validate(Validator(), state, None, c, ckpts, writer, step, step / 10)  # pylint: disable=protected-access
     ckpts.wait()
     assert ckpts.best.best_step() == want, best_weights
     assert [r['val_accuracy_ema'] for r in rows] == [0.7, 0.6]
+    # wandb's runs table gets the best of the accuracy that ranks the steps.
+    assert summary == ({'best_val_accuracy_ema': 0.7} if best_weights == 'ema'
+                       else {'best_val_accuracy': 0.8}), summary
     ckpts.close()
 
 
