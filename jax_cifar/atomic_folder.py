@@ -52,7 +52,7 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
     for p in [os.path.join(folder, n) for n in names] + [folder]:
       fd = os.open(p, os.O_RDONLY)
       try:
-        fsync_folder(fd, p) if p == folder else _fsync(fd, p)
+        fsync(fd, p, folder=p == folder)
       finally:
         os.close(fd)
 
@@ -62,22 +62,15 @@ def fsync_tree(root: str, recursive: bool = True) -> None:
 _FOLDER_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
-def fsync_folder(fd: int, path) -> None:
-  """fsync of a folder's descriptor (its entries on disk), let be where the file system cannot:
-  convert and corrupt had failed there after all their work, "error: Invalid argument" naming no
-  path (a portability review). Another error names the folder."""
+def fsync(fd: int, path, folder: bool = False) -> None:
+  """fsync of a file's or folder's descriptor; an error names `path`. A folder's (its entries on
+  disk) is let be where the file system cannot: convert and corrupt had failed there after all
+  their work, "error: Invalid argument" naming no path (a portability review)."""
   try:
     os.fsync(fd)
   except OSError as e:
-    if e.errno not in _FOLDER_FSYNC_UNSUPPORTED:
+    if not (folder and e.errno in _FOLDER_FSYNC_UNSUPPORTED):
       raise OSError(e.errno, e.strerror, str(path)) from None
-
-
-def _fsync(fd: int, path) -> None:
-  try:
-    os.fsync(fd)
-  except OSError as e:
-    raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 # This machine in temp names: a pid says whether its writer lives only on the host that ran it

@@ -301,7 +301,7 @@ class OutputDir:
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, self.path / MANIFEST)
-      atomic_folder.fsync_folder(self._fd, self.path)
+      atomic_folder.fsync(self._fd, self.path, folder=True)
     except OSError as e:
       tmp.unlink(missing_ok=True)
       reason = errors.os_reason(e.errno, e.strerror or str(e))
@@ -366,7 +366,7 @@ class OutputDir:
         raise OutputError(f'{path}: cannot write ({e.strerror or e}); nothing partial kept, '
                           f'{done} of {total} files complete: run again to finish') from None
       raise
-    atomic_folder.fsync_folder(self._fd, self.path)
+    atomic_folder.fsync(self._fd, self.path, folder=True)
     _hook('renamed')
     self.files[name] = {**({'corruption': corruption} if corruption else {}), 'complete': True,
                         'bytes': path.stat().st_size, 'sha256': digest.hexdigest()}
