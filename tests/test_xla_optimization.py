@@ -9,6 +9,8 @@ import sys
 import jax
 import pytest
 
+import conftest
+
 
 def _in_a_subprocess() -> bool:
   """What JAX itself makes of this test's environment, in a fresh process (no conftest there)."""
@@ -31,3 +33,11 @@ def test_marked_tests_and_their_subprocesses_compile_with_full_optimisation():
 
 def test_the_marker_is_undone_after_its_test():
   assert jax.config.read('jax_disable_most_optimizations') is _in_a_subprocess()
+
+
+def test_the_fast_compile_flag_is_set_only_where_this_jaxlib_accepts_it():
+  """conftest's XLA_FLAGS for quicker compiles: an unknown flag would end every JAX process of
+  the suite (jaxlib aborts on it), so it is probed first; the probe tells one from the other."""
+  accepts = conftest._xla_accepts  # pylint: disable=protected-access
+  assert accepts(conftest.FAST_COMPILE_XLA_FLAGS)
+  assert not accepts('--xla_cpu_no_such_flag=true')
