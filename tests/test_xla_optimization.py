@@ -35,7 +35,7 @@ def test_the_marker_is_undone_after_its_test():
   assert jax.config.read('jax_disable_most_optimizations') is _in_a_subprocess()
 
 
-def test_the_fast_compile_flag_is_set_only_where_this_jaxlib_accepts_it():
+def test_the_probe_for_the_fast_compile_flag_accepts_it_and_refuses_an_unknown_flag():
   """conftest's XLA_FLAGS for quicker compiles: an unknown flag would end every JAX process of
   the suite (jaxlib aborts on it), so it is probed first; the probe tells one from the other."""
   accepts = conftest._xla_accepts  # pylint: disable=protected-access
