@@ -25,7 +25,7 @@ import warnings
 import zipfile
 from typing import Any, Mapping
 
-from jax_cifar import cli, errors
+from jax_cifar import cli, console_logs, errors
 
 # As jax_cifar.convert.ARCHS (a test keeps them equal); listed here so --help needs no jax.
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
   # Our progress at INFO; the libraries' INFO chatter (orbax's metadata-store lines) stays hidden.
   logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
   log.setLevel(logging.INFO)
-  cli.hide_orbax_logs()
+  console_logs.hide_orbax_logs()
   from jax_cifar import convert  # pylint: disable=import-outside-toplevel  (jax: after --help)
   written = False
   try:

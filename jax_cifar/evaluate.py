@@ -58,10 +58,10 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_cifar import checkpoints, cli, config_validation, errors, interrupt, step_folders
+from jax_cifar import checkpoints, cli, config_validation, console_logs, errors, interrupt
 from jax_cifar.evaluation import inference
 from jax_cifar.evaluation import metrics as metrics_lib
-from jax_cifar import parallel, tracking, xla_options
+from jax_cifar import parallel, step_folders, tracking, xla_options
 from jax_cifar.evaluation import eval_json, figures, kept_predictions, ood_sets, output_files
 from jax_cifar.evaluation import submission, tta
 from jax_cifar.evaluation.output_files import output_tag
@@ -358,7 +358,7 @@ def _tent_options() -> tent_lib.TentOptions | None:
 
 def main(argv):
   del argv
-  cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
+  console_logs.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
     parallel.maybe_initialize_distributed()
     # After it: JAX's distributed runtime installs its own SIGTERM handler (its preemption

@@ -15,7 +15,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jax_cifar import cli, errors
+from jax_cifar import cli, console_logs, errors
 
 if __name__ == '__main__' and any(a.startswith(('--grain', '--array_record', '--helpfull'))
                                   for a in sys.argv[1:]):
@@ -48,7 +48,7 @@ def main(argv):
   from jax_cifar import parallel, tracking, xla_options  # pylint: disable=import-outside-toplevel
   from jax_cifar import resume_rules  # pylint: disable=import-outside-toplevel
   from jax_cifar.training import trainer  # pylint: disable=import-outside-toplevel
-  cli.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
+  console_logs.quiet_libraries()  # Library logs (orbax, jax) only with --verbosity=0.
   try:
     parallel.maybe_initialize_distributed()  # (It gives SIGTERM back to the start-up handler.)
     xla_options.enable_compilation_cache()

@@ -15,7 +15,7 @@ import termios
 
 import pytest
 
-from jax_cifar import cli, errors
+from jax_cifar import console_logs, errors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARGS = ['--config.data.source=synthetic', '--config.data.synthetic_size=256',
@@ -241,7 +241,7 @@ def test_log_lines_are_written_above_a_progress_bar_not_glued_to_it():
   import io  # pylint: disable=import-outside-toplevel
   import tqdm  # pylint: disable=import-outside-toplevel
   out = io.StringIO()
-  stream = cli.AboveProgressBars(out)
+  stream = console_logs.AboveProgressBars(out)
   with tqdm.tqdm(total=3, file=out, mininterval=0, desc='train') as bar:
     bar.update(1)
     stream.write('W1203 trainer.py:1] 3 updates skipped so far.\n')
@@ -267,10 +267,10 @@ def test_quiet_libraries_keeps_warnings_and_drops_orbax_logs_below_critical(tmp_
   script = tmp_path / 'command.py'
   script.write_text(f'import sys; sys.path.insert(0, {str(library.parent)!r})\n'
                     'from absl import app, logging\n'
-                    'from jax_cifar import cli\n'
+                    'from jax_cifar import console_logs\n'
                     'import store\n'
                     'def main(argv):\n'
-                    '  cli.quiet_libraries()\n'
+                    '  console_logs.quiet_libraries()\n'
                     '  logging.info("an info line")\n'
                     '  logging.warning("own warning")\n'
                     '  logging.error("own error")\n'
