@@ -28,6 +28,10 @@ class LaunchSettingError(ConfigError):
   run's config does not hold."""
 
 
+class WorkdirError(UserError):
+  pass
+
+
 class DataError(UserError):
   """Bad or missing input data; the message is one line naming the file and the problem."""
 

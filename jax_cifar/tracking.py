@@ -12,7 +12,7 @@ import jax
 import tqdm
 from absl import logging
 
-from jax_cifar import atomic_folder, parallel
+from jax_cifar import atomic_folder, own_files, parallel
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.workdir import METRICS_FILE
 
@@ -108,7 +108,7 @@ class MetricsWriter:
     rows, bad = _read_rows(self.path)
     if bad:  # Rewritten below without them: the file as it was is kept beside it.
       copy = workdir_lib.unused_path(self.workdir, 'metrics.damaged', '.jsonl')
-      with open(self.path, 'rb') as source, os.fdopen(workdir_lib.open_own_file(
+      with open(self.path, 'rb') as source, os.fdopen(own_files.open_own_file(
           copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL), 'wb') as target:  # (Never a planted link.)
         shutil.copyfileobj(source, target)
       logging.warning('%s: the resumed run leaves out %s, and the file as it was is kept as %s',
@@ -119,7 +119,7 @@ class MetricsWriter:
     atomic_folder.write_file(self.path, lambda tmp: pathlib.Path(tmp).write_text(
         ''.join(json.dumps(_strict(r)) + '\n' for r in kept)))
     (self.workdir / 'metrics.tmp').unlink(missing_ok=True)  # (Older code's temp, or a link.)
-    self._file = os.fdopen(workdir_lib.open_own_file(self.path, os.O_WRONLY | os.O_APPEND), 'a')
+    self._file = os.fdopen(own_files.open_own_file(self.path, os.O_WRONLY | os.O_APPEND), 'a')
     self.wandb_run = _start_wandb(config, self.workdir, resume=resume_step > 0)
 
   def write(self, step: int, metrics: dict) -> None:

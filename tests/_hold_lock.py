@@ -6,11 +6,11 @@ Usage: python tests/_hold_lock.py WORKDIR (test_workdir SIGKILLs it to show the 
 import pathlib
 import sys
 
-from jax_cifar import workdir
+from jax_cifar import own_files
 
 
 def main(folder: str) -> None:
-  workdir.Lock(pathlib.Path(folder)).acquire()
+  own_files.Lock(pathlib.Path(folder)).acquire()
   print('locked', flush=True)
   sys.stdin.read()
 

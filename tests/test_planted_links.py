@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, tracking
+from jax_cifar import checkpoints, own_files, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.evaluation import eval_json, kept_predictions
@@ -48,12 +48,12 @@ def test_a_linked_lock_file_is_refused_and_its_target_left_alone(tmp_path, victi
   with pytest.raises(workdir_lib.WorkdirError, match=(
       rf'^{run / name} is a symbolic link \(to {victim}\); jax-cifar writes only files of its own '
       r'there: remove the link$')):
-    workdir_lib.Lock(run, name).try_acquire()
+    own_files.Lock(run, name).try_acquire()
   assert _untouched(victim)
   (run / name).unlink()
   os.mkfifo(run / name)
   with pytest.raises(workdir_lib.WorkdirError, match='is not a regular file: move it away'):
-    workdir_lib.Lock(run, name).try_acquire()
+    own_files.Lock(run, name).try_acquire()
 
 
 def test_a_linked_eval_lock_neither_opens_up_its_target_nor_loses_the_numbers(tmp_path, victim,
@@ -83,7 +83,7 @@ def test_a_fifo_planted_as_a_lock_file_is_refused_at_once_not_waited_on(tmp_path
 
   def open_it():
     try:
-      workdir_lib.open_own_file(tmp_path / '.eval.lock', os.O_RDONLY)
+      own_files.open_own_file(tmp_path / '.eval.lock', os.O_RDONLY)
     except workdir_lib.WorkdirError as e:
       done.append(str(e))
 
@@ -101,14 +101,14 @@ def test_where_the_lock_file_cannot_be_written_a_planted_fifo_is_still_not_waite
   the evaluation's inference (a mutation audit: the tests run as root, where the fallback never
   ran). Here the read-write open is refused as it is for another user."""
   os.mkfifo(tmp_path / '.eval.lock')
-  real = workdir_lib.open_own_file
+  real = own_files.open_own_file
 
   def as_another_user(path, flags, *args):
     if flags & os.O_RDWR:
       raise PermissionError(13, 'Permission denied', str(path))
     return real(path, flags, *args)
 
-  monkeypatch.setattr(workdir_lib, 'open_own_file', as_another_user)
+  monkeypatch.setattr(own_files, 'open_own_file', as_another_user)
   done = []
   writer = threading.Thread(target=lambda: done.append(eval_json.write(
       tmp_path / 'eval_best.json', {'checkpoint': 'best', 'step': 1, 'weights': 'raw'})),

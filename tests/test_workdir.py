@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from _train_cli import ROOT, STEPS_PER_EPOCH, TINY, snapshot, the_error, train
-from jax_cifar import optim, tracking
+from jax_cifar import optim, own_files, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.training import claim
@@ -103,7 +103,7 @@ def test_a_lock_held_from_another_host_says_how_to_clear_it_if_that_host_is_down
   fcntl.flock(held, fcntl.LOCK_EX)  # Another open file: its lock conflicts, as another host's.
   try:
     with pytest.raises(workdir_lib.WorkdirError) as e:
-      workdir_lib.Lock(tmp_path).acquire()
+      own_files.Lock(tmp_path).acquire()
   finally:
     os.close(held)
   assert str(e.value) == (
@@ -427,7 +427,7 @@ def test_a_filesystem_without_file_locks_is_named_as_such(tmp_path, monkeypatch)
   launch made is removed again."""
   def no_locks(fd, operation):
     raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
-  monkeypatch.setattr(workdir_lib.fcntl, 'flock', no_locks)
+  monkeypatch.setattr(own_files.fcntl, 'flock', no_locks)
   run = tmp_path / 'run'
   with pytest.raises(workdir_lib.WorkdirError, match=(
       rf'^workdir {re.escape(str(run))} is on a filesystem without file locks \(flock: '
@@ -462,7 +462,7 @@ def test_refusing_a_workdir_that_holds_a_run_releases_its_lock(tmp_path):
   config.train.resume = False
   with pytest.raises(workdir_lib.WorkdirError, match='already holds a run'):
     claim.claim_workdir(config, tmp_path, created=False)
-  lock = workdir_lib.Lock(tmp_path)
+  lock = own_files.Lock(tmp_path)
   assert lock.try_acquire(), lock.holder
   lock.release()
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from absl import logging
 
-from jax_cifar import atomic_folder
+from jax_cifar import atomic_folder, own_files
 from jax_cifar import workdir as workdir_lib
 
 
@@ -23,14 +23,14 @@ def _lock(folder: pathlib.Path) -> int:
   path = folder / '.eval.lock'
   try:  # Never through a link (a planted one had made its target writable by all: a review).
     try:
-      fd = workdir_lib.open_own_file(path, os.O_RDWR | os.O_CREAT, 0o666)
+      fd = own_files.open_own_file(path, os.O_RDWR | os.O_CREAT, 0o666)
       if os.fstat(fd).st_nlink == 1:  # (Nor a hard link to another file.)
         try:
           os.fchmod(fd, 0o666)  # (The umask had cut the mode; only the owner may change it.)
         except OSError:
           pass
     except PermissionError:
-      fd = workdir_lib.open_own_file(path, os.O_RDONLY)
+      fd = own_files.open_own_file(path, os.O_RDONLY)
   except workdir_lib.WorkdirError as e:  # A link or no file: the evaluation's numbers are still
     logging.warning('%s; locking the folder instead.', e)  # written (after all its inference).
     fd = None

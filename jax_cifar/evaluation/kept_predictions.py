@@ -26,7 +26,7 @@ import zlib
 import jax
 import numpy as np
 
-from jax_cifar import atomic_folder, code_digest, errors, parallel, tracking
+from jax_cifar import atomic_folder, code_digest, errors, own_files, parallel, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.data import ood
 
@@ -90,7 +90,7 @@ class KeptPredictions:
   def _take_lock(self) -> bool:
     """Whether this run may read and write the folder: not while another evaluation with the
     same tag does (its temp files, its clear() and its rmtree had broken each other's files)."""
-    self._lock = workdir_lib.Lock(self.folder.parent, f'.{self.folder.name}.lock')
+    self._lock = own_files.Lock(self.folder.parent, f'.{self.folder.name}.lock')
     try:
       if self._lock.try_acquire():
         return True

@@ -9,11 +9,11 @@ import time
 import jax
 from absl import logging
 
-from jax_cifar import parallel
+from jax_cifar import own_files, parallel
 from jax_cifar import workdir as workdir_lib
 
 
-def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.Lock | None:
+def claim_workdir(config, workdir: pathlib.Path, created: bool) -> own_files.Lock | None:
   """Creates and locks the workdir (process 0; all processes agree on failure); refuses a workdir
   the processes do not share, and to start over in one that already holds a run. A folder this
   launch `created` is removed when it is refused."""
@@ -24,12 +24,12 @@ def claim_workdir(config, workdir: pathlib.Path, created: bool) -> workdir_lib.L
     if jax.process_index() == 0:
       try:
         workdir.mkdir(parents=True, exist_ok=True)
-        lock = workdir_lib.Lock(workdir)
+        lock = own_files.Lock(workdir)
         lock.acquire()
       except OSError as e:  # (A file there had read "not writable: File exists": an audit; a
         # filesystem without locks, Lustre without -o flock, "not writable: Function not
         # implemented": a cluster review.)
-        no_locks = isinstance(e, workdir_lib.NoFileLocks)
+        no_locks = isinstance(e, own_files.NoFileLocks)
         why = ('is a file, not a folder' if workdir.exists() and not workdir.is_dir() else
                f'is on a filesystem without file locks (flock: {e.strerror}), which a run takes '
                'so that no two launches write one run: on Lustre mount it with -o flock, or use '
