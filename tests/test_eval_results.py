@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import is_png
-from jax_cifar import evaluate
+from jax_cifar.evaluation import clean_splits
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, ood
 from jax_cifar.evaluation import metrics as metrics_lib
@@ -99,7 +99,7 @@ def test_superclass_accuracy_uses_every_class_superclass_not_only_those_in_the_s
   images[:, 0, 0, 0] = [same, other, same, other]
   config = default.get_config()
   config.data.source = source
-  scalars, details = evaluate.evaluate_split(_ChosenPredictor(), cifar100.Split(
+  scalars, details = clean_splits.evaluate_split(_ChosenPredictor(), cifar100.Split(
       images, labels, table[labels]), 'test', config)
   assert scalars['accuracy'] == 0.0 and scalars['superclass_accuracy'] == 0.5, scalars
   assert list(details['per_superclass_accuracy'].values())[0] == 0.0
@@ -111,7 +111,7 @@ def test_the_confusion_figure_names_the_run_its_tag_and_the_image_count(tmp_path
   labels = np.array([3, 3, 5, 7], np.int32)
   images = np.zeros((4, 32, 32, 3), np.uint8)
   images[:, 0, 0, 0] = [3, 4, 5, 6]  # Two of four right.
-  evaluate.evaluate_split(_ChosenPredictor(), cifar100.Split(images, labels, None), 'test',
+  clean_splits.evaluate_split(_ChosenPredictor(), cifar100.Split(images, labels, None), 'test',
                           default.get_config(), tmp_path / 'c.png', run_name='r50 (best_tta-flip)')
   title = drawn[0].axes[0].get_title()
   assert title == 'r50 (best_tta-flip): test confusion (top-1 50.00%, 4 images)'

@@ -7,10 +7,10 @@ import json
 import ml_collections
 import pytest
 
-from jax_cifar import config_validation, evaluate
+from jax_cifar import config_validation
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
-from jax_cifar.evaluation import inference
+from jax_cifar.evaluation import clean_splits, inference
 
 
 def test_an_eval_limit_that_keeps_every_image_is_no_part_of_the_test_set():
@@ -18,14 +18,14 @@ def test_an_eval_limit_that_keeps_every_image_is_no_part_of_the_test_set():
   review). (This had been asserted on a synthetic run, which is never warned about: a test that
   could not fail, found by a test-quality audit. The warning itself: test_trainer's smoke run.)"""
   data = ml_collections.ConfigDict({'eval_limit': 2000, 'source': 'local'})
-  assert evaluate.is_part_of_test_set(data, 2000)
+  assert clean_splits.is_part_of_test_set(data, 2000)
   for limit, size in ((20_000, 10_000), (10_000, 10_000), (0, 10_000)):
     data.eval_limit = limit
-    assert not evaluate.is_part_of_test_set(data, size), (limit, size)
+    assert not clean_splits.is_part_of_test_set(data, size), (limit, size)
   data.eval_limit, data.source = 2000, 'tfds'
-  assert evaluate.is_part_of_test_set(data, 2000)
+  assert clean_splits.is_part_of_test_set(data, 2000)
   data.source = 'synthetic'  # 256 images of noise: nothing of the real test split left out.
-  assert not evaluate.is_part_of_test_set(data, 256)
+  assert not clean_splits.is_part_of_test_set(data, 256)
 
 
 @pytest.mark.parametrize('run_source,given,refused', [
@@ -51,10 +51,10 @@ def test_per_class_tables_of_a_tfds_run_name_cifar100s_classes():
   synthetic run's still do)."""
   c = default.get_config()
   c.data.source = 'tfds'
-  fine, coarse = evaluate._class_names(c)  # pylint: disable=protected-access
+  fine, coarse = clean_splits._class_names(c)  # pylint: disable=protected-access
   assert (fine[0], fine[99], coarse[19]) == ('apple', 'worm', 'vehicles_2')
   c.data.source = 'synthetic'
-  assert evaluate._class_names(c)[0][:2] == ['class_0', 'class_1']  # pylint: disable=protected-access
+  assert clean_splits._class_names(c)[0][:2] == ['class_0', 'class_1']  # pylint: disable=protected-access
 
 
 def test_a_config_whose_crop_mode_differs_from_the_runs_is_refused(tmp_path):
