@@ -21,7 +21,8 @@ from absl import logging
 from jax_cifar import errors, parallel
 # CheckpointError and StructureMismatch are also this module's (checkpoints.CheckpointError).
 from jax_cifar.step_folders import READ_ATTEMPTS, Replaced, open_manager, vanished
-from jax_cifar.step_folders import move_aside, unranked_best_steps
+from jax_cifar.step_folders import has_other_step, move_aside, refuse_linked_steps
+from jax_cifar.step_folders import unranked_best_steps
 from jax_cifar.step_folders import (CheckpointError, Damaged, StructureMismatch,  # pylint: disable=unused-import
                                     is_step_number, one_line, restore_step, restore_twin)
 
@@ -35,13 +36,6 @@ def _save_failed(what: str, e: BaseException, kept: bool = True) -> CheckpointEr
   cause = one_line(e) if code is None else errors.os_reason(code, os.strerror(code))
   after = 'earlier checkpoints are kept' if kept else 'there is no earlier one there'
   return CheckpointError(f'saving {what} failed: {cause}; {after}')
-
-
-def _has_other_step(directory, step: int | None) -> bool:
-  """Whether `directory` holds a committed step folder other than `step`."""
-  folder = pathlib.Path(directory)
-  return folder.is_dir() and any(is_step_number(p.name) and p.name != str(step) and p.is_dir()
-                                 for p in folder.iterdir())
 
 
 def check_writable(directory: pathlib.Path) -> None:
@@ -89,19 +83,6 @@ def save_whole_arrays_on_cpu() -> None:
 _POLL_LIMIT_S = 3600.0  # Checkpoints._finish's poll of a save under way, before orbax's join.
 
 
-def _refuse_linked_steps(folder: pathlib.Path) -> None:
-  """A training run's checkpoints/latest or best holds no step that is a symbolic link: orbax
-  deletes a step the run no longer keeps by walking into it, and had deleted the files a planted
-  link led to (a security review)."""
-  if folder.name not in ('latest', 'best'):
-    return
-  for entry in folder.iterdir():
-    if entry.is_symlink() and is_step_number(entry.name):
-      raise CheckpointError(f'{entry} is a symbolic link (to {os.readlink(entry)}); a run keeps '
-                            'its steps as folders of its own, and deletes old ones: remove the '
-                            'link (or copy the step it leads to in its place)')
-
-
 class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, create: bool = True):
@@ -112,7 +93,7 @@ class Checkpoints:
       if create and jax.process_index() == 0:
         for folder in (root, root / 'latest', root / 'best'):  # The first unusable one is named.
           check_writable(folder)
-          _refuse_linked_steps(folder)
+          refuse_linked_steps(folder)
     # Training removes orbax's temp folders of steps killed mid-save (they had stayed forever when
     # the resumed run did not save that step again: a kill audit); evaluation changes nothing.
     # (orbax does it in the background on process 0 and waits for it before the first save.)
@@ -180,7 +161,7 @@ class Checkpoints:
       manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     except Exception as e:  # pylint: disable=broad-except
       raise _save_failed(f'checkpoint step {step} in {manager.directory}', e,
-                         _has_other_step(manager.directory, step)) from e
+                         has_other_step(manager.directory, step)) from e
     self._in_flight[id(manager)] = step
 
   def _finish(self, manager) -> None:
@@ -200,7 +181,7 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
       raise _save_failed(f'{what} in {manager.directory}', e,
-                         _has_other_step(manager.directory, step)) from e
+                         has_other_step(manager.directory, step)) from e
     if step is not None and self.after_commit is not None:
       self.after_commit(step)
 

@@ -1,7 +1,7 @@
 """A run's checkpoint steps read one folder at a time: which folder a step number names, restoring
 a step folder with the damage and mismatch checks every restore gets, and the same step's intact
-copy in the other of checkpoints/latest and checkpoints/best. `checkpoints.Checkpoints` restores
-'latest' and 'best' through the same checks."""
+copy in the other of checkpoints/latest and checkpoints/best; which steps a folder holds (none of
+them a link). `checkpoints.Checkpoints` restores 'latest' and 'best' through the same checks."""
 
 import contextlib
 import difflib
@@ -263,6 +263,26 @@ def vanished(step_dir: pathlib.Path) -> bool:
       return False
     time.sleep(0.05)
   return True
+
+
+def has_other_step(directory, step: int | None) -> bool:
+  """Whether `directory` holds a committed step folder other than `step`."""
+  folder = pathlib.Path(directory)
+  return folder.is_dir() and any(is_step_number(p.name) and p.name != str(step) and p.is_dir()
+                                 for p in folder.iterdir())
+
+
+def refuse_linked_steps(folder: pathlib.Path) -> None:
+  """A training run's checkpoints/latest or best holds no step that is a symbolic link: orbax
+  deletes a step the run no longer keeps by walking into it, and had deleted the files a planted
+  link led to (a security review)."""
+  if folder.name not in ('latest', 'best'):
+    return
+  for entry in folder.iterdir():
+    if entry.is_symlink() and is_step_number(entry.name):
+      raise CheckpointError(f'{entry} is a symbolic link (to {os.readlink(entry)}); a run keeps '
+                            'its steps as folders of its own, and deletes old ones: remove the '
+                            'link (or copy the step it leads to in its place)')
 
 
 def open_manager(factory: Callable[[], Any], reader: bool) -> Any:

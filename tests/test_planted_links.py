@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from jax_cifar import checkpoints, own_files, tracking
+from jax_cifar import checkpoints, own_files, step_folders, tracking
 from jax_cifar import workdir as workdir_lib
 from jax_cifar.configs import default
 from jax_cifar.evaluation import eval_json, kept_predictions
@@ -259,6 +259,6 @@ def test_the_runs_own_records_are_readable_as_the_umask_allows_and_odd_digits_ar
   assert stat.S_IMODE((run / workdir_lib.LAUNCHES_FILE).stat().st_mode) == 0o644
   latest = run / 'checkpoints' / 'latest'
   (latest / '²').mkdir(parents=True)
-  assert not checkpoints._has_other_step(latest, 3)  # pylint: disable=protected-access
+  assert not step_folders.has_other_step(latest, 3)
   (latest / '2').mkdir()
-  assert checkpoints._has_other_step(latest, 3)  # pylint: disable=protected-access
+  assert step_folders.has_other_step(latest, 3)
