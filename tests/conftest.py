@@ -111,6 +111,13 @@ TOO_LARGE = ('File too large (a file size limit: ulimit -f, or the largest file 
              'takes)')
 
 
+# Linux's /proc, where a few tests read a process's children, memory, signal mask or open files,
+# and which refuses new files even to root. Elsewhere (macOS) those tests skip, naming it.
+HAS_PROC = pathlib.Path('/proc/self/stat').is_file()
+needs_proc = pytest.mark.skipif(not HAS_PROC, reason='reads /proc, which Linux has and this OS '
+                                'has not')
+
+
 def is_png(path) -> bool:
   """Whether `path` is a PNG that matplotlib reads back as an image."""
   import matplotlib.image  # pylint: disable=import-outside-toplevel

@@ -26,7 +26,7 @@ from jax_cifar import atomic_folder
 from jax_cifar.configs import default
 from jax_cifar.data import cifar100, fetch, tfds_source
 from jax_cifar.data.cifar100 import DataError
-from conftest import TOO_LARGE
+from conftest import needs_proc, TOO_LARGE
 
 
 @pytest.fixture(scope='module')
@@ -194,6 +194,7 @@ def test_truncated_pickle_gives_one_line_error(tmp_path, small_tree, keep):
   assert_one_line(error, str(path))
 
 
+@needs_proc  # (And RLIMIT_AS, which macOS does not enforce.)
 def test_running_out_of_memory_while_reading_is_not_called_a_corrupt_file(tmp_path):
   """Under `ulimit -v`, evaluate had said "corrupt or truncated pickle (MemoryError: )", which
   would have a user delete good data (a resource review)."""

@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import load_script, require_module, TOO_LARGE
+from conftest import load_script, needs_proc, require_module, TOO_LARGE
 from jax_cifar import convert, convert_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +251,8 @@ def test_script_overwrite_refuses_a_folder_of_other_files_before_loading(script,
   assert (tmp_path / 'notes' / 'notes.txt').read_text() == 'my thesis'
 
 
-@pytest.mark.parametrize('where', ['under_a_file', 'deeper_under_a_file', 'uncreatable'])
+@pytest.mark.parametrize('where', ['under_a_file', 'deeper_under_a_file',
+                                   pytest.param('uncreatable', marks=needs_proc)])
 def test_script_refuses_an_output_it_cannot_create_before_loading(script, tmp_path, capsys, where):
   """An output under a file had failed with 'File exists' after loading and converting, an
   unwritable folder only at the write (an audit); the absent --state_dict shows the order."""

@@ -39,7 +39,7 @@ from jax_cifar.evaluation import submission
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
 
-from conftest import load_script, TOO_LARGE
+from conftest import load_script, needs_proc, TOO_LARGE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL, UPDATE_RTOL, MOMENTUM_RTOL = 1e-5, 0.05, 0.1
@@ -274,6 +274,7 @@ def test_a_process_late_at_its_first_collective_still_joins_the_others():
   assert results == [f'[p{i}] mean 1.5 1.5 1.5 any True' for i in (0, 1)], proc.stdout[-3000:]
 
 
+@needs_proc
 def test_a_process_that_never_reaches_the_start_is_one_clear_error_after_the_wait(tmp_path):
   """A process that joined the job but never reaches the start-up barrier (here it stops itself
   with SIGSTOP at the test hook, as a hung node would) makes the others exit with one `error:`

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import needs_proc
 from jax_cifar import parallel
 from jax_cifar.data import cifar100, pipeline
 
@@ -140,6 +141,7 @@ print('SAME')
   assert out.returncode == 0 and out.stdout.strip().endswith('SAME'), out.stderr[-3000:]
 
 
+@needs_proc
 def test_worker_processes_end_when_the_trainer_is_killed(tmp_path):
   """With data.worker_count > 0, grain's workers of a SIGKILLed trainer had lived on, idle, each
   holding a copy of the split, through every relaunch (an audit)."""
@@ -178,6 +180,7 @@ sys.stdin.read()
   assert not alive, alive
 
 
+@needs_proc
 def test_worker_processes_leave_a_stop_signal_to_the_trainer():
   """SIGTERM or SIGINT to the whole process group (SLURM's --signal, Ctrl-C) had killed grain's
   workers, so the trainer's next batch raised instead of its saving and stopping (a review). The
