@@ -134,7 +134,7 @@ class Checkpoints:
             "its weights may be intact: restore the step by path, or use the 'latest' checkpoint "
             '(nothing was deleted)')
     if create:  # Training opens both at once on every process (orbax's own barriers).
-      self._best = self._open_best()
+      self._best = open_manager(self._open_best, reader=False)
 
   @property
   def best(self):

@@ -287,14 +287,27 @@ def refuse_linked_steps(folder: pathlib.Path) -> None:
 
 def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
   """`factory()` (a CheckpointManager), tried again where a step folder vanished while it listed
-  the steps (a reader's; the trainer's own steps do not move under it)."""
-  for attempt in range(READ_ATTEMPTS):
-    try:
-      return factory()
-    except FileNotFoundError:
-      if not reader or attempt == READ_ATTEMPTS - 1:
-        raise
-      time.sleep(0.1)
+  the steps (a reader's; the trainer's own steps do not move under it). orbax's warning for each
+  step it lists without a _CHECKPOINT_METADATA file is left out: a restore of that step names it
+  as damaged (`missing _CHECKPOINT_METADATA`), and the warnings had come first, as absl's raw
+  lines, in a notebook's load_model too (the commands hide orbax's logs anyway)."""
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_no_missing_metadata_warning)
+  try:
+    for attempt in range(READ_ATTEMPTS):
+      try:
+        return factory()
+      except FileNotFoundError:
+        if not reader or attempt == READ_ATTEMPTS - 1:
+          raise
+        time.sleep(0.1)
+  finally:
+    absl_logger.removeFilter(_no_missing_metadata_warning)
+
+
+def _no_missing_metadata_warning(record) -> bool:
+  return not (record.getMessage().startswith('Metadata file does not exist:')
+              and '/orbax/' in record.pathname)
 
 
 def move_aside(directory: pathlib.Path, which: str, step: int, into: str = 'damaged',

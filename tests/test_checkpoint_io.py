@@ -240,6 +240,34 @@ def test_a_best_step_being_deleted_by_a_running_training_is_not_called_damaged(t
   evaluating.close()
 
 
+def test_steps_without_their_checkpoint_metadata_are_named_by_the_restore_not_by_orbax_warnings(
+    tmp_path, caplog):
+  """orbax warned 'Metadata file does not exist: PATH' for each such step as it opened the run's
+  checkpoints, before the restore's own error named it (notebooks saw absl's raw lines from
+  load_model). Its other logs, and the absl logger's filters after the restore, are unchanged."""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  ckpts = checkpoints.Checkpoints(tmp_path)
+  ckpts.save_latest({'w': np.ones(4, np.float32)}, 3)
+  assert ckpts.maybe_save_best({'w': np.ones(4, np.float32)}, 3, 0.5)
+  ckpts.wait()
+  ckpts.close()
+  for which in ('latest', 'best'):
+    (tmp_path / 'checkpoints' / which / '3' / '_CHECKPOINT_METADATA').unlink()
+  filters = list(absl_logging.get_absl_logger().filters)
+  caplog.set_level('WARNING')
+  reading = checkpoints.Checkpoints(tmp_path, create=False)
+  for which in ('latest', 'best'):
+    with pytest.raises(checkpoints.CheckpointError, match=(
+        rf'damaged checkpoint in {tmp_path / "checkpoints" / which}: step 3 \(missing '
+        r'_CHECKPOINT_METADATA\)')):
+      reading.restore(which, {'w': np.zeros(4, np.float32)})
+  reading.close()
+  assert not [r for r in caplog.records if 'Metadata file does not exist' in r.getMessage()]
+  assert list(absl_logging.get_absl_logger().filters) == filters
+  absl_logging.warning('still shown')
+  assert caplog.records[-1].getMessage() == 'still shown'
+
+
 class _Stop(BaseException):
   """As stopping.StopNow: what a second SIGTERM raises wherever the main thread is."""
 
