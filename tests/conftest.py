@@ -42,6 +42,21 @@ if 'XLA_FLAGS' not in os.environ and _xla_accepts(FAST_COMPILE_XLA_FLAGS):
   os.environ['XLA_FLAGS'] = FAST_COMPILE_XLA_FLAGS
 
 
+
+def with_suite_xla_flags(env: dict, devices: int | None = None) -> dict:
+  """`env` for a test's subprocess with this suite's XLA_FLAGS (the one above, or a developer's
+  own) less any host device count, which would override a JAX_NUM_CPU_DEVICES; then `devices`
+  host CPU devices where given. (Such tests had dropped XLA_FLAGS whole, and with it the faster
+  compiles: the two-process tests compile a whole training each.)"""
+  env = dict(env)
+  flags = load_script('launch_local').without_device_count(env.pop('XLA_FLAGS', None))
+  if devices:
+    flags = f'{flags or ""} --xla_force_host_platform_device_count={devices}'.strip()
+  if flags:
+    env['XLA_FLAGS'] = flags
+  return env
+
+
 # The test files that take longest, longest first (worker-seconds of a clean-clone CI run on a
 # 2-core machine, 2026-12-05: 225 .. 14 s; every file of 14 s or more, so that no file of a minute
 # is left to the end in collection order; test_console placed by its ~43 s in an AVX2-only run,

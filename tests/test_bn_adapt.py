@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 import _adapt_model
+from conftest import with_suite_xla_flags
 from jax_cifar import optim, parallel
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.evaluation import bn_adapt
@@ -162,9 +163,8 @@ def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
 
 
 def _statistics_with_devices(tmp_path, devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_NUM_CPU_DEVICES'}
+  env = with_suite_xla_flags(dict(env, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)), devices)
   out = tmp_path / f'stats_{devices}.npz'
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / '_bn_stats.py'), str(out)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)
