@@ -29,7 +29,8 @@ class LaunchSettingError(ConfigError):
 
 
 class WorkdirError(UserError):
-  pass
+  """A run folder (--workdir) or one of its files that a run cannot use as it is: in use by
+  another launch, holding another run, a planted link, unreadable (the message says which)."""
 
 
 class DataError(UserError):
