@@ -54,7 +54,8 @@ def test_per_class_tables_of_a_tfds_run_name_cifar100s_classes():
   fine, coarse = clean_splits._class_names(c)  # pylint: disable=protected-access
   assert (fine[0], fine[99], coarse[19]) == ('apple', 'worm', 'vehicles_2')
   c.data.source = 'synthetic'
-  assert clean_splits._class_names(c)[0][:2] == ['class_0', 'class_1']  # pylint: disable=protected-access
+  names = clean_splits._class_names(c)  # pylint: disable=protected-access
+  assert names[0][:2] == ['class_0', 'class_1']
 
 
 def test_a_config_whose_crop_mode_differs_from_the_runs_is_refused(tmp_path):
