@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import flags, logging
 
 from jax_cifar import errors
 from jax_cifar import workdir as workdir_lib
@@ -290,9 +290,11 @@ def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
   the steps (a reader's; the trainer's own steps do not move under it). orbax's warning for each
   step it lists without a _CHECKPOINT_METADATA file is left out: a restore of that step names it
   as damaged (`missing _CHECKPOINT_METADATA`), and the warnings had come first, as absl's raw
-  lines, in a notebook's load_model too (the commands hide orbax's logs anyway)."""
+  lines, in a notebook's load_model too (the commands hide orbax's logs anyway; with --verbosity
+  they show them all, this one included)."""
   absl_logger = logging.get_absl_logger()
-  absl_logger.addFilter(_no_missing_metadata_warning)
+  if not flags.FLAGS['verbosity'].present:
+    absl_logger.addFilter(_no_missing_metadata_warning)
   try:
     for attempt in range(READ_ATTEMPTS):
       try:
@@ -306,8 +308,8 @@ def open_manager(factory: Callable[[], Any], reader: bool) -> Any:
 
 
 def _no_missing_metadata_warning(record) -> bool:
-  return not (record.getMessage().startswith('Metadata file does not exist:')
-              and '/orbax/' in record.pathname)
+  return not ('/orbax/' in record.pathname
+              and record.getMessage().startswith('Metadata file does not exist:'))
 
 
 def move_aside(directory: pathlib.Path, which: str, step: int, into: str = 'damaged',

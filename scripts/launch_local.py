@@ -49,16 +49,6 @@ def gpu_pool(base: dict, num: int, gpus_per_process: int) -> list[str]:
   return ids
 
 
-DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
-
-
-def without_device_count(xla_flags: str | None) -> str | None:
-  """XLA_FLAGS less its DEVICE_COUNT_FLAG (which would override the count that
-  JAX_NUM_CPU_DEVICES gives each process); None where nothing else is left."""
-  kept = [word for word in (xla_flags or '').split() if not word.startswith(DEVICE_COUNT_FLAG)]
-  return ' '.join(kept) or None
-
-
 def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int,
                 gpus_per_process: int = 1) -> dict:
   env = dict(base, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(num),
@@ -66,9 +56,8 @@ def process_env(base: dict, index: int, num: int, port: int, cpu_devices: int,
   if cpu_devices:
     env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(cpu_devices),
                JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
-    flags = without_device_count(env.pop('XLA_FLAGS', None))
-    if flags:  # (Its other flags are kept: a user's --xla_dump_to, say.)
-      env['XLA_FLAGS'] = flags
+    # XLA_FLAGS passes through as it is (a user's --xla_dump_to, say): JAX reads a host device
+    # count there only where JAX_NUM_CPU_DEVICES is unset.
   elif num > 1:  # GPUs: each copy its own. JAX shows a process every GPU when the coordinator is
     # given by hand (not under SLURM), so every copy had opened them all and the first collective
     # failed in NCCL (a review). JAX reads the variable for GPUs only.

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 
 import pytest
@@ -45,13 +46,14 @@ if 'XLA_FLAGS' not in os.environ and _xla_accepts(FAST_COMPILE_XLA_FLAGS):
 
 def with_suite_xla_flags(env: dict, devices: int | None = None) -> dict:
   """`env` for a test's subprocess with this suite's XLA_FLAGS (the one above, or a developer's
-  own) less any host device count, which would override a JAX_NUM_CPU_DEVICES; then `devices`
-  host CPU devices where given. (Such tests had dropped XLA_FLAGS whole, and with it the faster
-  compiles: the two-process tests compile a whole training each.)"""
+  own), with `devices` host CPU devices where given (in place of a count the flags held). Such
+  tests had dropped XLA_FLAGS whole, and with it the faster compiles."""
   env = dict(env)
-  flags = load_script('launch_local').without_device_count(env.pop('XLA_FLAGS', None))
-  if devices:
-    flags = f'{flags or ""} --xla_force_host_platform_device_count={devices}'.strip()
+  flags = env.pop('XLA_FLAGS', '')
+  if devices:  # (JAX_NUM_CPU_DEVICES would win over the flag.)
+    env.pop('JAX_NUM_CPU_DEVICES', None)
+    flags = re.sub(r'(^|\s)--xla_force_host_platform_device_count=\S*', '', flags)
+    flags = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
   if flags:
     env['XLA_FLAGS'] = flags
   return env

@@ -163,8 +163,7 @@ def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
 
 
 def _statistics_with_devices(tmp_path, devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != 'JAX_NUM_CPU_DEVICES'}
-  env = with_suite_xla_flags(dict(env, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)), devices)
+  env = with_suite_xla_flags(dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)), devices)
   out = tmp_path / f'stats_{devices}.npz'
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / '_bn_stats.py'), str(out)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)

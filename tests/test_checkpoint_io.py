@@ -240,12 +240,16 @@ def test_a_best_step_being_deleted_by_a_running_training_is_not_called_damaged(t
   evaluating.close()
 
 
+@pytest.mark.parametrize('verbosity', [False, True])
 def test_steps_without_their_checkpoint_metadata_are_named_by_the_restore_not_by_orbax_warnings(
-    tmp_path, caplog):
+    tmp_path, caplog, monkeypatch, verbosity):
   """orbax warned 'Metadata file does not exist: PATH' for each such step as it opened the run's
   checkpoints, before the restore's own error named it (notebooks saw absl's raw lines from
-  load_model). Its other logs, and the absl logger's filters after the restore, are unchanged."""
+  load_model). Its other logs, and the absl logger's filters after the restore, are unchanged;
+  with --verbosity given (the commands' "show every library log") the warnings are shown."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', int(verbosity))
   ckpts = checkpoints.Checkpoints(tmp_path)
   ckpts.save_latest({'w': np.ones(4, np.float32)}, 3)
   assert ckpts.maybe_save_best({'w': np.ones(4, np.float32)}, 3, 0.5)
@@ -262,7 +266,8 @@ def test_steps_without_their_checkpoint_metadata_are_named_by_the_restore_not_by
         r'_CHECKPOINT_METADATA\)')):
       reading.restore(which, {'w': np.zeros(4, np.float32)})
   reading.close()
-  assert not [r for r in caplog.records if 'Metadata file does not exist' in r.getMessage()]
+  warned = [r for r in caplog.records if 'Metadata file does not exist' in r.getMessage()]
+  assert bool(warned) == verbosity, [r.getMessage() for r in warned]  # (One per step, in orbax.)
   assert list(absl_logging.get_absl_logger().filters) == filters
   absl_logging.warning('still shown')
   assert caplog.records[-1].getMessage() == 'still shown'

@@ -141,22 +141,24 @@ def test_the_callers_gpu_ids_are_shared_out_not_replaced():
   assert proc.returncode == 2 and 'JAX_LOCAL_DEVICE_IDS=4,4 must list 2 different' in proc.stderr
 
 
-@pytest.mark.parametrize('others', ['', ' --xla_cpu_use_fusion_emitters=false'])
 @pytest.mark.parametrize('cpu_devices', [0, 2])
-def test_cpu_devices_replace_the_device_count_of_xla_flags_and_0_leaves_the_backend_alone(
-    cpu_devices, others):
-  """A host device count in XLA_FLAGS would override --cpu_devices: it is left out, and the other
-  flags are kept (they had all been dropped: the tests' faster compiles, a user's dump folder)."""
-  flags = f'--xla_force_host_platform_device_count=8{others}'
+def test_cpu_devices_give_each_process_that_many_and_pass_xla_flags_on_as_they_are(tmp_path,
+                                                                                 cpu_devices):
+  """--cpu_devices N: N CPU devices per process, also where XLA_FLAGS holds another host device
+  count, and XLA_FLAGS reaches the processes as it was given (it had been dropped whole: a user's
+  dump folder, the tests' faster compiles); 0 leaves the backend alone."""
+  flags = f'--xla_force_host_platform_device_count=8 --xla_dump_to="{tmp_path}/a  b"'
   env = dict(os.environ, XLA_FLAGS=flags)
   env.pop('JAX_PLATFORMS', None)
-  code = 'import os; print(os.environ.get("XLA_FLAGS"), os.environ.get("JAX_PLATFORMS"))'
+  env.pop('JAX_NUM_CPU_DEVICES', None)
+  code = ('import os, jax; print(repr(os.environ.get("XLA_FLAGS")), os.environ.get("JAX_PLATFORMS"),'
+          ' len(jax.devices("cpu")))')
   proc = subprocess.run([*LAUNCH, '--num_processes', '1', '--cpu_devices', str(cpu_devices), '--',
-                         sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
+                         sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                         cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.splitlines() == ([f'[p0] {others.strip() or None} cpu'] if cpu_devices else
-                                      [f'[p0] {flags} None'])
+  assert proc.stdout.splitlines() == ([f'[p0] {flags!r} cpu 2'] if cpu_devices else
+                                      [f'[p0] {flags!r} None 8'])
 
 
 def test_the_exit_status_is_the_failing_processs_as_a_shell_reports_it(tmp_path):
