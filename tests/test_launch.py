@@ -151,8 +151,8 @@ def test_cpu_devices_give_each_process_that_many_and_pass_xla_flags_on_as_they_a
   env = dict(os.environ, XLA_FLAGS=flags)
   env.pop('JAX_PLATFORMS', None)
   env.pop('JAX_NUM_CPU_DEVICES', None)
-  code = ('import os, jax; print(repr(os.environ.get("XLA_FLAGS")), os.environ.get("JAX_PLATFORMS"),'
-          ' len(jax.devices("cpu")))')
+  code = ('import os, jax; print(repr(os.environ.get("XLA_FLAGS")), '
+          'os.environ.get("JAX_PLATFORMS"), len(jax.devices("cpu")))')
   proc = subprocess.run([*LAUNCH, '--num_processes', '1', '--cpu_devices', str(cpu_devices), '--',
                          sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
                         cwd=ROOT, env=env)
