@@ -250,6 +250,10 @@ def test_steps_without_their_checkpoint_metadata_are_named_by_the_restore_not_by
   from absl import flags  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', int(verbosity))
+  absl_logger = absl_logging.get_absl_logger()  # As a notebook has it: no command (run in-process
+  monkeypatch.setattr(absl_logger, 'filters', [  # by an earlier test) hides orbax's logs.
+      f for f in absl_logger.filters if not getattr(f, 'hides_orbax', False)])
+  caplog.set_level('WARNING', logger=absl_logger.name)
   ckpts = checkpoints.Checkpoints(tmp_path)
   ckpts.save_latest({'w': np.ones(4, np.float32)}, 3)
   assert ckpts.maybe_save_best({'w': np.ones(4, np.float32)}, 3, 0.5)
