@@ -43,19 +43,13 @@ if 'XLA_FLAGS' not in os.environ and _xla_accepts(FAST_COMPILE_XLA_FLAGS):
   os.environ['XLA_FLAGS'] = FAST_COMPILE_XLA_FLAGS
 
 
-
-def with_suite_xla_flags(env: dict, devices: int | None = None) -> dict:
-  """`env` for a test's subprocess with this suite's XLA_FLAGS (the one above, or a developer's
-  own), with `devices` host CPU devices where given (in place of a count the flags held). Such
-  tests had dropped XLA_FLAGS whole, and with it the faster compiles."""
-  env = dict(env)
-  flags = env.pop('XLA_FLAGS', '')
-  if devices:  # (JAX_NUM_CPU_DEVICES would win over the flag.)
-    env.pop('JAX_NUM_CPU_DEVICES', None)
-    flags = re.sub(r'(^|\s)--xla_force_host_platform_device_count=\S*', '', flags)
-    flags = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
-  if flags:
-    env['XLA_FLAGS'] = flags
+def with_cpu_devices(env: dict, devices: int) -> dict:
+  """`env` for a test's subprocess with `devices` host CPU devices, set through XLA_FLAGS in
+  place of any count there; the suite's other flags stay (such tests had replaced XLA_FLAGS
+  whole, and lost the faster compiles)."""
+  env = {k: v for k, v in env.items() if k != 'JAX_NUM_CPU_DEVICES'}  # (It would win.)
+  flags = re.sub(r'(^|\s)--xla_force_host_platform_device_count=\S*', '', env.get('XLA_FLAGS', ''))
+  env['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
   return env
 
 

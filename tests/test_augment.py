@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import require_torch, with_suite_xla_flags
+from conftest import require_torch, with_cpu_devices
 from jax_cifar.configs import default
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.augment import autoaugment as aa
@@ -375,7 +375,7 @@ _SHARDED = textwrap.dedent('''
 def test_sharded_over_8_devices_equals_one_device(images, tmp_path):
   np.save(tmp_path / 'x.npy', images)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = with_suite_xla_flags(dict(os.environ, JAX_PLATFORMS='cpu'), devices=8)
+  env = with_cpu_devices(dict(os.environ, JAX_PLATFORMS='cpu'), 8)
   run = subprocess.run([sys.executable, '-c', _SHARDED, root, str(tmp_path / 'x.npy')], env=env,
                        capture_output=True, text=True, timeout=300, check=False)
   assert run.returncode == 0 and 'OK' in run.stdout, run.stderr[-3000:]

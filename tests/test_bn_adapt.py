@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import _adapt_model
-from conftest import with_suite_xla_flags
+from conftest import with_cpu_devices
 from jax_cifar import optim, parallel
 from jax_cifar.augment import pipeline as augment
 from jax_cifar.evaluation import bn_adapt
@@ -163,7 +163,7 @@ def test_first_layer_statistics_are_numpy_mean_and_var_over_the_chunk(small):
 
 
 def _statistics_with_devices(tmp_path, devices: int) -> dict:
-  env = with_suite_xla_flags(dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)), devices)
+  env = with_cpu_devices(dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)), devices)
   out = tmp_path / f'stats_{devices}.npz'
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / '_bn_stats.py'), str(out)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)

@@ -20,7 +20,7 @@ import pytest
 from jax_cifar import checkpoints, errors, optim, parallel, step_folders
 from jax_cifar import state as state_lib
 from jax_cifar.configs import default
-from conftest import TOO_LARGE, with_suite_xla_flags
+from conftest import TOO_LARGE
 from test_checkpoints import _damage
 
 
@@ -105,7 +105,7 @@ print(json.dumps({'devices': len(jax.devices()), 'slices': len(slices), 'step': 
 def test_replicated_arrays_on_cpu_devices_are_saved_whole_not_sliced_per_device(tmp_path):
   """orbax's replica-parallel saving cut each replicated array into one eager slice per device
   (3 of a short 4-device run's 13 CPU-seconds); on CPU devices they are saved whole, and restore."""
-  env = with_suite_xla_flags(os.environ)
+  env = dict(os.environ)  # (Its XLA_FLAGS too: JAX_NUM_CPU_DEVICES below wins over a count.)
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4')
   proc = subprocess.run([sys.executable, '-c', _SAVE_ON_4_DEVICES, str(tmp_path)], env=env,
                         capture_output=True, text=True, timeout=300, check=False)

@@ -39,7 +39,7 @@ from jax_cifar.evaluation import submission
 from jax_cifar import state as state_lib
 from jax_cifar.data import cifar100, ood
 
-from conftest import load_script, needs_proc, TOO_LARGE, with_suite_xla_flags
+from conftest import load_script, needs_proc, TOO_LARGE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL, UPDATE_RTOL, MOMENTUM_RTOL = 1e-5, 0.05, 0.1
@@ -59,7 +59,7 @@ def _command(module: str, args: list[str], overrides: dict, processes: int):
   """(argv, env) running `python -m module` as `processes` processes of 4 // processes CPU devices."""
   cmd = [sys.executable, '-m', module, '--config', str(ROOT / 'configs' / 'smoke.py'), *args]
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
-  env = with_suite_xla_flags(os.environ)
+  env = dict(os.environ)  # (XLA_FLAGS kept: JAX_NUM_CPU_DEVICES wins over a count there.)
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(var, None)
   if processes > 1:
@@ -264,7 +264,7 @@ def test_a_process_late_at_its_first_collective_still_joins_the_others():
       parallel.sync('done')
       print('mean', *np.asarray(mean).tolist(), 'any', late, flush=True)
   """)
-  env = with_suite_xla_flags(os.environ)
+  env = dict(os.environ)
   proc = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'launch_local.py'),
                          '--num_processes', '2', '--cpu_devices', '2', '--', sys.executable, '-c',
                          code], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -19,7 +19,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import with_suite_xla_flags
 from jax_cifar.evaluation import submission
 from jax_cifar.data import cifar100, ood
 
@@ -45,7 +44,7 @@ def _evaluate(workdir, ood_dir, csv, data_dir, processes: int, tools: list[str],
   if ood_dir is not None:
     cmd += ['--ood_dir', str(ood_dir), '--submission', str(csv)]
   cmd += [f'--config.{k}={v}' for k, v in _overrides(data_dir).items()]
-  env = {k: v for k, v in with_suite_xla_flags(os.environ).items() if k not in (
+  env = {k: v for k, v in os.environ.items() if k not in (
       'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'JAX_CIFAR_TEST_SIGNAL')}
   if processes > 1:
     cmd = [sys.executable, str(ROOT / 'scripts' / 'launch_local.py'), '--num_processes',

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import with_suite_xla_flags
+from conftest import with_cpu_devices
 from jax_cifar.configs import default, smoke
 from jax_cifar import optim, tracking
 from jax_cifar.evaluation import inference
@@ -29,7 +29,7 @@ def one_step_results(tmp_path_factory):
   out = tmp_path_factory.mktemp('one_step')
   results = {}
   for devices in (1, 8):
-    env = with_suite_xla_flags(dict(os.environ, JAX_PLATFORMS='cpu'), devices)
+    env = with_cpu_devices(dict(os.environ, JAX_PLATFORMS='cpu'), devices)
     subprocess.run([sys.executable, str(ROOT / 'tests' / '_one_step.py'), str(out / f'step_{devices}'),
                     str(ROOT)], check=True, env=env, cwd=ROOT)
     results[devices] = {name: dict(np.load(out / f'step_{devices}_{name}.npz'))
