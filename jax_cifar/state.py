@@ -100,12 +100,13 @@ def _new_state(config, tx, params, batch_stats) -> TrainState:
       ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else None)
 
 
-def _graphdef(config) -> nnx.GraphDef:
-  return nnx.split(nnx.eval_shape(lambda: build_model(config)), nnx.Param, ...)[0]
-
-
-def _fresh_weights(config):
-  _, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
+def _fresh_weights(config, graphdefs: list[nnx.GraphDef]):
+  """(params, batch_stats) of a new model; its GraphDef, which is static, is appended to
+  `graphdefs` while this is traced. Taking it from that trace, not from one of its own, halves the
+  tracing of the model at a launch, which a cache hit does not save (ResNet-152's init: 2.6-2.8 ->
+  1.1-1.2 s on a 2-core CPU; docs/benchmarks.md)."""
+  graphdef, params, batch_stats = nnx.split(build_model(config), nnx.Param, ...)
+  graphdefs.append(graphdef)
   return params, batch_stats
 
 
@@ -117,8 +118,9 @@ def init_state(config, tx, mesh, *, pretrained: bool = True) -> tuple[TrainState
   state to fall back on when no checkpoint is intact).
   """
   repl = parallel.replicated(mesh)
-  graphdef = _graphdef(config)
-  params, batch_stats = jax.jit(lambda: _fresh_weights(config), out_shardings=repl)()
+  graphdefs = []  # (A new function: jit traces it, also where its program is in the cache.)
+  params, batch_stats = jax.jit(lambda: _fresh_weights(config, graphdefs), out_shardings=repl)()
+  graphdef = graphdefs[-1]
   if pretrained and config.model.pretrained:
     from jax_cifar import convert  # pylint: disable=g-import-not-at-top  (torch-free, but large)
     model = nnx.merge(graphdef, params, batch_stats)
@@ -141,9 +143,10 @@ def abstract_state(config, tx, mesh) -> tuple[TrainState, nnx.GraphDef]:
   Tracing only: init_state compiles and runs two programs (about 0.5-1 s of an evaluate launch).
   """
   repl = parallel.replicated(mesh)
-  shapes = jax.eval_shape(lambda: _new_state(config, tx, *_fresh_weights(config)))
+  graphdefs = []
+  shapes = jax.eval_shape(lambda: _new_state(config, tx, *_fresh_weights(config, graphdefs)))
   return (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes),
-          _graphdef(config))
+          graphdefs[-1])
 
 
 def restore(config, workdir: str | pathlib.Path, which: str = 'best', mesh=None, *,
