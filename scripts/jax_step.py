@@ -85,7 +85,6 @@ def compile_jax(config, compiler_options: dict | None = None, abstract: bool = F
   no data), enough for XLA's memory analysis of models too large to run here."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   from jax_cifar import optim, parallel  # pylint: disable=import-outside-toplevel
   from jax_cifar.training import trainer
   from jax_cifar import state as state_lib  # pylint: disable=import-outside-toplevel
@@ -96,8 +95,7 @@ def compile_jax(config, compiler_options: dict | None = None, abstract: bool = F
   tx, schedule = optim.make_optimizer(config.optim, total_steps=10_000, steps_per_epoch=100)
   t0 = time.perf_counter()
   if abstract:
-    state = jax.eval_shape(lambda: state_lib.init_state(config, tx, mesh, pretrained=False)[0])
-    graphdef = nnx.split(nnx.eval_shape(lambda: state_lib.build_model(config)), nnx.Param, ...)[0]
+    state, graphdef = state_lib.abstract_state(config, tx, mesh)  # One trace of the model.
     data = {'image': jax.ShapeDtypeStruct((batch, 32, 32, 3), np.uint8),
             'label': jax.ShapeDtypeStruct((batch,), np.int32)}
   else:
