@@ -103,6 +103,23 @@ def _optimized_xla(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _large_programs(request, monkeypatch):
+  """Tests marked `large_programs` compile the trainer's steps in their own process with XLA:CPU's
+  newer fusion emitters. The older ones (the suite's, above) build each kernel's IR emitter by
+  scanning the whole module, which is quadratic in its size: a ResNet-50 transfer step (2,453
+  fusions) compiled in 42 s with them and 27 s without (docs/benchmarks.md)."""
+  if (request.node.get_closest_marker('large_programs') is None
+      or os.environ.get('XLA_FLAGS') != FAST_COMPILE_XLA_FLAGS):
+    yield
+    return
+  from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
+  step_options = xla_options.step_compiler_options
+  monkeypatch.setattr(xla_options, 'step_compiler_options', lambda dtype='float32': {
+      **(step_options(dtype) or {}), 'xla_cpu_use_fusion_emitters': True})
+  yield
+
+
+@pytest.fixture(autouse=True)
 def _signal_handlers_restored():
   """The test process's SIGINT/SIGTERM handlers after every test: one that starts a command's
   (maybe_initialize_distributed installs starting.py's os._exit one) had left it behind, and a

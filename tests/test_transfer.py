@@ -18,6 +18,7 @@ from jax_cifar import state as state_lib
 from conftest import require_env_path
 
 WEIGHTS_FILE = 'resnet50-keras-imagenet-tvlayout-fp16.pth'
+pytestmark = pytest.mark.large_programs  # ResNet-50 train steps (tests/conftest.py).
 
 
 def _flat(tree: Mapping, prefix: str = '') -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """The suite's XLA optimisation level (tests/conftest.py): tests compile with most of XLA's
 optimisation off unless JAX_DISABLE_MOST_OPTIMIZATIONS says otherwise; tests marked
-`optimized_xla`, and the processes they start, compile with all of it."""
+`optimized_xla`, and the processes they start, compile with all of it; tests marked
+`large_programs` compile the steps with XLA:CPU's newer fusion emitters."""
 
 import os
 import subprocess
@@ -41,3 +42,20 @@ def test_the_probe_for_the_fast_compile_flag_accepts_it_and_refuses_an_unknown_f
   accepts = conftest._xla_accepts  # pylint: disable=protected-access
   assert accepts(conftest.FAST_COMPILE_XLA_FLAGS)
   assert not accepts('--xla_cpu_no_such_flag=true')
+
+
+@pytest.mark.large_programs
+def test_large_program_tests_compile_the_steps_with_the_newer_fusion_emitters():
+  """Where the suite uses the older emitters (quadratic in a module's size), a test marked
+  `large_programs` gets the newer ones for the steps it compiles; it compiles with them."""
+  from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
+  if os.environ.get('XLA_FLAGS') != conftest.FAST_COMPILE_XLA_FLAGS:
+    pytest.skip('the suite runs with XLA_FLAGS of its own')
+  options = xla_options.step_compiler_options()
+  assert options.get('xla_cpu_use_fusion_emitters') is True
+  assert jax.jit(lambda x: x * 2.0, compiler_options=options)(1.0) == 2.0
+
+
+def test_the_large_programs_marker_is_undone_after_its_test():
+  from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
+  assert 'xla_cpu_use_fusion_emitters' not in (xla_options.step_compiler_options() or {})
