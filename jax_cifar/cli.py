@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import os
 import pathlib
 import re
@@ -21,7 +20,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import ml_collections
 from absl import app, flags
 
-from jax_cifar import config_errors, console_logs, errors
+from jax_cifar import config_errors, console_logs, errors, starting
 
 BUILTIN_PREFIX = 'jax_cifar:'
 _RUN_CONFIG = str(pathlib.Path(__file__).resolve().parent / 'configs' / '_from_run.py')
@@ -345,20 +344,6 @@ def fail_or_raise(e: Exception) -> None:
 
 HELP_FLAGS = ('-h', '--help', '-?', '--helpshort', '--helpfull', '--helpxml')
 
-# CPython collects its oldest generation after every 10 collections of the middle one, and each
-# such full collection walks every object it tracks. Tracing a model for jit makes hundreds of
-# thousands of them, alive until the program is compiled: building and lowering the ResNet-152
-# train step spent 2.2 s in full collections (2-core CPU, docs/benchmarks.md), 0.2 s at 1000. The
-# younger generations keep CPython's thresholds, so short-lived cycles are freed as before. Set
-# by the commands for their own processes only; a library user's interpreter is theirs to tune.
-FULL_COLLECTION_THRESHOLD = 1000
-
-
-def defer_full_collections() -> None:
-  """Raises CPython's threshold of full collections to FULL_COLLECTION_THRESHOLD; keeps the rest."""
-  young, middle, _ = gc.get_threshold()
-  gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
-
 
 def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
         run_config: Callable[[str], Any] | None = None, resume: bool = False) -> None:
@@ -368,7 +353,7 @@ def run(main: Callable[[list[str]], None], *, define_flags: Callable[[], None],
   --workdir. Flag files (--flagfile) are read once, first, as absl would: defining --config reads
   them too (ml_collections), and the checks of the parsing see what they hold."""
   printable_output()
-  defer_full_collections()
+  starting.defer_full_collections()
   argv = read_flag_files(sys.argv)
   define_flags()
   argv = long_flags(argv)

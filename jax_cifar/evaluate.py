@@ -193,6 +193,7 @@ def evaluate(config, workdir: str, which: str = 'best', *, tta_flip: bool = Fals
   predictor, step = inference.load_predictor(config, workdir, which, tta_mode=tta_mode,
                                              adapt_bn=adapt_bn, weights=weights, tent=tent,
                                              tta_average=tta_average)
+  starting.collect_as_usual()  # Model traced and restored: collect as usual now (starting.py).
   result = {'checkpoint': which, 'weights': predictor.weights, 'step': step, 'tta': tta_mode,
             **({'tta_average': tta_average} if tta_mode != 'none' else {}),
             'bn_adapt': adapt_bn, 'tent': dataclasses.asdict(tent) if tent else None}

@@ -345,9 +345,8 @@ def main(argv=None) -> int:
   bench_args.check(args, make_config, recipe_config, _csv,  # Before anything is measured.
                    defaults=vars(parse_args([])))
   import jax  # pylint: disable=import-outside-toplevel
-  from jax_cifar import cli, xla_options  # pylint: disable=import-outside-toplevel
-  cli.defer_full_collections()  # As `python -m jax_cifar.train` does: its init and compile times.
   if args.cache_dir:
+    from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
     jax.config.update('jax_compilation_cache_dir', args.cache_dir)
     xla_options.enable_compilation_cache()  # The trainer's settings for the cache.
   else:  # Compile times are part of the result: never read them from the persistent cache.

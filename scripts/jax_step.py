@@ -82,7 +82,17 @@ def step_flops(lowered, compiled) -> tuple[float | None, str | None]:
 
 def compile_jax(config, compiler_options: dict | None = None, abstract: bool = False):
   """(compiled trainer step, state, batch, info); abstract=True builds shapes only (no weights,
-  no data), enough for XLA's memory analysis of models too large to run here."""
+  no data), enough for XLA's memory analysis of models too large to run here. Full garbage
+  collections are deferred meanwhile, as a command's launch does (jax_cifar/starting.py)."""
+  from jax_cifar import starting  # pylint: disable=import-outside-toplevel
+  starting.defer_full_collections()
+  try:
+    return _compile_jax(config, compiler_options, abstract)
+  finally:
+    starting.collect_as_usual()
+
+
+def _compile_jax(config, compiler_options, abstract):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax_cifar import optim, parallel  # pylint: disable=import-outside-toplevel

@@ -1,13 +1,12 @@
 """Shared fixtures: locating the real data, and requiring it under CI."""
 
+import gc
 import os
 import pathlib
 import re
 import signal
 
 import pytest
-
-from jax_cifar import cli
 
 # Compiled programs are cached on disk, so repeated compiles across tests and subprocesses are cheap;
 # in a folder of their own, not the users' runs' ~/.cache/jax_cifar/xla (thousands of small test
@@ -45,9 +44,11 @@ if 'XLA_FLAGS' not in os.environ and _xla_accepts(FAST_COMPILE_XLA_FLAGS):
   os.environ['XLA_FLAGS'] = FAST_COMPILE_XLA_FLAGS
 
 # The test processes trace models all day, as the commands do at a launch: they defer CPython's
-# full garbage collections the same way (in a pytest process running 149 tests, 14 s of 222 CPU-s
-# were full collections; 4 s after, docs/benchmarks.md).
-cli.defer_full_collections()
+# full garbage collections as the commands do while starting (jax_cifar/starting.py), for the whole
+# session (in a pytest process running 149 tests, 14 s of 222 CPU-s were full collections; 4 s
+# after, docs/benchmarks.md). Set directly: a command's end of starting, run in-process, keeps it.
+from jax_cifar import starting  # pylint: disable=wrong-import-position  (stdlib only: no JAX)
+gc.set_threshold(*gc.get_threshold()[:2], starting.FULL_COLLECTION_THRESHOLD)
 
 
 def with_cpu_devices(env: dict, devices: int) -> dict:
@@ -108,8 +109,9 @@ def _large_programs(request, monkeypatch):
   newer fusion emitters. The older ones (the suite's, above) build each kernel's IR emitter by
   scanning the whole module, which is quadratic in its size: a ResNet-50 transfer step (2,453
   fusions) compiled in 42 s with them and 27 s without (docs/benchmarks.md)."""
+  import jax  # pylint: disable=import-outside-toplevel
   if (request.node.get_closest_marker('large_programs') is None
-      or os.environ.get('XLA_FLAGS') != FAST_COMPILE_XLA_FLAGS):
+      or os.environ.get('XLA_FLAGS') != FAST_COMPILE_XLA_FLAGS or jax.default_backend() != 'cpu'):
     yield
     return
   from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel
+from jax_cifar import checkpoints, config_validation, errors, interrupt, optim, parallel, starting
 from jax_cifar import xla_options
 from jax_cifar.evaluation import inference
 from jax_cifar import state as state_lib
@@ -234,6 +234,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
         jax.block_until_ready(metrics)  # (it had made a short run's images/s, and the report's
         first_step_s, untimed = time.perf_counter() - t_last, 1  # train time, mostly compile).
         t_last = time.perf_counter()
+        starting.collect_as_usual()  # Past the launch's tracing and compiling (see starting.py).
       # The launch's last step (the run's, or train.max_steps') logs the steps since the last row
       # too, as a stop by a signal does: they had been in no row.
       if step % config.train.log_every_steps == 0 or step == last_step:
