@@ -109,9 +109,12 @@ def _large_programs(request, monkeypatch):
   newer fusion emitters. The older ones (the suite's, above) build each kernel's IR emitter by
   scanning the whole module, which is quadratic in its size: a ResNet-50 transfer step (2,453
   fusions) compiled in 42 s with them and 27 s without (docs/benchmarks.md)."""
-  import jax  # pylint: disable=import-outside-toplevel
   if (request.node.get_closest_marker('large_programs') is None
-      or os.environ.get('XLA_FLAGS') != FAST_COMPILE_XLA_FLAGS or jax.default_backend() != 'cpu'):
+      or os.environ.get('XLA_FLAGS') != FAST_COMPILE_XLA_FLAGS):
+    yield
+    return
+  import jax  # pylint: disable=import-outside-toplevel  (only for the marked tests)
+  if jax.default_backend() != 'cpu':
     yield
     return
   from jax_cifar import xla_options  # pylint: disable=import-outside-toplevel
