@@ -91,6 +91,27 @@ def test_flip_tta_is_the_mean_softmax_of_image_and_mirror(run):
   assert np.abs(np.exp(got) - plain).max() > 1e-4  # TTA really changed something.
 
 
+def test_views_the_run_never_trained_on_are_said_from_its_own_config(run, tmp_path, caplog):
+  """load_predictor (so evaluate) warns of mirrored or shifted views that the run's training
+  (its config.json, not the config given, which need only predict alike) never showed it."""
+  def unseen(workdir, mode):
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      inference.load_predictor(_config(), str(workdir), 'latest', tta_mode=mode)
+    return [r.getMessage() for r in caplog.records if 'it never saw' in r.getMessage()]
+
+  assert unseen(run / 'run', 'shifts') == []  # Crops of padding 4 and flips.
+  workdir = shutil.copytree(run / 'run', tmp_path / 'run')
+  record = json.loads((workdir / 'config.json').read_text())
+  record['augment'].update(flip=False, crop_padding=0)
+  (workdir / 'config.json').write_text(json.dumps(record))
+  assert [m.split(':')[0] for m in unseen(workdir, 'shifts')] == ['--tta shifts'] * 2
+  assert unseen(workdir, 'flip') == [
+      '--tta flip: this run trained with augment.flip=False, so the mirrored views are images it '
+      'never saw']
+  assert unseen(workdir, 'none') == []
+
+
 def test_evaluate_command_prints_json_and_writes_exact_submission(run):
   workdir, out_csv = run / 'run', run / 'out' / 'sub.csv'
   out_csv.parent.mkdir(exist_ok=True)

@@ -157,6 +157,30 @@ def test_the_old_tta_flip_alias_agrees_with_none_and_flip_and_contradicts_the_re
     inference.check_tta_average('mean', 'shifts')
 
 
+def test_views_a_run_never_trained_on_are_named():
+  """Mirrors are new to a run trained without flips, 2-px shifts to one trained with neither a crop
+  of padding >= 2 nor another translating augmentation (a review: the module's claim that shifted
+  views are training crops held only for such runs, and configs resnet_basic and simple_cnn
+  train without either)."""
+  from jax_cifar.configs import ood_best, resnet152, resnet_basic, simple_cnn, smoke
+  basic = resnet_basic.get_config().augment.to_dict()
+  assert tta.unseen_views('none', basic) == []
+  flip, = [line for line in tta.unseen_views('flip', basic) if line.startswith('--tta')]
+  assert flip.startswith('--tta flip: this run trained with augment.flip=False')
+  lines = tta.unseen_views('shifts', basic)
+  assert [line.split(':')[0] for line in lines[:2]] == ['--tta shifts'] * 2
+  assert 'augment.crop_padding=0 and nothing else that translates' in lines[1]
+  assert lines[2] == 'compare the validation numbers with --tta none before relying on these views'
+  assert len(tta.unseen_views('shifts', simple_cnn.get_config().augment.to_dict())) == 3
+  for module in (smoke, resnet152, ood_best):  # Crops of padding 4 and flips: nothing to say.
+    augment = module.get_config().augment.to_dict()
+    assert [tta.unseen_views(m, augment) for m in tta.MODES] == [[]] * 3, module.__name__
+  one_px = dict(basic, flip=True, crop_padding=1)
+  assert len(tta.unseen_views('shifts', one_px)) == 2 and not tta.unseen_views('flip', one_px)
+  for other in ({'rrc_prob': 0.5}, {'policy': 'autoaugment_cifar10'}, {'augmix': True}):
+    assert not tta.unseen_views('shifts', {**one_px, **other}), other  # They translate too.
+
+
 def test_output_tags_name_every_mode():
   tags = {evaluate.output_tag('best', m, a) for m in tta.MODES for a in (False, True)}
   assert len(tags) == 6

@@ -220,6 +220,12 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
   check_step_folder_of_another_run(
       config, workdir, str(which), given="load_predictor's run ({workdir})", short='workdir',
       advice='Load that run itself: load_predictor(jax_cifar.run_config({run_py}), {run_py}, ...)')
+  # Views the run's training never showed it: said, not refused (its validation numbers decide).
+  trained = (workdir_lib.previous_config(pathlib.Path(owning_run(workdir, which))) or {}).get(
+      'augment')  # The run's own training (`config` may be another that predicts alike).
+  augment = trained if isinstance(trained, dict) else config.augment.to_dict()
+  for line in tta.unseen_views(resolve_tta(tta_mode, tta_flip), augment):
+    logging.warning('%s', line)
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)

@@ -13,6 +13,8 @@ Translated views fill the uncovered border the way the training random crop pads
 (`config.augment.crop_mode`: zeros by default, 'reflect' if the run trained with it): a shift of
 2 <= crop_padding (4) px is then exactly one of the crops the model saw in training, so the views
 stay in its training distribution; edge replication would show it border streaks it never saw.
+A run trained without flips, or without such crops, never saw them: `unseen_views` words the
+warning that load_predictor (so evaluate) gives then.
 Views are built on device, inside the jitted prediction, one per step of a `lax.scan`, so the model
 is traced once whatever the number of views and memory holds one view's activations at a time.
 """
@@ -43,6 +45,29 @@ def view_table(mode: str) -> np.ndarray:
     return np.array([[0, 0, 0], [1, 0, 0]], np.int32)
   return np.array([(f, dy, dx) for f in (0, 1) for dy, dx in itertools.product(SHIFTS, SHIFTS)],
                   np.int32)
+
+
+def unseen_views(mode: str, augment: dict) -> list[str]:
+  """Warnings for views of `mode` that a run trained with `augment` (its config's augment, as a
+  dict) never saw: mirrors without augment.flip, 2-px translations without a crop of padding >= 2
+  or another augmentation that translates (random-resized crop, an AutoAugment-style policy,
+  AugMix). Their average can then score below the image alone (configs resnet_basic and
+  simple_cnn train without either)."""
+  lines = []
+  if mode != 'none' and not augment.get('flip', True):
+    lines.append(f'--tta {mode}: this run trained with augment.flip=False, so the mirrored views '
+                 'are images it never saw')
+  shift = max(abs(s) for s in SHIFTS)
+  padding = augment.get('crop_padding', 0)
+  translated = (padding >= shift or augment.get('rrc_prob', 0) > 0
+                or augment.get('policy', 'none') != 'none' or augment.get('augmix', False))
+  if mode == 'shifts' and not translated:
+    lines.append(f'--tta shifts: this run trained with augment.crop_padding={padding} and nothing '
+                 f'else that translates images, so its {shift}-pixel shifted views are images it '
+                 'never saw')
+  if lines:
+    lines.append('compare the validation numbers with --tta none before relying on these views')
+  return lines
 
 
 def make_view(images: jax.Array, flip: jax.Array, dy: jax.Array, dx: jax.Array,
