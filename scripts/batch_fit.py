@@ -92,3 +92,17 @@ def table(results: list[dict]) -> str:
           f'{_gib(p["accum_program_bytes"]):>8} {_gib(r.get("cap_bytes")):>7} '
           f'{"yes" if p["accum_fits"] else "no":<4}')
   return '\n'.join(lines)
+
+
+def summary(result: dict) -> str:
+  """A --find_batch_size JSON's answer (`table`), or, for a search cut short before it had one,
+  the compiles it finished (find_batch_size_tried): that table had been headers only (a review)."""
+  if result.get('find_batch_size'):
+    return table(result['find_batch_size'])
+  lines = ['search cut short; the compiles it finished:']
+  for t in result.get('find_batch_size_tried', []):
+    lines.append(f"  {t['model']} {t['dtype']} {t['image_size']}px batch {t['batch']} accum "
+                 f"{t['grad_accum_steps']} remat {'on' if t['remat'] else 'off'}: "
+                 f"{_gib(t.get('program_bytes'))} GiB, {'fits' if t['fits'] else 'does not fit'}")
+  return '\n'.join(lines if len(lines) > 1 else ['no compile finished'])
+

@@ -5,8 +5,9 @@
 #   c) scripts/benchmark.py, JAX vs PyTorch: resnet18 cifar 32 px (batch 128/256, bf16 + fp32),
 #      resnet50 160 px (+ a grad-accumulation row) and resnet152 224 px (ImageNet stem, bf16;
 #      torch.compile in a child process limited to TORCH_COMPILE_TIMEOUT_S (120 s; ResNet-18:
-#      R18_TORCH_COMPILE_TIMEOUT_S, 60 s; ResNet-152: R152_TORCH_COMPILE_TIMEOUT_S, 60 s), else
-#      eager, which the row records; TORCH_COMPILE=off: eager only); resnet152 again
+#      R18_TORCH_COMPILE_TIMEOUT_S, 60 s), else eager, which the row records; TORCH_COMPILE=off:
+#      eager only; ResNet-152 eager unless R152_TORCH_COMPILE=auto, then limited to
+#      R152_TORCH_COMPILE_TIMEOUT_S, 60 s); resnet152 again
 #      with model.scan_blocks (compile time and step speed); a relaunch of the ResNet-152 step
 #      with JAX's persistent cache cold, then warm (relaunch_r152: process start to first step);
 #      the 16 GiB micro-batch search (fit_r152)
@@ -22,7 +23,7 @@
 #      folder, OOD_PROBE=a probe run folder, else one is made; OOD_LIMIT test images per chunk)
 # Run from the repository root, after installing the carried wheels:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PYTHONPATH; bash scripts/gpu_check.sh
+#     && export PYTHONPATH=/tmp/site:$PYTHONPATH && bash scripts/gpu_check.sh
 # A device call lasts at most 600 s, so BUDGET_S (default 540) bounds the whole run: each part's
 # limit (T_<PART>) is clipped to what is left of it, less RESERVE_S (20) for the summary; a part
 # with under MIN_PART_S (30) left is skipped, saying so. All parts' limits add up to far more than
@@ -43,6 +44,13 @@ KNOWN_PARTS=" versions parity_tests bench_r18 bench_r50 bench_r152 relaunch_r152
 for p in ${PARTS:-}; do  # A mistyped part had run nothing and exited 0 with an empty summary.
   if [[ "$KNOWN_PARTS" != *" $p "* ]]; then
     echo "error: PARTS names an unknown part '$p'; the parts are:$KNOWN_PARTS" >&2
+    exit 2
+  fi
+done
+for v in TORCH_COMPILE_TIMEOUT_S R18_TORCH_COMPILE_TIMEOUT_S R152_TORCH_COMPILE_TIMEOUT_S; do
+  # benchmark.py reads 0 as "no limit", which could spend the whole call on one compile.
+  if [ -n "${!v:-}" ] && ! awk -v t="${!v}" 'BEGIN{exit !(t + 0 > 0 && t ~ /^[0-9.]+$/)}'; then
+    echo "error: $v=${!v}: give a limit in seconds above 0 (TORCH_COMPILE=off for eager only)" >&2
     exit 2
   fi
 done
@@ -154,7 +162,7 @@ for run in ('cold', 'warm'):
 fit = os.path.join(out, 'fit_r152.json')
 if os.path.exists(fit):
   import batch_fit
-  print('\nfit_r152:\n' + batch_fit.table(json.load(open(fit))['find_batch_size']))
+  print('\nfit_r152:\n' + batch_fit.summary(json.load(open(fit))))
 ft = os.path.join(out, 'finetune.json')
 if os.path.exists(ft):
   ft = json.load(open(ft))
@@ -219,6 +227,14 @@ export -f versions
 TAIL=20 part versions 45 versions
 
 # --- b) parity tests -------------------------------------------------------------------------
+# scripts/gpu_prepare.sh carries the weights xz-compressed: unpacked once, next to the archive.
+R50_PTH=.devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
+if [ -f "$R50_PTH.xz" ] && [ ! -f "$R50_PTH" ]; then
+  "$PY" -c 'import lzma, shutil, sys
+shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$R50_PTH.xz" "$R50_PTH.tmp" && mv "$R50_PTH.tmp" "$R50_PTH" \
+    || echo "warning: could not unpack $R50_PTH.xz; the parts that need the weights skip" >&2
+fi
 [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ] && export JAX_CIFAR_WEIGHTS_DIR="$ROOT/.devdata"
 # 94 tests since the ResNeXt / wide ResNets (43 when the GPU last ran them): over 4 pytest-xdist
 # workers, which share the GPU (no preallocation) and compile on the machine's 16 cores.
@@ -275,8 +291,11 @@ else
   part bench_r50 "${T_R50:-270}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
     --dtypes bfloat16 --grad_accum_steps "${R50_ACCUM:-1,4}" \
     $TCT "${TORCH_COMPILE_TIMEOUT_S:-120}" --out "$OUT/bench_r50.json"
+  # ResNet-152: PyTorch eager unless R152_TORCH_COMPILE=auto|on (or TORCH_COMPILE=on): its
+  # torch.compile took minutes before, so a 60 s try would only spend a sixth of the call.
   part bench_r152 "${T_R152:-330}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
-    --dtypes bfloat16 $TCT "${R152_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r152.json"
+    --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-${TORCH_COMPILE:-off}}" \
+    --torch_compile_timeout_s "${R152_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r152.json"
   # Issue #14 item 2: does a relaunch with the cache warm start training in seconds? (JAX only.)
   part relaunch_r152 "${T_RELAUNCH:-240}" relaunch $PY scripts/benchmark.py --steps 1 --warmup 0 \
     --frameworks jax --models resnet152:imagenet --image_size 224 --batch 128 --dtypes bfloat16
@@ -286,7 +305,12 @@ else
     --out "$OUT/bench_r152_scan.json"
   # Which micro-batch of the ResNet-152 recipe fits 16 GiB, and does remat help on a GPU: the
   # search starts at 64 and stops at the recipe's 128 in steps of 32 (about 6 compiles, not 9).
-  part fit_r152 "${T_FIT:-300}" $PY scripts/benchmark.py --models configs/resnet152.py \
+  # Shapes only (--analysis_only): nothing runs, so XLA's autotuning, which times each
+  # convolution's algorithms at every batch, is off by default (FIT_XLA_FLAGS): a ResNet-152
+  # compile with it may take 60-90 s, six of them more than the part's 300 s (a review). The
+  # memory then counts the untuned algorithms' workspace.
+  part fit_r152 "${T_FIT:-300}" env XLA_FLAGS="${FIT_XLA_FLAGS---xla_gpu_autotune_level=0}" \
+    $PY scripts/benchmark.py --models configs/resnet152.py \
     --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 16 --remat on \
     --find_start 64 --find_max 128 --batch_quantum 32 --out "$OUT/fit_r152.json"
 fi

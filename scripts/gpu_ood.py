@@ -105,18 +105,33 @@ def train(args, run: pathlib.Path, overrides: list[str]) -> dict:
   return result
 
 
-def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000) -> int | None:
-  """Epochs whose steps fit --train_deadline_s at the probe run's speed (None: no probe)."""
+def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000,
+                    planned: float | None = None) -> int | None:
+  """Epochs whose steps fit --train_deadline_s at the probe run's speed (None: no probe), at most
+  `planned`. The schedule's length is a constant of the compiled step, so a run of other epochs
+  than the probe's compiles it again: then --cold_startup_s, not --startup_s, is start-up (the
+  probe's cache had been counted on for it: a review)."""
   ips = [r['images_per_sec'] for r in tracking.read_metrics(probe) if 'images_per_sec' in r][1:]
   if not ips:
     return None
   speed = statistics.median(ips)  # (It had taken the faster middle row of an even count.)
-  # 15 %: per-epoch validation, checkpoints, logging (the H200 run: 13.5 s per epoch in all
-  # against 11.7 s of steps at the probe's rate, 87 %).
-  usable = 0.85 * (args.train_deadline_s - args.startup_s)
-  epochs = int(usable * speed // train_images)
+  probe_epochs = ((_read_json(probe / 'config.json') or {}).get('train') or {}).get('num_epochs')
+  for startup in (args.startup_s, getattr(args, 'cold_startup_s', args.startup_s)):
+    # 15 %: per-epoch validation, checkpoints, logging (the H200 run: 13.5 s per epoch in all
+    # against 11.7 s of steps at the probe's rate, 87 %).
+    usable = 0.85 * (args.train_deadline_s - startup)
+    epochs = int(usable * speed // train_images)
+    if planned is None or probe_epochs is None or min(planned, epochs) == probe_epochs:
+      break  # The probe's program: its compile is in the cache.
   log(f'probe: {speed:.0f} img/s -> {epochs} epochs fit in {usable:.0f}s of training')
   return epochs
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
 
 
 def clean_images(data: str, config) -> int:
@@ -241,6 +256,10 @@ def main():
   p.add_argument('--max_epochs', type=int, default=30, help="configs/ood_best.py's epochs")
   p.add_argument('--startup_s', type=float, default=30,
                  help='training start-up with the probe\'s compile cache (H200: ~15 s)')
+  p.add_argument('--cold_startup_s', type=float, default=75,
+                 help='training start-up when the run trains other epochs than the probe, so '
+                      'its step compiles again (H200: the probe\'s first step came 44 s after its '
+                      'start)')
   p.add_argument('--set', action='append', default=[], help='extra --config.KEY=VALUE overrides')
   args = p.parse_args()
   for name in ('data', 'weights', 'work', 'ood_from', 'json_out', 'probe'):  # children: cwd=ROOT
@@ -287,7 +306,7 @@ def main():
   # The epochs trained: the config's (or --set's) and --max_epochs, whichever is fewer; the label
   # had said --max_epochs whatever was trained (a review).
   planned = min(args.max_epochs, set_epochs)
-  fit = epochs_that_fit(args, pathlib.Path(args.probe)) if args.probe else None
+  fit = epochs_that_fit(args, pathlib.Path(args.probe), planned=planned) if args.probe else None
   epochs = planned if fit is None else min(planned, max(fit, 1))  # (At least 1 that fits.)
   if epochs < planned:
     log(f'training {epochs:g} epochs instead of {planned:g}: the budget is too short')

@@ -8,15 +8,17 @@
 # it, is handed back after 30 s idle), then the run in the next call (docs/robustness.md).
 # Usage: bash scripts/gpu_pack_full.sh   [CIFAR=folder holding cifar-100-python/ WEIGHTS=.pth]
 #   GPUDATA (output, default .gpudata), WHL (wheels, default .whl), FIRST_BYTES / PART_BYTES (data
-#   in c1, beside the wheels and weights, and in each later part); WEIGHTS='' packs no weights.
+#   in c1, beside the wheels and weights, and in each later part; by default what is left of
+#   LIMIT_BYTES, 64 MiB, less MARGIN_BYTES, 1 MiB, with the repository); WEIGHTS='' packs no
+#   weights.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh  # PY, CIFAR, WEIGHTS
 GPUDATA=${GPUDATA:-.gpudata}
 WHL=${WHL:-.whl}
-FIRST_BYTES=${FIRST_BYTES:-$((12 << 20))}
-PART_BYTES=${PART_BYTES:-$((58 << 20))}
+LIMIT_BYTES=${LIMIT_BYTES:-$((64 << 20))}
+MARGIN_BYTES=${MARGIN_BYTES:-$((1 << 20))}
 [ -d "$WHL" ] || { echo "error: no $WHL/ (run scripts/gpu_prepare.sh first)" >&2; exit 1; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 rm -rf "$GPUDATA" && mkdir -p "$GPUDATA/c1/whl"
@@ -24,6 +26,17 @@ rm -rf "$GPUDATA" && mkdir -p "$GPUDATA/c1/whl"
 xz -T2 -c --format=xz --delta=dist=3 --lzma2=preset=9e "$tmp/cifar_full.npz" > "$tmp/cifar.xz"
 [ -z "$WEIGHTS" ] || xz -9e -T2 -c "$WEIGHTS" > "$GPUDATA/c1/r50.pth.xz"
 for w in "$WHL"/*.whl; do cp "$w" "$GPUDATA/c1/whl/"; done
+# What travels with every part: tracked + untracked-not-ignored files.
+repo=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | grep total$ \
+  | awk '{s += $1} END {print s + 0}')
+# Each part's data fills what is left (a fixed 12 MiB in c1 had grown over the limit beside a
+# growing repository: a review).
+PART_BYTES=${PART_BYTES:-$((LIMIT_BYTES - MARGIN_BYTES - repo))}
+FIRST_BYTES=${FIRST_BYTES:-$((PART_BYTES - $(du -sb "$GPUDATA/c1" | cut -f1)))}
+if [ "$FIRST_BYTES" -le 0 ]; then
+  echo "error: no room for data beside the wheels and weights" >&2
+  exit 1
+fi
 head -c "$FIRST_BYTES" "$tmp/cifar.xz" > "$GPUDATA/c1/cifar.part01"
 tail -c +$((FIRST_BYTES + 1)) "$tmp/cifar.xz" | split -b "$PART_BYTES" -d -a 2 \
   --numeric-suffixes=2 - "$tmp/cifar.part"
@@ -34,15 +47,14 @@ done
 (cd "$GPUDATA" && sha256sum c*/cifar.part* c1/r50.pth.xz 2>/dev/null | sed 's#c[0-9]*/##' \
   > SHA256SUMS) || true  # r50.pth.xz is absent with WEIGHTS=''
 for d in "$GPUDATA"/c*; do cp "$GPUDATA/SHA256SUMS" "$d/"; done
-repo=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | grep total$ \
-  | awk '{s += $1} END {print s + 0}')
 over=0
 for d in "$GPUDATA"/c*; do
-  mib=$(( ($(du -sb "$d" | cut -f1) + repo) >> 20 ))
-  echo "$d: $mib MiB with the repository (limit 64)"
-  [ "$mib" -lt 64 ] || over=1
+  bytes=$(( $(du -sb "$d" | cut -f1) + repo ))
+  echo "$d: $(awk -v b=$bytes 'BEGIN{printf "%.2f", b/1048576}') MiB with the repository" \
+    "(limit $(awk -v b=$LIMIT_BYTES 'BEGIN{printf "%.2f", b/1048576}'))"
+  [ "$bytes" -lt "$LIMIT_BYTES" ] || over=1
 done
 if [ "$over" = 1 ]; then  # (It had only printed the sizes: a part too big failed its call.)
-  echo "error: a part is 64 MiB or more with the repository: it cannot travel in one call" >&2
+  echo "error: a part is over the limit with the repository: it cannot travel in one call" >&2
   exit 1
 fi

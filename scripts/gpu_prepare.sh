@@ -6,9 +6,10 @@
 #              CORRUPT_WHEELS=1: scikit-image and its deps instead (jax_cifar.corrupt), alone,
 #              for an image without them (the H200 image of 2026-11 has them all).
 #   .devdata/  cifar_small.npz (class-balanced real CIFAR-100: train_x/train_y/test_x/test_y,
-#              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision layout).
-# It fills what is left of the 64 MiB with training images, in hundreds: 1,400 (+ 1,000 test,
-# 62.7 MiB travelling in all) with the repository of 2026-12, fewer as the repository grows.
+#              uint8 NHWC / int64) and the shared ResNet-50 ImageNet weights (fp16, torchvision
+#              layout; .pth.xz, which scripts/gpu_check.sh unpacks there).
+# It fills what is left of the 64 MiB with training images, in hundreds: 2,600 (+ 1,000 test,
+# 62.7 MiB travelling in all) with the repository of 2026-12-08, fewer as the repository grows.
 # Usage: bash scripts/gpu_prepare.sh   [CIFAR=folder holding cifar-100-python/ (default
 #   $JAX_CIFAR_DATA_DIR, else ~/.cache/jax_cifar) WEIGHTS=path/to.pth N_TEST=1000]
 set -euo pipefail
@@ -23,8 +24,9 @@ rm -rf .whl && mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-  -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 \
-  pytest-xdist==3.8.0 execnet==2.1.2  # The parity tests on 4 workers (else two files only).
+  -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0
+# (pytest-xdist, for the parity tests' 4 workers, is in the image: carried, its pinned version had
+# replaced the image's own plugin, and cost room for training images: a review.)
 if [ "${CORRUPT_WHEELS:-0}" = 1 ]; then
   # The 'corrupt' extra for the ood_best part, where the image lacks it (the H200 image of
   # 2026-11 lists scikit-image, imageio, tifffile, networkx, lazy-loader, scipy, pillow). With the
@@ -43,8 +45,10 @@ done
 
 # --- data and weights -----------------------------------------------------------------------
 mkdir -p .devdata
-cp -f "$WEIGHTS" .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
-rm -f .devdata/cifar_small.npz
+# The weights travel xz-compressed (46 of 49 MiB: room for ~900 more training images); gpu_check.sh
+# unpacks them on the GPU machine.
+rm -f .devdata/cifar_small.npz .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
+xz -9e -T2 -c "$WEIGHTS" > .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth.xz
 # Everything that travels except the npz: tracked + untracked-not-ignored files, .whl, weights.
 travel=$( (git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) )
 other=$((travel + $(du -cb .whl .devdata | tail -1 | cut -f1)))

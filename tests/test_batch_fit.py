@@ -75,7 +75,8 @@ def test_find_batch_size_adds_a_remat_plan_when_accumulation_is_needed(monkeypat
   monkeypatch.setattr(benchmark, '_release', lambda: None)
   args = benchmark.parse_args(['--find_batch_size', '--analysis_only', '--mem_cap_gb',
                                str(400 / 2**30), '--batch_quantum', '1', '--recipe_batch', '128'])
-  r = benchmark.find_batch_size('smoke', 'float32', 32, args)
+  tried = []
+  r = benchmark.find_batch_size('smoke', 'float32', 32, args, tried=tried.append)
   plain, remat = r['plans']
   assert (plain['remat'], plain['grad_accum_steps']) == (False, 8)
   # With a third of the activations, 90 examples fit: micro-batch 64 (N=2) with the accumulator.
@@ -83,6 +84,15 @@ def test_find_batch_size_adds_a_remat_plan_when_accumulation_is_needed(monkeypat
   assert r['largest_batch'] == 30 and r['best_batch'] is None  # Nothing ran: no speeds.
   text = batch_fit.table([r])
   assert ' off ' in text and ' on ' in text
+  assert batch_fit.summary({'find_batch_size': [r], 'find_batch_size_tried': tried}) == text
+  # A search cut short (gpu_check.sh's time limit) has no answer yet: the compiles it finished.
+  lines = batch_fit.summary({'find_batch_size': [], 'find_batch_size_tried': tried[:2]}).split('\n')
+  assert lines[0] == 'search cut short; the compiles it finished:' and len(lines) == 3
+  first = tried[0]
+  assert lines[1] == (f"  smoke float32 32px batch {first['batch']} accum 1 remat off: "
+                      f"{first['program_bytes'] / 2**30:.2f} GiB, "
+                      f"{'fits' if first['fits'] else 'does not fit'}")
+  assert batch_fit.summary({'find_batch_size': []}) == 'no compile finished'
   off = benchmark.parse_args(['--find_batch_size', '--analysis_only', '--mem_cap_gb',
                               str(400 / 2**30), '--recipe_batch', '16', '--remat', 'auto'])
   assert len(benchmark.find_batch_size('smoke', 'float32', 32, off)['plans']) == 1  # N = 1.

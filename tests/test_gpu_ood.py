@@ -328,6 +328,25 @@ def test_the_probe_fits_epochs_at_its_median_speed_after_the_first_row_and_start
   assert gpu_ood.epochs_that_fit(args, tmp_path) == 24
 
 
+def test_a_run_of_other_epochs_than_the_probe_plans_for_a_cold_compile(tmp_path):
+  """The schedule's length is a constant of the compiled step: a run of fewer epochs than the
+  probe (the config's 30) compiles its step again, and its epochs are planned with that start-up
+  (the probe's warm cache had been counted on: a review)."""
+  gpu_ood = load_script('gpu_ood')
+  (tmp_path / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'images_per_sec': v}) + '\n' for s, v in ((10, 500.0), (20, 4500.0))))
+  args = argparse.Namespace(train_deadline_s=330, startup_s=30, cold_startup_s=90)
+  assert gpu_ood.epochs_that_fit(args, tmp_path, planned=30) == 25  # No config.json: as before.
+  (tmp_path / 'config.json').write_text(json.dumps({'train': {'num_epochs': 30}}))
+  # 25 epochs fit with the warm start, but they are not the probe's 30: 0.85 x (330 - 90) s at
+  # 4,500 img/s over 45,000 images is 20.4 epochs.
+  assert gpu_ood.epochs_that_fit(args, tmp_path, planned=30) == 20
+  (tmp_path / 'config.json').write_text(json.dumps({'train': {'num_epochs': 25}}))
+  assert gpu_ood.epochs_that_fit(args, tmp_path, planned=30) == 25  # The probe's program.
+  # 22 planned: not the probe's 25 either, so 20 (the warm start would have let all 22 run).
+  assert gpu_ood.epochs_that_fit(args, tmp_path, planned=22) == 20
+
+
 def test_a_tool_is_projected_from_the_time_already_spent(monkeypatch, tmp_path):
   """After training, most of the budget is gone: 520 s of 540 leave no room for a 30 s compile."""
   gpu_ood = load_script('gpu_ood')

@@ -47,6 +47,47 @@ def packed(tmp_path):
   return tmp_path, env
 
 
+def _travelling_bytes() -> int:
+  """What travels with every device call: the files git tracks or would (as gpu_pack_full.sh
+  counts them)."""
+  names = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
+                         capture_output=True, check=True).stdout.split(b'\0')
+  return sum(os.path.getsize(ROOT / n.decode()) for n in names
+             if n and (ROOT / n.decode()).is_file() and not (ROOT / n.decode()).is_symlink())
+
+
+def test_parts_fill_what_the_limit_leaves_beside_the_repository_wheels_and_weights(packed):
+  """By default each part's data is what the call's limit leaves: the first part's beside the
+  wheels and the weights. (A fixed 12 MiB had made the first part 64.2 MiB with the repository of
+  2026-12-08: a review.)"""
+  tmp_path, env = packed
+  rng = np.random.default_rng(1)
+  (tmp_path / 'whl' / 'fake-1.0-py3-none-any.whl').write_bytes(rng.bytes(50_000))
+  weights = tmp_path / 'weights.pth'
+  weights.write_bytes(rng.bytes(150_000))  # Random: xz cannot shrink it.
+  margin, room = 100_000, 400_000
+  limit = _travelling_bytes() + margin + room
+  env = {k: v for k, v in env.items() if k not in ('FIRST_BYTES', 'PART_BYTES')}
+  env.update(WEIGHTS=str(weights), GPUDATA=str(tmp_path / 'sized'), LIMIT_BYTES=str(limit),
+             MARGIN_BYTES=str(margin))
+  proc = _sh('gpu_pack_full.sh', env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  repo = _travelling_bytes()
+  parts = sorted((tmp_path / 'sized').glob('c*'), key=lambda p: int(p.name[1:]))
+  sizes = [sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) for p in parts]
+  assert len(parts) >= 4 and all(repo + size < limit for size in sizes), (repo, sizes, limit)
+  for size in sizes[:-1]:  # Full but for the margin (and the checksums file).
+    assert size > room - 20_000, sizes
+  data = [len(f.read_bytes()) for p in parts for f in p.glob('cifar.part*')]
+  assert data[0] < room - 200_000 < data[1]  # The wheels and weights took their room in c1.
+  import lzma  # pylint: disable=import-outside-toplevel
+  assert lzma.decompress((parts[0] / 'r50.pth.xz').read_bytes()) == weights.read_bytes()
+  assert (parts[0] / 'whl' / 'fake-1.0-py3-none-any.whl').exists()
+  env['LIMIT_BYTES'] = str(repo + margin + 150_000)  # No room beside the weights: said.
+  proc = _sh('gpu_pack_full.sh', env)
+  assert proc.returncode == 1 and 'no room for data beside the wheels and weights' in proc.stderr
+
+
 def test_parts_reassemble_into_the_same_official_layout(packed):
   tmp_path, env = packed
   parts = sorted((tmp_path / 'gpudata').glob('c*'))
@@ -110,6 +151,18 @@ def test_gpu_check_clips_each_part_to_the_budget_and_skips_what_no_longer_fits(t
   assert [r.split()[:2] for r in rows] == [['versions', 'ok'], ['bench_r18', 'SKIPPED']]
   summary = (tmp_path / 'out' / 'summary.txt').read_text()
   assert summary in out and 'of BUDGET_S=45s' in summary
+
+
+@pytest.mark.parametrize('value', ['0', '-5', 'none'])
+def test_gpu_check_refuses_a_torch_compile_limit_that_is_no_limit(tmp_path, value):
+  """benchmark.py reads a limit of 0 as none: R152_TORCH_COMPILE_TIMEOUT_S=0, meant to skip the
+  try, would have let one compile spend the whole call (a review)."""
+  proc = _gpu_check(tmp_path, PARTS='versions', R152_TORCH_COMPILE_TIMEOUT_S=value)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 2, out[-2000:]
+  assert out.startswith(f'error: R152_TORCH_COMPILE_TIMEOUT_S={value}: give a limit in seconds '
+                        'above 0 (TORCH_COMPILE=off for eager only)'), out
+  assert not (tmp_path / 'out' / 'parts.txt').exists()  # Refused before any part ran.
 
 
 def test_gpu_check_exits_1_when_a_part_failed(tmp_path):
