@@ -10,7 +10,8 @@ That script uses OpenCV and ImageMagick; here the same operations are written wi
 scikit-image and PIL, so pixels differ slightly while the distortion strengths match:
   - motion blur (and the snow streaks) re-implement ImageMagick's MotionBlurImage: a one-sided
     Gaussian-weighted line kernel of 2*radius+1 taps, edge pixels replicated;
-  - spatter's Canny uses scikit-image (L2 gradient norm; OpenCV's default is L1), its distance
+  - spatter's Canny uses scikit-image (L2 gradient norm, and no edge on the image's outermost
+    pixels; OpenCV's default is L1 and can mark them), its distance
     transform is exact (OpenCV's 5x5 mask approximates it), and its liquid layer is clipped to
     0..255 before the uint8 cast (the script's wraps around, rarely);
   - frost blends real photographs in the original. Those are not available offline, so unless
