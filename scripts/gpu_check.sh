@@ -49,7 +49,8 @@ for p in ${PARTS:-}; do  # A mistyped part had run nothing and exited 0 with an 
 done
 for v in TORCH_COMPILE_TIMEOUT_S R18_TORCH_COMPILE_TIMEOUT_S R152_TORCH_COMPILE_TIMEOUT_S; do
   # benchmark.py reads 0 as "no limit", which could spend the whole call on one compile.
-  if [ -n "${!v:-}" ] && ! awk -v t="${!v}" 'BEGIN{exit !(t + 0 > 0 && t ~ /^[0-9.]+$/)}'; then
+  if [ -n "${!v:-}" ] \
+      && ! awk -v t="${!v}" 'BEGIN{exit !(t ~ /^[0-9]+([.][0-9]+)?$/ && t + 0 > 0)}'; then
     echo "error: $v=${!v}: give a limit in seconds above 0 (TORCH_COMPILE=off for eager only)" >&2
     exit 2
   fi
@@ -206,6 +207,26 @@ trap finish EXIT
 trap 'SIGNAL=TERM; exit 143' TERM
 trap 'SIGNAL=INT; exit 130' INT
 
+# The ResNet-50 weights: .devdata's .pth, or its .xz (gpu_prepare.sh carries them compressed),
+# which the first part that needs them unpacks into this run's $WORK (r50_weights), never into
+# .devdata: that folder must stay small enough to carry, and a CPU dry run had filled it (a review).
+R50_NAME=resnet50-keras-imagenet-tvlayout-fp16.pth R50_XZ='' R50_PTH=''
+if [ -f "$ROOT/.devdata/$R50_NAME" ]; then
+  R50_PTH=$ROOT/.devdata/$R50_NAME
+elif [ -f "$ROOT/.devdata/$R50_NAME.xz" ]; then
+  R50_XZ=$ROOT/.devdata/$R50_NAME.xz R50_PTH=$WORK/weights/$R50_NAME
+fi
+export R50_XZ R50_PTH
+[ -n "$R50_PTH" ] && export JAX_CIFAR_WEIGHTS_DIR="${R50_PTH%/*}"
+r50_weights() {  # Unpacks the carried .xz once (a part's time limit covers it).
+  [ -z "$R50_XZ" ] || [ -f "$R50_PTH" ] && return 0
+  mkdir -p "${R50_PTH%/*}" && "$PY" -c 'import lzma, shutil, sys
+shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$R50_XZ" "$R50_PTH.tmp" \
+    && mv "$R50_PTH.tmp" "$R50_PTH" && echo "unpacked $R50_XZ"
+}
+with_r50() { r50_weights && "$@"; }
+export -f r50_weights with_r50
+
 # --- a) versions -----------------------------------------------------------------------------
 versions() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -227,15 +248,6 @@ export -f versions
 TAIL=20 part versions 45 versions
 
 # --- b) parity tests -------------------------------------------------------------------------
-# scripts/gpu_prepare.sh carries the weights xz-compressed: unpacked once, next to the archive.
-R50_PTH=.devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
-if [ -f "$R50_PTH.xz" ] && [ ! -f "$R50_PTH" ]; then
-  "$PY" -c 'import lzma, shutil, sys
-shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    "$R50_PTH.xz" "$R50_PTH.tmp" && mv "$R50_PTH.tmp" "$R50_PTH" \
-    || echo "warning: could not unpack $R50_PTH.xz; the parts that need the weights skip" >&2
-fi
-[ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ] && export JAX_CIFAR_WEIGHTS_DIR="$ROOT/.devdata"
 # 94 tests since the ResNeXt / wide ResNets (43 when the GPU last ran them): over 4 pytest-xdist
 # workers, which share the GPU (no preallocation) and compile on the machine's 16 cores.
 PYTEST_FILES="tests/test_models.py tests/test_convert.py -n ${TEST_WORKERS:-4} --dist load"
@@ -244,7 +256,7 @@ PYTEST_FILES="tests/test_models.py tests/test_convert.py -n ${TEST_WORKERS:-4} -
 # The suite compiles with most of XLA's optimisation off (tests/conftest.py, for the CPU CI's
 # time); on the GPU the parity tests check the programs as users' runs compile them.
 export JAX_DISABLE_MOST_OPTIMIZATIONS=0
-TAIL=6 part parity_tests "${T_TESTS:-120}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+TAIL=6 part parity_tests "${T_TESTS:-120}" with_r50 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   "$PY" -m pytest -q -p no:cacheprovider $PYTEST_FILES
 
 # relaunch CMD...: a benchmark command run twice into one fresh compilation cache, cold (it
@@ -291,10 +303,10 @@ else
   part bench_r50 "${T_R50:-270}" $BENCH --models resnet50:imagenet --image_size 160 --batch 128 \
     --dtypes bfloat16 --grad_accum_steps "${R50_ACCUM:-1,4}" \
     $TCT "${TORCH_COMPILE_TIMEOUT_S:-120}" --out "$OUT/bench_r50.json"
-  # ResNet-152: PyTorch eager unless R152_TORCH_COMPILE=auto|on (or TORCH_COMPILE=on): its
-  # torch.compile took minutes before, so a 60 s try would only spend a sixth of the call.
+  # ResNet-152: PyTorch eager unless R152_TORCH_COMPILE=auto|on (TORCH_COMPILE does not change
+  # it): its torch.compile took minutes before, so a 60 s try would only spend a sixth of the call.
   part bench_r152 "${T_R152:-330}" $BENCH --models resnet152:imagenet --image_size 224 --batch 128 \
-    --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-${TORCH_COMPILE:-off}}" \
+    --dtypes bfloat16 --torch_compile "${R152_TORCH_COMPILE:-off}" \
     --torch_compile_timeout_s "${R152_TORCH_COMPILE_TIMEOUT_S:-60}" --out "$OUT/bench_r152.json"
   # Issue #14 item 2: does a relaunch with the cache warm start training in seconds? (JAX only.)
   part relaunch_r152 "${T_RELAUNCH:-240}" relaunch $PY scripts/benchmark.py --steps 1 --warmup 0 \
@@ -309,7 +321,8 @@ else
   # convolution's algorithms at every batch, is off by default (FIT_XLA_FLAGS): a ResNet-152
   # compile with it may take 60-90 s, six of them more than the part's 300 s (a review). The
   # memory then counts the untuned algorithms' workspace.
-  part fit_r152 "${T_FIT:-300}" env XLA_FLAGS="${FIT_XLA_FLAGS---xla_gpu_autotune_level=0}" \
+  part fit_r152 "${T_FIT:-300}" \
+    env XLA_FLAGS="${XLA_FLAGS:-} ${FIT_XLA_FLAGS---xla_gpu_autotune_level=0}" \
     $PY scripts/benchmark.py --models configs/resnet152.py \
     --dtypes bfloat16 --find_batch_size --analysis_only --mem_cap_gb 16 --remat on \
     --find_start 64 --find_max 128 --batch_quantum 32 --out "$OUT/fit_r152.json"
@@ -348,6 +361,7 @@ fi
 
 # --- d) fine-tune: pretrained vs random ------------------------------------------------------
 finetune() {
+  r50_weights || return
   "$PY" - "$WORK/ft" "$SMALL" "$OUT/finetune.json" <<'EOF'
 import json, os, pathlib, pickle, subprocess, sys, time
 import numpy as np
@@ -361,7 +375,7 @@ print(f'data: {len(data["train_y"])} train / {len(data["test_y"])} test images',
 t = time.time()
 weights = work / 'r50'
 subprocess.run([sys.executable, 'scripts/convert_torchvision_weights.py', '--arch', 'resnet50',
-                '--state_dict', '.devdata/resnet50-keras-imagenet-tvlayout-fp16.pth',
+                '--state_dict', os.environ['R50_PTH'],
                 '--output', str(weights), '--overwrite'], check=True)
 print(f'converted weights in {time.time() - t:.1f}s', flush=True)
 
@@ -405,7 +419,7 @@ for name, pretrained in (('pretrained', str(weights)), ('random', '')):
 EOF
 }
 export -f finetune
-if [ -f .devdata/cifar_small.npz ] && [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ]; then
+if [ -f .devdata/cifar_small.npz ] && [ -n "$R50_PTH" ]; then
   TAIL=6 part finetune "${T_FT:-$([ "$SMALL" = 1 ] && echo 400 || echo 120)}" finetune
 else
   if [ -z "${PARTS:-}" ] || [[ " $PARTS " == *" finetune "* ]]; then
@@ -426,8 +440,9 @@ ood_best() {
   fi
   if [ -z "$weights" ]; then  # OOD_WEIGHTS: an already converted folder (gpu_stage.sh: ~/jc/r50)
     weights=$WORK/r50
+    r50_weights || return 1
     "$PY" scripts/convert_torchvision_weights.py --arch resnet50 --state_dict \
-      .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth --output "$weights" --overwrite || return 1
+      "$R50_PTH" --output "$weights" --overwrite || return 1
   fi
   # Full data (OOD_DATA): the config's 30 epochs do not fit, so a probe (100 steps of the same
   # step on synthetic data, which also warms the compilation cache) sizes the epochs to the
@@ -467,7 +482,7 @@ ood_best() {
 }
 export -f ood_best
 if [ -f configs/ood_best.py ] && { [ -n "${OOD_WEIGHTS:-}" ] \
-    || [ -f .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth ]; } && { [ -n "${OOD_DATA:-}" ] \
+    || [ -n "$R50_PTH" ]; } && { [ -n "${OOD_DATA:-}" ] \
     || [ -f .devdata/cifar_small.npz ]; }; then
   TAIL=8 part ood_best "${T_OOD:-$([ "$SMALL" = 1 ] && echo 1800 || echo 480)}" ood_best
 else

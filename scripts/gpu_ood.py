@@ -116,13 +116,19 @@ def epochs_that_fit(args, probe: pathlib.Path, train_images: int = 45_000,
     return None
   speed = statistics.median(ips)  # (It had taken the faster middle row of an even count.)
   probe_epochs = ((_read_json(probe / 'config.json') or {}).get('train') or {}).get('num_epochs')
-  for startup in (args.startup_s, getattr(args, 'cold_startup_s', args.startup_s)):
+
+  def fit(startup: float) -> tuple[int, float]:
     # 15 %: per-epoch validation, checkpoints, logging (the H200 run: 13.5 s per epoch in all
     # against 11.7 s of steps at the probe's rate, 87 %).
     usable = 0.85 * (args.train_deadline_s - startup)
-    epochs = int(usable * speed // train_images)
-    if planned is None or probe_epochs is None or min(planned, epochs) == probe_epochs:
-      break  # The probe's program: its compile is in the cache.
+    return int(usable * speed // train_images), usable
+
+  epochs, usable = fit(args.startup_s)
+  if not (planned is None or probe_epochs is None or min(planned, epochs) == probe_epochs):
+    warm = epochs  # Not the probe's program, so compiled again: unless the probe's own epochs
+    epochs, usable = fit(getattr(args, 'cold_startup_s', args.startup_s))  # fit warm and are more.
+    if probe_epochs <= min(planned, warm) and probe_epochs > epochs:
+      epochs, usable = int(probe_epochs), 0.85 * (args.train_deadline_s - args.startup_s)
   log(f'probe: {speed:.0f} img/s -> {epochs} epochs fit in {usable:.0f}s of training')
   return epochs
 

@@ -45,8 +45,8 @@ done
 
 # --- data and weights -----------------------------------------------------------------------
 mkdir -p .devdata
-# The weights travel xz-compressed (46 of 49 MiB: room for ~900 more training images); gpu_check.sh
-# unpacks them on the GPU machine.
+# The weights travel xz-compressed (44 of 49 MiB: room for 1,600 more training images);
+# gpu_check.sh unpacks them on the GPU machine.
 rm -f .devdata/cifar_small.npz .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth
 xz -9e -T2 -c "$WEIGHTS" > .devdata/resnet50-keras-imagenet-tvlayout-fp16.pth.xz
 # Everything that travels except the npz: tracked + untracked-not-ignored files, .whl, weights.

@@ -345,6 +345,10 @@ def test_a_run_of_other_epochs_than_the_probe_plans_for_a_cold_compile(tmp_path)
   assert gpu_ood.epochs_that_fit(args, tmp_path, planned=30) == 25  # The probe's program.
   # 22 planned: not the probe's 25 either, so 20 (the warm start would have let all 22 run).
   assert gpu_ood.epochs_that_fit(args, tmp_path, planned=22) == 20
+  # 40 planned, a probe of 22: 25 fit warm but not as the probe's program, 20 cold; the probe's
+  # own 22 fit warm, and are more than 20 (a review).
+  (tmp_path / 'config.json').write_text(json.dumps({'train': {'num_epochs': 22}}))
+  assert gpu_ood.epochs_that_fit(args, tmp_path, planned=40) == 22
 
 
 def test_a_tool_is_projected_from_the_time_already_spent(monkeypatch, tmp_path):

@@ -165,6 +165,36 @@ def test_gpu_check_refuses_a_torch_compile_limit_that_is_no_limit(tmp_path, valu
   assert not (tmp_path / 'out' / 'parts.txt').exists()  # Refused before any part ran.
 
 
+def test_gpu_check_unpacks_carried_weights_into_its_work_folder_not_devdata(tmp_path):
+  """gpu_prepare.sh carries the weights as .pth.xz; the first part of gpu_check.sh that needs them
+  unpacks them into the run's own temporary folder: unpacked into .devdata, a CPU dry run had
+  left 49 MiB there, too much to carry with the rest (a review)."""
+  import lzma  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  repo = tmp_path / 'repo'
+  shutil.copytree(ROOT / 'scripts', repo / 'scripts')
+  name = 'resnet50-keras-imagenet-tvlayout-fp16.pth'
+  weights = np.random.default_rng(0).bytes(30_000)
+  (repo / '.devdata').mkdir()
+  (repo / '.devdata' / f'{name}.xz').write_bytes(lzma.compress(weights))
+  spy = tmp_path / 'spy.sh'  # What the parity tests are given: the file, and where to look.
+  spy.write_text(f'#!/bin/bash\n[ "$1" = -m ] && cp "$JAX_CIFAR_WEIGHTS_DIR/{name}" '
+                 f'{tmp_path}/seen.pth && echo "$JAX_CIFAR_WEIGHTS_DIR" > {tmp_path}/dir.txt && '
+                 'exit 0\n'  # (The tests themselves are not what this test is about.)
+                 f'exec {sys.executable} "$@"\n')
+  spy.chmod(0o755)
+  env = {**os.environ, 'PY': str(spy), 'SMALL': '1', 'OUT': str(tmp_path / 'out'),
+         'PARTS': 'parity_tests', 'PYTHONPATH': str(ROOT)}
+  proc = subprocess.run(['bash', str(repo / 'scripts' / 'gpu_check.sh')], env=env, text=True,
+                        capture_output=True, timeout=120, check=False)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+  assert (tmp_path / 'seen.pth').read_bytes() == weights
+  seen_dir = pathlib.Path((tmp_path / 'dir.txt').read_text().strip())
+  assert seen_dir.name == 'weights' and seen_dir.parent.name.startswith('gpu_check_work.')
+  assert sorted(p.name for p in (repo / '.devdata').iterdir()) == [f'{name}.xz']
+  assert not seen_dir.exists()  # Its work folder goes with the run.
+
+
 def test_gpu_check_exits_1_when_a_part_failed(tmp_path):
   """Every part could fail and the script exited 0: a device call's rc said nothing (a review)."""
   fails = tmp_path / 'fails.sh'  # the versions part's Python fails; the summary's still runs

@@ -225,7 +225,8 @@ def load_predictor(config, workdir: str, which: str, tta_flip: bool = False, *,
       'augment')  # The run's own training (`config` may be another that predicts alike).
   augment = trained if isinstance(trained, dict) else config.augment.to_dict()
   for line in tta.unseen_views(resolve_tta(tta_mode, tta_flip), augment):
-    logging.warning('%s', line)
+    if jax.process_index() == 0:  # (Once, not once per process.)
+      logging.warning('%s', line)
   mesh = parallel.make_mesh()
   batch_size = parallel.eval_batch_size(config.train.eval_batch_size)
   state, graphdef, step = state_lib.restore(config, workdir, which, mesh)
