@@ -90,3 +90,13 @@ def memory_note(backend: str, analysis_only: bool) -> str:
     return (f'memory: {how} on XLA:CPU; a GPU\'s can differ (XLA:CPU upcasts bfloat16 to float32 '
             'in places and fuses differently). Run the same command on the GPU to measure it.')
   return f'memory: {how} on {backend}' + ('' if analysis_only else '; batches were also run')
+
+
+def input_line(name: str, result: dict) -> str:
+  """A line of gpu_check.sh's summary for scripts/profile_input.py's JSON (`name`: its part); its
+  numbers had reached only gpu_check.log (a review)."""
+  return (f"{name}: input only {result['input_only_img_s']:.0f} img/s, step only "
+          f"{result['step_only_img_s']:.0f}, together {result['together_img_s']:.0f}: the step "
+          f"waits for data {100 * result['wait_fraction']:.1f}% of the time ({result['steps']} "
+          f"steps of {result['batch_size']}, {result['devices']} {result['backend']} device(s))")
+

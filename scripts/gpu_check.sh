@@ -33,7 +33,7 @@
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
 # bench_r152 relaunch_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best).
 # Each part's results land in $OUT as soon as it ends ($OUT/bench_*.json, finetune.json,
-# ood_best.json, parts.txt, summary.txt); the summary is printed on exit, also when the call is
+# ood_best.json, input_path.json, ood_input.json, parts.txt, summary.txt); the summary is printed on exit, also when the call is
 # cut short by SIGTERM/SIGINT (the rows measured so far). $OUT defaults to /tmp/gpu_check.
 # Exit status: 0 when every part that ran ended ok (skipped parts included), 1 when one failed or
 # timed out (the others still ran), 2 for an unknown part, 143/130 when cut short by a signal.
@@ -75,8 +75,10 @@ RESERVE_S=${RESERVE_S:-20}     # kept back at the end: timeout's kill, the summa
 MIN_PART_S=${MIN_PART_S:-30}   # a part with less than this left is skipped
 ROWS="$OUT/parts.txt"          # one line per part, written as each part ends
 : > "$ROWS"
-rm -f "$OUT"/bench_*.json "$OUT"/relaunch_*.json "$OUT/bench.json" "$OUT/finetune.json" "$OUT/ood_best.json" "$OUT/fit_r152.json" \
-  "$OUT/summary.txt"  # an earlier run's results are not this run's
+# An earlier run's results are not this run's:
+rm -f "$OUT"/bench_*.json "$OUT"/relaunch_*.json "$OUT/bench.json" "$OUT/finetune.json" \
+  "$OUT/ood_best.json" "$OUT/fit_r152.json" "$OUT/input_path.json" "$OUT/ood_input.json" \
+  "$OUT/summary.txt"
 CURRENT='' CURRENT_PID='' CURRENT_T0=0 CURRENT_LIMIT=0 SIGNAL=''
 NOT_OK=''  # the parts that failed or timed out: the script then exits 1 (it had exited 0 whatever)
 
@@ -160,6 +162,11 @@ for run in ('cold', 'warm'):
     print(f"relaunch_r152 {run} cache: {r['model']} {r['dtype']} {r['image_size']}px batch "
           f"{r['batch']}: first step {s('first_step_s')} after process start (compile "
           f"{s('compile_s')})")
+for name in ('input_path', 'ood_input'):
+  f = os.path.join(out, f'{name}.json')
+  if os.path.exists(f):
+    import bench_table
+    print(bench_table.input_line(name, json.load(open(f))))
 fit = os.path.join(out, 'fit_r152.json')
 if os.path.exists(fit):
   import batch_fit
@@ -333,10 +340,10 @@ INPUT="$PY scripts/profile_input.py --config configs/smoke.py --config.data.sour
   --config.data.train_limit=0"
 if [ "$SMALL" = 1 ]; then
   part input_path 120 $INPUT --config.data.synthetic_size=1024 --config.model.width=4 \
-    --config.train.batch_size=64 --steps 8
+    --config.train.batch_size=64 --steps 8 --out "$OUT/input_path.json"
 else  # Full-width ResNet-18 in bf16: the fastest step here, so the one most likely to starve.
   part input_path "${T_INPUT:-90}" $INPUT --config.data.synthetic_size=40000 \
-    --config.model.width=64 --config.model.dtype=bfloat16 --steps 200
+    --config.model.width=64 --config.model.dtype=bfloat16 --steps 200 --out "$OUT/input_path.json"
 fi
 
 # c3) The trainer ran configs/ood_best.py at 3,974 img/s on an H200, below the bare ResNet-50 step:
@@ -347,13 +354,13 @@ OODCFG="--config configs/ood_best.py --config.data.source=synthetic --config.dat
 if [ "$SMALL" = 1 ]; then
   part ood_input 300 $PY scripts/profile_input.py $OODCFG --config.data.synthetic_size=256 \
     --config.model.name=resnet18 --config.model.image_size=32 --config.model.dtype=float32 \
-    --config.train.batch_size=16 --steps 4
+    --config.train.batch_size=16 --steps 4 --out "$OUT/ood_input.json"
   part ood_step 300 $BENCH --steps 2 --warmup 0 --frameworks jax \
     --models configs/ood_best.py,resnet18:imagenet:8 --image_size 32 --batch 8 \
     --dtypes float32 --out "$OUT/bench_ood_step.json"
 else
   part ood_input "${T_OOD_INPUT:-180}" $PY scripts/profile_input.py $OODCFG \
-    --config.data.synthetic_size=40000 --steps 300
+    --config.data.synthetic_size=40000 --steps 300 --out "$OUT/ood_input.json"
   part ood_step "${T_OOD_STEP:-150}" $BENCH --frameworks jax \
     --models configs/ood_best.py,resnet50:imagenet --image_size 128 --batch 128 \
     --dtypes bfloat16 --out "$OUT/bench_ood_step.json"

@@ -16,6 +16,7 @@ pure compute. --steps 0 means one epoch of the config's training set. Prints one
 
 import json
 import math
+import os
 import statistics
 import time
 
@@ -35,6 +36,7 @@ def define_flags() -> None:
   """Registered only when run as a script (importing it must not clash with another --config)."""
   config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
   flags.DEFINE_integer('steps', 0, 'Steps to time (0: one epoch).', lower_bound=0)
+  flags.DEFINE_string('out', '', 'Also write the JSON line to this file (gpu_check.sh\'s summary).')
   flags.mark_flags_as_required(['config'])
 
 
@@ -135,6 +137,16 @@ def main(argv):
         f"({result['steps']} steps of {result['batch_size']}, {result['devices']} "
         f"{result['backend']} device(s))")
   print(json.dumps(result), flush=True)
+  if FLAGS.out:
+    write_result(FLAGS.out, result)
+
+
+def write_result(path: str, result: dict) -> None:
+  """`result` as JSON at `path`, whole or not at all (a device call cut short keeps the last)."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f)
+  os.replace(tmp, path)
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 a real (tiny) run of its three timings on a clock that ticks once per reading, so the arithmetic
 that turns times into those numbers is checked without timing anything."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -64,3 +65,19 @@ def test_a_negative_step_count_is_one_error_line_and_help_is_status_0():
     out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0 and '--steps' in out.stdout + out.stderr, (flag, out.stderr[-1000:])
+
+
+def test_its_json_is_written_whole_and_summarised_in_one_line(tmp_path):
+  """gpu_check.sh gives --out and prints bench_table.input_line in its summary: the input-path
+  numbers had reached only gpu_check.log (a review)."""
+  result = {'steps': 200, 'batch_size': 128, 'devices': 1, 'backend': 'gpu',
+            'input_only_img_s': 41234.4, 'step_only_img_s': 30001.0, 'together_img_s': 24000.0,
+            'wait_fraction': 0.25}
+  path = tmp_path / 'input_path.json'
+  (tmp_path / 'input_path.json.tmp').write_text('{"partial": ')  # A write cut short before.
+  profile_input.write_result(str(path), result)
+  assert json.loads(path.read_text()) == result and not (tmp_path / 'input_path.json.tmp').exists()
+  bench_table = load_script('bench_table')
+  assert bench_table.input_line('input_path', result) == (
+      'input_path: input only 41234 img/s, step only 30001, together 24000: the step waits for '
+      'data 25.0% of the time (200 steps of 128, 1 gpu device(s))')
