@@ -33,8 +33,9 @@
 # PARTS="bench_r18 finetune" runs only the named parts (versions parity_tests bench_r18 bench_r50
 # bench_r152 relaunch_r152 scan_r152 fit_r152 input_path ood_input ood_step finetune ood_best).
 # Each part's results land in $OUT as soon as it ends ($OUT/bench_*.json, finetune.json,
-# ood_best.json, input_path.json, ood_input.json, parts.txt, summary.txt); the summary is printed on exit, also when the call is
-# cut short by SIGTERM/SIGINT (the rows measured so far). $OUT defaults to /tmp/gpu_check.
+# ood_best.json, input_path.json, ood_input.json, parts.txt, summary.txt); the summary is printed
+# on exit, also when the call is cut short by SIGTERM/SIGINT (the rows measured so far). $OUT
+# defaults to /tmp/gpu_check.
 # Exit status: 0 when every part that ran ended ok (skipped parts included), 1 when one failed or
 # timed out (the others still ran), 2 for an unknown part, 143/130 when cut short by a signal.
 set -uo pipefail
