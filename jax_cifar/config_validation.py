@@ -157,6 +157,15 @@ def validate(config, *, launch: bool = True) -> None:
   if given['model.init_from'] and given['model.pretrained']:
     raise ConfigError('model.init_from (another run\'s weights) and model.pretrained (converted '
                       'torchvision weights) both set: give one')
+  if given['model.pretrained'] and given['model.name'] != 'simple_cnn' and (
+      given['model.stem'] != 'imagenet' or given['model.width'] != 64):
+    # Said before the workdir, the data and the compile: it had failed at the weights' load, with
+    # "mis-shaped keys: conv1.kernel" (a review).
+    raise ConfigError(
+        "model.pretrained holds torchvision's ImageNet weights, of the ImageNet stem and width "
+        f"64; this config has model.stem={given['model.stem']!r}, "
+        f"model.width={given['model.width']}: set --config.model.stem=imagenet "
+        '--config.model.width=64 (the transfer configs do)')
   # As torch.optim.AdamW: at b1/b2 = 1 every update is 0 / 0; momentum 1 never forgets a
   # gradient; label smoothing 1 makes every target uniform (the labels would not matter).
   launch_only = ('optim.momentum', 'optim.label_smoothing') if launch else ()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import logging
 import os
 import pathlib
@@ -244,8 +245,23 @@ def load_state_dict(args: argparse.Namespace) -> tuple[Mapping[str, Any], str]:
     raise errors.ConfigError(f'--state_dict {args.state_dict} is a folder; give the .pth file')
   if args.state_dict and not os.path.isfile(args.state_dict):
     raise errors.ConfigError(f'--state_dict {args.state_dict}: no such file')
+  _check_torch(need_torchvision=not args.state_dict)
   path = args.state_dict or _download(args.arch, args.weights)
   return read_state_dict_file(path), os.path.abspath(path)
+
+
+def _check_torch(need_torchvision: bool) -> None:
+  """torch reads the checkpoint (and torchvision names --weights): they are the `convert` extra,
+  not jax-cifar's own dependencies, and their absence had been a ModuleNotFoundError traceback
+  (a review)."""
+  missing = [m for m in ('torch',) + (('torchvision',) if need_torchvision else ())
+             if importlib.util.find_spec(m) is None]
+  if missing:
+    why = 'read the torch checkpoint' + (" and find torchvision's weights" if need_torchvision
+                                         else '')
+    raise errors.UserError(
+        f"the converter needs {' and '.join(missing)} to {why}, and they are not installed: "
+        "pip install 'jax-cifar[convert]' (in a source tree: pip install -e '.[convert]')")
 
 
 def main(argv: list[str] | None = None) -> int:

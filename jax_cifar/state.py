@@ -222,6 +222,11 @@ def _weights_of_run(config, params, batch_stats, mesh):
   run_dir, which, source = init_from_source(config)
   source.model.pretrained, source.model.init_from = '', ''
   restored, _, step = restore(source, run_dir, which, mesh)
+  # Each process listed the run itself: a run still saving (or hosts' own copies of it) had let
+  # them start from different steps, one model per host under a replicated sharding, without an
+  # error (a review; evaluate agrees on its step the same way).
+  step = parallel.same_on_every_process(
+      step, f'the step of model.init_from={config.model.init_from}')
   key = f'model.init_from_weights={config.model.init_from_weights}'
   try:
     weights = resolve_weights(config.model.init_from_weights, restored, run_dir, step)

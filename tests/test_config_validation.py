@@ -431,3 +431,19 @@ def test_the_launch_limits_leave_a_run_that_trained_before_them_loadable():
     with pytest.raises(config_validation.ConfigError,
                        match=r"'data.synthetic_size' must be in \[1, 1000000\], got 2000000"):
       config_validation.validate(_config(**{'data.synthetic_size': 2_000_000}), launch=launch)
+
+
+@pytest.mark.parametrize('stem, width', [('cifar', 64), ('imagenet', 32)])
+def test_pretrained_weights_need_the_imagenet_stem_and_width_before_anything_runs(stem, width):
+  """Converted torchvision weights fit only the ImageNet stem at width 64: another stem or width
+  had failed at the weights' load, after the workdir, the data and the init's compile (a review)."""
+  config = default.get_config()
+  config.model.name, config.model.stem, config.model.width = 'resnet50', stem, width
+  config.model.pretrained = 'weights/resnet50'
+  with pytest.raises(config_validation.ConfigError, match=(
+      r"^model\.pretrained holds torchvision's ImageNet weights, of the ImageNet stem and width "
+      rf"64; this config has model\.stem='{stem}', model\.width={width}: set "
+      r'--config\.model\.stem=imagenet --config\.model\.width=64')):
+    config_validation.validate(config)
+  config.model.stem, config.model.width = 'imagenet', 64
+  config_validation.validate(config)

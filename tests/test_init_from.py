@@ -69,6 +69,17 @@ def test_new_run_starts_from_the_runs_weights_with_a_fresh_optimizer(source, fre
   assert not np.array_equal(_leaves(state.params)[0], _leaves(fresh.params)[0])
 
 
+def test_the_processes_agree_on_the_step_they_start_from(source, monkeypatch):
+  """Each process lists the source run itself: one that was still saving had let hosts start from
+  different steps, silently (a review). The step goes through parallel.same_on_every_process,
+  which refuses a disagreement (test_trainer.py)."""
+  agreed, real = [], parallel.same_on_every_process
+  monkeypatch.setattr(parallel, 'same_on_every_process',
+                      lambda value, what: agreed.append((value, what)) or real(value, what))
+  _init(_config(init_from=f'{source}:latest'))
+  assert agreed == [(3, f'the step of model.init_from={source}:latest')]
+
+
 def test_a_head_of_another_size_is_replaced_by_a_fresh_one(source):
   state = _init(_config(init_from=str(source), num_classes=10))
   own = _init(_config(num_classes=10))  # What this run's head is without init_from.

@@ -288,3 +288,27 @@ def test_a_converted_checkpoint_missing_a_backbone_variable_is_named(tmp_path):
   model = nnx.eval_shape(lambda: create_model('resnet18', 100, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r'does not match the model: missing keys: layer2\.1\.bn2\.var$'):
     load_pretrained(model, path, num_classes=100)
+
+
+@pytest.mark.parametrize('how, missing', [('state_dict', 'torch'),
+                                          ('weights', 'torch and torchvision')])
+def test_the_converter_without_torch_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch,
+                                                                  how, missing):
+  """torch and torchvision are the `convert` extra, not jax-cifar's own dependencies: without
+  them the converter had ended in a ModuleNotFoundError traceback (a review)."""
+  from importlib import util  # pylint: disable=import-outside-toplevel
+  from jax_cifar import convert_cli  # pylint: disable=import-outside-toplevel
+  find_spec = util.find_spec
+  monkeypatch.setattr(util, 'find_spec', lambda name, *a: None if name in ('torch', 'torchvision')
+                      else find_spec(name, *a))
+  (tmp_path / 'r18.pth').write_bytes(b'PK\x03\x04')
+  source = (['--state_dict', str(tmp_path / 'r18.pth')] if how == 'state_dict'
+            else ['--weights', 'IMAGENET1K_V1'])
+  capsys.readouterr()
+  assert convert_cli.main(['--arch', 'resnet18', *source, '--output', str(tmp_path / 'w')]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f'error: the converter needs {missing} to read the '
+                                             'torch checkpoint'), err
+  assert err[0].endswith("pip install 'jax-cifar[convert]' (in a source tree: pip install -e "
+                         "'.[convert]')")
+  assert not (tmp_path / 'w').exists()
