@@ -383,3 +383,22 @@ def test_fail_together_raises_the_error_where_it_happened_and_one_line_elsewhere
                                                rf'\(its error says why\); process {process} stops too$'):
       block()
   assert gathered == [failing == process]  # Every process reached the agreement once.
+
+
+def test_a_multi_process_run_whose_stop_checks_are_far_apart_is_warned():
+  """Several processes act on a stop signal only at log steps (stopping.requested): nothing had
+  related their spacing to a scheduler's grace period (a multi-host review). The note comes when
+  they are more than SLOW_STOP_S apart at the run's speed, with one process never."""
+  from jax_cifar.training import stopping  # pylint: disable=import-outside-toplevel
+  assert stopping.SLOW_STOP_S < 120  # Inside launch_slurm.sh's grace, with room for the save.
+  assert '#SBATCH --signal=TERM@120' in (ROOT / 'scripts' / 'launch_slurm.sh').read_text()
+  # 1,000 steps of 128 at 1,280 img/s: 100 s between checks.
+  note = stopping.slow_stop_note(1000, 128, 1280.0, processes=2)
+  assert note == (
+      'with 2 processes a stop signal (a preemption, a time limit) is acted on at log steps: every '
+      'train.log_every_steps=1000 steps, 100 s apart at this speed, more than 60 s; a scheduler '
+      'that kills soon after its signal (scripts/launch_slurm.sh asks for 120 s) can end the run '
+      'before it saves: lower train.log_every_steps')
+  assert stopping.slow_stop_note(1000, 128, 1280.0, processes=1) is None  # Stops at any step.
+  assert stopping.slow_stop_note(500, 128, 1280.0, processes=2) is None  # 50 s apart.
+  assert stopping.slow_stop_note(20, 128, 0.0, processes=2) is None  # No speed measured.

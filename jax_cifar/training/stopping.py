@@ -13,6 +13,9 @@ import jax
 from jax_cifar import parallel, tracking
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after saving; relaunch to resume.
+# Seconds between the stop checks of several processes above which a launch is warned: half the
+# grace scripts/launch_slurm.sh asks for (--signal=TERM@120), the rest for the save.
+SLOW_STOP_S = 60.0
 
 
 class Preempted(Exception):
@@ -97,3 +100,19 @@ def check_while_starting(stop: dict, resuming: bool) -> None:
     tracking.say(f"Received {stop['signal'] or 'a signal on another process'} while starting: "
                  f"nothing trained, nothing to save; relaunch to {'resume' if resuming else 'start'}.")
     raise Preempted(stop['signal'] or 'a signal on another process')
+
+
+def slow_stop_note(log_every: int, batch_size: int, images_per_sec: float,
+                   processes: int) -> str | None:
+  """The warning of a multi-process run whose stop checks (`requested`, at log steps) are more than
+  SLOW_STOP_S apart at its speed: a scheduler's kill after its grace period would then come before
+  the save (a multi-host review; nothing had related the two)."""
+  apart = log_every * batch_size / images_per_sec if images_per_sec > 0 else 0.0
+  if processes < 2 or apart <= SLOW_STOP_S:
+    return None
+  return (f'with {processes} processes a stop signal (a preemption, a time limit) is acted on at '
+          f'log steps: every train.log_every_steps={log_every} steps, {apart:.0f} s apart at this '
+          f'speed, more than {SLOW_STOP_S:.0f} s; a scheduler that kills soon after its signal '
+          '(scripts/launch_slurm.sh asks for 120 s) can end the run before it saves: lower '
+          'train.log_every_steps')
+

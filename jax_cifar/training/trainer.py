@@ -192,6 +192,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
   bar = tracking.progress_bar(last_step, start_step)
   pending, t_last, step, last_val = [], time.perf_counter(), start_step, {}
   untimed, first_step_s = 0, 0.0  # Set at the launch's first step.
+  stop_note = jax.process_count() > 1  # Whether slow_stop_note is still to be asked (once).
   leaves = jax.tree.leaves(state)  # The state between steps (flat: compile_train_step).
   launch_start = (start_step, int(state.nonfinite_steps))  # What check_finite counts from.
   skipped = launch_start[1]  # Updates skipped before the last train row (check_window).
@@ -201,7 +202,7 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     return jax.tree.unflatten(treedef, leaves)
 
   def write_train_row(step: int) -> None:  # The steps since the last row, averaged.
-    nonlocal pending, t_last, untimed, skipped
+    nonlocal pending, t_last, untimed, skipped, stop_note
     window = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
     summary = {k: float(np.mean(v)) for k, v in window.items()}
     if 'learning_rate' in window:  # The schedule at the row's last step, not the window's
@@ -212,6 +213,12 @@ def _train(config, workdir: pathlib.Path, launch: dict, stop: dict) -> dict:
     now = time.perf_counter()
     if len(pending) > untimed:
       summary['images_per_sec'] = (len(pending) - untimed) * batch_size / (now - t_last)
+      if stop_note:  # Asked at the first timed row, said once.
+        stop_note, note = False, stopping.slow_stop_note(
+            config.train.log_every_steps, batch_size, summary['images_per_sec'],
+            jax.process_count())
+        if note and jax.process_index() == 0:
+          logging.warning('%s', note)
     if untimed:
       summary['first_step_seconds'], untimed = first_step_s, 0  # Compile included.
     summary['epoch'] = step / steps_per_epoch
